@@ -1,0 +1,6 @@
+"""Architectures, registered by name."""
+
+from automl.models import cnn as _cnn  # noqa: F401  (registers "cnn")
+from automl.models.base import MODELS, ModelFactory, build_model
+
+__all__ = ["MODELS", "ModelFactory", "build_model"]

@@ -1,0 +1,102 @@
+"""Validation metrics computed from a confusion matrix, registered by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from automl.registry import Registry
+
+Direction = Literal["maximize", "minimize"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A scalar metric: how to compute it and which way is better."""
+
+    compute: Callable[[torch.Tensor, float], float]
+    """``compute(confusion, mean_loss) -> value``; confusion rows are true classes."""
+    direction: Direction
+    description: str
+
+
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def _recalls(confusion: torch.Tensor) -> torch.Tensor:
+    support = confusion.sum(dim=1)
+    present = support > 0
+    return confusion.diagonal()[present] / support[present]
+
+
+def _f1s(confusion: torch.Tensor) -> torch.Tensor:
+    true_pos = confusion.diagonal()
+    denominator = confusion.sum(dim=0) + confusion.sum(dim=1)
+    present = confusion.sum(dim=1) > 0
+    return (2 * true_pos / denominator.clamp(min=1))[present]
+
+
+METRICS.add(
+    "accuracy",
+    Metric(
+        lambda cm, _: float(cm.diagonal().sum() / cm.sum().clamp(min=1)),
+        "maximize",
+        "Share of validation images classified correctly.",
+    ),
+)
+METRICS.add(
+    "balanced_accuracy",
+    Metric(
+        lambda cm, _: float(_recalls(cm).mean()),
+        "maximize",
+        "Mean per-class recall; robust to class imbalance.",
+    ),
+)
+METRICS.add(
+    "macro_f1",
+    Metric(lambda cm, _: float(_f1s(cm).mean()), "maximize", "Unweighted mean per-class F1."),
+)
+METRICS.add(
+    "worst_class_recall",
+    Metric(lambda cm, _: float(_recalls(cm).min()), "maximize", "Recall of the worst class."),
+)
+METRICS.add("loss", Metric(lambda _, loss: loss, "minimize", "Mean validation cross-entropy."))
+
+
+def confusion_matrix(
+    predictions: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """Counts ``(true, predicted)`` pairs into a ``(num_classes, num_classes)`` int64 matrix."""
+    flat = labels.to(torch.int64) * num_classes + predictions.to(torch.int64)
+    counts = torch.bincount(flat, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).cpu()
+
+
+def compute_metrics(confusion: torch.Tensor, mean_loss: float) -> dict[str, float]:
+    """Computes every registered metric."""
+    return {name: METRICS.get(name).compute(confusion, mean_loss) for name in METRICS.names()}
+
+
+def per_class_report(
+    confusion: torch.Tensor, classes: tuple[str, ...]
+) -> list[dict[str, float | str | int]]:
+    """Precision, recall, F1 and support of each class."""
+    true_pos = confusion.diagonal().double()
+    predicted = confusion.sum(dim=0).double()
+    support = confusion.sum(dim=1).double()
+    precision = true_pos / predicted.clamp(min=1)
+    recall = true_pos / support.clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return [
+        {
+            "class": name,
+            "precision": round(float(precision[i]), 6),
+            "recall": round(float(recall[i]), 6),
+            "f1": round(float(f1[i]), 6),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(classes)
+    ]
