@@ -1,0 +1,148 @@
+"""Read models of studies and trials, shared by the API responses and the CLI."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import BaseModel, Field, computed_field
+
+from automl.store import attrs
+from automl.store.attrs import StudyStatus
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a listing, with the total count."""
+
+    data: list[T]
+    count: int = Field(description="Total number of items across all pages.")
+
+
+class TrialCounts(BaseModel):
+    """Number of trials of a study in each state."""
+
+    waiting: int = 0
+    running: int = 0
+    complete: int = 0
+    pruned: int = 0
+    fail: int = 0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def finished(self) -> int:
+        """Trials that ended: complete + pruned + failed."""
+        return self.complete + self.pruned + self.fail
+
+    @classmethod
+    def of(cls, trials: list[FrozenTrial]) -> TrialCounts:
+        """Counts ``trials`` by state."""
+        counts = cls()
+        for trial in trials:
+            key = trial.state.name.lower()
+            if hasattr(counts, key):
+                setattr(counts, key, getattr(counts, key) + 1)
+        return counts
+
+
+class StudySummary(BaseModel):
+    """A study as listed: identity, lifecycle, progress and best value."""
+
+    id: int
+    name: str
+    status: StudyStatus
+    status_reason: str | None = None
+    directions: list[str]
+    metrics: list[str]
+    n_trials: int = Field(description="The budget: exact number of trials.")
+    counts: TrialCounts
+    best_value: float | None = Field(None, description="Best objective value (one objective).")
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class StudyDetail(StudySummary):
+    """A study with its full spec."""
+
+    spec: dict[str, Any]
+
+
+class TrialSummary(BaseModel):
+    """A trial: its params, state, values and per-epoch values."""
+
+    number: int
+    state: str
+    params: dict[str, Any]
+    values: list[float | None] | None
+    intermediate_values: dict[int, float | None]
+    metrics: dict[str, float] | None = None
+    error: str | None = None
+    datetime_start: datetime | None = None
+    datetime_complete: datetime | None = None
+    duration_s: float | None = None
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> TrialSummary:
+        """Builds the view of an Optuna trial."""
+        return cls(**_trial_fields(trial))
+
+
+class TrialDetail(TrialSummary):
+    """A trial with its full configuration, per-class report and history."""
+
+    config: dict[str, Any] | None = None
+    history: list[dict[str, float]] | None = None
+    per_class: list[dict[str, Any]] | None = None
+    confusion: list[list[int]] | None = None
+    weights_available: bool = False
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> TrialDetail:
+        """Builds the detailed view of an Optuna trial."""
+        user_attrs = trial.user_attrs
+        return cls(
+            **_trial_fields(trial),
+            config=user_attrs.get(attrs.CONFIG),
+            history=user_attrs.get(attrs.HISTORY),
+            per_class=user_attrs.get(attrs.PER_CLASS),
+            confusion=user_attrs.get(attrs.CONFUSION),
+            weights_available=attrs.WEIGHTS in user_attrs,
+        )
+
+
+class BestTrials(BaseModel):
+    """The best trial (one objective) or the Pareto front (several)."""
+
+    study_id: int
+    directions: list[str]
+    metrics: list[str]
+    trials: list[TrialDetail]
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _trial_fields(trial: FrozenTrial) -> dict[str, Any]:
+    duration = trial.duration.total_seconds() if trial.duration is not None else None
+    values = None if trial.values is None else [_finite(v) for v in trial.values]
+    if trial.state == TrialState.PRUNED and values is None and trial.intermediate_values:
+        values = [_finite(trial.intermediate_values[max(trial.intermediate_values)])]
+    return {
+        "number": trial.number,
+        "state": trial.state.name.lower(),
+        "params": trial.params,
+        "values": values,
+        "intermediate_values": {
+            step: _finite(v) for step, v in sorted(trial.intermediate_values.items())
+        },
+        "metrics": trial.user_attrs.get(attrs.METRICS),
+        "error": trial.user_attrs.get(attrs.ERROR),
+        "datetime_start": trial.datetime_start,
+        "datetime_complete": trial.datetime_complete,
+        "duration_s": duration,
+    }
