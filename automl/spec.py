@@ -49,7 +49,7 @@ class FieldError:
         return text or "(spec)"
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.msg}"
+        return f"{self.path}: {self.msg}" if self.loc else self.msg
 
 
 class SpecError(ValueError):

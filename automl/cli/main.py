@@ -1,0 +1,141 @@
+"""``automl`` command line: argument parsing, dispatch and error reporting.
+
+Exit codes: 0 success; 1 runtime failure (study failed, storage or API unreachable);
+2 bad input (invalid spec, unknown study, bad arguments); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from automl import __version__
+from automl.config import Settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CliError(Exception):
+    """A failure to report as one line, with an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="automl", description="Hyperparameter search for image recognition."
+    )
+    parser.add_argument("--version", action="version", version=f"automl {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def storage_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--storage", help="SQLAlchemy URL (default: $AUTOML_STORAGE or SQLite)")
+
+    def artifacts_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--artifacts-dir", help="weights folder (default: $AUTOML_ARTIFACTS_DIR)")
+
+    def target_args(p: argparse.ArgumentParser) -> None:
+        storage_arg(p)
+        p.add_argument("--url", help="API base URL (default: $AUTOML_URL; else the local store)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    def worker_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
+        storage_arg(p)
+        artifacts_arg(p)
+
+    serve = commands.add_parser("serve", help="run the REST API")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    storage_arg(serve)
+    artifacts_arg(serve)
+
+    worker = commands.add_parser("worker", help="claim and train trials until stopped")
+    worker_args(worker)
+    worker.add_argument("--study", type=int, help="only this study; exit once it ends")
+    worker.add_argument("--poll-interval", type=float, help="seconds between polls when idle")
+    worker.add_argument("--exit-when-idle", action="store_true", help="exit when nothing is queued")
+    worker.add_argument("--seed-offset", type=int, help=argparse.SUPPRESS)
+
+    up = commands.add_parser("up", help="run the API and N local workers; Ctrl-C stops all")
+    worker_args(up)
+    up.add_argument("--workers", type=int, default=1, help="number of workers (default 1)")
+    up.add_argument("--host")
+    up.add_argument("--port", type=int)
+
+    run = commands.add_parser("run", help="submit SPEC locally and work it to completion")
+    run.add_argument("spec", help="study spec (YAML or JSON)")
+    worker_args(run)
+    run.add_argument("--json", action="store_true", help="print the best trial as JSON")
+
+    submit = commands.add_parser("submit", help="submit a study spec")
+    submit.add_argument("spec", help="study spec (YAML or JSON)")
+    target_args(submit)
+
+    status = commands.add_parser("status", help="list studies, or show one")
+    status.add_argument("study", nargs="?", type=int, help="study id")
+    status.add_argument("--limit", type=int, default=20, help="studies to list (default 20)")
+    target_args(status)
+
+    best = commands.add_parser("best", help="show the best trial of a study")
+    best.add_argument("study", type=int, help="study id")
+    target_args(best)
+
+    cancel = commands.add_parser("cancel", help="cancel a queued or running study")
+    cancel.add_argument("study", type=int, help="study id")
+    target_args(cancel)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Environment settings overridden by the command's flags."""
+    overrides = {
+        key: value
+        for key in ("storage", "artifacts_dir", "host", "port", "url", "device", "poll_interval")
+        if (value := getattr(args, key, None)) is not None
+    }
+    try:
+        return Settings(**overrides)
+    except ValueError as exc:
+        raise CliError(f"invalid setting: {exc}".splitlines()[0], EXIT_BAD_INPUT) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    from automl.cli import commands  # heavy imports (torch, optuna) only after parsing
+
+    try:
+        return commands.dispatch(args, settings_from(args))
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

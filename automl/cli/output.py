@@ -1,0 +1,77 @@
+"""Plain-text rendering of studies and trials for the terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from automl.store import BestTrials, Page, StudyDetail, StudySummary
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    cells = [[str(h) for h in headers]] + [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(value.ljust(widths[i]) for i, value in enumerate(row)) for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def studies_table(page: Page[StudySummary]) -> str:
+    """One line per study."""
+    rows = [
+        (
+            s.id,
+            s.name,
+            s.status.value,
+            f"{s.counts.finished}/{s.n_trials}",
+            s.best_value,
+            s.created_at.strftime("%Y-%m-%d %H:%M") if s.created_at else None,
+        )
+        for s in page.data
+    ]
+    shown = f"{len(page.data)} of {page.count} studies"
+    return table(("ID", "NAME", "STATUS", "TRIALS", "BEST", "CREATED"), rows) + f"\n({shown})"
+
+
+def study_text(study: StudyDetail) -> str:
+    """A study's status, progress and best value."""
+    counts = study.counts
+    objective = ", ".join(
+        f"{m} ({d})" for m, d in zip(study.metrics, study.directions, strict=True)
+    )
+    lines = [
+        f"study {study.id}: {study.name}",
+        f"status:    {study.status.value}"
+        + (f" ({study.status_reason})" if study.status_reason else ""),
+        f"objective: {objective}",
+        f"trials:    {counts.finished}/{study.n_trials} finished "
+        f"(complete {counts.complete}, pruned {counts.pruned}, failed {counts.fail}; "
+        f"running {counts.running}, waiting {counts.waiting})",
+    ]
+    if study.best_value is not None:
+        lines.append(f"best:      {study.best_value:.6g}")
+    return "\n".join(lines)
+
+
+def best_text(best: BestTrials) -> str:
+    """The best trial(s): values, metrics and params as tables."""
+    blocks = []
+    for trial in best.trials:
+        values = ", ".join(
+            f"{metric}={value:.6g}" if value is not None else f"{metric}=-"
+            for metric, value in zip(best.metrics, trial.values or [], strict=False)
+        )
+        header = f"best trial #{trial.number} of study {best.study_id}: {values}"
+        params = table(("PARAM", "VALUE"), sorted(trial.params.items()))
+        metrics = table(("METRIC", "VALUE"), sorted((trial.metrics or {}).items()))
+        blocks.append("\n\n".join([header, params, metrics]))
+    return "\n\n".join(blocks)

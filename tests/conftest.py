@@ -1,0 +1,112 @@
+"""Shared fixtures: real SQLite and PostgreSQL storages and tiny, fast study specs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+
+from automl.spec import StudySpec, validate_spec
+from automl.store import QueuedTrialStorage, create_storage, normalize_url
+
+POSTGRES_ENV = "AUTOML_TEST_POSTGRES_URL"
+
+
+def _postgres_server_url() -> str | None:
+    url = os.environ.get(POSTGRES_ENV)
+    if url:
+        return normalize_url(url)
+    if os.environ.get("CI"):
+        pytest.fail(f"{POSTGRES_ENV} must be set in CI (.ci/run sets it)")
+    return None
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (skips locally without the env var)."""
+    server = _postgres_server_url()
+    if server is None:
+        pytest.skip(f"{POSTGRES_ENV} not set")
+    name = f"automl_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sqlalchemy.engine.make_url(server).set(database=name).render_as_string(False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite file in the test's temporary folder."""
+    return f"sqlite:///{tmp_path / 'automl.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def storage_url(request: pytest.FixtureRequest) -> str:
+    """Each storage backend in turn: the same contract must hold on both."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return request.getfixturevalue(fixture)
+
+
+@pytest.fixture
+def storage(storage_url: str) -> Iterator[QueuedTrialStorage]:
+    """An open storage on each backend."""
+    opened = create_storage(storage_url)
+    yield opened
+    opened.engine.dispose()
+
+
+@pytest.fixture
+def sqlite_storage(sqlite_url: str) -> Iterator[QueuedTrialStorage]:
+    """An open SQLite storage (for tests that need only one backend)."""
+    opened = create_storage(sqlite_url)
+    yield opened
+    opened.engine.dispose()
+
+
+def tiny_spec_data(**overrides: Any) -> dict[str, Any]:
+    """A digits study that trains in well under a second per trial."""
+    data: dict[str, Any] = {
+        "name": "tiny",
+        "dataset": {"source": "digits"},
+        "objective": {"metric": "accuracy"},
+        "budget": {"n_trials": 3, "max_failed": 1},
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"},
+        "fixed": {"epochs": 1, "width": 8, "depth": 1, "batch_size": 128},
+        "params": {
+            "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+            "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+            "momentum": {"type": "float", "low": 0.5, "high": 0.9, "when": {"optimizer": "sgd"}},
+        },
+    }
+    data.update(overrides)
+    return data
+
+
+@pytest.fixture
+def tiny_spec() -> Callable[..., StudySpec]:
+    """Factory of tiny validated specs; keyword arguments replace top-level fields."""
+
+    def make(**overrides: Any) -> StudySpec:
+        return validate_spec(tiny_spec_data(**overrides))
+
+    return make
+
+
+def free_port() -> int:
+    """A TCP port that is free right now on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
