@@ -30,7 +30,7 @@ from automl.store import (
     get_study,
     submit_study,
 )
-from automl.worker import Worker, WorkerOptions
+from automl.worker import InvalidDeviceError, Worker, WorkerOptions
 
 
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -53,6 +53,8 @@ def _errors_as_cli_errors(spec_path: str | None) -> Iterator[None]:
         raise CliError(str(exc), EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILURE) from None
     except StorageError as exc:
         raise CliError(str(exc), EXIT_FAILURE) from None
+    except InvalidDeviceError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
 
 
 def open_storage(settings: Settings) -> QueuedTrialStorage:

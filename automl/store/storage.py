@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 import optuna
@@ -13,6 +14,7 @@ from sqlalchemy import event
 from automl.config import DEFAULT_STORAGE
 
 SQLITE_BUSY_TIMEOUT_S = 60
+SCHEMA_RACE_RETRIES = 3
 
 
 class StorageError(RuntimeError):
@@ -81,13 +83,31 @@ def create_storage(url: str | None = None) -> QueuedTrialStorage:
         engine_kwargs = {
             "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None}
         }
-    try:
-        storage = QueuedTrialStorage(url, engine_kwargs=engine_kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        raise StorageError(f"cannot open storage {_redact(url)}: {_first_line(exc)}") from None
+    storage = _open_with_retries(url, engine_kwargs)
     if backend == "sqlite":
         _make_sqlite_safe_for_processes(storage.engine)
     return storage
+
+
+def _open_with_retries(url: str, engine_kwargs: dict[str, Any]) -> QueuedTrialStorage:
+    # Processes started together on a fresh database race to create the schema; the
+    # loser sees "already exists" errors, and a retry then finds the schema in place.
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            return QueuedTrialStorage(url, engine_kwargs=engine_kwargs)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if attempt == SCHEMA_RACE_RETRIES or _is_connection_error(exc):
+                raise StorageError(
+                    f"cannot open storage {_redact(url)}: {_first_line(exc)}"
+                ) from None
+            time.sleep(0.2 * (attempt + 1))
+        except (ImportError, ValueError) as exc:
+            raise StorageError(f"cannot open storage {_redact(url)}: {_first_line(exc)}") from None
+    raise AssertionError("unreachable")
+
+
+def _is_connection_error(exc: sqlalchemy.exc.SQLAlchemyError) -> bool:
+    return isinstance(exc, sqlalchemy.exc.OperationalError) and "already exists" not in str(exc)
 
 
 def _make_sqlite_safe_for_processes(engine: sqlalchemy.engine.Engine) -> None:

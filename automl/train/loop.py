@@ -50,10 +50,24 @@ class TrainResult:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """Turns ``"auto"`` into CUDA when available, else CPU."""
+    """Turns ``"auto"`` into CUDA when available (else CPU) and checks the device exists.
+
+    Raises:
+        ValueError: If the name is not a device, or names a CUDA device this machine lacks.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"invalid device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= available:
+            raise ValueError(f"device {device!r} is not available ({available} CUDA devices)")
+    elif resolved.type != "cpu":
+        raise ValueError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    return resolved
 
 
 def train(

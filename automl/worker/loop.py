@@ -37,6 +37,10 @@ logger = logging.getLogger("automl.worker")
 TrialCallback = Callable[[int, FrozenTrial], None]
 
 
+class InvalidDeviceError(ValueError):
+    """The worker's device does not exist on this machine."""
+
+
 @dataclass
 class WorkerOptions:
     """How a worker runs.
@@ -76,7 +80,10 @@ class Worker:
         self.options = options or WorkerOptions()
         self.on_trial_end = on_trial_end
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.device = str(resolve_device(self.options.device))
+        try:
+            self.device = str(resolve_device(self.options.device))
+        except ValueError as exc:
+            raise InvalidDeviceError(str(exc)) from None
         self._stop = threading.Event()
         self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
         offset = self.options.seed_offset

@@ -1,0 +1,173 @@
+"""Tests of the digits dataset, stratified splits and the dataset cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from automl.data import DATASETS, ImageData, load_dataset, stratified_split
+from automl.registry import UnknownNameError
+
+N_DIGITS = 1797
+
+
+@pytest.fixture(scope="module")
+def digits() -> ImageData:
+    return load_dataset("digits")
+
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.bincount(labels, minlength=num_classes)
+
+
+def test_digits_is_registered() -> None:
+    assert "digits" in DATASETS
+
+
+def test_digits_shapes_and_dtypes(digits: ImageData) -> None:
+    n_train, n_val = len(digits.train_y), len(digits.val_y)
+    assert n_train + n_val == N_DIGITS
+    assert digits.train_x.shape == (n_train, 1, 8, 8)
+    assert digits.val_x.shape == (n_val, 1, 8, 8)
+    assert digits.train_x.dtype == torch.float32
+    assert digits.train_y.dtype == torch.int64
+    assert digits.val_y.shape == (n_val,)
+    assert digits.input_shape == (1, 8, 8)
+
+
+def test_digits_classes(digits: ImageData) -> None:
+    assert digits.classes == tuple(str(i) for i in range(10))
+    assert digits.num_classes == 10
+    assert set(digits.train_y.tolist()) == set(range(10))
+    assert set(digits.val_y.tolist()) == set(range(10))
+
+
+def test_digits_values_in_unit_range(digits: ImageData) -> None:
+    for images in (digits.train_x, digits.val_x):
+        assert images.min() >= 0.0
+        assert images.max() <= 1.0
+    assert digits.train_x.max() == 1.0
+
+
+def test_default_validation_fraction(digits: ImageData) -> None:
+    assert len(digits.val_y) / N_DIGITS == pytest.approx(0.2, abs=0.01)
+
+
+def test_digits_split_is_stratified(digits: ImageData) -> None:
+    train = class_counts(digits.train_y, 10)
+    val = class_counts(digits.val_y, 10)
+    total = train + val
+    for cls in range(10):
+        assert int(val[cls]) == round(int(total[cls]) * 0.2)
+
+
+def test_digits_options_change_split() -> None:
+    data = load_dataset("digits", {"val_fraction": 0.5, "seed": 1})
+    assert abs(len(data.val_y) - N_DIGITS / 2) <= 10
+    other = load_dataset("digits", {"val_fraction": 0.5, "seed": 2})
+    assert not torch.equal(data.val_x, other.val_x)
+
+
+def test_image_data_to_device(digits: ImageData) -> None:
+    moved = digits.to("cpu")
+    assert moved.train_x.device.type == "cpu"
+    assert torch.equal(moved.val_x, digits.val_x)
+    assert moved.classes == digits.classes
+
+
+# --- stratified_split ----------------------------------------------------------------------
+
+
+def imbalanced_labels() -> torch.Tensor:
+    counts = [100, 50, 20, 10, 5]
+    return torch.cat([torch.full((n,), cls, dtype=torch.int64) for cls, n in enumerate(counts)])
+
+
+def test_split_keeps_class_proportions() -> None:
+    labels = imbalanced_labels()
+    train_idx, val_idx = stratified_split(labels, 0.2, seed=0)
+    val_counts = class_counts(labels[val_idx], 5).tolist()
+    train_counts = class_counts(labels[train_idx], 5).tolist()
+    assert val_counts == [20, 10, 4, 2, 1]
+    assert train_counts == [80, 40, 16, 8, 4]
+
+
+def test_split_is_disjoint_and_complete() -> None:
+    labels = imbalanced_labels()
+    train_idx, val_idx = stratified_split(labels, 0.3, seed=4)
+    train, val = set(train_idx.tolist()), set(val_idx.tolist())
+    assert not train & val
+    assert train | val == set(range(len(labels)))
+    assert len(train_idx) == len(train) and len(val_idx) == len(val)
+
+
+def test_split_indices_are_sorted() -> None:
+    train_idx, val_idx = stratified_split(imbalanced_labels(), 0.2, seed=0)
+    assert torch.equal(train_idx, torch.sort(train_idx).values)
+    assert torch.equal(val_idx, torch.sort(val_idx).values)
+    assert train_idx.dtype == torch.int64
+
+
+def test_split_is_deterministic_per_seed() -> None:
+    labels = imbalanced_labels()
+    first = stratified_split(labels, 0.2, seed=7)
+    second = stratified_split(labels, 0.2, seed=7)
+    assert torch.equal(first[0], second[0])
+    assert torch.equal(first[1], second[1])
+
+
+def test_split_differs_across_seeds() -> None:
+    labels = imbalanced_labels()
+    _, val_a = stratified_split(labels, 0.2, seed=0)
+    _, val_b = stratified_split(labels, 0.2, seed=1)
+    assert not torch.equal(val_a, val_b)
+    assert class_counts(labels[val_a], 5).tolist() == class_counts(labels[val_b], 5).tolist()
+
+
+def test_split_keeps_one_of_each_side_for_small_classes() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2])
+    train_idx, val_idx = stratified_split(labels, 0.01, seed=0)
+    # A class of two gives one sample to each side; a single sample stays in training.
+    assert class_counts(labels[val_idx], 3).tolist() == [1, 1, 0]
+    assert class_counts(labels[train_idx], 3).tolist() == [1, 9, 1]
+    train_idx, val_idx = stratified_split(labels, 0.99, seed=0)
+    assert class_counts(labels[train_idx], 3).tolist() == [1, 1, 1]
+
+
+def test_digits_split_deterministic_per_seed_and_differs_across_seeds() -> None:
+    from automl.data.digits import DigitsOptions, load_digits
+
+    first = load_digits(DigitsOptions(seed=3))
+    again = load_digits(DigitsOptions(seed=3))
+    other = load_digits(DigitsOptions(seed=4))
+    assert first is not again
+    assert torch.equal(first.val_x, again.val_x)
+    assert torch.equal(first.train_y, again.train_y)
+    assert not torch.equal(first.val_x, other.val_x)
+    assert len(first.val_y) == len(other.val_y)
+
+
+# --- load_dataset --------------------------------------------------------------------------
+
+
+def test_load_dataset_caches() -> None:
+    assert load_dataset("digits") is load_dataset("digits")
+    options = {"val_fraction": 0.25, "seed": 9}
+    cached = load_dataset("digits", options)
+    assert load_dataset("digits", dict(reversed(list(options.items())))) is cached
+    assert load_dataset("digits", {"val_fraction": 0.25, "seed": 10}) is not cached
+
+
+def test_load_dataset_rejects_unknown_source() -> None:
+    with pytest.raises(UnknownNameError, match="unknown dataset 'mnist'.*valid choices: digits"):
+        load_dataset("mnist")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"val_fraction": 0.0}, {"val_fraction": 1.0}, {"val_frac": 0.1}, {"seed": "s"}],
+)
+def test_load_dataset_rejects_invalid_options(options: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        load_dataset("digits", options)

@@ -1,0 +1,337 @@
+"""Tests of the training loop, losses, optimizers, schedules and metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from automl.data import ImageData, load_dataset
+from automl.models import build_model
+from automl.train import (
+    LOSSES,
+    METRICS,
+    OPTIMIZERS,
+    SCHEDULERS,
+    TrainingInterrupted,
+    TrainResult,
+    TrialConfig,
+    resolve_device,
+    train,
+)
+from automl.train.losses import FocalLoss, build_loss
+from automl.train.metrics import compute_metrics, confusion_matrix, per_class_report
+from automl.train.optim import build_optimizer, build_scheduler
+
+METRIC_NAMES = {"accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall", "loss"}
+
+
+@pytest.fixture(scope="module")
+def small_data() -> ImageData:
+    """A 301/150 slice of digits: one epoch at width 8 takes milliseconds."""
+    full = load_dataset("digits")
+    return ImageData(
+        full.train_x[:301], full.train_y[:301], full.val_x[:150], full.val_y[:150], full.classes
+    )
+
+
+def tiny(**overrides: object) -> TrialConfig:
+    values: dict[str, object] = {"epochs": 2, "width": 8, "depth": 2, "batch_size": 64}
+    values.update(overrides)
+    return TrialConfig(**values)  # type: ignore[arg-type]
+
+
+class Recorder:
+    """A reporter that records its calls and asks to stop at ``stop_at``."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.calls: list[tuple[int, dict[str, float]]] = []
+        self.stop_at = stop_at
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> bool:
+        self.calls.append((epoch, dict(metrics)))
+        return epoch == self.stop_at
+
+
+# --- train ---------------------------------------------------------------------------------
+
+
+def test_train_reports_every_epoch_with_all_metrics() -> None:
+    """With no ``data``, the config's dataset is loaded."""
+    report = Recorder()
+    result = train(tiny(epochs=2), report)
+    assert [epoch for epoch, _ in report.calls] == [1, 2]
+    for _, metrics in report.calls:
+        assert set(metrics) == METRIC_NAMES
+        assert all(math.isfinite(value) for value in metrics.values())
+    assert result.metrics == report.calls[-1][1]
+    assert result.classes == tuple(str(i) for i in range(10))
+
+
+def test_train_result(small_data: ImageData) -> None:
+    result = train(tiny(epochs=3), data=small_data)
+    assert isinstance(result, TrainResult)
+    assert result.epochs_run == 3
+    assert not result.pruned
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    for row in result.history:
+        assert set(row) == METRIC_NAMES | {"epoch", "train_loss"}
+        assert math.isfinite(row["train_loss"]) and row["train_loss"] > 0
+        assert 0.0 <= row["accuracy"] <= 1.0
+    last = {k: v for k, v in result.history[-1].items() if k not in ("epoch", "train_loss")}
+    assert result.metrics == last
+    assert result.duration_s > 0
+    assert len(result.confusion) == 10 and all(len(row) == 10 for row in result.confusion)
+    assert sum(map(sum, result.confusion)) == len(small_data.val_y)
+    assert [row["class"] for row in result.per_class] == list(small_data.classes)
+    assert sum(row["support"] for row in result.per_class) == len(small_data.val_y)
+    correct = sum(result.confusion[i][i] for i in range(10))
+    assert result.metrics["accuracy"] == pytest.approx(correct / len(small_data.val_y))
+
+
+def test_train_without_reporter(small_data: ImageData) -> None:
+    assert train(tiny(epochs=1), None, data=small_data).epochs_run == 1
+
+
+def test_state_dict_is_on_cpu_and_loads(small_data: ImageData) -> None:
+    config = tiny(epochs=1)
+    result = train(config, data=small_data)
+    assert all(tensor.device.type == "cpu" for tensor in result.state_dict.values())
+    model = build_model(config, small_data.input_shape, small_data.num_classes)
+    model.load_state_dict(result.state_dict)
+    model.eval()
+    with torch.no_grad():
+        predictions = model(small_data.val_x).argmax(dim=1)
+    accuracy = float((predictions == small_data.val_y).float().mean())
+    assert accuracy == pytest.approx(result.metrics["accuracy"])
+
+
+def test_training_learns(small_data: ImageData) -> None:
+    result = train(tiny(epochs=5, lr=1e-2), data=small_data)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.metrics["accuracy"] > 0.3
+
+
+def test_train_is_deterministic(small_data: ImageData) -> None:
+    config = tiny(epochs=2, dropout=0.2, seed=3)
+    first = train(config, data=small_data)
+    second = train(config, data=small_data)
+    assert first.history == second.history
+    assert first.confusion == second.confusion
+    assert first.state_dict.keys() == second.state_dict.keys()
+    for key, tensor in first.state_dict.items():
+        assert torch.equal(tensor, second.state_dict[key]), key
+
+
+def test_different_seed_gives_different_run(small_data: ImageData) -> None:
+    first = train(tiny(seed=0), data=small_data)
+    other = train(tiny(seed=1), data=small_data)
+    assert first.history != other.history
+    assert not torch.equal(first.state_dict["0.0.weight"], other.state_dict["0.0.weight"])
+
+
+def test_report_returning_true_stops_early(small_data: ImageData) -> None:
+    report = Recorder(stop_at=1)
+    result = train(tiny(epochs=4), report, data=small_data)
+    assert result.pruned
+    assert result.epochs_run == 1
+    assert len(result.history) == 1
+    assert len(report.calls) == 1
+    assert result.metrics == report.calls[0][1]
+
+
+def test_report_can_stop_at_a_later_epoch(small_data: ImageData) -> None:
+    report = Recorder(stop_at=2)
+    result = train(tiny(epochs=4), report, data=small_data)
+    assert result.pruned
+    assert result.epochs_run == 2
+    assert [epoch for epoch, _ in report.calls] == [1, 2]
+
+
+def test_should_stop_raises_training_interrupted(small_data: ImageData) -> None:
+    polls: list[int] = []
+
+    def should_stop() -> bool:
+        polls.append(1)
+        return len(polls) == 3
+
+    report = Recorder()
+    with pytest.raises(TrainingInterrupted, match="epoch 1"):
+        train(tiny(epochs=2), report, data=small_data, should_stop=should_stop)
+    assert len(polls) == 3
+    assert report.calls == []
+
+
+def test_should_stop_polled_every_batch(small_data: ImageData) -> None:
+    polls: list[int] = []
+
+    def should_stop() -> bool:
+        polls.append(1)
+        return False
+
+    train(tiny(epochs=2, batch_size=100), data=small_data, should_stop=should_stop)
+    # 301 samples in batches of 100: 100, 100, 100 and a single sample that is dropped.
+    assert len(polls) == 2 * 3
+
+
+def test_batch_size_larger_than_dataset(small_data: ImageData) -> None:
+    result = train(tiny(epochs=1, batch_size=10_000), data=small_data)
+    assert math.isfinite(result.history[0]["train_loss"])
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS.names())
+def test_every_optimizer_trains(small_data: ImageData, optimizer: str) -> None:
+    result = train(tiny(epochs=1, optimizer=optimizer, lr=1e-2), data=small_data)
+    assert math.isfinite(result.history[0]["train_loss"])
+    assert math.isfinite(result.metrics["loss"])
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS.names())
+def test_every_scheduler_trains(small_data: ImageData, scheduler: str) -> None:
+    result = train(tiny(epochs=1, scheduler=scheduler, warmup_epochs=0.5), data=small_data)
+    assert math.isfinite(result.history[0]["train_loss"])
+    assert math.isfinite(result.metrics["loss"])
+
+
+@pytest.mark.parametrize("loss", LOSSES.names())
+def test_every_loss_trains(small_data: ImageData, loss: str) -> None:
+    result = train(tiny(epochs=1, loss=loss, label_smoothing=0.1), data=small_data)
+    assert math.isfinite(result.history[0]["train_loss"])
+    assert math.isfinite(result.metrics["loss"])
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+
+
+# --- losses, optimizers, schedules ---------------------------------------------------------
+
+
+def test_focal_loss_with_zero_gamma_is_cross_entropy() -> None:
+    torch.manual_seed(0)
+    logits, targets = torch.randn(16, 5), torch.randint(0, 5, (16,))
+    assert FocalLoss(0.0)(logits, targets) == pytest.approx(
+        float(F.cross_entropy(logits, targets))
+    )
+
+
+def test_focal_loss_down_weights_easy_examples() -> None:
+    logits = torch.tensor([[4.0, 0.0], [0.0, 0.5]])
+    targets = torch.tensor([0, 0])
+    focal = FocalLoss(2.0)(logits, targets)
+    assert 0 < float(focal) < float(F.cross_entropy(logits, targets))
+
+
+def test_build_loss_uses_config() -> None:
+    loss = build_loss(TrialConfig(loss="focal", focal_gamma=3.0, label_smoothing=0.1), 10)
+    assert isinstance(loss, FocalLoss)
+    assert (loss.gamma, loss.label_smoothing) == (3.0, 0.1)
+    ce = build_loss(TrialConfig(label_smoothing=0.2), 10)
+    assert isinstance(ce, torch.nn.CrossEntropyLoss)
+    assert ce.label_smoothing == 0.2
+
+
+def test_sgd_uses_momentum_and_nesterov() -> None:
+    model = torch.nn.Linear(2, 2)
+    group = build_optimizer(TrialConfig(optimizer="sgd", momentum=0.8, lr=0.05), model).param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"]) == (0.05, 0.8, True)
+    group = build_optimizer(TrialConfig(optimizer="sgd", momentum=0.0), model).param_groups[0]
+    assert group["nesterov"] is False
+
+
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        ("constant", [1.0, 1.0, 1.0]),
+        ("cosine", [1.0, 0.5, 0.0]),
+        ("linear", [1.0, 0.5, 0.0]),
+        ("step", [1.0, 0.1, 0.01]),
+    ],
+)
+def test_schedules(name: str, values: list[float]) -> None:
+    schedule = SCHEDULERS.get(name)
+    assert [schedule(p) for p in (0.0, 0.5, 1.0)] == pytest.approx(values)
+
+
+def test_scheduler_warmup_then_decay() -> None:
+    config = TrialConfig(epochs=2, lr=1.0, scheduler="linear", warmup_epochs=1)
+    optimizer = build_optimizer(config, torch.nn.Linear(2, 2))
+    scheduler = build_scheduler(config, optimizer, steps_per_epoch=4)
+    lrs = []
+    for _ in range(8):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 0.75, 0.5, 0.25])
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+# True classes 0,0,0,0,1,1,2,2,2,2; confusion rows (true) x columns (predicted):
+#   [[3, 1, 0],
+#    [1, 1, 0],
+#    [0, 1, 3]]
+LABELS = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+PREDICTIONS = torch.tensor([0, 0, 0, 1, 1, 0, 2, 2, 2, 1])
+CONFUSION = [[3, 1, 0], [1, 1, 0], [0, 1, 3]]
+
+
+def test_confusion_matrix() -> None:
+    confusion = confusion_matrix(PREDICTIONS, LABELS, 3)
+    assert confusion.dtype == torch.int64
+    assert confusion.tolist() == CONFUSION
+
+
+def test_confusion_matrix_counts_unseen_classes_as_zero() -> None:
+    confusion = confusion_matrix(PREDICTIONS, LABELS, 5)
+    assert confusion.shape == (5, 5)
+    assert confusion[:3, :3].tolist() == CONFUSION
+    assert int(confusion[3:].sum() + confusion[:, 3:].sum()) == 0
+
+
+def test_compute_metrics_hand_made_example() -> None:
+    metrics = compute_metrics(confusion_matrix(PREDICTIONS, LABELS, 3), 1.25)
+    assert set(metrics) == METRIC_NAMES == set(METRICS.names())
+    assert metrics["accuracy"] == pytest.approx(0.7)
+    # Recalls 3/4, 1/2, 3/4.
+    assert metrics["balanced_accuracy"] == pytest.approx(2 / 3)
+    assert metrics["worst_class_recall"] == pytest.approx(0.5)
+    # F1s 2*3/(4+4), 2*1/(3+2), 2*3/(3+4).
+    assert metrics["macro_f1"] == pytest.approx((0.75 + 0.4 + 6 / 7) / 3)
+    assert metrics["loss"] == 1.25
+
+
+def test_metrics_ignore_classes_absent_from_validation() -> None:
+    with_absent = compute_metrics(confusion_matrix(PREDICTIONS, LABELS, 4), 0.0)
+    assert with_absent == pytest.approx(compute_metrics(torch.tensor(CONFUSION), 0.0))
+
+
+def test_perfect_predictions() -> None:
+    metrics = compute_metrics(confusion_matrix(LABELS, LABELS, 3), 0.0)
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall"):
+        assert metrics[name] == pytest.approx(1.0), name
+
+
+def test_metric_directions() -> None:
+    assert METRICS.get("loss").direction == "minimize"
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall"):
+        assert METRICS.get(name).direction == "maximize"
+
+
+def test_per_class_report() -> None:
+    report = per_class_report(torch.tensor(CONFUSION), ("zero", "one", "two"))
+    assert report == [
+        {"class": "zero", "precision": 0.75, "recall": 0.75, "f1": 0.75, "support": 4},
+        {"class": "one", "precision": 0.333333, "recall": 0.5, "f1": 0.4, "support": 2},
+        {"class": "two", "precision": 1.0, "recall": 0.75, "f1": 0.857143, "support": 4},
+    ]
+
+
+def test_per_class_report_class_never_predicted_nor_present() -> None:
+    report = per_class_report(torch.zeros(2, 2, dtype=torch.int64) + torch.tensor([[2, 0], [0, 0]]), ("a", "b"))
+    assert report[1] == {"class": "b", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert report[0]["f1"] == 1.0
