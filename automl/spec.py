@@ -15,11 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from automl.data import DATASETS
 from automl.pruners import PRUNERS, build_pruner
@@ -61,22 +60,10 @@ class SpecError(ValueError):
 
 
 class StrictModel(BaseModel):
-    """Base of all spec models: unknown keys are errors that list the valid ones."""
+    """Base of all spec models: unknown keys are errors (``errors_from_pydantic`` lists
+    the valid ones)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reject_unknown_keys(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            unknown = [key for key in data if key not in cls.model_fields]
-            if unknown:
-                raise PydanticCustomError(
-                    "unknown_field",
-                    "unknown field '{field}'; valid fields: {valid}",
-                    {"field": str(unknown[0]), "valid": ", ".join(cls.model_fields)},
-                )
-        return data
 
 
 class DatasetSpec(StrictModel):
@@ -275,22 +262,59 @@ def validate_spec(data: Any) -> StudySpec:
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(errors_from_pydantic(exc)) from None
+        raise SpecError(errors_from_pydantic(exc, root=StudySpec)) from None
     errors = check_spec(spec)
     if errors:
         raise SpecError(errors)
     return spec
 
 
-def errors_from_pydantic(exc: ValidationError, prefix: Loc = ()) -> list[FieldError]:
-    """Converts pydantic errors to ``FieldError``s with clean paths."""
+def errors_from_pydantic(
+    exc: ValidationError, prefix: Loc = (), root: type[BaseModel] = BaseModel
+) -> list[FieldError]:
+    """Converts pydantic errors to ``FieldError``s with clean paths.
+
+    An unknown key's message lists the valid keys of the model it appeared in, found by
+    walking ``root``'s fields along the error's path.
+    """
     errors = []
     for error in exc.errors(include_url=False):
-        loc = prefix + tuple(error["loc"])
-        if error["type"] == "unknown_field":
-            loc += (error["ctx"]["field"],)
-        errors.append(FieldError(loc, _clean_message(error["msg"])))
+        loc = tuple(error["loc"])
+        message = _clean_message(error["msg"])
+        if error["type"] == "extra_forbidden":
+            model = _model_at(root, loc[:-1])
+            valid = f"; valid fields: {', '.join(model.model_fields)}" if model else ""
+            message = f"unknown field {loc[-1]!r}{valid}"
+        errors.append(FieldError(prefix + loc, message))
     return errors
+
+
+def _model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The model class found at ``loc`` below ``root`` (through dicts, lists, unions)."""
+    current: Any = root
+    parts = list(loc)
+    while parts:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(parts.pop(0)))
+            if field is None:
+                return None
+            current = field.annotation
+            continue
+        origin, args = get_origin(current), get_args(current)
+        if origin in (dict, list):
+            parts.pop(0)  # a key or an index
+            current = args[-1]
+        elif args:  # Optional[...] / Union: the first model among the members
+            current = next((a for a in args if _is_model_container(a)), None)
+        else:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _is_model_container(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return get_origin(annotation) in (dict, list) and _is_model_container(get_args(annotation)[-1])
 
 
 def _clean_message(message: str) -> str:
@@ -331,7 +355,9 @@ def _check_dataset(dataset: DatasetSpec) -> list[FieldError]:
     try:
         DATASETS.get(dataset.source).options.model_validate(dataset.options)
     except ValidationError as exc:
-        return errors_from_pydantic(exc, ("dataset", "options"))
+        return errors_from_pydantic(
+            exc, ("dataset", "options"), DATASETS.get(dataset.source).options
+        )
     return []
 
 
@@ -453,7 +479,9 @@ def _check_categorical(loc: Loc, name: str, param: ParamSpec) -> list[FieldError
         errors.append(FieldError((*loc, "log"), "not allowed for type categorical"))
     if not param.choices:
         return [*errors, FieldError((*loc, "choices"), "a categorical param needs choices")]
-    if len(set(map(repr, param.choices))) != len(param.choices):
+    # 16 and 16.0 are one choice to Optuna; True and 1 are not.
+    distinct = {(isinstance(choice, bool), choice) for choice in param.choices}
+    if len(distinct) != len(param.choices):
         errors.append(FieldError((*loc, "choices"), "choices must be unique"))
     for index, choice in enumerate(param.choices):
         errors += _check_value((*loc, "choices", index), name, choice)
@@ -466,7 +494,8 @@ def _check_range(loc: Loc, name: str, param: ParamSpec) -> list[FieldError]:
         errors.append(FieldError((*loc, "choices"), f"not allowed for type {param.type}"))
     for key in ("low", "high"):
         if getattr(param, key) is None:
-            errors.append(FieldError((*loc, key), f"a {param.type} param needs {key}"))
+            article = "an" if param.type == "int" else "a"
+            errors.append(FieldError((*loc, key), f"{article} {param.type} param needs {key}"))
     if errors:
         return errors
     low, high = param.low, param.high

@@ -83,7 +83,7 @@ def test_validate_returns_registered_name(widgets: Registry[Callable[[], str]]) 
 
 
 def test_validate_rejects_unknown_name(widgets: Registry[Callable[[], str]]) -> None:
-    with pytest.raises(UnknownNameError, match="unknown widget 'flang'.*did you mean 'flange'"):
+    with pytest.raises(UnknownNameError, match=r"unknown widget 'flang'.*did you mean 'flange'"):
         widgets.validate("flang")
 
 
@@ -105,7 +105,7 @@ def test_empty_registry() -> None:
     registry: Registry[int] = Registry("nothing")
     assert registry.names() == []
     assert len(registry) == 0
-    with pytest.raises(UnknownNameError, match="unknown nothing 'x'; valid choices: $"):
+    with pytest.raises(UnknownNameError, match=r"unknown nothing 'x'; valid choices: $"):
         registry.get("x")
 
 

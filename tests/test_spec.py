@@ -110,9 +110,7 @@ def test_parse_text_number_forms() -> None:
 
 
 def test_multi_objective_spec() -> None:
-    spec = load_spec(
-        {"name": "pareto", "objectives": [{"metric": "accuracy"}, {"metric": "loss"}]}
-    )
+    spec = load_spec({"name": "pareto", "objectives": [{"metric": "accuracy"}, {"metric": "loss"}]})
     assert spec.metrics == ["accuracy", "loss"]
     assert spec.directions == ["maximize", "minimize"]
     assert spec.pruner_or_default.name == "none"
@@ -135,7 +133,9 @@ def test_multi_objective_with_pruner_none_is_valid() -> None:
 
 
 def test_int_log_with_step_one_is_valid() -> None:
-    spec = load_spec(with_params(epochs={"type": "int", "low": 1, "high": 8, "log": True, "step": 1}))
+    spec = load_spec(
+        with_params(epochs={"type": "int", "low": 1, "high": 8, "log": True, "step": 1})
+    )
     assert spec.params["epochs"].log is True
 
 
@@ -197,9 +197,7 @@ def test_validate_spec_accepts_mapping() -> None:
     assert validate_spec({"name": "x"}).name == "x"
 
 
-@pytest.mark.parametrize(
-    ("data", "kind"), [([1, 2], "list"), (None, "empty document"), (3, "int")]
-)
+@pytest.mark.parametrize(("data", "kind"), [([1, 2], "list"), (None, "empty document"), (3, "int")])
 def test_validate_spec_rejects_non_mapping(data: Any, kind: str) -> None:
     with pytest.raises(SpecError) as info:
         validate_spec(data)
@@ -210,76 +208,431 @@ def test_validate_spec_rejects_non_mapping(data: Any, kind: str) -> None:
 # --- invalid specs: one problem each, with its exact path ------------------------------------
 
 INVALID_CASES: list[Any] = [
-    pytest.param({"name": "x", "bogus": 1}, "bogus", ["unknown field 'bogus'", "valid fields:", "params"], id="unknown-top-level-key"),
-    pytest.param(with_params(lr={"type": "float", "lowe": 1e-3, "high": 0.1}), "params.lr.lowe", ["unknown field 'lowe'", "low, high"], id="unknown-param-key"),
-    pytest.param({"name": "x", "budget": {"n_trial": 3}}, "budget.n_trial", ["unknown field 'n_trial'", "n_trials"], id="unknown-budget-key"),
-    pytest.param({"name": "x", "sampler": {"nmae": "tpe"}}, "sampler.nmae", ["unknown field"], id="unknown-sampler-key"),
-    pytest.param(with_params(lr={"type": "float", "low": "abc", "high": 0.1}), "params.lr.low", ["valid number"], id="low-not-number"),
-    pytest.param({"name": "x", "budget": {"n_trials": "many"}}, "budget.n_trials", ["valid integer"], id="n-trials-not-int"),
-    pytest.param({"name": "x", "budget": {"n_trials": 0}}, "budget.n_trials", ["greater than or equal to 1"], id="n-trials-zero"),
-    pytest.param({"name": "x", "budget": {"n_trials": 10**6}}, "budget.n_trials", ["less than or equal to"], id="n-trials-too-many"),
-    pytest.param({"name": "x", "budget": {"timeout": 0}}, "budget.timeout", ["greater than 0"], id="timeout-zero"),
+    pytest.param(
+        {"name": "x", "bogus": 1},
+        "bogus",
+        ["unknown field 'bogus'", "valid fields:", "params"],
+        id="unknown-top-level-key",
+    ),
+    pytest.param(
+        with_params(lr={"type": "float", "lowe": 1e-3, "high": 0.1}),
+        "params.lr.lowe",
+        ["unknown field 'lowe'", "low, high"],
+        id="unknown-param-key",
+    ),
+    pytest.param(
+        {"name": "x", "budget": {"n_trial": 3}},
+        "budget.n_trial",
+        ["unknown field 'n_trial'", "n_trials"],
+        id="unknown-budget-key",
+    ),
+    pytest.param(
+        {"name": "x", "sampler": {"nmae": "tpe"}},
+        "sampler.nmae",
+        ["unknown field"],
+        id="unknown-sampler-key",
+    ),
+    pytest.param(
+        with_params(lr={"type": "float", "low": "abc", "high": 0.1}),
+        "params.lr.low",
+        ["valid number"],
+        id="low-not-number",
+    ),
+    pytest.param(
+        {"name": "x", "budget": {"n_trials": "many"}},
+        "budget.n_trials",
+        ["valid integer"],
+        id="n-trials-not-int",
+    ),
+    pytest.param(
+        {"name": "x", "budget": {"n_trials": 0}},
+        "budget.n_trials",
+        ["greater than or equal to 1"],
+        id="n-trials-zero",
+    ),
+    pytest.param(
+        {"name": "x", "budget": {"n_trials": 10**6}},
+        "budget.n_trials",
+        ["less than or equal to"],
+        id="n-trials-too-many",
+    ),
+    pytest.param(
+        {"name": "x", "budget": {"timeout": 0}},
+        "budget.timeout",
+        ["greater than 0"],
+        id="timeout-zero",
+    ),
     pytest.param({"name": 5}, "name", ["valid string"], id="name-not-string"),
     pytest.param({"name": "bad name!"}, "name", ["letters, digits"], id="name-bad-characters"),
-    pytest.param({"name": "x", "fixed": "no"}, "fixed", ["valid dictionary"], id="fixed-not-mapping"),
+    pytest.param(
+        {"name": "x", "fixed": "no"}, "fixed", ["valid dictionary"], id="fixed-not-mapping"
+    ),
     pytest.param(with_params(lr="x"), "params.lr", ["valid dictionary"], id="param-not-mapping"),
-    pytest.param(with_params(lr={"type": "weird", "low": 0.1, "high": 0.2}), "params.lr.type", ["'float', 'int' or 'categorical'"], id="param-type-unknown"),
-    pytest.param({"name": "x", "objective": {"metric": "accuracy", "direction": "up"}}, "objective.direction", ["'maximize' or 'minimize'"], id="direction-unknown"),
-    pytest.param(with_params(lr={"type": "float", "low": 0.1, "high": 0.01}), "params.lr.low", ["low (0.1) must be <= high (0.01)"], id="low-above-high"),
-    pytest.param(with_params(lr={"type": "float", "low": 0, "high": 0.01, "log": True}), "params.lr.low", ["must be > 0 when log is true"], id="log-low-zero"),
-    pytest.param(with_params(warmup_epochs={"type": "float", "low": -1, "high": 2, "log": True}), "params.warmup_epochs.low", ["must be > 0 when log is true"], id="log-low-negative"),
-    pytest.param(with_params(lr={"type": "float", "low": 1e-3, "high": 0.1, "log": True, "step": 0.01}), "params.lr.step", ["cannot be combined with log"], id="float-log-with-step"),
-    pytest.param(with_params(epochs={"type": "int", "low": 1, "high": 9, "log": True, "step": 2}), "params.epochs.step", ["cannot be combined with log"], id="int-log-with-step-2"),
-    pytest.param(with_params(epochs={"type": "int", "low": 1, "high": 9, "step": 0}), "params.epochs.step", ["must be > 0"], id="step-zero"),
-    pytest.param(with_params(width={"type": "int", "low": 1.5, "high": 8}), "params.width.low", ["must be an integer, got 1.5"], id="int-fractional-low"),
-    pytest.param(with_params(width={"type": "int", "low": 1, "high": 8.5}), "params.width.high", ["must be an integer, got 8.5"], id="int-fractional-high"),
-    pytest.param(with_params(width={"type": "int", "low": 8, "high": 64, "step": 2.5}), "params.width.step", ["must be an integer, got 2.5"], id="int-fractional-step"),
-    pytest.param(with_params(lr={"type": "float", "high": 0.1}), "params.lr.low", ["a float param needs low"], id="range-missing-low"),
-    pytest.param(with_params(width={"type": "int", "low": 8}), "params.width.high", ["int param needs high"], id="range-missing-high"),
-    pytest.param(with_params(lr={"type": "float", "low": 0.1, "high": 1, "choices": [0.1]}), "params.lr.choices", ["not allowed for type float"], id="range-with-choices"),
-    pytest.param(with_params(lr={"type": "float", "low": 0.1, "high": 20}), "params.lr.high", ["less than or equal to 10"], id="high-beyond-hyperparameter-bound"),
-    pytest.param(with_params(dropout={"type": "float", "low": -0.5, "high": 0.5}), "params.dropout.low", ["greater than or equal to 0"], id="low-beyond-hyperparameter-bound"),
-    pytest.param(with_params(optimizer={"type": "categorical"}), "params.optimizer.choices", ["needs choices"], id="categorical-without-choices"),
-    pytest.param(with_params(optimizer={"type": "categorical", "choices": []}), "params.optimizer.choices", ["needs choices"], id="categorical-empty-choices"),
-    pytest.param(with_params(optimizer={"type": "categorical", "choices": ["adam", "adam"]}), "params.optimizer.choices", ["choices must be unique"], id="duplicate-choices"),
-    pytest.param(with_params(optimizer={"type": "categorical", "choices": ["adam"], "low": 1}), "params.optimizer.low", ["not allowed for type categorical"], id="categorical-with-low"),
-    pytest.param(with_params(optimizer={"type": "categorical", "choices": ["adam"], "log": True}), "params.optimizer.log", ["not allowed for type categorical"], id="categorical-with-log"),
-    pytest.param(with_params(optimizer={"type": "categorical", "choices": ["adam", "adm"]}), "params.optimizer.choices[1]", ["unknown optimizer 'adm'", "did you mean 'adam'", "valid choices: adam, adamw, rmsprop, sgd"], id="unknown-optimizer-choice"),
-    pytest.param(with_params(model={"type": "categorical", "choices": ["cnnn"]}), "params.model.choices[0]", ["unknown model 'cnnn'", "valid choices: cnn"], id="unknown-model-choice"),
-    pytest.param(with_params(loss={"type": "categorical", "choices": ["cross_entropy", "focall"]}), "params.loss.choices[1]", ["unknown loss 'focall'", "did you mean 'focal'", "valid choices: cross_entropy, focal"], id="unknown-loss-choice"),
-    pytest.param(with_params(scheduler={"type": "categorical", "choices": ["cosin"]}), "params.scheduler.choices[0]", ["unknown scheduler 'cosin'", "valid choices: constant, cosine, linear, step"], id="unknown-scheduler-choice"),
-    pytest.param(with_params(width={"type": "categorical", "choices": [16, 1.5]}), "params.width.choices[1]", ["fractional part"], id="fractional-int-choice"),
-    pytest.param(with_params(width={"type": "categorical", "choices": [16, True]}), "params.width.choices[1]", ["valid integer"], id="bool-int-choice"),
-    pytest.param({"name": "x", "sampler": {"name": "tp"}}, "sampler.name", ["unknown sampler 'tp'", "did you mean 'tpe'", "valid choices: gp, nsga2, qmc, random, tpe"], id="unknown-sampler"),
-    pytest.param({"name": "x", "sampler": {"options": {"bogus": 1}}}, "sampler.options", ["invalid options for 'tpe'", "bogus"], id="bad-sampler-options"),
-    pytest.param({"name": "x", "pruner": {"name": "mediam"}}, "pruner.name", ["unknown pruner 'mediam'", "did you mean 'median'", "hyperband"], id="unknown-pruner"),
-    pytest.param({"name": "x", "pruner": {"options": {"bogus": 1}}}, "pruner.options", ["invalid options for 'median'", "bogus"], id="bad-pruner-options"),
-    pytest.param({"name": "x", "objective": {"metric": "acuracy"}}, "objective.metric", ["unknown metric 'acuracy'", "did you mean 'accuracy'", "balanced_accuracy"], id="unknown-metric"),
-    pytest.param({"name": "x", "objectives": [{"metric": "accuracy"}, {"metric": "f1"}]}, "objectives[1].metric", ["unknown metric 'f1'", "macro_f1"], id="unknown-metric-in-objectives"),
-    pytest.param({"name": "x", "objectives": [{"metric": "loss"}, {"metric": "loss"}]}, "objectives", ["only once"], id="duplicate-objective-metric"),
-    pytest.param({"name": "x", "objectives": []}, "objectives", ["at least one objective"], id="empty-objectives"),
-    pytest.param({"name": "x", "dataset": {"source": "digit"}}, "dataset.source", ["unknown dataset 'digit'", "did you mean 'digits'", "valid choices: digits"], id="unknown-dataset"),
-    pytest.param({"name": "x", "dataset": {"options": {"val_fraction": 1.5}}}, "dataset.options.val_fraction", ["less than 1"], id="dataset-option-out-of-range"),
-    pytest.param({"name": "x", "dataset": {"options": {"val_frac": 0.1}}}, "dataset.options.val_frac", ["Extra inputs are not permitted"], id="dataset-option-unknown"),
-    pytest.param({"name": "x", "fixed": {"epoch": 3}}, "fixed.epoch", ["unknown hyperparameter 'epoch'", "did you mean 'epochs'", "valid choices:", "batch_size"], id="fixed-unknown-hyperparameter"),
-    pytest.param({"name": "x", "fixed": {"optimizer": "adm"}}, "fixed.optimizer", ["unknown optimizer 'adm'", "valid choices: adam, adamw, rmsprop, sgd"], id="fixed-unknown-optimizer"),
-    pytest.param({"name": "x", "fixed": {"width": "wide"}}, "fixed.width", ["valid integer"], id="fixed-wrong-type"),
-    pytest.param({"name": "x", "fixed": {"width": True}}, "fixed.width", ["valid integer"], id="fixed-bool-for-int"),
-    pytest.param({"name": "x", "fixed": {"dropout": 1.0}}, "fixed.dropout", ["less than 1"], id="fixed-out-of-range"),
-    pytest.param({"name": "x", "fixed": {"lr": 0.1}, "params": {"lr": {"type": "float", "low": 0.01, "high": 1}}}, "fixed.lr", ["also in params"], id="fixed-and-searched"),
-    pytest.param(with_params(lre={"type": "float", "low": 0.1, "high": 1}), "params.lre", ["unknown hyperparameter 'lre'", "did you mean 'lr'", "valid choices:"], id="param-unknown-hyperparameter"),
-    pytest.param(with_params(width={"type": "float", "low": 8, "high": 64}), "params.width.type", ["takes integers", "use type: int"], id="float-type-for-int-hyperparameter"),
-    pytest.param(with_params(optimizer={"type": "float", "low": 0, "high": 1}), "params.optimizer.type", ["takes names", "use type: categorical"], id="range-type-for-name-hyperparameter"),
-    pytest.param(with_params(momentum=MOMENTUM_IF_SGD), "params.momentum.when.optimizer", ["unknown parent 'optimizer'", "categorical"], id="when-unknown-parent"),
-    pytest.param(with_params(lr={"type": "float", "low": 0.01, "high": 0.1}, momentum={**MOMENTUM_IF_SGD, "when": {"lr": 0.05}}), "params.momentum.when.lr", ["parent 'lr' must be a categorical param"], id="when-non-categorical-parent"),
-    pytest.param(with_params(optimizer=OPTIMIZER, momentum={**MOMENTUM_IF_SGD, "when": {"optimizer": "adamw"}}), "params.momentum.when.optimizer", ["'adamw' is not a choice of 'optimizer'", "valid choices: adam, sgd"], id="when-value-not-a-choice"),
-    pytest.param(with_params(optimizer=OPTIMIZER, momentum={**MOMENTUM_IF_SGD, "when": {"optimizer": ["sgd", "rmsprop"]}}), "params.momentum.when.optimizer", ["'rmsprop' is not a choice"], id="when-list-value-not-a-choice"),
-    pytest.param(with_params(momentum={**MOMENTUM_IF_SGD, "when": {"momentum": "sgd"}}), "params.momentum.when.momentum", ["cannot depend on itself"], id="when-self"),
-    pytest.param(with_params(optimizer={**OPTIMIZER, "when": {"loss": "focal"}}, loss={"type": "categorical", "choices": ["focal", "cross_entropy"], "when": {"optimizer": "adam"}}), "params", ["conditions form a cycle", "optimizer -> loss -> optimizer"], id="when-cycle"),
-    pytest.param({"name": "x", "objectives": [{"metric": "accuracy"}, {"metric": "loss"}], "pruner": {"name": "median"}}, "pruner.name", ["multi-objective studies cannot prune", "'none'"], id="pruner-on-multi-objective"),
-    pytest.param({"name": "x", "objective": {"metric": "accuracy"}, "objectives": [{"metric": "loss"}]}, "objectives", ["either 'objective' or 'objectives', not both"], id="objective-and-objectives"),
+    pytest.param(
+        with_params(lr={"type": "weird", "low": 0.1, "high": 0.2}),
+        "params.lr.type",
+        ["'float', 'int' or 'categorical'"],
+        id="param-type-unknown",
+    ),
+    pytest.param(
+        {"name": "x", "objective": {"metric": "accuracy", "direction": "up"}},
+        "objective.direction",
+        ["'maximize' or 'minimize'"],
+        id="direction-unknown",
+    ),
+    pytest.param(
+        with_params(lr={"type": "float", "low": 0.1, "high": 0.01}),
+        "params.lr.low",
+        ["low (0.1) must be <= high (0.01)"],
+        id="low-above-high",
+    ),
+    pytest.param(
+        with_params(lr={"type": "float", "low": 0, "high": 0.01, "log": True}),
+        "params.lr.low",
+        ["must be > 0 when log is true"],
+        id="log-low-zero",
+    ),
+    pytest.param(
+        with_params(warmup_epochs={"type": "float", "low": -1, "high": 2, "log": True}),
+        "params.warmup_epochs.low",
+        ["must be > 0 when log is true"],
+        id="log-low-negative",
+    ),
+    pytest.param(
+        with_params(lr={"type": "float", "low": 1e-3, "high": 0.1, "log": True, "step": 0.01}),
+        "params.lr.step",
+        ["cannot be combined with log"],
+        id="float-log-with-step",
+    ),
+    pytest.param(
+        with_params(epochs={"type": "int", "low": 1, "high": 9, "log": True, "step": 2}),
+        "params.epochs.step",
+        ["cannot be combined with log"],
+        id="int-log-with-step-2",
+    ),
+    pytest.param(
+        with_params(epochs={"type": "int", "low": 1, "high": 9, "step": 0}),
+        "params.epochs.step",
+        ["must be > 0"],
+        id="step-zero",
+    ),
+    pytest.param(
+        with_params(width={"type": "int", "low": 1.5, "high": 8}),
+        "params.width.low",
+        ["must be an integer, got 1.5"],
+        id="int-fractional-low",
+    ),
+    pytest.param(
+        with_params(width={"type": "int", "low": 1, "high": 8.5}),
+        "params.width.high",
+        ["must be an integer, got 8.5"],
+        id="int-fractional-high",
+    ),
+    pytest.param(
+        with_params(width={"type": "int", "low": 8, "high": 64, "step": 2.5}),
+        "params.width.step",
+        ["must be an integer, got 2.5"],
+        id="int-fractional-step",
+    ),
+    pytest.param(
+        with_params(lr={"type": "float", "high": 0.1}),
+        "params.lr.low",
+        ["a float param needs low"],
+        id="range-missing-low",
+    ),
+    pytest.param(
+        with_params(width={"type": "int", "low": 8}),
+        "params.width.high",
+        ["int param needs high"],
+        id="range-missing-high",
+    ),
+    pytest.param(
+        with_params(lr={"type": "float", "low": 0.1, "high": 1, "choices": [0.1]}),
+        "params.lr.choices",
+        ["not allowed for type float"],
+        id="range-with-choices",
+    ),
+    pytest.param(
+        with_params(lr={"type": "float", "low": 0.1, "high": 20}),
+        "params.lr.high",
+        ["less than or equal to 10"],
+        id="high-beyond-hyperparameter-bound",
+    ),
+    pytest.param(
+        with_params(dropout={"type": "float", "low": -0.5, "high": 0.5}),
+        "params.dropout.low",
+        ["greater than or equal to 0"],
+        id="low-beyond-hyperparameter-bound",
+    ),
+    pytest.param(
+        with_params(optimizer={"type": "categorical"}),
+        "params.optimizer.choices",
+        ["needs choices"],
+        id="categorical-without-choices",
+    ),
+    pytest.param(
+        with_params(optimizer={"type": "categorical", "choices": []}),
+        "params.optimizer.choices",
+        ["needs choices"],
+        id="categorical-empty-choices",
+    ),
+    pytest.param(
+        with_params(optimizer={"type": "categorical", "choices": ["adam", "adam"]}),
+        "params.optimizer.choices",
+        ["choices must be unique"],
+        id="duplicate-choices",
+    ),
+    pytest.param(
+        with_params(optimizer={"type": "categorical", "choices": ["adam"], "low": 1}),
+        "params.optimizer.low",
+        ["not allowed for type categorical"],
+        id="categorical-with-low",
+    ),
+    pytest.param(
+        with_params(optimizer={"type": "categorical", "choices": ["adam"], "log": True}),
+        "params.optimizer.log",
+        ["not allowed for type categorical"],
+        id="categorical-with-log",
+    ),
+    pytest.param(
+        with_params(optimizer={"type": "categorical", "choices": ["adam", "adm"]}),
+        "params.optimizer.choices[1]",
+        [
+            "unknown optimizer 'adm'",
+            "did you mean 'adam'",
+            "valid choices: adam, adamw, rmsprop, sgd",
+        ],
+        id="unknown-optimizer-choice",
+    ),
+    pytest.param(
+        with_params(model={"type": "categorical", "choices": ["cnnn"]}),
+        "params.model.choices[0]",
+        ["unknown model 'cnnn'", "valid choices: cnn"],
+        id="unknown-model-choice",
+    ),
+    pytest.param(
+        with_params(loss={"type": "categorical", "choices": ["cross_entropy", "focall"]}),
+        "params.loss.choices[1]",
+        ["unknown loss 'focall'", "did you mean 'focal'", "valid choices: cross_entropy, focal"],
+        id="unknown-loss-choice",
+    ),
+    pytest.param(
+        with_params(scheduler={"type": "categorical", "choices": ["cosin"]}),
+        "params.scheduler.choices[0]",
+        ["unknown scheduler 'cosin'", "valid choices: constant, cosine, linear, step"],
+        id="unknown-scheduler-choice",
+    ),
+    pytest.param(
+        with_params(width={"type": "categorical", "choices": [16, 1.5]}),
+        "params.width.choices[1]",
+        ["fractional part"],
+        id="fractional-int-choice",
+    ),
+    pytest.param(
+        with_params(width={"type": "categorical", "choices": [16, True]}),
+        "params.width.choices[1]",
+        ["valid integer"],
+        id="bool-int-choice",
+    ),
+    pytest.param(
+        {"name": "x", "sampler": {"name": "tp"}},
+        "sampler.name",
+        [
+            "unknown sampler 'tp'",
+            "did you mean 'tpe'",
+            "valid choices: gp, nsga2, qmc, random, tpe",
+        ],
+        id="unknown-sampler",
+    ),
+    pytest.param(
+        {"name": "x", "sampler": {"options": {"bogus": 1}}},
+        "sampler.options",
+        ["invalid options for 'tpe'", "bogus"],
+        id="bad-sampler-options",
+    ),
+    pytest.param(
+        {"name": "x", "pruner": {"name": "mediam"}},
+        "pruner.name",
+        ["unknown pruner 'mediam'", "did you mean 'median'", "hyperband"],
+        id="unknown-pruner",
+    ),
+    pytest.param(
+        {"name": "x", "pruner": {"options": {"bogus": 1}}},
+        "pruner.options",
+        ["invalid options for 'median'", "bogus"],
+        id="bad-pruner-options",
+    ),
+    pytest.param(
+        {"name": "x", "objective": {"metric": "acuracy"}},
+        "objective.metric",
+        ["unknown metric 'acuracy'", "did you mean 'accuracy'", "balanced_accuracy"],
+        id="unknown-metric",
+    ),
+    pytest.param(
+        {"name": "x", "objectives": [{"metric": "accuracy"}, {"metric": "f1"}]},
+        "objectives[1].metric",
+        ["unknown metric 'f1'", "macro_f1"],
+        id="unknown-metric-in-objectives",
+    ),
+    pytest.param(
+        {"name": "x", "objectives": [{"metric": "loss"}, {"metric": "loss"}]},
+        "objectives",
+        ["only once"],
+        id="duplicate-objective-metric",
+    ),
+    pytest.param(
+        {"name": "x", "objectives": []},
+        "objectives",
+        ["at least one objective"],
+        id="empty-objectives",
+    ),
+    pytest.param(
+        {"name": "x", "dataset": {"source": "digit"}},
+        "dataset.source",
+        ["unknown dataset 'digit'", "did you mean 'digits'", "valid choices: digits"],
+        id="unknown-dataset",
+    ),
+    pytest.param(
+        {"name": "x", "dataset": {"options": {"val_fraction": 1.5}}},
+        "dataset.options.val_fraction",
+        ["less than 1"],
+        id="dataset-option-out-of-range",
+    ),
+    pytest.param(
+        {"name": "x", "dataset": {"options": {"val_frac": 0.1}}},
+        "dataset.options.val_frac",
+        ["unknown field 'val_frac'; valid fields: val_fraction, seed"],
+        id="dataset-option-unknown",
+    ),
+    pytest.param(
+        {"name": "x", "fixed": {"epoch": 3}},
+        "fixed.epoch",
+        ["unknown hyperparameter 'epoch'", "did you mean 'epochs'", "valid choices:", "batch_size"],
+        id="fixed-unknown-hyperparameter",
+    ),
+    pytest.param(
+        {"name": "x", "fixed": {"optimizer": "adm"}},
+        "fixed.optimizer",
+        ["unknown optimizer 'adm'", "valid choices: adam, adamw, rmsprop, sgd"],
+        id="fixed-unknown-optimizer",
+    ),
+    pytest.param(
+        {"name": "x", "fixed": {"width": "wide"}},
+        "fixed.width",
+        ["valid integer"],
+        id="fixed-wrong-type",
+    ),
+    pytest.param(
+        {"name": "x", "fixed": {"width": True}},
+        "fixed.width",
+        ["valid integer"],
+        id="fixed-bool-for-int",
+    ),
+    pytest.param(
+        {"name": "x", "fixed": {"dropout": 1.0}},
+        "fixed.dropout",
+        ["less than 1"],
+        id="fixed-out-of-range",
+    ),
+    pytest.param(
+        {
+            "name": "x",
+            "fixed": {"lr": 0.1},
+            "params": {"lr": {"type": "float", "low": 0.01, "high": 1}},
+        },
+        "fixed.lr",
+        ["also in params"],
+        id="fixed-and-searched",
+    ),
+    pytest.param(
+        with_params(lre={"type": "float", "low": 0.1, "high": 1}),
+        "params.lre",
+        ["unknown hyperparameter 'lre'", "did you mean 'lr'", "valid choices:"],
+        id="param-unknown-hyperparameter",
+    ),
+    pytest.param(
+        with_params(width={"type": "float", "low": 8, "high": 64}),
+        "params.width.type",
+        ["takes integers", "use type: int"],
+        id="float-type-for-int-hyperparameter",
+    ),
+    pytest.param(
+        with_params(optimizer={"type": "float", "low": 0, "high": 1}),
+        "params.optimizer.type",
+        ["takes names", "use type: categorical"],
+        id="range-type-for-name-hyperparameter",
+    ),
+    pytest.param(
+        with_params(momentum=MOMENTUM_IF_SGD),
+        "params.momentum.when.optimizer",
+        ["unknown parent 'optimizer'", "categorical"],
+        id="when-unknown-parent",
+    ),
+    pytest.param(
+        with_params(
+            lr={"type": "float", "low": 0.01, "high": 0.1},
+            momentum={**MOMENTUM_IF_SGD, "when": {"lr": 0.05}},
+        ),
+        "params.momentum.when.lr",
+        ["parent 'lr' must be a categorical param"],
+        id="when-non-categorical-parent",
+    ),
+    pytest.param(
+        with_params(
+            optimizer=OPTIMIZER, momentum={**MOMENTUM_IF_SGD, "when": {"optimizer": "adamw"}}
+        ),
+        "params.momentum.when.optimizer",
+        ["'adamw' is not a choice of 'optimizer'", "valid choices: adam, sgd"],
+        id="when-value-not-a-choice",
+    ),
+    pytest.param(
+        with_params(
+            optimizer=OPTIMIZER,
+            momentum={**MOMENTUM_IF_SGD, "when": {"optimizer": ["sgd", "rmsprop"]}},
+        ),
+        "params.momentum.when.optimizer",
+        ["'rmsprop' is not a choice"],
+        id="when-list-value-not-a-choice",
+    ),
+    pytest.param(
+        with_params(momentum={**MOMENTUM_IF_SGD, "when": {"momentum": "sgd"}}),
+        "params.momentum.when.momentum",
+        ["cannot depend on itself"],
+        id="when-self",
+    ),
+    pytest.param(
+        with_params(
+            optimizer={**OPTIMIZER, "when": {"loss": "focal"}},
+            loss={
+                "type": "categorical",
+                "choices": ["focal", "cross_entropy"],
+                "when": {"optimizer": "adam"},
+            },
+        ),
+        "params",
+        ["conditions form a cycle", "optimizer -> loss -> optimizer"],
+        id="when-cycle",
+    ),
+    pytest.param(
+        {
+            "name": "x",
+            "objectives": [{"metric": "accuracy"}, {"metric": "loss"}],
+            "pruner": {"name": "median"},
+        },
+        "pruner.name",
+        ["multi-objective studies cannot prune", "'none'"],
+        id="pruner-on-multi-objective",
+    ),
+    pytest.param(
+        {"name": "x", "objective": {"metric": "accuracy"}, "objectives": [{"metric": "loss"}]},
+        "objectives",
+        ["either 'objective' or 'objectives', not both"],
+        id="objective-and-objectives",
+    ),
     pytest.param("- a\n- b\n", "(spec)", ["must be a mapping", "got list"], id="yaml-list-text"),
-    pytest.param("just a string", "(spec)", ["must be a mapping", "got str"], id="yaml-scalar-text"),
+    pytest.param(
+        "just a string", "(spec)", ["must be a mapping", "got str"], id="yaml-scalar-text"
+    ),
     pytest.param("", "(spec)", ["must be a mapping", "empty document"], id="empty-text"),
 ]
 
@@ -401,39 +754,23 @@ def test_low_above_high_and_nonpositive_log_low_both_reported() -> None:
     assert "must be > 0 when log is true" in errors[1].msg
 
 
-@pytest.mark.xfail(
-    reason="StrictModel._reject_unknown_keys raises before field validation, so an unknown "
-    "key hides every other structural error in the same model",
-    strict=True,
-)
 def test_unknown_key_does_not_hide_other_errors() -> None:
-    paths = {error.path for error in spec_errors({"name": "x", "bogus": 1, "budget": {"n_trials": 0}})}
+    paths = {
+        error.path for error in spec_errors({"name": "x", "bogus": 1, "budget": {"n_trials": 0}})
+    }
     assert paths == {"bogus", "budget.n_trials"}
 
 
-@pytest.mark.xfail(
-    reason="StrictModel._reject_unknown_keys reports only the first unknown key of a model",
-    strict=True,
-)
 def test_every_unknown_key_is_reported() -> None:
     paths = {error.path for error in spec_errors({"name": "x", "colour": 1, "size": 2})}
     assert paths == {"colour", "size"}
 
 
-@pytest.mark.xfail(
-    reason="_check_categorical compares choices by repr, so 16 and 16.0 (the same width) "
-    "pass as unique; Optuna then maps 16.0 to the index of 16",
-    strict=True,
-)
 def test_numerically_equal_choices_are_duplicates() -> None:
     errors = spec_errors(with_params(width={"type": "categorical", "choices": [16, 16.0]}))
     assert [e.path for e in errors] == ["params.width.choices"]
 
 
-@pytest.mark.xfail(
-    reason="_check_range builds 'a {type} param needs ...', giving 'a int param needs high'",
-    strict=True,
-)
 def test_missing_int_bound_message_grammar() -> None:
     errors = spec_errors(with_params(width={"type": "int", "low": 8}))
     assert errors[0].msg == "an int param needs high"

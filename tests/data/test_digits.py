@@ -160,7 +160,7 @@ def test_load_dataset_caches() -> None:
 
 
 def test_load_dataset_rejects_unknown_source() -> None:
-    with pytest.raises(UnknownNameError, match="unknown dataset 'mnist'.*valid choices: digits"):
+    with pytest.raises(UnknownNameError, match=r"unknown dataset 'mnist'.*valid choices: digits"):
         load_dataset("mnist")
 
 

@@ -214,9 +214,7 @@ def test_resolve_device() -> None:
 def test_focal_loss_with_zero_gamma_is_cross_entropy() -> None:
     torch.manual_seed(0)
     logits, targets = torch.randn(16, 5), torch.randint(0, 5, (16,))
-    assert FocalLoss(0.0)(logits, targets) == pytest.approx(
-        float(F.cross_entropy(logits, targets))
-    )
+    assert FocalLoss(0.0)(logits, targets) == pytest.approx(float(F.cross_entropy(logits, targets)))
 
 
 def test_focal_loss_down_weights_easy_examples() -> None:
@@ -237,7 +235,9 @@ def test_build_loss_uses_config() -> None:
 
 def test_sgd_uses_momentum_and_nesterov() -> None:
     model = torch.nn.Linear(2, 2)
-    group = build_optimizer(TrialConfig(optimizer="sgd", momentum=0.8, lr=0.05), model).param_groups[0]
+    group = build_optimizer(
+        TrialConfig(optimizer="sgd", momentum=0.8, lr=0.05), model
+    ).param_groups[0]
     assert (group["lr"], group["momentum"], group["nesterov"]) == (0.05, 0.8, True)
     group = build_optimizer(TrialConfig(optimizer="sgd", momentum=0.0), model).param_groups[0]
     assert group["nesterov"] is False
@@ -332,6 +332,8 @@ def test_per_class_report() -> None:
 
 
 def test_per_class_report_class_never_predicted_nor_present() -> None:
-    report = per_class_report(torch.zeros(2, 2, dtype=torch.int64) + torch.tensor([[2, 0], [0, 0]]), ("a", "b"))
+    report = per_class_report(
+        torch.zeros(2, 2, dtype=torch.int64) + torch.tensor([[2, 0], [0, 0]]), ("a", "b")
+    )
     assert report[1] == {"class": "b", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert report[0]["f1"] == 1.0

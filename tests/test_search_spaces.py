@@ -1,0 +1,55 @@
+"""Every bundled example spec validates, and the quickstart spec meets its promise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from automl.spec import load_spec
+
+SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+EXAMPLES = sorted(SEARCH_SPACES.glob("*.y*ml")) + sorted(SEARCH_SPACES.glob("*.json"))
+
+
+def test_there_are_examples() -> None:
+    assert len(EXAMPLES) >= 3
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda path: path.name)
+def test_example_spec_is_valid(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.params, "an example should search something"
+    assert spec.budget.n_trials >= 1
+
+
+@pytest.mark.slow
+def test_digits_quick_reaches_95_percent(tmp_path: Path) -> None:
+    """The quickstart's promise: >= 0.95 validation accuracy within its budget."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "automl",
+            "run",
+            str(SEARCH_SPACES / "digits_quick.yaml"),
+            "--json",
+            "--device",
+            "cpu",
+            "--storage",
+            f"sqlite:///{tmp_path / 'quick.db'}",
+            "--artifacts-dir",
+            str(tmp_path / "artifacts"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    best = json.loads(result.stdout)
+    assert best["trials"][0]["metrics"]["accuracy"] >= 0.95
+    assert "trial 0" in result.stderr  # live progress, one line per trial off a terminal
