@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from automl.data import DATASETS
 from automl.pruners import PRUNERS, build_pruner
@@ -29,6 +29,8 @@ MAX_TRIALS = 5_000
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 Scalar = str | bool | int | float
+Number = Annotated[float, AfterValidator(lambda v: int(v) if v.is_integer() else v)]
+"""A float that keeps whole numbers as ints (``step: 16`` stays 16 in the stored spec)."""
 Loc = tuple[str | int, ...]
 
 
@@ -124,10 +126,10 @@ class ParamSpec(StrictModel):
     """
 
     type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
+    low: Number | None = None
+    high: Number | None = None
     log: bool = False
-    step: float | None = None
+    step: Number | None = None
     choices: list[Scalar] | None = None
     when: dict[str, Scalar | list[Scalar]] | None = None
 

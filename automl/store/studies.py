@@ -63,7 +63,9 @@ def submit_study(storage: BaseStorage, spec: StudySpec) -> StudyDetail:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(spec.metrics)
-    storage.set_study_user_attr(study_id, attrs.SPEC, spec.model_dump(mode="json"))
+    storage.set_study_user_attr(
+        study_id, attrs.SPEC, spec.model_dump(mode="json", exclude_none=True)
+    )
     storage.set_study_user_attr(study_id, attrs.CREATED_AT, now().isoformat())
     for _ in range(spec.budget.n_trials):
         study.enqueue_trial({})
