@@ -585,11 +585,6 @@ def conditional_order(params: Mapping[str, ParamSpec]) -> list[str]:
     return order
 
 
-def spec_json_schema() -> dict[str, Any]:
-    """The JSON schema of ``StudySpec`` (for docs and the OpenAPI request body)."""
-    return StudySpec.model_json_schema()
-
-
 def spec_from_json(text: str) -> StudySpec:
     """Reads a spec stored by ``StudySpec.to_json`` (trusted: no second check)."""
     return StudySpec.model_validate(json.loads(text))

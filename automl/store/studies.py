@@ -108,11 +108,11 @@ def load_spec(storage: BaseStorage, study_id: int) -> StudySpec:
     Raises:
         StudyNotFoundError: If there is no such automl study.
     """
-    return spec_from_json_dict(_user_attrs(storage, study_id)[attrs.SPEC])
+    return _stored_spec(_user_attrs(storage, study_id)[attrs.SPEC])
 
 
-def spec_from_json_dict(data: dict[str, Any]) -> StudySpec:
-    """Rebuilds a stored spec."""
+def _stored_spec(data: dict[str, Any]) -> StudySpec:
+    # Stored specs were fully checked at submission; only rebuild the model.
     return StudySpec.model_validate(data)
 
 
@@ -230,7 +230,7 @@ def list_studies(
 def _summary(
     storage: BaseStorage, study_id: int, name: str, user_attrs: dict[str, Any]
 ) -> StudySummary:
-    spec = spec_from_json_dict(user_attrs[attrs.SPEC])
+    spec = _stored_spec(user_attrs[attrs.SPEC])
     counts = TrialCounts.of(storage.get_all_trials(study_id, deepcopy=False))
     best_value = None
     if len(spec.directions) == 1 and counts.complete:
