@@ -33,9 +33,9 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# Then the package itself (its dependencies are already satisfied). README.md is the
-# readme named in pyproject.toml; the wildcard keeps the build working while it is absent.
-COPY pyproject.toml README.md* ./
+# Then the package itself (its dependencies are already satisfied; README.md is the
+# readme that pyproject.toml names).
+COPY README.md ./
 COPY automl/ ./automl/
 RUN if [ -n "$TORCH_INDEX_URL" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL"; fi \
     && pip install --no-cache-dir ".[postgres]" \
@@ -50,7 +50,7 @@ COPY search_spaces/ ./search_spaces/
 ENV AUTOML_STORAGE=sqlite:////data/automl.db \
     AUTOML_ARTIFACTS_DIR=/data/artifacts \
     AUTOML_HOST=0.0.0.0 \
-    AUTOML_PORT=http
+    AUTOML_PORT=8000
 VOLUME ["/data"]
 
 USER automl
