@@ -16,6 +16,7 @@ from automl.store.storage import (
     normalize_url,
 )
 from automl.store.studies import (
+    INTERRUPTED_PREFIX,
     NoBestTrialError,
     StudyNotFoundError,
     StudyStateError,
@@ -47,6 +48,7 @@ from automl.store.views import (
 )
 
 __all__ = [
+    "INTERRUPTED_PREFIX",
     "BestTrials",
     "NoBestTrialError",
     "NoQueuedTrialError",

@@ -26,6 +26,9 @@ from automl.store.views import (
     TrialSummary,
 )
 
+INTERRUPTED_PREFIX = "interrupted:"
+"""Start of the error recorded on a trial whose worker was stopped mid-training."""
+
 
 class StudyNotFoundError(LookupError):
     """No automl study has this id."""
@@ -163,9 +166,11 @@ def settle_study(storage: BaseStorage, study_id: int) -> StudyStatus:
     if not status.is_active:
         return status
     spec = load_spec(storage, study_id)
-    counts = TrialCounts.of(storage.get_all_trials(study_id, deepcopy=False))
-    if counts.fail > spec.budget.max_failed:
-        reason = f"{counts.fail} trials failed (max_failed is {spec.budget.max_failed})"
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    counts = TrialCounts.of(trials)
+    failed = sum(1 for trial in trials if is_config_failure(trial))
+    if failed > spec.budget.max_failed:
+        reason = f"{failed} trials failed (max_failed is {spec.budget.max_failed})"
         set_status(storage, study_id, StudyStatus.FAILED, reason)
         return StudyStatus.FAILED
     if counts.finished >= spec.budget.n_trials:
@@ -175,6 +180,16 @@ def settle_study(storage: BaseStorage, study_id: int) -> StudyStatus:
         set_status(storage, study_id, StudyStatus.COMPLETED, "timeout reached")
         return StudyStatus.COMPLETED
     return status
+
+
+def is_config_failure(trial: FrozenTrial) -> bool:
+    """A FAIL caused by the trial itself, not by its worker being stopped.
+
+    Interrupted trials still use up their budget slot, but do not count toward
+    ``max_failed``: stopping workers must not fail a study.
+    """
+    error = str(trial.user_attrs.get(attrs.ERROR, ""))
+    return trial.state == TrialState.FAIL and not error.startswith(INTERRUPTED_PREFIX)
 
 
 def is_timed_out(storage: BaseStorage, study_id: int, spec: StudySpec | None = None) -> bool:

@@ -20,6 +20,7 @@ from automl.pruners import build_pruner
 from automl.samplers import build_sampler
 from automl.spec import StudySpec
 from automl.store import (
+    INTERRUPTED_PREFIX,
     NoQueuedTrialError,
     active_study_ids,
     attrs,
@@ -149,7 +150,8 @@ class Worker:
             if not get_status(self.storage, study_id).is_active:
                 # Cancelled between listing and claiming: the claim cannot be undone,
                 # so end it visibly instead of training.
-                trial.set_user_attr(attrs.ERROR, "interrupted: study is no longer active")
+                message = f"{INTERRUPTED_PREFIX} study is no longer active"
+                trial.set_user_attr(attrs.ERROR, message)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 continue
             mark_running(self.storage, study_id)

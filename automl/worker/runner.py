@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from automl.space import suggest
 from automl.spec import StudySpec
-from automl.store import attrs, get_status, save_weights
+from automl.store import INTERRUPTED_PREFIX, attrs, get_status, save_weights
 from automl.train import TrainingInterrupted, TrainResult, train
 
 logger = logging.getLogger("automl.worker")
@@ -72,7 +72,7 @@ def run_trial(
             save_weights(storage, trial, result.state_dict, artifacts_dir)
             frozen = claim.study.tell(trial, values)
     except (TrainingInterrupted, StudyStopped) as exc:
-        frozen = _fail(claim, f"interrupted: {exc}")
+        frozen = _fail(claim, f"{INTERRUPTED_PREFIX} {exc}")
     except Exception as exc:
         logger.debug("trial %s failed", trial.number, exc_info=True)
         frozen = _fail(claim, _describe(exc))
