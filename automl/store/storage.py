@@ -96,7 +96,7 @@ def _open_with_retries(url: str, engine_kwargs: dict[str, Any]) -> QueuedTrialSt
         try:
             return QueuedTrialStorage(url, engine_kwargs=engine_kwargs)
         except sqlalchemy.exc.SQLAlchemyError as exc:
-            if attempt == SCHEMA_RACE_RETRIES or _is_connection_error(exc):
+            if attempt == SCHEMA_RACE_RETRIES or not _is_schema_race(exc):
                 raise StorageError(
                     f"cannot open storage {_redact(url)}: {_first_line(exc)}"
                 ) from None
@@ -106,8 +106,9 @@ def _open_with_retries(url: str, engine_kwargs: dict[str, Any]) -> QueuedTrialSt
     raise AssertionError("unreachable")
 
 
-def _is_connection_error(exc: sqlalchemy.exc.SQLAlchemyError) -> bool:
-    return isinstance(exc, sqlalchemy.exc.OperationalError) and "already exists" not in str(exc)
+def _is_schema_race(exc: sqlalchemy.exc.SQLAlchemyError) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in text
 
 
 def _make_sqlite_safe_for_processes(engine: sqlalchemy.engine.Engine) -> None:

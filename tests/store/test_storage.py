@@ -133,7 +133,7 @@ def test_check_connection_raises_storage_error_when_unreachable() -> None:
     engine = sqlalchemy.create_engine(normalize_url(UNREACHABLE_POSTGRES))
     unreachable = cast(optuna.storages.RDBStorage, SimpleNamespace(engine=engine))
     try:
-        with pytest.raises(StorageError, match="^storage unreachable: ") as info:
+        with pytest.raises(StorageError, match=r"^storage unreachable: ") as info:
             check_connection(unreachable)
         assert "\n" not in str(info.value)
     finally:
@@ -216,7 +216,7 @@ def test_concurrent_asks_claim_each_queued_trial_exactly_once(
         mine = optuna.load_study(study_name="race", storage=storage)
         start.wait()
         try:
-            while True:
+            for _ in range(n_trials + 1):  # bounded: a regression must fail, not spin
                 number = mine.ask().number
                 with lock:
                     claimed.append(number)
@@ -225,7 +225,7 @@ def test_concurrent_asks_claim_each_queued_trial_exactly_once(
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=claim_all) for _ in range(n_threads)]
+    threads = [threading.Thread(target=claim_all, daemon=True) for _ in range(n_threads)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -23,6 +23,7 @@ from automl.store import (
     TrialNotFoundError,
     WeightsNotFoundError,
     active_study_ids,
+    attrs,
     best_trials,
     cancel_study,
     get_frozen_trial,
@@ -38,7 +39,6 @@ from automl.store import (
     settle_study,
     submit_study,
 )
-from automl.store import attrs
 
 SpecFactory = Callable[..., StudySpec]
 Outcome = float | Sequence[float] | TrialState
@@ -85,7 +85,7 @@ def test_submit_creates_optuna_study_with_spec_status_and_queue(
     assert study.directions == [StudyDirection.MAXIMIZE]
     assert study.metric_names == ["accuracy"]
     user_attrs = study.user_attrs
-    assert user_attrs[attrs.SPEC] == spec.model_dump(mode="json")
+    assert StudySpec.model_validate(user_attrs[attrs.SPEC]) == spec  # JSON that round-trips
     assert user_attrs[attrs.STATUS] == "queued"
     assert datetime.fromisoformat(user_attrs[attrs.CREATED_AT]).tzinfo is not None
     assert attrs.STARTED_AT not in user_attrs
@@ -104,7 +104,7 @@ def test_submit_creates_optuna_study_with_spec_status_and_queue(
     assert detail.counts.waiting == 4
     assert detail.counts.finished == 0
     assert detail.best_value is None
-    assert detail.spec == spec.model_dump(mode="json")
+    assert detail.spec == user_attrs[attrs.SPEC]
     assert load_spec(storage, detail.id) == spec
 
 
@@ -480,9 +480,7 @@ def test_best_trials_returns_the_best_of_one_objective(
     assert trial.values == [pytest.approx(0.9)]
 
 
-def test_best_trials_respects_minimize(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory
-) -> None:
+def test_best_trials_respects_minimize(storage: QueuedTrialStorage, tiny_spec: SpecFactory) -> None:
     study_id = submit_study(storage, tiny_spec(objective={"metric": "loss"})).id
     _drive(storage, study_id, [0.5, 0.2, 0.7])
     assert [t.number for t in best_trials(storage, study_id).trials] == [1]
