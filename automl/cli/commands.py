@@ -30,6 +30,7 @@ from automl.store import (
     get_study,
     submit_study,
 )
+from automl.train import resolve_device
 from automl.worker import InvalidDeviceError, Worker, WorkerOptions
 
 
@@ -114,6 +115,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Submits a spec to the local store and works it to completion in this process."""
     spec = load_spec(Path(args.spec))
+    try:
+        resolve_device(settings.device)  # before submitting: a bad device leaves no study
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
     storage = open_storage(settings)
     study = submit_study(storage, spec)
     level = logging.getLogger().getEffectiveLevel()

@@ -13,6 +13,8 @@ from automl.config import Settings
 logger = logging.getLogger("automl.up")
 
 STOP_TIMEOUT_S = 60.0
+CTRL_C_GRACE_S = 10.0
+CLEAN_EXIT_CODES = (0, -signal.SIGINT, -signal.SIGTERM)
 
 
 def child_commands(settings: Settings, workers: int, log_level: str) -> list[list[str]]:
@@ -30,7 +32,7 @@ def run_services(settings: Settings, workers: int, log_level: str) -> int:
     """Starts the children and waits; if one exits or we are interrupted, stops all.
 
     Returns:
-        0 after Ctrl-C/SIGTERM, 1 if a child died on its own.
+        0 after Ctrl-C/SIGTERM, 1 if a child died on its own or exited uncleanly.
     """
     children = [
         subprocess.Popen(command) for command in child_commands(settings, workers, log_level)
@@ -41,34 +43,53 @@ def run_services(settings: Settings, workers: int, log_level: str) -> int:
         settings.port,
         workers,
     )
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    code = 0
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    code, grace = 0, 0.0
     try:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         dead = next(child for child in children if child.poll() is not None)
         logger.error("a child process exited with code %s; stopping all", dead.returncode)
         code = 1
+    except _Terminated:
+        logger.info("terminated: stopping all")
     except KeyboardInterrupt:
-        logger.info("stopping")
+        # A terminal's Ctrl-C already reached every child (one process group): let them
+        # stop on their own before forwarding SIGTERM to any that are still running.
+        logger.info("interrupted: stopping all")
+        grace = CTRL_C_GRACE_S
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _stop_all(children)
+        _stop_all(children, grace)
+    failed = [c.returncode for c in children if c.returncode not in CLEAN_EXIT_CODES]
+    if failed:
+        logger.error("child processes exited with codes %s", failed)
+        code = 1
     return code
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+class _Terminated(KeyboardInterrupt):
+    """``automl up`` itself received SIGTERM (its children did not)."""
 
 
-def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _stop_all(children: list[subprocess.Popen[bytes]], grace: float) -> None:
+    _wait_all(children, grace, kill=False)
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
+    _wait_all(children, STOP_TIMEOUT_S, kill=True)
+
+
+def _wait_all(children: list[subprocess.Popen[bytes]], seconds: float, kill: bool) -> None:
+    deadline = time.monotonic() + seconds
     for child in children:
         try:
-            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            child.wait(timeout=max(deadline - time.monotonic(), 0.01))
         except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+            if kill:
+                child.kill()
+                child.wait()

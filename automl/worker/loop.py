@@ -100,13 +100,17 @@ class Worker:
         return self._stop.is_set()
 
     def install_signal_handlers(self) -> None:
-        """Stops gracefully on the first SIGINT/SIGTERM; a second one kills as usual."""
+        """Stops gracefully on SIGINT/SIGTERM.
+
+        Repeated signals only repeat the request: a Ctrl-C reaches every process of the
+        terminal's group and ``automl up`` forwards a SIGTERM too, and neither may kill a
+        worker before it has ended its trial (which happens at the next batch).
+        """
 
         def handle(signum: int, _: FrameType | None) -> None:
-            logger.warning("received %s: stopping", signal.Signals(signum).name)
+            if not self.stopping:
+                logger.warning("received %s: stopping", signal.Signals(signum).name)
             self.stop()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
         signal.signal(signal.SIGINT, handle)
         signal.signal(signal.SIGTERM, handle)

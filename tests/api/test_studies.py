@@ -1,0 +1,638 @@
+"""The REST API over a real SQLite store: submit, list, inspect, cancel, best, weights."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import COMPLETED_SPEC, RunStudy, close_client, make_client
+from tests.conftest import tiny_spec_data
+
+Submit = Callable[..., dict[str, Any]]
+
+
+def _only_error(response: Any) -> dict[str, Any]:
+    """The single error item of a 422 response."""
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, list)
+    assert len(detail) == 1, detail
+    return detail[0]
+
+
+# --- submit ----------------------------------------------------------------------------------
+
+
+def test_post_json_creates_queued_study(client: TestClient) -> None:
+    response = client.post("/studies", json=tiny_spec_data())
+
+    assert response.status_code == 201, response.text
+    study = response.json()
+    assert response.headers["location"] == f"/studies/{study['id']}"
+    assert study["name"] == "tiny"
+    assert study["status"] == "queued"
+    assert study["n_trials"] == 3
+    assert study["counts"]["waiting"] == 3
+    assert study["counts"]["finished"] == 0
+    assert study["best_value"] is None
+    assert study["directions"] == ["maximize"]
+    assert study["metrics"] == ["accuracy"]
+    assert study["spec"]["params"]["lr"]["high"] == pytest.approx(1e-2)
+
+
+def test_post_yaml_creates_queued_study(client: TestClient) -> None:
+    body = yaml.safe_dump(tiny_spec_data(name="from-yaml", budget={"n_trials": 2}))
+
+    response = client.post("/studies", content=body, headers={"content-type": "application/yaml"})
+
+    assert response.status_code == 201, response.text
+    study = response.json()
+    assert response.headers["location"] == f"/studies/{study['id']}"
+    assert study["name"] == "from-yaml"
+    assert study["status"] == "queued"
+    assert study["counts"]["waiting"] == study["n_trials"] == 2
+
+
+def test_post_same_name_twice_gets_distinct_names(client: TestClient, submit: Submit) -> None:
+    first, second = submit(), submit()
+
+    assert first["id"] != second["id"]
+    assert first["name"] == "tiny"
+    assert second["name"] == "tiny-2"
+
+
+def _with_lr_low(value: float) -> dict[str, Any]:
+    data = tiny_spec_data()
+    data["params"]["lr"]["low"] = value
+    return data
+
+
+def _with_optimizer_choices(choices: list[str]) -> dict[str, Any]:
+    data = tiny_spec_data()
+    data["params"]["optimizer"]["choices"] = choices
+    del data["params"]["momentum"]
+    return data
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "fragments"),
+    [
+        pytest.param(
+            tiny_spec_data(bogus=1),
+            ["body", "bogus"],
+            ["unknown field 'bogus'", "valid fields:", "params"],
+            id="unknown-key",
+        ),
+        pytest.param(
+            tiny_spec_data(budget={"n_trials": 3, "retries": 2}),
+            ["body", "budget", "retries"],
+            ["unknown field 'retries'", "n_trials", "max_failed"],
+            id="unknown-nested-key",
+        ),
+        pytest.param(
+            _with_lr_low(1.0),
+            ["body", "params", "lr", "low"],
+            ["low", "high"],
+            id="low-above-high",
+        ),
+        pytest.param(
+            _with_optimizer_choices(["adam", "nope"]),
+            ["body", "params", "optimizer", "choices", 1],
+            ["unknown optimizer 'nope'", "valid choices:", "adam", "sgd"],
+            id="unknown-optimizer",
+        ),
+        pytest.param(
+            tiny_spec_data(sampler={"name": "nope"}),
+            ["body", "sampler", "name"],
+            ["unknown sampler 'nope'", "valid choices:", "random", "tpe"],
+            id="unknown-sampler",
+        ),
+    ],
+)
+def test_post_invalid_spec_names_field_and_choices(
+    client: TestClient, body: dict[str, Any], loc: list[Any], fragments: list[str]
+) -> None:
+    response = client.post("/studies", json=body)
+
+    error = _only_error(response)
+    assert error["loc"] == loc
+    for fragment in fragments:
+        assert fragment in error["msg"]
+    assert client.get("/studies").json()["count"] == 0
+
+
+def test_post_reports_every_problem(client: TestClient) -> None:
+    body = _with_lr_low(1.0)
+    body["sampler"] = {"name": "nope"}
+
+    response = client.post("/studies", json=body)
+
+    assert response.status_code == 422
+    locs = [error["loc"] for error in response.json()["detail"]]
+    assert sorted(locs) == [["body", "params", "lr", "low"], ["body", "sampler", "name"]]
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "fragment"),
+    [
+        pytest.param("{bad", "application/json", "invalid JSON at line 1", id="invalid-json"),
+        pytest.param("a: [b", "application/yaml", "invalid YAML/JSON at line 1", id="bad-yaml"),
+        pytest.param("", "application/yaml", "request body is empty", id="empty"),
+        pytest.param("  \n", "application/json", "request body is empty", id="blank"),
+        pytest.param("- 1\n- 2\n", "application/yaml", "must be a mapping", id="yaml-list"),
+        pytest.param("[1, 2]", "application/json", "must be a mapping", id="json-list"),
+        pytest.param('"text"', "application/json", "must be a mapping", id="json-string"),
+        pytest.param(b"\xff\xfe", "application/yaml", "not UTF-8", id="not-utf8"),
+    ],
+)
+def test_post_unparsable_body_is_422_with_message(
+    client: TestClient, content: str | bytes, content_type: str, fragment: str
+) -> None:
+    response = client.post("/studies", content=content, headers={"content-type": content_type})
+
+    error = _only_error(response)
+    assert error["loc"] == ["body"]
+    assert fragment in error["msg"]
+
+
+@pytest.fixture
+def small_body_client(tmp_path: Path) -> Iterator[TestClient]:
+    """An app that accepts bodies of at most 200 bytes."""
+    test_client = make_client(
+        f"sqlite:///{tmp_path / 'small.db'}", tmp_path / "artifacts", max_body_bytes=200
+    )
+    yield test_client
+    close_client(test_client)
+
+
+def test_post_body_over_limit_is_413(small_body_client: TestClient) -> None:
+    body = json.dumps(tiny_spec_data())
+    assert len(body) > 200
+
+    response = small_body_client.post(
+        "/studies", content=body, headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 413
+    assert response.json()["detail"] == "body exceeds 200 bytes"
+    assert small_body_client.get("/studies").json()["count"] == 0
+
+
+def test_post_streamed_body_over_limit_is_413(small_body_client: TestClient) -> None:
+    body = json.dumps(tiny_spec_data()).encode()
+    chunks = [body[i : i + 64] for i in range(0, len(body), 64)]
+
+    response = small_body_client.post(
+        "/studies", content=iter(chunks), headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 413
+    assert "200 bytes" in response.json()["detail"]
+
+
+def test_post_body_under_limit_is_accepted(small_body_client: TestClient) -> None:
+    body = yaml.safe_dump(
+        {
+            "name": "s",
+            "dataset": {"source": "digits"},
+            "budget": {"n_trials": 1},
+            "fixed": {"epochs": 1},
+        }
+    )
+    assert len(body.encode()) <= 200
+
+    response = small_body_client.post(
+        "/studies", content=body, headers={"content-type": "application/yaml"}
+    )
+
+    assert response.status_code == 201, response.text
+
+
+# --- list and read ---------------------------------------------------------------------------
+
+
+def test_list_studies_pages_newest_first(client: TestClient, submit: Submit) -> None:
+    ids = [submit(name=f"s{i}")["id"] for i in range(3)]
+
+    first = client.get("/studies", params={"limit": 2}).json()
+    rest = client.get("/studies", params={"limit": 2, "offset": 2}).json()
+    beyond = client.get("/studies", params={"offset": 10}).json()
+
+    assert first["count"] == rest["count"] == beyond["count"] == 3
+    assert [s["id"] for s in first["data"]] == ids[::-1][:2]
+    assert [s["id"] for s in rest["data"]] == ids[:1]
+    assert beyond["data"] == []
+    assert "spec" not in first["data"][0]
+    assert first["data"][0]["counts"]["waiting"] == 3
+
+
+def test_list_studies_empty(client: TestClient) -> None:
+    response = client.get("/studies")
+
+    assert response.status_code == 200
+    assert response.json() == {"data": [], "count": 0}
+
+
+def test_list_studies_filters_by_status(client: TestClient, submit: Submit) -> None:
+    kept, cancelled = submit()["id"], submit()["id"]
+    assert client.post(f"/studies/{cancelled}/cancel").status_code == 200
+
+    queued = client.get("/studies", params={"status": "queued"}).json()
+    gone = client.get("/studies", params={"status": "cancelled"}).json()
+    done = client.get("/studies", params={"status": "completed"}).json()
+
+    assert (queued["count"], [s["id"] for s in queued["data"]]) == (1, [kept])
+    assert (gone["count"], [s["id"] for s in gone["data"]]) == (1, [cancelled])
+    assert gone["data"][0]["status"] == "cancelled"
+    assert done == {"data": [], "count": 0}
+
+
+@pytest.mark.parametrize(
+    ("params", "loc"),
+    [
+        ({"limit": 0}, ["query", "limit"]),
+        ({"limit": 1001}, ["query", "limit"]),
+        ({"offset": -1}, ["query", "offset"]),
+        ({"status": "sleeping"}, ["query", "status"]),
+    ],
+)
+def test_list_studies_bad_query_is_422(
+    client: TestClient, params: dict[str, Any], loc: list[str]
+) -> None:
+    response = client.get("/studies", params=params)
+
+    assert response.status_code == 422
+    assert [error["loc"] for error in response.json()["detail"]] == [loc]
+
+
+def test_get_study(client: TestClient, submit: Submit) -> None:
+    created = submit()
+
+    response = client.get(f"/studies/{created['id']}")
+
+    assert response.status_code == 200
+    study = response.json()
+    assert study["id"] == created["id"]
+    assert study["status"] == "queued"
+    assert study["counts"] == {
+        "waiting": 3,
+        "running": 0,
+        "complete": 0,
+        "pruned": 0,
+        "fail": 0,
+        "finished": 0,
+    }
+    assert study["best_value"] is None
+    assert study["spec"] == created["spec"]
+    assert study["spec"]["sampler"]["name"] == "random"
+
+
+def test_get_unknown_study_is_404(client: TestClient) -> None:
+    response = client.get("/studies/99")
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "study 99 not found"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/studies/abc", "/studies/1.5/trials", "/studies/x/best", "/studies/1/trials/y"],
+)
+def test_non_integer_ids_are_422(client: TestClient, path: str) -> None:
+    response = client.get(path)
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][0] == "path"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/studies/7/trials",
+        "/studies/7/trials/0",
+        "/studies/7/trials/0/weights",
+        "/studies/7/best",
+    ],
+)
+def test_sub_resources_of_unknown_study_are_404(client: TestClient, path: str) -> None:
+    response = client.get(path)
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "study 7 not found"}
+
+
+# --- trials ----------------------------------------------------------------------------------
+
+
+def test_list_trials_pages_and_filters_by_state(client: TestClient, submit: Submit) -> None:
+    study_id = submit()["id"]
+
+    first = client.get(f"/studies/{study_id}/trials", params={"limit": 2}).json()
+    rest = client.get(f"/studies/{study_id}/trials", params={"limit": 2, "offset": 2}).json()
+    waiting = client.get(f"/studies/{study_id}/trials", params={"state": "waiting"}).json()
+    complete = client.get(f"/studies/{study_id}/trials", params={"state": "complete"}).json()
+
+    assert [t["number"] for t in first["data"]] == [0, 1]
+    assert [t["number"] for t in rest["data"]] == [2]
+    assert first["count"] == rest["count"] == waiting["count"] == 3
+    assert {t["state"] for t in waiting["data"]} == {"waiting"}
+    assert waiting["data"][0]["params"] == {}
+    assert waiting["data"][0]["values"] is None
+    assert complete == {"data": [], "count": 0}
+
+
+def test_list_trials_bad_state_is_422(client: TestClient, submit: Submit) -> None:
+    study_id = submit()["id"]
+
+    response = client.get(f"/studies/{study_id}/trials", params={"state": "done"})
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "state"]
+
+
+def test_waiting_trial_detail_has_no_results_yet(client: TestClient, submit: Submit) -> None:
+    study_id = submit()["id"]
+
+    trial = client.get(f"/studies/{study_id}/trials/1").json()
+
+    assert trial["number"] == 1
+    assert trial["state"] == "waiting"
+    assert trial["config"] is None
+    assert trial["history"] is None
+    assert trial["weights_available"] is False
+
+
+def test_unknown_trial_is_404(client: TestClient, submit: Submit) -> None:
+    study_id = submit()["id"]
+
+    response = client.get(f"/studies/{study_id}/trials/7")
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": f"study {study_id} has no trial 7"}
+
+
+def test_best_before_any_completed_trial_is_404(client: TestClient, submit: Submit) -> None:
+    study_id = submit()["id"]
+
+    response = client.get(f"/studies/{study_id}/best")
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": f"study {study_id} has no completed trial yet"}
+
+
+def test_weights_of_waiting_trial_is_404(client: TestClient, submit: Submit) -> None:
+    study_id = submit()["id"]
+
+    response = client.get(f"/studies/{study_id}/trials/0/weights")
+
+    assert response.status_code == 404
+    assert "no weights" in response.json()["detail"]
+
+
+def test_weights_of_unknown_trial_is_404(client: TestClient, submit: Submit) -> None:
+    study_id = submit()["id"]
+
+    response = client.get(f"/studies/{study_id}/trials/9/weights")
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": f"study {study_id} has no trial 9"}
+
+
+# --- after a run -----------------------------------------------------------------------------
+
+
+def test_completed_study_status_and_counts(completed: tuple[TestClient, int]) -> None:
+    client, study_id = completed
+
+    study = client.get(f"/studies/{study_id}").json()
+
+    n_trials = COMPLETED_SPEC["budget"]["n_trials"]
+    assert study["status"] == "completed"
+    assert study["status_reason"] == "all trials finished"
+    assert study["counts"]["finished"] == n_trials
+    assert study["counts"]["complete"] + study["counts"]["pruned"] == n_trials
+    assert study["counts"]["waiting"] == study["counts"]["running"] == 0
+    assert 0.0 < study["best_value"] <= 1.0
+    assert study["started_at"] is not None
+    assert study["finished_at"] is not None
+
+
+def test_completed_trials_have_per_epoch_values(completed: tuple[TestClient, int]) -> None:
+    client, study_id = completed
+    epochs = COMPLETED_SPEC["fixed"]["epochs"]
+
+    page = client.get(f"/studies/{study_id}/trials", params={"state": "complete"}).json()
+
+    assert page["count"] == len(page["data"]) >= 1
+    for trial in page["data"]:
+        assert trial["state"] == "complete"
+        assert set(trial["params"]) >= {"optimizer", "lr"}
+        assert len(trial["intermediate_values"]) == epochs
+        assert all(0.0 <= value <= 1.0 for value in trial["intermediate_values"].values())
+        assert trial["values"] == [pytest.approx(trial["metrics"]["accuracy"])]
+        assert trial["duration_s"] > 0
+
+
+def test_completed_trial_detail(completed: tuple[TestClient, int]) -> None:
+    client, study_id = completed
+
+    trial = client.get(f"/studies/{study_id}/trials/0").json()
+
+    assert trial["number"] == 0
+    assert trial["config"]["epochs"] == COMPLETED_SPEC["fixed"]["epochs"]
+    assert trial["config"]["width"] == COMPLETED_SPEC["fixed"]["width"]
+    assert len(trial["history"]) == COMPLETED_SPEC["fixed"]["epochs"]
+    assert len(trial["per_class"]) == 10
+    confusion = trial["confusion"]
+    assert len(confusion) == 10
+    assert all(len(row) == 10 for row in confusion)
+    assert sum(map(sum, confusion)) > 0
+    assert trial["weights_available"] is (trial["state"] == "complete")
+
+
+def test_best_after_completion(completed: tuple[TestClient, int]) -> None:
+    client, study_id = completed
+    study = client.get(f"/studies/{study_id}").json()
+
+    response = client.get(f"/studies/{study_id}/best")
+
+    assert response.status_code == 200
+    best = response.json()
+    assert best["study_id"] == study_id
+    assert best["directions"] == ["maximize"]
+    assert best["metrics"] == ["accuracy"]
+    [trial] = best["trials"]
+    assert trial["state"] == "complete"
+    assert set(trial["params"]) >= {"optimizer", "lr"}
+    assert trial["metrics"]["accuracy"] == pytest.approx(study["best_value"])
+    assert trial["values"] == [pytest.approx(study["best_value"])]
+    listed = client.get(f"/studies/{study_id}/trials").json()["data"]
+    finished = [t["values"][0] for t in listed if t["state"] == "complete"]
+    assert study["best_value"] == pytest.approx(max(finished))
+
+
+def test_weights_load_as_state_dict(completed: tuple[TestClient, int]) -> None:
+    client, study_id = completed
+    number = client.get(f"/studies/{study_id}/best").json()["trials"][0]["number"]
+
+    response = client.get(f"/studies/{study_id}/trials/{number}/weights")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert f"study{study_id}-trial{number}.pt" in response.headers["content-disposition"]
+    state_dict = torch.load(io.BytesIO(response.content), weights_only=True)
+    assert isinstance(state_dict, dict)
+    assert state_dict
+    assert all(isinstance(tensor, torch.Tensor) for tensor in state_dict.values())
+
+
+def test_cancel_completed_study_is_409(completed: tuple[TestClient, int]) -> None:
+    client, study_id = completed
+
+    response = client.post(f"/studies/{study_id}/cancel")
+
+    assert response.status_code == 409
+    assert response.json() == {"detail": f"study {study_id} is already completed"}
+
+
+def test_run_in_process_with_fixture(
+    client: TestClient, submit: Submit, run_study: RunStudy
+) -> None:
+    study_id = submit(budget={"n_trials": 2, "max_failed": 0})["id"]
+
+    run_study(study_id)
+
+    study = client.get(f"/studies/{study_id}").json()
+    assert study["status"] == "completed"
+    assert study["counts"]["finished"] == 2
+    assert client.get("/studies", params={"status": "completed"}).json()["count"] == 1
+
+
+# --- cancel ----------------------------------------------------------------------------------
+
+
+def test_cancel_queued_study(client: TestClient, submit: Submit, run_study: RunStudy) -> None:
+    study_id = submit()["id"]
+
+    response = client.post(f"/studies/{study_id}/cancel")
+
+    assert response.status_code == 200
+    study = response.json()
+    assert study["status"] == "cancelled"
+    assert study["status_reason"] == "cancelled by request"
+    assert study["finished_at"] is not None
+    assert client.get(f"/studies/{study_id}").json()["status"] == "cancelled"
+
+    run_study(study_id)  # a worker must not pick up trials of a cancelled study
+    assert client.get(f"/studies/{study_id}").json()["counts"]["finished"] == 0
+
+
+def test_cancel_twice_is_409(client: TestClient, submit: Submit) -> None:
+    study_id = submit()["id"]
+    assert client.post(f"/studies/{study_id}/cancel").status_code == 200
+
+    response = client.post(f"/studies/{study_id}/cancel")
+
+    assert response.status_code == 409
+    assert response.json() == {"detail": f"study {study_id} is already cancelled"}
+
+
+def test_cancel_unknown_study_is_404(client: TestClient) -> None:
+    response = client.post("/studies/42/cancel")
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "study 42 not found"}
+
+
+# --- service ---------------------------------------------------------------------------------
+
+
+def test_health(client: TestClient) -> None:
+    response = client.get("/health")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+    assert response.json()["storage"] == "ok"
+
+
+def test_openapi_documents_studies_and_spec(client: TestClient) -> None:
+    response = client.get("/openapi.json")
+
+    assert response.status_code == 200
+    schema = response.json()
+    paths = schema["paths"]
+    for path in (
+        "/studies",
+        "/studies/{study_id}",
+        "/studies/{study_id}/cancel",
+        "/studies/{study_id}/trials",
+        "/studies/{study_id}/trials/{number}",
+        "/studies/{study_id}/trials/{number}/weights",
+        "/studies/{study_id}/best",
+        "/health",
+    ):
+        assert path in paths, path
+    components = schema["components"]["schemas"]
+    assert "StudySpec" in components
+    assert "params" in components["StudySpec"]["properties"]
+    body = paths["/studies"]["post"]["requestBody"]["content"]
+    assert body["application/yaml"]["schema"] == {"$ref": "#/components/schemas/StudySpec"}
+    assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/StudySpec"}
+    dangling = {ref.split("/")[-1] for ref in _refs(schema)} - set(components)
+    assert not dangling
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def test_docs_page(client: TestClient) -> None:
+    response = client.get("/docs")
+
+    assert response.status_code == 200
+    assert "swagger" in response.text.lower()
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+def test_post_and_get_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    pg_client = make_client(postgres_url, tmp_path / "artifacts")
+    try:
+        created = pg_client.post(
+            "/studies",
+            content=yaml.safe_dump(tiny_spec_data(name="pg")),
+            headers={"content-type": "application/yaml"},
+        )
+        assert created.status_code == 201, created.text
+        study_id = created.json()["id"]
+
+        study = pg_client.get(f"/studies/{study_id}").json()
+        listed = pg_client.get("/studies").json()
+        trials = pg_client.get(f"/studies/{study_id}/trials").json()
+
+        assert study["name"] == "pg"
+        assert study["status"] == "queued"
+        assert study["counts"]["waiting"] == 3
+        assert listed["count"] == 1
+        assert listed["data"][0]["id"] == study_id
+        assert trials["count"] == 3
+        assert pg_client.get("/health").json()["status"] == "ok"
+    finally:
+        close_client(pg_client)

@@ -1,0 +1,496 @@
+"""The ``automl`` command line, in-process (``main([...])``) and as the installed script."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from automl import __version__
+from automl.api import create_app
+from automl.cli import client as cli_client
+from automl.cli import commands
+from automl.cli.main import main
+from automl.config import Settings
+from tests.conftest import free_port, tiny_spec_data
+
+RUN_SPEC = tiny_spec_data(name="cli-run", budget={"n_trials": 2, "max_failed": 0})
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path) -> Iterator[None]:
+    """Points the CLI at a fresh SQLite file; restores what ``run`` changes in-process."""
+    for field in Settings.model_fields:
+        monkeypatch.delenv(f"AUTOML_{field.upper()}", raising=False)
+    monkeypatch.setenv("AUTOML_STORAGE", sqlite_url)
+    monkeypatch.setenv("AUTOML_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("AUTOML_DEVICE", "cpu")
+    monkeypatch.chdir(tmp_path)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    worker_logger = logging.getLogger("automl.worker")
+    level = worker_logger.level
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    worker_logger.setLevel(level)
+
+
+def write_spec(path: Path, data: dict[str, Any]) -> Path:
+    """Writes ``data`` as a YAML spec file."""
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    """A tiny valid spec file."""
+    return write_spec(tmp_path / "tiny.yaml", tiny_spec_data())
+
+
+@pytest.fixture
+def bad_spec_file(tmp_path: Path) -> Path:
+    """A spec file whose ``params.lr.low`` exceeds its ``high``."""
+    data = tiny_spec_data()
+    data["params"]["lr"]["low"] = 1.0
+    return write_spec(tmp_path / "bad.yaml", data)
+
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Run:
+    """Runs ``main(args)``; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def one_error_line(err: str) -> str:
+    """The single ``error: ...`` line of stderr."""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    return lines[0]
+
+
+# --- submit / status / best / cancel on the local store --------------------------------------
+
+
+def test_submit_prints_study_id(cli: Run, spec_file: Path) -> None:
+    code, out, err = cli("submit", str(spec_file))
+
+    assert code == 0, err
+    assert out.strip() == "submitted study 1 (tiny): queued"
+
+
+def test_submit_json(cli: Run, spec_file: Path) -> None:
+    code, out, _ = cli("submit", str(spec_file), "--json")
+
+    assert code == 0
+    study = json.loads(out)
+    assert (study["id"], study["status"], study["counts"]["waiting"]) == (1, "queued", 3)
+
+
+def test_submit_with_storage_flag(cli: Run, spec_file: Path, tmp_path: Path) -> None:
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+
+    code, out, _ = cli("submit", str(spec_file), "--storage", other)
+
+    assert code == 0
+    assert out.startswith("submitted study 1")
+    _, listed, _ = cli("status", "--storage", other, "--json")
+    assert json.loads(listed)["count"] == 1
+    _, default, _ = cli("status", "--json")
+    assert json.loads(default)["count"] == 0
+
+
+def test_submit_invalid_spec_is_exit_2(cli: Run, bad_spec_file: Path) -> None:
+    code, out, err = cli("submit", str(bad_spec_file))
+
+    assert code == 2
+    assert out == ""
+    assert "params.lr.low" in one_error_line(err)
+
+
+def test_submit_missing_file_is_exit_2(cli: Run) -> None:
+    code, _, err = cli("submit", "nowhere.yaml")
+
+    assert code == 2
+    assert "nowhere.yaml" in one_error_line(err)
+
+
+def test_status_lists_studies(cli: Run, spec_file: Path) -> None:
+    cli("submit", str(spec_file))
+    cli("submit", str(spec_file))
+
+    code, out, _ = cli("status")
+
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "NAME", "STATUS", "TRIALS", "BEST", "CREATED"]
+    assert lines[2].split()[:5] == ["2", "tiny-2", "queued", "0/3", "-"]
+    assert lines[3].split()[:5] == ["1", "tiny", "queued", "0/3", "-"]
+    assert lines[-1] == "(2 of 2 studies)"
+
+
+def test_status_limit(cli: Run, spec_file: Path) -> None:
+    cli("submit", str(spec_file))
+    cli("submit", str(spec_file))
+
+    code, out, _ = cli("status", "--limit", "1", "--json")
+
+    assert code == 0
+    page = json.loads(out)
+    assert page["count"] == 2
+    assert [study["id"] for study in page["data"]] == [2]
+
+
+def test_status_limit_zero_is_exit_2(cli: Run) -> None:
+    code, _, err = cli("status", "--limit", "0")
+
+    assert code == 2
+    assert one_error_line(err) == "error: --limit must be >= 1"
+
+
+def test_status_of_one_study(cli: Run, spec_file: Path) -> None:
+    cli("submit", str(spec_file))
+
+    code, out, _ = cli("status", "1")
+
+    assert code == 0
+    assert out.splitlines()[0] == "study 1: tiny"
+    assert "status:    queued" in out
+    assert "objective: accuracy (maximize)" in out
+    assert "0/3 finished" in out
+
+
+def test_status_of_one_study_json(cli: Run, spec_file: Path) -> None:
+    cli("submit", str(spec_file))
+
+    code, out, _ = cli("status", "1", "--json")
+
+    assert code == 0
+    study = json.loads(out)
+    assert study["id"] == 1
+    assert study["status"] == "queued"
+    assert study["spec"]["name"] == "tiny"
+
+
+def test_status_of_unknown_study_is_exit_2(cli: Run) -> None:
+    code, out, err = cli("status", "99")
+
+    assert code == 2
+    assert out == ""
+    assert one_error_line(err) == "error: study 99 not found"
+
+
+def test_best_before_completion_is_exit_2(cli: Run, spec_file: Path) -> None:
+    cli("submit", str(spec_file))
+
+    code, out, err = cli("best", "1")
+
+    assert code == 2
+    assert out == ""
+    assert one_error_line(err) == "error: study 1 has no completed trial yet"
+
+
+def test_cancel(cli: Run, spec_file: Path) -> None:
+    cli("submit", str(spec_file))
+
+    code, out, _ = cli("cancel", "1")
+    again, _, err = cli("cancel", "1")
+
+    assert code == 0
+    assert out.strip() == "study 1: cancelled"
+    assert again == 2
+    assert one_error_line(err) == "error: study 1 is already cancelled"
+    _, status, _ = cli("status", "1", "--json")
+    assert json.loads(status)["status"] == "cancelled"
+
+
+def test_cancel_unknown_study_is_exit_2(cli: Run) -> None:
+    code, _, err = cli("cancel", "5")
+
+    assert code == 2
+    assert one_error_line(err) == "error: study 5 not found"
+
+
+# --- run -------------------------------------------------------------------------------------
+
+
+def test_run_completes_and_prints_best(cli: Run, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "run.yaml", RUN_SPEC)
+
+    code, out, err = cli("run", str(spec))
+
+    assert code == 0, err
+    assert "study 1: cli-run" in out
+    assert "status:    completed" in out
+    assert "2/2 finished" in out
+    assert "best trial #" in out
+    assert "of study 1: accuracy=" in out
+    assert out.count("PARAM") == 1
+    assert "METRIC" in out
+    assert "optimizer" in out
+    assert "lr" in out
+    progress = [line for line in err.splitlines() if line.startswith("trial ")]
+    assert len(progress) == 2
+    assert all("[" in line and "best" in line for line in progress)
+    assert list((tmp_path / "artifacts").rglob("*")), "weights were not saved"
+
+    _, best, _ = cli("best", "1", "--json")
+    [trial] = json.loads(best)["trials"]
+    assert trial["state"] == "complete"
+    assert 0.0 < trial["metrics"]["accuracy"] <= 1.0
+
+
+def test_run_json(cli: Run, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "run.yaml", RUN_SPEC)
+
+    code, out, _ = cli("run", str(spec), "--json")
+
+    assert code == 0
+    best = json.loads(out)
+    assert best["study_id"] == 1
+    assert best["metrics"] == ["accuracy"]
+    assert len(best["trials"]) == 1
+
+
+def test_run_invalid_spec_is_one_line_exit_2(cli: Run, bad_spec_file: Path) -> None:
+    code, out, err = cli("run", str(bad_spec_file))
+
+    assert code == 2
+    assert out == ""
+    line = one_error_line(err)
+    assert "params.lr.low" in line
+    assert str(bad_spec_file) in line
+    _, listed, _ = cli("status", "--json")
+    assert json.loads(listed)["count"] == 0
+
+
+def test_run_missing_file_is_one_line_exit_2(cli: Run) -> None:
+    code, out, err = cli("run", "missing.yaml")
+
+    assert code == 2
+    assert out == ""
+    assert "missing.yaml" in one_error_line(err)
+
+
+def test_run_unknown_device_is_exit_2(cli: Run, spec_file: Path) -> None:
+    code, _, err = cli("run", str(spec_file), "--device", "tpu")
+
+    assert code == 2
+    assert "tpu" in one_error_line(err)
+
+
+def test_run_unknown_device_leaves_no_study(cli: Run, spec_file: Path) -> None:
+    code, _, _ = cli("run", str(spec_file), "--device", "tpu")
+
+    assert code == 2
+    _, listed, _ = cli("status", "--json")
+    assert json.loads(listed)["count"] == 0
+
+
+# --- the API as target (--url) ---------------------------------------------------------------
+
+
+def test_unreachable_url_is_exit_1(cli: Run) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+
+    code, out, err = cli("status", "--url", url)
+
+    assert code == 1
+    assert out == ""
+    line = one_error_line(err)
+    assert line.startswith(f"error: cannot reach the API at {url}")
+
+
+def test_unreachable_url_from_env_is_exit_1(cli: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOML_URL", f"http://127.0.0.1:{free_port()}")
+
+    code, _, err = cli("best", "1")
+
+    assert code == 1
+    assert "cannot reach the API" in one_error_line(err)
+
+
+@pytest.fixture
+def api_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """Routes the CLI's HTTP client to an in-process API app on its own SQLite file."""
+    app = create_app(
+        Settings(storage=f"sqlite:///{tmp_path / 'api.db'}", artifacts_dir=tmp_path / "api-art")
+    )
+    base_url = "http://api.test"
+
+    class InProcessHttpClient(cli_client.HttpClient):
+        def __init__(self, url: str) -> None:
+            super().__init__(url)
+            self._http.close()
+            self._http = TestClient(app, base_url=self.base_url)
+
+    monkeypatch.setattr(commands, "HttpClient", InProcessHttpClient)
+    yield base_url
+    app.state.storage.engine.dispose()
+
+
+def test_submit_and_status_over_http(cli: Run, api_url: str, spec_file: Path) -> None:
+    code, out, err = cli("submit", str(spec_file), "--url", api_url)
+
+    assert code == 0, err
+    assert out.strip() == "submitted study 1 (tiny): queued"
+    _, listed, _ = cli("status", "--url", api_url, "--json")
+    assert json.loads(listed)["count"] == 1
+    _, local, _ = cli("status", "--json")
+    assert json.loads(local)["count"] == 0, "--url must not touch the local store"
+    _, one, _ = cli("status", "1", "--url", api_url)
+    assert one.splitlines()[0] == "study 1: tiny"
+
+
+def test_errors_over_http_are_one_line(
+    cli: Run, api_url: str, spec_file: Path, bad_spec_file: Path
+) -> None:
+    invalid = cli("submit", str(bad_spec_file), "--url", api_url)
+    unknown = cli("status", "3", "--url", api_url)
+    cli("submit", str(spec_file), "--url", api_url)
+    no_best = cli("best", "1", "--url", api_url)
+    cli("cancel", "1", "--url", api_url)
+    cancelled = cli("cancel", "1", "--url", api_url)
+    missing = cli("submit", "absent.yaml", "--url", api_url)
+
+    assert invalid[0] == 2
+    assert one_error_line(invalid[2]).startswith("error: params.lr.low: ")
+    assert unknown[0] == 2
+    assert one_error_line(unknown[2]) == "error: study 3 not found"
+    assert no_best[0] == 2
+    assert one_error_line(no_best[2]) == "error: study 1 has no completed trial yet"
+    assert cancelled[0] == 2
+    assert one_error_line(cancelled[2]) == "error: study 1 is already cancelled"
+    assert missing[0] == 2
+    assert "absent.yaml" in one_error_line(missing[2])
+
+
+# --- argument errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["frobnicate"],
+        ["status", "abc"],
+        ["best"],
+        ["run"],
+        ["status", "--limit", "x"],
+        ["--log-level", "LOUD", "status"],
+    ],
+    ids=[
+        "no-command",
+        "unknown-command",
+        "non-int-id",
+        "best-no-id",
+        "run-no-spec",
+        "bad-int",
+        "bad-level",
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: automl")
+    assert "error:" in err
+
+
+def test_invalid_setting_is_exit_2(cli: Run) -> None:
+    code, _, err = cli("serve", "--port", "70000")
+
+    assert code == 2
+    assert one_error_line(err).startswith("error: invalid setting:")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"automl {__version__}"
+
+
+# --- the installed console script ------------------------------------------------------------
+
+
+def _automl_command() -> list[str]:
+    script = shutil.which("automl")
+    return [script] if script else [sys.executable, "-m", "automl"]
+
+
+def test_console_script_version() -> None:
+    result = subprocess.run(
+        [*_automl_command(), "--version"], capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"automl {__version__}"
+
+
+def test_console_script_run(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "run.yaml", RUN_SPEC)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOML_")}
+
+    result = subprocess.run(
+        [
+            *_automl_command(),
+            "run",
+            str(spec),
+            "--storage",
+            f"sqlite:///{tmp_path / 'script.db'}",
+            "--artifacts-dir",
+            str(tmp_path / "script-artifacts"),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env=env,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "status:    completed" in result.stdout
+    assert "best trial #" in result.stdout
+    assert "accuracy=" in result.stdout
+    assert "study 1 (cli-run): 2 trials on cpu" in result.stderr
+    assert (tmp_path / "script.db").is_file()
+    assert not (tmp_path / "automl.db").exists(), "--storage was ignored"
+
+
+def test_python_dash_m_usage_error_exit_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "automl", "status", "notanumber"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 2
+    assert "usage: automl" in result.stderr

@@ -1,0 +1,276 @@
+"""``automl up``: the child command lines, and a real API + worker stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from automl.cli.main import build_parser, main
+from automl.cli.supervisor import child_commands
+from automl.config import Settings
+from tests.conftest import free_port, tiny_spec_data
+
+STARTUP_TIMEOUT_S = 90
+STUDY_TIMEOUT_S = 180
+STOP_TIMEOUT_S = 60
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings as ``automl up`` would get them from its flags."""
+    return Settings(
+        storage=f"sqlite:///{tmp_path / 'up.db'}",
+        artifacts_dir=tmp_path / "artifacts",
+        host="127.0.0.1",
+        port=8123,
+        device="cpu",
+    )
+
+
+def _value(command: list[str], flag: str) -> str:
+    """The value given to ``flag`` in ``command`` (exactly once)."""
+    assert command.count(flag) == 1, command
+    return command[command.index(flag) + 1]
+
+
+def test_child_commands_server_and_workers(settings: Settings) -> None:
+    commands = child_commands(settings, 3, "WARNING")
+
+    assert len(commands) == 4
+    serve, *workers = commands
+    assert serve[:3] == [sys.executable, "-m", "automl"]
+    assert "serve" in serve
+    assert _value(serve, "--port") == "8123"
+    assert _value(serve, "--host") == "127.0.0.1"
+    for command in commands:
+        assert command[:3] == [sys.executable, "-m", "automl"]
+        assert _value(command, "--storage") == settings.storage
+        assert _value(command, "--artifacts-dir") == str(settings.artifacts_dir)
+        assert _value(command, "--log-level") == "WARNING"
+    for worker in workers:
+        assert "worker" in worker
+        assert "serve" not in worker
+        assert _value(worker, "--device") == "cpu"
+    offsets = [_value(worker, "--seed-offset") for worker in workers]
+    assert sorted(offsets) == ["0", "1", "2"]
+
+
+def test_child_commands_without_workers(settings: Settings) -> None:
+    commands = child_commands(settings, 0, "INFO")
+
+    assert len(commands) == 1
+    assert "serve" in commands[0]
+
+
+def test_child_commands_parse_with_the_cli_parser(settings: Settings) -> None:
+    serve, *workers = child_commands(settings, 2, "DEBUG")
+
+    serve_args = build_parser().parse_args(serve[3:])
+    worker_args = [build_parser().parse_args(worker[3:]) for worker in workers]
+
+    assert serve_args.command == "serve"
+    assert (serve_args.port, serve_args.storage) == (8123, settings.storage)
+    assert [args.command for args in worker_args] == ["worker", "worker"]
+    assert [args.seed_offset for args in worker_args] == [0, 1]
+    assert all(args.storage == settings.storage for args in worker_args)
+    assert all(args.device == "cpu" for args in worker_args)
+    assert all(args.log_level == "DEBUG" for args in worker_args)
+
+
+def test_up_negative_workers_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["up", "--workers", "-1", "--storage", f"sqlite:///{tmp_path / 'x.db'}"])
+
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "error: --workers must be >= 0"
+
+
+# --- a real `automl up` ----------------------------------------------------------------------
+
+
+class Up:
+    """A running ``automl up`` in its own process group."""
+
+    def __init__(self, tmp_path: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.storage = f"sqlite:///{tmp_path / 'up.db'}"
+        self.log = tmp_path / "up.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "automl",
+                    "up",
+                    "--workers",
+                    "1",
+                    "--port",
+                    str(self.port),
+                    "--storage",
+                    self.storage,
+                    "--artifacts-dir",
+                    str(tmp_path / "artifacts"),
+                    "--device",
+                    "cpu",
+                    *extra,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "AUTOML_POLL_INTERVAL": "0.3"},
+            )
+        self.pgid = os.getpgid(self.process.pid)
+
+    def output(self) -> str:
+        """What the whole group printed so far."""
+        return self.log.read_text(errors="replace")
+
+    def wait_healthy(self) -> None:
+        """Waits for GET /health."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"up exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"API not healthy after {STARTUP_TIMEOUT_S}s:\n{self.output()}")
+
+    def get(self, path: str) -> Any:
+        """GET ``path`` as JSON."""
+        response = httpx.get(f"{self.url}{path}", timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def ctrl_c(self) -> int:
+        """Sends SIGINT to the whole group, as a terminal does; returns up's exit code."""
+        os.killpg(self.pgid, signal.SIGINT)
+        try:
+            return self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"up did not exit {STOP_TIMEOUT_S}s after Ctrl-C:\n{self.output()}")
+
+    def group_alive(self) -> bool:
+        """Whether any process of the group is left."""
+        try:
+            os.killpg(self.pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def kill(self) -> None:
+        """Kills whatever is left of the group."""
+        if self.group_alive():
+            os.killpg(self.pgid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.wait()
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    """``automl up --workers 1`` on a fresh SQLite file, healthy."""
+    service = Up(tmp_path)
+    try:
+        service.wait_healthy()
+        yield service
+    finally:
+        service.kill()
+
+
+def _trial_states(storage_url: str) -> list[TrialState]:
+    storage = optuna.storages.RDBStorage(storage_url)
+    try:
+        return [
+            trial.state
+            for study in storage.get_all_studies()
+            for trial in storage.get_all_trials(study._study_id, deepcopy=False)
+        ]
+    finally:
+        storage.engine.dispose()
+
+
+@pytest.mark.slow
+def test_up_runs_a_study_and_stops_on_ctrl_c(up: Up) -> None:
+    spec = tiny_spec_data(name="up", budget={"n_trials": 2, "max_failed": 0})
+    response = httpx.post(f"{up.url}/studies", json=spec, timeout=30)
+    assert response.status_code == 201, response.text
+    study_id = response.json()["id"]
+
+    deadline = time.monotonic() + STUDY_TIMEOUT_S
+    study = response.json()
+    while study["status"] in ("queued", "running"):
+        if time.monotonic() > deadline or up.process.poll() is not None:
+            pytest.fail(f"study not completed: {study}\n{up.output()}")
+        time.sleep(0.3)
+        study = up.get(f"/studies/{study_id}")
+    assert study["status"] == "completed", study
+    assert study["counts"]["complete"] == 2
+    assert up.get(f"/studies/{study_id}/best")["trials"][0]["state"] == "complete"
+
+    started = time.monotonic()
+    code = up.ctrl_c()
+
+    assert code == 0, up.output()
+    assert time.monotonic() - started < STOP_TIMEOUT_S
+    assert not up.group_alive(), "a child outlived `automl up`"
+    assert "Finished server process" in up.output()
+    states = _trial_states(up.storage)
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert TrialState.RUNNING not in states
+
+
+def _children(pid: int) -> dict[int, list[str]]:
+    """Child pids of ``pid`` with their command lines (Linux /proc)."""
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {int(kid): Path(f"/proc/{kid}/cmdline").read_text().split("\0") for kid in kids}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_ctrl_c_mid_trial_leaves_no_running_trial(tmp_path: Path) -> None:
+    service = Up(tmp_path)
+    try:
+        service.wait_healthy()
+        spec = tiny_spec_data(
+            name="interrupted",
+            budget={"n_trials": 2, "max_failed": 2},
+            fixed={"epochs": 50, "width": 128, "depth": 3, "batch_size": 1024},
+        )
+        response = httpx.post(f"{service.url}/studies", json=spec, timeout=30)
+        assert response.status_code == 201, response.text
+        study_id = response.json()["id"]
+        deadline = time.monotonic() + STUDY_TIMEOUT_S
+        while service.get(f"/studies/{study_id}")["counts"]["running"] == 0:
+            assert time.monotonic() < deadline, service.output()
+            time.sleep(0.05)
+        children = _children(service.process.pid)
+        [worker] = [pid for pid, argv in children.items() if "worker" in argv]
+        [server] = [pid for pid, argv in children.items() if "serve" in argv]
+
+        # Ctrl-C reaches every process of the group; here the worker handles it a moment
+        # before `up` does (the order a real terminal leaves to chance).
+        os.kill(worker, signal.SIGINT)
+        time.sleep(0.3)
+        os.kill(server, signal.SIGINT)
+        os.kill(service.process.pid, signal.SIGINT)
+        code = service.process.wait(timeout=STOP_TIMEOUT_S)
+
+        assert code == 0, service.output()
+        assert not service.group_alive()
+        assert TrialState.RUNNING not in _trial_states(service.storage), service.output()
+    finally:
+        service.kill()
