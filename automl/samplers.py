@@ -14,34 +14,20 @@ SamplerFactory = Callable[[dict[str, Any], int | None], optuna.samplers.BaseSamp
 SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
 
 
-@SAMPLERS.register("tpe")
-def tpe(options: dict[str, Any], seed: int | None) -> optuna.samplers.BaseSampler:
-    """Tree-structured Parzen Estimator (Bayesian); handles conditional spaces."""
-    return optuna.samplers.TPESampler(seed=seed, **options)
+def _seeded(sampler_class: type[optuna.samplers.BaseSampler]) -> SamplerFactory:
+    """A factory passing the spec's seed and options to ``sampler_class``."""
+
+    def factory(options: dict[str, Any], seed: int | None) -> optuna.samplers.BaseSampler:
+        return sampler_class(seed=seed, **options)  # type: ignore[call-arg]
+
+    return factory
 
 
-@SAMPLERS.register("random")
-def random(options: dict[str, Any], seed: int | None) -> optuna.samplers.BaseSampler:
-    """Independent uniform sampling."""
-    return optuna.samplers.RandomSampler(seed=seed, **options)
-
-
-@SAMPLERS.register("gp")
-def gp(options: dict[str, Any], seed: int | None) -> optuna.samplers.BaseSampler:
-    """Gaussian-process Bayesian optimization."""
-    return optuna.samplers.GPSampler(seed=seed, **options)
-
-
-@SAMPLERS.register("qmc")
-def qmc(options: dict[str, Any], seed: int | None) -> optuna.samplers.BaseSampler:
-    """Quasi-Monte Carlo (Sobol/Halton) space filling."""
-    return optuna.samplers.QMCSampler(seed=seed, **options)
-
-
-@SAMPLERS.register("nsga2")
-def nsga2(options: dict[str, Any], seed: int | None) -> optuna.samplers.BaseSampler:
-    """NSGA-II genetic algorithm, for multi-objective studies."""
-    return optuna.samplers.NSGAIISampler(seed=seed, **options)
+SAMPLERS.add("tpe", _seeded(optuna.samplers.TPESampler))  # Bayesian; conditional spaces
+SAMPLERS.add("random", _seeded(optuna.samplers.RandomSampler))
+SAMPLERS.add("gp", _seeded(optuna.samplers.GPSampler))  # Gaussian-process Bayesian
+SAMPLERS.add("qmc", _seeded(optuna.samplers.QMCSampler))  # quasi-Monte Carlo space filling
+SAMPLERS.add("nsga2", _seeded(optuna.samplers.NSGAIISampler))  # multi-objective genetic
 
 
 def build_sampler(

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from automl.cli.main import build_parser, main
 from automl.cli.supervisor import child_commands
 from automl.config import Settings
-from tests.conftest import free_port, tiny_spec_data
+from tests.conftest import free_port, tiny_spec_data, wait_healthy
 
 STARTUP_TIMEOUT_S = 90
 STUDY_TIMEOUT_S = 180
@@ -138,17 +138,7 @@ class Up:
 
     def wait_healthy(self) -> None:
         """Waits for GET /health."""
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"up exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"API not healthy after {STARTUP_TIMEOUT_S}s:\n{self.output()}")
+        wait_healthy(self.url, self.process, self.output, STARTUP_TIMEOUT_S)
 
     def get(self, path: str) -> Any:
         """GET ``path`` as JSON."""

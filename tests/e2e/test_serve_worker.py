@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port, tiny_spec_data
+from tests.conftest import free_port, tiny_spec_data, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -53,25 +53,12 @@ def service(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, server, tmp_path / "serve.log")
+        log = tmp_path / "serve.log"
+        wait_healthy(url, server, log.read_text, STARTUP_TIMEOUT_S)
         yield url, worker, tmp_path
     finally:
         _stop(worker)
         _stop(server)
-
-
-def _wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"server exited with {server.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"server not healthy after {STARTUP_TIMEOUT_S}s:\n{log.read_text()}")
 
 
 def test_submit_over_http_worker_trains_api_reports_best(
