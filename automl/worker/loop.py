@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 import optuna
+import sqlalchemy
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
@@ -124,7 +125,13 @@ class Worker:
         logger.info("worker %s started on %s", self.name, self.device)
         ran = 0
         while not self.stopping:
-            claim = self.claim()
+            try:
+                claim = self.claim()
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                # The database may be restarting; keep the worker alive and try again.
+                logger.warning("storage error while claiming, retrying: %s", exc)
+                self._stop.wait(self.options.poll_interval)
+                continue
             if claim is None:
                 if self.options.exit_when_idle or self._dedicated_study_ended():
                     break

@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
@@ -138,6 +139,31 @@ def test_worker_runs_study_to_completion(
     best = best_trials(storage, study_id).trials[0]
     assert best.values is not None
     assert best.values[0] == pytest.approx(detail.best_value)
+
+
+def test_storage_error_while_claiming_is_retried(
+    sqlite_storage: QueuedTrialStorage,
+    tiny_spec: SpecFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database hiccup while looking for work does not kill the worker."""
+    study_id = submit_study(sqlite_storage, tiny_spec(budget={"n_trials": 2})).id
+    real = automl.worker.loop.active_study_ids
+    calls = {"n": 0}
+
+    def flaky(storage: QueuedTrialStorage) -> list[int]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed"))
+        return real(storage)
+
+    monkeypatch.setattr(automl.worker.loop, "active_study_ids", flaky)
+    worker = Worker(sqlite_storage, _options(tmp_path, poll_interval=0.01))
+
+    assert worker.run() == 2
+    assert calls["n"] > 1
+    assert get_study(sqlite_storage, study_id).status == StudyStatus.COMPLETED
 
 
 def test_conditional_param_only_when_parent_matches(
