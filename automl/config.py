@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     url: str | None = Field(None, description="Base URL of a running API, for the CLI.")
     poll_interval: float = Field(2.0, gt=0, description="Seconds an idle worker sleeps.")
     device: str = Field("auto", description="Device for workers: auto, cpu, cuda or cuda:N.")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads per worker process (default: PyTorch's)."
+    )
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest accepted spec body.")
 
 

@@ -95,6 +95,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             exit_when_idle=args.exit_when_idle,
             artifacts_dir=settings.artifacts_dir,
             seed_offset=args.seed_offset,
+            threads=settings.threads,
         ),
     )
     worker.install_signal_handlers()
@@ -132,6 +133,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             exit_when_idle=True,
             artifacts_dir=settings.artifacts_dir,
             seed_offset=0,
+            threads=settings.threads,
         ),
         on_trial_end=progress.update,
     )

@@ -11,6 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from automl import __version__
 from automl.config import Settings
 
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def worker_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
+        p.add_argument("--threads", type=int, help="CPU threads per worker (default: all)")
         storage_arg(p)
         artifacts_arg(p)
 
@@ -99,13 +102,26 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """Environment settings overridden by the command's flags."""
     overrides = {
         key: value
-        for key in ("storage", "artifacts_dir", "host", "port", "url", "device", "poll_interval")
+        for key in (
+            "storage",
+            "artifacts_dir",
+            "host",
+            "port",
+            "url",
+            "device",
+            "poll_interval",
+            "threads",
+        )
         if (value := getattr(args, key, None)) is not None
     }
     try:
         return Settings(**overrides)
-    except ValueError as exc:
-        raise CliError(f"invalid setting: {exc}".splitlines()[0], EXIT_BAD_INPUT) from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise CliError(f"invalid setting {problems}", EXIT_BAD_INPUT) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -22,17 +23,18 @@ def child_commands(settings: Settings, workers: int, log_level: str) -> list[lis
     base = [sys.executable, "-m", "automl", "--log-level", log_level]
     common = ["--storage", settings.storage, "--artifacts-dir", str(settings.artifacts_dir)]
     serve = [*base, "serve", "--host", settings.host, "--port", str(settings.port), *common]
-    return [serve] + [
-        [*base, "worker", "--device", settings.device, "--seed-offset", str(index), *common]
-        for index in range(workers)
-    ]
+    threads = settings.threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
+    worker = [*base, "worker", "--device", settings.device, "--threads", str(threads), *common]
+    return [serve] + [[*worker, "--seed-offset", str(index)] for index in range(workers)]
 
 
 def run_services(settings: Settings, workers: int, log_level: str) -> int:
     """Starts the children and waits; if one exits or we are interrupted, stops all.
 
+    Several workers share the machine's cores (``--threads``, unless set).
+
     Returns:
-        0 after Ctrl-C/SIGTERM, 1 if a child died on its own or exited uncleanly.
+        0 when every child exited cleanly, else 1.
     """
     children = [
         subprocess.Popen(command) for command in child_commands(settings, workers, log_level)
@@ -44,13 +46,12 @@ def run_services(settings: Settings, workers: int, log_level: str) -> int:
         workers,
     )
     previous = signal.signal(signal.SIGTERM, _terminate)
-    code, grace = 0, 0.0
+    grace = 0.0
     try:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         dead = next(child for child in children if child.poll() is not None)
-        logger.error("a child process exited with code %s; stopping all", dead.returncode)
-        code = 1
+        logger.warning("a child process exited (code %s): stopping all", dead.returncode)
     except _Terminated:
         logger.info("terminated: stopping all")
     except KeyboardInterrupt:
@@ -64,8 +65,8 @@ def run_services(settings: Settings, workers: int, log_level: str) -> int:
     failed = [c.returncode for c in children if c.returncode not in CLEAN_EXIT_CODES]
     if failed:
         logger.error("child processes exited with codes %s", failed)
-        code = 1
-    return code
+        return 1
+    return 0
 
 
 class _Terminated(KeyboardInterrupt):

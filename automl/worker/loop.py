@@ -14,6 +14,7 @@ from types import FrameType
 
 import optuna
 import sqlalchemy
+import torch
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
@@ -55,6 +56,8 @@ class WorkerOptions:
         artifacts_dir: Folder of the artifact store for weights.
         seed_offset: Added to a spec's sampler seed, so that workers started together
             propose different configurations; ``None`` derives it from the process id.
+        threads: CPU threads for PyTorch in this process; several workers on one machine
+            should share the cores rather than each use all of them.
     """
 
     device: str = "auto"
@@ -63,6 +66,7 @@ class WorkerOptions:
     exit_when_idle: bool = False
     artifacts_dir: Path = field(default_factory=lambda: Path("automl-artifacts"))
     seed_offset: int | None = None
+    threads: int | None = None
 
 
 class Worker:
@@ -86,6 +90,8 @@ class Worker:
             self.device = str(resolve_device(self.options.device))
         except ValueError as exc:
             raise InvalidDeviceError(str(exc)) from None
+        if self.options.threads is not None:
+            torch.set_num_threads(self.options.threads)
         self._stop = threading.Event()
         self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
         offset = self.options.seed_offset

@@ -66,6 +66,18 @@ def test_child_commands_server_and_workers(settings: Settings) -> None:
     assert sorted(offsets) == ["0", "1", "2"]
 
 
+def test_workers_share_the_cores(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("automl.cli.supervisor.os.cpu_count", lambda: 8)
+    workers = child_commands(settings, 3, "INFO")[1:]
+    assert [_value(worker, "--threads") for worker in workers] == ["2", "2", "2"]
+
+    many = child_commands(settings, 16, "INFO")[1:]
+    assert {_value(worker, "--threads") for worker in many} == {"1"}
+
+    pinned = child_commands(settings.model_copy(update={"threads": 3}), 2, "INFO")[1:]
+    assert {_value(worker, "--threads") for worker in pinned} == {"3"}
+
+
 def test_child_commands_without_workers(settings: Settings) -> None:
     commands = child_commands(settings, 0, "INFO")
 
