@@ -424,7 +424,9 @@ def test_invalid_setting_is_exit_2(cli: Run) -> None:
     code, _, err = cli("serve", "--port", "70000")
 
     assert code == 2
-    assert one_error_line(err).startswith("error: invalid setting:")
+    assert one_error_line(err) == (
+        "error: invalid setting port: Input should be less than or equal to 65535"
+    )
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
