@@ -216,6 +216,7 @@ def parse_text(text: str) -> Any:
         SpecError: If the text is not valid YAML/JSON.
     """
     try:
+        # Safe: _SpecLoader is a SafeLoader subclass (one extra float resolver only).
         return yaml.load(text, Loader=_SpecLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
