@@ -191,22 +191,18 @@ class StudySpec(StrictModel):
 # --- loading -------------------------------------------------------------------------------
 
 
-class _SpecLoader(yaml.SafeLoader):
-    """Safe YAML loader that also reads ``1e-4`` (no dot) as a float, as JSON does."""
+# YAML 1.1 reads 1e-4 (no dot) as a string; JSON and users read it as a number.
+_EXPONENT_NUMBER = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
 
 
-_SpecLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.VERBOSE,
-    ),
-    list("-+0123456789."),
-)
+def _exponents_as_floats(value: Any) -> Any:
+    if isinstance(value, str) and _EXPONENT_NUMBER.match(value):
+        return float(value)
+    if isinstance(value, dict):
+        return {key: _exponents_as_floats(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_exponents_as_floats(item) for item in value]
+    return value
 
 
 def parse_text(text: str) -> Any:
@@ -216,8 +212,7 @@ def parse_text(text: str) -> Any:
         SpecError: If the text is not valid YAML/JSON.
     """
     try:
-        # Safe: _SpecLoader is a SafeLoader subclass (one extra float resolver only).
-        return yaml.load(text, Loader=_SpecLoader)
+        return _exponents_as_floats(yaml.safe_load(text))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
