@@ -99,6 +99,12 @@ class BudgetSpec(StrictModel):
         None, gt=0, description="Seconds after the study starts; no trial starts later."
     )
     max_failed: int = Field(5, ge=0, description="The study fails once more trials fail.")
+    max_retries: int = Field(
+        2,
+        ge=0,
+        le=100,
+        description="Times a trial whose worker was lost is queued again with the same params.",
+    )
 
 
 class SamplerSpec(StrictModel):

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial
 from pydantic import BaseModel
 
 from automl.cli.client import Client, ClientError, HttpClient, LocalClient
-from automl.cli.main import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, CliError
+from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, CliError
 from automl.cli.output import best_text, studies_table, study_text
 from automl.config import Settings
 from automl.spec import SpecError, load_spec

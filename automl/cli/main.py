@@ -1,8 +1,4 @@
-"""``automl`` command line: argument parsing, dispatch and error reporting.
-
-Exit codes: 0 success; 1 runtime failure (study failed, storage or API unreachable);
-2 bad input (invalid spec, unknown study, bad arguments); 130 interrupted.
-"""
+"""``automl`` command line: argument parsing, dispatch and error reporting."""
 
 from __future__ import annotations
 
@@ -14,17 +10,8 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from automl import __version__
+from automl.cli.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CliError
 from automl.config import Settings
-
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class CliError(Exception):
-    """A failure to report as one line, with an exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def build_parser() -> argparse.ArgumentParser:
