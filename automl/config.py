@@ -32,8 +32,3 @@ class Settings(BaseSettings):
         None, ge=1, description="CPU threads per worker process (default: PyTorch's)."
     )
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest accepted spec body.")
-
-
-def get_settings() -> Settings:
-    """Returns settings read from the environment now."""
-    return Settings()

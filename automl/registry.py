@@ -1,57 +1,156 @@
-"""A small generic registry: the one place that maps names to factories.
+"""A small generic registry: the one place that maps names to entries of one kind.
 
-Models, losses, optimizers, schedulers, metrics, datasets, samplers and pruners each
-get one ``Registry`` instance. Adding an entry is one decorated function.
+Models, losses, optimizers, schedulers, augmentations, imbalance strategies, metrics,
+datasets, samplers and pruners each get one ``Registry``. An entry is a factory plus the
+pydantic model of its options (type, default, range and description of every option), so
+the spec checks, ``/registries`` and the README tables are all generated from one place::
+
+    class CnnOptions(EntryOptions):
+        width: int = Field(32, ge=1, le=512, description="Channels of the first block.")
+
+    @MODELS.register("cnn", options=CnnOptions)
+    def build_cnn(opts: CnnOptions, shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        \"\"\"A small configurable CNN.\"\"\"
+
+Third-party packages add entries with the same ``register`` call from a module named by a
+Python entry point in the registry's ``group`` (see ``load_plugins``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+import inspect
+import logging
+import types
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Generic, Literal, TypeVar, Union, get_args, get_origin
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+logger = logging.getLogger("automl.registry")
 
 T = TypeVar("T")
+
+BUILTIN_SOURCE = "automl"
 
 
 class UnknownNameError(ValueError):
     """Raised when a name is not registered; the message lists the valid choices."""
 
 
-class Registry(Generic[T]):
-    """Maps names to entries (usually factory functions) of one kind.
+class EntryOptions(BaseModel):
+    """Base of an entry's options: every field typed, ranged and described; unknown keys
+    are errors."""
 
-    Args:
-        kind: What the entries are, e.g. ``"model"``; used in error messages.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered entry.
+
+    Attributes:
+        name: The name specs use.
+        factory: What the entry provides (usually a factory function).
+        options: The pydantic model of the entry's options.
+        description: One line for users (``/registries``, ``automl list``, README).
+        source: ``automl`` for built-in entries, else the plugin's distribution name.
     """
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._entries: dict[str, T] = {}
+    name: str
+    factory: T
+    options: type[EntryOptions] = EntryOptions
+    description: str = ""
+    source: str = BUILTIN_SOURCE
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def parse_options(self, options: Mapping[str, Any] | None = None) -> EntryOptions:
+        """Validates ``options`` with the entry's options model (defaults filled in).
+
+        Raises:
+            pydantic.ValidationError: If an option is unknown or out of range.
+        """
+        return self.options.model_validate(dict(options or {}))
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """What users need to know about one option of an entry."""
+
+    name: str
+    type: str
+    default: Any = None
+    choices: list[Any] | None = None
+    range: dict[str, float] = field(default_factory=dict)
+    description: str = ""
+    required: bool = False
+
+
+class Registry(Generic[T]):
+    """Maps names to entries of one kind.
+
+    Args:
+        kind: What the entries are, e.g. ``"model"``; used in messages.
+        group: Entry-point group that plugins use to add entries, e.g. ``"automl.models"``.
+    """
+
+    def __init__(self, kind: str, group: str | None = None) -> None:
+        self.kind = kind
+        self.group = group
+        self._entries: dict[str, Entry[T]] = {}
+        self._source = BUILTIN_SOURCE
+        self.plugin_errors: dict[str, str] = {}
+        """Plugins of this registry that failed to load: entry-point name -> error."""
+        self._plugins_seen: set[str] = set()
+
+    def register(
+        self,
+        name: str,
+        *,
+        options: type[EntryOptions] = EntryOptions,
+        description: str | None = None,
+    ) -> Callable[[T], T]:
         """Returns a decorator that registers its argument under ``name``.
+
+        ``description`` defaults to the first line of the decorated object's docstring.
 
         Raises:
             ValueError: If ``name`` is already registered.
         """
 
-        def decorator(entry: T) -> T:
-            self.add(name, entry)
-            return entry
+        def decorator(target: T) -> T:
+            self.add(name, target, options=options, description=description)
+            return target
 
         return decorator
 
-    def add(self, name: str, entry: T) -> None:
-        """Registers ``entry`` under ``name``.
+    def add(
+        self,
+        name: str,
+        target: T,
+        *,
+        options: type[EntryOptions] = EntryOptions,
+        description: str | None = None,
+    ) -> Entry[T]:
+        """Registers ``target`` under ``name`` and returns its entry.
 
         Raises:
             ValueError: If ``name`` is already registered.
         """
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is already registered")
+        if description is None:
+            description = (inspect.getdoc(target) or "").strip().split("\n")[0]
+        entry = Entry(name, target, options, description, self._source)
         self._entries[name] = entry
+        return entry
 
-    def get(self, name: str) -> T:
+    def get(self, name: str) -> Entry[T]:
         """Returns the entry registered under ``name``.
 
         Raises:
@@ -75,6 +174,10 @@ class Registry(Generic[T]):
         """Returns the registered names, sorted."""
         return sorted(self._entries)
 
+    def entries(self) -> list[Entry[T]]:
+        """Returns the entries, sorted by name."""
+        return [self._entries[name] for name in self.names()]
+
     def unknown_message(self, name: object) -> str:
         """Builds the error message for an unknown ``name``, with the valid choices."""
         message = f"unknown {self.kind} {name!r}"
@@ -84,6 +187,49 @@ class Registry(Generic[T]):
                 message += f" (did you mean {close[0]!r}?)"
         return f"{message}; valid choices: {', '.join(self.names())}"
 
+    def load_plugins(self) -> None:
+        """Imports the modules that the entry points of ``group`` name; they register here.
+
+        A plugin that fails to import or to register is logged and kept in
+        ``plugin_errors`` under its entry-point name; it never stops the caller.
+        """
+        if self.group is None:
+            return
+        for point in metadata.entry_points(group=self.group):
+            if point.name in self._plugins_seen:
+                continue
+            self._plugins_seen.add(point.name)
+            distribution = point.dist.name if point.dist is not None else point.value
+            try:
+                with self._registering_as(distribution):
+                    loaded = point.load()
+                    if callable(loaded) and not isinstance(loaded, types.ModuleType):
+                        loaded(self)
+            except Exception as exc:
+                message = f"{type(exc).__name__}: {exc}"
+                self.plugin_errors[point.name] = message
+                logger.warning("%s plugin %r failed to load: %s", self.kind, point.name, message)
+
+    @contextlib.contextmanager
+    def _registering_as(self, source: str) -> Iterator[None]:
+        previous, self._source = self._source, source
+        try:
+            yield
+        finally:
+            self._source = previous
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every entry with its description, source and options, for users."""
+        return [
+            {
+                "name": entry.name,
+                "description": entry.description,
+                "source": entry.source,
+                "options": [vars(info) for info in describe_options(entry.options)],
+            }
+            for entry in self.entries()
+        ]
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
@@ -92,3 +238,54 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def describe_options(options: type[BaseModel]) -> list[OptionInfo]:
+    """Describes each field of an options model: type, default, choices, range, text."""
+    return [_describe_field(name, info) for name, info in options.model_fields.items()]
+
+
+def _describe_field(name: str, info: FieldInfo) -> OptionInfo:
+    kind, choices = value_kind(info.annotation)
+    bounds: dict[str, float] = {}
+    for constraint in info.metadata:
+        for key in ("ge", "gt", "le", "lt"):
+            value = getattr(constraint, key, None)
+            if value is not None and isinstance(constraint, annotated_types.BaseMetadata):
+                bounds[key] = value
+    required = info.default is PydanticUndefined and info.default_factory is None
+    default = None if required else info.get_default(call_default_factory=True)
+    return OptionInfo(
+        name=name,
+        type=kind,
+        default=default,
+        choices=choices,
+        range=bounds,
+        description=info.description or "",
+        required=required,
+    )
+
+
+def value_kind(annotation: Any) -> tuple[str, list[Any] | None]:
+    """The kind of values an annotation takes (``int``, ``float``, ``bool``, ``str``,
+    ``categorical`` for a ``Literal``) and, for literals, the choices. ``X | None`` is X."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return "categorical", list(get_args(annotation))
+    if origin in (Union, types.UnionType):
+        members = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(members) == 1:
+            return value_kind(members[0])
+        kinds = {value_kind(member)[0] for member in members}
+        return (kinds.pop() if len(kinds) == 1 else "any"), None
+    if annotation in (bool, int, float, str):
+        return annotation.__name__, None
+    return "any", None
+
+
+def validation_messages(exc: ValidationError) -> list[tuple[tuple[str | int, ...], str]]:
+    """``(loc, message)`` pairs of a pydantic error, without pydantic's decorations."""
+    return [
+        (tuple(error["loc"]), error["msg"].removeprefix("Value error, "))
+        for error in exc.errors(include_url=False)
+    ]

@@ -1,17 +1,60 @@
-"""Optuna samplers, registered by name; options are the sampler's keyword arguments."""
+"""Optuna samplers, registered by name with their options.
+
+A spec's ``sampler.options`` are checked against the entry's options model (types and
+ranges) at submit time; only options the spec sets are passed on, so everything else keeps
+Optuna's own default.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import optuna
+from pydantic import Field
 
-from automl.registry import Registry
+from automl.registry import EntryOptions, Registry
 
 SamplerFactory = Callable[[dict[str, Any], int | None], optuna.samplers.BaseSampler]
 
 SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
+
+
+class TpeOptions(EntryOptions):
+    """Options of the TPE sampler."""
+
+    n_startup_trials: int = Field(10, ge=0, description="Random trials before TPE starts.")
+    n_ei_candidates: int = Field(24, ge=1, description="Candidates scored per suggestion.")
+    multivariate: bool = Field(True, description="Model the parameters jointly.")
+    group: bool = Field(False, description="Split conditional spaces into groups.")
+    constant_liar: bool = Field(
+        True, description="Treat running trials as bad, so parallel workers spread out."
+    )
+
+
+class GpOptions(EntryOptions):
+    """Options of the Gaussian-process sampler."""
+
+    n_startup_trials: int = Field(10, ge=0, description="Random trials before the GP starts.")
+    deterministic_objective: bool = Field(False, description="Assume noise-free objectives.")
+
+
+class QmcOptions(EntryOptions):
+    """Options of the quasi-Monte Carlo sampler."""
+
+    qmc_type: Literal["sobol", "halton"] = Field("sobol", description="Low-discrepancy sequence.")
+    scramble: bool = Field(False, description="Randomize the sequence.")
+
+
+class Nsga2Options(EntryOptions):
+    """Options of the NSGA-II sampler."""
+
+    population_size: int = Field(50, ge=2, description="Trials per generation.")
+    mutation_prob: float | None = Field(
+        None, ge=0, le=1, description="Mutation probability (default: 1 / number of params)."
+    )
+    crossover_prob: float = Field(0.9, ge=0, le=1, description="Crossover probability.")
+    swapping_prob: float = Field(0.5, ge=0, le=1, description="Uniform crossover swap rate.")
 
 
 def _seeded(sampler_class: type[optuna.samplers.BaseSampler]) -> SamplerFactory:
@@ -23,20 +66,47 @@ def _seeded(sampler_class: type[optuna.samplers.BaseSampler]) -> SamplerFactory:
     return factory
 
 
-SAMPLERS.add("tpe", _seeded(optuna.samplers.TPESampler))  # Bayesian; conditional spaces
-SAMPLERS.add("random", _seeded(optuna.samplers.RandomSampler))
-SAMPLERS.add("gp", _seeded(optuna.samplers.GPSampler))  # Gaussian-process Bayesian
-SAMPLERS.add("qmc", _seeded(optuna.samplers.QMCSampler))  # quasi-Monte Carlo space filling
-SAMPLERS.add("nsga2", _seeded(optuna.samplers.NSGAIISampler))  # multi-objective genetic
+SAMPLERS.add(
+    "tpe",
+    _seeded(optuna.samplers.TPESampler),
+    options=TpeOptions,
+    description="Tree-structured Parzen estimator: Bayesian, handles conditional spaces.",
+)
+SAMPLERS.add(
+    "random",
+    _seeded(optuna.samplers.RandomSampler),
+    description="Independent uniform sampling.",
+)
+SAMPLERS.add(
+    "gp",
+    _seeded(optuna.samplers.GPSampler),
+    options=GpOptions,
+    description="Gaussian-process Bayesian optimization: small budgets, continuous spaces.",
+)
+SAMPLERS.add(
+    "qmc",
+    _seeded(optuna.samplers.QMCSampler),
+    options=QmcOptions,
+    description="Quasi-Monte Carlo: space-filling, no model.",
+)
+SAMPLERS.add(
+    "nsga2",
+    _seeded(optuna.samplers.NSGAIISampler),
+    options=Nsga2Options,
+    description="NSGA-II genetic algorithm for several objectives.",
+)
 
 
 def build_sampler(
-    name: str, options: dict[str, Any], seed: int | None
+    name: str, options: Mapping[str, Any], seed: int | None
 ) -> optuna.samplers.BaseSampler:
-    """Builds the sampler ``name`` with keyword ``options``.
+    """Builds the sampler ``name`` with ``options`` (checked by its options model).
 
     Raises:
         UnknownNameError: If ``name`` is not registered.
-        TypeError, ValueError: If the options do not fit the sampler.
+        pydantic.ValidationError: If an option is unknown or of the wrong type or range.
+        TypeError, ValueError: If Optuna refuses the combination of options.
     """
-    return SAMPLERS.get(name)(dict(options), seed)
+    entry = SAMPLERS.get(name)
+    checked = entry.parse_options(options).model_dump(exclude_unset=True)
+    return entry.factory(checked, seed)

@@ -1,36 +1,42 @@
 """The study spec: a declarative search space, loaded from YAML or JSON and strictly checked.
 
 Validation runs in two passes. Pydantic checks structure and types (unknown keys are
-rejected); ``check_spec`` then checks meaning: registry names, ranges against each
-hyperparameter's own bounds, conditional parents. Every problem becomes a ``FieldError``
-whose path names the offending field, and all problems are reported at once.
+rejected); ``check_spec`` then checks meaning: registry names, hyperparameter names, ranges
+against each hyperparameter's own bounds, conditional parents. Every problem becomes a
+``FieldError`` whose path names the offending field, and all problems are reported at once.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 import re
-from collections.abc import Mapping
+import types
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from automl.data import DATASETS
 from automl.pruners import PRUNERS, build_pruner
+from automl.registry import Registry
 from automl.samplers import SAMPLERS, build_sampler
-from automl.train import HYPERPARAMETERS, METRICS, TrialConfig
+from automl.train import METRICS
+from automl.train.hyperparameters import (
+    Hyperparameter,
+    UnknownHyperparameterError,
+    default_choices,
+    resolve,
+)
+from automl.train.trial_config import SELECTABLE
 
 MAX_TRIALS = 5_000
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+NAME_RULE = "1-100 letters, digits, '-', '_' or '.', starting with a letter or digit"
 
 Scalar = str | bool | int | float
-Number = Annotated[float, AfterValidator(lambda v: int(v) if v.is_integer() else v)]
-"""A float that keeps whole numbers as ints (``step: 16`` stays 16 in the stored spec)."""
 Loc = tuple[str | int, ...]
 
 
@@ -88,7 +94,7 @@ class ObjectiveSpec(StrictModel):
         """The direction, defaulting to the metric's own."""
         if self.direction is not None:
             return self.direction
-        return METRICS.get(self.metric).direction if self.metric in METRICS else "maximize"
+        return METRICS.get(self.metric).factory.direction if self.metric in METRICS else "maximize"
 
 
 class BudgetSpec(StrictModel):
@@ -122,35 +128,70 @@ class PrunerSpec(StrictModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class ParamSpec(StrictModel):
-    """One searched hyperparameter.
+Condition = dict[str, Scalar | list[Scalar]]
 
-    ``float`` and ``int`` take ``low``/``high`` (inclusive), ``log`` and ``step``;
-    ``categorical`` takes ``choices``. ``when`` makes the parameter conditional: it is
-    searched only while every named parent (a categorical parameter) takes one of the
-    listed values, e.g. ``when: {optimizer: sgd}``.
-    """
 
-    type: Literal["float", "int", "categorical"]
-    low: Number | None = None
-    high: Number | None = None
-    log: bool = False
-    step: Number | None = None
-    choices: list[Scalar] | None = None
-    when: dict[str, Scalar | list[Scalar]] | None = None
+def _when() -> Any:
+    return Field(
+        None,
+        description="Search this param only while each named categorical parent takes one "
+        "of the listed values, e.g. {optimizer: sgd}.",
+    )
 
-    def conditions(self) -> dict[str, list[Scalar]]:
+
+class _Param(StrictModel):
+    def explicit_conditions(self) -> dict[str, list[Scalar]]:
         """``when`` with every value turned into a list."""
+        when: Condition = getattr(self, "when", None) or {}
         return {
             parent: list(values) if isinstance(values, list) else [values]
-            for parent, values in (self.when or {}).items()
+            for parent, values in when.items()
         }
+
+
+class FloatParam(_Param):
+    """A real-valued param in ``[low, high]``."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = Field(False, description="Sample on a log scale.")
+    step: float | None = Field(None, gt=0, description="Discretization step.")
+    when: Condition | None = _when()
+
+
+class IntParam(_Param):
+    """An integer param in ``[low, high]``."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = Field(False, description="Sample on a log scale.")
+    step: int | None = Field(None, gt=0, description="Only low, low + step, ...")
+    when: Condition | None = _when()
+
+
+class CategoricalParam(_Param):
+    """A param taking one of ``choices``."""
+
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1)
+    when: Condition | None = _when()
+
+
+ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+"""One searched hyperparameter, by ``type``."""
+PARAM_TYPES: dict[str, type[_Param]] = {
+    "float": FloatParam,
+    "int": IntParam,
+    "categorical": CategoricalParam,
+}
 
 
 class StudySpec(StrictModel):
     """A whole study: data, objective(s), budget, search algorithm and search space."""
 
-    name: Annotated[str, Field(description="Study name; a suffix is added if taken.")]
+    name: str = Field(pattern=NAME_PATTERN, description=f"Study name: {NAME_RULE}.")
     description: str = ""
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     objective: ObjectiveSpec | None = None
@@ -189,9 +230,49 @@ class StudySpec(StrictModel):
             return self.pruner
         return PrunerSpec(name="median" if len(self.objective_list) == 1 else "none")
 
-    def to_json(self) -> str:
-        """The spec as canonical JSON (as stored with the study)."""
-        return self.model_dump_json(exclude_none=True)
+    @cached_property
+    def chosen(self) -> dict[str, list[str]]:
+        """For each selector (``model``, ``optimizer``...), the entries this study can pick:
+        its choices when searched (plus the default when the search is conditional), its
+        value when fixed, else the default."""
+        chosen: dict[str, list[str]] = {}
+        for group, default in default_choices().items():
+            param = self.params.get(group)
+            if isinstance(param, CategoricalParam):
+                names = [str(choice) for choice in param.choices]
+                chosen[group] = names + (default if param.when and default[0] not in names else [])
+            elif group in self.fixed:
+                chosen[group] = [str(self.fixed[group])]
+            else:
+                chosen[group] = default
+        return chosen
+
+    def hyperparameter(self, name: str) -> Hyperparameter:
+        """Resolves a fixed or searched name against the entries this study can choose.
+
+        Raises:
+            UnknownHyperparameterError: If the name does not resolve.
+        """
+        return resolve(name, self.chosen)
+
+    def conditions(self, name: str) -> dict[str, list[Scalar]]:
+        """When the param ``name`` applies: its ``when``, plus the selector value(s) its
+        entry option implies (``width`` of ``cnn`` applies while ``model`` is ``cnn``)."""
+        conditions = self.params[name].explicit_conditions()
+        try:
+            hp = self.hyperparameter(name)
+        except UnknownHyperparameterError:
+            return conditions  # reported by the checks; nothing is implied
+        selector = self.params.get(hp.group or "")
+        if hp.option is not None and isinstance(selector, CategoricalParam):
+            choices = [str(choice) for choice in selector.choices]
+            implied = [entry for entry in hp.entries if entry in choices]
+            if len(implied) < len(choices):
+                given = conditions.get(hp.group)  # type: ignore[arg-type]
+                conditions[hp.group] = (  # type: ignore[index]
+                    implied if given is None else [v for v in given if v in implied]
+                )
+        return conditions
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -278,51 +359,66 @@ def errors_from_pydantic(
 ) -> list[FieldError]:
     """Converts pydantic errors to ``FieldError``s with clean paths.
 
-    An unknown key's message lists the valid keys of the model it appeared in, found by
-    walking ``root``'s fields along the error's path.
+    Union tags are dropped from paths (``params.lr.low``, not ``params.lr.float.low``), and
+    an unknown key's message lists the valid keys of the model it appeared in.
     """
     errors = []
     for error in exc.errors(include_url=False):
-        loc = tuple(error["loc"])
-        message = _clean_message(error["msg"])
-        if error["type"] == "extra_forbidden":
-            model = _model_at(root, loc[:-1])
+        loc, _ = _walk(root, tuple(error["loc"]))
+        message = error["msg"].removeprefix("Value error, ")
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            _, model = _walk(root, tuple(error["loc"])[:-1])
             valid = f"; valid fields: {', '.join(model.model_fields)}" if model else ""
             message = f"unknown field {loc[-1]!r}{valid}"
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            loc = (*loc, "type")
+            given = error.get("ctx", {}).get("tag")
+            what = f"unknown param type {given!r}" if given else "missing"
+            message = f"{what}; valid choices: {', '.join(PARAM_TYPES)}"
+        elif kind == "string_pattern_mismatch" and loc == ("name",):
+            message = f"invalid name {error['input']!r}: use {NAME_RULE}"
         errors.append(FieldError(prefix + loc, message))
     return errors
 
 
-def _model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
-    """The model class found at ``loc`` below ``root`` (through dicts, lists, unions)."""
+def _walk(root: type[BaseModel], loc: Loc) -> tuple[Loc, type[BaseModel] | None]:
+    """Follows ``loc`` down from ``root`` through models, dicts, lists and unions.
+
+    Returns:
+        The path without union tags, and the model found at its end (if any).
+    """
+    clean: list[str | int] = []
     current: Any = root
-    parts = list(loc)
-    while parts:
+    for part in loc:
+        current = _unwrap(current)
         if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(parts.pop(0)))
-            if field is None:
-                return None
-            current = field.annotation
+            field = current.model_fields.get(str(part))
+            current = field.annotation if field is not None else None
+            clean.append(part)
             continue
         origin, args = get_origin(current), get_args(current)
         if origin in (dict, list):
-            parts.pop(0)  # a key or an index
             current = args[-1]
-        elif args:  # Optional[...] / Union: the first model among the members
-            current = next((a for a in args if _is_model_container(a)), None)
+            clean.append(part)
+        elif origin in (Union, types.UnionType) and part in PARAM_TYPES:
+            current = PARAM_TYPES[str(part)]  # a discriminated union's tag: not a path part
         else:
-            return None
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+            current = None
+            clean.append(part)
+    current = _unwrap(current)
+    model = current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    return tuple(clean), model
 
 
-def _is_model_container(annotation: Any) -> bool:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return True
-    return get_origin(annotation) in (dict, list) and _is_model_container(get_args(annotation)[-1])
-
-
-def _clean_message(message: str) -> str:
-    return message.removeprefix("Value error, ")
+def _unwrap(annotation: Any) -> Any:
+    """``Annotated[X, ...]`` -> X; ``X | None`` -> X."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    args = [arg for arg in get_args(annotation) if arg is not type(None)]
+    if get_origin(annotation) in (Union, types.UnionType) and len(args) == 1:
+        return _unwrap(args[0])
+    return annotation
 
 
 # --- meaning -------------------------------------------------------------------------------
@@ -331,37 +427,64 @@ def _clean_message(message: str) -> str:
 def check_spec(spec: StudySpec) -> list[FieldError]:
     """Checks what types cannot: names, ranges, conditions. Returns every problem found."""
     errors: list[FieldError] = []
-    if not NAME_PATTERN.match(spec.name):
-        errors.append(
-            FieldError(
-                ("name",),
-                "must be 1-100 letters, digits, '-', '_' or '.', starting with a letter or digit",
-            )
-        )
     errors += _check_dataset(spec.dataset)
     errors += _check_objectives(spec)
     errors += _check_sampler(spec.sampler)
     errors += _check_pruner(spec)
+    errors += _check_selectors(spec)
     errors += _check_fixed(spec)
     for name, param in spec.params.items():
-        errors += _check_param(name, param, spec.params)
-    errors += _check_cycles(spec.params)
+        errors += _check_param(spec, name, param)
+    errors += _check_cycles(spec)
     return errors
 
 
-def _registry_error(loc: Loc, registry: Any, name: str) -> list[FieldError]:
+def _registry_error(loc: Loc, registry: Registry[Any], name: str) -> list[FieldError]:
     return [] if name in registry else [FieldError(loc, registry.unknown_message(name))]
+
+
+def _check_entry(
+    loc: Loc, registry: Registry[Any], name: str, options: Mapping[str, Any]
+) -> list[FieldError]:
+    """Checks a registry name and the entry's options (``loc.name``, ``loc.options.x``)."""
+    if name not in registry:
+        return _registry_error((*loc, "name"), registry, name)
+    entry = registry.get(name)
+    try:
+        entry.parse_options(options)
+    except ValidationError as exc:
+        return errors_from_pydantic(exc, (*loc, "options"), entry.options)
+    return []
+
+
+def _check_sampler(sampler: SamplerSpec) -> list[FieldError]:
+    errors = _check_entry(("sampler",), SAMPLERS, sampler.name, sampler.options)
+    if errors:
+        return errors
+    return _check_built(
+        ("sampler",),
+        sampler.name,
+        lambda: build_sampler(sampler.name, sampler.options, sampler.seed),
+    )
+
+
+def _check_built(loc: Loc, name: str, build: Callable[[], object]) -> list[FieldError]:
+    """Builds the Optuna object to catch option combinations its constructor refuses."""
+    try:
+        build()
+    except (TypeError, ValueError) as exc:
+        return [FieldError((*loc, "options"), f"invalid options for {name!r}: {exc}")]
+    return []
 
 
 def _check_dataset(dataset: DatasetSpec) -> list[FieldError]:
     if dataset.source not in DATASETS:
         return _registry_error(("dataset", "source"), DATASETS, dataset.source)
+    entry = DATASETS.get(dataset.source)
     try:
-        DATASETS.get(dataset.source).options.model_validate(dataset.options)
+        entry.parse_options(dataset.options)
     except ValidationError as exc:
-        return errors_from_pydantic(
-            exc, ("dataset", "options"), DATASETS.get(dataset.source).options
-        )
+        return errors_from_pydantic(exc, ("dataset", "options"), entry.options)
     return []
 
 
@@ -382,190 +505,153 @@ def _check_objectives(spec: StudySpec) -> list[FieldError]:
     return errors
 
 
-def _check_sampler(sampler: SamplerSpec) -> list[FieldError]:
-    if sampler.name not in SAMPLERS:
-        return _registry_error(("sampler", "name"), SAMPLERS, sampler.name)
-    try:
-        build_sampler(sampler.name, sampler.options, sampler.seed)
-    except (TypeError, ValueError) as exc:
-        return [FieldError(("sampler", "options"), _option_message(sampler.name, exc))]
-    return []
-
-
 def _check_pruner(spec: StudySpec) -> list[FieldError]:
     pruner = spec.pruner_or_default
-    if pruner.name not in PRUNERS:
-        return _registry_error(("pruner", "name"), PRUNERS, pruner.name)
+    errors = _check_entry(("pruner",), PRUNERS, pruner.name, pruner.options)
+    if errors:
+        return errors
     if len(spec.objective_list) > 1 and pruner.name != "none":
         return [FieldError(("pruner", "name"), "multi-objective studies cannot prune; use 'none'")]
+    return _check_built(("pruner",), pruner.name, lambda: build_pruner(pruner.name, pruner.options))
+
+
+def _check_selectors(spec: StudySpec) -> list[FieldError]:
+    """Checks the entry names that selectors (``model``...) take, fixed or searched."""
+    errors: list[FieldError] = []
+    for group, registry in SELECTABLE.items():
+        if group in spec.fixed:
+            errors += _registry_error(("fixed", group), registry, spec.fixed[group])
+        param = spec.params.get(group)
+        if isinstance(param, CategoricalParam):
+            for index, choice in enumerate(param.choices):
+                errors += _registry_error(("params", group, "choices", index), registry, choice)
+        elif param is not None:
+            errors.append(
+                FieldError(
+                    ("params", group, "type"), f"{group!r} takes names; use type: categorical"
+                )
+            )
+    return errors
+
+
+def _resolved(spec: StudySpec, loc: Loc, name: str) -> Hyperparameter | FieldError:
     try:
-        build_pruner(pruner.name, pruner.options)
-    except (TypeError, ValueError) as exc:
-        return [FieldError(("pruner", "options"), _option_message(pruner.name, exc))]
-    return []
-
-
-def _option_message(name: str, exc: Exception) -> str:
-    return f"invalid options for {name!r}: {exc}"
+        return spec.hyperparameter(name)
+    except UnknownHyperparameterError as exc:
+        return FieldError(loc, str(exc))
 
 
 def _check_fixed(spec: StudySpec) -> list[FieldError]:
     errors = []
     for name, value in spec.fixed.items():
-        if name not in HYPERPARAMETERS:
-            errors.append(FieldError(("fixed", name), _unknown_hyperparameter(name)))
+        loc: Loc = ("fixed", name)
+        hp = _resolved(spec, loc, name)
+        if isinstance(hp, FieldError):
+            errors.append(hp)
         elif name in spec.params:
-            errors.append(FieldError(("fixed", name), "is also in params; keep it in one place"))
-        else:
-            errors += _check_value(("fixed", name), name, value)
+            errors.append(FieldError(loc, "is also in params; keep it in one place"))
+        elif not hp.is_selector:
+            errors += [FieldError(loc, message) for message in hp.check(value)]
     return errors
 
 
-def _unknown_hyperparameter(name: str) -> str:
-    close = difflib.get_close_matches(name, HYPERPARAMETERS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    valid = ", ".join(sorted(HYPERPARAMETERS))
-    return f"unknown hyperparameter {name!r}{hint}; valid choices: {valid}"
-
-
-@cache
-def _field_adapter(name: str) -> TypeAdapter[Any]:
-    field = TrialConfig.model_fields[name]
-    return TypeAdapter(Annotated[field.annotation, *field.metadata])  # type: ignore[name-defined]
-
-
-def _field_kind(name: str) -> str:
-    annotation = TrialConfig.model_fields[name].annotation
-    return {int: "int", float: "float"}.get(annotation, "categorical")  # type: ignore[arg-type]
-
-
-def _check_value(loc: Loc, name: str, value: Any) -> list[FieldError]:
-    try:
-        _field_adapter(name).validate_python(value, strict=isinstance(value, bool))
-    except ValidationError as exc:
-        messages = (_clean_message(e["msg"]) for e in exc.errors(include_url=False))
-        return [FieldError(loc, "; ".join(messages))]
-    return []
-
-
-def _check_param(name: str, param: ParamSpec, params: Mapping[str, ParamSpec]) -> list[FieldError]:
+def _check_param(spec: StudySpec, name: str, param: Any) -> list[FieldError]:
     loc: Loc = ("params", name)
-    if name not in HYPERPARAMETERS:
-        return [FieldError(loc, _unknown_hyperparameter(name))]
-    kind = _field_kind(name)
+    hp = _resolved(spec, loc, name)
+    if isinstance(hp, FieldError):
+        return [hp]
+    if hp.is_selector:  # its type and names are checked with the other selectors
+        if not isinstance(param, CategoricalParam):
+            return []
+        return _check_categorical(loc, hp, param) + _check_when(spec, loc, name, param, hp)
     allowed = {"float": {"float", "int", "categorical"}, "int": {"int", "categorical"}}
-    if param.type not in allowed.get(kind, {"categorical"}):
-        return [
-            FieldError(
-                (*loc, "type"),
-                f"{name!r} takes {_kind_words(kind)}; use type: "
-                + ("int" if kind == "int" else "categorical"),
-            )
-        ]
-    if param.type == "categorical":
-        errors = _check_categorical(loc, name, param)
+    if param.type not in allowed.get(hp.kind, {"categorical"}):
+        words = {"int": "integers", "float": "numbers"}.get(hp.kind, "names or flags")
+        use = "int" if hp.kind == "int" else "categorical"
+        return [FieldError((*loc, "type"), f"{name!r} takes {words}; use type: {use}")]
+    if isinstance(param, CategoricalParam):
+        errors = _check_categorical(loc, hp, param)
     else:
-        errors = _check_range(loc, name, param)
-    return errors + _check_when(loc, name, param, params)
+        errors = _check_range(loc, hp, param)
+    return errors + _check_when(spec, loc, name, param, hp)
 
 
-def _kind_words(kind: str) -> str:
-    return {"int": "integers", "float": "numbers"}.get(kind, "names")
-
-
-def _check_categorical(loc: Loc, name: str, param: ParamSpec) -> list[FieldError]:
-    errors = [
-        FieldError((*loc, key), "not allowed for type categorical; use choices")
-        for key in ("low", "high", "step")
-        if getattr(param, key) is not None
-    ]
-    if param.log:
-        errors.append(FieldError((*loc, "log"), "not allowed for type categorical"))
-    if not param.choices:
-        return [*errors, FieldError((*loc, "choices"), "a categorical param needs choices")]
+def _check_categorical(loc: Loc, hp: Hyperparameter, param: CategoricalParam) -> list[FieldError]:
+    errors: list[FieldError] = []
     # 16 and 16.0 are one choice to Optuna; True and 1 are not.
     distinct = {(isinstance(choice, bool), choice) for choice in param.choices}
     if len(distinct) != len(param.choices):
         errors.append(FieldError((*loc, "choices"), "choices must be unique"))
-    for index, choice in enumerate(param.choices):
-        errors += _check_value((*loc, "choices", index), name, choice)
+    if not hp.is_selector:
+        for index, choice in enumerate(param.choices):
+            errors += [FieldError((*loc, "choices", index), m) for m in hp.check(choice)]
     return errors
 
 
-def _check_range(loc: Loc, name: str, param: ParamSpec) -> list[FieldError]:
+def _check_range(loc: Loc, hp: Hyperparameter, param: FloatParam | IntParam) -> list[FieldError]:
     errors: list[FieldError] = []
-    if param.choices is not None:
-        errors.append(FieldError((*loc, "choices"), f"not allowed for type {param.type}"))
-    for key in ("low", "high"):
-        if getattr(param, key) is None:
-            article = "an" if param.type == "int" else "a"
-            errors.append(FieldError((*loc, key), f"{article} {param.type} param needs {key}"))
-    if errors:
-        return errors
-    low, high = param.low, param.high
-    assert low is not None and high is not None
-    if param.type == "int":
-        for key in ("low", "high", "step"):
-            value = getattr(param, key)
-            if value is not None and value != int(value):
-                errors.append(FieldError((*loc, key), f"must be an integer, got {value}"))
-    if low > high:
-        errors.append(FieldError((*loc, "low"), f"low ({low:g}) must be <= high ({high:g})"))
-    if param.step is not None and param.step <= 0:
-        errors.append(FieldError((*loc, "step"), "must be > 0"))
+    if param.low > param.high:
+        errors.append(
+            FieldError((*loc, "low"), f"low ({param.low:g}) must be <= high ({param.high:g})")
+        )
     if param.log:
-        if low <= 0:
+        if param.low <= 0:
             errors.append(FieldError((*loc, "low"), "must be > 0 when log is true"))
-        if param.step is not None and not (param.type == "int" and param.step == 1):
+        if param.step is not None and not (isinstance(param, IntParam) and param.step == 1):
             errors.append(FieldError((*loc, "step"), "cannot be combined with log: true"))
     if not errors:
-        errors += _check_value((*loc, "low"), name, int(low) if param.type == "int" else low)
-        errors += _check_value((*loc, "high"), name, int(high) if param.type == "int" else high)
+        for key in ("low", "high"):
+            errors += [FieldError((*loc, key), m) for m in hp.check(getattr(param, key))]
     return errors
 
 
 def _check_when(
-    loc: Loc, name: str, param: ParamSpec, params: Mapping[str, ParamSpec]
+    spec: StudySpec, loc: Loc, name: str, param: Any, hp: Hyperparameter
 ) -> list[FieldError]:
     errors = []
-    for parent, values in param.conditions().items():
+    for parent, values in param.explicit_conditions().items():
         where = (*loc, "when", parent)
-        parent_param = params.get(parent)
+        parent_param = spec.params.get(parent)
         if parent == name:
             errors.append(FieldError(where, "a param cannot depend on itself"))
         elif parent_param is None:
             errors.append(
                 FieldError(where, f"unknown parent {parent!r}; parents must be categorical params")
             )
-        elif parent_param.type != "categorical":
+        elif not isinstance(parent_param, CategoricalParam):
             errors.append(FieldError(where, f"parent {parent!r} must be a categorical param"))
         else:
-            choices = parent_param.choices or []
-            for value in values:
-                if value not in choices:
-                    errors.append(
-                        FieldError(
-                            where,
-                            f"{value!r} is not a choice of {parent!r}; valid choices: "
-                            + ", ".join(map(str, choices)),
-                        )
-                    )
+            valid = [value for value in values if value in parent_param.choices]
+            errors += [
+                FieldError(
+                    where,
+                    f"{value!r} is not a choice of {parent!r}; valid choices: "
+                    + ", ".join(map(str, parent_param.choices)),
+                )
+                for value in values
+                if value not in valid
+            ]
+            implied = parent == hp.group and hp.option is not None
+            if implied and valid and not any(value in hp.entries for value in valid):
+                message = f"{name!r} belongs to {', '.join(hp.entries)}, so it never applies"
+                errors.append(FieldError(where, message))
     return errors
 
 
-def _check_cycles(params: Mapping[str, ParamSpec]) -> list[FieldError]:
+def _check_cycles(spec: StudySpec) -> list[FieldError]:
     try:
-        conditional_order(params)
+        conditional_order(spec)
     except ValueError as exc:
         return [FieldError(("params",), str(exc))]
     return []
 
 
-def conditional_order(params: Mapping[str, ParamSpec]) -> list[str]:
-    """Orders params so that every parent comes before its children (stable otherwise).
+def conditional_order(spec: StudySpec) -> list[str]:
+    """Orders a spec's params so that every parent comes before its children (stable
+    otherwise), counting the conditions that entry options imply.
 
     Raises:
-        ValueError: If the ``when`` conditions form a cycle.
+        ValueError: If the conditions form a cycle.
     """
     order: list[str] = []
     state: dict[str, str] = {}
@@ -576,17 +662,12 @@ def conditional_order(params: Mapping[str, ParamSpec]) -> list[str]:
         if state.get(name) == "visiting":
             raise ValueError("conditions form a cycle: " + " -> ".join([*chain, name]))
         state[name] = "visiting"
-        for parent in params[name].conditions():
-            if parent in params and parent != name:
+        for parent in spec.conditions(name):
+            if parent in spec.params and parent != name:
                 visit(parent, [*chain, name])
         state[name] = "done"
         order.append(name)
 
-    for name in params:
+    for name in spec.params:
         visit(name, [])
     return order
-
-
-def spec_from_json(text: str) -> StudySpec:
-    """Reads a spec stored by ``StudySpec.to_json`` (trusted: no second check)."""
-    return StudySpec.model_validate(json.loads(text))

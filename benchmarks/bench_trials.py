@@ -32,6 +32,7 @@ from automl.models import build_model
 from automl.spec import validate_spec
 from automl.store import create_storage, get_study, submit_study
 from automl.train import TrialConfig, train
+from automl.train.hyperparameters import flat_config
 from automl.train.loop import resolve_device
 from automl.worker import Worker, WorkerOptions
 
@@ -40,7 +41,8 @@ def baseline_train(config: TrialConfig, device: torch.device) -> float:
     """The textbook loop: a DataLoader over a TensorDataset, evaluated each epoch."""
     data = load_dataset(config.dataset.source, config.dataset.options)
     torch.manual_seed(config.seed)
-    model = build_model(config, data.input_shape, data.num_classes).to(device)
+    model = build_model(config.model.name, config.model.options, data.input_shape, data.num_classes)
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
     train_loader = DataLoader(
@@ -94,11 +96,13 @@ def automl_study(trials: int, epochs: int, device: str) -> float:
 
 def baseline_study(trials: int, epochs: int, device: torch.device) -> float:
     def objective(trial: optuna.Trial) -> float:
-        config = TrialConfig(
-            epochs=epochs,
-            batch_size=64,
-            lr=trial.suggest_float("lr", 1e-3, 1e-2, log=True),
-            width=trial.suggest_int("width", 16, 32, step=16),
+        config = flat_config(
+            {
+                "epochs": epochs,
+                "batch_size": 64,
+                "lr": trial.suggest_float("lr", 1e-3, 1e-2, log=True),
+                "width": trial.suggest_int("width", 16, 32, step=16),
+            }
         )
         return baseline_train(config, device)
 
@@ -136,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = resolve_device(args.device)
-    config = TrialConfig(epochs=args.epochs, batch_size=64, lr=3e-3, width=32)
+    config = flat_config({"epochs": args.epochs, "batch_size": 64, "lr": 3e-3, "width": 32})
     load_dataset("digits")  # both sides start with the data decoded
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, threads {torch.get_num_threads()}")

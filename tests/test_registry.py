@@ -1,40 +1,53 @@
-"""Tests of the generic ``Registry``."""
+"""Tests of the generic ``Registry``: entries with options, descriptions and plugins."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
 
 import pytest
+from pydantic import Field, ValidationError
 
-from automl.registry import Registry, UnknownNameError
+from automl.registry import EntryOptions, Registry, UnknownNameError, describe_options
+
+
+class GearOptions(EntryOptions):
+    teeth: int = Field(12, ge=4, le=200, description="Number of teeth.")
+    finish: Literal["steel", "brass"] = Field("steel", description="Surface.")
+    ratio: float | None = Field(None, gt=0, description="Optional ratio.")
 
 
 @pytest.fixture
 def widgets() -> Registry[Callable[[], str]]:
     registry: Registry[Callable[[], str]] = Registry("widget")
-    registry.add("sprocket", lambda: "sprocket")
-    registry.add("gear", lambda: "gear")
+    registry.add("sprocket", lambda: "sprocket", description="A sprocket.")
+    registry.add("gear", lambda: "gear", options=GearOptions)
     registry.add("flange", lambda: "flange")
     return registry
 
 
-def test_register_decorator_returns_entry_and_registers_it() -> None:
+def test_register_decorator_returns_target_and_takes_docstring_as_description() -> None:
     registry: Registry[Callable[[], int]] = Registry("thing")
 
     @registry.register("one")
     def one() -> int:
+        """Returns one.
+
+        More text that is not part of the description.
+        """
         return 1
 
     assert one() == 1
-    assert registry.get("one") is one
+    entry = registry.get("one")
+    assert entry.factory is one
+    assert entry.name == "one"
+    assert entry.description == "Returns one."
+    assert entry.source == "automl"
     assert "one" in registry
     assert len(registry) == 1
-
-
-def test_add_then_get_returns_same_entry(widgets: Registry[Callable[[], str]]) -> None:
-    entry = widgets.get("gear")
-    assert entry() == "gear"
-    assert widgets.get("gear") is entry
 
 
 def test_duplicate_add_is_rejected(widgets: Registry[Callable[[], str]]) -> None:
@@ -44,75 +57,123 @@ def test_duplicate_add_is_rejected(widgets: Registry[Callable[[], str]]) -> None
     assert widgets.get("gear") is original
 
 
-def test_duplicate_register_decorator_is_rejected(widgets: Registry[Callable[[], str]]) -> None:
-    with pytest.raises(ValueError, match="already registered"):
-
-        @widgets.register("sprocket")
-        def again() -> str:  # pragma: no cover - never registered
-            return "again"
-
-
-def test_get_unknown_name_lists_valid_choices(widgets: Registry[Callable[[], str]]) -> None:
+def test_unknown_name_lists_valid_choices_and_suggests(
+    widgets: Registry[Callable[[], str]],
+) -> None:
     with pytest.raises(UnknownNameError) as info:
         widgets.get("cog")
-    message = str(info.value)
-    assert message.startswith("unknown widget 'cog'")
-    assert message.endswith("valid choices: flange, gear, sprocket")
-    assert "did you mean" not in message
-
-
-def test_get_unknown_name_suggests_close_name(widgets: Registry[Callable[[], str]]) -> None:
+    assert str(info.value) == "unknown widget 'cog'; valid choices: flange, gear, sprocket"
     with pytest.raises(UnknownNameError, match=r"did you mean 'sprocket'\?"):
-        widgets.get("sprockett")
-
-
-def test_unknown_name_error_is_a_value_error() -> None:
+        widgets.validate("sprockett")
     assert issubclass(UnknownNameError, ValueError)
 
 
 @pytest.mark.parametrize("name", [None, 3, ["gear"]])
-def test_get_non_string_name_raises_unknown_name(
-    widgets: Registry[Callable[[], str]], name: object
-) -> None:
+def test_non_string_names_are_unknown(widgets: Registry[Callable[[], str]], name: object) -> None:
     with pytest.raises(UnknownNameError, match="valid choices: flange, gear, sprocket"):
         widgets.get(name)  # type: ignore[arg-type]
 
 
-def test_validate_returns_registered_name(widgets: Registry[Callable[[], str]]) -> None:
-    assert widgets.validate("flange") == "flange"
-
-
-def test_validate_rejects_unknown_name(widgets: Registry[Callable[[], str]]) -> None:
-    with pytest.raises(UnknownNameError, match=r"unknown widget 'flang'.*did you mean 'flange'"):
-        widgets.validate("flang")
-
-
-def test_names_are_sorted_regardless_of_insertion_order(
-    widgets: Registry[Callable[[], str]],
-) -> None:
+def test_names_sorted_and_membership(widgets: Registry[Callable[[], str]]) -> None:
     assert widgets.names() == ["flange", "gear", "sprocket"]
     assert list(widgets) == ["flange", "gear", "sprocket"]
-
-
-def test_contains_and_len(widgets: Registry[Callable[[], str]]) -> None:
-    assert "gear" in widgets
-    assert "cog" not in widgets
-    assert 5 not in widgets
+    assert [entry.name for entry in widgets.entries()] == ["flange", "gear", "sprocket"]
+    assert "gear" in widgets and "cog" not in widgets and 5 not in widgets
     assert len(widgets) == 3
 
 
-def test_empty_registry() -> None:
-    registry: Registry[int] = Registry("nothing")
-    assert registry.names() == []
-    assert len(registry) == 0
-    with pytest.raises(UnknownNameError, match=r"unknown nothing 'x'; valid choices: $"):
-        registry.get("x")
+def test_parse_options_fills_defaults_and_rejects_bad_values(
+    widgets: Registry[Callable[[], str]],
+) -> None:
+    entry = widgets.get("gear")
+    assert entry.parse_options({"teeth": 30}).model_dump() == {
+        "teeth": 30,
+        "finish": "steel",
+        "ratio": None,
+    }
+    with pytest.raises(ValidationError, match="less than or equal to 200"):
+        entry.parse_options({"teeth": 500})
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        widgets.get("flange").parse_options({"teeth": 3})
 
 
-def test_registries_are_independent() -> None:
-    first: Registry[int] = Registry("first")
-    second: Registry[int] = Registry("second")
-    first.add("a", 1)
-    second.add("a", 2)
-    assert first.get("a") == 1
-    assert second.get("a") == 2
+def test_describe_options_reports_type_default_choices_and_range() -> None:
+    infos = {info.name: info for info in describe_options(GearOptions)}
+    assert infos["teeth"].type == "int"
+    assert infos["teeth"].default == 12
+    assert infos["teeth"].range == {"ge": 4, "le": 200}
+    assert infos["teeth"].description == "Number of teeth."
+    assert infos["finish"].type == "categorical"
+    assert infos["finish"].choices == ["steel", "brass"]
+    assert infos["ratio"].type == "float"
+    assert infos["ratio"].range == {"gt": 0}
+
+
+def test_describe_lists_every_entry(widgets: Registry[Callable[[], str]]) -> None:
+    described = {item["name"]: item for item in widgets.describe()}
+    assert set(described) == set(widgets.names())
+    assert described["sprocket"]["description"] == "A sprocket."
+    assert described["sprocket"]["options"] == []
+    assert [option["name"] for option in described["gear"]["options"]] == [
+        "teeth",
+        "finish",
+        "ratio",
+    ]
+
+
+@pytest.fixture
+def plugin_path(tmp_path: Path) -> Iterator[Path]:
+    """A folder on sys.path holding an installed-looking distribution with entry points."""
+    sys.path.insert(0, str(tmp_path))
+    yield tmp_path
+    sys.path.remove(str(tmp_path))
+    for name in [name for name in sys.modules if name.startswith("acme_widgets")]:
+        del sys.modules[name]
+
+
+def write_distribution(root: Path, group: str, points: dict[str, str], modules: dict[str, str]):
+    info = root / "acme_widgets-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-widgets\nVersion: 1.0\n")
+    lines = "\n".join(f"{name} = {target}" for name, target in points.items())
+    (info / "entry_points.txt").write_text(f"[{group}]\n{lines}\n")
+    for name, source in modules.items():
+        (root / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+def test_plugins_register_entries_with_their_source_and_broken_ones_are_reported(
+    plugin_path: Path,
+) -> None:
+    registry: Registry[Callable[[], str]] = Registry("widget", group="test.automl.widgets")
+    sys.modules["test_widget_registry"] = type(sys)("test_widget_registry")
+    sys.modules["test_widget_registry"].REGISTRY = registry  # type: ignore[attr-defined]
+    write_distribution(
+        plugin_path,
+        "test.automl.widgets",
+        {"good": "acme_widgets_good", "broken": "acme_widgets_broken", "fn": "acme_widgets_fn:add"},
+        {
+            "acme_widgets_good": """
+                from test_widget_registry import REGISTRY
+
+                @REGISTRY.register("cog")
+                def cog():
+                    '''A plugin cog.'''
+                    return "cog"
+            """,
+            "acme_widgets_broken": "raise RuntimeError('missing native library')\n",
+            "acme_widgets_fn": """
+                def add(registry):
+                    registry.add("washer", lambda: "washer", description="A washer.")
+            """,
+        },
+    )
+    try:
+        registry.load_plugins()
+        registry.load_plugins()  # idempotent
+    finally:
+        del sys.modules["test_widget_registry"]
+    assert registry.names() == ["cog", "washer"]
+    assert registry.get("cog").source == "acme-widgets"
+    assert registry.get("cog").description == "A plugin cog."
+    assert registry.get("washer").factory() == "washer"
+    assert registry.plugin_errors == {"broken": "RuntimeError: missing native library"}

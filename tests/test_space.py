@@ -10,8 +10,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from automl.space import build_config, is_active, suggest, to_distribution
-from automl.spec import ParamSpec, StudySpec, load_spec
+from automl.spec import CategoricalParam, FloatParam, IntParam, StudySpec, load_spec
 from automl.train import TrialConfig
+from automl.train.trial_config import flat_values
 
 DIGITS_QUICK = Path(__file__).resolve().parents[1] / "search_spaces" / "digits_quick.yaml"
 N_TRIALS = 60
@@ -46,22 +47,22 @@ NESTED = {
 
 
 def test_categorical_distribution() -> None:
-    param = ParamSpec(type="categorical", choices=["adam", "sgd"])
+    param = CategoricalParam(type="categorical", choices=["adam", "sgd"])
     assert to_distribution(param) == CategoricalDistribution(["adam", "sgd"])
 
 
 def test_float_distribution() -> None:
-    param = ParamSpec(type="float", low=1e-4, high=0.1, log=True)
+    param = FloatParam(type="float", low=1e-4, high=0.1, log=True)
     assert to_distribution(param) == FloatDistribution(1e-4, 0.1, log=True)
 
 
 def test_float_distribution_with_step() -> None:
-    param = ParamSpec(type="float", low=0.0, high=0.5, step=0.25)
+    param = FloatParam(type="float", low=0.0, high=0.5, step=0.25)
     assert to_distribution(param) == FloatDistribution(0.0, 0.5, step=0.25)
 
 
 def test_int_distribution_casts_bounds_and_step() -> None:
-    param = ParamSpec(type="int", low=16.0, high=48.0, step=16.0)
+    param = IntParam(type="int", low=16.0, high=48.0, step=16.0)
     distribution = to_distribution(param)
     assert distribution == IntDistribution(16, 48, step=16)
     assert isinstance(distribution, IntDistribution)
@@ -69,7 +70,7 @@ def test_int_distribution_casts_bounds_and_step() -> None:
 
 
 def test_int_distribution_defaults_to_step_one() -> None:
-    assert to_distribution(ParamSpec(type="int", low=1, high=8, log=True)) == IntDistribution(
+    assert to_distribution(IntParam(type="int", low=1, high=8, log=True)) == IntDistribution(
         1, 8, log=True, step=1
     )
 
@@ -78,21 +79,65 @@ def test_int_distribution_defaults_to_step_one() -> None:
 
 
 def test_is_active() -> None:
-    param = ParamSpec(type="float", low=0.1, high=0.9, when={"optimizer": ["sgd", "rmsprop"]})
-    assert is_active(param, {"optimizer": "sgd"})
-    assert is_active(param, {"optimizer": "rmsprop"})
-    assert not is_active(param, {"optimizer": "adam"})
-    assert not is_active(param, {})
-    assert is_active(ParamSpec(type="float", low=0.1, high=0.9), {})
+    spec = spec_with(
+        {
+            "optimizer": {"type": "categorical", "choices": ["adam", "sgd", "rmsprop"]},
+            "lr": {
+                "type": "float",
+                "low": 0.1,
+                "high": 0.9,
+                "when": {"optimizer": ["sgd", "rmsprop"]},
+            },
+            "dropout": {"type": "float", "low": 0.1, "high": 0.5},
+        }
+    )
+    assert is_active(spec, "lr", {"optimizer": "sgd"})
+    assert is_active(spec, "lr", {"optimizer": "rmsprop"})
+    assert not is_active(spec, "lr", {"optimizer": "adam"})
+    assert not is_active(spec, "lr", {})
+    assert is_active(spec, "dropout", {})
 
 
 def test_is_active_needs_every_condition() -> None:
-    param = ParamSpec(
-        type="float", low=0.1, high=0.9, when={"optimizer": "sgd", "scheduler": "cosine"}
+    spec = spec_with(
+        {
+            "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+            "scheduler": {"type": "categorical", "choices": ["cosine", "step"]},
+            "lr": {
+                "type": "float",
+                "low": 0.1,
+                "high": 0.9,
+                "when": {"optimizer": "sgd", "scheduler": "cosine"},
+            },
+        }
     )
-    assert is_active(param, {"optimizer": "sgd", "scheduler": "cosine"})
-    assert not is_active(param, {"optimizer": "sgd", "scheduler": "step"})
-    assert not is_active(param, {"optimizer": "sgd"})
+    assert is_active(spec, "lr", {"optimizer": "sgd", "scheduler": "cosine"})
+    assert not is_active(spec, "lr", {"optimizer": "sgd", "scheduler": "step"})
+    assert not is_active(spec, "lr", {"optimizer": "sgd"})
+
+
+def test_entry_options_are_implicitly_conditional_on_their_entry() -> None:
+    spec = spec_with(
+        {
+            "optimizer": {"type": "categorical", "choices": ["adam", "sgd", "rmsprop"]},
+            "momentum": {"type": "float", "low": 0.5, "high": 0.9},
+            "nesterov": {"type": "categorical", "choices": [True, False]},
+            "beta1": {"type": "float", "low": 0.8, "high": 0.95},
+        }
+    )
+    assert spec.conditions("momentum") == {"optimizer": ["rmsprop", "sgd"]}
+    assert spec.conditions("nesterov") == {"optimizer": ["sgd"]}
+    assert is_active(spec, "beta1", {"optimizer": "adam"})
+    assert not is_active(spec, "beta1", {"optimizer": "sgd"})
+    study = random_study(0)
+    for _ in range(30):
+        trial = study.ask()
+        config = suggest(trial, spec)
+        chosen = trial.params["optimizer"]
+        assert ("momentum" in trial.params) == (chosen in ("sgd", "rmsprop"))
+        assert ("beta1" in trial.params) == (chosen == "adam")
+        for name in set(trial.params) - {"optimizer"}:
+            assert config.optimizer.options[name] == trial.params[name]
 
 
 # --- suggest -------------------------------------------------------------------------------
@@ -112,15 +157,16 @@ def test_suggest_digits_quick() -> None:
         trial = study.ask()
         config = suggest(trial, spec)
         assert isinstance(config, TrialConfig)
-        assert (config.epochs, config.batch_size, config.scheduler) == (6, 64, "cosine")
+        values = flat_values(config)
+        assert (config.epochs, config.batch_size, config.scheduler.name) == (6, 64, "cosine")
         assert config.dataset.source == "digits"
         assert config.dataset.options == {"val_fraction": 0.2, "seed": 0}
-        assert config.optimizer in ("adam", "sgd")
+        assert config.optimizer.name in ("adam", "sgd")
         assert 1e-3 <= config.lr <= 3e-2
-        assert config.width in (16, 32, 48)
-        assert 0.0 <= config.dropout <= 0.3
+        assert config.model.options["width"] in (16, 32, 48)
+        assert 0.0 <= config.model.options["dropout"] <= 0.3
         for name, value in trial.params.items():
-            assert getattr(config, name) == value
+            assert values[name] == value
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -136,10 +182,10 @@ def test_conditional_param_only_suggested_when_parent_matches(seed: int) -> None
         assert ("momentum" in trial.params) == (optimizer == "sgd")
         assert ("momentum" in trial.distributions) == (optimizer == "sgd")
         if optimizer == "sgd":
-            assert 0.5 <= config.momentum <= 0.8
-            assert config.momentum == trial.params["momentum"]
+            assert 0.5 <= config.optimizer.options["momentum"] <= 0.8
+            assert config.optimizer.options["momentum"] == trial.params["momentum"]
         else:
-            assert config.momentum == 0.9  # TrialConfig's default
+            assert "momentum" not in config.optimizer.options  # adam has none
     assert optimizers == {"adam", "sgd"}
 
 
@@ -170,7 +216,7 @@ def test_nested_conditions_grandchild() -> None:
         else:
             assert config.warmup_epochs == 0.0
         if not is_sgd:
-            assert config.scheduler == "constant"
+            assert config.scheduler.name == "constant"
         seen.add((params["optimizer"], params.get("scheduler")))
     assert seen == {("adam", None), ("sgd", "cosine"), ("sgd", "step")}
 
@@ -198,7 +244,7 @@ def test_int_param_with_step() -> None:
         config = suggest(trial, spec)
         assert trial.distributions["width"] == IntDistribution(16, 48, step=16)
         assert isinstance(trial.params["width"], int)
-        widths.add(config.width)
+        widths.add(config.model.options["width"])
     assert widths == {16, 32, 48}
 
 
@@ -226,13 +272,13 @@ def test_float_param_with_log_and_step() -> None:
         config = suggest(trial, spec)
         assert trial.distributions["lr"] == FloatDistribution(1e-4, 1e-1, log=True)
         assert 1e-4 <= config.lr <= 1e-1
-        assert config.dropout in (0.0, 0.25, 0.5)
+        assert config.model.options["dropout"] in (0.0, 0.25, 0.5)
 
 
 def test_categorical_numbers_for_int_hyperparameter() -> None:
     spec = spec_with({"depth": {"type": "categorical", "choices": [1, 3]}})
     study = random_study(0)
-    depths = {suggest(study.ask(), spec).depth for _ in range(30)}
+    depths = {suggest(study.ask(), spec).model.options["depth"] for _ in range(30)}
     assert depths == {1, 3}
 
 
@@ -244,7 +290,7 @@ def test_fixed_values_applied() -> None:
     )
     trial = random_study(0).ask()
     config = suggest(trial, spec)
-    assert (config.epochs, config.loss, config.width) == (3, "focal", 8)
+    assert (config.epochs, config.loss.name, config.model.options["width"]) == (3, "focal", 8)
     assert config.dataset.options == {"val_fraction": 0.3, "seed": 5}
     assert "epochs" not in trial.params
 
@@ -256,7 +302,7 @@ def test_suggest_respects_fixed_trial_params() -> None:
     study.enqueue_trial({"optimizer": "sgd", "momentum": 0.75})
     trial = study.ask()
     config = suggest(trial, spec)
-    assert (config.optimizer, config.momentum) == ("sgd", 0.75)
+    assert (config.optimizer.name, config.optimizer.options["momentum"]) == ("sgd", 0.75)
 
 
 # --- build_config --------------------------------------------------------------------------
@@ -273,8 +319,7 @@ def test_build_config_combines_dataset_fixed_and_params() -> None:
         dataset={"source": "digits", "options": {"val_fraction": 0.25}},
         epochs=2,
         batch_size=32,
-        optimizer="sgd",
-        momentum=0.6,
+        optimizer={"name": "sgd", "options": {"momentum": 0.6}},
     )
 
 
@@ -288,3 +333,12 @@ def test_build_config_rejects_invalid_values() -> None:
     spec = load_spec({"name": "x"})
     with pytest.raises(ValueError, match="unknown optimizer 'nag'"):
         build_config(spec, {"optimizer": "nag"})
+
+
+def test_flat_values_round_trip_through_build_config() -> None:
+    spec = spec_with(CONDITIONAL, fixed={"width": 16, "hflip.p": 0.5, "loss": "focal"})
+    config = build_config(spec, {"optimizer": "sgd", "momentum": 0.7})
+    values = flat_values(config)
+    assert values["width"] == 16 and values["hflip.p"] == 0.5 and values["gamma"] == 2.0
+    assert values["momentum"] == 0.7 and values["optimizer"] == "sgd"
+    assert config.augment == {"hflip": {"p": 0.5}}

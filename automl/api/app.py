@@ -10,7 +10,8 @@ from optuna.storages import BaseStorage
 
 from automl import __version__
 from automl.api.errors import install_error_handlers
-from automl.api.routes import health, studies
+from automl.api.routes import health, registries, studies
+from automl.catalog import load_plugins
 from automl.config import Settings
 from automl.spec import StudySpec
 from automl.store import create_storage
@@ -24,6 +25,7 @@ def create_app(settings: Settings | None = None, storage: BaseStorage | None = N
         storage: An already open storage (otherwise opened from ``settings.storage``).
     """
     settings = settings or Settings()
+    load_plugins()
     app = FastAPI(
         title="automl",
         version=__version__,
@@ -34,6 +36,7 @@ def create_app(settings: Settings | None = None, storage: BaseStorage | None = N
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(studies.router)
+    app.include_router(registries.router)
     app.openapi = lambda: _openapi_with_spec_schema(app)  # type: ignore[method-assign]
     return app
 

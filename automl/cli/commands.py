@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -14,7 +15,13 @@ from pydantic import BaseModel
 
 from automl.cli.client import Client, ClientError, HttpClient, LocalClient
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, CliError
-from automl.cli.output import best_text, studies_table, study_text
+from automl.cli.output import (
+    best_text,
+    entries_text,
+    registries_text,
+    studies_table,
+    study_text,
+)
 from automl.config import Settings
 from automl.spec import SpecError, load_spec
 from automl.store import (
@@ -242,6 +249,28 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    """Lists registries, or one registry's entries with their options."""
+    from automl.catalog import REGISTRIES, catalog, describe_registry, markdown_reference
+
+    if args.markdown:
+        print(markdown_reference(), end="")
+        return EXIT_OK
+    if args.kind is not None and args.kind not in REGISTRIES:
+        raise CliError(
+            f"unknown registry {args.kind!r}; valid choices: {', '.join(REGISTRIES)}",
+            EXIT_BAD_INPUT,
+        )
+    if args.json:
+        data = catalog() if args.kind is None else describe_registry(args.kind)
+        print(json.dumps(data, indent=2, default=str))
+    elif args.kind is None:
+        print(registries_text(catalog()))
+    else:
+        print(entries_text(args.kind, describe_registry(args.kind)))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve,
     "worker": cmd_worker,
@@ -251,4 +280,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "status": cmd_status,
     "best": cmd_best,
     "cancel": cmd_cancel,
+    "list": cmd_list,
 }

@@ -82,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel a queued or running study")
     cancel.add_argument("study", type=int, help="study id")
     target_args(cancel)
+
+    listing = commands.add_parser(
+        "list", help="what studies can name: registries, entries and their options"
+    )
+    listing.add_argument(
+        "kind", nargs="?", help="one registry (models, optimizers...); default: all"
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument(
+        "--markdown", action="store_true", help="print the README's reference tables"
+    )
     return parser
 
 
@@ -115,7 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level)
+    from automl.catalog import load_plugins
     from automl.cli import commands  # heavy imports (torch, optuna) only after parsing
+
+    load_plugins()
 
     try:
         return commands.dispatch(args, settings_from(args))

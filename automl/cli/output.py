@@ -75,3 +75,52 @@ def best_text(best: BestTrials) -> str:
         metrics = table(("METRIC", "VALUE"), sorted((trial.metrics or {}).items()))
         blocks.append("\n\n".join([header, params, metrics]))
     return "\n\n".join(blocks)
+
+
+def registries_text(catalog: dict[str, Any]) -> str:
+    """The general hyperparameters, then each registry's entry names."""
+    general = table(
+        ("HYPERPARAMETER", "TYPE", "DEFAULT", "DESCRIPTION"),
+        [
+            (h["name"], h["type"], h["default"], h["description"])
+            for h in catalog["hyperparameters"]
+        ],
+    )
+    registries = table(
+        ("REGISTRY", "ENTRIES"),
+        [
+            (kind, ", ".join(e["name"] for e in entries))
+            for kind, entries in catalog["registries"].items()
+        ],
+    )
+    hint = "(automl list KIND shows a registry's entries and their options)"
+    return f"{general}\n\n{registries}\n{hint}"
+
+
+def entries_text(kind: str, entries: list[dict[str, Any]]) -> str:
+    """Each entry of a registry with its description and options."""
+    blocks = []
+    for entry in entries:
+        source = "" if entry["source"] == "automl" else f" [{entry['source']}]"
+        header = f"{entry['name']}{source}: {entry['description']}"
+        if entry["options"]:
+            rows = [
+                (
+                    option.get("spec_name") or option["name"],
+                    option["type"]
+                    if not option["choices"]
+                    else "|".join(map(str, option["choices"])),
+                    option["default"],
+                    _range_text(option["range"]),
+                    option["description"],
+                )
+                for option in entry["options"]
+            ]
+            header += "\n" + table(("OPTION", "TYPE", "DEFAULT", "RANGE", "DESCRIPTION"), rows)
+        blocks.append(header)
+    return f"{kind}:\n\n" + "\n\n".join(blocks)
+
+
+def _range_text(bounds: dict[str, float]) -> str:
+    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return " ".join(f"{symbols[key]}{value:g}" for key, value in bounds.items())

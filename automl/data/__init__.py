@@ -3,8 +3,8 @@
 from automl.data import digits as _digits  # noqa: F401  (registers "digits")
 from automl.data.base import (
     DATASETS,
+    DatasetLoader,
     DatasetOptions,
-    DatasetSource,
     ImageData,
     load_dataset,
     register_dataset,
@@ -13,8 +13,8 @@ from automl.data.splits import stratified_split
 
 __all__ = [
     "DATASETS",
+    "DatasetLoader",
     "DatasetOptions",
-    "DatasetSource",
     "ImageData",
     "load_dataset",
     "register_dataset",

@@ -9,15 +9,12 @@ from functools import lru_cache
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
-from automl.registry import Registry
+from automl.registry import EntryOptions, Registry
 
 
-class DatasetOptions(BaseModel):
+class DatasetOptions(EntryOptions):
     """Base class of a dataset's options; unknown options are rejected."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -55,27 +52,17 @@ class ImageData:
         )
 
 
-@dataclass(frozen=True)
-class DatasetSource:
-    """A registered dataset: a loader and the pydantic model of its options."""
+DatasetLoader = Callable[[Any], ImageData]
+"""``load(options) -> ImageData``."""
 
-    load: Callable[[Any], ImageData]
-    options: type[DatasetOptions]
-
-
-DATASETS: Registry[DatasetSource] = Registry("dataset")
+DATASETS: Registry[DatasetLoader] = Registry("dataset", group="automl.datasets")
 
 
 def register_dataset(
     name: str, options: type[DatasetOptions]
-) -> Callable[[Callable[[Any], ImageData]], Callable[[Any], ImageData]]:
+) -> Callable[[DatasetLoader], DatasetLoader]:
     """Registers a loader ``load(options) -> ImageData`` under ``name``."""
-
-    def decorator(load: Callable[[Any], ImageData]) -> Callable[[Any], ImageData]:
-        DATASETS.add(name, DatasetSource(load, options))
-        return load
-
-    return decorator
+    return DATASETS.register(name, options=options)
 
 
 def load_dataset(source: str, options: dict[str, Any] | None = None) -> ImageData:
@@ -94,4 +81,4 @@ def load_dataset(source: str, options: dict[str, Any] | None = None) -> ImageDat
 @lru_cache(maxsize=8)
 def _load_cached(source: str, options_json: str) -> ImageData:
     entry = DATASETS.get(source)
-    return entry.load(entry.options.model_validate(json.loads(options_json)))
+    return entry.factory(entry.parse_options(json.loads(options_json)))

@@ -1,30 +1,39 @@
-"""The model registry: an architecture is one factory function."""
+"""The model registry: an architecture is one factory function plus its options model."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from torch import nn
 
-from automl.registry import Registry
+from automl.registry import EntryOptions, Registry
 
-if TYPE_CHECKING:
-    from automl.train.config import TrialConfig
+InputShape = tuple[int, ...]
+"""Shape of one input: ``(C, H, W)`` for images, ``(T, C, H, W)`` for frame sequences."""
 
 
 class ModelFactory(Protocol):
-    """Builds a network for ``num_classes`` outputs from images shaped ``input_shape``."""
+    """Builds a network for ``num_classes`` outputs from inputs shaped ``input_shape``."""
 
-    def __call__(
-        self, config: TrialConfig, input_shape: tuple[int, int, int], num_classes: int
-    ) -> nn.Module: ...
+    def __call__(self, options: Any, input_shape: InputShape, num_classes: int) -> nn.Module: ...
 
 
-MODELS: Registry[ModelFactory] = Registry("model")
+MODELS: Registry[ModelFactory] = Registry("model", group="automl.models")
 
 
 def build_model(
-    config: TrialConfig, input_shape: tuple[int, int, int], num_classes: int
+    name: str,
+    options: Mapping[str, Any] | EntryOptions | None,
+    input_shape: InputShape,
+    num_classes: int,
 ) -> nn.Module:
-    """Builds the model named by ``config.model``."""
-    return MODELS.get(config.model)(config, input_shape, num_classes)
+    """Builds the architecture ``name`` with its ``options`` for the data's shape and classes.
+
+    Raises:
+        UnknownNameError: If ``name`` is not registered.
+        pydantic.ValidationError: If the options do not fit the architecture.
+    """
+    entry = MODELS.get(name)
+    parsed = options if isinstance(options, entry.options) else entry.parse_options(options)  # type: ignore[arg-type]
+    return entry.factory(parsed, tuple(input_shape), num_classes)

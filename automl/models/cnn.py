@@ -2,51 +2,81 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Literal
 
+from pydantic import Field
 from torch import nn
 
-from automl.models.base import MODELS
-
-if TYPE_CHECKING:
-    from automl.train.config import TrialConfig
+from automl.models.base import MODELS, InputShape
+from automl.registry import EntryOptions
 
 MAX_WIDTH = 512
 
 
-def conv_block(in_channels: int, out_channels: int, kernel_size: int, pool: bool) -> nn.Sequential:
-    """Conv -> BatchNorm -> ReLU, then a 2x2 max-pool when ``pool``."""
+class CnnOptions(EntryOptions):
+    """Options of the ``cnn`` architecture."""
+
+    width: int = Field(32, ge=1, le=512, description="Channels of the first conv block.")
+    depth: int = Field(2, ge=1, le=8, description="Number of conv blocks.")
+    kernel_size: int = Field(3, ge=1, le=11, description="Side of each conv kernel.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
+    batch_norm: bool = Field(True, description="Batch norm after every conv.")
+    pooling: Literal["max", "avg"] = Field("max", description="2x2 pooling after each block.")
+
+
+def conv_block(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    batch_norm: bool = True,
+    pooling: str | None = "max",
+) -> nn.Sequential:
+    """Conv -> (BatchNorm) -> ReLU, then a 2x2 max- or average-pool unless ``pooling`` is None."""
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
+        nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=not batch_norm
+        )
     ]
-    if pool:
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_channels))
+    layers.append(nn.ReLU(inplace=True))
+    if pooling == "max":
         layers.append(nn.MaxPool2d(2))
+    elif pooling == "avg":
+        layers.append(nn.AvgPool2d(2))
     return nn.Sequential(*layers)
 
 
-@MODELS.register("cnn")
-def build_cnn(
-    config: TrialConfig, input_shape: tuple[int, int, int], num_classes: int
-) -> nn.Module:
-    """Builds the CNN from ``width``, ``depth``, ``kernel_size`` and ``dropout``.
+@MODELS.register("cnn", options=CnnOptions)
+def build_cnn(opts: CnnOptions, input_shape: InputShape, num_classes: int) -> nn.Module:
+    """A small configurable CNN: conv blocks with doubling widths, global pooling, linear head.
 
-    Each block halves the spatial size while it is at least 4 pixels, so the same
-    builder fits 8x8 digits and 224x224 photos.
+    Each block halves the spatial size while it is at least 4 pixels, so the same builder
+    fits 8x8 digits and 224x224 photos.
     """
-    channels, height, width = input_shape
+    channels, height, width = input_shape[-3:]
     blocks: list[nn.Module] = []
     in_channels, size = channels, min(height, width)
-    for index in range(config.depth):
-        out_channels = min(config.width * 2**index, MAX_WIDTH)
+    for index in range(opts.depth):
+        out_channels = min(opts.width * 2**index, MAX_WIDTH)
         pool = size >= 4
-        blocks.append(conv_block(in_channels, out_channels, config.kernel_size, pool))
+        blocks.append(
+            conv_block(
+                in_channels,
+                out_channels,
+                opts.kernel_size,
+                batch_norm=opts.batch_norm,
+                pooling=opts.pooling if pool else None,
+            )
+        )
         in_channels, size = out_channels, size // 2 if pool else size
     return nn.Sequential(
-        *blocks,
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Dropout(config.dropout),
-        nn.Linear(in_channels, num_classes),
+        nn.Sequential(*blocks),
+        nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(opts.dropout),
+            nn.Linear(in_channels, num_classes),
+        ),
     )

@@ -17,10 +17,12 @@ from torch.nn import functional as F
 
 from automl.data import ImageData, load_dataset
 from automl.models import build_model
-from automl.train.config import TrialConfig
+from automl.train.augment import build_pipeline
+from automl.train.imbalance import TrainSplit, build_imbalance_plan
 from automl.train.losses import build_loss
 from automl.train.metrics import compute_metrics, confusion_matrix, per_class_report
 from automl.train.optim import build_optimizer, build_scheduler
+from automl.train.trial_config import TrialConfig
 
 Reporter = Callable[[int, dict[str, float]], bool]
 """``report(epoch, metrics) -> stop``: called after each epoch; returning True prunes."""
@@ -104,15 +106,36 @@ def train(
     on_cuda = device.type == "cuda"
 
     torch.manual_seed(config.seed)
-    model = build_model(config, data.input_shape, data.num_classes).to(device)
+    model = build_model(config.model.name, config.model.options, data.input_shape, data.num_classes)
+    model = model.to(device)
     if on_cuda:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(config, data.num_classes)
-    optimizer = build_optimizer(config, model)
-    n_train = len(data.train_y)
+    split = TrainSplit(data.train_x, data.train_y, data.num_classes, config.seed)
+    plan = build_imbalance_plan(config.imbalance.name, config.imbalance.options, split)
+    train_x, train_y = data.train_x, data.train_y
+    if plan.extra_images is not None and plan.extra_labels is not None:
+        train_x = torch.cat([train_x, plan.extra_images.to(device)])
+        train_y = torch.cat([train_y, plan.extra_labels.to(device)])
+    class_weights = None if plan.class_weights is None else plan.class_weights.to(device)
+    loss_fn = build_loss(config.loss.name, config.loss.options, data.num_classes, class_weights)
+    augment = build_pipeline(config.augment)
+    optimizer = build_optimizer(
+        config.optimizer.name,
+        config.optimizer.options,
+        model.parameters(),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+    n_train = len(train_y) if plan.epoch_size is None else plan.epoch_size
     batch_size = min(config.batch_size, n_train)
     steps_per_epoch = len(_batch_slices(n_train, batch_size))
-    scheduler = build_scheduler(config, optimizer, steps_per_epoch)
+    scheduler = build_scheduler(
+        config.scheduler.name,
+        config.scheduler.options,
+        optimizer,
+        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+    )
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
     history: list[dict[str, float]] = []
@@ -121,12 +144,18 @@ def train(
     pruned = False
     for epoch in range(1, config.epochs + 1):
         model.train()
-        order = torch.randperm(n_train, device=device, generator=generator)
+        if plan.sampler is None:
+            order = torch.randperm(n_train, device=device, generator=generator)
+        else:
+            order = plan.sampler(epoch, generator).to(device)
         loss_sum = torch.zeros((), device=device)
-        for start, stop in _batch_slices(n_train, batch_size):
+        for start, stop in _batch_slices(len(order), batch_size):
             index = order[start:stop]
+            images, targets = train_x[index], train_y[index]
+            if augment is not None:
+                images, targets = augment(images, targets, generator)
             with _autocast(on_cuda):
-                loss = loss_fn(model(data.train_x[index]), data.train_y[index])
+                loss = loss_fn(model(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -136,7 +165,7 @@ def train(
                 raise TrainingInterrupted(f"stopped during epoch {epoch}")
         confusion, val_loss = evaluate(model, data.val_x, data.val_y, data.num_classes, on_cuda)
         metrics = compute_metrics(confusion, val_loss)
-        history.append({"epoch": epoch, "train_loss": float(loss_sum) / n_train, **metrics})
+        history.append({"epoch": epoch, "train_loss": float(loss_sum) / len(order), **metrics})
         if report is not None and report(epoch, metrics):
             pruned = True
             break

@@ -1,54 +1,98 @@
-"""Loss functions, registered by name."""
+"""Loss functions, registered by name with their options.
+
+Every loss accepts soft targets (class probabilities, as mixup and cutmix produce) as
+well as class indices, and optional per-class weights (from an imbalance strategy).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from automl.registry import Registry
-
-if TYPE_CHECKING:
-    from automl.train.config import TrialConfig
+from automl.registry import EntryOptions, Registry
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-LossFactory = Callable[["TrialConfig", int], LossFn]
-
-LOSSES: Registry[LossFactory] = Registry("loss")
 
 
-@LOSSES.register("cross_entropy")
-def cross_entropy(config: TrialConfig, num_classes: int) -> LossFn:
-    """Cross-entropy, with ``label_smoothing``."""
-    return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+class LossFactory(Protocol):
+    """Builds a loss for ``num_classes`` classes, optionally weighted per class."""
+
+    def __call__(
+        self, options: Any, num_classes: int, class_weights: torch.Tensor | None
+    ) -> LossFn: ...
+
+
+LOSSES: Registry[LossFactory] = Registry("loss", group="automl.losses")
+
+
+class CrossEntropyOptions(EntryOptions):
+    """Options of the cross-entropy loss."""
+
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Mass spread over all classes.")
+
+
+class FocalOptions(CrossEntropyOptions):
+    """Options of the focal loss."""
+
+    gamma: float = Field(2.0, ge=0, le=10, description="Focusing exponent; 0 is cross-entropy.")
+
+
+@LOSSES.register("cross_entropy", options=CrossEntropyOptions)
+def cross_entropy(
+    opts: CrossEntropyOptions, num_classes: int, class_weights: torch.Tensor | None
+) -> LossFn:
+    """Cross-entropy with label smoothing (weighted per class under ``class_weights``)."""
+    return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=opts.label_smoothing)
 
 
 class FocalLoss(nn.Module):
-    """Focal loss (Lin et al., 2017): cross-entropy scaled by ``(1 - p_true) ** gamma``."""
+    """Focal loss (Lin et al., 2017): cross-entropy scaled by ``(1 - p_true) ** gamma``.
 
-    def __init__(self, gamma: float, label_smoothing: float = 0.0) -> None:
+    Args:
+        gamma: Focusing exponent.
+        label_smoothing: As in ``nn.CrossEntropyLoss``.
+        alpha: Optional per-class weights (the paper's alpha), shape ``(num_classes,)``.
+    """
+
+    def __init__(
+        self, gamma: float, label_smoothing: float = 0.0, alpha: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         self.gamma = gamma
         self.label_smoothing = label_smoothing
+        self.register_buffer("alpha", alpha)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Returns the mean focal loss of a batch."""
-        per_sample = F.cross_entropy(
-            logits, targets, reduction="none", label_smoothing=self.label_smoothing
-        )
-        p_true = torch.exp(-F.cross_entropy(logits, targets, reduction="none"))
-        return ((1.0 - p_true) ** self.gamma * per_sample).mean()
+        """Returns the mean focal loss of a batch (index or probability targets)."""
+        log_probs = F.log_softmax(logits.float(), dim=1)
+        if targets.dim() == 1:
+            targets = F.one_hot(targets, logits.shape[1]).to(log_probs.dtype)
+        p_true = (log_probs.exp() * targets).sum(dim=1)
+        if self.label_smoothing:
+            targets = targets * (1 - self.label_smoothing) + self.label_smoothing / logits.shape[1]
+        per_class = -targets * log_probs
+        if self.alpha is not None:
+            per_class = per_class * self.alpha
+        return ((1.0 - p_true).clamp(min=0) ** self.gamma * per_class.sum(dim=1)).mean()
 
 
-@LOSSES.register("focal")
-def focal(config: TrialConfig, num_classes: int) -> LossFn:
-    """Focal loss with ``focal_gamma``, for hard or rare classes."""
-    return FocalLoss(config.focal_gamma, config.label_smoothing)
+@LOSSES.register("focal", options=FocalOptions)
+def focal(opts: FocalOptions, num_classes: int, class_weights: torch.Tensor | None) -> LossFn:
+    """Focal loss, for hard or rare classes (class weights act as its alpha)."""
+    return FocalLoss(opts.gamma, opts.label_smoothing, class_weights)
 
 
-def build_loss(config: TrialConfig, num_classes: int) -> LossFn:
-    """Builds the loss named by ``config.loss``."""
-    return LOSSES.get(config.loss)(config, num_classes)
+def build_loss(
+    name: str,
+    options: Mapping[str, Any],
+    num_classes: int,
+    class_weights: torch.Tensor | None = None,
+) -> LossFn:
+    """Builds the loss ``name`` with its ``options``."""
+    entry = LOSSES.get(name)
+    return entry.factory(entry.parse_options(options), num_classes, class_weights)

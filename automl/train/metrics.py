@@ -20,10 +20,9 @@ class Metric:
     compute: Callable[[torch.Tensor, float], float]
     """``compute(confusion, mean_loss) -> value``; confusion rows are true classes."""
     direction: Direction
-    description: str
 
 
-METRICS: Registry[Metric] = Registry("metric")
+METRICS: Registry[Metric] = Registry("metric", group="automl.metrics")
 
 
 def _recalls(confusion: torch.Tensor) -> torch.Tensor:
@@ -41,29 +40,29 @@ def _f1s(confusion: torch.Tensor) -> torch.Tensor:
 
 METRICS.add(
     "accuracy",
-    Metric(
-        lambda cm, _: float(cm.diagonal().sum() / cm.sum().clamp(min=1)),
-        "maximize",
-        "Share of validation images classified correctly.",
-    ),
+    Metric(lambda cm, _: float(cm.diagonal().sum() / cm.sum().clamp(min=1)), "maximize"),
+    description="Share of validation images classified correctly.",
 )
 METRICS.add(
     "balanced_accuracy",
-    Metric(
-        lambda cm, _: float(_recalls(cm).mean()),
-        "maximize",
-        "Mean per-class recall; robust to class imbalance.",
-    ),
+    Metric(lambda cm, _: float(_recalls(cm).mean()), "maximize"),
+    description="Mean per-class recall; robust to class imbalance.",
 )
 METRICS.add(
     "macro_f1",
-    Metric(lambda cm, _: float(_f1s(cm).mean()), "maximize", "Unweighted mean per-class F1."),
+    Metric(lambda cm, _: float(_f1s(cm).mean()), "maximize"),
+    description="Unweighted mean per-class F1.",
 )
 METRICS.add(
     "worst_class_recall",
-    Metric(lambda cm, _: float(_recalls(cm).min()), "maximize", "Recall of the worst class."),
+    Metric(lambda cm, _: float(_recalls(cm).min()), "maximize"),
+    description="Recall of the worst class.",
 )
-METRICS.add("loss", Metric(lambda _, loss: loss, "minimize", "Mean validation cross-entropy."))
+METRICS.add(
+    "loss",
+    Metric(lambda _, loss: loss, "minimize"),
+    description="Mean validation cross-entropy.",
+)
 
 
 def confusion_matrix(
@@ -77,7 +76,9 @@ def confusion_matrix(
 
 def compute_metrics(confusion: torch.Tensor, mean_loss: float) -> dict[str, float]:
     """Computes every registered metric."""
-    return {name: METRICS.get(name).compute(confusion, mean_loss) for name in METRICS.names()}
+    return {
+        name: METRICS.get(name).factory.compute(confusion, mean_loss) for name in METRICS.names()
+    }
 
 
 def per_class_report(

@@ -1,94 +1,182 @@
-"""Optimizers and learning-rate schedules, registered by name."""
+"""Optimizers and learning-rate schedules, registered by name with their options."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 import torch
+from pydantic import Field
 
-from automl.registry import Registry
+from automl.registry import EntryOptions, Registry
 
-if TYPE_CHECKING:
-    from automl.train.config import TrialConfig
+ParamsOrGroups = Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
 
-OptimizerFactory = Callable[["TrialConfig", Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+class OptimizerFactory(Protocol):
+    """Builds an optimizer over ``params`` (tensors or param groups)."""
+
+    def __call__(
+        self, options: Any, params: ParamsOrGroups, *, lr: float, weight_decay: float
+    ) -> torch.optim.Optimizer: ...
+
+
 Schedule = Callable[[float], float]
 """Maps training progress in [0, 1] to a learning-rate multiplier."""
+ScheduleFactory = Callable[[Any], Schedule]
 
-OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
-SCHEDULERS: Registry[Schedule] = Registry("scheduler")
+OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", group="automl.optimizers")
+SCHEDULERS: Registry[ScheduleFactory] = Registry("scheduler", group="automl.schedulers")
 
 
-@OPTIMIZERS.register("sgd")
-def sgd(config: TrialConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+class SgdOptions(EntryOptions):
+    """Options of SGD."""
+
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum factor.")
+    nesterov: bool = Field(True, description="Nesterov momentum (needs momentum > 0).")
+
+
+class RmspropOptions(EntryOptions):
+    """Options of RMSprop."""
+
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum factor.")
+    rho: float = Field(0.99, gt=0, lt=1, description="Smoothing of the squared gradient.")
+
+
+class AdamOptions(EntryOptions):
+    """Options of Adam and AdamW."""
+
+    beta1: float = Field(0.9, ge=0, lt=1, description="Decay of the first moment.")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Decay of the second moment.")
+
+
+@OPTIMIZERS.register("sgd", options=SgdOptions)
+def sgd(
+    opts: SgdOptions, params: ParamsOrGroups, *, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """SGD with (Nesterov) momentum."""
     return torch.optim.SGD(
         params,
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.momentum > 0,
-        weight_decay=config.weight_decay,
+        lr=lr,
+        momentum=opts.momentum,
+        nesterov=opts.nesterov and opts.momentum > 0,
+        weight_decay=weight_decay,
     )
 
 
-@OPTIMIZERS.register("adam")
-def adam(config: TrialConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+@OPTIMIZERS.register("adam", options=AdamOptions)
+def adam(
+    opts: AdamOptions, params: ParamsOrGroups, *, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """Adam with L2 weight decay."""
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(
+        params, lr=lr, betas=(opts.beta1, opts.beta2), weight_decay=weight_decay
+    )
 
 
-@OPTIMIZERS.register("adamw")
-def adamw(config: TrialConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+@OPTIMIZERS.register("adamw", options=AdamOptions)
+def adamw(
+    opts: AdamOptions, params: ParamsOrGroups, *, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """Adam with decoupled weight decay."""
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(
+        params, lr=lr, betas=(opts.beta1, opts.beta2), weight_decay=weight_decay
+    )
 
 
-@OPTIMIZERS.register("rmsprop")
-def rmsprop(config: TrialConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+@OPTIMIZERS.register("rmsprop", options=RmspropOptions)
+def rmsprop(
+    opts: RmspropOptions, params: ParamsOrGroups, *, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """RMSprop with momentum."""
     return torch.optim.RMSprop(
-        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        params, lr=lr, alpha=opts.rho, momentum=opts.momentum, weight_decay=weight_decay
     )
+
+
+class StepOptions(EntryOptions):
+    """Options of the step schedule."""
+
+    factor: float = Field(0.1, gt=0, lt=1, description="Factor applied at each step.")
+    steps: int = Field(2, ge=1, le=10, description="Steps, evenly spaced over training.")
+
+
+class OneCycleOptions(EntryOptions):
+    """Options of the one-cycle schedule."""
+
+    pct_start: float = Field(0.25, gt=0, lt=1, description="Share of training spent rising.")
+    div_factor: float = Field(25.0, ge=1, description="Peak learning rate / initial one.")
+    final_div_factor: float = Field(1e4, ge=1, description="Initial learning rate / final one.")
 
 
 @SCHEDULERS.register("constant")
-def constant(progress: float) -> float:
+def constant(opts: EntryOptions) -> Schedule:
     """Keeps the learning rate."""
-    return 1.0
+    return lambda progress: 1.0
 
 
 @SCHEDULERS.register("cosine")
-def cosine(progress: float) -> float:
+def cosine(opts: EntryOptions) -> Schedule:
     """Cosine decay to zero."""
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-@SCHEDULERS.register("step")
-def step(progress: float) -> float:
-    """Divides the learning rate by 10 at one and two thirds of training."""
-    return 0.1 ** min(int(progress * 3), 2)
+@SCHEDULERS.register("step", options=StepOptions)
+def step(opts: StepOptions) -> Schedule:
+    """Multiplies the learning rate by ``factor`` at evenly spaced points of training."""
+    return lambda progress: opts.factor ** min(int(progress * (opts.steps + 1)), opts.steps)
 
 
 @SCHEDULERS.register("linear")
-def linear(progress: float) -> float:
+def linear(opts: EntryOptions) -> Schedule:
     """Linear decay to zero."""
-    return 1.0 - progress
+    return lambda progress: 1.0 - progress
 
 
-def build_optimizer(config: TrialConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Builds the optimizer named by ``config.optimizer`` over ``model``'s parameters."""
-    return OPTIMIZERS.get(config.optimizer)(config, model.parameters())
+@SCHEDULERS.register("one_cycle", options=OneCycleOptions)
+def one_cycle(opts: OneCycleOptions) -> Schedule:
+    """One cycle (Smith, 2018): cosine rise to the peak, then cosine annealing far below."""
+    start = 1.0 / opts.div_factor
+    end = start / opts.final_div_factor
+
+    def anneal(low: float, high: float, fraction: float) -> float:
+        return high + (low - high) * 0.5 * (1.0 + math.cos(math.pi * fraction))
+
+    def multiplier(progress: float) -> float:
+        if progress < opts.pct_start:
+            return anneal(start, 1.0, progress / opts.pct_start)
+        return anneal(1.0, end, (progress - opts.pct_start) / (1.0 - opts.pct_start))
+
+    return multiplier
+
+
+def build_optimizer(
+    name: str,
+    options: Mapping[str, Any],
+    params: ParamsOrGroups,
+    *,
+    lr: float,
+    weight_decay: float,
+) -> torch.optim.Optimizer:
+    """Builds the optimizer ``name`` with its ``options`` over ``params``."""
+    entry = OPTIMIZERS.get(name)
+    return entry.factory(entry.parse_options(options), params, lr=lr, weight_decay=weight_decay)
 
 
 def build_scheduler(
-    config: TrialConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+    name: str,
+    options: Mapping[str, Any],
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    warmup_steps: int,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Builds a per-step schedule: linear warmup, then ``config.scheduler``."""
-    schedule = SCHEDULERS.get(config.scheduler)
-    total = max(config.epochs * steps_per_epoch, 1)
-    warmup = min(round(config.warmup_epochs * steps_per_epoch), total - 1)
+    """Builds a per-step schedule: linear warmup over ``warmup_steps``, then ``name``."""
+    entry = SCHEDULERS.get(name)
+    schedule = entry.factory(entry.parse_options(options))
+    total = max(total_steps, 1)
+    warmup = min(warmup_steps, total - 1)
 
     def multiplier(step_index: int) -> float:
         if step_index < warmup:

@@ -448,7 +448,7 @@ def test_completed_trial_detail(completed: tuple[TestClient, int]) -> None:
 
     assert trial["number"] == 0
     assert trial["config"]["epochs"] == COMPLETED_SPEC["fixed"]["epochs"]
-    assert trial["config"]["width"] == COMPLETED_SPEC["fixed"]["width"]
+    assert trial["config"]["model"]["options"]["width"] == COMPLETED_SPEC["fixed"]["width"]
     assert len(trial["history"]) == COMPLETED_SPEC["fixed"]["epochs"]
     assert len(trial["per_class"]) == 10
     confusion = trial["confusion"]

@@ -496,3 +496,22 @@ def test_python_dash_m_usage_error_exit_2() -> None:
 
     assert result.returncode == 2
     assert "usage: automl" in result.stderr
+
+
+# --- list ----------------------------------------------------------------------------------
+
+
+def test_list_shows_registries_and_one_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "optimizers" in out and "adam, adamw, rmsprop, sgd" in out
+    assert main(["list", "models"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("models:") and "cnn:" in out and "width" in out
+    assert main(["list", "optimizers", "--json"]) == 0
+    assert {entry["name"] for entry in json.loads(capsys.readouterr().out)} >= {"sgd", "adam"}
+
+
+def test_list_unknown_registry_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "widgets"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown registry 'widgets'; valid choices:")

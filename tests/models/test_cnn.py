@@ -12,6 +12,10 @@ from automl.models.cnn import MAX_WIDTH, build_cnn
 from automl.train import TrialConfig
 
 
+def cnn(input_shape: tuple[int, ...], num_classes: int, **options: object) -> nn.Module:
+    return build_model("cnn", options, input_shape, num_classes)
+
+
 def conv_widths(model: nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
@@ -22,7 +26,7 @@ def pool_count(model: nn.Module) -> int:
 
 def test_cnn_is_registered() -> None:
     assert "cnn" in MODELS.names()
-    assert MODELS.get("cnn") is build_cnn
+    assert MODELS.get("cnn").factory is build_cnn
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 5, 8])
@@ -31,8 +35,7 @@ def test_cnn_is_registered() -> None:
 )
 def test_cnn_output_shape(depth: int, input_shape: tuple[int, int, int], num_classes: int) -> None:
     torch.manual_seed(0)
-    config = TrialConfig(width=8, depth=depth)
-    model = build_model(config, input_shape, num_classes)
+    model = cnn(input_shape, num_classes, width=8, depth=depth)
     model.eval()
     with torch.no_grad():
         out = model(torch.rand(4, *input_shape))
@@ -41,7 +44,7 @@ def test_cnn_output_shape(depth: int, input_shape: tuple[int, int, int], num_cla
 
 
 def test_cnn_trains_on_a_batch_in_train_mode() -> None:
-    model = build_model(TrialConfig(width=8, depth=3, dropout=0.5), (3, 32, 32), 5)
+    model = cnn((3, 32, 32), 5, width=8, depth=3, dropout=0.5)
     model.train()
     out = model(torch.rand(2, 3, 32, 32))
     out.sum().backward()
@@ -50,21 +53,21 @@ def test_cnn_trains_on_a_batch_in_train_mode() -> None:
 
 
 def test_cnn_widths_double_per_block_and_cap() -> None:
-    model = build_model(TrialConfig(width=8, depth=4), (1, 8, 8), 10)
+    model = cnn((1, 8, 8), 10, width=8, depth=4)
     assert conv_widths(model) == [8, 16, 32, 64]
-    capped = build_model(TrialConfig(width=256, depth=3), (1, 8, 8), 10)
+    capped = cnn((1, 8, 8), 10, width=256, depth=3)
     assert conv_widths(capped) == [256, MAX_WIDTH, MAX_WIDTH]
 
 
 def test_cnn_pools_only_while_the_image_is_large_enough() -> None:
     # 8x8 -> 4x4 -> 2x2, then no more pooling.
-    assert pool_count(build_model(TrialConfig(width=4, depth=5), (1, 8, 8), 10)) == 2
+    assert pool_count(cnn((1, 8, 8), 10, width=4, depth=5)) == 2
     # 32 -> 16 -> 8 -> 4 -> 2.
-    assert pool_count(build_model(TrialConfig(width=4, depth=6), (3, 32, 32), 10)) == 4
+    assert pool_count(cnn((3, 32, 32), 10, width=4, depth=6)) == 4
 
 
 def test_cnn_kernel_size_and_dropout_are_used() -> None:
-    model = build_model(TrialConfig(width=4, depth=2, kernel_size=5, dropout=0.3), (1, 8, 8), 10)
+    model = cnn((1, 8, 8), 10, width=4, depth=2, kernel_size=5, dropout=0.3)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert all(conv.kernel_size == (5, 5) and conv.padding == (2, 2) for conv in convs)
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
@@ -72,17 +75,36 @@ def test_cnn_kernel_size_and_dropout_are_used() -> None:
 
 
 def test_cnn_accepts_non_square_input() -> None:
-    model = build_model(TrialConfig(width=4, depth=3), (3, 16, 24), 4)
+    model = cnn((3, 16, 24), 4, width=4, depth=3)
     model.eval()
     with torch.no_grad():
         assert model(torch.rand(2, 3, 16, 24)).shape == (2, 4)
 
 
-def test_unknown_model_rejected_by_trial_config() -> None:
+def test_batch_norm_and_pooling_options() -> None:
+    plain = cnn((1, 8, 8), 10, width=4, depth=2, batch_norm=False, pooling="avg")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert all(conv.bias is not None for conv in plain.modules() if isinstance(conv, nn.Conv2d))
+    assert sum(isinstance(m, nn.AvgPool2d) for m in plain.modules()) == 2
+    assert pool_count(plain) == 0
+
+
+def test_unknown_model_and_bad_options_rejected_by_trial_config() -> None:
     with pytest.raises(ValidationError, match=r"unknown model 'resnet9'.*valid choices: cnn"):
-        TrialConfig(model="resnet9")
-
-
-def test_close_model_name_suggested() -> None:
+        TrialConfig(model={"name": "resnet9"})
     with pytest.raises(ValidationError, match=r"did you mean 'cnn'\?"):
-        TrialConfig(model="cnnn")
+        TrialConfig(model={"name": "cnnn"})
+    with pytest.raises(ValidationError, match="less than or equal to 8"):
+        TrialConfig(model={"name": "cnn", "options": {"depth": 9}})
+
+
+def test_trial_config_fills_in_model_defaults() -> None:
+    config = TrialConfig(model={"name": "cnn", "options": {"width": 8}})
+    assert config.model.options == {
+        "width": 8,
+        "depth": 2,
+        "kernel_size": 3,
+        "dropout": 0.0,
+        "batch_norm": True,
+        "pooling": "max",
+    }

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from automl.train import TrialConfig, resolve_device, train
+from automl.train import resolve_device, train
+from automl.train.hyperparameters import flat_config
 
 pytestmark = [
     pytest.mark.gpu,
@@ -14,7 +15,7 @@ pytestmark = [
 
 
 def test_trains_on_cuda_and_returns_cpu_weights() -> None:
-    result = train(TrialConfig(epochs=3, width=16, lr=3e-3), device="cuda")
+    result = train(flat_config({"epochs": 3, "width": 16, "lr": 3e-3}), device="cuda")
     assert result.metrics["accuracy"] > 0.8
     assert all(tensor.device.type == "cpu" for tensor in result.state_dict.values())
 
@@ -25,5 +26,9 @@ def test_auto_device_picks_cuda() -> None:
 
 def test_cuda_reports_every_epoch() -> None:
     epochs: list[int] = []
-    train(TrialConfig(epochs=2, width=8), lambda e, _: epochs.append(e) or False, device="cuda")
+    train(
+        flat_config({"epochs": 2, "width": 8}),
+        lambda e, _: epochs.append(e) or False,
+        device="cuda",
+    )
     assert epochs == [1, 2]

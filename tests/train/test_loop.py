@@ -18,9 +18,9 @@ from automl.train import (
     TrainingInterrupted,
     TrainResult,
     TrialConfig,
-    resolve_device,
     train,
 )
+from automl.train.hyperparameters import flat_config
 from automl.train.losses import FocalLoss, build_loss
 from automl.train.metrics import compute_metrics, confusion_matrix, per_class_report
 from automl.train.optim import build_optimizer, build_scheduler
@@ -40,7 +40,7 @@ def small_data() -> ImageData:
 def tiny(**overrides: object) -> TrialConfig:
     values: dict[str, object] = {"epochs": 2, "width": 8, "depth": 2, "batch_size": 64}
     values.update(overrides)
-    return TrialConfig(**values)  # type: ignore[arg-type]
+    return flat_config(values)
 
 
 class Recorder:
@@ -99,7 +99,9 @@ def test_state_dict_is_on_cpu_and_loads(small_data: ImageData) -> None:
     config = tiny(epochs=1)
     result = train(config, data=small_data)
     assert all(tensor.device.type == "cpu" for tensor in result.state_dict.values())
-    model = build_model(config, small_data.input_shape, small_data.num_classes)
+    model = build_model(
+        config.model.name, config.model.options, small_data.input_shape, small_data.num_classes
+    )
     model.load_state_dict(result.state_dict)
     model.eval()
     with torch.no_grad():
@@ -129,7 +131,7 @@ def test_different_seed_gives_different_run(small_data: ImageData) -> None:
     first = train(tiny(seed=0), data=small_data)
     other = train(tiny(seed=1), data=small_data)
     assert first.history != other.history
-    assert not torch.equal(first.state_dict["0.0.weight"], other.state_dict["0.0.weight"])
+    assert not torch.equal(first.state_dict["0.0.0.weight"], other.state_dict["0.0.0.weight"])
 
 
 def test_report_returning_true_stops_early(small_data: ImageData) -> None:
@@ -202,12 +204,6 @@ def test_every_loss_trains(small_data: ImageData, loss: str) -> None:
     assert math.isfinite(result.metrics["loss"])
 
 
-def test_resolve_device() -> None:
-    assert resolve_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
-
-
 # --- losses, optimizers, schedules ---------------------------------------------------------
 
 
@@ -224,23 +220,44 @@ def test_focal_loss_down_weights_easy_examples() -> None:
     assert 0 < float(focal) < float(F.cross_entropy(logits, targets))
 
 
-def test_build_loss_uses_config() -> None:
-    loss = build_loss(TrialConfig(loss="focal", focal_gamma=3.0, label_smoothing=0.1), 10)
+def test_build_loss_uses_its_options_and_class_weights() -> None:
+    loss = build_loss("focal", {"gamma": 3.0, "label_smoothing": 0.1}, 10)
     assert isinstance(loss, FocalLoss)
     assert (loss.gamma, loss.label_smoothing) == (3.0, 0.1)
-    ce = build_loss(TrialConfig(label_smoothing=0.2), 10)
+    weights = torch.linspace(0.5, 2.0, 10)
+    ce = build_loss("cross_entropy", {"label_smoothing": 0.2}, 10, weights)
     assert isinstance(ce, torch.nn.CrossEntropyLoss)
     assert ce.label_smoothing == 0.2
+    assert torch.equal(ce.weight, weights)
+
+
+def test_losses_accept_soft_targets() -> None:
+    torch.manual_seed(0)
+    logits, targets = torch.randn(8, 4), torch.randint(0, 4, (8,))
+    soft = F.one_hot(targets, 4).float()
+    for name in LOSSES.names():
+        loss = build_loss(name, {}, 4)
+        assert float(loss(logits, soft)) == pytest.approx(float(loss(logits, targets))), name
+
+
+def test_focal_alpha_weights_classes() -> None:
+    logits, targets = torch.zeros(2, 2), torch.tensor([0, 1])
+    alpha = torch.tensor([3.0, 1.0])
+    weighted = FocalLoss(0.0, alpha=alpha)(logits, targets)
+    assert float(weighted) == pytest.approx(2.0 * float(F.cross_entropy(logits, targets)))
 
 
 def test_sgd_uses_momentum_and_nesterov() -> None:
     model = torch.nn.Linear(2, 2)
-    group = build_optimizer(
-        TrialConfig(optimizer="sgd", momentum=0.8, lr=0.05), model
-    ).param_groups[0]
+    sgd = build_optimizer("sgd", {"momentum": 0.8}, model.parameters(), lr=0.05, weight_decay=0)
+    group = sgd.param_groups[0]
     assert (group["lr"], group["momentum"], group["nesterov"]) == (0.05, 0.8, True)
-    group = build_optimizer(TrialConfig(optimizer="sgd", momentum=0.0), model).param_groups[0]
-    assert group["nesterov"] is False
+    plain = build_optimizer("sgd", {"momentum": 0.0}, model.parameters(), lr=0.1, weight_decay=0)
+    assert plain.param_groups[0]["nesterov"] is False
+    no_nesterov = build_optimizer(
+        "sgd", {"nesterov": False}, model.parameters(), lr=0.1, weight_decay=0
+    )
+    assert no_nesterov.param_groups[0]["nesterov"] is False
 
 
 @pytest.mark.parametrize(
@@ -250,17 +267,18 @@ def test_sgd_uses_momentum_and_nesterov() -> None:
         ("cosine", [1.0, 0.5, 0.0]),
         ("linear", [1.0, 0.5, 0.0]),
         ("step", [1.0, 0.1, 0.01]),
+        ("one_cycle", [0.04, 1.0, 4e-6]),
     ],
 )
 def test_schedules(name: str, values: list[float]) -> None:
-    schedule = SCHEDULERS.get(name)
+    entry = SCHEDULERS.get(name)
+    schedule = entry.factory(entry.parse_options({"pct_start": 0.5} if name == "one_cycle" else {}))
     assert [schedule(p) for p in (0.0, 0.5, 1.0)] == pytest.approx(values)
 
 
 def test_scheduler_warmup_then_decay() -> None:
-    config = TrialConfig(epochs=2, lr=1.0, scheduler="linear", warmup_epochs=1)
-    optimizer = build_optimizer(config, torch.nn.Linear(2, 2))
-    scheduler = build_scheduler(config, optimizer, steps_per_epoch=4)
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    scheduler = build_scheduler("linear", {}, optimizer, total_steps=8, warmup_steps=4)
     lrs = []
     for _ in range(8):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -317,9 +335,9 @@ def test_perfect_predictions() -> None:
 
 
 def test_metric_directions() -> None:
-    assert METRICS.get("loss").direction == "minimize"
+    assert METRICS.get("loss").factory.direction == "minimize"
     for name in ("accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall"):
-        assert METRICS.get(name).direction == "maximize"
+        assert METRICS.get(name).factory.direction == "maximize"
 
 
 def test_per_class_report() -> None:

@@ -122,8 +122,9 @@ def test_worker_runs_study_to_completion(
         assert trial.values == [pytest.approx(metrics["accuracy"])]
         assert 0.0 <= metrics["accuracy"] <= 1.0
         config = user_attrs[attrs.CONFIG]
-        assert (config["epochs"], config["width"], config["depth"]) == (1, 8, 1)
-        assert config["optimizer"] == trial.params["optimizer"]
+        model = config["model"]["options"]
+        assert (config["epochs"], model["width"], model["depth"]) == (1, 8, 1)
+        assert config["optimizer"]["name"] == trial.params["optimizer"]
         assert config["lr"] == pytest.approx(trial.params["lr"])
         [epoch] = user_attrs[attrs.HISTORY]
         assert epoch["epoch"] == 1
@@ -183,7 +184,8 @@ def test_conditional_param_only_when_parent_matches(
         if sgd:
             assert 0.5 <= trial.params["momentum"] <= 0.9
             config = trial.user_attrs[attrs.CONFIG]
-            assert config["momentum"] == pytest.approx(trial.params["momentum"])
+            momentum = config["optimizer"]["options"]["momentum"]
+            assert momentum == pytest.approx(trial.params["momentum"])
 
 
 def test_failing_trials_fail_the_study_and_leave_the_rest_waiting(

@@ -1,0 +1,130 @@
+"""``TrialConfig``: everything one training run needs, fully resolved.
+
+A trial picks one entry of each selectable registry (model, optimizer, scheduler, loss,
+imbalance strategy) with all of that entry's options, any number of augmentations with
+theirs, and the general training hyperparameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from automl.data import DATASETS
+from automl.models import MODELS
+from automl.registry import Registry
+from automl.train.augment import AUGMENTATIONS
+from automl.train.imbalance import IMBALANCE
+from automl.train.losses import LOSSES
+from automl.train.optim import OPTIMIZERS, SCHEDULERS
+
+SELECTABLE: dict[str, Registry[Any]] = {
+    "model": MODELS,
+    "optimizer": OPTIMIZERS,
+    "scheduler": SCHEDULERS,
+    "loss": LOSSES,
+    "imbalance": IMBALANCE,
+}
+"""Hyperparameters that pick one entry of a registry, and that registry."""
+
+PIPELINES: dict[str, Registry[Any]] = {"augment": AUGMENTATIONS}
+"""Hyperparameter groups whose entries apply together, each when enabled."""
+
+
+class DatasetConfig(BaseModel):
+    """Which registered dataset to train on, and its options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Annotated[str, AfterValidator(DATASETS.validate)] = "digits"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_options(self) -> DatasetConfig:
+        DATASETS.get(self.source).parse_options(self.options)
+        return self
+
+
+class Choice(BaseModel):
+    """A registry entry picked for a trial, with every one of its options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+def _completed_by(registry: Registry[Any]) -> AfterValidator:
+    """Checks a choice against ``registry`` and fills in the entry's option defaults."""
+
+    def complete(choice: Choice) -> Choice:
+        options = registry.get(choice.name).parse_options(choice.options)
+        return Choice(name=choice.name, options=options.model_dump(mode="json"))
+
+    return AfterValidator(complete)
+
+
+def _complete_pipeline(registry: Registry[Any]) -> AfterValidator:
+    def complete(pipeline: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {
+            name: registry.get(name).parse_options(options).model_dump(mode="json")
+            for name, options in sorted(pipeline.items())
+        }
+
+    return AfterValidator(complete)
+
+
+def _choice(name: str, registry: Registry[Any]) -> Any:
+    return Field(Choice(name=name), validate_default=True, description=f"The {registry.kind}.")
+
+
+class TrialConfig(BaseModel):
+    """A concrete training configuration: one point of a study's search space."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+
+    model: Annotated[Choice, _completed_by(MODELS)] = _choice("cnn", MODELS)
+    optimizer: Annotated[Choice, _completed_by(OPTIMIZERS)] = _choice("adam", OPTIMIZERS)
+    scheduler: Annotated[Choice, _completed_by(SCHEDULERS)] = _choice("constant", SCHEDULERS)
+    loss: Annotated[Choice, _completed_by(LOSSES)] = _choice("cross_entropy", LOSSES)
+    imbalance: Annotated[Choice, _completed_by(IMBALANCE)] = _choice("none", IMBALANCE)
+    augment: Annotated[dict[str, dict[str, Any]], _complete_pipeline(AUGMENTATIONS)] = Field(
+        default_factory=dict, description="Augmentations (name -> options) applied in training."
+    )
+
+    lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="Weight decay of the optimizer.")
+    warmup_epochs: float = Field(
+        0.0, ge=0, le=1000, description="Epochs of linear learning-rate warmup."
+    )
+    epochs: int = Field(10, ge=1, le=10_000, description="Training epochs.")
+    batch_size: int = Field(64, ge=1, le=65_536, description="Training batch size.")
+    seed: int = Field(0, ge=0, description="Seed of initialization, batch order, augmentation.")
+
+
+GENERAL: tuple[str, ...] = tuple(
+    name for name in TrialConfig.model_fields if name not in ("dataset", *SELECTABLE, *PIPELINES)
+)
+"""General training hyperparameters: names a spec may fix or search as they are."""
+
+
+def flat_values(config: TrialConfig) -> dict[str, Any]:
+    """A configuration as the flat names a spec uses: general values, selected entry names,
+    their options bare (qualified ``entry.option`` if a name repeats) and augmentation
+    options qualified (``hflip.p``)."""
+    values: dict[str, Any] = {name: getattr(config, name) for name in GENERAL}
+    for group in SELECTABLE:
+        choice: Choice = getattr(config, group)
+        values[group] = choice.name
+    for group in SELECTABLE:
+        choice = getattr(config, group)
+        for option, value in choice.options.items():
+            key = option if option not in values else f"{choice.name}.{option}"
+            values[key] = value
+    for name, options in config.augment.items():
+        values.update({f"{name}.{option}": value for option, value in options.items()})
+    return values
