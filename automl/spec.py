@@ -23,6 +23,7 @@ from automl.data import DATASETS
 from automl.pruners import PRUNERS, build_pruner
 from automl.registry import Registry
 from automl.samplers import SAMPLERS, build_sampler
+from automl.sampling import check_grid, resolve_auto
 from automl.train import METRICS
 from automl.train.hyperparameters import (
     Hyperparameter,
@@ -114,11 +115,14 @@ class BudgetSpec(StrictModel):
 
 
 class SamplerSpec(StrictModel):
-    """Which Optuna sampler proposes configurations."""
+    """Which sampler proposes configurations."""
 
     name: str = "tpe"
     seed: int | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    chosen_by: str | None = Field(
+        None, description="Set by the service when 'auto' picked this sampler: why."
+    )
 
 
 class PrunerSpec(StrictModel):
@@ -247,6 +251,10 @@ class StudySpec(StrictModel):
                 chosen[group] = default
         return chosen
 
+    def param_order(self) -> list[str]:
+        """The params, parents before children (see ``conditional_order``)."""
+        return conditional_order(self)
+
     def hyperparameter(self, name: str) -> Hyperparameter:
         """Resolves a fixed or searched name against the entries this study can choose.
 
@@ -351,7 +359,17 @@ def validate_spec(data: Any) -> StudySpec:
     errors = check_spec(spec)
     if errors:
         raise SpecError(errors)
+    if spec.sampler.name == "auto":
+        spec = _resolve_auto(spec)
     return spec
+
+
+def _resolve_auto(spec: StudySpec) -> StudySpec:
+    """Replaces ``sampler: auto`` by the sampler it picks (and, for a grid, the budget)."""
+    name, options, n_trials, reason = resolve_auto(spec)
+    sampler = SamplerSpec(name=name, seed=spec.sampler.seed, options=options, chosen_by=reason)
+    budget = spec.budget.model_copy(update={"n_trials": n_trials})
+    return spec.model_copy(update={"sampler": sampler, "budget": budget})
 
 
 def errors_from_pydantic(
@@ -429,7 +447,7 @@ def check_spec(spec: StudySpec) -> list[FieldError]:
     errors: list[FieldError] = []
     errors += _check_dataset(spec.dataset)
     errors += _check_objectives(spec)
-    errors += _check_sampler(spec.sampler)
+    errors += _check_sampler(spec)
     errors += _check_pruner(spec)
     errors += _check_selectors(spec)
     errors += _check_fixed(spec)
@@ -457,10 +475,13 @@ def _check_entry(
     return []
 
 
-def _check_sampler(sampler: SamplerSpec) -> list[FieldError]:
+def _check_sampler(spec: StudySpec) -> list[FieldError]:
+    sampler = spec.sampler
     errors = _check_entry(("sampler",), SAMPLERS, sampler.name, sampler.options)
-    if errors:
+    if errors or sampler.name == "auto":
         return errors
+    if sampler.name == "grid":
+        return [FieldError(loc, message) for loc, message in check_grid(spec)]
     return _check_built(
         ("sampler",),
         sampler.name,

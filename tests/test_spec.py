@@ -433,7 +433,7 @@ INVALID_CASES: list[Any] = [
         [
             "unknown sampler 'tp'",
             "did you mean 'tpe'",
-            "valid choices: gp, nsga2, qmc, random, tpe",
+            "valid choices: auto, brute_force, cmaes, gp, grid, nsga2, qmc, random, tpe",
         ],
         id="unknown-sampler",
     ),
