@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from automl.spec import StudySpec
 
 MAX_GRID_CELLS = 100_000
-"""Largest grid a study may span (cells are enumerated when a study starts)."""
+"""Default largest grid (the ``max_grid_cells`` limit); cells are enumerated when a study
+starts."""
 GP_MAX_PARAMS = 8
 GP_MAX_TRIALS = 200
 
@@ -118,7 +119,9 @@ def grid_cell(spec: StudySpec, index: int) -> dict[str, Any]:
     return dict(cells[index])
 
 
-def check_grid(spec: StudySpec) -> list[tuple[tuple[str | int, ...], str]]:
+def check_grid(
+    spec: StudySpec, limit: int = MAX_GRID_CELLS
+) -> list[tuple[tuple[str | int, ...], str]]:
     """Problems that stop ``spec`` from running as an exact grid, as ``(loc, message)``."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
     for name, param in spec.params.items():
@@ -129,17 +132,19 @@ def check_grid(spec: StudySpec) -> list[tuple[tuple[str | int, ...], str]]:
     if problems:
         return problems
     try:
-        size = grid_size(spec)
+        size = grid_size(spec, limit)
     except GridError as exc:
-        return [(("sampler", "name"), f"{exc} (limit {MAX_GRID_CELLS:,}); narrow the space")]
+        return [(("sampler", "name"), f"{exc} (max_grid_cells); narrow the space")]
     if spec.budget.n_trials > size:
         message = f"the grid has {size} cells, fewer than n_trials ({spec.budget.n_trials})"
         problems.append((("budget", "n_trials"), f"{message}; use n_trials <= {size}"))
     return problems
 
 
-def resolve_auto(spec: StudySpec) -> tuple[str, dict[str, Any], int, str]:
-    """The sampler ``auto`` picks for ``spec``.
+def resolve_auto(
+    spec: StudySpec, grid_limit: int = MAX_GRID_CELLS
+) -> tuple[str, dict[str, Any], int, str]:
+    """The sampler ``auto`` picks for ``spec`` (a grid only up to ``grid_limit`` cells).
 
     Returns:
         ``(sampler name, its options, n_trials to run, the reason in words)``.
@@ -151,7 +156,7 @@ def resolve_auto(spec: StudySpec) -> tuple[str, dict[str, Any], int, str]:
     finite = all(_is_finite(param) for param in params)
     if params and finite:
         try:
-            size = grid_size(spec)
+            size = grid_size(spec, grid_limit)
         except GridError:
             size = None
         if size is not None and size <= n_trials:

@@ -102,8 +102,8 @@ def test_billion_cell_grid_is_refused_quickly() -> None:
         }
     )
     assert errors == {
-        "sampler.name": f"the grid has more than {MAX_GRID_CELLS:,} cells "
-        f"(limit {MAX_GRID_CELLS:,}); narrow the space"
+        "sampler.name": f"the grid has more than {MAX_GRID_CELLS:,} cells (max_grid_cells); "
+        "narrow the space"
     }
 
 
