@@ -489,7 +489,11 @@ INVALID_CASES: list[Any] = [
     pytest.param(
         {"name": "x", "dataset": {"source": "digit"}},
         "dataset.source",
-        ["unknown dataset 'digit'", "did you mean 'digits'", "valid choices: cifar10, cifar100, digits,"],
+        [
+            "unknown dataset 'digit'",
+            "did you mean 'digits'",
+            "valid choices: cifar10, cifar100, digits,",
+        ],
         id="unknown-dataset",
     ),
     pytest.param(

@@ -168,7 +168,9 @@ def register_dataset(
         def static_fingerprint(opts: Any) -> str:
             return options_fingerprint(name, opts)
 
-        DATASETS.add(name, DatasetSource(load, options, fingerprint or static_fingerprint, description))
+        DATASETS.add(
+            name, DatasetSource(load, options, fingerprint or static_fingerprint, description)
+        )
         return load
 
     return decorator

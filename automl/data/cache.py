@@ -73,7 +73,9 @@ class DecodeUnit:
                 try:
                     stat = os.stat(path)
                 except OSError as exc:
-                    raise DatasetError(f"cannot read {self._shown(path)!r}: {exc.strerror}") from None
+                    raise DatasetError(
+                        f"cannot read {self._shown(path)!r}: {exc.strerror}"
+                    ) from None
                 digest.update(f"{self._shown(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
             digest.update(f"{label}\n".encode())
         return digest.hexdigest()
@@ -120,7 +122,9 @@ def load_unit(
     try:
         cached = _read(target)
         if cached is not None:
-            logger.info("loaded %s decoded by another process: %d samples", unit.name, len(cached[1]))
+            logger.info(
+                "loaded %s decoded by another process: %d samples", unit.name, len(cached[1])
+            )
             return cached
         images = torch.from_numpy(
             decode_samples(unit.samples, unit.prep, root=unit.root, name=unit.name)

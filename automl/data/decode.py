@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Literal
 
@@ -139,24 +140,43 @@ def decode_samples(
         workers if parallel else 1,
     )
     progress = _Progress(len(samples), name)
+    done = 0
     if parallel:
-        # spawn: the caller may be a multi-threaded worker, where fork is unsafe.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            results = pool.map(_decode_chunk, chunks, [prep] * len(chunks), [root] * len(chunks))
-            offset = 0
-            for block in results:
-                out[offset : offset + len(block)] = block
-                offset += len(block)
-                progress.update(offset)
-    else:
-        offset = 0
-        for chunk in chunks:
+        try:
+            done = _decode_in_pool(chunks, prep, root, workers, out, progress)
+        except BrokenProcessPool:
+            logger.warning("a decoder process died; decoding %s in this process", name)
+            done = 0
+    offset = 0
+    for chunk in chunks:
+        if offset >= done:
             out[offset : offset + len(chunk)] = _decode_chunk(chunk, prep, root)
-            offset += len(chunk)
-            progress.update(offset)
-    logger.info("decoded %s: %d samples in %.1f s", name, len(samples), time.perf_counter() - started)
+            progress.update(offset + len(chunk))
+        offset += len(chunk)
+    elapsed = time.perf_counter() - started
+    logger.info("decoded %s: %d samples in %.1f s", name, len(samples), elapsed)
     return out
+
+
+def _decode_in_pool(
+    chunks: list[Sequence[Sample]],
+    prep: Preprocess,
+    root: str,
+    workers: int,
+    out: np.ndarray,
+    progress: _Progress,
+) -> int:
+    """Decodes ``chunks`` in a process pool into ``out``; returns the samples written."""
+    # spawn: the caller may be a multi-threaded worker process, where fork is unsafe.
+    context = multiprocessing.get_context("spawn")
+    offset = 0
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        results = pool.map(_decode_chunk, chunks, [prep] * len(chunks), [root] * len(chunks))
+        for block in results:
+            out[offset : offset + len(block)] = block
+            offset += len(block)
+            progress.update(offset)
+    return offset
 
 
 class _Progress:

@@ -82,7 +82,9 @@ class FilePlan:
         named = {"train": self.train, "val": self.val, "test": self.test}
         return {split: unit for split, unit in named.items() if unit is not None}
 
-    def fingerprint(self, options: ImageOptions, unit_fingerprints: dict[str, str] | None = None) -> str:
+    def fingerprint(
+        self, options: ImageOptions, unit_fingerprints: dict[str, str] | None = None
+    ) -> str:
         """The data fingerprint: every unit's files plus the split options."""
         prints = unit_fingerprints or {s: u.fingerprint() for s, u in self.units().items()}
         split = [options.val_fraction, options.test_fraction, options.seed]
@@ -147,7 +149,9 @@ def unit(
     prep: Preprocess,
 ) -> DecodeUnit:
     """Builds a ``DecodeUnit`` for ``samples`` found at ``location`` (a folder or a file)."""
-    shown = location.relative_to(root).as_posix() if location.is_relative_to(root) else location.name
+    shown = (
+        location.relative_to(root).as_posix() if location.is_relative_to(root) else location.name
+    )
     return DecodeUnit(
         name=f"{plan_source} {shown or '.'} ({role})",
         identity=f"{plan_source}:{role}:{location}",
@@ -156,4 +160,3 @@ def unit(
         prep=prep,
         root=str(root),
     )
-

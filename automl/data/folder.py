@@ -100,7 +100,9 @@ def plan_image_folder(options: ImageFolderOptions) -> FilePlan:
     def folder_unit(value: str, role: str, names: list[str], files: list[list[Path]]):
         samples = [(path,) for found in files for path in found]
         labels = [index[name] for name, found in zip(names, files, strict=True) for _ in found]
-        return unit("image_folder", role, confine(value, root), root, samples, labels, options.preprocess)
+        return unit(
+            "image_folder", role, confine(value, root), root, samples, labels, options.preprocess
+        )
 
     train = folder_unit(options.path, "train", classes, train_files)
     extra = {}

@@ -82,7 +82,9 @@ def read_manifest(value: str) -> list[tuple[Path, str]]:
         if not image or not label:
             raise DatasetError(f"{where}: path and label must not be empty")
         try:
-            path = confine(csv_path.parent / image if not Path(image).is_absolute() else image, root)
+            path = confine(
+                csv_path.parent / image if not Path(image).is_absolute() else image, root
+            )
         except DatasetError as exc:
             raise DatasetError(f"{where}: {exc}") from None
         if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -108,14 +110,18 @@ def plan_image_csv(options: ImageCsvOptions) -> FilePlan:
     def csv_unit(value: str, role: str, rows: list[tuple[Path, str]]):
         samples = [(path,) for path, _ in rows]
         labels = [index[label] for _, label in rows]
-        return unit("image_csv", role, confine(value, root), root, samples, labels, options.preprocess)
+        return unit(
+            "image_csv", role, confine(value, root), root, samples, labels, options.preprocess
+        )
 
     extra = {
         role: csv_unit(value, role, read_manifest(value))
         for role, value in (("val", options.val_path), ("test", options.test_path))
         if value is not None
     }
-    return FilePlan("image_csv", tuple(classes), csv_unit(options.path, "train", train_rows), **extra)
+    return FilePlan(
+        "image_csv", tuple(classes), csv_unit(options.path, "train", train_rows), **extra
+    )
 
 
 def fingerprint_image_csv(options: ImageCsvOptions) -> str:

@@ -92,7 +92,9 @@ class TorchvisionOptions(DatasetOptions):
             spec = _SPEC_OF_OPTIONS[cls]
             missing = spec.missing(root)
             if missing:
-                raise DatasetError(f"{spec.name} files not found; {spec.where(root)}, or set download: true")
+                raise DatasetError(
+                    f"{spec.name} files not found; {spec.where(root)}, or set download: true"
+                )
         return value
 
 

@@ -48,8 +48,10 @@ def test_digits_scaled_to_full_uint8_range(digits: ImageData) -> None:
 
     raw = torch.tensor(load_digits().images)
     values = set(torch.cat([digits.train_x.flatten(), digits.val_x.flatten()]).tolist())
-    assert values == {round(v * 255 / 16) for v in range(17)} == set(
-        (raw * 255 / 16).round().int().unique().tolist()
+    assert (
+        values
+        == {round(v * 255 / 16) for v in range(17)}
+        == set((raw * 255 / 16).round().int().unique().tolist())
     )
     assert digits.train_x.max() == 255 and digits.train_x.min() == 0
 
