@@ -14,7 +14,7 @@ from automl.data import forget_loaded
 
 @pytest.fixture
 def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """``AUTOML_DATA_ROOT`` and ``AUTOML_CACHE_DIR`` in the test's folder; nothing kept in memory."""
+    """``AUTOML_DATA_ROOT`` and ``AUTOML_CACHE_DIR`` in the test's folder, memory cleared."""
     root = tmp_path / "data"
     root.mkdir()
     monkeypatch.setenv("AUTOML_DATA_ROOT", str(root))

@@ -121,7 +121,7 @@ def test_submit_errors_for_bad_folders(data_root: Path) -> None:
         "missing": "dataset.options.path: folder 'missing' not found under the data root",
         "empty": "dataset.options.path: folder 'empty' has no class folders",
         "flat": "dataset.options.path: folder 'flat' has no class folders",
-        "holes": "dataset.options.path: class 'b' has no images (bmp, jpeg, jpg, png, webp) in 'holes'",
+        "holes": "dataset.options.path: class 'b' has no images (bmp, jpeg, jpg, png, webp) in",
     }
     for path, message in cases.items():
         errors = submit_errors("image_folder", {"path": path})
@@ -177,7 +177,8 @@ def test_csv_submit_errors(data_root: Path) -> None:
     (data_root / "good.csv").write_text("path,label\nimg/x/0.png,x\n")
     (data_root / "other_label.csv").write_text("path,label\nimg/x/0.png,z\n")
     assert submit_errors("image_csv", {"path": "bad_header.csv"}) == [
-        "dataset.options.path: CSV file 'bad_header.csv' needs a header row with 'path' and 'label' columns"
+        "dataset.options.path: CSV file 'bad_header.csv' needs a header row with 'path' and "
+        "'label' columns"
     ]
     assert submit_errors("image_csv", {"path": "missing_image.csv"}) == [
         "dataset.options.path: missing_image.csv line 2: image 'img/x/9.png' not found"

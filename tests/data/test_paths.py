@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from automl.data.errors import DatasetError
 from automl.data.paths import confine
