@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from automl.train.config import TrialConfig
 
 Temporal = Literal["gru", "lstm", "mean"]
+GRID = 4
+"""Per-frame feature maps are pooled to ``GRID x GRID`` cells before the time model."""
 
 
 class FrameSequenceClassifier(nn.Module):
@@ -68,7 +70,11 @@ class FrameSequenceClassifier(nn.Module):
 def frame_encoder(
     channels: int, size: int, width: int, depth: int, kernel_size: int
 ) -> tuple[nn.Module, int]:
-    """The ``cnn`` model's conv blocks, globally pooled: returns ``(encoder, features)``."""
+    """The ``cnn`` model's conv blocks, pooled to a ``GRID x GRID`` map and flattened.
+
+    Unlike global pooling, the small grid keeps where things are in the frame, which is
+    what motion is made of. Returns ``(encoder, features)``.
+    """
     blocks: list[nn.Module] = []
     in_channels = channels
     for index in range(depth):
@@ -76,7 +82,8 @@ def frame_encoder(
         pool = size >= 4
         blocks.append(conv_block(in_channels, out_channels, kernel_size, pool))
         in_channels, size = out_channels, size // 2 if pool else size
-    return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten()), in_channels
+    encoder = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(GRID), nn.Flatten())
+    return encoder, in_channels * GRID * GRID
 
 
 def _builder(temporal: Temporal):
