@@ -208,8 +208,8 @@ def train_gan(
         generator=generator,
         seconds=time.perf_counter() - started,
         steps=steps,
-        generator_loss=float(loss_g),
-        discriminator_loss=float(loss_d),
+        generator_loss=float(loss_g.detach()),
+        discriminator_loss=float(loss_d.detach()),
     )
 
 
