@@ -25,8 +25,9 @@ from automl.data.errors import DatasetError
 
 logger = logging.getLogger("automl.data")
 
-PARALLEL_MIN_IMAGES = 2000
-"""Below this many image files one process decodes them: starting a pool costs more."""
+PARALLEL_MIN_BYTES = 64 * 2**20
+"""Below this many bytes of files one process decodes them: starting a pool of processes
+(each importing torch) costs seconds, more than decoding some thousand small images."""
 
 Sample = tuple[str, ...]
 
@@ -103,7 +104,7 @@ def decode_samples(
     *,
     root: str = "",
     workers: int | None = None,
-    min_parallel: int = PARALLEL_MIN_IMAGES,
+    min_parallel_bytes: int = PARALLEL_MIN_BYTES,
     name: str = "images",
 ) -> np.ndarray:
     """Decodes many samples, on all cores when there are enough files to pay for it.
@@ -113,7 +114,7 @@ def decode_samples(
         prep: Target size, fit and channels.
         root: Folder that error messages and logs show paths relative to.
         workers: Processes to use (default: every core).
-        min_parallel: Fewest image files for which a process pool is started.
+        min_parallel_bytes: Fewest bytes of files for which a process pool is started.
         name: What is decoded, for the log lines.
 
     Returns:
@@ -128,7 +129,7 @@ def decode_samples(
         return out
     workers = workers or os.cpu_count() or 1
     n_files = len(samples) * frames
-    parallel = workers > 1 and n_files >= min_parallel
+    parallel = workers > 1 and _total_bytes(samples, min_parallel_bytes) >= min_parallel_bytes
     chunk_size = max(1, math.ceil(len(samples) / (workers * 8))) if parallel else 256
     chunks = [samples[i : i + chunk_size] for i in range(0, len(samples), chunk_size)]
     started = time.perf_counter()
@@ -156,6 +157,20 @@ def decode_samples(
     elapsed = time.perf_counter() - started
     logger.info("decoded %s: %d samples in %.1f s", name, len(samples), elapsed)
     return out
+
+
+def _total_bytes(samples: Sequence[Sample], enough: int) -> int:
+    """Sums file sizes, stopping once ``enough`` is reached."""
+    total = 0
+    for sample in samples:
+        for path in sample:
+            try:
+                total += os.stat(path).st_size
+            except OSError:
+                continue  # decoding names the file
+            if total >= enough:
+                return total
+    return total
 
 
 def _decode_in_pool(

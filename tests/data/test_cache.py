@@ -132,7 +132,7 @@ def test_parallel_decoding_matches_serial(tmp_path: Path, caplog: pytest.LogCapt
     ]
     prep = Preprocess(height=4, width=4)
     serial = decode_samples(samples, prep)
-    parallel = decode_samples(samples, prep, workers=2, min_parallel=0, name="test images")
+    parallel = decode_samples(samples, prep, workers=2, min_parallel_bytes=0, name="test images")
     assert parallel.shape == (24, 1, 3, 4, 4)
     assert np.array_equal(serial, parallel)
     messages = [r.getMessage() for r in caplog.records]
