@@ -139,7 +139,7 @@ def load_plan(plan: FilePlan, options: ImageOptions) -> ImageData:
     )
 
 
-def unit(
+def make_unit(
     plan_source: str,
     role: str,
     location: Path,

@@ -7,8 +7,9 @@ from pathlib import Path
 from pydantic import Field, ValidationInfo, field_validator
 
 from automl.data.base import ImageData, register_dataset
+from automl.data.cache import DecodeUnit
 from automl.data.errors import DatasetError
-from automl.data.files import FilePlan, ImageOptions, load_plan, unit
+from automl.data.files import FilePlan, ImageOptions, load_plan, make_unit
 from automl.data.paths import (
     IMAGE_SUFFIXES,
     confine,
@@ -97,10 +98,10 @@ def plan_image_folder(options: ImageFolderOptions) -> FilePlan:
     classes, train_files = scan_class_folder(options.path)
     index = {name: i for i, name in enumerate(classes)}
 
-    def folder_unit(value: str, role: str, names: list[str], files: list[list[Path]]):
+    def folder_unit(value: str, role: str, names: list[str], files: list[list[Path]]) -> DecodeUnit:
         samples = [(path,) for found in files for path in found]
         labels = [index[name] for name, found in zip(names, files, strict=True) for _ in found]
-        return unit(
+        return make_unit(
             "image_folder", role, confine(value, root), root, samples, labels, options.preprocess
         )
 

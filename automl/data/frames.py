@@ -13,8 +13,9 @@ from pathlib import Path
 from pydantic import Field, ValidationInfo, field_validator
 
 from automl.data.base import ImageData, register_dataset
+from automl.data.cache import DecodeUnit
 from automl.data.errors import DatasetError
-from automl.data.files import FilePlan, ImageOptions, Side, load_plan, unit
+from automl.data.files import FilePlan, ImageOptions, Side, load_plan, make_unit
 from automl.data.paths import (
     confine,
     data_root,
@@ -109,12 +110,12 @@ def plan_frame_sequences(options: FrameSequencesOptions) -> FilePlan:
     classes, train_clips = scan_clip_folder(options.path)
     index = {name: i for i, name in enumerate(classes)}
 
-    def clip_unit(value: str, role: str, names: list[str], clips: list[list[Clip]]):
+    def clip_unit(value: str, role: str, names: list[str], clips: list[list[Clip]]) -> DecodeUnit:
         samples = [
             select_frames(clip, options.frames, options.stride) for found in clips for clip in found
         ]
         labels = [index[name] for name, found in zip(names, clips, strict=True) for _ in found]
-        return unit(
+        return make_unit(
             "frame_sequences", role, confine(value, root), root, samples, labels, options.preprocess
         )
 

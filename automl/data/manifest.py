@@ -8,8 +8,9 @@ from pathlib import Path
 from pydantic import Field, ValidationInfo, field_validator
 
 from automl.data.base import ImageData, register_dataset
+from automl.data.cache import DecodeUnit
 from automl.data.errors import DatasetError
-from automl.data.files import FilePlan, ImageOptions, load_plan, unit
+from automl.data.files import FilePlan, ImageOptions, load_plan, make_unit
 from automl.data.paths import IMAGE_SUFFIXES, confine, data_root, relative_name
 
 MAX_CSV_BYTES = 512 * 1024 * 1024
@@ -107,10 +108,10 @@ def plan_image_csv(options: ImageCsvOptions) -> FilePlan:
     classes = manifest_classes(train_rows)
     index = {name: i for i, name in enumerate(classes)}
 
-    def csv_unit(value: str, role: str, rows: list[tuple[Path, str]]):
+    def csv_unit(value: str, role: str, rows: list[tuple[Path, str]]) -> DecodeUnit:
         samples = [(path,) for path, _ in rows]
         labels = [index[label] for _, label in rows]
-        return unit(
+        return make_unit(
             "image_csv", role, confine(value, root), root, samples, labels, options.preprocess
         )
 

@@ -9,6 +9,7 @@ no information). The per-frame CNN is the ``cnn`` model's blocks (``width``, ``d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -86,7 +87,7 @@ def frame_encoder(
     return encoder, in_channels * GRID * GRID
 
 
-def _builder(temporal: Temporal):
+def _builder(temporal: Temporal) -> Callable[[TrialConfig, tuple[int, ...], int], nn.Module]:
     def build(config: TrialConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         if len(input_shape) != 4:
             raise ValueError(
