@@ -32,6 +32,12 @@ class Settings(BaseSettings):
         None, ge=1, description="CPU threads per worker process (default: PyTorch's)."
     )
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest accepted spec body.")
+    data_root: Path = Field(
+        Path("data"), description="Folder that every dataset path must resolve inside."
+    )
+    cache_dir: Path = Field(
+        Path("automl-cache"), description="Folder of decoded images (uint8 tensors), shared."
+    )
 
 
 class Limits(BaseSettings):

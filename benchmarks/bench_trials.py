@@ -53,7 +53,7 @@ def baseline_train(config: TrialConfig, device: torch.device) -> float:
     for _ in range(config.epochs):
         model.train()
         for images, labels in train_loader:
-            images, labels = images.to(device), labels.to(device)
+            images, labels = data.normalize(images.to(device)), labels.to(device)
             optimizer.zero_grad()
             loss_fn(model(images), labels).backward()
             optimizer.step()
@@ -61,7 +61,7 @@ def baseline_train(config: TrialConfig, device: torch.device) -> float:
         correct = 0
         with torch.no_grad():
             for images, labels in val_loader:
-                predicted = model(images.to(device)).argmax(dim=1)
+                predicted = model(data.normalize(images.to(device))).argmax(dim=1)
                 correct += int((predicted == labels.to(device)).sum())
         accuracy = correct / len(data.val_y)
     return accuracy

@@ -500,7 +500,11 @@ INVALID_CASES: list[Any] = [
     pytest.param(
         {"name": "x", "dataset": {"source": "digit"}},
         "dataset.source",
-        ["unknown dataset 'digit'", "did you mean 'digits'", "valid choices: digits"],
+        [
+            "unknown dataset 'digit'",
+            "did you mean 'digits'",
+            "valid choices: cifar10, cifar100, digits,",
+        ],
         id="unknown-dataset",
     ),
     pytest.param(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import torch
 
+from automl.config import Settings
 from automl.registry import EntryOptions, Registry
 
 
@@ -19,9 +23,11 @@ class DatasetOptions(EntryOptions):
 
 @dataclass(frozen=True)
 class ImageData:
-    """An image-classification dataset split into train and validation tensors.
+    """An image-classification dataset: train and validation splits, optionally a test split.
 
-    Images are float tensors shaped ``(N, C, H, W)``; labels are int64 ``(N,)``.
+    Images are uint8 tensors, ``(N, C, H, W)`` for still images or ``(N, T, C, H, W)`` for
+    frame sequences; labels are int64 ``(N,)``. They stay uint8 until ``normalize`` turns a
+    batch into floats on whatever device the batch is on.
     """
 
     train_x: torch.Tensor
@@ -29,6 +35,14 @@ class ImageData:
     val_x: torch.Tensor
     val_y: torch.Tensor
     classes: tuple[str, ...]
+    mean: torch.Tensor
+    """Per-channel mean of the training split on the 0-1 scale, float32 ``(C,)``."""
+    std: torch.Tensor
+    """Per-channel standard deviation of the training split on the 0-1 scale, ``(C,)``."""
+    fingerprint: str
+    """Identifies the exact data and split: equal fingerprints mean equal tensors."""
+    test_x: torch.Tensor | None = None
+    test_y: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -36,49 +50,177 @@ class ImageData:
         return len(self.classes)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """Shape ``(C, H, W)`` of one image."""
-        channels, height, width = self.train_x.shape[1:]
-        return int(channels), int(height), int(width)
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: ``(C, H, W)``, or ``(T, C, H, W)`` for frame sequences."""
+        return tuple(int(size) for size in self.train_x.shape[1:])
+
+    @property
+    def has_test(self) -> bool:
+        """Whether the dataset has a test split."""
+        return self.test_x is not None
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Turns a uint8 batch into normalized float32 on the batch's own device.
+
+        ``x / 255`` then per-channel ``(x - mean) / std``; call it on the device, after
+        indexing, so only uint8 crosses memory.
+        """
+        return self.standardize(self.to_unit(images))
+
+    @staticmethod
+    def to_unit(images: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch as float32 in [0, 1] (what augmentations work on)."""
+        return images.float().div_(255.0)
+
+    def standardize(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-channel ``(x - mean) / std`` of a [0, 1] float batch, in place."""
+        # (C, 1, 1) broadcasts over (N, C, H, W) and (N, T, C, H, W) alike.
+        mean = self.mean.to(images.device).view(-1, 1, 1)
+        std = self.std.to(images.device).view(-1, 1, 1)
+        return images.sub_(mean).div_(std)
 
     def to(self, device: torch.device | str) -> ImageData:
         """Returns a copy whose tensors live on ``device``."""
+
+        def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.to(device)
+
         return ImageData(
-            self.train_x.to(device),
-            self.train_y.to(device),
-            self.val_x.to(device),
-            self.val_y.to(device),
-            self.classes,
+            train_x=self.train_x.to(device),
+            train_y=self.train_y.to(device),
+            val_x=self.val_x.to(device),
+            val_y=self.val_y.to(device),
+            classes=self.classes,
+            mean=self.mean.to(device),
+            std=self.std.to(device),
+            fingerprint=self.fingerprint,
+            test_x=move(self.test_x),
+            test_y=move(self.test_y),
         )
 
 
-DatasetLoader = Callable[[Any], ImageData]
-"""``load(options) -> ImageData``."""
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation of uint8 images, on the 0-1 scale.
 
-DATASETS: Registry[DatasetLoader] = Registry("dataset", group="automl.datasets")
+    Works in chunks in float64, so memory stays small for large datasets. A channel
+    without variation gets a standard deviation of 1 (normalizing then only centers it).
+
+    Args:
+        images: uint8 ``(N, C, H, W)`` or ``(N, T, C, H, W)``.
+        chunk: Samples per chunk.
+
+    Returns:
+        ``(mean, std)``, float32 tensors shaped ``(C,)``.
+    """
+    channels = images.shape[-3]
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    count = 0
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk].to(torch.float64).div_(255.0)
+        part = part.movedim(-3, 0).reshape(channels, -1)
+        total += part.sum(dim=1)
+        squares += part.square().sum(dim=1)
+        count += part.shape[1]
+    if count == 0:
+        return torch.zeros(channels), torch.ones(channels)
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    std = torch.where(std < 1e-6, torch.ones_like(std), std)
+    return mean.float(), std.float()
+
+
+def options_fingerprint(source: str, options: EntryOptions, *extra: object) -> str:
+    """A stable hash of a source's name, its options and any extra JSON-able values."""
+    payload = json.dumps(
+        [source, options.model_dump(mode="json"), *extra], sort_keys=True, default=str
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """What a registered dataset provides: a loader and a cheap fingerprint.
+
+    ``fingerprint(options)`` must be cheap (no decoding) and change whenever the data
+    ``load(options)`` would return changes; it keys the per-process cache.
+    """
+
+    load: Callable[[Any], ImageData]
+    fingerprint: Callable[[Any], str]
+
+
+DATASETS: Registry[DatasetSource] = Registry("dataset", group="automl.datasets")
 
 
 def register_dataset(
-    name: str, options: type[DatasetOptions]
-) -> Callable[[DatasetLoader], DatasetLoader]:
-    """Registers a loader ``load(options) -> ImageData`` under ``name``."""
-    return DATASETS.register(name, options=options)
+    name: str,
+    options: type[DatasetOptions],
+    fingerprint: Callable[[Any], str] | None = None,
+    description: str | None = None,
+) -> Callable[[Callable[[Any], ImageData]], Callable[[Any], ImageData]]:
+    """Registers a loader ``load(options) -> ImageData`` under ``name``.
+
+    Args:
+        name: The ``dataset.source`` name.
+        options: The pydantic model of the loader's options.
+        fingerprint: ``fingerprint(options) -> str``; by default a hash of the name and
+            options (right for sources whose data never changes, such as ``digits``).
+        description: One line for users; defaults to the loader's docstring.
+    """
+
+    def decorator(load: Callable[[Any], ImageData]) -> Callable[[Any], ImageData]:
+        def static_fingerprint(opts: Any) -> str:
+            return options_fingerprint(name, opts)
+
+        text = description or (inspect.getdoc(load) or "").split("\n")[0]
+        source = DatasetSource(load, fingerprint or static_fingerprint)
+        DATASETS.add(name, source, options=options, description=text)
+        return load
+
+    return decorator
+
+
+MEMORY_CACHE_SIZE = 2
+_loaded: OrderedDict[str, ImageData] = OrderedDict()
+_loaded_lock = threading.Lock()
 
 
 def load_dataset(source: str, options: dict[str, Any] | None = None) -> ImageData:
-    """Loads a registered dataset, once per process for the same options.
+    """Loads a registered dataset; a process keeps the last few in memory.
+
+    A dataset already in memory is reused only while its fingerprint (for file sources:
+    the file list, sizes and modification times) still matches.
 
     Args:
         source: Registered dataset name, e.g. ``"digits"``.
         options: Options validated by the dataset's options model.
 
     Returns:
-        The train/validation tensors, on the CPU.
+        The splits as uint8 tensors, on the CPU.
+
+    Raises:
+        UnknownNameError: If ``source`` is not registered.
+        pydantic.ValidationError: If the options are invalid.
+        DatasetError: If the data cannot be read (the message names the file).
     """
-    return _load_cached(source, json.dumps(options or {}, sort_keys=True))
-
-
-@lru_cache(maxsize=8)
-def _load_cached(source: str, options_json: str) -> ImageData:
     entry = DATASETS.get(source)
-    return entry.factory(entry.parse_options(json.loads(options_json)))
+    parsed = entry.parse_options(options)
+    settings = Settings()
+    key = f"{entry.factory.fingerprint(parsed)}:{settings.data_root}:{settings.cache_dir}"
+    with _loaded_lock:
+        if key in _loaded:
+            _loaded.move_to_end(key)
+            return _loaded[key]
+    data = entry.factory.load(parsed)
+    with _loaded_lock:
+        _loaded[key] = data
+        while len(_loaded) > MEMORY_CACHE_SIZE:
+            _loaded.popitem(last=False)
+    return data
+
+
+def forget_loaded() -> None:
+    """Drops the datasets this process keeps in memory (the disk cache stays)."""
+    with _loaded_lock:
+        _loaded.clear()

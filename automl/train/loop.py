@@ -1,7 +1,8 @@
 """The training loop: ``train(config, report) -> TrainResult``.
 
-Knows nothing of Optuna, HTTP or workers. Data lives on the device as tensors and
-batches are index slices, so there is no per-sample Python in the hot loop.
+Knows nothing of Optuna, HTTP or workers. Data lives on the device as uint8 tensors and
+batches are index slices turned into normalized floats there, so there is no per-sample
+Python in the hot loop and only uint8 crosses memory.
 """
 
 from __future__ import annotations
@@ -151,9 +152,10 @@ def train(
         loss_sum = torch.zeros((), device=device)
         for start, stop in _batch_slices(len(order), batch_size):
             index = order[start:stop]
-            images, targets = train_x[index], train_y[index]
+            images, targets = data.to_unit(train_x[index]), train_y[index]
             if augment is not None:
                 images, targets = augment(images, targets, generator)
+            images = data.standardize(images)
             with _autocast(on_cuda):
                 loss = loss_fn(model(images), targets)
             optimizer.zero_grad(set_to_none=True)
@@ -163,7 +165,9 @@ def train(
             loss_sum += loss.detach() * (stop - start)
             if should_stop is not None and should_stop():
                 raise TrainingInterrupted(f"stopped during epoch {epoch}")
-        confusion, val_loss = evaluate(model, data.val_x, data.val_y, data.num_classes, on_cuda)
+        confusion, val_loss = evaluate(
+            model, data.val_x, data.val_y, data.num_classes, on_cuda, data.normalize
+        )
         metrics = compute_metrics(confusion, val_loss)
         history.append({"epoch": epoch, "train_loss": float(loss_sum) / len(order), **metrics})
         if report is not None and report(epoch, metrics):
@@ -190,13 +194,18 @@ def evaluate(
     labels: torch.Tensor,
     num_classes: int,
     on_cuda: bool = False,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """Returns the confusion matrix and the mean cross-entropy of ``model`` on a split."""
+    """Returns the confusion matrix and the mean cross-entropy of ``model`` on a split.
+
+    ``prepare`` turns each stored batch into model input (e.g. ``ImageData.normalize``).
+    """
     model.eval()
     predictions, loss_sum = [], torch.zeros((), device=images.device)
     for start, stop in _batch_slices(len(labels), EVAL_BATCH, drop_single=False):
         with _autocast(on_cuda):
-            logits = model(images[start:stop]).float()
+            batch = images[start:stop]
+            logits = model(prepare(batch) if prepare is not None else batch).float()
         loss_sum += F.cross_entropy(logits, labels[start:stop], reduction="sum")
         predictions.append(logits.argmax(dim=1))
     confusion = confusion_matrix(torch.cat(predictions), labels, num_classes)

@@ -1,4 +1,4 @@
-"""Tests of the digits dataset, stratified splits and the dataset cache."""
+"""Tests of the digits dataset, stratified splits and the in-process dataset cache."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_digits_shapes_and_dtypes(digits: ImageData) -> None:
     assert n_train + n_val == N_DIGITS
     assert digits.train_x.shape == (n_train, 1, 8, 8)
     assert digits.val_x.shape == (n_val, 1, 8, 8)
-    assert digits.train_x.dtype == torch.float32
+    assert digits.train_x.dtype == torch.uint8
     assert digits.train_y.dtype == torch.int64
     assert digits.val_y.shape == (n_val,)
     assert digits.input_shape == (1, 8, 8)
@@ -43,11 +43,28 @@ def test_digits_classes(digits: ImageData) -> None:
     assert set(digits.val_y.tolist()) == set(range(10))
 
 
-def test_digits_values_in_unit_range(digits: ImageData) -> None:
-    for images in (digits.train_x, digits.val_x):
-        assert images.min() >= 0.0
-        assert images.max() <= 1.0
-    assert digits.train_x.max() == 1.0
+def test_digits_scaled_to_full_uint8_range(digits: ImageData) -> None:
+    from sklearn.datasets import load_digits
+
+    raw = torch.tensor(load_digits().images)
+    values = set(torch.cat([digits.train_x.flatten(), digits.val_x.flatten()]).tolist())
+    assert (
+        values
+        == {round(v * 255 / 16) for v in range(17)}
+        == set((raw * 255 / 16).round().int().unique().tolist())
+    )
+    assert digits.train_x.max() == 255 and digits.train_x.min() == 0
+
+
+def test_digits_statistics_are_of_the_training_split(digits: ImageData) -> None:
+    scaled = digits.train_x.double() / 255
+    assert digits.mean.tolist() == pytest.approx([float(scaled.mean())], abs=1e-5)
+    assert digits.std.tolist() == pytest.approx([float(scaled.std(unbiased=False))], abs=1e-5)
+    normalized = digits.normalize(digits.train_x)
+    assert normalized.dtype == torch.float32
+    assert float(normalized.mean()) == pytest.approx(0.0, abs=1e-4)
+    assert float(normalized.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
+    assert not digits.has_test
 
 
 def test_default_validation_fraction(digits: ImageData) -> None:
@@ -127,12 +144,16 @@ def test_split_differs_across_seeds() -> None:
 
 def test_split_keeps_one_of_each_side_for_small_classes() -> None:
     labels = torch.tensor([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2])
-    train_idx, val_idx = stratified_split(labels, 0.01, seed=0)
-    # A class of two gives one sample to each side; a single sample stays in training.
-    assert class_counts(labels[val_idx], 3).tolist() == [1, 1, 0]
-    assert class_counts(labels[train_idx], 3).tolist() == [1, 9, 1]
-    train_idx, val_idx = stratified_split(labels, 0.99, seed=0)
-    assert class_counts(labels[train_idx], 3).tolist() == [1, 1, 1]
+    for fraction in (0.01, 0.5, 0.99):
+        for seed in range(3):
+            train_idx, val_idx = stratified_split(labels, fraction, seed=seed)
+            train = class_counts(labels[train_idx], 3).tolist()
+            val = class_counts(labels[val_idx], 3).tolist()
+            # A class of two gives one sample to each side; a single sample stays in training.
+            assert (train[0], val[0]) == (1, 1)
+            assert train[1] >= 1 and val[1] >= 1
+            assert (train[2], val[2]) == (1, 0)
+            assert sorted(train_idx.tolist() + val_idx.tolist()) == list(range(len(labels)))
 
 
 def test_digits_split_deterministic_per_seed_and_differs_across_seeds() -> None:
@@ -160,8 +181,8 @@ def test_load_dataset_caches() -> None:
 
 
 def test_load_dataset_rejects_unknown_source() -> None:
-    with pytest.raises(UnknownNameError, match=r"unknown dataset 'mnist'.*valid choices: digits"):
-        load_dataset("mnist")
+    with pytest.raises(UnknownNameError, match=r"unknown dataset 'mnst'.*did you mean 'mnist'"):
+        load_dataset("mnst")
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -32,8 +33,12 @@ METRIC_NAMES = {"accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall
 def small_data() -> ImageData:
     """A 301/150 slice of digits: one epoch at width 8 takes milliseconds."""
     full = load_dataset("digits")
-    return ImageData(
-        full.train_x[:301], full.train_y[:301], full.val_x[:150], full.val_y[:150], full.classes
+    return dataclasses.replace(
+        full,
+        train_x=full.train_x[:301],
+        train_y=full.train_y[:301],
+        val_x=full.val_x[:150],
+        val_y=full.val_y[:150],
     )
 
 
@@ -105,7 +110,7 @@ def test_state_dict_is_on_cpu_and_loads(small_data: ImageData) -> None:
     model.load_state_dict(result.state_dict)
     model.eval()
     with torch.no_grad():
-        predictions = model(small_data.val_x).argmax(dim=1)
+        predictions = model(small_data.normalize(small_data.val_x)).argmax(dim=1)
     accuracy = float((predictions == small_data.val_y).float().mean())
     assert accuracy == pytest.approx(result.metrics["accuracy"])
 

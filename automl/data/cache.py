@@ -1,0 +1,178 @@
+"""Decode once: decoded, resized uint8 tensors cached on disk and shared by every process.
+
+A *unit* is one set of labelled files (a training folder, a validation CSV...) plus the
+preprocessing applied to it. Its fingerprint hashes the file list, each file's size and
+modification time, the labels and the preprocessing; the decoded tensors are stored as
+``<cache_dir>/<slot>-<fingerprint>.pt`` (``slot`` identifies the unit regardless of its
+contents). Writers hold an inter-process file lock on the slot and write atomically
+(temporary file, fsync, rename), so a second process waits for the first instead of
+decoding again, and readers never see half a file. A unit whose files changed gets a new
+fingerprint: it is decoded again and the stale file of its slot is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock, Timeout
+
+from automl.config import Settings
+from automl.data.decode import Preprocess, Sample, decode_samples
+from automl.data.errors import DatasetError
+
+logger = logging.getLogger("automl.data")
+
+CACHE_FORMAT = 1
+"""Bumped when the cached layout or decoding changes, so old entries are not reused."""
+
+
+@dataclass(frozen=True)
+class DecodeUnit:
+    """A set of labelled samples to decode with one preprocessing.
+
+    Attributes:
+        name: Where the files come from, for logs (e.g. ``"pets/train"``).
+        identity: Stable identity of the unit (its resolved folder or CSV file and split
+            role); units with the same identity replace each other in the cache.
+        samples: Each a tuple of absolute file paths (one per frame).
+        labels: The class index of each sample.
+        prep: How files are turned into arrays.
+        root: The data root, for messages.
+    """
+
+    name: str
+    identity: str
+    samples: tuple[Sample, ...]
+    labels: tuple[int, ...]
+    prep: Preprocess
+    root: str
+
+    @property
+    def slot(self) -> str:
+        """Cache slot of this unit: identity and preprocessing, not contents."""
+        payload = json.dumps([self.identity, asdict(self.prep)], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        """Hash of the files (names, sizes, mtimes), labels and preprocessing.
+
+        Raises:
+            DatasetError: If a file disappeared since it was listed.
+        """
+        digest = hashlib.sha256()
+        digest.update(json.dumps([CACHE_FORMAT, asdict(self.prep)], sort_keys=True).encode())
+        for sample, label in zip(self.samples, self.labels, strict=True):
+            for path in sample:
+                try:
+                    stat = os.stat(path)
+                except OSError as exc:
+                    raise DatasetError(
+                        f"cannot read {self._shown(path)!r}: {exc.strerror}"
+                    ) from None
+                digest.update(f"{self._shown(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+            digest.update(f"{label}\n".encode())
+        return digest.hexdigest()
+
+    def _shown(self, path: str) -> str:
+        return os.path.relpath(path, self.root) if self.root else path
+
+
+def cache_dir() -> Path:
+    """The cache folder, from ``AUTOML_CACHE_DIR`` (default ``./automl-cache``)."""
+    return Settings().cache_dir
+
+
+def load_unit(
+    unit: DecodeUnit, fingerprint: str | None = None, directory: Path | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns a unit's decoded images and labels, decoding only on a cache miss.
+
+    Args:
+        unit: What to decode.
+        fingerprint: ``unit.fingerprint()`` if already computed.
+        directory: Cache folder (default: ``cache_dir()``).
+
+    Returns:
+        ``(images, labels)``: uint8 ``(N, T, C, H, W)`` and int64 ``(N,)``.
+
+    Raises:
+        DatasetError: If a file cannot be decoded; the message names it.
+    """
+    directory = cache_dir() if directory is None else directory
+    fingerprint = fingerprint or unit.fingerprint()
+    target = directory / f"{unit.slot}-{fingerprint[:32]}.pt"
+    cached = _read(target)
+    if cached is not None:
+        logger.info("loaded %s from the cache: %d samples", unit.name, len(cached[1]))
+        return cached
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(directory / f"{unit.slot}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("waiting for another process to decode %s", unit.name)
+        lock.acquire()
+    try:
+        cached = _read(target)
+        if cached is not None:
+            logger.info(
+                "loaded %s decoded by another process: %d samples", unit.name, len(cached[1])
+            )
+            return cached
+        images = torch.from_numpy(
+            decode_samples(unit.samples, unit.prep, root=unit.root, name=unit.name)
+        )
+        labels = torch.tensor(unit.labels, dtype=torch.int64)
+        _write_atomic(target, {"x": images, "y": labels})
+        _remove_stale(directory, unit.slot, keep=target)
+    finally:
+        lock.release()
+    return images, labels
+
+
+def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, weights_only=True, mmap=True)
+        return payload["x"], payload["y"]
+    except (OSError, RuntimeError, KeyError, EOFError) as exc:
+        logger.warning("ignoring unreadable cache file %s: %s", path.name, exc)
+        return None
+
+
+def _write_atomic(path: Path, payload: dict[str, torch.Tensor]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    directory_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)
+
+
+def _remove_stale(directory: Path, slot: str, keep: Path) -> None:
+    for stale in directory.glob(f"{slot}-*.pt"):
+        if stale != keep:
+            logger.info("removing stale cache file %s", stale.name)
+            stale.unlink(missing_ok=True)
+
+
+def units_fingerprint(fingerprints: Sequence[str], *extra: object) -> str:
+    """Combines unit fingerprints and split options into one data fingerprint."""
+    payload = json.dumps([list(fingerprints), *extra], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()

@@ -1,0 +1,208 @@
+"""Decoding image files into uint8 arrays: one image, or many on every core.
+
+A sample is a tuple of files: one for a still image, several (the frames of a clip) for
+a sequence. Decoding many samples runs in a process pool in chunks and logs progress on
+the ``automl.data`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from automl.data.errors import DatasetError
+
+logger = logging.getLogger("automl.data")
+
+PARALLEL_MIN_BYTES = 64 * 2**20
+"""Below this many bytes of files one process decodes them: starting a pool of processes
+(each importing torch) costs seconds, more than decoding some thousand small images."""
+
+Sample = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How every image is turned into a fixed-size uint8 array.
+
+    ``crop`` scales the image to cover ``height x width`` and cuts the center; ``pad``
+    scales it to fit inside and pads the borders with black.
+    """
+
+    height: int
+    width: int
+    fit: Literal["crop", "pad"] = "crop"
+    channels: Literal["rgb", "grayscale"] = "rgb"
+
+    @property
+    def num_channels(self) -> int:
+        """3 for RGB, 1 for grayscale."""
+        return 3 if self.channels == "rgb" else 1
+
+    @property
+    def mode(self) -> str:
+        """The Pillow mode images are converted to."""
+        return "RGB" if self.channels == "rgb" else "L"
+
+
+def decode_image(path: str, prep: Preprocess, root: str = "") -> np.ndarray:
+    """Decodes, orients (EXIF), converts and resizes one image file.
+
+    Args:
+        path: The image file.
+        prep: Target size, fit and channels.
+        root: Folder that error messages show paths relative to.
+
+    Returns:
+        uint8 array shaped ``(C, H, W)``.
+
+    Raises:
+        DatasetError: If the file cannot be read or decoded; the message names the file.
+    """
+    size = (prep.width, prep.height)
+    try:
+        with Image.open(path) as opened:
+            if opened.format == "JPEG":
+                opened.draft(prep.mode, size)  # decode at a reduced scale when much larger
+            image = ImageOps.exif_transpose(opened).convert(prep.mode)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        shown = os.path.relpath(path, root) if root else path
+        raise DatasetError(f"cannot decode image {shown!r}: {exc}") from None
+    if image.size != size:
+        method = Image.Resampling.BILINEAR
+        if prep.fit == "crop":
+            image = ImageOps.fit(image, size, method=method)
+        else:
+            image = ImageOps.pad(image, size, method=method, color=0)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def decode_sample(sample: Sample, prep: Preprocess, root: str = "") -> np.ndarray:
+    """Decodes the files of one sample into ``(T, C, H, W)`` uint8 (``T = len(sample)``)."""
+    return np.stack([decode_image(path, prep, root) for path in sample])
+
+
+def _decode_chunk(chunk: Sequence[Sample], prep: Preprocess, root: str) -> np.ndarray:
+    return np.stack([decode_sample(sample, prep, root) for sample in chunk])
+
+
+def decode_samples(
+    samples: Sequence[Sample],
+    prep: Preprocess,
+    *,
+    root: str = "",
+    workers: int | None = None,
+    min_parallel_bytes: int = PARALLEL_MIN_BYTES,
+    name: str = "images",
+) -> np.ndarray:
+    """Decodes many samples, on all cores when there are enough files to pay for it.
+
+    Args:
+        samples: Each a tuple of files with the same length ``T``.
+        prep: Target size, fit and channels.
+        root: Folder that error messages and logs show paths relative to.
+        workers: Processes to use (default: every core).
+        min_parallel_bytes: Fewest bytes of files for which a process pool is started.
+        name: What is decoded, for the log lines.
+
+    Returns:
+        uint8 array shaped ``(N, T, C, H, W)``.
+
+    Raises:
+        DatasetError: If a file cannot be decoded; the message names it.
+    """
+    frames = len(samples[0]) if samples else 1
+    out = np.empty((len(samples), frames, prep.num_channels, prep.height, prep.width), np.uint8)
+    if not samples:
+        return out
+    workers = workers or os.cpu_count() or 1
+    n_files = len(samples) * frames
+    parallel = workers > 1 and _total_bytes(samples, min_parallel_bytes) >= min_parallel_bytes
+    chunk_size = max(1, math.ceil(len(samples) / (workers * 8))) if parallel else 256
+    chunks = [samples[i : i + chunk_size] for i in range(0, len(samples), chunk_size)]
+    started = time.perf_counter()
+    logger.info(
+        "decoding %s: %d samples, %d files, %d processes",
+        name,
+        len(samples),
+        n_files,
+        workers if parallel else 1,
+    )
+    progress = _Progress(len(samples), name)
+    done = 0
+    if parallel:
+        try:
+            done = _decode_in_pool(chunks, prep, root, workers, out, progress)
+        except BrokenProcessPool:
+            logger.warning("a decoder process died; decoding %s in this process", name)
+            done = 0
+    offset = 0
+    for chunk in chunks:
+        if offset >= done:
+            out[offset : offset + len(chunk)] = _decode_chunk(chunk, prep, root)
+            progress.update(offset + len(chunk))
+        offset += len(chunk)
+    elapsed = time.perf_counter() - started
+    logger.info("decoded %s: %d samples in %.1f s", name, len(samples), elapsed)
+    return out
+
+
+def _total_bytes(samples: Sequence[Sample], enough: int) -> int:
+    """Sums file sizes, stopping once ``enough`` is reached."""
+    total = 0
+    for sample in samples:
+        for path in sample:
+            try:
+                total += os.stat(path).st_size
+            except OSError:
+                continue  # decoding names the file
+            if total >= enough:
+                return total
+    return total
+
+
+def _decode_in_pool(
+    chunks: list[Sequence[Sample]],
+    prep: Preprocess,
+    root: str,
+    workers: int,
+    out: np.ndarray,
+    progress: _Progress,
+) -> int:
+    """Decodes ``chunks`` in a process pool into ``out``; returns the samples written."""
+    # spawn: the caller may be a multi-threaded worker process, where fork is unsafe.
+    context = multiprocessing.get_context("spawn")
+    offset = 0
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        results = pool.map(_decode_chunk, chunks, [prep] * len(chunks), [root] * len(chunks))
+        for block in results:
+            out[offset : offset + len(block)] = block
+            offset += len(block)
+            progress.update(offset)
+    return offset
+
+
+class _Progress:
+    """Logs ``decoded k/N`` at every further tenth."""
+
+    def __init__(self, total: int, name: str) -> None:
+        self.total, self.name, self.next_tenth = total, name, 1
+
+    def update(self, done: int) -> None:
+        tenth = done * 10 // self.total
+        if tenth >= self.next_tenth and done < self.total:
+            percent = done * 100 // self.total
+            logger.info("decoded %s: %d/%d (%d%%)", self.name, done, self.total, percent)
+            self.next_tenth = tenth + 1

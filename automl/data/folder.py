@@ -1,0 +1,130 @@
+"""``image_folder``: a user's own images, one subfolder per class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from automl.data.base import ImageData, register_dataset
+from automl.data.cache import DecodeUnit
+from automl.data.errors import DatasetError
+from automl.data.files import FilePlan, ImageOptions, load_plan, make_unit
+from automl.data.paths import (
+    IMAGE_SUFFIXES,
+    confine,
+    data_root,
+    image_files,
+    relative_name,
+    require_dir,
+    subfolders,
+)
+
+SUFFIX_LIST = ", ".join(sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES))
+
+
+class ImageFolderOptions(ImageOptions):
+    """Options of ``image_folder``. Paths are relative to the data root (``AUTOML_DATA_ROOT``)."""
+
+    path: str = Field(description="Folder with one subfolder of images per class.")
+    val_path: str | None = Field(None, description="Validation folder (same layout), optional.")
+    test_path: str | None = Field(None, description="Test folder (same layout), optional.")
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        scan_class_folder(value)
+        return value
+
+    @field_validator("val_path", "test_path")
+    @classmethod
+    def _check_split_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        classes, _ = scan_class_folder(value, allow_empty_classes=True)
+        if "path" in info.data:
+            train_classes, _ = scan_class_folder(info.data["path"])
+            unknown = sorted(set(classes) - set(train_classes))
+            if unknown:
+                raise DatasetError(
+                    f"class folder {unknown[0]!r} is not a class of path; valid classes: "
+                    + ", ".join(train_classes)
+                )
+        return value
+
+
+def scan_class_folder(
+    value: str, allow_empty_classes: bool = False
+) -> tuple[list[str], list[list[Path]]]:
+    """Lists the classes (subfolder names) and image files of a class folder.
+
+    Args:
+        value: The folder, as the user wrote it (confined to the data root).
+        allow_empty_classes: Accept class folders without images (validation and test
+            folders need not hold every class).
+
+    Returns:
+        ``(classes, files)``: sorted class names and, per class, its sorted image files.
+
+    Raises:
+        DatasetError: If the path escapes the data root, is missing, has no class
+            folders, or a class has no images.
+    """
+    root = data_root()
+    folder = confine(value, root)
+    require_dir(folder, root)
+    classes = subfolders(folder, root)
+    if not classes:
+        raise DatasetError(
+            f"folder {relative_name(folder, root)!r} has no class folders: put each class's "
+            "images in a subfolder named after the class"
+        )
+    files = [image_files(class_dir, root) for class_dir in classes]
+    if not allow_empty_classes:
+        for class_dir, found in zip(classes, files, strict=True):
+            if not found:
+                raise DatasetError(
+                    f"class {class_dir.name!r} has no images ({SUFFIX_LIST}) in "
+                    f"{relative_name(folder, root)!r}"
+                )
+    if not any(files):
+        raise DatasetError(f"folder {relative_name(folder, root)!r} has no images ({SUFFIX_LIST})")
+    return [class_dir.name for class_dir in classes], files
+
+
+def plan_image_folder(options: ImageFolderOptions) -> FilePlan:
+    """Lists the files of every given folder."""
+    root = data_root()
+    classes, train_files = scan_class_folder(options.path)
+    index = {name: i for i, name in enumerate(classes)}
+
+    def folder_unit(value: str, role: str, names: list[str], files: list[list[Path]]) -> DecodeUnit:
+        samples = [(path,) for found in files for path in found]
+        labels = [index[name] for name, found in zip(names, files, strict=True) for _ in found]
+        return make_unit(
+            "image_folder", role, confine(value, root), root, samples, labels, options.preprocess
+        )
+
+    train = folder_unit(options.path, "train", classes, train_files)
+    extra = {}
+    for role, value in (("val", options.val_path), ("test", options.test_path)):
+        if value is not None:
+            names, files = scan_class_folder(value, allow_empty_classes=True)
+            extra[role] = folder_unit(value, role, names, files)
+    return FilePlan("image_folder", tuple(classes), train, **extra)
+
+
+def fingerprint_image_folder(options: ImageFolderOptions) -> str:
+    """Changes when a file is added, removed or modified, or an option changes."""
+    return plan_image_folder(options).fingerprint(options)
+
+
+@register_dataset(
+    "image_folder",
+    ImageFolderOptions,
+    fingerprint=fingerprint_image_folder,
+    description="your images: one subfolder per class (png, jpg, webp, bmp)",
+)
+def load_image_folder(options: ImageFolderOptions) -> ImageData:
+    """Loads an image folder, decoding through the shared disk cache."""
+    return load_plan(plan_image_folder(options), options)

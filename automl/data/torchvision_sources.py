@@ -1,0 +1,192 @@
+"""``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100`` through torchvision's dataset classes.
+
+The files live under the data root in torchvision's own layout (``MNIST/raw/...``,
+``cifar-10-batches-py/...``). They are already uint8 arrays, so they are read directly,
+without the decode cache. The official test split is exposed as the test split; the
+validation split is a stratified share of the official training split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field, ValidationInfo, field_validator
+from torchvision import datasets
+
+from automl.data.base import (
+    DatasetOptions,
+    ImageData,
+    channel_stats,
+    options_fingerprint,
+    register_dataset,
+)
+from automl.data.errors import DatasetError
+from automl.data.paths import confine, relative_name
+from automl.data.splits import stratified_split
+
+DOWNLOAD_TIMEOUT_S = 30.0
+"""Seconds a download may wait on the network before it fails."""
+
+
+@dataclass(frozen=True)
+class TorchvisionDataset:
+    """How one torchvision dataset class lays out its files."""
+
+    name: str
+    dataset_class: type[Any]
+
+    @property
+    def folder(self) -> str:
+        """The folder below ``path`` that holds the files."""
+        cls = self.dataset_class
+        if issubclass(cls, datasets.MNIST):
+            return f"{cls.__name__}/raw"
+        return str(cls.base_folder)
+
+    @property
+    def files(self) -> list[str]:
+        """The files torchvision reads."""
+        cls = self.dataset_class
+        if issubclass(cls, datasets.MNIST):
+            return [os.path.splitext(name)[0] for name, _ in cls.resources]
+        return [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+
+    def missing(self, root: Path) -> list[str]:
+        """The expected files not present under ``root``."""
+        return [name for name in self.files if not (root / self.folder / name).is_file()]
+
+    def where(self, root: Path) -> str:
+        """A one-line instruction naming the expected files and their folder."""
+        return (
+            f"put {', '.join(self.files)} in {relative_name(root / self.folder)}/ under the "
+            "data root (AUTOML_DATA_ROOT), torchvision's layout"
+        )
+
+
+class TorchvisionOptions(DatasetOptions):
+    """Options of the torchvision sources."""
+
+    download: bool = Field(False, description="Download with torchvision if files are missing.")
+    path: str = Field(
+        ".",
+        description="Folder under the data root holding torchvision's layout.",
+        validate_default=True,
+    )
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of the official training split held out."
+    )
+    seed: int = Field(0, description="Seed of the stratified split.")
+
+    @field_validator("path")
+    @classmethod
+    def _check_files(cls, value: str, info: ValidationInfo) -> str:
+        root = confine(value)
+        if not info.data.get("download", False):
+            spec = _SPEC_OF_OPTIONS[cls]
+            missing = spec.missing(root)
+            if missing:
+                raise DatasetError(
+                    f"{spec.name} files not found; {spec.where(root)}, or set download: true"
+                )
+        return value
+
+
+_SPEC_OF_OPTIONS: dict[type[TorchvisionOptions], TorchvisionDataset] = {}
+
+
+@contextlib.contextmanager
+def _network_timeout(seconds: float) -> Iterator[None]:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _open(spec: TorchvisionDataset, root: Path, train: bool, download: bool) -> Any:
+    try:
+        if download and spec.missing(root):
+            with _network_timeout(DOWNLOAD_TIMEOUT_S):
+                return spec.dataset_class(str(root), train=train, download=True)
+        return spec.dataset_class(str(root), train=train, download=False)
+    except (OSError, RuntimeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        action = "download failed" if download else "cannot read the files"
+        raise DatasetError(f"{spec.name}: {action} ({reason}); {spec.where(root)}") from None
+
+
+def _tensors(dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    data = dataset.data
+    if isinstance(data, torch.Tensor):  # MNIST family: (N, H, W) uint8
+        images = data.to(torch.uint8).unsqueeze(1)
+    else:  # CIFAR family: numpy (N, H, W, C) uint8
+        images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()
+    return images, torch.as_tensor(dataset.targets, dtype=torch.int64)
+
+
+def _file_stats(spec: TorchvisionDataset, root: Path) -> list[tuple[str, int, int]]:
+    stats = []
+    for name in spec.files:
+        path = root / spec.folder / name
+        if path.is_file():
+            stat = path.stat()
+            stats.append((name, stat.st_size, stat.st_mtime_ns))
+    return stats
+
+
+def _register(spec: TorchvisionDataset, description: str) -> None:
+    options_model = type(
+        f"{spec.dataset_class.__name__}Options",
+        (TorchvisionOptions,),
+        {"__doc__": f"Options of ``{spec.name}`` (torchvision's {spec.dataset_class.__name__})."},
+    )
+    _SPEC_OF_OPTIONS[options_model] = spec
+
+    def fingerprint(options: TorchvisionOptions) -> str:
+        return options_fingerprint(spec.name, options, _file_stats(spec, confine(options.path)))
+
+    def load(options: TorchvisionOptions) -> ImageData:
+        root = confine(options.path)
+        train_x, train_y = _tensors(_open(spec, root, train=True, download=options.download))
+        test_set = _open(spec, root, train=False, download=False)
+        test_x, test_y = _tensors(test_set)
+        keep, val_idx = stratified_split(train_y, options.val_fraction, options.seed)
+        mean, std = channel_stats(train_x[keep])
+        return ImageData(
+            train_x=train_x[keep],
+            train_y=train_y[keep],
+            val_x=train_x[val_idx],
+            val_y=train_y[val_idx],
+            classes=tuple(str(name) for name in test_set.classes),
+            mean=mean,
+            std=std,
+            fingerprint=fingerprint(options),
+            test_x=test_x,
+            test_y=test_y,
+        )
+
+    register_dataset(spec.name, options_model, fingerprint=fingerprint, description=description)(
+        load
+    )
+
+
+for _spec, _description in (
+    (TorchvisionDataset("mnist", datasets.MNIST), "MNIST 28x28 digits (torchvision layout)"),
+    (
+        TorchvisionDataset("fashion_mnist", datasets.FashionMNIST),
+        "Fashion-MNIST 28x28 clothing (torchvision layout)",
+    ),
+    (TorchvisionDataset("cifar10", datasets.CIFAR10), "CIFAR-10 32x32 RGB (torchvision layout)"),
+    (TorchvisionDataset("cifar100", datasets.CIFAR100), "CIFAR-100 32x32 RGB (torchvision layout)"),
+):
+    _register(_spec, _description)
+
+__all__ = ["DOWNLOAD_TIMEOUT_S", "TorchvisionDataset", "TorchvisionOptions"]

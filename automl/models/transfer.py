@@ -1,0 +1,290 @@
+"""Transfer learning: load pretrained weights safely, adapt them, freeze, and group params.
+
+Checkpoints come from a file under the data root (``AUTOML_DATA_ROOT``) or by name from
+the torch hub cache (``$TORCH_HOME/hub/checkpoints``), and are read with safetensors or
+``torch.load(weights_only=True)`` only: never arbitrary pickles.
+
+A model's *head* is its last ``nn.Linear``; everything else is the *backbone*, split into
+*stages* (a torchvision ResNet: stem, layer1..layer4; a ``Sequential`` such as the ``cnn``
+model: its blocks before the head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from automl.data.errors import DatasetError
+from automl.data.paths import confine, data_root, relative_name
+
+FreezeMode = Literal["none", "backbone", "first_k"]
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be found or read; the message names it."""
+
+
+def hub_checkpoint_dir() -> Path:
+    """``$TORCH_HOME/hub/checkpoints``, where torch hub keeps downloaded weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def resolve_checkpoint(reference: str) -> Path:
+    """Finds a checkpoint: a path under the data root, or a file name in the hub cache.
+
+    A reference with a ``/`` is a path relative to the data root (confined to it); a bare
+    name is looked up first under the data root, then in ``hub_checkpoint_dir()``.
+
+    Raises:
+        CheckpointError: If it escapes the data root, is not a known checkpoint type, or
+            is not found.
+    """
+    if not reference.endswith(CHECKPOINT_SUFFIXES):
+        raise CheckpointError(
+            f"checkpoint {reference!r} must end in {', '.join(CHECKPOINT_SUFFIXES)}"
+        )
+    root = data_root()
+    try:
+        local = confine(reference, root)
+    except DatasetError as exc:
+        raise CheckpointError(str(exc)) from None
+    if local.is_file():
+        return local
+    if "/" not in reference and "\\" not in reference:
+        cached = hub_checkpoint_dir() / reference
+        if cached.is_file():
+            return cached
+        raise CheckpointError(
+            f"checkpoint {reference!r} not found under the data root or in the torch hub "
+            "cache ($TORCH_HOME/hub/checkpoints)"
+        )
+    raise CheckpointError(
+        f"checkpoint {relative_name(local, root)!r} not found under the data root"
+    )
+
+
+def check_pretrained(reference: str) -> str:
+    """Returns ``reference`` if it names a readable checkpoint (for an options validator,
+    so a missing file is a 422 at submit time).
+
+    Raises:
+        CheckpointError: If it does not.
+    """
+    resolve_checkpoint(reference)
+    return reference
+
+
+def load_checkpoint(reference: str | Path) -> dict[str, torch.Tensor]:
+    """Reads a state dict with safetensors or ``torch.load(weights_only=True)``.
+
+    A checkpoint that wraps its weights (``{"state_dict": ...}`` or ``{"model": ...}``)
+    is unwrapped, and a ``module.`` prefix (from DataParallel) is stripped.
+
+    Args:
+        reference: A ``Path`` is used as is; a string goes through ``resolve_checkpoint``.
+
+    Raises:
+        CheckpointError: If it cannot be found or read, or holds no tensors.
+    """
+    path = reference if isinstance(reference, Path) else resolve_checkpoint(reference)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors, pickle and zip errors have no common base
+        raise CheckpointError(f"cannot read checkpoint {path.name!r}: {exc}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    tensors = (
+        {
+            str(k).removeprefix("module."): v
+            for k, v in dict(state).items()
+            if isinstance(v, torch.Tensor)
+        }
+        if isinstance(state, Mapping)
+        else {}
+    )
+    if not tensors:
+        raise CheckpointError(f"checkpoint {path.name!r} holds no tensors")
+    return tensors
+
+
+@dataclass
+class LoadReport:
+    """What ``load_pretrained`` did with each key of the model."""
+
+    loaded: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    """Conv weights whose input channels were converted (3 to 1, or 1 to 3)."""
+    skipped: list[str] = field(default_factory=list)
+    """Model keys kept at their initialization (missing or mismatched, e.g. the new head)."""
+
+
+def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """Converts a conv weight ``(out, in, kh, kw)`` to ``channels`` input channels.
+
+    RGB to grayscale sums the three filters (a gray image equals R = G = B, so the
+    response is unchanged); grayscale to RGB repeats the filter divided by three.
+
+    Raises:
+        ValueError: For any other conversion.
+    """
+    current = weight.shape[1]
+    if current == channels:
+        return weight
+    if current == 3 and channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    if current == 1 and channels == 3:
+        return weight.repeat(1, 3, 1, 1) / 3.0
+    raise ValueError(f"cannot adapt a conv weight from {current} to {channels} input channels")
+
+
+def load_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor]) -> LoadReport:
+    """Copies matching pretrained weights into ``model``, adapting the first conv's channels.
+
+    Keys whose shapes match are copied; a 4-d weight that differs only in input channels
+    (1 vs 3) is adapted; everything else (typically the head, sized for other classes)
+    keeps its fresh initialization.
+
+    Returns:
+        Which keys were loaded, adapted or skipped.
+    """
+    own = model.state_dict()
+    report = LoadReport()
+    merged = dict(own)
+    for key, target in own.items():
+        source = state.get(key)
+        if source is None:
+            report.skipped.append(key)
+        elif source.shape == target.shape:
+            merged[key] = source.to(target.dtype)
+            report.loaded.append(key)
+        elif (
+            source.dim() == 4
+            and source.shape[0] == target.shape[0]
+            and source.shape[2:] == target.shape[2:]
+            and {source.shape[1], target.shape[1]} == {1, 3}
+        ):
+            merged[key] = adapt_input_channels(source, target.shape[1]).to(target.dtype)
+            report.adapted.append(key)
+        else:
+            report.skipped.append(key)
+    model.load_state_dict(merged)
+    return report
+
+
+def find_head(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    """The last ``nn.Linear`` in ``model``: ``(parent, attribute name, layer)``.
+
+    Raises:
+        ValueError: If the model has no linear layer.
+    """
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (name, module)
+    if last is None:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear head")
+    name, layer = last
+    parent_name, _, attribute = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    return parent, attribute, layer
+
+
+def replace_head(model: nn.Module, num_classes: int) -> nn.Linear:
+    """Replaces the last ``nn.Linear`` with a fresh one for ``num_classes`` outputs.
+
+    Returns:
+        The new head.
+    """
+    parent, attribute, old = find_head(model)
+    head = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    head = head.to(device=old.weight.device, dtype=old.weight.dtype)
+    setattr(parent, attribute, head)
+    return head
+
+
+def backbone_stages(model: nn.Module) -> list[nn.Module]:
+    """The backbone split into stages, input side first (the head excluded).
+
+    A torchvision ResNet gives ``[stem, layer1, layer2, layer3, layer4]`` (stem = conv1 +
+    bn1); a ``Sequential`` gives its children that have parameters, up to the head.
+    """
+    if all(hasattr(model, name) for name in ("conv1", "bn1", "layer1", "fc")):
+        stem = nn.ModuleList([model.conv1, model.bn1])
+        layers = [getattr(model, f"layer{i}") for i in range(1, 5) if hasattr(model, f"layer{i}")]
+        return [stem, *layers]
+    _, _, head = find_head(model)
+    children = list(model.children())
+    if len(children) == 2 and isinstance(children[0], nn.Sequential):
+        model = children[0]  # the (backbone, head) convention of models/base.py
+    stages = []
+    for child in model.children():
+        if child is head or any(module is head for module in child.modules()):
+            break
+        if any(True for _ in child.parameters()):
+            stages.append(child)
+    return stages
+
+
+def freeze(model: nn.Module, mode: FreezeMode, k: int = 0) -> list[str]:
+    """Stops gradients to part of the backbone.
+
+    Args:
+        model: The network.
+        mode: ``none`` trains everything; ``backbone`` trains only the head;
+            ``first_k`` freezes the first ``k`` stages of ``backbone_stages``.
+        k: Stages frozen by ``first_k`` (at most the number of stages).
+
+    Returns:
+        Names of the frozen parameters. (Batch-norm running statistics of frozen stages
+        still update in train mode.)
+
+    Raises:
+        ValueError: For an unknown mode or a ``k`` outside ``[0, number of stages]``.
+    """
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    if mode == "none":
+        return []
+    stages = backbone_stages(model)
+    if mode == "backbone":
+        _, _, head = find_head(model)
+        head_ids = {id(p) for p in head.parameters()}
+        frozen = [p for p in model.parameters() if id(p) not in head_ids]
+    elif mode == "first_k":
+        if not 0 <= k <= len(stages):
+            raise ValueError(f"k must be in [0, {len(stages)}] for this model, got {k}")
+        frozen = [p for stage in stages[:k] for p in stage.parameters()]
+    else:
+        raise ValueError(f"unknown freeze mode {mode!r}; valid choices: none, backbone, first_k")
+    frozen_ids = {id(p) for p in frozen}
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    return [name for name, p in model.named_parameters() if id(p) in frozen_ids]
+
+
+def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> list[dict]:
+    """Optimizer parameter groups: the head at ``lr``, the backbone at ``lr * backbone_lr_mult``.
+
+    Frozen parameters are left out; an empty group is dropped.
+    """
+    _, _, head = find_head(model)
+    head_ids = {id(p) for p in head.parameters()}
+    head_params = [p for p in head.parameters() if p.requires_grad]
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups = [
+        {"params": backbone, "lr": lr * backbone_lr_mult, "name": "backbone"},
+        {"params": head_params, "lr": lr, "name": "head"},
+    ]
+    return [group for group in groups if group["params"]]

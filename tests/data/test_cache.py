@@ -1,0 +1,140 @@
+"""The decode-once disk cache: reuse, rebuild on change, two processes, parallel decoding."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from automl.data import forget_loaded, load_dataset
+from automl.data.decode import Preprocess, decode_samples
+from tests.data.conftest import write_class_folder, write_image
+
+OPTIONS = {"path": "pets", "size": 4}
+
+
+def decode_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoding ")]
+
+
+def cache_files(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "cache").glob("*.pt"))
+
+
+def test_second_load_reads_the_cache(
+    data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="automl.data")
+    write_class_folder(data_root / "pets", {"cat": 4, "dog": 4})
+    first = load_dataset("image_folder", OPTIONS)
+    assert len(decode_logs(caplog)) == 1
+    assert load_dataset("image_folder", OPTIONS) is first  # kept in memory
+    forget_loaded()
+    second = load_dataset("image_folder", OPTIONS)
+    assert second is not first
+    assert len(decode_logs(caplog)) == 1
+    assert any("from the cache" in r.getMessage() for r in caplog.records)
+    assert torch.equal(first.train_x, second.train_x) and first.fingerprint == second.fingerprint
+    files = cache_files(tmp_path)
+    assert len(files) == 1 and not list((tmp_path / "cache").glob(".*.tmp"))
+    payload = torch.load(files[0], weights_only=True)
+    assert payload["x"].dtype == torch.uint8 and payload["x"].shape == (8, 1, 3, 4, 4)
+
+
+def test_changed_file_rebuilds_and_drops_the_stale_entry(
+    data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="automl.data")
+    files = write_class_folder(data_root / "pets", {"cat": 4, "dog": 4})
+    first = load_dataset("image_folder", OPTIONS)
+    old_files = cache_files(tmp_path)
+    write_image(files["cat"][0], np.full((6, 8, 3), 255, np.uint8))
+    os.utime(files["cat"][0], ns=(time.time_ns(), time.time_ns() + 10**9))
+    second = load_dataset("image_folder", OPTIONS)  # memory entry is stale too
+    assert len(decode_logs(caplog)) == 2
+    assert second.fingerprint != first.fingerprint
+    assert cache_files(tmp_path) != old_files and len(cache_files(tmp_path)) == 1
+    all_x = torch.cat([second.train_x, second.val_x])
+    assert (all_x == 255).flatten(1).all(dim=1).sum() == 1  # the white image is in
+    write_image(data_root / "pets" / "dog" / "new.png", np.zeros((6, 8, 3), np.uint8))
+    third = load_dataset("image_folder", OPTIONS)
+    assert len(third.train_y) + len(third.val_y) == 9
+
+
+def test_preprocessing_options_are_part_of_the_key(
+    data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="automl.data")
+    write_class_folder(data_root / "pets", {"cat": 3, "dog": 3})
+    load_dataset("image_folder", OPTIONS)
+    load_dataset("image_folder", {**OPTIONS, "channels": "grayscale"})
+    load_dataset("image_folder", {**OPTIONS, "seed": 5})  # a new split reuses the decode
+    assert len(decode_logs(caplog)) == 2
+    assert len(cache_files(tmp_path)) == 2
+
+
+WORKER = """
+import logging, sys, time
+from pathlib import Path
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+from automl.data import load_dataset
+Path(sys.argv[2]).touch()
+while not Path(sys.argv[1]).exists():
+    time.sleep(0.005)
+data = load_dataset("image_folder", {"path": "many", "size": 48})
+print("RESULT", len(data.train_y), data.fingerprint, flush=True)
+"""
+
+
+def test_two_processes_decode_once(data_root: Path, tmp_path: Path) -> None:
+    write_class_folder(data_root / "many", {"a": 200, "b": 200}, size=(96, 96))
+    script = tmp_path / "load.py"
+    script.write_text(WORKER)
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(go), str(flag)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for flag in ready
+    ]
+    deadline = time.monotonic() + 120
+    while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    results = {line for out in outputs for line in out.splitlines() if line.startswith("RESULT")}
+    assert len(results) == 1, outputs  # same data in both
+    decoders = [out for out in outputs if "decoding image_folder many (train)" in out]
+    waiters = [out for out in outputs if "waiting for another process to decode" in out]
+    assert len(decoders) == 1, outputs
+    assert len(waiters) == 1 and waiters[0] is not decoders[0], outputs
+    assert "decoded by another process" in waiters[0]
+
+
+def test_parallel_decoding_matches_serial(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="automl.data")
+    rng = np.random.default_rng(0)
+    samples = [
+        (str(write_image(tmp_path / f"{i}.png", rng.integers(0, 256, (5, 7, 3), dtype=np.uint8))),)
+        for i in range(24)
+    ]
+    prep = Preprocess(height=4, width=4)
+    serial = decode_samples(samples, prep)
+    parallel = decode_samples(samples, prep, workers=2, min_parallel_bytes=0, name="test images")
+    assert parallel.shape == (24, 1, 3, 4, 4)
+    assert np.array_equal(serial, parallel)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "decoding test images: 24 samples, 24 files, 2 processes" in messages
+    assert any(m.startswith("decoded test images: 12/24 (50%)") for m in messages)

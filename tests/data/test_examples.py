@@ -1,0 +1,61 @@
+"""The example-data command: digits as an image folder (optionally imbalanced), RGB shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from automl.data import load_dataset
+from automl.data.examples import MINORITY_CLASSES, main
+
+
+def count_images(folder: Path) -> dict[str, int]:
+    return {d.name: len(list(d.glob("*.png"))) for d in sorted(folder.iterdir())}
+
+
+def test_digits_folder_loads_with_its_own_splits(data_root: Path, capsys) -> None:
+    assert main(["digits-folder", str(data_root / "digits")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    counts = {
+        split: count_images(data_root / "digits" / split) for split in ("train", "val", "test")
+    }
+    assert sum(sum(c.values()) for c in counts.values()) == 1797
+    assert sum(counts["test"].values()) == pytest.approx(1797 * 0.2, abs=2)
+    options = {
+        "path": "digits/train",
+        "val_path": "digits/val",
+        "test_path": "digits/test",
+        "size": 8,
+        "channels": "grayscale",
+    }
+    data = load_dataset("image_folder", options)
+    assert data.classes == tuple(str(i) for i in range(10))
+    assert data.train_x.shape[1:] == (1, 8, 8) and data.has_test
+    digits = load_dataset("digits")
+    assert set(data.train_x.unique().tolist()) <= set(digits.train_x.unique().tolist())
+
+
+def test_imbalanced_digits_cut_three_classes_and_balance_test(data_root: Path) -> None:
+    assert main(["digits-folder", str(data_root / "imb"), "--imbalanced"]) == 0
+    train = count_images(data_root / "imb" / "train")
+    test = count_images(data_root / "imb" / "test")
+    majority = min(n for name, n in train.items() if int(name) not in MINORITY_CLASSES)
+    for cls in MINORITY_CLASSES:
+        assert train[str(cls)] <= 0.12 * majority
+    assert len(set(test.values())) == 1  # balanced
+    assert len(set(count_images(data_root / "imb" / "val").values())) > 1  # left as split
+
+
+def test_rgb_folder_and_refusing_a_non_empty_destination(data_root: Path, capsys) -> None:
+    dest = data_root / "shapes"
+    assert (
+        main(["rgb-folder", str(dest), "--per-class", "3", "--classes", "4", "--size", "16"]) == 0
+    )
+    assert count_images(dest) == {"circle": 3, "cross": 3, "square": 3, "triangle": 3}
+    data = load_dataset("image_folder", {"path": "shapes", "size": 16, "val_fraction": 0.34})
+    assert data.train_x.shape[1:] == (3, 16, 16)
+    assert torch.all(data.std > 0)
+    assert main(["rgb-folder", str(dest)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err

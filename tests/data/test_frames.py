@@ -1,0 +1,68 @@
+"""The frame_sequences source: layout, frame order, frame count and stride, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from automl.data import DatasetError, load_dataset
+from automl.spec import SpecError, validate_spec
+from tests.data.conftest import write_image
+
+
+def write_clip(folder: Path, values: list[int]) -> None:
+    """One frame per value, a flat gray image of that value, named frame0, frame1, ..."""
+    for i, value in enumerate(values):
+        write_image(folder / f"frame{i}.png", np.full((4, 4), value, np.uint8))
+
+
+def test_clips_load_in_natural_frame_order_with_stride(data_root: Path) -> None:
+    for cls in ("a", "b"):
+        for clip in range(3):
+            write_clip(data_root / "clips" / cls / f"c{clip}", [10 * i + clip for i in range(12)])
+    options = {"path": "clips", "size": 4, "channels": "grayscale", "frames": 4, "stride": 3}
+    data = load_dataset("frame_sequences", {**options, "val_fraction": 0.34})
+    assert data.train_x.shape[1:] == (4, 1, 4, 4) and data.input_shape == (4, 1, 4, 4)
+    assert data.train_x.dtype == torch.uint8
+    assert len(data.train_y) + len(data.val_y) == 6
+    clip = data.train_x[0, :, 0, 0, 0].tolist()
+    offset = clip[0]
+    assert clip == [offset, offset + 30, offset + 60, offset + 90]  # frame10 after frame9
+
+
+def test_short_clip_repeats_its_last_frame(data_root: Path) -> None:
+    write_clip(data_root / "clips" / "a" / "short", [5, 6])
+    write_clip(data_root / "clips" / "b" / "long", [1, 2, 3, 4])
+    options = {
+        "path": "clips",
+        "size": 4,
+        "channels": "grayscale",
+        "frames": 4,
+        "val_fraction": 0.5,
+    }
+    with pytest.raises(DatasetError, match=r"^frame_sequences: the validation split has no"):
+        load_dataset("frame_sequences", options)  # one clip per class cannot be split
+    write_clip(data_root / "clips" / "a" / "short2", [5, 6])
+    write_clip(data_root / "clips" / "b" / "long2", [1, 2, 3, 4])
+    data = load_dataset("frame_sequences", options)
+    clips = torch.cat([data.train_x, data.val_x])[:, :, 0, 0, 0].tolist()
+    assert [5, 6, 6, 6] in clips and [1, 2, 3, 4] in clips
+
+
+def test_submit_errors(data_root: Path) -> None:
+    write_clip(data_root / "clips" / "a" / "c0", [1])
+    (data_root / "clips" / "b").mkdir()
+    (data_root / "noframes" / "a" / "c0").mkdir(parents=True)
+    for path, message in {
+        "clips": "dataset.options.path: class 'b' has no clip folders in 'clips'",
+        "noframes": "dataset.options.path: clip 'noframes/a/c0' has no frames",
+        "nowhere": "dataset.options.path: folder 'nowhere' not found under the data root",
+    }.items():
+        with pytest.raises(SpecError) as caught:
+            validate_spec(
+                {"name": "x", "dataset": {"source": "frame_sequences", "options": {"path": path}}}
+            )
+        assert [str(error) for error in caught.value.errors] == [message]

@@ -1,0 +1,195 @@
+"""The image_folder and image_csv sources: layout, preprocessing, splits, statistics, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from automl.data import DatasetError, load_dataset
+from automl.spec import SpecError, validate_spec
+from tests.data.conftest import write_class_folder, write_image
+
+
+def submit_errors(source: str, options: dict[str, object]) -> list[str]:
+    """The ``path: message`` lines a spec with these dataset options gets."""
+    try:
+        validate_spec({"name": "x", "dataset": {"source": source, "options": options}})
+    except SpecError as exc:
+        return [str(error) for error in exc.errors]
+    return []
+
+
+def test_loads_class_folders(data_root: Path) -> None:
+    write_class_folder(data_root / "pets", {"cat": 10, "dog": 10, "emu": 5})
+    data = load_dataset("image_folder", {"path": "pets", "size": 4, "val_fraction": 0.2})
+    assert data.classes == ("cat", "dog", "emu")
+    assert data.train_x.dtype == torch.uint8 and data.train_y.dtype == torch.int64
+    assert data.train_x.shape[1:] == (3, 4, 4) and data.input_shape == (3, 4, 4)
+    assert len(data.train_y) + len(data.val_y) == 25
+    assert torch.bincount(data.val_y).tolist() == [2, 2, 1]
+    assert not data.has_test
+    scaled = data.train_x.double() / 255
+    expected_mean = scaled.mean(dim=(0, 2, 3))
+    assert data.mean.tolist() == pytest.approx(expected_mean.tolist(), abs=1e-5)
+    assert data.std.tolist() == pytest.approx(
+        scaled.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-5
+    )
+    assert data.mean[0] > data.mean[2]  # class 0 (cat) is tinted red, more images than emu (blue)
+
+
+def test_explicit_val_and_test_folders(data_root: Path) -> None:
+    write_class_folder(data_root / "set" / "train", {"a": 6, "b": 4})
+    write_class_folder(data_root / "set" / "val", {"a": 2, "b": 2}, seed=1)
+    write_class_folder(data_root / "set" / "test", {"b": 3}, seed=2)
+    options = {"path": "set/train", "val_path": "set/val", "test_path": "set/test", "size": 5}
+    data = load_dataset("image_folder", options)
+    assert (len(data.train_y), len(data.val_y), len(data.test_y)) == (10, 4, 3)
+    assert data.has_test and data.test_x.shape == (3, 3, 5, 5)
+    assert data.test_y.tolist() == [1, 1, 1]  # labels follow the training folder's classes
+
+
+def test_test_fraction_splits_off_a_stratified_test_set(data_root: Path) -> None:
+    write_class_folder(data_root / "pets", {"cat": 20, "dog": 10})
+    data = load_dataset(
+        "image_folder", {"path": "pets", "size": 2, "val_fraction": 0.2, "test_fraction": 0.2}
+    )
+    assert torch.bincount(data.test_y).tolist() == [4, 2]
+    assert torch.bincount(data.val_y).tolist() == [4, 2]
+    assert torch.bincount(data.train_y).tolist() == [12, 6]
+    other = load_dataset(
+        "image_folder",
+        {"path": "pets", "size": 2, "val_fraction": 0.2, "test_fraction": 0.2, "seed": 1},
+    )
+    assert other.fingerprint != data.fingerprint
+    assert not torch.equal(other.test_x, data.test_x)
+
+
+def test_every_image_format_and_grayscale(data_root: Path) -> None:
+    gray = np.full((6, 6), 200, np.uint8)
+    for i, suffix in enumerate([".png", ".jpg", ".JPEG", ".webp", ".bmp"]):
+        write_image(
+            data_root / "fmt" / "x" / f"{i}{suffix}",
+            gray,
+            **({"lossless": True} if suffix == ".webp" else {}),
+        )
+        write_image(data_root / "fmt" / "y" / f"{i}{suffix}", gray // 4)
+    (data_root / "fmt" / "x" / "notes.txt").write_text("ignored")
+    data = load_dataset(
+        "image_folder", {"path": "fmt", "size": 6, "channels": "grayscale", "val_fraction": 0.4}
+    )
+    assert data.train_x.shape[1:] == (1, 6, 6)
+    assert len(data.train_y) + len(data.val_y) == 10
+    x_images = torch.cat([data.train_x[data.train_y == 0], data.val_x[data.val_y == 0]])
+    assert (x_images.int() - 200).abs().max() <= 3  # jpeg is lossy by a few levels
+
+
+def test_crop_keeps_the_center_and_pad_adds_black_bars(data_root: Path) -> None:
+    wide = np.zeros((4, 12, 3), np.uint8)
+    wide[:, :4] = (255, 0, 0)
+    wide[:, 4:8] = (0, 255, 0)
+    wide[:, 8:] = (0, 0, 255)
+    for name in ("a", "b"):
+        for i in range(2):
+            write_image(data_root / "wide" / name / f"{i}.png", wide)
+    crop = load_dataset(
+        "image_folder", {"path": "wide", "size": 4, "fit": "crop", "val_fraction": 0.5}
+    )
+    assert crop.train_x[0, :, 2, 2].tolist() == [0, 255, 0]
+    assert crop.train_x[0, 1].min() == 255  # only the green middle is left
+    pad = load_dataset(
+        "image_folder", {"path": "wide", "size": [6, 12], "fit": "pad", "val_fraction": 0.5}
+    )
+    assert pad.train_x.shape[1:] == (3, 6, 12)
+    assert (
+        pad.train_x[0, :, 0].max() == 0 and pad.train_x[0, :, -1].max() == 0
+    )  # bars top and bottom
+    assert pad.train_x[0, :, 3, 0].tolist() == [255, 0, 0]
+
+
+def test_submit_errors_for_bad_folders(data_root: Path) -> None:
+    (data_root / "empty").mkdir()
+    (data_root / "flat").mkdir()
+    write_image(data_root / "flat" / "0.png", np.zeros((2, 2), np.uint8))
+    write_class_folder(data_root / "holes", {"a": 2})
+    (data_root / "holes" / "b").mkdir()
+    (data_root / "holes" / "b" / "readme.txt").write_text("not an image")
+    write_class_folder(data_root / "other", {"zebra": 1})
+    cases = {
+        "missing": "dataset.options.path: folder 'missing' not found under the data root",
+        "empty": "dataset.options.path: folder 'empty' has no class folders",
+        "flat": "dataset.options.path: folder 'flat' has no class folders",
+        "holes": "dataset.options.path: class 'b' has no images (bmp, jpeg, jpg, png, webp) in",
+    }
+    for path, message in cases.items():
+        errors = submit_errors("image_folder", {"path": path})
+        assert len(errors) == 1 and errors[0].startswith(message), errors
+    assert submit_errors("image_folder", {"path": "other", "val_path": "holes"}) == [
+        "dataset.options.val_path: class folder 'a' is not a class of path; valid classes: zebra"
+    ]
+    assert submit_errors(
+        "image_folder", {"path": "other", "val_fraction": 0.5, "test_fraction": 0.5}
+    ) == ["dataset.options: val_fraction + test_fraction must be below 1"]
+    assert submit_errors("image_folder", {}) == ["dataset.options.path: Field required"]
+
+
+def test_corrupt_image_error_names_the_file(data_root: Path) -> None:
+    write_class_folder(data_root / "pets", {"cat": 3, "dog": 3})
+    (data_root / "pets" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    assert submit_errors("image_folder", {"path": "pets"}) == []  # found only while decoding
+    with pytest.raises(DatasetError, match=r"^cannot decode image 'pets/dog/broken.png': "):
+        load_dataset("image_folder", {"path": "pets", "size": 4})
+    truncated = (data_root / "pets" / "cat" / "0.png").read_bytes()[:40]
+    (data_root / "pets" / "dog" / "broken.png").unlink()
+    (data_root / "pets" / "cat" / "0.png").write_bytes(truncated)
+    with pytest.raises(DatasetError, match=r"'pets/cat/0.png'") as caught:
+        load_dataset("image_folder", {"path": "pets", "size": 4})
+    assert "\n" not in str(caught.value)
+
+
+# --- image_csv -----------------------------------------------------------------------------
+
+
+def test_csv_paths_are_relative_to_the_csv(data_root: Path) -> None:
+    files = write_class_folder(data_root / "shots" / "img", {"x": 4, "y": 4})
+    rows = [f"img/{label}/{path.name},{label}" for label, paths in files.items() for path in paths]
+    (data_root / "shots" / "train.csv").write_text(
+        "label,path\n" + "\n".join(",".join(reversed(row.split(","))) for row in rows[1:]) + "\n"
+    )
+    (data_root / "shots" / "test.csv").write_text(f"path,label\n{rows[0]}\n")
+    data = load_dataset(
+        "image_csv",
+        {"path": "shots/train.csv", "test_path": "shots/test.csv", "size": 3, "val_fraction": 0.3},
+    )
+    assert data.classes == ("x", "y")
+    assert len(data.train_y) + len(data.val_y) == 7
+    assert data.test_y.tolist() == [0]
+
+
+def test_csv_submit_errors(data_root: Path) -> None:
+    write_class_folder(data_root / "img", {"x": 1})
+    (data_root / "bad_header.csv").write_text("file,class\nimg/x/0.png,x\n")
+    (data_root / "missing_image.csv").write_text("path,label\nimg/x/9.png,x\n")
+    (data_root / "not_image.csv").write_text("path,label\nbad_header.csv,x\n")
+    (data_root / "empty.csv").write_text("path,label\n")
+    (data_root / "good.csv").write_text("path,label\nimg/x/0.png,x\n")
+    (data_root / "other_label.csv").write_text("path,label\nimg/x/0.png,z\n")
+    assert submit_errors("image_csv", {"path": "bad_header.csv"}) == [
+        "dataset.options.path: CSV file 'bad_header.csv' needs a header row with 'path' and "
+        "'label' columns"
+    ]
+    assert submit_errors("image_csv", {"path": "missing_image.csv"}) == [
+        "dataset.options.path: missing_image.csv line 2: image 'img/x/9.png' not found"
+    ]
+    assert "is not a png, jpg" in submit_errors("image_csv", {"path": "not_image.csv"})[0]
+    assert submit_errors("image_csv", {"path": "empty.csv"}) == [
+        "dataset.options.path: CSV file 'empty.csv' lists no images"
+    ]
+    assert submit_errors("image_csv", {"path": "nope.csv"}) == [
+        "dataset.options.path: CSV file 'nope.csv' not found under the data root"
+    ]
+    assert submit_errors("image_csv", {"path": "good.csv", "val_path": "other_label.csv"}) == [
+        "dataset.options.val_path: label 'z' is not a label of path; valid labels: x"
+    ]

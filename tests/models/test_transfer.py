@@ -1,0 +1,155 @@
+"""Transfer learning: safe checkpoint loading, channel adaptation, head, freezing, groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torchvision.models import resnet18
+
+from automl.models import build_model
+from automl.models.transfer import (
+    CheckpointError,
+    adapt_input_channels,
+    backbone_stages,
+    check_pretrained,
+    freeze,
+    load_checkpoint,
+    load_pretrained,
+    param_groups,
+    replace_head,
+    resolve_checkpoint,
+)
+
+
+@pytest.fixture
+def roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    data, torch_home = tmp_path / "data", tmp_path / "torch_home"
+    data.mkdir()
+    monkeypatch.setenv("AUTOML_DATA_ROOT", str(data))
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    return data, torch_home
+
+
+def cnn(channels: int, classes: int) -> nn.Module:
+    torch.manual_seed(channels * 100 + classes)
+    return build_model("cnn", {"width": 4, "depth": 3}, (channels, 16, 16), classes)
+
+
+def test_cnn_checkpoint_in_safetensors_and_torch_formats(roots: tuple[Path, Path]) -> None:
+    data, _ = roots
+    source = cnn(3, 10)
+    (data / "weights").mkdir()
+    save_file(source.state_dict(), str(data / "weights" / "cnn.safetensors"))
+    torch.save({"state_dict": source.state_dict()}, data / "weights" / "cnn.pt")
+    for name in ("weights/cnn.safetensors", "weights/cnn.pt"):
+        state = load_checkpoint(name)
+        target = cnn(1, 4)  # grayscale input, 4 classes
+        report = load_pretrained(target, state)
+        assert report.adapted == ["0.0.0.weight"]
+        assert report.skipped == ["1.3.weight", "1.3.bias"]  # the head is sized for 10 classes
+        assert "0.1.0.weight" in report.loaded
+        assert torch.equal(target.state_dict()["0.1.0.weight"], source.state_dict()["0.1.0.weight"])
+        summed = source.state_dict()["0.0.0.weight"].sum(dim=1, keepdim=True)
+        assert torch.equal(target.state_dict()["0.0.0.weight"], summed)
+
+
+def test_grayscale_adaptation_keeps_the_response() -> None:
+    conv = nn.Conv2d(3, 5, 3)
+    gray = nn.Conv2d(1, 5, 3)
+    gray.weight.data = adapt_input_channels(conv.weight.data, 1)
+    gray.bias.data = conv.bias.data
+    image = torch.rand(2, 1, 8, 8)
+    assert torch.allclose(gray(image), conv(image.expand(-1, 3, -1, -1)), atol=1e-5)
+    assert adapt_input_channels(gray.weight.data, 3).shape == (5, 3, 3, 3)
+    with pytest.raises(ValueError, match="from 3 to 2"):
+        adapt_input_channels(conv.weight.data, 2)
+
+
+def test_hub_cache_name_and_refusals(roots: tuple[Path, Path]) -> None:
+    data, torch_home = roots
+    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(resnet18(weights=None).state_dict(), torch_home / "hub" / "checkpoints" / "r18.pth")
+    assert resolve_checkpoint("r18.pth") == torch_home / "hub" / "checkpoints" / "r18.pth"
+    assert check_pretrained("r18.pth") == "r18.pth"
+    cases = {
+        "missing.pt": "not found under the data root or in the torch hub cache",
+        "sub/missing.pt": "'sub/missing.pt' not found under the data root",
+        "../torch_home/hub/checkpoints/r18.pth": "must not contain '..'",
+        str(torch_home / "hub" / "checkpoints" / "r18.pth"): "outside the data root",
+        "weights.pkl": "must end in .safetensors, .pt, .pth, .bin",
+    }
+    for reference, message in cases.items():
+        with pytest.raises(CheckpointError, match=message):
+            check_pretrained(reference)
+    (data / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint 'junk\.pt'"):
+        load_checkpoint("junk.pt")
+
+
+def test_pickled_objects_are_refused(roots: tuple[Path, Path]) -> None:
+    data, _ = roots
+    torch.save({"model": nn.Linear(2, 2)}, data / "module.pt")  # a whole module: needs pickle
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint 'module\.pt'"):
+        load_checkpoint("module.pt")
+
+
+def test_resnet18_grayscale_head_and_first_k(roots: tuple[Path, Path]) -> None:
+    data, _ = roots
+    torch.manual_seed(0)
+    pretrained = resnet18(weights=None)
+    torch.save(pretrained.state_dict(), data / "r18.pt")
+    model = resnet18(weights=None)
+    model.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    head = replace_head(model, 3)
+    assert model.fc is head and head.out_features == 3
+    report = load_pretrained(model, load_checkpoint("r18.pt"))
+    assert report.adapted == ["conv1.weight"] and report.skipped == ["fc.weight", "fc.bias"]
+    assert len(backbone_stages(model)) == 5
+    frozen = freeze(model, "first_k", k=2)
+    assert frozen and all(name.startswith(("conv1", "bn1", "layer1")) for name in frozen)
+    assert not model.layer1[0].conv1.weight.requires_grad
+    assert model.layer2[0].conv1.weight.requires_grad and model.fc.weight.requires_grad
+    with pytest.raises(ValueError, match=r"k must be in \[0, 5\]"):
+        freeze(model, "first_k", k=6)
+
+
+def test_frozen_backbone_stays_fixed_while_the_head_trains(roots: tuple[Path, Path]) -> None:
+    model = cnn(3, 10)
+    head = replace_head(model, 2)
+    frozen = freeze(model, "backbone")
+    assert set(frozen) == {n for n, _ in model.named_parameters()} - {"1.3.weight", "1.3.bias"}
+    groups = param_groups(model, lr=0.1, backbone_lr_mult=0.1)
+    assert [group["name"] for group in groups] == ["head"]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(groups, lr=0.1)
+    model.train()
+    for _ in range(2):
+        loss = nn.functional.cross_entropy(
+            model(torch.rand(8, 3, 16, 16)), torch.randint(0, 2, (8,))
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for name, parameter in model.named_parameters():
+        changed = not torch.equal(parameter, before[name])
+        assert changed == (name in {"1.3.weight", "1.3.bias"}), name
+    assert head.weight.requires_grad
+
+
+def test_param_groups_scale_the_backbone_lr() -> None:
+    model = cnn(3, 10)
+    freeze(model, "none")
+    groups = param_groups(model, lr=0.01, backbone_lr_mult=0.1)
+    assert [(g["name"], g["lr"]) for g in groups] == [
+        ("backbone", pytest.approx(0.001)),
+        ("head", 0.01),
+    ]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(backbone_stages(model)) == 3
+    freeze(model, "first_k", k=1)
+    groups = param_groups(model, lr=0.01)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())) - 3  # conv, bn
