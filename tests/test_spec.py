@@ -960,3 +960,14 @@ def test_limits_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         ("params", "2 is over the limit of 1 (max_params)"),
         ("params.optimizer.choices", "3 is over the limit of 2 (max_choices)"),
     }
+
+
+def test_missing_pretrained_checkpoint_is_named_at_submit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOML_DATA_ROOT", str(tmp_path))
+    errors = spec_errors({"name": "x", "fixed": {"pretrained": "weights/missing.safetensors"}})
+    assert [e.path for e in errors] == ["fixed.pretrained"]
+    assert "not found under the data root" in errors[0].msg
+    errors = spec_errors({"name": "x", "fixed": {"pretrained": "../../etc/passwd.pt"}})
+    assert [e.path for e in errors] == ["fixed.pretrained"]

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from automl.models.transfer import TransferOptions, apply_transfer
 from automl.registry import EntryOptions, Registry
 
 InputShape = tuple[int, ...]
@@ -30,10 +31,16 @@ def build_model(
 ) -> nn.Module:
     """Builds the architecture ``name`` with its ``options`` for the data's shape and classes.
 
+    An architecture whose options are ``TransferOptions`` then gets its pretrained
+    weights and frozen stages.
+
     Raises:
         UnknownNameError: If ``name`` is not registered.
         pydantic.ValidationError: If the options do not fit the architecture.
     """
     entry = MODELS.get(name)
     parsed = options if isinstance(options, entry.options) else entry.parse_options(options)  # type: ignore[arg-type]
-    return entry.factory(parsed, tuple(input_shape), num_classes)
+    model = entry.factory(parsed, tuple(input_shape), num_classes)
+    if isinstance(parsed, TransferOptions):
+        apply_transfer(model, parsed)
+    return model

@@ -8,13 +8,14 @@ from pydantic import Field
 from torch import nn
 
 from automl.models.base import MODELS, InputShape
+from automl.models.transfer import TransferOptions
 from automl.registry import EntryOptions
 
 MAX_WIDTH = 512
 
 
-class CnnOptions(EntryOptions):
-    """Options of the ``cnn`` architecture."""
+class _CnnShape(EntryOptions):
+    """The ``cnn`` architecture's own options (listed before the transfer ones)."""
 
     width: int = Field(32, ge=1, le=512, description="Channels of the first conv block.")
     depth: int = Field(2, ge=1, le=8, description="Number of conv blocks.")
@@ -22,6 +23,10 @@ class CnnOptions(EntryOptions):
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
     batch_norm: bool = Field(True, description="Batch norm after every conv.")
     pooling: Literal["max", "avg"] = Field("max", description="2x2 pooling after each block.")
+
+
+class CnnOptions(TransferOptions, _CnnShape):
+    """Options of the ``cnn`` architecture."""
 
 
 def conv_block(

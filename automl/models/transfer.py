@@ -14,13 +14,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import AfterValidator, Field
 from torch import nn
 
 from automl.data.errors import DatasetError
 from automl.data.paths import confine, data_root, relative_name
+from automl.registry import EntryOptions
 
 FreezeMode = Literal["none", "backbone", "first_k"]
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -288,3 +290,40 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> 
         {"params": head_params, "lr": lr, "name": "head"},
     ]
     return [group for group in groups if group["params"]]
+
+
+class TransferOptions(EntryOptions):
+    """Options of architectures that can start from pretrained weights."""
+
+    pretrained: Annotated[str | None, AfterValidator(lambda ref: ref and check_pretrained(ref))] = (
+        Field(
+            None,
+            description="Checkpoint under the data root, or a file name in the torch hub "
+            "cache; safetensors or a weights-only torch file.",
+        )
+    )
+    freeze: FreezeMode = Field(
+        "none", description="Train everything, only the head, or not the first k stages."
+    )
+    freeze_k: int = Field(1, ge=0, le=16, description="Stages frozen by freeze: first_k.")
+    backbone_lr_mult: float = Field(
+        1.0, ge=0, le=10, description="Backbone learning rate as a multiple of lr."
+    )
+
+
+def apply_transfer(model: nn.Module, options: TransferOptions) -> LoadReport | None:
+    """Loads ``options.pretrained`` into ``model`` (the head stays new, a grayscale input
+    gets summed RGB filters) and freezes what ``options.freeze`` says.
+
+    Raises:
+        CheckpointError: If the checkpoint cannot be read.
+        ValueError: If ``freeze_k`` exceeds the model's stages.
+    """
+    report = None
+    if options.pretrained:
+        report = load_pretrained(model, load_checkpoint(options.pretrained))
+    stages = len(backbone_stages(model))
+    if options.freeze == "first_k" and options.freeze_k > stages:
+        raise ValueError(f"freeze_k is {options.freeze_k}, but the model has {stages} stages")
+    freeze(model, options.freeze, options.freeze_k)
+    return report

@@ -18,8 +18,9 @@ from torch.nn import functional as F
 
 from automl.data import ImageData, load_dataset
 from automl.models import build_model
+from automl.models.transfer import param_groups
 from automl.train.augment import build_pipeline
-from automl.train.imbalance import TrainSplit, build_imbalance_plan
+from automl.train.imbalance import ArtifactCache, TrainSplit, build_imbalance_plan
 from automl.train.losses import build_loss
 from automl.train.metrics import compute_metrics, confusion_matrix, per_class_report
 from automl.train.optim import build_optimizer, build_scheduler
@@ -50,6 +51,8 @@ class TrainResult:
     duration_s: float
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     classes: tuple[str, ...] = ()
+    notes: dict[str, Any] = field(default_factory=dict)
+    """What the imbalance strategy did (e.g. how long its generator trained)."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -80,6 +83,7 @@ def train(
     device: str | torch.device = "cpu",
     should_stop: Callable[[], bool] | None = None,
     data: ImageData | None = None,
+    artifacts: ArtifactCache | None = None,
 ) -> TrainResult:
     """Trains one configuration and evaluates it on the validation split after each epoch.
 
@@ -92,6 +96,8 @@ def train(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         should_stop: Polled after every batch; returning True raises ``TrainingInterrupted``.
         data: Preloaded data; by default ``config.dataset`` is loaded (cached per process).
+        artifacts: Where strategies keep what they train once (the ``gan`` generator);
+            by default a folder under ``AUTOML_CACHE_DIR``.
 
     Returns:
         The final metrics, the per-epoch history and the trained weights (on the CPU).
@@ -111,19 +117,29 @@ def train(
     model = model.to(device)
     if on_cuda:
         model = model.to(memory_format=torch.channels_last)
-    split = TrainSplit(data.train_x, data.train_y, data.num_classes, config.seed)
+    split = TrainSplit(
+        data.train_x,
+        data.train_y,
+        data.num_classes,
+        config.seed,
+        fingerprint=data.fingerprint,
+        device=device,
+        cache=artifacts,
+    )
     plan = build_imbalance_plan(config.imbalance.name, config.imbalance.options, split)
     train_x, train_y = data.train_x, data.train_y
     if plan.extra_images is not None and plan.extra_labels is not None:
         train_x = torch.cat([train_x, plan.extra_images.to(device)])
         train_y = torch.cat([train_y, plan.extra_labels.to(device)])
     class_weights = None if plan.class_weights is None else plan.class_weights.to(device)
-    loss_fn = build_loss(config.loss.name, config.loss.options, data.num_classes, class_weights)
+    loss_fn = plan.loss or build_loss(
+        config.loss.name, config.loss.options, data.num_classes, class_weights
+    )
     augment = build_pipeline(config.augment)
     optimizer = build_optimizer(
         config.optimizer.name,
         config.optimizer.options,
-        model.parameters(),
+        _trainable_groups(model, config),
         lr=config.lr,
         weight_decay=config.weight_decay,
     )
@@ -184,6 +200,7 @@ def train(
         duration_s=time.perf_counter() - started,
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         classes=data.classes,
+        notes=plan.notes,
     )
 
 
@@ -210,6 +227,15 @@ def evaluate(
         predictions.append(logits.argmax(dim=1))
     confusion = confusion_matrix(torch.cat(predictions), labels, num_classes)
     return confusion, float(loss_sum) / max(len(labels), 1)
+
+
+def _trainable_groups(model: torch.nn.Module, config: TrialConfig) -> list[dict[str, Any]]:
+    """Parameter groups of the unfrozen parameters; the backbone gets its own learning rate
+    when the architecture's ``backbone_lr_mult`` asks for one."""
+    mult = config.model.options.get("backbone_lr_mult", 1.0)
+    if mult != 1.0:
+        return param_groups(model, config.lr, mult)
+    return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
 
 def _batch_slices(n: int, batch_size: int, drop_single: bool = True) -> list[tuple[int, int]]:

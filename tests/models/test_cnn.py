@@ -107,4 +107,8 @@ def test_trial_config_fills_in_model_defaults() -> None:
         "dropout": 0.0,
         "batch_norm": True,
         "pooling": "max",
+        "pretrained": None,
+        "freeze": "none",
+        "freeze_k": 1,
+        "backbone_lr_mult": 1.0,
     }
