@@ -1,7 +1,7 @@
 """Side-by-side: first-epoch and later-epoch time on a 32x32 RGB image folder, in one run.
 
 Three ways to train the same CNN for a few epochs on a generated folder of PNGs
-(``python -m automl.data.examples rgb-folder``):
+(``python -m automl.examples rgb-folder``):
 
 1. ``cache warm``: automl with the decode cache already filled (every trial after the
    first one on the data, in any worker): load = read one uint8 tensor file.
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from automl.data import forget_loaded, load_dataset, stratified_split
-from automl.data.examples import write_rgb_folder
+from automl.examples import write_rgb_folder
 from automl.models import build_model
 from automl.train import TrialConfig, train
 from automl.train.loop import resolve_device

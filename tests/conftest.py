@@ -15,6 +15,7 @@ import httpx
 import pytest
 import sqlalchemy
 
+from automl.data import forget_loaded
 from automl.spec import StudySpec, validate_spec
 from automl.store import QueuedTrialStorage, create_storage, normalize_url
 
@@ -133,3 +134,15 @@ def wait_healthy(
             pass
         time.sleep(0.2)
     pytest.fail(f"API not healthy after {timeout_s}s:\n{output()}")
+
+
+@pytest.fixture
+def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``AUTOML_DATA_ROOT`` and ``AUTOML_CACHE_DIR`` in the test's folder, memory cleared."""
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.setenv("AUTOML_DATA_ROOT", str(root))
+    monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path / "cache"))
+    forget_loaded()
+    yield root.resolve()
+    forget_loaded()

@@ -5,18 +5,33 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from automl.examples import write_digits_folder, write_pretrained_cnn
 from automl.spec import load_spec
 
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 EXAMPLES = sorted(SEARCH_SPACES.glob("*.y*ml")) + sorted(SEARCH_SPACES.glob("*.json"))
 
 
+@pytest.fixture(scope="module")
+def example_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The data root the examples expect, written by the documented commands' functions."""
+    root = tmp_path_factory.mktemp("data")
+    write_digits_folder(root / "digits_folder")
+    write_digits_folder(root / "digits_imbalanced", imbalanced=True)
+    write_pretrained_cnn(root / "weights" / "shapes_cnn.safetensors")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AUTOML_DATA_ROOT", str(root))
+        patch.setenv("AUTOML_CACHE_DIR", str(root / ".cache"))
+        yield root
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda path: path.name)
-def test_example_spec_is_valid(path: Path) -> None:
+def test_example_spec_is_valid(path: Path, example_data: Path) -> None:
     spec = load_spec(path)
     assert spec.params, "an example should search something"
     assert spec.budget.n_trials >= 1

@@ -1,27 +1,12 @@
-"""Fixtures for the file-based sources: a temporary data root and cache, tiny image writers."""
+"""Tiny image writers for the file-based sources (``data_root`` lives in tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
-
-from automl.data import forget_loaded
-
-
-@pytest.fixture
-def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """``AUTOML_DATA_ROOT`` and ``AUTOML_CACHE_DIR`` in the test's folder, memory cleared."""
-    root = tmp_path / "data"
-    root.mkdir()
-    monkeypatch.setenv("AUTOML_DATA_ROOT", str(root))
-    monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path / "cache"))
-    forget_loaded()
-    yield root.resolve()
-    forget_loaded()
 
 
 def write_image(path: Path, array: np.ndarray, **save: object) -> Path:

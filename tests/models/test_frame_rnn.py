@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from automl.data import forget_loaded, load_dataset
-from automl.data.examples import write_moving_shapes
+from automl.examples import write_moving_shapes
 from automl.models import MODELS, build_model
 from automl.train import train
 from automl.train.hyperparameters import flat_config

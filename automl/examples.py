@@ -1,8 +1,9 @@
 """Example data written as files, for the examples in ``search_spaces/`` and benchmarks.
 
-    python -m automl.data.examples digits-folder data/digits_folder [--imbalanced]
-    python -m automl.data.examples rgb-folder data/shapes32 [--per-class 500] [--size 32]
-    python -m automl.data.examples moving-shapes data/moving_shapes [--clips 40]
+    python -m automl.examples digits-folder data/digits_folder [--imbalanced]
+    python -m automl.examples rgb-folder data/shapes32 [--per-class 500] [--size 32]
+    python -m automl.examples moving-shapes data/moving_shapes [--clips 40]
+    python -m automl.examples pretrained-cnn data/weights/shapes_cnn.safetensors
 
 ``digits-folder`` writes scikit-learn's digits as 8x8 grayscale PNGs in ``train/``, ``val/``
 and ``test/`` class folders (60/20/20, stratified). With ``--imbalanced``, classes 3, 5
@@ -11,6 +12,9 @@ every class; validation stays as split. ``rgb-folder`` draws one random-colored 
 image (ten shape classes) on a noisy background. ``moving-shapes`` writes clips of a
 square moving left, right or up (``<class>/<clip>/frame<i>.png``): left and right visit
 the same positions in opposite order, so only a model that sees frame order tells them apart.
+``pretrained-cnn`` trains the ``cnn`` architecture on another task, the ten shape classes
+drawn as 8x8 grayscale images, and saves its weights with safetensors: a checkpoint for the
+transfer-learning example (it has never seen a digit).
 """
 
 from __future__ import annotations
@@ -176,10 +180,48 @@ def write_moving_shapes(
     return clips * len(DIRECTIONS)
 
 
+PRETRAINED_CNN = {"width": 32, "depth": 2, "epochs": 8, "lr": 3e-3, "batch_size": 64}
+"""The architecture and training of ``pretrained-cnn`` (transfer needs the same width and
+depth)."""
+
+
+def write_pretrained_cnn(dest: Path, seed: int = 0, per_class: int = 300) -> float:
+    """Trains ``cnn`` on 8x8 grayscale shapes (a fifth held out) and saves the weights.
+
+    Returns:
+        The validation accuracy of the saved weights.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from automl.data import ImageData, channel_stats
+    from automl.train import train
+    from automl.train.hyperparameters import flat_config
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label, shape in enumerate(SHAPES):
+        for _ in range(per_class):
+            drawn = _shape_image(shape, 32, rng).convert("L").resize((8, 8), Image.BILINEAR)
+            images.append(np.asarray(drawn))
+            labels.append(label)
+    x = torch.from_numpy(np.stack(images)).unsqueeze(1)
+    y = torch.tensor(labels)
+    train_idx, val_idx = stratified_split(y, 0.2, seed)
+    mean, std = channel_stats(x[train_idx])
+    shapes = ImageData(
+        x[train_idx], y[train_idx], x[val_idx], y[val_idx], SHAPES, mean, std, f"shapes-{seed}"
+    )
+    result = train(flat_config({**PRETRAINED_CNN, "seed": seed}), data=shapes)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.contiguous() for key, value in result.state_dict.items()}, str(dest))
+    return result.metrics["accuracy"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m automl.data.examples KIND DEST [options]``."""
+    """Command line: ``python -m automl.examples KIND DEST [options]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m automl.data.examples", description=__doc__.split("\n\n")[0]
+        prog="python -m automl.examples", description=__doc__.split("\n\n")[0]
     )
     commands = parser.add_subparsers(dest="kind", required=True)
     digits = commands.add_parser("digits-folder", help="digits as PNG train/val/test folders")
@@ -198,7 +240,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     moving.add_argument("--frames", type=int, default=4)
     moving.add_argument("--size", type=int, default=16)
     moving.add_argument("--seed", type=int, default=0)
+    pretrained = commands.add_parser(
+        "pretrained-cnn", help="train cnn on 8x8 shapes and save its weights (.safetensors)"
+    )
+    pretrained.add_argument("dest", type=Path)
+    pretrained.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.kind == "pretrained-cnn":
+        if args.dest.suffix != ".safetensors" or args.dest.exists():
+            print(f"error: {args.dest} must be a new .safetensors file", file=sys.stderr)
+            return 2
+        accuracy = write_pretrained_cnn(args.dest, args.seed)
+        print(f"wrote {args.dest}: cnn on 8x8 shapes, validation accuracy {accuracy:.3f}")
+        return 0
     if args.dest.exists() and any(args.dest.iterdir()):
         print(f"error: {args.dest} exists and is not empty", file=sys.stderr)
         return 2

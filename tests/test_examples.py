@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from automl.data import load_dataset
-from automl.data.examples import MINORITY_CLASSES, main
+from automl.examples import MINORITY_CLASSES, main
 
 
 def count_images(folder: Path) -> dict[str, int]:
