@@ -1,0 +1,71 @@
+"""Scoring trained weights on a held-out split (the test split, once a study completes)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from automl.data import ImageData, load_dataset
+from automl.models import build_model
+from automl.train.loop import evaluate, resolve_device
+from automl.train.metrics import compute_metrics, per_class_report
+from automl.train.trial_config import TrialConfig
+
+Split = Literal["val", "test"]
+
+
+class NoSplitError(LookupError):
+    """The dataset has no such split (most sources have a test split only when asked)."""
+
+
+@dataclass(frozen=True)
+class SplitReport:
+    """Every metric, the per-class report and the confusion matrix of weights on a split."""
+
+    split: str
+    metrics: dict[str, float]
+    per_class: list[dict[str, Any]]
+    confusion: list[list[int]]
+    samples: int
+
+
+def evaluate_weights(
+    config: TrialConfig,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    split: Split = "test",
+    data: ImageData | None = None,
+    device: str | torch.device = "cpu",
+) -> SplitReport:
+    """Rebuilds the model of ``config``, loads ``state_dict`` and scores it on ``split``.
+
+    Raises:
+        NoSplitError: If the dataset has no ``split``.
+    """
+    device = resolve_device(device)
+    if data is None:
+        data = load_dataset(config.dataset.source, config.dataset.options)
+    images, labels = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
+    if images is None or labels is None:
+        raise NoSplitError(f"dataset {config.dataset.source!r} has no {split} split")
+    model = build_model(config.model.name, config.model.options, data.input_shape, data.num_classes)
+    model.load_state_dict(dict(state_dict))
+    model = model.to(device)
+    confusion, mean_loss = evaluate(
+        model,
+        images.to(device),
+        labels.to(device),
+        data.num_classes,
+        device.type == "cuda",
+        data.normalize,
+    )
+    return SplitReport(
+        split=split,
+        metrics=compute_metrics(confusion, mean_loss),
+        per_class=per_class_report(confusion, data.classes),
+        confusion=confusion.tolist(),
+        samples=len(labels),
+    )
