@@ -18,9 +18,17 @@ from torch.nn import functional as F
 from automl.data import ImageData, load_dataset
 from automl.models import build_model
 from automl.train.augment import build_pipeline
+from automl.train.early_stopping import EarlyStopping
 from automl.train.imbalance import TrainSplit, build_imbalance_plan
 from automl.train.losses import build_loss
-from automl.train.metrics import compute_metrics, confusion_matrix, per_class_report
+from automl.train.metrics import (
+    METRICS,
+    Evaluation,
+    compute_metrics,
+    confusion_matrix,
+    per_class_report,
+)
+from automl.train.model_stats import profile_model
 from automl.train.optim import build_optimizer, build_scheduler
 from automl.train.trial_config import TrialConfig
 
@@ -49,6 +57,8 @@ class TrainResult:
     duration_s: float
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     classes: tuple[str, ...] = ()
+    stopped_early: bool = False
+    """Whether ``patience`` epochs passed without a better monitored metric."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -79,10 +89,13 @@ def train(
     device: str | torch.device = "cpu",
     should_stop: Callable[[], bool] | None = None,
     data: ImageData | None = None,
+    monitor: str = "accuracy",
 ) -> TrainResult:
     """Trains one configuration and evaluates it on the validation split after each epoch.
 
-    Deterministic for a given ``config.seed`` on the CPU.
+    Deterministic for a given ``config.seed`` on the CPU. The model's parameter count and
+    inference latency (batch 1 and 256, on ``device``) are measured once, before training,
+    and reported with every epoch's metrics.
 
     Args:
         config: The configuration to train.
@@ -91,14 +104,18 @@ def train(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         should_stop: Polled after every batch; returning True raises ``TrainingInterrupted``.
         data: Preloaded data; by default ``config.dataset`` is loaded (cached per process).
+        monitor: The metric that ``config.patience`` watches (its direction is the
+            metric's own); the worker passes the study's first objective.
 
     Returns:
         The final metrics, the per-epoch history and the trained weights (on the CPU).
 
     Raises:
         TrainingInterrupted: If ``should_stop`` returned True.
+        UnknownNameError: If ``monitor`` is not a registered metric.
     """
     started = time.perf_counter()
+    stopper = EarlyStopping(config.patience, METRICS.get(monitor).factory.direction)
     device = resolve_device(device)
     if data is None:
         data = load_dataset(config.dataset.source, config.dataset.options)
@@ -110,6 +127,7 @@ def train(
     model = model.to(device)
     if on_cuda:
         model = model.to(memory_format=torch.channels_last)
+    model_stats = profile_model(model, data.input_shape, device)
     split = TrainSplit(data.train_x, data.train_y, data.num_classes, config.seed)
     plan = build_imbalance_plan(config.imbalance.name, config.imbalance.options, split)
     train_x, train_y = data.train_x, data.train_y
@@ -118,7 +136,7 @@ def train(
         train_y = torch.cat([train_y, plan.extra_labels.to(device)])
     class_weights = None if plan.class_weights is None else plan.class_weights.to(device)
     loss_fn = build_loss(config.loss.name, config.loss.options, data.num_classes, class_weights)
-    augment = build_pipeline(config.augment)
+    augment = build_pipeline(config.augment, data.num_classes)
     optimizer = build_optimizer(
         config.optimizer.name,
         config.optimizer.options,
@@ -141,7 +159,7 @@ def train(
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
     confusion = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
-    pruned = False
+    pruned = stopped_early = False
     for epoch in range(1, config.epochs + 1):
         model.train()
         if plan.sampler is None:
@@ -158,16 +176,21 @@ def train(
                 loss = loss_fn(model(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach() * (stop - start)
             if should_stop is not None and should_stop():
                 raise TrainingInterrupted(f"stopped during epoch {epoch}")
         confusion, val_loss = evaluate(model, data.val_x, data.val_y, data.num_classes, on_cuda)
-        metrics = compute_metrics(confusion, val_loss)
+        metrics = compute_metrics(Evaluation(confusion, val_loss, model_stats))
         history.append({"epoch": epoch, "train_loss": float(loss_sum) / len(order), **metrics})
         if report is not None and report(epoch, metrics):
             pruned = True
+            break
+        if stopper.should_stop(metrics[monitor]):
+            stopped_early = True
             break
 
     return TrainResult(
@@ -180,6 +203,7 @@ def train(
         duration_s=time.perf_counter() - started,
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         classes=data.classes,
+        stopped_early=stopped_early,
     )
 
 
