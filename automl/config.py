@@ -32,3 +32,19 @@ class Settings(BaseSettings):
         None, ge=1, description="CPU threads per worker process (default: PyTorch's)."
     )
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest accepted spec body.")
+
+
+class Limits(BaseSettings):
+    """What one request may ask for. Each can be set with ``AUTOML_LIMIT_<FIELD>``; a
+    request over a limit is refused (413 or 422, naming the limit) before any work."""
+
+    model_config = SettingsConfigDict(env_prefix="AUTOML_LIMIT_", extra="ignore")
+
+    max_trials: int = Field(100_000, ge=1, description="Largest budget.n_trials.")
+    max_timeout_s: float = Field(30 * 86_400, gt=0, description="Largest budget.timeout.")
+    max_params: int = Field(64, ge=1, description="Most searched params in one spec.")
+    max_choices: int = Field(1_000, ge=1, description="Most choices of a categorical param.")
+    max_grid_cells: int = Field(100_000, ge=1, description="Largest grid a grid study spans.")
+    max_spec_depth: int = Field(16, ge=4, description="Deepest nesting of a spec document.")
+    max_spec_values: int = Field(20_000, ge=100, description="Most values in a spec document.")
+    max_string_length: int = Field(4_000, ge=100, description="Longest string in a spec.")

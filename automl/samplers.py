@@ -57,6 +57,24 @@ class Nsga2Options(EntryOptions):
     swapping_prob: float = Field(0.5, ge=0, le=1, description="Uniform crossover swap rate.")
 
 
+class CmaEsOptions(EntryOptions):
+    """Options of the CMA-ES sampler."""
+
+    n_startup_trials: int = Field(1, ge=0, description="Random trials before CMA-ES starts.")
+    sigma0: float | None = Field(None, gt=0, description="Initial step size (default: auto).")
+    use_separable_cma: bool = Field(False, description="Diagonal covariance (faster).")
+    with_margin: bool = Field(False, description="CMA-ES with margin, for integer params.")
+    lr_adapt: bool = Field(False, description="Adapt the learning rate (noisy objectives).")
+
+
+class BruteForceOptions(EntryOptions):
+    """Options of the brute-force sampler."""
+
+    avoid_premature_stop: bool = Field(
+        False, description="Keep exploring branches that pruned or failed trials left."
+    )
+
+
 def _seeded(sampler_class: type[optuna.samplers.BaseSampler]) -> SamplerFactory:
     """A factory passing the spec's seed and options to ``sampler_class``."""
 
@@ -88,6 +106,29 @@ SAMPLERS.add(
     _seeded(optuna.samplers.QMCSampler),
     options=QmcOptions,
     description="Quasi-Monte Carlo: space-filling, no model.",
+)
+SAMPLERS.add(
+    "cmaes",
+    _seeded(optuna.samplers.CmaEsSampler),
+    options=CmaEsOptions,
+    description="CMA-ES evolution strategy: numeric spaces, larger budgets.",
+)
+SAMPLERS.add(
+    "brute_force",
+    _seeded(optuna.samplers.BruteForceSampler),
+    options=BruteForceOptions,
+    description="Optuna's exhaustive search; several workers may repeat a cell (see grid).",
+)
+SAMPLERS.add(
+    "grid",
+    # The claim hands every trial its cell as fixed params, so the sampler never chooses.
+    _seeded(optuna.samplers.RandomSampler),
+    description="Exact grid over the categorical and stepped params: each cell runs once.",
+)
+SAMPLERS.add(
+    "auto",
+    _seeded(optuna.samplers.TPESampler),
+    description="Picks grid, GP, TPE or NSGA-II from the space, budget and objectives.",
 )
 SAMPLERS.add(
     "nsga2",

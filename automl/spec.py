@@ -8,21 +8,24 @@ against each hyperparameter's own bounds, conditional parents. Every problem bec
 
 from __future__ import annotations
 
+import json
 import re
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
+from automl.config import Limits
 from automl.data import DATASETS
 from automl.pruners import PRUNERS, build_pruner
 from automl.registry import Registry
 from automl.samplers import SAMPLERS, build_sampler
+from automl.sampling import check_grid, resolve_auto
 from automl.train import METRICS
 from automl.train.hyperparameters import (
     Hyperparameter,
@@ -32,12 +35,13 @@ from automl.train.hyperparameters import (
 )
 from automl.train.trial_config import SELECTABLE
 
-MAX_TRIALS = 5_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 NAME_RULE = "1-100 letters, digits, '-', '_' or '.', starting with a letter or digit"
 
 Scalar = str | bool | int | float
 Loc = tuple[str | int, ...]
+StrictInt = Annotated[int, Strict()]
+"""An integer that refuses booleans and strings (``n_trials: true`` is an error, not 1)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class StrictModel(BaseModel):
     """Base of all spec models: unknown keys are errors (``errors_from_pydantic`` lists
     the valid ones)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatasetSpec(StrictModel):
@@ -100,12 +104,12 @@ class ObjectiveSpec(StrictModel):
 class BudgetSpec(StrictModel):
     """How much search to do."""
 
-    n_trials: int = Field(20, ge=1, le=MAX_TRIALS, description="Exact number of trials.")
+    n_trials: StrictInt = Field(20, ge=1, description="Exact number of trials.")
     timeout: float | None = Field(
         None, gt=0, description="Seconds after the study starts; no trial starts later."
     )
-    max_failed: int = Field(5, ge=0, description="The study fails once more trials fail.")
-    max_retries: int = Field(
+    max_failed: StrictInt = Field(5, ge=0, description="The study fails once more trials fail.")
+    max_retries: StrictInt = Field(
         2,
         ge=0,
         le=100,
@@ -114,11 +118,14 @@ class BudgetSpec(StrictModel):
 
 
 class SamplerSpec(StrictModel):
-    """Which Optuna sampler proposes configurations."""
+    """Which sampler proposes configurations."""
 
     name: str = "tpe"
-    seed: int | None = None
+    seed: StrictInt | None = Field(None, ge=0, le=2**32 - 1, description="Sampler seed.")
     options: dict[str, Any] = Field(default_factory=dict)
+    chosen_by: str | None = Field(
+        None, description="Set by the service when 'auto' picked this sampler: why."
+    )
 
 
 class PrunerSpec(StrictModel):
@@ -247,6 +254,10 @@ class StudySpec(StrictModel):
                 chosen[group] = default
         return chosen
 
+    def param_order(self) -> list[str]:
+        """The params, parents before children (see ``conditional_order``)."""
+        return conditional_order(self)
+
     def hyperparameter(self, name: str) -> Hyperparameter:
         """Resolves a fixed or searched name against the entries this study can choose.
 
@@ -282,29 +293,134 @@ class StudySpec(StrictModel):
 _EXPONENT_NUMBER = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
 
 
-def _exponents_as_floats(value: Any) -> Any:
-    if isinstance(value, str) and _EXPONENT_NUMBER.match(value):
-        return float(value)
-    if isinstance(value, dict):
-        return {key: _exponents_as_floats(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_exponents_as_floats(item) for item in value]
-    return value
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader (no tags, no objects), refusing a mapping that repeats a key."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            if isinstance(key, Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
-def parse_text(text: str) -> Any:
+def _load_yaml(text: str) -> Any:
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()  # type: ignore[no-untyped-call]
+    finally:
+        loader.dispose()  # type: ignore[no-untyped-call]
+
+
+def parse_text(text: str, limits: Limits | None = None) -> Any:
     """Parses YAML or JSON text (JSON is a subset of YAML) safely.
 
+    Only plain data is built (no tags), a repeated key is an error, and the document's
+    nesting, number of values (aliases count each time they are used, so an alias bomb
+    is refused) and string lengths are limited.
+
     Raises:
-        SpecError: If the text is not valid YAML/JSON.
+        SpecError: If the text is not valid YAML/JSON or breaks a limit.
     """
+    limits = limits or Limits()
+    _check_flow_depth(text, limits.max_spec_depth)
     try:
-        return _exponents_as_floats(yaml.safe_load(text))
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError([FieldError((), f"invalid YAML/JSON{where}: {problem}")]) from None
+    except RecursionError:
+        raise SpecError([_too_deep(limits.max_spec_depth)]) from None
+    return normalize_document(data, limits)
+
+
+def parse_json(text: str, limits: Limits | None = None) -> Any:
+    """Parses JSON text with the same guarantees as ``parse_text``.
+
+    Raises:
+        SpecError: If the text is not valid JSON or breaks a limit.
+    """
+    limits = limits or Limits()
+    _check_flow_depth(text, limits.max_spec_depth)
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        repeated = next((key for key in keys if keys.count(key) > 1), None)
+        if repeated is not None:
+            raise SpecError([FieldError((), f"invalid JSON: duplicate key {repeated!r}")])
+        return dict(pairs)
+
+    try:
+        data = json.loads(text, object_pairs_hook=unique)
+    except json.JSONDecodeError as exc:
+        message = f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        raise SpecError([FieldError((), message)]) from None
+    except RecursionError:
+        raise SpecError([_too_deep(limits.max_spec_depth)]) from None
+    return normalize_document(data, limits)
+
+
+def _too_deep(limit: int) -> FieldError:
+    return FieldError((), f"the document is nested deeper than {limit} levels (max_spec_depth)")
+
+
+def _check_flow_depth(text: str, limit: int) -> None:
+    """Refuses deeply nested ``[``/``{`` before any parser recurses into them."""
+    depth = deepest = 0
+    quote = ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                raise SpecError([_too_deep(limit)])
+        elif char in "]}":
+            depth -= 1
+
+
+def normalize_document(data: Any, limits: Limits | None = None) -> Any:
+    """Reads exponent strings (``1e-4``) as floats and enforces the document limits.
+
+    Raises:
+        SpecError: If the document is nested too deeply, has too many values or a string
+            that is too long (the error names where).
+    """
+    limits = limits or Limits()
+    count = 0
+
+    def walk(value: Any, loc: Loc) -> Any:
+        nonlocal count
+        count += 1
+        if count > limits.max_spec_values:
+            message = f"the document has more than {limits.max_spec_values} values"
+            raise SpecError([FieldError((), f"{message} (max_spec_values)")])
+        if len(loc) > limits.max_spec_depth:
+            raise SpecError([_too_deep(limits.max_spec_depth)])
+        if isinstance(value, str):
+            if len(value) > limits.max_string_length:
+                message = f"longer than {limits.max_string_length} characters (max_string_length)"
+                raise SpecError([FieldError(loc, message)])
+            return float(value) if _EXPONENT_NUMBER.match(value) else value
+        if isinstance(value, dict):
+            return {key: walk(item, (*loc, str(key))) for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item, (*loc, index)) for index, item in enumerate(value)]
+        return value
+
+    return walk(data, ())
 
 
 def load_spec(source: str | Path | Mapping[str, Any]) -> StudySpec:
@@ -335,12 +451,17 @@ def _looks_like_path(text: str) -> bool:
     return text.endswith((".yaml", ".yml", ".json")) or Path(text).is_file()
 
 
-def validate_spec(data: Any) -> StudySpec:
+def validate_spec(data: Any, limits: Limits | None = None) -> StudySpec:
     """Validates parsed YAML/JSON data into a ``StudySpec``.
+
+    Args:
+        data: The parsed document.
+        limits: What a spec may ask for (default: the ``AUTOML_LIMIT_*`` settings).
 
     Raises:
         SpecError: With every problem found, each naming its field path.
     """
+    limits = limits or Limits()
     if not isinstance(data, Mapping):
         kind = "empty document" if data is None else type(data).__name__
         raise SpecError([FieldError((), f"a spec must be a mapping of fields, got {kind}")])
@@ -348,10 +469,20 @@ def validate_spec(data: Any) -> StudySpec:
         spec = StudySpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(errors_from_pydantic(exc, root=StudySpec)) from None
-    errors = check_spec(spec)
+    errors = check_spec(spec, limits)
     if errors:
         raise SpecError(errors)
+    if spec.sampler.name == "auto":
+        spec = _resolve_auto(spec, limits)
     return spec
+
+
+def _resolve_auto(spec: StudySpec, limits: Limits) -> StudySpec:
+    """Replaces ``sampler: auto`` by the sampler it picks (and, for a grid, the budget)."""
+    name, options, n_trials, reason = resolve_auto(spec, limits.max_grid_cells)
+    sampler = SamplerSpec(name=name, seed=spec.sampler.seed, options=options, chosen_by=reason)
+    budget = spec.budget.model_copy(update={"n_trials": n_trials})
+    return spec.model_copy(update={"sampler": sampler, "budget": budget})
 
 
 def errors_from_pydantic(
@@ -424,12 +555,15 @@ def _unwrap(annotation: Any) -> Any:
 # --- meaning -------------------------------------------------------------------------------
 
 
-def check_spec(spec: StudySpec) -> list[FieldError]:
-    """Checks what types cannot: names, ranges, conditions. Returns every problem found."""
-    errors: list[FieldError] = []
+def check_spec(spec: StudySpec, limits: Limits | None = None) -> list[FieldError]:
+    """Checks what types cannot: limits, names, ranges, conditions. Returns every problem."""
+    limits = limits or Limits()
+    errors = _check_limits(spec, limits)
+    if errors:
+        return errors  # refuse oversized requests before doing any work on them
     errors += _check_dataset(spec.dataset)
     errors += _check_objectives(spec)
-    errors += _check_sampler(spec.sampler)
+    errors += _check_sampler(spec, limits)
     errors += _check_pruner(spec)
     errors += _check_selectors(spec)
     errors += _check_fixed(spec)
@@ -457,10 +591,35 @@ def _check_entry(
     return []
 
 
-def _check_sampler(sampler: SamplerSpec) -> list[FieldError]:
+def _check_limits(spec: StudySpec, limits: Limits) -> list[FieldError]:
+    over = [
+        (("budget", "n_trials"), spec.budget.n_trials, limits.max_trials, "max_trials"),
+        (("budget", "timeout"), spec.budget.timeout or 0, limits.max_timeout_s, "max_timeout_s"),
+        (("params",), len(spec.params), limits.max_params, "max_params"),
+    ]
+    for name, param in spec.params.items():
+        if isinstance(param, CategoricalParam):
+            limit = limits.max_choices
+            over.append((("params", name, "choices"), len(param.choices), limit, "max_choices"))
+    return [
+        FieldError(loc, f"{_number(value)} is over the limit of {_number(limit)} ({setting})")
+        for loc, value, limit, setting in over
+        if value > limit
+    ]
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if float(value).is_integer() else f"{value:g}"
+
+
+def _check_sampler(spec: StudySpec, limits: Limits) -> list[FieldError]:
+    sampler = spec.sampler
     errors = _check_entry(("sampler",), SAMPLERS, sampler.name, sampler.options)
-    if errors:
+    if errors or sampler.name == "auto":
         return errors
+    if sampler.name == "grid":
+        problems = check_grid(spec, limits.max_grid_cells)
+        return [FieldError(loc, message) for loc, message in problems]
     return _check_built(
         ("sampler",),
         sampler.name,

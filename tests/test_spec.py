@@ -246,7 +246,7 @@ INVALID_CASES: list[Any] = [
     pytest.param(
         {"name": "x", "budget": {"n_trials": 10**6}},
         "budget.n_trials",
-        ["less than or equal to"],
+        ["1,000,000 is over the limit of 100,000 (max_trials)"],
         id="n-trials-too-many",
     ),
     pytest.param(
@@ -433,7 +433,7 @@ INVALID_CASES: list[Any] = [
         [
             "unknown sampler 'tp'",
             "did you mean 'tpe'",
-            "valid choices: gp, nsga2, qmc, random, tpe",
+            "valid choices: auto, brute_force, cmaes, gp, grid, nsga2, qmc, random, tpe",
         ],
         id="unknown-sampler",
     ),
@@ -875,3 +875,84 @@ def test_conditional_order_puts_parents_first() -> None:
     assert order.index("optimizer") < order.index("momentum")
     # Unconditional params keep their relative order.
     assert order.index("optimizer") < order.index("lr")
+
+
+# --- hostile and oversized input -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "fragment"),
+    [
+        ({"name": "x", "budget": {"n_trials": True}}, "budget.n_trials", "valid integer"),
+        ({"name": "x", "budget": {"n_trials": "3"}}, "budget.n_trials", "valid integer"),
+        ({"name": "x", "sampler": {"seed": False}}, "sampler.seed", "valid integer"),
+        (
+            with_params(lr={"type": "float", "low": float("nan"), "high": 0.1}),
+            "params.lr.low",
+            "finite number",
+        ),
+        (
+            with_params(lr={"type": "float", "low": 0.01, "high": float("inf")}),
+            "params.lr.high",
+            "finite number",
+        ),
+        ({"name": "x", "fixed": {"lr": float("nan")}}, "fixed.lr", "finite number"),
+        ({"name": "x", "budget": {"timeout": 10**9}}, "budget.timeout", "(max_timeout_s)"),
+    ],
+)
+def test_hostile_values_are_named(data: dict[str, Any], path: str, fragment: str) -> None:
+    errors = spec_errors(data)
+    assert [error.path for error in errors] == [path], errors
+    assert fragment in errors[0].msg
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("name: x\nname: y\n", "duplicate key 'name'"),
+        ("name: x\nbudget: {n_trials: 2, n_trials: 3}\n", "duplicate key 'n_trials'"),
+        ("name: x\nfixed: {lr: .nan}\n", "finite number"),
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than 16 levels (max_spec_depth)"),
+        ("{" * 50 + "}" * 50, "nested deeper than 16 levels"),
+        (
+            "name: x\na: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+            + "".join(
+                f"{key}: &{key} [{', '.join([f'*{previous}'] * 10)}]\n"
+                for previous, key in zip("abcd", "bcde", strict=True)
+            ),
+            "more than 20000 values (max_spec_values)",
+        ),
+        ("name: x\ndescription: " + "a" * 5_000 + "\n", "longer than 4000 characters"),
+        ('{"name": "x", "name": "y"}', "duplicate key 'name'"),
+    ],
+)
+def test_hostile_documents_are_refused(text: str, fragment: str) -> None:
+    errors = spec_errors(text)
+    assert fragment in str(SpecError(errors))
+
+
+def test_json_parser_has_the_same_guards() -> None:
+    from automl.spec import parse_json
+
+    with pytest.raises(SpecError, match="duplicate key 'a'"):
+        parse_json('{"a": 1, "a": 2}')
+    with pytest.raises(SpecError, match="nested deeper"):
+        parse_json("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SpecError, match="invalid JSON at line 1, column 2"):
+        parse_json("{")
+    assert parse_json('{"lr": "1e-3"}') == {"lr": 1e-3}
+
+
+def test_limits_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOML_LIMIT_MAX_PARAMS", "1")
+    monkeypatch.setenv("AUTOML_LIMIT_MAX_CHOICES", "2")
+    errors = spec_errors(
+        with_params(
+            optimizer={"type": "categorical", "choices": ["adam", "sgd", "rmsprop"]},
+            lr={"type": "float", "low": 0.01, "high": 0.1},
+        )
+    )
+    assert {(e.path, e.msg) for e in errors} == {
+        ("params", "2 is over the limit of 1 (max_params)"),
+        ("params.optimizer.choices", "3 is over the limit of 2 (max_choices)"),
+    }

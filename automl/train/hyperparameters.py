@@ -16,6 +16,7 @@ Three kinds of names:
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -69,6 +70,8 @@ class Hyperparameter:
         if self.is_selector:
             registry = SELECTABLE[self.group]  # type: ignore[index]
             return [] if value in registry else [registry.unknown_message(value)]
+        if isinstance(value, float) and not math.isfinite(value):
+            return ["Input should be a finite number"]
         problems: list[str] = []
         for adapter in self._adapters():
             try:

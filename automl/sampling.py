@@ -1,0 +1,184 @@
+"""How a study's configurations are chosen: the exact grid and the ``auto`` rule.
+
+The grid is the set of cells that the spec's categorical and stepped params span, where
+a conditional param adds its values only to the cells in which it applies. Cell ``k`` of
+a study is fixed by the spec alone (a seeded permutation when ``n_trials`` is smaller than
+the grid), so the store can hand out budget unit ``k`` as cell ``k``, exactly once, however
+many workers race.
+
+``auto`` picks a sampler from the space, the budget and the objectives (``resolve_auto``):
+
+1. several objectives: NSGA-II;
+2. a finite space (every param categorical or stepped) whose grid the budget covers: the
+   grid, with ``n_trials`` lowered to the number of cells;
+3. a small numeric space (at most ``GP_MAX_PARAMS`` float/int params, no categorical
+   ones) and a small budget (at most ``GP_MAX_TRIALS`` trials): Gaussian-process BO;
+4. otherwise: multivariate TPE (grouped, for conditional spaces) with constant liar, so
+   that several workers sharing the study spread out.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from automl.spec import StudySpec
+
+MAX_GRID_CELLS = 100_000
+"""Default largest grid (the ``max_grid_cells`` limit); cells are enumerated when a study
+starts."""
+GP_MAX_PARAMS = 8
+GP_MAX_TRIALS = 200
+
+
+class GridError(ValueError):
+    """The spec's space has no finite grid, or a grid too large."""
+
+
+def param_values(param: Any) -> list[Any]:
+    """The finite values of one spec param.
+
+    Raises:
+        GridError: If the param is continuous (a float without ``step``).
+    """
+    if param.type == "categorical":
+        return list(param.choices)
+    if param.type == "int":
+        return list(range(param.low, param.high + 1, param.step or 1))
+    if param.step is None:
+        raise GridError("is continuous; give it a step or make it categorical")
+    count = math.floor((param.high - param.low) / param.step + 1e-9) + 1
+    return [round(param.low + index * param.step, 12) for index in range(count)]
+
+
+def iter_cells(spec: StudySpec) -> Iterator[dict[str, Any]]:
+    """Every cell of the spec's grid, in a fixed order (parents before children).
+
+    Raises:
+        GridError: If a param is continuous.
+    """
+    order = spec.param_order()
+    values = {name: param_values(spec.params[name]) for name in order}
+    conditions = {name: spec.conditions(name) for name in order}
+
+    def expand(index: int, cell: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        if index == len(order):
+            yield dict(cell)
+            return
+        name = order[index]
+        applies = all(cell.get(parent) in allowed for parent, allowed in conditions[name].items())
+        if not applies:
+            yield from expand(index + 1, cell)
+            return
+        for value in values[name]:
+            cell[name] = value
+            yield from expand(index + 1, cell)
+        del cell[name]
+
+    return expand(0, {})
+
+
+def grid_size(spec: StudySpec, limit: int = MAX_GRID_CELLS) -> int:
+    """The number of cells of the spec's grid.
+
+    Raises:
+        GridError: If a param is continuous, or the grid has more than ``limit`` cells.
+    """
+    count = 0
+    for _ in iter_cells(spec):
+        count += 1
+        if count > limit:
+            raise GridError(f"the grid has more than {limit:,} cells")
+    return count
+
+
+@lru_cache(maxsize=16)
+def _study_cells(spec_json: str, spec_type: type[StudySpec]) -> tuple[dict[str, Any], ...]:
+    spec = spec_type.model_validate_json(spec_json)
+    cells = list(iter_cells(spec))
+    if spec.budget.n_trials < len(cells):
+        seed = spec.sampler.seed if spec.sampler.seed is not None else 0
+        cells = random.Random(seed).sample(cells, spec.budget.n_trials)
+    return tuple(cells)
+
+
+def grid_cell(spec: StudySpec, index: int) -> dict[str, Any]:
+    """Cell ``index`` (0-based) of a grid study: all cells in order when the budget equals
+    the grid, else ``n_trials`` distinct cells in a seeded random order.
+
+    Raises:
+        IndexError: If ``index`` is outside the study's budget.
+    """
+    cells = _study_cells(spec.model_dump_json(), type(spec))
+    if not 0 <= index < len(cells):
+        raise IndexError(f"grid cell {index} is outside the study's {len(cells)} cells")
+    return dict(cells[index])
+
+
+def check_grid(
+    spec: StudySpec, limit: int = MAX_GRID_CELLS
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """Problems that stop ``spec`` from running as an exact grid, as ``(loc, message)``."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for name, param in spec.params.items():
+        try:
+            param_values(param)
+        except GridError as exc:
+            problems.append((("params", name), f"grid sampler: {exc}"))
+    if problems:
+        return problems
+    try:
+        size = grid_size(spec, limit)
+    except GridError as exc:
+        return [(("sampler", "name"), f"{exc} (max_grid_cells); narrow the space")]
+    if spec.budget.n_trials > size:
+        message = f"the grid has {size} cells, fewer than n_trials ({spec.budget.n_trials})"
+        problems.append((("budget", "n_trials"), f"{message}; use n_trials <= {size}"))
+    return problems
+
+
+def resolve_auto(
+    spec: StudySpec, grid_limit: int = MAX_GRID_CELLS
+) -> tuple[str, dict[str, Any], int, str]:
+    """The sampler ``auto`` picks for ``spec`` (a grid only up to ``grid_limit`` cells).
+
+    Returns:
+        ``(sampler name, its options, n_trials to run, the reason in words)``.
+    """
+    n_trials = spec.budget.n_trials
+    if len(spec.objective_list) > 1:
+        return "nsga2", {}, n_trials, "several objectives: NSGA-II"
+    params: Sequence[Any] = list(spec.params.values())
+    finite = all(_is_finite(param) for param in params)
+    if params and finite:
+        try:
+            size = grid_size(spec, grid_limit)
+        except GridError:
+            size = None
+        if size is not None and size <= n_trials:
+            reason = f"finite space of {size} cells within the budget: exact grid"
+            if size < n_trials:
+                reason += f" (n_trials lowered from {n_trials} to {size})"
+            return "grid", {}, size, reason
+    numeric = [param for param in params if param.type in ("float", "int")]
+    if params and len(numeric) == len(params) <= GP_MAX_PARAMS and n_trials <= GP_MAX_TRIALS:
+        reason = (
+            f"{len(numeric)} numeric params, {n_trials} trials: Gaussian-process Bayesian "
+            "optimization"
+        )
+        return "gp", {}, n_trials, reason
+    options = {"multivariate": True, "group": True, "constant_liar": True}
+    reason = "general space: multivariate TPE with constant liar (parallel workers spread out)"
+    return "tpe", options, n_trials, reason
+
+
+def _is_finite(param: Any) -> bool:
+    try:
+        param_values(param)
+    except GridError:
+        return False
+    return True

@@ -1,0 +1,182 @@
+"""Tests of the exact grid and the ``auto`` sampler rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import pytest
+
+from automl.samplers import SAMPLERS, build_sampler
+from automl.sampling import GP_MAX_TRIALS, MAX_GRID_CELLS, grid_cell, grid_size, iter_cells
+from automl.space import suggest
+from automl.spec import SpecError, load_spec
+
+OPTIMIZER = {"type": "categorical", "choices": ["adam", "sgd"]}
+MOMENTUM = {"type": "float", "low": 0.8, "high": 0.9, "step": 0.05}
+WIDTH = {"type": "int", "low": 16, "high": 48, "step": 16}
+
+
+def grid_spec(n_trials: int, **params: Any) -> Any:
+    return load_spec(
+        {
+            "name": "grid",
+            "sampler": {"name": "grid", "seed": 3},
+            "budget": {"n_trials": n_trials},
+            "params": params,
+        }
+    )
+
+
+def spec_errors(data: dict[str, Any]) -> dict[str, str]:
+    with pytest.raises(SpecError) as info:
+        load_spec(data)
+    return {error.path: error.msg for error in info.value.errors}
+
+
+def test_grid_spans_conditional_params_only_where_they_apply() -> None:
+    spec = grid_spec(9, optimizer=OPTIMIZER, momentum=MOMENTUM, width=WIDTH)
+    cells = list(iter_cells(spec))
+    # adam: 3 widths; sgd: 3 momenta x 3 widths (momentum belongs to sgd).
+    assert len(cells) == grid_size(spec) == 12
+    assert sum(1 for cell in cells if cell["optimizer"] == "adam") == 3
+    assert all("momentum" not in cell for cell in cells if cell["optimizer"] == "adam")
+    assert {cell["momentum"] for cell in cells if "momentum" in cell} == {0.8, 0.85, 0.9}
+    assert len({tuple(sorted(cell.items())) for cell in cells}) == 12
+
+
+def test_study_cells_cover_the_grid_or_sample_it_without_repetition() -> None:
+    full = grid_spec(12, optimizer=OPTIMIZER, momentum=MOMENTUM, width=WIDTH)
+    assert [grid_cell(full, index) for index in range(12)] == list(iter_cells(full))
+    part = grid_spec(5, optimizer=OPTIMIZER, momentum=MOMENTUM, width=WIDTH)
+    picked = [grid_cell(part, index) for index in range(5)]
+    assert len({tuple(sorted(cell.items())) for cell in picked}) == 5
+    assert all(cell in list(iter_cells(full)) for cell in picked)
+    assert picked == [grid_cell(part, index) for index in range(5)]  # fixed by the spec
+    with pytest.raises(IndexError):
+        grid_cell(part, 5)
+
+
+def test_grid_cells_reproduce_through_fixed_params() -> None:
+    spec = grid_spec(12, optimizer=OPTIMIZER, momentum=MOMENTUM, width=WIDTH)
+    study = optuna.create_study(sampler=build_sampler("grid", {}, 0))
+    for index in range(12):
+        cell = grid_cell(spec, index)
+        study.enqueue_trial(cell)
+        trial = study.ask()
+        suggest(trial, spec)
+        assert trial.params == cell
+
+
+def test_grid_refuses_continuous_params_and_too_small_a_grid() -> None:
+    errors = spec_errors(
+        {
+            "name": "g",
+            "sampler": {"name": "grid"},
+            "params": {"lr": {"type": "float", "low": 0.01, "high": 0.1}, "width": WIDTH},
+        }
+    )
+    assert errors == {
+        "params.lr": "grid sampler: is continuous; give it a step or make it categorical"
+    }
+    errors = spec_errors(
+        {
+            "name": "g",
+            "sampler": {"name": "grid"},
+            "budget": {"n_trials": 4},
+            "params": {"width": WIDTH},
+        }
+    )
+    assert errors == {
+        "budget.n_trials": "the grid has 3 cells, fewer than n_trials (4); use n_trials <= 3"
+    }
+
+
+def test_billion_cell_grid_is_refused_quickly() -> None:
+    wide = {"type": "int", "low": 1, "high": 1000}
+    errors = spec_errors(
+        {
+            "name": "g",
+            "sampler": {"name": "grid"},
+            "params": {"batch_size": wide, "epochs": wide, "seed": wide},
+        }
+    )
+    assert errors == {
+        "sampler.name": f"the grid has more than {MAX_GRID_CELLS:,} cells (max_grid_cells); "
+        "narrow the space"
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "n_trials", "reason"),
+    [
+        (
+            {
+                "objectives": [{"metric": "accuracy"}, {"metric": "loss"}],
+                "params": {"width": WIDTH},
+            },
+            "nsga2",
+            20,
+            "several objectives",
+        ),
+        (
+            {"params": {"optimizer": OPTIMIZER, "width": WIDTH}},
+            "grid",
+            6,
+            "n_trials lowered from 20 to 6",
+        ),
+        (
+            {
+                "params": {
+                    "lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
+                    "width": WIDTH,
+                }
+            },
+            "gp",
+            20,
+            "Gaussian-process",
+        ),
+        (
+            {
+                "budget": {"n_trials": GP_MAX_TRIALS + 1},
+                "params": {"lr": {"type": "float", "low": 1e-3, "high": 0.1}},
+            },
+            "tpe",
+            GP_MAX_TRIALS + 1,
+            "constant liar",
+        ),
+        (
+            {"params": {"optimizer": OPTIMIZER, "lr": {"type": "float", "low": 1e-3, "high": 0.1}}},
+            "tpe",
+            20,
+            "multivariate TPE",
+        ),
+    ],
+)
+def test_auto_picks_as_documented(
+    data: dict[str, Any], name: str, n_trials: int, reason: str
+) -> None:
+    spec = load_spec({"name": "auto", "sampler": {"name": "auto", "seed": 1}, **data})
+    assert spec.sampler.name == name
+    assert spec.sampler.seed == 1
+    assert spec.budget.n_trials == n_trials
+    assert reason in (spec.sampler.chosen_by or "")
+    if name == "tpe":
+        assert spec.sampler.options == {"multivariate": True, "group": True, "constant_liar": True}
+
+
+def test_auto_takes_no_options() -> None:
+    errors = spec_errors({"name": "a", "sampler": {"name": "auto", "options": {"x": 1}}})
+    assert list(errors) == ["sampler.options.x"]
+
+
+@pytest.mark.parametrize("name", SAMPLERS.names())
+def test_every_sampler_runs_a_few_trials(name: str) -> None:
+    params = {"lr": {"type": "float", "low": 1e-3, "high": 0.1, "step": 1e-3}, "width": WIDTH}
+    spec = load_spec({"name": "s", "sampler": {"name": name, "seed": 0}, "params": params})
+    study = optuna.create_study(sampler=build_sampler(spec.sampler.name, spec.sampler.options, 0))
+    for _ in range(4):
+        trial = study.ask()
+        config = suggest(trial, spec)
+        study.tell(trial, config.lr)
+    assert len(study.trials) == 4
