@@ -98,15 +98,11 @@ def pad_crop(opts: PadCropOptions, num_classes: int) -> Augment:
         shift = sample_mask(n, opts.p, generator, images.device)
         offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=images.device)
         offsets = torch.where(shift, offsets, pad)
-        rows = offsets[0].view(n, 1, 1, 1) + torch.arange(height, device=images.device).view(
-            1, 1, height, 1
-        )
-        cols = offsets[1].view(n, 1, 1, 1) + torch.arange(width, device=images.device).view(
-            1, 1, 1, width
-        )
-        batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
-        channel = torch.arange(channels, device=images.device).view(1, channels, 1, 1)
-        return padded[batch, channel, rows, cols], targets
+        rows = offsets[0].view(n, 1, 1) + torch.arange(height, device=images.device).view(1, -1, 1)
+        cols = offsets[1].view(n, 1, 1) + torch.arange(width, device=images.device).view(1, 1, -1)
+        index = (rows * padded.shape[-1] + cols).view(n, 1, height * width)
+        window = padded.flatten(2).gather(2, index.expand(n, channels, -1))
+        return window.view(n, channels, height, width), targets
 
     return apply
 
