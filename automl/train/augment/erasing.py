@@ -6,7 +6,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from automl.train.augment.base import (
     AUGMENTATIONS,
@@ -18,22 +18,19 @@ from automl.train.augment.base import (
 
 MAX_RATIO = 3.3
 """Aspect ratios of the rectangles are drawn log-uniformly from [1 / 3.3, 3.3]."""
+MIN_AREA = 0.02
+"""Areas are drawn from [MIN_AREA, max_area] (shares of the image; as torchvision)."""
 
 
 class ErasingOptions(AugmentOptions):
     """Options of ``erasing``."""
 
-    min_area: float = Field(0.02, gt=0, le=1, description="Smallest rectangle (share of area).")
-    max_area: float = Field(0.33, gt=0, le=1, description="Largest rectangle (share of area).")
+    max_area: float = Field(
+        0.33, gt=0, le=1, description="Largest rectangle, as a share of the area (from 0.02)."
+    )
     fill: Literal["zeros", "noise"] = Field(
         "zeros", description="What the rectangle shows: black or uniform noise."
     )
-
-    @model_validator(mode="after")
-    def _check_areas(self) -> ErasingOptions:
-        if self.min_area > self.max_area:
-            raise ValueError(f"min_area ({self.min_area}) must be <= max_area ({self.max_area})")
-        return self
 
 
 @AUGMENTATIONS.register("erasing", options=ErasingOptions)
@@ -46,7 +43,8 @@ def erasing(opts: ErasingOptions, num_classes: int) -> Augment:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n, _, height, width = images.shape
         erase = sample_mask(n, opts.p, generator, images.device)
-        area = uniform(n, opts.min_area, opts.max_area, generator, images) * (height * width)
+        low = min(MIN_AREA, opts.max_area)
+        area = uniform(n, low, opts.max_area, generator, images) * (height * width)
         ratio = uniform(n, -log_ratio, log_ratio, generator, images).exp()
         box_h = (area * ratio).sqrt().round().clamp(1, height)
         box_w = (area / ratio).sqrt().round().clamp(1, width)
