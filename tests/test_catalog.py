@@ -46,6 +46,18 @@ def test_no_entry_option_shadows_a_general_hyperparameter_or_selector() -> None:
             assert not clash, f"{kind} {entry.name!r} options shadow {clash}"
 
 
+def test_a_bare_option_name_belongs_to_one_registry() -> None:
+    """A bare spec name (``width``, ``momentum``) must resolve without qualification in any
+    study, so no two selectable registries declare the same option name."""
+    owners: dict[str, set[str]] = {}
+    for group, registry in SELECTABLE.items():
+        for entry in registry.entries():
+            for option in entry.options.model_fields:
+                owners.setdefault(option, set()).add(group)
+    shared = {option: sorted(groups) for option, groups in owners.items() if len(groups) > 1}
+    assert not shared, f"option names declared by several registries: {shared}"
+
+
 def test_readme_reference_tables_are_generated_from_the_code() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     begin, end = "<!-- registries:begin -->\n", "<!-- registries:end -->"

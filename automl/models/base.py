@@ -1,21 +1,41 @@
-"""The model registry: an architecture is one factory function plus its options model."""
+"""The model registry and the shape every built model has.
+
+An architecture is one factory function plus its options model::
+
+    @MODELS.register("cnn", options=CnnOptions)
+    def build_cnn(opts: CnnOptions, input_shape: InputShape, num_classes: int) -> nn.Module: ...
+
+**The model convention.** Every factory returns ``nn.Sequential(backbone, head)``:
+
+- ``model[0]``, the *backbone*, maps images ``(N, C, H, W)`` to features. The torchvision
+  families keep torchvision's module names inside it (``conv1``, ``layer1``, ``features``),
+  with their last ``nn.Linear`` replaced by ``nn.Identity``, so a torchvision checkpoint's
+  keys match ``model[0].state_dict()`` (minus that final layer) and load into it directly.
+- ``model[1]``, the *head*, maps those features to ``num_classes`` logits and ends in an
+  ``nn.Linear``; replacing ``model[1]`` (or its last layer) retargets the model to other
+  classes.
+- ``backbone_stages(model)`` lists the backbone's stages, input side first, for freezing
+  the first k of them (see its docstring for the rule).
+
+Every factory builds for any channel count, any image size from 8 px up, and any number of
+classes; none downsamples aggressively below 64 px.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 from torch import nn
 
-from automl.models.transfer import TransferOptions, apply_transfer
-from automl.registry import EntryOptions, Registry
+from automl.registry import Registry
 
 InputShape = tuple[int, ...]
 """Shape of one input: ``(C, H, W)`` for images, ``(T, C, H, W)`` for frame sequences."""
 
 
 class ModelFactory(Protocol):
-    """Builds a network for ``num_classes`` outputs from inputs shaped ``input_shape``."""
+    """Builds ``nn.Sequential(backbone, head)`` for ``num_classes`` outputs from inputs
+    shaped ``input_shape``."""
 
     def __call__(self, options: Any, input_shape: InputShape, num_classes: int) -> nn.Module: ...
 
@@ -23,24 +43,29 @@ class ModelFactory(Protocol):
 MODELS: Registry[ModelFactory] = Registry("model", group="automl.models")
 
 
-def build_model(
-    name: str,
-    options: Mapping[str, Any] | EntryOptions | None,
-    input_shape: InputShape,
-    num_classes: int,
-) -> nn.Module:
-    """Builds the architecture ``name`` with its ``options`` for the data's shape and classes.
+def classifier(features: int, num_classes: int, dropout: float = 0.0) -> nn.Sequential:
+    """The head of a model: optional dropout, then a linear layer to the logits."""
+    layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
+    return nn.Sequential(*layers, nn.Linear(features, num_classes))
 
-    An architecture whose options are ``TransferOptions`` then gets its pretrained
-    weights and frozen stages.
+
+def backbone_stages(model: nn.Module) -> list[nn.Module]:
+    """The stages of a model's backbone (``model[0]``), input side first.
+
+    A stage is a direct child of the backbone that holds parameters; a backbone with a
+    ``features`` module (torchvision MobileNet, EfficientNet) contributes that module's
+    children instead. So ``cnn`` gives its conv blocks, a ResNet ``conv1``, ``bn1`` and
+    ``layer1`` to ``layer4``, a MobileNet each block of ``features``.
 
     Raises:
-        UnknownNameError: If ``name`` is not registered.
-        pydantic.ValidationError: If the options do not fit the architecture.
+        ValueError: If ``model`` does not follow the convention (no backbone).
     """
-    entry = MODELS.get(name)
-    parsed = options if isinstance(options, entry.options) else entry.parse_options(options)  # type: ignore[arg-type]
-    model = entry.factory(parsed, tuple(input_shape), num_classes)
-    if isinstance(parsed, TransferOptions):
-        apply_transfer(model, parsed)
-    return model
+    if not isinstance(model, nn.Sequential) or len(model) != 2:
+        raise ValueError(f"{type(model).__name__} is not nn.Sequential(backbone, head)")
+    backbone = model[0]
+    container = backbone.get_submodule("features") if hasattr(backbone, "features") else backbone
+    return [child for child in container.children() if _has_parameters(child)]
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())

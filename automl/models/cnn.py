@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from automl.models.base import MODELS, InputShape
+from automl.models.base import MODELS, InputShape, classifier
 from automl.models.transfer import TransferOptions
 from automl.registry import EntryOptions
 
@@ -76,12 +76,5 @@ def build_cnn(opts: CnnOptions, input_shape: InputShape, num_classes: int) -> nn
             )
         )
         in_channels, size = out_channels, size // 2 if pool else size
-    return nn.Sequential(
-        nn.Sequential(*blocks),
-        nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Dropout(opts.dropout),
-            nn.Linear(in_channels, num_classes),
-        ),
-    )
+    backbone = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return nn.Sequential(backbone, classifier(in_channels, num_classes, opts.dropout))

@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from automl.models.base import MODELS, InputShape
+from automl.models.base import MODELS, InputShape, classifier
 from automl.models.cnn import MAX_WIDTH, conv_block
 from automl.registry import EntryOptions
 
@@ -23,46 +23,35 @@ GRID = 4
 """Per-frame feature maps are pooled to ``GRID x GRID`` cells before the time model."""
 
 
-class FrameSequenceClassifier(nn.Module):
+class FrameSequenceEncoder(nn.Module):
     """Per-frame CNN features, combined over time by a GRU, an LSTM or a mean.
+
+    The backbone of the frame-sequence models: maps clips ``(N, T, C, H, W)`` to features.
 
     Args:
         frame_encoder: Maps ``(B, C, H, W)`` to ``(B, features)``.
         features: Size of a frame's feature vector.
-        num_classes: Outputs.
         temporal: ``gru``, ``lstm`` or ``mean`` (order-blind).
         hidden: Units of the recurrent layer.
-        dropout: Before the classifier.
     """
 
     def __init__(
-        self,
-        frame_encoder: nn.Module,
-        features: int,
-        num_classes: int,
-        temporal: Temporal,
-        hidden: int,
-        dropout: float = 0.0,
+        self, frame_encoder: nn.Module, features: int, temporal: Temporal, hidden: int
     ) -> None:
         super().__init__()
         self.frame_encoder = frame_encoder
-        self.temporal = temporal
         rnn = {"gru": nn.GRU, "lstm": nn.LSTM}.get(temporal)
         self.rnn = rnn(features, hidden, batch_first=True) if rnn is not None else None
-        out = hidden if self.rnn is not None else features
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(out, num_classes)
+        self.out_features = hidden if self.rnn is not None else features
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        """Returns logits ``(N, num_classes)`` for clips ``(N, T, C, H, W)``."""
+        """Returns features ``(N, out_features)`` for clips ``(N, T, C, H, W)``."""
         batch, steps = clips.shape[:2]
         frames = self.frame_encoder(clips.flatten(0, 1)).view(batch, steps, -1)
         if self.rnn is None:
-            summary = frames.mean(dim=1)
-        else:
-            outputs, _ = self.rnn(frames)
-            summary = outputs[:, -1]
-        return self.classifier(self.dropout(summary))
+            return frames.mean(dim=1)
+        outputs, _ = self.rnn(frames)
+        return outputs[:, -1]
 
 
 def frame_encoder(
@@ -117,9 +106,8 @@ def build_frame_rnn(opts: FrameRnnOptions, input_shape: InputShape, num_classes:
     """Per-frame CNN, then a GRU or LSTM over time (for frame_sequences)."""
     channels, size = _clip_shape("frame_rnn", input_shape)
     encoder, features = frame_encoder(channels, size, opts.width, opts.depth, opts.kernel_size)
-    return FrameSequenceClassifier(
-        encoder, features, num_classes, opts.cell, hidden=opts.hidden, dropout=opts.dropout
-    )
+    backbone = FrameSequenceEncoder(encoder, features, opts.cell, opts.hidden)
+    return nn.Sequential(backbone, classifier(backbone.out_features, num_classes, opts.dropout))
 
 
 @MODELS.register("frame_pool", options=FramePoolOptions)
@@ -129,6 +117,5 @@ def build_frame_pool(
     """Per-frame CNN averaged over time: blind to frame order (a baseline)."""
     channels, size = _clip_shape("frame_pool", input_shape)
     encoder, features = frame_encoder(channels, size, opts.width, opts.depth, opts.kernel_size)
-    return FrameSequenceClassifier(
-        encoder, features, num_classes, "mean", hidden=features, dropout=opts.dropout
-    )
+    backbone = FrameSequenceEncoder(encoder, features, "mean", features)
+    return nn.Sequential(backbone, classifier(backbone.out_features, num_classes, opts.dropout))

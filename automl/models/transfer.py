@@ -4,9 +4,11 @@ Checkpoints come from a file under the data root (``AUTOML_DATA_ROOT``) or by na
 the torch hub cache (``$TORCH_HOME/hub/checkpoints``), and are read with safetensors or
 ``torch.load(weights_only=True)`` only: never arbitrary pickles.
 
-A model's *head* is its last ``nn.Linear``; everything else is the *backbone*, split into
-*stages* (a torchvision ResNet: stem, layer1..layer4; a ``Sequential`` such as the ``cnn``
-model: its blocks before the head).
+Models follow the convention of ``models/base.py``: ``nn.Sequential(backbone, head)``. The
+*head* ends in the model's last ``nn.Linear``; the backbone's *stages* (for ``first_k``
+freezing) are ``models.base.backbone_stages``. A checkpoint saved from one of our models
+matches its keys directly; a torchvision checkpoint (``conv1.weight``, ``layer1...``)
+matches the backbone, ``model[0]``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 
 from automl.data.errors import DatasetError
 from automl.data.paths import confine, data_root, relative_name
+from automl.models.base import backbone_stages
 from automl.registry import EntryOptions
 
 FreezeMode = Literal["none", "backbone", "first_k"]
@@ -156,12 +159,15 @@ def load_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Load
 
     Keys whose shapes match are copied; a 4-d weight that differs only in input channels
     (1 vs 3) is adapted; everything else (typically the head, sized for other classes)
-    keeps its fresh initialization.
+    keeps its fresh initialization. Keys of a bare backbone (a torchvision checkpoint) are
+    matched against ``model[0]``.
 
     Returns:
         Which keys were loaded, adapted or skipped.
     """
     own = model.state_dict()
+    if not own.keys() & state.keys() and {f"0.{key}" for key in state} & own.keys():
+        state = {f"0.{key}": value for key, value in state.items()}  # a bare backbone's keys
     report = LoadReport()
     merged = dict(own)
     for key, target in own.items():
@@ -214,29 +220,6 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Linear:
     head = head.to(device=old.weight.device, dtype=old.weight.dtype)
     setattr(parent, attribute, head)
     return head
-
-
-def backbone_stages(model: nn.Module) -> list[nn.Module]:
-    """The backbone split into stages, input side first (the head excluded).
-
-    A torchvision ResNet gives ``[stem, layer1, layer2, layer3, layer4]`` (stem = conv1 +
-    bn1); a ``Sequential`` gives its children that have parameters, up to the head.
-    """
-    if all(hasattr(model, name) for name in ("conv1", "bn1", "layer1", "fc")):
-        stem = nn.ModuleList([model.conv1, model.bn1])
-        layers = [getattr(model, f"layer{i}") for i in range(1, 5) if hasattr(model, f"layer{i}")]
-        return [stem, *layers]
-    _, _, head = find_head(model)
-    children = list(model.children())
-    if len(children) == 2 and isinstance(children[0], nn.Sequential):
-        model = children[0]  # the (backbone, head) convention of models/base.py
-    stages = []
-    for child in model.children():
-        if child is head or any(module is head for module in child.modules()):
-            break
-        if any(True for _ in child.parameters()):
-            stages.append(child)
-    return stages
 
 
 def freeze(model: nn.Module, mode: FreezeMode, k: int = 0) -> list[str]:

@@ -11,7 +11,8 @@ import torch
 from automl.data import ImageData, load_dataset
 from automl.models import build_model
 from automl.train.loop import evaluate, resolve_device
-from automl.train.metrics import compute_metrics, per_class_report
+from automl.train.metrics import Evaluation, compute_metrics, per_class_report
+from automl.train.model_stats import profile_model
 from automl.train.trial_config import TrialConfig
 
 Split = Literal["val", "test"]
@@ -62,9 +63,10 @@ def evaluate_weights(
         device.type == "cuda",
         data.normalize,
     )
+    stats = profile_model(model, data.input_shape, device)
     return SplitReport(
         split=split,
-        metrics=compute_metrics(confusion, mean_loss),
+        metrics=compute_metrics(Evaluation(confusion, mean_loss, stats)),
         per_class=per_class_report(confusion, data.classes),
         confusion=confusion.tolist(),
         samples=len(labels),

@@ -5,7 +5,7 @@ Three kinds of names:
 - general training hyperparameters, ``TrialConfig``'s own fields: ``lr``, ``epochs``...;
 - selectors, which pick one entry of a registry: ``model``, ``optimizer``, ``scheduler``,
   ``loss``, ``imbalance``;
-- entry options. Qualified, ``entry.option`` (``resnet18.width_multiplier``, ``hflip.p``),
+- entry options. Qualified, ``entry.option`` (``resnet18.stem_stride``, ``hflip.p``),
   or bare, ``option``, which sets that option on every entry the study can choose that
   declares it (``width`` for ``cnn``; ``momentum`` for both ``sgd`` and ``rmsprop``). An
   option applies only while its entry is the one chosen: searching it implies

@@ -20,9 +20,17 @@ from automl.data import ImageData, load_dataset
 from automl.models import build_model
 from automl.models.transfer import param_groups
 from automl.train.augment import build_pipeline
+from automl.train.early_stopping import EarlyStopping
 from automl.train.imbalance import ArtifactCache, TrainSplit, build_imbalance_plan
 from automl.train.losses import build_loss
-from automl.train.metrics import compute_metrics, confusion_matrix, per_class_report
+from automl.train.metrics import (
+    METRICS,
+    Evaluation,
+    compute_metrics,
+    confusion_matrix,
+    per_class_report,
+)
+from automl.train.model_stats import profile_model
 from automl.train.optim import build_optimizer, build_scheduler
 from automl.train.trial_config import TrialConfig
 
@@ -53,6 +61,8 @@ class TrainResult:
     classes: tuple[str, ...] = ()
     notes: dict[str, Any] = field(default_factory=dict)
     """What the imbalance strategy did (e.g. how long its generator trained)."""
+    stopped_early: bool = False
+    """Whether ``patience`` epochs passed without a better monitored metric."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -84,10 +94,13 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     data: ImageData | None = None,
     artifacts: ArtifactCache | None = None,
+    monitor: str = "accuracy",
 ) -> TrainResult:
     """Trains one configuration and evaluates it on the validation split after each epoch.
 
-    Deterministic for a given ``config.seed`` on the CPU.
+    Deterministic for a given ``config.seed`` on the CPU. The model's parameter count and
+    inference latency (batch 1 and 256, on ``device``) are measured once, before training,
+    and reported with every epoch's metrics.
 
     Args:
         config: The configuration to train.
@@ -98,14 +111,18 @@ def train(
         data: Preloaded data; by default ``config.dataset`` is loaded (cached per process).
         artifacts: Where strategies keep what they train once (the ``gan`` generator);
             by default a folder under ``AUTOML_CACHE_DIR``.
+        monitor: The metric that ``config.patience`` watches (its direction is the
+            metric's own); the worker passes the study's first objective.
 
     Returns:
         The final metrics, the per-epoch history and the trained weights (on the CPU).
 
     Raises:
         TrainingInterrupted: If ``should_stop`` returned True.
+        UnknownNameError: If ``monitor`` is not a registered metric.
     """
     started = time.perf_counter()
+    stopper = EarlyStopping(config.patience, METRICS.get(monitor).factory.direction)
     device = resolve_device(device)
     if data is None:
         data = load_dataset(config.dataset.source, config.dataset.options)
@@ -117,6 +134,7 @@ def train(
     model = model.to(device)
     if on_cuda:
         model = model.to(memory_format=torch.channels_last)
+    model_stats = profile_model(model, data.input_shape, device)
     split = TrainSplit(
         data.train_x,
         data.train_y,
@@ -135,7 +153,7 @@ def train(
     loss_fn = plan.loss or build_loss(
         config.loss.name, config.loss.options, data.num_classes, class_weights
     )
-    augment = build_pipeline(config.augment)
+    augment = build_pipeline(config.augment, data.num_classes)
     optimizer = build_optimizer(
         config.optimizer.name,
         config.optimizer.options,
@@ -158,7 +176,7 @@ def train(
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
     confusion = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
-    pruned = False
+    pruned = stopped_early = False
     for epoch in range(1, config.epochs + 1):
         model.train()
         if plan.sampler is None:
@@ -176,6 +194,8 @@ def train(
                 loss = loss_fn(model(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach() * (stop - start)
@@ -184,10 +204,13 @@ def train(
         confusion, val_loss = evaluate(
             model, data.val_x, data.val_y, data.num_classes, on_cuda, data.normalize
         )
-        metrics = compute_metrics(confusion, val_loss)
+        metrics = compute_metrics(Evaluation(confusion, val_loss, model_stats))
         history.append({"epoch": epoch, "train_loss": float(loss_sum) / len(order), **metrics})
         if report is not None and report(epoch, metrics):
             pruned = True
+            break
+        if stopper.should_stop(metrics[monitor]):
+            stopped_early = True
             break
 
     return TrainResult(
@@ -201,6 +224,7 @@ def train(
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         classes=data.classes,
         notes=plan.notes,
+        stopped_early=stopped_early,
     )
 
 

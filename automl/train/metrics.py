@@ -1,4 +1,4 @@
-"""Validation metrics computed from a confusion matrix, registered by name."""
+"""Validation metrics, registered by name, computed from an evaluation record."""
 
 from __future__ import annotations
 
@@ -9,16 +9,29 @@ from typing import Literal
 import torch
 
 from automl.registry import Registry
+from automl.train.model_stats import ModelStats
 
 Direction = Literal["maximize", "minimize"]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything metrics are computed from after an epoch."""
+
+    confusion: torch.Tensor
+    """Validation confusion matrix; rows are true classes, columns predictions."""
+    loss: float
+    """Mean validation cross-entropy."""
+    model: ModelStats
+    """The model's size and measured latency."""
 
 
 @dataclass(frozen=True)
 class Metric:
     """A scalar metric: how to compute it and which way is better."""
 
-    compute: Callable[[torch.Tensor, float], float]
-    """``compute(confusion, mean_loss) -> value``; confusion rows are true classes."""
+    compute: Callable[[Evaluation], float]
+    """``compute(evaluation) -> value``."""
     direction: Direction
 
 
@@ -38,30 +51,49 @@ def _f1s(confusion: torch.Tensor) -> torch.Tensor:
     return (2 * true_pos / denominator.clamp(min=1))[present]
 
 
+def _accuracy(confusion: torch.Tensor) -> float:
+    return float(confusion.diagonal().sum() / confusion.sum().clamp(min=1))
+
+
 METRICS.add(
     "accuracy",
-    Metric(lambda cm, _: float(cm.diagonal().sum() / cm.sum().clamp(min=1)), "maximize"),
+    Metric(lambda e: _accuracy(e.confusion), "maximize"),
     description="Share of validation images classified correctly.",
 )
 METRICS.add(
     "balanced_accuracy",
-    Metric(lambda cm, _: float(_recalls(cm).mean()), "maximize"),
+    Metric(lambda e: float(_recalls(e.confusion).mean()), "maximize"),
     description="Mean per-class recall; robust to class imbalance.",
 )
 METRICS.add(
     "macro_f1",
-    Metric(lambda cm, _: float(_f1s(cm).mean()), "maximize"),
+    Metric(lambda e: float(_f1s(e.confusion).mean()), "maximize"),
     description="Unweighted mean per-class F1.",
 )
 METRICS.add(
     "worst_class_recall",
-    Metric(lambda cm, _: float(_recalls(cm).min()), "maximize"),
+    Metric(lambda e: float(_recalls(e.confusion).min()), "maximize"),
     description="Recall of the worst class.",
 )
 METRICS.add(
     "loss",
-    Metric(lambda _, loss: loss, "minimize"),
+    Metric(lambda e: e.loss, "minimize"),
     description="Mean validation cross-entropy.",
+)
+METRICS.add(
+    "params",
+    Metric(lambda e: float(e.model.params), "minimize"),
+    description="Number of model parameters.",
+)
+METRICS.add(
+    "latency_ms",
+    Metric(lambda e: e.model.latency_ms, "minimize"),
+    description="Median inference time of one image on the trial's device (ms).",
+)
+METRICS.add(
+    "batch_latency_ms",
+    Metric(lambda e: e.model.batch_latency_ms, "minimize"),
+    description="Median inference time of a batch of 256 images on the trial's device (ms).",
 )
 
 
@@ -74,11 +106,9 @@ def confusion_matrix(
     return counts.reshape(num_classes, num_classes).cpu()
 
 
-def compute_metrics(confusion: torch.Tensor, mean_loss: float) -> dict[str, float]:
+def compute_metrics(evaluation: Evaluation) -> dict[str, float]:
     """Computes every registered metric."""
-    return {
-        name: METRICS.get(name).factory.compute(confusion, mean_loss) for name in METRICS.names()
-    }
+    return {name: METRICS.get(name).factory.compute(evaluation) for name in METRICS.names()}
 
 
 def per_class_report(

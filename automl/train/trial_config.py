@@ -103,6 +103,15 @@ class TrialConfig(BaseModel):
     )
     epochs: int = Field(10, ge=1, le=10_000, description="Training epochs.")
     batch_size: int = Field(64, ge=1, le=65_536, description="Training batch size.")
+    grad_clip: float = Field(
+        0.0, ge=0, le=1e6, description="Largest global gradient norm; 0 turns clipping off."
+    )
+    patience: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="Stop after this many epochs without a better objective; 0 turns it off.",
+    )
     seed: int = Field(0, ge=0, description="Seed of initialization, batch order, augmentation.")
 
 

@@ -61,7 +61,9 @@ def run_trial(
         config = suggest(trial, spec)
         trial.set_user_attr(attrs.CONFIG, config.model_dump(mode="json"))
         report = _reporter(storage, claim)
-        result = train(config, report, device=device, should_stop=should_stop)
+        result = train(
+            config, report, device=device, should_stop=should_stop, monitor=spec.metrics[0]
+        )
         _record(trial, result)
         if result.pruned:
             frozen = claim.study.tell(trial, state=TrialState.PRUNED)

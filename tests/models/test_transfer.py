@@ -50,7 +50,7 @@ def test_cnn_checkpoint_in_safetensors_and_torch_formats(roots: tuple[Path, Path
         target = cnn(1, 4)  # grayscale input, 4 classes
         report = load_pretrained(target, state)
         assert report.adapted == ["0.0.0.weight"]
-        assert report.skipped == ["1.3.weight", "1.3.bias"]  # the head is sized for 10 classes
+        assert report.skipped == ["1.0.weight", "1.0.bias"]  # the head is sized for 10 classes
         assert "0.1.0.weight" in report.loaded
         assert torch.equal(target.state_dict()["0.1.0.weight"], source.state_dict()["0.1.0.weight"])
         summed = source.state_dict()["0.0.0.weight"].sum(dim=1, keepdim=True)
@@ -97,31 +97,45 @@ def test_pickled_objects_are_refused(roots: tuple[Path, Path]) -> None:
         load_checkpoint("module.pt")
 
 
-def test_resnet18_grayscale_head_and_first_k(roots: tuple[Path, Path]) -> None:
+def test_torchvision_resnet18_checkpoint_loads_into_the_backbone(
+    roots: tuple[Path, Path],
+) -> None:
+    """A torchvision checkpoint (bare backbone keys) on a grayscale 64 px, 3-class task."""
     data, _ = roots
     torch.manual_seed(0)
-    pretrained = resnet18(weights=None)
-    torch.save(pretrained.state_dict(), data / "r18.pt")
-    model = resnet18(weights=None)
-    model.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
-    head = replace_head(model, 3)
-    assert model.fc is head and head.out_features == 3
+    torch.save(resnet18(weights=None).state_dict(), data / "r18.pt")
+    model = build_model("resnet18", {}, (1, 64, 64), 3)
     report = load_pretrained(model, load_checkpoint("r18.pt"))
-    assert report.adapted == ["conv1.weight"] and report.skipped == ["fc.weight", "fc.bias"]
-    assert len(backbone_stages(model)) == 5
-    frozen = freeze(model, "first_k", k=2)
-    assert frozen and all(name.startswith(("conv1", "bn1", "layer1")) for name in frozen)
-    assert not model.layer1[0].conv1.weight.requires_grad
-    assert model.layer2[0].conv1.weight.requires_grad and model.fc.weight.requires_grad
-    with pytest.raises(ValueError, match=r"k must be in \[0, 5\]"):
-        freeze(model, "first_k", k=6)
+    assert report.adapted == ["0.conv1.weight"]
+    assert "0.layer4.1.bn2.weight" in report.loaded
+    assert report.skipped == ["1.0.weight", "1.0.bias"]  # our head, sized for 3 classes
+    stages = backbone_stages(model)
+    assert len(stages) == 6  # conv1, bn1, layer1..layer4
+    frozen = freeze(model, "first_k", k=3)
+    assert frozen and all(name.startswith(("0.conv1", "0.bn1", "0.layer1")) for name in frozen)
+    assert not model[0].layer1[0].conv1.weight.requires_grad
+    assert model[0].layer2[0].conv1.weight.requires_grad and model[1][0].weight.requires_grad
+    with pytest.raises(ValueError, match=r"k must be in \[0, 6\]"):
+        freeze(model, "first_k", k=7)
+
+
+def test_pretrained_options_build_a_loaded_frozen_model(roots: tuple[Path, Path]) -> None:
+    data, _ = roots
+    torch.manual_seed(1)
+    source = build_model("resnet18", {}, (3, 32, 32), 10)
+    torch.save(source.state_dict(), data / "ours.pt")
+    options = {"pretrained": "ours.pt", "freeze": "backbone", "backbone_lr_mult": 0.1}
+    model = build_model("resnet18", options, (3, 32, 32), 4)
+    assert torch.equal(model[0].conv1.weight, source[0].conv1.weight)
+    assert not any(p.requires_grad for p in model[0].parameters())
+    assert all(p.requires_grad for p in model[1].parameters())
 
 
 def test_frozen_backbone_stays_fixed_while_the_head_trains(roots: tuple[Path, Path]) -> None:
     model = cnn(3, 10)
     head = replace_head(model, 2)
     frozen = freeze(model, "backbone")
-    assert set(frozen) == {n for n, _ in model.named_parameters()} - {"1.3.weight", "1.3.bias"}
+    assert set(frozen) == {n for n, _ in model.named_parameters()} - {"1.0.weight", "1.0.bias"}
     groups = param_groups(model, lr=0.1, backbone_lr_mult=0.1)
     assert [group["name"] for group in groups] == ["head"]
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -136,7 +150,7 @@ def test_frozen_backbone_stays_fixed_while_the_head_trains(roots: tuple[Path, Pa
         optimizer.step()
     for name, parameter in model.named_parameters():
         changed = not torch.equal(parameter, before[name])
-        assert changed == (name in {"1.3.weight", "1.3.bias"}), name
+        assert changed == (name in {"1.0.weight", "1.0.bias"}), name
     assert head.weight.requires_grad
 
 

@@ -21,12 +21,33 @@ from automl.train import (
     TrialConfig,
     train,
 )
+from automl.train.early_stopping import EarlyStopping
 from automl.train.hyperparameters import flat_config
 from automl.train.losses import FocalLoss, build_loss
-from automl.train.metrics import compute_metrics, confusion_matrix, per_class_report
+from automl.train.metrics import Evaluation, compute_metrics, confusion_matrix, per_class_report
+from automl.train.model_stats import ModelStats
 from automl.train.optim import build_optimizer, build_scheduler
 
-METRIC_NAMES = {"accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall", "loss"}
+TIMINGS = {"latency_ms", "batch_latency_ms"}
+METRIC_NAMES = {
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "worst_class_recall",
+    "loss",
+    "params",
+    *TIMINGS,
+}
+STATS = ModelStats(params=1234, latency_ms=0.5, batch_latency_ms=20.0)
+
+
+def evaluation(confusion: torch.Tensor, loss: float = 0.0) -> Evaluation:
+    return Evaluation(confusion, loss, STATS)
+
+
+def without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Measured latencies differ between runs; everything else is deterministic."""
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in history]
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +146,7 @@ def test_train_is_deterministic(small_data: ImageData) -> None:
     config = tiny(epochs=2, dropout=0.2, seed=3)
     first = train(config, data=small_data)
     second = train(config, data=small_data)
-    assert first.history == second.history
+    assert without_timings(first.history) == without_timings(second.history)
     assert first.confusion == second.confusion
     assert first.state_dict.keys() == second.state_dict.keys()
     for key, tensor in first.state_dict.items():
@@ -207,6 +228,89 @@ def test_every_loss_trains(small_data: ImageData, loss: str) -> None:
     result = train(tiny(epochs=1, loss=loss, label_smoothing=0.1), data=small_data)
     assert math.isfinite(result.history[0]["train_loss"])
     assert math.isfinite(result.metrics["loss"])
+
+
+def test_params_and_latency_are_recorded_every_epoch(small_data: ImageData) -> None:
+    config = tiny(epochs=2)
+    result = train(config, data=small_data)
+    model = build_model(
+        config.model.name, config.model.options, small_data.input_shape, small_data.num_classes
+    )
+    assert result.metrics["params"] == sum(p.numel() for p in model.parameters())
+    for name in ("latency_ms", "batch_latency_ms"):
+        assert math.isfinite(result.metrics[name]) and result.metrics[name] > 0
+        # Measured once, before training: the same value in every epoch.
+        assert len({row[name] for row in result.history}) == 1
+
+
+def test_grad_clip_bounds_every_update(small_data: ImageData) -> None:
+    """With plain SGD, each step moves the parameters by at most lr * grad_clip."""
+    values = {"optimizer": "sgd", "momentum": 0.0, "lr": 0.1, "epochs": 1, "batch_size": 100}
+    config = tiny(**values, grad_clip=1e-4)
+    torch.manual_seed(config.seed)
+    initial = build_model(
+        config.model.name, config.model.options, small_data.input_shape, small_data.num_classes
+    )
+    names = [name for name, _ in initial.named_parameters()]
+
+    def moved(result: TrainResult) -> float:
+        start = dict(initial.named_parameters())
+        squares = [(result.state_dict[n] - start[n].detach()).pow(2).sum() for n in names]
+        return float(torch.stack(squares).sum().sqrt())
+
+    steps = 3  # 301 samples in batches of 100; the trailing single sample is dropped
+    clipped = moved(train(config, data=small_data))
+    assert 0 < clipped <= steps * 0.1 * 1e-4 * (1 + 1e-4)
+    assert moved(train(tiny(**values), data=small_data)) > 100 * clipped
+
+
+def test_patience_stops_once_the_monitored_metric_stalls(small_data: ImageData) -> None:
+    # The parameter count never improves after the first epoch.
+    result = train(tiny(epochs=10, patience=2), data=small_data, monitor="params")
+    assert result.stopped_early and not result.pruned
+    assert result.epochs_run == 3
+    assert len(result.history) == 3
+    unlimited = train(tiny(epochs=4), data=small_data, monitor="params")
+    assert unlimited.epochs_run == 4 and not unlimited.stopped_early
+
+
+def test_unknown_monitor_is_refused(small_data: ImageData) -> None:
+    with pytest.raises(ValueError, match="unknown metric 'acuracy'"):
+        train(tiny(epochs=1), data=small_data, monitor="acuracy")
+
+
+def test_early_stopping_counts_epochs_without_improvement() -> None:
+    stopper = EarlyStopping(2, "maximize")
+    assert [stopper.should_stop(v) for v in (0.5, 0.6, 0.6, 0.7, 0.1, math.nan)] == [
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+    lower = EarlyStopping(1, "minimize")
+    assert [lower.should_stop(v) for v in (2.0, 1.0, 1.5)] == [False, False, True]
+    never = EarlyStopping(0, "maximize")
+    assert not any(never.should_stop(0.0) for _ in range(5))
+
+
+def test_augmented_training_evaluates_unaugmented_validation_data(small_data: ImageData) -> None:
+    """Mixing produces soft targets for the loss; validation images are left alone."""
+    augment = {"mixup.p": 1.0, "erasing.p": 1.0, "erasing.max_area": 0.5, "affine.p": 1.0}
+    config = tiny(epochs=1, **augment)
+    assert set(config.augment) == {"mixup", "erasing", "affine"}
+    result = train(config, data=small_data)
+    assert math.isfinite(result.history[0]["train_loss"])
+    model = build_model(
+        config.model.name, config.model.options, small_data.input_shape, small_data.num_classes
+    )
+    model.load_state_dict(result.state_dict)
+    model.eval()
+    with torch.no_grad():
+        predictions = model(small_data.normalize(small_data.val_x)).argmax(dim=1)
+    accuracy = float((predictions == small_data.val_y).float().mean())
+    assert accuracy == pytest.approx(result.metrics["accuracy"])
 
 
 # --- losses, optimizers, schedules ---------------------------------------------------------
@@ -317,7 +421,7 @@ def test_confusion_matrix_counts_unseen_classes_as_zero() -> None:
 
 
 def test_compute_metrics_hand_made_example() -> None:
-    metrics = compute_metrics(confusion_matrix(PREDICTIONS, LABELS, 3), 1.25)
+    metrics = compute_metrics(evaluation(confusion_matrix(PREDICTIONS, LABELS, 3), 1.25))
     assert set(metrics) == METRIC_NAMES == set(METRICS.names())
     assert metrics["accuracy"] == pytest.approx(0.7)
     # Recalls 3/4, 1/2, 3/4.
@@ -326,21 +430,27 @@ def test_compute_metrics_hand_made_example() -> None:
     # F1s 2*3/(4+4), 2*1/(3+2), 2*3/(3+4).
     assert metrics["macro_f1"] == pytest.approx((0.75 + 0.4 + 6 / 7) / 3)
     assert metrics["loss"] == 1.25
+    assert (metrics["params"], metrics["latency_ms"], metrics["batch_latency_ms"]) == (
+        1234,
+        0.5,
+        20.0,
+    )
 
 
 def test_metrics_ignore_classes_absent_from_validation() -> None:
-    with_absent = compute_metrics(confusion_matrix(PREDICTIONS, LABELS, 4), 0.0)
-    assert with_absent == pytest.approx(compute_metrics(torch.tensor(CONFUSION), 0.0))
+    with_absent = compute_metrics(evaluation(confusion_matrix(PREDICTIONS, LABELS, 4)))
+    assert with_absent == pytest.approx(compute_metrics(evaluation(torch.tensor(CONFUSION))))
 
 
 def test_perfect_predictions() -> None:
-    metrics = compute_metrics(confusion_matrix(LABELS, LABELS, 3), 0.0)
+    metrics = compute_metrics(evaluation(confusion_matrix(LABELS, LABELS, 3)))
     for name in ("accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall"):
         assert metrics[name] == pytest.approx(1.0), name
 
 
 def test_metric_directions() -> None:
-    assert METRICS.get("loss").factory.direction == "minimize"
+    for name in ("loss", "params", "latency_ms", "batch_latency_ms"):
+        assert METRICS.get(name).factory.direction == "minimize"
     for name in ("accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall"):
         assert METRICS.get(name).factory.direction == "maximize"
 

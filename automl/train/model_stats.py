@@ -1,0 +1,84 @@
+"""What a model costs: its parameter count and its measured inference latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+LATENCY_BATCH = 256
+"""Batch size of ``ModelStats.batch_latency_ms``."""
+WARMUP_RUNS = {"cpu": 1, "cuda": 3}
+"""Untimed passes first: CUDA's first passes load kernels and grow the memory pool."""
+MAX_TIMED_RUNS = 5
+TIME_BUDGET_S = 0.5
+"""Timed runs of one batch size stop after this long (at least one always runs)."""
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Size and speed of a model on the device it trains on."""
+
+    params: int
+    """Number of parameters (trainable or not)."""
+    latency_ms: float
+    """Median inference time of one image, in milliseconds."""
+    batch_latency_ms: float
+    """Median inference time of a batch of ``LATENCY_BATCH`` images, in milliseconds."""
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters of ``model`` (shared parameters counted once)."""
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int,
+    device: torch.device,
+) -> float:
+    """Median time of ``model``'s forward pass on one batch, in milliseconds.
+
+    Runs untimed warm-up passes (``WARMUP_RUNS``), then up to ``MAX_TIMED_RUNS`` timed ones until
+    ``TIME_BUDGET_S`` is spent, in eval mode (bfloat16 autocast on CUDA, as evaluation
+    runs); the model's train/eval mode is restored afterwards. The input is constant, so
+    the global random state is untouched.
+    """
+    was_training = model.training
+    model.eval()
+    on_cuda = device.type == "cuda"
+    batch = torch.full((batch_size, *input_shape), 0.5, device=device)
+
+    def run() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
+            model(batch)
+        if on_cuda:
+            torch.cuda.synchronize(device)
+
+    try:
+        for _ in range(WARMUP_RUNS.get(device.type, 1)):
+            run()
+        times: list[float] = []
+        budget_end = time.perf_counter() + TIME_BUDGET_S
+        while len(times) < MAX_TIMED_RUNS and (not times or time.perf_counter() < budget_end):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    return statistics.median(times) * 1000.0
+
+
+def profile_model(model: nn.Module, input_shape: Sequence[int], device: torch.device) -> ModelStats:
+    """Counts ``model``'s parameters and measures its latency at batch 1 and batch 256."""
+    return ModelStats(
+        params=count_parameters(model),
+        latency_ms=measure_latency(model, input_shape, 1, device),
+        batch_latency_ms=measure_latency(model, input_shape, LATENCY_BATCH, device),
+    )
