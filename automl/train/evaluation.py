@@ -10,6 +10,7 @@ import torch
 
 from automl.data import ImageData, load_dataset
 from automl.models import build_model
+from automl.train.accel import Accelerator
 from automl.train.loop import evaluate, resolve_device
 from automl.train.metrics import Evaluation, compute_metrics, per_class_report
 from automl.train.model_stats import profile_model
@@ -54,13 +55,14 @@ def evaluate_weights(
         raise NoSplitError(f"dataset {config.dataset.source!r} has no {split} split")
     model = build_model(config.model.name, config.model.options, data.input_shape, data.num_classes)
     model.load_state_dict(dict(state_dict))
-    model = model.to(device)
+    accel = Accelerator.for_device(device, len(data.input_shape))
+    model = accel.model(model)
     confusion, mean_loss = evaluate(
         model,
         images.to(device),
         labels.to(device),
         data.num_classes,
-        device.type == "cuda",
+        accel,
         data.normalize,
     )
     stats = profile_model(model, data.input_shape, device)

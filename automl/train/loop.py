@@ -7,7 +7,6 @@ Python in the hot loop and only uint8 crosses memory.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from torch.nn import functional as F
 from automl.data import ImageData, load_dataset
 from automl.models import build_model
 from automl.models.transfer import param_groups
+from automl.train.accel import Accelerator
 from automl.train.augment import build_pipeline
 from automl.train.early_stopping import EarlyStopping
 from automl.train.imbalance import ArtifactCache, TrainSplit, build_imbalance_plan
@@ -127,13 +127,11 @@ def train(
     if data is None:
         data = load_dataset(config.dataset.source, config.dataset.options)
     data = data.to(device)
-    on_cuda = device.type == "cuda"
+    accel = Accelerator.for_device(device, len(data.input_shape))
 
     torch.manual_seed(config.seed)
     model = build_model(config.model.name, config.model.options, data.input_shape, data.num_classes)
-    model = model.to(device)
-    if on_cuda:
-        model = model.to(memory_format=torch.channels_last)
+    model = accel.model(model)
     model_stats = profile_model(model, data.input_shape, device)
     split = TrainSplit(
         data.train_x,
@@ -154,12 +152,16 @@ def train(
         config.loss.name, config.loss.options, data.num_classes, class_weights
     )
     augment = build_pipeline(config.augment, data.num_classes)
+    groups = _trainable_groups(model, config)
+    trainable = [parameter for group in groups for parameter in group["params"]]
+    runner = torch.compile(model) if config.compile else model
     optimizer = build_optimizer(
         config.optimizer.name,
         config.optimizer.options,
-        _trainable_groups(model, config),
+        groups,
         lr=config.lr,
         weight_decay=config.weight_decay,
+        fused=accel.fused,
     )
     n_train = len(train_y) if plan.epoch_size is None else plan.epoch_size
     batch_size = min(config.batch_size, n_train)
@@ -189,20 +191,16 @@ def train(
             images, targets = data.to_unit(train_x[index]), train_y[index]
             if augment is not None:
                 images, targets = augment(images, targets, generator)
-            images = data.standardize(images)
-            with _autocast(on_cuda):
-                loss = loss_fn(model(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            images = accel.batch(data.standardize(images))
+            with accel.autocast():
+                loss = loss_fn(runner(images), targets)
+            accel.step(loss, optimizer, trainable, config.grad_clip)
             scheduler.step()
             loss_sum += loss.detach() * (stop - start)
             if should_stop is not None and should_stop():
                 raise TrainingInterrupted(f"stopped during epoch {epoch}")
         confusion, val_loss = evaluate(
-            model, data.val_x, data.val_y, data.num_classes, on_cuda, data.normalize
+            runner, data.val_x, data.val_y, data.num_classes, accel, data.normalize
         )
         metrics = compute_metrics(Evaluation(confusion, val_loss, model_stats))
         history.append({"epoch": epoch, "train_loss": float(loss_sum) / len(order), **metrics})
@@ -234,19 +232,22 @@ def evaluate(
     images: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
-    on_cuda: bool = False,
+    accel: Accelerator | None = None,
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Returns the confusion matrix and the mean cross-entropy of ``model`` on a split.
 
-    ``prepare`` turns each stored batch into model input (e.g. ``ImageData.normalize``).
+    Runs without autograd at a large batch. ``prepare`` turns each stored batch into model
+    input (e.g. ``ImageData.normalize``).
     """
+    accel = accel or Accelerator(images.device)
     model.eval()
     predictions, loss_sum = [], torch.zeros((), device=images.device)
     for start, stop in _batch_slices(len(labels), EVAL_BATCH, drop_single=False):
-        with _autocast(on_cuda):
-            batch = images[start:stop]
-            logits = model(prepare(batch) if prepare is not None else batch).float()
+        batch = images[start:stop]
+        batch = accel.batch(prepare(batch) if prepare is not None else batch)
+        with accel.autocast():
+            logits = model(batch).float()
         loss_sum += F.cross_entropy(logits, labels[start:stop], reduction="sum")
         predictions.append(logits.argmax(dim=1))
     confusion = confusion_matrix(torch.cat(predictions), labels, num_classes)
@@ -269,12 +270,6 @@ def _batch_slices(n: int, batch_size: int, drop_single: bool = True) -> list[tup
     if drop_single and len(slices) > 1 and slices[-1][1] - slices[-1][0] == 1:
         slices.pop()
     return slices
-
-
-def _autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    if enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 __all__ = ["Reporter", "TrainResult", "TrainingInterrupted", "evaluate", "resolve_device", "train"]

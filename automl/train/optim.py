@@ -15,10 +15,17 @@ ParamsOrGroups = Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
 
 
 class OptimizerFactory(Protocol):
-    """Builds an optimizer over ``params`` (tensors or param groups)."""
+    """Builds an optimizer over ``params`` (tensors or param groups); ``fused`` asks for the
+    fused (or else multi-tensor) CUDA implementation where the optimizer has one."""
 
     def __call__(
-        self, options: Any, params: ParamsOrGroups, *, lr: float, weight_decay: float
+        self,
+        options: Any,
+        params: ParamsOrGroups,
+        *,
+        lr: float,
+        weight_decay: float,
+        fused: bool = False,
     ) -> torch.optim.Optimizer: ...
 
 
@@ -53,7 +60,7 @@ class AdamOptions(EntryOptions):
 
 @OPTIMIZERS.register("sgd", options=SgdOptions)
 def sgd(
-    opts: SgdOptions, params: ParamsOrGroups, *, lr: float, weight_decay: float
+    opts: SgdOptions, params: ParamsOrGroups, *, lr: float, weight_decay: float, fused: bool = False
 ) -> torch.optim.Optimizer:
     """SGD with (Nesterov) momentum."""
     return torch.optim.SGD(
@@ -62,36 +69,65 @@ def sgd(
         momentum=opts.momentum,
         nesterov=opts.nesterov and opts.momentum > 0,
         weight_decay=weight_decay,
+        fused=fused or None,
     )
 
 
 @OPTIMIZERS.register("adam", options=AdamOptions)
 def adam(
-    opts: AdamOptions, params: ParamsOrGroups, *, lr: float, weight_decay: float
+    opts: AdamOptions,
+    params: ParamsOrGroups,
+    *,
+    lr: float,
+    weight_decay: float,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """Adam with L2 weight decay."""
     return torch.optim.Adam(
-        params, lr=lr, betas=(opts.beta1, opts.beta2), weight_decay=weight_decay
+        params,
+        lr=lr,
+        betas=(opts.beta1, opts.beta2),
+        weight_decay=weight_decay,
+        fused=fused or None,
     )
 
 
 @OPTIMIZERS.register("adamw", options=AdamOptions)
 def adamw(
-    opts: AdamOptions, params: ParamsOrGroups, *, lr: float, weight_decay: float
+    opts: AdamOptions,
+    params: ParamsOrGroups,
+    *,
+    lr: float,
+    weight_decay: float,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """Adam with decoupled weight decay."""
     return torch.optim.AdamW(
-        params, lr=lr, betas=(opts.beta1, opts.beta2), weight_decay=weight_decay
+        params,
+        lr=lr,
+        betas=(opts.beta1, opts.beta2),
+        weight_decay=weight_decay,
+        fused=fused or None,
     )
 
 
 @OPTIMIZERS.register("rmsprop", options=RmspropOptions)
 def rmsprop(
-    opts: RmspropOptions, params: ParamsOrGroups, *, lr: float, weight_decay: float
+    opts: RmspropOptions,
+    params: ParamsOrGroups,
+    *,
+    lr: float,
+    weight_decay: float,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """RMSprop with momentum."""
     return torch.optim.RMSprop(
-        params, lr=lr, alpha=opts.rho, momentum=opts.momentum, weight_decay=weight_decay
+        params,
+        lr=lr,
+        alpha=opts.rho,
+        momentum=opts.momentum,
+        weight_decay=weight_decay,
+        foreach=fused or None,  # RMSprop has no fused kernel; the multi-tensor one instead
     )
 
 
@@ -158,10 +194,14 @@ def build_optimizer(
     *,
     lr: float,
     weight_decay: float,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
-    """Builds the optimizer ``name`` with its ``options`` over ``params``."""
+    """Builds the optimizer ``name`` with its ``options`` over ``params`` (``fused``: the
+    fused CUDA implementation where there is one)."""
     entry = OPTIMIZERS.get(name)
-    return entry.factory(entry.parse_options(options), params, lr=lr, weight_decay=weight_decay)
+    return entry.factory(
+        entry.parse_options(options), params, lr=lr, weight_decay=weight_decay, fused=fused
+    )
 
 
 def build_scheduler(

@@ -113,6 +113,9 @@ class TrialConfig(BaseModel):
         description="Stop after this many epochs without a better objective; 0 turns it off.",
     )
     seed: int = Field(0, ge=0, description="Seed of initialization, batch order, augmentation.")
+    compile: bool = Field(
+        False, description="Compile the model with torch.compile (slow start, faster steps)."
+    )
 
 
 GENERAL: tuple[str, ...] = tuple(

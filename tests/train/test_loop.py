@@ -21,6 +21,7 @@ from automl.train import (
     TrialConfig,
     train,
 )
+from automl.train.accel import Accelerator
 from automl.train.early_stopping import EarlyStopping
 from automl.train.hyperparameters import flat_config
 from automl.train.losses import FocalLoss, build_loss
@@ -470,3 +471,25 @@ def test_per_class_report_class_never_predicted_nor_present() -> None:
     )
     assert report[1] == {"class": "b", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert report[0]["f1"] == 1.0
+
+
+def test_cpu_path_is_plain_fp32_and_deterministic(small_data: ImageData) -> None:
+    accel = Accelerator.for_device(torch.device("cpu"), sample_dims=3)
+    assert (accel.dtype, accel.channels_last, accel.fused, accel.scaler) == (
+        None,
+        False,
+        False,
+        None,
+    )
+    first, again = (train(tiny(epochs=1), data=small_data) for _ in range(2))
+    untimed = [{k: v for k, v in row.items() if k not in TIMINGS} for row in first.history]
+    assert untimed == [{k: v for k, v in row.items() if k not in TIMINGS} for row in again.history]
+    assert all(torch.equal(first.state_dict[k], again.state_dict[k]) for k in first.state_dict)
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager_on_cpu(small_data: ImageData) -> None:
+    eager = train(tiny(epochs=1), data=small_data)
+    compiled = train(tiny(epochs=1, compile=True), data=small_data)
+    assert set(compiled.state_dict) == set(eager.state_dict)  # no "_orig_mod." prefixes
+    assert compiled.metrics["accuracy"] == pytest.approx(eager.metrics["accuracy"], abs=0.05)
