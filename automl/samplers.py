@@ -29,6 +29,10 @@ SAMPLERS.add("gp", _seeded(optuna.samplers.GPSampler))  # Gaussian-process Bayes
 SAMPLERS.add("qmc", _seeded(optuna.samplers.QMCSampler))  # quasi-Monte Carlo space filling
 SAMPLERS.add("nsga2", _seeded(optuna.samplers.NSGAIISampler))  # multi-objective genetic
 
+SHARED_SEED_SAMPLERS = frozenset({"qmc"})
+"""Samplers whose seed must be the same in every worker (QMC scrambles one sequence that
+all workers walk through); the others get a different seed per trial."""
+
 
 def build_sampler(
     name: str, options: dict[str, Any], seed: int | None

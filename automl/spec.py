@@ -25,7 +25,7 @@ from automl.pruners import PRUNERS, build_pruner
 from automl.samplers import SAMPLERS, build_sampler
 from automl.train import HYPERPARAMETERS, METRICS, TrialConfig
 
-MAX_TRIALS = 5_000
+MAX_TRIALS = 100_000
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 Scalar = str | bool | int | float

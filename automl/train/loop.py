@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from automl.data import ImageData, load_dataset
 from automl.models import build_model
+from automl.train.checkpoint import CheckpointSink, TrainState, capture, restore
 from automl.train.config import TrialConfig
 from automl.train.losses import build_loss
 from automl.train.metrics import compute_metrics, confusion_matrix, per_class_report
@@ -77,6 +78,9 @@ def train(
     device: str | torch.device = "cpu",
     should_stop: Callable[[], bool] | None = None,
     data: ImageData | None = None,
+    checkpoint: CheckpointSink | None = None,
+    checkpoint_interval: float | None = None,
+    resume: TrainState | None = None,
 ) -> TrainResult:
     """Trains one configuration and evaluates it on the validation split after each epoch.
 
@@ -89,6 +93,13 @@ def train(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         should_stop: Polled after every batch; returning True raises ``TrainingInterrupted``.
         data: Preloaded data; by default ``config.dataset`` is loaded (cached per process).
+        checkpoint: Given the training state after every epoch but the last, every
+            ``checkpoint_interval`` seconds within an epoch, and before an interruption.
+        checkpoint_interval: Seconds between checkpoints within one epoch (None: only at
+            epoch ends).
+        resume: A state from ``checkpoint`` to continue from (same config): the result
+            equals that of an uninterrupted run on the CPU; ``report`` is called for the
+            remaining epochs only.
 
     Returns:
         The final metrics, the per-epoch history and the trained weights (on the CPU).
@@ -116,14 +127,37 @@ def train(
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
     history: list[dict[str, float]] = []
+    first_epoch, skip, resumed_loss = 1, 0, 0.0
+    if resume is not None:
+        restore(resume, model=model, optimizer=optimizer, scheduler=scheduler)
+        generator.set_state(resume.epoch_generator)
+        history = [dict(entry) for entry in resume.history]
+        first_epoch, skip, resumed_loss = resume.epoch + 1, resume.batch, resume.loss_sum
+
+    def state(epoch_done: int, batches: int, epoch_rng: torch.Tensor, loss: float) -> TrainState:
+        return capture(
+            epoch=epoch_done,
+            batch=batches,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            epoch_generator=epoch_rng,
+            loss_sum=loss,
+            history=history,
+        )
+
     metrics: dict[str, float] = {}
     confusion = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
     pruned = False
-    for epoch in range(1, config.epochs + 1):
+    last_checkpoint = time.monotonic()
+    for epoch in range(first_epoch, config.epochs + 1):
         model.train()
+        epoch_generator = generator.get_state()
         order = torch.randperm(n_train, device=device, generator=generator)
-        loss_sum = torch.zeros((), device=device)
-        for start, stop in _batch_slices(n_train, batch_size):
+        loss_sum = torch.full((), resumed_loss if skip else 0.0, device=device)
+        for batch, (start, stop) in enumerate(_batch_slices(n_train, batch_size)):
+            if batch < skip:
+                continue  # done before the checkpoint this run resumed from
             index = order[start:stop]
             with _autocast(on_cuda):
                 loss = loss_fn(model(data.train_x[index]), data.train_y[index])
@@ -132,14 +166,28 @@ def train(
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach() * (stop - start)
-            if should_stop is not None and should_stop():
+            stopping = should_stop is not None and should_stop()
+            due = checkpoint_interval is not None and (
+                time.monotonic() - last_checkpoint >= checkpoint_interval
+            )
+            if checkpoint is not None and (stopping or due):
+                checkpoint(state(epoch - 1, batch + 1, epoch_generator, float(loss_sum)))
+                last_checkpoint = time.monotonic()
+            if stopping:
                 raise TrainingInterrupted(f"stopped during epoch {epoch}")
+        skip = 0
         confusion, val_loss = evaluate(model, data.val_x, data.val_y, data.num_classes, on_cuda)
         metrics = compute_metrics(confusion, val_loss)
         history.append({"epoch": epoch, "train_loss": float(loss_sum) / n_train, **metrics})
+        if checkpoint is not None and epoch < config.epochs:
+            checkpoint(state(epoch, 0, generator.get_state(), 0.0))
+            last_checkpoint = time.monotonic()
         if report is not None and report(epoch, metrics):
             pruned = True
             break
+    if not metrics:  # resumed after the last epoch: nothing left to train
+        confusion, val_loss = evaluate(model, data.val_x, data.val_y, data.num_classes, on_cuda)
+        metrics = compute_metrics(confusion, val_loss)
 
     return TrainResult(
         metrics=metrics,
