@@ -347,7 +347,7 @@ def api_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
 
     monkeypatch.setattr(commands, "HttpClient", InProcessHttpClient)
     yield base_url
-    app.state.storage.engine.dispose()
+    app.state.store.close()
 
 
 def test_submit_and_status_over_http(cli: Run, api_url: str, spec_file: Path) -> None:
