@@ -33,6 +33,7 @@ from automl.store import (
 from automl.train import resolve_device
 from automl.worker.coordinator import Coordinator, SqlCoordinator
 from automl.worker.identity import new_worker_id, sampler_seed
+from automl.worker.keeper import LeaseKeeper
 from automl.worker.runner import TrialContext, TrialRun, run_lease
 
 logger = logging.getLogger("automl.worker")
@@ -200,24 +201,26 @@ class Worker:
             worker_id=self.name,
             device=self.device,
             stopping=self._stop.is_set,
-            heartbeat_interval=self.options.heartbeat_interval,
             checkpoint_interval=self.options.checkpoint_interval,
             backoff=self.backoff,
         )
+        interval = self.options.heartbeat_interval
         try:
-            try:
-                study, spec = ctx.persist(lambda: self._study(lease), "loading a study")
-            except Exception as exc:  # e.g. the study was deleted since the claim
-                logger.warning("cannot load study %s: %s", lease.study_id, exc)
-                error = f"cannot load study: {exc}"
-                ctx.persist(
-                    lambda: self.coordinator.release(
-                        lease, FailureKind.ERROR, error, requeue=False
-                    ),
-                    "releasing a trial",
-                )
-                return TrialRun(lease, "fail")
-            return run_lease(ctx, lease, study, spec)
+            # Beat from the moment of the claim: loading the study can take a while.
+            with LeaseKeeper(self.coordinator, lease, interval, self.backoff) as keeper:
+                try:
+                    study, spec = ctx.persist(lambda: self._study(lease), "loading a study")
+                except Exception as exc:  # e.g. the study was deleted since the claim
+                    logger.warning("cannot load study %s: %s", lease.study_id, exc)
+                    error = f"cannot load study: {exc}"
+                    ctx.persist(
+                        lambda: self.coordinator.release(
+                            lease, FailureKind.ERROR, error, requeue=False
+                        ),
+                        "releasing a trial",
+                    )
+                    return TrialRun(lease, "fail")
+                return run_lease(ctx, lease, study, spec, keeper)
         finally:
             ctx.persist(lambda: self.coordinator.settle(lease.study_id), "settling a study")
 

@@ -60,8 +60,7 @@ class TrialContext:
         worker_id: This worker's unique id.
         device: Torch device for training.
         stopping: True once the worker was asked to stop.
-        heartbeat_interval: Seconds between heartbeats.
-        checkpoint_interval: Seconds between checkpoints within a long epoch.
+            checkpoint_interval: Seconds between checkpoints within a long epoch.
         backoff: Waits and logs during database outages.
     """
 
@@ -69,7 +68,6 @@ class TrialContext:
     worker_id: str
     device: str
     stopping: Callable[[], bool]
-    heartbeat_interval: float
     checkpoint_interval: float
     backoff: Backoff
 
@@ -97,7 +95,9 @@ class TrialRun:
     trial: FrozenTrial | None = None
 
 
-def run_lease(ctx: TrialContext, lease: Lease, study: optuna.Study, spec: StudySpec) -> TrialRun:
+def run_lease(
+    ctx: TrialContext, lease: Lease, study: optuna.Study, spec: StudySpec, keeper: LeaseKeeper
+) -> TrialRun:
     """Runs the ticket of ``lease`` to its end (see the module docstring).
 
     Args:
@@ -105,9 +105,11 @@ def run_lease(ctx: TrialContext, lease: Lease, study: optuna.Study, spec: StudyS
         lease: A freshly claimed lease.
         study: The Optuna study, with the sampler and pruner this attempt uses.
         spec: The study's spec.
+        keeper: The lease's running heartbeat.
     """
     started = time.perf_counter()
-    run = _Attempt(ctx, lease, study, spec).run()
+    run = _Attempt(ctx, lease, study, spec, keeper).run()
+
     _log(run, spec, time.perf_counter() - started)
     return run
 
@@ -116,13 +118,18 @@ class _Attempt:
     """One attempt at one ticket (a helper of ``run_lease``)."""
 
     def __init__(
-        self, ctx: TrialContext, lease: Lease, study: optuna.Study, spec: StudySpec
+        self,
+        ctx: TrialContext,
+        lease: Lease,
+        study: optuna.Study,
+        spec: StudySpec,
+        keeper: LeaseKeeper,
     ) -> None:
         self.ctx, self.lease, self.study, self.spec = ctx, lease, study, spec
         self.coordinator = ctx.coordinator
+        self.keeper = keeper
         self.trial_id: int | None = None
         self.trial: optuna.Trial | None = None
-        self.keeper: LeaseKeeper | None = None
 
     # --- the attempt -------------------------------------------------------------------------
 
@@ -145,11 +152,7 @@ class _Attempt:
                 _describe(exc),
                 requeue=requeue,
             )
-        with LeaseKeeper(
-            self.coordinator, self.lease, self.ctx.heartbeat_interval, self.ctx.backoff
-        ) as keeper:
-            self.keeper = keeper
-            return self._train_and_report(resume)
+        return self._train_and_report(resume)
 
     def _load_checkpoint(self) -> TrainState | None:
         if self.lease.checkpoint is None:
@@ -206,7 +209,7 @@ class _Attempt:
         )
 
     def _train_and_report(self, resume: TrainState | None) -> TrialRun:
-        assert self.trial is not None and self.keeper is not None
+        assert self.trial is not None
         trial, keeper = self.trial, self.keeper
         try:
             config = suggest(trial, self.spec)
@@ -244,7 +247,7 @@ class _Attempt:
             return self._fail(FailureKind.ERROR, _describe(exc))
 
     def _reporter(self) -> Callable[[int, dict[str, float]], bool]:
-        assert self.trial is not None and self.keeper is not None
+        assert self.trial is not None
         trial, keeper, spec = self.trial, self.keeper, self.spec
         single = len(spec.metrics) == 1
 
@@ -263,7 +266,6 @@ class _Attempt:
         return report
 
     def _save_checkpoint(self, state: TrainState) -> None:
-        assert self.keeper is not None
         if self.keeper.lost.is_set():
             return
         blob = state.to_bytes()

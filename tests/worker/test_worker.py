@@ -392,32 +392,27 @@ def test_a_reaped_trial_rejects_its_late_result(
     tiny_spec: SpecFactory,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    in_background: Callable[[Callable[[], None]], threading.Thread],
 ) -> None:
-    """A worker that stops beating (stalled) is reaped; the result it tells later is refused."""
+    """A worker that stopped beating (stalled) is reaped; the result it tells later is refused."""
     monkeypatch.setattr(LeaseKeeper, "beat", lambda self: None)
-    monkeypatch.setattr(automl.worker.runner._Attempt, "_save_checkpoint", lambda self, s: None)
-    spec = tiny_spec(
-        budget={"n_trials": 1, "max_failed": 0},
-        objective=None,
-        objectives=[{"metric": "accuracy"}, {"metric": "loss"}],  # no per-epoch reports
-        pruner=None,
-        fixed={**LONG_TRIAL, "epochs": 6},
-    )
-    study_id = submit_study(store, spec).id
+    real_train = automl.worker.runner.train
     reaped: list[int] = []
 
-    def reap_when_running() -> None:
-        if _wait_for_running_trial(storage_url, study_id, tmp_path, epochs=0):
-            time.sleep(0.5)
-            reaper = store_at(storage_url, tmp_path)
-            reaped.extend(r.ticket_id for r in reap_stale(reaper, grace=0.3))
+    def train_then_get_reaped(*args: Any, **kwargs: Any) -> Any:
+        result = real_train(*args, **kwargs)
+        reaper = store_at(storage_url, tmp_path)  # another process's reaper, meanwhile
+        try:
+            reaped.extend(r.ticket_id for r in reap_stale(reaper, grace=0))
+        finally:
             reaper.close()
+        return result
 
-    in_background(reap_when_running)
+    monkeypatch.setattr(automl.worker.runner, "train", train_then_get_reaped)
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
     stalled = Worker(store, _options())
     claim = SqlCoordinator(store).claim(stalled.name, None)
     assert claim is not None
+
     run = stalled.run_lease(claim)
 
     assert reaped == [claim.ticket_id]
