@@ -203,9 +203,7 @@ def run_size(store: Store, n: int, repeats: int) -> list[tuple[str, float, float
     study_id = submit_study(store, spec_for(2 * n, f"measured-{tag}")).id
     populate(store, study_id, n)
     queued = baseline_submit(store.storage, f"queued-{tag}", n)
-    rows.append(
-        ("claim", *alternate(lambda: claim_once(store, study_id), queued.ask, repeats))
-    )
+    rows.append(("claim", *alternate(lambda: claim_once(store, study_id), queued.ask, repeats)))
     rows.append(
         (
             "get_study",
@@ -283,12 +281,15 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    print(f"{'backend':9} {'trials':>6}  {'operation':22} {'automl ms':>10} {'baseline ms':>12} {'ratio':>8}")
+    header = ("backend", "trials", "operation", "automl ms", "baseline ms", "ratio")
+    print("{:9} {:>6}  {:22} {:>10} {:>12} {:>8}".format(*header))
+
     for backend in args.backends:
         for n in args.sizes:
-            with tempfile.TemporaryDirectory() as tmp, backend_store(
-                backend, args.postgres, Path(tmp)
-            ) as store:
+            with (
+                tempfile.TemporaryDirectory() as tmp,
+                backend_store(backend, args.postgres, Path(tmp)) as store,
+            ):
                 for operation, ours, theirs in run_size(store, n, args.repeats):
                     print(
                         f"{backend:9} {n:>6}  {operation:22} {ours:>10.2f} {theirs:>12.2f} "

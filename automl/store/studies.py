@@ -332,7 +332,7 @@ def list_trials(
         _row(connection, study_id)
         count = optuna_rows.count_trials(connection, study_id, state)
         ids = optuna_rows.page_trial_ids(connection, study_id, state, limit, offset)
-    trials = [store.reader.get_trial(trial_id) for trial_id in ids]
+        trials = optuna_rows.load_trials(connection, ids)
     return Page(data=[TrialSummary.of(trial) for trial in trials], count=count)
 
 

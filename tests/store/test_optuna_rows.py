@@ -121,3 +121,31 @@ def test_studies_with_an_attribute_but_no_automl_row(store: Store) -> None:
             connection, "automl.created_at", sa.select(tables.studies.c.study_id)
         )
     assert found == {orphan_id: "2026-01-02T00:00:00+00:00"}
+
+
+def test_load_trials_matches_optuna(store: Store) -> None:
+    study, _ = _study(store, "load")
+    first = study.ask()
+    first.suggest_float("lr", 1e-4, 1e-1, log=True)
+    first.suggest_categorical("optimizer", ["adam", "sgd"])
+    first.suggest_int("width", 8, 64, step=8)
+    first.report(0.5, 1)
+    first.report(float("inf"), 2)
+    first.set_user_attr("metrics", {"accuracy": 0.5})
+    study.tell(first, 0.75)
+    second = study.ask()
+    study.tell(second, state=TrialState.FAIL)
+    running = study.ask()
+    ids = [running._trial_id, first._trial_id, second._trial_id]
+
+    with store.read() as connection:
+        loaded = optuna_rows.load_trials(connection, [*ids, 987_654])
+
+    assert [t._trial_id for t in loaded] == ids  # in the order asked; unknown ids skipped
+    for ours in loaded:
+        theirs = store.storage.get_trial(ours._trial_id)
+        for field in ("number", "state", "values", "params", "distributions", "user_attrs"):
+            assert getattr(ours, field) == getattr(theirs, field), field
+        assert ours.intermediate_values == theirs.intermediate_values
+        assert ours.datetime_start == theirs.datetime_start
+        assert ours.datetime_complete == theirs.datetime_complete
