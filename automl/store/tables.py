@@ -90,7 +90,9 @@ tickets = sa.Table(
     sa.Column("exclusive", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.Index("ix_automl_tickets_study_state", "study_id", "state"),
+    # Covers the per-state counts (GROUP BY state, outcome) and the EXISTS checks.
+    sa.Index("ix_automl_tickets_study_state", "study_id", "state", "outcome"),
+
     sa.Index("ix_automl_tickets_state_heartbeat", "state", "heartbeat_at"),
     sa.Index("ix_automl_tickets_study_failure", "study_id", "failure"),
 )
