@@ -92,7 +92,6 @@ tickets = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     # Covers the per-state counts (GROUP BY state, outcome) and the EXISTS checks.
     sa.Index("ix_automl_tickets_study_state", "study_id", "state", "outcome"),
-
     sa.Index("ix_automl_tickets_state_heartbeat", "state", "heartbeat_at"),
     sa.Index("ix_automl_tickets_study_failure", "study_id", "failure"),
 )

@@ -226,9 +226,7 @@ def test_cancel(cli: Run, spec_file: Path) -> None:
 
 
 @pytest.mark.parametrize("over_http", [False, True], ids=["local", "http"])
-def test_lifecycle_commands(
-    cli: Run, spec_file: Path, api_url: str, over_http: bool
-) -> None:
+def test_lifecycle_commands(cli: Run, spec_file: Path, api_url: str, over_http: bool) -> None:
     target = ["--url", api_url] if over_http else []
     cli("submit", str(spec_file), *target)
 

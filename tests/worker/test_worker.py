@@ -521,9 +521,13 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.mark.slow
 def test_processes_racing_run_exactly_the_budget(
-    storage_url: str, tiny_spec: SpecFactory, tmp_path: Path
+    sqlite_url: str, tiny_spec: SpecFactory, tmp_path: Path
 ) -> None:
+    """Fresh budget units on SQLite; tests/e2e/test_many_workers.py races eight processes
+    for enqueued configurations on PostgreSQL."""
+    storage_url = sqlite_url
     store = store_at(storage_url, tmp_path)
+
     try:
         study_id = submit_study(store, tiny_spec(budget={"n_trials": 6, "max_failed": 6})).id
         logs = [tmp_path / f"worker{i}.log" for i in range(3)]
