@@ -45,8 +45,9 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_INDEX_
 COPY search_spaces/ ./search_spaces/
 
 # The SQLite default and the trial weights live under /data, a volume. With PostgreSQL
-# (AUTOML_STORAGE=postgresql://...) only the artifacts stay there; they must be shared by
-# the API (which serves weights) and every worker (which writes them).
+# (AUTOML_STORAGE=postgresql://...) weights and checkpoints go into the database too
+# (AUTOML_ARTIFACT_STORE=auto), so workers on other machines need only the URL.
+
 ENV AUTOML_STORAGE=sqlite:////data/automl.db \
     AUTOML_ARTIFACTS_DIR=/data/artifacts \
     AUTOML_HOST=0.0.0.0 \

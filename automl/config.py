@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STORAGE = "sqlite:///automl.db"
@@ -38,6 +39,41 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(
         Path("automl-cache"), description="Folder of decoded images (uint8 tensors), shared."
     )
+    artifact_store: Literal["auto", "folder", "sql", "s3"] = Field(
+        "auto",
+        description=(
+            "Where weights and checkpoints go: auto (sql with PostgreSQL, folder with SQLite), "
+            "folder (AUTOML_ARTIFACTS_DIR), sql (a table in the storage database) or s3."
+        ),
+    )
+    s3_bucket: str | None = Field(
+        None, description="Bucket of the s3 artifact store (credentials as boto3 finds them)."
+    )
+    heartbeat_interval: float = Field(
+        10.0, gt=0, description="Seconds between a running trial's heartbeats."
+    )
+    grace_period: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds without a heartbeat after which a trial's worker counts as lost.",
+    )
+    reap_interval: float = Field(
+        15.0, gt=0, description="Seconds between two passes of the reaper (API and workers)."
+    )
+    checkpoint_interval: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds between checkpoints inside one long epoch (also every epoch).",
+    )
+
+    @model_validator(mode="after")
+    def _grace_exceeds_heartbeat(self) -> Settings:
+        if self.grace_period <= 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"grace_period ({self.grace_period:g} s) must exceed twice heartbeat_interval "
+                f"({self.heartbeat_interval:g} s), or live workers would be reaped"
+            )
+        return self
 
 
 class Limits(BaseSettings):

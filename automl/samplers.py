@@ -137,6 +137,10 @@ SAMPLERS.add(
     description="NSGA-II genetic algorithm for several objectives.",
 )
 
+SHARED_SEED_SAMPLERS = frozenset({"qmc"})
+"""Samplers whose seed must be the same in every worker (QMC scrambles one sequence that
+all workers walk through); the others get a different seed per trial."""
+
 
 def build_sampler(
     name: str, options: Mapping[str, Any], seed: int | None

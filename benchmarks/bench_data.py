@@ -37,6 +37,7 @@ from automl.data import forget_loaded, load_dataset, stratified_split
 from automl.examples import write_rgb_folder
 from automl.models import build_model
 from automl.train import TrialConfig, train
+from automl.train.hyperparameters import flat_config
 from automl.train.loop import resolve_device
 
 SIZE = 32
@@ -44,14 +45,8 @@ SIZE = 32
 
 def config(epochs: int) -> TrialConfig:
     options = {"path": "shapes", "size": SIZE, "val_fraction": 0.2}
-    return TrialConfig(
-        dataset={"source": "image_folder", "options": options},
-        width=8,
-        depth=2,
-        epochs=epochs,
-        batch_size=128,
-        lr=3e-3,
-    )
+    values = {"width": 8, "depth": 2, "epochs": epochs, "batch_size": 128, "lr": 3e-3}
+    return flat_config(values, {"source": "image_folder", "options": options})
 
 
 def run_automl(

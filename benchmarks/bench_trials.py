@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from automl.data import load_dataset
 from automl.models import build_model
 from automl.spec import validate_spec
-from automl.store import create_storage, get_study, submit_study
+from automl.store import get_study, open_store, submit_study
 from automl.train import TrialConfig, train
 from automl.train.hyperparameters import flat_config
 from automl.train.loop import resolve_device
@@ -83,14 +83,12 @@ def study_data(trials: int, epochs: int) -> dict:
 
 def automl_study(trials: int, epochs: int, device: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        storage = create_storage(f"sqlite:///{Path(tmp) / 'bench.db'}")
-        study = submit_study(storage, validate_spec(study_data(trials, epochs)))
-        options = WorkerOptions(
-            device=device, study_id=study.id, exit_when_idle=True, artifacts_dir=Path(tmp)
-        )
-        Worker(storage, options).run()
-        best = get_study(storage, study.id).best_value
-        storage.engine.dispose()
+        store = open_store(f"sqlite:///{Path(tmp) / 'bench.db'}", artifacts_dir=Path(tmp))
+        study = submit_study(store, validate_spec(study_data(trials, epochs)))
+        options = WorkerOptions(device=device, study_id=study.id, exit_when_idle=True)
+        Worker(store, options).run()
+        best = get_study(store, study.id).best_value
+        store.close()
         return float(best or 0.0)
 
 

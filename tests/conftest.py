@@ -17,7 +17,7 @@ import sqlalchemy
 
 from automl.data import forget_loaded
 from automl.spec import StudySpec, validate_spec
-from automl.store import QueuedTrialStorage, create_storage, normalize_url
+from automl.store import Store, normalize_url, open_store
 
 POSTGRES_ENV = "AUTOML_TEST_POSTGRES_URL"
 
@@ -63,20 +63,26 @@ def storage_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(fixture)
 
 
-@pytest.fixture
-def storage(storage_url: str) -> Iterator[QueuedTrialStorage]:
-    """An open storage on each backend."""
-    opened = create_storage(storage_url)
-    yield opened
-    opened.engine.dispose()
+def store_at(url: str, tmp_path: Path) -> Store:
+    """Opens the store at ``url``, with the default artifact store for its backend
+    (a folder under ``tmp_path`` on SQLite, the SQL table on PostgreSQL)."""
+    return open_store(url, artifacts_dir=tmp_path / "artifacts")
 
 
 @pytest.fixture
-def sqlite_storage(sqlite_url: str) -> Iterator[QueuedTrialStorage]:
-    """An open SQLite storage (for tests that need only one backend)."""
-    opened = create_storage(sqlite_url)
+def store(storage_url: str, tmp_path: Path) -> Iterator[Store]:
+    """An open store on each backend."""
+    opened = store_at(storage_url, tmp_path)
     yield opened
-    opened.engine.dispose()
+    opened.close()
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url: str, tmp_path: Path) -> Iterator[Store]:
+    """An open SQLite store (for tests that need only one backend)."""
+    opened = store_at(sqlite_url, tmp_path)
+    yield opened
+    opened.close()
 
 
 def tiny_spec_data(**overrides: Any) -> dict[str, Any]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from optuna.storages import BaseStorage
 
 from automl import __version__
 from automl.api.errors import install_error_handlers
@@ -14,25 +15,45 @@ from automl.api.routes import health, registries, studies
 from automl.catalog import load_plugins
 from automl.config import Settings
 from automl.spec import StudySpec
-from automl.store import create_storage
+from automl.store import Reaper, Store, open_store_from
 
 
-def create_app(settings: Settings | None = None, storage: BaseStorage | None = None) -> FastAPI:
-    """Builds the API over the storage named by ``settings.storage``.
+def create_app(
+    settings: Settings | None = None, store: Store | None = None, *, reap: bool = True
+) -> FastAPI:
+    """Builds the API over the store named by ``settings``.
+
+    While the app runs, a reaper thread re-queues trials whose workers were lost (it
+    is what recovers a study when every worker died).
 
     Args:
         settings: Defaults to the ``AUTOML_*`` environment.
-        storage: An already open storage (otherwise opened from ``settings.storage``).
+        store: An already open store (otherwise opened from ``settings``).
+        reap: Run the reaper while the app serves.
     """
     settings = settings or Settings()
     load_plugins()
+    store = store or open_store_from(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reaper = Reaper(store, settings.grace_period, settings.reap_interval) if reap else None
+        if reaper is not None:
+            reaper.start()
+        try:
+            yield
+        finally:
+            if reaper is not None:
+                reaper.stop()
+
     app = FastAPI(
         title="automl",
         version=__version__,
         summary="Hyperparameter search for image recognition on Optuna's SQL store.",
+        lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.storage = storage or create_storage(settings.storage)
+    app.state.store = store
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(studies.router)

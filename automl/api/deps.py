@@ -1,18 +1,18 @@
-"""FastAPI dependencies: the shared storage and settings, as ``Annotated`` aliases."""
+"""FastAPI dependencies: the shared store and settings, as ``Annotated`` aliases."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
-from optuna.storages import BaseStorage
 
 from automl.config import Settings
+from automl.store import Store
 
 
-def get_storage(request: Request) -> BaseStorage:
-    """The app's Optuna storage (one per process, thread-safe)."""
-    return request.app.state.storage
+def get_store(request: Request) -> Store:
+    """The app's store (one per process, thread-safe)."""
+    return request.app.state.store
 
 
 def get_settings(request: Request) -> Settings:
@@ -20,5 +20,5 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-StorageDep = Annotated[BaseStorage, Depends(get_storage)]
+StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

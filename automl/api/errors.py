@@ -1,4 +1,8 @@
-"""Map domain errors to JSON HTTP errors: 4xx for the caller's mistakes, 503 for storage."""
+"""Map domain errors to JSON HTTP errors: 4xx for the caller's mistakes, 503 for storage.
+
+A database that is down, restarting or dropping connections is a 503 (retry later), never
+a 500: reads have already been retried briefly by the store.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,20 @@ import logging
 import sqlalchemy
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from optuna.exceptions import StorageInternalError
 
 from automl.spec import SpecError
 from automl.store import (
     NoBestTrialError,
     StorageError,
+    StorageUnavailableError,
     StudyNotFoundError,
     StudyStateError,
     TrialNotFoundError,
     WeightsNotFoundError,
+    is_transient,
 )
+from automl.store.faults import first_line
 
 logger = logging.getLogger("automl.api")
 
@@ -61,10 +69,21 @@ def install_error_handlers(app: FastAPI) -> None:
         return _detail(413, str(exc))
 
     @app.exception_handler(StorageError)
-    @app.exception_handler(sqlalchemy.exc.OperationalError)
-    async def _storage(_: Request, exc: Exception) -> JSONResponse:
+    async def _storage(_: Request, exc: StorageError) -> JSONResponse:
         logger.error("storage error: %s", exc)
-        return _detail(503, "storage unavailable, try again later")
+        return _detail(503, str(exc))
+
+    # Database faults surface as SQLAlchemy errors, or wrapped in Optuna's; handled here
+    # (not by the catch-all below, which the server would also log as a crash).
+    @app.exception_handler(sqlalchemy.exc.SQLAlchemyError)
+    @app.exception_handler(StorageInternalError)
+    @app.exception_handler(StorageUnavailableError)
+    async def _database(_: Request, exc: Exception) -> JSONResponse:
+        if is_transient(exc):  # the database is down, restarting or dropped the connection
+            logger.error("storage unavailable: %s", first_line(exc))
+            return _detail(503, "storage unavailable, try again later")
+        logger.exception("database error", exc_info=exc)
+        return _detail(500, "internal server error")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -6,18 +6,23 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
-from optuna.storages import BaseStorage
 
 from automl.spec import load_spec
 from automl.store import (
     BestTrials,
     Page,
+    Store,
     StudyDetail,
     StudySummary,
     best_trials,
     cancel_study,
+    delete_study,
+    enqueue_trials,
+    extend_study,
     get_study,
     list_studies,
+    rerun_failed,
+    resume_study,
     submit_study,
 )
 
@@ -40,33 +45,58 @@ class Client(Protocol):
     def study(self, study_id: int) -> StudyDetail: ...
     def best(self, study_id: int) -> BestTrials: ...
     def cancel(self, study_id: int) -> StudyDetail: ...
+    def extend(self, study_id: int, add_trials: int) -> StudyDetail: ...
+    def resume(self, study_id: int, add_trials: int) -> StudyDetail: ...
+    def rerun_failed(self, study_id: int) -> StudyDetail: ...
+    def enqueue(self, study_id: int, configs: list[dict[str, Any]]) -> StudyDetail: ...
+    def delete(self, study_id: int) -> None: ...
 
 
 class LocalClient:
-    """Talks to the Optuna storage directly (no server needed)."""
+    """Talks to the store directly (no server needed)."""
 
-    def __init__(self, storage: BaseStorage) -> None:
-        self.storage = storage
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def submit(self, spec_path: Path) -> StudyDetail:
         """Validates and submits a spec file."""
-        return submit_study(self.storage, load_spec(spec_path))
+        return submit_study(self.store, load_spec(spec_path))
 
     def studies(self, limit: int) -> Page[StudySummary]:
         """Newest studies first."""
-        return list_studies(self.storage, limit=limit)
+        return list_studies(self.store, limit=limit)
 
     def study(self, study_id: int) -> StudyDetail:
         """One study."""
-        return get_study(self.storage, study_id)
+        return get_study(self.store, study_id)
 
     def best(self, study_id: int) -> BestTrials:
         """The best trial(s)."""
-        return best_trials(self.storage, study_id)
+        return best_trials(self.store, study_id)
 
     def cancel(self, study_id: int) -> StudyDetail:
         """Cancels a study."""
-        return cancel_study(self.storage, study_id)
+        return cancel_study(self.store, study_id)
+
+    def extend(self, study_id: int, add_trials: int) -> StudyDetail:
+        """Adds trials to an active study."""
+        return extend_study(self.store, study_id, add_trials)
+
+    def resume(self, study_id: int, add_trials: int) -> StudyDetail:
+        """Reopens an ended study."""
+        return resume_study(self.store, study_id, add_trials)
+
+    def rerun_failed(self, study_id: int) -> StudyDetail:
+        """Queues a study's failed trials again."""
+        return rerun_failed(self.store, study_id)
+
+    def enqueue(self, study_id: int, configs: list[dict[str, Any]]) -> StudyDetail:
+        """Queues configurations to try next."""
+        return enqueue_trials(self.store, study_id, configs)
+
+    def delete(self, study_id: int) -> None:
+        """Deletes an ended study."""
+        delete_study(self.store, study_id)
 
 
 class HttpClient:
@@ -106,13 +136,44 @@ class HttpClient:
         """Cancels a study."""
         return StudyDetail.model_validate(self._request("POST", f"/studies/{study_id}/cancel"))
 
+    def extend(self, study_id: int, add_trials: int) -> StudyDetail:
+        """Adds trials to an active study."""
+        body = {"add_trials": add_trials}
+        return StudyDetail.model_validate(
+            self._request("POST", f"/studies/{study_id}/extend", json=body)
+        )
+
+    def resume(self, study_id: int, add_trials: int) -> StudyDetail:
+        """Reopens an ended study."""
+        body = {"add_trials": add_trials}
+        return StudyDetail.model_validate(
+            self._request("POST", f"/studies/{study_id}/resume", json=body)
+        )
+
+    def rerun_failed(self, study_id: int) -> StudyDetail:
+        """Queues a study's failed trials again."""
+        return StudyDetail.model_validate(
+            self._request("POST", f"/studies/{study_id}/rerun-failed")
+        )
+
+    def enqueue(self, study_id: int, configs: list[dict[str, Any]]) -> StudyDetail:
+        """Queues configurations to try next."""
+        body = {"configs": configs}
+        return StudyDetail.model_validate(
+            self._request("POST", f"/studies/{study_id}/trials", json=body)
+        )
+
+    def delete(self, study_id: int) -> None:
+        """Deletes an ended study."""
+        self._request("DELETE", f"/studies/{study_id}")
+
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach the API at {self.base_url}: {exc}") from None
         if response.is_success:
-            return response.json()
+            return response.json() if response.content else None
         raise ClientError(_error_text(response), bad_input=400 <= response.status_code < 500)
 
 

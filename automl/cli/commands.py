@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,18 +26,21 @@ from automl.cli.output import (
 from automl.config import Settings
 from automl.spec import SpecError, load_spec
 from automl.store import (
+    Backoff,
     NoBestTrialError,
-    QueuedTrialStorage,
     StorageError,
+    Store,
     StudyNotFoundError,
     StudyStateError,
     StudyStatus,
     TrialNotFoundError,
     best_trials,
-    create_storage,
     get_study,
+    is_transient,
+    open_store_from,
     submit_study,
 )
+from automl.store.faults import first_line
 from automl.train import resolve_device
 from automl.worker import InvalidDeviceError, Worker, WorkerOptions
 
@@ -63,17 +67,47 @@ def _errors_as_cli_errors(spec_path: str | None) -> Iterator[None]:
         raise CliError(str(exc), EXIT_FAILURE) from None
     except InvalidDeviceError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise CliError(f"storage unavailable: {first_line(exc)}", EXIT_FAILURE) from None
 
 
-def open_storage(settings: Settings) -> QueuedTrialStorage:
-    """Opens the configured storage."""
-    return create_storage(settings.storage)
+def open_store(settings: Settings) -> Store:
+    """Opens the configured store."""
+    return open_store_from(settings)
+
+
+def _open_store_waiting(settings: Settings) -> Store:
+    """Opens the store, waiting (with backoff) while the database is unreachable."""
+    backoff = Backoff(logging.getLogger("automl.worker"))
+    while True:
+        try:
+            return open_store(settings)
+        except StorageError as exc:
+            if not exc.transient:
+                raise
+            time.sleep(backoff.failed(exc, "opening the store"))
+
+
+def _worker_options(settings: Settings, **overrides: object) -> WorkerOptions:
+    options: dict[str, object] = {
+        "device": settings.device,
+        "poll_interval": settings.poll_interval,
+        "threads": settings.threads,
+        "heartbeat_interval": settings.heartbeat_interval,
+        "grace_period": settings.grace_period,
+        "reap_interval": settings.reap_interval,
+        "checkpoint_interval": settings.checkpoint_interval,
+    }
+    options.update(overrides)
+    return WorkerOptions(**options)  # type: ignore[arg-type]
 
 
 def _client(settings: Settings) -> Client:
     if settings.url:
         return HttpClient(settings.url)
-    return LocalClient(open_storage(settings))
+    return LocalClient(open_store(settings))
 
 
 def _print_json(model: BaseModel) -> None:
@@ -86,7 +120,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from automl.api import create_app
 
-    app = create_app(settings, open_storage(settings))
+    app = create_app(settings, open_store(settings))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level.lower())
     return EXIT_OK
 
@@ -94,16 +128,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Claims and trains trials until SIGINT/SIGTERM (or idle, with --exit-when-idle)."""
     worker = Worker(
-        open_storage(settings),
-        WorkerOptions(
-            device=settings.device,
-            study_id=args.study,
-            poll_interval=settings.poll_interval,
-            exit_when_idle=args.exit_when_idle,
-            artifacts_dir=settings.artifacts_dir,
-            seed_offset=args.seed_offset,
-            threads=settings.threads,
-        ),
+        _open_store_waiting(settings),
+        _worker_options(settings, study_id=args.study, exit_when_idle=args.exit_when_idle),
     )
     worker.install_signal_handlers()
     worker.run()
@@ -116,7 +142,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.workers < 0:
         raise CliError("--workers must be >= 0", EXIT_BAD_INPUT)
-    open_storage(settings)  # create the schema once, before the children race to
+    open_store(settings).close()  # create the schema once, before the children race to
     return run_services(settings, args.workers, args.log_level)
 
 
@@ -127,21 +153,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         resolve_device(settings.device)  # before submitting: a bad device leaves no study
     except ValueError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
-    storage = open_storage(settings)
-    study = submit_study(storage, spec)
+    store = open_store(settings)
+    study = submit_study(store, spec)
     level = logging.getLogger().getEffectiveLevel()
     logging.getLogger("automl.worker").setLevel(max(level, logging.WARNING))
     progress = _Progress(study.n_trials, study.name, study.metrics[0])
     worker = Worker(
-        storage,
-        WorkerOptions(
-            device=settings.device,
-            study_id=study.id,
-            exit_when_idle=True,
-            artifacts_dir=settings.artifacts_dir,
-            seed_offset=0,
-            threads=settings.threads,
-        ),
+        store,
+        _worker_options(settings, study_id=study.id, exit_when_idle=True),
         on_trial_end=progress.update,
     )
     print(
@@ -157,10 +176,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if worker.stopping:
         print(f"interrupted: resume with `automl worker --study {study.id}`", file=sys.stderr)
         return EXIT_INTERRUPTED
-    final = get_study(storage, study.id)
+    final = get_study(store, study.id)
     if final.status != StudyStatus.COMPLETED:
         raise CliError(f"study {study.id} {final.status.value}: {final.status_reason}")
-    best = best_trials(storage, study.id)
+    best = best_trials(store, study.id)
     if args.json:
         _print_json(best)
     else:
@@ -271,6 +290,66 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_extend(args: argparse.Namespace, settings: Settings) -> int:
+    """Adds trials to an active study's budget."""
+    if args.add_trials < 1:
+        raise CliError("--add-trials must be >= 1", EXIT_BAD_INPUT)
+    study = _client(settings).extend(args.study, args.add_trials)
+    _print_json(study) if args.json else print(f"study {study.id}: {study.n_trials} trials")
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
+    """Reopens a cancelled, failed or completed study."""
+    if args.add_trials < 0:
+        raise CliError("--add-trials must be >= 0", EXIT_BAD_INPUT)
+    study = _client(settings).resume(args.study, args.add_trials)
+    if args.json:
+        _print_json(study)
+    else:
+        print(f"study {study.id}: {study.status.value} ({study.counts.waiting} trials to run)")
+    return EXIT_OK
+
+
+def cmd_rerun_failed(args: argparse.Namespace, settings: Settings) -> int:
+    """Queues a study's failed trials again."""
+    study = _client(settings).rerun_failed(args.study)
+    if args.json:
+        _print_json(study)
+    else:
+        print(f"study {study.id}: {study.status.value} ({study.counts.waiting} trials to run)")
+    return EXIT_OK
+
+
+def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    """Queues configurations (JSON objects of param values) to try next."""
+    configs = []
+    for index, text in enumerate(args.configs):
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"config {index + 1} is not JSON: {exc.msg}", EXIT_BAD_INPUT) from None
+        if not isinstance(config, dict):
+            raise CliError(f"config {index + 1} must be a JSON object", EXIT_BAD_INPUT)
+        configs.append(config)
+    try:
+        study = _client(settings).enqueue(args.study, configs)
+    except SpecError as exc:
+        raise CliError(f"invalid configs: {exc}", EXIT_BAD_INPUT) from None
+    if args.json:
+        _print_json(study)
+    else:
+        print(f"study {study.id}: {len(configs)} configurations queued")
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
+    """Deletes an ended study with its trials and artifacts."""
+    _client(settings).delete(args.study)
+    print(f"study {args.study} deleted")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve,
     "worker": cmd_worker,
@@ -281,4 +360,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "best": cmd_best,
     "cancel": cmd_cancel,
     "list": cmd_list,
+    "extend": cmd_extend,
+    "resume": cmd_resume,
+    "rerun-failed": cmd_rerun_failed,
+    "enqueue": cmd_enqueue,
+    "delete": cmd_delete,
 }

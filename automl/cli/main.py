@@ -53,7 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--study", type=int, help="only this study; exit once it ends")
     worker.add_argument("--poll-interval", type=float, help="seconds between polls when idle")
     worker.add_argument("--exit-when-idle", action="store_true", help="exit when nothing is queued")
-    worker.add_argument("--seed-offset", type=int, help=argparse.SUPPRESS)
 
     up = commands.add_parser("up", help="run the API and N local workers; Ctrl-C stops all")
     worker_args(up)
@@ -82,6 +81,31 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel a queued or running study")
     cancel.add_argument("study", type=int, help="study id")
     target_args(cancel)
+
+    extend = commands.add_parser("extend", help="add trials to a queued or running study")
+    extend.add_argument("study", type=int, help="study id")
+    extend.add_argument("--add-trials", type=int, required=True, help="trials to add")
+    target_args(extend)
+
+    resume = commands.add_parser("resume", help="reopen a cancelled, failed or completed study")
+    resume.add_argument("study", type=int, help="study id")
+    resume.add_argument("--add-trials", type=int, default=0, help="trials to add (default 0)")
+    target_args(resume)
+
+    rerun = commands.add_parser("rerun-failed", help="queue a study's failed trials again")
+    rerun.add_argument("study", type=int, help="study id")
+    target_args(rerun)
+
+    enqueue = commands.add_parser("enqueue", help="queue configurations to try next")
+    enqueue.add_argument("study", type=int, help="study id")
+    enqueue.add_argument(
+        "configs", nargs="+", metavar="CONFIG", help="JSON object of param values: '{\"lr\": 0.01}'"
+    )
+    target_args(enqueue)
+
+    delete = commands.add_parser("delete", help="delete an ended study with its artifacts")
+    delete.add_argument("study", type=int, help="study id")
+    target_args(delete)
 
     listing = commands.add_parser(
         "list", help="what studies can name: registries, entries and their options"

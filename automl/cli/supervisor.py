@@ -25,7 +25,7 @@ def child_commands(settings: Settings, workers: int, log_level: str) -> list[lis
     serve = [*base, "serve", "--host", settings.host, "--port", str(settings.port), *common]
     threads = settings.threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
     worker = [*base, "worker", "--device", settings.device, "--threads", str(threads), *common]
-    return [serve] + [[*worker, "--seed-offset", str(index)] for index in range(workers)]
+    return [serve] + [list(worker) for _ in range(workers)]
 
 
 def run_services(settings: Settings, workers: int, log_level: str) -> int:

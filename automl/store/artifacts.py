@@ -1,44 +1,243 @@
-"""Trial weights in Optuna's artifact store (a local folder by default)."""
+"""Artifact stores for trial weights and checkpoints (Optuna's artifact-store protocol).
+
+Three backends implement ``open_reader``/``write``/``remove``, so optuna-dashboard (given
+the same store) shows the artifacts:
+
+- ``SqlArtifactStore``: chunks in a table of the storage database. The default with
+  PostgreSQL: a worker on another machine needs nothing but the database URL.
+- ``FolderArtifactStore``: files in a local folder (the default with SQLite); a write goes
+  to a temporary file that is fsynced and renamed, so a reader never sees half a file.
+- Optuna's ``Boto3ArtifactStore`` (``AUTOML_ARTIFACT_STORE=s3``).
+
+Every write is all-or-nothing: a blob is visible complete or not at all.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import optuna
+import sqlalchemy as sa
 import torch
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial
 
-from automl.store import attrs
+from automl.store import attrs, tables
+from automl.store.tables import db_now
 
 WEIGHTS_FILENAME = "weights.pt"
+CHUNK_BYTES = 4 * 1024 * 1024
+
+
+class ArtifactStore(Protocol):
+    """Optuna's artifact-store protocol (``optuna.artifacts``' stores all satisfy it)."""
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        """Opens the artifact for reading; raises ``ArtifactNotFound`` if it is missing."""
+        ...
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        """Stores the whole content under ``artifact_id``."""
+        ...
+
+    def remove(self, artifact_id: str) -> None:
+        """Deletes the artifact (missing ones may raise ``ArtifactNotFound``)."""
+        ...
 
 
 class WeightsNotFoundError(LookupError):
-    """The trial kept no weights (it failed, was pruned, or the artifacts folder moved)."""
+    """The trial kept no weights (it failed, was pruned, or the artifact is gone)."""
 
 
-def open_artifact_store(directory: Path) -> FileSystemArtifactStore:
-    """The artifact store in ``directory`` (created if missing)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(directory))
+class ArtifactStoreError(ValueError):
+    """The configured artifact store cannot be used (unknown kind, missing bucket)."""
+
+
+class FolderArtifactStore:
+    """Artifacts as files in one folder; writes are atomic and durable.
+
+    Args:
+        directory: The folder (created if missing).
+    """
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, artifact_id: str) -> Path:
+        path = self.directory / artifact_id
+        if path.resolve().parent != self.directory.resolve():
+            raise ValueError(f"invalid artifact id {artifact_id!r}")
+        return path
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        """Opens the file of ``artifact_id``."""
+        try:
+            return self._path(artifact_id).open("rb")
+        except FileNotFoundError:
+            raise ArtifactNotFound(f"artifact {artifact_id} not found") from None
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        """Writes a temporary file, fsyncs it, then renames it into place."""
+        target = self._path(artifact_id)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := content_body.read(CHUNK_BYTES):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        directory_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(directory_fd)  # make the rename itself durable
+        finally:
+            os.close(directory_fd)
+
+    def remove(self, artifact_id: str) -> None:
+        """Deletes the file of ``artifact_id``."""
+        try:
+            self._path(artifact_id).unlink()
+        except FileNotFoundError:
+            raise ArtifactNotFound(f"artifact {artifact_id} not found") from None
+
+
+class SqlArtifactStore:
+    """Artifacts as rows of the storage database, in chunks, written in one transaction.
+
+    Args:
+        engine: Engine for writes.
+        read_engine: Engine for reads (may be the same).
+    """
+
+    def __init__(self, engine: sa.engine.Engine, read_engine: sa.engine.Engine | None = None):
+        self.engine = engine
+        self.read_engine = read_engine or engine
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        """Reads the chunks of ``artifact_id`` into memory, in order."""
+        with self.read_engine.begin() as connection:
+            size = connection.scalar(
+                sa.select(tables.artifacts.c.size).where(
+                    tables.artifacts.c.artifact_id == artifact_id
+                )
+            )
+            if size is None:
+                raise ArtifactNotFound(f"artifact {artifact_id} not found")
+            chunks = connection.scalars(
+                sa.select(tables.artifact_chunks.c.data)
+                .where(tables.artifact_chunks.c.artifact_id == artifact_id)
+                .order_by(tables.artifact_chunks.c.seq)
+            )
+            body = b"".join(bytes(chunk) for chunk in chunks)
+        return io.BytesIO(body)
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        """Replaces ``artifact_id`` with the content, all chunks in one transaction."""
+        with self.engine.begin() as connection:
+            self._delete(connection, artifact_id)
+            size = 0
+            for seq, chunk in enumerate(_chunks(content_body)):
+                connection.execute(
+                    tables.artifact_chunks.insert().values(
+                        artifact_id=artifact_id, seq=seq, data=chunk
+                    )
+                )
+                size += len(chunk)
+            connection.execute(
+                tables.artifacts.insert().values(
+                    artifact_id=artifact_id, size=size, created_at=db_now()
+                )
+            )
+
+    def remove(self, artifact_id: str) -> None:
+        """Deletes ``artifact_id``."""
+        with self.engine.begin() as connection:
+            if not self._delete(connection, artifact_id):
+                raise ArtifactNotFound(f"artifact {artifact_id} not found")
+
+    @staticmethod
+    def _delete(connection: sa.engine.Connection, artifact_id: str) -> bool:
+        connection.execute(
+            tables.artifact_chunks.delete().where(
+                tables.artifact_chunks.c.artifact_id == artifact_id
+            )
+        )
+        deleted = connection.execute(
+            tables.artifacts.delete().where(tables.artifacts.c.artifact_id == artifact_id)
+        )
+        return deleted.rowcount > 0
+
+
+def _chunks(body: BinaryIO) -> Iterator[bytes]:
+    while chunk := body.read(CHUNK_BYTES):
+        yield chunk
+
+
+def build_artifact_store(
+    kind: str,
+    *,
+    backend: str,
+    engines: tuple[sa.engine.Engine, sa.engine.Engine],
+    directory: Path,
+    s3_bucket: str | None,
+) -> ArtifactStore:
+    """The artifact store named by ``kind`` (``auto`` picks by database backend).
+
+    Raises:
+        ArtifactStoreError: If ``kind`` is unknown or its settings are incomplete.
+    """
+    if kind == "auto":
+        kind = "folder" if backend == "sqlite" else "sql"
+    if kind == "folder":
+        return FolderArtifactStore(directory)
+    if kind == "sql":
+        return SqlArtifactStore(*engines)
+    if kind == "s3":
+        if not s3_bucket:
+            raise ArtifactStoreError("AUTOML_S3_BUCKET must name a bucket for the s3 store")
+        try:
+            from optuna.artifacts import Boto3ArtifactStore
+
+            return Boto3ArtifactStore(s3_bucket)
+        except ImportError:
+            message = "the s3 artifact store needs boto3: pip install boto3"
+            raise ArtifactStoreError(message) from None
+    raise ArtifactStoreError(f"unknown artifact store {kind!r}; use auto, folder, sql or s3")
+
+
+def remove_quietly(store: ArtifactStore, artifact_id: str) -> None:
+    """Removes an artifact, ignoring one that is already gone."""
+    with contextlib.suppress(ArtifactNotFound):
+        store.remove(artifact_id)
+
+
+# --- weights -----------------------------------------------------------------------------------
 
 
 def save_weights(
     storage: BaseStorage,
     trial: optuna.Trial,
     state_dict: dict[str, torch.Tensor],
-    directory: Path,
+    store: ArtifactStore,
 ) -> str:
     """Saves a trial's weights as an Optuna artifact and records its id on the trial.
 
     Returns:
         The artifact id.
     """
-    store = open_artifact_store(directory)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / WEIGHTS_FILENAME
         torch.save(state_dict, path)
@@ -46,14 +245,13 @@ def save_weights(
             artifact_store=store,
             file_path=str(path),
             study_or_trial=trial,
-            storage=storage,
             mimetype="application/octet-stream",
         )
-    storage.set_trial_user_attr(trial._trial_id, attrs.WEIGHTS, artifact_id)
+    trial.set_user_attr(attrs.WEIGHTS, artifact_id)
     return artifact_id
 
 
-def open_weights(trial: optuna.trial.FrozenTrial, directory: Path) -> BinaryIO:
+def open_weights(trial: FrozenTrial, store: ArtifactStore) -> BinaryIO:
     """Opens a trial's saved weights for reading (a ``torch.save`` state dict).
 
     Raises:
@@ -63,8 +261,31 @@ def open_weights(trial: optuna.trial.FrozenTrial, directory: Path) -> BinaryIO:
     if artifact_id is None:
         raise WeightsNotFoundError(f"trial {trial.number} kept no weights")
     try:
-        return open_artifact_store(directory).open_reader(artifact_id)
-    except Exception as exc:  # the store raises its own ArtifactNotFound
+        return store.open_reader(artifact_id)
+    except ArtifactNotFound:
         raise WeightsNotFoundError(
-            f"weights of trial {trial.number} are missing from {directory}"
-        ) from exc
+            f"weights of trial {trial.number} are missing from the artifact store"
+        ) from None
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def write_checkpoint(store: ArtifactStore, study_id: int, ticket_id: int, blob: bytes) -> str:
+    """Stores a checkpoint blob under a new id (the caller records it, then drops the old one).
+
+    Returns:
+        The artifact id.
+    """
+    artifact_id = f"checkpoint-{study_id}-{ticket_id}-{uuid.uuid4().hex}"
+    store.write(artifact_id, io.BytesIO(blob))
+    return artifact_id
+
+
+def read_checkpoint(store: ArtifactStore, artifact_id: str) -> bytes | None:
+    """The checkpoint blob, or None if it is gone."""
+    try:
+        with store.open_reader(artifact_id) as reader:
+            return reader.read()
+    except ArtifactNotFound:
+        return None

@@ -1,7 +1,7 @@
-"""Names of the Optuna user attributes where automl keeps its state.
+"""Names of the Optuna user attributes automl writes, and the study lifecycle.
 
-Everything lives in Optuna's own schema (study and trial user attributes), so
-optuna-dashboard shows it and there is no second copy of trial state.
+Trials live in Optuna's own schema, so optuna-dashboard shows them. A study's status is
+kept (compare-and-set) in ``automl_studies`` and mirrored into its user attributes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,21 @@ CONFUSION = PREFIX + "confusion"
 ERROR = PREFIX + "error"
 WEIGHTS = PREFIX + "weights_artifact"
 WORKER = PREFIX + "worker"
+FAILURE = PREFIX + "failure"
+TICKET = PREFIX + "ticket"
+ATTEMPT = PREFIX + "attempt"
+LEASE = PREFIX + "lease"
+RESUMED_FROM_EPOCH = PREFIX + "resumed_from_epoch"
+
+
+class FailureKind(StrEnum):
+    """Why a trial failed (the ``automl.failure`` attribute and the ticket's ``failure``)."""
+
+    ERROR = "error"  # the configuration itself failed: counts toward budget.max_failed
+    OUT_OF_MEMORY = "out_of_memory"
+    WORKER_LOST = "worker_lost"  # no heartbeat for the grace period
+    INTERRUPTED = "interrupted"  # its worker was stopped; the trial went back to the queue
+    CANCELLED = "cancelled"  # its study was cancelled (or ended) while it ran
 
 
 class StudyStatus(StrEnum):

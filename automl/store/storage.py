@@ -1,54 +1,101 @@
-"""The Optuna RDB storage: SQLite by default, PostgreSQL for many machines."""
+"""Opening the store: Optuna's RDB storage plus automl's tables and artifact store.
+
+SQLite (the default) gets WAL and a busy timeout so several local processes share one
+file. Writers take the write lock when their transaction begins (``BEGIN IMMEDIATE``),
+which keeps read-then-write transactions (Optuna's and ours) serialized; readers use a
+second engine with plain deferred transactions, so a slow read never blocks a writer.
+PostgreSQL gets connection liveness checks, a connect timeout and one engine for both.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import wraps
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import optuna
 import sqlalchemy
-from optuna.trial import FrozenTrial
 from sqlalchemy import event
 
-from automl.config import DEFAULT_STORAGE
+from automl.config import DEFAULT_STORAGE, Settings
+from automl.store import tables
+from automl.store.faults import first_line, is_transient
+
+if TYPE_CHECKING:
+    from automl.store.artifacts import ArtifactStore
 
 SQLITE_BUSY_TIMEOUT_S = 60
+PG_CONNECT_TIMEOUT_S = 5
 SCHEMA_RACE_RETRIES = 3
+READ_RETRY_DELAYS_S = (0.05, 0.2, 0.5)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class StorageError(RuntimeError):
-    """The storage URL is malformed or its database cannot be reached."""
+    """The storage URL is malformed, or its database cannot be reached or lacks the schema.
 
-
-class NoQueuedTrialError(LookupError):
-    """A study has no WAITING trial left to claim."""
-
-
-class QueuedTrialStorage(optuna.storages.RDBStorage):
-    """``RDBStorage`` where every trial is born WAITING, so ``study.ask()`` only claims.
-
-    Submitting a study enqueues exactly ``n_trials`` WAITING trials. Optuna's
-    ``Study.ask`` pops a waiting trial atomically (row lock on PostgreSQL, ``BEGIN
-    IMMEDIATE`` on SQLite) and otherwise creates a fresh one; refusing the fresh one here
-    is what keeps a budget exact however many workers race for the last trial.
+    Attributes:
+        transient: The database was unreachable (trying again later may succeed).
     """
 
-    def _create_new_trial(
-        self, study_id: int, template_trial: FrozenTrial | None = None
-    ) -> FrozenTrial:
-        """Creates a trial from a template (enqueue); refuses a template-less one.
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
-        Overrides the private funnel that both ``create_new_trial`` and Optuna's
-        ``_CachedStorage`` call; ``tests/store/test_storage.py`` pins that behaviour.
 
-        Raises:
-            NoQueuedTrialError: If called without ``template_trial`` (an ``ask`` that
-                found no waiting trial).
-        """
-        if template_trial is None:
-            raise NoQueuedTrialError(f"study {study_id} has no queued trial left")
-        return super()._create_new_trial(study_id, template_trial)
+@dataclass(eq=False)
+class Store:
+    """Everything that lives in the storage database, opened once per process.
+
+    Attributes:
+        url: SQLAlchemy URL (driver selected).
+        backend: ``sqlite`` or ``postgresql`` (SQLAlchemy's backend name).
+        storage: Optuna's storage for writes (and workers' reads).
+        reader: Optuna's storage for reads that must not take SQLite's write lock
+            (the same object as ``storage`` on PostgreSQL).
+        artifacts: Where weights and checkpoints go (an Optuna artifact store).
+    """
+
+    url: str
+    backend: str
+    storage: optuna.storages.RDBStorage
+    reader: optuna.storages.RDBStorage
+    artifacts: ArtifactStore = field(repr=False)
+
+    @property
+    def engine(self) -> sqlalchemy.engine.Engine:
+        """The engine of write transactions (shared with Optuna's writes)."""
+        return self.storage.engine
+
+    @property
+    def read_engine(self) -> sqlalchemy.engine.Engine:
+        """The engine of read-only queries."""
+        return self.reader.engine
+
+    @contextmanager
+    def write(self) -> Iterator[sqlalchemy.engine.Connection]:
+        """A write transaction: committed on success, rolled back on error."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def read(self) -> Iterator[sqlalchemy.engine.Connection]:
+        """A read-only transaction (a consistent snapshot on both backends)."""
+        with self.read_engine.begin() as connection:
+            yield connection
+
+    def close(self) -> None:
+        """Closes every pooled connection."""
+        self.engine.dispose()
+        if self.reader is not self.storage:
+            self.read_engine.dispose()
 
 
 def normalize_url(url: str) -> str:
@@ -59,59 +106,107 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def create_storage(url: str | None = None) -> QueuedTrialStorage:
-    """Opens (creating if needed) the Optuna storage at ``url``.
-
-    SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` transactions so several
-    local processes share one file safely; PostgreSQL gets connection liveness checks.
+def open_store(
+    url: str | None = None,
+    *,
+    artifact_store: str = "auto",
+    artifacts_dir: Path | str = Path("automl-artifacts"),
+    s3_bucket: str | None = None,
+) -> Store:
+    """Opens (creating what is missing) the store at ``url``.
 
     Args:
         url: SQLAlchemy URL; defaults to ``sqlite:///automl.db``.
+        artifact_store: ``auto``, ``folder``, ``sql`` or ``s3`` (see ``Settings``).
+        artifacts_dir: Folder of the ``folder`` artifact store.
+        s3_bucket: Bucket of the ``s3`` artifact store.
 
     Raises:
-        StorageError: If the URL is malformed or the database cannot be reached.
+        StorageError: If the URL is malformed, the database cannot be reached, or the
+            artifact store cannot be opened.
     """
+    from automl.store.artifacts import ArtifactStoreError, build_artifact_store
+
     url = normalize_url(url or DEFAULT_STORAGE)
     try:
         backend = sqlalchemy.engine.make_url(url).get_backend_name()
     except sqlalchemy.exc.ArgumentError as exc:
         raise StorageError(f"invalid storage URL {url!r}: {exc}") from None
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    storage = _open_with_retries(url, _engine_kwargs(backend), create_tables=True)
+    reader = storage
     if backend == "sqlite":
-        # isolation_level=None stops pysqlite from managing transactions itself, so
-        # the "begin" hook below can make every transaction take the write lock first.
-        engine_kwargs = {
-            "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None}
-        }
-    storage = _open_with_retries(url, engine_kwargs)
-    if backend == "sqlite":
-        _make_sqlite_safe_for_processes(storage.engine)
-    return storage
+        _take_write_lock_at_begin(storage.engine)
+        reader = _open_with_retries(url, _engine_kwargs(backend), create_tables=False)
+        _defer_lock_at_begin(reader.engine)
+    try:
+        artifacts = build_artifact_store(
+            artifact_store,
+            backend=backend,
+            engines=(storage.engine, reader.engine),
+            directory=Path(artifacts_dir),
+            s3_bucket=s3_bucket,
+        )
+    except (ArtifactStoreError, OSError) as exc:
+        storage.engine.dispose()
+        reader.engine.dispose()
+        raise StorageError(f"cannot open the artifact store: {exc}") from None
+    return Store(url=url, backend=backend, storage=storage, reader=reader, artifacts=artifacts)
 
 
-def _open_with_retries(url: str, engine_kwargs: dict[str, Any]) -> QueuedTrialStorage:
+def open_store_from(settings: Settings) -> Store:
+    """Opens the store that ``settings`` name (storage URL and artifact store)."""
+    return open_store(
+        settings.storage,
+        artifact_store=settings.artifact_store,
+        artifacts_dir=settings.artifacts_dir,
+        s3_bucket=settings.s3_bucket,
+    )
+
+
+def _engine_kwargs(backend: str) -> dict[str, Any]:
+    if backend == "sqlite":
+        # isolation_level=None stops pysqlite from managing transactions itself, so the
+        # "begin" hooks below decide how each transaction starts.
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None}}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_recycle": 1800}
+    if backend == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    return kwargs
+
+
+def _open_with_retries(
+    url: str, engine_kwargs: dict[str, Any], *, create_tables: bool
+) -> optuna.storages.RDBStorage:
     # Processes started together on a fresh database race to create the schema; the
     # loser sees "already exists" errors, and a retry then finds the schema in place.
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
         try:
-            return QueuedTrialStorage(url, engine_kwargs=engine_kwargs)
-        except sqlalchemy.exc.SQLAlchemyError as exc:
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                skip_table_creation=not create_tables,
+                skip_compatibility_check=not create_tables,
+            )
+            if create_tables:
+                tables.create_tables(storage.engine)
+            return storage
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             if attempt == SCHEMA_RACE_RETRIES or not _is_schema_race(exc):
                 raise StorageError(
-                    f"cannot open storage {_redact(url)}: {_first_line(exc)}"
+                    f"cannot open storage {redact(url)}: {first_line(exc)}", is_transient(exc)
                 ) from None
             time.sleep(0.2 * (attempt + 1))
-        except (ImportError, ValueError) as exc:
-            raise StorageError(f"cannot open storage {_redact(url)}: {_first_line(exc)}") from None
+        except (ImportError, ValueError, RuntimeError) as exc:
+            raise StorageError(f"cannot open storage {redact(url)}: {first_line(exc)}") from None
     raise AssertionError("unreachable")
 
 
-def _is_schema_race(exc: sqlalchemy.exc.SQLAlchemyError) -> bool:
+def _is_schema_race(exc: Exception) -> bool:
     text = str(exc).lower()
     return isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in text
 
 
-def _make_sqlite_safe_for_processes(engine: sqlalchemy.engine.Engine) -> None:
+def _sqlite_pragmas(engine: sqlalchemy.engine.Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: sqlite3.Connection, _: Any) -> None:
         cursor = dbapi_connection.cursor()
@@ -120,34 +215,72 @@ def _make_sqlite_safe_for_processes(engine: sqlalchemy.engine.Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+
+def _take_write_lock_at_begin(engine: sqlalchemy.engine.Engine) -> None:
+    _sqlite_pragmas(engine)
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: sqlalchemy.engine.Connection) -> None:
-        # A deferred transaction that reads, then writes, can lose the claim race or
-        # fail with SQLITE_BUSY_SNAPSHOT; taking the write lock up front serializes it.
+        # A deferred transaction that reads, then writes, can lose a race or fail with
+        # SQLITE_BUSY_SNAPSHOT; taking the write lock up front serializes it instead.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened during schema setup lack the hooks
 
 
-def check_connection(storage: optuna.storages.RDBStorage) -> None:
-    """Runs a trivial query.
+def _defer_lock_at_begin(engine: sqlalchemy.engine.Engine) -> None:
+    _sqlite_pragmas(engine)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: sqlalchemy.engine.Connection) -> None:
+        # A deferred transaction reads from one WAL snapshot and never takes the write lock.
+        connection.exec_driver_sql("BEGIN")
+
+    engine.dispose()
+
+
+def retrying_read(function: Callable[P, T]) -> Callable[P, T]:
+    """Decorates a read-only store function to retry briefly on transient errors.
+
+    Reads are always safe to repeat; a dropped pooled connection (a database restart,
+    ``pg_terminate_backend``) then costs one retry instead of an error.
+    """
+
+    @wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        for delay in (*READ_RETRY_DELAYS_S, None):
+            try:
+                return function(*args, **kwargs)
+            except Exception as exc:
+                if delay is None or not is_transient(exc):
+                    raise
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def check_schema(store: Store) -> None:
+    """Checks that the database answers and holds both Optuna's tables and automl's.
 
     Raises:
-        StorageError: If the database cannot be reached.
+        StorageError: If the database cannot be reached or a table is missing.
     """
     try:
-        with storage.engine.connect() as connection:
-            connection.exec_driver_sql("SELECT 1")
+        with store.read() as connection:
+            connection.execute(sqlalchemy.select(sqlalchemy.literal(1)))
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise StorageError(f"storage unreachable: {_first_line(exc)}") from None
+        raise StorageError(f"storage unreachable: {first_line(exc)}", True) from None
+    try:
+        with store.read() as connection:
+            for table in ("studies", "trials", tables.studies.name, tables.tickets.name):
+                connection.exec_driver_sql(f"SELECT 1 FROM {table} WHERE 1 = 0")
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise StorageError(f"storage schema missing: {first_line(exc)}") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
+    """The URL with its password hidden."""
     try:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
     except sqlalchemy.exc.ArgumentError:

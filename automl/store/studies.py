@@ -1,21 +1,43 @@
-"""Study lifecycle on the Optuna storage: submit, read, cancel, complete, fail."""
+"""Study lifecycle and reads: submit, cancel, extend, resume, re-run, enqueue, delete, views.
+
+A study is an Optuna study plus one ``automl_studies`` row (status and budget) and its
+tickets (one per unit of budget handed out or enqueued). Every change is a transaction
+that locks the study's row; reads use SQL aggregates and pages, never every trial.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import secrets
 import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
+from optuna.artifacts import get_all_artifact_meta
 from optuna.exceptions import DuplicatedStudyError
-from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from automl.pruners import build_pruner
-from automl.samplers import build_sampler
-from automl.spec import StudySpec
-from automl.store import attrs
+from automl.config import Limits
+from automl.spec import CategoricalParam, FieldError, FloatParam, IntParam, SpecError, StudySpec
+from automl.store import attrs, optuna_rows, tables
+from automl.store.artifacts import remove_quietly
 from automl.store.attrs import StudyStatus
+from automl.store.leases import settle
+from automl.store.status import (
+    ACTIVE,
+    change_status,
+    count_errors,
+    iso,
+    lock_study,
+    now,
+)
+from automl.store.storage import Store, retrying_read
+from automl.store.tables import DELETING, TicketSource, TicketState
 from automl.store.views import (
     BestTrials,
     Page,
@@ -26,8 +48,8 @@ from automl.store.views import (
     TrialSummary,
 )
 
-INTERRUPTED_PREFIX = "interrupted:"
-"""Start of the error recorded on a trial whose worker was stopped mid-training."""
+NAME_PROBE_BATCH = 20
+MAX_ENQUEUE = 10_000
 
 
 class StudyNotFoundError(LookupError):
@@ -50,273 +72,313 @@ class NoBestTrialError(LookupError):
     """The study has no completed trial yet."""
 
 
-def now() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(UTC)
+# --- submit ------------------------------------------------------------------------------------
 
 
-def submit_study(storage: BaseStorage, spec: StudySpec) -> StudyDetail:
-    """Creates the Optuna study of ``spec`` and queues exactly ``n_trials`` trials.
+def submit_study(store: Store, spec: StudySpec, idempotency_key: str | None = None) -> StudyDetail:
+    """Creates the study of ``spec``: its Optuna study, then, atomically, its automl row.
 
-    The name is the spec's, with ``-2``, ``-3``... appended when already taken. The
-    study becomes visible to workers (status ``queued``) only once every trial is queued.
+    Nothing is queued per trial: workers take units of the budget as they claim them, so
+    submitting costs the same for 10 or 100,000 trials. The study becomes visible (to
+    listings and workers) only when its row is written; a crash before that leaves an
+    Optuna study that the reaper removes later. The name is the spec's, with ``-2``,
+    ``-3``... appended when taken.
+
+    Args:
+        store: The store.
+        spec: The validated spec.
+        idempotency_key: A client's key for this submission: a repeated submission with
+            the same key returns the first study instead of creating another.
+
+    Raises:
+        StudyStateError: If ``idempotency_key`` was used for a different spec.
     """
-    study = _create_unique_study(storage, spec)
-    study_id = study._study_id
+    spec_json = spec.model_dump_json(exclude_none=True)
+    if idempotency_key is not None:
+        existing = _study_with_key(store, idempotency_key, spec_json)
+        if existing is not None:
+            return get_study(store, existing)
+    name = _create_optuna_study(store, spec)
+    study_id = store.storage.get_study_id_from_name(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(spec.metrics)
-    storage.set_study_user_attr(
+        optuna.load_study(study_name=name, storage=store.storage).set_metric_names(spec.metrics)
+    created = datetime.now(UTC)
+    store.storage.set_study_user_attr(study_id, attrs.CREATED_AT, created.isoformat())
+    store.storage.set_study_user_attr(
         study_id, attrs.SPEC, spec.model_dump(mode="json", exclude_none=True)
     )
-    storage.set_study_user_attr(study_id, attrs.CREATED_AT, now().isoformat())
-    for _ in range(spec.budget.n_trials):
-        study.enqueue_trial({})
-    set_status(storage, study_id, StudyStatus.QUEUED)
-    return get_study(storage, study_id)
-
-
-def _create_unique_study(storage: BaseStorage, spec: StudySpec) -> optuna.Study:
-    taken = {study.study_name for study in storage.get_all_studies()}
-    for suffix in range(1, 10_000):
-        name = spec.name if suffix == 1 else f"{spec.name}-{suffix}"
-        if name in taken:
-            continue
-        try:
-            return optuna.create_study(
-                storage=storage,
-                study_name=name,
-                directions=spec.directions,
-                sampler=build_sampler(spec.sampler.name, spec.sampler.options, spec.sampler.seed),
-                pruner=build_pruner(spec.pruner_or_default.name, spec.pruner_or_default.options),
+    seed = spec.sampler.seed if spec.sampler.seed is not None else secrets.randbits(31)
+    try:
+        with store.write() as connection:
+            connection.execute(
+                tables.studies.insert().values(
+                    study_id=study_id,
+                    name=name,
+                    status=StudyStatus.QUEUED.value,
+                    n_trials=spec.budget.n_trials,
+                    issued=0,
+                    max_retries=spec.budget.max_retries,
+                    max_failed=spec.budget.max_failed,
+                    failure_limit=spec.budget.max_failed,
+                    timeout=spec.budget.timeout,
+                    seed=seed,
+                    spec=spec_json,
+                    idempotency_key=idempotency_key,
+                    created_at=created.timestamp(),
+                )
             )
-        except DuplicatedStudyError:
-            continue  # another process took it between our listing and our insert
+            optuna_rows.put_study_attrs(connection, study_id, {attrs.STATUS: "queued"})
+    except sa.exc.IntegrityError:
+        # Another request with the same idempotency key won the race: answer with its study.
+        store.storage.delete_study(study_id)
+        if idempotency_key is None:
+            raise
+        existing = _study_with_key(store, idempotency_key, spec_json)
+        if existing is None:
+            raise
+        study_id = existing
+    return get_study(store, study_id)
+
+
+def _study_with_key(store: Store, key: str, spec_json: str) -> int | None:
+    with store.read() as connection:
+        row = connection.execute(
+            sa.select(tables.studies.c.study_id, tables.studies.c.spec).where(
+                tables.studies.c.idempotency_key == key
+            )
+        ).first()
+    if row is None:
+        return None
+    if row.spec != spec_json:
+        raise StudyStateError(
+            f"Idempotency-Key {key!r} was already used for study {row.study_id} "
+            "with a different spec"
+        )
+    return int(row.study_id)
+
+
+def _create_optuna_study(store: Store, spec: StudySpec) -> str:
+    suffix = 1
+    while suffix < 100_000:
+        numbers = range(suffix, suffix + NAME_PROBE_BATCH)
+        batch = [spec.name if n == 1 else f"{spec.name}-{n}" for n in numbers]
+        suffix += NAME_PROBE_BATCH
+        with store.read() as connection:
+            taken = optuna_rows.taken_study_names(connection, batch)
+        for name in batch:
+            if name in taken:
+                continue
+            try:
+                store.storage.create_new_study(
+                    [optuna.study.StudyDirection[d.upper()] for d in spec.directions], name
+                )
+                return name
+            except DuplicatedStudyError:
+                continue  # another process took it between our probe and our insert
     raise StudyStateError(f"no free study name for {spec.name!r}")
 
 
-def _user_attrs(storage: BaseStorage, study_id: int) -> dict[str, Any]:
-    try:
-        user_attrs = storage.get_study_user_attrs(study_id)
-    except KeyError:
-        raise StudyNotFoundError(study_id) from None
-    if attrs.SPEC not in user_attrs:
-        raise StudyNotFoundError(study_id)  # an Optuna study that automl did not create
-    return user_attrs
+# --- reads -------------------------------------------------------------------------------------
 
 
-def load_spec(storage: BaseStorage, study_id: int) -> StudySpec:
+def _row(connection: sa.engine.Connection, study_id: int) -> sa.Row[Any]:
+    row = connection.execute(
+        sa.select(tables.studies).where(
+            tables.studies.c.study_id == study_id, tables.studies.c.status != DELETING
+        )
+    ).first()
+    if row is None:
+        raise StudyNotFoundError(study_id)
+    return row
+
+
+@retrying_read
+def load_spec(store: Store, study_id: int) -> StudySpec:
     """The spec a study was submitted with.
 
     Raises:
         StudyNotFoundError: If there is no such automl study.
     """
-    return _stored_spec(_user_attrs(storage, study_id)[attrs.SPEC])
+    with store.read() as connection:
+        return _stored_spec(_row(connection, study_id).spec)
 
 
-def _stored_spec(data: dict[str, Any]) -> StudySpec:
+def _stored_spec(text: str) -> StudySpec:
     # Stored specs were fully checked at submission; only rebuild the model.
-    return StudySpec.model_validate(data)
+    return StudySpec.model_validate_json(text)
 
 
-def get_status(storage: BaseStorage, study_id: int) -> StudyStatus:
+@retrying_read
+def get_status(store: Store, study_id: int) -> StudyStatus:
     """The lifecycle status of a study."""
-    return StudyStatus(_user_attrs(storage, study_id).get(attrs.STATUS, StudyStatus.QUEUED))
+    with store.read() as connection:
+        return StudyStatus(_row(connection, study_id).status)
 
 
-def set_status(
-    storage: BaseStorage, study_id: int, status: StudyStatus, reason: str | None = None
-) -> None:
-    """Records a new status (and why), with the start or finish time when it applies."""
-    if status == StudyStatus.RUNNING:
-        storage.set_study_user_attr(study_id, attrs.STARTED_AT, now().isoformat())
-    elif not status.is_active:
-        storage.set_study_user_attr(study_id, attrs.FINISHED_AT, now().isoformat())
-    if reason is not None:
-        storage.set_study_user_attr(study_id, attrs.STATUS_REASON, reason)
-    storage.set_study_user_attr(study_id, attrs.STATUS, status.value)
-
-
-def mark_running(storage: BaseStorage, study_id: int) -> None:
-    """Moves a ``queued`` study to ``running`` (its first trial started)."""
-    if get_status(storage, study_id) == StudyStatus.QUEUED:
-        set_status(storage, study_id, StudyStatus.RUNNING)
-
-
-def cancel_study(storage: BaseStorage, study_id: int) -> StudyDetail:
-    """Cancels a queued or running study: no new trial starts; queued trials stay queued.
-
-    Raises:
-        StudyNotFoundError: If there is no such study.
-        StudyStateError: If the study already ended.
-    """
-    status = get_status(storage, study_id)
-    if not status.is_active:
-        raise StudyStateError(f"study {study_id} is already {status.value}")
-    set_status(storage, study_id, StudyStatus.CANCELLED, "cancelled by request")
-    return get_study(storage, study_id)
-
-
-def settle_study(storage: BaseStorage, study_id: int) -> StudyStatus:
-    """Ends an active study whose budget is spent, whose time ran out or that failed too often.
-
-    Called by workers after every trial; safe to call from several at once.
-    """
-    status = get_status(storage, study_id)
-    if not status.is_active:
-        return status
-    spec = load_spec(storage, study_id)
-    trials = storage.get_all_trials(study_id, deepcopy=False)
-    counts = TrialCounts.of(trials)
-    failed = sum(1 for trial in trials if is_config_failure(trial))
-    if failed > spec.budget.max_failed:
-        reason = f"{failed} trials failed (max_failed is {spec.budget.max_failed})"
-        set_status(storage, study_id, StudyStatus.FAILED, reason)
-        return StudyStatus.FAILED
-    if counts.finished >= spec.budget.n_trials:
-        set_status(storage, study_id, StudyStatus.COMPLETED, "all trials finished")
-        return StudyStatus.COMPLETED
-    if counts.running == 0 and is_timed_out(storage, study_id, spec):
-        set_status(storage, study_id, StudyStatus.COMPLETED, "timeout reached")
-        return StudyStatus.COMPLETED
-    return status
-
-
-def is_config_failure(trial: FrozenTrial) -> bool:
-    """A FAIL caused by the trial itself, not by its worker being stopped.
-
-    Interrupted trials still use up their budget slot, but do not count toward
-    ``max_failed``: stopping workers must not fail a study.
-    """
-    error = str(trial.user_attrs.get(attrs.ERROR, ""))
-    return trial.state == TrialState.FAIL and not error.startswith(INTERRUPTED_PREFIX)
-
-
-def is_timed_out(storage: BaseStorage, study_id: int, spec: StudySpec | None = None) -> bool:
-    """Whether the study's ``budget.timeout`` has passed since it started running."""
-    spec = spec or load_spec(storage, study_id)
-    started = _user_attrs(storage, study_id).get(attrs.STARTED_AT)
-    if spec.budget.timeout is None or started is None:
-        return False
-    return (now() - datetime.fromisoformat(started)).total_seconds() > spec.budget.timeout
-
-
-def active_study_ids(storage: BaseStorage) -> list[int]:
-    """Ids of queued and running studies, oldest first."""
-    ids = []
-    for study in storage.get_all_studies():
-        status = study.user_attrs.get(attrs.STATUS)
-        if attrs.SPEC in study.user_attrs and status in (StudyStatus.QUEUED, StudyStatus.RUNNING):
-            ids.append(study._study_id)  # FrozenStudy exposes its id only privately
-    return sorted(ids)
-
-
-def get_study(storage: BaseStorage, study_id: int) -> StudyDetail:
-    """The full view of one study.
+@retrying_read
+def get_study(store: Store, study_id: int) -> StudyDetail:
+    """The full view of one study (a few indexed queries, whatever its size).
 
     Raises:
         StudyNotFoundError: If there is no such study.
     """
-    user_attrs = _user_attrs(storage, study_id)
-    summary = _summary(storage, study_id, storage.get_study_name_from_id(study_id), user_attrs)
-    return StudyDetail(**summary.model_dump(), spec=user_attrs[attrs.SPEC])
+    with store.read() as connection:
+        row = _row(connection, study_id)
+        summary = _summaries(connection, [row])[0]
+    return StudyDetail(**summary.model_dump(), spec=json.loads(row.spec))
 
 
+@retrying_read
 def list_studies(
-    storage: BaseStorage,
+    store: Store,
     *,
     status: StudyStatus | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> Page[StudySummary]:
-    """Studies, newest first, optionally only those with ``status``."""
-    studies = [
-        study
-        for study in storage.get_all_studies()
-        if attrs.STATUS in study.user_attrs
-        and (status is None or study.user_attrs[attrs.STATUS] == status.value)
-    ]
-    studies.sort(key=lambda study: study._study_id, reverse=True)
-    page = studies[offset : offset + limit]
-    data = [_summary(storage, s._study_id, s.study_name, s.user_attrs) for s in page]
-    return Page(data=data, count=len(studies))
+    """Studies, newest first, optionally only those with ``status`` (one page read)."""
+    studies = tables.studies
+    where = [studies.c.status != DELETING]
+    if status is not None:
+        where.append(studies.c.status == status.value)
+    with store.read() as connection:
+        count = connection.scalar(sa.select(sa.func.count()).select_from(studies).where(*where))
+        rows = connection.execute(
+            sa.select(studies)
+            .where(*where)
+            .order_by(studies.c.study_id.desc())
+            .limit(limit)
+            .offset(offset)
+        ).all()
+        data = _summaries(connection, rows)
+    return Page(data=data, count=int(count or 0))
 
 
-def _summary(
-    storage: BaseStorage, study_id: int, name: str, user_attrs: dict[str, Any]
-) -> StudySummary:
-    spec = _stored_spec(user_attrs[attrs.SPEC])
-    counts = TrialCounts.of(storage.get_all_trials(study_id, deepcopy=False))
-    best_value = None
-    if len(spec.directions) == 1 and counts.complete:
-        best_value = storage.get_best_trial(study_id).value
-    return StudySummary(
-        id=study_id,
-        name=name,
-        status=user_attrs.get(attrs.STATUS, StudyStatus.QUEUED),
-        status_reason=user_attrs.get(attrs.STATUS_REASON),
-        directions=spec.directions,
-        metrics=spec.metrics,
-        n_trials=spec.budget.n_trials,
-        counts=counts,
-        best_value=best_value,
-        created_at=user_attrs.get(attrs.CREATED_AT),
-        started_at=user_attrs.get(attrs.STARTED_AT),
-        finished_at=user_attrs.get(attrs.FINISHED_AT),
+def _summaries(connection: sa.engine.Connection, rows: Sequence[sa.Row[Any]]) -> list[StudySummary]:
+    specs = {row.study_id: _stored_spec(row.spec) for row in rows}
+    counts = _ticket_counts(connection, [row.study_id for row in rows])
+    single = [sid for sid, spec in specs.items() if len(spec.directions) == 1]
+    best = optuna_rows.best_values(
+        connection,
+        maximize=[sid for sid in single if specs[sid].directions[0] == "maximize"],
+        minimize=[sid for sid in single if specs[sid].directions[0] == "minimize"],
     )
+    summaries = []
+    for row in rows:
+        spec = specs[row.study_id]
+        by_state = counts.get(row.study_id, {})
+        active = row.status in ACTIVE
+        unissued = max(row.n_trials - row.issued, 0) if active else 0
+        summaries.append(
+            StudySummary(
+                id=row.study_id,
+                name=row.name,
+                status=StudyStatus(row.status),
+                status_reason=row.status_reason,
+                directions=spec.directions,
+                metrics=spec.metrics,
+                n_trials=row.n_trials,
+                counts=TrialCounts(
+                    waiting=by_state.get("pending", 0) + unissued,
+                    running=by_state.get("running", 0),
+                    complete=by_state.get("complete", 0),
+                    pruned=by_state.get("pruned", 0),
+                    fail=by_state.get("fail", 0),
+                    cancelled=by_state.get("cancelled", 0),
+                ),
+                best_value=best.get(row.study_id),
+                created_at=_datetime(row.created_at),
+                started_at=_datetime(row.started_at),
+                finished_at=_datetime(row.finished_at),
+            )
+        )
+    return summaries
 
 
+def _ticket_counts(
+    connection: sa.engine.Connection, study_ids: list[int]
+) -> dict[int, dict[str, int]]:
+    """Tickets per study by state (``done`` split by outcome), one GROUP BY."""
+    if not study_ids:
+        return {}
+    tickets = tables.tickets
+    query = (
+        sa.select(tickets.c.study_id, tickets.c.state, tickets.c.outcome, sa.func.count())
+        .where(tickets.c.study_id.in_(study_ids))
+        .group_by(tickets.c.study_id, tickets.c.state, tickets.c.outcome)
+    )
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    for study_id, state, outcome, n in connection.execute(query):
+        key = outcome if state == TicketState.DONE.value else state
+        counts[study_id][key] = counts[study_id].get(key, 0) + int(n)
+    return counts
+
+
+def _datetime(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+@retrying_read
 def list_trials(
-    storage: BaseStorage,
+    store: Store,
     study_id: int,
     *,
     state: TrialState | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> Page[TrialSummary]:
-    """A study's trials in number order, optionally only those in ``state``."""
-    _user_attrs(storage, study_id)
-    states = None if state is None else (state,)
-    trials = storage.get_all_trials(study_id, deepcopy=False, states=states)
-    page = trials[offset : offset + limit]
-    return Page(data=[TrialSummary.of(trial) for trial in page], count=len(trials))
+    """A study's Optuna trials (every attempt) in number order; reads only the page."""
+    with store.read() as connection:
+        _row(connection, study_id)
+        count = optuna_rows.count_trials(connection, study_id, state)
+        ids = optuna_rows.page_trial_ids(connection, study_id, state, limit, offset)
+        trials = optuna_rows.load_trials(connection, ids)
+    return Page(data=[TrialSummary.of(trial) for trial in trials], count=count)
 
 
-def get_trial(storage: BaseStorage, study_id: int, number: int) -> TrialDetail:
+@retrying_read
+def get_trial(store: Store, study_id: int, number: int) -> TrialDetail:
     """One trial of a study, by its number.
 
     Raises:
         StudyNotFoundError, TrialNotFoundError: If either does not exist.
     """
-    return TrialDetail.of(get_frozen_trial(storage, study_id, number))
+    return TrialDetail.of(get_frozen_trial(store, study_id, number))
 
 
-def get_frozen_trial(storage: BaseStorage, study_id: int, number: int) -> FrozenTrial:
+@retrying_read
+def get_frozen_trial(store: Store, study_id: int, number: int) -> FrozenTrial:
     """The Optuna trial of a study, by its number."""
-    _user_attrs(storage, study_id)
+    with store.read() as connection:
+        _row(connection, study_id)
     try:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        trial_id = store.reader.get_trial_id_from_study_id_trial_number(study_id, number)
     except KeyError:
         raise TrialNotFoundError(f"study {study_id} has no trial {number}") from None
-    return storage.get_trial(trial_id)
+    return store.reader.get_trial(trial_id)
 
 
-def best_trials(storage: BaseStorage, study_id: int) -> BestTrials:
-    """The best trial, or the Pareto front of a multi-objective study.
+@retrying_read
+def best_trials(store: Store, study_id: int) -> BestTrials:
+    """The best trial (one ``ORDER BY ... LIMIT 1``), or the Pareto front.
 
     Raises:
         StudyNotFoundError: If there is no such study.
         NoBestTrialError: If no trial has completed yet.
     """
-    spec = load_spec(storage, study_id)
+    with store.read() as connection:
+        row = _row(connection, study_id)
+        spec = _stored_spec(row.spec)
+        best_id = None
+        if len(spec.directions) == 1:
+            maximize = spec.directions[0] == "maximize"
+            best_id = optuna_rows.best_trial_id(connection, study_id, maximize)
     if len(spec.directions) == 1:
-        try:
-            best = [storage.get_best_trial(study_id)]
-        except ValueError:
-            best = []
+        best = [] if best_id is None else [store.reader.get_trial(best_id)]
     else:
-        name = storage.get_study_name_from_id(study_id)
-        best = optuna.load_study(study_name=name, storage=storage).best_trials
+        # A Pareto front needs every completed trial.
+        best = optuna.load_study(study_name=row.name, storage=store.reader).best_trials
     if not best:
         raise NoBestTrialError(f"study {study_id} has no completed trial yet")
     return BestTrials(
@@ -325,3 +387,330 @@ def best_trials(storage: BaseStorage, study_id: int) -> BestTrials:
         metrics=spec.metrics,
         trials=[TrialDetail.of(trial) for trial in sorted(best, key=lambda t: t.number)],
     )
+
+
+# --- lifecycle ---------------------------------------------------------------------------------
+
+
+def _locked(connection: sa.engine.Connection, study_id: int) -> sa.Row[Any]:
+    row = lock_study(connection, study_id)
+    if row is None or row.status == DELETING:
+        raise StudyNotFoundError(study_id)
+    return row
+
+
+def cancel_study(store: Store, study_id: int) -> StudyDetail:
+    """Cancels a queued or running study: nothing new starts, queued work is dropped.
+
+    Running trials stop at their next heartbeat or epoch end; they and the dropped work
+    are kept as ``cancelled`` and run again if the study is resumed.
+
+    Raises:
+        StudyNotFoundError: If there is no such study.
+        StudyStateError: If the study already ended.
+    """
+    with store.write() as connection:
+        row = _locked(connection, study_id)
+        if row.status not in ACTIVE:
+            raise StudyStateError(f"study {study_id} is already {row.status}")
+        reason = "cancelled by request"
+        change_status(connection, row, StudyStatus.CANCELLED, reason, now(connection))
+    return get_study(store, study_id)
+
+
+def extend_study(store: Store, study_id: int, add_trials: int) -> StudyDetail:
+    """Adds ``add_trials`` to an active study's budget.
+
+    Raises:
+        StudyNotFoundError: If there is no such study.
+        StudyStateError: If the study ended (resume it instead) or the budget would pass
+            the largest allowed.
+    """
+    with store.write() as connection:
+        row = _locked(connection, study_id)
+        if row.status not in ACTIVE:
+            raise StudyStateError(
+                f"study {study_id} is {row.status}; resume it to add trials to an ended study"
+            )
+        _check_budget(study_id, row.n_trials + add_trials)
+        connection.execute(
+            tables.studies.update()
+            .where(tables.studies.c.study_id == study_id)
+            .values(n_trials=row.n_trials + add_trials)
+        )
+    return get_study(store, study_id)
+
+
+def _check_budget(study_id: int, n_trials: int) -> None:
+    limit = Limits().max_trials
+    if n_trials > limit:
+        message = f"study {study_id} would have {n_trials:,} trials: over the limit of {limit:,}"
+        raise SpecError([FieldError(("add_trials",), f"{message} (max_trials)")])
+
+
+def resume_study(store: Store, study_id: int, add_trials: int = 0) -> StudyDetail:
+    """Reopens a cancelled, failed or completed study, optionally with more budget.
+
+    Its cancelled trials are queued again (an interrupted one resumes from its last
+    checkpoint), ``add_trials`` fresh trials are added, and ``budget.max_failed`` counts
+    failures anew from here. ``budget.timeout`` counts from the restart.
+
+    Raises:
+        StudyNotFoundError: If there is no such study.
+        StudyStateError: If the study is still active, or would have nothing to run.
+    """
+    tickets = tables.tickets
+    with store.write() as connection:
+        row = _locked(connection, study_id)
+        if row.status in ACTIVE:
+            raise StudyStateError(
+                f"study {study_id} is {row.status}; only cancelled, failed or completed "
+                "studies can be resumed"
+            )
+        n_trials = row.n_trials + add_trials
+        _check_budget(study_id, n_trials)
+        requeued = connection.execute(
+            tickets.update()
+            .where(tickets.c.study_id == study_id, tickets.c.state == TicketState.CANCELLED.value)
+            .values(state=TicketState.PENDING.value)
+        ).rowcount
+        if requeued == 0 and n_trials <= row.issued:
+            raise StudyStateError(
+                f"study {study_id} has no trials left to run; resume it with add_trials > 0"
+            )
+        reason = f"resumed: {requeued} trials re-queued, {add_trials} added"
+        limit = count_errors(connection, study_id) + row.max_failed
+        at = now(connection)
+        change_status(
+            connection,
+            row,
+            StudyStatus.QUEUED,
+            reason,
+            at,
+            n_trials=n_trials,
+            failure_limit=limit,
+            deadline=None,
+            started_at=None,
+        )
+    return get_study(store, study_id)
+
+
+def rerun_failed(store: Store, study_id: int) -> StudyDetail:
+    """Queues every failed trial of the study again, with its params; reopens an ended study.
+
+    Raises:
+        StudyNotFoundError: If there is no such study.
+        StudyStateError: If the study has no failed trial.
+    """
+    tickets = tables.tickets
+    with store.write() as connection:
+        row = _locked(connection, study_id)
+        rerun = connection.execute(
+            tickets.update()
+            .where(
+                tickets.c.study_id == study_id,
+                tickets.c.state == TicketState.DONE.value,
+                tickets.c.outcome == "fail",
+            )
+            .values(state=TicketState.PENDING.value, outcome=None, failure=None, retries=0)
+        ).rowcount
+        if rerun == 0:
+            raise StudyStateError(f"study {study_id} has no failed trials")
+        limit = count_errors(connection, study_id) + row.max_failed
+        if row.status in ACTIVE:
+            connection.execute(
+                tables.studies.update()
+                .where(tables.studies.c.study_id == study_id)
+                .values(failure_limit=limit)
+            )
+        else:
+            change_status(
+                connection,
+                row,
+                StudyStatus.QUEUED,
+                f"re-running {rerun} failed trials",
+                now(connection),
+                failure_limit=limit,
+                deadline=None,
+                started_at=None,
+            )
+    return get_study(store, study_id)
+
+
+def enqueue_trials(
+    store: Store, study_id: int, configs: Sequence[Mapping[str, Any]]
+) -> StudyDetail:
+    """Queues configurations to run next, taken from the study's remaining budget.
+
+    Each config maps searched param names to values; params it leaves out are proposed
+    by the sampler. All are inserted with one statement.
+
+    Raises:
+        StudyNotFoundError: If there is no such study.
+        SpecError: If a config names an unknown param or a value outside its range
+            (paths like ``configs[0].lr``).
+        StudyStateError: If the study ended, or its remaining budget is too small.
+    """
+    if not configs:
+        raise SpecError([FieldError(("configs",), "give at least one configuration")])
+    if len(configs) > MAX_ENQUEUE:
+        raise SpecError([FieldError(("configs",), f"at most {MAX_ENQUEUE} configurations")])
+    spec = load_spec(store, study_id)
+    errors = [
+        error
+        for index, config in enumerate(configs)
+        for error in _check_config(spec, index, config)
+    ]
+    if errors:
+        raise SpecError(errors)
+    with store.write() as connection:
+        row = _locked(connection, study_id)
+        if row.status not in ACTIVE:
+            raise StudyStateError(f"study {study_id} is {row.status}; resume it first")
+        left = row.n_trials - row.issued
+        if len(configs) > left:
+            raise StudyStateError(
+                f"study {study_id} has {left} trials of budget left for {len(configs)} "
+                "configurations; extend it first"
+            )
+        connection.execute(
+            tables.studies.update()
+            .where(tables.studies.c.study_id == study_id)
+            .values(issued=row.issued + len(configs))
+        )
+        at = now(connection)
+        connection.execute(
+            tables.tickets.insert(),
+            [
+                {
+                    "study_id": study_id,
+                    "source": TicketSource.ENQUEUED.value,
+                    "params": json.dumps(dict(config)),
+                    "state": TicketState.PENDING.value,
+                    "created_at": at,
+                }
+                for config in configs
+            ],
+        )
+    return get_study(store, study_id)
+
+
+def _check_config(spec: StudySpec, index: int, config: Mapping[str, Any]) -> list[FieldError]:
+    errors = []
+    for name, value in config.items():
+        loc = ("configs", index, name)
+        param = spec.params.get(name)
+        if param is None:
+            where = "is fixed in the spec" if name in spec.fixed else "is not a searched param"
+            choices = ", ".join(sorted(spec.params)) or "none"
+            errors.append(FieldError(loc, f"{name!r} {where}; searched params: {choices}"))
+            continue
+        problem = _out_of_range(param, value)
+        if problem:
+            errors.append(FieldError(loc, problem))
+    return errors
+
+
+def _out_of_range(param: FloatParam | IntParam | CategoricalParam, value: Any) -> str | None:
+    if isinstance(param, CategoricalParam):
+        return None if value in param.choices else f"{value!r} is not one of {param.choices}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{value!r} is not a number"
+    if isinstance(param, IntParam) and not float(value).is_integer():
+        return f"{value!r} is not an integer"
+    if not param.low <= value <= param.high:
+        return f"{value!r} is outside [{param.low}, {param.high}]"
+    if param.step is not None and abs((value - param.low) / param.step % 1) > 1e-9:
+        return f"{value!r} is not on the grid {param.low} + k * {param.step}"
+    return None
+
+
+def delete_study(store: Store, study_id: int) -> None:
+    """Deletes an ended study: its trials, tickets, weights and checkpoints.
+
+    Raises:
+        StudyNotFoundError: If there is no such study.
+        StudyStateError: If the study is still active (cancel it first).
+    """
+    with store.write() as connection:
+        row = _locked(connection, study_id)
+        if row.status in ACTIVE:
+            raise StudyStateError(f"study {study_id} is {row.status}; cancel it first")
+        connection.execute(
+            tables.studies.update()
+            .where(tables.studies.c.study_id == study_id)
+            .values(status=DELETING)
+        )
+    finish_deletion(store, study_id)
+
+
+def finish_deletion(store: Store, study_id: int) -> None:
+    """Removes a study marked ``deleting``: artifacts, the Optuna study, automl's rows.
+
+    Idempotent: the reaper completes a deletion that a crash interrupted.
+    """
+    with store.read() as connection:
+        checkpoints = connection.scalars(
+            sa.select(tables.tickets.c.checkpoint).where(
+                tables.tickets.c.study_id == study_id, tables.tickets.c.checkpoint.is_not(None)
+            )
+        ).all()
+    for artifact_id in [*checkpoints, *_trial_artifacts(store, study_id)]:
+        remove_quietly(store.artifacts, artifact_id)
+    with contextlib.suppress(KeyError):  # already gone from Optuna
+        store.storage.delete_study(study_id)
+    with store.write() as connection:
+        connection.execute(tables.tickets.delete().where(tables.tickets.c.study_id == study_id))
+        connection.execute(tables.studies.delete().where(tables.studies.c.study_id == study_id))
+
+
+def _trial_artifacts(store: Store, study_id: int) -> Iterable[str]:
+    try:
+        trials = store.storage.get_all_trials(study_id, deepcopy=False)
+    except KeyError:
+        return []
+    found: set[str] = set()
+    for trial in trials:
+        if attrs.WEIGHTS in trial.user_attrs:
+            found.add(trial.user_attrs[attrs.WEIGHTS])
+        metas = get_all_artifact_meta(trial, storage=store.storage)
+        found.update(meta.artifact_id for meta in metas)
+    return sorted(found)
+
+
+def settle_study(store: Store, study_id: int) -> StudyStatus:
+    """Ends the study if its work is done, its time ran out or it failed too often.
+
+    Raises:
+        StudyNotFoundError: If there is no such study.
+    """
+    status = settle(store, study_id)
+    if status is None:
+        raise StudyNotFoundError(study_id)
+    return status
+
+
+__all__ = [
+    "NoBestTrialError",
+    "StudyNotFoundError",
+    "StudyStateError",
+    "TrialNotFoundError",
+    "best_trials",
+    "cancel_study",
+    "delete_study",
+    "enqueue_trials",
+    "extend_study",
+    "finish_deletion",
+    "get_frozen_trial",
+    "get_status",
+    "get_study",
+    "get_trial",
+    "iso",
+    "list_studies",
+    "list_trials",
+    "load_spec",
+    "rerun_failed",
+    "resume_study",
+    "settle_study",
+    "submit_study",
+]

@@ -23,29 +23,24 @@ class Page(BaseModel, Generic[T]):
 
 
 class TrialCounts(BaseModel):
-    """Number of trials of a study in each state."""
+    """Number of a study's trials in each state, counting each unit of its budget once.
 
-    waiting: int = 0
+    A trial whose worker was lost and that ran again counts once, by its last attempt
+    (every attempt is still listed among the study's Optuna trials).
+    """
+
+    waiting: int = Field(0, description="Not started yet: queued, or budget not yet handed out.")
     running: int = 0
     complete: int = 0
     pruned: int = 0
     fail: int = 0
+    cancelled: int = Field(0, description="Dropped when the study ended; resume runs them.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def finished(self) -> int:
         """Trials that ended: complete + pruned + failed."""
         return self.complete + self.pruned + self.fail
-
-    @classmethod
-    def of(cls, trials: list[FrozenTrial]) -> TrialCounts:
-        """Counts ``trials`` by state."""
-        counts = cls()
-        for trial in trials:
-            key = trial.state.name.lower()
-            if hasattr(counts, key):
-                setattr(counts, key, getattr(counts, key) + 1)
-        return counts
 
 
 class StudySummary(BaseModel):
@@ -81,6 +76,11 @@ class TrialSummary(BaseModel):
     intermediate_values: dict[int, float | None]
     metrics: dict[str, float] | None = None
     error: str | None = None
+    failure: str | None = Field(
+        None, description="Why it failed: error, out_of_memory, worker_lost, interrupted..."
+    )
+    ticket: int | None = Field(None, description="The budget unit; its retries share it.")
+    attempt: int | None = None
     datetime_start: datetime | None = None
     datetime_complete: datetime | None = None
     duration_s: float | None = None
@@ -142,6 +142,9 @@ def _trial_fields(trial: FrozenTrial) -> dict[str, Any]:
         },
         "metrics": trial.user_attrs.get(attrs.METRICS),
         "error": trial.user_attrs.get(attrs.ERROR),
+        "failure": trial.user_attrs.get(attrs.FAILURE),
+        "ticket": trial.user_attrs.get(attrs.TICKET),
+        "attempt": trial.user_attrs.get(attrs.ATTEMPT),
         "datetime_start": trial.datetime_start,
         "datetime_complete": trial.datetime_complete,
         "duration_s": duration,

@@ -20,6 +20,7 @@ from automl.models import build_model
 from automl.models.transfer import param_groups
 from automl.train.accel import Accelerator
 from automl.train.augment import build_pipeline
+from automl.train.checkpoint import CheckpointSink, TrainState, capture, restore
 from automl.train.early_stopping import EarlyStopping
 from automl.train.imbalance import ArtifactCache, TrainSplit, build_imbalance_plan
 from automl.train.losses import build_loss
@@ -95,6 +96,9 @@ def train(
     data: ImageData | None = None,
     artifacts: ArtifactCache | None = None,
     monitor: str = "accuracy",
+    checkpoint: CheckpointSink | None = None,
+    checkpoint_interval: float | None = None,
+    resume: TrainState | None = None,
 ) -> TrainResult:
     """Trains one configuration and evaluates it on the validation split after each epoch.
 
@@ -113,6 +117,13 @@ def train(
             by default a folder under ``AUTOML_CACHE_DIR``.
         monitor: The metric that ``config.patience`` watches (its direction is the
             metric's own); the worker passes the study's first objective.
+        checkpoint: Given the training state after every epoch but the last, every
+            ``checkpoint_interval`` seconds within an epoch, and before an interruption.
+        checkpoint_interval: Seconds between checkpoints within one epoch (None: only at
+            epoch ends).
+        resume: A state from ``checkpoint`` to continue from (same config): the result
+            equals that of an uninterrupted run on the CPU; ``report`` is called for the
+            remaining epochs only.
 
     Returns:
         The final metrics, the per-epoch history and the trained weights (on the CPU).
@@ -176,40 +187,83 @@ def train(
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
     history: list[dict[str, float]] = []
+    first_epoch, skip, resumed_loss = 1, 0, 0.0
+    if resume is not None:
+        restore(resume, model=model, optimizer=optimizer, scheduler=scheduler)
+        generator.set_state(resume.epoch_generator)
+        history = [dict(entry) for entry in resume.history]
+        for entry in history:  # early stopping continues where it was
+            stopper.should_stop(entry[monitor])
+        first_epoch, skip, resumed_loss = resume.epoch + 1, resume.batch, resume.loss_sum
+
+    def state(epoch_done: int, batches: int, epoch_rng: torch.Tensor, loss: float) -> TrainState:
+        return capture(
+            epoch=epoch_done,
+            batch=batches,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            epoch_generator=epoch_rng,
+            loss_sum=loss,
+            history=history,
+        )
+
     metrics: dict[str, float] = {}
     confusion = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
     pruned = stopped_early = False
-    for epoch in range(1, config.epochs + 1):
+    last_checkpoint = time.monotonic()
+    for epoch in range(first_epoch, config.epochs + 1):
         model.train()
+        epoch_generator = generator.get_state()
         if plan.sampler is None:
             order = torch.randperm(n_train, device=device, generator=generator)
         else:
             order = plan.sampler(epoch, generator).to(device)
-        loss_sum = torch.zeros((), device=device)
-        for start, stop in _batch_slices(len(order), batch_size):
+        loss_sum = torch.full((), resumed_loss if skip else 0.0, device=device)
+        for batch, (start, stop) in enumerate(_batch_slices(len(order), batch_size)):
+            if batch < skip:
+                continue  # done before the checkpoint this run resumed from
             index = order[start:stop]
             images, targets = data.to_unit(train_x[index]), train_y[index]
             if augment is not None:
-                images, targets = augment(images, targets, generator)
+                images, targets = augment(
+                    images, targets, _batch_generator(config, epoch, batch, device)
+                )
             images = accel.batch(data.standardize(images))
             with accel.autocast():
                 loss = loss_fn(runner(images), targets)
             accel.step(loss, optimizer, trainable, config.grad_clip)
             scheduler.step()
             loss_sum += loss.detach() * (stop - start)
-            if should_stop is not None and should_stop():
+            stopping = should_stop is not None and should_stop()
+            due = checkpoint_interval is not None and (
+                time.monotonic() - last_checkpoint >= checkpoint_interval
+            )
+            if checkpoint is not None and (stopping or due):
+                checkpoint(state(epoch - 1, batch + 1, epoch_generator, float(loss_sum)))
+                last_checkpoint = time.monotonic()
+            if stopping:
                 raise TrainingInterrupted(f"stopped during epoch {epoch}")
+        skip = 0
         confusion, val_loss = evaluate(
             runner, data.val_x, data.val_y, data.num_classes, accel, data.normalize
         )
         metrics = compute_metrics(Evaluation(confusion, val_loss, model_stats))
         history.append({"epoch": epoch, "train_loss": float(loss_sum) / len(order), **metrics})
+        if checkpoint is not None and epoch < config.epochs:
+            checkpoint(state(epoch, 0, generator.get_state(), 0.0))
+            last_checkpoint = time.monotonic()
         if report is not None and report(epoch, metrics):
             pruned = True
             break
         if stopper.should_stop(metrics[monitor]):
             stopped_early = True
             break
+    if not metrics:  # resumed after the last epoch: nothing left to train
+        confusion, val_loss = evaluate(
+            runner, data.val_x, data.val_y, data.num_classes, accel, data.normalize
+        )
+        metrics = compute_metrics(Evaluation(confusion, val_loss, model_stats))
 
     return TrainResult(
         metrics=metrics,
@@ -252,6 +306,15 @@ def evaluate(
         predictions.append(logits.argmax(dim=1))
     confusion = confusion_matrix(torch.cat(predictions), labels, num_classes)
     return confusion, float(loss_sum) / max(len(labels), 1)
+
+
+def _batch_generator(
+    config: TrialConfig, epoch: int, batch: int, device: torch.device
+) -> torch.Generator:
+    """The augmentation randomness of one batch: fixed by seed, epoch and batch, so a run
+    resumed mid-epoch draws exactly what an uninterrupted one would."""
+    seed = (config.seed * 1_000_003 + epoch * 10_007 + batch) % 2**63
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _trainable_groups(model: torch.nn.Module, config: TrialConfig) -> list[dict[str, Any]]:

@@ -1,6 +1,17 @@
-"""Workers: claim queued trials from the store, train them, report, repeat."""
+"""Workers: claim tickets from the store, train them, report, repeat."""
 
+from automl.worker.coordinator import Coordinator, SqlCoordinator
 from automl.worker.loop import InvalidDeviceError, Worker, WorkerOptions
-from automl.worker.runner import Claim, run_trial
+from automl.worker.runner import ResultRejectedError, TrialContext, TrialRun, run_lease
 
-__all__ = ["Claim", "InvalidDeviceError", "Worker", "WorkerOptions", "run_trial"]
+__all__ = [
+    "Coordinator",
+    "InvalidDeviceError",
+    "ResultRejectedError",
+    "SqlCoordinator",
+    "TrialContext",
+    "TrialRun",
+    "Worker",
+    "WorkerOptions",
+    "run_lease",
+]

@@ -1,39 +1,40 @@
-"""The worker loop: claim a trial, run it, repeat; poll when idle; stop gracefully."""
+"""The worker loop: claim a ticket, run it, repeat; poll when idle; stop gracefully.
+
+Each worker also runs a reaper thread, so lost trials are re-queued even when no API
+runs. During a database outage the worker waits with backoff (logging once per
+interval) instead of exiting.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from types import FrameType
 
 import optuna
-import sqlalchemy
 import torch
-from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from automl.pruners import build_pruner
-from automl.samplers import build_sampler
+from automl.samplers import SHARED_SEED_SAMPLERS, build_sampler
 from automl.spec import StudySpec
 from automl.store import (
-    INTERRUPTED_PREFIX,
-    NoQueuedTrialError,
-    active_study_ids,
-    attrs,
-    get_status,
-    is_timed_out,
-    load_spec,
-    mark_running,
-    settle_study,
+    Backoff,
+    FailureKind,
+    Lease,
+    Reaper,
+    Store,
+    is_transient,
+    retry_transient,
 )
 from automl.train import resolve_device
-from automl.worker.runner import Claim, run_trial
+from automl.worker.coordinator import Coordinator, SqlCoordinator
+from automl.worker.identity import new_worker_id, sampler_seed
+from automl.worker.keeper import LeaseKeeper
+from automl.worker.runner import TrialContext, TrialRun, run_lease
 
 logger = logging.getLogger("automl.worker")
 
@@ -53,39 +54,51 @@ class WorkerOptions:
         study_id: Work only on this study, and exit once it is no longer active.
         poll_interval: Seconds to sleep when there is nothing to claim.
         exit_when_idle: Exit instead of polling when there is nothing to claim.
-        artifacts_dir: Folder of the artifact store for weights.
-        seed_offset: Added to a spec's sampler seed, so that workers started together
-            propose different configurations; ``None`` derives it from the process id.
         threads: CPU threads for PyTorch in this process; several workers on one machine
             should share the cores rather than each use all of them.
+        heartbeat_interval: Seconds between heartbeats of the running trial.
+        grace_period: Seconds without heartbeat after which a worker counts as lost.
+        reap_interval: Seconds between passes of this worker's reaper (None: no reaper).
+        checkpoint_interval: Seconds between checkpoints within one long epoch.
     """
 
     device: str = "auto"
     study_id: int | None = None
     poll_interval: float = 2.0
     exit_when_idle: bool = False
-    artifacts_dir: Path = field(default_factory=lambda: Path("automl-artifacts"))
-    seed_offset: int | None = None
     threads: int | None = None
+    heartbeat_interval: float = 10.0
+    grace_period: float = 60.0
+    reap_interval: float | None = 15.0
+    checkpoint_interval: float = 300.0
 
 
 class Worker:
     """Claims and trains trials of active studies until stopped.
 
     ``stop()`` (also wired to SIGINT/SIGTERM by ``install_signal_handlers``) makes the
-    trial in hand end at its next batch as FAIL ("interrupted") and the loop return.
+    trial in hand checkpoint and go back to the queue at its next batch, and the loop
+    return.
+
+    Args:
+        store: The open store.
+        options: How to run.
+        on_trial_end: Called with the study id and the trial after each attempt.
+        coordinator: The shared state (default: the store's database).
     """
 
     def __init__(
         self,
-        storage: BaseStorage,
+        store: Store,
         options: WorkerOptions | None = None,
         on_trial_end: TrialCallback | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
-        self.storage = storage
+        self.store = store
         self.options = options or WorkerOptions()
         self.on_trial_end = on_trial_end
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.coordinator: Coordinator = coordinator or SqlCoordinator(store)
+        self.name = new_worker_id()
         try:
             self.device = str(resolve_device(self.options.device))
         except ValueError as exc:
@@ -94,8 +107,7 @@ class Worker:
             torch.set_num_threads(self.options.threads)
         self._stop = threading.Event()
         self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
-        offset = self.options.seed_offset
-        self._seed_offset = os.getpid() if offset is None else offset
+        self.backoff = Backoff(logger)
 
     def stop(self) -> None:
         """Asks the loop to stop; safe from signal handlers and other threads."""
@@ -111,7 +123,7 @@ class Worker:
 
         Repeated signals only repeat the request: a Ctrl-C reaches every process of the
         terminal's group and ``automl up`` forwards a SIGTERM too, and neither may kill a
-        worker before it has ended its trial (which happens at the next batch).
+        worker before it has given its trial back (which happens at the next batch).
         """
 
         def handle(signum: int, _: FrameType | None) -> None:
@@ -126,90 +138,104 @@ class Worker:
         """Runs until stopped (or idle, with ``exit_when_idle``).
 
         Returns:
-            The number of trials this worker ran.
+            The number of attempts this worker ran.
         """
         logger.info("worker %s started on %s", self.name, self.device)
+        reaper = None
+        if self.options.reap_interval is not None:
+            reaper = Reaper(self.store, self.options.grace_period, self.options.reap_interval)
+            reaper.start()
         ran = 0
-        while not self.stopping:
-            try:
-                claim = self.claim()
-            except sqlalchemy.exc.SQLAlchemyError as exc:
-                # The database may be restarting; keep the worker alive and try again.
-                logger.warning("storage error while claiming, retrying: %s", exc)
-                self._stop.wait(self.options.poll_interval)
-                continue
-            if claim is None:
-                if self.options.exit_when_idle or self._dedicated_study_ended():
-                    break
-                self._stop.wait(self.options.poll_interval)
-                continue
-            frozen = self.run_claim(claim)
-            ran += 1
-            if self.on_trial_end is not None:
-                self.on_trial_end(claim.study_id, frozen)
+        try:
+            while not self.stopping:
+                lease = self._claim()
+                if lease is None:
+                    if self.stopping or self._idle_exit():
+                        break
+                    self._stop.wait(self.options.poll_interval)
+                    continue
+                run = self.run_lease(lease)
+                ran += 1
+                if self.on_trial_end is not None and run.trial is not None:
+                    self.on_trial_end(lease.study_id, run.trial)
+        finally:
+            if reaper is not None:
+                reaper.stop()
         logger.info("worker %s stopped after %d trials", self.name, ran)
         return ran
 
-    def claim(self) -> Claim | None:
-        """Claims the next queued trial of an active study, oldest study first."""
-        for study_id in self._candidate_ids():
-            if self.stopping:
-                return None
-            if is_timed_out(self.storage, study_id):
-                settle_study(self.storage, study_id)
-                continue
-            study, spec = self._study(study_id)
-            try:
-                trial = study.ask()
-            except NoQueuedTrialError:
-                settle_study(self.storage, study_id)
-                continue
-            if not get_status(self.storage, study_id).is_active:
-                # Cancelled between listing and claiming: the claim cannot be undone,
-                # so end it visibly instead of training.
-                message = f"{INTERRUPTED_PREFIX} study is no longer active"
-                trial.set_user_attr(attrs.ERROR, message)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                continue
-            mark_running(self.storage, study_id)
-            self.storage.set_trial_user_attr(trial._trial_id, attrs.WORKER, self.name)
-            return Claim(study_id, study, trial, spec)
-        return None
-
-    def run_claim(self, claim: Claim) -> FrozenTrial:
-        """Runs a claimed trial to its end, then updates the study's status."""
+    def _claim(self) -> Lease | None:
         try:
-            return run_trial(
-                self.storage,
-                claim,
-                device=self.device,
-                artifacts_dir=self.options.artifacts_dir,
-                should_stop=self._stop.is_set,
+            return retry_transient(
+                lambda: self.coordinator.claim(self.name, self.options.study_id),
+                backoff=self.backoff,
+                doing="claiming a trial",
+                give_up=lambda: self.stopping,
+                wait=self._stop.wait,
             )
-        finally:
-            settle_study(self.storage, claim.study_id)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            return None  # stopping during an outage
 
-    def _candidate_ids(self) -> list[int]:
-        if self.options.study_id is None:
-            return active_study_ids(self.storage)
-        return [sid for sid in active_study_ids(self.storage) if sid == self.options.study_id]
-
-    def _dedicated_study_ended(self) -> bool:
-        if self.options.study_id is None:
+    def _idle_exit(self) -> bool:
+        """Settles what is due; whether an idle worker should exit now."""
+        try:
+            self.coordinator.settle_due()
+            if self.options.exit_when_idle:
+                return True
+            if self.options.study_id is None:
+                return False
+            status = self.coordinator.status(self.options.study_id)
+            return status is None or not status.is_active
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self.backoff.failed(exc, "checking for work")
             return False
-        return not get_status(self.storage, self.options.study_id).is_active
 
-    def _study(self, study_id: int) -> tuple[optuna.Study, StudySpec]:
-        if study_id not in self._studies:
-            spec = load_spec(self.storage, study_id)
-            seed = spec.sampler.seed
-            if seed is not None:
-                seed = (seed + self._seed_offset) % 2**32
+    def run_lease(self, lease: Lease) -> TrialRun:
+        """Runs one claimed ticket to its end, then settles its study."""
+        ctx = TrialContext(
+            coordinator=self.coordinator,
+            worker_id=self.name,
+            device=self.device,
+            stopping=self._stop.is_set,
+            checkpoint_interval=self.options.checkpoint_interval,
+            backoff=self.backoff,
+        )
+        interval = self.options.heartbeat_interval
+        try:
+            # Beat from the moment of the claim: loading the study can take a while.
+            with LeaseKeeper(self.coordinator, lease, interval, self.backoff) as keeper:
+                try:
+                    study, spec = ctx.persist(lambda: self._study(lease), "loading a study")
+                except Exception as exc:  # e.g. the study was deleted since the claim
+                    logger.warning("cannot load study %s: %s", lease.study_id, exc)
+                    error = f"cannot load study: {exc}"
+                    ctx.persist(
+                        lambda: self.coordinator.release(
+                            lease, FailureKind.ERROR, error, requeue=False
+                        ),
+                        "releasing a trial",
+                    )
+                    return TrialRun(lease, "fail")
+                return run_lease(ctx, lease, study, spec, keeper)
+        finally:
+            ctx.persist(lambda: self.coordinator.settle(lease.study_id), "settling a study")
+
+    def _study(self, lease: Lease) -> tuple[optuna.Study, StudySpec]:
+        """The study (cached, so its trial cache lasts), with this attempt's sampler."""
+        if lease.study_id not in self._studies:
+            spec = self.coordinator.spec(lease.study_id)
             study = optuna.load_study(
-                study_name=self.storage.get_study_name_from_id(study_id),
-                storage=self.storage,
-                sampler=build_sampler(spec.sampler.name, spec.sampler.options, seed),
+                study_name=self.coordinator.storage.get_study_name_from_id(lease.study_id),
+                storage=self.coordinator.storage,
                 pruner=build_pruner(spec.pruner_or_default.name, spec.pruner_or_default.options),
             )
-            self._studies[study_id] = (study, spec)
-        return self._studies[study_id]
+            self._studies[lease.study_id] = (study, spec)
+        study, spec = self._studies[lease.study_id]
+        shared = spec.sampler.name in SHARED_SEED_SAMPLERS
+        seed = sampler_seed(lease.seed, lease.ticket_id, lease.attempt, shared)
+        study.sampler = build_sampler(spec.sampler.name, spec.sampler.options, seed)
+        return study, spec

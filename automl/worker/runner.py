@@ -1,4 +1,11 @@
-"""Run one claimed trial: suggest, train, record, tell. Never leaves it RUNNING."""
+"""Run one claimed ticket: create its Optuna trial, suggest, train, report, end it.
+
+Whatever happens after the claim, the ticket never stays running: the trial ends
+COMPLETE, PRUNED or FAIL (with its failure kind), or the ticket goes back to the queue
+(the worker is stopping, the database failed before training started, the study ended),
+or the reaper already took it (then any late result is rejected, never counted twice).
+Database calls that are safe to repeat wait out an outage instead of failing the trial.
+"""
 
 from __future__ import annotations
 
@@ -8,135 +15,419 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import optuna
-from optuna.storages import BaseStorage
+import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.space import suggest
 from automl.spec import StudySpec
-from automl.store import INTERRUPTED_PREFIX, attrs, get_status, save_weights
+from automl.store import (
+    Backoff,
+    FailureKind,
+    Lease,
+    LeaseLostError,
+    attrs,
+    is_transient,
+    retry_transient,
+    save_weights,
+)
 from automl.train import TrainingInterrupted, TrainResult, train
+from automl.train.checkpoint import TrainState
+from automl.worker.coordinator import Coordinator
+from automl.worker.keeper import LeaseKeeper
 
 logger = logging.getLogger("automl.worker")
 
-STATUS_CHECK_INTERVAL_S = 5.0
 MAX_ERROR_CHARS = 4000
+T = TypeVar("T")
+
+
+class ResultRejectedError(RuntimeError):
+    """The trial was ended by someone else (the reaper) before this worker's result."""
 
 
 @dataclass
-class Claim:
-    """A trial this worker owns (state RUNNING), with its study."""
+class TrialContext:
+    """What running a ticket needs from its worker.
 
-    study_id: int
-    study: optuna.Study
-    trial: optuna.Trial
-    spec: StudySpec
-
-
-class StudyStopped(Exception):
-    """The study was cancelled or ended while one of its trials was training."""
-
-
-def run_trial(
-    storage: BaseStorage,
-    claim: Claim,
-    *,
-    device: str,
-    artifacts_dir: Path,
-    should_stop: Callable[[], bool],
-) -> FrozenTrial:
-    """Trains the claimed trial and tells Optuna how it ended.
-
-    The trial ends COMPLETE, PRUNED or FAIL (with the error kept in its ``automl.error``
-    user attribute), whatever happens inside, including interruption.
-
-    Returns:
-        The finished trial.
+    Attributes:
+        coordinator: The shared state.
+        worker_id: This worker's unique id.
+        device: Torch device for training.
+        stopping: True once the worker was asked to stop.
+            checkpoint_interval: Seconds between checkpoints within a long epoch.
+        backoff: Waits and logs during database outages.
     """
-    trial, spec = claim.trial, claim.spec
+
+    coordinator: Coordinator
+    worker_id: str
+    device: str
+    stopping: Callable[[], bool]
+    checkpoint_interval: float
+    backoff: Backoff
+
+    def persist(self, call: Callable[[], T], doing: str) -> T:
+        """Runs a call that is safe to repeat, waiting out database outages.
+
+        Not interrupted by the worker's stop: a result in hand is never dropped.
+        """
+        return retry_transient(call, backoff=self.backoff, doing=doing)
+
+
+@dataclass
+class TrialRun:
+    """How running one ticket ended.
+
+    Attributes:
+        lease: The ticket's lease.
+        result: ``complete``, ``pruned``, ``fail``, ``released`` (back to the queue),
+            ``lost`` (the reaper took the ticket) or ``rejected`` (a late result).
+        trial: The attempt's Optuna trial as it ended, if one was created.
+    """
+
+    lease: Lease
+    result: str
+    trial: FrozenTrial | None = None
+
+
+def run_lease(
+    ctx: TrialContext, lease: Lease, study: optuna.Study, spec: StudySpec, keeper: LeaseKeeper
+) -> TrialRun:
+    """Runs the ticket of ``lease`` to its end (see the module docstring).
+
+    Args:
+        ctx: The worker's context.
+        lease: A freshly claimed lease.
+        study: The Optuna study, with the sampler and pruner this attempt uses.
+        spec: The study's spec.
+        keeper: The lease's running heartbeat.
+    """
     started = time.perf_counter()
-    try:
-        config = suggest(trial, spec)
-        trial.set_user_attr(attrs.CONFIG, config.model_dump(mode="json"))
-        report = _reporter(storage, claim)
-        result = train(
-            config, report, device=device, should_stop=should_stop, monitor=spec.metrics[0]
+    run = _Attempt(ctx, lease, study, spec, keeper).run()
+
+    _log(run, spec, time.perf_counter() - started)
+    return run
+
+
+class _Attempt:
+    """One attempt at one ticket (a helper of ``run_lease``)."""
+
+    def __init__(
+        self,
+        ctx: TrialContext,
+        lease: Lease,
+        study: optuna.Study,
+        spec: StudySpec,
+        keeper: LeaseKeeper,
+    ) -> None:
+        self.ctx, self.lease, self.study, self.spec = ctx, lease, study, spec
+        self.coordinator = ctx.coordinator
+        self.keeper = keeper
+        self.trial_id: int | None = None
+        self.trial: optuna.Trial | None = None
+
+    # --- the attempt -------------------------------------------------------------------------
+
+    def run(self) -> TrialRun:
+        resume = self._load_checkpoint()
+        try:
+            self._create_trial(resume)
+        except LeaseLostError as exc:
+            # Reaped before the trial was recorded: the reaper may not have seen it.
+            if self.trial is not None:
+                self._fail(FailureKind.WORKER_LOST, "lease lost before the trial started")
+            return self._lost(exc)
+        except Exception as exc:
+            # Before training: a database fault gives the ticket back untouched; any
+            # other error (a sampler failing in before_trial) ends it failed.
+            requeue = is_transient(exc)
+            logger.warning("could not start ticket %s: %s", self.lease.ticket_id, _describe(exc))
+            return self._give_back(
+                FailureKind.INTERRUPTED if requeue else FailureKind.ERROR,
+                _describe(exc),
+                requeue=requeue,
+            )
+        return self._train_and_report(resume)
+
+    def _load_checkpoint(self) -> TrainState | None:
+        if self.lease.checkpoint is None:
+            return None
+        blob = self.ctx.persist(
+            lambda: self.coordinator.load_checkpoint(self.lease), "reading a checkpoint"
         )
-        _record(trial, result)
+        if blob is None:
+            logger.warning("checkpoint of ticket %s is gone: starting over", self.lease.ticket_id)
+            return None
+        try:
+            return TrainState.from_bytes(blob)
+        except Exception as exc:
+            logger.warning("unreadable checkpoint of ticket %s: %s", self.lease.ticket_id, exc)
+            return None
+
+    def _create_trial(self, resume: TrainState | None) -> None:
+        lease = self.lease
+        user_attrs: dict[str, Any] = {
+            attrs.LEASE: lease.key,
+            attrs.TICKET: lease.ticket_id,
+            attrs.ATTEMPT: lease.attempt,
+            attrs.WORKER: lease.worker_id,
+        }
+        curve: dict[int, float] = {}
+        if resume is not None:
+            user_attrs[attrs.RESUMED_FROM_EPOCH] = resume.epoch
+            if len(self.spec.metrics) == 1:
+                metric = self.spec.metrics[0]
+                curve = {int(h["epoch"]): h[metric] for h in resume.history if metric in h}
+        template = FrozenTrial(
+            number=0,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.now(),
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs=user_attrs,
+            system_attrs={"fixed_params": lease.params} if lease.params else {},
+            intermediate_values=curve,
+            trial_id=0,
+        )
+        # Not repeated on failure: a second call could create a second trial. The
+        # release that follows a failure finds a created trial by its lease attribute.
+        self.trial_id = self.coordinator.storage.create_new_trial(lease.study_id, template)
+        # The Study caches trials; refresh it so it knows the one just created.
+        self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        self.trial = optuna.Trial(self.study, self.trial_id)
+        number = self.trial.number
+        self.ctx.persist(
+            lambda: self.coordinator.record_trial(lease, self.trial_id, number),  # type: ignore[arg-type]
+            "recording a trial",
+        )
+
+    def _train_and_report(self, resume: TrainState | None) -> TrialRun:
+        assert self.trial is not None
+        trial, keeper = self.trial, self.keeper
+        try:
+            config = suggest(trial, self.spec)
+            params = dict(trial.params)
+            self.ctx.persist(
+                lambda: self.coordinator.record_params(self.lease, params), "recording params"
+            )
+            self._set_attr(attrs.CONFIG, config.model_dump(mode="json"))
+            result = train(
+                config,
+                self._reporter(),
+                device=self.ctx.device,
+                should_stop=lambda: self.ctx.stopping() or keeper.should_stop,
+                checkpoint=self._save_checkpoint,
+                checkpoint_interval=self.ctx.checkpoint_interval,
+                resume=resume,
+                monitor=self.spec.metrics[0],
+            )
+            return self._report_result(result)
+        except (ResultRejectedError, UpdateFinishedTrialError) as exc:
+            return self._rejected(exc)
+        except LeaseLostError as exc:
+            return self._lost(exc)
+        except TrainingInterrupted as exc:
+            if keeper.lost.is_set():
+                return self._lost(exc)
+            if keeper.study_ended.is_set():
+                return self._give_back(FailureKind.CANCELLED, "study ended while it ran")
+            return self._give_back(FailureKind.INTERRUPTED, f"worker stopping: {exc}")
+        except torch.OutOfMemoryError as exc:
+            return self._fail(FailureKind.OUT_OF_MEMORY, _describe(exc))
+        except Exception as exc:
+            if is_transient(exc):
+                return self._give_back(FailureKind.INTERRUPTED, _describe(exc))
+            logger.debug("trial %s failed", trial.number, exc_info=True)
+            return self._fail(FailureKind.ERROR, _describe(exc))
+
+    def _reporter(self) -> Callable[[int, dict[str, float]], bool]:
+        assert self.trial is not None
+        trial, keeper, spec = self.trial, self.keeper, self.spec
+        single = len(spec.metrics) == 1
+
+        def report(epoch: int, metrics: dict[str, float]) -> bool:
+            keeper.beat()  # an epoch end notices a cancel or a lost lease at once
+            if keeper.should_stop:
+                raise TrainingInterrupted(f"stopped after epoch {epoch}")
+            if not single:
+                return False
+            value = metrics[spec.metrics[0]]
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{spec.metrics[0]} is not finite at epoch {epoch}")
+            self.ctx.persist(lambda: trial.report(value, epoch), "reporting an epoch")
+            return self.ctx.persist(trial.should_prune, "asking the pruner")
+
+        return report
+
+    def _save_checkpoint(self, state: TrainState) -> None:
+        if self.keeper.lost.is_set():
+            return
+        blob = state.to_bytes()
+        try:
+            self.ctx.persist(
+                lambda: self.coordinator.save_checkpoint(self.lease, blob, state.epoch),
+                "saving a checkpoint",
+            )
+        except LeaseLostError:
+            self.keeper.lost.set()
+        except Exception as exc:  # a checkpoint is an optimization: keep training
+            logger.warning("checkpoint of ticket %s failed: %s", self.lease.ticket_id, exc)
+
+    # --- endings -----------------------------------------------------------------------------
+
+    def _report_result(self, result: TrainResult) -> TrialRun:
+        self._set_attr(attrs.METRICS, result.metrics)
+        self._set_attr(attrs.HISTORY, result.history)
+        self._set_attr(attrs.PER_CLASS, result.per_class)
+        self._set_attr(attrs.CONFUSION, result.confusion)
         if result.pruned:
-            frozen = claim.study.tell(trial, state=TrialState.PRUNED)
-        else:
-            values = [result.metrics[metric] for metric in spec.metrics]
-            if not all(math.isfinite(value) for value in values):
-                raise FloatingPointError(f"objective is not finite: {values}")
-            save_weights(storage, trial, result.state_dict, artifacts_dir)
-            frozen = claim.study.tell(trial, values)
-    except (TrainingInterrupted, StudyStopped) as exc:
-        frozen = _fail(claim, f"{INTERRUPTED_PREFIX} {exc}")
-    except Exception as exc:
-        logger.debug("trial %s failed", trial.number, exc_info=True)
-        frozen = _fail(claim, _describe(exc))
-    _log(claim, frozen, time.perf_counter() - started)
-    return frozen
+            frozen = self._tell(state=TrialState.PRUNED)
+            self._finish("pruned", None)
+            return TrialRun(self.lease, "pruned", frozen)
+        values = [result.metrics[metric] for metric in self.spec.metrics]
+        if not all(math.isfinite(value) for value in values):
+            raise FloatingPointError(f"objective is not finite: {values}")
+        assert self.trial is not None
+        trial = self.trial
+        self.ctx.persist(
+            lambda: save_weights(
+                self.coordinator.storage, trial, result.state_dict, self.coordinator.artifacts
+            ),
+            "saving weights",
+        )
+        frozen = self._tell(values=values)
+        self._finish("complete", None)
+        return TrialRun(self.lease, "complete", frozen)
 
+    def _fail(self, kind: FailureKind, error: str) -> TrialRun:
+        try:
+            self._set_attr(attrs.ERROR, error[:MAX_ERROR_CHARS])
+            self._set_attr(attrs.FAILURE, kind.value)
+            frozen = self._tell(state=TrialState.FAIL, failure=kind)
+            self._finish("fail", kind)
+        except (ResultRejectedError, UpdateFinishedTrialError) as exc:
+            return self._rejected(exc)
+        except LeaseLostError as exc:
+            return self._lost(exc)
+        return TrialRun(self.lease, "fail", frozen)
 
-def _reporter(storage: BaseStorage, claim: Claim) -> Callable[[int, dict[str, float]], bool]:
-    """Reports each epoch's objective for pruning, and stops if the study ends meanwhile."""
-    single = len(claim.spec.metrics) == 1
-    metric = claim.spec.metrics[0]
-    last_check = time.monotonic()
+    def _give_back(self, kind: FailureKind, error: str, *, requeue: bool = True) -> TrialRun:
+        released = self.ctx.persist(
+            lambda: self.coordinator.release(self.lease, kind, error, requeue=requeue),
+            "releasing a trial",
+        )
+        if not released:
+            return self._lost(LeaseLostError("lease lost before release"))
+        return TrialRun(self.lease, "released" if requeue else "fail", self._frozen())
 
-    def report(epoch: int, metrics: dict[str, float]) -> bool:
-        nonlocal last_check
-        if time.monotonic() - last_check > STATUS_CHECK_INTERVAL_S:
-            last_check = time.monotonic()
-            status = get_status(storage, claim.study_id)
-            if not status.is_active:
-                raise StudyStopped(f"study became {status.value}")
-        if not single:
-            return False
-        value = metrics[metric]
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{metric} is not finite at epoch {epoch}: {value}")
-        claim.trial.report(value, epoch)
-        return claim.trial.should_prune()
+    def _lost(self, exc: BaseException) -> TrialRun:
+        """The reaper took the ticket while it ran; the work continues elsewhere."""
+        logger.warning(
+            "ticket %s of study %s was reaped while it ran; dropping it (%s)",
+            self.lease.ticket_id,
+            self.lease.study_id,
+            exc,
+        )
+        return TrialRun(self.lease, "lost", self._frozen())
 
-    return report
+    def _rejected(self, exc: BaseException) -> TrialRun:
+        """The result came after the reaper ended the trial: it is not counted."""
+        frozen = self._frozen()
+        logger.warning(
+            "result rejected: trial %s of study %s was reaped (%s)",
+            frozen.number if frozen is not None else "?",
+            self.lease.study_id,
+            exc,
+        )
+        return TrialRun(self.lease, "rejected", frozen)
 
+    # --- storage calls -----------------------------------------------------------------------
 
-def _record(trial: optuna.Trial, result: TrainResult) -> None:
-    trial.set_user_attr(attrs.METRICS, result.metrics)
-    trial.set_user_attr(attrs.HISTORY, result.history)
-    trial.set_user_attr(attrs.PER_CLASS, result.per_class)
-    trial.set_user_attr(attrs.CONFUSION, result.confusion)
+    def _set_attr(self, key: str, value: Any) -> None:
+        assert self.trial is not None
+        trial = self.trial
+        self.ctx.persist(lambda: trial.set_user_attr(key, value), "recording results")
 
+    def _tell(
+        self,
+        *,
+        values: list[float] | None = None,
+        state: TrialState | None = None,
+        failure: FailureKind | None = None,
+    ) -> FrozenTrial:
+        """``study.tell``, repeated through outages; a trial someone else ended is a
+        rejection, unless it ended exactly as told (an earlier try went through)."""
+        assert self.trial is not None and self.trial_id is not None
+        trial, trial_id = self.trial, self.trial_id
+        target = state or TrialState.COMPLETE
 
-def _fail(claim: Claim, error: str) -> FrozenTrial:
-    try:
-        claim.trial.set_user_attr(attrs.ERROR, error[:MAX_ERROR_CHARS])
-    finally:
-        frozen = claim.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True)
-    return frozen
+        def tell() -> FrozenTrial:
+            try:
+                self.study.tell(trial, values, state=state)
+            except (UpdateFinishedTrialError, ValueError):
+                frozen = self.coordinator.storage.get_trial(trial_id)
+                if not frozen.state.is_finished():
+                    raise
+                mine = frozen.state == target and (
+                    failure is None or frozen.user_attrs.get(attrs.FAILURE) == failure.value
+                )
+                if not mine:
+                    message = f"trial {frozen.number} ended {frozen.state.name}"
+                    raise ResultRejectedError(message) from None
+            return self.coordinator.storage.get_trial(trial_id)
+
+        return self.ctx.persist(tell, "telling a result")
+
+    def _finish(self, outcome: str, failure: FailureKind | None) -> None:
+        self.ctx.persist(
+            lambda: self.coordinator.finish(self.lease, outcome, failure), "ending a ticket"
+        )
+
+    def _frozen(self) -> FrozenTrial | None:
+        if self.trial_id is None:
+            return None
+        trial_id = self.trial_id
+        try:
+            return self.ctx.persist(
+                lambda: self.coordinator.storage.get_trial(trial_id), "reading a trial"
+            )
+        except KeyError:
+            return None
 
 
 def _describe(exc: BaseException) -> str:
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}{where}"
 
 
-def _log(claim: Claim, frozen: FrozenTrial, seconds: float) -> None:
-    outcome = frozen.state.name.lower()
-    if frozen.state == TrialState.COMPLETE and frozen.values is not None:
+def _log(run: TrialRun, spec: StudySpec, seconds: float) -> None:
+    frozen = run.trial
+    number = frozen.number if frozen is not None else "-"
+    outcome = run.result
+    if run.result == "complete" and frozen is not None and frozen.values is not None:
         outcome += " " + ", ".join(
-            f"{name}={value:.4f}"
-            for name, value in zip(claim.spec.metrics, frozen.values, strict=True)
+            f"{name}={value:.4f}" for name, value in zip(spec.metrics, frozen.values, strict=True)
         )
-    elif frozen.state == TrialState.FAIL:
+    elif frozen is not None and run.result in ("fail", "released"):
         outcome += ": " + str(frozen.user_attrs.get(attrs.ERROR, ""))
-    logger.info("study %s trial %s %s (%.1fs)", claim.study_id, frozen.number, outcome, seconds)
+    logger.info(
+        "study %s trial %s (ticket %s, attempt %s) %s (%.1fs)",
+        run.lease.study_id,
+        number,
+        run.lease.ticket_id,
+        run.lease.attempt,
+        outcome,
+        seconds,
+    )
 
 
-__all__ = ["Claim", "StudyStopped", "run_trial"]
+__all__ = ["ResultRejectedError", "TrialContext", "TrialRun", "run_lease"]

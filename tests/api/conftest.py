@@ -25,24 +25,17 @@ def make_client(storage_url: str, artifacts_dir: Path, **settings: Any) -> TestC
 
 
 def close_client(client: TestClient) -> None:
-    """Closes the client and the app's storage engine."""
+    """Closes the client and the app's store."""
     client.close()
-    client.app.state.storage.engine.dispose()  # type: ignore[attr-defined]
+    client.app.state.store.close()  # type: ignore[attr-defined]
 
 
 def run_to_completion(app: FastAPI, study_id: int) -> None:
-    """Works ``study_id`` to its end in this process, on the app's own storage and artifacts."""
-    worker = Worker(
-        app.state.storage,
-        WorkerOptions(
-            device="cpu",
-            study_id=study_id,
-            exit_when_idle=True,
-            artifacts_dir=app.state.settings.artifacts_dir,
-            seed_offset=0,
-        ),
+    """Works ``study_id`` to its end in this process, on the app's own store."""
+    options = WorkerOptions(
+        device="cpu", study_id=study_id, exit_when_idle=True, reap_interval=None
     )
-    worker.run()
+    Worker(app.state.store, options).run()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import torch
 import yaml
 from fastapi.testclient import TestClient
 
+import automl.worker.runner
 from tests.api.conftest import COMPLETED_SPEC, RunStudy, close_client, make_client
 from tests.conftest import tiny_spec_data
 
@@ -288,6 +289,7 @@ def test_get_study(client: TestClient, submit: Submit) -> None:
         "complete": 0,
         "pruned": 0,
         "fail": 0,
+        "cancelled": 0,
         "finished": 0,
     }
     assert study["best_value"] is None
@@ -332,42 +334,33 @@ def test_sub_resources_of_unknown_study_are_404(client: TestClient, path: str) -
 # --- trials ----------------------------------------------------------------------------------
 
 
-def test_list_trials_pages_and_filters_by_state(client: TestClient, submit: Submit) -> None:
-    study_id = submit()["id"]
+def test_trials_exist_once_workers_start_them(
+    client: TestClient, submit: Submit, run_study: RunStudy
+) -> None:
+    study_id = submit(budget={"n_trials": 3, "max_failed": 0})["id"]
+    assert client.get(f"/studies/{study_id}/trials").json() == {"data": [], "count": 0}
+
+    run_study(study_id)
 
     first = client.get(f"/studies/{study_id}/trials", params={"limit": 2}).json()
     rest = client.get(f"/studies/{study_id}/trials", params={"limit": 2, "offset": 2}).json()
-    waiting = client.get(f"/studies/{study_id}/trials", params={"state": "waiting"}).json()
     complete = client.get(f"/studies/{study_id}/trials", params={"state": "complete"}).json()
-
+    running = client.get(f"/studies/{study_id}/trials", params={"state": "running"}).json()
     assert [t["number"] for t in first["data"]] == [0, 1]
     assert [t["number"] for t in rest["data"]] == [2]
-    assert first["count"] == rest["count"] == waiting["count"] == 3
-    assert {t["state"] for t in waiting["data"]} == {"waiting"}
-    assert waiting["data"][0]["params"] == {}
-    assert waiting["data"][0]["values"] is None
-    assert complete == {"data": [], "count": 0}
+    assert first["count"] == rest["count"] == complete["count"] == 3
+    assert running == {"data": [], "count": 0}
+    assert {t["attempt"] for t in first["data"]} == {1}
+    assert len({t["ticket"] for t in complete["data"]}) == 3
 
 
 def test_list_trials_bad_state_is_422(client: TestClient, submit: Submit) -> None:
     study_id = submit()["id"]
 
-    response = client.get(f"/studies/{study_id}/trials", params={"state": "done"})
-
-    assert response.status_code == 422
+    for state in ("done", "waiting"):  # a trial exists only once a worker starts it
+        response = client.get(f"/studies/{study_id}/trials", params={"state": state})
+        assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", "state"]
-
-
-def test_waiting_trial_detail_has_no_results_yet(client: TestClient, submit: Submit) -> None:
-    study_id = submit()["id"]
-
-    trial = client.get(f"/studies/{study_id}/trials/1").json()
-
-    assert trial["number"] == 1
-    assert trial["state"] == "waiting"
-    assert trial["config"] is None
-    assert trial["history"] is None
-    assert trial["weights_available"] is False
 
 
 def test_unknown_trial_is_404(client: TestClient, submit: Submit) -> None:
@@ -388,13 +381,23 @@ def test_best_before_any_completed_trial_is_404(client: TestClient, submit: Subm
     assert response.json() == {"detail": f"study {study_id} has no completed trial yet"}
 
 
-def test_weights_of_waiting_trial_is_404(client: TestClient, submit: Submit) -> None:
-    study_id = submit()["id"]
+def test_weights_of_failed_trial_is_404(
+    client: TestClient, submit: Submit, run_study: RunStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(automl.worker.runner, "train", broken)
+    study_id = submit(budget={"n_trials": 1, "max_failed": 0})["id"]
+    run_study(study_id)
 
     response = client.get(f"/studies/{study_id}/trials/0/weights")
 
     assert response.status_code == 404
-    assert "no weights" in response.json()["detail"]
+    assert response.json() == {"detail": "trial 0 kept no weights"}
+    trial = client.get(f"/studies/{study_id}/trials/0").json()
+    assert (trial["state"], trial["failure"]) == ("fail", "error")
+    assert trial["error"].startswith("RuntimeError: boom")
 
 
 def test_weights_of_unknown_trial_is_404(client: TestClient, submit: Submit) -> None:
@@ -632,7 +635,7 @@ def test_post_and_get_on_postgres(postgres_url: str, tmp_path: Path) -> None:
         assert study["counts"]["waiting"] == 3
         assert listed["count"] == 1
         assert listed["data"][0]["id"] == study_id
-        assert trials["count"] == 3
+        assert trials["count"] == 0
         assert pg_client.get("/health").json()["status"] == "ok"
     finally:
         close_client(pg_client)

@@ -225,7 +225,39 @@ def test_cancel(cli: Run, spec_file: Path) -> None:
     assert json.loads(status)["status"] == "cancelled"
 
 
+@pytest.mark.parametrize("over_http", [False, True], ids=["local", "http"])
+def test_lifecycle_commands(cli: Run, spec_file: Path, api_url: str, over_http: bool) -> None:
+    target = ["--url", api_url] if over_http else []
+    cli("submit", str(spec_file), *target)
+
+    assert cli("extend", "1", "--add-trials", "2", *target)[:2] == (0, "study 1: 5 trials\n")
+    code, out, err = cli("enqueue", "1", '{"lr": 0.005}', '{"lr": 0.006}', *target)
+    assert (code, out) == (0, "study 1: 2 configurations queued\n"), err
+    bad = cli("enqueue", "1", '{"lr": 7}', *target)
+    assert bad[0] == 2
+    assert "configs[0].lr" in one_error_line(bad[2])
+    not_json = cli("enqueue", "1", "{lr", *target)
+    assert (not_json[0], one_error_line(not_json[2])) == (
+        2,
+        "error: config 1 is not JSON: Expecting property name enclosed in double quotes",
+    )
+    cli("cancel", "1", *target)
+    assert cli("extend", "1", "--add-trials", "1", *target)[0] == 2
+    code, out, _ = cli("resume", "1", "--add-trials", "1", *target)
+    assert (code, out) == (0, "study 1: queued (6 trials to run)\n")
+    no_failed = cli("rerun-failed", "1", *target)
+    assert (no_failed[0], one_error_line(no_failed[2])) == (
+        2,
+        "error: study 1 has no failed trials",
+    )
+    assert cli("delete", "1", *target)[0] == 2  # still active
+    cli("cancel", "1", *target)
+    assert cli("delete", "1", *target)[:2] == (0, "study 1 deleted\n")
+    assert one_error_line(cli("status", "1", *target)[2]) == "error: study 1 not found"
+
+
 def test_cancel_unknown_study_is_exit_2(cli: Run) -> None:
+
     code, _, err = cli("cancel", "5")
 
     assert code == 2
@@ -347,7 +379,7 @@ def api_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
 
     monkeypatch.setattr(commands, "HttpClient", InProcessHttpClient)
     yield base_url
-    app.state.storage.engine.dispose()
+    app.state.store.close()
 
 
 def test_submit_and_status_over_http(cli: Run, api_url: str, spec_file: Path) -> None:

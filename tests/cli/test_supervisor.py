@@ -62,8 +62,8 @@ def test_child_commands_server_and_workers(settings: Settings) -> None:
         assert "worker" in worker
         assert "serve" not in worker
         assert _value(worker, "--device") == "cpu"
-    offsets = [_value(worker, "--seed-offset") for worker in workers]
-    assert sorted(offsets) == ["0", "1", "2"]
+    # Identical command lines: each worker draws its own id and per-trial seeds.
+    assert workers[0] == workers[1] == workers[2]
 
 
 def test_workers_share_the_cores(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,7 +94,6 @@ def test_child_commands_parse_with_the_cli_parser(settings: Settings) -> None:
     assert serve_args.command == "serve"
     assert (serve_args.port, serve_args.storage) == (8123, settings.storage)
     assert [args.command for args in worker_args] == ["worker", "worker"]
-    assert [args.seed_offset for args in worker_args] == [0, 1]
     assert all(args.storage == settings.storage for args in worker_args)
     assert all(args.device == "cpu" for args in worker_args)
     assert all(args.log_level == "DEBUG" for args in worker_args)

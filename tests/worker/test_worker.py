@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import optuna
 import pytest
 import sqlalchemy
 import torch
+from optuna.exceptions import StorageInternalError
 from optuna.trial import FrozenTrial, TrialState
 
 import automl.worker.loop
@@ -25,57 +25,72 @@ import automl.worker.runner
 from automl.spec import StudySpec
 from automl.store import (
     NoBestTrialError,
-    QueuedTrialStorage,
+    Store,
     StudyStatus,
     attrs,
     best_trials,
     cancel_study,
-    create_storage,
+    enqueue_trials,
     get_status,
     get_study,
-    mark_running,
     open_weights,
+    reap_stale,
+    resume_study,
     submit_study,
+    tables,
 )
-from automl.worker import Worker, WorkerOptions
+from automl.worker import SqlCoordinator, Worker, WorkerOptions
+from automl.worker.identity import new_worker_id, sampler_seed
+from automl.worker.keeper import LeaseKeeper
+from tests.conftest import store_at
 
 SpecFactory = Callable[..., StudySpec]
 
-LONG_TRIAL = {"epochs": 500, "width": 8, "depth": 1, "batch_size": 128}
-"""A trial that trains for several seconds, long enough to be caught RUNNING."""
+LONG_TRIAL = {"epochs": 300, "width": 8, "depth": 1, "batch_size": 128}
+"""A trial that trains for a long while, long enough to be caught RUNNING."""
+RESUMABLE_TRIAL = {**LONG_TRIAL, "epochs": 8}
+"""A trial stopped after its first epoch, then run to its end."""
 
 
-def _options(tmp_path: Path, **overrides: Any) -> WorkerOptions:
+def _options(**overrides: Any) -> WorkerOptions:
     options: dict[str, Any] = {
         "device": "cpu",
         "exit_when_idle": True,
-        "artifacts_dir": tmp_path / "artifacts",
-        "seed_offset": 0,
+        "heartbeat_interval": 0.2,
+        "grace_period": 30.0,
+        "reap_interval": None,
+        "poll_interval": 0.05,
     }
     options.update(overrides)
     return WorkerOptions(**options)
 
 
-def _trials(storage: QueuedTrialStorage, study_id: int) -> list[FrozenTrial]:
-    return storage.get_all_trials(study_id)
+def _trials(store: Store, study_id: int) -> list[FrozenTrial]:
+    return store.storage.get_all_trials(study_id)
 
 
-def _states(storage: QueuedTrialStorage, study_id: int) -> list[TrialState]:
-    return [trial.state for trial in _trials(storage, study_id)]
+def _states(store: Store, study_id: int) -> list[TrialState]:
+    return [trial.state for trial in _trials(store, study_id)]
 
 
-def _wait_for_running_trial(url: str, study_id: int, timeout_s: float = 90) -> bool:
-    """Polls a storage of its own until a trial of the study is RUNNING."""
-    watcher = create_storage(url)
+def _wait_for_running_trial(
+    url: str, study_id: int, tmp_path: Path, timeout_s: float = 90, epochs: int = 1
+) -> bool:
+    """Polls a store of its own until a running trial of the study has trained ``epochs``
+    (0: until one runs)."""
+    watcher = store_at(url, tmp_path)
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if watcher.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            running = watcher.storage.get_all_trials(
+                study_id, deepcopy=False, states=(TrialState.RUNNING,)
+            )
+            if any(len(trial.intermediate_values) >= epochs for trial in running):
                 return True
             time.sleep(0.05)
         return False
     finally:
-        watcher.engine.dispose()
+        watcher.close()
 
 
 @pytest.fixture
@@ -97,361 +112,392 @@ def in_background() -> Iterator[Callable[[Callable[[], None]], threading.Thread]
 # --- in-process workers ------------------------------------------------------------------------
 
 
-def test_worker_runs_study_to_completion(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory, tmp_path: Path
-) -> None:
-    study_id = submit_study(storage, tiny_spec(budget={"n_trials": 4, "max_failed": 0})).id
+def test_worker_runs_study_to_completion(store: Store, tiny_spec: SpecFactory) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 4, "max_failed": 0})).id
     ended: list[tuple[int, FrozenTrial]] = []
-    worker = Worker(storage, _options(tmp_path), on_trial_end=lambda s, t: ended.append((s, t)))
+    worker = Worker(store, _options(), on_trial_end=lambda s, t: ended.append((s, t)))
 
     assert worker.run() == 4
 
-    detail = get_study(storage, study_id)
-    assert detail.status == StudyStatus.COMPLETED
-    assert detail.status_reason == "all trials finished"
+    detail = get_study(store, study_id)
+    assert (detail.status, detail.status_reason) == (StudyStatus.COMPLETED, "all trials finished")
     assert detail.started_at is not None and detail.finished_at is not None
-    assert (detail.counts.complete, detail.counts.finished) == (4, 4)
-    assert (detail.counts.waiting, detail.counts.running) == (0, 0)
+    assert (detail.counts.complete, detail.counts.waiting, detail.counts.running) == (4, 0, 0)
     assert [(s, t.number, t.state) for s, t in ended] == [
         (study_id, n, TrialState.COMPLETE) for n in range(4)
     ]
-
-    for trial in _trials(storage, study_id):
+    for trial in _trials(store, study_id):
         user_attrs = trial.user_attrs
         metrics = user_attrs[attrs.METRICS]
         assert trial.values == [pytest.approx(metrics["accuracy"])]
-        assert 0.0 <= metrics["accuracy"] <= 1.0
         config = user_attrs[attrs.CONFIG]
         model = config["model"]["options"]
         assert (config["epochs"], model["width"], model["depth"]) == (1, 8, 1)
         assert config["optimizer"]["name"] == trial.params["optimizer"]
         assert config["lr"] == pytest.approx(trial.params["lr"])
-        [epoch] = user_attrs[attrs.HISTORY]
-        assert epoch["epoch"] == 1
-        assert epoch["accuracy"] == pytest.approx(metrics["accuracy"])
         assert trial.intermediate_values == {1: pytest.approx(metrics["accuracy"])}
-        assert len(user_attrs[attrs.PER_CLASS]) == 10
         assert user_attrs[attrs.WORKER] == worker.name
-        assert attrs.ERROR not in user_attrs
-        with open_weights(trial, tmp_path / "artifacts") as reader:
+        assert user_attrs[attrs.ATTEMPT] == 1
+        assert attrs.ERROR not in user_attrs and attrs.FAILURE not in user_attrs
+        with open_weights(trial, store.artifacts) as reader:
             weights = torch.load(io.BytesIO(reader.read()), weights_only=True)
         assert weights and all(isinstance(v, torch.Tensor) for v in weights.values())
-
-    best = best_trials(storage, study_id).trials[0]
-    assert best.values is not None
-    assert best.values[0] == pytest.approx(detail.best_value)
+    assert best_trials(store, study_id).trials[0].values == [pytest.approx(detail.best_value)]
 
 
-def test_storage_error_while_claiming_is_retried(
-    sqlite_storage: QueuedTrialStorage,
+@pytest.mark.parametrize(
+    "error",
+    [
+        sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed")),
+        StorageInternalError("An exception is raised during the commit."),
+    ],
+    ids=["sqlalchemy", "optuna-wrapped"],
+)
+def test_storage_errors_while_claiming_are_waited_out(
+    sqlite_store: Store,
     tiny_spec: SpecFactory,
-    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
 ) -> None:
-    """A database hiccup while looking for work does not kill the worker."""
-    study_id = submit_study(sqlite_storage, tiny_spec(budget={"n_trials": 2})).id
-    real = automl.worker.loop.active_study_ids
+    if isinstance(error, StorageInternalError):
+        error.__cause__ = sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("gone"))
+    study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 2})).id
+    real = SqlCoordinator.claim
     calls = {"n": 0}
 
-    def flaky(storage: QueuedTrialStorage) -> list[int]:
+    def flaky(self: SqlCoordinator, worker_id: str, only: int | None) -> Any:
         calls["n"] += 1
-        if calls["n"] == 1:
-            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed"))
-        return real(storage)
+        if calls["n"] <= 2:
+            raise error
+        return real(self, worker_id, only)
 
-    monkeypatch.setattr(automl.worker.loop, "active_study_ids", flaky)
-    worker = Worker(sqlite_storage, _options(tmp_path, poll_interval=0.01))
-
-    assert worker.run() == 2
-    assert calls["n"] > 1
-    assert get_study(sqlite_storage, study_id).status == StudyStatus.COMPLETED
+    monkeypatch.setattr(SqlCoordinator, "claim", flaky)
+    assert Worker(sqlite_store, _options()).run() == 2
+    assert calls["n"] > 2
+    assert get_study(sqlite_store, study_id).status == StudyStatus.COMPLETED
 
 
-def test_conditional_param_only_when_parent_matches(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory, tmp_path: Path
+def test_database_error_after_the_claim_gives_the_ticket_back(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    study_id = submit_study(storage, tiny_spec(budget={"n_trials": 8, "max_failed": 0})).id
-    Worker(storage, _options(tmp_path)).run()
+    study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 1})).id
+    real = sqlite_store.storage.create_new_trial
+    calls = {"n": 0}
 
-    trials = _trials(storage, study_id)
-    assert {t.state for t in trials} == {TrialState.COMPLETE}
-    optimizers = {t.params["optimizer"] for t in trials}
-    assert optimizers == {"adam", "sgd"}  # the seeded sampler tries both
-    for trial in trials:
-        sgd = trial.params["optimizer"] == "sgd"
-        assert ("momentum" in trial.params) == sgd
-        assert set(trial.params) == {"optimizer", "lr", *(["momentum"] if sgd else [])}
-        if sgd:
-            assert 0.5 <= trial.params["momentum"] <= 0.9
-            config = trial.user_attrs[attrs.CONFIG]
-            momentum = config["optimizer"]["options"]["momentum"]
-            assert momentum == pytest.approx(trial.params["momentum"])
+    def flaky(*args: Any, **kwargs: Any) -> int:
+        calls["n"] += 1
+        trial_id = real(*args, **kwargs)  # created, then the answer is lost
+        if calls["n"] == 1:
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("connection reset"))
+        return trial_id
+
+    monkeypatch.setattr(sqlite_store.storage, "create_new_trial", flaky)
+    assert Worker(sqlite_store, _options()).run() == 2
+
+    first, second = _trials(sqlite_store, study_id)
+    assert (first.state, first.user_attrs[attrs.FAILURE]) == (TrialState.FAIL, "interrupted")
+    assert second.state == TrialState.COMPLETE
+    detail = get_study(sqlite_store, study_id)
+    assert (detail.status, detail.counts.complete) == (StudyStatus.COMPLETED, 1)
 
 
-def test_failing_trials_fail_the_study_and_leave_the_rest_waiting(
-    storage: QueuedTrialStorage,
-    tiny_spec: SpecFactory,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+def test_sampler_error_after_the_claim_fails_the_ticket(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: an error in before_trial left the trial RUNNING forever."""
+
+    class BrokenSampler(optuna.samplers.RandomSampler):
+        def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+            raise RuntimeError("sampler broke")
+
+    monkeypatch.setattr(automl.worker.loop, "build_sampler", lambda *a: BrokenSampler())
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 3, "max_failed": 0})).id
+
+    assert Worker(store, _options()).run() == 1
+
+    [trial] = _trials(store, study_id)
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs[attrs.FAILURE] == "error"
+    assert "sampler broke" in trial.user_attrs[attrs.ERROR]
+    detail = get_study(store, study_id)
+    assert (detail.status, detail.counts.running, detail.counts.waiting) == (
+        StudyStatus.FAILED,
+        0,
+        0,
+    )
+
+
+def test_failing_trials_fail_the_study_and_leave_nothing_waiting(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken_train(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(automl.worker.runner, "train", broken_train)
-    study_id = submit_study(storage, tiny_spec(budget={"n_trials": 5, "max_failed": 1})).id
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 5, "max_failed": 1})).id
 
-    assert Worker(storage, _options(tmp_path)).run() == 2
+    assert Worker(store, _options()).run() == 2
 
-    detail = get_study(storage, study_id)
-    assert detail.status == StudyStatus.FAILED
-    assert detail.status_reason == "2 trials failed (max_failed is 1)"
-    assert _states(storage, study_id) == [TrialState.FAIL] * 2 + [TrialState.WAITING] * 3
-    for trial in _trials(storage, study_id)[:2]:
+    detail = get_study(store, study_id)
+    assert (detail.status, detail.status_reason) == (
+        StudyStatus.FAILED,
+        "2 trials failed (max_failed is 1)",
+    )
+    assert (detail.counts.fail, detail.counts.waiting) == (2, 0)
+    for trial in _trials(store, study_id):
         assert trial.user_attrs[attrs.ERROR].startswith("RuntimeError: boom")
-        assert attrs.CONFIG in trial.user_attrs  # suggested before training failed
-        assert attrs.WEIGHTS not in trial.user_attrs
+        assert trial.user_attrs[attrs.FAILURE] == "error"
+        assert attrs.CONFIG in trial.user_attrs
 
 
-def test_threshold_pruner_prunes_every_trial(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory, tmp_path: Path
+def test_out_of_memory_is_its_own_failure_kind(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    def oom(*args: Any, **kwargs: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(automl.worker.runner, "train", oom)
+    study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
+    Worker(sqlite_store, _options()).run()
+    [trial] = _trials(sqlite_store, study_id)
+    assert trial.user_attrs[attrs.FAILURE] == "out_of_memory"
+    assert get_status(sqlite_store, study_id) == StudyStatus.COMPLETED  # not a config error
+
+
+def test_conditional_params_and_distinct_proposals(store: Store, tiny_spec: SpecFactory) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 8, "max_failed": 0})).id
+    Worker(store, _options()).run()
+    trials = _trials(store, study_id)
+    assert {t.params["optimizer"] for t in trials} == {"adam", "sgd"}
+    assert len({t.params["lr"] for t in trials}) == 8  # a seed per ticket, none repeated
+    for trial in trials:
+        sgd = trial.params["optimizer"] == "sgd"
+        assert set(trial.params) == {"optimizer", "lr", *(["momentum"] if sgd else [])}
+
+
+def test_enqueued_configs_run_with_their_params(
+    sqlite_store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 3, "max_failed": 0})).id
+    enqueue_trials(sqlite_store, study_id, [{"optimizer": "sgd", "lr": 0.002, "momentum": 0.6}])
+    Worker(sqlite_store, _options()).run()
+    first = _trials(sqlite_store, study_id)[0]
+    assert first.params == {"optimizer": "sgd", "lr": 0.002, "momentum": 0.6}
+    assert first.user_attrs[attrs.CONFIG]["optimizer"]["options"]["momentum"] == pytest.approx(0.6)
+
+
+def test_threshold_pruner_prunes_every_trial(store: Store, tiny_spec: SpecFactory) -> None:
     spec = tiny_spec(
-        budget={"n_trials": 3, "max_failed": 0},
-        pruner={"name": "threshold", "options": {"lower": 2.0}},  # accuracy is never >= 2
+        budget={"n_trials": 2, "max_failed": 0},
+        pruner={"name": "threshold", "options": {"lower": 2.0}},
         fixed={"epochs": 3, "width": 8, "depth": 1, "batch_size": 128},
     )
-    study_id = submit_study(storage, spec).id
-
-    assert Worker(storage, _options(tmp_path)).run() == 3
-
-    detail = get_study(storage, study_id)
-    assert detail.status == StudyStatus.COMPLETED
-    assert (detail.counts.pruned, detail.counts.finished) == (3, 3)
-    for trial in _trials(storage, study_id):
-        assert trial.state == TrialState.PRUNED
-        assert list(trial.intermediate_values) == [1]  # stopped after the first epoch
-        assert len(trial.user_attrs[attrs.HISTORY]) == 1
+    study_id = submit_study(store, spec).id
+    assert Worker(store, _options()).run() == 2
+    detail = get_study(store, study_id)
+    assert (detail.status, detail.counts.pruned) == (StudyStatus.COMPLETED, 2)
+    for trial in _trials(store, study_id):
+        assert list(trial.intermediate_values) == [1]
         assert attrs.WEIGHTS not in trial.user_attrs
     with pytest.raises(NoBestTrialError):
-        best_trials(storage, study_id)
+        best_trials(store, study_id)
 
 
-def test_stop_from_on_trial_end_returns_after_that_trial(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory, tmp_path: Path
-) -> None:
-    study_id = submit_study(storage, tiny_spec(budget={"n_trials": 4, "max_failed": 0})).id
-    worker = Worker(storage, _options(tmp_path), on_trial_end=lambda s, t: worker.stop())
-
-    assert worker.run() == 1
-
-    assert worker.stopping
-    assert _states(storage, study_id) == [TrialState.COMPLETE] + [TrialState.WAITING] * 3
-    assert get_status(storage, study_id) == StudyStatus.RUNNING
-
-
-def test_stop_before_run_claims_nothing(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory, tmp_path: Path
-) -> None:
-    study_id = submit_study(storage, tiny_spec()).id
-    worker = Worker(storage, _options(tmp_path))
+def test_stop_before_run_claims_nothing(store: Store, tiny_spec: SpecFactory) -> None:
+    study_id = submit_study(store, tiny_spec()).id
+    worker = Worker(store, _options())
     worker.stop()
     assert worker.run() == 0
-    assert _states(storage, study_id) == [TrialState.WAITING] * 3
-    assert get_status(storage, study_id) == StudyStatus.QUEUED
+    assert get_study(store, study_id).counts.waiting == 3
 
 
-def test_stop_from_thread_interrupts_the_running_trial(
-    storage: QueuedTrialStorage,
+def test_stop_releases_the_trial_and_the_next_worker_resumes_it(
+    store: Store,
     storage_url: str,
     tiny_spec: SpecFactory,
     tmp_path: Path,
     in_background: Callable[[Callable[[], None]], threading.Thread],
 ) -> None:
-    spec = tiny_spec(budget={"n_trials": 3, "max_failed": 2}, fixed=LONG_TRIAL)
-    study_id = submit_study(storage, spec).id
-    worker = Worker(storage, _options(tmp_path))
-    seen_running: list[bool] = []
+    spec = tiny_spec(
+        budget={"n_trials": 1, "max_failed": 0, "max_retries": 0}, fixed=RESUMABLE_TRIAL
+    )
+    study_id = submit_study(store, spec).id
+    first = Worker(store, _options())
 
     def stop_when_running() -> None:
-        seen_running.append(_wait_for_running_trial(storage_url, study_id))
-        worker.stop()
+        _wait_for_running_trial(storage_url, study_id, tmp_path)
+        first.stop()
 
     in_background(stop_when_running)
-    started = time.monotonic()
-    assert worker.run() == 1
-    assert time.monotonic() - started < 60
-    assert seen_running == [True]
+    assert first.run() == 1
+    [interrupted] = _trials(store, study_id)
+    assert interrupted.state == TrialState.FAIL
+    assert interrupted.user_attrs[attrs.FAILURE] == "interrupted"
+    counts = get_study(store, study_id).counts
+    assert (counts.waiting, counts.fail) == (1, 0)  # back in the queue, no retry used
 
-    trials = _trials(storage, study_id)
-    assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.WAITING] * 2
-    assert trials[0].user_attrs[attrs.ERROR].startswith("interrupted: stopped during epoch")
-    assert attrs.WEIGHTS not in trials[0].user_attrs
-    assert get_status(storage, study_id) == StudyStatus.RUNNING  # another worker may go on
+    second = Worker(store, _options())
+    assert second.run() == 1
+    _, resumed = _trials(store, study_id)
+    assert resumed.state == TrialState.COMPLETE
+    assert resumed.params == interrupted.params
+    start = resumed.user_attrs[attrs.RESUMED_FROM_EPOCH]
+    assert start >= 1
+    steps = sorted(resumed.intermediate_values)
+    assert steps == list(range(1, RESUMABLE_TRIAL["epochs"] + 1))  # continued, no step twice
+    for step in range(1, start + 1):
+        assert resumed.intermediate_values[step] == interrupted.intermediate_values[step]
+    assert len(resumed.user_attrs[attrs.HISTORY]) == RESUMABLE_TRIAL["epochs"]
+    assert get_study(store, study_id).status == StudyStatus.COMPLETED
+    with store.read() as connection:  # the finished trial's checkpoint is gone
+        assert connection.scalar(sqlalchemy.select(tables.tickets.c.checkpoint)) is None
 
 
-def test_stop_from_thread_wakes_an_idle_worker(
-    storage: QueuedTrialStorage,
+def test_cancel_stops_the_running_trial_and_resume_continues_it(
+    store: Store,
+    storage_url: str,
+    tiny_spec: SpecFactory,
     tmp_path: Path,
     in_background: Callable[[Callable[[], None]], threading.Thread],
 ) -> None:
-    worker = Worker(storage, _options(tmp_path, exit_when_idle=False, poll_interval=30.0))
+    spec = tiny_spec(budget={"n_trials": 2, "max_failed": 0}, fixed=RESUMABLE_TRIAL)
+    study_id = submit_study(store, spec).id
 
-    def stop_soon() -> None:
-        time.sleep(0.3)
-        worker.stop()
+    def cancel_when_running() -> None:
+        if _wait_for_running_trial(storage_url, study_id, tmp_path):
+            canceller = store_at(storage_url, tmp_path)
+            cancel_study(canceller, study_id)
+            canceller.close()
 
-    in_background(stop_soon)
-    started = time.monotonic()
-    assert worker.run() == 0
-    assert time.monotonic() - started < 10  # not a whole poll interval
+    in_background(cancel_when_running)
+    assert Worker(store, _options()).run() == 1
+
+    detail = get_study(store, study_id)
+    assert detail.status == StudyStatus.CANCELLED
+    assert (detail.counts.cancelled, detail.counts.waiting, detail.counts.running) == (1, 0, 0)
+    [stopped] = _trials(store, study_id)
+    assert stopped.user_attrs[attrs.FAILURE] == "cancelled"
+    assert len(stopped.intermediate_values) < RESUMABLE_TRIAL["epochs"]
+
+    resume_study(store, study_id)
+    options = _options(study_id=study_id)
+    claimed = Worker(store, options)
+    claimed.run_lease(SqlCoordinator(store).claim(claimed.name, study_id))  # type: ignore[arg-type]
+    resumed = _trials(store, study_id)[1]
+    assert resumed.state == TrialState.COMPLETE
+    assert resumed.user_attrs[attrs.RESUMED_FROM_EPOCH] >= 1
 
 
-def test_cancel_during_training_interrupts_the_trial(
-    storage: QueuedTrialStorage,
+def test_a_reaped_trial_rejects_its_late_result(
+    store: Store,
     storage_url: str,
     tiny_spec: SpecFactory,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    in_background: Callable[[Callable[[], None]], threading.Thread],
 ) -> None:
-    monkeypatch.setattr(automl.worker.runner, "STATUS_CHECK_INTERVAL_S", 0.0)
-    spec = tiny_spec(budget={"n_trials": 3, "max_failed": 0}, fixed=LONG_TRIAL)
-    study_id = submit_study(storage, spec).id
+    """A worker that stopped beating (stalled) is reaped; the result it tells later is refused."""
+    monkeypatch.setattr(LeaseKeeper, "beat", lambda self: None)
+    real_train = automl.worker.runner.train
+    reaped: list[int] = []
 
-    def cancel_when_running() -> None:
-        if _wait_for_running_trial(storage_url, study_id):
-            canceller = create_storage(storage_url)
-            cancel_study(canceller, study_id)
-            canceller.engine.dispose()
+    def train_then_get_reaped(*args: Any, **kwargs: Any) -> Any:
+        result = real_train(*args, **kwargs)
+        reaper = store_at(storage_url, tmp_path)  # another process's reaper, meanwhile
+        try:
+            reaped.extend(r.ticket_id for r in reap_stale(reaper, grace=0))
+        finally:
+            reaper.close()
+        return result
 
-    in_background(cancel_when_running)
-    assert Worker(storage, _options(tmp_path)).run() == 1
+    monkeypatch.setattr(automl.worker.runner, "train", train_then_get_reaped)
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
+    stalled = Worker(store, _options())
+    claim = SqlCoordinator(store).claim(stalled.name, None)
+    assert claim is not None
 
-    detail = get_study(storage, study_id)
-    assert detail.status == StudyStatus.CANCELLED
-    trials = _trials(storage, study_id)
-    assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.WAITING] * 2
-    assert trials[0].user_attrs[attrs.ERROR] == "interrupted: study became cancelled"
+    run = stalled.run_lease(claim)
 
-
-def test_cancelled_study_is_not_claimed(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory, tmp_path: Path
-) -> None:
-    study_id = submit_study(storage, tiny_spec()).id
-    cancel_study(storage, study_id)
-    assert Worker(storage, _options(tmp_path)).run() == 0
-    assert _states(storage, study_id) == [TrialState.WAITING] * 3
-    assert get_status(storage, study_id) == StudyStatus.CANCELLED
-
-
-def test_trial_claimed_from_stale_listing_of_cancelled_study_ends_failed(
-    storage: QueuedTrialStorage,
-    tiny_spec: SpecFactory,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A study cancelled between listing and ``ask``: the claim ends visibly, untrained."""
-    study_id = submit_study(storage, tiny_spec()).id
-    cancel_study(storage, study_id)
-    monkeypatch.setattr(automl.worker.loop, "active_study_ids", lambda _: [study_id])
-
-    assert Worker(storage, _options(tmp_path)).run() == 0
-
-    trials = _trials(storage, study_id)
-    assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.WAITING] * 2
-    assert trials[0].user_attrs[attrs.ERROR] == "interrupted: study is no longer active"
-    assert attrs.CONFIG not in trials[0].user_attrs
-    assert get_status(storage, study_id) == StudyStatus.CANCELLED
+    assert reaped == [claim.ticket_id]
+    assert run.result == "rejected"
+    [trial] = _trials(store, study_id)
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs[attrs.FAILURE] == "worker_lost"
+    assert attrs.WEIGHTS not in trial.user_attrs
+    counts = get_study(store, study_id).counts
+    assert (counts.complete, counts.waiting) == (0, 1)  # counted once: it will run again
 
 
-def test_worker_claims_oldest_study_first(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory, tmp_path: Path
-) -> None:
-    first = submit_study(storage, tiny_spec(name="first", budget={"n_trials": 2})).id
-    second = submit_study(storage, tiny_spec(name="second", budget={"n_trials": 2})).id
+def test_worker_claims_oldest_study_first(store: Store, tiny_spec: SpecFactory) -> None:
+    first = submit_study(store, tiny_spec(name="first", budget={"n_trials": 2})).id
+    second = submit_study(store, tiny_spec(name="second", budget={"n_trials": 2})).id
     order: list[int] = []
-    Worker(storage, _options(tmp_path), on_trial_end=lambda s, t: order.append(s)).run()
+    Worker(store, _options(), on_trial_end=lambda s, t: order.append(s)).run()
     assert order == [first, first, second, second]
-    assert get_status(storage, first) == get_status(storage, second) == StudyStatus.COMPLETED
-
-
-def test_worker_for_one_study_ignores_the_others(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory, tmp_path: Path
-) -> None:
-    other = submit_study(storage, tiny_spec(name="other")).id
-    mine = submit_study(storage, tiny_spec(name="mine", budget={"n_trials": 2})).id
-
-    assert Worker(storage, _options(tmp_path, study_id=mine)).run() == 2
-
-    assert get_status(storage, mine) == StudyStatus.COMPLETED
-    assert _states(storage, mine) == [TrialState.COMPLETE] * 2
-    assert get_status(storage, other) == StudyStatus.QUEUED
-    assert _states(storage, other) == [TrialState.WAITING] * 3
 
 
 @pytest.mark.timeout(120)
-def test_worker_for_one_study_exits_when_it_ends_even_without_exit_when_idle(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory, tmp_path: Path
-) -> None:
-    other = submit_study(storage, tiny_spec(name="other")).id
-    mine = submit_study(storage, tiny_spec(name="mine", budget={"n_trials": 2})).id
-    options = _options(tmp_path, study_id=mine, exit_when_idle=False, poll_interval=0.05)
-
-    assert Worker(storage, options).run() == 2
-
-    assert get_status(storage, mine) == StudyStatus.COMPLETED
-    assert _states(storage, other) == [TrialState.WAITING] * 3
+def test_worker_for_one_study_exits_when_it_ends(store: Store, tiny_spec: SpecFactory) -> None:
+    other = submit_study(store, tiny_spec(name="other")).id
+    mine = submit_study(store, tiny_spec(name="mine", budget={"n_trials": 2})).id
+    options = _options(study_id=mine, exit_when_idle=False)
+    assert Worker(store, options).run() == 2
+    assert get_status(store, mine) == StudyStatus.COMPLETED
+    assert get_study(store, other).counts.waiting == 3
+    cancel_study(store, other)
+    assert Worker(store, _options(study_id=other, exit_when_idle=False)).run() == 0
 
 
-@pytest.mark.timeout(60)
-def test_worker_for_an_ended_study_exits_at_once(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory, tmp_path: Path
-) -> None:
-    study_id = submit_study(storage, tiny_spec()).id
-    cancel_study(storage, study_id)
-    options = _options(tmp_path, study_id=study_id, exit_when_idle=False, poll_interval=0.05)
-    assert Worker(storage, options).run() == 0
-
-
-def test_timeout_budget_ends_study_after_the_trial_in_progress(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory, tmp_path: Path
+def test_timeout_budget_ends_the_study_after_the_trial_in_progress(
+    store: Store, tiny_spec: SpecFactory
 ) -> None:
     spec = tiny_spec(budget={"n_trials": 5, "max_failed": 0, "timeout": 0.001})
-    study_id = submit_study(storage, spec).id
-
-    assert Worker(storage, _options(tmp_path)).run() == 1
-
-    detail = get_study(storage, study_id)
-    assert detail.status == StudyStatus.COMPLETED
-    assert detail.status_reason == "timeout reached"
-    assert (detail.counts.complete, detail.counts.waiting) == (1, 4)
+    study_id = submit_study(store, spec).id
+    assert Worker(store, _options()).run() == 1
+    detail = get_study(store, study_id)
+    assert (detail.status, detail.status_reason) == (StudyStatus.COMPLETED, "timeout reached")
+    assert (detail.counts.complete, detail.counts.waiting) == (1, 0)
 
 
-def test_timed_out_study_is_settled_without_claiming(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory, tmp_path: Path
+def test_multi_objective_study_records_every_objective(
+    store: Store, tiny_spec: SpecFactory
 ) -> None:
-    spec = tiny_spec(budget={"n_trials": 3, "max_failed": 0, "timeout": 60})
-    study_id = submit_study(storage, spec).id
-    mark_running(storage, study_id)
-    started = datetime.now(UTC) - timedelta(minutes=5)
-    storage.set_study_user_attr(study_id, attrs.STARTED_AT, started.isoformat())
+    spec = tiny_spec(
+        objective=None,
+        objectives=[{"metric": "accuracy"}, {"metric": "loss"}],
+        pruner=None,
+        budget={"n_trials": 2, "max_failed": 0},
+    )
+    study_id = submit_study(store, spec).id
+    assert Worker(store, _options()).run() == 2
+    for trial in _trials(store, study_id):
+        metrics = trial.user_attrs[attrs.METRICS]
+        assert trial.values == [pytest.approx(metrics["accuracy"]), pytest.approx(metrics["loss"])]
+    study = optuna.load_study(study_name="tiny", storage=store.storage)
+    assert study.user_attrs[attrs.STATUS] == "completed"
+    assert 1 <= len(best_trials(store, study_id).trials) <= 2
 
-    assert Worker(storage, _options(tmp_path)).run() == 0
 
-    assert get_status(storage, study_id) == StudyStatus.COMPLETED
-    assert _states(storage, study_id) == [TrialState.WAITING] * 3
+def test_worker_ids_and_seeds_are_unique() -> None:
+    assert len({new_worker_id() for _ in range(100)}) == 100
+    seeds = {sampler_seed(42, ticket, 1, shared=False) for ticket in range(1000)}
+    assert len(seeds) == 1000
+    assert sampler_seed(42, 1, 1, shared=False) == sampler_seed(42, 1, 1, shared=False)
+    assert sampler_seed(42, 1, 1, shared=False) != sampler_seed(42, 1, 2, shared=False)
+    assert {sampler_seed(42, ticket, 1, shared=True) for ticket in range(10)} == {42}
 
 
 # --- real worker processes ---------------------------------------------------------------------
 
 
-def _start_worker(url: str, tmp_path: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def _start_worker(
+    url: str, tmp_path: Path, log: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
         "-m",
         "automl",
         "--log-level",
-        "WARNING",
+        "INFO",
         "worker",
         "--storage",
         url,
@@ -461,11 +507,11 @@ def _start_worker(url: str, tmp_path: Path, log: Path, *extra: str) -> subproces
         str(tmp_path / "artifacts"),
         *extra,
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("AUTOML_STORAGE", None)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env.pop("AUTOML_STORAGE", None)
     with log.open("wb") as out:
         return subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=full_env
         )
 
 
@@ -477,103 +523,63 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.mark.slow
 def test_processes_racing_run_exactly_the_budget(
-    storage_url: str, tiny_spec: SpecFactory, tmp_path: Path
+    sqlite_url: str, tiny_spec: SpecFactory, tmp_path: Path
 ) -> None:
-    storage = create_storage(storage_url)
+    """Fresh budget units on SQLite; tests/e2e/test_many_workers.py races eight processes
+    for enqueued configurations on PostgreSQL."""
+    storage_url = sqlite_url
+    store = store_at(storage_url, tmp_path)
+
     try:
-        spec = tiny_spec(budget={"n_trials": 6, "max_failed": 6})
-        study_id = submit_study(storage, spec).id
-        workers = [
-            _start_worker(storage_url, tmp_path, tmp_path / f"worker{i}.log", "--exit-when-idle")
-            for i in range(3)
-        ]
+        study_id = submit_study(store, tiny_spec(budget={"n_trials": 6, "max_failed": 6})).id
+        logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+        workers = [_start_worker(storage_url, tmp_path, log, "--exit-when-idle") for log in logs]
         try:
             codes = [process.wait(timeout=120) for process in workers]
         finally:
             for process in workers:
                 _kill(process)
-        logs = "\n".join((tmp_path / f"worker{i}.log").read_text() for i in range(3))
-        assert codes == [0, 0, 0], logs
+        output = "\n".join(log.read_text() for log in logs)
+        assert codes == [0, 0, 0], output
 
-        trials = storage.get_all_trials(study_id)
+        trials = _trials(store, study_id)
         assert sorted(t.number for t in trials) == list(range(6))
-        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        assert all(t.state in finished for t in trials), [t.state for t in trials]
-        detail = get_study(storage, study_id)
-        assert detail.counts.finished == 6
-        assert detail.counts.waiting == detail.counts.running == 0
-        assert detail.status == StudyStatus.COMPLETED
-        assert all(attrs.WORKER in t.user_attrs for t in trials)
+        assert all(t.state.is_finished() for t in trials)
+        detail = get_study(store, study_id)
+        assert (detail.counts.finished, detail.status) == (6, StudyStatus.COMPLETED)
+        assert len({t.user_attrs[attrs.WORKER] for t in trials}) >= 1
     finally:
-        storage.engine.dispose()
+        store.close()
 
 
 @pytest.mark.slow
-def test_sigterm_stops_worker_gracefully(
+def test_sigterm_checkpoints_and_releases_the_trial(
     sqlite_url: str, tiny_spec: SpecFactory, tmp_path: Path
 ) -> None:
-    storage = create_storage(sqlite_url)
+    store = store_at(sqlite_url, tmp_path)
     try:
-        spec = tiny_spec(budget={"n_trials": 20, "max_failed": 20}, fixed=LONG_TRIAL)
-        study_id = submit_study(storage, spec).id
+        spec = tiny_spec(
+            budget={"n_trials": 3, "max_failed": 0, "max_retries": 0}, fixed=LONG_TRIAL
+        )
+        study_id = submit_study(store, spec).id
         log = tmp_path / "worker.log"
-        process = _start_worker(sqlite_url, tmp_path, log, "--poll-interval", "0.2")
+        process = _start_worker(sqlite_url, tmp_path, log)
         try:
-            running = _wait_for_running_trial(sqlite_url, study_id)
-            assert running, log.read_text()
-            assert process.poll() is None, log.read_text()
+            assert _wait_for_running_trial(sqlite_url, study_id, tmp_path), log.read_text()
             process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=30)
+            code = process.wait(timeout=60)
         finally:
             _kill(process)
         assert code == 0, log.read_text()
         assert "received SIGTERM: stopping" in log.read_text()
 
-        trials = storage.get_all_trials(study_id)
-        states = [t.state for t in trials]
-        assert TrialState.RUNNING not in states
-        interrupted = [t for t in trials if t.state == TrialState.FAIL]
-        assert len(interrupted) == 1
-        assert interrupted[0].user_attrs[attrs.ERROR].startswith("interrupted")
-        assert states.count(TrialState.WAITING) >= 18
-        assert get_status(storage, study_id) == StudyStatus.RUNNING
+        [trial] = _trials(store, study_id)
+        assert (trial.state, trial.user_attrs[attrs.FAILURE]) == (TrialState.FAIL, "interrupted")
+        detail = get_study(store, study_id)
+        assert (detail.counts.waiting, detail.counts.fail, detail.counts.running) == (3, 0, 0)
+        with store.read() as connection:
+            checkpoint = connection.scalar(sqlalchemy.select(tables.tickets.c.checkpoint))
+        assert checkpoint is not None  # the next worker resumes from it
+        assert detail.status == StudyStatus.RUNNING
     finally:
-        storage.engine.dispose()
-
-
-def test_loaded_optuna_study_sees_worker_results(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory, tmp_path: Path
-) -> None:
-    """What a worker writes is plain Optuna: optuna-dashboard and ``load_study`` read it."""
-    detail = submit_study(storage, tiny_spec(budget={"n_trials": 2, "max_failed": 0}))
-    Worker(storage, _options(tmp_path)).run()
-    study = optuna.load_study(study_name=detail.name, storage=storage)
-    assert len(study.trials) == 2
-    assert study.best_trial.value == pytest.approx(get_study(storage, detail.id).best_value)
-    assert study.user_attrs[attrs.STATUS] == "completed"
-
-
-def test_multi_objective_study_records_every_objective(
-    storage: QueuedTrialStorage, tiny_spec: SpecFactory, tmp_path: Path
-) -> None:
-    spec = tiny_spec(
-        objective=None,
-        objectives=[{"metric": "accuracy"}, {"metric": "loss"}],
-        pruner=None,
-        budget={"n_trials": 3, "max_failed": 0},
-    )
-    study_id = submit_study(storage, spec).id
-
-    assert Worker(storage, _options(tmp_path)).run() == 3
-
-    assert get_status(storage, study_id) == StudyStatus.COMPLETED
-    for trial in _trials(storage, study_id):
-        assert trial.state == TrialState.COMPLETE
-        metrics = trial.user_attrs[attrs.METRICS]
-        assert trial.values == [
-            pytest.approx(metrics["accuracy"]),
-            pytest.approx(metrics["loss"]),
-        ]
-        assert trial.intermediate_values == {}  # nothing to prune on
-    front = best_trials(storage, study_id).trials
-    assert 1 <= len(front) <= 3
+        store.close()

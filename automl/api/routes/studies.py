@@ -1,4 +1,4 @@
-"""Studies: submit, list, inspect, cancel; trials, best models and weights."""
+"""Studies: submit, list, inspect, cancel, extend, resume, delete; trials, best, weights."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import json
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from optuna.trial import TrialState
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from automl.api.deps import SettingsDep, StorageDep
+from automl.api.deps import SettingsDep, StoreDep
 from automl.api.errors import PayloadTooLargeError
 from automl.spec import FieldError, SpecError, StudySpec, parse_text, validate_spec
 from automl.store import (
@@ -24,14 +25,20 @@ from automl.store import (
     TrialSummary,
     best_trials,
     cancel_study,
+    delete_study,
+    enqueue_trials,
+    extend_study,
     get_frozen_trial,
     get_study,
     get_trial,
     list_studies,
     list_trials,
     open_weights,
+    rerun_failed,
+    resume_study,
     submit_study,
 )
+from automl.store.studies import MAX_ENQUEUE
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
@@ -52,9 +59,8 @@ Offset = Annotated[int, Query(ge=0, description="Items to skip.")]
 
 
 class TrialStateName(StrEnum):
-    """Trial states, as query values."""
+    """Trial states, as query values (a trial exists once a worker started it)."""
 
-    waiting = "waiting"
     running = "running"
     complete = "complete"
     pruned = "pruned"
@@ -72,11 +78,22 @@ class TrialStateName(StrEnum):
     },
 )
 async def create_study(
-    request: Request, response: Response, storage: StorageDep, settings: SettingsDep
+    request: Request,
+    response: Response,
+    store: StoreDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=256,
+            description="Repeat a submission safely: the same key returns the first study.",
+        ),
+    ] = None,
 ) -> StudyDetail:
-    """Submits a study: validates the spec, creates the Optuna study, queues its trials."""
+    """Submits a study: validates the spec and creates it, all or nothing."""
     spec = await _read_spec(request, settings.max_body_bytes)
-    study = await run_in_threadpool(submit_study, storage, spec)
+    study = await run_in_threadpool(submit_study, store, spec, idempotency_key)
     response.headers["Location"] = f"/studies/{study.id}"
     return study
 
@@ -110,44 +127,110 @@ async def _read_spec(request: Request, max_bytes: int) -> StudySpec:
 
 @router.get("", response_model=Page[StudySummary])
 def read_studies(
-    storage: StorageDep,
+    store: StoreDep,
     status: Annotated[StudyStatus | None, Query(description="Only this status.")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[StudySummary]:
     """Lists studies, newest first."""
-    return list_studies(storage, status=status, limit=limit, offset=offset)
+    return list_studies(store, status=status, limit=limit, offset=offset)
 
 
 @router.get("/{study_id}", response_model=StudyDetail, responses={404: {}})
-def read_study(study_id: int, storage: StorageDep) -> StudyDetail:
+def read_study(study_id: int, store: StoreDep) -> StudyDetail:
     """A study's status, trial counts per state, best value and spec."""
-    return get_study(storage, study_id)
+    return get_study(store, study_id)
 
 
 @router.post("/{study_id}/cancel", response_model=StudyDetail, responses={404: {}, 409: {}})
-def cancel(study_id: int, storage: StorageDep) -> StudyDetail:
-    """Cancels a queued or running study; trials in flight stop at their next epoch."""
-    return cancel_study(storage, study_id)
+def cancel(study_id: int, store: StoreDep) -> StudyDetail:
+    """Cancels a queued or running study: nothing new starts, queued trials are dropped,
+    trials in flight stop within an epoch (resume runs them again)."""
+    return cancel_study(store, study_id)
+
+
+class AddTrials(BaseModel):
+    """More budget for a study."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    add_trials: int = Field(ge=1, description="Trials to add to the budget.")
+
+
+class Resume(BaseModel):
+    """How to resume an ended study."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    add_trials: int = Field(0, ge=0, description="Trials to add to the budget.")
+
+
+class Enqueue(BaseModel):
+    """Configurations to try next."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    configs: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_ENQUEUE,
+        description="Each maps searched params to values; the sampler fills in the rest.",
+    )
+
+
+@router.post("/{study_id}/extend", response_model=StudyDetail, responses={404: {}, 409: {}})
+def extend(study_id: int, body: AddTrials, store: StoreDep) -> StudyDetail:
+    """Adds trials to a queued or running study's budget."""
+    return extend_study(store, study_id, body.add_trials)
+
+
+@router.post("/{study_id}/resume", response_model=StudyDetail, responses={404: {}, 409: {}})
+def resume(study_id: int, store: StoreDep, body: Resume | None = None) -> StudyDetail:
+    """Reopens a cancelled, failed or completed study: its cancelled trials run again
+    (interrupted ones from their checkpoint), plus ``add_trials`` new ones."""
+    return resume_study(store, study_id, (body or Resume()).add_trials)
+
+
+@router.post("/{study_id}/rerun-failed", response_model=StudyDetail, responses={404: {}, 409: {}})
+def rerun(study_id: int, store: StoreDep) -> StudyDetail:
+    """Queues the study's failed trials again with their params (reopens it if ended)."""
+    return rerun_failed(store, study_id)
+
+
+@router.post(
+    "/{study_id}/trials",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StudyDetail,
+    responses={404: {}, 409: {}, 422: {}},
+)
+def enqueue(study_id: int, body: Enqueue, store: StoreDep) -> StudyDetail:
+    """Queues configurations to run before the sampler's proposals (from the budget)."""
+    return enqueue_trials(store, study_id, body.configs)
+
+
+@router.delete("/{study_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {}, 409: {}})
+def delete(study_id: int, store: StoreDep) -> Response:
+    """Deletes an ended study with its trials, weights and checkpoints."""
+    delete_study(store, study_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{study_id}/trials", response_model=Page[TrialSummary], responses={404: {}})
 def read_trials(
     study_id: int,
-    storage: StorageDep,
+    store: StoreDep,
     state: Annotated[TrialStateName | None, Query(description="Only this state.")] = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> Page[TrialSummary]:
     """A study's trials in number order, with params, values and per-epoch values."""
     trial_state = None if state is None else TrialState[state.value.upper()]
-    return list_trials(storage, study_id, state=trial_state, limit=limit, offset=offset)
+    return list_trials(store, study_id, state=trial_state, limit=limit, offset=offset)
 
 
 @router.get("/{study_id}/trials/{number}", response_model=TrialDetail, responses={404: {}})
-def read_trial(study_id: int, number: int, storage: StorageDep) -> TrialDetail:
+def read_trial(study_id: int, number: int, store: StoreDep) -> TrialDetail:
     """One trial with its full configuration, history and per-class report."""
-    return get_trial(storage, study_id, number)
+    return get_trial(store, study_id, number)
 
 
 @router.get(
@@ -155,11 +238,9 @@ def read_trial(study_id: int, number: int, storage: StorageDep) -> TrialDetail:
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}}, 404: {}},
 )
-def download_weights(
-    study_id: int, number: int, storage: StorageDep, settings: SettingsDep
-) -> StreamingResponse:
+def download_weights(study_id: int, number: int, store: StoreDep) -> StreamingResponse:
     """The trial's weights: a state dict for ``torch.load(path, weights_only=True)``."""
-    reader = open_weights(get_frozen_trial(storage, study_id, number), settings.artifacts_dir)
+    reader = open_weights(get_frozen_trial(store, study_id, number), store.artifacts)
     filename = f"study{study_id}-trial{number}.pt"
     return StreamingResponse(
         reader,
@@ -169,6 +250,6 @@ def download_weights(
 
 
 @router.get("/{study_id}/best", response_model=BestTrials, responses={404: {}})
-def read_best(study_id: int, storage: StorageDep) -> BestTrials:
+def read_best(study_id: int, store: StoreDep) -> BestTrials:
     """The best trial (or Pareto front): params, configuration and metrics."""
-    return best_trials(storage, study_id)
+    return best_trials(store, study_id)

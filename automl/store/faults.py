@@ -1,0 +1,142 @@
+"""Database faults: which errors are worth retrying, and how to wait between tries.
+
+A database restart, a dropped connection (``pg_terminate_backend``) or a network cut shows
+up as a SQLAlchemy ``OperationalError``/``InterfaceError`` (or a ``DBAPIError`` whose
+connection was invalidated), or as Optuna's ``StorageInternalError`` wrapping one of
+those. They are *transient*: the same call succeeds once the database is back. Anything
+else (an integrity error, a bug) is not, and is never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import sqlalchemy
+from optuna.exceptions import StorageInternalError
+
+T = TypeVar("T")
+
+LOG_INTERVAL_S = 30.0
+"""A waiting process logs the database outage at most once per this many seconds."""
+
+
+class StorageUnavailableError(RuntimeError):
+    """The database could not be reached (after retrying where that is safe)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database was unreachable rather than the request wrong."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StorageUnavailableError | sqlalchemy.exc.TimeoutError):
+            return True
+        if isinstance(current, sqlalchemy.exc.DBAPIError):
+            return current.connection_invalidated or isinstance(
+                current, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
+            )
+        if isinstance(current, sqlalchemy.exc.DisconnectionError):
+            return True
+        if not isinstance(current, StorageInternalError):
+            return False
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class Backoff:
+    """Exponential backoff with jitter, and an outage log written once per interval.
+
+    Args:
+        logger: Where to report the outage.
+        first: First delay in seconds.
+        cap: Longest delay in seconds.
+        log_interval: Seconds between two log lines about the same outage.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        first: float = 0.2,
+        cap: float = 5.0,
+        log_interval: float = LOG_INTERVAL_S,
+    ) -> None:
+        self.logger = logger
+        self.first, self.cap, self.log_interval = first, cap, log_interval
+        self.failures = 0
+        self._last_log = -float("inf")
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException, doing: str) -> float:
+        """Records a transient failure; returns how long to wait before the next try."""
+        with self._lock:
+            self.failures += 1
+            now = time.monotonic()
+            if now - self._last_log >= self.log_interval:
+                self._last_log = now
+                self.logger.warning(
+                    "storage unavailable while %s (%d failed tries so far), retrying: %s",
+                    doing,
+                    self.failures,
+                    first_line(exc),
+                )
+            delay = min(self.cap, self.first * 2 ** min(self.failures - 1, 16))
+        return delay * (0.5 + random.random() / 2)
+
+    def succeeded(self) -> None:
+        """Records a success; the next failure starts a new outage."""
+        with self._lock:
+            if self.failures:
+                self.logger.info("storage reachable again after %d failed tries", self.failures)
+            self.failures = 0
+            self._last_log = -float("inf")
+
+
+def retry_transient(
+    call: Callable[[], T],
+    *,
+    backoff: Backoff,
+    doing: str,
+    give_up: Callable[[], bool] = lambda: False,
+    wait: Callable[[float], object] = time.sleep,
+    attempts: int | None = None,
+) -> T:
+    """Calls ``call`` until it succeeds or fails with a non-transient error.
+
+    Only for calls that are safe to repeat (reads, heartbeats, compare-and-set writes
+    that tolerate having already happened).
+
+    Args:
+        call: The operation.
+        backoff: Delays and logging.
+        doing: What the call does, for the log ("claiming a trial").
+        give_up: Checked before each retry; True re-raises the last error.
+        wait: Sleeps between tries (an ``Event.wait`` makes them interruptible).
+        attempts: Give up after this many tries (``None``: never).
+
+    Raises:
+        The last error, when it is not transient, when ``give_up()`` or when out of attempts.
+    """
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            result = call()
+        except Exception as exc:
+            if not is_transient(exc) or give_up() or (attempts is not None and tries >= attempts):
+                raise
+            wait(backoff.failed(exc, doing))
+            continue
+        backoff.succeeded()
+        return result
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text (SQLAlchemy messages run over many lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,398 @@
+"""Claims and leases: how a worker takes one unit of a study's budget, exactly once.
+
+A claim is one write transaction: it takes the oldest pending ticket of the oldest active
+study, or issues a fresh budget unit (``issued = issued + 1 WHERE issued < n_trials``),
+and marks the ticket running under a lease: (ticket, worker id, attempt). The worker
+then creates the Optuna trial itself (public Optuna API) and records it on the ticket.
+
+Every later change a worker makes to its ticket (heartbeat, params, checkpoint, finish,
+release) is a compare-and-set on the lease: zero rows changed means the lease was lost
+(the reaper gave the ticket to someone else, or the study was deleted), and the worker
+must stop. Nothing here loads a study's trials: every statement touches a few rows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from automl.store import attrs, optuna_rows, tables
+from automl.store.artifacts import remove_quietly
+from automl.store.attrs import FailureKind, StudyStatus
+from automl.store.status import ACTIVE, change_status, lock_study, now, settle_locked
+from automl.store.storage import Store
+from automl.store.tables import TicketSource, TicketState, db_now
+
+CLAIM_RACE_RETRIES = 5
+
+
+class LeaseLostError(RuntimeError):
+    """The worker no longer holds its ticket (reaped, or its study was deleted)."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A ticket held by one worker for one attempt.
+
+    Attributes:
+        ticket_id: The logical trial.
+        study_id: Its study.
+        worker_id: The holder.
+        attempt: Which claim of the ticket this is (1 for the first).
+        source: Who created the ticket (``sampler``, ``enqueued``).
+        params: Params to use (from the user, or from an earlier attempt); None lets the
+            sampler propose them.
+        checkpoint: Artifact id of the last checkpoint of an earlier attempt, if any.
+        checkpoint_epoch: Epochs that checkpoint covers.
+        seed: The study's base sampler seed.
+        previous_trial: Number of the earlier attempt's Optuna trial, if any.
+    """
+
+    ticket_id: int
+    study_id: int
+    worker_id: str
+    attempt: int
+    source: str
+    params: dict[str, Any] | None
+    checkpoint: str | None
+    checkpoint_epoch: int | None
+    seed: int
+    previous_trial: int | None = None
+
+    @property
+    def key(self) -> str:
+        """``ticket:attempt``, kept on the Optuna trial to find it from the ticket."""
+        return f"{self.ticket_id}:{self.attempt}"
+
+
+@dataclass(frozen=True)
+class LeaseStatus:
+    """What a heartbeat learned: is the lease still held, is the study still active."""
+
+    held: bool
+    study_active: bool
+
+
+def params_for_fresh_ticket(spec: dict[str, Any], index: int) -> dict[str, Any] | None:
+    """The fixed params of budget unit ``index`` of a study, if its sampler needs any.
+
+    Hook for samplers that hand out a fixed list of configurations (a grid: unit k gets
+    cell k, exactly once, because each unit is issued once). None lets the study's
+    sampler propose the params when the trial starts.
+    """
+    return None
+
+
+def _lease_match(lease: Lease) -> sa.ColumnElement[bool]:
+    tickets = tables.tickets
+    return sa.and_(
+        tickets.c.ticket_id == lease.ticket_id,
+        tickets.c.worker_id == lease.worker_id,
+        tickets.c.attempt == lease.attempt,
+        tickets.c.state == TicketState.RUNNING.value,
+    )
+
+
+def claim(store: Store, worker_id: str, study_id: int | None = None) -> Lease | None:
+    """Takes the next unit of work of an active study, oldest study first.
+
+    Args:
+        store: The store.
+        worker_id: The claiming worker's unique id.
+        study_id: Only claim from this study.
+
+    Returns:
+        The lease, or None when no active study has work left to hand out.
+    """
+    for _ in range(CLAIM_RACE_RETRIES):
+        with store.write() as connection:
+            at = now(connection)
+            candidate = _next_study_with_work(connection, at, study_id)
+            if candidate is None:
+                return None
+            lease = _claim_in(connection, candidate, worker_id, at)
+            if lease is not None:
+                return lease
+    return None  # lost every race; the caller polls again
+
+
+def _next_study_with_work(
+    connection: sa.engine.Connection, at: float, study_id: int | None
+) -> int | None:
+    studies, tickets = tables.studies, tables.tickets
+    pending = sa.exists().where(
+        tickets.c.study_id == studies.c.study_id, tickets.c.state == TicketState.PENDING.value
+    )
+    query = (
+        sa.select(studies.c.study_id)
+        .where(
+            studies.c.status.in_(ACTIVE),
+            sa.or_(studies.c.deadline.is_(None), studies.c.deadline > at),
+            sa.or_(studies.c.issued < studies.c.n_trials, pending),
+        )
+        .order_by(studies.c.study_id)
+        .limit(1)
+    )
+    if study_id is not None:
+        query = query.where(studies.c.study_id == study_id)
+    return connection.scalar(query)
+
+
+def _claim_in(
+    connection: sa.engine.Connection, study_id: int, worker_id: str, at: float
+) -> Lease | None:
+    tickets = tables.tickets
+    study = lock_study(connection, study_id)
+    if study is None or study.status not in ACTIVE:
+        return None
+    if study.deadline is not None and study.deadline <= at:
+        return None
+    running = {
+        "state": TicketState.RUNNING.value,
+        "worker_id": worker_id,
+        "heartbeat_at": at,
+        "attempt": tickets.c.attempt + 1,
+    }
+    pending_id = connection.scalar(
+        sa.select(tickets.c.ticket_id)
+        .where(tickets.c.study_id == study_id, tickets.c.state == TicketState.PENDING.value)
+        .order_by(tickets.c.priority.desc(), tickets.c.ticket_id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    if pending_id is not None:
+        row = connection.execute(
+            tickets.update()
+            .where(tickets.c.ticket_id == pending_id, tickets.c.state == TicketState.PENDING.value)
+            .values(**running)
+            .returning(tickets)
+        ).first()
+    elif study.issued < study.n_trials:
+        issued = connection.execute(
+            tables.studies.update()
+            .where(
+                tables.studies.c.study_id == study_id,
+                tables.studies.c.issued < tables.studies.c.n_trials,
+            )
+            .values(issued=tables.studies.c.issued + 1)
+        )
+        if issued.rowcount != 1:
+            return None
+        params = params_for_fresh_ticket(json.loads(study.spec), study.issued)
+        row = connection.execute(
+            tickets.insert()
+            .values(
+                study_id=study_id,
+                source=TicketSource.SAMPLER.value,
+                params=None if params is None else json.dumps(params),
+                created_at=at,
+                **{**running, "attempt": 1},
+            )
+            .returning(tickets)
+        ).first()
+    else:
+        return None
+    if row is None:
+        return None
+    if study.status == StudyStatus.QUEUED.value:
+        deadline = None if study.timeout is None else at + study.timeout
+        change_status(connection, study, StudyStatus.RUNNING, None, at, deadline=deadline)
+    return Lease(
+        ticket_id=row.ticket_id,
+        study_id=study_id,
+        worker_id=worker_id,
+        attempt=row.attempt,
+        source=row.source,
+        params=None if row.params is None else json.loads(row.params),
+        checkpoint=row.checkpoint,
+        checkpoint_epoch=row.checkpoint_epoch,
+        seed=study.seed,
+        previous_trial=row.trial_number,
+    )
+
+
+def record_trial(store: Store, lease: Lease, trial_id: int, number: int) -> None:
+    """Records which Optuna trial runs the lease's attempt.
+
+    Raises:
+        LeaseLostError: If the lease is no longer held.
+    """
+    _update_held(store, lease, trial_id=trial_id, trial_number=number)
+
+
+def record_params(store: Store, lease: Lease, params: dict[str, Any]) -> None:
+    """Keeps the attempt's params, so a retry after a lost worker runs the same ones.
+
+    Raises:
+        LeaseLostError: If the lease is no longer held.
+    """
+    _update_held(store, lease, params=json.dumps(params))
+
+
+def record_checkpoint(store: Store, lease: Lease, artifact_id: str, epoch: int) -> str | None:
+    """Points the ticket at a new, completely written checkpoint.
+
+    Returns:
+        The previous checkpoint's artifact id (now unreferenced: delete it), if any.
+
+    Raises:
+        LeaseLostError: If the lease is no longer held (the new checkpoint is then
+            unreferenced: delete it).
+    """
+    tickets = tables.tickets
+    with store.write() as connection:
+        previous = connection.execute(
+            sa.select(tickets.c.checkpoint).where(_lease_match(lease))
+        ).first()
+        if previous is None:
+            raise LeaseLostError(f"ticket {lease.ticket_id} attempt {lease.attempt} lost")
+        connection.execute(
+            tickets.update()
+            .where(_lease_match(lease))
+            .values(checkpoint=artifact_id, checkpoint_epoch=epoch)
+        )
+    return previous.checkpoint
+
+
+def _update_held(store: Store, lease: Lease, **values: Any) -> None:
+    with store.write() as connection:
+        changed = connection.execute(
+            tables.tickets.update().where(_lease_match(lease)).values(**values)
+        )
+    if changed.rowcount != 1:
+        raise LeaseLostError(f"ticket {lease.ticket_id} attempt {lease.attempt} lost")
+
+
+def heartbeat(store: Store, lease: Lease) -> LeaseStatus:
+    """Records that the lease's worker is alive; reports whether to keep going."""
+    with store.write() as connection:
+        beat = connection.execute(
+            tables.tickets.update().where(_lease_match(lease)).values(heartbeat_at=db_now())
+        )
+        status = connection.scalar(
+            sa.select(tables.studies.c.status).where(tables.studies.c.study_id == lease.study_id)
+        )
+    return LeaseStatus(held=beat.rowcount == 1, study_active=status in ACTIVE)
+
+
+def finish(
+    store: Store, lease: Lease, outcome: str, failure: FailureKind | None = None
+) -> str | None:
+    """Ends the lease's ticket after its Optuna trial was told ``outcome``.
+
+    Safe to repeat: if the ticket already ended this way under this lease (the first try
+    committed but its answer was lost), it succeeds again.
+
+    Args:
+        store: The store.
+        lease: The lease.
+        outcome: ``complete``, ``pruned`` or ``fail``.
+        failure: Why it failed (``fail`` only).
+
+    Returns:
+        The ticket's checkpoint artifact id (no longer needed: delete it), if any.
+
+    Raises:
+        LeaseLostError: If the lease was lost before the ticket ended.
+    """
+    tickets = tables.tickets
+    failure_value = None if failure is None else failure.value
+    with store.write() as connection:
+        row = connection.execute(
+            sa.select(tickets.c.checkpoint, tickets.c.state, tickets.c.outcome).where(
+                tickets.c.ticket_id == lease.ticket_id,
+                tickets.c.worker_id == lease.worker_id,
+                tickets.c.attempt == lease.attempt,
+            )
+        ).first()
+        if row is not None and row.state == TicketState.DONE.value and row.outcome == outcome:
+            return None  # a repeated call
+        changed = connection.execute(
+            tickets.update()
+            .where(_lease_match(lease))
+            .values(
+                state=TicketState.DONE.value,
+                outcome=outcome,
+                failure=failure_value,
+                checkpoint=None,
+                checkpoint_epoch=None,
+            )
+        )
+        if changed.rowcount != 1:
+            raise LeaseLostError(f"ticket {lease.ticket_id} attempt {lease.attempt} lost")
+    return None if row is None else row.checkpoint
+
+
+def release(
+    store: Store, lease: Lease, failure: FailureKind, error: str, *, requeue: bool = True
+) -> bool:
+    """Gives the ticket back without using a retry: its attempt ends FAIL (``failure``).
+
+    With ``requeue`` the ticket goes back to the queue (with its params and checkpoint)
+    if the study is still active, else it is cancelled (``resume`` re-queues it); without,
+    the ticket ends failed (for attempts that could not even start). The attempt's Optuna
+    trial, found from the ticket or by the lease key when the worker could not record
+    it, is failed in the same transaction.
+
+    Returns:
+        False if the lease was already lost (the reaper handled it).
+    """
+    tickets = tables.tickets
+    drop = None
+    with store.write() as connection:
+        study = lock_study(connection, lease.study_id)
+        ticket = connection.execute(
+            sa.select(tickets).where(_lease_match(lease)).with_for_update()
+        ).first()
+        if ticket is None or study is None:
+            return False
+        fail_attempt_trials(connection, ticket, lease.key, failure, error)
+        values: dict[str, Any] = {"worker_id": None, "heartbeat_at": None}
+        if not requeue:
+            values.update(state=TicketState.DONE.value, outcome="fail", failure=failure.value)
+            values.update(checkpoint=None, checkpoint_epoch=None)
+            drop = ticket.checkpoint
+        elif study.status in ACTIVE:
+            values["state"] = TicketState.PENDING.value
+        else:
+            values["state"] = TicketState.CANCELLED.value
+        connection.execute(
+            tickets.update().where(tickets.c.ticket_id == ticket.ticket_id).values(**values)
+        )
+    if drop is not None:
+        remove_quietly(store.artifacts, drop)
+    return True
+
+
+def fail_attempt_trials(
+    connection: sa.engine.Connection,
+    ticket: sa.Row[Any],
+    lease_key: str,
+    failure: FailureKind,
+    error: str,
+) -> list[int]:
+    """Fails the RUNNING Optuna trial(s) of a ticket's current attempt; returns their ids."""
+    if ticket.trial_id is not None:
+        candidates = [ticket.trial_id]
+    else:
+        candidates = optuna_rows.running_trials_with_attr(
+            connection, ticket.study_id, attrs.LEASE, lease_key
+        )
+    user_attrs = {attrs.FAILURE: failure.value, attrs.ERROR: error}
+    return [t for t in candidates if optuna_rows.fail_running_trial(connection, t, user_attrs)]
+
+
+def settle(store: Store, study_id: int) -> StudyStatus | None:
+    """Ends the study if its work is done (see ``status.settle_locked``).
+
+    Returns:
+        Its status afterwards, or None if there is no such study.
+    """
+    with store.write() as connection:
+        study = lock_study(connection, study_id)
+        if study is None:
+            return None
+        return settle_locked(connection, study, now(connection))

@@ -1,0 +1,370 @@
+"""The few SQL statements automl runs on Optuna's own tables, all in this one module.
+
+Why not Optuna's public API for these: each must happen *in the same transaction* as a
+change to automl's tables, which Optuna's storage (one session per call) cannot join.
+
+- Failing a trial whose worker was lost must be atomic with re-queuing its ticket, and a
+  compare-and-set (``WHERE state = 'RUNNING'``), so a reaper racing the worker's own
+  ``tell`` ends with exactly one of the two outcomes.
+- A study's status is mirrored into its user attributes (for optuna-dashboard) in the
+  transaction that changes it, so the mirror never disagrees with ``automl_studies``.
+- Counting, paging, best values and reading one page of trials are a few queries over
+  one study's rows, where the public API would load every trial of the study (or make a
+  round trip per trial and relation).
+
+
+Only long-stable columns of Optuna's RDB schema are used; ``tests/store/test_optuna_rows.py``
+pins them against the installed Optuna on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from optuna.distributions import BaseDistribution, json_to_distribution
+from optuna.trial import FrozenTrial, TrialState
+
+_optuna = sa.MetaData()  # describes Optuna's tables; never used to create anything
+
+_TrialStateType = sa.Enum(TrialState, name="trialstate", create_constraint=False)
+_ValueType = sa.Enum("FINITE", "INF_POS", "INF_NEG", name="trialvaluetype", create_constraint=False)
+_StepType = sa.Enum(
+    "FINITE",
+    "INF_POS",
+    "INF_NEG",
+    "NAN",
+    name="trialintermediatevaluetype",
+    create_constraint=False,
+)
+_SPECIAL = {"INF_POS": math.inf, "INF_NEG": -math.inf, "NAN": math.nan}
+
+studies = sa.Table(
+    "studies",
+    _optuna,
+    sa.Column("study_id", sa.Integer, primary_key=True),
+    sa.Column("study_name", sa.String(512)),
+)
+trials = sa.Table(
+    "trials",
+    _optuna,
+    sa.Column("trial_id", sa.Integer, primary_key=True),
+    sa.Column("number", sa.Integer),
+    sa.Column("study_id", sa.Integer),
+    sa.Column("state", _TrialStateType),
+    sa.Column("datetime_start", sa.DateTime),
+    sa.Column("datetime_complete", sa.DateTime),
+)
+trial_values = sa.Table(
+    "trial_values",
+    _optuna,
+    sa.Column("trial_value_id", sa.Integer, primary_key=True),
+    sa.Column("trial_id", sa.Integer),
+    sa.Column("objective", sa.Integer),
+    sa.Column("value", sa.Float),
+    sa.Column("value_type", _ValueType),
+)
+trial_user_attributes = sa.Table(
+    "trial_user_attributes",
+    _optuna,
+    sa.Column("trial_user_attribute_id", sa.Integer, primary_key=True),
+    sa.Column("trial_id", sa.Integer),
+    sa.Column("key", sa.String(512)),
+    sa.Column("value_json", sa.Text),
+)
+trial_params = sa.Table(
+    "trial_params",
+    _optuna,
+    sa.Column("param_id", sa.Integer, primary_key=True),
+    sa.Column("trial_id", sa.Integer),
+    sa.Column("param_name", sa.String(512)),
+    sa.Column("param_value", sa.Float),
+    sa.Column("distribution_json", sa.Text),
+)
+trial_intermediate_values = sa.Table(
+    "trial_intermediate_values",
+    _optuna,
+    sa.Column("trial_intermediate_value_id", sa.Integer, primary_key=True),
+    sa.Column("trial_id", sa.Integer),
+    sa.Column("step", sa.Integer),
+    sa.Column("intermediate_value", sa.Float),
+    sa.Column("intermediate_value_type", _StepType),
+)
+study_user_attributes = sa.Table(
+    "study_user_attributes",
+    _optuna,
+    sa.Column("study_user_attribute_id", sa.Integer, primary_key=True),
+    sa.Column("study_id", sa.Integer),
+    sa.Column("key", sa.String(512)),
+    sa.Column("value_json", sa.Text),
+)
+
+
+def _utc_now_naive() -> datetime:
+    # Optuna's RDB schema keeps trial times as naive UTC.
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def fail_running_trial(
+    connection: sa.engine.Connection, trial_id: int, user_attrs: Mapping[str, Any]
+) -> bool:
+    """Moves a RUNNING trial to FAIL and sets ``user_attrs`` on it (compare-and-set).
+
+    Returns:
+        False if the trial was no longer RUNNING (it finished meanwhile); nothing changed.
+    """
+    changed = connection.execute(
+        trials.update()
+        .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
+        .values(state=TrialState.FAIL, datetime_complete=_utc_now_naive())
+    )
+    if changed.rowcount != 1:
+        return False
+    put_trial_attrs(connection, trial_id, user_attrs)
+    return True
+
+
+def trial_state(connection: sa.engine.Connection, trial_id: int) -> TrialState | None:
+    """The state of a trial, or None if it does not exist."""
+    return connection.scalar(sa.select(trials.c.state).where(trials.c.trial_id == trial_id))
+
+
+def running_trials_with_attr(
+    connection: sa.engine.Connection, study_id: int, key: str, value: Any
+) -> list[int]:
+    """Ids of the study's RUNNING trials whose user attribute ``key`` equals ``value``."""
+    query = (
+        sa.select(trials.c.trial_id)
+        .join(trial_user_attributes, trial_user_attributes.c.trial_id == trials.c.trial_id)
+        .where(
+            trials.c.study_id == study_id,
+            trials.c.state == TrialState.RUNNING,
+            trial_user_attributes.c.key == key,
+            trial_user_attributes.c.value_json == json.dumps(value),
+        )
+    )
+    return list(connection.scalars(query))
+
+
+def put_trial_attrs(
+    connection: sa.engine.Connection, trial_id: int, user_attrs: Mapping[str, Any]
+) -> None:
+    """Sets user attributes of a trial (replacing existing values)."""
+    _put(connection, trial_user_attributes, "trial_id", trial_id, user_attrs)
+
+
+def put_study_attrs(
+    connection: sa.engine.Connection, study_id: int, user_attrs: Mapping[str, Any]
+) -> None:
+    """Sets user attributes of a study (replacing existing values)."""
+    _put(connection, study_user_attributes, "study_id", study_id, user_attrs)
+
+
+def _put(
+    connection: sa.engine.Connection,
+    table: sa.Table,
+    owner: str,
+    owner_id: int,
+    values: Mapping[str, Any],
+) -> None:
+    if not values:
+        return
+    connection.execute(
+        table.delete().where(table.c[owner] == owner_id, table.c.key.in_(list(values)))
+    )
+    connection.execute(
+        table.insert(),
+        [{owner: owner_id, "key": key, "value_json": json.dumps(v)} for key, v in values.items()],
+    )
+
+
+def count_trials(
+    connection: sa.engine.Connection, study_id: int, state: TrialState | None = None
+) -> int:
+    """Number of the study's trials (optionally in ``state``), counted in SQL."""
+    query = sa.select(sa.func.count()).select_from(trials).where(trials.c.study_id == study_id)
+    if state is not None:
+        query = query.where(trials.c.state == state)
+    return int(connection.scalar(query) or 0)
+
+
+def page_trial_ids(
+    connection: sa.engine.Connection,
+    study_id: int,
+    state: TrialState | None,
+    limit: int,
+    offset: int,
+) -> list[int]:
+    """Ids of one page of the study's trials in number order (only that page is read)."""
+    query = sa.select(trials.c.trial_id).where(trials.c.study_id == study_id)
+    if state is not None:
+        query = query.where(trials.c.state == state)
+    query = query.order_by(trials.c.number).limit(limit).offset(offset)
+    return list(connection.scalars(query))
+
+
+def load_trials(connection: sa.engine.Connection, trial_ids: list[int]) -> list[FrozenTrial]:
+    """The trials with these ids, in that order, in five queries whatever their number.
+
+    Like ``storage.get_trial`` for each, without the system attributes (what the listing
+    shows needs none), and without a round trip per trial and per relation.
+    """
+    if not trial_ids:
+        return []
+    rows = {
+        row.trial_id: row
+        for row in connection.execute(sa.select(trials).where(trials.c.trial_id.in_(trial_ids)))
+    }
+    values: dict[int, dict[int, float]] = defaultdict(dict)
+    for trial_id, objective, value, kind in connection.execute(
+        sa.select(
+            trial_values.c.trial_id,
+            trial_values.c.objective,
+            trial_values.c.value,
+            trial_values.c.value_type,
+        ).where(trial_values.c.trial_id.in_(trial_ids))
+    ):
+        values[trial_id][objective] = _SPECIAL.get(kind, value)
+    steps: dict[int, dict[int, float]] = defaultdict(dict)
+    for trial_id, step, value, kind in connection.execute(
+        sa.select(
+            trial_intermediate_values.c.trial_id,
+            trial_intermediate_values.c.step,
+            trial_intermediate_values.c.intermediate_value,
+            trial_intermediate_values.c.intermediate_value_type,
+        ).where(trial_intermediate_values.c.trial_id.in_(trial_ids))
+    ):
+        steps[trial_id][step] = _SPECIAL.get(kind, value)
+    params: dict[int, dict[str, Any]] = defaultdict(dict)
+    dists: dict[int, dict[str, BaseDistribution]] = defaultdict(dict)
+    for trial_id, name, value, dist_json in connection.execute(
+        sa.select(
+            trial_params.c.trial_id,
+            trial_params.c.param_name,
+            trial_params.c.param_value,
+            trial_params.c.distribution_json,
+        )
+        .where(trial_params.c.trial_id.in_(trial_ids))
+        .order_by(trial_params.c.param_id)
+    ):
+        distribution = json_to_distribution(dist_json)
+        params[trial_id][name] = distribution.to_external_repr(value)
+        dists[trial_id][name] = distribution
+    user_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
+    for trial_id, key, value_json in connection.execute(
+        sa.select(
+            trial_user_attributes.c.trial_id,
+            trial_user_attributes.c.key,
+            trial_user_attributes.c.value_json,
+        ).where(trial_user_attributes.c.trial_id.in_(trial_ids))
+    ):
+        user_attrs[trial_id][key] = json.loads(value_json)
+    loaded = []
+    for trial_id in trial_ids:
+        row = rows.get(trial_id)
+        if row is None:
+            continue
+        objective_values = values.get(trial_id)
+        loaded.append(
+            FrozenTrial(
+                number=row.number,
+                state=row.state,
+                value=None,
+                values=[objective_values[k] for k in sorted(objective_values)]
+                if objective_values
+                else None,
+                datetime_start=_local(row.datetime_start),
+                datetime_complete=_local(row.datetime_complete),
+                params=params.get(trial_id, {}),
+                distributions=dists.get(trial_id, {}),
+                user_attrs=user_attrs.get(trial_id, {}),
+                system_attrs={},
+                intermediate_values=steps.get(trial_id, {}),
+                trial_id=trial_id,
+            )
+        )
+    return loaded
+
+
+def _local(value: datetime | None) -> datetime | None:
+    # Stored as naive UTC; Optuna hands out naive local time, and so do we.
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
+
+
+def best_values(
+    connection: sa.engine.Connection, maximize: Iterable[int], minimize: Iterable[int]
+) -> dict[int, float]:
+    """The best first-objective value of each study's COMPLETE trials, by study id."""
+    best: dict[int, float] = {}
+    for study_ids, aggregate in ((list(maximize), sa.func.max), (list(minimize), sa.func.min)):
+        if not study_ids:
+            continue
+        query = (
+            sa.select(trials.c.study_id, aggregate(trial_values.c.value))
+            .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
+            .where(
+                trials.c.study_id.in_(study_ids),
+                trials.c.state == TrialState.COMPLETE,
+                trial_values.c.objective == 0,
+                trial_values.c.value_type == "FINITE",
+            )
+            .group_by(trials.c.study_id)
+        )
+        best.update({sid: float(v) for sid, v in connection.execute(query) if v is not None})
+    return best
+
+
+def best_trial_id(connection: sa.engine.Connection, study_id: int, maximize: bool) -> int | None:
+    """The id of the study's best COMPLETE trial on its only objective (ORDER BY ... LIMIT 1)."""
+    value = trial_values.c.value
+    query = (
+        sa.select(trials.c.trial_id)
+        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
+        .where(
+            trials.c.study_id == study_id,
+            trials.c.state == TrialState.COMPLETE,
+            trial_values.c.objective == 0,
+            trial_values.c.value_type == "FINITE",
+        )
+        .order_by(value.desc() if maximize else value.asc(), trials.c.number)
+        .limit(1)
+    )
+    return connection.scalar(query)
+
+
+def studies_with_attr_not_in(
+    connection: sa.engine.Connection, key: str, known_ids: sa.Select[Any]
+) -> dict[int, Any]:
+    """Studies that have the user attribute ``key`` but whose id ``known_ids`` lacks.
+
+    Returns:
+        The attribute's value by study id.
+    """
+    attributes = study_user_attributes
+    query = sa.select(attributes.c.study_id, attributes.c.value_json).where(
+        attributes.c.key == key, attributes.c.study_id.not_in(known_ids)
+    )
+    return {study_id: json.loads(value) for study_id, value in connection.execute(query)}
+
+
+def taken_study_names(connection: sa.engine.Connection, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` already name an Optuna study."""
+    query = sa.select(studies.c.study_name).where(studies.c.study_name.in_(list(names)))
+    return set(connection.scalars(query))
+
+
+def trial_attr(connection: sa.engine.Connection, trial_id: int, key: str) -> Any:
+    """A trial's user attribute ``key`` (None if unset)."""
+    value = connection.scalar(
+        sa.select(trial_user_attributes.c.value_json).where(
+            trial_user_attributes.c.trial_id == trial_id, trial_user_attributes.c.key == key
+        )
+    )
+    return None if value is None else json.loads(value)

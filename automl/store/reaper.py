@@ -1,0 +1,285 @@
+"""The reaper: finds trials whose worker stopped beating and gives their work back.
+
+It runs in the API process and in every worker, on a timer; several at once are safe,
+because each reaped ticket is one transaction that re-checks (under the study's row lock)
+that the ticket is still held by the same attempt and still stale. For each one it:
+
+1. fails the attempt's Optuna trial if it is still RUNNING (``worker_lost``), or, when the
+   worker told Optuna the result and died before ending its ticket, ends the ticket with
+   that result instead;
+2. re-queues the ticket with the same params and its checkpoint (at most ``max_retries``
+   times; then the ticket ends failed), or cancels it if the study has ended;
+3. settles the study.
+
+A reaper that just (re)gained the database waits one grace period before reaping, so the
+workers, cut off by the same outage, get the chance to beat again first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from automl.store import attrs, optuna_rows, tables
+from automl.store.artifacts import remove_quietly
+from automl.store.attrs import FailureKind
+from automl.store.faults import first_line, is_transient
+from automl.store.leases import fail_attempt_trials
+from automl.store.status import ACTIVE, lock_study, now, settle_locked
+from automl.store.storage import Store
+from automl.store.tables import DELETING, TicketState
+
+logger = logging.getLogger("automl.reaper")
+
+ORPHAN_AGE_S = 600.0
+"""A study half-created by a crashed submit is removed once it is this old."""
+
+RELEASED_FAILURES = (FailureKind.INTERRUPTED.value, FailureKind.CANCELLED.value)
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """One ticket the reaper took back.
+
+    Attributes:
+        ticket_id: The ticket.
+        study_id: Its study.
+        worker_id: The worker that lost it.
+        failed_trials: Optuna trials moved RUNNING -> FAIL (``worker_lost``).
+        result: ``requeued``, ``exhausted`` (retries used up: ended failed), ``finished``
+            (the worker had told Optuna its result) or ``cancelled`` (study ended).
+    """
+
+    ticket_id: int
+    study_id: int
+    worker_id: str | None
+    failed_trials: tuple[int, ...]
+    result: str
+
+
+def reap_stale(store: Store, grace: float) -> list[Reaped]:
+    """Takes back every running ticket whose heartbeat is older than ``grace`` seconds."""
+    tickets = tables.tickets
+    with store.read() as connection:
+        cutoff = now(connection) - grace
+        stale = connection.execute(
+            sa.select(tickets.c.ticket_id, tickets.c.study_id, tickets.c.attempt).where(
+                tickets.c.state == TicketState.RUNNING.value, tickets.c.heartbeat_at < cutoff
+            )
+        ).all()
+    reaped = []
+    for ticket_id, study_id, attempt in stale:
+        result = _reap_one(store, ticket_id, study_id, attempt, grace)
+        if result is not None:
+            reaped.append(result)
+            logger.warning(
+                "reaped trial(s) %s of study %s (ticket %s, worker %s): %s",
+                list(result.failed_trials),
+                study_id,
+                ticket_id,
+                result.worker_id,
+                result.result,
+            )
+    return reaped
+
+
+def _reap_one(
+    store: Store, ticket_id: int, study_id: int, attempt: int, grace: float
+) -> Reaped | None:
+    tickets = tables.tickets
+    drop_checkpoint = None
+    with store.write() as connection:
+        at = now(connection)
+        study = lock_study(connection, study_id)
+        ticket = connection.execute(
+            sa.select(tickets)
+            .where(
+                tickets.c.ticket_id == ticket_id,
+                tickets.c.attempt == attempt,
+                tickets.c.state == TicketState.RUNNING.value,
+                tickets.c.heartbeat_at < at - grace,
+            )
+            .with_for_update()
+        ).first()
+        if ticket is None or study is None:
+            return None
+        silent = at - ticket.heartbeat_at
+        error = f"worker {ticket.worker_id} lost: no heartbeat for {silent:.0f} s"
+        lease_key = f"{ticket.ticket_id}:{ticket.attempt}"
+        failed = fail_attempt_trials(connection, ticket, lease_key, FailureKind.WORKER_LOST, error)
+        values: dict[str, Any] = {"worker_id": None, "heartbeat_at": None}
+        told = _told_state(connection, ticket) if not failed else None
+        active = study.status in ACTIVE
+        if told is not None and told[1] not in RELEASED_FAILURES:
+            state, outcome, failure = told
+            values.update(state=TicketState.DONE.value, outcome=outcome, failure=failure)
+            values.update(checkpoint=None, checkpoint_epoch=None)
+            drop_checkpoint, result = ticket.checkpoint, "finished"
+        elif told is not None or not active:
+            # Released by its worker (interrupted) but not yet given back, or study ended.
+            state = TicketState.PENDING.value if active else TicketState.CANCELLED.value
+            values["state"] = state
+            result = "requeued" if active else "cancelled"
+        elif ticket.retries < study.max_retries:
+            values.update(state=TicketState.PENDING.value, retries=ticket.retries + 1)
+            result = "requeued"
+        else:
+            values.update(
+                state=TicketState.DONE.value,
+                outcome="fail",
+                failure=FailureKind.WORKER_LOST.value,
+                checkpoint=None,
+                checkpoint_epoch=None,
+            )
+            drop_checkpoint, result = ticket.checkpoint, "exhausted"
+        connection.execute(
+            tickets.update().where(tickets.c.ticket_id == ticket.ticket_id).values(**values)
+        )
+        settle_locked(connection, study, at)
+    if drop_checkpoint is not None:
+        remove_quietly(store.artifacts, drop_checkpoint)
+    return Reaped(ticket_id, study_id, ticket.worker_id, tuple(failed), result)
+
+
+def _told_state(connection: sa.engine.Connection, ticket: Any) -> tuple[str, Any, Any] | None:
+    """(state, outcome, failure) of a ticket whose trial its worker already ended."""
+    if ticket.trial_id is None:
+        return None
+    state = optuna_rows.trial_state(connection, ticket.trial_id)
+    if state is None or not state.is_finished():
+        return None
+    failure = None
+    if state == TrialState.FAIL:
+        failure = optuna_rows.trial_attr(connection, ticket.trial_id, attrs.FAILURE) or "error"
+    return TicketState.DONE.value, state.name.lower(), failure
+
+
+def settle_due(store: Store) -> list[int]:
+    """Settles active studies that are due: time ran out, or no work is left.
+
+    Returns:
+        Ids of the studies that ended.
+    """
+    studies, tickets = tables.studies, tables.tickets
+    busy = sa.exists().where(
+        tickets.c.study_id == studies.c.study_id,
+        tickets.c.state.in_([TicketState.PENDING.value, TicketState.RUNNING.value]),
+    )
+    with store.read() as connection:
+        at = now(connection)
+        due = connection.scalars(
+            sa.select(studies.c.study_id).where(
+                studies.c.status.in_(ACTIVE),
+                sa.or_(
+                    studies.c.deadline <= at,
+                    sa.and_(studies.c.issued >= studies.c.n_trials, ~busy),
+                ),
+            )
+        ).all()
+    ended = []
+    for study_id in due:
+        with store.write() as connection:
+            study = lock_study(connection, study_id)
+            if study is None:
+                continue
+            if not settle_locked(connection, study, now(connection)).is_active:
+                ended.append(study_id)
+    return ended
+
+
+def remove_orphans(store: Store, min_age_s: float = ORPHAN_AGE_S) -> list[int]:
+    """Removes what crashed submits and deletes left behind.
+
+    - An Optuna study created by a submit that never finished (it has automl's
+      ``created_at`` attribute but no ``automl_studies`` row) and is older than
+      ``min_age_s``: deleted, which frees its name.
+    - A study left in the internal ``deleting`` status: its deletion is completed.
+
+    Returns:
+        Ids of the studies removed.
+    """
+    from automl.store.studies import finish_deletion
+
+    with store.read() as connection:
+        known = sa.select(tables.studies.c.study_id)
+        half_created = optuna_rows.studies_with_attr_not_in(connection, attrs.CREATED_AT, known)
+        deleting = connection.scalars(
+            sa.select(tables.studies.c.study_id).where(tables.studies.c.status == DELETING)
+        ).all()
+    removed = []
+    for study_id, created_at in half_created.items():
+        age = time.time() - datetime.fromisoformat(created_at).timestamp()
+        if age >= min_age_s:
+            with contextlib.suppress(KeyError):  # another reaper was first
+                store.storage.delete_study(study_id)
+            removed.append(study_id)
+    for study_id in deleting:
+        finish_deletion(store, study_id)
+        removed.append(study_id)
+    return removed
+
+
+class Reaper:
+    """Runs ``reap_stale``, ``settle_due`` and ``remove_orphans`` every ``interval`` seconds.
+
+    Args:
+        store: The store.
+        grace: Seconds without heartbeat after which a worker counts as lost.
+        interval: Seconds between passes.
+    """
+
+    def __init__(self, store: Store, grace: float, interval: float) -> None:
+        self.store, self.grace, self.interval = store, grace, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._healthy_since: float | None = None
+        self._outage_logged = False
+
+    def start(self) -> Reaper:
+        """Starts the background thread (a daemon: it never keeps a process alive)."""
+        self._healthy_since = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="automl-reaper", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops the thread and waits for the pass in progress."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.run_once()
+
+    def run_once(self) -> list[Reaped]:
+        """One pass; database errors are logged, never raised."""
+        try:
+            reaped: list[Reaped] = []
+            healthy_since = self._healthy_since
+            if healthy_since is None:
+                self._healthy_since = time.monotonic()
+            elif time.monotonic() - healthy_since >= self.grace:
+                reaped = reap_stale(self.store, self.grace)
+            settle_due(self.store)
+            remove_orphans(self.store)
+        except Exception as exc:
+            if not is_transient(exc):
+                logger.exception("reaper pass failed")
+            elif not self._outage_logged:
+                logger.warning("reaper: storage unavailable, will retry: %s", first_line(exc))
+                self._outage_logged = True
+            self._healthy_since = None
+            return []
+        if self._outage_logged:
+            logger.info("reaper: storage reachable again")
+            self._outage_logged = False
+        return reaped

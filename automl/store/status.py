@@ -1,0 +1,163 @@
+"""Study status changes: compare-and-set on ``automl_studies``, mirrored into Optuna.
+
+Every function here runs inside a write transaction the caller opened, after locking the
+study's row with ``lock_study`` (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN
+IMMEDIATE`` already serializes writers). Lock order everywhere: study row, then ticket
+rows, then Optuna's trial rows, so concurrent transactions cannot deadlock.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from automl.store import attrs, optuna_rows, tables
+from automl.store.attrs import StudyStatus
+from automl.store.tables import TicketState, db_now
+
+ACTIVE = (StudyStatus.QUEUED.value, StudyStatus.RUNNING.value)
+ENDED = (StudyStatus.COMPLETED.value, StudyStatus.CANCELLED.value, StudyStatus.FAILED.value)
+
+
+def now(connection: sa.engine.Connection) -> float:
+    """The database clock, in seconds since the epoch."""
+    return float(connection.scalar(sa.select(db_now())))
+
+
+def lock_study(connection: sa.engine.Connection, study_id: int) -> sa.Row[Any] | None:
+    """The study's row, locked until the transaction ends (None if there is none)."""
+    return connection.execute(
+        sa.select(tables.studies).where(tables.studies.c.study_id == study_id).with_for_update()
+    ).first()
+
+
+def iso(timestamp: float | None) -> str | None:
+    """A database timestamp as ISO 8601 text (UTC)."""
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def change_status(
+    connection: sa.engine.Connection,
+    study: sa.Row[Any],
+    new: StudyStatus,
+    reason: str | None,
+    at: float,
+    **columns: Any,
+) -> bool:
+    """Moves a study from the status in ``study`` to ``new`` (compare-and-set).
+
+    Ending a study (completed, cancelled, failed) also cancels its pending tickets, so no
+    queued work outlives it. The change is mirrored into the Optuna study's user
+    attributes in the same transaction.
+
+    Args:
+        connection: An open write transaction that locked ``study``.
+        study: The study's row as read (its ``status`` is the expected current one).
+        new: The new status.
+        reason: Why, for people (kept as ``status_reason``).
+        at: The database time of the change.
+        **columns: Further columns to set in the same update (``deadline``...).
+
+    Returns:
+        False if the status was no longer the expected one (nothing changed).
+    """
+    values: dict[str, Any] = {"status": new.value, "status_reason": reason, **columns}
+    mirror: dict[str, Any] = {attrs.STATUS: new.value, attrs.STATUS_REASON: reason}
+    if new == StudyStatus.RUNNING and study.started_at is None:
+        values["started_at"] = at
+        mirror[attrs.STARTED_AT] = iso(at)
+    if new.is_active:
+        values["finished_at"] = None
+        if study.finished_at is not None:
+            mirror[attrs.FINISHED_AT] = None
+    else:
+        values["finished_at"] = at
+        mirror[attrs.FINISHED_AT] = iso(at)
+    changed = connection.execute(
+        tables.studies.update()
+        .where(
+            tables.studies.c.study_id == study.study_id,
+            tables.studies.c.status == study.status,
+        )
+        .values(**values)
+    )
+    if changed.rowcount != 1:
+        return False
+    if not new.is_active:
+        cancel_pending(connection, study.study_id)
+    optuna_rows.put_study_attrs(connection, study.study_id, mirror)
+    return True
+
+
+def cancel_pending(connection: sa.engine.Connection, study_id: int) -> int:
+    """Cancels the study's pending tickets; returns how many."""
+    tickets = tables.tickets
+    result = connection.execute(
+        tickets.update()
+        .where(tickets.c.study_id == study_id, tickets.c.state == TicketState.PENDING.value)
+        .values(state=TicketState.CANCELLED.value)
+    )
+    return result.rowcount
+
+
+def count_errors(connection: sa.engine.Connection, study_id: int) -> int:
+    """Tickets that ended because their configuration failed (toward ``max_failed``)."""
+    tickets = tables.tickets
+    return int(
+        connection.scalar(
+            sa.select(sa.func.count())
+            .select_from(tickets)
+            .where(
+                tickets.c.study_id == study_id,
+                tickets.c.failure == attrs.FailureKind.ERROR.value,
+                tickets.c.state == TicketState.DONE.value,
+            )
+        )
+        or 0
+    )
+
+
+def has_tickets(connection: sa.engine.Connection, study_id: int, *states: TicketState) -> bool:
+    """Whether the study has a ticket in one of ``states`` (an indexed EXISTS)."""
+    tickets = tables.tickets
+    query = sa.select(
+        sa.exists().where(
+            tickets.c.study_id == study_id, tickets.c.state.in_([s.value for s in states])
+        )
+    )
+    return bool(connection.scalar(query))
+
+
+def settle_locked(connection: sa.engine.Connection, study: sa.Row[Any], at: float) -> StudyStatus:
+    """Ends an active study whose work is done, whose time ran out or that failed too often.
+
+    Args:
+        connection: An open write transaction that locked ``study``.
+        study: The study's row.
+        at: The database time.
+
+    Returns:
+        The study's status afterwards.
+    """
+    status = StudyStatus(study.status)
+    if not status.is_active:
+        return status
+    errors = count_errors(connection, study.study_id)
+    if errors > study.failure_limit:
+        reason = f"{errors} trials failed (max_failed is {study.max_failed})"
+        new = StudyStatus.FAILED
+    elif study.issued >= study.n_trials and not has_tickets(
+        connection, study.study_id, TicketState.PENDING, TicketState.RUNNING
+    ):
+        reason, new = "all trials finished", StudyStatus.COMPLETED
+    elif (
+        study.deadline is not None
+        and study.deadline <= at
+        and not has_tickets(connection, study.study_id, TicketState.RUNNING)
+    ):
+        reason, new = "timeout reached", StudyStatus.COMPLETED
+    else:
+        return status
+    return new if change_status(connection, study, new, reason, at) else status

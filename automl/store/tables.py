@@ -1,0 +1,135 @@
+"""automl's own tables, next to Optuna's in the same database (SQLAlchemy Core).
+
+Optuna's schema stays the source of truth for trials (params, values, curves, attributes);
+these tables hold only what Optuna cannot change atomically:
+
+- ``automl_studies``: one row per study (id = Optuna's study id) with its lifecycle status
+  and its budget counters. Every change is a compare-and-set ``UPDATE``.
+- ``automl_tickets``: one row per logical trial, i.e. per budget unit that was handed out
+  or enqueued. A worker holds a ticket under a lease (worker id + attempt) while it runs
+  an Optuna trial for it; a lost lease puts the ticket back in the queue.
+- ``automl_artifacts``/``automl_artifact_chunks``: the SQL artifact store.
+
+All times are seconds since the epoch, read from the database clock (``db_now()``), so
+workers on machines with skewed clocks agree on heartbeat ages.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+metadata = sa.MetaData()
+
+
+class TicketState(StrEnum):
+    """Where a logical trial is: queued, held by a worker, ended, or dropped."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class TicketSource(StrEnum):
+    """Who created a ticket."""
+
+    SAMPLER = "sampler"  # a fresh budget unit; the sampler proposes the params
+    ENQUEUED = "enqueued"  # a configuration given by the user
+
+
+DELETING = "deleting"
+"""Internal study status while its rows and artifacts are being removed (never listed)."""
+
+studies = sa.Table(
+    "automl_studies",
+    metadata,
+    sa.Column("study_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(512), nullable=False),
+    sa.Column("project", sa.String(128), nullable=False, server_default="default"),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("status_reason", sa.Text),
+    sa.Column("n_trials", sa.Integer, nullable=False),
+    sa.Column("issued", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_retries", sa.Integer, nullable=False),
+    sa.Column("max_failed", sa.Integer, nullable=False),
+    sa.Column("failure_limit", sa.Integer, nullable=False),
+    sa.Column("timeout", sa.Float),
+    sa.Column("deadline", sa.Float),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("idempotency_key", sa.String(256), unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Index("ix_automl_studies_status", "status"),
+)
+
+tickets = sa.Table(
+    "automl_tickets",
+    metadata,
+    sa.Column("ticket_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study_id", sa.Integer, nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("params", sa.Text),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("outcome", sa.String(16)),
+    sa.Column("failure", sa.String(32)),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("retries", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("trial_id", sa.Integer),
+    sa.Column("trial_number", sa.Integer),
+    sa.Column("worker_id", sa.String(256)),
+    sa.Column("heartbeat_at", sa.Float),
+    sa.Column("checkpoint", sa.String(256)),
+    sa.Column("checkpoint_epoch", sa.Integer),
+    sa.Column("exclusive", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    # Covers the per-state counts (GROUP BY state, outcome) and the EXISTS checks.
+    sa.Index("ix_automl_tickets_study_state", "study_id", "state", "outcome"),
+    sa.Index("ix_automl_tickets_state_heartbeat", "state", "heartbeat_at"),
+    sa.Index("ix_automl_tickets_study_failure", "study_id", "failure"),
+)
+
+artifacts = sa.Table(
+    "automl_artifacts",
+    metadata,
+    sa.Column("artifact_id", sa.String(256), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+artifact_chunks = sa.Table(
+    "automl_artifact_chunks",
+    metadata,
+    sa.Column("artifact_id", sa.String(256), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+
+class db_now(FunctionElement[float]):
+    """The database's current time in seconds since the epoch (a float)."""
+
+    type = sa.Float()
+    inherit_cache = True
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element: db_now, compiler: Any, **kw: Any) -> str:
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+@compiles(db_now)
+def _db_now_default(element: db_now, compiler: Any, **kw: Any) -> str:
+    return "EXTRACT(EPOCH FROM CLOCK_TIMESTAMP())"
+
+
+def create_tables(engine: sa.engine.Engine) -> None:
+    """Creates the tables and indexes that do not exist yet (idempotent)."""
+    metadata.create_all(engine, checkfirst=True)

@@ -1,0 +1,183 @@
+"""What a worker asks of the shared state, behind one small interface.
+
+``Coordinator`` is every call a worker makes about *work* (claim a ticket, beat, record,
+finish, release, settle); the trial itself goes through an Optuna ``BaseStorage`` and the
+weights through an artifact store. ``SqlCoordinator`` talks to the database directly; a
+remote implementation (through a proxy that holds the database connections) only has to
+provide the same methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from optuna.storages import BaseStorage
+
+from automl.spec import StudySpec
+from automl.store import (
+    ArtifactStore,
+    FailureKind,
+    Lease,
+    LeaseLostError,
+    LeaseStatus,
+    Store,
+    StudyNotFoundError,
+    StudyStatus,
+    claim,
+    finish,
+    get_status,
+    heartbeat,
+    load_spec,
+    read_checkpoint,
+    record_checkpoint,
+    record_params,
+    record_trial,
+    release,
+    remove_quietly,
+    settle_due,
+    settle_study,
+    write_checkpoint,
+)
+
+
+class Coordinator(Protocol):
+    """The worker's side of the claim protocol (see ``automl.store.leases``)."""
+
+    storage: BaseStorage
+    """Optuna storage for the trials themselves."""
+    artifacts: ArtifactStore
+    """Where weights go."""
+
+    def claim(self, worker_id: str, study_id: int | None) -> Lease | None:
+        """Takes the next unit of work, or None if there is none."""
+        ...
+
+    def heartbeat(self, lease: Lease) -> LeaseStatus:
+        """Beats; says whether the lease is held and the study still active."""
+        ...
+
+    def record_trial(self, lease: Lease, trial_id: int, number: int) -> None:
+        """Links the lease's attempt to its Optuna trial (raises ``LeaseLostError``)."""
+        ...
+
+    def record_params(self, lease: Lease, params: dict[str, Any]) -> None:
+        """Keeps the attempt's params for a retry (raises ``LeaseLostError``)."""
+        ...
+
+    def save_checkpoint(self, lease: Lease, blob: bytes, epoch: int) -> None:
+        """Stores a checkpoint all-or-nothing and makes it the ticket's latest."""
+        ...
+
+    def load_checkpoint(self, lease: Lease) -> bytes | None:
+        """The checkpoint the lease's ticket resumes from, if any."""
+        ...
+
+    def finish(self, lease: Lease, outcome: str, failure: FailureKind | None) -> None:
+        """Ends the ticket after its trial was told (raises ``LeaseLostError``)."""
+        ...
+
+    def release(
+        self, lease: Lease, failure: FailureKind, error: str, *, requeue: bool = True
+    ) -> bool:
+        """Gives the ticket back (or, without ``requeue``, ends it failed) and fails its
+        attempt's trial; False if the lease was already lost."""
+        ...
+
+    def settle(self, study_id: int) -> StudyStatus | None:
+        """Ends the study if its work is done; its status (None if it is gone)."""
+        ...
+
+    def settle_due(self) -> None:
+        """Ends every active study whose work is done or whose time ran out."""
+        ...
+
+    def spec(self, study_id: int) -> StudySpec:
+        """The study's spec."""
+        ...
+
+    def status(self, study_id: int) -> StudyStatus | None:
+        """The study's status (None if it is gone)."""
+        ...
+
+
+class SqlCoordinator:
+    """``Coordinator`` on the store's database.
+
+    Args:
+        store: The open store.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.storage: BaseStorage = store.storage
+        self.artifacts: ArtifactStore = store.artifacts
+
+    def claim(self, worker_id: str, study_id: int | None) -> Lease | None:
+        """See ``Coordinator.claim``."""
+        return claim(self.store, worker_id, study_id)
+
+    def heartbeat(self, lease: Lease) -> LeaseStatus:
+        """See ``Coordinator.heartbeat``."""
+        return heartbeat(self.store, lease)
+
+    def record_trial(self, lease: Lease, trial_id: int, number: int) -> None:
+        """See ``Coordinator.record_trial``."""
+        record_trial(self.store, lease, trial_id, number)
+
+    def record_params(self, lease: Lease, params: dict[str, Any]) -> None:
+        """See ``Coordinator.record_params``."""
+        record_params(self.store, lease, params)
+
+    def save_checkpoint(self, lease: Lease, blob: bytes, epoch: int) -> None:
+        """Writes the blob under a new id, points the ticket at it, drops the old one."""
+        artifact_id = write_checkpoint(self.artifacts, lease.study_id, lease.ticket_id, blob)
+        try:
+            previous = record_checkpoint(self.store, lease, artifact_id, epoch)
+        except BaseException:
+            remove_quietly(self.artifacts, artifact_id)
+            raise
+        if previous is not None:
+            remove_quietly(self.artifacts, previous)
+
+    def load_checkpoint(self, lease: Lease) -> bytes | None:
+        """See ``Coordinator.load_checkpoint``."""
+        if lease.checkpoint is None:
+            return None
+        return read_checkpoint(self.artifacts, lease.checkpoint)
+
+    def finish(self, lease: Lease, outcome: str, failure: FailureKind | None) -> None:
+        """Ends the ticket and deletes its last checkpoint."""
+        checkpoint = finish(self.store, lease, outcome, failure)
+        if checkpoint is not None:
+            remove_quietly(self.artifacts, checkpoint)
+
+    def release(
+        self, lease: Lease, failure: FailureKind, error: str, *, requeue: bool = True
+    ) -> bool:
+        """See ``Coordinator.release``."""
+        return release(self.store, lease, failure, error, requeue=requeue)
+
+    def settle(self, study_id: int) -> StudyStatus | None:
+        """See ``Coordinator.settle``."""
+        try:
+            return settle_study(self.store, study_id)
+        except StudyNotFoundError:
+            return None
+
+    def settle_due(self) -> None:
+        """See ``Coordinator.settle_due``."""
+        settle_due(self.store)
+
+    def spec(self, study_id: int) -> StudySpec:
+        """See ``Coordinator.spec``."""
+        return load_spec(self.store, study_id)
+
+    def status(self, study_id: int) -> StudyStatus | None:
+        """See ``Coordinator.status``."""
+        try:
+            return get_status(self.store, study_id)
+        except StudyNotFoundError:
+            return None
+
+
+__all__ = ["Coordinator", "LeaseLostError", "SqlCoordinator"]

@@ -1,0 +1,82 @@
+"""The heartbeat of a held lease: a background thread, so a long epoch still beats."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from automl.store import Backoff, Lease, LeaseStatus, is_transient
+from automl.worker.coordinator import Coordinator
+
+logger = logging.getLogger("automl.worker")
+
+
+class LeaseKeeper:
+    """Beats for one lease every ``interval`` seconds until stopped.
+
+    ``lost`` is set once the lease is gone (the reaper took it, the study was deleted);
+    ``study_ended`` once the study is no longer active (cancelled, failed, timed out).
+    Either means: stop training now. Database errors are retried at the next beat and
+    logged once per outage.
+
+    Args:
+        coordinator: Where to beat.
+        lease: The lease to keep.
+        interval: Seconds between beats.
+        backoff: Shared outage logging.
+    """
+
+    def __init__(
+        self, coordinator: Coordinator, lease: Lease, interval: float, backoff: Backoff
+    ) -> None:
+        self.coordinator, self.lease, self.interval = coordinator, lease, interval
+        self.backoff = backoff
+        self.lost = threading.Event()
+        self.study_ended = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-{lease.ticket_id}", daemon=True
+        )
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether the trial must stop (lease lost or study ended)."""
+        return self.lost.is_set() or self.study_ended.is_set()
+
+    def beat(self) -> LeaseStatus | None:
+        """Beats once now; returns what it learned (None on a database error)."""
+        with self._lock:  # the thread and an epoch-end check never beat at once
+            try:
+                status = self.coordinator.heartbeat(self.lease)
+            except Exception as exc:
+                if not is_transient(exc):
+                    logger.exception("heartbeat of ticket %s failed", self.lease.ticket_id)
+                else:
+                    self.backoff.failed(exc, "beating")
+                return None
+        self.backoff.succeeded()
+        if not status.held and not self.lost.is_set():
+            logger.warning(
+                "lost the lease of ticket %s (attempt %s): stopping its trial",
+                self.lease.ticket_id,
+                self.lease.attempt,
+            )
+            self.lost.set()
+        if not status.study_active:
+            self.study_ended.set()
+        return status
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+            if self.lost.is_set():
+                return

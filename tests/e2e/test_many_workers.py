@@ -1,0 +1,396 @@
+"""Many real worker processes against one database, while things go wrong.
+
+Workers are killed (``kill -9``), all at once, stopped (SIGSTOP) past the grace period,
+cut off from PostgreSQL, or race for user-enqueued configurations. Small heartbeat and
+grace settings keep each scenario to seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from automl.spec import StudySpec
+from automl.store import (
+    Store,
+    StudyStatus,
+    attrs,
+    enqueue_trials,
+    get_study,
+    open_weights,
+    reap_stale,
+    submit_study,
+    tables,
+)
+from tests.conftest import free_port, store_at, wait_healthy
+from tests.netproxy import TcpProxy
+
+pytestmark = pytest.mark.slow
+
+SpecFactory = Callable[..., StudySpec]
+
+HEARTBEAT_S, GRACE_S, REAP_S = 0.2, 2.0, 0.5
+FAST_LEASES = {
+    "AUTOML_HEARTBEAT_INTERVAL": str(HEARTBEAT_S),
+    "AUTOML_GRACE_PERIOD": str(GRACE_S),
+    "AUTOML_REAP_INTERVAL": str(REAP_S),
+    "AUTOML_POLL_INTERVAL": "0.2",
+}
+STUDY_TIMEOUT_S = 240
+SMALL_TRAIN = {"source": "digits", "options": {"val_fraction": 0.9}}
+"""180 training images: epochs of a few batches, so trials are short but many epochs long."""
+
+
+class Fleet:
+    """Real ``automl worker`` processes on one storage URL, started and killed at will."""
+
+    def __init__(
+        self, url: str, tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.url, self.tmp_path, self.extra = url, tmp_path, extra
+        self.env = {**FAST_LEASES, **(env or {})}
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+
+    def start(self, count: int = 1) -> None:
+        """Starts ``count`` more workers."""
+        for _ in range(count):
+            log = self.tmp_path / f"worker{len(self.logs)}.log"
+            env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+            env["AUTOML_ARTIFACTS_DIR"] = str(self.tmp_path / "artifacts")
+            env.pop("AUTOML_STORAGE", None)
+            command = [sys.executable, "-m", "automl", "--log-level", "INFO", "worker"]
+            command += ["--storage", self.url, "--device", "cpu", "--threads", "1", *self.extra]
+            with log.open("wb") as out:
+                self.processes.append(
+                    subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+                )
+            self.logs.append(log)
+
+    def alive(self) -> list[subprocess.Popen[bytes]]:
+        """The workers still running."""
+        return [process for process in self.processes if process.poll() is None]
+
+    def output(self) -> str:
+        """Every worker's log."""
+        return "\n".join(f"--- {log.name}\n{log.read_text()}" for log in self.logs)
+
+    def stop(self) -> None:
+        """Kills whatever still runs."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def fleet_factory(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
+    """Makes fleets; kills their workers at the end of the test."""
+    fleets: list[Fleet] = []
+
+    def make(url: str, *extra: str, env: dict[str, str] | None = None) -> Fleet:
+        fleet = Fleet(url, tmp_path, *extra, env=env)
+        fleets.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in fleets:
+        fleet.stop()
+
+
+def _running(store: Store, study_id: int, min_epochs: int = 1) -> dict[int, int]:
+    """pid -> ticket of the workers holding a ticket whose trial reported ``min_epochs``."""
+    with store.read() as connection:
+        rows = connection.execute(
+            sa.select(
+                tables.tickets.c.ticket_id, tables.tickets.c.worker_id, tables.tickets.c.trial_id
+            ).where(tables.tickets.c.study_id == study_id, tables.tickets.c.state == "running")
+        ).all()
+    holders = {}
+    for ticket_id, worker_id, trial_id in rows:
+        if trial_id is None:
+            continue
+        if len(store.storage.get_trial(trial_id).intermediate_values) >= min_epochs:
+            holders[int(worker_id.split(":")[-2])] = ticket_id
+    return holders
+
+
+def _wait(
+    condition: Callable[[], bool], what: str, output: Callable[[], str], timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}\n{output()}")
+        time.sleep(0.1)
+
+
+def _wait_for_end(store: Store, study_id: int, fleet: Fleet) -> None:
+    _wait(
+        lambda: not get_study(store, study_id).status.is_active,
+        f"study {study_id} to end",
+        lambda: f"{get_study(store, study_id)}\n{fleet.output()}",
+        STUDY_TIMEOUT_S,
+    )
+
+
+def _check_intact(store: Store, trial: FrozenTrial, epochs: int) -> None:
+    """A completed trial has its value, full curve and history, and readable weights."""
+    assert trial.state == TrialState.COMPLETE
+    assert trial.values is not None and 0 <= trial.values[0] <= 1
+    assert sorted(trial.intermediate_values) == list(range(1, epochs + 1))
+    assert len(trial.user_attrs[attrs.HISTORY]) == epochs
+    with open_weights(trial, store.artifacts) as reader:
+        weights = torch.load(io.BytesIO(reader.read()), weights_only=True)
+    assert weights and all(isinstance(v, torch.Tensor) for v in weights.values())
+
+
+# --- (a) kill -9 ------------------------------------------------------------------------------
+
+
+def test_kill_9_of_random_workers_loses_no_trial(
+    storage_url: str, tiny_spec: SpecFactory, tmp_path: Path, fleet_factory: Callable[..., Fleet]
+) -> None:
+    epochs = 10
+    store = store_at(storage_url, tmp_path)
+    fleet = fleet_factory(storage_url)
+    try:
+        spec = tiny_spec(
+            dataset=SMALL_TRAIN,
+            budget={"n_trials": 24, "max_failed": 0, "max_retries": 10},
+            fixed={"epochs": epochs, "width": 8, "depth": 1, "batch_size": 64},
+        )
+        study_id = submit_study(store, spec).id
+        fleet.start(4)
+        rng = random.Random(7)
+        holders: dict[int, int] = {}
+
+        def found() -> bool:
+            holders.clear()
+            holders.update(_running(store, study_id))
+            return bool(holders)
+
+        for _ in range(6):
+            _wait(found, "a trial past its first epoch", fleet.output, 120)
+            victim = rng.choice(sorted(holders))
+            os.kill(victim, signal.SIGKILL)
+            fleet.start(1)  # keep four workers
+        _wait_for_end(store, study_id, fleet)
+
+        detail = get_study(store, study_id)
+        assert detail.status == StudyStatus.COMPLETED, detail
+        counts = detail.counts
+        assert (counts.complete, counts.finished, counts.running, counts.waiting) == (24, 24, 0, 0)
+        trials = store.storage.get_all_trials(study_id)
+        assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        lost = [t for t in trials if t.state == TrialState.FAIL]
+        assert len(complete) == 24
+        assert len({t.user_attrs[attrs.TICKET] for t in complete}) == 24
+        assert 1 <= len(lost) <= 6
+        assert {t.user_attrs[attrs.FAILURE] for t in lost} == {"worker_lost"}
+        for trial in complete:
+            _check_intact(store, trial, epochs)
+        # Retried tickets resumed from their checkpoints: the curve continues the lost one.
+        by_ticket = {t.user_attrs[attrs.TICKET]: t for t in lost}
+        resumed = [t for t in complete if t.user_attrs.get(attrs.RESUMED_FROM_EPOCH)]
+        assert resumed, fleet.output()
+        for trial in resumed:
+            before = by_ticket.get(trial.user_attrs[attrs.TICKET])
+            start = trial.user_attrs[attrs.RESUMED_FROM_EPOCH]
+            if before is not None and before.intermediate_values:
+                for step in range(1, start + 1):
+                    assert trial.intermediate_values[step] == before.intermediate_values[step]
+    finally:
+        store.close()
+
+
+# --- (b) every worker killed: the API's reaper alone -------------------------------------------
+
+
+def test_api_reaper_requeues_when_every_worker_died(
+    sqlite_url: str, tiny_spec: SpecFactory, tmp_path: Path, fleet_factory: Callable[..., Fleet]
+) -> None:
+    store = store_at(sqlite_url, tmp_path)
+    port = free_port()
+    env = {**os.environ, **FAST_LEASES, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "automl", "serve", "--port", str(port), "--storage", sqlite_url],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    fleet = fleet_factory(sqlite_url)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", server, log.read_text)
+        spec = tiny_spec(
+            budget={"n_trials": 2, "max_failed": 0},
+            fixed={"epochs": 300, "width": 8, "depth": 1, "batch_size": 128},
+        )
+        study_id = submit_study(store, spec).id
+        fleet.start(2)
+        _wait(lambda: len(_running(store, study_id)) == 2, "two running trials", fleet.output, 120)
+        for process in fleet.processes:
+            process.kill()
+        killed_at = datetime.now(UTC).replace(tzinfo=None)
+        for process in fleet.processes:
+            process.wait()
+
+        def requeued() -> bool:
+            counts = get_study(store, study_id).counts
+            return (counts.waiting, counts.running) == (2, 0)
+
+        _wait(requeued, "the API to re-queue both trials", log.read_text, GRACE_S + REAP_S + 30)
+        lost = store.storage.get_all_trials(study_id)
+        assert [t.user_attrs[attrs.FAILURE] for t in lost] == ["worker_lost"] * 2
+        for trial in lost:
+            assert trial.datetime_complete is not None
+            # Never before the grace period: a live worker beats at least that often.
+            waited = trial.datetime_complete.astimezone(UTC).replace(tzinfo=None) - killed_at
+            assert waited.total_seconds() >= GRACE_S - HEARTBEAT_S - 0.1
+        assert "reaped trial(s)" in log.read_text()
+        response = httpx.get(f"http://127.0.0.1:{port}/studies/{study_id}", timeout=10)
+        assert response.json()["counts"]["waiting"] == 2
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        store.close()
+
+
+# --- (c) racing for enqueued configurations ----------------------------------------------------
+
+
+def test_eight_workers_run_each_enqueued_config_once(
+    postgres_url: str, tiny_spec: SpecFactory, tmp_path: Path, fleet_factory: Callable[..., Fleet]
+) -> None:
+    """PostgreSQL only: SQLite serializes every claim anyway (its claim race is covered in
+    tests/store/test_leases.py on both backends, with threads)."""
+    storage_url = postgres_url
+    store = store_at(storage_url, tmp_path)
+
+    # Eight workers on two cores: a grace period that no slow-but-alive worker exceeds.
+    fleet = fleet_factory(storage_url, "--exit-when-idle", env={"AUTOML_GRACE_PERIOD": "60"})
+    try:
+        spec = tiny_spec(dataset=SMALL_TRAIN, budget={"n_trials": 24, "max_failed": 0})
+        study_id = submit_study(store, spec).id
+        configs = [{"optimizer": "adam", "lr": round(0.001 + i * 0.0003, 6)} for i in range(24)]
+        enqueue_trials(store, study_id, configs)
+        fleet.start(8)
+        codes = [process.wait(timeout=STUDY_TIMEOUT_S) for process in fleet.processes]
+        assert codes == [0] * 8, fleet.output()
+
+        trials = store.storage.get_all_trials(study_id)
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 24
+        assert sorted(t.params["lr"] for t in trials) == sorted(c["lr"] for c in configs)
+        detail = get_study(store, study_id)
+        assert (detail.status, detail.counts.complete) == (StudyStatus.COMPLETED, 24)
+    finally:
+        store.close()
+
+
+# --- (d) connections dropped and the database unreachable --------------------------------------
+
+
+def test_workers_survive_dropped_connections_and_an_outage(
+    postgres_url: str, tiny_spec: SpecFactory, tmp_path: Path, fleet_factory: Callable[..., Fleet]
+) -> None:
+    server = sa.engine.make_url(postgres_url)
+    store = store_at(postgres_url, tmp_path)
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with TcpProxy(server.host or "127.0.0.1", server.port or 5432) as proxy:
+        fleet = fleet_factory(proxy.url_for(postgres_url))
+        try:
+            spec = tiny_spec(
+                dataset=SMALL_TRAIN,
+                budget={"n_trials": 8, "max_failed": 0},
+                fixed={"epochs": 10, "width": 8, "depth": 1, "batch_size": 64},
+            )
+            study_id = submit_study(store, spec).id
+            fleet.start(2)
+            _wait(lambda: bool(_running(store, study_id)), "a running trial", fleet.output, 120)
+
+            with admin.connect() as connection:
+                terminated = connection.execute(
+                    sa.text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = :db AND pid <> pg_backend_pid()"
+                    ),
+                    {"db": server.database},
+                ).scalar()
+            assert terminated
+            time.sleep(1)
+            proxy.cut()  # unreachable for 5 s
+            time.sleep(5)
+            proxy.restore()
+
+            _wait_for_end(store, study_id, fleet)
+            assert len(fleet.alive()) == 2, fleet.output()  # no worker exited
+            detail = get_study(store, study_id)
+            assert (detail.status, detail.counts.complete) == (StudyStatus.COMPLETED, 8)
+            trials = store.storage.get_all_trials(study_id)
+            assert TrialState.RUNNING not in {t.state for t in trials}
+            assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 8
+            outage_lines = fleet.output().count("storage unavailable while")
+            assert 1 <= outage_lines <= 12, fleet.output()  # once per interval, not per try
+        finally:
+            admin.dispose()
+            store.close()
+
+
+# --- (e) a stopped worker's stale result -------------------------------------------------------
+
+
+def test_a_worker_stopped_past_the_grace_period_is_refused(
+    storage_url: str, tiny_spec: SpecFactory, tmp_path: Path, fleet_factory: Callable[..., Fleet]
+) -> None:
+    epochs = 20
+    store = store_at(storage_url, tmp_path)
+    fleet = fleet_factory(storage_url, "--exit-when-idle")
+    try:
+        spec = tiny_spec(
+            dataset=SMALL_TRAIN,
+            budget={"n_trials": 1, "max_failed": 0},
+            fixed={"epochs": epochs, "width": 8, "depth": 1, "batch_size": 64},
+        )
+        study_id = submit_study(store, spec).id
+        fleet.start(1)
+        [worker] = fleet.processes
+        _wait(lambda: bool(_running(store, study_id)), "a running trial", fleet.output, 120)
+        worker.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(GRACE_S + 0.5)
+            [reaped] = reap_stale(store, GRACE_S)  # what the API's reaper would do
+        finally:
+            worker.send_signal(signal.SIGCONT)
+        assert reaped.result == "requeued"
+        assert worker.wait(timeout=STUDY_TIMEOUT_S) == 0, fleet.output()
+
+        first, second = store.storage.get_all_trials(study_id)
+        assert (first.state, first.user_attrs[attrs.FAILURE]) == (TrialState.FAIL, "worker_lost")
+        assert len(first.intermediate_values) < epochs  # it stopped once it woke up
+        _check_intact(store, second, epochs)
+        detail = get_study(store, study_id)
+        assert (detail.status, detail.counts.complete, detail.counts.finished) == (
+            StudyStatus.COMPLETED,
+            1,
+            1,
+        )
+        assert "reaped" in fleet.output()
+    finally:
+        store.close()

@@ -1,0 +1,70 @@
+"""Helpers that play a worker's part against the store, without training anything."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from optuna.distributions import FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from automl.store import FailureKind, Lease, Store, attrs, claim, finish, record_trial
+
+Outcome = float | Sequence[float] | TrialState | FailureKind
+"""How to end a driven trial: its value(s), PRUNED, FAIL (an ``error`` failure), a failure
+kind, or RUNNING (left running)."""
+
+
+def start_trial(
+    store: Store, study_id: int | None = None, worker: str = "worker-a"
+) -> tuple[Lease, int]:
+    """Claims a ticket and creates its Optuna trial as a worker does; returns both."""
+    lease = claim(store, worker, study_id)
+    assert lease is not None, "nothing to claim"
+    template = FrozenTrial(
+        number=0,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=datetime.now(),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={attrs.LEASE: lease.key, attrs.TICKET: lease.ticket_id},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=0,
+    )
+    trial_id = store.storage.create_new_trial(lease.study_id, template)
+    number = store.storage.get_trial(trial_id).number
+    record_trial(store, lease, trial_id, number)
+    return lease, trial_id
+
+
+def end_trial(store: Store, lease: Lease, trial_id: int, outcome: Outcome) -> None:
+    """Tells Optuna how the trial ended and ends its ticket, as a worker does."""
+    storage = store.storage
+    if isinstance(outcome, FailureKind) or outcome == TrialState.FAIL:
+        kind = outcome if isinstance(outcome, FailureKind) else FailureKind.ERROR
+        storage.set_trial_user_attr(trial_id, attrs.FAILURE, kind.value)
+        storage.set_trial_user_attr(trial_id, attrs.ERROR, f"{kind.value} in test")
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        finish(store, lease, "fail", kind)
+    elif outcome == TrialState.PRUNED:
+        storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+        finish(store, lease, "pruned")
+    else:
+        values = list(outcome) if isinstance(outcome, Sequence) else [float(outcome)]  # type: ignore[arg-type]
+        storage.set_trial_param(trial_id, "x", 0.5, FloatDistribution(0, 1))
+        storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values)
+        finish(store, lease, "complete")
+
+
+def drive(store: Store, study_id: int, outcomes: Sequence[Outcome]) -> list[tuple[Lease, int]]:
+    """Runs one trial per outcome; RUNNING leaves it running. Returns the leases."""
+    started = []
+    for outcome in outcomes:
+        lease, trial_id = start_trial(store, study_id)
+        started.append((lease, trial_id))
+        if outcome != TrialState.RUNNING:
+            end_trial(store, lease, trial_id, outcome)
+    return started

@@ -1,0 +1,83 @@
+"""Which database errors count as transient, and how waiting for them is logged."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import sqlalchemy
+from optuna.exceptions import StorageInternalError
+
+from automl.store import Backoff, StorageUnavailableError, is_transient, retry_transient
+
+
+def _operational() -> sqlalchemy.exc.OperationalError:
+    return sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed"))
+
+
+def _wrapped_by_optuna(cause: BaseException) -> StorageInternalError:
+    try:
+        raise StorageInternalError("An exception is raised during the commit.") from cause
+    except StorageInternalError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (_operational(), True),
+        (sqlalchemy.exc.InterfaceError("SELECT 1", {}, Exception("closed")), True),
+        (sqlalchemy.exc.TimeoutError("pool exhausted"), True),
+        (_wrapped_by_optuna(_operational()), True),
+        (StorageUnavailableError("down"), True),
+        (sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate")), False),
+        (_wrapped_by_optuna(ValueError("too long")), False),
+        (KeyError("no such study"), False),
+    ],
+)
+def test_is_transient(error: BaseException, transient: bool) -> None:
+    assert is_transient(error) is transient
+
+
+def test_backoff_logs_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    backoff = Backoff(logging.getLogger("test.backoff"), first=0.01, cap=0.05, log_interval=3600)
+    with caplog.at_level(logging.INFO, logger="test.backoff"):
+        delays = [backoff.failed(_operational(), "claiming") for _ in range(10)]
+        backoff.succeeded()
+        backoff.failed(_operational(), "claiming")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2  # one per outage, not one per attempt
+    assert "storage unavailable while claiming" in warnings[0].getMessage()
+    assert any("reachable again after 10" in r.getMessage() for r in caplog.records)
+    assert all(0 < delay <= 0.05 for delay in delays)
+
+
+def test_retry_transient_retries_only_transient_errors() -> None:
+    backoff = Backoff(logging.getLogger("test.retry"), first=0.001, cap=0.001)
+    calls = {"n": 0}
+
+    def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise _operational()
+        return "ok"
+
+    assert retry_transient(flaky, backoff=backoff, doing="x") == "ok"
+    assert calls["n"] == 3
+
+    def broken() -> None:
+        calls["n"] += 1
+        raise ValueError("bug")
+
+    calls["n"] = 0
+    with pytest.raises(ValueError):
+        retry_transient(broken, backoff=backoff, doing="x")
+    assert calls["n"] == 1
+
+    def down() -> None:
+        raise _operational()
+
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        retry_transient(down, backoff=backoff, doing="x", attempts=3)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        retry_transient(down, backoff=backoff, doing="x", give_up=lambda: True)

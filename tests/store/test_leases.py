@@ -1,0 +1,204 @@
+"""Claims and leases: exact budgets under concurrency, compare-and-set on every change."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from automl.spec import StudySpec
+from automl.store import (
+    FailureKind,
+    LeaseLostError,
+    Store,
+    StudyStatus,
+    attrs,
+    cancel_study,
+    claim,
+    enqueue_trials,
+    finish,
+    get_study,
+    heartbeat,
+    record_checkpoint,
+    record_params,
+    release,
+    submit_study,
+    tables,
+)
+from tests.conftest import store_at
+from tests.store.conftest import start_trial
+
+SpecFactory = Callable[..., StudySpec]
+
+
+def test_claims_take_the_oldest_active_study_first(store: Store, tiny_spec: SpecFactory) -> None:
+    first = submit_study(store, tiny_spec(name="a", budget={"n_trials": 1})).id
+    second = submit_study(store, tiny_spec(name="b", budget={"n_trials": 2})).id
+    cancelled = submit_study(store, tiny_spec(name="c", budget={"n_trials": 2})).id
+    cancel_study(store, cancelled)
+
+    claimed = [claim(store, "w") for _ in range(4)]
+
+    assert [lease.study_id if lease else None for lease in claimed] == [first, second, second, None]
+    assert [lease.attempt for lease in claimed if lease] == [1, 1, 1]
+    assert get_study(store, second).status == StudyStatus.RUNNING
+    assert claim(store, "w", study_id=first) is None
+
+
+def test_concurrent_claims_hand_out_each_unit_exactly_once(
+    storage_url: str, tiny_spec: SpecFactory, tmp_path: Path
+) -> None:
+    """Threads with stores of their own race for 12 fresh units and 6 enqueued configs."""
+    setup = store_at(storage_url, tmp_path)
+    study_id = submit_study(setup, tiny_spec(budget={"n_trials": 18})).id
+    enqueue_trials(setup, study_id, [{"lr": 0.001 + i / 1000} for i in range(6)])
+    n_threads = 4
+    claimed: list[tuple[int, str]] = []
+    errors: list[BaseException] = []
+    lock, start = threading.Lock(), threading.Barrier(n_threads)
+
+    def claim_all(index: int) -> None:
+        mine = store_at(storage_url, tmp_path)
+        try:
+            start.wait()
+            for _ in range(19):  # bounded: a regression must fail, not spin
+                lease = claim(mine, f"w{index}")
+                if lease is None:
+                    return
+                with lock:
+                    claimed.append((lease.ticket_id, lease.source))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            mine.close()
+
+    threads = [threading.Thread(target=claim_all, args=(i,)) for i in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    try:
+        assert errors == []
+        assert len(claimed) == 18
+        assert len({ticket for ticket, _ in claimed}) == 18
+        assert sorted(source for _, source in claimed).count("enqueued") == 6
+        detail = get_study(setup, study_id)
+        assert (detail.counts.running, detail.counts.waiting) == (18, 0)
+    finally:
+        setup.close()
+
+
+def test_heartbeat_reports_a_lost_lease_and_an_ended_study(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec()).id
+    lease = claim(store, "w")
+    assert lease is not None
+    status = heartbeat(store, lease)
+    assert (status.held, status.study_active) == (True, True)
+
+    cancel_study(store, study_id)
+    status = heartbeat(store, lease)
+    assert (status.held, status.study_active) == (True, False)
+
+    stranger = type(lease)(**{**lease.__dict__, "worker_id": "someone-else"})
+    assert heartbeat(store, stranger).held is False
+
+
+def test_changes_under_a_lost_lease_are_refused(store: Store, tiny_spec: SpecFactory) -> None:
+    submit_study(store, tiny_spec())
+    lease, _ = start_trial(store)
+    assert release(store, lease, FailureKind.INTERRUPTED, "stopping")
+    again = claim(store, "other")
+    assert again is not None and again.ticket_id == lease.ticket_id and again.attempt == 2
+
+    with pytest.raises(LeaseLostError):
+        record_params(store, lease, {"lr": 0.01})
+    with pytest.raises(LeaseLostError):
+        record_checkpoint(store, lease, "ckpt", 1)
+    with pytest.raises(LeaseLostError):
+        finish(store, lease, "complete")
+    assert release(store, lease, FailureKind.INTERRUPTED, "late") is False
+    assert heartbeat(store, again).held
+
+
+def test_finish_is_safe_to_repeat(store: Store, tiny_spec: SpecFactory) -> None:
+    submit_study(store, tiny_spec(budget={"n_trials": 1}))
+    lease, _ = start_trial(store)
+    record_checkpoint(store, lease, "ckpt-1", 1)
+    assert finish(store, lease, "complete") == "ckpt-1"  # the caller deletes it
+    assert finish(store, lease, "complete") is None  # a retry after a lost answer
+    with pytest.raises(LeaseLostError):
+        finish(store, lease, "pruned")
+
+
+def test_record_checkpoint_returns_the_one_it_replaces(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    submit_study(store, tiny_spec())
+    lease, _ = start_trial(store)
+    assert record_checkpoint(store, lease, "ckpt-1", 1) is None
+    assert record_checkpoint(store, lease, "ckpt-2", 2) == "ckpt-1"
+    release(store, lease, FailureKind.INTERRUPTED, "stopping")
+    again = claim(store, "w2")
+    assert again is not None
+    assert (again.checkpoint, again.checkpoint_epoch) == ("ckpt-2", 2)
+
+
+def test_release_fails_the_attempt_and_requeues_without_using_a_retry(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_retries": 0})).id
+    lease, trial_id = start_trial(store)
+    record_params(store, lease, {"lr": 0.005, "optimizer": "adam"})
+
+    assert release(store, lease, FailureKind.INTERRUPTED, "worker stopping")
+
+    trial = store.storage.get_trial(trial_id)
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs[attrs.FAILURE] == "interrupted"
+    assert trial.user_attrs[attrs.ERROR] == "worker stopping"
+    assert get_study(store, study_id).counts.waiting == 1
+    again = claim(store, "w2")
+    assert again is not None
+    assert (again.ticket_id, again.params) == (lease.ticket_id, {"lr": 0.005, "optimizer": "adam"})
+
+
+def test_release_finds_an_unrecorded_trial_by_its_lease_key(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """A worker that created its trial but failed to record it still leaves nothing RUNNING."""
+    submit_study(store, tiny_spec())
+    lease, trial_id = start_trial(store)
+    with store.write() as connection:
+        connection.execute(
+            tables.tickets.update()
+            .where(tables.tickets.c.ticket_id == lease.ticket_id)
+            .values(trial_id=None, trial_number=None)
+        )
+    assert release(store, lease, FailureKind.INTERRUPTED, "no trial recorded")
+    assert store.storage.get_trial(trial_id).state == TrialState.FAIL
+
+
+def test_release_without_requeue_ends_the_ticket_failed(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
+    lease, _ = start_trial(store)
+    assert release(store, lease, FailureKind.ERROR, "sampler broke", requeue=False)
+    counts = get_study(store, study_id).counts
+    assert (counts.fail, counts.waiting) == (1, 0)
+
+
+def test_release_after_cancel_keeps_the_ticket_for_resume(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2})).id
+    lease, _ = start_trial(store)
+    cancel_study(store, study_id)
+    assert release(store, lease, FailureKind.CANCELLED, "study ended")
+    counts = get_study(store, study_id).counts
+    assert (counts.cancelled, counts.running, counts.waiting) == (1, 0, 0)

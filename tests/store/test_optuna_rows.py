@@ -1,0 +1,151 @@
+"""Pins the SQL automl runs on Optuna's tables against the installed Optuna's real schema.
+
+If an Optuna release renames a table, a column or an enum value these statements use,
+these tests fail on both backends before anything else does.
+"""
+
+from __future__ import annotations
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from automl.store import Store, optuna_rows, tables
+
+
+def _study(store: Store, name: str, direction: str = "maximize") -> tuple[optuna.Study, int]:
+    study = optuna.create_study(storage=store.storage, study_name=name, direction=direction)
+    return study, store.storage.get_study_id_from_name(name)
+
+
+def test_fail_running_trial_is_a_compare_and_set(store: Store) -> None:
+    study, _ = _study(store, "cas")
+    running, finished = study.ask(), study.ask()
+    study.tell(finished, 1.0)
+
+    with store.write() as connection:
+        assert optuna_rows.fail_running_trial(connection, running._trial_id, {"k": "v"})
+        assert not optuna_rows.fail_running_trial(connection, running._trial_id, {"k": "w"})
+        assert not optuna_rows.fail_running_trial(connection, finished._trial_id, {"k": "x"})
+        assert optuna_rows.trial_state(connection, finished._trial_id) == TrialState.COMPLETE
+        assert optuna_rows.trial_attr(connection, running._trial_id, "k") == "v"
+        assert optuna_rows.trial_state(connection, 987_654) is None
+
+    failed = store.storage.get_trial(running._trial_id)
+    assert failed.state == TrialState.FAIL
+    assert failed.datetime_complete is not None and failed.duration is not None
+    assert failed.duration.total_seconds() >= 0
+    assert failed.user_attrs == {"k": "v"}
+    assert store.storage.get_trial(finished._trial_id).user_attrs == {}
+
+
+def test_put_attrs_replace_and_are_read_by_optuna(store: Store) -> None:
+    study, study_id = _study(store, "attrs")
+    trial = study.ask()
+    study.set_user_attr("keep", 1)
+    with store.write() as connection:
+        optuna_rows.put_study_attrs(connection, study_id, {"status": "queued", "n": [1, 2]})
+        optuna_rows.put_study_attrs(connection, study_id, {"status": "running"})
+        optuna_rows.put_trial_attrs(connection, trial._trial_id, {"a": {"b": None}})
+    assert store.storage.get_study_user_attrs(study_id) == {
+        "keep": 1,
+        "status": "running",
+        "n": [1, 2],
+    }
+    assert store.storage.get_trial_user_attrs(trial._trial_id) == {"a": {"b": None}}
+
+
+def test_counts_pages_and_best_values(store: Store) -> None:
+    high, high_id = _study(store, "high")
+    low, low_id = _study(store, "low", "minimize")
+    for value in (0.3, 0.9, 0.5):
+        high.tell(high.ask(), value)
+    high.tell(high.ask(), state=TrialState.FAIL)
+    high.ask()
+    for value in (4.0, 2.0):
+        low.tell(low.ask(), value)
+
+    with store.read() as connection:
+        assert optuna_rows.count_trials(connection, high_id) == 5
+        assert optuna_rows.count_trials(connection, high_id, TrialState.COMPLETE) == 3
+        assert optuna_rows.count_trials(connection, high_id, TrialState.RUNNING) == 1
+        ids = optuna_rows.page_trial_ids(connection, high_id, None, limit=2, offset=1)
+        running = optuna_rows.page_trial_ids(connection, high_id, TrialState.RUNNING, 10, 0)
+        best = optuna_rows.best_values(connection, [high_id], [low_id])
+        best_high = optuna_rows.best_trial_id(connection, high_id, maximize=True)
+        best_low = optuna_rows.best_trial_id(connection, low_id, maximize=False)
+        taken = optuna_rows.taken_study_names(connection, ["high", "nope", "low"])
+    assert [store.storage.get_trial(i).number for i in ids] == [1, 2]
+    assert [store.storage.get_trial(i).number for i in running] == [4]
+    assert best == {high_id: 0.9, low_id: 2.0}
+    assert store.storage.get_trial(best_high).value == 0.9
+    assert store.storage.get_trial(best_low).value == 2.0
+    assert taken == {"high", "low"}
+
+
+def test_running_trials_are_found_by_a_user_attribute(store: Store) -> None:
+    study, study_id = _study(store, "lease")
+    mine, other, done = study.ask(), study.ask(), study.ask()
+    mine.set_user_attr("automl.lease", "7:1")
+    other.set_user_attr("automl.lease", "7:2")
+    done.set_user_attr("automl.lease", "7:1")
+    study.tell(done, 1.0)
+    with store.read() as connection:
+        found = optuna_rows.running_trials_with_attr(connection, study_id, "automl.lease", "7:1")
+    assert found == [mine._trial_id]
+
+
+def test_studies_with_an_attribute_but_no_automl_row(store: Store) -> None:
+    known, known_id = _study(store, "known")
+    orphan, orphan_id = _study(store, "orphan")
+    _study(store, "plain")
+    known.set_user_attr("automl.created_at", "2026-01-01T00:00:00+00:00")
+    orphan.set_user_attr("automl.created_at", "2026-01-02T00:00:00+00:00")
+    with store.write() as connection:
+        connection.execute(
+            tables.studies.insert().values(
+                study_id=known_id,
+                name="known",
+                status="queued",
+                n_trials=1,
+                max_retries=0,
+                max_failed=0,
+                failure_limit=0,
+                seed=0,
+                spec="{}",
+                created_at=0.0,
+            )
+        )
+    with store.read() as connection:
+        found = optuna_rows.studies_with_attr_not_in(
+            connection, "automl.created_at", sa.select(tables.studies.c.study_id)
+        )
+    assert found == {orphan_id: "2026-01-02T00:00:00+00:00"}
+
+
+def test_load_trials_matches_optuna(store: Store) -> None:
+    study, _ = _study(store, "load")
+    first = study.ask()
+    first.suggest_float("lr", 1e-4, 1e-1, log=True)
+    first.suggest_categorical("optimizer", ["adam", "sgd"])
+    first.suggest_int("width", 8, 64, step=8)
+    first.report(0.5, 1)
+    first.report(float("inf"), 2)
+    first.set_user_attr("metrics", {"accuracy": 0.5})
+    study.tell(first, 0.75)
+    second = study.ask()
+    study.tell(second, state=TrialState.FAIL)
+    running = study.ask()
+    ids = [running._trial_id, first._trial_id, second._trial_id]
+
+    with store.read() as connection:
+        loaded = optuna_rows.load_trials(connection, [*ids, 987_654])
+
+    assert [t._trial_id for t in loaded] == ids  # in the order asked; unknown ids skipped
+    for ours in loaded:
+        theirs = store.storage.get_trial(ours._trial_id)
+        for field in ("number", "state", "values", "params", "distributions", "user_attrs"):
+            assert getattr(ours, field) == getattr(theirs, field), field
+        assert ours.intermediate_values == theirs.intermediate_values
+        assert ours.datetime_start == theirs.datetime_start
+        assert ours.datetime_complete == theirs.datetime_complete

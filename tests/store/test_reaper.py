@@ -1,0 +1,196 @@
+"""The reaper: stale tickets go back to the queue, live ones never do, several reapers agree."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from automl.spec import StudySpec
+from automl.store import (
+    LeaseLostError,
+    Reaper,
+    Store,
+    StudyStatus,
+    attrs,
+    claim,
+    finish,
+    get_study,
+    heartbeat,
+    reap_stale,
+    record_params,
+    settle_due,
+    submit_study,
+    tables,
+)
+from tests.conftest import store_at
+from tests.store.conftest import end_trial, start_trial
+
+SpecFactory = Callable[..., StudySpec]
+
+
+def _age_heartbeat(store: Store, ticket_id: int, seconds: float) -> None:
+    """Makes a ticket's last heartbeat ``seconds`` old."""
+    with store.write() as connection:
+        connection.execute(
+            tables.tickets.update()
+            .where(tables.tickets.c.ticket_id == ticket_id)
+            .values(heartbeat_at=tables.db_now() - seconds)
+        )
+
+
+def test_stale_ticket_is_requeued_with_its_params(store: Store, tiny_spec: SpecFactory) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2, "max_retries": 1})).id
+    lease, trial_id = start_trial(store)
+    record_params(store, lease, {"lr": 0.004})
+    _age_heartbeat(store, lease.ticket_id, 120)
+
+    [reaped] = reap_stale(store, grace=60)
+
+    assert (reaped.ticket_id, reaped.failed_trials, reaped.result) == (
+        lease.ticket_id,
+        (trial_id,),
+        "requeued",
+    )
+    trial = store.storage.get_trial(trial_id)
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs[attrs.FAILURE] == "worker_lost"
+    assert "no heartbeat for 120 s" in trial.user_attrs[attrs.ERROR]
+    assert heartbeat(store, lease).held is False
+    again = claim(store, "w2")
+    assert again is not None
+    assert (again.ticket_id, again.attempt, again.params) == (lease.ticket_id, 2, {"lr": 0.004})
+    assert again.previous_trial == trial.number
+    assert get_study(store, study_id).counts.running == 1
+
+
+def test_live_ticket_is_never_reaped(store: Store, tiny_spec: SpecFactory) -> None:
+    submit_study(store, tiny_spec())
+    lease, trial_id = start_trial(store)
+    _age_heartbeat(store, lease.ticket_id, 30)
+    assert reap_stale(store, grace=60) == []
+    assert heartbeat(store, lease).held
+    assert store.storage.get_trial(trial_id).state == TrialState.RUNNING
+
+
+def test_retries_run_out_then_the_ticket_fails(store: Store, tiny_spec: SpecFactory) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_retries": 1})).id
+    results = []
+    for _ in range(2):
+        lease, _ = start_trial(store)
+        _age_heartbeat(store, lease.ticket_id, 120)
+        results += [reaped.result for reaped in reap_stale(store, grace=60)]
+    assert results == ["requeued", "exhausted"]
+    detail = get_study(store, study_id)
+    assert (detail.counts.fail, detail.counts.waiting) == (1, 0)
+    assert detail.status == StudyStatus.COMPLETED  # the reaper settles the study
+    trials = store.storage.get_all_trials(study_id)
+    assert [t.user_attrs[attrs.FAILURE] for t in trials] == ["worker_lost", "worker_lost"]
+
+
+def test_result_told_before_the_worker_died_counts(store: Store, tiny_spec: SpecFactory) -> None:
+    """Worker told Optuna, then died before ending its ticket: the ticket takes that result."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1})).id
+    lease, trial_id = start_trial(store)
+    store.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.8])
+    _age_heartbeat(store, lease.ticket_id, 120)
+
+    [reaped] = reap_stale(store, grace=60)
+
+    assert (reaped.result, reaped.failed_trials) == ("finished", ())
+    assert store.storage.get_trial(trial_id).state == TrialState.COMPLETE
+    detail = get_study(store, study_id)
+    assert (detail.counts.complete, detail.status) == (1, StudyStatus.COMPLETED)
+
+
+def test_reaped_attempt_rejects_the_late_result(store: Store, tiny_spec: SpecFactory) -> None:
+    submit_study(store, tiny_spec(budget={"n_trials": 1}))
+    lease, trial_id = start_trial(store)
+    _age_heartbeat(store, lease.ticket_id, 120)
+    reap_stale(store, grace=60)
+
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        store.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.9])
+    with pytest.raises(LeaseLostError):
+        finish(store, lease, "complete")
+    assert store.storage.get_trial(trial_id).state == TrialState.FAIL
+
+
+def test_concurrent_reapers_take_each_ticket_once(
+    storage_url: str, tiny_spec: SpecFactory, tmp_path: Path
+) -> None:
+    setup = store_at(storage_url, tmp_path)
+    submit_study(setup, tiny_spec(budget={"n_trials": 6, "max_retries": 5}))
+    leases = [start_trial(setup, worker=f"w{i}")[0] for i in range(6)]
+    for lease in leases:
+        _age_heartbeat(setup, lease.ticket_id, 120)
+    results: list[list[int]] = []
+    start = threading.Barrier(3)
+
+    def reap() -> None:
+        mine = store_at(storage_url, tmp_path)
+        try:
+            start.wait()
+            results.append([reaped.ticket_id for reaped in reap_stale(mine, grace=60)])
+        finally:
+            mine.close()
+
+    threads = [threading.Thread(target=reap) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    try:
+        reaped = sorted(ticket for batch in results for ticket in batch)
+        assert reaped == sorted(lease.ticket_id for lease in leases)
+        with setup.read() as connection:
+            retries = connection.scalars(sa.select(tables.tickets.c.retries)).all()
+        assert retries == [1] * 6  # each reaped once, not once per reaper
+    finally:
+        setup.close()
+
+
+def test_reaper_waits_a_grace_period_after_gaining_the_database(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    submit_study(store, tiny_spec())
+    lease, _ = start_trial(store)
+    _age_heartbeat(store, lease.ticket_id, 120)
+    reaper = Reaper(store, grace=0.5, interval=3600)
+    reaper.start()
+    try:
+        assert reaper.run_once() == []  # it has not seen the database for a grace period
+        time.sleep(0.6)
+        assert [reaped.ticket_id for reaped in reaper.run_once()] == [lease.ticket_id]
+    finally:
+        reaper.stop()
+
+
+def test_settle_due_ends_timed_out_and_finished_studies(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    timed = submit_study(store, tiny_spec(name="t", budget={"n_trials": 3, "timeout": 60})).id
+    lease, trial_id = start_trial(store, timed)
+    end_trial(store, lease, trial_id, 0.5)
+    with store.write() as connection:
+        connection.execute(
+            tables.studies.update()
+            .where(tables.studies.c.study_id == timed)
+            .values(deadline=tables.db_now() - 1)
+        )
+    done = submit_study(store, tiny_spec(name="d", budget={"n_trials": 1})).id
+    lease, trial_id = start_trial(store, done)
+    store.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+    finish(store, lease, "pruned")  # a worker that died before settling
+    untouched = submit_study(store, tiny_spec(name="u")).id
+
+    assert sorted(settle_due(store)) == [timed, done]
+    assert get_study(store, timed).status_reason == "timeout reached"
+    assert get_study(store, done).status == StudyStatus.COMPLETED
+    assert get_study(store, untouched).status == StudyStatus.QUEUED
