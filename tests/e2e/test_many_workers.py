@@ -212,9 +212,12 @@ def test_kill_9_of_random_workers_loses_no_trial(
         for trial in resumed:
             before = by_ticket.get(trial.user_attrs[attrs.TICKET])
             start = trial.user_attrs[attrs.RESUMED_FROM_EPOCH]
-            if before is not None and before.intermediate_values:
-                for step in range(1, start + 1):
-                    assert trial.intermediate_values[step] == before.intermediate_values[step]
+            if before is not None:
+                # The lost attempt may have died after its checkpoint but before reporting
+                # that epoch: compare the steps it did report.
+                for step, value in before.intermediate_values.items():
+                    if step <= start:
+                        assert trial.intermediate_values[step] == value
     finally:
         store.close()
 
