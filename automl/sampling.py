@@ -9,8 +9,8 @@ many workers race.
 ``auto`` picks a sampler from the space, the budget and the objectives (``resolve_auto``):
 
 1. several objectives: NSGA-II;
-2. a finite space (every param categorical or stepped) whose grid the budget covers: the
-   grid, with ``n_trials`` lowered to the number of cells;
+2. a finite space (every param categorical or stepped) whose grid the budget covers, and
+   no warm start: the grid, with ``n_trials`` lowered to the number of cells;
 3. a small numeric space (at most ``GP_MAX_PARAMS`` float/int params, no categorical
    ones) and a small budget (at most ``GP_MAX_TRIALS`` trials): Gaussian-process BO;
 4. otherwise: multivariate TPE (grouped, for conditional spaces) with constant liar, so
@@ -154,7 +154,7 @@ def resolve_auto(
         return "nsga2", {}, n_trials, "several objectives: NSGA-II"
     params: Sequence[Any] = list(spec.params.values())
     finite = all(_is_finite(param) for param in params)
-    if params and finite:
+    if params and finite and spec.warm_start is None:
         try:
             size = grid_size(spec, grid_limit)
         except GridError:

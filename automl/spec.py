@@ -117,6 +117,17 @@ class BudgetSpec(StrictModel):
     )
 
 
+class WarmStartSpec(StrictModel):
+    """Start from the best configurations of earlier studies (meta-learning)."""
+
+    studies: list[StrictInt] | Literal["auto"] = Field(
+        description="Earlier study ids, or auto: completed studies on the same data."
+    )
+    top_k: StrictInt = Field(
+        3, ge=1, le=100, description="Best configurations taken from each earlier study."
+    )
+
+
 class SamplerSpec(StrictModel):
     """Which sampler proposes configurations."""
 
@@ -212,6 +223,10 @@ class StudySpec(StrictModel):
     )
     fixed: dict[str, Any] = Field(default_factory=dict, description="Hyperparameters held fixed.")
     params: dict[str, ParamSpec] = Field(default_factory=dict, description="The search space.")
+    warm_start: WarmStartSpec | None = Field(
+        None,
+        description="Earlier studies whose top configurations run first (from the budget).",
+    )
 
     @property
     def objective_list(self) -> list[ObjectiveSpec]:
@@ -619,6 +634,8 @@ def _check_sampler(spec: StudySpec, limits: Limits) -> list[FieldError]:
         return errors
     if sampler.name == "grid":
         problems = check_grid(spec, limits.max_grid_cells)
+        if spec.warm_start is not None:
+            problems.append((("warm_start",), "a grid runs each of its cells; drop warm_start"))
         return [FieldError(loc, message) for loc, message in problems]
     return _check_built(
         ("sampler",),

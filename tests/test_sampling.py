@@ -180,3 +180,25 @@ def test_every_sampler_runs_a_few_trials(name: str) -> None:
         config = suggest(trial, spec)
         study.tell(trial, config.lr)
     assert len(study.trials) == 4
+
+
+def test_grid_and_warm_start_do_not_mix() -> None:
+    errors = spec_errors(
+        {
+            "name": "g",
+            "sampler": {"name": "grid"},
+            "budget": {"n_trials": 3},
+            "params": {"width": WIDTH},
+            "warm_start": {"studies": [1]},
+        }
+    )
+    assert errors == {"warm_start": "a grid runs each of its cells; drop warm_start"}
+    spec = load_spec(
+        {
+            "name": "a",
+            "sampler": {"name": "auto"},
+            "params": {"width": WIDTH},
+            "warm_start": {"studies": "auto"},
+        }
+    )
+    assert spec.sampler.name != "grid"  # auto picks no grid when a warm start is given

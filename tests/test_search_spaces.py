@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from automl.examples import write_digits_folder, write_pretrained_cnn
+from automl.examples import write_digits_folder, write_pretrained_cnn, write_rgb_folder
 from automl.spec import load_spec
 
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -24,6 +24,7 @@ def example_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     write_digits_folder(root / "digits_folder")
     write_digits_folder(root / "digits_imbalanced", imbalanced=True)
     write_pretrained_cnn(root / "weights" / "shapes_cnn.safetensors")
+    write_rgb_folder(root / "shapes32", per_class=10, size=32)  # validation only lists files
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AUTOML_DATA_ROOT", str(root))
         patch.setenv("AUTOML_CACHE_DIR", str(root / ".cache"))

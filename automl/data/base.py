@@ -186,6 +186,18 @@ _loaded: OrderedDict[str, ImageData] = OrderedDict()
 _loaded_lock = threading.Lock()
 
 
+def dataset_fingerprint(source: str, options: dict[str, Any] | None = None) -> str:
+    """Identifies a dataset's data and split without decoding it (lists files at most).
+
+    Raises:
+        UnknownNameError: If ``source`` is not registered.
+        pydantic.ValidationError: If the options are invalid.
+        DatasetError: If the data cannot be listed.
+    """
+    entry = DATASETS.get(source)
+    return entry.factory.fingerprint(entry.parse_options(options))
+
+
 def load_dataset(source: str, options: dict[str, Any] | None = None) -> ImageData:
     """Loads a registered dataset; a process keeps the last few in memory.
 

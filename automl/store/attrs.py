@@ -17,6 +17,7 @@ STATUS_REASON = PREFIX + "status_reason"
 CREATED_AT = PREFIX + "created_at"
 STARTED_AT = PREFIX + "started_at"
 FINISHED_AT = PREFIX + "finished_at"
+WARM_START = PREFIX + "warm_start"
 
 # Trial attributes.
 CONFIG = PREFIX + "config"

@@ -19,6 +19,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from automl.sampling import grid_cell
+from automl.spec import StudySpec
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.attrs import FailureKind, StudyStatus
@@ -79,11 +81,13 @@ class LeaseStatus:
 def params_for_fresh_ticket(spec: dict[str, Any], index: int) -> dict[str, Any] | None:
     """The fixed params of budget unit ``index`` of a study, if its sampler needs any.
 
-    Hook for samplers that hand out a fixed list of configurations (a grid: unit k gets
-    cell k, exactly once, because each unit is issued once). None lets the study's
-    sampler propose the params when the trial starts.
+    A grid study hands out a fixed list of configurations: unit k gets cell k, exactly
+    once, because each unit is issued once. None lets the study's sampler propose the
+    params when the trial starts.
     """
-    return None
+    if spec.get("sampler", {}).get("name") != "grid":
+        return None
+    return grid_cell(StudySpec.model_validate(spec), index)
 
 
 def _lease_match(lease: Lease) -> sa.ColumnElement[bool]:
@@ -186,7 +190,7 @@ def _claim_in(
             tickets.insert()
             .values(
                 study_id=study_id,
-                source=TicketSource.SAMPLER.value,
+                source=(TicketSource.SAMPLER if params is None else TicketSource.GRID).value,
                 params=None if params is None else json.dumps(params),
                 created_at=at,
                 **{**running, "attempt": 1},

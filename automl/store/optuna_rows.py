@@ -339,6 +339,26 @@ def best_trial_id(connection: sa.engine.Connection, study_id: int, maximize: boo
     return connection.scalar(query)
 
 
+def top_trial_ids(
+    connection: sa.engine.Connection, study_id: int, maximize: bool, limit: int
+) -> list[int]:
+    """The ids of the study's ``limit`` best COMPLETE trials on its first objective."""
+    value = trial_values.c.value
+    query = (
+        sa.select(trials.c.trial_id)
+        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
+        .where(
+            trials.c.study_id == study_id,
+            trials.c.state == TrialState.COMPLETE,
+            trial_values.c.objective == 0,
+            trial_values.c.value_type == "FINITE",
+        )
+        .order_by(value.desc() if maximize else value.asc(), trials.c.number)
+        .limit(limit)
+    )
+    return [int(trial_id) for trial_id in connection.scalars(query)]
+
+
 def studies_with_attr_not_in(
     connection: sa.engine.Connection, key: str, known_ids: sa.Select[Any]
 ) -> dict[int, Any]:

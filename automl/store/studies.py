@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import secrets
 import warnings
 from collections import defaultdict
@@ -23,6 +24,7 @@ from optuna.exceptions import DuplicatedStudyError
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.config import Limits
+from automl.data import dataset_fingerprint
 from automl.spec import CategoricalParam, FieldError, FloatParam, IntParam, SpecError, StudySpec
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
@@ -47,9 +49,13 @@ from automl.store.views import (
     TrialDetail,
     TrialSummary,
 )
+from automl.store.warm_start import plan_warm_start
 
 NAME_PROBE_BATCH = 20
 MAX_ENQUEUE = 10_000
+
+
+logger = logging.getLogger("automl.store")
 
 
 class StudyNotFoundError(LookupError):
@@ -109,6 +115,10 @@ def submit_study(store: Store, spec: StudySpec, idempotency_key: str | None = No
         study_id, attrs.SPEC, spec.model_dump(mode="json", exclude_none=True)
     )
     seed = spec.sampler.seed if spec.sampler.seed is not None else secrets.randbits(31)
+    fingerprint = _fingerprint(spec)
+    warm = plan_warm_start(store, spec, fingerprint)
+    if spec.warm_start is not None:
+        store.storage.set_study_user_attr(study_id, attrs.WARM_START, warm.note())
     try:
         with store.write() as connection:
             connection.execute(
@@ -117,17 +127,20 @@ def submit_study(store: Store, spec: StudySpec, idempotency_key: str | None = No
                     name=name,
                     status=StudyStatus.QUEUED.value,
                     n_trials=spec.budget.n_trials,
-                    issued=0,
+                    issued=len(warm.configs),
                     max_retries=spec.budget.max_retries,
                     max_failed=spec.budget.max_failed,
                     failure_limit=spec.budget.max_failed,
                     timeout=spec.budget.timeout,
                     seed=seed,
                     spec=spec_json,
+                    dataset_fingerprint=fingerprint,
                     idempotency_key=idempotency_key,
                     created_at=created.timestamp(),
                 )
             )
+            if warm.configs:
+                _insert_pending(connection, study_id, TicketSource.WARM_START, warm.configs)
             optuna_rows.put_study_attrs(connection, study_id, {attrs.STATUS: "queued"})
     except sa.exc.IntegrityError:
         # Another request with the same idempotency key won the race: answer with its study.
@@ -578,21 +591,41 @@ def enqueue_trials(
             .where(tables.studies.c.study_id == study_id)
             .values(issued=row.issued + len(configs))
         )
-        at = now(connection)
-        connection.execute(
-            tables.tickets.insert(),
-            [
-                {
-                    "study_id": study_id,
-                    "source": TicketSource.ENQUEUED.value,
-                    "params": json.dumps(dict(config)),
-                    "state": TicketState.PENDING.value,
-                    "created_at": at,
-                }
-                for config in configs
-            ],
-        )
+        _insert_pending(connection, study_id, TicketSource.ENQUEUED, configs)
     return get_study(store, study_id)
+
+
+def _insert_pending(
+    connection: sa.engine.Connection,
+    study_id: int,
+    source: TicketSource,
+    configs: Sequence[Mapping[str, Any]],
+) -> None:
+    """Queues configurations of a study, all in one statement."""
+    at = now(connection)
+    connection.execute(
+        tables.tickets.insert(),
+        [
+            {
+                "study_id": study_id,
+                "source": source.value,
+                "params": json.dumps(dict(config)),
+                "state": TicketState.PENDING.value,
+                "created_at": at,
+            }
+            for config in configs
+        ],
+    )
+
+
+def _fingerprint(spec: StudySpec) -> str | None:
+    """The dataset's fingerprint (for ``warm_start: auto``), or None if it cannot be listed
+    here (the data lives on the workers' machines)."""
+    try:
+        return dataset_fingerprint(spec.dataset.source, spec.dataset.options)
+    except Exception as exc:  # a missing folder here is not a reason to refuse the study
+        logger.info("no dataset fingerprint for %s: %s", spec.name, exc)
+        return None
 
 
 def _check_config(spec: StudySpec, index: int, config: Mapping[str, Any]) -> list[FieldError]:

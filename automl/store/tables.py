@@ -39,7 +39,9 @@ class TicketSource(StrEnum):
     """Who created a ticket."""
 
     SAMPLER = "sampler"  # a fresh budget unit; the sampler proposes the params
+    GRID = "grid"  # a fresh budget unit of a grid study: its own cell
     ENQUEUED = "enqueued"  # a configuration given by the user
+    WARM_START = "warm_start"  # a top configuration of an earlier study
 
 
 DELETING = "deleting"
@@ -62,11 +64,13 @@ studies = sa.Table(
     sa.Column("deadline", sa.Float),
     sa.Column("seed", sa.BigInteger, nullable=False),
     sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("dataset_fingerprint", sa.String(64)),
     sa.Column("idempotency_key", sa.String(256), unique=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("started_at", sa.Float),
     sa.Column("finished_at", sa.Float),
     sa.Index("ix_automl_studies_status", "status"),
+    sa.Index("ix_automl_studies_fingerprint", "dataset_fingerprint", "status"),
 )
 
 tickets = sa.Table(

@@ -1,0 +1,112 @@
+"""Warm start: earlier studies' best configurations queued first; both backends."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+
+from automl.spec import SpecError, StudySpec
+from automl.store import (
+    Store,
+    attrs,
+    finish,
+    get_study,
+    settle_study,
+    submit_study,
+    tables,
+)
+from tests.store.conftest import start_trial
+
+SpecFactory = Callable[..., StudySpec]
+
+OPTIMIZER = CategoricalDistribution(["adam", "sgd"])
+LR = FloatDistribution(1e-3, 1e-1, log=True)
+MOMENTUM = FloatDistribution(0.5, 0.9)
+
+
+def finished_study(store: Store, tiny_spec: SpecFactory, results: list[tuple[dict, float]]) -> int:
+    """A completed study whose trials had these params and accuracies."""
+    spec = tiny_spec(name="earlier", budget={"n_trials": len(results), "max_failed": 0})
+    study_id = submit_study(store, spec).id
+    distributions = {"optimizer": OPTIMIZER, "lr": LR, "momentum": MOMENTUM}
+    for params, value in results:
+        lease, trial_id = start_trial(store, study_id)
+        for name, param_value in params.items():
+            distribution = distributions[name]
+            internal = distribution.to_internal_repr(param_value)
+            store.storage.set_trial_param(trial_id, name, internal, distribution)
+        store.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [value])
+        finish(store, lease, "complete")
+    settle_study(store, study_id)
+    assert get_study(store, study_id).status == "completed"
+    return study_id
+
+
+def queued(store: Store, study_id: int) -> list[tuple[str, dict[str, Any]]]:
+    with store.read() as connection:
+        rows = connection.execute(
+            sa.select(tables.tickets.c.source, tables.tickets.c.params)
+            .where(tables.tickets.c.study_id == study_id)
+            .order_by(tables.tickets.c.ticket_id)
+        ).all()
+    return [(source, json.loads(params)) for source, params in rows]
+
+
+RESULTS = [
+    ({"optimizer": "sgd", "lr": 0.05, "momentum": 0.8}, 0.97),
+    ({"optimizer": "adam", "lr": 0.002}, 0.95),
+    ({"optimizer": "sgd", "lr": 0.09, "momentum": 0.6}, 0.99),
+    ({"optimizer": "adam", "lr": 0.08}, 0.50),
+]
+
+
+def test_top_configurations_are_queued_first_from_the_budget(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    earlier = finished_study(store, tiny_spec, RESULTS)
+    params = {
+        "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+        "lr": {"type": "float", "low": 1e-3, "high": 0.06, "log": True},  # 0.09 falls out
+    }
+    spec = tiny_spec(
+        name="later",
+        params=params,
+        budget={"n_trials": 5, "max_failed": 0},
+        warm_start={"studies": [earlier], "top_k": 3},
+    )
+    study = submit_study(store, spec)
+    assert queued(store, study.id) == [
+        ("warm_start", {"optimizer": "sgd"}),  # best trial: its lr is outside, momentum unsearched
+        ("warm_start", {"optimizer": "sgd", "lr": 0.05}),
+        ("warm_start", {"optimizer": "adam", "lr": 0.002}),
+    ]
+    assert study.counts.waiting == 5  # three queued configurations plus two fresh units
+    note = store.storage.get_study_user_attrs(study.id)[attrs.WARM_START]
+    assert note["studies"] == [earlier] and note["enqueued"] == 3
+    assert any("lr=0.09 is outside this space" in line for line in note["dropped"])
+    assert any("momentum is not searched here" in line for line in note["dropped"])
+
+
+def test_auto_finds_completed_studies_on_the_same_data(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    earlier = finished_study(store, tiny_spec, RESULTS[:2])
+    other_data = tiny_spec(name="other", dataset={"source": "digits", "options": {"seed": 5}})
+    submit_study(store, other_data)  # different split, never completed: not a source
+    study = submit_study(store, tiny_spec(name="auto", warm_start={"studies": "auto"}))
+    note = store.storage.get_study_user_attrs(study.id)[attrs.WARM_START]
+    assert note["studies"] == [earlier]
+    assert [source for source, _ in queued(store, study.id)] == ["warm_start"] * 2
+
+
+def test_unknown_earlier_study_is_named(store: Store, tiny_spec: SpecFactory) -> None:
+    with pytest.raises(SpecError) as info:
+        submit_study(store, tiny_spec(warm_start={"studies": [987654]}))
+    [error] = info.value.errors
+    assert (error.path, error.msg) == ("warm_start.studies[0]", "study 987654 not found")
