@@ -100,6 +100,19 @@ tickets = sa.Table(
     sa.Index("ix_automl_tickets_study_failure", "study_id", "failure"),
 )
 
+api_keys = sa.Table(
+    "automl_api_keys",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("label", sa.String(256)),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+    sa.Index("ix_automl_api_keys_revoked", "revoked_at"),
+)
+
 artifacts = sa.Table(
     "automl_artifacts",
     metadata,
