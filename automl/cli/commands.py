@@ -29,6 +29,7 @@ from automl.store import (
     Backoff,
     NoBestTrialError,
     StorageError,
+    StorageUnavailableError,
     Store,
     StudyNotFoundError,
     StudyStateError,
@@ -42,7 +43,7 @@ from automl.store import (
 )
 from automl.store.faults import first_line
 from automl.train import resolve_device
-from automl.worker import InvalidDeviceError, Worker, WorkerOptions
+from automl.worker import Coordinator, InvalidDeviceError, Worker, WorkerOptions
 
 
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -74,7 +75,15 @@ def _errors_as_cli_errors(spec_path: str | None) -> Iterator[None]:
 
 
 def open_store(settings: Settings) -> Store:
-    """Opens the configured store."""
+    """Opens the configured store (a database: a ``grpc://`` proxy serves only workers)."""
+    from automl.proxy import is_proxy_url
+
+    if is_proxy_url(settings.storage):
+        raise CliError(
+            f"{settings.storage} is an automl proxy, which serves workers only; point "
+            "this command at the database (AUTOML_STORAGE) or the API (--url)",
+            EXIT_BAD_INPUT,
+        )
     return open_store_from(settings)
 
 
@@ -88,6 +97,57 @@ def _open_store_waiting(settings: Settings) -> Store:
             if not exc.transient:
                 raise
             time.sleep(backoff.failed(exc, "opening the store"))
+
+
+def _connect_proxy_waiting(url: str) -> Coordinator:
+    """Connects to ``automl proxy``, waiting (with backoff) until it answers."""
+    from automl.proxy import RemoteCoordinator
+
+    try:
+        coordinator = RemoteCoordinator.from_url(url)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    backoff = Backoff(logging.getLogger("automl.worker"))
+    while True:
+        try:
+            coordinator.ping(timeout=10)
+            return coordinator
+        except StorageUnavailableError as exc:
+            time.sleep(backoff.failed(exc, "connecting to the proxy"))
+
+
+def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
+    """Serves Optuna's gRPC storage proxy and automl's coordination for many workers."""
+    import signal
+    import threading
+
+    from automl.proxy import ProxyError, ProxyServer
+
+    store = _open_store_waiting(settings)
+    server = ProxyServer(
+        store,
+        args.host or "127.0.0.1",
+        args.port,
+        threads=args.concurrency,
+        grace=settings.grace_period,
+        reap_interval=settings.reap_interval,
+    )
+    try:
+        server.start()
+    except ProxyError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    print(
+        f"automl proxy: workers use AUTOML_STORAGE=grpc://{args.host or '127.0.0.1'}:"
+        f"{args.port} (coordination on port {server.coordination_port})",
+        file=sys.stderr,
+    )
+    stop.wait()
+    server.stop()
+    store.close()
+    return EXIT_OK
 
 
 def _worker_options(settings: Settings, **overrides: object) -> WorkerOptions:
@@ -126,11 +186,20 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """Claims and trains trials until SIGINT/SIGTERM (or idle, with --exit-when-idle)."""
-    worker = Worker(
-        _open_store_waiting(settings),
-        _worker_options(settings, study_id=args.study, exit_when_idle=args.exit_when_idle),
-    )
+    """Claims and trains trials until SIGINT/SIGTERM (or idle, with --exit-when-idle).
+
+    With ``AUTOML_STORAGE=grpc://host:port`` the worker goes through ``automl proxy``
+    and holds no database connection (the proxy runs the reaper).
+    """
+    from automl.proxy import is_proxy_url
+
+    options = _worker_options(settings, study_id=args.study, exit_when_idle=args.exit_when_idle)
+    if is_proxy_url(settings.storage):
+        coordinator = _connect_proxy_waiting(settings.storage)
+        options.reap_interval = None
+        worker = Worker(None, options, coordinator=coordinator)
+    else:
+        worker = Worker(_open_store_waiting(settings), options)
     worker.install_signal_handlers()
     worker.run()
     return EXIT_OK
@@ -353,6 +422,7 @@ def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve,
     "worker": cmd_worker,
+    "proxy": cmd_proxy,
     "up": cmd_up,
     "run": cmd_run,
     "submit": cmd_submit,

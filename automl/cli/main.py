@@ -54,6 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--poll-interval", type=float, help="seconds between polls when idle")
     worker.add_argument("--exit-when-idle", action="store_true", help="exit when nothing is queued")
 
+    proxy = commands.add_parser(
+        "proxy", help="hold the database connections for many workers (gRPC)"
+    )
+    proxy.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    proxy.add_argument(
+        "--port",
+        type=int,
+        default=13000,
+        help="Optuna storage proxy port; coordination uses port + 1 (default 13000)",
+    )
+    proxy.add_argument(
+        "--concurrency", type=int, default=32, help="calls served at once per endpoint"
+    )
+    storage_arg(proxy)
+    artifacts_arg(proxy)
+
     up = commands.add_parser("up", help="run the API and N local workers; Ctrl-C stops all")
     worker_args(up)
     up.add_argument("--workers", type=int, default=1, help="number of workers (default 1)")

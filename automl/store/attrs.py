@@ -25,6 +25,7 @@ METRICS = PREFIX + "metrics"
 HISTORY = PREFIX + "history"
 PER_CLASS = PREFIX + "per_class"
 CONFUSION = PREFIX + "confusion"
+NOTES = PREFIX + "notes"  # what the training run reports besides metrics (gan_train_seconds)
 ERROR = PREFIX + "error"
 WEIGHTS = PREFIX + "weights_artifact"
 WORKER = PREFIX + "worker"

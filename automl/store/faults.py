@@ -16,10 +16,21 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import grpc
 import sqlalchemy
 from optuna.exceptions import StorageInternalError
 
 T = TypeVar("T")
+
+TRANSIENT_GRPC_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""Status codes of ``automl proxy`` (or Optuna's storage proxy) that mean "try again"."""
+
+DATABASE_FAULT_HINTS = (
+    "OperationalError",
+    "InterfaceError",
+    "An exception is raised during the commit",  # Optuna's StorageInternalError
+)
+"""Optuna's storage proxy reports a database fault only as text (status UNKNOWN)."""
 
 LOG_INTERVAL_S = 30.0
 """A waiting process logs the database outage at most once per this many seconds."""
@@ -43,10 +54,20 @@ def is_transient(exc: BaseException) -> bool:
             )
         if isinstance(current, sqlalchemy.exc.DisconnectionError):
             return True
+        if isinstance(current, grpc.RpcError):
+            return _is_transient_grpc(current)
         if not isinstance(current, StorageInternalError):
             return False
         current = current.__cause__ or current.__context__
     return False
+
+
+def _is_transient_grpc(exc: grpc.RpcError) -> bool:
+    code = exc.code()  # type: ignore[attr-defined]
+    if code in TRANSIENT_GRPC_CODES:
+        return True
+    details = exc.details() or ""  # type: ignore[attr-defined]
+    return code == grpc.StatusCode.UNKNOWN and any(h in details for h in DATABASE_FAULT_HINTS)
 
 
 class Backoff:

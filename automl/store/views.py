@@ -92,12 +92,13 @@ class TrialSummary(BaseModel):
 
 
 class TrialDetail(TrialSummary):
-    """A trial with its full configuration, per-class report and history."""
+    """A trial with its full configuration, per-class report, history and notes."""
 
     config: dict[str, Any] | None = None
     history: list[dict[str, float]] | None = None
     per_class: list[dict[str, Any]] | None = None
     confusion: list[list[int]] | None = None
+    notes: dict[str, Any] | None = None
     weights_available: bool = False
 
     @classmethod
@@ -110,6 +111,7 @@ class TrialDetail(TrialSummary):
             history=user_attrs.get(attrs.HISTORY),
             per_class=user_attrs.get(attrs.PER_CLASS),
             confusion=user_attrs.get(attrs.CONFUSION),
+            notes=user_attrs.get(attrs.NOTES),
             weights_available=attrs.WEIGHTS in user_attrs,
         )
 

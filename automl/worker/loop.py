@@ -81,7 +81,8 @@ class Worker:
     return.
 
     Args:
-        store: The open store.
+        store: The open store; None for a worker without a database connection (its
+            ``coordinator`` is remote, e.g. ``automl proxy``, which also runs the reaper).
         options: How to run.
         on_trial_end: Called with the study id and the trial after each attempt.
         coordinator: The shared state (default: the store's database).
@@ -89,7 +90,7 @@ class Worker:
 
     def __init__(
         self,
-        store: Store,
+        store: Store | None,
         options: WorkerOptions | None = None,
         on_trial_end: TrialCallback | None = None,
         coordinator: Coordinator | None = None,
@@ -97,7 +98,11 @@ class Worker:
         self.store = store
         self.options = options or WorkerOptions()
         self.on_trial_end = on_trial_end
-        self.coordinator: Coordinator = coordinator or SqlCoordinator(store)
+        if coordinator is None:
+            if store is None:
+                raise ValueError("a worker needs a store or a coordinator")
+            coordinator = SqlCoordinator(store)
+        self.coordinator: Coordinator = coordinator
         self.name = new_worker_id()
         try:
             self.device = str(resolve_device(self.options.device))
@@ -142,7 +147,7 @@ class Worker:
         """
         logger.info("worker %s started on %s", self.name, self.device)
         reaper = None
-        if self.options.reap_interval is not None:
+        if self.options.reap_interval is not None and self.store is not None:
             reaper = Reaper(self.store, self.options.grace_period, self.options.reap_interval)
             reaper.start()
         ran = 0

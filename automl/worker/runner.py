@@ -287,6 +287,8 @@ class _Attempt:
         self._set_attr(attrs.HISTORY, result.history)
         self._set_attr(attrs.PER_CLASS, result.per_class)
         self._set_attr(attrs.CONFUSION, result.confusion)
+        if result.notes:
+            self._set_attr(attrs.NOTES, result.notes)
         if result.pruned:
             frozen = self._tell(state=TrialState.PRUNED)
             self._finish("pruned", None)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from automl.data import DATASETS, ImageData, load_dataset, stratified_split
+from automl.data import ImageData, load_dataset, stratified_split
 from automl.registry import UnknownNameError
 
 N_DIGITS = 1797
@@ -19,10 +19,6 @@ def digits() -> ImageData:
 
 def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.bincount(labels, minlength=num_classes)
-
-
-def test_digits_is_registered() -> None:
-    assert "digits" in DATASETS
 
 
 def test_digits_shapes_and_dtypes(digits: ImageData) -> None:
@@ -65,10 +61,6 @@ def test_digits_statistics_are_of_the_training_split(digits: ImageData) -> None:
     assert float(normalized.mean()) == pytest.approx(0.0, abs=1e-4)
     assert float(normalized.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
     assert not digits.has_test
-
-
-def test_default_validation_fraction(digits: ImageData) -> None:
-    assert len(digits.val_y) / N_DIGITS == pytest.approx(0.2, abs=0.01)
 
 
 def test_digits_split_is_stratified(digits: ImageData) -> None:
@@ -154,19 +146,6 @@ def test_split_keeps_one_of_each_side_for_small_classes() -> None:
             assert train[1] >= 1 and val[1] >= 1
             assert (train[2], val[2]) == (1, 0)
             assert sorted(train_idx.tolist() + val_idx.tolist()) == list(range(len(labels)))
-
-
-def test_digits_split_deterministic_per_seed_and_differs_across_seeds() -> None:
-    from automl.data.digits import DigitsOptions, load_digits
-
-    first = load_digits(DigitsOptions(seed=3))
-    again = load_digits(DigitsOptions(seed=3))
-    other = load_digits(DigitsOptions(seed=4))
-    assert first is not again
-    assert torch.equal(first.val_x, again.val_x)
-    assert torch.equal(first.train_y, again.train_y)
-    assert not torch.equal(first.val_x, other.val_x)
-    assert len(first.val_y) == len(other.val_y)
 
 
 # --- load_dataset --------------------------------------------------------------------------

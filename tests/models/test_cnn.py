@@ -7,8 +7,8 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from automl.models import MODELS, build_model
-from automl.models.cnn import MAX_WIDTH, build_cnn
+from automl.models import build_model
+from automl.models.cnn import MAX_WIDTH
 from automl.train import TrialConfig
 
 
@@ -22,11 +22,6 @@ def conv_widths(model: nn.Module) -> list[int]:
 
 def pool_count(model: nn.Module) -> int:
     return sum(isinstance(m, nn.MaxPool2d) for m in model.modules())
-
-
-def test_cnn_is_registered() -> None:
-    assert "cnn" in MODELS.names()
-    assert MODELS.get("cnn").factory is build_cnn
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 5, 8])

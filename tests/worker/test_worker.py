@@ -477,6 +477,19 @@ def test_multi_objective_study_records_every_objective(
     assert 1 <= len(best_trials(store, study_id).trials) <= 2
 
 
+def test_a_trial_records_what_its_imbalance_strategy_reports(
+    store: Store, tiny_spec: SpecFactory, data_root: Path
+) -> None:
+    """The GAN's training time (and how many images it added) reaches the trial's view."""
+    fixed = {"epochs": 1, "width": 8, "depth": 1, "imbalance": "gan", "gan_steps": 2}
+    spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0}, fixed=fixed)
+    study_id = submit_study(store, spec).id
+    assert Worker(store, _options()).run() == 1
+    [trial] = best_trials(store, study_id).trials
+    assert trial.notes is not None
+    assert trial.notes["gan_train_seconds"] > 0 and trial.notes["gan_samples"] > 0
+
+
 def test_worker_ids_and_seeds_are_unique() -> None:
     assert len({new_worker_id() for _ in range(100)}) == 100
     seeds = {sampler_seed(42, ticket, 1, shared=False) for ticket in range(1000)}

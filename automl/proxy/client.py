@@ -1,0 +1,237 @@
+"""A worker's side of ``automl proxy``: a ``Coordinator`` and an artifact store over gRPC.
+
+A worker given ``AUTOML_STORAGE=grpc://host:port`` holds no database connection: its
+trials go through Optuna's ``GrpcStorageProxy`` (``port``) and everything else through the
+coordination service (``port + 1``). Errors arrive as the exceptions the worker knows from
+the database path: ``LeaseLostError``, ``StudyNotFoundError``, ``ArtifactNotFound``, and
+``StorageUnavailableError`` (transient: the worker waits and repeats) while the proxy or
+its database is unreachable.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
+
+import grpc
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.storages import GrpcStorageProxy
+
+from automl.proxy import wire
+from automl.spec import StudySpec
+from automl.store import (
+    FailureKind,
+    Lease,
+    LeaseLostError,
+    LeaseStatus,
+    StorageUnavailableError,
+    StudyNotFoundError,
+    StudyStatus,
+)
+
+PROXY_SCHEME = "grpc"
+DEFAULT_PROXY_PORT = 13000
+CALL_TIMEOUT_S = 60.0
+TRANSFER_TIMEOUT_S = 600.0
+"""Calls that carry a checkpoint or weights may take longer than the others."""
+
+
+class RemoteCallError(RuntimeError):
+    """The proxy failed a call for a reason other than the ones the worker handles."""
+
+
+def is_proxy_url(url: str | None) -> bool:
+    """Whether a storage URL names an ``automl proxy`` (``grpc://host:port``)."""
+    return bool(url) and urlsplit(url).scheme == PROXY_SCHEME  # type: ignore[arg-type]
+
+
+def parse_proxy_url(url: str) -> tuple[str, int]:
+    """Host and port of ``grpc://host[:port]`` (port 13000 when left out).
+
+    Raises:
+        ValueError: If the URL is not a proxy URL.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != PROXY_SCHEME or not parts.hostname:
+        raise ValueError(f"invalid proxy URL {url!r}; expected grpc://host:port")
+    try:
+        port = parts.port or DEFAULT_PROXY_PORT
+    except ValueError:
+        raise ValueError(f"invalid port in proxy URL {url!r}") from None
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"invalid proxy URL {url!r}; expected grpc://host:port")
+    return parts.hostname, port
+
+
+class RemoteCoordinator:
+    """``Coordinator`` through ``automl proxy``.
+
+    Args:
+        host: The proxy's host.
+        port: The port of its Optuna storage proxy (coordination is on ``port + 1``).
+    """
+
+    def __init__(self, host: str, port: int = DEFAULT_PROXY_PORT) -> None:
+        self.host, self.port = host, port
+        self.storage = GrpcStorageProxy(host=host, port=port)
+        self._channel = grpc.insecure_channel(f"{host}:{port + 1}", options=wire.CHANNEL_OPTIONS)
+        self.artifacts = RemoteArtifactStore(self)
+
+    @classmethod
+    def from_url(cls, url: str) -> RemoteCoordinator:
+        """The coordinator of ``grpc://host:port``."""
+        return cls(*parse_proxy_url(url))
+
+    def close(self) -> None:
+        """Closes both channels."""
+        self._channel.close()
+        self.storage.close()
+
+    def call(
+        self,
+        method: str,
+        header: dict[str, Any],
+        payload: bytes = b"",
+        timeout: float = CALL_TIMEOUT_S,
+    ) -> tuple[dict[str, Any], bytes]:
+        """One coordination call; raises the exception its error status stands for."""
+        stub = self._channel.unary_unary(f"/{wire.SERVICE}/{method}")
+        try:
+            reply = stub(wire.pack(header, payload), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise _as_exception(exc) from None
+        return wire.unpack(reply)
+
+    def ping(self, timeout: float = CALL_TIMEOUT_S) -> None:
+        """Returns once the proxy answers (raises ``StorageUnavailableError`` if not)."""
+        self.call("ping", {}, timeout=timeout)
+
+    # --- Coordinator -----------------------------------------------------------------------
+
+    def claim(self, worker_id: str, study_id: int | None) -> Lease | None:
+        """See ``Coordinator.claim``."""
+        reply, _ = self.call("claim", {"worker_id": worker_id, "study_id": study_id})
+        lease = reply["lease"]
+        return None if lease is None else wire.lease_from_wire(lease)
+
+    def heartbeat(self, lease: Lease) -> LeaseStatus:
+        """See ``Coordinator.heartbeat``."""
+        reply, _ = self.call("heartbeat", {"lease": wire.lease_to_wire(lease)})
+        return LeaseStatus(held=reply["held"], study_active=reply["study_active"])
+
+    def record_trial(self, lease: Lease, trial_id: int, number: int) -> None:
+        """See ``Coordinator.record_trial``."""
+        header = {"lease": wire.lease_to_wire(lease), "trial_id": trial_id, "number": number}
+        self.call("record_trial", header)
+
+    def record_params(self, lease: Lease, params: dict[str, Any]) -> None:
+        """See ``Coordinator.record_params``."""
+        self.call("record_params", {"lease": wire.lease_to_wire(lease), "params": params})
+
+    def save_checkpoint(self, lease: Lease, blob: bytes, epoch: int) -> None:
+        """See ``Coordinator.save_checkpoint``."""
+        header = {"lease": wire.lease_to_wire(lease), "epoch": epoch}
+        self.call("save_checkpoint", header, blob, timeout=TRANSFER_TIMEOUT_S)
+
+    def load_checkpoint(self, lease: Lease) -> bytes | None:
+        """See ``Coordinator.load_checkpoint``."""
+        header = {"lease": wire.lease_to_wire(lease)}
+        reply, blob = self.call("load_checkpoint", header, timeout=TRANSFER_TIMEOUT_S)
+        return blob if reply["found"] else None
+
+    def finish(self, lease: Lease, outcome: str, failure: FailureKind | None) -> None:
+        """See ``Coordinator.finish``."""
+        header = {
+            "lease": wire.lease_to_wire(lease),
+            "outcome": outcome,
+            "failure": None if failure is None else failure.value,
+        }
+        self.call("finish", header)
+
+    def release(
+        self, lease: Lease, failure: FailureKind, error: str, *, requeue: bool = True
+    ) -> bool:
+        """See ``Coordinator.release``."""
+        header = {
+            "lease": wire.lease_to_wire(lease),
+            "failure": failure.value,
+            "error": error,
+            "requeue": requeue,
+        }
+        reply, _ = self.call("release", header)
+        return bool(reply["released"])
+
+    def settle(self, study_id: int) -> StudyStatus | None:
+        """See ``Coordinator.settle``."""
+        reply, _ = self.call("settle", {"study_id": study_id})
+        return None if reply["status"] is None else StudyStatus(reply["status"])
+
+    def settle_due(self) -> None:
+        """See ``Coordinator.settle_due``."""
+        self.call("settle_due", {})
+
+    def spec(self, study_id: int) -> StudySpec:
+        """See ``Coordinator.spec``."""
+        reply, _ = self.call("spec", {"study_id": study_id})
+        return StudySpec.model_validate(reply["spec"])
+
+    def status(self, study_id: int) -> StudyStatus | None:
+        """See ``Coordinator.status``."""
+        reply, _ = self.call("status", {"study_id": study_id})
+        return None if reply["status"] is None else StudyStatus(reply["status"])
+
+
+class RemoteArtifactStore:
+    """Optuna's artifact-store protocol through the proxy (the proxy's store keeps them).
+
+    Args:
+        coordinator: The connected coordinator whose channel carries the calls.
+    """
+
+    def __init__(self, coordinator: RemoteCoordinator) -> None:
+        self._coordinator = coordinator
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        """The artifact's bytes (read whole); raises ``ArtifactNotFound`` if missing."""
+        _, blob = self._coordinator.call(
+            "artifact_read", {"artifact_id": artifact_id}, timeout=TRANSFER_TIMEOUT_S
+        )
+        return io.BytesIO(blob)
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        """Stores the whole content under ``artifact_id``."""
+        self._coordinator.call(
+            "artifact_write",
+            {"artifact_id": artifact_id},
+            content_body.read(),
+            timeout=TRANSFER_TIMEOUT_S,
+        )
+
+    def remove(self, artifact_id: str) -> None:
+        """Deletes the artifact; raises ``ArtifactNotFound`` if it is missing."""
+        self._coordinator.call("artifact_remove", {"artifact_id": artifact_id})
+
+
+def _as_exception(exc: grpc.RpcError) -> Exception:
+    code = exc.code()  # type: ignore[attr-defined]
+    kind, message = wire.parse_error_details(exc.details())  # type: ignore[attr-defined]
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return StorageUnavailableError(f"proxy unavailable: {message or code.name}")
+    if kind == wire.LEASE_LOST:
+        return LeaseLostError(message)
+    if kind == wire.STUDY_NOT_FOUND and message.isdigit():
+        return StudyNotFoundError(int(message))
+    if kind == wire.ARTIFACT_NOT_FOUND:
+        return ArtifactNotFound(message)
+    return RemoteCallError(f"proxy: {code.name}: {message}")
+
+
+__all__ = [
+    "DEFAULT_PROXY_PORT",
+    "RemoteArtifactStore",
+    "RemoteCallError",
+    "RemoteCoordinator",
+    "is_proxy_url",
+    "parse_proxy_url",
+]

@@ -1,0 +1,318 @@
+"""``automl proxy``: one process that holds the database connections for many workers.
+
+It serves two gRPC endpoints side by side:
+
+- on ``port``, Optuna's own gRPC storage proxy (``optuna.storages.run_grpc_proxy_server``)
+  for the trials themselves (create, suggest, report, tell), which workers reach through
+  ``optuna.storages.GrpcStorageProxy``;
+- on ``port + 1``, automl's coordination service: every ``Coordinator`` call (claim,
+  heartbeat, checkpoint, finish, release, settle) and the artifact store, each run by a
+  ``SqlCoordinator`` on the database, so claims stay one conditional write and the budget
+  stays exact however many workers share the proxy.
+
+The proxy also runs the reaper (its workers hold no database connection to run their own).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import threading
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NoReturn
+
+import grpc
+import optuna
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.storages import run_grpc_proxy_server
+
+from automl.proxy import wire
+from automl.store import (
+    FailureKind,
+    LeaseLostError,
+    Reaper,
+    Store,
+    StudyNotFoundError,
+    is_transient,
+    remove_quietly,
+)
+from automl.store.faults import first_line
+from automl.worker.coordinator import SqlCoordinator
+
+logger = logging.getLogger("automl.proxy")
+
+# Optuna's gRPC proxy is experimental; automl pins its use with tests instead of a warning.
+warnings.filterwarnings(
+    "ignore", category=optuna.exceptions.ExperimentalWarning, message=r".*grpc|.*Grpc"
+)
+
+Handler = Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes]]
+
+READY_TIMEOUT_S = 15.0
+
+
+class ProxyError(RuntimeError):
+    """The proxy could not start (a port is taken, or a server did not come up)."""
+
+
+class CoordinationService:
+    """The coordination methods, each a ``Handler`` over a ``SqlCoordinator``.
+
+    Args:
+        coordinator: The coordinator on the database.
+    """
+
+    def __init__(self, coordinator: SqlCoordinator) -> None:
+        self.coordinator = coordinator
+        self.handlers: dict[str, Handler] = {
+            "ping": lambda header, _: ({}, b""),
+            "claim": self._claim,
+            "heartbeat": self._heartbeat,
+            "record_trial": self._record_trial,
+            "record_params": self._record_params,
+            "save_checkpoint": self._save_checkpoint,
+            "load_checkpoint": self._load_checkpoint,
+            "finish": self._finish,
+            "release": self._release,
+            "settle": self._settle,
+            "settle_due": self._settle_due,
+            "spec": self._spec,
+            "status": self._status,
+            "artifact_read": self._artifact_read,
+            "artifact_write": self._artifact_write,
+            "artifact_remove": self._artifact_remove,
+        }
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        """The gRPC handler of every method (raw bytes in and out, see ``wire``)."""
+        methods = {
+            name: grpc.unary_unary_rpc_method_handler(self._wrap(name, handler))
+            for name, handler in self.handlers.items()
+        }
+        return grpc.method_handlers_generic_handler(wire.SERVICE, methods)
+
+    def _wrap(self, name: str, handler: Handler) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+        def call(request: bytes, context: grpc.ServicerContext) -> bytes:
+            try:
+                header, payload = wire.unpack(request)
+            except (ValueError, UnicodeDecodeError) as exc:
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, wire.ERROR, str(exc))
+            try:
+                reply, blob = handler(header, payload)
+            except LeaseLostError as exc:
+                _abort(context, grpc.StatusCode.FAILED_PRECONDITION, wire.LEASE_LOST, str(exc))
+            except StudyNotFoundError as exc:
+                study = str(exc.study_id)
+                _abort(context, grpc.StatusCode.NOT_FOUND, wire.STUDY_NOT_FOUND, study)
+            except ArtifactNotFound as exc:
+                _abort(context, grpc.StatusCode.NOT_FOUND, wire.ARTIFACT_NOT_FOUND, str(exc))
+            except Exception as exc:
+                if is_transient(exc):
+                    message = first_line(exc)
+                    _abort(context, grpc.StatusCode.UNAVAILABLE, wire.UNAVAILABLE, message)
+                logger.exception("coordination call %s failed", name)
+                message = f"{type(exc).__name__}: {exc}"
+                _abort(context, grpc.StatusCode.INTERNAL, wire.ERROR, message)
+            return wire.pack(reply, blob)
+
+        return call
+
+    # --- the methods ---------------------------------------------------------------------------
+
+    def _claim(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        lease = self.coordinator.claim(header["worker_id"], header.get("study_id"))
+        return {"lease": None if lease is None else wire.lease_to_wire(lease)}, b""
+
+    def _heartbeat(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        status = self.coordinator.heartbeat(wire.lease_from_wire(header["lease"]))
+        return {"held": status.held, "study_active": status.study_active}, b""
+
+    def _record_trial(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        lease = wire.lease_from_wire(header["lease"])
+        self.coordinator.record_trial(lease, int(header["trial_id"]), int(header["number"]))
+        return {}, b""
+
+    def _record_params(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        self.coordinator.record_params(wire.lease_from_wire(header["lease"]), header["params"])
+        return {}, b""
+
+    def _save_checkpoint(
+        self, header: dict[str, Any], payload: bytes
+    ) -> tuple[dict[str, Any], bytes]:
+        lease = wire.lease_from_wire(header["lease"])
+        self.coordinator.save_checkpoint(lease, payload, int(header["epoch"]))
+        return {}, b""
+
+    def _load_checkpoint(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        blob = self.coordinator.load_checkpoint(wire.lease_from_wire(header["lease"]))
+        return {"found": blob is not None}, blob or b""
+
+    def _finish(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        failure = header.get("failure")
+        self.coordinator.finish(
+            wire.lease_from_wire(header["lease"]),
+            header["outcome"],
+            None if failure is None else FailureKind(failure),
+        )
+        return {}, b""
+
+    def _release(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        released = self.coordinator.release(
+            wire.lease_from_wire(header["lease"]),
+            FailureKind(header["failure"]),
+            header["error"],
+            requeue=bool(header["requeue"]),
+        )
+        return {"released": released}, b""
+
+    def _settle(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        status = self.coordinator.settle(int(header["study_id"]))
+        return {"status": None if status is None else status.value}, b""
+
+    def _settle_due(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        self.coordinator.settle_due()
+        return {}, b""
+
+    def _spec(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        spec = self.coordinator.spec(int(header["study_id"]))
+        return {"spec": spec.model_dump(mode="json", exclude_none=True)}, b""
+
+    def _status(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        status = self.coordinator.status(int(header["study_id"]))
+        return {"status": None if status is None else status.value}, b""
+
+    def _artifact_read(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        with self.coordinator.artifacts.open_reader(str(header["artifact_id"])) as reader:
+            return {}, reader.read()
+
+    def _artifact_write(
+        self, header: dict[str, Any], payload: bytes
+    ) -> tuple[dict[str, Any], bytes]:
+        self.coordinator.artifacts.write(str(header["artifact_id"]), io.BytesIO(payload))
+        return {}, b""
+
+    def _artifact_remove(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        artifact_id = str(header["artifact_id"])
+        if header.get("quietly"):
+            remove_quietly(self.coordinator.artifacts, artifact_id)
+        else:
+            self.coordinator.artifacts.remove(artifact_id)
+        return {}, b""
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, kind: str, msg: str) -> NoReturn:
+    context.abort(code, wire.error_details(kind, msg))
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+class ProxyServer:
+    """Both endpoints and the reaper, started together.
+
+    Args:
+        store: The open store (the proxy's database connections).
+        host: Interface to listen on.
+        port: Port of Optuna's storage proxy; coordination listens on ``port + 1``.
+        threads: Threads serving each endpoint (concurrent calls in flight).
+        grace: Seconds without heartbeat after which a worker counts as lost.
+        reap_interval: Seconds between reaper passes (None: no reaper).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        host: str = "127.0.0.1",
+        port: int = 13000,
+        *,
+        threads: int = 32,
+        grace: float = 60.0,
+        reap_interval: float | None = 15.0,
+    ) -> None:
+        self.store, self.host, self.port = store, host, port
+        self.threads = threads
+        self.grace, self.reap_interval = grace, reap_interval
+        self._server: grpc.Server | None = None
+        self._reaper: Reaper | None = None
+
+    @property
+    def coordination_port(self) -> int:
+        """Where the coordination service listens."""
+        return self.port + 1
+
+    def start(self) -> ProxyServer:
+        """Starts both endpoints and the reaper; returns once both answer.
+
+        Raises:
+            ProxyError: If a port is taken or a server does not come up.
+        """
+        self.check_ports(self.host, self.port)
+        optuna_proxy = threading.Thread(
+            target=run_grpc_proxy_server,
+            args=(self.store.storage,),
+            kwargs={
+                "host": self.host,
+                "port": self.port,
+                "thread_pool": ThreadPoolExecutor(self.threads),
+            },
+            name="automl-optuna-proxy",
+            daemon=True,
+        )
+        optuna_proxy.start()
+        server = grpc.server(ThreadPoolExecutor(self.threads), options=wire.CHANNEL_OPTIONS)
+        service = CoordinationService(SqlCoordinator(self.store))
+        server.add_generic_rpc_handlers((service.generic_handler(),))
+        if server.add_insecure_port(f"{self.host}:{self.coordination_port}") == 0:
+            raise ProxyError(f"cannot listen on {self.host}:{self.coordination_port}")
+        server.start()
+        self._server = server
+        for port in (self.port, self.coordination_port):
+            _wait_ready(self.host, port)
+        if self.reap_interval is not None:
+            self._reaper = Reaper(self.store, self.grace, self.reap_interval).start()
+        logger.info(
+            "proxy on %s: Optuna storage on port %d, coordination on port %d",
+            self.host,
+            self.port,
+            self.coordination_port,
+        )
+        return self
+
+    @staticmethod
+    def check_ports(host: str, port: int) -> None:
+        """Raises ``ProxyError`` unless ``port`` and ``port + 1`` are free on ``host``."""
+        for candidate in (port, port + 1):
+            _check_free(host, candidate)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stops the coordination endpoint and the reaper (Optuna's ends with the process)."""
+        if self._reaper is not None:
+            self._reaper.stop()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+
+
+def _check_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ProxyError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _wait_ready(host: str, port: int) -> None:
+    target = f"{_connect_host(host)}:{port}"
+    with grpc.insecure_channel(target) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=READY_TIMEOUT_S)
+        except grpc.FutureTimeoutError:
+            raise ProxyError(f"the server on {target} did not come up") from None
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+__all__ = ["CoordinationService", "ProxyError", "ProxyServer"]

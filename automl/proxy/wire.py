@@ -1,0 +1,83 @@
+"""The coordination protocol on the wire: one gRPC method per coordinator call.
+
+A message is a JSON header, optionally followed by raw bytes (a checkpoint or weights):
+``[4-byte big-endian header length][header JSON][payload]``. Errors travel as gRPC status
+codes whose details start with a kind (``lease_lost: ...``), so the client raises the same
+exceptions a worker sees on the database directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from typing import Any
+
+from automl.store import Lease
+
+SERVICE = "automl.Coordinator"
+"""The gRPC service name of the coordination methods."""
+
+MAX_MESSAGE_BYTES = 1024 * 1024 * 1024
+"""Largest message either side accepts (checkpoints of large models travel whole)."""
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+
+LEASE_LOST = "lease_lost"
+STUDY_NOT_FOUND = "study_not_found"
+ARTIFACT_NOT_FOUND = "artifact_not_found"
+UNAVAILABLE = "unavailable"
+ERROR = "error"
+
+_LENGTH = struct.Struct(">I")
+
+
+def pack(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    """One message: the JSON header, then the payload bytes."""
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return _LENGTH.pack(len(encoded)) + encoded + payload
+
+
+def unpack(message: bytes) -> tuple[dict[str, Any], bytes]:
+    """The header and payload of a message made by ``pack``.
+
+    Raises:
+        ValueError: If the message is not one ``pack`` made.
+    """
+    if len(message) < _LENGTH.size:
+        raise ValueError("message too short")
+    (length,) = _LENGTH.unpack_from(message)
+    end = _LENGTH.size + length
+    if end > len(message):
+        raise ValueError("header longer than the message")
+    header = json.loads(message[_LENGTH.size : end])
+    if not isinstance(header, dict):
+        raise ValueError("header is not an object")
+    return header, message[end:]
+
+
+def lease_to_wire(lease: Lease) -> dict[str, Any]:
+    """A lease as a JSON object."""
+    return dataclasses.asdict(lease)
+
+
+def lease_from_wire(data: dict[str, Any]) -> Lease:
+    """The lease that ``lease_to_wire`` wrote."""
+    return Lease(**data)
+
+
+def error_details(kind: str, message: str) -> str:
+    """The details string of an error status."""
+    return f"{kind}: {message}"
+
+
+def parse_error_details(details: str | None) -> tuple[str, str]:
+    """The kind and message of an error status's details (``error`` if unknown)."""
+    kind, sep, message = (details or "").partition(": ")
+    if not sep:
+        return ERROR, details or ""
+    return kind, message

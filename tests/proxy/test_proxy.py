@@ -1,0 +1,175 @@
+"""``automl proxy``: the coordination protocol over gRPC, against a real server on each backend."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import TrialState
+
+from automl.proxy import ProxyError, ProxyServer, RemoteCoordinator, parse_proxy_url, wire
+from automl.spec import StudySpec
+from automl.store import (
+    FailureKind,
+    LeaseLostError,
+    StorageUnavailableError,
+    Store,
+    StudyNotFoundError,
+    StudyStatus,
+    get_study,
+    is_transient,
+    reap_stale,
+    submit_study,
+)
+from automl.store.artifacts import open_weights
+from automl.worker import Worker, WorkerOptions
+from tests.conftest import free_port
+
+SpecFactory = Callable[..., StudySpec]
+
+
+def _free_pair() -> int:
+    """A port P such that P and P + 1 are both free right now."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            ProxyServer.check_ports("127.0.0.1", port)
+        except ProxyError:
+            continue
+        return port
+    raise AssertionError("no two adjacent free ports")
+
+
+@pytest.fixture
+def proxy(store: Store) -> Iterator[RemoteCoordinator]:
+    """A proxy on the store (no reaper: tests reap explicitly) and a client of it."""
+    server = ProxyServer(store, "127.0.0.1", _free_pair(), threads=4, reap_interval=None)
+    server.start()
+    client = RemoteCoordinator("127.0.0.1", server.port)
+    yield client
+    client.close()
+    server.stop(grace=0)
+
+
+def test_wire_round_trip_and_malformed_messages() -> None:
+    header, payload = wire.unpack(wire.pack({"a": [1, "x"]}, b"\x00\xff"))
+    assert (header, payload) == ({"a": [1, "x"]}, b"\x00\xff")
+    for bad in (b"", b"\x00\x00\x00\x09{}", b"\x00\x00\x00\x02[]"):
+        with pytest.raises(ValueError):
+            wire.unpack(bad)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [("grpc://proxy:14000", ("proxy", 14000)), ("grpc://10.0.0.5", ("10.0.0.5", 13000))],
+)
+def test_proxy_urls(url: str, expected: tuple[str, int]) -> None:
+    assert parse_proxy_url(url) == expected
+
+
+@pytest.mark.parametrize("url", ["http://proxy:1", "grpc://", "grpc://h:99999", "grpc://h:1/db"])
+def test_bad_proxy_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError, match=r"proxy URL|port"):
+        parse_proxy_url(url)
+
+
+def test_a_worker_completes_a_study_through_the_proxy(
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 3, "max_failed": 0})).id
+    options = WorkerOptions(device="cpu", study_id=study_id, exit_when_idle=True, threads=1)
+    worker = Worker(None, options, coordinator=proxy)
+
+    assert worker.run() == 3
+    detail = get_study(store, study_id)
+    assert detail.status == StudyStatus.COMPLETED
+    assert (detail.counts.complete, detail.counts.running, detail.counts.waiting) == (3, 0, 0)
+    best = max(store.storage.get_all_trials(study_id), key=lambda t: t.value or 0.0)
+    # The weights went through the proxy into the store's own artifact store.
+    with open_weights(best, store.artifacts) as reader:
+        assert len(reader.read()) > 1000
+
+
+def test_claims_leases_and_errors_keep_their_meaning(
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(
+        store, tiny_spec(budget={"n_trials": 1, "max_retries": 1, "max_failed": 0})
+    ).id
+    assert proxy.spec(study_id).name == "tiny"
+    lease = proxy.claim("w1", study_id)
+    assert lease is not None and lease.study_id == study_id
+    assert proxy.claim("w2", study_id) is None  # the budget is exact through the proxy too
+    assert proxy.heartbeat(lease).held
+
+    proxy.save_checkpoint(lease, b"state-1", epoch=1)
+    reclaimed = _reap_and_reclaim(store, study_id, proxy)
+    assert reclaimed.attempt == 2 and proxy.load_checkpoint(reclaimed) == b"state-1"
+
+    assert not proxy.heartbeat(lease).held
+    with pytest.raises(LeaseLostError):
+        proxy.record_params(lease, {"lr": 0.01})
+    with pytest.raises(StudyNotFoundError):
+        proxy.spec(study_id + 1000)
+    assert proxy.status(study_id + 1000) is None
+
+    assert proxy.release(reclaimed, FailureKind.ERROR, "boom", requeue=False)
+    assert proxy.settle(study_id) == StudyStatus.FAILED
+
+
+def _reap_and_reclaim(store: Store, study_id: int, proxy: RemoteCoordinator):
+    """Ages the running ticket past any grace period, reaps it and claims it again."""
+    assert len(reap_stale(store, grace=-1.0)) == 1
+    lease = proxy.claim("w3", study_id)
+    assert lease is not None
+    return lease
+
+
+def test_artifacts_through_the_proxy(store: Store, proxy: RemoteCoordinator) -> None:
+    proxy.artifacts.write("a-1", io.BytesIO(b"x" * 100_000))
+    with store.artifacts.open_reader("a-1") as reader:
+        assert reader.read() == b"x" * 100_000
+    assert proxy.artifacts.open_reader("a-1").read() == b"x" * 100_000
+    proxy.artifacts.remove("a-1")
+    with pytest.raises(ArtifactNotFound):
+        proxy.artifacts.open_reader("a-1")
+    with pytest.raises(ArtifactNotFound):
+        proxy.artifacts.remove("a-1")
+
+
+def test_an_unreachable_proxy_is_a_transient_fault(sqlite_store: Store) -> None:
+    client = RemoteCoordinator("127.0.0.1", _free_pair())
+    try:
+        with pytest.raises(StorageUnavailableError) as caught:
+            client.ping(timeout=2)
+        assert is_transient(caught.value)
+        with pytest.raises(Exception) as optuna_call:  # Optuna's own proxy client
+            client.storage.get_all_studies()
+        assert is_transient(optuna_call.value)
+    finally:
+        client.close()
+
+
+def test_a_taken_port_is_a_clear_error(sqlite_store: Store, tmp_path: Path) -> None:
+    port = _free_pair()
+    first = ProxyServer(sqlite_store, "127.0.0.1", port, threads=2, reap_interval=None).start()
+    try:
+        with pytest.raises(ProxyError, match=f"127.0.0.1:{port}"):
+            ProxyServer(sqlite_store, "127.0.0.1", port, threads=2, reap_interval=None).start()
+    finally:
+        first.stop(grace=0)
+
+
+def test_trials_created_through_the_proxy_are_optuna_trials(
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1})).id
+    options = WorkerOptions(device="cpu", study_id=study_id, exit_when_idle=True, threads=1)
+    Worker(None, options, coordinator=proxy).run()
+    (trial,) = store.storage.get_all_trials(study_id)
+    assert trial.state == TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == [1]
+    assert set(trial.params) >= {"optimizer", "lr"}
