@@ -44,12 +44,12 @@ from automl.store import (
     Store,
     attrs,
     claim,
+    end_study_if_done,
     get_study,
     list_trials,
     normalize_url,
     open_store,
     record_trial,
-    settle_study,
     submit_study,
     tables,
 )
@@ -226,9 +226,9 @@ def run_size(store: Store, n: int, repeats: int) -> list[tuple[str, float, float
     )
     rows.append(
         (
-            "settle",
+            "end_if_done",
             *alternate(
-                lambda: settle_study(store, study_id),
+                lambda: end_study_if_done(store, study_id),
                 lambda: baseline_settle(store.storage, study_id),
                 repeats,
             ),

@@ -162,14 +162,14 @@ class RemoteCoordinator:
         reply, _ = self.call("release", header)
         return bool(reply["released"])
 
-    def settle(self, study_id: int) -> StudyStatus | None:
-        """See ``Coordinator.settle``."""
-        reply, _ = self.call("settle", {"study_id": study_id})
+    def end_if_done(self, study_id: int) -> StudyStatus | None:
+        """See ``Coordinator.end_if_done``."""
+        reply, _ = self.call("end_if_done", {"study_id": study_id})
         return None if reply["status"] is None else StudyStatus(reply["status"])
 
-    def settle_due(self) -> None:
-        """See ``Coordinator.settle_due``."""
-        self.call("settle_due", {})
+    def end_due_studies(self) -> None:
+        """See ``Coordinator.end_due_studies``."""
+        self.call("end_due_studies", {})
 
     def spec(self, study_id: int) -> StudySpec:
         """See ``Coordinator.spec``."""

@@ -77,8 +77,8 @@ class CoordinationService:
             "load_checkpoint": self._load_checkpoint,
             "finish": self._finish,
             "release": self._release,
-            "settle": self._settle,
-            "settle_due": self._settle_due,
+            "end_if_done": self._end_if_done,
+            "end_due_studies": self._end_due_studies,
             "spec": self._spec,
             "status": self._status,
             "artifact_read": self._artifact_read,
@@ -168,12 +168,12 @@ class CoordinationService:
         )
         return {"released": released}, b""
 
-    def _settle(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
-        status = self.coordinator.settle(int(header["study_id"]))
+    def _end_if_done(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        status = self.coordinator.end_if_done(int(header["study_id"]))
         return {"status": None if status is None else status.value}, b""
 
-    def _settle_due(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
-        self.coordinator.settle_due()
+    def _end_due_studies(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        self.coordinator.end_due_studies()
         return {}, b""
 
     def _spec(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:

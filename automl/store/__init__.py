@@ -27,7 +27,7 @@ from automl.store.leases import (
     record_trial,
     release,
 )
-from automl.store.reaper import Reaped, Reaper, reap_stale, remove_orphans, settle_due
+from automl.store.reaper import Reaped, Reaper, end_due_studies, reap_stale, remove_orphans
 from automl.store.storage import (
     StorageError,
     Store,
@@ -44,6 +44,7 @@ from automl.store.studies import (
     best_trials,
     cancel_study,
     delete_study,
+    end_study_if_done,
     enqueue_trials,
     extend_study,
     get_frozen_trial,
@@ -52,11 +53,10 @@ from automl.store.studies import (
     get_trial,
     list_studies,
     list_trials,
-    load_spec,
     rerun_failed,
     resume_study,
-    settle_study,
     submit_study,
+    submitted_spec,
 )
 from automl.store.views import (
     BestTrials,
@@ -102,6 +102,8 @@ __all__ = [
     "check_schema",
     "claim",
     "delete_study",
+    "end_due_studies",
+    "end_study_if_done",
     "enqueue_trials",
     "extend_study",
     "finish",
@@ -113,7 +115,6 @@ __all__ = [
     "is_transient",
     "list_studies",
     "list_trials",
-    "load_spec",
     "normalize_url",
     "open_store",
     "open_store_from",
@@ -130,8 +131,7 @@ __all__ = [
     "resume_study",
     "retry_transient",
     "save_weights",
-    "settle_due",
-    "settle_study",
     "submit_study",
+    "submitted_spec",
     "write_checkpoint",
 ]

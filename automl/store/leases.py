@@ -24,7 +24,7 @@ from automl.spec import StudySpec
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.attrs import FailureKind, StudyStatus
-from automl.store.status import ACTIVE, change_status, lock_study, now, settle_locked
+from automl.store.status import ACTIVE, change_status, end_if_done_locked, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import TicketSource, TicketState, db_now
 
@@ -389,8 +389,8 @@ def fail_attempt_trials(
     return [t for t in candidates if optuna_rows.fail_running_trial(connection, t, user_attrs)]
 
 
-def settle(store: Store, study_id: int) -> StudyStatus | None:
-    """Ends the study if its work is done (see ``status.settle_locked``).
+def end_if_done(store: Store, study_id: int) -> StudyStatus | None:
+    """Ends the study if its work is done (see ``status.end_if_done_locked``).
 
     Returns:
         Its status afterwards, or None if there is no such study.
@@ -399,4 +399,4 @@ def settle(store: Store, study_id: int) -> StudyStatus | None:
         study = lock_study(connection, study_id)
         if study is None:
             return None
-        return settle_locked(connection, study, now(connection))
+        return end_if_done_locked(connection, study, now(connection))

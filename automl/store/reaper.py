@@ -33,7 +33,7 @@ from automl.store.artifacts import remove_quietly
 from automl.store.attrs import FailureKind
 from automl.store.faults import first_line, is_transient
 from automl.store.leases import fail_attempt_trials
-from automl.store.status import ACTIVE, lock_study, now, settle_locked
+from automl.store.status import ACTIVE, end_if_done_locked, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import DELETING, TicketState
 
@@ -143,7 +143,7 @@ def _reap_one(
         connection.execute(
             tickets.update().where(tickets.c.ticket_id == ticket.ticket_id).values(**values)
         )
-        settle_locked(connection, study, at)
+        end_if_done_locked(connection, study, at)
     if drop_checkpoint is not None:
         remove_quietly(store.artifacts, drop_checkpoint)
     return Reaped(ticket_id, study_id, ticket.worker_id, tuple(failed), result)
@@ -162,7 +162,7 @@ def _told_state(connection: sa.engine.Connection, ticket: Any) -> tuple[str, Any
     return TicketState.DONE.value, state.name.lower(), failure
 
 
-def settle_due(store: Store) -> list[int]:
+def end_due_studies(store: Store) -> list[int]:
     """Settles active studies that are due: time ran out, or no work is left.
 
     Returns:
@@ -190,7 +190,7 @@ def settle_due(store: Store) -> list[int]:
             study = lock_study(connection, study_id)
             if study is None:
                 continue
-            if not settle_locked(connection, study, now(connection)).is_active:
+            if not end_if_done_locked(connection, study, now(connection)).is_active:
                 ended.append(study_id)
     return ended
 
@@ -228,7 +228,7 @@ def remove_orphans(store: Store, min_age_s: float = ORPHAN_AGE_S) -> list[int]:
 
 
 class Reaper:
-    """Runs ``reap_stale``, ``settle_due`` and ``remove_orphans`` every ``interval`` seconds.
+    """Runs ``reap_stale``, ``end_due_studies`` and ``remove_orphans`` every ``interval`` seconds.
 
     Args:
         store: The store.
@@ -269,7 +269,7 @@ class Reaper:
                 self._healthy_since = time.monotonic()
             elif time.monotonic() - healthy_since >= self.grace:
                 reaped = reap_stale(self.store, self.grace)
-            settle_due(self.store)
+            end_due_studies(self.store)
             remove_orphans(self.store)
         except Exception as exc:
             if not is_transient(exc):

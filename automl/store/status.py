@@ -130,7 +130,9 @@ def has_tickets(connection: sa.engine.Connection, study_id: int, *states: Ticket
     return bool(connection.scalar(query))
 
 
-def settle_locked(connection: sa.engine.Connection, study: sa.Row[Any], at: float) -> StudyStatus:
+def end_if_done_locked(
+    connection: sa.engine.Connection, study: sa.Row[Any], at: float
+) -> StudyStatus:
     """Ends an active study whose work is done, whose time ran out or that failed too often.
 
     Args:

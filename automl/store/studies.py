@@ -29,7 +29,7 @@ from automl.spec import CategoricalParam, FieldError, FloatParam, IntParam, Spec
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.attrs import StudyStatus
-from automl.store.leases import settle
+from automl.store.leases import end_if_done
 from automl.store.status import (
     ACTIVE,
     change_status,
@@ -207,7 +207,7 @@ def _row(connection: sa.engine.Connection, study_id: int) -> sa.Row[Any]:
 
 
 @retrying_read
-def load_spec(store: Store, study_id: int) -> StudySpec:
+def submitted_spec(store: Store, study_id: int) -> StudySpec:
     """The spec a study was submitted with.
 
     Raises:
@@ -568,7 +568,7 @@ def enqueue_trials(
         raise SpecError([FieldError(("configs",), "give at least one configuration")])
     if len(configs) > MAX_ENQUEUE:
         raise SpecError([FieldError(("configs",), f"at most {MAX_ENQUEUE} configurations")])
-    spec = load_spec(store, study_id)
+    spec = submitted_spec(store, study_id)
     errors = [
         error
         for index, config in enumerate(configs)
@@ -711,13 +711,13 @@ def _trial_artifacts(store: Store, study_id: int) -> Iterable[str]:
     return sorted(found)
 
 
-def settle_study(store: Store, study_id: int) -> StudyStatus:
+def end_study_if_done(store: Store, study_id: int) -> StudyStatus:
     """Ends the study if its work is done, its time ran out or it failed too often.
 
     Raises:
         StudyNotFoundError: If there is no such study.
     """
-    status = settle(store, study_id)
+    status = end_if_done(store, study_id)
     if status is None:
         raise StudyNotFoundError(study_id)
     return status
@@ -731,6 +731,7 @@ __all__ = [
     "best_trials",
     "cancel_study",
     "delete_study",
+    "end_study_if_done",
     "enqueue_trials",
     "extend_study",
     "finish_deletion",
@@ -741,9 +742,8 @@ __all__ = [
     "iso",
     "list_studies",
     "list_trials",
-    "load_spec",
     "rerun_failed",
     "resume_study",
-    "settle_study",
     "submit_study",
+    "submitted_spec",
 ]

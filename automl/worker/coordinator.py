@@ -24,18 +24,18 @@ from automl.store import (
     StudyNotFoundError,
     StudyStatus,
     claim,
+    end_due_studies,
+    end_study_if_done,
     finish,
     get_status,
     heartbeat,
-    load_spec,
     read_checkpoint,
     record_checkpoint,
     record_params,
     record_trial,
     release,
     remove_quietly,
-    settle_due,
-    settle_study,
+    submitted_spec,
     write_checkpoint,
 )
 
@@ -83,11 +83,11 @@ class Coordinator(Protocol):
         attempt's trial; False if the lease was already lost."""
         ...
 
-    def settle(self, study_id: int) -> StudyStatus | None:
+    def end_if_done(self, study_id: int) -> StudyStatus | None:
         """Ends the study if its work is done; its status (None if it is gone)."""
         ...
 
-    def settle_due(self) -> None:
+    def end_due_studies(self) -> None:
         """Ends every active study whose work is done or whose time ran out."""
         ...
 
@@ -157,20 +157,20 @@ class SqlCoordinator:
         """See ``Coordinator.release``."""
         return release(self.store, lease, failure, error, requeue=requeue)
 
-    def settle(self, study_id: int) -> StudyStatus | None:
-        """See ``Coordinator.settle``."""
+    def end_if_done(self, study_id: int) -> StudyStatus | None:
+        """See ``Coordinator.end_if_done``."""
         try:
-            return settle_study(self.store, study_id)
+            return end_study_if_done(self.store, study_id)
         except StudyNotFoundError:
             return None
 
-    def settle_due(self) -> None:
-        """See ``Coordinator.settle_due``."""
-        settle_due(self.store)
+    def end_due_studies(self) -> None:
+        """See ``Coordinator.end_due_studies``."""
+        end_due_studies(self.store)
 
     def spec(self, study_id: int) -> StudySpec:
         """See ``Coordinator.spec``."""
-        return load_spec(self.store, study_id)
+        return submitted_spec(self.store, study_id)
 
     def status(self, study_id: int) -> StudyStatus | None:
         """See ``Coordinator.status``."""

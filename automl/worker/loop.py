@@ -186,7 +186,7 @@ class Worker:
     def _idle_exit(self) -> bool:
         """Settles what is due; whether an idle worker should exit now."""
         try:
-            self.coordinator.settle_due()
+            self.coordinator.end_due_studies()
             if self.options.exit_when_idle:
                 return True
             if self.options.study_id is None:
@@ -227,7 +227,7 @@ class Worker:
                     return TrialRun(lease, "fail")
                 return run_lease(ctx, lease, study, spec, keeper)
         finally:
-            ctx.persist(lambda: self.coordinator.settle(lease.study_id), "settling a study")
+            ctx.persist(lambda: self.coordinator.end_if_done(lease.study_id), "settling a study")
 
     def _study(self, lease: Lease) -> tuple[optuna.Study, StudySpec]:
         """The study (cached, so its trial cache lasts), with this attempt's sampler."""

@@ -117,7 +117,7 @@ def test_claims_leases_and_errors_keep_their_meaning(
     assert proxy.status(study_id + 1000) is None
 
     assert proxy.release(reclaimed, FailureKind.ERROR, "boom", requeue=False)
-    assert proxy.settle(study_id) == StudyStatus.FAILED
+    assert proxy.end_if_done(study_id) == StudyStatus.FAILED
 
 
 def _reap_and_reclaim(store: Store, study_id: int, proxy: RemoteCoordinator):

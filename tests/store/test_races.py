@@ -13,8 +13,8 @@ from automl.store import (
     StudyStatus,
     attrs,
     cancel_study,
+    end_study_if_done,
     get_study,
-    settle_study,
     submit_study,
 )
 from tests.conftest import store_at
@@ -37,7 +37,7 @@ def _race(worker_side: Store, user_side: Store, study_id: int) -> str:
     def complete() -> None:
         start.wait()
         end_trial(worker_side, lease, trial_id, 0.5)
-        settle_study(worker_side, study_id)
+        end_study_if_done(worker_side, study_id)
 
     def cancel() -> None:
         start.wait()

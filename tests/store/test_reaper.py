@@ -20,12 +20,12 @@ from automl.store import (
     StudyStatus,
     attrs,
     claim,
+    end_due_studies,
     finish,
     get_study,
     heartbeat,
     reap_stale,
     record_params,
-    settle_due,
     submit_study,
     tables,
 )
@@ -190,7 +190,7 @@ def test_settle_due_ends_timed_out_and_finished_studies(
     finish(store, lease, "pruned")  # a worker that died before settling
     untouched = submit_study(store, tiny_spec(name="u")).id
 
-    assert sorted(settle_due(store)) == [timed, done]
+    assert sorted(end_due_studies(store)) == [timed, done]
     assert get_study(store, timed).status_reason == "timeout reached"
     assert get_study(store, done).status == StudyStatus.COMPLETED
     assert get_study(store, untouched).status == StudyStatus.QUEUED

@@ -26,6 +26,7 @@ from automl.store import (
     cancel_study,
     claim,
     delete_study,
+    end_study_if_done,
     enqueue_trials,
     extend_study,
     get_frozen_trial,
@@ -34,14 +35,13 @@ from automl.store import (
     get_trial,
     list_studies,
     list_trials,
-    load_spec,
     open_weights,
     remove_orphans,
     rerun_failed,
     resume_study,
     save_weights,
-    settle_study,
     submit_study,
+    submitted_spec,
     tables,
 )
 from tests.store.conftest import drive, end_trial, start_trial
@@ -82,7 +82,7 @@ def test_submit_creates_a_queued_study_without_per_trial_rows(
     assert detail.counts.finished == detail.counts.running == 0
     assert detail.best_value is None and detail.started_at is None
     assert detail.spec["budget"]["n_trials"] == 5000
-    assert load_spec(store, detail.id) == spec
+    assert submitted_spec(store, detail.id) == spec
     assert _tickets(store, detail.id) == []  # budget units are issued as workers claim
     assert store.storage.get_all_trials(detail.id) == []
     # Optuna (and optuna-dashboard) sees the study, its spec and its status.
@@ -140,7 +140,7 @@ def test_unknown_study_raises_study_not_found(store: Store) -> None:
     for call in (
         lambda: get_study(store, missing),
         lambda: get_status(store, missing),
-        lambda: load_spec(store, missing),
+        lambda: submitted_spec(store, missing),
         lambda: cancel_study(store, missing),
         lambda: extend_study(store, missing, 1),
         lambda: resume_study(store, missing),
@@ -150,7 +150,7 @@ def test_unknown_study_raises_study_not_found(store: Store) -> None:
         lambda: best_trials(store, missing),
         lambda: list_trials(store, missing),
         lambda: get_trial(store, missing, 0),
-        lambda: settle_study(store, missing),
+        lambda: end_study_if_done(store, missing),
     ):
         with pytest.raises(StudyNotFoundError, match=f"study {missing} not found"):
             call()
@@ -252,25 +252,25 @@ def test_best_trials_of_multi_objective_is_the_pareto_front(
 
 def test_settle_completes_when_every_unit_ended(store: Store, tiny_spec: SpecFactory) -> None:
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 3, "max_failed": 1})).id
-    assert settle_study(store, study_id) == StudyStatus.QUEUED
+    assert end_study_if_done(store, study_id) == StudyStatus.QUEUED
     drive(store, study_id, [0.5, TrialState.PRUNED])
-    assert settle_study(store, study_id) == StudyStatus.RUNNING
+    assert end_study_if_done(store, study_id) == StudyStatus.RUNNING
     drive(store, study_id, [TrialState.FAIL])  # one failure is allowed
-    assert settle_study(store, study_id) == StudyStatus.COMPLETED
+    assert end_study_if_done(store, study_id) == StudyStatus.COMPLETED
 
     detail = get_study(store, study_id)
     assert (detail.status_reason, detail.counts.finished) == ("all trials finished", 3)
     assert detail.finished_at is not None
     assert store.storage.get_study_user_attrs(study_id)[attrs.STATUS] == "completed"
-    assert settle_study(store, study_id) == StudyStatus.COMPLETED  # idempotent
+    assert end_study_if_done(store, study_id) == StudyStatus.COMPLETED  # idempotent
 
 
 def test_only_error_failures_count_toward_max_failed(store: Store, tiny_spec: SpecFactory) -> None:
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 6, "max_failed": 1})).id
     drive(store, study_id, [FailureKind.WORKER_LOST, FailureKind.OUT_OF_MEMORY, TrialState.FAIL])
-    assert settle_study(store, study_id) == StudyStatus.RUNNING
+    assert end_study_if_done(store, study_id) == StudyStatus.RUNNING
     drive(store, study_id, [TrialState.FAIL])
-    assert settle_study(store, study_id) == StudyStatus.FAILED
+    assert end_study_if_done(store, study_id) == StudyStatus.FAILED
 
     detail = get_study(store, study_id)
     assert detail.status_reason == "2 trials failed (max_failed is 1)"
@@ -287,9 +287,9 @@ def test_timeout_stops_claims_then_completes_once_nothing_runs(
     _set_deadline(store, study_id, -1)
 
     assert claim(store, "w", study_id) is None  # no trial starts after the deadline
-    assert settle_study(store, study_id) == StudyStatus.RUNNING  # one still runs
+    assert end_study_if_done(store, study_id) == StudyStatus.RUNNING  # one still runs
     end_trial(store, lease, trial_id, 0.5)
-    assert settle_study(store, study_id) == StudyStatus.COMPLETED
+    assert end_study_if_done(store, study_id) == StudyStatus.COMPLETED
     detail = get_study(store, study_id)
     assert detail.status_reason == "timeout reached"
     assert (detail.counts.complete, detail.counts.waiting) == (1, 0)
@@ -321,7 +321,7 @@ def test_extend_adds_budget_to_an_active_study(store: Store, tiny_spec: SpecFact
     assert extend_study(store, study_id, 2).n_trials == 3
     drive(store, study_id, [0.1, 0.2, 0.3])
     assert claim(store, "w", study_id) is None
-    assert settle_study(store, study_id) == StudyStatus.COMPLETED
+    assert end_study_if_done(store, study_id) == StudyStatus.COMPLETED
     with pytest.raises(StudyStateError, match="resume it"):
         extend_study(store, study_id, 1)
 
@@ -348,7 +348,7 @@ def test_resume_requeues_cancelled_work_and_adds_budget(
 def test_resume_of_a_finished_study_needs_more_budget(store: Store, tiny_spec: SpecFactory) -> None:
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
     drive(store, study_id, [0.5])
-    settle_study(store, study_id)
+    end_study_if_done(store, study_id)
     with pytest.raises(StudyStateError, match="add_trials > 0"):
         resume_study(store, study_id)
     assert resume_study(store, study_id, add_trials=1).counts.waiting == 1
@@ -359,10 +359,10 @@ def test_resume_of_a_failed_study_counts_failures_anew(
 ) -> None:
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 4, "max_failed": 0})).id
     drive(store, study_id, [TrialState.FAIL])
-    assert settle_study(store, study_id) == StudyStatus.FAILED
+    assert end_study_if_done(store, study_id) == StudyStatus.FAILED
     resume_study(store, study_id)
     drive(store, study_id, [0.5])
-    assert settle_study(store, study_id) == StudyStatus.RUNNING  # not failed again at once
+    assert end_study_if_done(store, study_id) == StudyStatus.RUNNING  # not failed again at once
 
 
 def test_rerun_failed_requeues_failed_trials_and_reopens(
@@ -372,12 +372,12 @@ def test_rerun_failed_requeues_failed_trials_and_reopens(
     with pytest.raises(StudyStateError, match="no failed trials"):
         rerun_failed(store, study_id)
     drive(store, study_id, [0.5, TrialState.FAIL])
-    assert settle_study(store, study_id) == StudyStatus.COMPLETED
+    assert end_study_if_done(store, study_id) == StudyStatus.COMPLETED
 
     detail = rerun_failed(store, study_id)
     assert (detail.status, detail.counts.waiting, detail.counts.fail) == (StudyStatus.QUEUED, 1, 0)
     drive(store, study_id, [0.7])
-    assert settle_study(store, study_id) == StudyStatus.COMPLETED
+    assert end_study_if_done(store, study_id) == StudyStatus.COMPLETED
     assert get_study(store, study_id).counts.complete == 2
 
 
@@ -433,7 +433,7 @@ def test_delete_removes_the_study_its_trials_and_artifacts(
     save_weights(store.storage, trial, {"w": torch.ones(3)}, store.artifacts)
     weights_id = store.storage.get_trial(trial_id).user_attrs[attrs.WEIGHTS]
     end_trial(store, lease, trial_id, 0.5)
-    settle_study(store, study_id)
+    end_study_if_done(store, study_id)
     with open_weights(get_frozen_trial(store, study_id, 0), store.artifacts) as reader:
         assert torch.load(io.BytesIO(reader.read()), weights_only=True)["w"].sum() == 3
 

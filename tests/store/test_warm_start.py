@@ -15,9 +15,9 @@ from automl.spec import SpecError, StudySpec
 from automl.store import (
     Store,
     attrs,
+    end_study_if_done,
     finish,
     get_study,
-    settle_study,
     submit_study,
     tables,
 )
@@ -43,7 +43,7 @@ def finished_study(store: Store, tiny_spec: SpecFactory, results: list[tuple[dic
             store.storage.set_trial_param(trial_id, name, internal, distribution)
         store.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [value])
         finish(store, lease, "complete")
-    settle_study(store, study_id)
+    end_study_if_done(store, study_id)
     assert get_study(store, study_id).status == "completed"
     return study_id
 
