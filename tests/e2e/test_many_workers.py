@@ -7,157 +7,49 @@ grace settings keep each scenario to seconds.
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
-import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from automl.spec import StudySpec
 from automl.store import (
-    Store,
     StudyStatus,
     attrs,
     enqueue_trials,
     get_study,
-    open_weights,
     reap_stale,
     submit_study,
-    tables,
 )
 from tests.conftest import free_port, store_at, wait_healthy
+from tests.e2e.fleet import (
+    FAST_LEASES,
+    GRACE_S,
+    HEARTBEAT_S,
+    REAP_S,
+    SMALL_TRAIN,
+    STUDY_TIMEOUT_S,
+    Fleet,
+    check_intact,
+    running_holders,
+    wait_for,
+    wait_for_end,
+)
 from tests.netproxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
 SpecFactory = Callable[..., StudySpec]
-
-HEARTBEAT_S, GRACE_S, REAP_S = 0.2, 2.0, 0.5
-FAST_LEASES = {
-    "AUTOML_HEARTBEAT_INTERVAL": str(HEARTBEAT_S),
-    "AUTOML_GRACE_PERIOD": str(GRACE_S),
-    "AUTOML_REAP_INTERVAL": str(REAP_S),
-    "AUTOML_POLL_INTERVAL": "0.2",
-}
-STUDY_TIMEOUT_S = 240
-SMALL_TRAIN = {"source": "digits", "options": {"val_fraction": 0.9}}
-"""180 training images: epochs of a few batches, so trials are short but many epochs long."""
-
-
-class Fleet:
-    """Real ``automl worker`` processes on one storage URL, started and killed at will."""
-
-    def __init__(
-        self, url: str, tmp_path: Path, *extra: str, env: dict[str, str] | None = None
-    ) -> None:
-        self.url, self.tmp_path, self.extra = url, tmp_path, extra
-        self.env = {**FAST_LEASES, **(env or {})}
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.logs: list[Path] = []
-
-    def start(self, count: int = 1) -> None:
-        """Starts ``count`` more workers."""
-        for _ in range(count):
-            log = self.tmp_path / f"worker{len(self.logs)}.log"
-            env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-            env["AUTOML_ARTIFACTS_DIR"] = str(self.tmp_path / "artifacts")
-            env.pop("AUTOML_STORAGE", None)
-            command = [sys.executable, "-m", "automl", "--log-level", "INFO", "worker"]
-            command += ["--storage", self.url, "--device", "cpu", "--threads", "1", *self.extra]
-            with log.open("wb") as out:
-                self.processes.append(
-                    subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-                )
-            self.logs.append(log)
-
-    def alive(self) -> list[subprocess.Popen[bytes]]:
-        """The workers still running."""
-        return [process for process in self.processes if process.poll() is None]
-
-    def output(self) -> str:
-        """Every worker's log."""
-        return "\n".join(f"--- {log.name}\n{log.read_text()}" for log in self.logs)
-
-    def stop(self) -> None:
-        """Kills whatever still runs."""
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-
-
-@pytest.fixture
-def fleet_factory(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
-    """Makes fleets; kills their workers at the end of the test."""
-    fleets: list[Fleet] = []
-
-    def make(url: str, *extra: str, env: dict[str, str] | None = None) -> Fleet:
-        fleet = Fleet(url, tmp_path, *extra, env=env)
-        fleets.append(fleet)
-        return fleet
-
-    yield make
-    for fleet in fleets:
-        fleet.stop()
-
-
-def _running(store: Store, study_id: int, min_epochs: int = 1) -> dict[int, int]:
-    """pid -> ticket of the workers holding a ticket whose trial reported ``min_epochs``."""
-    with store.read() as connection:
-        rows = connection.execute(
-            sa.select(
-                tables.tickets.c.ticket_id, tables.tickets.c.worker_id, tables.tickets.c.trial_id
-            ).where(tables.tickets.c.study_id == study_id, tables.tickets.c.state == "running")
-        ).all()
-    holders = {}
-    for ticket_id, worker_id, trial_id in rows:
-        if trial_id is None:
-            continue
-        if len(store.storage.get_trial(trial_id).intermediate_values) >= min_epochs:
-            holders[int(worker_id.split(":")[-2])] = ticket_id
-    return holders
-
-
-def _wait(
-    condition: Callable[[], bool], what: str, output: Callable[[], str], timeout_s: float
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}\n{output()}")
-        time.sleep(0.1)
-
-
-def _wait_for_end(store: Store, study_id: int, fleet: Fleet) -> None:
-    _wait(
-        lambda: not get_study(store, study_id).status.is_active,
-        f"study {study_id} to end",
-        lambda: f"{get_study(store, study_id)}\n{fleet.output()}",
-        STUDY_TIMEOUT_S,
-    )
-
-
-def _check_intact(store: Store, trial: FrozenTrial, epochs: int) -> None:
-    """A completed trial has its value, full curve and history, and readable weights."""
-    assert trial.state == TrialState.COMPLETE
-    assert trial.values is not None and 0 <= trial.values[0] <= 1
-    assert sorted(trial.intermediate_values) == list(range(1, epochs + 1))
-    assert len(trial.user_attrs[attrs.HISTORY]) == epochs
-    with open_weights(trial, store.artifacts) as reader:
-        weights = torch.load(io.BytesIO(reader.read()), weights_only=True)
-    assert weights and all(isinstance(v, torch.Tensor) for v in weights.values())
-
 
 # --- (a) kill -9 ------------------------------------------------------------------------------
 
@@ -181,15 +73,15 @@ def test_kill_9_of_random_workers_loses_no_trial(
 
         def found() -> bool:
             holders.clear()
-            holders.update(_running(store, study_id))
+            holders.update(running_holders(store, study_id))
             return bool(holders)
 
         for _ in range(6):
-            _wait(found, "a trial past its first epoch", fleet.output, 120)
+            wait_for(found, "a trial past its first epoch", fleet.output, 120)
             victim = rng.choice(sorted(holders))
             os.kill(victim, signal.SIGKILL)
             fleet.start(1)  # keep four workers
-        _wait_for_end(store, study_id, fleet)
+        wait_for_end(store, study_id, fleet)
 
         detail = get_study(store, study_id)
         assert detail.status == StudyStatus.COMPLETED, detail
@@ -204,7 +96,7 @@ def test_kill_9_of_random_workers_loses_no_trial(
         assert 1 <= len(lost) <= 6
         assert {t.user_attrs[attrs.FAILURE] for t in lost} == {"worker_lost"}
         for trial in complete:
-            _check_intact(store, trial, epochs)
+            check_intact(store, trial, epochs)
         # Retried tickets resumed from their checkpoints: the curve continues the lost one.
         by_ticket = {t.user_attrs[attrs.TICKET]: t for t in lost}
         resumed = [t for t in complete if t.user_attrs.get(attrs.RESUMED_FROM_EPOCH)]
@@ -248,7 +140,12 @@ def test_api_reaper_requeues_when_every_worker_died(
         )
         study_id = submit_study(store, spec).id
         fleet.start(2)
-        _wait(lambda: len(_running(store, study_id)) == 2, "two running trials", fleet.output, 120)
+        wait_for(
+            lambda: len(running_holders(store, study_id)) == 2,
+            "two running trials",
+            fleet.output,
+            120,
+        )
         for process in fleet.processes:
             process.kill()
         killed_at = datetime.now(UTC).replace(tzinfo=None)
@@ -259,7 +156,7 @@ def test_api_reaper_requeues_when_every_worker_died(
             counts = get_study(store, study_id).counts
             return (counts.waiting, counts.running) == (2, 0)
 
-        _wait(requeued, "the API to re-queue both trials", log.read_text, GRACE_S + REAP_S + 30)
+        wait_for(requeued, "the API to re-queue both trials", log.read_text, GRACE_S + REAP_S + 30)
         lost = store.storage.get_all_trials(study_id)
         assert [t.user_attrs[attrs.FAILURE] for t in lost] == ["worker_lost"] * 2
         for trial in lost:
@@ -326,7 +223,9 @@ def test_workers_survive_dropped_connections_and_an_outage(
             )
             study_id = submit_study(store, spec).id
             fleet.start(2)
-            _wait(lambda: bool(_running(store, study_id)), "a running trial", fleet.output, 120)
+            wait_for(
+                lambda: bool(running_holders(store, study_id)), "a running trial", fleet.output, 120
+            )
 
             with admin.connect() as connection:
                 terminated = connection.execute(
@@ -342,7 +241,7 @@ def test_workers_survive_dropped_connections_and_an_outage(
             time.sleep(5)
             proxy.restore()
 
-            _wait_for_end(store, study_id, fleet)
+            wait_for_end(store, study_id, fleet)
             assert len(fleet.alive()) == 2, fleet.output()  # no worker exited
             detail = get_study(store, study_id)
             assert (detail.status, detail.counts.complete) == (StudyStatus.COMPLETED, 8)
@@ -374,7 +273,9 @@ def test_a_worker_stopped_past_the_grace_period_is_refused(
         study_id = submit_study(store, spec).id
         fleet.start(1)
         [worker] = fleet.processes
-        _wait(lambda: bool(_running(store, study_id)), "a running trial", fleet.output, 120)
+        wait_for(
+            lambda: bool(running_holders(store, study_id)), "a running trial", fleet.output, 120
+        )
         worker.send_signal(signal.SIGSTOP)
         try:
             time.sleep(GRACE_S + 0.5)
@@ -387,7 +288,7 @@ def test_a_worker_stopped_past_the_grace_period_is_refused(
         first, second = store.storage.get_all_trials(study_id)
         assert (first.state, first.user_attrs[attrs.FAILURE]) == (TrialState.FAIL, "worker_lost")
         assert len(first.intermediate_values) < epochs  # it stopped once it woke up
-        _check_intact(store, second, epochs)
+        check_intact(store, second, epochs)
         detail = get_study(store, study_id)
         assert (detail.status, detail.counts.complete, detail.counts.finished) == (
             StudyStatus.COMPLETED,

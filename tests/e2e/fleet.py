@@ -1,0 +1,119 @@
+"""Real ``automl worker`` processes for end-to-end tests, and waiting on what they do."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from automl.store import Store, attrs, get_study, open_weights, tables
+
+HEARTBEAT_S, GRACE_S, REAP_S = 0.2, 2.0, 0.5
+FAST_LEASES = {
+    "AUTOML_HEARTBEAT_INTERVAL": str(HEARTBEAT_S),
+    "AUTOML_GRACE_PERIOD": str(GRACE_S),
+    "AUTOML_REAP_INTERVAL": str(REAP_S),
+    "AUTOML_POLL_INTERVAL": "0.2",
+}
+STUDY_TIMEOUT_S = 240
+SMALL_TRAIN = {"source": "digits", "options": {"val_fraction": 0.9}}
+"""180 training images: epochs of a few batches, so trials are short but many epochs long."""
+
+
+class Fleet:
+    """Real ``automl worker`` processes on one storage URL, started and killed at will."""
+
+    def __init__(
+        self, url: str, tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.url, self.tmp_path, self.extra = url, tmp_path, extra
+        self.env = {**FAST_LEASES, **(env or {})}
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+
+    def start(self, count: int = 1) -> None:
+        """Starts ``count`` more workers."""
+        for _ in range(count):
+            log = self.tmp_path / f"worker{len(self.logs)}.log"
+            env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+            default_artifacts = str(self.tmp_path / "artifacts")
+            env["AUTOML_ARTIFACTS_DIR"] = self.env.get("AUTOML_ARTIFACTS_DIR", default_artifacts)
+            env.pop("AUTOML_STORAGE", None)
+            command = [sys.executable, "-m", "automl", "--log-level", "INFO", "worker"]
+            command += ["--storage", self.url, "--device", "cpu", "--threads", "1", *self.extra]
+            with log.open("wb") as out:
+                self.processes.append(
+                    subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+                )
+            self.logs.append(log)
+
+    def alive(self) -> list[subprocess.Popen[bytes]]:
+        """The workers still running."""
+        return [process for process in self.processes if process.poll() is None]
+
+    def output(self) -> str:
+        """Every worker's log."""
+        return "\n".join(f"--- {log.name}\n{log.read_text()}" for log in self.logs)
+
+    def stop(self) -> None:
+        """Kills whatever still runs."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+def running_holders(store: Store, study_id: int, min_epochs: int = 1) -> dict[int, int]:
+    """pid -> ticket of the workers holding a ticket whose trial reported ``min_epochs``."""
+    with store.read() as connection:
+        rows = connection.execute(
+            sa.select(
+                tables.tickets.c.ticket_id, tables.tickets.c.worker_id, tables.tickets.c.trial_id
+            ).where(tables.tickets.c.study_id == study_id, tables.tickets.c.state == "running")
+        ).all()
+    holders = {}
+    for ticket_id, worker_id, trial_id in rows:
+        if trial_id is None:
+            continue
+        if len(store.storage.get_trial(trial_id).intermediate_values) >= min_epochs:
+            holders[int(worker_id.split(":")[-2])] = ticket_id
+    return holders
+
+
+def wait_for(
+    condition: Callable[[], bool], what: str, output: Callable[[], str], timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}\n{output()}")
+        time.sleep(0.1)
+
+
+def wait_for_end(store: Store, study_id: int, fleet: Fleet) -> None:
+    wait_for(
+        lambda: not get_study(store, study_id).status.is_active,
+        f"study {study_id} to end",
+        lambda: f"{get_study(store, study_id)}\n{fleet.output()}",
+        STUDY_TIMEOUT_S,
+    )
+
+
+def check_intact(store: Store, trial: FrozenTrial, epochs: int) -> None:
+    """A completed trial has its value, full curve and history, and readable weights."""
+    assert trial.state == TrialState.COMPLETE
+    assert trial.values is not None and 0 <= trial.values[0] <= 1
+    assert sorted(trial.intermediate_values) == list(range(1, epochs + 1))
+    assert len(trial.user_attrs[attrs.HISTORY]) == epochs
+    with open_weights(trial, store.artifacts) as reader:
+        weights = torch.load(io.BytesIO(reader.read()), weights_only=True)
+    assert weights and all(isinstance(v, torch.Tensor) for v in weights.values())
