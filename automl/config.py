@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     threads: int | None = Field(
         None, ge=1, description="CPU threads per worker process (default: PyTorch's)."
     )
+    slot_group: str | None = Field(
+        None,
+        description=(
+            "Lock-file prefix shared by the worker processes of one device; set by "
+            "`automl worker --slots` for its children."
+        ),
+    )
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest accepted spec body.")
     data_root: Path = Field(
         Path("data"), description="Folder that every dataset path must resolve inside."
@@ -64,6 +71,22 @@ class Settings(BaseSettings):
         300.0,
         gt=0,
         description="Seconds between checkpoints inside one long epoch (also every epoch).",
+    )
+    db_pool_size: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="PostgreSQL connections each process keeps open (as many more for bursts).",
+    )
+    api_workers: int = Field(
+        1, ge=1, le=64, description="Processes of `automl serve` (uvicorn workers, one port)."
+    )
+    api_threads: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Requests each API process runs at once in its thread pool (more wait, "
+        "first come first served).",
     )
 
     @model_validator(mode="after")

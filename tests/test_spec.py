@@ -508,7 +508,7 @@ INVALID_CASES: list[Any] = [
     pytest.param(
         {"name": "x", "dataset": {"options": {"val_frac": 0.1}}},
         "dataset.options.val_frac",
-        ["unknown field 'val_frac'; valid fields: val_fraction, seed"],
+        ["unknown field 'val_frac'; valid fields: val_fraction, test_fraction, seed"],
         id="dataset-option-unknown",
     ),
     pytest.param(

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
@@ -24,7 +25,9 @@ def create_app(
     """Builds the API over the store named by ``settings``.
 
     While the app runs, a reaper thread re-queues trials whose workers were lost (it
-    is what recovers a study when every worker died).
+    is what recovers a study when every worker died). Blocking handlers (the store's
+    queries) run in a pool of ``settings.api_threads`` threads; requests beyond that wait
+    their turn in order, instead of all sharing the interpreter lock at once.
 
     Args:
         settings: Defaults to the ``AUTOML_*`` environment.
@@ -37,6 +40,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         reaper = Reaper(store, settings.grace_period, settings.reap_interval) if reap else None
         if reaper is not None:
             reaper.start()

@@ -10,12 +10,16 @@ from automl.config import Settings
 from automl.store import Store
 
 
-def get_store(request: Request) -> Store:
-    """The app's store (one per process, thread-safe)."""
+async def get_store(request: Request) -> Store:
+    """The app's store (one per process, thread-safe).
+
+    ``async`` so that FastAPI calls it on the event loop: a plain function would cost a
+    trip through the thread pool on every request.
+    """
     return request.app.state.store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's settings."""
     return request.app.state.settings
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +46,8 @@ from automl.store import (
 from automl.store.faults import first_line
 from automl.train import resolve_device
 from automl.worker import Coordinator, InvalidDeviceError, Worker, WorkerOptions
+
+logger = logging.getLogger("automl.cli")
 
 
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -159,6 +163,7 @@ def _worker_options(settings: Settings, **overrides: object) -> WorkerOptions:
         "grace_period": settings.grace_period,
         "reap_interval": settings.reap_interval,
         "checkpoint_interval": settings.checkpoint_interval,
+        "slot_group": settings.slot_group,
     }
     options.update(overrides)
     return WorkerOptions(**options)  # type: ignore[arg-type]
@@ -175,14 +180,40 @@ def _print_json(model: BaseModel) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Runs the REST API with uvicorn until interrupted."""
+    """Runs the REST API with uvicorn until interrupted.
+
+    With ``--workers N`` (``AUTOML_API_WORKERS``), N processes serve the same port, each
+    with its own app, store and reaper, built from these settings: one process runs
+    Python on one core at a time, however many threads it has.
+    """
     import uvicorn
 
     from automl.api import create_app
 
-    app = create_app(settings, open_store(settings))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level.lower())
+    log_level = args.log_level.lower()
+    if settings.api_workers == 1:
+        app = create_app(settings, open_store(settings))
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level)
+        return EXIT_OK
+    open_store(settings).close()  # check it and create the schema once, before the processes
+    os.environ.update(settings_environment(settings))  # what each process's create_app reads
+    uvicorn.run(
+        "automl.api.app:create_app",
+        factory=True,
+        workers=settings.api_workers,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+    )
     return EXIT_OK
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``AUTOML_*`` variables that make ``Settings()`` in a child process equal ``settings``."""
+    env = {}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        env[f"AUTOML_{name.upper()}"] = str(value)
+    return env
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -193,6 +224,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """
     from automl.proxy import is_proxy_url
 
+    if args.gpus is not None or args.slots != 1:
+        return _run_worker_processes(args, settings)
     options = _worker_options(settings, study_id=args.study, exit_when_idle=args.exit_when_idle)
     if is_proxy_url(settings.storage):
         coordinator = _connect_proxy_waiting(settings.storage)
@@ -205,14 +238,70 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _run_worker_processes(args: argparse.Namespace, settings: Settings) -> int:
+    """``automl worker --gpus/--slots``: one worker process per GPU and slot."""
+    from automl.cli.supervisor import run_children, worker_children
+
+    extra: list[str] = []
+    if args.study is not None:
+        extra += ["--study", str(args.study)]
+    if args.exit_when_idle:
+        extra.append("--exit-when-idle")
+    if args.poll_interval is not None:
+        extra += ["--poll-interval", str(args.poll_interval)]
+    gpus = _gpus(args)
+    with tempfile.TemporaryDirectory(prefix="automl-slots-") as slot_dir:
+        children = worker_children(
+            settings,
+            args.log_level,
+            gpus=gpus,
+            slots=args.slots,
+            extra=extra,
+            slot_dir=Path(slot_dir),
+        )
+        logger.info("starting %d worker process(es)", len(children))
+        return run_children(children, stop_all_when_one_exits=False)
+
+
+def _gpus(args: argparse.Namespace) -> list[str] | None:
+    from automl.cli.supervisor import resolve_gpus
+
+    if args.slots < 1:
+        raise CliError("--slots must be >= 1", EXIT_BAD_INPUT)
+    if args.gpus is None:
+        return None
+    try:
+        return resolve_gpus(args.gpus)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    """Runs the API and ``--workers`` worker processes; Ctrl-C stops them all."""
-    from automl.cli.supervisor import run_services
+    """Runs the API and its worker processes; Ctrl-C stops them all.
+
+    Workers: ``--workers`` on the CPU, or ``--slots`` per GPU with ``--gpus``.
+    """
+    from automl.cli.supervisor import run_children, serve_child, worker_children
 
     if args.workers < 0:
         raise CliError("--workers must be >= 0", EXIT_BAD_INPUT)
+    gpus = _gpus(args)
     open_store(settings).close()  # create the schema once, before the children race to
-    return run_services(settings, args.workers, args.log_level)
+    with tempfile.TemporaryDirectory(prefix="automl-slots-") as slot_dir:
+        workers = []
+        if gpus is not None or args.workers > 0:
+            slots = args.slots if gpus is not None else args.workers * args.slots
+            workers = worker_children(
+                settings, args.log_level, gpus=gpus, slots=slots, slot_dir=Path(slot_dir)
+            )
+        logger.info(
+            "API on http://%s:%s with %d worker(s); Ctrl-C stops all",
+            settings.host,
+            settings.port,
+            len(workers),
+        )
+        children = [serve_child(settings, args.log_level), *workers]
+        return run_children(children, stop_all_when_one_exits=True)
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

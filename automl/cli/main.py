@@ -42,9 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
         storage_arg(p)
         artifacts_arg(p)
 
+    def device_layout_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--gpus", help="'all' or ids like 0,1: one worker process per GPU (and slot)"
+        )
+        p.add_argument(
+            "--slots",
+            type=int,
+            default=1,
+            help="trial processes per GPU, or sharing the CPU cores (default 1)",
+        )
+
     serve = commands.add_parser("serve", help="run the REST API")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--workers",
+        dest="api_workers",
+        type=int,
+        help="API processes sharing the port (default: $AUTOML_API_WORKERS or 1)",
+    )
     storage_arg(serve)
     artifacts_arg(serve)
 
@@ -53,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--study", type=int, help="only this study; exit once it ends")
     worker.add_argument("--poll-interval", type=float, help="seconds between polls when idle")
     worker.add_argument("--exit-when-idle", action="store_true", help="exit when nothing is queued")
+    device_layout_args(worker)
 
     proxy = commands.add_parser(
         "proxy", help="hold the database connections for many workers (gRPC)"
@@ -72,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="run the API and N local workers; Ctrl-C stops all")
     worker_args(up)
-    up.add_argument("--workers", type=int, default=1, help="number of workers (default 1)")
+    up.add_argument("--workers", type=int, default=1, help="CPU worker processes (default 1)")
+    device_layout_args(up)
     up.add_argument("--host")
     up.add_argument("--port", type=int)
 
@@ -149,6 +168,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "device",
             "poll_interval",
             "threads",
+            "api_workers",
         )
         if (value := getattr(args, key, None)) is not None
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from automl.store import BestTrials, Page, StudyDetail, StudySummary
+from automl.store import BestTrials, EvaluationState, Page, StudyDetail, StudySummary
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -63,7 +63,8 @@ def study_text(study: StudyDetail) -> str:
 
 
 def best_text(best: BestTrials) -> str:
-    """The best trial(s): values, metrics and params as tables."""
+    """The best trial(s): values, params and metrics as tables, with the test split's
+    metrics in their own column once the study's test evaluation stored them."""
     blocks = []
     for trial in best.trials:
         values = ", ".join(
@@ -72,8 +73,19 @@ def best_text(best: BestTrials) -> str:
         )
         header = f"best trial #{trial.number} of study {best.study_id}: {values}"
         params = table(("PARAM", "VALUE"), sorted(trial.params.items()))
-        metrics = table(("METRIC", "VALUE"), sorted((trial.metrics or {}).items()))
+        validation = trial.metrics or {}
+        if trial.test_metrics is None:
+            metrics = table(("METRIC", "VALUE"), sorted(validation.items()))
+        else:
+            test = trial.test_metrics
+            names = sorted(set(validation) | set(test))
+            rows = [(name, validation.get(name), test.get(name)) for name in names]
+            metrics = table(("METRIC", "VALIDATION", "TEST"), rows)
         blocks.append("\n\n".join([header, params, metrics]))
+    evaluation = best.test_evaluation
+    if evaluation is not None and evaluation.state != EvaluationState.DONE:
+        note = f": {evaluation.note}" if evaluation.note else ""
+        blocks.append(f"test split: {evaluation.state.value}{note}")
     return "\n\n".join(blocks)
 
 

@@ -1,4 +1,5 @@
-"""``automl up``: the API and N workers as child processes, stopped together."""
+"""Child processes: ``automl up`` (the API and its workers, stopped together) and
+``automl worker --gpus/--slots`` (one worker process per GPU and slot)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from automl.config import Settings
 
@@ -18,40 +22,124 @@ CTRL_C_GRACE_S = 10.0
 CLEAN_EXIT_CODES = (0, -signal.SIGINT, -signal.SIGTERM)
 
 
-def child_commands(settings: Settings, workers: int, log_level: str) -> list[list[str]]:
-    """The command lines of the API server and of each worker."""
-    base = [sys.executable, "-m", "automl", "--log-level", log_level]
-    common = ["--storage", settings.storage, "--artifacts-dir", str(settings.artifacts_dir)]
-    serve = [*base, "serve", "--host", settings.host, "--port", str(settings.port), *common]
-    threads = settings.threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
-    worker = [*base, "worker", "--device", settings.device, "--threads", str(threads), *common]
-    return [serve] + [list(worker) for _ in range(workers)]
+@dataclass(frozen=True)
+class Child:
+    """One child process: its command line and the variables it gets on top of ours."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
 
 
-def run_services(settings: Settings, workers: int, log_level: str) -> int:
-    """Starts the children and waits; if one exits or we are interrupted, stops all.
+def serve_child(settings: Settings, log_level: str) -> Child:
+    """The API server."""
+    argv = [*_base(log_level), "serve", "--host", settings.host, "--port", str(settings.port)]
+    return Child([*argv, *_common(settings)])
 
-    Several workers share the machine's cores (``--threads``, unless set).
+
+def worker_children(
+    settings: Settings,
+    log_level: str,
+    *,
+    gpus: Sequence[str] | None = None,
+    slots: int = 1,
+    extra: Sequence[str] = (),
+    slot_dir: Path | None = None,
+) -> list[Child]:
+    """The worker processes: ``slots`` per GPU (each seeing only its GPU), or on the CPU.
+
+    Args:
+        settings: The parent's settings (storage, artifacts, device, threads).
+        log_level: The children's log level.
+        gpus: CUDA device ids or UUIDs to use (see ``resolve_gpus``); None for workers on
+            ``settings.device`` (``--slots`` processes sharing the CPU cores).
+        slots: Trial processes per device.
+        extra: More worker arguments (``--study``, ``--exit-when-idle``...).
+        slot_dir: Folder of the slot groups' lock files; None: the slots of a device
+            do not coordinate (no trial can run alone).
+
+    Returns:
+        One child per worker; the CPU cores are split between them unless
+        ``settings.threads`` says otherwise.
+    """
+    devices: list[str | None] = list(gpus) if gpus is not None else [None]
+    count = len(devices) * slots
+    threads = settings.threads or max(1, (os.cpu_count() or 1) // max(count, 1))
+    children = []
+    for gpu in devices:
+        device = "cuda" if gpu is not None else settings.device
+        argv = [*_base(log_level), "worker", "--device", device, "--threads", str(threads)]
+        env: dict[str, str] = {}
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        if slots > 1 and slot_dir is not None:
+            env["AUTOML_SLOT_GROUP"] = str(slot_dir / ("cpu" if gpu is None else f"gpu-{gpu}"))
+        children += [Child([*argv, *_common(settings), *extra], env) for _ in range(slots)]
+    return children
+
+
+def resolve_gpus(text: str) -> list[str]:
+    """The GPUs that ``--gpus`` names: ``all`` (every visible one) or ``0,1,...``.
+
+    Raises:
+        ValueError: If no GPU is visible, or a listed one does not exist.
+    """
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    visible = [v for v in visible if v]
+    if not visible and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        import torch
+
+        visible = [str(i) for i in range(torch.cuda.device_count())]
+    if text.strip() == "all":
+        if not visible:
+            raise ValueError("--gpus all: no CUDA GPU is visible on this machine")
+        return visible
+    wanted = [v.strip() for v in text.split(",")]
+    if not all(wanted) or len(set(wanted)) != len(wanted):
+        raise ValueError(f"--gpus {text!r}: expected 'all' or distinct ids like 0,1")
+    missing = [v for v in wanted if v not in visible]
+    if missing:
+        shown = ", ".join(visible) or "none"
+        raise ValueError(f"--gpus {text}: no GPU {', '.join(missing)} (visible: {shown})")
+    return wanted
+
+
+def _base(log_level: str) -> list[str]:
+    return [sys.executable, "-m", "automl", "--log-level", log_level]
+
+
+def _common(settings: Settings) -> list[str]:
+    return ["--storage", settings.storage, "--artifacts-dir", str(settings.artifacts_dir)]
+
+
+def run_children(children: Sequence[Child], *, stop_all_when_one_exits: bool) -> int:
+    """Starts the children and waits for them; SIGTERM or Ctrl-C stops them all.
+
+    Args:
+        children: What to start.
+        stop_all_when_one_exits: ``automl up``: the API and its workers live and die
+            together. Otherwise (``automl worker --slots``) each child runs until it
+            exits by itself (``--exit-when-idle``, ``--study``); a crashed one is logged.
 
     Returns:
         0 when every child exited cleanly, else 1.
     """
-    children = [
-        subprocess.Popen(command) for command in child_commands(settings, workers, log_level)
+    processes = [
+        subprocess.Popen(child.argv, env={**os.environ, **child.env}) for child in children
     ]
-    logger.info(
-        "API on http://%s:%s with %d worker(s); Ctrl-C stops all",
-        settings.host,
-        settings.port,
-        workers,
-    )
     previous = signal.signal(signal.SIGTERM, _terminate)
     grace = 0.0
     try:
-        while all(child.poll() is None for child in children):
+        running = list(processes)
+        while running:
             time.sleep(0.5)
-        dead = next(child for child in children if child.poll() is not None)
-        logger.warning("a child process exited (code %s): stopping all", dead.returncode)
+            ended = [p for p in running if p.poll() is not None]
+            running = [p for p in running if p.poll() is None]
+            for process in ended:
+                if process.returncode not in CLEAN_EXIT_CODES:
+                    logger.error("child %s exited with code %s", process.pid, process.returncode)
+            if ended and stop_all_when_one_exits:
+                logger.warning("a child process exited: stopping all")
+                break
     except _Terminated:
         logger.info("terminated: stopping all")
     except KeyboardInterrupt:
@@ -61,8 +149,8 @@ def run_services(settings: Settings, workers: int, log_level: str) -> int:
         grace = CTRL_C_GRACE_S
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _stop_all(children, grace)
-    failed = [c.returncode for c in children if c.returncode not in CLEAN_EXIT_CODES]
+        _stop_all(processes, grace)
+    failed = [p.returncode for p in processes if p.returncode not in CLEAN_EXIT_CODES]
     if failed:
         logger.error("child processes exited with codes %s", failed)
         return 1

@@ -11,6 +11,7 @@ its database is unreachable.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -21,6 +22,8 @@ from optuna.storages import GrpcStorageProxy
 from automl.proxy import wire
 from automl.spec import StudySpec
 from automl.store import (
+    EvaluationLease,
+    EvaluationState,
     FailureKind,
     Lease,
     LeaseLostError,
@@ -28,6 +31,7 @@ from automl.store import (
     StorageUnavailableError,
     StudyNotFoundError,
     StudyStatus,
+    TrialTestReport,
 )
 
 PROXY_SCHEME = "grpc"
@@ -170,6 +174,29 @@ class RemoteCoordinator:
     def end_due_studies(self) -> None:
         """See ``Coordinator.end_due_studies``."""
         self.call("end_due_studies", {})
+
+    def claim_evaluation(self, worker_id: str, study_id: int | None) -> EvaluationLease | None:
+        """See ``Coordinator.claim_evaluation``."""
+        reply, _ = self.call("claim_evaluation", {"worker_id": worker_id, "study_id": study_id})
+        lease = reply["lease"]
+        return None if lease is None else wire.evaluation_from_wire(lease)
+
+    def finish_evaluation(
+        self,
+        lease: EvaluationLease,
+        state: EvaluationState,
+        reports: Sequence[TrialTestReport],
+        note: str | None,
+    ) -> bool:
+        """See ``Coordinator.finish_evaluation``."""
+        header = {
+            "lease": wire.evaluation_to_wire(lease),
+            "state": state.value,
+            "reports": [wire.report_to_wire(report) for report in reports],
+            "note": note,
+        }
+        reply, _ = self.call("finish_evaluation", header, timeout=TRANSFER_TIMEOUT_S)
+        return bool(reply["stored"])
 
     def spec(self, study_id: int) -> StudySpec:
         """See ``Coordinator.spec``."""

@@ -6,9 +6,9 @@ It serves two gRPC endpoints side by side:
   for the trials themselves (create, suggest, report, tell), which workers reach through
   ``optuna.storages.GrpcStorageProxy``;
 - on ``port + 1``, automl's coordination service: every ``Coordinator`` call (claim,
-  heartbeat, checkpoint, finish, release, settle) and the artifact store, each run by a
-  ``SqlCoordinator`` on the database, so claims stay one conditional write and the budget
-  stays exact however many workers share the proxy.
+  heartbeat, checkpoint, finish, release, settle, test-split evaluations) and the
+  artifact store, each run by a ``SqlCoordinator`` on the database, so claims stay one
+  conditional write and the budget stays exact however many workers share the proxy.
 
 The proxy also runs the reaper (its workers hold no database connection to run their own).
 """
@@ -31,6 +31,7 @@ from optuna.storages import run_grpc_proxy_server
 
 from automl.proxy import wire
 from automl.store import (
+    EvaluationState,
     FailureKind,
     LeaseLostError,
     Reaper,
@@ -79,6 +80,8 @@ class CoordinationService:
             "release": self._release,
             "end_if_done": self._end_if_done,
             "end_due_studies": self._end_due_studies,
+            "claim_evaluation": self._claim_evaluation,
+            "finish_evaluation": self._finish_evaluation,
             "spec": self._spec,
             "status": self._status,
             "artifact_read": self._artifact_read,
@@ -175,6 +178,19 @@ class CoordinationService:
     def _end_due_studies(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         self.coordinator.end_due_studies()
         return {}, b""
+
+    def _claim_evaluation(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        lease = self.coordinator.claim_evaluation(header["worker_id"], header.get("study_id"))
+        return {"lease": None if lease is None else wire.evaluation_to_wire(lease)}, b""
+
+    def _finish_evaluation(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        stored = self.coordinator.finish_evaluation(
+            wire.evaluation_from_wire(header["lease"]),
+            EvaluationState(header["state"]),
+            [wire.report_from_wire(report) for report in header["reports"]],
+            header.get("note"),
+        )
+        return {"stored": stored}, b""
 
     def _spec(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         spec = self.coordinator.spec(int(header["study_id"]))

@@ -13,7 +13,7 @@ import json
 import struct
 from typing import Any
 
-from automl.store import Lease
+from automl.store import EvaluationLease, Lease, TrialTestReport
 
 SERVICE = "automl.Coordinator"
 """The gRPC service name of the coordination methods."""
@@ -68,6 +68,26 @@ def lease_to_wire(lease: Lease) -> dict[str, Any]:
 def lease_from_wire(data: dict[str, Any]) -> Lease:
     """The lease that ``lease_to_wire`` wrote."""
     return Lease(**data)
+
+
+def evaluation_to_wire(lease: EvaluationLease) -> dict[str, Any]:
+    """An evaluation claim as a JSON object."""
+    return dataclasses.asdict(lease)
+
+
+def evaluation_from_wire(data: dict[str, Any]) -> EvaluationLease:
+    """The evaluation claim that ``evaluation_to_wire`` wrote."""
+    return EvaluationLease(**{**data, "trials": tuple(data["trials"])})
+
+
+def report_to_wire(report: TrialTestReport) -> dict[str, Any]:
+    """A trial's test-split report as a JSON object."""
+    return dataclasses.asdict(report)
+
+
+def report_from_wire(data: dict[str, Any]) -> TrialTestReport:
+    """The report that ``report_to_wire`` wrote."""
+    return TrialTestReport(**data)
 
 
 def error_details(kind: str, message: str) -> str:

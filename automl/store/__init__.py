@@ -14,6 +14,12 @@ from automl.store.artifacts import (
     write_checkpoint,
 )
 from automl.store.attrs import FailureKind, StudyStatus
+from automl.store.evaluations import (
+    EvaluationLease,
+    TrialTestReport,
+    claim_evaluation,
+    finish_evaluation,
+)
 from automl.store.faults import Backoff, StorageUnavailableError, is_transient, retry_transient
 from automl.store.leases import (
     Lease,
@@ -58,11 +64,13 @@ from automl.store.studies import (
     submit_study,
     submitted_spec,
 )
+from automl.store.tables import EvaluationState
 from automl.store.views import (
     BestTrials,
     Page,
     StudyDetail,
     StudySummary,
+    TestEvaluation,
     TrialCounts,
     TrialDetail,
     TrialSummary,
@@ -73,6 +81,8 @@ __all__ = [
     "ArtifactStoreError",
     "Backoff",
     "BestTrials",
+    "EvaluationLease",
+    "EvaluationState",
     "FailureKind",
     "FolderArtifactStore",
     "Lease",
@@ -91,22 +101,26 @@ __all__ = [
     "StudyStateError",
     "StudyStatus",
     "StudySummary",
+    "TestEvaluation",
     "TrialCounts",
     "TrialDetail",
     "TrialNotFoundError",
     "TrialSummary",
+    "TrialTestReport",
     "WeightsNotFoundError",
     "attrs",
     "best_trials",
     "cancel_study",
     "check_schema",
     "claim",
+    "claim_evaluation",
     "delete_study",
     "end_due_studies",
     "end_study_if_done",
     "enqueue_trials",
     "extend_study",
     "finish",
+    "finish_evaluation",
     "get_frozen_trial",
     "get_status",
     "get_study",

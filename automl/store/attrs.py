@@ -18,6 +18,7 @@ CREATED_AT = PREFIX + "created_at"
 STARTED_AT = PREFIX + "started_at"
 FINISHED_AT = PREFIX + "finished_at"
 WARM_START = PREFIX + "warm_start"
+TEST_EVALUATION = PREFIX + "test_evaluation"  # state of the best trials' test-split scoring
 
 # Trial attributes.
 CONFIG = PREFIX + "config"
@@ -34,6 +35,11 @@ TICKET = PREFIX + "ticket"
 ATTEMPT = PREFIX + "attempt"
 LEASE = PREFIX + "lease"
 RESUMED_FROM_EPOCH = PREFIX + "resumed_from_epoch"
+# Scores on the test split, set once the study completed (best trials only); never read by
+# the search, which sees validation metrics alone.
+TEST_METRICS = PREFIX + "test_metrics"
+TEST_PER_CLASS = PREFIX + "test_per_class"
+TEST_CONFUSION = PREFIX + "test_confusion"
 
 
 class FailureKind(StrEnum):

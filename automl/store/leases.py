@@ -51,6 +51,8 @@ class Lease:
         checkpoint_epoch: Epochs that checkpoint covers.
         seed: The study's base sampler seed.
         previous_trial: Number of the earlier attempt's Optuna trial, if any.
+        exclusive: Run alone on the device: an earlier attempt ran out of memory beside
+            other trials.
     """
 
     ticket_id: int
@@ -63,6 +65,7 @@ class Lease:
     checkpoint_epoch: int | None
     seed: int
     previous_trial: int | None = None
+    exclusive: bool = False
 
     @property
     def key(self) -> str:
@@ -215,6 +218,7 @@ def _claim_in(
         checkpoint_epoch=row.checkpoint_epoch,
         seed=study.seed,
         previous_trial=row.trial_number,
+        exclusive=bool(row.exclusive),
     )
 
 
@@ -336,7 +340,8 @@ def release(
     """Gives the ticket back without using a retry: its attempt ends FAIL (``failure``).
 
     With ``requeue`` the ticket goes back to the queue (with its params and checkpoint)
-    if the study is still active, else it is cancelled (``resume`` re-queues it); without,
+    if the study is still active, else it is cancelled (``resume`` re-queues it); given
+    back for running out of memory, it is marked to run alone next time; without,
     the ticket ends failed (for attempts that could not even start). The attempt's Optuna
     trial, found from the ticket or by the lease key when the worker could not record
     it, is failed in the same transaction.
@@ -361,6 +366,8 @@ def release(
             drop = ticket.checkpoint
         elif study.status in ACTIVE:
             values["state"] = TicketState.PENDING.value
+            if failure == FailureKind.OUT_OF_MEMORY:
+                values["exclusive"] = True
         else:
             values["state"] = TicketState.CANCELLED.value
         connection.execute(

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from automl.store import attrs, optuna_rows, tables
 from automl.store.attrs import StudyStatus
-from automl.store.tables import TicketState, db_now
+from automl.store.tables import EvaluationState, TicketState, db_now
 
 ACTIVE = (StudyStatus.QUEUED.value, StudyStatus.RUNNING.value)
 ENDED = (StudyStatus.COMPLETED.value, StudyStatus.CANCELLED.value, StudyStatus.FAILED.value)
@@ -49,8 +49,9 @@ def change_status(
     """Moves a study from the status in ``study`` to ``new`` (compare-and-set).
 
     Ending a study (completed, cancelled, failed) also cancels its pending tickets, so no
-    queued work outlives it. The change is mirrored into the Optuna study's user
-    attributes in the same transaction.
+    queued work outlives it; completing it also makes its best trial(s) due for their one
+    evaluation on the test split (``request_evaluation``). The change is mirrored into the
+    Optuna study's user attributes in the same transaction.
 
     Args:
         connection: An open write transaction that locked ``study``.
@@ -87,8 +88,40 @@ def change_status(
         return False
     if not new.is_active:
         cancel_pending(connection, study.study_id)
+    if new == StudyStatus.COMPLETED:
+        mirror[attrs.TEST_EVALUATION] = request_evaluation(connection, study.study_id, at)
     optuna_rows.put_study_attrs(connection, study.study_id, mirror)
     return True
+
+
+def request_evaluation(
+    connection: sa.engine.Connection, study_id: int, at: float
+) -> dict[str, Any]:
+    """Makes the study's best trial(s) due for one evaluation on the test split.
+
+    Runs in the transaction that completes the study (so once per completion); a claim
+    still running from an earlier completion is superseded (its result is refused).
+
+    Returns:
+        The ``automl.test_evaluation`` study attribute to mirror.
+    """
+    evaluations = tables.evaluations
+    due = {
+        "state": EvaluationState.PENDING.value,
+        "tries": 0,
+        "worker_id": None,
+        "claimed_at": None,
+        "trials": None,
+        "note": None,
+        "requested_at": at,
+        "finished_at": None,
+    }
+    changed = connection.execute(
+        evaluations.update().where(evaluations.c.study_id == study_id).values(**due)
+    )
+    if changed.rowcount == 0:
+        connection.execute(evaluations.insert().values(study_id=study_id, attempt=0, **due))
+    return {"state": EvaluationState.PENDING.value}
 
 
 def cancel_pending(connection: sa.engine.Connection, study_id: int) -> int:

@@ -4,7 +4,10 @@ SQLite (the default) gets WAL and a busy timeout so several local processes shar
 file. Writers take the write lock when their transaction begins (``BEGIN IMMEDIATE``),
 which keeps read-then-write transactions (Optuna's and ours) serialized; readers use a
 second engine with plain deferred transactions, so a slow read never blocks a writer.
-PostgreSQL gets connection liveness checks, a connect timeout and one engine for both.
+PostgreSQL gets a connect timeout, a pool of ``AUTOML_DB_POOL_SIZE`` connections, liveness
+checks of connections that sat idle in the pool, reads outside of explicit transactions
+(each statement sees the latest commits, as in a READ COMMITTED transaction, without the
+BEGIN and COMMIT round trips) and one engine for both.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
 
 SQLITE_BUSY_TIMEOUT_S = 60
 PG_CONNECT_TIMEOUT_S = 5
+DEFAULT_POOL_SIZE = 10
+PING_WHEN_IDLE_S = 1.0
+"""A pooled PostgreSQL connection unused for longer is checked (a round trip) before use."""
 SCHEMA_RACE_RETRIES = 3
 READ_RETRY_DELAYS_S = (0.05, 0.2, 0.5)
 
@@ -68,6 +74,14 @@ class Store:
     storage: optuna.storages.RDBStorage
     reader: optuna.storages.RDBStorage
     artifacts: ArtifactStore = field(repr=False)
+    _autocommit_reads: sqlalchemy.engine.Engine | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.backend == "postgresql":
+            # Same pool; each checkout runs without BEGIN/COMMIT (psycopg's autocommit).
+            self._autocommit_reads = self.read_engine.execution_options(
+                isolation_level="AUTOCOMMIT"
+            )
 
     @property
     def engine(self) -> sqlalchemy.engine.Engine:
@@ -87,7 +101,16 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[sqlalchemy.engine.Connection]:
-        """A read-only transaction (a consistent snapshot on both backends)."""
+        """A connection for read-only statements.
+
+        SQLite: a deferred transaction, one WAL snapshot. PostgreSQL: autocommit, so each
+        statement sees what was committed when it started, exactly as inside a READ
+        COMMITTED transaction (PostgreSQL's default), minus two round trips.
+        """
+        if self._autocommit_reads is not None:
+            with self._autocommit_reads.connect() as connection:
+                yield connection
+            return
         with self.read_engine.begin() as connection:
             yield connection
 
@@ -112,6 +135,7 @@ def open_store(
     artifact_store: str = "auto",
     artifacts_dir: Path | str = Path("automl-artifacts"),
     s3_bucket: str | None = None,
+    pool_size: int = DEFAULT_POOL_SIZE,
 ) -> Store:
     """Opens (creating what is missing) the store at ``url``.
 
@@ -120,6 +144,8 @@ def open_store(
         artifact_store: ``auto``, ``folder``, ``sql`` or ``s3`` (see ``Settings``).
         artifacts_dir: Folder of the ``folder`` artifact store.
         s3_bucket: Bucket of the ``s3`` artifact store.
+        pool_size: PostgreSQL connections the process keeps open (as many more are opened
+            for bursts, and closed after use).
 
     Raises:
         StorageError: If the URL is malformed, the database cannot be reached, or the
@@ -132,12 +158,15 @@ def open_store(
         backend = sqlalchemy.engine.make_url(url).get_backend_name()
     except sqlalchemy.exc.ArgumentError as exc:
         raise StorageError(f"invalid storage URL {url!r}: {exc}") from None
-    storage = _open_with_retries(url, _engine_kwargs(backend), create_tables=True)
+    engine_kwargs = _engine_kwargs(backend, pool_size)
+    storage = _open_with_retries(url, engine_kwargs, create_tables=True)
     reader = storage
     if backend == "sqlite":
         _take_write_lock_at_begin(storage.engine)
-        reader = _open_with_retries(url, _engine_kwargs(backend), create_tables=False)
+        reader = _open_with_retries(url, engine_kwargs, create_tables=False)
         _defer_lock_at_begin(reader.engine)
+    elif backend == "postgresql":
+        _ping_when_idle(storage.engine)
     try:
         artifacts = build_artifact_store(
             artifact_store,
@@ -160,18 +189,53 @@ def open_store_from(settings: Settings) -> Store:
         artifact_store=settings.artifact_store,
         artifacts_dir=settings.artifacts_dir,
         s3_bucket=settings.s3_bucket,
+        pool_size=settings.db_pool_size,
     )
 
 
-def _engine_kwargs(backend: str) -> dict[str, Any]:
+def _engine_kwargs(backend: str, pool_size: int = DEFAULT_POOL_SIZE) -> dict[str, Any]:
     if backend == "sqlite":
         # isolation_level=None stops pysqlite from managing transactions itself, so the
         # "begin" hooks below decide how each transaction starts.
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None}}
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_recycle": 1800}
     if backend == "postgresql":
-        kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
-    return kwargs
+        # Liveness checks: _ping_when_idle (a busy pool's connections are not pinged).
+        return {
+            "pool_size": pool_size,
+            "max_overflow": pool_size,
+            "pool_recycle": 1800,
+            "connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S},
+        }
+    return {"pool_pre_ping": True, "pool_recycle": 1800}
+
+
+def _ping_when_idle(engine: sqlalchemy.engine.Engine) -> None:
+    """Checks a pooled connection before use if it sat unused for ``PING_WHEN_IDLE_S``.
+
+    What ``pool_pre_ping`` does, without its round trip on every checkout: a connection
+    that a server restart or a network cut closed while it sat in the pool is replaced
+    (with every connection pooled before it), transparently; one in steady use is not
+    pinged (a failure then surfaces as a transient error, which reads retry).
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_: Any, record: Any) -> None:
+        if record is not None:
+            record.info["automl_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _: Any) -> None:
+        idle_since = record.info.get("automl_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_WHEN_IDLE_S:
+            return
+        dialect = engine.dialect
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                # The pool discards this connection (and older ones) and connects anew.
+                raise sqlalchemy.exc.DisconnectionError(str(exc)) from exc
+            raise
 
 
 def _open_with_retries(

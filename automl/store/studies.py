@@ -8,6 +8,7 @@ that locks the study's row; reads use SQL aggregates and pages, never every tria
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -29,6 +30,7 @@ from automl.spec import CategoricalParam, FieldError, FloatParam, IntParam, Spec
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.attrs import StudyStatus
+from automl.store.evaluations import best_trials_of, read_evaluation
 from automl.store.leases import end_if_done
 from automl.store.status import (
     ACTIVE,
@@ -41,6 +43,7 @@ from automl.store.status import (
 from automl.store.storage import Store, retrying_read
 from automl.store.tables import DELETING, TicketSource, TicketState
 from automl.store.views import (
+    SUMMARY_ATTRS,
     BestTrials,
     Page,
     StudyDetail,
@@ -238,8 +241,8 @@ def get_study(store: Store, study_id: int) -> StudyDetail:
     """
     with store.read() as connection:
         row = _row(connection, study_id)
-        summary = _summaries(connection, [row])[0]
-    return StudyDetail(**summary.model_dump(), spec=json.loads(row.spec))
+        fields = _summary_fields(connection, [row])[0]
+    return StudyDetail(**fields, spec=json.loads(row.spec))
 
 
 @retrying_read
@@ -256,43 +259,52 @@ def list_studies(
     if status is not None:
         where.append(studies.c.status == status.value)
     with store.read() as connection:
-        count = connection.scalar(sa.select(sa.func.count()).select_from(studies).where(*where))
+        # The total comes with the page (a window count); only an empty page asks again.
         rows = connection.execute(
-            sa.select(studies)
+            sa.select(studies, sa.func.count().over().label("total_count"))
             .where(*where)
             .order_by(studies.c.study_id.desc())
             .limit(limit)
             .offset(offset)
         ).all()
-        data = _summaries(connection, rows)
+        if rows:
+            count = rows[0].total_count
+        else:
+            count = connection.scalar(
+                sa.select(sa.func.count()).select_from(studies).where(*where)
+            )
+        data = [StudySummary(**fields) for fields in _summary_fields(connection, rows)]
     return Page(data=data, count=int(count or 0))
 
 
-def _summaries(connection: sa.engine.Connection, rows: Sequence[sa.Row[Any]]) -> list[StudySummary]:
-    specs = {row.study_id: _stored_spec(row.spec) for row in rows}
+def _summary_fields(
+    connection: sa.engine.Connection, rows: Sequence[sa.Row[Any]]
+) -> list[dict[str, Any]]:
+    """The ``StudySummary`` fields of these study rows (two more queries for all)."""
+    heads = {row.study_id: _directions_and_metrics(row.spec) for row in rows}
     counts = _ticket_counts(connection, [row.study_id for row in rows])
-    single = [sid for sid, spec in specs.items() if len(spec.directions) == 1]
+    single = [sid for sid, (directions, _) in heads.items() if len(directions) == 1]
     best = optuna_rows.best_values(
         connection,
-        maximize=[sid for sid in single if specs[sid].directions[0] == "maximize"],
-        minimize=[sid for sid in single if specs[sid].directions[0] == "minimize"],
+        maximize=[sid for sid in single if heads[sid][0][0] == "maximize"],
+        minimize=[sid for sid in single if heads[sid][0][0] == "minimize"],
     )
     summaries = []
     for row in rows:
-        spec = specs[row.study_id]
+        directions, metrics = heads[row.study_id]
         by_state = counts.get(row.study_id, {})
         active = row.status in ACTIVE
         unissued = max(row.n_trials - row.issued, 0) if active else 0
         summaries.append(
-            StudySummary(
-                id=row.study_id,
-                name=row.name,
-                status=StudyStatus(row.status),
-                status_reason=row.status_reason,
-                directions=spec.directions,
-                metrics=spec.metrics,
-                n_trials=row.n_trials,
-                counts=TrialCounts(
+            {
+                "id": row.study_id,
+                "name": row.name,
+                "status": StudyStatus(row.status),
+                "status_reason": row.status_reason,
+                "directions": list(directions),
+                "metrics": list(metrics),
+                "n_trials": row.n_trials,
+                "counts": TrialCounts(
                     waiting=by_state.get("pending", 0) + unissued,
                     running=by_state.get("running", 0),
                     complete=by_state.get("complete", 0),
@@ -300,13 +312,21 @@ def _summaries(connection: sa.engine.Connection, rows: Sequence[sa.Row[Any]]) ->
                     fail=by_state.get("fail", 0),
                     cancelled=by_state.get("cancelled", 0),
                 ),
-                best_value=best.get(row.study_id),
-                created_at=_datetime(row.created_at),
-                started_at=_datetime(row.started_at),
-                finished_at=_datetime(row.finished_at),
-            )
+                "best_value": best.get(row.study_id),
+                "created_at": _datetime(row.created_at),
+                "started_at": _datetime(row.started_at),
+                "finished_at": _datetime(row.finished_at),
+            }
         )
     return summaries
+
+
+@functools.lru_cache(maxsize=4096)
+def _directions_and_metrics(spec_text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A stored spec's directions and metrics, parsed once per distinct spec text (every
+    listing shows them for each study of its page; a stored spec never changes)."""
+    spec = _stored_spec(spec_text)
+    return tuple(spec.directions), tuple(spec.metrics)
 
 
 def _ticket_counts(
@@ -318,7 +338,7 @@ def _ticket_counts(
     tickets = tables.tickets
     query = (
         sa.select(tickets.c.study_id, tickets.c.state, tickets.c.outcome, sa.func.count())
-        .where(tickets.c.study_id.in_(study_ids))
+        .where(optuna_rows.among(connection, tickets.c.study_id, study_ids))
         .group_by(tickets.c.study_id, tickets.c.state, tickets.c.outcome)
     )
     counts: dict[int, dict[str, int]] = defaultdict(dict)
@@ -345,9 +365,16 @@ def list_trials(
     with store.read() as connection:
         _row(connection, study_id)
         count = optuna_rows.count_trials(connection, study_id, state)
-        ids = optuna_rows.page_trial_ids(connection, study_id, state, limit, offset)
-        trials = optuna_rows.load_trials(connection, ids)
-    return Page(data=[TrialSummary.of(trial) for trial in trials], count=count)
+        trials = optuna_rows.load_trial_page(
+            connection, study_id, state, limit, offset, user_attr_keys=SUMMARY_ATTRS
+        )
+    # One validation for the page (in pydantic's core) rather than one per trial.
+    return _TRIAL_PAGE.model_validate(
+        {"data": [TrialSummary.fields_of(trial) for trial in trials], "count": count}
+    )
+
+
+_TRIAL_PAGE = Page[TrialSummary]
 
 
 @retrying_read
@@ -374,7 +401,8 @@ def get_frozen_trial(store: Store, study_id: int, number: int) -> FrozenTrial:
 
 @retrying_read
 def best_trials(store: Store, study_id: int) -> BestTrials:
-    """The best trial (one ``ORDER BY ... LIMIT 1``), or the Pareto front.
+    """The best trial (one ``ORDER BY ... LIMIT 1``), or the Pareto front, with the state
+    of their evaluation on the test split.
 
     Raises:
         StudyNotFoundError: If there is no such study.
@@ -382,23 +410,17 @@ def best_trials(store: Store, study_id: int) -> BestTrials:
     """
     with store.read() as connection:
         row = _row(connection, study_id)
-        spec = _stored_spec(row.spec)
-        best_id = None
-        if len(spec.directions) == 1:
-            maximize = spec.directions[0] == "maximize"
-            best_id = optuna_rows.best_trial_id(connection, study_id, maximize)
-    if len(spec.directions) == 1:
-        best = [] if best_id is None else [store.reader.get_trial(best_id)]
-    else:
-        # A Pareto front needs every completed trial.
-        best = optuna.load_study(study_name=row.name, storage=store.reader).best_trials
+        evaluation = read_evaluation(connection, study_id)
+    spec = _stored_spec(row.spec)
+    best = best_trials_of(store, study_id, row.name, spec.directions)
     if not best:
         raise NoBestTrialError(f"study {study_id} has no completed trial yet")
     return BestTrials(
         study_id=study_id,
         directions=spec.directions,
         metrics=spec.metrics,
-        trials=[TrialDetail.of(trial) for trial in sorted(best, key=lambda t: t.number)],
+        trials=[TrialDetail.of(trial) for trial in best],
+        test_evaluation=evaluation,
     )
 
 
@@ -694,6 +716,9 @@ def finish_deletion(store: Store, study_id: int) -> None:
         store.storage.delete_study(study_id)
     with store.write() as connection:
         connection.execute(tables.tickets.delete().where(tables.tickets.c.study_id == study_id))
+        connection.execute(
+            tables.evaluations.delete().where(tables.evaluations.c.study_id == study_id)
+        )
         connection.execute(tables.studies.delete().where(tables.studies.c.study_id == study_id))
 
 

@@ -8,6 +8,8 @@ these tables hold only what Optuna cannot change atomically:
 - ``automl_tickets``: one row per logical trial, i.e. per budget unit that was handed out
   or enqueued. A worker holds a ticket under a lease (worker id + attempt) while it runs
   an Optuna trial for it; a lost lease puts the ticket back in the queue.
+- ``automl_evaluations``: one row per completed study whose best trial(s) are due for
+  (or had) their one evaluation on the test split; claimed by compare-and-set.
 - ``automl_artifacts``/``automl_artifact_chunks``: the SQL artifact store.
 
 All times are seconds since the epoch, read from the database clock (``db_now()``), so
@@ -42,6 +44,16 @@ class TicketSource(StrEnum):
     GRID = "grid"  # a fresh budget unit of a grid study: its own cell
     ENQUEUED = "enqueued"  # a configuration given by the user
     WARM_START = "warm_start"  # a top configuration of an earlier study
+
+
+class EvaluationState(StrEnum):
+    """Where a completed study's test-split evaluation is."""
+
+    PENDING = "pending"  # due: the study completed; any worker may claim it
+    RUNNING = "running"  # claimed by a worker (taken over once its claim is stale)
+    DONE = "done"  # test metrics stored on the evaluated trials
+    SKIPPED = "skipped"  # nothing to evaluate: no test split, or no completed trial
+    FAILED = "failed"  # the evaluation raised; the note says why
 
 
 DELETING = "deleting"
@@ -99,6 +111,24 @@ tickets = sa.Table(
     sa.Index("ix_automl_tickets_state_heartbeat", "state", "heartbeat_at"),
     sa.Index("ix_automl_tickets_study_failure", "study_id", "failure"),
 )
+
+evaluations = sa.Table(
+    "automl_evaluations",
+    metadata,
+    sa.Column("study_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tries", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("worker_id", sa.String(256)),
+    sa.Column("claimed_at", sa.Float),
+    sa.Column("trials", sa.Text),
+    sa.Column("note", sa.Text),
+    sa.Column("requested_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.Index("ix_automl_evaluations_state", "state", "claimed_at"),
+)
+"""``attempt`` counts every claim ever (a claim's identity, like a ticket's lease);
+``tries`` counts the claims of the current request (a completion of the study)."""
 
 api_keys = sa.Table(
     "automl_api_keys",

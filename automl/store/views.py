@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, computed_field
 
 from automl.store import attrs
 from automl.store.attrs import StudyStatus
+from automl.store.tables import EvaluationState
 
 T = TypeVar("T")
 
@@ -90,6 +91,11 @@ class TrialSummary(BaseModel):
         """Builds the view of an Optuna trial."""
         return cls(**_trial_fields(trial))
 
+    @staticmethod
+    def fields_of(trial: FrozenTrial) -> dict[str, Any]:
+        """The fields of ``of(trial)``, not yet validated (to validate a page at once)."""
+        return _trial_fields(trial)
+
 
 class TrialDetail(TrialSummary):
     """A trial with its full configuration, per-class report, history and notes."""
@@ -100,6 +106,13 @@ class TrialDetail(TrialSummary):
     confusion: list[list[int]] | None = None
     notes: dict[str, Any] | None = None
     weights_available: bool = False
+    test_metrics: dict[str, float] | None = Field(
+        None,
+        description="Every metric on the test split, measured once after the study completed "
+        "(best trials only; null without a test split). Validation metrics drive the search.",
+    )
+    test_per_class: list[dict[str, Any]] | None = None
+    test_confusion: list[list[int]] | None = None
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialDetail:
@@ -113,7 +126,25 @@ class TrialDetail(TrialSummary):
             confusion=user_attrs.get(attrs.CONFUSION),
             notes=user_attrs.get(attrs.NOTES),
             weights_available=attrs.WEIGHTS in user_attrs,
+            test_metrics=user_attrs.get(attrs.TEST_METRICS),
+            test_per_class=user_attrs.get(attrs.TEST_PER_CLASS),
+            test_confusion=user_attrs.get(attrs.TEST_CONFUSION),
         )
+
+
+class TestEvaluation(BaseModel):
+    """The one evaluation of a completed study's best trial(s) on the test split."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    state: EvaluationState = Field(
+        description="pending, running, done (test metrics stored), skipped (no test split, "
+        "no completed trial) or failed."
+    )
+    note: str | None = Field(None, description="Why it was skipped or failed.")
+    trials: list[int] | None = Field(None, description="Numbers of the trials it scored.")
+    requested_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class BestTrials(BaseModel):
@@ -123,6 +154,13 @@ class BestTrials(BaseModel):
     directions: list[str]
     metrics: list[str]
     trials: list[TrialDetail]
+    test_evaluation: TestEvaluation | None = Field(
+        None, description="Scoring on the test split; null until the study first completes."
+    )
+
+
+SUMMARY_ATTRS = (attrs.METRICS, attrs.ERROR, attrs.FAILURE, attrs.TICKET, attrs.ATTEMPT)
+"""The user attributes a ``TrialSummary`` shows (a listing reads no others)."""
 
 
 def _finite(value: float | None) -> float | None:

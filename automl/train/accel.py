@@ -8,6 +8,7 @@ same code path runs in plain fp32, contiguous, and stays deterministic.
 from __future__ import annotations
 
 import contextlib
+import gc
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,3 +92,11 @@ class Accelerator:
             torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
         self.scaler.step(optimizer)
         self.scaler.update()
+
+
+def release_device_memory() -> None:
+    """Returns the memory of tensors nobody holds any more to the device (after an
+    out-of-memory error), so the next trial on this process starts clean."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,14 +1,16 @@
 """What a worker asks of the shared state, behind one small interface.
 
 ``Coordinator`` is every call a worker makes about *work* (claim a ticket, beat, record,
-finish, release, settle); the trial itself goes through an Optuna ``BaseStorage`` and the
-weights through an artifact store. ``SqlCoordinator`` talks to the database directly; a
-remote implementation (through a proxy that holds the database connections) only has to
-provide the same methods.
+finish, release, settle; claim and finish a completed study's test-split evaluation); the
+trial itself goes through an Optuna ``BaseStorage`` and the weights through an artifact
+store. ``SqlCoordinator`` talks to the database directly; a remote implementation
+(through a proxy that holds the database connections) only has to provide the same
+methods.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from optuna.storages import BaseStorage
@@ -16,6 +18,8 @@ from optuna.storages import BaseStorage
 from automl.spec import StudySpec
 from automl.store import (
     ArtifactStore,
+    EvaluationLease,
+    EvaluationState,
     FailureKind,
     Lease,
     LeaseLostError,
@@ -23,10 +27,13 @@ from automl.store import (
     Store,
     StudyNotFoundError,
     StudyStatus,
+    TrialTestReport,
     claim,
+    claim_evaluation,
     end_due_studies,
     end_study_if_done,
     finish,
+    finish_evaluation,
     get_status,
     heartbeat,
     read_checkpoint,
@@ -89,6 +96,21 @@ class Coordinator(Protocol):
 
     def end_due_studies(self) -> None:
         """Ends every active study whose work is done or whose time ran out."""
+        ...
+
+    def claim_evaluation(self, worker_id: str, study_id: int | None) -> EvaluationLease | None:
+        """Claims a completed study's due test-split evaluation, or None if none is due."""
+        ...
+
+    def finish_evaluation(
+        self,
+        lease: EvaluationLease,
+        state: EvaluationState,
+        reports: Sequence[TrialTestReport],
+        note: str | None,
+    ) -> bool:
+        """Ends the evaluation and stores the trials' test metrics, all or nothing; False
+        if the claim was no longer held (nothing stored)."""
         ...
 
     def spec(self, study_id: int) -> StudySpec:
@@ -167,6 +189,20 @@ class SqlCoordinator:
     def end_due_studies(self) -> None:
         """See ``Coordinator.end_due_studies``."""
         end_due_studies(self.store)
+
+    def claim_evaluation(self, worker_id: str, study_id: int | None) -> EvaluationLease | None:
+        """See ``Coordinator.claim_evaluation``."""
+        return claim_evaluation(self.store, worker_id, study_id)
+
+    def finish_evaluation(
+        self,
+        lease: EvaluationLease,
+        state: EvaluationState,
+        reports: Sequence[TrialTestReport],
+        note: str | None,
+    ) -> bool:
+        """See ``Coordinator.finish_evaluation``."""
+        return finish_evaluation(self.store, lease, state, reports, note)
 
     def spec(self, study_id: int) -> StudySpec:
         """See ``Coordinator.spec``."""

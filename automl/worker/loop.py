@@ -1,5 +1,10 @@
 """The worker loop: claim a ticket, run it, repeat; poll when idle; stop gracefully.
 
+Before each claim a worker runs any due test-split evaluation of a completed study (the
+best trial(s) scored once on held-out data, see ``automl.worker.evaluator``), so it
+happens right after the trial that completed the study, or at the next idle worker when
+the reaper or the API completed it.
+
 Each worker also runs a reaper thread, so lost trials are re-queued even when no API
 runs. During a database outage the worker waits with backoff (logging once per
 interval) instead of exiting.
@@ -32,9 +37,11 @@ from automl.store import (
 )
 from automl.train import resolve_device
 from automl.worker.coordinator import Coordinator, SqlCoordinator
+from automl.worker.evaluator import describe, run_evaluation
 from automl.worker.identity import new_worker_id, sampler_seed
 from automl.worker.keeper import LeaseKeeper
 from automl.worker.runner import TrialContext, TrialRun, run_lease
+from automl.worker.slots import DeviceGate, GateAbandoned
 
 logger = logging.getLogger("automl.worker")
 
@@ -60,6 +67,8 @@ class WorkerOptions:
         grace_period: Seconds without heartbeat after which a worker counts as lost.
         reap_interval: Seconds between passes of this worker's reaper (None: no reaper).
         checkpoint_interval: Seconds between checkpoints within one long epoch.
+        slot_group: Lock-file prefix shared by the worker processes ("slots") of one
+            device (see ``automl.worker.slots``); None when this worker has it alone.
     """
 
     device: str = "auto"
@@ -71,6 +80,7 @@ class WorkerOptions:
     grace_period: float = 60.0
     reap_interval: float | None = 15.0
     checkpoint_interval: float = 300.0
+    slot_group: str | None = None
 
 
 class Worker:
@@ -113,6 +123,8 @@ class Worker:
         self._stop = threading.Event()
         self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
         self.backoff = Backoff(logger)
+        self._evaluation_refused = False
+        self.gate = DeviceGate(options.slot_group)
 
     def stop(self) -> None:
         """Asks the loop to stop; safe from signal handlers and other threads."""
@@ -153,9 +165,16 @@ class Worker:
         ran = 0
         try:
             while not self.stopping:
+                if self._evaluate_due():
+                    continue
                 lease = self._claim()
                 if lease is None:
-                    if self.stopping or self._idle_exit():
+                    if self.stopping:
+                        break
+                    settled = self._settle()
+                    if self._evaluate_due():
+                        continue
+                    if settled and self._idle_exit():
                         break
                     self._stop.wait(self.options.poll_interval)
                     continue
@@ -183,21 +202,60 @@ class Worker:
                 raise
             return None  # stopping during an outage
 
-    def _idle_exit(self) -> bool:
-        """Settles what is due; whether an idle worker should exit now."""
+    def _settle(self) -> bool:
+        """Ends the studies that are due (time ran out, or no work left); False during a
+        database outage."""
         try:
             self.coordinator.end_due_studies()
-            if self.options.exit_when_idle:
-                return True
-            if self.options.study_id is None:
-                return False
-            status = self.coordinator.status(self.options.study_id)
-            return status is None or not status.is_active
         except Exception as exc:
             if not is_transient(exc):
                 raise
             self.backoff.failed(exc, "checking for work")
             return False
+        return True
+
+    def _idle_exit(self) -> bool:
+        """Whether an idle worker should exit now."""
+        if self.options.exit_when_idle:
+            return True
+        if self.options.study_id is None:
+            return False
+        try:
+            status = self.coordinator.status(self.options.study_id)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self.backoff.failed(exc, "checking for work")
+            return False
+        return status is None or not status.is_active
+
+    def _evaluate_due(self) -> bool:
+        """Runs one due test-split evaluation, if any; whether there was one.
+
+        Never raises: a failing evaluation is recorded as failed, and a failing claim is
+        logged (the next pass asks again).
+        """
+        try:
+            lease = self.coordinator.claim_evaluation(self.name, self.options.study_id)
+        except Exception as exc:
+            if is_transient(exc):
+                self.backoff.failed(exc, "looking for test evaluations")
+            else:  # e.g. a proxy without the call: say so once, keep training
+                log = logger.debug if self._evaluation_refused else logger.warning
+                log("cannot claim a test evaluation: %s", describe(exc))
+                self._evaluation_refused = True
+            return False
+        if lease is None:
+            return False
+        try:
+            # Beside the other slots' trials, never beside one that must run alone.
+            with self.gate.hold(False, lambda: self.stopping):
+                run_evaluation(
+                    self.coordinator, lease, self.device, self.backoff, lambda: self.stopping
+                )
+        except GateAbandoned:
+            pass  # stopping: the claim goes stale and another worker takes it over
+        return True
 
     def run_lease(self, lease: Lease) -> TrialRun:
         """Runs one claimed ticket to its end, then settles its study."""
@@ -208,6 +266,7 @@ class Worker:
             stopping=self._stop.is_set,
             checkpoint_interval=self.options.checkpoint_interval,
             backoff=self.backoff,
+            gate=self.gate,
         )
         interval = self.options.heartbeat_interval
         try:

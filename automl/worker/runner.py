@@ -14,7 +14,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,9 +37,11 @@ from automl.store import (
     save_weights,
 )
 from automl.train import TrainingInterrupted, TrainResult, train
+from automl.train.accel import release_device_memory
 from automl.train.checkpoint import TrainState
 from automl.worker.coordinator import Coordinator
 from automl.worker.keeper import LeaseKeeper
+from automl.worker.slots import DeviceGate, GateAbandoned
 
 logger = logging.getLogger("automl.worker")
 
@@ -60,8 +62,9 @@ class TrialContext:
         worker_id: This worker's unique id.
         device: Torch device for training.
         stopping: True once the worker was asked to stop.
-            checkpoint_interval: Seconds between checkpoints within a long epoch.
+        checkpoint_interval: Seconds between checkpoints within a long epoch.
         backoff: Waits and logs during database outages.
+        gate: Shares the device with the other slots on it (or runs a trial alone).
     """
 
     coordinator: Coordinator
@@ -70,6 +73,7 @@ class TrialContext:
     stopping: Callable[[], bool]
     checkpoint_interval: float
     backoff: Backoff
+    gate: DeviceGate = field(default_factory=lambda: DeviceGate(None))
 
     def persist(self, call: Callable[[], T], doing: str) -> T:
         """Runs a call that is safe to repeat, waiting out database outages.
@@ -108,7 +112,16 @@ def run_lease(
         keeper: The lease's running heartbeat.
     """
     started = time.perf_counter()
-    run = _Attempt(ctx, lease, study, spec, keeper).run()
+    try:
+        with ctx.gate.hold(lease.exclusive, lambda: ctx.stopping() or keeper.should_stop):
+            run = _Attempt(ctx, lease, study, spec, keeper).run()
+    except GateAbandoned as exc:
+        reason = str(exc)
+        released = ctx.persist(
+            lambda: ctx.coordinator.release(lease, FailureKind.INTERRUPTED, reason),
+            "releasing a trial",
+        )
+        return TrialRun(lease, "released" if released else "lost")
 
     _log(run, spec, time.perf_counter() - started)
     return run
@@ -240,7 +253,7 @@ class _Attempt:
                 return self._give_back(FailureKind.CANCELLED, "study ended while it ran")
             return self._give_back(FailureKind.INTERRUPTED, f"worker stopping: {exc}")
         except torch.OutOfMemoryError as exc:
-            return self._fail(FailureKind.OUT_OF_MEMORY, _describe(exc))
+            return self._out_of_memory(exc)
         except Exception as exc:
             if is_transient(exc):
                 return self._give_back(FailureKind.INTERRUPTED, _describe(exc))
@@ -319,6 +332,18 @@ class _Attempt:
         except LeaseLostError as exc:
             return self._lost(exc)
         return TrialRun(self.lease, "fail", frozen)
+
+    def _out_of_memory(self, exc: torch.OutOfMemoryError) -> TrialRun:
+        """Frees what the trial held; the first time, queues it again to run alone."""
+        error = _describe(exc)
+        exc.with_traceback(None)  # its frames hold the trial's tensors
+        release_device_memory()
+        if self.lease.exclusive:
+            return self._fail(FailureKind.OUT_OF_MEMORY, error)
+        logger.warning(
+            "ticket %s ran out of memory: queued again to run alone", self.lease.ticket_id
+        )
+        return self._give_back(FailureKind.OUT_OF_MEMORY, error)
 
     def _give_back(self, kind: FailureKind, error: str, *, requeue: bool = True) -> TrialRun:
         released = self.ctx.persist(

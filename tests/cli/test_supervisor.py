@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import signal
 import subprocess
@@ -14,10 +16,11 @@ from typing import Any
 import httpx
 import optuna
 import pytest
-from optuna.trial import TrialState
+import torch
+from optuna.trial import FrozenTrial, TrialState
 
 from automl.cli.main import build_parser, main
-from automl.cli.supervisor import child_commands
+from automl.cli.supervisor import resolve_gpus, serve_child, worker_children
 from automl.config import Settings
 from tests.conftest import free_port, tiny_spec_data, wait_healthy
 
@@ -44,8 +47,15 @@ def _value(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1]
 
 
+def _up_commands(settings: Settings, workers: int, log_level: str) -> list[list[str]]:
+    """The command lines of ``automl up --workers N`` on the CPU."""
+    children = [serve_child(settings, log_level)]
+    children += worker_children(settings, log_level, slots=workers) if workers else []
+    return [child.argv for child in children]
+
+
 def test_child_commands_server_and_workers(settings: Settings) -> None:
-    commands = child_commands(settings, 3, "WARNING")
+    commands = _up_commands(settings, 3, "WARNING")
 
     assert len(commands) == 4
     serve, *workers = commands
@@ -68,25 +78,25 @@ def test_child_commands_server_and_workers(settings: Settings) -> None:
 
 def test_workers_share_the_cores(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("automl.cli.supervisor.os.cpu_count", lambda: 8)
-    workers = child_commands(settings, 3, "INFO")[1:]
+    workers = _up_commands(settings, 3, "INFO")[1:]
     assert [_value(worker, "--threads") for worker in workers] == ["2", "2", "2"]
 
-    many = child_commands(settings, 16, "INFO")[1:]
+    many = _up_commands(settings, 16, "INFO")[1:]
     assert {_value(worker, "--threads") for worker in many} == {"1"}
 
-    pinned = child_commands(settings.model_copy(update={"threads": 3}), 2, "INFO")[1:]
+    pinned = _up_commands(settings.model_copy(update={"threads": 3}), 2, "INFO")[1:]
     assert {_value(worker, "--threads") for worker in pinned} == {"3"}
 
 
 def test_child_commands_without_workers(settings: Settings) -> None:
-    commands = child_commands(settings, 0, "INFO")
+    commands = _up_commands(settings, 0, "INFO")
 
     assert len(commands) == 1
     assert "serve" in commands[0]
 
 
 def test_child_commands_parse_with_the_cli_parser(settings: Settings) -> None:
-    serve, *workers = child_commands(settings, 2, "DEBUG")
+    serve, *workers = _up_commands(settings, 2, "DEBUG")
 
     serve_args = build_parser().parse_args(serve[3:])
     worker_args = [build_parser().parse_args(worker[3:]) for worker in workers]
@@ -97,6 +107,74 @@ def test_child_commands_parse_with_the_cli_parser(settings: Settings) -> None:
     assert all(args.storage == settings.storage for args in worker_args)
     assert all(args.device == "cpu" for args in worker_args)
     assert all(args.log_level == "DEBUG" for args in worker_args)
+
+
+def test_one_worker_per_gpu_and_slot(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("automl.cli.supervisor.os.cpu_count", lambda: 16)
+    children = worker_children(
+        settings, "INFO", gpus=["0", "3"], slots=2, extra=["--study", "7"], slot_dir=tmp_path
+    )
+
+    assert [child.env["CUDA_VISIBLE_DEVICES"] for child in children] == ["0", "0", "3", "3"]
+    groups = [child.env["AUTOML_SLOT_GROUP"] for child in children]
+    assert groups[0] == groups[1] != groups[2] == groups[3]
+    assert all(Path(group).parent == tmp_path for group in groups)
+    for child in children:
+        args = build_parser().parse_args(child.argv[3:])
+        # Each process sees only its GPU, as device 0.
+        assert (args.command, args.device, args.threads, args.study) == ("worker", "cuda", 4, 7)
+
+
+def test_one_slot_per_device_needs_no_gate(settings: Settings) -> None:
+    [child] = worker_children(settings, "INFO", gpus=["1"], slots=1)
+    assert child.env == {"CUDA_VISIBLE_DEVICES": "1"}
+    [cpu] = worker_children(settings, "INFO")
+    assert cpu.env == {}
+
+
+@pytest.mark.parametrize(
+    ("visible", "asked", "expected"),
+    [
+        ("2,5", "all", ["2", "5"]),
+        ("2,5", "5", ["5"]),
+        ("GPU-a1,GPU-b2", "GPU-b2", ["GPU-b2"]),
+    ],
+)
+def test_gpus_come_from_the_visible_devices(
+    visible: str, asked: str, expected: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert resolve_gpus(asked) == expected
+
+
+@pytest.mark.parametrize(
+    ("visible", "asked", "message"),
+    [
+        ("", "all", "--gpus all: no CUDA GPU is visible on this machine"),
+        ("0,1", "2", "--gpus 2: no GPU 2 (visible: 0, 1)"),
+        ("0,1", "0,0", "--gpus '0,0': expected 'all' or distinct ids like 0,1"),
+        ("0,1", "0,", "--gpus '0,': expected 'all' or distinct ids like 0,1"),
+    ],
+)
+def test_bad_gpus_are_one_line_errors(
+    visible: str,
+    asked: str,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    storage = f"sqlite:///{tmp_path / 'x.db'}"
+    assert main(["worker", "--gpus", asked, "--storage", storage]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def test_zero_slots_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["up", "--slots", "0", "--storage", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --slots must be >= 1"
 
 
 def test_up_negative_workers_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -275,3 +353,47 @@ def test_ctrl_c_mid_trial_leaves_no_running_trial(tmp_path: Path) -> None:
         assert TrialState.RUNNING not in _trial_states(service.storage), service.output()
     finally:
         service.kill()
+
+
+@pytest.mark.slow
+def test_worker_slots_run_trials_side_by_side_with_an_exact_budget(tmp_path: Path) -> None:
+    log, trials = _run_slots(tmp_path, ["--slots", "2", "--device", "cpu"])
+
+    assert "starting 2 worker process(es)" in log
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert len({t.user_attrs["automl.worker"] for t in trials}) == 2  # both slots took trials
+    intervals = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(intervals))  # side by side
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_worker_gpus_all_runs_slots_on_every_gpu(tmp_path: Path) -> None:
+    log, trials = _run_slots(tmp_path, ["--gpus", "all", "--slots", "2"])
+
+    assert f"starting {2 * torch.cuda.device_count()} worker process(es)" in log
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+
+
+def _run_slots(tmp_path: Path, layout: list[str]) -> tuple[str, list[FrozenTrial]]:
+    """Runs a 6-trial study with ``automl worker LAYOUT --exit-when-idle``; its log and trials."""
+    storage = f"sqlite:///{tmp_path / 'slots.db'}"
+    spec = tiny_spec_data(
+        name="slots",
+        budget={"n_trials": 6, "max_failed": 0},
+        fixed={"epochs": 5, "width": 8, "depth": 1, "batch_size": 64},
+    )
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    assert main(["submit", str(spec_file), "--storage", storage]) == 0
+    command = [sys.executable, "-m", "automl", "worker", *layout, "--exit-when-idle"]
+    command += ["--storage", storage, "--artifacts-dir", str(tmp_path / "a")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=STUDY_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    storage_ = optuna.storages.RDBStorage(storage)
+    try:
+        [study] = storage_.get_all_studies()
+        return done.stderr, storage_.get_all_trials(study._study_id)
+    finally:
+        storage_.engine.dispose()

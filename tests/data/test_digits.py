@@ -171,3 +171,28 @@ def test_load_dataset_rejects_unknown_source() -> None:
 def test_load_dataset_rejects_invalid_options(options: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         load_dataset("digits", options)
+
+
+def test_digits_test_fraction_holds_out_a_stratified_test_split(digits: ImageData) -> None:
+    data = load_dataset("digits", {"test_fraction": 0.2})
+    assert data.has_test and data.test_x is not None and data.test_y is not None
+    n_train, n_val, n_test = len(data.train_y), len(data.val_y), len(data.test_y)
+    assert n_train + n_val + n_test == N_DIGITS
+    assert abs(n_test - N_DIGITS * 0.2) <= 5 and abs(n_val - N_DIGITS * 0.2) <= 5
+    assert data.test_x.shape == (n_test, 1, 8, 8)
+    total = class_counts(torch.cat([data.train_y, data.val_y, data.test_y]), 10)
+    test = class_counts(data.test_y, 10)
+    assert all(abs(int(test[c]) - int(total[c]) * 0.2) <= 1 for c in range(10))
+    assert data.fingerprint != digits.fingerprint
+
+
+def test_digits_without_test_split_keeps_its_split_and_fingerprint(digits: ImageData) -> None:
+    import hashlib
+    import json
+
+    legacy = json.dumps(["digits", {"val_fraction": 0.2, "seed": 0}], sort_keys=True)
+    assert digits.fingerprint == hashlib.sha256(legacy.encode()).hexdigest()
+    explicit = load_dataset("digits", {"test_fraction": 0.0})
+    assert torch.equal(explicit.val_y, digits.val_y) and explicit.test_x is None
+    with pytest.raises(ValidationError, match="must be below 1"):
+        load_dataset("digits", {"val_fraction": 0.5, "test_fraction": 0.5})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,12 +14,15 @@ from optuna.trial import TrialState
 from automl.proxy import ProxyError, ProxyServer, RemoteCoordinator, parse_proxy_url, wire
 from automl.spec import StudySpec
 from automl.store import (
+    EvaluationState,
     FailureKind,
     LeaseLostError,
     StorageUnavailableError,
     Store,
     StudyNotFoundError,
     StudyStatus,
+    TrialTestReport,
+    best_trials,
     get_study,
     is_transient,
     reap_stale,
@@ -27,6 +31,7 @@ from automl.store import (
 from automl.store.artifacts import open_weights
 from automl.worker import Worker, WorkerOptions
 from tests.conftest import free_port
+from tests.store.conftest import drive
 
 SpecFactory = Callable[..., StudySpec]
 
@@ -173,3 +178,38 @@ def test_trials_created_through_the_proxy_are_optuna_trials(
     assert trial.state == TrialState.COMPLETE
     assert sorted(trial.intermediate_values) == [1]
     assert set(trial.params) >= {"optimizer", "lr"}
+
+
+def test_test_split_evaluation_through_the_proxy(
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+) -> None:
+    dataset = {"source": "digits", "options": {"test_fraction": 0.2}}
+    study_id = submit_study(store, tiny_spec(dataset=dataset, budget={"n_trials": 2})).id
+    options = WorkerOptions(device="cpu", study_id=study_id, exit_when_idle=True, threads=1)
+    assert Worker(None, options, coordinator=proxy).run() == 2
+
+    best = best_trials(store, study_id)
+    assert best.test_evaluation is not None
+    assert best.test_evaluation.state == EvaluationState.DONE
+    [trial] = best.trials
+    assert trial.test_metrics is not None and trial.test_confusion is not None
+    assert sum(map(sum, trial.test_confusion)) == 359  # a stratified 20% of 1,797 digits
+    assert proxy.claim_evaluation("w2", study_id) is None  # evaluated once
+
+
+def test_evaluation_claims_keep_their_meaning_through_the_proxy(
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
+    drive(store, study_id, [0.5])
+    assert proxy.end_if_done(study_id) == StudyStatus.COMPLETED
+    lease = proxy.claim_evaluation("w1", None)
+    assert lease is not None and lease.trials == (0,)
+    assert proxy.claim_evaluation("w2", None) is None
+    trial_id = store.storage.get_trial_id_from_study_id_trial_number(study_id, 0)
+    report = TrialTestReport(trial_id, 0, {"accuracy": 0.5}, [], [[1, 1], [0, 2]], 4)
+    stranger = dataclasses.replace(lease, worker_id="w2")
+    assert not proxy.finish_evaluation(stranger, EvaluationState.DONE, [report], None)
+    assert proxy.finish_evaluation(lease, EvaluationState.DONE, [report], None)
+    [best] = best_trials(store, study_id).trials
+    assert (best.test_metrics, best.test_confusion) == ({"accuracy": 0.5}, [[1, 1], [0, 2]])

@@ -250,18 +250,66 @@ def test_failing_trials_fail_the_study_and_leave_nothing_waiting(
         assert attrs.CONFIG in trial.user_attrs
 
 
-def test_out_of_memory_is_its_own_failure_kind(
-    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+def test_out_of_memory_runs_again_alone_once(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def oom(*args: Any, **kwargs: Any) -> Any:
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(automl.worker.runner, "train", oom)
-    study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
-    Worker(sqlite_store, _options()).run()
-    [trial] = _trials(sqlite_store, study_id)
-    assert trial.user_attrs[attrs.FAILURE] == "out_of_memory"
-    assert get_status(sqlite_store, study_id) == StudyStatus.COMPLETED  # not a config error
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
+    Worker(store, _options()).run()
+
+    first, second = _trials(store, study_id)
+    assert [t.user_attrs[attrs.FAILURE] for t in (first, second)] == ["out_of_memory"] * 2
+    assert [t.user_attrs[attrs.ATTEMPT] for t in (first, second)] == [1, 2]
+    assert second.params == first.params  # the same configuration, run alone
+    with store.read() as connection:
+        ticket = connection.execute(sqlalchemy.select(tables.tickets)).one()
+    assert (ticket.exclusive, ticket.state, ticket.failure) == (True, "done", "out_of_memory")
+    assert get_status(store, study_id) == StudyStatus.COMPLETED  # not a config error
+
+
+def test_out_of_memory_in_one_slot_is_retried_alone_and_the_others_finish(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real_train = automl.worker.runner.train
+    failed_once = threading.Lock()
+
+    def train_or_run_out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        if failed_once.acquire(blocking=False):
+            time.sleep(0.3)  # beside the other slot's trial
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(automl.worker.runner, "train", train_or_run_out_of_memory)
+    spec = tiny_spec(
+        budget={"n_trials": 6, "max_failed": 0},
+        fixed={"epochs": 3, "width": 8, "depth": 1, "batch_size": 64},
+    )
+    study_id = submit_study(sqlite_store, spec).id
+    group = str(tmp_path / "slots" / "cpu")
+    slots = [Worker(sqlite_store, _options(slot_group=group, threads=1)) for _ in range(2)]
+    threads = [threading.Thread(target=worker.run) for worker in slots]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+    trials = _trials(sqlite_store, study_id)
+    [lost] = [t for t in trials if t.state == TrialState.FAIL]
+    assert lost.user_attrs[attrs.FAILURE] == "out_of_memory"
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 6 and get_status(sqlite_store, study_id) == StudyStatus.COMPLETED
+    [alone] = [t for t in complete if t.user_attrs[attrs.TICKET] == lost.user_attrs[attrs.TICKET]]
+    others = [t for t in complete if t is not alone]
+
+    def overlap(a: FrozenTrial, b: FrozenTrial) -> bool:
+        assert a.datetime_complete is not None and b.datetime_complete is not None
+        return a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+
+    assert not [t.number for t in others if overlap(t, alone)]  # nothing ran beside it
+    assert any(overlap(a, b) for a in others for b in others if a is not b)  # slots did
 
 
 def test_conditional_params_and_distinct_proposals(store: Store, tiny_spec: SpecFactory) -> None:

@@ -125,21 +125,26 @@ async def _read_spec(request: Request, max_bytes: int) -> StudySpec:
     return validate_spec(data)
 
 
+# The most frequent reads are ``async``: their queries run in the thread pool, and FastAPI
+# then checks and serializes the returned model on the event loop (a plain function would
+# cost a second trip through the pool for that).
+
+
 @router.get("", response_model=Page[StudySummary])
-def read_studies(
+async def read_studies(
     store: StoreDep,
     status: Annotated[StudyStatus | None, Query(description="Only this status.")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[StudySummary]:
     """Lists studies, newest first."""
-    return list_studies(store, status=status, limit=limit, offset=offset)
+    return await run_in_threadpool(list_studies, store, status=status, limit=limit, offset=offset)
 
 
 @router.get("/{study_id}", response_model=StudyDetail, responses={404: {}})
-def read_study(study_id: int, store: StoreDep) -> StudyDetail:
+async def read_study(study_id: int, store: StoreDep) -> StudyDetail:
     """A study's status, trial counts per state, best value and spec."""
-    return get_study(store, study_id)
+    return await run_in_threadpool(get_study, store, study_id)
 
 
 @router.post("/{study_id}/cancel", response_model=StudyDetail, responses={404: {}, 409: {}})
@@ -215,7 +220,7 @@ def delete(study_id: int, store: StoreDep) -> Response:
 
 
 @router.get("/{study_id}/trials", response_model=Page[TrialSummary], responses={404: {}})
-def read_trials(
+async def read_trials(
     study_id: int,
     store: StoreDep,
     state: Annotated[TrialStateName | None, Query(description="Only this state.")] = None,
@@ -224,7 +229,9 @@ def read_trials(
 ) -> Page[TrialSummary]:
     """A study's trials in number order, with params, values and per-epoch values."""
     trial_state = None if state is None else TrialState[state.value.upper()]
-    return list_trials(store, study_id, state=trial_state, limit=limit, offset=offset)
+    return await run_in_threadpool(
+        list_trials, store, study_id, state=trial_state, limit=limit, offset=offset
+    )
 
 
 @router.get("/{study_id}/trials/{number}", response_model=TrialDetail, responses={404: {}})
@@ -251,5 +258,8 @@ def download_weights(study_id: int, number: int, store: StoreDep) -> StreamingRe
 
 @router.get("/{study_id}/best", response_model=BestTrials, responses={404: {}})
 def read_best(study_id: int, store: StoreDep) -> BestTrials:
-    """The best trial (or Pareto front): params, configuration and metrics."""
+    """The best trial (or Pareto front): params, configuration and validation metrics;
+    once the study completed, their metrics on the test split (``test_metrics``,
+    ``test_per_class``, ``test_confusion``; null without a test split) and the state of
+    that one evaluation (``test_evaluation``)."""
     return best_trials(store, study_id)

@@ -1,0 +1,286 @@
+"""The one evaluation of a completed study's best trial(s) on its dataset's test split.
+
+Completing a study (``status.change_status``) marks it due in ``automl_evaluations`` in
+the same transaction, so each completion asks exactly once, whoever completed it (a
+worker, the reaper, the API). A worker claims a due evaluation with a compare-and-set on
+its row, scores the trials (the store never imports training code), and hands the result
+back with ``finish_evaluation``: a compare-and-set on its claim that, in the same
+transaction, writes the test metrics onto the trials and mirrors the state into the
+study's ``automl.test_evaluation`` attribute. Two workers can never both store a result.
+
+A claim whose worker vanished is taken over after ``stale_after`` seconds, at most
+``MAX_TRIES`` claims per completion; then the evaluation ends ``failed``.
+
+Validation drives the search; test metrics live in their own trial attributes
+(``automl.test_*``), which no sampler, pruner or warm start reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import FrozenTrial
+
+from automl.spec import StudySpec
+from automl.store import attrs, optuna_rows, tables
+from automl.store.attrs import StudyStatus
+from automl.store.status import iso, lock_study, now
+from automl.store.storage import Store
+from automl.store.tables import EvaluationState
+from automl.store.views import TestEvaluation
+
+EVALUATION_STALE_S = 1800.0
+"""A claim older than this is taken to be abandoned (its worker died) and taken over."""
+
+MAX_TRIES = 3
+"""Claims per completion before an evaluation that never reports back ends ``failed``."""
+
+MAX_NOTE_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class EvaluationLease:
+    """A worker's claim on one study's test-split evaluation.
+
+    Attributes:
+        study_id: The completed study.
+        worker_id: The claiming worker.
+        attempt: Which claim of the study's evaluation this is (its identity).
+        trials: Numbers of the trials to score: the best trial, or the Pareto front.
+    """
+
+    study_id: int
+    worker_id: str
+    attempt: int
+    trials: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TrialTestReport:
+    """One trial's scores on the test split.
+
+    Attributes:
+        trial_id: The Optuna trial id.
+        number: The trial's number in its study.
+        metrics: Every registered metric.
+        per_class: Precision, recall, F1 and support of each class.
+        confusion: The confusion matrix; rows are true classes, columns predictions.
+        samples: Images in the test split.
+    """
+
+    trial_id: int
+    number: int
+    metrics: dict[str, float]
+    per_class: list[dict[str, Any]]
+    confusion: list[list[int]]
+    samples: int
+
+
+def best_trials_of(
+    store: Store, study_id: int, study_name: str, directions: Sequence[str]
+) -> list[FrozenTrial]:
+    """The best completed trial (one objective) or the Pareto front, in number order."""
+    if len(directions) == 1:
+        with store.read() as connection:
+            maximize = directions[0] == "maximize"
+            best_id = optuna_rows.best_trial_id(connection, study_id, maximize)
+        return [] if best_id is None else [store.reader.get_trial(best_id)]
+    # A Pareto front needs every completed trial.
+    front = optuna.load_study(study_name=study_name, storage=store.reader).best_trials
+    return sorted(front, key=lambda trial: trial.number)
+
+
+def _due(at: float, stale_after: float) -> sa.ColumnElement[bool]:
+    evaluations = tables.evaluations
+    return sa.or_(
+        evaluations.c.state == EvaluationState.PENDING.value,
+        sa.and_(
+            evaluations.c.state == EvaluationState.RUNNING.value,
+            evaluations.c.claimed_at < at - stale_after,
+        ),
+    )
+
+
+def claim_evaluation(
+    store: Store,
+    worker_id: str,
+    study_id: int | None = None,
+    *,
+    stale_after: float = EVALUATION_STALE_S,
+) -> EvaluationLease | None:
+    """Claims the oldest due test-split evaluation of a completed study.
+
+    Costs one indexed read when none is due (workers ask between trials).
+
+    Args:
+        store: The store.
+        worker_id: The claiming worker's unique id.
+        study_id: Only claim this study's evaluation.
+        stale_after: Seconds after which a running claim counts as abandoned.
+
+    Returns:
+        The claim, or None when nothing is due (or another worker was faster).
+    """
+    evaluations, studies = tables.evaluations, tables.studies
+    query = (
+        sa.select(evaluations.c.study_id)
+        .join(studies, studies.c.study_id == evaluations.c.study_id)
+        .where(studies.c.status == StudyStatus.COMPLETED.value)
+        .order_by(evaluations.c.requested_at, evaluations.c.study_id)
+        .limit(1)
+    )
+    if study_id is not None:
+        query = query.where(evaluations.c.study_id == study_id)
+    with store.read() as connection:
+        candidate = connection.scalar(query.where(_due(now(connection), stale_after)))
+    if candidate is None:
+        return None
+    with store.write() as connection:
+        at = now(connection)
+        study = lock_study(connection, candidate)
+        row = connection.execute(
+            sa.select(evaluations).where(evaluations.c.study_id == candidate, _due(at, stale_after))
+        ).first()
+        if study is None or study.status != StudyStatus.COMPLETED.value or row is None:
+            return None  # another worker was first, or the study was resumed or deleted
+        if row.tries >= MAX_TRIES:
+            note = f"abandoned: {row.tries} claims ended without a result"
+            _end(connection, candidate, row.attempt, EvaluationState.FAILED, [], note, at)
+            return None
+        claimed = connection.execute(
+            evaluations.update()
+            .where(evaluations.c.study_id == candidate, evaluations.c.attempt == row.attempt)
+            .values(
+                state=EvaluationState.RUNNING.value,
+                attempt=row.attempt + 1,
+                tries=row.tries + 1,
+                worker_id=worker_id,
+                claimed_at=at,
+            )
+        )
+        if claimed.rowcount != 1:
+            return None
+        running = {"state": EvaluationState.RUNNING.value, "worker": worker_id}
+        optuna_rows.put_study_attrs(connection, candidate, {attrs.TEST_EVALUATION: running})
+    spec = StudySpec.model_validate_json(study.spec)
+    best = best_trials_of(store, candidate, study.name, spec.directions)
+    return EvaluationLease(
+        study_id=candidate,
+        worker_id=worker_id,
+        attempt=row.attempt + 1,
+        trials=tuple(trial.number for trial in best),
+    )
+
+
+def finish_evaluation(
+    store: Store,
+    lease: EvaluationLease,
+    state: EvaluationState,
+    reports: Sequence[TrialTestReport] = (),
+    note: str | None = None,
+) -> bool:
+    """Ends a claimed evaluation and stores its test metrics on the trials, atomically.
+
+    Safe to repeat: once this claim stored ``state``, the same call succeeds again.
+
+    Args:
+        store: The store.
+        lease: The claim.
+        state: ``done``, ``skipped`` or ``failed``.
+        reports: The scored trials (``done`` only).
+        note: Why it was skipped or failed.
+
+    Returns:
+        False if the claim was no longer held (taken over, superseded by a later
+        completion, or the study was deleted): nothing was stored.
+
+    Raises:
+        ValueError: If ``state`` does not end an evaluation.
+    """
+    if state in (EvaluationState.PENDING, EvaluationState.RUNNING):
+        raise ValueError(f"{state.value!r} does not end an evaluation")
+    evaluations = tables.evaluations
+    with store.write() as connection:
+        at = now(connection)
+        lock_study(connection, lease.study_id)
+        row = connection.execute(
+            sa.select(evaluations.c.state).where(
+                evaluations.c.study_id == lease.study_id,
+                evaluations.c.attempt == lease.attempt,
+                evaluations.c.worker_id == lease.worker_id,
+            )
+        ).first()
+        if row is None or row.state != EvaluationState.RUNNING.value:
+            # Safe to repeat: an earlier call under this claim that committed succeeded.
+            return row is not None and row.state == state.value
+        _end(connection, lease.study_id, lease.attempt, state, reports, note, at)
+    return True
+
+
+def _end(
+    connection: sa.engine.Connection,
+    study_id: int,
+    attempt: int,
+    state: EvaluationState,
+    reports: Sequence[TrialTestReport],
+    note: str | None,
+    at: float,
+) -> None:
+    evaluations = tables.evaluations
+    numbers = [report.number for report in reports]
+    note = None if note is None else note[:MAX_NOTE_CHARS]
+    connection.execute(
+        evaluations.update()
+        .where(evaluations.c.study_id == study_id, evaluations.c.attempt == attempt)
+        .values(state=state.value, trials=json.dumps(numbers), note=note, finished_at=at)
+    )
+    for report in reports:
+        optuna_rows.put_trial_attrs(
+            connection,
+            report.trial_id,
+            {
+                attrs.TEST_METRICS: report.metrics,
+                attrs.TEST_PER_CLASS: report.per_class,
+                attrs.TEST_CONFUSION: report.confusion,
+            },
+        )
+    mirror = {"state": state.value, "note": note, "trials": numbers, "finished_at": iso(at)}
+    optuna_rows.put_study_attrs(connection, study_id, {attrs.TEST_EVALUATION: mirror})
+
+
+def read_evaluation(connection: sa.engine.Connection, study_id: int) -> TestEvaluation | None:
+    """Where the study's test-split evaluation stands (None if it never completed)."""
+    row = connection.execute(
+        sa.select(tables.evaluations).where(tables.evaluations.c.study_id == study_id)
+    ).first()
+    if row is None:
+        return None
+    return TestEvaluation(
+        state=EvaluationState(row.state),
+        note=row.note,
+        trials=None if row.trials is None else json.loads(row.trials),
+        requested_at=_datetime(row.requested_at),
+        finished_at=_datetime(row.finished_at),
+    )
+
+
+def _datetime(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+__all__ = [
+    "EVALUATION_STALE_S",
+    "MAX_TRIES",
+    "EvaluationLease",
+    "TrialTestReport",
+    "best_trials_of",
+    "claim_evaluation",
+    "finish_evaluation",
+    "read_evaluation",
+]

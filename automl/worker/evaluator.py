@@ -1,0 +1,154 @@
+"""Scoring a completed study's best trial(s) on the test split, once.
+
+A worker runs a due evaluation (see ``automl.store.evaluations``) before it claims its
+next trial: it reads each trial's configuration and weights, scores them with
+``automl.train.evaluation.evaluate_weights`` and hands every report back in one call,
+which stores them all or, if the claim was lost meanwhile, none. Nothing here raises: an
+evaluation that fails ends ``failed`` with a note, and one cut short by a database outage
+is taken over by a worker later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from automl.data import ImageData, load_dataset
+from automl.store import (
+    Backoff,
+    EvaluationLease,
+    EvaluationState,
+    TrialTestReport,
+    attrs,
+    is_transient,
+    open_weights,
+    retry_transient,
+)
+from automl.store.faults import first_line
+from automl.train import TrialConfig
+from automl.train.evaluation import evaluate_weights
+from automl.worker.coordinator import Coordinator
+
+logger = logging.getLogger("automl.worker")
+
+Outcome = tuple[EvaluationState, list[TrialTestReport], str | None]
+
+
+def run_evaluation(
+    coordinator: Coordinator,
+    lease: EvaluationLease,
+    device: str,
+    backoff: Backoff,
+    give_up: Callable[[], bool] = lambda: False,
+) -> EvaluationState | None:
+    """Scores the claimed trials on the test split and stores the result.
+
+    Args:
+        coordinator: The shared state.
+        lease: The claimed evaluation.
+        device: Torch device to score on.
+        backoff: Waits and logs during database outages.
+        give_up: True stops waiting out an outage (the worker is stopping).
+
+    Returns:
+        The state the evaluation ended in, or None if nothing was stored (the claim was
+        lost, or the database stayed unreachable; another worker takes it over later).
+    """
+    try:
+        state, reports, note = score(coordinator, lease, device)
+    except Exception as exc:
+        if is_transient(exc):
+            logger.warning("test evaluation of study %s interrupted: %s", lease.study_id, exc)
+            return None
+        logger.warning("test evaluation of study %s failed: %s", lease.study_id, describe(exc))
+        state, reports, note = EvaluationState.FAILED, [], describe(exc)
+    try:
+        stored = retry_transient(
+            lambda: coordinator.finish_evaluation(lease, state, reports, note),
+            backoff=backoff,
+            doing="storing test metrics",
+            give_up=give_up,
+        )
+    except Exception as exc:
+        logger.warning("test metrics of study %s not stored: %s", lease.study_id, describe(exc))
+        return None
+    if not stored:
+        logger.warning("test evaluation of study %s was taken over; dropped", lease.study_id)
+        return None
+    _log(lease, state, reports, note)
+    return state
+
+
+def score(coordinator: Coordinator, lease: EvaluationLease, device: str) -> Outcome:
+    """Evaluates the weights of each trial of ``lease`` on its dataset's test split.
+
+    Returns:
+        ``done`` with one report per trial, or ``skipped`` with the reason.
+
+    Raises:
+        Exception: Whatever reading or scoring raised (the caller records it).
+    """
+    if not lease.trials:
+        return EvaluationState.SKIPPED, [], "no completed trial"
+    storage = coordinator.storage
+    datasets: dict[str, ImageData] = {}
+    reports = []
+    for number in lease.trials:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(lease.study_id, number)
+        trial = storage.get_trial(trial_id)
+        if attrs.CONFIG not in trial.user_attrs:
+            raise LookupError(f"trial {number} kept no configuration")
+        config = TrialConfig.model_validate(trial.user_attrs[attrs.CONFIG])
+        key = config.dataset.model_dump_json()
+        if key not in datasets:
+            datasets[key] = load_dataset(config.dataset.source, config.dataset.options)
+        data = datasets[key]
+        if not data.has_test:
+            return (
+                EvaluationState.SKIPPED,
+                [],
+                f"dataset {config.dataset.source!r} has no test split",
+            )
+        with open_weights(trial, coordinator.artifacts) as reader:
+            state_dict = torch.load(reader, map_location="cpu", weights_only=True)
+        report = evaluate_weights(config, state_dict, split="test", data=data, device=device)
+        reports.append(
+            TrialTestReport(
+                trial_id=trial_id,
+                number=number,
+                metrics=report.metrics,
+                per_class=report.per_class,
+                confusion=report.confusion,
+                samples=report.samples,
+            )
+        )
+    return EvaluationState.DONE, reports, None
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message``, for notes and logs."""
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def _log(
+    lease: EvaluationLease,
+    state: EvaluationState,
+    reports: list[TrialTestReport],
+    note: str | None,
+) -> None:
+    if state != EvaluationState.DONE:
+        logger.info("study %s test evaluation %s: %s", lease.study_id, state.value, note)
+        return
+    for report in reports:
+        logger.info(
+            "study %s trial %s on the test split (%d images): accuracy=%.4f",
+            lease.study_id,
+            report.number,
+            report.samples,
+            report.metrics.get("accuracy", float("nan")),
+        )
+
+
+__all__ = ["run_evaluation", "score"]

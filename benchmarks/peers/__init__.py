@@ -1,0 +1,1 @@
+"""The scripts automl's benchmarks compare against, written the way users write them."""

@@ -1,0 +1,185 @@
+"""Workers score a completed study's best trial(s) on the test split, once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+import automl.worker.evaluator
+from automl.data import load_dataset
+from automl.spec import StudySpec, validate_spec
+from automl.store import (
+    EvaluationState,
+    Store,
+    StudyStatus,
+    attrs,
+    best_trials,
+    get_study,
+    open_weights,
+    submit_study,
+)
+from automl.train import TrialConfig
+from automl.train.evaluation import evaluate_weights
+from automl.worker import SqlCoordinator, Worker, WorkerOptions
+from tests.conftest import tiny_spec_data
+
+SpecFactory = Callable[..., StudySpec]
+
+TEST_SPLIT = {"source": "digits", "options": {"test_fraction": 0.2}}
+TIMINGS = {"latency_ms", "batch_latency_ms"}  # measured anew each time
+
+
+def _options(**overrides: Any) -> WorkerOptions:
+    options: dict[str, Any] = {
+        "device": "cpu",
+        "exit_when_idle": True,
+        "heartbeat_interval": 0.2,
+        "reap_interval": None,
+        "poll_interval": 0.05,
+    }
+    options.update(overrides)
+    return WorkerOptions(**options)
+
+
+def test_test_metrics_appear_when_a_study_with_a_test_split_completes(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    spec = tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 2, "max_failed": 0})
+    study_id = submit_study(store, spec).id
+    assert Worker(store, _options()).run() == 2
+    assert get_study(store, study_id).status == StudyStatus.COMPLETED
+
+    best = best_trials(store, study_id)
+    assert best.test_evaluation is not None
+    assert best.test_evaluation.state == EvaluationState.DONE
+    [trial] = best.trials
+    assert best.test_evaluation.trials == [trial.number]
+    data = load_dataset("digits", {"test_fraction": 0.2})
+    assert data.test_y is not None
+    n_test = len(data.test_y)
+    assert trial.test_confusion is not None and trial.test_per_class is not None
+    assert sum(map(sum, trial.test_confusion)) == n_test
+    assert sum(row["support"] for row in trial.test_per_class) == n_test
+    assert sum(row["support"] for row in trial.per_class or []) == len(data.val_y)
+    assert trial.test_metrics is not None and trial.metrics is not None
+    assert set(trial.test_metrics) == set(trial.metrics)
+    accuracy = sum(trial.test_confusion[i][i] for i in range(10)) / n_test
+    assert trial.test_metrics["accuracy"] == pytest.approx(accuracy)
+
+    # The stored scores are those of the trial's own weights on the test images.
+    frozen = store.storage.get_all_trials(study_id)[trial.number]
+    with open_weights(frozen, store.artifacts) as reader:
+        weights = torch.load(reader, weights_only=True)
+    config = TrialConfig.model_validate(frozen.user_attrs[attrs.CONFIG])
+    again = evaluate_weights(config, weights, data=data)
+    assert again.confusion == trial.test_confusion
+    scores = {k: v for k, v in trial.test_metrics.items() if k not in TIMINGS}
+    assert scores == pytest.approx({k: again.metrics[k] for k in scores})
+    # Validation alone decided: the objective is still the validation accuracy.
+    assert trial.values == [pytest.approx(trial.metrics["accuracy"])]
+    other = [t for t in store.storage.get_all_trials(study_id) if t.number != trial.number]
+    assert [attrs.TEST_METRICS in t.user_attrs for t in other] == [False]
+
+
+def test_without_a_test_split_the_evaluation_is_skipped(
+    sqlite_store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 1})).id
+    assert Worker(sqlite_store, _options()).run() == 1
+    best = best_trials(sqlite_store, study_id)
+    assert best.test_evaluation is not None
+    assert best.test_evaluation.state == EvaluationState.SKIPPED
+    assert best.test_evaluation.note == "dataset 'digits' has no test split"
+    assert best.trials[0].test_metrics is None and best.trials[0].test_confusion is None
+
+
+def test_a_failing_evaluation_is_recorded_and_the_worker_goes_on(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("scoring exploded")
+
+    monkeypatch.setattr(automl.worker.evaluator, "evaluate_weights", broken)
+    first = submit_study(sqlite_store, tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1})).id
+    second = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 1})).id
+    assert Worker(sqlite_store, _options()).run() == 2  # kept working after the failure
+
+    evaluation = best_trials(sqlite_store, first).test_evaluation
+    assert evaluation is not None and evaluation.state == EvaluationState.FAILED
+    assert evaluation.note == "RuntimeError: scoring exploded"
+    assert best_trials(sqlite_store, first).trials[0].test_metrics is None
+    assert get_study(sqlite_store, second).status == StudyStatus.COMPLETED
+
+
+def test_an_idle_worker_evaluates_a_study_someone_else_completed(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first worker dies (here: never looks) before evaluating, as when the reaper or
+    # the API completes a study whose workers are gone.
+    study_id = submit_study(sqlite_store, tiny_spec(dataset=TEST_SPLIT)).id
+    real = SqlCoordinator.claim_evaluation
+    monkeypatch.setattr(SqlCoordinator, "claim_evaluation", lambda self, w, s: None)
+    assert Worker(sqlite_store, _options()).run() == 3
+    pending = best_trials(sqlite_store, study_id).test_evaluation
+    assert pending is not None and pending.state == EvaluationState.PENDING
+
+    monkeypatch.setattr(SqlCoordinator, "claim_evaluation", real)
+    assert Worker(sqlite_store, _options()).run() == 0  # idle: nothing to train
+    best = best_trials(sqlite_store, study_id)
+    assert best.test_evaluation is not None
+    assert best.test_evaluation.state == EvaluationState.DONE
+    assert best.trials[0].test_metrics is not None
+    assert 0.0 < best.trials[0].test_metrics["accuracy"] <= 1.0
+
+
+def test_every_trial_of_the_pareto_front_gets_test_metrics(sqlite_store: Store) -> None:
+    data = tiny_spec_data(dataset=TEST_SPLIT, budget={"n_trials": 3, "max_failed": 0})
+    del data["objective"]
+    data["objectives"] = [{"metric": "accuracy"}, {"metric": "params"}]
+    data["params"]["width"] = {"type": "int", "low": 4, "high": 16}
+    data["fixed"] = {k: v for k, v in data["fixed"].items() if k != "width"}
+    study_id = submit_study(sqlite_store, validate_spec(data)).id
+    assert Worker(sqlite_store, _options(study_id=study_id)).run() == 3
+
+    best = best_trials(sqlite_store, study_id)
+    assert best.test_evaluation is not None
+    assert best.test_evaluation.trials == [t.number for t in best.trials]
+    assert all(t.test_metrics is not None for t in best.trials)
+    evaluated = {t.number for t in best.trials}
+    for trial in sqlite_store.storage.get_all_trials(study_id):
+        assert (attrs.TEST_METRICS in trial.user_attrs) == (trial.number in evaluated)
+
+
+def test_a_coordinator_that_refuses_evaluation_claims_does_not_stop_training(
+    sqlite_store: Store,
+    tiny_spec: SpecFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def refuse(self: SqlCoordinator, worker_id: str, study_id: int | None) -> None:
+        raise RuntimeError("proxy: UNIMPLEMENTED: claim_evaluation")
+
+    monkeypatch.setattr(SqlCoordinator, "claim_evaluation", refuse)
+    study_id = submit_study(sqlite_store, tiny_spec(dataset=TEST_SPLIT)).id
+    with caplog.at_level("WARNING", logger="automl.worker"):
+        assert Worker(sqlite_store, _options()).run() == 3
+    assert get_study(sqlite_store, study_id).status == StudyStatus.COMPLETED
+    refused = [r for r in caplog.records if "cannot claim a test evaluation" in r.message]
+    assert len(refused) == 1  # said once, not on every pass
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_worker_scores_the_test_split_on_its_device(
+    sqlite_store: Store, tiny_spec: SpecFactory
+) -> None:
+    spec = tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1, "max_failed": 0})
+    study_id = submit_study(sqlite_store, spec).id
+    assert Worker(sqlite_store, _options(device="cuda")).run() == 1
+    best = best_trials(sqlite_store, study_id)
+    assert best.test_evaluation is not None
+    assert best.test_evaluation.state == EvaluationState.DONE, best.test_evaluation.note
+    [trial] = best.trials
+    assert trial.test_confusion is not None and sum(map(sum, trial.test_confusion)) == 359
