@@ -26,6 +26,7 @@ METRICS = PREFIX + "metrics"
 HISTORY = PREFIX + "history"
 PER_CLASS = PREFIX + "per_class"
 CONFUSION = PREFIX + "confusion"
+CLASSES = PREFIX + "classes"  # class names in index order: the confusion matrix's labels
 NOTES = PREFIX + "notes"  # what the training run reports besides metrics (gan_train_seconds)
 ERROR = PREFIX + "error"
 WEIGHTS = PREFIX + "weights_artifact"

@@ -103,7 +103,12 @@ class TrialDetail(TrialSummary):
     config: dict[str, Any] | None = None
     history: list[dict[str, float]] | None = None
     per_class: list[dict[str, Any]] | None = None
-    confusion: list[list[int]] | None = None
+    confusion: list[list[int]] | None = Field(
+        None, description="Validation confusion matrix: rows true, columns predicted classes."
+    )
+    classes: list[str] | None = Field(
+        None, description="Class names in index order (the confusion matrix's labels)."
+    )
     notes: dict[str, Any] | None = None
     weights_available: bool = False
     test_metrics: dict[str, float] | None = Field(
@@ -124,6 +129,7 @@ class TrialDetail(TrialSummary):
             history=user_attrs.get(attrs.HISTORY),
             per_class=user_attrs.get(attrs.PER_CLASS),
             confusion=user_attrs.get(attrs.CONFUSION),
+            classes=user_attrs.get(attrs.CLASSES),
             notes=user_attrs.get(attrs.NOTES),
             weights_available=attrs.WEIGHTS in user_attrs,
             test_metrics=user_attrs.get(attrs.TEST_METRICS),

@@ -41,6 +41,7 @@ from automl.train.accel import release_device_memory
 from automl.train.checkpoint import TrainState
 from automl.worker.coordinator import Coordinator
 from automl.worker.keeper import LeaseKeeper
+from automl.worker.shared_cache import SharedArtifactCache
 from automl.worker.slots import DeviceGate, GateAbandoned
 
 logger = logging.getLogger("automl.worker")
@@ -240,6 +241,7 @@ class _Attempt:
                 checkpoint_interval=self.ctx.checkpoint_interval,
                 resume=resume,
                 monitor=self.spec.metrics[0],
+                artifacts=SharedArtifactCache(self.coordinator.artifacts),
             )
             return self._report_result(result)
         except (ResultRejectedError, UpdateFinishedTrialError) as exc:
@@ -300,6 +302,7 @@ class _Attempt:
         self._set_attr(attrs.HISTORY, result.history)
         self._set_attr(attrs.PER_CLASS, result.per_class)
         self._set_attr(attrs.CONFUSION, result.confusion)
+        self._set_attr(attrs.CLASSES, list(result.classes))
         if result.notes:
             self._set_attr(attrs.NOTES, result.notes)
         if result.pruned:

@@ -458,6 +458,7 @@ def test_completed_trial_detail(completed: tuple[TestClient, int]) -> None:
     assert len(confusion) == 10
     assert all(len(row) == 10 for row in confusion)
     assert sum(map(sum, confusion)) > 0
+    assert trial["classes"] == [str(digit) for digit in range(10)]  # the matrix's labels
     assert trial["weights_available"] is (trial["state"] == "complete")
 
 

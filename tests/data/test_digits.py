@@ -63,26 +63,11 @@ def test_digits_statistics_are_of_the_training_split(digits: ImageData) -> None:
     assert not digits.has_test
 
 
-def test_digits_split_is_stratified(digits: ImageData) -> None:
-    train = class_counts(digits.train_y, 10)
-    val = class_counts(digits.val_y, 10)
-    total = train + val
-    for cls in range(10):
-        assert int(val[cls]) == round(int(total[cls]) * 0.2)
-
-
 def test_digits_options_change_split() -> None:
     data = load_dataset("digits", {"val_fraction": 0.5, "seed": 1})
     assert abs(len(data.val_y) - N_DIGITS / 2) <= 10
     other = load_dataset("digits", {"val_fraction": 0.5, "seed": 2})
     assert not torch.equal(data.val_x, other.val_x)
-
-
-def test_image_data_to_device(digits: ImageData) -> None:
-    moved = digits.to("cpu")
-    assert moved.train_x.device.type == "cpu"
-    assert torch.equal(moved.val_x, digits.val_x)
-    assert moved.classes == digits.classes
 
 
 # --- stratified_split ----------------------------------------------------------------------
@@ -109,21 +94,6 @@ def test_split_is_disjoint_and_complete() -> None:
     assert not train & val
     assert train | val == set(range(len(labels)))
     assert len(train_idx) == len(train) and len(val_idx) == len(val)
-
-
-def test_split_indices_are_sorted() -> None:
-    train_idx, val_idx = stratified_split(imbalanced_labels(), 0.2, seed=0)
-    assert torch.equal(train_idx, torch.sort(train_idx).values)
-    assert torch.equal(val_idx, torch.sort(val_idx).values)
-    assert train_idx.dtype == torch.int64
-
-
-def test_split_is_deterministic_per_seed() -> None:
-    labels = imbalanced_labels()
-    first = stratified_split(labels, 0.2, seed=7)
-    second = stratified_split(labels, 0.2, seed=7)
-    assert torch.equal(first[0], second[0])
-    assert torch.equal(first[1], second[1])
 
 
 def test_split_differs_across_seeds() -> None:

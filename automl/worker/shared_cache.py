@@ -1,0 +1,48 @@
+"""What one trial makes for all others (a trained GAN generator), shared by every machine.
+
+A trial asks for an artifact by key; the first one on a machine looks in the store's
+artifact store (where a worker on any machine may have put it) and makes it only if it
+is not there, while the other trials of that machine wait on a local lock and then read
+the local copy. Two machines racing may each make it once; both write the same content.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+from optuna.artifacts.exceptions import ArtifactNotFound
+
+from automl.store import ArtifactStore
+from automl.train.imbalance import LocalArtifactCache
+
+
+class SharedArtifactCache:
+    """An ``ArtifactCache`` backed by the shared artifact store, with a local copy.
+
+    Args:
+        artifacts: The store's artifact store (SQL, folder, S3, or through the proxy).
+        local: The machine's cache, which also serializes its processes.
+    """
+
+    def __init__(self, artifacts: ArtifactStore, local: LocalArtifactCache | None = None) -> None:
+        self.artifacts = artifacts
+        self.local = local or LocalArtifactCache()
+
+    def get_or_create(self, key: str, create: Callable[[], bytes]) -> bytes:
+        """The bytes under ``key``: local copy, else the shared store, else ``create()``."""
+
+        def shared_or_create() -> bytes:
+            try:
+                with self.artifacts.open_reader(_artifact_id(key)) as reader:
+                    return reader.read()
+            except ArtifactNotFound:
+                content = create()
+                self.artifacts.write(_artifact_id(key), io.BytesIO(content))
+                return content
+
+        return self.local.get_or_create(key, shared_or_create)
+
+
+def _artifact_id(key: str) -> str:
+    return f"shared-{key}"
