@@ -1,13 +1,15 @@
 """Side-by-side: training images/s of automl's trainer against the textbook ImageFolder loop.
 
-Both sides train the same model (automl's ``cnn``, built by automl's model builder after
+Both sides train the same model (automl's ``cnn``, width 8 and depth 2 unless
+``--width`` / ``--depth`` say otherwise, built by automl's model builder after
 ``torch.manual_seed(seed)``, so the initial weights are identical) with Adam, the same
 learning rate, batch size and number of epochs, evaluating on the same validation folder
 after every epoch, on a generated folder of 32x32 RGB PNGs (``automl.examples``'
 ``write_rgb_folder``: ``train/`` with ``--per-class`` images of each of 10 classes,
 ``val/`` with ``--val-per-class``; deterministic for the seeds):
 
-- ``automl``: ``automl.train.train`` on the ``image_folder`` source (``path: train``,
+- ``automl``: a trial's ``TrialConfig`` (validated, as the worker builds it) and
+  ``automl.train.train`` on the ``image_folder`` source (``path: train``,
   ``val_path: val``) with the decode cache already filled, as every trial after the first
   on this data finds it; the process's in-memory copy is dropped first, so every run
   reads the cache file (the first trial of each worker process). Data resident as uint8
@@ -33,7 +35,7 @@ CPU, >= 10x on one H100 for small conv nets.
 time goes (cumulative, automl functions and the heaviest callees).
 
     python benchmarks/bench_trainer.py [--per-class 1000] [--val-per-class 200] [--epochs 3]
-        [--batch-size 128] [--width 32] [--depth 2] [--repeats 3] [--workers 2]
+        [--batch-size 128] [--width 8] [--depth 2] [--repeats 3] [--workers 2]
         [--device cpu [cuda]] [--data DIR] [--cold] [--no-flip] [--profile]
 """
 
@@ -93,6 +95,11 @@ class Run:
         return len(self.epoch_ends) * self.train_images / (self.ended - self.started)
 
     @property
+    def first_epoch_s(self) -> float:
+        """Seconds from the start to the end of the first epoch (set-up and loading included)."""
+        return self.epoch_ends[0] - self.started
+
+    @property
     def epoch_images_per_s(self) -> float:
         """Training images per second of the later epochs (NaN with one epoch)."""
         later = [b - a for a, b in itertools.pairwise(self.epoch_ends)]
@@ -139,21 +146,24 @@ def trial_config(args: argparse.Namespace, epochs: int) -> TrialConfig:
     return flat_config(values, {"source": "image_folder", "options": options})
 
 
-def run_automl(cfg: TrialConfig, device: torch.device, cache: Path, cold: bool) -> Run:
-    """One ``automl.train.train`` run; the dataset is read from the disk cache (or decoded)."""
+def run_automl(
+    args: argparse.Namespace, device: torch.device, cache: Path, cold: bool, epochs: int
+) -> Run:
+    """One automl trial's training: its ``TrialConfig`` (validated as a worker validates it)
+    and ``automl.train.train``, which reads the dataset from the disk cache (or decodes it)."""
     forget_loaded()
     if cold:
         shutil.rmtree(cache, ignore_errors=True)
     marks: list[float] = []
     started = time.perf_counter()
+    cfg = trial_config(args, epochs)
     result = train(
         cfg, lambda epoch, metrics: marks.append(time.perf_counter()) or False, device=device
     )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     ended = time.perf_counter()
-    train_images = len(load_dataset(cfg.dataset.source, cfg.dataset.options).train_y)
-    return Run(started, marks, ended, train_images, result.metrics["accuracy"])
+    return Run(started, marks, ended, args.per_class * CLASSES, result.metrics["accuracy"])
 
 
 def run_textbook(
@@ -191,19 +201,21 @@ def measure(
     args: argparse.Namespace, device: torch.device, root: Path, cache: Path
 ) -> dict[str, list[Run]]:
     """Warm-up, then ``--repeats`` rounds of every side in rotated order."""
+    run_automl(args, device, cache, cold=False, epochs=1)  # fills the decode cache
     warm = trial_config(args, 1)
-    run_automl(warm, device, cache, cold=False)  # fills the decode cache
     data = load_dataset(warm.dataset.source, warm.dataset.options)
     stats = (data.mean.tolist(), data.std.tolist())
     run_textbook(warm, device, root, stats, args)
 
     cfg = trial_config(args, args.epochs)
     sides: dict[str, Callable[[], Run]] = {
-        "automl": lambda: run_automl(cfg, device, cache, cold=False),
+        "automl": lambda: run_automl(args, device, cache, cold=False, epochs=args.epochs),
         "textbook": lambda: run_textbook(cfg, device, root, stats, args),
     }
     if args.cold:
-        sides["automl cold"] = lambda: run_automl(cfg, device, cache, cold=True)
+        sides["automl cold"] = lambda: run_automl(
+            args, device, cache, cold=True, epochs=args.epochs
+        )
     names = list(sides)
     runs: dict[str, list[Run]] = {name: [] for name in names}
     for repeat in range(args.repeats):
@@ -213,7 +225,8 @@ def measure(
             runs[name].append(run)
             print(
                 f"  {device.type} repeat {repeat + 1} {name:<11} {run.images_per_s:8.0f} img/s "
-                f"(epochs {run.epoch_images_per_s:8.0f} img/s, acc {run.accuracy:.3f}, "
+                f"(epochs {run.epoch_images_per_s:8.0f} img/s, "
+                f"1st epoch {run.first_epoch_s:5.2f} s, acc {run.accuracy:.3f}, "
                 f"load average {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
@@ -223,15 +236,22 @@ def measure(
 def report(device: torch.device, runs: dict[str, list[Run]], repeats: int) -> float:
     """Prints the medians and the ratio; returns automl / textbook images/s."""
     print(f"\n{device.type}: medians of {repeats} runs")
-    print(f"{'side':<12} {'images/s':>9} {'epoch img/s':>12} {'run s':>7} {'val acc':>8}")
+    print(
+        f"{'side':<12} {'images/s':>9} {'epoch img/s':>12} {'run s':>7} {'1st epoch s':>12} "
+        f"{'val acc':>8}"
+    )
     medians = {}
     for name, rows in runs.items():
         rate = statistics.median(r.images_per_s for r in rows)
         epoch_rate = statistics.median(r.epoch_images_per_s for r in rows)
         seconds = statistics.median(r.ended - r.started for r in rows)
+        first = statistics.median(r.first_epoch_s for r in rows)
         accuracy = statistics.median(r.accuracy for r in rows)
         medians[name] = (rate, epoch_rate)
-        print(f"{name:<12} {rate:>9.0f} {epoch_rate:>12.0f} {seconds:>7.2f} {accuracy:>8.3f}")
+        print(
+            f"{name:<12} {rate:>9.0f} {epoch_rate:>12.0f} {seconds:>7.2f} {first:>12.2f} "
+            f"{accuracy:>8.3f}"
+        )
     ours, theirs = medians["automl"], medians["textbook"]
     ratio = ours[0] / theirs[0]
     goal = GOALS[device.type]
@@ -246,11 +266,10 @@ def report(device: torch.device, runs: dict[str, list[Run]], repeats: int) -> fl
 
 def profile_automl(args: argparse.Namespace, device: torch.device, cache: Path) -> None:
     """Runs the automl side once under cProfile and prints where the time goes."""
-    cfg = trial_config(args, args.epochs)
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.enable()
-    run_automl(cfg, device, cache, cold=False)
+    run_automl(args, device, cache, cold=False, epochs=args.epochs)
     profiler.disable()
     total = time.perf_counter() - started
     stats = pstats.Stats(profiler)
@@ -277,8 +296,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--width", type=int, default=32, help="cnn width (automl's default)")
-    parser.add_argument("--depth", type=int, default=2, help="cnn depth (automl's default)")
+    parser.add_argument("--width", type=int, default=8, help="cnn width (automl's default: 32)")
+    parser.add_argument("--depth", type=int, default=2, help="cnn depth")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--workers",

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import grpc
 import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
-from optuna.storages import run_grpc_proxy_server
+from optuna.storages import get_storage, run_grpc_proxy_server
 
 from automl.proxy import wire
 from automl.store import (
@@ -266,7 +266,9 @@ class ProxyServer:
         self.check_ports(self.host, self.port)
         optuna_proxy = threading.Thread(
             target=run_grpc_proxy_server,
-            args=(self.store.storage,),
+            # Optuna's cached storage (as Optuna's docs ask): finished trials are read once,
+            # so a worker's sync costs what changed, not the study's size.
+            args=(get_storage(self.store.storage),),
             kwargs={
                 "host": self.host,
                 "port": self.port,

@@ -1,18 +1,33 @@
-"""How a trial uses its device: mixed precision, memory format, fused optimizers.
+"""How a trial uses its device: mixed precision, memory format, fused optimizers, compile.
 
-On CUDA: bf16 autocast where the GPU supports it (else fp16 with a gradient scaler),
-channels_last for image batches, ``cudnn.benchmark`` and fused optimizers. On the CPU the
-same code path runs in plain fp32, contiguous, and stays deterministic.
+On CUDA: bf16 autocast where the GPU has native bf16 (compute capability 8.0 or newer; else
+fp16 with a gradient scaler), channels_last for image batches, ``cudnn.benchmark`` and fused
+optimizers. On the CPU the same code path runs in plain fp32, contiguous, and stays
+deterministic.
+
+Setting ``AUTOML_SYNC_DEBUG=warn`` (or ``error``) reports (or fails on) every operation
+that makes the host wait for the GPU inside the per-batch training loop, through
+``torch.cuda.set_sync_debug_mode``; the loop is meant to have none.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
+
+logger = logging.getLogger(__name__)
+
+SYNC_DEBUG_ENV = "AUTOML_SYNC_DEBUG"
+"""Environment variable: ``warn`` or ``error`` watches the per-batch loop for host syncs."""
+
+SyncDebugMode = Literal["warn", "error"]
 
 
 @dataclass
@@ -24,12 +39,15 @@ class Accelerator:
         dtype: Autocast dtype on CUDA (bf16 or fp16); None for fp32.
         channels_last: Whether image batches and conv weights use channels_last.
         fused: Whether optimizers use their fused CUDA implementation.
+        sync_debug: ``warn`` or ``error`` on host syncs inside ``watch_syncs`` (CUDA only);
+            None watches nothing.
     """
 
     device: torch.device
     dtype: torch.dtype | None = None
     channels_last: bool = False
     fused: bool = False
+    sync_debug: SyncDebugMode | None = None
 
     def __post_init__(self) -> None:
         enabled = self.dtype == torch.float16
@@ -38,16 +56,26 @@ class Accelerator:
     @classmethod
     def for_device(cls, device: torch.device, sample_dims: int) -> Accelerator:
         """The settings for ``device`` and samples with ``sample_dims`` dimensions
-        (3 for images ``C, H, W``; 4 for clips)."""
+        (3 for images ``C, H, W``; 4 for clips).
+
+        bf16 is used only where the GPU computes it natively: emulated bf16 (before compute
+        capability 8.0) is slower than fp16 with a gradient scaler.
+
+        Raises:
+            ValueError: If ``AUTOML_SYNC_DEBUG`` is set to something other than ``warn``,
+                ``error`` or nothing.
+        """
         if device.type != "cuda":
             return cls(device)
         torch.backends.cudnn.benchmark = True
-        bf16 = torch.cuda.is_bf16_supported()
+        with torch.cuda.device(device):
+            bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         return cls(
             device,
             dtype=torch.bfloat16 if bf16 else torch.float16,
             channels_last=sample_dims == 3,
             fused=True,
+            sync_debug=sync_debug_from_env(),
         )
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -55,6 +83,36 @@ class Accelerator:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @contextlib.contextmanager
+    def watch_syncs(self) -> Iterator[None]:
+        """Within this block, host syncs warn or raise as ``sync_debug`` says (CUDA only).
+
+        Wraps the per-batch loop; ``allow_syncs`` exempts what may wait on purpose (a
+        checkpoint).
+        """
+        if self.sync_debug is None or self.device.type != "cuda":
+            yield
+            return
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode(self.sync_debug)
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+
+    @contextlib.contextmanager
+    def allow_syncs(self) -> Iterator[None]:
+        """Within ``watch_syncs``, a block that may make the host wait (e.g. a checkpoint)."""
+        if self.sync_debug is None or self.device.type != "cuda":
+            yield
+            return
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
 
     def model(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` on the device, in channels_last when that applies."""
@@ -76,8 +134,10 @@ class Accelerator:
     ) -> None:
         """Backward pass, optional gradient clipping and the optimizer step (scaled in fp16).
 
-        Nothing here waits for the device: clipping returns a tensor and the scaler skips
-        steps with infinite gradients on the device.
+        Nothing here waits for the device: clipping returns a tensor, and with fp16 the fused
+        optimizers (Adam, AdamW, SGD) skip steps with infinite gradients on the device. Only
+        RMSprop under fp16 (GPUs without native bf16) waits once per step, in
+        ``GradScaler.step``, since it has no fused kernel.
         """
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
@@ -100,3 +160,75 @@ def release_device_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def sync_debug_from_env() -> SyncDebugMode | None:
+    """The ``AUTOML_SYNC_DEBUG`` setting: ``warn``, ``error`` or None when unset or empty.
+
+    Raises:
+        ValueError: If it is set to anything else.
+    """
+    value = os.environ.get(SYNC_DEBUG_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value not in ("warn", "error"):
+        raise ValueError(f"{SYNC_DEBUG_ENV} must be warn, error or empty, not {value!r}")
+    return cast(SyncDebugMode, value)
+
+
+class CompiledModel(torch.nn.Module):
+    """``torch.compile(model)`` that runs ``model`` eagerly once compiling has failed.
+
+    ``torch.compile`` is lazy: a missing C compiler, an unsupported Python or an inductor
+    bug surface at the first call (or at a recompilation for a new shape or mode). Such a
+    call is repeated eagerly and the model stays eager from then on, with ``failure``
+    saying why; an error that eager execution raises as well is the model's own and
+    propagates. Out-of-memory errors are never taken for compile failures.
+
+    The wrapped model is a registered submodule, so ``train()`` and ``eval()`` reach it,
+    while its ``state_dict`` should be taken from ``model`` itself (no ``_orig_mod.``
+    prefixes).
+
+    Args:
+        model: The model to compile, already on its device and in its memory format.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.eager = model
+        self.failure: str | None = None
+        self._compiled: Any = None
+        try:
+            # Kept out of the module tree: it shares every parameter with ``eager``.
+            object.__setattr__(self, "_compiled", torch.compile(model))
+        except Exception as exc:  # noqa: BLE001 - any failure to compile falls back
+            self.fall_back(exc)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether calls still go through the compiled model."""
+        return self.failure is None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Runs the compiled model, or the eager one once compiling has failed."""
+        if self.failure is None:
+            try:
+                return self._compiled(*args, **kwargs)
+            except Exception as exc:
+                if not self.fall_back(exc):
+                    raise
+        return self.eager(*args, **kwargs)
+
+    def fall_back(self, exc: BaseException) -> bool:
+        """Switches to eager execution after ``exc``, if it can be a compile failure.
+
+        Returns:
+            True when it switched (the caller repeats its work eagerly); False when the
+            model already runs eagerly or ``exc`` is out of memory (the caller re-raises).
+        """
+        if self.failure is not None or isinstance(exc, torch.OutOfMemoryError):
+            return False
+        lines = str(exc).strip().splitlines()
+        self.failure = f"{type(exc).__name__}: {lines[0] if lines else ''}".strip().rstrip(":")
+        logger.warning("torch.compile failed, training eagerly instead: %s", self.failure)
+        return True
