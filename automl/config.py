@@ -82,7 +82,7 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="Processes of `automl serve` (uvicorn workers, one port)."
     )
     api_threads: int = Field(
-        8,
+        4,
         ge=1,
         le=1000,
         description="Requests each API process runs at once in its thread pool (more wait, "
@@ -113,3 +113,16 @@ class Limits(BaseSettings):
     max_spec_depth: int = Field(16, ge=4, description="Deepest nesting of a spec document.")
     max_spec_values: int = Field(20_000, ge=100, description="Most values in a spec document.")
     max_string_length: int = Field(4_000, ge=100, description="Longest string in a spec.")
+    max_upload_bytes: int = Field(
+        20 * 2**20, ge=1, description="Largest upload to predict (all images of a request)."
+    )
+    max_images: int = Field(64, ge=1, description="Most images one predict request sends.")
+    max_annotate_images: int = Field(
+        10_000, ge=1, description="Most images in a folder that annotate classifies."
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Most pixels (width x height) of one image to predict or annotate; "
+        "checked from the header, before decoding (decompression bombs).",
+    )

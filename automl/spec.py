@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from automl.config import Limits
 from automl.data import DATASETS
@@ -227,6 +227,22 @@ class StudySpec(StrictModel):
         None,
         description="Earlier studies whose top configurations run first (from the budget).",
     )
+    keep_weights: Annotated[int, Field(ge=1)] | Literal["all"] = Field(
+        3,
+        description="Trials that keep their weights: the best k on the first objective "
+        "(plus the Pareto front with several objectives); the others' weights are deleted "
+        "once they fall out. 'all' keeps every trial's weights.",
+    )
+
+    @field_validator("keep_weights", mode="before")
+    @classmethod
+    def _check_keep_weights(cls, value: Any) -> Any:
+        """One clear message instead of one per member of the union."""
+        if value == "all" or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        ):
+            return value
+        raise ValueError(f"{value!r} is neither a whole number >= 1 nor 'all'")
 
     @property
     def objective_list(self) -> list[ObjectiveSpec]:
@@ -247,7 +263,14 @@ class StudySpec(StrictModel):
 
     @property
     def pruner_or_default(self) -> PrunerSpec:
-        """The pruner, defaulting by the number of objectives."""
+        """The pruner, defaulting by the number of objectives.
+
+        One objective: ``median`` (Optuna's ``MedianPruner`` defaults), kept after measuring
+        it against ``successive_halving`` and ``hyperband`` with
+        ``benchmarks/bench_search.py --pruners``: those missed the best trial more often
+        (BENCHMARKS.md, "Default pruner"). Several objectives: ``none`` (Optuna cannot
+        prune them).
+        """
         if self.pruner is not None:
             return self.pruner
         return PrunerSpec(name="median" if len(self.objective_list) == 1 else "none")

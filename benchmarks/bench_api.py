@@ -6,9 +6,13 @@ of ``--trial-seconds``, everything else the real worker path, so the study is wr
 at a high rate without the trainer eating the 2 cores; ``--writer train`` trains for
 real instead). The running study starts with ``--prefill`` finished trials and sits
 among ``--studies`` completed studies of ``--prefill-other`` trials each, so listings
-and aggregates have rows to read.
+and aggregates have rows to read. On PostgreSQL the seeded tables are then analyzed
+(``--no-analyze`` skips it), as autovacuum would do on a server that has it on.
 
-``--clients`` asyncio tasks (httpx, keep-alive, one connection each) cycle through
+``--clients`` asyncio tasks (httpx, keep-alive, one connection each), in one load-generator
+process or split between ``--client-processes`` (one Python event loop driving 32 clients
+costs about 1 to 2 ms of CPU per request and, on a busy machine, delays responses it has
+already received: its own queue then shows in the latencies), cycle through
 
 - ``GET /studies`` (first page, 50),
 - ``GET /studies/{id}`` (the running study),
@@ -18,7 +22,7 @@ for ``--duration`` seconds per phase. Two phases alternate ``--rounds`` times, i
 swapped order each round: **writing** (the 4 workers run) and **idle** (the same
 workers frozen with SIGSTOP, so the same server and data with no writes: the baseline).
 Printed per backend and phase: requests/s, p50, p99 (ms), errors, the server's and the
-load generator's CPU use, all PostgreSQL processes' (every database: the machine is
+load generator's CPU use (every process), all PostgreSQL processes' (every database: the machine is
 shared) and the whole machine's busy cores (and its 1-minute load average after each
 phase); per endpoint p50/p99; the ratio writing / idle; and the issue's goal on
 PostgreSQL while writing: >= 200 req/s and p99 < 250 ms.
@@ -26,7 +30,7 @@ PostgreSQL while writing: >= 200 req/s and p99 < 250 ms.
     python benchmarks/bench_api.py [--backends postgres sqlite] [--clients 32]
         [--duration 15] [--rounds 2] [--workers 4] [--trial-seconds 0.5]
         [--writer sleep|train] [--prefill 1000] [--studies 20] [--prefill-other 100]
-        [--api-processes 1]
+        [--api-processes 1] [--client-processes 1] [--no-analyze]
         [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -42,6 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +81,9 @@ class Phase:
     seconds: float
     latencies_ms: list[list[float]]  # per endpoint
     errors: int
+    reasons: dict[str, int]  # errors by kind: HTTP status or exception class
     server_cpu: float  # cores used by the API process(es)
-    client_cpu: float  # cores used by this (load generator) process
+    client_cpu: float  # cores used by the load generator process(es)
     postgres_cpu: float  # cores used by every postgres process (all databases)
     machine_cpu: float  # cores busy on the whole machine
 
@@ -93,19 +100,18 @@ class Phase:
 
 async def load(
     base: str, paths: list[str], clients: int, seconds: float
-) -> tuple[list[list[float]], int]:
+) -> tuple[list[list[float]], dict[str, int]]:
     """``clients`` concurrent request loops over ``paths`` for ``seconds``.
 
     Returns:
-        Latencies in ms per path (successful requests only) and the number of errors.
+        Latencies in ms per path (successful requests only) and the errors by kind.
     """
     latencies: list[list[float]] = [[] for _ in paths]
-    errors = 0
+    reasons: dict[str, int] = {}
     deadline = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
     async def client(offset: int, http: httpx.AsyncClient) -> None:
-        nonlocal errors
         index = offset
         while time.perf_counter() < deadline:
             which = index % len(paths)
@@ -114,32 +120,71 @@ async def load(
             try:
                 response = await http.get(paths[which])
                 response.read()
-                ok = response.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            if ok:
+                reason = None if response.status_code == 200 else f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                reason = type(exc).__name__
+            if reason is None:
                 latencies[which].append((time.perf_counter() - started) * 1000)
             else:
-                errors += 1
+                reasons[reason] = reasons.get(reason, 0) + 1
 
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
         await asyncio.gather(*(client(i, http) for i in range(clients)))
-    return latencies, errors
+    return latencies, reasons
 
 
-def measure_phase(base: str, paths: list[str], clients: int, seconds: float, server: int) -> Phase:
-    """One phase of load, with the CPU the server and this process used meanwhile."""
-    server_before, client_before = tree_cpu_seconds(server), time.process_time()
+def load_in_process(
+    base: str, paths: list[str], clients: int, seconds: float
+) -> tuple[list[list[float]], dict[str, int], float]:
+    """``load`` in a load-generator process; also returns the CPU seconds it used."""
+    started = time.process_time()
+    latencies, reasons = asyncio.run(load(base, paths, clients, seconds))
+    return latencies, reasons, time.process_time() - started
+
+
+def measure_phase(
+    base: str,
+    paths: list[str],
+    clients: int,
+    seconds: float,
+    server: int,
+    generators: ProcessPoolExecutor | None = None,
+) -> Phase:
+    """One phase of load, with the CPU the server and the load generator used meanwhile.
+
+    Without ``generators`` this process runs every client; with them the clients are
+    split between those processes (each an event loop of its own).
+    """
+    server_before = tree_cpu_seconds(server)
     postgres_before, machine_before = postgres_cpu_seconds(), machine_busy_seconds()
     started = time.perf_counter()
-    latencies, errors = asyncio.run(load(base, paths, clients, seconds))
+    if generators is None:
+        latencies, reasons, client_seconds = load_in_process(base, paths, clients, seconds)
+    else:
+        count = generators._max_workers  # type: ignore[attr-defined]
+        shares = [clients // count + (i < clients % count) for i in range(count)]
+        parts = [
+            future.result()
+            for future in [
+                generators.submit(load_in_process, base, paths, share, seconds)
+                for share in shares
+                if share
+            ]
+        ]
+        latencies = [[ms for part in parts for ms in part[0][i]] for i in range(len(paths))]
+        reasons = {}
+        for _, part_reasons, _ in parts:
+            for reason, n in part_reasons.items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        client_seconds = sum(part[2] for part in parts)
     elapsed = time.perf_counter() - started
     return Phase(
         seconds=elapsed,
         latencies_ms=latencies,
-        errors=errors,
+        errors=sum(reasons.values()),
+        reasons=reasons,
         server_cpu=(tree_cpu_seconds(server) - server_before) / elapsed,
-        client_cpu=(time.process_time() - client_before) / elapsed,
+        client_cpu=client_seconds / elapsed,
         postgres_cpu=(postgres_cpu_seconds() - postgres_before) / elapsed,
         machine_cpu=(machine_busy_seconds() - machine_before) / elapsed,
     )
@@ -173,6 +218,10 @@ def merge(phases: list[Phase]) -> Phase:
             for i in range(len(phases[0].latencies_ms))
         ],
         errors=sum(p.errors for p in phases),
+        reasons={
+            reason: sum(p.reasons.get(reason, 0) for p in phases)
+            for reason in sorted({r for p in phases for r in p.reasons})
+        },
         server_cpu=sum(p.server_cpu * p.seconds for p in phases) / sum(p.seconds for p in phases),
         client_cpu=sum(p.client_cpu * p.seconds for p in phases) / sum(p.seconds for p in phases),
         postgres_cpu=sum(p.postgres_cpu * p.seconds for p in phases)
@@ -198,6 +247,17 @@ def seed(store: Store, args: argparse.Namespace) -> int:
     return running
 
 
+def analyze(store: Store) -> None:
+    """Gives PostgreSQL's planner the statistics of the freshly seeded tables.
+
+    A server with autovacuum on (the default) gathers them by itself within a minute or
+    so of such a load; this one may have it off (``SHOW autovacuum``), and without them
+    the planner picks plans that cost the reads several times the PostgreSQL CPU.
+    """
+    with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("ANALYZE")
+
+
 @contextmanager
 def database(backend: str, postgres: str, folder: Path) -> Iterator[str]:
     """A fresh, empty database URL on ``backend``."""
@@ -212,17 +272,13 @@ def database(backend: str, postgres: str, folder: Path) -> Iterator[str]:
 def api_server(url: str, folder: Path, processes: int) -> Iterator[tuple[str, int]]:
     """The API on a free loopback port; yields its base URL and (main) process id.
 
-    One process is ``automl serve``. More run the same app with uvicorn's own
-    ``--workers`` (``create_app`` reads the same ``AUTOML_*`` settings): what a
-    ``serve --workers N`` would do, which automl does not offer yet.
+    ``automl serve --workers N``: N processes on the port (``AUTOML_API_THREADS``,
+    ``AUTOML_DB_POOL_SIZE`` and the other ``AUTOML_*`` settings come from the environment).
     """
     port = free_port()
     env = {**os.environ, "AUTOML_STORAGE": url, "AUTOML_ARTIFACTS_DIR": str(folder / "art")}
-    if processes == 1:
-        command = [sys.executable, "-m", "automl", "--log-level", "WARNING", "serve"]
-    else:
-        command = [sys.executable, "-m", "uvicorn", "--factory", "automl.api.app:create_app"]
-        command += ["--workers", str(processes), "--log-level", "warning"]
+    command = [sys.executable, "-m", "automl", "--log-level", "WARNING", "serve"]
+    command += ["--workers", str(processes)]
     log = open(folder / "serve.log", "wb")  # noqa: SIM115 (closed with the process)
     process = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port)],
@@ -264,7 +320,9 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
-def run_backend(args: argparse.Namespace, backend: str) -> dict[str, Phase]:
+def run_backend(
+    args: argparse.Namespace, backend: str, generators: ProcessPoolExecutor | None
+) -> dict[str, Phase]:
     """Both phases, alternating, on one backend."""
     with (
         tempfile.TemporaryDirectory(prefix="bench-api-") as tmp,
@@ -274,6 +332,8 @@ def run_backend(args: argparse.Namespace, backend: str) -> dict[str, Phase]:
         store = open_store(url, artifacts_dir=folder / "art")
         try:
             study_id = seed(store, args)
+            if backend == "postgres" and not args.no_analyze:
+                analyze(store)
         finally:
             store.close()
         paths = ["/studies", f"/studies/{study_id}", f"/studies/{study_id}/trials"]
@@ -285,7 +345,7 @@ def run_backend(args: argparse.Namespace, backend: str) -> dict[str, Phase]:
             try:
                 wait_until_started(workers, folder, timeout=300)
                 time.sleep(2)  # the first claims and trials
-                measure_phase(base, paths, args.clients, 2, server)  # warm-up
+                measure_phase(base, paths, args.clients, 2, server, generators)  # warm-up
                 phases: dict[str, list[Phase]] = {"writing": [], "idle": []}
                 for round_ in range(args.rounds):
                     order = ["writing", "idle"] if round_ % 2 == 0 else ["idle", "writing"]
@@ -294,7 +354,9 @@ def run_backend(args: argparse.Namespace, backend: str) -> dict[str, Phase]:
                         for worker in workers:
                             worker.send_signal(sig)
                         time.sleep(0.5)
-                        phase = measure_phase(base, paths, args.clients, args.duration, server)
+                        phase = measure_phase(
+                            base, paths, args.clients, args.duration, server, generators
+                        )
                         phases[kind].append(phase)
                         print(
                             f"  {backend} round {round_ + 1} {kind:7}: {phase.rps:7.1f} req/s "
@@ -343,18 +405,37 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=1000)
     parser.add_argument("--studies", type=int, default=20)
     parser.add_argument("--prefill-other", type=int, default=100)
+    parser.add_argument("--api-processes", type=int, default=1, help="automl serve --workers N")
     parser.add_argument(
-        "--api-processes", type=int, default=1, help="1: automl serve; more: uvicorn --workers"
+        "--no-analyze",
+        action="store_true",
+        help="PostgreSQL: skip ANALYZE after seeding (plans from no statistics)",
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=1,
+        help="load-generator processes sharing the clients (1: all in this one)",
     )
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     endpoints = ["/studies", "/studies/{id}", "/studies/{id}/trials"]
 
-    results = {backend: run_backend(args, backend) for backend in args.backends}
+    generators = None
+    if args.client_processes > 1:
+        context = multiprocessing.get_context("spawn")
+        generators = ProcessPoolExecutor(args.client_processes, mp_context=context)
+        list(generators.map(time.sleep, [0] * args.client_processes))  # started before use
+    try:
+        results = {backend: run_backend(args, backend, generators) for backend in args.backends}
+    finally:
+        if generators is not None:
+            generators.shutdown()
 
     print(
-        f"\n{args.clients} clients, {args.api_processes} API process(es), "
+        f"\n{args.clients} clients in {args.client_processes} load-generator process(es), "
+        f"{args.api_processes} API process(es), "
         f"{args.workers} workers ({args.writer}), {args.rounds} x {args.duration:g} s per phase"
     )
     header = (
@@ -381,6 +462,9 @@ def main() -> None:
             )
         writing, idle = phases["writing"], phases["idle"]
         print(f"{'':9} writing / idle req/s: {writing.rps / idle.rps:.2f}")
+        for kind, phase in phases.items():
+            if phase.reasons:
+                print(f"{'':9} {kind} errors: {phase.reasons}")
     print("\nper endpoint, p50 / p99 ms")
     for backend, phases in results.items():
         for kind, phase in phases.items():

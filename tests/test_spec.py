@@ -963,3 +963,19 @@ def test_missing_pretrained_checkpoint_is_named_at_submit(
     assert "not found under the data root" in errors[0].msg
     errors = spec_errors({"name": "x", "fixed": {"pretrained": "../../etc/passwd.pt"}})
     assert [e.path for e in errors] == ["fixed.pretrained"]
+
+
+@pytest.mark.parametrize(("given", "kept"), [(None, 3), (1, 1), (10, 10), ("all", "all")])
+def test_keep_weights(given: Any, kept: Any) -> None:
+    data: dict[str, Any] = {"name": "x"} if given is None else {"name": "x", "keep_weights": given}
+    spec = load_spec(data)
+    assert spec.keep_weights == kept
+    # What the store keeps (without nulls) reads back the same.
+    assert load_spec(json.loads(spec.model_dump_json(exclude_none=True))).keep_weights == kept
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5, "some", None])
+def test_keep_weights_errors_name_the_field(bad: Any) -> None:
+    [error] = spec_errors({"name": "x", "keep_weights": bad})
+    assert error.path == "keep_weights"
+    assert error.msg == f"{bad!r} is neither a whole number >= 1 nor 'all'"

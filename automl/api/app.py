@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 
 from automl import __version__
 from automl.api.errors import install_error_handlers
-from automl.api.routes import health, registries, studies
+from automl.api.routes import health, models, predict, registries, studies
 from automl.catalog import load_plugins
 from automl.config import Settings
 from automl.spec import StudySpec
@@ -68,6 +68,8 @@ def create_app(
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(registries.router)
+    app.include_router(predict.router)
+    app.include_router(models.router)
     app.openapi = lambda: _openapi_with_spec_schema(app)  # type: ignore[method-assign]
     return app
 

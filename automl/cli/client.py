@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions
 from automl.spec import load_spec
 from automl.store import (
     BestTrials,
@@ -167,13 +168,35 @@ class HttpClient:
         """Deletes an ended study."""
         self._request("DELETE", f"/studies/{study_id}")
 
+    def predict(self, study_id: int, images: list[tuple[str, bytes]], top: int) -> Predictions:
+        """Uploads images (name, content) and returns their top classes."""
+        files = [("files", (name, data, "application/octet-stream")) for name, data in images]
+        return Predictions.model_validate(
+            self._request("POST", f"/studies/{study_id}/predict", params={"top": top}, files=files)
+        )
+
+    def annotate(self, study_id: int, request: AnnotateRequest) -> Annotations:
+        """Suggested labels for a folder under the server's data root."""
+        body = request.model_dump(exclude_defaults=True)
+        return Annotations.model_validate(
+            self._request("POST", f"/studies/{study_id}/annotate", json=body)
+        )
+
+    def best_model(self, study_id: int) -> bytes:
+        """The best model's bundle: a zip (``GET /studies/{id}/best/model``)."""
+        return self._send("GET", f"/studies/{study_id}/best/model").content
+
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach the API at {self.base_url}: {exc}") from None
         if response.is_success:
-            return response.json() if response.content else None
+            return response
         raise ClientError(_error_text(response), bad_input=400 <= response.status_code < 500)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from optuna.trial import FrozenTrial
 from pydantic import BaseModel
 
+from automl.cli.bundle_commands import cmd_download_best
 from automl.cli.client import Client, ClientError, HttpClient, LocalClient
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, CliError
 from automl.cli.output import (
@@ -25,6 +26,7 @@ from automl.cli.output import (
     studies_table,
     study_text,
 )
+from automl.cli.predict_commands import cmd_annotate, cmd_predict
 from automl.config import Settings
 from automl.spec import SpecError, load_spec
 from automl.store import (
@@ -413,7 +415,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_best(args: argparse.Namespace, settings: Settings) -> int:
-    """Shows the best trial of a study."""
+    """Shows the best trial of a study; with ``--download DIR``, saves its model bundle."""
+    if getattr(args, "download", None):
+        return cmd_download_best(args, settings)
     best = _client(settings).best(args.study)
     _print_json(best) if args.json else print(best_text(best))
     return EXIT_OK
@@ -524,4 +528,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "rerun-failed": cmd_rerun_failed,
     "enqueue": cmd_enqueue,
     "delete": cmd_delete,
+    "predict": cmd_predict,
+    "annotate": cmd_annotate,
 }

@@ -111,7 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     best = commands.add_parser("best", help="show the best trial of a study")
     best.add_argument("study", type=int, help="study id")
+    best.add_argument(
+        "--download",
+        metavar="DIR",
+        help="save the best model's bundle in DIR: weights, model card, ONNX, TorchScript, "
+        "predict.py",
+    )
     target_args(best)
+    artifacts_arg(best)
 
     cancel = commands.add_parser("cancel", help="cancel a queued or running study")
     cancel.add_argument("study", type=int, help="study id")
@@ -141,6 +148,26 @@ def build_parser() -> argparse.ArgumentParser:
     delete = commands.add_parser("delete", help="delete an ended study with its artifacts")
     delete.add_argument("study", type=int, help="study id")
     target_args(delete)
+
+    predict = commands.add_parser("predict", help="classify image files with a study's best model")
+    predict.add_argument("study", type=int, help="study id")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="png, jpeg, webp or bmp files")
+    predict.add_argument("--top", type=int, default=3, help="classes per image (default 3)")
+    target_args(predict)
+    artifacts_arg(predict)
+
+    annotate = commands.add_parser(
+        "annotate", help="suggest labels for a folder of images, least confident first"
+    )
+    annotate.add_argument("study", type=int, help="study id")
+    annotate.add_argument("folder", help="folder of images, relative to the data root")
+    annotate.add_argument(
+        "--csv", help="write path,label,confidence rows for image_csv (under the data root)"
+    )
+    annotate.add_argument("--overwrite", action="store_true", help="replace an existing --csv")
+    annotate.add_argument("--top", type=int, default=3, help="classes per image (default 3)")
+    target_args(annotate)
+    artifacts_arg(annotate)
 
     listing = commands.add_parser(
         "list", help="what studies can name: registries, entries and their options"

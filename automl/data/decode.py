@@ -70,15 +70,32 @@ def decode_image(path: str, prep: Preprocess, root: str = "") -> np.ndarray:
     Raises:
         DatasetError: If the file cannot be read or decoded; the message names the file.
     """
-    size = (prep.width, prep.height)
     try:
         with Image.open(path) as opened:
-            if opened.format == "JPEG":
-                opened.draft(prep.mode, size)  # decode at a reduced scale when much larger
-            image = ImageOps.exif_transpose(opened).convert(prep.mode)
+            image = load_oriented(opened, prep)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         shown = os.path.relpath(path, root) if root else path
         raise DatasetError(f"cannot decode image {shown!r}: {exc}") from None
+    return fit_image(image, prep)
+
+
+def load_oriented(opened: Image.Image, prep: Preprocess) -> Image.Image:
+    """Decodes an opened image, oriented by its EXIF tag, in ``prep``'s mode.
+
+    A JPEG much larger than the target size decodes at a reduced scale. Training and
+    serving (``automl.delivery``) both decode through here, so their pixels are equal.
+
+    Raises:
+        OSError: If the data is truncated or corrupt (and what Pillow raises besides).
+    """
+    if opened.format == "JPEG":
+        opened.draft(prep.mode, (prep.width, prep.height))
+    return ImageOps.exif_transpose(opened).convert(prep.mode)
+
+
+def fit_image(image: Image.Image, prep: Preprocess) -> np.ndarray:
+    """Resizes a decoded image to ``prep``'s size (crop or pad) as uint8 ``(C, H, W)``."""
+    size = (prep.width, prep.height)
     if image.size != size:
         method = Image.Resampling.BILINEAR
         if prep.fit == "crop":

@@ -175,6 +175,11 @@ class RemoteCoordinator:
         """See ``Coordinator.end_due_studies``."""
         self.call("end_due_studies", {})
 
+    def retain_weights(self, study_id: int) -> list[int]:
+        """See ``Coordinator.retain_weights``."""
+        reply, _ = self.call("retain_weights", {"study_id": study_id})
+        return [int(number) for number in reply["removed"]]
+
     def claim_evaluation(self, worker_id: str, study_id: int | None) -> EvaluationLease | None:
         """See ``Coordinator.claim_evaluation``."""
         reply, _ = self.call("claim_evaluation", {"worker_id": worker_id, "study_id": study_id})

@@ -80,6 +80,7 @@ class CoordinationService:
             "release": self._release,
             "end_if_done": self._end_if_done,
             "end_due_studies": self._end_due_studies,
+            "retain_weights": self._retain_weights,
             "claim_evaluation": self._claim_evaluation,
             "finish_evaluation": self._finish_evaluation,
             "spec": self._spec,
@@ -178,6 +179,9 @@ class CoordinationService:
     def _end_due_studies(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         self.coordinator.end_due_studies()
         return {}, b""
+
+    def _retain_weights(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        return {"removed": self.coordinator.retain_weights(int(header["study_id"]))}, b""
 
     def _claim_evaluation(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         lease = self.coordinator.claim_evaluation(header["worker_id"], header.get("study_id"))

@@ -7,10 +7,13 @@ from automl.store.artifacts import (
     FolderArtifactStore,
     SqlArtifactStore,
     WeightsNotFoundError,
+    load_state_dict,
     open_weights,
     read_checkpoint,
+    read_state_dict,
     remove_quietly,
     save_weights,
+    weights_format,
     write_checkpoint,
 )
 from automl.store.attrs import FailureKind, StudyStatus
@@ -34,6 +37,7 @@ from automl.store.leases import (
     release,
 )
 from automl.store.reaper import Reaped, Reaper, end_due_studies, reap_stale, remove_orphans
+from automl.store.retention import retain_weights
 from automl.store.storage import (
     StorageError,
     Store,
@@ -129,11 +133,13 @@ __all__ = [
     "is_transient",
     "list_studies",
     "list_trials",
+    "load_state_dict",
     "normalize_url",
     "open_store",
     "open_store_from",
     "open_weights",
     "read_checkpoint",
+    "read_state_dict",
     "reap_stale",
     "record_checkpoint",
     "record_params",
@@ -143,9 +149,11 @@ __all__ = [
     "remove_quietly",
     "rerun_failed",
     "resume_study",
+    "retain_weights",
     "retry_transient",
     "save_weights",
     "submit_study",
     "submitted_spec",
+    "weights_format",
     "write_checkpoint",
 ]

@@ -10,6 +10,10 @@ the same store) shows the artifacts:
 - Optuna's ``Boto3ArtifactStore`` (``AUTOML_ARTIFACT_STORE=s3``).
 
 Every write is all-or-nothing: a blob is visible complete or not at all.
+
+A trial's weights are a safetensors file (``weights.safetensors``: tensors and a JSON
+header, no code); weights stored before that format are ``torch.save`` files, and
+``load_state_dict`` reads both.
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from automl.store import attrs, tables
 from automl.store.tables import db_now
 
-WEIGHTS_FILENAME = "weights.pt"
+WEIGHTS_FILENAME = "weights.safetensors"
+WEIGHTS_MIMETYPE = "application/vnd.safetensors"
 CHUNK_BYTES = 4 * 1024 * 1024
 
 
@@ -233,39 +240,82 @@ def save_weights(
     state_dict: dict[str, torch.Tensor],
     store: ArtifactStore,
 ) -> str:
-    """Saves a trial's weights as an Optuna artifact and records its id on the trial.
+    """Saves a trial's weights (safetensors) as an Optuna artifact and records its id on
+    the trial.
 
     Returns:
         The artifact id.
     """
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / WEIGHTS_FILENAME
-        torch.save(state_dict, path)
+        path.write_bytes(weights_bytes(state_dict))
         artifact_id = upload_artifact(
             artifact_store=store,
             file_path=str(path),
             study_or_trial=trial,
-            mimetype="application/octet-stream",
+            mimetype=WEIGHTS_MIMETYPE,
         )
     trial.set_user_attr(attrs.WEIGHTS, artifact_id)
     return artifact_id
 
 
+def weights_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
+    """A state dict as a safetensors file: contiguous CPU tensors, no tensor sharing its
+    memory with another (safetensors refuses aliases, such as tied weights)."""
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in state_dict.items():
+        value = tensor.detach().cpu().contiguous()
+        storage = value.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() != value.nbytes:
+            value = value.clone()  # a view of another tensor's memory, or of a larger one
+        seen.add(value.untyped_storage().data_ptr())
+        tensors[name] = value
+    return save_safetensors(tensors, metadata={"format": "pt"})
+
+
+def weights_format(head: bytes) -> str:
+    """``safetensors`` or ``torch`` (an older ``torch.save`` file), from a file's first
+    bytes (at least 9): safetensors starts with its header's length, then ``{``."""
+    return "safetensors" if len(head) >= 9 and head[8:9] == b"{" else "torch"
+
+
+def read_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
+    """Reads weights in either format, on the CPU, without running any pickled code."""
+    if weights_format(blob[:9]) == "safetensors":
+        return load_safetensors(blob)
+    return torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
+
+
 def open_weights(trial: FrozenTrial, store: ArtifactStore) -> BinaryIO:
-    """Opens a trial's saved weights for reading (a ``torch.save`` state dict).
+    """Opens a trial's saved weights for reading: a safetensors file (``torch.save`` for
+    weights saved by earlier versions; ``weights_format`` tells them apart).
 
     Raises:
         WeightsNotFoundError: If the trial has no readable weights.
     """
     artifact_id = trial.user_attrs.get(attrs.WEIGHTS)
     if artifact_id is None:
-        raise WeightsNotFoundError(f"trial {trial.number} kept no weights")
+        removed = trial.user_attrs.get(attrs.WEIGHTS_REMOVED)
+        why = f" ({removed})" if removed else ""
+        raise WeightsNotFoundError(f"trial {trial.number} kept no weights{why}")
     try:
         return store.open_reader(artifact_id)
     except ArtifactNotFound:
         raise WeightsNotFoundError(
             f"weights of trial {trial.number} are missing from the artifact store"
         ) from None
+
+
+def load_state_dict(trial: FrozenTrial, store: ArtifactStore) -> dict[str, torch.Tensor]:
+    """A trial's saved weights as a state dict on the CPU, in either format (read without
+    running any pickled code).
+
+    Raises:
+        WeightsNotFoundError: If the trial has no readable weights.
+    """
+    with open_weights(trial, store) as reader:
+        return read_state_dict(reader.read())
 
 
 # --- checkpoints -------------------------------------------------------------------------------

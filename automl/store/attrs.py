@@ -30,6 +30,13 @@ CLASSES = PREFIX + "classes"  # class names in index order: the confusion matrix
 NOTES = PREFIX + "notes"  # what the training run reports besides metrics (gan_train_seconds)
 ERROR = PREFIX + "error"
 WEIGHTS = PREFIX + "weights_artifact"
+# Why a trial no longer has weights (it fell out of the study's keep_weights).
+WEIGHTS_REMOVED = PREFIX + "weights_removed"
+# What the weights expect as input (shape, preprocessing, normalization, dataset
+# fingerprint) and the library versions that trained them: what a model card needs
+# besides the other attributes, recorded where the data was loaded.
+INPUT = PREFIX + "input"
+LIBRARIES = PREFIX + "libraries"
 WORKER = PREFIX + "worker"
 FAILURE = PREFIX + "failure"
 TICKET = PREFIX + "ticket"

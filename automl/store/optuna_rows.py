@@ -97,6 +97,14 @@ trial_intermediate_values = sa.Table(
     sa.Column("intermediate_value", sa.Float),
     sa.Column("intermediate_value_type", _StepType),
 )
+trial_system_attributes = sa.Table(
+    "trial_system_attributes",
+    _optuna,
+    sa.Column("trial_system_attribute_id", sa.Integer, primary_key=True),
+    sa.Column("trial_id", sa.Integer),
+    sa.Column("key", sa.String(512)),
+    sa.Column("value_json", sa.Text),
+)
 study_user_attributes = sa.Table(
     "study_user_attributes",
     _optuna,
@@ -189,10 +197,15 @@ def count_trials(
     connection: sa.engine.Connection, study_id: int, state: TrialState | None = None
 ) -> int:
     """Number of the study's trials (optionally in ``state``), counted in SQL."""
+    return int(connection.scalar(sa.select(trial_count(study_id, state))) or 0)
+
+
+def trial_count(study_id: int, state: TrialState | None = None) -> sa.ScalarSelect[int]:
+    """``count_trials``'s count, to read within another statement."""
     query = sa.select(sa.func.count()).select_from(trials).where(trials.c.study_id == study_id)
     if state is not None:
         query = query.where(trials.c.state == state)
-    return int(connection.scalar(query) or 0)
+    return query.scalar_subquery()
 
 
 def page_trial_ids(
@@ -215,7 +228,7 @@ def load_trials(
     trial_ids: list[int],
     user_attr_keys: Collection[str] | None = None,
 ) -> list[FrozenTrial]:
-    """The trials with these ids, in that order, in five queries whatever their number.
+    """The trials with these ids, in that order, in two queries whatever their number.
 
     Like ``storage.get_trial`` for each, without the system attributes (what the listing
     shows needs none), and without a round trip per trial and per relation.
@@ -242,14 +255,34 @@ def load_trial_page(
     limit: int,
     offset: int,
     user_attr_keys: Collection[str] | None = None,
-) -> list[FrozenTrial]:
-    """One page of the study's trials in number order (``page_trial_ids`` + ``load_trials``
-    in one query fewer)."""
-    query = sa.select(*_TRIAL_COLUMNS).where(trials.c.study_id == study_id)
+    *,
+    where: Sequence[sa.ColumnElement[bool]] = (),
+) -> tuple[list[FrozenTrial], int | None]:
+    """One page of the study's trials in number order, in two queries (``page_trial_ids``
+    and ``load_trials`` would take six), with the number of trials on all pages.
+
+    Args:
+        connection: An open connection.
+        study_id: The study.
+        state: Only trials in this state.
+        limit: Page size.
+        offset: Trials to skip.
+        user_attr_keys: Only these user attributes (None: all of them).
+        where: More conditions for the page's rows (e.g. that the study is listed).
+
+    Returns:
+        The trials, and ``count_trials``'s count, which comes with the page: None when
+        the page is empty (past the end, or no trial matched).
+    """
+    query = sa.select(*_TRIAL_COLUMNS, sa.func.count().over().label("total_count")).where(
+        trials.c.study_id == study_id, *where
+    )
     if state is not None:
         query = query.where(trials.c.state == state)
     query = query.order_by(trials.c.number).limit(limit).offset(offset)
-    return _assemble(connection, connection.execute(query).all(), user_attr_keys)
+    rows = connection.execute(query).all()
+    total = int(rows[0].total_count) if rows else None
+    return _assemble(connection, rows, user_attr_keys), total
 
 
 _TRIAL_COLUMNS = (
@@ -266,12 +299,79 @@ def among(
 ) -> sa.ColumnElement[bool]:
     """``column`` is one of ``ids``: ``= ANY(array)`` on PostgreSQL (one parameter, so one
     cached, prepared statement whatever the number of ids), an expanded ``IN`` elsewhere."""
+    return _is_among(connection, column, _ids_parameter(connection, ids))
+
+
+def _ids_parameter(connection: sa.engine.Connection, ids: Sequence[int]) -> sa.BindParameter[Any]:
+    # unique: several lists of ids can meet in one statement.
     if connection.dialect.name == "postgresql":
-        return column == sa.any_(sa.bindparam("ids", list(ids), type_=_INT_ARRAY))
+        return sa.bindparam("ids", list(ids), type_=_INT_ARRAY, unique=True)
+    return sa.bindparam("ids", list(ids), expanding=True, unique=True)
+
+
+def _is_among(
+    connection: sa.engine.Connection, column: sa.ColumnElement[int], ids: sa.BindParameter[Any]
+) -> sa.ColumnElement[bool]:
+    if connection.dialect.name == "postgresql":
+        return column == sa.any_(ids)
     return column.in_(ids)
 
 
 _INT_ARRAY = postgresql.ARRAY(sa.Integer)
+_VALUE, _STEP, _PARAM, _ATTR = range(4)
+
+
+def _relations(
+    connection: sa.engine.Connection,
+    trial_ids: Sequence[int],
+    user_attr_keys: Collection[str] | None,
+) -> sa.CompoundSelect[Any]:
+    """The trials' values, steps, params and user attributes in one ``UNION ALL`` (one
+    round trip): rows of (kind, trial_id, int key, text key, float value, text value)."""
+    ids = _ids_parameter(connection, trial_ids)
+    values, steps = trial_values, trial_intermediate_values
+    params, user_attrs = trial_params, trial_user_attributes
+
+    def kind(number: int) -> sa.ColumnElement[int]:
+        return sa.literal_column(str(number), sa.Integer)
+
+    attrs_query = sa.select(
+        kind(_ATTR),
+        user_attrs.c.trial_id,
+        sa.null(),
+        user_attrs.c.key,
+        sa.null(),
+        user_attrs.c.value_json,
+    ).where(_is_among(connection, user_attrs.c.trial_id, ids))
+    if user_attr_keys is not None:
+        attrs_query = attrs_query.where(user_attrs.c.key.in_(sorted(user_attr_keys)))
+    return sa.union_all(
+        sa.select(
+            kind(_VALUE),
+            values.c.trial_id,
+            values.c.objective,
+            sa.null(),
+            values.c.value,
+            sa.cast(values.c.value_type, sa.Text),
+        ).where(_is_among(connection, values.c.trial_id, ids)),
+        sa.select(
+            kind(_STEP),
+            steps.c.trial_id,
+            steps.c.step,
+            sa.null(),
+            steps.c.intermediate_value,
+            sa.cast(steps.c.intermediate_value_type, sa.Text),
+        ).where(_is_among(connection, steps.c.trial_id, ids)),
+        sa.select(
+            kind(_PARAM),
+            params.c.trial_id,
+            params.c.param_id,
+            params.c.param_name,
+            params.c.param_value,
+            params.c.distribution_json,
+        ).where(_is_among(connection, params.c.trial_id, ids)),
+        attrs_query,
+    )
 
 
 def _assemble(
@@ -279,55 +379,29 @@ def _assemble(
     rows: Sequence[sa.Row[Any]],
     user_attr_keys: Collection[str] | None = None,
 ) -> list[FrozenTrial]:
-    """FrozenTrials of these ``trials`` rows (in their order): four queries for the rest."""
+    """FrozenTrials of these ``trials`` rows (in their order): one more query for the rest."""
     if not rows:
         return []
-    trial_ids = [row.trial_id for row in rows]
     values: dict[int, dict[int, float]] = defaultdict(dict)
-    for trial_id, objective, value, kind in connection.execute(
-        sa.select(
-            trial_values.c.trial_id,
-            trial_values.c.objective,
-            trial_values.c.value,
-            trial_values.c.value_type,
-        ).where(among(connection, trial_values.c.trial_id, trial_ids))
-    ).all():
-        values[trial_id][objective] = _SPECIAL.get(kind, value)
     steps: dict[int, dict[int, float]] = defaultdict(dict)
-    for trial_id, step, value, kind in connection.execute(
-        sa.select(
-            trial_intermediate_values.c.trial_id,
-            trial_intermediate_values.c.step,
-            trial_intermediate_values.c.intermediate_value,
-            trial_intermediate_values.c.intermediate_value_type,
-        ).where(among(connection, trial_intermediate_values.c.trial_id, trial_ids))
-    ).all():
-        steps[trial_id][step] = _SPECIAL.get(kind, value)
+    param_rows: list[tuple[int, int, str, float, str]] = []
+    user_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
+    query = _relations(connection, [row.trial_id for row in rows], user_attr_keys)
+    for kind, trial_id, number, name, value, text in connection.execute(query).all():
+        if kind == _VALUE:
+            values[trial_id][number] = _SPECIAL.get(text, value)
+        elif kind == _STEP:
+            steps[trial_id][number] = _SPECIAL.get(text, value)
+        elif kind == _PARAM:
+            param_rows.append((number, trial_id, name, value, text))
+        else:
+            user_attrs[trial_id][name] = json.loads(text)
     params: dict[int, dict[str, Any]] = defaultdict(dict)
     dists: dict[int, dict[str, BaseDistribution]] = defaultdict(dict)
-    for trial_id, name, value, dist_json in connection.execute(
-        sa.select(
-            trial_params.c.trial_id,
-            trial_params.c.param_name,
-            trial_params.c.param_value,
-            trial_params.c.distribution_json,
-        )
-        .where(among(connection, trial_params.c.trial_id, trial_ids))
-        .order_by(trial_params.c.param_id)
-    ).all():
+    for _, trial_id, name, value, dist_json in sorted(param_rows):  # in param_id order
         distribution = _distribution(dist_json)
         params[trial_id][name] = distribution.to_external_repr(value)
         dists[trial_id][name] = distribution
-    attrs_query = sa.select(
-        trial_user_attributes.c.trial_id,
-        trial_user_attributes.c.key,
-        trial_user_attributes.c.value_json,
-    ).where(among(connection, trial_user_attributes.c.trial_id, trial_ids))
-    if user_attr_keys is not None:
-        attrs_query = attrs_query.where(trial_user_attributes.c.key.in_(sorted(user_attr_keys)))
-    user_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
-    for trial_id, key, value_json in connection.execute(attrs_query).all():
-        user_attrs[trial_id][key] = json.loads(value_json)
     loaded = []
     for row in rows:
         trial_id = row.trial_id
@@ -391,8 +465,14 @@ def best_values(
     study_ids = sorted(maximize | minimize)
     if not study_ids:
         return {}
+    rows = connection.execute(best_values_query(connection, study_ids)).all()
+    return pick_best(rows, maximize)
+
+
+def best_values_query(connection: sa.engine.Connection, study_ids: Sequence[int]) -> sa.Select[Any]:
+    """Rows of (study_id, highest, lowest) first-objective values of COMPLETE trials."""
     value = trial_values.c.value
-    query = (
+    return (
         sa.select(trials.c.study_id, sa.func.max(value), sa.func.min(value))
         .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
         .where(
@@ -403,8 +483,12 @@ def best_values(
         )
         .group_by(trials.c.study_id)
     )
+
+
+def pick_best(rows: Iterable[Sequence[Any]], maximize: Collection[int]) -> dict[int, float]:
+    """Each study's best value from ``best_values_query`` rows (the rest: minimized)."""
     best: dict[int, float] = {}
-    for study_id, highest, lowest in connection.execute(query).all():
+    for study_id, highest, lowest in rows:
         found = highest if study_id in maximize else lowest
         if found is not None:
             best[study_id] = float(found)
@@ -478,3 +562,80 @@ def trial_attr(connection: sa.engine.Connection, trial_id: int, key: str) -> Any
         )
     )
     return None if value is None else json.loads(value)
+
+
+def trials_with_attr(
+    connection: sa.engine.Connection,
+    study_id: int,
+    key: str,
+    states: Collection[TrialState],
+) -> list[tuple[int, int, TrialState, Any]]:
+    """The study's trials in ``states`` that have the user attribute ``key``.
+
+    Returns:
+        ``(trial_id, number, state, value)`` of each, in number order.
+    """
+    query = (
+        sa.select(
+            trials.c.trial_id,
+            trials.c.number,
+            trials.c.state,
+            trial_user_attributes.c.value_json,
+        )
+        .join(trial_user_attributes, trial_user_attributes.c.trial_id == trials.c.trial_id)
+        .where(
+            trials.c.study_id == study_id,
+            trials.c.state.in_(list(states)),
+            trial_user_attributes.c.key == key,
+        )
+        .order_by(trials.c.number)
+    )
+    return [
+        (int(trial_id), int(number), state, json.loads(value))
+        for trial_id, number, state, value in connection.execute(query).all()
+    ]
+
+
+def completed_values(connection: sa.engine.Connection, study_id: int) -> dict[int, list[float]]:
+    """The objective values of each of the study's COMPLETE trials, by trial id (one query,
+    values only: what a Pareto front needs)."""
+    query = (
+        sa.select(
+            trial_values.c.trial_id,
+            trial_values.c.objective,
+            trial_values.c.value,
+            trial_values.c.value_type,
+        )
+        .join(trials, trials.c.trial_id == trial_values.c.trial_id)
+        .where(trials.c.study_id == study_id, trials.c.state == TrialState.COMPLETE)
+    )
+    values: dict[int, dict[int, float]] = defaultdict(dict)
+    for trial_id, objective, value, kind in connection.execute(query).all():
+        values[int(trial_id)][int(objective)] = _SPECIAL.get(kind, value)
+    return {trial_id: [v[k] for k in sorted(v)] for trial_id, v in values.items()}
+
+
+def drop_trial_attr_if(
+    connection: sa.engine.Connection, trial_id: int, key: str, value: Any
+) -> bool:
+    """Deletes a trial's user attribute ``key`` if it still holds ``value`` (compare-and-set:
+    of several callers, exactly one gets True)."""
+    deleted = connection.execute(
+        trial_user_attributes.delete().where(
+            trial_user_attributes.c.trial_id == trial_id,
+            trial_user_attributes.c.key == key,
+            trial_user_attributes.c.value_json == json.dumps(value),
+        )
+    )
+    return deleted.rowcount > 0
+
+
+def drop_trial_system_attr(connection: sa.engine.Connection, trial_id: int, key: str) -> None:
+    """Deletes a trial's system attribute ``key`` (such as an artifact's record, which
+    Optuna's API can add but not remove)."""
+    connection.execute(
+        trial_system_attributes.delete().where(
+            trial_system_attributes.c.trial_id == trial_id,
+            trial_system_attributes.c.key == key,
+        )
+    )

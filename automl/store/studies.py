@@ -270,9 +270,7 @@ def list_studies(
         if rows:
             count = rows[0].total_count
         else:
-            count = connection.scalar(
-                sa.select(sa.func.count()).select_from(studies).where(*where)
-            )
+            count = connection.scalar(sa.select(sa.func.count()).select_from(studies).where(*where))
         data = [StudySummary(**fields) for fields in _summary_fields(connection, rows)]
     return Page(data=data, count=int(count or 0))
 
@@ -282,13 +280,9 @@ def _summary_fields(
 ) -> list[dict[str, Any]]:
     """The ``StudySummary`` fields of these study rows (two more queries for all)."""
     heads = {row.study_id: _directions_and_metrics(row.spec) for row in rows}
-    counts = _ticket_counts(connection, [row.study_id for row in rows])
     single = [sid for sid, (directions, _) in heads.items() if len(directions) == 1]
-    best = optuna_rows.best_values(
-        connection,
-        maximize=[sid for sid in single if heads[sid][0][0] == "maximize"],
-        minimize=[sid for sid in single if heads[sid][0][0] == "minimize"],
-    )
+    maximize = {sid for sid in single if heads[sid][0][0] == "maximize"}
+    counts, best = _counts_and_best(connection, list(heads), single, maximize)
     summaries = []
     for row in rows:
         directions, metrics = heads[row.study_id]
@@ -329,6 +323,44 @@ def _directions_and_metrics(spec_text: str) -> tuple[tuple[str, ...], tuple[str,
     return tuple(spec.directions), tuple(spec.metrics)
 
 
+def _counts_and_best(
+    connection: sa.engine.Connection,
+    study_ids: list[int],
+    single: list[int],
+    maximize: set[int],
+) -> tuple[dict[int, dict[str, int]], dict[int, float]]:
+    """``_ticket_counts`` of ``study_ids`` and ``optuna_rows.best_values`` of the
+    single-objective ones (``maximize``: those maximized), in one query."""
+    if not study_ids:
+        return {}, {}
+    if not single:
+        return _ticket_counts(connection, study_ids), {}
+    tickets = tables.tickets
+    best = optuna_rows.best_values_query(connection, single).subquery()
+    query = sa.union_all(
+        sa.select(
+            tickets.c.study_id,
+            tickets.c.state,
+            tickets.c.outcome,
+            sa.func.count(),
+            sa.null(),
+            sa.null(),
+        )
+        .where(optuna_rows.among(connection, tickets.c.study_id, study_ids))
+        .group_by(tickets.c.study_id, tickets.c.state, tickets.c.outcome),
+        sa.select(best.c[0], sa.null(), sa.null(), sa.null(), best.c[1], best.c[2]),
+    )
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    best_rows = []
+    for study_id, state, outcome, n, highest, lowest in connection.execute(query).all():
+        if state is None:
+            best_rows.append((study_id, highest, lowest))
+            continue
+        key = outcome if state == TicketState.DONE.value else state
+        counts[study_id][key] = counts[study_id].get(key, 0) + int(n)
+    return counts, optuna_rows.pick_best(best_rows, maximize)
+
+
 def _ticket_counts(
     connection: sa.engine.Connection, study_ids: list[int]
 ) -> dict[int, dict[str, int]]:
@@ -362,12 +394,23 @@ def list_trials(
     offset: int = 0,
 ) -> Page[TrialSummary]:
     """A study's Optuna trials (every attempt) in number order; reads only the page."""
+    listed = (tables.studies.c.study_id == study_id, tables.studies.c.status != DELETING)
     with store.read() as connection:
-        _row(connection, study_id)
-        count = optuna_rows.count_trials(connection, study_id, state)
-        trials = optuna_rows.load_trial_page(
-            connection, study_id, state, limit, offset, user_attr_keys=SUMMARY_ATTRS
+        trials, count = optuna_rows.load_trial_page(
+            connection,
+            study_id,
+            state,
+            limit,
+            offset,
+            user_attr_keys=SUMMARY_ATTRS,
+            where=[sa.exists().where(*listed)],
         )
+        if count is None:  # an empty page: is there such a study, and how many trials?
+            count = connection.execute(
+                sa.select(optuna_rows.trial_count(study_id, state)).where(*listed)
+            ).scalar()
+            if count is None:
+                raise StudyNotFoundError(study_id)
     # One validation for the page (in pydantic's core) rather than one per trial.
     return _TRIAL_PAGE.model_validate(
         {"data": [TrialSummary.fields_of(trial) for trial in trials], "count": count}

@@ -201,7 +201,7 @@ class CompiledModel(torch.nn.Module):
         try:
             # Kept out of the module tree: it shares every parameter with ``eager``.
             object.__setattr__(self, "_compiled", torch.compile(model))
-        except Exception as exc:  # noqa: BLE001 - any failure to compile falls back
+        except Exception as exc:  # any failure to compile falls back to eager
             self.fall_back(exc)
 
     @property

@@ -9,7 +9,8 @@ from typing import Any, Literal
 import torch
 
 from automl.data import ImageData, load_dataset
-from automl.models import build_model
+from automl.models import MODELS, build_model
+from automl.models.transfer import TransferOptions
 from automl.train.accel import Accelerator
 from automl.train.loop import evaluate, resolve_device
 from automl.train.metrics import Evaluation, compute_metrics, per_class_report
@@ -34,6 +35,30 @@ class SplitReport:
     samples: int
 
 
+def restore_model(
+    config: TrialConfig,
+    state_dict: Mapping[str, torch.Tensor],
+    input_shape: tuple[int, ...],
+    num_classes: int,
+) -> torch.nn.Module:
+    """Rebuilds the model of ``config`` for the data's shape and classes with trained weights.
+
+    The weights replace everything, so a ``pretrained`` checkpoint named in the options is
+    not read again (it need not exist any more). The model is on the CPU, in eval mode.
+
+    Raises:
+        RuntimeError: If ``state_dict`` does not fit the architecture.
+    """
+    options = dict(config.model.options)
+    if options.get("pretrained") and issubclass(
+        MODELS.get(config.model.name).options, TransferOptions
+    ):
+        options["pretrained"] = None
+    model = build_model(config.model.name, options, input_shape, num_classes)
+    model.load_state_dict(dict(state_dict))
+    return model.eval()
+
+
 def evaluate_weights(
     config: TrialConfig,
     state_dict: Mapping[str, torch.Tensor],
@@ -53,8 +78,7 @@ def evaluate_weights(
     images, labels = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
     if images is None or labels is None:
         raise NoSplitError(f"dataset {config.dataset.source!r} has no {split} split")
-    model = build_model(config.model.name, config.model.options, data.input_shape, data.num_classes)
-    model.load_state_dict(dict(state_dict))
+    model = restore_model(config, state_dict, data.input_shape, data.num_classes)
     accel = Accelerator.for_device(device, len(data.input_shape))
     model = accel.model(model)
     confusion, mean_loss = evaluate(

@@ -2,11 +2,16 @@
 
 Knows nothing of Optuna, HTTP or workers. Data lives on the device as uint8 tensors and
 batches are index slices turned into normalized floats there, so there is no per-sample
-Python in the hot loop and only uint8 crosses memory.
+Python in the hot loop and only uint8 crosses memory. Augmentation runs batched on the
+device too, and the per-batch loop never makes the host wait for the device: the training
+loss accumulates in a device tensor and ``should_stop`` is a host-side check, so a GPU
+stays busy while Python queues the next batches (``AUTOML_SYNC_DEBUG=error`` enforces it,
+see ``automl.train.accel``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +23,7 @@ from torch.nn import functional as F
 from automl.data import ImageData, load_dataset
 from automl.models import build_model
 from automl.models.transfer import param_groups
-from automl.train.accel import Accelerator
+from automl.train.accel import Accelerator, CompiledModel
 from automl.train.augment import build_pipeline
 from automl.train.checkpoint import CheckpointSink, TrainState, capture, restore
 from automl.train.early_stopping import EarlyStopping
@@ -61,7 +66,8 @@ class TrainResult:
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     classes: tuple[str, ...] = ()
     notes: dict[str, Any] = field(default_factory=dict)
-    """What the imbalance strategy did (e.g. how long its generator trained)."""
+    """What the imbalance strategy did (e.g. how long its generator trained) and, under
+    ``compile``, whether the model ran compiled (``compile``: ``compiled`` or why not)."""
     stopped_early: bool = False
     """Whether ``patience`` epochs passed without a better monitored metric."""
 
@@ -105,6 +111,14 @@ def train(
     Deterministic for a given ``config.seed`` on the CPU. The model's parameter count and
     inference latency (batch 1 and 256, on ``device``) are measured once, before training,
     and reported with every epoch's metrics.
+
+    With ``config.compile`` the model runs through ``torch.compile``; should compiling fail
+    (no C compiler, unsupported platform), training continues eagerly, logs a warning and
+    says why in ``notes["compile"]``.
+
+    On CUDA the per-batch loop does not synchronize with the host; with
+    ``AUTOML_SYNC_DEBUG`` set, every epoch but the first one a run trains (which autotunes
+    cuDNN for each batch shape) is watched for synchronizing operations.
 
     Args:
         config: The configuration to train.
@@ -165,7 +179,7 @@ def train(
     augment = build_pipeline(config.augment, data.num_classes)
     groups = _trainable_groups(model, config)
     trainable = [parameter for group in groups for parameter in group["params"]]
-    runner = torch.compile(model) if config.compile else model
+    runner = CompiledModel(model) if config.compile else model
     optimizer = build_optimizer(
         config.optimizer.name,
         config.optimizer.options,
@@ -208,6 +222,22 @@ def train(
             history=history,
         )
 
+    def forward_backward(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with accel.autocast():
+            loss = loss_fn(runner(images), targets)
+        accel.step(loss, optimizer, trainable, config.grad_clip)
+        return loss
+
+    def train_step(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """One update; repeated eagerly if compiling failed in the backward pass (the
+        forward pass falls back by itself, and ``step`` zeroes the gradients first)."""
+        try:
+            return forward_backward(images, targets)
+        except Exception as exc:
+            if not isinstance(runner, CompiledModel) or not runner.fall_back(exc):
+                raise
+            return forward_backward(images, targets)
+
     metrics: dict[str, float] = {}
     confusion = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
     pruned = stopped_early = False
@@ -220,30 +250,30 @@ def train(
         else:
             order = plan.sampler(epoch, generator).to(device)
         loss_sum = torch.full((), resumed_loss if skip else 0.0, device=device)
-        for batch, (start, stop) in enumerate(_batch_slices(len(order), batch_size)):
-            if batch < skip:
-                continue  # done before the checkpoint this run resumed from
-            index = order[start:stop]
-            images, targets = data.to_unit(train_x[index]), train_y[index]
-            if augment is not None:
-                images, targets = augment(
-                    images, targets, _batch_generator(config, epoch, batch, device)
+        watch = accel.watch_syncs() if epoch > first_epoch else contextlib.nullcontext()
+        with watch:
+            for batch, (start, stop) in enumerate(_batch_slices(len(order), batch_size)):
+                if batch < skip:
+                    continue  # done before the checkpoint this run resumed from
+                index = order[start:stop]
+                images, targets = data.to_unit(train_x[index]), train_y[index]
+                if augment is not None:
+                    images, targets = augment(
+                        images, targets, _batch_generator(config, epoch, batch, device)
+                    )
+                loss = train_step(accel.batch(data.standardize(images)), targets)
+                scheduler.step()
+                loss_sum += loss.detach() * (stop - start)
+                stopping = should_stop is not None and should_stop()
+                due = checkpoint_interval is not None and (
+                    time.monotonic() - last_checkpoint >= checkpoint_interval
                 )
-            images = accel.batch(data.standardize(images))
-            with accel.autocast():
-                loss = loss_fn(runner(images), targets)
-            accel.step(loss, optimizer, trainable, config.grad_clip)
-            scheduler.step()
-            loss_sum += loss.detach() * (stop - start)
-            stopping = should_stop is not None and should_stop()
-            due = checkpoint_interval is not None and (
-                time.monotonic() - last_checkpoint >= checkpoint_interval
-            )
-            if checkpoint is not None and (stopping or due):
-                checkpoint(state(epoch - 1, batch + 1, epoch_generator, float(loss_sum)))
-                last_checkpoint = time.monotonic()
-            if stopping:
-                raise TrainingInterrupted(f"stopped during epoch {epoch}")
+                if checkpoint is not None and (stopping or due):
+                    with accel.allow_syncs():  # a checkpoint copies the state to the host
+                        checkpoint(state(epoch - 1, batch + 1, epoch_generator, float(loss_sum)))
+                    last_checkpoint = time.monotonic()
+                if stopping:
+                    raise TrainingInterrupted(f"stopped during epoch {epoch}")
         skip = 0
         confusion, val_loss = evaluate(
             runner, data.val_x, data.val_y, data.num_classes, accel, data.normalize
@@ -264,6 +294,11 @@ def train(
             runner, data.val_x, data.val_y, data.num_classes, accel, data.normalize
         )
         metrics = compute_metrics(Evaluation(confusion, val_loss, model_stats))
+    notes = dict(plan.notes)
+    if isinstance(runner, CompiledModel):
+        notes["compile"] = (
+            "compiled" if runner.compiled else f"failed, trained eagerly: {runner.failure}"
+        )
 
     return TrainResult(
         metrics=metrics,
@@ -275,7 +310,7 @@ def train(
         duration_s=time.perf_counter() - started,
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         classes=data.classes,
-        notes=plan.notes,
+        notes=notes,
         stopped_early=stopped_early,
     )
 

@@ -70,8 +70,9 @@ class FocalLoss(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Returns the mean focal loss of a batch (index or probability targets)."""
         log_probs = F.log_softmax(logits.float(), dim=1)
-        if targets.dim() == 1:
-            targets = F.one_hot(targets, logits.shape[1]).to(log_probs.dtype)
+        if targets.dim() == 1:  # one-hot by scatter_: F.one_hot reads the targets' range
+            one_hot = torch.zeros_like(log_probs)
+            targets = one_hot.scatter_(1, targets.view(-1, 1), 1.0)
         p_true = (log_probs.exp() * targets).sum(dim=1)
         if self.label_smoothing:
             targets = targets * (1 - self.label_smoothing) + self.label_smoothing / logits.shape[1]

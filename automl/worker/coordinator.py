@@ -1,11 +1,11 @@
 """What a worker asks of the shared state, behind one small interface.
 
 ``Coordinator`` is every call a worker makes about *work* (claim a ticket, beat, record,
-finish, release, settle; claim and finish a completed study's test-split evaluation); the
-trial itself goes through an Optuna ``BaseStorage`` and the weights through an artifact
-store. ``SqlCoordinator`` talks to the database directly; a remote implementation
-(through a proxy that holds the database connections) only has to provide the same
-methods.
+finish, release, settle; claim and finish a completed study's test-split evaluation; drop
+the weights of trials that fell out of a study's best); the trial itself goes through an
+Optuna ``BaseStorage`` and the weights through an artifact store. ``SqlCoordinator``
+talks to the database directly; a remote implementation (through a proxy that holds the
+database connections) only has to provide the same methods.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from automl.store import (
     record_trial,
     release,
     remove_quietly,
+    retain_weights,
     submitted_spec,
     write_checkpoint,
 )
@@ -96,6 +97,11 @@ class Coordinator(Protocol):
 
     def end_due_studies(self) -> None:
         """Ends every active study whose work is done or whose time ran out."""
+        ...
+
+    def retain_weights(self, study_id: int) -> list[int]:
+        """Deletes the weights of the study's trials that fell out of its ``keep_weights``
+        best (safe to race); the numbers of the trials whose weights this call removed."""
         ...
 
     def claim_evaluation(self, worker_id: str, study_id: int | None) -> EvaluationLease | None:
@@ -189,6 +195,10 @@ class SqlCoordinator:
     def end_due_studies(self) -> None:
         """See ``Coordinator.end_due_studies``."""
         end_due_studies(self.store)
+
+    def retain_weights(self, study_id: int) -> list[int]:
+        """See ``Coordinator.retain_weights``."""
+        return retain_weights(self.store, study_id)
 
     def claim_evaluation(self, worker_id: str, study_id: int | None) -> EvaluationLease | None:
         """See ``Coordinator.claim_evaluation``."""

@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import torch
-
 from automl.data import ImageData, load_dataset
 from automl.store import (
     Backoff,
@@ -23,7 +21,7 @@ from automl.store import (
     TrialTestReport,
     attrs,
     is_transient,
-    open_weights,
+    load_state_dict,
     retry_transient,
 )
 from automl.store.faults import first_line
@@ -111,8 +109,7 @@ def score(coordinator: Coordinator, lease: EvaluationLease, device: str) -> Outc
                 [],
                 f"dataset {config.dataset.source!r} has no test split",
             )
-        with open_weights(trial, coordinator.artifacts) as reader:
-            state_dict = torch.load(reader, map_location="cpu", weights_only=True)
+        state_dict = load_state_dict(trial, coordinator.artifacts)
         report = evaluate_weights(config, state_dict, split="test", data=data, device=device)
         reports.append(
             TrialTestReport(

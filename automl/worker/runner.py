@@ -24,6 +24,8 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from automl.data import load_dataset
+from automl.delivery.card import library_versions, model_input
 from automl.space import suggest
 from automl.spec import StudySpec
 from automl.store import (
@@ -39,6 +41,7 @@ from automl.store import (
 from automl.train import TrainingInterrupted, TrainResult, train
 from automl.train.accel import release_device_memory
 from automl.train.checkpoint import TrainState
+from automl.train.trial_config import TrialConfig
 from automl.worker.coordinator import Coordinator
 from automl.worker.keeper import LeaseKeeper
 from automl.worker.shared_cache import SharedArtifactCache
@@ -243,7 +246,7 @@ class _Attempt:
                 monitor=self.spec.metrics[0],
                 artifacts=SharedArtifactCache(self.coordinator.artifacts),
             )
-            return self._report_result(result)
+            return self._report_result(result, config)
         except (ResultRejectedError, UpdateFinishedTrialError) as exc:
             return self._rejected(exc)
         except LeaseLostError as exc:
@@ -297,7 +300,7 @@ class _Attempt:
 
     # --- endings -----------------------------------------------------------------------------
 
-    def _report_result(self, result: TrainResult) -> TrialRun:
+    def _report_result(self, result: TrainResult, config: TrialConfig) -> TrialRun:
         self._set_attr(attrs.METRICS, result.metrics)
         self._set_attr(attrs.HISTORY, result.history)
         self._set_attr(attrs.PER_CLASS, result.per_class)
@@ -314,6 +317,7 @@ class _Attempt:
             raise FloatingPointError(f"objective is not finite: {values}")
         assert self.trial is not None
         trial = self.trial
+        self._record_model_input(config)
         self.ctx.persist(
             lambda: save_weights(
                 self.coordinator.storage, trial, result.state_dict, self.coordinator.artifacts
@@ -322,7 +326,33 @@ class _Attempt:
         )
         frozen = self._tell(values=values)
         self._finish("complete", None)
+        self._retain_weights()
         return TrialRun(self.lease, "complete", frozen)
+
+    def _record_model_input(self, config: TrialConfig) -> None:
+        """Records what the weights take (shape, preprocessing, normalization, dataset
+        fingerprint) and the library versions: what the model card needs besides the
+        other attributes. The dataset is the one training used, still in memory."""
+        try:
+            facts = model_input(config, load_dataset(config.dataset.source, config.dataset.options))
+        except Exception as exc:  # a card loads the dataset itself then
+            logger.warning(
+                "study %s: the model input of ticket %s is not recorded: %s",
+                self.lease.study_id,
+                self.lease.ticket_id,
+                exc,
+            )
+            return
+        self._set_attr(attrs.INPUT, facts)
+        self._set_attr(attrs.LIBRARIES, library_versions())
+
+    def _retain_weights(self) -> None:
+        """Deletes the weights of the trials that fell out of the study's ``keep_weights``
+        best. Tried once: whatever a failure leaves, the next completed trial removes."""
+        try:
+            self.coordinator.retain_weights(self.lease.study_id)
+        except Exception as exc:
+            logger.warning("study %s: weights retention failed: %s", self.lease.study_id, exc)
 
     def _fail(self, kind: FailureKind, error: str) -> TrialRun:
         try:

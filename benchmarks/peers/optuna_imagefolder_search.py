@@ -22,12 +22,12 @@ automl spec):
 with ``--epochs`` epochs at batch size ``BATCH_SIZE``.
 
 Measurement, not part of the search: each trial keeps its final weights in memory (a
-state-dict copy, a few hundred kB) and the wall-clock time (``time.time()``) at which it
-ended. Once ``study.optimize`` has returned, every trial's final model is scored on the
+state-dict copy, under 100 kB) and the wall-clock times (``time.time()``) at which it
+started and ended. Once ``study.optimize`` has returned, every trial's final model is scored on the
 test folder, and one JSON object per trial is written to ``--out``: ``number``, ``state``
-(``COMPLETE`` or ``PRUNED``), ``value`` (last validation accuracy), ``params``, ``ended``
-(epoch seconds) and ``test_accuracy``. The test scoring happens after every timestamp, so
-it costs the search nothing.
+(``COMPLETE`` or ``PRUNED``), ``value`` (last validation accuracy), ``epochs`` (reported),
+``params``, ``started`` and ``ended`` (epoch seconds) and ``test_accuracy``. The test
+scoring happens after every timestamp, so it costs the search nothing.
 
     python benchmarks/peers/optuna_imagefolder_search.py DATA --out trials.jsonl
         [--trials 10] [--epochs 3] [--seed 0] [--workers 2] [--mean M M M --std S S S]
@@ -59,8 +59,8 @@ if __package__ in (None, ""):  # run as a script: make ``peers`` importable
 from peers import imagefolder_loop
 
 LR_RANGE = (1e-3, 3e-2)
-WIDTH_RANGE = (16, 64)
-WIDTH_STEP = 16
+WIDTH_RANGE = (8, 32)
+WIDTH_STEP = 8
 DROPOUT_RANGE = (0.0, 0.4)
 DEPTH = 2
 BATCH_SIZE = 128
@@ -114,6 +114,7 @@ class Search:
         self.data, self.epochs, self.workers = data, epochs, workers
         self.mean, self.std, self.device = list(mean), list(std), device
         self.weights: dict[int, dict[str, torch.Tensor]] = {}
+        self.started: dict[int, float] = {}
         self.ended: dict[int, float] = {}
 
     def objective(self, trial: optuna.Trial) -> float:
@@ -122,6 +123,7 @@ class Search:
         Raises:
             optuna.TrialPruned: When the pruner stops the trial.
         """
+        self.started[trial.number] = time.time()
         train_loader, valid_loader = imagefolder_loop.build_loaders(
             str(self.data / "train"),
             str(self.data / "val"),
@@ -212,6 +214,7 @@ def main() -> None:
                 "value": trial.value if trial.value is not None else curve[max(curve)],
                 "epochs": len(curve),
                 "params": trial.params,
+                "started": search.started[trial.number],
                 "ended": search.ended[trial.number],
                 "test_accuracy": scores[trial.number],
             }

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import safetensors.torch
 import torch
 import yaml
 from fastapi.testclient import TestClient
@@ -491,8 +491,8 @@ def test_weights_load_as_state_dict(completed: tuple[TestClient, int]) -> None:
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/octet-stream"
-    assert f"study{study_id}-trial{number}.pt" in response.headers["content-disposition"]
-    state_dict = torch.load(io.BytesIO(response.content), weights_only=True)
+    assert f"study{study_id}-trial{number}.safetensors" in response.headers["content-disposition"]
+    state_dict = safetensors.torch.load(response.content)
     assert isinstance(state_dict, dict)
     assert state_dict
     assert all(isinstance(tensor, torch.Tensor) for tensor in state_dict.values())

@@ -9,10 +9,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from fastapi.testclient import TestClient
@@ -459,6 +461,65 @@ def test_invalid_setting_is_exit_2(cli: Run) -> None:
     assert one_error_line(err) == (
         "error: invalid setting port: Input should be less than or equal to 65535"
     )
+
+
+def test_serve_workers_start_the_app_factory_with_the_same_settings(
+    cli: Run, monkeypatch: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # what serve exports, undone after
+    calls: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: calls.append((app, kwargs)))
+
+    code, _, err = cli("serve", "--workers", "3", "--port", "8765")
+
+    assert code == 0, err
+    [(app, kwargs)] = calls
+    assert app == "automl.api.app:create_app"
+    assert kwargs["factory"] is True
+    assert (kwargs["workers"], kwargs["port"]) == (3, 8765)
+    rebuilt = Settings()  # what each process's create_app() reads
+    assert (rebuilt.storage, rebuilt.port, rebuilt.api_workers) == (sqlite_url, 8765, 3)
+
+
+@pytest.mark.slow
+def test_serve_workers_serve_one_port_from_several_processes(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "AUTOML_STORAGE": f"sqlite:///{tmp_path / 'automl.db'}"}
+    command = [sys.executable, "-m", "automl", "--log-level", "WARNING", "serve"]
+    process = subprocess.Popen(
+        [*command, "--workers", "2", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "serve --workers 2 never answered"
+            time.sleep(0.3)
+        submitted = httpx.post(f"{url}/studies", json=tiny_spec_data(), timeout=30)
+        assert submitted.status_code == 201, submitted.text
+        for _ in range(10):  # whichever process answers sees the same store
+            listed = httpx.get(f"{url}/studies", timeout=30).json()
+            assert [study["id"] for study in listed["data"]] == [submitted.json()["id"]]
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        assert len(children) >= 2
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

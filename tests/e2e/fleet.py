@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import sqlalchemy as sa
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from automl.store import Store, attrs, get_study, open_weights, tables
+from automl.store import Store, attrs, get_study, load_state_dict, retain_weights, tables
 
 HEARTBEAT_S, GRACE_S, REAP_S = 0.2, 2.0, 0.5
 FAST_LEASES = {
@@ -109,11 +108,31 @@ def wait_for_end(store: Store, study_id: int, fleet: Fleet) -> None:
 
 
 def check_intact(store: Store, trial: FrozenTrial, epochs: int) -> None:
-    """A completed trial has its value, full curve and history, and readable weights."""
+    """A completed trial has its value, full curve and history, and readable weights
+    (unless they were deleted because it fell out of the study's ``keep_weights``)."""
     assert trial.state == TrialState.COMPLETE
     assert trial.values is not None and 0 <= trial.values[0] <= 1
     assert sorted(trial.intermediate_values) == list(range(1, epochs + 1))
     assert len(trial.user_attrs[attrs.HISTORY]) == epochs
-    with open_weights(trial, store.artifacts) as reader:
-        weights = torch.load(io.BytesIO(reader.read()), weights_only=True)
+    if attrs.WEIGHTS_REMOVED in trial.user_attrs:
+        assert attrs.WEIGHTS not in trial.user_attrs
+        return
+    weights = load_state_dict(trial, store.artifacts)
     assert weights and all(isinstance(v, torch.Tensor) for v in weights.values())
+
+
+def check_kept_weights(store: Store, study_id: int, keep: int = 3) -> None:
+    """Exactly the study's ``keep`` best trials hold weights, all readable: racing workers
+    deleted the weights of the trials that fell out and never those of one still in.
+
+    One more retention pass first, as the next completed trial would run (a worker killed
+    between its trial's end and its pass leaves that to the next one).
+    """
+    retain_weights(store, study_id)
+    trials = store.storage.get_all_trials(study_id)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+    best = sorted(complete, key=lambda t: (-t.values[0], t.number))[:keep]
+    holding = [t.number for t in trials if attrs.WEIGHTS in t.user_attrs]
+    assert holding == sorted(t.number for t in best)
+    for trial in best:
+        assert load_state_dict(trial, store.artifacts)

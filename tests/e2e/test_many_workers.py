@@ -41,6 +41,7 @@ from tests.e2e.fleet import (
     STUDY_TIMEOUT_S,
     Fleet,
     check_intact,
+    check_kept_weights,
     running_holders,
     wait_for,
     wait_for_end,
@@ -97,6 +98,7 @@ def test_kill_9_of_random_workers_loses_no_trial(
         assert {t.user_attrs[attrs.FAILURE] for t in lost} == {"worker_lost"}
         for trial in complete:
             check_intact(store, trial, epochs)
+        check_kept_weights(store, study_id)  # keep_weights: 3, under 4 racing workers
         # Retried tickets resumed from their checkpoints: the curve continues the lost one.
         by_ticket = {t.user_attrs[attrs.TICKET]: t for t in lost}
         resumed = [t for t in complete if t.user_attrs.get(attrs.RESUMED_FROM_EPOCH)]

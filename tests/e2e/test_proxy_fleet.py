@@ -26,6 +26,7 @@ from tests.e2e.fleet import (
     SMALL_TRAIN,
     Fleet,
     check_intact,
+    check_kept_weights,
     running_holders,
     wait_for,
     wait_for_end,
@@ -120,6 +121,7 @@ def test_workers_behind_the_proxy_lose_no_trial_when_killed(
         for trial in complete:
             # Curves, history and weights all went through the proxy into the proxy's stores.
             check_intact(store, trial, epochs)
+        check_kept_weights(store, study_id)  # deleted through the proxy by racing workers
         assert "reaped trial(s)" in proxy_log.read_text()
         assert not (tmp_path / "unused").exists()  # the workers wrote nothing locally
     finally:

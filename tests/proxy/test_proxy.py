@@ -22,6 +22,7 @@ from automl.store import (
     StudyNotFoundError,
     StudyStatus,
     TrialTestReport,
+    attrs,
     best_trials,
     get_study,
     is_transient,
@@ -213,3 +214,19 @@ def test_evaluation_claims_keep_their_meaning_through_the_proxy(
     assert proxy.finish_evaluation(lease, EvaluationState.DONE, [report], None)
     [best] = best_trials(store, study_id).trials
     assert (best.test_metrics, best.test_confusion) == ({"accuracy": 0.5}, [[1, 1], [0, 2]])
+
+
+def test_workers_through_the_proxy_keep_only_the_top_k_weights(
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+) -> None:
+    spec = tiny_spec(budget={"n_trials": 3, "max_failed": 0}, keep_weights=1)
+    study_id = submit_study(store, spec).id
+    options = WorkerOptions(device="cpu", study_id=study_id, exit_when_idle=True, threads=1)
+    assert Worker(None, options, coordinator=proxy).run() == 3  # retains after each trial
+
+    trials = store.storage.get_all_trials(study_id)
+    best = max(trials, key=lambda t: (t.values[0], -t.number))
+    assert [t.number for t in trials if attrs.WEIGHTS in t.user_attrs] == [best.number]
+    assert all(attrs.WEIGHTS_REMOVED in t.user_attrs for t in trials if t is not best)
+    assert proxy.retain_weights(study_id) == []
+    assert proxy.retain_weights(study_id + 1000) == []  # no such study: nothing to do

@@ -149,3 +149,45 @@ def test_load_trials_matches_optuna(store: Store) -> None:
         assert ours.intermediate_values == theirs.intermediate_values
         assert ours.datetime_start == theirs.datetime_start
         assert ours.datetime_complete == theirs.datetime_complete
+
+
+def test_a_page_of_trials_matches_loading_its_ids(store: Store) -> None:
+    study, study_id = _study(store, "page")
+    for index in range(5):
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        trial.suggest_categorical("optimizer", ["adam", "sgd"])
+        trial.report(0.1 * index, 1)
+        trial.set_user_attr("automl.metrics", {"accuracy": 0.5})
+        trial.set_user_attr("automl.history", [{"loss": 1.0}] * 50)
+        if index != 3:
+            study.tell(trial, 0.1 * index)
+    other, _ = _study(store, "other")
+    other.tell(other.ask(), 1.0)
+
+    with store.read() as connection:
+        ids = optuna_rows.page_trial_ids(connection, study_id, None, limit=3, offset=1)
+        page, total = optuna_rows.load_trial_page(connection, study_id, None, limit=3, offset=1)
+        running, running_total = optuna_rows.load_trial_page(
+            connection, study_id, TrialState.RUNNING, 10, 0
+        )
+        loaded = optuna_rows.load_trials(connection, ids)
+        lean, _ = optuna_rows.load_trial_page(
+            connection, study_id, None, 10, 0, user_attr_keys=["automl.metrics", "absent"]
+        )
+        nothing = optuna_rows.load_trial_page(connection, study_id, None, 10, 5)
+        unlisted = optuna_rows.load_trial_page(
+            connection, study_id, None, 10, 0, where=[sa.false()]
+        )
+
+    assert [t.number for t in page] == [1, 2, 3]
+    assert (total, running_total) == (5, 1)
+    assert [t.number for t in running] == [3]
+    for ours, theirs in zip(page, loaded, strict=True):
+        for field in ("number", "state", "values", "params", "distributions", "user_attrs"):
+            assert getattr(ours, field) == getattr(theirs, field), field
+        assert list(ours.params) == ["lr", "optimizer"]  # in the order they were suggested
+        assert ours.intermediate_values == theirs.intermediate_values
+        assert ours.datetime_start == theirs.datetime_start
+    assert [t.user_attrs for t in lean] == [{"automl.metrics": {"accuracy": 0.5}}] * 5
+    assert nothing == unlisted == ([], None)

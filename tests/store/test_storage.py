@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
+import automl.store.storage
+from automl.config import Settings
 from automl.store import (
     FolderArtifactStore,
     SqlArtifactStore,
@@ -18,6 +20,7 @@ from automl.store import (
     check_schema,
     normalize_url,
     open_store,
+    open_store_from,
 )
 from automl.store.storage import SQLITE_BUSY_TIMEOUT_S
 
@@ -65,6 +68,63 @@ def test_sqlite_reads_do_not_wait_for_the_write_lock(sqlite_store: Store) -> Non
         release.set()
         holder.join()
     assert waited < SQLITE_BUSY_TIMEOUT_S / 2  # it did not wait for the busy timeout
+
+
+def test_postgres_reads_run_outside_transactions(postgres_url: str, tmp_path: Path) -> None:
+    store = open_store(postgres_url, artifacts_dir=tmp_path / "artifacts")
+    try:
+        with store.read() as connection:
+            in_transaction = sqlalchemy.text("SELECT now() = statement_timestamp()")
+            first = connection.execute(in_transaction).scalar()
+            time.sleep(0.01)
+            second = connection.execute(in_transaction).scalar()
+            with store.write() as writer:
+                writer.execute(sqlalchemy.text("CREATE TABLE seen_by_reads (x int)"))
+            # Each statement sees what was committed before it, as in READ COMMITTED.
+            count = connection.execute(sqlalchemy.text("SELECT count(*) FROM seen_by_reads"))
+            assert count.scalar() == 0
+        assert first and second  # each statement is its own transaction
+        with store.write() as connection:  # writes are still transactions
+            connection.execute(sqlalchemy.text("INSERT INTO seen_by_reads VALUES (1)"))
+            time.sleep(0.01)
+            assert not connection.execute(in_transaction).scalar()
+    finally:
+        store.close()
+
+
+def test_postgres_pool_replaces_connections_that_died_while_idle(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(automl.store.storage, "PING_WHEN_IDLE_S", 0.05)
+    store = open_store(postgres_url, artifacts_dir=tmp_path / "artifacts", pool_size=2)
+    admin = sqlalchemy.create_engine(normalize_url(postgres_url), isolation_level="AUTOCOMMIT")
+    try:
+        pids = set()
+        with store.read() as first, store.read() as second:
+            for connection in (first, second):
+                pids.add(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar())
+        with admin.connect() as connection:
+            for pid in pids:
+                connection.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        time.sleep(0.2)  # idle for longer than PING_WHEN_IDLE_S: checked before use
+        for _ in range(3):  # no error: the dead connections are replaced on checkout
+            with store.read() as connection:
+                pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+                assert pid not in pids
+            with store.write() as connection:
+                connection.exec_driver_sql("SELECT 1")
+    finally:
+        store.close()
+        admin.dispose()
+
+
+def test_pool_size_is_the_settings(postgres_url: str, tmp_path: Path) -> None:
+    settings = Settings(storage=postgres_url, artifacts_dir=tmp_path / "artifacts", db_pool_size=3)
+    store = open_store_from(settings)
+    try:
+        assert store.engine.pool.size() == 3  # type: ignore[attr-defined]
+    finally:
+        store.close()
 
 
 def test_store_opens_twice_on_the_same_database(storage_url: str, tmp_path: Path) -> None:

@@ -197,6 +197,16 @@ def test_list_trials_reads_one_page_in_number_order(store: Store, tiny_spec: Spe
     assert (complete.count, [t.number for t in complete.data]) == (2, [0, 2])
     page = list_trials(store, study_id, limit=2, offset=1)
     assert (page.count, [t.number for t in page.data]) == (4, [1, 2])
+    past_the_end = list_trials(store, study_id, limit=2, offset=10)
+    assert (past_the_end.count, past_the_end.data) == (4, [])
+    with store.write() as connection:  # a study being deleted is no longer listed
+        connection.execute(
+            tables.studies.update()
+            .where(tables.studies.c.study_id == study_id)
+            .values(status=tables.DELETING)
+        )
+    with pytest.raises(StudyNotFoundError):
+        list_trials(store, study_id)
 
 
 def test_get_trial_by_number(store: Store, tiny_spec: SpecFactory) -> None:

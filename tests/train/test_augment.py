@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from torch.nn import functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from automl.train.augment import AUGMENTATIONS, PIPELINE_ORDER, Augment, build_pipeline
 from automl.train.augment import functional as AF
@@ -245,6 +246,44 @@ def test_policy_ops_grouped_by_operation_equal_one_at_a_time() -> None:
     for i in range(len(ops)):
         alone = apply_ops(images[i : i + 1], ops[i : i + 1], values[i : i + 1])
         assert torch.allclose(together[i], alone[0], atol=1e-5), OPS[int(ops[i])].name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(1, 12, 12), (3, 16, 20)], ids=str)
+@pytest.mark.parametrize("wide", [False, True])
+def test_policy_ops_on_the_whole_batch_equal_grouped(
+    device: str, shape: tuple[int, ...], wide: bool
+) -> None:
+    """GPUs run every operation on the whole batch (no host sync), the CPU on groups."""
+    n = 3 * len(OPS)
+    images = batch(shape, n=n, device=device)
+    ops = torch.randint(0, len(OPS), (n,), generator=generator(1, device), device=device)
+    bins = torch.randint(0, 31, (n,), generator=generator(2, device), device=device)
+    values = magnitude_table(wide, shape[1], shape[2], images)[ops, bins]
+    grouped = apply_ops(images, ops, values, grouped=True)
+    whole = apply_ops(images, ops, values, grouped=False)
+    assert torch.allclose(whole, grouped, atol=1e-5)
+    default = apply_ops(images, ops, values)
+    assert torch.equal(default, grouped if device == "cpu" else whole)
+
+
+def test_autocontrast_equals_torchvision_without_host_syncs() -> None:
+    images = batch((3, 8, 8))
+    images[2] = 0.25  # flat image: left as it is
+    images[5, 1] = 0.75  # one flat channel
+    assert torch.equal(AF.autocontrast(images), TF.autocontrast(images))
+
+
+def test_affine_theta_inverts_like_linalg() -> None:
+    angles = torch.linspace(-170.0, 170.0, 12)
+    linear = AF.rotation(angles) @ AF.shear(torch.linspace(-0.9, 0.9, 12), 0)
+    shift = torch.stack([torch.linspace(-5, 5, 12), torch.linspace(3, -3, 12)], -1)
+    scale = torch.tensor([16 / 2.0, 10 / 2.0])
+    inverse = torch.linalg.inv(linear)
+    matrix = inverse * scale.view(1, 1, 2) / scale.view(1, 2, 1)
+    offset = -(inverse @ shift.unsqueeze(-1)).squeeze(-1) / scale
+    expected = torch.cat([matrix, offset.unsqueeze(-1)], dim=2)
+    assert torch.allclose(AF.affine_theta(linear, shift, 10, 16), expected, atol=1e-5)
 
 
 def test_policy_magnitudes_follow_torchvision() -> None:

@@ -1,13 +1,18 @@
-"""CUDA paths of the trainer (autocast, channels_last, fused, compile); skipped without a GPU."""
+"""CUDA paths of the trainer (autocast, channels_last, fused, compile, no host syncs);
+skipped without a GPU."""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import pytest
 import torch
 
+from automl.data import ImageData, load_dataset
 from automl.models import build_model
-from automl.train import train
-from automl.train.accel import Accelerator
+from automl.train import loop, train
+from automl.train.accel import SYNC_DEBUG_ENV, Accelerator
 from automl.train.hyperparameters import flat_config
 
 pytestmark = [
@@ -62,5 +67,111 @@ def test_fp16_path_scales_gradients() -> None:
 
 def test_compiled_model_trains_on_cuda() -> None:
     result = train(flat_config({"epochs": 1, "width": 8, "compile": True}), device="cuda")
+    assert result.notes == {"compile": "compiled"}
     assert result.metrics["accuracy"] > 0.1
     assert not any(key.startswith("_orig_mod") for key in result.state_dict)
+
+
+@pytest.fixture(scope="module")
+def rgb_digits() -> ImageData:
+    """Digits as 3-channel images, so channels_last and the color augmentations matter."""
+    data = load_dataset("digits")
+
+    def rgb(images: torch.Tensor) -> torch.Tensor:
+        return images.expand(-1, 3, -1, -1).contiguous()
+
+    return dataclasses.replace(
+        data,
+        train_x=rgb(data.train_x),
+        val_x=rgb(data.val_x),
+        mean=data.mean.repeat(3),
+        std=data.std.repeat(3),
+    )
+
+
+EVERY_AUGMENTATION = {
+    f"{name}.p": 0.5
+    for name in (
+        "resized_crop",
+        "pad_crop",
+        "hflip",
+        "affine",
+        "randaugment",
+        "trivialaugment",
+        "color_jitter",
+        "erasing",
+        "mixup",
+        "cutmix",
+    )
+}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"optimizer": "sgd", "grad_clip": 1.0, "scheduler": "one_cycle", **EVERY_AUGMENTATION},
+        {"optimizer": "rmsprop", "loss": "focal", "color_jitter.hue": 0.2, "color_jitter.p": 1.0},
+        {"optimizer": "adamw", "imbalance": "class_weights", "label_smoothing": 0.1},
+    ],
+    ids=["adam", "sgd-augmented", "rmsprop-focal-hue", "adamw-class-weights"],
+)
+def test_per_batch_loop_never_makes_the_host_wait(
+    monkeypatch: pytest.MonkeyPatch, rgb_digits: ImageData, values: dict[str, Any]
+) -> None:
+    """Under ``AUTOML_SYNC_DEBUG=error`` any synchronizing operation in the per-batch loop
+    of epochs 2 and 3 raises (epoch 1 autotunes cuDNN and is not watched)."""
+    monkeypatch.setenv(SYNC_DEBUG_ENV, "error")
+    config = flat_config({"epochs": 3, "width": 8, "batch_size": 128, **values})
+    result = train(config, device="cuda", data=rgb_digits)
+    assert result.epochs_run == 3
+    assert torch.cuda.get_sync_debug_mode() == 0  # restored after training
+
+
+def test_sync_guard_catches_a_synchronizing_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The positive control: a stop check that reads a GPU value fails in epoch 2."""
+    monkeypatch.setenv(SYNC_DEBUG_ENV, "error")
+    flag = torch.zeros((), device="cuda")
+    polls: list[int] = []
+
+    def should_stop() -> bool:
+        polls.append(1)
+        return bool(flag > 0)  # copies the value to the host: a sync
+
+    with pytest.raises(RuntimeError, match="synchroniz"):
+        train(flat_config({"epochs": 2, "width": 8}), device="cuda", should_stop=should_stop)
+    assert len(polls) > 1  # epoch 1 polled freely
+    assert torch.cuda.get_sync_debug_mode() == 0
+
+
+def test_train_on_cuda_uses_autocast_channels_last_fused_and_inference_mode(
+    monkeypatch: pytest.MonkeyPatch, rgb_digits: ImageData
+) -> None:
+    seen: dict[str, Any] = {}
+    optimizers: list[torch.optim.Optimizer] = []
+    build_model_, build_optimizer_ = loop.build_model, loop.build_optimizer
+
+    def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
+        batch = inputs[0]
+        if module.training:
+            seen["train"] = (batch.is_contiguous(memory_format=torch.channels_last), output.dtype)
+        else:
+            seen["eval"] = (torch.is_inference_mode_enabled(), len(batch))
+
+    def build(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        model = build_model_(*args, **kwargs)
+        model.register_forward_hook(record)
+        return model
+
+    def build_optimizer(*args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        optimizers.append(build_optimizer_(*args, **kwargs))
+        return optimizers[-1]
+
+    monkeypatch.setattr(loop, "build_model", build)
+    monkeypatch.setattr(loop, "build_optimizer", build_optimizer)
+    train(flat_config({"epochs": 1, "width": 8}), device="cuda", data=rgb_digits)
+    native_bf16 = torch.cuda.get_device_capability()[0] >= 8
+    assert seen["train"] == (True, torch.bfloat16 if native_bf16 else torch.float16)
+    assert seen["eval"] == (True, len(rgb_digits.val_y))  # one large batch, no autograd
+    assert optimizers[0].defaults["fused"] is True
+    assert torch.backends.cudnn.benchmark

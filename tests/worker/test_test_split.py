@@ -18,7 +18,7 @@ from automl.store import (
     attrs,
     best_trials,
     get_study,
-    open_weights,
+    load_state_dict,
     submit_study,
 )
 from automl.train import TrialConfig
@@ -71,8 +71,7 @@ def test_test_metrics_appear_when_a_study_with_a_test_split_completes(
 
     # The stored scores are those of the trial's own weights on the test images.
     frozen = store.storage.get_all_trials(study_id)[trial.number]
-    with open_weights(frozen, store.artifacts) as reader:
-        weights = torch.load(reader, weights_only=True)
+    weights = load_state_dict(frozen, store.artifacts)
     config = TrialConfig.model_validate(frozen.user_attrs[attrs.CONFIG])
     again = evaluate_weights(config, weights, data=data)
     assert again.confusion == trial.test_confusion

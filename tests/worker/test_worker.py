@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -33,7 +32,7 @@ from automl.store import (
     enqueue_trials,
     get_status,
     get_study,
-    open_weights,
+    load_state_dict,
     reap_stale,
     resume_study,
     submit_study,
@@ -113,7 +112,8 @@ def in_background() -> Iterator[Callable[[Callable[[], None]], threading.Thread]
 
 
 def test_worker_runs_study_to_completion(store: Store, tiny_spec: SpecFactory) -> None:
-    study_id = submit_study(store, tiny_spec(budget={"n_trials": 4, "max_failed": 0})).id
+    spec = tiny_spec(budget={"n_trials": 4, "max_failed": 0}, keep_weights="all")  # keep all
+    study_id = submit_study(store, spec).id
     ended: list[tuple[int, FrozenTrial]] = []
     worker = Worker(store, _options(), on_trial_end=lambda s, t: ended.append((s, t)))
 
@@ -139,8 +139,7 @@ def test_worker_runs_study_to_completion(store: Store, tiny_spec: SpecFactory) -
         assert user_attrs[attrs.WORKER] == worker.name
         assert user_attrs[attrs.ATTEMPT] == 1
         assert attrs.ERROR not in user_attrs and attrs.FAILURE not in user_attrs
-        with open_weights(trial, store.artifacts) as reader:
-            weights = torch.load(io.BytesIO(reader.read()), weights_only=True)
+        weights = load_state_dict(trial, store.artifacts)
         assert weights and all(isinstance(v, torch.Tensor) for v in weights.values())
     assert best_trials(store, study_id).trials[0].values == [pytest.approx(detail.best_value)]
 

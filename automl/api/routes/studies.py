@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -37,7 +38,9 @@ from automl.store import (
     rerun_failed,
     resume_study,
     submit_study,
+    weights_format,
 )
+from automl.store.artifacts import CHUNK_BYTES
 from automl.store.studies import MAX_ENQUEUE
 
 router = APIRouter(prefix="/studies", tags=["studies"])
@@ -246,11 +249,24 @@ def read_trial(study_id: int, number: int, store: StoreDep) -> TrialDetail:
     responses={200: {"content": {"application/octet-stream": {}}}, 404: {}},
 )
 def download_weights(study_id: int, number: int, store: StoreDep) -> StreamingResponse:
-    """The trial's weights: a state dict for ``torch.load(path, weights_only=True)``."""
+    """The trial's weights: a safetensors file (``safetensors.torch.load_file(path)``)
+    named ``study<id>-trial<n>.safetensors``; weights stored before that format are a
+    ``torch.save`` file (``torch.load(path, weights_only=True)``) named ``... .pt``. The
+    model card and exports of the best model: ``GET /studies/{id}/best/model``. Trials
+    outside the study's ``keep_weights`` best have none (404, saying why)."""
     reader = open_weights(get_frozen_trial(store, study_id, number), store.artifacts)
-    filename = f"study{study_id}-trial{number}.pt"
+    head = reader.read(16)
+    suffix = "safetensors" if weights_format(head) == "safetensors" else "pt"
+    filename = f"study{study_id}-trial{number}.{suffix}"
+
+    def chunks() -> Iterator[bytes]:
+        with reader:
+            yield head
+            while chunk := reader.read(CHUNK_BYTES):
+                yield chunk
+
     return StreamingResponse(
-        reader,
+        chunks(),
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

@@ -8,6 +8,7 @@ above zero, on each sample with probability ``p``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -51,6 +52,27 @@ class AugmentOptions(EntryOptions):
     """Base of every augmentation's options."""
 
     p: float = Field(0.0, ge=0, le=1, description="Share of images it applies to; 0 is off.")
+
+
+Constant = tuple[Any, ...]
+"""A small constant as nested tuples of numbers or booleans."""
+
+
+def device_constant(
+    values: Constant, like: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """``values`` as a tensor on ``like``'s device, in ``dtype`` (default: ``like``'s).
+
+    Made once per device and dtype: ``torch.tensor(..., device=...)`` on every call would
+    make the host wait for the GPU each time. Callers must not modify the result.
+    """
+    return _device_constant(values, like.device, dtype or like.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _device_constant(values: Constant, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Non-blocking from pageable memory: the driver stages the few bytes at once.
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
 def sample_mask(n: int, p: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -3,15 +3,22 @@
 ``torchvision.transforms.v2`` applies one set of parameters to a whole batch; these take
 one parameter per sample (tensors of shape ``(N,)``). Images are float ``(N, C, H, W)`` in
 [0, 1]; results stay in [0, 1] with the input's dtype.
+
+Nothing here makes the host wait for a GPU: no ``.item()``, no boolean-mask indexing, no
+``torch.linalg`` calls that check their result on the host, and constants reach the
+device with non-blocking copies.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
+
+from automl.train.augment.base import device_constant
 
 PaddingMode = str
 """``grid_sample`` padding: ``zeros``, ``border`` or ``reflection``."""
@@ -41,12 +48,19 @@ def affine_theta(
         ``(N, 2, 3)``: for each output pixel, where to sample the input, in the
         normalized coordinates of ``F.affine_grid``.
     """
-    scale = linear.new_tensor([width / 2.0, height / 2.0])
-    inverse = torch.linalg.inv(linear)
-    # normalized input = S^-1 A^-1 (S normalized output - t)
-    matrix = inverse * scale.view(1, 1, 2) / scale.view(1, 2, 1)
-    offset = -(inverse @ translate.unsqueeze(-1)).squeeze(-1) / scale
-    return torch.cat([matrix, offset.unsqueeze(-1)], dim=2)
+    # normalized input = S^-1 A^-1 (S normalized output - t), S = diag(width / 2, height / 2).
+    # The 2x2 inverse is written out: torch.linalg.inv would check it on the host.
+    a, b = linear[:, 0, 0], linear[:, 0, 1]
+    c, d = linear[:, 1, 0], linear[:, 1, 1]
+    det = a * d - b * c
+    i00, i01, i10, i11 = d / det, -b / det, -c / det, a / det
+    half_w, half_h = width / 2.0, height / 2.0
+    shift_x, shift_y = translate[:, 0], translate[:, 1]
+    rows = [
+        torch.stack([i00, i01 * (half_h / half_w), -(i00 * shift_x + i01 * shift_y) / half_w], -1),
+        torch.stack([i10 * (half_w / half_h), i11, -(i10 * shift_x + i11 * shift_y) / half_h], -1),
+    ]
+    return torch.stack(rows, -2)
 
 
 def warp(
@@ -108,7 +122,8 @@ def rotate_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Rotates each RGB image's hue by its shift (in turns, -0.5 to 0.5), in YIQ space."""
     if images.shape[1] != 3:
         return images
-    to_yiq = images.new_tensor(_RGB_TO_YIQ)
+    to_yiq = device_constant(_RGB_TO_YIQ, images)
+    from_yiq = device_constant(_yiq_to_rgb(images.dtype), images)
     angle = shifts * (2 * math.pi)
     cos, sin = angle.cos(), angle.sin()
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
@@ -120,7 +135,7 @@ def rotate_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
         ],
         -2,
     )
-    transform = torch.linalg.inv(to_yiq) @ spin @ to_yiq
+    transform = from_yiq @ spin @ to_yiq
     return torch.einsum("nij,njhw->nihw", transform, images).clamp(0, 1)
 
 
@@ -147,9 +162,26 @@ def solarize(images: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     return torch.where(images >= _per_sample(thresholds), 1 - images, images)
 
 
+@functools.cache
+def _yiq_to_rgb(dtype: torch.dtype) -> tuple[tuple[float, ...], ...]:
+    """The inverse of ``_RGB_TO_YIQ``, computed on the CPU in ``dtype``."""
+    inverse = torch.linalg.inv(torch.tensor(_RGB_TO_YIQ, dtype=dtype))
+    return tuple(tuple(row) for row in inverse.tolist())
+
+
 def autocontrast(images: torch.Tensor) -> torch.Tensor:
-    """Stretches each channel of each image to the full [0, 1] range."""
-    return TF.autocontrast(images)
+    """Stretches each channel of each image to the full [0, 1] range (a flat channel is
+    left as it is).
+
+    The same arithmetic as torchvision's ``autocontrast``, with ``torch.where`` in place of
+    its boolean-mask assignments, which make the host wait for a GPU.
+    """
+    minimum = images.amin(dim=(-2, -1), keepdim=True)
+    maximum = images.amax(dim=(-2, -1), keepdim=True)
+    flat = maximum == minimum
+    scale = torch.where(flat, 1.0, maximum - minimum)
+    low = torch.where(flat, 0.0, minimum)
+    return (images - low).div_(scale).clamp_(0, 1)
 
 
 def equalize(images: torch.Tensor) -> torch.Tensor:

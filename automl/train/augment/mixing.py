@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch.nn import functional as F
 
 from automl.train.augment.base import (
     AUGMENTATIONS,
@@ -32,10 +31,14 @@ class MixOptions(AugmentOptions):
 
 
 def soft_targets(targets: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """Class probabilities ``(N, K)`` of index or probability targets."""
+    """Class probabilities ``(N, K)`` of index or probability targets.
+
+    One-hot by ``scatter_``: ``F.one_hot`` reads the targets' range on the host on the CPU.
+    """
     if targets.dim() == 2:
         return targets.to(dtype)
-    return F.one_hot(targets, num_classes).to(dtype)
+    soft = torch.zeros(len(targets), num_classes, dtype=dtype, device=targets.device)
+    return soft.scatter_(1, targets.view(-1, 1), 1.0)
 
 
 def _weights_and_partners(

@@ -1,9 +1,11 @@
 """RandAugment and TrivialAugmentWide, with the operation chosen per sample.
 
 Each sample draws its own operation (and, for TrivialAugmentWide, its own magnitude).
-Samples are grouped by operation (one sort per round), and each operation runs once, on
-its group, with per-sample magnitudes. The operations and magnitude ranges follow
-torchvision's ``RandAugment`` and ``TrivialAugmentWide``, on 31 magnitude bins.
+Each operation runs once per round, with per-sample magnitudes: on the CPU on its group of
+samples (one sort per round), on a GPU on the whole batch, keeping its own samples (the
+group sizes would make the host wait for the GPU at every batch). The operations and
+magnitude ranges follow torchvision's ``RandAugment`` and ``TrivialAugmentWide``, on 31
+magnitude bins.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from automl.train.augment.base import (
     AUGMENTATIONS,
     Augment,
     AugmentOptions,
+    device_constant,
     random_sign,
     sample_mask,
 )
@@ -116,11 +119,35 @@ def magnitude_table(wide: bool, height: int, width: int, like: torch.Tensor) -> 
     return torch.stack(rows)
 
 
-def apply_ops(images: torch.Tensor, ops: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def apply_ops(
+    images: torch.Tensor,
+    ops: torch.Tensor,
+    values: torch.Tensor,
+    grouped: bool | None = None,
+) -> torch.Tensor:
     """Applies ``OPS[ops[i]]`` with ``values[i]`` to image i, one call per operation.
 
-    Samples are sorted by operation once; the group sizes cost one device sync.
+    Args:
+        images: ``(N, C, H, W)`` float images in [0, 1].
+        ops: ``(N,)`` indices into ``OPS``.
+        values: ``(N,)`` magnitudes.
+        grouped: Run each operation on its own samples only (sorted by operation; the
+            group sizes are read on the host) rather than on the whole batch, keeping its
+            own samples (no host sync, more arithmetic). Default: grouped on the CPU,
+            whole batch elsewhere. Both give the same images.
     """
+    if grouped is None:
+        grouped = images.device.type == "cpu"
+    if not grouped:
+        out = images
+        for index, op in enumerate(OPS):
+            if op.apply is None:
+                continue
+            mine = ops == index
+            # Other samples get the neutral magnitude 0, so nothing overflows needlessly.
+            changed = op.apply(images, torch.where(mine, values, 0.0)).to(images.dtype)
+            out = torch.where(mine.view(-1, 1, 1, 1), changed, out)
+        return out
     order = torch.argsort(ops)
     counts = torch.bincount(ops, minlength=len(OPS)).tolist()
     out = images.clone()
@@ -134,7 +161,7 @@ def apply_ops(images: torch.Tensor, ops: torch.Tensor, values: torch.Tensor) -> 
 def _signed_values(
     table: torch.Tensor, ops: torch.Tensor, bins: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
-    signed = torch.tensor([op.signed for op in OPS], device=ops.device)[ops]
+    signed = device_constant(tuple(op.signed for op in OPS), ops, torch.bool)[ops]
     values = table[ops, bins]
     sign = random_sign(len(ops), generator, values)
     return torch.where(signed, values * sign, values)

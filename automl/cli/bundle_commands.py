@@ -1,0 +1,83 @@
+"""``automl best ID --download DIR``: the best model's bundle, unpacked into a folder.
+
+Against the API (``--url``) the server builds the bundle and only the zip travels (nothing
+here imports torch); on the local store it is built in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import zipfile
+from pathlib import Path
+
+from automl.cli.client import HttpClient
+from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, CliError
+from automl.config import Settings
+
+CARD_FILE = "model_card.json"
+
+
+def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
+    """Writes the files of the best model's bundle into ``args.download``."""
+    if settings.url:
+        data = HttpClient(settings.url).best_model(args.study)
+    else:
+        data = _build_locally(settings, args.study)
+    directory = Path(args.download)
+    written, card = unpack_bundle(data, directory)
+    if args.json:
+        print(json.dumps({"directory": str(directory), "files": [p.name for p in written]}))
+        return EXIT_OK
+    model = card.get("model", {})
+    print(
+        f"study {model.get('study_id')}, trial {model.get('trial_number')} "
+        f"({model.get('architecture')}, {len(card.get('classes', []))} classes): wrote "
+        f"{', '.join(path.name for path in written)} to {directory}\n"
+        f"classify images: python {directory / 'predict.py'} IMAGE [IMAGE ...]"
+    )
+    return EXIT_OK
+
+
+def _build_locally(settings: Settings, study_id: int) -> bytes:
+    from automl.cli.commands import open_store
+    from automl.delivery.bundle import build_bundle
+    from automl.delivery.inference import DeliveryError
+    from automl.store import WeightsNotFoundError
+
+    store = open_store(settings)
+    try:
+        return build_bundle(store, study_id).data
+    except (DeliveryError, WeightsNotFoundError) as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    finally:
+        store.close()
+
+
+def unpack_bundle(data: bytes, directory: Path) -> tuple[list[Path], dict]:
+    """Unpacks a bundle's flat files into ``directory`` (created if missing).
+
+    Returns:
+        The files written (in name order) and the model card.
+
+    Raises:
+        CliError: If the data is not a bundle, or the folder cannot be written.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = sorted(archive.namelist())
+            if CARD_FILE not in names or any(Path(name).name != name for name in names):
+                raise CliError("the download is not a model bundle", EXIT_FAILURE)
+            members = {name: archive.read(name) for name in names}
+    except zipfile.BadZipFile:
+        raise CliError("the download is not a zip file", EXIT_FAILURE) from None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, content in members.items():
+            (directory / name).write_bytes(content)
+            written.append(directory / name)
+    except OSError as exc:
+        raise CliError(f"cannot write {directory}: {exc.strerror}", EXIT_BAD_INPUT) from None
+    return written, json.loads(members[CARD_FILE])

@@ -1,0 +1,156 @@
+"""``automl predict`` and ``automl annotate``: a study's best model, from the terminal.
+
+Against the API (``--url``) only the images (or the folder's name) travel; on the local
+store the model is loaded in this process. Torch is imported only then.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from automl.cli.client import HttpClient
+from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
+from automl.cli.output import table
+from automl.config import Limits, Settings
+from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions, ServedModel
+
+if TYPE_CHECKING:
+    from automl.store import Store
+
+
+def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
+    """Classifies image files with a study's best model: a table, or ``--json``."""
+    if args.top < 1:
+        raise CliError("--top must be >= 1", EXIT_BAD_INPUT)
+    paths = [Path(name) for name in args.images]
+    if settings.url:
+        result = HttpClient(settings.url).predict(args.study, _read(paths), args.top)
+    else:
+        from automl.delivery.inference import Upload, predict_uploads
+
+        limits = Limits()
+        _check_size(paths, limits.max_upload_bytes)
+        uploads = [Upload(name, data) for name, data in _read(paths)]
+        with _local_store(settings) as store, _refusals():
+            result = predict_uploads(store, args.study, uploads, top=args.top, limits=limits)
+    _print(result, args.json, predictions_text)
+    return EXIT_OK
+
+
+def cmd_annotate(args: argparse.Namespace, settings: Settings) -> int:
+    """Suggests labels for a folder under the data root, least confident first."""
+    if args.top < 1:
+        raise CliError("--top must be >= 1", EXIT_BAD_INPUT)
+    request = AnnotateRequest(
+        path=args.folder, write_csv=args.csv, overwrite=args.overwrite, top=args.top
+    )
+    if settings.url:
+        result = HttpClient(settings.url).annotate(args.study, request)
+    else:
+        from automl.delivery.annotate import annotate_folder
+
+        with _local_store(settings) as store, _refusals():
+            result = annotate_folder(store, args.study, request)
+    _print(result, args.json, annotations_text)
+    return EXIT_OK
+
+
+def predictions_text(result: Predictions) -> str:
+    """The served model, then one row per image: its top class and the runners-up."""
+    rows = [
+        (
+            prediction.file,
+            prediction.top[0].label,
+            f"{prediction.top[0].probability:.3f}",
+            ", ".join(f"{s.label} ({s.probability:.3f})" for s in prediction.top[1:]) or None,
+        )
+        for prediction in result.predictions
+    ]
+    header = served_text(result.model)
+    return header + "\n\n" + table(("FILE", "LABEL", "PROBABILITY", "NEXT"), rows)
+
+
+def annotations_text(result: Annotations) -> str:
+    """The served model, one row per image (least confident first) and the CSV written."""
+    rows = [
+        (s.path, s.label, f"{s.confidence:.3f}", ", ".join(t.label for t in s.top[1:]) or None)
+        for s in result.suggestions
+    ]
+    lines = [
+        served_text(result.model),
+        "",
+        table(("PATH", "LABEL", "CONFIDENCE", "ELSE"), rows),
+        f"({result.count} images in {result.folder}, least confident first)",
+    ]
+    if result.csv is not None:
+        lines.append(f"wrote {result.csv} under the data root (path,label,confidence)")
+    return "\n".join(lines)
+
+
+def served_text(model: ServedModel) -> str:
+    """Which trial answered, and why it was chosen."""
+    how = "best trial" if model.selection == "best_trial" else "first of the Pareto front"
+    text = f"study {model.study_id}, trial {model.trial_number} ({how})"
+    return f"{text}: {model.note}" if model.note else text
+
+
+def _print(result: BaseModel, as_json: bool, render: Callable[[Any], str]) -> None:
+    print(result.model_dump_json(indent=2) if as_json else render(result))
+
+
+def _read(paths: list[Path]) -> list[tuple[str, bytes]]:
+    images = []
+    for path in paths:
+        try:
+            images.append((path.name, path.read_bytes()))
+        except OSError as exc:
+            raise CliError(f"cannot read image {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
+    return images
+
+
+def _check_size(paths: list[Path], max_bytes: int) -> None:
+    """Refuses files larger together than the upload limit before reading them."""
+    total = 0
+    for path in paths:
+        try:
+            total += path.stat().st_size
+        except OSError as exc:
+            raise CliError(f"cannot read image {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
+    if total > max_bytes:
+        raise CliError(
+            f"the images have {total} bytes; max_upload_bytes allows {max_bytes} "
+            "(AUTOML_LIMIT_MAX_UPLOAD_BYTES)",
+            EXIT_BAD_INPUT,
+        )
+
+
+@contextmanager
+def _local_store(settings: Settings) -> Iterator[Store]:
+    from automl.cli.commands import open_store
+
+    store = open_store(settings)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """What delivery refuses, as one-line errors (exit 2: the input or the study)."""
+    from automl.delivery.inference import DeliveryError, InputRejectedError
+    from automl.store import WeightsNotFoundError
+
+    try:
+        yield
+    except InputRejectedError as exc:
+        where = ".".join(str(part) for part in exc.field)
+        raise CliError(f"{where}: {exc}", EXIT_BAD_INPUT) from None
+    except (DeliveryError, WeightsNotFoundError) as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None

@@ -1,0 +1,73 @@
+"""Classifies image files with the model in this folder; automl is not needed.
+
+    python predict.py IMAGE [IMAGE ...]
+
+Needs numpy, Pillow and onnxruntime (or torch instead of onnxruntime: it then runs
+model.torchscript.pt). Each image is preprocessed as in training (model_card.json, "input");
+one JSON line per image lists its three most probable classes.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+HERE = Path(__file__).resolve().parent
+
+
+def load(path: str, spec: dict) -> np.ndarray:
+    """One image as the model takes it: float32 (C, H, W)."""
+    mode, size = ("L" if spec["channels"] == 1 else "RGB"), (spec["width"], spec["height"])
+    with Image.open(path) as opened:
+        if opened.format == "JPEG":
+            opened.draft(mode, size)
+        image = ImageOps.exif_transpose(opened).convert(mode)
+    if image.size != size and spec["fit"] == "crop":
+        image = ImageOps.fit(image, size, method=Image.Resampling.BILINEAR)
+    elif image.size != size:
+        image = ImageOps.pad(image, size, method=Image.Resampling.BILINEAR, color=0)
+    pixels = np.asarray(image, dtype=np.uint8).reshape(size[1], size[0], -1).transpose(2, 0, 1)
+    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(spec["std"], dtype=np.float32).reshape(-1, 1, 1)
+    return (pixels.astype(np.float32) / np.float32(spec["scale"]) - mean) / std
+
+
+def logits(batch: np.ndarray) -> np.ndarray:
+    """The logits (N, classes): model.onnx with onnxruntime if both are here, else torch."""
+    try:
+        import onnxruntime
+    except ImportError:
+        onnxruntime = None
+    if onnxruntime is not None and (HERE / "model.onnx").exists():
+        model = str(HERE / "model.onnx")
+        session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+        return session.run(["logits"], {"images": batch})[0]
+    import torch
+
+    model = torch.jit.load(str(HERE / "model.torchscript.pt"), map_location="cpu")
+    with torch.no_grad():
+        return model(torch.from_numpy(batch)).numpy()
+
+
+def main(paths: list) -> None:
+    """Prints the top classes of each image."""
+    card = json.loads((HERE / "model_card.json").read_text(encoding="utf-8"))
+    if card["input"]["frames"]:
+        sys.exit("this model classifies clips: give model.onnx float32 (N, T, C, H, W)")
+    scores = logits(np.stack([load(path, card["input"]) for path in paths]))
+    for index, path in enumerate(paths):
+        probabilities = np.exp(scores[index] - scores[index].max())
+        probabilities /= probabilities.sum()
+        top = np.argsort(-probabilities, kind="stable")[:3]
+        ranked = [
+            {"class": card["classes"][i], "probability": float(probabilities[i])} for i in top
+        ]
+        print(json.dumps({"image": str(path), "top": ranked}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])

@@ -1,0 +1,492 @@
+"""Serving a study's best model: loaded once, fed images preprocessed exactly as in training.
+
+``serving_trial`` picks the trial whose weights answer (the study's best trial; with several
+objectives the first, lowest-numbered trial of the Pareto front). ``load_serving_model``
+rebuilds its model from the trial's configuration and weights (as the test-split
+evaluation does) and keeps the last few in memory, keyed by study, trial and weights
+artifact. An image goes through what training did to it:
+
+- the decoding of the file sources (``automl.data.decode``: EXIF orientation, rgb or
+  grayscale, resized to cover and center-cropped, or padded, as the dataset's ``fit`` says);
+  sources without such options (``digits``, ``mnist``, ``cifar10``...) scale an image to
+  cover the model's input and crop the center, so an image of the dataset's own size
+  (``digits``: 8x8 grayscale, 0-16 stored as 0-255) is used as it is;
+- ``ImageData.normalize`` with the training split's per-channel mean and standard
+  deviation, recomputed by loading the trial's dataset (the surest way to equal them).
+
+Every image is checked before anything is decoded: its format (png, jpeg, webp, bmp, what
+``image_folder`` reads) and its pixel count read from its header, against ``Limits``;
+a decompression bomb is refused from its header alone.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from optuna.trial import FrozenTrial
+from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
+
+from automl.config import Limits
+from automl.data import DATASETS, DatasetError, ImageData, load_dataset
+from automl.data.decode import Preprocess, fit_image, load_oriented
+from automl.data.files import ImageOptions
+from automl.delivery.schemas import (
+    ClassScore,
+    ImagePrediction,
+    Predictions,
+    Selection,
+    ServedModel,
+)
+from automl.registry import UnknownNameError
+from automl.store import Store, attrs, best_trials, get_frozen_trial, load_state_dict
+from automl.train.accel import Accelerator
+from automl.train.evaluation import restore_model
+from automl.train.loop import resolve_device
+from automl.train.trial_config import TrialConfig
+
+logger = logging.getLogger("automl.delivery")
+
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+"""Formats an image to classify may have: those ``image_folder`` reads for training."""
+
+MODEL_CACHE_SIZE = 4
+"""Models kept in memory per process (the least recently used is dropped)."""
+
+BATCH = 256
+"""Images per forward pass."""
+
+Field = tuple[str | int, ...]
+"""Where a rejected input sits in the request, e.g. ``("files", 2)`` or ``("path",)``."""
+
+
+class DeliveryError(Exception):
+    """Base of what predict and annotate refuse."""
+
+
+class ModelUnavailableError(DeliveryError):
+    """The study's model cannot serve: a clip model, a configuration or dataset that cannot
+    be loaded again, or weights that do not fit (409 over the API)."""
+
+
+class InputRejectedError(DeliveryError):
+    """An input is refused (422 over the API); the message names the limit and the file.
+
+    Attributes:
+        field: Where the input sits in the request.
+    """
+
+    def __init__(self, message: str, field: Field) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UploadTooLargeError(InputRejectedError):
+    """The images of one request exceed ``max_upload_bytes`` (413 over the API)."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One image file to classify, as sent."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ServingTrial:
+    """The trial whose weights serve a study's predictions, and why it was chosen."""
+
+    study_id: int
+    trial: FrozenTrial
+    selection: Selection
+    note: str | None = None
+
+
+def serving_trial(store: Store, study_id: int) -> ServingTrial:
+    """The trial whose model predicts for ``study_id``.
+
+    The study's best trial; with several objectives, the first (lowest-numbered) trial of
+    the Pareto front, and the response says so. The one place that decides it: a refit
+    model, once studies have one, takes precedence here.
+
+    Raises:
+        StudyNotFoundError: If there is no such study.
+        NoBestTrialError: If no trial has completed yet.
+    """
+    best = best_trials(store, study_id)
+    first = best.trials[0]
+    trial = get_frozen_trial(store, study_id, first.number)
+    if len(best.directions) == 1:
+        return ServingTrial(study_id, trial, "best_trial")
+    note = (
+        f"{len(best.directions)} objectives ({', '.join(best.metrics)}): trial "
+        f"{first.number} is the first of the {len(best.trials)} trials on the Pareto front"
+    )
+    return ServingTrial(study_id, trial, "pareto_front_first", note)
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """A trained model ready to classify images.
+
+    Attributes:
+        model: The network, in eval mode on ``accel.device``.
+        data: The dataset's classes and normalization statistics (its splits are empty).
+        prep: How an image file becomes a uint8 ``(C, H, W)`` array.
+        accel: Device, precision and memory format of the forward pass.
+    """
+
+    model: torch.nn.Module
+    data: ImageData
+    prep: Preprocess
+    accel: Accelerator
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names in output order."""
+        return self.data.classes
+
+    def decode(self, source: bytes | Path, name: str, field: Field, max_pixels: int) -> np.ndarray:
+        """Decodes one image as training decoded the dataset's files.
+
+        Raises:
+            InputRejectedError: If it is not an image of an accepted format, has more
+                pixels than ``max_pixels``, or cannot be decoded.
+        """
+        with open_image(source, name, field, max_pixels) as opened:
+            try:
+                image = load_oriented(opened, self.prep)
+            except Exception as exc:  # Pillow raises many kinds on hostile data: all a 422
+                raise InputRejectedError(f"cannot decode image {name!r}: {exc}", field) from None
+        return fit_image(image, self.prep)
+
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of uint8 images ``(N, C, H, W)``, float32 ``(N, K)`` on the CPU."""
+        device = self.accel.device
+        out = []
+        for start in range(0, len(images), BATCH):
+            batch = self.accel.batch(self.data.normalize(images[start : start + BATCH].to(device)))
+            with self.accel.autocast():
+                logits = self.model(batch).float()
+            out.append(logits.softmax(dim=1).cpu())
+        return torch.cat(out) if out else torch.empty(0, len(self.classes))
+
+    def top(self, probabilities: torch.Tensor, k: int) -> list[list[ClassScore]]:
+        """The ``k`` most probable classes of each row, most probable first."""
+        values, indices = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
+        return [
+            [
+                ClassScore(label=self.classes[index], index=index, probability=value)
+                for value, index in zip(row_values, row_indices, strict=True)
+            ]
+            for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+
+    def served(self, serving: ServingTrial) -> ServedModel:
+        """What the response says about the model."""
+        return ServedModel(
+            study_id=serving.study_id,
+            trial_number=serving.trial.number,
+            selection=serving.selection,
+            note=serving.note,
+            classes=list(self.classes),
+            input_shape=list(self.data.input_shape),
+        )
+
+
+@contextmanager
+def open_image(
+    source: bytes | Path, name: str, field: Field, max_pixels: int
+) -> Iterator[Image.Image]:
+    """Opens an image after checking its format and pixel count from its header.
+
+    Nothing beyond the header is decoded before the checks pass, so a decompression bomb
+    (a small file that declares a huge image) is refused without the memory it asks for.
+
+    Raises:
+        InputRejectedError: If the data is not a png, jpeg, webp or bmp image, or has
+            more than ``max_pixels`` pixels.
+    """
+    handle = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        image = Image.open(handle, formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError:  # over Pillow's own limit, twice MAX_IMAGE_PIXELS
+        size = f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0)}"
+        raise _too_many_pixels(name, field, max_pixels, size) from None
+    except UnidentifiedImageError:
+        raise InputRejectedError(f"{name!r} is not a png, jpeg, webp or bmp image", field) from None
+    except Exception as exc:  # Pillow raises many kinds on hostile data: all a 422
+        raise InputRejectedError(f"cannot read image {name!r}: {exc}", field) from None
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise _too_many_pixels(name, field, max_pixels, f"{width}x{height} = {width * height}")
+        yield image
+
+
+def _too_many_pixels(name: str, field: Field, limit: int, size: str) -> InputRejectedError:
+    return InputRejectedError(
+        f"image {name!r} has {size} pixels; max_image_pixels allows {limit} "
+        "(AUTOML_LIMIT_MAX_IMAGE_PIXELS)",
+        field,
+    )
+
+
+def check_image(source: bytes | Path, name: str, field: Field, max_pixels: int) -> None:
+    """Checks an image's format and pixel count from its header, decoding nothing.
+
+    Raises:
+        InputRejectedError: As ``open_image``.
+    """
+    with open_image(source, name, field, max_pixels):
+        pass
+
+
+def check_uploads(uploads: Sequence[Upload], limits: Limits) -> None:
+    """Refuses an upload over a limit, before the model is loaded or anything decoded.
+
+    Raises:
+        UploadTooLargeError: If the images together exceed ``max_upload_bytes``.
+        InputRejectedError: If there are none, more than ``max_images``, or one is not an
+            accepted image or has more than ``max_image_pixels`` pixels.
+    """
+    if not uploads:
+        raise InputRejectedError("send one or more images (multipart field 'files')", ("files",))
+    if len(uploads) > limits.max_images:
+        raise InputRejectedError(
+            f"{len(uploads)} images; max_images allows {limits.max_images} per request "
+            "(AUTOML_LIMIT_MAX_IMAGES)",
+            ("files",),
+        )
+    total = sum(len(upload.data) for upload in uploads)
+    if total > limits.max_upload_bytes:
+        raise UploadTooLargeError(
+            f"the images have {total} bytes; max_upload_bytes allows {limits.max_upload_bytes} "
+            "(AUTOML_LIMIT_MAX_UPLOAD_BYTES)",
+            ("files",),
+        )
+    for index, upload in enumerate(uploads):
+        check_image(upload.data, upload.name, ("files", index), limits.max_image_pixels)
+
+
+class ModelCache:
+    """The last few loaded models, least recently used dropped first; thread-safe.
+
+    Each model is loaded once even when many requests ask for it at the same time.
+    """
+
+    def __init__(self, size: int = MODEL_CACHE_SIZE) -> None:
+        self.size = size
+        self.loads = 0
+        """How many models were loaded (not found in the cache)."""
+        self._models: OrderedDict[tuple[object, ...], ServingModel] = OrderedDict()
+        self._loading: dict[tuple[object, ...], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[object, ...], load: Callable[[], ServingModel]) -> ServingModel:
+        """The model under ``key``, loaded with ``load()`` if not kept."""
+        with self._lock:
+            found = self._take(key)
+            if found is not None:
+                return found
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                found = self._take(key)
+            if found is not None:
+                return found
+            try:
+                model = load()
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+            with self._lock:
+                self.loads += 1
+                self._models[key] = model
+                while len(self._models) > self.size:
+                    self._models.popitem(last=False)
+        return model
+
+    def clear(self) -> None:
+        """Drops every kept model."""
+        with self._lock:
+            self._models.clear()
+
+    def _take(self, key: tuple[object, ...]) -> ServingModel | None:
+        model = self._models.get(key)
+        if model is not None:
+            self._models.move_to_end(key)
+        return model
+
+
+MODELS = ModelCache()
+"""The process's model cache."""
+
+
+def load_serving_model(
+    store: Store, serving: ServingTrial, device: str | torch.device = "cpu"
+) -> ServingModel:
+    """The model of ``serving``'s trial, from the cache or loaded (once) into it.
+
+    Keyed by study id, trial number, weights artifact and device: new weights under the
+    same trial number (a resumed study, a future refit) load anew.
+
+    Raises:
+        WeightsNotFoundError: If the trial kept no weights.
+        ModelUnavailableError: If the model cannot be rebuilt or its dataset loaded.
+    """
+    trial = serving.trial
+    resolved = resolve_device(device)
+    key = (serving.study_id, trial.number, trial.user_attrs.get(attrs.WEIGHTS), str(resolved))
+    return MODELS.get(key, lambda: _load(store, trial, resolved))
+
+
+def _load(store: Store, trial: FrozenTrial, device: torch.device) -> ServingModel:
+    """Rebuilds ``trial``'s model with its weights and its dataset's preprocessing."""
+    raw = trial.user_attrs.get(attrs.CONFIG)
+    if raw is None:
+        raise ModelUnavailableError(f"trial {trial.number} kept no configuration")
+    try:
+        config = TrialConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ModelUnavailableError(
+            f"trial {trial.number}'s configuration no longer validates: {_first_error(exc)}"
+        ) from None
+    state_dict = load_state_dict(trial, store.artifacts)
+    data = dataset_stats(config)
+    if len(data.input_shape) != 3 or data.input_shape[0] not in (1, 3):
+        raise ModelUnavailableError(
+            f"dataset {config.dataset.source!r} has samples shaped {list(data.input_shape)}; "
+            "predict and annotate classify still grayscale or RGB images"
+        )
+    trained_classes = trial.user_attrs.get(attrs.CLASSES)
+    if trained_classes is not None and list(trained_classes) != list(data.classes):
+        raise ModelUnavailableError(
+            f"the classes of dataset {config.dataset.source!r} changed since trial "
+            f"{trial.number} trained: {', '.join(trained_classes)} then, "
+            f"{', '.join(data.classes)} now"
+        )
+    try:
+        model = restore_model(config, state_dict, data.input_shape, data.num_classes)
+    except (RuntimeError, ValueError) as exc:
+        raise ModelUnavailableError(
+            f"the weights of trial {trial.number} do not fit its model: {exc}"
+        ) from None
+    accel = Accelerator.for_device(device, len(data.input_shape))
+    logger.info(
+        "serving trial %d (%s, %d classes) on %s",
+        trial.number,
+        config.model.name,
+        data.num_classes,
+        device,
+    )
+    return ServingModel(accel.model(model), data, preprocessing(config, data), accel)
+
+
+def dataset_stats(config: TrialConfig) -> ImageData:
+    """The trial's dataset with empty splits: classes, shape, mean and std only."""
+    try:
+        data = load_dataset(config.dataset.source, config.dataset.options)
+    except (DatasetError, ValidationError, UnknownNameError, OSError) as exc:
+        message = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise ModelUnavailableError(
+            f"cannot load dataset {config.dataset.source!r}, whose normalization the model "
+            f"needs: {message}"
+        ) from None
+    return ImageData(
+        train_x=data.train_x[:0].clone(),
+        train_y=data.train_y[:0].clone(),
+        val_x=data.val_x[:0].clone(),
+        val_y=data.val_y[:0].clone(),
+        classes=data.classes,
+        mean=data.mean.clone(),
+        std=data.std.clone(),
+        fingerprint=data.fingerprint,
+    )
+
+
+def preprocessing(config: TrialConfig, data: ImageData) -> Preprocess:
+    """How training turned files into arrays: the file source's options, or (for sources
+    of fixed-size arrays) cover-and-crop to the input size in its channels."""
+    options = DATASETS.get(config.dataset.source).parse_options(config.dataset.options)
+    if isinstance(options, ImageOptions):
+        return options.preprocess
+    channels, height, width = data.input_shape
+    return Preprocess(
+        height=height, width=width, fit="crop", channels="grayscale" if channels == 1 else "rgb"
+    )
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}" if where else str(error["msg"])
+
+
+def classify(
+    model: ServingModel, arrays: Sequence[np.ndarray], top: int
+) -> tuple[torch.Tensor, list[list[ClassScore]]]:
+    """Probabilities ``(N, K)`` of decoded images and their ``top`` classes."""
+    if not arrays:
+        empty = torch.empty(0, len(model.classes))
+        return empty, []
+    probabilities = model.probabilities(torch.from_numpy(np.stack(arrays)))
+    return probabilities, model.top(probabilities, top)
+
+
+def predict_uploads(
+    store: Store,
+    study_id: int,
+    uploads: Sequence[Upload],
+    *,
+    top: int = 3,
+    limits: Limits | None = None,
+    device: str | torch.device = "cpu",
+) -> Predictions:
+    """Classifies uploaded images with the study's serving model.
+
+    Args:
+        store: The store holding the study and its weights.
+        study_id: The study.
+        uploads: The image files, in the order the answer lists them.
+        top: Classes listed per image.
+        limits: Upload limits (default: ``AUTOML_LIMIT_*``).
+        device: Where the model runs.
+
+    Returns:
+        The model that answered and, per image, its ``top`` classes, most probable first.
+
+    Raises:
+        UploadTooLargeError: If the images together are too large.
+        InputRejectedError: If there are too many images, or one is too large in pixels,
+            not an accepted format, or cannot be decoded.
+        StudyNotFoundError, NoBestTrialError, WeightsNotFoundError: If there is no model.
+        ModelUnavailableError: If the model cannot serve.
+    """
+    limits = limits or Limits()
+    check_uploads(uploads, limits)
+    serving = serving_trial(store, study_id)
+    model = load_serving_model(store, serving, device)
+    arrays = [
+        model.decode(upload.data, upload.name, ("files", index), limits.max_image_pixels)
+        for index, upload in enumerate(uploads)
+    ]
+    _, tops = classify(model, arrays, top)
+    return Predictions(
+        model=model.served(serving),
+        predictions=[
+            ImagePrediction(file=upload.name, top=scores)
+            for upload, scores in zip(uploads, tops, strict=True)
+        ],
+    )

@@ -1,0 +1,134 @@
+"""Top-k weight retention: only the trials a study keeps hold weights, so disk stays bounded.
+
+A study keeps the weights of its ``keep_weights`` best COMPLETE trials on the first
+objective (ties: the lower trial number first, as ``best_trial_id`` orders them) and, with
+several objectives, of every trial on the Pareto front besides. Every other trial that
+still has weights loses them: a COMPLETE trial that fell out, and a trial that saved
+weights but did not complete (the reaper ended it first). A RUNNING trial is never
+touched, nor are checkpoints.
+
+Why many workers can run this at once without locks: a trial that is outside the kept set
+in some consistent view of the database stays outside it forever. Trials only ever join
+the COMPLETE set, with fixed values, so the k trials ranked above it, or the trial that
+dominates it, are still there later. A caller reads the trials that have weights first
+and the kept set after, on one connection (one SQLite snapshot; on PostgreSQL, a later
+statement sees at least what an earlier one saw), so every trial it removes is outside a
+view that already contains it. Each removal deletes the artifact, then the trial's
+``automl.weights_artifact`` attribute with a compare-and-set; racing callers remove the
+same artifact quietly and exactly one of them records why (``automl.weights_removed``).
+A crash between the two steps leaves an attribute naming a missing artifact, which the
+next pass removes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from automl.spec import StudySpec
+from automl.store import attrs, optuna_rows, tables
+from automl.store.artifacts import remove_quietly
+from automl.store.storage import Store
+from automl.store.tables import DELETING
+
+logger = logging.getLogger("automl.store")
+
+_ENDED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+OPTUNA_ARTIFACT_ATTR = "artifacts:"
+"""Prefix of the trial system attribute where ``upload_artifact`` records an artifact (what
+optuna-dashboard lists); Optuna has no public call that removes it."""
+
+
+def retain_weights(store: Store, study_id: int) -> list[int]:
+    """Deletes the weights of the study's trials outside its kept set (see the module).
+
+    Safe to call from any number of processes at once, at any time; a worker calls it
+    after each trial it completes.
+
+    Args:
+        store: The store.
+        study_id: The study.
+
+    Returns:
+        The numbers of the trials whose weights this call removed, in order.
+    """
+    with store.read() as connection:
+        row = connection.execute(
+            sa.select(tables.studies.c.status, tables.studies.c.spec).where(
+                tables.studies.c.study_id == study_id
+            )
+        ).first()
+        if row is None or row.status == DELETING:
+            return []
+        spec = StudySpec.model_validate_json(row.spec)
+        keep = spec.keep_weights
+        if keep == "all":
+            return []
+        # First what has weights, then what to keep (see the module docstring).
+        holding = optuna_rows.trials_with_attr(connection, study_id, attrs.WEIGHTS, _ENDED)
+        if not holding:
+            return []
+        kept = _kept(connection, study_id, spec, keep, holding)
+    removed = []
+    for trial_id, number, state, artifact_id in holding:
+        if trial_id in kept:
+            continue
+        if state == TrialState.COMPLETE:
+            reason = f"not among the study's best {keep} (keep_weights)"
+        else:
+            reason = f"the trial ended {state.name.lower()}"
+        if _remove(store, trial_id, artifact_id, reason):
+            removed.append(number)
+    if removed:
+        logger.info("study %s: removed the weights of trials %s", study_id, removed)
+    return removed
+
+
+def _kept(
+    connection: sa.engine.Connection,
+    study_id: int,
+    spec: StudySpec,
+    keep: int,
+    holding: Sequence[tuple[int, int, TrialState, object]],
+) -> set[int]:
+    """Ids of the trials among ``holding`` that keep their weights."""
+    maximize = spec.directions[0] == "maximize"
+    kept = set(optuna_rows.top_trial_ids(connection, study_id, maximize, keep))
+    complete = [trial_id for trial_id, _, state, _ in holding if state == TrialState.COMPLETE]
+    if len(spec.directions) > 1 and any(trial_id not in kept for trial_id in complete):
+        values = optuna_rows.completed_values(connection, study_id)
+        signs = [-1.0 if direction == "maximize" else 1.0 for direction in spec.directions]
+        costs = {
+            trial_id: [sign * value for sign, value in zip(signs, trial_values, strict=True)]
+            for trial_id, trial_values in values.items()
+            if len(trial_values) == len(signs)
+        }
+        for trial_id in complete:
+            mine = costs.get(trial_id)
+            if mine is not None and not any(_dominates(other, mine) for other in costs.values()):
+                kept.add(trial_id)
+    return kept
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether costs ``a`` dominate ``b``: nowhere worse and somewhere better."""
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(
+        x < y for x, y in zip(a, b, strict=True)
+    )
+
+
+def _remove(store: Store, trial_id: int, artifact_id: str, reason: str) -> bool:
+    """Deletes one trial's weights; True if this call recorded the removal."""
+    remove_quietly(store.artifacts, artifact_id)
+    with store.write() as connection:
+        if not optuna_rows.drop_trial_attr_if(connection, trial_id, attrs.WEIGHTS, artifact_id):
+            return False  # another caller was first
+        optuna_rows.drop_trial_system_attr(connection, trial_id, OPTUNA_ARTIFACT_ATTR + artifact_id)
+        optuna_rows.put_trial_attrs(connection, trial_id, {attrs.WEIGHTS_REMOVED: reason})
+    return True
+
+
+__all__ = ["retain_weights"]

@@ -1,0 +1,224 @@
+"""``automl predict`` and ``automl annotate``, on the local store and over the API."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from automl.api import create_app
+from automl.cli import client as cli_client
+from automl.cli import predict_commands
+from automl.cli.main import main
+from automl.config import Limits, Settings
+from tests.conftest import store_at
+from tests.delivery.trained import digits_test_split, png_declaring, train_study, write_pngs
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, int]:
+    """A SQLite store with one trained digits study: (url, artifacts folder, study id)."""
+    root = tmp_path_factory.mktemp("cli-trained")
+    url = f"sqlite:///{root / 'automl.db'}"
+    store = store_at(url, root)
+    try:
+        study_id = train_study(store)
+    finally:
+        store.close()
+    return url, root / "artifacts", study_id
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, list[int]]:
+    data = digits_test_split()
+    assert data.test_x is not None and data.test_y is not None
+    return data.test_x[:10], data.test_y[:10].tolist()
+
+
+@pytest.fixture(autouse=True)
+def _isolated(
+    monkeypatch: pytest.MonkeyPatch, trained: tuple[str, Path, int], tmp_path: Path
+) -> None:
+    """Points the CLI at the trained store; no other ``AUTOML_*`` setting leaks in."""
+    for field in [*Settings.model_fields, *(f"limit_{name}" for name in Limits.model_fields)]:
+        monkeypatch.delenv(f"AUTOML_{field.upper()}", raising=False)
+    url, artifacts, _ = trained
+    monkeypatch.setenv("AUTOML_STORAGE", url)
+    monkeypatch.setenv("AUTOML_ARTIFACTS_DIR", str(artifacts))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Run:
+    """Runs ``main(args)``; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(["--log-level", "WARNING", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def api_url(monkeypatch: pytest.MonkeyPatch, trained: tuple[str, Path, int]) -> Iterator[str]:
+    """Routes the CLI's HTTP client to an in-process API over the same store."""
+    url, artifacts, _ = trained
+    app = create_app(Settings(storage=url, artifacts_dir=artifacts))
+    base_url = "http://api.test"
+
+    class InProcessHttpClient(cli_client.HttpClient):
+        def __init__(self, url: str) -> None:
+            super().__init__(url)
+            self._http.close()
+            self._http = TestClient(app, base_url=self.base_url)
+
+    monkeypatch.setattr(predict_commands, "HttpClient", InProcessHttpClient)
+    yield base_url
+    app.state.store.close()
+
+
+@pytest.fixture
+def images(tmp_path: Path, digits: tuple[torch.Tensor, list[int]]) -> list[Path]:
+    return write_pngs(digits[0], tmp_path / "images")
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_predict_prints_a_table(
+    cli: Run,
+    trained: tuple[str, Path, int],
+    images: list[Path],
+    digits: tuple[torch.Tensor, list[int]],
+) -> None:
+    _, _, study_id = trained
+
+    code, out, err = cli("predict", str(study_id), *map(str, images))
+
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"study {study_id}, trial ")
+    assert lines[0].endswith("(best trial)")
+    assert lines[2].split() == ["FILE", "LABEL", "PROBABILITY", "NEXT"]
+    rows = [line.split() for line in lines[4:]]
+    assert [row[0] for row in rows] == [path.name for path in images]
+    correct = sum(row[1] == str(label) for row, label in zip(rows, digits[1], strict=True))
+    assert correct >= 8
+
+
+def test_predict_json_is_the_same_locally_and_over_http(
+    cli: Run, trained: tuple[str, Path, int], images: list[Path], api_url: str
+) -> None:
+    _, _, study_id = trained
+
+    local = cli("predict", str(study_id), *map(str, images[:3]), "--top", "2", "--json")
+    remote = cli(
+        "predict", str(study_id), *map(str, images[:3]), "--top", "2", "--json", "--url", api_url
+    )
+
+    assert local[0] == remote[0] == 0, local[2] + remote[2]
+    local_body, remote_body = json.loads(local[1]), json.loads(remote[1])
+    assert [len(p["top"]) for p in local_body["predictions"]] == [2, 2, 2]
+    assert local_body == remote_body
+
+
+@pytest.mark.parametrize("over_http", [False, True], ids=["local", "http"])
+def test_predict_refusals_are_one_line_exit_2(
+    cli: Run,
+    trained: tuple[str, Path, int],
+    images: list[Path],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    over_http: bool,
+) -> None:
+    _, _, study_id = trained
+    target = ["--url", request.getfixturevalue("api_url")] if over_http else []
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring(20_000, 20_000))
+
+    missing = cli("predict", str(study_id), "absent.png", *target)
+    unknown = cli("predict", "999", str(images[0]), *target)
+    bombed = cli("predict", str(study_id), str(images[0]), str(bomb), *target)
+
+    assert missing[0] == unknown[0] == bombed[0] == 2
+    assert "cannot read image absent.png" in one_error_line(missing[2])
+    assert one_error_line(unknown[2]) == "error: study 999 not found"
+    line = one_error_line(bombed[2])
+    assert line.startswith("error: files.1: image 'bomb.png' has more than ")
+    assert "max_image_pixels" in line
+
+
+def test_predict_local_upload_limit(
+    cli: Run, trained: tuple[str, Path, int], images: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, study_id = trained
+    monkeypatch.setenv("AUTOML_LIMIT_MAX_UPLOAD_BYTES", "10")
+
+    code, _, err = cli("predict", str(study_id), str(images[0]))
+
+    assert code == 2
+    assert "max_upload_bytes allows 10" in one_error_line(err)
+
+
+@pytest.mark.parametrize("over_http", [False, True], ids=["local", "http"])
+def test_annotate_writes_the_csv(
+    cli: Run,
+    trained: tuple[str, Path, int],
+    data_root: Path,
+    digits: tuple[torch.Tensor, list[int]],
+    request: pytest.FixtureRequest,
+    over_http: bool,
+) -> None:
+    _, _, study_id = trained
+    target = ["--url", request.getfixturevalue("api_url")] if over_http else []
+    write_pngs(digits[0], data_root / "inbox")
+
+    code, out, err = cli("annotate", str(study_id), "inbox", "--csv", "inbox/labels.csv", *target)
+
+    assert code == 0, err
+    assert "wrote inbox/labels.csv under the data root" in out
+    assert "(10 images in inbox, least confident first)" in out
+    with open(data_root / "inbox" / "labels.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 10
+    confidences = [float(row["confidence"]) for row in rows]
+    assert confidences == sorted(confidences)
+    assert all((data_root / "inbox" / row["path"]).is_file() for row in rows)
+
+    again = cli("annotate", str(study_id), "inbox", "--csv", "inbox/labels.csv", *target)
+    replaced = cli(
+        "annotate", str(study_id), "inbox", "--csv", "inbox/labels.csv", "--overwrite", *target
+    )
+    assert again[0] == 2
+    assert "write_csv: 'inbox/labels.csv' exists" in one_error_line(again[2])
+    assert replaced[0] == 0, replaced[2]
+
+
+@pytest.mark.parametrize("over_http", [False, True], ids=["local", "http"])
+def test_annotate_traversal_is_one_line_exit_2(
+    cli: Run,
+    trained: tuple[str, Path, int],
+    data_root: Path,
+    request: pytest.FixtureRequest,
+    over_http: bool,
+) -> None:
+    _, _, study_id = trained
+    target = ["--url", request.getfixturevalue("api_url")] if over_http else []
+
+    code, _, err = cli("annotate", str(study_id), "../elsewhere", *target)
+
+    assert code == 2
+    assert one_error_line(err) == "error: path: '../elsewhere' must not contain '..'"

@@ -1,0 +1,413 @@
+"""The best model's bundle: its contents, its card, and predict.py in a Python without automl."""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import io
+import json
+import os
+import subprocess
+import sysconfig
+import venv
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import pytest
+import safetensors.torch
+import torch
+from fastapi.testclient import TestClient
+from optuna.trial import TrialState
+from PIL import Image
+
+from automl.api import create_app
+from automl.cli import bundle_commands
+from automl.cli import client as cli_client
+from automl.cli.main import main
+from automl.config import Settings
+from automl.data.decode import decode_image
+from automl.delivery.bundle import Bundle, build_bundle
+from automl.delivery.card import CARD_FORMAT, preprocess_of, trial_input
+from automl.delivery.card import trial_config as config_of
+from automl.store import attrs, get_frozen_trial, load_state_dict, submit_study
+from automl.train.evaluation import restore_model
+from tests.conftest import store_at, tiny_spec_data
+from tests.delivery.trained import (
+    TRAINED_SPEC,
+    digits_test_split,
+    in_process_argmax,
+    train_study,
+    write_pngs,
+)
+from tests.store.conftest import drive
+
+FILES = ["model.onnx", "model.safetensors", "model.torchscript.pt", "model_card.json", "predict.py"]
+N_IMAGES = 60
+
+
+class Trained:
+    """A store with one trained digits study (with a test split) and its bundle."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = f"sqlite:///{root / 'automl.db'}"
+        self.artifacts_dir = root / "artifacts"
+        self.store = store_at(self.url, root)
+        # 3 epochs: about 94% test accuracy, in a few seconds.
+        self.study_id = train_study(self.store, fixed={**TRAINED_SPEC["fixed"], "epochs": 3})
+        self.bundle: Bundle = build_bundle(self.store, self.study_id)
+        self.folder = root / "bundle"
+        with zipfile.ZipFile(io.BytesIO(self.bundle.data)) as archive:
+            archive.extractall(self.folder)
+        self.trial = get_frozen_trial(self.store, self.study_id, self.bundle.trial_number)
+        self.card: dict[str, Any] = json.loads((self.folder / "model_card.json").read_text())
+
+    @contextmanager
+    def app(self) -> Iterator[TestClient]:
+        """A client of the API over the same database and artifacts."""
+        settings = Settings(storage=self.url, artifacts_dir=self.artifacts_dir)
+        client = TestClient(create_app(settings, reap=False))
+        try:
+            yield client
+        finally:
+            client.close()
+            client.app.state.store.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
+    made = Trained(tmp_path_factory.mktemp("bundle"))
+    yield made
+    made.store.close()
+
+
+@pytest.fixture(scope="module")
+def no_automl_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv's Python that sees this environment's packages (numpy, Pillow,
+    onnxruntime, torch) but not automl: the site-packages folder is added by a plain path
+    line, so the ``.pth`` files in it (automl's editable install) are never run."""
+    root = tmp_path_factory.mktemp("venv")
+    venv.create(root, with_pip=False, symlinks=os.name != "nt")
+    python = root / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    site = subprocess.run(
+        [python, "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(site, "system-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+def _run(python: Path, cwd: Path, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "AUTOML_"))}
+    return subprocess.run(
+        [str(python), "-I", "-c", code, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _predict(python: Path, folder: Path, images: list[Path], block: str | None) -> list[str]:
+    """Runs the bundle's predict.py (with module ``block`` made unimportable); returns the
+    top class of each image."""
+    code = (
+        "import sys, runpy\n"
+        + (f"sys.modules[{block!r}] = None\n" if block else "")
+        + "sys.argv = ['predict.py', *sys.argv[1:]]\n"
+        + "runpy.run_path('predict.py', run_name='__main__')\n"
+    )
+    done = _run(python, folder, code, *map(str, images))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["image"] for line in lines] == [str(path) for path in images]
+    for line in lines:
+        probabilities = [entry["probability"] for entry in line["top"]]
+        assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+    return [line["top"][0]["class"] for line in lines]
+
+
+def _images(trained: Trained, folder: Path) -> tuple[list[Path], torch.Tensor, list[Path]]:
+    """Test images as 8x8 grayscale PNGs (the training size), and a few as larger RGB
+    JPEGs (decoded, converted and resized as training would)."""
+    data = digits_test_split()
+    assert data.test_x is not None
+    images = data.test_x[:N_IMAGES]
+    pngs = write_pngs(images, folder / "png")
+    jpegs = []
+    for index in range(8):
+        pixels = images[index, 0].numpy()
+        big = Image.fromarray(pixels).resize((40, 30), Image.Resampling.NEAREST)
+        path = folder / f"big{index}.jpg"
+        big.convert("RGB").save(path, quality=95)
+        jpegs.append(path)
+    return pngs, images, jpegs
+
+
+def images_labels(count: int) -> list[int]:
+    """The labels of the first ``count`` test images."""
+    labels = digits_test_split().test_y
+    assert labels is not None
+    return labels[:count].tolist()
+
+
+def _in_process_classes(trained: Trained, paths: list[Path]) -> list[str]:
+    """automl's own decoding, normalization and model, on image files."""
+    config = config_of(trained.trial)
+    data = digits_test_split()
+    prep = preprocess_of(config.dataset.source, config.dataset.options, data.input_shape)
+    arrays = torch.from_numpy(np.stack([decode_image(str(path), prep) for path in paths]))
+    model = restore_model(
+        config, load_state_dict(trained.trial, trained.store.artifacts), (1, 8, 8), 10
+    )
+    with torch.no_grad():
+        indices = model(data.normalize(arrays)).argmax(dim=1).tolist()
+    return [data.classes[index] for index in indices]
+
+
+# --- contents -----------------------------------------------------------------------------------
+
+
+def test_the_bundle_holds_weights_card_exports_and_a_predict_script(trained: Trained) -> None:
+    with zipfile.ZipFile(io.BytesIO(trained.bundle.data)) as archive:
+        assert sorted(archive.namelist()) == FILES
+    assert trained.bundle.filename == (
+        f"study{trained.study_id}-trial{trained.bundle.trial_number}-model.zip"
+    )
+    weights = safetensors.torch.load_file(trained.folder / "model.safetensors")
+    stored = load_state_dict(trained.trial, trained.store.artifacts)
+    assert weights.keys() == stored.keys()
+    assert all(torch.equal(weights[name], stored[name]) for name in stored)
+    assert len((trained.folder / "predict.py").read_text().splitlines()) < 80
+    exports = trained.card["bundle"]["exports"]
+    assert exports["onnx"]["file"] == "model.onnx" and exports["onnx"]["error"] is None
+    assert exports["torchscript"]["file"] == "model.torchscript.pt"
+
+
+def test_the_model_card_describes_model_input_metrics_and_limits(trained: Trained) -> None:
+    card, trial = trained.card, trained.trial
+    data = digits_test_split()
+    user_attrs = trial.user_attrs
+    assert card["format"] == CARD_FORMAT
+    assert card["model"]["architecture"] == "cnn"
+    assert card["model"]["trial_number"] == trial.number
+    assert card["model"]["parameters"] == user_attrs[attrs.METRICS]["params"]
+    assert card["hyperparameters"] == user_attrs[attrs.CONFIG]  # every hyperparameter
+    assert card["searched_params"] == trial.params
+    assert card["classes"] == list(data.classes) == [str(digit) for digit in range(10)]
+    given = card["input"]
+    assert given["shape"] == [1, 8, 8] and (given["height"], given["width"]) == (8, 8)
+    assert (given["channels"], given["color"], given["fit"], given["frames"]) == (
+        1,
+        "grayscale",
+        "crop",
+        None,
+    )
+    assert given["mean"] == pytest.approx(data.mean.tolist(), abs=0)
+    assert given["std"] == pytest.approx(data.std.tolist(), abs=0)
+    assert len(given["preprocessing"]) == 3
+    assert card["dataset"] == {
+        "source": "digits",
+        "options": {"test_fraction": 0.2, "seed": 0},
+        "fingerprint": data.fingerprint,
+    }
+    metrics = card["metrics"]
+    assert metrics["validation"] == user_attrs[attrs.METRICS]
+    assert metrics["validation_per_class"] == user_attrs[attrs.PER_CLASS]
+    assert metrics["test"] == user_attrs[attrs.TEST_METRICS] and metrics["test"]["accuracy"] > 0
+    assert metrics["test_per_class"] == user_attrs[attrs.TEST_PER_CLASS]
+    assert card["objectives"] == [
+        {"metric": "accuracy", "direction": "maximize", "value": trial.values[0]}
+    ]
+    for kind in ("training", "export"):
+        assert card["libraries"][kind]["torch"] == importlib.metadata.version("torch")
+        assert card["libraries"][kind]["automl"] == importlib.metadata.version("automl")
+
+    limits = card["intended_use_and_limits"]
+    assert limits["recall_split"] == "test"
+    recalls = {row["class"]: row["recall"] for row in metrics["test_per_class"]}
+    gaps = limits["recall"]
+    assert gaps["lowest"]["recall"] == min(recalls.values())
+    assert gaps["highest"]["recall"] == max(recalls.values())
+    assert gaps["gap"] == pytest.approx(max(recalls.values()) - min(recalls.values()))
+    assert [row["class"] for row in gaps["by_class"]] == sorted(
+        recalls, key=lambda name: (recalls[name], name)
+    )
+    assert any("Per-class recall on the test split" in line for line in limits["limits"])
+
+
+def test_a_trial_without_recorded_input_gets_the_same_card_input(trained: Trained) -> None:
+    older = copy.deepcopy(trained.trial)
+    older.user_attrs = {k: v for k, v in older.user_attrs.items() if k != attrs.INPUT}
+    recorded = trained.trial.user_attrs[attrs.INPUT]
+    assert trial_input(older, config_of(older)) == recorded  # from the dataset again
+
+
+# --- predictions without automl ------------------------------------------------------------------
+
+
+def test_predict_py_without_automl_agrees_with_the_service(
+    trained: Trained, no_automl_python: Path, tmp_path: Path
+) -> None:
+    isolated = _run(no_automl_python, trained.folder, "import automl")
+    assert isolated.returncode != 0 and "No module named 'automl'" in isolated.stderr
+
+    pngs, images, jpegs = _images(trained, tmp_path)
+    classes = trained.card["classes"]
+    expected = [
+        classes[i]
+        for i in in_process_argmax(trained.store, trained.study_id, trained.trial.number, images)
+    ]
+    # onnxruntime, numpy and Pillow only: torch cannot even be imported.
+    assert _predict(no_automl_python, trained.folder, pngs, block="torch") == expected
+    labels = [str(label) for label in images_labels(N_IMAGES)]
+    assert sum(e == label for e, label in zip(expected, labels, strict=True)) > 40  # it learned
+    # Larger RGB JPEGs: converted, resized and cropped as training would have.
+    assert _predict(no_automl_python, trained.folder, jpegs, block="torch") == (
+        _in_process_classes(trained, jpegs)
+    )
+    # Without onnxruntime, the TorchScript export answers the same.
+    assert _predict(no_automl_python, trained.folder, pngs, block="onnxruntime") == expected
+
+    # The same images through the API's predict endpoint.
+    with trained.app() as client:
+        files = [("files", (path.name, path.read_bytes(), "image/png")) for path in pngs]
+        response = client.post(f"/studies/{trained.study_id}/predict", files=files)
+    assert response.status_code == 200, response.text
+    served = response.json()
+    assert served["model"]["trial_number"] == trained.trial.number
+    assert [p["top"][0]["label"] for p in served["predictions"]] == expected
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_onnx_and_torchscript_outputs_match_pytorch(trained: Trained) -> None:
+    data = digits_test_split()
+    assert data.test_x is not None
+    batch = data.normalize(data.test_x[:64])
+    model = restore_model(
+        config_of(trained.trial),
+        load_state_dict(trained.trial, trained.store.artifacts),
+        (1, 8, 8),
+        10,
+    )
+    with torch.no_grad():
+        reference = model(batch).numpy()
+    session = onnxruntime.InferenceSession(
+        str(trained.folder / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    scripted = torch.jit.load(str(trained.folder / "model.torchscript.pt"))
+    for size in (1, 7, 64):  # the batch size is free
+        onnx_logits = session.run(["logits"], {"images": batch[:size].numpy()})[0]
+        np.testing.assert_allclose(onnx_logits, reference[:size], rtol=1e-4, atol=1e-4)
+        with torch.no_grad():
+            script_logits = scripted(batch[:size]).numpy()
+        np.testing.assert_allclose(script_logits, reference[:size], rtol=1e-5, atol=1e-5)
+        assert (onnx_logits.argmax(1) == reference[:size].argmax(1)).all()
+
+
+# --- REST and CLI ---------------------------------------------------------------------------------
+
+
+def test_get_best_model_returns_the_bundle(trained: Trained) -> None:
+    no_weights = submit_study(trained.store, _spec("no-weights")).id
+    drive(trained.store, no_weights, [0.5])  # completed, but kept no weights
+    pending = submit_study(trained.store, _spec("pending")).id
+    with trained.app() as client:
+        response = client.get(f"/studies/{trained.study_id}/best/model")
+        not_done = client.get(f"/studies/{pending}/best/model")
+        gone = client.get(f"/studies/{no_weights}/best/model")
+        unknown = client.get("/studies/9999/best/model")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/zip"
+    assert trained.bundle.filename in response.headers["content-disposition"]
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert sorted(archive.namelist()) == FILES
+        served = json.loads(archive.read("model_card.json"))
+    served["libraries"].pop("export")
+    trained_card = {**trained.card, "libraries": dict(trained.card["libraries"])}
+    trained_card["libraries"].pop("export")
+    assert served == trained_card
+    assert (not_done.status_code, not_done.json()) == (
+        404,
+        {"detail": f"study {pending} has no completed trial yet"},
+    )
+    assert (gone.status_code, gone.json()) == (404, {"detail": "trial 0 kept no weights"})
+    assert unknown.status_code == 404
+
+
+def _spec(name: str) -> Any:
+    from automl.spec import validate_spec
+
+    return validate_spec(tiny_spec_data(name=name))
+
+
+def test_cli_best_download_writes_the_bundle_locally_and_over_http(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("AUTOML_"):
+            monkeypatch.delenv(name)
+    local = tmp_path / "local"
+    target = ["--storage", trained.url, "--artifacts-dir", str(trained.artifacts_dir)]
+    code = main(["best", str(trained.study_id), "--download", str(local), *target])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert sorted(path.name for path in local.iterdir()) == FILES
+    assert f"trial {trained.trial.number}" in out and "predict.py IMAGE" in out
+
+    remote = tmp_path / "remote"
+    with trained.app() as api:
+
+        class InProcessHttpClient(cli_client.HttpClient):
+            def __init__(self, url: str) -> None:
+                super().__init__(url)
+                self._http.close()
+                self._http = api
+
+        monkeypatch.setattr(bundle_commands, "HttpClient", InProcessHttpClient)
+        args = ["best", str(trained.study_id), "--download", str(remote), "--url", "http://a"]
+        code = main([*args, "--json"])
+    assert code == 0
+    written = json.loads(capsys.readouterr().out)
+    assert written == {"directory": str(remote), "files": FILES}
+    local_card = json.loads((local / "model_card.json").read_text())
+    remote_card = json.loads((remote / "model_card.json").read_text())
+    assert local_card["model"] == remote_card["model"]
+    assert (local / "model.safetensors").read_bytes() == (remote / "model.safetensors").read_bytes()
+
+    code = main(["best", "9999", "--download", str(tmp_path / "none"), *target])
+    assert code == 2
+    assert "study 9999 not found" in capsys.readouterr().err
+
+
+def test_the_weights_route_names_the_format(trained: Trained) -> None:
+    legacy = io.BytesIO()
+    torch.save({"w": torch.arange(3.0)}, legacy)
+    trained.store.artifacts.write("legacy-weights", io.BytesIO(legacy.getvalue()))
+    older = submit_study(trained.store, _spec("older")).id
+    [(_, trial_id)] = drive(trained.store, older, [TrialState.RUNNING])
+    trained.store.storage.set_trial_user_attr(trial_id, attrs.WEIGHTS, "legacy-weights")
+
+    with trained.app() as client:
+        new = client.get(f"/studies/{trained.study_id}/trials/{trained.trial.number}/weights")
+        old = client.get(f"/studies/{older}/trials/0/weights")
+
+    assert new.status_code == 200
+    assert f"trial{trained.trial.number}.safetensors" in new.headers["content-disposition"]
+    weights = safetensors.torch.load(new.content)
+    assert weights.keys() == load_state_dict(trained.trial, trained.store.artifacts).keys()
+    assert old.status_code == 200
+    assert f"study{older}-trial0.pt" in old.headers["content-disposition"]
+    assert old.content == legacy.getvalue()
+    assert torch.equal(
+        torch.load(io.BytesIO(old.content), weights_only=True)["w"], torch.arange(3.0)
+    )
