@@ -47,7 +47,36 @@ def cross_entropy(
     opts: CrossEntropyOptions, num_classes: int, class_weights: torch.Tensor | None
 ) -> LossFn:
     """Cross-entropy with label smoothing (weighted per class under ``class_weights``)."""
-    return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=opts.label_smoothing)
+    if class_weights is None:
+        return nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
+    return WeightedCrossEntropy(class_weights, opts.label_smoothing)
+
+
+class WeightedCrossEntropy(nn.Module):
+    """``nn.CrossEntropyLoss(weight=..., label_smoothing=...)``, computed with plain tensor
+    ops: PyTorch's weighted CUDA kernel makes the host wait for the GPU at every step.
+
+    Args:
+        weight: One weight per class.
+        label_smoothing: Share of the target spread over all classes.
+    """
+
+    def __init__(self, weight: torch.Tensor, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The weighted mean loss of the batch (``target`` holds class indices)."""
+        weight = self.weight.to(logits.dtype)
+        nll = -F.log_softmax(logits, dim=1)
+        target_weight = weight[target]
+        picked = nll.gather(1, target.unsqueeze(1)).squeeze(1) * target_weight
+        loss = (1.0 - self.label_smoothing) * picked
+        if self.label_smoothing:
+            spread = (nll * weight).sum(dim=1) / logits.shape[1]
+            loss = loss + self.label_smoothing * spread
+        return loss.sum() / target_weight.sum()
 
 
 class FocalLoss(nn.Module):

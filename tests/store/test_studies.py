@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -35,7 +34,7 @@ from automl.store import (
     get_trial,
     list_studies,
     list_trials,
-    open_weights,
+    load_state_dict,
     remove_orphans,
     rerun_failed,
     resume_study,
@@ -444,8 +443,7 @@ def test_delete_removes_the_study_its_trials_and_artifacts(
     weights_id = store.storage.get_trial(trial_id).user_attrs[attrs.WEIGHTS]
     end_trial(store, lease, trial_id, 0.5)
     end_study_if_done(store, study_id)
-    with open_weights(get_frozen_trial(store, study_id, 0), store.artifacts) as reader:
-        assert torch.load(io.BytesIO(reader.read()), weights_only=True)["w"].sum() == 3
+    assert load_state_dict(get_frozen_trial(store, study_id, 0), store.artifacts)["w"].sum() == 3
 
     delete_study(store, study_id)
 
