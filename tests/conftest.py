@@ -122,6 +122,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A port P such that P and P + 1 are both free right now (``automl proxy`` takes both)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two adjacent free ports")
+
+
 def wait_healthy(
     url: str,
     process: subprocess.Popen[bytes],

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from automl.proxy import ProxyError, ProxyServer
 from automl.spec import StudySpec
 from automl.store import StudyStatus, attrs, get_study, submit_study
-from tests.conftest import free_port, store_at
+from tests.conftest import free_port_pair, store_at
 from tests.e2e.fleet import (
     FAST_LEASES,
     SMALL_TRAIN,
@@ -37,21 +36,10 @@ pytestmark = pytest.mark.slow
 SpecFactory = Callable[..., StudySpec]
 
 
-def _free_pair() -> int:
-    for _ in range(50):
-        port = free_port()
-        try:
-            ProxyServer.check_ports("127.0.0.1", port)
-        except ProxyError:
-            continue
-        return port
-    raise AssertionError("no two adjacent free ports")
-
-
 @pytest.fixture
 def proxy_process(storage_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A real ``automl proxy`` on the storage; yields the workers' URL and the proxy's log."""
-    port = _free_pair()
+    port = free_port_pair()
     log = tmp_path / "proxy.log"
     env = {**os.environ, **FAST_LEASES, "PYTHONUNBUFFERED": "1"}
     env["AUTOML_ARTIFACTS_DIR"] = str(tmp_path / "artifacts")  # where store_at looks too

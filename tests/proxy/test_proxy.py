@@ -31,28 +31,16 @@ from automl.store import (
 )
 from automl.store.artifacts import open_weights
 from automl.worker import Worker, WorkerOptions
-from tests.conftest import free_port
+from tests.conftest import free_port_pair
 from tests.store.conftest import drive
 
 SpecFactory = Callable[..., StudySpec]
 
 
-def _free_pair() -> int:
-    """A port P such that P and P + 1 are both free right now."""
-    for _ in range(50):
-        port = free_port()
-        try:
-            ProxyServer.check_ports("127.0.0.1", port)
-        except ProxyError:
-            continue
-        return port
-    raise AssertionError("no two adjacent free ports")
-
-
 @pytest.fixture
 def proxy(store: Store) -> Iterator[RemoteCoordinator]:
     """A proxy on the store (no reaper: tests reap explicitly) and a client of it."""
-    server = ProxyServer(store, "127.0.0.1", _free_pair(), threads=4, reap_interval=None)
+    server = ProxyServer(store, "127.0.0.1", free_port_pair(), threads=4, reap_interval=None)
     server.start()
     client = RemoteCoordinator("127.0.0.1", server.port)
     yield client
@@ -147,7 +135,7 @@ def test_artifacts_through_the_proxy(store: Store, proxy: RemoteCoordinator) -> 
 
 
 def test_an_unreachable_proxy_is_a_transient_fault(sqlite_store: Store) -> None:
-    client = RemoteCoordinator("127.0.0.1", _free_pair())
+    client = RemoteCoordinator("127.0.0.1", free_port_pair())
     try:
         with pytest.raises(StorageUnavailableError) as caught:
             client.ping(timeout=2)
@@ -160,7 +148,7 @@ def test_an_unreachable_proxy_is_a_transient_fault(sqlite_store: Store) -> None:
 
 
 def test_a_taken_port_is_a_clear_error(sqlite_store: Store, tmp_path: Path) -> None:
-    port = _free_pair()
+    port = free_port_pair()
     first = ProxyServer(sqlite_store, "127.0.0.1", port, threads=2, reap_interval=None).start()
     try:
         with pytest.raises(ProxyError, match=f"127.0.0.1:{port}"):
