@@ -67,9 +67,14 @@ class WeightedCrossEntropy(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The weighted mean loss of the batch (``target`` holds class indices)."""
+        """The weighted mean loss of the batch: ``target`` holds class indices, or class
+        probabilities (mixup, cutmix) as PyTorch's loss accepts them."""
         weight = self.weight.to(logits.dtype)
         nll = -F.log_softmax(logits, dim=1)
+        if target.is_floating_point():
+            classes = logits.shape[1]
+            soft = target * (1.0 - self.label_smoothing) + self.label_smoothing / classes
+            return (nll * soft * weight).sum(dim=1).mean()
         target_weight = weight[target]
         picked = nll.gather(1, target.unsqueeze(1)).squeeze(1) * target_weight
         loss = (1.0 - self.label_smoothing) * picked

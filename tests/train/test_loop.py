@@ -25,7 +25,7 @@ from automl.train import (
 from automl.train.accel import Accelerator
 from automl.train.early_stopping import EarlyStopping
 from automl.train.hyperparameters import flat_config
-from automl.train.losses import FocalLoss, build_loss
+from automl.train.losses import FocalLoss, WeightedCrossEntropy, build_loss
 from automl.train.metrics import Evaluation, compute_metrics, confusion_matrix, per_class_report
 from automl.train.model_stats import ModelStats
 from automl.train.optim import build_optimizer, build_scheduler
@@ -337,7 +337,7 @@ def test_build_loss_uses_its_options_and_class_weights() -> None:
     assert (loss.gamma, loss.label_smoothing) == (3.0, 0.1)
     weights = torch.linspace(0.5, 2.0, 10)
     ce = build_loss("cross_entropy", {"label_smoothing": 0.2}, 10, weights)
-    assert isinstance(ce, torch.nn.CrossEntropyLoss)
+    assert isinstance(ce, WeightedCrossEntropy)
     assert ce.label_smoothing == 0.2
     assert torch.equal(ce.weight, weights)
 
