@@ -23,6 +23,7 @@ Preprocessing, exactly as training did it (``automl.data.decode`` and
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 from collections.abc import Mapping, Sequence
@@ -65,13 +66,19 @@ def preprocess_of(
 
 def library_versions() -> dict[str, str]:
     """Versions of Python and of the libraries that train and export models."""
-    versions = {"python": platform.python_version()}
+    return dict(_library_versions())
+
+
+@functools.cache
+def _library_versions() -> tuple[tuple[str, str], ...]:
+    # Read once per process: package metadata is slow to read and does not change.
+    versions = [("python", platform.python_version())]
     for name in LIBRARIES:
         try:
-            versions[name] = importlib.metadata.version(name)
+            versions.append((name, importlib.metadata.version(name)))
         except importlib.metadata.PackageNotFoundError:
             continue
-    return versions
+    return tuple(versions)
 
 
 def model_input(config: TrialConfig, data: ImageData) -> dict[str, Any]:

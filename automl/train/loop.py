@@ -65,6 +65,8 @@ class TrainResult:
     duration_s: float
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     classes: tuple[str, ...] = ()
+    dataset: ImageData | None = field(default=None, repr=False)
+    """The data the run trained on, as loaded (the caller records its input facts)."""
     notes: dict[str, Any] = field(default_factory=dict)
     """What the imbalance strategy did (e.g. how long its generator trained) and, under
     ``compile``, whether the model ran compiled (``compile``: ``compiled`` or why not)."""
@@ -151,6 +153,7 @@ def train(
     device = resolve_device(device)
     if data is None:
         data = load_dataset(config.dataset.source, config.dataset.options)
+    dataset = data  # as loaded (on the CPU), for what the caller records about the input
     data = data.to(device)
     accel = Accelerator.for_device(device, len(data.input_shape))
 
@@ -310,6 +313,7 @@ def train(
         duration_s=time.perf_counter() - started,
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         classes=data.classes,
+        dataset=dataset,
         notes=notes,
         stopped_early=stopped_early,
     )

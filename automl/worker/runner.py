@@ -24,7 +24,7 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from automl.data import load_dataset
+from automl.data import ImageData, load_dataset
 from automl.delivery.card import library_versions, model_input
 from automl.space import suggest
 from automl.spec import StudySpec
@@ -317,7 +317,7 @@ class _Attempt:
             raise FloatingPointError(f"objective is not finite: {values}")
         assert self.trial is not None
         trial = self.trial
-        self._record_model_input(config)
+        self._record_model_input(config, result.dataset)
         self.ctx.persist(
             lambda: save_weights(
                 self.coordinator.storage, trial, result.state_dict, self.coordinator.artifacts
@@ -329,12 +329,14 @@ class _Attempt:
         self._retain_weights()
         return TrialRun(self.lease, "complete", frozen)
 
-    def _record_model_input(self, config: TrialConfig) -> None:
+    def _record_model_input(self, config: TrialConfig, data: ImageData | None) -> None:
         """Records what the weights take (shape, preprocessing, normalization, dataset
         fingerprint) and the library versions: what the model card needs besides the
         other attributes. The dataset is the one training used, still in memory."""
         try:
-            facts = model_input(config, load_dataset(config.dataset.source, config.dataset.options))
+            if data is None:
+                data = load_dataset(config.dataset.source, config.dataset.options)
+            facts = model_input(config, data)
         except Exception as exc:  # a card loads the dataset itself then
             logger.warning(
                 "study %s: the model input of ticket %s is not recorded: %s",

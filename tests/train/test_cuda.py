@@ -13,6 +13,7 @@ from automl.data import ImageData, load_dataset
 from automl.models import build_model
 from automl.train import loop, train
 from automl.train.accel import SYNC_DEBUG_ENV, Accelerator
+from automl.train.augment.base import PIPELINE_ORDER
 from automl.train.hyperparameters import flat_config
 
 pytestmark = [
@@ -89,21 +90,7 @@ def rgb_digits() -> ImageData:
     )
 
 
-EVERY_AUGMENTATION = {
-    f"{name}.p": 0.5
-    for name in (
-        "resized_crop",
-        "pad_crop",
-        "hflip",
-        "affine",
-        "randaugment",
-        "trivialaugment",
-        "color_jitter",
-        "erasing",
-        "mixup",
-        "cutmix",
-    )
-}
+EVERY_AUGMENTATION = {f"{name}.p": 0.5 for name in PIPELINE_ORDER}
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from automl.models import build_model
 from automl.train import TrialConfig, loop, train
 from automl.train.accel import SYNC_DEBUG_ENV, Accelerator, CompiledModel, sync_debug_from_env
 from automl.train.augment import policies
+from automl.train.augment.base import PIPELINE_ORDER
 from automl.train.hyperparameters import flat_config
 
 TIMINGS = {"latency_ms", "batch_latency_ms"}
@@ -152,21 +153,7 @@ HOST_SYNCING_OPS = {
 }
 """aten operations that make the host wait for a GPU, whatever device they run on."""
 
-EVERY_AUGMENTATION = {
-    f"{name}.p": 0.5
-    for name in (
-        "resized_crop",
-        "pad_crop",
-        "hflip",
-        "affine",
-        "randaugment",
-        "trivialaugment",
-        "color_jitter",
-        "erasing",
-        "mixup",
-        "cutmix",
-    )
-}
+EVERY_AUGMENTATION = {f"{name}.p": 0.5 for name in PIPELINE_ORDER}
 
 
 class HostSyncRecorder(TorchDispatchMode):
