@@ -5,6 +5,7 @@
 #   docker run -v automl-data:/data --no-healthcheck automl worker --device cpu
 #
 # /data must be writable by uid 1000 (a named volume is; chown a bind-mounted folder).
+# Nothing secret is baked in: pass AUTOML_STORAGE (with its password) at run time.
 #
 # The torch wheel on PyPI bundles CUDA (several GiB). For CPU-only images, point pip at
 # PyTorch's CPU index; its "+cpu" builds then win over PyPI's:

@@ -27,6 +27,23 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     url: str | None = Field(None, description="Base URL of a running API, for the CLI.")
+    api_key: str | None = Field(
+        None,
+        repr=False,
+        description="API key the CLI sends to `--url` as `Authorization: Bearer`.",
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="Let `automl serve` listen on a non-loopback address while no API key "
+        "exists (anyone who reaches the port can then do anything; logged as a warning).",
+    )
+    auth_cache_s: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="Seconds the API trusts a looked-up API key (and whether any exists) "
+        "before asking the database again: how long a revoked key keeps working.",
+    )
     poll_interval: float = Field(2.0, gt=0, description="Seconds an idle worker sleeps.")
     device: str = Field("auto", description="Device for workers: auto, cpu, cuda or cuda:N.")
     threads: int | None = Field(
@@ -39,7 +56,11 @@ class Settings(BaseSettings):
             "`automl worker --slots` for its children."
         ),
     )
-    max_body_bytes: int = Field(1_000_000, gt=0, description="Largest accepted spec body.")
+    max_body_bytes: int = Field(
+        1_000_000,
+        gt=0,
+        description="Largest `POST /studies` body in bytes; refused while it arrives (413).",
+    )
     data_root: Path = Field(
         Path("data"), description="Folder that every dataset path must resolve inside."
     )
@@ -105,24 +126,73 @@ class Limits(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="AUTOML_LIMIT_", extra="ignore")
 
-    max_trials: int = Field(100_000, ge=1, description="Largest budget.n_trials.")
-    max_timeout_s: float = Field(30 * 86_400, gt=0, description="Largest budget.timeout.")
-    max_params: int = Field(64, ge=1, description="Most searched params in one spec.")
-    max_choices: int = Field(1_000, ge=1, description="Most choices of a categorical param.")
-    max_grid_cells: int = Field(100_000, ge=1, description="Largest grid a grid study spans.")
-    max_spec_depth: int = Field(16, ge=4, description="Deepest nesting of a spec document.")
-    max_spec_values: int = Field(20_000, ge=100, description="Most values in a spec document.")
-    max_string_length: int = Field(4_000, ge=100, description="Longest string in a spec.")
-    max_upload_bytes: int = Field(
-        20 * 2**20, ge=1, description="Largest upload to predict (all images of a request)."
+    max_trials: int = Field(
+        100_000, ge=1, description="Largest `budget.n_trials`, also after extend (422)."
     )
-    max_images: int = Field(64, ge=1, description="Most images one predict request sends.")
+    max_timeout_s: float = Field(
+        30 * 86_400, gt=0, description="Largest `budget.timeout`, in seconds (422)."
+    )
+    max_params: int = Field(64, ge=1, description="Most searched params in one spec (422).")
+    max_choices: int = Field(
+        1_000, ge=1, description="Most choices of one categorical param (422)."
+    )
+    max_grid_cells: int = Field(
+        100_000, ge=1, description="Largest grid a `grid` study spans, counted, not built (422)."
+    )
+    max_spec_depth: int = Field(
+        16, ge=4, description="Deepest nesting of a spec document, JSON or YAML (422)."
+    )
+    max_spec_values: int = Field(
+        20_000,
+        ge=100,
+        description="Most values in a spec document; a YAML alias counts each time it is "
+        "used, so alias bombs are refused (422).",
+    )
+    max_string_length: int = Field(
+        4_000, ge=100, description="Longest string in a spec, in characters (422)."
+    )
+    max_upload_bytes: int = Field(
+        20 * 2**20,
+        ge=1,
+        description="Largest predict upload in bytes, all its images together; counted while "
+        "it arrives (413).",
+    )
+    max_images: int = Field(64, ge=1, description="Most images one predict request sends (422).")
     max_annotate_images: int = Field(
-        10_000, ge=1, description="Most images in a folder that annotate classifies."
+        10_000, ge=1, description="Most images in a folder that annotate classifies (422)."
+    )
+    max_studies_per_project: int = Field(
+        1_000,
+        ge=1,
+        description="Most studies one project keeps (not deleted), ended ones included (422).",
+    )
+    max_active_studies_per_project: int = Field(
+        20, ge=1, description="Most queued or running studies of one project (422)."
     )
     max_image_pixels: int = Field(
         40_000_000,
         ge=1,
-        description="Most pixels (width x height) of one image to predict or annotate; "
-        "checked from the header, before decoding (decompression bombs).",
+        description="Most pixels (width x height) of one image to predict, annotate or train "
+        "on; read from its header before decoding, so decompression bombs are refused (422).",
     )
+
+
+def limits_markdown() -> str:
+    """The README's table of limits: the body size setting, then every ``Limits`` field."""
+    lines = ["| variable | default | limit |", "| --- | --- | --- |"]
+    body = Settings.model_fields["max_body_bytes"]
+    rows = [("AUTOML_MAX_BODY_BYTES", body.default, f"{body.description}")]
+    rows += [
+        (f"AUTOML_LIMIT_{name.upper()}", field.default, field.description)
+        for name, field in Limits.model_fields.items()
+    ]
+    for variable, default, description in rows:
+        lines.append(f"| `{variable}` | `{_shown(default)}` | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+def _shown(value: object) -> str:
+    """A default as users write it: ``2592000``, not ``2592000.0``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

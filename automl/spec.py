@@ -233,6 +233,12 @@ class StudySpec(StrictModel):
         "(plus the Pareto front with several objectives); the others' weights are deleted "
         "once they fall out. 'all' keeps every trial's weights.",
     )
+    refit: bool = Field(
+        False,
+        description="Once the study completes, retrain the best trial's configuration on the "
+        "training plus validation split for the epochs it ran and score it on the test split; "
+        "the bundle and predict then serve that model. One objective only.",
+    )
 
     @field_validator("keep_weights", mode="before")
     @classmethod
@@ -601,6 +607,7 @@ def check_spec(spec: StudySpec, limits: Limits | None = None) -> list[FieldError
         return errors  # refuse oversized requests before doing any work on them
     errors += _check_dataset(spec.dataset)
     errors += _check_objectives(spec)
+    errors += _check_refit(spec)
     errors += _check_sampler(spec, limits)
     errors += _check_pruner(spec)
     errors += _check_selectors(spec)
@@ -702,6 +709,13 @@ def _check_objectives(spec: StudySpec) -> list[FieldError]:
     for loc, metric in located:
         errors += _registry_error(loc, METRICS, metric)
     return errors
+
+
+def _check_refit(spec: StudySpec) -> list[FieldError]:
+    if spec.refit and len(spec.objective_list) > 1:
+        message = "needs one objective: a Pareto front has no single best trial to refit"
+        return [FieldError(("refit",), message)]
+    return []
 
 
 def _check_pruner(spec: StudySpec) -> list[FieldError]:

@@ -88,7 +88,9 @@ def run_dataloader(
     )
     val_loader = DataLoader(Subset(folder, val_idx.tolist()), **loader_args)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, (3, SIZE, SIZE), len(folder.classes)).to(device)
+    model = build_model(cfg.model.name, cfg.model.options, (3, SIZE, SIZE), len(folder.classes)).to(
+        device
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     marks, accuracy = [], 0.0
     for _ in range(cfg.epochs):

@@ -8,16 +8,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from automl import __version__
-from automl.api.errors import install_error_handlers
-from automl.api.routes import health, models, predict, registries, studies
+from automl.api.auth import KeyCache, authorize
+from automl.api.errors import ErrorDetail, error_responses, install_error_handlers
+from automl.api.routes import health, models, predict, registries, report, studies
 from automl.catalog import load_plugins
 from automl.config import Settings
 from automl.spec import StudySpec
 from automl.store import Reaper, Store, open_store_from
+
+AUTHORIZED = [Depends(authorize)]
 
 
 def create_app(
@@ -61,21 +64,24 @@ def create_app(
         version=__version__,
         summary="Hyperparameter search for image recognition on Optuna's SQL store.",
         lifespan=lifespan,
+        # Any route that reads the store answers 503 while the database is unreachable.
+        responses=error_responses(503),
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.key_cache = KeyCache(store, settings.auth_cache_s)
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(studies.router)
-    app.include_router(registries.router)
-    app.include_router(predict.router)
-    app.include_router(models.router)
+    app.include_router(health.router)  # the one route open without a key
+    # Every other router needs a key (once keys exist) and hides other projects' studies.
+    for router in (studies.router, registries.router, predict.router, models.router, report.router):
+        app.include_router(router, dependencies=AUTHORIZED, responses=error_responses(401))
     app.openapi = lambda: _openapi_with_spec_schema(app)  # type: ignore[method-assign]
     return app
 
 
 def _openapi_with_spec_schema(app: FastAPI) -> dict[str, Any]:
-    """OpenAPI document that also defines ``StudySpec`` (the raw-body request schema)."""
+    """OpenAPI document that also defines ``StudySpec`` (the raw-body request schema) and
+    ``ErrorDetail`` (the error body, which ``error_responses`` declares by reference)."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title, version=app.version, summary=app.summary, routes=app.routes
@@ -84,5 +90,6 @@ def _openapi_with_spec_schema(app: FastAPI) -> dict[str, Any]:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(spec_schema.pop("$defs", {}))
         components["StudySpec"] = spec_schema
+        components["ErrorDetail"] = ErrorDetail.model_json_schema()
         app.openapi_schema = schema
     return app.openapi_schema

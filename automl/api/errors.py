@@ -7,11 +7,15 @@ a 500: reads have already been retried briefly by the store.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import sqlalchemy
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
 from optuna.exceptions import StorageInternalError
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from automl.spec import SpecError
 from automl.store import (
@@ -33,6 +37,44 @@ class PayloadTooLargeError(ValueError):
     """The request body exceeds the configured limit."""
 
 
+class ErrorDetail(BaseModel):
+    """An error answer other than a 422: ``{"detail": "study 42 not found"}``."""
+
+    detail: str
+
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    401: "No API key, or one that is unknown or revoked",
+    404: "No such study, trial or weights (another project's study included)",
+    409: "The study's state does not allow this",
+    413: "The request is over a configured limit (AUTOML_LIMIT_*)",
+    415: "Unsupported content type",
+    503: "Storage unavailable; try again later",
+}
+"""What each error status means, for the OpenAPI document (422s keep FastAPI's own
+``HTTPValidationError`` declaration: refusals use its shape, ``loc`` naming the field)."""
+
+# FastAPI's answer to a body it cannot decode at all (not UTF-8, say): a bare 400.
+_UNPARSABLE_BODY = "There was an error parsing the body"
+
+
+def error_responses(
+    *codes: int, descriptions: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` declaring ``codes`` with the shared error body.
+
+    The app's OpenAPI document defines ``ErrorDetail`` among its components.
+
+    Args:
+        codes: HTTP statuses from ``ERROR_DESCRIPTIONS``.
+        descriptions: Route-specific wording for some of them.
+    """
+    wording = {**ERROR_DESCRIPTIONS, **(descriptions or {})}
+    # JSON whatever the route's own media type (a ``model`` would take an HTML route's).
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorDetail"}}}
+    return {code: {"description": wording[code], "content": content} for code in codes}
+
+
 def _detail(status_code: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status_code)
 
@@ -48,6 +90,13 @@ def spec_error_response(exc: SpecError) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Registers the handlers on ``app``."""
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == _UNPARSABLE_BODY:
+            detail = [{"loc": ["body"], "msg": "body is not UTF-8 JSON", "type": "json_invalid"}]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(SpecError)
     async def _spec(_: Request, exc: SpecError) -> JSONResponse:

@@ -12,8 +12,8 @@ import json
 import zipfile
 from pathlib import Path
 
-from automl.cli.client import HttpClient
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, CliError
+from automl.cli.http_client import HttpClient
 from automl.config import Settings
 
 CARD_FILE = "model_card.json"
@@ -21,10 +21,7 @@ CARD_FILE = "model_card.json"
 
 def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
     """Writes the files of the best model's bundle into ``args.download``."""
-    if settings.url:
-        data = HttpClient(settings.url).best_model(args.study)
-    else:
-        data = _build_locally(settings, args.study)
+    data = fetch_bundle(settings, args.study)
     directory = Path(args.download)
     written, card = unpack_bundle(data, directory)
     if args.json:
@@ -38,6 +35,18 @@ def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
         f"classify images: python {directory / 'predict.py'} IMAGE [IMAGE ...]"
     )
     return EXIT_OK
+
+
+def fetch_bundle(settings: Settings, study_id: int) -> bytes:
+    """The best model's bundle (a zip): from the API with ``--url``, else built here.
+
+    Raises:
+        CliError: Locally, with ``EXIT_BAD_INPUT`` if the study has no model to bundle.
+        ClientError: From the API (``bad_input`` if the study has no model to bundle).
+    """
+    if settings.url:
+        return HttpClient(settings.url).best_model(study_id)
+    return _build_locally(settings, study_id)
 
 
 def _build_locally(settings: Settings, study_id: int) -> bytes:

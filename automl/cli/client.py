@@ -1,20 +1,23 @@
-"""One interface over the local store and a remote API, for the CLI commands."""
+"""One interface over the local store and a remote API, for the CLI commands.
+
+``LocalClient`` imports the store (optuna, SQLAlchemy); ``HttpClient`` lives in the light
+``automl.cli.http_client`` and is re-exported here.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
-
-from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions
-from automl.spec import load_spec
+from automl.cli.http_client import ClientError, HttpClient
+from automl.spec import SpecError, load_spec
 from automl.store import (
     BestTrials,
     Page,
     Store,
     StudyDetail,
     StudySummary,
+    TrialSummary,
     best_trials,
     cancel_study,
     delete_study,
@@ -22,20 +25,11 @@ from automl.store import (
     extend_study,
     get_study,
     list_studies,
+    list_trials,
     rerun_failed,
     resume_study,
     submit_study,
 )
-
-HTTP_TIMEOUT_S = 60.0
-
-
-class ClientError(RuntimeError):
-    """A request failed; ``bad_input`` tells whether the caller's input was at fault."""
-
-    def __init__(self, message: str, bad_input: bool = False) -> None:
-        super().__init__(message)
-        self.bad_input = bad_input
 
 
 class Client(Protocol):
@@ -45,6 +39,9 @@ class Client(Protocol):
     def studies(self, limit: int) -> Page[StudySummary]: ...
     def study(self, study_id: int) -> StudyDetail: ...
     def best(self, study_id: int) -> BestTrials: ...
+    def trials(
+        self, study_id: int, state: str | None = None, limit: int | None = None
+    ) -> Page[TrialSummary]: ...
     def cancel(self, study_id: int) -> StudyDetail: ...
     def extend(self, study_id: int, add_trials: int) -> StudyDetail: ...
     def resume(self, study_id: int, add_trials: int) -> StudyDetail: ...
@@ -75,6 +72,15 @@ class LocalClient:
         """The best trial(s)."""
         return best_trials(self.store, study_id)
 
+    def trials(
+        self, study_id: int, state: str | None = None, limit: int | None = None
+    ) -> Page[TrialSummary]:
+        """A study's trials in number order (the first ``limit``; all without it)."""
+        from optuna.trial import TrialState
+
+        chosen = None if state is None else TrialState[state.upper()]
+        return list_trials(self.store, study_id, state=chosen, limit=limit or 2**31 - 1)
+
     def cancel(self, study_id: int) -> StudyDetail:
         """Cancels a study."""
         return cancel_study(self.store, study_id)
@@ -93,122 +99,14 @@ class LocalClient:
 
     def enqueue(self, study_id: int, configs: list[dict[str, Any]]) -> StudyDetail:
         """Queues configurations to try next."""
-        return enqueue_trials(self.store, study_id, configs)
+        try:
+            return enqueue_trials(self.store, study_id, configs)
+        except SpecError as exc:
+            raise ClientError(f"invalid configs: {exc}", bad_input=True) from None
 
     def delete(self, study_id: int) -> None:
         """Deletes an ended study."""
         delete_study(self.store, study_id)
 
 
-class HttpClient:
-    """Talks to a running ``automl serve`` over HTTP."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=HTTP_TIMEOUT_S)
-
-    def submit(self, spec_path: Path) -> StudyDetail:
-        """Sends a spec file (validated by the server)."""
-        try:
-            text = spec_path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ClientError(f"cannot read spec file {spec_path}: {exc.strerror}", True) from None
-        content_type = "application/json" if spec_path.suffix == ".json" else "application/yaml"
-        data = self._request(
-            "POST", "/studies", content=text, headers={"content-type": content_type}
-        )
-        return StudyDetail.model_validate(data)
-
-    def studies(self, limit: int) -> Page[StudySummary]:
-        """Newest studies first."""
-        return Page[StudySummary].model_validate(
-            self._request("GET", "/studies", params={"limit": limit})
-        )
-
-    def study(self, study_id: int) -> StudyDetail:
-        """One study."""
-        return StudyDetail.model_validate(self._request("GET", f"/studies/{study_id}"))
-
-    def best(self, study_id: int) -> BestTrials:
-        """The best trial(s)."""
-        return BestTrials.model_validate(self._request("GET", f"/studies/{study_id}/best"))
-
-    def cancel(self, study_id: int) -> StudyDetail:
-        """Cancels a study."""
-        return StudyDetail.model_validate(self._request("POST", f"/studies/{study_id}/cancel"))
-
-    def extend(self, study_id: int, add_trials: int) -> StudyDetail:
-        """Adds trials to an active study."""
-        body = {"add_trials": add_trials}
-        return StudyDetail.model_validate(
-            self._request("POST", f"/studies/{study_id}/extend", json=body)
-        )
-
-    def resume(self, study_id: int, add_trials: int) -> StudyDetail:
-        """Reopens an ended study."""
-        body = {"add_trials": add_trials}
-        return StudyDetail.model_validate(
-            self._request("POST", f"/studies/{study_id}/resume", json=body)
-        )
-
-    def rerun_failed(self, study_id: int) -> StudyDetail:
-        """Queues a study's failed trials again."""
-        return StudyDetail.model_validate(
-            self._request("POST", f"/studies/{study_id}/rerun-failed")
-        )
-
-    def enqueue(self, study_id: int, configs: list[dict[str, Any]]) -> StudyDetail:
-        """Queues configurations to try next."""
-        body = {"configs": configs}
-        return StudyDetail.model_validate(
-            self._request("POST", f"/studies/{study_id}/trials", json=body)
-        )
-
-    def delete(self, study_id: int) -> None:
-        """Deletes an ended study."""
-        self._request("DELETE", f"/studies/{study_id}")
-
-    def predict(self, study_id: int, images: list[tuple[str, bytes]], top: int) -> Predictions:
-        """Uploads images (name, content) and returns their top classes."""
-        files = [("files", (name, data, "application/octet-stream")) for name, data in images]
-        return Predictions.model_validate(
-            self._request("POST", f"/studies/{study_id}/predict", params={"top": top}, files=files)
-        )
-
-    def annotate(self, study_id: int, request: AnnotateRequest) -> Annotations:
-        """Suggested labels for a folder under the server's data root."""
-        body = request.model_dump(exclude_defaults=True)
-        return Annotations.model_validate(
-            self._request("POST", f"/studies/{study_id}/annotate", json=body)
-        )
-
-    def best_model(self, study_id: int) -> bytes:
-        """The best model's bundle: a zip (``GET /studies/{id}/best/model``)."""
-        return self._send("GET", f"/studies/{study_id}/best/model").content
-
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._send(method, path, **kwargs)
-        return response.json() if response.content else None
-
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise ClientError(f"cannot reach the API at {self.base_url}: {exc}") from None
-        if response.is_success:
-            return response
-        raise ClientError(_error_text(response), bad_input=400 <= response.status_code < 500)
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        detail = response.json().get("detail")
-    except ValueError:
-        detail = None
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            loc = [str(part) for part in item.get("loc", []) if part != "body"]
-            parts.append(f"{item.get('path') or '.'.join(loc) or 'body'}: {item.get('msg')}")
-        return "; ".join(parts)
-    return str(detail or f"HTTP {response.status_code}")
+__all__ = ["Client", "ClientError", "HttpClient", "LocalClient"]

@@ -1,4 +1,9 @@
-"""The CLI commands. Each takes parsed arguments and settings and returns an exit code."""
+"""The CLI commands that run the service locally (serve, worker, proxy, up, run, list).
+
+Each takes parsed arguments and settings and returns an exit code. This module imports
+torch and optuna; the commands that can talk to the API live in light modules
+(``study_commands``, ``export_commands``...), and ``automl.cli.main.COMMANDS`` names them all.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +14,22 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from optuna.trial import FrozenTrial
 from pydantic import BaseModel
 
-from automl.cli.bundle_commands import cmd_download_best
-from automl.cli.client import Client, ClientError, HttpClient, LocalClient
+from automl.cli.client import ClientError
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, CliError
 from automl.cli.output import (
     best_text,
     entries_text,
     registries_text,
-    studies_table,
     study_text,
 )
-from automl.cli.predict_commands import cmd_annotate, cmd_predict
+from automl.cli.ports import require_free_port
 from automl.config import Settings
 from automl.spec import SpecError, load_spec
 from automl.store import (
@@ -52,15 +55,9 @@ from automl.worker import Coordinator, InvalidDeviceError, Worker, WorkerOptions
 logger = logging.getLogger("automl.cli")
 
 
-def dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    """Runs the command named by ``args.command``, turning known errors into ``CliError``."""
-    command: Callable[[argparse.Namespace, Settings], int] = COMMANDS[args.command]
-    with _errors_as_cli_errors(getattr(args, "spec", None)):
-        return command(args, settings)
-
-
 @contextmanager
-def _errors_as_cli_errors(spec_path: str | None) -> Iterator[None]:
+def errors_as_cli_errors(spec_path: str | None) -> Iterator[None]:
+    """Turns the store's, the spec's and the client's known errors into ``CliError``s."""
     try:
         yield
     except SpecError as exc:
@@ -171,12 +168,6 @@ def _worker_options(settings: Settings, **overrides: object) -> WorkerOptions:
     return WorkerOptions(**options)  # type: ignore[arg-type]
 
 
-def _client(settings: Settings) -> Client:
-    if settings.url:
-        return HttpClient(settings.url)
-    return LocalClient(open_store(settings))
-
-
 def _print_json(model: BaseModel) -> None:
     print(model.model_dump_json(indent=2))
 
@@ -192,22 +183,42 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from automl.api import create_app
 
+    require_free_port(settings.host, settings.port)
+    store = _store_checked_for_exposure(settings)
     log_level = args.log_level.lower()
-    if settings.api_workers == 1:
-        app = create_app(settings, open_store(settings))
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level)
-        return EXIT_OK
-    open_store(settings).close()  # check it and create the schema once, before the processes
-    os.environ.update(settings_environment(settings))  # what each process's create_app reads
-    uvicorn.run(
-        "automl.api.app:create_app",
-        factory=True,
-        workers=settings.api_workers,
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-    )
+    try:
+        if settings.api_workers == 1:
+            app = create_app(settings, store)
+            uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level)
+            return EXIT_OK
+        store.close()  # it checked the store and created the schema once, before the processes
+        os.environ.update(settings_environment(settings))  # what each process's create_app reads
+        uvicorn.run(
+            "automl.api.app:create_app",
+            factory=True,
+            workers=settings.api_workers,
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+        )
+    except SystemExit as exc:  # uvicorn's own startup failure (3): the log above says why
+        if exc.code in (None, 0):
+            return EXIT_OK
+        raise CliError("the API server failed to start (see the log above)") from None
     return EXIT_OK
+
+
+def _store_checked_for_exposure(settings: Settings) -> Store:
+    """The store, once ``check_exposure`` allowed serving on ``settings.host``."""
+    from automl.cli.exposure import check_exposure
+
+    store = open_store(settings)
+    try:
+        check_exposure(settings, store)
+    except CliError:
+        store.close()
+        raise
+    return store
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -283,12 +294,21 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
     Workers: ``--workers`` on the CPU, or ``--slots`` per GPU with ``--gpus``.
     """
-    from automl.cli.supervisor import run_children, serve_child, worker_children
+    from automl.cli.supervisor import dashboard_child, run_children, serve_child, worker_children
 
     if args.workers < 0:
         raise CliError("--workers must be >= 0", EXIT_BAD_INPUT)
     gpus = _gpus(args)
-    open_store(settings).close()  # create the schema once, before the children race to
+    require_free_port(settings.host, settings.port)
+    if args.dashboard:
+        if args.dashboard_port == settings.port:
+            raise CliError(
+                f"--dashboard-port {args.dashboard_port} is the API's port; choose another",
+                EXIT_BAD_INPUT,
+            )
+        require_free_port(settings.host, args.dashboard_port)
+    # Create the schema once, before the children race to; refuse an exposed anonymous API.
+    _store_checked_for_exposure(settings).close()
     with tempfile.TemporaryDirectory(prefix="automl-slots-") as slot_dir:
         workers = []
         if gpus is not None or args.workers > 0:
@@ -303,6 +323,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             len(workers),
         )
         children = [serve_child(settings, args.log_level), *workers]
+        if args.dashboard:
+            children.append(dashboard_child(settings, args.log_level, args.dashboard_port))
+            logger.info("optuna-dashboard on http://%s:%s", settings.host, args.dashboard_port)
         return run_children(children, stop_all_when_one_exits=True)
 
 
@@ -386,50 +409,6 @@ class _Progress:
             self.bar.close()
 
 
-def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    """Submits a spec to the API (--url) or the local store."""
-    path = Path(args.spec)
-    client = _client(settings)
-    if isinstance(client, LocalClient) and not path.is_file():
-        raise CliError(f"spec file not found: {path}", EXIT_BAD_INPUT)
-    study = client.submit(path)
-    if args.json:
-        _print_json(study)
-    else:
-        print(f"submitted study {study.id} ({study.name}): {study.status.value}")
-    return EXIT_OK
-
-
-def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    """Lists studies, or shows one."""
-    client = _client(settings)
-    if args.study is None:
-        if args.limit < 1:
-            raise CliError("--limit must be >= 1", EXIT_BAD_INPUT)
-        page = client.studies(args.limit)
-        _print_json(page) if args.json else print(studies_table(page))
-    else:
-        study = client.study(args.study)
-        _print_json(study) if args.json else print(study_text(study))
-    return EXIT_OK
-
-
-def cmd_best(args: argparse.Namespace, settings: Settings) -> int:
-    """Shows the best trial of a study; with ``--download DIR``, saves its model bundle."""
-    if getattr(args, "download", None):
-        return cmd_download_best(args, settings)
-    best = _client(settings).best(args.study)
-    _print_json(best) if args.json else print(best_text(best))
-    return EXIT_OK
-
-
-def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    """Cancels a study."""
-    study = _client(settings).cancel(args.study)
-    _print_json(study) if args.json else print(f"study {study.id}: {study.status.value}")
-    return EXIT_OK
-
-
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     """Lists registries, or one registry's entries with their options."""
     from automl.catalog import REGISTRIES, catalog, describe_registry, markdown_reference
@@ -450,84 +429,3 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(entries_text(args.kind, describe_registry(args.kind)))
     return EXIT_OK
-
-
-def cmd_extend(args: argparse.Namespace, settings: Settings) -> int:
-    """Adds trials to an active study's budget."""
-    if args.add_trials < 1:
-        raise CliError("--add-trials must be >= 1", EXIT_BAD_INPUT)
-    study = _client(settings).extend(args.study, args.add_trials)
-    _print_json(study) if args.json else print(f"study {study.id}: {study.n_trials} trials")
-    return EXIT_OK
-
-
-def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
-    """Reopens a cancelled, failed or completed study."""
-    if args.add_trials < 0:
-        raise CliError("--add-trials must be >= 0", EXIT_BAD_INPUT)
-    study = _client(settings).resume(args.study, args.add_trials)
-    if args.json:
-        _print_json(study)
-    else:
-        print(f"study {study.id}: {study.status.value} ({study.counts.waiting} trials to run)")
-    return EXIT_OK
-
-
-def cmd_rerun_failed(args: argparse.Namespace, settings: Settings) -> int:
-    """Queues a study's failed trials again."""
-    study = _client(settings).rerun_failed(args.study)
-    if args.json:
-        _print_json(study)
-    else:
-        print(f"study {study.id}: {study.status.value} ({study.counts.waiting} trials to run)")
-    return EXIT_OK
-
-
-def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    """Queues configurations (JSON objects of param values) to try next."""
-    configs = []
-    for index, text in enumerate(args.configs):
-        try:
-            config = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CliError(f"config {index + 1} is not JSON: {exc.msg}", EXIT_BAD_INPUT) from None
-        if not isinstance(config, dict):
-            raise CliError(f"config {index + 1} must be a JSON object", EXIT_BAD_INPUT)
-        configs.append(config)
-    try:
-        study = _client(settings).enqueue(args.study, configs)
-    except SpecError as exc:
-        raise CliError(f"invalid configs: {exc}", EXIT_BAD_INPUT) from None
-    if args.json:
-        _print_json(study)
-    else:
-        print(f"study {study.id}: {len(configs)} configurations queued")
-    return EXIT_OK
-
-
-def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
-    """Deletes an ended study with its trials and artifacts."""
-    _client(settings).delete(args.study)
-    print(f"study {args.study} deleted")
-    return EXIT_OK
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
-    "serve": cmd_serve,
-    "worker": cmd_worker,
-    "proxy": cmd_proxy,
-    "up": cmd_up,
-    "run": cmd_run,
-    "submit": cmd_submit,
-    "status": cmd_status,
-    "best": cmd_best,
-    "cancel": cmd_cancel,
-    "list": cmd_list,
-    "extend": cmd_extend,
-    "resume": cmd_resume,
-    "rerun-failed": cmd_rerun_failed,
-    "enqueue": cmd_enqueue,
-    "delete": cmd_delete,
-    "predict": cmd_predict,
-    "annotate": cmd_annotate,
-}

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
 from automl import __version__
-from automl.cli.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CliError
+from automl.cli.arguments import count, non_negative, study_id
+from automl.cli.dashboard_commands import DEFAULT_PORT, port_number
+from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError
 from automl.config import Settings
 
 
@@ -67,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="claim and train trials until stopped")
     worker_args(worker)
-    worker.add_argument("--study", type=int, help="only this study; exit once it ends")
+    worker.add_argument("--study", type=study_id, help="only this study; exit once it ends")
     worker.add_argument("--poll-interval", type=float, help="seconds between polls when idle")
     worker.add_argument("--exit-when-idle", action="store_true", help="exit when nothing is queued")
     device_layout_args(worker)
@@ -94,6 +97,34 @@ def build_parser() -> argparse.ArgumentParser:
     device_layout_args(up)
     up.add_argument("--host")
     up.add_argument("--port", type=int)
+    up.add_argument(
+        "--dashboard", action="store_true", help="also run optuna-dashboard (automl dashboard)"
+    )
+    up.add_argument(
+        "--dashboard-port",
+        type=port_number,
+        default=DEFAULT_PORT,
+        help=f"optuna-dashboard's port (default {DEFAULT_PORT})",
+    )
+
+    dashboard = commands.add_parser(
+        "dashboard", help="run optuna-dashboard on automl's storage and artifact store"
+    )
+    dashboard.add_argument(
+        "--host",
+        dest="dashboard_host",
+        metavar="HOST",
+        help="interface to listen on (default 127.0.0.1)",
+    )
+    dashboard.add_argument(
+        "--port",
+        dest="dashboard_port",
+        metavar="PORT",
+        type=port_number,
+        help=f"port to listen on (default {DEFAULT_PORT})",
+    )
+    storage_arg(dashboard)
+    artifacts_arg(dashboard)
 
     run = commands.add_parser("run", help="submit SPEC locally and work it to completion")
     run.add_argument("spec", help="study spec (YAML or JSON)")
@@ -105,12 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     target_args(submit)
 
     status = commands.add_parser("status", help="list studies, or show one")
-    status.add_argument("study", nargs="?", type=int, help="study id")
+    status.add_argument("study", nargs="?", type=study_id, help="study id")
     status.add_argument("--limit", type=int, default=20, help="studies to list (default 20)")
     target_args(status)
 
     best = commands.add_parser("best", help="show the best trial of a study")
-    best.add_argument("study", type=int, help="study id")
+    best.add_argument("study", type=study_id, help="study id")
     best.add_argument(
         "--download",
         metavar="DIR",
@@ -120,37 +151,81 @@ def build_parser() -> argparse.ArgumentParser:
     target_args(best)
     artifacts_arg(best)
 
+    trials = commands.add_parser("trials", help="list a study's trials in number order")
+    trials.add_argument("study", type=study_id, help="study id")
+    trials.add_argument(
+        "--state", choices=["running", "complete", "pruned", "fail"], help="only this state"
+    )
+    trials.add_argument("--limit", type=count, help="trials to list (default: all)")
+    target_args(trials)
+
+    export = commands.add_parser(
+        "export",
+        help="write a study to DIR: study.json, trials.csv, trials.json and the best "
+        "model's bundle",
+    )
+    export.add_argument("study", type=study_id, help="study id")
+    export.add_argument("directory", metavar="DIR", help="folder to write (new or empty)")
+    export.add_argument(
+        "--overwrite", action="store_true", help="write into a folder that is not empty"
+    )
+    target_args(export)
+    artifacts_arg(export)
+
+    report = commands.add_parser(
+        "report",
+        help="write a study's report, an HTML page of plots (history, importances, the "
+        "best model's curves, confusion matrix, embeddings)",
+    )
+    report.add_argument("study", type=study_id, help="study id")
+    report.add_argument(
+        "--output", "-o", metavar="FILE", help="file to write (default study-ID-report.html)"
+    )
+    report.add_argument("--open", action="store_true", help="open it in a web browser")
+    target_args(report)
+    artifacts_arg(report)
+
     cancel = commands.add_parser("cancel", help="cancel a queued or running study")
-    cancel.add_argument("study", type=int, help="study id")
+    cancel.add_argument("study", type=study_id, help="study id")
     target_args(cancel)
 
     extend = commands.add_parser("extend", help="add trials to a queued or running study")
-    extend.add_argument("study", type=int, help="study id")
-    extend.add_argument("--add-trials", type=int, required=True, help="trials to add")
+    extend.add_argument("study", type=study_id, help="study id")
+    extend.add_argument("--add-trials", type=count, required=True, help="trials to add")
     target_args(extend)
 
     resume = commands.add_parser("resume", help="reopen a cancelled, failed or completed study")
-    resume.add_argument("study", type=int, help="study id")
-    resume.add_argument("--add-trials", type=int, default=0, help="trials to add (default 0)")
+    resume.add_argument("study", type=study_id, help="study id")
+    resume.add_argument(
+        "--add-trials", type=non_negative, default=0, help="trials to add (default 0)"
+    )
     target_args(resume)
 
     rerun = commands.add_parser("rerun-failed", help="queue a study's failed trials again")
-    rerun.add_argument("study", type=int, help="study id")
+    rerun.add_argument("study", type=study_id, help="study id")
     target_args(rerun)
 
     enqueue = commands.add_parser("enqueue", help="queue configurations to try next")
-    enqueue.add_argument("study", type=int, help="study id")
+    enqueue.add_argument("study", type=study_id, help="study id")
     enqueue.add_argument(
         "configs", nargs="+", metavar="CONFIG", help="JSON object of param values: '{\"lr\": 0.01}'"
     )
     target_args(enqueue)
 
+    refit = commands.add_parser(
+        "refit",
+        help="retrain an ended study's best configuration on train + validation (a worker "
+        "runs it) and score it on the test split; the bundle and predict then serve it",
+    )
+    refit.add_argument("study", type=study_id, help="study id")
+    target_args(refit)
+
     delete = commands.add_parser("delete", help="delete an ended study with its artifacts")
-    delete.add_argument("study", type=int, help="study id")
+    delete.add_argument("study", type=study_id, help="study id")
     target_args(delete)
 
     predict = commands.add_parser("predict", help="classify image files with a study's best model")
-    predict.add_argument("study", type=int, help="study id")
+    predict.add_argument("study", type=study_id, help="study id")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="png, jpeg, webp or bmp files")
     predict.add_argument("--top", type=int, default=3, help="classes per image (default 3)")
     target_args(predict)
@@ -159,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     annotate = commands.add_parser(
         "annotate", help="suggest labels for a folder of images, least confident first"
     )
-    annotate.add_argument("study", type=int, help="study id")
+    annotate.add_argument("study", type=study_id, help="study id")
     annotate.add_argument("folder", help="folder of images, relative to the data root")
     annotate.add_argument(
         "--csv", help="write path,label,confidence rows for image_csv (under the data root)"
@@ -179,6 +254,24 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--markdown", action="store_true", help="print the README's reference tables"
     )
+
+    keys = commands.add_parser(
+        "keys", help="API keys on the local store: create (the secret is shown once), list, revoke"
+    )
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    key_create = key_commands.add_parser("create", help="create a key and print it, once")
+    key_create.add_argument("--project", required=True, help="the project its studies belong to")
+    key_create.add_argument(
+        "--admin", action="store_true", help="sees and acts on every project's studies"
+    )
+    key_create.add_argument("--label", help="a note to tell keys apart (who, where)")
+    storage_arg(key_create)
+    key_list = key_commands.add_parser("list", help="list keys (never their secrets)")
+    key_list.add_argument("--json", action="store_true", help="print JSON")
+    storage_arg(key_list)
+    key_revoke = key_commands.add_parser("revoke", help="revoke a key for good")
+    key_revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id (from `keys list`)")
+    storage_arg(key_revoke)
     return parser
 
 
@@ -209,17 +302,48 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise CliError(f"invalid setting {problems}", EXIT_BAD_INPUT) from None
 
 
+COMMANDS: dict[str, str] = {
+    "serve": "automl.cli.commands:cmd_serve",
+    "worker": "automl.cli.commands:cmd_worker",
+    "proxy": "automl.cli.commands:cmd_proxy",
+    "up": "automl.cli.commands:cmd_up",
+    "run": "automl.cli.commands:cmd_run",
+    "list": "automl.cli.commands:cmd_list",
+    "dashboard": "automl.cli.dashboard_commands:cmd_dashboard",
+    "submit": "automl.cli.study_commands:cmd_submit",
+    "status": "automl.cli.study_commands:cmd_status",
+    "best": "automl.cli.study_commands:cmd_best",
+    "trials": "automl.cli.study_commands:cmd_trials",
+    "cancel": "automl.cli.study_commands:cmd_cancel",
+    "extend": "automl.cli.study_commands:cmd_extend",
+    "resume": "automl.cli.study_commands:cmd_resume",
+    "rerun-failed": "automl.cli.study_commands:cmd_rerun_failed",
+    "enqueue": "automl.cli.study_commands:cmd_enqueue",
+    "delete": "automl.cli.study_commands:cmd_delete",
+    "export": "automl.cli.export_commands:cmd_export",
+    "report": "automl.cli.report_commands:cmd_report",
+    "predict": "automl.cli.predict_commands:cmd_predict",
+    "annotate": "automl.cli.predict_commands:cmd_annotate",
+    "refit": "automl.cli.refit_commands:cmd_refit",
+    "keys": "automl.cli.keys_commands:cmd_keys",
+}
+"""Each subcommand's function, ``module:function``, imported only when it runs.
+
+A command run with ``--url`` (or ``AUTOML_URL``) talks to the API: its module must import
+nothing heavy at the top (torch, optuna, the store), only inside its local branch.
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level)
-    from automl.catalog import load_plugins
-    from automl.cli import commands  # heavy imports (torch, optuna) only after parsing
-
-    load_plugins()
-
     try:
-        return commands.dispatch(args, settings_from(args))
+        settings = settings_from(args)
+        command = _load(COMMANDS[args.command])
+        if settings.url and hasattr(args, "url"):
+            return _run_against_api(command, args, settings)
+        return _run_locally(command, args, settings)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
@@ -228,12 +352,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _load(target: str) -> Command:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+def _run_against_api(command: Command, args: argparse.Namespace, settings: Settings) -> int:
+    """A thin client: no plugins, no optuna, no store; only the API's errors to report."""
+    from automl.cli.http_client import ClientError
+
+    try:
+        return command(args, settings)
+    except ClientError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILURE) from None
+
+
+def _run_locally(command: Command, args: argparse.Namespace, settings: Settings) -> int:
+    from automl.catalog import load_plugins
+    from automl.cli.commands import errors_as_cli_errors  # imports torch and optuna
+
+    _quiet_optuna()
+    load_plugins()
+    with errors_as_cli_errors(getattr(args, "spec", None)):
+        return command(args, settings)
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if level != "DEBUG":  # httpx logs every request at INFO
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _quiet_optuna() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from automl.store import BestTrials, EvaluationState, Page, StudyDetail, StudySummary
+from automl.store.attrs import EvaluationState
+from automl.store.views import (
+    BestTrials,
+    Page,
+    StudyDetail,
+    StudySummary,
+    TrialSummary,
+)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -86,7 +93,31 @@ def best_text(best: BestTrials) -> str:
     if evaluation is not None and evaluation.state != EvaluationState.DONE:
         note = f": {evaluation.note}" if evaluation.note else ""
         blocks.append(f"test split: {evaluation.state.value}{note}")
+    refit = best.refit
+    if refit is not None:
+        accuracy = (refit.test_metrics or {}).get("accuracy")
+        if refit.trial is not None and accuracy is not None and refit.state == "done":
+            detail = f": trial {refit.trial}, {refit.epochs} epochs, test accuracy {accuracy:.4f}"
+        else:
+            detail = f": {refit.note}" if refit.note else ""
+        blocks.append(f"refit on train + validation: {refit.state.value}{detail}")
     return "\n\n".join(blocks)
+
+
+def trials_table(page: Page[TrialSummary]) -> str:
+    """One line per trial: number, state, value(s), duration and params."""
+    rows = [
+        (
+            t.number,
+            t.state,
+            ", ".join(_cell(value) for value in t.values) if t.values else None,
+            f"{t.duration_s:.1f}s" if t.duration_s is not None else None,
+            " ".join(f"{name}={_cell(value)}" for name, value in sorted(t.params.items())),
+        )
+        for t in page.data
+    ]
+    shown = f"{len(page.data)} of {page.count} trials"
+    return table(("#", "STATE", "VALUE", "DURATION", "PARAMS"), rows) + f"\n({shown})"
 
 
 def registries_text(catalog: dict[str, Any]) -> str:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from automl.cli.client import HttpClient
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
+from automl.cli.http_client import HttpClient
 from automl.cli.output import table
 from automl.config import Limits, Settings
 from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions, ServedModel

@@ -1,5 +1,6 @@
-"""Child processes: ``automl up`` (the API and its workers, stopped together) and
-``automl worker --gpus/--slots`` (one worker process per GPU and slot)."""
+"""Child processes: ``automl up`` (the API, its workers and optionally optuna-dashboard,
+stopped together) and ``automl worker --gpus/--slots`` (one worker process per GPU and
+slot)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ class Child:
 def serve_child(settings: Settings, log_level: str) -> Child:
     """The API server."""
     argv = [*_base(log_level), "serve", "--host", settings.host, "--port", str(settings.port)]
+    return Child([*argv, *_common(settings)])
+
+
+def dashboard_child(settings: Settings, log_level: str, port: int) -> Child:
+    """optuna-dashboard (``automl dashboard``) on the API's interface and ``port``."""
+    argv = [*_base(log_level), "dashboard", "--host", settings.host, "--port", str(port)]
     return Child([*argv, *_common(settings)])
 
 

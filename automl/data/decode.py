@@ -12,15 +12,17 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from automl.config import Limits
 from automl.data.errors import DatasetError
 
 logger = logging.getLogger("automl.data")
@@ -56,25 +58,39 @@ class Preprocess:
         return "RGB" if self.channels == "rgb" else "L"
 
 
-def decode_image(path: str, prep: Preprocess, root: str = "") -> np.ndarray:
+def decode_image(
+    path: str, prep: Preprocess, root: str = "", max_pixels: int | None = None
+) -> np.ndarray:
     """Decodes, orients (EXIF), converts and resizes one image file.
 
     Args:
         path: The image file.
         prep: Target size, fit and channels.
         root: Folder that error messages show paths relative to.
+        max_pixels: Most pixels the image may have, read from its header before anything
+            is decoded (default: ``AUTOML_LIMIT_MAX_IMAGE_PIXELS``).
 
     Returns:
         uint8 array shaped ``(C, H, W)``.
 
     Raises:
-        DatasetError: If the file cannot be read or decoded; the message names the file.
+        DatasetError: If the file cannot be read or decoded, or has too many pixels; the
+            message names the file.
     """
+    limit = Limits().max_image_pixels if max_pixels is None else max_pixels
+    shown = os.path.relpath(path, root) if root else path
     try:
         with Image.open(path) as opened:
+            pixels = opened.width * opened.height
+            if pixels > limit:  # a decompression bomb, refused before decoding
+                raise DatasetError(
+                    f"image {shown!r} has {opened.width}x{opened.height} = {pixels} pixels; "
+                    f"max_image_pixels allows {limit} (AUTOML_LIMIT_MAX_IMAGE_PIXELS)"
+                )
             image = load_oriented(opened, prep)
+    except DatasetError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        shown = os.path.relpath(path, root) if root else path
         raise DatasetError(f"cannot decode image {shown!r}: {exc}") from None
     return fit_image(image, prep)
 
@@ -106,13 +122,18 @@ def fit_image(image: Image.Image, prep: Preprocess) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def decode_sample(sample: Sample, prep: Preprocess, root: str = "") -> np.ndarray:
+def decode_sample(
+    sample: Sample, prep: Preprocess, root: str = "", max_pixels: int | None = None
+) -> np.ndarray:
     """Decodes the files of one sample into ``(T, C, H, W)`` uint8 (``T = len(sample)``)."""
-    return np.stack([decode_image(path, prep, root) for path in sample])
+    limit = Limits().max_image_pixels if max_pixels is None else max_pixels
+    return np.stack([decode_image(path, prep, root, limit) for path in sample])
 
 
-def _decode_chunk(chunk: Sequence[Sample], prep: Preprocess, root: str) -> np.ndarray:
-    return np.stack([decode_sample(sample, prep, root) for sample in chunk])
+def _decode_chunk(
+    chunk: Sequence[Sample], prep: Preprocess, root: str, max_pixels: int
+) -> np.ndarray:
+    return np.stack([decode_sample(sample, prep, root, max_pixels) for sample in chunk])
 
 
 def decode_samples(
@@ -141,6 +162,7 @@ def decode_samples(
         DatasetError: If a file cannot be decoded; the message names it.
     """
     frames = len(samples[0]) if samples else 1
+    max_pixels = Limits().max_image_pixels
     out = np.empty((len(samples), frames, prep.num_channels, prep.height, prep.width), np.uint8)
     if not samples:
         return out
@@ -161,14 +183,15 @@ def decode_samples(
     done = 0
     if parallel:
         try:
-            done = _decode_in_pool(chunks, prep, root, workers, out, progress)
+            decode = partial(_decode_chunk, prep=prep, root=root, max_pixels=max_pixels)
+            done = _decode_in_pool(chunks, decode, workers, out, progress)
         except BrokenProcessPool:
             logger.warning("a decoder process died; decoding %s in this process", name)
             done = 0
     offset = 0
     for chunk in chunks:
         if offset >= done:
-            out[offset : offset + len(chunk)] = _decode_chunk(chunk, prep, root)
+            out[offset : offset + len(chunk)] = _decode_chunk(chunk, prep, root, max_pixels)
             progress.update(offset + len(chunk))
         offset += len(chunk)
     elapsed = time.perf_counter() - started
@@ -192,8 +215,7 @@ def _total_bytes(samples: Sequence[Sample], enough: int) -> int:
 
 def _decode_in_pool(
     chunks: list[Sequence[Sample]],
-    prep: Preprocess,
-    root: str,
+    decode: Callable[[Sequence[Sample]], np.ndarray],
     workers: int,
     out: np.ndarray,
     progress: _Progress,
@@ -203,7 +225,7 @@ def _decode_in_pool(
     context = multiprocessing.get_context("spawn")
     offset = 0
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        results = pool.map(_decode_chunk, chunks, [prep] * len(chunks), [root] * len(chunks))
+        results = pool.map(decode, chunks)
         for block in results:
             out[offset : offset + len(block)] = block
             offset += len(block)

@@ -18,6 +18,10 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 """File name endings read as images (case-insensitive); other files are ignored."""
 
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+# What the file systems take (NAME_MAX, PATH_MAX on Linux): longer paths fail every call
+# with ENAMETOOLONG, so they are refused up front with a message instead.
+_MAX_NAME_BYTES = 255
+_MAX_PATH_BYTES = 4095
 _NATURAL_PART = re.compile(r"(\d+)")
 
 
@@ -39,19 +43,28 @@ def confine(value: str | os.PathLike[str], root: Path | None = None) -> Path:
         The resolved absolute path (it may not exist).
 
     Raises:
-        DatasetError: If the path is empty, contains a NUL byte, a percent-encoded
-            character or a ``..`` component, or resolves (symlinks followed) outside the root.
+        DatasetError: If the path is empty, too long, not valid Unicode, contains a NUL
+            byte, a percent-encoded character or a ``..`` component, or resolves (symlinks
+            followed) outside the root.
     """
     text = os.fspath(value)
     if "\x00" in text:
         raise DatasetError("must not contain NUL bytes")
     if not text.strip():
         raise DatasetError("must not be empty")
+    try:
+        encoded = text.encode()
+    except UnicodeEncodeError:
+        raise DatasetError("is not valid Unicode text (a lone surrogate)") from None
+    if len(encoded) > _MAX_PATH_BYTES:
+        raise DatasetError(f"is longer than {_MAX_PATH_BYTES} bytes")
     if _PERCENT_ESCAPE.search(text):
         raise DatasetError(f"{text!r} contains percent-encoded characters; write the path as is")
     path = Path(text)
     if ".." in path.parts:
         raise DatasetError(f"{text!r} must not contain '..'")
+    if any(len(part.encode()) > _MAX_NAME_BYTES for part in path.parts):
+        raise DatasetError(f"has a file or folder name longer than {_MAX_NAME_BYTES} bytes")
     root = data_root() if root is None else root
     resolved = (path if path.is_absolute() else root / path).resolve()
     if not resolved.is_relative_to(root):

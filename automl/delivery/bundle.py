@@ -1,7 +1,8 @@
 """A study's best model as a zip that runs without automl.
 
 The bundle holds the model of the trial that serves the study's predictions
-(``inference.serving_trial``: the best trial, or the first of the Pareto front):
+(``inference.serving_trial``: the refit model once the study's refit is done, else the
+best trial, or the first of the Pareto front):
 
 - ``model.safetensors``: the weights (``safetensors.torch.load_file``), whatever format
   the trial stored them in;
@@ -59,7 +60,8 @@ class Bundle:
     Attributes:
         study_id: The study.
         trial_number: The trial whose model it holds.
-        filename: A name for the zip, ``study<id>-trial<n>-model.zip``.
+        filename: A name for the zip, ``study<id>-trial<n>-model.zip`` (``-refit-model``
+            for a refit model).
         data: The zip file.
         card: Its model card.
     """
@@ -83,7 +85,8 @@ def build_bundle(store: Store, study_id: int) -> Bundle:
             normalization the card states, cannot be loaded here.
     """
     study = get_study(store, study_id)
-    trial = serving_trial(store, study_id).trial
+    serving = serving_trial(store, study_id)
+    trial = serving.trial
     state_dict = load_state_dict(trial, store.artifacts)
     try:
         config = trial_config(trial)
@@ -128,10 +131,11 @@ def build_bundle(store: Store, study_id: int) -> Bundle:
         "predict": f"python {PREDICT_FILE} IMAGE [IMAGE ...]",
     }
     files[CARD_FILE] = (json.dumps(card, indent=2, allow_nan=False) + "\n").encode()
+    kind = "refit-" if serving.selection == "refit" else ""
     return Bundle(
         study_id=study_id,
         trial_number=trial.number,
-        filename=f"study{study_id}-trial{trial.number}-model.zip",
+        filename=f"study{study_id}-trial{trial.number}-{kind}model.zip",
         data=_zip(files),
         card=card,
     )

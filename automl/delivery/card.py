@@ -6,7 +6,8 @@ trial is stored twice. The one part only training can know, the worker records w
 trial completes (``model_input`` into ``automl.input``, ``library_versions`` into
 ``automl.libraries``): the input shape, how image files were turned into arrays, the
 training split's normalization statistics and the dataset's fingerprint. For trials from
-before that, ``trial_input`` loads the dataset again.
+before that, ``trial_input`` loads the dataset again. A refit model's card is its trial's,
+with the refit's test metrics and a ``refit`` section (``automl.delivery.refit``).
 
 Preprocessing, exactly as training did it (``automl.data.decode`` and
 ``ImageData.normalize``):
@@ -164,6 +165,7 @@ def build_card(
     validation = user_attrs.get(attrs.METRICS) or {}
     test = user_attrs.get(attrs.TEST_METRICS)
     values = trial.values or []
+    refit = user_attrs.get(attrs.REFIT)
     return {
         "format": CARD_FORMAT,
         "model": {
@@ -173,7 +175,9 @@ def build_card(
             "architecture": config.model.name,
             "architecture_options": dict(config.model.options),
             "parameters": int(validation["params"]) if "params" in validation else None,
+            "refit": refit is not None,
         },
+        "refit": refit,
         "hyperparameters": config.model_dump(mode="json"),
         "searched_params": dict(trial.params),
         "classes": classes,

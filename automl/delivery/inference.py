@@ -1,7 +1,8 @@
 """Serving a study's best model: loaded once, fed images preprocessed exactly as in training.
 
-``serving_trial`` picks the trial whose weights answer (the study's best trial; with several
-objectives the first, lowest-numbered trial of the Pareto front). ``load_serving_model``
+``serving_trial`` picks the trial whose weights answer (the study's refit model once its
+refit is done; else the best trial; with several objectives the first, lowest-numbered
+trial of the Pareto front). ``load_serving_model``
 rebuilds its model from the trial's configuration and weights (as the test-split
 evaluation does) and keeps the last few in memory, keyed by study, trial and weights
 artifact. An image goes through what training did to it:
@@ -40,6 +41,7 @@ from automl.config import Limits
 from automl.data import DATASETS, DatasetError, ImageData, load_dataset
 from automl.data.decode import Preprocess, fit_image, load_oriented
 from automl.data.files import ImageOptions
+from automl.delivery.refit import as_refit_trial
 from automl.delivery.schemas import (
     ClassScore,
     ImagePrediction,
@@ -48,7 +50,14 @@ from automl.delivery.schemas import (
     ServedModel,
 )
 from automl.registry import UnknownNameError
-from automl.store import Store, attrs, best_trials, get_frozen_trial, load_state_dict
+from automl.store import (
+    Store,
+    attrs,
+    best_trials,
+    get_frozen_trial,
+    load_state_dict,
+    served_refit,
+)
 from automl.train.accel import Accelerator
 from automl.train.evaluation import restore_model
 from automl.train.loop import resolve_device
@@ -115,14 +124,23 @@ class ServingTrial:
 def serving_trial(store: Store, study_id: int) -> ServingTrial:
     """The trial whose model predicts for ``study_id``.
 
-    The study's best trial; with several objectives, the first (lowest-numbered) trial of
-    the Pareto front, and the response says so. The one place that decides it: a refit
-    model, once studies have one, takes precedence here.
+    The refit model once the study's refit is done (a view of the retrained trial whose
+    weights are the refit's, ``automl.delivery.refit``); else the study's best trial; with
+    several objectives, the first (lowest-numbered) trial of the Pareto front, and the
+    response says so. The one place that decides it.
 
     Raises:
         StudyNotFoundError: If there is no such study.
         NoBestTrialError: If no trial has completed yet.
     """
+    refit = served_refit(store, study_id)
+    if refit is not None:
+        trial = as_refit_trial(get_frozen_trial(store, study_id, refit.trial_number), refit)
+        note = (
+            f"trial {refit.trial_number}'s configuration retrained on train + validation "
+            f"for {refit.epochs} epochs (refit)"
+        )
+        return ServingTrial(study_id, trial, "refit", note)
     best = best_trials(store, study_id)
     first = best.trials[0]
     trial = get_frozen_trial(store, study_id, first.number)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_PATH_LENGTH = 4096
 
-Selection = Literal["best_trial", "pareto_front_first"]
+Selection = Literal["best_trial", "pareto_front_first", "refit"]
 
 
 class ServedModel(BaseModel):
@@ -21,8 +21,9 @@ class ServedModel(BaseModel):
     study_id: int
     trial_number: int
     selection: Selection = Field(
-        description="best_trial (one objective) or pareto_front_first: with several "
-        "objectives the Pareto front's lowest-numbered trial serves."
+        description="best_trial (one objective), pareto_front_first (with several "
+        "objectives the Pareto front's lowest-numbered trial serves) or refit: the best "
+        "trial's configuration retrained on train + validation (trial_number names it)."
     )
     note: str | None = Field(
         None, description="Why this trial serves, when it is not simply the best trial."

@@ -28,6 +28,9 @@ from automl.store import (
     Lease,
     LeaseLostError,
     LeaseStatus,
+    RefitLease,
+    RefitResult,
+    RefitState,
     StorageUnavailableError,
     StudyNotFoundError,
     StudyStatus,
@@ -201,6 +204,30 @@ class RemoteCoordinator:
             "note": note,
         }
         reply, _ = self.call("finish_evaluation", header, timeout=TRANSFER_TIMEOUT_S)
+        return bool(reply["stored"])
+
+    def claim_refit(self, worker_id: str, study_id: int | None) -> RefitLease | None:
+        """See ``Coordinator.claim_refit``."""
+        reply, _ = self.call("claim_refit", {"worker_id": worker_id, "study_id": study_id})
+        lease = reply["lease"]
+        return None if lease is None else wire.refit_from_wire(lease)
+
+    def beat_refit(self, lease: RefitLease) -> bool:
+        """See ``Coordinator.beat_refit``."""
+        reply, _ = self.call("beat_refit", {"lease": wire.refit_to_wire(lease)})
+        return bool(reply["held"])
+
+    def finish_refit(
+        self, lease: RefitLease, state: RefitState, result: RefitResult | None, note: str | None
+    ) -> bool:
+        """See ``Coordinator.finish_refit``."""
+        header = {
+            "lease": wire.refit_to_wire(lease),
+            "state": state.value,
+            "result": None if result is None else result.to_json(),
+            "note": note,
+        }
+        reply, _ = self.call("finish_refit", header, timeout=TRANSFER_TIMEOUT_S)
         return bool(reply["stored"])
 
     def spec(self, study_id: int) -> StudySpec:

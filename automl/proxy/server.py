@@ -6,7 +6,7 @@ It serves two gRPC endpoints side by side:
   for the trials themselves (create, suggest, report, tell), which workers reach through
   ``optuna.storages.GrpcStorageProxy``;
 - on ``port + 1``, automl's coordination service: every ``Coordinator`` call (claim,
-  heartbeat, checkpoint, finish, release, settle, test-split evaluations) and the
+  heartbeat, checkpoint, finish, release, settle, test-split evaluations, refits) and the
   artifact store, each run by a ``SqlCoordinator`` on the database, so claims stay one
   conditional write and the budget stays exact however many workers share the proxy.
 
@@ -35,6 +35,7 @@ from automl.store import (
     FailureKind,
     LeaseLostError,
     Reaper,
+    RefitState,
     Store,
     StudyNotFoundError,
     is_transient,
@@ -83,6 +84,9 @@ class CoordinationService:
             "retain_weights": self._retain_weights,
             "claim_evaluation": self._claim_evaluation,
             "finish_evaluation": self._finish_evaluation,
+            "claim_refit": self._claim_refit,
+            "beat_refit": self._beat_refit,
+            "finish_refit": self._finish_refit,
             "spec": self._spec,
             "status": self._status,
             "artifact_read": self._artifact_read,
@@ -192,6 +196,22 @@ class CoordinationService:
             wire.evaluation_from_wire(header["lease"]),
             EvaluationState(header["state"]),
             [wire.report_from_wire(report) for report in header["reports"]],
+            header.get("note"),
+        )
+        return {"stored": stored}, b""
+
+    def _claim_refit(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        lease = self.coordinator.claim_refit(header["worker_id"], header.get("study_id"))
+        return {"lease": None if lease is None else wire.refit_to_wire(lease)}, b""
+
+    def _beat_refit(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        return {"held": self.coordinator.beat_refit(wire.refit_from_wire(header["lease"]))}, b""
+
+    def _finish_refit(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        stored = self.coordinator.finish_refit(
+            wire.refit_from_wire(header["lease"]),
+            RefitState(header["state"]),
+            wire.refit_result_from_wire(header.get("result")),
             header.get("note"),
         )
         return {"stored": stored}, b""

@@ -13,7 +13,7 @@ import json
 import struct
 from typing import Any
 
-from automl.store import EvaluationLease, Lease, TrialTestReport
+from automl.store import EvaluationLease, Lease, RefitLease, RefitResult, TrialTestReport
 
 SERVICE = "automl.Coordinator"
 """The gRPC service name of the coordination methods."""
@@ -78,6 +78,21 @@ def evaluation_to_wire(lease: EvaluationLease) -> dict[str, Any]:
 def evaluation_from_wire(data: dict[str, Any]) -> EvaluationLease:
     """The evaluation claim that ``evaluation_to_wire`` wrote."""
     return EvaluationLease(**{**data, "trials": tuple(data["trials"])})
+
+
+def refit_to_wire(lease: RefitLease) -> dict[str, Any]:
+    """A refit claim as a JSON object."""
+    return dataclasses.asdict(lease)
+
+
+def refit_from_wire(data: dict[str, Any]) -> RefitLease:
+    """The refit claim that ``refit_to_wire`` wrote."""
+    return RefitLease(**data)
+
+
+def refit_result_from_wire(data: dict[str, Any] | None) -> RefitResult | None:
+    """The refit result that ``RefitResult.to_json`` wrote (None stays None)."""
+    return None if data is None else RefitResult.from_json(data)
 
 
 def report_to_wire(report: TrialTestReport) -> dict[str, Any]:

@@ -1,86 +1,129 @@
 """The store: Optuna's RDB storage plus automl's own tables, leases, reaper and artifacts."""
 
+import importlib
+from typing import Any
+
 from automl.store import attrs
-from automl.store.artifacts import (
-    ArtifactStore,
-    ArtifactStoreError,
-    FolderArtifactStore,
-    SqlArtifactStore,
-    WeightsNotFoundError,
-    load_state_dict,
-    open_weights,
-    read_checkpoint,
-    read_state_dict,
-    remove_quietly,
-    save_weights,
-    weights_format,
-    write_checkpoint,
-)
-from automl.store.attrs import FailureKind, StudyStatus
-from automl.store.evaluations import (
-    EvaluationLease,
-    TrialTestReport,
-    claim_evaluation,
-    finish_evaluation,
-)
-from automl.store.faults import Backoff, StorageUnavailableError, is_transient, retry_transient
-from automl.store.leases import (
-    Lease,
-    LeaseLostError,
-    LeaseStatus,
-    claim,
-    finish,
-    heartbeat,
-    record_checkpoint,
-    record_params,
-    record_trial,
-    release,
-)
-from automl.store.reaper import Reaped, Reaper, end_due_studies, reap_stale, remove_orphans
-from automl.store.retention import retain_weights
-from automl.store.storage import (
-    StorageError,
-    Store,
-    check_schema,
-    normalize_url,
-    open_store,
-    open_store_from,
-)
-from automl.store.studies import (
-    NoBestTrialError,
-    StudyNotFoundError,
-    StudyStateError,
-    TrialNotFoundError,
-    best_trials,
-    cancel_study,
-    delete_study,
-    end_study_if_done,
-    enqueue_trials,
-    extend_study,
-    get_frozen_trial,
-    get_status,
-    get_study,
-    get_trial,
-    list_studies,
-    list_trials,
-    rerun_failed,
-    resume_study,
-    submit_study,
-    submitted_spec,
-)
-from automl.store.tables import EvaluationState
-from automl.store.views import (
-    BestTrials,
-    Page,
-    StudyDetail,
-    StudySummary,
-    TestEvaluation,
-    TrialCounts,
-    TrialDetail,
-    TrialSummary,
-)
+
+# Names are imported from their modules on first use, so that a light module (``views``,
+# ``attrs``) can be imported without SQLAlchemy, optuna or torch: the CLI's thin client
+# reads the views. Add a new public name to its module's tuple and to ``__all__``.
+_SOURCES: dict[str, tuple[str, ...]] = {
+    "artifacts": (
+        "ArtifactStore",
+        "ArtifactStoreError",
+        "FolderArtifactStore",
+        "SqlArtifactStore",
+        "WeightsNotFoundError",
+        "load_state_dict",
+        "open_weights",
+        "read_checkpoint",
+        "read_state_dict",
+        "remove_quietly",
+        "save_model_card",
+        "save_weights",
+        "weights_format",
+        "write_checkpoint",
+    ),
+    "attrs": (
+        "FailureKind",
+        "StudyStatus",
+        "EvaluationState",
+        "RefitState",
+    ),
+    "evaluations": (
+        "EvaluationLease",
+        "TrialTestReport",
+        "claim_evaluation",
+        "finish_evaluation",
+    ),
+    "faults": (
+        "Backoff",
+        "StorageUnavailableError",
+        "is_transient",
+        "retry_transient",
+    ),
+    "leases": (
+        "Lease",
+        "LeaseLostError",
+        "LeaseStatus",
+        "claim",
+        "finish",
+        "heartbeat",
+        "record_checkpoint",
+        "record_params",
+        "record_trial",
+        "release",
+    ),
+    "projects": (
+        "DEFAULT_PROJECT",
+        "ProjectLimitError",
+        "check_project_limits",
+        "study_project",
+    ),
+    "reaper": (
+        "Reaped",
+        "Reaper",
+        "end_due_studies",
+        "reap_stale",
+        "remove_orphans",
+    ),
+    "refits": (
+        "RefitLease",
+        "RefitResult",
+        "beat_refit",
+        "claim_refit",
+        "finish_refit",
+        "served_refit",
+    ),
+    "retention": ("retain_weights",),
+    "storage": (
+        "StorageError",
+        "Store",
+        "check_schema",
+        "normalize_url",
+        "open_store",
+        "open_store_from",
+    ),
+    "studies": (
+        "NoBestTrialError",
+        "StudyNotFoundError",
+        "StudyStateError",
+        "TrialNotFoundError",
+        "best_trials",
+        "cancel_study",
+        "delete_study",
+        "end_study_if_done",
+        "enqueue_trials",
+        "extend_study",
+        "get_frozen_trial",
+        "get_status",
+        "get_study",
+        "get_trial",
+        "list_studies",
+        "list_trials",
+        "queue_refit",
+        "rerun_failed",
+        "resume_study",
+        "submit_study",
+        "submitted_spec",
+    ),
+    "views": (
+        "BestTrials",
+        "Page",
+        "RefitView",
+        "StudyDetail",
+        "StudySummary",
+        "TestEvaluation",
+        "TrialCounts",
+        "TrialDetail",
+        "TrialSummary",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 
 __all__ = [
+    "DEFAULT_PROJECT",
     "ArtifactStore",
     "ArtifactStoreError",
     "Backoff",
@@ -94,8 +137,13 @@ __all__ = [
     "LeaseStatus",
     "NoBestTrialError",
     "Page",
+    "ProjectLimitError",
     "Reaped",
     "Reaper",
+    "RefitLease",
+    "RefitResult",
+    "RefitState",
+    "RefitView",
     "SqlArtifactStore",
     "StorageError",
     "StorageUnavailableError",
@@ -113,11 +161,14 @@ __all__ = [
     "TrialTestReport",
     "WeightsNotFoundError",
     "attrs",
+    "beat_refit",
     "best_trials",
     "cancel_study",
+    "check_project_limits",
     "check_schema",
     "claim",
     "claim_evaluation",
+    "claim_refit",
     "delete_study",
     "end_due_studies",
     "end_study_if_done",
@@ -125,6 +176,7 @@ __all__ = [
     "extend_study",
     "finish",
     "finish_evaluation",
+    "finish_refit",
     "get_frozen_trial",
     "get_status",
     "get_study",
@@ -138,6 +190,7 @@ __all__ = [
     "open_store",
     "open_store_from",
     "open_weights",
+    "queue_refit",
     "read_checkpoint",
     "read_state_dict",
     "reap_stale",
@@ -151,9 +204,25 @@ __all__ = [
     "resume_study",
     "retain_weights",
     "retry_transient",
+    "save_model_card",
     "save_weights",
+    "served_refit",
+    "study_project",
     "submit_study",
     "submitted_spec",
     "weights_format",
     "write_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))

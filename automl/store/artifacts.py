@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import optuna
 import sqlalchemy as sa
@@ -42,6 +43,7 @@ from automl.store.tables import db_now
 
 WEIGHTS_FILENAME = "weights.safetensors"
 WEIGHTS_MIMETYPE = "application/vnd.safetensors"
+MODEL_CARD_FILENAME = "model_card.json"
 CHUNK_BYTES = 4 * 1024 * 1024
 
 
@@ -259,6 +261,29 @@ def save_weights(
     return artifact_id
 
 
+def save_model_card(trial: optuna.Trial, card: Mapping[str, Any], store: ArtifactStore) -> str:
+    """Saves a trial's model card (JSON) as an Optuna artifact beside its weights, so
+    optuna-dashboard lists it for download.
+
+    The card is a snapshot taken when the trial completed (validation metrics; the test
+    metrics that come later are in the bundle's card). Being a few kilobytes it stays when
+    retention removes the weights, and goes with the study when it is deleted (as every
+    artifact recorded on its trials does).
+
+    Returns:
+        The artifact id.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / MODEL_CARD_FILENAME
+        path.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        return upload_artifact(
+            artifact_store=store,
+            file_path=str(path),
+            study_or_trial=trial,
+            mimetype="application/json",
+        )
+
+
 def weights_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
     """A state dict as a safetensors file: contiguous CPU tensors, no tensor sharing its
     memory with another (safetensors refuses aliases, such as tied weights)."""
@@ -312,10 +337,18 @@ def load_state_dict(trial: FrozenTrial, store: ArtifactStore) -> dict[str, torch
     running any pickled code).
 
     Raises:
-        WeightsNotFoundError: If the trial has no readable weights.
+        WeightsNotFoundError: If the trial has no readable weights (among them, a file that
+            is neither safetensors nor plain tensors, such as a pickle that would run code).
     """
     with open_weights(trial, store) as reader:
-        return read_state_dict(reader.read())
+        blob = reader.read()
+    try:
+        return read_state_dict(blob)
+    except Exception as exc:  # safetensors, pickle and zip errors share no base class
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsNotFoundError(
+            f"the weights of trial {trial.number} cannot be read safely: {reason}"
+        ) from None
 
 
 # --- checkpoints -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Names of the Optuna user attributes automl writes, and the study lifecycle.
+"""Names of the Optuna user attributes automl writes, and the lifecycle states they hold.
 
 Trials live in Optuna's own schema, so optuna-dashboard shows them. A study's status is
 kept (compare-and-set) in ``automl_studies`` and mirrored into its user attributes.
@@ -19,6 +19,9 @@ STARTED_AT = PREFIX + "started_at"
 FINISHED_AT = PREFIX + "finished_at"
 WARM_START = PREFIX + "warm_start"
 TEST_EVALUATION = PREFIX + "test_evaluation"  # state of the best trials' test-split scoring
+# The refit of the best configuration on train + validation: its state and result (on the
+# study); on the trial view that serves a refit model, what that model is.
+REFIT = PREFIX + "refit"
 
 # Trial attributes.
 CONFIG = PREFIX + "config"
@@ -73,3 +76,22 @@ class StudyStatus(StrEnum):
     def is_active(self) -> bool:
         """Whether workers may still start trials of the study."""
         return self in (StudyStatus.QUEUED, StudyStatus.RUNNING)
+
+
+class EvaluationState(StrEnum):
+    """Where a completed study's test-split evaluation is."""
+
+    PENDING = "pending"  # due: the study completed; any worker may claim it
+    RUNNING = "running"  # claimed by a worker (taken over once its claim is stale)
+    DONE = "done"  # test metrics stored on the evaluated trials
+    SKIPPED = "skipped"  # nothing to evaluate: no test split, or no completed trial
+    FAILED = "failed"  # the evaluation raised; the note says why
+
+
+class RefitState(StrEnum):
+    """Where a study's refit (best configuration retrained on train + validation) is."""
+
+    QUEUED = "queued"  # requested; any worker may claim it once the study has ended
+    RUNNING = "running"  # claimed by a worker (taken over once its claim is stale)
+    DONE = "done"  # weights, model card and test metrics stored
+    FAILED = "failed"  # it raised, or there was nothing to refit; the note says why

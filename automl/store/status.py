@@ -8,6 +8,7 @@ rows, then Optuna's trial rows, so concurrent transactions cannot deadlock.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 
 from automl.store import attrs, optuna_rows, tables
 from automl.store.attrs import StudyStatus
-from automl.store.tables import EvaluationState, TicketState, db_now
+from automl.store.tables import EvaluationState, RefitState, TicketState, db_now
 
 ACTIVE = (StudyStatus.QUEUED.value, StudyStatus.RUNNING.value)
 ENDED = (StudyStatus.COMPLETED.value, StudyStatus.CANCELLED.value, StudyStatus.FAILED.value)
@@ -50,7 +51,8 @@ def change_status(
 
     Ending a study (completed, cancelled, failed) also cancels its pending tickets, so no
     queued work outlives it; completing it also makes its best trial(s) due for their one
-    evaluation on the test split (``request_evaluation``). The change is mirrored into the
+    evaluation on the test split (``request_evaluation``) and, with ``refit: true`` in its
+    spec, queues its refit (``request_refit``). The change is mirrored into the
     Optuna study's user attributes in the same transaction.
 
     Args:
@@ -90,6 +92,8 @@ def change_status(
         cancel_pending(connection, study.study_id)
     if new == StudyStatus.COMPLETED:
         mirror[attrs.TEST_EVALUATION] = request_evaluation(connection, study.study_id, at)
+        if json.loads(study.spec).get("refit"):
+            mirror[attrs.REFIT] = request_refit(connection, study.study_id, at)
     optuna_rows.put_study_attrs(connection, study.study_id, mirror)
     return True
 
@@ -122,6 +126,31 @@ def request_evaluation(
     if changed.rowcount == 0:
         connection.execute(evaluations.insert().values(study_id=study_id, attempt=0, **due))
     return {"state": EvaluationState.PENDING.value}
+
+
+def request_refit(connection: sa.engine.Connection, study_id: int, at: float) -> dict[str, Any]:
+    """Queues the refit of the study's best configuration (see ``automl.store.refits``).
+
+    A claim still running from an earlier request is superseded (its result is refused);
+    the previous result stays served until a new one replaces it.
+
+    Returns:
+        The ``automl.refit`` study attribute to mirror.
+    """
+    refits = tables.refits
+    due = {
+        "state": RefitState.QUEUED.value,
+        "tries": 0,
+        "worker_id": None,
+        "claimed_at": None,
+        "note": None,
+        "requested_at": at,
+        "finished_at": None,
+    }
+    changed = connection.execute(refits.update().where(refits.c.study_id == study_id).values(**due))
+    if changed.rowcount == 0:
+        connection.execute(refits.insert().values(study_id=study_id, attempt=0, **due))
+    return {"state": RefitState.QUEUED.value}
 
 
 def cancel_pending(connection: sa.engine.Connection, study_id: int) -> int:

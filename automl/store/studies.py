@@ -32,6 +32,8 @@ from automl.store.artifacts import remove_quietly
 from automl.store.attrs import StudyStatus
 from automl.store.evaluations import best_trials_of, read_evaluation
 from automl.store.leases import end_if_done
+from automl.store.projects import DEFAULT_PROJECT, check_project_limits
+from automl.store.refits import read_refit, refit_artifacts
 from automl.store.status import (
     ACTIVE,
     change_status,
@@ -39,13 +41,15 @@ from automl.store.status import (
     iso,
     lock_study,
     now,
+    request_refit,
 )
 from automl.store.storage import Store, retrying_read
-from automl.store.tables import DELETING, TicketSource, TicketState
+from automl.store.tables import DELETING, RefitState, TicketSource, TicketState
 from automl.store.views import (
     SUMMARY_ATTRS,
     BestTrials,
     Page,
+    RefitView,
     StudyDetail,
     StudySummary,
     TrialCounts,
@@ -84,7 +88,14 @@ class NoBestTrialError(LookupError):
 # --- submit ------------------------------------------------------------------------------------
 
 
-def submit_study(store: Store, spec: StudySpec, idempotency_key: str | None = None) -> StudyDetail:
+def submit_study(
+    store: Store,
+    spec: StudySpec,
+    idempotency_key: str | None = None,
+    *,
+    project: str = DEFAULT_PROJECT,
+    limits: Limits | None = None,
+) -> StudyDetail:
     """Creates the study of ``spec``: its Optuna study, then, atomically, its automl row.
 
     Nothing is queued per trial: workers take units of the budget as they claim them, so
@@ -98,15 +109,20 @@ def submit_study(store: Store, spec: StudySpec, idempotency_key: str | None = No
         spec: The validated spec.
         idempotency_key: A client's key for this submission: a repeated submission with
             the same key returns the first study instead of creating another.
+        project: The project the study belongs to (the submitting API key's).
+        limits: The per-project limits to enforce (the API's); local commands pass none.
 
     Raises:
-        StudyStateError: If ``idempotency_key`` was used for a different spec.
+        StudyStateError: If ``idempotency_key`` was used for a different spec or project.
+        ProjectLimitError: If ``project`` is at one of its ``limits``.
     """
     spec_json = spec.model_dump_json(exclude_none=True)
     if idempotency_key is not None:
-        existing = _study_with_key(store, idempotency_key, spec_json)
+        existing = _study_with_key(store, idempotency_key, spec_json, project)
         if existing is not None:
             return get_study(store, existing)
+    if limits is not None:
+        check_project_limits(store, project, limits)
     name = _create_optuna_study(store, spec)
     study_id = store.storage.get_study_id_from_name(name)
     with warnings.catch_warnings():
@@ -128,6 +144,7 @@ def submit_study(store: Store, spec: StudySpec, idempotency_key: str | None = No
                 tables.studies.insert().values(
                     study_id=study_id,
                     name=name,
+                    project=project,
                     status=StudyStatus.QUEUED.value,
                     n_trials=spec.budget.n_trials,
                     issued=len(warm.configs),
@@ -150,22 +167,25 @@ def submit_study(store: Store, spec: StudySpec, idempotency_key: str | None = No
         store.storage.delete_study(study_id)
         if idempotency_key is None:
             raise
-        existing = _study_with_key(store, idempotency_key, spec_json)
+        existing = _study_with_key(store, idempotency_key, spec_json, project)
         if existing is None:
             raise
         study_id = existing
     return get_study(store, study_id)
 
 
-def _study_with_key(store: Store, key: str, spec_json: str) -> int | None:
+def _study_with_key(store: Store, key: str, spec_json: str, project: str) -> int | None:
+    studies = tables.studies
     with store.read() as connection:
         row = connection.execute(
-            sa.select(tables.studies.c.study_id, tables.studies.c.spec).where(
-                tables.studies.c.idempotency_key == key
+            sa.select(studies.c.study_id, studies.c.spec, studies.c.project).where(
+                studies.c.idempotency_key == key
             )
         ).first()
     if row is None:
         return None
+    if row.project != project:  # keys are unique across projects; name no other's study
+        raise StudyStateError(f"Idempotency-Key {key!r} was already used; choose another")
     if row.spec != spec_json:
         raise StudyStateError(
             f"Idempotency-Key {key!r} was already used for study {row.study_id} "
@@ -250,14 +270,18 @@ def list_studies(
     store: Store,
     *,
     status: StudyStatus | None = None,
+    project: str | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> Page[StudySummary]:
-    """Studies, newest first, optionally only those with ``status`` (one page read)."""
+    """Studies, newest first, optionally only those with ``status`` or of ``project``
+    (one page read)."""
     studies = tables.studies
     where = [studies.c.status != DELETING]
     if status is not None:
         where.append(studies.c.status == status.value)
+    if project is not None:
+        where.append(studies.c.project == project)
     with store.read() as connection:
         # The total comes with the page (a window count); only an empty page asks again.
         rows = connection.execute(
@@ -293,6 +317,7 @@ def _summary_fields(
             {
                 "id": row.study_id,
                 "name": row.name,
+                "project": row.project,
                 "status": StudyStatus(row.status),
                 "status_reason": row.status_reason,
                 "directions": list(directions),
@@ -454,6 +479,7 @@ def best_trials(store: Store, study_id: int) -> BestTrials:
     with store.read() as connection:
         row = _row(connection, study_id)
         evaluation = read_evaluation(connection, study_id)
+        refit = read_refit(connection, study_id)
     spec = _stored_spec(row.spec)
     best = best_trials_of(store, study_id, row.name, spec.directions)
     if not best:
@@ -464,6 +490,7 @@ def best_trials(store: Store, study_id: int) -> BestTrials:
         metrics=spec.metrics,
         trials=[TrialDetail.of(trial) for trial in best],
         test_evaluation=evaluation,
+        refit=refit,
     )
 
 
@@ -615,6 +642,43 @@ def rerun_failed(store: Store, study_id: int) -> StudyDetail:
     return get_study(store, study_id)
 
 
+def queue_refit(store: Store, study_id: int) -> RefitView:
+    """Queues the refit of an ended study's best configuration (see ``automl.store.refits``).
+
+    Idempotent: a refit already queued, running or done is left as it is and returned; a
+    failed one is queued again.
+
+    Raises:
+        StudyNotFoundError: If there is no such study.
+        StudyStateError: If the study is still active, has several objectives (no single
+            best trial to retrain) or no completed trial.
+    """
+    with store.write() as connection:
+        row = _locked(connection, study_id)
+        if row.status in ACTIVE:
+            raise StudyStateError(
+                f"study {study_id} is {row.status}; a refit retrains its best trial once it "
+                "has ended (wait for it to complete, or cancel it)"
+            )
+        directions = _stored_spec(row.spec).directions
+        if len(directions) > 1:
+            raise StudyStateError(
+                f"study {study_id} has {len(directions)} objectives: its Pareto front has no "
+                "single best trial to refit"
+            )
+        maximize = directions[0] == "maximize"
+        if optuna_rows.best_trial_id(connection, study_id, maximize) is None:
+            raise StudyStateError(f"study {study_id} has no completed trial to refit")
+        current = read_refit(connection, study_id)
+        if current is not None and current.state != RefitState.FAILED:
+            return current
+        mirror = request_refit(connection, study_id, now(connection))
+        optuna_rows.put_study_attrs(connection, study_id, {attrs.REFIT: mirror})
+        refit = read_refit(connection, study_id)
+    assert refit is not None
+    return refit
+
+
 def enqueue_trials(
     store: Store, study_id: int, configs: Sequence[Mapping[str, Any]]
 ) -> StudyDetail:
@@ -753,7 +817,8 @@ def finish_deletion(store: Store, study_id: int) -> None:
                 tables.tickets.c.study_id == study_id, tables.tickets.c.checkpoint.is_not(None)
             )
         ).all()
-    for artifact_id in [*checkpoints, *_trial_artifacts(store, study_id)]:
+        refit = list(refit_artifacts(connection, study_id))
+    for artifact_id in [*checkpoints, *refit, *_trial_artifacts(store, study_id)]:
         remove_quietly(store.artifacts, artifact_id)
     with contextlib.suppress(KeyError):  # already gone from Optuna
         store.storage.delete_study(study_id)
@@ -762,6 +827,7 @@ def finish_deletion(store: Store, study_id: int) -> None:
         connection.execute(
             tables.evaluations.delete().where(tables.evaluations.c.study_id == study_id)
         )
+        connection.execute(tables.refits.delete().where(tables.refits.c.study_id == study_id))
         connection.execute(tables.studies.delete().where(tables.studies.c.study_id == study_id))
 
 
@@ -810,6 +876,7 @@ __all__ = [
     "iso",
     "list_studies",
     "list_trials",
+    "queue_refit",
     "rerun_failed",
     "resume_study",
     "submit_study",

@@ -10,6 +10,8 @@ these tables hold only what Optuna cannot change atomically:
   an Optuna trial for it; a lost lease puts the ticket back in the queue.
 - ``automl_evaluations``: one row per completed study whose best trial(s) are due for
   (or had) their one evaluation on the test split; claimed by compare-and-set.
+- ``automl_refits``: one row per study whose best configuration is (or was) to be
+  retrained on train + validation and scored on the test split; claimed the same way.
 - ``automl_artifacts``/``automl_artifact_chunks``: the SQL artifact store.
 
 All times are seconds since the epoch, read from the database clock (``db_now()``), so
@@ -24,6 +26,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
+
+# Re-exported: the states live in attrs, which thin clients import without SQLAlchemy.
+from automl.store.attrs import EvaluationState, RefitState  # noqa: F401
 
 metadata = sa.MetaData()
 
@@ -44,16 +49,6 @@ class TicketSource(StrEnum):
     GRID = "grid"  # a fresh budget unit of a grid study: its own cell
     ENQUEUED = "enqueued"  # a configuration given by the user
     WARM_START = "warm_start"  # a top configuration of an earlier study
-
-
-class EvaluationState(StrEnum):
-    """Where a completed study's test-split evaluation is."""
-
-    PENDING = "pending"  # due: the study completed; any worker may claim it
-    RUNNING = "running"  # claimed by a worker (taken over once its claim is stale)
-    DONE = "done"  # test metrics stored on the evaluated trials
-    SKIPPED = "skipped"  # nothing to evaluate: no test split, or no completed trial
-    FAILED = "failed"  # the evaluation raised; the note says why
 
 
 DELETING = "deleting"
@@ -82,6 +77,7 @@ studies = sa.Table(
     sa.Column("started_at", sa.Float),
     sa.Column("finished_at", sa.Float),
     sa.Index("ix_automl_studies_status", "status"),
+    sa.Index("ix_automl_studies_project", "project", "status"),
     sa.Index("ix_automl_studies_fingerprint", "dataset_fingerprint", "status"),
 )
 
@@ -129,6 +125,29 @@ evaluations = sa.Table(
 )
 """``attempt`` counts every claim ever (a claim's identity, like a ticket's lease);
 ``tries`` counts the claims of the current request (a completion of the study)."""
+
+refits = sa.Table(
+    "automl_refits",
+    metadata,
+    sa.Column("study_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tries", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("worker_id", sa.String(256)),
+    sa.Column("claimed_at", sa.Float),
+    sa.Column("trial_number", sa.Integer),
+    sa.Column("result", sa.Text),
+    sa.Column("weights", sa.String(256)),
+    sa.Column("card", sa.String(256)),
+    sa.Column("note", sa.Text),
+    sa.Column("requested_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.Index("ix_automl_refits_state", "state", "claimed_at"),
+)
+"""``attempt`` and ``tries`` as in ``automl_evaluations``; ``claimed_at`` is renewed by the
+claimer's beats while it trains. ``weights`` and ``card`` name the artifacts of the
+latest result (kept until a newer result replaces them or the study is deleted);
+``result`` is its JSON (``RefitResult``), mirrored into the ``automl.refit`` attribute."""
 
 api_keys = sa.Table(
     "automl_api_keys",

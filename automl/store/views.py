@@ -1,17 +1,22 @@
-"""Read models of studies and trials, shared by the API responses and the CLI."""
+"""Read models of studies and trials, shared by the API responses and the CLI.
+
+Importing this module imports neither optuna nor SQLAlchemy: the CLI's thin client
+validates API responses with these models.
+"""
 
 from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, Field, computed_field
 
 from automl.store import attrs
-from automl.store.attrs import StudyStatus
-from automl.store.tables import EvaluationState
+from automl.store.attrs import EvaluationState, RefitState, StudyStatus
+
+if TYPE_CHECKING:  # the thin CLI reads these models without importing optuna
+    from optuna.trial import FrozenTrial
 
 T = TypeVar("T")
 
@@ -49,6 +54,7 @@ class StudySummary(BaseModel):
 
     id: int
     name: str
+    project: str = Field("default", description="The project of the key that submitted it.")
     status: StudyStatus
     status_reason: str | None = None
     directions: list[str]
@@ -153,6 +159,26 @@ class TestEvaluation(BaseModel):
     finished_at: datetime | None = None
 
 
+class RefitView(BaseModel):
+    """The best configuration retrained on train + validation and scored on the test split
+    (``refit: true`` in the spec, or ``POST /studies/{id}/refit``); once ``done``, its model
+    is the one the bundle and predict serve."""
+
+    state: RefitState = Field(
+        description="queued, running, done (model and test metrics stored) or failed."
+    )
+    note: str | None = Field(None, description="Why it failed.")
+    trial: int | None = Field(None, description="The trial whose configuration was retrained.")
+    epochs: int | None = Field(None, description="Epochs trained: those the trial ran.")
+    train_samples: int | None = Field(None, description="Training plus validation images.")
+    test_metrics: dict[str, float] | None = None
+    test_per_class: list[dict[str, Any]] | None = None
+    test_confusion: list[list[int]] | None = None
+    test_samples: int | None = None
+    requested_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
 class BestTrials(BaseModel):
     """The best trial (one objective) or the Pareto front (several)."""
 
@@ -163,6 +189,7 @@ class BestTrials(BaseModel):
     test_evaluation: TestEvaluation | None = Field(
         None, description="Scoring on the test split; null until the study first completes."
     )
+    refit: RefitView | None = Field(None, description="The refit; null if never asked for.")
 
 
 SUMMARY_ATTRS = (attrs.METRICS, attrs.ERROR, attrs.FAILURE, attrs.TICKET, attrs.ATTEMPT)
@@ -174,6 +201,8 @@ def _finite(value: float | None) -> float | None:
 
 
 def _trial_fields(trial: FrozenTrial) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
     duration = trial.duration.total_seconds() if trial.duration is not None else None
     values = None if trial.values is None else [_finite(v) for v in trial.values]
     if trial.state == TrialState.PRUNED and values is None and trial.intermediate_values:

@@ -1,7 +1,8 @@
 """What a worker asks of the shared state, behind one small interface.
 
 ``Coordinator`` is every call a worker makes about *work* (claim a ticket, beat, record,
-finish, release, settle; claim and finish a completed study's test-split evaluation; drop
+finish, release, settle; claim and finish a completed study's test-split evaluation and an
+ended study's refit; drop
 the weights of trials that fell out of a study's best); the trial itself goes through an
 Optuna ``BaseStorage`` and the weights through an artifact store. ``SqlCoordinator``
 talks to the database directly; a remote implementation (through a proxy that holds the
@@ -24,16 +25,22 @@ from automl.store import (
     Lease,
     LeaseLostError,
     LeaseStatus,
+    RefitLease,
+    RefitResult,
+    RefitState,
     Store,
     StudyNotFoundError,
     StudyStatus,
     TrialTestReport,
+    beat_refit,
     claim,
     claim_evaluation,
+    claim_refit,
     end_due_studies,
     end_study_if_done,
     finish,
     finish_evaluation,
+    finish_refit,
     get_status,
     heartbeat,
     read_checkpoint,
@@ -117,6 +124,21 @@ class Coordinator(Protocol):
     ) -> bool:
         """Ends the evaluation and stores the trials' test metrics, all or nothing; False
         if the claim was no longer held (nothing stored)."""
+        ...
+
+    def claim_refit(self, worker_id: str, study_id: int | None) -> RefitLease | None:
+        """Claims an ended study's queued refit, or None if none is due."""
+        ...
+
+    def beat_refit(self, lease: RefitLease) -> bool:
+        """Renews the refit claim while it trains; False if it is no longer held."""
+        ...
+
+    def finish_refit(
+        self, lease: RefitLease, state: RefitState, result: RefitResult | None, note: str | None
+    ) -> bool:
+        """Ends the refit and stores its result, all or nothing; False if the claim was no
+        longer held (nothing stored)."""
         ...
 
     def spec(self, study_id: int) -> StudySpec:
@@ -213,6 +235,20 @@ class SqlCoordinator:
     ) -> bool:
         """See ``Coordinator.finish_evaluation``."""
         return finish_evaluation(self.store, lease, state, reports, note)
+
+    def claim_refit(self, worker_id: str, study_id: int | None) -> RefitLease | None:
+        """See ``Coordinator.claim_refit``."""
+        return claim_refit(self.store, worker_id, study_id)
+
+    def beat_refit(self, lease: RefitLease) -> bool:
+        """See ``Coordinator.beat_refit``."""
+        return beat_refit(self.store, lease)
+
+    def finish_refit(
+        self, lease: RefitLease, state: RefitState, result: RefitResult | None, note: str | None
+    ) -> bool:
+        """See ``Coordinator.finish_refit``."""
+        return finish_refit(self.store, lease, state, result, note)
 
     def spec(self, study_id: int) -> StudySpec:
         """See ``Coordinator.spec``."""

@@ -3,7 +3,8 @@
 Before each claim a worker runs any due test-split evaluation of a completed study (the
 best trial(s) scored once on held-out data, see ``automl.worker.evaluator``), so it
 happens right after the trial that completed the study, or at the next idle worker when
-the reaper or the API completed it.
+the reaper or the API completed it; then any due refit of an ended study (its best
+configuration retrained on train + validation, see ``automl.worker.refitter``).
 
 Each worker also runs a reaper thread, so lost trials are re-queued even when no API
 runs. During a database outage the worker waits with backoff (logging once per
@@ -40,6 +41,7 @@ from automl.worker.coordinator import Coordinator, SqlCoordinator
 from automl.worker.evaluator import describe, run_evaluation
 from automl.worker.identity import new_worker_id, sampler_seed
 from automl.worker.keeper import LeaseKeeper
+from automl.worker.refitter import run_refit
 from automl.worker.runner import TrialContext, TrialRun, run_lease
 from automl.worker.slots import DeviceGate, GateAbandoned
 
@@ -124,6 +126,7 @@ class Worker:
         self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
         self.backoff = Backoff(logger)
         self._evaluation_refused = False
+        self._refit_refused = False
         self.gate = DeviceGate(options.slot_group)
 
     def stop(self) -> None:
@@ -165,14 +168,14 @@ class Worker:
         ran = 0
         try:
             while not self.stopping:
-                if self._evaluate_due():
+                if self._evaluate_due() or self._refit_due():
                     continue
                 lease = self._claim()
                 if lease is None:
                     if self.stopping:
                         break
                     settled = self._settle()
-                    if self._evaluate_due():
+                    if self._evaluate_due() or self._refit_due():
                         continue
                     if settled and self._idle_exit():
                         break
@@ -253,6 +256,28 @@ class Worker:
                 run_evaluation(
                     self.coordinator, lease, self.device, self.backoff, lambda: self.stopping
                 )
+        except GateAbandoned:
+            pass  # stopping: the claim goes stale and another worker takes it over
+        return True
+
+    def _refit_due(self) -> bool:
+        """Runs one due refit, if any; whether there was one. Never raises (as
+        ``_evaluate_due``)."""
+        try:
+            lease = self.coordinator.claim_refit(self.name, self.options.study_id)
+        except Exception as exc:
+            if is_transient(exc):
+                self.backoff.failed(exc, "looking for refits")
+            else:  # e.g. a proxy without the call: say so once, keep training
+                log = logger.debug if self._refit_refused else logger.warning
+                log("cannot claim a refit: %s", describe(exc))
+                self._refit_refused = True
+            return False
+        if lease is None:
+            return False
+        try:
+            with self.gate.hold(False, lambda: self.stopping):
+                run_refit(self.coordinator, lease, self.device, self.backoff, lambda: self.stopping)
         except GateAbandoned:
             pass  # stopping: the claim goes stale and another worker takes it over
         return True

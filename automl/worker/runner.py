@@ -25,7 +25,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.data import ImageData, load_dataset
-from automl.delivery.card import library_versions, model_input
+from automl.delivery.card import build_card, library_versions, model_input
 from automl.space import suggest
 from automl.spec import StudySpec
 from automl.store import (
@@ -36,6 +36,7 @@ from automl.store import (
     attrs,
     is_transient,
     retry_transient,
+    save_model_card,
     save_weights,
 )
 from automl.train import TrainingInterrupted, TrainResult, train
@@ -324,6 +325,7 @@ class _Attempt:
             ),
             "saving weights",
         )
+        self._save_model_card(values)
         frozen = self._tell(values=values)
         self._finish("complete", None)
         self._retain_weights()
@@ -347,6 +349,32 @@ class _Attempt:
             return
         self._set_attr(attrs.INPUT, facts)
         self._set_attr(attrs.LIBRARIES, library_versions())
+
+    def _save_model_card(self, values: list[float]) -> None:
+        """Stores the trial's model card as an Optuna artifact, for optuna-dashboard. Tried
+        once: the card is a convenience (bundles build their own), never worth the result."""
+        assert self.trial is not None
+        trial = self.trial
+        try:
+            frozen = self._frozen()
+            if frozen is None:
+                return
+            frozen.values = values  # the card's objectives; the trial is told next
+            card = build_card(
+                frozen,
+                study_id=self.lease.study_id,
+                study_name=self.study.study_name,
+                metrics=self.spec.metrics,
+                directions=self.spec.directions,
+            )
+            save_model_card(trial, card, self.coordinator.artifacts)
+        except Exception as exc:
+            logger.warning(
+                "study %s: the model card of trial %s is not stored: %s",
+                self.lease.study_id,
+                trial.number,
+                exc,
+            )
 
     def _retain_weights(self) -> None:
         """Deletes the weights of the trials that fell out of the study's ``keep_weights``

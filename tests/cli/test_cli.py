@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from automl import __version__
 from automl.api import create_app
 from automl.cli import client as cli_client
-from automl.cli import commands
+from automl.cli import study_commands
 from automl.cli.main import main
 from automl.config import Settings
 from tests.conftest import free_port, tiny_spec_data
@@ -379,7 +379,7 @@ def api_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
             self._http.close()
             self._http = TestClient(app, base_url=self.base_url)
 
-    monkeypatch.setattr(commands, "HttpClient", InProcessHttpClient)
+    monkeypatch.setattr(study_commands, "HttpClient", InProcessHttpClient)
     yield base_url
     app.state.store.close()
 

@@ -20,7 +20,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.cli.main import build_parser, main
-from automl.cli.supervisor import resolve_gpus, serve_child, worker_children
+from automl.cli.supervisor import dashboard_child, resolve_gpus, serve_child, worker_children
 from automl.config import Settings
 from tests.conftest import free_port, tiny_spec_data, wait_healthy
 
@@ -397,3 +397,48 @@ def _run_slots(tmp_path: Path, layout: list[str]) -> tuple[str, list[FrozenTrial
         return done.stderr, storage_.get_all_trials(study._study_id)
     finally:
         storage_.engine.dispose()
+
+
+# --- optuna-dashboard as one more child ---------------------------------------------------------
+
+
+def test_the_dashboard_child_runs_automl_dashboard_on_the_same_store(settings: Settings) -> None:
+    command = dashboard_child(settings, "INFO", 8090).argv
+    args = build_parser().parse_args(command[3:])
+    assert args.command == "dashboard"
+    assert (args.dashboard_host, args.dashboard_port) == (settings.host, 8090)
+    assert (args.storage, args.artifacts_dir) == (settings.storage, str(settings.artifacts_dir))
+
+
+def test_up_refuses_the_apis_port_for_the_dashboard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'x.db'}"
+    code = main(
+        ["up", "--port", "8123", "--dashboard", "--dashboard-port", "8123", "--storage", storage]
+    )
+    assert code == 2
+    assert "--dashboard-port 8123 is the API's port" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_up_with_the_dashboard_serves_it_and_stops_it_on_ctrl_c(tmp_path: Path) -> None:
+    dashboard_port = free_port()
+    up = Up(tmp_path, "--dashboard", "--dashboard-port", str(dashboard_port))
+    try:
+        up.wait_healthy()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            try:
+                meta = httpx.get(f"http://127.0.0.1:{dashboard_port}/api/meta", timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or up.process.poll() is not None:
+                    pytest.fail(f"the dashboard did not answer:\n{up.output()}")
+                time.sleep(0.2)
+        assert meta.status_code == 200
+        assert meta.json()["artifact_is_available"] is True
+        assert up.ctrl_c() == 0, up.output()
+        assert not up.group_alive(), "a child outlived `automl up`"
+    finally:
+        up.kill()

@@ -83,6 +83,9 @@ def test_messages_name_the_problem(data_root: Path, outside: Path) -> None:
         "link_out": "outside the data root",
         "%2e%2e/outside": "percent-encoded",
         "a\x00b": "NUL",
+        "x" * 256: "name longer than 255 bytes",
+        "a/" * 2048: "longer than 4095 bytes",
+        "\ud800": "not valid Unicode",
     }
     for value, message in expectations.items():
         with pytest.raises(DatasetError, match=message):

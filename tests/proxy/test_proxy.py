@@ -17,6 +17,7 @@ from automl.store import (
     EvaluationState,
     FailureKind,
     LeaseLostError,
+    RefitState,
     StorageUnavailableError,
     Store,
     StudyNotFoundError,
@@ -27,7 +28,9 @@ from automl.store import (
     get_study,
     is_transient,
     reap_stale,
+    served_refit,
     submit_study,
+    weights_format,
 )
 from automl.store.artifacts import open_weights
 from automl.worker import Worker, WorkerOptions
@@ -218,3 +221,40 @@ def test_workers_through_the_proxy_keep_only_the_top_k_weights(
     assert all(attrs.WEIGHTS_REMOVED in t.user_attrs for t in trials if t is not best)
     assert proxy.retain_weights(study_id) == []
     assert proxy.retain_weights(study_id + 1000) == []  # no such study: nothing to do
+
+
+def test_refit_through_the_proxy(
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+) -> None:
+    dataset = {"source": "digits", "options": {"test_fraction": 0.2}}
+    spec = tiny_spec(dataset=dataset, budget={"n_trials": 1}, refit=True)
+    study_id = submit_study(store, spec).id
+    options = WorkerOptions(device="cpu", study_id=study_id, exit_when_idle=True, threads=1)
+    assert Worker(None, options, coordinator=proxy).run() == 1
+
+    refit = best_trials(store, study_id).refit
+    assert refit is not None and refit.state == RefitState.DONE, refit
+    assert refit.trial == 0 and refit.test_samples == 359
+    result = served_refit(store, study_id)
+    assert result is not None
+    with store.artifacts.open_reader(result.weights) as reader:  # written through the proxy
+        assert weights_format(reader.read(9)) == "safetensors"
+    assert proxy.claim_refit("w2", study_id) is None  # refit once
+
+
+def test_refit_claims_keep_their_meaning_through_the_proxy(
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1}, refit=True)).id
+    drive(store, study_id, [0.5])
+    assert proxy.end_if_done(study_id) == StudyStatus.COMPLETED
+    lease = proxy.claim_refit("w1", None)
+    assert lease is not None and lease.trial_number == 0
+    assert proxy.claim_refit("w2", None) is None
+    assert proxy.beat_refit(lease)
+    stranger = dataclasses.replace(lease, worker_id="w2")
+    assert not proxy.beat_refit(stranger)
+    assert not proxy.finish_refit(stranger, RefitState.FAILED, None, "not mine")
+    assert proxy.finish_refit(lease, RefitState.FAILED, None, "no test split")
+    refit = best_trials(store, study_id).refit
+    assert refit is not None and (refit.state, refit.note) == (RefitState.FAILED, "no test split")

@@ -21,7 +21,7 @@ class Health(BaseModel):
     storage: str
 
 
-@router.get("/health", response_model=Health, responses={503: {}})
+@router.get("/health", response_model=Health)
 async def health(store: StoreDep) -> Health:
     """Ok when the database answers and holds the schema (503 otherwise)."""
     await run_in_threadpool(check_schema, store)

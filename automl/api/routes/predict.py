@@ -8,13 +8,13 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from automl.api.deps import StoreDep
-from automl.api.errors import PayloadTooLargeError
+from automl.api.errors import PayloadTooLargeError, error_responses
+from automl.api.params import StudyId
 from automl.config import Limits
 from automl.delivery.annotate import annotate_folder
 from automl.delivery.inference import (
@@ -56,18 +56,16 @@ UPLOAD_BODY: dict[str, Any] = {
 }
 
 
-class ErrorDetail(BaseModel):
-    """An error answer: ``{"detail": "study 42 not found"}``."""
-
-    detail: str
-
-
 # 422s keep FastAPI's own declaration (HTTPValidationError): refusals use its shape, with
 # ``loc`` naming the field (``["body", "files", 2]``, ``["body", "path"]``) and ``msg`` the limit.
-REFUSALS: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorDetail, "description": "No such study, no completed trial, no weights"},
-    409: {"model": ErrorDetail, "description": "The study's model cannot serve (a clip model)"},
-}
+REFUSALS = error_responses(
+    404,
+    409,
+    descriptions={
+        404: "No such study, no completed trial, no weights",
+        409: "The study's model cannot serve (a clip model)",
+    },
+)
 
 Top = Annotated[int, Query(ge=1, le=100, description="Classes listed per image.")]
 
@@ -78,10 +76,12 @@ Top = Annotated[int, Query(ge=1, le=100, description="Classes listed per image."
     openapi_extra=UPLOAD_BODY,
     responses={
         **REFUSALS,
-        413: {"model": ErrorDetail, "description": "Upload over max_upload_bytes"},
+        **error_responses(413, descriptions={413: "Upload over max_upload_bytes"}),
     },
 )
-async def predict(study_id: int, request: Request, store: StoreDep, top: Top = 3) -> Predictions:
+async def predict(
+    study_id: StudyId, request: Request, store: StoreDep, top: Top = 3
+) -> Predictions:
     """Classifies uploaded images with the study's best model (loaded once, then cached):
     per image, in upload order, the ``top`` classes with their probabilities.
 
@@ -103,7 +103,7 @@ async def predict(study_id: int, request: Request, store: StoreDep, top: Top = 3
     response_model=Annotations,
     responses=REFUSALS,
 )
-def annotate(study_id: int, body: AnnotateRequest, store: StoreDep) -> Annotations:
+def annotate(study_id: StudyId, body: AnnotateRequest, store: StoreDep) -> Annotations:
     """Suggests a label for every image of a folder under the data root, least confident
     first, and with ``write_csv`` writes them as a CSV that the ``image_csv`` source reads
     (``path,label,confidence``, paths relative to the CSV): correct the uncertain rows at

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
+from automl.api.errors import error_responses
 from automl.catalog import REGISTRIES, catalog, describe_registry
 
 router = APIRouter(prefix="/registries", tags=["registries"])
@@ -51,7 +52,7 @@ def read_registries() -> dict[str, Any]:
     return catalog()
 
 
-@router.get("/{kind}", response_model=list[EntryPublic], responses={404: {}})
+@router.get("/{kind}", response_model=list[EntryPublic], responses=error_responses(404))
 def read_registry(kind: str) -> list[dict[str, Any]]:
     """One registry (``models``, ``optimizers``, ``augmentations``...)."""
     if kind not in REGISTRIES:

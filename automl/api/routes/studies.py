@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import functools
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import Annotated, Any
@@ -13,12 +13,24 @@ from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from automl.api.auth import PrincipalDep
 from automl.api.deps import SettingsDep, StoreDep
-from automl.api.errors import PayloadTooLargeError
-from automl.spec import FieldError, SpecError, StudySpec, parse_text, validate_spec
+from automl.api.errors import PayloadTooLargeError, error_responses
+from automl.api.params import MAX_ID, StudyId, TrialNumber
+from automl.config import Limits
+from automl.spec import (
+    FieldError,
+    SpecError,
+    StudySpec,
+    parse_json,
+    parse_text,
+    validate_spec,
+)
 from automl.store import (
     BestTrials,
     Page,
+    RefitState,
+    RefitView,
     StudyDetail,
     StudyStatus,
     StudySummary,
@@ -35,6 +47,7 @@ from automl.store import (
     list_studies,
     list_trials,
     open_weights,
+    queue_refit,
     rerun_failed,
     resume_study,
     submit_study,
@@ -46,6 +59,8 @@ from automl.store.studies import MAX_ENQUEUE
 router = APIRouter(prefix="/studies", tags=["studies"])
 
 SPEC_SCHEMA_REF = {"$ref": "#/components/schemas/StudySpec"}
+# FastAPI's own 422 body, which spec errors share (``loc`` from ``body``, plus ``path``).
+VALIDATION_ERROR_REF = {"$ref": "#/components/schemas/HTTPValidationError"}
 SPEC_REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -57,8 +72,30 @@ SPEC_REQUEST_BODY: dict[str, Any] = {
     }
 }
 
+NOT_FOUND = error_responses(404)
+STATE_ERRORS = error_responses(404, 409)
+
+
+def _study_link(method: str, path: str) -> dict[str, Any]:
+    """An OpenAPI link from a created study to the operation at ``/studies{path}``."""
+    pointer = f"#/paths/{f'/studies{path}'.replace('/', '~1')}/{method}"
+    return {"operationRef": pointer, "parameters": {"study_id": "$response.body#/id"}}
+
+
+# What a client (and schemathesis' state machine) can do next with the study it created.
+CREATED_LINKS = {
+    "ReadStudy": _study_link("get", "/{study_id}"),
+    "CancelStudy": _study_link("post", "/{study_id}/cancel"),
+    "ExtendStudy": _study_link("post", "/{study_id}/extend"),
+    "ResumeStudy": _study_link("post", "/{study_id}/resume"),
+    "EnqueueTrials": _study_link("post", "/{study_id}/trials"),
+    "ReadTrials": _study_link("get", "/{study_id}/trials"),
+    "ReadBest": _study_link("get", "/{study_id}/best"),
+    "DeleteStudy": _study_link("delete", "/{study_id}"),
+}
+
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
-Offset = Annotated[int, Query(ge=0, description="Items to skip.")]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="Items to skip.")]
 
 
 class TrialStateName(StrEnum):
@@ -76,8 +113,16 @@ class TrialStateName(StrEnum):
     response_model=StudyDetail,
     openapi_extra=SPEC_REQUEST_BODY,
     responses={
-        413: {"description": "Body too large"},
-        422: {"description": "Invalid spec; each error names its field path"},
+        201: {"links": CREATED_LINKS},
+        **error_responses(
+            409,
+            413,
+            descriptions={409: "The Idempotency-Key was used for a different spec"},
+        ),
+        422: {
+            "description": "Invalid spec; each error names its field path",
+            "content": {"application/json": {"schema": VALIDATION_ERROR_REF}},
+        },
     },
 )
 async def create_study(
@@ -85,6 +130,7 @@ async def create_study(
     response: Response,
     store: StoreDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -94,9 +140,17 @@ async def create_study(
         ),
     ] = None,
 ) -> StudyDetail:
-    """Submits a study: validates the spec and creates it, all or nothing."""
+    """Submits a study in the key's project: validates the spec and creates it, all or
+    nothing. A project at ``AUTOML_LIMIT_MAX_STUDIES_PER_PROJECT`` studies, or at
+    ``AUTOML_LIMIT_MAX_ACTIVE_STUDIES_PER_PROJECT`` queued or running ones, is refused
+    (422) before anything is written."""
     spec = await _read_spec(request, settings.max_body_bytes)
-    study = await run_in_threadpool(submit_study, store, spec, idempotency_key)
+    study = await run_in_threadpool(
+        functools.partial(submit_study, project=principal.project, limits=Limits()),
+        store,
+        spec,
+        idempotency_key,
+    )
     response.headers["Location"] = f"/studies/{study.id}"
     return study
 
@@ -117,14 +171,15 @@ async def _read_spec(request: Request, max_bytes: int) -> StudySpec:
     except UnicodeDecodeError:
         raise SpecError([FieldError((), "request body is not UTF-8 text")]) from None
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            message = f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-            raise SpecError([FieldError((), message)]) from None
-    else:
-        data = parse_text(text)
+    # Parsing a large document and checking its dataset paths take a while: in the thread
+    # pool, not on the event loop that every other request waits on.
+    return await run_in_threadpool(_parse_spec, text, content_type == "application/json")
+
+
+def _parse_spec(text: str, is_json: bool) -> StudySpec:
+    # Both parsers refuse what is nested too deeply before recursing into it, and repeated
+    # keys, aliases that multiply values, and overlong strings (the ``Limits``).
+    data = parse_json(text) if is_json else parse_text(text)
     return validate_spec(data)
 
 
@@ -136,22 +191,26 @@ async def _read_spec(request: Request, max_bytes: int) -> StudySpec:
 @router.get("", response_model=Page[StudySummary])
 async def read_studies(
     store: StoreDep,
+    principal: PrincipalDep,
     status: Annotated[StudyStatus | None, Query(description="Only this status.")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[StudySummary]:
-    """Lists studies, newest first."""
-    return await run_in_threadpool(list_studies, store, status=status, limit=limit, offset=offset)
+    """Lists the key's project's studies (an admin key's: every project's), newest first."""
+    project = None if principal.admin else principal.project
+    return await run_in_threadpool(
+        list_studies, store, status=status, project=project, limit=limit, offset=offset
+    )
 
 
-@router.get("/{study_id}", response_model=StudyDetail, responses={404: {}})
-async def read_study(study_id: int, store: StoreDep) -> StudyDetail:
+@router.get("/{study_id}", response_model=StudyDetail, responses=NOT_FOUND)
+async def read_study(study_id: StudyId, store: StoreDep) -> StudyDetail:
     """A study's status, trial counts per state, best value and spec."""
     return await run_in_threadpool(get_study, store, study_id)
 
 
-@router.post("/{study_id}/cancel", response_model=StudyDetail, responses={404: {}, 409: {}})
-def cancel(study_id: int, store: StoreDep) -> StudyDetail:
+@router.post("/{study_id}/cancel", response_model=StudyDetail, responses=STATE_ERRORS)
+def cancel(study_id: StudyId, store: StoreDep) -> StudyDetail:
     """Cancels a queued or running study: nothing new starts, queued trials are dropped,
     trials in flight stop within an epoch (resume runs them again)."""
     return cancel_study(store, study_id)
@@ -185,46 +244,74 @@ class Enqueue(BaseModel):
     )
 
 
-@router.post("/{study_id}/extend", response_model=StudyDetail, responses={404: {}, 409: {}})
-def extend(study_id: int, body: AddTrials, store: StoreDep) -> StudyDetail:
+@router.post("/{study_id}/extend", response_model=StudyDetail, responses=STATE_ERRORS)
+def extend(study_id: StudyId, body: AddTrials, store: StoreDep) -> StudyDetail:
     """Adds trials to a queued or running study's budget."""
     return extend_study(store, study_id, body.add_trials)
 
 
-@router.post("/{study_id}/resume", response_model=StudyDetail, responses={404: {}, 409: {}})
-def resume(study_id: int, store: StoreDep, body: Resume | None = None) -> StudyDetail:
+@router.post("/{study_id}/resume", response_model=StudyDetail, responses=STATE_ERRORS)
+def resume(study_id: StudyId, store: StoreDep, body: Resume | None = None) -> StudyDetail:
     """Reopens a cancelled, failed or completed study: its cancelled trials run again
     (interrupted ones from their checkpoint), plus ``add_trials`` new ones."""
     return resume_study(store, study_id, (body or Resume()).add_trials)
 
 
-@router.post("/{study_id}/rerun-failed", response_model=StudyDetail, responses={404: {}, 409: {}})
-def rerun(study_id: int, store: StoreDep) -> StudyDetail:
+@router.post("/{study_id}/rerun-failed", response_model=StudyDetail, responses=STATE_ERRORS)
+def rerun(study_id: StudyId, store: StoreDep) -> StudyDetail:
     """Queues the study's failed trials again with their params (reopens it if ended)."""
     return rerun_failed(store, study_id)
+
+
+@router.post(
+    "/{study_id}/refit",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RefitView,
+    responses={
+        200: {"model": RefitView, "description": "The study is already refit (state done)"},
+        **error_responses(
+            404,
+            409,
+            descriptions={
+                409: "The study is still active, has several objectives (no single best "
+                "trial) or no completed trial"
+            },
+        ),
+    },
+)
+def refit(study_id: StudyId, store: StoreDep, response: Response) -> RefitView:
+    """Queues the refit of an ended study's best trial: its configuration retrained on the
+    training plus validation split for the epochs it ran, then scored on the test split
+    (a worker runs it; ``GET /studies/{id}/best`` shows it under ``refit``). Once done, the
+    bundle and predict serve the refit model. Idempotent: a refit already queued or running
+    answers 202, one that is done 200, with its state; a failed one is queued again."""
+    view = queue_refit(store, study_id)
+    if view.state == RefitState.DONE:
+        response.status_code = status.HTTP_200_OK
+    return view
 
 
 @router.post(
     "/{study_id}/trials",
     status_code=status.HTTP_201_CREATED,
     response_model=StudyDetail,
-    responses={404: {}, 409: {}, 422: {}},
+    responses=STATE_ERRORS,
 )
-def enqueue(study_id: int, body: Enqueue, store: StoreDep) -> StudyDetail:
+def enqueue(study_id: StudyId, body: Enqueue, store: StoreDep) -> StudyDetail:
     """Queues configurations to run before the sampler's proposals (from the budget)."""
     return enqueue_trials(store, study_id, body.configs)
 
 
-@router.delete("/{study_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {}, 409: {}})
-def delete(study_id: int, store: StoreDep) -> Response:
+@router.delete("/{study_id}", status_code=status.HTTP_204_NO_CONTENT, responses=STATE_ERRORS)
+def delete(study_id: StudyId, store: StoreDep) -> Response:
     """Deletes an ended study with its trials, weights and checkpoints."""
     delete_study(store, study_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{study_id}/trials", response_model=Page[TrialSummary], responses={404: {}})
+@router.get("/{study_id}/trials", response_model=Page[TrialSummary], responses=NOT_FOUND)
 async def read_trials(
-    study_id: int,
+    study_id: StudyId,
     store: StoreDep,
     state: Annotated[TrialStateName | None, Query(description="Only this state.")] = None,
     limit: Limit = 100,
@@ -237,8 +324,8 @@ async def read_trials(
     )
 
 
-@router.get("/{study_id}/trials/{number}", response_model=TrialDetail, responses={404: {}})
-def read_trial(study_id: int, number: int, store: StoreDep) -> TrialDetail:
+@router.get("/{study_id}/trials/{number}", response_model=TrialDetail, responses=NOT_FOUND)
+def read_trial(study_id: StudyId, number: TrialNumber, store: StoreDep) -> TrialDetail:
     """One trial with its full configuration, history and per-class report."""
     return get_trial(store, study_id, number)
 
@@ -246,9 +333,17 @@ def read_trial(study_id: int, number: int, store: StoreDep) -> TrialDetail:
 @router.get(
     "/{study_id}/trials/{number}/weights",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, 404: {}},
+    responses={
+        200: {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+            "description": "The weights file",
+        },
+        **NOT_FOUND,
+    },
 )
-def download_weights(study_id: int, number: int, store: StoreDep) -> StreamingResponse:
+def download_weights(study_id: StudyId, number: TrialNumber, store: StoreDep) -> StreamingResponse:
     """The trial's weights: a safetensors file (``safetensors.torch.load_file(path)``)
     named ``study<id>-trial<n>.safetensors``; weights stored before that format are a
     ``torch.save`` file (``torch.load(path, weights_only=True)``) named ``... .pt``. The
@@ -272,10 +367,11 @@ def download_weights(study_id: int, number: int, store: StoreDep) -> StreamingRe
     )
 
 
-@router.get("/{study_id}/best", response_model=BestTrials, responses={404: {}})
-def read_best(study_id: int, store: StoreDep) -> BestTrials:
+@router.get("/{study_id}/best", response_model=BestTrials, responses=NOT_FOUND)
+def read_best(study_id: StudyId, store: StoreDep) -> BestTrials:
     """The best trial (or Pareto front): params, configuration and validation metrics;
     once the study completed, their metrics on the test split (``test_metrics``,
     ``test_per_class``, ``test_confusion``; null without a test split) and the state of
-    that one evaluation (``test_evaluation``)."""
+    that one evaluation (``test_evaluation``); the refit and its test metrics (``refit``)
+    when one was asked for."""
     return best_trials(store, study_id)

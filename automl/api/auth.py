@@ -1,0 +1,143 @@
+"""API keys on every route but ``/health``, and projects: who a request is, what it sees.
+
+Once any active key exists, a request needs ``Authorization: Bearer <key>``; a missing,
+unknown or revoked key is a 401. Without keys every request is anonymous in project
+``default``. A study of another project answers 404 on every route whose path names a
+``study_id`` (an admin key sees all): ``authorize`` runs for each router the app
+includes, so a route added later gets the check without asking for it.
+
+Lookups are remembered for ``Settings.auth_cache_s`` (1 s by default) in each API
+process: a request with a known key costs no query, and a revoked key stops working
+within that time. A study's project is read on every request (one primary-key query):
+ids of deleted studies can be reused, so an answer kept would outlive its study.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from automl.api.params import StudyId
+from automl.store import DEFAULT_PROJECT, Store, StudyNotFoundError, study_project
+from automl.store.keys import Principal, authenticate, keys_exist
+
+ANONYMOUS = Principal(project=DEFAULT_PROJECT, admin=False)
+"""Every request while no active key exists."""
+
+MAX_CACHED_TOKENS = 1024
+"""Tokens remembered at once; more (a flood of made-up keys) empties the memory."""
+
+BEARER = HTTPBearer(
+    auto_error=False,
+    description="An API key from `automl keys create` (the CLI sends $AUTOML_API_KEY).",
+)
+
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+_STUDY_ID: TypeAdapter[int] = TypeAdapter(StudyId)
+
+
+class KeyCache:
+    """What the database said about keys, kept for ``ttl`` seconds (0: nothing kept)."""
+
+    def __init__(self, store: Store, ttl: float) -> None:
+        self._store, self._ttl = store, ttl
+        self._any: tuple[float, bool] | None = None
+        self._tokens: dict[str, tuple[float, Principal | None]] = {}
+
+    def fresh_any(self) -> bool | None:
+        """Whether any active key exists, if known recently; None otherwise."""
+        if self._any is not None and time.monotonic() < self._any[0]:
+            return self._any[1]
+        return None
+
+    def load_any(self) -> bool:
+        """Asks the database whether any active key exists (blocking)."""
+        exists = keys_exist(self._store)
+        self._any = (time.monotonic() + self._ttl, exists)
+        return exists
+
+    def fresh(self, token: str) -> tuple[bool, Principal | None]:
+        """``(known, principal)``: the token's principal (None: invalid), if known recently."""
+        entry = self._tokens.get(token)
+        if entry is not None and time.monotonic() < entry[0]:
+            return True, entry[1]
+        return False, None
+
+    def load(self, token: str) -> Principal | None:
+        """Looks the token up in the database (blocking)."""
+        principal = authenticate(self._store, token)
+        if self._ttl > 0:
+            if len(self._tokens) >= MAX_CACHED_TOKENS:
+                self._tokens.clear()
+            self._tokens[token] = (time.monotonic() + self._ttl, principal)
+        return principal
+
+
+async def authorize(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+) -> Principal:
+    """The request's principal; refuses (404) a study of another project.
+
+    Raises:
+        HTTPException: 401 for a missing, unknown or revoked key while keys exist.
+        StudyNotFoundError: The path's study is another project's.
+    """
+    cache: KeyCache = request.app.state.key_cache
+    principal = await _principal(cache, credentials)
+    study_id = _study_id(request)
+    if study_id is not None and not principal.admin:
+        project = await run_in_threadpool(study_project, request.app.state.store, study_id)
+        # A study that does not exist is the route's to answer (404, or 422 for its other
+        # parameters): ids are sequential, so that reveals nothing.
+        if project is not None and project != principal.project:
+            raise StudyNotFoundError(study_id)
+    return principal
+
+
+async def _principal(
+    cache: KeyCache, credentials: HTTPAuthorizationCredentials | None
+) -> Principal:
+    if credentials is None:
+        exists = cache.fresh_any()
+        if exists is None:
+            exists = await run_in_threadpool(cache.load_any)
+        if exists:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "API key required: send 'Authorization: Bearer <key>' (the CLI sends "
+                "$AUTOML_API_KEY; `automl keys create` makes one)",
+                headers=_CHALLENGE,
+            )
+        return ANONYMOUS
+    known, principal = cache.fresh(credentials.credentials)
+    if not known:
+        principal = await run_in_threadpool(cache.load, credentials.credentials)
+    if principal is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "invalid API key: unknown or revoked",
+            headers=_CHALLENGE,
+        )
+    return principal
+
+
+def _study_id(request: Request) -> int | None:
+    """The path's study id, read as the route reads it (``+7`` and `` 7`` are 7), when the
+    route has one and it is valid (an invalid one is the route's own 422)."""
+    raw = request.path_params.get("study_id")
+    if raw is None:
+        return None
+    try:
+        return _STUDY_ID.validate_python(raw)
+    except ValidationError:
+        return None
+
+
+PrincipalDep = Annotated[Principal, Depends(authorize)]
+"""The request's principal (cached per request: the router's check already ran)."""

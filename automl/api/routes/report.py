@@ -1,0 +1,47 @@
+"""A study's report: one self-contained HTML page of plots."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
+
+from automl.api.deps import StoreDep
+from automl.api.errors import error_responses
+from automl.api.params import StudyId
+from automl.delivery.study_report import study_report_html
+from automl.store import NoBestTrialError
+
+router = APIRouter(prefix="/studies", tags=["models"])
+
+
+@router.get(
+    "/{study_id}/report",
+    response_class=HTMLResponse,
+    responses={
+        200: {"description": "The report, a self-contained HTML page (images inline)"},
+        **error_responses(
+            404,
+            409,
+            descriptions={
+                404: "No such study",
+                409: "The study has no completed trial yet",
+            },
+        ),
+    },
+)
+async def study_report(study_id: StudyId, store: StoreDep) -> HTMLResponse:
+    """The study's report as one HTML page with every image inline (base64 PNG): the
+    optimization history, parameter importances, slice plots, and for the best trial
+    (with several objectives, the first of the Pareto front) its learning curves,
+    confusion matrix, per-class precision and recall, and a PCA and a t-SNE of its
+    penultimate-layer embeddings of (up to 500) validation images, coloured by class.
+    A plot that cannot be drawn (importances with fewer than 3 trials or 2 parameters)
+    shows a note instead. Takes a few seconds: the model embeds images and t-SNE runs."""
+    try:
+        page = await run_in_threadpool(study_report_html, store, study_id)
+    except NoBestTrialError as exc:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"{exc}: the report needs one; try again later"
+        ) from None
+    return HTMLResponse(page)

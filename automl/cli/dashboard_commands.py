@@ -1,0 +1,170 @@
+"""``automl dashboard``: optuna-dashboard on automl's storage and artifact store.
+
+optuna-dashboard reads the studies and trials from the same Optuna tables the API and
+the workers write, and the trials' artifacts (weights, model cards) through the same
+artifact store: automl's folder, SQL and S3 stores all implement Optuna's artifact-store
+protocol (``open_reader``, ``write``, ``remove``), so the SQL store used with PostgreSQL
+serves the dashboard as it serves the workers.
+
+A few dashboard actions would change what automl keeps in its own tables too; the
+dashboard refuses them (HTTP 403 with the command to use instead): deleting or renaming
+a study, and telling a trial's result by hand, which would end a trial a worker runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, CliError
+from automl.config import Settings
+
+if TYPE_CHECKING:
+    from automl.store import Store
+
+logger = logging.getLogger("automl.dashboard")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+_REFUSED: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    (
+        "DELETE",
+        re.compile(r"/api/studies/\d+"),
+        "delete automl studies with `automl delete ID` (or DELETE /studies/{id}), which "
+        "also removes automl's records and the study's artifacts",
+    ),
+    (
+        "POST",
+        re.compile(r"/api/studies/\d+/rename"),
+        "automl studies keep their names",
+    ),
+    (
+        "POST",
+        re.compile(r"/api/trials/\d+/tell"),
+        "automl's workers report trial results; cancel the study with `automl cancel ID`",
+    ),
+)
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: ports are 1 to 65535")
+    return port
+
+
+def dashboard_app(store: Store) -> WSGIApp:
+    """optuna-dashboard as a WSGI app on ``store``'s storage and artifact store, refusing
+    the actions listed in the module docstring.
+
+    Args:
+        store: An open store.
+    """
+    import optuna_dashboard
+
+    app = optuna_dashboard.wsgi(store.storage, artifact_store=store.artifacts)
+    return _refuse_automl_changes(app)
+
+
+def _refuse_automl_changes(app: WSGIApp) -> WSGIApp:
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "").rstrip("/")
+        for refused_method, pattern, reason in _REFUSED:
+            if method == refused_method and pattern.fullmatch(path):
+                body = json.dumps({"reason": reason}).encode()
+                start_response(
+                    "403 Forbidden",
+                    [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+                )
+                return [body]
+        return app(environ, start_response)
+
+    return guarded
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per request: a slow artifact download does not block the page."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s - %s", self.address_string(), format % args)
+
+
+def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    """Serves optuna-dashboard on the configured store until SIGINT or SIGTERM."""
+    from automl.proxy import is_proxy_url
+    from automl.store import open_store_from
+    from automl.store.storage import redact
+
+    if is_proxy_url(settings.storage):
+        raise CliError(
+            f"{settings.storage} is an automl proxy, which serves workers only; point "
+            "the dashboard at the database (AUTOML_STORAGE)",
+            EXIT_BAD_INPUT,
+        )
+    host = args.dashboard_host or DEFAULT_HOST
+    port = args.dashboard_port or DEFAULT_PORT
+    store = open_store_from(settings)
+    try:
+        try:
+            server = make_server(
+                host,
+                port,
+                dashboard_app(store),
+                server_class=_ThreadingServer,
+                handler_class=_QuietHandler,
+            )
+        except OSError as exc:
+            raise CliError(
+                f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_FAILURE
+            ) from None
+        previous = {signum: signal.signal(signum, _stop) for signum in _STOP_SIGNALS}
+        print(
+            f"optuna-dashboard on http://{host}:{server.server_port} "
+            f"(storage {redact(store.url)}, artifacts: {type(store.artifacts).__name__})",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            server.serve_forever()
+        except _Stopped:
+            pass
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            server.server_close()
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+class _Stopped(Exception):
+    """SIGINT or SIGTERM: stop serving and exit cleanly (``automl up`` stops children so)."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
+__all__ = ["DEFAULT_PORT", "cmd_dashboard", "dashboard_app", "port_number"]

@@ -1,0 +1,182 @@
+"""The CLI's client of a running ``automl serve``: a thin client over HTTP.
+
+Importing it imports neither torch nor optuna nor SQLAlchemy (only httpx, pydantic and the
+light view models), so commands against the API start fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from automl.config import Settings
+from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions
+from automl.store.views import BestTrials, Page, StudyDetail, StudySummary, TrialSummary
+
+HTTP_TIMEOUT_S = 60.0
+TRIALS_PAGE = 1000
+"""Trials per request when paging ``GET /studies/{id}/trials`` (the API's largest page)."""
+
+
+class ClientError(RuntimeError):
+    """A request failed; ``bad_input`` tells whether the caller's input was at fault."""
+
+    def __init__(self, message: str, bad_input: bool = False) -> None:
+        super().__init__(message)
+        self.bad_input = bad_input
+
+
+class HttpClient:
+    """Talks to a running ``automl serve`` over HTTP.
+
+    Every request carries ``api_key`` (default: ``AUTOML_API_KEY``) as
+    ``Authorization: Bearer``, when there is one.
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key if api_key is not None else Settings().api_key
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=HTTP_TIMEOUT_S, headers=self._headers()
+        )
+
+    def _headers(self) -> dict[str, str]:
+        """The headers every request carries."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def submit(self, spec_path: Path) -> StudyDetail:
+        """Sends a spec file (validated by the server)."""
+        try:
+            text = spec_path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ClientError(f"cannot read spec file {spec_path}: {exc.strerror}", True) from None
+        content_type = "application/json" if spec_path.suffix == ".json" else "application/yaml"
+        data = self._request(
+            "POST", "/studies", content=text, headers={"content-type": content_type}
+        )
+        return StudyDetail.model_validate(data)
+
+    def studies(self, limit: int) -> Page[StudySummary]:
+        """Newest studies first."""
+        return Page[StudySummary].model_validate(
+            self._request("GET", "/studies", params={"limit": limit})
+        )
+
+    def study(self, study_id: int) -> StudyDetail:
+        """One study."""
+        return StudyDetail.model_validate(self._request("GET", f"/studies/{study_id}"))
+
+    def best(self, study_id: int) -> BestTrials:
+        """The best trial(s)."""
+        return BestTrials.model_validate(self._request("GET", f"/studies/{study_id}/best"))
+
+    def trials(
+        self, study_id: int, state: str | None = None, limit: int | None = None
+    ) -> Page[TrialSummary]:
+        """A study's trials in number order (the first ``limit``; all without it),
+        fetched a page at a time."""
+        data: list[TrialSummary] = []
+        count = 0
+        while limit is None or len(data) < limit:
+            size = TRIALS_PAGE if limit is None else min(TRIALS_PAGE, limit - len(data))
+            params: dict[str, Any] = {"limit": size, "offset": len(data)}
+            if state is not None:
+                params["state"] = state
+            page = Page[TrialSummary].model_validate(
+                self._request("GET", f"/studies/{study_id}/trials", params=params)
+            )
+            data += page.data
+            count = page.count
+            if len(page.data) < size or len(data) >= count:
+                break
+        return Page[TrialSummary](data=data, count=count)
+
+    def cancel(self, study_id: int) -> StudyDetail:
+        """Cancels a study."""
+        return StudyDetail.model_validate(self._request("POST", f"/studies/{study_id}/cancel"))
+
+    def extend(self, study_id: int, add_trials: int) -> StudyDetail:
+        """Adds trials to an active study."""
+        body = {"add_trials": add_trials}
+        return StudyDetail.model_validate(
+            self._request("POST", f"/studies/{study_id}/extend", json=body)
+        )
+
+    def resume(self, study_id: int, add_trials: int) -> StudyDetail:
+        """Reopens an ended study."""
+        body = {"add_trials": add_trials}
+        return StudyDetail.model_validate(
+            self._request("POST", f"/studies/{study_id}/resume", json=body)
+        )
+
+    def rerun_failed(self, study_id: int) -> StudyDetail:
+        """Queues a study's failed trials again."""
+        return StudyDetail.model_validate(
+            self._request("POST", f"/studies/{study_id}/rerun-failed")
+        )
+
+    def enqueue(self, study_id: int, configs: list[dict[str, Any]]) -> StudyDetail:
+        """Queues configurations to try next."""
+        body = {"configs": configs}
+        return StudyDetail.model_validate(
+            self._request("POST", f"/studies/{study_id}/trials", json=body)
+        )
+
+    def delete(self, study_id: int) -> None:
+        """Deletes an ended study."""
+        self._request("DELETE", f"/studies/{study_id}")
+
+    def predict(self, study_id: int, images: list[tuple[str, bytes]], top: int) -> Predictions:
+        """Uploads images (name, content) and returns their top classes."""
+        files = [("files", (name, data, "application/octet-stream")) for name, data in images]
+        return Predictions.model_validate(
+            self._request("POST", f"/studies/{study_id}/predict", params={"top": top}, files=files)
+        )
+
+    def annotate(self, study_id: int, request: AnnotateRequest) -> Annotations:
+        """Suggested labels for a folder under the server's data root."""
+        body = request.model_dump(exclude_defaults=True)
+        return Annotations.model_validate(
+            self._request("POST", f"/studies/{study_id}/annotate", json=body)
+        )
+
+    def best_model(self, study_id: int) -> bytes:
+        """The best model's bundle: a zip (``GET /studies/{id}/best/model``)."""
+        return self._send("GET", f"/studies/{study_id}/best/model").content
+
+    def report(self, study_id: int) -> str:
+        """The study's report, an HTML page (``GET /studies/{id}/report``)."""
+        return self._send("GET", f"/studies/{study_id}/report").text
+
+    def refit(self, study_id: int) -> dict[str, Any]:
+        """Queues the study's refit; its state as JSON (``POST /studies/{id}/refit``)."""
+        return self._request("POST", f"/studies/{study_id}/refit")  # type: ignore[no-any-return]
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach the API at {self.base_url}: {exc}") from None
+        if response.is_success:
+            return response
+        raise ClientError(_error_text(response), bad_input=400 <= response.status_code < 500)
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = None
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            loc = [str(part) for part in item.get("loc", []) if part != "body"]
+            parts.append(f"{item.get('path') or '.'.join(loc) or 'body'}: {item.get('msg')}")
+        return "; ".join(parts)
+    return str(detail or f"HTTP {response.status_code}")

@@ -1,0 +1,51 @@
+"""``automl report ID``: a study's report, an HTML page of plots, written to a file.
+
+Against the API (``--url``) the server draws the page and only the HTML travels (nothing
+here imports torch, optuna or matplotlib); on the local store it is drawn in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import webbrowser
+from pathlib import Path
+
+from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
+from automl.cli.http_client import HttpClient
+from automl.config import Settings
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    """Writes the report of ``args.study`` to ``args.output``; ``--open`` shows it."""
+    path = Path(args.output or f"study-{args.study}-report.html")
+    if path.is_dir():
+        raise CliError(f"--output {path} is a folder; name a file", EXIT_BAD_INPUT)
+    if not path.parent.is_dir():  # before the page is drawn, which takes seconds
+        raise CliError(f"cannot write {path}: no folder {path.parent}", EXIT_BAD_INPUT)
+    if settings.url:
+        page = HttpClient(settings.url).report(args.study)
+    else:
+        page = _draw_locally(settings, args.study)
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
+    if args.json:
+        print(json.dumps({"study_id": args.study, "file": str(path)}))
+    else:
+        print(f"study {args.study}: wrote the report to {path}")
+    if args.open:
+        webbrowser.open(path.resolve().as_uri())
+    return EXIT_OK
+
+
+def _draw_locally(settings: Settings, study_id: int) -> str:
+    from automl.cli.commands import open_store
+    from automl.delivery.study_report import study_report_html
+
+    store = open_store(settings)
+    try:
+        return study_report_html(store, study_id)
+    finally:
+        store.close()

@@ -1,0 +1,152 @@
+"""The commands that work on studies through the local store or the API (``--url``).
+
+This module imports no heavy library: against the API only httpx and pydantic load, so
+``automl status --url ...`` starts fast. The store is opened only on the local path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+from automl.cli.arguments import MAX_ID
+from automl.cli.bundle_commands import cmd_download_best
+from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
+from automl.cli.http_client import HttpClient
+from automl.cli.output import best_text, studies_table, study_text, trials_table
+from automl.config import Settings
+
+if TYPE_CHECKING:
+    from automl.cli.client import Client
+
+
+def client_for(settings: Settings) -> Client:
+    """The API's client with ``--url`` (``AUTOML_URL``), else the local store's."""
+    if settings.url:
+        return HttpClient(settings.url)
+    from automl.cli.client import LocalClient
+    from automl.cli.commands import open_store
+
+    return LocalClient(open_store(settings))
+
+
+def print_json(model: BaseModel) -> None:
+    """Prints a view as indented JSON."""
+    print(model.model_dump_json(indent=2))
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    """Submits a spec to the API (--url) or the local store."""
+    path = Path(args.spec)
+    if not settings.url and not path.is_file():
+        raise CliError(f"spec file not found: {path}", EXIT_BAD_INPUT)
+    client = client_for(settings)
+    study = client.submit(path)
+    if args.json:
+        print_json(study)
+    else:
+        print(f"submitted study {study.id} ({study.name}): {study.status.value}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Lists studies, or shows one."""
+    client = client_for(settings)
+    if args.study is None:
+        if args.limit < 1:
+            raise CliError("--limit must be >= 1", EXIT_BAD_INPUT)
+        if args.limit > MAX_ID:
+            raise CliError(f"--limit must be <= {MAX_ID}", EXIT_BAD_INPUT)
+        page = client.studies(args.limit)
+        print_json(page) if args.json else print(studies_table(page))
+    else:
+        study = client.study(args.study)
+        print_json(study) if args.json else print(study_text(study))
+    return EXIT_OK
+
+
+def cmd_best(args: argparse.Namespace, settings: Settings) -> int:
+    """Shows the best trial of a study; with ``--download DIR``, saves its model bundle."""
+    if getattr(args, "download", None):
+        return cmd_download_best(args, settings)
+    best = client_for(settings).best(args.study)
+    print_json(best) if args.json else print(best_text(best))
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    """Cancels a study."""
+    study = client_for(settings).cancel(args.study)
+    print_json(study) if args.json else print(f"study {study.id}: {study.status.value}")
+    return EXIT_OK
+
+
+def cmd_extend(args: argparse.Namespace, settings: Settings) -> int:
+    """Adds trials to an active study's budget."""
+    if args.add_trials < 1:
+        raise CliError("--add-trials must be >= 1", EXIT_BAD_INPUT)
+    study = client_for(settings).extend(args.study, args.add_trials)
+    print_json(study) if args.json else print(f"study {study.id}: {study.n_trials} trials")
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
+    """Reopens a cancelled, failed or completed study."""
+    if args.add_trials < 0:
+        raise CliError("--add-trials must be >= 0", EXIT_BAD_INPUT)
+    study = client_for(settings).resume(args.study, args.add_trials)
+    if args.json:
+        print_json(study)
+    else:
+        print(f"study {study.id}: {study.status.value} ({study.counts.waiting} trials to run)")
+    return EXIT_OK
+
+
+def cmd_rerun_failed(args: argparse.Namespace, settings: Settings) -> int:
+    """Queues a study's failed trials again."""
+    study = client_for(settings).rerun_failed(args.study)
+    if args.json:
+        print_json(study)
+    else:
+        print(f"study {study.id}: {study.status.value} ({study.counts.waiting} trials to run)")
+    return EXIT_OK
+
+
+def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    """Queues configurations (JSON objects of param values) to try next."""
+    configs = []
+    for index, text in enumerate(args.configs):
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"config {index + 1} is not JSON: {exc.msg}", EXIT_BAD_INPUT) from None
+        if not isinstance(config, dict):
+            raise CliError(f"config {index + 1} must be a JSON object", EXIT_BAD_INPUT)
+        configs.append(config)
+    study = client_for(settings).enqueue(args.study, configs)
+    if args.json:
+        print_json(study)
+    else:
+        print(f"study {study.id}: {len(configs)} configurations queued")
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
+    """Deletes an ended study with its trials and artifacts."""
+    client_for(settings).delete(args.study)
+    print(f"study {args.study} deleted")
+    return EXIT_OK
+
+
+def cmd_trials(args: argparse.Namespace, settings: Settings) -> int:
+    """Lists a study's trials in number order: a table, or ``--json``."""
+    page = client_for(settings).trials(args.study, state=args.state, limit=args.limit)
+    if args.json:
+        print_json(page)
+    else:
+        print(trials_table(page))
+    return EXIT_OK

@@ -1,0 +1,71 @@
+"""Gathering a study's report from the store: its trials, its best trial and the embeddings
+of that trial's validation images, rendered by ``automl.delivery.report``."""
+
+from __future__ import annotations
+
+import logging
+
+from automl.data import DatasetError
+from automl.delivery.embeddings import MAX_POINTS, validation_embeddings
+from automl.delivery.inference import DeliveryError, ServingTrial
+from automl.delivery.report import ReportData, render_report
+from automl.store import Store, WeightsNotFoundError, best_trials, get_frozen_trial, get_study
+
+logger = logging.getLogger("automl.delivery")
+
+
+def gather_report(store: Store, study_id: int, max_points: int = MAX_POINTS) -> ReportData:
+    """What the report of ``study_id`` shows.
+
+    The model sections describe the study's best trial (with several objectives, the
+    first of the Pareto front): the trial the search chose, scored on the validation split
+    its learning curves and embeddings come from (a refit model trained on that split too).
+
+    Raises:
+        StudyNotFoundError: If there is no such study.
+        NoBestTrialError: If no trial has completed yet.
+    """
+    study = get_study(store, study_id)
+    best = best_trials(store, study_id)
+    first = best.trials[0].number
+    trial = get_frozen_trial(store, study_id, first)
+    note = None
+    if len(best.directions) > 1:
+        note = (
+            f"{len(best.directions)} objectives: trial {first} is the first of the "
+            f"{len(best.trials)} trials on the Pareto front."
+        )
+    selection = "best_trial" if note is None else "pareto_front_first"
+    embeddings, embeddings_note = None, None
+    try:
+        embeddings = validation_embeddings(
+            store, ServingTrial(study_id, trial, selection), max_points
+        )
+    except (DeliveryError, WeightsNotFoundError, DatasetError) as exc:
+        embeddings_note = f"No embeddings of trial {first}: {exc}"
+    trials = store.reader.get_all_trials(study_id, deepcopy=False)
+    return ReportData(
+        study_id=study_id,
+        study_name=study.name,
+        status=study.status.value,
+        directions=study.directions,
+        metrics=study.metrics,
+        trials=trials,
+        best=trial,
+        best_note=note,
+        embeddings=embeddings,
+        embeddings_note=embeddings_note,
+    )
+
+
+def study_report_html(store: Store, study_id: int) -> str:
+    """The report of ``study_id`` as a self-contained HTML page.
+
+    Raises:
+        StudyNotFoundError: If there is no such study.
+        NoBestTrialError: If no trial has completed yet.
+    """
+    return render_report(gather_report(store, study_id))
+
+
+__all__ = ["gather_report", "study_report_html"]

@@ -1,0 +1,77 @@
+"""Projects: the study's owner (the submitting API key's project), and per-project quotas.
+
+A study's project is stored once, at submit, in its ``automl_studies`` row; the API shows
+a study only to keys of its project (and to admin keys). Workers do not look at it.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from automl.config import Limits
+from automl.spec import FieldError, SpecError
+from automl.store import tables
+from automl.store.status import ACTIVE
+from automl.store.storage import Store, retrying_read
+from automl.store.tables import DELETING
+
+DEFAULT_PROJECT = "default"
+"""The project of studies submitted without a key (``automl run``, an API without keys)."""
+
+
+class ProjectLimitError(SpecError):
+    """A submission would take a project over one of its ``Limits`` (a 422)."""
+
+
+@retrying_read
+def study_project(store: Store, study_id: int) -> str | None:
+    """The project of a study, or None when there is no such study (or it is being
+    deleted): one primary-key read."""
+    studies = tables.studies
+    with store.read() as connection:
+        return connection.scalar(
+            sa.select(studies.c.project).where(
+                studies.c.study_id == study_id, studies.c.status != DELETING
+            )
+        )
+
+
+def check_project_limits(store: Store, project: str, limits: Limits) -> None:
+    """Refuses a new study in ``project`` when the project is at one of its limits.
+
+    Counted with one aggregate before anything is written. Two submissions racing at the
+    limit may both pass: the quota bounds cost, it is not an invariant.
+
+    Raises:
+        ProjectLimitError: Naming the limit and its setting.
+    """
+    studies = tables.studies
+    active = sa.func.count().filter(studies.c.status.in_(ACTIVE))
+    with store.read() as connection:
+        row = connection.execute(
+            sa.select(sa.func.count().label("kept"), active.label("active")).where(
+                studies.c.project == project, studies.c.status != DELETING
+            )
+        ).one()
+    if row.kept >= limits.max_studies_per_project:
+        _refuse(project, f"has {row.kept} studies", "max_studies_per_project", limits)
+    if row.active >= limits.max_active_studies_per_project:
+        _refuse(
+            project,
+            f"has {row.active} queued or running studies",
+            "max_active_studies_per_project",
+            limits,
+        )
+
+
+def _refuse(project: str, state: str, name: str, limits: Limits) -> None:
+    advice = "delete one first" if name == "max_studies_per_project" else "wait or cancel one"
+    raise ProjectLimitError(
+        [
+            FieldError(
+                (),
+                f"project {project!r} {state}, its limit {name} = {getattr(limits, name)} "
+                f"(AUTOML_LIMIT_{name.upper()}); {advice}",
+            )
+        ]
+    )

@@ -1,0 +1,337 @@
+"""The refit of a study's best configuration on train + validation, claimed once.
+
+A refit is asked for by ``refit: true`` in the spec (queued in the transaction that
+completes the study, ``status.request_refit``) or later by ``queue_refit``. A worker claims
+a queued refit of an ended study with a compare-and-set on its ``automl_refits`` row,
+retrains the best trial's configuration (the store never imports training code), writes the
+weights and model card to the artifact store, and hands the result back with
+``finish_refit``: a compare-and-set on its claim that stores the result on the row and
+mirrors it into the study's ``automl.refit`` attribute in the same transaction, so two
+workers can never both store one. The worker beats (``beat_refit``) while it trains; a claim
+whose beats stopped for ``stale_after`` seconds is taken over, at most ``MAX_TRIES`` times
+per request, then the refit ends ``failed``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from automl.spec import StudySpec
+from automl.store import attrs, optuna_rows, tables
+from automl.store.artifacts import remove_quietly
+from automl.store.evaluations import best_trials_of
+from automl.store.status import ENDED, iso, lock_study, now
+from automl.store.storage import Store
+from automl.store.tables import RefitState
+from automl.store.views import RefitView
+
+REFIT_STALE_S = 600.0
+"""A claim not renewed for this long is taken to be abandoned and taken over."""
+
+REFIT_BEAT_S = 60.0
+"""How often a worker renews its claim while it trains (well under ``REFIT_STALE_S``)."""
+
+MAX_TRIES = 3
+"""Claims per request before a refit that never reports back ends ``failed``."""
+
+MAX_NOTE_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class RefitLease:
+    """A worker's claim on one study's refit.
+
+    Attributes:
+        study_id: The ended study.
+        worker_id: The claiming worker.
+        attempt: Which claim of the study's refit this is (its identity).
+        trial_number: The best trial, whose configuration is retrained; None when the
+            study has no single best trial (the refit then ends ``failed``).
+    """
+
+    study_id: int
+    worker_id: str
+    attempt: int
+    trial_number: int | None
+
+
+@dataclass(frozen=True)
+class RefitResult:
+    """A finished refit: the retrained model and its scores on the test split.
+
+    Attributes:
+        trial_number: The trial whose configuration was retrained.
+        epochs: Epochs trained (those the trial ran).
+        train_samples: Images trained on (training plus validation split).
+        weights: Artifact id of the weights (safetensors).
+        card: Artifact id of the model card (JSON), if it was stored.
+        test_metrics: Every registered metric on the test split.
+        test_per_class: Precision, recall, F1 and support of each class.
+        test_confusion: The confusion matrix; rows are true classes, columns predictions.
+        test_samples: Images in the test split.
+        duration_s: Seconds the training took.
+    """
+
+    trial_number: int
+    epochs: int
+    train_samples: int
+    weights: str
+    card: str | None
+    test_metrics: dict[str, float]
+    test_per_class: list[dict[str, Any]]
+    test_confusion: list[list[int]]
+    test_samples: int
+    duration_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as a JSON object."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RefitResult:
+        """The result that ``to_json`` wrote."""
+        return cls(**data)
+
+
+def _due(at: float, stale_after: float) -> sa.ColumnElement[bool]:
+    refits = tables.refits
+    return sa.or_(
+        refits.c.state == RefitState.QUEUED.value,
+        sa.and_(refits.c.state == RefitState.RUNNING.value, refits.c.claimed_at < at - stale_after),
+    )
+
+
+def claim_refit(
+    store: Store,
+    worker_id: str,
+    study_id: int | None = None,
+    *,
+    stale_after: float = REFIT_STALE_S,
+) -> RefitLease | None:
+    """Claims the oldest due refit of an ended study.
+
+    Costs one indexed read when none is due (workers ask between trials).
+
+    Args:
+        store: The store.
+        worker_id: The claiming worker's unique id.
+        study_id: Only claim this study's refit.
+        stale_after: Seconds after which a claim without beats counts as abandoned.
+
+    Returns:
+        The claim, or None when nothing is due (or another worker was faster).
+    """
+    refits, studies = tables.refits, tables.studies
+    query = (
+        sa.select(refits.c.study_id)
+        .join(studies, studies.c.study_id == refits.c.study_id)
+        .where(studies.c.status.in_(ENDED))
+        .order_by(refits.c.requested_at, refits.c.study_id)
+        .limit(1)
+    )
+    if study_id is not None:
+        query = query.where(refits.c.study_id == study_id)
+    with store.read() as connection:
+        candidate = connection.scalar(query.where(_due(now(connection), stale_after)))
+    if candidate is None:
+        return None
+    with store.write() as connection:
+        at = now(connection)
+        study = lock_study(connection, candidate)
+        row = connection.execute(
+            sa.select(refits).where(refits.c.study_id == candidate, _due(at, stale_after))
+        ).first()
+        if study is None or study.status not in ENDED or row is None:
+            return None  # another worker was first, or the study was resumed or deleted
+        if row.tries >= MAX_TRIES:
+            note = f"abandoned: {row.tries} claims ended without a result"
+            _end(connection, candidate, row.attempt, RefitState.FAILED, None, note, at)
+            return None
+        claimed = connection.execute(
+            refits.update()
+            .where(refits.c.study_id == candidate, refits.c.attempt == row.attempt)
+            .values(
+                state=RefitState.RUNNING.value,
+                attempt=row.attempt + 1,
+                tries=row.tries + 1,
+                worker_id=worker_id,
+                claimed_at=at,
+            )
+        )
+        if claimed.rowcount != 1:
+            return None
+        running = {"state": RefitState.RUNNING.value, "worker": worker_id}
+        optuna_rows.put_study_attrs(connection, candidate, {attrs.REFIT: running})
+    spec = StudySpec.model_validate_json(study.spec)
+    best = best_trials_of(store, candidate, study.name, spec.directions)
+    number = best[0].number if len(best) == 1 and len(spec.directions) == 1 else None
+    return RefitLease(candidate, worker_id, row.attempt + 1, number)
+
+
+def beat_refit(store: Store, lease: RefitLease) -> bool:
+    """Renews a claim while its worker trains; False if it is no longer held."""
+    refits = tables.refits
+    with store.write() as connection:
+        renewed = connection.execute(
+            refits.update()
+            .where(
+                refits.c.study_id == lease.study_id,
+                refits.c.attempt == lease.attempt,
+                refits.c.worker_id == lease.worker_id,
+                refits.c.state == RefitState.RUNNING.value,
+            )
+            .values(claimed_at=tables.db_now())
+        )
+    return renewed.rowcount == 1
+
+
+def finish_refit(
+    store: Store,
+    lease: RefitLease,
+    state: RefitState,
+    result: RefitResult | None = None,
+    note: str | None = None,
+) -> bool:
+    """Ends a claimed refit and stores its result, atomically.
+
+    A ``done`` result replaces the previous one, whose artifacts are then removed. Safe to
+    repeat: once this claim stored ``state``, the same call succeeds again.
+
+    Args:
+        store: The store.
+        lease: The claim.
+        state: ``done`` (with ``result``) or ``failed``.
+        result: The retrained model and its test metrics.
+        note: Why it failed.
+
+    Returns:
+        False if the claim was no longer held (taken over, superseded by a later request,
+        or the study was deleted): nothing was stored, and the caller removes the
+        artifacts it wrote.
+
+    Raises:
+        ValueError: If ``state`` does not end a refit, or ``done`` comes without a result.
+    """
+    if state not in (RefitState.DONE, RefitState.FAILED):
+        raise ValueError(f"{state.value!r} does not end a refit")
+    if state == RefitState.DONE and result is None:
+        raise ValueError("a done refit needs its result")
+    refits = tables.refits
+    with store.write() as connection:
+        at = now(connection)
+        lock_study(connection, lease.study_id)
+        row = connection.execute(
+            sa.select(refits.c.state, refits.c.weights, refits.c.card).where(
+                refits.c.study_id == lease.study_id,
+                refits.c.attempt == lease.attempt,
+                refits.c.worker_id == lease.worker_id,
+            )
+        ).first()
+        if row is None or row.state != RefitState.RUNNING.value:
+            # Safe to repeat: an earlier call under this claim that committed succeeded.
+            return row is not None and row.state == state.value
+        _end(connection, lease.study_id, lease.attempt, state, result, note, at)
+    if result is not None:
+        for artifact_id in {row.weights, row.card} - {result.weights, result.card, None}:
+            remove_quietly(store.artifacts, artifact_id)
+    return True
+
+
+def _end(
+    connection: sa.engine.Connection,
+    study_id: int,
+    attempt: int,
+    state: RefitState,
+    result: RefitResult | None,
+    note: str | None,
+    at: float,
+) -> None:
+    note = None if note is None else note[:MAX_NOTE_CHARS]
+    values: dict[str, Any] = {"state": state.value, "note": note, "finished_at": at}
+    mirror: dict[str, Any] = {"state": state.value, "note": note, "finished_at": iso(at)}
+    if result is not None:
+        values.update(
+            trial_number=result.trial_number,
+            result=json.dumps(result.to_json(), allow_nan=False),
+            weights=result.weights,
+            card=result.card,
+        )
+        mirror.update(result.to_json())
+    connection.execute(
+        tables.refits.update()
+        .where(tables.refits.c.study_id == study_id, tables.refits.c.attempt == attempt)
+        .values(**values)
+    )
+    optuna_rows.put_study_attrs(connection, study_id, {attrs.REFIT: mirror})
+
+
+def read_refit(connection: sa.engine.Connection, study_id: int) -> RefitView | None:
+    """Where the study's refit stands, with its latest result (None if never asked for)."""
+    row = connection.execute(
+        sa.select(tables.refits).where(tables.refits.c.study_id == study_id)
+    ).first()
+    if row is None:
+        return None
+    result = None if row.result is None else RefitResult.from_json(json.loads(row.result))
+    return RefitView(
+        state=RefitState(row.state),
+        note=row.note,
+        trial=None if result is None else result.trial_number,
+        epochs=None if result is None else result.epochs,
+        train_samples=None if result is None else result.train_samples,
+        test_metrics=None if result is None else result.test_metrics,
+        test_per_class=None if result is None else result.test_per_class,
+        test_confusion=None if result is None else result.test_confusion,
+        test_samples=None if result is None else result.test_samples,
+        requested_at=_datetime(row.requested_at),
+        finished_at=_datetime(row.finished_at),
+    )
+
+
+def served_refit(store: Store, study_id: int) -> RefitResult | None:
+    """The refit result that serves the study's predictions: the latest one, while the
+    refit is ``done`` (None otherwise)."""
+    with store.read() as connection:
+        row = connection.execute(
+            sa.select(tables.refits.c.state, tables.refits.c.result).where(
+                tables.refits.c.study_id == study_id
+            )
+        ).first()
+    if row is None or row.state != RefitState.DONE.value or row.result is None:
+        return None
+    return RefitResult.from_json(json.loads(row.result))
+
+
+def refit_artifacts(connection: sa.engine.Connection, study_id: int) -> Iterable[str]:
+    """The artifact ids the study's refit holds (for deleting the study)."""
+    row = connection.execute(
+        sa.select(tables.refits.c.weights, tables.refits.c.card).where(
+            tables.refits.c.study_id == study_id
+        )
+    ).first()
+    return [] if row is None else [a for a in (row.weights, row.card) if a is not None]
+
+
+def _datetime(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+__all__ = [
+    "MAX_TRIES",
+    "REFIT_BEAT_S",
+    "REFIT_STALE_S",
+    "RefitLease",
+    "RefitResult",
+    "beat_refit",
+    "claim_refit",
+    "finish_refit",
+    "read_refit",
+    "refit_artifacts",
+    "served_refit",
+]

@@ -1,0 +1,280 @@
+"""Refitting an ended study's best configuration on train + validation, once.
+
+A worker runs a due refit (see ``automl.store.refits``) before it claims its next trial,
+after any due test-split evaluation: it retrains the best trial's configuration, with the
+same seed, on the training plus validation split for the epochs the trial ran (no pruning,
+no early stopping: nothing is chosen any more), scores the model on the test split as the
+evaluation scores trials (``evaluate_weights``), writes the weights (safetensors) and the
+model card to the artifact store and hands the result back in one call, which stores it or,
+if the claim was lost meanwhile, nothing (the artifacts are then removed again).
+
+Normalization keeps the training split's statistics, which the trial's card states and
+predict recomputes, so the refit model takes exactly the input the trial's model took.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+import torch
+from optuna.trial import FrozenTrial
+
+from automl.data import ImageData, load_dataset
+from automl.delivery.card import build_card, trial_config
+from automl.delivery.refit import as_refit_trial
+from automl.store import (
+    Backoff,
+    RefitLease,
+    RefitResult,
+    RefitState,
+    attrs,
+    is_transient,
+    remove_quietly,
+    retry_transient,
+)
+from automl.store.artifacts import weights_bytes
+from automl.store.refits import REFIT_BEAT_S
+from automl.train import TrainingInterrupted, train
+from automl.train.evaluation import evaluate_weights
+from automl.worker.coordinator import Coordinator
+from automl.worker.evaluator import describe
+from automl.worker.shared_cache import SharedArtifactCache
+
+logger = logging.getLogger("automl.worker")
+
+Outcome = tuple[RefitState, RefitResult | None, str | None]
+
+
+class RefitLostError(RuntimeError):
+    """The refit's claim was taken over while it trained."""
+
+
+def run_refit(
+    coordinator: Coordinator,
+    lease: RefitLease,
+    device: str,
+    backoff: Backoff,
+    stopping: Callable[[], bool] = lambda: False,
+) -> RefitState | None:
+    """Retrains, scores and stores the claimed refit.
+
+    Args:
+        coordinator: The shared state.
+        lease: The claimed refit.
+        device: Torch device to train on.
+        backoff: Waits and logs during database outages.
+        stopping: True stops training (the worker is stopping); the claim then goes stale
+            and another worker takes it over.
+
+    Returns:
+        The state the refit ended in, or None if nothing was stored (stopped, the claim
+        was lost, or the database stayed unreachable).
+    """
+    written: list[str] = []
+    try:
+        state, result, note = refit(coordinator, lease, device, written, stopping)
+    except (TrainingInterrupted, RefitLostError) as exc:
+        logger.warning("refit of study %s stopped: %s", lease.study_id, exc)
+        _remove(coordinator, written)
+        return None
+    except Exception as exc:
+        _remove(coordinator, written)
+        if is_transient(exc):
+            logger.warning("refit of study %s interrupted: %s", lease.study_id, exc)
+            return None
+        logger.warning("refit of study %s failed: %s", lease.study_id, describe(exc))
+        state, result, note = RefitState.FAILED, None, describe(exc)
+    try:
+        stored = retry_transient(
+            lambda: coordinator.finish_refit(lease, state, result, note),
+            backoff=backoff,
+            doing="storing a refit",
+            give_up=stopping,
+        )
+    except Exception as exc:  # stored or not is unknown: the artifacts stay
+        logger.warning("refit of study %s not stored: %s", lease.study_id, describe(exc))
+        return None
+    if not stored:
+        logger.warning("refit of study %s was taken over; dropped", lease.study_id)
+        _remove(coordinator, written)
+        return None
+    if result is None:
+        logger.info("study %s refit %s: %s", lease.study_id, state.value, note)
+    else:
+        logger.info(
+            "study %s refit of trial %s (%d epochs, %d images) on the test split: accuracy=%.4f",
+            lease.study_id,
+            result.trial_number,
+            result.epochs,
+            result.train_samples,
+            result.test_metrics.get("accuracy", float("nan")),
+        )
+    return state
+
+
+def refit(
+    coordinator: Coordinator,
+    lease: RefitLease,
+    device: str,
+    written: list[str],
+    stopping: Callable[[], bool] = lambda: False,
+) -> Outcome:
+    """Retrains the best trial's configuration on train + validation and scores it.
+
+    Args:
+        coordinator: The shared state.
+        lease: The claimed refit.
+        device: Torch device to train on.
+        written: Receives the ids of the artifacts written (removed if nothing is stored).
+        stopping: True interrupts training.
+
+    Returns:
+        ``done`` with the result, or ``failed`` with the reason there is nothing to refit.
+
+    Raises:
+        TrainingInterrupted: If ``stopping`` became True.
+        RefitLostError: If the claim was taken over while training.
+        Exception: Whatever reading, training or writing raised (the caller records it).
+    """
+    if lease.trial_number is None:
+        return RefitState.FAILED, None, "the study has no single best trial to refit"
+    storage = coordinator.storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(lease.study_id, lease.trial_number)
+    trial = storage.get_trial(trial_id)
+    config = trial_config(trial)
+    data = load_dataset(config.dataset.source, config.dataset.options)
+    if not data.has_test:
+        note = f"dataset {config.dataset.source!r} has no test split to score a refit on"
+        return RefitState.FAILED, None, note
+    epochs = len(trial.user_attrs.get(attrs.HISTORY) or []) or config.epochs
+    refit_config = config.model_copy(update={"epochs": epochs, "patience": 0})
+    merged = train_plus_validation(data)
+    started = time.perf_counter()
+    trained = train(
+        refit_config,
+        None,
+        device=device,
+        should_stop=_beating(coordinator, lease, stopping),
+        data=merged,
+        artifacts=SharedArtifactCache(coordinator.artifacts),
+    )
+    duration = time.perf_counter() - started
+    report = evaluate_weights(
+        refit_config, trained.state_dict, split="test", data=data, device=device
+    )
+    prefix = f"refit-{lease.study_id}-{lease.attempt}-{uuid.uuid4().hex}"
+    weights = f"{prefix}.safetensors"
+    coordinator.artifacts.write(weights, io.BytesIO(weights_bytes(trained.state_dict)))
+    written.append(weights)
+    result = RefitResult(
+        trial_number=trial.number,
+        epochs=epochs,
+        train_samples=len(merged.train_y),
+        weights=weights,
+        card=None,
+        test_metrics=report.metrics,
+        test_per_class=report.per_class,
+        test_confusion=report.confusion,
+        test_samples=report.samples,
+        duration_s=duration,
+    )
+    card = _store_card(coordinator, lease, trial, result, f"{prefix}-model_card.json")
+    if card is not None:
+        written.append(card)
+        result = dataclasses.replace(result, card=card)
+    return RefitState.DONE, result, None
+
+
+def train_plus_validation(data: ImageData) -> ImageData:
+    """The dataset with the validation split added to the training split.
+
+    The training loop still scores a "validation" split after each epoch; here that is the
+    test split, whose numbers nothing reads (no pruning, no early stopping). Mean and
+    standard deviation stay the training split's; the fingerprint changes, so whatever an
+    imbalance strategy caches per dataset (the ``gan`` generator) is trained anew.
+    """
+    assert data.test_x is not None and data.test_y is not None
+    fingerprint = hashlib.sha256(f"{data.fingerprint}+validation".encode()).hexdigest()
+    return ImageData(
+        train_x=torch.cat([data.train_x, data.val_x]),
+        train_y=torch.cat([data.train_y, data.val_y]),
+        val_x=data.test_x,
+        val_y=data.test_y,
+        classes=data.classes,
+        mean=data.mean,
+        std=data.std,
+        fingerprint=fingerprint,
+        test_x=data.test_x,
+        test_y=data.test_y,
+    )
+
+
+def _beating(
+    coordinator: Coordinator, lease: RefitLease, stopping: Callable[[], bool]
+) -> Callable[[], bool]:
+    """``should_stop`` for training: renews the claim every ``REFIT_BEAT_S`` seconds."""
+    last = time.monotonic()
+
+    def should_stop() -> bool:
+        nonlocal last
+        if stopping():
+            return True
+        if time.monotonic() - last < REFIT_BEAT_S:
+            return False
+        last = time.monotonic()
+        try:
+            held = coordinator.beat_refit(lease)
+        except Exception as exc:  # an outage: keep training, the claim is not stale yet
+            if not is_transient(exc):
+                raise
+            logger.warning("refit of study %s: beat failed: %s", lease.study_id, exc)
+            return False
+        if not held:
+            raise RefitLostError(f"the refit of study {lease.study_id} was taken over")
+        return False
+
+    return should_stop
+
+
+def _store_card(
+    coordinator: Coordinator,
+    lease: RefitLease,
+    trial: FrozenTrial,
+    result: RefitResult,
+    artifact_id: str,
+) -> str | None:
+    """Writes the refit model's card; None if it could not be built (bundles build their
+    own, so a card is never worth the result)."""
+    try:
+        spec = coordinator.spec(lease.study_id)
+        card = build_card(
+            as_refit_trial(trial, result),
+            study_id=lease.study_id,
+            study_name=coordinator.storage.get_study_name_from_id(lease.study_id),
+            metrics=spec.metrics,
+            directions=spec.directions,
+        )
+        body = (json.dumps(card, indent=2, allow_nan=False) + "\n").encode()
+        coordinator.artifacts.write(artifact_id, io.BytesIO(body))
+    except Exception as exc:
+        logger.warning("study %s: the refit's model card is not stored: %s", lease.study_id, exc)
+        return None
+    return artifact_id
+
+
+def _remove(coordinator: Coordinator, artifact_ids: list[str]) -> None:
+    for artifact_id in artifact_ids:
+        try:
+            remove_quietly(coordinator.artifacts, artifact_id)
+        except Exception as exc:  # a leftover file is no reason to stop the worker
+            logger.warning("cannot remove artifact %s: %s", artifact_id, exc)
+
+
+__all__ = ["RefitLostError", "refit", "run_refit", "train_plus_validation"]

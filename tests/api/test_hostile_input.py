@@ -1,0 +1,386 @@
+"""The hostile-input corpus, against a real uvicorn server: each input is refused with its
+documented status, nothing is created in the database or on disk, and the connection
+that carried it still serves the next request."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+import uvicorn
+
+from automl.api import create_app
+from automl.config import Limits, Settings
+from automl.data.errors import DatasetError
+from automl.delivery.inference import MODELS
+from automl.models.transfer import CheckpointError, load_checkpoint
+from automl.store import Store, attrs, get_frozen_trial
+from automl.train.checkpoint import TrainState
+from tests.conftest import free_port, tiny_spec_data
+from tests.data.conftest import write_class_folder
+from tests.delivery.trained import png_bytes, png_declaring, train_study
+
+HUGE_BODY_BYTES = 100 * 2**20
+CHUNK = 64 * 2**10
+SOCKET_SLACK = 16 * 2**20
+"""A refusal "before reading it all" arrives before the limit and this much more of a
+huge body is sent (what the sockets' buffers hold)."""
+
+
+@dataclass
+class Server:
+    """A real uvicorn server in this process, over a store the test can inspect."""
+
+    url: str
+    port: int
+    store: Store
+    root: Path
+    study_id: int
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The API on a free port, with one trained digits study to predict with."""
+    root = tmp_path_factory.mktemp("hostile")
+    settings = Settings(storage=f"sqlite:///{root / 'automl.db'}", artifacts_dir=root / "artifacts")
+    app = create_app(settings)
+    store: Store = app.state.store
+    study_id = train_study(store)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    uvicorn_server = uvicorn.Server(config)
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uvicorn_server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield Server(f"http://127.0.0.1:{port}", port, store, root, study_id)
+    uvicorn_server.should_exit = True
+    thread.join(timeout=30)
+    store.close()
+
+
+@pytest.fixture
+def http(server: Server) -> Iterator[httpx.Client]:
+    """One client: every request of a test goes over one keep-alive connection."""
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+def snapshot(*folders: Path) -> set[str]:
+    """Every path under ``folders`` (what a refused request must leave as it was)."""
+    return {str(path) for folder in folders if folder.exists() for path in folder.rglob("*")}
+
+
+def study_count(http: httpx.Client) -> int:
+    response = http.get("/studies")
+    assert response.status_code == 200
+    return int(response.json()["count"])
+
+
+def local_port(response: httpx.Response) -> int:
+    """The client side port of the connection that carried ``response``."""
+    return int(response.extensions["network_stream"].get_extra_info("client_addr")[1])
+
+
+def messages(response: httpx.Response) -> str:
+    return json.dumps(response.json()["detail"])
+
+
+# --- specs ----------------------------------------------------------------------------------
+
+NESTED = "[" * 100_000 + "]" * 100_000
+BILLION_LAUGHS = "name: lol\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{key}: &{key} [{', '.join([f'*{previous}'] * 10)}]\n"
+    for previous, key in zip("abcdefgh", "bcdefghi", strict=True)
+)
+"""Nine levels of ten aliases: a billion strings once expanded, 700 bytes as text."""
+
+
+def billion_cell_grid() -> dict[str, Any]:
+    params = {f"p{index}": {"type": "int", "low": 0, "high": 999, "step": 1} for index in range(3)}
+    return tiny_spec_data(sampler={"name": "grid"}, params=params, budget={"n_trials": 10})
+
+
+SPECS = {
+    "billion-cell-grid": ("application/json", json.dumps(billion_cell_grid()), "max_grid_cells"),
+    "nested-json": ("application/json", NESTED, "max_spec_depth"),
+    "nested-yaml-flow": ("application/yaml", NESTED, "max_spec_depth"),
+    "nested-yaml-block": ("application/yaml", "- " * 100_000 + "x\n", "max_spec_depth"),
+    "billion-laughs": ("application/yaml", BILLION_LAUGHS, "max_spec_values"),
+    "yaml-python-tag": (
+        "application/yaml",
+        "name: !!python/object/apply:os.system ['touch pwned']\n",
+        "invalid YAML",
+    ),
+    "long-string": ("application/yaml", "name: " + "x" * 100_000 + "\n", "max_string_length"),
+    "dataset-dotdot": (
+        "application/json",
+        json.dumps(
+            tiny_spec_data(dataset={"source": "image_folder", "options": {"path": "../outside"}})
+        ),
+        "must not contain '..'",
+    ),
+    "dataset-percent-encoded": (
+        "application/json",
+        json.dumps(
+            tiny_spec_data(
+                dataset={"source": "image_folder", "options": {"path": "%2e%2e%2foutside"}}
+            )
+        ),
+        "percent-encoded",
+    ),
+    "dataset-absolute": (
+        "application/json",
+        json.dumps(tiny_spec_data(dataset={"source": "image_folder", "options": {"path": "/etc"}})),
+        "outside the data root",
+    ),
+    "dataset-symlink-out": (
+        "application/json",
+        json.dumps(
+            tiny_spec_data(dataset={"source": "image_folder", "options": {"path": "link_out"}})
+        ),
+        "outside the data root",
+    ),
+}
+
+
+@pytest.fixture
+def roots(data_root: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The data root, with a symlink to a real class folder beside it."""
+    outside = tmp_path / "outside"
+    write_class_folder(outside, {"a": 2, "b": 2})
+    (data_root / "link_out").symlink_to(outside, target_is_directory=True)
+    return data_root, outside
+
+
+@pytest.mark.parametrize("case", sorted(SPECS))
+def test_hostile_specs_are_422_and_create_nothing(
+    server: Server, http: httpx.Client, roots: tuple[Path, Path], tmp_path: Path, case: str
+) -> None:
+    content_type, body, names = SPECS[case]
+    count = study_count(http)
+    before = snapshot(server.artifacts, tmp_path)
+
+    response = http.post("/studies", content=body, headers={"content-type": content_type})
+
+    assert response.status_code == 422, response.text[:500]
+    assert names in messages(response)
+    after = http.get("/health")
+    assert after.status_code == 200
+    assert local_port(after) == local_port(response), "the connection was dropped"
+    assert study_count(http) == count
+    assert snapshot(server.artifacts, tmp_path) == before
+    assert not Path("pwned").exists()
+
+
+# --- huge bodies, streamed -------------------------------------------------------------------
+
+
+def send_until_answered(port: int, head: str, chunks: Iterator[bytes]) -> tuple[int, int]:
+    """Sends ``head`` then ``chunks`` until the server answers; returns the status and how
+    many body bytes were sent by then."""
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        for chunk in chunks:
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                break
+            sent += len(chunk)
+        answer = sock.recv(4096)
+    return int(answer.split(b" ", 2)[1]), sent
+
+
+def body_chunks(total: int, framed: bool, start: bytes = b"") -> Iterator[bytes]:
+    """``total`` bytes, beginning with ``start``, in chunks (``framed``: HTTP chunked)."""
+    for index in range(total // CHUNK):
+        data = start + b"x" * (CHUNK - len(start)) if index == 0 else b"x" * CHUNK
+        yield b"%x\r\n%s\r\n" % (len(data), data) if framed else data
+    if framed:
+        yield b"0\r\n\r\n"
+
+
+PART_HEAD = (
+    b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+    b"Content-Type: image/png\r\n\r\n"
+)
+"""The head of one image part: what follows it is a 100 MB "image"."""
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("target", ["spec", "predict"])
+def test_a_100_mb_body_is_413_before_it_is_read(
+    server: Server, http: httpx.Client, declared: bool, target: str
+) -> None:
+    count = study_count(http)
+    before = snapshot(server.artifacts)
+    loads = MODELS.loads
+    if target == "spec":
+        path, content_type, start = "/studies", "application/json", b""
+        limit = Settings().max_body_bytes
+    else:
+        path = f"/studies/{server.study_id}/predict"
+        content_type, start = "multipart/form-data; boundary=xyz", PART_HEAD
+        limit = Limits().max_upload_bytes
+    length = f"Content-Length: {HUGE_BODY_BYTES}" if declared else "Transfer-Encoding: chunked"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"{length}\r\n\r\n"
+    )
+
+    status, sent = send_until_answered(
+        server.port, head, body_chunks(HUGE_BODY_BYTES, framed=not declared, start=start)
+    )
+
+    assert status == 413
+    assert sent < limit + SOCKET_SLACK < HUGE_BODY_BYTES, f"{sent:,} bytes sent before the 413"
+    assert study_count(http) == count
+    assert snapshot(server.artifacts) == before
+    assert MODELS.loads == loads
+
+
+# --- images ----------------------------------------------------------------------------------
+
+
+def test_decompression_bomb_to_predict_is_422(server: Server, http: httpx.Client) -> None:
+    loads = MODELS.loads
+    ok = png_bytes(torch.zeros(1, 8, 8, dtype=torch.uint8))
+    files = [
+        ("files", ("ok.png", ok, "image/png")),
+        ("files", ("bomb.png", png_declaring(200_000, 200_000), "image/png")),
+    ]
+
+    response = http.post(f"/studies/{server.study_id}/predict", files=files)
+
+    assert response.status_code == 422
+    assert "'bomb.png'" in messages(response)
+    assert "max_image_pixels" in messages(response)
+    assert MODELS.loads == loads, "refused before the model loads"
+    assert http.get("/health").status_code == 200
+
+
+ANNOTATE_REFUSALS = {
+    "bomb": ({"path": "inbox", "write_csv": "inbox/labels.csv"}, "max_image_pixels"),
+    "folder-dotdot": ({"path": "../outside"}, "must not contain '..'"),
+    "folder-percent": ({"path": "%2e%2e/outside"}, "percent-encoded"),
+    "folder-absolute": ({"path": "/etc"}, "outside the data root"),
+    "folder-symlink": ({"path": "link_out"}, "outside the data root"),
+    "csv-dotdot": ({"path": "clean", "write_csv": "../labels.csv"}, "must not contain '..'"),
+    "csv-percent": ({"path": "clean", "write_csv": "%2e%2e/labels.csv"}, "percent-encoded"),
+    "csv-absolute": ({"path": "clean", "write_csv": "/tmp/labels.csv"}, "outside the data root"),
+    "csv-symlink": ({"path": "clean", "write_csv": "link_out/l.csv"}, "outside the data root"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ANNOTATE_REFUSALS))
+def test_hostile_annotate_requests_are_422_and_write_nothing(
+    server: Server, http: httpx.Client, roots: tuple[Path, Path], tmp_path: Path, case: str
+) -> None:
+    data_root, _ = roots
+    (data_root / "inbox").mkdir()
+    (data_root / "inbox" / "a.png").write_bytes(png_bytes(torch.zeros(1, 8, 8, dtype=torch.uint8)))
+    (data_root / "inbox" / "b.png").write_bytes(png_declaring(100_000, 100_000))
+    (data_root / "clean").mkdir()
+    (data_root / "clean" / "a.png").write_bytes(png_bytes(torch.zeros(1, 8, 8, dtype=torch.uint8)))
+    body, expected = ANNOTATE_REFUSALS[case]
+    before = snapshot(tmp_path, server.artifacts)
+    loads = MODELS.loads
+
+    response = http.post(f"/studies/{server.study_id}/annotate", json=body)
+
+    assert response.status_code == 422, response.text
+    assert expected in messages(response)
+    assert snapshot(tmp_path, server.artifacts) == before
+    assert MODELS.loads == loads
+
+
+def test_decompression_bomb_in_training_data_is_refused(data_root: Path) -> None:
+    from automl.data.decode import Preprocess, decode_image
+
+    bomb = data_root / "bomb.png"
+    bomb.write_bytes(png_declaring(8_000, 8_000))  # under Pillow's own limit, over ours
+
+    with pytest.raises(DatasetError, match=r"8000x8000 = 64000000 pixels; max_image_pixels"):
+        decode_image(str(bomb), Preprocess(8, 8), str(data_root))
+
+
+# --- weights that would run code --------------------------------------------------------------
+
+
+class RunsCode:
+    """Unpickled with ``pickle``'s full powers, this creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def hostile_weights(marker: Path) -> bytes:
+    """A ``torch.save`` file whose unpickling would create ``marker``."""
+    buffer = io.BytesIO()
+    torch.save({"weight": torch.zeros(2), "payload": RunsCode(marker)}, buffer)
+    return buffer.getvalue()
+
+
+def test_the_hostile_weights_do_run_code_when_loaded_unsafely(tmp_path: Path) -> None:
+    """The control: the payload is real (so the refusals below mean something)."""
+    marker = tmp_path / "ran"
+    torch.load(io.BytesIO(hostile_weights(marker)), weights_only=False)
+    assert marker.exists()
+
+
+def test_pickle_weights_are_refused_by_every_route_that_loads_them(
+    server: Server, http: httpx.Client, data_root: Path, tmp_path: Path
+) -> None:
+    study_id = train_study(server.store, name="pickled")
+    trial = get_frozen_trial(server.store, study_id, 0)
+    marker = tmp_path / "ran"
+    server.store.artifacts.write(
+        trial.user_attrs[attrs.WEIGHTS], io.BytesIO(hostile_weights(marker))
+    )
+    png = png_bytes(torch.zeros(1, 8, 8, dtype=torch.uint8))
+    (data_root / "a.png").write_bytes(png)
+
+    predicted = http.post(f"/studies/{study_id}/predict", files=[("files", ("a.png", png))])
+    bundled = http.get(f"/studies/{study_id}/best/model")
+    annotated = http.post(f"/studies/{study_id}/annotate", json={"path": "."})
+
+    for response in (predicted, bundled, annotated):
+        assert response.status_code == 404, response.text
+        assert "cannot be read safely" in response.json()["detail"]
+    assert not marker.exists()
+
+
+def test_pickle_checkpoints_are_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    pretrained = tmp_path / "pretrained.pt"
+    pretrained.write_bytes(hostile_weights(marker))
+
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint 'pretrained\.pt'"):
+        load_checkpoint(pretrained)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        TrainState.from_bytes(hostile_weights(marker))
+    assert not marker.exists()

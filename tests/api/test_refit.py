@@ -1,0 +1,128 @@
+"""Refit: ``refit: true`` and ``POST /studies/{id}/refit`` retrain the best configuration on
+train + validation, ``/best`` reports it, and the bundle and predict serve its model."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from automl.data import load_dataset
+from automl.store import served_refit
+from tests.api.conftest import RunStudy
+from tests.conftest import tiny_spec_data
+from tests.delivery.trained import png_bytes
+
+Submit = Callable[..., dict[str, Any]]
+DIGITS = {"source": "digits", "options": {"test_fraction": 0.2, "seed": 0}}
+
+
+def test_refit_of_an_unknown_study_is_404(client: TestClient) -> None:
+    response = client.post("/studies/999/refit")
+    assert response.status_code == 404
+    assert response.json()["detail"] == "study 999 not found"
+
+
+def test_refit_of_an_active_study_is_409(client: TestClient, submit: Submit) -> None:
+    study_id = submit()["id"]
+    response = client.post(f"/studies/{study_id}/refit")
+    assert response.status_code == 409
+    assert "is queued" in response.json()["detail"]
+
+
+def test_refit_of_a_study_without_a_completed_trial_is_409(
+    client: TestClient, submit: Submit
+) -> None:
+    study_id = submit()["id"]
+    assert client.post(f"/studies/{study_id}/cancel").status_code == 200
+    response = client.post(f"/studies/{study_id}/refit")
+    assert response.status_code == 409
+    assert response.json()["detail"] == f"study {study_id} has no completed trial to refit"
+
+
+def test_refit_with_several_objectives_is_refused_at_submit(client: TestClient) -> None:
+    data = tiny_spec_data(refit=True)
+    del data["objective"]
+    data["objectives"] = [{"metric": "accuracy"}, {"metric": "params"}]
+    response = client.post("/studies", json=data)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "refit"]
+    assert "no single best trial" in error["msg"]
+
+
+def test_refit_true_serves_the_refit_model_in_best_bundle_and_predict(
+    client: TestClient, submit: Submit, run_study: RunStudy
+) -> None:
+    study_id = submit(dataset=DIGITS, budget={"n_trials": 2, "max_failed": 0}, refit=True)["id"]
+    run_study(study_id)  # trains both trials, evaluates the best, then refits it
+
+    best = client.get(f"/studies/{study_id}/best").json()
+    [trial] = best["trials"]
+    refit = best["refit"]
+    assert refit["state"] == "done", refit
+    assert (refit["trial"], refit["epochs"]) == (trial["number"], 1)
+    data = load_dataset("digits", DIGITS["options"])
+    assert data.test_y is not None
+    assert refit["train_samples"] == len(data.train_y) + len(data.val_y)
+    assert refit["test_samples"] == len(data.test_y)
+    assert set(refit["test_metrics"]) == set(trial["test_metrics"])
+    assert sum(map(sum, refit["test_confusion"])) == len(data.test_y)
+    # Asking again changes nothing: it is done (200), with the same result.
+    again = client.post(f"/studies/{study_id}/refit")
+    assert again.status_code == 200 and again.json() == refit
+
+    response = client.get(f"/studies/{study_id}/best/model")
+    assert response.status_code == 200, response.text
+    assert "-refit-model.zip" in response.headers["content-disposition"]
+    with zipfile.ZipFile(io.BytesIO(response.content)) as bundle:
+        card = json.loads(bundle.read("model_card.json"))
+    assert card["model"]["refit"] is True
+    assert card["model"]["trial_number"] == trial["number"]
+    assert card["refit"]["epochs"] == 1
+    assert card["metrics"]["test"] == refit["test_metrics"]
+    assert card["metrics"]["validation"] == trial["metrics"]  # the trial's own, as it says
+
+    image = png_bytes(data.test_x[0])  # type: ignore[index]
+    answer = client.post(f"/studies/{study_id}/predict", files=[("files", ("a.png", image))])
+    assert answer.status_code == 200, answer.text
+    model = answer.json()["model"]
+    assert (model["selection"], model["trial_number"]) == ("refit", trial["number"])
+    assert "refit" in model["note"]
+
+
+def test_post_refit_queues_it_for_a_completed_study(
+    client: TestClient, submit: Submit, run_study: RunStudy
+) -> None:
+    study_id = submit(dataset=DIGITS, budget={"n_trials": 1, "max_failed": 0})["id"]
+    run_study(study_id)
+    store = client.app.state.store  # type: ignore[attr-defined]
+    assert client.get(f"/studies/{study_id}/best").json()["refit"] is None
+    predicted = client.post(
+        f"/studies/{study_id}/predict", files=[("files", ("a.png", png_bytes(_digit())))]
+    )
+    assert predicted.json()["model"]["selection"] == "best_trial"  # no refit yet
+
+    first = client.post(f"/studies/{study_id}/refit")
+    assert first.status_code == 202, first.text
+    assert first.json()["state"] == "queued"
+    second = client.post(f"/studies/{study_id}/refit")
+    assert (second.status_code, second.json()["state"]) == (202, "queued")  # idempotent
+
+    run_study(study_id)  # an idle worker picks the refit up
+    refit = client.get(f"/studies/{study_id}/best").json()["refit"]
+    assert refit["state"] == "done" and refit["trial"] == 0
+    result = served_refit(store, study_id)
+    assert result is not None and result.card is not None
+    with store.artifacts.open_reader(result.card) as reader:  # the stored card says refit
+        assert json.load(reader)["refit"]["trial_number"] == 0
+
+
+def _digit() -> Any:
+    data = load_dataset("digits", DIGITS["options"])
+    assert data.test_x is not None
+    return data.test_x[0]

@@ -1,0 +1,57 @@
+"""``GET /studies/{id}/report``: an HTML page, 404 for an unknown study, 409 before any
+trial completed, and declared so in the OpenAPI document."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from automl.delivery.report import SECTIONS
+
+
+def test_report_of_a_completed_study_is_an_html_page(completed: tuple[TestClient, int]) -> None:
+    client, study_id = completed
+    response = client.get(f"/studies/{study_id}/report")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert f"Study {study_id}: completed" in page
+    for key in SECTIONS:
+        assert f'<section id="{key}">' in page
+    # Two trials: importances are explained, every other plot drawn.
+    assert page.count('src="data:image/png;base64,') == len(SECTIONS) - 1
+    assert "need at least 3 completed trials" in page
+
+
+def test_unknown_study_is_404(client: TestClient) -> None:
+    response = client.get("/studies/4242/report")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "study 4242 not found"}
+
+
+def test_study_without_completed_trial_is_409(
+    client: TestClient, submit: Callable[..., dict[str, Any]]
+) -> None:
+    study = submit()
+    response = client.get(f"/studies/{study['id']}/report")
+    assert response.status_code == 409
+    assert "has no completed trial yet" in response.json()["detail"]
+
+
+def test_out_of_range_id_is_422(client: TestClient) -> None:
+    response = client.get(f"/studies/{2**31}/report")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["path", "study_id"]
+
+
+def test_openapi_declares_html_and_refusals(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/studies/{study_id}/report"]["get"]
+    responses = operation["responses"]
+    assert "text/html" in responses["200"]["content"]
+    for code in ("404", "409", "422"):
+        assert code in responses, code
+    assert responses["409"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorDetail"
+    }

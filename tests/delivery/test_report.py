@@ -1,0 +1,194 @@
+"""The study report: every plot inline as a PNG, notes where a plot cannot be drawn, the
+best model's embeddings, and user-supplied names escaped."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import FrozenTrial, TrialState, create_trial
+from PIL import Image
+
+from automl.delivery.embeddings import Embeddings, pca_2d, subsample, tsne_2d
+from automl.delivery.inference import ServingTrial, load_serving_model
+from automl.delivery.report import SECTIONS, ReportData, render_report
+from automl.delivery.study_report import gather_report, study_report_html
+from automl.spec import validate_spec
+from automl.store import NoBestTrialError, Store, StudyNotFoundError, attrs, submit_study
+from tests.conftest import store_at
+from tests.delivery.trained import REPORTED_STUDY, TRAINED_SPEC, digits_test_split, train_study
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, int]]:
+    """A store with a completed three-trial digits study of two parameters."""
+    root = tmp_path_factory.mktemp("reported")
+    store = store_at(f"sqlite:///{root / 'automl.db'}", root)
+    yield store, train_study(store, **REPORTED_STUDY)
+    store.close()
+
+
+def sections(page: str) -> dict[str, str]:
+    """Section id -> its inner HTML."""
+    found = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', page, re.S))
+    assert list(found) == list(SECTIONS), "sections missing or out of order"
+    return found
+
+
+def inline_png(section: str) -> Image.Image:
+    """The section's one inline image, decoded (fails if it has none or it is no PNG)."""
+    sources = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', section)
+    assert len(sources) == 1, section[:300]
+    data = base64.b64decode(sources[0], validate=True)
+    assert data.startswith(PNG_SIGNATURE)
+    image = Image.open(io.BytesIO(data), formats=["PNG"])
+    image.load()
+    return image
+
+
+def test_report_inlines_every_plot_as_png(reported: tuple[Store, int]) -> None:
+    store, study_id = reported
+    page = study_report_html(store, study_id)
+    assert page.startswith("<!DOCTYPE html>")
+    assert "http://" not in page and "https://" not in page, "the page must load nothing"
+    for key, body in sections(page).items():
+        assert f"<h2>{SECTIONS[key]}</h2>" in body
+        assert 'class="note"' not in body, f"{key}: {body[:300]}"
+        width, height = inline_png(body).size
+        assert width > 200 and height > 150, key
+    assert f"Study {study_id}: reported" in page
+
+
+def test_embeddings_are_backbone_features_of_validation_images(
+    reported: tuple[Store, int],
+) -> None:
+    store, study_id = reported
+    report = gather_report(store, study_id, max_points=50)
+    embeddings = report.embeddings
+    assert embeddings is not None, report.embeddings_note
+    served = load_serving_model(store, ServingTrial(study_id, report.best, "best_trial"))
+    data = digits_test_split()
+    assert embeddings.features.shape == (50, served.model[1][-1].in_features)
+    assert embeddings.total == len(data.val_y)
+    assert embeddings.classes == data.classes
+    index = torch.from_numpy(subsample(len(data.val_y), 50))
+    assert embeddings.labels.tolist() == data.val_y[index].tolist()
+    # They are the head's input: the head maps them to the whole model's logits.
+    with torch.no_grad():
+        logits = served.model(data.normalize(data.val_x[index]))
+        from_features = served.model[1](torch.from_numpy(embeddings.features))
+    torch.testing.assert_close(from_features, logits, rtol=1e-4, atol=1e-4)
+    assert pca_2d(embeddings.features).shape == tsne_2d(embeddings.features).shape == (50, 2)
+
+
+def test_unknown_study_and_study_without_completed_trial_raise(tmp_path: Any) -> None:
+    store = store_at(f"sqlite:///{tmp_path / 'automl.db'}", tmp_path)
+    try:
+        with pytest.raises(StudyNotFoundError):
+            study_report_html(store, 999)
+        study_id = submit_study(store, validate_spec(TRAINED_SPEC)).id
+        with pytest.raises(NoBestTrialError):
+            study_report_html(store, study_id)
+    finally:
+        store.close()
+
+
+# --- pure rendering of made-up data --------------------------------------------------------
+
+
+HOSTILE_CLASSES = ("<img src=x onerror=alert(1)>", "$\\frac{a}{$", "a&b", 'q"uote')
+
+
+def made_up_trial(number: int, params: dict[str, Any], value: float) -> FrozenTrial:
+    distributions = {
+        name: CategoricalDistribution(["x", "<y>"])
+        if isinstance(v, str)
+        else FloatDistribution(1e-4, 1.0, log=True)
+        for name, v in params.items()
+    }
+    confusion = [[5, 1, 0, 0], [0, 4, 2, 0], [1, 0, 6, 0], [0, 0, 1, 3]]
+    trial = create_trial(
+        state=TrialState.COMPLETE,
+        params=params,
+        distributions=distributions,
+        value=value,
+        user_attrs={
+            attrs.CLASSES: list(HOSTILE_CLASSES),
+            attrs.CONFUSION: confusion,
+            attrs.PER_CLASS: [
+                {"class": name, "precision": 0.5, "recall": 0.25 * (i + 1), "support": 5}
+                for i, name in enumerate(HOSTILE_CLASSES)
+            ],
+            attrs.HISTORY: [
+                {"epoch": 1, "train_loss": 1.2, "loss": 1.0, "accuracy": 0.5, "latency_ms": 0.2},
+                {"epoch": 2, "train_loss": 0.8, "loss": 0.9, "accuracy": 0.6, "latency_ms": 0.2},
+            ],
+        },
+    )
+    trial.number = number
+    return trial
+
+
+def made_up_embeddings() -> Embeddings:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(len(HOSTILE_CLASSES)), 10)
+    features = rng.normal(size=(len(labels), 6)).astype(np.float32) + labels[:, None]
+    return Embeddings(features, labels, HOSTILE_CLASSES, total=len(labels))
+
+
+def made_up_report(trials: list[FrozenTrial], **fields: Any) -> ReportData:
+    best = max(trials, key=lambda trial: trial.value or 0.0)
+    defaults: dict[str, Any] = {
+        "study_id": 7,
+        "study_name": "<script>alert('name')</script>",
+        "status": "completed",
+        "directions": ["maximize"],
+        "metrics": ["accuracy"],
+        "trials": trials,
+        "best": best,
+        "embeddings": made_up_embeddings(),
+    }
+    return ReportData(**{**defaults, **fields})
+
+
+def test_user_supplied_names_are_escaped() -> None:
+    params = [{"<b>lr</b>": 0.01 * (i + 1), "kind": "<y>" if i % 2 else "x"} for i in range(4)]
+    trials = [made_up_trial(i, p, 0.5 + 0.1 * i) for i, p in enumerate(params)]
+    page = render_report(made_up_report(trials))
+    for raw in ("<script>", "<b>lr</b>", "<y>", "<img src=x", 'q"uote'):
+        assert raw not in page
+    assert "&lt;script&gt;alert(&#x27;name&#x27;)&lt;/script&gt;" in page
+    assert "&lt;b&gt;lr&lt;/b&gt;" in page and "&lt;y&gt;" in page
+    for key, body in sections(page).items():  # mathtext-like class names draw as text
+        assert 'class="note"' not in body, f"{key}: {body[:300]}"
+        inline_png(body)
+
+
+def test_importances_show_a_note_with_one_parameter_or_few_trials() -> None:
+    one_param = [made_up_trial(i, {"lr": 0.01 * (i + 1)}, 0.5 + 0.1 * i) for i in range(4)]
+    found = sections(render_report(made_up_report(one_param)))
+    assert "share 1 (lr)" in found["param-importances"]
+    assert "<img" not in found["param-importances"]
+    inline_png(found["slice-plots"])
+
+    two = [made_up_trial(i, {"a": 0.1 * (i + 1), "b": 0.2}, 0.5) for i in range(2)]
+    found = sections(render_report(made_up_report(two)))
+    assert "at least 3 completed trials; this study has 2" in found["param-importances"]
+
+
+def test_missing_embeddings_show_their_reason() -> None:
+    trials = [made_up_trial(i, {"a": 0.1 * (i + 1)}, 0.5) for i in range(2)]
+    note = "No embeddings of trial 1: trial 1 kept no weights"
+    found = sections(render_report(made_up_report(trials, embeddings=None, embeddings_note=note)))
+    for key in ("embeddings-pca", "embeddings-tsne"):
+        assert note in found[key] and "<img" not in found[key]
+    inline_png(found["confusion-matrix"])

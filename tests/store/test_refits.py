@@ -1,0 +1,195 @@
+"""The refit of an ended study's best configuration: queued by the spec or on request,
+claimed by exactly one worker, stored all or nothing, on each backend."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+
+from automl.spec import StudySpec, validate_spec
+from automl.store import (
+    RefitLease,
+    RefitResult,
+    RefitState,
+    Store,
+    StudyStateError,
+    StudyStatus,
+    attrs,
+    beat_refit,
+    best_trials,
+    cancel_study,
+    claim_refit,
+    delete_study,
+    end_study_if_done,
+    finish_refit,
+    queue_refit,
+    served_refit,
+    submit_study,
+    tables,
+)
+from automl.store.artifacts import read_checkpoint as read_artifact
+from tests.conftest import tiny_spec_data
+from tests.store.conftest import drive
+
+SpecFactory = Callable[..., StudySpec]
+
+
+def _result(store: Store, number: int, name: str, accuracy: float = 0.75) -> RefitResult:
+    """A result whose weights and card exist in the artifact store, as a worker leaves them."""
+    for artifact_id in (f"{name}.safetensors", f"{name}.json"):
+        store.artifacts.write(artifact_id, io.BytesIO(b"x"))
+    return RefitResult(
+        trial_number=number,
+        epochs=2,
+        train_samples=100,
+        weights=f"{name}.safetensors",
+        card=f"{name}.json",
+        test_metrics={"accuracy": accuracy},
+        test_per_class=[{"class": "0", "recall": accuracy, "support": 4}],
+        test_confusion=[[3, 1], [0, 4]],
+        test_samples=8,
+        duration_s=0.5,
+    )
+
+
+def _completed(store: Store, spec: StudySpec, outcomes: list) -> int:  # type: ignore[type-arg]
+    study_id = submit_study(store, spec).id
+    drive(store, study_id, outcomes)
+    assert end_study_if_done(store, study_id) == StudyStatus.COMPLETED
+    return study_id
+
+
+def test_refit_true_queues_a_refit_that_one_worker_claims_and_stores(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2}, refit=True)).id
+    drive(store, study_id, [0.5])
+    assert claim_refit(store, "w1") is None  # still running: nothing is due
+    drive(store, study_id, [0.9])
+    assert end_study_if_done(store, study_id) == StudyStatus.COMPLETED
+    assert best_trials(store, study_id).refit.state == RefitState.QUEUED  # type: ignore[union-attr]
+
+    lease = claim_refit(store, "w1")
+    assert lease is not None
+    assert (lease.study_id, lease.trial_number, lease.attempt) == (study_id, 1, 1)
+    assert claim_refit(store, "w2") is None  # claimed: nobody else gets it
+    assert best_trials(store, study_id).refit.state == RefitState.RUNNING  # type: ignore[union-attr]
+    assert beat_refit(store, lease)
+    assert served_refit(store, study_id) is None  # nothing serves before it is done
+
+    result = _result(store, 1, "refit-a")
+    assert finish_refit(store, lease, RefitState.DONE, result)
+    assert finish_refit(store, lease, RefitState.DONE, result)  # a repeat is fine
+    assert not beat_refit(store, lease)  # ended: no longer held
+    assert claim_refit(store, "w2") is None
+
+    refit = best_trials(store, study_id).refit
+    assert refit is not None
+    assert (refit.state, refit.trial, refit.epochs) == (RefitState.DONE, 1, 2)
+    assert refit.test_metrics == {"accuracy": 0.75}
+    assert refit.test_confusion == [[3, 1], [0, 4]]
+    assert served_refit(store, study_id) == result
+    mirror = store.storage.get_study_user_attrs(study_id)[attrs.REFIT]
+    assert (mirror["state"], mirror["trial_number"]) == ("done", 1)
+
+
+def test_racing_workers_claim_a_refit_exactly_once(store: Store, tiny_spec: SpecFactory) -> None:
+    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}, refit=True), [0.5])
+    barrier = threading.Barrier(8)
+
+    def race(worker: str) -> RefitLease | None:
+        barrier.wait()
+        return claim_refit(store, worker)
+
+    with ThreadPoolExecutor(8) as pool:
+        leases = list(pool.map(race, [f"w{i}" for i in range(8)]))
+    won = [lease for lease in leases if lease is not None]
+    assert len(won) == 1 and won[0].study_id == study_id
+
+
+def test_a_stale_claim_is_taken_over_and_the_late_result_refused(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}, refit=True), [0.5])
+    first = claim_refit(store, "w1")
+    assert first is not None
+    assert claim_refit(store, "w2", stale_after=3600) is None  # fresh: not taken over
+    second = claim_refit(store, "w2", stale_after=-1)  # every claim counts as stale
+    assert second is not None and second.attempt == first.attempt + 1
+
+    assert not finish_refit(store, first, RefitState.DONE, _result(store, 0, "late"))
+    assert not beat_refit(store, first)
+    assert finish_refit(store, second, RefitState.DONE, _result(store, 0, "kept"))
+    assert served_refit(store, study_id).weights == "kept.safetensors"  # type: ignore[union-attr]
+
+
+def test_a_refit_abandoned_too_often_ends_failed(store: Store, tiny_spec: SpecFactory) -> None:
+    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}, refit=True), [0.5])
+    for worker in ("w1", "w2", "w3"):
+        assert claim_refit(store, worker, stale_after=-1) is not None
+    assert claim_refit(store, "w4", stale_after=-1) is None
+    refit = best_trials(store, study_id).refit
+    assert refit is not None and refit.state == RefitState.FAILED
+    assert "abandoned" in (refit.note or "")
+
+
+def test_queue_refit_asks_once_for_an_ended_study_and_refuses_what_cannot_be_refit(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2})).id
+    with pytest.raises(StudyStateError, match="is queued"):
+        queue_refit(store, study_id)
+    cancel_study(store, study_id)
+    with pytest.raises(StudyStateError, match="no completed trial"):
+        queue_refit(store, study_id)
+
+    done = _completed(store, tiny_spec(budget={"n_trials": 1}), [0.5])
+    assert claim_refit(store, "w1") is None  # no refit in the spec: none queued
+    assert queue_refit(store, done).state == RefitState.QUEUED
+    assert queue_refit(store, done).state == RefitState.QUEUED  # idempotent
+    lease = claim_refit(store, "w1")
+    assert lease is not None
+    assert finish_refit(store, lease, RefitState.FAILED, note="boom")
+    assert queue_refit(store, done).state == RefitState.QUEUED  # a failed one runs again
+
+    data = tiny_spec_data(budget={"n_trials": 1})
+    del data["objective"]
+    data["objectives"] = [{"metric": "accuracy"}, {"metric": "params"}]
+    pareto = _completed(store, validate_spec(data), [[0.5, 10.0]])
+    with pytest.raises(StudyStateError, match="no single best"):
+        queue_refit(store, pareto)
+
+
+def test_a_new_result_replaces_the_old_artifacts_and_deleting_removes_the_last(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}, refit=True), [0.5])
+    first = claim_refit(store, "w1")
+    assert first is not None and finish_refit(store, first, RefitState.DONE, _result(store, 0, "a"))
+    with store.write() as connection:  # asked again (as a completion after a resume does)
+        connection.execute(tables.refits.update().values(state=RefitState.QUEUED.value, tries=0))
+    second = claim_refit(store, "w1")
+    assert second is not None
+    assert finish_refit(store, second, RefitState.DONE, _result(store, 0, "b"))
+    assert read_artifact(store.artifacts, "a.safetensors") is None
+    assert read_artifact(store.artifacts, "a.json") is None
+    assert read_artifact(store.artifacts, "b.safetensors") == b"x"
+
+    delete_study(store, study_id)
+    assert read_artifact(store.artifacts, "b.safetensors") is None
+    with store.read() as connection:
+        assert connection.scalar(sa.select(sa.func.count()).select_from(tables.refits)) == 0
+
+
+def test_a_spec_refuses_refit_with_several_objectives() -> None:
+    data = tiny_spec_data(refit=True)
+    del data["objective"]
+    data["objectives"] = [{"metric": "accuracy"}, {"metric": "params"}]
+    with pytest.raises(Exception, match="refit") as caught:
+        validate_spec(data)
+    assert "no single best trial" in str(caught.value)
