@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import grpc
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import GrpcStorageProxy
 
 from automl.proxy import wire
@@ -135,6 +136,10 @@ class RemoteCoordinator:
     def record_params(self, lease: Lease, params: dict[str, Any]) -> None:
         """See ``Coordinator.record_params``."""
         self.call("record_params", {"lease": wire.lease_to_wire(lease), "params": params})
+
+    def record_results(self, trial_id: int, user_attrs: dict[str, Any]) -> None:
+        """See ``Coordinator.record_results``."""
+        self.call("record_results", {"trial_id": trial_id, "user_attrs": user_attrs})
 
     def save_checkpoint(self, lease: Lease, blob: bytes, epoch: int) -> None:
         """See ``Coordinator.save_checkpoint``."""
@@ -283,6 +288,8 @@ def _as_exception(exc: grpc.RpcError) -> Exception:
         return StudyNotFoundError(int(message))
     if kind == wire.ARTIFACT_NOT_FOUND:
         return ArtifactNotFound(message)
+    if kind == wire.TRIAL_FINISHED:
+        return UpdateFinishedTrialError(message)
     return RemoteCallError(f"proxy: {code.name}: {message}")
 
 

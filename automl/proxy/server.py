@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 import grpc
 import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import get_storage, run_grpc_proxy_server
 
 from automl.proxy import wire
@@ -75,6 +76,7 @@ class CoordinationService:
             "heartbeat": self._heartbeat,
             "record_trial": self._record_trial,
             "record_params": self._record_params,
+            "record_results": self._record_results,
             "save_checkpoint": self._save_checkpoint,
             "load_checkpoint": self._load_checkpoint,
             "finish": self._finish,
@@ -117,6 +119,9 @@ class CoordinationService:
                 _abort(context, grpc.StatusCode.NOT_FOUND, wire.STUDY_NOT_FOUND, study)
             except ArtifactNotFound as exc:
                 _abort(context, grpc.StatusCode.NOT_FOUND, wire.ARTIFACT_NOT_FOUND, str(exc))
+            except UpdateFinishedTrialError as exc:
+                code = grpc.StatusCode.FAILED_PRECONDITION
+                _abort(context, code, wire.TRIAL_FINISHED, str(exc))
             except Exception as exc:
                 if is_transient(exc):
                     message = first_line(exc)
@@ -145,6 +150,10 @@ class CoordinationService:
 
     def _record_params(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         self.coordinator.record_params(wire.lease_from_wire(header["lease"]), header["params"])
+        return {}, b""
+
+    def _record_results(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        self.coordinator.record_results(int(header["trial_id"]), header["user_attrs"])
         return {}, b""
 
     def _save_checkpoint(

@@ -30,6 +30,7 @@ CHANNEL_OPTIONS = [
 LEASE_LOST = "lease_lost"
 STUDY_NOT_FOUND = "study_not_found"
 ARTIFACT_NOT_FOUND = "artifact_not_found"
+TRIAL_FINISHED = "trial_finished"
 UNAVAILABLE = "unavailable"
 ERROR = "error"
 

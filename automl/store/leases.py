@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from optuna.exceptions import UpdateFinishedTrialError
 
 from automl.sampling import grid_cell
 from automl.spec import StudySpec
@@ -238,6 +239,21 @@ def record_params(store: Store, lease: Lease, params: dict[str, Any]) -> None:
         LeaseLostError: If the lease is no longer held.
     """
     _update_held(store, lease, params=json.dumps(params))
+
+
+def record_results(store: Store, trial_id: int, user_attrs: dict[str, Any]) -> None:
+    """Sets a running trial's result attributes (metrics, history, reports) in one transaction.
+
+    One write instead of one per attribute (each of Optuna's ``set_user_attr`` calls is
+    its own transaction): it is most of a short trial's store time.
+
+    Raises:
+        UpdateFinishedTrialError: If the trial already ended (a reaper failed it), as
+            Optuna's ``set_user_attr`` would.
+    """
+    with store.write() as connection:
+        if not optuna_rows.put_running_trial_attrs(connection, trial_id, user_attrs):
+            raise UpdateFinishedTrialError(f"trial {trial_id} is no longer running")
 
 
 def record_checkpoint(store: Store, lease: Lease, artifact_id: str, epoch: int) -> str | None:

@@ -139,6 +139,23 @@ def fail_running_trial(
     return True
 
 
+def put_running_trial_attrs(
+    connection: sa.engine.Connection, trial_id: int, user_attrs: Mapping[str, Any]
+) -> bool:
+    """Sets user attributes of a trial that is still RUNNING, the state read under a row lock.
+
+    Returns:
+        False if the trial is no longer RUNNING (a reaper ended it); nothing changed.
+    """
+    state = connection.scalar(
+        sa.select(trials.c.state).where(trials.c.trial_id == trial_id).with_for_update()
+    )
+    if state != TrialState.RUNNING:
+        return False
+    put_trial_attrs(connection, trial_id, user_attrs)
+    return True
+
+
 def trial_state(connection: sa.engine.Connection, trial_id: int) -> TrialState | None:
     """The state of a trial, or None if it does not exist."""
     return connection.scalar(sa.select(trials.c.state).where(trials.c.trial_id == trial_id))

@@ -46,6 +46,7 @@ from automl.store import (
     read_checkpoint,
     record_checkpoint,
     record_params,
+    record_results,
     record_trial,
     release,
     remove_quietly,
@@ -77,6 +78,11 @@ class Coordinator(Protocol):
 
     def record_params(self, lease: Lease, params: dict[str, Any]) -> None:
         """Keeps the attempt's params for a retry (raises ``LeaseLostError``)."""
+        ...
+
+    def record_results(self, trial_id: int, user_attrs: dict[str, Any]) -> None:
+        """Sets a running trial's user attributes in one write (raises
+        ``UpdateFinishedTrialError`` if it already ended)."""
         ...
 
     def save_checkpoint(self, lease: Lease, blob: bytes, epoch: int) -> None:
@@ -177,6 +183,10 @@ class SqlCoordinator:
     def record_params(self, lease: Lease, params: dict[str, Any]) -> None:
         """See ``Coordinator.record_params``."""
         record_params(self.store, lease, params)
+
+    def record_results(self, trial_id: int, user_attrs: dict[str, Any]) -> None:
+        """See ``Coordinator.record_results``."""
+        record_results(self.store, trial_id, user_attrs)
 
     def save_checkpoint(self, lease: Lease, blob: bytes, epoch: int) -> None:
         """Writes the blob under a new id, points the ticket at it, drops the old one."""

@@ -302,13 +302,18 @@ class _Attempt:
     # --- endings -----------------------------------------------------------------------------
 
     def _report_result(self, result: TrainResult, config: TrialConfig) -> TrialRun:
-        self._set_attr(attrs.METRICS, result.metrics)
-        self._set_attr(attrs.HISTORY, result.history)
-        self._set_attr(attrs.PER_CLASS, result.per_class)
-        self._set_attr(attrs.CONFUSION, result.confusion)
-        self._set_attr(attrs.CLASSES, list(result.classes))
+        results: dict[str, Any] = {
+            attrs.METRICS: result.metrics,
+            attrs.HISTORY: result.history,
+            attrs.PER_CLASS: result.per_class,
+            attrs.CONFUSION: result.confusion,
+            attrs.CLASSES: list(result.classes),
+        }
         if result.notes:
-            self._set_attr(attrs.NOTES, result.notes)
+            results[attrs.NOTES] = result.notes
+        if not result.pruned:
+            results.update(self._model_input(config, result.dataset))
+        self._record_results(results)
         if result.pruned:
             frozen = self._tell(state=TrialState.PRUNED)
             self._finish("pruned", None)
@@ -318,7 +323,6 @@ class _Attempt:
             raise FloatingPointError(f"objective is not finite: {values}")
         assert self.trial is not None
         trial = self.trial
-        self._record_model_input(config, result.dataset)
         self.ctx.persist(
             lambda: save_weights(
                 self.coordinator.storage, trial, result.state_dict, self.coordinator.artifacts
@@ -331,10 +335,10 @@ class _Attempt:
         self._retain_weights()
         return TrialRun(self.lease, "complete", frozen)
 
-    def _record_model_input(self, config: TrialConfig, data: ImageData | None) -> None:
-        """Records what the weights take (shape, preprocessing, normalization, dataset
-        fingerprint) and the library versions: what the model card needs besides the
-        other attributes. The dataset is the one training used, still in memory."""
+    def _model_input(self, config: TrialConfig, data: ImageData | None) -> dict[str, Any]:
+        """What the weights take (shape, preprocessing, normalization, dataset fingerprint)
+        and the library versions, as attributes: what the model card needs besides the
+        others. The dataset is the one training used, still in memory."""
         try:
             if data is None:
                 data = load_dataset(config.dataset.source, config.dataset.options)
@@ -346,9 +350,8 @@ class _Attempt:
                 self.lease.ticket_id,
                 exc,
             )
-            return
-        self._set_attr(attrs.INPUT, facts)
-        self._set_attr(attrs.LIBRARIES, library_versions())
+            return {}
+        return {attrs.INPUT: facts, attrs.LIBRARIES: library_versions()}
 
     def _save_model_card(self, values: list[float]) -> None:
         """Stores the trial's model card as an Optuna artifact, for optuna-dashboard. Tried
@@ -386,8 +389,7 @@ class _Attempt:
 
     def _fail(self, kind: FailureKind, error: str) -> TrialRun:
         try:
-            self._set_attr(attrs.ERROR, error[:MAX_ERROR_CHARS])
-            self._set_attr(attrs.FAILURE, kind.value)
+            self._record_results({attrs.ERROR: error[:MAX_ERROR_CHARS], attrs.FAILURE: kind.value})
             frozen = self._tell(state=TrialState.FAIL, failure=kind)
             self._finish("fail", kind)
         except (ResultRejectedError, UpdateFinishedTrialError) as exc:
@@ -444,6 +446,13 @@ class _Attempt:
         assert self.trial is not None
         trial = self.trial
         self.ctx.persist(lambda: trial.set_user_attr(key, value), "recording results")
+
+    def _record_results(self, user_attrs: dict[str, Any]) -> None:
+        trial_id = self.trial_id
+        assert trial_id is not None
+        self.ctx.persist(
+            lambda: self.coordinator.record_results(trial_id, user_attrs), "recording results"
+        )
 
     def _tell(
         self,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from automl.proxy import ProxyError, ProxyServer, RemoteCoordinator, parse_proxy_url, wire
@@ -35,7 +36,7 @@ from automl.store import (
 from automl.store.artifacts import open_weights
 from automl.worker import Worker, WorkerOptions
 from tests.conftest import free_port_pair
-from tests.store.conftest import drive
+from tests.store.conftest import drive, start_trial
 
 SpecFactory = Callable[..., StudySpec]
 
@@ -258,3 +259,18 @@ def test_refit_claims_keep_their_meaning_through_the_proxy(
     assert proxy.finish_refit(lease, RefitState.FAILED, None, "no test split")
     refit = best_trials(store, study_id).refit
     assert refit is not None and (refit.state, refit.note) == (RefitState.FAILED, "no test split")
+
+
+def test_results_are_recorded_through_the_proxy_until_the_trial_ends(
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1})).id
+    _, trial_id = start_trial(store, study_id)
+
+    proxy.record_results(trial_id, {attrs.METRICS: {"val_accuracy": 0.5}, attrs.NOTES: ["n"]})
+    user_attrs = store.storage.get_trial(trial_id).user_attrs
+    assert (user_attrs[attrs.METRICS], user_attrs[attrs.NOTES]) == ({"val_accuracy": 0.5}, ["n"])
+
+    store.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    with pytest.raises(UpdateFinishedTrialError):
+        proxy.record_results(trial_id, {attrs.METRICS: {"val_accuracy": 0.9}})

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from automl.spec import StudySpec
@@ -24,6 +25,7 @@ from automl.store import (
     heartbeat,
     record_checkpoint,
     record_params,
+    record_results,
     release,
     submit_study,
     tables,
@@ -202,3 +204,22 @@ def test_release_after_cancel_keeps_the_ticket_for_resume(
     assert release(store, lease, FailureKind.CANCELLED, "study ended")
     counts = get_study(store, study_id).counts
     assert (counts.cancelled, counts.running, counts.waiting) == (1, 0, 0)
+
+
+def test_results_are_recorded_in_one_write_only_while_the_trial_runs(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2})).id
+    lease, trial_id = start_trial(store, study_id)
+    results = {attrs.METRICS: {"val_accuracy": 0.5}, attrs.CLASSES: ["a", "b"]}
+
+    record_results(store, trial_id, results)
+
+    user_attrs = store.storage.get_trial(trial_id).user_attrs
+    assert {key: user_attrs[key] for key in results} == results
+    assert user_attrs[attrs.LEASE] == lease.key  # the others stay
+
+    store.storage.set_trial_state_values(trial_id, TrialState.FAIL)  # a reaper ended it
+    with pytest.raises(UpdateFinishedTrialError):
+        record_results(store, trial_id, {attrs.METRICS: {"val_accuracy": 0.9}})
+    assert store.storage.get_trial(trial_id).user_attrs[attrs.METRICS] == {"val_accuracy": 0.5}
