@@ -39,8 +39,25 @@ class GridError(ValueError):
     """The spec's space has no finite grid, or a grid too large."""
 
 
+def param_count(param: Any) -> int | float:
+    """How many values one spec param has on a grid, counted without listing them
+    (``math.inf`` when a float step is too fine to count).
+
+    Raises:
+        GridError: If the param is continuous (a float without ``step``).
+    """
+    if param.type == "categorical":
+        return len(param.choices)
+    if param.type == "int":
+        return max(0, (param.high - param.low) // (param.step or 1) + 1)
+    if param.step is None:
+        raise GridError("is continuous; give it a step or make it categorical")
+    steps = (param.high - param.low) / param.step + 1e-9
+    return math.floor(steps) + 1 if math.isfinite(steps) else math.inf
+
+
 def param_values(param: Any) -> list[Any]:
-    """The finite values of one spec param.
+    """The finite values of one spec param (``param_count`` of them: check it first).
 
     Raises:
         GridError: If the param is continuous (a float without ``step``).
@@ -49,9 +66,7 @@ def param_values(param: Any) -> list[Any]:
         return list(param.choices)
     if param.type == "int":
         return list(range(param.low, param.high + 1, param.step or 1))
-    if param.step is None:
-        raise GridError("is continuous; give it a step or make it categorical")
-    count = math.floor((param.high - param.low) / param.step + 1e-9) + 1
+    count = int(param_count(param))
     return [round(param.low + index * param.step, 12) for index in range(count)]
 
 
@@ -124,14 +139,19 @@ def check_grid(
 ) -> list[tuple[tuple[str | int, ...], str]]:
     """Problems that stop ``spec`` from running as an exact grid, as ``(loc, message)``."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
+    too_many = False
     for name, param in spec.params.items():
         try:
-            param_values(param)
+            # One param's values are counted before any is listed: a step of 1e-12, or an
+            # int range of 10**30, would otherwise be built in memory.
+            too_many = too_many or param_count(param) > limit
         except GridError as exc:
             problems.append((("params", name), f"grid sampler: {exc}"))
     if problems:
         return problems
     try:
+        if too_many:
+            raise GridError(f"the grid has more than {limit:,} cells")
         size = grid_size(spec, limit)
     except GridError as exc:
         return [(("sampler", "name"), f"{exc} (max_grid_cells); narrow the space")]

@@ -384,6 +384,10 @@ def parse_text(text: str, limits: Limits | None = None) -> Any:
         raise SpecError([FieldError((), f"invalid YAML/JSON{where}: {problem}")]) from None
     except RecursionError:
         raise SpecError([_too_deep(limits.max_spec_depth)]) from None
+    except SpecError:
+        raise
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise SpecError([FieldError((), f"invalid YAML/JSON: {exc}")]) from None
     return normalize_document(data, limits)
 
 
@@ -397,11 +401,12 @@ def parse_json(text: str, limits: Limits | None = None) -> Any:
     _check_flow_depth(text, limits.max_spec_depth)
 
     def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [key for key, _ in pairs]
-        repeated = next((key for key in keys if keys.count(key) > 1), None)
-        if repeated is not None:
+        found = dict(pairs)
+        if len(found) < len(pairs):  # one pass: an object of 100,000 keys stays cheap
+            seen: set[str] = set()
+            repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
             raise SpecError([FieldError((), f"invalid JSON: duplicate key {repeated!r}")])
-        return dict(pairs)
+        return found
 
     try:
         data = json.loads(text, object_pairs_hook=unique)
@@ -410,6 +415,10 @@ def parse_json(text: str, limits: Limits | None = None) -> Any:
         raise SpecError([FieldError((), message)]) from None
     except RecursionError:
         raise SpecError([_too_deep(limits.max_spec_depth)]) from None
+    except SpecError:
+        raise
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise SpecError([FieldError((), f"invalid JSON: {exc}")]) from None
     return normalize_document(data, limits)
 
 
@@ -654,7 +663,10 @@ def _check_limits(spec: StudySpec, limits: Limits) -> list[FieldError]:
 
 
 def _number(value: float) -> str:
-    return f"{value:,}" if float(value).is_integer() else f"{value:g}"
+    if isinstance(value, int):
+        # YAML's 0x... reads integers of any size, beyond float and decimal conversion.
+        return f"{value:,}" if value.bit_length() <= 64 else "an integer over 64 bits"
+    return f"{value:,}" if value.is_integer() else f"{value:g}"
 
 
 def _check_sampler(spec: StudySpec, limits: Limits) -> list[FieldError]:

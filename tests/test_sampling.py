@@ -108,6 +108,22 @@ def test_billion_cell_grid_is_refused_quickly() -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "param"),
+    [
+        ("weight_decay", {"type": "float", "low": 0.0, "high": 0.5, "step": 1e-12}),  # built
+        ("weight_decay", {"type": "float", "low": 0.0, "high": 0.5, "step": 5e-324}),  # inf
+        ("seed", {"type": "int", "low": 1, "high": 10**30}),  # once an OverflowError (500)
+    ],
+)
+def test_one_huge_param_is_counted_not_listed(name: str, param: dict[str, Any]) -> None:
+    errors = spec_errors({"name": "g", "sampler": {"name": "grid"}, "params": {name: param}})
+    assert errors == {
+        "sampler.name": f"the grid has more than {MAX_GRID_CELLS:,} cells (max_grid_cells); "
+        "narrow the space"
+    }
+
+
+@pytest.mark.parametrize(
     ("data", "name", "n_trials", "reason"),
     [
         (

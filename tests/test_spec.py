@@ -939,6 +939,24 @@ def test_json_parser_has_the_same_guards() -> None:
     assert parse_json('{"lr": "1e-3"}') == {"lr": 1e-3}
 
 
+def test_overlong_integers_and_wide_objects_are_refused_cheaply() -> None:
+    from automl.spec import parse_json
+
+    # More digits than Python converts is a ValueError, which once answered 500.
+    with pytest.raises(SpecError, match="invalid JSON: Exceeds the limit"):
+        parse_json('{"a": ' + "9" * 5_000 + "}")
+    with pytest.raises(SpecError, match="invalid YAML/JSON: Exceeds the limit"):
+        parse_text("a: " + "9" * 5_000)
+    # Hexadecimal has no digit limit: the integer is read, and the limit names it.
+    [error] = spec_errors("name: x\nbudget: {n_trials: 0x" + "f" * 5_000 + "}\n")
+    assert error.path == "budget.n_trials"
+    assert error.msg == "an integer over 64 bits is over the limit of 100,000 (max_trials)"
+    # 80,000 keys fit in a 1 MB body; a duplicate check quadratic in them took minutes.
+    wide = "{" + ",".join(f'"k{index}": 0' for index in range(80_000)) + ', "k7": 1}'
+    with pytest.raises(SpecError, match="duplicate key 'k7'"):
+        parse_json(wide)
+
+
 def test_limits_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOML_LIMIT_MAX_PARAMS", "1")
     monkeypatch.setenv("AUTOML_LIMIT_MAX_CHOICES", "2")

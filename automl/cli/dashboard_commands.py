@@ -8,7 +8,9 @@ serves the dashboard as it serves the workers.
 
 A few dashboard actions would change what automl keeps in its own tables too; the
 dashboard refuses them (HTTP 403 with the command to use instead): deleting or renaming
-a study, and telling a trial's result by hand, which would end a trial a worker runs.
+a study, telling a trial's result by hand, which would end a trial a worker runs, and
+deleting an artifact (optuna-dashboard removes the file, then fails to update the finished
+trial, so automl would point at weights that are gone).
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ _REFUSED: tuple[tuple[str, re.Pattern[str], str], ...] = (
         "POST",
         re.compile(r"/api/trials/\d+/tell"),
         "automl's workers report trial results; cancel the study with `automl cancel ID`",
+    ),
+    (
+        "DELETE",
+        re.compile(r"/api/artifacts/\d+(/\d+)?/[0-9a-fA-F-]+"),
+        "automl removes trials' weights itself (the spec's keep_weights) and every artifact "
+        "with the study (`automl delete ID`)",
     ),
 )
 

@@ -95,7 +95,11 @@ def annotations_text(result: Annotations) -> str:
 
 def served_text(model: ServedModel) -> str:
     """Which trial answered, and why it was chosen."""
-    how = "best trial" if model.selection == "best_trial" else "first of the Pareto front"
+    how = {
+        "best_trial": "best trial",
+        "refit": "refit on train + validation",
+        "pareto_front_first": "first of the Pareto front",
+    }.get(model.selection, model.selection)
     text = f"study {model.study_id}, trial {model.trial_number} ({how})"
     return f"{text}: {model.note}" if model.note else text
 

@@ -530,6 +530,17 @@ def best_trial_id(connection: sa.engine.Connection, study_id: int, maximize: boo
     return connection.scalar(query)
 
 
+def best_trial_number(
+    connection: sa.engine.Connection, study_id: int, maximize: bool
+) -> int | None:
+    """The number of the study's best COMPLETE trial on its only objective (as
+    ``best_trial_id``)."""
+    best = best_trial_id(connection, study_id, maximize)
+    if best is None:
+        return None
+    return connection.scalar(sa.select(trials.c.number).where(trials.c.trial_id == best))
+
+
 def top_trial_ids(
     connection: sa.engine.Connection, study_id: int, maximize: bool, limit: int
 ) -> list[int]:

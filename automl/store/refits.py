@@ -296,16 +296,29 @@ def read_refit(connection: sa.engine.Connection, study_id: int) -> RefitView | N
 
 def served_refit(store: Store, study_id: int) -> RefitResult | None:
     """The refit result that serves the study's predictions: the latest one, while the
-    refit is ``done`` (None otherwise)."""
+    refit is ``done`` and its trial is still the study's best (None otherwise: a resumed
+    study may have found a better trial since)."""
+    refits, studies = tables.refits, tables.studies
     with store.read() as connection:
         row = connection.execute(
-            sa.select(tables.refits.c.state, tables.refits.c.result).where(
-                tables.refits.c.study_id == study_id
-            )
+            sa.select(refits.c.state, refits.c.result, studies.c.spec)
+            .join(studies, studies.c.study_id == refits.c.study_id)
+            .where(refits.c.study_id == study_id)
         ).first()
-    if row is None or row.state != RefitState.DONE.value or row.result is None:
+        if row is None or row.state != RefitState.DONE.value or row.result is None:
+            return None
+        result = RefitResult.from_json(json.loads(row.result))
+        best = refit_trial_number(connection, study_id, row.spec)
+    return result if best == result.trial_number else None
+
+
+def refit_trial_number(connection: sa.engine.Connection, study_id: int, spec: str) -> int | None:
+    """The trial a refit of the study retrains now: its best on its only objective (None
+    with several objectives or no completed trial). ``spec`` is the stored spec JSON."""
+    directions = StudySpec.model_validate_json(spec).directions
+    if len(directions) != 1:
         return None
-    return RefitResult.from_json(json.loads(row.result))
+    return optuna_rows.best_trial_number(connection, study_id, directions[0] == "maximize")
 
 
 def refit_artifacts(connection: sa.engine.Connection, study_id: int) -> Iterable[str]:
@@ -333,5 +346,6 @@ __all__ = [
     "finish_refit",
     "read_refit",
     "refit_artifacts",
+    "refit_trial_number",
     "served_refit",
 ]

@@ -135,7 +135,7 @@ def submit_study(
     )
     seed = spec.sampler.seed if spec.sampler.seed is not None else secrets.randbits(31)
     fingerprint = _fingerprint(spec)
-    warm = plan_warm_start(store, spec, fingerprint)
+    warm = plan_warm_start(store, spec, fingerprint, project)
     if spec.warm_start is not None:
         store.storage.set_study_user_attr(study_id, attrs.WARM_START, warm.note())
     try:
@@ -646,7 +646,8 @@ def queue_refit(store: Store, study_id: int) -> RefitView:
     """Queues the refit of an ended study's best configuration (see ``automl.store.refits``).
 
     Idempotent: a refit already queued, running or done is left as it is and returned; a
-    failed one is queued again.
+    failed one, or a done one of a trial that is no longer the best (the study was resumed
+    since), is queued again.
 
     Raises:
         StudyNotFoundError: If there is no such study.
@@ -667,10 +668,12 @@ def queue_refit(store: Store, study_id: int) -> RefitView:
                 "single best trial to refit"
             )
         maximize = directions[0] == "maximize"
-        if optuna_rows.best_trial_id(connection, study_id, maximize) is None:
+        best = optuna_rows.best_trial_number(connection, study_id, maximize)
+        if best is None:
             raise StudyStateError(f"study {study_id} has no completed trial to refit")
         current = read_refit(connection, study_id)
-        if current is not None and current.state != RefitState.FAILED:
+        stale = current is not None and current.state == RefitState.DONE and current.trial != best
+        if current is not None and current.state != RefitState.FAILED and not stale:
             return current
         mirror = request_refit(connection, study_id, now(connection))
         optuna_rows.put_study_attrs(connection, study_id, {attrs.REFIT: mirror})

@@ -4,7 +4,9 @@ A spec names earlier studies, or ``auto`` (completed studies on the same dataset
 fingerprint). Their ``top_k`` best trials (by each study's first objective) become
 configurations of the new study, keeping only the params the new space searches, with
 values it allows and conditions under which they apply; whatever is dropped is noted.
-They are queued first and count toward the budget.
+They are queued first and count toward the budget. Only studies of the new study's own
+project count: another project's is "not found" (named) or not seen (``auto``), so a warm
+start cannot copy another project's configurations.
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ class WarmStart:
         return {"studies": self.studies, "enqueued": len(self.configs), "dropped": self.dropped}
 
 
-def plan_warm_start(store: Store, spec: StudySpec, fingerprint: str | None) -> WarmStart:
-    """The configurations of ``spec``'s warm start, best first, at most ``n_trials``.
+def plan_warm_start(
+    store: Store, spec: StudySpec, fingerprint: str | None, project: str
+) -> WarmStart:
+    """The configurations of ``spec``'s warm start, best first, at most ``n_trials``,
+    from studies of ``project`` only.
 
     Raises:
         SpecError: If a named study does not exist (``warm_start.studies[i]``).
@@ -48,7 +53,7 @@ def plan_warm_start(store: Store, spec: StudySpec, fingerprint: str | None) -> W
     if warm is None:
         return WarmStart()
     with store.read() as connection:
-        sources = _source_studies(connection, warm.studies, fingerprint)
+        sources = _source_studies(connection, warm.studies, fingerprint, project)
         plan = WarmStart(studies=[study_id for study_id, _ in sources])
         seen: set[str] = set()
         for study_id, directions in sources:
@@ -65,10 +70,13 @@ def plan_warm_start(store: Store, spec: StudySpec, fingerprint: str | None) -> W
 
 
 def _source_studies(
-    connection: sa.engine.Connection, named: list[int] | str, fingerprint: str | None
+    connection: sa.engine.Connection,
+    named: list[int] | str,
+    fingerprint: str | None,
+    project: str,
 ) -> list[tuple[int, list[str]]]:
     studies = tables.studies
-    columns = sa.select(studies.c.study_id, studies.c.spec)
+    columns = sa.select(studies.c.study_id, studies.c.spec).where(studies.c.project == project)
     if named == "auto":
         if fingerprint is None:
             return []

@@ -100,6 +100,24 @@ def test_the_dashboard_refuses_to_delete_rename_or_tell_automl_studies(store: St
         store.artifacts.open_reader(artifact_id).close()
 
 
+def test_the_dashboard_refuses_to_delete_a_trials_weights(store: Store) -> None:
+    # optuna-dashboard removes the file, then fails to mark the finished trial (a 500):
+    # the best model's weights would be gone while automl still points at them.
+    study_id = train_study(store, fixed=FAST)
+    trial_id = get_frozen_trial(store, study_id, 0)._trial_id
+    with client(store) as http:
+        listed = trial_artifacts(http, study_id)
+        for artifact_id in listed.values():
+            deleted = http.delete(f"/api/artifacts/{study_id}/{trial_id}/{artifact_id}")
+            assert deleted.status_code == 403
+            assert "keep_weights" in deleted.json()["reason"]
+        by_study = http.delete(f"/api/artifacts/{study_id}/{listed['model_card.json']}")
+        assert by_study.status_code == 403
+        assert trial_artifacts(http, study_id) == listed
+    for artifact_id in listed.values():
+        store.artifacts.open_reader(artifact_id).close()
+
+
 def test_retention_keeps_the_card_and_deletion_removes_every_artifact(store: Store) -> None:
     study_id = train_study(
         store,

@@ -222,3 +222,18 @@ def test_annotate_traversal_is_one_line_exit_2(
 
     assert code == 2
     assert one_error_line(err) == "error: path: '../elsewhere' must not contain '..'"
+
+
+@pytest.mark.parametrize(
+    ("selection", "how"),
+    [
+        ("best_trial", "(best trial)"),
+        ("refit", "(refit on train + validation)"),
+        ("pareto_front_first", "(first of the Pareto front)"),
+    ],
+)
+def test_the_header_names_how_the_serving_model_was_chosen(selection: str, how: str) -> None:
+    model = predict_commands.ServedModel(
+        study_id=1, trial_number=7, selection=selection, classes=["a"], input_shape=[1, 8, 8]
+    )
+    assert predict_commands.served_text(model) == f"study 1, trial 7 {how}"

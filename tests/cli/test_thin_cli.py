@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from automl.cli.main import COMMANDS, build_parser, main
 from automl.config import Settings
@@ -206,7 +207,11 @@ def test_commands_against_the_api_import_no_heavy_library_and_log_nothing(
         ["trials", "1", "--url", url],
         ["best", "1", "--url", url],
         ["export", "1", str(tmp_path / "out"), "--url", url],
+        ["best", "1", "--download", str(tmp_path / "bundle"), "--url", url],
+        ["report", "1", "-o", str(tmp_path / "report.html"), "--url", url],
+        ["predict", "1", str(tmp_path / "digit.png"), "--url", url],
     ]
+    Image.new("L", (8, 8)).save(tmp_path / "digit.png")
     done = subprocess.run(
         [sys.executable, "-c", THIN_RUN.format(heavy=HEAVY), json.dumps(commands)],
         capture_output=True,
@@ -220,6 +225,8 @@ def test_commands_against_the_api_import_no_heavy_library_and_log_nothing(
     assert "(3 of 3 trials)" in done.stdout
     assert "study 1: thin" in done.stdout
     assert (tmp_path / "out" / "model" / "model_card.json").is_file()
+    assert (tmp_path / "bundle" / "model.onnx").is_file()
+    assert "optimization-history" in (tmp_path / "report.html").read_text()
 
 
 @pytest.mark.slow

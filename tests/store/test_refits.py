@@ -28,6 +28,7 @@ from automl.store import (
     end_study_if_done,
     finish_refit,
     queue_refit,
+    resume_study,
     served_refit,
     submit_study,
     tables,
@@ -184,6 +185,26 @@ def test_a_new_result_replaces_the_old_artifacts_and_deleting_removes_the_last(
     assert read_artifact(store.artifacts, "b.safetensors") is None
     with store.read() as connection:
         assert connection.scalar(sa.select(sa.func.count()).select_from(tables.refits)) == 0
+
+
+def test_a_refit_of_a_trial_no_longer_best_is_not_served_and_can_be_asked_again(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}), [0.5])
+    queue_refit(store, study_id)
+    lease = claim_refit(store, "w1")
+    assert lease is not None and lease.trial_number == 0
+    assert finish_refit(store, lease, RefitState.DONE, _result(store, 0, "old"))
+    assert served_refit(store, study_id).trial_number == 0  # type: ignore[union-attr]
+
+    resume_study(store, study_id, add_trials=1)  # a better trial arrives
+    drive(store, study_id, [0.9])
+    assert end_study_if_done(store, study_id) == StudyStatus.COMPLETED
+    assert best_trials(store, study_id).trials[0].number == 1
+    assert served_refit(store, study_id) is None  # trial 0's refit no longer serves
+    assert queue_refit(store, study_id).state == RefitState.QUEUED  # asked anew for trial 1
+    lease = claim_refit(store, "w1")
+    assert lease is not None and lease.trial_number == 1
 
 
 def test_a_spec_refuses_refit_with_several_objectives() -> None:

@@ -110,3 +110,16 @@ def test_unknown_earlier_study_is_named(store: Store, tiny_spec: SpecFactory) ->
         submit_study(store, tiny_spec(warm_start={"studies": [987654]}))
     [error] = info.value.errors
     assert (error.path, error.msg) == ("warm_start.studies[0]", "study 987654 not found")
+
+
+def test_another_projects_study_is_no_source(store: Store, tiny_spec: SpecFactory) -> None:
+    # Study ids are sequential: naming one, or ``auto`` on the same data, must not copy
+    # another project's best configurations into the submitter's study.
+    theirs = finished_study(store, tiny_spec, RESULTS[:2])  # project "default"
+    with pytest.raises(SpecError) as info:
+        submit_study(store, tiny_spec(warm_start={"studies": [theirs]}), project="b")
+    [error] = info.value.errors
+    assert (error.path, error.msg) == ("warm_start.studies[0]", f"study {theirs} not found")
+    auto = submit_study(store, tiny_spec(warm_start={"studies": "auto"}), project="b")
+    assert store.storage.get_study_user_attrs(auto.id)[attrs.WARM_START]["studies"] == []
+    assert queued(store, auto.id) == []
