@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,16 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STORAGE = "sqlite:///automl.db"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is only reachable from this machine (``localhost``, 127.x, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 class Settings(BaseSettings):
@@ -118,6 +129,12 @@ class Settings(BaseSettings):
                 f"({self.heartbeat_interval:g} s), or live workers would be reaped"
             )
         return self
+
+    @property
+    def keys_required(self) -> bool:
+        """Whether the API needs a key even while none exists: it listens on a
+        non-loopback ``host`` and ``allow_anonymous`` is not set."""
+        return not (self.allow_anonymous or is_loopback(self.host))
 
 
 class Limits(BaseSettings):

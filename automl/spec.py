@@ -337,8 +337,28 @@ class StudySpec(StrictModel):
 _EXPONENT_NUMBER = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
 
 
+_STANDARD_TAG_PREFIX = "tag:yaml.org,2002:"
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """The safe loader (no tags, no objects), refusing a mapping that repeats a key."""
+    """The safe loader, refusing any explicit tag and a mapping that repeats a key."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        # Checked on the parser's event, before the node is built: even the safe loader
+        # would construct ``!!binary``, ``!!set``, ``!!timestamp``... and only plain data
+        # (implicitly resolved scalars, lists, mappings) is a spec.
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        tag = getattr(event, "tag", None)
+        if tag is not None:
+            shown = (
+                tag.replace(_STANDARD_TAG_PREFIX, "!!", 1)
+                if tag.startswith(_STANDARD_TAG_PREFIX)
+                else tag
+            )
+            raise yaml.composer.ComposerError(
+                None, None, f"tags are not allowed (found {shown})", event.start_mark
+            )
+        return super().compose_node(parent, index)  # type: ignore[no-untyped-call]
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()

@@ -927,6 +927,44 @@ def test_hostile_documents_are_refused(text: str, fragment: str) -> None:
     assert fragment in str(SpecError(errors))
 
 
+@pytest.mark.parametrize(
+    ("text", "found", "where"),
+    [
+        ("name: !!binary aGVsbG8=\n", "!!binary", "line 1, column 7"),
+        ("name: x\nfixed: !!set {epochs, width}\n", "!!set", "line 2, column 8"),
+        ("name: x\ndescription: !!timestamp 2001-12-14\n", "!!timestamp", "line 2, column 14"),
+        ("name: !!str x\n", "!!str", "line 1, column 7"),
+        ("name: x\nfixed: !!map {epochs: 1}\n", "!!map", "line 2, column 8"),
+        ("!!map\nname: x\n", "!!map", "line 1, column 1"),
+        ("name: x\nparams:\n  a: !!omap [b: 1]\n", "!!omap", "line 3, column 6"),
+        ("name: x\ntags: !!seq [a]\n", "!!seq", "line 2, column 7"),
+        ("name: !!python/object/apply:os.system [id]\n", "!!python/object/apply:os.system", ""),
+        ("name: !custom x\n", "!custom", "line 1, column 7"),
+        ("name: ! x\n", "found !)", "line 1, column 7"),
+        ("%TAG !e! tag:example.com,2000:\n---\nname: !e!x x\n", "tag:example.com,2000:x", ""),
+    ],
+)
+def test_explicit_tags_are_refused_with_their_place(text: str, found: str, where: str) -> None:
+    [error] = spec_errors(text)
+    assert error.path == "(spec)"
+    assert "tags are not allowed" in error.msg
+    assert found in error.msg and where in error.msg, error.msg
+
+
+def test_implicit_scalars_still_resolve() -> None:
+    data = parse_text("a: 12\nb: 0x1f\nc: .5\nd: ~\ne: true\nf: 1e-4\ng: '!!str'\nh: [x, {y: 1}]\n")
+    assert data == {
+        "a": 12,
+        "b": 31,
+        "c": 0.5,
+        "d": None,
+        "e": True,
+        "f": 1e-4,
+        "g": "!!str",
+        "h": ["x", {"y": 1}],
+    }
+
+
 def test_json_parser_has_the_same_guards() -> None:
     from automl.spec import parse_json
 

@@ -2,9 +2,13 @@
 
 Once any active key exists, a request needs ``Authorization: Bearer <key>``; a missing,
 unknown or revoked key is a 401. Without keys every request is anonymous in project
-``default``. A study of another project answers 404 on every route whose path names a
-``study_id`` (an admin key sees all): ``authorize`` runs for each router the app
-includes, so a route added later gets the check without asking for it.
+``default``, but only where that is safe: an API on a non-loopback host without
+``allow_anonymous`` (``Settings.keys_required``) answers 401 until a key exists, so
+revoking the last key closes it rather than opening it to anyone.
+
+A study of another project answers 404 on every route whose path names a ``study_id``
+(an admin key sees all): ``authorize`` runs for each router the app includes, so a route
+added later gets the check without asking for it.
 
 Lookups are remembered for ``Settings.auth_cache_s`` (1 s by default) in each API
 process: a request with a known key costs no query, and a revoked key stops working
@@ -85,11 +89,13 @@ async def authorize(
     """The request's principal; refuses (404) a study of another project.
 
     Raises:
-        HTTPException: 401 for a missing, unknown or revoked key while keys exist.
+        HTTPException: 401 for a missing, unknown or revoked key while keys exist, and
+            for every request while none exists on an API that requires keys.
         StudyNotFoundError: The path's study is another project's.
     """
     cache: KeyCache = request.app.state.key_cache
-    principal = await _principal(cache, credentials)
+    keys_required: bool = request.app.state.settings.keys_required
+    principal = await _principal(cache, credentials, keys_required)
     study_id = _study_id(request)
     if study_id is not None and not principal.admin:
         project = await run_in_threadpool(study_project, request.app.state.store, study_id)
@@ -101,12 +107,20 @@ async def authorize(
 
 
 async def _principal(
-    cache: KeyCache, credentials: HTTPAuthorizationCredentials | None
+    cache: KeyCache, credentials: HTTPAuthorizationCredentials | None, keys_required: bool
 ) -> Principal:
     if credentials is None:
         exists = cache.fresh_any()
         if exists is None:
             exists = await run_in_threadpool(cache.load_any)
+        if not exists and keys_required:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "no API key exists, and this API listens on a non-loopback address: create "
+                "one with `automl keys create --project P` (or set AUTOML_ALLOW_ANONYMOUS=true "
+                "to let anyone in)",
+                headers=_CHALLENGE,
+            )
         if exists:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, CliError
-from automl.config import Settings
+from automl.config import Settings, is_loopback
 
 if TYPE_CHECKING:
     from automl.store import Store
@@ -147,6 +147,14 @@ def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(
                 f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_FAILURE
             ) from None
+        if not is_loopback(host):
+            logger.warning(
+                "optuna-dashboard on %s has no authentication: anyone who reaches port %d "
+                "sees every project's studies and can change them (serve it on 127.0.0.1, "
+                "or put it behind an authenticating proxy)",
+                host,
+                server.server_port,
+            )
         previous = {signum: signal.signal(signum, _stop) for signum in _STOP_SIGNALS}
         print(
             f"optuna-dashboard on http://{host}:{server.server_port} "

@@ -6,6 +6,9 @@ a study only to keys of its project (and to admin keys). Workers do not look at 
 
 from __future__ import annotations
 
+import re
+import secrets
+
 import sqlalchemy as sa
 
 from automl.config import Limits
@@ -34,6 +37,31 @@ def study_project(store: Store, study_id: int) -> str | None:
                 studies.c.study_id == study_id, studies.c.status != DELETING
             )
         )
+
+
+SALT_HEX = 12
+"""Hex digits of the random suffix of a name that another project's study holds."""
+
+
+def salted(name: str) -> str:
+    """``name`` with a random, unguessable suffix (``-`` and ``SALT_HEX`` hex digits)."""
+    return f"{name}-{secrets.token_hex(SALT_HEX // 2)}"
+
+
+def project_study_names(
+    connection: sa.engine.Connection, project: str, names: list[str]
+) -> set[str]:
+    """Which of ``names`` the studies of ``project`` hold, as they are or ``salted``."""
+    studies = tables.studies
+    # ``_`` is LIKE's one-character wildcard (spec names may hold it too, so LIKE can
+    # match more): the pattern below keeps the exact ones.
+    like = [studies.c.name.like(f"{name}-{'_' * SALT_HEX}") for name in names]
+    query = sa.select(studies.c.name).where(
+        studies.c.project == project, sa.or_(studies.c.name.in_(names), *like)
+    )
+    held = re.compile("^(" + "|".join(map(re.escape, names)) + f")(?:-[0-9a-f]{{{SALT_HEX}}})?$")
+    found = (held.match(name) for name in connection.scalars(query))
+    return {match.group(1) for match in found if match is not None}
 
 
 def check_project_limits(store: Store, project: str, limits: Limits) -> None:

@@ -32,7 +32,12 @@ from automl.store.artifacts import remove_quietly
 from automl.store.attrs import StudyStatus
 from automl.store.evaluations import best_trials_of, read_evaluation
 from automl.store.leases import end_if_done
-from automl.store.projects import DEFAULT_PROJECT, check_project_limits
+from automl.store.projects import (
+    DEFAULT_PROJECT,
+    check_project_limits,
+    project_study_names,
+    salted,
+)
 from automl.store.refits import read_refit, refit_artifacts
 from automl.store.status import (
     ACTIVE,
@@ -102,19 +107,21 @@ def submit_study(
     submitting costs the same for 10 or 100,000 trials. The study becomes visible (to
     listings and workers) only when its row is written; a crash before that leaves an
     Optuna study that the reaper removes later. The name is the spec's, with ``-2``,
-    ``-3``... appended when taken.
+    ``-3``... appended when the project already has it (see ``_create_optuna_study``).
 
     Args:
         store: The store.
         spec: The validated spec.
-        idempotency_key: A client's key for this submission: a repeated submission with
-            the same key returns the first study instead of creating another.
+        idempotency_key: A client's key for this submission, unique within ``project``: a
+            repeated submission with the same key returns the first study instead of
+            creating another (another project's same key is another submission).
         project: The project the study belongs to (the submitting API key's).
         limits: The per-project limits to enforce (the API's); local commands pass none.
 
     Raises:
-        StudyStateError: If ``idempotency_key`` was used for a different spec or project.
+        StudyStateError: If ``idempotency_key`` was used for a different spec.
         ProjectLimitError: If ``project`` is at one of its ``limits``.
+        SpecError: If the warm start names a study ``project`` does not have.
     """
     spec_json = spec.model_dump_json(exclude_none=True)
     if idempotency_key is not None:
@@ -123,7 +130,11 @@ def submit_study(
             return get_study(store, existing)
     if limits is not None:
         check_project_limits(store, project, limits)
-    name = _create_optuna_study(store, spec)
+    fingerprint = _fingerprint(spec)
+    # Planned (and its sources checked) before anything is created: a refused warm start
+    # leaves no Optuna study behind.
+    warm = plan_warm_start(store, spec, fingerprint, project)
+    name = _create_optuna_study(store, spec, project)
     study_id = store.storage.get_study_id_from_name(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -134,8 +145,6 @@ def submit_study(
         study_id, attrs.SPEC, spec.model_dump(mode="json", exclude_none=True)
     )
     seed = spec.sampler.seed if spec.sampler.seed is not None else secrets.randbits(31)
-    fingerprint = _fingerprint(spec)
-    warm = plan_warm_start(store, spec, fingerprint, project)
     if spec.warm_start is not None:
         store.storage.set_study_user_attr(study_id, attrs.WARM_START, warm.note())
     try:
@@ -178,14 +187,12 @@ def _study_with_key(store: Store, key: str, spec_json: str, project: str) -> int
     studies = tables.studies
     with store.read() as connection:
         row = connection.execute(
-            sa.select(studies.c.study_id, studies.c.spec, studies.c.project).where(
-                studies.c.idempotency_key == key
+            sa.select(studies.c.study_id, studies.c.spec).where(
+                studies.c.idempotency_key == key, studies.c.project == project
             )
         ).first()
     if row is None:
         return None
-    if row.project != project:  # keys are unique across projects; name no other's study
-        raise StudyStateError(f"Idempotency-Key {key!r} was already used; choose another")
     if row.spec != spec_json:
         raise StudyStateError(
             f"Idempotency-Key {key!r} was already used for study {row.study_id} "
@@ -194,25 +201,43 @@ def _study_with_key(store: Store, key: str, spec_json: str, project: str) -> int
     return int(row.study_id)
 
 
-def _create_optuna_study(store: Store, spec: StudySpec) -> str:
+def _create_optuna_study(store: Store, spec: StudySpec, project: str) -> str:
+    """Creates the Optuna study; returns its name.
+
+    The name is the spec's, then ``-2``, ``-3``... skipping only the names ``project``'s
+    own studies hold. Optuna's names are global, so a name that another project's study
+    (or a leftover with no automl row) has gets a random suffix instead (``salted``, which
+    still counts as the project's): the answer says nothing about another project's
+    names, and the next submission moves on to the next number.
+    """
+    directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
     suffix = 1
     while suffix < 100_000:
         numbers = range(suffix, suffix + NAME_PROBE_BATCH)
         batch = [spec.name if n == 1 else f"{spec.name}-{n}" for n in numbers]
         suffix += NAME_PROBE_BATCH
         with store.read() as connection:
+            own = project_study_names(connection, project, batch)
             taken = optuna_rows.taken_study_names(connection, batch)
         for name in batch:
-            if name in taken:
+            if name in own:
                 continue
-            try:
-                store.storage.create_new_study(
-                    [optuna.study.StudyDirection[d.upper()] for d in spec.directions], name
-                )
+            if name not in taken and _created(store, directions, name):
                 return name
-            except DuplicatedStudyError:
-                continue  # another process took it between our probe and our insert
+            # Another project's name (or one taken since the probe): a random suffix.
+            name = salted(name)
+            if _created(store, directions, name):
+                return name
     raise StudyStateError(f"no free study name for {spec.name!r}")
+
+
+def _created(store: Store, directions: list[optuna.study.StudyDirection], name: str) -> bool:
+    """Whether the Optuna study ``name`` was created (False: the name is taken)."""
+    try:
+        store.storage.create_new_study(directions, name)
+    except DuplicatedStudyError:
+        return False
+    return True
 
 
 # --- reads -------------------------------------------------------------------------------------

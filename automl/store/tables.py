@@ -72,12 +72,15 @@ studies = sa.Table(
     sa.Column("seed", sa.BigInteger, nullable=False),
     sa.Column("spec", sa.Text, nullable=False),
     sa.Column("dataset_fingerprint", sa.String(64)),
-    sa.Column("idempotency_key", sa.String(256), unique=True),
+    sa.Column("idempotency_key", sa.String(256)),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("started_at", sa.Float),
     sa.Column("finished_at", sa.Float),
     sa.Index("ix_automl_studies_status", "status"),
     sa.Index("ix_automl_studies_project", "project", "status"),
+    sa.Index("ix_automl_studies_project_name", "project", "name"),
+    # A project's key names one submission; another project may use the same key.
+    sa.UniqueConstraint("project", "idempotency_key", name="uq_automl_studies_idempotency"),
     sa.Index("ix_automl_studies_fingerprint", "dataset_fingerprint", "status"),
 )
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import optuna
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.data import ImageData, load_dataset
@@ -64,6 +65,9 @@ class TrialContext:
 
     Attributes:
         coordinator: The shared state.
+        trial_storage: The storage the worker's studies were loaded with (the
+            coordinator's, wrapped in Optuna's trial cache where it applies): new trials
+            are created through it, so the studies know them at once.
         worker_id: This worker's unique id.
         device: Torch device for training.
         stopping: True once the worker was asked to stop.
@@ -73,6 +77,7 @@ class TrialContext:
     """
 
     coordinator: Coordinator
+    trial_storage: BaseStorage
     worker_id: str
     device: str
     stopping: Callable[[], bool]
@@ -216,9 +221,7 @@ class _Attempt:
         )
         # Not repeated on failure: a second call could create a second trial. The
         # release that follows a failure finds a created trial by its lease attribute.
-        self.trial_id = self.coordinator.storage.create_new_trial(lease.study_id, template)
-        # The Study caches trials; refresh it so it knows the one just created.
-        self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        self.trial_id = self.ctx.trial_storage.create_new_trial(lease.study_id, template)
         self.trial = optuna.Trial(self.study, self.trial_id)
         number = self.trial.number
         self.ctx.persist(

@@ -331,3 +331,66 @@ def test_project_limits_refuse_before_anything_is_written(
 
 def _optuna_study_names(store: Any) -> set[str]:
     return {summary.study_name for summary in store.storage.get_all_studies()}
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.7", "api.example.com"])
+def test_revoking_the_last_key_on_a_reachable_host_keeps_every_route_closed(
+    sqlite_url: str, tmp_path: Path, host: str
+) -> None:
+    client = make_client(sqlite_url, tmp_path / "artifacts", host=host, auth_cache_s=0)
+    try:
+        store = client.app.state.store  # type: ignore[attr-defined]
+        key, token = create_key(store, "alpha")
+        assert client.get("/studies", headers=_bearer(token)).status_code == 200
+        revoke_key(store, key.key_id)
+
+        for method, path in _operations(client):
+            response = _call(client, method, path, MISSING_ID, None)
+
+            assert response.status_code == 401, (method, path, response.text)
+            assert "no API key exists" in response.json()["detail"]
+            assert "automl keys create --project" in response.json()["detail"]
+        assert client.get("/studies", headers=_bearer(token)).status_code == 401
+        assert client.get("/health").status_code == 200
+        assert store.storage.get_all_studies() == [], "a refused request created a study"
+    finally:
+        close_client(client)
+
+
+@pytest.mark.parametrize(
+    ("host", "allow_anonymous"),
+    [("127.0.0.1", False), ("localhost", False), ("::1", False), ("0.0.0.0", True)],
+)
+def test_anonymous_requests_pass_on_loopback_or_with_consent(
+    sqlite_url: str, tmp_path: Path, host: str, allow_anonymous: bool
+) -> None:
+    client = make_client(
+        sqlite_url, tmp_path / "artifacts", host=host, allow_anonymous=allow_anonymous
+    )
+    try:
+        created = client.post("/studies", json=tiny_spec_data())
+
+        assert created.status_code == 201, created.text
+        assert created.json()["project"] == "default"
+    finally:
+        close_client(client)
+
+
+def test_an_idempotency_key_is_scoped_to_the_project(sqlite_url: str, tmp_path: Path) -> None:
+    client = make_client(sqlite_url, tmp_path / "artifacts")
+    try:
+        store = client.app.state.store  # type: ignore[attr-defined]
+        alpha, beta = (_bearer(create_key(store, name)[1]) for name in ("alpha", "beta"))
+        key = {"Idempotency-Key": "nightly-1"}
+
+        first = client.post("/studies", json=tiny_spec_data(), headers={**alpha, **key})
+        other = client.post("/studies", json=tiny_spec_data(name="b"), headers={**beta, **key})
+        again = client.post("/studies", json=tiny_spec_data(), headers={**alpha, **key})
+
+        assert (first.status_code, other.status_code, again.status_code) == (201, 201, 201)
+        assert other.json()["id"] != first.json()["id"]
+        assert other.json()["project"] == "beta"
+        assert again.json()["id"] == first.json()["id"]
+        assert len(store.storage.get_all_studies()) == 2
+    finally:
+        close_client(client)

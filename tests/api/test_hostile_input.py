@@ -20,6 +20,7 @@ import httpx
 import pytest
 import torch
 import uvicorn
+import yaml
 
 from automl.api import create_app
 from automl.config import Limits, Settings
@@ -119,6 +120,26 @@ def billion_cell_grid() -> dict[str, Any]:
     return tiny_spec_data(sampler={"name": "grid"}, params=params, budget={"n_trials": 10})
 
 
+def tagged_spec(field: str, line: str) -> str:
+    """A valid tiny spec as YAML with ``field`` replaced by ``line``, which writes it (or
+    its alternative) as an explicitly tagged node."""
+    rest = {key: value for key, value in tiny_spec_data().items() if key != field}
+    return yaml.safe_dump(rest, sort_keys=False) + line + "\n"
+
+
+TAGGED = {
+    "binary": ("name", "name: !!binary aGVsbG8="),
+    "set": ("fixed", "fixed: !!set {epochs, width}"),
+    "timestamp": ("description", "description: !!timestamp 2001-12-14"),
+    "str": ("name", "name: !!str tiny"),
+    "map": ("fixed", "fixed: !!map {epochs: 1, width: 8, depth: 1, batch_size: 128}"),
+    "seq": ("objective", "objectives: !!seq [{metric: accuracy}]"),
+    "python-name": ("name", "name: !!python/name:os.system ''"),
+    "local": ("name", "name: !local tiny"),
+}
+"""Explicit tags on scalars, mappings and sequences: standard, Python and local ones."""
+
+
 SPECS = {
     "billion-cell-grid": ("application/json", json.dumps(billion_cell_grid()), "max_grid_cells"),
     "nested-json": ("application/json", NESTED, "max_spec_depth"),
@@ -130,6 +151,10 @@ SPECS = {
         "name: !!python/object/apply:os.system ['touch pwned']\n",
         "invalid YAML",
     ),
+    **{
+        f"yaml-tag-{name}": ("application/yaml", tagged_spec(*tagged), "tags are not allowed")
+        for name, tagged in TAGGED.items()
+    },
     "long-string": ("application/yaml", "name: " + "x" * 100_000 + "\n", "max_string_length"),
     "dataset-dotdot": (
         "application/json",

@@ -4,14 +4,17 @@ retention and deletion keep the listing true, and automl's records are protected
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from automl.cli import dashboard_commands
 from automl.cli.dashboard_commands import dashboard_app
-from automl.cli.main import build_parser
+from automl.cli.main import build_parser, main
+from automl.config import Settings
 from automl.store import (
     Store,
     attrs,
@@ -22,6 +25,7 @@ from automl.store import (
     open_store,
 )
 from automl.store.artifacts import ArtifactNotFound
+from tests.conftest import free_port
 from tests.delivery.trained import train_study
 
 FAST = {"epochs": 1, "width": 8, "depth": 1, "batch_size": 128, "lr": 0.01, "optimizer": "adam"}
@@ -160,3 +164,38 @@ def test_dashboard_command_line() -> None:
     assert (up.dashboard, up.dashboard_port) == (True, 9001)
     with pytest.raises(SystemExit):
         parser.parse_args(["dashboard", "--port", "70000"])
+
+
+@pytest.mark.parametrize(("host", "warned"), [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_the_dashboard_warns_at_start_when_others_can_reach_it(
+    host: str,
+    warned: bool,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for field in Settings.model_fields:
+        monkeypatch.delenv(f"AUTOML_{field.upper()}", raising=False)
+    monkeypatch.setenv("AUTOML_STORAGE", sqlite_url)
+    monkeypatch.setenv("AUTOML_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    served: list[str] = []
+    # The real command binds the port; only serving forever is left out.
+    monkeypatch.setattr(
+        dashboard_commands._ThreadingServer,
+        "serve_forever",
+        lambda server, *args: served.append(server.server_address[0]),
+    )
+
+    with caplog.at_level(logging.WARNING, logger="automl.dashboard"):
+        code = main(["dashboard", "--host", host, "--port", str(free_port())])
+
+    assert code == 0
+    assert served == [host]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "automl.dashboard"]
+    if warned:
+        assert len(warnings) == 1, warnings
+        assert "no authentication" in warnings[0] and "every project" in warnings[0]
+        assert host in warnings[0]
+    else:
+        assert warnings == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -35,16 +36,33 @@ def test_a_study_belongs_to_its_submitters_project(
     assert {s.id for s in list_studies(store).data} == {local.id, vision.id}
 
 
-def test_an_idempotency_key_names_no_other_projects_study(
+def test_an_idempotency_key_is_the_projects_own(
     store: Store, tiny_spec: Callable[..., StudySpec]
 ) -> None:
     first = submit_study(store, tiny_spec(), "key-1", project="vision")
 
     assert submit_study(store, tiny_spec(), "key-1", project="vision").id == first.id
-    with pytest.raises(StudyStateError, match="already used") as refused:
-        submit_study(store, tiny_spec(), "key-1", project="audio")
-    assert "study" not in str(refused.value)  # names no other project's study
-    assert list_studies(store, project="audio").count == 0
+    other = submit_study(store, tiny_spec(name="changed"), "key-1", project="audio")
+    assert other.id != first.id and other.project == "audio"
+    assert submit_study(store, tiny_spec(name="changed"), "key-1", project="audio").id == other.id
+    assert [s.id for s in list_studies(store, project="audio").data] == [other.id]
+    with pytest.raises(StudyStateError, match=f"already used for study {first.id}"):
+        submit_study(store, tiny_spec(name="changed"), "key-1", project="vision")
+
+
+def test_a_study_name_says_nothing_of_other_projects(
+    store: Store, tiny_spec: Callable[..., StudySpec]
+) -> None:
+    theirs = [submit_study(store, tiny_spec(name="secret"), project="a").name for _ in "ab"]
+    ours = [submit_study(store, tiny_spec(name="secret"), project="b").name for _ in "abc"]
+
+    assert theirs == ["secret", "secret-2"]
+    assert re.fullmatch(r"secret-[0-9a-f]{12}", ours[0]), ours
+    assert re.fullmatch(r"secret-2-[0-9a-f]{12}", ours[1]), ours
+    assert ours[2] == "secret-3"
+    assert submit_study(store, tiny_spec(name="secret"), project="a").name.startswith("secret-3-")
+    names = [summary.study_name for summary in store.storage.get_all_studies()]
+    assert len(names) == len(set(names)) == 6
 
 
 def test_project_limits_count_kept_and_active_studies(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -92,8 +93,10 @@ def test_submit_creates_a_queued_study_without_per_trial_rows(
 
 def test_names_get_suffixes(store: Store, tiny_spec: SpecFactory) -> None:
     optuna.create_study(storage=store.storage, study_name="tiny-2")  # a plain Optuna study
-    names = [submit_study(store, tiny_spec()).name for _ in range(3)]
-    assert names == ["tiny", "tiny-3", "tiny-4"]
+    names = [submit_study(store, tiny_spec()).name for _ in range(4)]
+    assert names[0] == "tiny" and names[2:] == ["tiny-3", "tiny-4"]
+    # Not the project's own name: a random suffix, as for another project's study.
+    assert re.fullmatch(r"tiny-2-[0-9a-f]{12}", names[1]), names
 
 
 def test_idempotency_key_returns_the_first_study(store: Store, tiny_spec: SpecFactory) -> None:

@@ -110,6 +110,7 @@ def test_unknown_earlier_study_is_named(store: Store, tiny_spec: SpecFactory) ->
         submit_study(store, tiny_spec(warm_start={"studies": [987654]}))
     [error] = info.value.errors
     assert (error.path, error.msg) == ("warm_start.studies[0]", "study 987654 not found")
+    assert store.storage.get_all_studies() == [], "refused, yet an Optuna study was created"
 
 
 def test_another_projects_study_is_no_source(store: Store, tiny_spec: SpecFactory) -> None:

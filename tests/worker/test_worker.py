@@ -180,17 +180,19 @@ def test_database_error_after_the_claim_gives_the_ticket_back(
     sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 1})).id
-    real = sqlite_store.storage.create_new_trial
+    # The RDB storage's one funnel for new trials, whichever wrapper (Optuna's trial cache)
+    # the worker calls it through.
+    real = sqlite_store.storage._create_new_trial
     calls = {"n": 0}
 
-    def flaky(*args: Any, **kwargs: Any) -> int:
+    def flaky(*args: Any, **kwargs: Any) -> FrozenTrial:
         calls["n"] += 1
-        trial_id = real(*args, **kwargs)  # created, then the answer is lost
+        trial = real(*args, **kwargs)  # created, then the answer is lost
         if calls["n"] == 1:
             raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("connection reset"))
-        return trial_id
+        return trial
 
-    monkeypatch.setattr(sqlite_store.storage, "create_new_trial", flaky)
+    monkeypatch.setattr(sqlite_store.storage, "_create_new_trial", flaky)
     assert Worker(sqlite_store, _options()).run() == 2
 
     first, second = _trials(sqlite_store, study_id)
@@ -279,6 +281,7 @@ def test_out_of_memory_in_one_slot_is_retried_alone_and_the_others_finish(
         if failed_once.acquire(blocking=False):
             time.sleep(0.3)  # beside the other slot's trial
             raise torch.OutOfMemoryError("CUDA out of memory")
+        time.sleep(0.2)  # long enough that the two slots' trials surely overlap
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(automl.worker.runner, "train", train_or_run_out_of_memory)

@@ -136,7 +136,8 @@ async def create_study(
         Header(
             alias="Idempotency-Key",
             max_length=256,
-            description="Repeat a submission safely: the same key returns the first study.",
+            description="Repeat a submission safely: the same key returns the project's "
+            "first study with it (each project has its own keys).",
         ),
     ] = None,
 ) -> StudyDetail:
