@@ -200,5 +200,59 @@ def _db_now_default(element: db_now, compiler: Any, **kw: Any) -> str:
 
 
 def create_tables(engine: sa.engine.Engine) -> None:
-    """Creates the tables and indexes that do not exist yet (idempotent)."""
+    """Creates the tables and indexes that do not exist yet (idempotent), and brings
+    tables created by earlier versions up to date."""
     metadata.create_all(engine, checkfirst=True)
+    _upgrade_studies(engine)
+
+
+_IDEMPOTENCY_CONSTRAINT = "uq_automl_studies_idempotency"
+_OLD_IDEMPOTENCY_CONSTRAINT = "automl_studies_idempotency_key_key"
+
+
+def _upgrade_studies(engine: sa.engine.Engine) -> None:
+    """Adds what ``automl_studies`` gained since it was created: the project indexes, and
+    idempotency keys unique per project instead of across projects.
+
+    Only reads the schema when it is current. On SQLite a table from before keeps its
+    old unique key (dropping it means rebuilding the table): there a key reused by
+    another project is refused, as it was.
+    """
+    missing, stale, unscoped = _studies_gaps(engine)
+    if not (missing or stale or unscoped):
+        return
+    try:
+        with engine.begin() as connection:
+            for index in missing:
+                index.create(connection, checkfirst=True)
+            if stale:
+                connection.execute(
+                    sa.text(
+                        f"ALTER TABLE {studies.name} "
+                        f"DROP CONSTRAINT IF EXISTS {_OLD_IDEMPOTENCY_CONSTRAINT}"
+                    )
+                )
+            if unscoped:
+                connection.execute(
+                    sa.text(
+                        f"ALTER TABLE {studies.name} ADD CONSTRAINT "
+                        f"{_IDEMPOTENCY_CONSTRAINT} UNIQUE (project, idempotency_key)"
+                    )
+                )
+    except sa.exc.DBAPIError:
+        if any(_studies_gaps(engine)):
+            raise
+        # else another process upgraded the table at the same moment
+
+
+def _studies_gaps(engine: sa.engine.Engine) -> tuple[list[sa.Index], bool, bool]:
+    """What ``automl_studies`` lacks: its missing indexes, and (PostgreSQL) whether the
+    old cross-project idempotency constraint is there and the per-project one is not."""
+    inspector = sa.inspect(engine)
+    indexes = {index["name"] for index in inspector.get_indexes(studies.name)}
+    uniques = {unique["name"] for unique in inspector.get_unique_constraints(studies.name)}
+    missing = [index for index in studies.indexes if index.name not in indexes]
+    postgres = engine.dialect.name == "postgresql"
+    stale = postgres and _OLD_IDEMPOTENCY_CONSTRAINT in uniques
+    unscoped = postgres and _IDEMPOTENCY_CONSTRAINT not in uniques
+    return missing, stale, unscoped
