@@ -200,6 +200,12 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    # Optuna's times are naive local time; a date-time without its offset is not RFC 3339
+    # (what the schema's ``format: date-time`` promises) and is ambiguous to a client.
+    return None if value is None else value.astimezone()
+
+
 def _trial_fields(trial: FrozenTrial) -> dict[str, Any]:
     from optuna.trial import TrialState
 
@@ -220,7 +226,7 @@ def _trial_fields(trial: FrozenTrial) -> dict[str, Any]:
         "failure": trial.user_attrs.get(attrs.FAILURE),
         "ticket": trial.user_attrs.get(attrs.TICKET),
         "attempt": trial.user_attrs.get(attrs.ATTEMPT),
-        "datetime_start": trial.datetime_start,
-        "datetime_complete": trial.datetime_complete,
+        "datetime_start": _aware(trial.datetime_start),
+        "datetime_complete": _aware(trial.datetime_complete),
         "duration_s": duration,
     }

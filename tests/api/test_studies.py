@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -460,6 +461,20 @@ def test_completed_trial_detail(completed: tuple[TestClient, int]) -> None:
     assert sum(map(sum, confusion)) > 0
     assert trial["classes"] == [str(digit) for digit in range(10)]  # the matrix's labels
     assert trial["weights_available"] is (trial["state"] == "complete")
+
+
+def test_trial_times_carry_their_utc_offset(completed: tuple[TestClient, int]) -> None:
+    """RFC 3339 date-times, as the schema declares: naive local times once failed the
+    schema (found by the fuzz test) and left clients guessing the zone."""
+    client, study_id = completed
+    listed = client.get(f"/studies/{study_id}/trials").json()["data"]
+    shown = client.get(f"/studies/{study_id}/trials/0").json()
+
+    for trial in [*listed, shown]:
+        for field in ("datetime_start", "datetime_complete"):
+            moment = datetime.fromisoformat(trial[field])
+            assert moment.utcoffset() is not None, trial[field]
+    assert datetime.fromisoformat(shown["datetime_start"]) <= datetime.now(UTC)
 
 
 def test_best_after_completion(completed: tuple[TestClient, int]) -> None:
