@@ -472,7 +472,7 @@ class _Attempt:
 
         def tell() -> FrozenTrial:
             try:
-                self.study.tell(trial, values, state=state)
+                return self.study.tell(trial, values, state=state)
             except (UpdateFinishedTrialError, ValueError):
                 frozen = self.coordinator.storage.get_trial(trial_id)
                 if not frozen.state.is_finished():
