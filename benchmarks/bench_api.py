@@ -18,7 +18,8 @@ already received: its own queue then shows in the latencies), cycle through
 - ``GET /studies/{id}`` (the running study),
 - ``GET /studies/{id}/trials`` (first page, 100, with params and learning curves)
 
-for ``--duration`` seconds per phase. Two phases alternate ``--rounds`` times, in
+for ``--duration`` seconds per phase (with ``--api-key``, sending a project API key, so
+every request is authenticated and checked against the study's project). Two phases alternate ``--rounds`` times, in
 swapped order each round: **writing** (the 4 workers run) and **idle** (the same
 workers frozen with SIGSTOP, so the same server and data with no writes: the baseline).
 Printed per backend and phase: requests/s, p50, p99 (ms), errors, the server's and the
@@ -30,7 +31,7 @@ PostgreSQL while writing: >= 200 req/s and p99 < 250 ms.
     python benchmarks/bench_api.py [--backends postgres sqlite] [--clients 32]
         [--duration 15] [--rounds 2] [--workers 4] [--trial-seconds 0.5]
         [--writer sleep|train] [--prefill 1000] [--studies 20] [--prefill-other 100]
-        [--api-processes 1] [--client-processes 1] [--no-analyze]
+        [--api-processes 1] [--client-processes 1] [--no-analyze] [--api-key]
         [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
@@ -67,7 +68,8 @@ from bench_scaling import (
 )
 from bench_store import populate, postgres_database
 
-from automl.store import Store, open_store, submit_study, tables
+from automl.store import DEFAULT_PROJECT, Store, open_store, submit_study, tables
+from automl.store.keys import create_key
 
 GOAL_RPS = 200.0
 GOAL_P99_MS = 250.0
@@ -99,7 +101,7 @@ class Phase:
 
 
 async def load(
-    base: str, paths: list[str], clients: int, seconds: float
+    base: str, paths: list[str], clients: int, seconds: float, headers: dict[str, str]
 ) -> tuple[list[list[float]], dict[str, int]]:
     """``clients`` concurrent request loops over ``paths`` for ``seconds``.
 
@@ -128,17 +130,17 @@ async def load(
             else:
                 reasons[reason] = reasons.get(reason, 0) + 1
 
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60, headers=headers) as http:
         await asyncio.gather(*(client(i, http) for i in range(clients)))
     return latencies, reasons
 
 
 def load_in_process(
-    base: str, paths: list[str], clients: int, seconds: float
+    base: str, paths: list[str], clients: int, seconds: float, headers: dict[str, str]
 ) -> tuple[list[list[float]], dict[str, int], float]:
     """``load`` in a load-generator process; also returns the CPU seconds it used."""
     started = time.process_time()
-    latencies, reasons = asyncio.run(load(base, paths, clients, seconds))
+    latencies, reasons = asyncio.run(load(base, paths, clients, seconds, headers))
     return latencies, reasons, time.process_time() - started
 
 
@@ -149,6 +151,7 @@ def measure_phase(
     seconds: float,
     server: int,
     generators: ProcessPoolExecutor | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Phase:
     """One phase of load, with the CPU the server and the load generator used meanwhile.
 
@@ -158,15 +161,16 @@ def measure_phase(
     server_before = tree_cpu_seconds(server)
     postgres_before, machine_before = postgres_cpu_seconds(), machine_busy_seconds()
     started = time.perf_counter()
+    headers = headers or {}
     if generators is None:
-        latencies, reasons, client_seconds = load_in_process(base, paths, clients, seconds)
+        latencies, reasons, client_seconds = load_in_process(base, paths, clients, seconds, headers)
     else:
         count = generators._max_workers  # type: ignore[attr-defined]
         shares = [clients // count + (i < clients % count) for i in range(count)]
         parts = [
             future.result()
             for future in [
-                generators.submit(load_in_process, base, paths, share, seconds)
+                generators.submit(load_in_process, base, paths, share, seconds, headers)
                 for share in shares
                 if share
             ]
@@ -332,6 +336,13 @@ def run_backend(
         store = open_store(url, artifacts_dir=folder / "art")
         try:
             study_id = seed(store, args)
+            # A project key: every request then pays the key check and the study's
+            # project check (an admin key skips the latter).
+            headers = (
+                {"Authorization": f"Bearer {create_key(store, DEFAULT_PROJECT)[1]}"}
+                if args.api_key
+                else {}
+            )
             if backend == "postgres" and not args.no_analyze:
                 analyze(store)
         finally:
@@ -345,7 +356,7 @@ def run_backend(
             try:
                 wait_until_started(workers, folder, timeout=300)
                 time.sleep(2)  # the first claims and trials
-                measure_phase(base, paths, args.clients, 2, server, generators)  # warm-up
+                measure_phase(base, paths, args.clients, 2, server, generators, headers)
                 phases: dict[str, list[Phase]] = {"writing": [], "idle": []}
                 for round_ in range(args.rounds):
                     order = ["writing", "idle"] if round_ % 2 == 0 else ["idle", "writing"]
@@ -355,7 +366,7 @@ def run_backend(
                             worker.send_signal(sig)
                         time.sleep(0.5)
                         phase = measure_phase(
-                            base, paths, args.clients, args.duration, server, generators
+                            base, paths, args.clients, args.duration, server, generators, headers
                         )
                         phases[kind].append(phase)
                         print(
@@ -418,6 +429,9 @@ def main() -> None:
         help="load-generator processes sharing the clients (1: all in this one)",
     )
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument(
+        "--api-key", action="store_true", help="clients send a project API key (auth on)"
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     endpoints = ["/studies", "/studies/{id}", "/studies/{id}/trials"]
