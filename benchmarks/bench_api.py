@@ -19,14 +19,14 @@ already received: its own queue then shows in the latencies), cycle through
 - ``GET /studies/{id}/trials`` (first page, 100, with params and learning curves)
 
 for ``--duration`` seconds per phase (with ``--api-key``, sending a project API key, so
-every request is authenticated and checked against the study's project). Two phases alternate ``--rounds`` times, in
-swapped order each round: **writing** (the 4 workers run) and **idle** (the same
-workers frozen with SIGSTOP, so the same server and data with no writes: the baseline).
-Printed per backend and phase: requests/s, p50, p99 (ms), errors, the server's and the
-load generator's CPU use (every process), all PostgreSQL processes' (every database: the machine is
-shared) and the whole machine's busy cores (and its 1-minute load average after each
-phase); per endpoint p50/p99; the ratio writing / idle; and the issue's goal on
-PostgreSQL while writing: >= 200 req/s and p99 < 250 ms.
+every request is authenticated and checked against the study's project). Two phases
+alternate ``--rounds`` times, in swapped order each round: **writing** (the 4 workers run)
+and **idle** (the same workers frozen with SIGSTOP, so the same server and data with no
+writes: the baseline). Printed per backend and phase: requests/s, p50, p99 (ms), errors, the
+server's and the load generator's CPU use (every process), all PostgreSQL processes' (every
+database: the machine is shared) and the whole machine's busy cores (and its 1-minute load
+average after each phase); per endpoint p50/p99; the ratio writing / idle; and the issue's
+goal on PostgreSQL while writing: >= 200 req/s and p99 < 250 ms.
 
     python benchmarks/bench_api.py [--backends postgres sqlite] [--clients 32]
         [--duration 15] [--rounds 2] [--workers 4] [--trial-seconds 0.5]

@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial
 from automl.spec import StudySpec
 from automl.store import attrs, optuna_rows, tables
 from automl.store.attrs import StudyStatus
+from automl.store.jobs import JobKind, claim_job, held
 from automl.store.status import iso, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import EvaluationState
@@ -96,15 +97,20 @@ def best_trials_of(
     return sorted(front, key=lambda trial: trial.number)
 
 
-def _due(at: float, stale_after: float) -> sa.ColumnElement[bool]:
-    evaluations = tables.evaluations
-    return sa.or_(
-        evaluations.c.state == EvaluationState.PENDING.value,
-        sa.and_(
-            evaluations.c.state == EvaluationState.RUNNING.value,
-            evaluations.c.claimed_at < at - stale_after,
-        ),
-    )
+def _abandon(
+    connection: sa.engine.Connection, study_id: int, attempt: int, note: str, at: float
+) -> None:
+    _end(connection, study_id, attempt, EvaluationState.FAILED, [], note, at)
+
+
+_JOB = JobKind(
+    table=tables.evaluations,
+    waiting=EvaluationState.PENDING.value,
+    study_statuses=(StudyStatus.COMPLETED.value,),
+    attr=attrs.TEST_EVALUATION,
+    max_tries=MAX_TRIES,
+    abandon=_abandon,
+)
 
 
 def claim_evaluation(
@@ -127,53 +133,16 @@ def claim_evaluation(
     Returns:
         The claim, or None when nothing is due (or another worker was faster).
     """
-    evaluations, studies = tables.evaluations, tables.studies
-    query = (
-        sa.select(evaluations.c.study_id)
-        .join(studies, studies.c.study_id == evaluations.c.study_id)
-        .where(studies.c.status == StudyStatus.COMPLETED.value)
-        .order_by(evaluations.c.requested_at, evaluations.c.study_id)
-        .limit(1)
-    )
-    if study_id is not None:
-        query = query.where(evaluations.c.study_id == study_id)
-    with store.read() as connection:
-        candidate = connection.scalar(query.where(_due(now(connection), stale_after)))
-    if candidate is None:
+    claim = claim_job(store, _JOB, worker_id, study_id, stale_after)
+    if claim is None:
         return None
-    with store.write() as connection:
-        at = now(connection)
-        study = lock_study(connection, candidate)
-        row = connection.execute(
-            sa.select(evaluations).where(evaluations.c.study_id == candidate, _due(at, stale_after))
-        ).first()
-        if study is None or study.status != StudyStatus.COMPLETED.value or row is None:
-            return None  # another worker was first, or the study was resumed or deleted
-        if row.tries >= MAX_TRIES:
-            note = f"abandoned: {row.tries} claims ended without a result"
-            _end(connection, candidate, row.attempt, EvaluationState.FAILED, [], note, at)
-            return None
-        claimed = connection.execute(
-            evaluations.update()
-            .where(evaluations.c.study_id == candidate, evaluations.c.attempt == row.attempt)
-            .values(
-                state=EvaluationState.RUNNING.value,
-                attempt=row.attempt + 1,
-                tries=row.tries + 1,
-                worker_id=worker_id,
-                claimed_at=at,
-            )
-        )
-        if claimed.rowcount != 1:
-            return None
-        running = {"state": EvaluationState.RUNNING.value, "worker": worker_id}
-        optuna_rows.put_study_attrs(connection, candidate, {attrs.TEST_EVALUATION: running})
+    study, attempt = claim
     spec = StudySpec.model_validate_json(study.spec)
-    best = best_trials_of(store, candidate, study.name, spec.directions)
+    best = best_trials_of(store, study.study_id, study.name, spec.directions)
     return EvaluationLease(
-        study_id=candidate,
+        study_id=study.study_id,
         worker_id=worker_id,
-        attempt=row.attempt + 1,
+        attempt=attempt,
         trials=tuple(trial.number for trial in best),
     )
 
@@ -209,13 +178,8 @@ def finish_evaluation(
     with store.write() as connection:
         at = now(connection)
         lock_study(connection, lease.study_id)
-        row = connection.execute(
-            sa.select(evaluations.c.state).where(
-                evaluations.c.study_id == lease.study_id,
-                evaluations.c.attempt == lease.attempt,
-                evaluations.c.worker_id == lease.worker_id,
-            )
-        ).first()
+        held_row = held(evaluations, lease.study_id, lease.attempt, lease.worker_id)
+        row = connection.execute(sa.select(evaluations.c.state).where(held_row)).first()
         if row is None or row.state != EvaluationState.RUNNING.value:
             # Safe to repeat: an earlier call under this claim that committed succeeded.
             return row is not None and row.state == state.value

@@ -26,6 +26,7 @@ from automl.spec import StudySpec
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.evaluations import best_trials_of
+from automl.store.jobs import JobKind, claim_job, held
 from automl.store.status import ENDED, iso, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import RefitState
@@ -99,12 +100,20 @@ class RefitResult:
         return cls(**data)
 
 
-def _due(at: float, stale_after: float) -> sa.ColumnElement[bool]:
-    refits = tables.refits
-    return sa.or_(
-        refits.c.state == RefitState.QUEUED.value,
-        sa.and_(refits.c.state == RefitState.RUNNING.value, refits.c.claimed_at < at - stale_after),
-    )
+def _abandon(
+    connection: sa.engine.Connection, study_id: int, attempt: int, note: str, at: float
+) -> None:
+    _end(connection, study_id, attempt, RefitState.FAILED, None, note, at)
+
+
+_JOB = JobKind(
+    table=tables.refits,
+    waiting=RefitState.QUEUED.value,
+    study_statuses=ENDED,
+    attr=attrs.REFIT,
+    max_tries=MAX_TRIES,
+    abandon=_abandon,
+)
 
 
 def claim_refit(
@@ -127,51 +136,14 @@ def claim_refit(
     Returns:
         The claim, or None when nothing is due (or another worker was faster).
     """
-    refits, studies = tables.refits, tables.studies
-    query = (
-        sa.select(refits.c.study_id)
-        .join(studies, studies.c.study_id == refits.c.study_id)
-        .where(studies.c.status.in_(ENDED))
-        .order_by(refits.c.requested_at, refits.c.study_id)
-        .limit(1)
-    )
-    if study_id is not None:
-        query = query.where(refits.c.study_id == study_id)
-    with store.read() as connection:
-        candidate = connection.scalar(query.where(_due(now(connection), stale_after)))
-    if candidate is None:
+    claim = claim_job(store, _JOB, worker_id, study_id, stale_after)
+    if claim is None:
         return None
-    with store.write() as connection:
-        at = now(connection)
-        study = lock_study(connection, candidate)
-        row = connection.execute(
-            sa.select(refits).where(refits.c.study_id == candidate, _due(at, stale_after))
-        ).first()
-        if study is None or study.status not in ENDED or row is None:
-            return None  # another worker was first, or the study was resumed or deleted
-        if row.tries >= MAX_TRIES:
-            note = f"abandoned: {row.tries} claims ended without a result"
-            _end(connection, candidate, row.attempt, RefitState.FAILED, None, note, at)
-            return None
-        claimed = connection.execute(
-            refits.update()
-            .where(refits.c.study_id == candidate, refits.c.attempt == row.attempt)
-            .values(
-                state=RefitState.RUNNING.value,
-                attempt=row.attempt + 1,
-                tries=row.tries + 1,
-                worker_id=worker_id,
-                claimed_at=at,
-            )
-        )
-        if claimed.rowcount != 1:
-            return None
-        running = {"state": RefitState.RUNNING.value, "worker": worker_id}
-        optuna_rows.put_study_attrs(connection, candidate, {attrs.REFIT: running})
+    study, attempt = claim
     spec = StudySpec.model_validate_json(study.spec)
-    best = best_trials_of(store, candidate, study.name, spec.directions)
+    best = best_trials_of(store, study.study_id, study.name, spec.directions)
     number = best[0].number if len(best) == 1 and len(spec.directions) == 1 else None
-    return RefitLease(candidate, worker_id, row.attempt + 1, number)
+    return RefitLease(study.study_id, worker_id, attempt, number)
 
 
 def beat_refit(store: Store, lease: RefitLease) -> bool:
@@ -181,9 +153,7 @@ def beat_refit(store: Store, lease: RefitLease) -> bool:
         renewed = connection.execute(
             refits.update()
             .where(
-                refits.c.study_id == lease.study_id,
-                refits.c.attempt == lease.attempt,
-                refits.c.worker_id == lease.worker_id,
+                held(refits, lease.study_id, lease.attempt, lease.worker_id),
                 refits.c.state == RefitState.RUNNING.value,
             )
             .values(claimed_at=tables.db_now())
@@ -226,12 +196,9 @@ def finish_refit(
     with store.write() as connection:
         at = now(connection)
         lock_study(connection, lease.study_id)
+        held_row = held(refits, lease.study_id, lease.attempt, lease.worker_id)
         row = connection.execute(
-            sa.select(refits.c.state, refits.c.weights, refits.c.card).where(
-                refits.c.study_id == lease.study_id,
-                refits.c.attempt == lease.attempt,
-                refits.c.worker_id == lease.worker_id,
-            )
+            sa.select(refits.c.state, refits.c.weights, refits.c.card).where(held_row)
         ).first()
         if row is None or row.state != RefitState.RUNNING.value:
             # Safe to repeat: an earlier call under this claim that committed succeeded.

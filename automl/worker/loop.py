@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
+from typing import TypeVar
 
 import optuna
 import torch
@@ -48,6 +49,8 @@ from automl.worker.slots import DeviceGate, GateAbandoned
 logger = logging.getLogger("automl.worker")
 
 TrialCallback = Callable[[int, FrozenTrial], None]
+
+JobLease = TypeVar("JobLease")
 
 
 class InvalidDeviceError(ValueError):
@@ -129,8 +132,7 @@ class Worker:
         self._stop = threading.Event()
         self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
         self.backoff = Backoff(logger)
-        self._evaluation_refused = False
-        self._refit_refused = False
+        self._refused: set[str] = set()  # post-study jobs whose claim failed outright
         self.gate = DeviceGate(options.slot_group)
 
     def stop(self) -> None:
@@ -242,46 +244,45 @@ class Worker:
         Never raises: a failing evaluation is recorded as failed, and a failing claim is
         logged (the next pass asks again).
         """
+        return self._run_due(
+            "test evaluation",
+            lambda: self.coordinator.claim_evaluation(self.name, self.options.study_id),
+            lambda lease: run_evaluation(
+                self.coordinator, lease, self.device, self.backoff, lambda: self.stopping
+            ),
+        )
+
+    def _refit_due(self) -> bool:
+        """Runs one due refit, if any; whether there was one. Never raises (as
+        ``_evaluate_due``)."""
+        return self._run_due(
+            "refit",
+            lambda: self.coordinator.claim_refit(self.name, self.options.study_id),
+            lambda lease: run_refit(
+                self.coordinator, lease, self.device, self.backoff, lambda: self.stopping
+            ),
+        )
+
+    def _run_due(
+        self, job: str, claim: Callable[[], JobLease | None], run: Callable[[JobLease], None]
+    ) -> bool:
+        """Claims one due post-study ``job`` and runs it; whether there was one."""
         try:
-            lease = self.coordinator.claim_evaluation(self.name, self.options.study_id)
+            lease = claim()
         except Exception as exc:
             if is_transient(exc):
-                self.backoff.failed(exc, "looking for test evaluations")
+                self.backoff.failed(exc, f"looking for {job}s")
             else:  # e.g. a proxy without the call: say so once, keep training
-                log = logger.debug if self._evaluation_refused else logger.warning
-                log("cannot claim a test evaluation: %s", describe(exc))
-                self._evaluation_refused = True
+                log = logger.debug if job in self._refused else logger.warning
+                log("cannot claim a %s: %s", job, describe(exc))
+                self._refused.add(job)
             return False
         if lease is None:
             return False
         try:
             # Beside the other slots' trials, never beside one that must run alone.
             with self.gate.hold(False, lambda: self.stopping):
-                run_evaluation(
-                    self.coordinator, lease, self.device, self.backoff, lambda: self.stopping
-                )
-        except GateAbandoned:
-            pass  # stopping: the claim goes stale and another worker takes it over
-        return True
-
-    def _refit_due(self) -> bool:
-        """Runs one due refit, if any; whether there was one. Never raises (as
-        ``_evaluate_due``)."""
-        try:
-            lease = self.coordinator.claim_refit(self.name, self.options.study_id)
-        except Exception as exc:
-            if is_transient(exc):
-                self.backoff.failed(exc, "looking for refits")
-            else:  # e.g. a proxy without the call: say so once, keep training
-                log = logger.debug if self._refit_refused else logger.warning
-                log("cannot claim a refit: %s", describe(exc))
-                self._refit_refused = True
-            return False
-        if lease is None:
-            return False
-        try:
-            with self.gate.hold(False, lambda: self.stopping):
-                run_refit(self.coordinator, lease, self.device, self.backoff, lambda: self.stopping)
+                run(lease)
         except GateAbandoned:
             pass  # stopping: the claim goes stale and another worker takes it over
         return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,25 +14,15 @@ from fastapi.testclient import TestClient
 from automl.api import create_app
 from automl.cli import client as cli_client
 from automl.cli import predict_commands
-from automl.cli.main import main
-from automl.config import Limits, Settings
-from tests.conftest import store_at
-from tests.delivery.trained import digits_test_split, png_declaring, train_study, write_pngs
-
-Run = Callable[..., tuple[int, str, str]]
+from automl.config import Settings
+from tests.cli.local_store import Run, cli_runner, point_cli_at, trained_store
+from tests.delivery.trained import digits_test_split, png_declaring, write_pngs
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, int]:
     """A SQLite store with one trained digits study: (url, artifacts folder, study id)."""
-    root = tmp_path_factory.mktemp("cli-trained")
-    url = f"sqlite:///{root / 'automl.db'}"
-    store = store_at(url, root)
-    try:
-        study_id = train_study(store)
-    finally:
-        store.close()
-    return url, root / "artifacts", study_id
+    return trained_store(tmp_path_factory.mktemp("cli-trained"))
 
 
 @pytest.fixture(scope="module")
@@ -46,26 +36,12 @@ def digits() -> tuple[torch.Tensor, list[int]]:
 def _isolated(
     monkeypatch: pytest.MonkeyPatch, trained: tuple[str, Path, int], tmp_path: Path
 ) -> None:
-    """Points the CLI at the trained store; no other ``AUTOML_*`` setting leaks in."""
-    for field in [*Settings.model_fields, *(f"limit_{name}" for name in Limits.model_fields)]:
-        monkeypatch.delenv(f"AUTOML_{field.upper()}", raising=False)
-    url, artifacts, _ = trained
-    monkeypatch.setenv("AUTOML_STORAGE", url)
-    monkeypatch.setenv("AUTOML_ARTIFACTS_DIR", str(artifacts))
-    monkeypatch.chdir(tmp_path)
+    point_cli_at(monkeypatch, trained, tmp_path)
 
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> Run:
-    """Runs ``main(args)``; returns (exit code, stdout, stderr)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(["--log-level", "WARNING", *args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return cli_runner(capsys)
 
 
 @pytest.fixture

@@ -2,58 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from automl.cli import report_commands
-from automl.cli.main import main
-from automl.config import Limits, Settings
 from automl.delivery.report import SECTIONS
-from tests.conftest import store_at
-from tests.delivery.trained import REPORTED_STUDY, train_study
-
-Run = Callable[..., tuple[int, str, str]]
+from tests.cli.local_store import Run, cli_runner, point_cli_at, trained_store
+from tests.delivery.trained import REPORTED_STUDY
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, int]:
     """A SQLite store with a completed digits study: (url, artifacts folder, study id)."""
-    root = tmp_path_factory.mktemp("report-cli")
-    url = f"sqlite:///{root / 'automl.db'}"
-    store = store_at(url, root)
-    try:
-        study_id = train_study(store, **REPORTED_STUDY)
-    finally:
-        store.close()
-    return url, root / "artifacts", study_id
+    return trained_store(tmp_path_factory.mktemp("report-cli"), **REPORTED_STUDY)
 
 
 @pytest.fixture(autouse=True)
 def _isolated(
     monkeypatch: pytest.MonkeyPatch, trained: tuple[str, Path, int], tmp_path: Path
 ) -> None:
-    """Points the CLI at the trained store; no other ``AUTOML_*`` setting leaks in."""
-    for field in [*Settings.model_fields, *(f"limit_{name}" for name in Limits.model_fields)]:
-        monkeypatch.delenv(f"AUTOML_{field.upper()}", raising=False)
-    url, artifacts, _ = trained
-    monkeypatch.setenv("AUTOML_STORAGE", url)
-    monkeypatch.setenv("AUTOML_ARTIFACTS_DIR", str(artifacts))
-    monkeypatch.chdir(tmp_path)
+    point_cli_at(monkeypatch, trained, tmp_path)
 
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> Run:
-    """Runs ``main(args)``; returns (exit code, stdout, stderr)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(["--log-level", "WARNING", *args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return cli_runner(capsys)
 
 
 def assert_report(path: Path, study_id: int) -> None:

@@ -1,0 +1,120 @@
+"""The compare-and-set claim shared by the jobs that run after a study (test evaluation,
+refit): one row per study in the job's table, claimed by one worker at a time.
+
+A claim bumps the row's ``attempt`` (the claim's identity) with a compare-and-set on the
+attempt it read, so two workers can never both hold it; a ``running`` claim whose worker
+stopped renewing it for ``stale_after`` seconds is due again, at most ``max_tries`` times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from automl.store import optuna_rows, tables
+from automl.store.status import lock_study, now
+from automl.store.storage import Store
+
+RUNNING = "running"
+"""The state of a claimed job, in every job table."""
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """What tells one kind of post-study job from another.
+
+    Attributes:
+        table: The job table (keyed by ``study_id``).
+        waiting: The state of a job asked for and not claimed yet.
+        study_statuses: The study statuses in which the job may run.
+        attr: The study attribute that mirrors the job's state.
+        max_tries: Claims per request before the job is abandoned.
+        abandon: Ends an abandoned job: ``(connection, study_id, attempt, note, at)``.
+    """
+
+    table: sa.Table
+    waiting: str
+    study_statuses: tuple[str, ...]
+    attr: str
+    max_tries: int
+    abandon: Callable[[sa.engine.Connection, int, int, str, float], None]
+
+    def due(self, at: float, stale_after: float) -> sa.ColumnElement[bool]:
+        """Jobs that a worker may claim at ``at``: waiting ones and stale claims."""
+        table = self.table
+        return sa.or_(
+            table.c.state == self.waiting,
+            sa.and_(table.c.state == RUNNING, table.c.claimed_at < at - stale_after),
+        )
+
+
+def claim_job(
+    store: Store, kind: JobKind, worker_id: str, study_id: int | None, stale_after: float
+) -> tuple[sa.Row[Any], int] | None:
+    """Claims the oldest due job of ``kind`` whose study may run it.
+
+    Costs one indexed read when none is due.
+
+    Args:
+        store: The store.
+        kind: The kind of job.
+        worker_id: The claiming worker's unique id.
+        study_id: Only claim this study's job.
+        stale_after: Seconds after which a running claim counts as abandoned.
+
+    Returns:
+        The study's row and the claim's attempt, or None when nothing is due (or another
+        worker was faster, or the job was abandoned just now).
+    """
+    jobs, studies = kind.table, tables.studies
+    query = (
+        sa.select(jobs.c.study_id)
+        .join(studies, studies.c.study_id == jobs.c.study_id)
+        .where(studies.c.status.in_(kind.study_statuses))
+        .order_by(jobs.c.requested_at, jobs.c.study_id)
+        .limit(1)
+    )
+    if study_id is not None:
+        query = query.where(jobs.c.study_id == study_id)
+    with store.read() as connection:
+        candidate = connection.scalar(query.where(kind.due(now(connection), stale_after)))
+    if candidate is None:
+        return None
+    with store.write() as connection:
+        at = now(connection)
+        study = lock_study(connection, candidate)
+        row = connection.execute(
+            sa.select(jobs).where(jobs.c.study_id == candidate, kind.due(at, stale_after))
+        ).first()
+        if study is None or study.status not in kind.study_statuses or row is None:
+            return None  # another worker was first, or the study was resumed or deleted
+        if row.tries >= kind.max_tries:
+            note = f"abandoned: {row.tries} claims ended without a result"
+            kind.abandon(connection, candidate, row.attempt, note, at)
+            return None
+        claimed = connection.execute(
+            jobs.update()
+            .where(jobs.c.study_id == candidate, jobs.c.attempt == row.attempt)
+            .values(
+                state=RUNNING,
+                attempt=row.attempt + 1,
+                tries=row.tries + 1,
+                worker_id=worker_id,
+                claimed_at=at,
+            )
+        )
+        if claimed.rowcount != 1:
+            return None
+        running = {"state": RUNNING, "worker": worker_id}
+        optuna_rows.put_study_attrs(connection, candidate, {kind.attr: running})
+    return study, row.attempt + 1
+
+
+def held(table: sa.Table, study_id: int, attempt: int, worker_id: str) -> sa.ColumnElement[bool]:
+    """The job row of a worker's claim (none once a later claim took it over)."""
+    return sa.and_(
+        table.c.study_id == study_id, table.c.attempt == attempt, table.c.worker_id == worker_id
+    )
