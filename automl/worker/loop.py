@@ -14,8 +14,10 @@ interval) instead of exiting.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -45,6 +47,9 @@ from automl.worker.keeper import LeaseKeeper
 from automl.worker.refitter import run_refit
 from automl.worker.runner import TrialContext, TrialRun, run_lease
 from automl.worker.slots import DeviceGate, GateAbandoned
+
+POST_STUDY_CHECK_INTERVAL_S = 5.0
+"""How often a busy worker looks for due post-study jobs (test evaluations, refits)."""
 
 logger = logging.getLogger("automl.worker")
 
@@ -133,6 +138,7 @@ class Worker:
         self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
         self.backoff = Backoff(logger)
         self._refused: set[str] = set()  # post-study jobs whose claim failed outright
+        self._jobs_checked_at = -math.inf
         self.gate = DeviceGate(options.slot_group)
 
     def stop(self) -> None:
@@ -174,14 +180,14 @@ class Worker:
         ran = 0
         try:
             while not self.stopping:
-                if self._evaluate_due() or self._refit_due():
+                if self._post_study_job():
                     continue
                 lease = self._claim()
                 if lease is None:
                     if self.stopping:
                         break
                     settled = self._settle()
-                    if self._evaluate_due() or self._refit_due():
+                    if self._post_study_job(always=True):
                         continue
                     if settled and self._idle_exit():
                         break
@@ -237,6 +243,20 @@ class Worker:
             self.backoff.failed(exc, "checking for work")
             return False
         return status is None or not status.is_active
+
+    def _post_study_job(self, *, always: bool = False) -> bool:
+        """Runs one due post-study job (a test evaluation, else a refit); whether it ran one.
+
+        Between trials it asks at most every ``POST_STUDY_CHECK_INTERVAL_S`` (almost every
+        pass finds none, and each asks the store twice); an idle worker asks ``always``.
+        """
+        now = time.monotonic()
+        if not always and now - self._jobs_checked_at < POST_STUDY_CHECK_INTERVAL_S:
+            return False
+        ran = self._evaluate_due() or self._refit_due()
+        # After a job, ask again at once: a study's evaluation and refit come together.
+        self._jobs_checked_at = -math.inf if ran else now
+        return ran
 
     def _evaluate_due(self) -> bool:
         """Runs one due test-split evaluation, if any; whether there was one.

@@ -646,3 +646,31 @@ def test_sigterm_checkpoints_and_releases_the_trial(
         assert detail.status == StudyStatus.RUNNING
     finally:
         store.close()
+
+
+def test_a_busy_worker_looks_for_post_study_jobs_only_now_and_then(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between trials the evaluation and refit queues are asked at most every few
+    seconds, not before every claim; once idle, the worker still finds the study's
+    test evaluation at once."""
+    study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 6})).id
+    asked: list[str] = []
+    coordinator = SqlCoordinator(sqlite_store)
+    for job in ("claim_evaluation", "claim_refit"):
+        real = getattr(coordinator, job)
+        monkeypatch.setattr(
+            coordinator, job, lambda *a, real=real, job=job: asked.append(job) or real(*a)
+        )
+    monkeypatch.setattr(automl.worker.loop, "POST_STUDY_CHECK_INTERVAL_S", 3600.0)
+
+    assert Worker(None, _options(), coordinator=coordinator).run() == 6
+
+    # Before the first claim; then none between the 6 trials; idle after the last one:
+    # it finds the evaluation and runs it, asks again at once (nothing), and once more
+    # before exiting. Asked before every claim, it would be 9.
+    assert asked.count("claim_evaluation") == 4
+    assert get_study(sqlite_store, study_id).status == StudyStatus.COMPLETED
+    with sqlite_store.read() as connection:
+        state = connection.scalar(sqlalchemy.select(tables.evaluations.c.state))
+    assert state in ("done", "skipped")
