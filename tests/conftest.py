@@ -140,19 +140,20 @@ def wait_healthy(
     process: subprocess.Popen[bytes],
     output: Callable[[], str],
     timeout_s: float = 90.0,
+    path: str = "/health",
 ) -> None:
-    """Waits until ``GET {url}/health`` answers 200; fails early if ``process`` exits."""
+    """Waits until ``GET {url}{path}`` answers 200; fails early if ``process`` exits."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"process exited with {process.returncode}:\n{output()}")
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    pytest.fail(f"API not healthy after {timeout_s}s:\n{output()}")
+    pytest.fail(f"{url}{path} did not answer 200 within {timeout_s}s:\n{output()}")
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from automl.config import Settings
 
 if TYPE_CHECKING:
     from automl.cli.client import Client
+    from automl.store.views import StudyDetail
 
 
 def client_for(settings: Settings) -> Client:
@@ -81,8 +82,7 @@ def cmd_best(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     """Cancels a study."""
     study = client_for(settings).cancel(args.study)
-    print_json(study) if args.json else print(f"study {study.id}: {study.status.value}")
-    return EXIT_OK
+    return _show(args, study, f"study {study.id}: {study.status.value}")
 
 
 def cmd_extend(args: argparse.Namespace, settings: Settings) -> int:
@@ -90,8 +90,7 @@ def cmd_extend(args: argparse.Namespace, settings: Settings) -> int:
     if args.add_trials < 1:
         raise CliError("--add-trials must be >= 1", EXIT_BAD_INPUT)
     study = client_for(settings).extend(args.study, args.add_trials)
-    print_json(study) if args.json else print(f"study {study.id}: {study.n_trials} trials")
-    return EXIT_OK
+    return _show(args, study, f"study {study.id}: {study.n_trials} trials")
 
 
 def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
@@ -99,21 +98,13 @@ def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
     if args.add_trials < 0:
         raise CliError("--add-trials must be >= 0", EXIT_BAD_INPUT)
     study = client_for(settings).resume(args.study, args.add_trials)
-    if args.json:
-        print_json(study)
-    else:
-        print(f"study {study.id}: {study.status.value} ({study.counts.waiting} trials to run)")
-    return EXIT_OK
+    return _show(args, study, _to_run(study))
 
 
 def cmd_rerun_failed(args: argparse.Namespace, settings: Settings) -> int:
     """Queues a study's failed trials again."""
     study = client_for(settings).rerun_failed(args.study)
-    if args.json:
-        print_json(study)
-    else:
-        print(f"study {study.id}: {study.status.value} ({study.counts.waiting} trials to run)")
-    return EXIT_OK
+    return _show(args, study, _to_run(study))
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
@@ -128,11 +119,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"config {index + 1} must be a JSON object", EXIT_BAD_INPUT)
         configs.append(config)
     study = client_for(settings).enqueue(args.study, configs)
-    if args.json:
-        print_json(study)
-    else:
-        print(f"study {study.id}: {len(configs)} configurations queued")
-    return EXIT_OK
+    return _show(args, study, f"study {study.id}: {len(configs)} configurations queued")
 
 
 def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
@@ -150,3 +137,16 @@ def cmd_trials(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(trials_table(page))
     return EXIT_OK
+
+
+def _show(args: argparse.Namespace, study: StudyDetail, line: str) -> int:
+    """Prints a study as JSON with ``--json``, else ``line``."""
+    if args.json:
+        print_json(study)
+    else:
+        print(line)
+    return EXIT_OK
+
+
+def _to_run(study: StudyDetail) -> str:
+    return f"study {study.id}: {study.status.value} ({study.counts.waiting} trials to run)"

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from automl.store import attrs, get_study, open_store
 from tests.chromium import render_page, require_chromium
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_healthy
 from tests.delivery.trained import train_study
 
 pytestmark = pytest.mark.slow
@@ -34,20 +33,6 @@ class Dashboard:
     study_id: int
     study_name: str
     value: float
-
-
-def _wait_ready(url: str, process: subprocess.Popen[str], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"automl dashboard exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/api/meta", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"automl dashboard did not answer within 60 s:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +63,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base, process, log)
+        wait_healthy(base, process, log.read_text, 60, path="/api/meta")
         yield Dashboard(base, study_id, name, value)
     finally:
         process.terminate()
