@@ -306,7 +306,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                 f"--dashboard-port {args.dashboard_port} is the API's port; choose another",
                 EXIT_BAD_INPUT,
             )
-        require_free_port(settings.host, args.dashboard_port)
+        require_free_port(settings.host, args.dashboard_port, "--dashboard-port")
     # Create the schema once, before the children race to; refuse an exposed anonymous API.
     _store_checked_for_exposure(settings).close()
     with tempfile.TemporaryDirectory(prefix="automl-slots-") as slot_dir:

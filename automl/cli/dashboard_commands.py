@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, CliError
+from automl.cli.ports import require_free_port
 from automl.config import Settings, is_loopback
 
 if TYPE_CHECKING:
@@ -133,6 +134,7 @@ def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
         )
     host = args.dashboard_host or DEFAULT_HOST
     port = args.dashboard_port or DEFAULT_PORT
+    require_free_port(host, port)  # before the store is opened (or created)
     store = open_store_from(settings)
     try:
         try:

@@ -3,16 +3,24 @@
 Writes ``study.json`` (spec, status, best trials), ``trials.json`` (every trial),
 ``trials.csv`` (one row per trial: values, params and metrics as columns) and, when the
 best trial kept its weights, the model bundle in ``model/``. Everything is read before
-anything is written, so a failure leaves no half-written folder. Against the API
-(``--url``) nothing heavy is imported.
+anything is written, and a new folder is written as a hidden sibling
+(``.DIR.partial-*``) renamed into place at the end, so neither a failure nor a killed
+process leaves a half-written folder (a killed one may leave that sibling behind). Into a
+folder that already exists (empty, or with ``--overwrite``) files are written in place.
+Against the API (``--url``) nothing heavy is imported.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +48,12 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         "trials.json": _json([_dump(trial) for trial in trials]),
         "trials.csv": trials_csv(study, trials),
     }
-    written = [_write(directory, name, text) for name, text in files.items()]
-    if bundle is not None:
-        model_files, _ = unpack_bundle(bundle, directory / MODEL_DIR)
-        written += model_files
-    names = [str(path.relative_to(directory)) for path in written]
+    with _staging(directory) as folder:
+        written = [_write(folder, name, text) for name, text in files.items()]
+        if bundle is not None:
+            model_files, _ = unpack_bundle(bundle, folder / MODEL_DIR)
+            written += model_files
+        names = [str(path.relative_to(folder)) for path in written]
     if args.json:
         print(json.dumps({"directory": str(directory), "files": names, "no_model": no_model}))
         return EXIT_OK
@@ -89,6 +98,27 @@ def _check_target(directory: Path, overwrite: bool) -> None:
         raise CliError(
             f"{directory} is not empty; choose a new folder or pass --overwrite", EXIT_BAD_INPUT
         )
+
+
+@contextlib.contextmanager
+def _staging(directory: Path) -> Iterator[Path]:
+    """The folder to write the export into: a new hidden sibling renamed to ``directory``
+    when the block succeeds (removed when it fails), or ``directory`` itself if it exists."""
+    if directory.is_dir():
+        yield directory
+        return
+    staging = directory.parent / f".{directory.name}.partial-{uuid.uuid4().hex[:12]}"
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise CliError(f"cannot write {directory}: {exc.strerror}", EXIT_BAD_INPUT) from None
+    try:
+        yield staging
+        os.replace(staging, directory)  # one rename: the folder appears complete
+    except OSError as exc:
+        raise CliError(f"cannot write {directory}: {exc.strerror}", EXIT_BAD_INPUT) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _bundle(

@@ -8,11 +8,16 @@ import socket
 from automl.cli.errors import EXIT_FAILURE, CliError
 
 
-def require_free_port(host: str, port: int) -> None:
+def require_free_port(host: str, port: int, flag: str = "--port") -> None:
     """Binds ``host:port`` once and lets it go, as uvicorn is about to bind it.
 
     ``SO_REUSEADDR`` is set as uvicorn sets it, so a port whose last connections linger
     in TIME_WAIT counts as free while one that another server listens on does not.
+
+    Args:
+        host: The address to listen on.
+        port: The port.
+        flag: The option that chose the port, named in the error.
 
     Raises:
         CliError: If the address cannot be bound (in use, not this machine's, no right).
@@ -30,6 +35,6 @@ def require_free_port(host: str, port: int) -> None:
                 "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
             )
             raise CliError(
-                f"cannot listen on {host}:{port}: {reason} (choose another with --port)",
+                f"cannot listen on {host}:{port}: {reason} (choose another with {flag})",
                 EXIT_FAILURE,
             ) from None

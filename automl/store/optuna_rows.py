@@ -512,42 +512,14 @@ def pick_best(rows: Iterable[Sequence[Any]], maximize: Collection[int]) -> dict[
     return best
 
 
-def best_trial_id(connection: sa.engine.Connection, study_id: int, maximize: bool) -> int | None:
-    """The id of the study's best COMPLETE trial on its only objective (ORDER BY ... LIMIT 1)."""
+def _ranked(
+    column: sa.ColumnElement[int], study_id: int, maximize: bool, limit: int
+) -> sa.Select[tuple[int]]:
+    """``column`` of the study's ``limit`` best COMPLETE trials on its first objective,
+    best first (ties: the lower trial number first)."""
     value = trial_values.c.value
-    query = (
-        sa.select(trials.c.trial_id)
-        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
-        .where(
-            trials.c.study_id == study_id,
-            trials.c.state == TrialState.COMPLETE,
-            trial_values.c.objective == 0,
-            trial_values.c.value_type == "FINITE",
-        )
-        .order_by(value.desc() if maximize else value.asc(), trials.c.number)
-        .limit(1)
-    )
-    return connection.scalar(query)
-
-
-def best_trial_number(
-    connection: sa.engine.Connection, study_id: int, maximize: bool
-) -> int | None:
-    """The number of the study's best COMPLETE trial on its only objective (as
-    ``best_trial_id``)."""
-    best = best_trial_id(connection, study_id, maximize)
-    if best is None:
-        return None
-    return connection.scalar(sa.select(trials.c.number).where(trials.c.trial_id == best))
-
-
-def top_trial_ids(
-    connection: sa.engine.Connection, study_id: int, maximize: bool, limit: int
-) -> list[int]:
-    """The ids of the study's ``limit`` best COMPLETE trials on its first objective."""
-    value = trial_values.c.value
-    query = (
-        sa.select(trials.c.trial_id)
+    return (
+        sa.select(column)
         .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
         .where(
             trials.c.study_id == study_id,
@@ -558,6 +530,26 @@ def top_trial_ids(
         .order_by(value.desc() if maximize else value.asc(), trials.c.number)
         .limit(limit)
     )
+
+
+def best_trial_id(connection: sa.engine.Connection, study_id: int, maximize: bool) -> int | None:
+    """The id of the study's best COMPLETE trial on its only objective (ORDER BY ... LIMIT 1)."""
+    return connection.scalar(_ranked(trials.c.trial_id, study_id, maximize, 1))
+
+
+def best_trial_number(
+    connection: sa.engine.Connection, study_id: int, maximize: bool
+) -> int | None:
+    """The number of the study's best COMPLETE trial on its only objective (as
+    ``best_trial_id``)."""
+    return connection.scalar(_ranked(trials.c.number, study_id, maximize, 1))
+
+
+def top_trial_ids(
+    connection: sa.engine.Connection, study_id: int, maximize: bool, limit: int
+) -> list[int]:
+    """The ids of the study's ``limit`` best COMPLETE trials on its first objective."""
+    query = _ranked(trials.c.trial_id, study_id, maximize, limit)
     return [int(trial_id) for trial_id in connection.scalars(query)]
 
 

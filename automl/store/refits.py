@@ -205,7 +205,9 @@ def finish_refit(
             return row is not None and row.state == state.value
         _end(connection, lease.study_id, lease.attempt, state, result, note, at)
     if result is not None:
-        for artifact_id in {row.weights, row.card} - {result.weights, result.card, None}:
+        # The previous result's files, and those of attempts that died before finishing.
+        earlier = _attempts_artifacts(lease.study_id, range(1, lease.attempt))
+        for artifact_id in {row.weights, row.card, *earlier} - {result.weights, result.card, None}:
             remove_quietly(store.artifacts, artifact_id)
     return True
 
@@ -288,14 +290,33 @@ def refit_trial_number(connection: sa.engine.Connection, study_id: int, spec: st
     return optuna_rows.best_trial_number(connection, study_id, directions[0] == "maximize")
 
 
+def refit_artifact_ids(study_id: int, attempt: int) -> tuple[str, str]:
+    """The weights and model-card artifact ids of one refit attempt.
+
+    Named by attempt, not at random: a worker killed between writing them and
+    ``finish_refit`` leaves files that the next result, or the study's deletion, finds by
+    name (each claim has an attempt of its own, never reused within a study).
+    """
+    prefix = f"refit-{study_id}-{attempt}"
+    return f"{prefix}.safetensors", f"{prefix}-model_card.json"
+
+
 def refit_artifacts(connection: sa.engine.Connection, study_id: int) -> Iterable[str]:
-    """The artifact ids the study's refit holds (for deleting the study)."""
+    """Every artifact id the study's refit attempts may have written (for deleting it)."""
+    refits = tables.refits
     row = connection.execute(
-        sa.select(tables.refits.c.weights, tables.refits.c.card).where(
-            tables.refits.c.study_id == study_id
+        sa.select(refits.c.attempt, refits.c.weights, refits.c.card).where(
+            refits.c.study_id == study_id
         )
     ).first()
-    return [] if row is None else [a for a in (row.weights, row.card) if a is not None]
+    if row is None:
+        return []
+    recorded = [artifact for artifact in (row.weights, row.card) if artifact is not None]
+    return [*recorded, *_attempts_artifacts(study_id, range(1, row.attempt + 1))]
+
+
+def _attempts_artifacts(study_id: int, attempts: Iterable[int]) -> list[str]:
+    return [artifact for a in attempts for artifact in refit_artifact_ids(study_id, a)]
 
 
 def _datetime(timestamp: float | None) -> datetime | None:
@@ -312,6 +333,7 @@ __all__ = [
     "claim_refit",
     "finish_refit",
     "read_refit",
+    "refit_artifact_ids",
     "refit_artifacts",
     "refit_trial_number",
     "served_refit",

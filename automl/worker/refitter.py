@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable
 
 import torch
@@ -40,7 +39,7 @@ from automl.store import (
     retry_transient,
 )
 from automl.store.artifacts import weights_bytes
-from automl.store.refits import REFIT_BEAT_S
+from automl.store.refits import REFIT_BEAT_S, refit_artifact_ids
 from automl.train import TrainingInterrupted, train
 from automl.train.evaluation import evaluate_weights
 from automl.worker.coordinator import Coordinator
@@ -169,8 +168,7 @@ def refit(
     report = evaluate_weights(
         refit_config, trained.state_dict, split="test", data=data, device=device
     )
-    prefix = f"refit-{lease.study_id}-{lease.attempt}-{uuid.uuid4().hex}"
-    weights = f"{prefix}.safetensors"
+    weights, card_id = refit_artifact_ids(lease.study_id, lease.attempt)
     coordinator.artifacts.write(weights, io.BytesIO(weights_bytes(trained.state_dict)))
     written.append(weights)
     result = RefitResult(
@@ -185,7 +183,7 @@ def refit(
         test_samples=report.samples,
         duration_s=duration,
     )
-    card = _store_card(coordinator, lease, trial, result, f"{prefix}-model_card.json")
+    card = _store_card(coordinator, lease, trial, result, card_id)
     if card is not None:
         written.append(card)
         result = dataclasses.replace(result, card=card)

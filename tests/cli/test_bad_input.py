@@ -90,3 +90,33 @@ def test_a_busy_port_is_one_error_line(
         f"error: cannot listen on 127.0.0.1:{port}: the port is in use (choose another with --port)"
     ]
     assert not (tmp_path / "a.db").exists(), "refused before opening the store"
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["dashboard", "--port"], "--port"),
+        (["up", "--dashboard", "--dashboard-port"], "--dashboard-port"),
+    ],
+    ids=["dashboard", "up-dashboard"],
+)
+def test_a_busy_dashboard_port_is_one_error_line_naming_its_flag(
+    args: list[str], flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as busy, socket.socket() as api:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        api.bind(("127.0.0.1", 0))  # a free port for ``up``'s API: bound, never listening
+        port, api_port = busy.getsockname()[1], api.getsockname()[1]
+        api.close()
+
+        code = main(
+            [*args, str(port), "--storage", f"sqlite:///{tmp_path}/a.db"]
+            + (["--port", str(api_port)] if args[0] == "up" else [])
+        )
+
+    assert code == EXIT_FAILURE
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: the port is in use (choose another with {flag})"
+    ]
+    assert not (tmp_path / "a.db").exists(), "refused before opening the store"

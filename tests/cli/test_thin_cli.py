@@ -148,6 +148,54 @@ def test_export_refuses_a_folder_that_is_not_empty_or_a_file(
     ]
 
 
+def test_export_under_a_file_is_one_error_line(
+    queued: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file.txt").write_text("mine")
+
+    code, _, err = _in_process(capsys, "export", "1", str(tmp_path / "file.txt" / "out"), *queued)
+
+    assert code == 2
+    assert _one_error_line(err).startswith(f"error: cannot write {tmp_path / 'file.txt' / 'out'}")
+    assert (tmp_path / "file.txt").read_text() == "mine"
+    assert [p for p in tmp_path.iterdir() if "out" in p.name] == []
+
+
+def test_a_new_export_folder_appears_only_when_complete(
+    queued: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Interrupted between two files: no ``out`` folder, and the hidden sibling it was
+    written in is removed (a kill -9 would leave only that sibling)."""
+    from automl.cli import export_commands
+
+    target = tmp_path / "out"
+    seen: list[bool] = []
+    real_write = export_commands._write
+
+    def write_then_die(directory: Path, name: str, text: str) -> Path:
+        seen.append(target.exists())
+        path = real_write(directory, name, text)
+        if name == "trials.json":
+            raise KeyboardInterrupt  # stands in for a kill between two files
+        return path
+
+    monkeypatch.setattr(export_commands, "_write", write_then_die)
+    interrupted = _in_process(capsys, "export", "1", str(target), *queued)
+    assert interrupted[0] != 0
+    assert seen == [False, False]
+    assert not target.exists()
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+    monkeypatch.setattr(export_commands, "_write", real_write)
+    code, _, err = _in_process(capsys, "export", "1", str(target), *queued)
+    assert code == 0, err
+    assert sorted(p.name for p in target.iterdir()) == ["study.json", "trials.csv", "trials.json"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
 # --- against a real server -------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ claimed by exactly one worker, stored all or nothing, on each backend."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from automl.store import (
     end_study_if_done,
     finish_refit,
     queue_refit,
+    refit_artifact_ids,
     resume_study,
     served_refit,
     submit_study,
@@ -214,3 +216,46 @@ def test_a_spec_refuses_refit_with_several_objectives() -> None:
     with pytest.raises(Exception, match="refit") as caught:
         validate_spec(data)
     assert "no single best trial" in str(caught.value)
+
+
+def _written_by(store: Store, study_id: int, attempt: int) -> RefitResult:
+    """The files a refit attempt writes under its own names, as the worker names them."""
+    weights, card = refit_artifact_ids(study_id, attempt)
+    for artifact_id in (weights, card):
+        store.artifacts.write(artifact_id, io.BytesIO(b"x"))
+    return dataclasses.replace(_result(store, 0, "unused"), weights=weights, card=card)
+
+
+def _exists(store: Store, artifact_id: str) -> bool:
+    return read_artifact(store.artifacts, artifact_id) is not None
+
+
+def test_files_of_a_refit_killed_before_it_finished_are_removed_by_the_next_result(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """A worker killed -9 after writing its files but before ``finish_refit``."""
+    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}, refit=True), [0.5])
+    killed = claim_refit(store, "w1")
+    assert killed is not None
+    _written_by(store, study_id, killed.attempt)  # ... and the worker dies here
+    takeover = claim_refit(store, "w2", stale_after=-1)
+    assert takeover is not None
+
+    kept = _written_by(store, study_id, takeover.attempt)
+    assert finish_refit(store, takeover, RefitState.DONE, kept)
+
+    assert not any(_exists(store, a) for a in refit_artifact_ids(study_id, killed.attempt))
+    assert all(_exists(store, a) for a in (kept.weights, kept.card))
+
+
+def test_files_of_a_refit_killed_before_it_finished_go_with_the_study(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}, refit=True), [0.5])
+    killed = claim_refit(store, "w1")
+    assert killed is not None
+    orphans = _written_by(store, study_id, killed.attempt)  # ... and the worker dies here
+
+    delete_study(store, study_id)
+
+    assert not any(_exists(store, a) for a in (orphans.weights, orphans.card))
