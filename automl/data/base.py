@@ -102,8 +102,9 @@ class ImageData:
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and standard deviation of uint8 images, on the 0-1 scale.
 
-    Works in chunks in float64, so memory stays small for large datasets. A channel
-    without variation gets a standard deviation of 1 (normalizing then only centers it).
+    Works in chunks, so memory stays small for large datasets: each image row of a
+    channel is summed in float32, the rows' sums in float64. A channel without variation
+    gets a standard deviation of 1 (normalizing then only centers it).
 
     Args:
         images: uint8 ``(N, C, H, W)`` or ``(N, T, C, H, W)``.
@@ -112,20 +113,18 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor
     Returns:
         ``(mean, std)``, float32 tensors shaped ``(C,)``.
     """
-    channels = images.shape[-3]
+    channels, height, width = images.shape[-3:]
     total = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros(channels, dtype=torch.float64)
-    count = 0
     for start in range(0, len(images), chunk):
-        part = images[start : start + chunk].to(torch.float64).div_(255.0)
-        part = part.movedim(-3, 0).reshape(channels, -1)
-        total += part.sum(dim=1)
-        squares += part.square().sum(dim=1)
-        count += part.shape[1]
+        rows = images[start : start + chunk].reshape(-1, channels, height, width).float()
+        total += rows.sum(dim=-1).double().sum(dim=(0, 2))
+        squares += rows.square_().sum(dim=-1).double().sum(dim=(0, 2))
+    count = images.numel() // channels if channels else 0
     if count == 0:
         return torch.zeros(channels), torch.ones(channels)
-    mean = total / count
-    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    mean = total.double() / (count * 255.0)
+    std = (squares.double() / (count * 255.0**2) - mean.square()).clamp_min(0).sqrt()
     std = torch.where(std < 1e-6, torch.ones_like(std), std)
     return mean.float(), std.float()
 

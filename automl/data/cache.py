@@ -81,6 +81,9 @@ class DecodeUnit:
         return digest.hexdigest()
 
     def _shown(self, path: str) -> str:
+        prefix = self.root.rstrip(os.sep) + os.sep
+        if self.root and path.startswith(prefix):  # the usual case, without relpath's work
+            return path[len(prefix) :]
         return os.path.relpath(path, self.root) if self.root else path
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -58,6 +62,11 @@ def scan_class_folder(
 ) -> tuple[list[str], list[list[Path]]]:
     """Lists the classes (subfolder names) and image files of a class folder.
 
+    A listing is remembered while the modification times of the folder and its class
+    folders stay the same (a file added, removed or renamed changes its folder's time), so
+    validating options, fingerprinting and loading do not list thousands of files again;
+    files changed in place are caught by the fingerprint, which stats every file.
+
     Args:
         value: The folder, as the user wrote it (confined to the data root).
         allow_empty_classes: Accept class folders without images (validation and test
@@ -73,13 +82,19 @@ def scan_class_folder(
     root = data_root()
     folder = confine(value, root)
     require_dir(folder, root)
-    classes = subfolders(folder, root)
+    remembered = _listings.get(folder, root)
+    if remembered is not None:
+        classes, files = remembered
+    else:
+        started = time.time()
+        classes = subfolders(folder, root)
+        files = [image_files(class_dir, root) for class_dir in classes]
+        _listings.put(folder, root, classes, files, started)
     if not classes:
         raise DatasetError(
             f"folder {relative_name(folder, root)!r} has no class folders: put each class's "
             "images in a subfolder named after the class"
         )
-    files = [image_files(class_dir, root) for class_dir in classes]
     if not allow_empty_classes:
         for class_dir, found in zip(classes, files, strict=True):
             if not found:
@@ -89,7 +104,70 @@ def scan_class_folder(
                 )
     if not any(files):
         raise DatasetError(f"folder {relative_name(folder, root)!r} has no images ({SUFFIX_LIST})")
-    return [class_dir.name for class_dir in classes], files
+    return [class_dir.name for class_dir in classes], [list(found) for found in files]
+
+
+class _ListingMemo:
+    """The last few class-folder listings of this process, each with the modification
+    times it was taken at.
+
+    A listing is reused only if every folder's time is unchanged and was already at least
+    ``SETTLE_S`` old when the listing started: on file systems with coarse timestamps, a
+    change right after a listing could otherwise keep the same time.
+    """
+
+    SIZE = 16
+    SETTLE_S = 2.0
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple[Path, Path], tuple[_Stamp, list[Path], list[list[Path]]]]
+        self._entries = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, folder: Path, root: Path) -> tuple[list[Path], list[list[Path]]] | None:
+        """The remembered listing of ``folder``, if no folder of it changed since."""
+        with self._lock:
+            entry = self._entries.get((folder, root))
+        if entry is None:
+            return None
+        stamp, classes, files = entry
+        try:
+            if _stamp([folder, *classes]) != stamp:
+                return None
+        except OSError:  # a class folder went away
+            return None
+        return classes, files
+
+    def put(
+        self,
+        folder: Path,
+        root: Path,
+        classes: list[Path],
+        files: list[list[Path]],
+        started: float,
+    ) -> None:
+        """Remembers a listing taken at ``started`` (``time.time()``) if it is settled."""
+        try:
+            stamp = _stamp([folder, *classes])
+        except OSError:
+            return
+        if any(mtime_ns / 1e9 > started - self.SETTLE_S for _, mtime_ns in stamp):
+            return
+        with self._lock:
+            self._entries[(folder, root)] = (stamp, classes, files)
+            self._entries.move_to_end((folder, root))
+            while len(self._entries) > self.SIZE:
+                self._entries.popitem(last=False)
+
+
+_Stamp = tuple[tuple[str, int], ...]
+
+
+def _stamp(folders: list[Path]) -> _Stamp:
+    return tuple((str(folder), os.stat(folder).st_mtime_ns) for folder in folders)
+
+
+_listings = _ListingMemo()
 
 
 def plan_image_folder(options: ImageFolderOptions) -> FilePlan:

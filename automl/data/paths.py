@@ -126,7 +126,7 @@ def image_files(folder: Path, root: Path, natural: bool = False) -> list[Path]:
     found = []
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.name.startswith(".") or Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+            if entry.name.startswith(".") or _suffix(entry.name) not in IMAGE_SUFFIXES:
                 continue
             if not entry.is_file():
                 continue
@@ -135,6 +135,12 @@ def image_files(folder: Path, root: Path, natural: bool = False) -> list[Path]:
                 _check_link(path, root)
             found.append(path)
     return sorted(found, key=lambda p: natural_key(p.name) if natural else p.name)
+
+
+def _suffix(name: str) -> str:
+    """``Path(name).suffix.lower()`` without building a path (listings hold many files)."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
 
 
 def _check_link(path: Path, root: Path) -> None:

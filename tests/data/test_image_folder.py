@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 import torch
 
 from automl.data import DatasetError, load_dataset
+from automl.data import folder as folder_module
 from automl.spec import SpecError, validate_spec
 from tests.data.conftest import write_class_folder, write_image
 
@@ -193,3 +197,51 @@ def test_csv_submit_errors(data_root: Path) -> None:
     assert submit_errors("image_csv", {"path": "good.csv", "val_path": "other_label.csv"}) == [
         "dataset.options.val_path: label 'z' is not a label of path; valid labels: x"
     ]
+
+
+def _age_folders(folder: Path, seconds: float = 60.0) -> None:
+    """Moves the modification time of ``folder`` and its class folders into the past."""
+    past = time.time() - seconds
+    for path in (folder, *[child for child in folder.iterdir() if child.is_dir()]):
+        os.utime(path, (past, past))
+
+
+def test_settled_listing_is_reused_until_a_folder_changes(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_class_folder(data_root / "pets", {"cat": 3, "dog": 2})
+    _age_folders(data_root / "pets")
+    listings = []
+    real_image_files = folder_module.image_files
+
+    def counting_image_files(*args: object, **kwargs: object) -> list[Path]:
+        listings.append(args[0])
+        return real_image_files(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(folder_module, "image_files", counting_image_files)
+    first = folder_module.scan_class_folder("pets")
+    assert len(listings) == 2
+    assert folder_module.scan_class_folder("pets") == first and len(listings) == 2
+
+    write_image(data_root / "pets" / "dog" / "9.png", np.zeros((6, 8, 3), np.uint8))
+    _, files = folder_module.scan_class_folder("pets")
+    assert len(listings) == 4 and [len(found) for found in files] == [3, 3]
+    (data_root / "pets" / "cat" / "0.png").unlink()
+    _age_folders(data_root / "pets")
+    assert [len(found) for found in folder_module.scan_class_folder("pets")[1]] == [2, 3]
+    shutil.rmtree(data_root / "pets" / "dog")
+    assert folder_module.scan_class_folder("pets")[0] == ["cat"]
+
+
+def test_fresh_listing_is_not_remembered(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_class_folder(data_root / "pets", {"cat": 2, "dog": 2})  # modified just now
+    listings = []
+    real_image_files = folder_module.image_files
+    monkeypatch.setattr(
+        folder_module,
+        "image_files",
+        lambda *args, **kwargs: listings.append(args[0]) or real_image_files(*args, **kwargs),
+    )
+    folder_module.scan_class_folder("pets")
+    folder_module.scan_class_folder("pets")
+    assert len(listings) == 4  # a change within the same timestamp tick could be missed
