@@ -14,12 +14,15 @@ after every epoch, on a generated folder of 32x32 RGB PNGs (``automl.examples``'
   on this data finds it; the process's in-memory copy is dropped first, so every run
   reads the cache file (the first trial of each worker process). Data resident as uint8
   tensors, index-slice batches, the batched ``hflip`` augmentation; on CUDA its
-  accelerator settings (bf16 autocast, channels_last, fused Adam).
+  accelerator settings (bf16 autocast, channels_last, fused Adam, updates replayed from a
+  CUDA graph).
 - ``textbook``: ``benchmarks/peers/imagefolder_loop.py``: ``ImageFolder`` +
   ``DataLoader(num_workers=--workers)``, PIL decode and ``RandomHorizontalFlip`` +
   ``ToTensor`` + ``Normalize`` per sample in every epoch, fp32, eager (pinned memory and
   ``cudnn.benchmark`` on CUDA). ``Normalize`` gets the training split's mean and standard
   deviation, as automl computes them (a user hard-codes such constants).
+- ``automl eager`` (with ``--eager``, CUDA only): automl with ``AUTOML_CUDA_GRAPHS=0``, its
+  updates launched eagerly instead of replayed from a CUDA graph. Not in the ratio.
 - ``automl cold`` (with ``--cold``): automl with an empty decode cache (the first trial on
   new data): decoding every PNG and writing the cache is included. Not in the ratio.
 
@@ -36,7 +39,7 @@ time goes (cumulative, automl functions and the heaviest callees).
 
     python benchmarks/bench_trainer.py [--per-class 1000] [--val-per-class 200] [--epochs 3]
         [--batch-size 128] [--width 8] [--depth 2] [--repeats 3] [--workers 2]
-        [--device cpu [cuda]] [--data DIR] [--cold] [--no-flip] [--profile]
+        [--device cpu [cuda]] [--data DIR] [--cold] [--eager] [--no-flip] [--profile]
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from automl.data import forget_loaded, load_dataset
 from automl.examples import write_rgb_folder
 from automl.models import build_model
 from automl.train import TrialConfig, train
+from automl.train.graphs import GRAPHS_ENV
 from automl.train.hyperparameters import flat_config
 from automl.train.loop import resolve_device
 
@@ -91,6 +95,8 @@ class Run:
     train_images: int
     accuracy: float
     cpu_s: float = float("nan")
+    graph: str = ""
+    """automl on CUDA: whether its updates replayed from a CUDA graph (``notes``)."""
 
     @property
     def images_per_s(self) -> float:
@@ -162,25 +168,41 @@ def trial_config(args: argparse.Namespace, epochs: int) -> TrialConfig:
 
 
 def run_automl(
-    args: argparse.Namespace, device: torch.device, cache: Path, cold: bool, epochs: int
+    args: argparse.Namespace,
+    device: torch.device,
+    cache: Path,
+    cold: bool,
+    epochs: int,
+    graphs: bool = True,
 ) -> Run:
     """One automl trial's training: its ``TrialConfig`` (validated as a worker validates it)
-    and ``automl.train.train``, which reads the dataset from the disk cache (or decodes it)."""
+    and ``automl.train.train``, which reads the dataset from the disk cache (or decodes it).
+    ``graphs=False`` sets ``AUTOML_CUDA_GRAPHS=0`` for the run (eager updates on CUDA)."""
     forget_loaded()
+    previous = os.environ.get(GRAPHS_ENV)
+    if not graphs:
+        os.environ[GRAPHS_ENV] = "0"
     if cold:
         shutil.rmtree(cache, ignore_errors=True)
     marks: list[float] = []
     cpu = cpu_seconds()
     started = time.perf_counter()
     cfg = trial_config(args, epochs)
-    result = train(
-        cfg, lambda epoch, metrics: marks.append(time.perf_counter()) or False, device=device
-    )
+    try:
+        result = train(
+            cfg, lambda epoch, metrics: marks.append(time.perf_counter()) or False, device=device
+        )
+    finally:
+        if previous is None:
+            os.environ.pop(GRAPHS_ENV, None)
+        else:
+            os.environ[GRAPHS_ENV] = previous
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     ended = time.perf_counter()
     run = Run(started, marks, ended, args.per_class * CLASSES, result.metrics["accuracy"])
     run.cpu_s = cpu_seconds() - cpu
+    run.graph = result.notes.get("cuda_graph", "")
     return run
 
 
@@ -233,6 +255,10 @@ def measure(
         "automl": lambda: run_automl(args, device, cache, cold=False, epochs=args.epochs),
         "textbook": lambda: run_textbook(cfg, device, root, stats, args),
     }
+    if args.eager and device.type == "cuda":
+        sides["automl eager"] = lambda: run_automl(
+            args, device, cache, cold=False, epochs=args.epochs, graphs=False
+        )
     if args.cold:
         sides["automl cold"] = lambda: run_automl(
             args, device, cache, cold=True, epochs=args.epochs
@@ -249,7 +275,8 @@ def measure(
                 f"(epochs {run.epoch_images_per_s:8.0f} img/s, "
                 f"1st epoch {run.first_epoch_s:5.2f} s, {run.images_per_cpu_s:5.0f} img/cpu-s, "
                 f"acc {run.accuracy:.3f}, "
-                f"load average {os.getloadavg()[0]:.1f})",
+                f"load average {os.getloadavg()[0]:.1f})"
+                + (f" cuda graph: {run.graph}" if run.graph else ""),
                 flush=True,
             )
     return runs
@@ -331,6 +358,9 @@ def main() -> None:
     parser.add_argument("--device", nargs="+", default=["cpu"], help="cpu and/or cuda[:N]")
     parser.add_argument("--data", type=Path, help="keep the generated images here (reused)")
     parser.add_argument("--cold", action="store_true", help="also time automl with no cache")
+    parser.add_argument(
+        "--eager", action="store_true", help="on CUDA, also time automl without CUDA graphs"
+    )
     parser.add_argument("--no-flip", action="store_true", help="no augmentation on either side")
     parser.add_argument("--profile", action="store_true", help="profile one automl run")
     parser.add_argument(

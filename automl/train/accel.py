@@ -41,6 +41,9 @@ class Accelerator:
         fused: Whether optimizers use their fused CUDA implementation.
         sync_debug: ``warn`` or ``error`` on host syncs inside ``watch_syncs`` (CUDA only);
             None watches nothing.
+        autocast_cache: Whether autocast keeps the low-precision copies of weights within
+            one forward pass; off while updates are captured in a CUDA graph, which must
+            not hold on to such copies.
     """
 
     device: torch.device
@@ -48,6 +51,7 @@ class Accelerator:
     channels_last: bool = False
     fused: bool = False
     sync_debug: SyncDebugMode | None = None
+    autocast_cache: bool = True
 
     def __post_init__(self) -> None:
         enabled = self.dtype == torch.float16
@@ -82,7 +86,7 @@ class Accelerator:
         """Mixed precision for the forward pass (a no-op in fp32)."""
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=self.autocast_cache)
 
     @contextlib.contextmanager
     def watch_syncs(self) -> Iterator[None]:

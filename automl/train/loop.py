@@ -27,6 +27,7 @@ from automl.train.accel import Accelerator, CompiledModel
 from automl.train.augment import build_pipeline
 from automl.train.checkpoint import CheckpointSink, TrainState, capture, restore
 from automl.train.early_stopping import EarlyStopping
+from automl.train.graphs import GraphedStep, graph_blocker
 from automl.train.imbalance import ArtifactCache, TrainSplit, build_imbalance_plan
 from automl.train.losses import build_loss
 from automl.train.metrics import (
@@ -229,7 +230,7 @@ def train(
         with accel.autocast():
             loss = loss_fn(runner(images), targets)
         accel.step(loss, optimizer, trainable, config.grad_clip)
-        return loss
+        return loss.detach()  # keeps no autograd graph alive past its backward pass
 
     def train_step(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """One update; repeated eagerly if compiling failed in the backward pass (the
@@ -240,6 +241,19 @@ def train(
             if not isinstance(runner, CompiledModel) or not runner.fall_back(exc):
                 raise
             return forward_backward(images, targets)
+
+    blocker = graph_blocker(
+        device,
+        scaled=accel.scaler is not None,
+        compiled=config.compile,
+        constant_lr=config.scheduler.name == "constant"
+        and round(config.warmup_epochs * steps_per_epoch) == 0,
+    )
+    graphed: GraphedStep | None = None
+    update = train_step
+    if blocker is None:
+        accel.autocast_cache = False
+        graphed = update = GraphedStep(train_step, optimizer, batch_size, accel.allow_syncs)
 
     metrics: dict[str, float] = {}
     confusion = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
@@ -264,7 +278,7 @@ def train(
                     images, targets = augment(
                         images, targets, _batch_generator(config, epoch, batch, device)
                     )
-                loss = train_step(accel.batch(data.standardize(images)), targets)
+                loss = update(accel.batch(data.standardize(images)), targets)
                 scheduler.step()
                 loss_sum += loss.detach() * (stop - start)
                 stopping = should_stop is not None and should_stop()
@@ -298,6 +312,8 @@ def train(
         )
         metrics = compute_metrics(Evaluation(confusion, val_loss, model_stats))
     notes = dict(plan.notes)
+    if graphed is not None:
+        notes["cuda_graph"] = _graph_note(graphed)
     if isinstance(runner, CompiledModel):
         notes["compile"] = (
             "compiled" if runner.compiled else f"failed, trained eagerly: {runner.failure}"
@@ -345,6 +361,13 @@ def evaluate(
         predictions.append(logits.argmax(dim=1))
     confusion = confusion_matrix(torch.cat(predictions), labels, num_classes)
     return confusion, float(loss_sum) / max(len(labels), 1)
+
+
+def _graph_note(graphed: GraphedStep) -> str:
+    """How a run's updates went: replayed from a CUDA graph, or eagerly and why."""
+    if graphed.failure is not None:
+        return f"failed, trained eagerly: {graphed.failure}"
+    return "replayed" if graphed.replaying else "not captured: too few full-size batches"
 
 
 def _batch_generator(

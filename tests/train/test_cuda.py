@@ -14,6 +14,8 @@ from automl.models import build_model
 from automl.train import loop, train
 from automl.train.accel import SYNC_DEBUG_ENV, Accelerator
 from automl.train.augment.base import PIPELINE_ORDER
+from automl.train.checkpoint import TrainState
+from automl.train.graphs import GRAPHS_ENV
 from automl.train.hyperparameters import flat_config
 
 pytestmark = [
@@ -162,3 +164,34 @@ def test_train_on_cuda_uses_autocast_channels_last_fused_and_inference_mode(
     assert seen["eval"] == (True, len(rgb_digits.val_y))  # one large batch, no autograd
     assert optimizers[0].defaults["fused"] is True
     assert torch.backends.cudnn.benchmark
+
+
+def test_updates_replay_from_a_cuda_graph_and_follow_the_eager_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Batch 100 leaves a smaller last batch per epoch, which runs eagerly between replays."""
+    config = flat_config({"epochs": 3, "width": 16, "lr": 3e-3, "batch_size": 100})
+    graphed = train(config, device="cuda")
+    monkeypatch.setenv(GRAPHS_ENV, "0")
+    eager = train(config, device="cuda")
+    assert graphed.notes == {"cuda_graph": "replayed"} and eager.notes == {}
+    assert graphed.metrics["accuracy"] > 0.8
+    assert graphed.metrics["accuracy"] == pytest.approx(eager.metrics["accuracy"], abs=0.05)
+    for replayed, stepped in zip(graphed.history, eager.history, strict=True):
+        assert replayed["train_loss"] == pytest.approx(stepped["train_loss"], rel=0.15)
+
+
+def test_a_changing_learning_rate_trains_eagerly() -> None:
+    result = train(flat_config({"epochs": 1, "width": 8, "scheduler": "cosine"}), device="cuda")
+    assert "cuda_graph" not in result.notes
+    assert result.metrics["accuracy"] > 0.1
+
+
+def test_a_run_resumed_from_a_checkpoint_replays_its_updates() -> None:
+    config = flat_config({"epochs": 2, "width": 8, "optimizer": "rmsprop", "lr": 1e-3})
+    states: list[TrainState] = []
+    first = train(config, device="cuda", checkpoint=states.append)
+    resumed = train(config, device="cuda", resume=states[0])
+    assert resumed.notes == {"cuda_graph": "replayed"}
+    assert [entry["epoch"] for entry in resumed.history] == [1, 2]
+    assert resumed.metrics["accuracy"] == pytest.approx(first.metrics["accuracy"], abs=0.1)

@@ -1,0 +1,49 @@
+"""When a run may replay its updates as a CUDA graph (the replay itself: test_cuda.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from automl.train import train
+from automl.train.graphs import GRAPHS_ENV, graph_blocker, graphs_enabled
+from automl.train.hyperparameters import flat_config
+
+CUDA = torch.device("cuda")
+ELIGIBLE = {"scaled": False, "compiled": False, "constant_lr": True}
+
+
+def test_a_plain_cuda_run_can_replay() -> None:
+    assert graph_blocker(CUDA, **ELIGIBLE) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"scaled": True}, "fp16 gradient scaling"),
+        ({"compiled": True}, "compile: true"),
+        ({"constant_lr": False}, "the learning rate changes during training"),
+    ],
+)
+def test_what_rules_a_graph_out(change: dict[str, bool], reason: str) -> None:
+    assert graph_blocker(CUDA, **{**ELIGIBLE, **change}) == reason
+
+
+def test_the_cpu_never_replays() -> None:
+    assert graph_blocker(torch.device("cpu"), **ELIGIBLE) == "not a CUDA device"
+    result = train(flat_config({"epochs": 1, "width": 4}))
+    assert "cuda_graph" not in result.notes
+
+
+@pytest.mark.parametrize("value", ["0", "false", "OFF", " no "])
+def test_the_environment_turns_graphs_off(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(GRAPHS_ENV, value)
+    assert not graphs_enabled()
+    assert graph_blocker(CUDA, **ELIGIBLE) == f"{GRAPHS_ENV} is off"
+
+
+def test_graphs_are_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(GRAPHS_ENV, raising=False)
+    assert graphs_enabled()
+    monkeypatch.setenv(GRAPHS_ENV, "1")
+    assert graphs_enabled()
