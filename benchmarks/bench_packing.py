@@ -18,15 +18,21 @@ cells train in every run). The K values alternate, in rotated order, ``--repeats
 times; the medians are printed with the ratio to K = 1. The issue's goal: >= 3x at the
 best K on one GPU (K = 1, 2, 4, 8); CPU figures for K = 1, 2 as well.
 
+``--profile`` then works one more copy of the study in this process, one slot, under
+cProfile, and prints where a trial's time goes (milliseconds per trial, automl functions
+and the heaviest callees).
+
     python benchmarks/bench_packing.py [--slots 1 2] [--trials 16] [--epochs 6]
-        [--repeats 3] [--source digits|shapes] [--device cpu|cuda] [--keep DIR]
+        [--repeats 3] [--source digits|shapes] [--device cpu|cuda] [--keep DIR] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import shutil
 import statistics
 import subprocess
@@ -40,7 +46,9 @@ from typing import Any
 from optuna.trial import TrialState
 
 from automl.examples import write_rgb_folder
-from automl.store import open_store
+from automl.spec import validate_spec
+from automl.store import open_store, submit_study
+from automl.worker import Worker, WorkerOptions
 
 GOAL = 3.0
 """The issue's goal: trials/hour at the best K over K = 1, on one GPU."""
@@ -151,6 +159,42 @@ def run_slots(args: argparse.Namespace, slots: int, work: Path, env: dict[str, s
     )
 
 
+def profile_one_slot(args: argparse.Namespace, work: Path) -> None:
+    """Works the study once more in this process (one slot) under cProfile and prints
+    milliseconds per trial of the heaviest automl functions and callees."""
+    store = open_store(f"sqlite:///{work / 'automl.db'}", artifacts_dir=work / "artifacts")
+    try:
+        study = submit_study(store, validate_spec(study_spec(args, 1)))
+        device = "cuda" if args.device.startswith("cuda") else args.device
+        options = WorkerOptions(
+            device=device, study_id=study.id, exit_when_idle=True, reap_interval=None
+        )
+        worker = Worker(store, options)
+        profiler = cProfile.Profile()
+        started = time.perf_counter()
+        profiler.enable()
+        worker.run()
+        profiler.disable()
+        total = time.perf_counter() - started
+    finally:
+        store.close()
+    per_trial = 1000.0 / args.trials
+    print(f"\nprofile, one slot in process: {total:.2f} s, {total * per_trial:.0f} ms per trial")
+    rows = [
+        (cumulative, own, calls, f"{Path(path).name}:{line}({name})", path)
+        for (path, line, name), (_, calls, own, cumulative, _) in pstats.Stats(
+            profiler
+        ).stats.items()  # type: ignore[attr-defined]
+    ]
+    print(f"{'ms/trial':>9} {'own ms':>8} {'calls':>7}  automl function (cumulative)")
+    automl_rows = [row for row in rows if f"{os.sep}automl{os.sep}" in row[4]]
+    for cumulative, own, calls, label, _ in sorted(automl_rows, reverse=True)[:30]:
+        print(f"{cumulative * per_trial:>9.1f} {own * per_trial:>8.1f} {calls:>7}  {label}")
+    print(f"{'own ms':>9} {'calls':>7}  heaviest functions by own time")
+    for _, own, calls, label, _ in sorted(rows, key=lambda row: -row[1])[:15]:
+        print(f"{own * per_trial:>9.1f} {calls:>7}  {label}")
+
+
 def report(runs: dict[int, list[PackingRun]], device: str) -> None:
     """Prints the medians per K and the ratios to K = 1."""
     base = statistics.median(r.per_hour for r in runs[min(runs)])
@@ -190,6 +234,7 @@ def main() -> None:
     parser.add_argument("--source", choices=["digits", "shapes"], default="digits")
     parser.add_argument("--per-class", type=int, default=500, help="shapes: PNGs per class")
     parser.add_argument("--keep", type=Path, help="keep each run's store here")
+    parser.add_argument("--profile", action="store_true", help="profile one slot in process")
     args = parser.parse_args()
     cells = len(LRS) * len(WIDTHS)
     if args.trials < cells or args.trials % cells:
@@ -228,6 +273,12 @@ def main() -> None:
                     flush=True,
                 )
         report(runs, args.device)
+        if args.profile:
+            os.environ.update(env)
+            work = scratch / "profile"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            profile_one_slot(args, work)
 
 
 if __name__ == "__main__":
