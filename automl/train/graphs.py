@@ -107,6 +107,10 @@ class GraphedStep:
         """Runs one update on a batch and returns its loss (a device tensor)."""
         if self.failure is not None or len(targets) != self._batch_size:
             return self._step(images, targets)
+        with torch.cuda.device(images.device):  # streams and graphs belong to one device
+            return self._graphed(images, targets)
+
+    def _graphed(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self._graph is None:
             if self._warmed < WARMUP_STEPS:
                 self._warmed += 1
