@@ -21,6 +21,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import GrpcStorageProxy
 
 from automl.proxy import wire
+from automl.proxy.trials import ProxyTrialStorage
 from automl.spec import StudySpec
 from automl.store import (
     EvaluationLease,
@@ -82,8 +83,9 @@ class RemoteCoordinator:
 
     def __init__(self, host: str, port: int = DEFAULT_PROXY_PORT) -> None:
         self.host, self.port = host, port
-        self.storage = GrpcStorageProxy(host=host, port=port)
         self._channel = grpc.insecure_channel(f"{host}:{port + 1}", options=wire.CHANNEL_OPTIONS)
+        # The running trial's reads are local and its writes ride on the calls below.
+        self.storage = ProxyTrialStorage(GrpcStorageProxy(host=host, port=port), self.call)
         self.artifacts = RemoteArtifactStore(self)
 
     @classmethod
@@ -108,7 +110,10 @@ class RemoteCoordinator:
         try:
             reply = stub(wire.pack(header, payload), timeout=timeout)
         except grpc.RpcError as exc:
-            raise _as_exception(exc) from None
+            error = _as_exception(exc)
+            if isinstance(error, (LeaseLostError, UpdateFinishedTrialError)):
+                self.storage.forget()  # what it holds of the trial is stale now
+            raise error from None
         return wire.unpack(reply)
 
     def ping(self, timeout: float = CALL_TIMEOUT_S) -> None:
@@ -125,7 +130,11 @@ class RemoteCoordinator:
 
     def heartbeat(self, lease: Lease) -> LeaseStatus:
         """See ``Coordinator.heartbeat``."""
-        reply, _ = self.call("heartbeat", {"lease": wire.lease_to_wire(lease)})
+        with self.storage.pending_writes() as writes:
+            header = {"lease": wire.lease_to_wire(lease), "writes": writes}
+            reply, _ = self.call("heartbeat", header)
+        if not reply["held"]:
+            self.storage.forget()
         return LeaseStatus(held=reply["held"], study_active=reply["study_active"])
 
     def record_trial(self, lease: Lease, trial_id: int, number: int) -> None:
@@ -135,11 +144,16 @@ class RemoteCoordinator:
 
     def record_params(self, lease: Lease, params: dict[str, Any]) -> None:
         """See ``Coordinator.record_params``."""
-        self.call("record_params", {"lease": wire.lease_to_wire(lease), "params": params})
+        with self.storage.pending_writes() as writes:
+            header = {"lease": wire.lease_to_wire(lease), "params": params, "writes": writes}
+            self.call("record_params", header)
 
     def record_results(self, trial_id: int, user_attrs: dict[str, Any]) -> None:
         """See ``Coordinator.record_results``."""
-        self.call("record_results", {"trial_id": trial_id, "user_attrs": user_attrs})
+        with self.storage.pending_writes() as writes:
+            header = {"trial_id": trial_id, "user_attrs": user_attrs, "writes": writes}
+            self.call("record_results", header)
+        self.storage.applied(trial_id, user_attrs)
 
     def save_checkpoint(self, lease: Lease, blob: bytes, epoch: int) -> None:
         """See ``Coordinator.save_checkpoint``."""
@@ -171,8 +185,23 @@ class RemoteCoordinator:
             "error": error,
             "requeue": requeue,
         }
-        reply, _ = self.call("release", header)
+        with self.storage.pending_writes() as writes:
+            reply, _ = self.call("release", {**header, "writes": writes})
+        self.storage.forget()  # the attempt's trial ended on the proxy
         return bool(reply["released"])
+
+    def finish_and_settle(
+        self, lease: Lease, outcome: str, failure: FailureKind | None, *, retain: bool
+    ) -> bool:
+        """See ``Coordinator.finish_and_settle`` (one call)."""
+        header = {
+            "lease": wire.lease_to_wire(lease),
+            "outcome": outcome,
+            "failure": None if failure is None else failure.value,
+            "retain": retain,
+        }
+        reply, _ = self.call("finish_and_settle", header)
+        return bool(reply["settled"])
 
     def end_if_done(self, study_id: int) -> StudyStatus | None:
         """See ``Coordinator.end_if_done``."""

@@ -8,7 +8,9 @@ It serves two gRPC endpoints side by side:
 - on ``port + 1``, automl's coordination service: every ``Coordinator`` call (claim,
   heartbeat, checkpoint, finish, release, settle, test-split evaluations, refits) and the
   artifact store, each run by a ``SqlCoordinator`` on the database, so claims stay one
-  conditional write and the budget stays exact however many workers share the proxy.
+  conditional write and the budget stays exact however many workers share the proxy;
+  also the worker's running trial: its creation, the writes it buffers (applied in one
+  transaction, only while it is RUNNING) and its tell (see ``automl.proxy.trials``).
 
 The proxy also runs the reaper (its workers hold no database connection to run their own).
 """
@@ -29,8 +31,10 @@ import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import get_storage, run_grpc_proxy_server
+from optuna.trial import TrialState
 
 from automl.proxy import wire
+from automl.proxy.trials import template_from_wire
 from automl.store import (
     EvaluationState,
     FailureKind,
@@ -39,8 +43,10 @@ from automl.store import (
     RefitState,
     Store,
     StudyNotFoundError,
+    TrialWrites,
     is_transient,
     remove_quietly,
+    write_trial,
 )
 from automl.store.faults import first_line
 from automl.worker.coordinator import SqlCoordinator
@@ -77,6 +83,10 @@ class CoordinationService:
             "record_trial": self._record_trial,
             "record_params": self._record_params,
             "record_results": self._record_results,
+            "create_trial": self._create_trial,
+            "write_trial": self._write_trial,
+            "tell_trial": self._tell_trial,
+            "finish_and_settle": self._finish_and_settle,
             "save_checkpoint": self._save_checkpoint,
             "load_checkpoint": self._load_checkpoint,
             "finish": self._finish,
@@ -141,6 +151,8 @@ class CoordinationService:
 
     def _heartbeat(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         status = self.coordinator.heartbeat(wire.lease_from_wire(header["lease"]))
+        if status.held:  # a trial that ended meanwhile refuses them; its tell will say so
+            self._apply_writes(header, ignore_finished=True)
         return {"held": status.held, "study_active": status.study_active}, b""
 
     def _record_trial(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
@@ -149,12 +161,61 @@ class CoordinationService:
         return {}, b""
 
     def _record_params(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        self._apply_writes(header)
         self.coordinator.record_params(wire.lease_from_wire(header["lease"]), header["params"])
         return {}, b""
 
     def _record_results(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
-        self.coordinator.record_results(int(header["trial_id"]), header["user_attrs"])
+        trial_id = int(header["trial_id"])
+        writes = _writes(header)
+        # The buffered writes and the results in one transaction.
+        results = TrialWrites(user_attrs=dict(header["user_attrs"]))
+        writes[trial_id] = writes.get(trial_id, TrialWrites()).then(results)
+        for target, trial_writes in writes.items():
+            write_trial(self.coordinator.store, target, trial_writes)
         return {}, b""
+
+    def _create_trial(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        template = template_from_wire(header["template"])
+        storage = self.coordinator.storage
+        try:
+            trial_id = storage.create_new_trial(int(header["study_id"]), template)
+        except KeyError:
+            raise StudyNotFoundError(int(header["study_id"])) from None
+        return {"trial_id": trial_id, "number": storage.get_trial_number_from_id(trial_id)}, b""
+
+    def _write_trial(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        self._apply_writes(header)
+        return {}, b""
+
+    def _tell_trial(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        self._apply_writes(header)
+        values = header.get("values")
+        updated = self.coordinator.storage.set_trial_state_values(
+            int(header["trial_id"]),
+            TrialState[header["state"]],
+            None if values is None else [float(v) for v in values],
+        )
+        return {"updated": bool(updated)}, b""
+
+    def _finish_and_settle(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        failure = header.get("failure")
+        settled = self.coordinator.finish_and_settle(
+            wire.lease_from_wire(header["lease"]),
+            header["outcome"],
+            None if failure is None else FailureKind(failure),
+            retain=bool(header.get("retain")),
+        )
+        return {"settled": settled}, b""
+
+    def _apply_writes(self, header: dict[str, Any], *, ignore_finished: bool = False) -> None:
+        """Applies the buffered trial writes a call carries (see ``automl.proxy.trials``)."""
+        for trial_id, writes in _writes(header).items():
+            try:
+                write_trial(self.coordinator.store, trial_id, writes)
+            except UpdateFinishedTrialError:
+                if not ignore_finished:
+                    raise
 
     def _save_checkpoint(
         self, header: dict[str, Any], payload: bytes
@@ -177,6 +238,7 @@ class CoordinationService:
         return {}, b""
 
     def _release(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        self._apply_writes(header, ignore_finished=True)  # the trial keeps what it had
         released = self.coordinator.release(
             wire.lease_from_wire(header["lease"]),
             FailureKind(header["failure"]),
@@ -250,6 +312,14 @@ class CoordinationService:
         else:
             self.coordinator.artifacts.remove(artifact_id)
         return {}, b""
+
+
+def _writes(header: dict[str, Any]) -> dict[int, TrialWrites]:
+    """The trial writes a call carries (none from a worker that buffers none)."""
+    return {
+        int(trial_id): TrialWrites.from_json(data)
+        for trial_id, data in (header.get("writes") or {}).items()
+    }
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, kind: str, msg: str) -> NoReturn:

@@ -79,6 +79,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "served_refit",
     ),
     "retention": ("retain_weights",),
+    "trial_writes": ("TrialWrites", "write_trial"),
     "storage": (
         "StorageError",
         "Store",

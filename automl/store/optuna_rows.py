@@ -28,7 +28,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from optuna.distributions import BaseDistribution, json_to_distribution
+from optuna.distributions import (
+    BaseDistribution,
+    check_distribution_compatibility,
+    json_to_distribution,
+)
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.dialects import postgresql
 
@@ -154,6 +158,102 @@ def put_running_trial_attrs(
         return False
     put_trial_attrs(connection, trial_id, user_attrs)
     return True
+
+
+def put_running_trial_writes(
+    connection: sa.engine.Connection,
+    trial_id: int,
+    *,
+    params: Mapping[str, tuple[float, str]],
+    steps: Mapping[int, float],
+    user_attrs: Mapping[str, Any],
+    system_attrs: Mapping[str, Any],
+) -> bool:
+    """Applies a running trial's buffered writes at once, the state read under a row lock.
+
+    What Optuna's ``set_trial_param``, ``set_trial_intermediate_value``,
+    ``set_trial_user_attr`` and ``set_trial_system_attr`` write, one transaction for all.
+
+    Args:
+        connection: An open write transaction.
+        trial_id: The trial.
+        params: Name -> (internal value, distribution JSON), in suggestion order.
+        steps: Step -> intermediate value (NaN and infinities allowed).
+        user_attrs: User attributes to set.
+        system_attrs: System attributes to set.
+
+    Returns:
+        False if the trial is no longer RUNNING (a reaper ended it); nothing changed.
+
+    Raises:
+        ValueError: If a param's distribution is incompatible with the one the study's
+            trials already use for that name (as Optuna raises).
+    """
+    row = connection.execute(
+        sa.select(trials.c.state, trials.c.study_id)
+        .where(trials.c.trial_id == trial_id)
+        .with_for_update()
+    ).first()
+    if row is None or row.state != TrialState.RUNNING:
+        return False
+    if params:
+        _check_param_distributions(connection, row.study_id, params)
+        connection.execute(
+            trial_params.delete().where(
+                trial_params.c.trial_id == trial_id, trial_params.c.param_name.in_(list(params))
+            )
+        )
+        connection.execute(
+            trial_params.insert(),
+            [
+                {"trial_id": trial_id, "param_name": name, "param_value": v, "distribution_json": d}
+                for name, (v, d) in params.items()
+            ],
+        )
+    if steps:
+        table = trial_intermediate_values
+        connection.execute(
+            table.delete().where(table.c.trial_id == trial_id, table.c.step.in_(list(steps)))
+        )
+        connection.execute(
+            table.insert(),
+            [
+                {
+                    "trial_id": trial_id,
+                    "step": step,
+                    "intermediate_value": None if _step_type(value) != "FINITE" else value,
+                    "intermediate_value_type": _step_type(value),
+                }
+                for step, value in steps.items()
+            ],
+        )
+    put_trial_attrs(connection, trial_id, user_attrs)
+    _put(connection, trial_system_attributes, "trial_id", trial_id, system_attrs)
+    return True
+
+
+def _step_type(value: float) -> str:
+    if math.isnan(value):
+        return "NAN"
+    if math.isinf(value):
+        return "INF_POS" if value > 0 else "INF_NEG"
+    return "FINITE"
+
+
+def _check_param_distributions(
+    connection: sa.engine.Connection, study_id: int, params: Mapping[str, tuple[float, str]]
+) -> None:
+    """Raises ``ValueError`` as Optuna's ``set_trial_param`` does for a param whose
+    distribution differs in kind from the one the study already records under its name."""
+    for name, (_, dist_json) in params.items():
+        previous = connection.scalar(
+            sa.select(trial_params.c.distribution_json)
+            .join(trials, trials.c.trial_id == trial_params.c.trial_id)
+            .where(trials.c.study_id == study_id, trial_params.c.param_name == name)
+            .limit(1)
+        )
+        if previous is not None and previous != dist_json:
+            check_distribution_compatibility(_distribution(previous), _distribution(dist_json))
 
 
 def trial_state(connection: sa.engine.Connection, trial_id: int) -> TrialState | None:

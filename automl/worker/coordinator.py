@@ -11,6 +11,7 @@ database connections) only has to provide the same methods.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -55,6 +56,8 @@ from automl.store import (
     write_checkpoint,
 )
 
+logger = logging.getLogger("automl.worker")
+
 
 class Coordinator(Protocol):
     """The worker's side of the claim protocol (see ``automl.store.leases``)."""
@@ -95,6 +98,14 @@ class Coordinator(Protocol):
 
     def finish(self, lease: Lease, outcome: str, failure: FailureKind | None) -> None:
         """Ends the ticket after its trial was told (raises ``LeaseLostError``)."""
+        ...
+
+    def finish_and_settle(
+        self, lease: Lease, outcome: str, failure: FailureKind | None, *, retain: bool
+    ) -> bool:
+        """``finish``, then (each tried once, a failure logged) ``retain_weights`` if
+        ``retain`` and ``end_if_done``: a trial's end in one call. Raises as ``finish``;
+        returns whether the study was settled (if not, settle it with ``end_if_done``)."""
         ...
 
     def release(
@@ -210,6 +221,22 @@ class SqlCoordinator:
         checkpoint = finish(self.store, lease, outcome, failure)
         if checkpoint is not None:
             remove_quietly(self.artifacts, checkpoint)
+
+    def finish_and_settle(
+        self, lease: Lease, outcome: str, failure: FailureKind | None, *, retain: bool
+    ) -> bool:
+        """See ``Coordinator.finish_and_settle``."""
+        self.finish(lease, outcome, failure)
+        if retain:
+            try:
+                self.retain_weights(lease.study_id)
+            except Exception as exc:  # the next completed trial removes what is left
+                logger.warning("study %s: weights retention failed: %s", lease.study_id, exc)
+        try:
+            self.end_if_done(lease.study_id)
+        except Exception:  # the caller settles it the usual way (waiting out outages)
+            return False
+        return True
 
     def release(
         self, lease: Lease, failure: FailureKind, error: str, *, requeue: bool = True

@@ -320,6 +320,7 @@ class Worker:
             gate=self.gate,
         )
         interval = self.options.heartbeat_interval
+        run: TrialRun | None = None
         try:
             # Beat from the moment of the claim: loading the study can take a while.
             with LeaseKeeper(self.coordinator, lease, interval, self.backoff) as keeper:
@@ -334,10 +335,15 @@ class Worker:
                         ),
                         "releasing a trial",
                     )
-                    return TrialRun(lease, "fail")
-                return run_lease(ctx, lease, study, spec, keeper)
+                    run = TrialRun(lease, "fail")
+                    return run
+                run = run_lease(ctx, lease, study, spec, keeper)
+                return run
         finally:
-            ctx.persist(lambda: self.coordinator.end_if_done(lease.study_id), "settling a study")
+            if run is None or not run.settled:  # a finished ticket settled it already
+                ctx.persist(
+                    lambda: self.coordinator.end_if_done(lease.study_id), "settling a study"
+                )
 
     def _study(self, lease: Lease) -> tuple[optuna.Study, StudySpec]:
         """The study (cached, so its trial cache lasts), with this attempt's sampler."""

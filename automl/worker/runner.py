@@ -102,11 +102,13 @@ class TrialRun:
         result: ``complete``, ``pruned``, ``fail``, ``released`` (back to the queue),
             ``lost`` (the reaper took the ticket) or ``rejected`` (a late result).
         trial: The attempt's Optuna trial as it ended, if one was created.
+        settled: Whether the study was already settled after the ticket ended.
     """
 
     lease: Lease
     result: str
     trial: FrozenTrial | None = None
+    settled: bool = False
 
 
 def run_lease(
@@ -153,6 +155,7 @@ class _Attempt:
         self.keeper = keeper
         self.trial_id: int | None = None
         self.trial: optuna.Trial | None = None
+        self.settled = False
 
     # --- the attempt -------------------------------------------------------------------------
 
@@ -320,7 +323,7 @@ class _Attempt:
         if result.pruned:
             frozen = self._tell(state=TrialState.PRUNED)
             self._finish("pruned", None)
-            return TrialRun(self.lease, "pruned", frozen)
+            return TrialRun(self.lease, "pruned", frozen, self.settled)
         values = [result.metrics[metric] for metric in self.spec.metrics]
         if not all(math.isfinite(value) for value in values):
             raise FloatingPointError(f"objective is not finite: {values}")
@@ -334,9 +337,8 @@ class _Attempt:
         )
         self._save_model_card(values)
         frozen = self._tell(values=values)
-        self._finish("complete", None)
-        self._retain_weights()
-        return TrialRun(self.lease, "complete", frozen)
+        self._finish("complete", None, retain=True)
+        return TrialRun(self.lease, "complete", frozen, self.settled)
 
     def _model_input(self, config: TrialConfig, data: ImageData | None) -> dict[str, Any]:
         """What the weights take (shape, preprocessing, normalization, dataset fingerprint)
@@ -382,14 +384,6 @@ class _Attempt:
                 exc,
             )
 
-    def _retain_weights(self) -> None:
-        """Deletes the weights of the trials that fell out of the study's ``keep_weights``
-        best. Tried once: whatever a failure leaves, the next completed trial removes."""
-        try:
-            self.coordinator.retain_weights(self.lease.study_id)
-        except Exception as exc:
-            logger.warning("study %s: weights retention failed: %s", self.lease.study_id, exc)
-
     def _fail(self, kind: FailureKind, error: str) -> TrialRun:
         try:
             self._record_results({attrs.ERROR: error[:MAX_ERROR_CHARS], attrs.FAILURE: kind.value})
@@ -399,7 +393,7 @@ class _Attempt:
             return self._rejected(exc)
         except LeaseLostError as exc:
             return self._lost(exc)
-        return TrialRun(self.lease, "fail", frozen)
+        return TrialRun(self.lease, "fail", frozen, self.settled)
 
     def _out_of_memory(self, exc: torch.OutOfMemoryError) -> TrialRun:
         """Frees what the trial held; the first time, queues it again to run alone."""
@@ -487,9 +481,13 @@ class _Attempt:
 
         return self.ctx.persist(tell, "telling a result")
 
-    def _finish(self, outcome: str, failure: FailureKind | None) -> None:
-        self.ctx.persist(
-            lambda: self.coordinator.finish(self.lease, outcome, failure), "ending a ticket"
+    def _finish(self, outcome: str, failure: FailureKind | None, *, retain: bool = False) -> None:
+        """Ends the ticket, then settles the study and (``retain``: a completed trial) drops
+        the weights of the trials that fell out of its ``keep_weights`` best, tried once:
+        whatever a failure leaves, the next completed trial removes."""
+        self.settled = self.ctx.persist(
+            lambda: self.coordinator.finish_and_settle(self.lease, outcome, failure, retain=retain),
+            "ending a ticket",
         )
 
     def _frozen(self) -> FrozenTrial | None:

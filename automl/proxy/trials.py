@@ -1,0 +1,395 @@
+"""A worker's Optuna storage through ``automl proxy``: few round trips per trial.
+
+Through Optuna's ``GrpcStorageProxy`` alone, every suggested param, report, attribute and
+read of the running trial is its own round trip (about 15 per trial). This storage keeps
+the trials this worker creates (while they run) as a local copy and buffers their writes:
+
+- reading such a trial is served from the copy (it holds the buffered writes too);
+- writes wait and travel with the worker's next coordination call (params with
+  ``record_params``, reports and attributes with the heartbeat, results, the tell or the
+  release), applied on the proxy in one transaction, all or none, and only while the
+  trial is still RUNNING: a trial the reaper ended rejects them, as Optuna's setters would;
+- reading the study's trials first sends the buffered writes, so samplers see them;
+- once a call says the lease or the trial is gone, the copies are dropped and every read
+  and write goes to the proxy again.
+
+Everything else (studies, other trials) goes through ``GrpcStorageProxy`` unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Callable, Container, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    check_distribution_compatibility,
+    distribution_to_json,
+    json_to_distribution,
+)
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, GrpcStorageProxy
+from optuna.study._frozen import FrozenStudy
+from optuna.study._study_direction import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from automl.store import TrialWrites, is_transient
+
+Call = Callable[[str, dict[str, Any]], tuple[dict[str, Any], bytes]]
+"""A coordination call: method and header in, reply header and payload out."""
+
+
+class ProxyTrialStorage(BaseStorage):
+    """Optuna storage of a worker behind ``automl proxy`` (see the module docstring).
+
+    Args:
+        backend: Optuna's gRPC storage client of the proxy.
+        call: The coordination call (``RemoteCoordinator.call``).
+    """
+
+    def __init__(self, backend: GrpcStorageProxy, call: Call) -> None:
+        self.backend = backend
+        self._call = call
+        self._running: dict[int, FrozenTrial] = {}
+        self._pending: dict[int, TrialWrites] = {}
+        self._study_of: dict[int, int] = {}  # study of each local copy
+        self._lock = threading.Lock()  # guards the two dicts
+        self._sending = threading.Lock()  # one call with writes in flight at a time
+
+    # --- what the coordination calls carry --------------------------------------------------
+
+    @contextmanager
+    def pending_writes(self) -> Iterator[dict[str, Any]]:
+        """The buffered writes, as the ``writes`` of one coordination call.
+
+        Held while the call runs, so writes reach the proxy in order. If the call fails
+        for a transient reason they are kept for the next one; any other failure (the
+        trial ended, the lease was lost) means the proxy refused them: they are dropped.
+        """
+        with self._sending:
+            with self._lock:
+                taken, self._pending = self._pending, {}
+            try:
+                yield {str(trial_id): w.to_json() for trial_id, w in taken.items() if w}
+            except BaseException as exc:
+                if is_transient(exc):
+                    self._restore(taken)
+                raise
+
+    def applied(self, trial_id: int, user_attrs: dict[str, Any]) -> None:
+        """Records on the local copy user attributes the proxy has just written."""
+        with self._lock:
+            trial = self._running.get(trial_id)
+            if trial is not None:
+                trial.user_attrs.update(_json_copy(user_attrs))
+
+    def forget(self) -> None:
+        """Drops every local copy and buffered write (the lease or the trial is gone)."""
+        with self._lock:
+            self._running.clear()
+            self._pending.clear()
+            self._study_of.clear()
+
+    def _restore(self, taken: dict[int, TrialWrites]) -> None:
+        with self._lock:
+            for trial_id, writes in taken.items():
+                if trial_id in self._running:
+                    self._pending[trial_id] = writes.then(
+                        self._pending.get(trial_id, TrialWrites())
+                    )
+
+    def _buffer(self, trial_id: int, change: Callable[[FrozenTrial, TrialWrites], None]) -> bool:
+        """Applies a write to the local copy and buffers it; False if not tracked."""
+        with self._lock:
+            trial = self._running.get(trial_id)
+            if trial is None:
+                return False
+            if trial.state.is_finished():
+                raise UpdateFinishedTrialError(f"trial {trial.number} is already finished")
+            change(trial, self._pending.setdefault(trial_id, TrialWrites()))
+            return True
+
+    def _send_pending(self, study_id: int) -> None:
+        with self._lock:
+            waiting = any(
+                writes and self._study_of.get(trial_id) == study_id
+                for trial_id, writes in self._pending.items()
+            )
+        if waiting:
+            with self.pending_writes() as writes:
+                self._call("write_trial", {"writes": writes})
+
+    # --- trials ------------------------------------------------------------------------------
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        """Creates the trial on the proxy (one call, which also returns its number)."""
+        template = template_trial or _running_template()
+        reply, _ = self._call(
+            "create_trial", {"study_id": study_id, "template": template_to_wire(template)}
+        )
+        trial_id, number = int(reply["trial_id"]), int(reply["number"])
+        if template.state == TrialState.RUNNING:
+            local = _copy_as(template, trial_id, number)
+            with self._lock:
+                for old in [t for t, trial in self._running.items() if trial.state.is_finished()]:
+                    self._running.pop(old)
+                    self._pending.pop(old, None)
+                    self._study_of.pop(old, None)
+                self._running[trial_id] = local
+                self._study_of[trial_id] = study_id
+        return trial_id
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        """The local copy of a trial this worker runs, else the proxy's."""
+        with self._lock:
+            trial = self._running.get(trial_id)
+            if trial is not None:
+                return copy.deepcopy(trial)
+        return self.backend.get_trial(trial_id)
+
+    def set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+    ) -> None:
+        """Buffered for a trial this worker runs (sent with ``record_params``)."""
+
+        def change(trial: FrozenTrial, writes: TrialWrites) -> None:
+            if param_name in trial.distributions:
+                check_distribution_compatibility(trial.distributions[param_name], distribution)
+            trial.params[param_name] = distribution.to_external_repr(param_value_internal)
+            trial.distributions[param_name] = distribution
+            writes.params[param_name] = (
+                float(param_value_internal),
+                distribution_to_json(distribution),
+            )
+
+        if not self._buffer(trial_id, change):
+            self.backend.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+
+    def set_trial_intermediate_value(
+        self, trial_id: int, step: int, intermediate_value: float
+    ) -> None:
+        """Buffered for a trial this worker runs (sent with the next heartbeat)."""
+
+        def change(trial: FrozenTrial, writes: TrialWrites) -> None:
+            trial.intermediate_values[step] = intermediate_value
+            writes.steps[step] = intermediate_value
+
+        if not self._buffer(trial_id, change):
+            self.backend.set_trial_intermediate_value(trial_id, step, intermediate_value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        """Buffered for a trial this worker runs."""
+        stored = _json_copy(value)
+
+        def change(trial: FrozenTrial, writes: TrialWrites) -> None:
+            trial.user_attrs[key] = stored
+            writes.user_attrs[key] = stored
+
+        if not self._buffer(trial_id, change):
+            self.backend.set_trial_user_attr(trial_id, key, value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        """Buffered for a trial this worker runs."""
+        stored = _json_copy(value)
+
+        def change(trial: FrozenTrial, writes: TrialWrites) -> None:
+            trial.system_attrs[key] = stored
+            writes.system_attrs[key] = stored
+
+        if not self._buffer(trial_id, change):
+            self.backend.set_trial_system_attr(trial_id, key, value)
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        """For a trial this worker runs: its buffered writes and the new state in one call.
+
+        Raises:
+            UpdateFinishedTrialError: If the trial already ended (nothing is written).
+        """
+        with self._lock:
+            tracked = trial_id in self._running
+        if not tracked:
+            return self.backend.set_trial_state_values(trial_id, state, values)
+        header: dict[str, Any] = {
+            "trial_id": trial_id,
+            "state": state.name,
+            "values": None if values is None else [float(v) for v in values],
+        }
+        with self.pending_writes() as writes:
+            reply, _ = self._call("tell_trial", {**header, "writes": writes})
+        with self._lock:
+            trial = self._running.get(trial_id)
+            if trial is not None and reply["updated"]:
+                trial.state = state
+                trial.values = None if values is None else list(values)
+                if state.is_finished():
+                    trial.datetime_complete = datetime.now()
+        return bool(reply["updated"])
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        """The proxy's trials of the study, after sending this worker's buffered writes."""
+        self._send_pending(study_id)
+        return self.backend.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        """See ``BaseStorage``."""
+        return self.backend.get_trial_id_from_study_id_trial_number(study_id, trial_number)
+
+    # --- studies: straight to the proxy --------------------------------------------------------
+
+    def create_new_study(
+        self, directions: Sequence[StudyDirection], study_name: str | None = None
+    ) -> int:
+        """See ``BaseStorage``."""
+        return self.backend.create_new_study(directions, study_name)
+
+    def delete_study(self, study_id: int) -> None:
+        """See ``BaseStorage``."""
+        self.backend.delete_study(study_id)
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        """See ``BaseStorage``."""
+        self.backend.set_study_user_attr(study_id, key, value)
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        """See ``BaseStorage``."""
+        self.backend.set_study_system_attr(study_id, key, value)
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        """See ``BaseStorage``."""
+        return self.backend.get_study_id_from_name(study_name)
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        """See ``BaseStorage``."""
+        return self.backend.get_study_name_from_id(study_id)
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        """See ``BaseStorage``."""
+        return self.backend.get_study_directions(study_id)
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        """See ``BaseStorage``."""
+        return self.backend.get_study_user_attrs(study_id)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        """See ``BaseStorage``."""
+        return self.backend.get_study_system_attrs(study_id)
+
+    def get_all_studies(self) -> list[FrozenStudy]:
+        """See ``BaseStorage``."""
+        return self.backend.get_all_studies()
+
+    def close(self) -> None:
+        """Closes the gRPC channel of the Optuna storage."""
+        self.backend.close()
+
+
+def template_to_wire(trial: FrozenTrial) -> dict[str, Any]:
+    """A trial template (what ``create_new_trial`` takes) as a JSON object."""
+    return {
+        "state": trial.state.name,
+        "values": trial.values,
+        "datetime_start": _iso(trial.datetime_start),
+        "datetime_complete": _iso(trial.datetime_complete),
+        "params": {
+            name: [dist.to_internal_repr(trial.params[name]), distribution_to_json(dist)]
+            for name, dist in trial.distributions.items()
+        },
+        "user_attrs": trial.user_attrs,
+        "system_attrs": trial.system_attrs,
+        "intermediate_values": {str(k): v for k, v in trial.intermediate_values.items()},
+    }
+
+
+def template_from_wire(data: dict[str, Any]) -> FrozenTrial:
+    """The template ``template_to_wire`` wrote (number and id are placeholders).
+
+    Raises:
+        ValueError: If ``data`` is not such an object.
+    """
+    try:
+        distributions = {name: json_to_distribution(d) for name, (_, d) in data["params"].items()}
+        return FrozenTrial(
+            number=0,
+            state=TrialState[data["state"]],
+            value=None,
+            values=data["values"],
+            datetime_start=_from_iso(data["datetime_start"]),
+            datetime_complete=_from_iso(data["datetime_complete"]),
+            params={
+                name: distributions[name].to_external_repr(v)
+                for name, (v, _) in data["params"].items()
+            },
+            distributions=distributions,
+            user_attrs=dict(data["user_attrs"]),
+            system_attrs=dict(data["system_attrs"]),
+            intermediate_values={int(k): float(v) for k, v in data["intermediate_values"].items()},
+            trial_id=0,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"malformed trial template: {exc}") from None
+
+
+def _running_template() -> FrozenTrial:
+    return FrozenTrial(
+        number=0,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=datetime.now(),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=0,
+    )
+
+
+def _copy_as(template: FrozenTrial, trial_id: int, number: int) -> FrozenTrial:
+    return FrozenTrial(
+        number=number,
+        state=template.state,
+        value=None,
+        values=template.values,
+        datetime_start=template.datetime_start or datetime.now(),
+        datetime_complete=template.datetime_complete,
+        params=dict(template.params),
+        distributions=dict(template.distributions),
+        user_attrs=_json_copy(template.user_attrs),
+        system_attrs=_json_copy(template.system_attrs),
+        intermediate_values=dict(template.intermediate_values),
+        trial_id=trial_id,
+    )
+
+
+def _json_copy(value: Any) -> Any:
+    # What reading it back from the database gives (tuples become lists, ...); raises as
+    # Optuna's setters do for a value JSON cannot hold.
+    return json.loads(json.dumps(value))
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _from_iso(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+__all__ = ["ProxyTrialStorage", "template_from_wire", "template_to_wire"]

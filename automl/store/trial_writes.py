@@ -1,0 +1,98 @@
+"""A running trial's writes, gathered and applied in one transaction.
+
+Optuna's storage writes each param, report and attribute in its own transaction (and,
+through ``automl proxy``, its own round trip). A worker that buffers them (see
+``automl.proxy.trials``) hands them over as one ``TrialWrites``, applied by
+``write_trial``: all of them or, if the trial is no longer RUNNING, none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.exceptions import UpdateFinishedTrialError
+
+from automl.store import optuna_rows
+from automl.store.storage import Store
+
+
+@dataclass
+class TrialWrites:
+    """Writes to one running trial; a later value of the same key replaces an earlier one.
+
+    Attributes:
+        params: Param name -> (internal value, distribution JSON), in suggestion order.
+        steps: Step -> intermediate value.
+        user_attrs: User attributes.
+        system_attrs: System attributes.
+    """
+
+    params: dict[str, tuple[float, str]] = field(default_factory=dict)
+    steps: dict[int, float] = field(default_factory=dict)
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+    system_attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.params or self.steps or self.user_attrs or self.system_attrs)
+
+    def then(self, later: TrialWrites) -> TrialWrites:
+        """These writes followed by ``later`` ones (``later`` wins on the same key)."""
+        return TrialWrites(
+            params={**self.params, **later.params},
+            steps={**self.steps, **later.steps},
+            user_attrs={**self.user_attrs, **later.user_attrs},
+            system_attrs={**self.system_attrs, **later.system_attrs},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON object (``from_json`` reads it back)."""
+        return {
+            "params": {name: list(value) for name, value in self.params.items()},
+            "steps": {str(step): value for step, value in self.steps.items()},
+            "user_attrs": self.user_attrs,
+            "system_attrs": self.system_attrs,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrialWrites:
+        """The writes ``to_json`` wrote.
+
+        Raises:
+            ValueError: If ``data`` is not such an object.
+        """
+        try:
+            return cls(
+                params={str(k): (float(v), str(d)) for k, (v, d) in data["params"].items()},
+                steps={int(step): float(value) for step, value in data["steps"].items()},
+                user_attrs=dict(data["user_attrs"]),
+                system_attrs=dict(data["system_attrs"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed trial writes: {exc}") from None
+
+
+def write_trial(store: Store, trial_id: int, writes: TrialWrites) -> None:
+    """Applies ``writes`` to a running trial in one transaction (nothing if empty).
+
+    Raises:
+        UpdateFinishedTrialError: If the trial already ended (a reaper failed it); nothing
+            was written, as Optuna's setters would refuse.
+        ValueError: If a param's distribution conflicts with the study's.
+    """
+    if not writes:
+        return
+    with store.write() as connection:
+        written = optuna_rows.put_running_trial_writes(
+            connection,
+            trial_id,
+            params=writes.params,
+            steps=writes.steps,
+            user_attrs=writes.user_attrs,
+            system_attrs=writes.system_attrs,
+        )
+    if not written:
+        raise UpdateFinishedTrialError(f"trial {trial_id} is no longer running")
+
+
+__all__ = ["TrialWrites", "write_trial"]
