@@ -165,9 +165,8 @@ def profile_one_slot(args: argparse.Namespace, work: Path) -> None:
     store = open_store(f"sqlite:///{work / 'automl.db'}", artifacts_dir=work / "artifacts")
     try:
         study = submit_study(store, validate_spec(study_spec(args, 1)))
-        device = "cuda" if args.device.startswith("cuda") else args.device
         options = WorkerOptions(
-            device=device, study_id=study.id, exit_when_idle=True, reap_interval=None
+            device=args.device, study_id=study.id, exit_when_idle=True, reap_interval=None
         )
         worker = Worker(store, options)
         profiler = cProfile.Profile()

@@ -36,7 +36,7 @@ for what in "${@:-tests trainer}"; do
         trainer) step trainer python3 benchmarks/bench_trainer.py --device cuda --epochs 3 \
             --repeats 3 --eager ;;
         packing) step packing python3 benchmarks/bench_packing.py --device cuda --trials 16 \
-            --epochs 3 --repeats 1 --slots 1 2 4 ;;
+            --epochs 3 --repeats 1 --slots 1 2 4 --profile ;;
         search) step search python3 benchmarks/bench_search.py --device cuda --trials 10 \
             --epochs 3 --repeats 3 --modes run ;;
         *) echo "unknown step $part (tests, trainer, packing, search)" && exit 2 ;;

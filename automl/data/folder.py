@@ -62,10 +62,11 @@ def scan_class_folder(
 ) -> tuple[list[str], list[list[Path]]]:
     """Lists the classes (subfolder names) and image files of a class folder.
 
-    A listing is remembered while the modification times of the folder and its class
-    folders stay the same (a file added, removed or renamed changes its folder's time), so
-    validating options, fingerprinting and loading do not list thousands of files again;
-    files changed in place are caught by the fingerprint, which stats every file.
+    A listing is remembered for up to a minute while the folder and its class folders keep
+    their identity and times (a file added, removed or renamed changes its folder's), so
+    validating options, fingerprinting and loading one trial's data do not list thousands
+    of files again; files changed in place are caught by the fingerprint, which stats
+    every file.
 
     Args:
         value: The folder, as the user wrote it (confined to the data root).
@@ -108,34 +109,43 @@ def scan_class_folder(
 
 
 class _ListingMemo:
-    """The last few class-folder listings of this process, each with the modification
-    times it was taken at.
+    """The last few class-folder listings of this process, each with the folders' stamps
+    (inode, modification and change time) it was taken at.
 
-    A listing is reused only if every folder's time is unchanged and was already at least
-    ``SETTLE_S`` old when the listing started: on file systems with coarse timestamps, a
-    change right after a listing could otherwise keep the same time.
+    A listing is reused only if every folder's stamp is unchanged, it is at most
+    ``MAX_AGE_S`` old, and each folder's times were already at least ``SETTLE_S`` old when
+    the listing started: on file systems with coarse timestamps, a change right after a
+    listing could otherwise keep the same time. The change time cannot be set back by
+    tools that restore modification times (``rsync -a``, ``tar``); the age limit bounds
+    what a file system that keeps no folder times (some network mounts) can hide.
     """
 
     SIZE = 16
     SETTLE_S = 2.0
+    MAX_AGE_S = 60.0
 
     def __init__(self) -> None:
-        self._entries: OrderedDict[tuple[Path, Path], tuple[_Stamp, list[Path], list[list[Path]]]]
-        self._entries = OrderedDict()
+        self._entries: OrderedDict[tuple[Path, Path], _Listing] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, folder: Path, root: Path) -> tuple[list[Path], list[list[Path]]] | None:
         """The remembered listing of ``folder``, if no folder of it changed since."""
+        key = (folder, root)
         with self._lock:
-            entry = self._entries.get((folder, root))
+            entry = self._entries.get(key)
         if entry is None:
             return None
-        stamp, classes, files = entry
+        taken, stamp, classes, files = entry
         try:
-            if _stamp([folder, *classes]) != stamp:
-                return None
+            fresh = time.time() - taken <= self.MAX_AGE_S and _stamp([folder, *classes]) == stamp
         except OSError:  # a class folder went away
-            return None
+            fresh = False
+        with self._lock:
+            if not fresh:
+                self._entries.pop(key, None)
+                return None
+            if key in self._entries:
+                self._entries.move_to_end(key)
         return classes, files
 
     def put(
@@ -151,20 +161,27 @@ class _ListingMemo:
             stamp = _stamp([folder, *classes])
         except OSError:
             return
-        if any(mtime_ns / 1e9 > started - self.SETTLE_S for _, mtime_ns in stamp):
+        if any(max(times[1:]) / 1e9 > started - self.SETTLE_S for _, times in stamp):
             return
         with self._lock:
-            self._entries[(folder, root)] = (stamp, classes, files)
+            self._entries[(folder, root)] = (started, stamp, classes, files)
             self._entries.move_to_end((folder, root))
             while len(self._entries) > self.SIZE:
                 self._entries.popitem(last=False)
 
 
-_Stamp = tuple[tuple[str, int], ...]
+_Stamp = tuple[tuple[str, tuple[int, int, int]], ...]
+_Listing = tuple[float, _Stamp, list[Path], list[list[Path]]]
+"""When the listing started, the folders' stamps, the class folders and their files."""
 
 
 def _stamp(folders: list[Path]) -> _Stamp:
-    return tuple((str(folder), os.stat(folder).st_mtime_ns) for folder in folders)
+    """Each folder's inode, modification and change time (nanoseconds)."""
+    stamps = []
+    for folder in folders:
+        info = os.stat(folder)
+        stamps.append((str(folder), (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)))
+    return tuple(stamps)
 
 
 _listings = _ListingMemo()

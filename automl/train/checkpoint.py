@@ -98,8 +98,35 @@ def restore(
 ) -> None:
     """Loads weights, optimizer, scheduler and global RNG states from ``state``."""
     model.load_state_dict(state.model)
-    optimizer.load_state_dict(state.optimizer)
+    _load_optimizer(optimizer, state.optimizer)
     scheduler.load_state_dict(state.scheduler)
     torch.set_rng_state(state.cpu_rng)
     if state.cuda_rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state.cuda_rng[: torch.cuda.device_count()])
+
+
+IMPLEMENTATION_FLAGS = ("capturable", "fused", "foreach")
+"""Optimizer group settings that describe how this run steps, not what it learned."""
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Loads ``saved`` into ``optimizer``, keeping this run's implementation flags.
+
+    ``load_state_dict`` takes every group setting from the checkpoint, so a checkpoint of a
+    run whose updates replayed from a CUDA graph (``capturable``) would make a CPU run's
+    optimizer fail on its first step. Step counters go where this run's flags keep them:
+    on the parameter's device when capturable or fused, else on the CPU.
+    """
+    kept = [
+        {flag: group[flag] for flag in IMPLEMENTATION_FLAGS if flag in group}
+        for group in optimizer.param_groups
+    ]
+    optimizer.load_state_dict(saved)
+    for group, flags in zip(optimizer.param_groups, kept, strict=True):
+        group.update(flags)
+        on_device = bool(group.get("capturable") or group.get("fused"))
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            step = state.get("step")
+            if isinstance(step, torch.Tensor):
+                state["step"] = step.to(parameter.device if on_device else "cpu")

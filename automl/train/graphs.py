@@ -9,9 +9,12 @@ and from then on copies each batch into the captured input and replays the graph
 of another size (an epoch's last, smaller one) run eagerly on the same weights and
 optimizer state, so training is the same update as the eager loop's.
 
-The graph bakes in the learning rate, so it is used only when the learning rate stays
-constant (``graph_blocker`` says what else rules it out). ``AUTOML_CUDA_GRAPHS=0``
-turns it off. Should capturing fail, training continues eagerly and ``failure`` says why.
+The graph bakes in every value the host computes at capture time (the learning rate, a
+Python step counter), so it is used only when the learning rate stays constant and every
+part of the update is automl's own: a plugin's optimizer, loss, model or imbalance
+strategy may keep such state on the host (``graph_blocker`` lists the rules).
+``AUTOML_CUDA_GRAPHS=0`` turns it off. Should capturing fail, training continues eagerly
+and ``failure`` says why.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -46,6 +49,7 @@ def graph_blocker(
     scaled: bool,
     compiled: bool,
     constant_lr: bool,
+    plugins: Sequence[str] = (),
 ) -> str | None:
     """Why a run cannot replay its updates as a CUDA graph, or None when it can.
 
@@ -54,6 +58,7 @@ def graph_blocker(
         scaled: Whether fp16 gradient scaling is on (the scaler decides on the host).
         compiled: Whether the model runs through ``torch.compile``.
         constant_lr: Whether the learning rate stays the same at every step.
+        plugins: The parts of the update that plugins provide (e.g. ``loss 'mine'``).
     """
     if device.type != "cuda":
         return "not a CUDA device"
@@ -65,6 +70,8 @@ def graph_blocker(
         return "compile: true"
     if not constant_lr:
         return "the learning rate changes during training"
+    if plugins:
+        return f"{plugins[0]} is a plugin (it may keep per-step state on the host)"
     return None
 
 
@@ -93,6 +100,7 @@ class GraphedStep:
         self._batch_size = batch_size
         self._allow_syncs = allow_syncs
         self._warmed = 0
+        self._side: torch.cuda.Stream | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
         self._inputs = self._targets = self._loss = torch.empty(0)
         self.failure: str | None = None
@@ -115,12 +123,8 @@ class GraphedStep:
             if self._warmed < WARMUP_STEPS:
                 self._warmed += 1
                 return self._side_stream_step(images, targets)
-            try:
-                self._capture(images, targets)
-            except Exception as exc:  # any capture failure falls back to eager updates
-                lines = str(exc).strip().splitlines()
-                self.failure = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-                logger.warning("CUDA graph capture failed, training eagerly: %s", self.failure)
+            self._capture(images, targets)
+            if self._graph is None:  # failed: this batch and the rest run eagerly
                 return self._step(images, targets)
         if images.shape != self._inputs.shape or targets.shape != self._targets.shape:
             return self._step(images, targets)
@@ -129,10 +133,17 @@ class GraphedStep:
         self._graph.replay()
         return self._loss
 
+    def _side_stream(self) -> torch.cuda.Stream:
+        """The stream of the warm-up steps and of the capture (one, so that per-stream
+        library state such as cuBLAS workspaces exists before capturing)."""
+        if self._side is None:
+            self._side = torch.cuda.Stream()
+        return self._side
+
     def _side_stream_step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """An eager update on a side stream, as CUDA's capture rules ask of warm-up work."""
+        """An eager update on the side stream, as CUDA's capture rules ask of warm-up work."""
         current = torch.cuda.current_stream()
-        side = torch.cuda.Stream()
+        side = self._side_stream()
         side.wait_stream(current)
         with torch.cuda.stream(side):
             loss = self._step(images, targets)
@@ -141,14 +152,36 @@ class GraphedStep:
 
     def _capture(self, images: torch.Tensor, targets: torch.Tensor) -> None:
         """Captures the update on copies of this batch (capturing runs nothing; the caller
-        replays the graph for this batch next)."""
-        with self._allow_syncs():  # capturing synchronizes the device first
-            self._inputs = images.clone()
-            self._targets = targets.clone()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._loss = self._step(self._inputs, self._targets)
-        self._graph = graph
+        replays the graph for this batch next). On failure, records why and leaves the
+        current stream and memory as they were, so the caller can go on eagerly."""
+        current = torch.cuda.current_stream()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with self._allow_syncs():  # capturing synchronizes the device first
+                self._inputs = images.clone()
+                self._targets = targets.clone()
+                with torch.cuda.graph(
+                    graph, stream=self._side_stream(), capture_error_mode="thread_local"
+                ):
+                    self._loss = self._step(self._inputs, self._targets)
+        except Exception as exc:  # any capture failure falls back to eager updates
+            self.failure = failure_text(exc)
+        if self.failure is None:
+            self._graph = graph
+            return
+        # Only now, with the exception and its frames gone, can the half-built graph's
+        # memory be returned; a stream left current by a failed capture is undone.
+        torch.cuda.set_stream(current)
+        del graph
+        self._inputs = self._targets = self._loss = torch.empty(0)
+        torch.cuda.empty_cache()
+        logger.warning("CUDA graph capture failed, training eagerly: %s", self.failure)
+
+
+def failure_text(exc: BaseException) -> str:
+    """``Type: first line of the message``, for notes that say why a fast path was left."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".strip().rstrip(":")
 
 
 def _make_capturable(optimizer: torch.optim.Optimizer) -> None:
@@ -165,4 +198,4 @@ def _make_capturable(optimizer: torch.optim.Optimizer) -> None:
                 state["step"] = step.to(parameter.device)
 
 
-__all__ = ["GRAPHS_ENV", "GraphedStep", "graph_blocker", "graphs_enabled"]
+__all__ = ["GRAPHS_ENV", "GraphedStep", "failure_text", "graph_blocker", "graphs_enabled"]

@@ -21,15 +21,16 @@ import torch
 from torch.nn import functional as F
 
 from automl.data import ImageData, load_dataset
-from automl.models import build_model
+from automl.models import MODELS, build_model
 from automl.models.transfer import param_groups
+from automl.registry import BUILTIN_SOURCE
 from automl.train.accel import Accelerator, CompiledModel
 from automl.train.augment import build_pipeline
 from automl.train.checkpoint import CheckpointSink, TrainState, capture, restore
 from automl.train.early_stopping import EarlyStopping
 from automl.train.graphs import GraphedStep, graph_blocker
-from automl.train.imbalance import ArtifactCache, TrainSplit, build_imbalance_plan
-from automl.train.losses import build_loss
+from automl.train.imbalance import IMBALANCE, ArtifactCache, TrainSplit, build_imbalance_plan
+from automl.train.losses import LOSSES, build_loss
 from automl.train.metrics import (
     METRICS,
     Evaluation,
@@ -38,7 +39,7 @@ from automl.train.metrics import (
     per_class_report,
 )
 from automl.train.model_stats import profile_model
-from automl.train.optim import build_optimizer, build_scheduler
+from automl.train.optim import OPTIMIZERS, build_optimizer, build_scheduler, constant_learning_rate
 from automl.train.trial_config import TrialConfig
 
 Reporter = Callable[[int, dict[str, float]], bool]
@@ -69,8 +70,10 @@ class TrainResult:
     dataset: ImageData | None = field(default=None, repr=False)
     """The data the run trained on, as loaded (the caller records its input facts)."""
     notes: dict[str, Any] = field(default_factory=dict)
-    """What the imbalance strategy did (e.g. how long its generator trained) and, under
-    ``compile``, whether the model ran compiled (``compile``: ``compiled`` or why not)."""
+    """What the imbalance strategy did (e.g. how long its generator trained); under
+    ``compile``, whether the model ran compiled (``compile``: ``compiled`` or why not); on
+    CUDA, whether the updates replayed from a CUDA graph (``cuda_graph``: ``replayed`` or
+    why not), when the run qualified for one (``automl.train.graphs``)."""
     stopped_early: bool = False
     """Whether ``patience`` epochs passed without a better monitored metric."""
 
@@ -119,7 +122,8 @@ def train(
     (no C compiler, unsupported platform), training continues eagerly, logs a warning and
     says why in ``notes["compile"]``.
 
-    On CUDA the per-batch loop does not synchronize with the host; with
+    On CUDA the per-batch loop does not synchronize with the host, and full-size batches
+    replay their whole update from a CUDA graph where ``automl.train.graphs`` allows; with
     ``AUTOML_SYNC_DEBUG`` set, every epoch but the first one a run trains (which autotunes
     cuDNN for each batch shape) is watched for synchronizing operations.
 
@@ -246,8 +250,12 @@ def train(
         device,
         scaled=accel.scaler is not None,
         compiled=config.compile,
-        constant_lr=config.scheduler.name == "constant"
-        and round(config.warmup_epochs * steps_per_epoch) == 0,
+        constant_lr=constant_learning_rate(
+            config.scheduler.name,
+            total_steps=config.epochs * steps_per_epoch,
+            warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        ),
+        plugins=_plugin_parts(config),
     )
     graphed: GraphedStep | None = None
     update = train_step
@@ -361,6 +369,21 @@ def evaluate(
         predictions.append(logits.argmax(dim=1))
     confusion = confusion_matrix(torch.cat(predictions), labels, num_classes)
     return confusion, float(loss_sum) / max(len(labels), 1)
+
+
+def _plugin_parts(config: TrialConfig) -> list[str]:
+    """The parts of a training update that plugins provide, e.g. ``["loss 'mine'"]``."""
+    parts = (
+        (MODELS, config.model.name),
+        (OPTIMIZERS, config.optimizer.name),
+        (LOSSES, config.loss.name),
+        (IMBALANCE, config.imbalance.name),
+    )
+    return [
+        f"{registry.kind} {name!r}"
+        for registry, name in parts
+        if registry.get(name).source != BUILTIN_SOURCE
+    ]
 
 
 def _graph_note(graphed: GraphedStep) -> str:

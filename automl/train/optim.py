@@ -216,7 +216,7 @@ def build_scheduler(
     entry = SCHEDULERS.get(name)
     schedule = entry.factory(entry.parse_options(options))
     total = max(total_steps, 1)
-    warmup = min(warmup_steps, total - 1)
+    warmup = _warmup_steps(total_steps, warmup_steps)
 
     def multiplier(step_index: int) -> float:
         if step_index < warmup:
@@ -224,3 +224,14 @@ def build_scheduler(
         return schedule(min((step_index - warmup) / max(total - warmup, 1), 1.0))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+def constant_learning_rate(name: str, *, total_steps: int, warmup_steps: int) -> bool:
+    """Whether ``build_scheduler`` with these arguments keeps the learning rate unchanged
+    at every step (the ``constant`` schedule and no warmup step)."""
+    return name == "constant" and _warmup_steps(total_steps, warmup_steps) == 0
+
+
+def _warmup_steps(total_steps: int, warmup_steps: int) -> int:
+    """The warmup steps a schedule runs: at most all steps but the last."""
+    return min(warmup_steps, max(total_steps, 1) - 1)

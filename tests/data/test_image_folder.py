@@ -211,6 +211,7 @@ def test_settled_listing_is_reused_until_a_folder_changes(
 ) -> None:
     write_class_folder(data_root / "pets", {"cat": 3, "dog": 2})
     _age_folders(data_root / "pets")
+    monkeypatch.setattr(folder_module._ListingMemo, "SETTLE_S", 0.0)  # ctime is now
     listings = []
     real_image_files = folder_module.image_files
 
@@ -231,6 +232,15 @@ def test_settled_listing_is_reused_until_a_folder_changes(
     assert [len(found) for found in folder_module.scan_class_folder("pets")[1]] == [2, 3]
     shutil.rmtree(data_root / "pets" / "dog")
     assert folder_module.scan_class_folder("pets")[0] == ["cat"]
+
+    before = len(listings)
+    write_image(data_root / "pets" / "cat" / "7.png", np.zeros((6, 8, 3), np.uint8))
+    _age_folders(data_root / "pets")  # a copy tool restoring the old modification times
+    assert [len(found) for found in folder_module.scan_class_folder("pets")[1]] == [3]
+    assert len(listings) == before + 1  # the change time gave it away
+    monkeypatch.setattr(folder_module._ListingMemo, "MAX_AGE_S", 0.0)
+    folder_module.scan_class_folder("pets")
+    assert len(listings) == before + 2  # too old to trust
 
 
 def test_fresh_listing_is_not_remembered(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -115,3 +115,22 @@ def test_state_bytes_load_with_weights_only(small_data: ImageData) -> None:
     assert torch.equal(again.cpu_rng, states[0].cpu_rng)
     with pytest.raises(Exception):  # noqa: B017 (any unpickling error will do)
         TrainState.from_bytes(b"not a checkpoint")
+
+
+@pytest.mark.parametrize("optimizer", ["rmsprop", "adam"])
+def test_a_checkpoint_of_a_capturable_optimizer_resumes_on_the_cpu(
+    small_data: ImageData, optimizer: str
+) -> None:
+    """A run on a GPU whose updates replayed from a CUDA graph saves ``capturable`` groups;
+    a CPU worker resuming it keeps its own optimizer flags and finishes like a plain run."""
+    config = flat_config({"epochs": 2, "width": 4, "optimizer": optimizer})
+    states: list[TrainState] = []
+    plain = train(config, data=small_data, checkpoint=states.append)
+    saved = states[0].optimizer
+    graphed = {
+        **saved,
+        "param_groups": [{**group, "capturable": True} for group in saved["param_groups"]],
+    }
+    resumed = train(config, data=small_data, resume=replace(states[0], optimizer=graphed))
+    assert _same_weights(resumed.state_dict, plain.state_dict)
+    assert _untimed(resumed.history) == _untimed(plain.history)

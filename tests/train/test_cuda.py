@@ -195,3 +195,27 @@ def test_a_run_resumed_from_a_checkpoint_replays_its_updates() -> None:
     assert resumed.notes == {"cuda_graph": "replayed"}
     assert [entry["epoch"] for entry in resumed.history] == [1, 2]
     assert resumed.metrics["accuracy"] == pytest.approx(first.metrics["accuracy"], abs=0.1)
+
+
+def test_a_failed_capture_trains_on_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loss that reads a value back to the host cannot be captured: the run goes on
+    eagerly on the stream it started on, and its notes say why."""
+    build_loss_ = loop.build_loss
+
+    def build_loss(*args: Any, **kwargs: Any) -> Any:
+        loss_fn = build_loss_(*args, **kwargs)
+
+        def reading_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            loss = loss_fn(logits, targets)
+            if torch.cuda.is_current_stream_capturing():
+                loss.item()  # a host sync: not allowed while capturing
+            return loss
+
+        return reading_loss
+
+    monkeypatch.setattr(loop, "build_loss", build_loss)
+    stream = torch.cuda.current_stream()
+    result = train(flat_config({"epochs": 2, "width": 8, "lr": 3e-3}), device="cuda")
+    assert result.notes["cuda_graph"].startswith("failed, trained eagerly: ")
+    assert result.metrics["accuracy"] > 0.5
+    assert torch.cuda.current_stream() == stream

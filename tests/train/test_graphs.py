@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from automl.train import train
+from automl.train import loop, train
 from automl.train.graphs import GRAPHS_ENV, graph_blocker, graphs_enabled
 from automl.train.hyperparameters import flat_config
+from automl.train.losses import LOSSES
+from automl.train.optim import constant_learning_rate
 
 CUDA = torch.device("cuda")
 ELIGIBLE = {"scaled": False, "compiled": False, "constant_lr": True}
@@ -47,3 +51,22 @@ def test_graphs_are_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert graphs_enabled()
     monkeypatch.setenv(GRAPHS_ENV, "1")
     assert graphs_enabled()
+
+
+def test_a_plugin_in_the_update_rules_a_graph_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin may keep per-step state on the host, which a graph would freeze."""
+    builtin = LOSSES.get("cross_entropy")
+    plugin = dataclasses.replace(builtin, name="mine", source="my-losses")
+    monkeypatch.setitem(LOSSES._entries, "mine", plugin)
+    assert loop._plugin_parts(flat_config({"epochs": 1})) == []
+    parts = loop._plugin_parts(flat_config({"epochs": 1, "loss": "mine"}))
+    assert parts == ["loss 'mine'"]
+    reason = graph_blocker(CUDA, **ELIGIBLE, plugins=parts)
+    assert reason == "loss 'mine' is a plugin (it may keep per-step state on the host)"
+
+
+def test_constant_rate_means_the_constant_schedule_without_warmup_steps() -> None:
+    assert constant_learning_rate("constant", total_steps=30, warmup_steps=0)
+    assert not constant_learning_rate("constant", total_steps=30, warmup_steps=3)
+    assert not constant_learning_rate("cosine", total_steps=30, warmup_steps=0)
+    assert constant_learning_rate("constant", total_steps=1, warmup_steps=5)  # no room
