@@ -13,9 +13,8 @@ after every epoch, on a generated folder of 32x32 RGB PNGs (``automl.examples``'
   ``val_path: val``) with the decode cache already filled, as every trial after the first
   on this data finds it; the process's in-memory copy is dropped first, so every run
   reads the cache file (the first trial of each worker process). Data resident as uint8
-  tensors, index-slice batches, the batched ``hflip`` augmentation; on CUDA its
-  accelerator settings (bf16 autocast, channels_last, fused Adam, updates replayed from a
-  CUDA graph).
+  tensors, index-slice batches, the batched ``hflip`` augmentation, channels_last; on
+  CUDA also bf16 autocast, fused Adam and updates replayed from a CUDA graph.
 - ``textbook``: ``benchmarks/peers/imagefolder_loop.py``: ``ImageFolder`` +
   ``DataLoader(num_workers=--workers)``, PIL decode and ``RandomHorizontalFlip`` +
   ``ToTensor`` + ``Normalize`` per sample in every epoch, fp32, eager (pinned memory and

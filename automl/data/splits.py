@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 
 def stratified_split(
@@ -31,6 +30,10 @@ def stratified_split(
     n = len(candidates)
     if n_classes == 0:
         return torch.arange(len(y), dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    # Imported here: scikit-learn costs about a second at start-up, and most datasets (an
+    # image folder with its own val/ split) never split.
+    from sklearn.model_selection import train_test_split
+
     # sklearn wants at least one sample per class on each side: clamp the count to that.
     n_val = min(max(round(n * val_fraction), n_classes), n - n_classes)
     train_part, val_part = train_test_split(

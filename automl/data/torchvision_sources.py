@@ -9,16 +9,16 @@ validation split is a stratified share of the official training split.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
-from torchvision import datasets
 
 from automl.data.base import (
     DatasetOptions,
@@ -37,16 +37,27 @@ DOWNLOAD_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True)
 class TorchvisionDataset:
-    """How one torchvision dataset class lays out its files."""
+    """How one torchvision dataset class lays out its files.
+
+    Attributes:
+        name: The source's name (``cifar10``).
+        class_name: The class in ``torchvision.datasets`` (``CIFAR10``); torchvision is
+            imported only when a spec uses the source (it costs seconds at start-up).
+    """
 
     name: str
-    dataset_class: type[Any]
+    class_name: str
+
+    @property
+    def dataset_class(self) -> type[Any]:
+        """The torchvision dataset class (imports ``torchvision.datasets``)."""
+        return cast(type[Any], getattr(_datasets(), self.class_name))
 
     @property
     def folder(self) -> str:
         """The folder below ``path`` that holds the files."""
         cls = self.dataset_class
-        if issubclass(cls, datasets.MNIST):
+        if issubclass(cls, _datasets().MNIST):
             return f"{cls.__name__}/raw"
         return str(cls.base_folder)
 
@@ -54,7 +65,7 @@ class TorchvisionDataset:
     def files(self) -> list[str]:
         """The files torchvision reads."""
         cls = self.dataset_class
-        if issubclass(cls, datasets.MNIST):
+        if issubclass(cls, _datasets().MNIST):
             return [os.path.splitext(name)[0] for name, _ in cls.resources]
         return [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
 
@@ -101,6 +112,11 @@ class TorchvisionOptions(DatasetOptions):
 _SPEC_OF_OPTIONS: dict[type[TorchvisionOptions], TorchvisionDataset] = {}
 
 
+def _datasets() -> Any:
+    """``torchvision.datasets``, imported on first use."""
+    return importlib.import_module("torchvision.datasets")
+
+
 @contextlib.contextmanager
 def _network_timeout(seconds: float) -> Iterator[None]:
     previous = socket.getdefaulttimeout()
@@ -144,9 +160,9 @@ def _file_stats(spec: TorchvisionDataset, root: Path) -> list[tuple[str, int, in
 
 def _register(spec: TorchvisionDataset, description: str) -> None:
     options_model = type(
-        f"{spec.dataset_class.__name__}Options",
+        f"{spec.class_name}Options",
         (TorchvisionOptions,),
-        {"__doc__": f"Options of ``{spec.name}`` (torchvision's {spec.dataset_class.__name__})."},
+        {"__doc__": f"Options of ``{spec.name}`` (torchvision's {spec.class_name})."},
     )
     _SPEC_OF_OPTIONS[options_model] = spec
 
@@ -179,13 +195,13 @@ def _register(spec: TorchvisionDataset, description: str) -> None:
 
 
 for _spec, _description in (
-    (TorchvisionDataset("mnist", datasets.MNIST), "MNIST 28x28 digits (torchvision layout)"),
+    (TorchvisionDataset("mnist", "MNIST"), "MNIST 28x28 digits (torchvision layout)"),
     (
-        TorchvisionDataset("fashion_mnist", datasets.FashionMNIST),
+        TorchvisionDataset("fashion_mnist", "FashionMNIST"),
         "Fashion-MNIST 28x28 clothing (torchvision layout)",
     ),
-    (TorchvisionDataset("cifar10", datasets.CIFAR10), "CIFAR-10 32x32 RGB (torchvision layout)"),
-    (TorchvisionDataset("cifar100", datasets.CIFAR100), "CIFAR-100 32x32 RGB (torchvision layout)"),
+    (TorchvisionDataset("cifar10", "CIFAR10"), "CIFAR-10 32x32 RGB (torchvision layout)"),
+    (TorchvisionDataset("cifar100", "CIFAR100"), "CIFAR-100 32x32 RGB (torchvision layout)"),
 ):
     _register(_spec, _description)
 

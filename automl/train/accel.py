@@ -2,8 +2,9 @@
 
 On CUDA: bf16 autocast where the GPU has native bf16 (compute capability 8.0 or newer; else
 fp16 with a gradient scaler), channels_last for image batches, ``cudnn.benchmark`` and fused
-optimizers. On the CPU the same code path runs in plain fp32, contiguous, and stays
-deterministic.
+optimizers. On the CPU the same code path runs in plain fp32 and stays deterministic, with
+channels_last for image batches too (oneDNN's convolutions run a training step of the small
+conv nets 1.2 to 1.7 times faster in it; ``AUTOML_CPU_CHANNELS_LAST=0`` turns it off).
 
 Setting ``AUTOML_SYNC_DEBUG=warn`` (or ``error``) reports (or fails on) every operation
 that makes the host wait for the GPU inside the per-batch training loop, through
@@ -22,12 +23,17 @@ from typing import Any, Literal, cast
 
 import torch
 
+from automl.train.graphs import failure_text
+
 logger = logging.getLogger(__name__)
 
 SYNC_DEBUG_ENV = "AUTOML_SYNC_DEBUG"
 """Environment variable: ``warn`` or ``error`` watches the per-batch loop for host syncs."""
 
 SyncDebugMode = Literal["warn", "error"]
+
+CPU_CHANNELS_LAST_ENV = "AUTOML_CPU_CHANNELS_LAST"
+"""Environment variable: ``0`` keeps image batches contiguous on the CPU (default: on)."""
 
 
 @dataclass
@@ -69,6 +75,8 @@ class Accelerator:
             ValueError: If ``AUTOML_SYNC_DEBUG`` is set to something other than ``warn``,
                 ``error`` or nothing.
         """
+        if device.type == "cpu":
+            return cls(device, channels_last=sample_dims == 3 and cpu_channels_last_from_env())
         if device.type != "cuda":
             return cls(device)
         torch.backends.cudnn.benchmark = True
@@ -166,6 +174,17 @@ def release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def cpu_channels_last_from_env() -> bool:
+    """Whether image batches use channels_last on the CPU: yes unless
+    ``AUTOML_CPU_CHANNELS_LAST`` is ``0``, ``false``, ``no`` or ``off``.
+
+    Only 4-D tensors change format, so models without 2-D convolutions (``rnn``) see the
+    same values in a different layout and train as before.
+    """
+    value = os.environ.get(CPU_CHANNELS_LAST_ENV, "").strip().lower()
+    return value not in ("0", "false", "no", "off")
+
+
 def sync_debug_from_env() -> SyncDebugMode | None:
     """The ``AUTOML_SYNC_DEBUG`` setting: ``warn``, ``error`` or None when unset or empty.
 
@@ -232,7 +251,6 @@ class CompiledModel(torch.nn.Module):
         """
         if self.failure is not None or isinstance(exc, torch.OutOfMemoryError):
             return False
-        lines = str(exc).strip().splitlines()
-        self.failure = f"{type(exc).__name__}: {lines[0] if lines else ''}".strip().rstrip(":")
+        self.failure = failure_text(exc)
         logger.warning("torch.compile failed, training eagerly instead: %s", self.failure)
         return True

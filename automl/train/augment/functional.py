@@ -12,11 +12,12 @@ device with non-blocking copies.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
+from typing import Any
 
 import torch
 from torch.nn import functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from automl.train.augment.base import device_constant
 
@@ -25,6 +26,13 @@ PaddingMode = str
 
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+@functools.cache
+def _torchvision_functional() -> Any:
+    """``torchvision.transforms.v2.functional``, imported on first use: importing torchvision
+    costs seconds at start-up (it imports ``torch._dynamo``), and most trials never need it."""
+    return importlib.import_module("torchvision.transforms.v2.functional")
 
 
 def _per_sample(values: torch.Tensor) -> torch.Tensor:
@@ -91,7 +99,7 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
     """Luma ``(N, 1, H, W)`` of RGB images (1-channel images are returned as they are)."""
     if images.shape[1] == 1:
         return images
-    return TF.rgb_to_grayscale(images)
+    return _torchvision_functional().rgb_to_grayscale(images)
 
 
 def blend(images: torch.Tensor, other: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
@@ -187,4 +195,4 @@ def autocontrast(images: torch.Tensor) -> torch.Tensor:
 
 def equalize(images: torch.Tensor) -> torch.Tensor:
     """Equalizes the histogram of each channel of each image."""
-    return TF.equalize(images)
+    return _torchvision_functional().equalize(images)
