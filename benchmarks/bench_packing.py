@@ -13,6 +13,9 @@ scikit-learn's digits (``--source digits``, 8x8) or a generated folder of 32x32 
 Per run, from Optuna's timestamps: trials/hour = completed trials / (last trial's end -
 first trial's start) x 3600 (steady state: process start-up excluded); wall trials/hour =
 completed trials / the whole command's wall time (submit, start-up, every trial, exit);
+steady trials/hour = the trials that ended after the K-th end / (last end - K-th end),
+once every slot has finished its first trial, which carries that process's one-off costs
+(imports, the CUDA context, cuDNN autotuning);
 and the mean validation accuracy of the trials, which must not drop as K grows (the same
 cells train in every run). The K values alternate, in rotated order, ``--repeats``
 times; the medians are printed with the ratio to K = 1. The issue's goal: >= 3x at the
@@ -67,6 +70,9 @@ class PackingRun:
         wall_seconds: Wall time of submit + worker, start to exit.
         mean_trial_seconds: Mean duration of one trial (start to end).
         mean_accuracy: Mean final validation accuracy of the trials.
+        steady_trials: Trials that ended after the K-th end (each slot's first trial,
+            which carries the process's one-off costs, has ended by then).
+        steady_seconds: Last end - the K-th end.
     """
 
     slots: int
@@ -75,6 +81,15 @@ class PackingRun:
     wall_seconds: float
     mean_trial_seconds: float
     mean_accuracy: float
+    steady_trials: int = 0
+    steady_seconds: float = float("nan")
+
+    @property
+    def steady_per_hour(self) -> float:
+        """Trials per hour once every slot has finished its first trial (NaN if none)."""
+        if self.steady_trials == 0 or not self.steady_seconds > 0:
+            return float("nan")
+        return self.steady_trials / self.steady_seconds * 3600
 
     @property
     def per_hour(self) -> float:
@@ -149,9 +164,13 @@ def run_slots(args: argparse.Namespace, slots: int, work: Path, env: dict[str, s
         for t in trials
         if t.datetime_start and t.datetime_complete
     ]
+    ends.sort()
+    first_round = min(slots, len(ends)) - 1
     return PackingRun(
         slots=slots,
         trials=len(trials),
+        steady_trials=len(ends) - 1 - first_round,
+        steady_seconds=ends[-1] - ends[first_round],
         busy_seconds=max(ends) - min(starts),
         wall_seconds=wall,
         mean_trial_seconds=statistics.mean(durations),
@@ -199,27 +218,32 @@ def report(runs: dict[int, list[PackingRun]], device: str) -> None:
     base = statistics.median(r.per_hour for r in runs[min(runs)])
     base_wall = statistics.median(r.wall_per_hour for r in runs[min(runs)])
     print(f"\n{device}: medians of {len(runs[min(runs)])} runs per K")
+    base_steady = statistics.median(r.steady_per_hour for r in runs[min(runs)])
     print(
-        f"{'K':>3} {'trials/h':>9} {'ratio':>6} {'wall trials/h':>14} {'ratio':>6} "
-        f"{'s/trial':>8} {'mean val acc':>12}"
+        f"{'K':>3} {'trials/h':>9} {'ratio':>6} {'steady/h':>9} {'ratio':>6} "
+        f"{'wall trials/h':>14} {'ratio':>6} {'s/trial':>8} {'mean val acc':>12}"
     )
-    best = 0.0
+    best = best_steady = 0.0
     for slots, rows in runs.items():
         per_hour = statistics.median(r.per_hour for r in rows)
         wall = statistics.median(r.wall_per_hour for r in rows)
         seconds = statistics.median(r.mean_trial_seconds for r in rows)
         accuracy = statistics.median(r.mean_accuracy for r in rows)
+        steady = statistics.median(r.steady_per_hour for r in rows)
         best = max(best, per_hour / base)
+        best_steady = max(best_steady, steady / base_steady)
         print(
-            f"{slots:>3} {per_hour:>9.0f} {per_hour / base:>5.2f}x {wall:>14.0f} "
-            f"{wall / base_wall:>5.2f}x {seconds:>8.2f} {accuracy:>12.4f}"
+            f"{slots:>3} {per_hour:>9.0f} {per_hour / base:>5.2f}x {steady:>9.0f} "
+            f"{steady / base_steady:>5.2f}x {wall:>14.0f} {wall / base_wall:>5.2f}x "
+            f"{seconds:>8.2f} {accuracy:>12.4f}"
         )
-    verdict = "met" if best >= GOAL else "NOT met"
     scope = "" if device.startswith("cuda") else ", a goal for one GPU"
-    print(
-        f"best K: {best:.2f}x trials/hour over K = {min(runs)} "
-        f"(goal >= {GOAL:g}x: {verdict}{scope})"
-    )
+    for name, ratio in (("busy", best), ("steady", best_steady)):
+        verdict = "met" if ratio >= GOAL else "NOT met"
+        print(
+            f"best K, {name}: {ratio:.2f}x trials/hour over K = {min(runs)} "
+            f"(goal >= {GOAL:g}x: {verdict}{scope})"
+        )
 
 
 def main() -> None:

@@ -4,14 +4,15 @@
 #   bash benchmarks/gpu_session.sh [tests] [trainer] [packing] [search]   (default: tests trainer)
 #
 # Logs go to $OUT (the device tool's folder) or ./gpu-out. Packages the GPU machine lacks
-# travel as wheels in .whl/ (see /work/.library/device/README.md); they are installed first.
+# travel as wheels in .whl/ (see /work/.library/device/README.md); they are installed first,
+# compiled to bytecode once (else every worker process compiles their sources again).
 # Each step is cut off after $STEP_TIMEOUT seconds (default 300) so the next one still runs.
 set -u
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:$PWD
 fi
@@ -35,7 +36,7 @@ for what in "${@:-tests trainer}"; do
             tests/train/test_cuda.py tests/cli/test_supervisor.py ;;
         trainer) step trainer python3 benchmarks/bench_trainer.py --device cuda --epochs 3 \
             --repeats 3 --eager ;;
-        packing) step packing python3 benchmarks/bench_packing.py --device cuda --trials 16 \
+        packing) step packing python3 benchmarks/bench_packing.py --device cuda --trials 64 \
             --epochs 3 --repeats 1 --slots 1 2 4 --profile ;;
         search) step search python3 benchmarks/bench_search.py --device cuda --trials 10 \
             --epochs 3 --repeats 3 --modes run ;;

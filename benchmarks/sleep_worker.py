@@ -7,9 +7,12 @@ A helper of ``bench_scaling.py`` and ``bench_api.py``: each worker process they 
 
 It swaps ``automl.worker.runner.train`` for a function that sleeps ``--trial-seconds``
 (spread over the trial's epochs, reporting each epoch like the real trainer) and returns
-a valid ``TrainResult``, then calls the CLI's own ``main``. Everything else is the real
-worker path: claim, Optuna trial, params, per-epoch reports and pruning checks,
-heartbeats, weights, ``tell``, finish and settle. No product code changes.
+a valid ``TrainResult`` (with the trial's dataset, loaded as the real trainer loads it),
+then calls the CLI's own ``main``. The dataset named by ``--preload`` (digits unless
+``--preload ''``) is loaded first, so its imports are paid while the worker is idle.
+Everything else is the real worker path: claim, Optuna trial, params, per-epoch reports
+and pruning checks, heartbeats, weights, ``tell``, finish and settle. No product code
+changes.
 
 With ``--real-training`` the trainer is left alone (for load that trains for real).
 With ``--claim-log`` every claim the worker makes is timed (the wall-clock duration of
@@ -33,6 +36,7 @@ import torch
 import automl.worker.loop as worker_loop
 import automl.worker.runner as worker_runner
 from automl.cli.main import main as automl_main
+from automl.data import load_dataset
 from automl.train import TrainingInterrupted, TrainResult
 from automl.train.checkpoint import TrainState
 from automl.train.trial_config import TrialConfig
@@ -89,6 +93,7 @@ def make_sleep_train(trial_seconds: float) -> Callable[..., TrainResult]:
             pruned=pruned,
             duration_s=time.perf_counter() - started,
             state_dict={"weight": torch.zeros(4)},
+            dataset=load_dataset(config.dataset.source, config.dataset.options),
         )
 
     return sleep_train
@@ -117,11 +122,19 @@ def main() -> int:
     parser.add_argument(
         "--real-training", action="store_true", help="keep the real trainer (only time claims)"
     )
+    parser.add_argument(
+        "--preload",
+        default="digits",
+        help="dataset loaded before the worker starts (its imports and decoding are then "
+        "paid while the worker is idle, not in its first measured trial; '' for none)",
+    )
     parser.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the automl arguments")
     args = parser.parse_args()
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not args.real_training:
         worker_runner.train = make_sleep_train(args.trial_seconds)  # type: ignore[assignment]
+    if args.preload:
+        load_dataset(args.preload)
     if args.claim_log:
         time_claims(open(args.claim_log, "a", buffering=1))  # noqa: SIM115 (lives as long as the process)
     return automl_main(argv)
