@@ -51,6 +51,7 @@ from automl.store import (
 from automl.store.faults import first_line
 from automl.train import resolve_device
 from automl.worker import Coordinator, InvalidDeviceError, Worker, WorkerOptions
+from automl.worker.coordinator import CoordinatorTooOldError
 
 logger = logging.getLogger("automl.cli")
 
@@ -103,8 +104,12 @@ def _open_store_waiting(settings: Settings) -> Store:
 
 
 def _connect_proxy_waiting(url: str) -> Coordinator:
-    """Connects to ``automl proxy``, waiting (with backoff) until it answers."""
-    from automl.proxy import RemoteCoordinator
+    """Connects to ``automl proxy``, waiting (with backoff) until it answers.
+
+    Raises:
+        CliError: If the URL is invalid or the proxy is too old for this worker.
+    """
+    from automl.proxy import ProxyTooOldError, RemoteCoordinator
 
     try:
         coordinator = RemoteCoordinator.from_url(url)
@@ -117,6 +122,9 @@ def _connect_proxy_waiting(url: str) -> Coordinator:
             return coordinator
         except StorageUnavailableError as exc:
             time.sleep(backoff.failed(exc, "connecting to the proxy"))
+        except ProxyTooOldError as exc:  # "automl proxy at H:P is too old for this worker"
+            coordinator.close()
+            raise CliError(str(exc), EXIT_FAILURE) from None
 
 
 def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
@@ -247,7 +255,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     else:
         worker = Worker(_open_store_waiting(settings), options)
     worker.install_signal_handlers()
-    worker.run()
+    try:
+        worker.run()
+    except CoordinatorTooOldError as exc:  # the proxy was replaced by an older one
+        raise CliError(str(exc), EXIT_FAILURE) from None
     return EXIT_OK
 
 

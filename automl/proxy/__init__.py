@@ -7,6 +7,7 @@ service (claims, leases, checkpoints, artifacts) beside it, and runs the reaper.
 
 from automl.proxy.client import (
     DEFAULT_PROXY_PORT,
+    ProxyTooOldError,
     RemoteArtifactStore,
     RemoteCallError,
     RemoteCoordinator,
@@ -20,6 +21,7 @@ __all__ = [
     "CoordinationService",
     "ProxyError",
     "ProxyServer",
+    "ProxyTooOldError",
     "RemoteArtifactStore",
     "RemoteCallError",
     "RemoteCoordinator",

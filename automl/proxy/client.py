@@ -22,6 +22,7 @@ from optuna.storages import GrpcStorageProxy
 
 from automl.proxy import wire
 from automl.proxy.trials import ProxyTrialStorage
+from automl.proxy.wire import ProxyTooOldError
 from automl.spec import StudySpec
 from automl.store import (
     EvaluationLease,
@@ -110,15 +111,41 @@ class RemoteCoordinator:
         try:
             reply = stub(wire.pack(header, payload), timeout=timeout)
         except grpc.RpcError as exc:
-            error = _as_exception(exc)
+            error = _as_exception(exc, method)
             if isinstance(error, (LeaseLostError, UpdateFinishedTrialError)):
-                self.storage.forget()  # what it holds of the trial is stale now
+                trial_id = self._trial_of(header)
+                if trial_id is not None:
+                    self.storage.forget(trial_id)  # what it holds of the trial is stale now
             raise error from None
         return wire.unpack(reply)
 
-    def ping(self, timeout: float = CALL_TIMEOUT_S) -> None:
-        """Returns once the proxy answers (raises ``StorageUnavailableError`` if not)."""
-        self.call("ping", {}, timeout=timeout)
+    def _trial_of(self, header: dict[str, Any]) -> int | None:
+        """The trial a call is about: named, or run by the lease it carries."""
+        if header.get("trial_id") is not None:
+            return int(header["trial_id"])
+        lease = header.get("lease")
+        if isinstance(lease, dict) and "ticket_id" in lease and "attempt" in lease:
+            return self.storage.trial_of(int(lease["ticket_id"]), int(lease["attempt"]))
+        return None
+
+    def _lease_trial(self, lease: Lease) -> int | None:
+        return self.storage.trial_of(lease.ticket_id, lease.attempt)
+
+    def ping(self, timeout: float = CALL_TIMEOUT_S) -> int:
+        """Returns the proxy's protocol version once it answers.
+
+        Raises:
+            StorageUnavailableError: If the proxy does not answer.
+            ProxyTooOldError: If the proxy is older than this worker's protocol.
+        """
+        reply, _ = self.call("ping", {}, timeout=timeout)
+        protocol = int(reply.get("protocol", 1))
+        if protocol < wire.PROTOCOL:
+            raise ProxyTooOldError(
+                f"automl proxy at {self.host}:{self.port} is too old for this worker; "
+                "upgrade the proxy"
+            )
+        return protocol
 
     # --- Coordinator -----------------------------------------------------------------------
 
@@ -130,27 +157,32 @@ class RemoteCoordinator:
 
     def heartbeat(self, lease: Lease) -> LeaseStatus:
         """See ``Coordinator.heartbeat``."""
-        with self.storage.pending_writes() as writes:
+        trial_id = self._lease_trial(lease)
+        with self.storage.pending_writes(trial_id) as writes:
             header = {"lease": wire.lease_to_wire(lease), "writes": writes}
             reply, _ = self.call("heartbeat", header)
-        if not reply["held"]:
-            self.storage.forget()
+        if not reply["held"] and trial_id is not None:
+            self.storage.forget(trial_id)
         return LeaseStatus(held=reply["held"], study_active=reply["study_active"])
 
     def record_trial(self, lease: Lease, trial_id: int, number: int) -> None:
         """See ``Coordinator.record_trial``."""
         header = {"lease": wire.lease_to_wire(lease), "trial_id": trial_id, "number": number}
         self.call("record_trial", header)
+        self.storage.bind(lease.ticket_id, lease.attempt, trial_id)
 
     def record_params(self, lease: Lease, params: dict[str, Any]) -> None:
         """See ``Coordinator.record_params``."""
-        with self.storage.pending_writes() as writes:
+        trial_id = self._lease_trial(lease)
+        if trial_id is not None:
+            self.storage.raise_refusal(trial_id)
+        with self.storage.pending_writes(trial_id) as writes:
             header = {"lease": wire.lease_to_wire(lease), "params": params, "writes": writes}
             self.call("record_params", header)
 
     def record_results(self, trial_id: int, user_attrs: dict[str, Any]) -> None:
         """See ``Coordinator.record_results``."""
-        with self.storage.pending_writes() as writes:
+        with self.storage.pending_writes(trial_id) as writes:
             header = {"trial_id": trial_id, "user_attrs": user_attrs, "writes": writes}
             self.call("record_results", header)
         self.storage.applied(trial_id, user_attrs)
@@ -185,9 +217,11 @@ class RemoteCoordinator:
             "error": error,
             "requeue": requeue,
         }
-        with self.storage.pending_writes() as writes:
+        trial_id = self._lease_trial(lease)
+        with self.storage.pending_writes(trial_id) as writes:
             reply, _ = self.call("release", {**header, "writes": writes})
-        self.storage.forget()  # the attempt's trial ended on the proxy
+        if trial_id is not None:
+            self.storage.forget(trial_id)  # the attempt's trial ended on the proxy
         return bool(reply["released"])
 
     def finish_and_settle(
@@ -306,11 +340,16 @@ class RemoteArtifactStore:
         self._coordinator.call("artifact_remove", {"artifact_id": artifact_id})
 
 
-def _as_exception(exc: grpc.RpcError) -> Exception:
+def _as_exception(exc: grpc.RpcError, method: str) -> Exception:
     code = exc.code()  # type: ignore[attr-defined]
     kind, message = wire.parse_error_details(exc.details())  # type: ignore[attr-defined]
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return StorageUnavailableError(f"proxy unavailable: {message or code.name}")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return ProxyTooOldError(
+            f"automl proxy lacks the call {method!r}: it is too old for this worker; "
+            "upgrade the proxy"
+        )
     if kind == wire.LEASE_LOST:
         return LeaseLostError(message)
     if kind == wire.STUDY_NOT_FOUND and message.isdigit():
@@ -324,6 +363,7 @@ def _as_exception(exc: grpc.RpcError) -> Exception:
 
 __all__ = [
     "DEFAULT_PROXY_PORT",
+    "ProxyTooOldError",
     "RemoteArtifactStore",
     "RemoteCallError",
     "RemoteCoordinator",

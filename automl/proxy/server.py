@@ -11,6 +11,9 @@ It serves two gRPC endpoints side by side:
   conditional write and the budget stays exact however many workers share the proxy;
   also the worker's running trial: its creation, the writes it buffers (applied in one
   transaction, only while it is RUNNING) and its tell (see ``automl.proxy.trials``).
+  A call that carries writes and changes the trial's or ticket's state (tell, release)
+  applies them first, then the change in a second transaction; both check the trial is
+  RUNNING under its row lock, and the writes are upserts, so a repeat is harmless.
 
 The proxy also runs the reaper (its workers hold no database connection to run their own).
 """
@@ -77,7 +80,7 @@ class CoordinationService:
     def __init__(self, coordinator: SqlCoordinator) -> None:
         self.coordinator = coordinator
         self.handlers: dict[str, Handler] = {
-            "ping": lambda header, _: ({}, b""),
+            "ping": lambda header, _: ({"protocol": wire.PROTOCOL}, b""),
             "claim": self._claim,
             "heartbeat": self._heartbeat,
             "record_trial": self._record_trial,

@@ -5,13 +5,20 @@ read of the running trial is its own round trip (about 15 per trial). This stora
 the trials this worker creates (while they run) as a local copy and buffers their writes:
 
 - reading such a trial is served from the copy (it holds the buffered writes too);
-- writes wait and travel with the worker's next coordination call (params with
-  ``record_params``, reports and attributes with the heartbeat, results, the tell or the
-  release), applied on the proxy in one transaction, all or none, and only while the
-  trial is still RUNNING: a trial the reaper ended rejects them, as Optuna's setters would;
-- reading the study's trials first sends the buffered writes, so samplers see them;
-- once a call says the lease or the trial is gone, the copies are dropped and every read
-  and write goes to the proxy again.
+- writes wait and travel with the next coordination call of that trial's lease (params
+  with ``record_params``, reports and attributes with the heartbeat, results, the tell or
+  the release), applied on the proxy in one transaction, all or none, and only while the
+  trial is still RUNNING: a trial the reaper ended rejects them, as Optuna's setters would
+  (the state change a tell or release makes follows in a second transaction, which checks
+  the state again under the row lock);
+- reading the study's trials (RUNNING ones included) first sends the buffered writes, so
+  samplers see them;
+- a worker runs one trial at a time: creating a trial drops the copies of earlier ones,
+  and once a call says the lease or the trial is gone, that trial's copy is dropped and
+  its reads and writes go to the proxy again;
+- writes the proxy refuses for a lasting reason (a param's distribution conflicts) during
+  a heartbeat are not lost silently: the trial's next ``record_params`` or tell raises it,
+  so the trial fails as it would on the database directly.
 
 Everything else (studies, other trials) goes through ``GrpcStorageProxy`` unchanged.
 """
@@ -38,7 +45,8 @@ from optuna.study._frozen import FrozenStudy
 from optuna.study._study_direction import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from automl.store import TrialWrites, is_transient
+from automl.proxy.wire import ProxyTooOldError
+from automl.store import LeaseLostError, TrialWrites, is_transient
 
 Call = Callable[[str, dict[str, Any]], tuple[dict[str, Any], bytes]]
 """A coordination call: method and header in, reply header and payload out."""
@@ -58,28 +66,66 @@ class ProxyTrialStorage(BaseStorage):
         self._running: dict[int, FrozenTrial] = {}
         self._pending: dict[int, TrialWrites] = {}
         self._study_of: dict[int, int] = {}  # study of each local copy
-        self._lock = threading.Lock()  # guards the two dicts
+        self._trial_of: dict[tuple[int, int], int] = {}  # (ticket, attempt) -> its trial
+        self._refused: dict[int, Exception] = {}  # a lasting refusal, raised at the next step
+        self._lock = threading.Lock()  # guards the dicts
         self._sending = threading.Lock()  # one call with writes in flight at a time
 
     # --- what the coordination calls carry --------------------------------------------------
 
+    def bind(self, ticket_id: int, attempt: int, trial_id: int) -> None:
+        """Records that the lease of ``ticket_id``'s ``attempt`` runs ``trial_id``."""
+        with self._lock:
+            self._trial_of[(ticket_id, attempt)] = trial_id
+
+    def trial_of(self, ticket_id: int, attempt: int) -> int | None:
+        """The trial the lease of ``ticket_id``'s ``attempt`` runs, if known."""
+        with self._lock:
+            return self._trial_of.get((ticket_id, attempt))
+
     @contextmanager
-    def pending_writes(self) -> Iterator[dict[str, Any]]:
-        """The buffered writes, as the ``writes`` of one coordination call.
+    def pending_writes(self, trial_id: int | None) -> Iterator[dict[str, Any]]:
+        """The buffered writes of one trial, as the ``writes`` of one coordination call.
 
         Held while the call runs, so writes reach the proxy in order. If the call fails
-        for a transient reason they are kept for the next one; any other failure (the
-        trial ended, the lease was lost) means the proxy refused them: they are dropped.
+        for a transient reason they are kept for the next one. If it says the trial ended
+        or the lease was lost, the trial's copy is dropped. Any other failure is a lasting
+        refusal: the writes are dropped and the trial's next step raises it (see
+        ``raise_refusal``).
+
+        Args:
+            trial_id: The trial (None: a call that carries no writes).
         """
-        with self._sending:
-            with self._lock:
-                taken, self._pending = self._pending, {}
-            try:
-                yield {str(trial_id): w.to_json() for trial_id, w in taken.items() if w}
-            except BaseException as exc:
-                if is_transient(exc):
-                    self._restore(taken)
+        with self._sending, self._taken(trial_id) as writes:
+            yield writes
+
+    @contextmanager
+    def _taken(self, trial_id: int | None) -> Iterator[dict[str, Any]]:
+        """``pending_writes`` with ``_sending`` already held."""
+        with self._lock:
+            taken = None if trial_id is None else self._pending.pop(trial_id, None)
+        try:
+            yield {str(trial_id): taken.to_json()} if taken else {}
+        except BaseException as exc:
+            if trial_id is None:
                 raise
+            if is_transient(exc):
+                if taken:
+                    self._restore(trial_id, taken)
+            elif isinstance(exc, (LeaseLostError, UpdateFinishedTrialError)):
+                self.forget(trial_id)
+            elif taken and isinstance(exc, Exception) and not isinstance(exc, ProxyTooOldError):
+                with self._lock:
+                    if trial_id in self._running:
+                        self._refused[trial_id] = exc
+            raise
+
+    def raise_refusal(self, trial_id: int) -> None:
+        """Raises (once) the lasting refusal the trial's writes met in a heartbeat, if any."""
+        with self._lock:
+            refused = self._refused.pop(trial_id, None)
+        if refused is not None:
+            raise refused
 
     def applied(self, trial_id: int, user_attrs: dict[str, Any]) -> None:
         """Records on the local copy user attributes the proxy has just written."""
@@ -88,20 +134,25 @@ class ProxyTrialStorage(BaseStorage):
             if trial is not None:
                 trial.user_attrs.update(_json_copy(user_attrs))
 
-    def forget(self) -> None:
-        """Drops every local copy and buffered write (the lease or the trial is gone)."""
+    def forget(self, trial_id: int) -> None:
+        """Drops a trial's local copy and buffered writes (its lease or the trial is gone)."""
         with self._lock:
-            self._running.clear()
-            self._pending.clear()
-            self._study_of.clear()
+            self._drop(trial_id)
 
-    def _restore(self, taken: dict[int, TrialWrites]) -> None:
+    def _drop(self, trial_id: int) -> None:
+        self._running.pop(trial_id, None)
+        self._pending.pop(trial_id, None)
+        self._study_of.pop(trial_id, None)
+        self._refused.pop(trial_id, None)
+        for lease in [k for k, trial in self._trial_of.items() if trial == trial_id]:
+            del self._trial_of[lease]
+
+    def _restore(self, trial_id: int, taken: TrialWrites) -> None:
+        # Writes made while the call was in flight come later, so they win.
         with self._lock:
-            for trial_id, writes in taken.items():
-                if trial_id in self._running:
-                    self._pending[trial_id] = writes.then(
-                        self._pending.get(trial_id, TrialWrites())
-                    )
+            if trial_id in self._running:
+                later = self._pending.get(trial_id, TrialWrites())
+                self._pending[trial_id] = taken.then(later)
 
     def _buffer(self, trial_id: int, change: Callable[[FrozenTrial, TrialWrites], None]) -> bool:
         """Applies a write to the local copy and buffers it; False if not tracked."""
@@ -115,14 +166,18 @@ class ProxyTrialStorage(BaseStorage):
             return True
 
     def _send_pending(self, study_id: int) -> None:
-        with self._lock:
-            waiting = any(
-                writes and self._study_of.get(trial_id) == study_id
-                for trial_id, writes in self._pending.items()
-            )
-        if waiting:
-            with self.pending_writes() as writes:
-                self._call("write_trial", {"writes": writes})
+        # Under ``_sending``: a heartbeat whose call is in flight has taken the writes out
+        # of the buffer; waiting for it means the read that follows sees them.
+        with self._sending:
+            with self._lock:
+                waiting = [
+                    trial_id
+                    for trial_id, writes in self._pending.items()
+                    if writes and self._study_of.get(trial_id) == study_id
+                ]
+            for trial_id in waiting:
+                with self._taken(trial_id) as writes:
+                    self._call("write_trial", {"writes": writes})
 
     # --- trials ------------------------------------------------------------------------------
 
@@ -136,10 +191,10 @@ class ProxyTrialStorage(BaseStorage):
         if template.state == TrialState.RUNNING:
             local = _copy_as(template, trial_id, number)
             with self._lock:
-                for old in [t for t, trial in self._running.items() if trial.state.is_finished()]:
-                    self._running.pop(old)
-                    self._pending.pop(old, None)
-                    self._study_of.pop(old, None)
+                # One running trial per worker: whatever an earlier one left is stale.
+                for old in list(self._running):
+                    self._drop(old)
+                self._trial_of.clear()
                 self._running[trial_id] = local
                 self._study_of[trial_id] = study_id
         return trial_id
@@ -211,7 +266,8 @@ class ProxyTrialStorage(BaseStorage):
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
-        """For a trial this worker runs: its buffered writes and the new state in one call.
+        """For a trial this worker runs: its buffered writes and the new state in one call
+        (applied on the proxy as two transactions, each checking the trial is RUNNING).
 
         Raises:
             UpdateFinishedTrialError: If the trial already ended (nothing is written).
@@ -220,12 +276,14 @@ class ProxyTrialStorage(BaseStorage):
             tracked = trial_id in self._running
         if not tracked:
             return self.backend.set_trial_state_values(trial_id, state, values)
+        if state != TrialState.FAIL:
+            self.raise_refusal(trial_id)
         header: dict[str, Any] = {
             "trial_id": trial_id,
             "state": state.name,
             "values": None if values is None else [float(v) for v in values],
         }
-        with self.pending_writes() as writes:
+        with self.pending_writes(trial_id) as writes:
             reply, _ = self._call("tell_trial", {**header, "writes": writes})
         with self._lock:
             trial = self._running.get(trial_id)
@@ -242,8 +300,10 @@ class ProxyTrialStorage(BaseStorage):
         deepcopy: bool = True,
         states: Container[TrialState] | None = None,
     ) -> list[FrozenTrial]:
-        """The proxy's trials of the study, after sending this worker's buffered writes."""
-        self._send_pending(study_id)
+        """The proxy's trials of the study, after sending this worker's buffered writes
+        (only a read that includes RUNNING trials can see them)."""
+        if states is None or TrialState.RUNNING in states:
+            self._send_pending(study_id)
         return self.backend.get_all_trials(study_id, deepcopy=deepcopy, states=states)
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:

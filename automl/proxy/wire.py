@@ -14,6 +14,7 @@ import struct
 from typing import Any
 
 from automl.store import EvaluationLease, Lease, RefitLease, RefitResult, TrialTestReport
+from automl.worker.coordinator import CoordinatorTooOldError
 
 SERVICE = "automl.Coordinator"
 """The gRPC service name of the coordination methods."""
@@ -26,6 +27,16 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
 ]
+
+PROTOCOL = 2
+"""The coordination protocol's version, which ``ping`` answers: 2 added the running
+trial's calls (``create_trial``, ``write_trial``, ``tell_trial``) and the buffered
+``writes`` other calls carry. A proxy without it answers ``ping`` with no version."""
+
+
+class ProxyTooOldError(CoordinatorTooOldError):
+    """The proxy lacks a call this worker needs: it runs an older automl."""
+
 
 LEASE_LOST = "lease_lost"
 STUDY_NOT_FOUND = "study_not_found"

@@ -59,6 +59,13 @@ from automl.store import (
 logger = logging.getLogger("automl.worker")
 
 
+class CoordinatorTooOldError(RuntimeError):
+    """The coordinator lacks a call this worker needs (an older ``automl proxy``).
+
+    Not the ticket's fault: the worker gives the ticket back untouched and stops.
+    """
+
+
 class Coordinator(Protocol):
     """The worker's side of the claim protocol (see ``automl.store.leases``)."""
 
@@ -299,4 +306,4 @@ class SqlCoordinator:
             return None
 
 
-__all__ = ["Coordinator", "LeaseLostError", "SqlCoordinator"]
+__all__ = ["Coordinator", "CoordinatorTooOldError", "LeaseLostError", "SqlCoordinator"]

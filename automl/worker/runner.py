@@ -44,7 +44,7 @@ from automl.train import TrainingInterrupted, TrainResult, train
 from automl.train.accel import release_device_memory
 from automl.train.checkpoint import TrainState
 from automl.train.trial_config import TrialConfig
-from automl.worker.coordinator import Coordinator
+from automl.worker.coordinator import Coordinator, CoordinatorTooOldError
 from automl.worker.keeper import LeaseKeeper
 from automl.worker.shared_cache import SharedArtifactCache
 from automl.worker.slots import DeviceGate, GateAbandoned
@@ -168,6 +168,11 @@ class _Attempt:
             if self.trial is not None:
                 self._fail(FailureKind.WORKER_LOST, "lease lost before the trial started")
             return self._lost(exc)
+        except CoordinatorTooOldError as exc:
+            # Not the ticket's fault: hand it back untouched and stop this worker.
+            logger.error("%s", exc)
+            self._give_back(FailureKind.INTERRUPTED, str(exc), requeue=True)
+            raise
         except Exception as exc:
             # Before training: a database fault gives the ticket back untouched; any
             # other error (a sampler failing in before_trial) ends it failed.
@@ -266,6 +271,10 @@ class _Attempt:
             return self._give_back(FailureKind.INTERRUPTED, f"worker stopping: {exc}")
         except torch.OutOfMemoryError as exc:
             return self._out_of_memory(exc)
+        except CoordinatorTooOldError as exc:
+            logger.error("%s", exc)
+            self._give_back(FailureKind.INTERRUPTED, str(exc), requeue=True)
+            raise
         except Exception as exc:
             if is_transient(exc):
                 return self._give_back(FailureKind.INTERRUPTED, _describe(exc))
@@ -278,15 +287,23 @@ class _Attempt:
         single = len(spec.metrics) == 1
 
         def report(epoch: int, metrics: dict[str, float]) -> bool:
+            value = metrics[spec.metrics[0]] if single else math.nan
+            refused: UpdateFinishedTrialError | None = None
+            if math.isfinite(value):
+                # Before the beat, so through ``automl proxy`` the heartbeat carries it.
+                try:
+                    self.ctx.persist(lambda: trial.report(value, epoch), "reporting an epoch")
+                except UpdateFinishedTrialError as exc:
+                    refused = exc  # reaped: the beat below tells whether the lease is gone
             keeper.beat()  # an epoch end notices a cancel or a lost lease at once
             if keeper.should_stop:
                 raise TrainingInterrupted(f"stopped after epoch {epoch}")
+            if refused is not None:
+                raise refused
             if not single:
                 return False
-            value = metrics[spec.metrics[0]]
             if not math.isfinite(value):
                 raise FloatingPointError(f"{spec.metrics[0]} is not finite at epoch {epoch}")
-            self.ctx.persist(lambda: trial.report(value, epoch), "reporting an epoch")
             return self.ctx.persist(trial.should_prune, "asking the pruner")
 
         return report
