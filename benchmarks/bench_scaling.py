@@ -433,8 +433,11 @@ def main() -> None:
             print(f"{'':7} {n:>7}  proxy / direct throughput: {proxy / direct:.2f}", flush=True)
     if 16 in args.workers:
         for via in vias:
+            if not one.get(via):
+                print(f"goal ({via}): not computed: add --workers 1 (the efficiency's base)")
+                continue
             runs = results[(via, 16)]
-            efficiency = statistics.median(r.throughput for r in runs) / (16 * one.get(via, 0) or 1)
+            efficiency = statistics.median(r.throughput for r in runs) / (16 * one[via])
             verdict = "met" if efficiency >= 0.9 else "NOT met"
             print(f"goal ({via}): efficiency >= 0.9 at 16 workers: {efficiency:.2f} ({verdict})")
 
