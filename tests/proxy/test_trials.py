@@ -397,3 +397,19 @@ def test_an_old_worker_without_writes_runs_a_trial(
     )
     assert trial.user_attrs["done"] is True
     assert get_study(store, study_id).status == StudyStatus.COMPLETED
+
+
+def test_a_heartbeat_passes_over_writes_for_a_trial_that_already_ended(
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+) -> None:
+    """The heartbeat thread can carry writes taken just before the trial's tell landed:
+    the lease is still held, so the beat succeeds, and the ended trial stays as told."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1})).id
+    lease, trial_id = _start(proxy, study_id)
+    proxy.storage.set_trial_user_attr(trial_id, "late", True)
+    store.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
+
+    assert proxy.heartbeat(lease).held
+    ended = store.storage.get_trial(trial_id)
+    assert (ended.state, ended.values) == (TrialState.COMPLETE, [0.5])
+    assert "late" not in ended.user_attrs
