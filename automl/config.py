@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -213,3 +214,23 @@ def _shown(value: object) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+TRUE_WORDS = ("1", "true", "on", "yes")
+FALSE_WORDS = ("0", "false", "off", "no")
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A yes/no environment variable: unset or empty gives ``default``.
+
+    Raises:
+        ValueError: If it is set to anything but 1/0, true/false, on/off or yes/no.
+    """
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise ValueError(f"{name} must be 1 or 0 (true/false, on/off, yes/no), not {value!r}")

@@ -50,6 +50,7 @@ from automl.store import (
     normalize_url,
     open_store,
     record_trial,
+    running_trial_template,
     submit_study,
     tables,
 )
@@ -170,19 +171,7 @@ def claim_once(store: Store, study_id: int) -> None:
     """The claim path of a worker: the conditional claim, then its Optuna trial."""
     lease = claim(store, "bench", study_id)
     assert lease is not None
-    template = FrozenTrial(
-        number=0,
-        state=TrialState.RUNNING,
-        value=None,
-        datetime_start=datetime.now(),
-        datetime_complete=None,
-        params={},
-        distributions={},
-        user_attrs={attrs.LEASE: lease.key},
-        system_attrs={},
-        intermediate_values={},
-        trial_id=0,
-    )
+    template = running_trial_template({attrs.LEASE: lease.key})
     trial_id = store.storage.create_new_trial(study_id, template_trial=template)
     record_trial(store, lease, trial_id, 0)
 

@@ -50,6 +50,7 @@ from automl.store import (
 )
 from automl.store.faults import first_line
 from automl.train import resolve_device
+from automl.train.accel import check_device_settings
 from automl.worker import Coordinator, InvalidDeviceError, Worker, WorkerOptions
 from automl.worker.coordinator import CoordinatorTooOldError
 
@@ -345,6 +346,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     spec = load_spec(Path(args.spec))
     try:
         resolve_device(settings.device)  # before submitting: a bad device leaves no study
+        check_device_settings()
     except ValueError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     store = open_store(settings)

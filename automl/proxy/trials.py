@@ -46,7 +46,7 @@ from optuna.study._study_direction import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.proxy.wire import ProxyTooOldError
-from automl.store import LeaseLostError, TrialWrites, is_transient
+from automl.store import LeaseLostError, TrialWrites, is_transient, running_trial_template
 
 Call = Callable[[str, dict[str, Any]], tuple[dict[str, Any], bytes]]
 """A coordination call: method and header in, reply header and payload out."""
@@ -183,7 +183,7 @@ class ProxyTrialStorage(BaseStorage):
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         """Creates the trial on the proxy (one call, which also returns its number)."""
-        template = template_trial or _running_template()
+        template = template_trial or running_trial_template()
         reply, _ = self._call(
             "create_trial", {"study_id": study_id, "template": template_to_wire(template)}
         )
@@ -403,22 +403,6 @@ def template_from_wire(data: dict[str, Any]) -> FrozenTrial:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"malformed trial template: {exc}") from None
-
-
-def _running_template() -> FrozenTrial:
-    return FrozenTrial(
-        number=0,
-        state=TrialState.RUNNING,
-        value=None,
-        datetime_start=datetime.now(),
-        datetime_complete=None,
-        params={},
-        distributions={},
-        user_attrs={},
-        system_attrs={},
-        intermediate_values={},
-        trial_id=0,
-    )
 
 
 def _copy_as(template: FrozenTrial, trial_id: int, number: int) -> FrozenTrial:

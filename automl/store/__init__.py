@@ -79,7 +79,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "served_refit",
     ),
     "retention": ("retain_weights",),
-    "trial_writes": ("TrialWrites", "write_trial"),
+    "trial_writes": ("TrialWrites", "running_trial_template", "write_trial"),
     "storage": (
         "StorageError",
         "Store",

@@ -9,9 +9,11 @@ through ``automl proxy``, its own round trip). A worker that buffers them (see
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
 
 from automl.store import optuna_rows
 from automl.store.storage import Store
@@ -95,4 +97,26 @@ def write_trial(store: Store, trial_id: int, writes: TrialWrites) -> None:
         raise UpdateFinishedTrialError(f"trial {trial_id} is no longer running")
 
 
-__all__ = ["TrialWrites", "write_trial"]
+__all__ = ["TrialWrites", "running_trial_template", "write_trial"]
+
+
+def running_trial_template(
+    user_attrs: dict[str, Any] | None = None,
+    system_attrs: dict[str, Any] | None = None,
+    intermediate_values: dict[int, float] | None = None,
+) -> FrozenTrial:
+    """The template of a new RUNNING trial, as ``storage.create_new_trial`` takes it
+    (number and id are assigned by the storage)."""
+    return FrozenTrial(
+        number=0,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=datetime.now(),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs=dict(user_attrs or {}),
+        system_attrs=dict(system_attrs or {}),
+        intermediate_values=dict(intermediate_values or {}),
+        trial_id=0,
+    )

@@ -23,7 +23,8 @@ from typing import Any, Literal, cast
 
 import torch
 
-from automl.train.graphs import failure_text
+from automl.config import env_flag
+from automl.train.graphs import failure_text, graphs_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -180,9 +181,23 @@ def cpu_channels_last_from_env() -> bool:
 
     Only 4-D tensors change format, so models without 2-D convolutions (``rnn``) see the
     same values in a different layout and train as before.
+
+    Raises:
+        ValueError: If the variable is not a yes/no value.
     """
-    value = os.environ.get(CPU_CHANNELS_LAST_ENV, "").strip().lower()
-    return value not in ("0", "false", "no", "off")
+    return env_flag(CPU_CHANNELS_LAST_ENV, default=True)
+
+
+def check_device_settings() -> None:
+    """Reads every device setting from the environment once, so a bad value stops a
+    worker at its start instead of failing each trial.
+
+    Raises:
+        ValueError: Naming the first variable with a bad value.
+    """
+    sync_debug_from_env()
+    cpu_channels_last_from_env()
+    graphs_enabled()
 
 
 def sync_debug_from_env() -> SyncDebugMode | None:

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Sequence
 
 import torch
+
+from automl.config import env_flag
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,12 @@ Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def graphs_enabled() -> bool:
-    """Whether ``AUTOML_CUDA_GRAPHS`` leaves CUDA graphs on (the default)."""
-    return os.environ.get(GRAPHS_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+    """Whether ``AUTOML_CUDA_GRAPHS`` leaves CUDA graphs on (the default).
+
+    Raises:
+        ValueError: If the variable is not a yes/no value.
+    """
+    return env_flag(GRAPHS_ENV, default=True)
 
 
 def graph_blocker(

@@ -40,6 +40,7 @@ from automl.store import (
     retry_transient,
 )
 from automl.train import resolve_device
+from automl.train.accel import check_device_settings
 from automl.worker.coordinator import Coordinator, SqlCoordinator
 from automl.worker.evaluator import describe, run_evaluation
 from automl.worker.identity import new_worker_id, sampler_seed
@@ -130,6 +131,7 @@ class Worker:
         self.name = new_worker_id()
         try:
             self.device = str(resolve_device(self.options.device))
+            check_device_settings()
         except ValueError as exc:
             raise InvalidDeviceError(str(exc)) from None
         if self.options.threads is not None:

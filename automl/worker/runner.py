@@ -15,7 +15,6 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +36,7 @@ from automl.store import (
     attrs,
     is_transient,
     retry_transient,
+    running_trial_template,
     save_model_card,
     save_weights,
 )
@@ -214,19 +214,8 @@ class _Attempt:
             if len(self.spec.metrics) == 1:
                 metric = self.spec.metrics[0]
                 curve = {int(h["epoch"]): h[metric] for h in resume.history if metric in h}
-        template = FrozenTrial(
-            number=0,
-            state=TrialState.RUNNING,
-            value=None,
-            datetime_start=datetime.now(),
-            datetime_complete=None,
-            params={},
-            distributions={},
-            user_attrs=user_attrs,
-            system_attrs={"fixed_params": lease.params} if lease.params else {},
-            intermediate_values=curve,
-            trial_id=0,
-        )
+        fixed = {"fixed_params": lease.params} if lease.params else {}
+        template = running_trial_template(user_attrs, fixed, curve)
         # Not repeated on failure: a second call could create a second trial. The
         # release that follows a failure finds a created trial by its lease attribute.
         self.trial_id = self.ctx.trial_storage.create_new_trial(lease.study_id, template)

@@ -608,3 +608,30 @@ def test_list_shows_registries_and_one_registry(capsys: pytest.CaptureFixture[st
 def test_list_unknown_registry_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", "widgets"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown registry 'widgets'; valid choices:")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AUTOML_CUDA_GRAPHS", "maybe"),
+        ("AUTOML_CPU_CHANNELS_LAST", "2"),
+        ("AUTOML_SYNC_DEBUG", "x"),
+    ],
+)
+def test_a_bad_device_setting_stops_run_and_worker_with_one_line(
+    cli: Run,
+    spec_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+) -> None:
+    """Checked before anything is submitted or claimed, not as a failure of every trial."""
+    monkeypatch.setenv(variable, value)
+    for args in (("run", str(spec_file)), ("worker", "--exit-when-idle")):
+        code, _, err = cli(*args)
+        assert code == 2
+        assert variable in one_error_line(err) and repr(value) in err
+    monkeypatch.delenv(variable)
+    _, listed, _ = cli("status", "--json")
+    assert json.loads(listed)["count"] == 0  # run submitted nothing

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from optuna.trial import TrialState
 
 from automl.spec import StudySpec
 from automl.store import (
+    Store,
     StudyStatus,
     attrs,
     enqueue_trials,
@@ -260,6 +262,31 @@ def test_workers_survive_dropped_connections_and_an_outage(
 # --- (e) a stopped worker's stale result -------------------------------------------------------
 
 
+def stop_outside_a_write(worker: subprocess.Popen[bytes], store: Store) -> None:
+    """SIGSTOPs ``worker`` at a moment it holds no SQLite write lock.
+
+    SQLite has one writer at a time: a process frozen inside a write transaction (an epoch
+    report, a heartbeat) keeps every other writer out until it runs again, the reaper
+    too. That is SQLite's nature, not what this test is about (PostgreSQL has no such
+    lock), so a stop that lands inside a write is undone and tried again.
+    """
+    for _ in range(50):
+        worker.send_signal(signal.SIGSTOP)
+        if store.engine.dialect.name != "sqlite":
+            return
+        probe = sqlite3.connect(str(store.engine.url.database), timeout=0.2)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # frozen mid-write: let it finish, stop it again
+            worker.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            probe.close()
+    raise AssertionError("the worker was inside a write at every try")
+
+
 def test_a_worker_stopped_past_the_grace_period_is_refused(
     storage_url: str, tiny_spec: SpecFactory, tmp_path: Path, fleet_factory: Callable[..., Fleet]
 ) -> None:
@@ -278,7 +305,7 @@ def test_a_worker_stopped_past_the_grace_period_is_refused(
         wait_for(
             lambda: bool(running_holders(store, study_id)), "a running trial", fleet.output, 120
         )
-        worker.send_signal(signal.SIGSTOP)
+        stop_outside_a_write(worker, store)
         try:
             time.sleep(GRACE_S + 0.5)
             [reaped] = reap_stale(store, GRACE_S)  # what the API's reaper would do

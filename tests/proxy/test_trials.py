@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -29,6 +28,7 @@ from automl.store import (
     attrs,
     get_study,
     reap_stale,
+    running_trial_template,
     submit_study,
 )
 from automl.worker import Worker, WorkerOptions
@@ -54,19 +54,7 @@ def _start(proxy: RemoteCoordinator, study_id: int) -> tuple[Lease, int]:
     """Claims through the proxy and creates the attempt's trial as the worker does."""
     lease = proxy.claim("w1", study_id)
     assert lease is not None
-    template = FrozenTrial(
-        number=0,
-        state=TrialState.RUNNING,
-        value=None,
-        datetime_start=datetime.now(),
-        datetime_complete=None,
-        params={},
-        distributions={},
-        user_attrs={attrs.LEASE: lease.key},
-        system_attrs={"fixed_params": {"lr": 0.01}},
-        intermediate_values={},
-        trial_id=0,
-    )
+    template = running_trial_template({attrs.LEASE: lease.key}, {"fixed_params": {"lr": 0.01}})
     trial_id = proxy.storage.create_new_trial(study_id, template)
     proxy.record_trial(lease, trial_id, proxy.storage.get_trial(trial_id).number)
     return lease, trial_id

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 from optuna.distributions import FloatDistribution
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from automl.store import FailureKind, Lease, Store, attrs, claim, finish, record_trial
+from automl.store import (
+    FailureKind,
+    Lease,
+    Store,
+    attrs,
+    claim,
+    finish,
+    record_trial,
+    running_trial_template,
+)
 
 Outcome = float | Sequence[float] | TrialState | FailureKind
 """How to end a driven trial: its value(s), PRUNED, FAIL (an ``error`` failure), a failure
@@ -21,19 +29,7 @@ def start_trial(
     """Claims a ticket and creates its Optuna trial as a worker does; returns both."""
     lease = claim(store, worker, study_id)
     assert lease is not None, "nothing to claim"
-    template = FrozenTrial(
-        number=0,
-        state=TrialState.RUNNING,
-        value=None,
-        datetime_start=datetime.now(),
-        datetime_complete=None,
-        params={},
-        distributions={},
-        user_attrs={attrs.LEASE: lease.key, attrs.TICKET: lease.ticket_id},
-        system_attrs={},
-        intermediate_values={},
-        trial_id=0,
-    )
+    template = running_trial_template({attrs.LEASE: lease.key, attrs.TICKET: lease.ticket_id})
     trial_id = store.storage.create_new_trial(lease.study_id, template)
     number = store.storage.get_trial(trial_id).number
     record_trial(store, lease, trial_id, number)

@@ -70,3 +70,10 @@ def test_constant_rate_means_the_constant_schedule_without_warmup_steps() -> Non
     assert not constant_learning_rate("constant", total_steps=30, warmup_steps=3)
     assert not constant_learning_rate("cosine", total_steps=30, warmup_steps=0)
     assert constant_learning_rate("constant", total_steps=1, warmup_steps=5)  # no room
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "enabled"])
+def test_a_bad_value_is_refused_with_its_name(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(GRAPHS_ENV, value)
+    with pytest.raises(ValueError, match=f"{GRAPHS_ENV} must be 1 or 0 .*not '{value}'"):
+        graphs_enabled()
