@@ -265,15 +265,24 @@ def test_workers_survive_dropped_connections_and_an_outage(
 def stop_outside_a_write(worker: subprocess.Popen[bytes], store: Store) -> None:
     """SIGSTOPs ``worker`` at a moment it holds no SQLite write lock.
 
-    SQLite has one writer at a time: a process frozen inside a write transaction (an epoch
-    report, a heartbeat) keeps every other writer out until it runs again, the reaper
-    too. That is SQLite's nature, not what this test is about (PostgreSQL has no such
-    lock), so a stop that lands inside a write is undone and tried again.
+    A process frozen inside a write transaction (an epoch report, a heartbeat) keeps its
+    locks until it runs again: SQLite's one write lock, or PostgreSQL's row locks, which
+    the reaper then waits for. This test is about a worker frozen between writes, so a
+    stop that lands inside one is undone and tried again.
     """
     for _ in range(50):
         worker.send_signal(signal.SIGSTOP)
         if store.engine.dialect.name != "sqlite":
-            return
+            with store.engine.connect() as connection:
+                open_transactions = connection.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()"
+                ).scalar_one()
+            if not open_transactions:
+                return
+            worker.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+            continue
         probe = sqlite3.connect(str(store.engine.url.database), timeout=0.2)
         try:
             probe.execute("BEGIN IMMEDIATE")
