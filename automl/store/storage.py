@@ -7,7 +7,10 @@ second engine with plain deferred transactions, so a slow read never blocks a wr
 PostgreSQL gets a connect timeout, a pool of ``AUTOML_DB_POOL_SIZE`` connections, liveness
 checks of connections that sat idle in the pool, reads outside of explicit transactions
 (each statement sees the latest commits, as in a READ COMMITTED transaction, without the
-BEGIN and COMMIT round trips) and one engine for both.
+BEGIN and COMMIT round trips) and one engine for both. The server ends a session that sits
+inside a transaction for ``PG_IDLE_TRANSACTION_TIMEOUT_S``: a process frozen mid-write (a
+paused VM, SIGSTOP, a debugger) would otherwise hold its row locks, and with them every
+claim, cancel and reaper pass on that study, for as long as it stays frozen.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ PG_CONNECT_TIMEOUT_S = 5
 DEFAULT_POOL_SIZE = 10
 PING_WHEN_IDLE_S = 1.0
 """A pooled PostgreSQL connection unused for longer is checked (a round trip) before use."""
+PG_IDLE_TRANSACTION_TIMEOUT_S = 60.0
+"""PostgreSQL ends a session idle inside an open transaction for longer (its locks go)."""
 SCHEMA_RACE_RETRIES = 3
 READ_RETRY_DELAYS_S = (0.05, 0.2, 0.5)
 
@@ -167,6 +172,7 @@ def open_store(
         _defer_lock_at_begin(reader.engine)
     elif backend == "postgresql":
         _ping_when_idle(storage.engine)
+        _end_idle_transactions(storage.engine)
     try:
         artifacts = build_artifact_store(
             artifact_store,
@@ -207,6 +213,27 @@ def _engine_kwargs(backend: str, pool_size: int = DEFAULT_POOL_SIZE) -> dict[str
             "connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S},
         }
     return {"pool_pre_ping": True, "pool_recycle": 1800}
+
+
+def _end_idle_transactions(engine: sqlalchemy.engine.Engine) -> None:
+    """Has the server end sessions left idle inside a transaction (see the module doc).
+
+    A session, not a startup option, so that it also works through poolers that refuse
+    startup options. Connections opened before this (Optuna's schema setup) are closed.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _: Any) -> None:
+        milliseconds = int(PG_IDLE_TRANSACTION_TIMEOUT_S * 1000)
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET idle_in_transaction_session_timeout = {milliseconds}")
+        finally:
+            dbapi_connection.autocommit = autocommit
+
+    engine.dispose()
 
 
 def _ping_when_idle(engine: sqlalchemy.engine.Engine) -> None:

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
+import automl.store.storage
 from automl.spec import StudySpec
 from automl.store import (
     LeaseLostError,
@@ -29,6 +30,7 @@ from automl.store import (
     submit_study,
     tables,
 )
+from automl.store.status import lock_study
 from tests.conftest import store_at
 from tests.store.conftest import end_trial, start_trial
 
@@ -194,3 +196,40 @@ def test_settle_due_ends_timed_out_and_finished_studies(
     assert get_study(store, timed).status_reason == "timeout reached"
     assert get_study(store, done).status == StudyStatus.COMPLETED
     assert get_study(store, untouched).status == StudyStatus.QUEUED
+
+
+def test_a_frozen_writer_holding_the_study_lock_does_not_stall_the_reaper(
+    postgres_url: str, tmp_path: Path, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker frozen mid-transaction (SIGSTOP, a paused VM) keeps its session open and
+    # idle; the server ends it after the timeout, which frees the study's row lock.
+    monkeypatch.setattr(automl.store.storage, "PG_IDLE_TRANSACTION_TIMEOUT_S", 1.0)
+    store = store_at(postgres_url, tmp_path)
+    try:
+        study_id = submit_study(store, tiny_spec(budget={"n_trials": 2, "max_retries": 1})).id
+        lease, _ = start_trial(store)
+        _age_heartbeat(store, lease.ticket_id, 120)
+        locked, frozen_error = threading.Event(), []
+
+        def frozen_writer() -> None:
+            try:
+                with store.write() as connection:
+                    lock_study(connection, study_id)
+                    locked.set()
+                    time.sleep(6)
+            except sa.exc.DBAPIError as exc:
+                frozen_error.append(exc)
+
+        holder = threading.Thread(target=frozen_writer)
+        holder.start()
+        assert locked.wait(10)
+        started = time.monotonic()
+        [reaped] = reap_stale(store, grace=60)
+        waited = time.monotonic() - started
+        holder.join()
+
+        assert reaped.result == "requeued"
+        assert waited < 5, f"the reaper waited {waited:.1f} s for the frozen writer's lock"
+        assert frozen_error, "the frozen writer's transaction should have been ended"
+    finally:
+        store.close()
