@@ -69,27 +69,24 @@ def render_page(
     window_size: tuple[int, int] = (1280, 900),
     timeout_s: float = 90.0,
 ) -> tuple[str, Path]:
-    """Loads ``url`` in headless chromium and returns its DOM after scripts ran, and a screenshot.
+    """Loads ``url`` once in headless chromium; returns its DOM after scripts ran, and a
+    screenshot of the same page.
 
     Args:
         url: The page to open.
         tmp_path: Folder for the browser profile and the screenshot (``page.png``).
         wait_ms: Virtual time the page gets for client-side rendering and its requests.
         window_size: Browser window (width, height) in pixels for the screenshot.
-        timeout_s: Wall-clock limit for each chromium run.
+        timeout_s: Wall-clock limit for the chromium run.
 
     Returns:
         The serialized DOM (``document.documentElement.outerHTML``) and the screenshot path.
     """
-    budget = f"--virtual-time-budget={wait_ms}"
-    dom = _run(["--dump-dom", budget, url], tmp_path, timeout_s).stdout
     screenshot = tmp_path / "page.png"
     width, height = window_size
-    _run(
-        [f"--screenshot={screenshot}", f"--window-size={width},{height}", budget, url],
-        tmp_path,
-        timeout_s,
-    )
+    # One load for both: a second would make the server build the page again.
+    args = ["--dump-dom", f"--screenshot={screenshot}", f"--window-size={width},{height}"]
+    dom = _run([*args, f"--virtual-time-budget={wait_ms}", url], tmp_path, timeout_s).stdout
     if not screenshot.is_file():
         raise AssertionError(f"chromium wrote no screenshot at {screenshot}")
     return dom, screenshot

@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from automl.store import open_store
 from automl.store.keys import authenticate, create_key, list_keys
 from tests.cli.test_cli import Run, one_error_line
 from tests.conftest import free_port, tiny_spec_data, wait_healthy
+from tests.forked import ForkedProcess
 
 
 @pytest.fixture(autouse=True)
@@ -160,7 +160,8 @@ def test_serve_on_a_reachable_host_with_consent_or_a_key(
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """A real ``automl serve`` whose store holds a key of project ``vision``; (url, key)."""
+    """A real ``automl serve`` (forked: ``tests.forked``) whose store holds a key of project
+    ``vision``; (url, key)."""
     storage = f"sqlite:///{tmp_path / 'served.db'}"
     store = open_store(storage, artifacts_dir=tmp_path / "served-artifacts")
     _, token = create_key(store, "vision")
@@ -169,24 +170,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOML_")}
     env.update(AUTOML_STORAGE=storage, AUTOML_ARTIFACTS_DIR=str(tmp_path / "served-artifacts"))
     log = tmp_path / "serve.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "automl",
-                "--log-level",
-                "WARNING",
-                "serve",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            cwd=tmp_path,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = ["--log-level", "WARNING", "serve", "--port", str(port)]
+    process = ForkedProcess(command, env, log, cwd=tmp_path, new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process, log.read_text)

@@ -23,6 +23,7 @@ from automl.cli.main import build_parser, main
 from automl.cli.supervisor import dashboard_child, resolve_gpus, serve_child, worker_children
 from automl.config import Settings
 from tests.conftest import free_port, tiny_spec_data, wait_healthy
+from tests.forked import ForkedProcess
 
 STARTUP_TIMEOUT_S = 90
 STUDY_TIMEOUT_S = 180
@@ -188,37 +189,18 @@ def test_up_negative_workers_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 class Up:
-    """A running ``automl up`` in its own process group."""
+    """A running ``automl up`` in its own process group (forked: ``tests.forked``; the
+    server and worker it starts are ordinary ``python -m automl`` processes)."""
 
     def __init__(self, tmp_path: Path, *extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.storage = f"sqlite:///{tmp_path / 'up.db'}"
         self.log = tmp_path / "up.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "automl",
-                    "up",
-                    "--workers",
-                    "1",
-                    "--port",
-                    str(self.port),
-                    "--storage",
-                    self.storage,
-                    "--artifacts-dir",
-                    str(tmp_path / "artifacts"),
-                    "--device",
-                    "cpu",
-                    *extra,
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "AUTOML_POLL_INTERVAL": "0.3"},
-            )
+        command = ["up", "--workers", "1", "--port", str(self.port), "--storage", self.storage]
+        command += ["--artifacts-dir", str(tmp_path / "artifacts"), "--device", "cpu", *extra]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "AUTOML_POLL_INTERVAL": "0.3"}
+        self.process = ForkedProcess(command, env, self.log, new_session=True)
         self.pgid = os.getpgid(self.process.pid)
 
     def output(self) -> str:

@@ -21,6 +21,7 @@ from PIL import Image
 from automl.cli.main import COMMANDS, build_parser, main
 from automl.config import Settings
 from tests.conftest import free_port, tiny_spec_data, wait_healthy
+from tests.forked import ForkedProcess
 
 HEAVY = ("torch", "torchvision", "optuna", "sklearn", "sqlalchemy")
 """What a command against the API must never import."""
@@ -201,27 +202,25 @@ def test_a_new_export_folder_appears_only_when_complete(
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str]]]:
-    """A completed 3-trial study, served by a real ``automl serve``: (URL, local flags)."""
+    """A completed 3-trial study, served by a real ``automl serve``: (URL, local flags).
+
+    Both ``automl run`` and ``automl serve`` are forked (``tests.forked``): the thin
+    client's own import checks run in fresh interpreters of their own.
+    """
     root = tmp_path_factory.mktemp("served")
     flags = ["--storage", f"sqlite:///{root / 'api.db'}", "--artifacts-dir", str(root / "art")]
     spec = root / "run.yaml"
     spec.write_text(yaml.safe_dump(RUN_SPEC), encoding="utf-8")
-    ran = subprocess.run(
-        [sys.executable, "-m", "automl", "run", str(spec), "--device", "cpu", *flags],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    run_log = root / "run.log"
+    ran = ForkedProcess(
+        ["run", str(spec), "--device", "cpu", *flags],
+        {**os.environ, "OMP_NUM_THREADS": "1"},
+        run_log,
     )
-    assert ran.returncode == 0, ran.stderr
+    assert ran.wait(timeout=240) == 0, run_log.read_text()
     port = free_port()
     log = root / "serve.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "automl", "serve", "--port", str(port), *flags],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    server = ForkedProcess(["serve", "--port", str(port), *flags], {**os.environ}, log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, server, log.read_text, 90)

@@ -1,10 +1,12 @@
-"""Real ``automl worker`` processes for end-to-end tests, and waiting on what they do."""
+"""Real ``automl worker`` processes for end-to-end tests, and waiting on what they do.
+
+The workers are forked from a server that imported the CLI once (``tests.forked``): each
+runs the CLI's ``main`` with its own arguments and environment, in a process of its own.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.store import Store, attrs, get_study, load_state_dict, retain_weights, tables
+from tests.forked import ForkedProcess
 
 HEARTBEAT_S, GRACE_S, REAP_S = 0.2, 2.0, 0.5
 FAST_LEASES = {
@@ -36,7 +39,7 @@ class Fleet:
     ) -> None:
         self.url, self.tmp_path, self.extra = url, tmp_path, extra
         self.env = {**FAST_LEASES, **(env or {})}
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: list[ForkedProcess] = []
         self.logs: list[Path] = []
 
     def start(self, count: int = 1) -> None:
@@ -47,15 +50,12 @@ class Fleet:
             default_artifacts = str(self.tmp_path / "artifacts")
             env["AUTOML_ARTIFACTS_DIR"] = self.env.get("AUTOML_ARTIFACTS_DIR", default_artifacts)
             env.pop("AUTOML_STORAGE", None)
-            command = [sys.executable, "-m", "automl", "--log-level", "INFO", "worker"]
-            command += ["--storage", self.url, "--device", "cpu", "--threads", "1", *self.extra]
-            with log.open("wb") as out:
-                self.processes.append(
-                    subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-                )
+            command = ["--log-level", "INFO", "worker", "--storage", self.url]
+            command += ["--device", "cpu", "--threads", "1", *self.extra]
+            self.processes.append(ForkedProcess(command, env, log))
             self.logs.append(log)
 
-    def alive(self) -> list[subprocess.Popen[bytes]]:
+    def alive(self) -> list[ForkedProcess]:
         """The workers still running."""
         return [process for process in self.processes if process.poll() is None]
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from automl.store import attrs, get_study, open_store
 from tests.chromium import render_page, require_chromium
 from tests.conftest import free_port, wait_healthy
 from tests.delivery.trained import train_study
+from tests.forked import ForkedProcess
 
 pytestmark = pytest.mark.slow
 
@@ -52,15 +51,9 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
         store.close()
     port = free_port()
     log = folder / "dashboard.log"
-    with log.open("w") as out:
-        command = ["dashboard", "--port", str(port), "--storage", url]
-        process = subprocess.Popen(
-            [sys.executable, "-m", "automl", *command, "--artifacts-dir", str(artifacts)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "AUTOML_ARTIFACT_STORE": "folder"},
-        )
+    command = ["dashboard", "--port", str(port), "--storage", url]
+    command += ["--artifacts-dir", str(artifacts)]
+    process = ForkedProcess(command, {**os.environ, "AUTOML_ARTIFACT_STORE": "folder"}, log)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(base, process, log.read_text, 60, path="/api/meta")

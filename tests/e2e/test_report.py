@@ -18,6 +18,7 @@ from automl.store import open_store
 from tests.chromium import render_page, require_chromium
 from tests.conftest import free_port, wait_healthy
 from tests.delivery.trained import REPORTED_STUDY, train_study
+from tests.forked import ForkedProcess
 
 pytestmark = pytest.mark.slow
 
@@ -43,14 +44,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         store.close()
     port = free_port()
     log = folder / "serve.log"
-    with log.open("wb") as out:
-        command = ["serve", "--port", str(port), "--storage", storage]
-        process = subprocess.Popen(
-            [sys.executable, "-m", "automl", *command, "--artifacts-dir", str(artifacts)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    command = ["serve", "--port", str(port), "--storage", storage]
+    command += ["--artifacts-dir", str(artifacts)]
+    process = ForkedProcess(command, {**os.environ}, log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process, log.read_text, 60)

@@ -1,11 +1,11 @@
-"""End to end: a real ``automl serve`` and a real ``automl worker`` on one SQLite file."""
+"""End to end: a real ``automl serve`` and a real ``automl worker`` on one SQLite file
+(processes forked from one that imported the CLI: see ``tests.forked``)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port, tiny_spec_data, wait_healthy
+from tests.forked import ForkedProcess
 
 pytestmark = pytest.mark.slow
 
@@ -22,17 +23,11 @@ STARTUP_TIMEOUT_S = 60
 STUDY_TIMEOUT_S = 240
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "automl", "--log-level", "INFO", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+def _start(args: list[str], log: Path) -> ForkedProcess:
+    return ForkedProcess(["--log-level", "INFO", *args], {**os.environ}, log)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> int:
+def _stop(process: ForkedProcess) -> int:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
@@ -43,7 +38,7 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+def service(tmp_path: Path) -> Iterator[tuple[str, ForkedProcess, Path]]:
     """A real API server and one real worker process, started together on a fresh file."""
     port = free_port()
     common = ["--storage", f"sqlite:///{tmp_path / 'e2e.db'}", "--artifacts-dir", str(tmp_path)]
@@ -62,7 +57,7 @@ def service(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path
 
 
 def test_submit_over_http_worker_trains_api_reports_best(
-    service: tuple[str, subprocess.Popen[bytes], Path],
+    service: tuple[str, ForkedProcess, Path],
 ) -> None:
     url, worker, logs = service
     spec = tiny_spec_data(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +40,7 @@ from automl.worker import SqlCoordinator, Worker, WorkerOptions
 from automl.worker.identity import new_worker_id, sampler_seed
 from automl.worker.keeper import LeaseKeeper
 from tests.conftest import store_at
+from tests.forked import ForkedProcess
 
 SpecFactory = Callable[..., StudySpec]
 
@@ -554,31 +553,17 @@ def test_worker_ids_and_seeds_are_unique() -> None:
 
 def _start_worker(
     url: str, tmp_path: Path, log: Path, *extra: str, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "automl",
-        "--log-level",
-        "INFO",
-        "worker",
-        "--storage",
-        url,
-        "--device",
-        "cpu",
-        "--artifacts-dir",
-        str(tmp_path / "artifacts"),
-        *extra,
-    ]
+) -> ForkedProcess:
+    """An ``automl worker`` process on ``url`` (forked: see ``tests.forked``), logging to
+    ``log``."""
+    command = ["--log-level", "INFO", "worker", "--storage", url, "--device", "cpu"]
+    command += ["--artifacts-dir", str(tmp_path / "artifacts"), *extra]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("AUTOML_STORAGE", None)
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=full_env
-        )
+    return ForkedProcess(command, full_env, log, cwd=tmp_path)
 
 
-def _kill(process: subprocess.Popen[bytes]) -> None:
+def _kill(process: ForkedProcess) -> None:
     if process.poll() is None:
         process.kill()
         process.wait()
