@@ -34,6 +34,7 @@ class LeaseKeeper:
         self.lost = threading.Event()
         self.study_ended = threading.Event()
         self._stop = threading.Event()
+        self._ending = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._run, name=f"heartbeat-{lease.ticket_id}", daemon=True
@@ -52,6 +53,11 @@ class LeaseKeeper:
         """Whether the trial must stop (lease lost or study ended)."""
         return self.lost.is_set() or self.study_ended.is_set()
 
+    def ending(self) -> None:
+        """The worker is ending (or giving back) the ticket itself: from now on a beat that
+        finds the lease gone found that, not the reaper, and says nothing of it."""
+        self._ending.set()
+
     def beat(self) -> LeaseStatus | None:
         """Beats once now; returns what it learned (None on a database error)."""
         with self._lock:  # the thread and an epoch-end check never beat at once
@@ -64,7 +70,7 @@ class LeaseKeeper:
                     self.backoff.failed(exc, "beating")
                 return None
         self.backoff.succeeded()
-        if not status.held and not self.lost.is_set():
+        if not status.held and not self.lost.is_set() and not self._ending.is_set():
             logger.warning(
                 "lost the lease of ticket %s (attempt %s): stopping its trial",
                 self.lease.ticket_id,

@@ -414,6 +414,7 @@ class _Attempt:
         return self._give_back(FailureKind.OUT_OF_MEMORY, error)
 
     def _give_back(self, kind: FailureKind, error: str, *, requeue: bool = True) -> TrialRun:
+        self.keeper.ending()
         released = self.ctx.persist(
             lambda: self.coordinator.release(self.lease, kind, error, requeue=requeue),
             "releasing a trial",
@@ -491,6 +492,7 @@ class _Attempt:
         """Ends the ticket, then settles the study and (``retain``: a completed trial) drops
         the weights of the trials that fell out of its ``keep_weights`` best, tried once:
         whatever a failure leaves, the next completed trial removes."""
+        self.keeper.ending()
         self.settled = self.ctx.persist(
             lambda: self.coordinator.finish_and_settle(self.lease, outcome, failure, retain=retain),
             "ending a ticket",
