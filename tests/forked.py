@@ -15,6 +15,7 @@ thread unless its command sets ``--threads``.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import signal
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from multiprocessing import forkserver
 from multiprocessing.context import ForkServerProcess
@@ -39,6 +41,17 @@ PRELOAD = [
 _CONTEXT = multiprocessing.get_context("forkserver")
 _server_lock = threading.Lock()
 _server_started = False
+_live: weakref.WeakSet[ForkedProcess] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Kills forked processes a test left running. Registered after multiprocessing's own
+    exit hook, so it runs first: that hook waits for every (non-daemon) child to end."""
+    for process in list(_live):
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 
 def _run(
@@ -110,6 +123,7 @@ class ForkedProcess:
             daemon=False,
         )
         self._process.start()
+        _live.add(self)
         if new_session:
             self._wait_for_own_group()
 

@@ -218,8 +218,9 @@ def _engine_kwargs(backend: str, pool_size: int = DEFAULT_POOL_SIZE) -> dict[str
 def _end_idle_transactions(engine: sqlalchemy.engine.Engine) -> None:
     """Has the server end sessions left idle inside a transaction (see the module doc).
 
-    A session, not a startup option, so that it also works through poolers that refuse
-    startup options. Connections opened before this (Optuna's schema setup) are closed.
+    Set per session, not as a startup option (which some poolers refuse), and only where
+    the server's own setting is off or longer: a stricter value an administrator chose
+    stays. Connections opened before this (Optuna's schema setup) are closed.
     """
 
     @event.listens_for(engine, "connect")
@@ -229,7 +230,14 @@ def _end_idle_transactions(engine: sqlalchemy.engine.Engine) -> None:
         dbapi_connection.autocommit = True
         try:
             with dbapi_connection.cursor() as cursor:
-                cursor.execute(f"SET idle_in_transaction_session_timeout = {milliseconds}")
+                cursor.execute(
+                    "SELECT setting::bigint FROM pg_settings "
+                    "WHERE name = 'idle_in_transaction_session_timeout'"
+                )
+                row = cursor.fetchone()
+                current = int(row[0]) if row else 0
+                if current == 0 or current > milliseconds:
+                    cursor.execute(f"SET idle_in_transaction_session_timeout = {milliseconds}")
         finally:
             dbapi_connection.autocommit = autocommit
 

@@ -220,3 +220,29 @@ def test_check_schema_reports_a_missing_table(store: Store) -> None:
     with pytest.raises(StorageError, match=r"^storage schema missing: ") as info:
         check_schema(store)
     assert "\n" not in str(info.value)
+
+
+def test_postgres_sessions_end_idle_transactions_unless_the_server_is_stricter(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    def timeout_of_a_new_session() -> str:
+        store = open_store(postgres_url, artifacts_dir=tmp_path / "artifacts")
+        try:
+            with store.write() as connection:
+                return str(
+                    connection.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar()
+                )
+        finally:
+            store.close()
+
+    assert timeout_of_a_new_session() == "1min"
+    admin = sqlalchemy.create_engine(normalize_url(postgres_url), isolation_level="AUTOCOMMIT")
+    try:
+        database = sqlalchemy.engine.make_url(normalize_url(postgres_url)).database
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                f"ALTER DATABASE \"{database}\" SET idle_in_transaction_session_timeout = '10s'"
+            )
+    finally:
+        admin.dispose()
+    assert timeout_of_a_new_session() == "10s"  # an administrator's stricter value stays
