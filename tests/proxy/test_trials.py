@@ -60,14 +60,23 @@ def _start(proxy: RemoteCoordinator, study_id: int) -> tuple[Lease, int]:
     return lease, trial_id
 
 
+def _reporting(store: Store, proxy: RemoteCoordinator, spec: StudySpec) -> tuple[int, Lease, int]:
+    """Submits ``spec``, starts a trial through the proxy and reports its first epoch (0.5),
+    which the local copy buffers; returns the study, the lease and the trial."""
+    study_id = submit_study(store, spec).id
+    lease, trial_id = _start(proxy, study_id)
+    proxy.storage.set_trial_intermediate_value(trial_id, 1, 0.5)
+    return study_id, lease, trial_id
+
+
 def test_a_running_trial_is_read_locally_and_written_with_the_next_call(
     store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
 ) -> None:
-    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
-    lease, trial_id = _start(proxy, study_id)
+    study_id, lease, trial_id = _reporting(
+        store, proxy, tiny_spec(budget={"n_trials": 1, "max_failed": 0})
+    )
     storage = proxy.storage
     storage.set_trial_param(trial_id, "lr", 0.01, LR)
-    storage.set_trial_intermediate_value(trial_id, 1, 0.5)
     storage.set_trial_user_attr(trial_id, "config", {"a": (1, 2)})
     storage.set_trial_system_attr(trial_id, "artifacts:x", {"id": "x"})
 
@@ -96,10 +105,10 @@ def test_a_running_trial_is_read_locally_and_written_with_the_next_call(
 def test_a_reaped_trial_refuses_the_buffered_writes(
     store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
 ) -> None:
-    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2, "max_retries": 2})).id
-    lease, trial_id = _start(proxy, study_id)
+    study_id, lease, trial_id = _reporting(
+        store, proxy, tiny_spec(budget={"n_trials": 2, "max_retries": 2})
+    )
     storage = proxy.storage
-    storage.set_trial_intermediate_value(trial_id, 1, 0.5)
     assert len(reap_stale(store, grace=-1.0)) == 1
 
     assert not proxy.heartbeat(lease).held
@@ -123,10 +132,8 @@ def test_a_reaped_trial_refuses_the_buffered_writes(
 def test_writes_wait_out_a_transient_fault_and_go_with_a_refusal(
     store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
 ) -> None:
-    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1})).id
-    lease, trial_id = _start(proxy, study_id)
+    study_id, lease, trial_id = _reporting(store, proxy, tiny_spec(budget={"n_trials": 1}))
     storage = proxy.storage
-    storage.set_trial_intermediate_value(trial_id, 1, 0.5)
 
     with pytest.raises(StorageUnavailableError), storage.pending_writes(trial_id) as writes:
         assert writes
@@ -195,9 +202,7 @@ def test_a_heartbeat_refused_for_good_fails_the_trial_at_its_tell(
 def test_a_release_keeps_the_buffered_reports(
     store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
 ) -> None:
-    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1})).id
-    lease, trial_id = _start(proxy, study_id)
-    proxy.storage.set_trial_intermediate_value(trial_id, 1, 0.5)
+    _study_id, lease, trial_id = _reporting(store, proxy, tiny_spec(budget={"n_trials": 1}))
     # What SIGTERM does: the attempt ends, its ticket goes back to the queue.
     assert proxy.release(lease, FailureKind.INTERRUPTED, "worker stopping")
     released = store.storage.get_trial(trial_id)
@@ -225,10 +230,8 @@ def test_a_write_made_during_a_failed_call_wins_over_the_restored_one(
 def test_a_read_waits_for_the_writes_of_a_heartbeat_in_flight(
     store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
 ) -> None:
-    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1})).id
-    _lease, trial_id = _start(proxy, study_id)
+    study_id, _lease, trial_id = _reporting(store, proxy, tiny_spec(budget={"n_trials": 1}))
     storage = proxy.storage
-    storage.set_trial_intermediate_value(trial_id, 1, 0.5)
     read: list[list[FrozenTrial]] = []
     with storage.pending_writes(trial_id) as writes:  # a heartbeat took them
         reader = threading.Thread(target=lambda: read.append(storage.get_all_trials(study_id)))
