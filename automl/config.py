@@ -138,6 +138,26 @@ class Settings(BaseSettings):
         return not (self.allow_anonymous or is_loopback(self.host))
 
 
+_last_settings: tuple[tuple[tuple[str, str], ...], Settings] | None = None
+
+
+def current_settings() -> Settings:
+    """``Settings()``, read again only when an ``AUTOML_*`` variable changed.
+
+    Reading the environment into ``Settings`` costs about a millisecond, and the data
+    and trainer paths ask for it several times per trial.
+    """
+    global _last_settings
+    environment = tuple(
+        sorted((k, v) for k, v in os.environ.items() if k.upper().startswith("AUTOML_"))
+    )
+    last = _last_settings
+    if last is None or last[0] != environment:
+        last = (environment, Settings())
+        _last_settings = last
+    return last[1].model_copy()  # a caller's change stays its own
+
+
 class Limits(BaseSettings):
     """What one request may ask for. Each can be set with ``AUTOML_LIMIT_<FIELD>``; a
     request over a limit is refused (413 or 422, naming the limit) before any work."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from automl.config import Settings
+from automl.config import current_settings
 from automl.registry import EntryOptions, Registry
 
 
@@ -217,7 +217,7 @@ def load_dataset(source: str, options: dict[str, Any] | None = None) -> ImageDat
     """
     entry = DATASETS.get(source)
     parsed = entry.parse_options(options)
-    settings = Settings()
+    settings = current_settings()
     key = f"{entry.factory.fingerprint(parsed)}:{settings.data_root}:{settings.cache_dir}"
     with _loaded_lock:
         if key in _loaded:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
-from automl.config import Settings
+from automl.config import current_settings
 from automl.data.decode import Preprocess, Sample, decode_samples
 from automl.data.errors import DatasetError
 
@@ -89,7 +89,7 @@ class DecodeUnit:
 
 def cache_dir() -> Path:
     """The cache folder, from ``AUTOML_CACHE_DIR`` (default ``./automl-cache``)."""
-    return Settings().cache_dir
+    return current_settings().cache_dir
 
 
 def load_unit(

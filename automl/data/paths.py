@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from automl.config import Settings
+from automl.config import current_settings
 from automl.data.errors import DatasetError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
@@ -27,7 +27,7 @@ _NATURAL_PART = re.compile(r"(\d+)")
 
 def data_root() -> Path:
     """The resolved data root, from ``AUTOML_DATA_ROOT`` (default ``./data``)."""
-    return Settings().data_root.resolve()
+    return current_settings().data_root.resolve()
 
 
 def confine(value: str | os.PathLike[str], root: Path | None = None) -> Path:

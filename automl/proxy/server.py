@@ -10,7 +10,7 @@ It serves two gRPC endpoints side by side:
   artifact store, each run by a ``SqlCoordinator`` on the database, so claims stay one
   conditional write and the budget stays exact however many workers share the proxy;
   also the worker's running trial: its creation, the writes it buffers (applied in one
-  transaction, only while it is RUNNING) and its tell (see ``automl.proxy.trials``).
+  transaction, only while it is RUNNING) and its tell (see ``automl.store.trial_buffer``).
   A call that carries writes and changes the trial's or ticket's state (tell, release)
   applies them first, then the change in a second transaction; both check the trial is
   RUNNING under its row lock, and the writes are upserts, so a repeat is harmless.
@@ -46,10 +46,9 @@ from automl.store import (
     RefitState,
     Store,
     StudyNotFoundError,
-    TrialWrites,
     is_transient,
     remove_quietly,
-    write_trial,
+    writes_from_json,
 )
 from automl.store.faults import first_line
 from automl.worker.coordinator import SqlCoordinator
@@ -153,9 +152,8 @@ class CoordinationService:
         return {"lease": None if lease is None else wire.lease_to_wire(lease)}, b""
 
     def _heartbeat(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
-        status = self.coordinator.heartbeat(wire.lease_from_wire(header["lease"]))
-        if status.held:  # a trial that ended meanwhile refuses them; its tell will say so
-            self._apply_writes(header, ignore_finished=True)
+        lease = wire.lease_from_wire(header["lease"])
+        status = self.coordinator.heartbeat(lease, writes_from_json(header.get("writes")))
         return {"held": status.held, "study_active": status.study_active}, b""
 
     def _record_trial(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
@@ -164,42 +162,39 @@ class CoordinationService:
         return {}, b""
 
     def _record_params(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
-        self._apply_writes(header)
-        self.coordinator.record_params(wire.lease_from_wire(header["lease"]), header["params"])
+        self.coordinator.record_params(
+            wire.lease_from_wire(header["lease"]),
+            header["params"],
+            writes_from_json(header.get("writes")),
+        )
         return {}, b""
 
     def _record_results(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
-        trial_id = int(header["trial_id"])
-        writes = _writes(header)
-        # The buffered writes and the results in one transaction.
-        results = TrialWrites(user_attrs=dict(header["user_attrs"]))
-        writes[trial_id] = writes.get(trial_id, TrialWrites()).then(results)
-        for target, trial_writes in writes.items():
-            write_trial(self.coordinator.store, target, trial_writes)
+        self.coordinator.record_results(
+            int(header["trial_id"]),
+            dict(header["user_attrs"]),
+            writes_from_json(header.get("writes")) or {},
+        )
         return {}, b""
 
     def _create_trial(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         template = template_from_wire(header["template"])
-        storage = self.coordinator.storage
-        try:
-            trial_id = storage.create_new_trial(int(header["study_id"]), template)
-        except KeyError:
-            raise StudyNotFoundError(int(header["study_id"])) from None
-        return {"trial_id": trial_id, "number": storage.get_trial_number_from_id(trial_id)}, b""
+        trial_id, number = self.coordinator.create_trial(int(header["study_id"]), template)
+        return {"trial_id": trial_id, "number": number}, b""
 
     def _write_trial(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
-        self._apply_writes(header)
+        self.coordinator.write_trials(writes_from_json(header.get("writes")))
         return {}, b""
 
     def _tell_trial(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
-        self._apply_writes(header)
         values = header.get("values")
-        updated = self.coordinator.storage.set_trial_state_values(
+        updated = self.coordinator.tell_trial(
             int(header["trial_id"]),
             TrialState[header["state"]],
             None if values is None else [float(v) for v in values],
+            writes_from_json(header.get("writes")),
         )
-        return {"updated": bool(updated)}, b""
+        return {"updated": updated}, b""
 
     def _finish_and_settle(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         failure = header.get("failure")
@@ -210,15 +205,6 @@ class CoordinationService:
             retain=bool(header.get("retain")),
         )
         return {"settled": settled}, b""
-
-    def _apply_writes(self, header: dict[str, Any], *, ignore_finished: bool = False) -> None:
-        """Applies the buffered trial writes a call carries (see ``automl.proxy.trials``)."""
-        for trial_id, writes in _writes(header).items():
-            try:
-                write_trial(self.coordinator.store, trial_id, writes)
-            except UpdateFinishedTrialError:
-                if not ignore_finished:
-                    raise
 
     def _save_checkpoint(
         self, header: dict[str, Any], payload: bytes
@@ -241,12 +227,12 @@ class CoordinationService:
         return {}, b""
 
     def _release(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
-        self._apply_writes(header, ignore_finished=True)  # the trial keeps what it had
         released = self.coordinator.release(
             wire.lease_from_wire(header["lease"]),
             FailureKind(header["failure"]),
             header["error"],
             requeue=bool(header["requeue"]),
+            writes=writes_from_json(header.get("writes")),
         )
         return {"released": released}, b""
 
@@ -315,14 +301,6 @@ class CoordinationService:
         else:
             self.coordinator.artifacts.remove(artifact_id)
         return {}, b""
-
-
-def _writes(header: dict[str, Any]) -> dict[int, TrialWrites]:
-    """The trial writes a call carries (none from a worker that buffers none)."""
-    return {
-        int(trial_id): TrialWrites.from_json(data)
-        for trial_id, data in (header.get("writes") or {}).items()
-    }
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, kind: str, msg: str) -> NoReturn:

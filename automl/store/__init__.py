@@ -79,7 +79,16 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "served_refit",
     ),
     "retention": ("retain_weights",),
-    "trial_writes": ("TrialWrites", "running_trial_template", "write_trial"),
+    "trial_buffer": ("BufferedTrialStorage", "template_from_wire", "template_to_wire"),
+    "trial_writes": (
+        "TrialWrites",
+        "create_trial",
+        "running_trial_template",
+        "tell_trial",
+        "write_trial",
+        "write_trials",
+        "writes_from_json",
+    ),
     "storage": (
         "StorageError",
         "Store",

@@ -215,21 +215,76 @@ def put_running_trial_writes(
         connection.execute(
             table.delete().where(table.c.trial_id == trial_id, table.c.step.in_(list(steps)))
         )
-        connection.execute(
-            table.insert(),
-            [
-                {
-                    "trial_id": trial_id,
-                    "step": step,
-                    "intermediate_value": None if _step_type(value) != "FINITE" else value,
-                    "intermediate_value_type": _step_type(value),
-                }
-                for step, value in steps.items()
-            ],
-        )
+        connection.execute(table.insert(), _step_rows(trial_id, steps))
     put_trial_attrs(connection, trial_id, user_attrs)
     _put(connection, trial_system_attributes, "trial_id", trial_id, system_attrs)
     return True
+
+
+def create_running_trial(
+    connection: sa.engine.Connection,
+    study_id: int,
+    *,
+    started: datetime,
+    user_attrs: Mapping[str, Any],
+    system_attrs: Mapping[str, Any],
+    steps: Mapping[int, float],
+) -> tuple[int, int] | None:
+    """Creates a RUNNING trial with attributes and reports, as Optuna's
+    ``create_new_trial`` does for such a template, in a few statements (Optuna: two per
+    attribute, and the trial read back).
+
+    The study's row is locked first, as Optuna does, so the number (how many trials the
+    study already has) is unique among the study's trials.
+
+    Args:
+        connection: An open write transaction.
+        study_id: The study.
+        started: The trial's start (naive local time, as Optuna records it).
+        user_attrs: User attributes.
+        system_attrs: System attributes.
+        steps: Step -> intermediate value (NaN and infinities allowed).
+
+    Returns:
+        The trial's id and number; None if the study does not exist.
+    """
+    study = sa.select(studies.c.study_id).where(studies.c.study_id == study_id)
+    if connection.scalar(study.with_for_update()) is None:
+        return None
+    number = connection.scalar(
+        sa.select(sa.func.count()).select_from(trials).where(trials.c.study_id == study_id)
+    )
+    created = connection.execute(
+        trials.insert().values(
+            study_id=study_id, number=number, state=TrialState.RUNNING, datetime_start=started
+        )
+    )
+    trial_id = int(created.inserted_primary_key[0])
+    for table, values in (
+        (trial_user_attributes, user_attrs),
+        (trial_system_attributes, system_attrs),
+    ):
+        if values:
+            rows = [
+                {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                for key, value in values.items()
+            ]
+            connection.execute(table.insert(), rows)
+    if steps:
+        connection.execute(trial_intermediate_values.insert(), _step_rows(trial_id, steps))
+    return trial_id, int(number or 0)
+
+
+def _step_rows(trial_id: int, steps: Mapping[int, float]) -> list[dict[str, Any]]:
+    return [
+        {
+            "trial_id": trial_id,
+            "step": step,
+            "intermediate_value": None if _step_type(value) != "FINITE" else value,
+            "intermediate_value_type": _step_type(value),
+        }
+        for step, value in steps.items()
+    ]
 
 
 def _step_type(value: float) -> str:
@@ -259,6 +314,12 @@ def _check_param_distributions(
 def trial_state(connection: sa.engine.Connection, trial_id: int) -> TrialState | None:
     """The state of a trial, or None if it does not exist."""
     return connection.scalar(sa.select(trials.c.state).where(trials.c.trial_id == trial_id))
+
+
+def trial_number(connection: sa.engine.Connection, trial_id: int) -> int | None:
+    """The number of a trial in its study, or None if it does not exist (one query, where
+    Optuna's ``get_trial_number_from_id`` reads the whole trial)."""
+    return connection.scalar(sa.select(trials.c.number).where(trials.c.trial_id == trial_id))
 
 
 def running_trials_with_attr(

@@ -2,7 +2,7 @@
 
 Optuna's storage writes each param, report and attribute in its own transaction (and,
 through ``automl proxy``, its own round trip). A worker that buffers them (see
-``automl.proxy.trials``) hands them over as one ``TrialWrites``, applied by
+``automl.store.trial_buffer``) hands them over as one ``TrialWrites``, applied by
 ``write_trial``: all of them or, if the trial is no longer RUNNING, none.
 """
 
@@ -13,10 +13,12 @@ from datetime import datetime
 from typing import Any
 
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.store import optuna_rows
 from automl.store.storage import Store
+from automl.store.studies import StudyNotFoundError
 
 
 @dataclass
@@ -74,6 +76,19 @@ class TrialWrites:
             raise ValueError(f"malformed trial writes: {exc}") from None
 
 
+def writes_from_json(data: dict[str, Any] | None) -> dict[int, TrialWrites]:
+    """Trial id -> writes, from what ``BufferedTrialStorage.pending_writes`` yields (a
+    coordination call's ``writes``; None or empty: none).
+
+    Raises:
+        ValueError: If ``data`` is not such an object.
+    """
+    try:
+        return {int(trial_id): TrialWrites.from_json(d) for trial_id, d in (data or {}).items()}
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"malformed trial writes: {exc}") from None
+
+
 def write_trial(store: Store, trial_id: int, writes: TrialWrites) -> None:
     """Applies ``writes`` to a running trial in one transaction (nothing if empty).
 
@@ -97,7 +112,90 @@ def write_trial(store: Store, trial_id: int, writes: TrialWrites) -> None:
         raise UpdateFinishedTrialError(f"trial {trial_id} is no longer running")
 
 
-__all__ = ["TrialWrites", "running_trial_template", "write_trial"]
+def write_trials(
+    store: Store, writes: dict[int, TrialWrites], *, ignore_finished: bool = False
+) -> None:
+    """``write_trial`` for each trial, one transaction each.
+
+    Args:
+        store: The open store.
+        writes: Trial id -> its writes.
+        ignore_finished: Skip a trial that already ended instead of raising (a heartbeat's
+            writes: the trial's tell says so).
+    """
+    for trial_id, trial_writes in writes.items():
+        try:
+            write_trial(store, trial_id, trial_writes)
+        except UpdateFinishedTrialError:
+            if not ignore_finished:
+                raise
+
+
+def create_trial(
+    store: Store, storage: BaseStorage, study_id: int, template: FrozenTrial
+) -> tuple[int, int]:
+    """Creates a trial from ``template``; its id and number.
+
+    A worker's template (RUNNING, attributes and reports, no params or values) is written
+    in one short transaction; any other goes through ``storage``.
+
+    Raises:
+        StudyNotFoundError: If the study does not exist.
+    """
+    if template.state == TrialState.RUNNING and not template.params and template.values is None:
+        with store.write() as connection:
+            created = optuna_rows.create_running_trial(
+                connection,
+                study_id,
+                started=template.datetime_start or datetime.now(),
+                user_attrs=template.user_attrs,
+                system_attrs=template.system_attrs,
+                steps=template.intermediate_values,
+            )
+        if created is None:
+            raise StudyNotFoundError(study_id)
+        return created
+    try:
+        trial_id = storage.create_new_trial(study_id, template)
+    except KeyError:
+        raise StudyNotFoundError(study_id) from None
+    with store.read() as connection:
+        number = optuna_rows.trial_number(connection, trial_id)
+    if number is None:  # deleted with its study in between
+        raise StudyNotFoundError(study_id)
+    return trial_id, number
+
+
+def tell_trial(
+    store: Store,
+    storage: BaseStorage,
+    trial_id: int,
+    state: TrialState,
+    values: list[float] | None,
+    writes: dict[int, TrialWrites],
+) -> bool:
+    """Applies a running trial's last writes, then ends it (two transactions; each checks
+    the trial is RUNNING, and the writes are upserts, so a repeat is harmless).
+
+    Returns:
+        Whether the state changed (Optuna's ``set_trial_state_values``).
+
+    Raises:
+        UpdateFinishedTrialError: If the trial already ended (nothing is written).
+    """
+    write_trials(store, writes)
+    return bool(storage.set_trial_state_values(trial_id, state, values))
+
+
+__all__ = [
+    "TrialWrites",
+    "create_trial",
+    "running_trial_template",
+    "tell_trial",
+    "write_trial",
+    "write_trials",
+    "writes_from_json",
+]
 
 
 def running_trial_template(

@@ -21,7 +21,7 @@ import torch
 from filelock import FileLock
 from pydantic import Field
 
-from automl.config import Settings
+from automl.config import current_settings
 from automl.data import imbalance as sampling
 from automl.data.gan import generator_state, load_generator, synthesize, train_gan
 from automl.registry import EntryOptions, Registry
@@ -49,7 +49,7 @@ class LocalArtifactCache:
     """
 
     def __init__(self, directory: Path | None = None) -> None:
-        self.directory = directory or Settings().cache_dir / "artifacts"
+        self.directory = directory or current_settings().cache_dir / "artifacts"
 
     def get_or_create(self, key: str, create: Callable[[], bytes]) -> bytes:
         """Reads ``key``, or makes it while other processes wait for it."""

@@ -12,14 +12,19 @@ database connections) only has to provide the same methods.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from automl.spec import StudySpec
 from automl.store import (
     ArtifactStore,
+    BufferedTrialStorage,
     EvaluationLease,
     EvaluationState,
     FailureKind,
@@ -33,10 +38,12 @@ from automl.store import (
     StudyNotFoundError,
     StudyStatus,
     TrialTestReport,
+    TrialWrites,
     beat_refit,
     claim,
     claim_evaluation,
     claim_refit,
+    create_trial,
     end_due_studies,
     end_study_if_done,
     finish,
@@ -53,10 +60,17 @@ from automl.store import (
     remove_quietly,
     retain_weights,
     submitted_spec,
+    tell_trial,
+    template_from_wire,
     write_checkpoint,
+    write_trials,
+    writes_from_json,
 )
 
 logger = logging.getLogger("automl.worker")
+
+Writes = dict[int, TrialWrites]
+"""Buffered writes of running trials: trial id -> its writes."""
 
 
 class CoordinatorTooOldError(RuntimeError):
@@ -184,27 +198,72 @@ class SqlCoordinator:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.storage: BaseStorage = store.storage
+        self.trials: BaseStorage = store.storage
+        """Where ``create_trial`` and ``tell_trial`` go (``storage`` may buffer)."""
         self.artifacts: ArtifactStore = store.artifacts
 
     def claim(self, worker_id: str, study_id: int | None) -> Lease | None:
         """See ``Coordinator.claim``."""
         return claim(self.store, worker_id, study_id)
 
-    def heartbeat(self, lease: Lease) -> LeaseStatus:
-        """See ``Coordinator.heartbeat``."""
-        return heartbeat(self.store, lease)
+    def heartbeat(self, lease: Lease, writes: Writes | None = None) -> LeaseStatus:
+        """See ``Coordinator.heartbeat``; then, if the lease is held, applies the trial
+        writes a worker buffered (a trial that ended meanwhile refuses them: its tell
+        says so)."""
+        status = heartbeat(self.store, lease)
+        if status.held and writes:
+            write_trials(self.store, writes, ignore_finished=True)
+        return status
 
     def record_trial(self, lease: Lease, trial_id: int, number: int) -> None:
         """See ``Coordinator.record_trial``."""
         record_trial(self.store, lease, trial_id, number)
 
-    def record_params(self, lease: Lease, params: dict[str, Any]) -> None:
-        """See ``Coordinator.record_params``."""
+    def record_params(
+        self, lease: Lease, params: dict[str, Any], writes: Writes | None = None
+    ) -> None:
+        """See ``Coordinator.record_params``; the buffered ``writes`` (the params
+        themselves) go first."""
+        if writes:
+            write_trials(self.store, writes)
         record_params(self.store, lease, params)
 
-    def record_results(self, trial_id: int, user_attrs: dict[str, Any]) -> None:
-        """See ``Coordinator.record_results``."""
-        record_results(self.store, trial_id, user_attrs)
+    def record_results(
+        self, trial_id: int, user_attrs: dict[str, Any], writes: Writes | None = None
+    ) -> None:
+        """See ``Coordinator.record_results``; with buffered ``writes``, in the same
+        transaction as the results."""
+        if not writes:
+            record_results(self.store, trial_id, user_attrs)
+            return
+        merged = dict(writes)
+        results = TrialWrites(user_attrs=dict(user_attrs))
+        merged[trial_id] = merged.get(trial_id, TrialWrites()).then(results)
+        write_trials(self.store, merged)
+
+    def create_trial(self, study_id: int, template: FrozenTrial) -> tuple[int, int]:
+        """Creates a trial (Optuna's ``create_new_trial``); its id and number.
+
+        Raises:
+            StudyNotFoundError: If the study is gone.
+        """
+        return create_trial(self.store, self.trials, study_id, template)
+
+    def write_trials(self, writes: Writes) -> None:
+        """Applies buffered trial writes, one transaction per trial (raises
+        ``UpdateFinishedTrialError`` for a trial that already ended)."""
+        write_trials(self.store, writes)
+
+    def tell_trial(
+        self,
+        trial_id: int,
+        state: TrialState,
+        values: list[float] | None,
+        writes: Writes | None = None,
+    ) -> bool:
+        """Applies the trial's last buffered writes, then ends it; whether the state
+        changed (raises ``UpdateFinishedTrialError`` if it had already ended)."""
+        return tell_trial(self.store, self.trials, trial_id, state, values, writes or {})
 
     def save_checkpoint(self, lease: Lease, blob: bytes, epoch: int) -> None:
         """Writes the blob under a new id, points the ticket at it, drops the old one."""
@@ -246,9 +305,18 @@ class SqlCoordinator:
         return True
 
     def release(
-        self, lease: Lease, failure: FailureKind, error: str, *, requeue: bool = True
+        self,
+        lease: Lease,
+        failure: FailureKind,
+        error: str,
+        *,
+        requeue: bool = True,
+        writes: Writes | None = None,
     ) -> bool:
-        """See ``Coordinator.release``."""
+        """See ``Coordinator.release``; the buffered ``writes`` go first (a trial that
+        already ended keeps what it had)."""
+        if writes:
+            write_trials(self.store, writes, ignore_finished=True)
         return release(self.store, lease, failure, error, requeue=requeue)
 
     def end_if_done(self, study_id: int) -> StudyStatus | None:
@@ -306,4 +374,115 @@ class SqlCoordinator:
             return None
 
 
-__all__ = ["Coordinator", "CoordinatorTooOldError", "LeaseLostError", "SqlCoordinator"]
+class BufferedSqlCoordinator(SqlCoordinator):
+    """``SqlCoordinator`` of a worker on the database: its running trial is a local copy
+    whose writes ride on the coordination calls (``automl.store.trial_buffer``), as they
+    do through ``automl proxy``: about half the statements per trial of Optuna's storage.
+
+    Args:
+        store: The open store.
+    """
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        # Optuna's per-study cache of finished trials, shared with the worker's studies.
+        self.trials = optuna.storages.get_storage(store.storage)
+        self.buffer = BufferedTrialStorage(self.trials, self._call)
+        self.storage = self.buffer
+
+    def _call(self, method: str, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """The trial calls of ``BufferedTrialStorage``, run here."""
+        trial_id = header.get("trial_id")
+        with self._forgetting(None if trial_id is None else int(trial_id)):
+            if method == "create_trial":
+                template = template_from_wire(header["template"])
+                created, number = self.create_trial(int(header["study_id"]), template)
+                return {"trial_id": created, "number": number}, b""
+            if method == "write_trial":
+                self.write_trials(writes_from_json(header.get("writes")))
+                return {}, b""
+            if method == "tell_trial":
+                values = header.get("values")
+                updated = self.tell_trial(
+                    int(header["trial_id"]),
+                    TrialState[header["state"]],
+                    None if values is None else [float(v) for v in values],
+                    writes_from_json(header.get("writes")),
+                )
+                return {"updated": updated}, b""
+        raise ValueError(f"unknown trial call {method!r}")
+
+    @contextmanager
+    def _forgetting(self, trial_id: int | None) -> Iterator[None]:
+        """Drops the trial's local copy if the call says the trial or its lease is gone."""
+        try:
+            yield
+        except (LeaseLostError, UpdateFinishedTrialError):
+            if trial_id is not None:
+                self.buffer.forget(trial_id)
+            raise
+
+    def _lease_trial(self, lease: Lease) -> int | None:
+        return self.buffer.trial_of(lease.ticket_id, lease.attempt)
+
+    def heartbeat(self, lease: Lease, writes: Writes | None = None) -> LeaseStatus:
+        """See ``Coordinator.heartbeat``; carries the running trial's buffered writes."""
+        trial_id = self._lease_trial(lease)
+        with self.buffer.pending_writes(trial_id) as pending:
+            status = super().heartbeat(lease, writes_from_json(pending))
+        if not status.held and trial_id is not None:
+            self.buffer.forget(trial_id)
+        return status
+
+    def record_trial(self, lease: Lease, trial_id: int, number: int) -> None:
+        """See ``Coordinator.record_trial``; the trial's writes ride on the lease's calls
+        from now on."""
+        with self._forgetting(trial_id):
+            super().record_trial(lease, trial_id, number)
+        self.buffer.bind(lease.ticket_id, lease.attempt, trial_id)
+
+    def record_params(
+        self, lease: Lease, params: dict[str, Any], writes: Writes | None = None
+    ) -> None:
+        """See ``Coordinator.record_params``; carries the suggested params."""
+        trial_id = self._lease_trial(lease)
+        if trial_id is not None:
+            self.buffer.raise_refusal(trial_id)
+        with self.buffer.pending_writes(trial_id) as pending:
+            super().record_params(lease, params, writes_from_json(pending))
+
+    def record_results(
+        self, trial_id: int, user_attrs: dict[str, Any], writes: Writes | None = None
+    ) -> None:
+        """See ``Coordinator.record_results``; with the buffered writes, one transaction."""
+        with self.buffer.pending_writes(trial_id) as pending:
+            super().record_results(trial_id, user_attrs, writes_from_json(pending))
+        self.buffer.applied(trial_id, user_attrs)
+
+    def release(
+        self,
+        lease: Lease,
+        failure: FailureKind,
+        error: str,
+        *,
+        requeue: bool = True,
+        writes: Writes | None = None,
+    ) -> bool:
+        """See ``Coordinator.release``; carries the buffered writes, then drops the copy."""
+        trial_id = self._lease_trial(lease)
+        with self.buffer.pending_writes(trial_id) as pending:
+            released = super().release(
+                lease, failure, error, requeue=requeue, writes=writes_from_json(pending)
+            )
+        if trial_id is not None:
+            self.buffer.forget(trial_id)  # the attempt's trial ended
+        return released
+
+
+__all__ = [
+    "BufferedSqlCoordinator",
+    "Coordinator",
+    "CoordinatorTooOldError",
+    "LeaseLostError",
+    "SqlCoordinator",
+]

@@ -41,7 +41,7 @@ from automl.store import (
 )
 from automl.train import resolve_device
 from automl.train.accel import check_device_settings
-from automl.worker.coordinator import Coordinator, SqlCoordinator
+from automl.worker.coordinator import BufferedSqlCoordinator, Coordinator
 from automl.worker.evaluator import describe, run_evaluation
 from automl.worker.identity import new_worker_id, sampler_seed
 from automl.worker.keeper import LeaseKeeper
@@ -122,7 +122,7 @@ class Worker:
         if coordinator is None:
             if store is None:
                 raise ValueError("a worker needs a store or a coordinator")
-            coordinator = SqlCoordinator(store)
+            coordinator = BufferedSqlCoordinator(store)
         self.coordinator: Coordinator = coordinator
         # Optuna wraps a bare RDB storage in a per-study trial cache; sharing one wrapper
         # between the studies and trial creation lets a new trial enter the cache as it is

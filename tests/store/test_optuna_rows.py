@@ -6,11 +6,14 @@ these tests fail on both backends before anything else does.
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 import optuna
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from automl.store import Store, optuna_rows, tables
+from automl.store import Store, optuna_rows, running_trial_template, tables
 
 
 def _study(store: Store, name: str, direction: str = "maximize") -> tuple[optuna.Study, int]:
@@ -37,6 +40,45 @@ def test_fail_running_trial_is_a_compare_and_set(store: Store) -> None:
     assert failed.duration.total_seconds() >= 0
     assert failed.user_attrs == {"k": "v"}
     assert store.storage.get_trial(finished._trial_id).user_attrs == {}
+
+
+def test_a_running_trial_is_created_as_optuna_creates_it(store: Store) -> None:
+    study, study_id = _study(store, "create")
+    template = running_trial_template(
+        {"lease": "1:1", "nested": {"a": [1, 2]}},
+        {"fixed_params": {"lr": 0.01}},
+        {1: 0.5, 2: float("nan"), 3: float("inf")},
+    )
+    by_optuna = store.storage.create_new_trial(study_id, template)
+    with store.write() as connection:
+        created = optuna_rows.create_running_trial(
+            connection,
+            study_id,
+            started=template.datetime_start,
+            user_attrs=template.user_attrs,
+            system_attrs=template.system_attrs,
+            steps=template.intermediate_values,
+        )
+        assert created is not None
+        trial_id, number = created
+        assert trial_id != by_optuna and number == 1
+        now = datetime.now()
+        empty: dict[str, Any] = {}
+        assert (
+            optuna_rows.create_running_trial(
+                connection, 987_654, started=now, user_attrs=empty, system_attrs=empty, steps={}
+            )
+            is None
+        )
+
+    ours, theirs = store.storage.get_trial(trial_id), store.storage.get_trial(by_optuna)
+    for field in ("state", "datetime_start", "user_attrs", "system_attrs", "params", "values"):
+        assert getattr(ours, field) == getattr(theirs, field), field
+    assert ours.intermediate_values[1] == 0.5 and ours.intermediate_values[3] == float("inf")
+    assert ours.intermediate_values[2] != ours.intermediate_values[2]  # NaN
+    assert study.ask().number == 2  # Optuna numbers on after it
+    study.tell(number, 0.7)  # and can end it
+    assert store.storage.get_trial(trial_id).state == TrialState.COMPLETE
 
 
 def test_put_attrs_replace_and_are_read_by_optuna(store: Store) -> None:

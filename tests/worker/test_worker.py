@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from optuna.exceptions import StorageInternalError
 from optuna.trial import FrozenTrial, TrialState
 
+import automl.worker.coordinator
 import automl.worker.loop
 import automl.worker.runner
 from automl.spec import StudySpec
@@ -143,6 +145,39 @@ def test_worker_runs_study_to_completion(store: Store, tiny_spec: SpecFactory) -
     assert best_trials(store, study_id).trials[0].values == [pytest.approx(detail.best_value)]
 
 
+def test_a_trial_writes_through_the_coordination_calls_only(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running trial is a local copy: no param, report or attribute goes through
+    Optuna's storage one by one, and the trial is never read back from the database."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2, "max_failed": 0})).id
+    calls: Counter[str] = Counter()
+    for name in (
+        "_set_trial_param",
+        "set_trial_param",
+        "set_trial_intermediate_value",
+        "set_trial_user_attr",
+        "set_trial_system_attr",
+        "get_trial",
+    ):
+        real = getattr(store.storage, name)
+
+        def counting(*args: Any, _name: str = name, _real: Any = real, **kwargs: Any) -> Any:
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(store.storage, name, counting)
+
+    assert Worker(store, _options()).run() == 2
+
+    # Reads of the best trial only, by the study's test evaluation at the end (its claim
+    # and its scoring).
+    assert calls["get_trial"] <= 2 and sum(calls.values()) == calls["get_trial"], calls
+    for trial in _trials(store, study_id):
+        assert trial.state == TrialState.COMPLETE and trial.params and trial.intermediate_values
+        assert attrs.CONFIG in trial.user_attrs and attrs.WEIGHTS in trial.user_attrs
+
+
 @pytest.mark.parametrize(
     "error",
     [
@@ -179,19 +214,18 @@ def test_database_error_after_the_claim_gives_the_ticket_back(
     sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 1})).id
-    # The RDB storage's one funnel for new trials, whichever wrapper (Optuna's trial cache)
-    # the worker calls it through.
-    real = sqlite_store.storage._create_new_trial
+    # The worker's one funnel for new trials (its transaction commits, then it raises).
+    real = automl.worker.coordinator.create_trial
     calls = {"n": 0}
 
-    def flaky(*args: Any, **kwargs: Any) -> FrozenTrial:
+    def flaky(*args: Any, **kwargs: Any) -> tuple[int, int]:
         calls["n"] += 1
-        trial = real(*args, **kwargs)  # created, then the answer is lost
+        created = real(*args, **kwargs)  # created, then the answer is lost
         if calls["n"] == 1:
             raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("connection reset"))
-        return trial
+        return created
 
-    monkeypatch.setattr(sqlite_store.storage, "_create_new_trial", flaky)
+    monkeypatch.setattr(automl.worker.coordinator, "create_trial", flaky)
     assert Worker(sqlite_store, _options()).run() == 2
 
     first, second = _trials(sqlite_store, study_id)

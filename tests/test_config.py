@@ -1,0 +1,46 @@
+"""Settings read from the environment, and their reuse between calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import automl.config
+from automl.config import Settings, current_settings
+
+
+def test_current_settings_follow_the_environment_and_read_it_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    made: list[Settings] = []
+
+    class Counting(Settings):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(automl.config, "Settings", Counting)
+    monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path / "one"))
+    assert current_settings().cache_dir == tmp_path / "one"
+    assert current_settings().cache_dir == tmp_path / "one"
+    assert len(made) == 1  # unchanged environment: not read again
+
+    monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path / "two"))
+    assert current_settings().cache_dir == tmp_path / "two"
+    monkeypatch.setenv("automl_data_root", str(tmp_path / "data"))  # any case, as Settings
+    assert current_settings().data_root == tmp_path / "data"
+    assert len(made) == 3
+
+
+def test_a_change_to_the_current_settings_stays_with_the_caller() -> None:
+    mine = current_settings()
+    mine.cache_dir = Path("elsewhere")
+    assert current_settings().cache_dir != Path("elsewhere")
+
+
+def test_invalid_settings_are_refused_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOML_PORT", "0")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="port"):
+            current_settings()
