@@ -34,7 +34,7 @@ from optuna.distributions import (
     json_to_distribution,
 )
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 
 _optuna = sa.MetaData()  # describes Optuna's tables; never used to create anything
 
@@ -198,24 +198,14 @@ def put_running_trial_writes(
         return False
     if params:
         _check_param_distributions(connection, row.study_id, params)
-        connection.execute(
-            trial_params.delete().where(
-                trial_params.c.trial_id == trial_id, trial_params.c.param_name.in_(list(params))
-            )
-        )
-        connection.execute(
-            trial_params.insert(),
-            [
-                {"trial_id": trial_id, "param_name": name, "param_value": v, "distribution_json": d}
-                for name, (v, d) in params.items()
-            ],
-        )
+        rows = [
+            {"trial_id": trial_id, "param_name": name, "param_value": v, "distribution_json": d}
+            for name, (v, d) in params.items()
+        ]
+        _upsert(connection, trial_params, ("trial_id", "param_name"), rows)
     if steps:
-        table = trial_intermediate_values
-        connection.execute(
-            table.delete().where(table.c.trial_id == trial_id, table.c.step.in_(list(steps)))
-        )
-        connection.execute(table.insert(), _step_rows(trial_id, steps))
+        rows = _step_rows(trial_id, steps)
+        _upsert(connection, trial_intermediate_values, ("trial_id", "step"), rows)
     put_trial_attrs(connection, trial_id, user_attrs)
     _put(connection, trial_system_attributes, "trial_id", trial_id, system_attrs)
     return True
@@ -362,13 +352,37 @@ def _put(
 ) -> None:
     if not values:
         return
-    connection.execute(
-        table.delete().where(table.c[owner] == owner_id, table.c.key.in_(list(values)))
+    rows = [{owner: owner_id, "key": key, "value_json": json.dumps(v)} for key, v in values.items()]
+    _upsert(connection, table, (owner, "key"), rows)
+
+
+def _upsert(
+    connection: sa.engine.Connection,
+    table: sa.Table,
+    keys: tuple[str, str],
+    rows: list[dict[str, Any]],
+) -> None:
+    """Inserts ``rows``, replacing the other columns of rows whose ``keys`` (one of
+    Optuna's unique constraints) already exist: one statement on PostgreSQL and SQLite."""
+    insert: Any
+    if connection.dialect.name == "postgresql":
+        insert = postgresql.insert(table)
+    elif connection.dialect.name == "sqlite":
+        insert = sqlite.insert(table)
+    else:  # another database Optuna runs on: delete, then insert
+        first, second = keys
+        for row in rows:
+            connection.execute(
+                table.delete().where(table.c[first] == row[first], table.c[second] == row[second])
+            )
+        connection.execute(table.insert(), rows)
+        return
+    replaced = [name for name in rows[0] if name not in keys]
+    statement = insert.on_conflict_do_update(
+        index_elements=[table.c[name] for name in keys],
+        set_={name: insert.excluded[name] for name in replaced},
     )
-    connection.execute(
-        table.insert(),
-        [{owner: owner_id, "key": key, "value_json": json.dumps(v)} for key, v in values.items()],
-    )
+    connection.execute(statement, rows)
 
 
 def count_trials(
