@@ -230,7 +230,8 @@ def create_running_trial(
     Args:
         connection: An open write transaction.
         study_id: The study.
-        started: The trial's start (naive local time, as Optuna records it).
+        started: The trial's start (naive: this machine's local time, as in Optuna's
+            trials); stored in UTC, as Optuna stores it.
         user_attrs: User attributes.
         system_attrs: System attributes.
         steps: Step -> intermediate value (NaN and infinities allowed).
@@ -246,7 +247,10 @@ def create_running_trial(
     )
     created = connection.execute(
         trials.insert().values(
-            study_id=study_id, number=number, state=TrialState.RUNNING, datetime_start=started
+            study_id=study_id,
+            number=number,
+            state=TrialState.RUNNING,
+            datetime_start=started.astimezone(UTC).replace(tzinfo=None),
         )
     )
     trial_id = int(created.inserted_primary_key[0])

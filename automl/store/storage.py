@@ -238,6 +238,12 @@ def _end_idle_transactions(engine: sqlalchemy.engine.Engine) -> None:
                 current = int(row[0]) if row else 0
                 if current == 0 or current > milliseconds:
                     cursor.execute(f"SET idle_in_transaction_session_timeout = {milliseconds}")
+                if dbapi_connection.info.server_version >= 120000:
+                    # psycopg prepares a statement after a few runs, and the server then
+                    # keeps a generic plan made from the statistics of that moment: early
+                    # in a study, of near-empty tables. Planning each run with its
+                    # parameters keeps the worker's per-trial queries at their cost.
+                    cursor.execute("SET plan_cache_mode = force_custom_plan")
         finally:
             dbapi_connection.autocommit = autocommit
 

@@ -70,8 +70,11 @@ class BufferedTrialStorage(BaseStorage):
     not_refusals: tuple[type[Exception], ...] = ()
     """Failures of a call that say nothing about its writes (kept for the next call)."""
 
-    def __init__(self, backend: BaseStorage, call: Call) -> None:
+    def __init__(
+        self, backend: BaseStorage, call: Call, untracked: BaseStorage | None = None
+    ) -> None:
         self.backend = backend
+        self._untracked = untracked or backend
         self._call = call
         self._running: dict[int, FrozenTrial] = {}
         self._pending: dict[int, TrialWrites] = {}
@@ -237,7 +240,8 @@ class BufferedTrialStorage(BaseStorage):
             )
 
         if not self._buffer(trial_id, change):
-            self.backend.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+            untracked = self._untracked
+            untracked.set_trial_param(trial_id, param_name, param_value_internal, distribution)
 
     def set_trial_intermediate_value(
         self, trial_id: int, step: int, intermediate_value: float
@@ -249,7 +253,7 @@ class BufferedTrialStorage(BaseStorage):
             writes.steps[step] = intermediate_value
 
         if not self._buffer(trial_id, change):
-            self.backend.set_trial_intermediate_value(trial_id, step, intermediate_value)
+            self._untracked.set_trial_intermediate_value(trial_id, step, intermediate_value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         """Buffered for a trial this worker runs."""
@@ -260,7 +264,7 @@ class BufferedTrialStorage(BaseStorage):
             writes.user_attrs[key] = stored
 
         if not self._buffer(trial_id, change):
-            self.backend.set_trial_user_attr(trial_id, key, value)
+            self._untracked.set_trial_user_attr(trial_id, key, value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         """Buffered for a trial this worker runs."""
@@ -271,7 +275,7 @@ class BufferedTrialStorage(BaseStorage):
             writes.system_attrs[key] = stored
 
         if not self._buffer(trial_id, change):
-            self.backend.set_trial_system_attr(trial_id, key, value)
+            self._untracked.set_trial_system_attr(trial_id, key, value)
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
@@ -285,7 +289,7 @@ class BufferedTrialStorage(BaseStorage):
         with self._lock:
             tracked = trial_id in self._running
         if not tracked:
-            return self.backend.set_trial_state_values(trial_id, state, values)
+            return self._untracked.set_trial_state_values(trial_id, state, values)
         if state != TrialState.FAIL:
             self.raise_refusal(trial_id)
         header: dict[str, Any] = {
@@ -435,7 +439,9 @@ def _json_copy(value: Any) -> Any:
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
+    # With its UTC offset (a naive time is this machine's local time, as in Optuna's
+    # trials), so a proxy in another time zone reads the same moment.
+    return None if moment is None else moment.astimezone().isoformat()
 
 
 def _from_iso(text: str | None) -> datetime | None:

@@ -387,7 +387,7 @@ class BufferedSqlCoordinator(SqlCoordinator):
         super().__init__(store)
         # Optuna's per-study cache of finished trials, shared with the worker's studies.
         self.trials = optuna.storages.get_storage(store.storage)
-        self.buffer = BufferedTrialStorage(self.trials, self._call)
+        self.buffer = BufferedTrialStorage(self.trials, self._call, untracked=store.storage)
         self.storage = self.buffer
 
     def _call(self, method: str, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
@@ -458,6 +458,28 @@ class BufferedSqlCoordinator(SqlCoordinator):
         with self.buffer.pending_writes(trial_id) as pending:
             super().record_results(trial_id, user_attrs, writes_from_json(pending))
         self.buffer.applied(trial_id, user_attrs)
+
+    def save_checkpoint(self, lease: Lease, blob: bytes, epoch: int) -> None:
+        """See ``Coordinator.save_checkpoint``."""
+        with self._forgetting(self._lease_trial(lease)):
+            super().save_checkpoint(lease, blob, epoch)
+
+    def load_checkpoint(self, lease: Lease) -> bytes | None:
+        """See ``Coordinator.load_checkpoint``."""
+        with self._forgetting(self._lease_trial(lease)):
+            return super().load_checkpoint(lease)
+
+    def finish(self, lease: Lease, outcome: str, failure: FailureKind | None) -> None:
+        """See ``Coordinator.finish``."""
+        with self._forgetting(self._lease_trial(lease)):
+            super().finish(lease, outcome, failure)
+
+    def finish_and_settle(
+        self, lease: Lease, outcome: str, failure: FailureKind | None, *, retain: bool
+    ) -> bool:
+        """See ``Coordinator.finish_and_settle``."""
+        with self._forgetting(self._lease_trial(lease)):
+            return super().finish_and_settle(lease, outcome, failure, retain=retain)
 
     def release(
         self,

@@ -6,10 +6,12 @@ these tests fail on both backends before anything else does.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
 import optuna
+import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
@@ -42,7 +44,19 @@ def test_fail_running_trial_is_a_compare_and_set(store: Store) -> None:
     assert store.storage.get_trial(finished._trial_id).user_attrs == {}
 
 
-def test_a_running_trial_is_created_as_optuna_creates_it(store: Store) -> None:
+def test_a_running_trial_is_created_as_optuna_creates_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "CET-01")  # local time an hour ahead of UTC
+    time.tzset()
+    try:
+        _create_beside_optuna(store)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def _create_beside_optuna(store: Store) -> None:
     study, study_id = _study(store, "create")
     template = running_trial_template(
         {"lease": "1:1", "nested": {"a": [1, 2]}},

@@ -246,3 +246,18 @@ def test_postgres_sessions_end_idle_transactions_unless_the_server_is_stricter(
     finally:
         admin.dispose()
     assert timeout_of_a_new_session() == "10s"  # an administrator's stricter value stays
+
+
+def test_postgres_sessions_plan_each_query_with_its_parameters(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Prepared statements would keep a plan made when the study's tables were nearly
+    empty (17 ms instead of 1 ms for the retention query at 150 trials)."""
+    store = open_store(postgres_url, artifacts_dir=tmp_path / "artifacts")
+    try:
+        for session in (store.read, store.write):
+            with session() as connection:
+                mode = connection.exec_driver_sql("SHOW plan_cache_mode").scalar()
+                assert mode == "force_custom_plan"
+    finally:
+        store.close()

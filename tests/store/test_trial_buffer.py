@@ -5,7 +5,9 @@ writes, and every refusal a trial's writes can meet, on the database directly
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -121,6 +123,13 @@ def test_a_reaped_trial_refuses_the_buffered_writes(
     assert storage.get_trial(trial_id).state == TrialState.FAIL  # read from the coordinator again
     with pytest.raises(UpdateFinishedTrialError):
         storage.set_trial_intermediate_value(trial_id, 2, 0.6)
+    # Through the proxy, Optuna's own gRPC server refuses it (its trial cache never saw
+    # the trial): not a write the runner sends, since it ends a reaped trial as rejected.
+    refused = (
+        UpdateFinishedTrialError if isinstance(coordinator, BufferedSqlCoordinator) else Exception
+    )
+    with pytest.raises(refused):
+        storage.set_trial_param(trial_id, "lr", 0.01, LR)
     assert store.storage.get_trial(trial_id).intermediate_values == {}
 
     # Told before any heartbeat noticed: the tell is refused, and so are its writes.
@@ -312,3 +321,41 @@ def test_a_heartbeat_passes_over_writes_for_a_trial_that_already_ended(
     ended = store.storage.get_trial(trial_id)
     assert (ended.state, ended.values) == (TrialState.COMPLETE, [0.5])
     assert "late" not in ended.user_attrs
+
+
+def test_a_lease_lost_in_any_call_drops_the_local_copy(
+    store: Store, coordinator: Buffered, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2, "max_retries": 2})).id
+    lease, trial_id = _start(coordinator, study_id)
+    assert len(reap_stale(store, grace=-1.0)) == 1
+    with pytest.raises(LeaseLostError):
+        coordinator.save_checkpoint(lease, b"state", 1)
+    # Read again: what the runner reports for the trial is what the reaper left.
+    assert coordinator.storage.get_trial(trial_id).state == TrialState.FAIL
+    with pytest.raises(UpdateFinishedTrialError):
+        coordinator.storage.set_trial_user_attr(trial_id, "late", True)
+
+
+@pytest.fixture
+def away_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's local time five hours behind UTC (the tests otherwise run in UTC)."""
+    monkeypatch.setenv("TZ", "EST+05")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("away_from_utc")
+def test_a_trial_starts_when_it_was_created_in_any_time_zone(
+    store: Store, coordinator: Buffered, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1})).id
+    before = datetime.now()
+    _, trial_id = _start(coordinator, study_id)
+    assert coordinator.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
+    ended = store.storage.get_trial(trial_id)  # Optuna reads its UTC columns as local time
+    assert ended.datetime_start is not None and ended.datetime_complete is not None
+    assert before - timedelta(seconds=1) <= ended.datetime_start <= ended.datetime_complete
+    assert ended.datetime_complete - ended.datetime_start < timedelta(minutes=1)
