@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -18,6 +18,9 @@ import sqlalchemy
 from automl.data import forget_loaded
 from automl.spec import StudySpec, validate_spec
 from automl.store import Store, normalize_url, open_store
+
+if TYPE_CHECKING:
+    from automl.proxy import RemoteCoordinator
 
 POSTGRES_ENV = "AUTOML_TEST_POSTGRES_URL"
 
@@ -133,6 +136,19 @@ def free_port_pair() -> int:
                 continue
         return port
     raise AssertionError("no two adjacent free ports")
+
+
+@pytest.fixture
+def proxy(store: Store) -> Iterator[RemoteCoordinator]:
+    """An ``automl proxy`` on the store (no reaper: tests reap explicitly) and a client."""
+    from automl.proxy import ProxyServer, RemoteCoordinator
+
+    server = ProxyServer(store, "127.0.0.1", free_port_pair(), threads=4, reap_interval=None)
+    server.start()
+    client = RemoteCoordinator("127.0.0.1", server.port)
+    yield client
+    client.close()
+    server.stop(grace=0)
 
 
 def wait_healthy(

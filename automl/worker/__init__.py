@@ -1,10 +1,11 @@
 """Workers: claim tickets from the store, train them, report, repeat."""
 
-from automl.worker.coordinator import Coordinator, SqlCoordinator
+from automl.worker.coordinator import BufferedSqlCoordinator, Coordinator, SqlCoordinator
 from automl.worker.loop import InvalidDeviceError, Worker, WorkerOptions
 from automl.worker.runner import ResultRejectedError, TrialContext, TrialRun, run_lease
 
 __all__ = [
+    "BufferedSqlCoordinator",
     "Coordinator",
     "InvalidDeviceError",
     "ResultRejectedError",

@@ -2,11 +2,12 @@
 
 ``Coordinator`` is every call a worker makes about *work* (claim a ticket, beat, record,
 finish, release, settle; claim and finish a completed study's test-split evaluation and an
-ended study's refit; drop
-the weights of trials that fell out of a study's best); the trial itself goes through an
-Optuna ``BaseStorage`` and the weights through an artifact store. ``SqlCoordinator``
-talks to the database directly; a remote implementation (through a proxy that holds the
-database connections) only has to provide the same methods.
+ended study's refit; drop the weights of trials that fell out of a study's best); the
+trial itself goes through an Optuna ``BaseStorage`` and the weights through an artifact
+store. ``SqlCoordinator`` runs each call on the database (it serves ``automl proxy``);
+``BufferedSqlCoordinator``, a worker's default on the database, also keeps the running
+trial local and sends its writes with those calls; a remote implementation
+(``automl.proxy.RemoteCoordinator``) only has to provide the same methods.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,17 +39,6 @@ from tests.conftest import free_port_pair
 from tests.store.conftest import drive, start_trial
 
 SpecFactory = Callable[..., StudySpec]
-
-
-@pytest.fixture
-def proxy(store: Store) -> Iterator[RemoteCoordinator]:
-    """A proxy on the store (no reaper: tests reap explicitly) and a client of it."""
-    server = ProxyServer(store, "127.0.0.1", free_port_pair(), threads=4, reap_interval=None)
-    server.start()
-    client = RemoteCoordinator("127.0.0.1", server.port)
-    yield client
-    client.close()
-    server.stop(grace=0)
 
 
 def test_wire_round_trip_and_malformed_messages() -> None:

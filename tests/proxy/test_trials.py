@@ -32,17 +32,6 @@ SpecFactory = Callable[..., StudySpec]
 LR = FloatDistribution(1e-4, 1e-1, log=True)
 
 
-@pytest.fixture
-def proxy(store: Store) -> Iterator[RemoteCoordinator]:
-    """A proxy on the store (no reaper: tests reap explicitly) and a client of it."""
-    server = ProxyServer(store, "127.0.0.1", free_port_pair(), threads=4, reap_interval=None)
-    server.start()
-    client = RemoteCoordinator("127.0.0.1", server.port)
-    yield client
-    client.close()
-    server.stop(grace=0)
-
-
 def test_a_worker_trial_goes_through_the_coordination_calls_only(
     store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
 ) -> None:

@@ -15,7 +15,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from automl.proxy import ProxyServer, RemoteCallError, RemoteCoordinator
+from automl.proxy import RemoteCallError, RemoteCoordinator
 from automl.spec import StudySpec
 from automl.store import (
     FailureKind,
@@ -31,7 +31,6 @@ from automl.store import (
     submit_study,
 )
 from automl.worker.coordinator import BufferedSqlCoordinator
-from tests.conftest import free_port_pair
 
 SpecFactory = Callable[..., StudySpec]
 Buffered = BufferedSqlCoordinator | RemoteCoordinator
@@ -39,18 +38,13 @@ LR = FloatDistribution(1e-4, 1e-1, log=True)
 
 
 @pytest.fixture(params=["database", "proxy"])
-def coordinator(request: pytest.FixtureRequest, store: Store) -> Iterator[Buffered]:
+def coordinator(request: pytest.FixtureRequest, store: Store) -> Buffered:
     """A worker's coordinator on the store: directly, or through a proxy (no reaper:
     tests reap explicitly)."""
     if request.param == "database":
-        yield BufferedSqlCoordinator(store)
-        return
-    server = ProxyServer(store, "127.0.0.1", free_port_pair(), threads=4, reap_interval=None)
-    server.start()
-    client = RemoteCoordinator("127.0.0.1", server.port)
-    yield client
-    client.close()
-    server.stop(grace=0)
+        return BufferedSqlCoordinator(store)
+    client: RemoteCoordinator = request.getfixturevalue("proxy")
+    return client
 
 
 def refusal(coordinator: Buffered) -> type[Exception]:
@@ -359,3 +353,21 @@ def test_a_trial_starts_when_it_was_created_in_any_time_zone(
     assert ended.datetime_start is not None and ended.datetime_complete is not None
     assert before - timedelta(seconds=1) <= ended.datetime_start <= ended.datetime_complete
     assert ended.datetime_complete - ended.datetime_start < timedelta(minutes=1)
+
+
+def test_a_trial_that_is_not_running_is_created_through_optuna(
+    store: Store, coordinator: Buffered, tiny_spec: SpecFactory
+) -> None:
+    """What ``study.enqueue_trial`` makes (WAITING, with params) is created as Optuna
+    creates it, and not kept as a local copy."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2})).id
+    _, running = _start(coordinator, study_id)
+    template = running_trial_template({"origin": "enqueued"})
+    template.state = TrialState.WAITING
+    template.params, template.distributions = {"lr": 0.01}, {"lr": LR}
+    waiting = coordinator.storage.create_new_trial(study_id, template)
+    stored = store.storage.get_trial(waiting)
+    assert (stored.number, stored.state, stored.params) == (1, TrialState.WAITING, {"lr": 0.01})
+    assert stored.user_attrs == {"origin": "enqueued"}
+    assert coordinator.storage.get_trial(waiting).state == TrialState.WAITING
+    assert coordinator.storage.get_trial(running).number == 0
