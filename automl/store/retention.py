@@ -23,10 +23,11 @@ next pass removes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from automl.spec import StudySpec
 from automl.store import attrs, optuna_rows, tables
@@ -40,6 +41,32 @@ _ENDED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 OPTUNA_ARTIFACT_ATTR = "artifacts:"
 """Prefix of the trial system attribute where ``upload_artifact`` records an artifact (what
 optuna-dashboard lists); Optuna has no public call that removes it."""
+
+
+def outranked_reason(keep: int) -> str:
+    """Why a COMPLETE trial holds no weights: ``keep`` better trials were there first."""
+    return f"not among the study's best {keep} (keep_weights)"
+
+
+def outranked(
+    value: float, number: int, others: Iterable[FrozenTrial], maximize: bool, keep: int
+) -> bool:
+    """Whether a trial that completes with ``value`` is already out of a single-objective
+    study's kept set: ``keep`` COMPLETE trials among ``others`` rank above it (a better
+    finite value, or the same value and a lower number). Such a trial never gets back in,
+    so a worker need not save its weights at all.
+    """
+    above = 0
+    for other in others:
+        if other.state != TrialState.COMPLETE or not other.values:
+            continue
+        theirs = other.values[0]
+        if not math.isfinite(theirs):
+            continue  # ranked by finite values only (``optuna_rows.top_trial_ids``)
+        better = theirs > value if maximize else theirs < value
+        if better or (theirs == value and other.number < number):
+            above += 1
+    return above >= keep
 
 
 def retain_weights(store: Store, study_id: int) -> list[int]:
@@ -77,7 +104,7 @@ def retain_weights(store: Store, study_id: int) -> list[int]:
         if trial_id in kept:
             continue
         if state == TrialState.COMPLETE:
-            reason = f"not among the study's best {keep} (keep_weights)"
+            reason = outranked_reason(keep)
         else:
             reason = f"the trial ended {state.name.lower()}"
         if _remove(store, trial_id, artifact_id, reason):
@@ -131,4 +158,4 @@ def _remove(store: Store, trial_id: int, artifact_id: str, reason: str) -> bool:
     return True
 
 
-__all__ = ["retain_weights"]
+__all__ = ["outranked", "outranked_reason", "retain_weights"]

@@ -35,6 +35,8 @@ from automl.store import (
     LeaseLostError,
     attrs,
     is_transient,
+    outranked,
+    outranked_reason,
     retry_transient,
     running_trial_template,
     save_model_card,
@@ -323,28 +325,50 @@ class _Attempt:
         }
         if result.notes:
             results[attrs.NOTES] = result.notes
+        values: list[float] = []
+        keep_weights = True
         if not result.pruned:
+            values = [result.metrics[metric] for metric in self.spec.metrics]
             results.update(self._model_input(config, result.dataset))
+            keep = self.spec.keep_weights
+            if keep != "all" and self._outranked(values, keep):
+                keep_weights = False  # retention would delete them at once
+                results[attrs.WEIGHTS_REMOVED] = outranked_reason(keep)
         self._record_results(results)
         if result.pruned:
             frozen = self._tell(state=TrialState.PRUNED)
             self._finish("pruned", None)
             return TrialRun(self.lease, "pruned", frozen, self.settled)
-        values = [result.metrics[metric] for metric in self.spec.metrics]
         if not all(math.isfinite(value) for value in values):
             raise FloatingPointError(f"objective is not finite: {values}")
         assert self.trial is not None
         trial = self.trial
-        self.ctx.persist(
-            lambda: save_weights(
-                self.coordinator.storage, trial, result.state_dict, self.coordinator.artifacts
-            ),
-            "saving weights",
-        )
+        if keep_weights:
+            self.ctx.persist(
+                lambda: save_weights(
+                    self.coordinator.storage, trial, result.state_dict, self.coordinator.artifacts
+                ),
+                "saving weights",
+            )
         self._save_model_card(values)
         frozen = self._tell(values=values)
-        self._finish("complete", None, retain=True)
+        # Only a trial that entered the kept set can push another out of it.
+        self._finish("complete", None, retain=keep_weights)
         return TrialRun(self.lease, "complete", frozen, self.settled)
+
+    def _outranked(self, values: list[float], keep: int) -> bool:
+        """Whether ``keep`` of the study's COMPLETE trials already rank above this one
+        (single objective; see ``automl.store.retention``). False whenever unsure: the
+        weights are then saved, and retention decides."""
+        if len(values) != 1 or not math.isfinite(values[0]) or self.trial is None:
+            return False
+        try:
+            complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        except Exception as exc:
+            logger.debug("could not rank trial %s: %s", self.trial.number, exc)
+            return False
+        maximize = self.spec.directions[0] == "maximize"
+        return outranked(values[0], self.trial.number, complete, maximize, keep)
 
     def _model_input(self, config: TrialConfig, data: ImageData | None) -> dict[str, Any]:
         """What the weights take (shape, preprocessing, normalization, dataset fingerprint)

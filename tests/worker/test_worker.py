@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -33,6 +34,7 @@ from automl.store import (
     get_status,
     get_study,
     load_state_dict,
+    outranked_reason,
     reap_stale,
     resume_study,
     submit_study,
@@ -282,6 +284,36 @@ def test_failing_trials_fail_the_study_and_leave_nothing_waiting(
         assert trial.user_attrs[attrs.ERROR].startswith("RuntimeError: boom")
         assert trial.user_attrs[attrs.FAILURE] == "error"
         assert attrs.CONFIG in trial.user_attrs
+
+
+def test_a_trial_already_outranked_saves_no_weights(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention would delete them at once: each later trial scores worse than the first."""
+    scores = iter([0.9, 0.8, 0.9])  # the third ties the first: the lower number ranks above
+    real_train, real_save = automl.worker.runner.train, automl.worker.runner.save_weights
+    saved: list[int] = []
+
+    def scored(*args: Any, **kwargs: Any) -> Any:
+        result = real_train(*args, **kwargs)
+        return dataclasses.replace(result, metrics={**result.metrics, "accuracy": next(scores)})
+
+    def counting(storage: Any, trial: optuna.Trial, *args: Any) -> str:
+        saved.append(trial.number)
+        return real_save(storage, trial, *args)
+
+    monkeypatch.setattr(automl.worker.runner, "train", scored)
+    monkeypatch.setattr(automl.worker.runner, "save_weights", counting)
+    spec = tiny_spec(budget={"n_trials": 3, "max_failed": 0}, keep_weights=1)
+    study_id = submit_study(store, spec).id
+    assert Worker(store, _options()).run() == 3
+
+    assert saved == [0]
+    first, *later = _trials(store, study_id)
+    assert load_state_dict(first, store.artifacts)
+    for trial in later:
+        assert trial.state == TrialState.COMPLETE and attrs.WEIGHTS not in trial.user_attrs
+        assert trial.user_attrs[attrs.WEIGHTS_REMOVED] == outranked_reason(1)
 
 
 def test_out_of_memory_runs_again_alone_once(
