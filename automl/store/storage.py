@@ -10,7 +10,11 @@ checks of connections that sat idle in the pool, reads outside of explicit trans
 BEGIN and COMMIT round trips) and one engine for both. The server ends a session that sits
 inside a transaction for ``PG_IDLE_TRANSACTION_TIMEOUT_S``: a process frozen mid-write (a
 paused VM, SIGSTOP, a debugger) would otherwise hold its row locks, and with them every
-claim, cancel and reaper pass on that study, for as long as it stays frozen.
+claim, cancel and reaper pass on that study, for as long as it stays frozen. Sessions plan
+each statement with its parameters (``plan_cache_mode``), never with a generic plan kept
+from when the study's tables were empty. Both are set per session on connect; behind a
+pooler in transaction mode (PgBouncer), set them for the role instead
+(``ALTER ROLE ... SET``).
 """
 
 from __future__ import annotations
@@ -231,18 +235,19 @@ def _end_idle_transactions(engine: sqlalchemy.engine.Engine) -> None:
         try:
             with dbapi_connection.cursor() as cursor:
                 cursor.execute(
-                    "SELECT setting::bigint FROM pg_settings "
-                    "WHERE name = 'idle_in_transaction_session_timeout'"
+                    "SELECT name, setting FROM pg_settings WHERE name IN "
+                    "('idle_in_transaction_session_timeout', 'plan_cache_mode')"
                 )
-                row = cursor.fetchone()
-                current = int(row[0]) if row else 0
+                settings = dict(cursor.fetchall())
+                current = int(settings.get("idle_in_transaction_session_timeout") or 0)
                 if current == 0 or current > milliseconds:
                     cursor.execute(f"SET idle_in_transaction_session_timeout = {milliseconds}")
-                if dbapi_connection.info.server_version >= 120000:
+                if "plan_cache_mode" in settings:  # PostgreSQL 12 and later
                     # psycopg prepares a statement after a few runs, and the server then
-                    # keeps a generic plan made from the statistics of that moment: early
-                    # in a study, of near-empty tables. Planning each run with its
-                    # parameters keeps the worker's per-trial queries at their cost.
+                    # may keep a generic plan made from the statistics of that moment:
+                    # early in a study, of near-empty tables, for as long as autovacuum
+                    # has not analyzed them since (or at all, where it is off). Planning
+                    # each run with its parameters costs tens of microseconds instead.
                     cursor.execute("SET plan_cache_mode = force_custom_plan")
         finally:
             dbapi_connection.autocommit = autocommit
