@@ -173,7 +173,7 @@ class CoordinationService:
         self.coordinator.record_results(
             int(header["trial_id"]),
             dict(header["user_attrs"]),
-            writes_from_json(header.get("writes")) or {},
+            writes_from_json(header.get("writes")),
         )
         return {}, b""
 
