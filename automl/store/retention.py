@@ -66,7 +66,9 @@ def outranked(
         better = theirs > value if maximize else theirs < value
         if better or (theirs == value and other.number < number):
             above += 1
-    return above >= keep
+            if above >= keep:
+                return True
+    return False
 
 
 def retain_weights(store: Store, study_id: int) -> list[int]:
