@@ -143,6 +143,46 @@ def fail_running_trial(
     return True
 
 
+def end_running_trial(
+    connection: sa.engine.Connection,
+    trial_id: int,
+    state: TrialState,
+    values: Sequence[float] | None,
+) -> bool:
+    """Ends a RUNNING trial with ``values`` (compare-and-set), as Optuna's
+    ``set_trial_state_values`` does for a finished state, in the caller's transaction.
+
+    Returns:
+        False if the trial was no longer RUNNING; nothing changed.
+    """
+    assert state.is_finished(), state
+    changed = connection.execute(
+        trials.update()
+        .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
+        .values(state=state, datetime_complete=_utc_now_naive())
+    )
+    if changed.rowcount != 1:
+        return False
+    if values:
+        rows = [
+            {
+                "trial_id": trial_id,
+                "objective": objective,
+                "value": None if math.isinf(value) else value,
+                "value_type": _value_type(value),
+            }
+            for objective, value in enumerate(values)
+        ]
+        _upsert(connection, trial_values, ("trial_id", "objective"), rows)
+    return True
+
+
+def _value_type(value: float) -> str:
+    if math.isinf(value):
+        return "INF_POS" if value > 0 else "INF_NEG"
+    return "FINITE"
+
+
 def put_running_trial_attrs(
     connection: sa.engine.Connection, trial_id: int, user_attrs: Mapping[str, Any]
 ) -> bool:
@@ -168,6 +208,7 @@ def put_running_trial_writes(
     steps: Mapping[int, float],
     user_attrs: Mapping[str, Any],
     system_attrs: Mapping[str, Any],
+    end: tuple[TrialState, Sequence[float] | None] | None = None,
 ) -> bool:
     """Applies a running trial's buffered writes at once, the state read under a row lock.
 
@@ -181,6 +222,7 @@ def put_running_trial_writes(
         steps: Step -> intermediate value (NaN and infinities allowed).
         user_attrs: User attributes to set.
         system_attrs: System attributes to set.
+        end: Then end the trial in this state with these values (``end_running_trial``).
 
     Returns:
         False if the trial is no longer RUNNING (a reaper ended it); nothing changed.
@@ -208,6 +250,8 @@ def put_running_trial_writes(
         _upsert(connection, trial_intermediate_values, ("trial_id", "step"), rows)
     put_trial_attrs(connection, trial_id, user_attrs)
     _put(connection, trial_system_attributes, "trial_id", trial_id, system_attrs)
+    if end is not None:
+        return end_running_trial(connection, trial_id, *end)
     return True
 
 

@@ -89,15 +89,21 @@ def writes_from_json(data: dict[str, Any] | None) -> dict[int, TrialWrites]:
         raise ValueError(f"malformed trial writes: {exc}") from None
 
 
-def write_trial(store: Store, trial_id: int, writes: TrialWrites) -> None:
-    """Applies ``writes`` to a running trial in one transaction (nothing if empty).
+def write_trial(
+    store: Store,
+    trial_id: int,
+    writes: TrialWrites,
+    end: tuple[TrialState, list[float] | None] | None = None,
+) -> None:
+    """Applies ``writes`` to a running trial in one transaction (nothing if empty), and
+    with ``end``, ends it in the same transaction (a finished state and its values).
 
     Raises:
         UpdateFinishedTrialError: If the trial already ended (a reaper failed it); nothing
             was written, as Optuna's setters would refuse.
         ValueError: If a param's distribution conflicts with the study's.
     """
-    if not writes:
+    if not writes and end is None:
         return
     with store.write() as connection:
         written = optuna_rows.put_running_trial_writes(
@@ -107,6 +113,7 @@ def write_trial(store: Store, trial_id: int, writes: TrialWrites) -> None:
             steps=writes.steps,
             user_attrs=writes.user_attrs,
             system_attrs=writes.system_attrs,
+            end=end,
         )
     if not written:
         raise UpdateFinishedTrialError(f"trial {trial_id} is no longer running")
@@ -174,17 +181,23 @@ def tell_trial(
     values: list[float] | None,
     writes: dict[int, TrialWrites],
 ) -> bool:
-    """Applies a running trial's last writes, then ends it (two transactions; each checks
-    the trial is RUNNING, and the writes are upserts, so a repeat is harmless).
+    """Applies a running trial's last writes and ends it: one transaction that checks the
+    trial is RUNNING under its row lock (another state than a finished one: the writes,
+    then Optuna's ``set_trial_state_values``).
 
     Returns:
-        Whether the state changed (Optuna's ``set_trial_state_values``).
+        Whether the state changed (as Optuna's ``set_trial_state_values``).
 
     Raises:
         UpdateFinishedTrialError: If the trial already ended (nothing is written).
     """
-    write_trials(store, writes)
-    return bool(storage.set_trial_state_values(trial_id, state, values))
+    if not state.is_finished():
+        write_trials(store, writes)
+        return bool(storage.set_trial_state_values(trial_id, state, values))
+    others = {other: w for other, w in writes.items() if other != trial_id}
+    write_trials(store, others)
+    write_trial(store, trial_id, writes.get(trial_id, TrialWrites()), end=(state, values))
+    return True
 
 
 __all__ = [

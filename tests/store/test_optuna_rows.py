@@ -95,6 +95,33 @@ def _create_beside_optuna(store: Store) -> None:
     assert store.storage.get_trial(trial_id).state == TrialState.COMPLETE
 
 
+def test_a_running_trial_ends_as_optuna_ends_it(store: Store) -> None:
+    study = optuna.create_study(
+        storage=store.storage, study_name="end", directions=["maximize", "minimize"]
+    )
+    ours, theirs, pruned, done = (study.ask() for _ in range(4))
+    values = [float("inf"), -0.5]
+    store.storage.set_trial_state_values(theirs._trial_id, TrialState.COMPLETE, values)
+    store.storage.set_trial_state_values(done._trial_id, TrialState.COMPLETE, [1.0, 1.0])
+    with store.write() as connection:
+        assert optuna_rows.end_running_trial(
+            connection, ours._trial_id, TrialState.COMPLETE, values
+        )
+        assert optuna_rows.end_running_trial(connection, pruned._trial_id, TrialState.PRUNED, None)
+        assert not optuna_rows.end_running_trial(  # compare-and-set: already ended
+            connection, done._trial_id, TrialState.FAIL, None
+        )
+
+    mine, reference = (store.storage.get_trial(t._trial_id) for t in (ours, theirs))
+    assert (mine.state, mine.values) == (reference.state, reference.values)
+    assert mine.datetime_complete is not None and reference.datetime_complete is not None
+    assert abs(mine.datetime_complete - reference.datetime_complete).total_seconds() < 60
+    ended = store.storage.get_trial(pruned._trial_id)
+    assert (ended.state, ended.values) == (TrialState.PRUNED, None)
+    assert store.storage.get_trial(done._trial_id).values == [1.0, 1.0]
+    assert [t.number for t in study.best_trials] == [mine.number, reference.number]
+
+
 def test_put_attrs_replace_and_are_read_by_optuna(store: Store) -> None:
     study, study_id = _study(store, "attrs")
     trial = study.ask()
