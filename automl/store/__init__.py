@@ -82,6 +82,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "trial_buffer": ("BufferedTrialStorage", "template_from_wire", "template_to_wire"),
     "trial_writes": (
         "TrialWrites",
+        "apply_writes",
         "create_trial",
         "running_trial_template",
         "tell_trial",

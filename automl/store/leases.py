@@ -14,6 +14,7 @@ must stop. Nothing here loads a study's trials: every statement touches a few ro
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,10 @@ from automl.store.storage import Store
 from automl.store.tables import TicketSource, TicketState, db_now
 
 CLAIM_RACE_RETRIES = 5
+
+
+Step = Callable[[sa.engine.Connection], None]
+"""More work for a lease call's own transaction."""
 
 
 class LeaseLostError(RuntimeError):
@@ -232,13 +237,21 @@ def record_trial(store: Store, lease: Lease, trial_id: int, number: int) -> None
     _update_held(store, lease, trial_id=trial_id, trial_number=number)
 
 
-def record_params(store: Store, lease: Lease, params: dict[str, Any]) -> None:
+def record_params(
+    store: Store, lease: Lease, params: dict[str, Any], before: Step | None = None
+) -> None:
     """Keeps the attempt's params, so a retry after a lost worker runs the same ones.
 
+    Args:
+        store: The store.
+        lease: The lease.
+        params: The attempt's params.
+        before: Runs first in the same transaction (the trial's own writes of them).
+
     Raises:
-        LeaseLostError: If the lease is no longer held.
+        LeaseLostError: If the lease is no longer held (``before`` is undone too).
     """
-    _update_held(store, lease, params=json.dumps(params))
+    _update_held(store, lease, before, params=json.dumps(params))
 
 
 def record_results(store: Store, trial_id: int, user_attrs: dict[str, Any]) -> None:
@@ -281,17 +294,28 @@ def record_checkpoint(store: Store, lease: Lease, artifact_id: str, epoch: int) 
     return previous.checkpoint
 
 
-def _update_held(store: Store, lease: Lease, **values: Any) -> None:
+def _update_held(store: Store, lease: Lease, before: Step | None = None, **values: Any) -> None:
     with store.write() as connection:
+        if before is not None:
+            before(connection)
         changed = connection.execute(
             tables.tickets.update().where(_lease_match(lease)).values(**values)
         )
-    if changed.rowcount != 1:
-        raise LeaseLostError(f"ticket {lease.ticket_id} attempt {lease.attempt} lost")
+        if changed.rowcount != 1:  # raised inside: ``before`` is rolled back with it
+            raise LeaseLostError(f"ticket {lease.ticket_id} attempt {lease.attempt} lost")
 
 
-def heartbeat(store: Store, lease: Lease) -> LeaseStatus:
-    """Records that the lease's worker is alive; reports whether to keep going."""
+def heartbeat(store: Store, lease: Lease, then: Step | None = None) -> LeaseStatus:
+    """Records that the lease's worker is alive; reports whether to keep going.
+
+    Args:
+        store: The store.
+        lease: The lease.
+        then: Runs in the same transaction if the lease is held (the running trial's
+            buffered writes), in a savepoint: if it fails, the beat still counts and its
+            error is raised after the commit.
+    """
+    failure: Exception | None = None
     with store.write() as connection:
         beat = connection.execute(
             tables.tickets.update().where(_lease_match(lease)).values(heartbeat_at=db_now())
@@ -299,6 +323,14 @@ def heartbeat(store: Store, lease: Lease) -> LeaseStatus:
         status = connection.scalar(
             sa.select(tables.studies.c.status).where(tables.studies.c.study_id == lease.study_id)
         )
+        if beat.rowcount == 1 and then is not None:
+            try:
+                with connection.begin_nested():
+                    then(connection)
+            except Exception as exc:
+                failure = exc
+    if failure is not None:
+        raise failure
     return LeaseStatus(held=beat.rowcount == 1, study_active=status in ACTIVE)
 
 

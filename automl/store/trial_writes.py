@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -119,6 +120,31 @@ def write_trial(
         raise UpdateFinishedTrialError(f"trial {trial_id} is no longer running")
 
 
+def apply_writes(
+    connection: sa.engine.Connection,
+    writes: dict[int, TrialWrites],
+    *,
+    ignore_finished: bool = False,
+) -> None:
+    """``write_trials`` in the caller's transaction (as ``write_trial``, trial by trial).
+
+    Raises:
+        UpdateFinishedTrialError: If a trial already ended (unless ``ignore_finished``).
+        ValueError: If a param's distribution conflicts with the study's.
+    """
+    for trial_id, trial_writes in writes.items():
+        written = optuna_rows.put_running_trial_writes(
+            connection,
+            trial_id,
+            params=trial_writes.params,
+            steps=trial_writes.steps,
+            user_attrs=trial_writes.user_attrs,
+            system_attrs=trial_writes.system_attrs,
+        )
+        if not written and not ignore_finished:
+            raise UpdateFinishedTrialError(f"trial {trial_id} is no longer running")
+
+
 def write_trials(
     store: Store, writes: dict[int, TrialWrites], *, ignore_finished: bool = False
 ) -> None:
@@ -202,6 +228,7 @@ def tell_trial(
 
 __all__ = [
     "TrialWrites",
+    "apply_writes",
     "create_trial",
     "running_trial_template",
     "tell_trial",

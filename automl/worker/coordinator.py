@@ -40,6 +40,7 @@ from automl.store import (
     StudyStatus,
     TrialTestReport,
     TrialWrites,
+    apply_writes,
     beat_refit,
     claim,
     claim_evaluation,
@@ -208,13 +209,17 @@ class SqlCoordinator:
         return claim(self.store, worker_id, study_id)
 
     def heartbeat(self, lease: Lease, writes: Writes | None = None) -> LeaseStatus:
-        """See ``Coordinator.heartbeat``; then, if the lease is held, applies the trial
-        writes a worker buffered (a trial that ended meanwhile refuses them: its tell
-        says so)."""
-        status = heartbeat(self.store, lease)
-        if status.held and writes:
-            write_trials(self.store, writes, ignore_finished=True)
-        return status
+        """See ``Coordinator.heartbeat``; if the lease is held, applies the trial writes a
+        worker buffered in the same transaction (a trial that ended meanwhile refuses
+        them: its tell says so)."""
+        if not writes:
+            return heartbeat(self.store, lease)
+        pending = writes
+        return heartbeat(
+            self.store,
+            lease,
+            then=lambda connection: apply_writes(connection, pending, ignore_finished=True),
+        )
 
     def record_trial(self, lease: Lease, trial_id: int, number: int) -> None:
         """See ``Coordinator.record_trial``."""
@@ -224,10 +229,14 @@ class SqlCoordinator:
         self, lease: Lease, params: dict[str, Any], writes: Writes | None = None
     ) -> None:
         """See ``Coordinator.record_params``; the buffered ``writes`` (the params
-        themselves) go first."""
-        if writes:
-            write_trials(self.store, writes)
-        record_params(self.store, lease, params)
+        themselves) go first, in the same transaction."""
+        if not writes:
+            record_params(self.store, lease, params)
+            return
+        pending = writes
+        record_params(
+            self.store, lease, params, before=lambda connection: apply_writes(connection, pending)
+        )
 
     def record_results(
         self, trial_id: int, user_attrs: dict[str, Any], writes: Writes | None = None

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from automl.spec import StudySpec
 from automl.store import (
     FailureKind,
+    Lease,
     LeaseLostError,
     Store,
     StudyStatus,
@@ -23,6 +27,7 @@ from automl.store import (
     finish,
     get_study,
     heartbeat,
+    optuna_rows,
     record_checkpoint,
     record_params,
     record_results,
@@ -125,6 +130,43 @@ def test_changes_under_a_lost_lease_are_refused(store: Store, tiny_spec: SpecFac
         finish(store, lease, "complete")
     assert release(store, lease, FailureKind.INTERRUPTED, "late") is False
     assert heartbeat(store, again).held
+
+
+def test_work_joined_to_a_lease_call_shares_its_transaction(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec()).id
+
+    def mark(value: str) -> Callable[[Any], None]:
+        return lambda connection: optuna_rows.put_study_attrs(connection, study_id, {"k": value})
+
+    def refuse(connection: Any) -> None:
+        mark("refused")(connection)
+        raise ValueError("refused for good")
+
+    def beat_of(lease: Lease) -> Any:
+        with store.read() as connection:
+            query = sa.select(tables.tickets.c.heartbeat_at).where(
+                tables.tickets.c.ticket_id == lease.ticket_id
+            )
+            return connection.scalar(query)
+
+    lease, _ = start_trial(store)
+    assert heartbeat(store, lease, then=mark("beat")).held
+    before = beat_of(lease)
+    time.sleep(0.01)
+    with pytest.raises(ValueError, match="for good"):  # raised once the beat is in
+        heartbeat(store, lease, then=refuse)
+    assert beat_of(lease) > before
+    assert store.storage.get_study_user_attrs(study_id)["k"] == "beat"  # refused: undone
+
+    record_params(store, lease, {"lr": 0.01}, before=mark("params"))
+    assert store.storage.get_study_user_attrs(study_id)["k"] == "params"
+    assert release(store, lease, FailureKind.INTERRUPTED, "stopping")
+    with pytest.raises(LeaseLostError):  # lost: what went before is undone with it
+        record_params(store, lease, {"lr": 0.02}, before=mark("lost"))
+    assert not heartbeat(store, lease, then=mark("lost")).held
+    assert store.storage.get_study_user_attrs(study_id)["k"] == "params"
 
 
 def test_finish_is_safe_to_repeat(store: Store, tiny_spec: SpecFactory) -> None:
