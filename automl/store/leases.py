@@ -238,7 +238,7 @@ def record_trial(store: Store, lease: Lease, trial_id: int, number: int) -> None
 
 
 def record_params(
-    store: Store, lease: Lease, params: dict[str, Any], before: Step | None = None
+    store: Store, lease: Lease, params: dict[str, Any], then: Step | None = None
 ) -> None:
     """Keeps the attempt's params, so a retry after a lost worker runs the same ones.
 
@@ -246,12 +246,13 @@ def record_params(
         store: The store.
         lease: The lease.
         params: The attempt's params.
-        before: Runs first in the same transaction (the trial's own writes of them).
+        then: Runs next in the same transaction (the trial's own writes of them), after
+            the ticket's row: tickets before trials, the order the reaper locks them in.
 
     Raises:
-        LeaseLostError: If the lease is no longer held (``before`` is undone too).
+        LeaseLostError: If the lease is no longer held (nothing is written).
     """
-    _update_held(store, lease, before, params=json.dumps(params))
+    _update_held(store, lease, then, params=json.dumps(params))
 
 
 def record_results(store: Store, trial_id: int, user_attrs: dict[str, Any]) -> None:
@@ -294,15 +295,15 @@ def record_checkpoint(store: Store, lease: Lease, artifact_id: str, epoch: int) 
     return previous.checkpoint
 
 
-def _update_held(store: Store, lease: Lease, before: Step | None = None, **values: Any) -> None:
+def _update_held(store: Store, lease: Lease, then: Step | None = None, **values: Any) -> None:
     with store.write() as connection:
-        if before is not None:
-            before(connection)
         changed = connection.execute(
             tables.tickets.update().where(_lease_match(lease)).values(**values)
         )
-        if changed.rowcount != 1:  # raised inside: ``before`` is rolled back with it
+        if changed.rowcount != 1:
             raise LeaseLostError(f"ticket {lease.ticket_id} attempt {lease.attempt} lost")
+        if then is not None:
+            then(connection)
 
 
 def heartbeat(store: Store, lease: Lease, then: Step | None = None) -> LeaseStatus:

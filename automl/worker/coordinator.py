@@ -127,8 +127,9 @@ class Coordinator(Protocol):
         self, lease: Lease, outcome: str, failure: FailureKind | None, *, retain: bool
     ) -> bool:
         """``finish``, then (each tried once, a failure logged) ``retain_weights`` if
-        ``retain`` and ``end_if_done``: a trial's end in one call. Raises as ``finish``;
-        returns whether the study was settled (if not, settle it with ``end_if_done``)."""
+        ``retain`` and ``end_if_done`` (and ``retain_weights`` if that ended the study): a
+        trial's end in one call. Raises as ``finish``; returns whether the study was
+        settled (if not, settle it with ``end_if_done``)."""
         ...
 
     def release(
@@ -229,13 +230,13 @@ class SqlCoordinator:
         self, lease: Lease, params: dict[str, Any], writes: Writes | None = None
     ) -> None:
         """See ``Coordinator.record_params``; the buffered ``writes`` (the params
-        themselves) go first, in the same transaction."""
+        themselves) in the same transaction."""
         if not writes:
             record_params(self.store, lease, params)
             return
         pending = writes
         record_params(
-            self.store, lease, params, before=lambda connection: apply_writes(connection, pending)
+            self.store, lease, params, then=lambda connection: apply_writes(connection, pending)
         )
 
     def record_results(
@@ -304,15 +305,22 @@ class SqlCoordinator:
         """See ``Coordinator.finish_and_settle``."""
         self.finish(lease, outcome, failure)
         if retain:
-            try:
-                self.retain_weights(lease.study_id)
-            except Exception as exc:  # the next completed trial removes what is left
-                logger.warning("study %s: weights retention failed: %s", lease.study_id, exc)
+            self._retain(lease.study_id)
         try:
-            self.end_if_done(lease.study_id)
+            status = self.end_if_done(lease.study_id)
         except Exception:  # the caller settles it the usual way (waiting out outages)
             return False
+        if not retain and status is not None and not status.is_active:
+            # A last pass when the study ends: weights a pass missed (it failed, or the
+            # trial that saved them was reaped) while no later trial entered the kept set.
+            self._retain(lease.study_id)
         return True
+
+    def _retain(self, study_id: int) -> None:
+        try:
+            self.retain_weights(study_id)
+        except Exception as exc:  # a later pass removes what is left
+            logger.warning("study %s: weights retention failed: %s", study_id, exc)
 
     def release(
         self,

@@ -513,9 +513,10 @@ class _Attempt:
         return self.ctx.persist(tell, "telling a result")
 
     def _finish(self, outcome: str, failure: FailureKind | None, *, retain: bool = False) -> None:
-        """Ends the ticket, then settles the study and (``retain``: a completed trial) drops
-        the weights of the trials that fell out of its ``keep_weights`` best, tried once:
-        whatever a failure leaves, the next completed trial removes."""
+        """Ends the ticket, then settles the study and (``retain``: a trial that entered the
+        kept set) drops the weights of the trials that fell out of its ``keep_weights``
+        best, tried once: whatever a failure leaves, the next such trial, or the pass when
+        the study ends, removes."""
         self.keeper.ending()
         self.settled = self.ctx.persist(
             lambda: self.coordinator.finish_and_settle(self.lease, outcome, failure, retain=retain),

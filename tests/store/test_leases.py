@@ -160,11 +160,11 @@ def test_work_joined_to_a_lease_call_shares_its_transaction(
     assert beat_of(lease) > before
     assert store.storage.get_study_user_attrs(study_id)["k"] == "beat"  # refused: undone
 
-    record_params(store, lease, {"lr": 0.01}, before=mark("params"))
+    record_params(store, lease, {"lr": 0.01}, then=mark("params"))
     assert store.storage.get_study_user_attrs(study_id)["k"] == "params"
     assert release(store, lease, FailureKind.INTERRUPTED, "stopping")
-    with pytest.raises(LeaseLostError):  # lost: what went before is undone with it
-        record_params(store, lease, {"lr": 0.02}, before=mark("lost"))
+    with pytest.raises(LeaseLostError):  # lost: nothing of it is written
+        record_params(store, lease, {"lr": 0.02}, then=mark("lost"))
     assert not heartbeat(store, lease, then=mark("lost")).held
     assert store.storage.get_study_user_attrs(study_id)["k"] == "params"
 

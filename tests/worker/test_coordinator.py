@@ -1,0 +1,56 @@
+"""The database coordinator's end of a trial: settle, and retention when it is due."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from automl.spec import StudySpec
+from automl.store import (
+    Lease,
+    Store,
+    StudyStatus,
+    attrs,
+    get_study,
+    save_weights,
+    submit_study,
+)
+from automl.worker.coordinator import SqlCoordinator
+from tests.store.conftest import start_trial
+
+SpecFactory = Callable[..., StudySpec]
+
+
+def _complete_with_weights(store: Store, value: float) -> tuple[Lease, int]:
+    lease, trial_id = start_trial(store)
+    study = optuna.load_study(
+        study_name=store.storage.get_study_name_from_id(lease.study_id), storage=store.storage
+    )
+    trial = optuna.Trial(study, trial_id)
+    save_weights(store.storage, trial, {"w": torch.zeros(2)}, store.artifacts)
+    store.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [value])
+    return lease, trial_id
+
+
+def test_the_study_end_runs_the_retention_pass_a_skipped_trial_left_due(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """A trial settled without retention (it was not expected to enter the kept set) still
+    loses weights it should not hold once the study ends."""
+    spec = tiny_spec(budget={"n_trials": 2, "max_failed": 0}, keep_weights=1)
+    study_id = submit_study(store, spec).id
+    coordinator = SqlCoordinator(store)
+    best, best_id = _complete_with_weights(store, 0.9)
+    assert coordinator.finish_and_settle(best, "complete", None, retain=True)
+    worse, worse_id = _complete_with_weights(store, 0.5)
+    assert store.storage.get_trial(worse_id).user_attrs.get(attrs.WEIGHTS)
+
+    assert coordinator.finish_and_settle(worse, "complete", None, retain=False)
+
+    assert get_study(store, study_id).status == StudyStatus.COMPLETED
+    assert attrs.WEIGHTS not in store.storage.get_trial(worse_id).user_attrs
+    assert store.storage.get_trial(worse_id).user_attrs[attrs.WEIGHTS_REMOVED]
+    assert store.storage.get_trial(best_id).user_attrs.get(attrs.WEIGHTS)
