@@ -107,17 +107,26 @@ def write_trial(
     if not writes and end is None:
         return
     with store.write() as connection:
-        written = optuna_rows.put_running_trial_writes(
-            connection,
-            trial_id,
-            params=writes.params,
-            steps=writes.steps,
-            user_attrs=writes.user_attrs,
-            system_attrs=writes.system_attrs,
-            end=end,
-        )
+        written = _put(connection, trial_id, writes, end)
     if not written:
         raise UpdateFinishedTrialError(f"trial {trial_id} is no longer running")
+
+
+def _put(
+    connection: sa.engine.Connection,
+    trial_id: int,
+    writes: TrialWrites,
+    end: tuple[TrialState, list[float] | None] | None = None,
+) -> bool:
+    return optuna_rows.put_running_trial_writes(
+        connection,
+        trial_id,
+        params=writes.params,
+        steps=writes.steps,
+        user_attrs=writes.user_attrs,
+        system_attrs=writes.system_attrs,
+        end=end,
+    )
 
 
 def apply_writes(
@@ -133,15 +142,7 @@ def apply_writes(
         ValueError: If a param's distribution conflicts with the study's.
     """
     for trial_id, trial_writes in writes.items():
-        written = optuna_rows.put_running_trial_writes(
-            connection,
-            trial_id,
-            params=trial_writes.params,
-            steps=trial_writes.steps,
-            user_attrs=trial_writes.user_attrs,
-            system_attrs=trial_writes.system_attrs,
-        )
-        if not written and not ignore_finished:
+        if not _put(connection, trial_id, trial_writes) and not ignore_finished:
             raise UpdateFinishedTrialError(f"trial {trial_id} is no longer running")
 
 
