@@ -90,26 +90,16 @@ def writes_from_json(data: dict[str, Any] | None) -> dict[int, TrialWrites]:
         raise ValueError(f"malformed trial writes: {exc}") from None
 
 
-def write_trial(
-    store: Store,
-    trial_id: int,
-    writes: TrialWrites,
-    end: tuple[TrialState, list[float] | None] | None = None,
-) -> None:
-    """Applies ``writes`` to a running trial in one transaction (nothing if empty), and
-    with ``end``, ends it in the same transaction (a finished state and its values).
+def write_trial(store: Store, trial_id: int, writes: TrialWrites) -> None:
+    """Applies ``writes`` to a running trial in one transaction (nothing if empty).
 
     Raises:
         UpdateFinishedTrialError: If the trial already ended (a reaper failed it); nothing
             was written, as Optuna's setters would refuse.
         ValueError: If a param's distribution conflicts with the study's.
     """
-    if not writes and end is None:
-        return
-    with store.write() as connection:
-        written = _put(connection, trial_id, writes, end)
-    if not written:
-        raise UpdateFinishedTrialError(f"trial {trial_id} is no longer running")
+    if writes:
+        write_trials(store, {trial_id: writes})
 
 
 def _put(
@@ -149,7 +139,7 @@ def apply_writes(
 def write_trials(
     store: Store, writes: dict[int, TrialWrites], *, ignore_finished: bool = False
 ) -> None:
-    """``write_trial`` for each trial, one transaction each.
+    """``apply_writes`` in a transaction of its own (nothing if there are none).
 
     Args:
         store: The open store.
@@ -157,12 +147,9 @@ def write_trials(
         ignore_finished: Skip a trial that already ended instead of raising (a heartbeat's
             writes: the trial's tell says so).
     """
-    for trial_id, trial_writes in writes.items():
-        try:
-            write_trial(store, trial_id, trial_writes)
-        except UpdateFinishedTrialError:
-            if not ignore_finished:
-                raise
+    if writes:
+        with store.write() as connection:
+            apply_writes(connection, writes, ignore_finished=ignore_finished)
 
 
 def create_trial(
@@ -210,7 +197,7 @@ def tell_trial(
 ) -> bool:
     """Applies a running trial's last writes and ends it: one transaction that checks the
     trial is RUNNING under its row lock (another state than a finished one: the writes,
-    then Optuna's ``set_trial_state_values``).
+    then Optuna's ``set_trial_state_values``). If it already ended, nothing is written.
 
     Returns:
         Whether the state changed (as Optuna's ``set_trial_state_values``).
@@ -222,8 +209,11 @@ def tell_trial(
         write_trials(store, writes)
         return bool(storage.set_trial_state_values(trial_id, state, values))
     others = {other: w for other, w in writes.items() if other != trial_id}
-    write_trials(store, others)
-    write_trial(store, trial_id, writes.get(trial_id, TrialWrites()), end=(state, values))
+    with store.write() as connection:
+        apply_writes(connection, others)
+        ended = _put(connection, trial_id, writes.get(trial_id, TrialWrites()), (state, values))
+    if not ended:
+        raise UpdateFinishedTrialError(f"trial {trial_id} is no longer running")
     return True
 
 
