@@ -246,8 +246,16 @@ def test_workers_survive_dropped_connections_and_an_outage(
             wait_for_end(store, study_id, fleet)
             assert len(fleet.alive()) == 2, fleet.output()  # no worker exited
             detail = get_study(store, study_id)
-            assert (detail.status, detail.counts.complete) == (StudyStatus.COMPLETED, 8)
             trials = store.storage.get_all_trials(study_id)
+            failures = [
+                (t.user_attrs.get(attrs.FAILURE), t.user_attrs.get(attrs.ERROR))
+                for t in trials
+                if t.state != TrialState.COMPLETE
+            ]
+            assert (detail.status, detail.counts.complete) == (StudyStatus.COMPLETED, 8), (
+                failures,
+                fleet.output(),
+            )
             assert TrialState.RUNNING not in {t.state for t in trials}
             assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 8
             outage_lines = fleet.output().count("storage unavailable while")

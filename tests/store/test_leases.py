@@ -35,6 +35,7 @@ from automl.store import (
     submit_study,
     tables,
 )
+from automl.store.faults import is_transient
 from tests.conftest import store_at
 from tests.store.conftest import start_trial
 
@@ -167,6 +168,29 @@ def test_work_joined_to_a_lease_call_shares_its_transaction(
         record_params(store, lease, {"lr": 0.02}, then=mark("lost"))
     assert not heartbeat(store, lease, then=mark("lost")).held
     assert store.storage.get_study_user_attrs(study_id)["k"] == "params"
+
+
+def test_a_connection_lost_inside_joined_work_fails_the_whole_beat_as_transient(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """The joined work runs in a savepoint; when the connection itself dies there, no beat
+    was stored either, and the error must stay one that the caller retries (not
+    ``PendingRollbackError`` from committing on the dead connection)."""
+    study_id = submit_study(store, tiny_spec()).id
+    lease, _ = start_trial(store)
+
+    def lose_connection(connection: Any) -> None:
+        optuna_rows.put_study_attrs(connection, study_id, {"k": "lost"})
+        if store.engine.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        connection.invalidate()
+        raise sa.exc.OperationalError("SELECT 1", {}, ConnectionError("connection lost"))
+
+    with pytest.raises(sa.exc.DBAPIError) as raised:
+        heartbeat(store, lease, then=lose_connection)
+    assert is_transient(raised.value)
+    assert "k" not in store.storage.get_study_user_attrs(study_id)
+    assert heartbeat(store, lease).held  # the store goes on with a fresh connection
 
 
 def test_finish_is_safe_to_repeat(store: Store, tiny_spec: SpecFactory) -> None:
