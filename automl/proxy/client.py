@@ -251,6 +251,20 @@ class RemoteCoordinator:
         reply, _ = self.call("retain_weights", {"study_id": study_id})
         return [int(number) for number in reply["removed"]]
 
+    def outranked(
+        self, study_id: int, value: float, number: int, maximize: bool, keep: int
+    ) -> bool:
+        """See ``Coordinator.outranked``."""
+        header = {
+            "study_id": study_id,
+            "value": value,
+            "number": number,
+            "maximize": maximize,
+            "keep": keep,
+        }
+        reply, _ = self.call("outranked", header)
+        return bool(reply["outranked"])
+
     def claim_evaluation(self, worker_id: str, study_id: int | None) -> EvaluationLease | None:
         """See ``Coordinator.claim_evaluation``."""
         reply, _ = self.call("claim_evaluation", {"worker_id": worker_id, "study_id": study_id})

@@ -96,6 +96,7 @@ class CoordinationService:
             "end_if_done": self._end_if_done,
             "end_due_studies": self._end_due_studies,
             "retain_weights": self._retain_weights,
+            "outranked": self._outranked,
             "claim_evaluation": self._claim_evaluation,
             "finish_evaluation": self._finish_evaluation,
             "claim_refit": self._claim_refit,
@@ -246,6 +247,16 @@ class CoordinationService:
 
     def _retain_weights(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         return {"removed": self.coordinator.retain_weights(int(header["study_id"]))}, b""
+
+    def _outranked(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        outranked = self.coordinator.outranked(
+            int(header["study_id"]),
+            float(header["value"]),
+            int(header["number"]),
+            bool(header["maximize"]),
+            int(header["keep"]),
+        )
+        return {"outranked": outranked}, b""
 
     def _claim_evaluation(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         lease = self.coordinator.claim_evaluation(header["worker_id"], header.get("study_id"))

@@ -768,6 +768,35 @@ def best_trial_number(
     return connection.scalar(_ranked(trials.c.number, study_id, maximize, 1))
 
 
+def count_ranked_above(
+    connection: sa.engine.Connection,
+    study_id: int,
+    value: float,
+    number: int,
+    maximize: bool,
+    limit: int,
+) -> int:
+    """How many of the study's COMPLETE trials rank above a trial with ``value`` and
+    ``number`` on the first objective, as ``top_trial_ids`` ranks them (a better finite
+    value, or the same value and a lower number), counted up to ``limit``."""
+    theirs = trial_values.c.value
+    better = theirs > value if maximize else theirs < value
+    above = (
+        sa.select(trials.c.trial_id)
+        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
+        .where(
+            trials.c.study_id == study_id,
+            trials.c.state == TrialState.COMPLETE,
+            trial_values.c.objective == 0,
+            trial_values.c.value_type == "FINITE",
+            sa.or_(better, sa.and_(theirs == value, trials.c.number < number)),
+        )
+        .limit(limit)
+        .subquery()
+    )
+    return int(connection.scalar(sa.select(sa.func.count()).select_from(above)) or 0)
+
+
 def top_trial_ids(
     connection: sa.engine.Connection, study_id: int, maximize: bool, limit: int
 ) -> list[int]:

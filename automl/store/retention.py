@@ -23,11 +23,10 @@ next pass removes.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import sqlalchemy as sa
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from automl.spec import StudySpec
 from automl.store import attrs, optuna_rows, tables
@@ -49,26 +48,25 @@ def outranked_reason(keep: int) -> str:
 
 
 def outranked(
-    value: float, number: int, others: Iterable[FrozenTrial], maximize: bool, keep: int
+    store: Store, study_id: int, value: float, number: int, maximize: bool, keep: int
 ) -> bool:
     """Whether a trial that completes with ``value`` is already out of a single-objective
-    study's kept set: ``keep`` COMPLETE trials among ``others`` rank above it (a better
-    finite value, or the same value and a lower number). Such a trial never gets back in,
-    so a worker need not save its weights at all.
+    study's kept set: ``keep`` of its COMPLETE trials rank above it (a better finite
+    value, or the same value and a lower number). Such a trial never gets back in, so a
+    worker need not save its weights at all. One query, which stops at the ``keep``-th
+    trial it finds above.
+
+    Args:
+        store: The store.
+        study_id: The study.
+        value: The trial's value on the first objective (finite).
+        number: The trial's number (ties: the lower number ranks above).
+        maximize: Whether the first objective is maximized.
+        keep: The spec's ``keep_weights``.
     """
-    above = 0
-    for other in others:
-        if other.state != TrialState.COMPLETE or not other.values:
-            continue
-        theirs = other.values[0]
-        if not math.isfinite(theirs):
-            continue  # ranked by finite values only (``optuna_rows.top_trial_ids``)
-        better = theirs > value if maximize else theirs < value
-        if better or (theirs == value and other.number < number):
-            above += 1
-            if above >= keep:
-                return True
-    return False
+    with store.read() as connection:
+        above = optuna_rows.count_ranked_above(connection, study_id, value, number, maximize, keep)
+    return above >= keep
 
 
 def retain_weights(store: Store, study_id: int) -> list[int]:

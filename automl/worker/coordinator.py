@@ -53,6 +53,7 @@ from automl.store import (
     finish_refit,
     get_status,
     heartbeat,
+    outranked,
     read_checkpoint,
     record_checkpoint,
     record_params,
@@ -150,6 +151,13 @@ class Coordinator(Protocol):
     def retain_weights(self, study_id: int) -> list[int]:
         """Deletes the weights of the study's trials that fell out of its ``keep_weights``
         best (safe to race); the numbers of the trials whose weights this call removed."""
+        ...
+
+    def outranked(
+        self, study_id: int, value: float, number: int, maximize: bool, keep: int
+    ) -> bool:
+        """Whether ``keep`` of the study's COMPLETE trials rank above a trial that completes
+        with ``value`` (see ``automl.store.retention.outranked``)."""
         ...
 
     def claim_evaluation(self, worker_id: str, study_id: int | None) -> EvaluationLease | None:
@@ -351,6 +359,12 @@ class SqlCoordinator:
     def retain_weights(self, study_id: int) -> list[int]:
         """See ``Coordinator.retain_weights``."""
         return retain_weights(self.store, study_id)
+
+    def outranked(
+        self, study_id: int, value: float, number: int, maximize: bool, keep: int
+    ) -> bool:
+        """See ``Coordinator.outranked``."""
+        return outranked(self.store, study_id, value, number, maximize, keep)
 
     def claim_evaluation(self, worker_id: str, study_id: int | None) -> EvaluationLease | None:
         """See ``Coordinator.claim_evaluation``."""

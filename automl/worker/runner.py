@@ -35,7 +35,6 @@ from automl.store import (
     LeaseLostError,
     attrs,
     is_transient,
-    outranked,
     outranked_reason,
     retry_transient,
     running_trial_template,
@@ -362,13 +361,14 @@ class _Attempt:
         weights are then saved, and retention decides."""
         if len(values) != 1 or not math.isfinite(values[0]) or self.trial is None:
             return False
+        maximize = self.spec.directions[0] == "maximize"
         try:
-            complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            return self.coordinator.outranked(
+                self.lease.study_id, values[0], self.trial.number, maximize, keep
+            )
         except Exception as exc:
             logger.debug("could not rank trial %s: %s", self.trial.number, exc)
             return False
-        maximize = self.spec.directions[0] == "maximize"
-        return outranked(values[0], self.trial.number, complete, maximize, keep)
 
     def _model_input(self, config: TrialConfig, data: ImageData | None) -> dict[str, Any]:
         """What the weights take (shape, preprocessing, normalization, dataset fingerprint)

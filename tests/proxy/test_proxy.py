@@ -211,6 +211,10 @@ def test_workers_through_the_proxy_keep_only_the_top_k_weights(
     assert all(attrs.WEIGHTS_REMOVED in t.user_attrs for t in trials if t is not best)
     assert proxy.retain_weights(study_id) == []
     assert proxy.retain_weights(study_id + 1000) == []  # no such study: nothing to do
+    worse, better = best.values[0] - 0.01, best.values[0] + 0.01
+    assert proxy.outranked(study_id, worse, 99, True, 1)
+    assert not proxy.outranked(study_id, better, 99, True, 1)
+    assert not proxy.outranked(study_id, worse, 99, False, 1)  # minimized: it would lead
 
 
 def test_refit_through_the_proxy(

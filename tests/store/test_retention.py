@@ -12,7 +12,7 @@ import pytest
 import torch
 from optuna.artifacts import get_all_artifact_meta
 from optuna.artifacts.exceptions import ArtifactNotFound
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from automl.spec import StudySpec
 from automl.store import (
@@ -226,29 +226,35 @@ def test_weights_are_safetensors_and_torch_save_files_still_load(
     assert torch.equal(load_state_dict(old, store.artifacts)["w"], torch.arange(3.0))
 
 
-def _done(number: int, value: float, state: TrialState = TrialState.COMPLETE) -> FrozenTrial:
-    complete = state == TrialState.COMPLETE
-    trial = optuna.trial.create_trial(state=state, value=value if complete else None)
-    trial.number = number
-    return trial
+def test_a_trial_is_outranked_once_keep_trials_rank_above_it(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = _submit(store, tiny_spec)
+    for value in (0.9, 0.7, 0.8, 0.8):  # numbers 0 to 3
+        lease, trial_id = start_trial(store, study_id)
+        end_trial(store, lease, trial_id, value)
+
+    def ranks_below(value: float, number: int, maximize: bool, keep: int) -> bool:
+        return outranked(store, study_id, value, number, maximize, keep)
+
+    assert ranks_below(0.75, 4, maximize=True, keep=2)  # 0.9 and 0.8 (twice)
+    assert not ranks_below(0.85, 4, maximize=True, keep=2)  # only 0.9
+    assert ranks_below(0.8, 4, maximize=True, keep=2)  # the tie with number 2 ranks above
+    assert not ranks_below(0.8, 1, maximize=True, keep=2)  # ... but not above number 1
+    assert ranks_below(0.95, 4, maximize=False, keep=3)  # minimize: all four lower
+    assert not ranks_below(0.75, 4, maximize=False, keep=3)  # only 0.7 is lower
+    assert not ranks_below(0.1, 4, maximize=False, keep=1)
+    assert not outranked(store, study_id + 1000, 0.1, 4, True, 1)  # no such study: none above
 
 
-def test_a_trial_is_outranked_once_keep_trials_rank_above_it() -> None:
-    others = [_done(0, 0.9), _done(1, 0.7), _done(2, 0.8), _done(5, 0.8)]
-    assert outranked(0.75, 4, others, maximize=True, keep=2)  # 0.9 and 0.8 (twice)
-    assert not outranked(0.85, 4, others, maximize=True, keep=2)  # only 0.9
-    assert outranked(0.8, 4, others, maximize=True, keep=2)  # the tie with number 2 ranks above
-    assert not outranked(0.8, 1, others, maximize=True, keep=2)  # ... but not above number 1
-    assert outranked(0.95, 4, others, maximize=False, keep=3)  # minimize: all three lower
-    assert not outranked(0.75, 4, others, maximize=False, keep=3)  # only 0.7 is lower
-
-
-def test_only_complete_trials_with_finite_values_rank_above() -> None:
-    others = [
-        _done(0, float("inf")),
-        _done(1, 0.9, TrialState.PRUNED),
-        _done(2, 0.9, TrialState.FAIL),
-        _done(3, 0.9),
-    ]
-    assert not outranked(0.5, 4, others, maximize=True, keep=2)
-    assert outranked(0.5, 4, others, maximize=True, keep=1)
+def test_only_complete_trials_with_finite_values_rank_above(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = _submit(store, tiny_spec)
+    outcomes: list[Outcome] = [float("inf"), TrialState.PRUNED, TrialState.FAIL, 0.9]
+    for outcome in outcomes:
+        lease, trial_id = start_trial(store, study_id)
+        end_trial(store, lease, trial_id, outcome)
+    _run(store, study_id, TrialState.RUNNING)  # running: not ranked either
+    assert not outranked(store, study_id, 0.5, 9, maximize=True, keep=2)
+    assert outranked(store, study_id, 0.5, 9, maximize=True, keep=1)
