@@ -181,7 +181,10 @@ class RemoteCoordinator:
             self.call("record_params", header)
 
     def record_results(self, trial_id: int, user_attrs: dict[str, Any]) -> None:
-        """See ``Coordinator.record_results``."""
+        """See ``Coordinator.record_results``; for the running trial, buffered: the results
+        travel with its next call (the tell, at the latest)."""
+        if self.storage.stage_user_attrs(trial_id, user_attrs):
+            return
         with self.storage.pending_writes(trial_id) as writes:
             header = {"trial_id": trial_id, "user_attrs": user_attrs, "writes": writes}
             self.call("record_results", header)

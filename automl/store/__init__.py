@@ -78,7 +78,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "refit_artifact_ids",
         "served_refit",
     ),
-    "retention": ("outranked", "outranked_reason", "retain_weights"),
+    "retention": ("Outranking", "outranked_reason", "retain_weights"),
     "trial_buffer": ("BufferedTrialStorage", "template_from_wire", "template_to_wire"),
     "trial_writes": (
         "TrialWrites",

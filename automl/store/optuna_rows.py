@@ -736,13 +736,17 @@ def pick_best(rows: Iterable[Sequence[Any]], maximize: Collection[int]) -> dict[
 
 
 def _ranked(
-    column: sa.ColumnElement[int], study_id: int, maximize: bool, limit: int
-) -> sa.Select[tuple[int]]:
-    """``column`` of the study's ``limit`` best COMPLETE trials on its first objective,
-    best first (ties: the lower trial number first)."""
+    column: sa.ColumnElement[Any],
+    study_id: int,
+    maximize: bool,
+    limit: int,
+    *more: sa.ColumnElement[Any],
+) -> sa.Select[Any]:
+    """``column`` (and ``more``) of the study's ``limit`` best COMPLETE trials on its first
+    objective, best first (ties: the lower trial number first)."""
     value = trial_values.c.value
     return (
-        sa.select(column)
+        sa.select(column, *more)
         .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
         .where(
             trials.c.study_id == study_id,
@@ -768,33 +772,14 @@ def best_trial_number(
     return connection.scalar(_ranked(trials.c.number, study_id, maximize, 1))
 
 
-def count_ranked_above(
-    connection: sa.engine.Connection,
-    study_id: int,
-    value: float,
-    number: int,
-    maximize: bool,
-    limit: int,
-) -> int:
-    """How many of the study's COMPLETE trials rank above a trial with ``value`` and
-    ``number`` on the first objective, as ``top_trial_ids`` ranks them (a better finite
-    value, or the same value and a lower number), counted up to ``limit``."""
-    theirs = trial_values.c.value
-    better = theirs > value if maximize else theirs < value
-    above = (
-        sa.select(trials.c.trial_id)
-        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
-        .where(
-            trials.c.study_id == study_id,
-            trials.c.state == TrialState.COMPLETE,
-            trial_values.c.objective == 0,
-            trial_values.c.value_type == "FINITE",
-            sa.or_(better, sa.and_(theirs == value, trials.c.number < number)),
-        )
-        .limit(limit)
-        .subquery()
-    )
-    return int(connection.scalar(sa.select(sa.func.count()).select_from(above)) or 0)
+def nth_best(
+    connection: sa.engine.Connection, study_id: int, maximize: bool, n: int
+) -> tuple[float, int] | None:
+    """The value and number of the study's ``n``-th best COMPLETE trial on its first
+    objective, as ``top_trial_ids`` ranks them; None if it has fewer."""
+    query = _ranked(trial_values.c.value, study_id, maximize, 1, trials.c.number)
+    row = connection.execute(query.offset(n - 1)).first()
+    return None if row is None else (float(row[0]), int(row[1]))
 
 
 def top_trial_ids(

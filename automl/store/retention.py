@@ -23,6 +23,7 @@ next pass removes.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -47,26 +48,54 @@ def outranked_reason(keep: int) -> str:
     return f"not among the study's best {keep} (keep_weights)"
 
 
-def outranked(
-    store: Store, study_id: int, value: float, number: int, maximize: bool, keep: int
-) -> bool:
-    """Whether a trial that completes with ``value`` is already out of a single-objective
-    study's kept set: ``keep`` of its COMPLETE trials rank above it (a better finite
-    value, or the same value and a lower number). Such a trial never gets back in, so a
-    worker need not save its weights at all. One query, which stops at the ``keep``-th
-    trial it finds above.
+MAX_REMEMBERED_STUDIES = 1024
+"""How many studies' k-th best trial an ``Outranking`` remembers (the oldest go first)."""
+
+
+class Outranking:
+    """Whether a trial that completes with a value is already out of its single-objective
+    study's kept set: ``keep`` of the study's COMPLETE trials rank above it (a better
+    finite value, or the same value and a lower number). Such a trial never gets back
+    in, so a worker need not save its weights at all.
+
+    Remembers each study's ``keep``-th best trial as last read. It only ever gets better
+    (trials only join the COMPLETE set, with fixed values), so a trial that ranks below
+    the remembered one is outranked without a query; only a trial that might still get
+    in reads the study again (one ``ORDER BY ... LIMIT`` query).
 
     Args:
-        store: The store.
-        study_id: The study.
-        value: The trial's value on the first objective (finite).
-        number: The trial's number (ties: the lower number ranks above).
-        maximize: Whether the first objective is maximized.
-        keep: The spec's ``keep_weights``.
+        store: The store. Thread-safe.
     """
-    with store.read() as connection:
-        above = optuna_rows.count_ranked_above(connection, study_id, value, number, maximize, keep)
-    return above >= keep
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._kth: dict[tuple[int, bool, int], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, study_id: int, value: float, number: int, maximize: bool, keep: int) -> bool:
+        """Whether the trial numbered ``number`` with ``value`` on the first objective is
+        outranked in a study that keeps ``keep`` trials' weights."""
+        key = (study_id, maximize, keep)
+        with self._lock:
+            known = self._kth.get(key)
+        if known is not None and _ranks_above(known, value, number, maximize):
+            return True
+        with self.store.read() as connection:
+            kth = optuna_rows.nth_best(connection, study_id, maximize, keep)
+        if kth is None:
+            return False
+        with self._lock:
+            self._kth.pop(key, None)
+            self._kth[key] = kth
+            while len(self._kth) > MAX_REMEMBERED_STUDIES:
+                del self._kth[next(iter(self._kth))]
+        return _ranks_above(kth, value, number, maximize)
+
+
+def _ranks_above(theirs: tuple[float, int], value: float, number: int, maximize: bool) -> bool:
+    their_value, their_number = theirs
+    better = their_value > value if maximize else their_value < value
+    return better or (their_value == value and their_number < number)
 
 
 def retain_weights(store: Store, study_id: int) -> list[int]:
@@ -158,4 +187,4 @@ def _remove(store: Store, trial_id: int, artifact_id: str, reason: str) -> bool:
     return True
 
 
-__all__ = ["outranked", "outranked_reason", "retain_weights"]
+__all__ = ["Outranking", "outranked_reason", "retain_weights"]

@@ -140,6 +140,21 @@ class BufferedTrialStorage(BaseStorage):
         if refused is not None:
             raise refused
 
+    def stage_user_attrs(self, trial_id: int, user_attrs: dict[str, Any]) -> bool:
+        """Buffers user attributes of a trial this worker runs, to travel with its next
+        call (the tell, at the latest); False if the trial is not kept here.
+
+        Raises:
+            UpdateFinishedTrialError: If the trial already ended.
+        """
+        stored = _json_copy(user_attrs)
+
+        def change(trial: FrozenTrial, writes: TrialWrites) -> None:
+            trial.user_attrs.update(stored)
+            writes.user_attrs.update(stored)
+
+        return self._buffer(trial_id, change)
+
     def applied(self, trial_id: int, user_attrs: dict[str, Any]) -> None:
         """Records on the local copy user attributes the coordinator has just written."""
         with self._lock:

@@ -32,6 +32,7 @@ from automl.store import (
     Lease,
     LeaseLostError,
     LeaseStatus,
+    Outranking,
     RefitLease,
     RefitResult,
     RefitState,
@@ -53,7 +54,6 @@ from automl.store import (
     finish_refit,
     get_status,
     heartbeat,
-    outranked,
     read_checkpoint,
     record_checkpoint,
     record_params,
@@ -157,7 +157,7 @@ class Coordinator(Protocol):
         self, study_id: int, value: float, number: int, maximize: bool, keep: int
     ) -> bool:
         """Whether ``keep`` of the study's COMPLETE trials rank above a trial that completes
-        with ``value`` (see ``automl.store.retention.outranked``)."""
+        with ``value`` (see ``automl.store.Outranking``)."""
         ...
 
     def claim_evaluation(self, worker_id: str, study_id: int | None) -> EvaluationLease | None:
@@ -212,6 +212,7 @@ class SqlCoordinator:
         self.trials: BaseStorage = store.storage
         """Where ``create_trial`` and ``tell_trial`` go (``storage`` may buffer)."""
         self.artifacts: ArtifactStore = store.artifacts
+        self._outranking = Outranking(store)
 
     def claim(self, worker_id: str, study_id: int | None) -> Lease | None:
         """See ``Coordinator.claim``."""
@@ -364,7 +365,7 @@ class SqlCoordinator:
         self, study_id: int, value: float, number: int, maximize: bool, keep: int
     ) -> bool:
         """See ``Coordinator.outranked``."""
-        return outranked(self.store, study_id, value, number, maximize, keep)
+        return self._outranking(study_id, value, number, maximize, keep)
 
     def claim_evaluation(self, worker_id: str, study_id: int | None) -> EvaluationLease | None:
         """See ``Coordinator.claim_evaluation``."""
@@ -486,7 +487,10 @@ class BufferedSqlCoordinator(SqlCoordinator):
     def record_results(
         self, trial_id: int, user_attrs: dict[str, Any], writes: Writes | None = None
     ) -> None:
-        """See ``Coordinator.record_results``; with the buffered writes, one transaction."""
+        """See ``Coordinator.record_results``; for the running trial, buffered: the results
+        travel with its next call (the tell, at the latest), in that call's transaction."""
+        if self.buffer.stage_user_attrs(trial_id, user_attrs):
+            return
         with self.buffer.pending_writes(trial_id) as pending:
             super().record_results(trial_id, user_attrs, writes_from_json(pending))
         self.buffer.applied(trial_id, user_attrs)

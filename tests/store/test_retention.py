@@ -16,12 +16,13 @@ from optuna.trial import TrialState
 
 from automl.spec import StudySpec
 from automl.store import (
+    Outranking,
     Store,
     WeightsNotFoundError,
     attrs,
     load_state_dict,
     open_weights,
-    outranked,
+    optuna_rows,
     read_checkpoint,
     retain_weights,
     save_weights,
@@ -235,7 +236,7 @@ def test_a_trial_is_outranked_once_keep_trials_rank_above_it(
         end_trial(store, lease, trial_id, value)
 
     def ranks_below(value: float, number: int, maximize: bool, keep: int) -> bool:
-        return outranked(store, study_id, value, number, maximize, keep)
+        return Outranking(store)(study_id, value, number, maximize, keep)  # nothing cached
 
     assert ranks_below(0.75, 4, maximize=True, keep=2)  # 0.9 and 0.8 (twice)
     assert not ranks_below(0.85, 4, maximize=True, keep=2)  # only 0.9
@@ -244,7 +245,7 @@ def test_a_trial_is_outranked_once_keep_trials_rank_above_it(
     assert ranks_below(0.95, 4, maximize=False, keep=3)  # minimize: all four lower
     assert not ranks_below(0.75, 4, maximize=False, keep=3)  # only 0.7 is lower
     assert not ranks_below(0.1, 4, maximize=False, keep=1)
-    assert not outranked(store, study_id + 1000, 0.1, 4, True, 1)  # no such study: none above
+    assert not Outranking(store)(study_id + 1000, 0.1, 4, True, 1)  # no such study: none above
 
 
 def test_only_complete_trials_with_finite_values_rank_above(
@@ -256,5 +257,40 @@ def test_only_complete_trials_with_finite_values_rank_above(
         lease, trial_id = start_trial(store, study_id)
         end_trial(store, lease, trial_id, outcome)
     _run(store, study_id, TrialState.RUNNING)  # running: not ranked either
-    assert not outranked(store, study_id, 0.5, 9, maximize=True, keep=2)
-    assert outranked(store, study_id, 0.5, 9, maximize=True, keep=1)
+    outranked = Outranking(store)
+    assert not outranked(study_id, 0.5, 9, maximize=True, keep=2)
+    assert outranked(study_id, 0.5, 9, maximize=True, keep=1)
+
+
+def test_outranking_remembers_the_kth_best_and_reads_again_only_when_it_might_be_beaten(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study_id = _submit(store, tiny_spec)
+    reads: list[int] = []
+    real_nth_best = optuna_rows.nth_best
+
+    def counting(*args: Any) -> Any:
+        reads.append(study_id)
+        return real_nth_best(*args)
+
+    monkeypatch.setattr(optuna_rows, "nth_best", counting)
+    outranked = Outranking(store)
+
+    def complete(value: float) -> None:
+        lease, trial_id = start_trial(store, study_id)
+        end_trial(store, lease, trial_id, value)
+
+    complete(0.5)
+    assert not outranked(study_id, 0.4, 9, maximize=True, keep=2)  # one trial: both kept
+    complete(0.6)
+    assert outranked(study_id, 0.4, 9, maximize=True, keep=2)  # read: 0.6, 0.5
+    assert outranked(study_id, 0.45, 9, maximize=True, keep=2)  # below 0.5: no read
+    assert outranked(study_id, 0.5, 9, maximize=True, keep=2)  # a tie with number 0
+    assert len(reads) == 2
+    complete(0.9)  # the 2nd best is 0.6 now; the remembered 0.5 is stale but still above
+    assert not outranked(study_id, 0.55, 9, maximize=False, keep=2)  # another key: read
+    assert outranked(study_id, 0.55, 9, maximize=True, keep=2)  # read again: 0.9, 0.6
+    assert len(reads) == 4
+    assert outranked(study_id, 0.58, 9, maximize=True, keep=2)  # below 0.6 now: no read
+    assert not outranked(study_id, 0.7, 9, maximize=True, keep=2)  # might get in: read
+    assert len(reads) == 5

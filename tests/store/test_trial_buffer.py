@@ -260,8 +260,20 @@ def test_results_win_over_buffered_attrs_of_the_same_key(
     coordinator.storage.set_trial_user_attr(trial_id, attrs.METRICS, {"accuracy": 0.1})
     coordinator.record_results(trial_id, {attrs.METRICS: {"accuracy": 0.9}})
     expected = {"accuracy": 0.9}
-    assert store.storage.get_trial(trial_id).user_attrs[attrs.METRICS] == expected
     assert coordinator.storage.get_trial(trial_id).user_attrs[attrs.METRICS] == expected
+    assert attrs.METRICS not in store.storage.get_trial(trial_id).user_attrs  # buffered
+    assert coordinator.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.9])
+    assert store.storage.get_trial(trial_id).user_attrs[attrs.METRICS] == expected  # told
+
+
+def test_results_of_a_trial_not_kept_here_are_written_at_once(
+    store: Store, coordinator: Buffered, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1})).id
+    _, trial_id = _start(coordinator, study_id)
+    coordinator.storage.forget(trial_id)
+    coordinator.record_results(trial_id, {attrs.METRICS: {"accuracy": 0.9}})
+    assert store.storage.get_trial(trial_id).user_attrs[attrs.METRICS] == {"accuracy": 0.9}
 
 
 def test_local_copies_do_not_outlive_their_trial(
