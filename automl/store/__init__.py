@@ -49,6 +49,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "LeaseStatus",
         "claim",
         "finish",
+        "finish_and_settle",
         "heartbeat",
         "record_checkpoint",
         "record_params",

@@ -358,31 +358,58 @@ def finish(
     Raises:
         LeaseLostError: If the lease was lost before the ticket ended.
     """
-    tickets = tables.tickets
-    failure_value = None if failure is None else failure.value
     with store.write() as connection:
-        row = connection.execute(
-            sa.select(tickets.c.checkpoint, tickets.c.state, tickets.c.outcome).where(
-                tickets.c.ticket_id == lease.ticket_id,
-                tickets.c.worker_id == lease.worker_id,
-                tickets.c.attempt == lease.attempt,
-            )
-        ).first()
-        if row is not None and row.state == TicketState.DONE.value and row.outcome == outcome:
-            return None  # a repeated call
-        changed = connection.execute(
-            tickets.update()
-            .where(_lease_match(lease))
-            .values(
-                state=TicketState.DONE.value,
-                outcome=outcome,
-                failure=failure_value,
-                checkpoint=None,
-                checkpoint_epoch=None,
-            )
+        return _finish_ticket(connection, lease, outcome, failure)
+
+
+def finish_and_settle(
+    store: Store, lease: Lease, outcome: str, failure: FailureKind | None = None
+) -> tuple[str | None, StudyStatus | None]:
+    """``finish``, then ``end_if_done`` of the lease's study, in one transaction (the
+    study's row locked first, the reaper's order). Safe to repeat, as ``finish``.
+
+    Returns:
+        The ticket's checkpoint artifact id (delete it), if any, and the study's status
+        afterwards (None if the study is gone).
+
+    Raises:
+        LeaseLostError: If the lease was lost before the ticket ended.
+    """
+    with store.write() as connection:
+        study = lock_study(connection, lease.study_id)
+        checkpoint = _finish_ticket(connection, lease, outcome, failure)
+        if study is None:
+            return checkpoint, None
+        return checkpoint, end_if_done_locked(connection, study, now(connection))
+
+
+def _finish_ticket(
+    connection: sa.engine.Connection, lease: Lease, outcome: str, failure: FailureKind | None
+) -> str | None:
+    """``finish`` in the caller's transaction."""
+    tickets = tables.tickets
+    row = connection.execute(
+        sa.select(tickets.c.checkpoint, tickets.c.state, tickets.c.outcome).where(
+            tickets.c.ticket_id == lease.ticket_id,
+            tickets.c.worker_id == lease.worker_id,
+            tickets.c.attempt == lease.attempt,
         )
-        if changed.rowcount != 1:
-            raise LeaseLostError(f"ticket {lease.ticket_id} attempt {lease.attempt} lost")
+    ).first()
+    if row is not None and row.state == TicketState.DONE.value and row.outcome == outcome:
+        return None  # a repeated call
+    changed = connection.execute(
+        tickets.update()
+        .where(_lease_match(lease))
+        .values(
+            state=TicketState.DONE.value,
+            outcome=outcome,
+            failure=None if failure is None else failure.value,
+            checkpoint=None,
+            checkpoint_epoch=None,
+        )
+    )
+    if changed.rowcount != 1:
+        raise LeaseLostError(f"ticket {lease.ticket_id} attempt {lease.attempt} lost")
     return None if row is None else row.checkpoint
 
 

@@ -50,6 +50,7 @@ from automl.store import (
     end_due_studies,
     end_study_if_done,
     finish,
+    finish_and_settle,
     finish_evaluation,
     finish_refit,
     get_status,
@@ -127,10 +128,10 @@ class Coordinator(Protocol):
     def finish_and_settle(
         self, lease: Lease, outcome: str, failure: FailureKind | None, *, retain: bool
     ) -> bool:
-        """``finish``, then (each tried once, a failure logged) ``retain_weights`` if
-        ``retain`` and ``end_if_done`` (and ``retain_weights`` if that ended the study): a
-        trial's end in one call. Raises as ``finish``; returns whether the study was
-        settled (if not, settle it with ``end_if_done``)."""
+        """``finish`` and ``end_if_done`` (one transaction on the database), then
+        ``retain_weights`` (tried once, a failure logged) if ``retain`` or if the study
+        ended: a trial's end in one call. Raises as ``finish``; returns whether the study
+        was settled (if not, settle it with ``end_if_done``)."""
         ...
 
     def release(
@@ -311,17 +312,15 @@ class SqlCoordinator:
     def finish_and_settle(
         self, lease: Lease, outcome: str, failure: FailureKind | None, *, retain: bool
     ) -> bool:
-        """See ``Coordinator.finish_and_settle``."""
-        self.finish(lease, outcome, failure)
-        if retain:
-            self._retain(lease.study_id)
-        try:
-            status = self.end_if_done(lease.study_id)
-        except Exception:  # the caller settles it the usual way (waiting out outages)
-            return False
-        if not retain and status is not None and not status.is_active:
-            # A last pass when the study ends: weights a pass missed (it failed, or the
-            # trial that saved them was reaped) while no later trial entered the kept set.
+        """See ``Coordinator.finish_and_settle``: the ticket's end and the study's settling
+        are one transaction."""
+        checkpoint, status = finish_and_settle(self.store, lease, outcome, failure)
+        if checkpoint is not None:
+            remove_quietly(self.artifacts, checkpoint)
+        # With ``retain``, and a last pass when the study ends: weights a pass missed (it
+        # failed, or the trial that saved them was reaped) while no later trial entered
+        # the kept set.
+        if retain or (status is not None and not status.is_active):
             self._retain(lease.study_id)
         return True
 

@@ -239,7 +239,7 @@ class _Attempt:
             self._set_attr(attrs.CONFIG, config.model_dump(mode="json"))
             result = train(
                 config,
-                self._reporter(),
+                self._reporter(config.epochs),
                 device=self.ctx.device,
                 should_stop=lambda: self.ctx.stopping() or keeper.should_stop,
                 checkpoint=self._save_checkpoint,
@@ -271,7 +271,7 @@ class _Attempt:
             logger.debug("trial %s failed", trial.number, exc_info=True)
             return self._fail(FailureKind.ERROR, _describe(exc))
 
-    def _reporter(self) -> Callable[[int, dict[str, float]], bool]:
+    def _reporter(self, epochs: int) -> Callable[[int, dict[str, float]], bool]:
         assert self.trial is not None
         trial, keeper, spec = self.trial, self.keeper, self.spec
         single = len(spec.metrics) == 1
@@ -285,7 +285,10 @@ class _Attempt:
                     self.ctx.persist(lambda: trial.report(value, epoch), "reporting an epoch")
                 except UpdateFinishedTrialError as exc:
                     refused = exc  # reaped: the beat below tells whether the lease is gone
-            keeper.beat()  # an epoch end notices a cancel or a lost lease at once
+            if epoch < epochs:
+                # An epoch end notices a cancel or a lost lease at once. After the last
+                # one the tell follows: the report travels with it, one write fewer.
+                keeper.beat()
             if keeper.should_stop:
                 raise TrainingInterrupted(f"stopped after epoch {epoch}")
             if refused is not None:

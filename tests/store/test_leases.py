@@ -25,6 +25,7 @@ from automl.store import (
     claim,
     enqueue_trials,
     finish,
+    finish_and_settle,
     get_study,
     heartbeat,
     optuna_rows,
@@ -201,6 +202,28 @@ def test_finish_is_safe_to_repeat(store: Store, tiny_spec: SpecFactory) -> None:
     assert finish(store, lease, "complete") is None  # a retry after a lost answer
     with pytest.raises(LeaseLostError):
         finish(store, lease, "pruned")
+
+
+def test_finish_and_settle_ends_the_ticket_and_the_study_in_one_call(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2, "max_failed": 0})).id
+    first, first_trial = start_trial(store, study_id)
+    second, second_trial = start_trial(store, study_id)
+    record_checkpoint(store, first, "ckpt-1", 1)
+    store.storage.set_trial_state_values(first_trial, TrialState.COMPLETE, [0.5])
+    assert finish_and_settle(store, first, "complete") == ("ckpt-1", StudyStatus.RUNNING)
+    assert finish_and_settle(store, first, "complete") == (None, StudyStatus.RUNNING)  # again
+
+    release(store, second, FailureKind.INTERRUPTED, "stopping")
+    with pytest.raises(LeaseLostError):  # lost: the study is not settled either
+        finish_and_settle(store, second, "complete")
+    assert get_study(store, study_id).status == StudyStatus.RUNNING
+    again, trial_id = start_trial(store, study_id)
+    store.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.6])
+    assert finish_and_settle(store, again, "complete") == (None, StudyStatus.COMPLETED)
+    assert get_study(store, study_id).status == StudyStatus.COMPLETED
+    assert second_trial != trial_id
 
 
 def test_record_checkpoint_returns_the_one_it_replaces(

@@ -286,6 +286,28 @@ def test_failing_trials_fail_the_study_and_leave_nothing_waiting(
         assert attrs.CONFIG in trial.user_attrs
 
 
+def test_epoch_ends_beat_except_the_last_whose_report_travels_with_the_tell(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    epoch_end_beats: list[str] = []
+    real_beat = LeaseKeeper.beat
+
+    def recording(keeper: LeaseKeeper) -> Any:
+        if threading.current_thread() is threading.main_thread():  # not the keeper's own
+            epoch_end_beats.append(keeper.lease.key)
+        return real_beat(keeper)
+
+    monkeypatch.setattr(LeaseKeeper, "beat", recording)
+    spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0}, fixed={"epochs": 3})
+    study_id = submit_study(store, spec).id
+    assert Worker(store, _options(heartbeat_interval=60.0)).run() == 1
+
+    [trial] = _trials(store, study_id)
+    assert trial.state == TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == [1, 2, 3]
+    assert len(epoch_end_beats) == 2  # after epochs 1 and 2
+
+
 def test_a_trial_already_outranked_saves_no_weights(
     store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
