@@ -179,15 +179,17 @@ class SqlArtifactStore:
 
     @staticmethod
     def _delete(connection: sa.engine.Connection, artifact_id: str) -> bool:
+        deleted = connection.execute(
+            tables.artifacts.delete().where(tables.artifacts.c.artifact_id == artifact_id)
+        )
+        if deleted.rowcount == 0:
+            return False  # chunks are only ever written with their artifact's row
         connection.execute(
             tables.artifact_chunks.delete().where(
                 tables.artifact_chunks.c.artifact_id == artifact_id
             )
         )
-        deleted = connection.execute(
-            tables.artifacts.delete().where(tables.artifacts.c.artifact_id == artifact_id)
-        )
-        return deleted.rowcount > 0
+        return True
 
 
 def _chunks(body: BinaryIO) -> Iterator[bytes]:

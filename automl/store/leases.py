@@ -380,7 +380,7 @@ def finish_and_settle(
         checkpoint = _finish_ticket(connection, lease, outcome, failure)
         if study is None:
             return checkpoint, None
-        return checkpoint, end_if_done_locked(connection, study, now(connection))
+        return checkpoint, end_if_done_locked(connection, study)
 
 
 def _finish_ticket(

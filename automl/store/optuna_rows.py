@@ -338,14 +338,22 @@ def _check_param_distributions(
 ) -> None:
     """Raises ``ValueError`` as Optuna's ``set_trial_param`` does for a param whose
     distribution differs in kind from the one the study already records under its name."""
-    for name, (_, dist_json) in params.items():
-        previous = connection.scalar(
-            sa.select(trial_params.c.distribution_json)
-            .join(trials, trials.c.trial_id == trial_params.c.trial_id)
-            .where(trials.c.study_id == study_id, trial_params.c.param_name == name)
-            .limit(1)
-        )
-        if previous is not None and previous != dist_json:
+    # One statement: per name, the first recorded distribution (each branch stops there).
+    firsts = [
+        sa.select(trial_params.c.param_name, trial_params.c.distribution_json)
+        .join(trials, trials.c.trial_id == trial_params.c.trial_id)
+        .where(trials.c.study_id == study_id, trial_params.c.param_name == name)
+        .limit(1)
+        .subquery()
+        for name in params
+    ]
+    if not firsts:
+        return
+    branches = [sa.select(first.c.param_name, first.c.distribution_json) for first in firsts]
+    query = branches[0] if len(branches) == 1 else sa.union_all(*branches)
+    for name, previous in connection.execute(query):
+        dist_json = params[name][1]
+        if previous != dist_json:
             check_distribution_compatibility(_distribution(previous), _distribution(dist_json))
 
 

@@ -89,13 +89,21 @@ def test_an_incompatible_distribution_is_refused_whole(
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 2})).id
     _, first = start_trial(store, study_id)
     _, second = start_trial(store, study_id, worker="worker-b")
-    write_trial(store, first, TrialWrites(params={"x": (0.5, distribution_to_json(LR))}))
+    lr = distribution_to_json(LR)
+    write_trial(store, first, TrialWrites(params={"x": (0.5, lr), "y": (0.5, lr)}))
 
-    bad = TrialWrites(params={"x": (0.0, distribution_to_json(ACT))}, user_attrs={"k": 1})
+    # Every name is checked (one statement for all), whichever comes first.
+    bad = TrialWrites(
+        params={"y": (0.5, lr), "x": (0.0, distribution_to_json(ACT))}, user_attrs={"k": 1}
+    )
     with pytest.raises(ValueError):
         write_trial(store, second, bad)
     trial = store.storage.get_trial(second)
     assert trial.params == {} and "k" not in trial.user_attrs
+
+    wider = distribution_to_json(FloatDistribution(1e-6, 1.0, log=True))  # same kind: fine
+    write_trial(store, second, TrialWrites(params={"x": (0.5, lr), "y": (0.5, wider)}))
+    assert store.storage.get_trial(second).params == {"x": 0.5, "y": 0.5}
 
 
 def test_wire_form_round_trips_and_malformed_is_refused() -> None:
