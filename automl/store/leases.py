@@ -123,28 +123,37 @@ def claim(store: Store, worker_id: str, study_id: int | None = None) -> Lease | 
     """
     for _ in range(CLAIM_RACE_RETRIES):
         with store.write() as connection:
-            at = now(connection)
-            candidate = _next_study_with_work(connection, at, study_id)
-            if candidate is None:
+            study = _lock_next_study_with_work(connection, study_id)
+            if study is None:
                 return None
-            lease = _claim_in(connection, candidate, worker_id, at)
+            lease = _claim_in(connection, study, worker_id)
             if lease is not None:
                 return lease
     return None  # lost every race; the caller polls again
 
 
-def _next_study_with_work(
-    connection: sa.engine.Connection, at: float, study_id: int | None
-) -> int | None:
+def _lock_next_study_with_work(
+    connection: sa.engine.Connection, study_id: int | None
+) -> sa.Row[Any] | None:
+    """The oldest active study with work to hand out, its row locked, with the database
+    clock as ``clock``, in one statement."""
+    # On PostgreSQL a row this had to wait for is checked again once its lock is released:
+    # if it no longer qualifies, the next one is taken.
+    query = _studies_with_work(study_id).add_columns(db_now().label("clock"))
+    return connection.execute(query.with_for_update(of=tables.studies)).first()
+
+
+def _studies_with_work(study_id: int | None) -> sa.Select[Any]:
+    """Active studies with work left to hand out, oldest first, the first one only."""
     studies, tickets = tables.studies, tables.tickets
     pending = sa.exists().where(
         tickets.c.study_id == studies.c.study_id, tickets.c.state == TicketState.PENDING.value
     )
     query = (
-        sa.select(studies.c.study_id)
+        sa.select(studies)
         .where(
             studies.c.status.in_(ACTIVE),
-            sa.or_(studies.c.deadline.is_(None), studies.c.deadline > at),
+            sa.or_(studies.c.deadline.is_(None), studies.c.deadline > db_now()),
             sa.or_(studies.c.issued < studies.c.n_trials, pending),
         )
         .order_by(studies.c.study_id)
@@ -152,15 +161,14 @@ def _next_study_with_work(
     )
     if study_id is not None:
         query = query.where(studies.c.study_id == study_id)
-    return connection.scalar(query)
+    return query
 
 
-def _claim_in(
-    connection: sa.engine.Connection, study_id: int, worker_id: str, at: float
-) -> Lease | None:
+def _claim_in(connection: sa.engine.Connection, study: sa.Row[Any], worker_id: str) -> Lease | None:
+    """Claims a ticket of ``study`` (locked by the caller, with its ``clock``)."""
     tickets = tables.tickets
-    study = lock_study(connection, study_id)
-    if study is None or study.status not in ACTIVE:
+    study_id, at = study.study_id, float(study.clock)
+    if study.status not in ACTIVE:
         return None
     if study.deadline is not None and study.deadline <= at:
         return None

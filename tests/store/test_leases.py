@@ -312,3 +312,27 @@ def test_results_are_recorded_in_one_write_only_while_the_trial_runs(
     with pytest.raises(UpdateFinishedTrialError):
         record_results(store, trial_id, {attrs.METRICS: {"val_accuracy": 0.9}})
     assert store.storage.get_trial(trial_id).user_attrs[attrs.METRICS] == {"val_accuracy": 0.5}
+
+
+def test_a_claim_that_waited_for_a_study_taken_dry_claims_from_the_next(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """On PostgreSQL a claim that waits for the oldest study's row lock re-checks that row
+    alone: once the holder took its last work, the claim must look again and find the
+    next study, not report that there is no work."""
+    first = submit_study(store, tiny_spec(budget={"n_trials": 1})).id
+    second = submit_study(store, tiny_spec(budget={"n_trials": 1})).id
+    claimed: list[Lease | None] = []
+    waiting = threading.Thread(target=lambda: claimed.append(claim(store, "w2")))
+    with store.write() as connection:  # another claim, holding the first study's row
+        connection.execute(
+            sa.select(tables.studies).where(tables.studies.c.study_id == first).with_for_update()
+        )
+        connection.execute(
+            tables.studies.update().where(tables.studies.c.study_id == first).values(issued=1)
+        )
+        waiting.start()
+        time.sleep(0.5)  # the waiting claim blocks on the row (or on SQLite's write lock)
+    waiting.join(timeout=30)
+    [lease] = claimed
+    assert lease is not None and lease.study_id == second
