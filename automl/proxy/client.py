@@ -19,6 +19,7 @@ import grpc
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import GrpcStorageProxy
+from optuna.trial import FrozenTrial
 
 from automl.proxy import wire
 from automl.proxy.trials import ProxyTrialStorage
@@ -165,11 +166,9 @@ class RemoteCoordinator:
             self.storage.forget(trial_id)
         return LeaseStatus(held=reply["held"], study_active=reply["study_active"])
 
-    def record_trial(self, lease: Lease, trial_id: int, number: int) -> None:
-        """See ``Coordinator.record_trial``."""
-        header = {"lease": wire.lease_to_wire(lease), "trial_id": trial_id, "number": number}
-        self.call("record_trial", header)
-        self.storage.bind(lease.ticket_id, lease.attempt, trial_id)
+    def start_trial(self, lease: Lease, template: FrozenTrial) -> int:
+        """See ``Coordinator.start_trial`` (one call)."""
+        return self.storage.start_trial(lease.study_id, template, lease)
 
     def record_params(self, lease: Lease, params: dict[str, Any]) -> None:
         """See ``Coordinator.record_params``."""

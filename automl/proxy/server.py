@@ -180,7 +180,12 @@ class CoordinationService:
 
     def _create_trial(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         template = template_from_wire(header["template"])
-        trial_id, number = self.coordinator.create_trial(int(header["study_id"]), template)
+        lease = header.get("lease")
+        trial_id, number = self.coordinator.create_trial(
+            int(header["study_id"]),
+            template,
+            None if lease is None else wire.lease_from_wire(lease),
+        )
         return {"trial_id": trial_id, "number": number}, b""
 
     def _write_trial(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:

@@ -28,10 +28,13 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
 ]
 
-PROTOCOL = 2
+PROTOCOL = 3
 """The coordination protocol's version, which ``ping`` answers: 2 added the running
 trial's calls (``create_trial``, ``write_trial``, ``tell_trial``) and the buffered
-``writes`` other calls carry. A proxy without it answers ``ping`` with no version."""
+``writes`` other calls carry; 3 made ``create_trial`` link the trial to the ``lease`` it
+carries (a proxy before 3 ignores it, so a retried attempt's trial would be invisible to
+the reaper) and added ``outranked``. A proxy without it answers ``ping`` with no
+version."""
 
 
 class ProxyTooOldError(CoordinatorTooOldError):

@@ -246,6 +246,13 @@ def record_trial(store: Store, lease: Lease, trial_id: int, number: int) -> None
     _update_held(store, lease, trial_id=trial_id, trial_number=number)
 
 
+def record_trial_in(
+    connection: sa.engine.Connection, lease: Lease, trial_id: int, number: int
+) -> None:
+    """``record_trial`` in the caller's transaction."""
+    _set_held(connection, lease, trial_id=trial_id, trial_number=number)
+
+
 def record_params(
     store: Store, lease: Lease, params: dict[str, Any], then: Step | None = None
 ) -> None:
@@ -306,13 +313,17 @@ def record_checkpoint(store: Store, lease: Lease, artifact_id: str, epoch: int) 
 
 def _update_held(store: Store, lease: Lease, then: Step | None = None, **values: Any) -> None:
     with store.write() as connection:
-        changed = connection.execute(
-            tables.tickets.update().where(_lease_match(lease)).values(**values)
-        )
-        if changed.rowcount != 1:
-            raise LeaseLostError(f"ticket {lease.ticket_id} attempt {lease.attempt} lost")
+        _set_held(connection, lease, **values)
         if then is not None:
             then(connection)
+
+
+def _set_held(connection: sa.engine.Connection, lease: Lease, **values: Any) -> None:
+    changed = connection.execute(
+        tables.tickets.update().where(_lease_match(lease)).values(**values)
+    )
+    if changed.rowcount != 1:
+        raise LeaseLostError(f"ticket {lease.ticket_id} attempt {lease.attempt} lost")
 
 
 def heartbeat(store: Store, lease: Lease, then: Step | None = None) -> LeaseStatus:

@@ -30,6 +30,7 @@ on the database, ``automl.proxy.RemoteCoordinator`` through ``automl proxy``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import threading
 from collections.abc import Callable, Container, Iterator, Sequence
@@ -50,7 +51,7 @@ from optuna.study._study_direction import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.store.faults import is_transient
-from automl.store.leases import LeaseLostError
+from automl.store.leases import Lease, LeaseLostError
 from automl.store.trial_writes import TrialWrites, running_trial_template
 
 Call = Callable[[str, dict[str, Any]], tuple[dict[str, Any], bytes]]
@@ -85,11 +86,6 @@ class BufferedTrialStorage(BaseStorage):
         self._sending = threading.Lock()  # one call with writes in flight at a time
 
     # --- what the coordination calls carry --------------------------------------------------
-
-    def bind(self, ticket_id: int, attempt: int, trial_id: int) -> None:
-        """Records that the lease of ``ticket_id``'s ``attempt`` runs ``trial_id``."""
-        with self._lock:
-            self._trial_of[(ticket_id, attempt)] = trial_id
 
     def trial_of(self, ticket_id: int, attempt: int) -> int | None:
         """The trial the lease of ``ticket_id``'s ``attempt`` runs, if known."""
@@ -211,10 +207,20 @@ class BufferedTrialStorage(BaseStorage):
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         """Creates the trial (one call, which also returns its number)."""
-        template = template_trial or running_trial_template()
-        reply, _ = self._call(
-            "create_trial", {"study_id": study_id, "template": template_to_wire(template)}
-        )
+        return self.start_trial(study_id, template_trial or running_trial_template())
+
+    def start_trial(self, study_id: int, template: FrozenTrial, lease: Lease | None = None) -> int:
+        """Creates a trial (one call, which also returns its number) and, with ``lease``,
+        records it on the lease's ticket in the same transaction: the trial's writes ride
+        on the lease's calls from then on.
+
+        Raises:
+            LeaseLostError: If the lease is no longer held (no trial was created).
+        """
+        header: dict[str, Any] = {"study_id": study_id, "template": template_to_wire(template)}
+        if lease is not None:
+            header["lease"] = dataclasses.asdict(lease)
+        reply, _ = self._call("create_trial", header)
         trial_id, number = int(reply["trial_id"]), int(reply["number"])
         if template.state == TrialState.RUNNING:
             local = _copy_as(template, trial_id, number)
@@ -225,6 +231,8 @@ class BufferedTrialStorage(BaseStorage):
                 self._trial_of.clear()
                 self._running[trial_id] = local
                 self._study_of[trial_id] = study_id
+                if lease is not None:
+                    self._trial_of[(lease.ticket_id, lease.attempt)] = trial_id
         return trial_id
 
     def get_trial(self, trial_id: int) -> FrozenTrial:

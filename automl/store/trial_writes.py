@@ -18,6 +18,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.store import optuna_rows
+from automl.store.leases import Lease, record_trial, record_trial_in
 from automl.store.storage import Store
 from automl.store.studies import StudyNotFoundError
 
@@ -153,15 +154,22 @@ def write_trials(
 
 
 def create_trial(
-    store: Store, storage: BaseStorage, study_id: int, template: FrozenTrial
+    store: Store,
+    storage: BaseStorage,
+    study_id: int,
+    template: FrozenTrial,
+    lease: Lease | None = None,
 ) -> tuple[int, int]:
     """Creates a trial from ``template``; its id and number.
 
     A worker's template (RUNNING, attributes and reports, no params or values) is written
-    in one short transaction; any other goes through ``storage``.
+    in one short transaction, which also records the trial on ``lease``'s ticket; any
+    other goes through ``storage``, and is recorded after.
 
     Raises:
         StudyNotFoundError: If the study does not exist.
+        LeaseLostError: If ``lease`` is no longer held (a worker's template: nothing
+            was created).
     """
     if template.state == TrialState.RUNNING and not template.params and template.values is None:
         with store.write() as connection:
@@ -173,8 +181,10 @@ def create_trial(
                 system_attrs=template.system_attrs,
                 steps=template.intermediate_values,
             )
-        if created is None:
-            raise StudyNotFoundError(study_id)
+            if created is None:
+                raise StudyNotFoundError(study_id)
+            if lease is not None:
+                record_trial_in(connection, lease, *created)
         return created
     try:
         trial_id = storage.create_new_trial(study_id, template)
@@ -184,6 +194,8 @@ def create_trial(
         number = optuna_rows.trial_number(connection, trial_id)
     if number is None:  # deleted with its study in between
         raise StudyNotFoundError(study_id)
+    if lease is not None:
+        record_trial(store, lease, trial_id, number)
     return trial_id, number
 
 

@@ -42,6 +42,7 @@ from automl.store import (
     TrialTestReport,
     TrialWrites,
     apply_writes,
+    attrs,
     beat_refit,
     claim,
     claim_evaluation,
@@ -55,6 +56,7 @@ from automl.store import (
     finish_refit,
     get_status,
     heartbeat,
+    optuna_rows,
     read_checkpoint,
     record_checkpoint,
     record_params,
@@ -72,6 +74,8 @@ from automl.store import (
 )
 
 logger = logging.getLogger("automl.worker")
+
+LOST_AT_START = "lease lost before the trial started"
 
 Writes = dict[int, TrialWrites]
 """Buffered writes of running trials: trial id -> its writes."""
@@ -100,8 +104,15 @@ class Coordinator(Protocol):
         """Beats; says whether the lease is held and the study still active."""
         ...
 
-    def record_trial(self, lease: Lease, trial_id: int, number: int) -> None:
-        """Links the lease's attempt to its Optuna trial (raises ``LeaseLostError``)."""
+    def start_trial(self, lease: Lease, template: FrozenTrial) -> int:
+        """Creates the attempt's Optuna trial from a RUNNING ``template`` and links it to
+        the lease's ticket (in one transaction where the coordinator buffers the trial);
+        the trial's id. Not safe to repeat (a second call creates a second trial).
+
+        Raises:
+            LeaseLostError: If the lease is no longer held (no trial was created).
+            StudyNotFoundError: If the study is gone.
+        """
         ...
 
     def record_params(self, lease: Lease, params: dict[str, Any]) -> None:
@@ -209,7 +220,9 @@ class SqlCoordinator:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.storage: BaseStorage = store.storage
+        self.storage: BaseStorage = optuna.storages.get_storage(store.storage)
+        """What a worker's studies are loaded with: Optuna's storage, with its per-study
+        cache of finished trials."""
         self.trials: BaseStorage = store.storage
         """Where ``create_trial`` and ``tell_trial`` go (``storage`` may buffer)."""
         self.artifacts: ArtifactStore = store.artifacts
@@ -232,8 +245,22 @@ class SqlCoordinator:
             then=lambda connection: apply_writes(connection, pending, ignore_finished=True),
         )
 
+    def start_trial(self, lease: Lease, template: FrozenTrial) -> int:
+        """See ``Coordinator.start_trial``: created through ``storage``, so that its cache
+        knows the trial, and then linked (two transactions)."""
+        trial_id = self.storage.create_new_trial(lease.study_id, template)
+        try:
+            record_trial(self.store, lease, trial_id, self.storage.get_trial(trial_id).number)
+        except LeaseLostError:
+            failed = {attrs.FAILURE: FailureKind.WORKER_LOST.value, attrs.ERROR: LOST_AT_START}
+            with self.store.write() as connection:
+                optuna_rows.fail_running_trial(connection, trial_id, failed)
+            raise
+        return trial_id
+
     def record_trial(self, lease: Lease, trial_id: int, number: int) -> None:
-        """See ``Coordinator.record_trial``."""
+        """Links the lease's attempt to a trial created apart (what workers before
+        protocol 3 call through ``automl proxy``; raises ``LeaseLostError``)."""
         record_trial(self.store, lease, trial_id, number)
 
     def record_params(
@@ -262,13 +289,17 @@ class SqlCoordinator:
         merged[trial_id] = merged.get(trial_id, TrialWrites()).then(results)
         write_trials(self.store, merged)
 
-    def create_trial(self, study_id: int, template: FrozenTrial) -> tuple[int, int]:
-        """Creates a trial (Optuna's ``create_new_trial``); its id and number.
+    def create_trial(
+        self, study_id: int, template: FrozenTrial, lease: Lease | None = None
+    ) -> tuple[int, int]:
+        """Creates a trial (Optuna's ``create_new_trial``); its id and number. With
+        ``lease``, it is also linked to the lease's ticket (see ``start_trial``).
 
         Raises:
             StudyNotFoundError: If the study is gone.
+            LeaseLostError: If ``lease`` is no longer held.
         """
-        return create_trial(self.store, self.trials, study_id, template)
+        return create_trial(self.store, self.trials, study_id, template, lease)
 
     def write_trials(self, writes: Writes) -> None:
         """Applies buffered trial writes, one transaction per trial (raises
@@ -417,8 +448,7 @@ class BufferedSqlCoordinator(SqlCoordinator):
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
-        # Optuna's per-study cache of finished trials, shared with the worker's studies.
-        self.trials = optuna.storages.get_storage(store.storage)
+        self.trials = self.storage  # the cached one, also behind the worker's studies
         self.buffer = BufferedTrialStorage(self.trials, self._call, untracked=store.storage)
         self.storage = self.buffer
 
@@ -428,7 +458,10 @@ class BufferedSqlCoordinator(SqlCoordinator):
         with self._forgetting(None if trial_id is None else int(trial_id)):
             if method == "create_trial":
                 template = template_from_wire(header["template"])
-                created, number = self.create_trial(int(header["study_id"]), template)
+                lease = header.get("lease")
+                created, number = self.create_trial(
+                    int(header["study_id"]), template, None if lease is None else Lease(**lease)
+                )
                 return {"trial_id": created, "number": number}, b""
             if method == "write_trial":
                 self.write_trials(writes_from_json(header.get("writes")))
@@ -466,12 +499,10 @@ class BufferedSqlCoordinator(SqlCoordinator):
             self.buffer.forget(trial_id)
         return status
 
-    def record_trial(self, lease: Lease, trial_id: int, number: int) -> None:
-        """See ``Coordinator.record_trial``; the trial's writes ride on the lease's calls
-        from now on."""
-        with self._forgetting(trial_id):
-            super().record_trial(lease, trial_id, number)
-        self.buffer.bind(lease.ticket_id, lease.attempt, trial_id)
+    def start_trial(self, lease: Lease, template: FrozenTrial) -> int:
+        """See ``Coordinator.start_trial`` (one transaction); the trial's writes ride on
+        the lease's calls from then on."""
+        return self.buffer.start_trial(lease.study_id, template, lease)
 
     def record_params(
         self, lease: Lease, params: dict[str, Any], writes: Writes | None = None

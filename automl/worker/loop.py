@@ -124,10 +124,6 @@ class Worker:
                 raise ValueError("a worker needs a store or a coordinator")
             coordinator = BufferedSqlCoordinator(store)
         self.coordinator: Coordinator = coordinator
-        # Optuna wraps a bare RDB storage in a per-study trial cache; sharing one wrapper
-        # between the studies and trial creation lets a new trial enter the cache as it is
-        # created, instead of a re-read of the study's running trials per trial.
-        self.trial_storage = optuna.storages.get_storage(coordinator.storage)
         self.name = new_worker_id()
         try:
             self.device = str(resolve_device(self.options.device))
@@ -313,7 +309,6 @@ class Worker:
         """Runs one claimed ticket to its end, then settles its study."""
         ctx = TrialContext(
             coordinator=self.coordinator,
-            trial_storage=self.trial_storage,
             worker_id=self.name,
             device=self.device,
             stopping=self._stop.is_set,
@@ -353,7 +348,7 @@ class Worker:
             spec = self.coordinator.spec(lease.study_id)
             study = optuna.load_study(
                 study_name=self.coordinator.storage.get_study_name_from_id(lease.study_id),
-                storage=self.trial_storage,
+                storage=self.coordinator.storage,
                 pruner=build_pruner(spec.pruner_or_default.name, spec.pruner_or_default.options),
             )
             self._studies[lease.study_id] = (study, spec)

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 import optuna
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.data import ImageData, load_dataset
@@ -66,9 +65,6 @@ class TrialContext:
 
     Attributes:
         coordinator: The shared state.
-        trial_storage: The storage the worker's studies were loaded with (the
-            coordinator's, wrapped in Optuna's trial cache where it applies): new trials
-            are created through it, so the studies know them at once.
         worker_id: This worker's unique id.
         device: Torch device for training.
         stopping: True once the worker was asked to stop.
@@ -78,7 +74,6 @@ class TrialContext:
     """
 
     coordinator: Coordinator
-    trial_storage: BaseStorage
     worker_id: str
     device: str
     stopping: Callable[[], bool]
@@ -164,10 +159,7 @@ class _Attempt:
         resume = self._load_checkpoint()
         try:
             self._create_trial(resume)
-        except LeaseLostError as exc:
-            # Reaped before the trial was recorded: the reaper may not have seen it.
-            if self.trial is not None:
-                self._fail(FailureKind.WORKER_LOST, "lease lost before the trial started")
+        except LeaseLostError as exc:  # no trial runs (``start_trial`` saw to that)
             return self._lost(exc)
         except CoordinatorTooOldError as exc:
             # Not the ticket's fault: hand it back untouched and stop this worker.
@@ -219,13 +211,8 @@ class _Attempt:
         template = running_trial_template(user_attrs, fixed, curve)
         # Not repeated on failure: a second call could create a second trial. The
         # release that follows a failure finds a created trial by its lease attribute.
-        self.trial_id = self.ctx.trial_storage.create_new_trial(lease.study_id, template)
+        self.trial_id = self.coordinator.start_trial(lease, template)
         self.trial = optuna.Trial(self.study, self.trial_id)
-        number = self.trial.number
-        self.ctx.persist(
-            lambda: self.coordinator.record_trial(lease, self.trial_id, number),  # type: ignore[arg-type]
-            "recording a trial",
-        )
 
     def _train_and_report(self, resume: TrainState | None) -> TrialRun:
         assert self.trial is not None

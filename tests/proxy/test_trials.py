@@ -100,6 +100,25 @@ def test_a_new_worker_on_an_old_proxy_stops_with_a_clear_error(
     assert old_proxy.claim("w2", study_id) is not None  # the ticket went back
 
 
+def test_a_new_worker_refuses_a_proxy_of_protocol_2(store: Store, monkeypatch: Any) -> None:
+    """Protocol 2 ignores the lease that ``create_trial`` carries: a retried attempt's
+    trial would stay unknown to the reaper, so the worker must not run on it."""
+    plain = server_module.CoordinationService.__init__
+
+    def second(self: server_module.CoordinationService, coordinator: Any) -> None:
+        plain(self, coordinator)
+        self.handlers["ping"] = lambda header, _: ({"protocol": 2}, b"")
+
+    monkeypatch.setattr(server_module.CoordinationService, "__init__", second)
+    server = ProxyServer(store, "127.0.0.1", free_port_pair(), threads=2, reap_interval=None)
+    server.start()
+    try:
+        with pytest.raises(CliError, match="is too old for this worker; upgrade the proxy"):
+            _connect_proxy_waiting(f"grpc://127.0.0.1:{server.port}")
+    finally:
+        server.stop(grace=0)
+
+
 def test_an_old_worker_without_writes_runs_a_trial(
     store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
 ) -> None:

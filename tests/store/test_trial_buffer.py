@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
@@ -29,6 +30,7 @@ from automl.store import (
     reap_stale,
     running_trial_template,
     submit_study,
+    tables,
 )
 from automl.worker.coordinator import BufferedSqlCoordinator
 
@@ -57,9 +59,28 @@ def _start(coordinator: Buffered, study_id: int) -> tuple[Lease, int]:
     lease = coordinator.claim("w1", study_id)
     assert lease is not None
     template = running_trial_template({attrs.LEASE: lease.key}, {"fixed_params": {"lr": 0.01}})
-    trial_id = coordinator.storage.create_new_trial(study_id, template)
-    coordinator.record_trial(lease, trial_id, coordinator.storage.get_trial(trial_id).number)
-    return lease, trial_id
+    return lease, coordinator.start_trial(lease, template)
+
+
+def test_starting_a_trial_links_it_to_the_ticket_or_creates_nothing(
+    store: Store, coordinator: Buffered, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2, "max_failed": 2})).id
+    lease, trial_id = _start(coordinator, study_id)
+    with store.read() as connection:
+        linked = connection.execute(
+            sa.select(tables.tickets.c.trial_id, tables.tickets.c.trial_number).where(
+                tables.tickets.c.ticket_id == lease.ticket_id
+            )
+        ).one()
+    assert tuple(linked) == (trial_id, 0)
+
+    lost = coordinator.claim("w2", study_id)
+    assert lost is not None
+    coordinator.release(lost, FailureKind.INTERRUPTED, "stopping")  # the lease is gone
+    with pytest.raises(LeaseLostError):
+        coordinator.start_trial(lost, running_trial_template({attrs.LEASE: lost.key}))
+    assert [t.number for t in store.storage.get_all_trials(study_id)] == [0]  # no orphan
 
 
 def _reporting(store: Store, coordinator: Buffered, spec: StudySpec) -> tuple[int, Lease, int]:

@@ -5,16 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import optuna
+import pytest
 import torch
 from optuna.trial import TrialState
 
 from automl.spec import StudySpec
 from automl.store import (
+    FailureKind,
     Lease,
+    LeaseLostError,
     Store,
     StudyStatus,
     attrs,
     get_study,
+    release,
+    running_trial_template,
     save_weights,
     submit_study,
 )
@@ -54,3 +59,20 @@ def test_the_study_end_runs_the_retention_pass_a_skipped_trial_left_due(
     assert attrs.WEIGHTS not in store.storage.get_trial(worse_id).user_attrs
     assert store.storage.get_trial(worse_id).user_attrs[attrs.WEIGHTS_REMOVED]
     assert store.storage.get_trial(best_id).user_attrs.get(attrs.WEIGHTS)
+
+
+def test_a_trial_started_for_a_lost_lease_is_failed_not_left_running(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """The plain coordinator creates through Optuna's storage, then links: a lease lost in
+    between must not leave a RUNNING trial that no ticket names."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 1})).id
+    coordinator = SqlCoordinator(store)
+    lease = coordinator.claim("w1", study_id)
+    assert lease is not None
+    release(store, lease, FailureKind.INTERRUPTED, "stopping")
+    with pytest.raises(LeaseLostError):
+        coordinator.start_trial(lease, running_trial_template({attrs.LEASE: lease.key}))
+    [trial] = store.storage.get_all_trials(study_id)
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs[attrs.FAILURE] == FailureKind.WORKER_LOST.value
