@@ -26,7 +26,6 @@ from automl.spec import StudySpec
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.attrs import FailureKind, StudyStatus
-from automl.store.faults import is_transient
 from automl.store.status import ACTIVE, change_status, end_if_done_locked, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import TicketSource, TicketState, db_now
@@ -349,7 +348,7 @@ def heartbeat(store: Store, lease: Lease, then: Step | None = None) -> LeaseStat
                 with connection.begin_nested():
                     then(connection)
             except Exception as exc:
-                if connection.invalidated or is_transient(exc):
+                if connection.invalidated:
                     raise  # the connection is gone with the whole transaction: retry it all
                 failure = exc
     if failure is not None:

@@ -284,7 +284,9 @@ def create_running_trial(
         The trial's id and number; None if the study does not exist.
     """
     study = sa.select(studies.c.study_id).where(studies.c.study_id == study_id)
-    if connection.scalar(study.with_for_update()) is None:
+    # FOR NO KEY UPDATE on PostgreSQL: it orders trial creations, yet lets others insert
+    # rows that refer to the study (the reaper, ending the study, adds its attributes).
+    if connection.scalar(study.with_for_update(key_share=True)) is None:
         return None
     number = connection.scalar(
         sa.select(sa.func.count()).select_from(trials).where(trials.c.study_id == study_id)
@@ -333,28 +335,32 @@ def _step_type(value: float) -> str:
     return "FINITE"
 
 
+MAX_UNION_BRANCHES = 200
+"""Names checked per statement (SQLite allows 500 terms in a compound SELECT)."""
+
+
 def _check_param_distributions(
     connection: sa.engine.Connection, study_id: int, params: Mapping[str, tuple[float, str]]
 ) -> None:
     """Raises ``ValueError`` as Optuna's ``set_trial_param`` does for a param whose
     distribution differs in kind from the one the study already records under its name."""
-    # One statement: per name, the first recorded distribution (each branch stops there).
-    firsts = [
-        sa.select(trial_params.c.param_name, trial_params.c.distribution_json)
-        .join(trials, trials.c.trial_id == trial_params.c.trial_id)
-        .where(trials.c.study_id == study_id, trial_params.c.param_name == name)
-        .limit(1)
-        .subquery()
-        for name in params
-    ]
-    if not firsts:
-        return
-    branches = [sa.select(first.c.param_name, first.c.distribution_json) for first in firsts]
-    query = branches[0] if len(branches) == 1 else sa.union_all(*branches)
-    for name, previous in connection.execute(query):
-        dist_json = params[name][1]
-        if previous != dist_json:
-            check_distribution_compatibility(_distribution(previous), _distribution(dist_json))
+    names = list(params)
+    for start in range(0, len(names), MAX_UNION_BRANCHES):
+        # One statement: per name, the first recorded distribution (each branch stops there).
+        firsts = [
+            sa.select(trial_params.c.param_name, trial_params.c.distribution_json)
+            .join(trials, trials.c.trial_id == trial_params.c.trial_id)
+            .where(trials.c.study_id == study_id, trial_params.c.param_name == name)
+            .limit(1)
+            .subquery()
+            for name in names[start : start + MAX_UNION_BRANCHES]
+        ]
+        branches = [sa.select(first.c.param_name, first.c.distribution_json) for first in firsts]
+        query = branches[0] if len(branches) == 1 else sa.union_all(*branches)
+        for name, previous in connection.execute(query):
+            dist_json = params[name][1]
+            if previous != dist_json:
+                check_distribution_compatibility(_distribution(previous), _distribution(dist_json))
 
 
 def trial_state(connection: sa.engine.Connection, trial_id: int) -> TrialState | None:
@@ -780,14 +786,37 @@ def best_trial_number(
     return connection.scalar(_ranked(trials.c.number, study_id, maximize, 1))
 
 
-def nth_best(
-    connection: sa.engine.Connection, study_id: int, maximize: bool, n: int
-) -> tuple[float, int] | None:
-    """The value and number of the study's ``n``-th best COMPLETE trial on its first
-    objective, as ``top_trial_ids`` ranks them; None if it has fewer."""
-    query = _ranked(trial_values.c.value, study_id, maximize, 1, trials.c.number)
-    row = connection.execute(query.offset(n - 1)).first()
-    return None if row is None else (float(row[0]), int(row[1]))
+def top_ranked(
+    connection: sa.engine.Connection, study_id: int, maximize: bool, limit: int
+) -> list[tuple[int, float, int]]:
+    """Id, value and number of the study's ``limit`` best COMPLETE trials on its first
+    objective, best first, as ``top_trial_ids`` ranks them."""
+    query = _ranked(trials.c.trial_id, study_id, maximize, limit, trial_values.c.value)
+    query = query.add_columns(trials.c.number)
+    return [(int(i), float(v), int(n)) for i, v, n in connection.execute(query)]
+
+
+def count_still_ranked(
+    connection: sa.engine.Connection, study_id: int, ranked: Sequence[tuple[int, float, int]]
+) -> int:
+    """How many of ``ranked`` (as ``top_ranked`` gave them) are still COMPLETE trials of
+    the study with that number and first value: one primary-key lookup each."""
+    if not ranked:
+        return 0
+    value = trial_values.c.value
+    same = [sa.and_(trials.c.trial_id == i, trials.c.number == n, value == v) for i, v, n in ranked]
+    query = (
+        sa.select(sa.func.count())
+        .select_from(trials.join(trial_values, trial_values.c.trial_id == trials.c.trial_id))
+        .where(
+            trials.c.study_id == study_id,
+            trials.c.state == TrialState.COMPLETE,
+            trial_values.c.objective == 0,
+            trial_values.c.value_type == "FINITE",
+            sa.or_(*same),
+        )
+    )
+    return int(connection.scalar(query) or 0)
 
 
 def top_trial_ids(

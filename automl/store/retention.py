@@ -49,7 +49,7 @@ def outranked_reason(keep: int) -> str:
 
 
 MAX_REMEMBERED_STUDIES = 1024
-"""How many studies' k-th best trial an ``Outranking`` remembers (the oldest go first)."""
+"""How many studies' best trials an ``Outranking`` remembers (the oldest go first)."""
 
 
 class Outranking:
@@ -58,10 +58,13 @@ class Outranking:
     finite value, or the same value and a lower number). Such a trial never gets back
     in, so a worker need not save its weights at all.
 
-    Remembers each study's ``keep``-th best trial as last read. It only ever gets better
-    (trials only join the COMPLETE set, with fixed values), so a trial that ranks below
-    the remembered one is outranked without a query; only a trial that might still get
-    in reads the study again (one ``ORDER BY ... LIMIT`` query).
+    Remembers each study's ``keep`` best trials as last read. The set of COMPLETE trials
+    only grows, with fixed values, so while those trials are still there, a trial that
+    ranks below the last of them is outranked: that check is a lookup of ``keep`` rows
+    by primary key, whatever the study's size. Only a trial that might still get in
+    ranks the study's trials again (``ORDER BY ... LIMIT``). Checking the remembered
+    trials themselves, not just the study's id, keeps this true when a deleted study's
+    id is given to a new one (SQLite reuses the highest).
 
     Args:
         store: The store. Thread-safe.
@@ -69,31 +72,38 @@ class Outranking:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._kth: dict[tuple[int, bool, int], tuple[float, int]] = {}
+        self._top: dict[tuple[int, bool, int], list[tuple[int, float, int]]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, study_id: int, value: float, number: int, maximize: bool, keep: int) -> bool:
         """Whether the trial numbered ``number`` with ``value`` on the first objective is
-        outranked in a study that keeps ``keep`` trials' weights."""
+        outranked in a study that keeps ``keep`` (at least 1) trials' weights.
+
+        Raises:
+            ValueError: If ``keep`` is below 1.
+        """
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, not {keep}")
         key = (study_id, maximize, keep)
         with self._lock:
-            known = self._kth.get(key)
-        if known is not None and _ranks_above(known, value, number, maximize):
-            return True
+            known = self._top.get(key)
+        if known is not None and _ranks_above(known[-1], value, number, maximize):
+            with self.store.read() as connection:
+                if optuna_rows.count_still_ranked(connection, study_id, known) == keep:
+                    return True
         with self.store.read() as connection:
-            kth = optuna_rows.nth_best(connection, study_id, maximize, keep)
-        if kth is None:
-            return False
+            top = optuna_rows.top_ranked(connection, study_id, maximize, keep)
         with self._lock:
-            self._kth.pop(key, None)
-            self._kth[key] = kth
-            while len(self._kth) > MAX_REMEMBERED_STUDIES:
-                del self._kth[next(iter(self._kth))]
-        return _ranks_above(kth, value, number, maximize)
+            self._top.pop(key, None)
+            if len(top) == keep:
+                self._top[key] = top
+                while len(self._top) > MAX_REMEMBERED_STUDIES:
+                    del self._top[next(iter(self._top))]
+        return len(top) == keep and _ranks_above(top[-1], value, number, maximize)
 
 
-def _ranks_above(theirs: tuple[float, int], value: float, number: int, maximize: bool) -> bool:
-    their_value, their_number = theirs
+def _ranks_above(theirs: tuple[int, float, int], value: float, number: int, maximize: bool) -> bool:
+    _, their_value, their_number = theirs
     better = their_value > value if maximize else their_value < value
     return better or (their_value == value and their_number < number)
 

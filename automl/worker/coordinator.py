@@ -56,6 +56,7 @@ from automl.store import (
     finish_refit,
     get_status,
     heartbeat,
+    is_transient,
     optuna_rows,
     read_checkpoint,
     record_checkpoint,
@@ -345,7 +346,17 @@ class SqlCoordinator:
     ) -> bool:
         """See ``Coordinator.finish_and_settle``: the ticket's end and the study's settling
         are one transaction."""
-        checkpoint, status = finish_and_settle(self.store, lease, outcome, failure)
+        try:
+            checkpoint, status = finish_and_settle(self.store, lease, outcome, failure)
+        except LeaseLostError:
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            # Settling failed for good: the ticket's end must not wait for it.
+            logger.warning("study %s: settling failed: %s", lease.study_id, exc)
+            self.finish(lease, outcome, failure)
+            return False
         if checkpoint is not None:
             remove_quietly(self.artifacts, checkpoint)
         # With ``retain``, and a last pass when the study ends: weights a pass missed (it

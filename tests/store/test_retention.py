@@ -20,6 +20,8 @@ from automl.store import (
     Store,
     WeightsNotFoundError,
     attrs,
+    cancel_study,
+    delete_study,
     load_state_dict,
     open_weights,
     optuna_rows,
@@ -262,18 +264,18 @@ def test_only_complete_trials_with_finite_values_rank_above(
     assert outranked(study_id, 0.5, 9, maximize=True, keep=1)
 
 
-def test_outranking_remembers_the_kth_best_and_reads_again_only_when_it_might_be_beaten(
+def test_outranking_remembers_the_best_and_ranks_again_only_when_it_might_be_beaten(
     store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     study_id = _submit(store, tiny_spec)
-    reads: list[int] = []
-    real_nth_best = optuna_rows.nth_best
+    rankings: list[int] = []
+    real_top_ranked = optuna_rows.top_ranked
 
     def counting(*args: Any) -> Any:
-        reads.append(study_id)
-        return real_nth_best(*args)
+        rankings.append(study_id)
+        return real_top_ranked(*args)
 
-    monkeypatch.setattr(optuna_rows, "nth_best", counting)
+    monkeypatch.setattr(optuna_rows, "top_ranked", counting)
     outranked = Outranking(store)
 
     def complete(value: float) -> None:
@@ -283,14 +285,36 @@ def test_outranking_remembers_the_kth_best_and_reads_again_only_when_it_might_be
     complete(0.5)
     assert not outranked(study_id, 0.4, 9, maximize=True, keep=2)  # one trial: both kept
     complete(0.6)
-    assert outranked(study_id, 0.4, 9, maximize=True, keep=2)  # read: 0.6, 0.5
-    assert outranked(study_id, 0.45, 9, maximize=True, keep=2)  # below 0.5: no read
+    assert outranked(study_id, 0.4, 9, maximize=True, keep=2)  # ranked: 0.6, 0.5
+    assert outranked(study_id, 0.45, 9, maximize=True, keep=2)  # below 0.5: looked up only
     assert outranked(study_id, 0.5, 9, maximize=True, keep=2)  # a tie with number 0
-    assert len(reads) == 2
+    assert len(rankings) == 2
     complete(0.9)  # the 2nd best is 0.6 now; the remembered 0.5 is stale but still above
-    assert not outranked(study_id, 0.55, 9, maximize=False, keep=2)  # another key: read
-    assert outranked(study_id, 0.55, 9, maximize=True, keep=2)  # read again: 0.9, 0.6
-    assert len(reads) == 4
-    assert outranked(study_id, 0.58, 9, maximize=True, keep=2)  # below 0.6 now: no read
-    assert not outranked(study_id, 0.7, 9, maximize=True, keep=2)  # might get in: read
-    assert len(reads) == 5
+    assert not outranked(study_id, 0.55, 9, maximize=False, keep=2)  # another key: ranked
+    assert outranked(study_id, 0.55, 9, maximize=True, keep=2)  # ranked again: 0.9, 0.6
+    assert len(rankings) == 4
+    assert outranked(study_id, 0.58, 9, maximize=True, keep=2)  # below 0.6 now: looked up
+    assert not outranked(study_id, 0.7, 9, maximize=True, keep=2)  # might get in: ranked
+    assert len(rankings) == 5
+    with pytest.raises(ValueError, match="at least 1"):
+        outranked(study_id, 0.7, 9, maximize=True, keep=0)
+
+
+def test_outranking_forgets_a_deleted_study_whose_id_a_new_one_gets(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """SQLite gives a new study the highest deleted id: what was remembered of the old
+    study must not decide for the new one."""
+    outranked = Outranking(store)
+    old = _submit(store, tiny_spec)
+    for value in (0.95, 0.96):
+        lease, trial_id = start_trial(store, old)
+        end_trial(store, lease, trial_id, value)
+    assert outranked(old, 0.8, 2, maximize=True, keep=1)
+    cancel_study(store, old)
+    delete_study(store, old)
+    new = _submit(store, tiny_spec)
+    assert not outranked(new, 0.8, 0, maximize=True, keep=1)  # nothing complete yet
+    lease, trial_id = start_trial(store, new)
+    end_trial(store, lease, trial_id, 0.8)
+    assert not outranked(new, 0.85, 1, maximize=True, keep=1)  # it leads

@@ -118,3 +118,20 @@ def test_wire_form_round_trips_and_malformed_is_refused() -> None:
     for bad in ({}, {"params": [], "steps": {}, "user_attrs": {}, "system_attrs": {}}):
         with pytest.raises(ValueError, match="malformed"):
             TrialWrites.from_json(bad)
+
+
+def test_many_params_are_checked_in_batches(store: Store, tiny_spec: SpecFactory) -> None:
+    """SQLite refuses a compound SELECT of more than 500 terms: 600 names take batches."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2})).id
+    _, first = start_trial(store, study_id)
+    _, second = start_trial(store, study_id, worker="worker-b")
+    lr = distribution_to_json(LR)
+    names = [f"p{i}" for i in range(600)]
+    write_trial(store, first, TrialWrites(params={name: (0.5, lr) for name in names}))
+
+    bad = {name: (0.5, lr) for name in names}
+    bad["p550"] = (0.0, distribution_to_json(ACT))
+    with pytest.raises(ValueError):
+        write_trial(store, second, TrialWrites(params=bad))
+    write_trial(store, second, TrialWrites(params={name: (0.5, lr) for name in names}))
+    assert len(store.storage.get_trial(second).params) == 600

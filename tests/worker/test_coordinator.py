@@ -9,6 +9,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+import automl.store.leases
 from automl.spec import StudySpec
 from automl.store import (
     FailureKind,
@@ -76,3 +77,20 @@ def test_a_trial_started_for_a_lost_lease_is_failed_not_left_running(
     [trial] = store.storage.get_all_trials(study_id)
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs[attrs.FAILURE] == FailureKind.WORKER_LOST.value
+
+
+def test_a_settle_that_fails_for_good_still_ends_the_ticket(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
+    coordinator = SqlCoordinator(store)
+    lease, _ = _complete_with_weights(store, 0.9)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug in settling")
+
+    monkeypatch.setattr(automl.store.leases, "end_if_done_locked", broken)
+    assert coordinator.finish_and_settle(lease, "complete", None, retain=False) is False
+    assert not coordinator.heartbeat(lease).held  # the ticket ended all the same
+    monkeypatch.undo()
+    assert coordinator.end_if_done(study_id) == StudyStatus.COMPLETED  # the usual settle
