@@ -182,12 +182,8 @@ class RemoteCoordinator:
     def record_results(self, trial_id: int, user_attrs: dict[str, Any]) -> None:
         """See ``Coordinator.record_results``; for the running trial, buffered: the results
         travel with its next call (the tell, at the latest)."""
-        if self.storage.stage_user_attrs(trial_id, user_attrs):
-            return
-        with self.storage.pending_writes(trial_id) as writes:
-            header = {"trial_id": trial_id, "user_attrs": user_attrs, "writes": writes}
-            self.call("record_results", header)
-        self.storage.applied(trial_id, user_attrs)
+        if not self.storage.stage_user_attrs(trial_id, user_attrs):  # else: at once
+            self.call("record_results", {"trial_id": trial_id, "user_attrs": user_attrs})
 
     def save_checkpoint(self, lease: Lease, blob: bytes, epoch: int) -> None:
         """See ``Coordinator.save_checkpoint``."""

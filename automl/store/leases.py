@@ -3,7 +3,8 @@
 A claim is one write transaction: it takes the oldest pending ticket of the oldest active
 study, or issues a fresh budget unit (``issued = issued + 1 WHERE issued < n_trials``),
 and marks the ticket running under a lease: (ticket, worker id, attempt). The worker
-then creates the Optuna trial itself (public Optuna API) and records it on the ticket.
+then creates the attempt's Optuna trial and links it to the ticket, in one transaction
+(``trial_writes.create_trial`` with the lease).
 
 Every later change a worker makes to its ticket (heartbeat, params, checkpoint, finish,
 release) is a compare-and-set on the lease: zero rows changed means the lease was lost
@@ -482,13 +483,16 @@ def fail_attempt_trials(
     failure: FailureKind,
     error: str,
 ) -> list[int]:
-    """Fails the RUNNING Optuna trial(s) of a ticket's current attempt; returns their ids."""
-    if ticket.trial_id is not None:
-        candidates = [ticket.trial_id]
-    else:
-        candidates = optuna_rows.running_trials_with_attr(
-            connection, ticket.study_id, attrs.LEASE, lease_key
-        )
+    """Fails the RUNNING Optuna trial(s) of a ticket's current attempt; returns their ids.
+
+    The ticket names its attempt's trial once the worker linked it; until then it may
+    still name an earlier attempt's, so the trials that carry the lease's key count too.
+    """
+    candidates = optuna_rows.running_trials_with_attr(
+        connection, ticket.study_id, attrs.LEASE, lease_key
+    )
+    if ticket.trial_id is not None and ticket.trial_id not in candidates:
+        candidates.append(ticket.trial_id)
     user_attrs = {attrs.FAILURE: failure.value, attrs.ERROR: error}
     return [t for t in candidates if optuna_rows.fail_running_trial(connection, t, user_attrs)]
 

@@ -151,13 +151,6 @@ class BufferedTrialStorage(BaseStorage):
 
         return self._buffer(trial_id, change)
 
-    def applied(self, trial_id: int, user_attrs: dict[str, Any]) -> None:
-        """Records on the local copy user attributes the coordinator has just written."""
-        with self._lock:
-            trial = self._running.get(trial_id)
-            if trial is not None:
-                trial.user_attrs.update(_json_copy(user_attrs))
-
     def forget(self, trial_id: int) -> None:
         """Drops a trial's local copy and buffered writes (its lease or the trial is gone)."""
         with self._lock:

@@ -18,7 +18,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.store import optuna_rows
-from automl.store.leases import Lease, record_trial, record_trial_in
+from automl.store.leases import Lease, record_trial_in
 from automl.store.storage import Store
 from automl.store.studies import StudyNotFoundError
 
@@ -164,12 +164,12 @@ def create_trial(
 
     A worker's template (RUNNING, attributes and reports, no params or values) is written
     in one short transaction, which also records the trial on ``lease``'s ticket; any
-    other goes through ``storage``, and is recorded after.
+    other goes through ``storage``.
 
     Raises:
         StudyNotFoundError: If the study does not exist.
-        LeaseLostError: If ``lease`` is no longer held (a worker's template: nothing
-            was created).
+        LeaseLostError: If ``lease`` is no longer held (nothing was created).
+        ValueError: If a ``lease`` comes with a template that is not a worker's.
     """
     if template.state == TrialState.RUNNING and not template.params and template.values is None:
         with store.write() as connection:
@@ -186,6 +186,8 @@ def create_trial(
             if lease is not None:
                 record_trial_in(connection, lease, *created)
         return created
+    if lease is not None:
+        raise ValueError("only a RUNNING template without params or values starts a lease's trial")
     try:
         trial_id = storage.create_new_trial(study_id, template)
     except KeyError:
@@ -194,8 +196,6 @@ def create_trial(
         number = optuna_rows.trial_number(connection, trial_id)
     if number is None:  # deleted with its study in between
         raise StudyNotFoundError(study_id)
-    if lease is not None:
-        record_trial(store, lease, trial_id, number)
     return trial_id, number
 
 

@@ -122,7 +122,9 @@ class Coordinator(Protocol):
 
     def record_results(self, trial_id: int, user_attrs: dict[str, Any]) -> None:
         """Sets a running trial's user attributes in one write (raises
-        ``UpdateFinishedTrialError`` if it already ended)."""
+        ``UpdateFinishedTrialError`` if it already ended). A coordinator that keeps the
+        running trial locally buffers them for the trial's next call (its tell, at the
+        latest), which raises that instead."""
         ...
 
     def save_checkpoint(self, lease: Lease, blob: bytes, epoch: int) -> None:
@@ -530,11 +532,8 @@ class BufferedSqlCoordinator(SqlCoordinator):
     ) -> None:
         """See ``Coordinator.record_results``; for the running trial, buffered: the results
         travel with its next call (the tell, at the latest), in that call's transaction."""
-        if self.buffer.stage_user_attrs(trial_id, user_attrs):
-            return
-        with self.buffer.pending_writes(trial_id) as pending:
-            super().record_results(trial_id, user_attrs, writes_from_json(pending))
-        self.buffer.applied(trial_id, user_attrs)
+        if not self.buffer.stage_user_attrs(trial_id, user_attrs):
+            super().record_results(trial_id, user_attrs, writes)  # not kept here: at once
 
     def save_checkpoint(self, lease: Lease, blob: bytes, epoch: int) -> None:
         """See ``Coordinator.save_checkpoint``."""

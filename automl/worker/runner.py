@@ -35,6 +35,7 @@ from automl.store import (
     attrs,
     is_transient,
     outranked_reason,
+    remove_quietly,
     retry_transient,
     running_trial_template,
     save_model_card,
@@ -152,6 +153,7 @@ class _Attempt:
         self.trial_id: int | None = None
         self.trial: optuna.Trial | None = None
         self.settled = False
+        self.uploaded: list[str] = []  # artifacts only the trial's buffered writes name
 
     # --- the attempt -------------------------------------------------------------------------
 
@@ -210,7 +212,7 @@ class _Attempt:
         fixed = {"fixed_params": lease.params} if lease.params else {}
         template = running_trial_template(user_attrs, fixed, curve)
         # Not repeated on failure: a second call could create a second trial. The
-        # release that follows a failure finds a created trial by its lease attribute.
+        # release that follows a failure finds a trial it created by its lease attribute.
         self.trial_id = self.coordinator.start_trial(lease, template)
         self.trial = optuna.Trial(self.study, self.trial_id)
 
@@ -267,7 +269,7 @@ class _Attempt:
             value = metrics[spec.metrics[0]] if single else math.nan
             refused: UpdateFinishedTrialError | None = None
             if math.isfinite(value):
-                # Before the beat, so through ``automl proxy`` the heartbeat carries it.
+                # Before the beat (after the last epoch: the tell), which carries it.
                 try:
                     self.ctx.persist(lambda: trial.report(value, epoch), "reporting an epoch")
                 except UpdateFinishedTrialError as exc:
@@ -333,14 +335,16 @@ class _Attempt:
         assert self.trial is not None
         trial = self.trial
         if keep_weights:
-            self.ctx.persist(
+            weights = self.ctx.persist(
                 lambda: save_weights(
                     self.coordinator.storage, trial, result.state_dict, self.coordinator.artifacts
                 ),
                 "saving weights",
             )
+            self.uploaded.append(weights)
         self._save_model_card(values)
         frozen = self._tell(values=values)
+        self.uploaded.clear()  # the trial names them now
         # Only a trial that entered the kept set can push another out of it.
         self._finish("complete", None, retain=keep_weights)
         return TrialRun(self.lease, "complete", frozen, self.settled)
@@ -395,7 +399,7 @@ class _Attempt:
                 metrics=self.spec.metrics,
                 directions=self.spec.directions,
             )
-            save_model_card(trial, card, self.coordinator.artifacts)
+            self.uploaded.append(save_model_card(trial, card, self.coordinator.artifacts))
         except Exception as exc:
             logger.warning(
                 "study %s: the model card of trial %s is not stored: %s",
@@ -439,6 +443,7 @@ class _Attempt:
 
     def _lost(self, exc: BaseException) -> TrialRun:
         """The reaper took the ticket while it ran; the work continues elsewhere."""
+        self._drop_uploads()
         logger.warning(
             "ticket %s of study %s was reaped while it ran; dropping it (%s)",
             self.lease.ticket_id,
@@ -449,6 +454,7 @@ class _Attempt:
 
     def _rejected(self, exc: BaseException) -> TrialRun:
         """The result came after the reaper ended the trial: it is not counted."""
+        self._drop_uploads()
         frozen = self._frozen()
         logger.warning(
             "result rejected: trial %s of study %s was reaped (%s)",
@@ -457,6 +463,13 @@ class _Attempt:
             exc,
         )
         return TrialRun(self.lease, "rejected", frozen)
+
+    def _drop_uploads(self) -> None:
+        """Removes the weights and card this attempt uploaded for a trial that someone
+        else ended: the writes naming them were refused, so nothing else ever would."""
+        for artifact_id in self.uploaded:
+            remove_quietly(self.coordinator.artifacts, artifact_id)
+        self.uploaded.clear()
 
     # --- storage calls -----------------------------------------------------------------------
 

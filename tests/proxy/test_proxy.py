@@ -12,7 +12,14 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from automl.proxy import ProxyError, ProxyServer, RemoteCoordinator, parse_proxy_url, wire
+from automl.proxy import (
+    ProxyError,
+    ProxyServer,
+    RemoteCallError,
+    RemoteCoordinator,
+    parse_proxy_url,
+    wire,
+)
 from automl.spec import StudySpec
 from automl.store import (
     EvaluationState,
@@ -211,10 +218,19 @@ def test_workers_through_the_proxy_keep_only_the_top_k_weights(
     assert all(attrs.WEIGHTS_REMOVED in t.user_attrs for t in trials if t is not best)
     assert proxy.retain_weights(study_id) == []
     assert proxy.retain_weights(study_id + 1000) == []  # no such study: nothing to do
-    worse, better = best.values[0] - 0.01, best.values[0] + 0.01
-    assert proxy.outranked(study_id, worse, 99, True, 1)
-    assert not proxy.outranked(study_id, better, 99, True, 1)
-    assert not proxy.outranked(study_id, worse, 99, False, 1)  # minimized: it would lead
+
+
+def test_outranked_through_the_proxy(
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 3})).id
+    drive(store, study_id, [0.3, 0.9, 0.6])
+    assert proxy.outranked(study_id, 0.5, 9, True, 2)  # 0.9 and 0.6 rank above
+    assert not proxy.outranked(study_id, 0.7, 9, True, 2)  # only 0.9
+    assert not proxy.outranked(study_id, 0.5, 9, False, 2)  # minimized: only 0.3
+    assert proxy.outranked(study_id, 0.95, 9, False, 3)  # all three are lower
+    with pytest.raises(RemoteCallError, match="at least 1"):
+        proxy.outranked(study_id, 0.5, 9, True, 0)
 
 
 def test_refit_through_the_proxy(

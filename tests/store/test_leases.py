@@ -33,6 +33,7 @@ from automl.store import (
     record_params,
     record_results,
     release,
+    running_trial_template,
     submit_study,
     tables,
 )
@@ -336,3 +337,19 @@ def test_a_claim_that_waited_for_a_study_taken_dry_claims_from_the_next(
     waiting.join(timeout=30)
     [lease] = claimed
     assert lease is not None and lease.study_id == second
+
+
+def test_a_release_finds_a_retried_attempts_trial_the_ticket_does_not_name_yet(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 2})).id
+    first, first_trial = start_trial(store, study_id)
+    assert release(store, first, FailureKind.INTERRUPTED, "stopping")
+    second = claim(store, "w2", study_id)
+    assert second is not None and second.attempt == 2
+    # Created, but not linked yet: the ticket still names the first attempt's trial.
+    template = running_trial_template({attrs.LEASE: second.key})
+    unlinked = store.storage.create_new_trial(study_id, template)
+    assert release(store, second, FailureKind.INTERRUPTED, "stopping")
+    states = {t._trial_id: t.state for t in store.storage.get_all_trials(study_id)}
+    assert states == {first_trial: TrialState.FAIL, unlinked: TrialState.FAIL}

@@ -16,6 +16,7 @@ import optuna
 import pytest
 import sqlalchemy
 import torch
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import StorageInternalError
 from optuna.trial import FrozenTrial, TrialState
 
@@ -34,6 +35,7 @@ from automl.store import (
     get_status,
     get_study,
     load_state_dict,
+    optuna_rows,
     outranked_reason,
     reap_stale,
     resume_study,
@@ -306,6 +308,42 @@ def test_epoch_ends_beat_except_the_last_whose_report_travels_with_the_tell(
     assert trial.state == TrialState.COMPLETE
     assert sorted(trial.intermediate_values) == [1, 2, 3]
     assert len(epoch_end_beats) == 2  # after epochs 1 and 2
+
+
+def test_a_result_refused_after_a_reap_leaves_no_weights_or_card_behind(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writes naming them are refused with the tell: nothing would remove them."""
+    uploaded: list[str] = []
+    real_weights, real_card = (
+        automl.worker.runner.save_weights,
+        automl.worker.runner.save_model_card,
+    )
+
+    def weights(*args: Any) -> str:
+        uploaded.append(real_weights(*args))
+        return uploaded[-1]
+
+    def card_then_reaped(trial: optuna.Trial, *args: Any) -> str:
+        uploaded.append(real_card(trial, *args))
+        with store.write() as connection:  # as the reaper would, just before the tell
+            optuna_rows.fail_running_trial(connection, trial._trial_id, {})
+        return uploaded[-1]
+
+    monkeypatch.setattr(automl.worker.runner, "save_weights", weights)
+    monkeypatch.setattr(automl.worker.runner, "save_model_card", card_then_reaped)
+    spec = tiny_spec(budget={"n_trials": 1, "max_failed": 1})
+    study_id = submit_study(store, spec).id
+    worker = Worker(store, _options())
+    lease = worker.coordinator.claim(worker.name, study_id)
+    assert lease is not None
+    assert worker.run_lease(lease).result == "rejected"
+
+    assert len(uploaded) == 2
+    for artifact_id in uploaded:
+        with pytest.raises(ArtifactNotFound):
+            store.artifacts.open_reader(artifact_id)
+    assert _states(store, study_id) == [TrialState.FAIL]
 
 
 def test_a_trial_already_outranked_saves_no_weights(
