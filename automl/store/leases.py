@@ -27,6 +27,7 @@ from automl.spec import StudySpec
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.attrs import FailureKind, StudyStatus
+from automl.store.faults import is_transient
 from automl.store.status import ACTIVE, change_status, end_if_done_locked, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import TicketSource, TicketState, db_now
@@ -334,7 +335,7 @@ def heartbeat(store: Store, lease: Lease, then: Step | None = None) -> LeaseStat
         lease: The lease.
         then: Runs in the same transaction if the lease is held (the running trial's
             buffered writes), in a savepoint: if it fails, the beat still counts and its
-            error is raised after the commit.
+            error is raised after the commit; a database fault fails the whole beat.
     """
     failure: Exception | None = None
     with store.write() as connection:
@@ -349,8 +350,10 @@ def heartbeat(store: Store, lease: Lease, then: Step | None = None) -> LeaseStat
                 with connection.begin_nested():
                     then(connection)
             except Exception as exc:
-                if connection.invalidated:
-                    raise  # the connection is gone with the whole transaction: retry it all
+                if connection.invalidated or is_transient(exc):
+                    # Gone with the whole transaction (or going): retry it all. An error
+                    # that persists stops the beats, and the reaper ends the trial.
+                    raise
                 failure = exc
     if failure is not None:
         raise failure
@@ -476,6 +479,18 @@ def release(
     return True
 
 
+def attempt_trial(
+    connection: sa.engine.Connection, ticket: sa.Row[Any], lease_key: str
+) -> int | None:
+    """The trial the ticket names, if it is the one of the attempt ``lease_key`` (a
+    retried ticket names the earlier attempt's trial until the new one is linked)."""
+    if ticket.trial_id is None:
+        return None
+    if optuna_rows.trial_attr(connection, ticket.trial_id, attrs.LEASE) != lease_key:
+        return None
+    return int(ticket.trial_id)
+
+
 def fail_attempt_trials(
     connection: sa.engine.Connection,
     ticket: sa.Row[Any],
@@ -488,11 +503,13 @@ def fail_attempt_trials(
     The ticket names its attempt's trial once the worker linked it; until then it may
     still name an earlier attempt's, so the trials that carry the lease's key count too.
     """
-    candidates = optuna_rows.running_trials_with_attr(
-        connection, ticket.study_id, attrs.LEASE, lease_key
-    )
-    if ticket.trial_id is not None and ticket.trial_id not in candidates:
-        candidates.append(ticket.trial_id)
+    linked = attempt_trial(connection, ticket, lease_key)
+    if linked is not None:
+        candidates = [linked]
+    else:
+        candidates = optuna_rows.running_trials_with_attr(
+            connection, ticket.study_id, attrs.LEASE, lease_key
+        )
     user_attrs = {attrs.FAILURE: failure.value, attrs.ERROR: error}
     return [t for t in candidates if optuna_rows.fail_running_trial(connection, t, user_attrs)]
 

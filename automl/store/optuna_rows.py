@@ -803,20 +803,19 @@ def count_still_ranked(
     the study with that number and first value: one primary-key lookup each."""
     if not ranked:
         return 0
-    value = trial_values.c.value
-    same = [sa.and_(trials.c.trial_id == i, trials.c.number == n, value == v) for i, v, n in ranked]
     query = (
-        sa.select(sa.func.count())
-        .select_from(trials.join(trial_values, trial_values.c.trial_id == trials.c.trial_id))
+        sa.select(trials.c.trial_id, trial_values.c.value, trials.c.number)
+        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
         .where(
+            trials.c.trial_id.in_([trial_id for trial_id, _, _ in ranked]),
             trials.c.study_id == study_id,
             trials.c.state == TrialState.COMPLETE,
             trial_values.c.objective == 0,
             trial_values.c.value_type == "FINITE",
-            sa.or_(*same),
         )
     )
-    return int(connection.scalar(query) or 0)
+    there = {(int(i), float(v), int(n)) for i, v, n in connection.execute(query)}
+    return sum(1 for trial in ranked if trial in there)
 
 
 def top_trial_ids(

@@ -32,7 +32,7 @@ from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.attrs import FailureKind
 from automl.store.faults import first_line, is_transient
-from automl.store.leases import fail_attempt_trials
+from automl.store.leases import attempt_trial, fail_attempt_trials
 from automl.store.status import ACTIVE, end_if_done_locked, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import DELETING, TicketState
@@ -116,9 +116,9 @@ def _reap_one(
         lease_key = f"{ticket.ticket_id}:{ticket.attempt}"
         failed = fail_attempt_trials(connection, ticket, lease_key, FailureKind.WORKER_LOST, error)
         values: dict[str, Any] = {"worker_id": None, "heartbeat_at": None}
-        told = _told_state(connection, ticket) if not failed else None
+        told = _told_state(connection, ticket, lease_key) if not failed else None
         active = study.status in ACTIVE
-        if told is not None and told[1] not in RELEASED_FAILURES:
+        if told is not None and told[2] not in RELEASED_FAILURES:
             state, outcome, failure = told
             values.update(state=TicketState.DONE.value, outcome=outcome, failure=failure)
             values.update(checkpoint=None, checkpoint_epoch=None)
@@ -149,9 +149,12 @@ def _reap_one(
     return Reaped(ticket_id, study_id, ticket.worker_id, tuple(failed), result)
 
 
-def _told_state(connection: sa.engine.Connection, ticket: Any) -> tuple[str, Any, Any] | None:
-    """(state, outcome, failure) of a ticket whose trial its worker already ended."""
-    if ticket.trial_id is None:
+def _told_state(
+    connection: sa.engine.Connection, ticket: Any, lease_key: str
+) -> tuple[str, Any, Any] | None:
+    """(state, outcome, failure) of a ticket whose current attempt's trial its worker
+    already ended (the ticket may still name an earlier attempt's trial: not that one)."""
+    if attempt_trial(connection, ticket, lease_key) is None:
         return None
     state = optuna_rows.trial_state(connection, ticket.trial_id)
     if state is None or not state.is_finished():

@@ -338,9 +338,12 @@ class Worker:
                 return run
         finally:
             if run is None or not run.settled:  # a finished ticket settled it already
-                ctx.persist(
-                    lambda: self.coordinator.end_if_done(lease.study_id), "settling a study"
-                )
+                try:
+                    ctx.persist(
+                        lambda: self.coordinator.end_if_done(lease.study_id), "settling a study"
+                    )
+                except Exception as exc:  # the next pass (or the reaper) settles it
+                    logger.warning("study %s: settling failed: %s", lease.study_id, exc)
 
     def _study(self, lease: Lease) -> tuple[optuna.Study, StudySpec]:
         """The study (cached, so its trial cache lasts), with this attempt's sampler."""

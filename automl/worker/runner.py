@@ -344,7 +344,6 @@ class _Attempt:
             self.uploaded.append(weights)
         self._save_model_card(values)
         frozen = self._tell(values=values)
-        self.uploaded.clear()  # the trial names them now
         # Only a trial that entered the kept set can push another out of it.
         self._finish("complete", None, retain=keep_weights)
         return TrialRun(self.lease, "complete", frozen, self.settled)
@@ -468,7 +467,10 @@ class _Attempt:
         """Removes the weights and card this attempt uploaded for a trial that someone
         else ended: the writes naming them were refused, so nothing else ever would."""
         for artifact_id in self.uploaded:
-            remove_quietly(self.coordinator.artifacts, artifact_id)
+            try:
+                remove_quietly(self.coordinator.artifacts, artifact_id)
+            except Exception as exc:  # an outage: the file stays, the trial goes on
+                logger.warning("could not remove artifact %s: %s", artifact_id, exc)
         self.uploaded.clear()
 
     # --- storage calls -----------------------------------------------------------------------
@@ -513,7 +515,9 @@ class _Attempt:
                     raise ResultRejectedError(message) from None
             return self.coordinator.storage.get_trial(trial_id)
 
-        return self.ctx.persist(tell, "telling a result")
+        told = self.ctx.persist(tell, "telling a result")
+        self.uploaded.clear()  # the trial names them now
+        return told
 
     def _finish(self, outcome: str, failure: FailureKind | None, *, retain: bool = False) -> None:
         """Ends the ticket, then settles the study and (``retain``: a trial that entered the

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 import automl.store.storage
 from automl.spec import StudySpec
 from automl.store import (
+    FailureKind,
     LeaseLostError,
     Reaper,
     Store,
@@ -109,6 +110,41 @@ def test_result_told_before_the_worker_died_counts(store: Store, tiny_spec: Spec
     assert store.storage.get_trial(trial_id).state == TrialState.COMPLETE
     detail = get_study(store, study_id)
     assert (detail.counts.complete, detail.status) == (1, StudyStatus.COMPLETED)
+
+
+def test_a_retry_reaped_before_its_trial_is_not_taken_for_the_earlier_attempt(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """The ticket still names attempt 1's (failed) trial while attempt 2 has none: the
+    reaper must requeue attempt 2 with a retry, not end the ticket with attempt 1's end."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_retries": 3})).id
+    first, _ = start_trial(store)
+    _age_heartbeat(store, first.ticket_id, 120)
+    assert [r.result for r in reap_stale(store, grace=60)] == ["requeued"]
+    second = claim(store, "w2")
+    assert second is not None and second.attempt == 2
+    _age_heartbeat(store, second.ticket_id, 120)
+    assert [r.result for r in reap_stale(store, grace=60)] == ["requeued"]
+    with store.read() as connection:
+        state, retries = connection.execute(
+            sa.select(tables.tickets.c.state, tables.tickets.c.retries)
+        ).one()
+    assert (state, retries) == ("pending", 2)
+    assert get_study(store, study_id).status.is_active
+
+
+def test_a_trial_its_worker_gave_back_is_requeued_without_a_retry(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Told FAIL as interrupted, then the worker died before giving the ticket back."""
+    submit_study(store, tiny_spec(budget={"n_trials": 1, "max_retries": 0}))
+    lease, trial_id = start_trial(store)
+    store.storage.set_trial_user_attr(trial_id, attrs.FAILURE, FailureKind.INTERRUPTED.value)
+    store.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    _age_heartbeat(store, lease.ticket_id, 120)
+    assert [r.result for r in reap_stale(store, grace=60)] == ["requeued"]
+    again = claim(store, "w2")
+    assert again is not None and again.attempt == 2  # max_retries 0: no retry was used
 
 
 def test_reaped_attempt_rejects_the_late_result(store: Store, tiny_spec: SpecFactory) -> None:
