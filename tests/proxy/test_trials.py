@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from automl.cli.commands import _connect_proxy_waiting
 from automl.cli.errors import CliError
-from automl.proxy import ProxyServer, RemoteCoordinator
+from automl.proxy import ProxyServer, RemoteCallError, RemoteCoordinator, wire
 from automl.proxy import server as server_module
 from automl.spec import StudySpec
 from automl.store import (
@@ -22,8 +22,10 @@ from automl.store import (
     StudyStatus,
     attrs,
     get_study,
+    running_trial_template,
     submit_study,
 )
+from automl.store.trial_buffer import template_to_wire
 from automl.worker import Worker, WorkerOptions
 from automl.worker.coordinator import CoordinatorTooOldError
 from tests.conftest import free_port_pair
@@ -98,6 +100,25 @@ def test_a_new_worker_on_an_old_proxy_stops_with_a_clear_error(
     assert get_study(store, study_id).status.is_active
     assert store.storage.get_all_trials(study_id) == []
     assert old_proxy.claim("w2", study_id) is not None  # the ticket went back
+
+
+def test_a_malformed_trial_start_is_refused_in_one_line_and_creates_nothing(
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1})).id
+    template = template_to_wire(running_trial_template())
+    bad_leases = [{"ticket": 1}, "1:1"]
+    for lease in bad_leases:
+        header = {"study_id": study_id, "template": template, "lease": lease}
+        with pytest.raises(RemoteCallError) as raised:
+            proxy.call("create_trial", header)
+        assert "\n" not in str(raised.value)
+    waiting = template_to_wire(running_trial_template())
+    waiting["state"] = "WAITING"
+    lease = wire.lease_to_wire(proxy.claim("w1", study_id))  # type: ignore[arg-type]
+    with pytest.raises(RemoteCallError, match="starts a lease's trial"):
+        proxy.call("create_trial", {"study_id": study_id, "template": waiting, "lease": lease})
+    assert store.storage.get_all_trials(study_id) == []
 
 
 def test_a_new_worker_refuses_a_proxy_of_protocol_2(store: Store, monkeypatch: Any) -> None:
