@@ -401,7 +401,7 @@ def _load(store: Store, trial: FrozenTrial, device: torch.device) -> ServingMode
         raise ModelUnavailableError(
             f"the weights of trial {trial.number} do not fit its model: {exc}"
         ) from None
-    accel = Accelerator.for_device(device, len(data.input_shape))
+    accel = Accelerator.for_device(device, len(data.input_shape), config.precision)
     logger.info(
         "serving trial %d (%s, %d classes) on %s",
         trial.number,

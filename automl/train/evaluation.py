@@ -79,7 +79,7 @@ def evaluate_weights(
     if images is None or labels is None:
         raise NoSplitError(f"dataset {config.dataset.source!r} has no {split} split")
     model = restore_model(config, state_dict, data.input_shape, data.num_classes)
-    accel = Accelerator.for_device(device, len(data.input_shape))
+    accel = Accelerator.for_device(device, len(data.input_shape), config.precision)
     model = accel.model(model)
     confusion, mean_loss = evaluate(
         model,

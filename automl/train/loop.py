@@ -160,7 +160,7 @@ def train(
         data = load_dataset(config.dataset.source, config.dataset.options)
     dataset = data  # as loaded (on the CPU), for what the caller records about the input
     data = data.to(device)
-    accel = Accelerator.for_device(device, len(data.input_shape))
+    accel = Accelerator.for_device(device, len(data.input_shape), config.precision)
 
     torch.manual_seed(config.seed)
     model = build_model(config.model.name, config.model.options, data.input_shape, data.num_classes)

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from automl.data import DATASETS
 from automl.models import MODELS
 from automl.registry import Registry
+from automl.train.accel import Precision
 from automl.train.augment import AUGMENTATIONS
 from automl.train.imbalance import IMBALANCE
 from automl.train.losses import LOSSES
@@ -115,6 +116,12 @@ class TrialConfig(BaseModel):
     seed: int = Field(0, ge=0, description="Seed of initialization, batch order, augmentation.")
     compile: bool = Field(
         False, description="Compile the model with torch.compile (slow start, faster steps)."
+    )
+    precision: Precision = Field(
+        "auto",
+        description="Arithmetic of training and scoring: auto (bf16 on GPUs with native "
+        "bf16, else fp16 with gradient scaling; fp32 on the CPU), fp32, or bf16 (on the CPU "
+        "too: faster with AMX or AVX512-BF16).",
     )
 
 

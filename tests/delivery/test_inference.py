@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
 import threading
 import time
@@ -25,6 +27,7 @@ from automl.delivery.inference import (
     Upload,
     check_uploads,
     dataset_stats,
+    load_serving_model,
     predict_uploads,
     preprocessing,
     serving_trial,
@@ -33,7 +36,7 @@ from automl.delivery.inference import (
     UploadTooLargeError as TooLarge,
 )
 from automl.delivery.schemas import AnnotateRequest
-from automl.store import Store, best_trials
+from automl.store import Store, attrs, best_trials
 from automl.train.accel import Accelerator
 from automl.train.trial_config import TrialConfig
 from tests.conftest import store_at
@@ -162,6 +165,21 @@ def test_predictions_agree_with_the_trained_model(trained: tuple[Store, int]) ->
     assert sum(a == b for a, b in zip(top1, labels, strict=True)) >= 24
     assert top1 == in_process_argmax(store, study_id, best.number, images)
     assert all(len(p.top) == 2 for p in result.predictions)
+
+
+def test_serving_uses_the_precision_the_trial_trained_in(trained: tuple[Store, int]) -> None:
+    store, study_id = trained
+    served = serving_trial(store, study_id)
+    as_trained = load_serving_model(store, served)
+    trial = copy.deepcopy(served.trial)
+    trial.set_user_attr(attrs.CONFIG, {**trial.user_attrs[attrs.CONFIG], "precision": "bf16"})
+    in_bf16 = load_serving_model(store, dataclasses.replace(served, study_id=-1, trial=trial))
+    assert (as_trained.accel.dtype, in_bf16.accel.dtype) == (None, torch.bfloat16)
+    data = digits_test_split()
+    assert data.test_x is not None
+    full, reduced = as_trained.probabilities(data.test_x), in_bf16.probabilities(data.test_x)
+    assert reduced.dtype == torch.float32 and not torch.equal(full, reduced)
+    assert (full.argmax(dim=1) == reduced.argmax(dim=1)).float().mean() >= 0.95
 
 
 def test_multi_objective_serves_the_first_of_the_pareto_front(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Tests of the CPU accelerator settings: fp32 with channels_last for image batches."""
+"""Tests of the CPU accelerator settings: fp32 with channels_last for image batches, and
+bf16 autocast when a trial asks for ``precision: bf16``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from automl.data import ImageData, load_dataset
 from automl.models import build_model
 from automl.train import train
 from automl.train.accel import CPU_CHANNELS_LAST_ENV, Accelerator
+from automl.train.evaluation import evaluate_weights
 from automl.train.hyperparameters import flat_config
 
 CPU = torch.device("cpu")
@@ -85,3 +87,44 @@ def test_channels_last_is_deterministic_and_as_accurate(
     contiguous = train(config, data=digits)
     # Different conv kernels round differently; the same seed still lands close.
     assert abs(first.history[-1]["accuracy"] - contiguous.history[-1]["accuracy"]) <= 0.05
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("auto", None), ("fp32", None), ("bf16", torch.bfloat16)]
+)
+def test_precision_picks_the_cpu_autocast_dtype(precision: str, dtype: torch.dtype | None) -> None:
+    accel = Accelerator.for_device(CPU, sample_dims=3, precision=precision)  # type: ignore[arg-type]
+    assert (accel.dtype, accel.scaler) == (dtype, None)
+    model = accel.model(build_model("cnn", {"width": 8}, (3, 16, 16), 4))
+    with accel.autocast():
+        logits = model(accel.batch(torch.rand(5, 3, 16, 16)))
+    assert logits.dtype == (dtype or torch.float32)
+
+
+@pytest.mark.parametrize(
+    "architecture",
+    [
+        {"model": "cnn", "width": 8, "depth": 2},
+        {"model": "cnn_rnn", "width": 8, "depth": 2},
+        {"model": "rnn", "hidden": 16},
+    ],
+    ids=lambda architecture: architecture["model"],
+)
+def test_bf16_on_the_cpu_is_deterministic_as_accurate_and_scored_alike(
+    digits: ImageData, architecture: dict[str, object]
+) -> None:
+    params = {**architecture, "epochs": 3, "batch_size": 64, "lr": 0.01}
+    config = flat_config({**params, "precision": "bf16"})
+    first, again = (train(config, data=digits) for _ in range(2))
+    assert all(torch.equal(first.state_dict[k], again.state_dict[k]) for k in first.state_dict)
+
+    def scores(history: list[dict[str, float]]) -> list[tuple[float, float, float]]:
+        return [(row["train_loss"], row["loss"], row["accuracy"]) for row in history]
+
+    assert scores(first.history) == scores(again.history)
+    full = train(flat_config({**params, "precision": "fp32"}), data=digits)
+    assert not all(torch.equal(first.state_dict[k], full.state_dict[k]) for k in full.state_dict)
+    # bf16 rounds differently; the same seed still lands close.
+    assert abs(first.history[-1]["accuracy"] - full.history[-1]["accuracy"]) <= 0.05
+    rescored = evaluate_weights(config, first.state_dict, split="val", data=digits)
+    assert rescored.metrics["accuracy"] == first.metrics["accuracy"]

@@ -56,6 +56,16 @@ def test_accelerator_on_cuda_uses_mixed_precision_channels_last_and_fused_optimi
     assert not clips.channels_last
 
 
+@pytest.mark.parametrize(("precision", "dtype"), [("fp32", None), ("bf16", torch.bfloat16)])
+def test_precision_overrides_the_cuda_autocast_dtype(
+    precision: str, dtype: torch.dtype | None
+) -> None:
+    accel = Accelerator.for_device(torch.device("cuda"), sample_dims=3, precision=precision)  # type: ignore[arg-type]
+    assert (accel.dtype, accel.scaler, accel.channels_last) == (dtype, None, True)
+    result = train(flat_config({"epochs": 1, "width": 8, "precision": precision}), device="cuda")
+    assert result.epochs_run == 1
+
+
 def test_fp16_path_scales_gradients() -> None:
     accel = Accelerator(torch.device("cuda"), dtype=torch.float16)
     assert accel.scaler is not None
