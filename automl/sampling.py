@@ -174,7 +174,7 @@ def resolve_auto(
         return "nsga2", {}, n_trials, "several objectives: NSGA-II"
     params: Sequence[Any] = list(spec.params.values())
     finite = all(_is_finite(param) for param in params)
-    if params and finite and spec.warm_start is None:
+    if params and finite and spec.warm_start is None and not spec.enqueue:
         try:
             size = grid_size(spec, grid_limit)
         except GridError:

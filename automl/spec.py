@@ -148,6 +148,9 @@ class PrunerSpec(StrictModel):
 
 Condition = dict[str, Scalar | list[Scalar]]
 
+MAX_ENQUEUE = 10_000
+"""Most configurations one spec or one enqueue request may queue."""
+
 
 def _when() -> Any:
     return Field(
@@ -223,9 +226,15 @@ class StudySpec(StrictModel):
     )
     fixed: dict[str, Any] = Field(default_factory=dict, description="Hyperparameters held fixed.")
     params: dict[str, ParamSpec] = Field(default_factory=dict, description="The search space.")
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=MAX_ENQUEUE,
+        description="Configurations to run first, from the budget (known good settings): each "
+        "maps searched params to values; the sampler fills in the rest.",
+    )
     warm_start: WarmStartSpec | None = Field(
         None,
-        description="Earlier studies whose top configurations run first (from the budget).",
+        description="Earlier studies whose top configurations run next (from the budget).",
     )
     keep_weights: Annotated[int, Field(ge=1)] | Literal["all"] = Field(
         3,
@@ -644,6 +653,7 @@ def check_spec(spec: StudySpec, limits: Limits | None = None) -> list[FieldError
     for name, param in spec.params.items():
         errors += _check_param(spec, name, param)
     errors += _check_cycles(spec)
+    errors += _check_enqueue(spec)
     return errors
 
 
@@ -696,8 +706,9 @@ def _check_sampler(spec: StudySpec, limits: Limits) -> list[FieldError]:
         return errors
     if sampler.name == "grid":
         problems = check_grid(spec, limits.max_grid_cells)
-        if spec.warm_start is not None:
-            problems.append((("warm_start",), "a grid runs each of its cells; drop warm_start"))
+        for field in ("warm_start", "enqueue"):
+            if getattr(spec, field):
+                problems.append(((field,), f"a grid runs each of its cells; drop {field}"))
         return [FieldError(loc, message) for loc, message in problems]
     return _check_built(
         ("sampler",),
@@ -916,3 +927,50 @@ def conditional_order(spec: StudySpec) -> list[str]:
     for name in spec.params:
         visit(name, [])
     return order
+
+
+def _check_enqueue(spec: StudySpec) -> list[FieldError]:
+    errors = [
+        error
+        for index, config in enumerate(spec.enqueue)
+        for error in check_config(spec, ("enqueue", index), config)
+    ]
+    if len(spec.enqueue) > spec.budget.n_trials:
+        errors.append(
+            FieldError(
+                ("enqueue",),
+                f"{len(spec.enqueue)} configurations for a budget of {spec.budget.n_trials} trials",
+            )
+        )
+    return errors
+
+
+def check_config(spec: StudySpec, loc: Loc, config: Mapping[str, Any]) -> list[FieldError]:
+    """Checks a configuration to enqueue: every name a searched param of ``spec``, every
+    value one it can take. Returns every problem, at ``loc.name``."""
+    errors = []
+    for name, value in config.items():
+        param = spec.params.get(name)
+        if param is None:
+            where = "is fixed in the spec" if name in spec.fixed else "is not a searched param"
+            choices = ", ".join(sorted(spec.params)) or "none"
+            errors.append(FieldError((*loc, name), f"{name!r} {where}; searched params: {choices}"))
+            continue
+        problem = _out_of_range(param, value)
+        if problem:
+            errors.append(FieldError((*loc, name), problem))
+    return errors
+
+
+def _out_of_range(param: FloatParam | IntParam | CategoricalParam, value: Any) -> str | None:
+    if isinstance(param, CategoricalParam):
+        return None if value in param.choices else f"{value!r} is not one of {param.choices}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{value!r} is not a number"
+    if isinstance(param, IntParam) and not float(value).is_integer():
+        return f"{value!r} is not an integer"
+    if not param.low <= value <= param.high:
+        return f"{value!r} is outside [{param.low}, {param.high}]"
+    if param.step is not None and abs((value - param.low) / param.step % 1) > 1e-9:
+        return f"{value!r} is not on the grid {param.low} + k * {param.step}"
+    return None

@@ -41,6 +41,8 @@ to its repeat's ``ACC`` is reported (no ratios): for comparing automl settings s
 ``--pruners median successive_halving hyperband`` against the targets an earlier run with
 the peer printed (``repeat N: target ...``). With ``--no-peer`` and no ``--target``, the
 target is the best test accuracy any side reached in the repeat - tolerance.
+``--precision bf16`` fixes the trial's ``precision`` in automl's spec (bf16 autocast on the
+CPU too; the peer stays fp32).
 
 Epochs to target (the epochs every trial that ended by then trained) counts the same race
 in work instead of seconds, so the machine's load does not enter it: on a shared machine
@@ -58,7 +60,8 @@ target is much noisier than the total time; use several repeats.
     python benchmarks/bench_search.py [--per-class 150] [--val-per-class 50]
         [--test-per-class 100] [--trials 10] [--epochs 3] [--repeats 3]
         [--modes run slots] [--slots 2] [--pruners default] [--tolerance 0.005]
-        [--target ACC ...] [--no-peer] [--device cpu] [--data DIR] [--keep DIR]
+        [--target ACC ...] [--no-peer] [--device cpu]
+        [--precision auto|fp32|bf16] [--data DIR] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -203,8 +206,11 @@ def make_data(root: Path, per_class: int, val_per_class: int, test_per_class: in
     print(f"wrote {total} PNGs under {root} in {time.perf_counter() - started:.1f} s", flush=True)
 
 
-def study_spec(seed: int, trials: int, epochs: int, pruner: str) -> dict[str, Any]:
-    """automl's spec of the peer's search (``pruner`` ``default``: no pruner written)."""
+def study_spec(
+    seed: int, trials: int, epochs: int, pruner: str, precision: str = "auto"
+) -> dict[str, Any]:
+    """automl's spec of the peer's search (``pruner`` ``default``: no pruner written;
+    ``precision`` other than ``auto`` fixed)."""
     spec: dict[str, Any] = {
         "name": f"bench-search-{seed}",
         "dataset": DATASET,
@@ -235,6 +241,8 @@ def study_spec(seed: int, trials: int, epochs: int, pruner: str) -> dict[str, An
     }
     if pruner != "default":
         spec["pruner"] = {"name": pruner}
+    if precision != "auto":
+        spec["fixed"]["precision"] = precision
     keep_every_weight(spec)
     return spec
 
@@ -304,7 +312,8 @@ def run_automl(
     ``automl.train.evaluation.evaluate_weights``.
     """
     spec_path = work / "spec.json"
-    spec_path.write_text(json.dumps(study_spec(seed, args.trials, args.epochs, pruner)))
+    spec = study_spec(seed, args.trials, args.epochs, pruner, args.precision)
+    spec_path.write_text(json.dumps(spec))
     url = f"sqlite:///{work / 'automl.db'}"
     artifacts = work / "artifacts"
     env = {
@@ -517,6 +526,12 @@ def main() -> None:
         "of an earlier run with the peer)",
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="automl's precision (auto: fp32 on the CPU, bf16 or fp16 on CUDA)",
+    )
     parser.add_argument("--data", type=Path, help="keep the generated images here (reused)")
     parser.add_argument("--keep", type=Path, help="keep each run's store and records here")
     args = parser.parse_args()

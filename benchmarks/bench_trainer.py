@@ -25,20 +25,22 @@ after every epoch, on a generated folder of 32x32 RGB PNGs (``automl.examples``'
 - ``automl cold`` (with ``--cold``): automl with an empty decode cache (the first trial on
   new data): decoding every PNG and writing the cache is included. Not in the ratio.
 
-``--no-flip`` drops the flip on both sides. Images/s = epochs x training images / wall
-time of the whole run (building the datasets or loading the cache, model set-up, every
-epoch's training and validation); ``epoch img/s`` = training images / the median time of
-epochs 2 and later (steady state, validation included). The sides alternate, in rotated
-order, ``--repeats`` times after one untimed 1-epoch run of each; medians are printed with
-the ratio automl / textbook (above 1: automl faster). The issue's goals: >= 2x on the
-CPU, >= 10x on one H100 for small conv nets.
+``--no-flip`` drops the flip on both sides; ``--precision bf16`` trains automl's side with
+bf16 autocast on the CPU too (the trial's ``precision``; the textbook loop stays fp32).
+Images/s = epochs x training images / wall time of the whole run (building the datasets or
+loading the cache, model set-up, every epoch's training and validation); ``epoch img/s`` =
+training images / the median time of epochs 2 and later (steady state, validation
+included). The sides alternate, in rotated order, ``--repeats`` times after one untimed
+1-epoch run of each; medians are printed with the ratio automl / textbook (above 1: automl
+faster). The issue's goals: >= 2x on the CPU, >= 10x on one H100 for small conv nets.
 
 ``--profile`` then runs the automl side once more under cProfile and prints where its
 time goes (cumulative, automl functions and the heaviest callees).
 
     python benchmarks/bench_trainer.py [--per-class 1000] [--val-per-class 200] [--epochs 3]
         [--batch-size 128] [--width 8] [--depth 2] [--repeats 3] [--workers 2]
-        [--device cpu [cuda]] [--data DIR] [--cold] [--eager] [--no-flip] [--profile]
+        [--device cpu [cuda]] [--data DIR] [--cold] [--eager] [--no-flip]
+        [--precision auto|fp32|bf16] [--profile]
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ def trial_config(args: argparse.Namespace, epochs: int) -> TrialConfig:
         "epochs": epochs,
         "batch_size": args.batch_size,
         "seed": 0,
+        "precision": args.precision,
     }
     if not args.no_flip:
         values["hflip.p"] = 0.5
@@ -361,6 +364,12 @@ def main() -> None:
         "--eager", action="store_true", help="on CUDA, also time automl without CUDA graphs"
     )
     parser.add_argument("--no-flip", action="store_true", help="no augmentation on either side")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="automl's precision (auto: fp32 on the CPU, bf16 or fp16 on CUDA)",
+    )
     parser.add_argument("--profile", action="store_true", help="profile one automl run")
     parser.add_argument(
         "--threads", type=int, help="torch threads of this process, both sides (default: torch's)"
@@ -379,7 +388,8 @@ def main() -> None:
             f"{args.per_class * CLASSES} training + {args.val_per_class * CLASSES} validation "
             f"PNGs {SIZE}x{SIZE} RGB; cnn width {args.width} depth {args.depth}; "
             f"{args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr:g}, "
-            f"flip {'off' if args.no_flip else 'on'}; textbook num_workers {args.workers}; "
+            f"flip {'off' if args.no_flip else 'on'}; automl precision {args.precision}; "
+            f"textbook num_workers {args.workers}; "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"{os.cpu_count()} cores",
             flush=True,

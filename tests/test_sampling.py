@@ -218,3 +218,12 @@ def test_grid_and_warm_start_do_not_mix() -> None:
         }
     )
     assert spec.sampler.name != "grid"  # auto picks no grid when a warm start is given
+
+
+def test_grid_and_enqueue_do_not_mix() -> None:
+    grid = {"name": "g", "budget": {"n_trials": 3}, "params": {"width": WIDTH}}
+    errors = spec_errors({**grid, "sampler": {"name": "grid"}, "enqueue": [{"width": 16}]})
+    assert errors == {"enqueue": "a grid runs each of its cells; drop enqueue"}
+    spec = load_spec({**grid, "sampler": {"name": "auto"}, "enqueue": [{"width": 16}]})
+    assert spec.sampler.name != "grid"  # auto picks no grid when configurations are given
+    assert load_spec({**grid, "sampler": {"name": "auto"}}).sampler.name == "grid"

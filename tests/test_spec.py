@@ -1035,3 +1035,50 @@ def test_keep_weights_errors_name_the_field(bad: Any) -> None:
     [error] = spec_errors({"name": "x", "keep_weights": bad})
     assert error.path == "keep_weights"
     assert error.msg == f"{bad!r} is neither a whole number >= 1 nor 'all'"
+
+
+ENQUEUE_SPACE: dict[str, Any] = {
+    "name": "x",
+    "budget": {"n_trials": 3},
+    "fixed": {"epochs": 2},
+    "params": {
+        "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+        "lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+        "width": {"type": "int", "low": 8, "high": 32, "step": 8},
+    },
+}
+
+
+def test_enqueued_configurations_are_kept_in_order() -> None:
+    configs = [{"optimizer": "sgd", "lr": 0.01, "width": 16}, {"lr": 0.002}]
+    spec = load_spec({**ENQUEUE_SPACE, "enqueue": configs})
+    assert spec.enqueue == configs
+    assert load_spec(json.loads(spec.model_dump_json(exclude_none=True))).enqueue == configs
+    assert load_spec(ENQUEUE_SPACE).enqueue == []
+
+
+def test_every_bad_enqueued_value_is_named() -> None:
+    configs = [
+        {"lr": 0.5, "width": 12},
+        {"epochs": 3, "nope": 1},
+        {"optimizer": "adamx", "width": 8.5},
+        {"lr": "fast", "width": True},
+    ]
+    errors = {e.path: e.msg for e in spec_errors({**ENQUEUE_SPACE, "enqueue": configs})}
+    assert errors == {
+        "enqueue[0].lr": "0.5 is outside [0.001, 0.1]",
+        "enqueue[0].width": "12 is not on the grid 8 + k * 8",
+        "enqueue[1].epochs": "'epochs' is fixed in the spec; searched params: lr, optimizer, width",
+        "enqueue[1].nope": "'nope' is not a searched param; searched params: lr, optimizer, width",
+        "enqueue[2].optimizer": "'adamx' is not one of ['adam', 'sgd']",
+        "enqueue[2].width": "8.5 is not an integer",
+        "enqueue[3].lr": "'fast' is not a number",
+        "enqueue[3].width": "True is not a number",
+        "enqueue": "4 configurations for a budget of 3 trials",
+    }
+
+
+@pytest.mark.parametrize("bad", ["lr=0.01", [1, 2], [{"lr": 0.01}, "x"]])
+def test_enqueue_must_be_a_list_of_mappings(bad: Any) -> None:
+    errors = spec_errors({**ENQUEUE_SPACE, "enqueue": bad})
+    assert all(e.path.startswith("enqueue") for e in errors) and errors

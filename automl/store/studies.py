@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from automl.config import Limits
 from automl.data import dataset_fingerprint
-from automl.spec import CategoricalParam, FieldError, FloatParam, IntParam, SpecError, StudySpec
+from automl.spec import MAX_ENQUEUE, FieldError, SpecError, StudySpec, check_config
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.attrs import StudyStatus
@@ -64,7 +64,6 @@ from automl.store.views import (
 from automl.store.warm_start import plan_warm_start
 
 NAME_PROBE_BATCH = 20
-MAX_ENQUEUE = 10_000
 
 
 logger = logging.getLogger("automl.store")
@@ -156,7 +155,7 @@ def submit_study(
                     project=project,
                     status=StudyStatus.QUEUED.value,
                     n_trials=spec.budget.n_trials,
-                    issued=len(warm.configs),
+                    issued=len(spec.enqueue) + len(warm.configs),
                     max_retries=spec.budget.max_retries,
                     max_failed=spec.budget.max_failed,
                     failure_limit=spec.budget.max_failed,
@@ -168,6 +167,8 @@ def submit_study(
                     created_at=created.timestamp(),
                 )
             )
+            if spec.enqueue:
+                _insert_pending(connection, study_id, TicketSource.ENQUEUED, spec.enqueue)
             if warm.configs:
                 _insert_pending(connection, study_id, TicketSource.WARM_START, warm.configs)
             optuna_rows.put_study_attrs(connection, study_id, {attrs.STATUS: "queued"})
@@ -729,7 +730,7 @@ def enqueue_trials(
     errors = [
         error
         for index, config in enumerate(configs)
-        for error in _check_config(spec, index, config)
+        for error in check_config(spec, ("configs", index), config)
     ]
     if errors:
         raise SpecError(errors)
@@ -783,36 +784,6 @@ def _fingerprint(spec: StudySpec) -> str | None:
     except Exception as exc:  # a missing folder here is not a reason to refuse the study
         logger.info("no dataset fingerprint for %s: %s", spec.name, exc)
         return None
-
-
-def _check_config(spec: StudySpec, index: int, config: Mapping[str, Any]) -> list[FieldError]:
-    errors = []
-    for name, value in config.items():
-        loc = ("configs", index, name)
-        param = spec.params.get(name)
-        if param is None:
-            where = "is fixed in the spec" if name in spec.fixed else "is not a searched param"
-            choices = ", ".join(sorted(spec.params)) or "none"
-            errors.append(FieldError(loc, f"{name!r} {where}; searched params: {choices}"))
-            continue
-        problem = _out_of_range(param, value)
-        if problem:
-            errors.append(FieldError(loc, problem))
-    return errors
-
-
-def _out_of_range(param: FloatParam | IntParam | CategoricalParam, value: Any) -> str | None:
-    if isinstance(param, CategoricalParam):
-        return None if value in param.choices else f"{value!r} is not one of {param.choices}"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"{value!r} is not a number"
-    if isinstance(param, IntParam) and not float(value).is_integer():
-        return f"{value!r} is not an integer"
-    if not param.low <= value <= param.high:
-        return f"{value!r} is outside [{param.low}, {param.high}]"
-    if param.step is not None and abs((value - param.low) / param.step % 1) > 1e-9:
-        return f"{value!r} is not on the grid {param.low} + k * {param.step}"
-    return None
 
 
 def delete_study(store: Store, study_id: int) -> None:

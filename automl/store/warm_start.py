@@ -4,9 +4,10 @@ A spec names earlier studies, or ``auto`` (completed studies on the same dataset
 fingerprint). Their ``top_k`` best trials (by each study's first objective) become
 configurations of the new study, keeping only the params the new space searches, with
 values it allows and conditions under which they apply; whatever is dropped is noted.
-They are queued first and count toward the budget. Only studies of the new study's own
-project count: another project's is "not found" (named) or not seen (``auto``), so a warm
-start cannot copy another project's configurations.
+They are queued after the spec's own ``enqueue`` configurations and count toward the
+budget. Only studies of the new study's own project count: another project's is "not
+found" (named) or not seen (``auto``), so a warm start cannot copy another project's
+configurations.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ class WarmStart:
 def plan_warm_start(
     store: Store, spec: StudySpec, fingerprint: str | None, project: str
 ) -> WarmStart:
-    """The configurations of ``spec``'s warm start, best first, at most ``n_trials``,
-    from studies of ``project`` only.
+    """The configurations of ``spec``'s warm start, best first, at most the budget its
+    ``enqueue`` leaves, from studies of ``project`` only.
 
     Raises:
         SpecError: If a named study does not exist (``warm_start.studies[i]``).
@@ -65,7 +66,7 @@ def plan_warm_start(
                 if config and key not in seen:
                     seen.add(key)
                     plan.configs.append(config)
-    plan.configs = plan.configs[: spec.budget.n_trials]
+    plan.configs = plan.configs[: spec.budget.n_trials - len(spec.enqueue)]
     return plan
 
 

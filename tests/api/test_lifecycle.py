@@ -84,6 +84,26 @@ def test_enqueue_runs_the_given_configs_first(
     assert [{k: t["params"][k] for k in ("optimizer", "lr")} for t in trials] == configs
 
 
+def test_a_specs_enqueued_configs_run_first_and_bad_ones_are_422(
+    client: TestClient, submit: Submit, run_study: RunStudy
+) -> None:
+    configs = [{"optimizer": "sgd", "lr": 0.004, "momentum": 0.7}, {"lr": 0.002}]
+    study_id = submit(budget={"n_trials": 3, "max_failed": 0}, enqueue=configs)["id"]
+    run_study(study_id)
+    trials = client.get(f"/studies/{study_id}/trials").json()["data"]
+    assert trials[0]["params"] == configs[0]
+    assert trials[1]["params"]["lr"] == 0.002 and len(trials) == 3
+
+    bad = tiny_spec_data(name="bad", enqueue=[{"lr": 0.002}, {"lr": 5, "width": 16}])
+    response = client.post("/studies", json=bad)
+    assert response.status_code == 422, response.text
+    assert [error["loc"] for error in response.json()["detail"]] == [
+        ["body", "enqueue", 1, "lr"],
+        ["body", "enqueue", 1, "width"],
+    ]
+    assert "outside [0.001, 0.01]" in response.json()["detail"][0]["msg"]
+
+
 def test_rerun_failed_trials(
     client: TestClient, submit: Submit, run_study: RunStudy, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -93,6 +93,27 @@ def test_top_configurations_are_queued_first_from_the_budget(
     assert any("momentum is not searched here" in line for line in note["dropped"])
 
 
+def test_the_specs_own_configurations_run_before_the_warm_start_and_share_the_budget(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    earlier = finished_study(store, tiny_spec, RESULTS)
+    spec = tiny_spec(
+        name="later",
+        budget={"n_trials": 3, "max_failed": 0},
+        enqueue=[{"lr": 0.004}, {"optimizer": "adam", "lr": 0.001}],
+        warm_start={"studies": [earlier], "top_k": 3},
+    )
+    study = submit_study(store, spec)
+    assert queued(store, study.id) == [
+        ("enqueued", {"lr": 0.004}),
+        ("enqueued", {"optimizer": "adam", "lr": 0.001}),
+        ("warm_start", {"optimizer": "sgd", "momentum": 0.6}),  # the best (its lr is outside)
+    ]  # then the budget is spent: the other two earlier configurations do not run
+    assert study.counts.waiting == 3
+    note = store.storage.get_study_user_attrs(study.id)[attrs.WARM_START]
+    assert note["enqueued"] == 1
+
+
 def test_auto_finds_completed_studies_on_the_same_data(
     store: Store, tiny_spec: SpecFactory
 ) -> None:

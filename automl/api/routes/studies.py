@@ -19,6 +19,7 @@ from automl.api.errors import PayloadTooLargeError, error_responses
 from automl.api.params import MAX_ID, StudyId, TrialNumber
 from automl.config import Limits
 from automl.spec import (
+    MAX_ENQUEUE,
     FieldError,
     SpecError,
     StudySpec,
@@ -54,7 +55,6 @@ from automl.store import (
     weights_format,
 )
 from automl.store.artifacts import CHUNK_BYTES
-from automl.store.studies import MAX_ENQUEUE
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
