@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import types
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -149,7 +149,10 @@ class PrunerSpec(StrictModel):
 Condition = dict[str, Scalar | list[Scalar]]
 
 MAX_ENQUEUE = 10_000
-"""Most configurations one spec or one enqueue request may queue."""
+"""Most configurations one enqueue request (``automl enqueue``) may queue."""
+MAX_SPEC_ENQUEUE = 1_000
+"""Most configurations a spec's ``enqueue`` may hold: the spec is stored with the study and
+read by every claim, so longer lists belong in ``automl enqueue`` requests."""
 
 
 def _when() -> Any:
@@ -228,7 +231,7 @@ class StudySpec(StrictModel):
     params: dict[str, ParamSpec] = Field(default_factory=dict, description="The search space.")
     enqueue: list[dict[str, Any]] = Field(
         default_factory=list,
-        max_length=MAX_ENQUEUE,
+        max_length=MAX_SPEC_ENQUEUE,
         description="Configurations to run first, from the budget (known good settings): each "
         "maps searched params to values; the sampler fills in the rest.",
     )
@@ -653,7 +656,8 @@ def check_spec(spec: StudySpec, limits: Limits | None = None) -> list[FieldError
     for name, param in spec.params.items():
         errors += _check_param(spec, name, param)
     errors += _check_cycles(spec)
-    errors += _check_enqueue(spec)
+    if not errors:  # configurations are checked against a space known to be sound
+        errors += _check_enqueue(spec)
     return errors
 
 
@@ -946,8 +950,10 @@ def _check_enqueue(spec: StudySpec) -> list[FieldError]:
 
 
 def check_config(spec: StudySpec, loc: Loc, config: Mapping[str, Any]) -> list[FieldError]:
-    """Checks a configuration to enqueue: every name a searched param of ``spec``, every
-    value one it can take. Returns every problem, at ``loc.name``."""
+    """Checks a configuration to enqueue against ``spec``'s (valid) space: every name a
+    searched param, every value one it can take, and no param whose condition the
+    configuration's own parent values rule out (the sampler would never ask for it, so
+    its value would be lost). Returns every problem, at ``loc.name``."""
     errors = []
     for name, value in config.items():
         param = spec.params.get(name)
@@ -957,20 +963,44 @@ def check_config(spec: StudySpec, loc: Loc, config: Mapping[str, Any]) -> list[F
             errors.append(FieldError((*loc, name), f"{name!r} {where}; searched params: {choices}"))
             continue
         problem = _out_of_range(param, value)
+        if problem is None:
+            problem = _ruled_out(spec, name, config)
         if problem:
             errors.append(FieldError((*loc, name), problem))
     return errors
 
 
+def _ruled_out(spec: StudySpec, name: str, config: Mapping[str, Any]) -> str | None:
+    for parent, values in spec.conditions(name).items():
+        if parent in config and not _is_choice(config[parent], values):
+            return f"applies only when {parent} is one of {values}, not {config[parent]!r}"
+    return None
+
+
+def _is_choice(value: Any, choices: Sequence[Any]) -> bool:
+    """Whether ``value`` is one of ``choices`` as Optuna sees them: 16 and 16.0 are one
+    choice, True and 1 are not."""
+    return (isinstance(value, bool), value) in {(isinstance(c, bool), c) for c in choices}
+
+
 def _out_of_range(param: FloatParam | IntParam | CategoricalParam, value: Any) -> str | None:
     if isinstance(param, CategoricalParam):
-        return None if value in param.choices else f"{value!r} is not one of {param.choices}"
+        if _is_choice(value, param.choices):
+            return None
+        return f"{_short(value)} is not one of {param.choices}"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"{value!r} is not a number"
-    if isinstance(param, IntParam) and not float(value).is_integer():
+        return f"{_short(value)} is not a number"
+    if not param.low <= value <= param.high:  # exact for ints of any size, before any float()
+        return f"{_short(value)} is outside [{param.low}, {param.high}]"
+    if isinstance(param, IntParam) and isinstance(value, float) and not value.is_integer():
         return f"{value!r} is not an integer"
-    if not param.low <= value <= param.high:
-        return f"{value!r} is outside [{param.low}, {param.high}]"
-    if param.step is not None and abs((value - param.low) / param.step % 1) > 1e-9:
-        return f"{value!r} is not on the grid {param.low} + k * {param.step}"
+    if param.step is not None:
+        steps = (value - param.low) / param.step
+        if abs(steps - round(steps)) > 1e-9 * max(1.0, abs(steps)):
+            return f"{value!r} is not on the grid {param.low} + k * {param.step}"
     return None
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."

@@ -42,7 +42,12 @@ to its repeat's ``ACC`` is reported (no ratios): for comparing automl settings s
 the peer printed (``repeat N: target ...``). With ``--no-peer`` and no ``--target``, the
 target is the best test accuracy any side reached in the repeat - tolerance.
 ``--precision bf16`` fixes the trial's ``precision`` in automl's spec (bf16 autocast on the
-CPU too; the peer stays fp32).
+CPU too; the peer stays fp32). ``--same-draws`` hands automl the peer's random start-up
+configurations (``TPESampler(seed)``'s first ``min(trials, 10)`` proposals, computed
+beforehand by ``peers.optuna_imagefolder_search.startup_draws`` and checked against what the
+peer ran) as the spec's ``enqueue``, in the peer's order: both sides then try the same
+configurations first (all of them with the default 10 trials), and only speed, pruning
+decisions and training noise differ; later TPE proposals differ.
 
 Epochs to target (the epochs every trial that ended by then trained) counts the same race
 in work instead of seconds, so the machine's load does not enter it: on a shared machine
@@ -61,7 +66,7 @@ target is much noisier than the total time; use several repeats.
         [--test-per-class 100] [--trials 10] [--epochs 3] [--repeats 3]
         [--modes run slots] [--slots 2] [--pruners default] [--tolerance 0.005]
         [--target ACC ...] [--no-peer] [--device cpu]
-        [--precision auto|fp32|bf16] [--data DIR] [--keep DIR]
+        [--precision auto|fp32|bf16] [--same-draws] [--data DIR] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -135,6 +140,7 @@ class SearchRun:
         trials: Its finished trials in the order they ended.
         first_start: When its first trial started, from the side's start (start-up).
         note: Anything worth printing (e.g. automl's own test score of its best trial).
+        draws: The params of its trials by trial number (the peer's; for ``--same-draws``).
     """
 
     side: str
@@ -143,6 +149,7 @@ class SearchRun:
     first_start: float = math.nan
     trials: list[TrialRecord] = field(default_factory=list)
     note: str = ""
+    draws: list[dict[str, Any]] = field(default_factory=list)
 
     def complete(self) -> list[TrialRecord]:
         """The completed trials with a test score."""
@@ -207,10 +214,15 @@ def make_data(root: Path, per_class: int, val_per_class: int, test_per_class: in
 
 
 def study_spec(
-    seed: int, trials: int, epochs: int, pruner: str, precision: str = "auto"
+    seed: int,
+    trials: int,
+    epochs: int,
+    pruner: str,
+    precision: str = "auto",
+    draws: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """automl's spec of the peer's search (``pruner`` ``default``: no pruner written;
-    ``precision`` other than ``auto`` fixed)."""
+    ``precision`` other than ``auto`` fixed; ``draws`` enqueued to run first)."""
     spec: dict[str, Any] = {
         "name": f"bench-search-{seed}",
         "dataset": DATASET,
@@ -243,6 +255,8 @@ def study_spec(
         spec["pruner"] = {"name": pruner}
     if precision != "auto":
         spec["fixed"]["precision"] = precision
+    if draws:
+        spec["enqueue"] = draws
     keep_every_weight(spec)
     return spec
 
@@ -287,8 +301,9 @@ def run_peer(
     subprocess.run(command, check=True)
     ended = time.time()
     run = SearchRun("optuna", seed, ended - started)
-    for line in out.read_text().splitlines():
-        record = json.loads(line)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    run.draws = [record["params"] for record in sorted(records, key=lambda r: r["number"])]
+    for record in records:
         if "started" in record:
             run.first_start = min(run.first_start, record["started"] - started, key=_not_nan)
         run.trials.append(
@@ -312,7 +327,8 @@ def run_automl(
     ``automl.train.evaluation.evaluate_weights``.
     """
     spec_path = work / "spec.json"
-    spec = study_spec(seed, args.trials, args.epochs, pruner, args.precision)
+    draws = peer.startup_draws(seed, args.trials) if args.same_draws else None
+    spec = study_spec(seed, args.trials, args.epochs, pruner, args.precision, draws)
     spec_path.write_text(json.dumps(spec))
     url = f"sqlite:///{work / 'automl.db'}"
     artifacts = work / "artifacts"
@@ -414,6 +430,13 @@ def show(run: SearchRun, target: float) -> None:
     )
     if run.note:
         print(f"    {run.note}", flush=True)
+
+
+def check_same_draws(peer_run: SearchRun, draws: list[dict[str, Any]]) -> None:
+    """Says whether the peer really proposed the configurations automl was handed first."""
+    ran = peer_run.draws[: len(draws)]
+    if ran != draws:
+        print(f"  WARNING: the peer proposed {ran}, automl was handed {draws}", flush=True)
 
 
 def target_of(repeat: dict[str, SearchRun], args: argparse.Namespace) -> float:
@@ -532,6 +555,13 @@ def main() -> None:
         choices=["auto", "fp32", "bf16"],
         help="automl's precision (auto: fp32 on the CPU, bf16 or fp16 on CUDA)",
     )
+    parser.add_argument(
+        "--same-draws",
+        action="store_true",
+        help="automl runs the peer's random start-up configurations first, in its order "
+        "(spec enqueue): both sides try the same start-up configurations (all of them with "
+        "10 trials or fewer)",
+    )
     parser.add_argument("--data", type=Path, help="keep the generated images here (reused)")
     parser.add_argument("--keep", type=Path, help="keep each run's store and records here")
     args = parser.parse_args()
@@ -547,7 +577,8 @@ def main() -> None:
         print(
             f"{args.per_class * CLASSES} train / {args.val_per_class * CLASSES} val / "
             f"{args.test_per_class * CLASSES} test PNGs {SIZE}x{SIZE} RGB; {args.trials} trials "
-            f"x {args.epochs} epochs; device {args.device}; torch {torch.__version__}, "
+            f"x {args.epochs} epochs; device {args.device}; automl precision {args.precision}"
+            f"{'; same draws' if args.same_draws else ''}; torch {torch.__version__}, "
             f"{os.cpu_count()} cores",
             flush=True,
         )
@@ -568,6 +599,8 @@ def main() -> None:
                     results[name] = run_automl(args, mode, pruner, repeat, work, data)
             target = target_of(results, args)
             print(f"repeat {repeat + 1}: target {target:.4f}", flush=True)
+            if args.same_draws and "optuna" in results:
+                check_same_draws(results["optuna"], peer.startup_draws(repeat, args.trials))
             names = sorted(results, key=lambda name: name != "optuna")
             for name in names:
                 show(results[name], target)

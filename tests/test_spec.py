@@ -1082,3 +1082,51 @@ def test_every_bad_enqueued_value_is_named() -> None:
 def test_enqueue_must_be_a_list_of_mappings(bad: Any) -> None:
     errors = spec_errors({**ENQUEUE_SPACE, "enqueue": bad})
     assert all(e.path.startswith("enqueue") for e in errors) and errors
+
+
+def test_enqueued_values_are_judged_as_optuna_judges_them() -> None:
+    space = {
+        **ENQUEUE_SPACE,
+        "params": {
+            "dropout": {"type": "float", "low": 0.0, "high": 0.9, "step": 0.1},
+            "width": {"type": "categorical", "choices": [8, 16]},
+            "depth": {"type": "int", "low": 1, "high": 4},
+        },
+    }
+    good = [{"dropout": 0.3}, {"dropout": 0.7, "width": 16.0}, {"depth": 2.0}]
+    assert load_spec({**space, "enqueue": good}).enqueue == good
+    bad = [{"dropout": 0.35, "width": True}, {"depth": 10**400}, {"depth": 2.5}]
+    errors = {e.path: e.msg for e in spec_errors({**space, "enqueue": bad})}
+    assert errors == {
+        "enqueue[0].dropout": "0.35 is not on the grid 0.0 + k * 0.1",
+        "enqueue[0].width": "True is not one of [8, 16]",
+        "enqueue[1].depth": "1000000000000000000000000000000000000... is outside [1, 4]",
+        "enqueue[2].depth": "2.5 is not an integer",
+    }
+
+
+def test_an_enqueued_param_its_own_parents_rule_out_is_named() -> None:
+    space = {
+        "name": "x",
+        "params": {
+            "model": {"type": "categorical", "choices": ["cnn", "resnet18"]},
+            "width": {"type": "int", "low": 8, "high": 32},  # applies to cnn only
+            "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+            "momentum": {"type": "float", "low": 0.5, "high": 0.9, "when": {"optimizer": "sgd"}},
+        },
+    }
+    fine = [{"momentum": 0.7}, {"optimizer": "sgd", "momentum": 0.7, "model": "cnn", "width": 8}]
+    assert load_spec({**space, "enqueue": fine}).enqueue == fine
+    bad = [{"optimizer": "adam", "momentum": 0.7}, {"model": "resnet18", "width": 16}]
+    errors = {e.path: e.msg for e in spec_errors({**space, "enqueue": bad})}
+    assert errors == {
+        "enqueue[0].momentum": "applies only when optimizer is one of ['sgd'], not 'adam'",
+        "enqueue[1].width": "applies only when model is one of ['cnn'], not 'resnet18'",
+    }
+
+
+def test_a_spec_enqueues_at_most_a_thousand_configurations() -> None:
+    many = [{"lr": 0.01}] * 1001
+    errors = spec_errors({**ENQUEUE_SPACE, "budget": {"n_trials": 2000}, "enqueue": many})
+    assert [e.path for e in errors] == ["enqueue"]
+    assert "at most 1000" in errors[0].msg

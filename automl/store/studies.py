@@ -8,7 +8,7 @@ that locks the study's row; reads use SQL aggregates and pages, never every tria
 from __future__ import annotations
 
 import contextlib
-import functools
+import hashlib
 import json
 import logging
 import secrets
@@ -366,12 +366,24 @@ def _summary_fields(
     return summaries
 
 
-@functools.lru_cache(maxsize=4096)
+_HEADS: dict[bytes, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+_HEADS_LIMIT = 4096
+
+
 def _directions_and_metrics(spec_text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """A stored spec's directions and metrics, parsed once per distinct spec text (every
-    listing shows them for each study of its page; a stored spec never changes)."""
-    spec = _stored_spec(spec_text)
-    return tuple(spec.directions), tuple(spec.metrics)
+    listing shows them for each study of its page; a stored spec never changes). Kept by a
+    digest of the text, so the cache does not hold the specs (an ``enqueue`` can make one
+    large)."""
+    key = hashlib.blake2b(spec_text.encode(), digest_size=16).digest()
+    heads = _HEADS.get(key)
+    if heads is None:
+        spec = _stored_spec(spec_text)
+        heads = tuple(spec.directions), tuple(spec.metrics)
+        if len(_HEADS) >= _HEADS_LIMIT:
+            _HEADS.clear()  # rare: start over rather than track recency on every listing
+        _HEADS[key] = heads
+    return heads
 
 
 def _counts_and_best(

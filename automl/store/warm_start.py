@@ -56,7 +56,7 @@ def plan_warm_start(
     with store.read() as connection:
         sources = _source_studies(connection, warm.studies, fingerprint, project)
         plan = WarmStart(studies=[study_id for study_id, _ in sources])
-        seen: set[str] = set()
+        seen = {json.dumps(config, sort_keys=True) for config in spec.enqueue}
         for study_id, directions in sources:
             maximize = directions[0] == "maximize"
             trial_ids = optuna_rows.top_trial_ids(connection, study_id, maximize, warm.top_k)
@@ -66,7 +66,7 @@ def plan_warm_start(
                 if config and key not in seen:
                     seen.add(key)
                     plan.configs.append(config)
-    plan.configs = plan.configs[: spec.budget.n_trials - len(spec.enqueue)]
+    plan.configs = plan.configs[: max(0, spec.budget.n_trials - len(spec.enqueue))]
     return plan
 
 

@@ -6,11 +6,14 @@ optimizers. On the CPU the same code path runs in plain fp32 and stays determini
 channels_last for image batches too (oneDNN's convolutions run a training step of the small
 conv nets 1.2 to 1.7 times faster in it; ``AUTOML_CPU_CHANNELS_LAST=0`` turns it off).
 
-A trial's ``precision`` overrides the arithmetic: ``fp32`` trains and evaluates in full
-precision on the GPU too; ``bf16`` autocasts to bf16 on the CPU as well, where CPUs with
-AMX or AVX512-BF16 run the convolutions of ResNets and small conv nets about 1.5 times
-faster (depthwise convolutions, as in MobileNet and EfficientNet, are not faster there).
-Training, validation, test scoring and serving of a trial all use the same arithmetic.
+A trial's ``precision`` overrides the arithmetic: ``fp32`` trains and evaluates without
+autocast on the GPU too (cuDNN may still pick TF32 convolutions, PyTorch's default);
+``bf16`` autocasts to bf16 on the CPU as well, where CPUs with AMX or AVX512-BF16 run the
+convolutions of ResNets and small conv nets about 1.5 times faster (depthwise
+convolutions, as in MobileNet and EfficientNet, are not faster there; CPUs and GPUs
+without native bf16 emulate it, slower than fp32). On one kind of device, a trial's
+training, validation, test scoring, latency measurement and serving use the same
+arithmetic; exported files (ONNX, TorchScript, bundles) hold fp32 weights.
 
 Setting ``AUTOML_SYNC_DEBUG=warn`` (or ``error``) reports (or fails on) every operation
 that makes the host wait for the GPU inside the per-batch training loop, through

@@ -165,7 +165,7 @@ def train(
     torch.manual_seed(config.seed)
     model = build_model(config.model.name, config.model.options, data.input_shape, data.num_classes)
     model = accel.model(model)
-    model_stats = profile_model(model, data.input_shape, device)
+    model_stats = profile_model(model, data.input_shape, accel)
     split = TrainSplit(
         data.train_x,
         data.train_y,

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from automl.train.accel import Accelerator
+
 LATENCY_BATCH = 256
 """Batch size of ``ModelStats.batch_latency_ms``."""
 WARMUP_RUNS = {"cpu": 1, "cuda": 3}
@@ -43,22 +45,23 @@ def measure_latency(
     model: nn.Module,
     input_shape: Sequence[int],
     batch_size: int,
-    device: torch.device,
+    accel: Accelerator,
 ) -> float:
     """Median time of ``model``'s forward pass on one batch, in milliseconds.
 
     Runs untimed warm-up passes (``WARMUP_RUNS``), then up to ``MAX_TIMED_RUNS`` timed ones until
-    ``TIME_BUDGET_S`` is spent, in eval mode (bfloat16 autocast on CUDA, as evaluation
-    runs); the model's train/eval mode is restored afterwards. The input is constant, so
-    the global random state is untouched.
+    ``TIME_BUDGET_S`` is spent, in eval mode and in the arithmetic and memory format of
+    ``accel``, as evaluation runs; the model's train/eval mode is restored afterwards. The
+    input is constant, so the global random state is untouched.
     """
     was_training = model.training
     model.eval()
+    device = accel.device
     on_cuda = device.type == "cuda"
-    batch = torch.full((batch_size, *input_shape), 0.5, device=device)
+    batch = accel.batch(torch.full((batch_size, *input_shape), 0.5, device=device))
 
     def run() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
+        with accel.autocast():
             model(batch)
         if on_cuda:
             torch.cuda.synchronize(device)
@@ -77,10 +80,11 @@ def measure_latency(
     return statistics.median(times) * 1000.0
 
 
-def profile_model(model: nn.Module, input_shape: Sequence[int], device: torch.device) -> ModelStats:
-    """Counts ``model``'s parameters and measures its latency at batch 1 and batch 256."""
+def profile_model(model: nn.Module, input_shape: Sequence[int], accel: Accelerator) -> ModelStats:
+    """Counts ``model``'s parameters and measures its latency at batch 1 and batch 256 on
+    ``accel``'s device, in its arithmetic."""
     return ModelStats(
         params=count_parameters(model),
-        latency_ms=measure_latency(model, input_shape, 1, device),
-        batch_latency_ms=measure_latency(model, input_shape, LATENCY_BATCH, device),
+        latency_ms=measure_latency(model, input_shape, 1, accel),
+        batch_latency_ms=measure_latency(model, input_shape, LATENCY_BATCH, accel),
     )

@@ -90,6 +90,23 @@ def make_optimizer(trial: optuna.Trial, model: torch.nn.Module) -> torch.optim.O
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=SGD_MOMENTUM, nesterov=True)
 
 
+TPE_STARTUP_TRIALS = 10
+"""``TPESampler``'s default ``n_startup_trials``: its proposals before it models results."""
+
+
+def startup_draws(seed: int, trials: int) -> list[dict[str, Any]]:
+    """The configurations ``main`` proposes first with this ``seed``: the random start-up
+    draws of ``TPESampler(seed)``, at most ``TPE_STARTUP_TRIALS`` of them, asked in the
+    objective's order (model, then optimizer). They do not depend on how the trials end,
+    so ``bench_search.py --same-draws`` can hand them to automl beforehand."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    for _ in range(min(trials, TPE_STARTUP_TRIALS)):
+        trial = study.ask()
+        make_optimizer(trial, define_model(trial, 2))
+        study.tell(trial, 0.0)
+    return [trial.params for trial in study.trials]
+
+
 class Search:
     """The objective, and what the measurement keeps of each trial.
 

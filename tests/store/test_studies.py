@@ -413,7 +413,13 @@ def test_enqueue_takes_budget_and_runs_before_the_sampler(
 
 def test_enqueue_checks_every_config(store: Store, tiny_spec: SpecFactory) -> None:
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 5})).id
-    configs = [{"lr": 0.5}, {"epochs": 3}, {"optimizer": "adamx", "nope": 1}, {"lr": "x"}]
+    configs = [
+        {"lr": 0.5},
+        {"epochs": 3},
+        {"optimizer": "adamx", "nope": 1},
+        {"lr": "x"},
+        {"optimizer": "adam", "momentum": 0.7},
+    ]
     with pytest.raises(SpecError) as info:
         enqueue_trials(store, study_id, configs)
     found = {error.path: error.msg for error in info.value.errors}
@@ -423,10 +429,12 @@ def test_enqueue_checks_every_config(store: Store, tiny_spec: SpecFactory) -> No
         "configs[2].optimizer",
         "configs[2].nope",
         "configs[3].lr",
+        "configs[4].momentum",
     }
     assert "outside [0.001, 0.01]" in found["configs[0].lr"]
     assert "is fixed in the spec" in found["configs[1].epochs"]
     assert "searched params: lr, momentum, optimizer" in found["configs[2].nope"]
+    assert "applies only when optimizer is one of ['sgd']" in found["configs[4].momentum"]
     assert get_study(store, study_id).counts.waiting == 5  # nothing was queued
     cancel_study(store, study_id)
     with pytest.raises(StudyStateError, match="resume it first"):

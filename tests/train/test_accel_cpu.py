@@ -14,6 +14,7 @@ from automl.train import train
 from automl.train.accel import CPU_CHANNELS_LAST_ENV, Accelerator
 from automl.train.evaluation import evaluate_weights
 from automl.train.hyperparameters import flat_config
+from automl.train.model_stats import profile_model
 
 CPU = torch.device("cpu")
 
@@ -128,3 +129,20 @@ def test_bf16_on_the_cpu_is_deterministic_as_accurate_and_scored_alike(
     assert abs(first.history[-1]["accuracy"] - full.history[-1]["accuracy"]) <= 0.05
     rescored = evaluate_weights(config, first.state_dict, split="val", data=digits)
     assert rescored.metrics["accuracy"] == first.metrics["accuracy"]
+    assert rescored.metrics["loss"] == first.metrics["loss"]  # bit for bit: bf16 again
+
+
+def test_latency_is_measured_in_the_trials_arithmetic_and_format() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+    seen: list[tuple[torch.dtype, bool]] = []
+    model.register_forward_hook(
+        lambda _module, inputs, output: seen.append(
+            (output.dtype, inputs[0].is_contiguous(memory_format=torch.channels_last))
+        )
+    )
+    for dtype, channels_last in [(None, False), (torch.bfloat16, True)]:
+        seen.clear()
+        accel = Accelerator(CPU, dtype=dtype, channels_last=channels_last)
+        stats = profile_model(accel.model(model), (3, 8, 8), accel)
+        assert stats.latency_ms > 0 and stats.params == 3 * 4 * 9 + 4
+        assert set(seen) == {(dtype or torch.float32, channels_last)}
