@@ -1049,6 +1049,11 @@ ENQUEUE_SPACE: dict[str, Any] = {
 }
 
 
+def enqueue_errors(space: dict[str, Any], configs: Any) -> dict[str, str]:
+    """The spec errors of ``space`` with ``configs`` enqueued, message by path."""
+    return {e.path: e.msg for e in spec_errors({**space, "enqueue": configs})}
+
+
 def test_enqueued_configurations_are_kept_in_order() -> None:
     configs = [{"optimizer": "sgd", "lr": 0.01, "width": 16}, {"lr": 0.002}]
     spec = load_spec({**ENQUEUE_SPACE, "enqueue": configs})
@@ -1064,8 +1069,7 @@ def test_every_bad_enqueued_value_is_named() -> None:
         {"optimizer": "adamx", "width": 8.5},
         {"lr": "fast", "width": True},
     ]
-    errors = {e.path: e.msg for e in spec_errors({**ENQUEUE_SPACE, "enqueue": configs})}
-    assert errors == {
+    assert enqueue_errors(ENQUEUE_SPACE, configs) == {
         "enqueue[0].lr": "0.5 is outside [0.001, 0.1]",
         "enqueue[0].width": "12 is not on the grid 8 + k * 8",
         "enqueue[1].epochs": "'epochs' is fixed in the spec; searched params: lr, optimizer, width",
@@ -1096,8 +1100,7 @@ def test_enqueued_values_are_judged_as_optuna_judges_them() -> None:
     good = [{"dropout": 0.3}, {"dropout": 0.7, "width": 16.0}, {"depth": 2.0}]
     assert load_spec({**space, "enqueue": good}).enqueue == good
     bad = [{"dropout": 0.35, "width": True}, {"depth": 10**400}, {"depth": 2.5}]
-    errors = {e.path: e.msg for e in spec_errors({**space, "enqueue": bad})}
-    assert errors == {
+    assert enqueue_errors(space, bad) == {
         "enqueue[0].dropout": "0.35 is not on the grid 0.0 + k * 0.1",
         "enqueue[0].width": "True is not one of [8, 16]",
         "enqueue[1].depth": "1000000000000000000000000000000000000... is outside [1, 4]",
@@ -1118,8 +1121,7 @@ def test_an_enqueued_param_its_own_parents_rule_out_is_named() -> None:
     fine = [{"momentum": 0.7}, {"optimizer": "sgd", "momentum": 0.7, "model": "cnn", "width": 8}]
     assert load_spec({**space, "enqueue": fine}).enqueue == fine
     bad = [{"optimizer": "adam", "momentum": 0.7}, {"model": "resnet18", "width": 16}]
-    errors = {e.path: e.msg for e in spec_errors({**space, "enqueue": bad})}
-    assert errors == {
+    assert enqueue_errors(space, bad) == {
         "enqueue[0].momentum": "applies only when optimizer is one of ['sgd'], not 'adam'",
         "enqueue[1].width": "applies only when model is one of ['cnn'], not 'resnet18'",
     }
