@@ -114,7 +114,9 @@ def test_precision_picks_the_cpu_autocast_dtype(precision: str, dtype: torch.dty
 def test_bf16_on_the_cpu_is_deterministic_as_accurate_and_scored_alike(
     digits: ImageData, architecture: dict[str, object]
 ) -> None:
-    params = {**architecture, "epochs": 3, "batch_size": 64, "lr": 0.01}
+    # Six epochs: at three, these models still sit on the steep part of their curve,
+    # where the different roundings of bf16 and fp32 move the accuracy by 0.05.
+    params = {**architecture, "epochs": 6, "batch_size": 64, "lr": 0.01}
     config = flat_config({**params, "precision": "bf16"})
     first, again = (train(config, data=digits) for _ in range(2))
     assert all(torch.equal(first.state_dict[k], again.state_dict[k]) for k in first.state_dict)
