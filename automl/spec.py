@@ -980,7 +980,8 @@ def _ruled_out(spec: StudySpec, name: str, config: Mapping[str, Any]) -> str | N
 def _is_choice(value: Any, choices: Sequence[Any]) -> bool:
     """Whether ``value`` is one of ``choices`` as Optuna sees them: 16 and 16.0 are one
     choice, True and 1 are not."""
-    return (isinstance(value, bool), value) in {(isinstance(c, bool), c) for c in choices}
+    kind = isinstance(value, bool)
+    return any(isinstance(choice, bool) == kind and choice == value for choice in choices)
 
 
 def _out_of_range(param: FloatParam | IntParam | CategoricalParam, value: Any) -> str | None:

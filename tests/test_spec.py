@@ -1091,6 +1091,7 @@ def test_enqueue_must_be_a_list_of_mappings(bad: Any) -> None:
 def test_enqueued_values_are_judged_as_optuna_judges_them() -> None:
     space = {
         **ENQUEUE_SPACE,
+        "budget": {"n_trials": 4},
         "params": {
             "dropout": {"type": "float", "low": 0.0, "high": 0.9, "step": 0.1},
             "width": {"type": "categorical", "choices": [8, 16]},
@@ -1099,12 +1100,21 @@ def test_enqueued_values_are_judged_as_optuna_judges_them() -> None:
     }
     good = [{"dropout": 0.3}, {"dropout": 0.7, "width": 16.0}, {"depth": 2.0}]
     assert load_spec({**space, "enqueue": good}).enqueue == good
-    bad = [{"dropout": 0.35, "width": True}, {"depth": 10**400}, {"depth": 2.5}]
+    bad = [
+        {"dropout": 0.35, "width": True},
+        {"depth": 10**400, "width": [8]},
+        {"depth": 2.5, "width": {"a": 8}},
+        {"dropout": float("nan"), "depth": float("inf")},
+    ]
     assert enqueue_errors(space, bad) == {
         "enqueue[0].dropout": "0.35 is not on the grid 0.0 + k * 0.1",
         "enqueue[0].width": "True is not one of [8, 16]",
         "enqueue[1].depth": "1000000000000000000000000000000000000... is outside [1, 4]",
+        "enqueue[1].width": "[8] is not one of [8, 16]",
         "enqueue[2].depth": "2.5 is not an integer",
+        "enqueue[2].width": "{'a': 8} is not one of [8, 16]",
+        "enqueue[3].dropout": "nan is outside [0.0, 0.9]",
+        "enqueue[3].depth": "inf is outside [1, 4]",
     }
 
 
@@ -1120,10 +1130,16 @@ def test_an_enqueued_param_its_own_parents_rule_out_is_named() -> None:
     }
     fine = [{"momentum": 0.7}, {"optimizer": "sgd", "momentum": 0.7, "model": "cnn", "width": 8}]
     assert load_spec({**space, "enqueue": fine}).enqueue == fine
-    bad = [{"optimizer": "adam", "momentum": 0.7}, {"model": "resnet18", "width": 16}]
+    bad = [
+        {"optimizer": "adam", "momentum": 0.7},
+        {"model": "resnet18", "width": 16},
+        {"optimizer": ["sgd"], "momentum": 0.7},
+    ]
     assert enqueue_errors(space, bad) == {
         "enqueue[0].momentum": "applies only when optimizer is one of ['sgd'], not 'adam'",
         "enqueue[1].width": "applies only when model is one of ['cnn'], not 'resnet18'",
+        "enqueue[2].optimizer": "['sgd'] is not one of ['adam', 'sgd']",
+        "enqueue[2].momentum": "applies only when optimizer is one of ['sgd'], not ['sgd']",
     }
 
 
