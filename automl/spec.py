@@ -9,6 +9,7 @@ against each hyperparameter's own bounds, conditional parents. Every problem bec
 from __future__ import annotations
 
 import json
+import math
 import re
 import types
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -973,7 +974,7 @@ def check_config(spec: StudySpec, loc: Loc, config: Mapping[str, Any]) -> list[F
 def _ruled_out(spec: StudySpec, name: str, config: Mapping[str, Any]) -> str | None:
     for parent, values in spec.conditions(name).items():
         if parent in config and not _is_choice(config[parent], values):
-            return f"applies only when {parent} is one of {values}, not {config[parent]!r}"
+            return f"applies only when {parent} is one of {values}, not {_short(config[parent])}"
     return None
 
 
@@ -995,13 +996,23 @@ def _out_of_range(param: FloatParam | IntParam | CategoricalParam, value: Any) -
         return f"{_short(value)} is outside [{param.low}, {param.high}]"
     if isinstance(param, IntParam) and isinstance(value, float) and not value.is_integer():
         return f"{value!r} is not an integer"
-    if param.step is not None:
-        steps = (value - param.low) / param.step
-        if abs(steps - round(steps)) > 1e-9 * max(1.0, abs(steps)):
-            return f"{value!r} is not on the grid {param.low} + k * {param.step}"
+    if param.step is not None and not _on_grid(param, value):
+        return f"{_short(value)} is not on the grid {param.low} + k * {param.step}"
     return None
 
 
+def _on_grid(param: FloatParam | IntParam, value: float) -> bool:
+    """Whether ``value`` (within the range) is ``low + k * step``, as Optuna decides it:
+    exactly for integers, within 1e-8 of a step for floats."""
+    assert param.step is not None
+    if isinstance(param, IntParam):
+        return (int(value) - param.low) % param.step == 0
+    steps = (value - param.low) / param.step
+    return math.isfinite(steps) and abs(steps - round(steps)) < 1e-8
+
+
 def _short(value: Any, limit: int = 40) -> str:
+    if isinstance(value, int) and value.bit_length() > 64:
+        return "an integer over 64 bits"  # repr of a huge one can even raise
     text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 3]}..."

@@ -1109,7 +1109,7 @@ def test_enqueued_values_are_judged_as_optuna_judges_them() -> None:
     assert enqueue_errors(space, bad) == {
         "enqueue[0].dropout": "0.35 is not on the grid 0.0 + k * 0.1",
         "enqueue[0].width": "True is not one of [8, 16]",
-        "enqueue[1].depth": "1000000000000000000000000000000000000... is outside [1, 4]",
+        "enqueue[1].depth": "an integer over 64 bits is outside [1, 4]",
         "enqueue[1].width": "[8] is not one of [8, 16]",
         "enqueue[2].depth": "2.5 is not an integer",
         "enqueue[2].width": "{'a': 8} is not one of [8, 16]",
@@ -1148,3 +1148,27 @@ def test_a_spec_enqueues_at_most_a_thousand_configurations() -> None:
     errors = spec_errors({**ENQUEUE_SPACE, "budget": {"n_trials": 2000}, "enqueue": many})
     assert [e.path for e in errors] == ["enqueue"]
     assert "at most 1000" in errors[0].msg
+
+
+def test_enqueued_values_on_huge_grids_and_yaml_integers_get_messages() -> None:
+    space = {
+        "name": "x",
+        "budget": {"n_trials": 4},
+        "params": {
+            "seed": {"type": "int", "low": 0, "high": 2**40, "step": 2},
+            "div_factor": {"type": "float", "low": 1.0, "high": 1e308, "step": 1e-300},
+        },
+        "fixed": {"scheduler": "one_cycle"},
+    }
+    bad = [{"seed": 2**39 + 1}, {"div_factor": 1e308}]
+    assert enqueue_errors(space, bad) == {
+        "enqueue[0].seed": f"{2**39 + 1} is not on the grid 0 + k * 2",
+        "enqueue[1].div_factor": "1e+308 is not on the grid 1.0 + k * 1e-300",
+    }
+    assert load_spec({**space, "enqueue": [{"seed": 2**39}]}).enqueue == [{"seed": 2**39}]
+    huge = "0x" + "f" * 4000  # YAML reads hex integers of any size; their repr cannot
+    text = "name: x\nbudget: {n_trials: 2}\nparams: {seed: {type: int, low: 0, high: 9}}\n"
+    errors = spec_errors(parse_text(text + f"enqueue: [{{seed: {huge}}}]\n"))
+    assert [(e.path, e.msg) for e in errors] == [
+        ("enqueue[0].seed", "an integer over 64 bits is outside [0, 9]")
+    ]

@@ -69,6 +69,7 @@ class WeightedCrossEntropy(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The weighted mean loss of the batch: ``target`` holds class indices, or class
         probabilities (mixup, cutmix) as PyTorch's loss accepts them."""
+        logits = logits.float()  # as under CUDA autocast; CPU autocast keeps bf16 here
         weight = self.weight.to(logits.dtype)
         nll = -F.log_softmax(logits, dim=1)
         if target.is_floating_point():

@@ -26,3 +26,16 @@ def test_weighted_cross_entropy_takes_soft_targets_as_pytorchs_does() -> None:
     weight = torch.rand(4, generator=generator) + 0.2
     expected = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1)(logits, soft)
     assert torch.allclose(WeightedCrossEntropy(weight, 0.1)(logits, soft), expected, atol=1e-6)
+
+
+def test_weighted_cross_entropy_of_bf16_logits_is_computed_in_fp32() -> None:
+    """As PyTorch's own loss is under autocast: CPU autocast would keep bf16 otherwise."""
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(32, 5, generator=generator).to(torch.bfloat16)
+    targets = torch.randint(0, 5, (32,), generator=generator)
+    weight = torch.rand(5, generator=generator) + 0.2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = WeightedCrossEntropy(weight)(logits, targets)
+        expected = torch.nn.CrossEntropyLoss(weight=weight)(logits, targets)
+    assert ours.dtype == expected.dtype == torch.float32
+    assert torch.allclose(ours, expected, atol=1e-6)
