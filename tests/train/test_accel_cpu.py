@@ -127,8 +127,10 @@ def test_bf16_on_the_cpu_is_deterministic_as_accurate_and_scored_alike(
     assert scores(first.history) == scores(again.history)
     full = train(flat_config({**params, "precision": "fp32"}), data=digits)
     assert not all(torch.equal(first.state_dict[k], full.state_dict[k]) for k in full.state_dict)
-    # bf16 rounds differently; the same seed still lands close.
-    assert abs(first.history[-1]["accuracy"] - full.history[-1]["accuracy"]) <= 0.05
+    # bf16 rounds differently (and each CPU's kernels round their own way); it must not
+    # cost accuracy beyond the noise of 200 validation images.
+    assert first.history[-1]["accuracy"] >= full.history[-1]["accuracy"] - 0.05
+    assert first.history[-1]["accuracy"] >= 0.6  # it learned
     rescored = evaluate_weights(config, first.state_dict, split="val", data=digits)
     assert rescored.metrics["accuracy"] == first.metrics["accuracy"]
     assert rescored.metrics["loss"] == first.metrics["loss"]  # bit for bit: bf16 again
