@@ -963,7 +963,7 @@ def check_config(spec: StudySpec, loc: Loc, config: Mapping[str, Any]) -> list[F
             choices = ", ".join(sorted(spec.params)) or "none"
             errors.append(FieldError((*loc, name), f"{name!r} {where}; searched params: {choices}"))
             continue
-        problem = _out_of_range(param, value)
+        problem = value_problem(param, value)
         if problem is None:
             problem = _ruled_out(spec, name, config)
         if problem:
@@ -985,7 +985,9 @@ def _is_choice(value: Any, choices: Sequence[Any]) -> bool:
     return any(isinstance(choice, bool) == kind and choice == value for choice in choices)
 
 
-def _out_of_range(param: FloatParam | IntParam | CategoricalParam, value: Any) -> str | None:
+def value_problem(param: FloatParam | IntParam | CategoricalParam, value: Any) -> str | None:
+    """Why ``param`` cannot take ``value`` as Optuna would (wrong type, outside the range,
+    off the step grid, not a choice), or None when it can."""
     if isinstance(param, CategoricalParam):
         if _is_choice(value, param.choices):
             return None

@@ -1172,3 +1172,19 @@ def test_enqueued_values_on_huge_grids_and_yaml_integers_get_messages() -> None:
     assert [(e.path, e.msg) for e in errors] == [
         ("enqueue[0].seed", "an integer over 64 bits is outside [0, 9]")
     ]
+
+
+@pytest.mark.parametrize(
+    ("where", "path"),
+    [
+        ({"fixed": {"precision": "fp16"}}, "fixed.precision"),
+        (
+            {"params": {"precision": {"type": "categorical", "choices": ["fp32", "half"]}}},
+            "params.precision.choices[1]",
+        ),
+    ],
+)
+def test_an_unknown_precision_is_named(where: dict[str, Any], path: str) -> None:
+    [error] = spec_errors({"name": "x", **where})
+    assert (error.path, error.msg) == (path, "Input should be 'auto', 'fp32' or 'bf16'")
+    assert load_spec({"name": "x", "fixed": {"precision": "bf16"}}).fixed["precision"] == "bf16"

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from automl.spec import FieldError, SpecError, StudySpec
+from automl.spec import FieldError, SpecError, StudySpec, value_problem
 from automl.store import optuna_rows, tables
 from automl.store.attrs import StudyStatus
 from automl.store.storage import Store
@@ -115,7 +115,7 @@ def _fit(spec: StudySpec, params: dict[str, Any], source: str, plan: WarmStart) 
         if name not in params:
             continue
         param = spec.params[name]
-        if not _allowed(param, params[name]):
+        if value_problem(param, params[name]) is not None:
             plan.dropped.append(f"{source}: {name}={params[name]!r} is outside this space")
             continue
         conditions = spec.conditions(name)
@@ -124,11 +124,3 @@ def _fit(spec: StudySpec, params: dict[str, Any], source: str, plan: WarmStart) 
     for name in sorted(set(params) - set(spec.params)):
         plan.dropped.append(f"{source}: {name} is not searched here")
     return kept
-
-
-def _allowed(param: Any, value: Any) -> bool:
-    if param.type == "categorical":
-        return value in param.choices
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return bool(param.low <= value <= param.high)

@@ -126,6 +126,28 @@ def test_auto_finds_completed_studies_on_the_same_data(
     assert [source for source, _ in queued(store, study.id)] == ["warm_start"] * 2
 
 
+def test_values_off_the_new_step_grid_are_dropped_as_the_spec_would_refuse_them(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    earlier = finished_study(store, tiny_spec, RESULTS)
+    params = {
+        "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+        "momentum": {
+            "type": "float",
+            "low": 0.5,
+            "high": 0.9,
+            "step": 0.2,
+            "when": {"optimizer": "sgd"},
+        },
+    }
+    spec = tiny_spec(name="later", params=params, warm_start={"studies": [earlier], "top_k": 2})
+    study = submit_study(store, spec)
+    assert queued(store, study.id) == [("warm_start", {"optimizer": "sgd"})]  # both the same
+    note = store.storage.get_study_user_attrs(study.id)[attrs.WARM_START]
+    assert any("momentum=0.6 is outside this space" in line for line in note["dropped"])
+    assert any("momentum=0.8 is outside this space" in line for line in note["dropped"])
+
+
 def test_unknown_earlier_study_is_named(store: Store, tiny_spec: SpecFactory) -> None:
     with pytest.raises(SpecError) as info:
         submit_study(store, tiny_spec(warm_start={"studies": [987654]}))
