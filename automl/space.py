@@ -36,11 +36,16 @@ def is_active(spec: StudySpec, name: str, chosen: Mapping[str, Any]) -> bool:
     )
 
 
-def suggest(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
+def suggest(trial: optuna.Trial, spec: StudySpec, seed: int | None = None) -> TrialConfig:
     """Asks ``trial`` for a value of every active param and builds the full configuration.
 
     Parents are suggested before their children; a param whose conditions do not hold is
     not suggested at all, so the sampler never sees it for that trial.
+
+    Args:
+        trial: The trial to ask.
+        spec: The study's spec.
+        seed: The training seed when the spec neither fixes nor searches ``seed``.
     """
     chosen: dict[str, Any] = {}
     for name in conditional_order(spec):
@@ -48,7 +53,7 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
             continue
         distribution = to_distribution(spec.params[name])
         chosen[name] = _ask(trial, name, distribution)
-    return build_config(spec, chosen)
+    return build_config(spec, chosen, seed)
 
 
 def _ask(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
@@ -64,7 +69,12 @@ def _ask(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
     )
 
 
-def build_config(spec: StudySpec, params: Mapping[str, Any]) -> TrialConfig:
-    """Combines the spec's dataset and fixed values with a trial's ``params``."""
+def build_config(
+    spec: StudySpec, params: Mapping[str, Any], seed: int | None = None
+) -> TrialConfig:
+    """Combines the spec's dataset and fixed values with a trial's ``params``, and ``seed``
+    as the training seed unless the spec fixes or searches one."""
     dataset = {"source": spec.dataset.source, "options": spec.dataset.options}
-    return TrialConfig.model_validate(config_data(dataset, {**spec.fixed, **params}, spec.chosen))
+    default = {} if seed is None else {"seed": seed}
+    values = {**default, **spec.fixed, **params}
+    return TrialConfig.model_validate(config_data(dataset, values, spec.chosen))

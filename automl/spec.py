@@ -133,7 +133,13 @@ class SamplerSpec(StrictModel):
     """Which sampler proposes configurations."""
 
     name: str = "tpe"
-    seed: StrictInt | None = Field(None, ge=0, le=2**32 - 1, description="Sampler seed.")
+    seed: StrictInt | None = Field(
+        None,
+        ge=0,
+        le=2**32 - 1,
+        description="The study's seed: of its sampler and of its trials' training seeds "
+        "(drawn at submit when absent).",
+    )
     options: dict[str, Any] = Field(default_factory=dict)
     chosen_by: str | None = Field(
         None, description="Set by the service when 'auto' picked this sampler: why."

@@ -68,6 +68,8 @@ def main() -> None:
                     "batch_size": 64,
                     "seed": seed,
                 }
+                if strategy == "gan":  # a generator per seed, as each seed had before
+                    values["gan_seed"] = seed
                 config = flat_config(values, {"source": "image_folder", "options": options})
                 result = train(config, data=data, artifacts=LocalArtifactCache(root / "artifacts"))
                 test = evaluate_weights(config, result.state_dict, data=data).metrics

@@ -342,3 +342,15 @@ def test_flat_values_round_trip_through_build_config() -> None:
     assert values["width"] == 16 and values["hflip.p"] == 0.5 and values["gamma"] == 2.0
     assert values["momentum"] == 0.7 and values["optimizer"] == "sgd"
     assert config.augment == {"hflip": {"p": 0.5}}
+
+
+def test_the_training_seed_applies_unless_the_spec_fixes_or_searches_seed() -> None:
+    free = spec_with(CONDITIONAL)
+    assert build_config(free, {"optimizer": "adam"}, seed=123).seed == 123
+    assert build_config(free, {"optimizer": "adam"}).seed == TrialConfig().seed
+    fixed = spec_with(CONDITIONAL, fixed={"seed": 7})
+    assert build_config(fixed, {"optimizer": "adam"}, seed=123).seed == 7
+    searched = spec_with({**CONDITIONAL, "seed": {"type": "int", "low": 0, "high": 9}})
+    trial = random_study(0).ask()
+    config = suggest(trial, searched, seed=123)
+    assert config.seed == trial.params["seed"] != 123

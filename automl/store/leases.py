@@ -57,7 +57,7 @@ class Lease:
             sampler propose them.
         checkpoint: Artifact id of the last checkpoint of an earlier attempt, if any.
         checkpoint_epoch: Epochs that checkpoint covers.
-        seed: The study's base sampler seed.
+        seed: The study's seed (of its samplers and training seeds).
         previous_trial: Number of the earlier attempt's Optuna trial, if any.
         exclusive: Run alone on the device: an earlier attempt ran out of memory beside
             other trials.

@@ -38,6 +38,9 @@ class TrainState:
     cuda_rng: list[torch.Tensor] = field(default_factory=list)
     loss_sum: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    seed: int = 0
+    """The config's seed; a resumed attempt trains with it (0 in checkpoints written before
+    trials had their own seeds, which is what those trained with)."""
 
     def to_bytes(self) -> bytes:
         """Serializes the state (``torch.save`` of plain containers and tensors)."""
@@ -72,6 +75,7 @@ def capture(
     epoch_generator: torch.Tensor,
     loss_sum: float,
     history: list[dict[str, float]],
+    seed: int,
 ) -> TrainState:
     """Takes a copy (on the CPU) of everything ``restore`` needs."""
     cuda_rng = list(torch.cuda.get_rng_state_all()) if torch.cuda.is_initialized() else []
@@ -86,6 +90,7 @@ def capture(
         cuda_rng=[state.clone() for state in cuda_rng],
         loss_sum=loss_sum,
         history=[dict(entry) for entry in history],
+        seed=seed,
     )
 
 

@@ -3,7 +3,7 @@
 A strategy looks at the training split only (never validation or test) and returns an
 ``ImbalancePlan``: per-class loss weights, a per-epoch sampling of training indices, a
 replacement loss, and synthetic samples to add. ``gan`` trains a class-conditional
-generator once per data fingerprint and seed and keeps it in an ``ArtifactCache``, so
+generator once per data fingerprint and ``gan_seed`` and keeps it in an ``ArtifactCache``, so
 every trial that picks it reuses the same generator.
 """
 
@@ -139,6 +139,13 @@ class GanOptions(EntryOptions):
         1.0, gt=0, le=1, description="Top every class up to this share of the largest."
     )
     gan_steps: int = Field(400, ge=1, le=100_000, description="Generator training steps.")
+    gan_seed: int = Field(
+        0,
+        ge=0,
+        le=2**32 - 1,
+        description="Seed of the generator's training (not the trial's, so every trial "
+        "reuses one generator).",
+    )
 
 
 def _weights(counts: torch.Tensor, weighting: str, beta: float) -> torch.Tensor:
@@ -204,7 +211,7 @@ def gan(opts: GanOptions, split: TrainSplit) -> ImbalancePlan:
     wanted = sampling.gan_topup_counts(counts, opts.target_ratio)
     if int(wanted.sum()) == 0:
         return ImbalancePlan(notes={"gan_samples": 0})
-    key = f"gan-{split.fingerprint[:32]}-{split.seed}-{opts.gan_steps}"
+    key = f"gan-{split.fingerprint[:32]}-{opts.gan_seed}-{opts.gan_steps}"
     trained_seconds: list[float] = []
 
     def create() -> bytes:
@@ -213,7 +220,7 @@ def gan(opts: GanOptions, split: TrainSplit) -> ImbalancePlan:
             split.labels,
             split.num_classes,
             steps=opts.gan_steps,
-            seed=split.seed,
+            seed=opts.gan_seed,
             device=split.device,
         )
         trained_seconds.append(trained.seconds)

@@ -228,6 +228,7 @@ def train(
             epoch_generator=epoch_rng,
             loss_sum=loss,
             history=history,
+            seed=config.seed,
         )
 
     def forward_backward(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

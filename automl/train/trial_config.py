@@ -113,7 +113,14 @@ class TrialConfig(BaseModel):
         le=10_000,
         description="Stop after this many epochs without a better objective; 0 turns it off.",
     )
-    seed: int = Field(0, ge=0, description="Seed of initialization, batch order, augmentation.")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**32 - 1,
+        description="Seed of initialization, batch order, augmentation. In a study each "
+        "trial gets its own (from the study's seed and the trial's ticket) unless the spec "
+        "fixes or searches it.",
+    )
     compile: bool = Field(
         False, description="Compile the model with torch.compile (slow start, faster steps)."
     )

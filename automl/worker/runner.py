@@ -46,6 +46,7 @@ from automl.train.accel import release_device_memory
 from automl.train.checkpoint import TrainState
 from automl.train.trial_config import TrialConfig
 from automl.worker.coordinator import Coordinator, CoordinatorTooOldError
+from automl.worker.identity import training_seed
 from automl.worker.keeper import LeaseKeeper
 from automl.worker.shared_cache import SharedArtifactCache
 from automl.worker.slots import DeviceGate, GateAbandoned
@@ -220,7 +221,13 @@ class _Attempt:
         assert self.trial is not None
         trial, keeper = self.trial, self.keeper
         try:
-            config = suggest(trial, self.spec)
+            # A resumed attempt keeps its checkpoint's seed, whichever version wrote it.
+            seed = (
+                resume.seed
+                if resume is not None
+                else training_seed(self.lease.seed, self.lease.ticket_id)
+            )
+            config = suggest(trial, self.spec, seed)
             params = dict(trial.params)
             self.ctx.persist(
                 lambda: self.coordinator.record_params(self.lease, params), "recording params"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import io
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -115,6 +116,18 @@ def test_state_bytes_load_with_weights_only(small_data: ImageData) -> None:
     assert torch.equal(again.cpu_rng, states[0].cpu_rng)
     with pytest.raises(Exception):  # noqa: B017 (any unpickling error will do)
         TrainState.from_bytes(b"not a checkpoint")
+
+
+def test_a_checkpoint_keeps_its_seed_and_older_ones_read_as_seed_0(small_data: ImageData) -> None:
+    """Checkpoints written before trials had their own seeds lack one: they trained with 0."""
+    states: list[TrainState] = []
+    config = flat_config({"epochs": 2, "width": 8, "depth": 1, "batch_size": 64, "seed": 9})
+    train(config, data=small_data, checkpoint=states.append)
+    assert TrainState.from_bytes(states[0].to_bytes()).seed == 9
+    older = {k: v for k, v in asdict(states[0]).items() if k != "seed"}
+    buffer = io.BytesIO()
+    torch.save(older, buffer)
+    assert TrainState.from_bytes(buffer.getvalue()).seed == 0
 
 
 @pytest.mark.parametrize("optimizer", ["rmsprop", "adam"])

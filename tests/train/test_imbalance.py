@@ -28,12 +28,12 @@ def skewed() -> ImageData:
     return replace(full, train_x=full.train_x[keep], train_y=full.train_y[keep])
 
 
-def split_of(data: ImageData, tmp_path: Path) -> TrainSplit:
+def split_of(data: ImageData, tmp_path: Path, seed: int = 0) -> TrainSplit:
     return TrainSplit(
         data.train_x,
         data.train_y,
         data.num_classes,
-        seed=0,
+        seed=seed,
         fingerprint=data.fingerprint,
         cache=LocalArtifactCache(tmp_path),
     )
@@ -106,3 +106,18 @@ def test_frozen_backbone_trains_only_the_head(skewed: ImageData) -> None:
     assert torch.equal(after_frozen["0.0.0.weight"], initial["0.0.0.weight"])
     assert not torch.equal(after_frozen["1.0.weight"], initial["1.0.weight"])
     assert not torch.equal(after_free["0.0.0.weight"], initial["0.0.0.weight"])
+
+
+def test_trials_with_other_seeds_reuse_the_generator_and_draw_other_samples(
+    skewed: ImageData, tmp_path: Path
+) -> None:
+    """The generator is keyed by ``gan_seed``, not the trial's seed (each trial of a study
+    has its own), so it is trained once per study; the samples follow the trial's seed."""
+    options = {"gan_steps": 3, "target_ratio": 0.5}
+    first = build_imbalance_plan("gan", options, split_of(skewed, tmp_path, seed=1))
+    other = build_imbalance_plan("gan", options, split_of(skewed, tmp_path, seed=2))
+    assert (first.notes["gan_trained_here"], other.notes["gan_trained_here"]) == (True, False)
+    assert first.extra_images is not None and other.extra_images is not None
+    assert not torch.equal(first.extra_images, other.extra_images)
+    retrained = build_imbalance_plan("gan", {**options, "gan_seed": 1}, split_of(skewed, tmp_path))
+    assert retrained.notes["gan_trained_here"] is True

@@ -43,7 +43,7 @@ from automl.store import (
     tables,
 )
 from automl.worker import SqlCoordinator, Worker, WorkerOptions
-from automl.worker.identity import new_worker_id, sampler_seed
+from automl.worker.identity import new_worker_id, sampler_seed, training_seed
 from automl.worker.keeper import LeaseKeeper
 from tests.conftest import store_at
 from tests.forked import ForkedProcess
@@ -516,6 +516,7 @@ def test_stop_releases_the_trial_and_the_next_worker_resumes_it(
     _, resumed = _trials(store, study_id)
     assert resumed.state == TrialState.COMPLETE
     assert resumed.params == interrupted.params
+    assert resumed.user_attrs[attrs.CONFIG] == interrupted.user_attrs[attrs.CONFIG]  # seed too
     start = resumed.user_attrs[attrs.RESUMED_FROM_EPOCH]
     assert start >= 1
     steps = sorted(resumed.intermediate_values)
@@ -665,6 +666,31 @@ def test_a_trial_records_what_its_imbalance_strategy_reports(
     assert trial.notes["gan_train_seconds"] > 0 and trial.notes["gan_samples"] > 0
 
 
+def test_each_trial_trains_with_its_own_seed_from_the_study_seed_and_its_ticket(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    spec = tiny_spec(budget={"n_trials": 3, "max_failed": 0})
+    study_id = submit_study(store, spec).id
+    assert Worker(store, _options()).run() == 3
+    with store.read() as connection:
+        seed_of = sqlalchemy.select(tables.studies.c.seed)
+        study_seed = connection.scalar(seed_of.where(tables.studies.c.study_id == study_id))
+    seeds = {
+        trial.user_attrs[attrs.TICKET]: trial.user_attrs[attrs.CONFIG]["seed"]
+        for trial in _trials(store, study_id)
+    }
+    assert seeds == {ticket: training_seed(study_seed, ticket) for ticket in seeds}
+    assert len(set(seeds.values())) == 3
+
+
+def test_a_fixed_seed_is_every_trials_seed(store: Store, tiny_spec: SpecFactory) -> None:
+    fixed = {**tiny_spec().fixed, "seed": 5}
+    spec = tiny_spec(budget={"n_trials": 2, "max_failed": 0}, fixed=fixed)
+    study_id = submit_study(store, spec).id
+    assert Worker(store, _options()).run() == 2
+    assert [t.user_attrs[attrs.CONFIG]["seed"] for t in _trials(store, study_id)] == [5, 5]
+
+
 def test_worker_ids_and_seeds_are_unique() -> None:
     assert len({new_worker_id() for _ in range(100)}) == 100
     seeds = {sampler_seed(42, ticket, 1, shared=False) for ticket in range(1000)}
@@ -672,6 +698,8 @@ def test_worker_ids_and_seeds_are_unique() -> None:
     assert sampler_seed(42, 1, 1, shared=False) == sampler_seed(42, 1, 1, shared=False)
     assert sampler_seed(42, 1, 1, shared=False) != sampler_seed(42, 1, 2, shared=False)
     assert {sampler_seed(42, ticket, 1, shared=True) for ticket in range(10)} == {42}
+    assert len({training_seed(42, ticket) for ticket in range(1000)}) == 1000
+    assert training_seed(42, 1) == training_seed(42, 1) != training_seed(43, 1)
 
 
 # --- real worker processes ---------------------------------------------------------------------
