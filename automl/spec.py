@@ -255,7 +255,8 @@ class StudySpec(StrictModel):
     refit: bool = Field(
         False,
         description="Once the study completes, retrain the best trial's configuration on the "
-        "training plus validation split for the epochs it ran and score it on the test split; "
+        "training plus validation split up to the epoch whose weights it kept and score it on "
+        "the test split; "
         "the bundle and predict then serve that model. One objective only.",
     )
 

@@ -162,6 +162,7 @@ def trial_config(args: argparse.Namespace, epochs: int) -> TrialConfig:
         "batch_size": args.batch_size,
         "seed": 0,
         "precision": args.precision,
+        "restore_best": False,  # the last epoch's accuracy, as the textbook loop reports
     }
     if not args.no_flip:
         values["hflip.p"] = 0.5

@@ -179,6 +179,7 @@ def build_card(
         },
         "refit": refit,
         "hyperparameters": config.model_dump(mode="json"),
+        "epoch": user_attrs.get(attrs.BEST_EPOCH),
         "searched_params": dict(trial.params),
         "classes": classes,
         "input": {**model_in, "preprocessing": _steps(model_in)},

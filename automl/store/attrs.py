@@ -31,6 +31,8 @@ PER_CLASS = PREFIX + "per_class"
 CONFUSION = PREFIX + "confusion"
 CLASSES = PREFIX + "classes"  # class names in index order: the confusion matrix's labels
 NOTES = PREFIX + "notes"  # what the training run reports besides metrics (gan_train_seconds)
+# The epoch whose weights and metrics the trial kept (restore_best: the best one).
+BEST_EPOCH = PREFIX + "best_epoch"
 ERROR = PREFIX + "error"
 WEIGHTS = PREFIX + "weights_artifact"
 # Why a trial no longer has weights (it fell out of the study's keep_weights).

@@ -116,6 +116,11 @@ class TrialDetail(TrialSummary):
         None, description="Class names in index order (the confusion matrix's labels)."
     )
     notes: dict[str, Any] | None = None
+    best_epoch: int | None = Field(
+        None,
+        description="The epoch whose weights and validation metrics the trial kept (its best "
+        "with restore_best, else its last).",
+    )
     weights_available: bool = False
     test_metrics: dict[str, float] | None = Field(
         None,
@@ -137,6 +142,7 @@ class TrialDetail(TrialSummary):
             confusion=user_attrs.get(attrs.CONFUSION),
             classes=user_attrs.get(attrs.CLASSES),
             notes=user_attrs.get(attrs.NOTES),
+            best_epoch=user_attrs.get(attrs.BEST_EPOCH),
             weights_available=attrs.WEIGHTS in user_attrs,
             test_metrics=user_attrs.get(attrs.TEST_METRICS),
             test_per_class=user_attrs.get(attrs.TEST_PER_CLASS),

@@ -41,6 +41,8 @@ class TrainState:
     seed: int = 0
     """The config's seed; a resumed attempt trains with it (0 in checkpoints written before
     trials had their own seeds, which is what those trained with)."""
+    best: dict[str, Any] | None = None
+    """The best epoch so far (``BestEpoch.to_state``), with ``restore_best``."""
 
     def to_bytes(self) -> bytes:
         """Serializes the state (``torch.save`` of plain containers and tensors)."""
@@ -76,6 +78,7 @@ def capture(
     loss_sum: float,
     history: list[dict[str, float]],
     seed: int,
+    best: dict[str, Any] | None = None,
 ) -> TrainState:
     """Takes a copy (on the CPU) of everything ``restore`` needs."""
     cuda_rng = list(torch.cuda.get_rng_state_all()) if torch.cuda.is_initialized() else []
@@ -91,6 +94,7 @@ def capture(
         loss_sum=loss_sum,
         history=[dict(entry) for entry in history],
         seed=seed,
+        best=best,
     )
 
 

@@ -26,6 +26,7 @@ from automl.models.transfer import param_groups
 from automl.registry import BUILTIN_SOURCE
 from automl.train.accel import Accelerator, CompiledModel
 from automl.train.augment import build_pipeline
+from automl.train.best_epoch import BestEpoch
 from automl.train.checkpoint import CheckpointSink, TrainState, capture, restore
 from automl.train.early_stopping import EarlyStopping
 from automl.train.graphs import GraphedStep, graph_blocker
@@ -33,6 +34,7 @@ from automl.train.imbalance import IMBALANCE, ArtifactCache, TrainSplit, build_i
 from automl.train.losses import LOSSES, build_loss
 from automl.train.metrics import (
     METRICS,
+    Direction,
     Evaluation,
     compute_metrics,
     confusion_matrix,
@@ -57,7 +59,7 @@ class TrainResult:
     """What one training run produced."""
 
     metrics: dict[str, float]
-    """Validation metrics after the last epoch run."""
+    """Validation metrics of ``best_epoch``."""
     history: list[dict[str, float]]
     """Per-epoch ``epoch``, ``train_loss`` and validation metrics."""
     per_class: list[dict[str, Any]]
@@ -76,6 +78,9 @@ class TrainResult:
     why not), when the run qualified for one (``automl.train.graphs``)."""
     stopped_early: bool = False
     """Whether ``patience`` epochs passed without a better monitored metric."""
+    best_epoch: int = 0
+    """The epoch whose weights and metrics these are: the last one run, or with
+    ``restore_best`` the one with the best monitored metric (a pruned run: its last)."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -108,6 +113,7 @@ def train(
     data: ImageData | None = None,
     artifacts: ArtifactCache | None = None,
     monitor: str = "accuracy",
+    direction: Direction | None = None,
     checkpoint: CheckpointSink | None = None,
     checkpoint_interval: float | None = None,
     resume: TrainState | None = None,
@@ -136,8 +142,10 @@ def train(
         data: Preloaded data; by default ``config.dataset`` is loaded (cached per process).
         artifacts: Where strategies keep what they train once (the ``gan`` generator);
             by default a folder under ``AUTOML_CACHE_DIR``.
-        monitor: The metric that ``config.patience`` watches (its direction is the
-            metric's own); the worker passes the study's first objective.
+        monitor: The metric that ``config.patience`` and ``config.restore_best`` watch
+            (in ``direction``); the worker passes the study's first objective.
+        direction: Whether ``monitor`` is better larger or smaller (None: the metric's
+            own direction); the worker passes the study's.
         checkpoint: Given the training state after every epoch but the last, every
             ``checkpoint_interval`` seconds within an epoch, and before an interruption.
         checkpoint_interval: Seconds between checkpoints within one epoch (None: only at
@@ -147,14 +155,18 @@ def train(
             remaining epochs only.
 
     Returns:
-        The final metrics, the per-epoch history and the trained weights (on the CPU).
+        The validation metrics and weights (on the CPU) of the last epoch, or with
+        ``config.restore_best`` of the epoch whose ``monitor`` metric was best, and the
+        per-epoch history.
 
     Raises:
         TrainingInterrupted: If ``should_stop`` returned True.
         UnknownNameError: If ``monitor`` is not a registered metric.
     """
     started = time.perf_counter()
-    stopper = EarlyStopping(config.patience, METRICS.get(monitor).factory.direction)
+    direction = direction or METRICS.get(monitor).factory.direction
+    stopper = EarlyStopping(config.patience, direction)
+    best = BestEpoch(direction) if config.restore_best else None
     device = resolve_device(device)
     if data is None:
         data = load_dataset(config.dataset.source, config.dataset.options)
@@ -216,6 +228,10 @@ def train(
         history = [dict(entry) for entry in resume.history]
         for entry in history:  # early stopping continues where it was
             stopper.should_stop(entry[monitor])
+        if best is not None and resume.best is None and history:
+            best = None  # written before runs kept their best epoch: this one keeps its last
+        if best is not None:
+            best.load_state(resume.best, model)
         first_epoch, skip, resumed_loss = resume.epoch + 1, resume.batch, resume.loss_sum
 
     def state(epoch_done: int, batches: int, epoch_rng: torch.Tensor, loss: float) -> TrainState:
@@ -229,6 +245,7 @@ def train(
             loss_sum=loss,
             history=history,
             seed=config.seed,
+            best=None if best is None else best.to_state(epoch_done if batches == 0 else None),
         )
 
     def forward_backward(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -306,6 +323,8 @@ def train(
         )
         metrics = compute_metrics(Evaluation(confusion, val_loss, model_stats))
         history.append({"epoch": epoch, "train_loss": float(loss_sum) / len(order), **metrics})
+        if best is not None:
+            best.offer(epoch, metrics, metrics[monitor], confusion, model)
         if checkpoint is not None and epoch < config.epochs:
             checkpoint(state(epoch, 0, generator.get_state(), 0.0))
             last_checkpoint = time.monotonic()
@@ -320,6 +339,10 @@ def train(
             runner, data.val_x, data.val_y, data.num_classes, accel, data.normalize
         )
         metrics = compute_metrics(Evaluation(confusion, val_loss, model_stats))
+    best_epoch = int(history[-1]["epoch"]) if history else 0
+    if best is not None and not pruned and best.restore(model, best_epoch):
+        assert best.epoch is not None and best.confusion is not None
+        metrics, confusion, best_epoch = dict(best.metrics), best.confusion, best.epoch
     notes = dict(plan.notes)
     if graphed is not None:
         notes["cuda_graph"] = _graph_note(graphed)
@@ -341,6 +364,7 @@ def train(
         dataset=dataset,
         notes=notes,
         stopped_early=stopped_early,
+        best_epoch=best_epoch,
     )
 
 

@@ -116,10 +116,14 @@ class TrialConfig(BaseModel):
     seed: int = Field(
         0,
         ge=0,
-        le=2**32 - 1,
         description="Seed of initialization, batch order, augmentation. In a study each "
         "trial gets its own (from the study's seed and the trial's ticket) unless the spec "
         "fixes or searches it.",
+    )
+    restore_best: bool = Field(
+        True,
+        description="End with the weights and validation metrics of the epoch whose "
+        "monitored metric (the study's first objective) was best, not the last epoch's.",
     )
     compile: bool = Field(
         False, description="Compile the model with torch.compile (slow start, faster steps)."

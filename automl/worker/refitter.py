@@ -2,11 +2,13 @@
 
 A worker runs a due refit (see ``automl.store.refits``) before it claims its next trial,
 after any due test-split evaluation: it retrains the best trial's configuration, with the
-same seed, on the training plus validation split for the epochs the trial ran (no pruning,
-no early stopping: nothing is chosen any more), scores the model on the test split as the
-evaluation scores trials (``evaluate_weights``), writes the weights (safetensors) and the
-model card to the artifact store and hands the result back in one call, which stores it or,
-if the claim was lost meanwhile, nothing (the artifacts are then removed again).
+same seed and learning-rate schedule, on the training plus validation split, stopping after
+the epoch whose weights the trial kept (no pruning, early stopping or best epoch: nothing is
+chosen any more),
+scores the model on the test split as the evaluation scores trials (``evaluate_weights``),
+writes the weights (safetensors) and the model card to the artifact store and hands the
+result back in one call, which stores it or, if the claim was lost meanwhile, nothing (the
+artifacts are then removed again).
 
 Normalization keeps the training split's statistics, which the trial's card states and
 predict recomputes, so the refit model takes exactly the input the trial's model took.
@@ -42,6 +44,7 @@ from automl.store.artifacts import weights_bytes
 from automl.store.refits import REFIT_BEAT_S, refit_artifact_ids
 from automl.train import TrainingInterrupted, train
 from automl.train.evaluation import evaluate_weights
+from automl.train.trial_config import TrialConfig
 from automl.worker.coordinator import Coordinator
 from automl.worker.evaluator import describe
 from automl.worker.shared_cache import SharedArtifactCache
@@ -152,13 +155,14 @@ def refit(
     if not data.has_test:
         note = f"dataset {config.dataset.source!r} has no test split to score a refit on"
         return RefitState.FAILED, None, note
-    epochs = len(trial.user_attrs.get(attrs.HISTORY) or []) or config.epochs
-    refit_config = config.model_copy(update={"epochs": epochs, "patience": 0})
+    epochs = refit_epochs(trial, config)
+    # The trial's own schedule (over its configured epochs), stopped after the kept epoch.
+    refit_config = config.model_copy(update={"patience": 0, "restore_best": False})
     merged = train_plus_validation(data)
     started = time.perf_counter()
     trained = train(
         refit_config,
-        None,
+        lambda epoch, _metrics: epoch >= epochs,
         device=device,
         should_stop=_beating(coordinator, lease, stopping),
         data=merged,
@@ -276,3 +280,12 @@ def _remove(coordinator: Coordinator, artifact_ids: list[str]) -> None:
 
 
 __all__ = ["RefitLostError", "refit", "run_refit", "train_plus_validation"]
+
+
+def refit_epochs(trial: FrozenTrial, config: TrialConfig) -> int:
+    """The epochs a refit trains: those up to the epoch whose weights the trial kept (its
+    best with ``restore_best``), else those it ran, else its configured ones."""
+    kept = trial.user_attrs.get(attrs.BEST_EPOCH)
+    if isinstance(kept, int) and kept > 0:
+        return kept
+    return len(trial.user_attrs.get(attrs.HISTORY) or []) or config.epochs

@@ -242,6 +242,7 @@ class _Attempt:
                 checkpoint_interval=self.ctx.checkpoint_interval,
                 resume=resume,
                 monitor=self.spec.metrics[0],
+                direction=self.spec.directions[0],  # type: ignore[arg-type]
                 artifacts=SharedArtifactCache(self.coordinator.artifacts),
             )
             return self._report_result(result, config)
@@ -320,6 +321,7 @@ class _Attempt:
             attrs.PER_CLASS: result.per_class,
             attrs.CONFUSION: result.confusion,
             attrs.CLASSES: list(result.classes),
+            attrs.BEST_EPOCH: result.best_epoch,
         }
         if result.notes:
             results[attrs.NOTES] = result.notes

@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from optuna.trial import FrozenTrial, create_trial
 
 from automl.data import load_dataset
+from automl.delivery.card import trial_config
 from automl.spec import StudySpec
-from automl.store import RefitLease, RefitState, Store, best_trials, submit_study
+from automl.store import RefitLease, RefitState, Store, attrs, best_trials, submit_study
 from automl.store.artifacts import read_state_dict
+from automl.store.optuna_rows import put_trial_attrs
+from automl.train import train
+from automl.train.hyperparameters import flat_config
 from automl.worker import SqlCoordinator, Worker, WorkerOptions
-from automl.worker.refitter import refit, train_plus_validation
+from automl.worker.refitter import refit, refit_epochs, train_plus_validation
 
 SpecFactory = Callable[..., StudySpec]
 TEST_SPLIT = {"source": "digits", "options": {"test_fraction": 0.2}}
@@ -62,3 +67,37 @@ def test_a_dataset_without_test_split_fails_the_refit_with_a_reason(
     refit_view = best_trials(sqlite_store, study_id).refit
     assert refit_view is not None and refit_view.state == RefitState.FAILED
     assert refit_view.note == "dataset 'digits' has no test split to score a refit on"
+
+
+def test_a_refit_trains_up_to_the_epoch_whose_weights_the_trial_kept() -> None:
+    config = flat_config({"epochs": 9})
+    history = [{"epoch": epoch, "accuracy": 0.5} for epoch in range(1, 7)]
+
+    def trial(**user_attrs: object) -> FrozenTrial:
+        return create_trial(value=0.5, user_attrs={attrs.HISTORY: history, **user_attrs})
+
+    assert refit_epochs(trial(**{attrs.BEST_EPOCH: 4}), config) == 4
+    assert refit_epochs(trial(), config) == 6  # trials from before restore_best
+    assert refit_epochs(create_trial(value=0.5), config) == 9
+
+
+def test_a_refit_keeps_the_trials_schedule_and_stops_at_its_kept_epoch(
+    sqlite_store: Store, tiny_spec: SpecFactory
+) -> None:
+    fixed = {"epochs": 3, "width": 8, "depth": 1, "batch_size": 128, "scheduler": "cosine"}
+    spec = tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1, "max_failed": 0}, fixed=fixed)
+    study_id = submit_study(sqlite_store, spec).id
+    _run(sqlite_store, study_id)
+    [trial] = sqlite_store.storage.get_all_trials(study_id)
+    with sqlite_store.write() as connection:  # as if epoch 2 had been its best
+        put_trial_attrs(connection, trial._trial_id, {attrs.BEST_EPOCH: 2})
+    written: list[str] = []
+    lease = RefitLease(study_id, "w1", 1, 0)
+    state, result, _ = refit(SqlCoordinator(sqlite_store), lease, "cpu", written)
+    assert state == RefitState.DONE and result is not None and result.epochs == 2
+    config = trial_config(trial).model_copy(update={"restore_best": False})
+    data = train_plus_validation(load_dataset("digits", TEST_SPLIT["options"]))
+    expected = train(config, lambda epoch, _: epoch >= 2, data=data).state_dict  # cosine over 3
+    with sqlite_store.artifacts.open_reader(result.weights) as reader:
+        refit_weights = read_state_dict(reader.read())
+    assert all(torch.equal(refit_weights[name], value) for name, value in expected.items())

@@ -681,6 +681,11 @@ def test_each_trial_trains_with_its_own_seed_from_the_study_seed_and_its_ticket(
     }
     assert seeds == {ticket: training_seed(study_seed, ticket) for ticket in seeds}
     assert len(set(seeds.values())) == 3
+    for trial in _trials(store, study_id):  # restore_best: the best epoch's metrics
+        history = trial.user_attrs[attrs.HISTORY]
+        best = max(history, key=lambda entry: (entry["accuracy"], entry["epoch"]))
+        assert trial.user_attrs[attrs.BEST_EPOCH] == best["epoch"]
+        assert trial.value == best["accuracy"]
 
 
 def test_a_fixed_seed_is_every_trials_seed(store: Store, tiny_spec: SpecFactory) -> None:
