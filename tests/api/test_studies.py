@@ -461,6 +461,9 @@ def test_completed_trial_detail(completed: tuple[TestClient, int]) -> None:
     assert sum(map(sum, confusion)) > 0
     assert trial["classes"] == [str(digit) for digit in range(10)]  # the matrix's labels
     assert trial["weights_available"] is (trial["state"] == "complete")
+    if trial["state"] == "complete":  # restore_best: its best epoch's accuracy is its value
+        kept = trial["history"][trial["best_epoch"] - 1]
+        assert kept["accuracy"] == max(entry["accuracy"] for entry in trial["history"])
 
 
 def test_trial_times_carry_their_utc_offset(completed: tuple[TestClient, int]) -> None:

@@ -201,6 +201,7 @@ def test_the_model_card_describes_model_input_metrics_and_limits(trained: Traine
     assert card["model"]["trial_number"] == trial.number
     assert card["model"]["parameters"] == user_attrs[attrs.METRICS]["params"]
     assert card["hyperparameters"] == user_attrs[attrs.CONFIG]  # every hyperparameter
+    assert card["epoch"] == user_attrs[attrs.BEST_EPOCH]  # whose weights these are
     assert card["searched_params"] == trial.params
     assert card["classes"] == list(data.classes) == [str(digit) for digit in range(10)]
     given = card["input"]
