@@ -1188,3 +1188,18 @@ def test_an_unknown_precision_is_named(where: dict[str, Any], path: str) -> None
     [error] = spec_errors({"name": "x", **where})
     assert (error.path, error.msg) == (path, "Input should be 'auto', 'fp32' or 'bf16'")
     assert load_spec({"name": "x", "fixed": {"precision": "bf16"}}).fixed["precision"] == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("fixed", "path", "message"),
+    [
+        ({"restore_best": "maybe"}, "fixed.restore_best", "valid boolean"),
+        ({"imbalance": "gan", "gan_seed": -1}, "fixed.gan_seed", "greater than or equal to 0"),
+        ({"imbalance": "gan", "gan_seed": 2**40}, "fixed.gan_seed", "less than or equal to"),
+    ],
+)
+def test_bad_restore_best_and_gan_seed_values_are_named(
+    fixed: dict[str, Any], path: str, message: str
+) -> None:
+    [error] = spec_errors({"name": "x", "fixed": fixed})
+    assert error.path == path and message in error.msg
