@@ -222,17 +222,21 @@ def train(
 
     history: list[dict[str, float]] = []
     first_epoch, skip, resumed_loss = 1, 0, 0.0
+    stopped_before = False
     if resume is not None:
         restore(resume, model=model, optimizer=optimizer, scheduler=scheduler)
         generator.set_state(resume.epoch_generator)
         history = [dict(entry) for entry in resume.history]
         for entry in history:  # early stopping continues where it was
-            stopper.should_stop(entry[monitor])
+            stopped_before = stopper.should_stop(entry[monitor])
         if best is not None and resume.best is None and history:
             best = None  # written before runs kept their best epoch: this one keeps its last
         if best is not None:
             best.load_state(resume.best, model)
         first_epoch, skip, resumed_loss = resume.epoch + 1, resume.batch, resume.loss_sum
+        if stopped_before and resume.batch == 0:
+            # Checkpointed at the end of the epoch that stopped it early: nothing to train.
+            first_epoch = config.epochs + 1
 
     def state(epoch_done: int, batches: int, epoch_rng: torch.Tensor, loss: float) -> TrainState:
         return capture(
@@ -283,7 +287,7 @@ def train(
 
     metrics: dict[str, float] = {}
     confusion = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
-    pruned = stopped_early = False
+    pruned, stopped_early = False, stopped_before and first_epoch > config.epochs
     last_checkpoint = time.monotonic()
     for epoch in range(first_epoch, config.epochs + 1):
         model.train()

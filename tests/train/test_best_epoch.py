@@ -166,3 +166,24 @@ def test_early_stopping_ends_with_the_epoch_it_waited_for(digits: ImageData) -> 
         raise AssertionError("no seed stopped early")
     assert result.best_epoch == _best_of(result.history) >= len(result.history) - 1
     assert _untimed(result.metrics) == _untimed(result.history[result.best_epoch - 1])
+
+
+def test_a_run_resumed_after_the_epoch_that_stopped_it_early_trains_no_more(
+    digits: ImageData,
+) -> None:
+    """The checkpoint at that epoch's end comes before the stop: resuming from it (a worker
+    killed in between) must stop too, not train one more epoch."""
+    for seed in range(12):
+        config = flat_config({**NOISY, "epochs": 8, "patience": 1, "seed": seed})
+        saved: list[TrainState] = []
+        reference = train(config, data=digits, checkpoint=saved.append)
+        if reference.stopped_early:
+            break
+    else:
+        raise AssertionError("no seed stopped early")
+    [state] = [s for s in saved if (s.epoch, s.batch) == (len(reference.history), 0)]
+    resumed = train(config, data=digits, resume=state)
+    assert resumed.stopped_early
+    assert len(resumed.history) == len(reference.history)
+    assert resumed.best_epoch == reference.best_epoch
+    assert all(torch.equal(resumed.state_dict[k], v) for k, v in reference.state_dict.items())
