@@ -294,6 +294,8 @@ class _Attempt:
                 return False
             if not math.isfinite(value):
                 raise FloatingPointError(f"{spec.metrics[0]} is not finite at epoch {epoch}")
+            if epoch >= epochs:
+                return False  # trained to the end: pruning now would save nothing, only discard
             return self.ctx.persist(trial.should_prune, "asking the pruner")
 
         return report

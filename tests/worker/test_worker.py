@@ -478,6 +478,21 @@ def test_threshold_pruner_prunes_every_trial(store: Store, tiny_spec: SpecFactor
         best_trials(store, study_id)
 
 
+def test_a_trial_that_trained_to_its_last_epoch_is_not_pruned(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Pruning after the last epoch would save nothing and discard a trained model."""
+    spec = tiny_spec(
+        budget={"n_trials": 2, "max_failed": 0},
+        pruner={"name": "threshold", "options": {"lower": 2.0}},
+        fixed={"epochs": 1, "width": 8, "depth": 1, "batch_size": 128},
+    )
+    study_id = submit_study(store, spec).id
+    assert Worker(store, _options()).run() == 2
+    assert get_study(store, study_id).counts.complete == 2
+    assert all(attrs.WEIGHTS in trial.user_attrs for trial in _trials(store, study_id))
+
+
 def test_stop_before_run_claims_nothing(store: Store, tiny_spec: SpecFactory) -> None:
     study_id = submit_study(store, tiny_spec()).id
     worker = Worker(store, _options())
