@@ -461,14 +461,20 @@ def test_enqueued_configs_run_with_their_params(
     assert first.user_attrs[attrs.CONFIG]["optimizer"]["options"]["momentum"] == pytest.approx(0.6)
 
 
-def test_threshold_pruner_prunes_every_trial(store: Store, tiny_spec: SpecFactory) -> None:
+def _threshold_study(store: Store, tiny_spec: SpecFactory, epochs: int) -> int:
+    """Two trials under a pruner that prunes every trial it is asked about."""
     spec = tiny_spec(
         budget={"n_trials": 2, "max_failed": 0},
         pruner={"name": "threshold", "options": {"lower": 2.0}},
-        fixed={"epochs": 3, "width": 8, "depth": 1, "batch_size": 128},
+        fixed={"epochs": epochs, "width": 8, "depth": 1, "batch_size": 128},
     )
     study_id = submit_study(store, spec).id
     assert Worker(store, _options()).run() == 2
+    return study_id
+
+
+def test_threshold_pruner_prunes_every_trial(store: Store, tiny_spec: SpecFactory) -> None:
+    study_id = _threshold_study(store, tiny_spec, epochs=3)
     detail = get_study(store, study_id)
     assert (detail.status, detail.counts.pruned) == (StudyStatus.COMPLETED, 2)
     for trial in _trials(store, study_id):
@@ -482,13 +488,7 @@ def test_a_trial_that_trained_to_its_last_epoch_is_not_pruned(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
     """Pruning after the last epoch would save nothing and discard a trained model."""
-    spec = tiny_spec(
-        budget={"n_trials": 2, "max_failed": 0},
-        pruner={"name": "threshold", "options": {"lower": 2.0}},
-        fixed={"epochs": 1, "width": 8, "depth": 1, "batch_size": 128},
-    )
-    study_id = submit_study(store, spec).id
-    assert Worker(store, _options()).run() == 2
+    study_id = _threshold_study(store, tiny_spec, epochs=1)
     assert get_study(store, study_id).counts.complete == 2
     assert all(attrs.WEIGHTS in trial.user_attrs for trial in _trials(store, study_id))
 
