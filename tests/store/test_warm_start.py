@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from automl.spec import SpecError, StudySpec
 from automl.store import (
     Store,
+    StudyDetail,
     attrs,
     end_study_if_done,
     finish,
@@ -66,21 +67,32 @@ RESULTS = [
 ]
 
 
+OPTIMIZER_PARAM = {"type": "categorical", "choices": ["adam", "sgd"]}
+
+
+def warm_started(
+    store: Store, tiny_spec: SpecFactory, param: tuple[str, dict[str, Any]], **overrides: Any
+) -> tuple[int, StudyDetail]:
+    """An earlier study with ``RESULTS``, and a later one searching ``optimizer`` and
+    ``param`` that warm-starts from it; returns the earlier id and the later study."""
+    earlier = finished_study(store, tiny_spec, RESULTS)
+    overrides["warm_start"] = {"studies": [earlier], **overrides.get("warm_start", {})}
+    name, spec = param
+    later = tiny_spec(name="later", params={"optimizer": OPTIMIZER_PARAM, name: spec}, **overrides)
+    return earlier, submit_study(store, later)
+
+
 def test_top_configurations_are_queued_first_from_the_budget(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
-    earlier = finished_study(store, tiny_spec, RESULTS)
-    params = {
-        "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
-        "lr": {"type": "float", "low": 1e-3, "high": 0.06, "log": True},  # 0.09 falls out
-    }
-    spec = tiny_spec(
-        name="later",
-        params=params,
+    lr = {"type": "float", "low": 1e-3, "high": 0.06, "log": True}  # 0.09 falls out
+    earlier, study = warm_started(
+        store,
+        tiny_spec,
+        ("lr", lr),
         budget={"n_trials": 5, "max_failed": 0},
-        warm_start={"studies": [earlier], "top_k": 3},
+        warm_start={"top_k": 3},
     )
-    study = submit_study(store, spec)
     assert queued(store, study.id) == [
         ("warm_start", {"optimizer": "sgd"}),  # best trial: its lr is outside, momentum unsearched
         ("warm_start", {"optimizer": "sgd", "lr": 0.05}),
@@ -129,19 +141,8 @@ def test_auto_finds_completed_studies_on_the_same_data(
 def test_values_off_the_new_step_grid_are_dropped_as_the_spec_would_refuse_them(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
-    earlier = finished_study(store, tiny_spec, RESULTS)
-    params = {
-        "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
-        "momentum": {
-            "type": "float",
-            "low": 0.5,
-            "high": 0.9,
-            "step": 0.2,
-            "when": {"optimizer": "sgd"},
-        },
-    }
-    spec = tiny_spec(name="later", params=params, warm_start={"studies": [earlier], "top_k": 2})
-    study = submit_study(store, spec)
+    momentum = {"type": "float", "low": 0.5, "high": 0.9, "step": 0.2, "when": {"optimizer": "sgd"}}
+    _, study = warm_started(store, tiny_spec, ("momentum", momentum), warm_start={"top_k": 2})
     assert queued(store, study.id) == [("warm_start", {"optimizer": "sgd"})]  # both the same
     note = store.storage.get_study_user_attrs(study.id)[attrs.WARM_START]
     assert any("momentum=0.6 is outside this space" in line for line in note["dropped"])
