@@ -116,6 +116,7 @@ class TrialConfig(BaseModel):
     seed: int = Field(
         0,
         ge=0,
+        le=2**64 - 1,
         description="Seed of initialization, batch order, augmentation. In a study each "
         "trial gets its own (from the study's seed and the trial's ticket) unless the spec "
         "fixes or searches it.",

@@ -162,6 +162,14 @@ def test_different_seed_gives_different_run(small_data: ImageData) -> None:
     assert not torch.equal(first.state_dict["0.0.0.weight"], other.state_dict["0.0.0.weight"])
 
 
+def test_the_largest_seed_the_config_takes_trains(small_data: ImageData) -> None:
+    largest = TrialConfig.model_fields["seed"].metadata
+    assert any(getattr(bound, "le", None) == 2**64 - 1 for bound in largest)
+    config = tiny(seed=2**64 - 1, imbalance="oversample", **{"pad_crop.p": 1.0, "mixup.p": 0.5})
+    result = train(config, data=small_data)
+    assert len(result.history) == 2 and math.isfinite(result.history[-1]["loss"])
+
+
 def test_report_returning_true_stops_early(small_data: ImageData) -> None:
     report = Recorder(stop_at=1)
     result = train(tiny(epochs=4), report, data=small_data)
