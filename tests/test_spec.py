@@ -1198,6 +1198,8 @@ def test_an_unknown_precision_is_named(where: dict[str, Any], path: str) -> None
         ({"imbalance": "gan", "gan_seed": 2**40}, "fixed.gan_seed", "less than or equal to"),
         ({"seed": 2**64}, "fixed.seed", "less than or equal to 18446744073709551615"),
         ({"seed": -1}, "fixed.seed", "greater than or equal to 0"),
+        ({"precise_bn": -1}, "fixed.precise_bn", "greater than or equal to 0"),
+        ({"precise_bn": "all"}, "fixed.precise_bn", "valid integer"),
     ],
 )
 def test_bad_restore_best_and_seed_values_are_named(

@@ -42,6 +42,7 @@ from automl.train.metrics import (
 )
 from automl.train.model_stats import profile_model
 from automl.train.optim import OPTIMIZERS, build_optimizer, build_scheduler, constant_learning_rate
+from automl.train.precise_bn import recompute_batch_norm
 from automl.train.trial_config import TrialConfig
 
 Reporter = Callable[[int, dict[str, float]], bool]
@@ -322,6 +323,9 @@ def train(
                 if stopping:
                     raise TrainingInterrupted(f"stopped during epoch {epoch}")
         skip = 0
+        recompute_batch_norm(
+            model, data.train_x, config.precise_bn, data.normalize, accel, chunk=EVAL_BATCH
+        )
         confusion, val_loss = evaluate(
             runner, data.val_x, data.val_y, data.num_classes, accel, data.normalize
         )

@@ -126,6 +126,14 @@ class TrialConfig(BaseModel):
         description="End with the weights and validation metrics of the epoch whose "
         "monitored metric (the study's first objective) was best, not the last epoch's.",
     )
+    precise_bn: int = Field(
+        256,
+        ge=0,
+        le=1_000_000,
+        description="Training images (evenly spaced, not augmented) whose batch-norm "
+        "statistics, under the current weights, replace the running averages before every "
+        "validation; 0 keeps the running averages.",
+    )
     compile: bool = Field(
         False, description="Compile the model with torch.compile (slow start, faster steps)."
     )
