@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import statistics
 import sys
@@ -44,15 +45,13 @@ DIGITS = {"source": "digits", "options": {"test_fraction": 0.2}}
 
 
 def dataset_of(name: str, root: Path) -> dict[str, Any]:
-    """The dataset config of ``name``; the shapes folder is written once under ``root``."""
+    """The dataset config of ``name``; the shapes folder is written once under ``root``,
+    which becomes the data root its relative paths resolve against."""
     if name == "digits":
         return DIGITS
     bench_search.make_data(root, 150, 50, 100)
-    options = {
-        key: str(root / value) if key.endswith("path") else value
-        for key, value in bench_search.DATASET["options"].items()
-    }
-    return {"source": bench_search.DATASET["source"], "options": options}
+    os.environ["AUTOML_DATA_ROOT"] = str(root)
+    return bench_search.DATASET
 
 
 def random_values(rng: random.Random, index: int, epochs: int, batch: int) -> dict[str, Any]:

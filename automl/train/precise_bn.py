@@ -25,21 +25,29 @@ from automl.train.accel import Accelerator
 
 
 def tracking_batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The batch-norm layers of ``model`` that evaluate with running statistics."""
+    """The batch-norm layers of ``model`` whose running statistics training updates: those
+    that track statistics and are in training mode (a layer a model keeps in eval mode on
+    purpose, frozen batch norm, normalizes with its statistics in training too)."""
     return [
         module
         for module in model.modules()
         if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and module.training
         and module.track_running_stats
         and module.running_mean is not None
+        and module.running_var is not None
     ]
 
 
 def evenly_spaced(total: int, count: int, device: torch.device) -> torch.Tensor:
-    """``min(count, total)`` indices spread evenly over ``[0, total)``: every class of a
-    folder sorted by class is represented, and the choice needs no randomness."""
+    """``min(count, total)`` indices spread evenly over ``[0, total)`` (the first and the
+    last included): every class of a folder sorted by class is represented, and the choice
+    needs no randomness. Computed in integers, so every device picks the same images."""
     count = min(count, total)
-    return torch.linspace(0, total - 1, count, device=device).round().long().unique()
+    if count <= 1:
+        return torch.zeros(count, dtype=torch.long, device=device)
+    steps = torch.arange(count, dtype=torch.long)
+    return ((steps * (total - 1) + (count - 1) // 2) // (count - 1)).to(device)
 
 
 @torch.no_grad()
@@ -54,12 +62,15 @@ def recompute_batch_norm(
     """Replaces the running statistics of ``model``'s batch-norm layers with those of
     ``count`` training images under the current weights.
 
-    The statistics of up to ``chunk`` images are exact; more are passed in equal chunks
-    whose statistics are averaged. Momentum, the layers' batch counters and the model's
-    training mode are left as they were, so training goes on as it would have.
+    The statistics of up to ``chunk`` images are exact. More are passed in interleaved
+    chunks (every n-th image), whose statistics are averaged: each chunk then samples the
+    whole split, so the average differs from the pooled statistics only by sampling noise.
+    Momentum, the layers' batch counters and every module's training mode are left as they
+    were, so training goes on as it would have.
 
     Args:
-        model: The network (not a compiled wrapper: its layers are toggled directly).
+        model: The network (not a compiled wrapper: its layers are toggled directly), in
+            the modes training left it in.
         images: The stored training images (e.g. uint8), on the model's device.
         count: How many images to pass; below 2 nothing is recomputed.
         prepare: Turns a stored batch into model input (e.g. ``ImageData.normalize``).
@@ -67,30 +78,33 @@ def recompute_batch_norm(
         chunk: The most images passed at once.
 
     Returns:
-        Whether any statistics were recomputed (False without tracking batch norms).
+        Whether any statistics were recomputed (False without such batch norms).
     """
     layers = tracking_batch_norms(model)
     if not layers or min(count, len(images)) < 2:
         return False
     index = evenly_spaced(len(images), count, images.device)
-    pieces = torch.tensor_split(index, -(-len(index) // chunk))  # sizes differ by at most 1
+    chunks = -(-len(index) // chunk)
+    modes = [(module, module.training) for module in model.modules()]
     saved = [(layer.momentum, _clone(layer.num_batches_tracked)) for layer in layers]
-    was_training = model.training
-    model.eval()  # dropout and the like off: the statistics of what evaluation sees
-    for layer in layers:
-        layer.train()
-        layer.momentum = None  # a cumulative average over the chunks
-        layer.reset_running_stats()
     try:
-        for piece in pieces:
+        model.eval()  # dropout and the like off: the statistics of what evaluation sees
+        for layer in layers:
+            layer.train()
+        for number in range(chunks):
+            for layer in layers:
+                # A running mean over the chunks, with the factor on the host: momentum
+                # None would read the batch counter from the device in every layer.
+                layer.momentum = 1.0 / (number + 1)
             with accel.autocast():
-                model(accel.batch(prepare(images[piece])))
+                model(accel.batch(prepare(images[index[number::chunks]])))
     finally:
         for layer, (momentum, batches) in zip(layers, saved, strict=True):
             layer.momentum = momentum
             if batches is not None:
                 layer.num_batches_tracked.copy_(batches)
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     return True
 
 

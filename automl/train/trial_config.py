@@ -81,6 +81,11 @@ def _choice(name: str, registry: Registry[Any]) -> Any:
     return Field(Choice(name=name), validate_default=True, description=f"The {registry.kind}.")
 
 
+MAX_SEED = 2**53 - 1
+"""The largest training seed: Optuna keeps a searched integer as a float, exact up to 2**53
+(``torch.manual_seed`` would take up to 2**64 - 1)."""
+
+
 class TrialConfig(BaseModel):
     """A concrete training configuration: one point of a study's search space."""
 
@@ -116,7 +121,7 @@ class TrialConfig(BaseModel):
     seed: int = Field(
         0,
         ge=0,
-        le=2**64 - 1,
+        le=MAX_SEED,
         description="Seed of initialization, batch order, augmentation. In a study each "
         "trial gets its own (from the study's seed and the trial's ticket) unless the spec "
         "fixes or searches it.",

@@ -45,25 +45,56 @@ def test_the_statistics_are_the_chosen_images_under_the_current_weights() -> Non
 def test_recomputing_twice_gives_the_same_statistics_whatever_they_were() -> None:
     model, images = conv_bn(), stored_images(30, 3, 6, 6)
     recompute_batch_norm(model, images, 16, unit, CPU)
-    first = model[1].running_mean.clone()
+    first = (model[1].running_mean.clone(), model[1].running_var.clone())
     model[1].running_mean.fill_(5.0)
+    model[1].running_var.fill_(9.0)
+    model[1].num_batches_tracked.fill_(7)
     recompute_batch_norm(model, images, 16, unit, CPU)
-    assert torch.allclose(model[1].running_mean, first, atol=1e-6)
+    assert torch.allclose(model[1].running_mean, first[0], atol=1e-6)
+    assert torch.allclose(model[1].running_var, first[1], atol=1e-6)
 
 
-def test_dropout_is_off_and_chunks_are_averaged() -> None:
-    model = nn.Sequential(nn.Dropout(0.9), nn.BatchNorm1d(5)).eval()
+def test_dropout_is_off_and_interleaved_chunks_are_averaged() -> None:
+    model = nn.Sequential(nn.Dropout(0.9), nn.BatchNorm1d(5))
     images = stored_images(10, 5)
     assert recompute_batch_norm(model, images, 10, unit, CPU, chunk=4)
-    pieces = torch.tensor_split(unit(images), 3)  # 4, 3 and 3 images: none left alone
-    expected = torch.stack([piece.mean(0) for piece in pieces]).mean(0)
-    assert torch.allclose(model[1].running_mean, expected, atol=1e-6)
-    assert not model.training  # left in the mode it was in
+    pieces = [unit(images[start::3]) for start in range(3)]  # 4, 3 and 3 images
+    expected_mean = torch.stack([piece.mean(0) for piece in pieces]).mean(0)
+    expected_var = torch.stack([piece.var(0) for piece in pieces]).mean(0)
+    assert torch.allclose(model[1].running_mean, expected_mean, atol=1e-6)
+    assert torch.allclose(model[1].running_var, expected_var, atol=1e-6)
+    assert model.training and model[0].training  # every module back in its mode
 
 
-def test_one_image_past_a_full_chunk_is_not_passed_alone() -> None:
+def test_chunks_of_a_split_sorted_by_class_each_see_every_class() -> None:
+    # Folders list their images class by class: contiguous chunks would each see a few
+    # classes, and averaging their variances would miss the spread between classes.
+    images = torch.cat([torch.full((1024, 1), 20), torch.full((1024, 1), 220)]).to(torch.uint8)
+    model = nn.Sequential(nn.BatchNorm1d(1))
+    assert recompute_batch_norm(model, images, 2048, unit, CPU, chunk=1024)
+    pooled = unit(images).var()
+    assert torch.allclose(model[0].running_var, pooled.reshape(1), rtol=1e-3)
+
+
+def test_a_one_image_tail_is_never_passed_alone() -> None:
     model = nn.Sequential(nn.BatchNorm1d(5))  # a batch of one would raise in train mode
     assert recompute_batch_norm(model, stored_images(5, 5), 5, unit, CPU, chunk=4)
+
+
+def test_a_batch_norm_kept_in_eval_mode_keeps_its_statistics() -> None:
+    model = conv_bn()
+    model[1].running_mean.fill_(0.5)
+    model[1].eval()  # frozen batch norm: it normalizes with these statistics in training too
+    assert not recompute_batch_norm(model, stored_images(8, 3, 6, 6), 8, unit, CPU)
+    assert torch.equal(model[1].running_mean, torch.full((4,), 0.5))
+    assert model.training and not model[1].training
+
+
+def test_a_layer_without_a_batch_counter_is_recomputed() -> None:
+    model = conv_bn()
+    model[1].num_batches_tracked = None
+    assert recompute_batch_norm(model, stored_images(8, 3, 6, 6), 8, unit, CPU)
+    assert model[1].num_batches_tracked is None and model[1].momentum == 0.1
 
 
 @pytest.mark.parametrize(
@@ -85,8 +116,11 @@ def test_nothing_is_recomputed_without_tracked_statistics_or_images(
 
 
 def test_evenly_spaced_covers_the_split_and_never_repeats() -> None:
-    assert evenly_spaced(10, 4, torch.device("cpu")).tolist() == [0, 3, 6, 9]
-    assert evenly_spaced(3, 256, torch.device("cpu")).tolist() == [0, 1, 2]
+    cpu = torch.device("cpu")
+    assert evenly_spaced(10, 4, cpu).tolist() == [0, 3, 6, 9]
+    assert evenly_spaced(3, 256, cpu).tolist() == [0, 1, 2]
+    spread = evenly_spaced(1000, 300, cpu)
+    assert spread[0] == 0 and spread[-1] == 999 and len(spread.unique()) == 300
 
 
 @pytest.fixture(scope="module")
