@@ -229,3 +229,22 @@ def test_a_failed_capture_trains_on_eagerly(monkeypatch: pytest.MonkeyPatch) -> 
     assert result.notes["cuda_graph"].startswith("failed, trained eagerly: ")
     assert result.metrics["accuracy"] > 0.5
     assert torch.cuda.current_stream() == stream
+
+
+def test_precise_statistics_under_replayed_updates_describe_the_final_weights() -> None:
+    """The recomputation writes the buffers a CUDA graph updates in place: the run keeps
+    replaying, and the kept statistics are those of its final weights."""
+    from automl.train.evaluation import restore_model
+    from automl.train.precise_bn import recompute_batch_norm
+
+    data = load_dataset("digits")
+    config = flat_config({"epochs": 2, "width": 16, "lr": 3e-3, "restore_best": False})
+    result = train(config, data=data, device="cuda")
+    assert result.notes == {"cuda_graph": "replayed"}
+    device = torch.device("cuda")
+    accel = Accelerator.for_device(device, sample_dims=3)
+    model = accel.model(restore_model(config, result.state_dict, data.input_shape, 10).train())
+    recompute_batch_norm(model, data.train_x.to(device), config.precise_bn, data.normalize, accel)
+    for name, tensor in model.state_dict().items():
+        if name.endswith(("running_mean", "running_var")):
+            assert torch.allclose(tensor.cpu(), result.state_dict[name], rtol=0.05, atol=0.02)
