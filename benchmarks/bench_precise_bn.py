@@ -19,7 +19,7 @@ under ``--root`` (3 epochs at batch 128: 36 steps, the search benchmark's trials
 ``digits`` is scikit-learn's digits with a 20% test split (``--epochs`` at batch 64).
 
     python benchmarks/bench_precise_bn.py [--data shapes|digits] [--configs 16]
-        [--epochs 3] [--seed 0] [--root /tmp/automl-bench-search]
+        [--epochs 3] [--seed 0] [--model cnn] [--root /tmp/automl-bench-search]
 """
 
 from __future__ import annotations
@@ -54,24 +54,33 @@ def dataset_of(name: str, root: Path) -> dict[str, Any]:
     return bench_search.DATASET
 
 
-def random_values(rng: random.Random, index: int, epochs: int, batch: int) -> dict[str, Any]:
-    """One configuration of ``bench_search.py``'s space (its seed is its index)."""
+def random_values(
+    rng: random.Random, index: int, epochs: int, batch: int, model: str = "cnn"
+) -> dict[str, Any]:
+    """One configuration of ``bench_search.py``'s space (its seed is its index); another
+    ``model`` than ``cnn`` keeps its own architecture options and draws the same optimizer,
+    learning rate and seed."""
     low, high = bench_search.peer.LR_RANGE
-    return {
-        "epochs": epochs,
-        "restore_best": False,
+    shape = {
         "width": rng.choice([8, 16, 24, 32]),
         "depth": 2,
+        "dropout": rng.uniform(*bench_search.peer.DROPOUT_RANGE),
+    }
+    values = {
+        "model": model,
+        "epochs": epochs,
+        "restore_best": False,
         "batch_size": batch,
         "optimizer": rng.choice(["adam", "sgd"]),
         "lr": math.exp(rng.uniform(math.log(low), math.log(high))),
-        "dropout": rng.uniform(*bench_search.peer.DROPOUT_RANGE),
         "seed": index,
     }
+    return {**values, **shape} if model == "cnn" else values
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
-    """Spearman's rank correlation (ties share their mean rank)."""
+    """Spearman's rank correlation (ties share their mean rank); NaN when either side is
+    constant."""
 
     def ranks(values: list[float]) -> list[float]:
         order = sorted(range(len(values)), key=values.__getitem__)
@@ -86,7 +95,10 @@ def spearman(xs: list[float], ys: list[float]) -> float:
             start = stop + 1
         return result
 
-    return statistics.correlation(ranks(xs), ranks(ys))
+    try:
+        return statistics.correlation(ranks(xs), ranks(ys))
+    except statistics.StatisticsError:  # one side constant (e.g. every run at chance)
+        return math.nan
 
 
 def run(values: dict[str, Any], dataset: dict[str, Any], data: ImageData) -> tuple[float, ...]:
@@ -104,6 +116,7 @@ def main() -> None:
     parser.add_argument("--configs", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="seed of the configurations")
+    parser.add_argument("--model", default="cnn", help="architecture (cnn: the searched shape)")
     parser.add_argument("--root", type=Path, default=Path("/tmp/automl-bench-search"))
     args = parser.parse_args()
 
@@ -113,14 +126,17 @@ def main() -> None:
     rng = random.Random(args.seed)
     sides: dict[str, list[tuple[float, ...]]] = {"running": [], "precise": []}
     for index in range(args.configs):
-        values = random_values(rng, index, args.epochs, batch)
+        values = random_values(rng, index, args.epochs, batch, args.model)
         lagging = run({**values, "precise_bn": 0}, dataset, data)
         precise = run(values, dataset, data)
         sides["running"].append(lagging)
         sides["precise"].append(precise)
+        shape = ""
+        if "width" in values:
+            shape = f"width {values['width']:2} dropout {values['dropout']:.2f}"
         print(
-            f"{values['optimizer']:4} lr {values['lr']:.4f} width {values['width']:2} "
-            f"dropout {values['dropout']:.2f}: test {lagging[0]:.4f} -> {precise[0]:.4f}, "
+            f"{values['model']} {values['optimizer']:4} lr {values['lr']:.4f} {shape}: "
+            f"test {lagging[0]:.4f} -> {precise[0]:.4f}, "
             f"epoch-1 val {lagging[1]:.4f} -> {precise[1]:.4f}",
             flush=True,
         )
