@@ -75,7 +75,7 @@ def recompute_batch_norm(
         count: How many images to pass; below 2 nothing is recomputed.
         prepare: Turns a stored batch into model input (e.g. ``ImageData.normalize``).
         accel: The run's device settings (memory format, autocast).
-        chunk: The most images passed at once.
+        chunk: The most images passed at once (at least 3, so no chunk holds one image).
 
     Returns:
         Whether any statistics were recomputed (False without such batch norms).
@@ -91,6 +91,10 @@ def recompute_batch_norm(
         model.eval()  # dropout and the like off: the statistics of what evaluation sees
         for layer in layers:
             layer.train()
+            # In place (a CUDA graph holds these tensors). Cleared first: a momentum of 1
+            # keeps 0 * the old value, and 0 * inf or NaN (an fp16 overflow) is NaN.
+            layer.running_mean.zero_()
+            layer.running_var.fill_(1.0)
         for number in range(chunks):
             for layer in layers:
                 # A running mean over the chunks, with the factor on the host: momentum
