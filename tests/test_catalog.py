@@ -95,6 +95,13 @@ def test_readme_reference_tables_are_generated_from_the_code() -> None:
     )
 
 
+def test_readme_lists_every_general_hyperparameter() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("- a **general** training hyperparameter:")
+    listed = readme[start : readme.index(";", start)].split(":", 1)[1]
+    assert [name.strip(" `\n") for name in listed.split(",")] == list(GENERAL)
+
+
 PLUGIN_MODULE = """
     from pydantic import Field
     from torch import nn
