@@ -256,8 +256,7 @@ class StudySpec(StrictModel):
         False,
         description="Once the study completes, retrain the best trial's configuration on the "
         "training plus validation split up to the epoch whose weights it kept and score it on "
-        "the test split; "
-        "the bundle and predict then serve that model. One objective only.",
+        "the test split; the bundle and predict then serve that model. One objective only.",
     )
 
     @field_validator("keep_weights", mode="before")

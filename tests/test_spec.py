@@ -1200,6 +1200,7 @@ def test_an_unknown_precision_is_named(where: dict[str, Any], path: str) -> None
         ({"seed": -1}, "fixed.seed", "greater than or equal to 0"),
         ({"precise_bn": -1}, "fixed.precise_bn", "greater than or equal to 0"),
         ({"precise_bn": "all"}, "fixed.precise_bn", "valid integer"),
+        ({"precise_bn": 10**7}, "fixed.precise_bn", "less than or equal to 1000000"),
     ],
 )
 def test_bad_restore_best_and_seed_values_are_named(
@@ -1216,3 +1217,9 @@ def test_a_searched_seed_beyond_what_torch_takes_is_named() -> None:
     [error] = spec_errors({"name": "x", "params": searched})
     assert error.path == "params.seed.high" and "less than or equal to" in error.msg
     assert load_spec({"name": "x", "fixed": {"seed": 2**53 - 1}}).fixed["seed"] == 2**53 - 1
+
+
+def test_a_searched_precise_bn_beyond_its_bound_is_named() -> None:
+    searched = {"precise_bn": {"type": "int", "low": 0, "high": 2_000_000}}
+    [error] = spec_errors({"name": "x", "params": searched})
+    assert error.path == "params.precise_bn.high" and "less than or equal to" in error.msg

@@ -26,9 +26,9 @@ def refit_facts(result: RefitResult) -> dict[str, Any]:
         "test_samples": result.test_samples,
         "description": (
             f"Trial {result.trial_number}'s configuration retrained on the training plus "
-            f"validation split for the {result.epochs} epochs whose weights the trial kept "
-            "(with its learning-rate schedule), then scored on "
-            "the test split. The validation metrics are the trial's own (trained on the "
+            f"validation split for {result.epochs} epochs, up to the one whose weights the "
+            "trial kept (with the trial's learning-rate schedule), then scored on the test "
+            "split. The validation metrics are the trial's own (trained on the "
             "training split alone); the test metrics are the refit model's."
         ),
     }

@@ -4,11 +4,10 @@ A worker runs a due refit (see ``automl.store.refits``) before it claims its nex
 after any due test-split evaluation: it retrains the best trial's configuration, with the
 same seed and learning-rate schedule, on the training plus validation split, stopping after
 the epoch whose weights the trial kept (no pruning, early stopping or best epoch: nothing is
-chosen any more),
-scores the model on the test split as the evaluation scores trials (``evaluate_weights``),
-writes the weights (safetensors) and the model card to the artifact store and hands the
-result back in one call, which stores it or, if the claim was lost meanwhile, nothing (the
-artifacts are then removed again).
+chosen any more), scores the model on the test split as the evaluation scores trials
+(``evaluate_weights``), writes the weights (safetensors) and the model card to the artifact
+store and hands the result back in one call, which stores it or, if the claim was lost
+meanwhile, nothing (the artifacts are then removed again).
 
 Normalization keeps the training split's statistics, which the trial's card states and
 predict recomputes, so the refit model takes exactly the input the trial's model took.
@@ -279,9 +278,6 @@ def _remove(coordinator: Coordinator, artifact_ids: list[str]) -> None:
             logger.warning("cannot remove artifact %s: %s", artifact_id, exc)
 
 
-__all__ = ["RefitLostError", "refit", "run_refit", "train_plus_validation"]
-
-
 def refit_epochs(trial: FrozenTrial, config: TrialConfig) -> int:
     """The epochs a refit trains: those up to the epoch whose weights the trial kept (its
     best with ``restore_best``), else those it ran, else its configured ones."""
@@ -289,3 +285,6 @@ def refit_epochs(trial: FrozenTrial, config: TrialConfig) -> int:
     if isinstance(kept, int) and kept > 0:
         return kept
     return len(trial.user_attrs.get(attrs.HISTORY) or []) or config.epochs
+
+
+__all__ = ["RefitLostError", "refit", "refit_epochs", "run_refit", "train_plus_validation"]

@@ -283,10 +283,10 @@ def rerun(study_id: StudyId, store: StoreDep) -> StudyDetail:
 def refit(study_id: StudyId, store: StoreDep, response: Response) -> RefitView:
     """Queues the refit of an ended study's best trial: its configuration retrained on the
     training plus validation split up to the epoch whose weights it kept, then scored on the
-    test split
-    (a worker runs it; ``GET /studies/{id}/best`` shows it under ``refit``). Once done, the
-    bundle and predict serve the refit model. Idempotent: a refit already queued or running
-    answers 202, one that is done 200, with its state; a failed one is queued again."""
+    test split (a worker runs it; ``GET /studies/{id}/best`` shows it under ``refit``). Once
+    done, the bundle and predict serve the refit model. Idempotent: a refit already queued
+    or running answers 202, one that is done 200, with its state; a failed one is queued
+    again."""
     view = queue_refit(store, study_id)
     if view.state == RefitState.DONE:
         response.status_code = status.HTTP_200_OK
