@@ -3,25 +3,47 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import optuna
-from pydantic import Field
+from pydantic import BeforeValidator, Field, model_validator
 
-from automl.registry import EntryOptions, Registry
+from automl.registry import MAX_TRIALS, EntryOptions, Registry
 
 PrunerFactory = Callable[[dict[str, Any]], optuna.pruners.BasePruner]
 
 PRUNERS: Registry[PrunerFactory] = Registry("pruner")
 
 
+MAX_STEPS = 10_000
+"""Bound of every epoch-count option: a trial trains at most 10,000 epochs (``epochs``)."""
+
+
+def _steps_or_auto(value: Any) -> Any:
+    """One message for the union (pydantic gives one per member)."""
+    if value == "auto" or (
+        isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_STEPS
+    ):
+        return value
+    raise ValueError(f"{value!r} is neither a whole number from 1 to {MAX_STEPS} nor 'auto'")
+
+
+StepsOrAuto = Annotated[int | Literal["auto"], BeforeValidator(_steps_or_auto)]
+
+
 class MedianOptions(EntryOptions):
     """Options of the median pruner."""
 
-    n_startup_trials: int = Field(5, ge=0, description="Trials that are never pruned.")
-    n_warmup_steps: int = Field(0, ge=0, description="Epochs before pruning starts in a trial.")
-    interval_steps: int = Field(1, ge=1, description="Epochs between pruning checks.")
-    n_min_trials: int = Field(1, ge=1, description="Trials reported at a step before pruning.")
+    n_startup_trials: int = Field(
+        5, ge=0, le=MAX_TRIALS, description="Trials that are never pruned."
+    )
+    n_warmup_steps: int = Field(
+        0, ge=0, le=MAX_STEPS, description="Epochs before pruning starts in a trial."
+    )
+    interval_steps: int = Field(1, ge=1, le=MAX_STEPS, description="Epochs between pruning checks.")
+    n_min_trials: int = Field(
+        1, ge=1, le=MAX_TRIALS, description="Trials reported at a step before pruning."
+    )
 
 
 class PercentileOptions(MedianOptions):
@@ -33,19 +55,32 @@ class PercentileOptions(MedianOptions):
 class HyperbandOptions(EntryOptions):
     """Options of the Hyperband pruner (epochs are the resource)."""
 
-    min_resource: int = Field(1, ge=1, description="Epochs every trial gets.")
-    max_resource: int | Literal["auto"] = Field(
+    min_resource: int = Field(1, ge=1, le=MAX_STEPS, description="Epochs every trial gets.")
+    max_resource: StepsOrAuto = Field(
         "auto", description="Epochs of a full trial ('auto': the longest seen)."
     )
-    reduction_factor: int = Field(3, ge=2, description="Share kept at each rung: 1 / factor.")
+    reduction_factor: int = Field(
+        3, ge=2, le=100, description="Share kept at each rung: 1 / factor."
+    )
+
+    @model_validator(mode="after")
+    def _check_resources(self) -> HyperbandOptions:
+        if self.max_resource != "auto" and self.min_resource > self.max_resource:
+            message = f"min_resource ({self.min_resource}) is above max_resource"
+            raise ValueError(f"{message} ({self.max_resource})")
+        return self
 
 
 class SuccessiveHalvingOptions(EntryOptions):
     """Options of the successive-halving pruner (epochs are the resource)."""
 
-    min_resource: int | Literal["auto"] = Field("auto", description="Epochs of the first rung.")
-    reduction_factor: int = Field(4, ge=2, description="Share kept at each rung: 1 / factor.")
-    min_early_stopping_rate: int = Field(0, ge=0, description="Rungs skipped before pruning.")
+    min_resource: StepsOrAuto = Field("auto", description="Epochs of the first rung.")
+    reduction_factor: int = Field(
+        4, ge=2, le=100, description="Share kept at each rung: 1 / factor."
+    )
+    min_early_stopping_rate: int = Field(
+        0, ge=0, le=100, description="Rungs skipped before pruning."
+    )
 
 
 class ThresholdOptions(EntryOptions):
@@ -53,15 +88,17 @@ class ThresholdOptions(EntryOptions):
 
     lower: float | None = Field(None, description="Prune below this value.")
     upper: float | None = Field(None, description="Prune above this value.")
-    n_warmup_steps: int = Field(0, ge=0, description="Epochs before pruning starts in a trial.")
-    interval_steps: int = Field(1, ge=1, description="Epochs between pruning checks.")
+    n_warmup_steps: int = Field(
+        0, ge=0, le=MAX_STEPS, description="Epochs before pruning starts in a trial."
+    )
+    interval_steps: int = Field(1, ge=1, le=MAX_STEPS, description="Epochs between pruning checks.")
 
 
 class WilcoxonOptions(EntryOptions):
     """Options of the Wilcoxon pruner."""
 
     p_threshold: float = Field(0.1, ge=0, le=1, description="p-value below which to prune.")
-    n_startup_steps: int = Field(2, ge=0, description="Steps before pruning starts.")
+    n_startup_steps: int = Field(2, ge=0, le=MAX_STEPS, description="Steps before pruning starts.")
 
 
 PRUNERS.add(

@@ -21,15 +21,23 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import json
 import logging
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Generic, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -44,11 +52,24 @@ class UnknownNameError(ValueError):
     """Raised when a name is not registered; the message lists the valid choices."""
 
 
+MAX_TRIALS = 1_000_000
+"""Bound of every option that counts trials (a study runs at most ``max_trials``, 100,000
+by default): a larger count only ever meets an overflow or an allocation that fails."""
+
+
 class EntryOptions(BaseModel):
     """Base of an entry's options: every field typed, ranged and described; unknown keys
-    are errors."""
+    are errors, and so are values a field would only take converted (``"3"``, ``true``)
+    and numbers that are not finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_conversion(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name is not None:
+            refuse_conversion(cls.model_fields[info.field_name].annotation, value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -281,6 +302,58 @@ def value_kind(annotation: Any) -> tuple[str, list[Any] | None]:
     if annotation in (bool, int, float, str):
         return annotation.__name__, None
     return "any", None
+
+
+_KIND_WORDS = {"int": "a valid integer", "float": "a valid number", "bool": "a valid boolean"}
+
+
+def refuse_conversion(annotation: Any, value: Any) -> None:
+    """Refuses a string, boolean or integer that a field of type ``annotation`` would take
+    only by converting it: ``"3"`` or ``true`` as a number, ``"yes"`` or ``1`` as a flag.
+    Pydantic's lax mode converts these; a spec means what it says. Floats are left to
+    the field (``3.0`` is a whole number), as is anything the field refuses anyway (its
+    own message is the better one).
+
+    Raises:
+        ValueError: Naming what the field takes.
+    """
+    if isinstance(value, float) or not isinstance(value, str | int):
+        return
+    adapter = _adapter(annotation)
+    try:
+        adapter.validate_python(value, strict=True)
+        return
+    except ValidationError:
+        pass
+    try:
+        adapter.validate_python(value)
+    except ValidationError:
+        return
+    raise ValueError(f"Input should be {_expected(annotation)}, not {json.dumps(value)}")
+
+
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {}
+
+
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    # Keyed by the annotation's text: some (``Annotated`` with a ``Field``) are unhashable.
+    key = repr(annotation)
+    if key not in _ADAPTERS:
+        _ADAPTERS[key] = TypeAdapter(annotation)
+    return _ADAPTERS[key]
+
+
+def _expected(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return " or ".join(repr(choice) for choice in get_args(annotation))
+    if origin in (Union, types.UnionType):
+        members = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return " or ".join(_expected(member) for member in members)
+    if origin is Annotated:
+        return _expected(get_args(annotation)[0])
+    kind, _ = value_kind(annotation)
+    return _KIND_WORDS.get(kind, f"a valid {kind}")
 
 
 def validation_messages(exc: ValidationError) -> list[tuple[tuple[str | int, ...], str]]:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import optuna
 from pydantic import Field
 
-from automl.registry import EntryOptions, Registry
+from automl.registry import MAX_TRIALS, EntryOptions, Registry
 
 SamplerFactory = Callable[[dict[str, Any], int | None], optuna.samplers.BaseSampler]
 
@@ -23,8 +23,12 @@ SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
 class TpeOptions(EntryOptions):
     """Options of the TPE sampler."""
 
-    n_startup_trials: int = Field(10, ge=0, description="Random trials before TPE starts.")
-    n_ei_candidates: int = Field(24, ge=1, description="Candidates scored per suggestion.")
+    n_startup_trials: int = Field(
+        10, ge=0, le=MAX_TRIALS, description="Random trials before TPE starts."
+    )
+    n_ei_candidates: int = Field(
+        24, ge=1, le=10_000, description="Candidates scored per suggestion."
+    )
     multivariate: bool = Field(True, description="Model the parameters jointly.")
     group: bool = Field(False, description="Split conditional spaces into groups.")
     constant_liar: bool = Field(
@@ -35,7 +39,9 @@ class TpeOptions(EntryOptions):
 class GpOptions(EntryOptions):
     """Options of the Gaussian-process sampler."""
 
-    n_startup_trials: int = Field(10, ge=0, description="Random trials before the GP starts.")
+    n_startup_trials: int = Field(
+        10, ge=0, le=MAX_TRIALS, description="Random trials before the GP starts."
+    )
     deterministic_objective: bool = Field(False, description="Assume noise-free objectives.")
 
 
@@ -49,7 +55,7 @@ class QmcOptions(EntryOptions):
 class Nsga2Options(EntryOptions):
     """Options of the NSGA-II sampler."""
 
-    population_size: int = Field(50, ge=2, description="Trials per generation.")
+    population_size: int = Field(50, ge=2, le=MAX_TRIALS, description="Trials per generation.")
     mutation_prob: float | None = Field(
         None, ge=0, le=1, description="Mutation probability (default: 1 / number of params)."
     )
@@ -60,7 +66,9 @@ class Nsga2Options(EntryOptions):
 class CmaEsOptions(EntryOptions):
     """Options of the CMA-ES sampler."""
 
-    n_startup_trials: int = Field(1, ge=0, description="Random trials before CMA-ES starts.")
+    n_startup_trials: int = Field(
+        1, ge=0, le=MAX_TRIALS, description="Random trials before CMA-ES starts."
+    )
     sigma0: float | None = Field(None, gt=0, description="Initial step size (default: auto).")
     use_separable_cma: bool = Field(False, description="Diagonal covariance (faster).")
     with_margin: bool = Field(False, description="CMA-ES with margin, for integer params.")

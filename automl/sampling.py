@@ -173,7 +173,7 @@ def resolve_auto(
     if len(spec.objective_list) > 1:
         return "nsga2", {}, n_trials, "several objectives: NSGA-II"
     params: Sequence[Any] = list(spec.params.values())
-    finite = all(_is_finite(param) for param in params)
+    finite = all(_count(param) <= grid_limit for param in params)
     if params and finite and spec.warm_start is None and not spec.enqueue:
         try:
             size = grid_size(spec, grid_limit)
@@ -196,9 +196,10 @@ def resolve_auto(
     return "tpe", options, n_trials, reason
 
 
-def _is_finite(param: Any) -> bool:
+def _count(param: Any) -> int | float:
+    """A param's number of grid values, counted (an int range of 10**15 is never listed);
+    ``math.inf`` for a continuous one."""
     try:
-        param_values(param)
+        return param_count(param)
     except GridError:
-        return False
-    return True
+        return math.inf

@@ -19,12 +19,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from automl.config import Limits
 from automl.data import DATASETS
 from automl.pruners import PRUNERS, build_pruner
-from automl.registry import Registry
+from automl.registry import MAX_TRIALS, Registry, refuse_conversion
 from automl.samplers import SAMPLERS, build_sampler
 from automl.sampling import check_grid, resolve_auto
 from automl.train import METRICS
@@ -41,6 +49,8 @@ NAME_RULE = "1-100 letters, digits, '-', '_' or '.', starting with a letter or d
 
 Scalar = str | bool | int | float
 Loc = tuple[str | int, ...]
+MAX_STUDY_ID = 2**31 - 1
+"""The largest study id: ids are 32-bit integer columns."""
 StrictInt = Annotated[int, Strict()]
 """An integer that refuses booleans and strings (``n_trials: true`` is an error, not 1)."""
 
@@ -72,11 +82,23 @@ class SpecError(ValueError):
         super().__init__("; ".join(str(error) for error in errors))
 
 
+_SPEC_CONFIG = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _exact(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    if info.field_name is not None:
+        refuse_conversion(cls.model_fields[info.field_name].annotation, value)
+    return value
+
+
 class StrictModel(BaseModel):
     """Base of all spec models: unknown keys are errors (``errors_from_pydantic`` lists
-    the valid ones)."""
+    the valid ones), and so are values a field would only take converted (``refit:
+    "yes"``, ``timeout: "60"``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = _SPEC_CONFIG
+
+    _no_conversion = field_validator("*", mode="before")(classmethod(_exact))
 
 
 class DatasetSpec(StrictModel):
@@ -109,7 +131,9 @@ class BudgetSpec(StrictModel):
     timeout: float | None = Field(
         None, gt=0, description="Seconds after the study starts; no trial starts later."
     )
-    max_failed: StrictInt = Field(5, ge=0, description="The study fails once more trials fail.")
+    max_failed: StrictInt = Field(
+        5, ge=0, le=MAX_TRIALS, description="The study fails once more trials fail."
+    )
     max_retries: StrictInt = Field(
         2,
         ge=0,
@@ -121,12 +145,26 @@ class BudgetSpec(StrictModel):
 class WarmStartSpec(StrictModel):
     """Start from the best configurations of earlier studies (meta-learning)."""
 
-    studies: list[StrictInt] | Literal["auto"] = Field(
+    studies: list[Annotated[StrictInt, Field(ge=0, le=MAX_STUDY_ID)]] | Literal["auto"] = Field(
         description="Earlier study ids, or auto: completed studies on the same data."
     )
     top_k: StrictInt = Field(
         3, ge=1, le=100, description="Best configurations taken from each earlier study."
     )
+
+    @field_validator("studies", mode="before")
+    @classmethod
+    def _check_studies(cls, value: Any) -> Any:
+        """One clear message instead of one per member of the union."""
+        if value == "auto":
+            return value
+        if not isinstance(value, list):
+            raise ValueError(f"{value!r} is neither a list of study ids nor 'auto'")
+        for index, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= MAX_STUDY_ID:
+                message = f"a whole number from 0 to {MAX_STUDY_ID}"
+                raise ValueError(f"[{index}] {item!r} is not a study id ({message})")
+        return value
 
 
 class SamplerSpec(StrictModel):
@@ -170,7 +208,14 @@ def _when() -> Any:
     )
 
 
-class _Param(StrictModel):
+class _Param(BaseModel):
+    # Not a ``StrictModel``: pydantic allows no validator on the discriminator ``type``.
+    model_config = _SPEC_CONFIG
+
+    _no_conversion = field_validator(
+        "low", "high", "log", "step", mode="before", check_fields=False
+    )(classmethod(_exact))
+
     def explicit_conditions(self) -> dict[str, list[Scalar]]:
         """``when`` with every value turned into a list."""
         when: Condition = getattr(self, "when", None) or {}
@@ -246,7 +291,7 @@ class StudySpec(StrictModel):
         None,
         description="Earlier studies whose top configurations run next (from the budget).",
     )
-    keep_weights: Annotated[int, Field(ge=1)] | Literal["all"] = Field(
+    keep_weights: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | Literal["all"] = Field(
         3,
         description="Trials that keep their weights: the best k on the first objective "
         "(plus the Pareto front with several objectives); the others' weights are deleted "
@@ -264,10 +309,10 @@ class StudySpec(StrictModel):
     def _check_keep_weights(cls, value: Any) -> Any:
         """One clear message instead of one per member of the union."""
         if value == "all" or (
-            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_TRIALS
         ):
             return value
-        raise ValueError(f"{value!r} is neither a whole number >= 1 nor 'all'")
+        raise ValueError(f"{value!r} is neither a whole number from 1 to {MAX_TRIALS:,} nor 'all'")
 
     @property
     def objective_list(self) -> list[ObjectiveSpec]:
@@ -505,14 +550,30 @@ def normalize_document(data: Any, limits: Limits | None = None) -> Any:
             if len(value) > limits.max_string_length:
                 message = f"longer than {limits.max_string_length} characters (max_string_length)"
                 raise SpecError([FieldError(loc, message)])
+            _check_unicode(value, loc)
             return float(value) if _EXPONENT_NUMBER.match(value) else value
         if isinstance(value, dict):
+            for key in value:
+                _check_unicode(str(key), loc, "a key ")
             return {key: walk(item, (*loc, str(key))) for key, item in value.items()}
         if isinstance(value, list):
             return [walk(item, (*loc, index)) for index, item in enumerate(value)]
         return value
 
     return walk(data, ())
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_unicode(text: str, loc: Loc, what: str = "") -> None:
+    """Refuses a lone UTF-16 surrogate (JSON's ``"\\ud800"``): no text, no file name and no
+    database column can hold one."""
+    found = _LONE_SURROGATE.search(text)
+    if found is not None:
+        code = f"\\u{ord(found.group()):04x}"
+        message = f"{what}contains a lone surrogate ({code}), not Unicode text"
+        raise SpecError([FieldError(loc, message)])
 
 
 def load_spec(source: str | Path | Mapping[str, Any]) -> StudySpec:

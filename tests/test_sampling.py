@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import optuna
@@ -121,6 +122,32 @@ def test_one_huge_param_is_counted_not_listed(name: str, param: dict[str, Any]) 
         "sampler.name": f"the grid has more than {MAX_GRID_CELLS:,} cells (max_grid_cells); "
         "narrow the space"
     }
+
+
+@pytest.mark.parametrize(
+    "param",
+    [
+        {"type": "int", "low": 0, "high": 50_000_000},  # once 2 GB and 2 s per submit
+        {"type": "int", "low": 0, "high": 2**53 - 1},  # once a MemoryError (500)
+        {"type": "float", "low": 0.0, "high": 0.5, "step": 5e-324},  # once an OverflowError
+    ],
+)
+def test_auto_counts_a_huge_param_without_listing_it(param: dict[str, Any]) -> None:
+    tracemalloc.start()
+    try:
+        spec = load_spec(
+            {
+                "name": "a",
+                "sampler": {"name": "auto"},
+                "budget": {"n_trials": 2},
+                "params": {"seed" if param["type"] == "int" else "weight_decay": param},
+            }
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert spec.sampler.name == "gp"
+    assert peak < 20 * 2**20, f"{peak:,} bytes to choose a sampler"
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from automl.spec import (
     SpecError,
     conditional_order,
     load_spec,
+    parse_json,
     parse_text,
     validate_spec,
 )
@@ -902,6 +903,169 @@ def test_hostile_values_are_named(data: dict[str, Any], path: str, fragment: str
     assert fragment in errors[0].msg
 
 
+BIG = 2**70
+"""Above every 64-bit integer column and C long: must be refused at submit, not in a trial."""
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "fragment"),
+    [
+        ({"name": "x", "fixed": {"epochs": "3"}}, "fixed.epochs", 'valid integer, not "3"'),
+        ({"name": "x", "fixed": {"lr": "0.01"}}, "fixed.lr", 'valid number, not "0.01"'),
+        ({"name": "x", "fixed": {"restore_best": "yes"}}, "fixed.restore_best", "valid boolean"),
+        ({"name": "x", "fixed": {"restore_best": 1}}, "fixed.restore_best", "valid boolean"),
+        ({"name": "x", "fixed": {"width": True}}, "fixed.width", "valid integer, not true"),
+        ({"name": "x", "refit": "yes"}, "refit", 'valid boolean, not "yes"'),
+        ({"name": "x", "budget": {"timeout": "60"}}, "budget.timeout", "valid number"),
+        (
+            with_params(epochs={"type": "int", "low": "1", "high": 3}),
+            "params.epochs.low",
+            "valid integer",
+        ),
+        (
+            with_params(lr={"type": "float", "low": 0.001, "high": 0.1, "log": "true"}),
+            "params.lr.log",
+            "valid boolean",
+        ),
+        (
+            with_params(epochs={"type": "categorical", "choices": ["1", 2]}),
+            "params.epochs.choices[0]",
+            "valid integer",
+        ),
+        (
+            {"name": "x", "sampler": {"name": "tpe", "options": {"n_startup_trials": "5"}}},
+            "sampler.options.n_startup_trials",
+            "valid integer",
+        ),
+        (
+            {"name": "x", "sampler": {"name": "tpe", "options": {"multivariate": 1}}},
+            "sampler.options.multivariate",
+            "valid boolean, not 1",
+        ),
+        (
+            {"name": "x", "pruner": {"name": "hyperband", "options": {"max_resource": "3"}}},
+            "pruner.options.max_resource",
+            "valid integer or 'auto'",
+        ),
+        (
+            {"name": "x", "dataset": {"source": "digits", "options": {"val_fraction": "0.2"}}},
+            "dataset.options.val_fraction",
+            "valid number",
+        ),
+    ],
+)
+def test_values_that_would_need_converting_are_refused(
+    data: dict[str, Any], path: str, fragment: str
+) -> None:
+    """A spec means what it says: "3" is no epoch count and "yes" no flag (pydantic's lax
+    mode would convert both)."""
+    errors = spec_errors(data)
+    assert [error.path for error in errors] == [path], errors
+    assert fragment in errors[0].msg
+
+
+def test_whole_floats_and_exponent_strings_still_count_as_numbers() -> None:
+    """YAML 1.1 reads ``1e-5`` (no dot) as a string; the spec reads it as the number."""
+    text = (
+        "name: x\nfixed: {epochs: 3.0, lr: 1}\n"
+        "params:\n  weight_decay: {type: float, low: 1e-5, high: 1e-2}\n"
+    )
+    spec = validate_spec(parse_text(text))
+    assert spec.fixed == {"epochs": 3.0, "lr": 1}
+    assert spec.params["weight_decay"].low == 1e-5
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "fragment"),
+    [
+        ({"name": "x", "budget": {"max_failed": BIG}}, "budget.max_failed", "1000000"),
+        ({"name": "x", "keep_weights": BIG}, "keep_weights", "from 1 to 1,000,000"),
+        ({"name": "x", "warm_start": {"studies": [1, BIG]}}, "warm_start.studies", "[1]"),
+        ({"name": "x", "warm_start": {"studies": [-1]}}, "warm_start.studies", "not a study id"),
+        ({"name": "x", "warm_start": {"studies": "x"}}, "warm_start.studies", "nor 'auto'"),
+        (
+            {"name": "x", "dataset": {"source": "digits", "options": {"seed": BIG}}},
+            "dataset.options.seed",
+            "4294967295",
+        ),
+        (
+            {"name": "x", "dataset": {"source": "digits", "options": {"seed": -1}}},
+            "dataset.options.seed",
+            "greater than or equal to 0",
+        ),
+        (
+            {"name": "x", "sampler": {"name": "tpe", "options": {"n_ei_candidates": BIG}}},
+            "sampler.options.n_ei_candidates",
+            "10000",
+        ),
+        (
+            {"name": "x", "sampler": {"name": "nsga2", "options": {"population_size": 2**62}}},
+            "sampler.options.population_size",
+            "1000000",
+        ),
+        (
+            {"name": "x", "pruner": {"name": "median", "options": {"n_warmup_steps": BIG}}},
+            "pruner.options.n_warmup_steps",
+            "10000",
+        ),
+        (
+            {
+                "name": "x",
+                "pruner": {"name": "successive_halving", "options": {"min_resource": BIG}},
+            },
+            "pruner.options.min_resource",
+            "from 1 to 10000 nor 'auto'",
+        ),
+        (
+            {
+                "name": "x",
+                "pruner": {
+                    "name": "hyperband",
+                    "options": {"min_resource": 100, "max_resource": 2},
+                },
+            },
+            "pruner.options",
+            "min_resource (100) is above max_resource (2)",
+        ),
+        (
+            {"name": "x", "pruner": {"name": "threshold", "options": {"lower": float("nan")}}},
+            "pruner.options.lower",
+            "finite number",
+        ),
+    ],
+)
+def test_numbers_no_trial_could_use_are_refused(
+    data: dict[str, Any], path: str, fragment: str
+) -> None:
+    """Accepted before, these failed every trial (an overflow, sklearn's seed range), or
+    stored NaN as null, changing what the pruner does."""
+    errors = spec_errors(data)
+    assert [error.path for error in errors] == [path], errors
+    assert fragment in errors[0].msg
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "fragment"),
+    [
+        (r'{"name": "x", "description": "a\ud800b"}', "description", "lone surrogate (\\ud800)"),
+        (r'{"name": "x", "fixed": {"l\udfffr": 0.1}}', "fixed", "a key contains a lone"),
+        ('name: x\ndescription: "a\\ud800"\n', "description", "lone surrogate"),
+    ],
+)
+def test_lone_surrogates_are_refused_where_they_are(text: str, path: str, fragment: str) -> None:
+    """No database column, file name or JSON encoder takes a lone surrogate: refused at
+    parse time, not a 500 when stored."""
+    with pytest.raises(SpecError) as raised:
+        parse_text(text) if text.startswith("name:") else parse_json(text)
+    errors = raised.value.errors
+    assert [error.path for error in errors] == [path], errors
+    assert fragment in errors[0].msg
+
+
+def test_paired_surrogates_are_text() -> None:
+    assert parse_json(r'{"description": "\ud83d\ude00"}') == {"description": "\U0001f600"}
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
@@ -1034,7 +1198,7 @@ def test_keep_weights(given: Any, kept: Any) -> None:
 def test_keep_weights_errors_name_the_field(bad: Any) -> None:
     [error] = spec_errors({"name": "x", "keep_weights": bad})
     assert error.path == "keep_weights"
-    assert error.msg == f"{bad!r} is neither a whole number >= 1 nor 'all'"
+    assert error.msg == f"{bad!r} is neither a whole number from 1 to 1,000,000 nor 'all'"
 
 
 ENQUEUE_SPACE: dict[str, Any] = {

@@ -7,11 +7,13 @@ a 500: reads have already been retried briefly by the store.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import sqlalchemy
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from optuna.exceptions import StorageInternalError
 from pydantic import BaseModel
@@ -82,10 +84,55 @@ def _detail(status_code: int, message: str) -> JSONResponse:
 def spec_error_response(exc: SpecError) -> JSONResponse:
     """422 in FastAPI's own validation-error shape, with ``loc`` under ``body``."""
     detail = [
-        {"loc": ["body", *error.loc], "msg": error.msg, "type": "spec_error", "path": error.path}
+        {
+            "loc": ["body", *map(_printable, error.loc)],
+            "msg": _printable(error.msg),
+            "type": "spec_error",
+            "path": _printable(error.path),
+        }
         for error in exc.errors
     ]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    """422 in FastAPI's shape, without the ``input`` FastAPI would repeat: it may be
+    megabytes long, or hold what JSON cannot (NaN, a lone surrogate)."""
+    detail = [
+        {
+            "loc": [_printable(part) for part in error.get("loc", ())],
+            "msg": _printable(str(error.get("msg", "")).removeprefix("Value error, ")),
+            "type": str(error.get("type", "value_error")),
+        }
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of every operation whose path template matches the request's path (from
+    the OpenAPI document: the routing objects of included routers are FastAPI internals)."""
+    paths: dict[str, dict[str, Any]] = request.app.openapi().get("paths", {})
+    methods: set[str] = set()
+    for template, operations in paths.items():
+        pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+_MAX_SHOWN = 300
+"""Characters of a name or message shown in a 422; longer ones are cut."""
+
+
+def _printable(value: str | int) -> str | int:
+    """``value`` as text that any JSON encoder takes: lone surrogates escaped, cut short."""
+    if not isinstance(value, str):
+        return value
+    text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -96,7 +143,15 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and exc.detail == _UNPARSABLE_BODY:
             detail = [{"loc": ["body"], "msg": "body is not UTF-8 JSON", "type": "json_invalid"}]
             return JSONResponse({"detail": detail}, status_code=422)
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route with this path only.
+            allowed = ", ".join(_allowed_methods(request))
+            return JSONResponse({"detail": exc.detail}, status_code=405, headers={"Allow": allowed})
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error_response(exc)
 
     @app.exception_handler(SpecError)
     async def _spec(_: Request, exc: SpecError) -> JSONResponse:

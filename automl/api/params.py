@@ -8,18 +8,34 @@ parameter, before any query.
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
 from fastapi import Path
+from pydantic import BeforeValidator
 
 MAX_ID = 2**31 - 1
 """The largest id or trial number: the top of a signed 32-bit integer column."""
 
+_DIGITS = re.compile(r"[0-9]{1,10}")
+
+
+def _plain_digits(value: Any) -> Any:
+    """Refuses what ``int()`` would read but no id looks like: ``7_0``, ``+7``, `` 7``."""
+    if isinstance(value, str) and not _DIGITS.fullmatch(value):
+        raise ValueError(f"{value!r} is not an id: a whole number from 0 to {MAX_ID}")
+    return value
+
+
+_Digits = BeforeValidator(_plain_digits)
+
 StudyId = Annotated[
-    int, Path(ge=0, le=MAX_ID, description="The study's id (from `POST /studies`).")
+    int, Path(ge=0, le=MAX_ID, description="The study's id (from `POST /studies`)."), _Digits
 ]
 TrialNumber = Annotated[
-    int, Path(ge=0, le=MAX_ID, description="The trial's number within its study (from 0).")
+    int,
+    Path(ge=0, le=MAX_ID, description="The trial's number within its study (from 0)."),
+    _Digits,
 ]
-Id = Annotated[int, Path(ge=0, le=MAX_ID, description="The resource's id.")]
+Id = Annotated[int, Path(ge=0, le=MAX_ID, description="The resource's id."), _Digits]
 """Any other id in a path (an API key's, say): bounded as ``StudyId`` is."""

@@ -2,12 +2,13 @@
 
 Writes ``study.json`` (spec, status, best trials), ``trials.json`` (every trial),
 ``trials.csv`` (one row per trial: values, params and metrics as columns) and, when the
-best trial kept its weights, the model bundle in ``model/``. Everything is read before
-anything is written, and a new folder is written as a hidden sibling
-(``.DIR.partial-*``) renamed into place at the end, so neither a failure nor a killed
-process leaves a half-written folder (a killed one may leave that sibling behind). Into a
-folder that already exists (empty, or with ``--overwrite``) files are written in place.
-Against the API (``--url``) nothing heavy is imported.
+best trial kept its weights, the model bundle in ``model/``; should that model fail to
+bundle, the other files are still written and the command says why in one ``error:`` line
+and exits 2. Everything is read before anything is written, and a new folder is written
+as a hidden sibling (``.DIR.partial-*``) renamed into place at the end, so neither a
+failure nor a killed process leaves a half-written folder (a killed one may leave that
+sibling behind). Into a folder that already exists (empty, or with ``--overwrite``) files
+are written in place. Against the API (``--url``) nothing heavy is imported.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
 from automl.cli.http_client import ClientError
 from automl.cli.study_commands import client_for
 from automl.config import Settings
+from automl.store.attrs import RefitState
 from automl.store.views import BestTrials, StudyDetail, TrialSummary
 
 MODEL_DIR = "model"
@@ -54,15 +57,29 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
             model_files, _ = unpack_bundle(bundle, folder / MODEL_DIR)
             written += model_files
         names = [str(path.relative_to(folder)) for path in written]
+    failed = bundle is None and _has_weights(best)
     if args.json:
         print(json.dumps({"directory": str(directory), "files": names, "no_model": no_model}))
-        return EXIT_OK
-    model = f"the best model in {MODEL_DIR}/" if bundle is not None else f"no model ({no_model})"
-    print(
-        f"study {study.id} ({study.name}, {study.status.value}): wrote study.json, "
-        f"trials.json and trials.csv ({len(trials)} trials) and {model} to {directory}"
-    )
+    else:
+        model = (
+            f"the best model in {MODEL_DIR}/" if bundle is not None else f"no model ({no_model})"
+        )
+        print(
+            f"study {study.id} ({study.name}, {study.status.value}): wrote study.json, "
+            f"trials.json and trials.csv ({len(trials)} trials) and {model} to {directory}"
+        )
+    if failed:
+        print(f"error: {MODEL_DIR}/ not written: {no_model}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_OK
+
+
+def _has_weights(best: BestTrials | None) -> bool:
+    """Whether the model that serves the study kept weights: a bundle was due."""
+    if best is None or not best.trials:
+        return False
+    refit_done = best.refit is not None and best.refit.state == RefitState.DONE
+    return refit_done or best.trials[0].weights_available
 
 
 def trials_csv(study: StudyDetail, trials: list[TrialSummary]) -> str:

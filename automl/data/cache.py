@@ -30,7 +30,12 @@ from automl.data.errors import DatasetError
 logger = logging.getLogger("automl.data")
 
 CACHE_FORMAT = 1
-"""Bumped when the cached layout or decoding changes, so old entries are not reused."""
+"""Part of every data fingerprint (studies and warm starts match on it): bumped only when
+the decoded images of every dataset change."""
+DECODE_VERSION = 2
+"""Part of every cache slot, not of the fingerprint: bumped when decoding changes for some
+images only, so old entries are not reused while studies keep matching (2: 16-bit images
+are scaled to 8 bits, no longer clipped)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class DecodeUnit:
     @property
     def slot(self) -> str:
         """Cache slot of this unit: identity and preprocessing, not contents."""
-        payload = json.dumps([self.identity, asdict(self.prep)], sort_keys=True)
+        payload = json.dumps([self.identity, asdict(self.prep), DECODE_VERSION], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def fingerprint(self) -> str:

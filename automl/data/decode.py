@@ -98,7 +98,8 @@ def decode_image(
 def load_oriented(opened: Image.Image, prep: Preprocess) -> Image.Image:
     """Decodes an opened image, oriented by its EXIF tag, in ``prep``'s mode.
 
-    A JPEG much larger than the target size decodes at a reduced scale. Training and
+    A JPEG much larger than the target size decodes at a reduced scale; a 16-bit image is
+    scaled to 8 bits (``to_eight_bit``) before the conversion. Training and
     serving (``automl.delivery``) both decode through here, so their pixels are equal.
 
     Raises:
@@ -106,7 +107,25 @@ def load_oriented(opened: Image.Image, prep: Preprocess) -> Image.Image:
     """
     if opened.format == "JPEG":
         opened.draft(prep.mode, (prep.width, prep.height))
-    return ImageOps.exif_transpose(opened).convert(prep.mode)
+    return to_eight_bit(ImageOps.exif_transpose(opened)).convert(prep.mode)
+
+
+def to_eight_bit(image: Image.Image) -> Image.Image:
+    """An integer grayscale image of more than 8 bits as 8-bit grayscale (mode ``L``);
+    other images unchanged.
+
+    Pillow's ``convert`` clamps such pixels to 0..255, which turns most of a 16-bit image
+    white. Instead their top 8 bits are kept (``value >> 8``: 8000 -> 31, 56000 -> 218):
+    of ``I;16*`` images (16-bit PNGs), and of mode ``I`` (32-bit integers) clipped to
+    0..65535, since that is how Pillow reads 16-bit grayscale too (older versions; PGM files,
+    whose values it scales to the 16-bit range) and the accepted formats
+    (``automl.data.paths.IMAGE_SUFFIXES``) hold no more than 16 bits. The rule depends on
+    the mode only, never on an image's own values, so every image of a dataset scales alike.
+    """
+    if image.mode != "I" and not image.mode.startswith("I;16"):
+        return image
+    values = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
+    return Image.fromarray((values >> 8).astype(np.uint8))
 
 
 def fit_image(image: Image.Image, prep: Preprocess) -> np.ndarray:

@@ -15,7 +15,7 @@ from automl.data.base import (
     options_fingerprint,
     register_dataset,
 )
-from automl.data.splits import stratified_split
+from automl.data.splits import SplitSeed, stratified_split
 
 
 class DigitsOptions(DatasetOptions):
@@ -25,7 +25,7 @@ class DigitsOptions(DatasetOptions):
     test_fraction: float = Field(
         0.0, ge=0, lt=1, description="Share held out for testing (0: no test split)."
     )
-    seed: int = Field(0, description="Seed of the stratified split.")
+    seed: SplitSeed = Field(0, description="Seed of the stratified split.")
 
     @model_validator(mode="after")
     def _check_fractions(self) -> DigitsOptions:

@@ -8,6 +8,7 @@ explicit folder was given, and computes the normalization statistics on the trai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -18,9 +19,26 @@ from automl.data.base import DatasetOptions, ImageData, channel_stats
 from automl.data.cache import DecodeUnit, load_unit, units_fingerprint
 from automl.data.decode import Preprocess
 from automl.data.errors import DatasetError
-from automl.data.splits import stratified_split
+from automl.data.splits import SplitSeed, stratified_split
 
 Side = Annotated[int, Field(ge=1, le=2048)]
+
+MIN_CLASSES = 2
+"""Classes a dataset needs: with one, every model "predicts" it with accuracy 1.0."""
+
+
+def require_classes(classes: Sequence[str], what: str) -> None:
+    """Checks that ``what`` (e.g. ``"folder 'pets'"``) has at least ``MIN_CLASSES`` classes.
+
+    Raises:
+        DatasetError: ``<what> needs at least 2 classes (found 1: 'red')``.
+    """
+    if len(classes) < MIN_CLASSES:
+        found = ", ".join(repr(name) for name in classes)
+        raise DatasetError(
+            f"{what} needs at least {MIN_CLASSES} classes (found {len(classes)}"
+            + (f": {found})" if found else ")")
+        )
 
 
 class ImageOptions(DatasetOptions):
@@ -41,7 +59,7 @@ class ImageOptions(DatasetOptions):
     test_fraction: float = Field(
         0.0, ge=0, lt=1, description="Share held out for testing when no test_path is given."
     )
-    seed: int = Field(0, description="Seed of the stratified split.")
+    seed: SplitSeed = Field(0, description="Seed of the stratified split.")
 
     @model_validator(mode="after")
     def _check_fractions(self) -> ImageOptions:
@@ -58,7 +76,7 @@ class ImageOptions(DatasetOptions):
 
 @dataclass(frozen=True)
 class FilePlan:
-    """The listed files of a dataset, ready to decode.
+    """The listed files of a dataset, ready to decode; at least ``MIN_CLASSES`` classes.
 
     Attributes:
         source: The registered source name.
@@ -68,6 +86,9 @@ class FilePlan:
         val: Explicit validation files, if given.
         test: Explicit test files, if given.
         sequences: Keep the frame axis: samples are ``(T, C, H, W)`` clips.
+
+    Raises:
+        DatasetError: If there are fewer than ``MIN_CLASSES`` classes.
     """
 
     source: str
@@ -76,6 +97,9 @@ class FilePlan:
     val: DecodeUnit | None = None
     test: DecodeUnit | None = None
     sequences: bool = False
+
+    def __post_init__(self) -> None:
+        require_classes(self.classes, f"{self.source}: the training data")
 
     def units(self) -> dict[str, DecodeUnit]:
         """The given units by split name."""

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from automl.data.base import ImageData, register_dataset
 from automl.data.cache import DecodeUnit
 from automl.data.errors import DatasetError
-from automl.data.files import FilePlan, ImageOptions, load_plan, make_unit
+from automl.data.files import FilePlan, ImageOptions, load_plan, make_unit, require_classes
 from automl.data.paths import (
     IMAGE_SUFFIXES,
     confine,
@@ -37,7 +37,8 @@ class ImageFolderOptions(ImageOptions):
     @field_validator("path")
     @classmethod
     def _check_path(cls, value: str) -> str:
-        scan_class_folder(value)
+        classes, _ = scan_class_folder(value)
+        require_classes(classes, f"folder {value!r}")
         return value
 
     @field_validator("val_path", "test_path")

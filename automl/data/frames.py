@@ -15,7 +15,14 @@ from pydantic import Field, ValidationInfo, field_validator
 from automl.data.base import ImageData, register_dataset
 from automl.data.cache import DecodeUnit
 from automl.data.errors import DatasetError
-from automl.data.files import FilePlan, ImageOptions, Side, load_plan, make_unit
+from automl.data.files import (
+    FilePlan,
+    ImageOptions,
+    Side,
+    load_plan,
+    make_unit,
+    require_classes,
+)
 from automl.data.paths import (
     confine,
     data_root,
@@ -43,7 +50,8 @@ class FrameSequencesOptions(ImageOptions):
     @field_validator("path")
     @classmethod
     def _check_path(cls, value: str) -> str:
-        scan_clip_folder(value)
+        classes, _ = scan_clip_folder(value)
+        require_classes(classes, f"folder {value!r}")
         return value
 
     @field_validator("val_path", "test_path")

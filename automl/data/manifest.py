@@ -10,7 +10,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from automl.data.base import ImageData, register_dataset
 from automl.data.cache import DecodeUnit
 from automl.data.errors import DatasetError
-from automl.data.files import FilePlan, ImageOptions, load_plan, make_unit
+from automl.data.files import FilePlan, ImageOptions, load_plan, make_unit, require_classes
 from automl.data.paths import IMAGE_SUFFIXES, confine, data_root, relative_name
 
 MAX_CSV_BYTES = 512 * 1024 * 1024
@@ -27,7 +27,7 @@ class ImageCsvOptions(ImageOptions):
     @field_validator("path")
     @classmethod
     def _check_path(cls, value: str) -> str:
-        read_manifest(value)
+        require_classes(manifest_classes(read_manifest(value)), f"CSV file {value!r}")
         return value
 
     @field_validator("val_path", "test_path")

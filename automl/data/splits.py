@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
+from pydantic import Field
+
+MAX_SPLIT_SEED = 2**32 - 1
+"""The largest split seed: scikit-learn takes a ``random_state`` up to 2**32 - 1."""
+SplitSeed = Annotated[int, Field(ge=0, le=MAX_SPLIT_SEED)]
+"""A dataset option's split seed, bounded to what ``stratified_split`` accepts."""
 
 
 def stratified_split(

@@ -29,7 +29,7 @@ from automl.data.base import (
 )
 from automl.data.errors import DatasetError
 from automl.data.paths import confine, relative_name
-from automl.data.splits import stratified_split
+from automl.data.splits import SplitSeed, stratified_split
 
 DOWNLOAD_TIMEOUT_S = 30.0
 """Seconds a download may wait on the network before it fails."""
@@ -93,7 +93,7 @@ class TorchvisionOptions(DatasetOptions):
     val_fraction: float = Field(
         0.1, gt=0, lt=1, description="Share of the official training split held out."
     )
-    seed: int = Field(0, description="Seed of the stratified split.")
+    seed: SplitSeed = Field(0, description="Seed of the stratified split.")
 
     @field_validator("path")
     @classmethod

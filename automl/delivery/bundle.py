@@ -13,8 +13,10 @@ best trial, or the first of the Pareto front):
 - ``predict.py``: classifies image files with onnxruntime (or torch), numpy and Pillow.
 
 An export that fails is left out and the card says why; the bundle then still holds the
-other one. Built on request (the API process needs no training data: what the card needs
-was recorded when the trial completed), in a second or two for automl's small models.
+other one. Built on request, in a second or two for automl's small models, from what the
+trial stored (configuration, weights, classes, input statistics): the training data is not
+read, so a study's bundle builds the same after its dataset moved or was removed. Only a
+trial from before ``automl.input`` was recorded loads its dataset for the card's input.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from automl.delivery.export import (
     export_onnx,
     export_torchscript,
 )
-from automl.delivery.inference import ModelUnavailableError, serving_trial
+from automl.delivery.inference import ModelUnavailableError, error_text, serving_trial
 from automl.store import Store, get_study, load_state_dict
 from automl.store.artifacts import weights_bytes
 from automl.train.evaluation import restore_model
@@ -91,8 +93,10 @@ def build_bundle(store: Store, study_id: int) -> Bundle:
     try:
         config = trial_config(trial)
         model_in = trial_input(trial, config)
-    except (LookupError, ValidationError, DatasetError) as exc:
-        raise ModelUnavailableError(f"no model card for trial {trial.number}: {exc}") from None
+    except (LookupError, ValidationError, DatasetError, OSError) as exc:
+        raise ModelUnavailableError(
+            f"no model card for trial {trial.number}: {error_text(exc)}"
+        ) from None
     card = build_card(
         trial,
         study_id=study_id,

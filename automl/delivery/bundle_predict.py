@@ -4,7 +4,8 @@
 
 Needs numpy, Pillow and onnxruntime (or torch instead of onnxruntime: it then runs
 model.torchscript.pt). Each image is preprocessed as in training (model_card.json, "input");
-one JSON line per image lists its three most probable classes.
+one JSON line per image lists its three most probable classes. A file that cannot be read
+as an image gets one "error: FILE: REASON" line on stderr instead, and the exit status is 1.
 """
 
 import json
@@ -23,7 +24,11 @@ def load(path: str, spec: dict) -> np.ndarray:
     with Image.open(path) as opened:
         if opened.format == "JPEG":
             opened.draft(mode, size)
-        image = ImageOps.exif_transpose(opened).convert(mode)
+        image = ImageOps.exif_transpose(opened)
+        if image.mode == "I" or image.mode.startswith("I;16"):  # as training: top 8 of 16 bits
+            values = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
+            image = Image.fromarray((values >> 8).astype(np.uint8))
+        image = image.convert(mode)
     if image.size != size and spec["fit"] == "crop":
         image = ImageOps.fit(image, size, method=Image.Resampling.BILINEAR)
     elif image.size != size:
@@ -32,6 +37,15 @@ def load(path: str, spec: dict) -> np.ndarray:
     mean = np.asarray(spec["mean"], dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(spec["std"], dtype=np.float32).reshape(-1, 1, 1)
     return (pixels.astype(np.float32) / np.float32(spec["scale"]) - mean) / std
+
+
+def reason(exc: Exception) -> str:
+    """Why a file could not be used, in a few words."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image (png, jpeg, webp, bmp...)"
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def logits(batch: np.ndarray) -> np.ndarray:
@@ -51,23 +65,31 @@ def logits(batch: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(batch)).numpy()
 
 
-def main(paths: list) -> None:
-    """Prints the top classes of each image."""
+def main(paths: list) -> int:
+    """Prints the top classes of each image; returns 1 if a file was not an image."""
     card = json.loads((HERE / "model_card.json").read_text(encoding="utf-8"))
     if card["input"]["frames"]:
         sys.exit("this model classifies clips: give model.onnx float32 (N, T, C, H, W)")
-    scores = logits(np.stack([load(path, card["input"]) for path in paths]))
-    for index, path in enumerate(paths):
-        probabilities = np.exp(scores[index] - scores[index].max())
+    good, arrays = [], []
+    for path in paths:
+        try:
+            arrays.append(load(path, card["input"]))
+            good.append(path)
+        except Exception as exc:  # Pillow raises many kinds on bad files
+            print(f"error: {path}: {reason(exc)}", file=sys.stderr)
+    scores = logits(np.stack(arrays)) if arrays else []
+    for path, row in zip(good, scores):  # noqa: B905 (strict= needs Python 3.10)
+        probabilities = np.exp(row - row.max())
         probabilities /= probabilities.sum()
         top = np.argsort(-probabilities, kind="stable")[:3]
         ranked = [
             {"class": card["classes"][i], "probability": float(probabilities[i])} for i in top
         ]
         print(json.dumps({"image": str(path), "top": ranked}))
+    return 0 if len(good) == len(paths) else 1
 
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -36,7 +36,7 @@ from automl.data import DATASETS, ImageData, load_dataset
 from automl.data.decode import Preprocess
 from automl.data.files import ImageOptions
 from automl.store import attrs
-from automl.train.trial_config import TrialConfig
+from automl.train.trial_config import TrialConfig, stored_config
 
 CARD_FORMAT = "automl.model_card/1"
 LIBRARIES = ("automl", "torch", "torchvision", "optuna", "numpy", "pillow", "safetensors")
@@ -112,15 +112,17 @@ def model_input(config: TrialConfig, data: ImageData) -> dict[str, Any]:
 
 
 def trial_config(trial: FrozenTrial) -> TrialConfig:
-    """The trial's full configuration.
+    """The trial's full configuration, as recorded (``stored_config``: its dataset options
+    are not checked against the data, which a card does not read).
 
     Raises:
         LookupError: If the trial kept none (it never started training).
+        pydantic.ValidationError: If it no longer validates.
     """
     raw = trial.user_attrs.get(attrs.CONFIG)
     if raw is None:
         raise LookupError(f"trial {trial.number} kept no configuration")
-    return TrialConfig.model_validate(raw)
+    return stored_config(raw)
 
 
 def trial_input(trial: FrozenTrial, config: TrialConfig) -> dict[str, Any]:
@@ -128,6 +130,8 @@ def trial_input(trial: FrozenTrial, config: TrialConfig) -> dict[str, Any]:
 
     Raises:
         DatasetError: If an older trial's dataset cannot be loaded here.
+        pydantic.ValidationError: If an older trial's dataset options no longer validate
+            (its folder was removed).
     """
     recorded = trial.user_attrs.get(attrs.INPUT)
     if recorded is not None:

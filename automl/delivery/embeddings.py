@@ -4,6 +4,13 @@ Every model is ``nn.Sequential(backbone, head)`` (``automl.models.base``): the b
 output, the head's input, is the penultimate layer. ``validation_embeddings`` runs a
 subsample of the trial's validation split through the backbone of its (cached) serving
 model; ``pca_2d`` and ``tsne_2d`` flatten those features to two dimensions for a plot.
+
+Both projections first check that the features can be projected at all
+(``check_projectable``): a model that maps its validation images to the same (or nearly the
+same) features, or to NaN or infinity, gives nothing to plot, and scikit-learn's
+Barnes-Hut t-SNE divides by the zero spread of such features and then crashes the whole
+process (a segmentation fault, not an exception). They raise ``DegenerateEmbeddingsError``
+instead, whose message says why.
 """
 
 from __future__ import annotations
@@ -12,15 +19,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from torch import nn
 
-from automl.data import load_dataset
+from automl.data import DatasetError, load_dataset
 from automl.delivery.inference import (
     ModelUnavailableError,
     ServingModel,
     ServingTrial,
+    error_text,
     load_serving_model,
 )
 from automl.store import Store, attrs
@@ -30,9 +39,17 @@ MAX_POINTS = 500
 """Validation images embedded at most: t-SNE then takes a few seconds on a CPU."""
 
 MIN_POINTS = 5
-"""Fewer validation images than this give no meaningful projection."""
+"""Fewer validation images (or distinct embeddings) than this give no meaningful projection."""
+
+RELATIVE_TOLERANCE = 1e-6
+"""Two embeddings closer than this fraction of the largest absolute feature count as the
+same point: a few float32 rounding steps (machine epsilon is about 1.2e-7)."""
 
 BATCH = 256
+
+
+class DegenerateEmbeddingsError(ValueError):
+    """The embeddings cannot be projected: non-finite, or too few distinct points."""
 
 
 @dataclass(frozen=True)
@@ -92,9 +109,13 @@ def validation_embeddings(
             too few validation images.
     """
     served = load_serving_model(store, serving)
-    config = TrialConfig.model_validate(serving.trial.user_attrs[attrs.CONFIG])
-    # load_serving_model just loaded the same dataset, so this cannot newly fail.
-    data = load_dataset(config.dataset.source, config.dataset.options)
+    # Serving needs only what the trial recorded; embeddings need its validation images.
+    try:
+        config = TrialConfig.model_validate(serving.trial.user_attrs[attrs.CONFIG])
+        data = load_dataset(config.dataset.source, config.dataset.options)
+    except (ValidationError, DatasetError) as exc:
+        message = f"embeddings need the trial's validation images: {error_text(exc)}"
+        raise ModelUnavailableError(message) from None
     total = len(data.val_y)
     if total < MIN_POINTS:
         raise ModelUnavailableError(
@@ -106,9 +127,60 @@ def validation_embeddings(
     return Embeddings(features, labels, tuple(data.classes), total)
 
 
+def distinct_points(features: np.ndarray, stop_at: int | None = None) -> int:
+    """How many distinct points the rows of finite ``features`` are.
+
+    A row counts as a new point unless every one of its features lies within
+    ``RELATIVE_TOLERANCE * max(abs(features))`` of those of a point already counted (so
+    rows of zeros are all one point). Counting stops at ``stop_at`` points, if given.
+    """
+    if len(features) == 0:
+        return 0
+    values = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    tolerance = float(np.abs(values).max()) * RELATIVE_TOLERANCE
+    limit = len(values) if stop_at is None else min(stop_at, len(values))
+    points = np.empty((limit, values.shape[1]))
+    count = 0
+    for row in values:
+        if count and (np.abs(points[:count] - row).max(axis=1) <= tolerance).any():
+            continue
+        points[count] = row
+        count += 1
+        if count == limit:
+            break
+    return count
+
+
+def check_projectable(features: np.ndarray) -> None:
+    """Checks that ``features`` ``(N, D)`` can be projected to two dimensions.
+
+    Raises:
+        DegenerateEmbeddingsError: If any feature is NaN or infinite, or fewer than
+            ``MIN_POINTS`` rows are distinct (see ``distinct_points``).
+    """
+    count = len(features)
+    if not np.isfinite(features).all():
+        raise DegenerateEmbeddingsError(
+            f"The model's features of the {count} validation images contain NaN or infinite"
+            " values: nothing to project."
+        )
+    distinct = distinct_points(features, stop_at=MIN_POINTS)
+    if distinct < MIN_POINTS:
+        same = "the same features" if distinct == 1 else f"only {distinct} distinct features"
+        raise DegenerateEmbeddingsError(
+            f"The model maps the {count} validation images to {same} (up to float rounding);"
+            f" a projection needs at least {MIN_POINTS} distinct points."
+        )
+
+
 def pca_2d(features: np.ndarray) -> np.ndarray:
     """The first two principal components of ``features``, ``(N, 2)`` (zero-padded if the
-    features have a single dimension)."""
+    features have a single dimension).
+
+    Raises:
+        DegenerateEmbeddingsError: If ``check_projectable`` refuses the features.
+    """
+    check_projectable(features)
     components = min(2, features.shape[1], len(features))
     projected = PCA(n_components=components).fit_transform(features)
     if components < 2:
@@ -117,7 +189,20 @@ def pca_2d(features: np.ndarray) -> np.ndarray:
 
 
 def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A 2-D t-SNE of ``features``, ``(N, 2)``; perplexity adapted to the number of points."""
+    """A 2-D t-SNE of ``features``, ``(N, 2)``; perplexity adapted to the number of points.
+
+    The features are centered and scaled to a largest absolute value of 1 first (t-SNE does
+    not depend on their scale), so that tiny or huge features neither underflow nor overflow
+    in scikit-learn (features around 1e-30 crashed its PCA initialization as well).
+
+    Raises:
+        DegenerateEmbeddingsError: If ``check_projectable`` refuses the features: t-SNE must
+            never see them, it crashes the process on identical points.
+    """
+    check_projectable(features)
+    centered = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    centered = centered - centered.mean(axis=0)
+    features = centered / np.abs(centered).max()
     perplexity = float(min(30.0, max(2.0, (len(features) - 1) / 3)))
     tsne = TSNE(
         n_components=2,
@@ -132,8 +217,12 @@ def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
 
 __all__ = [
     "MAX_POINTS",
+    "MIN_POINTS",
+    "DegenerateEmbeddingsError",
     "Embeddings",
     "backbone_features",
+    "check_projectable",
+    "distinct_points",
     "pca_2d",
     "subsample",
     "tsne_2d",

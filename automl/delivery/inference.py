@@ -13,7 +13,13 @@ artifact. An image goes through what training did to it:
   cover the model's input and crop the center, so an image of the dataset's own size
   (``digits``: 8x8 grayscale, 0-16 stored as 0-255) is used as it is;
 - ``ImageData.normalize`` with the training split's per-channel mean and standard
-  deviation, recomputed by loading the trial's dataset (the surest way to equal them).
+  deviation.
+
+Size, channels, fit, mean, standard deviation and classes are the ones the trial recorded
+when it completed (``automl.input`` and ``automl.classes``), as its model card and bundle
+state them: the dataset is not read, so serving answers the same after its folder changed
+or was removed. Only a trial stored before ``automl.input`` existed loads its dataset again
+to recompute them (refused if its classes changed since).
 
 Every image is checked before anything is decoded: its format (png, jpeg, webp, bmp, what
 ``image_folder`` reads) and its pixel count read from its header, against ``Limits``;
@@ -26,10 +32,11 @@ import io
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,7 +68,7 @@ from automl.store import (
 from automl.train.accel import Accelerator
 from automl.train.evaluation import restore_model
 from automl.train.loop import resolve_device
-from automl.train.trial_config import TrialConfig
+from automl.train.trial_config import TrialConfig, stored_config
 
 logger = logging.getLogger("automl.delivery")
 
@@ -159,7 +166,8 @@ class ServingModel:
 
     Attributes:
         model: The network, in eval mode on ``accel.device``.
-        data: The dataset's classes and normalization statistics (its splits are empty).
+        data: The classes, input shape and normalization statistics the trial trained
+            with (its splits are empty).
         prep: How an image file becomes a uint8 ``(C, H, W)`` array.
         accel: Device, precision and memory format of the forward pass.
     """
@@ -371,30 +379,28 @@ def load_serving_model(
 
 
 def _load(store: Store, trial: FrozenTrial, device: torch.device) -> ServingModel:
-    """Rebuilds ``trial``'s model with its weights and its dataset's preprocessing."""
+    """Rebuilds ``trial``'s model with its weights and the preprocessing it trained with."""
     raw = trial.user_attrs.get(attrs.CONFIG)
     if raw is None:
         raise ModelUnavailableError(f"trial {trial.number} kept no configuration")
     try:
-        config = TrialConfig.model_validate(raw)
+        config = stored_config(raw)
     except ValidationError as exc:
         raise ModelUnavailableError(
-            f"trial {trial.number}'s configuration no longer validates: {_first_error(exc)}"
+            f"trial {trial.number}'s configuration no longer validates: {error_text(exc)}"
         ) from None
     state_dict = load_state_dict(trial, store.artifacts)
-    data = dataset_stats(config)
+    recorded = recorded_stats(trial)
+    data = recorded if recorded is not None else _dataset_now(trial, config)
     if len(data.input_shape) != 3 or data.input_shape[0] not in (1, 3):
         raise ModelUnavailableError(
             f"dataset {config.dataset.source!r} has samples shaped {list(data.input_shape)}; "
             "predict and annotate classify still grayscale or RGB images"
         )
-    trained_classes = trial.user_attrs.get(attrs.CLASSES)
-    if trained_classes is not None and list(trained_classes) != list(data.classes):
-        raise ModelUnavailableError(
-            f"the classes of dataset {config.dataset.source!r} changed since trial "
-            f"{trial.number} trained: {', '.join(trained_classes)} then, "
-            f"{', '.join(data.classes)} now"
-        )
+    if recorded is not None:
+        prep = recorded_preprocess(trial.user_attrs[attrs.INPUT])
+    else:
+        prep = preprocessing(config, data)
     try:
         model = restore_model(config, state_dict, data.input_shape, data.num_classes)
     except (RuntimeError, ValueError) as exc:
@@ -409,18 +415,97 @@ def _load(store: Store, trial: FrozenTrial, device: torch.device) -> ServingMode
         data.num_classes,
         device,
     )
-    return ServingModel(accel.model(model), data, preprocessing(config, data), accel)
+    return ServingModel(accel.model(model), data, prep, accel)
+
+
+def recorded_stats(trial: FrozenTrial) -> ImageData | None:
+    """The classes, input shape and normalization ``trial`` recorded when it trained, as an
+    ``ImageData`` with empty splits; None for a trial from before ``automl.input``.
+
+    Raises:
+        ModelUnavailableError: If the recorded input is malformed.
+    """
+    recorded = trial.user_attrs.get(attrs.INPUT)
+    classes = trial.user_attrs.get(attrs.CLASSES)
+    if recorded is None or classes is None:
+        return None
+    try:
+        shape = tuple(int(size) for size in recorded["shape"])
+        mean = torch.tensor(recorded["mean"], dtype=torch.float32)
+        std = torch.tensor(recorded["std"], dtype=torch.float32)
+        fingerprint = str((recorded.get("dataset") or {}).get("fingerprint", ""))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ModelUnavailableError(
+            f"trial {trial.number}'s recorded input ({attrs.INPUT}) is malformed: {exc!r}"
+        ) from None
+    if len(shape) < 3 or mean.shape != (shape[-3],) or std.shape != (shape[-3],):
+        raise ModelUnavailableError(
+            f"trial {trial.number}'s recorded input ({attrs.INPUT}) has samples shaped "
+            f"{list(shape)} but {len(mean)} means and {len(std)} standard deviations"
+        )
+    empty_y = torch.empty(0, dtype=torch.int64)
+    return ImageData(
+        train_x=torch.empty((0, *shape), dtype=torch.uint8),
+        train_y=empty_y,
+        val_x=torch.empty((0, *shape), dtype=torch.uint8),
+        val_y=empty_y.clone(),
+        classes=tuple(str(name) for name in classes),
+        mean=mean,
+        std=std,
+        fingerprint=fingerprint,
+    )
+
+
+def recorded_preprocess(recorded: Mapping[str, Any]) -> Preprocess:
+    """How the trial whose ``automl.input`` is ``recorded`` decoded image files.
+
+    Raises:
+        ModelUnavailableError: If ``recorded`` lacks the size, fit or color.
+    """
+    try:
+        return Preprocess(
+            height=int(recorded["height"]),
+            width=int(recorded["width"]),
+            fit=recorded["fit"],
+            channels=recorded["color"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelUnavailableError(
+            f"the recorded input ({attrs.INPUT}) lacks the decoding: {exc!r}"
+        ) from None
+
+
+def _dataset_now(trial: FrozenTrial, config: TrialConfig) -> ImageData:
+    """A trial from before ``automl.input``: its dataset's statistics, recomputed from the
+    data as it is now, refused if its classes changed since the trial trained."""
+    logger.warning(
+        "trial %d recorded no model input; recomputing its normalization from dataset %r",
+        trial.number,
+        config.dataset.source,
+    )
+    data = dataset_stats(config)
+    trained_classes = trial.user_attrs.get(attrs.CLASSES)
+    if trained_classes is not None and list(trained_classes) != list(data.classes):
+        raise ModelUnavailableError(
+            f"the classes of dataset {config.dataset.source!r} changed since trial "
+            f"{trial.number} trained: {', '.join(trained_classes)} then, "
+            f"{', '.join(data.classes)} now"
+        )
+    return data
 
 
 def dataset_stats(config: TrialConfig) -> ImageData:
-    """The trial's dataset with empty splits: classes, shape, mean and std only."""
+    """The trial's dataset with empty splits: classes, shape, mean and std only.
+
+    Raises:
+        ModelUnavailableError: If the dataset cannot be loaded (one line saying why).
+    """
     try:
         data = load_dataset(config.dataset.source, config.dataset.options)
     except (DatasetError, ValidationError, UnknownNameError, OSError) as exc:
-        message = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
         raise ModelUnavailableError(
             f"cannot load dataset {config.dataset.source!r}, whose normalization the model "
-            f"needs: {message}"
+            f"needs: {error_text(exc)}"
         ) from None
     return ImageData(
         train_x=data.train_x[:0].clone(),
@@ -446,10 +531,16 @@ def preprocessing(config: TrialConfig, data: ImageData) -> Preprocess:
     )
 
 
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in error["loc"])
-    return f"{where}: {error['msg']}" if where else str(error["msg"])
+def error_text(exc: Exception) -> str:
+    """An exception as one line: a pydantic error as its first ``field: message`` (without
+    pydantic's decorations), anything else as the first line of its message."""
+    if isinstance(exc, ValidationError):
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        return f"{where}: {message}" if where else message
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def classify(

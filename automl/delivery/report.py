@@ -30,7 +30,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 from optuna.trial import FrozenTrial, TrialState
 
-from automl.delivery.embeddings import Embeddings, pca_2d, tsne_2d
+from automl.delivery.embeddings import DegenerateEmbeddingsError, Embeddings, pca_2d, tsne_2d
 from automl.store import attrs
 
 logger = logging.getLogger("automl.delivery")
@@ -113,16 +113,23 @@ def render_report(data: ReportData) -> str:
 
 
 class _Projections:
-    """The 2-D projections of the embeddings, computed when first drawn."""
+    """The 2-D projections of the embeddings, computed when first drawn; degenerate
+    embeddings (identical or non-finite features) show why as the section's note."""
 
     def __init__(self, embeddings: Embeddings | None, missing: str) -> None:
         self.embeddings, self.missing = embeddings, missing
 
     def pca(self) -> np.ndarray:
-        return pca_2d(self._features())
+        return self._project(pca_2d)
 
     def tsne(self) -> np.ndarray:
-        return tsne_2d(self._features())
+        return self._project(tsne_2d)
+
+    def _project(self, projection: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        try:
+            return projection(self._features())
+        except DegenerateEmbeddingsError as exc:
+            raise Unavailable(str(exc)) from exc
 
     def _features(self) -> np.ndarray:
         if self.embeddings is None:

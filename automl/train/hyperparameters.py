@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
-from automl.registry import Registry, value_kind
+from automl.registry import Registry, refuse_conversion, value_kind
 from automl.train.trial_config import GENERAL, PIPELINES, SELECTABLE, TrialConfig
 
 GROUPS: dict[str, Registry[Any]] = {**SELECTABLE, **PIPELINES}
@@ -73,6 +73,11 @@ class Hyperparameter:
         if isinstance(value, float) and not math.isfinite(value):
             return ["Input should be a finite number"]
         problems: list[str] = []
+        for field in self._fields():
+            try:
+                refuse_conversion(field.annotation, value)  # "3" is no epoch count
+            except ValueError as exc:
+                return [str(exc)]
         for adapter in self._adapters():
             try:
                 adapter.validate_python(value, strict=isinstance(value, bool))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from automl.data import DATASETS
 from automl.models import MODELS
@@ -33,6 +33,10 @@ SELECTABLE: dict[str, Registry[Any]] = {
 PIPELINES: dict[str, Registry[Any]] = {"augment": AUGMENTATIONS}
 """Hyperparameter groups whose entries apply together, each when enabled."""
 
+RECORDED = "recorded"
+"""Validation context key: true when a configuration is read back from a trial, so its
+dataset options are not checked against the data (``stored_config``)."""
+
 
 class DatasetConfig(BaseModel):
     """Which registered dataset to train on, and its options."""
@@ -43,8 +47,9 @@ class DatasetConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _check_options(self) -> DatasetConfig:
-        DATASETS.get(self.source).parse_options(self.options)
+    def _check_options(self, info: ValidationInfo) -> DatasetConfig:
+        if not (info.context or {}).get(RECORDED):
+            DATASETS.get(self.source).parse_options(self.options)
         return self
 
 
@@ -148,6 +153,21 @@ class TrialConfig(BaseModel):
         "bf16, else fp16 with gradient scaling; fp32 on the CPU), fp32, or bf16 (on the CPU "
         "too: faster with AMX or AVX512-BF16).",
     )
+
+
+def stored_config(raw: Mapping[str, Any]) -> TrialConfig:
+    """A configuration as a trial recorded it, validated except for its dataset options.
+
+    Those options name data (a folder, a CSV) that may have moved or changed since the
+    trial trained; what serves or describes its model (weights, classes, input statistics)
+    was recorded with the trial and needs none of it. The dataset source must still be
+    registered, and everything else validates as at submit time. Whatever loads the data
+    validates the options then (``load_dataset``).
+
+    Raises:
+        pydantic.ValidationError: If the configuration no longer validates.
+    """
+    return TrialConfig.model_validate(raw, context={RECORDED: True})
 
 
 GENERAL: tuple[str, ...] = tuple(

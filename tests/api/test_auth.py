@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from fastapi.testclient import TestClient
 
 from automl.api.auth import authorize
+from automl.config import Settings
 from automl.data import load_dataset
 from automl.store.keys import create_key, revoke_key
 from tests.api.conftest import close_client, make_client, run_to_completion
@@ -185,6 +186,21 @@ def test_every_route_but_health_refuses_a_missing_or_revoked_key(
         ]
         == "completed"
     )
+
+
+@pytest.mark.parametrize("route", ["extend", "resume", "trials", "annotate"])
+def test_the_key_is_checked_before_the_body_is_read(tenants: Tenants, route: str) -> None:
+    """Without a key, a body that is broken or over the limit is a 401: the body is never
+    read (a body read first would let anyone make the server buffer megabytes)."""
+    client = tenants.client
+    for body in (b"{bad", b'{"pad": "' + b"a" * (Settings().max_body_bytes + 10) + b'"}'):
+        response = client.post(
+            f"/studies/{tenants.done}/{route}",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+
+        assert response.status_code == 401, (route, response.text[:200])
 
 
 def test_another_projects_study_is_not_found_on_every_route(tenants: Tenants) -> None:

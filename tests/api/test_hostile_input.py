@@ -254,7 +254,7 @@ PART_HEAD = (
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
-@pytest.mark.parametrize("target", ["spec", "predict"])
+@pytest.mark.parametrize("target", ["spec", "predict", "extend", "trials", "annotate"])
 def test_a_100_mb_body_is_413_before_it_is_read(
     server: Server, http: httpx.Client, declared: bool, target: str
 ) -> None:
@@ -264,6 +264,9 @@ def test_a_100_mb_body_is_413_before_it_is_read(
     if target == "spec":
         path, content_type, start = "/studies", "application/json", b""
         limit = Settings().max_body_bytes
+    elif target != "predict":
+        path, content_type = f"/studies/{server.study_id}/{target}", "application/json"
+        start, limit = b'{"pad": "', Settings().max_body_bytes
     else:
         path = f"/studies/{server.study_id}/predict"
         content_type, start = "multipart/form-data; boundary=xyz", PART_HEAD
@@ -283,6 +286,53 @@ def test_a_100_mb_body_is_413_before_it_is_read(
     assert study_count(http) == count
     assert snapshot(server.artifacts) == before
     assert MODELS.loads == loads
+
+
+HUGE_STRING = '{"add_trials": 1, "pad": "' + "a" * 500_000 + '"}'
+BODIES = {
+    "nan": ("extend", '{"add_trials": NaN}', ["body", "add_trials"], "valid integer"),
+    "infinity": ("resume", '{"add_trials": -Infinity}', ["body", "add_trials"], "valid integer"),
+    "1e400": ("extend", '{"add_trials": 1e400}', ["body", "add_trials"], "valid integer"),
+    "true": ("extend", '{"add_trials": true}', ["body", "add_trials"], "valid integer"),
+    "string-number": ("extend", '{"add_trials": "3"}', ["body", "add_trials"], "valid integer"),
+    "2**70": ("extend", '{"add_trials": 1180591620717411303424}', ["body", "add_trials"], "less"),
+    "surrogate-value": ("extend", '{"add_trials": "\\ud800"}', ["body", "add_trials"], "surrogate"),
+    "surrogate-key": (
+        "trials",
+        '{"configs": [{"l\\ud800r": 0.001}]}',
+        ["body", "configs", 0],
+        "a key",
+    ),
+    "surrogate-path": ("annotate", '{"path": "a\\udfffb"}', ["body", "path"], "surrogate"),
+    "configs-nan": ("trials", '{"configs": NaN}', ["body", "configs"], "valid list"),
+    "top-1e400": ("annotate", '{"path": "inbox", "top": 1e400}', ["body", "top"], "valid integer"),
+    "nested": ("extend", '{"add_trials": ' + NESTED + "}", ["body"], "max_spec_depth"),
+    "duplicate-key": ("extend", '{"add_trials": 1, "add_trials": 2}', ["body"], "duplicate key"),
+    "broken": ("extend", "{bad", ["body"], "invalid JSON"),
+    "empty": ("trials", "", ["body"], "empty"),
+    "huge-string": ("extend", HUGE_STRING, ["body", "pad"], "max_string_length"),
+}
+"""JSON bodies of the routes besides submit: none may be a 500, or echo its input."""
+
+
+@pytest.mark.parametrize("case", sorted(BODIES))
+def test_hostile_json_bodies_are_422_naming_the_field(
+    server: Server, http: httpx.Client, case: str
+) -> None:
+    route, body, loc, fragment = BODIES[case]
+    before = http.get(f"/studies/{server.study_id}").json()
+
+    response = http.post(
+        f"/studies/{server.study_id}/{route}",
+        content=body.encode(),
+        headers={"content-type": "application/json"},
+    )
+
+    assert response.status_code == 422, response.text
+    assert len(response.content) < 2_000, "the refusal does not repeat the input"
+    assert [error["loc"] for error in response.json()["detail"]] == [loc], response.text
+    assert fragment in messages(response)
+    assert http.get(f"/studies/{server.study_id}").json() == before
 
 
 # --- images ----------------------------------------------------------------------------------

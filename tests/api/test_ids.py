@@ -109,3 +109,29 @@ def test_out_of_range_offset_is_422(client: TestClient, path: str) -> None:
         assert response.status_code == 422, (value, response.text)
         assert response.json()["detail"][0]["loc"] == ["query", "offset"]
     assert client.get("/studies", params={"offset": MAX_ID}).json()["data"] == []
+
+
+@pytest.mark.parametrize("value", ["7_0", "+7", "1%20", "%207", "0x10", "1e3"])
+def test_ids_that_only_int_would_read_are_422(client: TestClient, value: str) -> None:
+    """``int()`` reads ``7_0`` as 70 and `` 7`` as 7; no id is written that way."""
+    for method, path in id_routes(client):
+        response = client.request(method, fill(path, study_id=value))
+
+        assert response.status_code == 422, (method, path, response.text)
+        errors = response.json()["detail"]
+        assert ["path", "study_id"] in [error["loc"] for error in errors], (method, path)
+        assert any("is not an id" in error["msg"] for error in errors), errors
+
+
+def test_a_wrong_method_names_every_method_of_the_path(client: TestClient) -> None:
+    """Starlette's 405 names only the first route with the path (GET for /studies/7)."""
+    cases = {
+        ("PUT", "/studies/7"): "DELETE, GET, HEAD",
+        ("PATCH", "/studies"): "GET, HEAD, POST",
+        ("DELETE", "/studies/7/extend"): "POST",
+    }
+    for (method, path), allowed in cases.items():
+        response = client.request(method, path)
+
+        assert response.status_code == 405, (method, path)
+        assert response.headers["allow"] == allowed, (method, path)

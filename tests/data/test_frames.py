@@ -66,3 +66,15 @@ def test_submit_errors(data_root: Path) -> None:
                 {"name": "x", "dataset": {"source": "frame_sequences", "options": {"path": path}}}
             )
         assert [str(error) for error in caught.value.errors] == [message]
+
+
+def test_a_single_class_is_refused_at_submit(data_root: Path) -> None:
+    write_clip(data_root / "mono" / "a" / "c0", [1, 2])
+    write_clip(data_root / "mono" / "a" / "c1", [3, 4])
+    with pytest.raises(SpecError) as caught:
+        validate_spec(
+            {"name": "x", "dataset": {"source": "frame_sequences", "options": {"path": "mono"}}}
+        )
+    assert [str(error) for error in caught.value.errors] == [
+        "dataset.options.path: folder 'mono' needs at least 2 classes (found 1: 'a')"
+    ]

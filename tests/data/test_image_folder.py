@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from automl.data import DatasetError, load_dataset
 from automl.data import folder as folder_module
+from automl.data.folder import ImageFolderOptions, plan_image_folder
 from automl.spec import SpecError, validate_spec
 from tests.data.conftest import write_class_folder, write_image
 
@@ -120,7 +122,7 @@ def test_submit_errors_for_bad_folders(data_root: Path) -> None:
     write_class_folder(data_root / "holes", {"a": 2})
     (data_root / "holes" / "b").mkdir()
     (data_root / "holes" / "b" / "readme.txt").write_text("not an image")
-    write_class_folder(data_root / "other", {"zebra": 1})
+    write_class_folder(data_root / "other", {"yak": 1, "zebra": 1})
     cases = {
         "missing": "dataset.options.path: folder 'missing' not found under the data root",
         "empty": "dataset.options.path: folder 'empty' has no class folders",
@@ -131,12 +133,47 @@ def test_submit_errors_for_bad_folders(data_root: Path) -> None:
         errors = submit_errors("image_folder", {"path": path})
         assert len(errors) == 1 and errors[0].startswith(message), errors
     assert submit_errors("image_folder", {"path": "other", "val_path": "holes"}) == [
-        "dataset.options.val_path: class folder 'a' is not a class of path; valid classes: zebra"
+        "dataset.options.val_path: class folder 'a' is not a class of path; valid classes: "
+        "yak, zebra"
     ]
     assert submit_errors(
         "image_folder", {"path": "other", "val_fraction": 0.5, "test_fraction": 0.5}
     ) == ["dataset.options: val_fraction + test_fraction must be below 1"]
     assert submit_errors("image_folder", {}) == ["dataset.options.path: Field required"]
+
+
+def test_a_single_class_is_refused_at_submit_and_load(data_root: Path) -> None:
+    write_class_folder(data_root / "mono", {"red": 4})
+    (data_root / "mono.csv").write_text("path,label\nmono/red/0.png,red\nmono/red/1.png,red\n")
+    message = "needs at least 2 classes (found 1: 'red')"
+    assert submit_errors("image_folder", {"path": "mono"}) == [
+        f"dataset.options.path: folder 'mono' {message}"
+    ]
+    assert submit_errors("image_csv", {"path": "mono.csv"}) == [
+        f"dataset.options.path: CSV file 'mono.csv' {message}"
+    ]
+    with pytest.raises(ValueError, match=re.escape(f"folder 'mono' {message}")):
+        load_dataset("image_folder", {"path": "mono"})
+    # Options that skipped validation still cannot plan (fingerprint) or load the data.
+    unchecked = ImageFolderOptions.model_construct(path="mono")
+    with pytest.raises(DatasetError, match=re.escape(f"image_folder: the training data {message}")):
+        plan_image_folder(unchecked)
+
+
+def test_sixteen_bit_pngs_scale_to_eight_bits_not_white(data_root: Path) -> None:
+    for name, value in (("dark", 8000), ("bright", 56000)):
+        for i in range(3):
+            write_image(data_root / "deep" / name / f"{i}.png", np.full((6, 6), value, np.uint16))
+    for channels, count in (("grayscale", 1), ("rgb", 3)):
+        data = load_dataset(
+            "image_folder", {"path": "deep", "size": 6, "channels": channels, "val_fraction": 0.34}
+        )
+        images = torch.cat([data.train_x, data.val_x])
+        labels = torch.cat([data.train_y, data.val_y])
+        assert images.shape[1] == count
+        assert data.classes == ("bright", "dark")
+        assert images[labels == 0].unique().tolist() == [218]  # 56000 >> 8
+        assert images[labels == 1].unique().tolist() == [31]  # 8000 >> 8
 
 
 def test_corrupt_image_error_names_the_file(data_root: Path) -> None:
@@ -173,12 +210,12 @@ def test_csv_paths_are_relative_to_the_csv(data_root: Path) -> None:
 
 
 def test_csv_submit_errors(data_root: Path) -> None:
-    write_class_folder(data_root / "img", {"x": 1})
+    write_class_folder(data_root / "img", {"x": 1, "y": 1})
     (data_root / "bad_header.csv").write_text("file,class\nimg/x/0.png,x\n")
     (data_root / "missing_image.csv").write_text("path,label\nimg/x/9.png,x\n")
     (data_root / "not_image.csv").write_text("path,label\nbad_header.csv,x\n")
     (data_root / "empty.csv").write_text("path,label\n")
-    (data_root / "good.csv").write_text("path,label\nimg/x/0.png,x\n")
+    (data_root / "good.csv").write_text("path,label\nimg/x/0.png,x\nimg/y/0.png,y\n")
     (data_root / "other_label.csv").write_text("path,label\nimg/x/0.png,z\n")
     assert submit_errors("image_csv", {"path": "bad_header.csv"}) == [
         "dataset.options.path: CSV file 'bad_header.csv' needs a header row with 'path' and "
@@ -195,7 +232,7 @@ def test_csv_submit_errors(data_root: Path) -> None:
         "dataset.options.path: CSV file 'nope.csv' not found under the data root"
     ]
     assert submit_errors("image_csv", {"path": "good.csv", "val_path": "other_label.csv"}) == [
-        "dataset.options.val_path: label 'z' is not a label of path; valid labels: x"
+        "dataset.options.val_path: label 'z' is not a label of path; valid labels: x, y"
     ]
 
 

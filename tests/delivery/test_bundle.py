@@ -186,7 +186,7 @@ def test_the_bundle_holds_weights_card_exports_and_a_predict_script(trained: Tra
     stored = load_state_dict(trained.trial, trained.store.artifacts)
     assert weights.keys() == stored.keys()
     assert all(torch.equal(weights[name], stored[name]) for name in stored)
-    assert len((trained.folder / "predict.py").read_text().splitlines()) < 80
+    assert len((trained.folder / "predict.py").read_text().splitlines()) < 100
     exports = trained.card["bundle"]["exports"]
     assert exports["onnx"]["file"] == "model.onnx" and exports["onnx"]["error"] is None
     assert exports["torchscript"]["file"] == "model.torchscript.pt"
@@ -286,6 +286,75 @@ def test_predict_py_without_automl_agrees_with_the_service(
     served = response.json()
     assert served["model"]["trial_number"] == trained.trial.number
     assert [p["top"][0]["label"] for p in served["predictions"]] == expected
+
+
+def _predict_script(
+    python: Path, folder: Path, paths: list[Path]
+) -> subprocess.CompletedProcess[str]:
+    return _run(python, folder, PREDICT_CODE, *map(str, paths))
+
+
+PREDICT_CODE = (
+    "import sys, runpy\n"
+    "sys.argv = ['predict.py', *sys.argv[1:]]\n"
+    "runpy.run_path('predict.py', run_name='__main__')\n"
+)
+
+
+def test_predict_py_reports_each_bad_file_in_one_line_and_classifies_the_rest(
+    trained: Trained, no_automl_python: Path, tmp_path: Path
+) -> None:
+    data = digits_test_split()
+    assert data.test_x is not None
+    good = write_pngs(data.test_x[:2], tmp_path / "good")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good[0].read_bytes()[:60])
+    text, empty, folder = tmp_path / "notes.txt", tmp_path / "empty.png", tmp_path / "folder"
+    text.write_text("not an image")
+    empty.write_bytes(b"")
+    folder.mkdir()
+    bad = [tmp_path / "missing.png", truncated, text, empty, folder]
+
+    done = _predict_script(no_automl_python, trained.folder, [good[0], *bad, good[1]])
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = done.stderr.splitlines()
+    assert [line.split(": ")[1] for line in errors] == [str(path) for path in bad], errors
+    assert all(line.startswith("error: ") and len(line.split(": ")) >= 3 for line in errors)
+    assert "no such file" in errors[0] and "is a directory" in errors[-1]
+    printed = [json.loads(line)["image"] for line in done.stdout.splitlines()]
+    assert printed == [str(good[0]), str(good[1])]
+    alone = _predict_script(no_automl_python, trained.folder, good)
+    assert alone.returncode == 0 and alone.stdout == done.stdout
+
+
+def test_predict_py_scales_16_bit_grayscale_to_8_bits(
+    trained: Trained, no_automl_python: Path, tmp_path: Path
+) -> None:
+    """A 16-bit PNG of a digit (each 8-bit value v stored as v * 257) classifies as the
+    8-bit PNG does: its top 8 bits are kept, not its values clipped at 255."""
+    data = digits_test_split()
+    assert data.test_x is not None
+    images = data.test_x[:8]
+    eight = write_pngs(images, tmp_path / "eight")
+    sixteen = []
+    for index, image in enumerate(images):
+        wide = Image.fromarray(image[0].numpy().astype(np.uint16) * 257)
+        assert wide.mode == "I;16"
+        path = tmp_path / f"sixteen{index}.png"
+        wide.save(path)
+        sixteen.append(path)
+
+    by_eight = _predict_script(no_automl_python, trained.folder, eight)
+    by_sixteen = _predict_script(no_automl_python, trained.folder, sixteen)
+
+    assert by_eight.returncode == by_sixteen.returncode == 0, by_sixteen.stderr
+    tops = [
+        [json.loads(line)["top"] for line in run.stdout.splitlines()]
+        for run in (by_eight, by_sixteen)
+    ]
+    assert tops[0] == tops[1]
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

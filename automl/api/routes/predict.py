@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from automl.api.body import json_body, json_request_body
 from automl.api.deps import StoreDep
 from automl.api.errors import PayloadTooLargeError, error_responses
 from automl.api.params import StudyId
@@ -101,9 +102,14 @@ async def predict(
 @router.post(
     "/{study_id}/annotate",
     response_model=Annotations,
-    responses=REFUSALS,
+    responses={**REFUSALS, **error_responses(413)},
+    openapi_extra=json_request_body(AnnotateRequest),
 )
-def annotate(study_id: StudyId, body: AnnotateRequest, store: StoreDep) -> Annotations:
+def annotate(
+    study_id: StudyId,
+    body: Annotated[AnnotateRequest, Depends(json_body(AnnotateRequest))],
+    store: StoreDep,
+) -> Annotations:
     """Suggests a label for every image of a folder under the data root, least confident
     first, and with ``write_csv`` writes them as a CSV that the ``image_csv`` source reads
     (``path,label,confidence``, paths relative to the CSV): correct the uncertain rows at

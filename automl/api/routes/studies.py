@@ -7,15 +7,16 @@ from collections.abc import Iterator
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from automl.api.auth import PrincipalDep
+from automl.api.body import decode_text, json_body, json_request_body, read_body
 from automl.api.deps import SettingsDep, StoreDep
-from automl.api.errors import PayloadTooLargeError, error_responses
+from automl.api.errors import error_responses
 from automl.api.params import MAX_ID, StudyId, TrialNumber
 from automl.config import Limits
 from automl.spec import (
@@ -74,6 +75,7 @@ SPEC_REQUEST_BODY: dict[str, Any] = {
 
 NOT_FOUND = error_responses(404)
 STATE_ERRORS = error_responses(404, 409)
+BODY_ERRORS = error_responses(413)
 
 
 def _study_link(method: str, path: str) -> dict[str, Any]:
@@ -157,20 +159,10 @@ async def create_study(
 
 
 async def _read_spec(request: Request, max_bytes: int) -> StudySpec:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLargeError(f"body exceeds {max_bytes} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLargeError(f"body exceeds {max_bytes} bytes")
+    body = await read_body(request, max_bytes)
     if not body.strip():
         raise SpecError([FieldError((), "request body is empty; send a study spec")])
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SpecError([FieldError((), "request body is not UTF-8 text")]) from None
+    text = decode_text(body)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     # Parsing a large document and checking its dataset paths take a while: in the thread
     # pool, not on the event loop that every other request waits on.
@@ -222,7 +214,7 @@ class AddTrials(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    add_trials: int = Field(ge=1, description="Trials to add to the budget.")
+    add_trials: int = Field(ge=1, le=MAX_ID, description="Trials to add to the budget.")
 
 
 class Resume(BaseModel):
@@ -230,7 +222,7 @@ class Resume(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    add_trials: int = Field(0, ge=0, description="Trials to add to the budget.")
+    add_trials: int = Field(0, ge=0, le=MAX_ID, description="Trials to add to the budget.")
 
 
 class Enqueue(BaseModel):
@@ -245,14 +237,30 @@ class Enqueue(BaseModel):
     )
 
 
-@router.post("/{study_id}/extend", response_model=StudyDetail, responses=STATE_ERRORS)
-def extend(study_id: StudyId, body: AddTrials, store: StoreDep) -> StudyDetail:
+@router.post(
+    "/{study_id}/extend",
+    response_model=StudyDetail,
+    responses={**STATE_ERRORS, **BODY_ERRORS},
+    openapi_extra=json_request_body(AddTrials),
+)
+def extend(
+    study_id: StudyId, body: Annotated[AddTrials, Depends(json_body(AddTrials))], store: StoreDep
+) -> StudyDetail:
     """Adds trials to a queued or running study's budget."""
     return extend_study(store, study_id, body.add_trials)
 
 
-@router.post("/{study_id}/resume", response_model=StudyDetail, responses=STATE_ERRORS)
-def resume(study_id: StudyId, store: StoreDep, body: Resume | None = None) -> StudyDetail:
+@router.post(
+    "/{study_id}/resume",
+    response_model=StudyDetail,
+    responses={**STATE_ERRORS, **BODY_ERRORS},
+    openapi_extra=json_request_body(Resume, required=False),
+)
+def resume(
+    study_id: StudyId,
+    store: StoreDep,
+    body: Annotated[Resume | None, Depends(json_body(Resume, required=False))],
+) -> StudyDetail:
     """Reopens a cancelled, failed or completed study: its cancelled trials run again
     (interrupted ones from their checkpoint), plus ``add_trials`` new ones."""
     return resume_study(store, study_id, (body or Resume()).add_trials)
@@ -297,9 +305,12 @@ def refit(study_id: StudyId, store: StoreDep, response: Response) -> RefitView:
     "/{study_id}/trials",
     status_code=status.HTTP_201_CREATED,
     response_model=StudyDetail,
-    responses=STATE_ERRORS,
+    responses={**STATE_ERRORS, **BODY_ERRORS},
+    openapi_extra=json_request_body(Enqueue),
 )
-def enqueue(study_id: StudyId, body: Enqueue, store: StoreDep) -> StudyDetail:
+def enqueue(
+    study_id: StudyId, body: Annotated[Enqueue, Depends(json_body(Enqueue))], store: StoreDep
+) -> StudyDetail:
     """Queues configurations to run before the sampler's proposals (from the budget)."""
     return enqueue_trials(store, study_id, body.configs)
 
