@@ -42,6 +42,7 @@ from automl.store import (
     StudyStateError,
     StudyStatus,
     TrialNotFoundError,
+    attrs,
     best_trials,
     get_study,
     is_transient,
@@ -374,7 +375,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_INTERRUPTED
     final = get_study(store, study.id)
     if final.status != StudyStatus.COMPLETED:
-        raise CliError(f"study {study.id} {final.status.value}: {final.status_reason}")
+        message = f"study {study.id} {final.status.value}: {final.status_reason}"
+        raise CliError(message + progress.first_error_text())
+    if final.counts.complete == 0:
+        message = (
+            f"study {study.id} completed without a completed trial ({final.counts.fail} failed"
+        )
+        raise CliError(f"{message}, {final.counts.pruned} pruned)" + progress.first_error_text())
     best = best_trials(store, study.id)
     if args.json:
         _print_json(best)
@@ -389,6 +396,7 @@ class _Progress:
     def __init__(self, total: int, name: str, metric: str) -> None:
         self.total, self.metric, self.done = total, metric, 0
         self.best: float | None = None
+        self.first_error: tuple[int, str] | None = None
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -403,16 +411,29 @@ class _Progress:
         state = trial.state.name.lower()
         shown = f"{value:.4f}" if value is not None else "-"
         best = f"{self.best:.4f}" if self.best is not None else "-"
+        error = trial.user_attrs.get(attrs.ERROR) if trial.state.name == "FAIL" else None
+        if error and self.first_error is None:
+            self.first_error = (trial.number, str(error))
         if self.bar is not None:
             self.bar.set_postfix_str(f"last {state} {shown}, best {self.metric} {best}")
             self.bar.update(1)
+            if error:
+                self.bar.write(f"trial {trial.number} failed: {error}", file=sys.stderr)
         else:
+            why = f" ({error})" if error else ""
             print(
                 f"trial {trial.number} {state}: {self.metric} {shown} "
-                f"[{self.done}/{self.total}, best {best}]",
+                f"[{self.done}/{self.total}, best {best}]{why}",
                 file=sys.stderr,
                 flush=True,
             )
+
+    def first_error_text(self) -> str:
+        """``; trial N failed: ERROR`` for the first failure seen, else nothing."""
+        if self.first_error is None:
+            return ""
+        number, error = self.first_error
+        return f"; trial {number} failed: {error}"
 
     def _better(self, a: float, b: float) -> float:
         return min(a, b) if self.metric == "loss" else max(a, b)

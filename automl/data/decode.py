@@ -91,7 +91,9 @@ def decode_image(
     except DatasetError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"cannot decode image {shown!r}: {exc}") from None
+        # Pillow names the file by its absolute path: the message shows the data root's own.
+        reason = str(exc).replace(str(path), shown)
+        raise DatasetError(f"cannot decode image {shown!r}: {reason}") from None
     return fit_image(image, prep)
 
 

@@ -26,6 +26,7 @@ from automl.cli import study_commands
 from automl.cli.main import main
 from automl.config import Settings
 from tests.conftest import free_port, tiny_spec_data
+from tests.data.conftest import write_class_folder
 
 RUN_SPEC = tiny_spec_data(name="cli-run", budget={"n_trials": 2, "max_failed": 0})
 
@@ -293,6 +294,33 @@ def test_run_completes_and_prints_best(cli: Run, tmp_path: Path) -> None:
     [trial] = json.loads(best)["trials"]
     assert trial["state"] == "complete"
     assert 0.0 < trial["metrics"]["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("max_failed", [5, 0], ids=["all-failed", "study-failed"])
+def test_run_says_why_its_trials_failed(
+    cli: Run, tmp_path: Path, data_root: Path, max_failed: int
+) -> None:
+    """A truncated image fails every trial: each progress line and the final error say
+    why (it was only in ``trials --json``), and the exit is 1, not 2 (bad CLI input)."""
+    write_class_folder(data_root / "broken", {"a": 6, "b": 6})
+    image = data_root / "broken" / "a" / "0.png"
+    image.write_bytes(image.read_bytes()[:40])
+    data = tiny_spec_data(
+        name="broken",
+        dataset={"source": "image_folder", "options": {"path": "broken", "size": 8}},
+        budget={"n_trials": 2, "max_failed": max_failed},
+    )
+
+    code, out, err = cli("run", str(write_spec(tmp_path / "broken.yaml", data)))
+
+    assert code == 1, err
+    assert out == ""
+    progress = [line for line in err.splitlines() if line.startswith("trial ")]
+    assert progress and all("cannot decode image 'broken/a/0.png'" in line for line in progress)
+    final = err.splitlines()[-1]
+    assert final.startswith("error: study 1 "), err
+    assert "trial 0 failed: DatasetError: cannot decode image 'broken/a/0.png'" in final
+    assert str(data_root) not in err, "the data root's own path is not shown"
 
 
 def test_run_json(cli: Run, tmp_path: Path) -> None:
