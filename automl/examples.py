@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from automl.cli.arguments import whole_number
 from automl.data.splits import stratified_split
 
 MINORITY_CLASSES = (3, 5, 8)
@@ -192,7 +193,7 @@ def write_pretrained_cnn(dest: Path, seed: int = 0, per_class: int = 300) -> flo
         The validation accuracy of the saved weights.
     """
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from automl.data import ImageData, channel_stats
     from automl.train import train
@@ -214,8 +215,12 @@ def write_pretrained_cnn(dest: Path, seed: int = 0, per_class: int = 300) -> flo
     )
     result = train(flat_config({**PRETRAINED_CNN, "seed": seed}), data=shapes)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    save_file({key: value.contiguous() for key, value in result.state_dict.items()}, str(dest))
+    tensors = {key: value.contiguous() for key, value in result.state_dict.items()}
+    dest.write_bytes(save(tensors))  # an unwritable dest is an OSError, not safetensors' own
     return result.metrics["accuracy"]
+
+
+SEED = whole_number(0, 2**32 - 1, "seeds")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,25 +232,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     digits = commands.add_parser("digits-folder", help="digits as PNG train/val/test folders")
     digits.add_argument("dest", type=Path)
     digits.add_argument("--imbalanced", action="store_true", help="cut classes 3, 5, 8 to 10%%")
-    digits.add_argument("--seed", type=int, default=0)
+    digits.add_argument("--seed", type=SEED, default=0)
     rgb = commands.add_parser("rgb-folder", help="synthetic RGB shapes, one folder per class")
     rgb.add_argument("dest", type=Path)
-    rgb.add_argument("--per-class", type=int, default=500)
-    rgb.add_argument("--size", type=int, default=32)
-    rgb.add_argument("--classes", type=int, default=10)
-    rgb.add_argument("--seed", type=int, default=0)
+    rgb.add_argument("--per-class", type=whole_number(1, 100_000, "images per class"), default=500)
+    rgb.add_argument("--size", type=whole_number(8, 1024, "sizes"), default=32)
+    rgb.add_argument("--classes", type=whole_number(2, len(SHAPES), "class counts"), default=10)
+    rgb.add_argument("--seed", type=SEED, default=0)
     moving = commands.add_parser("moving-shapes", help="clips of a square moving left/right/up")
     moving.add_argument("dest", type=Path)
-    moving.add_argument("--clips", type=int, default=40, help="clips per direction")
-    moving.add_argument("--frames", type=int, default=4)
-    moving.add_argument("--size", type=int, default=16)
-    moving.add_argument("--seed", type=int, default=0)
+    moving.add_argument(
+        "--clips",
+        type=whole_number(1, 10_000, "clip counts"),
+        default=40,
+        help="clips per direction",
+    )
+    moving.add_argument("--frames", type=whole_number(1, 64, "frame counts"), default=4)
+    moving.add_argument("--size", type=whole_number(8, 256, "sizes"), default=16)
+    moving.add_argument("--seed", type=SEED, default=0)
     pretrained = commands.add_parser(
         "pretrained-cnn", help="train cnn on 8x8 shapes and save its weights (.safetensors)"
     )
     pretrained.add_argument("dest", type=Path)
-    pretrained.add_argument("--seed", type=int, default=0)
+    pretrained.add_argument("--seed", type=SEED, default=0)
     args = parser.parse_args(argv)
+    try:
+        return _write(args)
+    except OSError as exc:
+        print(f"error: cannot write {args.dest}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def _write(args: argparse.Namespace) -> int:
     if args.kind == "pretrained-cnn":
         if args.dest.suffix != ".safetensors" or args.dest.exists():
             print(f"error: {args.dest} must be a new .safetensors file", file=sys.stderr)
@@ -253,8 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         accuracy = write_pretrained_cnn(args.dest, args.seed)
         print(f"wrote {args.dest}: cnn on 8x8 shapes, validation accuracy {accuracy:.3f}")
         return 0
-    if args.dest.exists() and any(args.dest.iterdir()):
-        print(f"error: {args.dest} exists and is not empty", file=sys.stderr)
+    if args.dest.exists() and (not args.dest.is_dir() or any(args.dest.iterdir())):
+        print(f"error: {args.dest} exists and is not an empty folder", file=sys.stderr)
         return 2
     try:
         if args.kind == "digits-folder":

@@ -942,6 +942,9 @@ def _check_when(
         parent_param = spec.params.get(parent)
         if parent == name:
             errors.append(FieldError(where, "a param cannot depend on itself"))
+        elif not values:
+            message = f"no value of {parent!r} given: the param would never apply"
+            errors.append(FieldError(where, message))
         elif parent_param is None:
             errors.append(
                 FieldError(where, f"unknown parent {parent!r}; parents must be categorical params")

@@ -58,4 +58,42 @@ def test_rgb_folder_and_refusing_a_non_empty_destination(data_root: Path, capsys
     assert data.train_x.shape[1:] == (3, 16, 16)
     assert torch.all(data.std > 0)
     assert main(["rgb-folder", str(dest)]) == 2
-    assert "exists and is not empty" in capsys.readouterr().err
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["rgb-folder", "x", "--per-class", "-5"], "-5 is out of range: images per class"),
+        (["rgb-folder", "x", "--size", "0"], "0 is out of range: sizes are 8 to 1024"),
+        (["moving-shapes", "x", "--clips", "0"], "0 is out of range: clip counts"),
+        (["moving-shapes", "x", "--frames", "0"], "0 is out of range: frame counts"),
+        (["digits-folder", "x", "--seed", "-1"], "-1 is out of range: seeds"),
+    ],
+)
+def test_bad_arguments_are_one_line_exit_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [argv[0], str(tmp_path / argv[1]), *argv[2:]]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_file_as_destination_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "spec.yaml").write_text("name: x\n")
+    assert main(["digits-folder", str(tmp_path / "spec.yaml")]) == 2
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    assert (tmp_path / "spec.yaml").read_text() == "name: x\n"
+
+
+def test_an_unwritable_destination_is_one_line_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    assert main(["rgb-folder", str(tmp_path / "file" / "below"), "--per-class", "1"]) == 1
+    assert capsys.readouterr().err.startswith(f"error: cannot write {tmp_path / 'file' / 'below'}")

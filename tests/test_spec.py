@@ -964,6 +964,18 @@ def test_values_that_would_need_converting_are_refused(
     assert fragment in errors[0].msg
 
 
+def test_an_empty_condition_is_refused() -> None:
+    """``when: {optimizer: []}`` once made momentum silently never searched."""
+    errors = spec_errors(
+        with_params(
+            optimizer={"type": "categorical", "choices": ["adam", "sgd"]},
+            momentum={"type": "float", "low": 0.5, "high": 0.9, "when": {"optimizer": []}},
+        )
+    )
+    assert [error.path for error in errors] == ["params.momentum.when.optimizer"], errors
+    assert "would never apply" in errors[0].msg
+
+
 def test_whole_floats_and_exponent_strings_still_count_as_numbers() -> None:
     """YAML 1.1 reads ``1e-5`` (no dot) as a string; the spec reads it as the number."""
     text = (

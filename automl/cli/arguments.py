@@ -7,19 +7,14 @@ argparse refuses it instead, with its usage line and one ``error:`` line (exit c
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 MAX_ID = 2**31 - 1
 """The largest study id, trial number or count: the top of a signed 32-bit column."""
 
 
 def _bounded(text: str, low: int, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not low <= value <= MAX_ID:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: {what} are {low} to {MAX_ID}")
-    return value
+    return _ranged(text, low, MAX_ID, what)
 
 
 def study_id(text: str) -> int:
@@ -35,3 +30,41 @@ def count(text: str) -> int:
 def non_negative(text: str) -> int:
     """A count that may be zero: 0 to ``MAX_ID``."""
     return _bounded(text, 0, "counts")
+
+
+MAX_PORT = 65535
+
+
+def _ranged(text: str, low: int, high: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: {what} are {low} to {high}")
+    return value
+
+
+def whole_number(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high`` (``what`` names them)."""
+
+    def parse(text: str) -> int:
+        return _ranged(text, low, high, what)
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1 to 65535."""
+    return _ranged(text, 1, MAX_PORT, "ports")
+
+
+def proxy_port(text: str) -> int:
+    """The proxy's port, 1 to 65534: coordination listens on the next one."""
+    return _ranged(text, 1, MAX_PORT - 1, "proxy ports (coordination takes port + 1)")
+
+
+def concurrency(text: str) -> int:
+    """Calls served at once: 1 to 1024."""
+    return _ranged(text, 1, 1024, "concurrency values")

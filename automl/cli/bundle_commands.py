@@ -21,8 +21,11 @@ CARD_FILE = "model_card.json"
 
 def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
     """Writes the files of the best model's bundle into ``args.download``."""
-    data = fetch_bundle(settings, args.study)
     directory = Path(args.download)
+    if directory.is_dir() and any(directory.iterdir()) and not args.overwrite:
+        message = f"{directory} is not empty; choose a new folder or pass --overwrite"
+        raise CliError(message, EXIT_BAD_INPUT)
+    data = fetch_bundle(settings, args.study)
     written, card = unpack_bundle(data, directory)
     if args.json:
         print(json.dumps({"directory": str(directory), "files": [p.name for p in written]}))

@@ -64,8 +64,9 @@ def errors_as_cli_errors(spec_path: str | None) -> Iterator[None]:
     try:
         yield
     except SpecError as exc:
-        where = f"{spec_path}: " if spec_path else ""
-        raise CliError(f"invalid spec {where}{exc}", EXIT_BAD_INPUT) from None
+        # Without a spec file the errors are the command's own input (add_trials, configs).
+        message = f"invalid spec {spec_path}: {exc}" if spec_path else str(exc)
+        raise CliError(message, EXIT_BAD_INPUT) from None
     except (StudyNotFoundError, TrialNotFoundError, NoBestTrialError, StudyStateError) as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     except ClientError as exc:
@@ -255,7 +256,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         options.reap_interval = None
         worker = Worker(None, options, coordinator=coordinator)
     else:
-        worker = Worker(_open_store_waiting(settings), options)
+        store = _open_store_waiting(settings)
+        if args.study is not None:
+            get_study(store, args.study)  # an unknown study is an error (exit 2), not idle
+        worker = Worker(store, options)
     worker.install_signal_handlers()
     try:
         worker.run()

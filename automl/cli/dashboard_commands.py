@@ -67,17 +67,6 @@ _REFUSED: tuple[tuple[str, re.Pattern[str], str], ...] = (
 )
 
 
-def port_number(text: str) -> int:
-    """An argparse type: a TCP port, 1 to 65535."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: ports are 1 to 65535")
-    return port
-
-
 def dashboard_app(store: Store) -> WSGIApp:
     """optuna-dashboard as a WSGI app on ``store``'s storage and artifact store, refusing
     the actions listed in the module docstring.
@@ -185,4 +174,4 @@ def _stop(signum: int, frame: object) -> None:
     raise _Stopped
 
 
-__all__ = ["DEFAULT_PORT", "cmd_dashboard", "dashboard_app", "port_number"]
+__all__ = ["DEFAULT_PORT", "cmd_dashboard", "dashboard_app"]

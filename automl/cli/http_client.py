@@ -6,6 +6,7 @@ light view models), so commands against the API start fast.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,11 @@ class HttpClient:
     """
 
     def __init__(self, base_url: str, api_key: str | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = _checked_url(base_url).rstrip("/")
         self.api_key = api_key if api_key is not None else Settings().api_key
+        if self.api_key and not _KEY_TEXT.fullmatch(self.api_key):
+            message = "the API key (AUTOML_API_KEY) holds characters no key has"
+            raise ClientError(f"{message}: use the key `automl keys create` printed", True)
         self._http = httpx.Client(
             base_url=self.base_url, timeout=HTTP_TIMEOUT_S, headers=self._headers()
         )
@@ -52,6 +56,8 @@ class HttpClient:
             text = spec_path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ClientError(f"cannot read spec file {spec_path}: {exc.strerror}", True) from None
+        except UnicodeDecodeError:
+            raise ClientError(f"cannot read spec file {spec_path}: not UTF-8 text", True) from None
         content_type = "application/json" if spec_path.suffix == ".json" else "application/yaml"
         data = self._request(
             "POST", "/studies", content=text, headers={"content-type": content_type}
@@ -166,6 +172,22 @@ class HttpClient:
         if response.is_success:
             return response
         raise ClientError(_error_text(response), bad_input=400 <= response.status_code < 500)
+
+
+_KEY_TEXT = re.compile(r"[\x21-\x7e]+")
+"""What a key can hold: visible ASCII (a header value; keys are ``automl_<id>_<secret>``)."""
+
+
+def _checked_url(url: str) -> str:
+    """``url`` if it is an http(s) URL with a host httpx can reach, else a ``ClientError``."""
+    try:
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError("give http://HOST:PORT or https://HOST:PORT")
+        parsed.host.encode("idna")  # a label over 63 characters fails only here
+    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+        raise ClientError(f"invalid API URL {url!r} (--url, AUTOML_URL): {exc}", True) from None
+    return url
 
 
 def _error_text(response: httpx.Response) -> str:

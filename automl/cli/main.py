@@ -11,8 +11,15 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from automl import __version__
-from automl.cli.arguments import count, non_negative, study_id
-from automl.cli.dashboard_commands import DEFAULT_PORT, port_number
+from automl.cli.arguments import (
+    concurrency,
+    count,
+    non_negative,
+    port_number,
+    proxy_port,
+    study_id,
+)
+from automl.cli.dashboard_commands import DEFAULT_PORT
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError
 from automl.config import Settings
 
@@ -58,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the REST API")
     serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--port", type=port_number)
     serve.add_argument(
         "--workers",
         dest="api_workers",
@@ -81,12 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     proxy.add_argument(
         "--port",
-        type=int,
+        type=proxy_port,
         default=13000,
         help="Optuna storage proxy port; coordination uses port + 1 (default 13000)",
     )
     proxy.add_argument(
-        "--concurrency", type=int, default=32, help="calls served at once per endpoint"
+        "--concurrency", type=concurrency, default=32, help="calls served at once per endpoint"
     )
     storage_arg(proxy)
     artifacts_arg(proxy)
@@ -96,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--workers", type=int, default=1, help="CPU worker processes (default 1)")
     device_layout_args(up)
     up.add_argument("--host")
-    up.add_argument("--port", type=int)
+    up.add_argument("--port", type=port_number)
     up.add_argument(
         "--dashboard", action="store_true", help="also run optuna-dashboard (automl dashboard)"
     )
@@ -148,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="save the best model's bundle in DIR: weights, model card, ONNX, TorchScript, "
         "predict.py",
     )
+    best.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --download: write into a folder that is not empty",
+    )
     target_args(best)
     artifacts_arg(best)
 
@@ -180,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("study", type=study_id, help="study id")
     report.add_argument(
         "--output", "-o", metavar="FILE", help="file to write (default study-ID-report.html)"
+    )
+    report.add_argument(
+        "--overwrite", action="store_true", help="replace FILE even if it is not an automl report"
     )
     report.add_argument("--open", action="store_true", help="open it in a web browser")
     target_args(report)

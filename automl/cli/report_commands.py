@@ -23,6 +23,11 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"--output {path} is a folder; name a file", EXIT_BAD_INPUT)
     if not path.parent.is_dir():  # before the page is drawn, which takes seconds
         raise CliError(f"cannot write {path}: no folder {path.parent}", EXIT_BAD_INPUT)
+    if path.exists() and not args.overwrite and not _is_report(path):
+        message = (
+            f"{path} exists and is not an automl report; name another file or pass --overwrite"
+        )
+        raise CliError(message, EXIT_BAD_INPUT)
     if settings.url:
         page = HttpClient(settings.url).report(args.study)
     else:
@@ -38,6 +43,18 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     if args.open:
         webbrowser.open(path.resolve().as_uri())
     return EXIT_OK
+
+
+REPORT_MARK = b"<title>automl report: "
+"""What every report has near its top: a file with it is an earlier report, replaced."""
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            return REPORT_MARK in file.read(512)
+    except OSError:
+        return False
 
 
 def _draw_locally(settings: Settings, study_id: int) -> str:

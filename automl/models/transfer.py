@@ -164,6 +164,10 @@ def load_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Load
 
     Returns:
         Which keys were loaded, adapted or skipped.
+
+    Raises:
+        CheckpointError: If no key matches (a checkpoint of another architecture would
+            otherwise train from scratch without a word).
     """
     own = model.state_dict()
     if not own.keys() & state.keys() and {f"0.{key}" for key in state} & own.keys():
@@ -187,6 +191,14 @@ def load_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Load
             report.adapted.append(key)
         else:
             report.skipped.append(key)
+    if not report.loaded and not report.adapted:
+        theirs = ", ".join(sorted(state)[:3]) or "none"
+        ours = ", ".join(list(own)[:3])
+        raise CheckpointError(
+            f"the pretrained checkpoint matches none of the model's {len(own)} weights by name "
+            f"and shape (its keys: {theirs}...; the model's: {ours}...): was it saved from "
+            "this architecture?"
+        )
     model.load_state_dict(merged)
     return report
 

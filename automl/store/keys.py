@@ -106,9 +106,18 @@ def list_keys(store: Store) -> list[ApiKey]:
 def revoke_key(store: Store, key_id: str) -> ApiKey:
     """Revokes a key for good.
 
+    Args:
+        store: The store.
+        key_id: The key's id, or its whole token (whose secret is then never repeated).
+
     Raises:
         ApiKeyError: If there is no such key, or it was already revoked.
     """
+    token = _TOKEN.match(key_id)
+    if token is not None:
+        key_id = token.group(1)
+    elif key_id.startswith(f"{PREFIX}_"):
+        raise ApiKeyError("not a key: give the key's id (automl keys list) or its whole token")
     with store.write() as connection:
         at = now(connection)
         done = connection.execute(

@@ -120,3 +120,85 @@ def test_a_busy_dashboard_port_is_one_error_line_naming_its_flag(
         f"error: cannot listen on 127.0.0.1:{port}: the port is in use (choose another with {flag})"
     ]
     assert not (tmp_path / "a.db").exists(), "refused before opening the store"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["proxy", "--concurrency", "0"], "--concurrency: 0 is out of range"),
+        (["proxy", "--port", "65535"], "coordination takes port + 1) are 1 to 65534"),
+        (["serve", "--port", "70000"], "--port: 70000 is out of range: ports are 1 to 65535"),
+        (["up", "--port", "0"], "--port: 0 is out of range"),
+    ],
+)
+def test_ports_and_concurrency_out_of_range_are_usage_errors(
+    args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once a ValueError (a pool of 0 threads) or an OverflowError (binding port 65536)."""
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+
+    assert exc.value.code == EXIT_BAD_INPUT
+    assert fragment in capsys.readouterr().err
+
+
+LONG_LABEL = "a" * 70
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("http://host:abc", "Invalid port"),
+        ("http://[::1", "Invalid port"),
+        (f"http://{LONG_LABEL}.com", "idna"),
+        ("localhost:8000", "give http://HOST:PORT"),
+    ],
+)
+def test_a_malformed_api_url_is_one_error_line(
+    url: str, fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["status", "--url", url])
+
+    assert code == EXIT_BAD_INPUT
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: invalid API URL {url!r}") and fragment in line
+
+
+@pytest.mark.parametrize("key", ["ключ", "ab\ncd", "with space"])
+def test_an_api_key_no_key_could_be_is_one_error_line(
+    key: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once a UnicodeEncodeError, or "cannot reach the API" blaming the network."""
+    monkeypatch.setenv("AUTOML_API_KEY", key)
+
+    code = main(["status", "--url", "http://127.0.0.1:1"])
+
+    assert code == EXIT_BAD_INPUT
+    [line] = capsys.readouterr().err.splitlines()
+    assert "the API key (AUTOML_API_KEY) holds characters no key has" in line
+
+
+def test_a_spec_that_is_not_utf8_is_one_error_line_against_the_api(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "bin.yaml"
+    spec.write_bytes(bytes(range(128, 256)))
+
+    code = main(["submit", str(spec), "--url", "http://127.0.0.1:1"])
+
+    assert code == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: cannot read spec file {spec}: not UTF-8 text"
+    ]
+
+
+def test_a_worker_for_an_unknown_study_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once "stopped after 0 trials" and exit 0."""
+    storage = f"sqlite:///{tmp_path}/a.db"
+
+    code = main(["worker", "--study", "999", "--exit-when-idle", "--storage", storage])
+
+    assert code == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.splitlines()[-1] == "error: study 999 not found"

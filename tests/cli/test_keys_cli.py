@@ -95,6 +95,28 @@ def test_revoke_ends_a_key_for_good(cli: Run, sqlite_url: str, tmp_path: Path) -
     assert one_error_line(unknown[2]) == "error: no key '0123456789abcdef'"
 
 
+def test_revoke_takes_the_whole_token_and_never_repeats_its_secret(
+    cli: Run, sqlite_url: str, tmp_path: Path
+) -> None:
+    store = open_store(sqlite_url, artifacts_dir=tmp_path / "artifacts")
+    try:
+        key, token = create_key(store, "vision")
+        secret = token.rsplit("_", 1)[1]
+
+        code, out, err = cli("keys", "revoke", token)
+
+        assert code == 0, err
+        assert f"revoked key {key.key_id}" in out
+        assert authenticate(store, token) is None
+        again = cli("keys", "revoke", token)
+        assert again[0] == 2 and secret not in again[1] + again[2]
+        mistyped = cli("keys", "revoke", token[:-1])
+        assert mistyped[0] == 2 and secret[:-1] not in mistyped[1] + mistyped[2]
+        assert "not a key" in one_error_line(mistyped[2])
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

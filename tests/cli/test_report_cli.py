@@ -71,3 +71,22 @@ def test_refusals_name_the_problem_and_write_nothing(cli: Run, tmp_path: Path) -
     code, _, err = cli("report", "1", "--output", str(tmp_path / "missing" / "r.html"))
     assert code == 2 and err.startswith("error: cannot write") and "\n" not in err.strip()
     assert list(tmp_path.glob("*.html")) == []
+
+
+def test_a_file_that_is_no_report_is_replaced_only_with_overwrite(
+    cli: Run, trained: tuple[str, Path, int], tmp_path: Path
+) -> None:
+    study_id = trained[2]
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("name: tiny\n")
+
+    code, _, err = cli("report", str(study_id), "-o", str(spec))
+
+    assert code == 2 and "exists and is not an automl report" in err
+    assert spec.read_text() == "name: tiny\n"
+    code, _, err = cli("report", str(study_id), "-o", str(spec), "--overwrite")
+    assert code == 0, err
+    assert_report(spec, study_id)
+    code, _, err = cli("report", str(study_id), "-o", str(spec))  # an earlier report: replaced
+    assert code == 0, err
+    assert report_commands.REPORT_MARK in spec.read_bytes()[:512]

@@ -458,6 +458,16 @@ def test_cli_best_download_writes_the_bundle_locally_and_over_http(
     assert code == 2
     assert "study 9999 not found" in capsys.readouterr().err
 
+    # A folder with other files is left alone unless --overwrite, as export does.
+    (local / "model_card.json").write_text("mine")
+    code = main(["best", str(trained.study_id), "--download", str(local), *target])
+    assert code == 2
+    assert "is not empty; choose a new folder or pass --overwrite" in capsys.readouterr().err
+    assert (local / "model_card.json").read_text() == "mine"
+    code = main(["best", str(trained.study_id), "--download", str(local), "--overwrite", *target])
+    assert code == 0
+    assert json.loads((local / "model_card.json").read_text())["model"] == local_card["model"]
+
 
 def test_the_weights_route_names_the_format(trained: Trained) -> None:
     legacy = io.BytesIO()

@@ -131,6 +131,18 @@ def test_pretrained_options_build_a_loaded_frozen_model(roots: tuple[Path, Path]
     assert all(p.requires_grad for p in model[1].parameters())
 
 
+def test_a_checkpoint_that_matches_nothing_is_refused(roots: tuple[Path, Path]) -> None:
+    """A checkpoint of another architecture once trained from scratch without a word."""
+    data, _ = roots
+    save_file({"foo": torch.zeros(3)}, str(data / "other.safetensors"))
+    torch.save(cnn(3, 10).state_dict(), data / "cnn.pt")
+
+    with pytest.raises(CheckpointError, match=r"matches none of the model's \d+ weights"):
+        build_model("resnet18", {"pretrained": "other.safetensors"}, (3, 32, 32), 4)
+    with pytest.raises(CheckpointError, match=r"its keys: 0\.0\.0\.weight"):
+        build_model("resnet18", {"pretrained": "cnn.pt"}, (3, 32, 32), 4)
+
+
 def test_frozen_backbone_stays_fixed_while_the_head_trains(roots: tuple[Path, Path]) -> None:
     model = cnn(3, 10)
     head = replace_head(model, 2)
