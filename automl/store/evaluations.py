@@ -218,6 +218,15 @@ def _end(
     optuna_rows.put_study_attrs(connection, study_id, {attrs.TEST_EVALUATION: mirror})
 
 
+NO_TEST_SPLIT = "has no test split"
+"""How a skipped evaluation's note says why: there is no test split to score on."""
+
+
+def no_test_split_note(source: str) -> str:
+    """The note of an evaluation skipped because dataset ``source`` has no test split."""
+    return f"dataset {source!r} {NO_TEST_SPLIT}"
+
+
 def read_evaluation(connection: sa.engine.Connection, study_id: int) -> TestEvaluation | None:
     """Where the study's test-split evaluation stands (None if it never completed)."""
     row = connection.execute(

@@ -30,7 +30,7 @@ from automl.spec import MAX_ENQUEUE, FieldError, SpecError, StudySpec, check_con
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.attrs import StudyStatus
-from automl.store.evaluations import best_trials_of, read_evaluation
+from automl.store.evaluations import NO_TEST_SPLIT, best_trials_of, read_evaluation
 from automl.store.leases import end_if_done
 from automl.store.projects import (
     DEFAULT_PROJECT,
@@ -709,6 +709,12 @@ def queue_refit(store: Store, study_id: int) -> RefitView:
         best = optuna_rows.best_trial_number(connection, study_id, maximize)
         if best is None:
             raise StudyStateError(f"study {study_id} has no completed trial to refit")
+        evaluation = read_evaluation(connection, study_id)
+        if evaluation is not None and NO_TEST_SPLIT in (evaluation.note or ""):
+            raise StudyStateError(
+                f"study {study_id}'s {evaluation.note}: a refit trains on train + validation "
+                "and is scored on the test split (give the dataset one: test_fraction, test/)"
+            )
         current = read_refit(connection, study_id)
         stale = current is not None and current.state == RefitState.DONE and current.trial != best
         if current is not None and current.state != RefitState.FAILED and not stale:

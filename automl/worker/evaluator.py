@@ -24,6 +24,7 @@ from automl.store import (
     load_state_dict,
     retry_transient,
 )
+from automl.store.evaluations import no_test_split_note
 from automl.store.faults import first_line
 from automl.train import TrialConfig
 from automl.train.evaluation import evaluate_weights
@@ -104,11 +105,7 @@ def score(coordinator: Coordinator, lease: EvaluationLease, device: str) -> Outc
             datasets[key] = load_dataset(config.dataset.source, config.dataset.options)
         data = datasets[key]
         if not data.has_test:
-            return (
-                EvaluationState.SKIPPED,
-                [],
-                f"dataset {config.dataset.source!r} has no test split",
-            )
+            return EvaluationState.SKIPPED, [], no_test_split_note(config.dataset.source)
         state_dict = load_state_dict(trial, coordinator.artifacts)
         report = evaluate_weights(config, state_dict, split="test", data=data, device=device)
         reports.append(

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import torch
 from optuna.trial import FrozenTrial, create_trial
 
 from automl.data import load_dataset
 from automl.delivery.card import trial_config
 from automl.spec import StudySpec
-from automl.store import RefitLease, RefitState, Store, attrs, best_trials, submit_study
+from automl.store import (
+    RefitLease,
+    RefitState,
+    Store,
+    StudyStateError,
+    attrs,
+    best_trials,
+    queue_refit,
+    submit_study,
+)
 from automl.store.artifacts import read_state_dict
 from automl.store.optuna_rows import put_trial_attrs
 from automl.train import train
@@ -67,6 +77,9 @@ def test_a_dataset_without_test_split_fails_the_refit_with_a_reason(
     refit_view = best_trials(sqlite_store, study_id).refit
     assert refit_view is not None and refit_view.state == RefitState.FAILED
     assert refit_view.note == "dataset 'digits' has no test split to score a refit on"
+    # Asked again by hand, it is refused up front: the skipped evaluation already says why.
+    with pytest.raises(StudyStateError, match="dataset 'digits' has no test split: a refit"):
+        queue_refit(sqlite_store, study_id)
 
 
 def test_a_refit_trains_up_to_the_epoch_whose_weights_the_trial_kept() -> None:
