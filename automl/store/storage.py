@@ -291,6 +291,8 @@ def _open_with_retries(
     # loser sees "already exists" errors, and a retry then finds the schema in place.
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
         try:
+            if create_tables and url.startswith("sqlite"):
+                _create_studies_table_without_id_reuse(url, engine_kwargs)
             storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
@@ -309,6 +311,28 @@ def _open_with_retries(
         except (ImportError, ValueError, RuntimeError) as exc:
             raise StorageError(f"cannot open storage {redact(url)}: {first_line(exc)}") from None
     raise AssertionError("unreachable")
+
+
+def _create_studies_table_without_id_reuse(url: str, engine_kwargs: dict[str, Any]) -> None:
+    """On a new SQLite database, creates Optuna's ``studies`` table first, as Optuna would
+    but with ``AUTOINCREMENT``: without it SQLite gives a deleted study's id, when it was
+    the highest, to the next study, and whatever still named the old study (a script, a
+    warm start, an export, a dashboard tab) would silently reach the new one. Optuna's
+    schema setup then finds the table in place. Databases created before keep SQLite's
+    default (PostgreSQL's sequences never reuse an id).
+    """
+    from optuna.storages._rdb import models
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        if sqlalchemy.inspect(engine).has_table(models.StudyModel.__tablename__):
+            return
+        metadata = sqlalchemy.MetaData()
+        studies = models.StudyModel.__table__.to_metadata(metadata)  # with its unique index
+        studies.dialect_options["sqlite"]["autoincrement"] = True
+        metadata.create_all(engine)
+    finally:
+        engine.dispose()
 
 
 def _is_schema_race(exc: Exception) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -23,6 +24,7 @@ from automl.store import (
     cancel_study,
     delete_study,
     load_state_dict,
+    open_store,
     open_weights,
     optuna_rows,
     read_checkpoint,
@@ -301,10 +303,20 @@ def test_outranking_remembers_the_best_and_ranks_again_only_when_it_might_be_bea
 
 
 def test_outranking_forgets_a_deleted_study_whose_id_a_new_one_gets(
-    store: Store, tiny_spec: SpecFactory
+    sqlite_url: str, tmp_path: Path, tiny_spec: SpecFactory
 ) -> None:
-    """SQLite gives a new study the highest deleted id: what was remembered of the old
-    study must not decide for the new one."""
+    """A SQLite database whose schema Optuna created (as before automl made study ids
+    never reused) gives a new study the highest deleted id: what was remembered of the
+    old study must not decide for the new one."""
+    optuna.storages.RDBStorage(sqlite_url).engine.dispose()  # Optuna's own schema
+    store = open_store(sqlite_url, artifacts_dir=tmp_path / "artifacts")
+    try:
+        _outranking_after_id_reuse(store, tiny_spec)
+    finally:
+        store.close()
+
+
+def _outranking_after_id_reuse(store: Store, tiny_spec: SpecFactory) -> None:
     outranked = Outranking(store)
     old = _submit(store, tiny_spec)
     for value in (0.95, 0.96):
@@ -314,6 +326,7 @@ def test_outranking_forgets_a_deleted_study_whose_id_a_new_one_gets(
     cancel_study(store, old)
     delete_study(store, old)
     new = _submit(store, tiny_spec)
+    assert new == old, "the legacy schema reuses the id"
     assert not outranked(new, 0.8, 0, maximize=True, keep=1)  # nothing complete yet
     lease, trial_id = start_trial(store, new)
     end_trial(store, lease, trial_id, 0.8)

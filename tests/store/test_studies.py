@@ -441,6 +441,21 @@ def test_enqueue_checks_every_config(store: Store, tiny_spec: SpecFactory) -> No
         enqueue_trials(store, study_id, [{"lr": 0.005}])
 
 
+def test_a_deleted_studys_id_is_never_given_again(store: Store, tiny_spec: SpecFactory) -> None:
+    """SQLite gave the highest id again once its study was deleted: a script, warm start
+    or export naming the old study then silently reached the new one."""
+    first = submit_study(store, tiny_spec(name="first")).id
+    second = submit_study(store, tiny_spec(name="second")).id
+    cancel_study(store, second)
+    delete_study(store, second)
+
+    third = submit_study(store, tiny_spec(name="third")).id
+
+    assert third > second > first
+    with pytest.raises(StudyNotFoundError):
+        get_study(store, second)
+
+
 def test_delete_removes_the_study_its_trials_and_artifacts(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
