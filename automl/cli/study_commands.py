@@ -112,9 +112,11 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     configs = []
     for index, text in enumerate(args.configs):
         try:
-            config = json.loads(text)
+            config = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise CliError(f"config {index + 1} is not JSON: {exc.msg}", EXIT_BAD_INPUT) from None
+        except ValueError as exc:
+            raise CliError(f"config {index + 1}: {exc}", EXIT_BAD_INPUT) from None
         if not isinstance(config, dict):
             raise CliError(f"config {index + 1} must be a JSON object", EXIT_BAD_INPUT)
         configs.append(config)
@@ -125,8 +127,21 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
     """Deletes an ended study with its trials and artifacts."""
     client_for(settings).delete(args.study)
-    print(f"study {args.study} deleted")
+    if args.json:
+        print(json.dumps({"study_id": args.study, "deleted": True}))
+    else:
+        print(f"study {args.study} deleted")
     return EXIT_OK
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object, refusing a repeated key (as specs do) rather than keeping the last."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key {repeated!r}")
+    return found
 
 
 def cmd_trials(args: argparse.Namespace, settings: Settings) -> int:

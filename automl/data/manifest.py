@@ -78,6 +78,7 @@ def read_manifest(value: str) -> list[tuple[Path, str]]:
     if not rows:
         raise DatasetError(f"CSV file {shown!r} lists no images")
     checked = []
+    first_line: dict[Path, int] = {}
     for line, image, label in rows:
         where = f"{shown} line {line}"
         if not image or not label:
@@ -92,6 +93,11 @@ def read_manifest(value: str) -> list[tuple[Path, str]]:
             raise DatasetError(f"{where}: {image!r} is not a png, jpg, jpeg, webp or bmp file")
         if not path.is_file():
             raise DatasetError(f"{where}: image {image!r} not found")
+        if path in first_line:
+            # Listed twice, an image could land in training and validation both.
+            message = f"image {image!r} is listed again (first on line {first_line[path]})"
+            raise DatasetError(f"{where}: {message}; list each image once")
+        first_line[path] = line
         checked.append((path, label.strip()))
     return checked
 

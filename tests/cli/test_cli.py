@@ -244,6 +244,8 @@ def test_lifecycle_commands(cli: Run, spec_file: Path, api_url: str, over_http: 
         2,
         "error: config 1 is not JSON: Expecting property name enclosed in double quotes",
     )
+    twice = cli("enqueue", "1", '{"lr": 0.005, "lr": 0.006}', *target)
+    assert (twice[0], one_error_line(twice[2])) == (2, "error: config 1: duplicate key 'lr'")
     cli("cancel", "1", *target)
     assert cli("extend", "1", "--add-trials", "1", *target)[0] == 2
     code, out, _ = cli("resume", "1", "--add-trials", "1", *target)
@@ -257,6 +259,10 @@ def test_lifecycle_commands(cli: Run, spec_file: Path, api_url: str, over_http: 
     cli("cancel", "1", *target)
     assert cli("delete", "1", *target)[:2] == (0, "study 1 deleted\n")
     assert one_error_line(cli("status", "1", *target)[2]) == "error: study 1 not found"
+    cli("submit", str(spec_file), *target)
+    cli("cancel", "2", *target)
+    code, out, _ = cli("delete", "2", "--json", *target)
+    assert (code, json.loads(out)) == (0, {"study_id": 2, "deleted": True})
 
 
 def test_cancel_unknown_study_is_exit_2(cli: Run) -> None:

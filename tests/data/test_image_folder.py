@@ -234,6 +234,13 @@ def test_csv_submit_errors(data_root: Path) -> None:
     assert submit_errors("image_csv", {"path": "good.csv", "val_path": "other_label.csv"}) == [
         "dataset.options.val_path: label 'z' is not a label of path; valid labels: x, y"
     ]
+    (data_root / "twice.csv").write_text(
+        "path,label\nimg/x/0.png,x\nimg/y/0.png,y\n./img/x/0.png,y\n"
+    )
+    assert submit_errors("image_csv", {"path": "twice.csv"}) == [
+        "dataset.options.path: twice.csv line 4: image './img/x/0.png' is listed again (first "
+        "on line 2); list each image once"
+    ]
 
 
 def _age_folders(folder: Path, seconds: float = 60.0) -> None:
