@@ -862,11 +862,28 @@ def _check_selectors(spec: StudySpec) -> list[FieldError]:
     return errors
 
 
-def _resolved(spec: StudySpec, loc: Loc, name: str) -> Hyperparameter | FieldError:
+def _resolved(spec: StudySpec, loc: Loc, name: str) -> Hyperparameter | FieldError | None:
+    """``name`` resolved, its error, or None when it may be an option of an entry the spec
+    misnamed (``model: resnet99``): that name's error is the one to fix first."""
     try:
         return spec.hyperparameter(name)
     except UnknownHyperparameterError as exc:
+        if _may_be_an_option_of_a_misnamed_entry(spec, name):
+            return None
         return FieldError(loc, str(exc))
+
+
+def _may_be_an_option_of_a_misnamed_entry(spec: StudySpec, name: str) -> bool:
+    """Whether ``name`` is an option of some entry of a selector whose value names no
+    entry (``width`` with ``model: resnet99``)."""
+    option = name.rsplit(".", 1)[-1]
+    for group, entries in spec.chosen.items():
+        registry = SELECTABLE[group]
+        if any(entry not in registry for entry in entries) and any(
+            option in entry.options.model_fields for entry in registry.entries()
+        ):
+            return True
+    return False
 
 
 def _check_fixed(spec: StudySpec) -> list[FieldError]:
@@ -874,6 +891,8 @@ def _check_fixed(spec: StudySpec) -> list[FieldError]:
     for name, value in spec.fixed.items():
         loc: Loc = ("fixed", name)
         hp = _resolved(spec, loc, name)
+        if hp is None:
+            continue
         if isinstance(hp, FieldError):
             errors.append(hp)
         elif name in spec.params:
@@ -886,6 +905,8 @@ def _check_fixed(spec: StudySpec) -> list[FieldError]:
 def _check_param(spec: StudySpec, name: str, param: Any) -> list[FieldError]:
     loc: Loc = ("params", name)
     hp = _resolved(spec, loc, name)
+    if hp is None:
+        return []
     if isinstance(hp, FieldError):
         return [hp]
     if hp.is_selector:  # its type and names are checked with the other selectors

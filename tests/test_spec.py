@@ -964,6 +964,20 @@ def test_values_that_would_need_converting_are_refused(
     assert fragment in errors[0].msg
 
 
+def test_a_misnamed_entry_is_the_one_error_of_its_options() -> None:
+    """``model: resnet99`` once also called ``width`` and ``dropout`` unknown: options of
+    the model the user meant."""
+    errors = spec_errors(
+        {
+            "name": "x",
+            "fixed": {"model": "resnet99"},
+            "params": {"width": {"type": "int", "low": 8, "high": 16}},
+        }
+    )
+    assert [error.path for error in errors] == ["fixed.model"], errors
+    assert "unknown model 'resnet99'" in errors[0].msg
+
+
 def test_an_empty_condition_is_refused() -> None:
     """``when: {optimizer: []}`` once made momentum silently never searched."""
     errors = spec_errors(
