@@ -114,10 +114,15 @@ def markdown_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _number(value: float) -> str:
+    """An integer bound exactly (``4294967295``, not ``4.29497e+09``); others short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _option_markdown(option: dict[str, Any]) -> str:
     name = option.get("spec_name") or option["name"]
     kind = " \\| ".join(map(str, option["choices"])) if option["choices"] else option["type"]
     symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    bounds = ", ".join(f"{symbols[key]} {value:g}" for key, value in option["range"].items())
+    bounds = ", ".join(f"{symbols[key]} {_number(value)}" for key, value in option["range"].items())
     detail = ", ".join(part for part in (kind, bounds, f"default `{option['default']}`") if part)
     return f"`{name}` ({detail}): {option['description']}"

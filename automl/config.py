@@ -23,6 +23,11 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to any interface
 
 
+MAX_ID = 2**31 - 1
+"""The largest study id, trial number or count a request may name: the top of a signed
+32-bit integer column (the store's ids), beyond which a database overflows."""
+
+
 class Settings(BaseSettings):
     """Settings shared by the API, the workers and the CLI.
 
@@ -71,7 +76,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_000_000,
         gt=0,
-        description="Largest `POST /studies` body in bytes; refused while it arrives (413).",
+        description="Largest JSON or YAML request body (a spec, extend, resume, trials, "
+        "annotate) in bytes; refused while it arrives (413).",
     )
     data_root: Path = Field(
         Path("data"), description="Folder that every dataset path must resolve inside."

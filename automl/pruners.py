@@ -8,24 +8,20 @@ from typing import Annotated, Any, Literal
 import optuna
 from pydantic import BeforeValidator, Field, model_validator
 
-from automl.registry import MAX_TRIALS, EntryOptions, Registry
+from automl.registry import MAX_COUNT, EntryOptions, Registry
 
 PrunerFactory = Callable[[dict[str, Any]], optuna.pruners.BasePruner]
 
 PRUNERS: Registry[PrunerFactory] = Registry("pruner")
 
 
-MAX_STEPS = 10_000
-"""Bound of every epoch-count option: a trial trains at most 10,000 epochs (``epochs``)."""
-
-
 def _steps_or_auto(value: Any) -> Any:
     """One message for the union (pydantic gives one per member)."""
     if value == "auto" or (
-        isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_STEPS
+        isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_COUNT
     ):
         return value
-    raise ValueError(f"{value!r} is neither a whole number from 1 to {MAX_STEPS} nor 'auto'")
+    raise ValueError(f"{value!r} is neither a whole number from 1 to {MAX_COUNT} nor 'auto'")
 
 
 StepsOrAuto = Annotated[int | Literal["auto"], BeforeValidator(_steps_or_auto)]
@@ -35,14 +31,14 @@ class MedianOptions(EntryOptions):
     """Options of the median pruner."""
 
     n_startup_trials: int = Field(
-        5, ge=0, le=MAX_TRIALS, description="Trials that are never pruned."
+        5, ge=0, le=MAX_COUNT, description="Trials that are never pruned."
     )
     n_warmup_steps: int = Field(
-        0, ge=0, le=MAX_STEPS, description="Epochs before pruning starts in a trial."
+        0, ge=0, le=MAX_COUNT, description="Epochs before pruning starts in a trial."
     )
-    interval_steps: int = Field(1, ge=1, le=MAX_STEPS, description="Epochs between pruning checks.")
+    interval_steps: int = Field(1, ge=1, le=MAX_COUNT, description="Epochs between pruning checks.")
     n_min_trials: int = Field(
-        1, ge=1, le=MAX_TRIALS, description="Trials reported at a step before pruning."
+        1, ge=1, le=MAX_COUNT, description="Trials reported at a step before pruning."
     )
 
 
@@ -55,7 +51,7 @@ class PercentileOptions(MedianOptions):
 class HyperbandOptions(EntryOptions):
     """Options of the Hyperband pruner (epochs are the resource)."""
 
-    min_resource: int = Field(1, ge=1, le=MAX_STEPS, description="Epochs every trial gets.")
+    min_resource: int = Field(1, ge=1, le=MAX_COUNT, description="Epochs every trial gets.")
     max_resource: StepsOrAuto = Field(
         "auto", description="Epochs of a full trial ('auto': the longest seen)."
     )
@@ -89,16 +85,16 @@ class ThresholdOptions(EntryOptions):
     lower: float | None = Field(None, description="Prune below this value.")
     upper: float | None = Field(None, description="Prune above this value.")
     n_warmup_steps: int = Field(
-        0, ge=0, le=MAX_STEPS, description="Epochs before pruning starts in a trial."
+        0, ge=0, le=MAX_COUNT, description="Epochs before pruning starts in a trial."
     )
-    interval_steps: int = Field(1, ge=1, le=MAX_STEPS, description="Epochs between pruning checks.")
+    interval_steps: int = Field(1, ge=1, le=MAX_COUNT, description="Epochs between pruning checks.")
 
 
 class WilcoxonOptions(EntryOptions):
     """Options of the Wilcoxon pruner."""
 
     p_threshold: float = Field(0.1, ge=0, le=1, description="p-value below which to prune.")
-    n_startup_steps: int = Field(2, ge=0, le=MAX_STEPS, description="Steps before pruning starts.")
+    n_startup_steps: int = Field(2, ge=0, le=MAX_COUNT, description="Steps before pruning starts.")
 
 
 PRUNERS.add(

@@ -19,6 +19,7 @@ Python entry point in the registry's ``group`` (see ``load_plugins``).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import difflib
 import inspect
 import json
@@ -41,6 +42,8 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from automl.config import MAX_ID
+
 logger = logging.getLogger("automl.registry")
 
 T = TypeVar("T")
@@ -52,24 +55,49 @@ class UnknownNameError(ValueError):
     """Raised when a name is not registered; the message lists the valid choices."""
 
 
-MAX_TRIALS = 1_000_000
-"""Bound of every option that counts trials (a study runs at most ``max_trials``, 100,000
-by default): a larger count only ever meets an overflow or an allocation that fails."""
+MAX_COUNT = MAX_ID
+"""Bound of every option that counts trials or epochs: far beyond any use (a study runs
+at most ``max_trials``, a trial 10,000 epochs), below what a larger count meets (a C long
+or SQLite integer overflow)."""
 
 
-class EntryOptions(BaseModel):
+_STRICT_INPUT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "automl_strict_input", default=False
+)
+
+
+@contextlib.contextmanager
+def strict_input() -> Iterator[None]:
+    """Within it, ``ExactModel`` fields refuse what they would only take converted: what a
+    user submits (specs, request bodies). Outside it they convert as pydantic does, so a
+    study stored before these checks (``n_startup_trials: "10"``) still runs."""
+    token = _STRICT_INPUT.set(True)
+    try:
+        yield
+    finally:
+        _STRICT_INPUT.reset(token)
+
+
+def refuse_field_conversion(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A before-validator body: ``refuse_conversion`` for the field ``info`` names."""
+    if info.field_name is not None:
+        refuse_conversion(cls.model_fields[info.field_name].annotation, value)
+    return value
+
+
+class ExactModel(BaseModel):
+    """A model whose fields, within ``strict_input``, refuse values they would only take
+    converted (``"3"`` or ``true`` as a number, ``"yes"`` or ``1`` as a flag)."""
+
+    _no_conversion = field_validator("*", mode="before")(classmethod(refuse_field_conversion))
+
+
+class EntryOptions(ExactModel):
     """Base of an entry's options: every field typed, ranged and described; unknown keys
-    are errors, and so are values a field would only take converted (``"3"``, ``true``)
-    and numbers that are not finite."""
+    are errors, and so are numbers that are not finite and (``strict_input``) values a
+    field would only take converted."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_conversion(cls, value: Any, info: ValidationInfo) -> Any:
-        if info.field_name is not None:
-            refuse_conversion(cls.model_fields[info.field_name].annotation, value)
-        return value
 
 
 @dataclass(frozen=True)
@@ -317,8 +345,11 @@ def refuse_conversion(annotation: Any, value: Any) -> None:
     Raises:
         ValueError: Naming what the field takes.
     """
-    if isinstance(value, float) or not isinstance(value, str | int):
+    if not _STRICT_INPUT.get() or isinstance(value, float) or not isinstance(value, str | int):
         return
+    if isinstance(value, bool) and not _admits_bool(annotation):
+        # A strict Literal[1, 2] takes True (True == 1); no flag is a number.
+        raise ValueError(f"Input should be {_expected(annotation)}, not {json.dumps(value)}")
     adapter = _adapter(annotation)
     try:
         adapter.validate_python(value, strict=True)
@@ -341,6 +372,17 @@ def _adapter(annotation: Any) -> TypeAdapter[Any]:
     if key not in _ADAPTERS:
         _ADAPTERS[key] = TypeAdapter(annotation)
     return _ADAPTERS[key]
+
+
+def _admits_bool(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return any(type(choice) is bool for choice in get_args(annotation))
+    if origin in (Union, types.UnionType):
+        return any(_admits_bool(member) for member in get_args(annotation))
+    if origin is Annotated:
+        return _admits_bool(get_args(annotation)[0])
+    return annotation is bool or annotation is Any or value_kind(annotation)[0] == "any"
 
 
 def _expected(annotation: Any) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import optuna
 from pydantic import Field
 
-from automl.registry import MAX_TRIALS, EntryOptions, Registry
+from automl.registry import MAX_COUNT, EntryOptions, Registry
 
 SamplerFactory = Callable[[dict[str, Any], int | None], optuna.samplers.BaseSampler]
 
@@ -24,10 +24,10 @@ class TpeOptions(EntryOptions):
     """Options of the TPE sampler."""
 
     n_startup_trials: int = Field(
-        10, ge=0, le=MAX_TRIALS, description="Random trials before TPE starts."
+        10, ge=0, le=MAX_COUNT, description="Random trials before TPE starts."
     )
     n_ei_candidates: int = Field(
-        24, ge=1, le=10_000, description="Candidates scored per suggestion."
+        24, ge=1, le=1_000_000, description="Candidates scored per suggestion."
     )
     multivariate: bool = Field(True, description="Model the parameters jointly.")
     group: bool = Field(False, description="Split conditional spaces into groups.")
@@ -40,7 +40,7 @@ class GpOptions(EntryOptions):
     """Options of the Gaussian-process sampler."""
 
     n_startup_trials: int = Field(
-        10, ge=0, le=MAX_TRIALS, description="Random trials before the GP starts."
+        10, ge=0, le=MAX_COUNT, description="Random trials before the GP starts."
     )
     deterministic_objective: bool = Field(False, description="Assume noise-free objectives.")
 
@@ -55,7 +55,7 @@ class QmcOptions(EntryOptions):
 class Nsga2Options(EntryOptions):
     """Options of the NSGA-II sampler."""
 
-    population_size: int = Field(50, ge=2, le=MAX_TRIALS, description="Trials per generation.")
+    population_size: int = Field(50, ge=2, le=MAX_COUNT, description="Trials per generation.")
     mutation_prob: float | None = Field(
         None, ge=0, le=1, description="Mutation probability (default: 1 / number of params)."
     )
@@ -67,7 +67,7 @@ class CmaEsOptions(EntryOptions):
     """Options of the CMA-ES sampler."""
 
     n_startup_trials: int = Field(
-        1, ge=0, le=MAX_TRIALS, description="Random trials before CMA-ES starts."
+        1, ge=0, le=MAX_COUNT, description="Random trials before CMA-ES starts."
     )
     sigma0: float | None = Field(None, gt=0, description="Initial step size (default: auto).")
     use_separable_cma: bool = Field(False, description="Diagonal covariance (faster).")

@@ -25,14 +25,19 @@ from pydantic import (
     Field,
     Strict,
     ValidationError,
-    ValidationInfo,
     field_validator,
 )
 
-from automl.config import Limits
+from automl.config import MAX_ID, Limits
 from automl.data import DATASETS
 from automl.pruners import PRUNERS, build_pruner
-from automl.registry import MAX_TRIALS, Registry, refuse_conversion
+from automl.registry import (
+    MAX_COUNT,
+    ExactModel,
+    Registry,
+    refuse_field_conversion,
+    strict_input,
+)
 from automl.samplers import SAMPLERS, build_sampler
 from automl.sampling import check_grid, resolve_auto
 from automl.train import METRICS
@@ -49,8 +54,6 @@ NAME_RULE = "1-100 letters, digits, '-', '_' or '.', starting with a letter or d
 
 Scalar = str | bool | int | float
 Loc = tuple[str | int, ...]
-MAX_STUDY_ID = 2**31 - 1
-"""The largest study id: ids are 32-bit integer columns."""
 StrictInt = Annotated[int, Strict()]
 """An integer that refuses booleans and strings (``n_trials: true`` is an error, not 1)."""
 
@@ -85,20 +88,12 @@ class SpecError(ValueError):
 _SPEC_CONFIG = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-def _exact(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
-    if info.field_name is not None:
-        refuse_conversion(cls.model_fields[info.field_name].annotation, value)
-    return value
-
-
-class StrictModel(BaseModel):
+class StrictModel(ExactModel):
     """Base of all spec models: unknown keys are errors (``errors_from_pydantic`` lists
     the valid ones), and so are values a field would only take converted (``refit:
-    "yes"``, ``timeout: "60"``)."""
+    "yes"``, ``timeout: "60"``) when a spec is submitted (``validate_spec``)."""
 
     model_config = _SPEC_CONFIG
-
-    _no_conversion = field_validator("*", mode="before")(classmethod(_exact))
 
 
 class DatasetSpec(StrictModel):
@@ -132,7 +127,7 @@ class BudgetSpec(StrictModel):
         None, gt=0, description="Seconds after the study starts; no trial starts later."
     )
     max_failed: StrictInt = Field(
-        5, ge=0, le=MAX_TRIALS, description="The study fails once more trials fail."
+        5, ge=0, le=MAX_COUNT, description="The study fails once more trials fail."
     )
     max_retries: StrictInt = Field(
         2,
@@ -145,7 +140,7 @@ class BudgetSpec(StrictModel):
 class WarmStartSpec(StrictModel):
     """Start from the best configurations of earlier studies (meta-learning)."""
 
-    studies: list[Annotated[StrictInt, Field(ge=0, le=MAX_STUDY_ID)]] | Literal["auto"] = Field(
+    studies: list[Annotated[StrictInt, Field(ge=0, le=MAX_ID)]] | Literal["auto"] = Field(
         description="Earlier study ids, or auto: completed studies on the same data."
     )
     top_k: StrictInt = Field(
@@ -161,8 +156,8 @@ class WarmStartSpec(StrictModel):
         if not isinstance(value, list):
             raise ValueError(f"{value!r} is neither a list of study ids nor 'auto'")
         for index, item in enumerate(value):
-            if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= MAX_STUDY_ID:
-                message = f"a whole number from 0 to {MAX_STUDY_ID}"
+            if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= MAX_ID:
+                message = f"a whole number from 0 to {MAX_ID}"
                 raise ValueError(f"[{index}] {item!r} is not a study id ({message})")
         return value
 
@@ -214,7 +209,7 @@ class _Param(BaseModel):
 
     _no_conversion = field_validator(
         "low", "high", "log", "step", mode="before", check_fields=False
-    )(classmethod(_exact))
+    )(classmethod(refuse_field_conversion))
 
     def explicit_conditions(self) -> dict[str, list[Scalar]]:
         """``when`` with every value turned into a list."""
@@ -291,7 +286,7 @@ class StudySpec(StrictModel):
         None,
         description="Earlier studies whose top configurations run next (from the budget).",
     )
-    keep_weights: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | Literal["all"] = Field(
+    keep_weights: Annotated[int, Field(ge=1, le=MAX_COUNT)] | Literal["all"] = Field(
         3,
         description="Trials that keep their weights: the best k on the first objective "
         "(plus the Pareto front with several objectives); the others' weights are deleted "
@@ -309,10 +304,10 @@ class StudySpec(StrictModel):
     def _check_keep_weights(cls, value: Any) -> Any:
         """One clear message instead of one per member of the union."""
         if value == "all" or (
-            isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_TRIALS
+            isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_COUNT
         ):
             return value
-        raise ValueError(f"{value!r} is neither a whole number from 1 to {MAX_TRIALS:,} nor 'all'")
+        raise ValueError(f"{value!r} is neither a whole number from 1 to {MAX_COUNT:,} nor 'all'")
 
     @property
     def objective_list(self) -> list[ObjectiveSpec]:
@@ -475,8 +470,14 @@ def parse_text(text: str, limits: Limits | None = None) -> Any:
     return normalize_document(data, limits)
 
 
-def parse_json(text: str, limits: Limits | None = None) -> Any:
+def parse_json(text: str, limits: Limits | None = None, *, exponent_strings: bool = True) -> Any:
     """Parses JSON text with the same guarantees as ``parse_text``.
+
+    Args:
+        text: The JSON text.
+        limits: The document limits (default: the ``AUTOML_LIMIT_*`` settings).
+        exponent_strings: Read strings such as ``"1e-4"`` as numbers, as specs do (YAML
+            1.1 reads ``1e-4`` as a string); off for other request bodies.
 
     Raises:
         SpecError: If the text is not valid JSON or breaks a limit.
@@ -503,7 +504,7 @@ def parse_json(text: str, limits: Limits | None = None) -> Any:
         raise
     except ValueError as exc:  # an integer of more digits than Python converts
         raise SpecError([FieldError((), f"invalid JSON: {exc}")]) from None
-    return normalize_document(data, limits)
+    return normalize_document(data, limits, exponent_strings=exponent_strings)
 
 
 def _too_deep(limit: int) -> FieldError:
@@ -528,8 +529,11 @@ def _check_flow_depth(text: str, limit: int) -> None:
             depth -= 1
 
 
-def normalize_document(data: Any, limits: Limits | None = None) -> Any:
-    """Reads exponent strings (``1e-4``) as floats and enforces the document limits.
+def normalize_document(
+    data: Any, limits: Limits | None = None, *, exponent_strings: bool = True
+) -> Any:
+    """Reads exponent strings (``1e-4``) as floats (unless ``exponent_strings`` is off)
+    and enforces the document limits.
 
     Raises:
         SpecError: If the document is nested too deeply, has too many values or a string
@@ -551,7 +555,9 @@ def normalize_document(data: Any, limits: Limits | None = None) -> Any:
                 message = f"longer than {limits.max_string_length} characters (max_string_length)"
                 raise SpecError([FieldError(loc, message)])
             _check_unicode(value, loc)
-            return float(value) if _EXPONENT_NUMBER.match(value) else value
+            if exponent_strings and _EXPONENT_NUMBER.match(value):
+                return float(value)
+            return value
         if isinstance(value, dict):
             for key in value:
                 _check_unicode(str(key), loc, "a key ")
@@ -618,11 +624,12 @@ def validate_spec(data: Any, limits: Limits | None = None) -> StudySpec:
     if not isinstance(data, Mapping):
         kind = "empty document" if data is None else type(data).__name__
         raise SpecError([FieldError((), f"a spec must be a mapping of fields, got {kind}")])
-    try:
-        spec = StudySpec.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(errors_from_pydantic(exc, root=StudySpec)) from None
-    errors = check_spec(spec, limits)
+    with strict_input():
+        try:
+            spec = StudySpec.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(errors_from_pydantic(exc, root=StudySpec)) from None
+        errors = check_spec(spec, limits)
     if errors:
         raise SpecError(errors)
     if spec.sampler.name == "auto":

@@ -8,9 +8,13 @@ from typing import Any
 
 import pytest
 
+from automl.data import DATASETS
+from automl.pruners import build_pruner
+from automl.samplers import build_sampler
 from automl.spec import (
     FieldError,
     SpecError,
+    StudySpec,
     conditional_order,
     load_spec,
     parse_json,
@@ -990,6 +994,36 @@ def test_an_empty_condition_is_refused() -> None:
     assert "would never apply" in errors[0].msg
 
 
+def test_a_flag_is_no_literal_number() -> None:
+    """A strict ``Literal[1, 2]`` takes ``true`` (``True == 1``)."""
+    errors = spec_errors(
+        {"name": "x", "fixed": {"model": "mobilenet_v3_small", "stem_stride": True}}
+    )
+    assert [error.path for error in errors] == ["fixed.stem_stride"], errors
+    assert "not true" in errors[0].msg
+
+
+def test_a_study_stored_before_these_checks_still_runs() -> None:
+    """Options are stored as written and parsed again by every worker: what submission
+    refuses now, a worker still converts, so older studies keep running."""
+    stored = StudySpec.model_validate_json(
+        json.dumps(
+            {
+                "name": "old",
+                "sampler": {"name": "tpe", "options": {"n_startup_trials": "3", "multivariate": 1}},
+                "pruner": {"name": "median", "options": {"n_warmup_steps": "1"}},
+                "dataset": {"source": "digits", "options": {"seed": "1"}},
+            }
+        )
+    )
+    sampler = build_sampler(stored.sampler.name, stored.sampler.options, seed=0)
+    assert sampler._n_startup_trials == 3
+    build_pruner(stored.pruner.name, stored.pruner.options)
+    assert DATASETS.get("digits").parse_options(stored.dataset.options).seed == 1
+    with pytest.raises(SpecError, match="valid integer"):
+        validate_spec(stored.model_dump(mode="json"))
+
+
 def test_whole_floats_and_exponent_strings_still_count_as_numbers() -> None:
     """YAML 1.1 reads ``1e-5`` (no dot) as a string; the spec reads it as the number."""
     text = (
@@ -1004,8 +1038,8 @@ def test_whole_floats_and_exponent_strings_still_count_as_numbers() -> None:
 @pytest.mark.parametrize(
     ("data", "path", "fragment"),
     [
-        ({"name": "x", "budget": {"max_failed": BIG}}, "budget.max_failed", "1000000"),
-        ({"name": "x", "keep_weights": BIG}, "keep_weights", "from 1 to 1,000,000"),
+        ({"name": "x", "budget": {"max_failed": BIG}}, "budget.max_failed", "2147483647"),
+        ({"name": "x", "keep_weights": BIG}, "keep_weights", "from 1 to 2,147,483,647"),
         ({"name": "x", "warm_start": {"studies": [1, BIG]}}, "warm_start.studies", "[1]"),
         ({"name": "x", "warm_start": {"studies": [-1]}}, "warm_start.studies", "not a study id"),
         ({"name": "x", "warm_start": {"studies": "x"}}, "warm_start.studies", "nor 'auto'"),
@@ -1022,17 +1056,17 @@ def test_whole_floats_and_exponent_strings_still_count_as_numbers() -> None:
         (
             {"name": "x", "sampler": {"name": "tpe", "options": {"n_ei_candidates": BIG}}},
             "sampler.options.n_ei_candidates",
-            "10000",
+            "1000000",
         ),
         (
             {"name": "x", "sampler": {"name": "nsga2", "options": {"population_size": 2**62}}},
             "sampler.options.population_size",
-            "1000000",
+            "2147483647",
         ),
         (
             {"name": "x", "pruner": {"name": "median", "options": {"n_warmup_steps": BIG}}},
             "pruner.options.n_warmup_steps",
-            "10000",
+            "2147483647",
         ),
         (
             {
@@ -1040,7 +1074,7 @@ def test_whole_floats_and_exponent_strings_still_count_as_numbers() -> None:
                 "pruner": {"name": "successive_halving", "options": {"min_resource": BIG}},
             },
             "pruner.options.min_resource",
-            "from 1 to 10000 nor 'auto'",
+            "from 1 to 2147483647 nor 'auto'",
         ),
         (
             {
@@ -1224,7 +1258,7 @@ def test_keep_weights(given: Any, kept: Any) -> None:
 def test_keep_weights_errors_name_the_field(bad: Any) -> None:
     [error] = spec_errors({"name": "x", "keep_weights": bad})
     assert error.path == "keep_weights"
-    assert error.msg == f"{bad!r} is neither a whole number from 1 to 1,000,000 nor 'all'"
+    assert error.msg == f"{bad!r} is neither a whole number from 1 to 2,147,483,647 nor 'all'"
 
 
 ENQUEUE_SPACE: dict[str, Any] = {

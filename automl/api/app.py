@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 
 from automl import __version__
 from automl.api.auth import KeyCache, authorize
+from automl.api.body import BODY_MODELS
 from automl.api.errors import ErrorDetail, error_responses, install_error_handlers
 from automl.api.routes import health, models, predict, registries, report, studies
 from automl.catalog import load_plugins
@@ -80,8 +81,9 @@ def create_app(
 
 
 def _openapi_with_spec_schema(app: FastAPI) -> dict[str, Any]:
-    """OpenAPI document that also defines ``StudySpec`` (the raw-body request schema) and
-    ``ErrorDetail`` (the error body, which ``error_responses`` declares by reference)."""
+    """OpenAPI document that also defines ``StudySpec`` (the raw-body request schema), the
+    bodies routes read with ``json_body`` and ``ErrorDetail`` (the error body, which
+    ``error_responses`` declares by reference)."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title, version=app.version, summary=app.summary, routes=app.routes
@@ -91,5 +93,9 @@ def _openapi_with_spec_schema(app: FastAPI) -> dict[str, Any]:
         components.update(spec_schema.pop("$defs", {}))
         components["StudySpec"] = spec_schema
         components["ErrorDetail"] = ErrorDetail.model_json_schema()
+        for name, model in BODY_MODELS.items():
+            body_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body_schema.pop("$defs", {}))
+            components[name] = body_schema
         app.openapi_schema = schema
     return app.openapi_schema

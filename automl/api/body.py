@@ -5,12 +5,13 @@ dependency runs, the key check included, and with no size limit. Routes take the
 through ``json_body`` instead: a dependency that runs after the router's (the key is
 checked first), stops reading at ``AUTOML_MAX_BODY_BYTES`` (413), parses with the spec's
 JSON parser (nesting, repeated keys, string lengths, lone surrogates), and validates
-strictly (``"3"`` and ``true`` are no trial counts). Refusals are 422s in FastAPI's shape
+exactly (``"3"`` and ``true`` are no trial counts, ``3.0`` is). Refusals are 422s in FastAPI's shape
 with the field path, and never repeat the input (which may be huge, or not JSON at all).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from automl.api.deps import SettingsDep
 from automl.api.errors import PayloadTooLargeError
 from automl.api.params import StudyId
+from automl.registry import strict_input
 from automl.spec import FieldError, SpecError, errors_from_pydantic, parse_json
 
 M = TypeVar("M", bound=BaseModel)
@@ -72,37 +74,46 @@ def json_body(model: type[M], *, required: bool = True) -> Callable[..., Awaitab
 
     async def body(request: Request, settings: SettingsDep, study_id: StudyId) -> M | None:
         raw = await read_body(request, settings.max_body_bytes)
-        if not raw.strip():
+        if not raw.strip() or (not required and raw.strip() == b"null"):
             if required:
                 raise SpecError([FieldError((), "request body is empty; send a JSON object")])
             return None
         text = decode_text(raw)
-        if len(raw) > _INLINE_PARSE_BYTES:
-            data = await run_in_threadpool(parse_json, text)
-        else:
-            data = parse_json(text)
+        parse = functools.partial(parse_json, exponent_strings=False)
+        data = (
+            await run_in_threadpool(parse, text) if len(raw) > _INLINE_PARSE_BYTES else parse(text)
+        )
         return validate_body(model, data)
 
     return body
 
 
 def validate_body(model: type[M], data: Any) -> M:
-    """``data`` validated as a ``model`` in strict mode.
+    """``data`` validated as a ``model`` (an ``ExactModel``: ``"3"`` and ``true`` are no
+    counts, ``3.0`` is).
 
     Raises:
         SpecError: Naming each field in error (``add_trials``, ``configs[0]``).
     """
     try:
-        return model.model_validate(data, strict=True)
+        with strict_input():
+            return model.model_validate(data)
     except ValidationError as exc:
         raise SpecError(errors_from_pydantic(exc, (), model)) from None
 
 
+BODY_MODELS: dict[str, type[BaseModel]] = {}
+"""The models ``json_request_body`` declared, by name: the app's OpenAPI document defines
+each among its components, as FastAPI does for the bodies it reads itself."""
+
+
 def json_request_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
     """The OpenAPI ``requestBody`` of a route that reads ``model`` with ``json_body``."""
+    BODY_MODELS[model.__name__] = model
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {
         "requestBody": {
             "required": required,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "content": {"application/json": {"schema": schema}},
         }
     }

@@ -145,7 +145,9 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse({"detail": detail}, status_code=422)
         if exc.status_code == 405:
             # Starlette names the methods of the first route with this path only.
-            allowed = ", ".join(_allowed_methods(request))
+            own = (exc.headers or {}).get("Allow", "")
+            methods = {method.strip() for method in own.split(",") if method.strip()}
+            allowed = ", ".join(sorted(methods | set(_allowed_methods(request))))
             return JSONResponse({"detail": exc.detail}, status_code=405, headers={"Allow": allowed})
         return await http_exception_handler(request, exc)
 

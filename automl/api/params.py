@@ -14,8 +14,7 @@ from typing import Annotated, Any
 from fastapi import Path
 from pydantic import BeforeValidator
 
-MAX_ID = 2**31 - 1
-"""The largest id or trial number: the top of a signed 32-bit integer column."""
+from automl.config import MAX_ID
 
 _DIGITS = re.compile(r"[0-9]{1,10}")
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-MAX_ID = 2**31 - 1
-"""The largest study id, trial number or count: the top of a signed 32-bit column."""
+from automl.config import MAX_ID
 
 
 def _bounded(text: str, low: int, what: str) -> int:

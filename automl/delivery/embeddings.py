@@ -116,6 +116,11 @@ def validation_embeddings(
     except (ValidationError, DatasetError) as exc:
         message = f"embeddings need the trial's validation images: {error_text(exc)}"
         raise ModelUnavailableError(message) from None
+    if tuple(data.classes) != served.classes or data.input_shape != served.data.input_shape:
+        raise ModelUnavailableError(
+            "the trial's dataset changed since it trained (classes or image shape): its "
+            "validation images are no longer the ones the model knows"
+        )
     total = len(data.val_y)
     if total < MIN_POINTS:
         raise ModelUnavailableError(

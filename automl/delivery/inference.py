@@ -56,7 +56,7 @@ from automl.delivery.schemas import (
     Selection,
     ServedModel,
 )
-from automl.registry import UnknownNameError
+from automl.registry import UnknownNameError, validation_messages
 from automl.store import (
     Store,
     attrs,
@@ -65,6 +65,7 @@ from automl.store import (
     load_state_dict,
     served_refit,
 )
+from automl.store.faults import first_line
 from automl.train.accel import Accelerator
 from automl.train.evaluation import restore_model
 from automl.train.loop import resolve_device
@@ -535,12 +536,10 @@ def error_text(exc: Exception) -> str:
     """An exception as one line: a pydantic error as its first ``field: message`` (without
     pydantic's decorations), anything else as the first line of its message."""
     if isinstance(exc, ValidationError):
-        error = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
+        loc, message = validation_messages(exc)[0]
+        where = ".".join(map(str, loc))
         return f"{where}: {message}" if where else message
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return first_line(exc)
 
 
 def classify(

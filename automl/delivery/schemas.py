@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from automl.registry import ExactModel
+
 MAX_PATH_LENGTH = 4096
 
 Selection = Literal["best_trial", "pareto_front_first", "refit"]
@@ -54,7 +56,7 @@ class Predictions(BaseModel):
     predictions: list[ImagePrediction]
 
 
-class AnnotateRequest(BaseModel):
+class AnnotateRequest(ExactModel):
     """A folder of unlabeled images under the data root, and where to write the labels."""
 
     model_config = ConfigDict(extra="forbid")

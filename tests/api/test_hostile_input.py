@@ -290,9 +290,9 @@ def test_a_100_mb_body_is_413_before_it_is_read(
 
 HUGE_STRING = '{"add_trials": 1, "pad": "' + "a" * 500_000 + '"}'
 BODIES = {
-    "nan": ("extend", '{"add_trials": NaN}', ["body", "add_trials"], "valid integer"),
-    "infinity": ("resume", '{"add_trials": -Infinity}', ["body", "add_trials"], "valid integer"),
-    "1e400": ("extend", '{"add_trials": 1e400}', ["body", "add_trials"], "valid integer"),
+    "nan": ("extend", '{"add_trials": NaN}', ["body", "add_trials"], "finite number"),
+    "infinity": ("resume", '{"add_trials": -Infinity}', ["body", "add_trials"], "finite number"),
+    "1e400": ("extend", '{"add_trials": 1e400}', ["body", "add_trials"], "finite number"),
     "true": ("extend", '{"add_trials": true}', ["body", "add_trials"], "valid integer"),
     "string-number": ("extend", '{"add_trials": "3"}', ["body", "add_trials"], "valid integer"),
     "2**70": ("extend", '{"add_trials": 1180591620717411303424}', ["body", "add_trials"], "less"),
@@ -305,7 +305,7 @@ BODIES = {
     ),
     "surrogate-path": ("annotate", '{"path": "a\\udfffb"}', ["body", "path"], "surrogate"),
     "configs-nan": ("trials", '{"configs": NaN}', ["body", "configs"], "valid list"),
-    "top-1e400": ("annotate", '{"path": "inbox", "top": 1e400}', ["body", "top"], "valid integer"),
+    "top-1e400": ("annotate", '{"path": "inbox", "top": 1e400}', ["body", "top"], "finite"),
     "nested": ("extend", '{"add_trials": ' + NESTED + "}", ["body"], "max_spec_depth"),
     "duplicate-key": ("extend", '{"add_trials": 1, "add_trials": 2}', ["body"], "duplicate key"),
     "broken": ("extend", "{bad", ["body"], "invalid JSON"),
@@ -333,6 +333,26 @@ def test_hostile_json_bodies_are_422_naming_the_field(
     assert [error["loc"] for error in response.json()["detail"]] == [loc], response.text
     assert fragment in messages(response)
     assert http.get(f"/studies/{server.study_id}").json() == before
+
+
+def test_plain_json_bodies_keep_working(server: Server, http: httpx.Client) -> None:
+    """What clients send that is not hostile: a null body for resume, a whole float, a
+    string that looks like a number (a folder named 1e5)."""
+    before = http.get(f"/studies/{server.study_id}").json()
+    resumed = http.post(
+        f"/studies/{server.study_id}/resume",
+        content=b"null",
+        headers={"content-type": "application/json"},
+    )
+    assert resumed.status_code == 409, resumed.text  # read as no body, not refused as one
+    assert "resume it with add_trials > 0" in resumed.text
+    resumed = http.post(f"/studies/{server.study_id}/resume", json={"add_trials": 2.0})
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["n_trials"] == before["n_trials"] + 2
+    annotated = http.post(f"/studies/{server.study_id}/annotate", json={"path": "1e5"})
+    assert annotated.status_code == 422
+    assert "1e5" in messages(annotated) and "valid string" not in messages(annotated)
+    assert http.post(f"/studies/{server.study_id}/cancel").status_code == 200
 
 
 # --- images ----------------------------------------------------------------------------------

@@ -54,7 +54,11 @@ def test_refit_queues_once_and_refuses_with_one_error_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, api_url: str
 ) -> None:
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(tiny_spec_data(budget={"n_trials": 1})), encoding="utf-8")
+    data = tiny_spec_data(
+        budget={"n_trials": 1},
+        dataset={"source": "digits", "options": {"test_fraction": 0.2}},  # a refit scores on it
+    )
+    spec.write_text(yaml.safe_dump(data), encoding="utf-8")
     assert cli(capsys, "submit", str(spec))[0] == 0
     code, _, err = cli(capsys, "refit", "1")
     assert (code, err) == (

@@ -17,7 +17,9 @@ from PIL import Image
 
 from automl.cli.main import main
 from automl.data import load_dataset
+from automl.data.base import forget_loaded
 from automl.delivery.bundle import build_bundle
+from automl.delivery.embeddings import validation_embeddings
 from automl.delivery.inference import (
     MODELS,
     ModelUnavailableError,
@@ -126,6 +128,21 @@ def test_predictions_keep_the_recorded_normalization_when_the_folder_changes(
     assert (served.prep.height, served.prep.width, served.prep.channels) == (16, 16, "rgb")
     card = card_of(build_bundle(store, study_id).data)
     assert card["input"]["mean"] == recorded["mean"]  # what the bundle's predict.py uses
+
+
+def test_embeddings_refuse_a_dataset_whose_classes_changed(data_root: Path, store: Store) -> None:
+    """Serving no longer reads the dataset, so it no longer notices a renamed class; the
+    embeddings, which plot the current validation images under the model's classes, do."""
+    write_colours(data_root)
+    study_id = train_study(store, **FOLDER_STUDY)
+    serving = serving_trial(store, study_id)
+    assert validation_embeddings(store, serving).classes == tuple(COLOURS)
+
+    (data_root / "colours" / "red").rename(data_root / "colours" / "crimson")
+    forget_loaded()
+
+    with pytest.raises(ModelUnavailableError, match="dataset changed since it trained"):
+        validation_embeddings(store, serving)
 
 
 def test_a_removed_folder_still_serves_bundles_and_exports(

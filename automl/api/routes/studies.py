@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from optuna.trial import TrialState
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from automl.api.auth import PrincipalDep
@@ -19,6 +19,7 @@ from automl.api.deps import SettingsDep, StoreDep
 from automl.api.errors import error_responses
 from automl.api.params import MAX_ID, StudyId, TrialNumber
 from automl.config import Limits
+from automl.registry import ExactModel
 from automl.spec import (
     MAX_ENQUEUE,
     FieldError,
@@ -209,7 +210,7 @@ def cancel(study_id: StudyId, store: StoreDep) -> StudyDetail:
     return cancel_study(store, study_id)
 
 
-class AddTrials(BaseModel):
+class AddTrials(ExactModel):
     """More budget for a study."""
 
     model_config = ConfigDict(extra="forbid")
@@ -217,7 +218,7 @@ class AddTrials(BaseModel):
     add_trials: int = Field(ge=1, le=MAX_ID, description="Trials to add to the budget.")
 
 
-class Resume(BaseModel):
+class Resume(ExactModel):
     """How to resume an ended study."""
 
     model_config = ConfigDict(extra="forbid")
@@ -225,7 +226,7 @@ class Resume(BaseModel):
     add_trials: int = Field(0, ge=0, le=MAX_ID, description="Trials to add to the budget.")
 
 
-class Enqueue(BaseModel):
+class Enqueue(ExactModel):
     """Configurations to try next."""
 
     model_config = ConfigDict(extra="forbid")
