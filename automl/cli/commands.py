@@ -311,7 +311,13 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
     Workers: ``--workers`` on the CPU, or ``--slots`` per GPU with ``--gpus``.
     """
-    from automl.cli.supervisor import dashboard_child, run_children, serve_child, worker_children
+    from automl.cli.supervisor import (
+        DASHBOARD_HOST,
+        dashboard_child,
+        run_children,
+        serve_child,
+        worker_children,
+    )
 
     if args.workers < 0:
         raise CliError("--workers must be >= 0", EXIT_BAD_INPUT)
@@ -342,7 +348,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         children = [serve_child(settings, args.log_level), *workers]
         if args.dashboard:
             children.append(dashboard_child(settings, args.log_level, args.dashboard_port))
-            logger.info("optuna-dashboard on http://%s:%s", settings.host, args.dashboard_port)
+            logger.info("optuna-dashboard on http://%s:%s", DASHBOARD_HOST, args.dashboard_port)
         return run_children(children, stop_all_when_one_exits=True)
 
 

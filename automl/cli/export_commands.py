@@ -53,6 +53,8 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     }
     with _staging(directory) as folder:
         written = [_write(folder, name, text) for name, text in files.items()]
+        if (folder / MODEL_DIR).is_dir():  # an earlier export's (--overwrite): not this study's
+            shutil.rmtree(folder / MODEL_DIR)
         if bundle is not None:
             model_files, _ = unpack_bundle(bundle, folder / MODEL_DIR)
             written += model_files

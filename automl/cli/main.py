@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("study", type=study_id, help="study id")
     export.add_argument("directory", metavar="DIR", help="folder to write (new or empty)")
     export.add_argument(
-        "--overwrite", action="store_true", help="write into a folder that is not empty"
+        "--overwrite",
+        action="store_true",
+        help="write into a folder that is not empty (its model/ is replaced)",
     )
     target_args(export)
     artifacts_arg(export)

@@ -37,9 +37,15 @@ def serve_child(settings: Settings, log_level: str) -> Child:
     return Child([*argv, *_common(settings)])
 
 
+DASHBOARD_HOST = "127.0.0.1"
+"""Where ``automl up`` serves the dashboard, whatever the API's host: it knows no keys or
+projects, so next to an API on ``0.0.0.0`` it would show every project's studies to anyone
+(``automl dashboard --host`` exposes it on purpose)."""
+
+
 def dashboard_child(settings: Settings, log_level: str, port: int) -> Child:
-    """optuna-dashboard (``automl dashboard``) on the API's interface and ``port``."""
-    argv = [*_base(log_level), "dashboard", "--host", settings.host, "--port", str(port)]
+    """optuna-dashboard (``automl dashboard``) on loopback, ``port``."""
+    argv = [*_base(log_level), "dashboard", "--host", DASHBOARD_HOST, "--port", str(port)]
     return Child([*argv, *_common(settings)])
 
 

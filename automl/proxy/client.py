@@ -67,9 +67,11 @@ def parse_proxy_url(url: str) -> tuple[str, int]:
     if parts.scheme != PROXY_SCHEME or not parts.hostname:
         raise ValueError(f"invalid proxy URL {url!r}; expected grpc://host:port")
     try:
-        port = parts.port or DEFAULT_PROXY_PORT
+        port = DEFAULT_PROXY_PORT if parts.port is None else parts.port
     except ValueError:
         raise ValueError(f"invalid port in proxy URL {url!r}") from None
+    if not 1 <= port <= 65534:  # the coordination service listens on port + 1
+        raise ValueError(f"invalid port in proxy URL {url!r}: the proxy's ports are 1 to 65534")
     if parts.path not in ("", "/") or parts.query:
         raise ValueError(f"invalid proxy URL {url!r}; expected grpc://host:port")
     return parts.hostname, port

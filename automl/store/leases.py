@@ -15,6 +15,7 @@ must stop. Nothing here loads a study's trials: every statement touches a few ro
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ from automl.store.faults import is_transient
 from automl.store.status import ACTIVE, change_status, end_if_done_locked, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import TicketSource, TicketState, db_now
+
+logger = logging.getLogger("automl.store")
 
 CLAIM_RACE_RETRIES = 5
 
@@ -99,6 +102,27 @@ def params_for_fresh_ticket(spec: dict[str, Any], index: int) -> dict[str, Any] 
     if spec.get("sampler", {}).get("name") != "grid":
         return None
     return grid_cell(StudySpec.model_validate(spec), index)
+
+
+def _drop_budget_past_the_grid(
+    connection: sa.engine.Connection, study: sa.Row[Any], at: float
+) -> None:
+    """A grid study's budget past its cells (added before extend and resume refused it)
+    can never run: it is dropped, so the study ends instead of failing every claim."""
+    logger.warning(
+        "study %s: a grid of %s cells cannot run %s trials; the budget past the grid is dropped",
+        study.study_id,
+        study.issued,
+        study.n_trials,
+    )
+    connection.execute(
+        tables.studies.update()
+        .where(tables.studies.c.study_id == study.study_id)
+        .values(n_trials=study.issued)
+    )
+    fresh = lock_study(connection, study.study_id)
+    if fresh is not None:
+        end_if_done_locked(connection, fresh, at)
 
 
 def _lease_match(lease: Lease) -> sa.ColumnElement[bool]:
@@ -194,6 +218,11 @@ def _claim_in(connection: sa.engine.Connection, study: sa.Row[Any], worker_id: s
             .returning(tickets)
         ).first()
     elif study.issued < study.n_trials:
+        try:
+            params = params_for_fresh_ticket(json.loads(study.spec), study.issued)
+        except IndexError:
+            _drop_budget_past_the_grid(connection, study, at)
+            return None
         issued = connection.execute(
             tables.studies.update()
             .where(
@@ -204,7 +233,6 @@ def _claim_in(connection: sa.engine.Connection, study: sa.Row[Any], worker_id: s
         )
         if issued.rowcount != 1:
             return None
-        params = params_for_fresh_ticket(json.loads(study.spec), study.issued)
         row = connection.execute(
             tickets.insert()
             .values(

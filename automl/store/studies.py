@@ -576,6 +576,7 @@ def extend_study(store: Store, study_id: int, add_trials: int) -> StudyDetail:
                 f"study {study_id} is {row.status}; resume it to add trials to an ended study"
             )
         _check_budget(study_id, row.n_trials + add_trials)
+        _check_grid_budget(row, add_trials)
         connection.execute(
             tables.studies.update()
             .where(tables.studies.c.study_id == study_id)
@@ -589,6 +590,20 @@ def _check_budget(study_id: int, n_trials: int) -> None:
     if n_trials > limit:
         message = f"study {study_id} would have {n_trials:,} trials: over the limit of {limit:,}"
         raise SpecError([FieldError(("add_trials",), f"{message} (max_trials)")])
+
+
+def _check_grid_budget(row: sa.Row[Any], add_trials: int) -> None:
+    """A grid study runs each of its cells once: its budget is the grid, nothing more."""
+    if add_trials <= 0:
+        return
+    spec = _stored_spec(row.spec)
+    if spec.sampler.name == "grid":
+        cells = spec.budget.n_trials
+        message = (
+            f"study {row.study_id} runs {cells} configurations of an exact grid, each once: "
+            "it takes no more trials (submit a new study to search further)"
+        )
+        raise SpecError([FieldError(("add_trials",), message)])
 
 
 def resume_study(store: Store, study_id: int, add_trials: int = 0) -> StudyDetail:
@@ -612,6 +627,7 @@ def resume_study(store: Store, study_id: int, add_trials: int = 0) -> StudyDetai
             )
         n_trials = row.n_trials + add_trials
         _check_budget(study_id, n_trials)
+        _check_grid_budget(row, add_trials)
         requeued = connection.execute(
             tickets.update()
             .where(tickets.c.study_id == study_id, tickets.c.state == TicketState.CANCELLED.value)

@@ -22,9 +22,11 @@ import optuna
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
 
 from automl.data import ImageData, load_dataset
 from automl.delivery.card import build_card, library_versions, model_input
+from automl.registry import validation_messages
 from automl.space import suggest
 from automl.spec import StudySpec
 from automl.store import (
@@ -556,7 +558,13 @@ class _Attempt:
 def _describe(exc: BaseException) -> str:
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, ValidationError):  # its first line only counts the errors
+        text = "; ".join(
+            f"{'.'.join(map(str, loc))}: {message}" if loc else message
+            for loc, message in validation_messages(exc)
+        )
+    else:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}{where}"
 
 

@@ -126,8 +126,9 @@ def test_export_refuses_a_folder_that_is_not_empty_or_a_file(
     queued: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     full = tmp_path / "full"
-    full.mkdir()
+    (full / "model").mkdir(parents=True)
     (full / "keep.txt").write_text("mine")
+    (full / "model" / "model_card.json").write_text('{"study_id": 99}')  # an older export's
     file = tmp_path / "file.txt"
     file.write_text("mine")
 
@@ -141,7 +142,7 @@ def test_export_refuses_a_folder_that_is_not_empty_or_a_file(
     assert not_a_folder[0] == 2
     assert "not a folder" in _one_error_line(not_a_folder[2])
     assert overwritten[0] == 0, overwritten[2]
-    assert sorted(p.name for p in full.iterdir()) == [
+    assert sorted(p.name for p in full.iterdir()) == [  # no model/ of another study
         "keep.txt",
         "study.json",
         "trials.csv",

@@ -64,7 +64,17 @@ def test_proxy_urls(url: str, expected: tuple[str, int]) -> None:
     assert parse_proxy_url(url) == expected
 
 
-@pytest.mark.parametrize("url", ["http://proxy:1", "grpc://", "grpc://h:99999", "grpc://h:1/db"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://proxy:1",
+        "grpc://",
+        "grpc://h:99999",
+        "grpc://h:1/db",
+        "grpc://h:0",
+        "grpc://h:65535",
+    ],
+)
 def test_bad_proxy_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError, match=r"proxy URL|port"):
         parse_proxy_url(url)

@@ -5,9 +5,18 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
 from automl.sampling import iter_cells
-from automl.spec import StudySpec, validate_spec
-from automl.store import StudyStatus, get_study, submit_study, tables
+from automl.spec import SpecError, StudySpec, validate_spec
+from automl.store import (
+    StudyStatus,
+    extend_study,
+    get_study,
+    resume_study,
+    submit_study,
+    tables,
+)
 from automl.worker import Worker, WorkerOptions
 from tests.conftest import store_at, tiny_spec_data
 
@@ -82,5 +91,31 @@ def test_a_smaller_budget_samples_distinct_cells(sqlite_url: str, tmp_path: Path
         assert sum(run_workers(sqlite_url, tmp_path, 2)) == 4
         params = [tuple(sorted(t.params.items())) for t in store.storage.get_all_trials(study_id)]
         assert len(params) == len(set(params)) == 4
+    finally:
+        store.close()
+
+
+def test_a_grid_takes_no_trials_past_its_cells(storage_url: str, tmp_path: Path) -> None:
+    """Extending a finished grid once made every worker crash on the cell past the grid
+    (and, under ``automl up``, stop the API with it)."""
+    store = store_at(storage_url, tmp_path)
+    try:
+        sampled = submit_study(store, grid_spec(4)).id  # 4 of the 9 cells
+        with pytest.raises(SpecError, match="runs 4 configurations of an exact grid"):
+            extend_study(store, sampled, 1)
+        assert run_workers(storage_url, tmp_path, 1) == [4]
+        with pytest.raises(SpecError, match="it takes no more trials"):
+            resume_study(store, sampled, add_trials=1)
+
+        # A budget past the grid stored before extend refused it: dropped, the study ends.
+        full = submit_study(store, grid_spec(9)).id
+        with store.write() as connection:
+            connection.execute(
+                tables.studies.update().where(tables.studies.c.study_id == full).values(n_trials=11)
+            )
+        assert run_workers(storage_url, tmp_path, 1) == [9]
+        detail = get_study(store, full)
+        assert (detail.status, detail.n_trials) == (StudyStatus.COMPLETED, 9)
+        assert detail.counts.complete == 9
     finally:
         store.close()

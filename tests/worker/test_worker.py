@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import threading
 import time
@@ -46,6 +47,7 @@ from automl.worker import SqlCoordinator, Worker, WorkerOptions
 from automl.worker.identity import new_worker_id, sampler_seed, training_seed
 from automl.worker.keeper import LeaseKeeper
 from tests.conftest import store_at
+from tests.data.conftest import write_class_folder
 from tests.forked import ForkedProcess
 
 SpecFactory = Callable[..., StudySpec]
@@ -286,6 +288,24 @@ def test_failing_trials_fail_the_study_and_leave_nothing_waiting(
         assert trial.user_attrs[attrs.ERROR].startswith("RuntimeError: boom")
         assert trial.user_attrs[attrs.FAILURE] == "error"
         assert attrs.CONFIG in trial.user_attrs
+
+
+def test_a_failed_trial_keeps_the_reason_of_a_validation_error(
+    store: Store, tiny_spec: SpecFactory, data_root: Path
+) -> None:
+    """A dataset folder removed after submission: once stored as "ValidationError: 1
+    validation error for TrialConfig", now with the field and the reason."""
+    write_class_folder(data_root / "gone", {"a": 2, "b": 2})
+    dataset = {"source": "image_folder", "options": {"path": "gone", "size": 8}}
+    study_id = submit_study(store, tiny_spec(dataset=dataset, budget={"n_trials": 1})).id
+    shutil.rmtree(data_root / "gone")
+
+    Worker(store, _options()).run()
+
+    [trial] = _trials(store, study_id)
+    assert trial.user_attrs[attrs.ERROR].startswith(
+        "ValidationError: dataset.path: folder 'gone' not found under the data root"
+    )
 
 
 def test_epoch_ends_beat_except_the_last_whose_report_travels_with_the_tell(
