@@ -23,6 +23,10 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to any interface
 
 
+MAX_INTERVAL_S = 7 * 86_400.0
+"""Longest heartbeat, grace or reap interval (a week): a thread's wait refuses more than
+``threading.TIMEOUT_MAX``, and a heartbeat timestamp past the platform's ``time_t``."""
+
 MAX_ID = 2**31 - 1
 """The largest study id, trial number or count a request may name: the top of a signed
 32-bit integer column (the store's ids), beyond which a database overflows."""
@@ -96,15 +100,19 @@ class Settings(BaseSettings):
         None, description="Bucket of the s3 artifact store (credentials as boto3 finds them)."
     )
     heartbeat_interval: float = Field(
-        10.0, gt=0, description="Seconds between a running trial's heartbeats."
+        10.0, gt=0, le=MAX_INTERVAL_S, description="Seconds between a running trial's heartbeats."
     )
     grace_period: float = Field(
         60.0,
         gt=0,
+        le=MAX_INTERVAL_S,
         description="Seconds without a heartbeat after which a trial's worker counts as lost.",
     )
     reap_interval: float = Field(
-        15.0, gt=0, description="Seconds between two passes of the reaper (API and workers)."
+        15.0,
+        gt=0,
+        le=MAX_INTERVAL_S,
+        description="Seconds between two passes of the reaper (API and workers).",
     )
     checkpoint_interval: float = Field(
         300.0,

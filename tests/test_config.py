@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 import automl.config
 from automl.config import Settings, current_settings
@@ -44,3 +45,10 @@ def test_invalid_settings_are_refused_every_time(monkeypatch: pytest.MonkeyPatch
     for _ in range(2):
         with pytest.raises(ValueError, match="port"):
             current_settings()
+
+
+@pytest.mark.parametrize("name", ["heartbeat_interval", "grace_period", "reap_interval"])
+def test_intervals_past_a_week_are_refused(name: str) -> None:
+    """1e10 s once killed the heartbeat and reaper threads (``OverflowError`` in a wait)."""
+    with pytest.raises(ValidationError, match="less than or equal to 604800"):
+        Settings(**{name: 1e10})

@@ -67,3 +67,14 @@ def proxy_port(text: str) -> int:
 def concurrency(text: str) -> int:
     """Calls served at once: 1 to 1024."""
     return _ranged(text, 1, 1024, "concurrency values")
+
+
+def poll_seconds(text: str) -> float:
+    """Seconds between idle polls: more than 0, at most an hour."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: poll intervals are 0 to 3600 s")
+    return value

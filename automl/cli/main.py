@@ -15,6 +15,7 @@ from automl.cli.arguments import (
     concurrency,
     count,
     non_negative,
+    poll_seconds,
     port_number,
     proxy_port,
     study_id,
@@ -78,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="claim and train trials until stopped")
     worker_args(worker)
     worker.add_argument("--study", type=study_id, help="only this study; exit once it ends")
-    worker.add_argument("--poll-interval", type=float, help="seconds between polls when idle")
+    worker.add_argument(
+        "--poll-interval", type=poll_seconds, help="seconds between polls when idle"
+    )
     worker.add_argument("--exit-when-idle", action="store_true", help="exit when nothing is queued")
     device_layout_args(worker)
 

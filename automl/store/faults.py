@@ -9,6 +9,7 @@ else (an integrity error, a bug) is not, and is never retried.
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import threading
@@ -40,12 +41,19 @@ class StorageUnavailableError(RuntimeError):
     """The database could not be reached (after retrying where that is safe)."""
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""A full disk or quota: the storage is unavailable until someone frees space."""
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database was unreachable rather than the request wrong."""
+    """Whether ``exc`` says the storage was unavailable (the database unreachable, or a
+    disk full) rather than the request wrong."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL:
+            return True
         if isinstance(current, StorageUnavailableError | sqlalchemy.exc.TimeoutError):
             return True
         if isinstance(current, sqlalchemy.exc.DBAPIError):

@@ -229,11 +229,12 @@ class _Attempt:
                 if resume is not None
                 else training_seed(self.lease.seed, self.lease.ticket_id)
             )
-            config = suggest(trial, self.spec, seed)
-            params = dict(trial.params)
-            self.ctx.persist(
-                lambda: self.coordinator.record_params(self.lease, params), "recording params"
-            )
+            try:
+                config = suggest(trial, self.spec, seed)
+            except Exception:
+                self._record_params()  # rerun-failed repeats them once the cause is fixed
+                raise
+            self._record_params()
             self._set_attr(attrs.CONFIG, config.model_dump(mode="json"))
             result = train(
                 config,
@@ -269,6 +270,13 @@ class _Attempt:
                 return self._give_back(FailureKind.INTERRUPTED, _describe(exc))
             logger.debug("trial %s failed", trial.number, exc_info=True)
             return self._fail(FailureKind.ERROR, _describe(exc))
+
+    def _record_params(self) -> None:
+        assert self.trial is not None
+        params = dict(self.trial.params)
+        self.ctx.persist(
+            lambda: self.coordinator.record_params(self.lease, params), "recording params"
+        )
 
     def _reporter(self, epochs: int) -> Callable[[int, dict[str, float]], bool]:
         assert self.trial is not None

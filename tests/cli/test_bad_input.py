@@ -202,3 +202,15 @@ def test_a_worker_for_an_unknown_study_is_an_error(
 
     assert code == EXIT_BAD_INPUT
     assert capsys.readouterr().err.splitlines()[-1] == "error: study 999 not found"
+
+
+@pytest.mark.parametrize("value", ["inf", "1e10", "0", "nan", "soon"])
+def test_a_poll_interval_out_of_range_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``inf`` once crashed an idle worker with a traceback."""
+    with pytest.raises(SystemExit) as exc:
+        main(["worker", "--poll-interval", value])
+
+    assert exc.value.code == EXIT_BAD_INPUT
+    assert "--poll-interval" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 import pytest
@@ -33,6 +34,9 @@ def _wrapped_by_optuna(cause: BaseException) -> StorageInternalError:
         (sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate")), False),
         (_wrapped_by_optuna(ValueError("too long")), False),
         (KeyError("no such study"), False),
+        (OSError(errno.ENOSPC, "No space left on device"), True),  # a full artifact store
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
+        (OSError(errno.ENOENT, "No such file"), False),
     ],
 )
 def test_is_transient(error: BaseException, transient: bool) -> None:

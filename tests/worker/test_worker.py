@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shutil
 import signal
@@ -39,6 +40,7 @@ from automl.store import (
     optuna_rows,
     outranked_reason,
     reap_stale,
+    rerun_failed,
     resume_study,
     submit_study,
     tables,
@@ -216,6 +218,29 @@ def test_storage_errors_while_claiming_are_waited_out(
     assert get_study(sqlite_store, study_id).status == StudyStatus.COMPLETED
 
 
+def test_a_full_disk_while_saving_weights_is_waited_out_not_a_failure(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC from the artifact store once failed the trial (counted in max_failed) and
+    threw its trained model away; a full disk is an outage, like the database's."""
+    study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
+    real = automl.worker.runner.save_weights
+    calls = {"n": 0}
+
+    def full_disk_twice(*args: Any, **kwargs: Any) -> str:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(automl.worker.runner, "save_weights", full_disk_twice)
+    assert Worker(sqlite_store, _options()).run() == 1
+    assert calls["n"] == 3
+    [trial] = _trials(sqlite_store, study_id)
+    assert trial.state == TrialState.COMPLETE and attrs.WEIGHTS in trial.user_attrs
+    assert get_study(sqlite_store, study_id).status == StudyStatus.COMPLETED
+
+
 def test_database_error_after_the_claim_gives_the_ticket_back(
     sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -306,6 +331,15 @@ def test_a_failed_trial_keeps_the_reason_of_a_validation_error(
     assert trial.user_attrs[attrs.ERROR].startswith(
         "ValidationError: dataset.path: folder 'gone' not found under the data root"
     )
+    # Its params were recorded although the configuration never built: once the folder is
+    # back, rerun-failed repeats them (it once ran freshly sampled ones).
+    assert trial.params
+    write_class_folder(data_root / "gone", {"a": 2, "b": 2})
+    rerun_failed(store, study_id)
+    Worker(store, _options()).run()
+    _, again = _trials(store, study_id)
+    assert again.state == TrialState.COMPLETE
+    assert again.params == trial.params
 
 
 def test_epoch_ends_beat_except_the_last_whose_report_travels_with_the_tell(
