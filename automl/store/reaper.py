@@ -65,13 +65,24 @@ class Reaped:
     result: str
 
 
-def reap_stale(store: Store, grace: float) -> list[Reaped]:
-    """Takes back every running ticket whose heartbeat is older than ``grace`` seconds."""
+def reap_stale(store: Store, grace: float, spare: str | None = None) -> list[Reaped]:
+    """Takes back every running ticket whose heartbeat is older than ``grace`` seconds.
+
+    Args:
+        store: The store.
+        grace: Seconds without a heartbeat after which a ticket's worker counts as lost.
+        spare: The id of the worker running this reaper, whose own tickets are never
+            reaped: the process is alive, so a late heartbeat of its means the database
+            was slow (a long SQLite lock delays the beat as much as the reaper), not lost.
+    """
     tickets = tables.tickets
+    query = sa.select(tickets.c.ticket_id, tickets.c.study_id, tickets.c.attempt)
+    if spare is not None:
+        query = query.where(sa.or_(tickets.c.worker_id.is_(None), tickets.c.worker_id != spare))
     with store.read() as connection:
         cutoff = now(connection) - grace
         stale = connection.execute(
-            sa.select(tickets.c.ticket_id, tickets.c.study_id, tickets.c.attempt).where(
+            query.where(
                 tickets.c.state == TicketState.RUNNING.value, tickets.c.heartbeat_at < cutoff
             )
         ).all()
@@ -237,10 +248,14 @@ class Reaper:
         store: The store.
         grace: Seconds without heartbeat after which a worker counts as lost.
         interval: Seconds between passes.
+        spare: The worker whose tickets it never reaps (see ``reap_stale``): a worker's
+            own reaper passes its id.
     """
 
-    def __init__(self, store: Store, grace: float, interval: float) -> None:
-        self.store, self.grace, self.interval = store, grace, interval
+    def __init__(
+        self, store: Store, grace: float, interval: float, spare: str | None = None
+    ) -> None:
+        self.store, self.grace, self.interval, self.spare = store, grace, interval, spare
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._healthy_since: float | None = None
@@ -271,7 +286,7 @@ class Reaper:
             if healthy_since is None:
                 self._healthy_since = time.monotonic()
             elif time.monotonic() - healthy_since >= self.grace:
-                reaped = reap_stale(self.store, self.grace)
+                reaped = reap_stale(self.store, self.grace, self.spare)
             end_due_studies(self.store)
             remove_orphans(self.store)
         except Exception as exc:

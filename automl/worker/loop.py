@@ -7,7 +7,7 @@ the reaper or the API completed it; then any due refit of an ended study (its be
 configuration retrained on train + validation, see ``automl.worker.refitter``).
 
 Each worker also runs a reaper thread, so lost trials are re-queued even when no API
-runs. During a database outage the worker waits with backoff (logging once per
+runs; it never reaps the worker's own trial (the process is alive). During a database outage the worker waits with backoff (logging once per
 interval) instead of exiting.
 """
 
@@ -173,7 +173,9 @@ class Worker:
         logger.info("worker %s started on %s", self.name, self.device)
         reaper = None
         if self.options.reap_interval is not None and self.store is not None:
-            reaper = Reaper(self.store, self.options.grace_period, self.options.reap_interval)
+            reaper = Reaper(
+                self.store, self.options.grace_period, self.options.reap_interval, self.name
+            )
             reaper.start()
         ran = 0
         try:

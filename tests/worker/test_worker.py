@@ -364,6 +364,22 @@ def test_epoch_ends_beat_except_the_last_whose_report_travels_with_the_tell(
     assert len(epoch_end_beats) == 2  # after epochs 1 and 2
 
 
+def test_a_workers_own_reaper_never_takes_its_live_trial(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    # Beats far apart and a grace period shorter than an epoch: as when a long SQLite
+    # lock delays the beat. Any other reaper would take the trial; this worker's does not.
+    spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0}, fixed={**LONG_TRIAL, "epochs": 2})
+    study_id = submit_study(store, spec).id
+    options = _options(heartbeat_interval=60.0, grace_period=0.01, reap_interval=0.01)
+
+    assert Worker(store, options).run() == 1
+
+    [trial] = _trials(store, study_id)
+    assert (trial.state, trial.user_attrs[attrs.ATTEMPT]) == (TrialState.COMPLETE, 1)
+    assert sorted(trial.intermediate_values) == [1, 2]
+
+
 def test_a_result_refused_after_a_reap_leaves_no_weights_or_card_behind(
     store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
