@@ -4,13 +4,14 @@ slot)."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,14 +22,27 @@ logger = logging.getLogger("automl.up")
 STOP_TIMEOUT_S = 60.0
 CTRL_C_GRACE_S = 10.0
 CLEAN_EXIT_CODES = (0, -signal.SIGINT, -signal.SIGTERM)
+RESTART_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+"""Waits before restarting a crashed child, one per crash in a row; after the last, it is
+not restarted (a child that keeps crashing is misconfigured, not unlucky)."""
+STEADY_S = 60.0
+"""A child that ran this long before crashing starts a new row of restarts."""
 
 
 @dataclass(frozen=True)
 class Child:
-    """One child process: its command line and the variables it gets on top of ours."""
+    """One child process.
+
+    Attributes:
+        argv: Its command line.
+        env: Variables it gets on top of ours.
+        restart: Restarted when it crashes (workers: a trial that crashes its process
+            must not take the API and the other workers down with it).
+    """
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    restart: bool = False
 
 
 def serve_child(settings: Settings, log_level: str) -> Child:
@@ -86,7 +100,9 @@ def worker_children(
             env["CUDA_VISIBLE_DEVICES"] = gpu
         if slots > 1 and slot_dir is not None:
             env["AUTOML_SLOT_GROUP"] = str(slot_dir / ("cpu" if gpu is None else f"gpu-{gpu}"))
-        children += [Child([*argv, *_common(settings), *extra], env) for _ in range(slots)]
+        children += [
+            Child([*argv, *_common(settings), *extra], env, restart=True) for _ in range(slots)
+        ]
     return children
 
 
@@ -127,30 +143,31 @@ def _common(settings: Settings) -> list[str]:
 def run_children(children: Sequence[Child], *, stop_all_when_one_exits: bool) -> int:
     """Starts the children and waits for them; SIGTERM or Ctrl-C stops them all.
 
+    A child that crashes (any exit but a clean one or a stop signal) is restarted if it
+    says so (``Child.restart``), after a wait that grows with each crash in a row; one
+    that crashes ``len(RESTART_DELAYS_S) + 1`` times in a row, each within ``STEADY_S`` of
+    its start, is given up. The children die with this process (a parent-death signal on
+    Linux), so a ``kill -9`` of it leaves no worker behind.
+
     Args:
         children: What to start.
         stop_all_when_one_exits: ``automl up``: the API and its workers live and die
-            together. Otherwise (``automl worker --slots``) each child runs until it
-            exits by itself (``--exit-when-idle``, ``--study``); a crashed one is logged.
+            together (a worker that is restarted does not count as exited). Otherwise
+            (``automl worker --slots``) each child runs until it exits by itself
+            (``--exit-when-idle``, ``--study``).
 
     Returns:
         0 when every child exited cleanly, else 1.
     """
-    processes = [
-        subprocess.Popen(child.argv, env={**os.environ, **child.env}) for child in children
-    ]
+    supervised = [_Supervised(child) for child in children]
+    for entry in supervised:
+        entry.start()
     previous = signal.signal(signal.SIGTERM, _terminate)
     grace = 0.0
     try:
-        running = list(processes)
-        while running:
+        while any(entry.alive or entry.restart_at is not None for entry in supervised):
             time.sleep(0.5)
-            ended = [p for p in running if p.poll() is not None]
-            running = [p for p in running if p.poll() is None]
-            for process in ended:
-                if process.returncode not in CLEAN_EXIT_CODES:
-                    logger.error("child %s exited with code %s", process.pid, process.returncode)
-            if ended and stop_all_when_one_exits:
+            if _one_pass(supervised) and stop_all_when_one_exits:
                 logger.warning("a child process exited: stopping all")
                 break
     except _Terminated:
@@ -162,12 +179,97 @@ def run_children(children: Sequence[Child], *, stop_all_when_one_exits: bool) ->
         grace = CTRL_C_GRACE_S
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _stop_all(processes, grace)
-    failed = [p.returncode for p in processes if p.returncode not in CLEAN_EXIT_CODES]
+        _stop_all([entry.process for entry in supervised if entry.process is not None], grace)
+        for entry in supervised:
+            if entry.restart_at is None and entry.process is not None:
+                entry.returncode = entry.process.returncode
+    failed = [entry.returncode for entry in supervised if entry.returncode not in CLEAN_EXIT_CODES]
     if failed:
         logger.error("child processes exited with codes %s", failed)
         return 1
     return 0
+
+
+class _Supervised:
+    """One child, its current process and its crashes in a row."""
+
+    def __init__(self, child: Child) -> None:
+        self.child = child
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.crashes = 0
+        self.restart_at: float | None = None
+        self.returncode: int | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.child.argv,
+            env={**os.environ, **self.child.env},
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
+        self.started_at, self.restart_at, self.returncode = time.monotonic(), None, None
+
+    def ended(self) -> bool:
+        """Notes how the process ended; True if the child is done (not to be restarted)."""
+        assert self.process is not None
+        code = self.returncode = self.process.returncode
+        if code in CLEAN_EXIT_CODES:
+            return True
+        logger.error("child %s exited with code %s", self.process.pid, code)
+        if not self.child.restart:
+            return True
+        if time.monotonic() - self.started_at >= STEADY_S:
+            self.crashes = 0
+        if self.crashes >= len(RESTART_DELAYS_S):
+            logger.error(
+                "child %s crashed %d times in a row: not restarted",
+                self.process.pid,
+                self.crashes + 1,
+            )
+            return True
+        delay = RESTART_DELAYS_S[self.crashes]
+        self.crashes += 1
+        logger.warning("restarting it in %.0f s: %s", delay, " ".join(self.child.argv[1:]))
+        self.restart_at = time.monotonic() + delay
+        return False
+
+
+def _one_pass(supervised: list[_Supervised]) -> bool:
+    """Restarts the children whose wait is over and notes the ones that ended; True if
+    one ended for good."""
+    done = False
+    for entry in supervised:
+        if entry.restart_at is not None:
+            if time.monotonic() >= entry.restart_at:
+                entry.start()
+        elif entry.process is not None and entry.returncode is None and not entry.alive:
+            done = entry.ended() or done
+    return done
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child receive SIGTERM when ``parent`` dies (Linux's
+    ``PR_SET_PDEATHSIG``); None where there is no such call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 class _Terminated(KeyboardInterrupt):

@@ -7,8 +7,8 @@ the reaper or the API completed it; then any due refit of an ended study (its be
 configuration retrained on train + validation, see ``automl.worker.refitter``).
 
 Each worker also runs a reaper thread, so lost trials are re-queued even when no API
-runs; it never reaps the worker's own trial (the process is alive). During a database outage the worker waits with backoff (logging once per
-interval) instead of exiting.
+runs; it never reaps the worker's own trial (the process is alive). During a database
+outage the worker waits with backoff (logging once per interval) instead of exiting.
 """
 
 from __future__ import annotations

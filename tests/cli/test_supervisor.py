@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -19,8 +20,16 @@ import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from automl.cli import supervisor
 from automl.cli.main import build_parser, main
-from automl.cli.supervisor import dashboard_child, resolve_gpus, serve_child, worker_children
+from automl.cli.supervisor import (
+    Child,
+    dashboard_child,
+    resolve_gpus,
+    run_children,
+    serve_child,
+    worker_children,
+)
 from automl.config import Settings
 from tests.conftest import free_port, tiny_spec_data, wait_healthy
 from tests.forked import ForkedProcess
@@ -302,6 +311,30 @@ def _children(pid: int) -> dict[int, list[str]]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_up_restarts_a_worker_killed_by_the_kernel(up: Up) -> None:
+    [worker] = [pid for pid, argv in _children(up.process.pid).items() if "worker" in argv]
+
+    os.kill(worker, signal.SIGKILL)  # as the out-of-memory killer would
+
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        workers = [pid for pid, argv in _children(up.process.pid).items() if "worker" in argv]
+        if workers and workers != [worker]:
+            break
+        assert time.monotonic() < deadline and up.process.poll() is None, up.output()
+        time.sleep(0.2)
+    assert up.get("/health")
+    spec = tiny_spec_data(name="after-restart", budget={"n_trials": 1, "max_failed": 0})
+    study_id = httpx.post(f"{up.url}/studies", json=spec, timeout=30).json()["id"]
+    deadline = time.monotonic() + STUDY_TIMEOUT_S
+    while (study := up.get(f"/studies/{study_id}"))["status"] != "completed":
+        assert time.monotonic() < deadline and study["status"] in ("queued", "running"), study
+        time.sleep(0.3)
+    assert f"child {worker} exited with code -9" in up.output()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def test_ctrl_c_mid_trial_leaves_no_running_trial(tmp_path: Path) -> None:
     service = Up(tmp_path)
     try:
@@ -425,3 +458,89 @@ def test_up_with_the_dashboard_serves_it_and_stops_it_on_ctrl_c(tmp_path: Path) 
         assert not up.group_alive(), "a child outlived `automl up`"
     finally:
         up.kill()
+
+
+# --- crashes and restarts ---------------------------------------------------------------------
+
+
+def _counting_child(starts: Path, codes: list[int], *, restart: bool) -> Child:
+    """A child that exits with ``codes[n]`` on its n-th start (the last code from then
+    on), counting its starts in ``starts``."""
+    script = (
+        "import pathlib, sys\n"
+        f"path = pathlib.Path({str(starts)!r})\n"
+        "path.write_text(path.read_text() + 'x' if path.exists() else 'x')\n"
+        f"codes = {codes!r}\n"
+        "sys.exit(codes[min(len(path.read_text()), len(codes)) - 1])\n"
+    )
+    return Child([sys.executable, "-c", script], restart=restart)
+
+
+def _sleeper() -> Child:
+    return Child([sys.executable, "-c", "import time; time.sleep(120)"])
+
+
+def test_a_crashed_worker_is_restarted_and_the_rest_keep_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor, "RESTART_DELAYS_S", (0.0, 0.0))
+    starts = tmp_path / "starts"
+    worker = _counting_child(starts, [3, 1, 0], restart=True)
+
+    # As `automl up`: the API (here a sleeper) stops with everything once the worker
+    # exits for good, which here is cleanly after two crashes.
+    assert run_children([_sleeper(), worker], stop_all_when_one_exits=True) == 0
+    assert starts.read_text() == "xxx"
+
+
+def test_a_worker_that_keeps_crashing_is_given_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor, "RESTART_DELAYS_S", (0.0, 0.0))
+    starts, api_starts = tmp_path / "starts", tmp_path / "api-starts"
+    worker = _counting_child(starts, [3], restart=True)
+    api = _counting_child(api_starts, [4], restart=False)
+
+    assert run_children([_sleeper(), worker], stop_all_when_one_exits=True) == 1
+    assert starts.read_text() == "xxx"  # the first start and two restarts
+    assert run_children([_sleeper(), api], stop_all_when_one_exits=True) == 1
+    assert api_starts.read_text() == "x"  # the API is never restarted
+
+
+def test_workers_are_restarted_and_the_server_and_dashboard_are_not(settings: Settings) -> None:
+    assert all(child.restart for child in worker_children(settings, "INFO", slots=2))
+    assert not serve_child(settings, "INFO").restart
+    assert not dashboard_child(settings, "INFO", 8090).restart
+
+
+def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status  # a zombie nobody reaped has stopped all the same
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    command = ["worker", "--slots", "2", "--device", "cpu", "--poll-interval", "0.2"]
+    command += ["--storage", f"sqlite:///{tmp_path / 'w.db'}", "--artifacts-dir", str(tmp_path)]
+    parent = ForkedProcess(command, dict(os.environ), tmp_path / "w.log", new_session=True)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while len(workers := _children(parent.pid)) < 2:
+            log = (tmp_path / "w.log").read_text()
+            assert time.monotonic() < deadline and parent.poll() is None, log
+            time.sleep(0.1)
+
+        os.kill(parent.pid, signal.SIGKILL)
+
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while not all(_gone(pid) for pid in workers):
+            assert time.monotonic() < deadline, "a worker outlived its supervisor's kill -9"
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
