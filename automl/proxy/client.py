@@ -299,6 +299,12 @@ class RemoteCoordinator:
         reply, _ = self.call("beat_refit", {"lease": wire.refit_to_wire(lease)})
         return bool(reply["held"])
 
+    def release_refit(self, lease: RefitLease) -> bool:
+        """See ``Coordinator.release_refit`` (a proxy older than the call raises
+        ``ProxyTooOldError``: the claim then goes stale as it did before)."""
+        reply, _ = self.call("release_refit", {"lease": wire.refit_to_wire(lease)})
+        return bool(reply["released"])
+
     def finish_refit(
         self, lease: RefitLease, state: RefitState, result: RefitResult | None, note: str | None
     ) -> bool:

@@ -101,6 +101,7 @@ class CoordinationService:
             "finish_evaluation": self._finish_evaluation,
             "claim_refit": self._claim_refit,
             "beat_refit": self._beat_refit,
+            "release_refit": self._release_refit,
             "finish_refit": self._finish_refit,
             "spec": self._spec,
             "status": self._status,
@@ -282,6 +283,10 @@ class CoordinationService:
 
     def _beat_refit(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         return {"held": self.coordinator.beat_refit(wire.refit_from_wire(header["lease"]))}, b""
+
+    def _release_refit(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        lease = wire.refit_from_wire(header["lease"])
+        return {"released": self.coordinator.release_refit(lease)}, b""
 
     def _finish_refit(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         stored = self.coordinator.finish_refit(

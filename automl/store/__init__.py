@@ -77,6 +77,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "claim_refit",
         "finish_refit",
         "refit_artifact_ids",
+        "release_refit",
         "served_refit",
     ),
     "retention": ("Outranking", "outranked_reason", "retain_weights"),

@@ -113,6 +113,31 @@ def claim_job(
     return study, row.attempt + 1
 
 
+def release_job(store: Store, kind: JobKind, study_id: int, attempt: int, worker_id: str) -> bool:
+    """Gives a claim back unfinished because its worker is stopping: the job is due again
+    at once (not after ``stale_after``), and the claim does not count as a try.
+
+    Returns:
+        False if the claim was no longer held (taken over, superseded, study deleted).
+    """
+    jobs = kind.table
+    with store.write() as connection:
+        released = connection.execute(
+            jobs.update()
+            .where(held(jobs, study_id, attempt, worker_id), jobs.c.state == RUNNING)
+            .values(
+                state=kind.waiting,
+                tries=jobs.c.tries - 1,  # the claim counted one; held, it is >= 1
+                worker_id=None,
+                claimed_at=None,
+            )
+        )
+        if released.rowcount != 1:
+            return False
+        optuna_rows.put_study_attrs(connection, study_id, {kind.attr: {"state": kind.waiting}})
+    return True
+
+
 def held(table: sa.Table, study_id: int, attempt: int, worker_id: str) -> sa.ColumnElement[bool]:
     """The job row of a worker's claim (none once a later claim took it over)."""
     return sa.and_(

@@ -26,7 +26,7 @@ from automl.spec import StudySpec
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.evaluations import best_trials_of
-from automl.store.jobs import JobKind, claim_job, held
+from automl.store.jobs import JobKind, claim_job, held, release_job
 from automl.store.status import ENDED, iso, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import RefitState
@@ -159,6 +159,12 @@ def beat_refit(store: Store, lease: RefitLease) -> bool:
             .values(claimed_at=tables.db_now())
         )
     return renewed.rowcount == 1
+
+
+def release_refit(store: Store, lease: RefitLease) -> bool:
+    """Gives the claim back unfinished (its worker is stopping), so another worker takes
+    it at once; False if it was no longer held."""
+    return release_job(store, _JOB, lease.study_id, lease.attempt, lease.worker_id)
 
 
 def finish_refit(
@@ -336,5 +342,6 @@ __all__ = [
     "refit_artifact_ids",
     "refit_artifacts",
     "refit_trial_number",
+    "release_refit",
     "served_refit",
 ]

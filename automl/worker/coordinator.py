@@ -64,6 +64,7 @@ from automl.store import (
     record_results,
     record_trial,
     release,
+    release_refit,
     remove_quietly,
     retain_weights,
     submitted_spec,
@@ -196,6 +197,11 @@ class Coordinator(Protocol):
 
     def beat_refit(self, lease: RefitLease) -> bool:
         """Renews the refit claim while it trains; False if it is no longer held."""
+        ...
+
+    def release_refit(self, lease: RefitLease) -> bool:
+        """Gives the refit claim back unfinished (the worker is stopping); False if it was
+        no longer held."""
         ...
 
     def finish_refit(
@@ -431,6 +437,10 @@ class SqlCoordinator:
     def beat_refit(self, lease: RefitLease) -> bool:
         """See ``Coordinator.beat_refit``."""
         return beat_refit(self.store, lease)
+
+    def release_refit(self, lease: RefitLease) -> bool:
+        """See ``Coordinator.release_refit``."""
+        return release_refit(self.store, lease)
 
     def finish_refit(
         self, lease: RefitLease, state: RefitState, result: RefitResult | None, note: str | None

@@ -71,8 +71,8 @@ def run_refit(
         lease: The claimed refit.
         device: Torch device to train on.
         backoff: Waits and logs during database outages.
-        stopping: True stops training (the worker is stopping); the claim then goes stale
-            and another worker takes it over.
+        stopping: True stops training (the worker is stopping); the claim is then given
+            back, so another worker takes it over at once.
 
     Returns:
         The state the refit ended in, or None if nothing was stored (stopped, the claim
@@ -84,6 +84,8 @@ def run_refit(
     except (TrainingInterrupted, RefitLostError) as exc:
         logger.warning("refit of study %s stopped: %s", lease.study_id, exc)
         _remove(coordinator, written)
+        if isinstance(exc, TrainingInterrupted):
+            _release(coordinator, lease)
         return None
     except Exception as exc:
         _remove(coordinator, written)
@@ -268,6 +270,13 @@ def _store_card(
         logger.warning("study %s: the refit's model card is not stored: %s", lease.study_id, exc)
         return None
     return artifact_id
+
+
+def _release(coordinator: Coordinator, lease: RefitLease) -> None:
+    try:
+        coordinator.release_refit(lease)
+    except Exception as exc:  # it goes stale instead and is taken over later
+        logger.warning("refit of study %s not given back: %s", lease.study_id, describe(exc))
 
 
 def _remove(coordinator: Coordinator, artifact_ids: list[str]) -> None:

@@ -274,7 +274,11 @@ def test_refit_claims_keep_their_meaning_through_the_proxy(
     assert proxy.beat_refit(lease)
     stranger = dataclasses.replace(lease, worker_id="w2")
     assert not proxy.beat_refit(stranger)
+    assert not proxy.release_refit(stranger)
     assert not proxy.finish_refit(stranger, RefitState.FAILED, None, "not mine")
+    assert proxy.release_refit(lease)  # a stopping worker gives it back
+    lease = proxy.claim_refit("w2", None)
+    assert lease is not None
     assert proxy.finish_refit(lease, RefitState.FAILED, None, "no test split")
     refit = best_trials(store, study_id).refit
     assert refit is not None and (refit.state, refit.note) == (RefitState.FAILED, "no test split")

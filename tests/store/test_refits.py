@@ -30,6 +30,7 @@ from automl.store import (
     finish_refit,
     queue_refit,
     refit_artifact_ids,
+    release_refit,
     resume_study,
     served_refit,
     submit_study,
@@ -129,6 +130,26 @@ def test_a_stale_claim_is_taken_over_and_the_late_result_refused(
     assert not beat_refit(store, first)
     assert finish_refit(store, second, RefitState.DONE, _result(store, 0, "kept"))
     assert served_refit(store, study_id).weights == "kept.safetensors"  # type: ignore[union-attr]
+
+
+def test_a_claim_given_back_is_due_at_once_and_costs_no_try(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}, refit=True), [0.5])
+    for worker in ("w1", "w2", "w3", "w4"):  # more stops than MAX_TRIES claims
+        lease = claim_refit(store, worker)
+        assert lease is not None, worker
+        assert best_trials(store, study_id).refit.state == RefitState.RUNNING  # type: ignore[union-attr]
+        assert release_refit(store, lease)
+        assert not release_refit(store, lease)  # once
+        assert not beat_refit(store, lease)
+        refit = best_trials(store, study_id).refit
+        assert refit is not None and refit.state == RefitState.QUEUED
+    last = claim_refit(store, "w5")
+    assert last is not None
+    assert finish_refit(store, last, RefitState.DONE, _result(store, 0, "done"))
+    assert served_refit(store, study_id).weights == "done.safetensors"  # type: ignore[union-attr]
+    assert not release_refit(store, last)  # a finished refit stays finished
 
 
 def test_a_refit_abandoned_too_often_ends_failed(store: Store, tiny_spec: SpecFactory) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -12,6 +13,7 @@ from automl.data import load_dataset
 from automl.delivery.card import trial_config
 from automl.spec import StudySpec
 from automl.store import (
+    Backoff,
     RefitLease,
     RefitState,
     Store,
@@ -26,7 +28,7 @@ from automl.store.optuna_rows import put_trial_attrs
 from automl.train import train
 from automl.train.hyperparameters import flat_config
 from automl.worker import SqlCoordinator, Worker, WorkerOptions
-from automl.worker.refitter import refit, refit_epochs, train_plus_validation
+from automl.worker.refitter import refit, refit_epochs, run_refit, train_plus_validation
 
 SpecFactory = Callable[..., StudySpec]
 TEST_SPLIT = {"source": "digits", "options": {"test_fraction": 0.2}}
@@ -66,6 +68,25 @@ def test_a_refit_is_reproducible_for_its_seed(sqlite_store: Store, tiny_spec: Sp
             weights.append(read_state_dict(reader.read()))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_a_worker_stopping_mid_refit_gives_it_back_for_the_next_worker(
+    sqlite_store: Store, tiny_spec: SpecFactory
+) -> None:
+    spec = tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1, "max_failed": 0})
+    study_id = submit_study(sqlite_store, spec).id
+    _run(sqlite_store, study_id)
+    queue_refit(sqlite_store, study_id)
+    coordinator = SqlCoordinator(sqlite_store)
+    lease = coordinator.claim_refit("w1", study_id)
+    assert lease is not None
+
+    stopped = run_refit(coordinator, lease, "cpu", Backoff(logging.getLogger("test")), lambda: True)
+
+    assert stopped is None
+    refit_view = best_trials(sqlite_store, study_id).refit
+    assert refit_view is not None and refit_view.state == RefitState.QUEUED
+    assert coordinator.claim_refit("w2", study_id) is not None  # at once, not after 600 s
 
 
 def test_a_dataset_without_test_split_fails_the_refit_with_a_reason(
