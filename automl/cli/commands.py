@@ -50,6 +50,7 @@ from automl.store import (
     submit_study,
 )
 from automl.store.faults import first_line
+from automl.store.storage import sqlite_file
 from automl.train import resolve_device
 from automl.train.accel import check_device_settings
 from automl.worker import Coordinator, InvalidDeviceError, Worker, WorkerOptions
@@ -81,14 +82,29 @@ def errors_as_cli_errors(spec_path: str | None) -> Iterator[None]:
         raise CliError(f"storage unavailable: {first_line(exc)}", EXIT_FAILURE) from None
 
 
-def open_store(settings: Settings) -> Store:
-    """Opens the configured store (a database: a ``grpc://`` proxy serves only workers)."""
+def open_store(settings: Settings, *, create: bool = False) -> Store:
+    """Opens the configured store (a database: a ``grpc://`` proxy serves only workers).
+
+    Args:
+        settings: Where the store is.
+        create: Create a SQLite file that is not there yet (commands that write: submit,
+            run, serve, worker, keys). Without it such a file is an error, not an empty
+            store: a mistyped ``--storage`` path would otherwise report no studies, and
+            leave an empty database behind.
+    """
     from automl.proxy import is_proxy_url
 
     if is_proxy_url(settings.storage):
         raise CliError(
             f"{settings.storage} is an automl proxy, which serves workers only; point "
             "this command at the database (AUTOML_STORAGE) or the API (--url)",
+            EXIT_BAD_INPUT,
+        )
+    database = sqlite_file(settings.storage)
+    if not create and database is not None and not database.exists():
+        raise CliError(
+            f"no store at {database}: nothing was submitted there (check --storage or "
+            "AUTOML_STORAGE; submit and run create it)",
             EXIT_BAD_INPUT,
         )
     return open_store_from(settings)
@@ -99,7 +115,7 @@ def _open_store_waiting(settings: Settings) -> Store:
     backoff = Backoff(logging.getLogger("automl.worker"))
     while True:
         try:
-            return open_store(settings)
+            return open_store(settings, create=True)
         except StorageError as exc:
             if not exc.transient:
                 raise
@@ -223,7 +239,7 @@ def _store_checked_for_exposure(settings: Settings) -> Store:
     """The store, once ``check_exposure`` allowed serving on ``settings.host``."""
     from automl.cli.exposure import check_exposure
 
-    store = open_store(settings)
+    store = open_store(settings, create=True)
     try:
         check_exposure(settings, store)
     except CliError:
@@ -360,7 +376,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         check_device_settings()
     except ValueError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
-    store = open_store(settings)
+    store = open_store(settings, create=True)
     study = submit_study(store, spec)
     level = logging.getLogger().getEffectiveLevel()
     logging.getLogger("automl.worker").setLevel(max(level, logging.WARNING))

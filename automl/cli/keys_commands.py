@@ -30,7 +30,7 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     from automl.cli.commands import open_store
     from automl.store.keys import ApiKeyError
 
-    store = open_store(settings)
+    store = open_store(settings, create=args.keys_command == "create")
     try:
         if args.keys_command == "create":
             return _create(store, args.project, args.admin, args.label)

@@ -25,14 +25,15 @@ if TYPE_CHECKING:
     from automl.store.views import StudyDetail
 
 
-def client_for(settings: Settings) -> Client:
-    """The API's client with ``--url`` (``AUTOML_URL``), else the local store's."""
+def client_for(settings: Settings, *, create: bool = False) -> Client:
+    """The API's client with ``--url`` (``AUTOML_URL``), else the local store's (see
+    ``open_store`` for ``create``)."""
     if settings.url:
         return HttpClient(settings.url)
     from automl.cli.client import LocalClient
     from automl.cli.commands import open_store
 
-    return LocalClient(open_store(settings))
+    return LocalClient(open_store(settings, create=create))
 
 
 def print_json(model: BaseModel) -> None:
@@ -45,7 +46,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.spec)
     if not settings.url and not path.is_file():
         raise CliError(f"spec file not found: {path}", EXIT_BAD_INPUT)
-    client = client_for(settings)
+    client = client_for(settings, create=True)
     study = client.submit(path)
     if args.json:
         print_json(study)
@@ -56,12 +57,12 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Lists studies, or shows one."""
+    if args.study is None and args.limit < 1:
+        raise CliError("--limit must be >= 1", EXIT_BAD_INPUT)
+    if args.study is None and args.limit > MAX_ID:
+        raise CliError(f"--limit must be <= {MAX_ID}", EXIT_BAD_INPUT)
     client = client_for(settings)
     if args.study is None:
-        if args.limit < 1:
-            raise CliError("--limit must be >= 1", EXIT_BAD_INPUT)
-        if args.limit > MAX_ID:
-            raise CliError(f"--limit must be <= {MAX_ID}", EXIT_BAD_INPUT)
         page = client.studies(args.limit)
         print_json(page) if args.json else print(studies_table(page))
     else:

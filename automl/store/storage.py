@@ -138,6 +138,19 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a ``sqlite://`` URL names; None for other databases, an in-memory one, a
+    ``file:`` URI or a malformed URL (which ``open_store`` reports)."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return None if database.startswith("file:") else Path(database)
+
+
 def open_store(
     url: str | None = None,
     *,

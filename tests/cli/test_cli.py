@@ -93,7 +93,47 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
+def _no_store_here(cli: Run) -> bool:
+    """Whether ``automl status`` finds no SQLite store (nothing created one)."""
+    code, _, err = cli("status")
+    return code == 2 and one_error_line(err).startswith("error: no store at ")
+
+
 # --- submit / status / best / cancel on the local store --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["status", "1"],
+        ["trials", "1"],
+        ["best", "1"],
+        ["cancel", "1"],
+        ["delete", "1"],
+        ["report", "1"],
+        ["export", "1", "out"],
+        ["keys", "list"],
+    ],
+)
+def test_a_missing_sqlite_file_is_named_not_created(
+    cli: Run, tmp_path: Path, command: list[str]
+) -> None:
+    typo = tmp_path / "atuoml.db"
+
+    code, out, err = cli(*command, "--storage", f"sqlite:///{typo}")
+
+    assert (code, out) == (2, "")
+    assert one_error_line(err).startswith(f"error: no store at {typo}: nothing was submitted")
+    assert not typo.exists()
+
+
+def test_commands_that_write_create_the_sqlite_file(cli: Run, spec_file: Path) -> None:
+    assert _no_store_here(cli)
+    assert cli("keys", "create", "--project", "p")[0] == 0
+    assert cli("status", "--json")[0] == 0
+    assert cli("submit", str(spec_file), "--storage", "sqlite:///second.db")[0] == 0
+    assert cli("status", "1", "--storage", "sqlite:///second.db")[0] == 0
 
 
 def test_submit_prints_study_id(cli: Run, spec_file: Path) -> None:
@@ -120,8 +160,7 @@ def test_submit_with_storage_flag(cli: Run, spec_file: Path, tmp_path: Path) -> 
     assert out.startswith("submitted study 1")
     _, listed, _ = cli("status", "--storage", other, "--json")
     assert json.loads(listed)["count"] == 1
-    _, default, _ = cli("status", "--json")
-    assert json.loads(default)["count"] == 0
+    assert _no_store_here(cli)
 
 
 def test_submit_invalid_spec_is_exit_2(cli: Run, bad_spec_file: Path) -> None:
@@ -196,7 +235,8 @@ def test_status_of_one_study_json(cli: Run, spec_file: Path) -> None:
     assert study["spec"]["name"] == "tiny"
 
 
-def test_status_of_unknown_study_is_exit_2(cli: Run) -> None:
+def test_status_of_unknown_study_is_exit_2(cli: Run, spec_file: Path) -> None:
+    cli("submit", str(spec_file))
     code, out, err = cli("status", "99")
 
     assert code == 2
@@ -265,8 +305,8 @@ def test_lifecycle_commands(cli: Run, spec_file: Path, api_url: str, over_http: 
     assert (code, json.loads(out)) == (0, {"study_id": 2, "deleted": True})
 
 
-def test_cancel_unknown_study_is_exit_2(cli: Run) -> None:
-
+def test_cancel_unknown_study_is_exit_2(cli: Run, spec_file: Path) -> None:
+    cli("submit", str(spec_file))
     code, _, err = cli("cancel", "5")
 
     assert code == 2
@@ -349,8 +389,7 @@ def test_run_invalid_spec_is_one_line_exit_2(cli: Run, bad_spec_file: Path) -> N
     line = one_error_line(err)
     assert "params.lr.low" in line
     assert str(bad_spec_file) in line
-    _, listed, _ = cli("status", "--json")
-    assert json.loads(listed)["count"] == 0
+    assert _no_store_here(cli)
 
 
 def test_run_missing_file_is_one_line_exit_2(cli: Run) -> None:
@@ -372,8 +411,7 @@ def test_run_unknown_device_leaves_no_study(cli: Run, spec_file: Path) -> None:
     code, _, _ = cli("run", str(spec_file), "--device", "tpu")
 
     assert code == 2
-    _, listed, _ = cli("status", "--json")
-    assert json.loads(listed)["count"] == 0
+    assert _no_store_here(cli)
 
 
 # --- the API as target (--url) ---------------------------------------------------------------
@@ -425,8 +463,7 @@ def test_submit_and_status_over_http(cli: Run, api_url: str, spec_file: Path) ->
     assert out.strip() == "submitted study 1 (tiny): queued"
     _, listed, _ = cli("status", "--url", api_url, "--json")
     assert json.loads(listed)["count"] == 1
-    _, local, _ = cli("status", "--json")
-    assert json.loads(local)["count"] == 0, "--url must not touch the local store"
+    assert _no_store_here(cli), "--url must not touch the local store"
     _, one, _ = cli("status", "1", "--url", api_url)
     assert one.splitlines()[0] == "study 1: tiny"
 
