@@ -371,7 +371,11 @@ class StudySpec(StrictModel):
 
     def conditions(self, name: str) -> dict[str, list[Scalar]]:
         """When the param ``name`` applies: its ``when``, plus the selector value(s) its
-        entry option implies (``width`` of ``cnn`` applies while ``model`` is ``cnn``)."""
+        entry option implies (``width`` of ``cnn`` applies while ``model`` is ``cnn``).
+
+        An option that every choice of its selector has is implied only when the selector
+        is itself conditional: where the selector does not apply, the default entry
+        trains, and the option must not be sampled (nor count as a grid cell) for it."""
         conditions = self.params[name].explicit_conditions()
         try:
             hp = self.hyperparameter(name)
@@ -381,7 +385,7 @@ class StudySpec(StrictModel):
         if hp.option is not None and isinstance(selector, CategoricalParam):
             choices = [str(choice) for choice in selector.choices]
             implied = [entry for entry in hp.entries if entry in choices]
-            if len(implied) < len(choices):
+            if len(implied) < len(choices) or selector.when:
                 given = conditions.get(hp.group)  # type: ignore[arg-type]
                 conditions[hp.group] = (  # type: ignore[index]
                     implied if given is None else [v for v in given if v in implied]

@@ -46,6 +46,25 @@ def test_grid_spans_conditional_params_only_where_they_apply() -> None:
     assert len({tuple(sorted(cell.items())) for cell in cells}) == 12
 
 
+def test_an_option_of_every_choice_of_a_conditional_selector_applies_only_with_it() -> None:
+    # sgd and rmsprop both have momentum, but the optimizer is searched only for cnn: an
+    # rnn trial trains the default (adam), so momentum is neither sampled nor a cell there.
+    model = {"type": "categorical", "choices": ["cnn", "rnn"]}
+    optimizer = {"type": "categorical", "choices": ["sgd", "rmsprop"], "when": {"model": "cnn"}}
+    spec = grid_spec(5, model=model, optimizer=optimizer, momentum=MOMENTUM)
+    cells = list(iter_cells(spec))
+    assert len(cells) == grid_size(spec) == 2 * 3 + 1
+    assert [cell for cell in cells if cell["model"] == "rnn"] == [{"model": "rnn"}]
+    assert sorted(spec.conditions("momentum")["optimizer"]) == ["rmsprop", "sgd"]
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):
+        trial = study.ask()
+        config = suggest(trial, spec, seed=0)
+        assert ("momentum" in trial.params) == (config.optimizer.name != "adam"), trial.params
+        study.tell(trial, 0.5)
+
+
 def test_study_cells_cover_the_grid_or_sample_it_without_repetition() -> None:
     full = grid_spec(12, optimizer=OPTIMIZER, momentum=MOMENTUM, width=WIDTH)
     assert [grid_cell(full, index) for index in range(12)] == list(iter_cells(full))
