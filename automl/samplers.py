@@ -151,9 +151,17 @@ all workers walk through); the others get a different seed per trial."""
 
 
 def build_sampler(
-    name: str, options: Mapping[str, Any], seed: int | None
+    name: str, options: Mapping[str, Any], seed: int | None, trial_seed: int | None = None
 ) -> optuna.samplers.BaseSampler:
     """Builds the sampler ``name`` with ``options`` (checked by its options model).
+
+    Args:
+        name: The sampler's registered name.
+        options: Its options.
+        seed: Its seed (for ``SHARED_SEED_SAMPLERS``, the same in every worker).
+        trial_seed: A seed of this trial alone, for what a shared-seed sampler draws
+            outside its shared sequence: QMC leaves conditional params to an independent
+            sampler, which would otherwise draw the same value in every trial.
 
     Raises:
         UnknownNameError: If ``name`` is not registered.
@@ -162,4 +170,7 @@ def build_sampler(
     """
     entry = SAMPLERS.get(name)
     checked = entry.parse_options(options).model_dump(exclude_unset=True)
+    if name == "qmc" and trial_seed is not None:
+        independent = optuna.samplers.RandomSampler(seed=trial_seed)
+        return optuna.samplers.QMCSampler(seed=seed, independent_sampler=independent, **checked)
     return entry.factory(checked, seed)

@@ -273,3 +273,29 @@ def test_grid_and_enqueue_do_not_mix() -> None:
     spec = load_spec({**grid, "sampler": {"name": "auto"}, "enqueue": [{"width": 16}]})
     assert spec.sampler.name != "grid"  # auto picks no grid when configurations are given
     assert load_spec({**grid, "sampler": {"name": "auto"}}).sampler.name == "grid"
+
+
+def test_qmc_draws_conditional_params_afresh_in_every_trial() -> None:
+    # Every worker builds QMC with the study's seed (one shared sequence); the params
+    # outside the sequence (conditional ones) come from a sampler seeded per trial.
+    spec = load_spec(
+        {
+            "name": "qmc",
+            "sampler": {"name": "qmc", "seed": 11},
+            "budget": {"n_trials": 8},
+            "params": {
+                "optimizer": OPTIMIZER,
+                "momentum": {"type": "float", "low": 0.5, "high": 0.9},
+            },
+        }
+    )
+    study = optuna.create_study()
+    momenta = []
+    for trial_seed in range(8):
+        study.sampler = build_sampler("qmc", {}, 11, trial_seed=trial_seed)
+        trial = study.ask()
+        suggest(trial, spec, seed=0)
+        momenta += [trial.params["momentum"]] if "momentum" in trial.params else []
+        study.tell(trial, 0.5)
+    assert len(momenta) >= 2
+    assert len(set(momenta)) == len(momenta)

@@ -360,5 +360,6 @@ class Worker:
         study, spec = self._studies[lease.study_id]
         shared = spec.sampler.name in SHARED_SEED_SAMPLERS
         seed = sampler_seed(lease.seed, lease.ticket_id, lease.attempt, shared)
-        study.sampler = build_sampler(spec.sampler.name, spec.sampler.options, seed)
+        own = sampler_seed(lease.seed, lease.ticket_id, lease.attempt, False)
+        study.sampler = build_sampler(spec.sampler.name, spec.sampler.options, seed, own)
         return study, spec
