@@ -7,7 +7,8 @@ Optuna's own default.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import optuna
@@ -83,6 +84,33 @@ class BruteForceOptions(EntryOptions):
     )
 
 
+class _BruteForce(optuna.samplers.BruteForceSampler):
+    """Optuna's brute force without its ``study.stop()`` once every cell has run.
+
+    Workers tell results outside ``study.optimize``, where ``stop`` raises (after the
+    trial was stored), so the worker took its own told result for a lost one and the
+    ticket stayed running; the budget, at most the space's cells (checked at submit), ends
+    the study instead.
+    """
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        study.stop = _no_stop  # type: ignore[method-assign]
+        try:
+            super().after_trial(study, trial, state, values)
+        finally:
+            del study.stop
+
+
+def _no_stop() -> None:
+    """The study ends when its budget is spent."""
+
+
 def _seeded(sampler_class: type[optuna.samplers.BaseSampler]) -> SamplerFactory:
     """A factory passing the spec's seed and options to ``sampler_class``."""
 
@@ -123,9 +151,12 @@ SAMPLERS.add(
 )
 SAMPLERS.add(
     "brute_force",
-    _seeded(optuna.samplers.BruteForceSampler),
+    _seeded(_BruteForce),
     options=BruteForceOptions,
-    description="Optuna's exhaustive search; several workers may repeat a cell (see grid).",
+    description=(
+        "Optuna's exhaustive search of a finite space (n_trials at most its configurations); "
+        "several workers may repeat one (see grid)."
+    ),
 )
 SAMPLERS.add(
     "grid",
@@ -170,7 +201,10 @@ def build_sampler(
     """
     entry = SAMPLERS.get(name)
     checked = entry.parse_options(options).model_dump(exclude_unset=True)
-    if name == "qmc" and trial_seed is not None:
-        independent = optuna.samplers.RandomSampler(seed=trial_seed)
-        return optuna.samplers.QMCSampler(seed=seed, independent_sampler=independent, **checked)
-    return entry.factory(checked, seed)
+    with warnings.catch_warnings():
+        # Offered on purpose: a warning per trial in every worker's log is noise.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "qmc" and trial_seed is not None:
+            independent = optuna.samplers.RandomSampler(seed=trial_seed)
+            return optuna.samplers.QMCSampler(seed=seed, independent_sampler=independent, **checked)
+        return entry.factory(checked, seed)

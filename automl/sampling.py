@@ -137,7 +137,8 @@ def grid_cell(spec: StudySpec, index: int) -> dict[str, Any]:
 def check_grid(
     spec: StudySpec, limit: int = MAX_GRID_CELLS
 ) -> list[tuple[tuple[str | int, ...], str]]:
-    """Problems that stop ``spec`` from running as an exact grid, as ``(loc, message)``."""
+    """Problems that stop ``spec`` from running as an exact grid (or a brute-force search,
+    which needs the same finite space), as ``(loc, message)``."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
     too_many = False
     for name, param in spec.params.items():
@@ -146,7 +147,7 @@ def check_grid(
             # int range of 10**30, would otherwise be built in memory.
             too_many = too_many or param_count(param) > limit
         except GridError as exc:
-            problems.append((("params", name), f"grid sampler: {exc}"))
+            problems.append((("params", name), f"{spec.sampler.name} sampler: {exc}"))
     if problems:
         return problems
     try:

@@ -787,12 +787,14 @@ def _check_sampler(spec: StudySpec, limits: Limits) -> list[FieldError]:
     errors = _check_entry(("sampler",), SAMPLERS, sampler.name, sampler.options)
     if errors or sampler.name == "auto":
         return errors
-    if sampler.name == "grid":
+    if sampler.name in ("grid", "brute_force"):
         problems = check_grid(spec, limits.max_grid_cells)
         for field in ("warm_start", "enqueue"):
-            if getattr(spec, field):
+            if getattr(spec, field) and sampler.name == "grid":
                 problems.append(((field,), f"a grid runs each of its cells; drop {field}"))
-        return [FieldError(loc, message) for loc, message in problems]
+        errors = [FieldError(loc, message) for loc, message in problems]
+        if errors or sampler.name == "grid":
+            return errors
     return _check_built(
         ("sampler",),
         sampler.name,

@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from automl.config import Limits
 from automl.data import dataset_fingerprint
+from automl.sampling import GridError, grid_size
 from automl.spec import MAX_ENQUEUE, FieldError, SpecError, StudySpec, check_config
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
@@ -593,7 +594,8 @@ def _check_budget(study_id: int, n_trials: int) -> None:
 
 
 def _check_grid_budget(row: sa.Row[Any], add_trials: int) -> None:
-    """A grid study runs each of its cells once: its budget is the grid, nothing more."""
+    """A grid study runs each of its cells once: its budget is the grid, nothing more; a
+    brute-force study runs at most one trial per configuration of its space."""
     if add_trials <= 0:
         return
     spec = _stored_spec(row.spec)
@@ -604,6 +606,18 @@ def _check_grid_budget(row: sa.Row[Any], add_trials: int) -> None:
             "it takes no more trials (submit a new study to search further)"
         )
         raise SpecError([FieldError(("add_trials",), message)])
+    if spec.sampler.name == "brute_force":
+        try:
+            cells = grid_size(spec, Limits().max_grid_cells)
+        except GridError:  # stored before its space had to be finite
+            return
+        if row.n_trials + add_trials > cells:
+            room = max(cells - row.n_trials, 0)
+            message = (
+                f"study {row.study_id} searches a space of {cells} configurations and has "
+                f"{row.n_trials} trials: add at most {room}"
+            )
+            raise SpecError([FieldError(("add_trials",), message)])
 
 
 def resume_study(store: Store, study_id: int, add_trials: int = 0) -> StudyDetail:
@@ -634,6 +648,11 @@ def resume_study(store: Store, study_id: int, add_trials: int = 0) -> StudyDetai
             .values(state=TicketState.PENDING.value)
         ).rowcount
         if requeued == 0 and n_trials <= row.issued:
+            if _stored_spec(row.spec).sampler.name == "grid":
+                raise StudyStateError(
+                    f"study {study_id} ran every cell of its grid: nothing is left to run "
+                    "(submit a new study to search further)"
+                )
             raise StudyStateError(
                 f"study {study_id} has no trials left to run; resume it with add_trials > 0"
             )

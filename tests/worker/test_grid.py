@@ -10,6 +10,7 @@ import pytest
 from automl.sampling import iter_cells
 from automl.spec import SpecError, StudySpec, validate_spec
 from automl.store import (
+    StudyStateError,
     StudyStatus,
     extend_study,
     get_study,
@@ -106,6 +107,8 @@ def test_a_grid_takes_no_trials_past_its_cells(storage_url: str, tmp_path: Path)
         assert run_workers(storage_url, tmp_path, 1) == [4]
         with pytest.raises(SpecError, match="it takes no more trials"):
             resume_study(store, sampled, add_trials=1)
+        with pytest.raises(StudyStateError, match="ran every cell of its grid: nothing is left"):
+            resume_study(store, sampled)
 
         # A budget past the grid stored before extend refused it: dropped, the study ends.
         full = submit_study(store, grid_spec(9)).id
@@ -119,3 +122,52 @@ def test_a_grid_takes_no_trials_past_its_cells(storage_url: str, tmp_path: Path)
         assert detail.counts.complete == 9
     finally:
         store.close()
+
+
+def brute_force_spec(n_trials: int, **params: object) -> StudySpec:
+    return validate_spec(
+        tiny_spec_data(
+            name="brute",
+            sampler={"name": "brute_force", "seed": 0},
+            budget={"n_trials": n_trials, "max_failed": 0},
+            params=params or GRID_PARAMS,
+        )
+    )
+
+
+def test_brute_force_runs_its_whole_space_and_the_study_completes(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Optuna's brute force stops the study once the space is exhausted, which outside
+    ``study.optimize`` raised after the last trial was stored: the worker took its own
+    result for a lost one and the study stayed running."""
+    store = store_at(sqlite_url, tmp_path)
+    try:
+        study_id = submit_study(store, brute_force_spec(9)).id
+        assert run_workers(sqlite_url, tmp_path, 1) == [9]
+        detail = get_study(store, study_id)
+        assert (detail.status, detail.counts.complete, detail.counts.running) == (
+            StudyStatus.COMPLETED,
+            9,
+            0,
+        )
+        params = [tuple(sorted(t.params.items())) for t in store.storage.get_all_trials(study_id)]
+        assert sorted(params) == sorted(
+            tuple(sorted(c.items())) for c in iter_cells(brute_force_spec(9))
+        )
+        with pytest.raises(SpecError, match="searches a space of 9 configurations and has 9"):
+            resume_study(store, study_id, add_trials=1)
+    finally:
+        store.close()
+
+
+def test_brute_force_needs_a_finite_space_within_the_budget() -> None:
+    with pytest.raises(SpecError) as info:
+        brute_force_spec(10)
+    assert {e.path: e.msg for e in info.value.errors} == {
+        "budget.n_trials": "the grid has 9 cells, fewer than n_trials (10); use n_trials <= 9"
+    }
+    with pytest.raises(SpecError) as info:
+        brute_force_spec(2, lr={"type": "float", "low": 0.01, "high": 0.03})
+    assert [e.path for e in info.value.errors] == ["params.lr"]
+    assert "brute_force sampler: is continuous" in info.value.errors[0].msg
