@@ -8,7 +8,15 @@ from automl.models import frame_rnn as _frame_rnn  # noqa: F401  (frame_rnn, fra
 from automl.models import mobilenet as _mobilenet  # noqa: F401
 from automl.models import resnet as _resnet  # noqa: F401
 from automl.models import rnn as _rnn  # noqa: F401
-from automl.models.base import MODELS, InputShape, ModelFactory, backbone_stages
-from automl.models.build import build_model
+from automl.models.base import MODELS, InputShape, ModelFactory, backbone_stages, head_keys
+from automl.models.build import build_model, build_model_with_report
 
-__all__ = ["MODELS", "InputShape", "ModelFactory", "backbone_stages", "build_model"]
+__all__ = [
+    "MODELS",
+    "InputShape",
+    "ModelFactory",
+    "backbone_stages",
+    "build_model",
+    "build_model_with_report",
+    "head_keys",
+]

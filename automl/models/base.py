@@ -13,7 +13,7 @@ An architecture is one factory function plus its options model::
   keys match ``model[0].state_dict()`` (minus that final layer) and load into it directly.
 - ``model[1]``, the *head*, maps those features to ``num_classes`` logits and ends in an
   ``nn.Linear``; replacing ``model[1]`` (or its last layer) retargets the model to other
-  classes.
+  classes. Pretrained weights never load into it (``head_keys``).
 - ``backbone_stages(model)`` lists the backbone's stages, input side first, for freezing
   the first k of them (see its docstring for the rule).
 
@@ -60,11 +60,27 @@ def backbone_stages(model: nn.Module) -> list[nn.Module]:
     Raises:
         ValueError: If ``model`` does not follow the convention (no backbone).
     """
-    if not isinstance(model, nn.Sequential) or len(model) != 2:
-        raise ValueError(f"{type(model).__name__} is not nn.Sequential(backbone, head)")
-    backbone = model[0]
+    backbone = _backbone_and_head(model)[0]
     container = backbone.get_submodule("features") if hasattr(backbone, "features") else backbone
     return [child for child in container.children() if _has_parameters(child)]
+
+
+def head_keys(model: nn.Module) -> list[str]:
+    """The state-dict keys of a model's head (``model[1]``), e.g. ``1.0.weight``.
+
+    These are sized for the task's classes, so pretrained weights never replace them.
+
+    Raises:
+        ValueError: If ``model`` does not follow the convention.
+    """
+    head = _backbone_and_head(model)[1]
+    return [f"1.{key}" for key in head.state_dict()]
+
+
+def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    if not isinstance(model, nn.Sequential) or len(model) != 2:
+        raise ValueError(f"{type(model).__name__} is not nn.Sequential(backbone, head)")
+    return model[0], model[1]
 
 
 def _has_parameters(module: nn.Module) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from automl.models.base import MODELS, InputShape
-from automl.models.transfer import TransferOptions, apply_transfer
+from automl.models.transfer import LoadReport, TransferOptions, apply_transfer
 from automl.registry import EntryOptions
 
 
@@ -26,11 +26,29 @@ def build_model(
     Raises:
         UnknownNameError: If ``name`` is not registered.
         pydantic.ValidationError: If the options do not fit the architecture.
-        CheckpointError: If the pretrained checkpoint cannot be read.
+        CheckpointError: If the pretrained checkpoint cannot be read or fits none of the
+            backbone.
+    """
+    return build_model_with_report(name, options, input_shape, num_classes)[0]
+
+
+def build_model_with_report(
+    name: str,
+    options: Mapping[str, Any] | EntryOptions | None,
+    input_shape: InputShape,
+    num_classes: int,
+) -> tuple[nn.Module, LoadReport | None]:
+    """``build_model``, and what loading its pretrained weights did (None without
+    ``pretrained``), for the trial's notes.
+
+    Raises:
+        UnknownNameError: If ``name`` is not registered.
+        pydantic.ValidationError: If the options do not fit the architecture.
+        CheckpointError: If the pretrained checkpoint cannot be read or fits none of the
+            backbone.
     """
     entry = MODELS.get(name)
     parsed = options if isinstance(options, entry.options) else entry.parse_options(options)  # type: ignore[arg-type]
     model = entry.factory(parsed, tuple(input_shape), num_classes)
-    if isinstance(parsed, TransferOptions):
-        apply_transfer(model, parsed)
-    return model
+    report = apply_transfer(model, parsed) if isinstance(parsed, TransferOptions) else None
+    return model, report

@@ -13,6 +13,7 @@ matches the backbone, ``model[0]``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +25,17 @@ from torch import nn
 
 from automl.data.errors import DatasetError
 from automl.data.paths import confine, data_root, relative_name
-from automl.models.base import backbone_stages
+from automl.models.base import backbone_stages, head_keys
 from automl.registry import EntryOptions
 
 FreezeMode = Literal["none", "backbone", "first_k"]
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
+"""How ``torch.save`` files start: a zip archive, or (before torch 1.6) a bare pickle."""
+REPORTED_SKIPS = 3
+"""Skipped keys a load summary names before it only counts them."""
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -99,6 +106,12 @@ def load_checkpoint(reference: str | Path) -> dict[str, torch.Tensor]:
     """
     path = reference if isinstance(reference, Path) else resolve_checkpoint(reference)
     try:
+        empty = path.stat().st_size == 0
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path.name!r}: {exc}") from None
+    if empty:
+        raise CheckpointError(f"checkpoint {path.name!r} is empty (0 bytes)")
+    try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -106,7 +119,8 @@ def load_checkpoint(reference: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors, pickle and zip errors have no common base
-        raise CheckpointError(f"cannot read checkpoint {path.name!r}: {exc}") from None
+        why = _wrong_format(path) or str(exc)
+        raise CheckpointError(f"cannot read checkpoint {path.name!r}: {why}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
@@ -124,15 +138,61 @@ def load_checkpoint(reference: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _wrong_format(path: Path) -> str | None:
+    """Why an unreadable checkpoint is in another format than its suffix says, if it is.
+
+    A safetensors file starts with an 8-byte header length, then the JSON header's ``{``.
+    """
+    try:
+        with path.open("rb") as file:
+            start = file.read(9)
+    except OSError:
+        return None
+    safetensors = len(start) == 9 and start[8:9] == b"{"
+    if path.suffix == ".safetensors" and not safetensors:
+        if start.startswith(TORCH_FILE_MAGIC):
+            return "not a safetensors file (saved with torch.save? name it .pt or .bin)"
+        return "not a safetensors file"
+    if path.suffix != ".safetensors" and safetensors:
+        return "not a torch file, it looks like a safetensors file: name it .safetensors"
+    return None
+
+
 @dataclass
 class LoadReport:
-    """What ``load_pretrained`` did with each key of the model."""
+    """What ``load_pretrained`` did with each weight of the model.
+
+    ``loaded``, ``adapted`` and ``skipped`` cover the backbone's tensors; 0-dim buffers
+    (batch norm's ``num_batches_tracked``) are copied when they match but not reported.
+    """
 
     loaded: list[str] = field(default_factory=list)
     adapted: list[str] = field(default_factory=list)
     """Conv weights whose input channels were converted (3 to 1, or 1 to 3)."""
     skipped: list[str] = field(default_factory=list)
-    """Model keys kept at their initialization (missing or mismatched, e.g. the new head)."""
+    """Backbone keys kept at their initialization (missing from the checkpoint or another
+    shape)."""
+    head: list[str] = field(default_factory=list)
+    """The head's keys: always kept new, whatever the checkpoint holds."""
+    source: str = ""
+    """The checkpoint, as the options named it ("" when unknown)."""
+
+    def summary(self) -> str:
+        """One line for the trial's notes, e.g. ``loaded 10 of 15 backbone tensors from
+        x.safetensors (skipped: 0.2.0.weight, ...)``."""
+        matched = len(self.loaded) + len(self.adapted)
+        total = matched + len(self.skipped)
+        details = []
+        if self.adapted:
+            details.append(f"{len(self.adapted)} with its input channels adapted")
+        if self.skipped:
+            named = ", ".join(self.skipped[:REPORTED_SKIPS])
+            more = len(self.skipped) - REPORTED_SKIPS
+            details.append(f"skipped: {named}" + (f" and {more} more" if more > 0 else ""))
+        line = (
+            f"loaded {matched} of {total} backbone tensors from {self.source or 'the checkpoint'}"
+        )
+        return f"{line} ({'; '.join(details)})" if details else line
 
 
 def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
@@ -154,53 +214,83 @@ def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"cannot adapt a conv weight from {current} to {channels} input channels")
 
 
-def load_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor]) -> LoadReport:
-    """Copies matching pretrained weights into ``model``, adapting the first conv's channels.
+def load_pretrained(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = ""
+) -> LoadReport:
+    """Copies matching pretrained weights into ``model``'s backbone, adapting the first
+    conv's channels.
 
     Keys whose shapes match are copied; a 4-d weight that differs only in input channels
-    (1 vs 3) is adapted; everything else (typically the head, sized for other classes)
-    keeps its fresh initialization. Keys of a bare backbone (a torchvision checkpoint) are
-    matched against ``model[0]``.
+    (1 vs 3) is adapted; everything else keeps its fresh initialization, and so does the
+    head (``model[1]``), even where its shape matches: it is trained for the task's
+    classes. Keys of a bare backbone (a torchvision checkpoint) are matched against
+    ``model[0]``.
+
+    Args:
+        model: A model of the convention ``nn.Sequential(backbone, head)``.
+        state: The checkpoint's tensors.
+        source: The checkpoint's name, for the report and errors.
 
     Returns:
-        Which keys were loaded, adapted or skipped.
+        Which backbone keys were loaded, adapted or skipped.
 
     Raises:
-        CheckpointError: If no key matches (a checkpoint of another architecture would
-            otherwise train from scratch without a word).
+        CheckpointError: If no backbone weight matches (a checkpoint of another
+            architecture or width would otherwise train from scratch without a word).
+        ValueError: If ``model`` does not follow the convention.
     """
     own = model.state_dict()
+    head = set(head_keys(model))
     if not own.keys() & state.keys() and {f"0.{key}" for key in state} & own.keys():
         state = {f"0.{key}": value for key, value in state.items()}  # a bare backbone's keys
-    report = LoadReport()
+    report = LoadReport(head=[key for key in own if key in head], source=source)
     merged = dict(own)
     for key, target in own.items():
-        source = state.get(key)
-        if source is None:
+        if key in head:
+            continue
+        pretrained = state.get(key)
+        if target.dim() == 0:  # a counter (num_batches_tracked): it says nothing of a match
+            if pretrained is not None and pretrained.shape == target.shape:
+                merged[key] = pretrained.to(target.dtype)
+        elif pretrained is None:
             report.skipped.append(key)
-        elif source.shape == target.shape:
-            merged[key] = source.to(target.dtype)
+        elif pretrained.shape == target.shape:
+            merged[key] = pretrained.to(target.dtype)
             report.loaded.append(key)
         elif (
-            source.dim() == 4
-            and source.shape[0] == target.shape[0]
-            and source.shape[2:] == target.shape[2:]
-            and {source.shape[1], target.shape[1]} == {1, 3}
+            pretrained.dim() == 4
+            and pretrained.shape[0] == target.shape[0]
+            and pretrained.shape[2:] == target.shape[2:]
+            and {pretrained.shape[1], target.shape[1]} == {1, 3}
         ):
-            merged[key] = adapt_input_channels(source, target.shape[1]).to(target.dtype)
+            merged[key] = adapt_input_channels(pretrained, target.shape[1]).to(target.dtype)
             report.adapted.append(key)
         else:
             report.skipped.append(key)
     if not report.loaded and not report.adapted:
-        theirs = ", ".join(sorted(state)[:3]) or "none"
-        ours = ", ".join(list(own)[:3])
-        raise CheckpointError(
-            f"the pretrained checkpoint matches none of the model's {len(own)} weights by name "
-            f"and shape (its keys: {theirs}...; the model's: {ours}...): was it saved from "
-            "this architecture?"
-        )
+        raise CheckpointError(_matches_nothing(own, state, report))
     model.load_state_dict(merged)
     return report
+
+
+def _matches_nothing(
+    own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], report: LoadReport
+) -> str:
+    """Why a checkpoint loads into none of the backbone: both key sets, and the first key
+    both have, with its two shapes."""
+    theirs = ", ".join(sorted(state)[:3]) or "none"
+    ours = ", ".join(report.skipped[:3])
+    named = f" {report.source!r}" if report.source else ""
+    message = (
+        f"the pretrained checkpoint{named} matches none of the model's "
+        f"{len(report.skipped)} backbone weights by name and shape (its keys: {theirs}...; "
+        f"the model's: {ours}..."
+    )
+    shared = next((key for key in report.skipped if key in state), None)
+    if shared is not None:
+        there, here = tuple(state[shared].shape), tuple(own[shared].shape)
+        message += f"; {shared} is {there} there, {here} here"
+    return message + "): was it saved from this architecture, with the same options?"
 
 
 def find_head(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
@@ -310,13 +400,18 @@ def apply_transfer(model: nn.Module, options: TransferOptions) -> LoadReport | N
     """Loads ``options.pretrained`` into ``model`` (the head stays new, a grayscale input
     gets summed RGB filters) and freezes what ``options.freeze`` says.
 
+    Returns:
+        What the load did, or None without ``pretrained``.
+
     Raises:
-        CheckpointError: If the checkpoint cannot be read.
+        CheckpointError: If the checkpoint cannot be read or fits none of the backbone.
         ValueError: If ``freeze_k`` exceeds the model's stages.
     """
     report = None
     if options.pretrained:
-        report = load_pretrained(model, load_checkpoint(options.pretrained))
+        state = load_checkpoint(options.pretrained)
+        report = load_pretrained(model, state, source=options.pretrained)
+        logger.info("pretrained: %s", report.summary())
     stages = len(backbone_stages(model))
     if options.freeze == "first_k" and options.freeze_k > stages:
         raise ValueError(f"freeze_k is {options.freeze_k}, but the model has {stages} stages")

@@ -10,9 +10,11 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.models import resnet18
 
-from automl.models import build_model
+from automl.data import ImageData, load_dataset
+from automl.models import MODELS, build_model
 from automl.models.transfer import (
     CheckpointError,
+    LoadReport,
     adapt_input_channels,
     backbone_stages,
     check_pretrained,
@@ -23,6 +25,8 @@ from automl.models.transfer import (
     replace_head,
     resolve_checkpoint,
 )
+from automl.train import train
+from automl.train.hyperparameters import flat_config
 
 
 @pytest.fixture
@@ -50,7 +54,7 @@ def test_cnn_checkpoint_in_safetensors_and_torch_formats(roots: tuple[Path, Path
         target = cnn(1, 4)  # grayscale input, 4 classes
         report = load_pretrained(target, state)
         assert report.adapted == ["0.0.0.weight"]
-        assert report.skipped == ["1.0.weight", "1.0.bias"]  # the head is sized for 10 classes
+        assert report.head == ["1.0.weight", "1.0.bias"] and not report.skipped
         assert "0.1.0.weight" in report.loaded
         assert torch.equal(target.state_dict()["0.1.0.weight"], source.state_dict()["0.1.0.weight"])
         summed = source.state_dict()["0.0.0.weight"].sum(dim=1, keepdim=True)
@@ -108,7 +112,7 @@ def test_torchvision_resnet18_checkpoint_loads_into_the_backbone(
     report = load_pretrained(model, load_checkpoint("r18.pt"))
     assert report.adapted == ["0.conv1.weight"]
     assert "0.layer4.1.bn2.weight" in report.loaded
-    assert report.skipped == ["1.0.weight", "1.0.bias"]  # our head, sized for 3 classes
+    assert report.head == ["1.0.weight", "1.0.bias"] and not report.skipped
     stages = backbone_stages(model)
     assert len(stages) == 6  # conv1, bn1, layer1..layer4
     frozen = freeze(model, "first_k", k=3)
@@ -137,7 +141,7 @@ def test_a_checkpoint_that_matches_nothing_is_refused(roots: tuple[Path, Path]) 
     save_file({"foo": torch.zeros(3)}, str(data / "other.safetensors"))
     torch.save(cnn(3, 10).state_dict(), data / "cnn.pt")
 
-    with pytest.raises(CheckpointError, match=r"matches none of the model's \d+ weights"):
+    with pytest.raises(CheckpointError, match=r"matches none of the model's \d+ backbone weights"):
         build_model("resnet18", {"pretrained": "other.safetensors"}, (3, 32, 32), 4)
     with pytest.raises(CheckpointError, match=r"its keys: 0\.0\.0\.weight"):
         build_model("resnet18", {"pretrained": "cnn.pt"}, (3, 32, 32), 4)
@@ -179,3 +183,123 @@ def test_param_groups_scale_the_backbone_lr() -> None:
     freeze(model, "first_k", k=1)
     groups = param_groups(model, lr=0.01)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())) - 3  # conv, bn
+
+
+SMALL: dict[str, dict[str, object]] = {
+    "cnn": {"width": 4},
+    "cnn_rnn": {"width": 4, "hidden": 8},
+    "fast_resnet": {"width_mult": 0.0625},
+    "mobilenet_v3_small": {"width_mult": 0.25},
+    "mobilenet_v3_large": {"width_mult": 0.25},
+    "rnn": {"hidden": 8},
+}
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_the_head_is_never_loaded_even_when_its_shape_matches(name: str) -> None:
+    """Same classes on both sides: the head's shapes match, and it once came from the
+    checkpoint."""
+    shape = (3, 1, 16, 16) if name in {"frame_rnn", "frame_pool"} else (1, 16, 16)
+    torch.manual_seed(0)
+    source = build_model(name, SMALL.get(name, {}), shape, 5)
+    torch.manual_seed(1)
+    target = build_model(name, SMALL.get(name, {}), shape, 5)
+    fresh = {f"1.{key}": value.clone() for key, value in target[1].state_dict().items()}
+
+    report = load_pretrained(target, source.state_dict())
+
+    assert report.head == list(fresh) and fresh
+    after = target.state_dict()
+    assert all(torch.equal(after[key], value) for key, value in fresh.items())
+    assert report.loaded and not report.skipped and not report.adapted
+    assert all(torch.equal(after[key], source.state_dict()[key]) for key in report.loaded)
+
+
+def test_the_cnn_example_checkpoint_leaves_the_head_new(roots: tuple[Path, Path]) -> None:
+    data, _ = roots
+    source = cnn(1, 10)
+    save_file(source.state_dict(), str(data / "shapes.safetensors"))
+    options = {"width": 4, "depth": 3, "pretrained": "shapes.safetensors"}
+    model = build_model("cnn", options, (1, 16, 16), 10)
+    assert torch.equal(model[0][0][0].weight, source[0][0][0].weight)
+    assert not torch.equal(model[1][0].weight, source[1][0].weight)
+
+
+def test_another_width_is_refused_naming_both_shapes(roots: tuple[Path, Path]) -> None:
+    """Only 0-dim ``num_batches_tracked`` and the head's bias matched, which counted as a
+    load: the trial trained from scratch."""
+    data, _ = roots
+    save_file(cnn(1, 10).state_dict(), str(data / "w4.safetensors"))
+    options = {"width": 8, "depth": 3, "pretrained": "w4.safetensors"}
+    with pytest.raises(CheckpointError) as caught:
+        build_model("cnn", options, (1, 16, 16), 10)
+    message = str(caught.value)
+    assert "'w4.safetensors' matches none of the model's 15 backbone weights" in message
+    assert "its keys: 0.0.0.weight" in message and "the model's: 0.0.0.weight" in message
+    assert "0.0.0.weight is (4, 1, 3, 3) there, (8, 1, 3, 3) here" in message
+
+
+def test_a_partial_load_is_reported(roots: tuple[Path, Path]) -> None:
+    data, _ = roots
+    shallow = build_model("cnn", {"width": 4, "depth": 2}, (3, 16, 16), 10)
+    save_file(shallow.state_dict(), str(data / "shallow.safetensors"))
+    deep = build_model("cnn", {"width": 4, "depth": 3}, (1, 16, 16), 4)
+
+    report = load_pretrained(
+        deep, load_checkpoint("shallow.safetensors"), source="shallow.safetensors"
+    )
+
+    assert (len(report.loaded), len(report.adapted), len(report.skipped)) == (9, 1, 5)
+    assert report.summary() == (
+        "loaded 10 of 15 backbone tensors from shallow.safetensors (1 with its input "
+        "channels adapted; skipped: 0.2.0.weight, 0.2.1.weight, 0.2.1.bias and 2 more)"
+    )
+    assert (
+        LoadReport(loaded=["a"], source="x.pt").summary()
+        == "loaded 1 of 1 backbone tensors from x.pt"
+    )
+
+
+def test_the_load_report_is_a_trial_note(roots: tuple[Path, Path]) -> None:
+    data, _ = roots
+    save_file(
+        build_model("cnn", {"width": 4, "depth": 1}, (1, 8, 8), 10).state_dict(),
+        str(data / "c.safetensors"),
+    )
+    full = load_dataset("digits")
+    small = ImageData(
+        full.train_x[:64],
+        full.train_y[:64],
+        full.val_x[:32],
+        full.val_y[:32],
+        full.classes,
+        full.mean,
+        full.std,
+        "digits-64",
+    )
+    config = flat_config({"epochs": 1, "width": 4, "depth": 2, "pretrained": "c.safetensors"})
+    result = train(config, data=small)
+    assert result.notes["pretrained"] == (
+        "loaded 5 of 10 backbone tensors from c.safetensors "
+        "(skipped: 0.1.0.weight, 0.1.1.weight, 0.1.1.bias and 2 more)"
+    )
+
+
+def test_unreadable_checkpoints_say_why(roots: tuple[Path, Path]) -> None:
+    data, _ = roots
+    state = cnn(3, 10).state_dict()
+    (data / "empty.bin").write_bytes(b"")
+    torch.save(state, data / "pickled.safetensors")
+    torch.save(state, data / "legacy.safetensors", _use_new_zipfile_serialization=False)
+    save_file(state, str(data / "safe.pt"))
+    (data / "text.safetensors").write_bytes(b"hello, I am no checkpoint at all")
+    cases = {
+        "empty.bin": r"'empty\.bin' is empty \(0 bytes\)",
+        "pickled.safetensors": r"'pickled\.safetensors': not a safetensors file .*save.*\.pt",
+        "legacy.safetensors": r"'legacy\.safetensors': not a safetensors file .*torch\.save",
+        "safe.pt": r"'safe\.pt': .*a safetensors file: name it \.safetensors",
+        "text.safetensors": r"'text\.safetensors': not a safetensors file$",
+    }
+    for name, message in cases.items():
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(name)
