@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 
 from automl.data import DATASETS
@@ -21,6 +22,7 @@ from automl.spec import (
     parse_text,
     validate_spec,
 )
+from automl.train.trial_config import stored_config
 
 SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 DIGITS_QUICK = SEARCH_SPACES / "digits_quick.yaml"
@@ -1352,18 +1354,22 @@ def test_an_enqueued_param_its_own_parents_rule_out_is_named() -> None:
             "momentum": {"type": "float", "low": 0.5, "high": 0.9, "when": {"optimizer": "sgd"}},
         },
     }
-    fine = [{"momentum": 0.7}, {"optimizer": "sgd", "momentum": 0.7, "model": "cnn", "width": 8}]
+    fine = [{"optimizer": "sgd", "momentum": 0.7, "model": "cnn", "width": 8}, {"model": "cnn"}]
     assert load_spec({**space, "enqueue": fine}).enqueue == fine
     bad = [
         {"optimizer": "adam", "momentum": 0.7},
         {"model": "resnet18", "width": 16},
         {"optimizer": ["sgd"], "momentum": 0.7},
+        {"momentum": 0.7},  # the sampler would pick the optimizer, and adam drops it
+        {"width": 16, "optimizer": "sgd"},
     ]
     assert enqueue_errors(space, bad) == {
         "enqueue[0].momentum": "applies only when optimizer is one of ['sgd'], not 'adam'",
         "enqueue[1].width": "applies only when model is one of ['cnn'], not 'resnet18'",
         "enqueue[2].optimizer": "['sgd'] is not one of ['adam', 'sgd']",
         "enqueue[2].momentum": "applies only when optimizer is one of ['sgd'], not ['sgd']",
+        "enqueue[3].momentum": "applies only when optimizer is one of ['sgd']: give optimizer too",
+        "enqueue[4].width": "applies only when model is one of ['cnn']: give model too",
     }
 
 
@@ -1447,3 +1453,33 @@ def test_a_searched_precise_bn_beyond_its_bound_is_named() -> None:
     searched = {"precise_bn": {"type": "int", "low": 0, "high": 2_000_000}}
     [error] = spec_errors({"name": "x", "params": searched})
     assert error.path == "params.precise_bn.high" and "less than or equal to" in error.msg
+
+
+@pytest.mark.parametrize(
+    ("where", "path"),
+    [
+        ({"fixed": {"batch_size": 1}}, "fixed.batch_size"),
+        (
+            {"params": {"batch_size": {"type": "int", "low": 1, "high": 64}}},
+            "params.batch_size.low",
+        ),
+        (
+            {"params": {"batch_size": {"type": "categorical", "choices": [32, 1]}}},
+            "params.batch_size.choices[1]",
+        ),
+    ],
+)
+def test_a_batch_size_of_one_is_refused(where: dict[str, Any], path: str) -> None:
+    # Batch norm cannot train on a batch of one: such a batch size failed every trial of
+    # resnet18, mobilenet_v3_small, efficientnet_b0 and fast_resnet at training time.
+    [error] = spec_errors({"name": "x", **where})
+    assert error.path == path and "greater than or equal to 2" in error.msg
+    assert load_spec({"name": "x", "fixed": {"batch_size": 2}}).fixed["batch_size"] == 2
+
+
+def test_a_trial_recorded_with_a_batch_of_one_still_loads() -> None:
+    # Before batches of one were refused, a cnn or rnn without batch norm trained with
+    # one: its recorded configuration must still serve its model.
+    assert stored_config({"batch_size": 1}).batch_size == 1
+    with pytest.raises(pydantic.ValidationError):
+        stored_config({"batch_size": 0})

@@ -292,12 +292,17 @@ def intended_use(
             f"a gap of {gaps['gap']:.3f}: images of the weaker classes are missed more "
             "often; check that this is acceptable for each class before relying on it."
         )
-        few = [row["class"] for row in gaps["by_class"] if row["support"] < FEW_SAMPLES]
-        if few:
-            limits.append(
-                f"Classes with fewer than {FEW_SAMPLES} {split} images have uncertain "
-                f"scores: {', '.join(few)}."
-            )
+    scored = gaps["by_class"] if gaps is not None else []
+    few = [row["class"] for row in scored if row["support"] < FEW_SAMPLES]
+    # A class without images (a single image stays in training) has no recall to show.
+    few += [
+        f"{row['class']} (no {split} images)" for row in per_class if row.get("support", 0) == 0
+    ]
+    if few:
+        limits.append(
+            f"Classes with fewer than {FEW_SAMPLES} {split} images have uncertain "
+            f"scores: {', '.join(few)}."
+        )
     return {
         "intended_use": (
             f"Classifying {color} {kind} into {len(classes)} classes ({shown}) of the "

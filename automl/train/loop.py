@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from automl.data import ImageData, load_dataset
-from automl.models import MODELS, build_model
+from automl.models import MODELS, build_model_with_report
 from automl.models.transfer import param_groups
 from automl.registry import BUILTIN_SOURCE
 from automl.train.accel import Accelerator, CompiledModel
@@ -41,7 +41,13 @@ from automl.train.metrics import (
     per_class_report,
 )
 from automl.train.model_stats import profile_model
-from automl.train.optim import OPTIMIZERS, build_optimizer, build_scheduler, constant_learning_rate
+from automl.train.optim import (
+    OPTIMIZERS,
+    build_optimizer,
+    build_scheduler,
+    constant_learning_rate,
+    ignores_warmup,
+)
 from automl.train.precise_bn import recompute_batch_norm
 from automl.train.trial_config import TrialConfig
 
@@ -76,7 +82,9 @@ class TrainResult:
     """What the imbalance strategy did (e.g. how long its generator trained); under
     ``compile``, whether the model ran compiled (``compile``: ``compiled`` or why not); on
     CUDA, whether the updates replayed from a CUDA graph (``cuda_graph``: ``replayed`` or
-    why not), when the run qualified for one (``automl.train.graphs``)."""
+    why not), when the run qualified for one (``automl.train.graphs``); the classes without
+    validation or test images (``no_validation_images``, ``no_test_images``); whether
+    ``warmup_epochs`` was ignored (``warmup``, for a schedule that warms up by itself)."""
     stopped_early: bool = False
     """Whether ``patience`` epochs passed without a better monitored metric."""
     best_epoch: int = 0
@@ -176,7 +184,9 @@ def train(
     accel = Accelerator.for_device(device, len(data.input_shape), config.precision)
 
     torch.manual_seed(config.seed)
-    model = build_model(config.model.name, config.model.options, data.input_shape, data.num_classes)
+    model, loaded = build_model_with_report(
+        config.model.name, config.model.options, data.input_shape, data.num_classes
+    )
     model = accel.model(model)
     model_stats = profile_model(model, data.input_shape, accel)
     split = TrainSplit(
@@ -351,13 +361,17 @@ def train(
     if best is not None and not pruned and best.restore(model, best_epoch):
         assert best.epoch is not None and best.confusion is not None
         metrics, confusion, best_epoch = dict(best.metrics), best.confusion, best.epoch
-    notes = dict(plan.notes)
+    notes = dict(plan.notes) | _unscored_classes(dataset)
+    if config.warmup_epochs and ignores_warmup(config.scheduler.name, config.scheduler.options):
+        notes["warmup"] = f"ignored: {config.scheduler.name} warms up by itself"
     if graphed is not None:
         notes["cuda_graph"] = _graph_note(graphed)
     if isinstance(runner, CompiledModel):
         notes["compile"] = (
             "compiled" if runner.compiled else f"failed, trained eagerly: {runner.failure}"
         )
+    if loaded is not None:
+        notes["pretrained"] = loaded.summary()
 
     return TrainResult(
         metrics=metrics,
@@ -417,6 +431,21 @@ def _plugin_parts(config: TrialConfig) -> list[str]:
         for registry, name in parts
         if registry.get(name).source != BUILTIN_SOURCE
     ]
+
+
+def _unscored_classes(data: ImageData) -> dict[str, list[str]]:
+    """The classes that no validation (``no_validation_images``) or test image
+    (``no_test_images``) scores, e.g. one whose single image a stratified split kept in
+    training: the metrics say nothing about them (balanced accuracy leaves them out)."""
+    notes: dict[str, list[str]] = {}
+    for key, labels in (("no_validation_images", data.val_y), ("no_test_images", data.test_y)):
+        if labels is None:
+            continue
+        counts = torch.bincount(labels.cpu(), minlength=data.num_classes).tolist()
+        missing = [name for index, name in enumerate(data.classes) if counts[index] == 0]
+        if missing:
+            notes[key] = missing
+    return notes
 
 
 def _graph_note(graphed: GraphedStep) -> str:

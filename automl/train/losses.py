@@ -103,18 +103,27 @@ class FocalLoss(nn.Module):
         self.register_buffer("alpha", alpha)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Returns the mean focal loss of a batch (index or probability targets)."""
+        """Returns the mean focal loss of a batch (index or probability targets).
+
+        Averaged as ``nn.CrossEntropyLoss`` with ``weight=alpha`` averages, so that gamma 0
+        is that loss: over class indices, a sum divided by the summed weights of the
+        batch's targets; over class probabilities (mixup, cutmix), by the batch size.
+        """
         log_probs = F.log_softmax(logits.float(), dim=1)
-        if targets.dim() == 1:  # one-hot by scatter_: F.one_hot reads the targets' range
-            one_hot = torch.zeros_like(log_probs)
-            targets = one_hot.scatter_(1, targets.view(-1, 1), 1.0)
+        norm = None
+        if targets.dim() == 1:
+            if self.alpha is not None:
+                norm = self.alpha[targets].sum()
+            # One-hot by scatter_: F.one_hot reads the targets' range (a host sync).
+            targets = torch.zeros_like(log_probs).scatter_(1, targets.view(-1, 1), 1.0)
         p_true = (log_probs.exp() * targets).sum(dim=1)
         if self.label_smoothing:
             targets = targets * (1 - self.label_smoothing) + self.label_smoothing / logits.shape[1]
         per_class = -targets * log_probs
         if self.alpha is not None:
             per_class = per_class * self.alpha
-        return ((1.0 - p_true).clamp(min=0) ** self.gamma * per_class.sum(dim=1)).mean()
+        per_sample = (1.0 - p_true).clamp(min=0) ** self.gamma * per_class.sum(dim=1)
+        return per_sample.mean() if norm is None else per_sample.sum() / norm
 
 
 @LOSSES.register("focal", options=FocalOptions)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -32,6 +33,22 @@ class OptimizerFactory(Protocol):
 Schedule = Callable[[float], float]
 """Maps training progress in [0, 1] to a learning-rate multiplier."""
 ScheduleFactory = Callable[[Any], Schedule]
+
+
+@dataclass(frozen=True)
+class WarmsUp:
+    """A schedule that rises to the peak learning rate by itself (``one_cycle``).
+
+    ``build_scheduler`` runs no linear warmup before it: one would reach the peak, then
+    drop to the schedule's own low start and rise a second time.
+    """
+
+    schedule: Schedule
+
+    def __call__(self, progress: float) -> float:
+        """The schedule's multiplier at ``progress``."""
+        return self.schedule(progress)
+
 
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", group="automl.optimizers")
 SCHEDULERS: Registry[ScheduleFactory] = Registry("scheduler", group="automl.schedulers")
@@ -172,7 +189,10 @@ def linear(opts: EntryOptions) -> Schedule:
 
 @SCHEDULERS.register("one_cycle", options=OneCycleOptions)
 def one_cycle(opts: OneCycleOptions) -> Schedule:
-    """One cycle (Smith, 2018): cosine rise to the peak, then cosine annealing far below."""
+    """One cycle (Smith, 2018): cosine rise to the peak, then cosine annealing far below.
+
+    The rise is its warmup: ``build_scheduler`` runs no other (``WarmsUp``).
+    """
     start = 1.0 / opts.div_factor
     end = start / opts.final_div_factor
 
@@ -184,7 +204,7 @@ def one_cycle(opts: OneCycleOptions) -> Schedule:
             return anneal(start, 1.0, progress / opts.pct_start)
         return anneal(1.0, end, (progress - opts.pct_start) / (1.0 - opts.pct_start))
 
-    return multiplier
+    return WarmsUp(multiplier)
 
 
 def build_optimizer(
@@ -212,11 +232,12 @@ def build_scheduler(
     total_steps: int,
     warmup_steps: int,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Builds a per-step schedule: linear warmup over ``warmup_steps``, then ``name``."""
+    """Builds a per-step schedule: linear warmup over ``warmup_steps``, then ``name``
+    (without the warmup if ``name`` warms up by itself: ``ignores_warmup``)."""
     entry = SCHEDULERS.get(name)
     schedule = entry.factory(entry.parse_options(options))
     total = max(total_steps, 1)
-    warmup = _warmup_steps(total_steps, warmup_steps)
+    warmup = 0 if isinstance(schedule, WarmsUp) else _warmup_steps(total_steps, warmup_steps)
 
     def multiplier(step_index: int) -> float:
         if step_index < warmup:
@@ -224,6 +245,13 @@ def build_scheduler(
         return schedule(min((step_index - warmup) / max(total - warmup, 1), 1.0))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+def ignores_warmup(name: str, options: Mapping[str, Any]) -> bool:
+    """Whether the schedule ``name`` rises to the peak by itself, so that ``build_scheduler``
+    runs no warmup before it (``WarmsUp``)."""
+    entry = SCHEDULERS.get(name)
+    return isinstance(entry.factory(entry.parse_options(options)), WarmsUp)
 
 
 def constant_learning_rate(name: str, *, total_steps: int, warmup_steps: int) -> bool:

@@ -10,7 +10,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from automl.data import DATASETS
 from automl.models import MODELS
@@ -110,10 +120,19 @@ class TrialConfig(BaseModel):
     lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0, le=1, description="Weight decay of the optimizer.")
     warmup_epochs: float = Field(
-        0.0, ge=0, le=1000, description="Epochs of linear learning-rate warmup."
+        0.0,
+        ge=0,
+        le=1000,
+        description="Epochs of linear learning-rate warmup (one_cycle, which warms up by "
+        "itself, ignores it).",
     )
     epochs: int = Field(10, ge=1, le=10_000, description="Training epochs.")
-    batch_size: int = Field(64, ge=1, le=65_536, description="Training batch size.")
+    batch_size: int = Field(
+        64,
+        ge=2,
+        le=65_536,
+        description="Training batch size; at least 2, as batch norm cannot train on one image.",
+    )
     grad_clip: float = Field(
         0.0, ge=0, le=1e6, description="Largest global gradient norm; 0 turns clipping off."
     )
@@ -147,6 +166,21 @@ class TrialConfig(BaseModel):
     compile: bool = Field(
         False, description="Compile the model with torch.compile (slow start, faster steps)."
     )
+
+    @field_validator("batch_size", mode="wrap")
+    @classmethod
+    def _recorded_batch_of_one(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> int:
+        """A trial recorded before batches of one were refused (a cnn or rnn without batch
+        norm trained with it) still serves its model."""
+        try:
+            return int(handler(value))
+        except ValidationError:
+            if (info.context or {}).get(RECORDED) and value == 1 and type(value) is int:
+                return 1
+            raise
+
     precision: Precision = Field(
         "auto",
         description="Arithmetic of training and scoring: auto (bf16 on GPUs with native "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 
 import pytest
@@ -28,7 +29,7 @@ from automl.train.hyperparameters import flat_config
 from automl.train.losses import FocalLoss, WeightedCrossEntropy, build_loss
 from automl.train.metrics import Evaluation, compute_metrics, confusion_matrix, per_class_report
 from automl.train.model_stats import ModelStats
-from automl.train.optim import build_optimizer, build_scheduler
+from automl.train.optim import build_optimizer, build_scheduler, ignores_warmup
 from automl.train.trial_config import MAX_SEED
 
 TIMINGS = {"latency_ms", "batch_latency_ms"}
@@ -322,6 +323,26 @@ def test_augmented_training_evaluates_unaugmented_validation_data(small_data: Im
     assert accuracy == pytest.approx(result.metrics["accuracy"])
 
 
+def test_a_run_notes_the_classes_without_validation_or_test_images(
+    small_data: ImageData,
+) -> None:
+    """A class with one image stays in training after a stratified split: no score of the
+    run covers it (balanced accuracy skips it, its recall reads 0 with support 0)."""
+    keep = small_data.val_y != 9
+    data = dataclasses.replace(
+        small_data,
+        val_x=small_data.val_x[keep],
+        val_y=small_data.val_y[keep],
+        test_x=small_data.val_x[small_data.val_y > 1],
+        test_y=small_data.val_y[small_data.val_y > 1],
+    )
+    notes = train(tiny(epochs=1), data=data).notes
+    assert notes["no_validation_images"] == [data.classes[9]]
+    assert notes["no_test_images"] == [data.classes[0], data.classes[1]]
+    complete = train(tiny(epochs=1), data=small_data).notes
+    assert "no_validation_images" not in complete and "no_test_images" not in complete
+
+
 # --- losses, optimizers, schedules ---------------------------------------------------------
 
 
@@ -359,10 +380,12 @@ def test_losses_accept_soft_targets() -> None:
 
 
 def test_focal_alpha_weights_classes() -> None:
-    logits, targets = torch.zeros(2, 2), torch.tensor([0, 1])
+    logits, targets = torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([0, 1])
     alpha = torch.tensor([3.0, 1.0])
     weighted = FocalLoss(0.0, alpha=alpha)(logits, targets)
-    assert float(weighted) == pytest.approx(2.0 * float(F.cross_entropy(logits, targets)))
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    expected = (3.0 * losses[0] + 1.0 * losses[1]) / (3.0 + 1.0)  # a weighted mean
+    assert float(weighted) == pytest.approx(float(expected))
 
 
 def test_sgd_uses_momentum_and_nesterov() -> None:
@@ -403,6 +426,32 @@ def test_scheduler_warmup_then_decay() -> None:
         optimizer.step()
         scheduler.step()
     assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 0.75, 0.5, 0.25])
+
+
+def test_one_cycle_runs_no_warmup_of_its_own() -> None:
+    """one_cycle rises from peak / div_factor by itself: a linear warmup before it reached
+    the peak, then dropped to peak / 25 and rose again."""
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.01)
+    scheduler = build_scheduler("one_cycle", {}, optimizer, total_steps=20, warmup_steps=5)
+    lrs = []
+    for _ in range(20):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    peak = lrs.index(max(lrs))
+    assert lrs[0] == pytest.approx(0.01 / 25)
+    assert max(lrs) == pytest.approx(0.01)
+    assert all(a <= b for a, b in itertools.pairwise(lrs[: peak + 1]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[peak:]))
+    assert ignores_warmup("one_cycle", {}) and not ignores_warmup("cosine", {})
+
+
+def test_a_run_notes_the_warmup_one_cycle_ignores(small_data: ImageData) -> None:
+    result = train(tiny(epochs=1, scheduler="one_cycle", warmup_epochs=0.5), data=small_data)
+    assert "one_cycle" in result.notes["warmup"]
+    assert "warmup" not in train(tiny(epochs=1, scheduler="one_cycle"), data=small_data).notes
+    plain = train(tiny(epochs=1, scheduler="cosine", warmup_epochs=0.5), data=small_data)
+    assert "warmup" not in plain.notes
 
 
 # --- metrics -------------------------------------------------------------------------------
