@@ -1057,8 +1057,8 @@ def _check_enqueue(spec: StudySpec) -> list[FieldError]:
 def check_config(spec: StudySpec, loc: Loc, config: Mapping[str, Any]) -> list[FieldError]:
     """Checks a configuration to enqueue against ``spec``'s (valid) space: every name a
     searched param, every value one it can take, and no param whose condition the
-    configuration's own parent values rule out (the sampler would never ask for it, so
-    its value would be lost). Returns every problem, at ``loc.name``."""
+    configuration's own parent values rule out or leave to the sampler (which might never
+    ask for it, so its value would be lost). Returns every problem, at ``loc.name``."""
     errors = []
     for name, value in config.items():
         param = spec.params.get(name)
@@ -1077,6 +1077,10 @@ def check_config(spec: StudySpec, loc: Loc, config: Mapping[str, Any]) -> list[F
 
 def _ruled_out(spec: StudySpec, name: str, config: Mapping[str, Any]) -> str | None:
     for parent, values in spec.conditions(name).items():
+        if parent not in config and parent in spec.params:
+            # The sampler would choose the parent, and the value is lost unless it chooses
+            # one of these.
+            return f"applies only when {parent} is one of {values}: give {parent} too"
         if parent in config and not _is_choice(config[parent], values):
             return f"applies only when {parent} is one of {values}, not {_short(config[parent])}"
     return None

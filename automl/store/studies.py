@@ -780,6 +780,9 @@ def enqueue_trials(
     if len(configs) > MAX_ENQUEUE:
         raise SpecError([FieldError(("configs",), f"at most {MAX_ENQUEUE} configurations")])
     spec = submitted_spec(store, study_id)
+    if spec.sampler.name == "grid":
+        message = f"study {study_id} runs each cell of an exact grid once: it takes no configs"
+        raise SpecError([FieldError(("configs",), message)])
     errors = [
         error
         for index, config in enumerate(configs)

@@ -214,3 +214,17 @@ def test_a_poll_interval_out_of_range_is_a_usage_error(
 
     assert exc.value.code == EXIT_BAD_INPUT
     assert "--poll-interval" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    # `automl trials 1 --json | head` printed a BrokenPipeError traceback.
+    storage = f"sqlite:///{tmp_path / 'pipe.db'}"
+    assert main(["keys", "create", "--project", "p", "--storage", storage]) == 0
+    command = [sys.executable, "-m", "automl", "keys", "list", "--json", "--storage", storage]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()  # gone before the first line is written
+
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == EXIT_FAILURE
+    assert err == ""

@@ -12,6 +12,7 @@ from automl.spec import SpecError, StudySpec, validate_spec
 from automl.store import (
     StudyStateError,
     StudyStatus,
+    enqueue_trials,
     extend_study,
     get_study,
     resume_study,
@@ -104,6 +105,9 @@ def test_a_grid_takes_no_trials_past_its_cells(storage_url: str, tmp_path: Path)
         sampled = submit_study(store, grid_spec(4)).id  # 4 of the 9 cells
         with pytest.raises(SpecError, match="runs 4 configurations of an exact grid"):
             extend_study(store, sampled, 1)
+        # An enqueued config would take a cell's budget unit and run a cell twice.
+        with pytest.raises(SpecError, match="runs each cell of an exact grid once"):
+            enqueue_trials(store, sampled, [{"optimizer": "sgd"}])
         assert run_workers(storage_url, tmp_path, 1) == [4]
         with pytest.raises(SpecError, match="it takes no more trials"):
             resume_study(store, sampled, add_trials=1)
