@@ -78,6 +78,11 @@ def strict_input() -> Iterator[None]:
         _STRICT_INPUT.reset(token)
 
 
+def within_strict_input() -> bool:
+    """Whether the values being validated are a user's input (``strict_input``)."""
+    return _STRICT_INPUT.get()
+
+
 def refuse_field_conversion(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
     """A before-validator body: ``refuse_conversion`` for the field ``info`` names."""
     if info.field_name is not None:

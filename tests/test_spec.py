@@ -12,6 +12,7 @@ import pytest
 from automl.data import DATASETS
 from automl.pruners import build_pruner
 from automl.samplers import build_sampler
+from automl.space import build_config
 from automl.spec import (
     FieldError,
     SpecError,
@@ -1483,3 +1484,6 @@ def test_a_trial_recorded_with_a_batch_of_one_still_loads() -> None:
     assert stored_config({"batch_size": 1}).batch_size == 1
     with pytest.raises(pydantic.ValidationError):
         stored_config({"batch_size": 0})
+    # A study stored with it (its trials draw 1) still builds its trials' configurations.
+    stored = StudySpec.model_validate({"name": "old", "fixed": {"batch_size": 1}})
+    assert build_config(stored, {}).batch_size == 1

@@ -372,8 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # The reader went away (``automl trials --json | head``): stop quietly, and keep
-        # the interpreter's final flush from failing on the same pipe.
+        # The reader of stdout went away (``automl trials --json | head``): stop quietly,
+        # and keep the interpreter's final flush from failing on the same pipe. (Network
+        # clients raise their own errors, which never reach here as BrokenPipeError.)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE
 

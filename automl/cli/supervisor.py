@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from automl.cli.errors import EXIT_BAD_INPUT
 from automl.config import Settings
 
 logger = logging.getLogger("automl.up")
@@ -165,7 +166,7 @@ def run_children(children: Sequence[Child], *, stop_all_when_one_exits: bool) ->
     previous = signal.signal(signal.SIGTERM, _terminate)
     grace = 0.0
     try:
-        while any(entry.alive or entry.restart_at is not None for entry in supervised):
+        while not all(entry.finished for entry in supervised):
             time.sleep(0.5)
             if _one_pass(supervised) and stop_all_when_one_exits:
                 logger.warning("a child process exited: stopping all")
@@ -200,6 +201,8 @@ class _Supervised:
         self.crashes = 0
         self.restart_at: float | None = None
         self.returncode: int | None = None
+        self.finished = False
+        """Ended for good (not to be restarted)."""
 
     @property
     def alive(self) -> bool:
@@ -220,7 +223,7 @@ class _Supervised:
         if code in CLEAN_EXIT_CODES:
             return True
         logger.error("child %s exited with code %s", self.process.pid, code)
-        if not self.child.restart:
+        if not self.child.restart or code == EXIT_BAD_INPUT:  # bad input fails every time
             return True
         if time.monotonic() - self.started_at >= STEADY_S:
             self.crashes = 0
@@ -243,11 +246,14 @@ def _one_pass(supervised: list[_Supervised]) -> bool:
     one ended for good."""
     done = False
     for entry in supervised:
+        if entry.finished:
+            continue
         if entry.restart_at is not None:
             if time.monotonic() >= entry.restart_at:
                 entry.start()
-        elif entry.process is not None and entry.returncode is None and not entry.alive:
-            done = entry.ended() or done
+        elif not entry.alive:
+            entry.finished = entry.ended()
+            done = done or entry.finished
     return done
 
 

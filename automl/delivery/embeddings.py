@@ -33,7 +33,7 @@ from automl.delivery.inference import (
     load_serving_model,
 )
 from automl.store import Store, attrs
-from automl.train.trial_config import TrialConfig
+from automl.train.trial_config import stored_config
 
 MAX_POINTS = 500
 """Validation images embedded at most: t-SNE then takes a few seconds on a CPU."""
@@ -111,7 +111,7 @@ def validation_embeddings(
     served = load_serving_model(store, serving)
     # Serving needs only what the trial recorded; embeddings need its validation images.
     try:
-        config = TrialConfig.model_validate(serving.trial.user_attrs[attrs.CONFIG])
+        config = stored_config(serving.trial.user_attrs[attrs.CONFIG])
         data = load_dataset(config.dataset.source, config.dataset.options)
     except (ValidationError, DatasetError) as exc:
         message = f"embeddings need the trial's validation images: {error_text(exc)}"

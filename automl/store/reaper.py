@@ -21,6 +21,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -65,20 +66,20 @@ class Reaped:
     result: str
 
 
-def reap_stale(store: Store, grace: float, spare: str | None = None) -> list[Reaped]:
+def reap_stale(store: Store, grace: float, spare: Collection[int] = ()) -> list[Reaped]:
     """Takes back every running ticket whose heartbeat is older than ``grace`` seconds.
 
     Args:
         store: The store.
         grace: Seconds without a heartbeat after which a ticket's worker counts as lost.
-        spare: The id of the worker running this reaper, whose own tickets are never
-            reaped: the process is alive, so a late heartbeat of its means the database
-            was slow (a long SQLite lock delays the beat as much as the reaper), not lost.
+        spare: Tickets never reaped: those the process running this reaper is beating
+            for. It is alive, so a late beat means the database was slow (a long SQLite
+            lock delays the beat as much as the reaper), not that the worker was lost.
     """
     tickets = tables.tickets
     query = sa.select(tickets.c.ticket_id, tickets.c.study_id, tickets.c.attempt)
-    if spare is not None:
-        query = query.where(sa.or_(tickets.c.worker_id.is_(None), tickets.c.worker_id != spare))
+    if spare:
+        query = query.where(tickets.c.ticket_id.notin_(list(spare)))
     with store.read() as connection:
         cutoff = now(connection) - grace
         stale = connection.execute(
@@ -248,12 +249,16 @@ class Reaper:
         store: The store.
         grace: Seconds without heartbeat after which a worker counts as lost.
         interval: Seconds between passes.
-        spare: The worker whose tickets it never reaps (see ``reap_stale``): a worker's
-            own reaper passes its id.
+        spare: The tickets it never reaps, asked before each pass (see ``reap_stale``):
+            a worker's own reaper spares the trials it is running.
     """
 
     def __init__(
-        self, store: Store, grace: float, interval: float, spare: str | None = None
+        self,
+        store: Store,
+        grace: float,
+        interval: float,
+        spare: Callable[[], Collection[int]] | None = None,
     ) -> None:
         self.store, self.grace, self.interval, self.spare = store, grace, interval, spare
         self._stop = threading.Event()
@@ -286,7 +291,8 @@ class Reaper:
             if healthy_since is None:
                 self._healthy_since = time.monotonic()
             elif time.monotonic() - healthy_since >= self.grace:
-                reaped = reap_stale(self.store, self.grace, self.spare)
+                spare = self.spare() if self.spare is not None else ()
+                reaped = reap_stale(self.store, self.grace, spare)
             end_due_studies(self.store)
             remove_orphans(self.store)
         except Exception as exc:

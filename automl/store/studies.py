@@ -650,8 +650,8 @@ def resume_study(store: Store, study_id: int, add_trials: int = 0) -> StudyDetai
         if requeued == 0 and n_trials <= row.issued:
             if _stored_spec(row.spec).sampler.name == "grid":
                 raise StudyStateError(
-                    f"study {study_id} ran every cell of its grid: nothing is left to run "
-                    "(submit a new study to search further)"
+                    f"study {study_id} ran each of its {row.n_trials} grid configurations: "
+                    "nothing is left to run (submit a new study to search further)"
                 )
             raise StudyStateError(
                 f"study {study_id} has no trials left to run; resume it with add_trials > 0"

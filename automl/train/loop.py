@@ -84,7 +84,8 @@ class TrainResult:
     CUDA, whether the updates replayed from a CUDA graph (``cuda_graph``: ``replayed`` or
     why not), when the run qualified for one (``automl.train.graphs``); the classes without
     validation or test images (``no_validation_images``, ``no_test_images``); whether
-    ``warmup_epochs`` was ignored (``warmup``, for a schedule that warms up by itself)."""
+    ``warmup_epochs`` was ignored (``warmup``, for a schedule that warms up by itself);
+    what a ``pretrained`` checkpoint loaded (``pretrained``)."""
     stopped_early: bool = False
     """Whether ``patience`` epochs passed without a better monitored metric."""
     best_epoch: int = 0

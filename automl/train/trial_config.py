@@ -24,7 +24,7 @@ from pydantic import (
 
 from automl.data import DATASETS
 from automl.models import MODELS
-from automl.registry import Registry
+from automl.registry import Registry, within_strict_input
 from automl.train.accel import Precision
 from automl.train.augment import AUGMENTATIONS
 from automl.train.imbalance import IMBALANCE
@@ -169,15 +169,14 @@ class TrialConfig(BaseModel):
 
     @field_validator("batch_size", mode="wrap")
     @classmethod
-    def _recorded_batch_of_one(
-        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
-    ) -> int:
-        """A trial recorded before batches of one were refused (a cnn or rnn without batch
-        norm trained with it) still serves its model."""
+    def _stored_batch_of_one(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> int:
+        """Batches of one are refused in what users submit (``strict_input``) only: a
+        study or trial stored before (a cnn or rnn without batch norm trained with them)
+        still runs, is scored and serves its model."""
         try:
             return int(handler(value))
         except ValidationError:
-            if (info.context or {}).get(RECORDED) and value == 1 and type(value) is int:
+            if value == 1 and type(value) is int and not within_strict_input():
                 return 1
             raise
 
@@ -195,8 +194,9 @@ def stored_config(raw: Mapping[str, Any]) -> TrialConfig:
     Those options name data (a folder, a CSV) that may have moved or changed since the
     trial trained; what serves or describes its model (weights, classes, input statistics)
     was recorded with the trial and needs none of it. The dataset source must still be
-    registered, and everything else validates as at submit time. Whatever loads the data
-    validates the options then (``load_dataset``).
+    registered, and everything else validates as at submit time, but for bounds
+    tightened since (a batch size of one, refused only in what users submit). Whatever
+    loads the data validates the options then (``load_dataset``).
 
     Raises:
         pydantic.ValidationError: If the configuration no longer validates.

@@ -26,8 +26,8 @@ from automl.store import (
 )
 from automl.store.evaluations import no_test_split_note
 from automl.store.faults import first_line
-from automl.train import TrialConfig
 from automl.train.evaluation import evaluate_weights
+from automl.train.trial_config import stored_config
 from automl.worker.coordinator import Coordinator
 
 logger = logging.getLogger("automl.worker")
@@ -99,7 +99,7 @@ def score(coordinator: Coordinator, lease: EvaluationLease, device: str) -> Outc
         trial = storage.get_trial(trial_id)
         if attrs.CONFIG not in trial.user_attrs:
             raise LookupError(f"trial {number} kept no configuration")
-        config = TrialConfig.model_validate(trial.user_attrs[attrs.CONFIG])
+        config = stored_config(trial.user_attrs[attrs.CONFIG])
         key = config.dataset.model_dump_json()
         if key not in datasets:
             datasets[key] = load_dataset(config.dataset.source, config.dataset.options)

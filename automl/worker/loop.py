@@ -7,8 +7,9 @@ the reaper or the API completed it; then any due refit of an ended study (its be
 configuration retrained on train + validation, see ``automl.worker.refitter``).
 
 Each worker also runs a reaper thread, so lost trials are re-queued even when no API
-runs; it never reaps the worker's own trial (the process is alive). During a database
-outage the worker waits with backoff (logging once per interval) instead of exiting.
+runs; it never reaps the trial the worker is running (the process is alive). During a
+database outage the worker waits with backoff (logging once per interval) instead of
+exiting.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ class Worker:
         if self.options.threads is not None:
             torch.set_num_threads(self.options.threads)
         self._stop = threading.Event()
+        self._beating: set[int] = set()
+        """The tickets this worker beats for: its own reaper never reaps them."""
         self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
         self.backoff = Backoff(logger)
         self._refused: set[str] = set()  # post-study jobs whose claim failed outright
@@ -174,7 +177,10 @@ class Worker:
         reaper = None
         if self.options.reap_interval is not None and self.store is not None:
             reaper = Reaper(
-                self.store, self.options.grace_period, self.options.reap_interval, self.name
+                self.store,
+                self.options.grace_period,
+                self.options.reap_interval,
+                lambda: tuple(self._beating),
             )
             reaper.start()
         ran = 0
@@ -320,6 +326,7 @@ class Worker:
         )
         interval = self.options.heartbeat_interval
         run: TrialRun | None = None
+        self._beating.add(lease.ticket_id)
         try:
             # Beat from the moment of the claim: loading the study can take a while.
             with LeaseKeeper(self.coordinator, lease, interval, self.backoff) as keeper:
@@ -339,6 +346,7 @@ class Worker:
                 run = run_lease(ctx, lease, study, spec, keeper)
                 return run
         finally:
+            self._beating.discard(lease.ticket_id)
             if run is None or not run.settled:  # a finished ticket settled it already
                 try:
                     ctx.persist(

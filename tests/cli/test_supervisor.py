@@ -505,6 +505,9 @@ def test_a_worker_that_keeps_crashing_is_given_up(
     assert starts.read_text() == "xxx"  # the first start and two restarts
     assert run_children([_sleeper(), api], stop_all_when_one_exits=True) == 1
     assert api_starts.read_text() == "x"  # the API is never restarted
+    bad_input, bad_starts = _counting_child(tmp_path / "bad", [2], restart=True), tmp_path / "bad"
+    assert run_children([bad_input], stop_all_when_one_exits=False) == 1
+    assert bad_starts.read_text() == "x"  # exit 2 (bad input) fails the same way each time
 
 
 def test_workers_are_restarted_and_the_server_and_dashboard_are_not(settings: Settings) -> None:

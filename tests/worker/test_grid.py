@@ -111,7 +111,9 @@ def test_a_grid_takes_no_trials_past_its_cells(storage_url: str, tmp_path: Path)
         assert run_workers(storage_url, tmp_path, 1) == [4]
         with pytest.raises(SpecError, match="it takes no more trials"):
             resume_study(store, sampled, add_trials=1)
-        with pytest.raises(StudyStateError, match="ran every cell of its grid: nothing is left"):
+        with pytest.raises(
+            StudyStateError, match="ran each of its 4 grid configurations: nothing is left"
+        ):
             resume_study(store, sampled)
 
         # A budget past the grid stored before extend refused it: dropped, the study ends.
