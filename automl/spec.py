@@ -259,6 +259,12 @@ PARAM_TYPES: dict[str, type[_Param]] = {
 }
 
 
+SPACE_RULES = 2
+"""The latest version of the rules that read a spec's space (which params apply where).
+A spec stored without ``space_rules`` was submitted under version 1, where an option that
+every choice of a conditional selector has applied even where the selector did not."""
+
+
 class StudySpec(StrictModel):
     """A whole study: data, objective(s), budget, search algorithm and search space."""
 
@@ -297,6 +303,13 @@ class StudySpec(StrictModel):
         description="Once the study completes, retrain the best trial's configuration on the "
         "training plus validation split up to the epoch whose weights it kept and score it on "
         "the test split; the bundle and predict then serve that model. One objective only.",
+    )
+    space_rules: int = Field(
+        1,
+        ge=1,
+        le=SPACE_RULES,
+        description="Version of the rules reading the space, set at submit (the latest) and "
+        "kept: a study's conditions and grid cells never change under it.",
     )
 
     @field_validator("keep_weights", mode="before")
@@ -375,7 +388,9 @@ class StudySpec(StrictModel):
 
         An option that every choice of its selector has is implied only when the selector
         is itself conditional: where the selector does not apply, the default entry
-        trains, and the option must not be sampled (nor count as a grid cell) for it."""
+        trains, and the option must not be sampled (nor count as a grid cell) for it. A
+        study submitted before that rule (``space_rules`` 1) keeps its old conditions, so
+        its grid cells stay the ones its tickets were issued by."""
         conditions = self.params[name].explicit_conditions()
         try:
             hp = self.hyperparameter(name)
@@ -385,7 +400,7 @@ class StudySpec(StrictModel):
         if hp.option is not None and isinstance(selector, CategoricalParam):
             choices = [str(choice) for choice in selector.choices]
             implied = [entry for entry in hp.entries if entry in choices]
-            if len(implied) < len(choices) or selector.when:
+            if len(implied) < len(choices) or (selector.when and self.space_rules >= 2):
                 given = conditions.get(hp.group)  # type: ignore[arg-type]
                 conditions[hp.group] = (  # type: ignore[index]
                     implied if given is None else [v for v in given if v in implied]
@@ -628,6 +643,8 @@ def validate_spec(data: Any, limits: Limits | None = None) -> StudySpec:
     if not isinstance(data, Mapping):
         kind = "empty document" if data is None else type(data).__name__
         raise SpecError([FieldError((), f"a spec must be a mapping of fields, got {kind}")])
+    if "space_rules" not in data:
+        data = {**data, "space_rules": SPACE_RULES}
     with strict_input():
         try:
             spec = StudySpec.model_validate(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from automl.samplers import SAMPLERS, build_sampler
 from automl.sampling import GP_MAX_TRIALS, MAX_GRID_CELLS, grid_cell, grid_size, iter_cells
 from automl.space import suggest
-from automl.spec import SpecError, load_spec
+from automl.spec import SpecError, StudySpec, load_spec
 
 OPTIMIZER = {"type": "categorical", "choices": ["adam", "sgd"]}
 MOMENTUM = {"type": "float", "low": 0.8, "high": 0.9, "step": 0.05}
@@ -56,6 +57,13 @@ def test_an_option_of_every_choice_of_a_conditional_selector_applies_only_with_i
     assert len(cells) == grid_size(spec) == 2 * 3 + 1
     assert [cell for cell in cells if cell["model"] == "rnn"] == [{"model": "rnn"}]
     assert sorted(spec.conditions("momentum")["optimizer"]) == ["rmsprop", "sgd"]
+
+    # A grid study stored before this rule keeps the cells its tickets were issued by.
+    stored = spec.model_dump(mode="json", exclude={"space_rules"})
+    old = StudySpec.model_validate_json(json.dumps(stored))
+    assert (spec.space_rules, old.space_rules) == (2, 1)
+    assert grid_size(old) == 2 * 3 + 3
+    assert sum(1 for cell in iter_cells(old) if cell["model"] == "rnn") == 3
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(12):
