@@ -751,6 +751,7 @@ def check_spec(spec: StudySpec, limits: Limits | None = None) -> list[FieldError
     errors += _check_fixed(spec)
     for name, param in spec.params.items():
         errors += _check_param(spec, name, param)
+    errors += _check_one_name_per_option(spec)
     errors += _check_cycles(spec)
     if not errors:  # configurations are checked against a space known to be sound
         errors += _check_enqueue(spec)
@@ -929,6 +930,30 @@ def _check_fixed(spec: StudySpec) -> list[FieldError]:
             errors.append(FieldError(loc, "is also in params; keep it in one place"))
         elif not hp.is_selector:
             errors += [FieldError(loc, message) for message in hp.check(value)]
+    return errors
+
+
+def _check_one_name_per_option(spec: StudySpec) -> list[FieldError]:
+    """Refuses two names for one entry's option (``momentum`` and ``sgd.momentum``, fixed
+    or searched): only one of them would reach the trial, and the other be ignored."""
+    errors = []
+    seen: list[tuple[str, Hyperparameter]] = []
+    for section, names in (("fixed", list(spec.fixed)), ("params", list(spec.params))):
+        for name in names:
+            try:
+                hp = spec.hyperparameter(name)
+            except UnknownHyperparameterError:
+                continue  # reported by the name checks
+            if hp.option is None:
+                continue
+            for other_name, other in seen:
+                same = other_name != name and (other.group, other.option) == (hp.group, hp.option)
+                shared = sorted(set(hp.entries) & set(other.entries)) if same else []
+                if shared:
+                    message = f"sets {hp.option} of {', '.join(shared)} as {other_name!r} does"
+                    errors.append(FieldError((section, name), f"{message}; keep one"))
+                    break
+            seen.append((name, hp))
     return errors
 
 

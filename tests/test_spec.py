@@ -1487,3 +1487,37 @@ def test_a_trial_recorded_with_a_batch_of_one_still_loads() -> None:
     # A study stored with it (its trials draw 1) still builds its trials' configurations.
     stored = StudySpec.model_validate({"name": "old", "fixed": {"batch_size": 1}})
     assert build_config(stored, {}).batch_size == 1
+
+
+@pytest.mark.parametrize(
+    ("fixed", "params", "path", "message"),
+    [
+        (
+            {"sgd.momentum": 0.5},
+            {"momentum": {"type": "float", "low": 0.5, "high": 0.9}},
+            "params.momentum",
+            "sets momentum of sgd as 'sgd.momentum' does; keep one",
+        ),
+        (
+            {},
+            {
+                "momentum": {"type": "float", "low": 0.5, "high": 0.9},
+                "sgd.momentum": {"type": "float", "low": 0.1, "high": 0.2},
+            },
+            "params.sgd.momentum",
+            "sets momentum of sgd as 'momentum' does; keep one",
+        ),
+        ({"width": 8, "cnn.width": 16}, {}, "fixed.cnn.width", "sets width of cnn as 'width'"),
+    ],
+)
+def test_one_option_named_twice_is_refused(
+    fixed: dict[str, Any], params: dict[str, Any], path: str, message: str
+) -> None:
+    # Only one of the two names reached the trial; the other was silently ignored.
+    optimizer = {"type": "categorical", "choices": ["sgd", "adam"]}
+    [error] = spec_errors(
+        {"name": "x", "fixed": fixed, "params": {"optimizer": optimizer, **params}}
+    )
+    assert error.path == path and message in error.msg
+    fine = {"momentum": {"type": "float", "low": 0.5, "high": 0.9}, "optimizer": optimizer}
+    assert load_spec({"name": "x", "fixed": {"adam.beta1": 0.9}, "params": fine}).params
