@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Sequence
+from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -67,7 +68,10 @@ def param_values(param: Any) -> list[Any]:
     if param.type == "int":
         return list(range(param.low, param.high + 1, param.step or 1))
     count = int(param_count(param))
-    return [round(param.low + index * param.step, 12) for index in range(count)]
+    # In decimal, as the spec writes them: 0.1 * 3 is 0.3 (not 0.30000000000000004), at
+    # any scale (1000 + 3 * 0.001, or steps of 1e-13, which rounding to digits lost).
+    low, step = Decimal(repr(param.low)), Decimal(repr(param.step))
+    return [min(float(low + index * step), param.high) for index in range(count)]
 
 
 def iter_cells(spec: StudySpec) -> Iterator[dict[str, Any]]:

@@ -307,3 +307,16 @@ def test_qmc_draws_conditional_params_afresh_in_every_trial() -> None:
         study.tell(trial, 0.5)
     assert len(momenta) >= 2
     assert len(set(momenta)) == len(momenta)
+
+
+def test_grid_values_keep_the_specs_decimals_at_any_scale() -> None:
+    # Rounding to 12 digits made every cell of a 1e-13 step 0.0, below the range.
+    tiny = {"type": "float", "low": 1e-13, "high": 5e-13, "step": 1e-13}
+    cells = list(iter_cells(grid_spec(5, weight_decay=tiny)))
+    assert [cell["weight_decay"] for cell in cells] == [1e-13, 2e-13, 3e-13, 4e-13, 5e-13]
+    usual = {"type": "float", "low": 0.5, "high": 0.9, "step": 0.1}
+    assert [
+        c["momentum"]
+        for c in iter_cells(grid_spec(5, optimizer=OPTIMIZER, momentum=usual))
+        if "momentum" in c
+    ] == [0.5, 0.6, 0.7, 0.8, 0.9]
