@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     Strict,
@@ -54,6 +55,21 @@ NAME_RULE = "1-100 letters, digits, '-', '_' or '.', starting with a letter or d
 
 Scalar = str | bool | int | float
 Loc = tuple[str | int, ...]
+
+
+def _one_choice(value: Any) -> Any:
+    """One clear message for a choice that is no scalar (null, NaN, a list), instead of
+    one per member of the ``Scalar`` union."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"a choice must be a finite number, not {value}")
+    if value is None or not isinstance(value, str | int | float):
+        kind = "null" if value is None else type(value).__name__
+        raise ValueError(f"a choice is a string, number or boolean, not {kind}")
+    return value
+
+
+Choice = Annotated[Scalar, BeforeValidator(_one_choice)]
+"""One value of a categorical param."""
 StrictInt = Annotated[int, Strict()]
 """An integer that refuses booleans and strings (``n_trials: true`` is an error, not 1)."""
 
@@ -246,7 +262,7 @@ class CategoricalParam(_Param):
     """A param taking one of ``choices``."""
 
     type: Literal["categorical"]
-    choices: list[Scalar] = Field(min_length=1)
+    choices: list[Choice] = Field(min_length=1)
     when: Condition | None = _when()
 
 

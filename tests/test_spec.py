@@ -1521,3 +1521,20 @@ def test_one_option_named_twice_is_refused(
     assert error.path == path and message in error.msg
     fine = {"momentum": {"type": "float", "low": 0.5, "high": 0.9}, "optimizer": optimizer}
     assert load_spec({"name": "x", "fixed": {"adam.beta1": 0.9}, "params": fine}).params
+
+
+def test_a_choice_that_is_no_scalar_gets_one_message() -> None:
+    errors = spec_errors(
+        {
+            "name": "x",
+            "params": {
+                "dropout": {"type": "categorical", "choices": [0, 0.5, None]},
+                "lr": {"type": "categorical", "choices": [float("nan"), [1]]},
+            },
+        }
+    )
+    assert {e.path: e.msg for e in errors} == {
+        "params.dropout.choices[2]": "a choice is a string, number or boolean, not null",
+        "params.lr.choices[0]": "a choice must be a finite number, not nan",
+        "params.lr.choices[1]": "a choice is a string, number or boolean, not list",
+    }
