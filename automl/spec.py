@@ -768,6 +768,7 @@ def check_spec(spec: StudySpec, limits: Limits | None = None) -> list[FieldError
     for name, param in spec.params.items():
         errors += _check_param(spec, name, param)
     errors += _check_one_name_per_option(spec)
+    errors += _check_loss_replaced(spec)
     errors += _check_cycles(spec)
     if not errors:  # configurations are checked against a space known to be sound
         errors += _check_enqueue(spec)
@@ -970,6 +971,27 @@ def _check_one_name_per_option(spec: StudySpec) -> list[FieldError]:
                     errors.append(FieldError((section, name), f"{message}; keep one"))
                     break
             seen.append((name, hp))
+    return errors
+
+
+def _check_loss_replaced(spec: StudySpec) -> list[FieldError]:
+    """Refuses loss settings a study can never use: ``imbalance: focal`` replaces the loss
+    (its own ``focal_gamma`` and ``focal_alpha`` set it), so they would be ignored."""
+    if spec.chosen.get("imbalance") != ["focal"]:
+        return []
+    errors = []
+    for section, names in (("fixed", list(spec.fixed)), ("params", list(spec.params))):
+        for name in names:
+            try:
+                hp = spec.hyperparameter(name)
+            except UnknownHyperparameterError:
+                continue  # reported by the name checks
+            if hp.group == "loss":
+                message = (
+                    "imbalance: focal replaces the loss (set its focal_gamma and "
+                    "focal_alpha instead), so this would be ignored"
+                )
+                errors.append(FieldError((section, name), message))
     return errors
 
 

@@ -1538,3 +1538,15 @@ def test_a_choice_that_is_no_scalar_gets_one_message() -> None:
         "params.lr.choices[0]": "a choice must be a finite number, not nan",
         "params.lr.choices[1]": "a choice is a string, number or boolean, not list",
     }
+
+
+def test_loss_settings_that_imbalance_focal_replaces_are_refused() -> None:
+    fixed = {"imbalance": "focal", "loss": "focal", "gamma": 0.5, "label_smoothing": 0.2}
+    errors = spec_errors({"name": "x", "fixed": fixed})
+    assert [e.path for e in errors] == ["fixed.loss", "fixed.gamma", "fixed.label_smoothing"]
+    assert all("imbalance: focal replaces the loss" in e.msg for e in errors)
+    # Searched, the strategy may be another one, which uses the loss.
+    searched = {"imbalance": {"type": "categorical", "choices": ["focal", "class_weights"]}}
+    fixed = {"loss": "focal", "gamma": 0.5}
+    assert load_spec({"name": "x", "fixed": fixed, "params": searched}).fixed == fixed
+    assert load_spec({"name": "x", "fixed": {"imbalance": "focal", "focal_gamma": 1.0}})
