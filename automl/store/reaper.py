@@ -21,7 +21,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -66,20 +66,21 @@ class Reaped:
     result: str
 
 
-def reap_stale(store: Store, grace: float, spare: Collection[int] = ()) -> list[Reaped]:
+def reap_stale(store: Store, grace: float, spare: str | None = None) -> list[Reaped]:
     """Takes back every running ticket whose heartbeat is older than ``grace`` seconds.
 
     Args:
         store: The store.
         grace: Seconds without a heartbeat after which a ticket's worker counts as lost.
-        spare: Tickets never reaped: those the process running this reaper is beating
-            for. It is alive, so a late beat means the database was slow (a long SQLite
-            lock delays the beat as much as the reaper), not that the worker was lost.
+        spare: A worker whose tickets are not reaped: the one running this reaper, while
+            it claims or runs a trial. It is alive, so a late beat means the database was
+            slow (a long SQLite lock delays the beat as much as the reaper), not that the
+            worker was lost; a ticket it left behind is reaped once it is idle.
     """
     tickets = tables.tickets
     query = sa.select(tickets.c.ticket_id, tickets.c.study_id, tickets.c.attempt)
-    if spare:
-        query = query.where(tickets.c.ticket_id.notin_(list(spare)))
+    if spare is not None:
+        query = query.where(sa.or_(tickets.c.worker_id.is_(None), tickets.c.worker_id != spare))
     with store.read() as connection:
         cutoff = now(connection) - grace
         stale = connection.execute(
@@ -249,8 +250,8 @@ class Reaper:
         store: The store.
         grace: Seconds without heartbeat after which a worker counts as lost.
         interval: Seconds between passes.
-        spare: The tickets it never reaps, asked before each pass (see ``reap_stale``):
-            a worker's own reaper spares the trials it is running.
+        spare: Asked before each pass: the worker whose tickets it spares (see
+            ``reap_stale``), or None; a worker's own reaper spares it while it is busy.
     """
 
     def __init__(
@@ -258,7 +259,7 @@ class Reaper:
         store: Store,
         grace: float,
         interval: float,
-        spare: Callable[[], Collection[int]] | None = None,
+        spare: Callable[[], str | None] | None = None,
     ) -> None:
         self.store, self.grace, self.interval, self.spare = store, grace, interval, spare
         self._stop = threading.Event()
@@ -291,7 +292,7 @@ class Reaper:
             if healthy_since is None:
                 self._healthy_since = time.monotonic()
             elif time.monotonic() - healthy_since >= self.grace:
-                spare = self.spare() if self.spare is not None else ()
+                spare = self.spare() if self.spare is not None else None
                 reaped = reap_stale(self.store, self.grace, spare)
             end_due_studies(self.store)
             remove_orphans(self.store)

@@ -7,9 +7,9 @@ the reaper or the API completed it; then any due refit of an ended study (its be
 configuration retrained on train + validation, see ``automl.worker.refitter``).
 
 Each worker also runs a reaper thread, so lost trials are re-queued even when no API
-runs; it never reaps the trial the worker is running (the process is alive). During a
-database outage the worker waits with backoff (logging once per interval) instead of
-exiting.
+runs; while the worker claims or runs a trial, it spares the worker's tickets (the
+process is alive). During a database outage the worker waits with backoff (logging once
+per interval) instead of exiting.
 """
 
 from __future__ import annotations
@@ -134,8 +134,8 @@ class Worker:
         if self.options.threads is not None:
             torch.set_num_threads(self.options.threads)
         self._stop = threading.Event()
-        self._beating: set[int] = set()
-        """The tickets this worker beats for: its own reaper never reaps them."""
+        self._busy = False
+        """Claiming or running a trial: its own reaper spares its tickets meanwhile."""
         self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
         self.backoff = Backoff(logger)
         self._refused: set[str] = set()  # post-study jobs whose claim failed outright
@@ -180,7 +180,7 @@ class Worker:
                 self.store,
                 self.options.grace_period,
                 self.options.reap_interval,
-                lambda: tuple(self._beating),
+                lambda: self.name if self._busy else None,
             )
             reaper.start()
         ran = 0
@@ -188,8 +188,10 @@ class Worker:
             while not self.stopping:
                 if self._post_study_job():
                     continue
+                self._busy = True
                 lease = self._claim()
                 if lease is None:
+                    self._busy = False
                     if self.stopping:
                         break
                     settled = self._settle()
@@ -199,7 +201,10 @@ class Worker:
                         break
                     self._stop.wait(self.options.poll_interval)
                     continue
-                run = self.run_lease(lease)
+                try:
+                    run = self.run_lease(lease)
+                finally:
+                    self._busy = False
                 ran += 1
                 if self.on_trial_end is not None and run.trial is not None:
                     self.on_trial_end(lease.study_id, run.trial)
@@ -326,7 +331,6 @@ class Worker:
         )
         interval = self.options.heartbeat_interval
         run: TrialRun | None = None
-        self._beating.add(lease.ticket_id)
         try:
             # Beat from the moment of the claim: loading the study can take a while.
             with LeaseKeeper(self.coordinator, lease, interval, self.backoff) as keeper:
@@ -346,7 +350,6 @@ class Worker:
                 run = run_lease(ctx, lease, study, spec, keeper)
                 return run
         finally:
-            self._beating.discard(lease.ticket_id)
             if run is None or not run.settled:  # a finished ticket settled it already
                 try:
                     ctx.persist(

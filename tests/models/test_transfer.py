@@ -27,6 +27,7 @@ from automl.models.transfer import (
 )
 from automl.train import train
 from automl.train.hyperparameters import flat_config
+from tests.models.test_architectures import TINY
 
 
 @pytest.fixture
@@ -185,25 +186,15 @@ def test_param_groups_scale_the_backbone_lr() -> None:
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())) - 3  # conv, bn
 
 
-SMALL: dict[str, dict[str, object]] = {
-    "cnn": {"width": 4},
-    "cnn_rnn": {"width": 4, "hidden": 8},
-    "fast_resnet": {"width_mult": 0.0625},
-    "mobilenet_v3_small": {"width_mult": 0.25},
-    "mobilenet_v3_large": {"width_mult": 0.25},
-    "rnn": {"hidden": 8},
-}
-
-
 @pytest.mark.parametrize("name", MODELS.names())
 def test_the_head_is_never_loaded_even_when_its_shape_matches(name: str) -> None:
     """Same classes on both sides: the head's shapes match, and it once came from the
     checkpoint."""
     shape = (3, 1, 16, 16) if name in {"frame_rnn", "frame_pool"} else (1, 16, 16)
     torch.manual_seed(0)
-    source = build_model(name, SMALL.get(name, {}), shape, 5)
+    source = build_model(name, TINY.get(name, {}), shape, 5)
     torch.manual_seed(1)
-    target = build_model(name, SMALL.get(name, {}), shape, 5)
+    target = build_model(name, TINY.get(name, {}), shape, 5)
     fresh = {f"1.{key}": value.clone() for key, value in target[1].state_dict().items()}
 
     report = load_pretrained(target, source.state_dict())

@@ -271,7 +271,9 @@ def test_a_frozen_writer_holding_the_study_lock_does_not_stall_the_reaper(
         store.close()
 
 
-def test_a_reaper_spares_the_trials_its_worker_runs(store: Store, tiny_spec: SpecFactory) -> None:
+def test_a_reaper_spares_the_tickets_of_its_busy_worker(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
     # A worker's reaper and heartbeat wait on the same database: when a long SQLite lock
     # delays the beat past the grace period, the reaper must not take its own live trial.
     submit_study(store, tiny_spec(budget={"n_trials": 2}))
@@ -280,14 +282,14 @@ def test_a_reaper_spares_the_trials_its_worker_runs(store: Store, tiny_spec: Spe
     _age_heartbeat(store, mine.ticket_id, 120)
     _age_heartbeat(store, other.ticket_id, 120)
 
-    assert [r.ticket_id for r in reap_stale(store, grace=60, spare=[mine.ticket_id])] == [
-        other.ticket_id
-    ]
+    assert [r.ticket_id for r in reap_stale(store, grace=60, spare="w1")] == [other.ticket_id]
     assert heartbeat(store, mine).held
-    reaper = Reaper(store, grace=0.0, interval=3600, spare=lambda: [mine.ticket_id]).start()
+    busy = True
+    reaper = Reaper(store, grace=0.0, interval=3600, spare=lambda: "w1" if busy else None)
+    reaper.start()
     try:
         assert reaper.run_once() == []
+        busy = False  # idle: a ticket it left behind is taken back
+        assert [r.ticket_id for r in reaper.run_once()] == [mine.ticket_id]
     finally:
         reaper.stop()
-    _age_heartbeat(store, mine.ticket_id, 120)  # the beat above renewed it
-    assert [r.ticket_id for r in reap_stale(store, grace=60)] == [mine.ticket_id]

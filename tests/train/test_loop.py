@@ -417,27 +417,29 @@ def test_schedules(name: str, values: list[float]) -> None:
     assert [schedule(p) for p in (0.0, 0.5, 1.0)] == pytest.approx(values)
 
 
-def test_scheduler_warmup_then_decay() -> None:
-    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
-    scheduler = build_scheduler("linear", {}, optimizer, total_steps=8, warmup_steps=4)
+def _learning_rates(name: str, lr: float, total_steps: int, warmup_steps: int) -> list[float]:
+    """The learning rate of each step of the schedule ``name``."""
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=lr)
+    scheduler = build_scheduler(
+        name, {}, optimizer, total_steps=total_steps, warmup_steps=warmup_steps
+    )
     lrs = []
-    for _ in range(8):
+    for _ in range(total_steps):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
+    return lrs
+
+
+def test_scheduler_warmup_then_decay() -> None:
+    lrs = _learning_rates("linear", 1.0, total_steps=8, warmup_steps=4)
     assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 0.75, 0.5, 0.25])
 
 
 def test_one_cycle_runs_no_warmup_of_its_own() -> None:
     """one_cycle rises from peak / div_factor by itself: a linear warmup before it reached
     the peak, then dropped to peak / 25 and rose again."""
-    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.01)
-    scheduler = build_scheduler("one_cycle", {}, optimizer, total_steps=20, warmup_steps=5)
-    lrs = []
-    for _ in range(20):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = _learning_rates("one_cycle", 0.01, total_steps=20, warmup_steps=5)
     peak = lrs.index(max(lrs))
     assert lrs[0] == pytest.approx(0.01 / 25)
     assert max(lrs) == pytest.approx(0.01)
