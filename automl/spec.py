@@ -12,7 +12,7 @@ import json
 import math
 import re
 import types
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -950,27 +950,33 @@ def _check_fixed(spec: StudySpec) -> list[FieldError]:
     return errors
 
 
+def _resolved_names(spec: StudySpec) -> Iterator[tuple[Loc, Hyperparameter]]:
+    """Every fixed and searched name that resolves, with its location (the others are
+    reported by the name checks)."""
+    for section, names in (("fixed", list(spec.fixed)), ("params", list(spec.params))):
+        for name in names:
+            try:
+                yield (section, name), spec.hyperparameter(name)
+            except UnknownHyperparameterError:
+                continue
+
+
 def _check_one_name_per_option(spec: StudySpec) -> list[FieldError]:
     """Refuses two names for one entry's option (``momentum`` and ``sgd.momentum``, fixed
     or searched): only one of them would reach the trial, and the other be ignored."""
     errors = []
-    seen: list[tuple[str, Hyperparameter]] = []
-    for section, names in (("fixed", list(spec.fixed)), ("params", list(spec.params))):
-        for name in names:
-            try:
-                hp = spec.hyperparameter(name)
-            except UnknownHyperparameterError:
-                continue  # reported by the name checks
-            if hp.option is None:
-                continue
-            for other_name, other in seen:
-                same = other_name != name and (other.group, other.option) == (hp.group, hp.option)
-                shared = sorted(set(hp.entries) & set(other.entries)) if same else []
-                if shared:
-                    message = f"sets {hp.option} of {', '.join(shared)} as {other_name!r} does"
-                    errors.append(FieldError((section, name), f"{message}; keep one"))
-                    break
-            seen.append((name, hp))
+    seen: list[Hyperparameter] = []
+    for loc, hp in _resolved_names(spec):
+        if hp.option is None:
+            continue
+        for other in seen:
+            same = other.name != hp.name and (other.group, other.option) == (hp.group, hp.option)
+            shared = sorted(set(hp.entries) & set(other.entries)) if same else []
+            if shared:
+                message = f"sets {hp.option} of {', '.join(shared)} as {other.name!r} does"
+                errors.append(FieldError(loc, f"{message}; keep one"))
+                break
+        seen.append(hp)
     return errors
 
 
@@ -979,20 +985,11 @@ def _check_loss_replaced(spec: StudySpec) -> list[FieldError]:
     (its own ``focal_gamma`` and ``focal_alpha`` set it), so they would be ignored."""
     if spec.chosen.get("imbalance") != ["focal"]:
         return []
-    errors = []
-    for section, names in (("fixed", list(spec.fixed)), ("params", list(spec.params))):
-        for name in names:
-            try:
-                hp = spec.hyperparameter(name)
-            except UnknownHyperparameterError:
-                continue  # reported by the name checks
-            if hp.group == "loss":
-                message = (
-                    "imbalance: focal replaces the loss (set its focal_gamma and "
-                    "focal_alpha instead), so this would be ignored"
-                )
-                errors.append(FieldError((section, name), message))
-    return errors
+    message = (
+        "imbalance: focal replaces the loss (set its focal_gamma and focal_alpha instead), "
+        "so this would be ignored"
+    )
+    return [FieldError(loc, message) for loc, hp in _resolved_names(spec) if hp.group == "loss"]
 
 
 def _check_param(spec: StudySpec, name: str, param: Any) -> list[FieldError]:

@@ -46,6 +46,10 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.spec)
     if not settings.url and not path.is_file():
         raise CliError(f"spec file not found: {path}", EXIT_BAD_INPUT)
+    if not settings.url:
+        from automl.spec import load_spec
+
+        load_spec(path)  # an invalid spec is refused before a store is created for it
     client = client_for(settings, create=True)
     study = client.submit(path)
     if args.json:

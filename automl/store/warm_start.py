@@ -119,7 +119,12 @@ def _fit(spec: StudySpec, params: dict[str, Any], source: str, plan: WarmStart) 
             plan.dropped.append(f"{source}: {name}={params[name]!r} is outside this space")
             continue
         conditions = spec.conditions(name)
-        if all(kept.get(parent) in values for parent, values in conditions.items()):
+        unmet = [parent for parent, values in conditions.items() if kept.get(parent) not in values]
+        if unmet:
+            plan.dropped.append(
+                f"{source}: {name}={params[name]!r} does not apply here (see {', '.join(unmet)})"
+            )
+        else:
             kept[name] = params[name]
     for name in sorted(set(params) - set(spec.params)):
         plan.dropped.append(f"{source}: {name} is not searched here")

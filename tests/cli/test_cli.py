@@ -169,6 +169,7 @@ def test_submit_invalid_spec_is_exit_2(cli: Run, bad_spec_file: Path) -> None:
     assert code == 2
     assert out == ""
     assert "params.lr.low" in one_error_line(err)
+    assert _no_store_here(cli)  # nothing was created for it
 
 
 def test_submit_missing_file_is_exit_2(cli: Run) -> None:

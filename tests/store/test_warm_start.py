@@ -168,3 +168,14 @@ def test_another_projects_study_is_no_source(store: Store, tiny_spec: SpecFactor
     auto = submit_study(store, tiny_spec(warm_start={"studies": "auto"}), project="b")
     assert store.storage.get_study_user_attrs(auto.id)[attrs.WARM_START]["studies"] == []
     assert queued(store, auto.id) == []
+
+
+def test_a_value_whose_condition_fails_in_the_new_space_is_named_among_the_dropped(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    lr = {"type": "float", "low": 1e-3, "high": 0.1, "log": True, "when": {"optimizer": "adam"}}
+    _, study = warm_started(store, tiny_spec, ("lr", lr), warm_start={"top_k": 2})
+    assert queued(store, study.id)[0] == ("warm_start", {"optimizer": "sgd"})  # lr: adam only
+    note = store.storage.get_study_user_attrs(study.id)[attrs.WARM_START]
+    assert any("lr=0.09 does not apply here (see optimizer)" in line for line in note["dropped"])
+    assert any("lr=0.05 does not apply here (see optimizer)" in line for line in note["dropped"])
