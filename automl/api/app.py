@@ -18,6 +18,7 @@ from automl.api.errors import ErrorDetail, error_responses, install_error_handle
 from automl.api.routes import health, models, predict, registries, report, studies
 from automl.catalog import load_plugins
 from automl.config import Settings
+from automl.delivery.study_report import ReportCache
 from automl.spec import StudySpec
 from automl.store import Reaper, Store, open_store_from
 
@@ -71,6 +72,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.key_cache = KeyCache(store, settings.auth_cache_s)
+    app.state.report_cache = ReportCache()
     install_error_handlers(app)
     app.include_router(health.router)  # the one route open without a key
     # Every other router needs a key (once keys exist) and hides other projects' studies.

@@ -4,12 +4,16 @@ of that trial's validation images, rendered by ``automl.delivery.report``."""
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
+from typing import Any
 
 from automl.data import DatasetError
 from automl.delivery.embeddings import MAX_POINTS, validation_embeddings
 from automl.delivery.inference import DeliveryError, ServingTrial
 from automl.delivery.report import ReportData, render_report
 from automl.store import Store, WeightsNotFoundError, best_trials, get_frozen_trial, get_study
+from automl.store.status import ENDED
 
 logger = logging.getLogger("automl.delivery")
 
@@ -68,4 +72,57 @@ def study_report_html(store: Store, study_id: int) -> str:
     return render_report(gather_report(store, study_id))
 
 
-__all__ = ["gather_report", "study_report_html"]
+REPORT_CACHE_SIZE = 8
+"""Rendered reports an API process keeps (a page is a few hundred KB)."""
+
+
+class ReportCache:
+    """The last rendered reports of ended studies: a render takes seconds (the model
+    embeds images, t-SNE runs, seven plots are drawn), and users reload a report.
+
+    An ended study's report changes only with the study: a resume changes its status and
+    a trial that ends after it its counts, and both are in the key, with the study's
+    identity (name and creation time). An active study is rendered every time.
+
+    Args:
+        size: Reports kept, least recently used dropped first.
+    """
+
+    def __init__(self, size: int = REPORT_CACHE_SIZE) -> None:
+        self.size = size
+        self._pages: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def html(self, store: Store, study_id: int) -> str:
+        """``study_report_html``, from the cache where the study has not changed.
+
+        Raises:
+            StudyNotFoundError: If there is no such study.
+            NoBestTrialError: If no trial has completed yet.
+        """
+        study = get_study(store, study_id)
+        if study.status.value not in ENDED:
+            return study_report_html(store, study_id)
+        key = (
+            store.url,
+            study_id,
+            study.name,
+            study.created_at,
+            study.status.value,
+            study.finished_at,
+            study.counts.model_dump_json(),
+        )
+        with self._lock:
+            page = self._pages.get(key)
+            if page is not None:
+                self._pages.move_to_end(key)
+                return page
+        page = study_report_html(store, study_id)
+        with self._lock:
+            self._pages[key] = page
+            while len(self._pages) > self.size:
+                self._pages.popitem(last=False)
+        return page
+
+
+__all__ = ["ReportCache", "gather_report", "study_report_html"]

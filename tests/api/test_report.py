@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
+from automl.delivery import study_report
 from automl.delivery.report import SECTIONS
+from automl.store import Store
 
 
 def test_report_of_a_completed_study_is_an_html_page(completed: tuple[TestClient, int]) -> None:
@@ -55,3 +58,20 @@ def test_openapi_declares_html_and_refusals(client: TestClient) -> None:
     assert responses["409"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ErrorDetail"
     }
+
+
+def test_an_ended_studys_report_is_rendered_once_until_it_changes(
+    completed: tuple[TestClient, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, study_id = completed
+    renders: list[int] = []
+    render = study_report.study_report_html
+
+    def counting(store: Store, wanted: int) -> str:
+        renders.append(wanted)
+        return render(store, wanted)
+
+    monkeypatch.setattr(study_report, "study_report_html", counting)
+    monkeypatch.setattr(client.app.state, "report_cache", study_report.ReportCache())
+    pages = [client.get(f"/studies/{study_id}/report").text for _ in range(3)]
+    assert renders == [study_id] and pages[0] == pages[1] == pages[2]

@@ -7,6 +7,7 @@ import base64
 import io
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,12 +17,21 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from PIL import Image
 
+from automl.delivery import study_report
 from automl.delivery.embeddings import Embeddings, pca_2d, subsample, tsne_2d
 from automl.delivery.inference import ServingTrial, load_serving_model
 from automl.delivery.report import SECTIONS, ReportData, render_report
 from automl.delivery.study_report import gather_report, study_report_html
 from automl.spec import validate_spec
-from automl.store import NoBestTrialError, Store, StudyNotFoundError, attrs, submit_study
+from automl.store import (
+    NoBestTrialError,
+    Store,
+    StudyNotFoundError,
+    attrs,
+    get_study,
+    resume_study,
+    submit_study,
+)
 from tests.conftest import store_at
 from tests.delivery.trained import REPORTED_STUDY, TRAINED_SPEC, digits_test_split, train_study
 
@@ -192,3 +202,29 @@ def test_missing_embeddings_show_their_reason() -> None:
     for key in ("embeddings-pca", "embeddings-tsne"):
         assert note in found[key] and "<img" not in found[key]
     inline_png(found["confusion-matrix"])
+
+
+def test_the_cache_renders_an_ended_study_once_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = store_at(f"sqlite:///{tmp_path / 'cache.db'}", tmp_path)
+    try:
+        study_id = train_study(store, name="cached", fixed={**TRAINED_SPEC["fixed"], "epochs": 1})
+        renders: list[str] = []
+        render = study_report.study_report_html
+
+        def counting(store: Store, wanted: int) -> str:
+            renders.append(get_study(store, wanted).status.value)
+            return render(store, wanted)
+
+        monkeypatch.setattr(study_report, "study_report_html", counting)
+        cache = study_report.ReportCache(size=1)
+        pages = [cache.html(store, study_id) for _ in range(3)]
+        assert renders == ["completed"] and pages[0] == pages[1] == pages[2]
+
+        resume_study(store, study_id, add_trials=1)  # active again: rendered every time
+        cache.html(store, study_id)
+        cache.html(store, study_id)
+        assert renders == ["completed", "queued", "queued"]
+    finally:
+        store.close()
