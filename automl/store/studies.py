@@ -606,18 +606,25 @@ def _check_grid_budget(row: sa.Row[Any], add_trials: int) -> None:
             "it takes no more trials (submit a new study to search further)"
         )
         raise SpecError([FieldError(("add_trials",), message)])
-    if spec.sampler.name == "brute_force":
-        try:
-            cells = grid_size(spec, Limits().max_grid_cells)
-        except GridError:  # stored before its space had to be finite
-            return
-        if row.n_trials + add_trials > cells:
-            room = max(cells - row.n_trials, 0)
-            message = (
-                f"study {row.study_id} searches a space of {cells} configurations and has "
-                f"{row.n_trials} trials: add at most {room}"
-            )
-            raise SpecError([FieldError(("add_trials",), message)])
+    cells = _finite_space(spec)
+    if cells is not None and row.n_trials + add_trials > cells:
+        room = max(cells - row.n_trials, 0)
+        message = (
+            f"study {row.study_id} searches a space of {cells} configurations and has "
+            f"{row.n_trials} trials: add at most {room}"
+        )
+        raise SpecError([FieldError(("add_trials",), message)])
+
+
+def _finite_space(spec: StudySpec) -> int | None:
+    """The configurations a brute-force study can run (None for other samplers, or one
+    stored before its space had to be finite)."""
+    if spec.sampler.name != "brute_force":
+        return None
+    try:
+        return grid_size(spec, Limits().max_grid_cells)
+    except GridError:
+        return None
 
 
 def resume_study(store: Store, study_id: int, add_trials: int = 0) -> StudyDetail:
@@ -648,10 +655,12 @@ def resume_study(store: Store, study_id: int, add_trials: int = 0) -> StudyDetai
             .values(state=TicketState.PENDING.value)
         ).rowcount
         if requeued == 0 and n_trials <= row.issued:
-            if _stored_spec(row.spec).sampler.name == "grid":
+            spec = _stored_spec(row.spec)
+            cells = spec.budget.n_trials if spec.sampler.name == "grid" else _finite_space(spec)
+            if cells is not None and row.n_trials >= cells:
                 raise StudyStateError(
-                    f"study {study_id} ran each of its {row.n_trials} grid configurations: "
-                    "nothing is left to run (submit a new study to search further)"
+                    f"study {study_id} ran each of its {cells} configurations: nothing is "
+                    "left to run (submit a new study to search further)"
                 )
             raise StudyStateError(
                 f"study {study_id} has no trials left to run; resume it with add_trials > 0"

@@ -112,7 +112,7 @@ def test_a_grid_takes_no_trials_past_its_cells(storage_url: str, tmp_path: Path)
         with pytest.raises(SpecError, match="it takes no more trials"):
             resume_study(store, sampled, add_trials=1)
         with pytest.raises(
-            StudyStateError, match="ran each of its 4 grid configurations: nothing is left"
+            StudyStateError, match="ran each of its 4 configurations: nothing is left"
         ):
             resume_study(store, sampled)
 
@@ -163,6 +163,8 @@ def test_brute_force_runs_its_whole_space_and_the_study_completes(
         )
         with pytest.raises(SpecError, match="searches a space of 9 configurations and has 9"):
             resume_study(store, study_id, add_trials=1)
+        with pytest.raises(StudyStateError, match="ran each of its 9 configurations: nothing"):
+            resume_study(store, study_id)
     finally:
         store.close()
 
