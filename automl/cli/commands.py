@@ -327,6 +327,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
     Workers: ``--workers`` on the CPU, or ``--slots`` per GPU with ``--gpus``.
     """
+    from automl.cli.dashboard_commands import DEFAULT_PORT as DASHBOARD_PORT
     from automl.cli.supervisor import (
         DASHBOARD_HOST,
         dashboard_child,
@@ -339,13 +340,15 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError("--workers must be >= 0", EXIT_BAD_INPUT)
     gpus = _gpus(args)
     require_free_port(settings.host, settings.port)
-    if args.dashboard:
-        if args.dashboard_port == settings.port:
+    dashboard_port = None
+    if args.dashboard or args.dashboard_port is not None:
+        dashboard_port = args.dashboard_port or DASHBOARD_PORT
+        if dashboard_port == settings.port:
             raise CliError(
-                f"--dashboard-port {args.dashboard_port} is the API's port; choose another",
+                f"--dashboard-port {dashboard_port} is the API's port; choose another",
                 EXIT_BAD_INPUT,
             )
-        require_free_port(settings.host, args.dashboard_port, "--dashboard-port")
+        require_free_port(settings.host, dashboard_port, "--dashboard-port")
     # Create the schema once, before the children race to; refuse an exposed anonymous API.
     _store_checked_for_exposure(settings).close()
     with tempfile.TemporaryDirectory(prefix="automl-slots-") as slot_dir:
@@ -362,9 +365,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             len(workers),
         )
         children = [serve_child(settings, args.log_level), *workers]
-        if args.dashboard:
-            children.append(dashboard_child(settings, args.log_level, args.dashboard_port))
-            logger.info("optuna-dashboard on http://%s:%s", DASHBOARD_HOST, args.dashboard_port)
+        if dashboard_port is not None:
+            children.append(dashboard_child(settings, args.log_level, dashboard_port))
+            logger.info("optuna-dashboard on http://%s:%s", DASHBOARD_HOST, dashboard_port)
         return run_children(children, stop_all_when_one_exits=True)
 
 

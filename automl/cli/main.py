@@ -114,8 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--dashboard-port",
         type=port_number,
-        default=DEFAULT_PORT,
-        help=f"optuna-dashboard's port (default {DEFAULT_PORT})",
+        help=f"optuna-dashboard's port (default {DEFAULT_PORT}); implies --dashboard",
     )
 
     dashboard = commands.add_parser(

@@ -426,21 +426,22 @@ def test_the_dashboard_child_runs_automl_dashboard_on_the_same_store(settings: S
     assert (args.storage, args.artifacts_dir) == (settings.storage, str(settings.artifacts_dir))
 
 
+@pytest.mark.parametrize("flags", [["--dashboard"], []], ids=["dashboard", "port-implies-it"])
 def test_up_refuses_the_apis_port_for_the_dashboard(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
 ) -> None:
     storage = f"sqlite:///{tmp_path / 'x.db'}"
-    code = main(
-        ["up", "--port", "8123", "--dashboard", "--dashboard-port", "8123", "--storage", storage]
-    )
+    code = main(["up", "--port", "8123", *flags, "--dashboard-port", "8123", "--storage", storage])
     assert code == 2
     assert "--dashboard-port 8123 is the API's port" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_up_with_the_dashboard_serves_it_and_stops_it_on_ctrl_c(tmp_path: Path) -> None:
+def test_up_with_a_dashboard_port_serves_the_dashboard_and_stops_it_on_ctrl_c(
+    tmp_path: Path,
+) -> None:
     dashboard_port = free_port()
-    up = Up(tmp_path, "--dashboard", "--dashboard-port", str(dashboard_port))
+    up = Up(tmp_path, "--dashboard-port", str(dashboard_port))  # implies --dashboard
     try:
         up.wait_healthy()
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
