@@ -6,11 +6,13 @@ artifact store: automl's folder, SQL and S3 stores all implement Optuna's artifa
 protocol (``open_reader``, ``write``, ``remove``), so the SQL store used with PostgreSQL
 serves the dashboard as it serves the workers.
 
-A few dashboard actions would change what automl keeps in its own tables too; the
-dashboard refuses them (HTTP 403 with the command to use instead): deleting or renaming
-a study, telling a trial's result by hand, which would end a trial a worker runs, and
-deleting an artifact (optuna-dashboard removes the file, then fails to update the finished
-trial, so automl would point at weights that are gone).
+A few dashboard actions would change what automl keeps in its own tables too; on automl's
+studies the dashboard refuses them (HTTP 403 with the command to use instead): deleting
+or renaming a study, telling a trial's result by hand, which would end a trial a worker
+runs, and deleting an artifact (optuna-dashboard removes the file, then fails to update
+the finished trial, so automl would point at weights that are gone). Studies created in
+the dashboard itself (or with plain Optuna) are not automl's, and all of it is allowed
+on them.
 """
 
 from __future__ import annotations
@@ -41,26 +43,28 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
+# (method, path pattern, reason): the pattern's group is a study id, or a trial id where
+# the group is named ``trial``.
 _REFUSED: tuple[tuple[str, re.Pattern[str], str], ...] = (
     (
         "DELETE",
-        re.compile(r"/api/studies/\d+"),
+        re.compile(r"/api/studies/(\d+)"),
         "delete automl studies with `automl delete ID` (or DELETE /studies/{id}), which "
         "also removes automl's records and the study's artifacts",
     ),
     (
         "POST",
-        re.compile(r"/api/studies/\d+/rename"),
+        re.compile(r"/api/studies/(\d+)/rename"),
         "automl studies keep their names",
     ),
     (
         "POST",
-        re.compile(r"/api/trials/\d+/tell"),
+        re.compile(r"/api/trials/(?P<trial>\d+)/tell"),
         "automl's workers report trial results; cancel the study with `automl cancel ID`",
     ),
     (
         "DELETE",
-        re.compile(r"/api/artifacts/\d+(/\d+)?/[0-9a-fA-F-]+"),
+        re.compile(r"/api/artifacts/(\d+)(?:/\d+)?/[0-9a-fA-F-]+"),
         "automl removes trials' weights itself (the spec's keep_weights) and every artifact "
         "with the study (`automl delete ID`)",
     ),
@@ -77,15 +81,44 @@ def dashboard_app(store: Store) -> WSGIApp:
     import optuna_dashboard
 
     app = optuna_dashboard.wsgi(store.storage, artifact_store=store.artifacts)
-    return _refuse_automl_changes(app)
+    return _refuse_automl_changes(app, lambda match: _is_automl_study(store, match))
 
 
-def _refuse_automl_changes(app: WSGIApp) -> WSGIApp:
+def _is_automl_study(store: Store, match: re.Match[str]) -> bool:
+    """Whether the study that ``match`` (of a ``_REFUSED`` pattern) names is automl's."""
+    import sqlalchemy as sa
+
+    from automl.store import optuna_rows, tables
+
+    with store.read() as connection:
+        if match.groupdict().get("trial") is not None:
+            study_id = connection.scalar(
+                sa.select(optuna_rows.trials.c.study_id).where(
+                    optuna_rows.trials.c.trial_id == int(match["trial"])
+                )
+            )
+        else:
+            study_id = int(match[1])
+        return study_id is not None and (
+            connection.scalar(
+                sa.select(tables.studies.c.study_id).where(tables.studies.c.study_id == study_id)
+            )
+            is not None
+        )
+
+
+def _refuse_automl_changes(
+    app: WSGIApp, is_automl_study: Callable[[re.Match[str]], bool]
+) -> WSGIApp:
     def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "").rstrip("/")
         for refused_method, pattern, reason in _REFUSED:
-            if method == refused_method and pattern.fullmatch(path):
+            if (
+                method == refused_method
+                and (match := pattern.fullmatch(path))
+                and is_automl_study(match)
+            ):
                 body = json.dumps({"reason": reason}).encode()
                 start_response(
                     "403 Forbidden",

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import optuna
 import pytest
 
 from automl.cli import dashboard_commands
@@ -102,6 +103,25 @@ def test_the_dashboard_refuses_to_delete_rename_or_tell_automl_studies(store: St
     assert set(listed) == {"weights.safetensors", "model_card.json"}
     for artifact_id in listed.values():
         store.artifacts.open_reader(artifact_id).close()
+
+
+def test_studies_created_in_the_dashboard_are_its_to_tell_rename_and_delete(
+    store: Store,
+) -> None:
+    automl_study = train_study(store, fixed=FAST)
+    with client(store) as http:
+        created = http.post(
+            "/api/studies", json={"study_name": "by-hand", "directions": ["minimize"]}
+        )
+        assert created.status_code == 201, created.text
+        study_id = created.json()["study_summary"]["study_id"]
+        trial = optuna.load_study(study_name="by-hand", storage=store.storage).ask()
+        told = http.post(f"/api/trials/{trial._trial_id}/tell", json={"state": "Fail"})
+        renamed = http.post(f"/api/studies/{study_id}/rename", json={"study_name": "renamed"})
+        deleted = http.delete(f"/api/studies/{renamed.json()['study_id']}")
+    assert (told.status_code, renamed.status_code, deleted.status_code) == (204, 201, 204)
+    assert [s.study_name for s in optuna.get_all_study_summaries(store.storage)] == ["served"]
+    assert get_study(store, automl_study).name == "served"
 
 
 def test_the_dashboard_refuses_to_delete_a_trials_weights(store: Store) -> None:
