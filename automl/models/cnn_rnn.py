@@ -34,7 +34,8 @@ class ColumnReader(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Features ``(N, out_features)`` of a feature map."""
-        pooled = F.adaptive_avg_pool2d(features, (self.rows, features.shape[-1]))
+        # A constant width: ONNX exports adaptive pooling only to a constant output size.
+        pooled = F.adaptive_avg_pool2d(features, (self.rows, int(features.shape[-1])))
         n, channels, rows, width = pooled.shape
         columns = pooled.permute(0, 3, 1, 2).reshape(n, width, channels * rows)
         return self.reader(columns)

@@ -71,8 +71,40 @@ def frame_encoder(
             conv_block(in_channels, out_channels, kernel_size, pooling="max" if pool else None)
         )
         in_channels, size = out_channels, size // 2 if pool else size
-    encoder = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(GRID), nn.Flatten())
+    encoder = nn.Sequential(*blocks, GridPool(GRID), nn.Flatten())
     return encoder, in_channels * GRID * GRID
+
+
+class GridPool(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d(grid)`` that also exports to ONNX behind a dynamic batch.
+
+    The legacy ONNX exporter needs the input's spatial size for adaptive pooling, and loses
+    it once the frames of a clip are folded into the batch. A frame's size is fixed for a
+    model, so the export averages each cell of the grid (PyTorch's own cell bounds) with
+    the size read as constants.
+    """
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Averages ``features (B, C, H, W)`` over each cell of the grid."""
+        if not torch.onnx.is_in_onnx_export():
+            return super().forward(features)
+        height, width = (int(side) for side in features.shape[-2:])
+        rows, cols = _cells(height, GRID), _cells(width, GRID)
+        return torch.stack(
+            [
+                torch.stack(
+                    [features[:, :, top:bottom, left:right].mean((2, 3)) for left, right in cols],
+                    dim=-1,
+                )
+                for top, bottom in rows
+            ],
+            dim=-2,
+        )
+
+
+def _cells(size: int, cells: int) -> list[tuple[int, int]]:
+    """Start and end of each of ``cells`` adaptive-pooling windows over ``size``."""
+    return [(i * size // cells, -(-(i + 1) * size // cells)) for i in range(cells)]
 
 
 class FramePoolOptions(EntryOptions):

@@ -1,0 +1,40 @@
+"""Every registered architecture exports to ONNX and TorchScript with a free batch size,
+and the exports compute what the PyTorch model computes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from automl.delivery.export import INPUT_NAME, OUTPUT_NAME, export_onnx, export_torchscript
+from automl.models import MODELS
+from tests.models.test_architectures import sample_shape, tiny
+
+TORCHVISION_FAMILIES = ("resnet", "mobilenet", "efficientnet")
+"""Built from torchvision's modules, which export as torchvision tests them; 6 to 11 s each
+here, so left out (``test_bundle`` exports a model end to end)."""
+OWN_ARCHITECTURES = [name for name in MODELS.names() if not name.startswith(TORCHVISION_FAMILIES)]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("name", OWN_ARCHITECTURES)
+def test_exports_match_pytorch_at_any_batch_size(name: str) -> None:
+    # 13 x 17 frames leave a 3 x 4 map before clip models' 4 x 4 grid pooling.
+    shape = sample_shape(name, 3, 13, 17)
+    model = tiny(name, shape).eval()
+    session = onnxruntime.InferenceSession(
+        export_onnx(model, shape), providers=["CPUExecutionProvider"]
+    )
+    scripted = torch.jit.load(io.BytesIO(export_torchscript(model, shape)))
+    for batch in (1, 3):
+        images = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            reference = model(images).numpy()
+            script_logits = scripted(images).numpy()
+        (onnx_logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+        np.testing.assert_allclose(onnx_logits, reference, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(script_logits, reference, rtol=1e-5, atol=1e-6)
