@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Callable
 
 from automl.config import MAX_ID
+from automl.delivery.schemas import MAX_TOP
 
 
 def _bounded(text: str, low: int, what: str) -> int:
@@ -78,3 +79,8 @@ def poll_seconds(text: str) -> float:
     if not 0 < value <= 3600:
         raise argparse.ArgumentTypeError(f"{text} is out of range: poll intervals are 0 to 3600 s")
     return value
+
+
+def top_count(text: str) -> int:
+    """Classes listed per image by predict and annotate: 1 to ``MAX_TOP``, as over the API."""
+    return _ranged(text, 1, MAX_TOP, "classes per image")

@@ -20,10 +20,12 @@ from automl.cli.arguments import (
     port_number,
     proxy_port,
     study_id,
+    top_count,
 )
 from automl.cli.dashboard_commands import DEFAULT_PORT
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError
 from automl.config import Settings
+from automl.delivery.schemas import MAX_TOP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="classify image files with a study's best model")
     predict.add_argument("study", type=study_id, help="study id")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="png, jpeg, webp or bmp files")
-    predict.add_argument("--top", type=int, default=3, help="classes per image (default 3)")
+    predict.add_argument(
+        "--top", type=top_count, default=3, help=f"classes per image (default 3, at most {MAX_TOP})"
+    )
     target_args(predict)
     artifacts_arg(predict)
 
@@ -260,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--csv", help="write path,label,confidence rows for image_csv (under the data root)"
     )
     annotate.add_argument("--overwrite", action="store_true", help="replace an existing --csv")
-    annotate.add_argument("--top", type=int, default=3, help="classes per image (default 3)")
+    annotate.add_argument(
+        "--top", type=top_count, default=3, help=f"classes per image (default 3, at most {MAX_TOP})"
+    )
     target_args(annotate)
     artifacts_arg(annotate)
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
 from automl.cli.http_client import HttpClient
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     """Classifies image files with a study's best model: a table, or ``--json``."""
-    if args.top < 1:
-        raise CliError("--top must be >= 1", EXIT_BAD_INPUT)
     paths = [Path(name) for name in args.images]
     if settings.url:
         result = HttpClient(settings.url).predict(args.study, _read(paths), args.top)
@@ -45,11 +43,14 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_annotate(args: argparse.Namespace, settings: Settings) -> int:
     """Suggests labels for a folder under the data root, least confident first."""
-    if args.top < 1:
-        raise CliError("--top must be >= 1", EXIT_BAD_INPUT)
-    request = AnnotateRequest(
-        path=args.folder, write_csv=args.csv, overwrite=args.overwrite, top=args.top
-    )
+    try:
+        request = AnnotateRequest(
+            path=args.folder, write_csv=args.csv, overwrite=args.overwrite, top=args.top
+        )
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        option = {"path": "folder", "write_csv": "--csv"}.get(str(error["loc"][0]), "request")
+        raise CliError(f"{option}: {error['msg']}", EXIT_BAD_INPUT) from None
     if settings.url:
         result = HttpClient(settings.url).annotate(args.study, request)
     else:

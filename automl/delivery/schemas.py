@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from automl.registry import ExactModel
 
 MAX_PATH_LENGTH = 4096
+MAX_TOP = 100
+"""The most classes listed per image (``top``), over the API and the CLI alike."""
 
 Selection = Literal["best_trial", "pareto_front_first", "refit"]
 
@@ -75,7 +77,7 @@ class AnnotateRequest(ExactModel):
         "data root, in the folder or a folder above it: image_csv reads it as it is.",
     )
     overwrite: bool = Field(False, description="Replace write_csv if it exists.")
-    top: int = Field(3, ge=1, le=100, description="Classes listed per image.")
+    top: int = Field(3, ge=1, le=MAX_TOP, description="Classes listed per image.")
 
 
 class Suggestion(BaseModel):

@@ -129,6 +129,9 @@ def test_a_busy_dashboard_port_is_one_error_line_naming_its_flag(
         (["proxy", "--port", "65535"], "coordination takes port + 1) are 1 to 65534"),
         (["serve", "--port", "70000"], "--port: 70000 is out of range: ports are 1 to 65535"),
         (["up", "--port", "0"], "--port: 0 is out of range"),
+        # The API's limit, so a command answers alike with --url and without (once: none).
+        (["predict", "1", "a.png", "--top", "1000"], "classes per image are 1 to 100"),
+        (["annotate", "1", "inbox", "--top", "0"], "classes per image are 1 to 100"),
     ],
 )
 def test_ports_and_concurrency_out_of_range_are_usage_errors(
@@ -140,6 +143,23 @@ def test_ports_and_concurrency_out_of_range_are_usage_errors(
 
     assert exc.value.code == EXIT_BAD_INPUT
     assert fragment in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["inbox", "--csv", ""], "error: --csv: String should have at least 1 character"),
+        ([""], "error: folder: String should have at least 1 character"),
+    ],
+)
+def test_annotate_with_an_empty_path_is_one_error_line(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once a pydantic traceback and exit 1."""
+    code = main(["annotate", "1", *args, "--storage", f"sqlite:///{tmp_path}/a.db"])
+
+    assert code == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.splitlines() == [message]
 
 
 LONG_LABEL = "a" * 70

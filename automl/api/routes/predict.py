@@ -25,7 +25,7 @@ from automl.delivery.inference import (
     UploadTooLargeError,
     predict_uploads,
 )
-from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions
+from automl.delivery.schemas import MAX_TOP, AnnotateRequest, Annotations, Predictions
 
 router = APIRouter(prefix="/studies", tags=["predictions"])
 
@@ -68,7 +68,7 @@ REFUSALS = error_responses(
     },
 )
 
-Top = Annotated[int, Query(ge=1, le=100, description="Classes listed per image.")]
+Top = Annotated[int, Query(ge=1, le=MAX_TOP, description="Classes listed per image.")]
 
 
 @router.post(
