@@ -32,10 +32,11 @@ logger = logging.getLogger("automl.data")
 CACHE_FORMAT = 1
 """Part of every data fingerprint (studies and warm starts match on it): bumped only when
 the decoded images of every dataset change."""
-DECODE_VERSION = 2
+DECODE_VERSION = 3
 """Part of every cache slot, not of the fingerprint: bumped when decoding changes for some
 images only, so old entries are not reused while studies keep matching (2: 16-bit images
-are scaled to 8 bits, no longer clipped)."""
+are scaled to 8 bits, no longer clipped; 3: quarter-turned JPEGs decode at full scale for
+non-square sizes, very thin padded images keep a pixel, malformed EXIF keeps orientation)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ class DecodeUnit:
     def fingerprint(self) -> str:
         """Hash of the files (names, sizes, mtimes), labels and preprocessing.
 
+        Not the change time: it is also the published data fingerprint (warm starts, the
+        GAN's key, model cards), which a copy of the same files (``rsync -a``) or a
+        ``chmod`` must not change. So a file replaced by one of the same size and
+        modification time (``cp -p`` of other content) goes unnoticed.
+
         Raises:
             DatasetError: If a file disappeared since it was listed.
         """
@@ -81,7 +87,9 @@ class DecodeUnit:
                     raise DatasetError(
                         f"cannot read {self._shown(path)!r}: {exc.strerror}"
                     ) from None
-                digest.update(f"{self._shown(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+                # surrogateescape: a name that is not UTF-8 still hashes (listing refuses it).
+                entry = f"{self._shown(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0"
+                digest.update(entry.encode("utf-8", "surrogateescape"))
             digest.update(f"{label}\n".encode())
         return digest.hexdigest()
 

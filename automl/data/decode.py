@@ -20,10 +20,11 @@ from functools import partial
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from automl.config import Limits
 from automl.data.errors import DatasetError
+from automl.data.paths import FORMAT_LIST, IMAGE_FORMATS
 
 logger = logging.getLogger("automl.data")
 
@@ -74,13 +75,14 @@ def decode_image(
         uint8 array shaped ``(C, H, W)``.
 
     Raises:
-        DatasetError: If the file cannot be read or decoded, or has too many pixels; the
-            message names the file.
+        DatasetError: If the file cannot be read or decoded, is not a png, jpeg, webp or
+            bmp image (whatever its suffix, as prediction refuses it), or has too many
+            pixels; the message names the file.
     """
     limit = Limits().max_image_pixels if max_pixels is None else max_pixels
     shown = os.path.relpath(path, root) if root else path
     try:
-        with Image.open(path) as opened:
+        with Image.open(path, formats=IMAGE_FORMATS) as opened:
             pixels = opened.width * opened.height
             if pixels > limit:  # a decompression bomb, refused before decoding
                 raise DatasetError(
@@ -88,13 +90,27 @@ def decode_image(
                     f"max_image_pixels allows {limit} (AUTOML_LIMIT_MAX_IMAGE_PIXELS)"
                 )
             image = load_oriented(opened, prep)
-    except DatasetError:
+    except (DatasetError, MemoryError):
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        raise DatasetError(f"cannot decode image {shown!r}: {_unidentified(path)}") from None
+    except Exception as exc:  # Pillow raises many kinds on corrupt data (struct.error...)
         # Pillow names the file by its absolute path: the message shows the data root's own.
-        reason = str(exc).replace(str(path), shown)
+        reason = " ".join(str(exc).replace(str(path), shown).split()) or type(exc).__name__
         raise DatasetError(f"cannot decode image {shown!r}: {reason}") from None
     return fit_image(image, prep)
+
+
+def _unidentified(path: str) -> str:
+    """Why a file none of ``IMAGE_FORMATS`` opens was refused: its own format, if any."""
+    try:
+        with Image.open(path) as opened:
+            other = opened.format
+    except Exception:  # not an image Pillow knows, or damaged: the usual answer
+        other = None
+    if other is None:
+        return f"not a {FORMAT_LIST} image (or its header is damaged)"
+    return f"it is a {other} image; images must be {FORMAT_LIST}, whatever their suffix"
 
 
 def load_oriented(opened: Image.Image, prep: Preprocess) -> Image.Image:
@@ -107,9 +123,40 @@ def load_oriented(opened: Image.Image, prep: Preprocess) -> Image.Image:
     Raises:
         OSError: If the data is truncated or corrupt (and what Pillow raises besides).
     """
-    if opened.format == "JPEG":
-        opened.draft(prep.mode, (prep.width, prep.height))
-    return to_eight_bit(ImageOps.exif_transpose(opened)).convert(prep.mode)
+    if opened.format == "JPEG":  # its EXIF is in the header, read before the draft scale
+        orientation = exif_orientation(opened)
+        size = (prep.width, prep.height)
+        # The stored image of a quarter turn is the shown one's width and height swapped.
+        opened.draft(prep.mode, size[::-1] if orientation in _QUARTER_TURNS else size)
+    else:
+        opened.load()  # decoding errors surface here; a PNG may keep its EXIF after the pixels
+        orientation = exif_orientation(opened)
+    method = _TRANSPOSE.get(orientation)
+    image = opened if method is None else opened.transpose(method)
+    return to_eight_bit(image).convert(prep.mode)
+
+
+def exif_orientation(opened: Image.Image) -> int:
+    """The image's EXIF orientation (1 to 8), or 1 if it has none or its EXIF is malformed."""
+    try:
+        value = opened.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as exc:  # Pillow's EXIF parser raises many kinds on malformed tags
+        logger.debug("ignoring unreadable EXIF data: %r", exc)
+        return 1
+    return value if isinstance(value, int) and value in _TRANSPOSE else 1
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""How each EXIF orientation other than 1 (as stored) is turned upright."""
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
 
 def to_eight_bit(image: Image.Image) -> Image.Image:
@@ -134,13 +181,28 @@ def fit_image(image: Image.Image, prep: Preprocess) -> np.ndarray:
     """Resizes a decoded image to ``prep``'s size (crop or pad) as uint8 ``(C, H, W)``."""
     size = (prep.width, prep.height)
     if image.size != size:
-        method = Image.Resampling.BILINEAR
         if prep.fit == "crop":
-            image = ImageOps.fit(image, size, method=method)
+            image = ImageOps.fit(image, size, method=Image.Resampling.BILINEAR)
         else:
-            image = ImageOps.pad(image, size, method=method, color=0)
+            image = pad_image(image, size)
     array = np.asarray(image, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def pad_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Scales ``image`` to fit inside ``size`` (width, height), centered on black.
+
+    As ``ImageOps.pad``, except that an image so thin that its short side would scale to
+    less than half a pixel keeps one pixel of it instead of vanishing.
+    """
+    width, height = size
+    if 2 * image.width * height >= image.height and 2 * image.height * width >= image.width:
+        return ImageOps.pad(image, size, method=Image.Resampling.BILINEAR, color=0)
+    inner = (1, height) if image.width < image.height else (width, 1)
+    out = Image.new(image.mode, size, 0)
+    offset = ((width - inner[0]) // 2, (height - inner[1]) // 2)
+    out.paste(image.resize(inner, Image.Resampling.BILINEAR), offset)
+    return out
 
 
 def decode_sample(

@@ -8,7 +8,7 @@ explicit folder was given, and computes the normalization statistics on the trai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,6 +19,7 @@ from automl.data.base import DatasetOptions, ImageData, channel_stats
 from automl.data.cache import DecodeUnit, load_unit, units_fingerprint
 from automl.data.decode import Preprocess
 from automl.data.errors import DatasetError
+from automl.data.paths import data_root, real_paths, relative_name
 from automl.data.splits import SplitSeed, stratified_split
 
 Side = Annotated[int, Field(ge=1, le=2048)]
@@ -39,6 +40,34 @@ def require_classes(classes: Sequence[str], what: str) -> None:
             f"{what} needs at least {MIN_CLASSES} classes (found {len(classes)}"
             + (f": {found})" if found else ")")
         )
+
+
+def require_disjoint(files: Iterable[Path], others: Mapping[str, Iterable[Path]]) -> None:
+    """Checks that a validation or test split shares no image file with other splits.
+
+    Files are compared by their real paths, so the same folder given twice, or under
+    another name (a symlink), is caught too.
+
+    Args:
+        files: The split's listed files.
+        others: The listed files of the other given splits, by option name (``"path"``).
+
+    Raises:
+        DatasetError: ``shares 40 images with path ('pets/cat/0.png', 'pets/cat/1.png',
+            ...); a split must not hold another split's images``.
+    """
+    own = real_paths(files)
+    for option, other in others.items():
+        shared = sorted(own & real_paths(other))
+        if shared:
+            root = data_root()
+            named = ", ".join(repr(relative_name(Path(path), root)) for path in shared[:2])
+            more = ", ..." if len(shared) > 2 else ""
+            noun = "image" if len(shared) == 1 else "images"
+            raise DatasetError(
+                f"shares {len(shared)} {noun} with {option} ({named}{more}); a split must not "
+                "hold another split's images"
+            )
 
 
 class ImageOptions(DatasetOptions):

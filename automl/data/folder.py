@@ -13,7 +13,14 @@ from pydantic import Field, ValidationInfo, field_validator
 from automl.data.base import ImageData, register_dataset
 from automl.data.cache import DecodeUnit
 from automl.data.errors import DatasetError
-from automl.data.files import FilePlan, ImageOptions, load_plan, make_unit, require_classes
+from automl.data.files import (
+    FilePlan,
+    ImageOptions,
+    load_plan,
+    make_unit,
+    require_classes,
+    require_disjoint,
+)
 from automl.data.paths import (
     IMAGE_SUFFIXES,
     confine,
@@ -46,7 +53,7 @@ class ImageFolderOptions(ImageOptions):
     def _check_split_path(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        classes, _ = scan_class_folder(value, allow_empty_classes=True)
+        classes, files = scan_class_folder(value, allow_empty_classes=True)
         if "path" in info.data:
             train_classes, _ = scan_class_folder(info.data["path"])
             unknown = sorted(set(classes) - set(train_classes))
@@ -55,7 +62,22 @@ class ImageFolderOptions(ImageOptions):
                     f"class folder {unknown[0]!r} is not a class of path; valid classes: "
                     + ", ".join(train_classes)
                 )
+        others = {
+            option: _all_files(info.data[option])
+            for option in ("path", "val_path")
+            if option != info.field_name and info.data.get(option) is not None
+        }
+        require_disjoint(_flat(files), others)
         return value
+
+
+def _all_files(value: str) -> list[Path]:
+    """Every image file of a class folder (validated already: empty classes allowed)."""
+    return _flat(scan_class_folder(value, allow_empty_classes=True)[1])
+
+
+def _flat(files: list[list[Path]]) -> list[Path]:
+    return [path for found in files for path in found]
 
 
 def scan_class_folder(

@@ -22,6 +22,7 @@ from automl.data.files import (
     load_plan,
     make_unit,
     require_classes,
+    require_disjoint,
 )
 from automl.data.paths import (
     confine,
@@ -59,7 +60,7 @@ class FrameSequencesOptions(ImageOptions):
     def _check_split_path(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        classes, _ = scan_clip_folder(value, allow_empty_classes=True)
+        classes, clips = scan_clip_folder(value, allow_empty_classes=True)
         if "path" in info.data:
             train_classes, _ = scan_clip_folder(info.data["path"])
             unknown = sorted(set(classes) - set(train_classes))
@@ -68,7 +69,17 @@ class FrameSequencesOptions(ImageOptions):
                     f"class folder {unknown[0]!r} is not a class of path; valid classes: "
                     + ", ".join(train_classes)
                 )
+        others = {
+            option: _frame_files(scan_clip_folder(info.data[option], allow_empty_classes=True)[1])
+            for option in ("path", "val_path")
+            if option != info.field_name and info.data.get(option) is not None
+        }
+        require_disjoint(_frame_files(clips), others)
         return value
+
+
+def _frame_files(clips: list[list[Clip]]) -> list[Path]:
+    return [frame for found in clips for clip in found for frame in clip]
 
 
 def scan_clip_folder(

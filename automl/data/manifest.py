@@ -10,7 +10,14 @@ from pydantic import Field, ValidationInfo, field_validator
 from automl.data.base import ImageData, register_dataset
 from automl.data.cache import DecodeUnit
 from automl.data.errors import DatasetError
-from automl.data.files import FilePlan, ImageOptions, load_plan, make_unit, require_classes
+from automl.data.files import (
+    FilePlan,
+    ImageOptions,
+    load_plan,
+    make_unit,
+    require_classes,
+    require_disjoint,
+)
 from automl.data.paths import IMAGE_SUFFIXES, confine, data_root, relative_name
 
 MAX_CSV_BYTES = 512 * 1024 * 1024
@@ -44,6 +51,12 @@ class ImageCsvOptions(ImageOptions):
                     f"label {unknown[0]!r} is not a label of path; valid labels: "
                     + ", ".join(classes)
                 )
+        others = {
+            option: [path for path, _ in read_manifest(info.data[option])]
+            for option in ("path", "val_path")
+            if option != info.field_name and info.data.get(option) is not None
+        }
+        require_disjoint([path for path, _ in rows], others)
         return value
 
 
@@ -51,20 +64,40 @@ def read_manifest(value: str) -> list[tuple[Path, str]]:
     """Reads and checks a ``path,label`` CSV.
 
     Returns:
-        ``(image file, label)`` per row, in file order.
+        ``(image file, label)`` per row, in file order; labels without surrounding spaces.
 
     Raises:
-        DatasetError: If the CSV or an image it names is missing, outside the data root,
-            or not an image file, or the CSV lacks the columns or rows.
+        DatasetError: If the CSV or an image it names is missing, unreadable, outside the
+            data root, or not an image file, a row's path or label is empty, an image is
+            listed twice, or the CSV lacks the columns or rows.
     """
     root = data_root()
     csv_path = confine(value, root)
     shown = relative_name(csv_path, root)
-    if not csv_path.is_file():
-        raise DatasetError(f"CSV file {shown!r} not found under the data root")
-    if csv_path.stat().st_size > MAX_CSV_BYTES:
-        raise DatasetError(f"CSV file {shown!r} is larger than {MAX_CSV_BYTES // 2**20} MiB")
+    checked = []
+    first_line: dict[Path, int] = {}
+    for line, image, label in _read_rows(csv_path, shown):
+        where = f"{shown} line {line}"
+        try:
+            path = _row_image(csv_path.parent, image, label, root)
+        except DatasetError as exc:
+            raise DatasetError(f"{where}: {exc}") from None
+        if path in first_line:
+            # Listed twice, an image could land in training and validation both.
+            message = f"image {image!r} is listed again (first on line {first_line[path]})"
+            raise DatasetError(f"{where}: {message}; list each image once")
+        first_line[path] = line
+        checked.append((path, str(label).strip()))
+    return checked
+
+
+def _read_rows(csv_path: Path, shown: str) -> list[tuple[int, str | None, str | None]]:
+    """``(line number, path, label)`` of each row of the CSV file."""
     try:
+        if not csv_path.is_file():
+            raise DatasetError(f"CSV file {shown!r} not found under the data root")
+        if csv_path.stat().st_size > MAX_CSV_BYTES:
+            raise DatasetError(f"CSV file {shown!r} is larger than {MAX_CSV_BYTES // 2**20} MiB")
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             columns = reader.fieldnames or []
@@ -74,32 +107,28 @@ def read_manifest(value: str) -> list[tuple[Path, str]]:
                 )
             rows = [(line, row["path"], row["label"]) for line, row in enumerate(reader, start=2)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"cannot read CSV file {shown!r}: {exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise DatasetError(f"cannot read CSV file {shown!r}: {reason}") from None
     if not rows:
         raise DatasetError(f"CSV file {shown!r} lists no images")
-    checked = []
-    first_line: dict[Path, int] = {}
-    for line, image, label in rows:
-        where = f"{shown} line {line}"
-        if not image or not label:
-            raise DatasetError(f"{where}: path and label must not be empty")
-        try:
-            path = confine(
-                csv_path.parent / image if not Path(image).is_absolute() else image, root
-            )
-        except DatasetError as exc:
-            raise DatasetError(f"{where}: {exc}") from None
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise DatasetError(f"{where}: {image!r} is not a png, jpg, jpeg, webp or bmp file")
-        if not path.is_file():
-            raise DatasetError(f"{where}: image {image!r} not found")
-        if path in first_line:
-            # Listed twice, an image could land in training and validation both.
-            message = f"image {image!r} is listed again (first on line {first_line[path]})"
-            raise DatasetError(f"{where}: {message}; list each image once")
-        first_line[path] = line
-        checked.append((path, label.strip()))
-    return checked
+    return rows
+
+
+def _row_image(folder: Path, image: str | None, label: str | None, root: Path) -> Path:
+    """The resolved image file a row names (relative to the CSV's ``folder``)."""
+    if not image or not image.strip() or not label or not label.strip():  # None: a short row
+        raise DatasetError("path and label must not be empty")
+    # Relative to the data root (absolute ones stay), so messages show no server paths.
+    path = confine((Path(relative_name(folder, root)) / image).as_posix(), root)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise DatasetError(f"{image!r} is not a png, jpg, jpeg, webp or bmp file")
+    try:
+        found = path.is_file()
+    except OSError as exc:
+        raise DatasetError(f"cannot read image {image!r}: {exc.strerror}") from None
+    if not found:
+        raise DatasetError(f"image {image!r} not found")
+    return path
 
 
 def manifest_classes(rows: list[tuple[Path, str]]) -> list[str]:

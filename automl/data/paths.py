@@ -7,15 +7,23 @@ it must lie inside the data root. Nothing is ever created by these checks.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 from automl.config import current_settings
 from automl.data.errors import DatasetError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 """File name endings read as images (case-insensitive); other files are ignored."""
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+"""Pillow formats an image file may hold, whatever its suffix: those of ``IMAGE_SUFFIXES``.
+Training and prediction (``automl.delivery``) both open images with these only."""
+FORMAT_LIST = "png, jpeg, webp or bmp"
+"""``IMAGE_FORMATS`` for messages."""
 
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 # What the file systems take (NAME_MAX, PATH_MAX on Linux): longer paths fail every call
@@ -44,8 +52,8 @@ def confine(value: str | os.PathLike[str], root: Path | None = None) -> Path:
 
     Raises:
         DatasetError: If the path is empty, too long, not valid Unicode, contains a NUL
-            byte, a percent-encoded character or a ``..`` component, or resolves (symlinks
-            followed) outside the root.
+            byte, a percent-encoded character or a ``..`` component, is a symlink loop, or
+            resolves (symlinks followed) outside the root or to a name that is not UTF-8.
     """
     text = os.fspath(value)
     if "\x00" in text:
@@ -66,10 +74,47 @@ def confine(value: str | os.PathLike[str], root: Path | None = None) -> Path:
     if any(len(part.encode()) > _MAX_NAME_BYTES for part in path.parts):
         raise DatasetError(f"has a file or folder name longer than {_MAX_NAME_BYTES} bytes")
     root = data_root() if root is None else root
-    resolved = (path if path.is_absolute() else root / path).resolve()
+    resolved = resolve(path if path.is_absolute() else root / path, repr(text))
     if not resolved.is_relative_to(root):
         raise DatasetError(f"{text!r} is outside the data root (AUTOML_DATA_ROOT)")
+    inside = relative_name(resolved, root)
+    if not _is_utf8(inside):
+        raise DatasetError(f"{text!r} leads to {printable(inside)}, a name that is not valid UTF-8")
     return resolved
+
+
+def resolve(path: Path, shown: str) -> Path:
+    """``path.resolve()``, with symlink loops and unreadable folders as ``DatasetError``.
+
+    Args:
+        path: The path to resolve (it may not exist).
+        shown: How messages name it, quoted.
+
+    Raises:
+        DatasetError: If a symlink on the way loops or a folder cannot be searched.
+    """
+    try:
+        return path.resolve()
+    except RuntimeError:  # Python 3.11 turns ELOOP into this; later versions raise OSError
+        raise DatasetError(f"{shown} is a symlink loop") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DatasetError(f"{shown} is a symlink loop") from None
+        raise DatasetError(f"cannot resolve {shown}: {exc.strerror}") from None
+
+
+def printable(name: str) -> str:
+    """A file name quoted for messages, bytes that are not UTF-8 shown as ``\\xe9``."""
+    return "'" + os.fsencode(name).decode("utf-8", "backslashreplace") + "'"
+
+
+def _is_utf8(name: str) -> bool:
+    """False for names holding bytes that are not UTF-8 (Python keeps them as surrogates)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def relative_name(path: Path, root: Path | None = None) -> str:
@@ -88,27 +133,31 @@ def natural_key(name: str) -> tuple[object, ...]:
 
 def require_dir(path: Path, root: Path) -> None:
     """Raises ``DatasetError`` unless ``path`` is an existing folder."""
-    if not path.exists():
-        raise DatasetError(f"folder {relative_name(path, root)!r} not found under the data root")
-    if not path.is_dir():
-        raise DatasetError(f"{relative_name(path, root)!r} is not a folder")
+    shown = relative_name(path, root)
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:
+        raise DatasetError(f"cannot read folder {shown!r}: {exc.strerror}") from None
+    if not exists:
+        raise DatasetError(f"folder {shown!r} not found under the data root")
+    if not is_dir:
+        raise DatasetError(f"{shown!r} is not a folder")
 
 
 def subfolders(folder: Path, root: Path) -> list[Path]:
     """The visible subfolders of ``folder``, name-sorted; each must stay inside ``root``.
 
+    Symlinks that lead nowhere (missing target, a loop) are skipped like other files.
+
     Raises:
-        DatasetError: If a subfolder is a symlink that points outside the root.
+        DatasetError: If ``folder`` cannot be listed, or a subfolder cannot be read, has a
+            name that is not UTF-8, or is a symlink that points outside the root.
     """
     found = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith(".") or not entry.is_dir():
-                continue
-            path = Path(entry.path)
-            if entry.is_symlink():
-                _check_link(path, root)
-            found.append(path)
+    for entry in _entries(folder, root):
+        if entry.name.startswith(".") or not _entry_is(entry, "dir", root):
+            continue
+        found.append(_checked_path(entry, root))
     return sorted(found, key=lambda p: p.name)
 
 
@@ -121,20 +170,49 @@ def image_files(folder: Path, root: Path, natural: bool = False) -> list[Path]:
         natural: Sort numbers by value (``2`` before ``10``), as frames of a clip are.
 
     Raises:
-        DatasetError: If a file is a symlink that points outside the root.
+        DatasetError: If ``folder`` cannot be listed, or an image file cannot be read, has
+            a name that is not UTF-8, or is a symlink that points outside the root.
     """
     found = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith(".") or _suffix(entry.name) not in IMAGE_SUFFIXES:
-                continue
-            if not entry.is_file():
-                continue
-            path = Path(entry.path)
-            if entry.is_symlink():
-                _check_link(path, root)
-            found.append(path)
+    for entry in _entries(folder, root):
+        if entry.name.startswith(".") or _suffix(entry.name) not in IMAGE_SUFFIXES:
+            continue
+        if _entry_is(entry, "file", root):
+            found.append(_checked_path(entry, root))
     return sorted(found, key=lambda p: natural_key(p.name) if natural else p.name)
+
+
+def _entries(folder: Path, root: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as exc:
+        shown = relative_name(folder, root)
+        raise DatasetError(f"cannot list folder {shown!r}: {exc.strerror}") from None
+
+
+def _entry_is(entry: os.DirEntry[str], kind: Literal["dir", "file"], root: Path) -> bool:
+    """Whether ``entry`` is a folder (``kind="dir"``) or a file, symlinks followed."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError as exc:
+        # DirEntry answers False for a symlink whose target is missing; a loop is as broken.
+        if exc.errno == errno.ELOOP:
+            return False
+        shown = printable(relative_name(Path(entry.path), root))
+        raise DatasetError(f"cannot read {shown}: {exc.strerror}") from None
+
+
+def _checked_path(entry: os.DirEntry[str], root: Path) -> Path:
+    """The entry's path, once its name is UTF-8 and, if a symlink, it stays inside ``root``."""
+    path = Path(entry.path)
+    if not _is_utf8(entry.name):
+        # Such names (often from archives made on Windows) cannot be cached or reported.
+        shown = printable(relative_name(path, root))
+        raise DatasetError(f"the name of {shown} is not valid UTF-8; rename it")
+    if entry.is_symlink():
+        _check_link(path, root)
+    return path
 
 
 def _suffix(name: str) -> str:
@@ -144,7 +222,23 @@ def _suffix(name: str) -> str:
 
 
 def _check_link(path: Path, root: Path) -> None:
-    if not path.resolve().is_relative_to(root):
-        raise DatasetError(
-            f"{relative_name(path, root)!r} is a symlink outside the data root (AUTOML_DATA_ROOT)"
-        )
+    shown = relative_name(path, root)
+    if not resolve(path, repr(shown)).is_relative_to(root):
+        raise DatasetError(f"{shown!r} is a symlink outside the data root (AUTOML_DATA_ROOT)")
+
+
+def real_paths(files: Iterable[Path]) -> set[str]:
+    """The real paths (symlinks resolved) of listed files, resolving each folder once.
+
+    Raises:
+        DatasetError: If a folder or file cannot be resolved.
+    """
+    folders: dict[Path, str] = {}
+    real = set()
+    for path in files:
+        folder = folders.get(path.parent)
+        if folder is None:
+            folder = folders[path.parent] = str(resolve(path.parent, repr(path.parent.name)))
+        joined = os.path.join(folder, path.name)
+        real.add(str(resolve(Path(joined), repr(path.name))) if os.path.islink(joined) else joined)
+    return real

@@ -70,8 +70,29 @@ class TorchvisionDataset:
         return [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
 
     def missing(self, root: Path) -> list[str]:
-        """The expected files not present under ``root``."""
-        return [name for name in self.files if not (root / self.folder / name).is_file()]
+        """The expected files not present under ``root``.
+
+        Raises:
+            DatasetError: If the folder cannot be searched (its permissions).
+        """
+        folder = root / self.folder
+        try:
+            return [name for name in self.files if not (folder / name).is_file()]
+        except OSError as exc:
+            raise DatasetError(f"cannot read {relative_name(folder)}/: {exc.strerror}") from None
+
+    def failing_checksums(self, root: Path) -> list[str]:
+        """The files under ``root`` whose MD5 checksum is not the one torchvision expects.
+
+        Reads every file: call it only once reading them failed. MNIST's unpacked files
+        have no checksum in torchvision, so the MNIST family never lists any.
+        """
+        cls = self.dataset_class
+        if issubclass(cls, _datasets().MNIST):
+            return []
+        check = importlib.import_module("torchvision.datasets.utils").check_integrity
+        listed = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
+        return [name for name, md5 in listed if not check(str(root / self.folder / name), md5)]
 
     def where(self, root: Path) -> str:
         """A one-line instruction naming the expected files and their folder."""
@@ -128,15 +149,37 @@ def _network_timeout(seconds: float) -> Iterator[None]:
 
 
 def _open(spec: TorchvisionDataset, root: Path, train: bool, download: bool) -> Any:
+    fetch = download and bool(spec.missing(root))
     try:
-        if download and spec.missing(root):
+        if fetch:
             with _network_timeout(DOWNLOAD_TIMEOUT_S):
                 return spec.dataset_class(str(root), train=train, download=True)
         return spec.dataset_class(str(root), train=train, download=False)
-    except (OSError, RuntimeError, ValueError) as exc:
-        reason = " ".join(str(exc).split())[:200]
-        action = "download failed" if download else "cannot read the files"
-        raise DatasetError(f"{spec.name}: {action} ({reason}); {spec.where(root)}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # torchvision fails on a damaged file in many ways (AssertionError...)
+        raise _unreadable(spec, root, exc, fetch) from None
+
+
+def _unreadable(spec: TorchvisionDataset, root: Path, exc: Exception, fetch: bool) -> DatasetError:
+    """The error for files torchvision could not download or read: which files, and why."""
+    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    if fetch or spec.missing(root):
+        action = "download failed" if fetch else "cannot read the files"
+        return DatasetError(f"{spec.name}: {action} ({reason}); {spec.where(root)}")
+    folder = relative_name(root / spec.folder)
+    failed = spec.failing_checksums(root)
+    if failed:
+        them = "it" if len(failed) == 1 else "them"
+        return DatasetError(
+            f"{spec.name}: {', '.join(failed)} in {folder}/ failed torchvision's integrity check "
+            f"(MD5 checksum); put the original files in place, or delete {them} and set "
+            "download: true"
+        )
+    return DatasetError(
+        f"{spec.name}: the files in {folder}/ are all there but cannot be read ({reason}); "
+        "replace them with the original files, or delete them and set download: true"
+    )
 
 
 def _tensors(dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:

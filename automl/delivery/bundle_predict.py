@@ -18,13 +18,24 @@ from PIL import Image, ImageOps
 HERE = Path(__file__).resolve().parent
 
 
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+"""The formats training read, whatever a file's suffix."""
+TURNS = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE"}
+TURNS.update({6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"})
+"""How each EXIF orientation other than 1 (as stored) is turned upright."""
+
+
 def load(path: str, spec: dict) -> np.ndarray:
     """One image as the model takes it: float32 (C, H, W)."""
     mode, size = ("L" if spec["channels"] == 1 else "RGB"), (spec["width"], spec["height"])
-    with Image.open(path) as opened:
-        if opened.format == "JPEG":
-            opened.draft(mode, size)
-        image = ImageOps.exif_transpose(opened)
+    with Image.open(path, formats=FORMATS) as opened:
+        if opened.format == "JPEG":  # a quarter turn is stored with width and height swapped
+            turn = orientation(opened)
+            opened.draft(mode, size[::-1] if turn >= 5 else size)
+        else:
+            opened.load()
+            turn = orientation(opened)
+        image = opened.transpose(getattr(Image.Transpose, TURNS[turn])) if turn > 1 else opened
         if image.mode == "I" or image.mode.startswith("I;16"):  # as training: top 8 of 16 bits
             values = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
             image = Image.fromarray((values >> 8).astype(np.uint8))
@@ -32,11 +43,34 @@ def load(path: str, spec: dict) -> np.ndarray:
     if image.size != size and spec["fit"] == "crop":
         image = ImageOps.fit(image, size, method=Image.Resampling.BILINEAR)
     elif image.size != size:
-        image = ImageOps.pad(image, size, method=Image.Resampling.BILINEAR, color=0)
+        image = pad(image, size)
     pixels = np.asarray(image, dtype=np.uint8).reshape(size[1], size[0], -1).transpose(2, 0, 1)
     mean = np.asarray(spec["mean"], dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(spec["std"], dtype=np.float32).reshape(-1, 1, 1)
     return (pixels.astype(np.float32) / np.float32(spec["scale"]) - mean) / std
+
+
+def orientation(opened: Image.Image) -> int:
+    """The EXIF orientation (1 to 8); 1 without one or where the EXIF is malformed."""
+    try:
+        value = opened.getexif().get(0x0112, 1)
+    except Exception:  # Pillow's EXIF parser raises many kinds on malformed tags
+        return 1
+    return value if isinstance(value, int) and value in TURNS else 1
+
+
+def pad(image: Image.Image, size: tuple) -> Image.Image:
+    """Fits ``image`` inside ``size`` on black; a very thin image keeps one pixel."""
+    width, height = size
+    if 2 * image.width * height >= image.height and 2 * image.height * width >= image.width:
+        return ImageOps.pad(image, size, method=Image.Resampling.BILINEAR, color=0)
+    inner = (1, height) if image.width < image.height else (width, 1)
+    out = Image.new(image.mode, size, 0)
+    out.paste(
+        image.resize(inner, Image.Resampling.BILINEAR),
+        ((width - inner[0]) // 2, (height - inner[1]) // 2),
+    )
+    return out
 
 
 def reason(exc: Exception) -> str:
@@ -44,7 +78,7 @@ def reason(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     if isinstance(exc, Image.UnidentifiedImageError):
-        return "not an image (png, jpeg, webp, bmp...)"
+        return "not a png, jpeg, webp or bmp image"
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 

@@ -48,6 +48,7 @@ from automl.config import Limits
 from automl.data import DATASETS, DatasetError, ImageData, load_dataset
 from automl.data.decode import Preprocess, fit_image, load_oriented
 from automl.data.files import ImageOptions
+from automl.data.paths import IMAGE_FORMATS
 from automl.delivery.refit import as_refit_trial
 from automl.delivery.schemas import (
     ClassScore,
@@ -72,9 +73,6 @@ from automl.train.loop import resolve_device
 from automl.train.trial_config import TrialConfig, stored_config
 
 logger = logging.getLogger("automl.delivery")
-
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
-"""Formats an image to classify may have: those ``image_folder`` reads for training."""
 
 MODEL_CACHE_SIZE = 4
 """Models kept in memory per process (the least recently used is dropped)."""

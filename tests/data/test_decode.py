@@ -1,15 +1,26 @@
-"""Decoding one image file: images deeper than 8 bits are scaled to 8 bits, not clipped."""
+"""Decoding one image file: formats, EXIF orientation, bit depth, fitting to the size."""
 
 from __future__ import annotations
 
+import logging
+import struct
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
-from automl.data.decode import Preprocess, decode_image, to_eight_bit
+from automl.data import decode
+from automl.data.decode import (
+    Preprocess,
+    decode_image,
+    fit_image,
+    load_oriented,
+    pad_image,
+    to_eight_bit,
+)
+from automl.data.errors import DatasetError
 
 DEEP = np.array([[8000] * 2 + [56000] * 2] * 4, np.uint16)
 """A 4x4 16-bit image: dark left half, bright right half."""
@@ -33,9 +44,10 @@ def test_sixteen_bit_png_keeps_its_top_eight_bits(
 def test_sixteen_bit_pgm_read_as_32_bit_integers_scales_alike(tmp_path: Path) -> None:
     path = tmp_path / "deep.pgm"  # Pillow reads 16-bit PGM as mode I
     path.write_bytes(b"P5\n4 4\n65535\n" + DEEP.astype(">u2").tobytes())
-    with Image.open(path) as opened:
+    with Image.open(path) as opened:  # not a training format, but the bundle's predict.py reads it
         assert opened.mode == "I"
-    assert (decode_image(str(path), Preprocess(4, 4, channels="grayscale"))[0] == EIGHT_BIT).all()
+        image = load_oriented(opened, Preprocess(4, 4, channels="grayscale"))
+    assert (np.asarray(image) == EIGHT_BIT).all()
 
 
 def test_32_bit_integers_are_clipped_to_16_bits_first() -> None:
@@ -51,3 +63,104 @@ def test_eight_bit_images_are_left_alone() -> None:
     for mode in ("L", "RGB", "RGBA", "P", "1"):
         image = Image.new(mode, (2, 2))
         assert to_eight_bit(image) is image
+
+
+def random_rgb(height: int, width: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), np.uint8))
+
+
+def save_oriented(image: Image.Image, path: Path, orientation: int) -> Path:
+    exif = image.getexif()
+    exif[ExifTags.Base.Orientation] = orientation
+    image.save(path, exif=exif.tobytes(), quality=95)
+    return path
+
+
+def test_malformed_exif_keeps_the_pixels_and_the_orientation(tmp_path: Path) -> None:
+    image = random_rgb(16, 24)
+    exif = image.getexif()
+    exif[ExifTags.Base.Orientation] = 6
+    exif[ExifTags.Base.Make] = "Cam"
+    # Retagged as FillOrder, a SHORT holding ASCII: Pillow cannot write this EXIF back.
+    raw = exif.tobytes().replace(b"\x01\x0f\x00\x02", b"\x01\x0a\x00\x02")
+    image.save(tmp_path / "photo.jpg", exif=raw)
+    decoded = decode_image(str(tmp_path / "photo.jpg"), Preprocess(24, 16), str(tmp_path))
+    with Image.open(tmp_path / "photo.jpg") as opened:
+        upright = opened.convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    assert np.array_equal(decoded, np.asarray(upright).transpose(2, 0, 1))
+
+
+def test_unparsable_exif_decodes_as_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = save_oriented(random_rgb(8, 12), tmp_path / "photo.jpg", 6)
+
+    def broken_exif(self: Image.Image) -> Image.Exif:
+        raise struct.error("required argument is not an integer")
+
+    monkeypatch.setattr(Image.Image, "getexif", broken_exif)
+    caplog.set_level(logging.DEBUG, logger="automl.data")
+    assert decode_image(str(path), Preprocess(8, 12)).shape == (3, 8, 12)  # not turned
+    assert "ignoring unreadable EXIF data" in caplog.text
+
+
+def test_unexpected_pillow_errors_name_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    random_rgb(4, 4).save(tmp_path / "a.png")
+
+    def failing(*args: object) -> Image.Image:
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(decode, "load_oriented", failing)
+    with pytest.raises(DatasetError) as caught:
+        decode_image(str(tmp_path / "a.png"), Preprocess(4, 4), str(tmp_path))
+    assert str(caught.value) == "cannot decode image 'a.png': unpack requires a buffer of 4 bytes"
+
+
+def test_only_the_formats_prediction_takes_are_decoded(tmp_path: Path) -> None:
+    random_rgb(4, 4).save(tmp_path / "tiff.jpg", format="TIFF")
+    random_rgb(4, 4).save(tmp_path / "png.jpg", format="PNG")
+    (tmp_path / "text.png").write_text("not an image")
+    assert decode_image(str(tmp_path / "png.jpg"), Preprocess(4, 4)).shape == (3, 4, 4)
+    expected = {
+        "tiff.jpg": "it is a TIFF image; images must be png, jpeg, webp or bmp, whatever their "
+        "suffix",
+        "text.png": "not a png, jpeg, webp or bmp image (or its header is damaged)",
+    }
+    for name, reason in expected.items():
+        with pytest.raises(DatasetError) as caught:
+            decode_image(str(tmp_path / name), Preprocess(4, 4), str(tmp_path))
+        assert str(caught.value) == f"cannot decode image {name!r}: {reason}"
+
+
+def test_quarter_turned_jpegs_decode_at_full_resolution(tmp_path: Path) -> None:
+    rows, columns = np.indices((200, 800))
+    board = Image.fromarray(((rows // 3 + columns // 3) % 2 * 255).astype(np.uint8)).convert("RGB")
+    files = {
+        1: save_oriented(board.transpose(Image.Transpose.ROTATE_270), tmp_path / "1.jpg", 1),
+        6: save_oriented(board, tmp_path / "6.jpg", 6),  # shown 200 wide, 800 tall
+    }
+    prep = Preprocess(height=32, width=128)
+    for orientation, path in files.items():
+        with Image.open(path) as opened:  # no draft: every pixel decoded
+            upright = opened.transpose(Image.Transpose.ROTATE_270) if orientation == 6 else opened
+            full = fit_image(upright.convert("RGB"), prep).astype(int)
+        error = np.abs(decode_image(str(path), prep).astype(int) - full).mean()
+        assert error < 1, (orientation, error)
+
+
+@pytest.mark.parametrize(("width", "height"), [(3, 400), (400, 3)])
+def test_padding_keeps_a_very_thin_image_visible(tmp_path: Path, width: int, height: int) -> None:
+    Image.new("RGB", (width, height), (200, 0, 0)).save(tmp_path / "thin.png")
+    decoded = decode_image(str(tmp_path / "thin.png"), Preprocess(8, 8, fit="pad"))
+    red = decoded[0] > 100
+    assert red.sum() == 8 and (red.all(axis=0).any() or red.all(axis=1).any())
+    assert decoded[1:].max() == 0
+    assert decoded[:, 0].max() == 0 or decoded[:, :, 0].max() == 0  # black around it
+
+
+def test_padding_an_ordinary_image_is_pillows() -> None:
+    image = random_rgb(5, 13)
+    padded = ImageOps.pad(image, (8, 8), method=Image.Resampling.BILINEAR, color=0)
+    assert np.array_equal(pad_image(image, (8, 8)), np.asarray(padded))

@@ -78,3 +78,22 @@ def test_a_single_class_is_refused_at_submit(data_root: Path) -> None:
     assert [str(error) for error in caught.value.errors] == [
         "dataset.options.path: folder 'mono' needs at least 2 classes (found 1: 'a')"
     ]
+
+
+def test_splits_that_share_frames_are_refused(data_root: Path) -> None:
+    for cls in ("a", "b"):
+        write_clip(data_root / "clips" / cls / "c0", [1, 2])
+    with pytest.raises(SpecError) as caught:
+        validate_spec(
+            {
+                "name": "x",
+                "dataset": {
+                    "source": "frame_sequences",
+                    "options": {"path": "clips", "val_path": "clips"},
+                },
+            }
+        )
+    assert [str(error) for error in caught.value.errors] == [
+        "dataset.options.val_path: shares 4 images with path ('clips/a/c0/frame0.png', "
+        "'clips/a/c0/frame1.png', ...); a split must not hold another split's images"
+    ]

@@ -299,3 +299,50 @@ def test_fresh_listing_is_not_remembered(data_root: Path, monkeypatch: pytest.Mo
     folder_module.scan_class_folder("pets")
     folder_module.scan_class_folder("pets")
     assert len(listings) == 4  # a change within the same timestamp tick could be missed
+
+
+def test_splits_that_share_images_are_refused(data_root: Path) -> None:
+    write_class_folder(data_root / "base", {"a": 3, "b": 3})
+    write_class_folder(data_root / "val", {"a": 1, "b": 1}, seed=1)
+    (data_root / "alias").symlink_to(data_root / "base", target_is_directory=True)
+    shared = "shares 6 images with path ('base/a/0.png', 'base/a/1.png', ...); a split must not "
+    shared += "hold another split's images"
+    assert submit_errors(
+        "image_folder", {"path": "base", "val_path": "base", "test_path": "base"}
+    ) == [
+        f"dataset.options.val_path: {shared}",
+        f"dataset.options.test_path: {shared}",
+    ]
+    assert submit_errors("image_folder", {"path": "base", "val_path": "alias"}) == [
+        f"dataset.options.val_path: {shared}"
+    ]
+    assert submit_errors(
+        "image_folder", {"path": "base", "val_path": "val", "test_path": "val"}
+    ) == [
+        "dataset.options.test_path: shares 2 images with val_path ('val/a/0.png', 'val/b/0.png'); "
+        "a split must not hold another split's images"
+    ]
+    assert submit_errors("image_folder", {"path": "base", "val_path": "val"}) == []
+
+
+def test_csv_splits_that_share_images_are_refused(data_root: Path) -> None:
+    write_class_folder(data_root / "img", {"x": 2, "y": 2})
+    (data_root / "alias").symlink_to(data_root / "img", target_is_directory=True)
+    (data_root / "train.csv").write_text(
+        "path,label\nimg/x/0.png,x\nimg/x/1.png,x\nimg/y/0.png,y\n"
+    )
+    (data_root / "val.csv").write_text("path,label\nimg/y/1.png,y\nalias/x/1.png,x\n")
+    assert submit_errors("image_csv", {"path": "train.csv", "val_path": "val.csv"}) == [
+        "dataset.options.val_path: shares 1 image with path ('img/x/1.png'); a split must not "
+        "hold another split's images"
+    ]
+
+
+def test_csv_label_of_spaces_only_is_refused(data_root: Path) -> None:
+    write_class_folder(data_root / "img", {"x": 1, "y": 1})
+    (data_root / "blank.csv").write_text("path,label\nimg/x/0.png,x\nimg/y/0.png,  \n")
+    (data_root / "short.csv").write_text("path,label\nimg/x/0.png,x\nimg/y/0.png\n")
+    for name in ("blank.csv", "short.csv"):
+        assert submit_errors("image_csv", {"path": name}) == [
+            f"dataset.options.path: {name} line 3: path and label must not be empty"
+        ]

@@ -141,3 +141,95 @@ def test_api_answers_422_naming_the_field(
     detail = response.json()["detail"]
     assert [item["path"] for item in detail] == ["dataset.options.path"]
     assert detail[0]["loc"] == ["body", "dataset", "options", "path"]
+
+
+def folder_spec(path: str) -> dict[str, object]:
+    return {"name": "x", "dataset": {"source": "image_folder", "options": {"path": path}}}
+
+
+def test_symlink_loops_are_refused_or_skipped(data_root: Path) -> None:
+    write_class_folder(data_root / "pets", {"cat": 2, "dog": 2})
+    os.symlink("emu", data_root / "pets" / "emu")  # loops like a dangling link: skipped
+    os.symlink("loop.png", data_root / "pets" / "cat" / "loop.png")
+    validate_spec(folder_spec("pets"))
+    os.symlink("selfloop", data_root / "selfloop")
+    with pytest.raises(SpecError) as caught:
+        validate_spec(folder_spec("selfloop"))
+    assert [str(error) for error in caught.value.errors] == [
+        "dataset.options.path: 'selfloop' is a symlink loop"
+    ]
+    (data_root / "list.csv").write_text("path,label\npets/cat/0.png,cat\npets/cat/loop.png,dog\n")
+    with pytest.raises(SpecError) as caught:
+        validate_spec(
+            {"name": "x", "dataset": {"source": "image_csv", "options": {"path": "list.csv"}}}
+        )
+    assert [str(error) for error in caught.value.errors] == [
+        "dataset.options.path: list.csv line 3: 'pets/cat/loop.png' is a symlink loop"
+    ]
+
+
+def test_symlink_loop_is_a_422_over_the_api(
+    data_root: Path, sqlite_url: str, tmp_path: Path
+) -> None:
+    os.symlink("selfloop", data_root / "selfloop")
+    client = make_client(sqlite_url, tmp_path / "artifacts")
+    try:
+        response = client.post("/studies", json=folder_spec("selfloop"))
+    finally:
+        close_client(client)
+    assert response.status_code == 422
+    assert [item["path"] for item in response.json()["detail"]] == ["dataset.options.path"]
+
+
+def test_unreadable_class_folder_is_refused(data_root: Path) -> None:
+    write_class_folder(data_root / "pets", {"cat": 2, "dog": 2})
+    locked = data_root / "pets" / "dog"
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("running as root: permissions do not apply")
+        with pytest.raises(SpecError) as caught:
+            validate_spec(folder_spec("pets"))
+    finally:
+        locked.chmod(0o755)
+    assert [str(error) for error in caught.value.errors] == [
+        "dataset.options.path: cannot list folder 'pets/dog': Permission denied"
+    ]
+
+
+def test_folder_that_cannot_be_listed_is_refused(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_class_folder(data_root / "pets", {"cat": 2, "dog": 2})
+    real_scandir = os.scandir
+
+    def scandir(path: str | os.PathLike[str]) -> object:
+        if Path(path).name == "dog":  # as for a folder of another user, even under root
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(SpecError) as caught:
+        validate_spec(folder_spec("pets"))
+    assert [str(error) for error in caught.value.errors] == [
+        "dataset.options.path: cannot list folder 'pets/dog': Permission denied"
+    ]
+
+
+def test_names_that_are_not_utf8_are_refused_naming_them(data_root: Path) -> None:
+    write_class_folder(data_root / "pets", {"cat": 2, "dog": 2})
+    cat = os.fsencode(data_root / "pets" / "cat")
+    os.rename(cat + b"/0.png", cat + b"/caf\xe9.png")
+    with pytest.raises(SpecError) as caught:
+        validate_spec(folder_spec("pets"))
+    assert [str(error) for error in caught.value.errors] == [
+        "dataset.options.path: the name of 'pets/cat/caf\\xe9.png' is not valid UTF-8; rename it"
+    ]
+    os.rename(cat + b"/caf\xe9.png", cat + b"/0.png")
+    os.rename(cat, cat[:-3] + b"ch\xe2t")
+    with pytest.raises(SpecError, match=r"the name of 'pets/ch\\xe2t' is not valid UTF-8"):
+        validate_spec(folder_spec("pets"))
+    os.rename(os.fsencode(data_root / "pets"), os.fsencode(data_root) + b"/p\xe9ts")
+    os.symlink(b"p\xe9ts", os.fsencode(data_root / "alias"))
+    with pytest.raises(SpecError, match=r"'alias' leads to 'p\\xe9ts', a name that is not valid"):
+        validate_spec(folder_spec("alias"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -96,15 +97,28 @@ def test_cifar_family(data_root: Path, monkeypatch: pytest.MonkeyPatch, cls: typ
     assert torch.equal(data.test_x[0], torch.from_numpy(raw["data"][0].reshape(3, 32, 32)))
 
 
-def test_corrupt_cifar_file_names_the_layout(
+def test_corrupt_cifar_file_fails_the_checksum_naming_it(
     data_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_cifar(data_root, datasets.CIFAR10, monkeypatch)
     (data_root / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"garbage")
-    with pytest.raises(
-        DatasetError, match=r"^cifar10: cannot read the files \(Dataset not found or corrupted"
-    ):
+    validate_spec({"name": "x", "dataset": {"source": "cifar10"}})  # every file is there
+    with pytest.raises(DatasetError) as caught:
         load_dataset("cifar10")
+    assert str(caught.value) == (
+        "cifar10: data_batch_1 in cifar-10-batches-py/ failed torchvision's integrity check "
+        "(MD5 checksum); put the original files in place, or delete it and set download: true"
+    )
+
+
+def test_unreadable_mnist_file_says_the_files_are_there(data_root: Path) -> None:
+    write_mnist(data_root, "MNIST")
+    (data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"garbage")
+    with pytest.raises(DatasetError) as caught:
+        load_dataset("mnist")
+    assert str(caught.value).startswith(
+        "mnist: the files in MNIST/raw/ are all there but cannot be read ("
+    )
 
 
 @pytest.mark.parametrize("source", ["mnist", "fashion_mnist", "cifar10", "cifar100"])
@@ -145,3 +159,19 @@ def test_download_without_network_fails_at_once(
         load_dataset("cifar10", {"download": True})
     outside = {p.name for p in tmp_path.iterdir()}
     assert outside == {"data"}  # the download wrote nowhere but the data root
+
+
+def test_unreadable_folder_is_a_submit_error(data_root: Path) -> None:
+    write_mnist(data_root, "MNIST")
+    locked = data_root / "MNIST"
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("running as root: permissions do not apply")
+        with pytest.raises(SpecError) as caught:
+            validate_spec({"name": "x", "dataset": {"source": "mnist"}})
+    finally:
+        locked.chmod(0o755)
+    assert [str(error) for error in caught.value.errors] == [
+        "dataset.options.path: cannot read MNIST/raw/: Permission denied"
+    ]

@@ -186,7 +186,8 @@ def test_the_bundle_holds_weights_card_exports_and_a_predict_script(trained: Tra
     stored = load_state_dict(trained.trial, trained.store.artifacts)
     assert weights.keys() == stored.keys()
     assert all(torch.equal(weights[name], stored[name]) for name in stored)
-    assert len((trained.folder / "predict.py").read_text().splitlines()) < 100
+    # Short enough to read through: numpy and Pillow decoding as training, then the model.
+    assert len((trained.folder / "predict.py").read_text().splitlines()) < 140
     exports = trained.card["bundle"]["exports"]
     assert exports["onnx"]["file"] == "model.onnx" and exports["onnx"]["error"] is None
     assert exports["torchscript"]["file"] == "model.torchscript.pt"

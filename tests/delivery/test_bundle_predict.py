@@ -1,0 +1,79 @@
+"""The bundle's standalone ``predict.py`` decodes every image as training did: its own copy
+of the decoding (numpy and Pillow only) gives the pixels ``automl.data.decode`` gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from automl.data.decode import Preprocess, decode_image
+from automl.data.errors import DatasetError
+from automl.delivery import bundle_predict
+
+ORIENTATION = 0x0112
+
+
+def _noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _with_orientation(image: Image.Image, path: Path, orientation: int) -> Path:
+    exif = image.getexif()
+    exif[ORIENTATION] = orientation
+    image.save(path, exif=exif.tobytes())
+    return path
+
+
+def _malformed_exif_jpeg(path: Path) -> Path:
+    image = _noise(16, 16)
+    exif = image.getexif()
+    exif[ORIENTATION], exif[0x010F] = 6, "Cam"
+    # The Make tag (ASCII) renumbered as FillOrder (SHORT): Pillow's parser chokes on it.
+    image.save(path, exif=exif.tobytes().replace(b"\x01\x0f\x00\x02", b"\x01\x0a\x00\x02"))
+    return path
+
+
+def _images(folder: Path) -> list[Path]:
+    """Images whose decoding has edge cases: quarter turns of JPEGs (reduced-scale
+    decoding), every EXIF orientation, very thin images, malformed EXIF, 16 bits."""
+    paths = [
+        _with_orientation(_noise(80, 20, turn), folder / f"turned{turn}.jpg", turn)
+        for turn in range(1, 9)
+    ]
+    paths.append(_with_orientation(_noise(30, 10), folder / "turned.png", 6))
+    _noise(3, 400).save(folder / "thin.png")
+    _noise(500, 2).save(folder / "flat.png")
+    paths += [folder / "thin.png", folder / "flat.png", _malformed_exif_jpeg(folder / "bad.jpg")]
+    deep = (np.arange(12 * 9, dtype=np.uint16).reshape(9, 12) * 600).astype(np.uint16)
+    Image.fromarray(deep).save(folder / "deep.png")
+    return [*paths, folder / "deep.png"]
+
+
+@pytest.mark.parametrize("fit", ["crop", "pad"])
+@pytest.mark.parametrize(("channels", "count"), [("rgb", 3), ("grayscale", 1)])
+@pytest.mark.parametrize(("width", "height"), [(8, 16), (12, 12)])
+def test_predict_py_decodes_as_training_did(
+    tmp_path: Path, fit: str, channels: str, count: int, width: int, height: int
+) -> None:
+    prep = Preprocess(height=height, width=width, fit=fit, channels=channels)  # type: ignore[arg-type]
+    spec = {"channels": count, "width": width, "height": height, "fit": fit}
+    spec |= {"mean": [0.0] * count, "std": [1.0] * count, "scale": 1.0}
+    for path in _images(tmp_path):
+        trained = decode_image(str(path), prep).astype(np.float32)
+        assert trained.any(), f"{path.name} decoded to black"
+        np.testing.assert_array_equal(bundle_predict.load(str(path), spec), trained, path.name)
+
+
+def test_predict_py_refuses_the_formats_training_refuses(tmp_path: Path) -> None:
+    tiff = tmp_path / "tiff.png"
+    _noise(8, 8).save(tiff, format="TIFF")
+    spec = {"channels": 3, "width": 8, "height": 8, "fit": "crop"}
+    with pytest.raises(DatasetError, match="it is a TIFF image"):
+        decode_image(str(tiff), Preprocess(height=8, width=8))
+    with pytest.raises(Image.UnidentifiedImageError) as refused:
+        bundle_predict.load(str(tiff), spec | {"mean": [0] * 3, "std": [1] * 3, "scale": 1})
+    assert bundle_predict.reason(refused.value) == "not a png, jpeg, webp or bmp image"
