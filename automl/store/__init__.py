@@ -40,6 +40,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "faults": (
         "Backoff",
         "StorageUnavailableError",
+        "is_disk_full",
         "is_transient",
         "retry_transient",
     ),

@@ -45,6 +45,18 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 """A full disk or quota: the storage is unavailable until someone frees space."""
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is a full disk or quota."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` says the storage was unavailable (the database unreachable, or a
     disk full) rather than the request wrong."""

@@ -35,6 +35,7 @@ from automl.store import (
     Lease,
     LeaseLostError,
     attrs,
+    is_disk_full,
     is_transient,
     outranked_reason,
     remove_quietly,
@@ -56,6 +57,8 @@ from automl.worker.slots import DeviceGate, GateAbandoned
 logger = logging.getLogger("automl.worker")
 
 MAX_ERROR_CHARS = 4000
+OPTIONAL_WRITE_TRIES = 5
+"""Tries of a write training can go on without (a checkpoint), about 3 s of backoff."""
 T = TypeVar("T")
 
 
@@ -85,12 +88,36 @@ class TrialContext:
     backoff: Backoff
     gate: DeviceGate = field(default_factory=lambda: DeviceGate(None))
 
-    def persist(self, call: Callable[[], T], doing: str) -> T:
-        """Runs a call that is safe to repeat, waiting out database outages.
+    def persist(self, call: Callable[[], T], doing: str, *, optional: bool = False) -> T:
+        """Runs a call that is safe to repeat, waiting out storage outages.
 
-        Not interrupted by the worker's stop: a result in hand is never dropped.
+        The worker's stop does not end a wait for the database (a result in hand is never
+        dropped), but it ends a wait for disk space, which only a person can free: the
+        call then raises, and the trial goes back to the queue.
+
+        Args:
+            call: The operation.
+            doing: What it does, for the log.
+            optional: Whether training can go on without it (a checkpoint): it is then
+                given up after ``OPTIONAL_WRITE_TRIES`` tries.
         """
-        return retry_transient(call, backoff=self.backoff, doing=doing)
+        last: list[BaseException] = []
+
+        def attempt() -> T:
+            try:
+                return call()
+            except Exception as exc:
+                last[:] = [exc]
+                raise
+
+        return retry_transient(
+            attempt,
+            # Its own count: the heartbeat's successes would reset the shared one.
+            backoff=Backoff(logger) if optional else self.backoff,
+            doing=doing,
+            give_up=lambda: self.stopping() and is_disk_full(last[0]),
+            attempts=OPTIONAL_WRITE_TRIES if optional else None,
+        )
 
 
 @dataclass
@@ -318,6 +345,7 @@ class _Attempt:
             self.ctx.persist(
                 lambda: self.coordinator.save_checkpoint(self.lease, blob, state.epoch),
                 "saving a checkpoint",
+                optional=True,
             )
         except LeaseLostError:
             self.keeper.lost.set()

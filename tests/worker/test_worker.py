@@ -48,6 +48,7 @@ from automl.store import (
 from automl.worker import SqlCoordinator, Worker, WorkerOptions
 from automl.worker.identity import new_worker_id, sampler_seed, training_seed
 from automl.worker.keeper import LeaseKeeper
+from automl.worker.runner import OPTIONAL_WRITE_TRIES
 from tests.conftest import store_at
 from tests.data.conftest import write_class_folder
 from tests.forked import ForkedProcess
@@ -239,6 +240,48 @@ def test_a_full_disk_while_saving_weights_is_waited_out_not_a_failure(
     [trial] = _trials(sqlite_store, study_id)
     assert trial.state == TrialState.COMPLETE and attrs.WEIGHTS in trial.user_attrs
     assert get_study(sqlite_store, study_id).status == StudyStatus.COMPLETED
+
+
+def test_a_full_disk_while_checkpointing_skips_the_checkpoint_and_training_goes_on(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once retried forever, the heartbeat renewing the lease: the trial stayed running."""
+    spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0}, fixed={"epochs": 2})
+    study_id = submit_study(sqlite_store, spec).id
+    calls = {"n": 0}
+
+    def full_disk(*args: Any) -> None:
+        calls["n"] += 1
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SqlCoordinator, "save_checkpoint", full_disk)
+    assert Worker(sqlite_store, _options()).run() == 1
+    assert calls["n"] == OPTIONAL_WRITE_TRIES  # after epoch 1; none after the last one
+    [trial] = _trials(sqlite_store, study_id)
+    assert trial.state == TrialState.COMPLETE and sorted(trial.intermediate_values) == [1, 2]
+
+
+def test_a_stopping_worker_stops_waiting_for_disk_space_and_gives_the_trial_back(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once SIGTERM and SIGINT were ignored while the weights waited for space."""
+    study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
+    worker = Worker(sqlite_store, _options())
+    calls = {"n": 0}
+
+    def full_disk(*args: Any, **kwargs: Any) -> str:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            worker.stop()  # as SIGTERM would, while the disk stays full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(automl.worker.runner, "save_weights", full_disk)
+    assert worker.run() == 1
+    assert calls["n"] == 2
+    [trial] = _trials(sqlite_store, study_id)
+    assert (trial.state, trial.user_attrs[attrs.FAILURE]) == (TrialState.FAIL, "interrupted")
+    detail = get_study(sqlite_store, study_id)
+    assert (detail.status, detail.counts.waiting) == (StudyStatus.RUNNING, 1)  # queued again
 
 
 def test_database_error_after_the_claim_gives_the_ticket_back(
