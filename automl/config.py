@@ -27,6 +27,9 @@ MAX_INTERVAL_S = 7 * 86_400.0
 """Longest heartbeat, grace or reap interval (a week): a thread's wait refuses more than
 ``threading.TIMEOUT_MAX``, and a heartbeat timestamp past the platform's ``time_t``."""
 
+MAX_POLL_INTERVAL_S = 3600.0
+"""Longest sleep of an idle worker between polls (an hour)."""
+
 MAX_ID = 2**31 - 1
 """The largest study id, trial number or count a request may name: the top of a signed
 32-bit integer column (the store's ids), beyond which a database overflows."""
@@ -65,7 +68,9 @@ class Settings(BaseSettings):
         description="Seconds the API trusts a looked-up API key (and whether any exists) "
         "before asking the database again: how long a revoked key keeps working.",
     )
-    poll_interval: float = Field(2.0, gt=0, description="Seconds an idle worker sleeps.")
+    poll_interval: float = Field(
+        2.0, gt=0, le=MAX_POLL_INTERVAL_S, description="Seconds an idle worker sleeps."
+    )
     device: str = Field("auto", description="Device for workers: auto, cpu, cuda or cuda:N.")
     threads: int | None = Field(
         None, ge=1, description="CPU threads per worker process (default: PyTorch's)."
@@ -117,6 +122,7 @@ class Settings(BaseSettings):
     checkpoint_interval: float = Field(
         300.0,
         gt=0,
+        le=MAX_INTERVAL_S,
         description="Seconds between checkpoints inside one long epoch (also every epoch).",
     )
     db_pool_size: int = Field(

@@ -17,7 +17,7 @@ from automl.api.body import BODY_MODELS
 from automl.api.errors import ErrorDetail, error_responses, install_error_handlers
 from automl.api.routes import health, models, predict, registries, report, studies
 from automl.catalog import load_plugins
-from automl.config import Settings
+from automl.config import Limits, Settings
 from automl.delivery.study_report import ReportCache
 from automl.spec import StudySpec
 from automl.store import Reaper, Store, open_store_from
@@ -41,6 +41,7 @@ def create_app(
         reap: Run the reaper while the app serves.
     """
     settings = settings or Settings()
+    Limits()  # read per request: a bad AUTOML_LIMIT_* fails the start, not every submit
     load_plugins()
     store = store or open_store_from(settings)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from automl.config import MAX_ID
+from automl.config import MAX_ID, MAX_POLL_INTERVAL_S
 from automl.delivery.schemas import MAX_TOP
 
 
@@ -76,8 +76,10 @@ def poll_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: poll intervals are 0 to 3600 s")
+    if not 0 < value <= MAX_POLL_INTERVAL_S:
+        raise argparse.ArgumentTypeError(
+            f"{text} is out of range: poll intervals are 0 to {MAX_POLL_INTERVAL_S:.0f} s"
+        )
     return value
 
 

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from automl import __version__
 from automl.cli.arguments import (
@@ -24,7 +25,7 @@ from automl.cli.arguments import (
 )
 from automl.cli.dashboard_commands import DEFAULT_PORT
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError
-from automl.config import Settings
+from automl.config import Limits, Settings
 from automl.delivery.schemas import MAX_TOP
 
 
@@ -319,13 +320,22 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if (value := getattr(args, key, None)) is not None
     }
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        Limits()  # read by requests later: a bad AUTOML_LIMIT_* is refused at the start
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        )
+        limit = exc.title == Limits.__name__
+        problems = "; ".join(_setting_problem(e, limit) for e in exc.errors(include_url=False))
         raise CliError(f"invalid setting {problems}", EXIT_BAD_INPUT) from None
+    return settings
+
+
+def _setting_problem(error: ErrorDetails, limit: bool) -> str:
+    """``heartbeat_interval: Input should be ...``; a limit by its variable; a rule between
+    settings (no field) by its message alone."""
+    field, message = ".".join(map(str, error["loc"])), error["msg"].removeprefix("Value error, ")
+    if not field:
+        return message
+    return f"{f'AUTOML_LIMIT_{field.upper()}' if limit else field}: {message}"
 
 
 COMMANDS: dict[str, str] = {

@@ -178,6 +178,9 @@ def retry_transient(
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an error's text (SQLAlchemy messages run over many lines)."""
+    """The first line of an error's text (SQLAlchemy messages run over many lines); for
+    Optuna's ``StorageInternalError``, whose text never says what failed, its cause's."""
+    if isinstance(exc, StorageInternalError) and (exc.__cause__ or exc.__context__):
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -526,15 +526,40 @@ def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]
     assert "error:" in err
 
 
-def test_invalid_setting_is_exit_2(cli: Run, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AUTOML_PORT", "70000")  # as a flag, argparse refuses it (exit 2)
+@pytest.mark.parametrize(
+    ("variable", "value", "command", "message"),
+    [
+        # As a flag, argparse refuses it (exit 2).
+        ("AUTOML_PORT", "70000", "serve", "port: Input should be less than or equal to 65535"),
+        # Once a traceback at submit in the CLI, and a 500 from a server that had started.
+        (
+            "AUTOML_LIMIT_MAX_TRIALS",
+            "abc",
+            "serve",
+            "AUTOML_LIMIT_MAX_TRIALS: Input should be a valid integer, unable to parse string "
+            "as an integer",
+        ),
+        # Once an OverflowError from the idle worker's wait.
+        ("AUTOML_POLL_INTERVAL", "1e10", "worker", "poll_interval: Input should be less than "),
+        # A rule between settings names no field of its own (once "setting : Value error, ").
+        ("AUTOML_GRACE_PERIOD", "5", "worker", "grace_period (5 s) must exceed twice "),
+    ],
+    ids=["port", "limit", "poll-interval", "grace-period"],
+)
+def test_invalid_setting_is_exit_2(
+    cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    command: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
 
-    code, _, err = cli("serve")
+    code, _, err = cli(command)
 
     assert code == 2
-    assert one_error_line(err) == (
-        "error: invalid setting port: Input should be less than or equal to 65535"
-    )
+    assert one_error_line(err).startswith(f"error: invalid setting {message}")
 
 
 def test_serve_workers_start_the_app_factory_with_the_same_settings(

@@ -9,7 +9,14 @@ import pytest
 import sqlalchemy
 from optuna.exceptions import StorageInternalError
 
-from automl.store import Backoff, StorageUnavailableError, is_transient, retry_transient
+from automl.store import (
+    Backoff,
+    StorageUnavailableError,
+    is_disk_full,
+    is_transient,
+    retry_transient,
+)
+from automl.store.faults import first_line
 
 
 def _operational() -> sqlalchemy.exc.OperationalError:
@@ -85,3 +92,25 @@ def test_retry_transient_retries_only_transient_errors() -> None:
         retry_transient(down, backoff=backoff, doing="x", attempts=3)
     with pytest.raises(sqlalchemy.exc.OperationalError):
         retry_transient(down, backoff=backoff, doing="x", give_up=lambda: True)
+
+
+def test_first_line_of_optunas_wrapper_is_its_causes() -> None:
+    """Once "An exception is raised during the commit..." for a read-only database."""
+    readonly = sqlalchemy.exc.OperationalError(
+        "UPDATE", {}, Exception("attempt to write a readonly database\nmore")
+    )
+    assert "attempt to write a readonly database" in first_line(_wrapped_by_optuna(readonly))
+    assert "\n" not in first_line(_wrapped_by_optuna(readonly))
+    assert first_line(StorageInternalError("alone")) == "alone"
+
+
+@pytest.mark.parametrize(
+    ("error", "full"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), True),
+        (_wrapped_by_optuna(OSError(errno.EDQUOT, "Disk quota exceeded")), True),
+        (_operational(), False),
+    ],
+)
+def test_is_disk_full(error: BaseException, full: bool) -> None:
+    assert is_disk_full(error) is full
