@@ -181,6 +181,19 @@ def count_errors(connection: sa.engine.Connection, study_id: int) -> int:
     )
 
 
+def has_results(connection: sa.engine.Connection, study_id: int) -> bool:
+    """Whether a ticket of the study ended with a result (complete or pruned)."""
+    tickets = tables.tickets
+    query = sa.select(
+        sa.exists().where(
+            tickets.c.study_id == study_id,
+            tickets.c.state == TicketState.DONE.value,
+            tickets.c.outcome.in_(["complete", "pruned"]),
+        )
+    )
+    return bool(connection.scalar(query))
+
+
 def has_tickets(connection: sa.engine.Connection, study_id: int, *states: TicketState) -> bool:
     """Whether the study has a ticket in one of ``states`` (an indexed EXISTS)."""
     tickets = tables.tickets
@@ -218,7 +231,10 @@ def end_if_done_locked(
     elif study.issued >= study.n_trials and not has_tickets(
         connection, study.study_id, TicketState.PENDING, TicketState.RUNNING
     ):
-        reason, new = "all trials finished", StudyStatus.COMPLETED
+        if has_results(connection, study.study_id):
+            reason, new = "all trials finished", StudyStatus.COMPLETED
+        else:  # each failed (within max_failed) or lost its worker too often
+            reason, new = "all trials finished, none with a result", StudyStatus.FAILED
     elif (
         study.deadline is not None
         and study.deadline <= at

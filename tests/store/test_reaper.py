@@ -92,7 +92,9 @@ def test_retries_run_out_then_the_ticket_fails(store: Store, tiny_spec: SpecFact
     assert results == ["requeued", "exhausted"]
     detail = get_study(store, study_id)
     assert (detail.counts.fail, detail.counts.waiting) == (1, 0)
-    assert detail.status == StudyStatus.COMPLETED  # the reaper settles the study
+    # The reaper settles the study: nothing came of it (once "completed").
+    assert detail.status == StudyStatus.FAILED
+    assert detail.status_reason == "all trials finished, none with a result"
     trials = store.storage.get_all_trials(study_id)
     assert [t.user_attrs[attrs.FAILURE] for t in trials] == ["worker_lost", "worker_lost"]
 

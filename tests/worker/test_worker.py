@@ -506,7 +506,12 @@ def test_out_of_memory_runs_again_alone_once(
     with store.read() as connection:
         ticket = connection.execute(sqlalchemy.select(tables.tickets)).one()
     assert (ticket.exclusive, ticket.state, ticket.failure) == (True, "done", "out_of_memory")
-    assert get_status(store, study_id) == StudyStatus.COMPLETED  # not a config error
+    # Not counted toward max_failed (0) as a config error; the study failed as it got nothing.
+    detail = get_study(store, study_id)
+    assert (detail.status, detail.status_reason) == (
+        StudyStatus.FAILED,
+        "all trials finished, none with a result",
+    )
 
 
 def test_out_of_memory_in_one_slot_is_retried_alone_and_the_others_finish(
