@@ -196,7 +196,7 @@ def pad_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     less than half a pixel keeps one pixel of it instead of vanishing.
     """
     width, height = size
-    if 2 * image.width * height >= image.height and 2 * image.height * width >= image.width:
+    if 2 * image.width * height > image.height and 2 * image.height * width > image.width:
         return ImageOps.pad(image, size, method=Image.Resampling.BILINEAR, color=0)
     inner = (1, height) if image.width < image.height else (width, 1)
     out = Image.new(image.mode, size, 0)

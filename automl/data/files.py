@@ -45,8 +45,9 @@ def require_classes(classes: Sequence[str], what: str) -> None:
 def require_disjoint(files: Iterable[Path], others: Mapping[str, Iterable[Path]]) -> None:
     """Checks that a validation or test split shares no image file with other splits.
 
-    Files are compared by their real paths, so the same folder given twice, or under
-    another name (a symlink), is caught too.
+    Files are compared by where they are (``real_paths``), so the same folder given twice,
+    or under another name (a symlinked folder), is caught too. Checked when a study is
+    submitted: it lists every split again.
 
     Args:
         files: The split's listed files.

@@ -32,6 +32,7 @@ from automl.data.paths import (
     require_dir,
     subfolders,
 )
+from automl.registry import within_strict_input
 
 Clip = list[Path]
 
@@ -69,16 +70,21 @@ class FrameSequencesOptions(ImageOptions):
                     f"class folder {unknown[0]!r} is not a class of path; valid classes: "
                     + ", ".join(train_classes)
                 )
-        others = {
-            option: _frame_files(scan_clip_folder(info.data[option], allow_empty_classes=True)[1])
-            for option in ("path", "val_path")
-            if option != info.field_name and info.data.get(option) is not None
-        }
-        require_disjoint(_frame_files(clips), others)
+        # At submit only: a study stored before this check keeps loading its data.
+        if within_strict_input():
+            others = {
+                option: _frame_files(
+                    scan_clip_folder(info.data[option], allow_empty_classes=True)[1]
+                )
+                for option in ("path", "val_path")
+                if option != info.field_name and info.data.get(option) is not None
+            }
+            require_disjoint(_frame_files(clips), others)
         return value
 
 
 def _frame_files(clips: list[list[Clip]]) -> list[Path]:
+    """Every frame of every clip, of every class."""
     return [frame for found in clips for clip in found for frame in clip]
 
 

@@ -183,6 +183,7 @@ def image_files(folder: Path, root: Path, natural: bool = False) -> list[Path]:
 
 
 def _entries(folder: Path, root: Path) -> list[os.DirEntry[str]]:
+    """The entries of ``folder``; one that cannot be listed is a ``DatasetError``."""
     try:
         with os.scandir(folder) as entries:
             return list(entries)
@@ -228,17 +229,20 @@ def _check_link(path: Path, root: Path) -> None:
 
 
 def real_paths(files: Iterable[Path]) -> set[str]:
-    """The real paths (symlinks resolved) of listed files, resolving each folder once.
+    """Where listed files are, their folders' symlinks resolved (each folder once).
+
+    A file that is itself a symlink counts where it lies, not where it points: resolving
+    each file would cost a system call per image.
 
     Raises:
-        DatasetError: If a folder or file cannot be resolved.
+        DatasetError: If a folder cannot be resolved.
     """
     folders: dict[Path, str] = {}
     real = set()
     for path in files:
         folder = folders.get(path.parent)
         if folder is None:
-            folder = folders[path.parent] = str(resolve(path.parent, repr(path.parent.name)))
-        joined = os.path.join(folder, path.name)
-        real.add(str(resolve(Path(joined), repr(path.name))) if os.path.islink(joined) else joined)
+            shown = repr(relative_name(path.parent))
+            folder = folders[path.parent] = str(resolve(path.parent, shown))
+        real.add(os.path.join(folder, path.name))
     return real

@@ -62,7 +62,7 @@ def orientation(opened: Image.Image) -> int:
 def pad(image: Image.Image, size: tuple) -> Image.Image:
     """Fits ``image`` inside ``size`` on black; a very thin image keeps one pixel."""
     width, height = size
-    if 2 * image.width * height >= image.height and 2 * image.height * width >= image.width:
+    if 2 * image.width * height > image.height and 2 * image.height * width > image.width:
         return ImageOps.pad(image, size, method=Image.Resampling.BILINEAR, color=0)
     inner = (1, height) if image.width < image.height else (width, 1)
     out = Image.new(image.mode, size, 0)

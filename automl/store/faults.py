@@ -12,9 +12,10 @@ from __future__ import annotations
 import errno
 import logging
 import random
+import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -45,16 +46,36 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 """A full disk or quota: the storage is unavailable until someone frees space."""
 
 
+DISK_FULL_SQLSTATE = "53100"
+"""PostgreSQL's ``disk_full``."""
+
+
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an error it was raised from) is a full disk or quota."""
+    """Whether ``exc`` (or an error it was raised from) is a full disk or quota: of the
+    artifact store (``ENOSPC``), of SQLite's file (``SQLITE_FULL``) or of PostgreSQL."""
+    return any(_disk_full(error) for error in _causes(exc))
+
+
+def _disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno in DISK_FULL:
+        return True
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return getattr(error, "sqlstate", None) == DISK_FULL_SQLSTATE  # psycopg's errors
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, the errors it was raised from, and the driver's error SQLAlchemy wraps."""
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in DISK_FULL:
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+        yield current
+        linked = (current.__cause__, current.__context__, getattr(current, "orig", None))
+        pending.extend(error for error in linked if isinstance(error, BaseException))
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -326,7 +326,6 @@ class Worker:
             device=self.device,
             stopping=self._stop.is_set,
             checkpoint_interval=self.options.checkpoint_interval,
-            backoff=self.backoff,
             gate=self.gate,
         )
         interval = self.options.heartbeat_interval

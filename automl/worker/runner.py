@@ -58,7 +58,7 @@ logger = logging.getLogger("automl.worker")
 
 MAX_ERROR_CHARS = 4000
 OPTIONAL_WRITE_TRIES = 5
-"""Tries of a write training can go on without (a checkpoint), about 3 s of backoff."""
+"""Tries of a write training can go on without (a checkpoint) on a full disk: about 3 s."""
 T = TypeVar("T")
 
 
@@ -76,7 +76,6 @@ class TrialContext:
         device: Torch device for training.
         stopping: True once the worker was asked to stop.
         checkpoint_interval: Seconds between checkpoints within a long epoch.
-        backoff: Waits and logs during database outages.
         gate: Shares the device with the other slots on it (or runs a trial alone).
     """
 
@@ -85,7 +84,6 @@ class TrialContext:
     device: str
     stopping: Callable[[], bool]
     checkpoint_interval: float
-    backoff: Backoff
     gate: DeviceGate = field(default_factory=lambda: DeviceGate(None))
 
     def persist(self, call: Callable[[], T], doing: str, *, optional: bool = False) -> T:
@@ -98,25 +96,30 @@ class TrialContext:
         Args:
             call: The operation.
             doing: What it does, for the log.
-            optional: Whether training can go on without it (a checkpoint): it is then
-                given up after ``OPTIONAL_WRITE_TRIES`` tries.
+            optional: Whether training can go on without it (a checkpoint): on a full disk
+                it is given up after ``OPTIONAL_WRITE_TRIES`` tries.
         """
-        last: list[BaseException] = []
+        tries, last = 0, None
 
         def attempt() -> T:
+            nonlocal tries, last
             try:
                 return call()
             except Exception as exc:
-                last[:] = [exc]
+                tries, last = tries + 1, exc
                 raise
+
+        def give_up() -> bool:
+            if last is None or not is_disk_full(last):
+                return False  # a database outage: wait
+            return self.stopping() or (optional and tries >= OPTIONAL_WRITE_TRIES)
 
         return retry_transient(
             attempt,
-            # Its own count: the heartbeat's successes would reset the shared one.
-            backoff=Backoff(logger) if optional else self.backoff,
+            # Its own: a shared one is reset by every successful heartbeat meanwhile.
+            backoff=Backoff(logger),
             doing=doing,
-            give_up=lambda: self.stopping() and is_disk_full(last[0]),
-            attempts=OPTIONAL_WRITE_TRIES if optional else None,
+            give_up=give_up,
         )
 
 

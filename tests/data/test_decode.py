@@ -44,7 +44,7 @@ def test_sixteen_bit_png_keeps_its_top_eight_bits(
 def test_sixteen_bit_pgm_read_as_32_bit_integers_scales_alike(tmp_path: Path) -> None:
     path = tmp_path / "deep.pgm"  # Pillow reads 16-bit PGM as mode I
     path.write_bytes(b"P5\n4 4\n65535\n" + DEEP.astype(">u2").tobytes())
-    with Image.open(path) as opened:  # not a training format, but the bundle's predict.py reads it
+    with Image.open(path) as opened:  # not a file format training takes: mode I is the point
         assert opened.mode == "I"
         image = load_oriented(opened, Preprocess(4, 4, channels="grayscale"))
     assert (np.asarray(image) == EIGHT_BIT).all()
@@ -150,7 +150,8 @@ def test_quarter_turned_jpegs_decode_at_full_resolution(tmp_path: Path) -> None:
         assert error < 1, (orientation, error)
 
 
-@pytest.mark.parametrize(("width", "height"), [(3, 400), (400, 3)])
+# 1 x 16 and 16 x 1 scale to exactly half a pixel, which Pillow's pad rounds to none.
+@pytest.mark.parametrize(("width", "height"), [(3, 400), (400, 3), (1, 16), (16, 1)])
 def test_padding_keeps_a_very_thin_image_visible(tmp_path: Path, width: int, height: int) -> None:
     Image.new("RGB", (width, height), (200, 0, 0)).save(tmp_path / "thin.png")
     decoded = decode_image(str(tmp_path / "thin.png"), Preprocess(8, 8, fit="pad"))

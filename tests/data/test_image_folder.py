@@ -325,6 +325,13 @@ def test_splits_that_share_images_are_refused(data_root: Path) -> None:
     assert submit_errors("image_folder", {"path": "base", "val_path": "val"}) == []
 
 
+def test_a_stored_study_with_shared_splits_still_loads(data_root: Path) -> None:
+    """Refused at submit only: a study queued before the check keeps training and serving."""
+    write_class_folder(data_root / "base", {"a": 3, "b": 3})
+    data = load_dataset("image_folder", {"path": "base", "val_path": "base", "size": 8})
+    assert len(data.train_y) == len(data.val_y) == 6
+
+
 def test_csv_splits_that_share_images_are_refused(data_root: Path) -> None:
     write_class_folder(data_root / "img", {"x": 2, "y": 2})
     (data_root / "alias").symlink_to(data_root / "img", target_is_directory=True)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from automl.data.decode import Preprocess, decode_image
 from automl.data.errors import DatasetError
+from automl.data.paths import IMAGE_FORMATS
 from automl.delivery import bundle_predict
 
 ORIENTATION = 0x0112
@@ -47,7 +48,9 @@ def _images(folder: Path) -> list[Path]:
     paths.append(_with_orientation(_noise(30, 10), folder / "turned.png", 6))
     _noise(3, 400).save(folder / "thin.png")
     _noise(500, 2).save(folder / "flat.png")
-    paths += [folder / "thin.png", folder / "flat.png", _malformed_exif_jpeg(folder / "bad.jpg")]
+    _noise(1, 32).save(folder / "half.png")  # exactly half a pixel wide at 16 px high
+    thin = [folder / name for name in ("thin.png", "flat.png", "half.png")]
+    paths += [*thin, _malformed_exif_jpeg(folder / "bad.jpg")]
     deep = (np.arange(12 * 9, dtype=np.uint16).reshape(9, 12) * 600).astype(np.uint16)
     Image.fromarray(deep).save(folder / "deep.png")
     return [*paths, folder / "deep.png"]
@@ -66,6 +69,10 @@ def test_predict_py_decodes_as_training_did(
         trained = decode_image(str(path), prep).astype(np.float32)
         assert trained.any(), f"{path.name} decoded to black"
         np.testing.assert_array_equal(bundle_predict.load(str(path), spec), trained, path.name)
+
+
+def test_predict_py_reads_the_formats_training_reads() -> None:
+    assert bundle_predict.FORMATS == IMAGE_FORMATS  # a copy: the bundle runs without automl
 
 
 def test_predict_py_refuses_the_formats_training_refuses(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -114,3 +115,17 @@ def test_first_line_of_optunas_wrapper_is_its_causes() -> None:
 )
 def test_is_disk_full(error: BaseException, full: bool) -> None:
     assert is_disk_full(error) is full
+
+
+def test_a_full_sqlite_database_is_a_full_disk(tmp_path: Path) -> None:
+    """SQLite says SQLITE_FULL, not ENOSPC: once a stopping worker waited on it forever."""
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'small.db'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (x TEXT)")
+    with pytest.raises(sqlalchemy.exc.OperationalError) as full, engine.begin() as connection:
+        connection.exec_driver_sql("PRAGMA max_page_count = 2")  # a disk of two pages
+        for _ in range(100):
+            connection.exec_driver_sql("INSERT INTO t VALUES (?)", ("x" * 1000,))
+    engine.dispose()
+    assert is_disk_full(full.value) and is_transient(full.value)
+    assert is_disk_full(_wrapped_by_optuna(full.value))

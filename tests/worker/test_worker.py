@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ import automl.worker.loop
 import automl.worker.runner
 from automl.spec import StudySpec
 from automl.store import (
+    Backoff,
     NoBestTrialError,
     Store,
     StudyStatus,
@@ -255,10 +257,40 @@ def test_a_full_disk_while_checkpointing_skips_the_checkpoint_and_training_goes_
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(SqlCoordinator, "save_checkpoint", full_disk)
+    monkeypatch.setattr(automl.worker.runner, "Backoff", _fast_backoff)
     assert Worker(sqlite_store, _options()).run() == 1
     assert calls["n"] == OPTIONAL_WRITE_TRIES  # after epoch 1; none after the last one
     [trial] = _trials(sqlite_store, study_id)
     assert trial.state == TrialState.COMPLETE and sorted(trial.intermediate_values) == [1, 2]
+
+
+def test_a_database_outage_while_checkpointing_is_waited_out(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a full disk gives a checkpoint up: one taken at a stop must survive a restart."""
+    spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0}, fixed={"epochs": 2})
+    study_id = submit_study(sqlite_store, spec).id
+    real, calls = SqlCoordinator.save_checkpoint, {"n": 0}
+
+    def down_for_a_while(self: SqlCoordinator, *args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] <= 2 * OPTIONAL_WRITE_TRIES:
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed"))
+        real(self, *args)
+
+    monkeypatch.setattr(SqlCoordinator, "save_checkpoint", down_for_a_while)
+    monkeypatch.setattr(automl.worker.runner, "Backoff", _fast_backoff)
+    assert Worker(sqlite_store, _options()).run() == 1
+    assert calls["n"] == 2 * OPTIONAL_WRITE_TRIES + 1
+    with sqlite_store.read() as connection:
+        [ticket] = connection.execute(sqlalchemy.select(tables.tickets)).all()
+    assert ticket.outcome == "complete"
+    [trial] = _trials(sqlite_store, study_id)
+    assert trial.state == TrialState.COMPLETE
+
+
+def _fast_backoff(logger: logging.Logger) -> Backoff:
+    return Backoff(logger, first=0.001, cap=0.001)
 
 
 def test_a_stopping_worker_stops_waiting_for_disk_space_and_gives_the_trial_back(
