@@ -106,8 +106,16 @@ def trials_csv(study: StudyDetail, trials: list[TrialSummary]) -> str:
     return out.getvalue()
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A spreadsheet runs a cell that starts with one of these as a formula."""
+
+
 def _csv_cell(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else value
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value  # text, as spreadsheets show it (a param value from a file name)
+    return value
 
 
 def _check_target(directory: Path, overwrite: bool) -> None:

@@ -29,7 +29,15 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value)
+    return printable(str(value))
+
+
+def printable(text: str) -> str:
+    """``text`` with characters a terminal would act on (escape sequences, newlines,
+    direction overrides) shown as escapes: names come from users' files."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def studies_table(page: Page[StudySummary]) -> str:
@@ -62,7 +70,9 @@ def study_text(study: StudyDetail) -> str:
         f"objective: {objective}",
         f"trials:    {counts.finished}/{study.n_trials} finished "
         f"(complete {counts.complete}, pruned {counts.pruned}, failed {counts.fail}; "
-        f"running {counts.running}, waiting {counts.waiting})",
+        f"running {counts.running}, waiting {counts.waiting}"
+        + (f", cancelled {counts.cancelled}" if counts.cancelled else "")
+        + ")",
     ]
     if study.best_value is not None:
         lines.append(f"best:      {study.best_value:.6g}")

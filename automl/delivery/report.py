@@ -159,9 +159,17 @@ def _esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+MAX_LABEL_CHARS = 40
+"""Longer class names, parameter values... are cut in figures, which grow with them."""
+
+
 def _plain(text: object) -> str:
-    """``text`` for matplotlib, which would otherwise render ``$...$`` as mathtext."""
-    return str(text).replace("$", r"\$")
+    """``text`` for matplotlib, which would otherwise render ``$...$`` as mathtext, cut
+    to ``MAX_LABEL_CHARS``."""
+    shown = str(text)
+    if len(shown) > MAX_LABEL_CHARS:
+        shown = shown[: MAX_LABEL_CHARS - 1] + "\u2026"
+    return shown.replace("$", r"\$")
 
 
 def _param(value: object) -> object:
@@ -314,6 +322,8 @@ def slice_figure(data: ReportData) -> Figure:
     if not names:
         raise Unavailable("The completed trials have no searched parameters.")
     names = names[:MAX_SLICE_PARAMS]
+    numbers_seen = [trial.number for trial in completed]  # one colour scale for every panel
+    scale = {"vmin": min(numbers_seen), "vmax": max(numbers_seen)}
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
     figure = Figure(figsize=(4 * columns, 3.2 * rows), layout="constrained")
@@ -331,7 +341,7 @@ def slice_figure(data: ReportData) -> Figure:
             x = [trial.params[name] for trial in having]
             if getattr(distribution, "log", False):
                 axes.set_xscale("log")
-        points = axes.scatter(x, y, c=numbers, cmap="viridis", s=18)
+        points = axes.scatter(x, y, c=numbers, cmap="viridis", s=18, **scale)
         axes.set_title(_plain(name))
         axes.tick_params(axis="x", which="both", labelrotation=30, labelsize="small")
         if index % columns == 0:

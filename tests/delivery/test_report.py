@@ -20,7 +20,14 @@ from PIL import Image
 from automl.delivery import study_report
 from automl.delivery.embeddings import Embeddings, pca_2d, subsample, tsne_2d
 from automl.delivery.inference import ServingTrial, load_serving_model
-from automl.delivery.report import SECTIONS, ReportData, render_report
+from automl.delivery.report import (
+    MAX_LABEL_CHARS,
+    SECTIONS,
+    ReportData,
+    confusion_figure,
+    render_report,
+    slice_figure,
+)
 from automl.delivery.study_report import gather_report, study_report_html
 from automl.spec import validate_spec
 from automl.store import (
@@ -181,6 +188,30 @@ def test_user_supplied_names_are_escaped() -> None:
     for key, body in sections(page).items():  # mathtext-like class names draw as text
         assert 'class="note"' not in body, f"{key}: {body[:300]}"
         inline_png(body)
+
+
+def test_slice_panels_share_one_colour_scale() -> None:
+    """Once per panel: trial 3, alone in a conditional panel, was drawn as trial 0."""
+    params = [{"lr": 0.01 * (i + 1), **({"momentum": 0.5} if i == 3 else {})} for i in range(4)]
+    trials = [made_up_trial(i, p, 0.5 + 0.1 * i) for i, p in enumerate(params)]
+    figure = slice_figure(made_up_report(trials))
+    panels = {axes.get_title(): axes.collections[0] for axes in figure.axes if axes.get_title()}
+    assert set(panels) == {"lr", "momentum"}
+    assert {(p.norm.vmin, p.norm.vmax) for p in panels.values()} == {(0, 3)}
+
+
+def test_long_class_names_are_cut_in_figures() -> None:
+    """Once a 3,000-character class name made a 24,654 x 24,570 px confusion matrix."""
+    trial = made_up_trial(0, {"lr": 0.01}, 0.5)
+    long = ["L" * 3000, *HOSTILE_CLASSES[1:]]
+    trial.user_attrs[attrs.CLASSES] = long
+    figure = confusion_figure(trial)
+    labels = [label.get_text() for label in figure.axes[0].get_yticklabels()]
+    assert labels[0] == "L" * (MAX_LABEL_CHARS - 1) + "\u2026"
+    assert max(len(label) for label in labels) <= MAX_LABEL_CHARS
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")  # as the report saves it
+    assert max(Image.open(buffer).size) < 1500
 
 
 def test_importances_show_a_note_with_one_parameter_or_few_trials() -> None:
