@@ -16,6 +16,7 @@ import io
 import logging
 import math
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -163,6 +164,17 @@ MAX_LABEL_CHARS = 40
 """Longer class names, parameter values... are cut in figures, which grow with them."""
 
 
+def _state_label(trial: FrozenTrial) -> str:
+    """``complete``, ``pruned``, ``fail``..., with why an attempt failed when it was not
+    its configuration (``fail: worker lost``, ``fail: cancelled``): those are retried or
+    dropped, not counted as failed trials of the study."""
+    state = trial.state.name.lower()
+    failure = trial.user_attrs.get(attrs.FAILURE)
+    if state == "fail" and isinstance(failure, str) and failure != "error":
+        return f"fail: {failure.replace('_', ' ')}"
+    return state
+
+
 def _plain(text: object) -> str:
     """``text`` for matplotlib, which would otherwise render ``$...$`` as mathtext, cut
     to ``MAX_LABEL_CHARS``."""
@@ -204,9 +216,7 @@ def _page(data: ReportData, sections: str) -> str:
         f"<tr><th>{_esc(name)}</th><td>{_esc(_param(value))}</td></tr>"
         for name, value in sorted(best.params.items())
     )
-    counts: dict[str, int] = {}
-    for trial in data.trials:
-        counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
+    counts = Counter(_state_label(trial) for trial in data.trials)
     states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     note = f'<p class="note">{_esc(data.best_note)}</p>' if data.best_note else ""
     name = _esc(data.study_name)

@@ -190,6 +190,17 @@ def test_user_supplied_names_are_escaped() -> None:
         inline_png(body)
 
 
+def test_the_summary_names_why_attempts_failed() -> None:
+    """Once "1 fail" for a cancelled attempt, which the study's own counts leave out."""
+    trials = [made_up_trial(i, {"lr": 0.01 * (i + 1)}, 0.5) for i in range(2)]
+    for number, failure in ((2, "cancelled"), (3, "worker_lost"), (4, "error")):
+        failed = create_trial(state=TrialState.FAIL, user_attrs={attrs.FAILURE: failure})
+        failed.number = number
+        trials.append(failed)
+    page = render_report(made_up_report(trials))
+    assert "5 trials (2 complete, 1 fail, 1 fail: cancelled, 1 fail: worker lost)" in page
+
+
 def test_slice_panels_share_one_colour_scale() -> None:
     """Once per panel: trial 3, alone in a conditional panel, was drawn as trial 0."""
     params = [{"lr": 0.01 * (i + 1), **({"momentum": 0.5} if i == 3 else {})} for i in range(4)]
