@@ -31,6 +31,7 @@ from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
 from automl.cli.http_client import ClientError
 from automl.cli.study_commands import client_for
 from automl.config import Settings
+from automl.csv_cells import as_text_cell
 from automl.store.attrs import RefitState
 from automl.store.views import BestTrials, StudyDetail, TrialSummary
 
@@ -106,16 +107,10 @@ def trials_csv(study: StudyDetail, trials: list[TrialSummary]) -> str:
     return out.getvalue()
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-"""A spreadsheet runs a cell that starts with one of these as a formula."""
-
-
 def _csv_cell(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value  # text, as spreadsheets show it (a param value from a file name)
-    return value
+    return as_text_cell(value) if isinstance(value, str) else value  # e.g. a file name
 
 
 def _check_target(directory: Path, overwrite: bool) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from automl.csv_cells import from_text_cell
 from automl.data.base import ImageData, register_dataset
 from automl.data.cache import DecodeUnit
 from automl.data.errors import DatasetError
@@ -108,7 +109,10 @@ def _read_rows(csv_path: Path, shown: str) -> list[tuple[int, str | None, str | 
                 raise DatasetError(
                     f"CSV file {shown!r} needs a header row with 'path' and 'label' columns"
                 )
-            rows = [(line, row["path"], row["label"]) for line, row in enumerate(reader, start=2)]
+            rows = [
+                (line, _cell(row["path"]), _cell(row["label"]))
+                for line, row in enumerate(reader, start=2)
+            ]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise DatasetError(f"cannot read CSV file {shown!r}: {reason}") from None
@@ -177,3 +181,9 @@ def fingerprint_image_csv(options: ImageCsvOptions) -> str:
 def load_image_csv(options: ImageCsvOptions) -> ImageData:
     """Loads the images a CSV lists, decoding through the shared disk cache."""
     return load_plan(plan_image_csv(options), options)
+
+
+def _cell(text: str | None) -> str | None:
+    """A cell as written, but a ``'`` that keeps a spreadsheet from running it dropped
+    (``annotate`` writes ``'=x.png``; see ``automl.csv_cells``)."""
+    return None if text is None else from_text_cell(text)

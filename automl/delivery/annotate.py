@@ -20,6 +20,7 @@ from typing import TypeVar
 import torch
 
 from automl.config import Limits
+from automl.csv_cells import as_text_cell
 from automl.data import DatasetError
 from automl.data.paths import confine, data_root, image_files, relative_name, require_dir
 from automl.delivery.inference import (
@@ -163,7 +164,8 @@ def _write_csv(path: Path, files: list[Path], suggestions: list[Suggestion]) -> 
             writer.writerow(["path", "label", "confidence"])
             for file, suggestion in zip(files, suggestions, strict=True):
                 relative = file.relative_to(path.parent).as_posix()
-                writer.writerow([relative, suggestion.label, f"{suggestion.confidence:.6f}"])
+                label, confidence = suggestion.label, f"{suggestion.confidence:.6f}"
+                writer.writerow([as_text_cell(relative), as_text_cell(label), confidence])
         os.replace(temporary, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
