@@ -85,26 +85,25 @@ def dashboard_app(store: Store) -> WSGIApp:
 
 
 def _is_automl_study(store: Store, match: re.Match[str]) -> bool:
-    """Whether the study that ``match`` (of a ``_REFUSED`` pattern) names is automl's."""
+    """Whether the study that ``match`` (of a ``_REFUSED`` pattern) names is automl's.
+
+    A trial's study is read from Optuna's table: Optuna 5's storage API has no such call.
+    """
     import sqlalchemy as sa
 
     from automl.store import optuna_rows, tables
 
-    with store.read() as connection:
-        if match.groupdict().get("trial") is not None:
-            study_id = connection.scalar(
-                sa.select(optuna_rows.trials.c.study_id).where(
-                    optuna_rows.trials.c.trial_id == int(match["trial"])
-                )
-            )
-        else:
-            study_id = int(match[1])
-        return study_id is not None and (
-            connection.scalar(
-                sa.select(tables.studies.c.study_id).where(tables.studies.c.study_id == study_id)
-            )
-            is not None
+    trials, studies = optuna_rows.trials, tables.studies
+    if match.groupdict().get("trial") is None:
+        study_id: Any = int(match[1])
+    else:
+        study_id = (
+            sa.select(trials.c.study_id)
+            .where(trials.c.trial_id == int(match["trial"]))
+            .scalar_subquery()
         )
+    with store.read() as connection:
+        return connection.scalar(sa.select(sa.exists().where(studies.c.study_id == study_id)))
 
 
 def _refuse_automl_changes(

@@ -63,7 +63,14 @@ class DecodeUnit:
     @property
     def slot(self) -> str:
         """Cache slot of this unit: identity and preprocessing, not contents."""
-        payload = json.dumps([self.identity, asdict(self.prep), DECODE_VERSION], sort_keys=True)
+        return self._slot(DECODE_VERSION)
+
+    def earlier_slots(self) -> list[str]:
+        """The slots this unit had under earlier ``DECODE_VERSION``s (files to remove)."""
+        return [self._slot(version) for version in range(1, DECODE_VERSION)]
+
+    def _slot(self, version: int) -> str:
+        payload = json.dumps([self.identity, asdict(self.prep), version], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def fingerprint(self) -> str:
@@ -147,7 +154,8 @@ def load_unit(
         )
         labels = torch.tensor(unit.labels, dtype=torch.int64)
         _write_atomic(target, {"x": images, "y": labels})
-        _remove_stale(directory, unit.slot, keep=target)
+        for slot in (unit.slot, *unit.earlier_slots()):  # an upgrade leaves nothing behind
+            _remove_stale(directory, slot, keep=target)
     finally:
         lock.release()
     return images, labels

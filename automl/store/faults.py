@@ -85,7 +85,7 @@ def is_transient(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in DISK_FULL:
+        if _disk_full(current):
             return True
         if isinstance(current, StorageUnavailableError | sqlalchemy.exc.TimeoutError):
             return True

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from automl.data import forget_loaded, load_dataset
+from automl.data import cache, forget_loaded, load_dataset
 from automl.data.decode import Preprocess, decode_samples
 from tests.data.conftest import write_class_folder, write_image
 
@@ -66,6 +66,22 @@ def test_changed_file_rebuilds_and_drops_the_stale_entry(
     write_image(data_root / "pets" / "dog" / "new.png", np.zeros((6, 8, 3), np.uint8))
     third = load_dataset("image_folder", OPTIONS)
     assert len(third.train_y) + len(third.val_y) == 9
+
+
+def test_an_upgrade_of_the_decoding_removes_the_earlier_versions_files(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a version bump left every earlier decoded copy in the cache for good."""
+    write_class_folder(data_root / "pets", {"cat": 4, "dog": 4})
+    version = cache.DECODE_VERSION
+    monkeypatch.setattr(cache, "DECODE_VERSION", version - 1)
+    load_dataset("image_folder", OPTIONS)
+    earlier = cache_files(tmp_path)
+    monkeypatch.setattr(cache, "DECODE_VERSION", version)
+    forget_loaded()
+    load_dataset("image_folder", OPTIONS)
+    now = cache_files(tmp_path)
+    assert len(earlier) == len(now) == 1 and earlier != now
 
 
 def test_preprocessing_options_are_part_of_the_key(
