@@ -190,7 +190,9 @@ def _write_atomic(path: Path, payload: dict[str, torch.Tensor]) -> None:
 
 
 def _remove_stale(directory: Path, slot: str, keep: Path) -> None:
-    for stale in directory.glob(f"{slot}-*.pt"):
+    """Removes a slot's other cache files and the temporary files of killed writes (every
+    writer of the slot holds its lock, which the caller holds now)."""
+    for stale in (*directory.glob(f"{slot}-*.pt"), *directory.glob(f".{slot}-*.pt.*.tmp")):
         if stale != keep:
             logger.info("removing stale cache file %s", stale.name)
             stale.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -45,6 +46,10 @@ WEIGHTS_FILENAME = "weights.safetensors"
 WEIGHTS_MIMETYPE = "application/vnd.safetensors"
 MODEL_CARD_FILENAME = "model_card.json"
 CHUNK_BYTES = 4 * 1024 * 1024
+TEMPORARY_PREFIX = ".tmp-"
+STALE_TEMPORARY_S = 3600.0
+"""A folder store's temporary file this long untouched was left by a killed writer (a
+live write touches its file with every chunk)."""
 
 
 class ArtifactStore(Protocol):
@@ -98,7 +103,7 @@ class FolderArtifactStore:
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         """Writes a temporary file, fsyncs it, then renames it into place."""
         target = self._path(artifact_id)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=TEMPORARY_PREFIX)
         try:
             with os.fdopen(fd, "wb") as out:
                 while chunk := content_body.read(CHUNK_BYTES):
@@ -121,6 +126,25 @@ class FolderArtifactStore:
             self._path(artifact_id).unlink()
         except FileNotFoundError:
             raise ArtifactNotFound(f"artifact {artifact_id} not found") from None
+
+    def remove_stale_temporaries(self, min_age_s: float = STALE_TEMPORARY_S) -> list[str]:
+        """Deletes the temporary files of writes killed before their rename (kill -9,
+        power loss): those untouched for ``min_age_s``.
+
+        Returns:
+            The names of the files removed.
+        """
+        cutoff = time.time() - min_age_s
+        removed = []
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if not entry.name.startswith(TEMPORARY_PREFIX):
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # another sweep was first
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed.append(entry.name)
+        return removed
 
 
 class SqlArtifactStore:

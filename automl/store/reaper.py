@@ -43,6 +43,9 @@ logger = logging.getLogger("automl.reaper")
 ORPHAN_AGE_S = 600.0
 """A study half-created by a crashed submit is removed once it is this old."""
 
+TEMPORARY_SWEEP_INTERVAL_S = 3600.0
+"""How often a reaper removes the temporary files of killed artifact writes."""
+
 RELEASED_FAILURES = (FailureKind.INTERRUPTED.value, FailureKind.CANCELLED.value)
 
 
@@ -243,8 +246,29 @@ def remove_orphans(store: Store, min_age_s: float = ORPHAN_AGE_S) -> list[int]:
     return removed
 
 
+def remove_stale_temporaries(store: Store) -> list[str]:
+    """Removes the temporary files that killed writes left in a folder artifact store
+    (other stores write all-or-nothing and leave none).
+
+    Returns:
+        The names of the files removed.
+    """
+    sweep = getattr(store.artifacts, "remove_stale_temporaries", None)
+    if sweep is None:
+        return []
+    try:
+        removed = sweep()
+    except OSError as exc:
+        logger.warning("could not remove stale temporary artifact files: %s", exc)
+        return []
+    if removed:
+        logger.info("removed %d temporary artifact files left by killed writes", len(removed))
+    return removed
+
+
 class Reaper:
-    """Runs ``reap_stale``, ``end_due_studies`` and ``remove_orphans`` every ``interval`` seconds.
+    """Runs ``reap_stale``, ``end_due_studies`` and ``remove_orphans`` every ``interval``
+    seconds, and ``remove_stale_temporaries`` on its first pass and hourly after.
 
     Args:
         store: The store.
@@ -266,6 +290,7 @@ class Reaper:
         self._thread: threading.Thread | None = None
         self._healthy_since: float | None = None
         self._outage_logged = False
+        self._sweep_due = -float("inf")
 
     def start(self) -> Reaper:
         """Starts the background thread (a daemon: it never keeps a process alive)."""
@@ -296,6 +321,9 @@ class Reaper:
                 reaped = reap_stale(self.store, self.grace, spare)
             end_due_studies(self.store)
             remove_orphans(self.store)
+            if time.monotonic() >= self._sweep_due:
+                self._sweep_due = time.monotonic() + TEMPORARY_SWEEP_INTERVAL_S
+                remove_stale_temporaries(self.store)
         except Exception as exc:
             if not is_transient(exc):
                 logger.exception("reaper pass failed")

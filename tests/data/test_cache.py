@@ -84,6 +84,24 @@ def test_an_upgrade_of_the_decoding_removes_the_earlier_versions_files(
     assert len(earlier) == len(now) == 1 and earlier != now
 
 
+def test_a_decode_removes_what_a_killed_write_of_its_unit_left(
+    data_root: Path, tmp_path: Path
+) -> None:
+    """A writer killed mid-``torch.save`` left its temporary file (a full decoded copy)."""
+    files = write_class_folder(data_root / "pets", {"cat": 4, "dog": 4})
+    load_dataset("image_folder", OPTIONS)
+    (written,) = cache_files(tmp_path)
+    killed = written.with_name(f".{written.name}.4242.tmp")  # as _write_atomic names it
+    killed.write_bytes(b"half a tensor file")
+    other_unit = written.with_name(f".other-{written.name}.4242.tmp")
+    other_unit.write_bytes(b"another unit's write in progress")
+    write_image(files["cat"][0], np.full((6, 8, 3), 255, np.uint8))
+    os.utime(files["cat"][0], ns=(time.time_ns(), time.time_ns() + 10**9))
+    load_dataset("image_folder", OPTIONS)
+    assert not killed.exists() and other_unit.exists()
+    assert len(cache_files(tmp_path)) == 1
+
+
 def test_preprocessing_options_are_part_of_the_key(
     data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

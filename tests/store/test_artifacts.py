@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from automl.store import FolderArtifactStore, SqlArtifactStore, Store, artifacts
+from automl.store import FolderArtifactStore, SqlArtifactStore, Store, artifacts, open_store
 from automl.store.artifacts import ArtifactStore
+from automl.store.reaper import Reaper
 
 
 @pytest.fixture(params=["sql", "folder"])
@@ -81,3 +85,65 @@ def test_folder_store_leaves_no_temporary_files_and_refuses_escapes(tmp_path: Pa
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["x"]
     with pytest.raises(ValueError, match="invalid artifact id"):
         folder.write("../outside", io.BytesIO(b"1"))
+
+
+KILLED_WRITER = """
+import sys, time
+from automl.store import FolderArtifactStore
+
+class Endless:
+    def read(self, size):
+        time.sleep(0.01)
+        return b"w" * 1024
+
+FolderArtifactStore(sys.argv[1]).write("weights-1", Endless())
+"""
+
+
+def _killed_write(directory: Path) -> Path:
+    """Runs a write in another process and kills it with SIGKILL halfway."""
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(directory)])
+    try:
+        deadline = time.monotonic() + 60
+        while not list(directory.glob(".tmp-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        writer.kill()
+        writer.wait()
+    (left,) = directory.glob(".tmp-*")
+    return left
+
+
+def test_the_temporary_file_of_a_killed_write_is_removed_once_stale(tmp_path: Path) -> None:
+    folder = FolderArtifactStore(tmp_path / "art")
+    folder.write("kept", io.BytesIO(b"1"))
+    left = _killed_write(tmp_path / "art")
+    assert folder.remove_stale_temporaries() == []  # maybe a live write: it is recent
+    hour_ago = time.time() - artifacts.STALE_TEMPORARY_S - 1
+    os.utime(left, (hour_ago, hour_ago))
+    assert folder.remove_stale_temporaries() == [left.name]
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["kept"]
+
+
+def test_a_reaper_sweeps_the_folder_store_on_its_first_pass_then_hourly(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}", artifacts_dir=tmp_path / "art")
+    stale = tmp_path / "art" / ".tmp-killed"
+
+    def leave_stale_file() -> None:
+        stale.write_bytes(b"half")
+        hour_ago = time.time() - artifacts.STALE_TEMPORARY_S - 1
+        os.utime(stale, (hour_ago, hour_ago))
+
+    try:
+        reaper = Reaper(store, grace=60, interval=3600)
+        leave_stale_file()
+        reaper.run_once()
+        assert not stale.exists()
+        leave_stale_file()
+        reaper.run_once()
+        assert stale.exists()  # the next sweep is an hour away
+        reaper._sweep_due = time.monotonic()  # an hour later
+        reaper.run_once()
+        assert not stale.exists()
+    finally:
+        store.close()
