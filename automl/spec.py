@@ -896,7 +896,14 @@ def _check_selectors(spec: StudySpec) -> list[FieldError]:
     errors: list[FieldError] = []
     for group, registry in SELECTABLE.items():
         if group in spec.fixed:
-            errors += _registry_error(("fixed", group), registry, spec.fixed[group])
+            value = spec.fixed[group]
+            if isinstance(value, (dict, list)):
+                kind = type(value).__name__
+                choices = ", ".join(registry.names())
+                message = f"takes a name, not a {kind}; valid choices: {choices}"
+                errors.append(FieldError(("fixed", group), message))
+            else:
+                errors += _registry_error(("fixed", group), registry, value)
         param = spec.params.get(group)
         if isinstance(param, CategoricalParam):
             for index, choice in enumerate(param.choices):

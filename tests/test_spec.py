@@ -398,6 +398,18 @@ INVALID_CASES: list[Any] = [
         id="unknown-optimizer-choice",
     ),
     pytest.param(
+        {"name": "x", "fixed": {"model": {"width": 8}}},
+        "fixed.model",
+        ["takes a name, not a dict", "valid choices: cnn"],
+        id="fixed-model-as-a-mapping",
+    ),
+    pytest.param(
+        {"name": "x", "fixed": {"optimizer": ["adam"]}},
+        "fixed.optimizer",
+        ["takes a name, not a list", "valid choices: adam"],
+        id="fixed-optimizer-as-a-list",
+    ),
+    pytest.param(
         with_params(model={"type": "categorical", "choices": ["cnnn"]}),
         "params.model.choices[0]",
         ["unknown model 'cnnn'", "valid choices: cnn"],

@@ -156,6 +156,11 @@ SPECS = {
         for name, tagged in TAGGED.items()
     },
     "long-string": ("application/yaml", "name: " + "x" * 100_000 + "\n", "max_string_length"),
+    "fixed-model-as-a-mapping": (
+        "application/json",
+        json.dumps(tiny_spec_data(fixed={"model": {"width": 8}, "epochs": 1})),
+        "takes a name, not a dict",
+    ),
     "dataset-dotdot": (
         "application/json",
         json.dumps(
