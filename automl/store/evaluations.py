@@ -83,9 +83,7 @@ class TrialTestReport:
     samples: int
 
 
-def best_trials_of(
-    store: Store, study_id: int, study_name: str, directions: Sequence[str]
-) -> list[FrozenTrial]:
+def best_trials_of(store: Store, study_id: int, directions: Sequence[str]) -> list[FrozenTrial]:
     """The best completed trial (one objective) or the Pareto front, in number order."""
     if len(directions) == 1:
         with store.read() as connection:
@@ -93,6 +91,7 @@ def best_trials_of(
             best_id = optuna_rows.best_trial_id(connection, study_id, maximize)
         return [] if best_id is None else [store.reader.get_trial(best_id)]
     # A Pareto front needs every completed trial.
+    study_name = store.reader.get_study_name_from_id(study_id)
     front = optuna.load_study(study_name=study_name, storage=store.reader).best_trials
     return sorted(front, key=lambda trial: trial.number)
 
@@ -138,7 +137,7 @@ def claim_evaluation(
         return None
     study, attempt = claim
     spec = StudySpec.model_validate_json(study.spec)
-    best = best_trials_of(store, study.study_id, study.name, spec.directions)
+    best = best_trials_of(store, study.study_id, spec.directions)
     return EvaluationLease(
         study_id=study.study_id,
         worker_id=worker_id,

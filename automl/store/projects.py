@@ -39,6 +39,12 @@ def study_project(store: Store, study_id: int) -> str | None:
         )
 
 
+def optuna_study_name(project: str, name: str) -> str:
+    """The Optuna name of ``project``'s study ``name``: ``project/name``, or ``name`` in
+    the default project (study and project names hold no ``/``, so these never clash)."""
+    return name if project == DEFAULT_PROJECT else f"{project}/{name}"
+
+
 SALT_HEX = 12
 """Hex digits of the random suffix of a name that another project's study holds."""
 
@@ -73,15 +79,27 @@ def check_project_limits(store: Store, project: str, limits: Limits) -> None:
     Raises:
         ProjectLimitError: Naming the limit and its setting.
     """
+    with store.read() as connection:
+        check_project_room(connection, project, limits, new_study=True)
+
+
+def check_project_room(
+    connection: sa.Connection, project: str, limits: Limits, *, new_study: bool
+) -> None:
+    """Refuses to add a study to ``project`` (``new_study``) or to reopen one of its ended
+    studies when that would take it over a limit; reads on ``connection``.
+
+    Raises:
+        ProjectLimitError: Naming the limit and its setting.
+    """
     studies = tables.studies
     active = sa.func.count().filter(studies.c.status.in_(ACTIVE))
-    with store.read() as connection:
-        row = connection.execute(
-            sa.select(sa.func.count().label("kept"), active.label("active")).where(
-                studies.c.project == project, studies.c.status != DELETING
-            )
-        ).one()
-    if row.kept >= limits.max_studies_per_project:
+    row = connection.execute(
+        sa.select(sa.func.count().label("kept"), active.label("active")).where(
+            studies.c.project == project, studies.c.status != DELETING
+        )
+    ).one()
+    if new_study and row.kept >= limits.max_studies_per_project:
         _refuse(project, f"has {row.kept} studies", "max_studies_per_project", limits)
     if row.active >= limits.max_active_studies_per_project:
         _refuse(

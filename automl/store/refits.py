@@ -141,7 +141,7 @@ def claim_refit(
         return None
     study, attempt = claim
     spec = StudySpec.model_validate_json(study.spec)
-    best = best_trials_of(store, study.study_id, study.name, spec.directions)
+    best = best_trials_of(store, study.study_id, spec.directions)
     number = best[0].number if len(best) == 1 and len(spec.directions) == 1 else None
     return RefitLease(study.study_id, worker_id, attempt, number)
 

@@ -36,6 +36,8 @@ from automl.store.leases import end_if_done
 from automl.store.projects import (
     DEFAULT_PROJECT,
     check_project_limits,
+    check_project_room,
+    optuna_study_name,
     project_study_names,
     salted,
 )
@@ -134,11 +136,12 @@ def submit_study(
     # Planned (and its sources checked) before anything is created: a refused warm start
     # leaves no Optuna study behind.
     warm = plan_warm_start(store, spec, fingerprint, project)
-    name = _create_optuna_study(store, spec, project)
-    study_id = store.storage.get_study_id_from_name(name)
+    name, optuna_name = _create_optuna_study(store, spec, project)
+    study_id = store.storage.get_study_id_from_name(optuna_name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.load_study(study_name=name, storage=store.storage).set_metric_names(spec.metrics)
+        study = optuna.load_study(study_name=optuna_name, storage=store.storage)
+        study.set_metric_names(spec.metrics)
     created = datetime.now(UTC)
     store.storage.set_study_user_attr(study_id, attrs.CREATED_AT, created.isoformat())
     store.storage.set_study_user_attr(
@@ -203,14 +206,16 @@ def _study_with_key(store: Store, key: str, spec_json: str, project: str) -> int
     return int(row.study_id)
 
 
-def _create_optuna_study(store: Store, spec: StudySpec, project: str) -> str:
-    """Creates the Optuna study; returns its name.
+def _create_optuna_study(store: Store, spec: StudySpec, project: str) -> tuple[str, str]:
+    """Creates the Optuna study; returns the study's name and its Optuna name.
 
     The name is the spec's, then ``-2``, ``-3``... skipping only the names ``project``'s
-    own studies hold. Optuna's names are global, so a name that another project's study
-    (or a leftover with no automl row) has gets a random suffix instead (``salted``, which
-    still counts as the project's): the answer says nothing about another project's
-    names, and the next submission moves on to the next number.
+    own studies hold, so the answer says nothing about another project's names. Optuna's
+    names are global: a project's studies other than the default one's are named
+    ``project/name`` there (see ``optuna_study_name``). A name whose Optuna name is taken
+    anyway (a leftover of a crashed submit, a study made in optuna-dashboard, or a study
+    from before project-qualified names) gets a random suffix (``salted``, which still
+    counts as the project's), and the next submission moves on to the next number.
     """
     directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
     suffix = 1
@@ -220,16 +225,19 @@ def _create_optuna_study(store: Store, spec: StudySpec, project: str) -> str:
         suffix += NAME_PROBE_BATCH
         with store.read() as connection:
             own = project_study_names(connection, project, batch)
-            taken = optuna_rows.taken_study_names(connection, batch)
+            taken = optuna_rows.taken_study_names(
+                connection, [optuna_study_name(project, name) for name in batch]
+            )
         for name in batch:
             if name in own:
                 continue
-            if name not in taken and _created(store, directions, name):
-                return name
-            # Another project's name (or one taken since the probe): a random suffix.
+            optuna_name = optuna_study_name(project, name)
+            if optuna_name not in taken and _created(store, directions, optuna_name):
+                return name, optuna_name
             name = salted(name)
-            if _created(store, directions, name):
-                return name
+            optuna_name = optuna_study_name(project, name)
+            if _created(store, directions, optuna_name):
+                return name, optuna_name
     raise StudyStateError(f"no free study name for {spec.name!r}")
 
 
@@ -520,7 +528,7 @@ def best_trials(store: Store, study_id: int) -> BestTrials:
         evaluation = read_evaluation(connection, study_id)
         refit = read_refit(connection, study_id)
     spec = _stored_spec(row.spec)
-    best = best_trials_of(store, study_id, row.name, spec.directions)
+    best = best_trials_of(store, study_id, spec.directions)
     if not best:
         raise NoBestTrialError(f"study {study_id} has no completed trial yet")
     return BestTrials(
@@ -627,16 +635,25 @@ def _finite_space(spec: StudySpec) -> int | None:
         return None
 
 
-def resume_study(store: Store, study_id: int, add_trials: int = 0) -> StudyDetail:
+def resume_study(
+    store: Store, study_id: int, add_trials: int = 0, *, limits: Limits | None = None
+) -> StudyDetail:
     """Reopens a cancelled, failed or completed study, optionally with more budget.
 
     Its cancelled trials are queued again (an interrupted one resumes from its last
     checkpoint), ``add_trials`` fresh trials are added, and ``budget.max_failed`` counts
     failures anew from here. ``budget.timeout`` counts from the restart.
 
+    Args:
+        store: The store.
+        study_id: The study.
+        add_trials: Trials to add to its budget.
+        limits: The per-project limits to enforce (the API's); local commands pass none.
+
     Raises:
         StudyNotFoundError: If there is no such study.
         StudyStateError: If the study is still active, or would have nothing to run.
+        ProjectLimitError: If reopening it would take its project over a limit.
     """
     tickets = tables.tickets
     with store.write() as connection:
@@ -646,6 +663,8 @@ def resume_study(store: Store, study_id: int, add_trials: int = 0) -> StudyDetai
                 f"study {study_id} is {row.status}; only cancelled, failed or completed "
                 "studies can be resumed"
             )
+        if limits is not None:
+            check_project_room(connection, row.project, limits, new_study=False)
         n_trials = row.n_trials + add_trials
         _check_budget(study_id, n_trials)
         _check_grid_budget(row, add_trials)
@@ -682,16 +701,24 @@ def resume_study(store: Store, study_id: int, add_trials: int = 0) -> StudyDetai
     return get_study(store, study_id)
 
 
-def rerun_failed(store: Store, study_id: int) -> StudyDetail:
+def rerun_failed(store: Store, study_id: int, *, limits: Limits | None = None) -> StudyDetail:
     """Queues every failed trial of the study again, with its params; reopens an ended study.
+
+    Args:
+        store: The store.
+        study_id: The study.
+        limits: The per-project limits to enforce (the API's); local commands pass none.
 
     Raises:
         StudyNotFoundError: If there is no such study.
         StudyStateError: If the study has no failed trial.
+        ProjectLimitError: If reopening it would take its project over a limit.
     """
     tickets = tables.tickets
     with store.write() as connection:
         row = _locked(connection, study_id)
+        if limits is not None and row.status not in ACTIVE:
+            check_project_room(connection, row.project, limits, new_study=False)
         rerun = connection.execute(
             tickets.update()
             .where(

@@ -330,17 +330,22 @@ def test_project_limits_refuse_before_anything_is_written(
         assert active.status_code == 422, active.text
         assert "max_active_studies_per_project" in active.text
         assert "AUTOML_LIMIT_MAX_ACTIVE_STUDIES_PER_PROJECT" in active.text
-        assert _optuna_study_names(store) == {"a1", "a2"}, "refused, yet written"
+        assert _optuna_study_names(store) == {"alpha/a1", "alpha/a2"}, "refused, yet written"
         assert (
             client.post("/studies", json=tiny_spec_data(name="b1"), headers=beta).status_code == 201
         )
 
         assert client.post(f"/studies/{first}/cancel", headers=alpha).status_code == 200
         _submit(client, alpha["Authorization"][7:], tiny_spec_data(name="a3"))
+        reopened = client.post(f"/studies/{first}/resume", headers=alpha)
+        assert reopened.status_code == 422, reopened.text
+        assert "max_active_studies_per_project" in reopened.text
+        assert client.get(f"/studies/{first}", headers=alpha).json()["status"] == "cancelled"
         kept = client.post("/studies", json=tiny_spec_data(name="a4"), headers=alpha)
         assert kept.status_code == 422, kept.text
         assert "max_studies_per_project" in kept.text
-        assert _optuna_study_names(store) == {"a1", "a2", "a3", "b1"}
+        names = {"alpha/a1", "alpha/a2", "alpha/a3", "beta/b1"}
+        assert _optuna_study_names(store) == names
     finally:
         close_client(client)
 

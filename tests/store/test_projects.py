@@ -6,6 +6,8 @@ import re
 from collections.abc import Callable
 
 import pytest
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
 
 from automl.config import Limits
 from automl.spec import StudySpec
@@ -14,11 +16,17 @@ from automl.store import (
     ProjectLimitError,
     Store,
     StudyStateError,
+    StudyStatus,
     cancel_study,
+    end_study_if_done,
+    get_study,
     list_studies,
+    rerun_failed,
+    resume_study,
     study_project,
     submit_study,
 )
+from tests.store.conftest import drive
 
 
 def test_a_study_belongs_to_its_submitters_project(
@@ -53,16 +61,38 @@ def test_an_idempotency_key_is_the_projects_own(
 def test_a_study_name_says_nothing_of_other_projects(
     store: Store, tiny_spec: Callable[..., StudySpec]
 ) -> None:
+    """Once a name another project held came back salted (``secret-1f3a...``) and a free
+    one plain: one study's cost told whether any project had a name."""
     theirs = [submit_study(store, tiny_spec(name="secret"), project="a").name for _ in "ab"]
     ours = [submit_study(store, tiny_spec(name="secret"), project="b").name for _ in "abc"]
+    mine = [submit_study(store, tiny_spec(name="secret")).name for _ in "ab"]
 
     assert theirs == ["secret", "secret-2"]
-    assert re.fullmatch(r"secret-[0-9a-f]{12}", ours[0]), ours
-    assert re.fullmatch(r"secret-2-[0-9a-f]{12}", ours[1]), ours
-    assert ours[2] == "secret-3"
-    assert submit_study(store, tiny_spec(name="secret"), project="a").name.startswith("secret-3-")
-    names = [summary.study_name for summary in store.storage.get_all_studies()]
-    assert len(names) == len(set(names)) == 6
+    assert ours == ["secret", "secret-2", "secret-3"]
+    assert mine == ["secret", "secret-2"]
+    names = {summary.study_name for summary in store.storage.get_all_studies()}
+    assert names == {
+        "a/secret",
+        "a/secret-2",
+        "b/secret",
+        "b/secret-2",
+        "b/secret-3",
+        "secret",
+        "secret-2",
+    }
+
+
+def test_a_taken_optuna_name_gets_a_random_suffix(
+    store: Store, tiny_spec: Callable[..., StudySpec]
+) -> None:
+    """A leftover (a crashed submit, a study made in optuna-dashboard) holds the name."""
+    store.storage.create_new_study([StudyDirection.MAXIMIZE], "vision/secret")
+
+    first = submit_study(store, tiny_spec(name="secret"), project="vision").name
+    second = submit_study(store, tiny_spec(name="secret"), project="vision").name
+
+    assert re.fullmatch(r"secret-[0-9a-f]{12}", first), first
+    assert second == "secret-2"
 
 
 def test_project_limits_count_kept_and_active_studies(
@@ -81,3 +111,27 @@ def test_project_limits_count_kept_and_active_studies(
         submit_study(store, tiny_spec(), project="vision", limits=limits)
     assert list_studies(store, project="vision").count == 3
     submit_study(store, tiny_spec(), project="vision")  # local commands pass no limits
+
+
+def test_reopening_a_study_counts_against_the_active_limit(
+    store: Store, tiny_spec: Callable[..., StudySpec]
+) -> None:
+    """Once cancel, submit and resume took a project past its active limit without end."""
+    limits = Limits(max_active_studies_per_project=2)
+    budget = {"n_trials": 2, "max_failed": 5}
+    failed = submit_study(store, tiny_spec(budget=budget), project="vision", limits=limits)
+    drive(store, failed.id, [0.5, TrialState.FAIL])
+    assert end_study_if_done(store, failed.id) == StudyStatus.COMPLETED
+    cancelled = submit_study(store, tiny_spec(), project="vision", limits=limits)
+    cancel_study(store, cancelled.id)
+    for _ in range(2):
+        submit_study(store, tiny_spec(), project="vision", limits=limits)
+
+    with pytest.raises(ProjectLimitError, match="max_active_studies_per_project = 2"):
+        resume_study(store, cancelled.id, limits=limits)
+    with pytest.raises(ProjectLimitError, match="max_active_studies_per_project = 2"):
+        rerun_failed(store, failed.id, limits=limits)
+    assert list_studies(store, project="vision", status=StudyStatus.QUEUED).count == 2
+    assert get_study(store, cancelled.id).status == StudyStatus.CANCELLED
+    assert get_study(store, failed.id).counts.fail == 1
+    assert resume_study(store, cancelled.id).status == StudyStatus.QUEUED  # local: no limits

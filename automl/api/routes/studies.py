@@ -264,13 +264,13 @@ def resume(
 ) -> StudyDetail:
     """Reopens a cancelled, failed or completed study: its cancelled trials run again
     (interrupted ones from their checkpoint), plus ``add_trials`` new ones."""
-    return resume_study(store, study_id, (body or Resume()).add_trials)
+    return resume_study(store, study_id, (body or Resume()).add_trials, limits=Limits())
 
 
 @router.post("/{study_id}/rerun-failed", response_model=StudyDetail, responses=STATE_ERRORS)
 def rerun(study_id: StudyId, store: StoreDep) -> StudyDetail:
     """Queues the study's failed trials again with their params (reopens it if ended)."""
-    return rerun_failed(store, study_id)
+    return rerun_failed(store, study_id, limits=Limits())
 
 
 @router.post(
