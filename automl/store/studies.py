@@ -198,12 +198,28 @@ def _study_with_key(store: Store, key: str, spec_json: str, project: str) -> int
         ).first()
     if row is None:
         return None
-    if row.spec != spec_json:
+    if row.spec != spec_json and _canonical(row.spec) != _canonical(spec_json):
         raise StudyStateError(
             f"Idempotency-Key {key!r} was already used for study {row.study_id} "
             "with a different spec"
         )
     return int(row.study_id)
+
+
+def _canonical(spec_json: str) -> str:
+    """A stored spec in a comparable form: the order of keys in free-form mappings
+    (``fixed``, options) and ``1`` against ``1.0`` say nothing of what the study runs."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+    return json.dumps(walk(json.loads(spec_json)), sort_keys=True)
 
 
 def _create_optuna_study(store: Store, spec: StudySpec, project: str) -> tuple[str, str]:

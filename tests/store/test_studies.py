@@ -111,6 +111,21 @@ def test_idempotency_key_returns_the_first_study(store: Store, tiny_spec: SpecFa
         submit_study(store, tiny_spec(name="changed"), idempotency_key="abc")
 
 
+def test_an_idempotent_retry_may_order_keys_and_write_numbers_differently(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Once a retry serialized by another client (YAML sorts keys; 1.0 for 1) was a 409."""
+    first = submit_study(
+        store, tiny_spec(fixed={"epochs": 1, "batch_size": 64}), idempotency_key="k"
+    )
+    again = submit_study(
+        store, tiny_spec(fixed={"batch_size": 64, "epochs": 1.0}), idempotency_key="k"
+    )
+    assert again.id == first.id
+    with pytest.raises(StudyStateError, match="with a different spec"):
+        submit_study(store, tiny_spec(fixed={"batch_size": 32, "epochs": 1}), idempotency_key="k")
+
+
 def test_half_created_study_is_invisible_and_removed_by_the_reaper(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
