@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -154,12 +155,17 @@ def _csv_target(request: AnnotateRequest, folder: Path, root: Path) -> Path:
 
 
 def _write_csv(path: Path, files: list[Path], suggestions: list[Suggestion]) -> None:
-    """Writes ``path,label,confidence`` rows (paths relative to the CSV), atomically."""
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
+    """Writes ``path,label,confidence`` rows (paths relative to the CSV), atomically.
+
+    The file gets the mode of the file it replaces, else the umask's (as any new file):
+    workers running as another user read it next.
+    """
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(descriptor, "w", newline="", encoding="utf-8") as handle:
+            with contextlib.suppress(FileNotFoundError):
+                os.fchmod(descriptor, stat.S_IMODE(path.stat().st_mode))
             writer = csv.writer(handle)
             writer.writerow(["path", "label", "confidence"])
             for file, suggestion in zip(files, suggestions, strict=True):

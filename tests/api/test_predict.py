@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -421,6 +422,26 @@ def test_annotate_csv_inside_the_folder_and_overwrite(
     assert len(rows) == N_IMAGES
     assert rows[0][0].parent == unlabeled
     assert [p.name for p in unlabeled.iterdir() if p.suffix == ".csv"] == ["labels.csv"]
+
+
+def test_annotate_csv_is_readable_as_any_new_file_and_keeps_a_replaced_files_mode(
+    served: tuple[TestClient, int], unlabeled: Path
+) -> None:
+    """Once every CSV came out 0600: workers running as another user could not read it."""
+    client, study_id = served
+    url = f"/studies/{study_id}/annotate"
+    body = {"path": "inbox", "write_csv": "inbox/labels.csv"}
+    umask = os.umask(0o022)
+    try:
+        assert client.post(url, json=body).status_code == 200
+        created = stat.S_IMODE((unlabeled / "labels.csv").stat().st_mode)
+        (unlabeled / "labels.csv").chmod(0o640)
+        assert client.post(url, json={**body, "overwrite": True}).status_code == 200
+        replaced = stat.S_IMODE((unlabeled / "labels.csv").stat().st_mode)
+    finally:
+        os.umask(umask)
+    assert (created, replaced) == (0o644, 0o640)
+    assert [p.name for p in unlabeled.iterdir() if p.suffix in (".csv", ".tmp")] == ["labels.csv"]
 
 
 def test_annotate_too_many_images_is_422(
