@@ -707,7 +707,29 @@ def errors_from_pydantic(
         elif kind == "string_pattern_mismatch" and loc == ("name",):
             message = f"invalid name {error['input']!r}: use {NAME_RULE}"
         errors.append(FieldError(prefix + loc, message))
-    return errors
+    return _merge_alternatives(errors)
+
+
+def _merge_alternatives(errors: list[FieldError]) -> list[FieldError]:
+    """One error per path: a value that fits no branch of a union fails each branch at
+    the same path (``a valid string``, ``a valid boolean``...), which reads as one."""
+    messages: dict[Loc, list[str]] = {}
+    for error in errors:
+        shown = messages.setdefault(error.loc, [])
+        if error.msg not in shown:
+            shown.append(error.msg)
+    return [FieldError(loc, _one_of(shown)) for loc, shown in messages.items()]
+
+
+def _one_of(messages: list[str]) -> str:
+    """``Input should be a valid string, a valid boolean or a valid list``."""
+    if len(messages) == 1:
+        return messages[0]
+    lead = "Input should be "
+    if all(message.startswith(lead) for message in messages):
+        rest = [message.removeprefix(lead) for message in messages]
+        return f"{lead}{', '.join(rest[:-1])} or {rest[-1]}"
+    return "; or ".join(messages)
 
 
 def _walk(root: type[BaseModel], loc: Loc) -> tuple[Loc, type[BaseModel] | None]:
@@ -726,17 +748,38 @@ def _walk(root: type[BaseModel], loc: Loc) -> tuple[Loc, type[BaseModel] | None]
             clean.append(part)
             continue
         origin, args = get_origin(current), get_args(current)
-        if origin in (dict, list):
-            current = args[-1]
+        if origin in (dict, list, tuple):
+            current = args[-1] if origin is not tuple or not args else _tuple_item(args, part)
             clean.append(part)
         elif origin in (Union, types.UnionType) and part in PARAM_TYPES:
             current = PARAM_TYPES[str(part)]  # a discriminated union's tag: not a path part
+        elif origin in (Union, types.UnionType) and isinstance(part, str):
+            current = _branch(args, part)  # pydantic's name of a branch: not a path part
         else:
             current = None
             clean.append(part)
     current = _unwrap(current)
     model = current if isinstance(current, type) and issubclass(current, BaseModel) else None
     return tuple(clean), model
+
+
+def _tuple_item(args: tuple[Any, ...], part: str | int) -> Any:
+    """The type of item ``part`` of a tuple typed ``args`` (``tuple[int, ...]`` too)."""
+    if len(args) == 2 and args[1] is Ellipsis:
+        return args[0]
+    return args[part] if isinstance(part, int) and 0 <= part < len(args) else None
+
+
+def _branch(args: tuple[Any, ...], tag: str) -> Any:
+    """The branch of a union that pydantic names ``tag`` (``str``, ``list[...]``,
+    ``constrained-int``...), or None when it cannot tell."""
+    for arg in args:
+        unwrapped = _unwrap(arg)
+        origin = get_origin(unwrapped)
+        name = getattr(origin or unwrapped, "__name__", "")
+        if name and (tag == name or tag.startswith(f"{name}[") or tag.endswith(f"-{name}")):
+            return arg
+    return None
 
 
 def _unwrap(annotation: Any) -> Any:

@@ -398,6 +398,14 @@ INVALID_CASES: list[Any] = [
         id="unknown-optimizer-choice",
     ),
     pytest.param(
+        with_params(
+            dropout={"type": "float", "low": 0.1, "high": 0.5, "when": {"optimizer": None}}
+        ),
+        "params.dropout.when.optimizer",
+        ["Input should be a valid string, a valid boolean", " or a valid list"],
+        id="condition-value-fits-no-branch",  # was five errors under pydantic's branch names
+    ),
+    pytest.param(
         {"name": "x", "fixed": {"model": {"width": 8}}},
         "fixed.model",
         ["takes a name, not a dict", "valid choices: cnn"],
@@ -709,6 +717,25 @@ def test_invalid_spec_names_field_path(data: Any, path: str, fragments: list[str
     assert [error.path for error in errors] == [path], errors
     for fragment in fragments:
         assert fragment in errors[0].msg
+
+
+def test_an_option_that_fits_no_branch_of_its_union_is_one_error_at_its_path() -> None:
+    """Once ``size: {}`` was two errors, at ``size.constrained-int`` and
+    ``size.tuple[constrained-int, constrained-int]``."""
+    data = {"name": "x", "dataset": {"source": "image_folder", "options": {"path": "p"}}}
+    data["dataset"]["options"]["size"] = {}
+    size = [e for e in spec_errors(data) if e.path.startswith("dataset.options.size")]
+    data["dataset"]["options"]["size"] = [0, "a"]
+    items = [e for e in spec_errors(data) if e.path.startswith("dataset.options.size")]
+
+    assert [(e.path, e.msg) for e in size] == [
+        ("dataset.options.size", "Input should be a valid integer or a valid tuple")
+    ]
+    assert [e.path for e in items] == [
+        "dataset.options.size",
+        "dataset.options.size[0]",
+        "dataset.options.size[1]",
+    ]
 
 
 def test_invalid_yaml_reports_line_number() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from automl import __version__
 from automl.api.auth import KeyCache, authorize
@@ -80,7 +81,33 @@ def create_app(
     for router in (studies.router, registries.router, predict.router, models.router, report.router):
         app.include_router(router, dependencies=AUTHORIZED, responses=error_responses(401))
     app.openapi = lambda: _openapi_with_spec_schema(app)  # type: ignore[method-assign]
+    app.add_middleware(HeadAsGet)
     return app
+
+
+class HeadAsGet:
+    """Answers ``HEAD`` on every ``GET`` route (FastAPI's routes take only the methods
+    they declare): the ``GET`` answer's status and headers, without its body.
+
+    Args:
+        app: The ASGI app it wraps.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Runs ``HEAD`` requests as ``GET`` and drops what the body would have been."""
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 def _openapi_with_spec_schema(app: FastAPI) -> dict[str, Any]:

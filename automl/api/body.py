@@ -37,14 +37,15 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     Raises:
         PayloadTooLargeError: If the declared or the received size is over the limit.
     """
+    refusal = f"body exceeds {max_bytes} bytes (AUTOML_MAX_BODY_BYTES)"
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLargeError(f"body exceeds {max_bytes} bytes")
+        raise PayloadTooLargeError(refusal)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_bytes:
-            raise PayloadTooLargeError(f"body exceeds {max_bytes} bytes")
+            raise PayloadTooLargeError(refusal)
     return bytes(body)
 
 

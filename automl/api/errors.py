@@ -19,7 +19,7 @@ from optuna.exceptions import StorageInternalError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from automl.spec import SpecError
+from automl.spec import FieldError, SpecError
 from automl.store import (
     NoBestTrialError,
     StorageError,
@@ -88,7 +88,7 @@ def spec_error_response(exc: SpecError) -> JSONResponse:
             "loc": ["body", *map(_printable, error.loc)],
             "msg": _printable(error.msg),
             "type": "spec_error",
-            "path": _printable(error.path),
+            "path": _printable(error.path if error.loc else "body"),
         }
         for error in exc.errors
     ]
@@ -103,10 +103,19 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
             "loc": [_printable(part) for part in error.get("loc", ())],
             "msg": _printable(str(error.get("msg", "")).removeprefix("Value error, ")),
             "type": str(error.get("type", "value_error")),
+            "path": _printable(_field_path(tuple(error.get("loc", ())))),
         }
         for error in exc.errors()
     ]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _field_path(loc: tuple[str | int, ...]) -> str:
+    """A request field's path as specs' errors write it (``files[0]``, ``limit``): the
+    ``loc`` without its place (``body``, ``query``...), or the place alone."""
+    if len(loc) <= 1:
+        return str(loc[0]) if loc else "body"
+    return FieldError(loc[1:], "").path
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -141,7 +150,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 400 and exc.detail == _UNPARSABLE_BODY:
-            detail = [{"loc": ["body"], "msg": "body is not UTF-8 JSON", "type": "json_invalid"}]
+            detail = [
+                {
+                    "loc": ["body"],
+                    "msg": "body is not UTF-8 JSON",
+                    "type": "json_invalid",
+                    "path": "body",
+                }
+            ]
             return JSONResponse({"detail": detail}, status_code=422)
         if exc.status_code == 405:
             # Starlette names the methods of the first route with this path only.

@@ -136,3 +136,28 @@ def test_a_wrong_method_names_every_method_of_the_path(client: TestClient) -> No
 
         assert response.status_code == 405, (method, path)
         assert response.headers["allow"] == allowed, (method, path)
+
+
+def test_head_answers_as_get_without_a_body(client: TestClient) -> None:
+    """Once every route answered HEAD with a 405 whose Allow header listed HEAD."""
+    for path in ("/health", "/studies", "/studies/7", "/docs"):
+        got, head = client.get(path), client.head(path)
+
+        assert head.status_code == got.status_code, path
+        assert head.content == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+    assert client.head("/studies/7/extend").status_code == 405  # a POST route
+
+
+def test_every_422_names_its_field_path(client: TestClient) -> None:
+    """Spec errors carried ``path``; query, path and other body errors did not."""
+    cases = {
+        ("GET", "/studies?limit=0"): "limit",
+        ("GET", "/studies/x"): "study_id",
+        ("POST", "/studies/7/extend"): "body",  # no body at all
+    }
+    for (method, url), path in cases.items():
+        response = client.request(method, url)
+
+        assert response.status_code == 422, (method, url, response.text)
+        assert path in [error["path"] for error in response.json()["detail"]], response.text

@@ -184,7 +184,7 @@ def test_post_body_over_limit_is_413(small_body_client: TestClient) -> None:
     )
 
     assert response.status_code == 413
-    assert response.json()["detail"] == "body exceeds 200 bytes"
+    assert response.json()["detail"] == "body exceeds 200 bytes (AUTOML_MAX_BODY_BYTES)"
     assert small_body_client.get("/studies").json()["count"] == 0
 
 
