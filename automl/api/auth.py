@@ -91,7 +91,8 @@ async def authorize(
     Raises:
         HTTPException: 401 for a missing, unknown or revoked key while keys exist, and
             for every request while none exists on an API that requires keys.
-        StudyNotFoundError: The path's study is another project's.
+        StudyNotFoundError: The path's study is another project's, or none (a key that
+            sees one project).
     """
     cache: KeyCache = request.app.state.key_cache
     keys_required: bool = request.app.state.settings.keys_required
@@ -99,9 +100,9 @@ async def authorize(
     study_id = _study_id(request)
     if study_id is not None and not principal.admin:
         project = await run_in_threadpool(study_project, request.app.state.store, study_id)
-        # A study that does not exist is the route's to answer (404, or 422 for its other
-        # parameters): ids are sequential, so that reveals nothing.
-        if project is not None and project != principal.project:
+        # A study that does not exist answers as another project's does, whatever else
+        # the request holds (a 422 for its body would tell the two apart).
+        if project != principal.project:
             raise StudyNotFoundError(study_id)
     return principal
 

@@ -215,6 +215,13 @@ def test_another_projects_study_is_not_found_on_every_route(tenants: Tenants) ->
         assert foreign.json() == {"detail": f"study {tenants.done} not found"}
     missing = client.get(f"/studies/{MISSING_ID}", headers=_bearer(beta))
     assert missing.json() == {"detail": f"study {MISSING_ID} not found"}, "not the same answer"
+    # Once a malformed body was a 422 for a missing study and a 404 for another project's:
+    # which of another project's ids were deleted showed.
+    for study_id in (tenants.done, MISSING_ID):
+        bad_body = client.post(f"/studies/{study_id}/extend", json={"x": 1}, headers=_bearer(beta))
+        assert bad_body.status_code == 404, bad_body.text
+        bad_query = client.get(f"/studies/{study_id}/trials?state=bogus", headers=_bearer(beta))
+        assert bad_query.status_code == 404, bad_query.text
     own = client.get(f"/studies/{tenants.done}", headers=_bearer(tenants.tokens["alpha"])).json()
     assert (own["status"], own["n_trials"]) == ("completed", 3), "a refused request changed it"
     listed = client.get("/studies", headers=_bearer(beta)).json()
