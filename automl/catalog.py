@@ -10,7 +10,7 @@ from typing import Any
 
 from automl.data import DATASETS
 from automl.pruners import PRUNERS
-from automl.registry import Registry, describe_options
+from automl.registry import Registry, describe_options, range_text
 from automl.samplers import SAMPLERS
 from automl.train import METRICS
 from automl.train.trial_config import PIPELINES, SELECTABLE, TrialConfig
@@ -114,15 +114,9 @@ def markdown_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _number(value: float) -> str:
-    """An integer bound exactly (``4294967295``, not ``4.29497e+09``); others short."""
-    return str(value) if isinstance(value, int) else f"{value:g}"
-
-
 def _option_markdown(option: dict[str, Any]) -> str:
     name = option.get("spec_name") or option["name"]
     kind = " \\| ".join(map(str, option["choices"])) if option["choices"] else option["type"]
-    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    bounds = ", ".join(f"{symbols[key]} {_number(value)}" for key, value in option["range"].items())
+    bounds = range_text(option["range"], ", ", " ")
     detail = ", ".join(part for part in (kind, bounds, f"default `{option['default']}`") if part)
     return f"`{name}` ({detail}): {option['description']}"

@@ -97,6 +97,13 @@ class WilcoxonOptions(EntryOptions):
     n_startup_steps: int = Field(2, ge=0, le=MAX_COUNT, description="Steps before pruning starts.")
 
 
+def _percentile_pruner(options: dict[str, Any]) -> optuna.pruners.BasePruner:
+    """Optuna's ``PercentilePruner``, which requires ``percentile``: the documented default
+    is passed when the spec leaves it out (the other options keep Optuna's defaults)."""
+    default = PercentileOptions.model_fields["percentile"].get_default()
+    return optuna.pruners.PercentilePruner(**{"percentile": default, **options})
+
+
 PRUNERS.add(
     "none",
     lambda options: optuna.pruners.NopPruner(),
@@ -110,7 +117,7 @@ PRUNERS.add(
 )
 PRUNERS.add(
     "percentile",
-    lambda options: optuna.pruners.PercentilePruner(**options),
+    _percentile_pruner,
     options=PercentileOptions,
     description="Stop a trial outside the best percentile of earlier trials at an epoch.",
 )

@@ -28,7 +28,17 @@ import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
 
 import annotated_types
 from pydantic import (
@@ -103,6 +113,10 @@ class EntryOptions(ExactModel):
     field would only take converted."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    SAMPLES: ClassVar[frozenset[str] | None] = None
+    """The samples the entry works on: ``images`` (C, H, W), ``clips`` (T, C, H, W) or
+    both; None for its registry's rule (``automl.sample_kinds``)."""
 
 
 @dataclass(frozen=True)
@@ -294,6 +308,17 @@ class Registry(Generic[T]):
         return len(self._entries)
 
 
+BOUND_SYMBOLS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def range_text(bounds: Mapping[str, float], separator: str = " ", space: str = "") -> str:
+    """An option's bounds as users read them: ``>=0 <=4294967295`` (integers exactly)."""
+    return separator.join(
+        f"{BOUND_SYMBOLS[key]}{space}{value if isinstance(value, int) else f'{value:g}'}"
+        for key, value in bounds.items()
+    )
+
+
 def describe_options(options: type[BaseModel]) -> list[OptionInfo]:
     """Describes each field of an options model: type, default, choices, range, text."""
     return [_describe_field(name, info) for name, info in options.model_fields.items()]
@@ -301,6 +326,8 @@ def describe_options(options: type[BaseModel]) -> list[OptionInfo]:
 
 def _describe_field(name: str, info: FieldInfo) -> OptionInfo:
     kind, choices = value_kind(info.annotation)
+    if kind == "any":
+        kind = type_text(info.annotation)
     bounds: dict[str, float] = {}
     for constraint in info.metadata:
         for key in ("ge", "gt", "le", "lt"):
@@ -318,6 +345,23 @@ def _describe_field(name: str, info: FieldInfo) -> OptionInfo:
         description=info.description or "",
         required=required,
     )
+
+
+def type_text(annotation: Any) -> str:
+    """An annotation as users read it: ``int or [int, int]``, ``int or auto``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return type_text(args[0])
+    if origin is Literal:
+        return " or ".join(map(str, args))
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_text(arg) for arg in args if arg is not type(None))
+    if origin is tuple:
+        shown = [type_text(arg) for arg in args if arg is not Ellipsis]
+        return f"[{shown[0]}, ...]" if Ellipsis in args else f"[{', '.join(shown)}]"
+    if origin is list:
+        return f"list of {type_text(args[0])}" if args else "list"
+    return getattr(annotation, "__name__", "any")
 
 
 def value_kind(annotation: Any) -> tuple[str, list[Any] | None]:

@@ -176,6 +176,10 @@ SAMPLERS.add(
     description="NSGA-II genetic algorithm for several objectives.",
 )
 
+SINGLE_OBJECTIVE_SAMPLERS = frozenset({"cmaes"})
+"""Samplers that optimize one objective: Optuna's ``CmaEsSampler`` refuses a study with
+several (every other registered sampler takes them; ``auto`` picks NSGA-II for them)."""
+
 SHARED_SEED_SAMPLERS = frozenset({"qmc"})
 """Samplers whose seed must be the same in every worker (QMC scrambles one sequence that
 all workers walk through); the others get a different seed per trial."""

@@ -39,7 +39,8 @@ from automl.registry import (
     refuse_field_conversion,
     strict_input,
 )
-from automl.samplers import SAMPLERS, build_sampler
+from automl.sample_kinds import sample_problems
+from automl.samplers import SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, build_sampler
 from automl.sampling import check_grid, resolve_auto
 from automl.train import METRICS
 from automl.train.hyperparameters import (
@@ -275,10 +276,15 @@ PARAM_TYPES: dict[str, type[_Param]] = {
 }
 
 
-SPACE_RULES = 2
+SPACE_RULES = 3
 """The latest version of the rules that read a spec's space (which params apply where).
 A spec stored without ``space_rules`` was submitted under version 1, where an option that
-every choice of a conditional selector has applied even where the selector did not."""
+every choice of a conditional selector has applied even where the selector did not; under
+version 2 the loss and its options applied even in trials whose searched ``imbalance`` was
+``focal``, which replaces the loss."""
+
+LOSS_REPLACING_IMBALANCE = "focal"
+"""The imbalance strategy that trains with its own loss instead of the configured one."""
 
 
 class StudySpec(StrictModel):
@@ -400,13 +406,16 @@ class StudySpec(StrictModel):
 
     def conditions(self, name: str) -> dict[str, list[Scalar]]:
         """When the param ``name`` applies: its ``when``, plus the selector value(s) its
-        entry option implies (``width`` of ``cnn`` applies while ``model`` is ``cnn``).
+        entry option implies (``width`` of ``cnn`` applies while ``model`` is ``cnn``), plus
+        for the loss and its options, while ``imbalance`` is searched with ``focal`` (which
+        replaces the loss), its other choices.
 
         An option that every choice of its selector has is implied only when the selector
         is itself conditional: where the selector does not apply, the default entry
         trains, and the option must not be sampled (nor count as a grid cell) for it. A
-        study submitted before that rule (``space_rules`` 1) keeps its old conditions, so
-        its grid cells stay the ones its tickets were issued by."""
+        study submitted before a rule (``space_rules``: 1 before that one, 2 before the
+        loss's) keeps its old conditions, so its grid cells stay the ones its tickets were
+        issued by."""
         conditions = self.params[name].explicit_conditions()
         try:
             hp = self.hyperparameter(name)
@@ -417,17 +426,36 @@ class StudySpec(StrictModel):
             choices = [str(choice) for choice in selector.choices]
             implied = [entry for entry in hp.entries if entry in choices]
             if len(implied) < len(choices) or (selector.when and self.space_rules >= 2):
-                given = conditions.get(hp.group)  # type: ignore[arg-type]
-                conditions[hp.group] = (  # type: ignore[index]
-                    implied if given is None else [v for v in given if v in implied]
-                )
+                _narrow(conditions, hp.group, implied)  # type: ignore[arg-type]
+        if hp.group == "loss" and self.space_rules >= 3:
+            kept = self._imbalances_keeping_the_loss()
+            if kept is not None:
+                _narrow(conditions, "imbalance", kept)
         return conditions
+
+    def _imbalances_keeping_the_loss(self) -> list[str] | None:
+        """The searched ``imbalance`` choices other than ``focal`` (which replaces the
+        loss), or None when ``imbalance`` is not searched with ``focal``."""
+        imbalance = self.params.get("imbalance")
+        if not isinstance(imbalance, CategoricalParam):
+            return None
+        choices = [str(choice) for choice in imbalance.choices]
+        if LOSS_REPLACING_IMBALANCE not in choices:
+            return None
+        return [choice for choice in choices if choice != LOSS_REPLACING_IMBALANCE]
+
+
+def _narrow(conditions: dict[str, list[Scalar]], parent: str, allowed: list[str]) -> None:
+    """Restricts ``conditions`` to ``parent`` taking one of ``allowed`` (intersected with
+    the values already there)."""
+    given = conditions.get(parent)
+    conditions[parent] = list(allowed) if given is None else [v for v in given if v in allowed]
 
 
 # --- loading -------------------------------------------------------------------------------
 
 
-# YAML 1.1 reads 1e-4 (no dot) as a string; JSON and users read it as a number.
+# YAML 1.1 reads a plain 1e-4 (no dot) as a string; JSON and users read it as a number.
 _EXPONENT_NUMBER = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
 
 
@@ -469,6 +497,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# Implicit resolvers apply to plain scalars only: a quoted "1e5" stays a string.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", _EXPONENT_NUMBER, list("-+0123456789")
+)
+
+
 def _load_yaml(text: str) -> Any:
     loader = _UniqueKeyLoader(text)
     try:
@@ -505,14 +539,15 @@ def parse_text(text: str, limits: Limits | None = None) -> Any:
     return normalize_document(data, limits)
 
 
-def parse_json(text: str, limits: Limits | None = None, *, exponent_strings: bool = True) -> Any:
+def parse_json(text: str, limits: Limits | None = None) -> Any:
     """Parses JSON text with the same guarantees as ``parse_text``.
+
+    JSON strings stay strings (``"1e-4"`` too): only YAML's plain ``1e-4`` needs reading
+    as a number.
 
     Args:
         text: The JSON text.
         limits: The document limits (default: the ``AUTOML_LIMIT_*`` settings).
-        exponent_strings: Read strings such as ``"1e-4"`` as numbers, as specs do (YAML
-            1.1 reads ``1e-4`` as a string); off for other request bodies.
 
     Raises:
         SpecError: If the text is not valid JSON or breaks a limit.
@@ -539,7 +574,7 @@ def parse_json(text: str, limits: Limits | None = None, *, exponent_strings: boo
         raise
     except ValueError as exc:  # an integer of more digits than Python converts
         raise SpecError([FieldError((), f"invalid JSON: {exc}")]) from None
-    return normalize_document(data, limits, exponent_strings=exponent_strings)
+    return normalize_document(data, limits)
 
 
 def _too_deep(limit: int) -> FieldError:
@@ -564,11 +599,8 @@ def _check_flow_depth(text: str, limit: int) -> None:
             depth -= 1
 
 
-def normalize_document(
-    data: Any, limits: Limits | None = None, *, exponent_strings: bool = True
-) -> Any:
-    """Reads exponent strings (``1e-4``) as floats (unless ``exponent_strings`` is off)
-    and enforces the document limits.
+def normalize_document(data: Any, limits: Limits | None = None) -> Any:
+    """Enforces the document limits on parsed data (strings stay as they are).
 
     Raises:
         SpecError: If the document is nested too deeply, has too many values or a string
@@ -590,8 +622,6 @@ def normalize_document(
                 message = f"longer than {limits.max_string_length} characters (max_string_length)"
                 raise SpecError([FieldError(loc, message)])
             _check_unicode(value, loc)
-            if exponent_strings and _EXPONENT_NUMBER.match(value):
-                return float(value)
             return value
         if isinstance(value, dict):
             for key in value:
@@ -801,18 +831,20 @@ def check_spec(spec: StudySpec, limits: Limits | None = None) -> list[FieldError
     errors = _check_limits(spec, limits)
     if errors:
         return errors  # refuse oversized requests before doing any work on them
-    errors += _check_dataset(spec.dataset)
+    dataset_errors = _check_dataset(spec.dataset)
+    errors += dataset_errors
     errors += _check_objectives(spec)
-    errors += _check_refit(spec)
+    errors += _check_refit(spec, dataset_ok=not dataset_errors)
     errors += _check_sampler(spec, limits)
     errors += _check_pruner(spec)
     errors += _check_selectors(spec)
     errors += _check_fixed(spec)
     for name, param in spec.params.items():
-        errors += _check_param(spec, name, param)
+        errors += _check_param(spec, name, param) or _check_applies(spec, name)
     errors += _check_one_name_per_option(spec)
     errors += _check_loss_replaced(spec)
     errors += _check_cycles(spec)
+    errors += [FieldError(loc, message) for loc, message in sample_problems(spec)]
     if not errors:  # configurations are checked against a space known to be sound
         errors += _check_enqueue(spec)
     return errors
@@ -865,6 +897,8 @@ def _check_sampler(spec: StudySpec, limits: Limits) -> list[FieldError]:
     errors = _check_entry(("sampler",), SAMPLERS, sampler.name, sampler.options)
     if errors or sampler.name == "auto":
         return errors
+    if sampler.name in SINGLE_OBJECTIVE_SAMPLERS and len(spec.objective_list) > 1:
+        return [FieldError(("sampler", "name"), _single_objective_message(sampler.name))]
     if sampler.name in ("grid", "brute_force"):
         problems = check_grid(spec, limits.max_grid_cells)
         for field in ("warm_start", "enqueue"):
@@ -877,6 +911,15 @@ def _check_sampler(spec: StudySpec, limits: Limits) -> list[FieldError]:
         ("sampler",),
         sampler.name,
         lambda: build_sampler(sampler.name, sampler.options, sampler.seed),
+    )
+
+
+def _single_objective_message(name: str) -> str:
+    """Why ``name`` cannot search several objectives, and which samplers can."""
+    several = [other for other in SAMPLERS.names() if other not in SINGLE_OBJECTIVE_SAMPLERS]
+    return (
+        f"{name} optimizes one objective, and this study has several; samplers that take "
+        f"several: {', '.join(several)}"
     )
 
 
@@ -917,11 +960,45 @@ def _check_objectives(spec: StudySpec) -> list[FieldError]:
     return errors
 
 
-def _check_refit(spec: StudySpec) -> list[FieldError]:
-    if spec.refit and len(spec.objective_list) > 1:
+def _check_refit(spec: StudySpec, dataset_ok: bool) -> list[FieldError]:
+    """Refuses a refit that could never run: with several objectives, or (when the
+    dataset's options are valid) on a dataset certain to have no test split to score it."""
+    if not spec.refit:
+        return []
+    if len(spec.objective_list) > 1:
         message = "needs one objective: a Pareto front has no single best trial to refit"
         return [FieldError(("refit",), message)]
+    hint = _test_split_hint(spec.dataset) if dataset_ok else None
+    if hint is not None:
+        message = f"needs a test split to score the refit on, and this dataset has none: {hint}"
+        return [FieldError(("refit",), message)]
     return []
+
+
+_TEST_SPLIT_OPTIONS = frozenset({"test_fraction", "test_path"})
+"""The dataset options that give a file or digits dataset its test split."""
+
+
+def _test_split_hint(dataset: DatasetSpec) -> str | None:
+    """How to give ``dataset`` (valid options) a test split, or None when it may have one.
+
+    Conservative: a dataset has none for certain only when its options' only test options
+    are ``test_fraction`` (0) and ``test_path`` (unset), as for digits and the file
+    sources; torchvision's sources (no such option) have their official test split.
+    """
+    fields = DATASETS.get(dataset.source).options.model_fields
+    test_options = {option for option in fields if "test" in option}
+    if "test_fraction" not in test_options or not test_options <= _TEST_SPLIT_OPTIONS:
+        return None
+    value = {
+        option: dataset.options.get(option, fields[option].get_default()) for option in test_options
+    }
+    if value["test_fraction"] > 0 or value.get("test_path") is not None:
+        return None
+    ways = ["set dataset.options.test_fraction above 0"]
+    if "test_path" in test_options:
+        ways.append("test_path (test data laid out as path)")
+    return " or ".join(ways)
 
 
 def _check_pruner(spec: StudySpec) -> list[FieldError]:
@@ -1033,7 +1110,7 @@ def _check_one_name_per_option(spec: StudySpec) -> list[FieldError]:
 def _check_loss_replaced(spec: StudySpec) -> list[FieldError]:
     """Refuses loss settings a study can never use: ``imbalance: focal`` replaces the loss
     (its own ``focal_gamma`` and ``focal_alpha`` set it), so they would be ignored."""
-    if spec.chosen.get("imbalance") != ["focal"]:
+    if spec.chosen.get("imbalance") != [LOSS_REPLACING_IMBALANCE]:
         return []
     message = (
         "imbalance: focal replaces the loss (set its focal_gamma and focal_alpha instead), "
@@ -1113,7 +1190,7 @@ def _check_when(
         elif not isinstance(parent_param, CategoricalParam):
             errors.append(FieldError(where, f"parent {parent!r} must be a categorical param"))
         else:
-            valid = [value for value in values if value in parent_param.choices]
+            valid = [value for value in values if _is_choice(value, parent_param.choices)]
             errors += [
                 FieldError(
                     where,
@@ -1121,13 +1198,52 @@ def _check_when(
                     + ", ".join(map(str, parent_param.choices)),
                 )
                 for value in values
-                if value not in valid
+                if not _is_choice(value, parent_param.choices)
             ]
             implied = parent == hp.group and hp.option is not None
             if implied and valid and not any(value in hp.entries for value in valid):
                 message = f"{name!r} belongs to {', '.join(hp.entries)}, so it never applies"
                 errors.append(FieldError(where, message))
     return errors
+
+
+def _check_applies(spec: StudySpec, name: str) -> list[FieldError]:
+    """Refuses a param (otherwise sound) that no trial would sample: one of its conditions,
+    implied ones included, leaves its parent no value (``beta1`` of ``adam`` with an
+    optimizer searched among ``[sgd]``: where the optimizer is not searched, ``adam``
+    trains with its default ``beta1``)."""
+    try:
+        hp = spec.hyperparameter(name)
+    except UnknownHyperparameterError:
+        return []  # reported by the name checks
+    for parent, values in spec.conditions(name).items():
+        if not values:
+            return [FieldError(("params", name), _never_applies(spec, name, hp, parent))]
+    return []
+
+
+def _never_applies(spec: StudySpec, name: str, hp: Hyperparameter, parent: str) -> str:
+    """Why the condition on ``parent`` of the param ``name`` leaves it no value."""
+    given = spec.params[name].explicit_conditions().get(parent)
+    parent_param = spec.params.get(parent)
+    choices = parent_param.choices if isinstance(parent_param, CategoricalParam) else []
+    if hp.group == "loss" and parent == "imbalance":
+        where = (
+            f"{name!r} is searched only where imbalance is one of {given}"
+            if given is not None
+            else "it is imbalance's only choice"
+        )
+        return (
+            f"imbalance: {LOSS_REPLACING_IMBALANCE} replaces the loss, and {where}, so "
+            f"{name!r} never applies"
+        )
+    if parent == hp.group and hp.option is not None:
+        entries = ", ".join(hp.entries)
+        return (
+            f"{name!r} belongs to {entries}, not a choice of {parent!r} (choices: "
+            f"{', '.join(map(str, choices))}), so it never applies"
+        )
+    return f"no value of {parent!r} lets it apply, so it never applies"
 
 
 def _check_cycles(spec: StudySpec) -> list[FieldError]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from automl.catalog import REGISTRIES, catalog, describe_registry, markdown_reference
+from automl.cli.output import entries_text
 from automl.train.trial_config import GENERAL, PIPELINES, SELECTABLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +94,18 @@ def test_readme_reference_tables_are_generated_from_the_code() -> None:
     assert section == markdown_reference(), (
         "README.md is stale: regenerate its reference tables with `automl list --markdown`"
     )
+
+
+def test_descriptions_are_whole_and_bounds_and_types_readable() -> None:
+    """Once ``gan``'s description stopped mid-parenthesis, a seed's bound read
+    ``<=4.29497e+09`` and ``size``'s type ``any``."""
+    for kind in REGISTRIES:
+        for entry in describe_registry(kind):
+            text = entry["description"]
+            assert text.count("(") == text.count(")"), (kind, entry["name"], text)
+    listed = entries_text("datasets", describe_registry("datasets"))
+    assert "<=4294967295" in listed and "e+09" not in listed
+    assert "int or [int, int]" in listed
 
 
 def test_readme_lists_every_general_hyperparameter() -> None:

@@ -12,7 +12,7 @@ import pytest
 from automl.samplers import SAMPLERS, build_sampler
 from automl.sampling import GP_MAX_TRIALS, MAX_GRID_CELLS, grid_cell, grid_size, iter_cells
 from automl.space import suggest
-from automl.spec import SpecError, StudySpec, load_spec
+from automl.spec import SPACE_RULES, SpecError, StudySpec, load_spec
 
 OPTIMIZER = {"type": "categorical", "choices": ["adam", "sgd"]}
 MOMENTUM = {"type": "float", "low": 0.8, "high": 0.9, "step": 0.05}
@@ -61,7 +61,7 @@ def test_an_option_of_every_choice_of_a_conditional_selector_applies_only_with_i
     # A grid study stored before this rule keeps the cells its tickets were issued by.
     stored = spec.model_dump(mode="json", exclude={"space_rules"})
     old = StudySpec.model_validate_json(json.dumps(stored))
-    assert (spec.space_rules, old.space_rules) == (2, 1)
+    assert (spec.space_rules, old.space_rules) == (SPACE_RULES, 1)
     assert grid_size(old) == 2 * 3 + 3
     assert sum(1 for cell in iter_cells(old) if cell["model"] == "rnn") == 3
 
@@ -320,3 +320,29 @@ def test_grid_values_keep_the_specs_decimals_at_any_scale() -> None:
         for c in iter_cells(grid_spec(5, optimizer=OPTIMIZER, momentum=usual))
         if "momentum" in c
     ] == [0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+IMBALANCE = {"type": "categorical", "choices": ["none", "focal"]}
+LOSS = {"type": "categorical", "choices": ["cross_entropy", "focal"]}
+GAMMA = {"type": "float", "low": 1.0, "high": 2.0, "step": 1.0}
+
+
+def test_loss_params_are_no_cells_and_no_samples_where_imbalance_focal_replaces_the_loss() -> None:
+    spec = grid_spec(4, imbalance=IMBALANCE, loss=LOSS, gamma=GAMMA)
+    cells = list(iter_cells(spec))
+    # none: cross_entropy, focal x 2 gammas; focal: its own loss, one cell (not 3 repeats).
+    assert cells == [
+        {"imbalance": "none", "loss": "cross_entropy"},
+        {"imbalance": "none", "loss": "focal", "gamma": 1.0},
+        {"imbalance": "none", "loss": "focal", "gamma": 2.0},
+        {"imbalance": "focal"},
+    ]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):
+        trial = study.ask()
+        config = suggest(trial, spec, seed=0)
+        focal = config.imbalance.name == "focal"
+        assert ("loss" in trial.params) == (not focal), trial.params
+        if focal:  # what trains is the strategy's loss; the configured one is the default
+            assert set(trial.params) == {"imbalance"} and config.loss.name == "cross_entropy"
+        study.tell(trial, 0.5)

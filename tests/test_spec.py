@@ -1240,7 +1240,7 @@ def test_json_parser_has_the_same_guards() -> None:
         parse_json("[" * 100_000 + "]" * 100_000)
     with pytest.raises(SpecError, match="invalid JSON at line 1, column 2"):
         parse_json("{")
-    assert parse_json('{"lr": "1e-3"}') == {"lr": 1e-3}
+    assert parse_json('{"lr": 1e-3}') == {"lr": 1e-3}
 
 
 def test_overlong_integers_and_wide_objects_are_refused_cheaply() -> None:
@@ -1589,3 +1589,138 @@ def test_loss_settings_that_imbalance_focal_replaces_are_refused() -> None:
     fixed = {"loss": "focal", "gamma": 0.5}
     assert load_spec({"name": "x", "fixed": fixed, "params": searched}).fixed == fixed
     assert load_spec({"name": "x", "fixed": {"imbalance": "focal", "focal_gamma": 1.0}})
+
+
+# --- found by exploratory testing ----------------------------------------------------------
+
+
+def test_cmaes_with_several_objectives_is_refused_at_submit() -> None:
+    # Optuna's CmaEsSampler fails every trial of a study with several objectives.
+    objectives = [{"metric": "accuracy"}, {"metric": "loss"}]
+    [error] = spec_errors({"name": "x", "objectives": objectives, "sampler": {"name": "cmaes"}})
+    assert error.path == "sampler.name"
+    assert error.msg.startswith("cmaes optimizes one objective")
+    assert "samplers that take several: auto, brute_force, gp, grid, nsga2" in error.msg
+    assert "cmaes" not in error.msg.split(":", 1)[1]
+    assert load_spec({"name": "x", "sampler": {"name": "cmaes"}}).sampler.name == "cmaes"
+
+
+def test_an_option_of_an_entry_its_conditional_selector_never_takes_is_refused() -> None:
+    # adam trains only where the optimizer is not searched (rnn), with its default beta1:
+    # beta1 was never sampled, yet the spec was accepted.
+    params = {
+        "model": {"type": "categorical", "choices": ["cnn", "rnn"]},
+        "optimizer": {"type": "categorical", "choices": ["sgd"], "when": {"model": "cnn"}},
+        "beta1": {"type": "float", "low": 0.5, "high": 0.6},
+    }
+    [error] = spec_errors({"name": "x", "params": params})
+    assert error.path == "params.beta1"
+    assert error.msg == (
+        "'beta1' belongs to adam, not a choice of 'optimizer' (choices: sgd), so it never applies"
+    )
+    params["optimizer"]["choices"] = ["sgd", "adam"]
+    assert load_spec({"name": "x", "params": params}).conditions("beta1") == {"optimizer": ["adam"]}
+
+
+IMBALANCE_AND_LOSS = {
+    "imbalance": {"type": "categorical", "choices": ["none", "focal"]},
+    "loss": {"type": "categorical", "choices": ["cross_entropy", "focal"]},
+    "gamma": {"type": "float", "low": 0.0, "high": 3.0},
+    "label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
+}
+
+
+def test_the_loss_applies_only_where_a_searched_imbalance_is_not_focal() -> None:
+    # imbalance: focal trains with its own loss: the loss params would be sampled and ignored.
+    spec = load_spec({"name": "x", "params": IMBALANCE_AND_LOSS})
+    assert spec.conditions("loss") == {"imbalance": ["none"]}
+    assert spec.conditions("gamma") == {"loss": ["focal"], "imbalance": ["none"]}
+    assert spec.conditions("label_smoothing") == {"imbalance": ["none"]}
+    assert spec.param_order().index("imbalance") < spec.param_order().index("loss")
+    # A study stored before this rule keeps its conditions.
+    stored = spec.model_dump(mode="json") | {"space_rules": 2}
+    assert StudySpec.model_validate_json(json.dumps(stored)).conditions("loss") == {}
+
+
+def test_a_loss_param_that_only_focal_imbalances_would_use_is_refused() -> None:
+    explicit = {**IMBALANCE_AND_LOSS["gamma"], "when": {"imbalance": "focal"}}
+    [error] = spec_errors({"name": "x", "params": {**IMBALANCE_AND_LOSS, "gamma": explicit}})
+    assert error.path == "params.gamma"
+    assert error.msg == (
+        "imbalance: focal replaces the loss, and 'gamma' is searched only where imbalance "
+        "is one of ['focal'], so 'gamma' never applies"
+    )
+    only_focal = {"type": "categorical", "choices": ["focal"], "when": {"model": "cnn"}}
+    model = {"type": "categorical", "choices": ["cnn", "rnn"]}
+    params = {**IMBALANCE_AND_LOSS, "imbalance": only_focal, "model": model}
+    errors = spec_errors({"name": "x", "params": params})
+    assert [e.path for e in errors] == ["params.loss", "params.gamma", "params.label_smoothing"]
+    assert all("it is imbalance's only choice" in e.msg for e in errors)
+
+
+def test_refit_on_a_dataset_without_test_split_is_refused_at_submit() -> None:
+    [error] = spec_errors({"name": "x", "refit": True, "dataset": {"source": "digits"}})
+    assert error.path == "refit"
+    assert error.msg == (
+        "needs a test split to score the refit on, and this dataset has none: set "
+        "dataset.options.test_fraction above 0"
+    )
+    dataset = {"source": "digits", "options": {"test_fraction": 0.2}}
+    assert load_spec({"name": "x", "refit": True, "dataset": dataset}).refit
+
+
+def _image_folder(root: Path, name: str) -> str:
+    """A folder of two classes of one 4x4 PNG each, under ``root``."""
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (root / name / label).mkdir(parents=True)
+        Image.new("L", (4, 4), 0 if label == "a" else 255).save(root / name / label / "0.png")
+    return name
+
+
+def test_refit_on_an_image_folder_needs_a_test_path_or_fraction(data_root: Path) -> None:
+    options = {"path": _image_folder(data_root, "train"), "size": 4}
+    spec = {"name": "x", "refit": True, "dataset": {"source": "image_folder", "options": options}}
+    [error] = spec_errors(spec)
+    assert error.path == "refit"
+    assert error.msg.endswith(
+        "set dataset.options.test_fraction above 0 or test_path (test data laid out as path)"
+    )
+    options["test_path"] = _image_folder(data_root, "test")
+    assert load_spec(spec).refit
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('name: "1e5"\n', {"name": "1e5"}),
+        ("name: '12e4'\n", {"name": "12e4"}),
+        ('{"name": "12e4"}', {"name": "12e4"}),
+        ('dataset: {options: {path: "1e3"}}\n', {"dataset": {"options": {"path": "1e3"}}}),
+        ("lr: 1e-3\nn: [2E+2, '3e1']\n", {"lr": 1e-3, "n": [200.0, "3e1"]}),
+    ],
+)
+def test_only_plain_yaml_exponent_scalars_become_numbers(text: str, expected: Any) -> None:
+    assert parse_text(text) == expected
+
+
+def test_json_strings_that_look_like_exponents_stay_strings() -> None:
+    assert parse_json('{"name": "12e4", "lr": 1e-3}') == {"name": "12e4", "lr": 1e-3}
+    assert load_spec('name: "1e5"\n').name == "1e5"
+    assert validate_spec(parse_json('{"name": "12e4"}')).name == "12e4"
+
+
+def test_a_when_value_is_a_choice_as_optuna_sees_it() -> None:
+    # True and 1 are not one choice: {batch_norm: 1} once counted as batch_norm: true.
+    batch_norm = {"type": "categorical", "choices": [True, False]}
+    dropout = {"type": "float", "low": 0.0, "high": 0.5, "when": {"batch_norm": 1}}
+    [error] = spec_errors({"name": "x", "params": {"batch_norm": batch_norm, "dropout": dropout}})
+    assert error.path == "params.dropout.when.batch_norm"
+    assert error.msg == "1 is not a choice of 'batch_norm'; valid choices: True, False"
+    dropout["when"] = {"batch_norm": [True, 1]}
+    [error] = spec_errors({"name": "x", "params": {"batch_norm": batch_norm, "dropout": dropout}})
+    assert error.msg == "1 is not a choice of 'batch_norm'; valid choices: True, False"
+    width = {"type": "categorical", "choices": [16, 32]}
+    dropout["when"] = {"width": 16.0}  # 16 and 16.0 are one choice
+    assert load_spec({"name": "x", "params": {"width": width, "dropout": dropout}})

@@ -11,7 +11,6 @@ with the field path, and never repeat the input (which may be huge, or not JSON 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -80,9 +79,10 @@ def json_body(model: type[M], *, required: bool = True) -> Callable[..., Awaitab
                 raise SpecError([FieldError((), "request body is empty; send a JSON object")])
             return None
         text = decode_text(raw)
-        parse = functools.partial(parse_json, exponent_strings=False)
         data = (
-            await run_in_threadpool(parse, text) if len(raw) > _INLINE_PARSE_BYTES else parse(text)
+            await run_in_threadpool(parse_json, text)
+            if len(raw) > _INLINE_PARSE_BYTES
+            else parse_json(text)
         )
         return validate_body(model, data)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from automl.registry import range_text
 from automl.store.attrs import EvaluationState
 from automl.store.views import (
     BestTrials,
@@ -164,7 +165,7 @@ def entries_text(kind: str, entries: list[dict[str, Any]]) -> str:
                     if not option["choices"]
                     else "|".join(map(str, option["choices"])),
                     option["default"],
-                    _range_text(option["range"]),
+                    range_text(option["range"]),
                     option["description"],
                 )
                 for option in entry["options"]
@@ -172,8 +173,3 @@ def entries_text(kind: str, entries: list[dict[str, Any]]) -> str:
             header += "\n" + table(("OPTION", "TYPE", "DEFAULT", "RANGE", "DESCRIPTION"), rows)
         blocks.append(header)
     return f"{kind}:\n\n" + "\n\n".join(blocks)
-
-
-def _range_text(bounds: dict[str, float]) -> str:
-    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    return " ".join(f"{symbols[key]}{value:g}" for key, value in bounds.items())

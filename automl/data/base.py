@@ -147,6 +147,8 @@ class DatasetSource:
 
     load: Callable[[Any], ImageData]
     fingerprint: Callable[[Any], str]
+    samples: str = "images"
+    """``images`` (samples ``(C, H, W)``) or ``clips`` (``(T, C, H, W)``)."""
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset", group="automl.datasets")
@@ -157,6 +159,7 @@ def register_dataset(
     options: type[DatasetOptions],
     fingerprint: Callable[[Any], str] | None = None,
     description: str | None = None,
+    samples: str = "images",
 ) -> Callable[[Callable[[Any], ImageData]], Callable[[Any], ImageData]]:
     """Registers a loader ``load(options) -> ImageData`` under ``name``.
 
@@ -166,6 +169,8 @@ def register_dataset(
         fingerprint: ``fingerprint(options) -> str``; by default a hash of the name and
             options (right for sources whose data never changes, such as ``digits``).
         description: One line for users; defaults to the loader's docstring.
+        samples: What its samples are: ``images`` ``(C, H, W)`` or ``clips``
+            ``(T, C, H, W)``; a study is checked against it at submit.
     """
 
     def decorator(load: Callable[[Any], ImageData]) -> Callable[[Any], ImageData]:
@@ -173,7 +178,7 @@ def register_dataset(
             return options_fingerprint(name, opts)
 
         text = description or (inspect.getdoc(load) or "").split("\n")[0]
-        source = DatasetSource(load, fingerprint or static_fingerprint)
+        source = DatasetSource(load, fingerprint or static_fingerprint, samples)
         DATASETS.add(name, source, options=options, description=text)
         return load
 

@@ -163,6 +163,7 @@ def fingerprint_frame_sequences(options: FrameSequencesOptions) -> str:
     FrameSequencesOptions,
     fingerprint=fingerprint_frame_sequences,
     description="clips of ordered frames: <class>/<clip>/<frames>, samples (T, C, H, W)",
+    samples="clips",
 )
 def load_frame_sequences(options: FrameSequencesOptions) -> ImageData:
     """Loads clips as uint8 ``(N, T, C, H, W)``, decoding through the shared disk cache."""

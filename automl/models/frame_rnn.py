@@ -8,7 +8,7 @@ is the ``cnn`` model's blocks (``width``, ``depth``, ``kernel_size``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -109,6 +109,8 @@ def _cells(size: int, cells: int) -> list[tuple[int, int]]:
 
 class FramePoolOptions(EntryOptions):
     """Options of ``frame_pool``."""
+
+    SAMPLES: ClassVar[frozenset[str] | None] = frozenset({"clips"})
 
     width: int = Field(16, ge=1, le=256, description="Channels of the first conv block.")
     depth: int = Field(2, ge=1, le=6, description="Conv blocks per frame.")

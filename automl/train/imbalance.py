@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from filelock import FileLock
@@ -135,6 +135,8 @@ class FocalStrategyOptions(EntryOptions):
 class GanOptions(EntryOptions):
     """Options of the ``gan`` strategy."""
 
+    SAMPLES: ClassVar[frozenset[str] | None] = frozenset({"images"})
+
     target_ratio: float = Field(
         1.0, gt=0, le=1, description="Top every class up to this share of the largest."
     )
@@ -205,8 +207,10 @@ def focal(opts: FocalStrategyOptions, split: TrainSplit) -> ImbalancePlan:
 
 @IMBALANCE.register("gan", options=GanOptions)
 def gan(opts: GanOptions, split: TrainSplit) -> ImbalancePlan:
-    """Class-conditional GAN samples top rare classes up (trained once on the training
-    split, then reused)."""
+    """Class-conditional GAN samples top rare classes up (one GAN per training split).
+
+    The generator is trained once on the training split and reused by every trial.
+    """
     counts = sampling.class_counts(split.labels, split.num_classes)
     wanted = sampling.gan_topup_counts(counts, opts.target_ratio)
     if int(wanted.sum()) == 0:

@@ -52,6 +52,10 @@ def test_short_clip_repeats_its_last_frame(data_root: Path) -> None:
     assert [5, 6, 6, 6] in clips and [1, 2, 3, 4] in clips
 
 
+CLIP_MODEL = {"model": "frame_pool"}
+"""A model that takes clips (the default cnn would be one more error)."""
+
+
 def test_submit_errors(data_root: Path) -> None:
     write_clip(data_root / "clips" / "a" / "c0", [1])
     (data_root / "clips" / "b").mkdir()
@@ -63,7 +67,11 @@ def test_submit_errors(data_root: Path) -> None:
     }.items():
         with pytest.raises(SpecError) as caught:
             validate_spec(
-                {"name": "x", "dataset": {"source": "frame_sequences", "options": {"path": path}}}
+                {
+                    "name": "x",
+                    "dataset": {"source": "frame_sequences", "options": {"path": path}},
+                    "fixed": CLIP_MODEL,
+                }
             )
         assert [str(error) for error in caught.value.errors] == [message]
 
@@ -73,7 +81,11 @@ def test_a_single_class_is_refused_at_submit(data_root: Path) -> None:
     write_clip(data_root / "mono" / "a" / "c1", [3, 4])
     with pytest.raises(SpecError) as caught:
         validate_spec(
-            {"name": "x", "dataset": {"source": "frame_sequences", "options": {"path": "mono"}}}
+            {
+                "name": "x",
+                "dataset": {"source": "frame_sequences", "options": {"path": "mono"}},
+                "fixed": CLIP_MODEL,
+            }
         )
     assert [str(error) for error in caught.value.errors] == [
         "dataset.options.path: folder 'mono' needs at least 2 classes (found 1: 'a')"
@@ -91,6 +103,7 @@ def test_splits_that_share_frames_are_refused(data_root: Path) -> None:
                     "source": "frame_sequences",
                     "options": {"path": "clips", "val_path": "clips"},
                 },
+                "fixed": CLIP_MODEL,
             }
         )
     assert [str(error) for error in caught.value.errors] == [

@@ -265,7 +265,8 @@ def test_refit_through_the_proxy(
 def test_refit_claims_keep_their_meaning_through_the_proxy(
     store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
 ) -> None:
-    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1}, refit=True)).id
+    digits = {"source": "digits", "options": {"test_fraction": 0.2}}
+    study_id = submit_study(store, tiny_spec(dataset=digits, budget={"n_trials": 1}, refit=True)).id
     drive(store, study_id, [0.5])
     assert proxy.end_if_done(study_id) == StudyStatus.COMPLETED
     lease = proxy.claim_refit("w1", None)

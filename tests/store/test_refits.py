@@ -61,6 +61,10 @@ def _result(store: Store, number: int, name: str, accuracy: float = 0.75) -> Ref
     )
 
 
+WITH_TEST = {"source": "digits", "options": {"test_fraction": 0.2}}
+"""A refit is scored on the test split: a spec without one is refused at submit."""
+
+
 def _completed(store: Store, spec: StudySpec, outcomes: list) -> int:  # type: ignore[type-arg]
     study_id = submit_study(store, spec).id
     drive(store, study_id, outcomes)
@@ -71,7 +75,9 @@ def _completed(store: Store, spec: StudySpec, outcomes: list) -> int:  # type: i
 def test_refit_true_queues_a_refit_that_one_worker_claims_and_stores(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
-    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2}, refit=True)).id
+    study_id = submit_study(
+        store, tiny_spec(budget={"n_trials": 2}, refit=True, dataset=WITH_TEST)
+    ).id
     drive(store, study_id, [0.5])
     assert claim_refit(store, "w1") is None  # still running: nothing is due
     drive(store, study_id, [0.9])
@@ -103,7 +109,9 @@ def test_refit_true_queues_a_refit_that_one_worker_claims_and_stores(
 
 
 def test_racing_workers_claim_a_refit_exactly_once(store: Store, tiny_spec: SpecFactory) -> None:
-    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}, refit=True), [0.5])
+    study_id = _completed(
+        store, tiny_spec(budget={"n_trials": 1}, refit=True, dataset=WITH_TEST), [0.5]
+    )
     barrier = threading.Barrier(8)
 
     def race(worker: str) -> RefitLease | None:
@@ -119,7 +127,9 @@ def test_racing_workers_claim_a_refit_exactly_once(store: Store, tiny_spec: Spec
 def test_a_stale_claim_is_taken_over_and_the_late_result_refused(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
-    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}, refit=True), [0.5])
+    study_id = _completed(
+        store, tiny_spec(budget={"n_trials": 1}, refit=True, dataset=WITH_TEST), [0.5]
+    )
     first = claim_refit(store, "w1")
     assert first is not None
     assert claim_refit(store, "w2", stale_after=3600) is None  # fresh: not taken over
@@ -135,7 +145,9 @@ def test_a_stale_claim_is_taken_over_and_the_late_result_refused(
 def test_a_claim_given_back_is_due_at_once_and_costs_no_try(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
-    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}, refit=True), [0.5])
+    study_id = _completed(
+        store, tiny_spec(budget={"n_trials": 1}, refit=True, dataset=WITH_TEST), [0.5]
+    )
     for worker in ("w1", "w2", "w3", "w4"):  # more stops than MAX_TRIES claims
         lease = claim_refit(store, worker)
         assert lease is not None, worker
@@ -153,7 +165,9 @@ def test_a_claim_given_back_is_due_at_once_and_costs_no_try(
 
 
 def test_a_refit_abandoned_too_often_ends_failed(store: Store, tiny_spec: SpecFactory) -> None:
-    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}, refit=True), [0.5])
+    study_id = _completed(
+        store, tiny_spec(budget={"n_trials": 1}, refit=True, dataset=WITH_TEST), [0.5]
+    )
     for worker in ("w1", "w2", "w3"):
         assert claim_refit(store, worker, stale_after=-1) is not None
     assert claim_refit(store, "w4", stale_after=-1) is None
@@ -192,7 +206,9 @@ def test_queue_refit_asks_once_for_an_ended_study_and_refuses_what_cannot_be_ref
 def test_a_new_result_replaces_the_old_artifacts_and_deleting_removes_the_last(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
-    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}, refit=True), [0.5])
+    study_id = _completed(
+        store, tiny_spec(budget={"n_trials": 1}, refit=True, dataset=WITH_TEST), [0.5]
+    )
     first = claim_refit(store, "w1")
     assert first is not None and finish_refit(store, first, RefitState.DONE, _result(store, 0, "a"))
     with store.write() as connection:  # asked again (as a completion after a resume does)
@@ -255,7 +271,9 @@ def test_files_of_a_refit_killed_before_it_finished_are_removed_by_the_next_resu
     store: Store, tiny_spec: SpecFactory
 ) -> None:
     """A worker killed -9 after writing its files but before ``finish_refit``."""
-    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}, refit=True), [0.5])
+    study_id = _completed(
+        store, tiny_spec(budget={"n_trials": 1}, refit=True, dataset=WITH_TEST), [0.5]
+    )
     killed = claim_refit(store, "w1")
     assert killed is not None
     _written_by(store, study_id, killed.attempt)  # ... and the worker dies here
@@ -272,7 +290,9 @@ def test_files_of_a_refit_killed_before_it_finished_are_removed_by_the_next_resu
 def test_files_of_a_refit_killed_before_it_finished_go_with_the_study(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
-    study_id = _completed(store, tiny_spec(budget={"n_trials": 1}, refit=True), [0.5])
+    study_id = _completed(
+        store, tiny_spec(budget={"n_trials": 1}, refit=True, dataset=WITH_TEST), [0.5]
+    )
     killed = claim_refit(store, "w1")
     assert killed is not None
     orphans = _written_by(store, study_id, killed.attempt)  # ... and the worker dies here
