@@ -100,17 +100,29 @@ def _default(group: str) -> str | None:
 
 def _augmentations(spec: StudySpec) -> Iterator[tuple[Loc, str]]:
     """Each augmentation the spec turns on, with where it is first named (one whose
-    ``p`` is fixed at 0 never runs)."""
+    ``p`` is 0, fixed or by default, never runs)."""
     seen: set[str] = set()
     for section, names in (("fixed", spec.fixed), ("params", spec.params)):
         for name in names:
             entry, _, option = name.partition(".")
             if not option or entry in seen or entry not in PIPELINES["augment"]:
                 continue
-            if spec.fixed.get(f"{entry}.p") == 0:
+            if not _may_run(spec, entry):
                 continue
             seen.add(entry)
             yield (section, name), entry
+
+
+def _may_run(spec: StudySpec, entry: str) -> bool:
+    """Whether augmentation ``entry`` may apply to some image: its ``p`` searched, fixed
+    above 0, or left at a default above 0."""
+    name = f"{entry}.p"
+    if name in spec.params:
+        return True
+    if name in spec.fixed:
+        return bool(spec.fixed[name])
+    field = PIPELINES["augment"].get(entry).options.model_fields.get("p")
+    return field is None or bool(field.get_default())
 
 
 def _fitting(group: str, samples: str) -> list[str]:

@@ -435,9 +435,11 @@ class StudySpec(StrictModel):
 
     def _imbalances_keeping_the_loss(self) -> list[str] | None:
         """The searched ``imbalance`` choices other than ``focal`` (which replaces the
-        loss), or None when ``imbalance`` is not searched with ``focal``."""
+        loss), or None when ``imbalance`` is not searched with ``focal``, or is itself
+        conditional: where it does not apply, the default (no strategy) keeps the loss,
+        which a condition on ``imbalance`` would then never let be sampled."""
         imbalance = self.params.get("imbalance")
-        if not isinstance(imbalance, CategoricalParam):
+        if not isinstance(imbalance, CategoricalParam) or imbalance.when:
             return None
         choices = [str(choice) for choice in imbalance.choices]
         if LOSS_REPLACING_IMBALANCE not in choices:
@@ -993,7 +995,10 @@ def _test_split_hint(dataset: DatasetSpec) -> str | None:
     value = {
         option: dataset.options.get(option, fields[option].get_default()) for option in test_options
     }
-    if value["test_fraction"] > 0 or value.get("test_path") is not None:
+    fraction = value["test_fraction"]
+    if not isinstance(fraction, (int, float)) or fraction > 0:
+        return None  # a plugin's option of another kind: it may have a test split
+    if value.get("test_path") is not None:
         return None
     ways = ["set dataset.options.test_fraction above 0"]
     if "test_path" in test_options:
@@ -1216,6 +1221,8 @@ def _check_applies(spec: StudySpec, name: str) -> list[FieldError]:
         hp = spec.hyperparameter(name)
     except UnknownHyperparameterError:
         return []  # reported by the name checks
+    if hp.group == "loss" and spec.chosen["imbalance"] == [LOSS_REPLACING_IMBALANCE]:
+        return []  # the loss is replaced in every trial: _check_loss_replaced says so
     for parent, values in spec.conditions(name).items():
         if not values:
             return [FieldError(("params", name), _never_applies(spec, name, hp, parent))]
@@ -1228,14 +1235,9 @@ def _never_applies(spec: StudySpec, name: str, hp: Hyperparameter, parent: str) 
     parent_param = spec.params.get(parent)
     choices = parent_param.choices if isinstance(parent_param, CategoricalParam) else []
     if hp.group == "loss" and parent == "imbalance":
-        where = (
-            f"{name!r} is searched only where imbalance is one of {given}"
-            if given is not None
-            else "it is imbalance's only choice"
-        )
         return (
-            f"imbalance: {LOSS_REPLACING_IMBALANCE} replaces the loss, and {where}, so "
-            f"{name!r} never applies"
+            f"imbalance: {LOSS_REPLACING_IMBALANCE} replaces the loss, and {name!r} is "
+            f"searched only where imbalance is one of {given}, so {name!r} never applies"
         )
     if parent == hp.group and hp.option is not None:
         entries = ", ".join(hp.entries)

@@ -56,14 +56,14 @@ def test_clips_name_each_image_model_augmentation_and_strategy() -> None:
         {
             "dataset": CLIP_DATA,
             "fixed": {"imbalance": "gan", "hflip.p": 0.5, "erasing.p": 0},
-            "params": {"model": models, "mixup.alpha": {"type": "float", "low": 0.1, "high": 1}},
+            "params": {"model": models, "mixup.p": {"type": "float", "low": 0.1, "high": 1}},
         }
     )
 
     assert sorted(errors) == [
         "fixed.hflip.p",
         "fixed.imbalance",
-        "params.mixup.alpha",
+        "params.mixup.p",
         "params.model.choices[0]",
         "params.model.choices[2]",
     ]
@@ -88,7 +88,12 @@ def test_what_fits_clips_is_accepted() -> None:
         {
             "name": "x",
             "dataset": CLIP_DATA,
-            "fixed": {"model": "frame_rnn", "imbalance": "oversample", "erasing.p": 0},
+            "fixed": {
+                "model": "frame_rnn",
+                "imbalance": "oversample",
+                "erasing.p": 0,
+                "mixup.alpha": 0.2,  # its p is 0 by default: it never runs
+            },
             "params": {"loss": {"type": "categorical", "choices": ["cross_entropy", "focal"]}},
         }
     )

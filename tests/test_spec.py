@@ -1650,12 +1650,25 @@ def test_a_loss_param_that_only_focal_imbalances_would_use_is_refused() -> None:
         "imbalance: focal replaces the loss, and 'gamma' is searched only where imbalance "
         "is one of ['focal'], so 'gamma' never applies"
     )
-    only_focal = {"type": "categorical", "choices": ["focal"], "when": {"model": "cnn"}}
-    model = {"type": "categorical", "choices": ["cnn", "rnn"]}
-    params = {**IMBALANCE_AND_LOSS, "imbalance": only_focal, "model": model}
+    only_focal = {"type": "categorical", "choices": ["focal"]}
+    params = {**IMBALANCE_AND_LOSS, "imbalance": only_focal}
     errors = spec_errors({"name": "x", "params": params})
     assert [e.path for e in errors] == ["params.loss", "params.gamma", "params.label_smoothing"]
-    assert all("it is imbalance's only choice" in e.msg for e in errors)
+    assert all("replaces the loss (set its focal_gamma" in e.msg for e in errors), errors
+
+
+def test_a_conditional_imbalance_implies_nothing_for_the_loss() -> None:
+    """Where a conditional imbalance does not apply, no strategy trains and the loss
+    counts: a condition on imbalance would never let the loss be sampled there."""
+    model = {"type": "categorical", "choices": ["cnn", "rnn"]}
+    only_focal = {"type": "categorical", "choices": ["focal"], "when": {"model": "cnn"}}
+    spec = load_spec(
+        {"name": "x", "params": {**IMBALANCE_AND_LOSS, "imbalance": only_focal, "model": model}}
+    )
+    assert spec.conditions("label_smoothing") == {}
+    on_the_loss = {"type": "categorical", "choices": ["none", "focal"], "when": {"loss": "focal"}}
+    spec = load_spec({"name": "x", "params": {**IMBALANCE_AND_LOSS, "imbalance": on_the_loss}})
+    assert spec.conditions("loss") == {}  # no cycle imbalance -> loss -> imbalance
 
 
 def test_refit_on_a_dataset_without_test_split_is_refused_at_submit() -> None:

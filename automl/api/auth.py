@@ -91,8 +91,8 @@ async def authorize(
     Raises:
         HTTPException: 401 for a missing, unknown or revoked key while keys exist, and
             for every request while none exists on an API that requires keys.
-        StudyNotFoundError: The path's study is another project's, or none (a key that
-            sees one project).
+        StudyNotFoundError: The path's study is another project's, or, for a key that
+            sees one project, none.
     """
     cache: KeyCache = request.app.state.key_cache
     keys_required: bool = request.app.state.settings.keys_required
@@ -100,9 +100,11 @@ async def authorize(
     study_id = _study_id(request)
     if study_id is not None and not principal.admin:
         project = await run_in_threadpool(study_project, request.app.state.store, study_id)
-        # A study that does not exist answers as another project's does, whatever else
-        # the request holds (a 422 for its body would tell the two apart).
-        if project != principal.project:
+        # For a key, a study that does not exist answers as another project's does,
+        # whatever else the request holds (a 422 for its body would tell the two apart).
+        # Without keys there is no one to hide from: the route answers (422 or 404).
+        missing_for_a_key = project is None and principal.key_id is not None
+        if missing_for_a_key or (project is not None and project != principal.project):
             raise StudyNotFoundError(study_id)
     return principal
 

@@ -155,7 +155,9 @@ def _refusals() -> Iterator[None]:
     try:
         yield
     except InputRejectedError as exc:
-        where = ".".join(str(part) for part in exc.field)
+        from automl.spec import FieldError
+
+        where = FieldError(tuple(exc.field), "").path  # files[1], as the API names it
         raise CliError(f"{where}: {exc}", EXIT_BAD_INPUT) from None
     except (DeliveryError, WeightsNotFoundError) as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None

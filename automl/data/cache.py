@@ -154,8 +154,9 @@ def load_unit(
         )
         labels = torch.tensor(unit.labels, dtype=torch.int64)
         _write_atomic(target, {"x": images, "y": labels})
-        for slot in (unit.slot, *unit.earlier_slots()):  # an upgrade leaves nothing behind
-            _remove_stale(directory, slot, keep=target)
+        _remove_stale(directory, unit.slot, keep=target, temporaries=True)
+        for slot in unit.earlier_slots():  # an upgrade leaves nothing behind
+            _remove_stale(directory, slot, keep=target, temporaries=False)
     finally:
         lock.release()
     return images, labels
@@ -189,10 +190,12 @@ def _write_atomic(path: Path, payload: dict[str, torch.Tensor]) -> None:
         os.close(directory_fd)
 
 
-def _remove_stale(directory: Path, slot: str, keep: Path) -> None:
-    """Removes a slot's other cache files and the temporary files of killed writes (every
-    writer of the slot holds its lock, which the caller holds now)."""
-    for stale in (*directory.glob(f"{slot}-*.pt"), *directory.glob(f".{slot}-*.pt.*.tmp")):
+def _remove_stale(directory: Path, slot: str, keep: Path, temporaries: bool) -> None:
+    """Removes a slot's other cache files and, with ``temporaries``, the temporary files
+    of killed writes: only for the slot whose lock the caller holds (every writer of a
+    slot holds its lock; an older version's worker may be writing an earlier slot)."""
+    killed = directory.glob(f".{slot}-*.pt.*.tmp") if temporaries else ()
+    for stale in (*directory.glob(f"{slot}-*.pt"), *killed):
         if stale != keep:
             logger.info("removing stale cache file %s", stale.name)
             stale.unlink(missing_ok=True)

@@ -61,6 +61,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "projects": (
         "DEFAULT_PROJECT",
         "ProjectLimitError",
+        "automl_study_name",
         "check_project_limits",
         "study_project",
     ),

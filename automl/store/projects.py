@@ -45,6 +45,11 @@ def optuna_study_name(project: str, name: str) -> str:
     return name if project == DEFAULT_PROJECT else f"{project}/{name}"
 
 
+def automl_study_name(optuna_name: str) -> str:
+    """A study's name from its Optuna name (``project/name`` -> ``name``)."""
+    return optuna_name.rpartition("/")[2]
+
+
 SALT_HEX = 12
 """Hex digits of the random suffix of a name that another project's study holds."""
 

@@ -219,7 +219,9 @@ def _canonical(spec_json: str) -> str:
             return int(value)
         return value
 
-    return json.dumps(walk(json.loads(spec_json)), sort_keys=True)
+    spec = json.loads(spec_json)
+    spec.pop("space_rules", None)  # stamped by the version that stored it, not the client
+    return json.dumps(walk(spec), sort_keys=True)
 
 
 def _create_optuna_study(store: Store, spec: StudySpec, project: str) -> tuple[str, str]:

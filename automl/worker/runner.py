@@ -35,6 +35,7 @@ from automl.store import (
     Lease,
     LeaseLostError,
     attrs,
+    automl_study_name,
     is_disk_full,
     is_transient,
     outranked_reason,
@@ -446,7 +447,7 @@ class _Attempt:
             card = build_card(
                 frozen,
                 study_id=self.lease.study_id,
-                study_name=self.study.study_name,
+                study_name=automl_study_name(self.study.study_name),
                 metrics=self.spec.metrics,
                 directions=self.spec.directions,
             )

@@ -133,7 +133,7 @@ def test_predict_refusals_are_one_line_exit_2(
     assert "cannot read image absent.png" in one_error_line(missing[2])
     assert one_error_line(unknown[2]) == "error: study 999 not found"
     line = one_error_line(bombed[2])
-    assert line.startswith("error: files.1: image 'bomb.png' has more than ")
+    assert line.startswith("error: files[1]: image 'bomb.png' has more than ")
     assert "max_image_pixels" in line
 
 

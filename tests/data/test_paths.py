@@ -57,8 +57,10 @@ def test_traversal_corpus_refused_at_submit(
     before = snapshot(tmp_path)
     for name, path in corpus.items():
         value = path if source != "image_csv" or not path else f"{path}/list.csv"
+        dataset = {"source": source, "options": {"path": value}}
+        fixed = {"model": "frame_pool"} if source == "frame_sequences" else {}
         with pytest.raises(SpecError) as caught:
-            validate_spec({"name": "x", "dataset": {"source": source, "options": {"path": value}}})
+            validate_spec({"name": "x", "dataset": dataset, "fixed": fixed})
         paths = [error.path for error in caught.value.errors]
         assert paths == ["dataset.options.path"], (name, caught.value)
     assert snapshot(tmp_path) == before  # nothing created, inside or outside the root

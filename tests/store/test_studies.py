@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -124,6 +125,16 @@ def test_an_idempotent_retry_may_order_keys_and_write_numbers_differently(
     assert again.id == first.id
     with pytest.raises(StudyStateError, match="with a different spec"):
         submit_study(store, tiny_spec(fixed={"batch_size": 32, "epochs": 1}), idempotency_key="k")
+    # A retry across an upgrade: the stored spec carries the earlier version's space_rules.
+    with store.write() as connection:
+        stored = json.loads(connection.scalar(sa.select(tables.studies.c.spec)))
+        connection.execute(
+            tables.studies.update().values(spec=json.dumps(stored | {"space_rules": 1}))
+        )
+    retried = submit_study(
+        store, tiny_spec(fixed={"epochs": 1, "batch_size": 64}), idempotency_key="k"
+    )
+    assert retried.id == first.id
 
 
 def test_half_created_study_is_invisible_and_removed_by_the_reaper(
