@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+import zipfile
 from collections.abc import Sequence
 
 import torch
@@ -88,7 +89,22 @@ def export_torchscript(model: torch.nn.Module, input_shape: Sequence[int]) -> by
             torch.jit.save(traced, buffer)
         except Exception as exc:
             raise ExportError(f"TorchScript export failed: {exc}") from exc
-    return buffer.getvalue()
+    return _without_debug_info(buffer.getvalue())
+
+
+def _without_debug_info(archive: bytes) -> bytes:
+    """A TorchScript archive without its ``*.debug_pkl`` entries: source ranges that name
+    the files of the machine that traced it (its Python and automl install paths).
+    ``torch.jit.load`` does not need them."""
+    out = io.BytesIO()
+    with (
+        zipfile.ZipFile(io.BytesIO(archive)) as source,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target,
+    ):
+        for info in source.infolist():
+            if not info.filename.endswith(".debug_pkl"):
+                target.writestr(info, source.read(info.filename))
+    return out.getvalue()
 
 
 __all__ = [

@@ -4,12 +4,15 @@ and the exports compute what the PyTorch model computes."""
 from __future__ import annotations
 
 import io
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import pytest
 import torch
 
+import automl
 from automl.delivery.export import INPUT_NAME, OUTPUT_NAME, export_onnx, export_torchscript
 from automl.models import MODELS
 from tests.models.test_architectures import sample_shape, tiny
@@ -38,3 +41,15 @@ def test_exports_match_pytorch_at_any_batch_size(name: str) -> None:
         (onnx_logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
         np.testing.assert_allclose(onnx_logits, reference, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(script_logits, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_exports_name_no_file_of_the_machine_that_made_them() -> None:
+    """TorchScript's debug info once named the server's automl and Python install paths."""
+    shape = sample_shape("cnn", 3, 8, 8)
+    model = tiny("cnn", shape).eval()
+    roots = {Path(automl.__file__).parent.parent, Path(torch.__file__).parent.parent}
+    with zipfile.ZipFile(io.BytesIO(export_torchscript(model, shape))) as archive:
+        contents = [archive.read(name) for name in archive.namelist()]  # some compressed
+    for blob in (*contents, export_onnx(model, shape)):
+        for root in roots:
+            assert str(root).encode() not in blob, root
