@@ -85,6 +85,19 @@ class ConditionalGenerator(nn.Module):
         return out[:, :, : self.config["height"], : self.config["width"]]
 
 
+MIN_DISCRIMINATED = 4
+"""The smallest side the discriminator's two strided convolutions take; smaller images
+are padded up to it."""
+
+
+def _at_least(images: torch.Tensor, side: int) -> torch.Tensor:
+    """``images`` zero-padded on the bottom and right to at least ``side`` x ``side``."""
+    height, width = images.shape[-2:]
+    if height >= side and width >= side:
+        return images
+    return F.pad(images, (0, max(side - width, 0), 0, max(side - height, 0)))
+
+
 class ConditionalDiscriminator(nn.Module):
     """Scores ``(image, class)`` pairs: a strided CNN with a class-projection head."""
 
@@ -101,13 +114,14 @@ class ConditionalDiscriminator(nn.Module):
             nn.Flatten(),
         )
         with torch.no_grad():
-            size = self.features(torch.zeros(2, channels, height, width)).shape[1]
+            probe = _at_least(torch.zeros(2, channels, height, width), MIN_DISCRIMINATED)
+            size = self.features(probe).shape[1]
         self.score = nn.Linear(size, 1)
         self.embed = nn.Embedding(num_classes, size)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Returns one logit per image (real is positive)."""
-        features = self.features(images)
+        features = self.features(_at_least(images, MIN_DISCRIMINATED))
         return self.score(features).squeeze(1) + (self.embed(labels) * features).sum(dim=1)
 
 

@@ -35,6 +35,15 @@ def test_gan_trains_and_synthesizes_the_asked_classes() -> None:
     assert fake.float().std() > 0  # not a constant image
 
 
+@pytest.mark.parametrize("size", [(2, 2), (1, 5), (3, 3)], ids=str)
+def test_gan_takes_images_smaller_than_its_discriminators_strides(size: tuple[int, int]) -> None:
+    """Images below 4 px once failed every trial inside the discriminator's conv."""
+    images, labels = tiny_images(size=size)
+    trained = train_gan(images, labels, num_classes=3, steps=2, seed=0, batch_size=16, base_width=8)
+    fake, _ = synthesize(trained.generator, {2: 4}, seed=1)
+    assert fake.shape == (4, 1, *size)
+
+
 def test_gan_is_deterministic_per_seed_on_cpu() -> None:
     images, labels = tiny_images(channels=3, size=(8, 8))
     first = train_gan(images, labels, 3, steps=2, seed=5, batch_size=8, base_width=8)

@@ -151,6 +151,8 @@ def adjust_sharpness(images: torch.Tensor, factors: torch.Tensor) -> torch.Tenso
     """Blends each image with a smoothed copy (0 smooth, 1 unchanged, 2 sharper); the
     border pixels keep their values, as in torchvision."""
     channels = images.shape[1]
+    if min(images.shape[-2:]) < 3:
+        return images  # every pixel is a border pixel
     # Ones with a 5 in the middle, built without writing a scalar into a device tensor
     # (which makes the host wait); the weights sum to 13.
     centre = F.pad(images.new_full((1, 1), 4.0), (1, 1, 1, 1))
