@@ -113,7 +113,7 @@ def _read(paths: list[Path]) -> list[tuple[str, bytes]]:
     images = []
     for path in paths:
         try:
-            images.append((path.name, path.read_bytes()))
+            images.append((str(path), path.read_bytes()))  # as typed: names may repeat
         except OSError as exc:
             raise CliError(f"cannot read image {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
     return images

@@ -90,7 +90,7 @@ def test_predict_prints_a_table(
     assert lines[0].endswith("(best trial)")
     assert lines[2].split() == ["FILE", "LABEL", "PROBABILITY", "NEXT"]
     rows = [line.split() for line in lines[4:]]
-    assert [row[0] for row in rows] == [path.name for path in images]
+    assert [row[0] for row in rows] == [str(path) for path in images]
     correct = sum(row[1] == str(label) for row, label in zip(rows, digits[1], strict=True))
     assert correct >= 8
 
@@ -109,6 +109,25 @@ def test_predict_json_is_the_same_locally_and_over_http(
     local_body, remote_body = json.loads(local[1]), json.loads(remote[1])
     assert [len(p["top"]) for p in local_body["predictions"]] == [2, 2, 2]
     assert local_body == remote_body
+
+
+@pytest.mark.parametrize("over_http", [False, True], ids=["local", "http"])
+def test_predictions_name_files_as_typed(
+    cli: Run, trained: tuple[str, Path, int], images: list[Path], over_http: bool, request
+) -> None:
+    """Once two x.png from two folders were both called x.png."""
+    _, _, study_id = trained
+    same = []
+    for folder in ("a", "b"):
+        (images[0].parent / folder).mkdir()
+        same.append(images[0].parent / folder / "x.png")
+        same[-1].write_bytes(images[0].read_bytes())
+    target = ["--url", request.getfixturevalue("api_url")] if over_http else []
+
+    code, out, err = cli("predict", str(study_id), *map(str, same), "--json", *target)
+
+    assert code == 0, err
+    assert [p["file"] for p in json.loads(out)["predictions"]] == [str(path) for path in same]
 
 
 @pytest.mark.parametrize("over_http", [False, True], ids=["local", "http"])
@@ -133,7 +152,7 @@ def test_predict_refusals_are_one_line_exit_2(
     assert "cannot read image absent.png" in one_error_line(missing[2])
     assert one_error_line(unknown[2]) == "error: study 999 not found"
     line = one_error_line(bombed[2])
-    assert line.startswith("error: files[1]: image 'bomb.png' has more than ")
+    assert line.startswith(f"error: files[1]: image '{bomb}' has more than ")
     assert "max_image_pixels" in line
 
 
