@@ -31,11 +31,17 @@ def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"directory": str(directory), "files": [p.name for p in written]}))
         return EXIT_OK
     model = card.get("model", {})
+    bundle = card.get("bundle", {})
+    usage = (
+        f"classify images: python {directory / 'predict.py'} IMAGE [IMAGE ...]"
+        if bundle.get("predict")
+        else f"a clip model: feed {bundle.get('input_layout', 'clips')} to model.onnx "
+        "(predict.py classifies image files only)"
+    )
     print(
         f"study {model.get('study_id')}, trial {model.get('trial_number')} "
         f"({model.get('architecture')}, {len(card.get('classes', []))} classes): wrote "
-        f"{', '.join(path.name for path in written)} to {directory}\n"
-        f"classify images: python {directory / 'predict.py'} IMAGE [IMAGE ...]"
+        f"{', '.join(path.name for path in written)} to {directory}\n{usage}"
     )
     return EXIT_OK
 

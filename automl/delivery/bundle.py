@@ -132,7 +132,8 @@ def build_bundle(store: Store, study_id: int) -> Bundle:
         "output_name": OUTPUT_NAME,
         "input_layout": "float32 (N, T, C, H, W)" if len(shape) == 4 else "float32 (N, C, H, W)",
         "output": "logits (N, classes), classes in the order of 'classes'",
-        "predict": f"python {PREDICT_FILE} IMAGE [IMAGE ...]",
+        # predict.py reads image files; a clip model takes (T, C, H, W) arrays instead.
+        "predict": None if len(shape) == 4 else f"python {PREDICT_FILE} IMAGE [IMAGE ...]",
     }
     files[CARD_FILE] = (json.dumps(card, indent=2, allow_nan=False) + "\n").encode()
     kind = "refit-" if serving.selection == "refit" else ""

@@ -220,10 +220,13 @@ def _steps(model_in: Mapping[str, Any]) -> list[str]:
         if model_in["fit"] == "crop"
         else f"scale to fit inside {height}x{width} (bilinear) and pad with black"
     )
+    frames = model_in.get("frames")
+    layout = f"(T, C, H, W), the clip's {frames} frames in order" if frames else "(C, H, W)"
+    each = "each frame: " if frames else ""
     return [
-        f"decode, orient by the EXIF tag, convert to {mode}",
+        f"{each}decode, orient by the EXIF tag, convert to {mode}",
         f"if the size differs: {resize}",
-        "as float32 (C, H, W): divide by 255, then per channel subtract mean and divide by std",
+        f"as float32 {layout}: divide by 255, then per channel subtract mean and divide by std",
     ]
 
 

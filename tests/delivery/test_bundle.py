@@ -34,6 +34,7 @@ from automl.data.decode import decode_image
 from automl.delivery.bundle import Bundle, build_bundle
 from automl.delivery.card import CARD_FORMAT, preprocess_of, trial_input
 from automl.delivery.card import trial_config as config_of
+from automl.examples import write_moving_shapes
 from automl.store import attrs, get_frozen_trial, load_state_dict, submit_study
 from automl.train.evaluation import restore_model
 from tests.conftest import store_at, tiny_spec_data
@@ -492,3 +493,31 @@ def test_the_weights_route_names_the_format(trained: Trained) -> None:
     assert torch.equal(
         torch.load(io.BytesIO(old.content), weights_only=True)["w"], torch.arange(3.0)
     )
+
+
+def test_a_clip_models_bundle_offers_no_image_command(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Once a clip model's card and `best --download` offered `predict.py IMAGE`, which
+    refuses clips, and described the input as (C, H, W)."""
+    write_moving_shapes(data_root / "clips", clips=6, frames=2, size=8, seed=0)
+    store = store_at(f"sqlite:///{tmp_path / 'clips.db'}", tmp_path)
+    try:
+        study_id = train_study(
+            store,
+            name="clips",
+            dataset={
+                "source": "frame_sequences",
+                "options": {"path": "clips", "size": 8, "frames": 2},
+            },
+            budget={"n_trials": 1, "max_failed": 0},
+            fixed={"model": "frame_pool", "epochs": 1, "width": 4, "depth": 1, "batch_size": 8},
+            params={},
+        )
+        card = build_bundle(store, study_id).card
+    finally:
+        store.close()
+
+    assert card["bundle"]["predict"] is None
+    assert card["bundle"]["input_layout"] == "float32 (N, T, C, H, W)"
+    assert "(T, C, H, W), the clip's 2 frames in order" in card["input"]["preprocessing"][-1]
