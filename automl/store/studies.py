@@ -89,7 +89,11 @@ class StudyStateError(RuntimeError):
 
 
 class NoBestTrialError(LookupError):
-    """The study has no completed trial yet."""
+    """The study has no completed trial (yet, or ever: ``ended``)."""
+
+    def __init__(self, message: str, *, ended: bool = False) -> None:
+        super().__init__(message)
+        self.ended = ended
 
 
 # --- submit ------------------------------------------------------------------------------------
@@ -548,7 +552,10 @@ def best_trials(store: Store, study_id: int) -> BestTrials:
     spec = _stored_spec(row.spec)
     best = best_trials_of(store, study_id, spec.directions)
     if not best:
-        raise NoBestTrialError(f"study {study_id} has no completed trial yet")
+        if row.status in ACTIVE:
+            raise NoBestTrialError(f"study {study_id} has no completed trial yet")
+        message = f"study {study_id} ended ({row.status}) without a completed trial"
+        raise NoBestTrialError(message, ended=True)
     return BestTrials(
         study_id=study_id,
         directions=spec.directions,

@@ -41,6 +41,19 @@ def test_study_without_completed_trial_is_409(
     response = client.get(f"/studies/{study['id']}/report")
     assert response.status_code == 409
     assert "has no completed trial yet" in response.json()["detail"]
+    assert response.json()["detail"].endswith("try again later")
+    assert client.post(f"/studies/{study['id']}/cancel").status_code == 200
+
+    ended = client.get(f"/studies/{study['id']}/report")  # once: "yet ... try again later"
+    best = client.get(f"/studies/{study['id']}/best")
+
+    assert ended.status_code == 409
+    assert ended.json()["detail"] == (
+        f"study {study['id']} ended (cancelled) without a completed trial: the report needs one"
+    )
+    assert (
+        best.json()["detail"] == f"study {study['id']} ended (cancelled) without a completed trial"
+    )
 
 
 def test_out_of_range_id_is_422(client: TestClient) -> None:

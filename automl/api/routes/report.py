@@ -44,7 +44,8 @@ async def study_report(study_id: StudyId, store: StoreDep, request: Request) -> 
     try:
         page = await run_in_threadpool(cache.html, store, study_id)
     except NoBestTrialError as exc:
+        later = "" if exc.ended else "; try again later"
         raise HTTPException(
-            status.HTTP_409_CONFLICT, f"{exc}: the report needs one; try again later"
+            status.HTTP_409_CONFLICT, f"{exc}: the report needs one{later}"
         ) from None
     return HTMLResponse(page)
