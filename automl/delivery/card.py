@@ -296,15 +296,15 @@ def intended_use(
             "often; check that this is acceptable for each class before relying on it."
         )
     scored = gaps["by_class"] if gaps is not None else []
-    few = [row["class"] for row in scored if row["support"] < FEW_SAMPLES]
+    few = [f"{row['class']} ({row['support']})" for row in scored if row["support"] < FEW_SAMPLES]
     # A class without images (a single image stays in training) has no recall to show.
     few += [
         f"{row['class']} (no {split} images)" for row in per_class if row.get("support", 0) == 0
     ]
     if few:
         limits.append(
-            f"Classes with fewer than {FEW_SAMPLES} {split} images have uncertain "
-            f"scores: {', '.join(few)}."
+            f"Classes with fewer than {FEW_SAMPLES} {split} images (their count) have "
+            f"uncertain scores: {', '.join(few)}."
         )
     return {
         "intended_use": (

@@ -19,8 +19,10 @@ def test_classes_without_test_images_are_listed_as_uncertain() -> None:
     per_class = [row("a", 0.9, 50), row("b", 0.5, 4), row("c", 0.0, 0)]
     card = intended_use(["a", "b", "c"], MODEL_IN, {"source": "x"}, per_class, split="test")
     [line] = [line for line in card["limits"] if "uncertain" in line]
+    # Once "b, c (no test images)": read as if b had none either.
     assert line == (
-        "Classes with fewer than 20 test images have uncertain scores: b, c (no test images)."
+        "Classes with fewer than 20 test images (their count) have uncertain scores: b (4), "
+        "c (no test images)."
     )
     assert [r["class"] for r in card["recall"]["by_class"]] == ["b", "a"]  # 0 support: no recall
 
