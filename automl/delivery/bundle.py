@@ -52,7 +52,8 @@ TORCHSCRIPT_FILE = "model.torchscript.pt"
 PREDICT_FILE = "predict.py"
 PREDICT_SOURCE = Path(__file__).with_name("bundle_predict.py")
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-"""Every member's timestamp: equal models give equal zips."""
+"""Every member's timestamp, so a member changes only with its content (the TorchScript file
+alone differs between exports of one model: torch names its modules per process)."""
 
 
 @dataclass(frozen=True)
