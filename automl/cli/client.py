@@ -6,11 +6,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Protocol
 
 from automl.cli.http_client import ClientError, HttpClient
-from automl.spec import SpecError, load_spec
+from automl.spec import SpecError, parse_json, parse_text, validate_spec
 from automl.store import (
     BestTrials,
     Page,
@@ -35,7 +34,7 @@ from automl.store import (
 class Client(Protocol):
     """What the CLI needs from the service."""
 
-    def submit(self, spec_path: Path) -> StudyDetail: ...
+    def submit(self, text: str, is_json: bool) -> StudyDetail: ...
     def studies(self, limit: int) -> Page[StudySummary]: ...
     def study(self, study_id: int) -> StudyDetail: ...
     def best(self, study_id: int) -> BestTrials: ...
@@ -56,9 +55,10 @@ class LocalClient:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def submit(self, spec_path: Path) -> StudyDetail:
-        """Validates and submits a spec file."""
-        return submit_study(self.store, load_spec(spec_path))
+    def submit(self, text: str, is_json: bool) -> StudyDetail:
+        """Validates and submits a spec's text (YAML reads JSON too)."""
+        data = parse_json(text) if is_json else parse_text(text)
+        return submit_study(self.store, validate_spec(data))
 
     def studies(self, limit: int) -> Page[StudySummary]:
         """Newest studies first."""

@@ -30,8 +30,9 @@ from automl.cli.output import (
     study_text,
 )
 from automl.cli.ports import require_free_port
+from automl.cli.study_commands import read_spec_text, spec_from_text
 from automl.config import Settings
-from automl.spec import SpecError, load_spec
+from automl.spec import SpecError
 from automl.store import (
     Backoff,
     NoBestTrialError,
@@ -373,7 +374,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Submits a spec to the local store and works it to completion in this process."""
-    spec = load_spec(Path(args.spec))
+    path = Path(args.spec)
+    spec = spec_from_text(read_spec_text(path), path.suffix == ".json")
     try:
         resolve_device(settings.device)  # before submitting: a bad device leaves no study
         check_device_settings()

@@ -7,7 +7,6 @@ light view models), so commands against the API start fast.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,15 +49,9 @@ class HttpClient:
         """The headers every request carries."""
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def submit(self, spec_path: Path) -> StudyDetail:
-        """Sends a spec file (validated by the server)."""
-        try:
-            text = spec_path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ClientError(f"cannot read spec file {spec_path}: {exc.strerror}", True) from None
-        except UnicodeDecodeError:
-            raise ClientError(f"cannot read spec file {spec_path}: not UTF-8 text", True) from None
-        content_type = "application/json" if spec_path.suffix == ".json" else "application/yaml"
+    def submit(self, text: str, is_json: bool) -> StudyDetail:
+        """Sends a spec's text (validated by the server)."""
+        content_type = "application/json" if is_json else "application/yaml"
         data = self._request(
             "POST", "/studies", content=text, headers={"content-type": content_type}
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from automl.config import Settings
 
 if TYPE_CHECKING:
     from automl.cli.client import Client
+    from automl.spec import StudySpec
     from automl.store.views import StudyDetail
 
 
@@ -44,19 +46,48 @@ def print_json(model: BaseModel) -> None:
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     """Submits a spec to the API (--url) or the local store."""
     path = Path(args.spec)
-    if not settings.url and not path.is_file():
-        raise CliError(f"spec file not found: {path}", EXIT_BAD_INPUT)
+    text = read_spec_text(path)  # once: a pipe (<(envsubst < spec.yaml), -) reads once
+    is_json = path.suffix == ".json"
     if not settings.url:
-        from automl.spec import load_spec
-
-        load_spec(path)  # an invalid spec is refused before a store is created for it
+        spec_from_text(text, is_json)  # an invalid spec is refused before a store is created
     client = client_for(settings, create=True)
-    study = client.submit(path)
+    study = client.submit(text, is_json)
     if args.json:
         print_json(study)
     else:
         print(f"submitted study {study.id} ({study.name}): {study.status.value}")
     return EXIT_OK
+
+
+def read_spec_text(path: Path) -> str:
+    """A spec file's text; ``-`` reads standard input.
+
+    Raises:
+        CliError: If it cannot be read (missing, a folder, not UTF-8).
+    """
+    try:
+        if str(path) == "-":
+            return sys.stdin.read()
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CliError(f"spec file not found: {path}", EXIT_BAD_INPUT) from None
+    except IsADirectoryError:
+        raise CliError(f"{path} is a folder, not a spec file", EXIT_BAD_INPUT) from None
+    except UnicodeDecodeError:
+        raise CliError(f"cannot read spec file {path}: not UTF-8 text", EXIT_BAD_INPUT) from None
+    except OSError as exc:
+        raise CliError(f"cannot read spec file {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
+
+
+def spec_from_text(text: str, is_json: bool) -> StudySpec:
+    """A spec file's text validated, as the API reads it (JSON or YAML).
+
+    Raises:
+        SpecError: With every problem found.
+    """
+    from automl.spec import parse_json, parse_text, validate_spec
+
+    return validate_spec(parse_json(text) if is_json else parse_text(text))
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -177,6 +178,28 @@ def test_submit_missing_file_is_exit_2(cli: Run) -> None:
 
     assert code == 2
     assert "nowhere.yaml" in one_error_line(err)
+
+
+def test_submit_reads_a_pipe_once_and_standard_input(
+    cli: Run, spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once `automl submit <(envsubst < spec.yaml)` said the file was not found (it is no
+    regular file), and `-` was taken for a file name."""
+    fifo = tmp_path / "spec.fifo"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"cat '{spec_file}' > '{fifo}'"])
+    try:
+        piped = cli("submit", str(fifo))
+    finally:
+        writer.wait(timeout=30)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(spec_file.read_text()))
+    standard_input = cli("submit", "-")
+    folder = cli("submit", str(tmp_path))
+
+    assert piped[:2] == (0, "submitted study 1 (tiny): queued\n"), piped[2]
+    assert standard_input[:2] == (0, "submitted study 2 (tiny-2): queued\n"), standard_input[2]
+    assert folder[0] == 2
+    assert one_error_line(folder[2]) == f"error: {tmp_path} is a folder, not a spec file"
 
 
 def test_status_lists_studies(cli: Run, spec_file: Path) -> None:
