@@ -87,7 +87,9 @@ class RemoteCoordinator:
 
     def __init__(self, host: str, port: int = DEFAULT_PROXY_PORT) -> None:
         self.host, self.port = host, port
-        self._channel = grpc.insecure_channel(f"{host}:{port + 1}", options=wire.CHANNEL_OPTIONS)
+        self._channel = grpc.insecure_channel(
+            f"{host}:{port + 1}", options=[*wire.CHANNEL_OPTIONS, *wire.RECONNECT_OPTIONS]
+        )
         # The running trial's reads are local and its writes ride on the calls below.
         self.storage = ProxyTrialStorage(GrpcStorageProxy(host=host, port=port), self.call)
         self.artifacts = RemoteArtifactStore(self)

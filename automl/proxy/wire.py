@@ -28,6 +28,17 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
 ]
 
+MAX_RECONNECT_BACKOFF_MS = 5_000
+"""A worker's channel tries a restarted proxy again within this: gRPC's own backoff grows
+to 120 s, past the grace period after which the new proxy reaps the trials of workers
+that have not beaten yet."""
+
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 1_000),
+    ("grpc.min_reconnect_backoff_ms", 1_000),
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+]
+
 PROTOCOL = 3
 """The coordination protocol's version, which ``ping`` answers: 2 added the running
 trial's calls (``create_trial``, ``write_trial``, ``tell_trial``) and the buffered

@@ -12,6 +12,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from automl.config import Settings
 from automl.proxy import (
     ProxyError,
     ProxyServer,
@@ -20,6 +21,7 @@ from automl.proxy import (
     parse_proxy_url,
     wire,
 )
+from automl.proxy import client as client_module
 from automl.spec import StudySpec
 from automl.store import (
     EvaluationState,
@@ -54,6 +56,25 @@ def test_wire_round_trip_and_malformed_messages() -> None:
     for bad in (b"", b"\x00\x00\x00\x09{}", b"\x00\x00\x00\x02[]"):
         with pytest.raises(ValueError):
             wire.unpack(bad)
+
+
+def test_a_worker_retries_a_restarted_proxy_well_within_the_grace_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gRPC's default reconnect backoff grows to 120 s: after a proxy restart, workers
+    came back after the new proxy had reaped their live trials (grace 60 s)."""
+    opened: dict[str, dict[str, object]] = {}
+    real = client_module.grpc.insecure_channel
+
+    def recording(target: str, options: list[tuple[str, object]] | None = None) -> object:
+        opened[target] = dict(options or [])
+        return real(target, options=options)
+
+    monkeypatch.setattr(client_module.grpc, "insecure_channel", recording)
+    RemoteCoordinator("127.0.0.1", 4000).close()  # channels connect lazily
+
+    backoff_ms = opened["127.0.0.1:4001"]["grpc.max_reconnect_backoff_ms"]
+    assert isinstance(backoff_ms, int) and backoff_ms / 1000 < Settings().grace_period / 4
 
 
 @pytest.mark.parametrize(
