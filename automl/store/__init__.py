@@ -15,6 +15,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "FolderArtifactStore",
         "SqlArtifactStore",
         "WeightsNotFoundError",
+        "discard",
         "load_state_dict",
         "open_weights",
         "read_checkpoint",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import tempfile
 import time
@@ -41,6 +42,8 @@ from safetensors.torch import save as save_safetensors
 
 from automl.store import attrs, tables
 from automl.store.tables import db_now
+
+logger = logging.getLogger("automl.store")
 
 WEIGHTS_FILENAME = "weights.safetensors"
 WEIGHTS_MIMETYPE = "application/vnd.safetensors"
@@ -257,6 +260,16 @@ def remove_quietly(store: ArtifactStore, artifact_id: str) -> None:
     """Removes an artifact, ignoring one that is already gone."""
     with contextlib.suppress(ArtifactNotFound):
         store.remove(artifact_id)
+
+
+def discard(store: ArtifactStore, artifact_id: str) -> None:
+    """Removes an artifact nothing refers to any more (a replaced or finished trial's
+    checkpoint); a folder that cannot be written to (read-only, gone) leaves it behind
+    with a warning instead of failing the caller, whose own work is done."""
+    try:
+        remove_quietly(store, artifact_id)
+    except OSError as exc:
+        logger.warning("could not remove artifact %s (left behind): %s", artifact_id, exc)
 
 
 # --- weights -----------------------------------------------------------------------------------

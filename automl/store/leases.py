@@ -26,7 +26,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from automl.sampling import grid_cell
 from automl.spec import StudySpec
 from automl.store import attrs, optuna_rows, tables
-from automl.store.artifacts import remove_quietly
+from automl.store.artifacts import discard
 from automl.store.attrs import FailureKind, StudyStatus
 from automl.store.faults import is_transient
 from automl.store.status import ACTIVE, change_status, end_if_done_locked, lock_study, now
@@ -503,7 +503,7 @@ def release(
             tickets.update().where(tickets.c.ticket_id == ticket.ticket_id).values(**values)
         )
     if drop is not None:
-        remove_quietly(store.artifacts, drop)
+        discard(store.artifacts, drop)
     return True
 
 

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from automl.store import attrs, optuna_rows, tables
-from automl.store.artifacts import remove_quietly
+from automl.store.artifacts import discard
 from automl.store.attrs import FailureKind
 from automl.store.faults import first_line, is_transient
 from automl.store.leases import attempt_trial, fail_attempt_trials
@@ -161,7 +161,7 @@ def _reap_one(
         )
         end_if_done_locked(connection, study, at)
     if drop_checkpoint is not None:
-        remove_quietly(store.artifacts, drop_checkpoint)
+        discard(store.artifacts, drop_checkpoint)
     return Reaped(ticket_id, study_id, ticket.worker_id, tuple(failed), result)
 
 

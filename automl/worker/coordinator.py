@@ -48,6 +48,7 @@ from automl.store import (
     claim_evaluation,
     claim_refit,
     create_trial,
+    discard,
     end_due_studies,
     end_study_if_done,
     finish,
@@ -65,7 +66,6 @@ from automl.store import (
     record_trial,
     release,
     release_refit,
-    remove_quietly,
     retain_weights,
     submitted_spec,
     tell_trial,
@@ -332,10 +332,10 @@ class SqlCoordinator:
         try:
             previous = record_checkpoint(self.store, lease, artifact_id, epoch)
         except BaseException:
-            remove_quietly(self.artifacts, artifact_id)
+            discard(self.artifacts, artifact_id)
             raise
         if previous is not None:
-            remove_quietly(self.artifacts, previous)
+            discard(self.artifacts, previous)
 
     def load_checkpoint(self, lease: Lease) -> bytes | None:
         """See ``Coordinator.load_checkpoint``."""
@@ -347,7 +347,7 @@ class SqlCoordinator:
         """Ends the ticket and deletes its last checkpoint."""
         checkpoint = finish(self.store, lease, outcome, failure)
         if checkpoint is not None:
-            remove_quietly(self.artifacts, checkpoint)
+            discard(self.artifacts, checkpoint)
 
     def finish_and_settle(
         self, lease: Lease, outcome: str, failure: FailureKind | None, *, retain: bool
@@ -366,7 +366,7 @@ class SqlCoordinator:
             self.finish(lease, outcome, failure)
             return False
         if checkpoint is not None:
-            remove_quietly(self.artifacts, checkpoint)
+            discard(self.artifacts, checkpoint)
         # With ``retain``, and a last pass when the study ends: weights a pass missed (it
         # failed, or the trial that saved them was reaped) while no later trial entered
         # the kept set.

@@ -94,3 +94,23 @@ def test_a_settle_that_fails_for_good_still_ends_the_ticket(
     assert not coordinator.heartbeat(lease).held  # the ticket ended all the same
     monkeypatch.undo()
     assert coordinator.end_if_done(study_id) == StudyStatus.COMPLETED  # the usual settle
+
+
+def test_a_checkpoint_the_folder_will_not_let_go_of_is_left_not_a_crash(
+    sqlite_store: Store, tiny_spec: SpecFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once an artifact folder turned read-only mid-trial crashed the worker, with a
+    traceback, after the trial had ended: removing its last checkpoint raised."""
+    submit_study(sqlite_store, tiny_spec(budget={"n_trials": 1, "max_failed": 0}))
+    coordinator = SqlCoordinator(sqlite_store)
+    lease, _ = _complete_with_weights(sqlite_store, 0.9)
+    coordinator.save_checkpoint(lease, b"epoch 1", 1)
+    [checkpoint] = [p for p in sqlite_store.artifacts.directory.iterdir() if "checkpoint" in p.name]
+    checkpoint.unlink()
+    checkpoint.mkdir()  # unlink now fails (IsADirectoryError), as on a read-only folder
+    (checkpoint / "x").touch()
+
+    assert coordinator.finish_and_settle(lease, "complete", None, retain=False)
+
+    assert not coordinator.heartbeat(lease).held
+    assert any("could not remove artifact" in r.getMessage() for r in caplog.records)
