@@ -98,13 +98,21 @@ def reap_stale(store: Store, grace: float, spare: str | None = None) -> list[Rea
             reaped.append(result)
             logger.warning(
                 "reaped trial(s) %s of study %s (ticket %s, worker %s): %s",
-                list(result.failed_trials),
+                _numbers(store, result.failed_trials),
                 study_id,
                 ticket_id,
                 result.worker_id,
                 result.result,
             )
     return reaped
+
+
+def _numbers(store: Store, trial_ids: tuple[int, ...]) -> list[int | None]:
+    """The trials' numbers in their study (what ``automl trials`` shows), for the log."""
+    if not trial_ids:
+        return []
+    with store.read() as connection:
+        return [optuna_rows.trial_number(connection, trial_id) for trial_id in trial_ids]
 
 
 def _reap_one(

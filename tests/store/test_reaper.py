@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -194,6 +195,24 @@ def test_concurrent_reapers_take_each_ticket_once(
         assert retries == [1] * 6  # each reaped once, not once per reaper
     finally:
         setup.close()
+
+
+def test_the_log_names_reaped_trials_by_number(
+    store: Store, tiny_spec: SpecFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the log named Optuna's trial ids, which `automl trials` never shows."""
+    first = submit_study(store, tiny_spec(name="first")).id
+    start_trial(store, first)
+    second = submit_study(store, tiny_spec(name="second")).id
+    lease, trial_id = start_trial(store, second)
+    _age_heartbeat(store, lease.ticket_id, 120)
+    caplog.set_level(logging.WARNING, logger="automl.reaper")
+
+    [reaped] = reap_stale(store, grace=60, spare="worker-b")
+
+    assert reaped.failed_trials == (trial_id,) and trial_id != 0
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reaped")]
+    assert line.startswith(f"reaped trial(s) [0] of study {second} (ticket {lease.ticket_id}")
 
 
 def test_reaper_waits_a_grace_period_after_gaining_the_database(
