@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from automl.cli.errors import EXIT_BAD_INPUT
+from automl.cli.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from automl.config import Settings
 
 logger = logging.getLogger("automl.up")
@@ -158,13 +158,14 @@ def run_children(children: Sequence[Child], *, stop_all_when_one_exits: bool) ->
             (``--exit-when-idle``, ``--study``).
 
     Returns:
-        0 when every child exited cleanly, else 1.
+        0 when every child exited cleanly (130 after a Ctrl-C), else 1.
     """
     supervised = [_Supervised(child) for child in children]
     for entry in supervised:
         entry.start()
     previous = signal.signal(signal.SIGTERM, _terminate)
     grace = 0.0
+    interrupted = False
     try:
         while not all(entry.finished for entry in supervised):
             time.sleep(0.5)
@@ -177,7 +178,7 @@ def run_children(children: Sequence[Child], *, stop_all_when_one_exits: bool) ->
         # A terminal's Ctrl-C already reached every child (one process group): let them
         # stop on their own before forwarding SIGTERM to any that are still running.
         logger.info("interrupted: stopping all")
-        grace = CTRL_C_GRACE_S
+        grace, interrupted = CTRL_C_GRACE_S, True
     finally:
         signal.signal(signal.SIGTERM, previous)
         _stop_all([entry.process for entry in supervised if entry.process is not None], grace)
@@ -188,7 +189,7 @@ def run_children(children: Sequence[Child], *, stop_all_when_one_exits: bool) ->
     if failed:
         logger.error("child processes exited with codes %s", failed)
         return 1
-    return 0
+    return EXIT_INTERRUPTED if interrupted else 0
 
 
 class _Supervised:

@@ -21,6 +21,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.cli import supervisor
+from automl.cli.errors import EXIT_INTERRUPTED
 from automl.cli.main import build_parser, main
 from automl.cli.supervisor import (
     Child,
@@ -294,7 +295,7 @@ def test_up_runs_a_study_and_stops_on_ctrl_c(up: Up) -> None:
     started = time.monotonic()
     code = up.ctrl_c()
 
-    assert code == 0, up.output()
+    assert code == EXIT_INTERRUPTED, up.output()  # was 0, unlike automl run's 130
     assert time.monotonic() - started < STOP_TIMEOUT_S
     assert not up.group_alive(), "a child outlived `automl up`"
     assert "Finished server process" in up.output()
@@ -363,7 +364,7 @@ def test_ctrl_c_mid_trial_leaves_no_running_trial(tmp_path: Path) -> None:
         os.kill(service.process.pid, signal.SIGINT)
         code = service.process.wait(timeout=STOP_TIMEOUT_S)
 
-        assert code == 0, service.output()
+        assert code == EXIT_INTERRUPTED, service.output()
         assert not service.group_alive()
         assert TrialState.RUNNING not in _trial_states(service.storage), service.output()
     finally:
@@ -455,7 +456,7 @@ def test_up_with_a_dashboard_port_serves_the_dashboard_and_stops_it_on_ctrl_c(
                 time.sleep(0.2)
         assert meta.status_code == 200
         assert meta.json()["artifact_is_available"] is True
-        assert up.ctrl_c() == 0, up.output()
+        assert up.ctrl_c() == EXIT_INTERRUPTED, up.output()
         assert not up.group_alive(), "a child outlived `automl up`"
     finally:
         up.kill()
