@@ -421,6 +421,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+FINISHED = ("complete", "pruned", "fail")
+"""How an attempt ends its ticket (a trial of the budget finished)."""
+RESUMED = {"released": "goes back to the queue", "lost": "was taken back", "rejected": "was late"}
+
+
 class _Progress:
     """A progress bar on a terminal; one line per trial otherwise (logs, CI)."""
 
@@ -434,7 +439,11 @@ class _Progress:
 
             self.bar = tqdm(total=total, desc=name, unit="trial", file=sys.stderr)
 
-    def update(self, study_id: int, trial: FrozenTrial) -> None:
+    def update(self, study_id: int, trial: FrozenTrial, result: str) -> None:
+        if result not in FINISHED:  # the ticket went back to the queue: no trial finished
+            why = trial.user_attrs.get(attrs.ERROR) or result
+            self._say(f"trial {trial.number} {RESUMED.get(result, result)}: {why}")
+            return
         self.done += 1
         value = trial.values[0] if trial.values else None
         if value is not None and trial.state.name == "COMPLETE":
@@ -458,6 +467,12 @@ class _Progress:
                 file=sys.stderr,
                 flush=True,
             )
+
+    def _say(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def first_error_text(self) -> str:
         """``; trial N failed: ERROR`` for the first failure seen, else nothing."""

@@ -55,7 +55,9 @@ POST_STUDY_CHECK_INTERVAL_S = 5.0
 
 logger = logging.getLogger("automl.worker")
 
-TrialCallback = Callable[[int, FrozenTrial], None]
+TrialCallback = Callable[[int, FrozenTrial, str], None]
+"""Called with the study id, the attempt's trial and how its ticket ended (``complete``,
+``pruned``, ``fail``; ``released``, ``lost`` and ``rejected`` attempts run again)."""
 
 JobLease = TypeVar("JobLease")
 
@@ -106,7 +108,7 @@ class Worker:
         store: The open store; None for a worker without a database connection (its
             ``coordinator`` is remote, e.g. ``automl proxy``, which also runs the reaper).
         options: How to run.
-        on_trial_end: Called with the study id and the trial after each attempt.
+        on_trial_end: Called after each attempt (see ``TrialCallback``).
         coordinator: The shared state (default: the store's database).
     """
 
@@ -207,7 +209,7 @@ class Worker:
                     self._busy = False
                 ran += 1
                 if self.on_trial_end is not None and run.trial is not None:
-                    self.on_trial_end(lease.study_id, run.trial)
+                    self.on_trial_end(lease.study_id, run.trial, run.result)
         finally:
             if reaper is not None:
                 reaper.stop()

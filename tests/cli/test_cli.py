@@ -757,3 +757,31 @@ def test_a_bad_device_setting_stops_run_and_worker_with_one_line(
     monkeypatch.delenv(variable)
     _, listed, _ = cli("status", "--json")
     assert json.loads(listed)["count"] == 0  # run submitted nothing
+
+
+def test_run_progress_does_not_count_an_attempt_that_goes_back_to_the_queue(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Once a worker stopped by Ctrl-C showed `trial 1 fail ... [2/6]`, though the
+    attempt was released and status said failed 0."""
+    from optuna.trial import TrialState, create_trial
+
+    from automl.cli.commands import _Progress
+    from automl.store import attrs
+
+    progress = _Progress(3, "x", "accuracy")
+    stopped = create_trial(
+        state=TrialState.FAIL, user_attrs={attrs.ERROR: "worker stopping: during epoch 4"}
+    )
+    stopped.number = 1
+    done = create_trial(state=TrialState.COMPLETE, value=0.9)
+    done.number = 2
+
+    progress.update(1, stopped, "released")
+    progress.update(1, done, "complete")
+
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "trial 1 goes back to the queue: worker stopping: during epoch 4",
+        "trial 2 complete: accuracy 0.9000 [1/3, best 0.9000]",
+    ]

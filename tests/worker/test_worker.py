@@ -127,7 +127,7 @@ def test_worker_runs_study_to_completion(store: Store, tiny_spec: SpecFactory) -
     spec = tiny_spec(budget={"n_trials": 4, "max_failed": 0}, keep_weights="all")  # keep all
     study_id = submit_study(store, spec).id
     ended: list[tuple[int, FrozenTrial]] = []
-    worker = Worker(store, _options(), on_trial_end=lambda s, t: ended.append((s, t)))
+    worker = Worker(store, _options(), on_trial_end=lambda s, t, _: ended.append((s, t)))
 
     assert worker.run() == 4
 
@@ -772,7 +772,7 @@ def test_worker_claims_oldest_study_first(store: Store, tiny_spec: SpecFactory) 
     first = submit_study(store, tiny_spec(name="first", budget={"n_trials": 2})).id
     second = submit_study(store, tiny_spec(name="second", budget={"n_trials": 2})).id
     order: list[int] = []
-    Worker(store, _options(), on_trial_end=lambda s, t: order.append(s)).run()
+    Worker(store, _options(), on_trial_end=lambda s, t, _: order.append(s)).run()
     assert order == [first, first, second, second]
 
 
