@@ -188,6 +188,8 @@ class _Attempt:
         self.trial: optuna.Trial | None = None
         self.settled = False
         self.uploaded: list[str] = []  # artifacts only the trial's buffered writes name
+        self.disk_full = False
+        """The last checkpoint was given up on a full disk: the next ones try once, quietly."""
 
     # --- the attempt -------------------------------------------------------------------------
 
@@ -345,16 +347,25 @@ class _Attempt:
         if self.keeper.lost.is_set():
             return
         blob = state.to_bytes()
+
+        def save() -> None:
+            self.coordinator.save_checkpoint(self.lease, blob, state.epoch)
+
         try:
-            self.ctx.persist(
-                lambda: self.coordinator.save_checkpoint(self.lease, blob, state.epoch),
-                "saving a checkpoint",
-                optional=True,
-            )
+            if self.disk_full:
+                save()  # one try: waiting and logging each epoch again says nothing new
+                logger.info("checkpoints of ticket %s are saved again", self.lease.ticket_id)
+            else:
+                self.ctx.persist(save, "saving a checkpoint", optional=True)
+            self.disk_full = False
         except LeaseLostError:
             self.keeper.lost.set()
         except Exception as exc:  # a checkpoint is an optimization: keep training
-            logger.warning("checkpoint of ticket %s failed: %s", self.lease.ticket_id, exc)
+            if self.disk_full and is_disk_full(exc):
+                return
+            self.disk_full = is_disk_full(exc)
+            later = "; the next ones are tried once until there is room" if self.disk_full else ""
+            logger.warning("checkpoint of ticket %s failed: %s%s", self.lease.ticket_id, exc, later)
 
     # --- endings -----------------------------------------------------------------------------
 

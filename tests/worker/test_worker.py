@@ -264,6 +264,38 @@ def test_a_full_disk_while_checkpointing_skips_the_checkpoint_and_training_goes_
     assert trial.state == TrialState.COMPLETE and sorted(trial.intermediate_values) == [1, 2]
 
 
+def test_checkpoints_on_a_full_disk_are_tried_once_quietly_until_there_is_room(
+    sqlite_store: Store,
+    tiny_spec: SpecFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once each epoch's checkpoint waited and logged two warnings anew."""
+    spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0}, fixed={"epochs": 4})
+    submit_study(sqlite_store, spec)
+    real, calls = SqlCoordinator.save_checkpoint, {"n": 0}
+
+    def full_for_a_while(self: SqlCoordinator, *args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] <= OPTIONAL_WRITE_TRIES + 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, *args)
+
+    monkeypatch.setattr(SqlCoordinator, "save_checkpoint", full_for_a_while)
+    monkeypatch.setattr(automl.worker.runner, "Backoff", _fast_backoff)
+    caplog.set_level(logging.INFO, logger="automl.worker")
+    assert Worker(sqlite_store, _options()).run() == 1
+
+    # epoch 1: the tries of one wait; epoch 2: one try; epoch 3: saved.
+    assert calls["n"] == OPTIONAL_WRITE_TRIES + 2
+    said = [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage()]
+    assert [line for line in said if "failed" in line and "ticket" in line] == [
+        "checkpoint of ticket 1 failed: [Errno 28] No space left on device; the next ones "
+        "are tried once until there is room"
+    ]
+    assert "checkpoints of ticket 1 are saved again" in said
+
+
 def test_a_database_outage_while_checkpointing_is_waited_out(
     sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
