@@ -11,6 +11,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, CliError
 from automl.cli.http_client import HttpClient
@@ -35,8 +36,8 @@ def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
     usage = (
         f"classify images: python {directory / 'predict.py'} IMAGE [IMAGE ...]"
         if bundle.get("predict")
-        else f"a clip model: feed {bundle.get('input_layout', 'clips')} to model.onnx "
-        "(predict.py classifies image files only)"
+        else f"a clip model: feed {bundle.get('input_layout', 'clips')} to "
+        f"{_model_file(bundle)} (predict.py classifies image files only)"
     )
     print(
         f"study {model.get('study_id')}, trial {model.get('trial_number')} "
@@ -44,6 +45,16 @@ def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
         f"{', '.join(path.name for path in written)} to {directory}\n{usage}"
     )
     return EXIT_OK
+
+
+def _model_file(bundle: dict[str, Any]) -> str:
+    """The bundle's exported model to run (ONNX, else TorchScript, else the weights)."""
+    exports = bundle.get("exports", {})
+    for kind in ("onnx", "torchscript"):
+        name = (exports.get(kind) or {}).get("file")
+        if name:
+            return str(name)
+    return str(bundle.get("weights", "the weights"))
 
 
 def fetch_bundle(settings: Settings, study_id: int) -> bytes:

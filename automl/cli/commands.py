@@ -375,7 +375,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Submits a spec to the local store and works it to completion in this process."""
     path = Path(args.spec)
-    spec = spec_from_text(read_spec_text(path), path.suffix == ".json")
+    spec = spec_from_text(read_spec_text(path, settings.max_body_bytes), path.suffix == ".json")
     try:
         resolve_device(settings.device)  # before submitting: a bad device leaves no study
         check_device_settings()
@@ -423,7 +423,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 FINISHED = ("complete", "pruned", "fail")
 """How an attempt ends its ticket (a trial of the budget finished)."""
-RESUMED = {"released": "goes back to the queue", "lost": "was taken back", "rejected": "was late"}
+RESUMED = {
+    "released": "stopped before its end",
+    "lost": "was taken back by the reaper",
+    "rejected": "ended after its ticket had",
+}
 
 
 class _Progress:
@@ -440,7 +444,7 @@ class _Progress:
             self.bar = tqdm(total=total, desc=name, unit="trial", file=sys.stderr)
 
     def update(self, study_id: int, trial: FrozenTrial, result: str) -> None:
-        if result not in FINISHED:  # the ticket went back to the queue: no trial finished
+        if result not in FINISHED:  # the ticket is the queue's or the reaper's to end
             why = trial.user_attrs.get(attrs.ERROR) or result
             self._say(f"trial {trial.number} {RESUMED.get(result, result)}: {why}")
             return

@@ -46,7 +46,8 @@ def print_json(model: BaseModel) -> None:
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     """Submits a spec to the API (--url) or the local store."""
     path = Path(args.spec)
-    text = read_spec_text(path)  # once: a pipe (<(envsubst < spec.yaml), -) reads once
+    # Once: a pipe (<(envsubst < spec.yaml), -) reads once.
+    text = read_spec_text(path, settings.max_body_bytes)
     is_json = path.suffix == ".json"
     if not settings.url:
         spec_from_text(text, is_json)  # an invalid spec is refused before a store is created
@@ -59,16 +60,29 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def read_spec_text(path: Path) -> str:
-    """A spec file's text; ``-`` reads standard input.
+def read_spec_text(path: Path, max_bytes: int) -> str:
+    """A spec file's text; ``-`` reads standard input. A leading byte-order mark (which
+    Windows editors write) is dropped.
 
     Raises:
-        CliError: If it cannot be read (missing, a folder, not UTF-8).
+        CliError: If it cannot be read (missing, a folder, over ``max_bytes``, not UTF-8).
     """
     try:
         if str(path) == "-":
-            return sys.stdin.read()
-        return path.read_text(encoding="utf-8")
+            if sys.stdin is None:
+                raise CliError("no standard input to read the spec from", EXIT_BAD_INPUT)
+            if sys.stdin.isatty():
+                print("reading the spec from standard input (end with Ctrl-D)", file=sys.stderr)
+            data = sys.stdin.buffer.read(max_bytes + 1)
+        else:
+            with path.open("rb") as handle:
+                data = handle.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise CliError(
+                f"spec file {path} is over {max_bytes} bytes (AUTOML_MAX_BODY_BYTES)",
+                EXIT_BAD_INPUT,
+            )
+        return data.decode("utf-8").removeprefix("\ufeff")
     except FileNotFoundError:
         raise CliError(f"spec file not found: {path}", EXIT_BAD_INPUT) from None
     except IsADirectoryError:

@@ -111,8 +111,12 @@ def _numbers(store: Store, trial_ids: tuple[int, ...]) -> list[int | None]:
     """The trials' numbers in their study (what ``automl trials`` shows), for the log."""
     if not trial_ids:
         return []
-    with store.read() as connection:
-        return [optuna_rows.trial_number(connection, trial_id) for trial_id in trial_ids]
+    try:
+        with store.read() as connection:
+            return [optuna_rows.trial_number(connection, trial_id) for trial_id in trial_ids]
+    except Exception as exc:  # the reaping is done: the log must not stop the pass
+        logger.info("trial numbers unknown (%s): trial ids %s", first_line(exc), trial_ids)
+        return [None] * len(trial_ids)
 
 
 def _reap_one(

@@ -56,8 +56,10 @@ POST_STUDY_CHECK_INTERVAL_S = 5.0
 logger = logging.getLogger("automl.worker")
 
 TrialCallback = Callable[[int, FrozenTrial, str], None]
-"""Called with the study id, the attempt's trial and how its ticket ended (``complete``,
-``pruned``, ``fail``; ``released``, ``lost`` and ``rejected`` attempts run again)."""
+"""Called with the study id, the attempt's trial and how the attempt ended: ``complete``,
+``pruned`` or ``fail`` end its ticket; after ``released``, ``lost`` or ``rejected`` the
+ticket is the queue's or the reaper's (run again, cancelled with its study, or failed when
+out of retries)."""
 
 JobLease = TypeVar("JobLease")
 

@@ -180,6 +180,16 @@ def test_submit_missing_file_is_exit_2(cli: Run) -> None:
     assert "nowhere.yaml" in one_error_line(err)
 
 
+class _Stdin:
+    """Standard input holding ``data`` as bytes (what ``sys.stdin.buffer`` reads)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.buffer = io.BytesIO(data)
+
+    def isatty(self) -> bool:
+        return False
+
+
 def test_submit_reads_a_pipe_once_and_standard_input(
     cli: Run, spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,7 +202,7 @@ def test_submit_reads_a_pipe_once_and_standard_input(
         piped = cli("submit", str(fifo))
     finally:
         writer.wait(timeout=30)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(spec_file.read_text()))
+    monkeypatch.setattr(sys, "stdin", _Stdin(spec_file.read_bytes()))
     standard_input = cli("submit", "-")
     folder = cli("submit", str(tmp_path))
 
@@ -200,6 +210,41 @@ def test_submit_reads_a_pipe_once_and_standard_input(
     assert standard_input[:2] == (0, "submitted study 2 (tiny-2): queued\n"), standard_input[2]
     assert folder[0] == 2
     assert one_error_line(folder[2]) == f"error: {tmp_path} is a folder, not a spec file"
+
+
+def test_a_spec_on_standard_input_is_refused_in_one_line_when_unreadable(
+    cli: Run, spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once closed standard input was a traceback, and bytes that are not UTF-8 a YAML
+    error about character #xdcff (or, with --url, a traceback)."""
+    monkeypatch.setattr(sys, "stdin", None)
+    closed = cli("submit", "-")
+    monkeypatch.setattr(sys, "stdin", _Stdin(b"name: \xff\n"))
+    binary = cli("submit", "-")
+    monkeypatch.setenv("AUTOML_MAX_BODY_BYTES", "1000")
+    big = tmp_path / "big.yaml"
+    big.write_text("name: x\n" + "# padding\n" * 200)
+    oversized = cli("submit", str(big))
+
+    assert one_error_line(closed[2]) == "error: no standard input to read the spec from"
+    assert one_error_line(binary[2]) == "error: cannot read spec file -: not UTF-8 text"
+    assert one_error_line(oversized[2]) == (
+        f"error: spec file {big} is over 1000 bytes (AUTOML_MAX_BODY_BYTES)"
+    )
+    assert closed[0] == binary[0] == oversized[0] == 2
+
+
+def test_a_json_spec_saved_with_a_byte_order_mark_is_read(
+    cli: Run, spec_file: Path, tmp_path: Path
+) -> None:
+    """Windows editors start UTF-8 files with a byte-order mark, which JSON refuses."""
+    spec = tmp_path / "spec.json"
+    spec.write_text("\ufeff" + json.dumps(yaml.safe_load(spec_file.read_text())), "utf-8")
+
+    code, out, err = cli("submit", str(spec))
+
+    assert code == 0, err
+    assert out.startswith("submitted study 1")
 
 
 def test_status_lists_studies(cli: Run, spec_file: Path) -> None:
@@ -782,6 +827,6 @@ def test_run_progress_does_not_count_an_attempt_that_goes_back_to_the_queue(
 
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
-        "trial 1 goes back to the queue: worker stopping: during epoch 4",
+        "trial 1 stopped before its end: worker stopping: during epoch 4",
         "trial 2 complete: accuracy 0.9000 [1/3, best 0.9000]",
     ]

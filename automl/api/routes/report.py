@@ -25,7 +25,7 @@ router = APIRouter(prefix="/studies", tags=["models"])
             409,
             descriptions={
                 404: "No such study",
-                409: "The study has no completed trial yet",
+                409: "The study has no completed trial (yet, or it ended without one)",
             },
         ),
     },
