@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -282,7 +283,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         worker.run()
     except CoordinatorTooOldError as exc:  # the proxy was replaced by an older one
         raise CliError(str(exc), EXIT_FAILURE) from None
-    return EXIT_OK
+    # Ctrl-C is 130 as for every command; SIGTERM (docker stop, systemd) a clean stop.
+    return EXIT_INTERRUPTED if worker.stopped_by == signal.SIGINT else EXIT_OK
 
 
 def _run_worker_processes(args: argparse.Namespace, settings: Settings) -> int:

@@ -22,7 +22,7 @@ logger = logging.getLogger("automl.up")
 
 STOP_TIMEOUT_S = 60.0
 CTRL_C_GRACE_S = 10.0
-CLEAN_EXIT_CODES = (0, -signal.SIGINT, -signal.SIGTERM)
+CLEAN_EXIT_CODES = (0, EXIT_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM)
 RESTART_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 """Waits before restarting a crashed child, one per crash in a row; after the last, it is
 not restarted (a child that keeps crashing is misconfigured, not unlucky)."""

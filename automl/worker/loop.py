@@ -145,6 +145,8 @@ class Worker:
         self._refused: set[str] = set()  # post-study jobs whose claim failed outright
         self._jobs_checked_at = -math.inf
         self.gate = DeviceGate(options.slot_group)
+        self.stopped_by: signal.Signals | None = None
+        """The signal that first asked this worker to stop (None: stopped otherwise)."""
 
     def stop(self) -> None:
         """Asks the loop to stop; safe from signal handlers and other threads."""
@@ -166,6 +168,7 @@ class Worker:
         def handle(signum: int, _: FrameType | None) -> None:
             if not self.stopping:
                 logger.warning("received %s: stopping", signal.Signals(signum).name)
+                self.stopped_by = signal.Signals(signum)
             self.stop()
 
         signal.signal(signal.SIGINT, handle)

@@ -830,3 +830,27 @@ def test_run_progress_does_not_count_an_attempt_that_goes_back_to_the_queue(
         "trial 1 stopped before its end: worker stopping: during epoch 4",
         "trial 2 complete: accuracy 0.9000 [1/3, best 0.9000]",
     ]
+
+
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_a_worker_exits_130_after_ctrl_c_and_0_after_sigterm(
+    tmp_path: Path, stop: signal.Signals, code: int
+) -> None:
+    """Ctrl-C is 130 for every command, as the README says (a worker exited 0); SIGTERM
+    (docker stop, systemd) is a clean stop."""
+    log = tmp_path / "worker.log"
+    command = [*_automl_command(), "worker", "--poll-interval", "0.2", "--device", "cpu"]
+    command += ["--storage", f"sqlite:///{tmp_path / 'w.db'}", "--artifacts-dir", str(tmp_path)]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "started on" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        process.send_signal(stop)
+        assert process.wait(timeout=60) == code, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
