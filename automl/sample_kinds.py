@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from automl.data import DATASETS
 from automl.registry import Registry
-from automl.train.trial_config import PIPELINES, SELECTABLE
+from automl.train.trial_config import PIPELINES, SELECTABLE, TrialConfig
 
 if TYPE_CHECKING:
     from automl.spec import StudySpec
@@ -92,8 +92,6 @@ def _picked(spec: StudySpec, group: str) -> Iterator[tuple[Loc, str, bool]]:
 
 
 def _default(group: str) -> str | None:
-    from automl.train.trial_config import TrialConfig
-
     field = TrialConfig.model_fields[group]
     return getattr(field.default, "name", None)
 

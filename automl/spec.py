@@ -671,6 +671,18 @@ def load_spec(source: str | Path | Mapping[str, Any]) -> StudySpec:
     return validate_spec(parse_text(source))
 
 
+def spec_from_text(text: str, *, is_json: bool) -> StudySpec:
+    """Parses and validates a spec's text as the API reads a request body: JSON with
+    ``is_json``, else YAML (which reads JSON too). Both parsers refuse what is nested too
+    deeply before recursing into it, repeated keys, aliases that multiply values and
+    overlong strings (the ``Limits``).
+
+    Raises:
+        SpecError: With every problem found, each naming its field path.
+    """
+    return validate_spec(parse_json(text) if is_json else parse_text(text))
+
+
 def _looks_like_path(text: str) -> bool:
     if "\n" in text or len(text) > 4096:
         return False

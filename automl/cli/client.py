@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from automl.cli.http_client import ClientError, HttpClient
-from automl.spec import SpecError, parse_json, parse_text, validate_spec
+from automl.spec import SpecError, spec_from_text
 from automl.store import (
     BestTrials,
     Page,
@@ -57,8 +57,7 @@ class LocalClient:
 
     def submit(self, text: str, is_json: bool) -> StudyDetail:
         """Validates and submits a spec's text (YAML reads JSON too)."""
-        data = parse_json(text) if is_json else parse_text(text)
-        return submit_study(self.store, validate_spec(data))
+        return submit_study(self.store, spec_from_text(text, is_json=is_json))
 
     def studies(self, limit: int) -> Page[StudySummary]:
         """Newest studies first."""

@@ -31,9 +31,9 @@ from automl.cli.output import (
     study_text,
 )
 from automl.cli.ports import require_free_port
-from automl.cli.study_commands import read_spec_text, spec_from_text
+from automl.cli.study_commands import read_spec_text
 from automl.config import Settings
-from automl.spec import SpecError
+from automl.spec import SpecError, spec_from_text
 from automl.store import (
     Backoff,
     NoBestTrialError,
@@ -377,7 +377,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Submits a spec to the local store and works it to completion in this process."""
     path = Path(args.spec)
-    spec = spec_from_text(read_spec_text(path, settings.max_body_bytes), path.suffix == ".json")
+    text = read_spec_text(path, settings.max_body_bytes)
+    spec = spec_from_text(text, is_json=path.suffix == ".json")
     try:
         resolve_device(settings.device)  # before submitting: a bad device leaves no study
         check_device_settings()

@@ -23,7 +23,6 @@ from automl.config import Settings
 
 if TYPE_CHECKING:
     from automl.cli.client import Client
-    from automl.spec import StudySpec
     from automl.store.views import StudyDetail
 
 
@@ -50,7 +49,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     text = read_spec_text(path, settings.max_body_bytes)
     is_json = path.suffix == ".json"
     if not settings.url:
-        spec_from_text(text, is_json)  # an invalid spec is refused before a store is created
+        from automl.spec import spec_from_text
+
+        spec_from_text(text, is_json=is_json)  # refused before a store is created for it
     client = client_for(settings, create=True)
     study = client.submit(text, is_json)
     if args.json:
@@ -91,17 +92,6 @@ def read_spec_text(path: Path, max_bytes: int) -> str:
         raise CliError(f"cannot read spec file {path}: not UTF-8 text", EXIT_BAD_INPUT) from None
     except OSError as exc:
         raise CliError(f"cannot read spec file {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
-
-
-def spec_from_text(text: str, is_json: bool) -> StudySpec:
-    """A spec file's text validated, as the API reads it (JSON or YAML).
-
-    Raises:
-        SpecError: With every problem found.
-    """
-    from automl.spec import parse_json, parse_text, validate_spec
-
-    return validate_spec(parse_json(text) if is_json else parse_text(text))
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:

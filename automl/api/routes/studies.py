@@ -25,9 +25,7 @@ from automl.spec import (
     FieldError,
     SpecError,
     StudySpec,
-    parse_json,
-    parse_text,
-    validate_spec,
+    spec_from_text,
 )
 from automl.store import (
     BestTrials,
@@ -167,14 +165,8 @@ async def _read_spec(request: Request, max_bytes: int) -> StudySpec:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     # Parsing a large document and checking its dataset paths take a while: in the thread
     # pool, not on the event loop that every other request waits on.
-    return await run_in_threadpool(_parse_spec, text, content_type == "application/json")
-
-
-def _parse_spec(text: str, is_json: bool) -> StudySpec:
-    # Both parsers refuse what is nested too deeply before recursing into it, and repeated
-    # keys, aliases that multiply values, and overlong strings (the ``Limits``).
-    data = parse_json(text) if is_json else parse_text(text)
-    return validate_spec(data)
+    is_json = content_type == "application/json"
+    return await run_in_threadpool(functools.partial(spec_from_text, text, is_json=is_json))
 
 
 # The most frequent reads are ``async``: their queries run in the thread pool, and FastAPI
