@@ -8,12 +8,12 @@ explicit folder was given, and computes the normalization statistics on the trai
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from automl.data.base import DatasetOptions, ImageData, channel_stats
 from automl.data.cache import DecodeUnit, load_unit, units_fingerprint
@@ -21,6 +21,7 @@ from automl.data.decode import Preprocess
 from automl.data.errors import DatasetError
 from automl.data.paths import data_root, real_paths, relative_name
 from automl.data.splits import SplitSeed, stratified_split
+from automl.registry import within_strict_input
 
 Side = Annotated[int, Field(ge=1, le=2048)]
 
@@ -40,6 +41,45 @@ def require_classes(classes: Sequence[str], what: str) -> None:
             f"{what} needs at least {MIN_CLASSES} classes (found {len(classes)}"
             + (f": {found})" if found else ")")
         )
+
+
+def check_split_folder(
+    value: str,
+    info: ValidationInfo,
+    scan: Callable[..., tuple[list[str], list[Any]]],
+    flatten: Callable[[list[Any]], list[Path]],
+) -> None:
+    """Checks a ``val_path`` or ``test_path`` folder against the other given folders.
+
+    Its classes must be classes of ``path``; at submit (only, so that a study stored before
+    the check keeps loading its data) it must share no file with ``path`` or ``val_path``.
+
+    Args:
+        value: The split's folder, as the user wrote it.
+        info: The options validated so far (``path`` comes first).
+        scan: Lists a folder's classes and what each holds (``scan_class_folder``);
+            takes ``allow_empty_classes``.
+        flatten: Every file of what ``scan`` listed, in one list.
+
+    Raises:
+        DatasetError: If the folder has a class ``path`` lacks, or shares files.
+    """
+    classes, found = scan(value, allow_empty_classes=True)
+    if "path" in info.data:
+        train_classes, _ = scan(info.data["path"])
+        unknown = sorted(set(classes) - set(train_classes))
+        if unknown:
+            raise DatasetError(
+                f"class folder {unknown[0]!r} is not a class of path; valid classes: "
+                + ", ".join(train_classes)
+            )
+    if within_strict_input():
+        others = {
+            option: flatten(scan(info.data[option], allow_empty_classes=True)[1])
+            for option in ("path", "val_path")
+            if option != info.field_name and info.data.get(option) is not None
+        }
+        require_disjoint(flatten(found), others)
 
 
 def require_disjoint(files: Iterable[Path], others: Mapping[str, Iterable[Path]]) -> None:

@@ -16,10 +16,10 @@ from automl.data.errors import DatasetError
 from automl.data.files import (
     FilePlan,
     ImageOptions,
+    check_split_folder,
     load_plan,
     make_unit,
     require_classes,
-    require_disjoint,
 )
 from automl.data.paths import (
     IMAGE_SUFFIXES,
@@ -30,7 +30,6 @@ from automl.data.paths import (
     require_dir,
     subfolders,
 )
-from automl.registry import within_strict_input
 
 SUFFIX_LIST = ", ".join(sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES))
 
@@ -54,29 +53,8 @@ class ImageFolderOptions(ImageOptions):
     def _check_split_path(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        classes, files = scan_class_folder(value, allow_empty_classes=True)
-        if "path" in info.data:
-            train_classes, _ = scan_class_folder(info.data["path"])
-            unknown = sorted(set(classes) - set(train_classes))
-            if unknown:
-                raise DatasetError(
-                    f"class folder {unknown[0]!r} is not a class of path; valid classes: "
-                    + ", ".join(train_classes)
-                )
-        # At submit only: a study stored before this check keeps loading its data.
-        if within_strict_input():
-            others = {
-                option: _all_files(info.data[option])
-                for option in ("path", "val_path")
-                if option != info.field_name and info.data.get(option) is not None
-            }
-            require_disjoint(_flat(files), others)
+        check_split_folder(value, info, scan_class_folder, _flat)
         return value
-
-
-def _all_files(value: str) -> list[Path]:
-    """Every image file of a class folder (validated already: empty classes allowed)."""
-    return _flat(scan_class_folder(value, allow_empty_classes=True)[1])
 
 
 def _flat(files: list[list[Path]]) -> list[Path]:

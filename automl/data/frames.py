@@ -19,10 +19,10 @@ from automl.data.files import (
     FilePlan,
     ImageOptions,
     Side,
+    check_split_folder,
     load_plan,
     make_unit,
     require_classes,
-    require_disjoint,
 )
 from automl.data.paths import (
     confine,
@@ -32,7 +32,6 @@ from automl.data.paths import (
     require_dir,
     subfolders,
 )
-from automl.registry import within_strict_input
 
 Clip = list[Path]
 
@@ -61,25 +60,7 @@ class FrameSequencesOptions(ImageOptions):
     def _check_split_path(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        classes, clips = scan_clip_folder(value, allow_empty_classes=True)
-        if "path" in info.data:
-            train_classes, _ = scan_clip_folder(info.data["path"])
-            unknown = sorted(set(classes) - set(train_classes))
-            if unknown:
-                raise DatasetError(
-                    f"class folder {unknown[0]!r} is not a class of path; valid classes: "
-                    + ", ".join(train_classes)
-                )
-        # At submit only: a study stored before this check keeps loading its data.
-        if within_strict_input():
-            others = {
-                option: _frame_files(
-                    scan_clip_folder(info.data[option], allow_empty_classes=True)[1]
-                )
-                for option in ("path", "val_path")
-                if option != info.field_name and info.data.get(option) is not None
-            }
-            require_disjoint(_frame_files(clips), others)
+        check_split_folder(value, info, scan_clip_folder, _frame_files)
         return value
 
 
