@@ -50,6 +50,7 @@ from automl.train.accel import release_device_memory
 from automl.train.checkpoint import TrainState
 from automl.train.trial_config import TrialConfig
 from automl.worker.coordinator import Coordinator, CoordinatorTooOldError
+from automl.worker.data_identity import pin_study_data
 from automl.worker.identity import training_seed
 from automl.worker.keeper import LeaseKeeper
 from automl.worker.shared_cache import SharedArtifactCache
@@ -269,6 +270,8 @@ class _Attempt:
                 raise
             self._record_params()
             self._set_attr(attrs.CONFIG, config.model_dump(mode="json"))
+            data = load_dataset(config.dataset.source, config.dataset.options)
+            pin_study_data(self.study, data, config.dataset.source)
             result = train(
                 config,
                 self._reporter(config.epochs),
@@ -279,6 +282,7 @@ class _Attempt:
                 resume=resume,
                 monitor=self.spec.metrics[0],
                 direction=self.spec.directions[0],  # type: ignore[arg-type]
+                data=data,
                 artifacts=SharedArtifactCache(self.coordinator.artifacts),
             )
             return self._report_result(result, config)
