@@ -51,6 +51,9 @@ class DecodeUnit:
         labels: The class index of each sample.
         prep: How files are turned into arrays.
         root: The data root, for messages.
+        selection: How samples are picked from the listed files, when options other than
+            ``prep`` decide it (``frames=8,stride=1`` for clips); each selection keeps its
+            own slot, so alternating between them reuses both.
     """
 
     name: str
@@ -59,18 +62,25 @@ class DecodeUnit:
     labels: tuple[int, ...]
     prep: Preprocess
     root: str
+    selection: str = ""
 
     @property
     def slot(self) -> str:
-        """Cache slot of this unit: identity and preprocessing, not contents."""
-        return self._slot(DECODE_VERSION)
+        """Cache slot of this unit: identity, preprocessing and selection, not contents."""
+        return self._slot(DECODE_VERSION, self.selection)
 
     def earlier_slots(self) -> list[str]:
-        """The slots this unit had under earlier ``DECODE_VERSION``s (files to remove)."""
-        return [self._slot(version) for version in range(1, DECODE_VERSION)]
+        """The slots this unit had before (files to remove): under earlier
+        ``DECODE_VERSION``s and, with a selection, the one slot its unit had for every
+        selection before selections had their own."""
+        last = DECODE_VERSION + 1 if self.selection else DECODE_VERSION
+        return [self._slot(version, "") for version in range(1, last)]
 
-    def _slot(self, version: int) -> str:
-        payload = json.dumps([self.identity, asdict(self.prep), version], sort_keys=True)
+    def _slot(self, version: int, selection: str) -> str:
+        parts = [self.identity, asdict(self.prep), version]
+        if selection:  # without one, a slot keeps the name it had before selections
+            parts.append(selection)
+        payload = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def fingerprint(self) -> str:
@@ -135,13 +145,15 @@ def load_unit(
     if cached is not None:
         logger.info("loaded %s from the cache: %d samples", unit.name, len(cached[1]))
         return cached
-    directory.mkdir(parents=True, exist_ok=True)
+    make_cache_dir(directory)
     lock = FileLock(directory / f"{unit.slot}.lock")
     try:
         lock.acquire(timeout=0)
     except Timeout:
         logger.info("waiting for another process to decode %s", unit.name)
         lock.acquire()
+    except OSError as exc:
+        raise _unusable(directory, exc) from None
     try:
         cached = _read(target)
         if cached is not None:
@@ -160,6 +172,30 @@ def load_unit(
     finally:
         lock.release()
     return images, labels
+
+
+def make_cache_dir(directory: Path) -> None:
+    """Creates the cache folder (and its parents) if missing.
+
+    Raises:
+        DatasetError: If it cannot be created, e.g. a parent is a file:
+            ``cannot use the cache folder 'notadir/cache' (AUTOML_CACHE_DIR): Not a
+            directory``.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unusable(directory, exc) from None
+
+
+def _unusable(directory: Path, exc: OSError) -> DatasetError:
+    """The error for a cache folder that cannot be created or written in."""
+    # mkdir(exist_ok=True) says "File exists" when the folder's own name is a file.
+    reason = "it is a file" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+    return DatasetError(
+        f"cannot use the cache folder {str(directory)!r} (AUTOML_CACHE_DIR): {reason}; "
+        "set AUTOML_CACHE_DIR to a folder automl can create and write in"
+    )
 
 
 def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 from pydantic import Field, ValidationInfo, model_validator
 
 from automl.data.base import DatasetOptions, ImageData, channel_stats
 from automl.data.cache import DecodeUnit, load_unit, units_fingerprint
 from automl.data.decode import Preprocess
 from automl.data.errors import DatasetError
-from automl.data.paths import data_root, real_paths, relative_name
+from automl.data.paths import data_root, file_identities, relative_name
 from automl.data.splits import SplitSeed, stratified_split
 from automl.registry import within_strict_input
 
@@ -85,9 +86,10 @@ def check_split_folder(
 def require_disjoint(files: Iterable[Path], others: Mapping[str, Iterable[Path]]) -> None:
     """Checks that a validation or test split shares no image file with other splits.
 
-    Files are compared by where they are (``real_paths``), so the same folder given twice,
-    or under another name (a symlinked folder), is caught too. Checked when a study is
-    submitted: it lists every split again.
+    Files are compared by identity (``file_identities``: device and inode), so the same
+    folder given twice or under another name (a symlinked folder), and files that are
+    symlinks or hard links to another split's images, are caught too. Checked when a study
+    is submitted: it lists every split again.
 
     Args:
         files: The split's listed files.
@@ -97,9 +99,10 @@ def require_disjoint(files: Iterable[Path], others: Mapping[str, Iterable[Path]]
         DatasetError: ``shares 40 images with path ('pets/cat/0.png', 'pets/cat/1.png',
             ...); a split must not hold another split's images``.
     """
-    own = real_paths(files)
+    own = file_identities(files)
     for option, other in others.items():
-        shared = sorted(own & real_paths(other))
+        theirs = set(file_identities(other).values())
+        shared = sorted(path for path, identity in own.items() if identity in theirs)
         if shared:
             root = data_root()
             named = ", ".join(repr(relative_name(Path(path), root)) for path in shared[:2])
@@ -217,7 +220,7 @@ def load_plan(plan: FilePlan, options: ImageOptions) -> ImageData:
         train_x, train_y = train_x[keep], train_y[keep]
     for split, labels in (("training", train_y), ("validation", val_y), ("test", test_y)):
         if labels is not None and len(labels) == 0:
-            raise DatasetError(f"{plan.source}: the {split} split has no samples; add images")
+            raise DatasetError(f"{plan.source}: {_empty_split(plan, options, split)}")
     mean, std = channel_stats(train_x)
     return ImageData(
         train_x=train_x,
@@ -233,6 +236,106 @@ def load_plan(plan: FilePlan, options: ImageOptions) -> ImageData:
     )
 
 
+def _empty_split(plan: FilePlan, options: ImageOptions, split: str) -> str:
+    """Why a split of ``plan`` came out empty, and what to do (``load_plan``)."""
+    noun = "clip" if plan.sequences else "image"
+    if split == "training" or {"validation": plan.val, "test": plan.test}[split] is not None:
+        return f"the {split} split has no samples; add {noun}s"
+    counts = torch.bincount(torch.tensor(plan.train.labels), minlength=len(plan.classes))
+    test_fraction = options.test_fraction if split == "validation" and plan.test is None else 0
+    return empty_split_message(split, plan.classes, counts.tolist(), noun, test_fraction)
+
+
+def empty_split_message(
+    split: str, classes: Sequence[str], counts: Sequence[int], noun: str, test_fraction: float
+) -> str:
+    """Why a split drawn from the training data has no samples, and what to do.
+
+    A split takes samples only from classes with at least two (a class's only sample stays
+    in training), and the test split is drawn before the validation split.
+
+    Args:
+        split: ``"validation"`` or ``"test"``.
+        classes: The class names.
+        counts: Samples per class before any split was drawn.
+        noun: What a sample is (``"image"``, ``"clip"``).
+        test_fraction: The share of the test split drawn from the same data before this
+            one; 0 if none was.
+
+    Returns:
+        ``the validation split has no samples: every class has 2 images, and the test
+        split (test_fraction 0.2) took its share of each class first, ...; add images, give
+        val_path or test_path, or set test_fraction to 0``.
+    """
+    sizes = _smallest_classes(classes, counts, noun)
+    if split == "validation" and test_fraction > 0 and max(counts) > 1:
+        lower = "set test_fraction to 0" if max(counts) <= 2 else "lower test_fraction"
+        return (
+            f"the validation split has no samples: {sizes}, and the test split (test_fraction "
+            f"{test_fraction:g}) took its share of each class first, leaving none the 2 {noun}s "
+            f"a class needs to give one to validation; add {noun}s, give val_path or test_path, "
+            f"or {lower}"
+        )
+    if split == "validation":
+        target, remedy = "validation", f"add {noun}s or give val_path"
+    else:
+        target, remedy = "the test split", f"add {noun}s, give test_path, or set test_fraction to 0"
+    return (
+        f"the {split} split has no samples: {sizes}, and a class needs 2 {noun}s to give one "
+        f"to {target}; {remedy}"
+    )
+
+
+def _smallest_classes(classes: Sequence[str], counts: Sequence[int], noun: str) -> str:
+    """``every class has 2 images``, or ``the smallest classes have 1 image (3 classes:
+    'a', 'b', ...)``."""
+    smallest = min(counts)
+    many = f"{smallest} {noun}" + ("" if smallest == 1 else "s")
+    names = [name for name, count in zip(classes, counts, strict=True) if count == smallest]
+    if len(names) == len(classes):
+        return f"every class has {many}"
+    if len(names) == 1:
+        return f"the smallest class has {many} ({names[0]!r})"
+    shown = ", ".join(repr(name) for name in names[:2]) + (", ..." if len(names) > 2 else "")
+    return f"the smallest classes have {many} ({len(names)} classes: {shown})"
+
+
+def check_drawn_splits(
+    options: ImageOptions,
+    val_path: str | None,
+    test_path: str | None,
+    counts: Callable[[], tuple[list[str], list[int]]],
+    noun: str,
+) -> None:
+    """At submit, refuses split options under which the test split certainly leaves the
+    validation split empty: no class has more than 2 samples (each gives one to the test
+    split, and its last stays in training).
+
+    Data whose classes all hold one sample is still accepted here: it fails when a trial
+    loads it, with the same explanation (``load_plan``).
+
+    Args:
+        options: The options validated so far.
+        val_path: The validation folder or file, if given (nothing is then drawn).
+        test_path: The test folder or file, if given.
+        counts: Lists ``path``: its class names and samples per class (called only if
+            both splits are drawn).
+        noun: What a sample is (``"image"``, ``"clip"``).
+
+    Raises:
+        DatasetError: With ``empty_split_message``'s message.
+    """
+    if not within_strict_input() or val_path is not None:
+        return
+    if test_path is not None or options.test_fraction == 0:
+        return
+    classes, sizes = counts()
+    if max(sizes) == 2:
+        raise DatasetError(
+            empty_split_message("validation", classes, sizes, noun, options.test_fraction)
+        )
+
+
 def make_unit(
     plan_source: str,
     role: str,
@@ -241,8 +344,13 @@ def make_unit(
     samples: list[tuple[Path, ...]],
     labels: list[int],
     prep: Preprocess,
+    selection: str = "",
 ) -> DecodeUnit:
-    """Builds a ``DecodeUnit`` for ``samples`` found at ``location`` (a folder or a file)."""
+    """Builds a ``DecodeUnit`` for ``samples`` found at ``location`` (a folder or a file).
+
+    ``selection`` names the options besides ``prep`` that pick the samples' files
+    (``DecodeUnit.selection``).
+    """
     shown = (
         location.relative_to(root).as_posix() if location.is_relative_to(root) else location.name
     )
@@ -253,4 +361,5 @@ def make_unit(
         labels=tuple(labels),
         prep=prep,
         root=str(root),
+        selection=selection,
     )

@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from automl.data.base import ImageData, register_dataset
 from automl.data.cache import DecodeUnit
@@ -16,6 +16,7 @@ from automl.data.errors import DatasetError
 from automl.data.files import (
     FilePlan,
     ImageOptions,
+    check_drawn_splits,
     check_split_folder,
     load_plan,
     make_unit,
@@ -55,6 +56,15 @@ class ImageFolderOptions(ImageOptions):
             return None
         check_split_folder(value, info, scan_class_folder, _flat)
         return value
+
+    @model_validator(mode="after")
+    def _check_drawn_splits(self) -> ImageFolderOptions:
+        check_drawn_splits(self, self.val_path, self.test_path, self._class_sizes, "image")
+        return self
+
+    def _class_sizes(self) -> tuple[list[str], list[int]]:
+        classes, files = scan_class_folder(self.path)
+        return classes, [len(found) for found in files]
 
 
 def _flat(files: list[list[Path]]) -> list[Path]:

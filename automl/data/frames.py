@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from automl.data.base import ImageData, register_dataset
 from automl.data.cache import DecodeUnit
@@ -19,6 +19,7 @@ from automl.data.files import (
     FilePlan,
     ImageOptions,
     Side,
+    check_drawn_splits,
     check_split_folder,
     load_plan,
     make_unit,
@@ -62,6 +63,15 @@ class FrameSequencesOptions(ImageOptions):
             return None
         check_split_folder(value, info, scan_clip_folder, _frame_files)
         return value
+
+    @model_validator(mode="after")
+    def _check_drawn_splits(self) -> FrameSequencesOptions:
+        check_drawn_splits(self, self.val_path, self.test_path, self._class_sizes, "clip")
+        return self
+
+    def _class_sizes(self) -> tuple[list[str], list[int]]:
+        classes, clips = scan_clip_folder(self.path)
+        return classes, [len(found) for found in clips]
 
 
 def _frame_files(clips: list[list[Clip]]) -> list[Path]:
@@ -122,7 +132,14 @@ def plan_frame_sequences(options: FrameSequencesOptions) -> FilePlan:
         ]
         labels = [index[name] for name, found in zip(names, clips, strict=True) for _ in found]
         return make_unit(
-            "frame_sequences", role, confine(value, root), root, samples, labels, options.preprocess
+            "frame_sequences",
+            role,
+            confine(value, root),
+            root,
+            samples,
+            labels,
+            options.preprocess,
+            selection=f"frames={options.frames},stride={options.stride}",
         )
 
     train = clip_unit(options.path, "train", classes, train_clips)

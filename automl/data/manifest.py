@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from automl.csv_cells import from_text_cell
 from automl.data.base import ImageData, register_dataset
@@ -14,6 +16,7 @@ from automl.data.errors import DatasetError
 from automl.data.files import (
     FilePlan,
     ImageOptions,
+    check_drawn_splits,
     load_plan,
     make_unit,
     require_classes,
@@ -63,6 +66,16 @@ class ImageCsvOptions(ImageOptions):
             require_disjoint([path for path, _ in rows], others)
         return value
 
+    @model_validator(mode="after")
+    def _check_drawn_splits(self) -> ImageCsvOptions:
+        check_drawn_splits(self, self.val_path, self.test_path, self._class_sizes, "image")
+        return self
+
+    def _class_sizes(self) -> tuple[list[str], list[int]]:
+        sizes = Counter(label for _, label in read_manifest(self.path))
+        classes = sorted(sizes)
+        return classes, [sizes[name] for name in classes]
+
 
 def read_manifest(value: str) -> list[tuple[Path, str]]:
     """Reads and checks a ``path,label`` CSV.
@@ -72,17 +85,20 @@ def read_manifest(value: str) -> list[tuple[Path, str]]:
 
     Raises:
         DatasetError: If the CSV or an image it names is missing, unreadable, outside the
-            data root, or not an image file, a row's path or label is empty, an image is
-            listed twice, or the CSV lacks the columns or rows.
+            data root, or not an image file, a row's path or label is empty or it has more
+            fields than the header, an image is listed twice, or the CSV lacks the columns
+            or rows.
     """
     root = data_root()
     csv_path = confine(value, root)
     shown = relative_name(csv_path, root)
     checked = []
     first_line: dict[Path, int] = {}
-    for line, image, label in _read_rows(csv_path, shown):
+    columns, rows = _read_rows(csv_path, shown)
+    for line, image, label, extra in rows:
         where = f"{shown} line {line}"
         try:
+            _require_no_extra_fields(extra, columns)
             path = _row_image(csv_path.parent, image, label, root)
         except DatasetError as exc:
             raise DatasetError(f"{where}: {exc}") from None
@@ -95,8 +111,12 @@ def read_manifest(value: str) -> list[tuple[Path, str]]:
     return checked
 
 
-def _read_rows(csv_path: Path, shown: str) -> list[tuple[int, str | None, str | None]]:
-    """``(line number, path, label)`` of each row of the CSV file."""
+_Row = tuple[int, str | None, str | None, list[str]]
+"""A CSV row: line number, path, label, and the fields past the header's columns."""
+
+
+def _read_rows(csv_path: Path, shown: str) -> tuple[list[str], list[_Row]]:
+    """The header's columns and each row of the CSV file."""
     try:
         if not csv_path.is_file():
             raise DatasetError(f"CSV file {shown!r} not found under the data root")
@@ -104,13 +124,13 @@ def _read_rows(csv_path: Path, shown: str) -> list[tuple[int, str | None, str | 
             raise DatasetError(f"CSV file {shown!r} is larger than {MAX_CSV_BYTES // 2**20} MiB")
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            columns = reader.fieldnames or []
+            columns = list(reader.fieldnames or [])
             if "path" not in columns or "label" not in columns:
                 raise DatasetError(
                     f"CSV file {shown!r} needs a header row with 'path' and 'label' columns"
                 )
             rows = [
-                (line, _cell(row["path"]), _cell(row["label"]))
+                (line, _cell(row["path"]), _cell(row["label"]), row.get(None) or [])
                 for line, row in enumerate(reader, start=2)
             ]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -118,7 +138,27 @@ def _read_rows(csv_path: Path, shown: str) -> list[tuple[int, str | None, str | 
         raise DatasetError(f"cannot read CSV file {shown!r}: {reason}") from None
     if not rows:
         raise DatasetError(f"CSV file {shown!r} lists no images")
-    return rows
+    return columns, rows
+
+
+def _require_no_extra_fields(extra: list[str], columns: Sequence[str]) -> None:
+    """Refuses a row with more fields than the header (``csv.DictReader`` keeps them apart):
+    an unquoted comma in a label (``golden, retriever``) would cut the label short.
+
+    Empty extra fields pass: spreadsheets pad short rows with them.
+
+    Raises:
+        DatasetError: ``has more fields than the header (path, label): ' retriever'; quote
+            a value that holds a comma``.
+    """
+    written = [value for value in extra if value.strip()]
+    if written:
+        shown = ", ".join(repr(value) for value in written[:2])
+        more = ", ..." if len(written) > 2 else ""
+        raise DatasetError(
+            f"has more fields than the header ({', '.join(columns)}): {shown}{more}; "
+            "quote a value that holds a comma"
+        )
 
 
 def _row_image(folder: Path, image: str | None, label: str | None, root: Path) -> Path:

@@ -147,18 +147,36 @@ def require_dir(path: Path, root: Path) -> None:
 def subfolders(folder: Path, root: Path) -> list[Path]:
     """The visible subfolders of ``folder``, name-sorted; each must stay inside ``root``.
 
-    Symlinks that lead nowhere (missing target, a loop) are skipped like other files.
+    Symlinks that lead nowhere (missing target, a loop) are skipped like other files, and
+    so are automl's own folders (``own_folders``).
 
     Raises:
         DatasetError: If ``folder`` cannot be listed, or a subfolder cannot be read, has a
             name that is not UTF-8, or is a symlink that points outside the root.
     """
+    own = {path.name for path in own_folders() if path.parent == folder}
     found = []
     for entry in _entries(folder, root):
-        if entry.name.startswith(".") or not _entry_is(entry, "dir", root):
+        if entry.name.startswith(".") or entry.name in own or not _entry_is(entry, "dir", root):
             continue
         found.append(_checked_path(entry, root))
     return sorted(found, key=lambda p: p.name)
+
+
+def own_folders() -> list[Path]:
+    """automl's own folders, resolved: ``AUTOML_ARTIFACTS_DIR`` and ``AUTOML_CACHE_DIR``.
+
+    automl writes them, maybe inside a dataset folder (``AUTOML_DATA_ROOT=.`` and
+    ``path: .`` with the default folders), where they are no class of the data.
+    """
+    settings = current_settings()
+    found = []
+    for path in (settings.artifacts_dir, settings.cache_dir):
+        try:
+            found.append(path.resolve())
+        except (OSError, RuntimeError):  # a symlink loop: it cannot be a listed folder either
+            continue
+    return found
 
 
 def image_files(folder: Path, root: Path, natural: bool = False) -> list[Path]:
@@ -228,21 +246,30 @@ def _check_link(path: Path, root: Path) -> None:
         raise DatasetError(f"{shown!r} is a symlink outside the data root (AUTOML_DATA_ROOT)")
 
 
-def real_paths(files: Iterable[Path]) -> set[str]:
-    """Where listed files are, their folders' symlinks resolved (each folder once).
+def file_identities(files: Iterable[Path]) -> dict[str, tuple[int, int]]:
+    """Each listed file's identity (device, inode), by its name with folder symlinks resolved.
 
-    A file that is itself a symlink counts where it lies, not where it points: resolving
-    each file would cost a system call per image.
+    The identity follows a file symlink to its target, and hard links share it, so two
+    names of one file compare equal; the names stay where the files were listed (each
+    folder resolved once) for messages. One ``stat`` per file.
+
+    Returns:
+        ``{path: (st_dev, st_ino)}``, the path as a string.
 
     Raises:
-        DatasetError: If a folder cannot be resolved.
+        DatasetError: If a folder cannot be resolved or a file cannot be read.
     """
     folders: dict[Path, str] = {}
-    real = set()
+    identities = {}
     for path in files:
         folder = folders.get(path.parent)
         if folder is None:
             shown = repr(relative_name(path.parent))
             folder = folders[path.parent] = str(resolve(path.parent, shown))
-        real.add(os.path.join(folder, path.name))
-    return real
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            shown = printable(relative_name(path))
+            raise DatasetError(f"cannot read {shown}: {exc.strerror}") from None
+        identities[os.path.join(folder, path.name)] = (info.st_dev, info.st_ino)
+    return identities

@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import pickle
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -33,6 +35,8 @@ from automl.data.splits import SplitSeed, stratified_split
 
 DOWNLOAD_TIMEOUT_S = 30.0
 """Seconds a download may wait on the network before it fails."""
+_CIFAR_IMAGE_BYTES = 3 * 32 * 32
+"""Bytes of one image in a CIFAR batch's ``data`` (torchvision reshapes it to (N, 3, 32, 32))."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,19 @@ class TorchvisionDataset:
         if issubclass(cls, _datasets().MNIST):
             return [os.path.splitext(name)[0] for name, _ in cls.resources]
         return [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+
+    @property
+    def is_mnist(self) -> bool:
+        """Whether the class is of the MNIST family (IDX files, not CIFAR's pickles)."""
+        return issubclass(self.dataset_class, _datasets().MNIST)
+
+    def split_files(self, train: bool) -> list[str]:
+        """The files of one split: MNIST's images and labels files, or CIFAR's batches."""
+        cls = self.dataset_class
+        if self.is_mnist:
+            prefix = "train" if train else "t10k"
+            return [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+        return [name for name, _ in (cls.train_list if train else cls.test_list)]
 
     def missing(self, root: Path) -> list[str]:
         """The expected files not present under ``root``.
@@ -191,6 +208,84 @@ def _tensors(dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.as_tensor(dataset.targets, dtype=torch.int64)
 
 
+def _checked_tensors(
+    spec: TorchvisionDataset, root: Path, dataset: Any, train: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_tensors`` of one split, once every image has one label that names a class.
+
+    torchvision reads files built by hand as they are: more images than labels would be
+    cut silently, and a label past the classes fails training with an ``IndexError``.
+
+    Raises:
+        DatasetError: Naming the file, the counts or the label, and the valid range.
+    """
+    images, labels = _tensors(dataset)
+    classes = len(dataset.classes)
+    if len(images) != len(labels) or _bad_label(labels, classes) is not None:
+        raise _label_error(spec, root, train, len(images), labels, classes)
+    return images, labels
+
+
+def _bad_label(labels: torch.Tensor, classes: int) -> int | None:
+    """The first label outside ``0 .. classes - 1``, if any."""
+    bad = ((labels < 0) | (labels >= classes)).nonzero()
+    return int(labels[bad[0, 0]]) if len(bad) else None
+
+
+def _label_error(
+    spec: TorchvisionDataset,
+    root: Path,
+    train: bool,
+    n_images: int,
+    labels: torch.Tensor,
+    classes: int,
+) -> DatasetError:
+    """The error for a split whose images and labels disagree, naming the file at fault."""
+    folder = relative_name(root / spec.folder)
+    valid = f"labels run from 0 to {classes - 1} ({spec.name} has {classes} classes)"
+    if spec.is_mnist:
+        images_file, labels_file = spec.split_files(train)
+        if n_images != len(labels):
+            return DatasetError(
+                f"{spec.name}: {folder}/{images_file} holds {n_images} images but "
+                f"{folder}/{labels_file} holds {len(labels)} labels; each image needs one label"
+            )
+        return DatasetError(
+            f"{spec.name}: {folder}/{labels_file} holds label {_bad_label(labels, classes)}; "
+            f"{valid}"
+        )
+    names = spec.split_files(train)
+    for name in names:
+        batch = _read_batch(root / spec.folder / name)
+        if batch is None:
+            continue
+        batch_images, batch_labels = batch
+        if batch_images != len(batch_labels):
+            return DatasetError(
+                f"{spec.name}: {folder}/{name} holds {batch_images} images but "
+                f"{len(batch_labels)} labels; each image needs one label"
+            )
+        bad = _bad_label(batch_labels, classes)
+        if bad is not None:
+            return DatasetError(f"{spec.name}: {folder}/{name} holds label {bad}; {valid}")
+    return DatasetError(
+        f"{spec.name}: {', '.join(names)} in {folder}/ hold {n_images} images but "
+        f"{len(labels)} labels, or labels outside 0 to {classes - 1}; each image needs one label"
+    )
+
+
+def _read_batch(path: Path) -> tuple[int, torch.Tensor] | None:
+    """A CIFAR batch's image count and labels, read as torchvision reads it; None if not."""
+    try:
+        with open(path, "rb") as handle:
+            # The file torchvision just unpickled itself, after its MD5 check.
+            entry = pickle.load(handle, encoding="latin1")
+        labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
+        return np.asarray(entry["data"]).size // _CIFAR_IMAGE_BYTES, torch.as_tensor(labels)
+    except Exception:  # any damage: the caller then names every batch
+        return None
+
+
 def _file_stats(spec: TorchvisionDataset, root: Path) -> list[tuple[str, int, int]]:
     stats = []
     for name in spec.files:
@@ -214,9 +309,10 @@ def _register(spec: TorchvisionDataset, description: str) -> None:
 
     def load(options: TorchvisionOptions) -> ImageData:
         root = confine(options.path)
-        train_x, train_y = _tensors(_open(spec, root, train=True, download=options.download))
+        train_set = _open(spec, root, train=True, download=options.download)
+        train_x, train_y = _checked_tensors(spec, root, train_set, train=True)
         test_set = _open(spec, root, train=False, download=False)
-        test_x, test_y = _tensors(test_set)
+        test_x, test_y = _checked_tensors(spec, root, test_set, train=False)
         keep, val_idx = stratified_split(train_y, options.val_fraction, options.seed)
         mean, std = channel_stats(train_x[keep])
         return ImageData(

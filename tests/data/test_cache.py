@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from automl.data import cache, forget_loaded, load_dataset
+from automl.data import DatasetError, cache, forget_loaded, load_dataset
 from automl.data.decode import Preprocess, decode_samples
 from tests.data.conftest import write_class_folder, write_image
 
@@ -172,3 +172,22 @@ def test_parallel_decoding_matches_serial(tmp_path: Path, caplog: pytest.LogCapt
     messages = [r.getMessage() for r in caplog.records]
     assert "decoding test images: 24 samples, 24 files, 2 processes" in messages
     assert any(m.startswith("decoded test images: 12/24 (50%)") for m in messages)
+
+
+def test_a_cache_folder_that_cannot_be_created_names_the_setting(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once every trial failed with "NotADirectoryError: [Errno 20] Not a directory"."""
+    write_class_folder(data_root / "pets", {"cat": 2, "dog": 2})
+    (tmp_path / "notadir").write_text("a file")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOML_CACHE_DIR", "notadir/cache")
+    with pytest.raises(DatasetError) as caught:
+        load_dataset("image_folder", OPTIONS)
+    assert str(caught.value) == (
+        "cannot use the cache folder 'notadir/cache' (AUTOML_CACHE_DIR): Not a directory; "
+        "set AUTOML_CACHE_DIR to a folder automl can create and write in"
+    )
+    monkeypatch.setenv("AUTOML_CACHE_DIR", "notadir")
+    with pytest.raises(DatasetError, match=r"^cannot use the cache folder 'notadir' .*: it is a"):
+        load_dataset("image_folder", OPTIONS)

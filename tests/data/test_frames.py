@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from automl.data import DatasetError, load_dataset
+from automl.data import DatasetError, forget_loaded, load_dataset
+from automl.data.frames import FrameSequencesOptions, plan_frame_sequences
 from automl.spec import SpecError, validate_spec
 from tests.data.conftest import write_image
 
@@ -110,3 +113,58 @@ def test_splits_that_share_frames_are_refused(data_root: Path) -> None:
         "dataset.options.val_path: shares 4 images with path ('clips/a/c0/frame0.png', "
         "'clips/a/c0/frame1.png', ...); a split must not hold another split's images"
     ]
+
+
+def decodes(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoding ")]
+
+
+def test_each_frame_count_and_stride_keeps_its_own_cache_file(
+    data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once frames 4, then 2, then 4 decoded every time, each replacing the last's file."""
+    caplog.set_level(logging.INFO, logger="automl.data")
+    for cls in ("a", "b"):
+        for clip in range(2):
+            write_clip(data_root / "clips" / cls / f"c{clip}", [1, 2, 3, 4, 5])
+    options = {"path": "clips", "size": 4, "channels": "grayscale", "val_path": "clips"}
+    for frames, stride in ((4, 1), (2, 1), (4, 1), (2, 2), (2, 1)):
+        forget_loaded()
+        data = load_dataset("frame_sequences", {**options, "frames": frames, "stride": stride})
+        assert data.train_x.shape[1] == frames
+    assert len(decodes(caplog)) == 2 * 3  # train and val, for each of the 3 selections
+    assert not any("removing stale" in r.getMessage() for r in caplog.records)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2 * 3
+
+
+def test_the_shared_cache_file_of_earlier_versions_is_removed(
+    data_root: Path, tmp_path: Path
+) -> None:
+    """Before frames and stride had their own slots, every selection shared one."""
+    for cls in ("a", "b"):
+        write_clip(data_root / "clips" / cls / "c0", [1, 2])
+        write_clip(data_root / "clips" / cls / "c1", [1, 2])
+    options = FrameSequencesOptions(path="clips", size=4, frames=2, val_fraction=0.5)
+    unit = plan_frame_sequences(options).train
+    shared = replace(unit, selection="").slot
+    assert shared != unit.slot
+    (tmp_path / "cache").mkdir()
+    earlier = tmp_path / "cache" / f"{shared}-{'0' * 32}.pt"
+    earlier.write_bytes(b"an earlier version's decoded clips")
+    load_dataset("frame_sequences", options.model_dump())
+    assert not earlier.exists()
+
+
+def test_automl_folders_inside_the_clip_folder_are_no_class(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for cls in ("a", "b"):
+        write_clip(data_root / cls / "c0", [1, 2])
+        write_clip(data_root / cls / "c1", [1, 2])
+    monkeypatch.setenv("AUTOML_CACHE_DIR", str(data_root / "cache"))
+    monkeypatch.setenv("AUTOML_ARTIFACTS_DIR", str(data_root / "artifacts"))
+    (data_root / "artifacts" / "1").mkdir(parents=True)
+    options = {"path": ".", "size": 4, "frames": 2, "val_fraction": 0.5}
+    assert load_dataset("frame_sequences", options).classes == ("a", "b")
+    forget_loaded()
+    assert load_dataset("frame_sequences", options).classes == ("a", "b")

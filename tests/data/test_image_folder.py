@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from automl.data import DatasetError, load_dataset
+from automl.data import DatasetError, forget_loaded, load_dataset
 from automl.data import folder as folder_module
 from automl.data.folder import ImageFolderOptions, plan_image_folder
 from automl.spec import SpecError, validate_spec
@@ -353,3 +353,145 @@ def test_csv_label_of_spaces_only_is_refused(data_root: Path) -> None:
         assert submit_errors("image_csv", {"path": name}) == [
             f"dataset.options.path: {name} line 3: path and label must not be empty"
         ]
+
+
+def link_files(sources: list[Path], folder: Path, link: str) -> None:
+    """``folder/<i>.png`` for each source file: a symlink (``link="symlink"``) or a hard link."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, source in enumerate(sources):
+        if link == "symlink":
+            os.symlink(source, folder / f"{i}.png")
+        else:
+            os.link(source, folder / f"{i}.png")
+
+
+def test_split_files_linked_to_training_images_are_refused(data_root: Path) -> None:
+    """Once only folder symlinks were resolved: linked files passed as new images."""
+    train = write_class_folder(data_root / "leak" / "train", {"a": 6, "b": 6})
+    for cls in ("a", "b"):
+        link_files(train[cls][:2], data_root / "leak" / "test" / cls, "symlink")
+        link_files(train[cls][2:4], data_root / "leak" / "val" / cls, "hardlink")
+    options = {"path": "leak/train", "val_path": "leak/val", "test_path": "leak/test"}
+    assert submit_errors("image_folder", options) == [
+        "dataset.options.val_path: shares 4 images with path ('leak/val/a/0.png', "
+        "'leak/val/a/1.png', ...); a split must not hold another split's images",
+        "dataset.options.test_path: shares 4 images with path ('leak/test/a/0.png', "
+        "'leak/test/a/1.png', ...); a split must not hold another split's images",
+    ]
+
+
+def test_csv_split_listing_a_hard_link_of_a_training_image_is_refused(data_root: Path) -> None:
+    write_class_folder(data_root / "img", {"x": 2, "y": 2})
+    os.link(data_root / "img" / "x" / "1.png", data_root / "img" / "copy.png")
+    (data_root / "train.csv").write_text(
+        "path,label\nimg/x/0.png,x\nimg/x/1.png,x\nimg/y/0.png,y\n"
+    )
+    (data_root / "val.csv").write_text("path,label\nimg/y/1.png,y\nimg/copy.png,x\n")
+    assert submit_errors("image_csv", {"path": "train.csv", "val_path": "val.csv"}) == [
+        "dataset.options.val_path: shares 1 image with path ('img/copy.png'); a split must not "
+        "hold another split's images"
+    ]
+
+
+def test_csv_row_with_more_fields_than_the_header_is_refused(data_root: Path) -> None:
+    """Once the extra fields went silently under ``None``: ``golden`` trained as a label."""
+    write_class_folder(data_root / "img", {"x": 2, "y": 2})
+    rows = "path,label\nimg/x/0.png,x\nimg/x/1.png,x\nimg/y/0.png,y\n"
+    (data_root / "extra.csv").write_text(rows + "img/y/1.png,y,extra\n")
+    (data_root / "comma.csv").write_text(rows + "img/y/1.png,golden, retriever\n")
+    (data_root / "padded.csv").write_text(rows.replace(",x\n", ",x,,\n") + "img/y/1.png,y,\n")
+    assert submit_errors("image_csv", {"path": "extra.csv"}) == [
+        "dataset.options.path: extra.csv line 5: has more fields than the header (path, label): "
+        "'extra'; quote a value that holds a comma"
+    ]
+    assert submit_errors("image_csv", {"path": "comma.csv"}) == [
+        "dataset.options.path: comma.csv line 5: has more fields than the header (path, label): "
+        "' retriever'; quote a value that holds a comma"
+    ]
+    assert submit_errors("image_csv", {"path": "padded.csv"}) == []  # empty cells: padding
+
+
+def test_the_artifact_folder_inside_the_data_is_no_class(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``AUTOML_DATA_ROOT=.`` and ``path: .``: ``automl run`` writes its weights into the
+    data folder, and once every later trial failed with "class 'automl-artifacts' has no
+    images"."""
+    write_class_folder(data_root, {"a": 3, "b": 3})
+    monkeypatch.chdir(data_root)
+    monkeypatch.delenv("AUTOML_ARTIFACTS_DIR", raising=False)  # the default, in the cwd
+    monkeypatch.setenv("AUTOML_DATA_ROOT", ".")
+    (data_root / "automl-artifacts" / "1").mkdir(parents=True)
+    (data_root / "automl-artifacts" / "1" / "weights.safetensors").write_bytes(b"w")
+    assert submit_errors("image_folder", {"path": ".", "size": 4}) == []
+    assert load_dataset("image_folder", {"path": ".", "size": 4}).classes == ("a", "b")
+
+
+def test_the_cache_folder_inside_the_data_is_no_class(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the second load failed: "class 'cache' has no images"."""
+    write_class_folder(data_root, {"a": 3, "b": 3})
+    monkeypatch.setenv("AUTOML_CACHE_DIR", str(data_root / "cache"))
+    assert load_dataset("image_folder", {"path": ".", "size": 4}).classes == ("a", "b")
+    assert list((data_root / "cache").glob("*.pt"))
+    forget_loaded()
+    assert submit_errors("image_folder", {"path": ".", "size": 4}) == []
+    assert load_dataset("image_folder", {"path": ".", "size": 4}).classes == ("a", "b")
+
+
+EMPTY_VALIDATION = (
+    "the validation split has no samples: every class has 2 images, and the test split "
+    "(test_fraction 0.2) took its share of each class first, leaving none the 2 images a class "
+    "needs to give one to validation; add images, give val_path or test_path, or set "
+    "test_fraction to 0"
+)
+
+
+def test_a_test_split_that_leaves_no_validation_images_is_refused_at_submit(
+    data_root: Path,
+) -> None:
+    """Once accepted: every trial then failed with "the validation split has no samples;
+    add images", which did not say why."""
+    write_class_folder(data_root / "pairs", {f"c{i:02}": 2 for i in range(30)}, size=(2, 2))
+    options = {"path": "pairs", "size": 2, "test_fraction": 0.2}
+    assert submit_errors("image_folder", options) == [f"dataset.options: {EMPTY_VALIDATION}"]
+    with pytest.raises(DatasetError) as caught:
+        load_dataset("image_folder", options)  # a study stored before the check
+    assert str(caught.value) == f"image_folder: {EMPTY_VALIDATION}"
+    rows = "".join(f"pairs/c{i:02}/{j}.png,c{i:02}\n" for i in range(30) for j in range(2))
+    (data_root / "pairs.csv").write_text("path,label\n" + rows)
+    csv_options = {**options, "path": "pairs.csv"}
+    assert submit_errors("image_csv", csv_options) == [f"dataset.options: {EMPTY_VALIDATION}"]
+    assert submit_errors("image_folder", {**options, "test_fraction": 0}) == []
+    assert submit_errors("image_folder", {**options, "val_path": "pairs"}) == [
+        "dataset.options.val_path: shares 60 images with path ('pairs/c00/0.png', "
+        "'pairs/c00/1.png', ...); a split must not hold another split's images"
+    ]  # not refused for its split sizes: nothing is drawn
+
+
+def test_an_empty_split_says_which_classes_are_too_small(data_root: Path) -> None:
+    write_class_folder(data_root / "ones", {"a": 1, "b": 1, "c": 1})
+    with pytest.raises(DatasetError) as caught:
+        load_dataset("image_folder", {"path": "ones", "size": 2})
+    assert str(caught.value) == (
+        "image_folder: the validation split has no samples: every class has 1 image, and a "
+        "class needs 2 images to give one to validation; add images or give val_path"
+    )
+    write_class_folder(data_root / "val", {"a": 1}, seed=1)
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(
+            "image_folder", {"path": "ones", "val_path": "val", "size": 2, "test_fraction": 0.5}
+        )
+    assert str(caught.value) == (
+        "image_folder: the test split has no samples: every class has 1 image, and a class "
+        "needs 2 images to give one to the test split; add images, give test_path, or set "
+        "test_fraction to 0"
+    )
+    write_class_folder(data_root / "mixed", {"a": 1, "b": 2, "c": 2, "d": 1, "e": 1})
+    assert submit_errors("image_folder", {"path": "mixed", "test_fraction": 0.1}) == [
+        "dataset.options: the validation split has no samples: the smallest classes have 1 "
+        "image (3 classes: 'a', 'd', ...), and the test split (test_fraction 0.1) took its share "
+        "of each class first, leaving none the 2 images a class needs to give one to validation; "
+        "add images, give val_path or test_path, or set test_fraction to 0"
+    ]

@@ -175,3 +175,68 @@ def test_unreadable_folder_is_a_submit_error(data_root: Path) -> None:
     assert [str(error) for error in caught.value.errors] == [
         "dataset.options.path: cannot read MNIST/raw/: Permission denied"
     ]
+
+
+@pytest.mark.parametrize(
+    ("source", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")]
+)
+def test_mnist_files_of_other_lengths_are_refused(
+    data_root: Path, source: str, folder: str
+) -> None:
+    """Files built by hand: once the extra images were cut off without a word."""
+    write_mnist(data_root, folder)
+    write_idx(data_root / folder / "raw" / "train-labels-idx1-ubyte", np.arange(15) % 10)
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(source)
+    assert str(caught.value) == (
+        f"{source}: {folder}/raw/train-images-idx3-ubyte holds {N_TRAIN} images but "
+        f"{folder}/raw/train-labels-idx1-ubyte holds 15 labels; each image needs one label"
+    )
+
+
+def test_mnist_label_past_the_classes_is_refused(data_root: Path) -> None:
+    """Once a raw ``IndexError: Target 11 is out of bounds`` in the middle of training."""
+    write_mnist(data_root, "MNIST")
+    labels = np.arange(N_TEST) % 10
+    labels[3] = 11
+    write_idx(data_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", labels)
+    with pytest.raises(DatasetError) as caught:
+        load_dataset("mnist")
+    assert str(caught.value) == (
+        "mnist: MNIST/raw/t10k-labels-idx1-ubyte holds label 11; labels run from 0 to 9 "
+        "(mnist has 10 classes)"
+    )
+
+
+def rewrite_batch(root: Path, cls: type, name: str, entry: dict[str, object]) -> None:
+    """Replaces a CIFAR batch written by ``write_cifar``, and its checksum."""
+    path = root / cls.base_folder / name
+    path.write_bytes(pickle.dumps(entry))
+    for listed in (*cls.train_list, *cls.test_list):
+        if listed[0] == name:
+            listed[1] = md5(path)
+
+
+@pytest.mark.parametrize("cls", [datasets.CIFAR10, datasets.CIFAR100], ids=["cifar10", "cifar100"])
+def test_cifar_batch_of_other_lengths_or_labels_is_refused(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch, cls: type
+) -> None:
+    write_cifar(data_root, cls, monkeypatch)
+    source, classes = ("cifar10", 10) if cls is datasets.CIFAR10 else ("cifar100", 100)
+    key = "labels" if classes == 10 else "fine_labels"
+    name = cls.train_list[-1][0]
+    data = np.zeros((4, 3072), dtype=np.uint8)
+    rewrite_batch(data_root, cls, name, {"data": data, key: [0, 1, 2]})
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(source)
+    assert str(caught.value) == (
+        f"{source}: {cls.base_folder}/{name} holds 4 images but 3 labels; each image needs one "
+        "label"
+    )
+    rewrite_batch(data_root, cls, name, {"data": data, key: [0, classes, 2, -1]})
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(source)
+    assert str(caught.value) == (
+        f"{source}: {cls.base_folder}/{name} holds label {classes}; labels run from 0 to "
+        f"{classes - 1} ({source} has {classes} classes)"
+    )
