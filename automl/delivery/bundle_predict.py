@@ -116,10 +116,12 @@ def main(paths: list) -> int:
         probabilities = np.exp(row - row.max())
         probabilities /= probabilities.sum()
         top = np.argsort(-probabilities, kind="stable")[:3]
+        # The shape of the API's and `automl predict --json`'s answers.
         ranked = [
-            {"class": card["classes"][i], "probability": float(probabilities[i])} for i in top
+            {"label": card["classes"][i], "index": int(i), "probability": float(probabilities[i])}
+            for i in top
         ]
-        print(json.dumps({"image": str(path), "top": ranked}))
+        print(json.dumps({"file": str(path), "top": ranked}))
     return 0 if len(good) == len(paths) else 1
 
 

@@ -389,6 +389,12 @@ def _load(store: Store, trial: FrozenTrial, device: torch.device) -> ServingMode
             f"trial {trial.number}'s configuration no longer validates: {error_text(exc)}"
         ) from None
     state_dict = load_state_dict(trial, store.artifacts)
+    if not all(torch.isfinite(tensor).all() for tensor in state_dict.values()):
+        # Kept before training refused diverged runs: NaN logits would score as class 0.
+        raise ModelUnavailableError(
+            f"the weights of trial {trial.number} are not finite (its training diverged); "
+            "it has no model to serve"
+        )
     recorded = recorded_stats(trial)
     data = recorded if recorded is not None else _dataset_now(trial, config)
     if len(data.input_shape) != 3 or data.input_shape[0] not in (1, 3):

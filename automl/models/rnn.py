@@ -41,6 +41,10 @@ class SequenceReader(nn.Module):
 
     def forward(self, sequence: torch.Tensor) -> torch.Tensor:
         """Reads ``(N, T, F)`` into ``(N, out_features)``."""
+        if sequence.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN has no LSTM for float32 input under bfloat16 autocast on CPUs without
+            # native bfloat16; it has one for bfloat16 input (what a conv in front gives).
+            sequence = sequence.to(torch.get_autocast_dtype("cpu"))
         _, state = self.rnn(sequence)
         hidden = state[0] if isinstance(state, tuple) else state  # an LSTM also returns c
         last_layer = hidden[-self.directions :]  # (directions, N, hidden)

@@ -12,6 +12,7 @@ see ``automl.train.accel``).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -301,6 +302,8 @@ def train(
     confusion = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
     pruned, stopped_early = False, stopped_before and first_epoch > config.epochs
     last_checkpoint = time.monotonic()
+    # Images per epoch that updates see (a trailing single image is left out).
+    trained_per_epoch = sum(stop - start for start, stop in _batch_slices(n_train, batch_size))
     for epoch in range(first_epoch, config.epochs + 1):
         model.train()
         epoch_generator = generator.get_state()
@@ -341,7 +344,9 @@ def train(
             runner, data.val_x, data.val_y, data.num_classes, accel, data.normalize
         )
         metrics = compute_metrics(Evaluation(confusion, val_loss, model_stats))
-        history.append({"epoch": epoch, "train_loss": float(loss_sum) / len(order), **metrics})
+        train_loss = float(loss_sum) / trained_per_epoch
+        _require_finite(epoch, train_loss, metrics["loss"])
+        history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
         if best is not None:
             best.offer(epoch, metrics, metrics[monitor], confusion, model)
         if checkpoint is not None and epoch < config.epochs:
@@ -472,6 +477,20 @@ def _trainable_groups(model: torch.nn.Module, config: TrialConfig) -> list[dict[
     if mult != 1.0:
         return param_groups(model, config.lr, mult)
     return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+
+def _require_finite(epoch: int, train_loss: float, val_loss: float) -> None:
+    """Ends a run whose losses are no longer numbers: its weights are, and every later
+    metric (the argmax of NaN logits is class 0) would score garbage as a result.
+
+    Raises:
+        FloatingPointError: If either loss is NaN or infinite.
+    """
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        raise FloatingPointError(
+            f"training diverged at epoch {epoch} (train loss {train_loss:g}, validation loss "
+            f"{val_loss:g}); try a lower lr, grad_clip or another precision"
+        )
 
 
 def _batch_slices(n: int, batch_size: int, drop_single: bool = True) -> list[tuple[int, int]]:

@@ -34,6 +34,7 @@ from automl.data.decode import decode_image
 from automl.delivery.bundle import Bundle, build_bundle
 from automl.delivery.card import CARD_FORMAT, preprocess_of, trial_input
 from automl.delivery.card import trial_config as config_of
+from automl.delivery.schemas import ImagePrediction
 from automl.examples import write_moving_shapes
 from automl.store import attrs, get_frozen_trial, load_state_dict, submit_study
 from automl.train.evaluation import restore_model
@@ -129,11 +130,13 @@ def _predict(python: Path, folder: Path, images: list[Path], block: str | None) 
     done = _run(python, folder, code, *map(str, images))
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [line["image"] for line in lines] == [str(path) for path in images]
+    # The API's (and `automl predict --json`'s) shape: ImagePrediction.
+    assert [ImagePrediction.model_validate(line).file for line in lines] == list(map(str, images))
     for line in lines:
         probabilities = [entry["probability"] for entry in line["top"]]
         assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
-    return [line["top"][0]["class"] for line in lines]
+        assert [int(entry["label"]) for entry in line["top"]] == [e["index"] for e in line["top"]]
+    return [line["top"][0]["label"] for line in lines]
 
 
 def _images(trained: Trained, folder: Path) -> tuple[list[Path], torch.Tensor, list[Path]]:
@@ -325,7 +328,7 @@ def test_predict_py_reports_each_bad_file_in_one_line_and_classifies_the_rest(
     assert [line.split(": ")[1] for line in errors] == [str(path) for path in bad], errors
     assert all(line.startswith("error: ") and len(line.split(": ")) >= 3 for line in errors)
     assert "no such file" in errors[0] and "is a directory" in errors[-1]
-    printed = [json.loads(line)["image"] for line in done.stdout.splitlines()]
+    printed = [json.loads(line)["file"] for line in done.stdout.splitlines()]
     assert printed == [str(good[0]), str(good[1])]
     alone = _predict_script(no_automl_python, trained.folder, good)
     assert alone.returncode == 0 and alone.stdout == done.stdout

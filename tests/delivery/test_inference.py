@@ -17,12 +17,14 @@ from PIL import Image
 
 from automl.config import Limits
 from automl.data import load_dataset
+from automl.delivery import inference
 from automl.delivery.annotate import annotate_folder
 from automl.delivery.inference import (
     InputRejectedError as Rejected,
 )
 from automl.delivery.inference import (
     ModelCache,
+    ModelUnavailableError,
     ServingModel,
     Upload,
     check_uploads,
@@ -304,3 +306,26 @@ def test_failed_load_is_not_cached() -> None:
     with pytest.raises(RuntimeError):
         cache.get(("x",), fail)
     assert cache.get(("x",), lambda: "ok") == "ok"  # type: ignore[arg-type,return-value,comparison-overlap]
+
+
+def test_weights_that_are_not_finite_are_not_served(
+    trained: tuple[Store, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stored before diverged runs were refused: NaN logits argmax to class 0 and their
+    # probabilities break every answer that carries them.
+    store, study_id = trained
+    real = inference.load_state_dict
+
+    def diverged(*args: object, **kwargs: object) -> dict[str, torch.Tensor]:
+        state = real(*args, **kwargs)  # type: ignore[arg-type]
+        return {
+            name: torch.full_like(t, float("nan")) if t.is_floating_point() else t
+            for name, t in state.items()
+        }
+
+    monkeypatch.setattr(inference, "load_state_dict", diverged)
+    inference.MODELS.clear()
+    serving = serving_trial(store, study_id)
+    with pytest.raises(ModelUnavailableError, match=r"are not finite \(its training diverged\)"):
+        load_serving_model(store, serving)
+    inference.MODELS.clear()

@@ -575,3 +575,29 @@ def test_compiled_model_matches_eager_on_cpu(small_data: ImageData) -> None:
         eager.history[0]["train_loss"], rel=1e-3
     )
     assert compiled.metrics["accuracy"] == pytest.approx(eager.metrics["accuracy"], abs=0.05)
+
+
+def test_train_loss_averages_over_the_images_that_were_trained_on(
+    small_data: ImageData,
+) -> None:
+    # Three copies of one image: every batch has the same mean loss, so the epoch's
+    # train loss must be that whether the trailing single image is dropped (batch 2) or
+    # not (batch 3); counting the dropped one made it two thirds of it.
+    same = dataclasses.replace(
+        small_data,
+        train_x=small_data.train_x[:1].repeat(3, 1, 1, 1),
+        train_y=small_data.train_y[:1].repeat(3),
+    )
+    losses = [
+        train(tiny(epochs=1, batch_size=size, lr=1e-9), data=same).history[0]["train_loss"]
+        for size in (2, 3)
+    ]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_a_run_whose_loss_diverges_fails_instead_of_scoring_garbage(
+    small_data: ImageData,
+) -> None:
+    config = tiny(epochs=3, lr=10.0, weight_decay=1.0, optimizer="sgd", momentum=0.0)
+    with pytest.raises(FloatingPointError, match=r"training diverged at epoch \d \(train loss"):
+        train(config, data=small_data)
