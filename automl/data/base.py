@@ -6,6 +6,7 @@ import hashlib
 import inspect
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from automl.config import current_settings
+from automl.data.errors import DatasetError
 from automl.registry import EntryOptions, Registry
 
 
@@ -189,6 +191,11 @@ MEMORY_CACHE_SIZE = 2
 _loaded: OrderedDict[str, ImageData] = OrderedDict()
 _loaded_lock = threading.Lock()
 
+FAILURE_MEMORY_S = 600.0
+"""How long a process answers a load of unchanged data that failed with the same error,
+instead of decoding up to the bad file again for every trial."""
+_failed: dict[str, tuple[float, str]] = {}
+
 
 def dataset_fingerprint(source: str, options: dict[str, Any] | None = None) -> str:
     """Identifies a dataset's data and split without decoding it (lists files at most).
@@ -228,8 +235,19 @@ def load_dataset(source: str, options: dict[str, Any] | None = None) -> ImageDat
         if key in _loaded:
             _loaded.move_to_end(key)
             return _loaded[key]
-    data = entry.factory.load(parsed)
+        failed = _failed.get(key)
+        if failed is not None and time.monotonic() - failed[0] < FAILURE_MEMORY_S:
+            raise DatasetError(failed[1])
+    try:
+        data = entry.factory.load(parsed)
+    except DatasetError as exc:
+        # The key covers every file's size and time: fixing or removing the file loads anew.
+        with _loaded_lock:
+            _failed.clear()  # one failure remembered, so the dict never grows
+            _failed[key] = (time.monotonic(), str(exc))
+        raise
     with _loaded_lock:
+        _failed.pop(key, None)
         _loaded[key] = data
         while len(_loaded) > MEMORY_CACHE_SIZE:
             _loaded.popitem(last=False)
@@ -240,3 +258,4 @@ def forget_loaded() -> None:
     """Drops the datasets this process keeps in memory (the disk cache stays)."""
     with _loaded_lock:
         _loaded.clear()
+        _failed.clear()

@@ -190,6 +190,29 @@ def test_corrupt_image_error_names_the_file(data_root: Path) -> None:
     assert "\n" not in str(caught.value)
 
 
+def test_a_failed_load_of_unchanged_data_fails_again_without_decoding(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every trial of a study loads the same data: one bad file must not be decoded up to
+    # again by each of them (up to max_failed trials), until the data changes.
+    write_class_folder(data_root / "pets", {"cat": 3, "dog": 3})
+    broken = data_root / "pets" / "dog" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    options = {"path": "pets", "size": 4}
+    with pytest.raises(DatasetError, match="broken.png") as first:
+        load_dataset("image_folder", options)
+    calls = []
+    real = folder_module.load_plan
+    monkeypatch.setattr(folder_module, "load_plan", lambda *a: calls.append(a) or real(*a))
+    with pytest.raises(DatasetError) as again:
+        load_dataset("image_folder", options)
+    assert str(again.value) == str(first.value) and calls == []
+
+    broken.unlink()  # fixed: loads anew
+    assert load_dataset("image_folder", options).classes == ("cat", "dog")
+    assert len(calls) == 1
+
+
 # --- image_csv -----------------------------------------------------------------------------
 
 
