@@ -69,6 +69,7 @@ def study_text(study: StudyDetail) -> str:
         f"status:    {study.status.value}"
         + (f" ({study.status_reason})" if study.status_reason else ""),
         f"objective: {objective}",
+        *([f"seed:      {study.seed}"] if study.seed is not None else []),
         f"trials:    {counts.finished}/{study.n_trials} finished "
         f"(complete {counts.complete}, pruned {counts.pruned}, failed {counts.fail}; "
         f"running {counts.running}, waiting {counts.waiting}"

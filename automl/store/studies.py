@@ -319,7 +319,7 @@ def get_study(store: Store, study_id: int) -> StudyDetail:
     with store.read() as connection:
         row = _row(connection, study_id)
         fields = _summary_fields(connection, [row])[0]
-    return StudyDetail(**fields, spec=json.loads(row.spec))
+    return StudyDetail(**fields, spec=json.loads(row.spec), seed=row.seed)
 
 
 @retrying_read

@@ -71,6 +71,12 @@ class StudyDetail(StudySummary):
     """A study with its full spec."""
 
     spec: dict[str, Any]
+    seed: int | None = Field(
+        None,
+        description="The study's seed, from which its sampler and its trials' training "
+        "seeds derive: sampler.seed, or the one drawn at submit (give it as sampler.seed "
+        "to repeat the study).",
+    )
 
 
 class TrialSummary(BaseModel):

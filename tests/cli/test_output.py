@@ -27,7 +27,10 @@ def test_study_text_counts_cancelled_trials() -> None:
         n_trials=4,
         counts=counts,
         best_value=None,
+        seed=None,
     )
+    assert "seed:" not in study_text(detail)  # a view from an older server has none
+    assert "seed:      1234" in study_text(detail.model_copy(update={"seed": 1234}))
     assert "(complete 1, pruned 0, failed 0; running 0, waiting 0, cancelled 3)" in study_text(
         detail
     )

@@ -92,6 +92,16 @@ def test_submit_creates_a_queued_study_without_per_trial_rows(
     assert user_attrs[attrs.SPEC]["name"] == "tiny"
 
 
+def test_the_study_shows_its_seed_given_or_drawn_at_submit(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    given = submit_study(store, tiny_spec(sampler={"name": "random", "seed": 7}))
+    assert given.seed == 7 and get_study(store, given.id).seed == 7
+    drawn = submit_study(store, tiny_spec(sampler={"name": "random"}))
+    assert drawn.spec["sampler"].get("seed") is None
+    assert drawn.seed is not None and 0 <= drawn.seed < 2**31
+
+
 def test_names_get_suffixes(store: Store, tiny_spec: SpecFactory) -> None:
     optuna.create_study(storage=store.storage, study_name="tiny-2")  # a plain Optuna study
     names = [submit_study(store, tiny_spec()).name for _ in range(4)]
