@@ -107,6 +107,44 @@ class ExactModel(BaseModel):
     _no_conversion = field_validator("*", mode="before")(classmethod(refuse_field_conversion))
 
 
+@dataclass(frozen=True)
+class AppliesWhen:
+    """When an option of an entry matters at all: only while another option of the same
+    entry takes one of ``values`` or, given ``above``, is a number above it.
+
+    Attributes:
+        option: The option it depends on (``weighting``).
+        values: The values of ``option`` under which it applies (``("effective_number",)``).
+        above: Instead of ``values``: it applies only while ``option`` is above this.
+    """
+
+    option: str
+    values: tuple[Any, ...] = ()
+    above: float | None = None
+
+    def admits(self, value: Any) -> bool:
+        """Whether the option applies where ``option`` is ``value``."""
+        if self.above is not None:
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            return number and value > self.above
+        # True == 1 in Python, but no flag is a number.
+        return any(
+            isinstance(value, bool) == isinstance(allowed, bool) and value == allowed
+            for allowed in self.values
+        )
+
+    def describe(self) -> str:
+        """The condition as users read it: ``weighting is effective_number``."""
+        if self.above is not None:
+            return f"{self.option} is above {self.above:g}"
+        return f"{self.option} is {' or '.join(value_text(v) for v in self.values)}"
+
+
+def value_text(value: Any) -> str:
+    """A value as a spec writes it: ``inverse``, ``0.0``, ``true``, ``null``."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
 class EntryOptions(ExactModel):
     """Base of an entry's options: every field typed, ranged and described; unknown keys
     are errors, and so are numbers that are not finite and (``strict_input``) values a
@@ -117,6 +155,48 @@ class EntryOptions(ExactModel):
     SAMPLES: ClassVar[frozenset[str] | None] = None
     """The samples the entry works on: ``images`` (C, H, W), ``clips`` (T, C, H, W) or
     both; None for its registry's rule (``automl.sample_kinds``)."""
+
+    APPLIES_WHEN: ClassVar[Mapping[str, AppliesWhen]] = {}
+    """Options that matter only for some values of another option of the entry, each with
+    its condition (``beta`` only while ``weighting`` is ``effective_number``). A study
+    searches such an option only where its condition holds, and refuses it where it never
+    can (``automl.spec``). Checked when the class is defined."""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuses a subclass whose ``APPLIES_WHEN`` is wrong (``rule_problems``)."""
+        super().__pydantic_init_subclass__(**kwargs)
+        problems = rule_problems(cls)
+        if problems:
+            raise TypeError(f"{cls.__name__}.APPLIES_WHEN: {'; '.join(problems)}")
+
+    @classmethod
+    def condition_of(cls, option: str) -> AppliesWhen | None:
+        """The condition under which ``option`` applies, or None when it always does."""
+        return cls.APPLIES_WHEN.get(option)
+
+
+def rule_problems(options: type[EntryOptions]) -> list[str]:
+    """What is wrong with the ``APPLIES_WHEN`` of ``options``: an unknown option, one
+    that depends on itself, a value its option cannot take, or ``above`` on no number."""
+    fields = options.model_fields
+    problems = []
+    for option, rule in options.APPLIES_WHEN.items():
+        if option not in fields or rule.option not in fields or option == rule.option:
+            problems.append(f"{option!r} -> {rule.option!r} names no other option")
+            continue
+        annotation = fields[rule.option].annotation
+        if rule.above is not None:
+            if rule.values or value_kind(annotation)[0] not in ("int", "float"):
+                problems.append(f"{option!r}: 'above' needs a number option and no values")
+        elif not rule.values:
+            problems.append(f"{option!r}: no value of {rule.option!r} lets it apply")
+        for value in rule.values:
+            try:
+                _adapter(annotation).validate_python(value, strict=True)
+            except ValidationError:
+                problems.append(f"{option!r}: {value!r} is no value of {rule.option!r}")
+    return problems
 
 
 @dataclass(frozen=True)

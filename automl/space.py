@@ -29,7 +29,8 @@ def to_distribution(param: ParamSpec) -> BaseDistribution:
 
 def is_active(spec: StudySpec, name: str, chosen: Mapping[str, Any]) -> bool:
     """Whether the param ``name`` applies, given the values chosen so far for its parents
-    (its ``when`` and the selector its entry option implies)."""
+    (its ``when``, the selector its entry option implies, and the option of that entry
+    its ``APPLIES_WHEN`` names: ``StudySpec.conditions``)."""
     return all(
         parent in chosen and chosen[parent] in values
         for parent, values in spec.conditions(name).items()

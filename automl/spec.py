@@ -34,16 +34,20 @@ from automl.data import DATASETS
 from automl.pruners import PRUNERS, build_pruner
 from automl.registry import (
     MAX_COUNT,
+    AppliesWhen,
+    EntryOptions,
     ExactModel,
     Registry,
     refuse_field_conversion,
     strict_input,
+    value_text,
 )
 from automl.sample_kinds import sample_problems
 from automl.samplers import SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, build_sampler
 from automl.sampling import check_grid, resolve_auto
 from automl.train import METRICS
 from automl.train.hyperparameters import (
+    GROUPS,
     Hyperparameter,
     UnknownHyperparameterError,
     default_choices,
@@ -73,6 +77,21 @@ Choice = Annotated[Scalar, BeforeValidator(_one_choice)]
 """One value of a categorical param."""
 StrictInt = Annotated[int, Strict()]
 """An integer that refuses booleans and strings (``n_trials: true`` is an error, not 1)."""
+
+
+@dataclass(frozen=True)
+class OptionVerdict:
+    """Where an option of one entry applies, given how a spec sets the option its
+    ``APPLIES_WHEN`` condition names: always (the default), never (``never`` says why), or
+    where the searched ``parent`` takes one of ``values``."""
+
+    parent: str | None = None
+    values: tuple[Scalar, ...] = ()
+    never: str | None = None
+
+
+APPLIES = OptionVerdict()
+"""The verdict of an option without a condition, or whose condition always holds."""
 
 
 @dataclass(frozen=True)
@@ -276,12 +295,15 @@ PARAM_TYPES: dict[str, type[_Param]] = {
 }
 
 
-SPACE_RULES = 3
+SPACE_RULES = 4
 """The latest version of the rules that read a spec's space (which params apply where).
 A spec stored without ``space_rules`` was submitted under version 1, where an option that
 every choice of a conditional selector has applied even where the selector did not; under
 version 2 the loss and its options applied even in trials whose searched ``imbalance`` was
-``focal``, which replaces the loss."""
+``focal``, which replaces the loss; under version 3 an option that its entry's
+``APPLIES_WHEN`` ties to another option (``freeze_k`` to ``freeze: first_k``) applied
+whatever that option's searched value, and on entries whose fixed or default value of it
+ruled the option out."""
 
 LOSS_REPLACING_IMBALANCE = "focal"
 """The imbalance strategy that trains with its own loss instead of the configured one."""
@@ -407,31 +429,92 @@ class StudySpec(StrictModel):
     def conditions(self, name: str) -> dict[str, list[Scalar]]:
         """When the param ``name`` applies: its ``when``, plus the selector value(s) its
         entry option implies (``width`` of ``cnn`` applies while ``model`` is ``cnn``), plus
-        for the loss and its options, while ``imbalance`` is searched with ``focal`` (which
-        replaces the loss), its other choices.
+        the values of a searched option of its entry that its entry's ``APPLIES_WHEN``
+        needs (``freeze_k`` applies while ``freeze`` is ``first_k``), plus for the loss and
+        its options, while ``imbalance`` is searched with ``focal`` (which replaces the
+        loss), its other choices.
 
         An option that every choice of its selector has is implied only when the selector
         is itself conditional: where the selector does not apply, the default entry
-        trains, and the option must not be sampled (nor count as a grid cell) for it. A
-        study submitted before a rule (``space_rules``: 1 before that one, 2 before the
-        loss's) keeps its old conditions, so its grid cells stay the ones its tickets were
-        issued by."""
+        trains, and the option must not be sampled (nor count as a grid cell) for it. An
+        entry whose fixed or default value of the option named by ``APPLIES_WHEN`` rules
+        the option out is no implied selector value. A study submitted before a rule
+        (``space_rules``: 1 before that one, 2 before the loss's, 3 before
+        ``APPLIES_WHEN``) keeps its old conditions, so its grid cells stay the ones its
+        tickets were issued by."""
         conditions = self.params[name].explicit_conditions()
         try:
             hp = self.hyperparameter(name)
         except UnknownHyperparameterError:
             return conditions  # reported by the checks; nothing is implied
+        entries, needed = list(hp.entries), {}
+        if hp.option is not None and self.space_rules >= 4:
+            entries, needed = self.rule_conditions(hp)
         selector = self.params.get(hp.group or "")
         if hp.option is not None and isinstance(selector, CategoricalParam):
             choices = [str(choice) for choice in selector.choices]
-            implied = [entry for entry in hp.entries if entry in choices]
+            implied = [entry for entry in entries if entry in choices]
             if len(implied) < len(choices) or (selector.when and self.space_rules >= 2):
                 _narrow(conditions, hp.group, implied)  # type: ignore[arg-type]
+        for parent, values in needed.items():
+            _narrow(conditions, parent, values)
         if hp.group == "loss" and self.space_rules >= 3:
             kept = self._imbalances_keeping_the_loss()
             if kept is not None:
                 _narrow(conditions, "imbalance", kept)
         return conditions
+
+    @cached_property
+    def option_settings(self) -> dict[tuple[str, str, str], tuple[str, str]]:
+        """Where this spec sets the entry options it names: ``(group, option, entry)`` ->
+        ``(section, name)``, the section ``fixed`` or ``params`` and the name it uses."""
+        settings: dict[tuple[str, str, str], tuple[str, str]] = {}
+        for (section, name), hp in _resolved_names(self):
+            if hp.group is not None and hp.option is not None:
+                for entry in hp.entries:
+                    settings.setdefault((hp.group, hp.option, entry), (str(section), str(name)))
+        return settings
+
+    def option_verdicts(self, hp: Hyperparameter) -> dict[str, OptionVerdict]:
+        """For each entry whose option ``hp`` sets, where the option applies in this study
+        by its entry's ``APPLIES_WHEN`` (``APPLIES`` for a selector or general name)."""
+        if hp.group is None or hp.option is None:
+            return {}
+        return {entry: self._verdict(hp.group, entry, hp.option) for entry in hp.entries}
+
+    def _verdict(self, group: str, entry: str, option: str) -> OptionVerdict:
+        """Where ``option`` of ``entry`` applies, from how this study sets the option that
+        its condition names: fixed, searched, or left at the entry's default."""
+        options = GROUPS[group].get(entry).options
+        rule = options.condition_of(option)
+        if rule is None:
+            return APPLIES
+        default = options.model_fields[rule.option].get_default()
+        section, name = self.option_settings.get((group, rule.option, entry), ("", ""))
+        if section == "params":
+            return _searched_verdict(rule, name, self.params[name], default)
+        if section != "fixed":
+            how = f"{rule.option} is {value_text(default)}, its default"
+            return APPLIES if rule.admits(default) else OptionVerdict(never=how)
+        value = self.fixed[name]
+        if rule.admits(value):
+            return APPLIES
+        if Hyperparameter(name, group, rule.option, (entry,)).check(value):
+            return APPLIES  # the value itself is refused: that error is the one to fix
+        return OptionVerdict(never=f"{name} is fixed at {value_text(value)}")
+
+    def rule_conditions(self, hp: Hyperparameter) -> tuple[list[str], dict[str, list[Scalar]]]:
+        """The entries whose option ``hp`` can apply, and the values of a searched param
+        it needs (only when every one of those entries needs the same: conditions are
+        all required, so one entry's need cannot be waived for another's)."""
+        verdicts = self.option_verdicts(hp)
+        entries = [entry for entry in hp.entries if verdicts[entry].never is None]
+        needs = {(verdicts[entry].parent, verdicts[entry].values) for entry in entries}
+        if len(needs) == 1:
+            parent, values = needs.pop()
+            if parent is not None:
+                return entries, {parent: list(values)}
+        return entries, {}
 
     def _imbalances_keeping_the_loss(self) -> list[str] | None:
         """The searched ``imbalance`` choices other than ``focal`` (which replaces the
@@ -447,7 +530,44 @@ class StudySpec(StrictModel):
         return [choice for choice in choices if choice != LOSS_REPLACING_IMBALANCE]
 
 
-def _narrow(conditions: dict[str, list[Scalar]], parent: str, allowed: list[str]) -> None:
+def _searched_verdict(
+    rule: AppliesWhen, name: str, param: FloatParam | IntParam | CategoricalParam, default: Any
+) -> OptionVerdict:
+    """Where an option applies whose condition names the option that ``param`` (spec name
+    ``name``) searches. Only a categorical search can be a condition; a range that holds
+    values either way is sampled throughout, as a ``when`` cannot name it."""
+    if isinstance(param, CategoricalParam):
+        admitted = tuple(choice for choice in param.choices if rule.admits(choice))
+        some, every = bool(admitted), len(admitted) == len(param.choices)
+        searched = f"{name} is searched among {', '.join(map(value_text, param.choices))}"
+    else:
+        admitted, (some, every) = (), _range_admits(rule, param)
+        searched = f"{name} is searched in [{param.low:g}, {param.high:g}]"
+    if param.when and rule.admits(default):
+        return APPLIES  # where the param does not apply, the default lets the option apply
+    if not some:
+        if param.when:
+            searched += f" and else is {value_text(default)}, its default"
+        return OptionVerdict(never=searched)
+    if isinstance(param, CategoricalParam) and (param.when or not every):
+        return OptionVerdict(parent=name, values=admitted)
+    return APPLIES
+
+
+def _range_admits(rule: AppliesWhen, param: FloatParam | IntParam) -> tuple[bool, bool]:
+    """Whether some value of ``param``'s range, and every one, satisfies ``rule``."""
+    if rule.above is not None:
+        return param.high > rule.above, param.low > rule.above
+    inside = [
+        value
+        for value in rule.values
+        if isinstance(value, int | float) and not isinstance(value, bool)
+        if param.low <= value <= param.high
+    ]
+    return bool(inside), param.low == param.high and bool(inside)
+
+
+def _narrow(conditions: dict[str, list[Scalar]], parent: str, allowed: Sequence[Scalar]) -> None:
     """Restricts ``conditions`` to ``parent`` taking one of ``allowed`` (intersected with
     the values already there)."""
     given = conditions.get(parent)
@@ -879,7 +999,29 @@ def _check_entry(
         entry.parse_options(options)
     except ValidationError as exc:
         return errors_from_pydantic(exc, (*loc, "options"), entry.options)
-    return []
+    return _check_option_rules((*loc, "options"), entry.options, options)
+
+
+def _check_option_rules(
+    loc: Loc, options: type[EntryOptions], given: Mapping[str, Any]
+) -> list[FieldError]:
+    """Refuses an option given in an entry's ``options`` (valid) that its ``APPLIES_WHEN``
+    rules out, by the value given to the option it names, or else that option's default
+    (``swapping_prob`` beside ``crossover_prob: 0``): it would be ignored."""
+    errors = []
+    for option in given:
+        rule = options.condition_of(option)
+        if rule is None:
+            continue
+        if rule.option in given:
+            value, how = given[rule.option], ""
+        else:
+            value, how = options.model_fields[rule.option].get_default(), ", its default"
+        if not rule.admits(value):
+            reason = f"{rule.option} is {value_text(value)}{how}"
+            message = f"{option!r} applies only where {rule.describe()} ({reason})"
+            errors.append(FieldError((*loc, option), f"{message}, so it never applies"))
+    return errors
 
 
 def _check_limits(spec: StudySpec, limits: Limits) -> list[FieldError]:
@@ -914,6 +1056,8 @@ def _check_sampler(spec: StudySpec, limits: Limits) -> list[FieldError]:
     if sampler.name in SINGLE_OBJECTIVE_SAMPLERS and len(spec.objective_list) > 1:
         return [FieldError(("sampler", "name"), _single_objective_message(sampler.name))]
     if sampler.name in ("grid", "brute_force"):
+        if _check_cycles(spec):
+            return []  # no grid to count; _check_cycles reports why
         problems = check_grid(spec, limits.max_grid_cells)
         for field in ("warm_start", "enqueue"):
             if getattr(spec, field) and sampler.name == "grid":
@@ -954,7 +1098,7 @@ def _check_dataset(dataset: DatasetSpec) -> list[FieldError]:
         entry.parse_options(dataset.options)
     except ValidationError as exc:
         return errors_from_pydantic(exc, ("dataset", "options"), entry.options)
-    return []
+    return _check_option_rules(("dataset", "options"), entry.options, dataset.options)
 
 
 def _check_objectives(spec: StudySpec) -> list[FieldError]:
@@ -1090,8 +1234,16 @@ def _check_fixed(spec: StudySpec) -> list[FieldError]:
         elif name in spec.params:
             errors.append(FieldError(loc, "is also in params; keep it in one place"))
         elif not hp.is_selector:
-            errors += [FieldError(loc, message) for message in hp.check(value)]
+            errors += [FieldError(loc, message) for message in _fixed_problems(spec, hp, value)]
     return errors
+
+
+def _fixed_problems(spec: StudySpec, hp: Hyperparameter, value: Any) -> list[str]:
+    """What is wrong with fixing ``hp`` (no selector) at ``value``: the value, or else
+    that its entries' ``APPLIES_WHEN`` lets it apply nowhere in this study."""
+    problems = hp.check(value)
+    never = None if problems else _never_applies_by_rule(spec, hp)
+    return [*problems, never] if never else problems
 
 
 def _resolved_names(spec: StudySpec) -> Iterator[tuple[Loc, Hyperparameter]]:
@@ -1228,17 +1380,42 @@ def _check_applies(spec: StudySpec, name: str) -> list[FieldError]:
     """Refuses a param (otherwise sound) that no trial would sample: one of its conditions,
     implied ones included, leaves its parent no value (``beta1`` of ``adam`` with an
     optimizer searched among ``[sgd]``: where the optimizer is not searched, ``adam``
-    trains with its default ``beta1``)."""
+    trains with its default ``beta1``), or its entries' ``APPLIES_WHEN`` rules it out on
+    each of them (``beta`` beside the default ``weighting: inverse``)."""
     try:
         hp = spec.hyperparameter(name)
     except UnknownHyperparameterError:
         return []  # reported by the name checks
     if hp.group == "loss" and spec.chosen["imbalance"] == [LOSS_REPLACING_IMBALANCE]:
         return []  # the loss is replaced in every trial: _check_loss_replaced says so
+    never = _never_applies_by_rule(spec, hp)
+    if never:
+        return [FieldError(("params", name), never)]
     for parent, values in spec.conditions(name).items():
         if not values:
             return [FieldError(("params", name), _never_applies(spec, name, hp, parent))]
     return []
+
+
+def _never_applies_by_rule(spec: StudySpec, hp: Hyperparameter) -> str | None:
+    """Why the fixed or searched option ``hp`` applies on none of its entries, by their
+    ``APPLIES_WHEN`` and how the spec sets the option that names (None when it applies
+    on one): ``'beta' applies only where weighting is effective_number (weighting is
+    inverse, its default), so it never applies``."""
+    verdicts = spec.option_verdicts(hp)
+    if not verdicts or any(verdict.never is None for verdict in verdicts.values()):
+        return None
+    reasons = "; ".join(dict.fromkeys(str(verdict.never) for verdict in verdicts.values()))
+    return f"{hp.name!r} applies only where {_rule_text(hp)} ({reasons}), so it never applies"
+
+
+def _rule_text(hp: Hyperparameter) -> str:
+    """The ``APPLIES_WHEN`` conditions of ``hp``'s entries, as users read them."""
+    rules = [
+        GROUPS[str(hp.group)].get(entry).options.condition_of(str(hp.option))
+        for entry in hp.entries
+    ]
+    return " or ".join(dict.fromkeys(rule.describe() for rule in rules if rule is not None))
 
 
 def _never_applies(spec: StudySpec, name: str, hp: Hyperparameter, parent: str) -> str:
@@ -1246,6 +1423,11 @@ def _never_applies(spec: StudySpec, name: str, hp: Hyperparameter, parent: str) 
     given = spec.params[name].explicit_conditions().get(parent)
     parent_param = spec.params.get(parent)
     choices = parent_param.choices if isinstance(parent_param, CategoricalParam) else []
+    if parent in spec.rule_conditions(hp)[1]:
+        return (
+            f"{name!r} applies only where {_rule_text(hp)}, and is searched only where "
+            f"{parent} is one of {given}, so it never applies"
+        )
     if hp.group == "loss" and parent == "imbalance":
         return (
             f"imbalance: {LOSS_REPLACING_IMBALANCE} replaces the loss, and {name!r} is "

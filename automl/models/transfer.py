@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import AfterValidator, Field
@@ -26,7 +26,7 @@ from torch import nn
 from automl.data.errors import DatasetError
 from automl.data.paths import confine, data_root, relative_name
 from automl.models.base import backbone_stages, head_keys
-from automl.registry import EntryOptions
+from automl.registry import AppliesWhen, EntryOptions
 
 FreezeMode = Literal["none", "backbone", "first_k"]
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -380,6 +380,12 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> 
 class TransferOptions(EntryOptions):
     """Options of architectures that can start from pretrained weights."""
 
+    APPLIES_WHEN: ClassVar[Mapping[str, AppliesWhen]] = {
+        "freeze_k": AppliesWhen("freeze", ("first_k",)),
+        # freeze: backbone leaves no backbone parameter to train at any rate.
+        "backbone_lr_mult": AppliesWhen("freeze", ("none", "first_k")),
+    }
+
     pretrained: Annotated[str | None, AfterValidator(lambda ref: ref and check_pretrained(ref))] = (
         Field(
             None,
@@ -392,7 +398,10 @@ class TransferOptions(EntryOptions):
     )
     freeze_k: int = Field(1, ge=0, le=16, description="Stages frozen by freeze: first_k.")
     backbone_lr_mult: float = Field(
-        1.0, ge=0, le=10, description="Backbone learning rate as a multiple of lr."
+        1.0,
+        ge=0,
+        le=10,
+        description="Backbone learning rate as a multiple of lr; not with freeze: backbone.",
     )
 
 

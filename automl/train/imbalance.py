@@ -24,7 +24,7 @@ from pydantic import Field
 from automl.config import current_settings
 from automl.data import imbalance as sampling
 from automl.data.gan import generator_state, load_generator, synthesize, train_gan
-from automl.registry import EntryOptions, Registry
+from automl.registry import AppliesWhen, EntryOptions, Registry
 from automl.train.losses import FocalLoss, LossFn
 
 logger = logging.getLogger("automl.train")
@@ -117,11 +117,19 @@ WeightScheme = Literal["inverse", "effective_number"]
 class ClassWeightOptions(EntryOptions):
     """Options of the ``class_weights`` strategy."""
 
+    APPLIES_WHEN: ClassVar[Mapping[str, AppliesWhen]] = {
+        "beta": AppliesWhen("weighting", ("effective_number",)),
+    }
+
     weighting: WeightScheme = Field(
         "inverse", description="Inverse class frequency, or effective number of samples."
     )
     beta: float = Field(
-        0.999, ge=0.9, lt=1, description="Effective-number beta (Cui et al., 2019)."
+        0.999,
+        ge=0.9,
+        lt=1,
+        description="Effective-number beta (Cui et al., 2019); only with weighting: "
+        "effective_number.",
     )
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from pydantic import Field
 
-from automl.registry import EntryOptions, Registry
+from automl.registry import AppliesWhen, EntryOptions, Registry
 
 ParamsOrGroups = Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
 
@@ -56,6 +56,10 @@ SCHEDULERS: Registry[ScheduleFactory] = Registry("scheduler", group="automl.sche
 
 class SgdOptions(EntryOptions):
     """Options of SGD."""
+
+    APPLIES_WHEN: ClassVar[Mapping[str, AppliesWhen]] = {
+        "nesterov": AppliesWhen("momentum", above=0),
+    }
 
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum factor.")
     nesterov: bool = Field(True, description="Nesterov momentum (needs momentum > 0).")
