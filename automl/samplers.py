@@ -1,8 +1,9 @@
 """Optuna samplers, registered by name with their options.
 
 A spec's ``sampler.options`` are checked against the entry's options model (types and
-ranges) at submit time; only options the spec sets are passed on, so everything else keeps
-Optuna's own default.
+ranges) at submit time, and every option reaches Optuna with the default its model
+documents filled in: Optuna's own defaults differ in places (TPE's ``multivariate`` is off
+for several objectives) and may change between releases.
 """
 
 from __future__ import annotations
@@ -70,7 +71,11 @@ class CmaEsOptions(EntryOptions):
     n_startup_trials: int = Field(
         1, ge=0, le=MAX_COUNT, description="Random trials before CMA-ES starts."
     )
-    sigma0: float | None = Field(None, gt=0, description="Initial step size (default: auto).")
+    sigma0: float | None = Field(
+        None,
+        gt=0,
+        description="Initial step size, as a share of each param's range (default: 1/6).",
+    )
     use_separable_cma: bool = Field(False, description="Diagonal covariance (faster).")
     with_margin: bool = Field(False, description="CMA-ES with margin, for integer params.")
     lr_adapt: bool = Field(False, description="Adapt the learning rate (noisy objectives).")
@@ -111,6 +116,19 @@ def _no_stop() -> None:
     """The study ends when its budget is spent."""
 
 
+def _cma_es(options: dict[str, Any], seed: int | None) -> optuna.samplers.BaseSampler:
+    """Optuna's ``CmaEsSampler``, quiet about what its description already says: it
+    draws categorical and conditional params at random (Optuna logs that for every param
+    of every trial, as each trial builds its sampler anew)."""
+    if options["sigma0"] is None:
+        # Optuna's default; not passed, as Optuna 6 removes the argument.
+        options = {name: value for name, value in options.items() if name != "sigma0"}
+    with warnings.catch_warnings():
+        # Deprecated in Optuna 4.9 with no replacement (its FutureWarning came every trial).
+        warnings.filterwarnings("ignore", message=".*`sigma0`", category=FutureWarning)
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **options)
+
+
 def _seeded(sampler_class: type[optuna.samplers.BaseSampler]) -> SamplerFactory:
     """A factory passing the spec's seed and options to ``sampler_class``."""
 
@@ -145,9 +163,12 @@ SAMPLERS.add(
 )
 SAMPLERS.add(
     "cmaes",
-    _seeded(optuna.samplers.CmaEsSampler),
+    _cma_es,
     options=CmaEsOptions,
-    description="CMA-ES evolution strategy: numeric spaces, larger budgets.",
+    description=(
+        "CMA-ES evolution strategy: numeric spaces, larger budgets; categorical and "
+        "conditional params are drawn at random."
+    ),
 )
 SAMPLERS.add(
     "brute_force",
@@ -188,7 +209,8 @@ all workers walk through); the others get a different seed per trial."""
 def build_sampler(
     name: str, options: Mapping[str, Any], seed: int | None, trial_seed: int | None = None
 ) -> optuna.samplers.BaseSampler:
-    """Builds the sampler ``name`` with ``options`` (checked by its options model).
+    """Builds the sampler ``name`` with ``options`` (checked by its options model, every
+    option passed with its documented default).
 
     Args:
         name: The sampler's registered name.
@@ -204,7 +226,7 @@ def build_sampler(
         TypeError, ValueError: If Optuna refuses the combination of options.
     """
     entry = SAMPLERS.get(name)
-    checked = entry.parse_options(options).model_dump(exclude_unset=True)
+    checked = entry.parse_options(options).model_dump()
     with warnings.catch_warnings():
         # Offered on purpose: a warning per trial in every worker's log is noise.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

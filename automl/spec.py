@@ -1334,10 +1334,33 @@ def _check_range(loc: Loc, hp: Hyperparameter, param: FloatParam | IntParam) -> 
             errors.append(FieldError((*loc, "low"), "must be > 0 when log is true"))
         if param.step is not None and not (isinstance(param, IntParam) and param.step == 1):
             errors.append(FieldError((*loc, "step"), "cannot be combined with log: true"))
+    if not errors and param.step is not None:
+        errors += _check_step(loc, param)
     if not errors:
         for key in ("low", "high"):
             errors += [FieldError((*loc, key), m) for m in hp.check(getattr(param, key))]
     return errors
+
+
+def _check_step(loc: Loc, param: FloatParam | IntParam) -> list[FieldError]:
+    """Refuses a ``high`` that ``low`` plus whole steps never reaches: Optuna would quietly
+    search only up to the last step below it (``step: 4`` on ``[1, 2]`` leaves only 1)."""
+    assert param.step is not None
+    steps = (param.high - param.low) / param.step
+    if not math.isfinite(steps):
+        return []  # a step too small to count: the grid and sampler checks name it
+    whole = round(steps)
+    reached = param.low + whole * param.step
+    if math.isclose(reached, param.high, rel_tol=1e-9, abs_tol=1e-12):
+        return []
+    below = param.low + math.floor(steps) * param.step
+    above = param.low + math.ceil(steps) * param.step
+    message = (
+        f"high ({param.high:g}) is not low ({param.low:g}) plus a whole number of steps "
+        f"({param.step:g}): only values up to {below:g} would be searched; use high: "
+        f"{below:g} or {above:g}"
+    )
+    return [FieldError((*loc, "step"), message)]
 
 
 def _check_when(

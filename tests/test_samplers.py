@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import optuna
 import pytest
 
@@ -38,3 +41,63 @@ def test_cmaes_really_refuses_several_objectives() -> None:
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     with pytest.raises(ValueError, match="multi-objective"):
         study.optimize(lambda trial: (trial.suggest_float("x", 0, 1), 0.0), n_trials=2)
+
+
+def multivariate_space(sampler: optuna.samplers.BaseSampler, directions: list[str]) -> dict:
+    """The joint search space ``sampler`` models once 12 trials finished (empty unless it
+    is multivariate)."""
+    study = optuna.create_study(directions=directions, sampler=sampler)
+    spec = load_spec({"name": "s", "params": PARAMS})
+    for _ in range(12):
+        trial = study.ask()
+        config = suggest(trial, spec)
+        study.tell(trial, [config.lr] * len(directions))
+    trial = study.ask()
+    return sampler.infer_relative_search_space(study, study._storage.get_trial(trial._trial_id))
+
+
+@pytest.mark.parametrize("directions", [["maximize"], ["maximize", "minimize"]])
+def test_tpe_is_multivariate_as_documented_with_one_objective_or_several(
+    directions: list[str],
+) -> None:
+    # Optuna's own default is multivariate for one objective only.
+    spec = load_spec({"name": "s", "sampler": {"name": "tpe"}, "params": PARAMS})
+    sampler = build_sampler(spec.sampler.name, spec.sampler.options, 0)
+    assert set(multivariate_space(sampler, directions)) == {"lr", "optimizer"}
+    independent = build_sampler("tpe", {"multivariate": False}, 0)
+    assert multivariate_space(independent, directions) == {}
+
+
+@pytest.mark.parametrize("name", SAMPLERS.names())
+def test_every_documented_default_reaches_optuna(name: str) -> None:
+    entry = SAMPLERS.get(name)
+    sampler = build_sampler(name, {}, 0)
+    for option, info in entry.options.model_fields.items():
+        if hasattr(sampler, f"_{option}"):
+            assert getattr(sampler, f"_{option}") == info.get_default(), option
+
+
+def test_cmaes_keeps_sigma0_without_a_deprecation_warning_per_trial() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampler = build_sampler("cmaes", {"sigma0": 0.3}, 0)
+    assert isinstance(sampler, optuna.samplers.CmaEsSampler)
+    assert sampler._sigma0 == 0.3
+
+
+def test_cmaes_draws_categorical_params_at_random_without_a_warning_per_trial(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spec = load_spec({"name": "s", "sampler": {"name": "cmaes"}, "params": PARAMS})
+    assert "categorical" in SAMPLERS.get("cmaes").description  # what the warning said
+    study = optuna.create_study(direction="maximize")
+    optuna_logger = logging.getLogger("optuna")
+    optuna_logger.addHandler(caplog.handler)
+    try:
+        for seed in range(4):  # a worker builds the sampler anew for every trial
+            study.sampler = build_sampler(spec.sampler.name, spec.sampler.options, seed)
+            trial = study.ask()
+            study.tell(trial, suggest(trial, spec).lr)
+    finally:
+        optuna_logger.removeHandler(caplog.handler)
+    assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []

@@ -292,6 +292,18 @@ INVALID_CASES: list[Any] = [
         id="log-low-negative",
     ),
     pytest.param(
+        with_params(dropout={"type": "float", "low": 0.0, "high": 0.25, "step": 0.1}),
+        "params.dropout.step",
+        ["high (0.25) is not low (0) plus a whole number of steps (0.1)", "use high: 0.2 or 0.3"],
+        id="float-step-misses-high",
+    ),
+    pytest.param(
+        with_params(depth={"type": "int", "low": 1, "high": 2, "step": 4}),
+        "params.depth.step",
+        ["only values up to 1 would be searched; use high: 1 or 5"],
+        id="int-step-past-high",
+    ),
+    pytest.param(
         with_params(lr={"type": "float", "low": 1e-3, "high": 0.1, "log": True, "step": 0.01}),
         "params.lr.step",
         ["cannot be combined with log"],

@@ -4,10 +4,11 @@ A spec names earlier studies, or ``auto`` (completed studies on the same dataset
 fingerprint). Their ``top_k`` best trials (by each study's first objective) become
 configurations of the new study, keeping only the params the new space searches, with
 values it allows and conditions under which they apply; whatever is dropped is noted.
-They are queued after the spec's own ``enqueue`` configurations and count toward the
-budget. Only studies of the new study's own project count: another project's is "not
-found" (named) or not seen (``auto``), so a warm start cannot copy another project's
-configurations.
+They are queued after the spec's own ``enqueue`` configurations, study by study in the
+order the spec lists them (``auto``: most recent first), and count toward the budget:
+those past it are left out, and the note says how many and from which studies. Only
+studies of the new study's own project count: another project's is "not found" (named)
+or not seen (``auto``), so a warm start cannot copy another project's configurations.
 """
 
 from __future__ import annotations
@@ -30,22 +31,46 @@ AUTO_MAX_STUDIES = 5
 
 @dataclass
 class WarmStart:
-    """The configurations a warm start queues, and what it left out."""
+    """The configurations a warm start queues, and what it left out.
+
+    Attributes:
+        studies: The source studies, in the order their configurations are queued.
+        configs: The configurations queued, in order.
+        dropped: A line per param value left out of a configuration.
+        over_budget: Configurations left out as the budget had no room for them, by source
+            study (in ``studies`` order).
+    """
 
     studies: list[int] = field(default_factory=list)
     configs: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    over_budget: dict[int, int] = field(default_factory=dict)
 
     def note(self) -> dict[str, Any]:
         """What the study's attributes record about it."""
-        return {"studies": self.studies, "enqueued": len(self.configs), "dropped": self.dropped}
+        return {
+            "studies": self.studies,
+            "enqueued": len(self.configs),
+            "dropped": self.dropped,
+            "over_budget": sum(self.over_budget.values()),
+            "over_budget_from": {str(study): count for study, count in self.over_budget.items()},
+        }
+
+    def keep_first(self, room: int, origins: list[int]) -> None:
+        """Keeps the first ``room`` configurations, counting the others by their source
+        study (``origins[i]`` is that of ``configs[i]``)."""
+        room = max(0, room)
+        for study_id in origins[room:]:
+            self.over_budget[study_id] = self.over_budget.get(study_id, 0) + 1
+        self.configs = self.configs[:room]
 
 
 def plan_warm_start(
     store: Store, spec: StudySpec, fingerprint: str | None, project: str
 ) -> WarmStart:
-    """The configurations of ``spec``'s warm start, best first, at most the budget its
-    ``enqueue`` leaves, from studies of ``project`` only.
+    """The configurations of ``spec``'s warm start, study by study in the order it lists
+    them (each study's best first), at most the budget its ``enqueue`` leaves, from
+    studies of ``project`` only.
 
     Raises:
         SpecError: If a named study does not exist (``warm_start.studies[i]``).
@@ -56,6 +81,7 @@ def plan_warm_start(
     with store.read() as connection:
         sources = _source_studies(connection, warm.studies, fingerprint, project)
         plan = WarmStart(studies=[study_id for study_id, _ in sources])
+        origins: list[int] = []
         seen = {json.dumps(config, sort_keys=True) for config in spec.enqueue}
         for study_id, directions in sources:
             maximize = directions[0] == "maximize"
@@ -66,7 +92,8 @@ def plan_warm_start(
                 if config and key not in seen:
                     seen.add(key)
                     plan.configs.append(config)
-    plan.configs = plan.configs[: max(0, spec.budget.n_trials - len(spec.enqueue))]
+                    origins.append(study_id)
+    plan.keep_first(spec.budget.n_trials - len(spec.enqueue), origins)
     return plan
 
 
@@ -90,18 +117,31 @@ def _source_studies(
             .limit(AUTO_MAX_STUDIES)
         ).all()
     else:
-        rows = connection.execute(
-            columns.where(studies.c.study_id.in_(list(named)), studies.c.status != DELETING)
-        ).all()
-        found = {row.study_id for row in rows}
-        missing = [
-            FieldError(("warm_start", "studies", index), f"study {study_id} not found")
-            for index, study_id in enumerate(named)
-            if study_id not in found
-        ]
-        if missing:
-            raise SpecError(missing)
+        rows = _named_studies(connection, columns, named)
     return [(int(row.study_id), _directions(row.spec)) for row in rows]
+
+
+def _named_studies(
+    connection: sa.engine.Connection, columns: sa.Select[Any], named: list[int]
+) -> list[sa.Row[Any]]:
+    """The rows of the ``named`` studies in the order the spec lists them (once each).
+
+    Raises:
+        SpecError: If a named study does not exist (``warm_start.studies[i]``).
+    """
+    studies = tables.studies
+    rows = connection.execute(
+        columns.where(studies.c.study_id.in_(list(named)), studies.c.status != DELETING)
+    ).all()
+    found = {int(row.study_id): row for row in rows}
+    missing = [
+        FieldError(("warm_start", "studies", index), f"study {study_id} not found")
+        for index, study_id in enumerate(named)
+        if study_id not in found
+    ]
+    if missing:
+        raise SpecError(missing)
+    return [found[study_id] for study_id in dict.fromkeys(named)]
 
 
 def _directions(spec_json: str) -> list[str]:

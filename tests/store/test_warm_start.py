@@ -179,3 +179,58 @@ def test_a_value_whose_condition_fails_in_the_new_space_is_named_among_the_dropp
     note = store.storage.get_study_user_attrs(study.id)[attrs.WARM_START]
     assert any("lr=0.09 does not apply here (see optimizer)" in line for line in note["dropped"])
     assert any("lr=0.05 does not apply here (see optimizer)" in line for line in note["dropped"])
+
+
+def three_finished_studies(store: Store, tiny_spec: SpecFactory) -> list[int]:
+    """Three completed studies (ids ascending), each with two configurations of its own."""
+    return [
+        finished_study(
+            store,
+            tiny_spec,
+            [({"optimizer": "adam", "lr": lr}, 0.9), ({"optimizer": "adam", "lr": 2 * lr}, 0.8)],
+        )
+        for lr in (0.001, 0.003, 0.004)
+    ]
+
+
+def test_configurations_are_queued_in_the_order_the_studies_are_listed(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    first, second, third = three_finished_studies(store, tiny_spec)
+    listed = [third, first, second]
+    spec = tiny_spec(
+        name="later",
+        budget={"n_trials": 5, "max_failed": 0},
+        warm_start={"studies": listed, "top_k": 1},
+    )
+    study = submit_study(store, spec)
+    assert queued(store, study.id) == [
+        ("warm_start", {"optimizer": "adam", "lr": 0.004}),
+        ("warm_start", {"optimizer": "adam", "lr": 0.001}),
+        ("warm_start", {"optimizer": "adam", "lr": 0.003}),
+    ]
+    note = store.storage.get_study_user_attrs(study.id)[attrs.WARM_START]
+    assert note["studies"] == listed
+    assert (note["over_budget"], note["over_budget_from"]) == (0, {})
+
+
+def test_configurations_past_the_budget_are_counted_by_study_not_silently_lost(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    first, second, third = three_finished_studies(store, tiny_spec)
+    spec = tiny_spec(
+        name="later",
+        budget={"n_trials": 3, "max_failed": 0},
+        warm_start={"studies": [third, first, second], "top_k": 2},
+    )
+    study = submit_study(store, spec)
+    assert queued(store, study.id) == [
+        ("warm_start", {"optimizer": "adam", "lr": 0.004}),
+        ("warm_start", {"optimizer": "adam", "lr": 0.008}),
+        ("warm_start", {"optimizer": "adam", "lr": 0.001}),
+    ]
+    note = store.storage.get_study_user_attrs(study.id)[attrs.WARM_START]
+    assert note["enqueued"] == 3
+    assert note["over_budget"] == 3
+    assert note["over_budget_from"] == {str(first): 1, str(second): 2}
+    assert list(note["over_budget_from"]) == [str(first), str(second)]  # in listed order
