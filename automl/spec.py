@@ -846,6 +846,14 @@ def _resolve_auto(spec: StudySpec, limits: Limits) -> StudySpec:
     return spec.model_copy(update={"sampler": sampler, "budget": budget})
 
 
+def _takes_nothing(loc: Loc) -> str:
+    """How an unknown key of a model without fields is explained: ``gp takes no options``
+    for an entry's options (``sampler.options``), else ``it takes no fields``."""
+    if len(loc) >= 2 and loc[-2] == "options":
+        return "this entry takes no options"
+    return "it takes no fields"
+
+
 def errors_from_pydantic(
     exc: ValidationError, prefix: Loc = (), root: type[BaseModel] = BaseModel
 ) -> list[FieldError]:
@@ -861,7 +869,11 @@ def errors_from_pydantic(
         kind = error["type"]
         if kind == "extra_forbidden":
             _, model = _walk(root, tuple(error["loc"])[:-1])
-            valid = f"; valid fields: {', '.join(model.model_fields)}" if model else ""
+            valid = ""
+            if model is not None:
+                fields = ", ".join(model.model_fields)
+                nothing = _takes_nothing(prefix + loc)
+                valid = f"; valid fields: {fields}" if fields else f"; {nothing}"
             message = f"unknown field {loc[-1]!r}{valid}"
         elif kind in ("union_tag_invalid", "union_tag_not_found"):
             loc = (*loc, "type")

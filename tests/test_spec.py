@@ -220,6 +220,12 @@ INVALID_CASES: list[Any] = [
         id="unknown-budget-key",
     ),
     pytest.param(
+        {"name": "x", "sampler": {"name": "random", "options": {"seed": 1}}},
+        "sampler.options.seed",
+        ["unknown field 'seed'; this entry takes no options"],
+        id="option-of-an-entry-without-options",
+    ),
+    pytest.param(
         {"name": "x", "sampler": {"nmae": "tpe"}},
         "sampler.nmae",
         ["unknown field"],
