@@ -31,7 +31,7 @@ from pydantic import (
 
 from automl.config import MAX_ID, Limits
 from automl.data import DATASETS
-from automl.pruners import PRUNERS, build_pruner
+from automl.pruners import PRUNERS, build_pruner, trial_epochs
 from automl.registry import (
     MAX_COUNT,
     AppliesWhen,
@@ -1181,7 +1181,38 @@ def _check_pruner(spec: StudySpec) -> list[FieldError]:
         return errors
     if len(spec.objective_list) > 1 and pruner.name != "none":
         return [FieldError(("pruner", "name"), "multi-objective studies cannot prune; use 'none'")]
-    return _check_built(("pruner",), pruner.name, lambda: build_pruner(pruner.name, pruner.options))
+    built = _check_built(
+        ("pruner",), pruner.name, lambda: build_pruner(pruner.name, pruner.options)
+    )
+    return built or _check_ever_prunes(spec, pruner.options)
+
+
+WARMUP_OPTIONS = {"n_warmup_steps": (1, 0), "n_startup_steps": (1, 0), "min_resource": (0, 1)}
+"""Pruner options that hold off the first check: the epochs between their value and that
+check (``n_warmup_steps: 2`` is first checked at epoch 3, ``min_resource: 2`` at 2), and
+their smallest value."""
+
+
+def _check_ever_prunes(spec: StudySpec, options: Mapping[str, Any]) -> list[FieldError]:
+    """Refuses a pruner option the spec sets so that no epoch is ever checked: no pruner
+    is asked after a trial's last epoch, so a first check at or past it never comes."""
+    epochs = trial_epochs(spec)
+    for option, (offset, smallest) in WARMUP_OPTIONS.items():
+        value = options.get(option)
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue  # not set, or "auto"
+        first = value + offset
+        if first >= epochs:
+            largest = epochs - 1 - offset
+            remedy = f"use at most {largest}" if largest >= smallest else "train more epochs"
+            trained = f"{epochs} epoch" + ("" if epochs == 1 else "s")
+            message = (
+                f"{value} leaves no epoch to prune at: trials train at most {trained}, "
+                f"the first check would come at epoch {first}, and no pruner is asked after "
+                f"the last; {remedy}, or use pruner: none"
+            )
+            return [FieldError(("pruner", "options", option), message)]
+    return []
 
 
 def _check_selectors(spec: StudySpec) -> list[FieldError]:

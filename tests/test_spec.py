@@ -1096,6 +1096,40 @@ def test_whole_floats_and_exponent_strings_still_count_as_numbers() -> None:
 
 
 @pytest.mark.parametrize(
+    ("pruner", "epochs", "message"),
+    [
+        (
+            {"name": "median", "options": {"n_warmup_steps": 2}},
+            3,
+            "2 leaves no epoch to prune at: trials train at most 3 epochs, the first check "
+            "would come at epoch 3, and no pruner is asked after the last; use at most 1, or "
+            "use pruner: none",
+        ),
+        (
+            {"name": "successive_halving", "options": {"min_resource": 2}},
+            2,
+            "use at most 1, or use pruner: none",
+        ),
+        (
+            {"name": "hyperband", "options": {"min_resource": 1}},
+            1,
+            "trials train at most 1 epoch, the first check would come at epoch 1, and no "
+            "pruner is asked after the last; train more epochs, or use pruner: none",
+        ),
+    ],
+)
+def test_a_pruner_set_to_check_no_epoch_is_refused(
+    pruner: dict[str, Any], epochs: int, message: str
+) -> None:
+    option = next(iter(pruner["options"]))
+    [error] = spec_errors({"name": "x", "pruner": pruner, "fixed": {"epochs": epochs}})
+    assert error.path == f"pruner.options.{option}"
+    assert message in error.msg
+    # One epoch more gives the pruner an epoch to judge.
+    assert load_spec({"name": "x", "pruner": pruner, "fixed": {"epochs": epochs + 1}}).pruner
+
+
+@pytest.mark.parametrize(
     ("data", "path", "fragment"),
     [
         ({"name": "x", "budget": {"max_failed": BIG}}, "budget.max_failed", "2147483647"),
