@@ -1,12 +1,12 @@
 """Every trial of a study, and every score of its weights, sees the same data.
 
-A dataset's fingerprint identifies its exact files and splits. The first trial of a study
-to load its data pins that fingerprint in the study's ``automl.dataset_fingerprint``
-attribute; a later trial that finds other data (files added, removed, renamed or changed
-since) fails at once instead of being compared with trials that saw different images.
-Scoring a trial's weights on the test split, or refitting its configuration, compares the
-fingerprint the trial recorded (``automl.input``): class indices and splits follow the
-files, so other data gives wrong labels or test images the model trained on.
+A dataset's fingerprint identifies its exact files and splits. Submitting a study records
+it in the study's ``automl.dataset_fingerprint`` attribute; a trial that finds other data
+(files added, removed, renamed or changed since) fails at once instead of being compared
+with trials that saw different images. Scoring a trial's weights on the test split, or
+refitting its configuration, compares the fingerprint the trial recorded
+(``automl.input``): class indices and splits follow the files, so other data gives wrong
+labels or test images the model trained on.
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ class DataChangedError(Exception):
     """The data is not what a study's trials (or one trial) saw."""
 
 
-def pin_study_data(study: optuna.Study, data: ImageData, source: str) -> None:
-    """Pins ``data``'s fingerprint on ``study``, or checks it against the pinned one.
+def require_study_data(study: optuna.Study, data: ImageData, source: str) -> None:
+    """Checks ``data`` against the fingerprint the study recorded when it was submitted.
+
+    A study submitted before the record, or whose data could not be listed then, has
+    none and passes. Only reads: a worker behind the proxy writes no study attribute.
 
     Args:
         study: The trial's study.
@@ -36,15 +39,13 @@ def pin_study_data(study: optuna.Study, data: ImageData, source: str) -> None:
         source: The dataset's registered name, for the message.
 
     Raises:
-        DataChangedError: If the study's first trial saw other data.
+        DataChangedError: If the data changed since the study was submitted.
     """
-    pinned = study.user_attrs.get(attrs.DATASET_FINGERPRINT)
-    if pinned is None:
-        study.set_user_attr(attrs.DATASET_FINGERPRINT, data.fingerprint)
-    elif pinned != data.fingerprint:
+    recorded = study.user_attrs.get(attrs.DATASET_FINGERPRINT)
+    if recorded is not None and recorded != data.fingerprint:
         raise DataChangedError(
-            f"dataset {source!r} changed since the study's first trial loaded it "
-            f"({_digits(pinned)} then, {_digits(data.fingerprint)} now): trials of one study "
+            f"dataset {source!r} changed since the study was submitted "
+            f"({_digits(recorded)} then, {_digits(data.fingerprint)} now): trials of one study "
             "must see the same images; restore the files, or submit a new study on the "
             "data as it is now (warm_start can reuse this study's configurations)"
         )

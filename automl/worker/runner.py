@@ -50,7 +50,7 @@ from automl.train.accel import release_device_memory
 from automl.train.checkpoint import TrainState
 from automl.train.trial_config import TrialConfig
 from automl.worker.coordinator import Coordinator, CoordinatorTooOldError
-from automl.worker.data_identity import pin_study_data
+from automl.worker.data_identity import require_study_data
 from automl.worker.identity import training_seed
 from automl.worker.keeper import LeaseKeeper
 from automl.worker.shared_cache import SharedArtifactCache
@@ -271,7 +271,7 @@ class _Attempt:
             self._record_params()
             self._set_attr(attrs.CONFIG, config.model_dump(mode="json"))
             data = load_dataset(config.dataset.source, config.dataset.options)
-            pin_study_data(self.study, data, config.dataset.source)
+            require_study_data(self.study, data, config.dataset.source)
             result = train(
                 config,
                 self._reporter(config.epochs),

@@ -56,14 +56,14 @@ def pets(data_root: Path) -> Path:
     return data_root
 
 
-def test_the_first_trial_pins_the_data_and_a_later_trial_on_other_data_fails(
+def test_the_study_records_its_data_and_a_trial_on_other_data_fails(
     sqlite_store: Store, tiny_spec: SpecFactory, pets: Path
 ) -> None:
     study_id = submit_study(sqlite_store, _folder_spec(tiny_spec, 1)).id
+    recorded = sqlite_store.storage.get_study_user_attrs(study_id)[attrs.DATASET_FINGERPRINT]
     assert _run(sqlite_store, study_id) == 1
     [first] = sqlite_store.storage.get_all_trials(study_id)
-    pinned = sqlite_store.storage.get_study_user_attrs(study_id)[attrs.DATASET_FINGERPRINT]
-    assert pinned == first.user_attrs[attrs.INPUT]["dataset"]["fingerprint"]
+    assert recorded == first.user_attrs[attrs.INPUT]["dataset"]["fingerprint"]
 
     _rename_class(pets)
     resume_study(sqlite_store, study_id, add_trials=1)
@@ -73,8 +73,8 @@ def test_the_first_trial_pins_the_data_and_a_later_trial_on_other_data_fails(
     assert second.user_attrs[attrs.FAILURE] == "error"
     error = second.user_attrs[attrs.ERROR]
     assert error.startswith(
-        f"DataChangedError: dataset 'image_folder' changed since the study's first trial "
-        f"loaded it (fingerprint {pinned[:12]} then, fingerprint "
+        f"DataChangedError: dataset 'image_folder' changed since the study was submitted "
+        f"(fingerprint {recorded[:12]} then, fingerprint "
     )
     assert "submit a new study on the data as it is now" in error
     assert get_study(sqlite_store, study_id).status == StudyStatus.FAILED
