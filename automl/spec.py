@@ -1019,7 +1019,7 @@ def _check_option_rules(
 ) -> list[FieldError]:
     """Refuses an option given in an entry's ``options`` (valid) that its ``APPLIES_WHEN``
     rules out, by the value given to the option it names, or else that option's default
-    (``swapping_prob`` beside ``crossover_prob: 0``): it would be ignored."""
+    (no sampler, pruner or dataset declares one yet): it would be ignored."""
     errors = []
     for option in given:
         rule = options.condition_of(option)
@@ -1202,6 +1202,8 @@ def _check_ever_prunes(spec: StudySpec, options: Mapping[str, Any]) -> list[Fiel
         if not isinstance(value, int) or isinstance(value, bool):
             continue  # not set, or "auto"
         first = value + offset
+        if option == "n_startup_steps":
+            first = max(first, 2)  # wilcoxon compares at least two reported epochs
         if first >= epochs:
             largest = epochs - 1 - offset
             remedy = f"use at most {largest}" if largest >= smallest else "train more epochs"
@@ -1389,19 +1391,23 @@ def _check_step(loc: Loc, param: FloatParam | IntParam) -> list[FieldError]:
     """Refuses a ``high`` that ``low`` plus whole steps never reaches: Optuna would quietly
     search only up to the last step below it (``step: 4`` on ``[1, 2]`` leaves only 1)."""
     assert param.step is not None
-    steps = (param.high - param.low) / param.step
-    if not math.isfinite(steps):
-        return []  # a step too small to count: the grid and sampler checks name it
-    whole = round(steps)
-    reached = param.low + whole * param.step
-    if math.isclose(reached, param.high, rel_tol=1e-9, abs_tol=1e-12):
-        return []
+    if isinstance(param, IntParam):
+        if (param.high - param.low) % param.step == 0:
+            return []
+        steps: float = (param.high - param.low) // param.step
+    else:
+        steps = (param.high - param.low) / param.step
+        if not math.isfinite(steps):
+            return []  # a step too small to count: the grid and sampler checks name it
+        reached = param.low + round(steps) * param.step
+        if math.isclose(reached, param.high, rel_tol=1e-12, abs_tol=1e-12):
+            return []
     below = param.low + math.floor(steps) * param.step
-    above = param.low + math.ceil(steps) * param.step
+    above = below + param.step
     message = (
-        f"high ({param.high:g}) is not low ({param.low:g}) plus a whole number of steps "
-        f"({param.step:g}): only values up to {below:g} would be searched; use high: "
-        f"{below:g} or {above:g}"
+        f"high ({param.high:.12g}) is not low ({param.low:.12g}) plus a whole number of "
+        f"steps ({param.step:.12g}): only values up to {below:.12g} would be searched; use "
+        f"high: {below:.12g} or {above:.12g}"
     )
     return [FieldError((*loc, "step"), message)]
 

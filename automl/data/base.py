@@ -192,8 +192,9 @@ _loaded: OrderedDict[str, ImageData] = OrderedDict()
 _loaded_lock = threading.Lock()
 
 FAILURE_MEMORY_S = 600.0
-"""How long a process answers a load of unchanged data that failed with the same error,
-instead of decoding up to the bad file again for every trial."""
+"""How long a process answers a load of unchanged data that failed on its contents (a
+file that does not decode, labels that do not fit) with the same error, instead of
+decoding up to the bad file again for every trial."""
 _failed: dict[str, tuple[float, str]] = {}
 
 
@@ -241,6 +242,9 @@ def load_dataset(source: str, options: dict[str, Any] | None = None) -> ImageDat
     try:
         data = entry.factory.load(parsed)
     except DatasetError as exc:
+        cause = exc.__context__
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise  # permissions, a full disk, a network: fixed without touching the files
         # The key covers every file's size and time: fixing or removing the file loads anew.
         with _loaded_lock:
             _failed.clear()  # one failure remembered, so the dict never grows

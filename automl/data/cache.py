@@ -12,6 +12,7 @@ fingerprint: it is decoded again and the stale file of its slot is removed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -188,8 +189,11 @@ def make_cache_dir(directory: Path) -> None:
         raise _unusable(directory, exc) from None
 
 
-def _unusable(directory: Path, exc: OSError) -> DatasetError:
-    """The error for a cache folder that cannot be created or written in."""
+def _unusable(directory: Path, exc: OSError) -> Exception:
+    """The error for a cache folder that cannot be created or written in; a full disk
+    stays itself (an outage the worker waits out, not a setting to fix)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return exc
     # mkdir(exist_ok=True) says "File exists" when the folder's own name is a file.
     reason = "it is a file" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
     return DatasetError(

@@ -22,8 +22,6 @@ TEST_EVALUATION = PREFIX + "test_evaluation"  # state of the best trials' test-s
 # The refit of the best configuration on train + validation: its state and result (on the
 # study); on the trial view that serves a refit model, what that model is.
 REFIT = PREFIX + "refit"
-# The fingerprint of the data as the study was submitted: every trial must find it.
-DATASET_FINGERPRINT = PREFIX + "dataset_fingerprint"
 
 # Trial attributes.
 CONFIG = PREFIX + "config"

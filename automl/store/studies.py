@@ -151,8 +151,6 @@ def submit_study(
     store.storage.set_study_user_attr(
         study_id, attrs.SPEC, spec.model_dump(mode="json", exclude_none=True)
     )
-    if fingerprint is not None:  # what every trial must find (automl.worker.data_identity)
-        store.storage.set_study_user_attr(study_id, attrs.DATASET_FINGERPRINT, fingerprint)
     seed = spec.sampler.seed if spec.sampler.seed is not None else secrets.randbits(31)
     if spec.warm_start is not None:
         store.storage.set_study_user_attr(study_id, attrs.WARM_START, warm.note())

@@ -74,8 +74,8 @@ class StudyDetail(StudySummary):
     seed: int | None = Field(
         None,
         description="The study's seed, from which its sampler and its trials' training "
-        "seeds derive: sampler.seed, or the one drawn at submit (give it as sampler.seed "
-        "to repeat the study).",
+        "seeds derive: sampler.seed, or the one drawn at submit (given as sampler.seed, "
+        "it repeats the study in a fresh store).",
     )
 
 

@@ -325,7 +325,9 @@ def train(
                     )
                 loss = update(accel.batch(data.standardize(images)), targets)
                 scheduler.step()
-                loss_sum += loss.detach() * (stop - start)
+                # A step a grad scaler skipped (fp16 overflow) leaves the weights finite:
+                # its loss stays out of the sum; real divergence shows in validation.
+                loss_sum += torch.nan_to_num(loss.detach(), 0.0, 0.0, 0.0) * (stop - start)
                 stopping = should_stop is not None and should_stop()
                 due = checkpoint_interval is not None and (
                     time.monotonic() - last_checkpoint >= checkpoint_interval
@@ -345,7 +347,7 @@ def train(
         )
         metrics = compute_metrics(Evaluation(confusion, val_loss, model_stats))
         train_loss = float(loss_sum) / trained_per_epoch
-        _require_finite(epoch, train_loss, metrics["loss"])
+        _require_finite(epoch, metrics["loss"])
         history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
         if best is not None:
             best.offer(epoch, metrics, metrics[monitor], confusion, model)
@@ -479,17 +481,21 @@ def _trainable_groups(model: torch.nn.Module, config: TrialConfig) -> list[dict[
     return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
 
-def _require_finite(epoch: int, train_loss: float, val_loss: float) -> None:
-    """Ends a run whose losses are no longer numbers: its weights are, and every later
-    metric (the argmax of NaN logits is class 0) would score garbage as a result.
+class TrainingDiverged(FloatingPointError):
+    """The validation loss is no longer a number: the weights diverged."""
+
+
+def _require_finite(epoch: int, val_loss: float) -> None:
+    """Ends a run whose weights diverged: every later metric would score garbage (the
+    argmax of NaN logits is class 0) as a result.
 
     Raises:
-        FloatingPointError: If either loss is NaN or infinite.
+        TrainingDiverged: If the validation loss is NaN or infinite.
     """
-    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-        raise FloatingPointError(
-            f"training diverged at epoch {epoch} (train loss {train_loss:g}, validation loss "
-            f"{val_loss:g}); try a lower lr, grad_clip or another precision"
+    if not math.isfinite(val_loss):
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch} (validation loss {val_loss:g}); try a lower "
+            "lr, grad_clip or another precision"
         )
 
 
@@ -502,4 +508,12 @@ def _batch_slices(n: int, batch_size: int, drop_single: bool = True) -> list[tup
     return slices
 
 
-__all__ = ["Reporter", "TrainResult", "TrainingInterrupted", "evaluate", "resolve_device", "train"]
+__all__ = [
+    "Reporter",
+    "TrainResult",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "evaluate",
+    "resolve_device",
+    "train",
+]

@@ -1,60 +1,30 @@
-"""Every trial of a study, and every score of its weights, sees the same data.
+"""Scoring a trial's weights sees the classes the trial trained on.
 
-A dataset's fingerprint identifies its exact files and splits. Submitting a study records
-it in the study's ``automl.dataset_fingerprint`` attribute; a trial that finds other data
-(files added, removed, renamed or changed since) fails at once instead of being compared
-with trials that saw different images. Scoring a trial's weights on the test split, or
-refitting its configuration, compares the fingerprint the trial recorded
-(``automl.input``): class indices and splits follow the files, so other data gives wrong
-labels or test images the model trained on.
+Test-split scoring and refits load the study's dataset again, maybe long after the trial
+trained. Class indices follow the sorted class names, so a class renamed, added or
+removed since then would give every label another meaning (a renamed class once scored
+0). The trial's ``automl.classes`` attribute records its classes in index order.
+
+Only the classes are compared: fingerprints include file times, which differ between
+copies of the same data on different machines.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import optuna
 from optuna.trial import FrozenTrial
 
 from automl.data import ImageData
 from automl.store import attrs
 
-SHOWN_DIGITS = 12
-"""Fingerprint digits a message shows."""
-
 
 class DataChangedError(Exception):
-    """The data is not what a study's trials (or one trial) saw."""
+    """The data is not what a trial trained on."""
 
 
-def require_study_data(study: optuna.Study, data: ImageData, source: str) -> None:
-    """Checks ``data`` against the fingerprint the study recorded when it was submitted.
+def require_trained_classes(trial: FrozenTrial, data: ImageData, source: str, doing: str) -> None:
+    """Checks that ``data`` has the classes ``trial`` trained on, in the same order.
 
-    A study submitted before the record, or whose data could not be listed then, has
-    none and passes. Only reads: a worker behind the proxy writes no study attribute.
-
-    Args:
-        study: The trial's study.
-        data: The dataset as the trial loaded it.
-        source: The dataset's registered name, for the message.
-
-    Raises:
-        DataChangedError: If the data changed since the study was submitted.
-    """
-    recorded = study.user_attrs.get(attrs.DATASET_FINGERPRINT)
-    if recorded is not None and recorded != data.fingerprint:
-        raise DataChangedError(
-            f"dataset {source!r} changed since the study was submitted "
-            f"({_digits(recorded)} then, {_digits(data.fingerprint)} now): trials of one study "
-            "must see the same images; restore the files, or submit a new study on the "
-            "data as it is now (warm_start can reuse this study's configurations)"
-        )
-
-
-def require_trained_data(trial: FrozenTrial, data: ImageData, source: str, doing: str) -> None:
-    """Checks that ``data`` is the data ``trial`` trained on, by its recorded fingerprint.
-
-    A trial from before ``automl.input`` recorded none and passes.
+    A trial that recorded no classes passes.
 
     Args:
         trial: The trained trial.
@@ -63,25 +33,18 @@ def require_trained_data(trial: FrozenTrial, data: ImageData, source: str, doing
         doing: What was about to happen, for the message (``"test metrics not computed"``).
 
     Raises:
-        DataChangedError: If the trial recorded another fingerprint.
+        DataChangedError: If the classes differ.
     """
-    recorded = trained_fingerprint(trial)
-    if recorded and recorded != data.fingerprint:
-        raise DataChangedError(
-            f"dataset {source!r} changed since trial {trial.number} trained "
-            f"({_digits(recorded)} then, {_digits(data.fingerprint)} now): {doing}; class "
-            "indices and splits follow the files, so restore them or submit a new study"
-        )
+    trained = trial.user_attrs.get(attrs.CLASSES)
+    if trained is None or list(trained) == list(data.classes):
+        return
+    raise DataChangedError(
+        f"the classes of dataset {source!r} changed since trial {trial.number} trained "
+        f"({_names(trained)} then, {_names(data.classes)} now): {doing}; restore the class "
+        "folders or submit a new study"
+    )
 
 
-def trained_fingerprint(trial: FrozenTrial) -> str | None:
-    """The fingerprint of the data ``trial`` trained on, if it recorded one."""
-    recorded: Any = trial.user_attrs.get(attrs.INPUT)
-    if not isinstance(recorded, dict) or not isinstance(recorded.get("dataset"), dict):
-        return None
-    fingerprint = recorded["dataset"].get("fingerprint")
-    return fingerprint if isinstance(fingerprint, str) else None
-
-
-def _digits(fingerprint: str) -> str:
-    return f"fingerprint {fingerprint[:SHOWN_DIGITS]}"
+def _names(classes: list[str] | tuple[str, ...]) -> str:
+    shown = ", ".join(str(name) for name in classes[:5])
+    return shown + (", ..." if len(classes) > 5 else "")

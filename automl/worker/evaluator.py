@@ -29,7 +29,7 @@ from automl.store.faults import first_line
 from automl.train.evaluation import evaluate_weights
 from automl.train.trial_config import stored_config
 from automl.worker.coordinator import Coordinator
-from automl.worker.data_identity import require_trained_data
+from automl.worker.data_identity import require_trained_classes
 
 logger = logging.getLogger("automl.worker")
 
@@ -105,7 +105,7 @@ def score(coordinator: Coordinator, lease: EvaluationLease, device: str) -> Outc
         if key not in datasets:
             datasets[key] = load_dataset(config.dataset.source, config.dataset.options)
         data = datasets[key]
-        require_trained_data(trial, data, config.dataset.source, "test metrics not computed")
+        require_trained_classes(trial, data, config.dataset.source, "test metrics not computed")
         if not data.has_test:
             return EvaluationState.SKIPPED, [], no_test_split_note(config.dataset.source)
         state_dict = load_state_dict(trial, coordinator.artifacts)

@@ -48,9 +48,9 @@ from automl.store import (
 from automl.train import TrainingInterrupted, TrainResult, train
 from automl.train.accel import release_device_memory
 from automl.train.checkpoint import TrainState
+from automl.train.loop import TrainingDiverged
 from automl.train.trial_config import TrialConfig
 from automl.worker.coordinator import Coordinator, CoordinatorTooOldError
-from automl.worker.data_identity import require_study_data
 from automl.worker.identity import training_seed
 from automl.worker.keeper import LeaseKeeper
 from automl.worker.shared_cache import SharedArtifactCache
@@ -270,8 +270,6 @@ class _Attempt:
                 raise
             self._record_params()
             self._set_attr(attrs.CONFIG, config.model_dump(mode="json"))
-            data = load_dataset(config.dataset.source, config.dataset.options)
-            require_study_data(self.study, data, config.dataset.source)
             result = train(
                 config,
                 self._reporter(config.epochs),
@@ -282,7 +280,6 @@ class _Attempt:
                 resume=resume,
                 monitor=self.spec.metrics[0],
                 direction=self.spec.directions[0],  # type: ignore[arg-type]
-                data=data,
                 artifacts=SharedArtifactCache(self.coordinator.artifacts),
             )
             return self._report_result(result, config)
@@ -296,6 +293,8 @@ class _Attempt:
             if keeper.study_ended.is_set():
                 return self._give_back(FailureKind.CANCELLED, "study ended while it ran")
             return self._give_back(FailureKind.INTERRUPTED, f"worker stopping: {exc}")
+        except TrainingDiverged as exc:
+            return self._diverged(exc)
         except torch.OutOfMemoryError as exc:
             return self._out_of_memory(exc)
         except CoordinatorTooOldError as exc:
@@ -485,6 +484,19 @@ class _Attempt:
         except LeaseLostError as exc:
             return self._lost(exc)
         return TrialRun(self.lease, "fail", frozen, self.settled)
+
+    def _diverged(self, exc: TrainingDiverged) -> TrialRun:
+        """Ends a diverged run as pruned: its configuration is a poor one (the sampler
+        learns from the epochs it reported), not a failure toward ``max_failed``."""
+        try:
+            self._record_results({attrs.ERROR: _describe(exc)[:MAX_ERROR_CHARS]})
+            frozen = self._tell(state=TrialState.PRUNED)
+            self._finish("pruned", None)
+        except (ResultRejectedError, UpdateFinishedTrialError) as err:
+            return self._rejected(err)
+        except LeaseLostError as err:
+            return self._lost(err)
+        return TrialRun(self.lease, "pruned", frozen, self.settled)
 
     def _out_of_memory(self, exc: torch.OutOfMemoryError) -> TrialRun:
         """Frees what the trial held; the first time, queues it again to run alone."""

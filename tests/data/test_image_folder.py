@@ -199,7 +199,7 @@ def test_a_failed_load_of_unchanged_data_fails_again_without_decoding(
     broken = data_root / "pets" / "dog" / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     options = {"path": "pets", "size": 4}
-    with pytest.raises(DatasetError, match="broken.png") as first:
+    with pytest.raises(DatasetError, match=r"broken\.png") as first:
         load_dataset("image_folder", options)
     calls = []
     real = folder_module.load_plan
@@ -518,3 +518,29 @@ def test_an_empty_split_says_which_classes_are_too_small(data_root: Path) -> Non
         "of each class first, leaving none the 2 images a class needs to give one to validation; "
         "add images, give val_path or test_path, or set test_fraction to 0"
     ]
+
+
+def test_a_load_that_failed_on_the_system_is_tried_again(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Permissions, a full disk or a network hiccup are fixed without touching the files:
+    # the next trial must load again instead of getting the remembered error.
+    write_class_folder(data_root / "pets", {"cat": 3, "dog": 3})
+    real = folder_module.load_plan
+    calls = []
+
+    def denied(*args: object) -> object:
+        calls.append(args)
+        if len(calls) == 1:
+            try:
+                raise PermissionError(13, "Permission denied")
+            except PermissionError:
+                raise DatasetError("cannot read 'pets/cat/0.png': Permission denied") from None
+        return real(*args)
+
+    monkeypatch.setattr(folder_module, "load_plan", denied)
+    options = {"path": "pets", "size": 4}
+    with pytest.raises(DatasetError, match="Permission denied"):
+        load_dataset("image_folder", options)
+    assert load_dataset("image_folder", options).classes == ("cat", "dog")
+    assert len(calls) == 2

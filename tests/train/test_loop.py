@@ -26,6 +26,7 @@ from automl.train import (
 from automl.train.accel import Accelerator
 from automl.train.early_stopping import EarlyStopping
 from automl.train.hyperparameters import flat_config
+from automl.train.loop import TrainingDiverged
 from automl.train.losses import FocalLoss, WeightedCrossEntropy, build_loss
 from automl.train.metrics import Evaluation, compute_metrics, confusion_matrix, per_class_report
 from automl.train.model_stats import ModelStats
@@ -599,5 +600,5 @@ def test_a_run_whose_loss_diverges_fails_instead_of_scoring_garbage(
     small_data: ImageData,
 ) -> None:
     config = tiny(epochs=3, lr=10.0, weight_decay=1.0, optimizer="sgd", momentum=0.0)
-    with pytest.raises(FloatingPointError, match=r"training diverged at epoch \d \(train loss"):
+    with pytest.raises(TrainingDiverged, match=r"training diverged at epoch \d \(validation loss"):
         train(config, data=small_data)
