@@ -1,10 +1,18 @@
 # automl: the API server and the workers share this one image.
 #
 #   docker build -t automl .
-#   docker run -p 8000:8000 -v automl-data:/data automl                  # API on SQLite
-#   docker run -v automl-data:/data --no-healthcheck automl worker --device cpu
+#   docker run --rm -v automl-data:/data automl keys create --project NAME --admin
+#   docker run -d -p 8000:8000 -v automl-data:/data -v "$PWD/data:/data/datasets:ro" automl
+#   docker run -d -v automl-data:/data -v "$PWD/data:/data/datasets:ro" --no-healthcheck \
+#     automl worker --device cpu
 #
-# /data must be writable by uid 1000 (a named volume is; chown a bind-mounted folder).
+# The API (the image's default command, on SQLite) listens on 0.0.0.0, so `serve` refuses
+# to start while the store has no API key: `keys create` (once, above) prints the first.
+# AUTOML_ALLOW_ANONYMOUS=true opts out of keys, for a trusted network only.
+# Datasets: mount your image folders at /data/datasets (AUTOML_DATA_ROOT), read-only will
+# do; a spec's `path: digits_folder/train` then reads ./data/digits_folder/train. The store,
+# weights (/data/artifacts) and decode cache (/data/cache) live in the /data volume, which
+# must be writable by uid 1000 (a named volume is; chown a bind-mounted folder).
 # Nothing secret is baked in: pass AUTOML_STORAGE (with its password) at run time.
 #
 # The torch wheel on PyPI bundles CUDA (several GiB). For CPU-only images, point pip at
@@ -21,7 +29,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 RUN useradd --create-home --uid 1000 --user-group automl \
-    && mkdir -p /data/artifacts \
+    && mkdir -p /data/artifacts /data/cache /data/datasets \
     && chown -R automl:automl /data
 
 WORKDIR /app
@@ -45,12 +53,16 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_INDEX_
 # Example study specs: `automl submit search_spaces/digits_quick.yaml` inside the container.
 COPY search_spaces/ ./search_spaces/
 
-# The SQLite default and the trial weights live under /data, a volume. With PostgreSQL
-# (AUTOML_STORAGE=postgresql://...) weights and checkpoints go into the database too
-# (AUTOML_ARTIFACT_STORE=auto), so workers on other machines need only the URL.
+# The SQLite default, the trial weights and the decode cache (images decoded once, GAN
+# generators) live under /data, a volume owned by automl; datasets are read from
+# /data/datasets, a mount. With PostgreSQL (AUTOML_STORAGE=postgresql://...) weights and
+# checkpoints go into the database too (AUTOML_ARTIFACT_STORE=auto), so workers on other
+# machines need only the URL (and the same datasets).
 
 ENV AUTOML_STORAGE=sqlite:////data/automl.db \
     AUTOML_ARTIFACTS_DIR=/data/artifacts \
+    AUTOML_CACHE_DIR=/data/cache \
+    AUTOML_DATA_ROOT=/data/datasets \
     AUTOML_HOST=0.0.0.0 \
     AUTOML_PORT=8000
 VOLUME ["/data"]

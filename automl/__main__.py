@@ -2,6 +2,6 @@
 
 import sys
 
-from automl.cli.main import main
+from automl.cli.entry import run
 
-sys.exit(main())
+sys.exit(run())

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STORAGE = "sqlite:///automl.db"
@@ -73,7 +76,10 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description="Device for workers: auto, cpu, cuda or cuda:N.")
     threads: int | None = Field(
-        None, ge=1, description="CPU threads per worker process (default: PyTorch's)."
+        None,
+        ge=1,
+        description="CPU threads per worker process (default: PyTorch's; under `automl up` "
+        "and `automl worker --slots/--gpus`, the cores divided among their processes).",
     )
     slot_group: str | None = Field(
         None,
@@ -146,8 +152,9 @@ class Settings(BaseSettings):
     def _grace_exceeds_heartbeat(self) -> Settings:
         if self.grace_period <= 2 * self.heartbeat_interval:
             raise ValueError(
-                f"grace_period ({self.grace_period:g} s) must exceed twice heartbeat_interval "
-                f"({self.heartbeat_interval:g} s), or live workers would be reaped"
+                f"AUTOML_GRACE_PERIOD ({self.grace_period:g} s) must exceed twice "
+                f"AUTOML_HEARTBEAT_INTERVAL ({self.heartbeat_interval:g} s), or live workers "
+                "would be reaped"
             )
         return self
 
@@ -233,6 +240,46 @@ class Limits(BaseSettings):
         description="Most pixels (width x height) of one image to predict, annotate or train "
         "on; read from its header before decoding, so decompression bombs are refused (422).",
     )
+
+
+VALID_HINTS = {
+    "bool_parsing": "Input should be true or false (1/0, on/off, yes/no)",
+}
+"""What is valid, for the errors whose own message does not say (by pydantic error type)."""
+
+
+def settings_error(exc: ValidationError, flags: Mapping[str, str] | None = None) -> str:
+    """One line naming each setting that ``Settings`` or ``Limits`` refused, as it was set.
+
+    Args:
+        exc: The models' refusal of their values.
+        flags: The command-line flag that set a field (``{"threads": "--threads"}``); a
+            field not in it came from its ``AUTOML_*`` variable.
+
+    Returns:
+        Each problem as ``AUTOML_PORT=abc: Input should be a valid integer, ...``,
+        ``--threads 0: Input should be ...``, or a rule between settings by its message
+        alone; joined by ``; ``.
+    """
+    model = Limits if exc.title == Limits.__name__ else Settings
+    return "; ".join(_problem(model, error, flags or {}) for error in exc.errors(include_url=False))
+
+
+def _problem(model: type[BaseSettings], error: ErrorDetails, flags: Mapping[str, str]) -> str:
+    message = VALID_HINTS.get(error["type"]) or error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:  # a rule between settings: its message names them
+        return message
+    field = str(error["loc"][0])
+    info = model.model_fields.get(field)
+    value = "<hidden>" if info is not None and not info.repr else _quoted(error["input"])
+    if field in flags:
+        return f"{flags[field]} {value}: {message}"
+    return f"{model.model_config['env_prefix']}{field.upper()}={value}: {message}"
+
+
+def _quoted(value: object) -> str:
+    """A value as the shell would take it back (``abc``, ``''``, ``'a b'``)."""
+    return shlex.quote(str(value))
 
 
 def limits_markdown() -> str:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 import automl.config
-from automl.config import Settings, current_settings
+from automl.config import Limits, Settings, current_settings, settings_error
 
 
 def test_current_settings_follow_the_environment_and_read_it_once(
@@ -52,3 +52,26 @@ def test_intervals_past_a_week_are_refused(name: str) -> None:
     """1e10 s once killed the heartbeat and reaper threads (``OverflowError`` in a wait)."""
     with pytest.raises(ValidationError, match="less than or equal to 604800"):
         Settings(**{name: 1e10})
+
+
+def test_a_rule_between_settings_names_their_variables() -> None:
+    """The CLI prints it as is: once ``grace_period (5 s) must exceed twice ...``."""
+    with pytest.raises(ValidationError) as refused:
+        Settings(grace_period=5)
+
+    assert settings_error(refused.value) == (
+        "AUTOML_GRACE_PERIOD (5 s) must exceed twice AUTOML_HEARTBEAT_INTERVAL (10 s), or "
+        "live workers would be reaped"
+    )
+
+
+def test_a_limit_is_named_by_its_variable_and_a_flag_by_itself() -> None:
+    with pytest.raises(ValidationError) as limit:
+        Limits(max_trials=-5)
+    with pytest.raises(ValidationError) as flag:
+        Settings(threads=0)
+
+    assert settings_error(limit.value).startswith("AUTOML_LIMIT_MAX_TRIALS=-5: Input should be")
+    assert settings_error(flag.value, {"threads": "--threads"}) == (
+        "--threads 0: Input should be greater than or equal to 1"
+    )

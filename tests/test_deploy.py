@@ -7,7 +7,11 @@ Dockerfile or a compose file is a real setting, PostgreSQL is health-checked and
 a volume, and the GPU override reserves GPUs for the workers. And against what would leak:
 no password or key is written into these files (only ``${VAR:?...}`` interpolations, set
 from the environment or ``.env``), the image runs as a non-root user, and the dashboard
-(which has no login) is published on the loopback address only.
+(which has no login) is published on the loopback address only. And against what would
+stop a trial or the API: the image and every service (GPU override included) agree on
+the data root (a mount of the user's folder), the decode cache and the artifacts (on a
+named volume the image's user owns), workers do not each take every core, and the
+Dockerfile's own ``docker run`` example starts the API.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from automl.cli.main import build_parser
+from automl.cli.exposure import check_exposure
+from automl.cli.main import build_parser, main
 from automl.config import Limits, Settings
+from automl.store import open_store_from
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -239,3 +245,260 @@ def test_the_dashboard_is_published_on_loopback_only() -> None:
     dashboard = load_compose(COMPOSE)["services"]["dashboard"]
     for port in dashboard.get("ports", []):
         assert str(port).startswith("127.0.0.1:"), f"dashboard port {port!r} is public"
+
+
+# --- paths: where data, cache and artifacts live, and who can write them ----------------------
+
+WRITABLE_SETTINGS = ("AUTOML_CACHE_DIR", "AUTOML_ARTIFACTS_DIR")
+"""Folders a worker writes in: it refuses to start when it cannot (exit 2)."""
+PATH_SETTINGS = ("AUTOML_DATA_ROOT", *WRITABLE_SETTINGS)
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """``(KEYWORD, arguments)`` of every Dockerfile instruction, continued lines joined and
+    comments dropped."""
+    lines = [line for line in DOCKERFILE.read_text().splitlines() if not line.startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    found = re.findall(r"^([A-Z]+)\s+(.*)$", joined, re.MULTILINE)
+    return [(keyword, arguments.strip()) for keyword, arguments in found]
+
+
+def dockerfile_env() -> dict[str, str]:
+    """What the image's ``ENV`` instructions set (``KEY=value`` pairs)."""
+    pairs = [
+        word.partition("=")
+        for keyword, arguments in dockerfile_instructions()
+        if keyword == "ENV"
+        for word in shlex.split(arguments)
+    ]
+    return {key: value for key, _, value in pairs}
+
+
+def dockerfile_volumes() -> list[Path]:
+    """The image's ``VOLUME`` folders."""
+    found = [json.loads(args) for keyword, args in dockerfile_instructions() if keyword == "VOLUME"]
+    return [Path(folder) for folders in found for folder in folders]
+
+
+def _within(path: Path | str, folder: Path | str) -> bool:
+    path, folder = Path(path), Path(folder)
+    return path == folder or folder in path.parents
+
+
+def test_the_image_keeps_data_cache_and_artifacts_at_absolute_paths_on_its_volume() -> None:
+    """Once unset: ``/app/data`` (absent) and ``/app/automl-cache`` (root's) under WORKDIR."""
+    env = dockerfile_env()
+    for name in PATH_SETTINGS:
+        assert name in env and Path(env[name]).is_absolute(), f"the image does not set {name}"
+    database = make_url(env["AUTOML_STORAGE"]).database
+    for path in [*(env[name] for name in WRITABLE_SETTINGS), database]:
+        assert any(_within(path, volume) for volume in dockerfile_volumes()), f"{path}: no VOLUME"
+
+
+def _run_commands() -> list[list[str]]:
+    """Each shell command of the Dockerfile's ``RUN`` instructions, split on ``&&``."""
+    return [
+        shlex.split(command)
+        for keyword, arguments in dockerfile_instructions()
+        if keyword == "RUN"
+        for command in arguments.split("&&")
+    ]
+
+
+def test_the_image_creates_its_writable_folders_for_its_user() -> None:
+    """The cache and artifacts folders exist in the image, owned by the USER it runs as, so
+    a fresh named volume (which copies them) is writable too."""
+    user = [args for keyword, args in dockerfile_instructions() if keyword == "USER"][-1]
+    commands = _run_commands()
+    made = [i for i, words in enumerate(commands) if words[:2] == ["mkdir", "-p"]]
+    owned = [
+        (i, words[-1])
+        for i, words in enumerate(commands)
+        if words[:2] == ["chown", "-R"] and words[2].split(":")[0] == user
+    ]
+    for name in WRITABLE_SETTINGS:
+        folder = dockerfile_env()[name]
+        created = [i for i in made if folder in commands[i][2:]]
+        assert created, f"no `mkdir -p {folder}` ({name})"
+        assert any(i > created[0] and _within(folder, path) for i, path in owned), (
+            f"{folder} ({name}) is not chown-ed to {user} after it is created"
+        )
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` applied to ``base`` as ``docker compose -f base -f override`` does for
+    the keys used here: mappings merge, anything else is replaced."""
+    result = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def effective_services() -> dict[str, dict[str, Any]]:
+    """``file:service`` -> each automl service as it runs with docker-compose.yml alone,
+    and with each override on top of it."""
+    base = load_compose(COMPOSE)["services"]
+    found = {f"{COMPOSE.name}:{name}": base[name] for name in automl_services()}
+    for path in COMPOSE_FILES:
+        if path != COMPOSE:
+            for name, service in load_compose(path)["services"].items():
+                found[f"{path.name}:{name}"] = merged(base[name], service)
+    return found
+
+
+SERVICES = effective_services()
+
+
+def mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """A service's volumes: container path -> (source, read-only), ``${VAR:-default}``
+    taking its default."""
+    found = {}
+    for entry in service.get("volumes", []):
+        source, target, *mode = interpolate(entry, {}).split(":")
+        found[target] = (source, "ro" in mode)
+    return found
+
+
+def test_every_automl_service_reads_and_writes_the_same_paths() -> None:
+    """The API checks a spec's paths where the workers read them; a GPU worker (override)
+    finds them where a CPU worker does."""
+    expected = {name: dockerfile_env()[name] for name in PATH_SETTINGS}
+    for where, service in SERVICES.items():
+        environment = service.get("environment", {})
+        assert {name: environment.get(name) for name in PATH_SETTINGS} == expected, where
+        assert mounts(service) == mounts(SERVICES[f"{COMPOSE.name}:api"]), where
+
+
+@pytest.mark.parametrize("where", sorted(SERVICES))
+def test_the_cache_and_artifacts_are_on_a_writable_named_volume(where: str) -> None:
+    named = set(load_compose(COMPOSE).get("volumes", {}))
+    found = mounts(SERVICES[where])
+    for name in WRITABLE_SETTINGS:
+        folder = SERVICES[where]["environment"][name]
+        targets = [target for target in found if _within(folder, target)]
+        assert targets, f"{where}: {name}={folder} is on no volume (lost with the container)"
+        source, read_only = found[max(targets, key=len)]  # the innermost mount holds it
+        assert source in named and not read_only, f"{where}: {folder} is on {source}"
+
+
+@pytest.mark.parametrize("where", sorted(SERVICES))
+def test_the_data_root_is_a_mount_of_the_users_folder(where: str) -> None:
+    """Once no mount at all: the image's data root was an empty folder (or none)."""
+    root = SERVICES[where]["environment"]["AUTOML_DATA_ROOT"]
+    source, _ = mounts(SERVICES[where]).get(root, ("", False))
+    assert source.startswith(("./", "/")), f"{where}: {root} is not a bind mount of a folder"
+
+
+def _docker_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("### One machine: `docker compose up`")
+    return readme[start : readme.index("\n### ", start + 1)]
+
+
+def test_the_readme_shows_where_to_put_images_and_a_spec_path_for_them() -> None:
+    """The documented folder is the one mounted, and the example's spec path (relative to
+    the data root) names the folder the example writes there."""
+    section = _docker_section()
+    source, _ = mounts(SERVICES[f"{COMPOSE.name}:worker"])["/data/datasets"]
+    host = Path(source).as_posix()  # "./data" -> "data"
+    assert f"`./{host}`" in section, "the README does not say where images go"
+    written = re.search(r"python -m automl\.examples \S+ (?P<folder>\S+)", section)
+    spec = re.search(r"path: (?P<path>[\w/.-]+)", section)
+    assert written and spec, "no example of images and of a spec path for them"
+    assert (Path(written["folder"]) / "train").as_posix() == f"{host}/{spec['path']}"
+
+
+# --- threads: workers share the cores ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", sorted(w for w in SERVICES if w.endswith(":worker")))
+def test_compose_workers_do_not_each_take_every_core(where: str) -> None:
+    """``--scale worker=4`` once ran 4 workers on all cores each (2.5x slower)."""
+    threads = SERVICES[where]["environment"].get("AUTOML_THREADS")
+    assert threads is not None, f"{where}: AUTOML_THREADS unset, PyTorch takes every core"
+    default = int(interpolate(threads, {}))
+    assert default == 1, "one thread per worker never oversubscribes up to one per core"
+    assert interpolate(threads, {"WORKER_THREADS": "4"}) == "4", "WORKER_THREADS sets it"
+    assert Settings(threads=default).threads == default
+
+
+def test_the_thread_setting_is_documented_where_workers_are_scaled() -> None:
+    for text in (_docker_section(), COMPOSE.read_text()):
+        assert "WORKER_THREADS" in text and "--scale worker=" in text
+
+
+# --- the Dockerfile's own example --------------------------------------------------------------
+
+
+def dockerfile_example() -> list[list[str]]:
+    """The ``docker run`` command lines of the Dockerfile's opening comment, split."""
+    header = []
+    for line in DOCKERFILE.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.removeprefix("#").strip())
+    text = re.sub(r"\\\n", " ", "\n".join(header))
+    lines = [line for line in text.splitlines() if line.startswith("docker run ")]
+    return [shlex.split(line, comments=True) for line in lines]
+
+
+DOCKER_RUN_FLAGS_WITH_VALUE = {"-v", "--volume", "-e", "--env", "-p", "--publish", "--gpus"}
+
+
+def docker_run(words: list[str]) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """``docker run`` split into its volumes (container path -> source), its ``-e``
+    variables and the automl arguments (the image's CMD when none)."""
+    volumes, environment = {}, {}
+    rest = iter(words[2:])
+    for word in rest:
+        if not word.startswith("-"):
+            arguments = list(rest)
+            break
+        if word in DOCKER_RUN_FLAGS_WITH_VALUE:
+            value = next(rest)
+            if word in ("-v", "--volume"):
+                source, target, *_ = value.split(":")
+                volumes[target] = source
+            elif word in ("-e", "--env"):
+                key, _, val = value.partition("=")
+                environment[key] = val
+    else:
+        pytest.fail(f"no image in {' '.join(words)}")
+    return volumes, environment, arguments or dockerfile_exec_form("CMD")
+
+
+def in_container(value: str, volumes: dict[str, str], tmp_path: Path) -> str:
+    """``value`` with each mounted container path replaced by a folder standing for its
+    source (the same source, the same folder), innermost mount first."""
+    for target in sorted(volumes, key=len, reverse=True):
+        local = tmp_path / re.sub(r"\W", "_", volumes[target])
+        local.mkdir(exist_ok=True)
+        value = re.sub(rf"(?<![\w.-]){re.escape(target)}(?=/|$)", str(local), value)
+    return value
+
+
+def test_the_dockerfile_example_starts_the_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once ``docker run -p 8000:8000 -v automl-data:/data automl`` alone: ``serve`` on
+    0.0.0.0 with no key exits 2. Each example line runs here in turn, its volumes standing
+    in for folders: ``keys create`` for real, ``serve`` up to its refusal check."""
+    example = dockerfile_example()
+    assert any(docker_run(words)[2] == ["serve"] for words in example), "no API example"
+    for words in example:
+        volumes, environment, argv = docker_run(words)
+        assert_parses(argv)
+        for key, value in {**dockerfile_env(), **environment}.items():
+            monkeypatch.setenv(key, in_container(value, volumes, tmp_path))
+        if argv[0] == "keys":
+            assert main(argv) == 0
+        elif argv[0] == "serve":
+            settings = Settings()
+            store = open_store_from(settings)
+            try:
+                check_exposure(settings, store)  # raises the CliError that exits 2
+            finally:
+                store.close()

@@ -12,6 +12,7 @@ from automl.cli.http_client import ClientError, HttpClient
 from automl.spec import SpecError, spec_from_text
 from automl.store import (
     BestTrials,
+    NoBestTrialError,
     Page,
     Store,
     StudyDetail,
@@ -68,8 +69,16 @@ class LocalClient:
         return get_study(self.store, study_id)
 
     def best(self, study_id: int) -> BestTrials:
-        """The best trial(s)."""
-        return best_trials(self.store, study_id)
+        """The best trial(s).
+
+        Raises:
+            ClientError: If the study has no completed trial: not a bad input (exit 1), as
+                an unknown study is (``StudyNotFoundError``, exit 2).
+        """
+        try:
+            return best_trials(self.store, study_id)
+        except NoBestTrialError as exc:
+            raise ClientError(str(exc), bad_input=False) from None
 
     def trials(
         self, study_id: int, state: str | None = None, limit: int | None = None

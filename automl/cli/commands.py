@@ -31,6 +31,7 @@ from automl.cli.output import (
     study_text,
 )
 from automl.cli.ports import require_free_port
+from automl.cli.stops import StopSignals
 from automl.cli.study_commands import read_spec_text
 from automl.config import Settings
 from automl.spec import SpecError, spec_from_text
@@ -52,11 +53,12 @@ from automl.store import (
     submit_study,
 )
 from automl.store.faults import first_line
-from automl.store.storage import sqlite_file
+from automl.store.storage import has_automl_tables, redact, sqlite_file
 from automl.train import resolve_device
 from automl.train.accel import check_device_settings
 from automl.worker import Coordinator, InvalidDeviceError, Worker, WorkerOptions
 from automl.worker.coordinator import CoordinatorTooOldError
+from automl.worker.loop import UnusableFolderError, check_folders
 
 logger = logging.getLogger("automl.cli")
 
@@ -75,7 +77,7 @@ def errors_as_cli_errors(spec_path: str | None) -> Iterator[None]:
     except ClientError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILURE) from None
     except StorageError as exc:
-        raise CliError(str(exc), EXIT_FAILURE) from None
+        raise CliError(str(exc), EXIT_BAD_INPUT if exc.bad_config else EXIT_FAILURE) from None
     except InvalidDeviceError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     except Exception as exc:
@@ -89,10 +91,15 @@ def open_store(settings: Settings, *, create: bool = False) -> Store:
 
     Args:
         settings: Where the store is.
-        create: Create a SQLite file that is not there yet (commands that write: submit,
-            run, serve, worker, keys). Without it such a file is an error, not an empty
-            store: a mistyped ``--storage`` path would otherwise report no studies, and
-            leave an empty database behind.
+        create: Create the store if it is not there yet: a SQLite file, or automl's
+            tables in a server database (commands that write: submit, run, serve, worker,
+            keys). Without it a missing store is an error, not an empty store: a mistyped
+            ``--storage`` would otherwise report no studies, and leave an empty database
+            (or automl's tables in someone else's) behind.
+
+    Raises:
+        CliError: If the store is a proxy, or missing (without ``create``).
+        StorageError: If the database cannot be opened.
     """
     from automl.proxy import is_proxy_url
 
@@ -102,14 +109,40 @@ def open_store(settings: Settings, *, create: bool = False) -> Store:
             "this command at the database (AUTOML_STORAGE) or the API (--url)",
             EXIT_BAD_INPUT,
         )
-    database = sqlite_file(settings.storage)
-    if not create and database is not None and not database.exists():
+    if not create:
+        _require_store(settings.storage)
+    return open_store_from(settings)
+
+
+def _require_store(url: str) -> None:
+    """Raises a ``CliError`` (bad input) unless ``url`` names an existing store: a SQLite
+    file that is there, or a server database holding automl's tables."""
+    database = sqlite_file(url)
+    if database is not None:
+        if not database.exists():
+            raise CliError(
+                f"no store at {database}: nothing was submitted there (check --storage or "
+                "AUTOML_STORAGE; submit and run create it)",
+                EXIT_BAD_INPUT,
+            )
+        return
+    if _backend(url) not in (None, "sqlite") and not has_automl_tables(url):
         raise CliError(
-            f"no store at {database}: nothing was submitted there (check --storage or "
-            "AUTOML_STORAGE; submit and run create it)",
+            f"no automl store at {redact(url)} (no automl tables); submit a study or run "
+            "automl serve/worker to create one",
             EXIT_BAD_INPUT,
         )
-    return open_store_from(settings)
+
+
+def _backend(url: str) -> str | None:
+    """``url``'s database (``sqlite``, ``postgresql``...); None if it is malformed (which
+    opening the store reports)."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url).get_backend_name()
+    except sqlalchemy.exc.ArgumentError:
+        return None
 
 
 def _open_store_waiting(settings: Settings) -> Store:
@@ -149,8 +182,8 @@ def _connect_proxy_waiting(url: str) -> Coordinator:
 
 
 def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
-    """Serves Optuna's gRPC storage proxy and automl's coordination for many workers."""
-    import signal
+    """Serves Optuna's gRPC storage proxy and automl's coordination for many workers, until
+    SIGINT (exit 130) or SIGTERM (0)."""
     import threading
 
     from automl.proxy import ProxyError, ProxyServer
@@ -169,17 +202,16 @@ def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
     except ProxyError as exc:
         raise CliError(str(exc), EXIT_FAILURE) from None
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    print(
-        f"automl proxy: workers use AUTOML_STORAGE=grpc://{args.host or '127.0.0.1'}:"
-        f"{args.port} (coordination on port {server.coordination_port})",
-        file=sys.stderr,
-    )
-    stop.wait()
+    with StopSignals(lambda _: stop.set()) as stops:
+        print(
+            f"automl proxy: workers use AUTOML_STORAGE=grpc://{args.host or '127.0.0.1'}:"
+            f"{args.port} (coordination on port {server.coordination_port})",
+            file=sys.stderr,
+        )
+        stop.wait()
     server.stop()
     store.close()
-    return EXIT_OK
+    return stops.exit_code
 
 
 def _worker_options(settings: Settings, **overrides: object) -> WorkerOptions:
@@ -202,39 +234,28 @@ def _print_json(model: BaseModel) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Runs the REST API with uvicorn until interrupted.
+    """Runs the REST API with uvicorn until SIGINT (exit 130) or SIGTERM (0).
 
     With ``--workers N`` (``AUTOML_API_WORKERS``), N processes serve the same port, each
     with its own app, store and reaper, built from these settings: one process runs
     Python on one core at a time, however many threads it has.
     """
-    import uvicorn
-
     from automl.api import create_app
+    from automl.cli.api_server import serve_app, serve_processes
 
     require_free_port(settings.host, settings.port)
     store = _store_checked_for_exposure(settings)
     log_level = args.log_level.lower()
     try:
         if settings.api_workers == 1:
-            app = create_app(settings, store)
-            uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level)
-            return EXIT_OK
+            return serve_app(create_app(settings, store), settings, log_level)
         store.close()  # it checked the store and created the schema once, before the processes
         os.environ.update(settings_environment(settings))  # what each process's create_app reads
-        uvicorn.run(
-            "automl.api.app:create_app",
-            factory=True,
-            workers=settings.api_workers,
-            host=settings.host,
-            port=settings.port,
-            log_level=log_level,
-        )
+        return serve_processes(settings, log_level)
     except SystemExit as exc:  # uvicorn's own startup failure (3): the log above says why
         if exc.code in (None, 0):
             return EXIT_OK
         raise CliError("the API server failed to start (see the log above)") from None
-    return EXIT_OK
 
 
 def _store_checked_for_exposure(settings: Settings) -> Store:
@@ -353,7 +374,12 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             )
         require_free_port(settings.host, dashboard_port, "--dashboard-port")
     # Create the schema once, before the children race to; refuse an exposed anonymous API.
-    _store_checked_for_exposure(settings).close()
+    store = _store_checked_for_exposure(settings)
+    try:
+        if gpus is not None or args.workers > 0:
+            _check_worker_folders(settings, store)  # once, not a refusal per child
+    finally:
+        store.close()
     with tempfile.TemporaryDirectory(prefix="automl-slots-") as slot_dir:
         workers = []
         if gpus is not None or args.workers > 0:
@@ -374,6 +400,18 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         return run_children(children, stop_all_when_one_exits=True)
 
 
+def _check_worker_folders(settings: Settings, store: Store) -> None:
+    """Refuses a cache or artifact folder no worker could write in (exit 2).
+
+    Raises:
+        CliError: Naming the folder and its setting.
+    """
+    try:
+        check_folders(settings.cache_dir, store.artifacts)
+    except UnusableFolderError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Submits a spec to the local store and works it to completion in this process."""
     path = Path(args.spec)
@@ -385,6 +423,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     store = open_store(settings, create=True)
+    _check_worker_folders(settings, store)  # before submitting: leaves no study behind
     study = submit_study(store, spec)
     level = logging.getLogger().getEffectiveLevel()
     logging.getLogger("automl.worker").setLevel(max(level, logging.WARNING))

@@ -21,15 +21,15 @@ import argparse
 import json
 import logging
 import re
-import signal
 import sys
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, CliError
-from automl.cli.ports import require_free_port
+from automl.cli.errors import EXIT_BAD_INPUT, CliError
+from automl.cli.ports import bind_problem, require_free_port
+from automl.cli.stops import StopSignals
 from automl.config import Settings, is_loopback
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ logger = logging.getLogger("automl.dashboard")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -142,7 +141,8 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
-    """Serves optuna-dashboard on the configured store until SIGINT or SIGTERM."""
+    """Serves optuna-dashboard on the configured store until SIGINT (exit 130) or SIGTERM
+    (0)."""
     from automl.proxy import is_proxy_url
     from automl.store import open_store_from
     from automl.store.storage import redact
@@ -167,9 +167,7 @@ def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
                 handler_class=_QuietHandler,
             )
         except OSError as exc:
-            raise CliError(
-                f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_FAILURE
-            ) from None
+            raise CliError(f"cannot listen on {host}:{port}: {bind_problem(exc)}") from None
         if not is_loopback(host):
             logger.warning(
                 "optuna-dashboard on %s has no authentication: anyone who reaches port %d "
@@ -178,31 +176,29 @@ def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
                 host,
                 server.server_port,
             )
-        previous = {signum: signal.signal(signum, _stop) for signum in _STOP_SIGNALS}
-        print(
-            f"optuna-dashboard on http://{host}:{server.server_port} "
-            f"(storage {redact(store.url)}, artifacts: {type(store.artifacts).__name__})",
-            file=sys.stderr,
-            flush=True,
-        )
         try:
-            server.serve_forever()
+            with StopSignals(_stop) as stops:
+                print(
+                    f"optuna-dashboard on http://{host}:{server.server_port} "
+                    f"(storage {redact(store.url)}, artifacts: {type(store.artifacts).__name__})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                server.serve_forever()
         except _Stopped:
             pass
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
             server.server_close()
     finally:
         store.close()
-    return EXIT_OK
+    return stops.exit_code
 
 
 class _Stopped(Exception):
-    """SIGINT or SIGTERM: stop serving and exit cleanly (``automl up`` stops children so)."""
+    """SIGINT or SIGTERM: stop serving (``automl up`` stops its children with SIGTERM)."""
 
 
-def _stop(signum: int, frame: object) -> None:
+def _stop(_: int) -> None:
     raise _Stopped
 
 

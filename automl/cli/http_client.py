@@ -21,11 +21,17 @@ TRIALS_PAGE = 1000
 
 
 class ClientError(RuntimeError):
-    """A request failed; ``bad_input`` tells whether the caller's input was at fault."""
+    """A request failed; ``bad_input`` tells whether the caller's input was at fault.
 
-    def __init__(self, message: str, bad_input: bool = False) -> None:
+    Attributes:
+        bad_input: The caller's input (a study id, a spec, the URL) was at fault.
+        status: The HTTP status of the answer (None: there was none).
+    """
+
+    def __init__(self, message: str, bad_input: bool = False, status: int | None = None) -> None:
         super().__init__(message)
         self.bad_input = bad_input
+        self.status = status
 
 
 class HttpClient:
@@ -68,8 +74,26 @@ class HttpClient:
         return StudyDetail.model_validate(self._request("GET", f"/studies/{study_id}"))
 
     def best(self, study_id: int) -> BestTrials:
-        """The best trial(s)."""
-        return BestTrials.model_validate(self._request("GET", f"/studies/{study_id}/best"))
+        """The best trial(s).
+
+        Raises:
+            ClientError: ``bad_input`` if the study is unknown; not if it merely has no
+                completed trial (both are a 404, told apart by asking for the study).
+        """
+        try:
+            return BestTrials.model_validate(self._request("GET", f"/studies/{study_id}/best"))
+        except ClientError as exc:
+            if exc.status != 404 or not self._has_study(study_id):
+                raise
+            raise ClientError(str(exc), bad_input=False, status=exc.status) from None
+
+    def _has_study(self, study_id: int) -> bool:
+        """Whether ``GET /studies/{id}`` finds the study."""
+        try:
+            self.study(study_id)
+        except ClientError:
+            return False
+        return True
 
     def trials(
         self, study_id: int, state: str | None = None, limit: int | None = None
@@ -155,7 +179,10 @@ class HttpClient:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._send(method, path, **kwargs)
-        return response.json() if response.content else None
+        try:
+            return response.json() if response.content else None
+        except ValueError:
+            raise self._not_automl(method, path, response, "not JSON") from None
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -164,7 +191,25 @@ class HttpClient:
             raise ClientError(f"cannot reach the API at {self.base_url}: {exc}") from None
         if response.is_success:
             return response
-        raise ClientError(_error_text(response), bad_input=400 <= response.status_code < 500)
+        message = _error_text(response)
+        if message is None:
+            raise self._not_automl(method, path, response)
+        status = response.status_code
+        raise ClientError(message, bad_input=400 <= status < 500, status=status)
+
+    def _not_automl(
+        self, method: str, path: str, response: httpx.Response, why: str = ""
+    ) -> ClientError:
+        """The error for an answer that no automl API gives: the URL names something else
+        (another server, or a path under automl's). A bad input unless a server error
+        (a gateway in front of automl answers 502 while automl is down)."""
+        status = response.status_code
+        answer = f"HTTP {status} {httpx.codes.get_reason_phrase(status) or response.reason_phrase}"
+        message = (
+            f"{self.base_url} does not answer as an automl API ({method} {path}: "
+            f"{answer.strip()}{f', {why}' if why else ''}); check --url / AUTOML_URL"
+        )
+        return ClientError(message, bad_input=status < 500, status=status)
 
 
 _KEY_TEXT = re.compile(r"[\x21-\x7e]+")
@@ -183,15 +228,23 @@ def _checked_url(url: str) -> str:
     return url
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(response: httpx.Response) -> str | None:
+    """The message of an error answer in automl's shape (``automl.api.errors``): a JSON
+    object whose ``detail`` is a message or a list of field errors. None for any other
+    answer, and for the bare status phrase (``{"detail": "Not Found"}``) that the web
+    framework gives for a path no automl route has."""
     try:
-        detail = response.json().get("detail")
+        body = response.json()
     except ValueError:
-        detail = None
-    if isinstance(detail, list):
+        return None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        generic = detail == httpx.codes.get_reason_phrase(response.status_code)
+        return detail if detail and not generic else None
+    if isinstance(detail, list) and detail and all(isinstance(item, dict) for item in detail):
         parts = []
         for item in detail:
             loc = [str(part) for part in item.get("loc", []) if part != "body"]
             parts.append(f"{item.get('path') or '.'.join(loc) or 'body'}: {item.get('msg')}")
         return "; ".join(parts)
-    return str(detail or f"HTTP {response.status_code}")
+    return None

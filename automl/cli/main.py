@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pydantic import ValidationError
-from pydantic_core import ErrorDetails
 
 from automl import __version__
 from automl.cli.arguments import (
@@ -25,15 +26,29 @@ from automl.cli.arguments import (
 )
 from automl.cli.dashboard_commands import DEFAULT_PORT
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError
-from automl.config import Limits, Settings
+from automl.config import Limits, Settings, settings_error
 from automl.delivery.schemas import MAX_TOP
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose refusal of an unknown choice (a subcommand, a log level)
+    suggests the closest one, as spec errors do."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        choices = action.choices
+        if choices is None or value in choices or not isinstance(value, str):
+            super()._check_value(action, value)
+            return
+        names = [str(choice) for choice in choices]
+        close = difflib.get_close_matches(value, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        message = f"invalid choice: {value!r}{hint}; valid choices: {', '.join(names)}"
+        raise argparse.ArgumentError(action, message)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="automl", description="Hyperparameter search for image recognition."
-    )
+    parser = Parser(prog="automl", description="Hyperparameter search for image recognition.")
     parser.add_argument("--version", action="version", version=f"automl {__version__}")
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -51,9 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--url", help="API base URL (default: $AUTOML_URL; else the local store)")
         p.add_argument("--json", action="store_true", help="print JSON")
 
-    def worker_args(p: argparse.ArgumentParser) -> None:
+    def worker_args(p: argparse.ArgumentParser, threads_default: str) -> None:
         p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
-        p.add_argument("--threads", type=int, help="CPU threads per worker (default: all)")
+        p.add_argument(
+            "--threads",
+            type=int,
+            help="CPU threads per worker process (default: $AUTOML_THREADS, else "
+            f"{threads_default})",
+        )
         storage_arg(p)
         artifacts_arg(p)
 
@@ -81,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     artifacts_arg(serve)
 
     worker = commands.add_parser("worker", help="claim and train trials until stopped")
-    worker_args(worker)
+    worker_args(
+        worker,
+        "PyTorch's default, about one per core; with --slots or --gpus, the cores divided "
+        "among the processes",
+    )
     worker.add_argument("--study", type=study_id, help="only this study; exit once it ends")
     worker.add_argument(
         "--poll-interval", type=poll_seconds, help="seconds between polls when idle"
@@ -106,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     artifacts_arg(proxy)
 
     up = commands.add_parser("up", help="run the API and N local workers; Ctrl-C stops all")
-    worker_args(up)
+    worker_args(up, "the cores divided among the worker processes")
     up.add_argument("--workers", type=int, default=1, help="CPU worker processes (default 1)")
     device_layout_args(up)
     up.add_argument("--host")
@@ -141,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="submit SPEC locally and work it to completion")
     run.add_argument("spec", help="study spec (YAML or JSON)")
-    worker_args(run)
+    worker_args(run, "PyTorch's default, about one per core")
     run.add_argument("--json", action="store_true", help="print the best trial as JSON")
 
     submit = commands.add_parser("submit", help="submit a study spec")
@@ -303,7 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    """Environment settings overridden by the command's flags."""
+    """Environment settings overridden by the command's flags.
+
+    Raises:
+        CliError: If a setting is invalid (exit 2); the message names the variable or
+            flag that set it, the value given and what is valid.
+    """
     overrides = {
         key: value
         for key in (
@@ -323,19 +352,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
         settings = Settings(**overrides)
         Limits()  # read by requests later: a bad AUTOML_LIMIT_* is refused at the start
     except ValidationError as exc:
-        limit = exc.title == Limits.__name__
-        problems = "; ".join(_setting_problem(e, limit) for e in exc.errors(include_url=False))
-        raise CliError(f"invalid setting {problems}", EXIT_BAD_INPUT) from None
+        flags = {  # a value that a flag set is named by that flag
+            key: "--workers" if key == "api_workers" else f"--{key.replace('_', '-')}"
+            for key in overrides
+        }
+        raise CliError(f"invalid setting {settings_error(exc, flags)}", EXIT_BAD_INPUT) from None
     return settings
-
-
-def _setting_problem(error: ErrorDetails, limit: bool) -> str:
-    """``heartbeat_interval: Input should be ...``; a limit by its variable; a rule between
-    settings (no field) by its message alone."""
-    field, message = ".".join(map(str, error["loc"])), error["msg"].removeprefix("Value error, ")
-    if not field:
-        return message
-    return f"{f'AUTOML_LIMIT_{field.upper()}' if limit else field}: {message}"
 
 
 COMMANDS: dict[str, str] = {
@@ -422,14 +444,20 @@ def _run_locally(command: Command, args: argparse.Namespace, settings: Settings)
         return command(args, settings)
 
 
+QUIET_LOGGERS = ("httpx", "httpcore", "torch")
+"""Libraries whose INFO lines are noise unless ``--log-level DEBUG``: httpx logs every
+request; torch, stopped while importing (before its own logging setup quiets it), logs its
+FakeTensor cache statistics at exit."""
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    if level != "DEBUG":  # httpx logs every request at INFO
-        for name in ("httpx", "httpcore"):
+    if level != "DEBUG":
+        for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 

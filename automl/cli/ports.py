@@ -31,10 +31,23 @@ def require_free_port(host: str, port: int, flag: str = "--port") -> None:
         try:
             sock.bind(address)
         except OSError as exc:
-            reason = (
-                "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
-            )
             raise CliError(
-                f"cannot listen on {host}:{port}: {reason} (choose another with {flag})",
-                EXIT_FAILURE,
+                f"cannot listen on {host}:{port}: {bind_problem(exc, flag)}", EXIT_FAILURE
             ) from None
+
+
+def bind_problem(exc: OSError, flag: str = "--port", host_flag: str = "--host") -> str:
+    """Why binding failed, with the option to change: the port's when it is taken, the
+    host's when the address is not this machine's (``EADDRNOTAVAIL``).
+
+    Args:
+        exc: The error of ``bind``.
+        flag: The option that chose the port.
+        host_flag: The option that chose the host.
+    """
+    if exc.errno == errno.EADDRINUSE:
+        return f"the port is in use (choose another with {flag})"
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{reason}: no interface of this machine has it (choose another with {host_flag})"
+    return f"{reason} (choose another with {flag})"

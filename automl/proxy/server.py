@@ -20,6 +20,7 @@ The proxy also runs the reaper (its workers hold no database connection to run t
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import socket
@@ -387,7 +388,8 @@ class ProxyServer:
         service = CoordinationService(SqlCoordinator(self.store))
         server.add_generic_rpc_handlers((service.generic_handler(),))
         if server.add_insecure_port(f"{self.host}:{self.coordination_port}") == 0:
-            raise ProxyError(f"cannot listen on {self.host}:{self.coordination_port}")
+            where = f"{self.host}:{self.coordination_port} (the coordination port: --port + 1)"
+            raise ProxyError(f"cannot listen on {where}")
         server.start()
         self._server = server
         for port in (self.port, self.coordination_port):
@@ -405,8 +407,8 @@ class ProxyServer:
     @staticmethod
     def check_ports(host: str, port: int) -> None:
         """Raises ``ProxyError`` unless ``port`` and ``port + 1`` are free on ``host``."""
-        for candidate in (port, port + 1):
-            _check_free(host, candidate)
+        _check_free(host, port, "")
+        _check_free(host, port + 1, " (the coordination port: --port + 1)")
 
     def stop(self, grace: float = 5.0) -> None:
         """Stops the coordination endpoint and the reaper (Optuna's ends with the process)."""
@@ -416,13 +418,23 @@ class ProxyServer:
             self._server.stop(grace).wait()
 
 
-def _check_free(host: str, port: int) -> None:
+def _check_free(host: str, port: int, role: str) -> None:
+    """Raises ``ProxyError`` unless ``host:port`` can be bound; ``role`` says what the
+    port is for, in the message."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise ProxyError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise ProxyError(f"cannot listen on {host}:{port}{role}: {_bind_hint(exc)}") from None
+
+
+def _bind_hint(exc: OSError) -> str:
+    """Why a port cannot be bound, and which option to change."""
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{exc.strerror}: no interface of this machine has it (choose another with --host)"
+    # The proxy takes --port and the port after it: another --port moves both.
+    return f"{exc.strerror} (choose another --port; the proxy listens on it and on the next)"
 
 
 def _wait_ready(host: str, port: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -33,6 +34,18 @@ DATABASE_FAULT_HINTS = (
     "An exception is raised during the commit",  # Optuna's StorageInternalError
 )
 """Optuna's storage proxy reports a database fault only as text (status UNKNOWN)."""
+
+REFUSED_FOR_GOOD = re.compile(
+    r'(database|role) "[^"]*" does not exist'
+    r"|password authentication failed"
+    r"|no pg_hba\.conf entry"
+    r"|(peer|ident|sspi|gss|cert|ldap|radius|pam) authentication failed"
+    r"|no password supplied",
+    re.IGNORECASE,
+)
+"""What PostgreSQL answers to a connection that no retry will let in: no such database or
+role, or a failed authentication. libpq reports it as text only (psycopg's ``sqlstate`` is
+None for a connection that never opened), so the text is matched."""
 
 LOG_INTERVAL_S = 30.0
 """A waiting process logs the database outage at most once per this many seconds."""
@@ -90,6 +103,8 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(current, StorageUnavailableError | sqlalchemy.exc.TimeoutError):
             return True
         if isinstance(current, sqlalchemy.exc.DBAPIError):
+            if is_refused_for_good(current):
+                return False
             return current.connection_invalidated or isinstance(
                 current, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
             )
@@ -101,6 +116,19 @@ def is_transient(exc: BaseException) -> bool:
             return False
         current = current.__cause__ or current.__context__
     return False
+
+
+def is_refused_for_good(exc: BaseException) -> bool:
+    """Whether the database refused the connection for a reason that retrying cannot fix:
+    the database or the role does not exist, or the authentication failed (a setting to
+    correct, not an outage)."""
+    return any(
+        REFUSED_FOR_GOOD.search(str(error)) is not None
+        for error in _causes(exc)
+        # SQLAlchemy's own text repeats the statement and its parameters: only the driver's
+        # message is matched.
+        if not isinstance(error, sqlalchemy.exc.SQLAlchemyError)
+    )
 
 
 def _is_transient_grpc(exc: grpc.RpcError) -> bool:

@@ -34,7 +34,7 @@ from sqlalchemy import event
 
 from automl.config import DEFAULT_STORAGE, Settings
 from automl.store import tables
-from automl.store.faults import first_line, is_transient
+from automl.store.faults import first_line, is_refused_for_good, is_transient
 
 if TYPE_CHECKING:
     from automl.store.artifacts import ArtifactStore
@@ -58,11 +58,15 @@ class StorageError(RuntimeError):
 
     Attributes:
         transient: The database was unreachable (trying again later may succeed).
+        bad_config: The settings are at fault (a malformed URL, a database, role, password
+            or folder that is not there, an unusable artifact store): correcting them, not
+            waiting, is what helps.
     """
 
-    def __init__(self, message: str, transient: bool = False) -> None:
+    def __init__(self, message: str, transient: bool = False, bad_config: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+        self.bad_config = bad_config
 
 
 @dataclass(eq=False)
@@ -179,7 +183,8 @@ def open_store(
     try:
         backend = sqlalchemy.engine.make_url(url).get_backend_name()
     except sqlalchemy.exc.ArgumentError as exc:
-        raise StorageError(f"invalid storage URL {url!r}: {exc}") from None
+        raise StorageError(f"invalid storage URL {url!r}: {exc}", bad_config=True) from None
+    _check_sqlite_folder(url)
     engine_kwargs = _engine_kwargs(backend, pool_size)
     storage = _open_with_retries(url, engine_kwargs, create_tables=True)
     reader = storage
@@ -201,7 +206,10 @@ def open_store(
     except (ArtifactStoreError, OSError) as exc:
         storage.engine.dispose()
         reader.engine.dispose()
-        raise StorageError(f"cannot open the artifact store: {exc}") from None
+        bad_config = isinstance(exc, ArtifactStoreError)
+        raise StorageError(
+            f"cannot open the artifact store: {exc}", bad_config=bad_config
+        ) from None
     return Store(url=url, backend=backend, storage=storage, reader=reader, artifacts=artifacts)
 
 
@@ -213,6 +221,63 @@ def open_store_from(settings: Settings) -> Store:
         artifacts_dir=settings.artifacts_dir,
         s3_bucket=settings.s3_bucket,
         pool_size=settings.db_pool_size,
+    )
+
+
+def _check_sqlite_folder(url: str) -> None:
+    """Raises a ``StorageError`` (bad config) if a SQLite file's folder is not there: SQLite
+    creates the file, never its folder, and would answer "unable to open database file"
+    to every try."""
+    database = sqlite_file(url)
+    if database is not None and not database.parent.is_dir():
+        raise StorageError(
+            f"cannot open storage {redact(url)}: no folder {database.parent}", bad_config=True
+        )
+
+
+def has_automl_tables(url: str) -> bool:
+    """Whether the database at ``url`` holds automl's tables; creates nothing.
+
+    Args:
+        url: SQLAlchemy URL of a server database (PostgreSQL): a SQLite file that is
+            not there would be created by the connection.
+
+    Raises:
+        StorageError: If the URL is malformed or the database cannot be reached (or
+            refuses the connection).
+    """
+    url = normalize_url(url)
+    try:
+        backend = sqlalchemy.engine.make_url(url).get_backend_name()
+        engine = sqlalchemy.create_engine(
+            url, poolclass=sqlalchemy.pool.NullPool, **_connect_args(backend)
+        )
+    except sqlalchemy.exc.ArgumentError as exc:
+        raise StorageError(f"invalid storage URL {url!r}: {exc}", bad_config=True) from None
+    except (ImportError, ValueError) as exc:
+        raise StorageError(
+            f"cannot open storage {redact(url)}: {first_line(exc)}", bad_config=True
+        ) from None
+    try:
+        return sqlalchemy.inspect(engine).has_table(tables.studies.name)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise _open_error(url, exc) from None
+    finally:
+        engine.dispose()
+
+
+def _connect_args(backend: str) -> dict[str, Any]:
+    """The engine's ``connect_args`` for ``backend`` (its connect timeout), alone."""
+    return {key: value for key, value in _engine_kwargs(backend).items() if key == "connect_args"}
+
+
+def _open_error(url: str, exc: BaseException) -> StorageError:
+    """The ``StorageError`` for a database that failed to open with ``exc``."""
+    return StorageError(
+        f"cannot open storage {redact(url)}: {first_line(exc)}",
+        transient=is_transient(exc),
+        # No such dialect or driver option, or no such database, role or password.
+        bad_config=isinstance(exc, sqlalchemy.exc.ArgumentError) or is_refused_for_good(exc),
     )
 
 
@@ -317,11 +382,12 @@ def _open_with_retries(
             return storage
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             if attempt == SCHEMA_RACE_RETRIES or not _is_schema_race(exc):
-                raise StorageError(
-                    f"cannot open storage {redact(url)}: {first_line(exc)}", is_transient(exc)
-                ) from None
+                raise _open_error(url, exc) from None
             time.sleep(0.2 * (attempt + 1))
-        except (ImportError, ValueError, RuntimeError) as exc:
+        except (ImportError, ValueError) as exc:  # no driver for the URL, a bad option
+            message = f"cannot open storage {redact(url)}: {first_line(exc)}"
+            raise StorageError(message, bad_config=True) from None
+        except RuntimeError as exc:
             raise StorageError(f"cannot open storage {redact(url)}: {first_line(exc)}") from None
     raise AssertionError("unreachable")
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
@@ -28,12 +31,16 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial
 
-from automl.pruners import build_pruner
+from automl.data.cache import cache_dir, make_cache_dir
+from automl.data.errors import DatasetError
+from automl.pruners import build_pruner, trial_epochs
 from automl.samplers import SHARED_SEED_SAMPLERS, build_sampler
 from automl.spec import StudySpec
 from automl.store import (
+    ArtifactStore,
     Backoff,
     FailureKind,
+    FolderArtifactStore,
     Lease,
     Reaper,
     Store,
@@ -65,7 +72,47 @@ JobLease = TypeVar("JobLease")
 
 
 class InvalidDeviceError(ValueError):
-    """The worker's device does not exist on this machine."""
+    """The worker cannot start on this machine: its device does not exist, or (as
+    ``UnusableFolderError``) a folder it writes in cannot be used."""
+
+
+class UnusableFolderError(InvalidDeviceError):
+    """The decode cache or the artifacts folder cannot be created or written in."""
+
+
+def check_folders(cache: Path, artifacts: ArtifactStore) -> None:
+    """Refuses to start a worker whose trials could not write their files.
+
+    Otherwise every trial on an image folder (or a ``gan``) would fail on its own.
+
+    Args:
+        cache: The decode cache folder (``AUTOML_CACHE_DIR``), created if missing.
+        artifacts: The artifact store; checked when it is a local folder.
+
+    Raises:
+        UnusableFolderError: Naming the folder and the variable that sets it.
+    """
+    try:
+        make_cache_dir(cache)
+    except DatasetError as exc:
+        raise UnusableFolderError(str(exc)) from None
+    _probe_write(cache, "cache folder", "AUTOML_CACHE_DIR")
+    if isinstance(artifacts, FolderArtifactStore):  # its store created it when opened
+        _probe_write(artifacts.directory, "artifacts folder", "AUTOML_ARTIFACTS_DIR")
+
+
+def _probe_write(directory: Path, what: str, variable: str) -> None:
+    """Creates and removes a file in ``directory``: a folder that exists can still be
+    read-only (its owner, a read-only mount, an immutable flag)."""
+    try:
+        handle, name = tempfile.mkstemp(dir=directory, prefix=".automl-probe-")
+        os.close(handle)
+        os.unlink(name)
+    except OSError as exc:
+        raise UnusableFolderError(
+            f"cannot use the {what} {str(directory)!r} ({variable}): "
+            f"{exc.strerror or exc}; set {variable} to a folder automl can create and write in"
+        ) from None
 
 
 @dataclass
@@ -135,6 +182,7 @@ class Worker:
             check_device_settings()
         except ValueError as exc:
             raise InvalidDeviceError(str(exc)) from None
+        check_folders(cache_dir(), self.coordinator.artifacts)
         if self.options.threads is not None:
             torch.set_num_threads(self.options.threads)
         self._stop = threading.Event()
@@ -371,7 +419,9 @@ class Worker:
             study = optuna.load_study(
                 study_name=self.coordinator.storage.get_study_name_from_id(lease.study_id),
                 storage=self.coordinator.storage,
-                pruner=build_pruner(spec.pruner_or_default.name, spec.pruner_or_default.options),
+                pruner=build_pruner(
+                    spec.pruner_or_default.name, spec.pruner_or_default.options, trial_epochs(spec)
+                ),
             )
             self._studies[lease.study_id] = (study, spec)
         study, spec = self._studies[lease.study_id]

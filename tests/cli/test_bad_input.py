@@ -12,6 +12,7 @@ import pytest
 from automl.cli.arguments import MAX_ID
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE
 from automl.cli.main import main
+from tests.conftest import free_port
 
 HUGE = "99999999999999999999999"
 
@@ -248,3 +249,121 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> Non
     err = child.stderr.read().decode()
     assert child.wait(timeout=120) == EXIT_FAILURE
     assert err == ""
+
+
+# --- bad configuration: exit 2, one line ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["status", "--storage", "foo"], {}, "error: invalid storage URL 'foo': "),
+        (["worker", "--storage", "foo"], {}, "error: invalid storage URL 'foo': "),
+        (
+            ["keys", "create", "--project", "p"],
+            {"AUTOML_ARTIFACT_STORE": "s3"},
+            "error: cannot open the artifact store: AUTOML_S3_BUCKET must name a bucket",
+        ),
+        (
+            ["worker", "--exit-when-idle"],
+            {"AUTOML_ARTIFACT_STORE": "s3"},
+            "error: cannot open the artifact store: AUTOML_S3_BUCKET must name a bucket",
+        ),
+    ],
+    ids=["storage-url-status", "storage-url-worker", "s3-keys", "s3-worker"],
+)
+def test_a_bad_storage_setting_is_exit_2(
+    args: list[str],
+    env: dict[str, str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Bad configuration is bad input (2), not a runtime failure (1)."""
+    monkeypatch.delenv("AUTOML_S3_BUCKET", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    storage = [] if "--storage" in args else ["--storage", f"sqlite:///{tmp_path}/a.db"]
+
+    code = main([*args, *storage])
+
+    assert code == EXIT_BAD_INPUT
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(message), line
+
+
+def test_a_worker_on_a_sqlite_file_in_a_missing_folder_stops_at_once(tmp_path: Path) -> None:
+    """Once retried forever ("unable to open database file", taken for an outage)."""
+    storage = f"sqlite:///{tmp_path / 'missing' / 'w.db'}"
+    command = [sys.executable, "-m", "automl", "worker", "--storage", storage]
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == EXIT_BAD_INPUT, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"error: cannot open storage {storage}: no folder {tmp_path / 'missing'}"
+    )
+
+
+# --- hints that name the option to change --------------------------------------------------
+
+NOT_THIS_MACHINE = "192.0.2.1"
+"""An address of TEST-NET-1 (RFC 5737): no machine has it."""
+
+
+@pytest.mark.parametrize("command", ["serve", "dashboard"])
+def test_a_host_that_is_not_this_machines_names_host_not_port(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once "Cannot assign requested address (choose another with --port)"."""
+    port, storage = free_port(), f"sqlite:///{tmp_path}/a.db"
+
+    code = main([command, "--host", NOT_THIS_MACHINE, "--port", str(port), "--storage", storage])
+
+    assert code == EXIT_FAILURE
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: cannot listen on {NOT_THIS_MACHINE}:{port}: ")
+    assert line.endswith("no interface of this machine has it (choose another with --host)")
+
+
+def test_a_busy_coordination_port_says_it_is_port_plus_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once "cannot listen on 127.0.0.1:P+1: Address already in use", naming no option."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1] - 1
+
+        code = main(["proxy", "--port", str(port), "--storage", f"sqlite:///{tmp_path}/a.db"])
+
+    assert code == EXIT_FAILURE
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: cannot listen on 127.0.0.1:{port + 1} (the coordination port: --port + 1): "
+        "Address already in use (choose another --port; the proxy listens on it and on the "
+        "next)"
+    )
+
+
+# --- suggestions ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "suggestion"),
+    [
+        (["sumbit", "spec.yaml"], "invalid choice: 'sumbit' (did you mean 'submit'?); valid "),
+        (["keys", "lsit"], "invalid choice: 'lsit' (did you mean 'list'?); valid choices: "),
+        (["--log-level", "WARN", "status"], "'WARN' (did you mean 'WARNING'?)"),
+        (["frobnicate"], "invalid choice: 'frobnicate'; valid choices: serve, worker, "),
+    ],
+)
+def test_a_misspelled_choice_gets_a_suggestion(
+    args: list[str], suggestion: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+
+    assert exc.value.code == EXIT_BAD_INPUT
+    [error] = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert suggestion in error

@@ -313,12 +313,13 @@ def test_status_of_unknown_study_is_exit_2(cli: Run, spec_file: Path) -> None:
     assert one_error_line(err) == "error: study 99 not found"
 
 
-def test_best_before_completion_is_exit_2(cli: Run, spec_file: Path) -> None:
+def test_best_before_completion_is_exit_1(cli: Run, spec_file: Path) -> None:
+    """Nothing is wrong with the input (once exit 2, as for an unknown study)."""
     cli("submit", str(spec_file))
 
     code, out, err = cli("best", "1")
 
-    assert code == 2
+    assert code == 1
     assert out == ""
     assert one_error_line(err) == "error: study 1 has no completed trial yet"
 
@@ -544,6 +545,7 @@ def test_errors_over_http_are_one_line(
     unknown = cli("status", "3", "--url", api_url)
     cli("submit", str(spec_file), "--url", api_url)
     no_best = cli("best", "1", "--url", api_url)
+    unknown_best = cli("best", "3", "--url", api_url)
     cli("cancel", "1", "--url", api_url)
     cancelled = cli("cancel", "1", "--url", api_url)
     missing = cli("submit", "absent.yaml", "--url", api_url)
@@ -552,8 +554,10 @@ def test_errors_over_http_are_one_line(
     assert one_error_line(invalid[2]).startswith("error: params.lr.low: ")
     assert unknown[0] == 2
     assert one_error_line(unknown[2]) == "error: study 3 not found"
-    assert no_best[0] == 2
+    assert no_best[0] == 1  # not a bad input: the study is there
     assert one_error_line(no_best[2]) == "error: study 1 has no completed trial yet"
+    assert unknown_best[0] == 2
+    assert one_error_line(unknown_best[2]) == "error: study 3 not found"
     assert cancelled[0] == 2
     assert one_error_line(cancelled[2]) == "error: study 1 is already cancelled"
     assert missing[0] == 2
@@ -598,19 +602,34 @@ def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]
     ("variable", "value", "command", "message"),
     [
         # As a flag, argparse refuses it (exit 2).
-        ("AUTOML_PORT", "70000", "serve", "port: Input should be less than or equal to 65535"),
+        (
+            "AUTOML_PORT",
+            "70000",
+            "serve",
+            "AUTOML_PORT=70000: Input should be less than or equal to 65535",
+        ),
         # Once a traceback at submit in the CLI, and a 500 from a server that had started.
         (
             "AUTOML_LIMIT_MAX_TRIALS",
             "abc",
             "serve",
-            "AUTOML_LIMIT_MAX_TRIALS: Input should be a valid integer, unable to parse string "
+            "AUTOML_LIMIT_MAX_TRIALS=abc: Input should be a valid integer, unable to parse string "
             "as an integer",
         ),
         # Once an OverflowError from the idle worker's wait.
-        ("AUTOML_POLL_INTERVAL", "1e10", "worker", "poll_interval: Input should be less than "),
+        (
+            "AUTOML_POLL_INTERVAL",
+            "1e10",
+            "worker",
+            "AUTOML_POLL_INTERVAL=1e10: Input should be less than ",
+        ),
         # A rule between settings names no field of its own (once "setting : Value error, ").
-        ("AUTOML_GRACE_PERIOD", "5", "worker", "grace_period (5 s) must exceed twice "),
+        (
+            "AUTOML_GRACE_PERIOD",
+            "5",
+            "worker",
+            "AUTOML_GRACE_PERIOD (5 s) must exceed twice AUTOML_HEARTBEAT_INTERVAL (10 s)",
+        ),
     ],
     ids=["port", "limit", "poll-interval", "grace-period"],
 )
@@ -633,19 +652,44 @@ def test_invalid_setting_is_exit_2(
 def test_serve_workers_start_the_app_factory_with_the_same_settings(
     cli: Run, monkeypatch: pytest.MonkeyPatch, sqlite_url: str
 ) -> None:
-    monkeypatch.setattr(os, "environ", dict(os.environ))  # what serve exports, undone after
-    calls: list[tuple[Any, dict[str, Any]]] = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: calls.append((app, kwargs)))
+    from automl.cli.api_server import ApiProcesses
 
-    code, _, err = cli("serve", "--workers", "3", "--port", "8765")
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # what serve exports, undone after
+    configs: list[Any] = []
+
+    def run(self: ApiProcesses) -> None:  # as if stopped by SIGTERM at once
+        configs.append(self.config)
+        self.sockets[0].close()
+        self.stopped_by = signal.SIGTERM
+
+    monkeypatch.setattr(ApiProcesses, "run", run)
+    port = free_port()
+
+    code, _, err = cli("serve", "--workers", "3", "--port", str(port))
 
     assert code == 0, err
-    [(app, kwargs)] = calls
-    assert app == "automl.api.app:create_app"
-    assert kwargs["factory"] is True
-    assert (kwargs["workers"], kwargs["port"]) == (3, 8765)
+    [config] = configs
+    assert config.app == "automl.api.app:create_app"
+    assert config.factory is True
+    assert (config.workers, config.port) == (3, port)
     rebuilt = Settings()  # what each process's create_app() reads
-    assert (rebuilt.storage, rebuilt.port, rebuilt.api_workers) == (sqlite_url, 8765, 3)
+    assert (rebuilt.storage, rebuilt.port, rebuilt.api_workers) == (sqlite_url, port, 3)
+
+
+def test_serve_workers_that_stop_by_themselves_failed_to_start(
+    cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn's supervisor stops by itself only when its processes cannot start (it
+    returned, and serve exited 0)."""
+    from automl.cli.api_server import ApiProcesses
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    monkeypatch.setattr(ApiProcesses, "run", lambda self: self.sockets[0].close())
+
+    code, _, err = cli("serve", "--workers", "2", "--port", str(free_port()))
+
+    assert code == 1
+    assert err.splitlines()[-1] == "error: the API processes failed to start (see the log above)"
 
 
 @pytest.mark.slow
@@ -680,11 +724,10 @@ def test_serve_workers_serve_one_port_from_several_processes(tmp_path: Path) -> 
             assert [study["id"] for study in listed["data"]] == [submitted.json()["id"]]
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
         assert len(children) >= 2
-    finally:
         os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        assert process.wait(timeout=30) == 130  # Ctrl-C, as for every command (once 0)
+    finally:
+        if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 

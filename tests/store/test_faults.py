@@ -17,7 +17,7 @@ from automl.store import (
     is_transient,
     retry_transient,
 )
-from automl.store.faults import first_line
+from automl.store.faults import first_line, is_refused_for_good
 
 
 def _operational() -> sqlalchemy.exc.OperationalError:
@@ -129,3 +129,41 @@ def test_a_full_sqlite_database_is_a_full_disk(tmp_path: Path) -> None:
     engine.dispose()
     assert is_disk_full(full.value) and is_transient(full.value)
     assert is_disk_full(_wrapped_by_optuna(full.value))
+
+
+def _connect_error(text: str) -> sqlalchemy.exc.OperationalError:
+    """What SQLAlchemy raises when psycopg cannot connect, libpq's ``text`` inside."""
+    return sqlalchemy.exc.OperationalError(None, None, Exception(f"connection failed: {text}"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'connection to server at "127.0.0.1", port 5432 failed: FATAL:  database "nodb" does '
+        "not exist",
+        'connection to server at "127.0.0.1", port 5432 failed: FATAL:  role "nobody" does not '
+        "exist",
+        'FATAL:  password authentication failed for user "automl"',
+        'FATAL:  no pg_hba.conf entry for host "10.0.0.2", user "automl", database "automl"',
+        'FATAL:  Peer authentication failed for user "automl"',
+        "fe_sendauth: no password supplied",
+    ],
+)
+def test_a_refused_login_is_not_transient(text: str) -> None:
+    """Once retried forever by ``automl worker`` as if the database were restarting."""
+    error = _connect_error(text)
+
+    assert is_refused_for_good(error)
+    assert not is_transient(error)
+    assert not is_transient(_wrapped_by_optuna(error))
+
+
+def test_an_outage_is_transient_whatever_the_statement_says() -> None:
+    """Only the driver's message is matched, not the statement SQLAlchemy repeats."""
+    error = sqlalchemy.exc.OperationalError(
+        "SELECT 'database \"x\" does not exist'", {}, Exception("server closed the connection")
+    )
+    refused = _connect_error('connection to server at "127.0.0.1", port 1 failed: refused')
+
+    assert not is_refused_for_good(error) and is_transient(error)
+    assert not is_refused_for_good(refused) and is_transient(refused)

@@ -22,7 +22,7 @@ from automl.store import (
     open_store,
     open_store_from,
 )
-from automl.store.storage import SQLITE_BUSY_TIMEOUT_S
+from automl.store.storage import SQLITE_BUSY_TIMEOUT_S, has_automl_tables
 
 UNREACHABLE_POSTGRES = "postgresql://automl:s3cret-pw@127.0.0.1:1/automl"
 
@@ -163,8 +163,9 @@ def test_artifact_store_can_be_chosen(
 def test_unusable_artifact_store_is_a_storage_error(
     sqlite_url: str, tmp_path: Path, kind: str, bucket: str | None, message: str
 ) -> None:
-    with pytest.raises(StorageError, match=message):
+    with pytest.raises(StorageError, match=message) as info:
         open_store(sqlite_url, artifact_store=kind, artifacts_dir=tmp_path, s3_bucket=bucket)
+    assert info.value.bad_config  # the CLI's exit 2, not 1
 
 
 @pytest.mark.parametrize(
@@ -189,6 +190,13 @@ def test_invalid_url_raises_one_line_storage_error(url: str) -> None:
     assert "\n" not in message
     assert "invalid storage URL" in message or "cannot open storage" in message
     assert not info.value.transient
+    assert info.value.bad_config
+
+
+def test_unknown_dialect_is_bad_config() -> None:
+    with pytest.raises(StorageError) as info:
+        open_store("nosuchdialect://host/db")
+    assert info.value.bad_config and not info.value.transient
 
 
 def test_unknown_dialect_raises_storage_error() -> None:
@@ -205,12 +213,64 @@ def test_unreachable_postgres_is_transient_one_line_and_hides_the_password() -> 
     assert message.startswith("cannot open storage postgresql+psycopg://automl:***@127.0.0.1:1/")
     assert "s3cret-pw" not in message
     assert info.value.transient
+    assert not info.value.bad_config
 
 
 def test_sqlite_in_missing_folder_raises_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="cannot open storage") as info:
         open_store(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
     assert "\n" not in str(info.value)
+    assert str(info.value).endswith(f"no folder {tmp_path / 'missing'}")
+    # Once "unable to open database file", transient: a worker waited for it forever.
+    assert info.value.bad_config and not info.value.transient
+
+
+def _other_database(postgres_url: str, **parts: str) -> str:
+    """``postgres_url`` with some of its parts (``database``, ``username``) replaced."""
+    url = sqlalchemy.engine.make_url(postgres_url).set(**parts)
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("parts", "says"),
+    [
+        ({"database": "automl_no_such_database"}, 'database "automl_no_such_database"'),
+        ({"username": "automl_no_such_role"}, 'role "automl_no_such_role"'),
+    ],
+)
+def test_a_database_or_role_that_is_not_there_is_bad_config_not_an_outage(
+    postgres_url: str, parts: dict[str, str], says: str
+) -> None:
+    """Once transient: ``automl worker`` retried ``database "x" does not exist`` forever."""
+    url = _other_database(postgres_url, **parts)
+    for call in (lambda: open_store(url), lambda: has_automl_tables(url)):
+        with pytest.raises(StorageError, match=f"{says} does not exist") as info:
+            call()
+        assert info.value.bad_config and not info.value.transient
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.postgres
+def test_has_automl_tables_creates_nothing(postgres_url: str, tmp_path: Path) -> None:
+    def table_count() -> int:
+        engine = sqlalchemy.create_engine(normalize_url(postgres_url))
+        try:
+            return len(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+
+    assert has_automl_tables(postgres_url) is False
+    assert table_count() == 0
+    open_store(postgres_url, artifacts_dir=tmp_path).close()
+    assert has_automl_tables(postgres_url) is True
+
+
+def test_has_automl_tables_of_an_unreachable_database_is_a_transient_storage_error() -> None:
+    with pytest.raises(StorageError, match="cannot open storage") as info:
+        has_automl_tables(UNREACHABLE_POSTGRES)
+    assert info.value.transient and not info.value.bad_config
+    assert "s3cret-pw" not in str(info.value)
 
 
 def test_check_schema_reports_a_missing_table(store: Store) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -29,6 +30,7 @@ import automl.worker.runner
 from automl.spec import StudySpec
 from automl.store import (
     Backoff,
+    FolderArtifactStore,
     NoBestTrialError,
     Store,
     StudyStatus,
@@ -50,6 +52,7 @@ from automl.store import (
 from automl.worker import SqlCoordinator, Worker, WorkerOptions
 from automl.worker.identity import new_worker_id, sampler_seed, training_seed
 from automl.worker.keeper import LeaseKeeper
+from automl.worker.loop import UnusableFolderError
 from automl.worker.runner import OPTIONAL_WRITE_TRIES
 from tests.conftest import store_at
 from tests.data.conftest import write_class_folder
@@ -1015,3 +1018,48 @@ def test_a_busy_worker_looks_for_post_study_jobs_only_now_and_then(
     with sqlite_store.read() as connection:
         state = connection.scalar(sqlalchemy.select(tables.evaluations.c.state))
     assert state in ("done", "skipped")
+
+
+def test_a_worker_whose_folders_cannot_be_written_refuses_to_start(
+    sqlite_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once found only by each trial on an image folder (or a gan), separately."""
+    (tmp_path / "a-file").touch()
+    monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(UnusableFolderError, match=r"cache folder .*\(AUTOML_CACHE_DIR\)"):
+        Worker(sqlite_store, _options())
+
+    monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path / "cache"))
+    assert isinstance(sqlite_store.artifacts, FolderArtifactStore)  # SQLite's default
+    artifacts = sqlite_store.artifacts.directory
+    real = tempfile.mkstemp
+
+    def read_only(*args: Any, dir: Path, **kwargs: Any) -> tuple[int, str]:
+        if Path(dir) == artifacts:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(UnusableFolderError, match=r"artifacts folder .*\(AUTOML_ARTIFACTS_DIR\)"):
+        Worker(sqlite_store, _options())
+    assert (tmp_path / "cache").is_dir()  # the cache folder passed: created, written in
+
+
+def test_a_diverged_trial_is_pruned_with_its_reason_not_failed(
+    sqlite_store: Store, tiny_spec: SpecFactory
+) -> None:
+    # Counted toward max_failed, a search over large learning rates failed as a study;
+    # completed, NaN weights scored as class 0 and broke every model answer.
+    diverging = {"epochs": 2, "lr": 10.0, "weight_decay": 1.0, "optimizer": "sgd", "momentum": 0.0}
+    spec = tiny_spec(budget={"n_trials": 2, "max_failed": 0}, fixed=diverging, params={})
+    study_id = submit_study(sqlite_store, spec).id
+    assert Worker(sqlite_store, _options()).run() == 2
+
+    trials = sqlite_store.storage.get_all_trials(study_id)
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.PRUNED]
+    assert all(
+        t.user_attrs[attrs.ERROR].startswith("TrainingDiverged: training diverged at epoch ")
+        for t in trials
+    )
+    assert attrs.WEIGHTS not in trials[0].user_attrs
+    assert get_study(sqlite_store, study_id).status == StudyStatus.COMPLETED

@@ -1,0 +1,63 @@
+"""The ``automl`` console script and ``python -m automl``: the CLI, quiet when interrupted.
+
+Importing the CLI takes a moment (pydantic, the settings); a Ctrl-C in it would print an
+import traceback. Only this module and ``automl.cli.errors`` load before the guard: the
+rest, ``signal`` included, loads inside it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from automl.cli.errors import EXIT_INTERRUPTED
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
+
+def run() -> int:
+    """Imports and runs the CLI; returns the process exit code (130 if interrupted before
+    the CLI could report it itself)."""
+    try:
+        main = _import_main()
+        return main()
+    except KeyboardInterrupt:
+        return _interrupted()
+
+
+def _import_main() -> Callable[[], int]:
+    """``automl.cli.main.main``, imported with SIGINT noted.
+
+    An extension module interrupted while it imports may raise something else than
+    ``KeyboardInterrupt`` (pydantic-core panics), so any error after a SIGINT counts as the
+    interruption. SIGINT left ignored (a background job) stays ignored.
+    """
+    import signal
+
+    interrupted = False
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupted
+        interrupted = True
+        raise KeyboardInterrupt
+
+    guarded = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if guarded:
+        signal.signal(signal.SIGINT, note)
+    try:
+        from automl.cli.main import main
+    except BaseException:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if guarded:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    return main
+
+
+def _interrupted() -> int:
+    print("interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
