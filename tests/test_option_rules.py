@@ -9,6 +9,7 @@ were accepted, even searched, and trained exactly as without them.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 import optuna
@@ -20,7 +21,9 @@ from automl.registry import AppliesWhen, Entry, EntryOptions
 from automl.samplers import SAMPLERS
 from automl.sampling import grid_size, iter_cells
 from automl.space import suggest
-from automl.spec import SpecError, StudySpec, load_spec
+from automl.spec import SpecError, StudySpec, load_spec, validate_spec
+from tests.conftest import tiny_spec_data
+from tests.data.conftest import write_class_folder
 
 CLASS_WEIGHTS = {"imbalance": "class_weights"}
 WEIGHTING = {"type": "categorical", "choices": ["inverse", "effective_number"]}
@@ -224,6 +227,10 @@ DECLARED = {
         ("models", model): {"freeze_k": "freeze", "backbone_lr_mult": "freeze"}
         for model in TRANSFER_MODELS
     },
+    **{
+        ("datasets", source): {"val_fraction": "val_path", "test_fraction": "test_path"}
+        for source in ("image_folder", "image_csv", "frame_sequences")
+    },
 }
 """Every declared condition: entry -> option -> the option it depends on."""
 
@@ -293,3 +300,17 @@ def test_an_entry_option_given_where_its_condition_fails_is_refused(
     }
     options["cross"] = 0.5
     assert load_spec({"name": "x", "sampler": {"name": "ruled", "options": options}})
+
+
+def test_a_split_fraction_beside_the_split_s_own_folder_is_refused(data_root: Path) -> None:
+    write_class_folder(data_root / "pets" / "train", {"a": 4, "b": 4})
+    write_class_folder(data_root / "pets" / "val", {"a": 2, "b": 2}, seed=1)
+    given = {"path": "pets/train", "val_path": "pets/val"}
+    dataset = {"source": "image_folder", "options": {**given, "val_fraction": 0.3}}
+    with pytest.raises(SpecError) as refused:
+        validate_spec(tiny_spec_data(dataset=dataset))
+    [error] = refused.value.errors
+    assert error.path == "dataset.options.val_fraction"
+    assert error.msg.startswith("'val_fraction' applies only where val_path is null")
+    dataset = {"source": "image_folder", "options": given}
+    assert validate_spec(tiny_spec_data(dataset=dataset)).dataset.options == given

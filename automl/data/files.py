@@ -22,7 +22,7 @@ from automl.data.decode import Preprocess
 from automl.data.errors import DatasetError
 from automl.data.paths import data_root, file_identities, relative_name
 from automl.data.splits import SplitSeed, stratified_split
-from automl.registry import within_strict_input
+from automl.registry import AppliesWhen, within_strict_input
 
 Side = Annotated[int, Field(ge=1, le=2048)]
 
@@ -112,6 +112,14 @@ def require_disjoint(files: Iterable[Path], others: Mapping[str, Iterable[Path]]
                 f"shares {len(shared)} {noun} with {option} ({named}{more}); a split must not "
                 "hold another split's images"
             )
+
+
+SPLIT_FRACTION_RULES: Mapping[str, AppliesWhen] = {
+    "val_fraction": AppliesWhen("val_path", (None,)),
+    "test_fraction": AppliesWhen("test_path", (None,)),
+}
+"""A fraction draws its split from the training data only where no file or folder gives
+that split (``APPLIES_WHEN`` of the sources with ``val_path`` and ``test_path``)."""
 
 
 class ImageOptions(DatasetOptions):

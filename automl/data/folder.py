@@ -14,6 +14,7 @@ from automl.data.base import ImageData, register_dataset
 from automl.data.cache import DecodeUnit
 from automl.data.errors import DatasetError
 from automl.data.files import (
+    SPLIT_FRACTION_RULES,
     FilePlan,
     ImageOptions,
     check_drawn_splits,
@@ -37,6 +38,8 @@ SUFFIX_LIST = ", ".join(sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES))
 
 class ImageFolderOptions(ImageOptions):
     """Options of ``image_folder``. Paths are relative to the data root (``AUTOML_DATA_ROOT``)."""
+
+    APPLIES_WHEN = SPLIT_FRACTION_RULES
 
     path: str = Field(description="Folder with one subfolder of images per class.")
     val_path: str | None = Field(None, description="Validation folder (same layout), optional.")

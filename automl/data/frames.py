@@ -16,6 +16,7 @@ from automl.data.base import ImageData, register_dataset
 from automl.data.cache import DecodeUnit
 from automl.data.errors import DatasetError
 from automl.data.files import (
+    SPLIT_FRACTION_RULES,
     FilePlan,
     ImageOptions,
     Side,
@@ -39,6 +40,8 @@ Clip = list[Path]
 
 class FrameSequencesOptions(ImageOptions):
     """Options of ``frame_sequences``. Paths are relative to the data root."""
+
+    APPLIES_WHEN = SPLIT_FRACTION_RULES
 
     size: Side | tuple[Side, Side] = Field(
         32, description="Frame size in pixels: one number (square) or [height, width]."

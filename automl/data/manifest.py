@@ -14,6 +14,7 @@ from automl.data.base import ImageData, register_dataset
 from automl.data.cache import DecodeUnit
 from automl.data.errors import DatasetError
 from automl.data.files import (
+    SPLIT_FRACTION_RULES,
     FilePlan,
     ImageOptions,
     check_drawn_splits,
@@ -31,6 +32,8 @@ MAX_CSV_BYTES = 512 * 1024 * 1024
 class ImageCsvOptions(ImageOptions):
     """Options of ``image_csv``. The CSV paths are relative to the data root; the image
     paths inside a CSV are relative to that CSV's folder."""
+
+    APPLIES_WHEN = SPLIT_FRACTION_RULES
 
     path: str = Field(description="CSV file with a header row and 'path' and 'label' columns.")
     val_path: str | None = Field(None, description="Validation CSV (same columns), optional.")
