@@ -47,6 +47,7 @@ from automl.store import (
     is_transient,
     retry_transient,
 )
+from automl.store.artifacts import TEMPORARY_PREFIX
 from automl.train import resolve_device
 from automl.train.accel import check_device_settings
 from automl.worker.coordinator import BufferedSqlCoordinator, Coordinator
@@ -105,7 +106,9 @@ def _probe_write(directory: Path, what: str, variable: str) -> None:
     """Creates and removes a file in ``directory``: a folder that exists can still be
     read-only (its owner, a read-only mount, an immutable flag)."""
     try:
-        handle, name = tempfile.mkstemp(dir=directory, prefix=".automl-probe-")
+        # Named as the artifact store's temporary files: a worker killed here leaves one
+        # that the reaper's sweep removes (in a cache folder, one empty hidden file).
+        handle, name = tempfile.mkstemp(dir=directory, prefix=TEMPORARY_PREFIX)
         os.close(handle)
         os.unlink(name)
     except OSError as exc:

@@ -26,6 +26,7 @@ from automl.cli import client as cli_client
 from automl.cli import study_commands
 from automl.cli.main import main
 from automl.config import Settings
+from tests.cli.local_store import READ_ONLY_COMMANDS
 from tests.conftest import free_port, tiny_spec_data
 from tests.data.conftest import write_class_folder
 
@@ -105,17 +106,7 @@ def _no_store_here(cli: Run) -> bool:
 
 @pytest.mark.parametrize(
     "command",
-    [
-        ["status"],
-        ["status", "1"],
-        ["trials", "1"],
-        ["best", "1"],
-        ["cancel", "1"],
-        ["delete", "1"],
-        ["report", "1"],
-        ["export", "1", "out"],
-        ["keys", "list"],
-    ],
+    READ_ONLY_COMMANDS,
 )
 def test_a_missing_sqlite_file_is_named_not_created(
     cli: Run, tmp_path: Path, command: list[str]

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from automl.cli.main import main
-from automl.config import Settings
 from automl.store import open_store
 from automl.store.keys import authenticate, create_key, list_keys
+from tests.cli.local_store import isolate_cli
 from tests.cli.test_cli import Run, one_error_line
 from tests.conftest import free_port, tiny_spec_data, wait_healthy
 from tests.forked import ForkedProcess
@@ -27,11 +27,7 @@ from tests.forked import ForkedProcess
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path) -> None:
     """The CLI on a fresh SQLite file, with no ``AUTOML_*`` setting from outside."""
-    for field in Settings.model_fields:
-        monkeypatch.delenv(f"AUTOML_{field.upper()}", raising=False)
-    monkeypatch.setenv("AUTOML_STORAGE", sqlite_url)
-    monkeypatch.setenv("AUTOML_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    monkeypatch.chdir(tmp_path)
+    isolate_cli(monkeypatch, sqlite_url, tmp_path)
 
 
 @pytest.fixture

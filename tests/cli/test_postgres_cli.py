@@ -17,6 +17,7 @@ from automl.cli.main import main
 from automl.config import Settings
 from automl.store import normalize_url
 from automl.store.storage import redact
+from tests.cli.local_store import READ_ONLY_COMMANDS
 from tests.conftest import tiny_spec_data
 
 pytestmark = pytest.mark.postgres
@@ -44,16 +45,7 @@ def _with(url: str, **parts: str) -> str:
 
 @pytest.mark.parametrize(
     "command",
-    [
-        ["status"],
-        ["status", "1"],
-        ["trials", "1"],
-        ["best", "1"],
-        ["cancel", "1"],
-        ["delete", "1"],
-        ["export", "1", "out"],
-        ["keys", "list"],
-    ],
+    READ_ONLY_COMMANDS,
 )
 def test_read_only_commands_create_no_schema_where_automl_has_none(
     postgres_url: str, command: list[str], capsys: pytest.CaptureFixture[str]

@@ -15,16 +15,13 @@ from automl.cli import client as cli_client
 from automl.cli import refit_commands
 from automl.cli.main import main
 from automl.config import Settings
+from tests.cli.local_store import isolate_cli
 from tests.conftest import tiny_spec_data
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path) -> None:
-    for field in Settings.model_fields:
-        monkeypatch.delenv(f"AUTOML_{field.upper()}", raising=False)
-    monkeypatch.setenv("AUTOML_STORAGE", sqlite_url)
-    monkeypatch.setenv("AUTOML_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    monkeypatch.chdir(tmp_path)
+    isolate_cli(monkeypatch, sqlite_url, tmp_path)
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

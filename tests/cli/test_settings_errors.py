@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from automl.cli.main import main
 from automl.config import Settings, settings_error
+from tests.cli.local_store import isolate_cli
 from tests.conftest import tiny_spec_data
 
 Run = Callable[..., tuple[int, str, str]]
@@ -25,13 +26,9 @@ Run = Callable[..., tuple[int, str, str]]
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path) -> None:
     """A fresh SQLite store, folders in the test's own folder, no other ``AUTOML_*``."""
-    for field in Settings.model_fields:
-        monkeypatch.delenv(f"AUTOML_{field.upper()}", raising=False)
-    monkeypatch.setenv("AUTOML_STORAGE", sqlite_url)
-    monkeypatch.setenv("AUTOML_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    isolate_cli(monkeypatch, sqlite_url, tmp_path)
     monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("AUTOML_DEVICE", "cpu")
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture
