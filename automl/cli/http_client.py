@@ -7,13 +7,16 @@ light view models), so commands against the API start fast.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from automl.config import Settings
 from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions
 from automl.store.views import BestTrials, Page, StudyDetail, StudySummary, TrialSummary
+
+Answer = TypeVar("Answer", bound=BaseModel)
 
 HTTP_TIMEOUT_S = 60.0
 TRIALS_PAGE = 1000
@@ -58,20 +61,16 @@ class HttpClient:
     def submit(self, text: str, is_json: bool) -> StudyDetail:
         """Sends a spec's text (validated by the server)."""
         content_type = "application/json" if is_json else "application/yaml"
-        data = self._request(
-            "POST", "/studies", content=text, headers={"content-type": content_type}
-        )
-        return StudyDetail.model_validate(data)
+        headers = {"content-type": content_type}
+        return self._answer(StudyDetail, "POST", "/studies", content=text, headers=headers)
 
     def studies(self, limit: int) -> Page[StudySummary]:
         """Newest studies first."""
-        return Page[StudySummary].model_validate(
-            self._request("GET", "/studies", params={"limit": limit})
-        )
+        return self._answer(Page[StudySummary], "GET", "/studies", params={"limit": limit})
 
     def study(self, study_id: int) -> StudyDetail:
         """One study."""
-        return StudyDetail.model_validate(self._request("GET", f"/studies/{study_id}"))
+        return self._answer(StudyDetail, "GET", f"/studies/{study_id}")
 
     def best(self, study_id: int) -> BestTrials:
         """The best trial(s).
@@ -81,7 +80,7 @@ class HttpClient:
                 completed trial (both are a 404, told apart by asking for the study).
         """
         try:
-            return BestTrials.model_validate(self._request("GET", f"/studies/{study_id}/best"))
+            return self._answer(BestTrials, "GET", f"/studies/{study_id}/best")
         except ClientError as exc:
             if exc.status != 404 or not self._has_study(study_id):
                 raise
@@ -107,8 +106,8 @@ class HttpClient:
             params: dict[str, Any] = {"limit": size, "offset": len(data)}
             if state is not None:
                 params["state"] = state
-            page = Page[TrialSummary].model_validate(
-                self._request("GET", f"/studies/{study_id}/trials", params=params)
+            page = self._answer(
+                Page[TrialSummary], "GET", f"/studies/{study_id}/trials", params=params
             )
             data += page.data
             count = page.count
@@ -118,34 +117,26 @@ class HttpClient:
 
     def cancel(self, study_id: int) -> StudyDetail:
         """Cancels a study."""
-        return StudyDetail.model_validate(self._request("POST", f"/studies/{study_id}/cancel"))
+        return self._answer(StudyDetail, "POST", f"/studies/{study_id}/cancel")
 
     def extend(self, study_id: int, add_trials: int) -> StudyDetail:
         """Adds trials to an active study."""
         body = {"add_trials": add_trials}
-        return StudyDetail.model_validate(
-            self._request("POST", f"/studies/{study_id}/extend", json=body)
-        )
+        return self._answer(StudyDetail, "POST", f"/studies/{study_id}/extend", json=body)
 
     def resume(self, study_id: int, add_trials: int) -> StudyDetail:
         """Reopens an ended study."""
         body = {"add_trials": add_trials}
-        return StudyDetail.model_validate(
-            self._request("POST", f"/studies/{study_id}/resume", json=body)
-        )
+        return self._answer(StudyDetail, "POST", f"/studies/{study_id}/resume", json=body)
 
     def rerun_failed(self, study_id: int) -> StudyDetail:
         """Queues a study's failed trials again."""
-        return StudyDetail.model_validate(
-            self._request("POST", f"/studies/{study_id}/rerun-failed")
-        )
+        return self._answer(StudyDetail, "POST", f"/studies/{study_id}/rerun-failed")
 
     def enqueue(self, study_id: int, configs: list[dict[str, Any]]) -> StudyDetail:
         """Queues configurations to try next."""
         body = {"configs": configs}
-        return StudyDetail.model_validate(
-            self._request("POST", f"/studies/{study_id}/trials", json=body)
-        )
+        return self._answer(StudyDetail, "POST", f"/studies/{study_id}/trials", json=body)
 
     def delete(self, study_id: int) -> None:
         """Deletes an ended study."""
@@ -154,16 +145,14 @@ class HttpClient:
     def predict(self, study_id: int, images: list[tuple[str, bytes]], top: int) -> Predictions:
         """Uploads images (name, content) and returns their top classes."""
         files = [("files", (name, data, "application/octet-stream")) for name, data in images]
-        return Predictions.model_validate(
-            self._request("POST", f"/studies/{study_id}/predict", params={"top": top}, files=files)
+        return self._answer(
+            Predictions, "POST", f"/studies/{study_id}/predict", params={"top": top}, files=files
         )
 
     def annotate(self, study_id: int, request: AnnotateRequest) -> Annotations:
         """Suggested labels for a folder under the server's data root."""
         body = request.model_dump(exclude_defaults=True)
-        return Annotations.model_validate(
-            self._request("POST", f"/studies/{study_id}/annotate", json=body)
-        )
+        return self._answer(Annotations, "POST", f"/studies/{study_id}/annotate", json=body)
 
     def best_model(self, study_id: int) -> bytes:
         """The best model's bundle: a zip (``GET /studies/{id}/best/model``)."""
@@ -177,8 +166,20 @@ class HttpClient:
         """Queues the study's refit; its state as JSON (``POST /studies/{id}/refit``)."""
         return self._request("POST", f"/studies/{study_id}/refit")  # type: ignore[no-any-return]
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _answer(self, model: type[Answer], method: str, path: str, **kwargs: Any) -> Answer:
+        """The answer to a request, read as ``model``; an answer of another shape means the
+        URL names something other than an automl API (``ClientError``)."""
         response = self._send(method, path, **kwargs)
+        try:
+            return model.model_validate(self._json(method, path, response))
+        except ValidationError:
+            raise self._not_automl(method, path, response, "an answer of another shape") from None
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The JSON answer to a request (None for an empty one)."""
+        return self._json(method, path, self._send(method, path, **kwargs))
+
+    def _json(self, method: str, path: str, response: httpx.Response) -> Any:
         try:
             return response.json() if response.content else None
         except ValueError:

@@ -159,6 +159,35 @@ def test_a_success_that_is_not_json_is_named_not_a_traceback(
     )
 
 
+@pytest.mark.parametrize(
+    ("command", "path", "body"),
+    [
+        (("status",), "studies", '{"items": []}'),
+        (("status", "3"), "studies/3", '{"id": "three"}'),
+        (("trials", "3"), "studies/3/trials", "[1, 2, 3]"),
+        (("best", "3"), "studies/3/best", "null"),
+    ],
+)
+def test_a_json_success_of_another_shape_is_named_not_a_traceback(
+    other_server: tuple[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    command: tuple[str, ...],
+    path: str,
+    body: str,
+) -> None:
+    url, root = other_server
+    (root / path).parent.mkdir(parents=True, exist_ok=True)
+    (root / path).write_text(body)
+
+    code, line = _cli(capsys, *command, "--url", url)
+
+    assert code == EXIT_BAD_INPUT
+    assert line == (
+        f"error: {url} does not answer as an automl API (GET /{path}: HTTP 200 OK, "
+        f"an answer of another shape); {HINT}"
+    )
+
+
 def test_a_gateway_error_in_front_of_automl_is_a_failure_not_bad_input(
     gateway: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
