@@ -45,6 +45,7 @@ from automl.registry import (
 from automl.sample_kinds import sample_problems
 from automl.samplers import SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, build_sampler
 from automl.sampling import check_grid, resolve_auto
+from automl.shown_values import shown_input, shows_input
 from automl.train import METRICS
 from automl.train.hyperparameters import (
     GROUPS,
@@ -863,6 +864,7 @@ def errors_from_pydantic(
     an unknown key's message lists the valid keys of the model it appeared in.
     """
     errors = []
+    inputs: dict[Loc, str] = {}
     for error in exc.errors(include_url=False):
         loc, _ = _walk(root, tuple(error["loc"]))
         message = error["msg"].removeprefix("Value error, ")
@@ -883,7 +885,14 @@ def errors_from_pydantic(
         elif kind == "string_pattern_mismatch" and loc == ("name",):
             message = f"invalid name {error['input']!r}: use {NAME_RULE}"
         errors.append(FieldError(prefix + loc, message))
-    return _merge_alternatives(errors)
+        if shows_input(kind):
+            inputs.setdefault(prefix + loc, shown_input(error.get("input")))
+    return [
+        FieldError(error.loc, f"{error.msg} (got {inputs[error.loc]})")
+        if error.loc in inputs
+        else error
+        for error in _merge_alternatives(errors)
+    ]
 
 
 def _merge_alternatives(errors: list[FieldError]) -> list[FieldError]:

@@ -120,7 +120,7 @@ def test_nesterov_beside_a_momentum_of_zero_is_refused() -> None:
 
 def test_an_invalid_value_of_the_option_named_is_reported_once() -> None:
     assert spec_errors({"fixed": {"freeze": "thaw", "freeze_k": 2}}) == {
-        "fixed.freeze": "Input should be 'none', 'backbone' or 'first_k'"
+        "fixed.freeze": """Input should be 'none', 'backbone' or 'first_k' (got "thaw")"""
     }
 
 

@@ -747,13 +747,39 @@ def test_an_option_that_fits_no_branch_of_its_union_is_one_error_at_its_path() -
     items = [e for e in spec_errors(data) if e.path.startswith("dataset.options.size")]
 
     assert [(e.path, e.msg) for e in size] == [
-        ("dataset.options.size", "Input should be a valid integer or a valid tuple")
+        ("dataset.options.size", "Input should be a valid integer or a valid tuple (got a mapping)")
     ]
     assert [e.path for e in items] == [
         "dataset.options.size",
         "dataset.options.size[0]",
         "dataset.options.size[1]",
     ]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "shown"),
+    [
+        ("budget.n_trials", "many", '"many"'),
+        ("budget.n_trials", 2.5, "2.5"),
+        ("budget.n_trials", [3], "a list"),
+        ("budget.max_failed", -1, "-1"),
+        ("budget.n_trials", "many" * 25, '"' + "many" * 10 + '..."'),
+        ("fixed.precision", "fp64", '"fp64"'),
+    ],
+)
+def test_a_wrong_type_or_value_error_shows_the_value_given(
+    path: str, value: object, shown: str
+) -> None:
+    data: dict[str, Any] = {"name": "x", "dataset": {"source": "digits"}, "budget": {}}
+    *parents, leaf = path.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+    errors = [e for e in spec_errors(data) if e.path == path]
+
+    assert len(errors) == 1 and errors[0].msg.endswith(f" (got {shown})"), errors
 
 
 def test_invalid_yaml_reports_line_number() -> None:
@@ -1499,7 +1525,7 @@ def test_enqueued_values_on_huge_grids_and_yaml_integers_get_messages() -> None:
 @pytest.mark.parametrize(
     ("where", "path"),
     [
-        ({"fixed": {"precision": "fp16"}}, "fixed.precision"),
+        ({"fixed": {"precision": "half"}}, "fixed.precision"),
         (
             {"params": {"precision": {"type": "categorical", "choices": ["fp32", "half"]}}},
             "params.precision.choices[1]",
@@ -1508,7 +1534,10 @@ def test_enqueued_values_on_huge_grids_and_yaml_integers_get_messages() -> None:
 )
 def test_an_unknown_precision_is_named(where: dict[str, Any], path: str) -> None:
     [error] = spec_errors({"name": "x", **where})
-    assert (error.path, error.msg) == (path, "Input should be 'auto', 'fp32' or 'bf16'")
+    assert (error.path, error.msg) == (
+        path,
+        """Input should be 'auto', 'fp32' or 'bf16' (got "half")""",
+    )
     assert load_spec({"name": "x", "fixed": {"precision": "bf16"}}).fixed["precision"] == "bf16"
 
 

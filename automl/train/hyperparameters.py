@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from automl.registry import Registry, refuse_conversion, value_kind
+from automl.shown_values import shown_input, shows_input
 from automl.train.trial_config import GENERAL, PIPELINES, SELECTABLE, TrialConfig
 
 GROUPS: dict[str, Registry[Any]] = {**SELECTABLE, **PIPELINES}
@@ -73,6 +74,7 @@ class Hyperparameter:
         if isinstance(value, float) and not math.isfinite(value):
             return ["Input should be a finite number"]
         problems: list[str] = []
+        shown = False
         for field in self._fields():
             try:
                 refuse_conversion(field.annotation, value)  # "3" is no epoch count
@@ -86,6 +88,9 @@ class Hyperparameter:
                     message = error["msg"].removeprefix("Value error, ")
                     if message not in problems:
                         problems.append(message)
+                    shown = shown or shows_input(error["type"])
+        if shown:
+            return [f"{problem} (got {shown_input(value)})" for problem in problems]
         return problems
 
     def _fields(self) -> list[FieldInfo]:

@@ -1,0 +1,48 @@
+"""How errors show the value a user gave (``Input should be a valid integer (got "many")``)."""
+
+from __future__ import annotations
+
+import json
+
+_VALUE_ERRORS = frozenset(
+    {
+        "literal_error",
+        "enum",
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "finite_number",
+        "multiple_of",
+        "string_too_short",
+        "string_too_long",
+    }
+)
+"""Pydantic's error kinds about a value of the right type that is out of bounds."""
+
+
+def shows_input(kind: str) -> bool:
+    """Whether an error of pydantic's ``kind`` reads better with the value given: a
+    wrong type or an out-of-bounds value (``a valid integer (got "many")``)."""
+    return kind.endswith(("_type", "_parsing", "_from_float")) or kind in _VALUE_ERRORS
+
+
+_SHOWN_CHARS = 40
+"""Characters of a given string shown in an error; longer ones are cut."""
+
+
+def shown_input(value: object) -> str:
+    """The value given, as the spec's YAML or JSON would write it (strings cut short)."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, str) and len(value) > _SHOWN_CHARS:
+        value = value[:_SHOWN_CHARS] + "..."
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return type(value).__name__
+
+
+__all__ = ["shown_input", "shows_input"]
