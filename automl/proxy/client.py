@@ -99,6 +99,11 @@ class RemoteCoordinator:
         """The coordinator of ``grpc://host:port``."""
         return cls(*parse_proxy_url(url))
 
+    def forget_studies(self) -> None:
+        """See ``Coordinator.forget_studies``: a new client of the proxy's Optuna storage
+        (its cache of finished trials starts empty)."""
+        self.storage.use_backend(GrpcStorageProxy(host=self.host, port=self.port))
+
     def close(self) -> None:
         """Closes both channels."""
         self._channel.close()

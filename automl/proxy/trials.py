@@ -8,7 +8,7 @@ running trial is kept as a local copy and its writes travel with the coordinatio
 
 from __future__ import annotations
 
-from optuna.storages import GrpcStorageProxy
+from optuna.storages import BaseStorage, GrpcStorageProxy
 
 from automl.proxy.wire import ProxyTooOldError
 from automl.store.trial_buffer import (
@@ -37,6 +37,19 @@ class ProxyTrialStorage(BufferedTrialStorage):
     def close(self) -> None:
         """Closes the gRPC channel of the Optuna storage."""
         self.grpc_backend.close()
+
+    def use_backend(self, backend: BaseStorage, untracked: BaseStorage | None = None) -> None:
+        """See ``BufferedTrialStorage.use_backend``; closes the old gRPC client's channel.
+
+        Args:
+            backend: A new ``GrpcStorageProxy``.
+            untracked: Must be None (the proxy's client takes every write).
+        """
+        if not isinstance(backend, GrpcStorageProxy) or untracked is not None:
+            raise TypeError("a proxy's trial storage takes a GrpcStorageProxy only")
+        old, self.grpc_backend = self.grpc_backend, backend
+        super().use_backend(backend)
+        old.close()
 
 
 __all__ = ["ProxyTrialStorage", "template_from_wire", "template_to_wire"]

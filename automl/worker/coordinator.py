@@ -219,6 +219,11 @@ class Coordinator(Protocol):
         """The study's status (None if it is gone)."""
         ...
 
+    def forget_studies(self) -> None:
+        """Drops the finished trials ``storage`` keeps of every study (its cache starts
+        empty; a study loaded before must be loaded again). Call it between trials."""
+        ...
+
 
 class SqlCoordinator:
     """``Coordinator`` on the store's database.
@@ -459,6 +464,10 @@ class SqlCoordinator:
         except StudyNotFoundError:
             return None
 
+    def forget_studies(self) -> None:
+        """See ``Coordinator.forget_studies``."""
+        self.storage = optuna.storages.get_storage(self.store.storage)
+
 
 class BufferedSqlCoordinator(SqlCoordinator):
     """``SqlCoordinator`` of a worker on the database: its running trial is a local copy
@@ -474,6 +483,11 @@ class BufferedSqlCoordinator(SqlCoordinator):
         self.trials = self.storage  # the cached one, also behind the worker's studies
         self.buffer = BufferedTrialStorage(self.trials, self._call, untracked=store.storage)
         self.storage = self.buffer
+
+    def forget_studies(self) -> None:
+        """See ``Coordinator.forget_studies``; the running trial's local copy stays."""
+        self.trials = optuna.storages.get_storage(self.store.storage)
+        self.buffer.use_backend(self.trials, untracked=self.store.storage)
 
     def _call(self, method: str, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         """The trial calls of ``BufferedTrialStorage``, run here."""

@@ -61,6 +61,10 @@ from automl.worker.slots import DeviceGate, GateAbandoned
 POST_STUDY_CHECK_INTERVAL_S = 5.0
 """How often a busy worker looks for due post-study jobs (test evaluations, refits)."""
 
+CACHED_STUDIES = 8
+"""Studies whose finished trials a worker keeps in memory (samplers and pruners read them
+every trial); past it the worker starts over with an empty cache."""
+
 logger = logging.getLogger("automl.worker")
 
 TrialCallback = Callable[[int, FrozenTrial, str], None]
@@ -416,7 +420,14 @@ class Worker:
                     logger.warning("study %s: settling failed: %s", lease.study_id, exc)
 
     def _study(self, lease: Lease) -> tuple[optuna.Study, StudySpec]:
-        """The study (cached, so its trial cache lasts), with this attempt's sampler."""
+        """The study (cached, so its trial cache lasts), with this attempt's sampler.
+
+        A worker that has loaded ``CACHED_STUDIES`` studies forgets them all before it
+        loads another, so its memory does not grow with every study it ever served.
+        """
+        if lease.study_id not in self._studies and len(self._studies) >= CACHED_STUDIES:
+            self._studies.clear()
+            self.coordinator.forget_studies()
         if lease.study_id not in self._studies:
             spec = self.coordinator.spec(lease.study_id)
             study = optuna.load_study(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gc
 import logging
 import os
 import shutil
@@ -11,6 +12,7 @@ import signal
 import tempfile
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -1063,3 +1065,36 @@ def test_a_diverged_trial_is_pruned_with_its_reason_not_failed(
     )
     assert attrs.WEIGHTS not in trials[0].user_attrs
     assert get_study(sqlite_store, study_id).status == StudyStatus.COMPLETED
+
+
+def test_a_worker_forgets_the_finished_trials_of_studies_past_its_cache(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(automl.worker.loop, "CACHED_STUDIES", 2)
+    ids = [
+        submit_study(store, tiny_spec(name=f"s{n}", budget={"n_trials": 2})).id for n in range(3)
+    ]
+    worker = Worker(store, _options())
+    coordinator = worker.coordinator
+    assert isinstance(coordinator, SqlCoordinator)
+    backends: dict[int, set[int]] = {}
+    first_cache: list[weakref.ref[Any]] = []
+
+    def seen(study_id: int, trial: FrozenTrial, outcome: str) -> None:
+        backends.setdefault(study_id, set()).add(id(coordinator.trials))
+        if not first_cache:
+            first_cache.append(weakref.ref(coordinator.trials))
+        assert len(worker._studies) <= 2
+
+    worker.on_trial_end = seen
+    assert worker.run() == 6
+
+    # The first two studies shared one cache; the third started over with an empty one,
+    # and nothing holds the old one (its finished trials can be freed).
+    assert backends[ids[0]] == backends[ids[1]] != backends[ids[2]]
+    gc.collect()
+    assert first_cache[0]() is None
+    assert set(worker._studies) == {ids[2]}
+    for study_id in ids:
+        assert _states(store, study_id) == [TrialState.COMPLETE] * 2
+        assert get_status(store, study_id) == StudyStatus.COMPLETED
