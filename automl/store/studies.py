@@ -14,13 +14,12 @@ import logging
 import secrets
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.artifacts import get_all_artifact_meta
 from optuna.exceptions import DuplicatedStudyError
 from optuna.trial import FrozenTrial, TrialState
 
@@ -42,6 +41,7 @@ from automl.store.projects import (
     salted,
 )
 from automl.store.refits import read_refit, refit_artifacts
+from automl.store.retention import OPTUNA_ARTIFACT_ATTR
 from automl.store.status import (
     ACTIVE,
     change_status,
@@ -934,7 +934,8 @@ def finish_deletion(store: Store, study_id: int) -> None:
             )
         ).all()
         refit = list(refit_artifacts(connection, study_id))
-    for artifact_id in [*checkpoints, *refit, *_trial_artifacts(store, study_id)]:
+        recorded = _trial_artifacts(connection, study_id)
+    for artifact_id in [*checkpoints, *refit, *recorded]:
         remove_quietly(store.artifacts, artifact_id)
     with contextlib.suppress(KeyError):  # already gone from Optuna
         store.storage.delete_study(study_id)
@@ -947,17 +948,34 @@ def finish_deletion(store: Store, study_id: int) -> None:
         connection.execute(tables.studies.delete().where(tables.studies.c.study_id == study_id))
 
 
-def _trial_artifacts(store: Store, study_id: int) -> Iterable[str]:
-    try:
-        trials = store.storage.get_all_trials(study_id, deepcopy=False)
-    except KeyError:
-        return []
-    found: set[str] = set()
-    for trial in trials:
-        if attrs.WEIGHTS in trial.user_attrs:
-            found.add(trial.user_attrs[attrs.WEIGHTS])
-        metas = get_all_artifact_meta(trial, storage=store.storage)
-        found.update(meta.artifact_id for meta in metas)
+def _trial_artifacts(connection: sa.engine.Connection, study_id: int) -> list[str]:
+    """Every artifact the study's trials record, sorted: their weights attribute and each
+    artifact Optuna's ``upload_artifact`` recorded (weights, model cards).
+
+    Two queries whatever the number of trials (``get_all_artifact_meta`` reads each
+    trial's system attributes in a query of its own).
+    """
+    trials = optuna_rows.trials
+    user_attrs = optuna_rows.trial_user_attributes
+    system_attrs = optuna_rows.trial_system_attributes
+    weights = connection.scalars(
+        sa.select(user_attrs.c.value_json)
+        .join(trials, trials.c.trial_id == user_attrs.c.trial_id)
+        .where(trials.c.study_id == study_id, user_attrs.c.key == attrs.WEIGHTS)
+    )
+    found = {json.loads(value) for value in weights}
+    records = connection.execute(
+        sa.select(system_attrs.c.key, system_attrs.c.value_json)
+        .join(trials, trials.c.trial_id == system_attrs.c.trial_id)
+        .where(
+            trials.c.study_id == study_id,
+            system_attrs.c.key.startswith(OPTUNA_ARTIFACT_ATTR, autoescape=True),
+        )
+    )
+    for key, value in records:
+        if key.startswith(OPTUNA_ARTIFACT_ATTR):  # SQLite's LIKE ignores case
+            # Optuna stores the record's JSON text as the attribute's (JSON) value.
+            found.add(json.loads(json.loads(value))["artifact_id"])
     return sorted(found)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import optuna
 import pytest
@@ -37,13 +39,16 @@ from automl.store import (
     list_studies,
     list_trials,
     load_state_dict,
+    record_checkpoint,
     remove_orphans,
     rerun_failed,
     resume_study,
+    save_model_card,
     save_weights,
     submit_study,
     submitted_spec,
     tables,
+    write_checkpoint,
 )
 from tests.store.conftest import drive, end_trial, start_trial
 
@@ -516,3 +521,102 @@ def test_delete_removes_the_study_its_trials_and_artifacts(
     with pytest.raises(optuna.artifacts.exceptions.ArtifactNotFound):
         store.artifacts.open_reader(weights_id)
     assert submit_study(store, tiny_spec()).name == "tiny"
+
+
+def _study_with_artifacts(
+    store: Store, tiny_spec: SpecFactory, name: str, n_trials: int
+) -> tuple[int, list[str]]:
+    """A cancelled study whose ``n_trials`` ended trials each hold weights and a model card
+    (both recorded by Optuna's ``upload_artifact``) and whose one running trial's ticket
+    holds a checkpoint; returns its id and every artifact it owns."""
+    spec = tiny_spec(name=name, budget={"n_trials": n_trials + 1, "max_failed": n_trials})
+    study_id = submit_study(store, spec).id
+    study = optuna.load_study(study_name=name, storage=store.storage)
+    owned = []
+    for _ in range(n_trials):
+        lease, trial_id = start_trial(store, study_id)
+        trial = optuna.Trial(study, trial_id)
+        owned.append(save_weights(store.storage, trial, {"w": torch.ones(2)}, store.artifacts))
+        owned.append(save_model_card(trial, {"trial": trial.number}, store.artifacts))
+        end_trial(store, lease, trial_id, 0.5)
+    lease, _ = start_trial(store, study_id)
+    checkpoint = write_checkpoint(store.artifacts, study_id, lease.ticket_id, b"state")
+    record_checkpoint(store, lease, checkpoint, 1)
+    owned.append(checkpoint)
+    cancel_study(store, study_id)
+    return study_id, owned
+
+
+def _exists(store: Store, artifact_id: str) -> bool:
+    try:
+        store.artifacts.open_reader(artifact_id).close()
+    except optuna.artifacts.exceptions.ArtifactNotFound:
+        return False
+    return True
+
+
+def test_delete_removes_every_artifact_of_the_study_and_no_other(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id, owned = _study_with_artifacts(store, tiny_spec, "doomed", n_trials=3)
+    _, kept = _study_with_artifacts(store, tiny_spec, "kept", n_trials=1)
+    assert len(set(owned)) == 7 and all(_exists(store, artifact) for artifact in owned)
+
+    delete_study(store, study_id)
+
+    assert [artifact for artifact in owned if _exists(store, artifact)] == []
+    assert all(_exists(store, artifact) for artifact in kept)
+
+
+@contextmanager
+def _counting_statements(store: Store) -> Iterator[list[str]]:
+    """Records the statements run on the store's engines, leaving out those of removing one
+    artifact (the artifact store removes one at a time) and of Optuna's ``delete_study``
+    (its ORM cascade): what finds the work, not what does it."""
+    statements: list[str] = []
+    excluded = 0
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if not excluded:
+            statements.append(statement)
+
+    def uncounted(method: Callable[[Any], None]) -> Callable[[Any], None]:
+        def call(argument: Any) -> None:
+            nonlocal excluded
+            excluded += 1
+            try:
+                method(argument)
+            finally:
+                excluded -= 1
+
+        return call
+
+    engines = {id(engine): engine for engine in (store.engine, store.read_engine)}.values()
+    for engine in engines:
+        sa.event.listen(engine, "before_cursor_execute", record)
+    patched = [(store.storage, "delete_study"), (store.artifacts, "remove")]
+    for owner, name in patched:
+        setattr(owner, name, uncounted(getattr(owner, name)))
+    try:
+        yield statements
+    finally:
+        for owner, name in patched:
+            delattr(owner, name)
+        for engine in engines:
+            sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def test_delete_runs_as_many_statements_for_a_large_study_as_for_a_small_one(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Finding what to remove must not read each trial (a 10k-trial study was ~50k
+    queries inside one DELETE request)."""
+    small, _ = _study_with_artifacts(store, tiny_spec, "small", n_trials=1)
+    large, _ = _study_with_artifacts(store, tiny_spec, "large", n_trials=6)
+
+    with _counting_statements(store) as for_small:
+        delete_study(store, small)
+    with _counting_statements(store) as for_large:
+        delete_study(store, large)
+
+    assert len(for_large) == len(for_small), "\n".join(for_large)
