@@ -189,6 +189,22 @@ def _studies_with_work(study_id: int | None) -> sa.Select[Any]:
     return query
 
 
+def next_pending_ticket(study_id: int) -> sa.Select[tuple[int]]:
+    """The id of the study's pending ticket to hand out next (highest priority, then
+    oldest), locked; one a concurrent claimer holds is skipped.
+
+    Read in order from ``ix_automl_tickets_claim``: no sort, however many are pending.
+    """
+    tickets = tables.tickets
+    return (
+        sa.select(tickets.c.ticket_id)
+        .where(tickets.c.study_id == study_id, tickets.c.state == TicketState.PENDING.value)
+        .order_by(tickets.c.priority.desc(), tickets.c.ticket_id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+
+
 def _claim_in(connection: sa.engine.Connection, study: sa.Row[Any], worker_id: str) -> Lease | None:
     """Claims a ticket of ``study`` (locked by the caller, with its ``clock``)."""
     tickets = tables.tickets
@@ -203,13 +219,7 @@ def _claim_in(connection: sa.engine.Connection, study: sa.Row[Any], worker_id: s
         "heartbeat_at": at,
         "attempt": tickets.c.attempt + 1,
     }
-    pending_id = connection.scalar(
-        sa.select(tickets.c.ticket_id)
-        .where(tickets.c.study_id == study_id, tickets.c.state == TicketState.PENDING.value)
-        .order_by(tickets.c.priority.desc(), tickets.c.ticket_id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    )
+    pending_id = connection.scalar(next_pending_ticket(study_id))
     if pending_id is not None:
         row = connection.execute(
             tickets.update()

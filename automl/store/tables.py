@@ -20,6 +20,7 @@ workers on machines with skewed clocks agree on heartbeat ages.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -109,6 +110,15 @@ tickets = sa.Table(
     sa.Index("ix_automl_tickets_study_state", "study_id", "state", "outcome"),
     sa.Index("ix_automl_tickets_state_heartbeat", "state", "heartbeat_at"),
     sa.Index("ix_automl_tickets_study_failure", "study_id", "failure"),
+)
+# The claim's next pending ticket (WHERE study_id, state ORDER BY priority DESC, ticket_id
+# LIMIT 1) read in index order, not by sorting every pending ticket of the study.
+sa.Index(
+    "ix_automl_tickets_claim",
+    tickets.c.study_id,
+    tickets.c.state,
+    tickets.c.priority.desc(),
+    tickets.c.ticket_id,
 )
 
 evaluations = sa.Table(
@@ -200,59 +210,115 @@ def _db_now_default(element: db_now, compiler: Any, **kw: Any) -> str:
 
 
 def create_tables(engine: sa.engine.Engine) -> None:
-    """Creates the tables and indexes that do not exist yet (idempotent), and brings
-    tables created by earlier versions up to date."""
+    """Creates automl's tables and indexes that do not exist yet, and brings those an
+    earlier version created up to date (idempotent; never touches Optuna's tables).
+
+    An index of an automl table that is missing is created; one whose columns or
+    uniqueness differ from its definition here (it was widened under the same name) is
+    dropped and created again. ``automl_studies`` also gets its per-project idempotency
+    constraint (PostgreSQL). Reading the schema is all this does when it is current.
+
+    Workers and the API start at once: the changes are made under a lock (SQLite's write
+    lock, a PostgreSQL advisory lock) after reading the schema again, and a change that
+    fails because another process, holding no such lock, made it first is not an error.
+    """
     metadata.create_all(engine, checkfirst=True)
-    _upgrade_studies(engine)
+    if not _schema_gaps(sa.inspect(engine)):
+        return
+    try:
+        with engine.begin() as connection:
+            _lock_schema(connection)
+            _upgrade(connection, _schema_gaps(sa.inspect(connection)))
+    except sa.exc.DBAPIError:
+        if _schema_gaps(sa.inspect(engine)):
+            raise
+        # else another process made the same changes at the same moment
 
 
 _IDEMPOTENCY_CONSTRAINT = "uq_automl_studies_idempotency"
 _OLD_IDEMPOTENCY_CONSTRAINT = "automl_studies_idempotency_key_key"
+_SCHEMA_LOCK = 0x6175746F6D6C  # "automl": the advisory lock of schema changes (PostgreSQL)
 
 
-def _upgrade_studies(engine: sa.engine.Engine) -> None:
-    """Adds what ``automl_studies`` gained since it was created: the project indexes, and
-    idempotency keys unique per project instead of across projects.
+@dataclass
+class _Gaps:
+    """How the database's automl tables differ from their definitions here.
 
-    Only reads the schema when it is current. On SQLite a table from before keeps its
-    old unique key (dropping it means rebuilding the table): there a key reused by
-    another project is refused, as it was.
+    Attributes:
+        missing: Indexes to create.
+        changed: Indexes there under the same name but on other columns: drop, create.
+        stale: (PostgreSQL) The old cross-project idempotency constraint is there.
+        unscoped: (PostgreSQL) The per-project idempotency constraint is not.
     """
-    missing, stale, unscoped = _studies_gaps(engine)
-    if not (missing or stale or unscoped):
-        return
-    try:
-        with engine.begin() as connection:
-            for index in missing:
-                index.create(connection, checkfirst=True)
-            if stale:
-                connection.execute(
-                    sa.text(
-                        f"ALTER TABLE {studies.name} "
-                        f"DROP CONSTRAINT IF EXISTS {_OLD_IDEMPOTENCY_CONSTRAINT}"
-                    )
-                )
-            if unscoped:
-                connection.execute(
-                    sa.text(
-                        f"ALTER TABLE {studies.name} ADD CONSTRAINT "
-                        f"{_IDEMPOTENCY_CONSTRAINT} UNIQUE (project, idempotency_key)"
-                    )
-                )
-    except sa.exc.DBAPIError:
-        if any(_studies_gaps(engine)):
-            raise
-        # else another process upgraded the table at the same moment
+
+    missing: list[sa.Index] = field(default_factory=list)
+    changed: list[sa.Index] = field(default_factory=list)
+    stale: bool = False
+    unscoped: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.changed or self.stale or self.unscoped)
 
 
-def _studies_gaps(engine: sa.engine.Engine) -> tuple[list[sa.Index], bool, bool]:
-    """What ``automl_studies`` lacks: its missing indexes, and (PostgreSQL) whether the
-    old cross-project idempotency constraint is there and the per-project one is not."""
-    inspector = sa.inspect(engine)
-    indexes = {index["name"] for index in inspector.get_indexes(studies.name)}
-    uniques = {unique["name"] for unique in inspector.get_unique_constraints(studies.name)}
-    missing = [index for index in studies.indexes if index.name not in indexes]
-    postgres = engine.dialect.name == "postgresql"
-    stale = postgres and _OLD_IDEMPOTENCY_CONSTRAINT in uniques
-    unscoped = postgres and _IDEMPOTENCY_CONSTRAINT not in uniques
-    return missing, stale, unscoped
+def _schema_gaps(inspector: sa.Inspector) -> _Gaps:
+    """What automl's tables lack (one catalog read for all indexes where supported)."""
+    gaps = _Gaps()
+    found = inspector.get_multi_indexes(filter_names=list(metadata.tables))
+    for table in metadata.sorted_tables:
+        there = {index["name"]: index for index in found.get((None, table.name), [])}
+        for index in sorted(table.indexes, key=lambda index: index.name or ""):
+            if index.name not in there:
+                gaps.missing.append(index)
+            elif _shape(there[index.name]) != _expected_shape(index):
+                gaps.changed.append(index)
+    if inspector.dialect.name == "postgresql":
+        uniques = {unique["name"] for unique in inspector.get_unique_constraints(studies.name)}
+        gaps.stale = _OLD_IDEMPOTENCY_CONSTRAINT in uniques
+        gaps.unscoped = _IDEMPOTENCY_CONSTRAINT not in uniques
+    return gaps
+
+
+def _shape(reflected: Any) -> tuple[list[str | None], bool]:
+    """An index as the inspector reports it: its column names and whether it is unique
+    (SQLite does not report a column's sort order: change that under a new name)."""
+    return list(reflected["column_names"]), bool(reflected["unique"])
+
+
+def _expected_shape(index: sa.Index) -> tuple[list[str | None], bool]:
+    return [column.name for column in index.columns], bool(index.unique)
+
+
+def _lock_schema(connection: sa.engine.Connection) -> None:
+    """Serializes schema changes with other processes until the transaction ends."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+    elif connection.dialect.name == "sqlite" and not connection.connection.in_transaction:
+        # Unless the engine's own "begin" hook took it already (the store's does later).
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _upgrade(connection: sa.engine.Connection, gaps: _Gaps) -> None:
+    """Closes ``gaps`` (read under the lock) in the caller's transaction.
+
+    On SQLite a table from before keeps its old idempotency key unique across projects
+    (dropping it means rebuilding the table): there a key reused by another project is
+    refused, as it was.
+    """
+    for index in gaps.changed:
+        connection.execute(sa.text(f"DROP INDEX IF EXISTS {index.name}"))
+    for index in [*gaps.changed, *gaps.missing]:
+        index.create(connection, checkfirst=True)
+    if gaps.stale:
+        connection.execute(
+            sa.text(
+                f"ALTER TABLE {studies.name} "
+                f"DROP CONSTRAINT IF EXISTS {_OLD_IDEMPOTENCY_CONSTRAINT}"
+            )
+        )
+    if gaps.unscoped:
+        connection.execute(
+            sa.text(
+                f"ALTER TABLE {studies.name} ADD CONSTRAINT "
+                f"{_IDEMPOTENCY_CONSTRAINT} UNIQUE (project, idempotency_key)"
+            )
+        )
