@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import optuna
@@ -213,6 +214,35 @@ def test_the_log_names_reaped_trials_by_number(
     assert reaped.failed_trials == (trial_id,) and trial_id != 0
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reaped")]
     assert line.startswith(f"reaped trial(s) [0] of study {second} (ticket {lease.ticket_id}")
+
+
+def _half_created(store: Store, name: str) -> None:
+    """An Optuna study a submit created an hour ago and then died (no automl row)."""
+    study = optuna.create_study(storage=store.storage, study_name=name)
+    study.set_user_attr(attrs.CREATED_AT, (datetime.now(UTC) - timedelta(hours=1)).isoformat())
+
+
+def _study_names(store: Store) -> set[str]:
+    return {study.study_name for study in store.storage.get_all_studies()}
+
+
+def test_reaper_looks_for_orphans_on_its_first_pass_then_every_few_minutes(
+    store: Store,
+) -> None:
+    """Finding half-created studies reads every study's attributes: not on every pass of
+    every worker's and the API's reaper."""
+    reaper = Reaper(store, grace=60, interval=3600)
+    _half_created(store, "first")
+    reaper.run_once()
+    assert _study_names(store) == set()
+
+    _half_created(store, "second")
+    reaper.run_once()
+    assert _study_names(store) == {"second"}
+
+    reaper._orphans_due = time.monotonic()  # ORPHAN_SWEEP_INTERVAL_S later
+    reaper.run_once()
+    assert _study_names(store) == set()
 
 
 def test_reaper_waits_a_grace_period_after_gaining_the_database(
