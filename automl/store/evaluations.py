@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import optuna
 import sqlalchemy as sa
 from optuna.trial import FrozenTrial
 
@@ -31,6 +30,7 @@ from automl.spec import StudySpec
 from automl.store import attrs, optuna_rows, tables
 from automl.store.attrs import StudyStatus
 from automl.store.jobs import JobKind, claim_job, held
+from automl.store.pareto import pareto_front
 from automl.store.status import iso, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import EvaluationState
@@ -84,15 +84,20 @@ class TrialTestReport:
 
 
 def best_trials_of(store: Store, study_id: int, directions: Sequence[str]) -> list[FrozenTrial]:
-    """The best completed trial (one objective) or the Pareto front, in number order."""
+    """The best completed trial (one objective) or the Pareto front, in number order.
+
+    The front is the one Optuna's ``best_trials`` gives (``automl.store.pareto``), found
+    from every completed trial's values (one query); only the front's trials are loaded,
+    without their system attributes.
+    """
     if len(directions) == 1:
         with store.read() as connection:
             maximize = directions[0] == "maximize"
             best_id = optuna_rows.best_trial_id(connection, study_id, maximize)
         return [] if best_id is None else [store.reader.get_trial(best_id)]
-    # A Pareto front needs every completed trial.
-    study_name = store.reader.get_study_name_from_id(study_id)
-    front = optuna.load_study(study_name=study_name, storage=store.reader).best_trials
+    with store.read() as connection:
+        values = optuna_rows.completed_values(connection, study_id)
+        front = optuna_rows.load_trials(connection, sorted(pareto_front(values, directions)))
     return sorted(front, key=lambda trial: trial.number)
 
 

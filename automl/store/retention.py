@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 from automl.spec import StudySpec
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
+from automl.store.pareto import pareto_front
 from automl.store.storage import Store
 from automl.store.tables import DELETING
 
@@ -160,30 +161,16 @@ def _kept(
     keep: int,
     holding: Sequence[tuple[int, int, TrialState, object]],
 ) -> set[int]:
-    """Ids of the trials among ``holding`` that keep their weights."""
+    """Ids of the trials among ``holding`` that keep their weights: the ``keep`` best on
+    the first objective and, with several objectives, those on the Pareto front (found
+    once, from the values of every completed trial: ``automl.store.pareto``)."""
     maximize = spec.directions[0] == "maximize"
     kept = set(optuna_rows.top_trial_ids(connection, study_id, maximize, keep))
-    complete = [trial_id for trial_id, _, state, _ in holding if state == TrialState.COMPLETE]
-    if len(spec.directions) > 1 and any(trial_id not in kept for trial_id in complete):
+    complete = {trial_id for trial_id, _, state, _ in holding if state == TrialState.COMPLETE}
+    if len(spec.directions) > 1 and complete - kept:
         values = optuna_rows.completed_values(connection, study_id)
-        signs = [-1.0 if direction == "maximize" else 1.0 for direction in spec.directions]
-        costs = {
-            trial_id: [sign * value for sign, value in zip(signs, trial_values, strict=True)]
-            for trial_id, trial_values in values.items()
-            if len(trial_values) == len(signs)
-        }
-        for trial_id in complete:
-            mine = costs.get(trial_id)
-            if mine is not None and not any(_dominates(other, mine) for other in costs.values()):
-                kept.add(trial_id)
+        kept |= pareto_front(values, spec.directions) & complete
     return kept
-
-
-def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    """Whether costs ``a`` dominate ``b``: nowhere worse and somewhere better."""
-    return all(x <= y for x, y in zip(a, b, strict=True)) and any(
-        x < y for x, y in zip(a, b, strict=True)
-    )
 
 
 def _remove(store: Store, trial_id: int, artifact_id: str, reason: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ from automl.store import (
     write_checkpoint,
 )
 from automl.store.artifacts import weights_format
+from automl.store.evaluations import best_trials_of
 from tests.store.conftest import Outcome, end_trial, start_trial
 
 SpecFactory = Callable[..., StudySpec]
@@ -173,6 +175,29 @@ def test_multi_objective_keeps_the_pareto_front_plus_the_top_k(
     _run(store, study_id, (0.96, 0.5))  # 6 dominates every other trial
     assert retain_weights(store, study_id) == [0, 3, 4, 5]
     assert _holding(store, study_id) == [6]
+
+
+def test_multi_objective_front_keeps_ties_and_infinities_as_best_trials_has_them(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    objectives = [{"metric": "accuracy"}, {"metric": "latency_ms"}]  # maximize, minimize
+    study_id = _submit(store, tiny_spec, objective=None, objectives=objectives, keep_weights=1)
+    points: Sequence[tuple[float, float]] = [
+        (0.90, 5.0),  # 0: front
+        (0.90, 5.0),  # 1: the same values as 0: front too
+        (0.80, 3.0),  # 2: front
+        (0.80, 4.0),  # 3: dominated by 2
+        (-math.inf, 0.5),  # 4: front, the best latency
+        (0.95, math.inf),  # 5: front, the best accuracy (the top 1)
+        (0.50, math.inf),  # 6: dominated by 5
+        (-math.inf, 0.5),  # 7: the same values as 4: front too
+    ]
+    for point in points:
+        _run(store, study_id, point)
+    assert retain_weights(store, study_id) == [3, 6]
+    assert _holding(store, study_id) == [0, 1, 2, 4, 5, 7]
+    front = best_trials_of(store, study_id, ["maximize", "minimize"])
+    assert [trial.number for trial in front] == [0, 1, 2, 4, 5, 7]
 
 
 def test_racing_workers_never_remove_a_kept_trial(store: Store, tiny_spec: SpecFactory) -> None:
