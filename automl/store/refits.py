@@ -25,11 +25,10 @@ import sqlalchemy as sa
 from automl.spec import StudySpec
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
-from automl.store.evaluations import best_trials_of
 from automl.store.jobs import JobKind, claim_job, held, release_job
 from automl.store.status import ENDED, iso, lock_study, now
 from automl.store.storage import Store
-from automl.store.tables import RefitState
+from automl.store.tables import DELETING, RefitState
 from automl.store.views import RefitView
 
 REFIT_STALE_S = 600.0
@@ -140,9 +139,8 @@ def claim_refit(
     if claim is None:
         return None
     study, attempt = claim
-    spec = StudySpec.model_validate_json(study.spec)
-    best = best_trials_of(store, study.study_id, spec.directions)
-    number = best[0].number if len(best) == 1 and len(spec.directions) == 1 else None
+    with store.read() as connection:
+        number = refit_trial_number(connection, study.study_id, study.spec)
     return RefitLease(study.study_id, worker_id, attempt, number)
 
 
@@ -280,11 +278,66 @@ def served_refit(store: Store, study_id: int) -> RefitResult | None:
             .join(studies, studies.c.study_id == refits.c.study_id)
             .where(refits.c.study_id == study_id)
         ).first()
-        if row is None or row.state != RefitState.DONE.value or row.result is None:
+        result = None if row is None else _done_result(row.state, row.result)
+        if result is None:
             return None
-        result = RefitResult.from_json(json.loads(row.result))
         best = refit_trial_number(connection, study_id, row.spec)
     return result if best == result.trial_number else None
+
+
+@dataclass(frozen=True)
+class ServingPick:
+    """What answers a single-objective study's predictions, read in one snapshot.
+
+    Attributes:
+        trial_id: The study's best trial (as ``best_trial_id`` ranks them).
+        number: Its number.
+        refit: The refit result that serves in its place (as ``served_refit`` decides),
+            or None: the trial's own weights serve.
+    """
+
+    trial_id: int
+    number: int
+    refit: RefitResult | None
+
+
+def serving_pick(store: Store, study_id: int) -> ServingPick | None:
+    """The trial, and the refit if one serves, that answer the study's predictions.
+
+    Two statements (the study with its refit, then its best trial: one ``ORDER BY ...
+    LIMIT 1``), whatever the study's size; the same answer as ``served_refit`` and
+    ``best_trial_id`` give.
+
+    Returns:
+        None when that takes more: there is no such study (or it is being deleted), it
+        has several objectives, or no trial has completed.
+    """
+    refits, studies = tables.refits, tables.studies
+    with store.read() as connection:
+        row = connection.execute(
+            sa.select(studies.c.spec, refits.c.state, refits.c.result)
+            .outerjoin(refits, refits.c.study_id == studies.c.study_id)
+            .where(studies.c.study_id == study_id, studies.c.status != DELETING)
+        ).first()
+        if row is None:
+            return None
+        directions = StudySpec.model_validate_json(row.spec).directions
+        if len(directions) != 1:
+            return None
+        best = optuna_rows.top_ranked(connection, study_id, directions[0] == "maximize", 1)
+    if not best:
+        return None
+    trial_id, _, number = best[0]
+    result = _done_result(row.state, row.result)
+    refit = result if result is not None and result.trial_number == number else None
+    return ServingPick(trial_id, number, refit)
+
+
+def _done_result(state: str | None, result: str | None) -> RefitResult | None:
+    """A refit row's latest result while the refit is ``done`` (None otherwise)."""
+    if state != RefitState.DONE.value or result is None:
+        return None
+    return RefitResult.from_json(json.loads(result))
 
 
 def refit_trial_number(connection: sa.engine.Connection, study_id: int, spec: str) -> int | None:
@@ -335,6 +388,7 @@ __all__ = [
     "REFIT_STALE_S",
     "RefitLease",
     "RefitResult",
+    "ServingPick",
     "beat_refit",
     "claim_refit",
     "finish_refit",
@@ -344,4 +398,5 @@ __all__ = [
     "refit_trial_number",
     "release_refit",
     "served_refit",
+    "serving_pick",
 ]

@@ -28,6 +28,7 @@ from automl.store import (
     delete_study,
     end_study_if_done,
     finish_refit,
+    optuna_rows,
     queue_refit,
     refit_artifact_ids,
     release_refit,
@@ -37,6 +38,7 @@ from automl.store import (
     tables,
 )
 from automl.store.artifacts import read_checkpoint as read_artifact
+from automl.store.status import now, request_refit
 from tests.conftest import tiny_spec_data
 from tests.store.conftest import drive
 
@@ -244,6 +246,22 @@ def test_a_refit_of_a_trial_no_longer_best_is_not_served_and_can_be_asked_again(
     assert queue_refit(store, study_id).state == RefitState.QUEUED  # asked anew for trial 1
     lease = claim_refit(store, "w1")
     assert lease is not None and lease.trial_number == 1
+
+
+def test_claiming_the_refit_of_a_multi_objective_study_reads_no_trial(store: Store) -> None:
+    """Its Pareto front has no single best trial: the claim says so without computing it
+    (here the trials' attributes would not even parse)."""
+    data = tiny_spec_data(budget={"n_trials": 2})
+    del data["objective"]
+    data["objectives"] = [{"metric": "accuracy"}, {"metric": "params"}]
+    study_id = _completed(store, validate_spec(data), [[0.5, 10.0], [0.9, 20.0]])
+    attributes = optuna_rows.trial_user_attributes
+    with store.write() as connection:  # a refit row left by an older version, say
+        request_refit(connection, study_id, now(connection))
+        connection.execute(attributes.update().values(value_json="{not json"))
+    lease = claim_refit(store, "w1")
+    assert lease is not None
+    assert (lease.study_id, lease.trial_number) == (study_id, None)
 
 
 def test_a_spec_refuses_refit_with_several_objectives() -> None:
