@@ -11,6 +11,8 @@ change to automl's tables, which Optuna's storage (one session per call) cannot 
 - Counting, paging, best values and reading one page of trials are a few queries over
   one study's rows, where the public API would load every trial of the study (or make a
   round trip per trial and relation).
+- Deleting a study is a statement per table, in the transaction that deletes automl's
+  rows of it; Optuna's ORM deletes row by row (a minute for 10,000 trials).
 
 
 Only long-stable columns of Optuna's RDB schema are used; ``tests/store/test_optuna_rows.py``
@@ -117,6 +119,24 @@ study_user_attributes = sa.Table(
     sa.Column("key", sa.String(512)),
     sa.Column("value_json", sa.Text),
 )
+
+study_system_attributes = sa.Table(
+    "study_system_attributes", _optuna, sa.Column("study_id", sa.Integer)
+)
+study_directions = sa.Table("study_directions", _optuna, sa.Column("study_id", sa.Integer))
+trial_heartbeats = sa.Table("trial_heartbeats", _optuna, sa.Column("trial_id", sa.Integer))
+
+TRIAL_ROWS = (
+    trial_params,
+    trial_values,
+    trial_intermediate_values,
+    trial_user_attributes,
+    trial_system_attributes,
+    trial_heartbeats,
+)
+"""Optuna's tables of rows that belong to a trial (``trial_id``)."""
+STUDY_ROWS = (study_directions, study_user_attributes, study_system_attributes)
+"""Optuna's tables of rows that belong to a study (``study_id``), besides its trials."""
 
 
 def _utc_now_naive() -> datetime:
@@ -906,6 +926,19 @@ def completed_values(connection: sa.engine.Connection, study_id: int) -> dict[in
     for trial_id, objective, value, kind in connection.execute(query).all():
         values[int(trial_id)][int(objective)] = _SPECIAL.get(kind, value)
     return {trial_id: [v[k] for k in sorted(v)] for trial_id, v in values.items()}
+
+
+def delete_study(connection: sa.engine.Connection, study_id: int) -> None:
+    """Deletes an Optuna study with its trials and every row of theirs, a statement per
+    table (Optuna's ``delete_study`` deletes row by row through its ORM: about six
+    statements per trial). Nothing happens if the study is not there."""
+    of_study = sa.select(trials.c.trial_id).where(trials.c.study_id == study_id)
+    for table in TRIAL_ROWS:
+        connection.execute(table.delete().where(table.c.trial_id.in_(of_study)))
+    connection.execute(trials.delete().where(trials.c.study_id == study_id))
+    for table in STUDY_ROWS:
+        connection.execute(table.delete().where(table.c.study_id == study_id))
+    connection.execute(studies.delete().where(studies.c.study_id == study_id))
 
 
 def drop_trial_attr_if(

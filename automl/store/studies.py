@@ -7,7 +7,6 @@ that locks the study's row; reads use SQL aggregates and pages, never every tria
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -937,9 +936,8 @@ def finish_deletion(store: Store, study_id: int) -> None:
         recorded = _trial_artifacts(connection, study_id)
     for artifact_id in [*checkpoints, *refit, *recorded]:
         remove_quietly(store.artifacts, artifact_id)
-    with contextlib.suppress(KeyError):  # already gone from Optuna
-        store.storage.delete_study(study_id)
     with store.write() as connection:
+        optuna_rows.delete_study(connection, study_id)
         connection.execute(tables.tickets.delete().where(tables.tickets.c.study_id == study_id))
         connection.execute(
             tables.evaluations.delete().where(tables.evaluations.c.study_id == study_id)

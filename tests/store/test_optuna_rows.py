@@ -7,6 +7,8 @@ these tests fail on both backends before anything else does.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -274,3 +276,74 @@ def test_a_page_of_trials_matches_loading_its_ids(store: Store) -> None:
         assert ours.datetime_start == theirs.datetime_start
     assert [t.user_attrs for t in lean] == [{"automl.metrics": {"accuracy": 0.5}}] * 5
     assert nothing == unlisted == ([], None)
+
+
+def test_the_rows_a_study_deletion_covers_are_every_table_of_optunas_that_refers_to_one(
+    store: Store,
+) -> None:
+    """A table a later Optuna adds under trials or studies fails this first."""
+    inspector = sa.inspect(store.engine)
+    refers: dict[str, set[str]] = {"trials": set(), "studies": set()}
+    for name in inspector.get_table_names():
+        for key in inspector.get_foreign_keys(name):
+            if key["referred_table"] in refers and not name.startswith("automl_"):
+                refers[key["referred_table"]].add(name)
+
+    assert refers["trials"] == {table.name for table in optuna_rows.TRIAL_ROWS}
+    assert refers["studies"] == {"trials", *(table.name for table in optuna_rows.STUDY_ROWS)}
+
+
+def test_deleting_a_study_removes_all_its_rows_in_statements_per_table(store: Store) -> None:
+    def filled(name: str, n: int) -> int:
+        study, study_id = _study(store, name)
+        study.set_user_attr("owner", "me")
+        study.set_metric_names(["accuracy"])
+        for index in range(n):
+            trial = study.ask()
+            trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+            trial.report(0.5, 1)
+            trial.set_user_attr("metrics", {"accuracy": 0.5})
+            store.storage.record_heartbeat(trial._trial_id)
+            study.tell(trial, 0.5 + index / 100)
+        return study_id
+
+    small, large, kept = filled("small", 1), filled("large", 12), filled("kept", 2)
+    before = _rows_of(store)
+    statements: list[int] = []
+    for study_id in (small, large):
+        with _counting(store.engine) as counted, store.write() as connection:
+            optuna_rows.delete_study(connection, study_id)
+        statements.append(len(counted))
+        with store.write() as connection:
+            optuna_rows.delete_study(connection, study_id)  # again: nothing left, no error
+
+    assert statements[0] == statements[1]
+    assert [s.study_name for s in store.storage.get_all_studies()] == ["kept"]
+    after = _rows_of(store)
+    assert after["trials"] == 2 and after["trial_heartbeats"] == 2 and after["studies"] == 1
+    assert all(after[name] < count for name, count in before.items() if count)
+    assert len(store.storage.get_all_trials(kept)) == 2
+
+
+def _rows_of(store: Store) -> dict[str, int]:
+    """Rows in each of Optuna's tables."""
+    names = ["studies", "trials"] + [
+        t.name for t in optuna_rows.TRIAL_ROWS + optuna_rows.STUDY_ROWS
+    ]
+    with store.read() as connection:
+        return {name: connection.scalar(sa.text(f"SELECT count(*) FROM {name}")) for name in names}
+
+
+@contextmanager
+def _counting(engine: sa.engine.Engine) -> Iterator[list[str]]:
+    """The statements ``engine`` runs meanwhile."""
+    seen: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
