@@ -207,6 +207,8 @@ def build_card(
             dataset,
             user_attrs.get(attrs.TEST_PER_CLASS) or user_attrs.get(attrs.PER_CLASS) or [],
             split="test" if user_attrs.get(attrs.TEST_PER_CLASS) else "validation",
+            autocast=(user_attrs.get(attrs.NOTES) or {}).get("autocast")
+            or ("bf16" if config.precision == "bf16" else None),
         ),
     }
 
@@ -268,9 +270,12 @@ def intended_use(
     dataset: Mapping[str, Any] | None,
     per_class: Sequence[Mapping[str, Any]],
     split: str,
+    autocast: str | None = None,
 ) -> dict[str, Any]:
-    """The card's "intended use and limits": what the model is for, what it is not, and
-    how unevenly it recognizes its classes (per-class recall gaps) on ``split``."""
+    """The card's "intended use and limits": what the model is for, what it is not, how
+    unevenly it recognizes its classes (per-class recall gaps) on ``split``, and whether
+    its scores were measured in the reduced precision ``autocast`` (``bf16``, ``fp16``)
+    while the exported files run in fp32."""
     source = dataset["source"] if dataset else "its training data"
     kind = "clips of frames" if model_in.get("frames") else "images"
     color = "grayscale" if model_in.get("channels") == 1 else "RGB"
@@ -286,6 +291,12 @@ def intended_use(
         limits.append(
             "No test split scored it: its validation scores also chose it among the "
             "trials, so they overstate how well it does on new images."
+        )
+    if autocast is not None:
+        limits.append(
+            f"Its scores were measured in {autocast} (autocast), as the service serves it; "
+            "the exported files hold fp32 weights and run in fp32, so their probabilities "
+            "differ slightly (about 1e-3) and a few borderline predictions may differ."
         )
     if gaps is not None:
         low, high = gaps["lowest"], gaps["highest"]

@@ -55,6 +55,9 @@ from automl.train.trial_config import TrialConfig
 Reporter = Callable[[int, dict[str, float]], bool]
 """``report(epoch, metrics) -> stop``: called after each epoch; returning True prunes."""
 
+AUTOCAST_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+"""How a run's ``autocast`` note names its arithmetic."""
+
 EVAL_BATCH = 1024
 
 
@@ -86,7 +89,8 @@ class TrainResult:
     why not), when the run qualified for one (``automl.train.graphs``); the classes without
     validation or test images (``no_validation_images``, ``no_test_images``); whether
     ``warmup_epochs`` was ignored (``warmup``, for a schedule that warms up by itself);
-    what a ``pretrained`` checkpoint loaded (``pretrained``)."""
+    what a ``pretrained`` checkpoint loaded (``pretrained``); the arithmetic of a run under
+    autocast (``autocast``: ``bf16`` or ``fp16``)."""
     stopped_early: bool = False
     """Whether ``patience`` epochs passed without a better monitored metric."""
     best_epoch: int = 0
@@ -380,6 +384,8 @@ def train(
         )
     if loaded is not None:
         notes["pretrained"] = loaded.summary()
+    if accel.dtype is not None:  # the scores are those of reduced-precision arithmetic
+        notes["autocast"] = AUTOCAST_NAMES.get(accel.dtype, str(accel.dtype))
 
     return TrainResult(
         metrics=metrics,

@@ -63,12 +63,15 @@ METRICS.add(
 METRICS.add(
     "balanced_accuracy",
     Metric(lambda e: float(_recalls(e.confusion).mean()), "maximize"),
-    description="Mean per-class recall; robust to class imbalance.",
+    description=(
+        "Mean per-class recall over the classes with images in the split; "
+        "robust to class imbalance."
+    ),
 )
 METRICS.add(
     "macro_f1",
     Metric(lambda e: float(_f1s(e.confusion).mean()), "maximize"),
-    description="Unweighted mean per-class F1.",
+    description="Unweighted mean per-class F1 over the classes with images in the split.",
 )
 METRICS.add(
     "worst_class_recall",

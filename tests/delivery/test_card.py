@@ -31,3 +31,13 @@ def test_no_class_is_uncertain_with_enough_images() -> None:
     per_class = [row("a", 0.9, 50), row("b", 0.5, 20)]
     card = intended_use(["a", "b"], MODEL_IN, None, per_class, split="validation")
     assert not any("uncertain" in line for line in card["limits"])
+
+
+def test_scores_measured_under_autocast_say_the_fp32_exports_differ() -> None:
+    per_class = [row("a", 0.9, 50), row("b", 0.8, 50)]
+    plain = intended_use(["a", "b"], MODEL_IN, None, per_class, split="test")
+    reduced = intended_use(["a", "b"], MODEL_IN, None, per_class, split="test", autocast="bf16")
+
+    assert not any("autocast" in line for line in plain["limits"])
+    [line] = [line for line in reduced["limits"] if "autocast" in line]
+    assert line.startswith("Its scores were measured in bf16 (autocast)") and "fp32" in line
