@@ -28,21 +28,23 @@ def shows_input(kind: str) -> bool:
 
 
 _SHOWN_CHARS = 40
-"""Characters of a given string shown in an error; longer ones are cut."""
+"""Characters of a given value shown in an error; longer ones are cut."""
 
 
 def shown_input(value: object) -> str:
-    """The value given, as the spec's YAML or JSON would write it (strings cut short)."""
+    """The value given, as the spec's YAML or JSON would write it, cut short (a string
+    of 100,000 characters or a number of 4,000 digits is named, not repeated)."""
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, (list, tuple)):
         return "a list"
     if isinstance(value, str) and len(value) > _SHOWN_CHARS:
-        value = value[:_SHOWN_CHARS] + "..."
+        return json.dumps(value[:_SHOWN_CHARS] + "...")
     try:
-        return json.dumps(value)
+        text = json.dumps(value)
     except (TypeError, ValueError):
         return type(value).__name__
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
 
 
 __all__ = ["shown_input", "shows_input"]

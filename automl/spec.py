@@ -1205,7 +1205,10 @@ their smallest value."""
 def _check_ever_prunes(spec: StudySpec, options: Mapping[str, Any]) -> list[FieldError]:
     """Refuses a pruner option the spec sets so that no epoch is ever checked: no pruner
     is asked after a trial's last epoch, so a first check at or past it never comes."""
-    epochs = trial_epochs(spec)
+    try:
+        epochs = trial_epochs(spec)
+    except (TypeError, ValueError):
+        return []  # epochs that are no whole number: their own check names them
     for option, (offset, smallest) in WARMUP_OPTIONS.items():
         value = options.get(option)
         if not isinstance(value, int) or isinstance(value, bool):

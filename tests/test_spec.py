@@ -764,6 +764,8 @@ def test_an_option_that_fits_no_branch_of_its_union_is_one_error_at_its_path() -
         ("budget.n_trials", [3], "a list"),
         ("budget.max_failed", -1, "-1"),
         ("budget.n_trials", "many" * 25, '"' + "many" * 10 + '..."'),
+        ("budget.n_trials", 10**60 + 0.5, "1e+60"),
+        ("budget.max_failed", -(10**100), "-1" + "0" * 38 + "..."),
         ("fixed.precision", "fp64", '"fp64"'),
     ],
 )
@@ -780,6 +782,24 @@ def test_a_wrong_type_or_value_error_shows_the_value_given(
     errors = [e for e in spec_errors(data) if e.path == path]
 
     assert len(errors) == 1 and errors[0].msg.endswith(f" (got {shown})"), errors
+
+
+@pytest.mark.parametrize(
+    ("epochs", "path"),
+    [
+        ({"fixed": {"epochs": "many"}}, "fixed.epochs"),
+        ({"fixed": {"epochs": [3]}}, "fixed.epochs"),
+        ({"params": {"epochs": {"type": "categorical", "choices": [2, "x"]}}}, "params.epochs"),
+    ],
+)
+def test_epochs_that_are_no_whole_number_are_an_error_with_a_pruner(
+    epochs: dict[str, Any], path: str
+) -> None:
+    """Once a ValueError from the pruner's check of its warm-up (a 500 over the API)."""
+    data = {"name": "x", "dataset": {"source": "digits"}, **epochs}
+    data["pruner"] = {"name": "median", "options": {"n_warmup_steps": 1}}
+    errors = spec_errors(data)
+    assert errors and all(error.path.startswith(path) for error in errors), errors
 
 
 def test_invalid_yaml_reports_line_number() -> None:
