@@ -12,10 +12,21 @@ from automl.data import DatasetError
 from automl.delivery.embeddings import MAX_POINTS, validation_embeddings
 from automl.delivery.inference import DeliveryError, ServingTrial
 from automl.delivery.report import ReportData, render_report
-from automl.store import Store, WeightsNotFoundError, best_trials, get_frozen_trial, get_study
+from automl.store import (
+    Store,
+    WeightsNotFoundError,
+    attrs,
+    best_trials,
+    get_frozen_trial,
+    get_study,
+    optuna_rows,
+)
 from automl.store.status import ENDED
 
 logger = logging.getLogger("automl.delivery")
+
+REPORTED_TRIAL_ATTRS = (attrs.FAILURE,)
+"""The user attributes of every trial that the report reads (the best trial: all of them)."""
 
 
 def gather_report(store: Store, study_id: int, max_points: int = MAX_POINTS) -> ReportData:
@@ -47,7 +58,8 @@ def gather_report(store: Store, study_id: int, max_points: int = MAX_POINTS) -> 
         )
     except (DeliveryError, WeightsNotFoundError, DatasetError) as exc:
         embeddings_note = f"No embeddings of trial {first}: {exc}"
-    trials = store.reader.get_all_trials(study_id, deepcopy=False)
+    with store.read() as connection:  # the plots read no history, report or matrix
+        trials = optuna_rows.load_study_trials(connection, study_id, REPORTED_TRIAL_ATTRS)
     return ReportData(
         study_id=study_id,
         study_name=study.name,

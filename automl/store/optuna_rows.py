@@ -559,6 +559,17 @@ def load_trial_page(
     return _assemble(connection, rows, user_attr_keys), total
 
 
+def load_study_trials(
+    connection: sa.engine.Connection, study_id: int, user_attr_keys: Collection[str]
+) -> list[FrozenTrial]:
+    """Every trial of the study in number order, in two queries, with only the user
+    attributes ``user_attr_keys`` and no system attributes: what a view of all of them
+    needs, without the per-trial histories and reports a study of thousands holds."""
+    query = sa.select(*_TRIAL_COLUMNS).where(trials.c.study_id == study_id)
+    rows = connection.execute(query.order_by(trials.c.number)).all()
+    return _assemble(connection, rows, user_attr_keys)
+
+
 _TRIAL_COLUMNS = (
     trials.c.trial_id,
     trials.c.number,
@@ -907,6 +918,34 @@ def trials_with_attr(
         (int(trial_id), int(number), state, json.loads(value))
         for trial_id, number, state, value in connection.execute(query).all()
     ]
+
+
+def trial_attr_values(connection: sa.engine.Connection, study_id: int, key: str) -> list[Any]:
+    """The values of the user attribute ``key`` of the study's trials that have it (one
+    query, any state)."""
+    query = (
+        sa.select(trial_user_attributes.c.value_json)
+        .join(trials, trials.c.trial_id == trial_user_attributes.c.trial_id)
+        .where(trials.c.study_id == study_id, trial_user_attributes.c.key == key)
+    )
+    return [json.loads(value) for value in connection.scalars(query)]
+
+
+def trial_system_attr_keys(
+    connection: sa.engine.Connection, study_id: int, prefix: str
+) -> list[str]:
+    """The keys of the study's trials' system attributes that start with ``prefix`` (case
+    counts), one query."""
+    query = (
+        sa.select(trial_system_attributes.c.key)
+        .join(trials, trials.c.trial_id == trial_system_attributes.c.trial_id)
+        .where(
+            trials.c.study_id == study_id,
+            trial_system_attributes.c.key.startswith(prefix, autoescape=True),
+        )
+    )
+    # SQLite's LIKE ignores case.
+    return [key for key in connection.scalars(query) if key.startswith(prefix)]
 
 
 def completed_values(connection: sa.engine.Connection, study_id: int) -> dict[int, list[float]]:
