@@ -44,10 +44,10 @@ ORPHAN_AGE_S = 600.0
 """A study half-created by a crashed submit is removed once it is this old."""
 
 ORPHAN_SWEEP_INTERVAL_S = ORPHAN_AGE_S / 2
-"""How often a reaper runs ``remove_orphans``: finding half-created studies reads every
-study's attributes (Optuna indexes them by study, not by key), too much for every pass of
-every worker. A half-created study goes 10 to 15 minutes after its submit died; a deletion
-that a crash interrupted is completed within 5 minutes (and when a process starts)."""
+"""How often a reaper looks for half-created studies: that reads every study's attributes
+(Optuna indexes them by study, not by key), too much for every pass of every worker. A
+half-created study goes 10 to 15 minutes after its submit died; a deletion that a crash
+interrupted is completed at the next pass."""
 
 TEMPORARY_SWEEP_INTERVAL_S = 3600.0
 """How often a reaper removes the temporary files of killed artifact writes."""
@@ -232,13 +232,17 @@ def end_due_studies(store: Store) -> list[int]:
     return ended
 
 
-def remove_orphans(store: Store, min_age_s: float = ORPHAN_AGE_S) -> list[int]:
+def remove_orphans(
+    store: Store, min_age_s: float = ORPHAN_AGE_S, *, sweep_half_created: bool = True
+) -> list[int]:
     """Removes what crashed submits and deletes left behind.
 
-    - An Optuna study created by a submit that never finished (it has automl's
-      ``created_at`` attribute but no ``automl_studies`` row) and is older than
-      ``min_age_s``: deleted, which frees its name.
-    - A study left in the internal ``deleting`` status: its deletion is completed.
+    - With ``sweep_half_created``, an Optuna study created by a submit that never finished (it
+      has automl's ``created_at`` attribute but no ``automl_studies`` row) and is older
+      than ``min_age_s``: deleted, which frees its name. Finding them reads every study's
+      attributes.
+    - A study left in the internal ``deleting`` status: its deletion is completed (one
+      indexed read finds them).
 
     Returns:
         Ids of the studies removed.
@@ -247,7 +251,11 @@ def remove_orphans(store: Store, min_age_s: float = ORPHAN_AGE_S) -> list[int]:
 
     with store.read() as connection:
         known = sa.select(tables.studies.c.study_id)
-        half_created = optuna_rows.studies_with_attr_not_in(connection, attrs.CREATED_AT, known)
+        half_created = (
+            optuna_rows.studies_with_attr_not_in(connection, attrs.CREATED_AT, known)
+            if sweep_half_created
+            else {}
+        )
         deleting = connection.scalars(
             sa.select(tables.studies.c.study_id).where(tables.studies.c.status == DELETING)
         ).all()
@@ -285,9 +293,10 @@ def remove_stale_temporaries(store: Store) -> list[str]:
 
 
 class Reaper:
-    """Runs ``reap_stale`` and ``end_due_studies`` every ``interval`` seconds, and on its
-    first pass and then every ``ORPHAN_SWEEP_INTERVAL_S`` and ``TEMPORARY_SWEEP_INTERVAL_S``
-    seconds ``remove_orphans`` and ``remove_stale_temporaries``.
+    """Runs ``reap_stale``, ``end_due_studies`` and ``remove_orphans`` every ``interval``
+    seconds (its sweep for half-created studies on the first pass and then every
+    ``ORPHAN_SWEEP_INTERVAL_S``), and ``remove_stale_temporaries`` on the first pass and
+    then every ``TEMPORARY_SWEEP_INTERVAL_S``.
 
     Args:
         store: The store.
@@ -340,9 +349,10 @@ class Reaper:
                 spare = self.spare() if self.spare is not None else None
                 reaped = reap_stale(self.store, self.grace, spare)
             end_due_studies(self.store)
-            if time.monotonic() >= self._orphans_due:
+            sweep_half_created = time.monotonic() >= self._orphans_due
+            if sweep_half_created:
                 self._orphans_due = time.monotonic() + ORPHAN_SWEEP_INTERVAL_S
-                remove_orphans(self.store)
+            remove_orphans(self.store, sweep_half_created=sweep_half_created)
             if time.monotonic() >= self._sweep_due:
                 self._sweep_due = time.monotonic() + TEMPORARY_SWEEP_INTERVAL_S
                 remove_stale_temporaries(self.store)

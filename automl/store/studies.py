@@ -948,33 +948,11 @@ def finish_deletion(store: Store, study_id: int) -> None:
 
 def _trial_artifacts(connection: sa.engine.Connection, study_id: int) -> list[str]:
     """Every artifact the study's trials record, sorted: their weights attribute and each
-    artifact Optuna's ``upload_artifact`` recorded (weights, model cards).
-
-    Two queries whatever the number of trials (``get_all_artifact_meta`` reads each
-    trial's system attributes in a query of its own).
-    """
-    trials = optuna_rows.trials
-    user_attrs = optuna_rows.trial_user_attributes
-    system_attrs = optuna_rows.trial_system_attributes
-    weights = connection.scalars(
-        sa.select(user_attrs.c.value_json)
-        .join(trials, trials.c.trial_id == user_attrs.c.trial_id)
-        .where(trials.c.study_id == study_id, user_attrs.c.key == attrs.WEIGHTS)
-    )
-    found = {json.loads(value) for value in weights}
-    records = connection.execute(
-        sa.select(system_attrs.c.key, system_attrs.c.value_json)
-        .join(trials, trials.c.trial_id == system_attrs.c.trial_id)
-        .where(
-            trials.c.study_id == study_id,
-            system_attrs.c.key.startswith(OPTUNA_ARTIFACT_ATTR, autoescape=True),
-        )
-    )
-    for key, value in records:
-        if key.startswith(OPTUNA_ARTIFACT_ATTR):  # SQLite's LIKE ignores case
-            # Optuna stores the record's JSON text as the attribute's (JSON) value.
-            found.add(json.loads(json.loads(value))["artifact_id"])
-    return sorted(found)
+    artifact Optuna's ``upload_artifact`` recorded (weights, model cards)."""
+    weights = optuna_rows.trial_attr_values(connection, study_id, attrs.WEIGHTS)
+    keys = optuna_rows.trial_system_attr_keys(connection, study_id, OPTUNA_ARTIFACT_ATTR)
+    # Optuna's key is the prefix and the artifact's id (its value, a JSON record, says so too).
+    return sorted({*weights, *(key.removeprefix(OPTUNA_ARTIFACT_ATTR) for key in keys)})
 
 
 def end_study_if_done(store: Store, study_id: int) -> StudyStatus:

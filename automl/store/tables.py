@@ -221,6 +221,9 @@ def create_tables(engine: sa.engine.Engine) -> None:
     Workers and the API start at once: the changes are made under a lock (SQLite's write
     lock, a PostgreSQL advisory lock) after reading the schema again, and a change that
     fails because another process, holding no such lock, made it first is not an error.
+    Building an index blocks writes to its table until it is built (once per upgrade:
+    seconds for a million tickets). An index that changes shape gets a new name, so that
+    processes of two versions running side by side do not rebuild it back and forth.
     """
     metadata.create_all(engine, checkfirst=True)
     if not _schema_gaps(sa.inspect(engine)):

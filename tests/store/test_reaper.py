@@ -245,6 +245,26 @@ def test_reaper_looks_for_orphans_on_its_first_pass_then_every_few_minutes(
     assert _study_names(store) == set()
 
 
+def test_every_pass_completes_a_deletion_that_a_crash_interrupted(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    reaper = Reaper(store, grace=60, interval=3600)
+    reaper.run_once()  # the first pass, which also sweeps half-created studies
+    study_id = submit_study(store, tiny_spec(name="dying")).id
+    with store.write() as connection:  # as a DELETE request that died midway leaves it
+        connection.execute(
+            tables.studies.update()
+            .where(tables.studies.c.study_id == study_id)
+            .values(status=tables.DELETING)
+        )
+
+    reaper.run_once()
+
+    assert _study_names(store) == set()
+    with store.read() as connection:
+        assert connection.scalar(sa.select(sa.func.count()).select_from(tables.studies)) == 0
+
+
 def test_reaper_waits_a_grace_period_after_gaining_the_database(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
