@@ -173,7 +173,8 @@ class HttpClient:
         try:
             return model.model_validate(self._json(method, path, response))
         except ValidationError:
-            raise self._not_automl(method, path, response, "an answer of another shape") from None
+            why = "an answer of another shape (another automl version?)"
+            raise self._not_automl(method, path, response, why) from None
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         """The JSON answer to a request (None for an empty one)."""

@@ -61,6 +61,7 @@ from automl.registry import UnknownNameError, validation_messages
 from automl.store import (
     RefitResult,
     Store,
+    StudyNotFoundError,
     attrs,
     best_trials,
     get_frozen_trial,
@@ -146,7 +147,10 @@ def serving_trial(store: Store, study_id: int) -> ServingTrial:
     """
     pick = serving_pick(store, study_id)
     if pick is not None:
-        trial = store.reader.get_trial(pick.trial_id)
+        try:
+            trial = store.reader.get_trial(pick.trial_id)
+        except KeyError:  # the study was deleted since the pick
+            raise StudyNotFoundError(study_id) from None
         if pick.refit is None:
             return ServingTrial(study_id, trial, "best_trial")
         return _refit_serving(study_id, trial, pick.refit)

@@ -221,7 +221,8 @@ class Coordinator(Protocol):
 
     def forget_studies(self) -> None:
         """Drops the finished trials ``storage`` keeps of every study (its cache starts
-        empty; a study loaded before must be loaded again). Call it between trials."""
+        empty; a study loaded before must be loaded again). Call it between trials, from
+        the thread that uses ``storage`` (a proxy's client closes the old channel)."""
         ...
 
 

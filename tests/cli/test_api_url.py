@@ -184,7 +184,7 @@ def test_a_json_success_of_another_shape_is_named_not_a_traceback(
     assert code == EXIT_BAD_INPUT
     assert line == (
         f"error: {url} does not answer as an automl API (GET /{path}: HTTP 200 OK, "
-        f"an answer of another shape); {HINT}"
+        f"an answer of another shape (another automl version?)); {HINT}"
     )
 
 

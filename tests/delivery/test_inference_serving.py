@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import pytest
 import sqlalchemy as sa
 
+from automl.delivery import inference
 from automl.delivery.inference import serving_trial
 from automl.spec import StudySpec
 from automl.store import (
@@ -23,6 +24,7 @@ from automl.store import (
     end_study_if_done,
     finish_refit,
     get_frozen_trial,
+    optuna_rows,
     queue_refit,
     resume_study,
     submit_study,
@@ -101,6 +103,24 @@ def test_no_study_and_no_best_trial_are_refused_as_before(
             .values(status=DELETING)
         )
     assert serving_pick(store, study_id) is None
+    with pytest.raises(StudyNotFoundError):
+        serving_trial(store, study_id)
+
+
+def test_a_study_deleted_between_the_pick_and_the_trial_is_not_found(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
+    drive(store, study_id, [0.5])
+    picked = serving_pick(store, study_id)
+    assert picked is not None
+
+    def pick_then_delete(store: Store, study_id: int) -> object:
+        with store.write() as connection:  # what a DELETE finishing meanwhile leaves
+            optuna_rows.delete_study(connection, study_id)
+        return picked
+
+    monkeypatch.setattr(inference, "serving_pick", pick_then_delete)
     with pytest.raises(StudyNotFoundError):
         serving_trial(store, study_id)
 

@@ -52,6 +52,7 @@ from automl.store import (
     tables,
 )
 from automl.worker import SqlCoordinator, Worker, WorkerOptions
+from automl.worker.coordinator import BufferedSqlCoordinator
 from automl.worker.identity import new_worker_id, sampler_seed, training_seed
 from automl.worker.keeper import LeaseKeeper
 from automl.worker.loop import UnusableFolderError
@@ -1076,7 +1077,7 @@ def test_a_worker_forgets_the_finished_trials_of_studies_past_its_cache(
     ]
     worker = Worker(store, _options())
     coordinator = worker.coordinator
-    assert isinstance(coordinator, SqlCoordinator)
+    assert isinstance(coordinator, BufferedSqlCoordinator)
     backends: dict[int, set[int]] = {}
     first_cache: list[weakref.ref[Any]] = []
 
