@@ -105,9 +105,9 @@ def score(coordinator: Coordinator, lease: EvaluationLease, device: str) -> Outc
         if key not in datasets:
             datasets[key] = load_dataset(config.dataset.source, config.dataset.options)
         data = datasets[key]
-        require_trained_classes(trial, data, config.dataset.source, "test metrics not computed")
         if not data.has_test:
             return EvaluationState.SKIPPED, [], no_test_split_note(config.dataset.source)
+        require_trained_classes(trial, data, config.dataset.source, "test metrics not computed")
         state_dict = load_state_dict(trial, coordinator.artifacts)
         report = evaluate_weights(config, state_dict, split="test", data=data, device=device)
         reports.append(

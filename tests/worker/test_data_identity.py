@@ -74,6 +74,25 @@ def test_test_metrics_are_not_computed_on_data_the_trial_did_not_train_on(
     assert "test metrics not computed" in str(raised.value)
 
 
+def test_without_a_test_split_changed_classes_are_no_failure_but_a_skip(
+    sqlite_store: Store, tiny_spec: SpecFactory, pets: Path
+) -> None:
+    """There is nothing to score: the classes do not matter (once a failed evaluation)."""
+    spec = tiny_spec(
+        dataset={"source": "image_folder", "options": {"path": "pets", "size": 8}},
+        budget={"n_trials": 1, "max_failed": 0},
+    )
+    study_id = submit_study(sqlite_store, spec).id
+    _run(sqlite_store, study_id)
+    _rename_class(pets)
+
+    lease = EvaluationLease(study_id, "w1", 2, (0,))
+    state, reports, note = score(SqlCoordinator(sqlite_store), lease, "cpu")
+
+    assert (state, reports) == (EvaluationState.SKIPPED, [])
+    assert note is not None and "test" in note
+
+
 def test_a_refit_refuses_data_the_trial_did_not_train_on(
     sqlite_store: Store, tiny_spec: SpecFactory, pets: Path
 ) -> None:
