@@ -42,11 +42,15 @@ def printable(text: str) -> str:
 
 
 def studies_table(page: Page[StudySummary]) -> str:
-    """One line per study."""
+    """One line per study; a PROJECT column when a study of the page is not in the
+    default project (a key that sees several projects lists them together)."""
+    default = StudySummary.model_fields["project"].default
+    projects = any(s.project != default for s in page.data)
     rows = [
         (
             s.id,
             s.name,
+            *((s.project,) if projects else ()),
             s.status.value,
             f"{s.counts.finished}/{s.n_trials}",
             s.best_value,
@@ -54,8 +58,9 @@ def studies_table(page: Page[StudySummary]) -> str:
         )
         for s in page.data
     ]
+    header = ("ID", "NAME", *(("PROJECT",) if projects else ()), "STATUS", "TRIALS", "BEST")
     shown = f"{len(page.data)} of {page.count} studies"
-    return table(("ID", "NAME", "STATUS", "TRIALS", "BEST", "CREATED"), rows) + f"\n({shown})"
+    return table((*header, "CREATED"), rows) + f"\n({shown})"
 
 
 def study_text(study: StudyDetail) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from automl.cli.output import study_text, table
+from automl.cli.output import studies_table, study_text, table
 from automl.store import StudyStatus
-from automl.store.views import StudyDetail, TrialCounts
+from automl.store.views import Page, StudyDetail, StudySummary, TrialCounts
 
 
 def test_control_characters_in_cells_are_shown_escaped() -> None:
@@ -34,3 +34,29 @@ def test_study_text_counts_cancelled_trials() -> None:
     assert "(complete 1, pruned 0, failed 0; running 0, waiting 0, cancelled 3)" in study_text(
         detail
     )
+
+
+def _summary(study_id: int, project: str) -> StudySummary:
+    return StudySummary.model_construct(
+        id=study_id,
+        name=f"s{study_id}",
+        project=project,
+        status=StudyStatus.QUEUED,
+        n_trials=3,
+        counts=TrialCounts(),
+        best_value=None,
+        created_at=None,
+    )
+
+
+def test_the_studies_table_shows_projects_when_a_study_is_not_in_the_default_one() -> None:
+    alone = studies_table(Page[StudySummary](data=[_summary(1, "default")], count=1))
+    mixed = studies_table(
+        Page[StudySummary](data=[_summary(2, "vision"), _summary(1, "default")], count=2)
+    )
+
+    assert alone.splitlines()[0].split() == ["ID", "NAME", "STATUS", "TRIALS", "BEST", "CREATED"]
+    header, _, first, second, _ = mixed.splitlines()
+    assert header.split()[:4] == ["ID", "NAME", "PROJECT", "STATUS"]
+    assert first.split()[:4] == ["2", "s2", "vision", "queued"]
+    assert second.split()[:4] == ["1", "s1", "default", "queued"]
