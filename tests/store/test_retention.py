@@ -155,11 +155,16 @@ def test_minimize_and_keep_all(store: Store, tiny_spec: SpecFactory) -> None:
     assert _holding(store, every) == [0, 1, 2]
 
 
+def _two_objective_study(store: Store, tiny_spec: SpecFactory) -> int:
+    """Accuracy up, latency down, the weights of the best one kept besides the front."""
+    objectives = [{"metric": "accuracy"}, {"metric": "latency_ms"}]
+    return _submit(store, tiny_spec, objective=None, objectives=objectives, keep_weights=1)
+
+
 def test_multi_objective_keeps_the_pareto_front_plus_the_top_k(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
-    objectives = [{"metric": "accuracy"}, {"metric": "latency_ms"}]  # maximize, minimize
-    study_id = _submit(store, tiny_spec, objective=None, objectives=objectives, keep_weights=1)
+    study_id = _two_objective_study(store, tiny_spec)
     points: Sequence[tuple[float, float]] = [
         (0.90, 5.0),  # 0: front
         (0.80, 2.0),  # 1: front
@@ -180,8 +185,7 @@ def test_multi_objective_keeps_the_pareto_front_plus_the_top_k(
 def test_multi_objective_front_keeps_ties_and_infinities_as_best_trials_has_them(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
-    objectives = [{"metric": "accuracy"}, {"metric": "latency_ms"}]  # maximize, minimize
-    study_id = _submit(store, tiny_spec, objective=None, objectives=objectives, keep_weights=1)
+    study_id = _two_objective_study(store, tiny_spec)
     points: Sequence[tuple[float, float]] = [
         (0.90, 5.0),  # 0: front
         (0.90, 5.0),  # 1: the same values as 0: front too
