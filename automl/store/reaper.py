@@ -267,7 +267,14 @@ def remove_orphans(
                 store.storage.delete_study(study_id)
             removed.append(study_id)
     for study_id in deleting:
-        finish_deletion(store, study_id)
+        try:
+            finish_deletion(store, study_id)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            # One study whose artifacts cannot be removed must not hold up the others.
+            logger.warning("study %s: deletion not completed: %s", study_id, first_line(exc))
+            continue
         removed.append(study_id)
     return removed
 
@@ -319,6 +326,7 @@ class Reaper:
         self._healthy_since: float | None = None
         self._outage_logged = False
         self._orphans_due = -float("inf")
+        self._tidy_failures: dict[str, str] = {}  # the last failure of each clean-up step
         self._sweep_due = -float("inf")
 
     def start(self) -> Reaper:
@@ -338,6 +346,22 @@ class Reaper:
         while not self._stop.wait(self.interval):
             self.run_once()
 
+    def _tidy(self, what: str, step: Callable[[], object]) -> None:
+        """Runs a clean-up step whose own failure (an artifact store that refuses a
+        removal, say) is logged when it starts or changes, and does not end the pass: the
+        reaping of later passes must go on. A storage outage still ends the pass."""
+        try:
+            step()
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            message = first_line(exc)
+            if self._tidy_failures.get(what) != message:
+                logger.warning("reaper: removing %s failed: %s", what, message)
+            self._tidy_failures[what] = message
+            return
+        self._tidy_failures.pop(what, None)
+
     def run_once(self) -> list[Reaped]:
         """One pass; database errors are logged, never raised."""
         try:
@@ -352,10 +376,12 @@ class Reaper:
             sweep_half_created = time.monotonic() >= self._orphans_due
             if sweep_half_created:
                 self._orphans_due = time.monotonic() + ORPHAN_SWEEP_INTERVAL_S
-            remove_orphans(self.store, sweep_half_created=sweep_half_created)
+            self._tidy(
+                "orphans", lambda: remove_orphans(self.store, sweep_half_created=sweep_half_created)
+            )
             if time.monotonic() >= self._sweep_due:
                 self._sweep_due = time.monotonic() + TEMPORARY_SWEEP_INTERVAL_S
-                remove_stale_temporaries(self.store)
+                self._tidy("temporaries", lambda: remove_stale_temporaries(self.store))
         except Exception as exc:
             if not is_transient(exc):
                 logger.exception("reaper pass failed")

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 import automl.store.storage
+import automl.store.studies as studies_module
 from automl.spec import StudySpec
 from automl.store import (
     FailureKind,
@@ -263,6 +264,40 @@ def test_every_pass_completes_a_deletion_that_a_crash_interrupted(
     assert _study_names(store) == set()
     with store.read() as connection:
         assert connection.scalar(sa.select(sa.func.count()).select_from(tables.studies)) == 0
+
+
+def test_a_deletion_that_keeps_failing_holds_up_neither_other_deletions_nor_reaping(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once each pass ended at a study whose artifacts could not be removed (a folder
+    without permission, an S3 refusal), and the reaping waited for a healthy pass."""
+    stuck, other = (submit_study(store, tiny_spec(name=n)).id for n in ("stuck", "other"))
+    with store.write() as connection:
+        connection.execute(
+            tables.studies.update()
+            .where(tables.studies.c.study_id.in_([stuck, other]))
+            .values(status=tables.DELETING)
+        )
+    live = submit_study(store, tiny_spec(name="live")).id
+    lease, _ = start_trial(store, live)
+    _age_heartbeat(store, lease.ticket_id, 120)
+    finish_deletion = studies_module.finish_deletion
+
+    def refused_for_one(store: Store, study_id: int) -> None:
+        if study_id == stuck:
+            raise PermissionError(13, "Permission denied", "automl-artifacts/x")
+        finish_deletion(store, study_id)
+
+    monkeypatch.setattr(studies_module, "finish_deletion", refused_for_one)
+    reaper = Reaper(store, grace=0, interval=3600)
+
+    reaper.run_once()
+    reaped = reaper.run_once()
+
+    assert [r.ticket_id for r in reaped] == [lease.ticket_id]
+    with store.read() as connection:
+        left = connection.scalars(sa.select(tables.studies.c.study_id)).all()
+    assert sorted(left) == [stuck, live]
 
 
 def test_reaper_waits_a_grace_period_after_gaining_the_database(
