@@ -38,8 +38,8 @@ def shown_input(value: object) -> str:
         return "a mapping"
     if isinstance(value, (list, tuple)):
         return "a list"
-    if isinstance(value, str) and len(value) > _SHOWN_CHARS:
-        return json.dumps(value[:_SHOWN_CHARS] + "...")
+    if isinstance(value, str):  # cut before it is escaped: never inside an escape
+        return json.dumps(value[:_SHOWN_CHARS] + "..." if len(value) > _SHOWN_CHARS else value)
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):

@@ -1207,7 +1207,7 @@ def _check_ever_prunes(spec: StudySpec, options: Mapping[str, Any]) -> list[Fiel
     is asked after a trial's last epoch, so a first check at or past it never comes."""
     try:
         epochs = trial_epochs(spec)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return []  # epochs that are no whole number: their own check names them
     for option, (offset, smallest) in WARMUP_OPTIONS.items():
         value = options.get(option)

@@ -766,6 +766,7 @@ def test_an_option_that_fits_no_branch_of_its_union_is_one_error_at_its_path() -
         ("budget.n_trials", "many" * 25, '"' + "many" * 10 + '..."'),
         ("budget.n_trials", 10**60 + 0.5, "1e+60"),
         ("budget.max_failed", -(10**100), "-1" + "0" * 38 + "..."),
+        ("budget.n_trials", "é" * 30, '"' + "\\u00e9" * 30 + '"'),
         ("fixed.precision", "fp64", '"fp64"'),
     ],
 )
@@ -789,6 +790,7 @@ def test_a_wrong_type_or_value_error_shows_the_value_given(
     [
         ({"fixed": {"epochs": "many"}}, "fixed.epochs"),
         ({"fixed": {"epochs": [3]}}, "fixed.epochs"),
+        ({"fixed": {"epochs": float("inf")}}, "fixed.epochs"),
         ({"params": {"epochs": {"type": "categorical", "choices": [2, "x"]}}}, "params.epochs"),
     ],
 )
