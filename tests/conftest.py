@@ -8,6 +8,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -182,3 +183,21 @@ def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     forget_loaded()
     yield root.resolve()
     forget_loaded()
+
+
+@contextmanager
+def recorded_statements(*engines: sqlalchemy.engine.Engine) -> Iterator[list[str]]:
+    """The SQL statements ``engines`` run meanwhile (an engine given twice counts once)."""
+    run: list[str] = []
+    distinct = list({id(engine): engine for engine in engines}.values())
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        run.append(statement)
+
+    for engine in distinct:
+        sqlalchemy.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield run
+    finally:
+        for engine in distinct:
+            sqlalchemy.event.remove(engine, "before_cursor_execute", record)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import pytest
-import sqlalchemy as sa
 
 from automl.delivery import inference
 from automl.delivery.inference import serving_trial
@@ -32,6 +31,7 @@ from automl.store import (
 )
 from automl.store.refits import serving_pick
 from automl.store.tables import DELETING
+from tests.conftest import recorded_statements
 from tests.store.conftest import drive
 
 SpecFactory = Callable[..., StudySpec]
@@ -125,22 +125,9 @@ def test_a_study_deleted_between_the_pick_and_the_trial_is_not_found(
         serving_trial(store, study_id)
 
 
-@contextmanager
-def _statements(store: Store) -> Iterator[list[str]]:
+def _statements(store: Store) -> AbstractContextManager[list[str]]:
     """The SQL statements run on the store's engines meanwhile."""
-    run: list[str] = []
-    engines = {id(engine): engine for engine in (store.engine, store.read_engine)}
-
-    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        run.append(statement)
-
-    for engine in engines.values():
-        sa.event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield run
-    finally:
-        for engine in engines.values():
-            sa.event.remove(engine, "before_cursor_execute", record)
+    return recorded_statements(store.engine, store.read_engine)
 
 
 def test_a_single_objective_request_reads_two_statements_and_the_trial(

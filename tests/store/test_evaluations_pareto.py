@@ -175,32 +175,33 @@ def test_best_trials_of_loads_the_front_trials_only(store: Store, tiny_spec: Spe
     assert [t.user_attrs["index"] for t in best] == front
 
 
-def test_best_trials_of_leaves_out_trials_missing_a_value(
-    store: Store, tiny_spec: SpecFactory
+def _drop_second_value(connection: sa.engine.Connection, trial_id: int) -> None:
+    values = optuna_rows.trial_values
+    connection.execute(
+        values.delete().where(values.c.trial_id == trial_id, values.c.objective == 1)
+    )
+
+
+def _nan_first_value(connection: sa.engine.Connection, trial_id: int) -> None:
+    """A NaN as each backend stores it: SQLite as NULL, PostgreSQL as NaN."""
+    values = optuna_rows.trial_values
+    connection.execute(
+        values.update()
+        .where(values.c.trial_id == trial_id, values.c.objective == 0)
+        .values(value=sa.literal(math.nan, sa.Float), value_type="FINITE")
+    )
+
+
+@pytest.mark.parametrize("spoil", [_drop_second_value, _nan_first_value], ids=["missing", "nan"])
+def test_best_trials_of_leaves_out_a_trial_without_comparable_values(
+    store: Store,
+    tiny_spec: SpecFactory,
+    spoil: Callable[[sa.engine.Connection, int], None],
 ) -> None:
     study_id = _study(store, tiny_spec, 2, [[0.9, 0.5], [0.99, 0.1], [0.8, 0.3]])
     dominant = store.storage.get_trial_id_from_study_id_trial_number(study_id, 1)
-    values = optuna_rows.trial_values
     with store.write() as connection:
-        connection.execute(
-            values.delete().where(values.c.trial_id == dominant, values.c.objective == 1)
-        )
-    best = best_trials_of(store, study_id, ["maximize", "minimize"])
-    assert [t.number for t in best] == [0, 2]
-
-
-def test_best_trials_of_leaves_out_a_nan_value_as_each_backend_stores_it(
-    store: Store, tiny_spec: SpecFactory
-) -> None:
-    study_id = _study(store, tiny_spec, 2, [[0.9, 0.5], [0.99, 0.1], [0.8, 0.3]])
-    dominant = store.storage.get_trial_id_from_study_id_trial_number(study_id, 1)
-    values = optuna_rows.trial_values
-    with store.write() as connection:  # SQLite keeps a NaN as NULL, PostgreSQL as NaN
-        connection.execute(
-            values.update()
-            .where(values.c.trial_id == dominant, values.c.objective == 0)
-            .values(value=sa.literal(math.nan, sa.Float), value_type="FINITE")
-        )
+        spoil(connection, dominant)
     best = best_trials_of(store, study_id, ["maximize", "minimize"])
     assert [t.number for t in best] == [0, 2]
 

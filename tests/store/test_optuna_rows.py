@@ -7,8 +7,6 @@ these tests fail on both backends before anything else does.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +16,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from automl.store import Store, optuna_rows, running_trial_template, tables
+from tests.conftest import recorded_statements
 
 
 def _study(store: Store, name: str, direction: str = "maximize") -> tuple[optuna.Study, int]:
@@ -311,7 +310,7 @@ def test_deleting_a_study_removes_all_its_rows_in_statements_per_table(store: St
     before = _rows_of(store)
     statements: list[int] = []
     for study_id in (small, large):
-        with _counting(store.engine) as counted, store.write() as connection:
+        with recorded_statements(store.engine) as counted, store.write() as connection:
             optuna_rows.delete_study(connection, study_id)
         statements.append(len(counted))
         with store.write() as connection:
@@ -332,18 +331,3 @@ def _rows_of(store: Store) -> dict[str, int]:
     ]
     with store.read() as connection:
         return {name: connection.scalar(sa.text(f"SELECT count(*) FROM {name}")) for name in names}
-
-
-@contextmanager
-def _counting(engine: sa.engine.Engine) -> Iterator[list[str]]:
-    """The statements ``engine`` runs meanwhile."""
-    seen: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
-
-    sa.event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", count)

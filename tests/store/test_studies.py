@@ -7,7 +7,6 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import optuna
 import pytest
@@ -50,6 +49,7 @@ from automl.store import (
     tables,
     write_checkpoint,
 )
+from tests.conftest import recorded_statements
 from tests.store.conftest import drive, end_trial, start_trial
 
 SpecFactory = Callable[..., StudySpec]
@@ -569,44 +569,26 @@ def test_delete_removes_every_artifact_of_the_study_and_no_other(
 
 
 @contextmanager
-def _counting_statements(store: Store) -> Iterator[list[str]]:
+def _counting_statements(store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Records the statements run on the store's engines, leaving out those of removing one
     artifact (the artifact store removes one at a time, and a larger study has more)."""
-    statements: list[str] = []
-    excluded = 0
+    with recorded_statements(store.engine, store.read_engine) as statements:
+        remove = store.artifacts.remove
 
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if not excluded:
-            statements.append(statement)
-
-    def uncounted(method: Callable[[Any], None]) -> Callable[[Any], None]:
-        def call(argument: Any) -> None:
-            nonlocal excluded
-            excluded += 1
+        def uncounted(artifact_id: str) -> None:
+            before = len(statements)
             try:
-                method(argument)
+                remove(artifact_id)
             finally:
-                excluded -= 1
+                del statements[before:]
 
-        return call
-
-    engines = {id(engine): engine for engine in (store.engine, store.read_engine)}.values()
-    for engine in engines:
-        sa.event.listen(engine, "before_cursor_execute", record)
-    patched = [(store.artifacts, "remove")]
-    for owner, name in patched:
-        setattr(owner, name, uncounted(getattr(owner, name)))
-    try:
-        yield statements
-    finally:
-        for owner, name in patched:
-            delattr(owner, name)
-        for engine in engines:
-            sa.event.remove(engine, "before_cursor_execute", record)
+        with monkeypatch.context() as patched:
+            patched.setattr(store.artifacts, "remove", uncounted)
+            yield statements
 
 
 def test_delete_runs_as_many_statements_for_a_large_study_as_for_a_small_one(
-    store: Store, tiny_spec: SpecFactory
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Neither finding what to remove nor removing the study's rows may go trial by trial
     (a 10k-trial study was ~50k queries and Optuna's row-by-row deletion, inside one DELETE
@@ -614,9 +596,9 @@ def test_delete_runs_as_many_statements_for_a_large_study_as_for_a_small_one(
     small, _ = _study_with_artifacts(store, tiny_spec, "small", n_trials=1)
     large, _ = _study_with_artifacts(store, tiny_spec, "large", n_trials=6)
 
-    with _counting_statements(store) as for_small:
+    with _counting_statements(store, monkeypatch) as for_small:
         delete_study(store, small)
-    with _counting_statements(store) as for_large:
+    with _counting_statements(store, monkeypatch) as for_large:
         delete_study(store, large)
 
     assert len(for_large) == len(for_small), "\n".join(for_large)

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from automl.store import normalize_url, tables
-from tests.conftest import store_at
+from tests.conftest import recorded_statements, store_at
 
 ADDED_LATER = (
     "ix_automl_tickets_claim",
@@ -88,18 +88,14 @@ def test_create_tables_changes_nothing_on_a_current_database(
 ) -> None:
     store_at(storage_url, tmp_path).close()
     engine = sa.create_engine(normalize_url(storage_url))
-    statements: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement.strip().split()[0].upper())
-
-    sa.event.listen(engine, "before_cursor_execute", record)
     try:
-        tables.create_tables(engine)
+        with recorded_statements(engine) as run:
+            tables.create_tables(engine)
     finally:
         engine.dispose()
 
-    assert statements and not {"CREATE", "DROP", "ALTER", "BEGIN"} & set(statements)
+    verbs = {statement.strip().split()[0].upper() for statement in run}
+    assert verbs and not {"CREATE", "DROP", "ALTER", "BEGIN"} & verbs
 
 
 def test_processes_starting_at_once_upgrade_an_old_database(
