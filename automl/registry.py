@@ -116,11 +116,15 @@ class AppliesWhen:
         option: The option it depends on (``weighting``).
         values: The values of ``option`` under which it applies (``("effective_number",)``).
         above: Instead of ``values``: it applies only while ``option`` is above this.
+        since: The version of a study's space rules (``automl.spec.SPACE_RULES``) from
+            which the condition holds: a study submitted before keeps sampling the option
+            everywhere, so its conditions and grid cells never change.
     """
 
     option: str
     values: tuple[Any, ...] = ()
     above: float | None = None
+    since: int = 4
 
     def admits(self, value: Any) -> bool:
         """Whether the option applies where ``option`` is ``value``."""
@@ -133,11 +137,17 @@ class AppliesWhen:
             for allowed in self.values
         )
 
-    def describe(self) -> str:
-        """The condition as users read it: ``weighting is effective_number``."""
+    def describe(self, shown: str | None = None) -> str:
+        """The condition as users read it: ``weighting is effective_number``.
+
+        Args:
+            shown: The option's name as the spec writes it (default: ``option``), such as
+                ``mixup.p`` where every entry of a pipeline has a ``p``.
+        """
+        name = shown or self.option
         if self.above is not None:
-            return f"{self.option} is above {self.above:g}"
-        return f"{self.option} is {' or '.join(value_text(v) for v in self.values)}"
+            return f"{name} is above {self.above:g}"
+        return f"{name} is {' or '.join(value_text(v) for v in self.values)}"
 
 
 def value_text(value: Any) -> str:

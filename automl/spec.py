@@ -54,7 +54,8 @@ from automl.train.hyperparameters import (
     default_choices,
     resolve,
 )
-from automl.train.trial_config import SELECTABLE
+from automl.train.optim import SCHEDULERS, ignores_warmup
+from automl.train.trial_config import PIPELINES, SELECTABLE
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 NAME_RULE = "1-100 letters, digits, '-', '_' or '.', starting with a letter or digit"
@@ -296,7 +297,7 @@ PARAM_TYPES: dict[str, type[_Param]] = {
 }
 
 
-SPACE_RULES = 4
+SPACE_RULES = 5
 """The latest version of the rules that read a spec's space (which params apply where).
 A spec stored without ``space_rules`` was submitted under version 1, where an option that
 every choice of a conditional selector has applied even where the selector did not; under
@@ -304,10 +305,21 @@ version 2 the loss and its options applied even in trials whose searched ``imbal
 ``focal``, which replaces the loss; under version 3 an option that its entry's
 ``APPLIES_WHEN`` ties to another option (``freeze_k`` to ``freeze: first_k``) applied
 whatever that option's searched value, and on entries whose fixed or default value of it
-ruled the option out."""
+ruled the option out; under version 4 an augmentation's options applied where its ``p``
+was 0 (``AppliesWhen.since``), and ``warmup_epochs`` where the searched ``scheduler`` warms
+up by itself (``one_cycle``)."""
 
 LOSS_REPLACING_IMBALANCE = "focal"
 """The imbalance strategy that trains with its own loss instead of the configured one."""
+
+WARMUP = "warmup_epochs"
+"""The param that schedules warming up by themselves (``warming_up_schedulers``) ignore."""
+
+
+def warming_up_schedulers() -> set[str]:
+    """The schedulers that rise to the peak learning rate by themselves (``one_cycle``),
+    with their default options: they ignore ``warmup_epochs``."""
+    return {name for name in SCHEDULERS.names() if ignores_warmup(name, {})}
 
 
 class StudySpec(StrictModel):
@@ -460,9 +472,13 @@ class StudySpec(StrictModel):
         for parent, values in needed.items():
             _narrow(conditions, parent, values)
         if hp.group == "loss" and self.space_rules >= 3:
-            kept = self._imbalances_keeping_the_loss()
+            kept = self._searched_choices_except("imbalance", {LOSS_REPLACING_IMBALANCE})
             if kept is not None:
                 _narrow(conditions, "imbalance", kept)
+        if hp.name == WARMUP and self.space_rules >= 5:
+            kept = self._searched_choices_except("scheduler", warming_up_schedulers())
+            if kept is not None:
+                _narrow(conditions, "scheduler", kept)
         return conditions
 
     @cached_property
@@ -488,14 +504,16 @@ class StudySpec(StrictModel):
         its condition names: fixed, searched, or left at the entry's default."""
         options = GROUPS[group].get(entry).options
         rule = options.condition_of(option)
-        if rule is None:
+        if rule is None or rule.since > self.space_rules:
             return APPLIES
         default = options.model_fields[rule.option].get_default()
         section, name = self.option_settings.get((group, rule.option, entry), ("", ""))
         if section == "params":
             return _searched_verdict(rule, name, self.params[name], default)
         if section != "fixed":
-            how = f"{rule.option} is {value_text(default)}, its default"
+            how = (
+                f"{_option_shown(group, entry, rule.option)} is {value_text(default)}, its default"
+            )
             return APPLIES if rule.admits(default) else OptionVerdict(never=how)
         value = self.fixed[name]
         if rule.admits(value):
@@ -517,18 +535,19 @@ class StudySpec(StrictModel):
                 return entries, {parent: list(values)}
         return entries, {}
 
-    def _imbalances_keeping_the_loss(self) -> list[str] | None:
-        """The searched ``imbalance`` choices other than ``focal`` (which replaces the
-        loss), or None when ``imbalance`` is not searched with ``focal``, or is itself
-        conditional: where it does not apply, the default (no strategy) keeps the loss,
-        which a condition on ``imbalance`` would then never let be sampled."""
-        imbalance = self.params.get("imbalance")
-        if not isinstance(imbalance, CategoricalParam) or imbalance.when:
+    def _searched_choices_except(self, selector: str, dropped: set[str]) -> list[str] | None:
+        """The searched choices of ``selector`` other than ``dropped`` (``imbalance:
+        focal`` replaces the loss; ``scheduler: one_cycle`` runs its own warmup), or None
+        when ``selector`` is not searched with one of them, or is itself conditional:
+        where it does not apply, its default trains, which a condition on ``selector``
+        would then never let the dependent param be sampled for."""
+        param = self.params.get(selector)
+        if not isinstance(param, CategoricalParam) or param.when:
             return None
-        choices = [str(choice) for choice in imbalance.choices]
-        if LOSS_REPLACING_IMBALANCE not in choices:
+        choices = [str(choice) for choice in param.choices]
+        if not dropped & set(choices):
             return None
-        return [choice for choice in choices if choice != LOSS_REPLACING_IMBALANCE]
+        return [choice for choice in choices if choice not in dropped]
 
 
 def _searched_verdict(
@@ -998,6 +1017,7 @@ def check_spec(spec: StudySpec, limits: Limits | None = None) -> list[FieldError
         errors += _check_param(spec, name, param) or _check_applies(spec, name)
     errors += _check_one_name_per_option(spec)
     errors += _check_loss_replaced(spec)
+    errors += _check_warmup_ignored(spec)
     errors += _check_cycles(spec)
     errors += [FieldError(loc, message) for loc, message in sample_problems(spec)]
     if not errors:  # configurations are checked against a space known to be sound
@@ -1345,6 +1365,20 @@ def _check_loss_replaced(spec: StudySpec) -> list[FieldError]:
     return [FieldError(loc, message) for loc, hp in _resolved_names(spec) if hp.group == "loss"]
 
 
+def _check_warmup_ignored(spec: StudySpec) -> list[FieldError]:
+    """Refuses ``warmup_epochs`` where every scheduler the study can choose warms up by
+    itself (``one_cycle``): it would be ignored."""
+    if not _warmup_ignored(spec):
+        return []
+    names = ", ".join(spec.chosen["scheduler"])
+    message = f"scheduler {names} warms up by itself, so {WARMUP} would be ignored"
+    return [FieldError(loc, message) for loc, hp in _resolved_names(spec) if hp.name == WARMUP]
+
+
+def _warmup_ignored(spec: StudySpec) -> bool:
+    return set(spec.chosen["scheduler"]) <= warming_up_schedulers()
+
+
 def _check_param(spec: StudySpec, name: str, param: Any) -> list[FieldError]:
     loc: Loc = ("params", name)
     hp = _resolved(spec, loc, name)
@@ -1472,6 +1506,8 @@ def _check_applies(spec: StudySpec, name: str) -> list[FieldError]:
         return []  # reported by the name checks
     if hp.group == "loss" and spec.chosen["imbalance"] == [LOSS_REPLACING_IMBALANCE]:
         return []  # the loss is replaced in every trial: _check_loss_replaced says so
+    if hp.name == WARMUP and _warmup_ignored(spec):
+        return []  # _check_warmup_ignored says so
     never = _never_applies_by_rule(spec, hp)
     if never:
         return [FieldError(("params", name), never)]
@@ -1495,11 +1531,19 @@ def _never_applies_by_rule(spec: StudySpec, hp: Hyperparameter) -> str | None:
 
 def _rule_text(hp: Hyperparameter) -> str:
     """The ``APPLIES_WHEN`` conditions of ``hp``'s entries, as users read them."""
-    rules = [
-        GROUPS[str(hp.group)].get(entry).options.condition_of(str(hp.option))
-        for entry in hp.entries
-    ]
-    return " or ".join(dict.fromkeys(rule.describe() for rule in rules if rule is not None))
+    group = str(hp.group)
+    texts = []
+    for entry in hp.entries:
+        rule = GROUPS[group].get(entry).options.condition_of(str(hp.option))
+        if rule is not None:
+            texts.append(rule.describe(_option_shown(group, entry, rule.option)))
+    return " or ".join(dict.fromkeys(texts))
+
+
+def _option_shown(group: str, entry: str, option: str) -> str:
+    """An entry's option as a spec names it: ``mixup.p`` for a pipeline's entry (every
+    augmentation has a ``p``), else the bare option (``weighting``)."""
+    return f"{entry}.{option}" if group in PIPELINES else option
 
 
 def _never_applies(spec: StudySpec, name: str, hp: Hyperparameter, parent: str) -> str:
@@ -1517,6 +1561,8 @@ def _never_applies(spec: StudySpec, name: str, hp: Hyperparameter, parent: str) 
             f"imbalance: {LOSS_REPLACING_IMBALANCE} replaces the loss, and {name!r} is "
             f"searched only where imbalance is one of {given}, so {name!r} never applies"
         )
+    if hp.name == WARMUP and parent == "scheduler":
+        return f"every scheduler among {given} warms up by itself, so {name!r} never applies"
     if parent == hp.group and hp.option is not None:
         entries = ", ".join(hp.entries)
         return (

@@ -204,6 +204,51 @@ def test_grid_cells_count_an_option_only_where_it_applies() -> None:
     assert old.conditions("freeze_k") == old.conditions("backbone_lr_mult") == {}
 
 
+MAGNITUDE = {"type": "categorical", "choices": [3, 9, 15]}
+
+
+def test_an_augmentation_option_beside_its_p_of_zero_is_refused() -> None:
+    # Found by exploratory testing: mixup.alpha was sampled and recorded in every trial
+    # while mixup.p stayed at its default 0, which turns mixup off.
+    alpha = {"type": "float", "low": 0.1, "high": 1.0}
+    assert spec_errors({"params": {"mixup.alpha": alpha}}) == {
+        "params.mixup.alpha": "'mixup.alpha' applies only where mixup.p is above 0 (mixup.p "
+        "is 0.0, its default), so it never applies"
+    }
+    fixed = {"randaugment.p": 0.0, "randaugment.magnitude": 20}
+    assert spec_errors({"fixed": fixed}) == {
+        "fixed.randaugment.magnitude": "'randaugment.magnitude' applies only where "
+        "randaugment.p is above 0 (randaugment.p is fixed at 0.0), so it never applies"
+    }
+    fixed["randaugment.p"] = 0.5
+    assert load_spec({"name": "x", "fixed": fixed}).fixed == fixed
+    # A range of p holds values above 0 almost everywhere: the option is searched throughout.
+    params = {"mixup.p": {"type": "float", "low": 0.0, "high": 1.0}, "mixup.alpha": alpha}
+    assert load_spec({"name": "x", "params": params}).conditions("mixup.alpha") == {}
+
+
+def test_an_augmentation_option_is_searched_only_where_its_p_is_above_zero() -> None:
+    params = {"randaugment.p": {"type": "categorical", "choices": [0.0, 1.0]}}
+    params["randaugment.magnitude"] = MAGNITUDE
+    spec = load_spec({"name": "x", "params": params})
+    assert spec.conditions("randaugment.magnitude") == {"randaugment.p": [1.0]}
+    for trial_params, _ in random_trials(spec):
+        applies = trial_params["randaugment.p"] > 0
+        assert ("randaugment.magnitude" in trial_params) == applies, trial_params
+    grid = load_spec(
+        {"name": "x", "sampler": {"name": "grid"}, "budget": {"n_trials": 4}, "params": params}
+    )
+    # p = 0 is one configuration, not one per magnitude it ignores.
+    assert list(iter_cells(grid)) == [
+        {"randaugment.p": 0.0},
+        *({"randaugment.p": 1.0, "randaugment.magnitude": m} for m in (3, 9, 15)),
+    ]
+    # A study submitted before the rule keeps the cells its tickets were issued by.
+    old = stored_under(grid, 4)
+    assert grid_size(old) == 6
+    assert old.conditions("randaugment.magnitude") == {}
+
+
 def test_an_enqueued_config_must_give_the_option_its_condition_names() -> None:
     params = {"freeze": {"type": "categorical", "choices": ["none", "first_k"]}}
     params["freeze_k"] = FREEZE_K
@@ -232,7 +277,8 @@ DECLARED = {
         for source in ("image_folder", "image_csv", "frame_sequences")
     },
 }
-"""Every declared condition: entry -> option -> the option it depends on."""
+"""Every declared condition: entry -> option -> the option it depends on (augmentations,
+whose every option but ``p`` depends on ``p``, apart)."""
 
 
 def test_the_declared_conditions_are_named_in_their_descriptions() -> None:
@@ -240,6 +286,12 @@ def test_the_declared_conditions_are_named_in_their_descriptions() -> None:
     for kind, registry in REGISTRIES.items():
         for entry in registry.entries():
             rules = entry.options.APPLIES_WHEN
+            if kind == "augmentations":
+                assert {name: rule.option for name, rule in rules.items()} == {
+                    name: "p" for name in entry.options.model_fields if name != "p"
+                }, entry.name
+                assert "apply nowhere" in str(entry.options.model_fields["p"].description)
+                continue
             if rules:
                 declared[(kind, entry.name)] = {name: rule.option for name, rule in rules.items()}
             for name, rule in rules.items():

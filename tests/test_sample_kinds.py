@@ -92,7 +92,7 @@ def test_what_fits_clips_is_accepted() -> None:
                 "model": "frame_rnn",
                 "imbalance": "oversample",
                 "erasing.p": 0,
-                "mixup.alpha": 0.2,  # its p is 0 by default: it never runs
+                "mixup.p": 0,  # it never runs
             },
             "params": {"loss": {"type": "categorical", "choices": ["cross_entropy", "focal"]}},
         }

@@ -1760,6 +1760,37 @@ def test_a_loss_param_that_only_focal_imbalances_would_use_is_refused() -> None:
     assert all("replaces the loss (set its focal_gamma" in e.msg for e in errors), errors
 
 
+def test_warmup_beside_a_scheduler_that_warms_up_by_itself_is_refused() -> None:
+    # Found by exploratory testing: one_cycle ignores warmup_epochs, which was accepted,
+    # sampled and recorded all the same.
+    message = "scheduler one_cycle warms up by itself, so warmup_epochs would be ignored"
+    [error] = spec_errors({"name": "x", "fixed": {"scheduler": "one_cycle", "warmup_epochs": 1.0}})
+    assert (error.path, error.msg) == ("fixed.warmup_epochs", message)
+    warmup = {"type": "float", "low": 0.0, "high": 2.0}
+    [error] = spec_errors(
+        {"name": "x", "fixed": {"scheduler": "one_cycle"}, "params": {"warmup_epochs": warmup}}
+    )
+    assert (error.path, error.msg) == ("params.warmup_epochs", message)
+    schedulers = {"type": "categorical", "choices": ["one_cycle", "cosine"]}
+    only_one_cycle = {**warmup, "when": {"scheduler": "one_cycle"}}
+    [error] = spec_errors(
+        {"name": "x", "params": {"scheduler": schedulers, "warmup_epochs": only_one_cycle}}
+    )
+    assert error.msg == (
+        "every scheduler among ['one_cycle'] warms up by itself, so 'warmup_epochs' never applies"
+    )
+
+
+def test_warmup_is_searched_only_where_the_scheduler_does_not_warm_up_by_itself() -> None:
+    schedulers = {"type": "categorical", "choices": ["one_cycle", "cosine", "linear"]}
+    params = {"scheduler": schedulers, "warmup_epochs": {"type": "float", "low": 0.0, "high": 2.0}}
+    spec = load_spec({"name": "x", "params": params})
+    assert spec.conditions("warmup_epochs") == {"scheduler": ["cosine", "linear"]}
+    assert spec.param_order() == ["scheduler", "warmup_epochs"]
+    stored = spec.model_dump(mode="json") | {"space_rules": 4}
+    assert StudySpec.model_validate_json(json.dumps(stored)).conditions("warmup_epochs") == {}
+
+
 def test_a_conditional_imbalance_implies_nothing_for_the_loss() -> None:
     """Where a conditional imbalance does not apply, no strategy trains and the loss
     counts: a condition on imbalance would never let the loss be sampled there."""

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from pydantic import Field
 
-from automl.registry import EntryOptions, Registry
+from automl.registry import AppliesWhen, EntryOptions, Registry
 
 Augment = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 """``augment(images, targets, generator) -> (images, targets)``; targets are class indices
@@ -49,9 +49,24 @@ plugins' entries run after them, by name."""
 
 
 class AugmentOptions(EntryOptions):
-    """Base of every augmentation's options."""
+    """Base of every augmentation's options. Each option but ``p`` applies only where ``p``
+    is above 0 (set on every subclass: a study searches or fixes them only there)."""
 
-    p: float = Field(0.0, ge=0, le=1, description="Share of images it applies to; 0 is off.")
+    p: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of images it applies to; 0 is off (its other options then apply "
+        "nowhere: a study searches them only where p is above 0).",
+    )
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Ties every option of the subclass to ``p`` before the rules are checked."""
+        cls.APPLIES_WHEN = {
+            name: AppliesWhen("p", above=0, since=5) for name in cls.model_fields if name != "p"
+        }
+        super().__pydantic_init_subclass__(**kwargs)
 
 
 Constant = tuple[Any, ...]
