@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from automl.models.base import MODELS, InputShape
-from automl.models.transfer import LoadReport, TransferOptions, apply_transfer
+from automl.models.transfer import TransferOptions, apply_transfer
 from automl.registry import EntryOptions
 
 
@@ -37,9 +37,9 @@ def build_model_with_report(
     options: Mapping[str, Any] | EntryOptions | None,
     input_shape: InputShape,
     num_classes: int,
-) -> tuple[nn.Module, LoadReport | None]:
-    """``build_model``, and what loading its pretrained weights did (None without
-    ``pretrained``), for the trial's notes.
+) -> tuple[nn.Module, dict[str, str]]:
+    """``build_model``, and notes for the trial on what its transfer options did
+    (``apply_transfer``: the pretrained load, a ``freeze_k`` cut to the model's stages).
 
     Raises:
         UnknownNameError: If ``name`` is not registered.
@@ -50,5 +50,5 @@ def build_model_with_report(
     entry = MODELS.get(name)
     parsed = options if isinstance(options, entry.options) else entry.parse_options(options)  # type: ignore[arg-type]
     model = entry.factory(parsed, tuple(input_shape), num_classes)
-    report = apply_transfer(model, parsed) if isinstance(parsed, TransferOptions) else None
-    return model, report
+    notes = apply_transfer(model, parsed) if isinstance(parsed, TransferOptions) else {}
+    return model, notes

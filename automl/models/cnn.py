@@ -1,4 +1,5 @@
-"""A small configurable CNN: ``depth`` conv blocks, widths doubling from ``width``."""
+"""A small configurable CNN: ``depth`` conv blocks, widths doubling from ``width`` up to
+``MAX_WIDTH``."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ from automl.models.transfer import TransferOptions
 from automl.registry import EntryOptions
 
 MAX_WIDTH = 512
+"""The most channels a conv block of ``cnn`` or ``cnn_rnn`` has: later blocks stop doubling."""
+
+WIDTH_DESCRIPTION = (
+    f"Channels of the first conv block; each later block doubles them, up to {MAX_WIDTH}."
+)
 
 
 class _CnnShape(EntryOptions):
     """The ``cnn`` architecture's own options (listed before the transfer ones)."""
 
-    width: int = Field(32, ge=1, le=512, description="Channels of the first conv block.")
+    width: int = Field(32, ge=1, le=MAX_WIDTH, description=WIDTH_DESCRIPTION)
     depth: int = Field(2, ge=1, le=8, description="Number of conv blocks.")
     kernel_size: int = Field(3, ge=1, le=11, description="Side of each conv kernel.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
@@ -55,7 +61,7 @@ def conv_block(
 
 @MODELS.register("cnn", options=CnnOptions)
 def build_cnn(opts: CnnOptions, input_shape: InputShape, num_classes: int) -> nn.Module:
-    """A small configurable CNN: conv blocks with doubling widths, global pooling, linear head.
+    """A small configurable CNN: conv blocks doubling in width up to 512, global pooling, head.
 
     Each block halves the spatial size while it is at least 4 pixels, so the same builder
     fits 8x8 digits and 224x224 photos.

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from automl.models.base import MODELS, InputShape, classifier
-from automl.models.cnn import MAX_WIDTH, conv_block
+from automl.models.cnn import MAX_WIDTH, WIDTH_DESCRIPTION, conv_block
 from automl.models.rnn import RecurrentOptions, SequenceReader
 
 MAX_ROWS = 4
@@ -18,7 +18,7 @@ MAX_ROWS = 4
 class CnnRnnOptions(RecurrentOptions):
     """Options of ``cnn_rnn``: its conv blocks and its recurrent part."""
 
-    width: int = Field(32, ge=1, le=512, description="Channels of the first conv block.")
+    width: int = Field(32, ge=1, le=MAX_WIDTH, description=WIDTH_DESCRIPTION)
     depth: int = Field(2, ge=1, le=8, description="Number of conv blocks.")
 
 

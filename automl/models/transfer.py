@@ -396,7 +396,12 @@ class TransferOptions(EntryOptions):
     freeze: FreezeMode = Field(
         "none", description="Train everything, only the head, or not the first k stages."
     )
-    freeze_k: int = Field(1, ge=0, le=16, description="Stages frozen by freeze: first_k.")
+    freeze_k: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="Stages frozen by freeze: first_k (all of them where the model has fewer).",
+    )
     backbone_lr_mult: float = Field(
         1.0,
         ge=0,
@@ -405,24 +410,29 @@ class TransferOptions(EntryOptions):
     )
 
 
-def apply_transfer(model: nn.Module, options: TransferOptions) -> LoadReport | None:
+def apply_transfer(model: nn.Module, options: TransferOptions) -> dict[str, str]:
     """Loads ``options.pretrained`` into ``model`` (the head stays new, a grayscale input
-    gets summed RGB filters) and freezes what ``options.freeze`` says.
+    gets summed RGB filters) and freezes what ``options.freeze`` says. A ``freeze_k`` above
+    the model's stages (``depth`` searched beside it) freezes them all.
 
     Returns:
-        What the load did, or None without ``pretrained``.
+        Notes for the trial: ``pretrained`` (what the load did) and ``freeze_k`` (where it
+        froze fewer stages than asked), each only where it applies.
 
     Raises:
         CheckpointError: If the checkpoint cannot be read or fits none of the backbone.
-        ValueError: If ``freeze_k`` exceeds the model's stages.
     """
-    report = None
+    notes = {}
     if options.pretrained:
         state = load_checkpoint(options.pretrained)
         report = load_pretrained(model, state, source=options.pretrained)
         logger.info("pretrained: %s", report.summary())
-    stages = len(backbone_stages(model))
-    if options.freeze == "first_k" and options.freeze_k > stages:
-        raise ValueError(f"freeze_k is {options.freeze_k}, but the model has {stages} stages")
-    freeze(model, options.freeze, options.freeze_k)
-    return report
+        notes["pretrained"] = report.summary()
+    k = options.freeze_k
+    if options.freeze == "first_k":
+        stages = len(backbone_stages(model))
+        if k > stages:
+            notes["freeze_k"] = f"{k} is more than the model's {stages} stages: froze all {stages}"
+            k = stages
+    freeze(model, options.freeze, k)
+    return notes

@@ -198,10 +198,38 @@ def valid_names(chosen: Chosen) -> list[str]:
 
 
 def _unknown_message(name: str, chosen: Chosen) -> str:
+    not_chosen = _not_chosen_message(name, chosen)
+    if not_chosen is not None:
+        return not_chosen
     valid = valid_names(chosen)
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown hyperparameter {name!r}{hint}; valid choices: {', '.join(valid)}"
+
+
+def _not_chosen_message(name: str, chosen: Chosen) -> str | None:
+    """Why a bare option of entries the study cannot choose is refused (``beta1`` while
+    the optimizer is ``sgd``), or None when no selectable entry declares ``name``: a name
+    that exists is no typo, so the message points at the selector instead."""
+    owners = {
+        group: [entry.name for entry in registry.entries() if name in entry.options.model_fields]
+        for group, registry in SELECTABLE.items()
+    }
+    owners = {group: entries for group, entries in owners.items() if entries}
+    if not owners:
+        return None
+    of = " and of ".join(
+        f"{group} {', '.join(sorted(entries))}" for group, entries in owners.items()
+    )
+    can = "; ".join(
+        f"{group}: {', '.join(sorted(chosen.get(group, ()))) or 'none'}" for group in owners
+    )
+    selectors = " or ".join(repr(group) for group in owners)
+    one = "it" if sum(map(len, owners.values())) == 1 else "one of them"
+    return (
+        f"{name!r} is an option of {of}, which this study cannot choose ({can}); "
+        f"fix or search {selectors} to include {one}, or drop {name!r}"
+    )
 
 
 def config_data(

@@ -90,7 +90,8 @@ class TrainResult:
     validation or test images (``no_validation_images``, ``no_test_images``); whether
     ``warmup_epochs`` was ignored (``warmup``, for a schedule that warms up by itself);
     what a ``pretrained`` checkpoint loaded (``pretrained``); the arithmetic of a run under
-    autocast (``autocast``: ``bf16`` or ``fp16``)."""
+    autocast (``autocast``: ``bf16`` or ``fp16``); a ``batch_size`` larger than an epoch's
+    images, which trained with one batch of the whole epoch (``batch_size``)."""
     stopped_early: bool = False
     """Whether ``patience`` epochs passed without a better monitored metric."""
     best_epoch: int = 0
@@ -190,7 +191,7 @@ def train(
     accel = Accelerator.for_device(device, len(data.input_shape), config.precision)
 
     torch.manual_seed(config.seed)
-    model, loaded = build_model_with_report(
+    model, model_notes = build_model_with_report(
         config.model.name, config.model.options, data.input_shape, data.num_classes
     )
     model = accel.model(model)
@@ -382,10 +383,11 @@ def train(
         notes["compile"] = (
             "compiled" if runner.compiled else f"failed, trained eagerly: {runner.failure}"
         )
-    if loaded is not None:
-        notes["pretrained"] = loaded.summary()
+    notes |= model_notes
     if accel.dtype is not None:  # the scores are those of reduced-precision arithmetic
         notes["autocast"] = AUTOCAST_NAMES.get(accel.dtype, str(accel.dtype))
+    if batch_size < config.batch_size:
+        notes["batch_size"] = _batch_size_note(config.batch_size, batch_size)
 
     return TrainResult(
         metrics=metrics,
@@ -460,6 +462,12 @@ def _unscored_classes(data: ImageData) -> dict[str, list[str]]:
         if missing:
             notes[key] = missing
     return notes
+
+
+def _batch_size_note(configured: int, used: int) -> str:
+    """Why a run trained with batches smaller than its config's: an epoch had fewer images
+    (e.g. under ``undersample``), so 256 and 1024 trained alike."""
+    return f"cut from {configured} to {used}, the images in one epoch"
 
 
 def _graph_note(graphed: GraphedStep) -> str:

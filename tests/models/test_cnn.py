@@ -7,6 +7,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from automl.catalog import describe_registry
 from automl.models import build_model
 from automl.models.cnn import MAX_WIDTH
 from automl.train import TrialConfig
@@ -52,6 +53,17 @@ def test_cnn_widths_double_per_block_and_cap() -> None:
     assert conv_widths(model) == [8, 16, 32, 64]
     capped = cnn((1, 8, 8), 10, width=256, depth=3)
     assert conv_widths(capped) == [256, MAX_WIDTH, MAX_WIDTH]
+
+
+@pytest.mark.parametrize("name", ["cnn", "cnn_rnn"])
+def test_the_width_cap_is_in_the_description_the_catalog_lists(name: str) -> None:
+    """``width: 300, depth: 3`` builds [300, 512, 512]: "doubling" alone hid the cap."""
+    model = build_model(name, {"width": 300, "depth": 3}, (1, 8, 8), 10)
+    assert conv_widths(model) == [300, MAX_WIDTH, MAX_WIDTH]
+    entry = next(entry for entry in describe_registry("models") if entry["name"] == name)
+    width = next(option for option in entry["options"] if option["name"] == "width")
+    assert f"doubles them, up to {MAX_WIDTH}" in width["description"]
+    assert width["range"]["le"] == MAX_WIDTH
 
 
 def test_cnn_pools_only_while_the_image_is_large_enough() -> None:

@@ -171,6 +171,25 @@ def test_frozen_backbone_stays_fixed_while_the_head_trains(roots: tuple[Path, Pa
     assert head.weight.requires_grad
 
 
+@pytest.mark.parametrize("precise_bn", [0, 256])
+def test_a_frozen_backbone_keeps_its_weights_but_not_its_batch_norm_statistics(
+    precise_bn: int,
+) -> None:
+    """What the README says of ``freeze: backbone``: freezing stops gradients, and the
+    running statistics follow the training data (recomputed too, under ``precise_bn``)."""
+    data = load_dataset("digits")
+    values = {"epochs": 1, "width": 4, "depth": 1, "batch_size": 64, "freeze": "backbone"}
+    config = flat_config({**values, "precise_bn": precise_bn})
+    torch.manual_seed(config.seed)
+    initial = build_model(
+        config.model.name, config.model.options, data.input_shape, data.num_classes
+    ).state_dict()
+    trained = train(config, data=data).state_dict
+    backbone = [name for name in initial if name.startswith("0.")]
+    moved = {name for name in backbone if not torch.equal(trained[name], initial[name])}
+    assert moved == {"0.0.1.running_mean", "0.0.1.running_var", "0.0.1.num_batches_tracked"}
+
+
 def test_param_groups_scale_the_backbone_lr() -> None:
     model = cnn(3, 10)
     freeze(model, "none")
@@ -294,3 +313,27 @@ def test_unreadable_checkpoints_say_why(roots: tuple[Path, Path]) -> None:
     for name, message in cases.items():
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(name)
+
+
+def test_a_freeze_k_above_the_model_s_stages_freezes_them_all_and_says_so() -> None:
+    # Found by exploratory testing: freeze_k searched beside depth failed every trial whose
+    # k exceeded its depth (an error counted towards max_failed).
+    full = load_dataset("digits")
+    small = ImageData(
+        full.train_x[:64],
+        full.train_y[:64],
+        full.val_x[:32],
+        full.val_y[:32],
+        full.classes,
+        full.mean,
+        full.std,
+        "digits-64",
+    )
+    values = {"epochs": 1, "width": 4, "depth": 2, "freeze": "first_k", "freeze_k": 3}
+    result = train(flat_config(values), data=small)
+    assert result.notes["freeze_k"] == "3 is more than the model's 2 stages: froze all 2"
+    within = train(flat_config({**values, "freeze_k": 2}), data=small)
+    assert "freeze_k" not in within.notes
+    # Both froze every stage: the same seed trains the same head to the same scores.
+    scores = [{k: v for k, v in h.items() if "latency" not in k} for h in result.history]
+    assert scores == [{k: v for k, v in h.items() if "latency" not in k} for h in within.history]

@@ -152,6 +152,18 @@ def test_pad_crop_shifts_exactly(fill: str) -> None:
         assert any(matches)
 
 
+def test_reflect_pad_crop_acts_as_side_minus_one_as_its_description_says() -> None:
+    """On 8x8 images pads 7, 10 and 30 shift alike: a mirror reaches 7 pixels at most."""
+    images = batch((1, 8, 8))
+    shifted = [
+        build("pad_crop", pad=pad, fill="reflect")(images, torch.zeros(16), generator())[0]
+        for pad in (7, 10, 30)
+    ]
+    assert torch.equal(shifted[0], shifted[1]) and torch.equal(shifted[0], shifted[2])
+    description = AUGMENTATIONS.get("pad_crop").options.model_fields["pad"].description
+    assert "with fill: reflect at most the image's side minus 1" in (description or "")
+
+
 def test_affine_without_motion_and_resized_crop_of_everything_are_identities() -> None:
     images = batch((3, 12, 12))
     targets = torch.zeros(16, dtype=torch.int64)

@@ -76,7 +76,15 @@ def resized_crop(opts: ResizedCropOptions, num_classes: int) -> Augment:
 class PadCropOptions(AugmentOptions):
     """Options of ``pad_crop``."""
 
-    pad: int = Field(4, ge=1, le=64, description="Pixels added on each side before cropping.")
+    pad: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description=(
+            "Pixels added on each side before cropping; with fill: reflect at most the "
+            "image's side minus 1 (a larger pad acts as side - 1)."
+        ),
+    )
     fill: Literal["reflect", "zeros"] = Field(
         "reflect", description="What the padding shows: the mirrored image or black."
     )
@@ -90,6 +98,7 @@ def pad_crop(opts: PadCropOptions, num_classes: int) -> Augment:
         images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n, channels, height, width = images.shape
+        # A mirror cannot reach past the image: reflect padding needs pad < side.
         pad = min(opts.pad, height - 1, width - 1) if opts.fill == "reflect" else opts.pad
         if pad < 1:
             return images, targets
