@@ -30,6 +30,9 @@ HISTORY = PREFIX + "history"
 PER_CLASS = PREFIX + "per_class"
 CONFUSION = PREFIX + "confusion"
 CLASSES = PREFIX + "classes"  # class names in index order: the confusion matrix's labels
+# The identity of the data the trial trained on (classes, sample shape, images per class
+# and split: ``automl.worker.data_identity``), recorded once loaded.
+DATA = PREFIX + "data"
 NOTES = PREFIX + "notes"  # what the training run reports besides metrics (gan_train_seconds)
 # The epoch whose weights and metrics the trial kept (restore_best: the best one).
 BEST_EPOCH = PREFIX + "best_epoch"

@@ -127,6 +127,7 @@ def train(
     device: str | torch.device = "cpu",
     should_stop: Callable[[], bool] | None = None,
     data: ImageData | None = None,
+    on_data: Callable[[ImageData], None] | None = None,
     artifacts: ArtifactCache | None = None,
     monitor: str = "accuracy",
     direction: Direction | None = None,
@@ -156,6 +157,8 @@ def train(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         should_stop: Polled after every batch; returning True raises ``TrainingInterrupted``.
         data: Preloaded data; by default ``config.dataset`` is loaded (cached per process).
+        on_data: Called with the data (as loaded, on the CPU) before anything trains; the
+            worker checks there that it is the study's. What it raises ends the run.
         artifacts: Where strategies keep what they train once (the ``gan`` generator);
             by default a folder under ``AUTOML_CACHE_DIR``.
         monitor: The metric that ``config.patience`` and ``config.restore_best`` watch
@@ -186,6 +189,8 @@ def train(
     device = resolve_device(device)
     if data is None:
         data = load_dataset(config.dataset.source, config.dataset.options)
+    if on_data is not None:
+        on_data(data)
     dataset = data  # as loaded (on the CPU), for what the caller records about the input
     data = data.to(device)
     accel = Accelerator.for_device(device, len(data.input_shape), config.precision)

@@ -1,15 +1,28 @@
-"""Scoring a trial's weights sees the classes the trial trained on.
+"""A study's trials train, and are scored, on one dataset.
+
+Workers on several machines each read their own copy of an image folder, and a folder can
+change while a study runs; trials trained on other data would be compared (by the
+sampler, the pruner and the best-trial choice) as if they were not. Each trial records
+the identity of the data it trained on (``automl.data``: ``DataIdentity``); the data of
+the study's lowest-numbered trial that recorded one is the study's, and a trial whose
+data differs fails, saying how (``require_study_data``).
 
 Test-split scoring and refits load the study's dataset again, maybe long after the trial
 trained. Class indices follow the sorted class names, so a class renamed, added or
 removed since then would give every label another meaning (a renamed class once scored
 0). The trial's ``automl.classes`` attribute records its classes in index order.
 
-Only the classes are compared: fingerprints include file times, which differ between
-copies of the same data on different machines.
+Neither compares fingerprints: they include file times, which differ between copies of
+the same data on different machines.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from optuna.trial import FrozenTrial
 
@@ -43,6 +56,111 @@ def require_trained_classes(trial: FrozenTrial, data: ImageData, source: str, do
         f"({_names(trained)} then, {_names(data.classes)} now): {doing}; restore the class "
         "folders or submit a new study"
     )
+
+
+@dataclass(frozen=True)
+class DataIdentity:
+    """What identifies a dataset on any machine: its classes in index order, its sample
+    shape and how many images of each class each split holds (``digest``), with the
+    totals for messages. File times and paths are left out (copies differ in them), and
+    so are pixel values (JPEG decoders of different versions differ in a few).
+
+    Attributes:
+        digest: A hash of the classes, the sample shape and the per-class counts.
+        classes: How many classes.
+        images: Images per split (``train``, ``val``, ``test``).
+    """
+
+    digest: str
+    classes: int
+    images: dict[str, int]
+
+    @classmethod
+    def of(cls, data: ImageData) -> DataIdentity:
+        """The identity of ``data`` as loaded."""
+        splits = {"train": data.train_y, "val": data.val_y, "test": data.test_y}
+        counts = {
+            split: [] if labels is None else labels.bincount(minlength=data.num_classes).tolist()
+            for split, labels in splits.items()
+        }
+        described = {
+            "classes": list(data.classes),
+            "shape": list(data.input_shape),
+            "counts": counts,
+        }
+        digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+        return cls(
+            digest=digest[:32],
+            classes=data.num_classes,
+            images={split: sum(split_counts) for split, split_counts in counts.items()},
+        )
+
+    @classmethod
+    def from_record(cls, value: Any) -> DataIdentity | None:
+        """The identity a trial recorded (``record``), or None for none or another shape."""
+        try:
+            return cls(str(value["digest"]), int(value["classes"]), dict(value["images"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def record(self) -> dict[str, Any]:
+        """The trial attribute (``automl.data``)."""
+        return {"digest": self.digest, "classes": self.classes, "images": self.images}
+
+    def describe(self) -> str:
+        """``10 classes, 1437/360/0 train/val/test images``."""
+        counts = "/".join(str(self.images.get(split, 0)) for split in SPLITS)
+        return f"{self.classes} classes, {counts} train/val/test images"
+
+
+SPLITS = ("train", "val", "test")
+
+
+def require_study_data(
+    trial_number: int, trials: Sequence[FrozenTrial], mine: DataIdentity, source: str
+) -> None:
+    """Checks that ``mine``, the data of trial ``trial_number``, is the data the study
+    trains on: the data of its lowest-numbered trial that recorded one. Two trials that
+    load other data at once both pass a check at their start; the higher-numbered one
+    fails the check before it reports. The message names the trial that defines the data
+    and its worker.
+
+    Raises:
+        DataChangedError: If it differs.
+    """
+    reference = _reference(trial_number, trials)
+    if reference is None:
+        return
+    theirs, trial = reference
+    if theirs.digest == mine.digest:
+        return
+    worker = trial.user_attrs.get(attrs.WORKER)
+    where = f" (worker {worker})" if worker else ""
+    same = (
+        " (the same totals, other classes or images per class)"
+        if (theirs.describe() == mine.describe())
+        else ""
+    )
+    raise DataChangedError(
+        f"dataset {source!r} here is not what trial {trial.number}{where} trained on: "
+        f"{mine.describe()} here, {theirs.describe()} there{same}; a study compares its "
+        "trials on one dataset: give this worker the same data, or submit a new study"
+    )
+
+
+def _reference(
+    trial_number: int, trials: Sequence[FrozenTrial]
+) -> tuple[DataIdentity, FrozenTrial] | None:
+    """The identity recorded by the lowest-numbered trial, if it is numbered below
+    ``trial_number`` (else that trial defines the study's data)."""
+    found: tuple[DataIdentity, FrozenTrial] | None = None
+    for trial in trials:
+        if trial.number >= trial_number or (found and found[1].number < trial.number):
+            continue
+        identity = DataIdentity.from_record(trial.user_attrs.get(attrs.DATA))
+        if identity is not None:
+            found = identity, trial
+    return found
 
 
 def _names(classes: list[str] | tuple[str, ...]) -> str:

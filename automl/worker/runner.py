@@ -51,6 +51,7 @@ from automl.train.checkpoint import TrainState
 from automl.train.loop import TrainingDiverged
 from automl.train.trial_config import TrialConfig
 from automl.worker.coordinator import Coordinator, CoordinatorTooOldError
+from automl.worker.data_identity import DataIdentity, require_study_data
 from automl.worker.identity import training_seed
 from automl.worker.keeper import LeaseKeeper
 from automl.worker.shared_cache import SharedArtifactCache
@@ -191,6 +192,8 @@ class _Attempt:
         self.uploaded: list[str] = []  # artifacts only the trial's buffered writes name
         self.disk_full = False
         """The last checkpoint was given up on a full disk: the next ones try once, quietly."""
+        self.data_identity: DataIdentity | None = None
+        """The identity of the data the trial trains on, once loaded."""
 
     # --- the attempt -------------------------------------------------------------------------
 
@@ -281,6 +284,7 @@ class _Attempt:
                 monitor=self.spec.metrics[0],
                 direction=self.spec.directions[0],  # type: ignore[arg-type]
                 artifacts=SharedArtifactCache(self.coordinator.artifacts),
+                on_data=self._check_data,
             )
             return self._report_result(result, config)
         except (ResultRejectedError, UpdateFinishedTrialError) as exc:
@@ -306,6 +310,24 @@ class _Attempt:
                 return self._give_back(FailureKind.INTERRUPTED, _describe(exc))
             logger.debug("trial %s failed", trial.number, exc_info=True)
             return self._fail(FailureKind.ERROR, _describe(exc))
+
+    def _check_data(self, data: ImageData) -> None:
+        """Ends the trial unless ``data`` is the study's data (``require_study_data``),
+        then records what it is."""
+        self.data_identity = DataIdentity.of(data)
+        self._require_study_data()
+        self._set_attr(attrs.DATA, self.data_identity.record())
+
+    def _require_study_data(self) -> None:
+        identity, trial = self.data_identity, self.trial
+        if identity is None or trial is None:
+            return
+        study_id = self.lease.study_id
+        trials = self.ctx.persist(
+            lambda: self.coordinator.storage.get_all_trials(study_id, deepcopy=False),
+            "reading the study's trials",
+        )
+        require_study_data(trial.number, trials, identity, self.spec.dataset.source)
 
     def _record_params(self) -> None:
         assert self.trial is not None
@@ -383,6 +405,8 @@ class _Attempt:
         }
         if result.notes:
             results[attrs.NOTES] = result.notes
+        # Again: a lower-numbered trial on other data may have recorded it since the start.
+        self._require_study_data()
         values: list[float] = []
         keep_weights = True
         if not result.pruned:

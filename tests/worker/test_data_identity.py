@@ -1,4 +1,5 @@
-"""Test scores and refits of a trial see the classes it trained on."""
+"""A study's trials train on one dataset; test scores and refits of a trial see the
+classes it trained on."""
 
 from __future__ import annotations
 
@@ -6,19 +7,27 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
+from automl.data import load_dataset
 from automl.spec import StudySpec
 from automl.store import (
     EvaluationLease,
     EvaluationState,
     RefitLease,
     Store,
+    attrs,
     best_trials,
+    get_frozen_trial,
+    list_trials,
+    rerun_failed,
+    resume_study,
     submit_study,
 )
 from automl.worker import SqlCoordinator, Worker, WorkerOptions
-from automl.worker.data_identity import DataChangedError
+from automl.worker.data_identity import DataChangedError, DataIdentity, require_study_data
 from automl.worker.evaluator import score
 from automl.worker.refitter import refit
 from tests.data.conftest import write_class_folder
@@ -105,3 +114,71 @@ def test_a_refit_refuses_data_the_trial_did_not_train_on(
     with pytest.raises(DataChangedError, match=r"changed since trial 0 trained .*: not refitted"):
         refit(SqlCoordinator(sqlite_store), lease, "cpu", written)
     assert written == []  # nothing trained or written
+
+
+# --- one dataset per study ------------------------------------------------------------------
+
+
+def _move_one_image(data_root: Path, source: str, target: str) -> Path:
+    """Moves one image of class ``source`` into ``target``: the same classes and totals."""
+    image = sorted((data_root / "pets" / source).iterdir())[0]
+    return Path(shutil.move(image, data_root / "pets" / target / f"moved-{image.name}"))
+
+
+def test_a_trial_on_other_data_than_the_study_s_fails_saying_how(
+    sqlite_store: Store, tiny_spec: SpecFactory, pets: Path
+) -> None:
+    # Workers on several machines read their own copy of a folder; a trial on another
+    # copy (or on the folder after it changed) was compared with the others as if equal.
+    spec = tiny_spec(
+        dataset={"source": "image_folder", "options": {"path": "pets", "size": 8}},
+        budget={"n_trials": 1, "max_failed": 5},
+    )
+    study_id = submit_study(sqlite_store, spec).id
+    _run(sqlite_store, study_id)
+    first = get_frozen_trial(sqlite_store, study_id, 0)
+    recorded = DataIdentity.from_record(first.user_attrs[attrs.DATA])
+    assert recorded is not None and recorded.images == {"train": 16, "val": 4, "test": 0}
+
+    moved = _move_one_image(pets, "cat", "dog")
+    resume_study(sqlite_store, study_id, 1)
+    _run(sqlite_store, study_id)
+    second = get_frozen_trial(sqlite_store, study_id, 1)
+    assert second.state == TrialState.FAIL
+    assert second.user_attrs[attrs.FAILURE] == "error"
+    error = second.user_attrs[attrs.ERROR]
+    assert "DataChangedError: dataset 'image_folder' here is not what trial 0 (worker " in error
+    assert (
+        "2 classes, 16/4/0 train/val/test images here, 2 classes, 16/4/0 train/val/test images "
+        "there (the same totals, other classes or images per class)" in error
+    )
+    assert attrs.DATA not in second.user_attrs  # the study's data stays trial 0's
+
+    # The data restored, the failed trial runs again and completes.
+    shutil.move(moved, pets / "pets" / "cat" / moved.name.removeprefix("moved-"))
+    rerun_failed(sqlite_store, study_id)
+    _run(sqlite_store, study_id)
+    states = [trial.state for trial in list_trials(sqlite_store, study_id).data]
+    assert states == ["complete", "fail", "complete"]
+
+
+def _trial(number: int, data: object = None) -> optuna.trial.FrozenTrial:
+    user_attrs = {attrs.WORKER: f"w{number}"} | ({} if data is None else {attrs.DATA: data})
+    trial = optuna.trial.create_trial(value=0.5, user_attrs=user_attrs)
+    trial.number = number
+    return trial
+
+
+def test_the_lowest_numbered_trial_s_data_is_the_study_s(data_root: Path) -> None:
+    """Two trials that load other data at once both pass the first check: the one with
+    the higher number fails at its second, before it reports a result."""
+    write_class_folder(data_root / "pets", {"cat": 10, "dog": 10})
+    mine = DataIdentity.of(load_dataset("image_folder", {"path": "pets", "size": 8}))
+    other = DataIdentity(digest="0" * 32, classes=3, images={"train": 9, "val": 3, "test": 0})
+    trials = [_trial(2, mine.record()), _trial(1, other.record()), _trial(0, {"shape": "x"})]
+
+    require_study_data(1, trials, other, "image_folder")  # trial 2 comes after it
+    with pytest.raises(DataChangedError, match=r"not what trial 1 \(worker w1\) trained on"):
+        require_study_data(2, trials, mine, "image_folder")
+    require_study_data(3, [trials[0]], mine, "image_folder")
+    require_study_data(1, [_trial(0), _trial(2)], mine, "image_folder")  # none recorded one
