@@ -7,7 +7,10 @@ a 500: reads have already been retried briefly by the store.
 from __future__ import annotations
 
 import logging
+import math
 import re
+import threading
+import time
 from typing import Any
 
 import sqlalchemy
@@ -30,9 +33,12 @@ from automl.store import (
     WeightsNotFoundError,
     is_transient,
 )
-from automl.store.faults import first_line
+from automl.store.faults import LOG_INTERVAL_S, first_line
 
 logger = logging.getLogger("automl.api")
+
+UNAVAILABLE = "storage unavailable, try again later"
+"""The body of a 503 while the database cannot be reached."""
 
 
 class PayloadTooLargeError(ValueError):
@@ -144,6 +150,36 @@ def _printable(value: str | int) -> str | int:
     return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
 
 
+class OutageLog:
+    """Reports a database outage once per ``interval`` seconds, with the number of requests
+    it failed since the last report: an outage fails every request at once, and a line
+    per request would bury the log.
+
+    Args:
+        interval: Seconds between two reports.
+    """
+
+    def __init__(self, interval: float = LOG_INTERVAL_S) -> None:
+        self.interval = interval
+        self._failed = 0
+        self._last = -math.inf
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> None:
+        """Counts one request that ``exc`` failed, and reports when one is due."""
+        with self._lock:
+            self._failed += 1
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                return
+            self._last, failed, self._failed = now, self._failed, 0
+        logger.warning(
+            "storage unavailable: %d request(s) answered 503 since the last report: %s",
+            failed,
+            first_line(exc),
+        )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Registers the handlers on ``app``."""
 
@@ -190,10 +226,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _too_large(_: Request, exc: PayloadTooLargeError) -> JSONResponse:
         return _detail(413, str(exc))
 
+    outage = OutageLog()
+
     @app.exception_handler(StorageError)
     async def _storage(_: Request, exc: StorageError) -> JSONResponse:
-        logger.error("storage error: %s", exc)
-        return _detail(503, str(exc))
+        if exc.transient:
+            outage.failed(exc)
+            return _detail(503, UNAVAILABLE)
+        logger.warning("storage error: %s", exc)
+        # Its first clause ("storage schema missing"): the driver's text names hosts and
+        # ports, which the log keeps and an unauthenticated /health does not show.
+        return _detail(503, str(exc).split(":", 1)[0])
 
     # Database faults surface as SQLAlchemy errors, or wrapped in Optuna's; handled here
     # (not by the catch-all below, which the server would also log as a crash).
@@ -202,8 +245,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StorageUnavailableError)
     async def _database(_: Request, exc: Exception) -> JSONResponse:
         if is_transient(exc):  # the database is down, restarting or dropped the connection
-            logger.error("storage unavailable: %s", first_line(exc))
-            return _detail(503, "storage unavailable, try again later")
+            outage.failed(exc)
+            return _detail(503, UNAVAILABLE)
         logger.exception("database error", exc_info=exc)
         return _detail(500, "internal server error")
 

@@ -145,9 +145,11 @@ def _backend(url: str) -> str | None:
         return None
 
 
-def _open_store_waiting(settings: Settings) -> Store:
-    """Opens the store, waiting (with backoff) while the database is unreachable."""
-    backoff = Backoff(logging.getLogger("automl.worker"))
+def _open_store_waiting(settings: Settings, logger_name: str = "automl.worker") -> Store:
+    """Opens the store, waiting (with backoff, logged to ``logger_name``) while the
+    database is unreachable; a refusal that waiting cannot fix (a database or role that is
+    not there, a wrong password) raises at once."""
+    backoff = Backoff(logging.getLogger(logger_name))
     while True:
         try:
             return open_store(settings, create=True)
@@ -259,10 +261,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _store_checked_for_exposure(settings: Settings) -> Store:
-    """The store, once ``check_exposure`` allowed serving on ``settings.host``."""
+    """The store, once ``check_exposure`` allowed serving on ``settings.host``; waits for
+    a database that is unreachable at start (restarting, or the network not up yet), as
+    workers do, rather than take ``automl up`` down with it."""
     from automl.cli.exposure import check_exposure
 
-    store = open_store(settings, create=True)
+    store = _open_store_waiting(settings, "automl.api")
     try:
         check_exposure(settings, store)
     except CliError:

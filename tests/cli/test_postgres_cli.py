@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ from automl.config import Settings
 from automl.store import normalize_url
 from automl.store.storage import redact
 from tests.cli.local_store import READ_ONLY_COMMANDS
-from tests.conftest import tiny_spec_data
+from tests.conftest import free_port, tiny_spec_data, wait_healthy
+from tests.netproxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
 
@@ -117,3 +119,27 @@ def test_a_read_only_command_on_a_database_that_is_not_there_is_exit_2(
     assert main(["status", "--storage", storage]) == EXIT_BAD_INPUT
     [line] = capsys.readouterr().err.splitlines()
     assert line.endswith('database "automl_no_such_database" does not exist')
+
+
+def test_serve_waits_for_a_database_that_is_unreachable_at_start(postgres_url: str) -> None:
+    # Found by exploratory testing: `automl serve` and `automl up` exited at once on a
+    # database blip at start, while workers waited for it.
+    server = sqlalchemy.engine.make_url(postgres_url)
+    with TcpProxy(server.host or "127.0.0.1", server.port or 5432) as proxy:
+        proxy.cut()
+        port = free_port()
+        command = [sys.executable, "-m", "automl", "serve", "--port", str(port)]
+        env = {key: value for key, value in os.environ.items() if not key.startswith("AUTOML_")}
+        env["AUTOML_STORAGE"] = proxy.url_for(postgres_url)
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+        )
+        try:
+            time.sleep(4)
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            proxy.restore()
+            wait_healthy(f"http://127.0.0.1:{port}", process, lambda: "", timeout_s=60)
+        finally:
+            process.terminate()
+            _, stderr = process.communicate(timeout=30)
+    assert "storage unavailable while opening the store" in stderr, stderr
