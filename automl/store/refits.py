@@ -245,13 +245,16 @@ def _end(
 
 
 def read_refit(connection: sa.engine.Connection, study_id: int) -> RefitView | None:
-    """Where the study's refit stands, with its latest result (None if never asked for)."""
+    """Where the study's refit stands (None if never asked for), with its result once
+    ``done``: a refit queued again (the study was resumed and found a better trial) shows
+    none until it is done, not the result of the one before, which no longer serves."""
     row = connection.execute(
         sa.select(tables.refits).where(tables.refits.c.study_id == study_id)
     ).first()
     if row is None:
         return None
-    result = None if row.result is None else RefitResult.from_json(json.loads(row.result))
+    done = row.state == RefitState.DONE and row.result is not None
+    result = RefitResult.from_json(json.loads(row.result)) if done else None
     return RefitView(
         state=RefitState(row.state),
         note=row.note,

@@ -243,7 +243,10 @@ def test_a_refit_of_a_trial_no_longer_best_is_not_served_and_can_be_asked_again(
     assert end_study_if_done(store, study_id) == StudyStatus.COMPLETED
     assert best_trials(store, study_id).trials[0].number == 1
     assert served_refit(store, study_id) is None  # trial 0's refit no longer serves
-    assert queue_refit(store, study_id).state == RefitState.QUEUED  # asked anew for trial 1
+    queued = queue_refit(store, study_id)  # asked anew for trial 1
+    assert queued.state == RefitState.QUEUED
+    # Not trial 0's result, which no longer serves (found by exploratory testing).
+    assert (queued.trial, queued.test_metrics, queued.epochs) == (None, None, None)
     lease = claim_refit(store, "w1")
     assert lease is not None and lease.trial_number == 1
 
