@@ -54,7 +54,7 @@ from automl.train.hyperparameters import (
     default_choices,
     resolve,
 )
-from automl.train.optim import SCHEDULERS, ignores_warmup
+from automl.train.optim import ignores_warmup
 from automl.train.trial_config import PIPELINES, SELECTABLE
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -313,13 +313,18 @@ LOSS_REPLACING_IMBALANCE = "focal"
 """The imbalance strategy that trains with its own loss instead of the configured one."""
 
 WARMUP = "warmup_epochs"
-"""The param that schedules warming up by themselves (``warming_up_schedulers``) ignore."""
+"""The param that a schedule rising to the peak by itself (``warms_up``) ignores."""
 
 
-def warming_up_schedulers() -> set[str]:
-    """The schedulers that rise to the peak learning rate by themselves (``one_cycle``),
-    with their default options: they ignore ``warmup_epochs``."""
-    return {name for name in SCHEDULERS.names() if ignores_warmup(name, {})}
+def warms_up(scheduler: str) -> bool:
+    """Whether the schedule ``scheduler`` rises to the peak learning rate by itself
+    (``one_cycle``) with its default options, so that it ignores ``warmup_epochs``. A
+    schedule that cannot be built with its defaults (a plugin's required option) counts
+    as one that does not: its own checks report it where the spec chooses it."""
+    try:
+        return ignores_warmup(scheduler, {})
+    except Exception:  # a plugin's factory: any failure means "cannot tell"
+        return False
 
 
 class StudySpec(StrictModel):
@@ -472,11 +477,13 @@ class StudySpec(StrictModel):
         for parent, values in needed.items():
             _narrow(conditions, parent, values)
         if hp.group == "loss" and self.space_rules >= 3:
-            kept = self._searched_choices_except("imbalance", {LOSS_REPLACING_IMBALANCE})
+            kept = self._searched_choices_except(
+                "imbalance", lambda name: name == LOSS_REPLACING_IMBALANCE
+            )
             if kept is not None:
                 _narrow(conditions, "imbalance", kept)
         if hp.name == WARMUP and self.space_rules >= 5:
-            kept = self._searched_choices_except("scheduler", warming_up_schedulers())
+            kept = self._searched_choices_except("scheduler", warms_up)
             if kept is not None:
                 _narrow(conditions, "scheduler", kept)
         return conditions
@@ -535,8 +542,10 @@ class StudySpec(StrictModel):
                 return entries, {parent: list(values)}
         return entries, {}
 
-    def _searched_choices_except(self, selector: str, dropped: set[str]) -> list[str] | None:
-        """The searched choices of ``selector`` other than ``dropped`` (``imbalance:
+    def _searched_choices_except(
+        self, selector: str, dropped: Callable[[str], bool]
+    ) -> list[str] | None:
+        """The searched choices of ``selector`` but those ``dropped`` picks (``imbalance:
         focal`` replaces the loss; ``scheduler: one_cycle`` runs its own warmup), or None
         when ``selector`` is not searched with one of them, or is itself conditional:
         where it does not apply, its default trains, which a condition on ``selector``
@@ -545,9 +554,8 @@ class StudySpec(StrictModel):
         if not isinstance(param, CategoricalParam) or param.when:
             return None
         choices = [str(choice) for choice in param.choices]
-        if not dropped & set(choices):
-            return None
-        return [choice for choice in choices if choice not in dropped]
+        kept = [choice for choice in choices if not dropped(choice)]
+        return None if len(kept) == len(choices) else kept
 
 
 def _searched_verdict(
@@ -1368,7 +1376,8 @@ def _check_loss_replaced(spec: StudySpec) -> list[FieldError]:
 def _check_warmup_ignored(spec: StudySpec) -> list[FieldError]:
     """Refuses ``warmup_epochs`` where every scheduler the study can choose warms up by
     itself (``one_cycle``): it would be ignored."""
-    if not _warmup_ignored(spec):
+    named = any(hp.name == WARMUP for _, hp in _resolved_names(spec))
+    if not named or not _warmup_ignored(spec):
         return []
     names = ", ".join(spec.chosen["scheduler"])
     message = f"scheduler {names} warms up by itself, so {WARMUP} would be ignored"
@@ -1376,7 +1385,8 @@ def _check_warmup_ignored(spec: StudySpec) -> list[FieldError]:
 
 
 def _warmup_ignored(spec: StudySpec) -> bool:
-    return set(spec.chosen["scheduler"]) <= warming_up_schedulers()
+    """Whether every scheduler the study can choose warms up by itself."""
+    return all(warms_up(name) for name in spec.chosen["scheduler"])
 
 
 def _check_param(spec: StudySpec, name: str, param: Any) -> list[FieldError]:

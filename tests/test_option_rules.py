@@ -22,6 +22,8 @@ from automl.samplers import SAMPLERS
 from automl.sampling import grid_size, iter_cells
 from automl.space import suggest
 from automl.spec import SpecError, StudySpec, load_spec, validate_spec
+from automl.train.augment.base import AugmentOptions
+from automl.train.optim import SCHEDULERS
 from tests.conftest import tiny_spec_data
 from tests.data.conftest import write_class_folder
 
@@ -366,3 +368,32 @@ def test_a_split_fraction_beside_the_split_s_own_folder_is_refused(data_root: Pa
     assert error.msg.startswith("'val_fraction' applies only where val_path is null")
     dataset = {"source": "image_folder", "options": given}
     assert validate_spec(tiny_spec_data(dataset=dataset)).dataset.options == given
+
+
+def test_an_augmentation_keeps_a_rule_it_declares_itself() -> None:
+    class _ModedOptions(AugmentOptions):
+        APPLIES_WHEN: ClassVar = {"strength": AppliesWhen("mode", ("b",))}
+        mode: str = Field("a", description="A mode.")
+        strength: float = Field(0.5, description="Only with mode b.")
+
+    rules = _ModedOptions.APPLIES_WHEN
+    assert rules["strength"] == AppliesWhen("mode", ("b",))
+    assert rules["mode"] == AppliesWhen("p", above=0, since=5)
+
+
+def test_a_plugin_schedule_without_defaults_breaks_no_other_spec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whether a schedule warms up by itself is read by building it with its defaults:
+    one that cannot be built so counts as one that does not."""
+
+    class _PeriodOptions(EntryOptions):
+        period: int = Field(description="Required: no default.")
+
+    entry = Entry("periodic", lambda options: lambda progress: 1.0, _PeriodOptions, "A test.")
+    monkeypatch.setitem(SCHEDULERS._entries, "periodic", entry)
+    assert load_spec({"name": "x", "fixed": {"lr": 0.01}}).fixed == {"lr": 0.01}
+    warmup = {"type": "float", "low": 0.0, "high": 1.0}
+    scheduler = {"type": "categorical", "choices": ["periodic", "one_cycle"]}
+    spec = load_spec({"name": "x", "params": {"scheduler": scheduler, "warmup_epochs": warmup}})
+    assert spec.conditions("warmup_epochs") == {"scheduler": ["periodic"]}

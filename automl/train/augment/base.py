@@ -50,7 +50,8 @@ plugins' entries run after them, by name."""
 
 class AugmentOptions(EntryOptions):
     """Base of every augmentation's options. Each option but ``p`` applies only where ``p``
-    is above 0 (set on every subclass: a study searches or fixes them only there)."""
+    is above 0 (set on every subclass: a study searches or fixes them only there); a rule
+    a subclass declares itself for an option replaces that one."""
 
     p: float = Field(
         0.0,
@@ -63,9 +64,12 @@ class AugmentOptions(EntryOptions):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         """Ties every option of the subclass to ``p`` before the rules are checked."""
+        declared = cls.__dict__.get("APPLIES_WHEN", {})
         cls.APPLIES_WHEN = {
-            name: AppliesWhen("p", above=0, since=5) for name in cls.model_fields if name != "p"
-        }
+            name: declared.get(name, AppliesWhen("p", above=0, since=5))
+            for name in cls.model_fields
+            if name != "p"
+        } | declared
         super().__pydantic_init_subclass__(**kwargs)
 
 
