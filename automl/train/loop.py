@@ -91,7 +91,8 @@ class TrainResult:
     ``warmup_epochs`` was ignored (``warmup``, for a schedule that warms up by itself);
     what a ``pretrained`` checkpoint loaded (``pretrained``); the arithmetic of a run under
     autocast (``autocast``: ``bf16`` or ``fp16``); a ``batch_size`` larger than an epoch's
-    images, which trained with one batch of the whole epoch (``batch_size``)."""
+    images, which trained with one batch of the whole epoch (``batch_size``); a
+    ``freeze_k`` above the model's stages, which froze them all (``freeze_k``)."""
     stopped_early: bool = False
     """Whether ``patience`` epochs passed without a better monitored metric."""
     best_epoch: int = 0

@@ -34,10 +34,11 @@ class DataChangedError(Exception):
     """The data is not what a trial trained on."""
 
 
-def require_trained_classes(trial: FrozenTrial, data: ImageData, source: str, doing: str) -> None:
-    """Checks that ``data`` has the classes ``trial`` trained on, in the same order.
+def require_trained_data(trial: FrozenTrial, data: ImageData, source: str, doing: str) -> None:
+    """Checks that ``data`` has the classes ``trial`` trained on, in the same order, and
+    (where the trial recorded it) is the data it trained on (``DataIdentity``).
 
-    A trial that recorded no classes passes.
+    A trial that recorded neither passes.
 
     Args:
         trial: The trained trial.
@@ -46,16 +47,26 @@ def require_trained_classes(trial: FrozenTrial, data: ImageData, source: str, do
         doing: What was about to happen, for the message (``"test metrics not computed"``).
 
     Raises:
-        DataChangedError: If the classes differ.
+        DataChangedError: If the classes or the data differ.
     """
     trained = trial.user_attrs.get(attrs.CLASSES)
-    if trained is None or list(trained) == list(data.classes):
-        return
-    raise DataChangedError(
-        f"the classes of dataset {source!r} changed since trial {trial.number} trained "
-        f"({_names(trained)} then, {_names(data.classes)} now): {doing}; restore the class "
-        "folders or submit a new study"
-    )
+    if trained is not None and list(trained) != list(data.classes):
+        raise DataChangedError(
+            f"the classes of dataset {source!r} changed since trial {trial.number} trained "
+            f"({_names(trained)} then, {_names(data.classes)} now): {doing}; restore the class "
+            "folders or submit a new study"
+        )
+    recorded = DataIdentity.from_record(trial.user_attrs.get(attrs.DATA))
+    now = DataIdentity.of(data) if recorded is not None else None
+    if recorded is not None and now is not None and recorded.digest != now.digest:
+        raise DataChangedError(
+            f"dataset {source!r} changed since trial {trial.number} trained "
+            f"({recorded.describe()} then, {now.describe()} now): {doing}; restore the data "
+            "or submit a new study"
+        )
+
+
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -69,11 +80,13 @@ class DataIdentity:
         digest: A hash of the classes, the sample shape and the per-class counts.
         classes: How many classes.
         images: Images per split (``train``, ``val``, ``test``).
+        shape: One sample's shape, ``(C, H, W)`` (empty when recorded before it was).
     """
 
     digest: str
     classes: int
     images: dict[str, int]
+    shape: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, data: ImageData) -> DataIdentity:
@@ -93,27 +106,32 @@ class DataIdentity:
             digest=digest[:32],
             classes=data.num_classes,
             images={split: sum(split_counts) for split, split_counts in counts.items()},
+            shape=tuple(data.input_shape),
         )
 
     @classmethod
     def from_record(cls, value: Any) -> DataIdentity | None:
         """The identity a trial recorded (``record``), or None for none or another shape."""
         try:
-            return cls(str(value["digest"]), int(value["classes"]), dict(value["images"]))
-        except (KeyError, TypeError, ValueError):
+            shape = tuple(int(size) for size in value.get("shape", ()))
+            return cls(str(value["digest"]), int(value["classes"]), dict(value["images"]), shape)
+        except (AttributeError, KeyError, TypeError, ValueError):
             return None
 
     def record(self) -> dict[str, Any]:
         """The trial attribute (``automl.data``)."""
-        return {"digest": self.digest, "classes": self.classes, "images": self.images}
+        return {
+            "digest": self.digest,
+            "classes": self.classes,
+            "images": self.images,
+            "shape": list(self.shape),
+        }
 
     def describe(self) -> str:
-        """``10 classes, 1437/360/0 train/val/test images``."""
+        """``10 classes of 1x8x8 images, 1437/360/0 train/val/test``."""
         counts = "/".join(str(self.images.get(split, 0)) for split in SPLITS)
-        return f"{self.classes} classes, {counts} train/val/test images"
-
-
-SPLITS = ("train", "val", "test")
+        shape = "x".join(map(str, self.shape)) or "?"
+        return f"{self.classes} classes of {shape} images, {counts} train/val/test"
 
 
 def require_study_data(

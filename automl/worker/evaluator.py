@@ -29,7 +29,7 @@ from automl.store.faults import first_line
 from automl.train.evaluation import evaluate_weights
 from automl.train.trial_config import stored_config
 from automl.worker.coordinator import Coordinator
-from automl.worker.data_identity import require_trained_classes
+from automl.worker.data_identity import require_trained_data
 
 logger = logging.getLogger("automl.worker")
 
@@ -107,7 +107,7 @@ def score(coordinator: Coordinator, lease: EvaluationLease, device: str) -> Outc
         data = datasets[key]
         if not data.has_test:
             return EvaluationState.SKIPPED, [], no_test_split_note(config.dataset.source)
-        require_trained_classes(trial, data, config.dataset.source, "test metrics not computed")
+        require_trained_data(trial, data, config.dataset.source, "test metrics not computed")
         state_dict = load_state_dict(trial, coordinator.artifacts)
         report = evaluate_weights(config, state_dict, split="test", data=data, device=device)
         reports.append(

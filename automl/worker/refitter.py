@@ -45,7 +45,7 @@ from automl.train import TrainingInterrupted, train
 from automl.train.evaluation import evaluate_weights
 from automl.train.trial_config import TrialConfig
 from automl.worker.coordinator import Coordinator
-from automl.worker.data_identity import require_trained_classes
+from automl.worker.data_identity import require_trained_data
 from automl.worker.evaluator import describe
 from automl.worker.shared_cache import SharedArtifactCache
 
@@ -154,7 +154,7 @@ def refit(
     trial = storage.get_trial(trial_id)
     config = trial_config(trial)
     data = load_dataset(config.dataset.source, config.dataset.options)
-    require_trained_classes(trial, data, config.dataset.source, "not refitted")
+    require_trained_data(trial, data, config.dataset.source, "not refitted")
     if not data.has_test:
         note = f"dataset {config.dataset.source!r} has no test split to score a refit on"
         return RefitState.FAILED, None, note

@@ -149,8 +149,8 @@ def test_a_trial_on_other_data_than_the_study_s_fails_saying_how(
     error = second.user_attrs[attrs.ERROR]
     assert "DataChangedError: dataset 'image_folder' here is not what trial 0 (worker " in error
     assert (
-        "2 classes, 16/4/0 train/val/test images here, 2 classes, 16/4/0 train/val/test images "
-        "there (the same totals, other classes or images per class)" in error
+        "2 classes of 3x8x8 images, 16/4/0 train/val/test here, 2 classes of 3x8x8 images, "
+        "16/4/0 train/val/test there (the same totals, other classes or images per class)" in error
     )
     assert attrs.DATA not in second.user_attrs  # the study's data stays trial 0's
 
@@ -182,3 +182,16 @@ def test_the_lowest_numbered_trial_s_data_is_the_study_s(data_root: Path) -> Non
         require_study_data(2, trials, mine, "image_folder")
     require_study_data(3, [trials[0]], mine, "image_folder")
     require_study_data(1, [_trial(0), _trial(2)], mine, "image_folder")  # none recorded one
+
+
+def test_a_refit_refuses_images_moved_since_the_trial_trained(
+    sqlite_store: Store, tiny_spec: SpecFactory, pets: Path
+) -> None:
+    """The same class names, other images per class: not the data the trial trained on."""
+    study_id = submit_study(sqlite_store, _folder_spec(tiny_spec, 1)).id
+    _run(sqlite_store, study_id)
+    _move_one_image(pets, "cat", "dog")
+
+    lease = RefitLease(study_id, "w1", 1, 0)
+    with pytest.raises(DataChangedError, match=r"changed since trial 0 trained .*: not refitted"):
+        refit(SqlCoordinator(sqlite_store), lease, "cpu", [])
