@@ -13,17 +13,28 @@ best trial, or the first of the Pareto front):
 - ``predict.py``: classifies image files with onnxruntime (or torch), numpy and Pillow.
 
 An export that fails is left out and the card says why; the bundle then still holds the
-other one. Built on request, in a second or two for automl's small models, from what the
-trial stored (configuration, weights, classes, input statistics): the training data is not
-read, so a study's bundle builds the same after its dataset moved or was removed. Only a
-trial from before ``automl.input`` was recorded loads its dataset for the card's input.
+other one. Built from what the trial stored (configuration, weights, classes, input
+statistics), in a second or two for automl's small models: the training data is not read,
+so a study's bundle builds the same after its dataset moved or was removed. Only a trial
+from before ``automl.input`` was recorded loads its dataset for the card's input.
+
+``build_bundle`` builds anew on every call (the CLI's local download). A serving process
+asks ``BUNDLES`` (a ``BundleCache``) instead, which builds a model's bundle once: every
+build traces the model again, and each trace leaks its TorchScript classes in PyTorch's
+process-wide tables for good; nor are two builds byte-identical (TorchScript numbers its
+classes per process). Its bundles are keyed by everything that decides their content (see
+``BundleCache``), so a new best trial, a refit or test metrics recorded later (which change
+the card) build a new one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import threading
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +51,16 @@ from automl.delivery.export import (
     export_onnx,
     export_torchscript,
 )
-from automl.delivery.inference import ModelUnavailableError, error_text, serving_trial
-from automl.store import Store, get_study, load_state_dict
+from automl.delivery.inference import (
+    ModelUnavailableError,
+    ServingTrial,
+    error_text,
+    serving_trial,
+)
+from automl.store import Store, attrs, get_study, load_state_dict
 from automl.store.artifacts import weights_bytes
 from automl.train.evaluation import restore_model
+from automl.train.trial_config import TrialConfig
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
@@ -54,6 +71,12 @@ PREDICT_SOURCE = Path(__file__).with_name("bundle_predict.py")
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 """Every member's timestamp, so a member changes only with its content (the TorchScript file
 alone differs between exports of one model: torch names its modules per process)."""
+BUNDLE_CACHE_SIZE = 8
+"""Bundles a serving process keeps (the least recently used is dropped)."""
+BUNDLE_CACHE_BYTES = 512 * 2**20
+"""The most bytes of bundles it keeps; a larger bundle is served but not kept."""
+
+Key = tuple[object, ...]
 
 
 @dataclass(frozen=True)
@@ -67,6 +90,7 @@ class Bundle:
             for a refit model).
         data: The zip file.
         card: Its model card.
+        digest: The SHA-256 of ``data``, in hex (the API's ``ETag``).
     """
 
     study_id: int
@@ -74,10 +98,33 @@ class Bundle:
     filename: str
     data: bytes
     card: dict[str, Any]
+    digest: str
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a study's bundle is built from, read from the store without building it.
+
+    Attributes:
+        serving: The trial whose model the bundle holds.
+        config: Its configuration.
+        model_in: What its model takes (``trial_input``).
+        card: Its model card, without what the build adds (export libraries, ``bundle``).
+        study: The store and study, ``(url, study_id)``.
+        key: What decides the bundle's content: ``study``, then the serving trial's id,
+            whether it serves a refit, its weights artifact and the card's digest.
+    """
+
+    serving: ServingTrial
+    config: TrialConfig
+    model_in: dict[str, Any]
+    card: dict[str, Any]
+    study: Key
+    key: Key
 
 
 def build_bundle(store: Store, study_id: int) -> Bundle:
-    """Builds the bundle of a study's best model (see the module docstring).
+    """Builds the bundle of a study's best model (see the module docstring), anew.
 
     Raises:
         StudyNotFoundError: If there is no such study.
@@ -87,14 +134,24 @@ def build_bundle(store: Store, study_id: int) -> Bundle:
             not fit it, or (a trial from before model cards) its dataset, whose
             normalization the card states, cannot be loaded here.
     """
+    return _build(store, _plan(store, study_id))
+
+
+def _plan(store: Store, study_id: int) -> _Plan:
+    """The serving trial, its configuration, input and card: database reads, no weights.
+
+    Raises:
+        As ``build_bundle``, but ``WeightsNotFoundError`` only for a trial that has
+        neither weights nor a model card.
+    """
     study = get_study(store, study_id)
     serving = serving_trial(store, study_id)
     trial = serving.trial
-    state_dict = load_state_dict(trial, store.artifacts)
     try:
         config = trial_config(trial)
         model_in = trial_input(trial, config)
     except (LookupError, ValidationError, DatasetError, OSError) as exc:
+        load_state_dict(trial, store.artifacts)  # missing weights are the error to report
         raise ModelUnavailableError(
             f"no model card for trial {trial.number}: {error_text(exc)}"
         ) from None
@@ -106,9 +163,31 @@ def build_bundle(store: Store, study_id: int) -> Bundle:
         directions=study.directions,
         model_in=model_in,
     )
+    card_digest = hashlib.sha256(json.dumps(card, sort_keys=True, default=str).encode())
+    study_key = (store.url, study_id)
+    key = (
+        *study_key,
+        trial._trial_id,  # unlike its number, never another study's trial
+        serving.selection == "refit",
+        trial.user_attrs.get(attrs.WEIGHTS),
+        card_digest.hexdigest(),
+    )
+    return _Plan(serving, config, model_in, card, study_key, key)
+
+
+def _build(store: Store, plan: _Plan) -> Bundle:
+    """Loads the planned trial's weights, exports its model and zips the bundle.
+
+    Raises:
+        WeightsNotFoundError: If the trial kept no weights.
+        ModelUnavailableError: If its weights do not fit its model.
+    """
+    trial, model_in = plan.serving.trial, plan.model_in
+    state_dict = load_state_dict(trial, store.artifacts)
     shape = [int(size) for size in model_in["shape"]]
+    classes = plan.card["classes"]
     try:
-        model = restore_model(config, state_dict, tuple(shape), len(card["classes"]))
+        model = restore_model(plan.config, state_dict, tuple(shape), len(classes))
     except (RuntimeError, ValueError) as exc:
         message = f"the weights of trial {trial.number} do not fit its model: {exc}"
         raise ModelUnavailableError(message) from None
@@ -125,26 +204,117 @@ def build_bundle(store: Store, study_id: int) -> Bundle:
             exports[name] = {"file": None, "error": str(exc)}
     exports["onnx"].update(opset=ONNX_OPSET)
     files[PREDICT_FILE] = PREDICT_SOURCE.read_bytes()
-    card["libraries"]["export"] = library_versions()
-    card["bundle"] = {
-        "weights": WEIGHTS_FILE,
-        "exports": exports,
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "input_layout": "float32 (N, T, C, H, W)" if len(shape) == 4 else "float32 (N, C, H, W)",
-        "output": "logits (N, classes), classes in the order of 'classes'",
-        # predict.py reads image files; a clip model takes (T, C, H, W) arrays instead.
-        "predict": None if len(shape) == 4 else f"python {PREDICT_FILE} IMAGE [IMAGE ...]",
+    card = {
+        **plan.card,
+        "libraries": {**plan.card["libraries"], "export": library_versions()},
+        "bundle": {
+            "weights": WEIGHTS_FILE,
+            "exports": exports,
+            "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAME,
+            "input_layout": (
+                "float32 (N, T, C, H, W)" if len(shape) == 4 else "float32 (N, C, H, W)"
+            ),
+            "output": "logits (N, classes), classes in the order of 'classes'",
+            # predict.py reads image files; a clip model takes (T, C, H, W) arrays instead.
+            "predict": None if len(shape) == 4 else f"python {PREDICT_FILE} IMAGE [IMAGE ...]",
+        },
     }
     files[CARD_FILE] = (json.dumps(card, indent=2, allow_nan=False) + "\n").encode()
-    kind = "refit-" if serving.selection == "refit" else ""
+    kind = "refit-" if plan.serving.selection == "refit" else ""
+    data = _zip(files)
     return Bundle(
-        study_id=study_id,
+        study_id=plan.serving.study_id,
         trial_number=trial.number,
-        filename=f"study{study_id}-trial{trial.number}-{kind}model.zip",
-        data=_zip(files),
+        filename=f"study{plan.serving.study_id}-trial{trial.number}-{kind}model.zip",
+        data=data,
         card=card,
+        digest=hashlib.sha256(data).hexdigest(),
     )
+
+
+class BundleCache:
+    """The bundles of the last few models served, least recently used dropped first;
+    thread-safe. Each is built once, even when many requests ask for it at the same time.
+
+    Every ``get`` reads what decides the bundle's content (``_Plan.key``: the serving
+    trial, whether it is a refit, its weights and its model card, which changes when test
+    metrics arrive), so a changed model or card builds a new bundle; a study's older
+    bundles are then dropped, since only its latest serves.
+
+    Args:
+        size: The most bundles kept.
+        max_bytes: The most bytes of bundles kept; a larger bundle is served, not kept.
+
+    Attributes:
+        builds: How many bundles were built (not found kept).
+    """
+
+    def __init__(self, size: int = BUNDLE_CACHE_SIZE, max_bytes: int = BUNDLE_CACHE_BYTES) -> None:
+        self.size = size
+        self.max_bytes = max_bytes
+        self.builds = 0
+        self._bundles: OrderedDict[Key, Bundle] = OrderedDict()
+        self._building: dict[Key, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._bundles)
+
+    def get(self, store: Store, study_id: int) -> Bundle:
+        """The bundle of the study's best model, kept or built (``build_bundle``).
+
+        Raises:
+            As ``build_bundle``.
+        """
+        plan = _plan(store, study_id)
+        with self._lock:
+            found = self._take(plan.key)
+            if found is not None:
+                return found
+            key_lock = self._building.setdefault(plan.key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                found = self._take(plan.key)
+            if found is not None:
+                return found
+            try:
+                bundle = _build(store, plan)
+            finally:
+                with self._lock:
+                    self._building.pop(plan.key, None)
+            with self._lock:
+                self.builds += 1
+                self._keep(plan, bundle)
+        return bundle
+
+    def clear(self) -> None:
+        """Drops every kept bundle."""
+        with self._lock:
+            self._bundles.clear()
+
+    def _take(self, key: Key) -> Bundle | None:
+        bundle = self._bundles.get(key)
+        if bundle is not None:
+            self._bundles.move_to_end(key)
+        return bundle
+
+    def _keep(self, plan: _Plan, bundle: Bundle) -> None:
+        if len(bundle.data) > self.max_bytes:
+            return
+        for stale in [key for key in self._bundles if key[: len(plan.study)] == plan.study]:
+            del self._bundles[stale]
+        self._bundles[plan.key] = bundle
+        while len(self._bundles) > self.size or self._bytes() > self.max_bytes:
+            self._bundles.popitem(last=False)
+
+    def _bytes(self) -> int:
+        return sum(len(bundle.data) for bundle in self._bundles.values())
+
+
+BUNDLES = BundleCache()
+"""The process's bundle cache (the API's downloads)."""
 
 
 def _zip(files: dict[str, bytes]) -> bytes:
@@ -158,4 +328,11 @@ def _zip(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-__all__ = ["Bundle", "build_bundle"]
+__all__ = [
+    "BUNDLES",
+    "BUNDLE_CACHE_BYTES",
+    "BUNDLE_CACHE_SIZE",
+    "Bundle",
+    "BundleCache",
+    "build_bundle",
+]

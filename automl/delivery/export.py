@@ -76,6 +76,11 @@ def export_onnx(model: torch.nn.Module, input_shape: Sequence[int]) -> bytes:
 def export_torchscript(model: torch.nn.Module, input_shape: Sequence[int]) -> bytes:
     """The model traced to TorchScript (``torch.jit.load`` reads it, without automl).
 
+    Each call registers new classes in PyTorch's process-wide TorchScript tables, which are
+    never freed, and numbers them per process, so exporting one model twice neither frees
+    that memory nor gives the same bytes: a long-running process exports a model once
+    (``automl.delivery.bundle.BundleCache``).
+
     Raises:
         ExportError: If tracing fails.
     """

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.metadata
 import io
 import json
 import os
 import subprocess
 import sysconfig
+import threading
 import venv
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,12 +34,18 @@ from automl.cli import client as cli_client
 from automl.cli.main import main
 from automl.config import Settings
 from automl.data.decode import decode_image
-from automl.delivery.bundle import Bundle, build_bundle
+from automl.delivery.bundle import Bundle, BundleCache, build_bundle
 from automl.delivery.card import CARD_FORMAT, preprocess_of, trial_input
 from automl.delivery.card import trial_config as config_of
 from automl.delivery.schemas import ImagePrediction
 from automl.examples import write_moving_shapes
-from automl.store import attrs, get_frozen_trial, load_state_dict, submit_study
+from automl.store import (
+    WeightsNotFoundError,
+    attrs,
+    get_frozen_trial,
+    load_state_dict,
+    submit_study,
+)
 from automl.train.evaluation import restore_model
 from tests.conftest import store_at, tiny_spec_data
 from tests.delivery.trained import (
@@ -524,3 +533,41 @@ def test_a_clip_models_bundle_offers_no_image_command(
     assert card["bundle"]["predict"] is None
     assert card["bundle"]["input_layout"] == "float32 (N, T, C, H, W)"
     assert "(T, C, H, W), the clip's 2 frames in order" in card["input"]["preprocessing"][-1]
+
+
+# --- the serving process's cache -----------------------------------------------------------------
+
+
+def test_the_cache_builds_a_bundle_once_for_concurrent_first_requests(trained: Trained) -> None:
+    cache = BundleCache()
+    together = threading.Barrier(4)
+
+    def download(_: int) -> Bundle:
+        together.wait()
+        return cache.get(trained.store, trained.study_id)
+
+    with ThreadPoolExecutor(4) as pool:
+        bundles = list(pool.map(download, range(4)))
+
+    assert cache.builds == 1 and len(cache) == 1
+    assert all(bundle is bundles[0] for bundle in bundles)
+    assert bundles[0].digest == hashlib.sha256(bundles[0].data).hexdigest()
+    assert bundles[0].card == trained.card  # what build_bundle builds
+    with zipfile.ZipFile(io.BytesIO(bundles[0].data)) as archive:
+        assert sorted(archive.namelist()) == FILES
+
+
+def test_a_bundle_over_the_caches_byte_budget_is_served_but_not_kept(trained: Trained) -> None:
+    cache = BundleCache(max_bytes=len(trained.bundle.data) // 2)
+    first, second = (cache.get(trained.store, trained.study_id) for _ in range(2))
+
+    assert cache.builds == 2 and len(cache) == 0
+    assert first.filename == second.filename == trained.bundle.filename
+
+
+def test_a_trial_without_weights_or_card_is_refused_for_its_weights(trained: Trained) -> None:
+    """The cache reads the card before the weights; the missing weights are still the error."""
+    no_weights = submit_study(trained.store, _spec("no-weights-cached")).id
+    drive(trained.store, no_weights, [0.5])
+    with pytest.raises(WeightsNotFoundError, match="trial 0 kept no weights"):
+        BundleCache().get(trained.store, no_weights)

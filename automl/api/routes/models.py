@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from automl.api.deps import StoreDep
 from automl.api.errors import error_responses
 from automl.api.params import StudyId
-from automl.delivery.bundle import build_bundle
+from automl.delivery.bundle import BUNDLES
 from automl.delivery.inference import ModelUnavailableError
 
 router = APIRouter(prefix="/studies", tags=["models"])
+
+CACHE_CONTROL = "private, no-cache"
+"""Clients may keep a bundle but must revalidate it (``If-None-Match``): the best model can
+change at any time."""
 
 
 @router.get(
@@ -20,8 +26,9 @@ router = APIRouter(prefix="/studies", tags=["models"])
     responses={
         200: {
             "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
-            "description": "The bundle (a zip)",
+            "description": "The bundle (a zip); its ETag is the zip's SHA-256",
         },
+        304: {"description": "Not modified: If-None-Match names the bundle's ETag"},
         **error_responses(
             404,
             409,
@@ -32,7 +39,11 @@ router = APIRouter(prefix="/studies", tags=["models"])
         ),
     },
 )
-async def download_best_model(study_id: StudyId, store: StoreDep) -> Response:
+async def download_best_model(
+    study_id: StudyId,
+    store: StoreDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
     """The study's best model (its refit model once the refit is done; with several
     objectives, the Pareto front's first trial: the one ``POST /studies/{id}/predict``
     serves) as a zip that runs without automl:
@@ -40,13 +51,26 @@ async def download_best_model(study_id: StudyId, store: StoreDep) -> Response:
     names in index order, input size, channels, preprocessing and normalization,
     validation and test metrics, per-class metrics, dataset fingerprint, library versions,
     intended use and limits), ``model.onnx``, ``model.torchscript.pt`` and ``predict.py``
-    (``python predict.py IMAGE...`` with onnxruntime, numpy and Pillow)."""
+    (``python predict.py IMAGE...`` with onnxruntime, numpy and Pillow).
+
+    Built once per model and kept: repeated downloads are byte-identical, with a strong
+    ``ETag`` (the zip's SHA-256); ``If-None-Match`` with it answers 304 without a body. A
+    new best trial, a refit or a changed model card (test metrics recorded later) gives a
+    new bundle and ETag."""
     try:
-        bundle = await run_in_threadpool(build_bundle, store, study_id)
+        bundle = await run_in_threadpool(BUNDLES.get, store, study_id)
     except ModelUnavailableError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return Response(
-        bundle.data,
-        media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{bundle.filename}"'},
-    )
+    etag = f'"{bundle.digest}"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+    if if_none_match is not None and _matches(if_none_match, etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    headers["Content-Disposition"] = f'attachment; filename="{bundle.filename}"'
+    return Response(bundle.data, media_type="application/zip", headers=headers)
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    """Whether an ``If-None-Match`` value names ``etag`` (or is ``*``); as RFC 9110 asks,
+    a weak tag ``W/"..."`` counts as its strong twin."""
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags
