@@ -281,12 +281,13 @@ class BundleCache:
                 return found
             try:
                 bundle = _build(store, plan)
+                with self._lock:
+                    self.builds += 1
+                    self._keep(plan, bundle)
             finally:
+                # After it is kept: a request arriving in between finds it, not no lock.
                 with self._lock:
                     self._building.pop(plan.key, None)
-            with self._lock:
-                self.builds += 1
-                self._keep(plan, bundle)
         return bundle
 
     def clear(self) -> None:
