@@ -431,6 +431,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     study = submit_study(store, spec)
     level = logging.getLogger().getEffectiveLevel()
     logging.getLogger("automl.worker").setLevel(max(level, logging.WARNING))
+    # Its progress lines say how each trial ended, failures with their reason.
+    logging.getLogger("automl.worker.trials").setLevel(max(level, logging.ERROR))
     progress = _Progress(study.n_trials, study.name, study.metrics[0])
     worker = Worker(
         store,

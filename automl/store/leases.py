@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,20 +135,23 @@ def _lease_match(lease: Lease) -> sa.ColumnElement[bool]:
     )
 
 
-def claim(store: Store, worker_id: str, study_id: int | None = None) -> Lease | None:
+def claim(
+    store: Store, worker_id: str, study_id: int | None = None, *, exclude: Collection[int] = ()
+) -> Lease | None:
     """Takes the next unit of work of an active study, oldest study first.
 
     Args:
         store: The store.
         worker_id: The claiming worker's unique id.
         study_id: Only claim from this study.
+        exclude: Never claim from these studies (a worker that cannot read their specs).
 
     Returns:
         The lease, or None when no active study has work left to hand out.
     """
     for _ in range(CLAIM_RACE_RETRIES):
         with store.write() as connection:
-            study = _lock_next_study_with_work(connection, study_id)
+            study = _lock_next_study_with_work(connection, study_id, exclude)
             if study is None:
                 return None
             lease = _claim_in(connection, study, worker_id)
@@ -158,18 +161,19 @@ def claim(store: Store, worker_id: str, study_id: int | None = None) -> Lease | 
 
 
 def _lock_next_study_with_work(
-    connection: sa.engine.Connection, study_id: int | None
+    connection: sa.engine.Connection, study_id: int | None, exclude: Collection[int] = ()
 ) -> sa.Row[Any] | None:
-    """The oldest active study with work to hand out, its row locked, with the database
-    clock as ``clock``, in one statement."""
+    """The oldest active study with work to hand out (none of ``exclude``), its row locked,
+    with the database clock as ``clock``, in one statement."""
     # On PostgreSQL a row this had to wait for is checked again once its lock is released:
     # if it no longer qualifies, the next one is taken.
-    query = _studies_with_work(study_id).add_columns(db_now().label("clock"))
+    query = _studies_with_work(study_id, exclude).add_columns(db_now().label("clock"))
     return connection.execute(query.with_for_update(of=tables.studies)).first()
 
 
-def _studies_with_work(study_id: int | None) -> sa.Select[Any]:
-    """Active studies with work left to hand out, oldest first, the first one only."""
+def _studies_with_work(study_id: int | None, exclude: Collection[int] = ()) -> sa.Select[Any]:
+    """Active studies with work left to hand out (none of ``exclude``), oldest first, the
+    first one only."""
     studies, tickets = tables.studies, tables.tickets
     pending = sa.exists().where(
         tickets.c.study_id == studies.c.study_id, tickets.c.state == TicketState.PENDING.value
@@ -186,6 +190,8 @@ def _studies_with_work(study_id: int | None) -> sa.Select[Any]:
     )
     if study_id is not None:
         query = query.where(studies.c.study_id == study_id)
+    if exclude:
+        query = query.where(studies.c.study_id.not_in(sorted(exclude)))
     return query
 
 

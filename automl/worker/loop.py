@@ -10,6 +10,11 @@ Each worker also runs a reaper thread, so lost trials are re-queued even when no
 runs; while the worker claims or runs a trial, it spares the worker's tickets (the
 process is alive). During a database outage the worker waits with backoff (logging once
 per interval) instead of exiting.
+
+A study whose stored spec this worker cannot read (submitted through a newer automl, or
+naming a plugin's entry not installed here) is not its trials' fault: the worker gives
+the ticket back untouched, says once what to do, and leaves the study to other workers
+for as long as it runs (see ``UnreadableStudyError``).
 """
 
 from __future__ import annotations
@@ -25,17 +30,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial
+from pydantic import ValidationError
 
+from automl.data import DATASETS
 from automl.data.cache import cache_dir, make_cache_dir
 from automl.data.errors import DatasetError
-from automl.pruners import build_pruner, trial_epochs
-from automl.samplers import SHARED_SEED_SAMPLERS, build_sampler
-from automl.spec import StudySpec
+from automl.pruners import PRUNERS, build_pruner, trial_epochs
+from automl.registry import Registry
+from automl.samplers import SAMPLERS, SHARED_SEED_SAMPLERS, build_sampler
+from automl.spec import SPACE_RULES, StudySpec
 from automl.store import (
     ArtifactStore,
     Backoff,
@@ -44,13 +52,15 @@ from automl.store import (
     Lease,
     Reaper,
     Store,
+    claim,
     is_transient,
     retry_transient,
 )
 from automl.store.artifacts import TEMPORARY_PREFIX
-from automl.train import resolve_device
+from automl.train import METRICS, resolve_device
 from automl.train.accel import check_device_settings
-from automl.worker.coordinator import BufferedSqlCoordinator, Coordinator
+from automl.train.trial_config import PIPELINES, SELECTABLE
+from automl.worker.coordinator import BufferedSqlCoordinator, Coordinator, SqlCoordinator
 from automl.worker.evaluator import describe, run_evaluation
 from automl.worker.identity import new_worker_id, sampler_seed
 from automl.worker.keeper import LeaseKeeper
@@ -83,6 +93,70 @@ class InvalidDeviceError(ValueError):
 
 class UnusableFolderError(InvalidDeviceError):
     """The decode cache or the artifacts folder cannot be created or written in."""
+
+
+class UnreadableStudyError(RuntimeError):
+    """This worker cannot read a study's stored spec: a newer automl submitted it, or it
+    names an entry that no registry of this worker has (a plugin installed only where the
+    API runs).
+
+    Not the ticket's fault: it goes back to the queue untouched, and the worker leaves the
+    study to other workers until it restarts. Only its code and its plugins, both loaded
+    once at start, decide what it can read, and a stored spec never changes: trying again
+    later would only claim, give back and log the same again.
+
+    Args:
+        study_id: The study.
+        problem: What the worker lacks and what to do, after ``study N``.
+    """
+
+    def __init__(self, study_id: int, problem: str) -> None:
+        super().__init__(f"study {study_id} {problem}")
+        self.study_id = study_id
+
+
+def newer_space_rules(exc: ValidationError) -> int | None:
+    """The ``space_rules`` of a stored spec refused for being past this version's
+    ``SPACE_RULES`` (a newer automl stamped it), else None (a broken spec)."""
+    for error in exc.errors():
+        value = error.get("input")
+        if error["loc"] == ("space_rules",) and type(value) is int and value > SPACE_RULES:
+            return value
+    return None
+
+
+def missing_entries(spec: StudySpec) -> list[str]:
+    """The entries ``spec`` names that no registry of this process has (``model 'x'``).
+
+    Every name was registered where the spec was checked at submit, so a missing one is
+    an entry of a plugin (or of a newer automl) that this process lacks.
+    """
+    named: list[tuple[Registry[Any], str]] = [
+        (DATASETS, spec.dataset.source),
+        (SAMPLERS, spec.sampler.name),
+        (PRUNERS, spec.pruner_or_default.name),
+        *((METRICS, metric) for metric in spec.metrics),
+        *((SELECTABLE[group], name) for group, names in spec.chosen.items() for name in names),
+    ]
+    missing = [f"{registry.kind} {name!r}" for registry, name in named if name not in registry]
+    return list(dict.fromkeys(missing + _missing_pipeline_entries(spec)))
+
+
+def _missing_pipeline_entries(spec: StudySpec) -> list[str]:
+    """The pipeline entries (augmentations) that the spec's qualified names set, such as
+    ``hflip`` of ``hflip.p``, and that no registry of this process has.
+
+    A qualified name's entry is a selector's choice or a pipeline's entry (the checks at
+    submit resolved it); one that no selector of the spec can choose is a pipeline's.
+    """
+    chosen = {name for names in spec.chosen.values() for name in names}
+    kind = " or ".join(registry.kind for registry in PIPELINES.values())
+    missing = []
+    for name in [*spec.fixed, *spec.params]:
+        entry, dot, _ = name.partition(".")
+        if dot and entry not in chosen and not any(entry in r for r in PIPELINES.values()):
+            missing.append(f"{kind} {entry!r}")
+    return missing
 
 
 def check_folders(cache: Path, artifacts: ArtifactStore) -> None:
@@ -196,6 +270,8 @@ class Worker:
         self._busy = False
         """Claiming or running a trial: its own reaper spares its tickets meanwhile."""
         self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
+        self._unreadable: set[int] = set()
+        """Studies whose specs this worker cannot read: it claims none of their tickets."""
         self.backoff = Backoff(logger)
         self._refused: set[str] = set()  # post-study jobs whose claim failed outright
         self._jobs_checked_at = -math.inf
@@ -277,9 +353,11 @@ class Worker:
         return ran
 
     def _claim(self) -> Lease | None:
+        if self.options.study_id in self._unreadable:
+            return None  # the one study it serves is one it cannot read
         try:
-            return retry_transient(
-                lambda: self.coordinator.claim(self.name, self.options.study_id),
+            lease = retry_transient(
+                self._claim_readable,
                 backoff=self.backoff,
                 doing="claiming a trial",
                 give_up=lambda: self.stopping,
@@ -289,6 +367,23 @@ class Worker:
             if not is_transient(exc):
                 raise
             return None  # stopping during an outage
+        if lease is not None and lease.study_id in self._unreadable:
+            # A remote coordinator cannot skip a study: give its ticket back at once, and
+            # idle while that study is the oldest with work.
+            logger.debug("study %s is unreadable here: ticket given back", lease.study_id)
+            reason = f"worker {self.name} cannot read the study's spec"
+            self._give_back_untouched(self._context(), lease, reason)
+            return None
+        return lease
+
+    def _claim_readable(self) -> Lease | None:
+        """A claim past the studies this worker cannot read where the coordinator is the
+        database (the store's claim can skip studies, ``Coordinator.claim`` cannot); a
+        plain claim elsewhere (``_claim`` gives such a study's ticket back)."""
+        if self._unreadable and isinstance(self.coordinator, SqlCoordinator):
+            store, only = self.coordinator.store, self.options.study_id
+            return claim(store, self.name, only, exclude=self._unreadable)
+        return self.coordinator.claim(self.name, self.options.study_id)
 
     def _settle(self) -> bool:
         """Ends the studies that are due (time ran out, or no work left); False during a
@@ -304,7 +399,7 @@ class Worker:
 
     def _idle_exit(self) -> bool:
         """Whether an idle worker should exit now."""
-        if self.options.exit_when_idle:
+        if self.options.exit_when_idle or self.options.study_id in self._unreadable:
             return True
         if self.options.study_id is None:
             return False
@@ -380,9 +475,9 @@ class Worker:
             pass  # stopping: the claim goes stale and another worker takes it over
         return True
 
-    def run_lease(self, lease: Lease) -> TrialRun:
-        """Runs one claimed ticket to its end, then settles its study."""
-        ctx = TrialContext(
+    def _context(self) -> TrialContext:
+        """What running (or giving back) a ticket needs of this worker."""
+        return TrialContext(
             coordinator=self.coordinator,
             worker_id=self.name,
             device=self.device,
@@ -390,6 +485,24 @@ class Worker:
             checkpoint_interval=self.options.checkpoint_interval,
             gate=self.gate,
         )
+
+    def _give_back_untouched(self, ctx: TrialContext, lease: Lease, reason: str) -> TrialRun:
+        """Requeues the ticket without using a retry or counting a failure."""
+        released = ctx.persist(
+            lambda: self.coordinator.release(lease, FailureKind.INTERRUPTED, reason),
+            "releasing a trial",
+        )
+        return TrialRun(lease, "released" if released else "lost")
+
+    def _skip_study(self, exc: UnreadableStudyError) -> None:
+        """Leaves a study this worker cannot read to the others, saying so once."""
+        if exc.study_id not in self._unreadable:
+            logger.error("%s", exc)
+        self._unreadable.add(exc.study_id)
+
+    def run_lease(self, lease: Lease) -> TrialRun:
+        """Runs one claimed ticket to its end, then settles its study."""
+        ctx = self._context()
         interval = self.options.heartbeat_interval
         run: TrialRun | None = None
         try:
@@ -397,6 +510,11 @@ class Worker:
             with LeaseKeeper(self.coordinator, lease, interval, self.backoff) as keeper:
                 try:
                     study, spec = ctx.persist(lambda: self._study(lease), "loading a study")
+                except UnreadableStudyError as exc:
+                    self._skip_study(exc)
+                    keeper.ending()
+                    run = self._give_back_untouched(ctx, lease, str(exc))
+                    return run
                 except Exception as exc:  # e.g. the study was deleted since the claim
                     logger.warning("cannot load study %s: %s", lease.study_id, exc)
                     error = f"cannot load study: {exc}"
@@ -429,7 +547,7 @@ class Worker:
             self._studies.clear()
             self.coordinator.forget_studies()
         if lease.study_id not in self._studies:
-            spec = self.coordinator.spec(lease.study_id)
+            spec = self._readable_spec(lease.study_id)
             study = optuna.load_study(
                 study_name=self.coordinator.storage.get_study_name_from_id(lease.study_id),
                 storage=self.coordinator.storage,
@@ -444,3 +562,30 @@ class Worker:
         own = sampler_seed(lease.seed, lease.ticket_id, lease.attempt, False)
         study.sampler = build_sampler(spec.sampler.name, spec.sampler.options, seed, own)
         return study, spec
+
+    def _readable_spec(self, study_id: int) -> StudySpec:
+        """The study's spec.
+
+        Raises:
+            UnreadableStudyError: If a newer automl stored it, or it names entries that no
+                registry of this worker has.
+        """
+        try:
+            spec = self.coordinator.spec(study_id)
+        except ValidationError as exc:
+            rules = newer_space_rules(exc)
+            if rules is None:
+                raise
+            raise UnreadableStudyError(
+                study_id,
+                f"needs a newer automl than this worker (space rules {rules}, this worker "
+                f"knows {SPACE_RULES}): upgrade automl here",
+            ) from None
+        missing = missing_entries(spec)
+        if missing:
+            raise UnreadableStudyError(
+                study_id,
+                f"names {' and '.join(missing)} that no installed plugin of this worker "
+                "registers: install the plugin (or a newer automl) here",
+            )
+        return spec

@@ -58,6 +58,8 @@ from automl.worker.shared_cache import SharedArtifactCache
 from automl.worker.slots import DeviceGate, GateAbandoned
 
 logger = logging.getLogger("automl.worker")
+trial_log = logging.getLogger("automl.worker.trials")
+"""One line per ended attempt (``_log``): ``automl run`` shows its own progress instead."""
 
 MAX_ERROR_CHARS = 4000
 OPTIONAL_WRITE_TRIES = 5
@@ -660,6 +662,8 @@ def _describe(exc: BaseException) -> str:
 
 
 def _log(run: TrialRun, spec: StudySpec, seconds: float) -> None:
+    """Logs how the attempt ended: a failed trial at WARNING (operators filter on it), any
+    other ending at INFO."""
     frozen = run.trial
     number = frozen.number if frozen is not None else "-"
     outcome = run.result
@@ -669,7 +673,8 @@ def _log(run: TrialRun, spec: StudySpec, seconds: float) -> None:
         )
     elif frozen is not None and run.result in ("fail", "released"):
         outcome += ": " + str(frozen.user_attrs.get(attrs.ERROR, ""))
-    logger.info(
+    trial_log.log(
+        logging.WARNING if run.result == "fail" else logging.INFO,
         "study %s trial %s (ticket %s, attempt %s) %s (%.1fs)",
         run.lease.study_id,
         number,

@@ -405,7 +405,11 @@ def test_run_completes_and_prints_best(cli: Run, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("max_failed", [5, 0], ids=["all-failed", "study-failed"])
 def test_run_says_why_its_trials_failed(
-    cli: Run, tmp_path: Path, data_root: Path, max_failed: int
+    cli: Run,
+    tmp_path: Path,
+    data_root: Path,
+    max_failed: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A truncated image fails every trial: each progress line and the final error say
     why (it was only in ``trials --json``), and the exit is 1, not 2 (bad CLI input)."""
@@ -424,6 +428,8 @@ def test_run_says_why_its_trials_failed(
     assert out == ""
     progress = [line for line in err.splitlines() if line.startswith("trial ")]
     assert progress and all("cannot decode image 'broken/a/0.png'" in line for line in progress)
+    # Each failure once: the worker's own WARNING line per trial is not logged beside it.
+    assert not [r for r in caplog.records if r.name == "automl.worker.trials"]
     final = err.splitlines()[-1]
     assert final.startswith("error: study 1 "), err
     assert "trial 0 failed: DatasetError: cannot decode image 'broken/a/0.png'" in final

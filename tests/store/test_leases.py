@@ -58,6 +58,21 @@ def test_claims_take_the_oldest_active_study_first(store: Store, tiny_spec: Spec
     assert claim(store, "w", study_id=first) is None
 
 
+def test_claims_skip_the_excluded_studies(store: Store, tiny_spec: SpecFactory) -> None:
+    """A worker that cannot read a study's spec takes the next study's work instead."""
+    first = submit_study(store, tiny_spec(name="a", budget={"n_trials": 1})).id
+    second = submit_study(store, tiny_spec(name="b", budget={"n_trials": 1})).id
+
+    lease = claim(store, "w", exclude={first})
+
+    assert lease is not None and lease.study_id == second
+    assert claim(store, "w", exclude={first}) is None
+    assert claim(store, "w", study_id=first, exclude={first}) is None
+    assert get_study(store, first).status == StudyStatus.QUEUED  # never claimed
+    again = claim(store, "w")
+    assert again is not None and again.study_id == first
+
+
 def test_concurrent_claims_hand_out_each_unit_exactly_once(
     storage_url: str, tiny_spec: SpecFactory, tmp_path: Path
 ) -> None:

@@ -428,6 +428,33 @@ def test_failing_trials_fail_the_study_and_leave_nothing_waiting(
         assert attrs.CONFIG in trial.user_attrs
 
 
+def test_a_failed_trial_is_logged_as_a_warning(
+    sqlite_store: Store,
+    tiny_spec: SpecFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once at INFO like a completed one: operators who filter on WARNING missed it."""
+    real, calls = automl.worker.runner.train, {"n": 0}
+
+    def fails_first(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(automl.worker.runner, "train", fails_first)
+    study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 2, "max_failed": 1})).id
+    caplog.set_level(logging.INFO, logger="automl.worker")
+
+    Worker(sqlite_store, _options()).run()
+
+    ended = [r for r in caplog.records if r.getMessage().startswith(f"study {study_id} trial ")]
+    assert [r.levelno for r in ended] == [logging.WARNING, logging.INFO]
+    assert "trial 0 (ticket 1, attempt 1) fail: RuntimeError: boom" in ended[0].getMessage()
+    assert "trial 1 (ticket 2, attempt 1) complete accuracy=" in ended[1].getMessage()
+
+
 def test_a_failed_trial_keeps_the_reason_of_a_validation_error(
     store: Store, tiny_spec: SpecFactory, data_root: Path
 ) -> None:
