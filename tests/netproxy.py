@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Iterator
 from types import TracebackType
 
 import sqlalchemy
@@ -12,7 +13,12 @@ import sqlalchemy
 
 class TcpProxy:
     """Forwards ``127.0.0.1:<port>`` to ``target``; ``cut()`` drops every connection and
-    refuses new ones until ``restore()``, as a database restart or a network cut would.
+    refuses new ones until ``restore()``, as a database restart or a network cut would;
+    ``stall()`` keeps every connection open but passes no byte until ``restore()``, as a
+    silent network partition or a stuck middlebox would (nothing is lost: what was sent
+    meanwhile arrives after ``restore()``, as TCP would retransmit it). The proxy's own
+    TCP acknowledges what it holds, so a stall never trips the client's keepalives or
+    ``tcp_user_timeout``: it shows how the client copes with an answer that comes late.
 
     Args:
         target_host: Where to forward to.
@@ -25,6 +31,8 @@ class TcpProxy:
         self.port = self._server.getsockname()[1]
         self._up = threading.Event()
         self._up.set()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._closed = False
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
@@ -46,14 +54,29 @@ class TcpProxy:
         for sock in sockets:
             _close(sock)
 
+    def stall(self) -> None:
+        """Holds every byte, both ways, of open and new connections (none is closed)."""
+        self._flowing.clear()
+
+    @contextlib.contextmanager
+    def stalled(self) -> Iterator[None]:
+        """``stall()`` for the ``with`` block, then ``restore()``."""
+        self.stall()
+        try:
+            yield
+        finally:
+            self.restore()
+
     def restore(self) -> None:
-        """Forwards again."""
+        """Forwards again (what a stall held goes on first)."""
         self._up.set()
+        self._flowing.set()
 
     def close(self) -> None:
         """Stops the proxy."""
         self._closed = True
         self.cut()
+        self._flowing.set()  # held chunks meet closed sockets: their threads end
         _close(self._server)
 
     def __enter__(self) -> TcpProxy:
@@ -87,6 +110,7 @@ class TcpProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while chunk := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(chunk)
         except OSError:
             pass

@@ -12,7 +12,12 @@ that the ticket is still held by the same attempt and still stale. For each one 
 3. settles the study.
 
 A reaper that just (re)gained the database waits one grace period before reaping, so the
-workers, cut off by the same outage, get the chance to beat again first.
+workers, cut off by the same outage, get the chance to beat again first. An outage that
+only stalled the reaper (a silent network cut holds its query until the network heals,
+with no error) counts too: a pass whose reaping waited on the database for longer than
+half the grace period reaps nothing, and the next grace period of normal passes is waited
+out, for the workers' beats were held up by the same stall and their tickets only look
+stale.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from optuna.trial import TrialState
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import discard
 from automl.store.attrs import FailureKind
-from automl.store.faults import first_line, is_transient
+from automl.store.faults import StorageUnavailableError, first_line, is_transient
 from automl.store.leases import attempt_trial, fail_attempt_trials
 from automl.store.status import ACTIVE, end_if_done_locked, lock_study, now
 from automl.store.storage import Store
@@ -53,6 +58,43 @@ TEMPORARY_SWEEP_INTERVAL_S = 3600.0
 """How often a reaper removes the temporary files of killed artifact writes."""
 
 RELEASED_FAILURES = (FailureKind.INTERRUPTED.value, FailureKind.CANCELLED.value)
+
+MAX_STALL_SHARE = 0.5
+"""A ``Reaper`` pass that waited on the database for longer than this share of the grace
+period reaps nothing (see the module doc). Half: heartbeats come more than twice per grace
+period (``Settings`` checks it), so a stall shorter than half of it cannot by itself make
+a live worker's ticket look stale."""
+
+
+class StorageStalledError(StorageUnavailableError):
+    """The database took longer to answer than the reaping allows (``max_stall``).
+
+    Attributes:
+        waited: Seconds the reaping went without an answer.
+    """
+
+    def __init__(self, waited: float) -> None:
+        super().__init__(f"the database did not answer for {waited:.1f} s: reaping nothing")
+        self.waited = waited
+
+
+class _StallClock:
+    """Time since the reaping last heard from the database, on a monotonic clock."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = limit
+        self.since = time.monotonic()
+
+    def restart(self) -> None:
+        """Starts counting again (the database just answered)."""
+        self.since = time.monotonic()
+
+    def check(self) -> None:
+        """Raises ``StorageStalledError`` if the wait since the last restart exceeds the
+        limit."""
+        waited = time.monotonic() - self.since
+        if self.limit is not None and waited > self.limit:
+            raise StorageStalledError(waited)
 
 
 @dataclass(frozen=True)
@@ -75,7 +117,9 @@ class Reaped:
     result: str
 
 
-def reap_stale(store: Store, grace: float, spare: str | None = None) -> list[Reaped]:
+def reap_stale(
+    store: Store, grace: float, spare: str | None = None, *, max_stall: float | None = None
+) -> list[Reaped]:
     """Takes back every running ticket whose heartbeat is older than ``grace`` seconds.
 
     Args:
@@ -85,7 +129,15 @@ def reap_stale(store: Store, grace: float, spare: str | None = None) -> list[Rea
             it claims or runs a trial. It is alive, so a late beat means the database was
             slow (a long SQLite lock delays the beat as much as the reaper), not that the
             worker was lost; a ticket it left behind is reaped once it is idle.
+        max_stall: Longest wait for the database, from the start and from each reap to
+            the next, after which no ticket is reaped: the workers' beats waited as long,
+            so their tickets may only look stale. None: no limit.
+
+    Raises:
+        StorageStalledError: If a wait exceeded ``max_stall`` (the ticket whose reaping
+            waited is left as it was; those reaped before stay reaped).
     """
+    clock = _StallClock(max_stall)
     tickets = tables.tickets
     query = sa.select(tickets.c.ticket_id, tickets.c.study_id, tickets.c.attempt)
     if spare is not None:
@@ -97,9 +149,10 @@ def reap_stale(store: Store, grace: float, spare: str | None = None) -> list[Rea
                 tickets.c.state == TicketState.RUNNING.value, tickets.c.heartbeat_at < cutoff
             )
         ).all()
+    clock.check()
     reaped = []
     for ticket_id, study_id, attempt in stale:
-        result = _reap_one(store, ticket_id, study_id, attempt, grace)
+        result = _reap_one(store, ticket_id, study_id, attempt, grace, clock)
         if result is not None:
             reaped.append(result)
             logger.warning(
@@ -126,7 +179,7 @@ def _numbers(store: Store, trial_ids: tuple[int, ...]) -> list[int | None]:
 
 
 def _reap_one(
-    store: Store, ticket_id: int, study_id: int, attempt: int, grace: float
+    store: Store, ticket_id: int, study_id: int, attempt: int, grace: float, clock: _StallClock
 ) -> Reaped | None:
     tickets = tables.tickets
     drop_checkpoint = None
@@ -145,6 +198,7 @@ def _reap_one(
         ).first()
         if ticket is None or study is None:
             return None
+        clock.check()  # raised inside the transaction: it rolls back
         silent = at - ticket.heartbeat_at
         error = f"worker {ticket.worker_id} lost: no heartbeat for {silent:.0f} s"
         lease_key = f"{ticket.ticket_id}:{ticket.attempt}"
@@ -178,6 +232,7 @@ def _reap_one(
             tickets.update().where(tickets.c.ticket_id == ticket.ticket_id).values(**values)
         )
         end_if_done_locked(connection, study, at)
+    clock.restart()
     if drop_checkpoint is not None:
         discard(store.artifacts, drop_checkpoint)
     return Reaped(ticket_id, study_id, ticket.worker_id, tuple(failed), result)
@@ -305,6 +360,10 @@ class Reaper:
     ``ORPHAN_SWEEP_INTERVAL_S``), and ``remove_stale_temporaries`` on the first pass and
     then every ``TEMPORARY_SWEEP_INTERVAL_S``.
 
+    It reaps only after a grace period of passes that neither failed for want of the
+    database nor waited on it for longer than ``max_stall`` (half the grace period) before
+    reaping: after either, the workers' beats may be late through no fault of theirs.
+
     Args:
         store: The store.
         grace: Seconds without heartbeat after which a worker counts as lost.
@@ -321,6 +380,7 @@ class Reaper:
         spare: Callable[[], str | None] | None = None,
     ) -> None:
         self.store, self.grace, self.interval, self.spare = store, grace, interval, spare
+        self.max_stall = grace * MAX_STALL_SHARE
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._healthy_since: float | None = None
@@ -371,7 +431,7 @@ class Reaper:
                 self._healthy_since = time.monotonic()
             elif time.monotonic() - healthy_since >= self.grace:
                 spare = self.spare() if self.spare is not None else None
-                reaped = reap_stale(self.store, self.grace, spare)
+                reaped = reap_stale(self.store, self.grace, spare, max_stall=self.max_stall)
             end_due_studies(self.store)
             sweep_half_created = time.monotonic() >= self._orphans_due
             if sweep_half_created:

@@ -4,7 +4,9 @@ SQLite (the default) gets WAL and a busy timeout so several local processes shar
 file. Writers take the write lock when their transaction begins (``BEGIN IMMEDIATE``),
 which keeps read-then-write transactions (Optuna's and ours) serialized; readers use a
 second engine with plain deferred transactions, so a slow read never blocks a writer.
-PostgreSQL gets a connect timeout, a pool of ``AUTOML_DB_POOL_SIZE`` connections, liveness
+PostgreSQL gets a connect timeout, TCP keepalives and a TCP user timeout (a connection that
+a network cut or a stuck middlebox silenced, with no reset, fails after about 25 s instead of
+hanging for the kernel's 15 minutes), a pool of ``AUTOML_DB_POOL_SIZE`` connections, liveness
 checks of connections that sat idle in the pool, reads outside of explicit transactions
 (each statement sees the latest commits, as in a READ COMMITTED transaction, without the
 BEGIN and COMMIT round trips) and one engine for both. The server ends a session that sits
@@ -14,7 +16,8 @@ claim, cancel and reaper pass on that study, for as long as it stays frozen. Ses
 each statement with its parameters (``plan_cache_mode``), never with a generic plan kept
 from when the study's tables were empty. Both are set per session on connect; behind a
 pooler in transaction mode (PgBouncer), set them for the role instead
-(``ALTER ROLE ... SET``).
+(``ALTER ROLE ... SET``). A libpq parameter given in the URL's query string
+(``?keepalives_idle=60&tcp_user_timeout=90000``) replaces automl's default for it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,18 @@ if TYPE_CHECKING:
 
 SQLITE_BUSY_TIMEOUT_S = 60
 PG_CONNECT_TIMEOUT_S = 5
+PG_KEEPALIVES_IDLE_S = 10
+"""Seconds a PostgreSQL connection may sit silent before TCP asks whether the peer is there."""
+PG_KEEPALIVES_INTERVAL_S = 5
+"""Seconds between two unanswered keepalive probes."""
+PG_KEEPALIVES_COUNT = 3
+"""Unanswered probes after which the connection is dead (where ``tcp_user_timeout`` is not
+supported: 10 + 3 x 5 = 25 s)."""
+PG_TCP_USER_TIMEOUT_MS = 25_000
+"""Milliseconds sent data may stay unacknowledged (or keepalive probes unanswered) before
+Linux ends the connection: what bounds a query sent into a silent network cut, which
+keepalives alone do not (they only run while nothing is in flight). A slow query is not
+affected: the server's TCP acknowledges it at once."""
 DEFAULT_POOL_SIZE = 10
 PING_WHEN_IDLE_S = 1.0
 """A pooled PostgreSQL connection unused for longer is checked (a round trip) before use."""
@@ -185,7 +200,7 @@ def open_store(
     except sqlalchemy.exc.ArgumentError as exc:
         raise StorageError(f"invalid storage URL {url!r}: {exc}", bad_config=True) from None
     _check_sqlite_folder(url)
-    engine_kwargs = _engine_kwargs(backend, pool_size)
+    engine_kwargs = _engine_kwargs(url, pool_size)
     storage = _open_with_retries(url, engine_kwargs, create_tables=True)
     reader = storage
     if backend == "sqlite":
@@ -248,9 +263,8 @@ def has_automl_tables(url: str) -> bool:
     """
     url = normalize_url(url)
     try:
-        backend = sqlalchemy.engine.make_url(url).get_backend_name()
         engine = sqlalchemy.create_engine(
-            url, poolclass=sqlalchemy.pool.NullPool, **_connect_args(backend)
+            url, poolclass=sqlalchemy.pool.NullPool, **_connect_args(url)
         )
     except sqlalchemy.exc.ArgumentError as exc:
         raise StorageError(f"invalid storage URL {url!r}: {exc}", bad_config=True) from None
@@ -266,9 +280,26 @@ def has_automl_tables(url: str) -> bool:
         engine.dispose()
 
 
-def _connect_args(backend: str) -> dict[str, Any]:
-    """The engine's ``connect_args`` for ``backend`` (its connect timeout), alone."""
-    return {key: value for key, value in _engine_kwargs(backend).items() if key == "connect_args"}
+def _connect_args(url: str) -> dict[str, Any]:
+    """The engine's ``connect_args`` for ``url`` (its timeouts), alone."""
+    return {key: value for key, value in _engine_kwargs(url).items() if key == "connect_args"}
+
+
+def _pg_connect_args(url: str) -> dict[str, Any]:
+    """libpq parameters that bound how long a PostgreSQL connection can hang: connecting,
+    and waiting on a peer that went silent (a network cut, a stuck middlebox, a host gone
+    without a reset). A parameter the URL's query string gives is left out: SQLAlchemy
+    would let ``connect_args`` override it."""
+    defaults = {
+        "connect_timeout": PG_CONNECT_TIMEOUT_S,
+        "keepalives": 1,
+        "keepalives_idle": PG_KEEPALIVES_IDLE_S,
+        "keepalives_interval": PG_KEEPALIVES_INTERVAL_S,
+        "keepalives_count": PG_KEEPALIVES_COUNT,
+        "tcp_user_timeout": PG_TCP_USER_TIMEOUT_MS,
+    }
+    given = sqlalchemy.engine.make_url(url).query
+    return {key: value for key, value in defaults.items() if key not in given}
 
 
 def _open_error(url: str, exc: BaseException) -> StorageError:
@@ -281,7 +312,9 @@ def _open_error(url: str, exc: BaseException) -> StorageError:
     )
 
 
-def _engine_kwargs(backend: str, pool_size: int = DEFAULT_POOL_SIZE) -> dict[str, Any]:
+def _engine_kwargs(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> dict[str, Any]:
+    """``create_engine``'s keyword arguments for the database at ``url`` (a valid URL)."""
+    backend = sqlalchemy.engine.make_url(url).get_backend_name()
     if backend == "sqlite":
         # isolation_level=None stops pysqlite from managing transactions itself, so the
         # "begin" hooks below decide how each transaction starts.
@@ -292,7 +325,7 @@ def _engine_kwargs(backend: str, pool_size: int = DEFAULT_POOL_SIZE) -> dict[str
             "pool_size": pool_size,
             "max_overflow": pool_size,
             "pool_recycle": 1800,
-            "connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S},
+            "connect_args": _pg_connect_args(url),
         }
     return {"pool_pre_ping": True, "pool_recycle": 1800}
 
@@ -339,7 +372,9 @@ def _ping_when_idle(engine: sqlalchemy.engine.Engine) -> None:
     What ``pool_pre_ping`` does, without its round trip on every checkout: a connection
     that a server restart or a network cut closed while it sat in the pool is replaced
     (with every connection pooled before it), transparently; one in steady use is not
-    pinged (a failure then surfaces as a transient error, which reads retry).
+    pinged (a failure then surfaces as a transient error, which reads retry). On a
+    connection that a network cut silenced, the ping fails after ``PG_TCP_USER_TIMEOUT_MS``
+    (or the keepalives), like any statement: it cannot hang for the kernel's 15 minutes.
     """
 
     @event.listens_for(engine, "checkin")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import automl.store.studies as studies_module
 from automl.spec import StudySpec
 from automl.store import (
     FailureKind,
+    Lease,
     LeaseLostError,
     Reaper,
     Store,
@@ -36,6 +38,7 @@ from automl.store import (
 )
 from automl.store.status import lock_study
 from tests.conftest import store_at
+from tests.netproxy import TcpProxy
 from tests.store.conftest import end_trial, start_trial
 
 SpecFactory = Callable[..., StudySpec]
@@ -289,9 +292,10 @@ def test_a_deletion_that_keeps_failing_holds_up_neither_other_deletions_nor_reap
         finish_deletion(store, study_id)
 
     monkeypatch.setattr(studies_module, "finish_deletion", refused_for_one)
-    reaper = Reaper(store, grace=0, interval=3600)
+    reaper = Reaper(store, grace=0.5, interval=3600)
 
     reaper.run_once()
+    time.sleep(0.5)  # a grace period of passes before reaping
     reaped = reaper.run_once()
 
     assert [r.ticket_id for r in reaped] == [lease.ticket_id]
@@ -391,11 +395,109 @@ def test_a_reaper_spares_the_tickets_of_its_busy_worker(
     assert [r.ticket_id for r in reap_stale(store, grace=60, spare="w1")] == [other.ticket_id]
     assert heartbeat(store, mine).held
     busy = True
-    reaper = Reaper(store, grace=0.0, interval=3600, spare=lambda: "w1" if busy else None)
+    reaper = Reaper(store, grace=0.5, interval=3600, spare=lambda: "w1" if busy else None)
     reaper.start()
     try:
+        time.sleep(0.5)  # its first grace period
         assert reaper.run_once() == []
         busy = False  # idle: a ticket it left behind is taken back
         assert [r.ticket_id for r in reaper.run_once()] == [mine.ticket_id]
     finally:
         reaper.stop()
+
+
+def _beat_for(store: Store, lease: Lease, seconds: float) -> None:
+    """Beats every quarter second for ``seconds``, as a live worker does."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert heartbeat(store, lease).held
+        time.sleep(0.25)
+
+
+def _stalled_database_hides_no_live_worker(
+    store: Store,
+    reapers_store: Store,
+    stall: Callable[[], AbstractContextManager[object]],
+    tiny_spec: SpecFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reaper pass that ``stall`` holds up for longer than the grace period, during
+    which a live worker's beats (held up as well) are late, reaps nothing, nor does the
+    next; a dead worker's trial is reaped after a grace period of normal passes."""
+    grace = 2.0
+    submit_study(store, tiny_spec(budget={"n_trials": 2, "max_retries": 1}))
+    dead, _ = start_trial(store, worker="dead")
+    live, _ = start_trial(store, worker="live")
+    _age_heartbeat(store, dead.ticket_id, 120)
+    reaper = Reaper(reapers_store, grace=grace, interval=3600)
+    reaper.run_once()  # starts its first grace period
+    time.sleep(grace)
+    assert heartbeat(store, live).held  # its last beat before the stall
+    caplog.set_level(logging.WARNING, logger="automl.reaper")
+    passes: list[list[int]] = []
+
+    def reaper_pass() -> None:
+        passes.append([reaped.ticket_id for reaped in reaper.run_once()])
+
+    with stall():
+        held_up = threading.Thread(target=reaper_pass)
+        held_up.start()
+        time.sleep(grace + 0.5)
+    held_up.join(timeout=60)
+    reaper_pass()  # at once: the live worker's own beat may still be on its way
+
+    assert passes == [[], []]
+    assert "did not answer for" in caplog.text
+    assert heartbeat(store, live).held
+    _beat_for(store, live, grace)
+    assert [reaped.ticket_id for reaped in reaper.run_once()] == [dead.ticket_id]
+    assert heartbeat(store, live).held
+
+
+def test_a_reaper_held_up_by_a_silent_network_cut_reaps_no_live_worker(
+    postgres_url: str, tmp_path: Path, tiny_spec: SpecFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by exploratory testing: a cut that kept the sockets open held the reaper's
+    query, with no error, until the network healed; the query then ran at once and took
+    a live worker's trial, whose beats the same cut had held up."""
+    server = sa.engine.make_url(postgres_url)
+    with TcpProxy(server.host or "127.0.0.1", server.port or 5432) as proxy:
+        workers = store_at(postgres_url, tmp_path)
+        reapers = store_at(proxy.url_for(postgres_url), tmp_path)
+        try:
+            _stalled_database_hides_no_live_worker(
+                workers, reapers, proxy.stalled, tiny_spec, caplog
+            )
+        finally:
+            reapers.close()
+            workers.close()
+
+
+@contextmanager
+def _write_lock_held(store: Store) -> Iterator[None]:
+    """Holds SQLite's write lock (``BEGIN IMMEDIATE``) for the block, as a long write
+    would: every other writer, heartbeats and reaps included, waits."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.write() as connection:
+            connection.execute(sa.text("SELECT 1"))
+            locked.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_a_reaper_held_up_by_a_long_write_lock_reaps_no_live_worker(
+    sqlite_store: Store, tiny_spec: SpecFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    _stalled_database_hides_no_live_worker(
+        sqlite_store, sqlite_store, lambda: _write_lock_held(sqlite_store), tiny_spec, caplog
+    )

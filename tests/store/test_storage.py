@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -22,7 +24,15 @@ from automl.store import (
     open_store,
     open_store_from,
 )
-from automl.store.storage import SQLITE_BUSY_TIMEOUT_S, has_automl_tables
+from automl.store.storage import (
+    PG_CONNECT_TIMEOUT_S,
+    PG_KEEPALIVES_COUNT,
+    PG_KEEPALIVES_IDLE_S,
+    PG_KEEPALIVES_INTERVAL_S,
+    PG_TCP_USER_TIMEOUT_MS,
+    SQLITE_BUSY_TIMEOUT_S,
+    has_automl_tables,
+)
 
 UNREACHABLE_POSTGRES = "postgresql://automl:s3cret-pw@127.0.0.1:1/automl"
 
@@ -125,6 +135,70 @@ def test_pool_size_is_the_settings(postgres_url: str, tmp_path: Path) -> None:
         assert store.engine.pool.size() == 3  # type: ignore[attr-defined]
     finally:
         store.close()
+
+
+def _connection_of(store: Store) -> tuple[dict[str, str], dict[str, int] | None]:
+    """The libpq parameters a pooled connection of ``store`` opened with, and the TCP
+    options its socket carries (None over a Unix socket, where TCP has none)."""
+    raw = store.engine.raw_connection()
+    try:
+        pgconn = raw.driver_connection.pgconn  # type: ignore[union-attr]
+        parameters = {o.keyword.decode(): (o.val or b"").decode() for o in pgconn.info}
+        with socket.socket(fileno=os.dup(pgconn.socket)) as sock:
+            if sock.family == socket.AF_UNIX:
+                return parameters, None
+            options = {
+                "keepalives": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                "keepalives_idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                "keepalives_interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                "keepalives_count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                "tcp_user_timeout": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+            }
+        return parameters, options
+    finally:
+        raw.close()
+
+
+def test_postgres_connections_give_up_on_a_silent_peer_within_half_a_minute(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Found by exploratory testing: with the kernel's defaults, a network cut that sent no
+    reset held API requests and heartbeats for the whole outage (15 minutes at most),
+    silently. A test's proxy acknowledges bytes itself, so only the settings are checked."""
+    expected = {
+        "keepalives": 1,
+        "keepalives_idle": PG_KEEPALIVES_IDLE_S,
+        "keepalives_interval": PG_KEEPALIVES_INTERVAL_S,
+        "keepalives_count": PG_KEEPALIVES_COUNT,
+        "tcp_user_timeout": PG_TCP_USER_TIMEOUT_MS,
+    }
+    assert PG_KEEPALIVES_IDLE_S + PG_KEEPALIVES_INTERVAL_S * PG_KEEPALIVES_COUNT <= 30
+    assert PG_TCP_USER_TIMEOUT_MS <= 30_000
+    store = open_store(postgres_url, artifacts_dir=tmp_path / "artifacts")
+    try:
+        parameters, options = _connection_of(store)
+    finally:
+        store.close()
+    wanted = {**expected, "connect_timeout": PG_CONNECT_TIMEOUT_S}
+    assert {key: parameters[key] for key in wanted} == {k: str(v) for k, v in wanted.items()}
+    if options is not None:  # the kernel's own view of the socket
+        assert options == expected
+
+
+def test_libpq_parameters_in_the_url_win_over_automls_defaults(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    given = {"keepalives_idle": "42", "tcp_user_timeout": "60000", "connect_timeout": "7"}
+    url = sqlalchemy.engine.make_url(postgres_url).update_query_dict(given)
+    store = open_store(url.render_as_string(False), artifacts_dir=tmp_path / "artifacts")
+    try:
+        parameters, options = _connection_of(store)
+    finally:
+        store.close()
+    assert {key: parameters[key] for key in given} == given
+    assert parameters["keepalives_interval"] == str(PG_KEEPALIVES_INTERVAL_S)  # the rest stay
+    if options is not None:
+        assert (options["keepalives_idle"], options["tcp_user_timeout"]) == (42, 60000)
 
 
 def test_store_opens_twice_on_the_same_database(storage_url: str, tmp_path: Path) -> None:

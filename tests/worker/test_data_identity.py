@@ -3,6 +3,7 @@ classes it trained on."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +22,8 @@ from automl.store import (
     attrs,
     best_trials,
     get_frozen_trial,
+    get_study,
     list_trials,
-    rerun_failed,
     resume_study,
     submit_study,
 )
@@ -125,14 +126,14 @@ def _move_one_image(data_root: Path, source: str, target: str) -> Path:
     return Path(shutil.move(image, data_root / "pets" / target / f"moved-{image.name}"))
 
 
-def test_a_trial_on_other_data_than_the_study_s_fails_saying_how(
-    sqlite_store: Store, tiny_spec: SpecFactory, pets: Path
+def test_a_worker_on_other_data_than_the_study_s_gives_its_ticket_back_saying_how(
+    sqlite_store: Store, tiny_spec: SpecFactory, pets: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Workers on several machines read their own copy of a folder; a trial on another
     # copy (or on the folder after it changed) was compared with the others as if equal.
     spec = tiny_spec(
         dataset={"source": "image_folder", "options": {"path": "pets", "size": 8}},
-        budget={"n_trials": 1, "max_failed": 5},
+        budget={"n_trials": 1, "max_failed": 0},
     )
     study_id = submit_study(sqlite_store, spec).id
     _run(sqlite_store, study_id)
@@ -141,11 +142,14 @@ def test_a_trial_on_other_data_than_the_study_s_fails_saying_how(
     assert recorded is not None and recorded.images == {"train": 16, "val": 4, "test": 0}
 
     moved = _move_one_image(pets, "cat", "dog")
-    resume_study(sqlite_store, study_id, 1)
+    resume_study(sqlite_store, study_id, 5)
+    caplog.set_level(logging.ERROR, logger="automl.worker")
     _run(sqlite_store, study_id)
+    # This worker's data, not a configuration, is at fault: one attempt says so, its
+    # ticket goes back to the queue at no failure's cost, and the worker leaves the study.
     second = get_frozen_trial(sqlite_store, study_id, 1)
     assert second.state == TrialState.FAIL
-    assert second.user_attrs[attrs.FAILURE] == "error"
+    assert second.user_attrs[attrs.FAILURE] == "interrupted"
     error = second.user_attrs[attrs.ERROR]
     assert "DataChangedError: dataset 'image_folder' here is not what trial 0 (worker " in error
     assert (
@@ -153,13 +157,17 @@ def test_a_trial_on_other_data_than_the_study_s_fails_saying_how(
         "16/4/0 train/val/test there (the same totals, other classes or images per class)" in error
     )
     assert attrs.DATA not in second.user_attrs  # the study's data stays trial 0's
+    assert list_trials(sqlite_store, study_id).count == 2
+    [said] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert said.startswith(f"study {study_id} trains on other data than this worker has: ")
+    assert get_study(sqlite_store, study_id).status == "running"
 
-    # The data restored, the failed trial runs again and completes.
+    # The data restored, a worker runs the rest of the budget.
     shutil.move(moved, pets / "pets" / "cat" / moved.name.removeprefix("moved-"))
-    rerun_failed(sqlite_store, study_id)
     _run(sqlite_store, study_id)
     states = [trial.state for trial in list_trials(sqlite_store, study_id).data]
-    assert states == ["complete", "fail", "complete"]
+    assert states == ["complete", "fail"] + ["complete"] * 5
+    assert get_study(sqlite_store, study_id).status == "completed"
 
 
 def _trial(number: int, data: object = None) -> optuna.trial.FrozenTrial:
