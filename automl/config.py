@@ -131,6 +131,13 @@ class Settings(BaseSettings):
         le=MAX_INTERVAL_S,
         description="Seconds between checkpoints inside one long epoch (also every epoch).",
     )
+    checkpoint_spacing: float = Field(
+        10.0,
+        ge=0,
+        le=MAX_INTERVAL_S,
+        description="Least seconds between two checkpoints at epoch ends (0: every epoch): "
+        "short epochs do not each write the whole training state.",
+    )
     db_pool_size: int = Field(
         10,
         ge=1,

@@ -225,6 +225,7 @@ def _worker_options(settings: Settings, **overrides: object) -> WorkerOptions:
         "grace_period": settings.grace_period,
         "reap_interval": settings.reap_interval,
         "checkpoint_interval": settings.checkpoint_interval,
+        "checkpoint_spacing": settings.checkpoint_spacing,
         "slot_group": settings.slot_group,
     }
     options.update(overrides)
@@ -429,10 +430,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings, create=True)
     _check_worker_folders(settings, store)  # before submitting: leaves no study behind
     study = submit_study(store, spec)
-    level = logging.getLogger().getEffectiveLevel()
-    logging.getLogger("automl.worker").setLevel(max(level, logging.WARNING))
-    # Its progress lines say how each trial ended, failures with their reason.
-    logging.getLogger("automl.worker.trials").setLevel(max(level, logging.ERROR))
     progress = _Progress(study.n_trials, study.name, study.metrics[0])
     worker = Worker(
         store,
@@ -446,13 +443,16 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     )
     worker.install_signal_handlers()
     try:
-        worker.run()
+        with _progress_logging():
+            worker.run()
     finally:
         progress.close()
     if worker.stopping:
         print(f"interrupted: resume with `automl worker --study {study.id}`", file=sys.stderr)
         return EXIT_INTERRUPTED
     final = get_study(store, study.id)
+    if final.status.is_active:  # the worker left it: its log line above says why
+        raise CliError(f"study {study.id} is still {final.status.value}: this worker left it")
     if final.status != StudyStatus.COMPLETED:
         message = f"study {study.id} {final.status.value}: {final.status_reason}"
         raise CliError(message + progress.first_error_text())
@@ -467,6 +467,25 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(study_text(final) + "\n\n" + best_text(best))
     return EXIT_OK
+
+
+@contextmanager
+def _progress_logging() -> Iterator[None]:
+    """While ``run`` shows its own progress: the worker's INFO lines hidden, and its line
+    per trial too (the progress says how each trial ended, failures with their reason)."""
+    level = logging.getLogger().getEffectiveLevel()
+    loggers = {
+        logging.getLogger("automl.worker"): max(level, logging.WARNING),
+        logging.getLogger("automl.worker.trials"): max(level, logging.ERROR),
+    }
+    before = {logger: logger.level for logger in loggers}
+    for logger, quiet in loggers.items():
+        logger.setLevel(quiet)
+    try:
+        yield
+    finally:
+        for logger, old in before.items():
+            logger.setLevel(old)
 
 
 FINISHED = ("complete", "pruned", "fail")

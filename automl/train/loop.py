@@ -134,6 +134,7 @@ def train(
     direction: Direction | None = None,
     checkpoint: CheckpointSink | None = None,
     checkpoint_interval: float | None = None,
+    checkpoint_spacing: float = 0.0,
     resume: TrainState | None = None,
 ) -> TrainResult:
     """Trains one configuration and evaluates it on the validation split after each epoch.
@@ -170,6 +171,9 @@ def train(
             ``checkpoint_interval`` seconds within an epoch, and before an interruption.
         checkpoint_interval: Seconds between checkpoints within one epoch (None: only at
             epoch ends).
+        checkpoint_spacing: Least seconds since the last checkpoint for one at an epoch's
+            end (0: every epoch): with short epochs, writing the whole training state each
+            time would cost more than the work a kill could lose.
         resume: A state from ``checkpoint`` to continue from (same config): the result
             equals that of an uninterrupted run on the CPU; ``report`` is called for the
             remaining epochs only.
@@ -362,7 +366,8 @@ def train(
         history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
         if best is not None:
             best.offer(epoch, metrics, metrics[monitor], confusion, model)
-        if checkpoint is not None and epoch < config.epochs:
+        spaced = time.monotonic() - last_checkpoint >= checkpoint_spacing
+        if checkpoint is not None and epoch < config.epochs and spaced:
             checkpoint(state(epoch, 0, generator.get_state(), 0.0))
             last_checkpoint = time.monotonic()
         if report is not None and report(epoch, metrics):

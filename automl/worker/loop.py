@@ -219,6 +219,8 @@ class WorkerOptions:
         grace_period: Seconds without heartbeat after which a worker counts as lost.
         reap_interval: Seconds between passes of this worker's reaper (None: no reaper).
         checkpoint_interval: Seconds between checkpoints within one long epoch.
+        checkpoint_spacing: Least seconds between two checkpoints at epoch ends (0: after
+            every epoch; the CLI's default is ``AUTOML_CHECKPOINT_SPACING``, 10 s).
         slot_group: Lock-file prefix shared by the worker processes ("slots") of one
             device (see ``automl.worker.slots``); None when this worker has it alone.
     """
@@ -232,6 +234,7 @@ class WorkerOptions:
     grace_period: float = 60.0
     reap_interval: float | None = 15.0
     checkpoint_interval: float = 300.0
+    checkpoint_spacing: float = 0.0
     slot_group: str | None = None
 
 
@@ -495,6 +498,7 @@ class Worker:
             device=self.device,
             stopping=self._stop.is_set,
             checkpoint_interval=self.options.checkpoint_interval,
+            checkpoint_spacing=self.options.checkpoint_spacing,
             gate=self.gate,
         )
 

@@ -82,6 +82,7 @@ class TrialContext:
         device: Torch device for training.
         stopping: True once the worker was asked to stop.
         checkpoint_interval: Seconds between checkpoints within a long epoch.
+        checkpoint_spacing: Least seconds between two checkpoints at epoch ends.
         gate: Shares the device with the other slots on it (or runs a trial alone).
     """
 
@@ -91,6 +92,7 @@ class TrialContext:
     stopping: Callable[[], bool]
     checkpoint_interval: float
     gate: DeviceGate = field(default_factory=lambda: DeviceGate(None))
+    checkpoint_spacing: float = 0.0
 
     def persist(self, call: Callable[[], T], doing: str, *, optional: bool = False) -> T:
         """Runs a call that is safe to repeat, waiting out storage outages.
@@ -286,6 +288,7 @@ class _Attempt:
                 should_stop=lambda: self.ctx.stopping() or keeper.should_stop,
                 checkpoint=self._save_checkpoint,
                 checkpoint_interval=self.ctx.checkpoint_interval,
+                checkpoint_spacing=self.ctx.checkpoint_spacing,
                 resume=resume,
                 monitor=self.spec.metrics[0],
                 direction=self.spec.directions[0],  # type: ignore[arg-type]

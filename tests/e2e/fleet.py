@@ -25,6 +25,9 @@ FAST_LEASES = {
     "AUTOML_GRACE_PERIOD": str(GRACE_S),
     "AUTOML_REAP_INTERVAL": str(REAP_S),
     "AUTOML_POLL_INTERVAL": "0.2",
+    # Epochs here take milliseconds: without it, a killed worker's trial would have no
+    # checkpoint to resume from, which these tests check it does.
+    "AUTOML_CHECKPOINT_SPACING": "0",
 }
 STUDY_TIMEOUT_S = 240
 SMALL_TRAIN = {"source": "digits", "options": {"val_fraction": 0.9}}

@@ -52,6 +52,30 @@ def test_checkpoints_after_each_epoch_but_the_last(small_data: ImageData) -> Non
     assert states[1].history == result.history[:2]
 
 
+def test_checkpoint_spacing_skips_epoch_ends_that_come_too_soon(small_data: ImageData) -> None:
+    # Found by exploratory testing: epochs of 0.2 s each wrote the whole training state,
+    # 600 KB per epoch into PostgreSQL.
+    states: list[TrainState] = []
+    train(CONFIG, data=small_data, checkpoint=states.append, checkpoint_spacing=3600)
+    assert states == []
+    stopped: list[TrainState] = []
+    calls = {"n": 0}
+
+    def stop() -> bool:  # in the second epoch: a stop still checkpoints at once
+        calls["n"] += 1
+        return calls["n"] == 7
+
+    with pytest.raises(TrainingInterrupted):
+        train(
+            CONFIG,
+            data=small_data,
+            should_stop=stop,
+            checkpoint=stopped.append,
+            checkpoint_spacing=3600,
+        )
+    assert [(s.epoch, s.batch) for s in stopped] == [(1, 2)]
+
+
 @pytest.mark.parametrize("stop_after_batches", [2, 5, 7])
 def test_interrupted_run_resumes_exactly(small_data: ImageData, stop_after_batches: int) -> None:
     """Stopped mid-epoch (5 batches per epoch here), saved, reloaded from bytes, resumed."""
