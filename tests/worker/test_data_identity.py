@@ -7,6 +7,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -27,7 +28,7 @@ from automl.store import (
     resume_study,
     submit_study,
 )
-from automl.worker import SqlCoordinator, Worker, WorkerOptions
+from automl.worker import SqlCoordinator, Worker, WorkerOptions, runner
 from automl.worker.data_identity import DataChangedError, DataIdentity, require_study_data
 from automl.worker.evaluator import score
 from automl.worker.refitter import refit
@@ -203,3 +204,31 @@ def test_a_refit_refuses_images_moved_since_the_trial_trained(
     lease = RefitLease(study_id, "w1", 1, 0)
     with pytest.raises(DataChangedError, match=r"changed since trial 0 trained .*: not refitted"):
         refit(SqlCoordinator(sqlite_store), lease, "cpu", [])
+
+
+def test_data_recorded_by_a_lower_trial_during_training_is_checked_before_the_result(
+    sqlite_store: Store, tiny_spec: SpecFactory, pets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check before the result closes the race the check at the start leaves open (a
+    lower-numbered trial on other data recording its data meanwhile)."""
+    checks: list[int] = []
+    real = runner.require_study_data
+
+    def second_fails(number: int, *args: Any) -> None:
+        checks.append(number)
+        if len(checks) == 2:
+            raise DataChangedError("dataset 'image_folder' here is not what trial 0 trained on")
+        real(number, *args)
+
+    monkeypatch.setattr(runner, "require_study_data", second_fails)
+    spec = tiny_spec(
+        dataset={"source": "image_folder", "options": {"path": "pets", "size": 8}},
+        budget={"n_trials": 1, "max_failed": 0},
+    )
+    study_id = submit_study(sqlite_store, spec).id
+    _run(sqlite_store, study_id)
+
+    assert checks == [0, 0]  # at the start and before the result
+    first = get_frozen_trial(sqlite_store, study_id, 0)
+    assert (first.state, first.user_attrs[attrs.FAILURE]) == (TrialState.FAIL, "interrupted")
+    assert get_study(sqlite_store, study_id).counts.fail == 0  # no failure counted
