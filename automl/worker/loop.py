@@ -71,14 +71,6 @@ from automl.worker.slots import DeviceGate, GateAbandoned
 POST_STUDY_CHECK_INTERVAL_S = 5.0
 """How often a busy worker looks for due post-study jobs (test evaluations, refits)."""
 
-OTHER_DATA_RETRY_S = 600
-"""How long a worker whose data is not a study's leaves the study to other workers before
-it tries again (the data may have been restored meanwhile)."""
-
-OTHER_DATA_RETRY_S = 600
-"""How long a worker whose data is not a study's leaves the study to other workers before
-it tries again (the data may have been restored meanwhile)."""
-
 CACHED_STUDIES = 8
 """Studies whose finished trials a worker keeps in memory (samplers and pruners read them
 every trial); past it the worker starts over with an empty cache."""
@@ -282,10 +274,7 @@ class Worker:
         """Claiming or running a trial: its own reaper spares its tickets meanwhile."""
         self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
         self._unreadable: set[int] = set()
-        """Studies whose specs this worker cannot read: it claims none of their tickets
-        (nor, until its ``_other_data`` time, those of a study on other data)."""
-        self._other_data: dict[int, float] = {}
-        """Studies this worker's data is not the data of: when (monotonic) to try again."""
+        """Studies whose specs this worker cannot read: it claims none of their tickets."""
         self.backoff = Backoff(logger)
         self._refused: set[str] = set()  # post-study jobs whose claim failed outright
         self._jobs_checked_at = -math.inf
@@ -367,7 +356,6 @@ class Worker:
         return ran
 
     def _claim(self) -> Lease | None:
-        self._retry_other_data()
         if self.options.study_id in self._unreadable:
             return None  # the one study it serves is one it cannot read
         try:
@@ -510,28 +498,6 @@ class Worker:
         )
         return TrialRun(lease, "released" if released else "lost")
 
-    def _skip_other_data(self, study_id: int, reason: str) -> None:
-        """Leaves a study whose data this worker does not have to the others for
-        ``OTHER_DATA_RETRY_S`` (the data may be restored meanwhile), saying so once."""
-        if study_id not in self._other_data:
-            logger.error(
-                "study %s trains on other data than this worker has: %s; leaving it to other "
-                "workers for %d minutes",
-                study_id,
-                reason,
-                OTHER_DATA_RETRY_S // 60,
-            )
-        self._other_data[study_id] = time.monotonic() + OTHER_DATA_RETRY_S
-        self._unreadable.add(study_id)
-
-    def _retry_other_data(self) -> None:
-        """Claims from the studies skipped for their data again once their time is up."""
-        now = time.monotonic()
-        for study_id, until in list(self._other_data.items()):
-            if now >= until:
-                del self._other_data[study_id]
-                self._unreadable.discard(study_id)
-
     def _skip_study(self, exc: UnreadableStudyError) -> None:
         """Leaves a study this worker cannot read to the others, saying so once."""
         if exc.study_id not in self._unreadable:
@@ -565,8 +531,6 @@ class Worker:
                     run = TrialRun(lease, "fail")
                     return run
                 run = run_lease(ctx, lease, study, spec, keeper)
-                if run.other_data is not None:
-                    self._skip_other_data(lease.study_id, run.other_data)
                 return run
         finally:
             if run is None or not run.settled:  # a finished ticket settled it already

@@ -9,7 +9,6 @@ Database calls that are safe to repeat wait out an outage instead of failing the
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -52,7 +51,7 @@ from automl.train.checkpoint import TrainState
 from automl.train.loop import TrainingDiverged
 from automl.train.trial_config import TrialConfig
 from automl.worker.coordinator import Coordinator, CoordinatorTooOldError
-from automl.worker.data_identity import DataChangedError, DataIdentity, require_study_data
+from automl.worker.data_identity import DataIdentity, require_study_data
 from automl.worker.identity import training_seed
 from automl.worker.keeper import LeaseKeeper
 from automl.worker.shared_cache import SharedArtifactCache
@@ -141,15 +140,12 @@ class TrialRun:
             ``lost`` (the reaper took the ticket) or ``rejected`` (a late result).
         trial: The attempt's Optuna trial as it ended, if one was created.
         settled: Whether the study was already settled after the ticket ended.
-        other_data: Why this worker's data is not the study's, when that gave the ticket
-            back (``data_identity``): the worker then leaves the study to others a while.
     """
 
     lease: Lease
     result: str
     trial: FrozenTrial | None = None
     settled: bool = False
-    other_data: str | None = None
 
 
 def run_lease(
@@ -306,11 +302,6 @@ class _Attempt:
             if keeper.study_ended.is_set():
                 return self._give_back(FailureKind.CANCELLED, "study ended while it ran")
             return self._give_back(FailureKind.INTERRUPTED, f"worker stopping: {exc}")
-        except DataChangedError as exc:
-            # This worker's data, not the configuration: back to the queue for a worker
-            # that has the study's data, at no retry's or failure's cost.
-            run = self._give_back(FailureKind.INTERRUPTED, _describe(exc))
-            return dataclasses.replace(run, other_data=str(exc))
         except TrainingDiverged as exc:
             return self._diverged(exc)
         except torch.OutOfMemoryError as exc:

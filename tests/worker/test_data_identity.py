@@ -3,7 +3,6 @@ classes it trained on."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from automl.store import (
     get_frozen_trial,
     get_study,
     list_trials,
+    rerun_failed,
     resume_study,
     submit_study,
 )
@@ -127,14 +127,14 @@ def _move_one_image(data_root: Path, source: str, target: str) -> Path:
     return Path(shutil.move(image, data_root / "pets" / target / f"moved-{image.name}"))
 
 
-def test_a_worker_on_other_data_than_the_study_s_gives_its_ticket_back_saying_how(
-    sqlite_store: Store, tiny_spec: SpecFactory, pets: Path, caplog: pytest.LogCaptureFixture
+def test_a_trial_on_other_data_than_the_study_s_fails_saying_how(
+    sqlite_store: Store, tiny_spec: SpecFactory, pets: Path
 ) -> None:
     # Workers on several machines read their own copy of a folder; a trial on another
     # copy (or on the folder after it changed) was compared with the others as if equal.
     spec = tiny_spec(
         dataset={"source": "image_folder", "options": {"path": "pets", "size": 8}},
-        budget={"n_trials": 1, "max_failed": 0},
+        budget={"n_trials": 1, "max_failed": 5},
     )
     study_id = submit_study(sqlite_store, spec).id
     _run(sqlite_store, study_id)
@@ -143,14 +143,11 @@ def test_a_worker_on_other_data_than_the_study_s_gives_its_ticket_back_saying_ho
     assert recorded is not None and recorded.images == {"train": 16, "val": 4, "test": 0}
 
     moved = _move_one_image(pets, "cat", "dog")
-    resume_study(sqlite_store, study_id, 5)
-    caplog.set_level(logging.ERROR, logger="automl.worker")
+    resume_study(sqlite_store, study_id, 1)
     _run(sqlite_store, study_id)
-    # This worker's data, not a configuration, is at fault: one attempt says so, its
-    # ticket goes back to the queue at no failure's cost, and the worker leaves the study.
     second = get_frozen_trial(sqlite_store, study_id, 1)
     assert second.state == TrialState.FAIL
-    assert second.user_attrs[attrs.FAILURE] == "interrupted"
+    assert second.user_attrs[attrs.FAILURE] == "error"
     error = second.user_attrs[attrs.ERROR]
     assert "DataChangedError: dataset 'image_folder' here is not what trial 0 (worker " in error
     assert (
@@ -158,17 +155,14 @@ def test_a_worker_on_other_data_than_the_study_s_gives_its_ticket_back_saying_ho
         "16/4/0 train/val/test there (the same totals, other classes or images per class)" in error
     )
     assert attrs.DATA not in second.user_attrs  # the study's data stays trial 0's
-    assert list_trials(sqlite_store, study_id).count == 2
-    [said] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert said.startswith(f"study {study_id} trains on other data than this worker has: ")
-    assert get_study(sqlite_store, study_id).status == "running"
+    assert second.intermediate_values == {}  # failed before it trained
 
-    # The data restored, a worker runs the rest of the budget.
+    # The data restored, the failed trial runs again and completes.
     shutil.move(moved, pets / "pets" / "cat" / moved.name.removeprefix("moved-"))
+    rerun_failed(sqlite_store, study_id)
     _run(sqlite_store, study_id)
     states = [trial.state for trial in list_trials(sqlite_store, study_id).data]
-    assert states == ["complete", "fail"] + ["complete"] * 5
-    assert get_study(sqlite_store, study_id).status == "completed"
+    assert states == ["complete", "fail", "complete"]
 
 
 def _trial(number: int, data: object = None) -> optuna.trial.FrozenTrial:
@@ -230,5 +224,5 @@ def test_data_recorded_by_a_lower_trial_during_training_is_checked_before_the_re
 
     assert checks == [0, 0]  # at the start and before the result
     first = get_frozen_trial(sqlite_store, study_id, 0)
-    assert (first.state, first.user_attrs[attrs.FAILURE]) == (TrialState.FAIL, "interrupted")
-    assert get_study(sqlite_store, study_id).counts.fail == 0  # no failure counted
+    assert (first.state, first.user_attrs[attrs.FAILURE]) == (TrialState.FAIL, "error")
+    assert get_study(sqlite_store, study_id).status == "failed"
