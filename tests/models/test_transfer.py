@@ -270,14 +270,10 @@ def test_a_partial_load_is_reported(roots: tuple[Path, Path]) -> None:
     )
 
 
-def test_the_load_report_is_a_trial_note(roots: tuple[Path, Path]) -> None:
-    data, _ = roots
-    save_file(
-        build_model("cnn", {"width": 4, "depth": 1}, (1, 8, 8), 10).state_dict(),
-        str(data / "c.safetensors"),
-    )
+def _digits_64() -> ImageData:
+    """64 training and 32 validation images of digits: a run in a fraction of a second."""
     full = load_dataset("digits")
-    small = ImageData(
+    return ImageData(
         full.train_x[:64],
         full.train_y[:64],
         full.val_x[:32],
@@ -287,6 +283,15 @@ def test_the_load_report_is_a_trial_note(roots: tuple[Path, Path]) -> None:
         full.std,
         "digits-64",
     )
+
+
+def test_the_load_report_is_a_trial_note(roots: tuple[Path, Path]) -> None:
+    data, _ = roots
+    save_file(
+        build_model("cnn", {"width": 4, "depth": 1}, (1, 8, 8), 10).state_dict(),
+        str(data / "c.safetensors"),
+    )
+    small = _digits_64()
     config = flat_config({"epochs": 1, "width": 4, "depth": 2, "pretrained": "c.safetensors"})
     result = train(config, data=small)
     assert result.notes["pretrained"] == (
@@ -318,17 +323,7 @@ def test_unreadable_checkpoints_say_why(roots: tuple[Path, Path]) -> None:
 def test_a_freeze_k_above_the_model_s_stages_freezes_them_all_and_says_so() -> None:
     # Found by exploratory testing: freeze_k searched beside depth failed every trial whose
     # k exceeded its depth (an error counted towards max_failed).
-    full = load_dataset("digits")
-    small = ImageData(
-        full.train_x[:64],
-        full.train_y[:64],
-        full.val_x[:32],
-        full.val_y[:32],
-        full.classes,
-        full.mean,
-        full.std,
-        "digits-64",
-    )
+    small = _digits_64()
     values = {"epochs": 1, "width": 4, "depth": 2, "freeze": "first_k", "freeze_k": 3}
     result = train(flat_config(values), data=small)
     assert result.notes["freeze_k"] == "3 is more than the model's 2 stages: froze all 2"

@@ -25,6 +25,7 @@ from automl.train import TrialConfig
 from automl.train.evaluation import evaluate_weights
 from automl.worker import SqlCoordinator, Worker, WorkerOptions
 from tests.conftest import tiny_spec_data
+from tests.worker.options import fast_options
 
 SpecFactory = Callable[..., StudySpec]
 
@@ -33,15 +34,7 @@ TIMINGS = {"latency_ms", "batch_latency_ms"}  # measured anew each time
 
 
 def _options(**overrides: Any) -> WorkerOptions:
-    options: dict[str, Any] = {
-        "device": "cpu",
-        "exit_when_idle": True,
-        "heartbeat_interval": 0.2,
-        "reap_interval": None,
-        "poll_interval": 0.05,
-    }
-    options.update(overrides)
-    return WorkerOptions(**options)
+    return fast_options(**overrides)
 
 
 def test_test_metrics_appear_when_a_study_with_a_test_split_completes(

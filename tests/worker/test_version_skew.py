@@ -15,6 +15,7 @@ from automl.proxy import RemoteCoordinator
 from automl.spec import SPACE_RULES, StudySpec
 from automl.store import Store, StudyStatus, get_study, submit_study, tables
 from automl.worker import SqlCoordinator, Worker, WorkerOptions
+from tests.worker.options import fast_options
 
 SpecFactory = Callable[..., StudySpec]
 
@@ -23,15 +24,7 @@ NO_PLUGIN = "that no installed plugin of this worker registers"
 
 
 def _options(**overrides: Any) -> WorkerOptions:
-    options: dict[str, Any] = {
-        "device": "cpu",
-        "exit_when_idle": True,
-        "heartbeat_interval": 0.2,
-        "reap_interval": None,
-        "poll_interval": 0.05,
-    }
-    options.update(overrides)
-    return WorkerOptions(**options)
+    return fast_options(**overrides)
 
 
 def _restore_spec(store: Store, study_id: int, change: Callable[[dict[str, Any]], None]) -> None:

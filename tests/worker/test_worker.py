@@ -60,6 +60,7 @@ from automl.worker.runner import OPTIONAL_WRITE_TRIES
 from tests.conftest import store_at
 from tests.data.conftest import write_class_folder
 from tests.forked import ForkedProcess
+from tests.worker.options import fast_options
 
 SpecFactory = Callable[..., StudySpec]
 
@@ -70,16 +71,7 @@ RESUMABLE_TRIAL = {**LONG_TRIAL, "epochs": 8}
 
 
 def _options(**overrides: Any) -> WorkerOptions:
-    options: dict[str, Any] = {
-        "device": "cpu",
-        "exit_when_idle": True,
-        "heartbeat_interval": 0.2,
-        "grace_period": 30.0,
-        "reap_interval": None,
-        "poll_interval": 0.05,
-    }
-    options.update(overrides)
-    return WorkerOptions(**options)
+    return fast_options(**{"grace_period": 30.0, **overrides})
 
 
 def _trials(store: Store, study_id: int) -> list[FrozenTrial]:
