@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import optuna
 import torch
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
@@ -661,7 +661,17 @@ def _describe(exc: BaseException) -> str:
         )
     else:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}{where}"
+    return f"{type(exc).__name__}: {text}{where}{_wrapped_cause(exc)}"
+
+
+def _wrapped_cause(exc: BaseException) -> str:
+    """Optuna's ``StorageInternalError`` says only "An exception is raised during the
+    commit": the driver's error it wraps is what tells why."""
+    cause = exc.__cause__ or exc.__context__
+    if not isinstance(exc, StorageInternalError) or cause is None:
+        return ""
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f" (cause: {type(cause).__name__}: {text})"
 
 
 def _log(run: TrialRun, spec: StudySpec, seconds: float) -> None:

@@ -1118,3 +1118,22 @@ def test_a_worker_forgets_the_finished_trials_of_studies_past_its_cache(
     for study_id in ids:
         assert _states(store, study_id) == [TrialState.COMPLETE] * 2
         assert get_status(store, study_id) == StudyStatus.COMPLETED
+
+
+def test_a_storage_internal_error_s_description_names_the_error_it_wraps() -> None:
+    """Optuna's own message ("An exception is raised during the commit") does not say why."""
+    from optuna.exceptions import StorageInternalError
+
+    from automl.worker.runner import _describe
+
+    try:
+        try:
+            raise ValueError("value too long for type character varying(2048)")
+        except ValueError as cause:
+            raise StorageInternalError("An exception is raised during the commit.") from cause
+    except StorageInternalError as exc:
+        described = _describe(exc)
+    assert described.startswith("StorageInternalError: An exception is raised during the commit.")
+    assert described.endswith(
+        "(cause: ValueError: value too long for type character varying(2048))"
+    )
