@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
+import sqlalchemy as sa
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
@@ -64,3 +67,25 @@ def drive(store: Store, study_id: int, outcomes: Sequence[Outcome]) -> list[tupl
         if outcome != TrialState.RUNNING:
             end_trial(store, lease, trial_id, outcome)
     return started
+
+
+@contextmanager
+def sqlite_write_lock_held(store: Store) -> Iterator[None]:
+    """Holds SQLite's write lock (``BEGIN IMMEDIATE``) for the block, as a long write
+    would: every other writer, heartbeats and reaps included, waits."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.write() as connection:
+            connection.execute(sa.text("SELECT 1"))
+            locked.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        yield
+    finally:
+        release.set()
+        holder.join()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from automl.store import (
 from automl.store.status import lock_study
 from tests.conftest import store_at
 from tests.netproxy import TcpProxy
-from tests.store.conftest import end_trial, start_trial
+from tests.store.conftest import end_trial, sqlite_write_lock_held, start_trial
 
 SpecFactory = Callable[..., StudySpec]
 
@@ -473,31 +473,9 @@ def test_a_reaper_held_up_by_a_silent_network_cut_reaps_no_live_worker(
             workers.close()
 
 
-@contextmanager
-def _write_lock_held(store: Store) -> Iterator[None]:
-    """Holds SQLite's write lock (``BEGIN IMMEDIATE``) for the block, as a long write
-    would: every other writer, heartbeats and reaps included, waits."""
-    locked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with store.write() as connection:
-            connection.execute(sa.text("SELECT 1"))
-            locked.set()
-            release.wait(60)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert locked.wait(30)
-        yield
-    finally:
-        release.set()
-        holder.join()
-
-
 def test_a_reaper_held_up_by_a_long_write_lock_reaps_no_live_worker(
     sqlite_store: Store, tiny_spec: SpecFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     _stalled_database_hides_no_live_worker(
-        sqlite_store, sqlite_store, lambda: _write_lock_held(sqlite_store), tiny_spec, caplog
+        sqlite_store, sqlite_store, lambda: sqlite_write_lock_held(sqlite_store), tiny_spec, caplog
     )

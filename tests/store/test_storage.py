@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from automl.store.storage import (
     SQLITE_BUSY_TIMEOUT_S,
     has_automl_tables,
 )
+from tests.store.conftest import sqlite_write_lock_held
 
 UNREACHABLE_POSTGRES = "postgresql://automl:s3cret-pw@127.0.0.1:1/automl"
 
@@ -57,26 +57,11 @@ def test_sqlite_store_uses_wal_and_busy_timeout(sqlite_store: Store, sqlite_url:
 
 def test_sqlite_reads_do_not_wait_for_the_write_lock(sqlite_store: Store) -> None:
     """A read runs while another transaction holds the write lock (WAL + deferred BEGIN)."""
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_write_lock() -> None:
-        with sqlite_store.write() as connection:  # BEGIN IMMEDIATE
-            connection.execute(sqlalchemy.text("SELECT 1"))
-            locked.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold_write_lock)
-    holder.start()
-    try:
-        assert locked.wait(30)
+    with sqlite_write_lock_held(sqlite_store):
         started = time.monotonic()
         with sqlite_store.read() as connection:
             assert connection.execute(sqlalchemy.text("SELECT count(*) FROM studies")).scalar() == 0
         waited = time.monotonic() - started
-        assert not release.is_set()
-    finally:
-        release.set()
-        holder.join()
     assert waited < SQLITE_BUSY_TIMEOUT_S / 2  # it did not wait for the busy timeout
 
 

@@ -37,12 +37,15 @@ from tests.data.conftest import write_class_folder
 SpecFactory = Callable[..., StudySpec]
 
 
-def _folder_spec(tiny_spec: SpecFactory, n_trials: int) -> StudySpec:
-    dataset = {
-        "source": "image_folder",
-        "options": {"path": "pets", "size": 8, "test_fraction": 0.3},
-    }
-    return tiny_spec(dataset=dataset, budget={"n_trials": n_trials, "max_failed": 0})
+def _folder_spec(
+    tiny_spec: SpecFactory, n_trials: int, *, test_fraction: float = 0.3, max_failed: int = 0
+) -> StudySpec:
+    """A study of the ``pets`` folder (no test split where ``test_fraction`` is 0)."""
+    options: dict[str, Any] = {"path": "pets", "size": 8}
+    if test_fraction:
+        options["test_fraction"] = test_fraction
+    dataset = {"source": "image_folder", "options": options}
+    return tiny_spec(dataset=dataset, budget={"n_trials": n_trials, "max_failed": max_failed})
 
 
 def _run(store: Store, study_id: int) -> int:
@@ -89,10 +92,7 @@ def test_without_a_test_split_changed_classes_are_no_failure_but_a_skip(
     sqlite_store: Store, tiny_spec: SpecFactory, pets: Path
 ) -> None:
     """There is nothing to score: the classes do not matter (once a failed evaluation)."""
-    spec = tiny_spec(
-        dataset={"source": "image_folder", "options": {"path": "pets", "size": 8}},
-        budget={"n_trials": 1, "max_failed": 0},
-    )
+    spec = _folder_spec(tiny_spec, 1, test_fraction=0, max_failed=0)
     study_id = submit_study(sqlite_store, spec).id
     _run(sqlite_store, study_id)
     _rename_class(pets)
@@ -132,10 +132,7 @@ def test_a_trial_on_other_data_than_the_study_s_fails_saying_how(
 ) -> None:
     # Workers on several machines read their own copy of a folder; a trial on another
     # copy (or on the folder after it changed) was compared with the others as if equal.
-    spec = tiny_spec(
-        dataset={"source": "image_folder", "options": {"path": "pets", "size": 8}},
-        budget={"n_trials": 1, "max_failed": 5},
-    )
+    spec = _folder_spec(tiny_spec, 1, test_fraction=0, max_failed=5)
     study_id = submit_study(sqlite_store, spec).id
     _run(sqlite_store, study_id)
     first = get_frozen_trial(sqlite_store, study_id, 0)
@@ -215,10 +212,7 @@ def test_data_recorded_by_a_lower_trial_during_training_is_checked_before_the_re
         real(number, *args)
 
     monkeypatch.setattr(runner, "require_study_data", second_fails)
-    spec = tiny_spec(
-        dataset={"source": "image_folder", "options": {"path": "pets", "size": 8}},
-        budget={"n_trials": 1, "max_failed": 0},
-    )
+    spec = _folder_spec(tiny_spec, 1, test_fraction=0, max_failed=0)
     study_id = submit_study(sqlite_store, spec).id
     _run(sqlite_store, study_id)
 
