@@ -11,7 +11,7 @@ its database is unreachable.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -159,9 +159,15 @@ class RemoteCoordinator:
 
     # --- Coordinator -----------------------------------------------------------------------
 
-    def claim(self, worker_id: str, study_id: int | None) -> Lease | None:
-        """See ``Coordinator.claim``."""
-        reply, _ = self.call("claim", {"worker_id": worker_id, "study_id": study_id})
+    def claim(
+        self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
+    ) -> Lease | None:
+        """See ``Coordinator.claim`` (a proxy older than ``exclude`` ignores it: the
+        worker then gives such a study's ticket back)."""
+        header: dict[str, Any] = {"worker_id": worker_id, "study_id": study_id}
+        if exclude:
+            header["exclude"] = sorted(exclude)
+        reply, _ = self.call("claim", header)
         lease = reply["lease"]
         return None if lease is None else wire.lease_from_wire(lease)
 

@@ -151,7 +151,8 @@ class CoordinationService:
     # --- the methods ---------------------------------------------------------------------------
 
     def _claim(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
-        lease = self.coordinator.claim(header["worker_id"], header.get("study_id"))
+        exclude = [int(study_id) for study_id in header.get("exclude", ())]
+        lease = self.coordinator.claim(header["worker_id"], header.get("study_id"), exclude)
         return {"lease": None if lease is None else wire.lease_to_wire(lease)}, b""
 
     def _heartbeat(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:

@@ -13,7 +13,7 @@ trial local and sends its writes with those calls; a remote implementation
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -98,8 +98,11 @@ class Coordinator(Protocol):
     artifacts: ArtifactStore
     """Where weights go."""
 
-    def claim(self, worker_id: str, study_id: int | None) -> Lease | None:
-        """Takes the next unit of work, or None if there is none."""
+    def claim(
+        self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
+    ) -> Lease | None:
+        """Takes the next unit of work (from none of the studies in ``exclude``), or None
+        if there is none."""
         ...
 
     def heartbeat(self, lease: Lease) -> LeaseStatus:
@@ -243,9 +246,11 @@ class SqlCoordinator:
         self.artifacts: ArtifactStore = store.artifacts
         self._outranking = Outranking(store)
 
-    def claim(self, worker_id: str, study_id: int | None) -> Lease | None:
+    def claim(
+        self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
+    ) -> Lease | None:
         """See ``Coordinator.claim``."""
-        return claim(self.store, worker_id, study_id)
+        return claim(self.store, worker_id, study_id, exclude=exclude)
 
     def heartbeat(self, lease: Lease, writes: Writes | None = None) -> LeaseStatus:
         """See ``Coordinator.heartbeat``; if the lease is held, applies the trial writes a

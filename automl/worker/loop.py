@@ -52,7 +52,6 @@ from automl.store import (
     Lease,
     Reaper,
     Store,
-    claim,
     is_transient,
     retry_transient,
 )
@@ -60,7 +59,7 @@ from automl.store.artifacts import TEMPORARY_PREFIX
 from automl.train import METRICS, resolve_device
 from automl.train.accel import check_device_settings
 from automl.train.trial_config import PIPELINES, SELECTABLE
-from automl.worker.coordinator import BufferedSqlCoordinator, Coordinator, SqlCoordinator
+from automl.worker.coordinator import BufferedSqlCoordinator, Coordinator
 from automl.worker.evaluator import describe, run_evaluation
 from automl.worker.identity import new_worker_id, sampler_seed
 from automl.worker.keeper import LeaseKeeper
@@ -360,7 +359,9 @@ class Worker:
             return None  # the one study it serves is one it cannot read
         try:
             lease = retry_transient(
-                self._claim_readable,
+                lambda: self.coordinator.claim(
+                    self.name, self.options.study_id, exclude=self._unreadable
+                ),
                 backoff=self.backoff,
                 doing="claiming a trial",
                 give_up=lambda: self.stopping,
@@ -371,22 +372,13 @@ class Worker:
                 raise
             return None  # stopping during an outage
         if lease is not None and lease.study_id in self._unreadable:
-            # A remote coordinator cannot skip a study: give its ticket back at once, and
-            # idle while that study is the oldest with work.
+            # A proxy older than ``exclude`` cannot skip a study: give its ticket back at
+            # once, and idle while that study is the oldest with work.
             logger.debug("study %s is unreadable here: ticket given back", lease.study_id)
             reason = f"worker {self.name} cannot read the study's spec"
             self._give_back_untouched(self._context(), lease, reason)
             return None
         return lease
-
-    def _claim_readable(self) -> Lease | None:
-        """A claim past the studies this worker cannot read where the coordinator is the
-        database (the store's claim can skip studies, ``Coordinator.claim`` cannot); a
-        plain claim elsewhere (``_claim`` gives such a study's ticket back)."""
-        if self._unreadable and isinstance(self.coordinator, SqlCoordinator):
-            store, only = self.coordinator.store, self.options.study_id
-            return claim(store, self.name, only, exclude=self._unreadable)
-        return self.coordinator.claim(self.name, self.options.study_id)
 
     def _settle(self) -> bool:
         """Ends the studies that are due (time ran out, or no work left); False during a

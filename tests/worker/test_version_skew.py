@@ -178,23 +178,56 @@ def test_a_worker_for_one_unreadable_study_exits_instead_of_looping(
     _assert_untouched(sqlite_store, study_id)
 
 
+def _plugin_study_then_another(store: Store, tiny_spec: SpecFactory) -> tuple[int, int]:
+    """An older study naming a plugin not installed here, then a study this worker reads."""
+    plugin = submit_study(store, tiny_spec(name="plugin", budget={"n_trials": 3, "max_failed": 0}))
+    _restore_spec(store, plugin.id, lambda spec: spec["fixed"].update(model="plugin_net"))
+    other = submit_study(store, tiny_spec(name="other", budget={"n_trials": 2}))
+    return plugin.id, other.id
+
+
 @pytest.mark.timeout(120)
-def test_through_a_proxy_the_unreadable_study_is_given_back_each_time_never_failed(
+def test_through_a_proxy_the_unreadable_study_is_skipped_and_the_next_one_runs(
     store: Store,
     proxy: RemoteCoordinator,
     tiny_spec: SpecFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A proxy's claim cannot skip a study: its ticket goes back at once, said once."""
-    study_id = submit_study(store, tiny_spec(budget={"n_trials": 3, "max_failed": 0})).id
-    _restore_spec(store, study_id, lambda spec: spec["fixed"].update(model="plugin_net"))
+    """Before: the proxy's claim could not skip a study, so each claim took the unreadable
+    (oldest) study's ticket again and gave it back, and the worker never reached the next
+    study."""
+    plugin, other = _plugin_study_then_another(store, tiny_spec)
     caplog.set_level(logging.INFO, logger="automl.worker")
 
     Worker(None, _options(), coordinator=proxy).run()
 
-    _assert_untouched(store, study_id)
+    assert _status(store, other) == StudyStatus.COMPLETED
+    _assert_untouched(store, plugin)
+    assert [ticket.attempt for ticket in _tickets(store, plugin)] == [1]  # claimed once
+    assert len(_errors(caplog)) == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_proxy_older_than_the_worker_gets_the_unreadable_ticket_back_each_time(
+    store: Store,
+    proxy: RemoteCoordinator,
+    tiny_spec: SpecFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A proxy that ignores ``exclude`` hands the unreadable study out again: its ticket
+    goes back at once, never failed, and the worker idles while it is the oldest."""
+    plugin, other = _plugin_study_then_another(store, tiny_spec)
+    claim = proxy.claim
+    monkeypatch.setattr(proxy, "claim", lambda worker, study, exclude=(): claim(worker, study))
+    caplog.set_level(logging.INFO, logger="automl.worker")
+
+    Worker(None, _options(), coordinator=proxy).run()
+
+    _assert_untouched(store, plugin)
     # Claimed twice: given back after loading the study, then at once (and idle since).
-    assert [ticket.attempt for ticket in _tickets(store, study_id)] == [2]
+    assert [ticket.attempt for ticket in _tickets(store, plugin)] == [2]
+    assert _status(store, other) == StudyStatus.QUEUED  # never reached
     assert len(_errors(caplog)) == 1
 
 

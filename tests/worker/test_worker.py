@@ -207,11 +207,11 @@ def test_storage_errors_while_claiming_are_waited_out(
     real = SqlCoordinator.claim
     calls = {"n": 0}
 
-    def flaky(self: SqlCoordinator, worker_id: str, only: int | None) -> Any:
+    def flaky(self: SqlCoordinator, worker_id: str, only: int | None, **kwargs: Any) -> Any:
         calls["n"] += 1
         if calls["n"] <= 2:
             raise error
-        return real(self, worker_id, only)
+        return real(self, worker_id, only, **kwargs)
 
     monkeypatch.setattr(SqlCoordinator, "claim", flaky)
     assert Worker(sqlite_store, _options()).run() == 2
