@@ -42,7 +42,8 @@ class ImageData:
     std: torch.Tensor
     """Per-channel standard deviation of the training split on the 0-1 scale, ``(C,)``."""
     fingerprint: str
-    """Identifies the exact data and split: equal fingerprints mean equal tensors."""
+    """Identifies the data and split by their listing (paths, sizes, modification times,
+    options), not their pixels: a file replaced by one of the same size and time keeps it."""
     test_x: torch.Tensor | None = None
     test_y: torch.Tensor | None = None
 

@@ -43,6 +43,8 @@ LIBRARIES = ("automl", "torch", "torchvision", "optuna", "numpy", "pillow", "saf
 """Distributions whose versions a card records."""
 FEW_SAMPLES = 20
 """Below this many evaluation images of a class, its scores are flagged as uncertain."""
+NAMED_TIES = 5
+"""Classes tied for the lowest or highest recall that the limits name; more are counted."""
 
 
 def preprocess_of(
@@ -235,33 +237,52 @@ def _steps(model_in: Mapping[str, Any]) -> list[str]:
 def recall_gaps(per_class: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """How unevenly the model recognizes its classes (None without a per-class report).
 
+    Classes without evaluation images (support 0) have no recall and are left out.
+
+    Args:
+        per_class: Per-class rows (``class``, ``recall``, ``support``) in class order.
+
     Returns:
-        ``mean`` recall, the ``lowest`` and ``highest`` class, their ``gap``, and
-        ``by_class``: every class's recall, support and gap to the best, worst first.
+        ``mean`` recall; ``lowest`` and ``highest``: the row of the first class, in class
+        order, with the lowest (highest) recall; ``lowest_classes`` and
+        ``highest_classes``: every class that ties for it, in class order; their ``gap``;
+        and ``by_class``: every class's recall, support and gap to the best, worst first.
     """
     rows = [row for row in per_class if row.get("support", 0) > 0]
     if not rows:
         return None
+    low = min(float(row["recall"]) for row in rows)
     best = max(float(row["recall"]) for row in rows)
-    by_class = sorted(
-        (
-            {
-                "class": str(row["class"]),
-                "recall": float(row["recall"]),
-                "support": int(row["support"]),
-                "gap_to_best": round(best - float(row["recall"]), 6),
-            }
-            for row in rows
-        ),
-        key=lambda row: (row["recall"], row["class"]),
-    )
+    scored = [
+        {
+            "class": str(row["class"]),
+            "recall": float(row["recall"]),
+            "support": int(row["support"]),
+            "gap_to_best": round(best - float(row["recall"]), 6),
+        }
+        for row in rows
+    ]
+    lowest = [row for row in scored if row["recall"] == low]
+    highest = [row for row in scored if row["recall"] == best]
+    by_class = sorted(scored, key=lambda row: (row["recall"], row["class"]))
     return {
         "mean": round(sum(row["recall"] for row in by_class) / len(by_class), 6),
-        "lowest": by_class[0],
-        "highest": by_class[-1],
-        "gap": round(by_class[-1]["recall"] - by_class[0]["recall"], 6),
+        "lowest": lowest[0],
+        "lowest_classes": [row["class"] for row in lowest],
+        "highest": highest[0],
+        "highest_classes": [row["class"] for row in highest],
+        "gap": round(best - low, 6),
         "by_class": by_class,
     }
+
+
+def _named(classes: Sequence[str]) -> str:
+    """``class 'a'``, ``classes 'a', 'b'``, or past ``NAMED_TIES`` a count."""
+    if len(classes) == 1:
+        return f"class {classes[0]!r}"
+    if len(classes) > NAMED_TIES:
+        return f"{len(classes)} classes"
+    return "classes " + ", ".join(repr(name) for name in classes)
 
 
 def intended_use(
@@ -298,13 +319,20 @@ def intended_use(
             "the exported files hold fp32 weights and run in fp32, so their probabilities "
             "differ slightly (about 1e-3) and a few borderline predictions may differ."
         )
-    if gaps is not None:
+    if gaps is not None and len(gaps["highest_classes"]) == len(gaps["by_class"]):
+        limits.append(
+            f"Per-class recall on the {split} split is {gaps['highest']['recall']:.3f} for "
+            f"each of the {len(gaps['by_class'])} classes with {split} images: no class "
+            "was missed more often than another on these images."
+        )
+    elif gaps is not None:
         low, high = gaps["lowest"], gaps["highest"]
         limits.append(
             f"Per-class recall on the {split} split ranges from {low['recall']:.3f} "
-            f"(class {low['class']!r}) to {high['recall']:.3f} (class {high['class']!r}), "
-            f"a gap of {gaps['gap']:.3f}: images of the weaker classes are missed more "
-            "often; check that this is acceptable for each class before relying on it."
+            f"({_named(gaps['lowest_classes'])}) to {high['recall']:.3f} "
+            f"({_named(gaps['highest_classes'])}), a gap of {gaps['gap']:.3f}: images of "
+            "the weaker classes are missed more often; check that this is acceptable for "
+            "each class before relying on it."
         )
     scored = gaps["by_class"] if gaps is not None else []
     few = [f"{row['class']} ({row['support']})" for row in scored if row["support"] < FEW_SAMPLES]

@@ -41,3 +41,55 @@ def test_scores_measured_under_autocast_say_the_fp32_exports_differ() -> None:
     assert not any("autocast" in line for line in plain["limits"])
     [line] = [line for line in reduced["limits"] if "autocast" in line]
     assert line.startswith("Its scores were measured in bf16 (autocast)") and "fp32" in line
+
+
+def recall_line(card: dict[str, Any]) -> str:
+    [line] = [line for line in card["limits"] if line.startswith("Per-class recall")]
+    return line
+
+
+def test_classes_tied_for_the_highest_recall_are_all_named() -> None:
+    """Four classes at recall 1.0 once showed as "1.000 (class '7')", the last of them."""
+    recalls = {"0": 1.0, "1": 0.95, "2": 0.97, "3": 1.0, "4": 1.0, "7": 1.0, "8": 0.914}
+    per_class = [row(name, recall, 50) for name, recall in recalls.items()]
+    card = intended_use(list(recalls), MODEL_IN, None, per_class, split="test")
+
+    assert recall_line(card).startswith(
+        "Per-class recall on the test split ranges from 0.914 (class '8') to 1.000 "
+        "(classes '0', '3', '4', '7'), a gap of 0.086:"
+    )
+    gaps = card["recall"]
+    assert gaps["highest"]["class"] == "0"  # one class, as before: the first tied one
+    assert gaps["highest_classes"] == ["0", "3", "4", "7"]
+    assert gaps["lowest"]["class"] == "8" and gaps["lowest_classes"] == ["8"]
+
+
+def test_classes_tied_for_the_lowest_recall_follow_the_class_order() -> None:
+    """Ties list classes in the model's class order, not by name ('10' sorts before '2')."""
+    per_class = [row("2", 0.5, 50), row("10", 0.5, 50), row("3", 0.9, 50)]
+    card = intended_use(["2", "10", "3"], MODEL_IN, None, per_class, split="test")
+
+    assert "from 0.500 (classes '2', '10') to 0.900 (class '3')" in recall_line(card)
+    assert card["recall"]["lowest"]["class"] == "2"
+    assert card["recall"]["lowest_classes"] == ["2", "10"]
+
+
+def test_many_tied_classes_are_counted() -> None:
+    names = [f"c{index}" for index in range(12)]
+    per_class = [row(name, 1.0, 50) for name in names] + [row("weak", 0.8, 50)]
+    card = intended_use([*names, "weak"], MODEL_IN, None, per_class, split="validation")
+
+    assert "from 0.800 (class 'weak') to 1.000 (12 classes), a gap of 0.200" in recall_line(card)
+    assert card["recall"]["highest_classes"] == names
+
+
+def test_equal_recall_for_every_class_claims_no_range() -> None:
+    per_class = [row("a", 1.0, 50), row("b", 1.0, 50), row("c", 0.0, 0)]
+    card = intended_use(["a", "b", "c"], MODEL_IN, None, per_class, split="test")
+
+    assert recall_line(card) == (
+        "Per-class recall on the test split is 1.000 for each of the 2 classes with test "
+        "images: no class was missed more often than another on these images."
+    )
+    gaps = card["recall"]
+    assert gaps["gap"] == 0 and gaps["lowest_classes"] == gaps["highest_classes"] == ["a", "b"]
