@@ -344,15 +344,11 @@ def record_checkpoint(store: Store, lease: Lease, artifact_id: str, epoch: int) 
     tickets = tables.tickets
     with store.write() as connection:
         previous = connection.execute(
-            sa.select(tickets.c.checkpoint).where(_lease_match(lease))
+            sa.select(tickets.c.checkpoint).where(_lease_match(lease)).with_for_update()
         ).first()
         if previous is None:
             raise LeaseLostError(f"ticket {lease.ticket_id} attempt {lease.attempt} lost")
-        connection.execute(
-            tickets.update()
-            .where(_lease_match(lease))
-            .values(checkpoint=artifact_id, checkpoint_epoch=epoch)
-        )
+        _set_held(connection, lease, checkpoint=artifact_id, checkpoint_epoch=epoch)
     return previous.checkpoint
 
 

@@ -967,6 +967,18 @@ def completed_values(connection: sa.engine.Connection, study_id: int) -> dict[in
     return {trial_id: [v[k] for k in sorted(v)] for trial_id, v in values.items()}
 
 
+def lock_study(connection: sa.engine.Connection, study_id: int) -> None:
+    """Holds an Optuna study's row and its trials' rows until the transaction ends: no
+    trial is created or changed, and no row of a trial added, meanwhile (PostgreSQL;
+    SQLite's write transaction holds the whole database)."""
+    connection.execute(
+        sa.select(studies.c.study_id).where(studies.c.study_id == study_id).with_for_update()
+    ).all()
+    connection.execute(
+        sa.select(trials.c.trial_id).where(trials.c.study_id == study_id).with_for_update()
+    ).all()
+
+
 def delete_study(connection: sa.engine.Connection, study_id: int) -> None:
     """Deletes an Optuna study with its trials and every row of theirs, a statement per
     table (Optuna's ``delete_study`` deletes row by row through its ORM: about six

@@ -323,7 +323,8 @@ def remove_orphans(
             removed.append(study_id)
     for study_id in deleting:
         try:
-            finish_deletion(store, study_id)
+            if not finish_deletion(store, study_id):
+                continue  # still written to: the next pass goes on
         except Exception as exc:
             if is_transient(exc):
                 raise

@@ -28,10 +28,12 @@ def now(connection: sa.engine.Connection) -> float:
 
 
 def lock_study(connection: sa.engine.Connection, study_id: int) -> sa.Row[Any] | None:
-    """The study's row, locked until the transaction ends (None if there is none)."""
-    return connection.execute(
+    """The study's row, locked until the transaction ends (None if there is none, or if
+    it is being deleted: gone for everyone but ``finish_deletion``)."""
+    row = connection.execute(
         sa.select(tables.studies).where(tables.studies.c.study_id == study_id).with_for_update()
     ).first()
+    return None if row is None or row.status == tables.DELETING else row
 
 
 def iso(timestamp: float | None) -> str | None:

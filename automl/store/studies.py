@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.attrs import StudyStatus
 from automl.store.evaluations import NO_TEST_SPLIT, best_trials_of, read_evaluation
+from automl.store.faults import first_line, is_transient
 from automl.store.leases import end_if_done
 from automl.store.projects import (
     DEFAULT_PROJECT,
@@ -66,6 +68,10 @@ from automl.store.views import (
 from automl.store.warm_start import plan_warm_start
 
 NAME_PROBE_BATCH = 20
+
+NAME_WAIT_S = 2.0
+"""How long a submission waits for the row of another one that holds the name it wants
+(a study created in Optuna but not yet listed) before taking it for a leftover."""
 
 
 logger = logging.getLogger("automl.store")
@@ -236,7 +242,8 @@ def _create_optuna_study(store: Store, spec: StudySpec, project: str) -> tuple[s
     ``project/name`` there (see ``optuna_study_name``). A name whose Optuna name is taken
     anyway (a leftover of a crashed submit, a study made in optuna-dashboard, or a study
     from before project-qualified names) gets a random suffix (``salted``, which still
-    counts as the project's), and the next submission moves on to the next number.
+    counts as the project's), and the next submission moves on to the next number. A
+    name that a concurrent submission holds is skipped once its row is written.
     """
     directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
     suffix = 1
@@ -255,11 +262,32 @@ def _create_optuna_study(store: Store, spec: StudySpec, project: str) -> tuple[s
             optuna_name = optuna_study_name(project, name)
             if optuna_name not in taken and _created(store, directions, optuna_name):
                 return name, optuna_name
+            if _held_by_a_submission(store, project, name, optuna_name):
+                continue
+            if _created(store, directions, optuna_name):  # its submission gave it up
+                return name, optuna_name
             name = salted(name)
             optuna_name = optuna_study_name(project, name)
             if _created(store, directions, optuna_name):
                 return name, optuna_name
     raise StudyStateError(f"no free study name for {spec.name!r}")
+
+
+def _held_by_a_submission(store: Store, project: str, name: str, optuna_name: str) -> bool:
+    """Whether a submission in flight holds ``name`` for ``project``: its Optuna study
+    exists and its row comes within ``NAME_WAIT_S`` (two identical submissions at once are
+    ``name`` and ``name-2``, not ``name`` and a random suffix). False if the Optuna study
+    goes away meanwhile, or stays without a row (a leftover)."""
+    deadline = time.monotonic() + NAME_WAIT_S
+    while True:
+        with store.read() as connection:
+            if project_study_names(connection, project, [name]):
+                return True
+            if not optuna_rows.taken_study_names(connection, [optuna_name]):
+                return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _created(store: Store, directions: list[optuna.study.StudyDirection], name: str) -> bool:
@@ -905,6 +933,10 @@ def _fingerprint(spec: StudySpec) -> str | None:
 def delete_study(store: Store, study_id: int) -> None:
     """Deletes an ended study: its trials, tickets, weights and checkpoints.
 
+    Once the study is marked ``deleting`` it is gone for every reader and the deletion is
+    the store's to finish: if workers still stopping its trials keep it from finishing
+    now (or the database fails meanwhile), the reaper finishes it.
+
     Raises:
         StudyNotFoundError: If there is no such study.
         StudyStateError: If the study is still active (cancel it first).
@@ -918,32 +950,76 @@ def delete_study(store: Store, study_id: int) -> None:
             .where(tables.studies.c.study_id == study_id)
             .values(status=DELETING)
         )
-    finish_deletion(store, study_id)
+    try:
+        finished = finish_deletion(store, study_id)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        finished = False
+        logger.warning("study %s: deletion left to the reaper: %s", study_id, first_line(exc))
+    if not finished:
+        logger.info("study %s: still written to; the reaper finishes its deletion", study_id)
 
 
-def finish_deletion(store: Store, study_id: int) -> None:
+DELETION_ROUNDS = 5
+"""Rounds ``finish_deletion`` tries before leaving the rest to the reaper's next pass."""
+
+
+def finish_deletion(store: Store, study_id: int) -> bool:
     """Removes a study marked ``deleting``: artifacts, the Optuna study, automl's rows.
 
+    The artifacts go first and the rows after, so a crash between leaves rows that name
+    what is left to remove. A worker still stopping one of its trials may add an artifact
+    meanwhile (a stop checkpoint, a result's weights): the rows are deleted only in a
+    transaction that, holding the study's ticket and trial rows, finds no artifact that
+    was not removed; otherwise the new ones are removed and the round starts again. A
+    worker's write waiting on those locks then finds its ticket or trial gone, and
+    removes what it uploaded.
+
     Idempotent: the reaper completes a deletion that a crash interrupted.
+
+    Returns:
+        Whether the study is gone (False: workers kept adding artifacts; the reaper's
+        next pass goes on).
     """
-    with store.read() as connection:
-        checkpoints = connection.scalars(
-            sa.select(tables.tickets.c.checkpoint).where(
-                tables.tickets.c.study_id == study_id, tables.tickets.c.checkpoint.is_not(None)
-            )
-        ).all()
-        refit = list(refit_artifacts(connection, study_id))
-        recorded = _trial_artifacts(connection, study_id)
-    for artifact_id in [*checkpoints, *refit, *recorded]:
-        remove_quietly(store.artifacts, artifact_id)
-    with store.write() as connection:
-        optuna_rows.delete_study(connection, study_id)
-        connection.execute(tables.tickets.delete().where(tables.tickets.c.study_id == study_id))
-        connection.execute(
-            tables.evaluations.delete().where(tables.evaluations.c.study_id == study_id)
+    removed: set[str] = set()
+    for _ in range(DELETION_ROUNDS):
+        with store.read() as connection:
+            named = _study_artifacts(connection, study_id)
+        for artifact_id in sorted(named - removed):
+            remove_quietly(store.artifacts, artifact_id)
+        removed |= named
+        with store.write() as connection:
+            _lock_study_rows(connection, study_id)
+            if not _study_artifacts(connection, study_id) <= removed:
+                continue
+            optuna_rows.delete_study(connection, study_id)
+            for table in (tables.tickets, tables.evaluations, tables.refits, tables.studies):
+                connection.execute(table.delete().where(table.c.study_id == study_id))
+            return True
+    return False
+
+
+def _study_artifacts(connection: sa.engine.Connection, study_id: int) -> set[str]:
+    """Every artifact the study's rows name: checkpoints, refits, the trials' files."""
+    checkpoints = connection.scalars(
+        sa.select(tables.tickets.c.checkpoint).where(
+            tables.tickets.c.study_id == study_id, tables.tickets.c.checkpoint.is_not(None)
         )
-        connection.execute(tables.refits.delete().where(tables.refits.c.study_id == study_id))
-        connection.execute(tables.studies.delete().where(tables.studies.c.study_id == study_id))
+    ).all()
+    refit = refit_artifacts(connection, study_id)
+    return {*checkpoints, *refit, *_trial_artifacts(connection, study_id)}
+
+
+def _lock_study_rows(connection: sa.engine.Connection, study_id: int) -> None:
+    """Holds the study's tickets, then its Optuna study and trials (the order workers
+    lock in) until the transaction ends: no worker records a checkpoint or adds a trial or
+    a trial's row meanwhile."""
+    tickets = tables.tickets
+    connection.execute(
+        sa.select(tickets.c.ticket_id).where(tickets.c.study_id == study_id).with_for_update()
+    ).all()
+    optuna_rows.lock_study(connection, study_id)
 
 
 def _trial_artifacts(connection: sa.engine.Connection, study_id: int) -> list[str]:

@@ -75,7 +75,10 @@ def run_evaluation(
         logger.warning("test metrics of study %s not stored: %s", lease.study_id, describe(exc))
         return None
     if not stored:
-        logger.warning("test evaluation of study %s was taken over; dropped", lease.study_id)
+        logger.warning(
+            "test evaluation of study %s was taken over (or the study deleted); dropped",
+            lease.study_id,
+        )
         return None
     _log(lease, state, reports, note)
     return state

@@ -106,7 +106,9 @@ def run_refit(
         logger.warning("refit of study %s not stored: %s", lease.study_id, describe(exc))
         return None
     if not stored:
-        logger.warning("refit of study %s was taken over; dropped", lease.study_id)
+        logger.warning(
+            "refit of study %s was taken over (or the study deleted); dropped", lease.study_id
+        )
         _remove(coordinator, written)
         return None
     if result is None:

@@ -553,7 +553,8 @@ class _Attempt:
         """The reaper took the ticket while it ran; the work continues elsewhere."""
         self._drop_uploads()
         logger.warning(
-            "ticket %s of study %s was reaped while it ran; dropping it (%s)",
+            "ticket %s of study %s was taken while it ran (reaped, or the study deleted); "
+            "dropping it (%s)",
             self.lease.ticket_id,
             self.lease.study_id,
             exc,
@@ -565,7 +566,8 @@ class _Attempt:
         self._drop_uploads()
         frozen = self._frozen()
         logger.warning(
-            "result rejected: trial %s of study %s was reaped (%s)",
+            "result rejected: trial %s of study %s ended elsewhere (reaped, or the study "
+            "deleted): %s",
             frozen.number if frozen is not None else "?",
             self.lease.study_id,
             exc,

@@ -38,6 +38,7 @@ from automl.store import (
     tables,
 )
 from automl.store.faults import is_transient
+from automl.store.leases import end_if_done
 from tests.conftest import store_at
 from tests.store.conftest import start_trial
 
@@ -368,3 +369,22 @@ def test_a_release_finds_a_retried_attempts_trial_the_ticket_does_not_name_yet(
     assert release(store, second, FailureKind.INTERRUPTED, "stopping")
     states = {t._trial_id: t.state for t in store.storage.get_all_trials(study_id)}
     assert states == {first_trial: TrialState.FAIL, unlinked: TrialState.FAIL}
+
+
+def test_a_trial_ending_while_its_study_is_deleted_finds_the_study_gone(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Found by the tester: workers logged "settling failed: 'deleting' is not a valid
+    StudyStatus" (the settle's transaction failed) for a study being deleted."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
+    lease, _ = start_trial(store, study_id)
+    cancel_study(store, study_id)
+    with store.write() as connection:
+        connection.execute(
+            tables.studies.update()
+            .where(tables.studies.c.study_id == study_id)
+            .values(status=tables.DELETING)
+        )
+
+    assert finish_and_settle(store, lease, "complete") == (None, None)
+    assert end_if_done(store, study_id) is None

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+import automl.store.studies as studies_module
 from automl.config import Limits
 from automl.spec import StudySpec
 from automl.store import (
     DEFAULT_PROJECT,
     ProjectLimitError,
     Store,
+    StudyDetail,
     StudyStateError,
     StudyStatus,
     cancel_study,
@@ -83,16 +88,68 @@ def test_a_study_name_says_nothing_of_other_projects(
 
 
 def test_a_taken_optuna_name_gets_a_random_suffix(
-    store: Store, tiny_spec: Callable[..., StudySpec]
+    store: Store, tiny_spec: Callable[..., StudySpec], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A leftover (a crashed submit, a study made in optuna-dashboard) holds the name."""
     store.storage.create_new_study([StudyDirection.MAXIMIZE], "vision/secret")
+    monkeypatch.setattr(studies_module, "NAME_WAIT_S", 0.2)  # for a row that never comes
 
     first = submit_study(store, tiny_spec(name="secret"), project="vision").name
     second = submit_study(store, tiny_spec(name="secret"), project="vision").name
 
     assert re.fullmatch(r"secret-[0-9a-f]{12}", first), first
     assert second == "secret-2"
+
+
+def _submitted_at_once(
+    store: Store, specs: list[StudySpec], monkeypatch: pytest.MonkeyPatch, key: str | None = None
+) -> list[StudyDetail]:
+    """Submits ``specs`` from one thread each, every submission holding its Optuna study a
+    moment before its row is written (the window in which they race)."""
+    set_attr = store.storage.set_study_user_attr
+
+    def slowly(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.1)
+        set_attr(*args, **kwargs)
+
+    monkeypatch.setattr(store.storage, "set_study_user_attr", slowly)
+    start = threading.Barrier(len(specs))
+    done: list[StudyDetail] = []
+
+    def submit(spec: StudySpec) -> None:
+        start.wait()
+        done.append(submit_study(store, spec, key))
+
+    threads = [threading.Thread(target=submit, args=(spec,)) for spec in specs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(done) == len(specs)
+    return done
+
+
+def test_identical_submissions_at_once_are_numbered_not_salted(
+    store: Store, tiny_spec: Callable[..., StudySpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the tester: 8 at once were named ``dup``, ``dup-57d230de601e``, ``dup-2``,
+    ``dup-2-720104706461``...: a name whose submission had not yet written its row looked
+    like a leftover."""
+    done = _submitted_at_once(store, [tiny_spec(name="dup") for _ in range(4)], monkeypatch)
+
+    assert sorted(study.name for study in done) == ["dup", "dup-2", "dup-3", "dup-4"]
+
+
+def test_submissions_at_once_with_one_idempotency_key_make_one_plainly_named_study(
+    store: Store, tiny_spec: Callable[..., StudySpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the tester: the one study was named ``idem-08a973f45bc3`` although no other
+    study held ``idem``."""
+    specs = [tiny_spec(name="idem") for _ in range(4)]
+    done = _submitted_at_once(store, specs, monkeypatch, key="key-1")
+
+    assert {(study.id, study.name) for study in done} == {(done[0].id, "idem")}
+    assert [summary.study_name for summary in store.storage.get_all_studies()] == ["idem"]
 
 
 def test_project_limits_count_kept_and_active_studies(

@@ -286,10 +286,10 @@ def test_a_deletion_that_keeps_failing_holds_up_neither_other_deletions_nor_reap
     _age_heartbeat(store, lease.ticket_id, 120)
     finish_deletion = studies_module.finish_deletion
 
-    def refused_for_one(store: Store, study_id: int) -> None:
+    def refused_for_one(store: Store, study_id: int) -> bool:
         if study_id == stuck:
             raise PermissionError(13, "Permission denied", "automl-artifacts/x")
-        finish_deletion(store, study_id)
+        return finish_deletion(store, study_id)
 
     monkeypatch.setattr(studies_module, "finish_deletion", refused_for_one)
     reaper = Reaper(store, grace=0.5, interval=3600)

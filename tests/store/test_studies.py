@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import optuna
 import pytest
 import sqlalchemy as sa
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+import automl.store.studies as studies_module
 from automl.spec import SpecError, StudySpec
 from automl.store import (
     FailureKind,
+    Lease,
+    LeaseLostError,
     NoBestTrialError,
     Store,
     StudyNotFoundError,
     StudyStateError,
     StudyStatus,
     TrialNotFoundError,
+    TrialWrites,
     attrs,
     best_trials,
     cancel_study,
@@ -48,6 +55,7 @@ from automl.store import (
     submitted_spec,
     tables,
     write_checkpoint,
+    write_trial,
 )
 from tests.conftest import recorded_statements
 from tests.store.conftest import drive, end_trial, start_trial
@@ -566,6 +574,79 @@ def test_delete_removes_every_artifact_of_the_study_and_no_other(
 
     assert [artifact for artifact in owned if _exists(store, artifact)] == []
     assert all(_exists(store, artifact) for artifact in kept)
+
+
+def _cancelled_with_a_running_ticket(
+    store: Store, tiny_spec: SpecFactory
+) -> tuple[int, Lease, int]:
+    """A cancelled study whose one trial still runs (its worker has not stopped yet), its
+    ticket holding a checkpoint; returns the study's id, the lease and the trial's id."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
+    lease, trial_id = start_trial(store, study_id)
+    record_checkpoint(store, lease, write_checkpoint(store.artifacts, study_id, 1, b"1"), 1)
+    cancel_study(store, study_id)
+    return study_id, lease, trial_id
+
+
+def test_a_checkpoint_recorded_while_the_study_is_deleted_is_removed_with_it(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the tester: a worker stopping a cancelled study's trial recorded its stop
+    checkpoint after the deletion had listed the study's artifacts, and the file outlived
+    the study (so did a result's weights and model card)."""
+    study_id, lease, _ = _cancelled_with_a_running_ticket(store, tiny_spec)
+    remove = studies_module.remove_quietly
+    late: list[str] = []
+
+    def then_a_stop_checkpoint(artifacts: Any, artifact_id: str) -> None:
+        remove(artifacts, artifact_id)
+        if not late:  # the worker's stop checkpoint lands between the list and the rows
+            late.append(write_checkpoint(store.artifacts, study_id, lease.ticket_id, b"2"))
+            record_checkpoint(store, lease, late[0], 2)
+
+    monkeypatch.setattr(studies_module, "remove_quietly", then_a_stop_checkpoint)
+    delete_study(store, study_id)
+
+    assert late and not _exists(store, late[0])
+    assert _tickets(store, study_id) == []
+    with pytest.raises(LeaseLostError):  # and a checkpoint after that is refused
+        record_checkpoint(store, lease, write_checkpoint(store.artifacts, study_id, 1, b"3"), 3)
+
+
+def test_a_trial_write_during_the_deletion_waits_for_it_then_finds_the_trial_gone(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the tester: on PostgreSQL a worker's write to a trial landed between the
+    deletion's statements (a foreign key violation: HTTP 500 to ``DELETE``)."""
+    study_id, _, trial_id = _cancelled_with_a_running_ticket(store, tiny_spec)
+    lock = studies_module._lock_study_rows
+    outcome: dict[str, Any] = {}
+    writers: list[threading.Thread] = []
+
+    def write() -> None:
+        try:
+            write_trial(store, trial_id, TrialWrites(user_attrs={"late": 1}))
+            outcome["wrote"] = True
+        except Exception as exc:
+            outcome["error"] = exc
+
+    def then_a_worker_writes(connection: sa.engine.Connection, locked: int) -> None:
+        lock(connection, locked)
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(timeout=1.0)
+        outcome["waited"] = writer.is_alive()
+        writers.append(writer)
+
+    monkeypatch.setattr(studies_module, "_lock_study_rows", then_a_worker_writes)
+    delete_study(store, study_id)
+    writers[0].join(timeout=30)
+
+    assert outcome["waited"]
+    assert isinstance(outcome.get("error"), UpdateFinishedTrialError), outcome
+    with pytest.raises(StudyNotFoundError):
+        get_study(store, study_id)
+    assert store.storage.get_all_studies() == []
 
 
 @contextmanager
