@@ -328,7 +328,7 @@ def record_results(store: Store, trial_id: int, user_attrs: dict[str, Any]) -> N
     """
     with store.write() as connection:
         if not optuna_rows.put_running_trial_attrs(connection, trial_id, user_attrs):
-            raise UpdateFinishedTrialError(f"trial {trial_id} is no longer running")
+            raise UpdateFinishedTrialError(f"trial id {trial_id} is no longer running")
 
 
 def record_checkpoint(store: Store, lease: Lease, artifact_id: str, epoch: int) -> str | None:

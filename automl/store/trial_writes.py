@@ -134,7 +134,7 @@ def apply_writes(
     """
     for trial_id, trial_writes in writes.items():
         if not _put(connection, trial_id, trial_writes) and not ignore_finished:
-            raise UpdateFinishedTrialError(f"trial {trial_id} is no longer running")
+            raise UpdateFinishedTrialError(f"trial id {trial_id} is no longer running")
 
 
 def write_trials(
@@ -225,7 +225,7 @@ def tell_trial(
         apply_writes(connection, others)
         ended = _put(connection, trial_id, writes.get(trial_id, TrialWrites()), (state, values))
     if not ended:
-        raise UpdateFinishedTrialError(f"trial {trial_id} is no longer running")
+        raise UpdateFinishedTrialError(f"trial id {trial_id} is no longer running")
     return True
 
 

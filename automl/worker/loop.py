@@ -59,7 +59,7 @@ from automl.store.artifacts import TEMPORARY_PREFIX
 from automl.train import METRICS, resolve_device
 from automl.train.accel import check_device_settings
 from automl.train.trial_config import PIPELINES, SELECTABLE
-from automl.worker.coordinator import BufferedSqlCoordinator, Coordinator
+from automl.worker.coordinator import BufferedSqlCoordinator, Coordinator, CoordinatorTooOldError
 from automl.worker.evaluator import describe, run_evaluation
 from automl.worker.identity import new_worker_id, sampler_seed
 from automl.worker.keeper import LeaseKeeper
@@ -343,6 +343,18 @@ class Worker:
                     continue
                 try:
                     run = self.run_lease(lease)
+                except CoordinatorTooOldError:
+                    raise
+                except Exception:
+                    # A bug in one ticket's bookkeeping must not end the worker (and with
+                    # it the other studies' work); the reaper queues the ticket again.
+                    logger.exception(
+                        "ticket %s of study %s: unexpected error; the worker goes on",
+                        lease.ticket_id,
+                        lease.study_id,
+                    )
+                    self._stop.wait(self.options.poll_interval)
+                    continue
                 finally:
                     self._busy = False
                 ran += 1

@@ -550,29 +550,45 @@ class _Attempt:
         return TrialRun(self.lease, "released" if requeue else "fail", self._frozen())
 
     def _lost(self, exc: BaseException) -> TrialRun:
-        """The reaper took the ticket while it ran; the work continues elsewhere."""
-        self._drop_uploads()
-        logger.warning(
-            "ticket %s of study %s was taken while it ran (reaped, or the study deleted); "
-            "dropping it (%s)",
-            self.lease.ticket_id,
-            self.lease.study_id,
-            exc,
-        )
-        return TrialRun(self.lease, "lost", self._frozen())
-
-    def _rejected(self, exc: BaseException) -> TrialRun:
-        """The result came after the reaper ended the trial: it is not counted."""
+        """The reaper took the ticket while it ran (the work continues elsewhere), or the
+        study was deleted."""
         self._drop_uploads()
         frozen = self._frozen()
-        logger.warning(
-            "result rejected: trial %s of study %s ended elsewhere (reaped, or the study "
-            "deleted): %s",
-            frozen.number if frozen is not None else "?",
-            self.lease.study_id,
-            exc,
-        )
+        if self._study_deleted(frozen):
+            logger.info("study %s was deleted while ticket %s ran", *self._ids())
+        else:
+            logger.warning(
+                "ticket %s of study %s was taken while it ran (%s); dropping it (%s)",
+                self.lease.ticket_id,
+                self.lease.study_id,
+                "reaped" if self.trial_id is not None else "reaped, or the study deleted",
+                exc,
+            )
+        return TrialRun(self.lease, "lost", frozen)
+
+    def _rejected(self, exc: BaseException) -> TrialRun:
+        """The result came after the reaper ended the trial (it is not counted), or after
+        the study was deleted."""
+        self._drop_uploads()
+        frozen = self._frozen()
+        if self._study_deleted(frozen):
+            logger.info("study %s was deleted while ticket %s ran", *self._ids())
+        else:
+            logger.warning(
+                "result rejected: trial %s of study %s had been ended by another (the "
+                "reaper, or a client outside automl): %s",
+                frozen.number if frozen is not None else "?",
+                self.lease.study_id,
+                exc,
+            )
         return TrialRun(self.lease, "rejected", frozen)
+
+    def _study_deleted(self, frozen: FrozenTrial | None) -> bool:
+        """Whether the attempt's trial is gone: only deleting a study removes trials."""
+        return self.trial_id is not None and frozen is None
+
+    def _ids(self) -> tuple[int, int]:
+        return self.lease.study_id, self.lease.ticket_id
 
     def _drop_uploads(self) -> None:
         """Removes the weights and card this attempt uploaded for a trial that someone
@@ -615,7 +631,10 @@ class _Attempt:
             try:
                 return self.study.tell(trial, values, state=state)
             except (UpdateFinishedTrialError, ValueError):
-                frozen = self.coordinator.storage.get_trial(trial_id)
+                try:
+                    frozen = self.coordinator.storage.get_trial(trial_id)
+                except KeyError:  # its study was deleted
+                    raise ResultRejectedError("the trial no longer exists") from None
                 if not frozen.state.is_finished():
                     raise
                 mine = frozen.state == target and (

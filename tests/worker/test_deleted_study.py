@@ -1,0 +1,103 @@
+"""A study deleted under a worker that is running one of its trials: the worker drops the
+trial, says so once (INFO: a user's action, not a fault), and goes on with other work."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import automl.worker.loop
+import automl.worker.runner
+from automl.spec import StudySpec
+from automl.store import (
+    Store,
+    StudyNotFoundError,
+    StudyStatus,
+    cancel_study,
+    delete_study,
+    get_study,
+    submit_study,
+)
+from automl.worker import Worker
+from tests.worker.options import fast_options
+
+SpecFactory = Callable[..., StudySpec]
+
+
+def _two_studies(store: Store, tiny_spec: SpecFactory) -> tuple[int, int]:
+    doomed = submit_study(store, tiny_spec(name="doomed", budget={"n_trials": 1})).id
+    other = submit_study(store, tiny_spec(name="other", budget={"n_trials": 2})).id
+    return doomed, other
+
+
+def _deleting_first(store: Store, study_id: int, then: Callable[..., Any]) -> Callable[..., Any]:
+    """``then``, after deleting ``study_id`` (once) as a user would: cancel, then delete."""
+
+    def deleting(*args: Any, **kwargs: Any) -> Any:
+        try:
+            get_study(store, study_id)
+        except StudyNotFoundError:
+            return then(*args, **kwargs)
+        cancel_study(store, study_id)
+        delete_study(store, study_id)
+        return then(*args, **kwargs)
+
+    return deleting
+
+
+@pytest.mark.parametrize("moment", ["data_check", "tell"])
+def test_a_study_deleted_while_its_trial_runs_leaves_the_worker_working(
+    sqlite_store: Store,
+    tiny_spec: SpecFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    moment: str,
+) -> None:
+    """Found by a tester: a study deleted as its trial checked its data made the trial's
+    failure path read the deleted trial, and the ``KeyError`` ended the worker process."""
+    store = sqlite_store
+    doomed, other = _two_studies(store, tiny_spec)
+    attempt = automl.worker.runner._Attempt
+    name = {"data_check": "_require_study_data", "tell": "_tell"}[moment]
+    monkeypatch.setattr(attempt, name, _deleting_first(store, doomed, getattr(attempt, name)))
+    caplog.set_level(logging.INFO, logger="automl.worker")
+
+    Worker(store, fast_options()).run()
+
+    assert get_study(store, other).status == StudyStatus.COMPLETED
+    with pytest.raises(StudyNotFoundError):
+        get_study(store, doomed)
+    said = [r for r in caplog.records if f"study {doomed} was deleted" in r.getMessage()]
+    assert [record.levelno for record in said] == [logging.INFO]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_an_unexpected_error_in_one_ticket_does_not_end_the_worker(
+    sqlite_store: Store,
+    tiny_spec: SpecFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = sqlite_store
+    first, other = _two_studies(store, tiny_spec)
+    run_lease = automl.worker.loop.run_lease
+    failed: list[int] = []
+
+    def failing_once(ctx: Any, lease: Any, *args: Any) -> Any:
+        if not failed:
+            failed.append(lease.study_id)
+            raise RuntimeError("a bug in the bookkeeping")
+        return run_lease(ctx, lease, *args)
+
+    monkeypatch.setattr(automl.worker.loop, "run_lease", failing_once)
+
+    Worker(store, fast_options()).run()
+
+    assert failed == [first]
+    assert get_study(store, other).status == StudyStatus.COMPLETED
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert f"study {first}: unexpected error; the worker goes on" in record.getMessage()
+    assert record.exc_info is not None and "a bug in the bookkeeping" in caplog.text
