@@ -6,25 +6,32 @@ artifact store: automl's folder, SQL and S3 stores all implement Optuna's artifa
 protocol (``open_reader``, ``write``, ``remove``), so the SQL store used with PostgreSQL
 serves the dashboard as it serves the workers.
 
-A few dashboard actions would change what automl keeps in its own tables too; on automl's
-studies the dashboard refuses them (HTTP 403 with the command to use instead): deleting
-or renaming a study, telling a trial's result by hand, which would end a trial a worker
-runs, and deleting an artifact (optuna-dashboard removes the file, then fails to update
-the finished trial, so automl would point at weights that are gone). Studies created in
-the dashboard itself (or with plain Optuna) are not automl's, and all of it is allowed
-on them.
+A few dashboard actions would change what automl keeps about its own studies; on automl's
+studies and their trials the dashboard refuses them (HTTP 403 with a reason, and the
+command to use instead where there is one): deleting or renaming a study, telling a
+trial's result or writing its user attributes by hand (a worker owns a running trial, and
+``automl.*`` attributes are automl's records), recording a preference (optuna-dashboard
+completes the study's unfinished trials with made-up values), and uploading or deleting an
+artifact (retention and ``automl delete`` keep track of automl's files; optuna-dashboard
+removes a file, then fails to update the finished trial, so automl would point at weights
+that are gone). On any study an artifact is deleted only through the study or trial that
+records it: optuna-dashboard removes whatever artifact id it is given before it looks at
+the study or trial in the URL. Notes and the preference pages' settings stay allowed
+everywhere. Studies created in the dashboard itself (or with plain
+Optuna) are not automl's, and all of it is allowed on them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
 import sys
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from automl.cli.errors import EXIT_BAD_INPUT, CliError
@@ -42,30 +49,129 @@ DEFAULT_PORT = 8080
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-# (method, path pattern, reason): the pattern's group is a study id, or a trial id where
-# the group is named ``trial``.
-_REFUSED: tuple[tuple[str, re.Pattern[str], str], ...] = (
+_DELETE_STUDY = (
+    "delete automl studies with `automl delete ID` (or DELETE /studies/{id}), which also "
+    "removes automl's records and the study's artifacts"
+)
+_TRIAL_RESULTS = "automl's workers report trial results; cancel the study with `automl cancel ID`"
+_TRIAL_ATTRS = (
+    "automl's workers write the attributes of automl's trials (its automl.* records among "
+    "them); keep remarks in the trial's note"
+)
+_PREFERENCE = (
+    "a preference completes the study's unfinished trials with made-up values; automl's "
+    "workers report its trials' results"
+)
+_UPLOAD = (
+    "automl's studies and trials hold only the artifacts automl saves (`automl delete ID` "
+    "would leave an uploaded file behind); upload to a study created in the dashboard"
+)
+_DELETE_ARTIFACT = (
+    "automl removes trials' weights itself (the spec's keep_weights) and every artifact "
+    "with the study (`automl delete ID`)"
+)
+_DASHBOARD_ARTIFACT_ATTR = "dashboard:artifacts:"
+"""Prefix, before ``{trial id}:{artifact id}``, of the study system attribute where older
+optuna-dashboard releases recorded a trial's upload (0.21.0 still lists and deletes them)."""
+
+# What optuna-dashboard's router (bottle) matches for an ``int`` and an artifact id.
+_STUDY, _TRIAL = r"(?P<study>-?\d+)", r"(?P<trial>-?\d+)"
+_ARTIFACT = r"(?P<artifact>[0-9a-fA-F-]+)"
+
+_Check = Callable[["Store", re.Match[str]], str | None]
+
+
+def _refuse_on_automl_study(reason: str) -> _Check:
+    """A check that refuses with ``reason`` where the URL's study is automl's."""
+
+    def check(store: Store, match: re.Match[str]) -> str | None:
+        return reason if _is_automl_study(store, int(match["study"])) else None
+
+    return check
+
+
+def _refuse_on_automl_trial(reason: str) -> _Check:
+    """A check that refuses with ``reason`` where the URL's trial is one of automl's."""
+
+    def check(store: Store, match: re.Match[str]) -> str | None:
+        owner = _trial_study(store, int(match["trial"]))
+        return reason if owner is not None and owner.is_automl else None
+
+    return check
+
+
+def _refuse_trial_upload(store: Store, match: re.Match[str]) -> str | None:
+    # optuna-dashboard records the upload on the trial whatever study the URL names.
+    owner = _trial_study(store, int(match["trial"]))
+    if _is_automl_study(store, int(match["study"])) or (owner is not None and owner.is_automl):
+        return _UPLOAD
+    return None
+
+
+def _refuse_study_artifact_deletion(store: Store, match: re.Match[str]) -> str | None:
+    from automl.store.retention import OPTUNA_ARTIFACT_ATTR
+
+    study_id, artifact_id = int(match["study"]), match["artifact"]
+    if _is_automl_study(store, study_id):
+        return _DELETE_ARTIFACT
+    key = OPTUNA_ARTIFACT_ATTR + artifact_id
+    if not _is_record(_system_attrs(store.reader.get_study_system_attrs, study_id).get(key)):
+        return f"artifact {artifact_id} is not one of study {study_id}'s artifacts"
+    return None
+
+
+def _refuse_trial_artifact_deletion(store: Store, match: re.Match[str]) -> str | None:
+    from automl.store.retention import OPTUNA_ARTIFACT_ATTR
+
+    study_id, trial_id, artifact_id = int(match["study"]), int(match["trial"]), match["artifact"]
+    if _is_automl_study(store, study_id):
+        return _DELETE_ARTIFACT
+    owner = _trial_study(store, trial_id)
+    if owner is not None and owner.is_automl:
+        return f"trial {trial_id} is a trial of automl's study {owner.study_id}: {_DELETE_ARTIFACT}"
+    if owner is None or owner.study_id != study_id:
+        return f"trial {trial_id} is not a trial of study {study_id}"
+    trial_attrs = _system_attrs(store.reader.get_trial_system_attrs, trial_id)
+    study_attrs = _system_attrs(store.reader.get_study_system_attrs, study_id)
+    if not (
+        _is_record(trial_attrs.get(OPTUNA_ARTIFACT_ATTR + artifact_id))
+        or _is_record(study_attrs.get(f"{_DASHBOARD_ARTIFACT_ATTR}{trial_id}:{artifact_id}"))
+    ):
+        return f"artifact {artifact_id} is not one of trial {trial_id}'s artifacts"
+    return None
+
+
+# Every route of optuna-dashboard 0.21.0 that changes something automl relies on for its
+# studies, with the check that refuses it. A check returns why it refuses, or None.
+_GUARDED: tuple[tuple[str, re.Pattern[str], _Check], ...] = (
+    ("DELETE", re.compile(rf"/api/studies/{_STUDY}"), _refuse_on_automl_study(_DELETE_STUDY)),
     (
-        "DELETE",
-        re.compile(r"/api/studies/(\d+)"),
-        "delete automl studies with `automl delete ID` (or DELETE /studies/{id}), which "
-        "also removes automl's records and the study's artifacts",
+        "POST",
+        re.compile(rf"/api/studies/{_STUDY}/rename"),
+        _refuse_on_automl_study("automl studies keep their names"),
     ),
     (
         "POST",
-        re.compile(r"/api/studies/(\d+)/rename"),
-        "automl studies keep their names",
+        re.compile(rf"/api/studies/{_STUDY}/preference"),
+        _refuse_on_automl_study(_PREFERENCE),
     ),
+    ("POST", re.compile(rf"/api/trials/{_TRIAL}/tell"), _refuse_on_automl_trial(_TRIAL_RESULTS)),
     (
         "POST",
-        re.compile(r"/api/trials/(?P<trial>\d+)/tell"),
-        "automl's workers report trial results; cancel the study with `automl cancel ID`",
+        re.compile(rf"/api/trials/{_TRIAL}/user-attrs"),
+        _refuse_on_automl_trial(_TRIAL_ATTRS),
+    ),
+    ("POST", re.compile(rf"/api/artifacts/{_STUDY}"), _refuse_on_automl_study(_UPLOAD)),
+    ("POST", re.compile(rf"/api/artifacts/{_STUDY}/{_TRIAL}"), _refuse_trial_upload),
+    (
+        "DELETE",
+        re.compile(rf"/api/artifacts/{_STUDY}/{_ARTIFACT}"),
+        _refuse_study_artifact_deletion,
     ),
     (
         "DELETE",
-        re.compile(r"/api/artifacts/(\d+)(?:/\d+)?/[0-9a-fA-F-]+"),
-        "automl removes trials' weights itself (the spec's keep_weights) and every artifact "
-        "with the study (`automl delete ID`)",
+        re.compile(rf"/api/artifacts/{_STUDY}/{_TRIAL}/{_ARTIFACT}"),
+        _refuse_trial_artifact_deletion,
     ),
 )
 
@@ -80,50 +186,100 @@ def dashboard_app(store: Store) -> WSGIApp:
     import optuna_dashboard
 
     app = optuna_dashboard.wsgi(store.storage, artifact_store=store.artifacts)
-    return _refuse_automl_changes(app, lambda match: _is_automl_study(store, match))
+    return _refuse_automl_changes(app, lambda method, path: _refusal(store, method, path))
 
 
-def _is_automl_study(store: Store, match: re.Match[str]) -> bool:
-    """Whether the study that ``match`` (of a ``_REFUSED`` pattern) names is automl's.
+def _refusal(store: Store, method: str, path: str) -> str | None:
+    """Why the dashboard refuses ``method`` on ``path`` (as its router reads them), or None
+    if it does not."""
+    for guarded_method, pattern, check in _GUARDED:
+        if method == guarded_method and (match := pattern.fullmatch(path)):
+            return check(store, match)
+    return None
 
-    A trial's study is read from Optuna's table: Optuna 5's storage API has no such call.
+
+def _is_automl_study(store: Store, study_id: int) -> bool:
+    """Whether the study is automl's (one of automl's records names it)."""
+    import sqlalchemy as sa
+
+    from automl.store import tables
+
+    studies = tables.studies
+    with store.read() as connection:
+        return connection.scalar(sa.select(sa.exists().where(studies.c.study_id == study_id)))
+
+
+class _TrialStudy(NamedTuple):
+    """The study a trial belongs to."""
+
+    study_id: int
+    is_automl: bool
+
+
+def _trial_study(store: Store, trial_id: int) -> _TrialStudy | None:
+    """The study of the trial; None without such a trial.
+
+    Read from Optuna's table: Optuna 5's storage API has no call for a trial's study.
     """
     import sqlalchemy as sa
 
     from automl.store import optuna_rows, tables
 
     trials, studies = optuna_rows.trials, tables.studies
-    if match.groupdict().get("trial") is None:
-        study_id: Any = int(match[1])
-    else:
-        study_id = (
-            sa.select(trials.c.study_id)
-            .where(trials.c.trial_id == int(match["trial"]))
-            .scalar_subquery()
-        )
+    query = (
+        sa.select(trials.c.study_id, studies.c.study_id.is_not(None))
+        .select_from(trials.outerjoin(studies, studies.c.study_id == trials.c.study_id))
+        .where(trials.c.trial_id == trial_id)
+    )
     with store.read() as connection:
-        return connection.scalar(sa.select(sa.exists().where(studies.c.study_id == study_id)))
+        row = connection.execute(query).first()
+    return None if row is None else _TrialStudy(row[0], bool(row[1]))
 
 
-def _refuse_automl_changes(
-    app: WSGIApp, is_automl_study: Callable[[re.Match[str]], bool]
-) -> WSGIApp:
+def _system_attrs(read: Callable[[int], dict[str, Any]], owner_id: int) -> dict[str, Any]:
+    """``read(owner_id)`` (a study's or a trial's system attributes), empty without such a
+    study or trial."""
+    try:
+        return read(owner_id)
+    except KeyError:
+        return {}
+
+
+def _is_record(value: Any) -> bool:
+    """Whether a system attribute's value records an artifact: a JSON object, as
+    ``optuna.artifacts.upload_artifact`` and optuna-dashboard write it; optuna-dashboard
+    marks a deleted artifact's record ``"null"``."""
+    try:
+        return isinstance(value, str) and isinstance(json.loads(value), dict)
+    except ValueError:
+        return False
+
+
+def _routed_path(environ: dict[str, Any]) -> str:
+    """The request's path as optuna-dashboard routes it: bottle decodes ``PATH_INFO`` as
+    UTF-8, dropping what does not decode, then optuna-dashboard strips trailing slashes."""
+    path = environ.get("PATH_INFO", "")
+    # A path that is not latin-1 fails in bottle before it is routed.
+    with contextlib.suppress(UnicodeEncodeError):
+        path = path.encode("latin-1").decode("utf-8", "ignore")
+    return path.rstrip("/")
+
+
+def _refuse_automl_changes(app: WSGIApp, refusal: Callable[[str, str], str | None]) -> WSGIApp:
+    """``app`` answering 403 with the reason where ``refusal(method, path)`` gives one."""
+
     def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        path = environ.get("PATH_INFO", "").rstrip("/")
-        for refused_method, pattern, reason in _REFUSED:
-            if (
-                method == refused_method
-                and (match := pattern.fullmatch(path))
-                and is_automl_study(match)
-            ):
-                body = json.dumps({"reason": reason}).encode()
-                start_response(
-                    "403 Forbidden",
-                    [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-                )
-                return [body]
-        return app(environ, start_response)
+        # bottle routes a method whatever its case.
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        reason = refusal(method, _routed_path(environ))
+        if reason is None:
+            return app(environ, start_response)
+        body = json.dumps({"reason": reason}).encode()
+        start_response(
+            "403 Forbidden",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
 
     return guarded
 

@@ -4,18 +4,29 @@ retention and deletion keep the listing true, and automl's records are protected
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.client import HTTPConnection, HTTPResponse
 from pathlib import Path
+from wsgiref.simple_server import make_server
 
 import httpx
 import optuna
 import pytest
+import torch
+from optuna.trial import TrialState
 
 from automl.cli import dashboard_commands
 from automl.cli.dashboard_commands import dashboard_app
 from automl.cli.main import build_parser, main
 from automl.config import Settings
+from automl.spec import StudySpec
 from automl.store import (
     Store,
     attrs,
@@ -24,10 +35,14 @@ from automl.store import (
     get_study,
     load_state_dict,
     open_store,
+    save_model_card,
+    save_weights,
+    submit_study,
 )
 from automl.store.artifacts import ArtifactNotFound
 from tests.conftest import free_port
 from tests.delivery.trained import train_study
+from tests.store.conftest import end_trial, start_trial
 
 FAST = {"epochs": 1, "width": 8, "depth": 1, "batch_size": 128, "lr": 0.01, "optimizer": "adam"}
 
@@ -140,6 +155,258 @@ def test_the_dashboard_refuses_to_delete_a_trials_weights(store: Store) -> None:
         assert trial_artifacts(http, study_id) == listed
     for artifact_id in listed.values():
         store.artifacts.open_reader(artifact_id).close()
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """An automl study seeded as a worker leaves it, without training."""
+
+    study_id: int
+    done: int
+    """Trial id of a COMPLETE trial with weights and a model card."""
+    running: int
+    """Trial id of a RUNNING trial."""
+    artifacts: dict[str, str]
+    """``filename -> artifact id`` of the done trial."""
+
+
+@pytest.fixture
+def seeded(store: Store, tiny_spec: Callable[..., StudySpec]) -> Seeded:
+    study_id = submit_study(store, tiny_spec()).id
+    study = optuna.load_study(
+        study_name=store.storage.get_study_name_from_id(study_id), storage=store.storage
+    )
+    lease, done = start_trial(store, study_id)
+    trial = optuna.Trial(study, done)
+    weights = save_weights(store.storage, trial, {"w": torch.ones(2)}, store.artifacts)
+    card = save_model_card(trial, {"model": {"study_id": study_id}}, store.artifacts)
+    end_trial(store, lease, done, 0.9)
+    _, running = start_trial(store, study_id)
+    artifacts = {"weights.safetensors": weights, "model_card.json": card}
+    return Seeded(study_id, done, running, artifacts)
+
+
+def scratch_study(http: httpx.Client, store: Store, name: str = "scratch") -> tuple[int, int]:
+    """A study created in the dashboard and a RUNNING trial of it: ``(study id, trial id)``."""
+    created = http.post("/api/studies", json={"study_name": name, "directions": ["minimize"]})
+    assert created.status_code == 201, created.text
+    study_id = created.json()["study_summary"]["study_id"]
+    return study_id, optuna.load_study(study_name=name, storage=store.storage).ask()._trial_id
+
+
+def upload(http: httpx.Client, url: str, content: bytes = b"hello") -> httpx.Response:
+    """Uploads a file as the dashboard's page does."""
+    data = "data:text/plain;base64," + base64.standard_b64encode(content).decode()
+    return http.post(url, json={"file": data, "filename": "notes.txt"})
+
+
+def assert_intact(store: Store, seeded: Seeded) -> None:
+    """The seeded trial's files are there and automl still loads its weights."""
+    for artifact_id in seeded.artifacts.values():
+        store.artifacts.open_reader(artifact_id).close()
+    assert load_state_dict(get_frozen_trial(store, seeded.study_id, 0), store.artifacts)
+
+
+def test_an_automl_artifact_cannot_be_deleted_through_another_study(
+    store: Store, seeded: Seeded
+) -> None:
+    # optuna-dashboard removes whatever artifact id it is given, then records the removal
+    # on the study and trial of the URL: only the study id used to be checked.
+    weights = seeded.artifacts["weights.safetensors"]
+    with client(store) as http:
+        scratch, _ = scratch_study(http, store)
+        by_trial = http.delete(f"/api/artifacts/{scratch}/{seeded.done}/{weights}")
+        by_study = http.delete(f"/api/artifacts/{scratch}/{weights}")
+        # bottle's int is -?\d+: no such trial or study, but the file would go first.
+        no_trial = http.delete(f"/api/artifacts/{scratch}/-1/{weights}")
+        no_study = http.delete(f"/api/artifacts/-1/{weights}")
+        listed = trial_artifacts_of(http, seeded.study_id, 0)
+    assert by_trial.status_code == 403
+    assert f"automl's study {seeded.study_id}" in by_trial.json()["reason"]
+    assert by_study.status_code == 403
+    assert (
+        by_study.json()["reason"] == f"artifact {weights} is not one of study {scratch}'s artifacts"
+    )
+    assert no_trial.status_code == 403
+    assert no_trial.json()["reason"] == f"trial -1 is not a trial of study {scratch}"
+    assert no_study.status_code == 403
+    assert listed == seeded.artifacts
+    assert_intact(store, seeded)
+
+
+def test_the_dashboard_deletes_an_artifact_only_through_the_study_or_trial_that_records_it(
+    store: Store,
+) -> None:
+    with client(store) as http:
+        study_id, trial_id = scratch_study(http, store)
+        other, other_trial = scratch_study(http, store, "other")
+        on_trial = upload(http, f"/api/artifacts/{study_id}/{trial_id}").json()["artifact_id"]
+        on_study = upload(http, f"/api/artifacts/{study_id}").json()["artifact_id"]
+        refused = {
+            "other study": http.delete(f"/api/artifacts/{other}/{trial_id}/{on_trial}"),
+            "other trial": http.delete(f"/api/artifacts/{study_id}/{other_trial}/{on_trial}"),
+            "as the study's": http.delete(f"/api/artifacts/{study_id}/{on_trial}"),
+            "as the trial's": http.delete(f"/api/artifacts/{study_id}/{trial_id}/{on_study}"),
+            "of another study": http.delete(f"/api/artifacts/{other}/{on_study}"),
+        }
+        reasons = {case: answer.json()["reason"] for case, answer in refused.items()}
+        for artifact_id in (on_trial, on_study):
+            store.artifacts.open_reader(artifact_id).close()
+
+        by_trial = http.delete(f"/api/artifacts/{study_id}/{trial_id}/{on_trial}")
+        by_study = http.delete(f"/api/artifacts/{study_id}/{on_study}")
+        again = http.delete(f"/api/artifacts/{study_id}/{on_study}")
+        # Older optuna-dashboard releases recorded a trial's upload on its study.
+        store.artifacts.write("0123-abcd", io.BytesIO(b"old"))
+        store.storage.set_study_system_attr(
+            study_id,
+            f"dashboard:artifacts:{trial_id}:0123-abcd",
+            json.dumps({"artifact_id": "0123-abcd", "filename": "old.txt"}),
+        )
+        deleted_legacy = http.delete(f"/api/artifacts/{study_id}/{trial_id}/0123-abcd")
+
+    assert {case: answer.status_code for case, answer in refused.items()} == dict.fromkeys(
+        refused, 403
+    )
+    assert reasons["other study"] == f"trial {trial_id} is not a trial of study {other}"
+    assert reasons["other trial"] == f"trial {other_trial} is not a trial of study {study_id}"
+    assert reasons["as the study's"] == (
+        f"artifact {on_trial} is not one of study {study_id}'s artifacts"
+    )
+    assert reasons["as the trial's"] == (
+        f"artifact {on_study} is not one of trial {trial_id}'s artifacts"
+    )
+    assert (by_trial.status_code, by_study.status_code) == (204, 204)
+    assert again.status_code == 403, "a deleted artifact's record is no record"
+    assert deleted_legacy.status_code == 204, deleted_legacy.text
+    for artifact_id in (on_trial, on_study, "0123-abcd"):
+        with pytest.raises(ArtifactNotFound):
+            store.artifacts.open_reader(artifact_id)
+
+
+def test_the_dashboard_refuses_to_write_automl_trials_user_attributes(
+    store: Store, seeded: Seeded
+) -> None:
+    with client(store) as http:
+        _, scratch_trial = scratch_study(http, store)
+        answers = [
+            http.post(
+                f"/api/trials/{trial_id}/user-attrs", json={"user_attrs": {attrs.WEIGHTS: ""}}
+            )
+            for trial_id in (seeded.running, seeded.done, scratch_trial)
+        ]
+    assert [answer.status_code for answer in answers] == [403, 403, 204]
+    assert "automl.*" in answers[0].json()["reason"]
+    assert attrs.WEIGHTS not in store.storage.get_trial(seeded.running).user_attrs
+    assert (
+        store.storage.get_trial(seeded.done).user_attrs[attrs.WEIGHTS]
+        == (seeded.artifacts["weights.safetensors"])
+    )
+    assert_intact(store, seeded)
+
+
+def test_the_dashboard_refuses_preferences_and_uploads_on_automl_studies(
+    store: Store, seeded: Seeded
+) -> None:
+    study_id = seeded.study_id
+    with client(store) as http:
+        scratch, _ = scratch_study(http, store)
+        # optuna-dashboard would complete the RUNNING trial (number 1) with the value 0.
+        preference = http.post(
+            f"/api/studies/{study_id}/preference",
+            json={"mode": "ChooseWorst", "candidates": [0, 1], "clicked": 0},
+        )
+        uploads = [
+            upload(http, f"/api/artifacts/{study_id}"),
+            upload(http, f"/api/artifacts/{study_id}/{seeded.running}"),
+            upload(http, f"/api/artifacts/{scratch}/{seeded.running}"),
+        ]
+    assert preference.status_code == 403
+    assert "made-up values" in preference.json()["reason"]
+    assert [answer.status_code for answer in uploads] == [403, 403, 403]
+    assert "automl delete" in uploads[0].json()["reason"]
+    assert store.storage.get_trial(seeded.running).state == TrialState.RUNNING
+    recorded = [
+        *store.storage.get_trial_system_attrs(seeded.running),
+        *store.storage.get_study_system_attrs(study_id),
+    ]
+    assert not [key for key in recorded if key.startswith("artifacts:")]
+
+
+def test_notes_and_feedback_settings_stay_allowed_on_automl_studies(
+    store: Store, seeded: Seeded
+) -> None:
+    study_id = seeded.study_id
+    with client(store) as http:
+        answers = [
+            http.put(f"/api/studies/{study_id}/note", json={"version": 1, "body": "study"}),
+            http.put(
+                f"/api/studies/{study_id}/{seeded.done}/note", json={"version": 1, "body": "x"}
+            ),
+            http.put(
+                f"/api/studies/{study_id}/preference_feedback_component",
+                json={"output_type": "note"},
+            ),
+        ]
+    assert [answer.status_code for answer in answers] == [204, 204, 204]
+    assert_intact(store, seeded)
+
+
+@contextmanager
+def served(store: Store) -> Iterator[Callable[..., HTTPResponse]]:
+    """The dashboard on a real HTTP server (as ``automl dashboard`` serves it); yields a
+    function that sends one raw request, method and path exactly as given."""
+    server = make_server(
+        "127.0.0.1",
+        0,
+        dashboard_app(store),
+        server_class=dashboard_commands._ThreadingServer,
+        handler_class=dashboard_commands._QuietHandler,
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    connections: list[HTTPConnection] = []
+
+    def send(method: str, path: str, body: object = None) -> HTTPResponse:
+        connection = HTTPConnection("127.0.0.1", server.server_port, timeout=30)
+        connections.append(connection)
+        payload = None if body is None else json.dumps(body)
+        connection.request(method, path, payload, {"Content-Type": "application/json"})
+        return connection.getresponse()
+
+    try:
+        yield send
+    finally:
+        for connection in connections:
+            connection.close()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_the_guard_reads_the_method_and_path_as_the_dashboards_router_does(
+    store: Store, seeded: Seeded
+) -> None:
+    # bottle routes a method whatever its case and drops what does not decode as UTF-8.
+    with served(store) as send:
+        lower_case = send("delete", f"/api/studies/{seeded.study_id}")
+        undecodable = send("POST", f"/api/trials/{seeded.running}/tell%FF", {"state": "Fail"})
+        slashes = send("POST", f"/api/trials/{seeded.running}/tell//", {"state": "Fail"})
+        answers = [lower_case, undecodable, slashes]
+        statuses = [answer.status for answer in answers]
+        reasons = [json.loads(answer.read())["reason"] for answer in answers]
+    assert statuses == [403, 403, 403]
+    assert "automl delete" in reasons[0]
+    assert store.storage.get_study_name_from_id(seeded.study_id)
+    assert store.storage.get_trial(seeded.running).state == TrialState.RUNNING
+    assert_intact(store, seeded)
+
+
+def trial_artifacts_of(http: httpx.Client, study_id: int, number: int) -> dict[str, str]:
+    """``filename -> artifact id`` of one trial of the study, as the dashboard lists them."""
+    detail = http.get(f"/api/studies/{study_id}").json()
+    (trial,) = [trial for trial in detail["trials"] if trial["number"] == number]
+    return {artifact["filename"]: artifact["artifact_id"] for artifact in trial["artifacts"]}
 
 
 def test_retention_keeps_the_card_and_deletion_removes_every_artifact(store: Store) -> None:
