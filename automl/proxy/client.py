@@ -341,6 +341,12 @@ class RemoteCoordinator:
         reply, _ = self.call("status", {"study_id": study_id})
         return None if reply["status"] is None else StudyStatus(reply["status"])
 
+    def fail_without_optuna_study(self, study_id: int) -> bool:
+        """See ``Coordinator.fail_without_optuna_study`` (a proxy older than the call
+        raises ``ProxyTooOldError``)."""
+        reply, _ = self.call("fail_without_optuna_study", {"study_id": study_id})
+        return bool(reply["failed"])
+
 
 class RemoteArtifactStore:
     """Optuna's artifact-store protocol through the proxy (the proxy's store keeps them).

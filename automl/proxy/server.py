@@ -106,6 +106,7 @@ class CoordinationService:
             "finish_refit": self._finish_refit,
             "spec": self._spec,
             "status": self._status,
+            "fail_without_optuna_study": self._fail_without_optuna_study,
             "artifact_read": self._artifact_read,
             "artifact_write": self._artifact_write,
             "artifact_remove": self._artifact_remove,
@@ -306,6 +307,11 @@ class CoordinationService:
     def _status(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         status = self.coordinator.status(int(header["study_id"]))
         return {"status": None if status is None else status.value}, b""
+
+    def _fail_without_optuna_study(
+        self, header: dict[str, Any], _: bytes
+    ) -> tuple[dict[str, Any], bytes]:
+        return {"failed": self.coordinator.fail_without_optuna_study(int(header["study_id"]))}, b""
 
     def _artifact_read(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         with self.coordinator.artifacts.open_reader(str(header["artifact_id"])) as reader:

@@ -114,6 +114,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "end_study_if_done",
         "enqueue_trials",
         "extend_study",
+        "fail_without_optuna_study",
         "get_frozen_trial",
         "get_status",
         "get_study",

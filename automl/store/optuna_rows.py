@@ -14,6 +14,11 @@ change to automl's tables, which Optuna's storage (one session per call) cannot 
 - Deleting a study is a statement per table, in the transaction that deletes automl's
   rows of it; Optuna's ORM deletes row by row (a minute for 10,000 trials).
 
+Every query that ranks COMPLETE trials (best values, best trial, top-k, the values a
+Pareto front is found from) ranks automl's trials only (``AUTOML_TRIAL``): a trial added
+to an automl study with plain Optuna (``add_trial``, ``optimize``, an enqueued trial) has
+no configuration, metrics or weights of automl's, so it is listed but never the best.
+
 
 Only long-stable columns of Optuna's RDB schema are used; ``tests/store/test_optuna_rows.py``
 pins them against the installed Optuna on SQLite and PostgreSQL.
@@ -37,6 +42,8 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.dialects import postgresql, sqlite
+
+from automl.store import attrs
 
 _optuna = sa.MetaData()  # describes Optuna's tables; never used to create anything
 
@@ -137,6 +144,18 @@ TRIAL_ROWS = (
 """Optuna's tables of rows that belong to a trial (``trial_id``)."""
 STUDY_ROWS = (study_directions, study_user_attributes, study_system_attributes)
 """Optuna's tables of rows that belong to a study (``study_id``), besides its trials."""
+
+AUTOML_TRIAL: sa.Exists = (
+    sa.exists()
+    .where(
+        trial_user_attributes.c.trial_id == trials.c.trial_id,
+        trial_user_attributes.c.key == attrs.TICKET,
+    )
+    .correlate(trials)
+)
+"""The ``trials`` row is automl's: a worker created it with its ticket (``automl.ticket``,
+set with the trial, never removed). A lookup in Optuna's unique (trial_id, key) index;
+every ranking query has it, so that trials added with plain Optuna are never ranked."""
 
 
 def _utc_now_naive() -> datetime:
@@ -744,8 +763,8 @@ def _hour_offset(year: int, month: int, day: int, hour: int) -> timedelta | None
 def best_values(
     connection: sa.engine.Connection, maximize: Iterable[int], minimize: Iterable[int]
 ) -> dict[int, float]:
-    """The best first-objective value of each study's COMPLETE trials, by study id (one
-    query for both directions)."""
+    """The best first-objective value of each study's COMPLETE trials of automl's
+    (``AUTOML_TRIAL``), by study id (one query for both directions)."""
     maximize, minimize = set(maximize), set(minimize)
     study_ids = sorted(maximize | minimize)
     if not study_ids:
@@ -755,7 +774,8 @@ def best_values(
 
 
 def best_values_query(connection: sa.engine.Connection, study_ids: Sequence[int]) -> sa.Select[Any]:
-    """Rows of (study_id, highest, lowest) first-objective values of COMPLETE trials."""
+    """Rows of (study_id, highest, lowest) first-objective values of COMPLETE trials of
+    automl's (``AUTOML_TRIAL``)."""
     value = trial_values.c.value
     return (
         sa.select(trials.c.study_id, sa.func.max(value), sa.func.min(value))
@@ -765,6 +785,7 @@ def best_values_query(connection: sa.engine.Connection, study_ids: Sequence[int]
             trials.c.state == TrialState.COMPLETE,
             trial_values.c.objective == 0,
             trial_values.c.value_type == "FINITE",
+            AUTOML_TRIAL,
         )
         .group_by(trials.c.study_id)
     )
@@ -787,8 +808,9 @@ def _ranked(
     limit: int,
     *more: sa.ColumnElement[Any],
 ) -> sa.Select[Any]:
-    """``column`` (and ``more``) of the study's ``limit`` best COMPLETE trials on its first
-    objective, best first (ties: the lower trial number first)."""
+    """``column`` (and ``more``) of the study's ``limit`` best COMPLETE trials of automl's
+    (``AUTOML_TRIAL``) on its first objective, best first (ties: the lower trial number
+    first)."""
     value = trial_values.c.value
     return (
         sa.select(column, *more)
@@ -798,6 +820,7 @@ def _ranked(
             trials.c.state == TrialState.COMPLETE,
             trial_values.c.objective == 0,
             trial_values.c.value_type == "FINITE",
+            AUTOML_TRIAL,
         )
         .order_by(value.desc() if maximize else value.asc(), trials.c.number)
         .limit(limit)
@@ -805,14 +828,15 @@ def _ranked(
 
 
 def best_trial_id(connection: sa.engine.Connection, study_id: int, maximize: bool) -> int | None:
-    """The id of the study's best COMPLETE trial on its only objective (ORDER BY ... LIMIT 1)."""
+    """The id of the study's best COMPLETE trial of automl's on its only objective (ORDER
+    BY ... LIMIT 1, as ``_ranked`` ranks them)."""
     return connection.scalar(_ranked(trials.c.trial_id, study_id, maximize, 1))
 
 
 def best_trial_number(
     connection: sa.engine.Connection, study_id: int, maximize: bool
 ) -> int | None:
-    """The number of the study's best COMPLETE trial on its only objective (as
+    """The number of the study's best COMPLETE trial of automl's on its only objective (as
     ``best_trial_id``)."""
     return connection.scalar(_ranked(trials.c.number, study_id, maximize, 1))
 
@@ -820,8 +844,8 @@ def best_trial_number(
 def top_ranked(
     connection: sa.engine.Connection, study_id: int, maximize: bool, limit: int
 ) -> list[tuple[int, float, int]]:
-    """Id, value and number of the study's ``limit`` best COMPLETE trials on its first
-    objective, best first, as ``top_trial_ids`` ranks them."""
+    """Id, value and number of the study's ``limit`` best COMPLETE trials of automl's on
+    its first objective, best first, as ``top_trial_ids`` ranks them."""
     query = _ranked(trials.c.trial_id, study_id, maximize, limit, trial_values.c.value)
     query = query.add_columns(trials.c.number)
     return [(int(i), float(v), int(n)) for i, v, n in connection.execute(query)]
@@ -831,7 +855,8 @@ def count_still_ranked(
     connection: sa.engine.Connection, study_id: int, ranked: Sequence[tuple[int, float, int]]
 ) -> int:
     """How many of ``ranked`` (as ``top_ranked`` gave them) are still COMPLETE trials of
-    the study with that number and first value: one primary-key lookup each."""
+    automl's (``AUTOML_TRIAL``) in the study with that number and first value: one
+    primary-key lookup each."""
     if not ranked:
         return 0
     query = (
@@ -843,6 +868,7 @@ def count_still_ranked(
             trials.c.state == TrialState.COMPLETE,
             trial_values.c.objective == 0,
             trial_values.c.value_type == "FINITE",
+            AUTOML_TRIAL,
         )
     )
     there = {(int(i), float(v), int(n)) for i, v, n in connection.execute(query)}
@@ -852,7 +878,8 @@ def count_still_ranked(
 def top_trial_ids(
     connection: sa.engine.Connection, study_id: int, maximize: bool, limit: int
 ) -> list[int]:
-    """The ids of the study's ``limit`` best COMPLETE trials on its first objective."""
+    """The ids of the study's ``limit`` best COMPLETE trials of automl's on its first
+    objective (as ``_ranked`` ranks them)."""
     query = _ranked(trials.c.trial_id, study_id, maximize, limit)
     return [int(trial_id) for trial_id in connection.scalars(query)]
 
@@ -949,8 +976,8 @@ def trial_system_attr_keys(
 
 
 def completed_values(connection: sa.engine.Connection, study_id: int) -> dict[int, list[float]]:
-    """The objective values of each of the study's COMPLETE trials, by trial id (one query,
-    values only: what a Pareto front needs)."""
+    """The objective values of each of the study's COMPLETE trials of automl's
+    (``AUTOML_TRIAL``), by trial id (one query, values only: what a Pareto front needs)."""
     query = (
         sa.select(
             trial_values.c.trial_id,
@@ -959,12 +986,22 @@ def completed_values(connection: sa.engine.Connection, study_id: int) -> dict[in
             trial_values.c.value_type,
         )
         .join(trials, trials.c.trial_id == trial_values.c.trial_id)
-        .where(trials.c.study_id == study_id, trials.c.state == TrialState.COMPLETE)
+        .where(
+            trials.c.study_id == study_id,
+            trials.c.state == TrialState.COMPLETE,
+            AUTOML_TRIAL,
+        )
     )
     values: dict[int, dict[int, float]] = defaultdict(dict)
     for trial_id, objective, value, kind in connection.execute(query).all():
         values[int(trial_id)][int(objective)] = _SPECIAL.get(kind, value)
     return {trial_id: [v[k] for k in sorted(v)] for trial_id, v in values.items()}
+
+
+def optuna_study_exists(connection: sa.engine.Connection, study_id: int) -> bool:
+    """Whether Optuna's ``studies`` table has the study."""
+    query = sa.select(sa.exists().where(studies.c.study_id == study_id))
+    return bool(connection.scalar(query))
 
 
 def lock_study(connection: sa.engine.Connection, study_id: int) -> None:

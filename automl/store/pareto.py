@@ -3,6 +3,9 @@
 ``pareto_front`` gives the trials that Optuna's ``Study.best_trials`` gives, from the
 values that ``optuna_rows.completed_values`` reads in one query, so that only the front's
 trials need loading (their attributes can be large) and not every trial of the study.
+Those values are of automl's trials only (``optuna_rows.AUTOML_TRIAL``): a trial added to
+the study with plain Optuna neither is on the front nor dominates one of automl's, where
+``Study.best_trials`` would count it.
 
 A trial is on the front when no other trial dominates it: is nowhere worse and somewhere
 better, each objective in its direction. As in Optuna, trials with equal values stand or

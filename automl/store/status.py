@@ -96,7 +96,10 @@ def change_status(
         mirror[attrs.TEST_EVALUATION] = request_evaluation(connection, study.study_id, at)
         if json.loads(study.spec).get("refit"):
             mirror[attrs.REFIT] = request_refit(connection, study.study_id, at)
-    optuna_rows.put_study_attrs(connection, study.study_id, mirror)
+    # The mirror is for optuna-dashboard; a study whose Optuna study was deleted with
+    # another tool has nowhere to keep it (a foreign key error on PostgreSQL).
+    if optuna_rows.optuna_study_exists(connection, study.study_id):
+        optuna_rows.put_study_attrs(connection, study.study_id, mirror)
     return True
 
 

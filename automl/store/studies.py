@@ -69,6 +69,13 @@ from automl.store.warm_start import plan_warm_start
 
 NAME_PROBE_BATCH = 20
 
+OPTUNA_STUDY_GONE = (
+    "its Optuna study (every trial) was deleted outside automl, with optuna-dashboard or "
+    "`optuna delete-study`; `automl delete {study_id}` removes what is left"
+)
+"""Why a study whose Optuna study vanished under it fails."""
+
+
 NAME_WAIT_S = 2.0
 """How long a submission waits for the row of another one that holds the name it wants
 (a study created in Optuna but not yet listed) before taking it for a leftover."""
@@ -579,6 +586,11 @@ def best_trials(store: Store, study_id: int) -> BestTrials:
     spec = _stored_spec(row.spec)
     best = best_trials_of(store, study_id, spec.directions)
     if not best:
+        with store.read() as connection:
+            gone = not optuna_rows.optuna_study_exists(connection, study_id)
+        if gone:
+            message = f"study {study_id} has no trials: " + OPTUNA_STUDY_GONE
+            raise NoBestTrialError(message.format(study_id=study_id), ended=True)
         if row.status in ACTIVE:
             raise NoBestTrialError(f"study {study_id} has no completed trial yet")
         message = f"study {study_id} ended ({row.status}) without a completed trial"
@@ -620,6 +632,23 @@ def cancel_study(store: Store, study_id: int) -> StudyDetail:
         reason = "cancelled by request"
         change_status(connection, row, StudyStatus.CANCELLED, reason, now(connection))
     return get_study(store, study_id)
+
+
+def fail_without_optuna_study(store: Store, study_id: int) -> bool:
+    """Fails an active study whose Optuna study is gone (deleted with another tool): no
+    trial of it can run or be read again. Nothing changes if the Optuna study is there.
+
+    Returns:
+        Whether the study was failed now.
+    """
+    with store.write() as connection:
+        row = lock_study(connection, study_id)
+        if row is None or row.status not in ACTIVE:
+            return False
+        if optuna_rows.optuna_study_exists(connection, study_id):
+            return False
+        reason = OPTUNA_STUDY_GONE.format(study_id=study_id)
+        return change_status(connection, row, StudyStatus.FAILED, reason, now(connection))
 
 
 def extend_study(store: Store, study_id: int, add_trials: int) -> StudyDetail:
@@ -1054,6 +1083,7 @@ __all__ = [
     "end_study_if_done",
     "enqueue_trials",
     "extend_study",
+    "fail_without_optuna_study",
     "finish_deletion",
     "get_frozen_trial",
     "get_status",

@@ -51,6 +51,7 @@ from automl.store import (
     discard,
     end_due_studies,
     end_study_if_done,
+    fail_without_optuna_study,
     finish,
     finish_and_settle,
     finish_evaluation,
@@ -220,6 +221,10 @@ class Coordinator(Protocol):
 
     def status(self, study_id: int) -> StudyStatus | None:
         """The study's status (None if it is gone)."""
+        ...
+
+    def fail_without_optuna_study(self, study_id: int) -> bool:
+        """Fails the study if its Optuna study was deleted under it; whether it did."""
         ...
 
     def forget_studies(self) -> None:
@@ -469,6 +474,10 @@ class SqlCoordinator:
             return get_status(self.store, study_id)
         except StudyNotFoundError:
             return None
+
+    def fail_without_optuna_study(self, study_id: int) -> bool:
+        """See ``Coordinator.fail_without_optuna_study``."""
+        return fail_without_optuna_study(self.store, study_id)
 
     def forget_studies(self) -> None:
         """See ``Coordinator.forget_studies``."""

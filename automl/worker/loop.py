@@ -56,6 +56,7 @@ from automl.store import (
     retry_transient,
 )
 from automl.store.artifacts import TEMPORARY_PREFIX
+from automl.store.studies import OPTUNA_STUDY_GONE
 from automl.train import METRICS, resolve_device
 from automl.train.accel import check_device_settings
 from automl.train.trial_config import PIPELINES, SELECTABLE
@@ -502,6 +503,22 @@ class Worker:
         )
         return TrialRun(lease, "released" if released else "lost")
 
+    def _fail_without_optuna_study(self, lease: Lease) -> bool:
+        """Fails the lease's study if Optuna's study was deleted under it (``KeyError``
+        from loading it); says so once, at ERROR. False if it is there (the error was
+        something else), or the proxy is too old to ask."""
+        try:
+            failed = self._context().persist(
+                lambda: self.coordinator.fail_without_optuna_study(lease.study_id),
+                "failing a study without its Optuna study",
+            )
+        except CoordinatorTooOldError:
+            return False
+        if failed:
+            message = OPTUNA_STUDY_GONE.format(study_id=lease.study_id)
+            logger.error("study %s failed: %s", lease.study_id, message)
+        return failed
+
     def _skip_study(self, exc: UnreadableStudyError) -> None:
         """Leaves a study this worker cannot read to the others, saying so once."""
         if exc.study_id not in self._unreadable:
@@ -524,8 +541,12 @@ class Worker:
                     run = self._give_back_untouched(ctx, lease, str(exc))
                     return run
                 except Exception as exc:  # e.g. the study was deleted since the claim
-                    logger.warning("cannot load study %s: %s", lease.study_id, exc)
                     error = f"cannot load study: {exc}"
+                    if isinstance(exc, KeyError) and self._fail_without_optuna_study(lease):
+                        gone = OPTUNA_STUDY_GONE.format(study_id=lease.study_id)
+                        error = f"cannot load study: {gone}"
+                    else:
+                        logger.warning("cannot load study %s: %s", lease.study_id, exc)
                     ctx.persist(
                         lambda: self.coordinator.release(
                             lease, FailureKind.ERROR, error, requeue=False

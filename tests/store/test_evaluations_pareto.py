@@ -14,7 +14,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, create_trial
 
 from automl.spec import StudySpec
-from automl.store import Store, optuna_rows, submit_study
+from automl.store import Store, attrs, optuna_rows, submit_study
 from automl.store.evaluations import best_trials_of
 from automl.store.pareto import pareto_front
 
@@ -99,7 +99,8 @@ def test_trials_without_a_place_on_the_front_are_left_out() -> None:
 
 def _study(store: Store, tiny_spec: SpecFactory, count: int, vectors: list[list[float]]) -> int:
     """A study of ``count`` objectives with one completed trial per vector, each with
-    a bulky user attribute (as trials carry histories and per-class reports)."""
+    a bulky user attribute (as trials carry histories and per-class reports) and a
+    ticket (as automl's workers create them: only those are ranked)."""
     objectives = [{"metric": metric} for metric in METRICS[:count]]
     spec = tiny_spec(objective=None, objectives=objectives, pruner=None)
     study_id = submit_study(store, spec).id
@@ -113,7 +114,7 @@ def _study(store: Store, tiny_spec: SpecFactory, count: int, vectors: list[list[
                 values=vector,
                 params={"x": 0.5},
                 distributions={"x": FloatDistribution(0, 1)},
-                user_attrs={"automl.history": bulky, "index": index},
+                user_attrs={attrs.TICKET: index, "automl.history": bulky, "index": index},
             )
             for index, vector in enumerate(vectors)
         ]

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from automl.store import Store, optuna_rows, running_trial_template, tables
+from automl.store import Store, attrs, optuna_rows, running_trial_template, tables
 from tests.conftest import recorded_statements
 
 
@@ -139,15 +139,23 @@ def test_put_attrs_replace_and_are_read_by_optuna(store: Store) -> None:
     assert store.storage.get_trial_user_attrs(trial._trial_id) == {"a": {"b": None}}
 
 
+def _ask(study: optuna.Study) -> optuna.Trial:
+    """A trial as automl's workers create them (with a ticket: only those are ranked)."""
+    trial = study.ask()
+    trial.set_user_attr(attrs.TICKET, trial.number)
+    return trial
+
+
 def test_counts_pages_and_best_values(store: Store) -> None:
     high, high_id = _study(store, "high")
     low, low_id = _study(store, "low", "minimize")
     for value in (0.3, 0.9, 0.5):
-        high.tell(high.ask(), value)
-    high.tell(high.ask(), state=TrialState.FAIL)
-    high.ask()
+        high.tell(_ask(high), value)
+    high.tell(_ask(high), state=TrialState.FAIL)
+    _ask(high)
     for value in (4.0, 2.0):
-        low.tell(low.ask(), value)
+        low.tell(_ask(low), value)
+    low.tell(low.ask(), 1.0)  # not automl's: never the best
 
     with store.read() as connection:
         assert optuna_rows.count_trials(connection, high_id) == 5

@@ -13,14 +13,17 @@ import automl.worker.loop
 import automl.worker.runner
 from automl.spec import StudySpec
 from automl.store import (
+    NoBestTrialError,
     Store,
     StudyNotFoundError,
     StudyStatus,
+    best_trials,
     cancel_study,
     delete_study,
     get_study,
     submit_study,
 )
+from automl.store.studies import OPTUNA_STUDY_GONE
 from automl.worker import Worker
 from tests.worker.options import fast_options
 
@@ -72,7 +75,8 @@ def test_a_study_deleted_while_its_trial_runs_leaves_the_worker_working(
         get_study(store, doomed)
     said = [r for r in caplog.records if f"study {doomed} was deleted" in r.getMessage()]
     assert [record.levelno for record in said] == [logging.INFO]
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    blamed = ("was taken while it ran", "result rejected", "settling failed")
+    assert not [r for r in caplog.records if any(b in r.getMessage() for b in blamed)]
 
 
 def test_an_unexpected_error_in_one_ticket_does_not_end_the_worker(
@@ -101,3 +105,46 @@ def test_an_unexpected_error_in_one_ticket_does_not_end_the_worker(
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert f"study {first}: unexpected error; the worker goes on" in record.getMessage()
     assert record.exc_info is not None and "a bug in the bookkeeping" in caplog.text
+
+
+@pytest.mark.parametrize("through", ["database", "proxy"])
+def test_a_study_whose_optuna_study_was_deleted_elsewhere_fails_saying_why(
+    store: Store,
+    tiny_spec: SpecFactory,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
+    through: str,
+) -> None:
+    """Found by a tester: after plain optuna-dashboard deleted a running study, workers
+    failed its tickets one by one ("cannot load study: 'Record does not exist.'") and the
+    study ended ``completed``, 'all trials finished'."""
+    doomed, other = _two_studies(store, tiny_spec)
+    store.storage.delete_study(doomed)  # as optuna-dashboard and `optuna delete-study` do
+    caplog.set_level(logging.INFO, logger="automl.worker")
+    if through == "proxy":
+        worker = Worker(None, fast_options(), coordinator=request.getfixturevalue("proxy"))
+    else:
+        worker = Worker(store, fast_options())
+
+    worker.run()
+
+    detail = get_study(store, doomed)
+    assert detail.status == StudyStatus.FAILED
+    assert detail.status_reason is not None and "deleted outside automl" in detail.status_reason
+    assert get_study(store, other).status == StudyStatus.COMPLETED
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"study {doomed} failed: " + OPTUNA_STUDY_GONE.format(study_id=doomed)]
+
+
+def test_an_ended_study_whose_optuna_study_was_deleted_elsewhere_says_so(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Found by a tester: after `optuna delete-study`, `automl best` said the study "ended
+    (completed) without a completed trial" beside its count of 3 completed."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1})).id
+    Worker(store, fast_options()).run()
+    store.storage.delete_study(study_id)
+
+    with pytest.raises(NoBestTrialError, match="deleted outside automl") as raised:
+        best_trials(store, study_id)
+    assert raised.value.ended
