@@ -255,6 +255,9 @@ def _is_record(value: Any) -> bool:
         return False
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _routed_path(environ: dict[str, Any]) -> str:
     """The request's path as optuna-dashboard routes it: bottle decodes ``PATH_INFO`` as
     UTF-8, dropping what does not decode, then optuna-dashboard strips trailing slashes."""
@@ -271,13 +274,19 @@ def _refuse_automl_changes(app: WSGIApp, refusal: Callable[[str, str], str | Non
     def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         # bottle routes a method whatever its case.
         method = environ.get("REQUEST_METHOD", "GET").upper()
-        reason = refusal(method, _routed_path(environ))
+        path = _routed_path(environ)
+        if _CONTROL_CHARACTER.search(path):
+            # bottle's routes end in ``$``, which also matches before a final newline:
+            # ``/api/studies/1%0A`` would reach the route while the guard's patterns,
+            # matched whole, would not. No page or call of the dashboard has them.
+            status, reason = "400 Bad Request", "control characters in the path"
+        else:
+            status, reason = "403 Forbidden", refusal(method, path)
         if reason is None:
             return app(environ, start_response)
         body = json.dumps({"reason": reason}).encode()
         start_response(
-            "403 Forbidden",
-            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         )
         return [body]
 

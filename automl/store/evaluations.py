@@ -181,7 +181,8 @@ def finish_evaluation(
     evaluations = tables.evaluations
     with store.write() as connection:
         at = now(connection)
-        lock_study(connection, lease.study_id)
+        if lock_study(connection, lease.study_id) is None:
+            return False  # deleted (or being deleted): its files are the caller's to remove
         held_row = held(evaluations, lease.study_id, lease.attempt, lease.worker_id)
         row = connection.execute(sa.select(evaluations.c.state).where(held_row)).first()
         if row is None or row.state != EvaluationState.RUNNING.value:

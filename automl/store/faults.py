@@ -118,6 +118,18 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+LOCK_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+"""PostgreSQL's ``deadlock_detected`` and ``serialization_failure``: the transaction was
+ended to let another go on, and the same work succeeds when tried again."""
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it wraps) is a deadlock or serialization conflict."""
+    return any(
+        getattr(error, "sqlstate", None) in LOCK_CONFLICT_SQLSTATES for error in _causes(exc)
+    )
+
+
 def is_refused_for_good(exc: BaseException) -> bool:
     """Whether the database refused the connection for a reason that retrying cannot fix:
     the database or the role does not exist, or the authentication failed (a setting to

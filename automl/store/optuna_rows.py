@@ -905,6 +905,17 @@ def taken_study_names(connection: sa.engine.Connection, names: Iterable[str]) ->
     return set(connection.scalars(query))
 
 
+def study_attr_by_name(connection: sa.engine.Connection, name: str, key: str) -> Any:
+    """The user attribute ``key`` of the Optuna study named ``name`` (None if unset)."""
+    query = (
+        sa.select(study_user_attributes.c.value_json)
+        .join(studies, studies.c.study_id == study_user_attributes.c.study_id)
+        .where(studies.c.study_name == name, study_user_attributes.c.key == key)
+    )
+    value = connection.scalar(query)
+    return None if value is None else json.loads(value)
+
+
 def trial_attr(connection: sa.engine.Connection, trial_id: int, key: str) -> Any:
     """A trial's user attribute ``key`` (None if unset)."""
     value = connection.scalar(
@@ -1004,13 +1015,17 @@ def optuna_study_exists(connection: sa.engine.Connection, study_id: int) -> bool
     return bool(connection.scalar(query))
 
 
-def lock_study(connection: sa.engine.Connection, study_id: int) -> None:
-    """Holds an Optuna study's row and its trials' rows until the transaction ends: no
-    trial is created or changed, and no row of a trial added, meanwhile (PostgreSQL;
-    SQLite's write transaction holds the whole database)."""
+def lock_study_row(connection: sa.engine.Connection, study_id: int) -> None:
+    """Holds an Optuna study's row until the transaction ends: no trial of it is created
+    meanwhile (PostgreSQL; SQLite's write transaction holds the whole database)."""
     connection.execute(
         sa.select(studies.c.study_id).where(studies.c.study_id == study_id).with_for_update()
     ).all()
+
+
+def lock_trials(connection: sa.engine.Connection, study_id: int) -> None:
+    """Holds the rows of a study's trials until the transaction ends: no trial is changed,
+    and no row of a trial added, meanwhile."""
     connection.execute(
         sa.select(trials.c.trial_id).where(trials.c.study_id == study_id).with_for_update()
     ).all()

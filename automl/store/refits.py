@@ -199,7 +199,8 @@ def finish_refit(
     refits = tables.refits
     with store.write() as connection:
         at = now(connection)
-        lock_study(connection, lease.study_id)
+        if lock_study(connection, lease.study_id) is None:
+            return False  # deleted (or being deleted): its files are the caller's to remove
         held_row = held(refits, lease.study_id, lease.attempt, lease.worker_id)
         row = connection.execute(
             sa.select(refits.c.state, refits.c.weights, refits.c.card).where(held_row)

@@ -31,7 +31,7 @@ from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.attrs import StudyStatus
 from automl.store.evaluations import NO_TEST_SPLIT, best_trials_of, read_evaluation
-from automl.store.faults import first_line, is_transient
+from automl.store.faults import first_line, is_lock_conflict, is_transient
 from automl.store.leases import end_if_done
 from automl.store.projects import (
     DEFAULT_PROJECT,
@@ -76,7 +76,7 @@ OPTUNA_STUDY_GONE = (
 """Why a study whose Optuna study vanished under it fails."""
 
 
-NAME_WAIT_S = 2.0
+NAME_WAIT_S = 5.0
 """How long a submission waits for the row of another one that holds the name it wants
 (a study created in Optuna but not yet listed) before taking it for a leftover."""
 
@@ -284,13 +284,19 @@ def _held_by_a_submission(store: Store, project: str, name: str, optuna_name: st
     """Whether a submission in flight holds ``name`` for ``project``: its Optuna study
     exists and its row comes within ``NAME_WAIT_S`` (two identical submissions at once are
     ``name`` and ``name-2``, not ``name`` and a random suffix). False if the Optuna study
-    goes away meanwhile, or stays without a row (a leftover)."""
+    goes away meanwhile, or stays without a row (a leftover: at once for one a submission
+    created longer ago than the wait, by its ``created_at``)."""
     deadline = time.monotonic() + NAME_WAIT_S
     while True:
         with store.read() as connection:
             if project_study_names(connection, project, [name]):
                 return True
             if not optuna_rows.taken_study_names(connection, [optuna_name]):
+                return False
+            created = optuna_rows.study_attr_by_name(connection, optuna_name, attrs.CREATED_AT)
+        if created is not None:
+            age = datetime.now(UTC) - datetime.fromisoformat(created)
+            if age.total_seconds() > NAME_WAIT_S:
                 return False
         if time.monotonic() >= deadline:
             return False
@@ -980,14 +986,12 @@ def delete_study(store: Store, study_id: int) -> None:
             .values(status=DELETING)
         )
     try:
-        finished = finish_deletion(store, study_id)
+        if not finish_deletion(store, study_id):
+            logger.info("study %s: still written to; the reaper finishes its deletion", study_id)
     except Exception as exc:
         if not is_transient(exc):
             raise
-        finished = False
         logger.warning("study %s: deletion left to the reaper: %s", study_id, first_line(exc))
-    if not finished:
-        logger.info("study %s: still written to; the reaper finishes its deletion", study_id)
 
 
 DELETION_ROUNDS = 5
@@ -1005,11 +1009,12 @@ def finish_deletion(store: Store, study_id: int) -> bool:
     worker's write waiting on those locks then finds its ticket or trial gone, and
     removes what it uploaded.
 
-    Idempotent: the reaper completes a deletion that a crash interrupted.
+    Idempotent: the reaper completes a deletion that a crash interrupted. A round whose
+    transaction PostgreSQL ends for a deadlock or serialization conflict is tried again.
 
     Returns:
-        Whether the study is gone (False: workers kept adding artifacts; the reaper's
-        next pass goes on).
+        Whether the study is gone (False: workers kept adding artifacts or taking locks;
+        the reaper's next pass goes on).
     """
     removed: set[str] = set()
     for _ in range(DELETION_ROUNDS):
@@ -1018,14 +1023,19 @@ def finish_deletion(store: Store, study_id: int) -> bool:
         for artifact_id in sorted(named - removed):
             remove_quietly(store.artifacts, artifact_id)
         removed |= named
-        with store.write() as connection:
-            _lock_study_rows(connection, study_id)
-            if not _study_artifacts(connection, study_id) <= removed:
-                continue
-            optuna_rows.delete_study(connection, study_id)
-            for table in (tables.tickets, tables.evaluations, tables.refits, tables.studies):
-                connection.execute(table.delete().where(table.c.study_id == study_id))
-            return True
+        try:
+            with store.write() as connection:
+                _lock_study_rows(connection, study_id)
+                if not _study_artifacts(connection, study_id) <= removed:
+                    continue
+                optuna_rows.delete_study(connection, study_id)
+                for table in (tables.tickets, tables.evaluations, tables.refits, tables.studies):
+                    connection.execute(table.delete().where(table.c.study_id == study_id))
+                return True
+        except sa.exc.DBAPIError as exc:
+            if not is_lock_conflict(exc):
+                raise
+            logger.debug("study %s: deletion round lost a lock conflict: %s", study_id, exc)
     return False
 
 
@@ -1041,14 +1051,21 @@ def _study_artifacts(connection: sa.engine.Connection, study_id: int) -> set[str
 
 
 def _lock_study_rows(connection: sa.engine.Connection, study_id: int) -> None:
-    """Holds the study's tickets, then its Optuna study and trials (the order workers
-    lock in) until the transaction ends: no worker records a checkpoint or adds a trial or
-    a trial's row meanwhile."""
-    tickets = tables.tickets
+    """Holds the study's row, its Optuna study, its tickets, then its trials until the
+    transaction ends: no worker records a checkpoint or adds a trial or a trial's row
+    meanwhile. Workers lock in that order too (the study's row before a ticket when they
+    settle, release or are reaped; the Optuna study before the ticket when they create a
+    trial; a ticket before its trial when they beat with writes), so none waits for the
+    deletion while holding what it waits for."""
+    studies, tickets = tables.studies, tables.tickets
+    connection.execute(
+        sa.select(studies.c.study_id).where(studies.c.study_id == study_id).with_for_update()
+    ).all()
+    optuna_rows.lock_study_row(connection, study_id)
     connection.execute(
         sa.select(tickets.c.ticket_id).where(tickets.c.study_id == study_id).with_for_update()
     ).all()
-    optuna_rows.lock_study(connection, study_id)
+    optuna_rows.lock_trials(connection, study_id)
 
 
 def _trial_artifacts(connection: sa.engine.Connection, study_id: int) -> list[str]:

@@ -56,7 +56,6 @@ from automl.store import (
     retry_transient,
 )
 from automl.store.artifacts import TEMPORARY_PREFIX
-from automl.store.studies import OPTUNA_STUDY_GONE
 from automl.train import METRICS, resolve_device
 from automl.train.accel import check_device_settings
 from automl.train.trial_config import PIPELINES, SELECTABLE
@@ -65,7 +64,7 @@ from automl.worker.evaluator import describe, run_evaluation
 from automl.worker.identity import new_worker_id, sampler_seed
 from automl.worker.keeper import LeaseKeeper
 from automl.worker.refitter import run_refit
-from automl.worker.runner import TrialContext, TrialRun, run_lease
+from automl.worker.runner import TrialContext, TrialRun, fail_if_optuna_study_gone, run_lease
 from automl.worker.slots import DeviceGate, GateAbandoned
 
 POST_STUDY_CHECK_INTERVAL_S = 5.0
@@ -93,6 +92,11 @@ class InvalidDeviceError(ValueError):
 
 class UnusableFolderError(InvalidDeviceError):
     """The decode cache or the artifacts folder cannot be created or written in."""
+
+
+MAX_UNEXPECTED_IN_A_ROW = 3
+"""Tickets in a row whose unexpected errors end the worker: one is a ticket's problem,
+several in a row are the worker's (a bug or a broken machine), which should be seen."""
 
 
 class UnreadableStudyError(RuntimeError):
@@ -273,6 +277,8 @@ class Worker:
         self._busy = False
         """Claiming or running a trial: its own reaper spares its tickets meanwhile."""
         self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
+        self._unexpected_in_a_row = 0
+        """Tickets in a row that ended with an unexpected error (``_unexpected``)."""
         self._unreadable: set[int] = set()
         """Studies whose specs this worker cannot read: it claims none of their tickets."""
         self.backoff = Backoff(logger)
@@ -346,18 +352,13 @@ class Worker:
                     run = self.run_lease(lease)
                 except CoordinatorTooOldError:
                     raise
-                except Exception:
-                    # A bug in one ticket's bookkeeping must not end the worker (and with
-                    # it the other studies' work); the reaper queues the ticket again.
-                    logger.exception(
-                        "ticket %s of study %s: unexpected error; the worker goes on",
-                        lease.ticket_id,
-                        lease.study_id,
-                    )
+                except Exception as exc:
+                    self._unexpected(lease, exc)
                     self._stop.wait(self.options.poll_interval)
                     continue
                 finally:
                     self._busy = False
+                self._unexpected_in_a_row = 0
                 ran += 1
                 if self.on_trial_end is not None and run.trial is not None:
                     self.on_trial_end(lease.study_id, run.trial, run.result)
@@ -503,21 +504,29 @@ class Worker:
         )
         return TrialRun(lease, "released" if released else "lost")
 
-    def _fail_without_optuna_study(self, lease: Lease) -> bool:
-        """Fails the lease's study if Optuna's study was deleted under it (``KeyError``
-        from loading it); says so once, at ERROR. False if it is there (the error was
-        something else), or the proxy is too old to ask."""
-        try:
-            failed = self._context().persist(
-                lambda: self.coordinator.fail_without_optuna_study(lease.study_id),
-                "failing a study without its Optuna study",
+    def _unexpected(self, lease: Lease, exc: Exception) -> None:
+        """One ticket's unexpected error (a bug in its bookkeeping, or a fault no caller
+        expected) ends that ticket failed, with the error, and the worker goes on to the
+        other work; ``MAX_UNEXPECTED_IN_A_ROW`` in a row end the worker (re-raised).
+        """
+        self._unexpected_in_a_row += 1
+        text = describe(exc)
+        if self._unexpected_in_a_row >= MAX_UNEXPECTED_IN_A_ROW:
+            raise exc
+        if is_transient(exc):
+            logger.warning("ticket %s of study %s: %s", lease.ticket_id, lease.study_id, text)
+        else:
+            logger.error(
+                "ticket %s of study %s: unexpected error; the worker goes on",
+                lease.ticket_id,
+                lease.study_id,
+                exc_info=exc,
             )
-        except CoordinatorTooOldError:
-            return False
-        if failed:
-            message = OPTUNA_STUDY_GONE.format(study_id=lease.study_id)
-            logger.error("study %s failed: %s", lease.study_id, message)
-        return failed
+        try:
+            error = f"unexpected error in the worker: {text}"
+            self.coordinator.release(lease, FailureKind.ERROR, error, requeue=False)
+        except Exception as release_error:  # the reaper ends it after the grace period
+            logger.debug("could not release ticket %s: %s", lease.ticket_id, release_error)
 
     def _skip_study(self, exc: UnreadableStudyError) -> None:
         """Leaves a study this worker cannot read to the others, saying so once."""
@@ -541,12 +550,12 @@ class Worker:
                     run = self._give_back_untouched(ctx, lease, str(exc))
                     return run
                 except Exception as exc:  # e.g. the study was deleted since the claim
-                    error = f"cannot load study: {exc}"
-                    if isinstance(exc, KeyError) and self._fail_without_optuna_study(lease):
-                        gone = OPTUNA_STUDY_GONE.format(study_id=lease.study_id)
-                        error = f"cannot load study: {gone}"
-                    else:
+                    gone = None
+                    if isinstance(exc, LookupError):
+                        gone = fail_if_optuna_study_gone(ctx, lease.study_id)
+                    if gone is None:
                         logger.warning("cannot load study %s: %s", lease.study_id, exc)
+                    error = f"cannot load study: {gone or exc}"
                     ctx.persist(
                         lambda: self.coordinator.release(
                             lease, FailureKind.ERROR, error, requeue=False

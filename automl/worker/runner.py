@@ -45,6 +45,7 @@ from automl.store import (
     save_model_card,
     save_weights,
 )
+from automl.store.studies import OPTUNA_STUDY_GONE
 from automl.train import TrainingInterrupted, TrainResult, train
 from automl.train.accel import release_device_memory
 from automl.train.checkpoint import TrainState
@@ -148,6 +149,28 @@ class TrialRun:
     settled: bool = False
 
 
+def fail_if_optuna_study_gone(ctx: TrialContext, study_id: int) -> str | None:
+    """Fails ``study_id`` if its Optuna study was deleted under it with another tool (the
+    ``LookupError`` a worker sees loading it or creating a trial), saying so at ERROR.
+
+    Returns:
+        Why the study failed, or None if its Optuna study is there (the error was another)
+        or the proxy is too old to ask.
+    """
+    try:
+        failed = ctx.persist(
+            lambda: ctx.coordinator.fail_without_optuna_study(study_id),
+            "failing a study without its Optuna study",
+        )
+    except CoordinatorTooOldError:
+        return None
+    if not failed:
+        return None
+    reason = OPTUNA_STUDY_GONE.format(study_id=study_id)
+    logger.error("study %s failed: %s", study_id, reason)
+    return reason
+
+
 def run_lease(
     ctx: TrialContext, lease: Lease, study: optuna.Study, spec: StudySpec, keeper: LeaseKeeper
 ) -> TrialRun:
@@ -215,6 +238,10 @@ class _Attempt:
         except Exception as exc:
             # Before training: a database fault gives the ticket back untouched; any
             # other error (a sampler failing in before_trial) ends it failed.
+            if isinstance(exc, LookupError):  # a study this worker had loaded before
+                gone = fail_if_optuna_study_gone(self.ctx, self.lease.study_id)
+                if gone is not None:
+                    return self._give_back(FailureKind.ERROR, gone, requeue=False)
             requeue = is_transient(exc)
             logger.warning("could not start ticket %s: %s", self.lease.ticket_id, _describe(exc))
             return self._give_back(
@@ -558,10 +585,9 @@ class _Attempt:
             logger.info("study %s was deleted while ticket %s ran", *self._ids())
         else:
             logger.warning(
-                "ticket %s of study %s was taken while it ran (%s); dropping it (%s)",
+                "ticket %s of study %s was reaped while it ran; dropping it (%s)",
                 self.lease.ticket_id,
                 self.lease.study_id,
-                "reaped" if self.trial_id is not None else "reaped, or the study deleted",
                 exc,
             )
         return TrialRun(self.lease, "lost", frozen)
@@ -584,8 +610,16 @@ class _Attempt:
         return TrialRun(self.lease, "rejected", frozen)
 
     def _study_deleted(self, frozen: FrozenTrial | None) -> bool:
-        """Whether the attempt's trial is gone: only deleting a study removes trials."""
-        return self.trial_id is not None and frozen is None
+        """Whether the study was deleted (or is being deleted): the attempt's trial is
+        gone (only a deletion removes trials), or the study reads as gone."""
+        if self.trial_id is not None and frozen is None:
+            return True
+        study_id = self.lease.study_id
+        try:
+            status = self.ctx.persist(lambda: self.coordinator.status(study_id), "reading a study")
+        except Exception:  # only the wording of a log line depends on it
+            return False
+        return status is None
 
     def _ids(self) -> tuple[int, int]:
         return self.lease.study_id, self.lease.ticket_id
@@ -719,4 +753,10 @@ def _log(run: TrialRun, spec: StudySpec, seconds: float) -> None:
     )
 
 
-__all__ = ["ResultRejectedError", "TrialContext", "TrialRun", "run_lease"]
+__all__ = [
+    "ResultRejectedError",
+    "TrialContext",
+    "TrialRun",
+    "fail_if_optuna_study_gone",
+    "run_lease",
+]

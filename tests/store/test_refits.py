@@ -321,3 +321,23 @@ def test_files_of_a_refit_killed_before_it_finished_go_with_the_study(
     delete_study(store, study_id)
 
     assert not any(_exists(store, a) for a in (orphans.weights, orphans.card))
+
+
+def test_a_refit_finishing_while_its_study_is_deleted_is_refused(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """A reviewer: the result was stored into a study being deleted, whose deletion had
+    already listed (and removed) the refit's files, so they outlived it."""
+    study_id = _completed(
+        store, tiny_spec(budget={"n_trials": 1}, refit=True, dataset=WITH_TEST), [0.5]
+    )
+    lease = claim_refit(store, "w1")
+    assert lease is not None
+    with store.write() as connection:
+        connection.execute(
+            tables.studies.update()
+            .where(tables.studies.c.study_id == study_id)
+            .values(status=tables.DELETING)
+        )
+
+    assert not finish_refit(store, lease, RefitState.DONE, _result(store, 0, "late"))

@@ -38,6 +38,7 @@ from automl.store import (
     end_study_if_done,
     enqueue_trials,
     extend_study,
+    finish_and_settle,
     get_frozen_trial,
     get_status,
     get_study,
@@ -46,6 +47,7 @@ from automl.store import (
     list_trials,
     load_state_dict,
     record_checkpoint,
+    release,
     remove_orphans,
     rerun_failed,
     resume_study,
@@ -647,6 +649,46 @@ def test_a_trial_write_during_the_deletion_waits_for_it_then_finds_the_trial_gon
     with pytest.raises(StudyNotFoundError):
         get_study(store, study_id)
     assert store.storage.get_all_studies() == []
+
+
+@pytest.mark.parametrize("call", ["release", "finish_and_settle"])
+def test_a_worker_ending_its_ticket_during_the_deletion_waits_for_it_without_deadlock(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """A reviewer: the deletion locked tickets before the study's row, workers the other
+    way round, and PostgreSQL ended one of them for a deadlock."""
+    study_id, lease, _ = _cancelled_with_a_running_ticket(store, tiny_spec)
+    lock = studies_module._lock_study_rows
+    outcome: dict[str, Any] = {}
+    workers: list[threading.Thread] = []
+
+    def end_ticket() -> None:
+        try:
+            if call == "release":
+                outcome["result"] = release(store, lease, FailureKind.CANCELLED, "stopping")
+            else:
+                outcome["result"] = finish_and_settle(store, lease, "complete")
+        except Exception as exc:
+            outcome["error"] = exc
+
+    def then_the_worker_ends_its_ticket(connection: sa.engine.Connection, locked: int) -> None:
+        lock(connection, locked)
+        worker = threading.Thread(target=end_ticket)
+        worker.start()
+        worker.join(timeout=1.5)  # it waits for the deletion (or deadlocks with it)
+        workers.append(worker)
+
+    monkeypatch.setattr(studies_module, "_lock_study_rows", then_the_worker_ends_its_ticket)
+    delete_study(store, study_id)
+    workers[0].join(timeout=30)
+
+    assert store.storage.get_all_studies() == []
+    with pytest.raises(StudyNotFoundError):
+        get_study(store, study_id)
+    if call == "release":
+        assert outcome == {"result": False}  # the lease is gone with the study
+    else:
+        assert isinstance(outcome.get("error"), LeaseLostError), outcome
 
 
 @contextmanager

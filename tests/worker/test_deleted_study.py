@@ -105,6 +105,24 @@ def test_an_unexpected_error_in_one_ticket_does_not_end_the_worker(
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert f"study {first}: unexpected error; the worker goes on" in record.getMessage()
     assert record.exc_info is not None and "a bug in the bookkeeping" in caplog.text
+    # Its ticket ended failed with the error at once (not left running for the reaper).
+    detail = get_study(store, first)
+    assert (detail.counts.running, detail.counts.fail) == (0, 1)
+
+
+def test_unexpected_errors_in_several_tickets_in_a_row_end_the_worker(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug that fails every ticket is the worker's: it must be seen, not burn budgets."""
+    submit_study(sqlite_store, tiny_spec(budget={"n_trials": 5, "max_failed": 5}))
+
+    def failing(*args: Any) -> Any:
+        raise RuntimeError("a bug in the bookkeeping")
+
+    monkeypatch.setattr(automl.worker.loop, "run_lease", failing)
+
+    with pytest.raises(RuntimeError, match="a bug in the bookkeeping"):
+        Worker(sqlite_store, fast_options()).run()
 
 
 @pytest.mark.parametrize("through", ["database", "proxy"])
@@ -148,3 +166,23 @@ def test_an_ended_study_whose_optuna_study_was_deleted_elsewhere_says_so(
     with pytest.raises(NoBestTrialError, match="deleted outside automl") as raised:
         best_trials(store, study_id)
     assert raised.value.ended
+
+
+def test_a_study_deleted_elsewhere_after_its_first_trial_fails_too(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """A reviewer: a worker that had run one of its trials kept the study loaded, so the
+    next ticket failed creating its trial (``StudyNotFoundError``) and every later one
+    too, and the study ended ``completed``."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 4, "max_failed": 3})).id
+
+    def delete_after_the_first(study: int, trial: Any, result: Any) -> None:
+        if store.storage.get_all_studies():
+            store.storage.delete_study(study)
+
+    Worker(store, fast_options(), on_trial_end=delete_after_the_first).run()
+
+    detail = get_study(store, study_id)
+    assert detail.status == StudyStatus.FAILED
+    assert detail.status_reason is not None and "deleted outside automl" in detail.status_reason
+    assert detail.counts.fail == 1  # the one ticket that found the study gone
