@@ -122,6 +122,9 @@ def release_job(store: Store, kind: JobKind, study_id: int, attempt: int, worker
     """
     jobs = kind.table
     with store.write() as connection:
+        # The study's row first, the order a deletion locks in.
+        if lock_study(connection, study_id) is None:
+            return False
         released = connection.execute(
             jobs.update()
             .where(held(jobs, study_id, attempt, worker_id), jobs.c.state == RUNNING)

@@ -1023,6 +1023,12 @@ def lock_study_row(connection: sa.engine.Connection, study_id: int) -> None:
     ).all()
 
 
+def lock_trial(connection: sa.engine.Connection, trial_id: int) -> bool:
+    """Holds one trial's row until the transaction ends; False if there is none."""
+    query = sa.select(trials.c.trial_id).where(trials.c.trial_id == trial_id).with_for_update()
+    return connection.execute(query).first() is not None
+
+
 def lock_trials(connection: sa.engine.Connection, study_id: int) -> None:
     """Holds the rows of a study's trials until the transaction ends: no trial is changed,
     and no row of a trial added, meanwhile."""

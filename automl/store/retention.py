@@ -177,6 +177,9 @@ def _remove(store: Store, trial_id: int, artifact_id: str, reason: str) -> bool:
     """Deletes one trial's weights; True if this call recorded the removal."""
     remove_quietly(store.artifacts, artifact_id)
     with store.write() as connection:
+        # The trial's row before its attributes, the order a deletion locks in.
+        if not optuna_rows.lock_trial(connection, trial_id):
+            return False  # its study was deleted
         if not optuna_rows.drop_trial_attr_if(connection, trial_id, attrs.WEIGHTS, artifact_id):
             return False  # another caller was first
         optuna_rows.drop_trial_system_attr(connection, trial_id, OPTUNA_ARTIFACT_ATTR + artifact_id)

@@ -80,6 +80,10 @@ NAME_WAIT_S = 5.0
 """How long a submission waits for the row of another one that holds the name it wants
 (a study created in Optuna but not yet listed) before taking it for a leftover."""
 
+UNMARKED_WAIT_S = 1.0
+"""How long a study holding the name may lack automl's ``created_at`` (a submission sets
+it right after creating the study) before it counts as another tool's."""
+
 
 logger = logging.getLogger("automl.store")
 
@@ -286,7 +290,7 @@ def _held_by_a_submission(store: Store, project: str, name: str, optuna_name: st
     ``name`` and ``name-2``, not ``name`` and a random suffix). False if the Optuna study
     goes away meanwhile, or stays without a row (a leftover: at once for one a submission
     created longer ago than the wait, by its ``created_at``)."""
-    deadline = time.monotonic() + NAME_WAIT_S
+    started = time.monotonic()
     while True:
         with store.read() as connection:
             if project_study_names(connection, project, [name]):
@@ -294,11 +298,15 @@ def _held_by_a_submission(store: Store, project: str, name: str, optuna_name: st
             if not optuna_rows.taken_study_names(connection, [optuna_name]):
                 return False
             created = optuna_rows.study_attr_by_name(connection, optuna_name, attrs.CREATED_AT)
-        if created is not None:
-            age = datetime.now(UTC) - datetime.fromisoformat(created)
-            if age.total_seconds() > NAME_WAIT_S:
+        waited = time.monotonic() - started
+        if created is None:
+            # A submission sets it right after creating the study: a study still without
+            # it was made with another tool (or by a submit that died at once).
+            if waited >= UNMARKED_WAIT_S:
                 return False
-        if time.monotonic() >= deadline:
+        elif (datetime.now(UTC) - datetime.fromisoformat(created)).total_seconds() > NAME_WAIT_S:
+            return False  # a leftover of a submit that never wrote its row
+        if waited >= NAME_WAIT_S:
             return False
         time.sleep(0.05)
 

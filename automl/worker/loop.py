@@ -95,8 +95,8 @@ class UnusableFolderError(InvalidDeviceError):
 
 
 MAX_UNEXPECTED_IN_A_ROW = 3
-"""Tickets in a row whose unexpected errors end the worker: one is a ticket's problem,
-several in a row are the worker's (a bug or a broken machine), which should be seen."""
+"""Tickets of one study in a row whose unexpected errors make this worker leave the study
+to the others (one is a ticket's problem; several in a row are the study's here)."""
 
 
 class UnreadableStudyError(RuntimeError):
@@ -277,10 +277,12 @@ class Worker:
         self._busy = False
         """Claiming or running a trial: its own reaper spares its tickets meanwhile."""
         self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
-        self._unexpected_in_a_row = 0
-        """Tickets in a row that ended with an unexpected error (``_unexpected``)."""
+        self._unexpected_in_a_row: dict[int, int] = {}
+        """Per study, its tickets in a row that ended with an unexpected error here."""
         self._unreadable: set[int] = set()
         """Studies whose specs this worker cannot read: it claims none of their tickets."""
+        self._troubled: set[int] = set()
+        """Studies whose tickets kept failing here unexpectedly: it claims none either."""
         self.backoff = Backoff(logger)
         self._refused: set[str] = set()  # post-study jobs whose claim failed outright
         self._jobs_checked_at = -math.inf
@@ -358,7 +360,7 @@ class Worker:
                     continue
                 finally:
                     self._busy = False
-                self._unexpected_in_a_row = 0
+                self._unexpected_in_a_row.pop(lease.study_id, None)
                 ran += 1
                 if self.on_trial_end is not None and run.trial is not None:
                     self.on_trial_end(lease.study_id, run.trial, run.result)
@@ -369,13 +371,12 @@ class Worker:
         return ran
 
     def _claim(self) -> Lease | None:
-        if self.options.study_id in self._unreadable:
-            return None  # the one study it serves is one it cannot read
+        left = self._unreadable | self._troubled
+        if self.options.study_id in left:
+            return None  # the one study it serves is one it left
         try:
             lease = retry_transient(
-                lambda: self.coordinator.claim(
-                    self.name, self.options.study_id, exclude=self._unreadable
-                ),
+                lambda: self.coordinator.claim(self.name, self.options.study_id, exclude=left),
                 backoff=self.backoff,
                 doing="claiming a trial",
                 give_up=lambda: self.stopping,
@@ -385,11 +386,11 @@ class Worker:
             if not is_transient(exc):
                 raise
             return None  # stopping during an outage
-        if lease is not None and lease.study_id in self._unreadable:
+        if lease is not None and lease.study_id in left:
             # A proxy older than ``exclude`` cannot skip a study: give its ticket back at
             # once, and idle while that study is the oldest with work.
-            logger.debug("study %s is unreadable here: ticket given back", lease.study_id)
-            reason = f"worker {self.name} cannot read the study's spec"
+            logger.debug("study %s is left to others: ticket given back", lease.study_id)
+            reason = f"worker {self.name} leaves the study to the others"
             self._give_back_untouched(self._context(), lease, reason)
             return None
         return lease
@@ -408,7 +409,8 @@ class Worker:
 
     def _idle_exit(self) -> bool:
         """Whether an idle worker should exit now."""
-        if self.options.exit_when_idle or self.options.study_id in self._unreadable:
+        left = self._unreadable | self._troubled
+        if self.options.exit_when_idle or self.options.study_id in left:
             return True
         if self.options.study_id is None:
             return False
@@ -505,28 +507,36 @@ class Worker:
         return TrialRun(lease, "released" if released else "lost")
 
     def _unexpected(self, lease: Lease, exc: Exception) -> None:
-        """One ticket's unexpected error (a bug in its bookkeeping, or a fault no caller
-        expected) ends that ticket failed, with the error, and the worker goes on to the
-        other work; ``MAX_UNEXPECTED_IN_A_ROW`` in a row end the worker (re-raised).
-        """
-        self._unexpected_in_a_row += 1
-        text = describe(exc)
-        if self._unexpected_in_a_row >= MAX_UNEXPECTED_IN_A_ROW:
-            raise exc
+        """One ticket's unexpected error: a storage fault gives the ticket back (as a
+        runner does); anything else (a bug in its bookkeeping) ends it failed with the
+        error, and after ``MAX_UNEXPECTED_IN_A_ROW`` in a row of one study this worker
+        leaves that study to the others. The worker goes on either way."""
+        ticket, study_id, text = lease.ticket_id, lease.study_id, describe(exc)
         if is_transient(exc):
-            logger.warning("ticket %s of study %s: %s", lease.ticket_id, lease.study_id, text)
+            logger.warning("ticket %s of study %s given back: %s", ticket, study_id, text)
+            failure, error, requeue = FailureKind.INTERRUPTED, text, True
         else:
             logger.error(
                 "ticket %s of study %s: unexpected error; the worker goes on",
-                lease.ticket_id,
-                lease.study_id,
+                ticket,
+                study_id,
                 exc_info=exc,
             )
+            failure, error, requeue = FailureKind.ERROR, f"unexpected error: {text}", False
+            in_a_row = self._unexpected_in_a_row.get(study_id, 0) + 1
+            self._unexpected_in_a_row[study_id] = in_a_row
+            if in_a_row >= MAX_UNEXPECTED_IN_A_ROW:
+                logger.error(
+                    "study %s: %s tickets in a row failed unexpectedly here; this worker "
+                    "leaves it to the others",
+                    study_id,
+                    in_a_row,
+                )
+                self._troubled.add(study_id)
         try:
-            error = f"unexpected error in the worker: {text}"
-            self.coordinator.release(lease, FailureKind.ERROR, error, requeue=False)
+            self.coordinator.release(lease, failure, error, requeue=requeue)
         except Exception as release_error:  # the reaper ends it after the grace period
-            logger.debug("could not release ticket %s: %s", lease.ticket_id, release_error)
+            logger.debug("could not release ticket %s: %s", ticket, release_error)
 
     def _skip_study(self, exc: UnreadableStudyError) -> None:
         """Leaves a study this worker cannot read to the others, saying so once."""

@@ -614,12 +614,10 @@ class _Attempt:
         gone (only a deletion removes trials), or the study reads as gone."""
         if self.trial_id is not None and frozen is None:
             return True
-        study_id = self.lease.study_id
-        try:
-            status = self.ctx.persist(lambda: self.coordinator.status(study_id), "reading a study")
-        except Exception:  # only the wording of a log line depends on it
+        try:  # tried once: only the wording of a log line depends on it
+            return self.coordinator.status(self.lease.study_id) is None
+        except Exception:
             return False
-        return status is None
 
     def _ids(self) -> tuple[int, int]:
         return self.lease.study_id, self.lease.ticket_id

@@ -119,6 +119,20 @@ def test_a_crashed_submits_leftover_is_salted_without_waiting(
     assert time.monotonic() - started < studies_module.NAME_WAIT_S / 2
 
 
+def test_a_study_made_with_another_tool_is_salted_after_a_short_wait(
+    store: Store, tiny_spec: Callable[..., StudySpec]
+) -> None:
+    """A study without automl's ``created_at`` (plain Optuna, optuna-dashboard) is not a
+    submission in flight: waited for only ``UNMARKED_WAIT_S``, not ``NAME_WAIT_S``."""
+    store.storage.create_new_study([StudyDirection.MAXIMIZE], "vision/secret")
+
+    started = time.monotonic()
+    name = submit_study(store, tiny_spec(name="secret"), project="vision").name
+
+    assert re.fullmatch(r"secret-[0-9a-f]{12}", name), name
+    assert time.monotonic() - started < studies_module.NAME_WAIT_S - 1
+
+
 def _submitted_at_once(
     store: Store, specs: list[StudySpec], monkeypatch: pytest.MonkeyPatch, key: str | None = None
 ) -> list[StudyDetail]:
