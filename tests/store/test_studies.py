@@ -615,34 +615,47 @@ def test_a_checkpoint_recorded_while_the_study_is_deleted_is_removed_with_it(
         record_checkpoint(store, lease, write_checkpoint(store.artifacts, study_id, 1, b"3"), 3)
 
 
+def _during_the_deletion(
+    monkeypatch: pytest.MonkeyPatch, call: Callable[[], Any], wait_s: float
+) -> tuple[dict[str, Any], list[threading.Thread]]:
+    """Makes the next deletion run ``call`` in a thread once it holds the study's locks,
+    and wait up to ``wait_s`` for it; returns what ``call`` returned or raised
+    (``result``/``error``, and ``waited``: still running after the wait) and the thread."""
+    lock = studies_module._lock_study_rows
+    outcome: dict[str, Any] = {}
+    threads: list[threading.Thread] = []
+
+    def run() -> None:
+        try:
+            outcome["result"] = call()
+        except Exception as exc:
+            outcome["error"] = exc
+
+    def then_call(connection: sa.engine.Connection, locked: int) -> None:
+        lock(connection, locked)
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(timeout=wait_s)
+        outcome["waited"] = thread.is_alive()
+        threads.append(thread)
+
+    monkeypatch.setattr(studies_module, "_lock_study_rows", then_call)
+    return outcome, threads
+
+
 def test_a_trial_write_during_the_deletion_waits_for_it_then_finds_the_trial_gone(
     store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found by the tester: on PostgreSQL a worker's write to a trial landed between the
     deletion's statements (a foreign key violation: HTTP 500 to ``DELETE``)."""
     study_id, _, trial_id = _cancelled_with_a_running_ticket(store, tiny_spec)
-    lock = studies_module._lock_study_rows
-    outcome: dict[str, Any] = {}
-    writers: list[threading.Thread] = []
+    writes = TrialWrites(user_attrs={"late": 1})
+    outcome, threads = _during_the_deletion(
+        monkeypatch, lambda: write_trial(store, trial_id, writes), wait_s=1.0
+    )
 
-    def write() -> None:
-        try:
-            write_trial(store, trial_id, TrialWrites(user_attrs={"late": 1}))
-            outcome["wrote"] = True
-        except Exception as exc:
-            outcome["error"] = exc
-
-    def then_a_worker_writes(connection: sa.engine.Connection, locked: int) -> None:
-        lock(connection, locked)
-        writer = threading.Thread(target=write)
-        writer.start()
-        writer.join(timeout=1.0)
-        outcome["waited"] = writer.is_alive()
-        writers.append(writer)
-
-    monkeypatch.setattr(studies_module, "_lock_study_rows", then_a_worker_writes)
     delete_study(store, study_id)
-    writers[0].join(timeout=30)
+    threads[0].join(timeout=30)
 
     assert outcome["waited"]
     assert isinstance(outcome.get("error"), UpdateFinishedTrialError), outcome
@@ -658,35 +671,21 @@ def test_a_worker_ending_its_ticket_during_the_deletion_waits_for_it_without_dea
     """A reviewer: the deletion locked tickets before the study's row, workers the other
     way round, and PostgreSQL ended one of them for a deadlock."""
     study_id, lease, _ = _cancelled_with_a_running_ticket(store, tiny_spec)
-    lock = studies_module._lock_study_rows
-    outcome: dict[str, Any] = {}
-    workers: list[threading.Thread] = []
 
-    def end_ticket() -> None:
-        try:
-            if call == "release":
-                outcome["result"] = release(store, lease, FailureKind.CANCELLED, "stopping")
-            else:
-                outcome["result"] = finish_and_settle(store, lease, "complete")
-        except Exception as exc:
-            outcome["error"] = exc
+    def end_ticket() -> Any:
+        if call == "release":
+            return release(store, lease, FailureKind.CANCELLED, "stopping")
+        return finish_and_settle(store, lease, "complete")
 
-    def then_the_worker_ends_its_ticket(connection: sa.engine.Connection, locked: int) -> None:
-        lock(connection, locked)
-        worker = threading.Thread(target=end_ticket)
-        worker.start()
-        worker.join(timeout=1.5)  # it waits for the deletion (or deadlocks with it)
-        workers.append(worker)
-
-    monkeypatch.setattr(studies_module, "_lock_study_rows", then_the_worker_ends_its_ticket)
+    outcome, threads = _during_the_deletion(monkeypatch, end_ticket, wait_s=1.5)
     delete_study(store, study_id)
-    workers[0].join(timeout=30)
+    threads[0].join(timeout=30)
 
     assert store.storage.get_all_studies() == []
     with pytest.raises(StudyNotFoundError):
         get_study(store, study_id)
     if call == "release":
-        assert outcome == {"result": False}  # the lease is gone with the study
+        assert outcome.get("result") is False, outcome  # the lease is gone with the study
     else:
         assert isinstance(outcome.get("error"), LeaseLostError), outcome
 
