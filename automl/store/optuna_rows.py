@@ -158,6 +158,16 @@ set with the trial, never removed). A lookup in Optuna's unique (trial_id, key) 
 every ranking query has it, so that trials added with plain Optuna are never ranked."""
 
 
+_RANKED = (
+    trials.c.state == TrialState.COMPLETE,
+    trial_values.c.objective == 0,
+    trial_values.c.value_type == "FINITE",
+    AUTOML_TRIAL,
+)
+"""What every ranking query (joined to ``trial_values``) asks of a trial: COMPLETE, of
+automl's, with a finite first objective."""
+
+
 def _utc_now_naive() -> datetime:
     # Optuna's RDB schema keeps trial times as naive UTC.
     return datetime.now(UTC).replace(tzinfo=None)
@@ -782,10 +792,7 @@ def best_values_query(connection: sa.engine.Connection, study_ids: Sequence[int]
         .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
         .where(
             among(connection, trials.c.study_id, study_ids),
-            trials.c.state == TrialState.COMPLETE,
-            trial_values.c.objective == 0,
-            trial_values.c.value_type == "FINITE",
-            AUTOML_TRIAL,
+            *_RANKED,
         )
         .group_by(trials.c.study_id)
     )
@@ -817,10 +824,7 @@ def _ranked(
         .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
         .where(
             trials.c.study_id == study_id,
-            trials.c.state == TrialState.COMPLETE,
-            trial_values.c.objective == 0,
-            trial_values.c.value_type == "FINITE",
-            AUTOML_TRIAL,
+            *_RANKED,
         )
         .order_by(value.desc() if maximize else value.asc(), trials.c.number)
         .limit(limit)
@@ -865,10 +869,7 @@ def count_still_ranked(
         .where(
             trials.c.trial_id.in_([trial_id for trial_id, _, _ in ranked]),
             trials.c.study_id == study_id,
-            trials.c.state == TrialState.COMPLETE,
-            trial_values.c.objective == 0,
-            trial_values.c.value_type == "FINITE",
-            AUTOML_TRIAL,
+            *_RANKED,
         )
     )
     there = {(int(i), float(v), int(n)) for i, v, n in connection.execute(query)}

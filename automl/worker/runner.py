@@ -45,6 +45,7 @@ from automl.store import (
     save_model_card,
     save_weights,
 )
+from automl.store.faults import first_line
 from automl.store.studies import OPTUNA_STUDY_GONE
 from automl.train import TrainingInterrupted, TrainResult, train
 from automl.train.accel import release_device_memory
@@ -723,8 +724,7 @@ def _wrapped_cause(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__
     if not isinstance(exc, StorageInternalError) or cause is None:
         return ""
-    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-    return f" (cause: {type(cause).__name__}: {text})"
+    return f" (cause: {type(cause).__name__}: {first_line(cause)})"
 
 
 def _log(run: TrialRun, spec: StudySpec, seconds: float) -> None:
