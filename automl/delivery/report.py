@@ -52,6 +52,8 @@ MIN_IMPORTANCE_TRIALS = 3
 """Completed trials needed before parameter importances mean anything."""
 
 MAX_SLICE_PARAMS = 12
+"""Slice plots show this many parameters (the first by name); a note names the others."""
+
 MAX_ANNOTATED_CLASSES = 15
 """Confusion matrices with more classes show colors without the counts."""
 
@@ -109,7 +111,8 @@ def render_report(data: ReportData) -> str:
             projections.tsne(), data, "t-SNE 1", "t-SNE 2", "t-SNE"
         ),
     }
-    sections = [_section(key, SECTIONS[key], draw[key]) for key in SECTIONS]
+    notes = {"slice-plots": slice_note(data)}
+    sections = [_section(key, SECTIONS[key], draw[key], notes.get(key)) for key in SECTIONS]
     return _page(data, "\n".join(sections))
 
 
@@ -138,9 +141,12 @@ class _Projections:
         return self.embeddings.features
 
 
-def _section(key: str, title: str, draw: Callable[[], Figure]) -> str:
+def _section(key: str, title: str, draw: Callable[[], Figure], note: str | None = None) -> str:
+    """The section ``key``: its plot, then ``note`` if any; or why the plot is missing."""
     try:
         body = f'<img alt="{_esc(title)}" src="data:image/png;base64,{_png_base64(draw())}">'
+        if note:
+            body += f'\n<p class="note">{_esc(note)}</p>'
     except Unavailable as exc:
         body = f'<p class="note">{_esc(str(exc))}</p>'
     except Exception as exc:  # one broken plot must not cost the whole page
@@ -325,13 +331,31 @@ def importances_figure(data: ReportData) -> Figure:
     return figure
 
 
+def slice_params(data: ReportData) -> tuple[list[str], list[str]]:
+    """The parameters of the completed trials, by name: those the slice plots show (at most
+    ``MAX_SLICE_PARAMS``) and those left out."""
+    names = sorted({name for trial in _completed(data.trials) for name in trial.params})
+    return names[:MAX_SLICE_PARAMS], names[MAX_SLICE_PARAMS:]
+
+
+def slice_note(data: ReportData) -> str | None:
+    """What the slice plots leave out, or None when they show every parameter."""
+    shown, left_out = slice_params(data)
+    if not left_out:
+        return None
+    return (
+        f"Slice plots show the first {len(shown)} of {len(shown) + len(left_out)} parameters "
+        f"by name; not plotted ({len(left_out)}): {', '.join(left_out)}."
+    )
+
+
 def slice_figure(data: ReportData) -> Figure:
-    """The first objective against each parameter, one panel per parameter."""
+    """The first objective against each parameter, one panel per parameter (at most
+    ``MAX_SLICE_PARAMS``, the first by name: ``slice_note`` names the others)."""
     completed = _completed(data.trials)
-    names = sorted({name for trial in completed for name in trial.params})
+    names, _ = slice_params(data)
     if not names:
         raise Unavailable("The completed trials have no searched parameters.")
-    names = names[:MAX_SLICE_PARAMS]
     numbers_seen = [trial.number for trial in completed]  # one colour scale for every panel
     scale = {"vmin": min(numbers_seen), "vmax": max(numbers_seen)}
     columns = min(3, len(names))

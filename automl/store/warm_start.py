@@ -4,6 +4,8 @@ A spec names earlier studies, or ``auto`` (completed studies on the same dataset
 fingerprint). Their ``top_k`` best trials (by each study's first objective) become
 configurations of the new study, keeping only the params the new space searches, with
 values it allows and conditions under which they apply; whatever is dropped is noted.
+A configuration that nothing is left of, or that is left the same as one queued before it
+(an ``enqueue`` configuration or an earlier warm-start one), is left out and counted.
 They are queued after the spec's own ``enqueue`` configurations, study by study in the
 order the spec lists them (``auto``: most recent first), and count toward the budget:
 those past it are left out, and the note says how many and from which studies. Only
@@ -37,6 +39,10 @@ class WarmStart:
         studies: The source studies, in the order their configurations are queued.
         configs: The configurations queued, in order.
         dropped: A line per param value left out of a configuration.
+        duplicates: Configurations left out as the same as one queued before them (an
+            ``enqueue`` configuration or an earlier warm-start one) once the params the new
+            space cannot take are dropped.
+        nothing_fits: Configurations left out as none of their params fit the new space.
         over_budget: Configurations left out as the budget had no room for them, by source
             study (in ``studies`` order).
     """
@@ -44,6 +50,8 @@ class WarmStart:
     studies: list[int] = field(default_factory=list)
     configs: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    nothing_fits: int = 0
     over_budget: dict[int, int] = field(default_factory=dict)
 
     def note(self) -> dict[str, Any]:
@@ -52,6 +60,8 @@ class WarmStart:
             "studies": self.studies,
             "enqueued": len(self.configs),
             "dropped": self.dropped,
+            "duplicates": self.duplicates,
+            "nothing_fits": self.nothing_fits,
             "over_budget": sum(self.over_budget.values()),
             "over_budget_from": {str(study): count for study, count in self.over_budget.items()},
         }
@@ -89,7 +99,11 @@ def plan_warm_start(
             for trial in optuna_rows.load_trials(connection, trial_ids):
                 config = _fit(spec, trial.params, f"study {study_id} trial {trial.number}", plan)
                 key = json.dumps(config, sort_keys=True)
-                if config and key not in seen:
+                if not config:
+                    plan.nothing_fits += 1
+                elif key in seen:
+                    plan.duplicates += 1
+                else:
                     seen.add(key)
                     plan.configs.append(config)
                     origins.append(study_id)

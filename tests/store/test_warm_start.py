@@ -145,8 +145,33 @@ def test_values_off_the_new_step_grid_are_dropped_as_the_spec_would_refuse_them(
     _, study = warm_started(store, tiny_spec, ("momentum", momentum), warm_start={"top_k": 2})
     assert queued(store, study.id) == [("warm_start", {"optimizer": "sgd"})]  # both the same
     note = store.storage.get_study_user_attrs(study.id)[attrs.WARM_START]
+    assert (note["enqueued"], note["duplicates"]) == (1, 1)
     assert any("momentum=0.6 is outside this space" in line for line in note["dropped"])
     assert any("momentum=0.8 is outside this space" in line for line in note["dropped"])
+
+
+def test_configurations_left_the_same_or_left_empty_are_counted_not_silently_lost(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Once top_k=4 queued one configuration and the note did not say why not four."""
+    earlier = finished_study(store, tiny_spec, RESULTS)
+    spec = tiny_spec(
+        name="later",
+        params={
+            "optimizer": {"type": "categorical", "choices": ["sgd", "rmsprop"]},  # no adam
+            "lr": {"type": "float", "low": 0.01, "high": 0.06, "log": True},
+        },
+        enqueue=[{"optimizer": "sgd", "lr": 0.05}],
+        warm_start={"studies": [earlier], "top_k": 4},
+    )
+    study = submit_study(store, spec)
+    assert queued(store, study.id) == [
+        ("enqueued", {"optimizer": "sgd", "lr": 0.05}),
+        ("warm_start", {"optimizer": "sgd"}),  # the best: lr=0.09 is outside
+    ]  # the second best is the enqueued one once momentum is dropped; the adam ones are empty
+    note = store.storage.get_study_user_attrs(study.id)[attrs.WARM_START]
+    assert note["enqueued"] == 1
+    assert (note["duplicates"], note["nothing_fits"], note["over_budget"]) == (1, 2, 0)
 
 
 def test_unknown_earlier_study_is_named(store: Store, tiny_spec: SpecFactory) -> None:
