@@ -1,7 +1,9 @@
 """Map domain errors to JSON HTTP errors: 4xx for the caller's mistakes, 503 for storage.
 
 A database that is down, restarting or dropping connections is a 503 (retry later), never
-a 500: reads have already been retried briefly by the store.
+a 500: reads have already been retried briefly by the store. So is a database whose
+tables are gone (dropped or renamed under the running API): ``storage schema missing``,
+on every route, as ``GET /health`` says it.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from automl.store import (
     WeightsNotFoundError,
     is_transient,
 )
-from automl.store.faults import LOG_INTERVAL_S, first_line
+from automl.store.faults import LOG_INTERVAL_S, first_line, is_schema_missing
 
 logger = logging.getLogger("automl.api")
 
 UNAVAILABLE = "storage unavailable, try again later"
 """The body of a 503 while the database cannot be reached."""
+SCHEMA_MISSING = "storage schema missing"
+"""The body of a 503 while the database lacks a table (``check_schema``'s first clause)."""
 
 
 class PayloadTooLargeError(ValueError):
@@ -157,10 +161,12 @@ class OutageLog:
 
     Args:
         interval: Seconds between two reports.
+        what: What the report says the storage is.
     """
 
-    def __init__(self, interval: float = LOG_INTERVAL_S) -> None:
+    def __init__(self, interval: float = LOG_INTERVAL_S, what: str = "storage unavailable") -> None:
         self.interval = interval
+        self.what = what
         self._failed = 0
         self._last = -math.inf
         self._lock = threading.Lock()
@@ -174,7 +180,8 @@ class OutageLog:
                 return
             self._last, failed, self._failed = now, self._failed, 0
         logger.warning(
-            "storage unavailable: %d request(s) answered 503 since the last report: %s",
+            "%s: %d request(s) answered 503 since the last report: %s",
+            self.what,
             failed,
             first_line(exc),
         )
@@ -227,6 +234,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return _detail(413, str(exc))
 
     outage = OutageLog()
+    schema_gone = OutageLog(what=SCHEMA_MISSING)
 
     @app.exception_handler(StorageError)
     async def _storage(_: Request, exc: StorageError) -> JSONResponse:
@@ -244,6 +252,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StorageInternalError)
     @app.exception_handler(StorageUnavailableError)
     async def _database(_: Request, exc: Exception) -> JSONResponse:
+        if is_schema_missing(exc):  # before is_transient: SQLite's is an OperationalError
+            schema_gone.failed(exc)
+            return _detail(503, SCHEMA_MISSING)
         if is_transient(exc):  # the database is down, restarting or dropped the connection
             outage.failed(exc)
             return _detail(503, UNAVAILABLE)
@@ -252,5 +263,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if is_schema_missing(exc):  # a database error that something else wrapped
+            schema_gone.failed(exc)
+            return _detail(503, SCHEMA_MISSING)
         logger.exception("unexpected error", exc_info=exc)
         return _detail(500, "internal server error")

@@ -316,6 +316,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def _run_worker_processes(args: argparse.Namespace, settings: Settings) -> int:
     """``automl worker --gpus/--slots``: one worker process per GPU and slot."""
     from automl.cli.supervisor import run_children, worker_children
+    from automl.proxy import is_proxy_url
 
     extra: list[str] = []
     if args.study is not None:
@@ -325,6 +326,13 @@ def _run_worker_processes(args: argparse.Namespace, settings: Settings) -> int:
     if args.poll_interval is not None:
         extra += ["--poll-interval", str(args.poll_interval)]
     gpus = _gpus(args)
+    _check_worker_device(settings.device if gpus is None else None)
+    if not is_proxy_url(settings.storage):  # one refusal (exit 2), not one per process
+        store = _open_store_waiting(settings)
+        try:
+            _check_worker_folders(settings, store)
+        finally:
+            store.close()
     with tempfile.TemporaryDirectory(prefix="automl-slots-") as slot_dir:
         children = worker_children(
             settings,
@@ -351,6 +359,25 @@ def _gpus(args: argparse.Namespace) -> list[str] | None:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
 
 
+def _check_worker_device(device: str | None) -> None:
+    """Refuses, before any process starts, a device (or device setting) that every worker
+    process would refuse at its start: one line, exit 2.
+
+    Args:
+        device: The workers' ``--device``; None where ``--gpus`` chose theirs (checked by
+            ``resolve_gpus``), so that only the ``AUTOML_*`` device settings are read.
+
+    Raises:
+        CliError: Naming the device or the setting, and what is valid.
+    """
+    try:
+        if device is not None:
+            resolve_device(device)
+        check_device_settings()
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     """Runs the API and its worker processes; Ctrl-C stops them all.
 
@@ -368,6 +395,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     if args.workers < 0:
         raise CliError("--workers must be >= 0", EXIT_BAD_INPUT)
     gpus = _gpus(args)
+    if gpus is not None or args.workers > 0:  # no server starts for workers that would not
+        _check_worker_device(settings.device if gpus is None else None)
     require_free_port(settings.host, settings.port)
     dashboard_port = None
     if args.dashboard or args.dashboard_port is not None:
@@ -422,11 +451,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.spec)
     text = read_spec_text(path, settings.max_body_bytes)
     spec = spec_from_text(text, is_json=path.suffix == ".json")
-    try:
-        resolve_device(settings.device)  # before submitting: a bad device leaves no study
-        check_device_settings()
-    except ValueError as exc:
-        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    _check_worker_device(settings.device)  # before submitting: a bad device leaves no study
     store = open_store(settings, create=True)
     _check_worker_folders(settings, store)  # before submitting: leaves no study behind
     study = submit_study(store, spec)

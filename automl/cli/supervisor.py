@@ -158,7 +158,8 @@ def run_children(children: Sequence[Child], *, stop_all_when_one_exits: bool) ->
             (``--exit-when-idle``, ``--study``).
 
     Returns:
-        0 when every child exited cleanly (130 after a Ctrl-C), else 1.
+        0 when every child exited cleanly (130 after a Ctrl-C); 2 when those that did not
+        exited with bad input (2: an argument or setting each of them refused); else 1.
     """
     supervised = [_Supervised(child) for child in children]
     for entry in supervised:
@@ -188,7 +189,7 @@ def run_children(children: Sequence[Child], *, stop_all_when_one_exits: bool) ->
     failed = [entry.returncode for entry in supervised if entry.returncode not in CLEAN_EXIT_CODES]
     if failed:
         logger.error("child processes exited with codes %s", failed)
-        return 1
+        return EXIT_BAD_INPUT if all(code == EXIT_BAD_INPUT for code in failed) else 1
     return EXIT_INTERRUPTED if interrupted else 0
 
 

@@ -19,6 +19,7 @@ header, no code); weights stored before that format are ``torch.save`` files, an
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -77,6 +78,26 @@ class WeightsNotFoundError(LookupError):
 
 class ArtifactStoreError(ValueError):
     """The configured artifact store cannot be used (unknown kind, missing bucket)."""
+
+
+class UnusableArtifactsFolderError(ArtifactStoreError):
+    """The ``folder`` store's folder cannot be created where the setting puts it."""
+
+
+FOLDER_REFUSALS = frozenset(
+    {
+        errno.ENOENT,  # a file system that refuses new folders there (/proc, /sys)
+        errno.ENOTDIR,  # a file where a folder of the path should be
+        errno.EEXIST,  # a file by the folder's name
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+    }
+)
+"""What creating a folder answers when its path is at fault, which only another setting
+fixes (a full disk or an I/O error is not the setting's fault, and is reported as such)."""
 
 
 class FolderArtifactStore:
@@ -236,11 +257,23 @@ def build_artifact_store(
 
     Raises:
         ArtifactStoreError: If ``kind`` is unknown or its settings are incomplete.
+        UnusableArtifactsFolderError: If the ``folder`` store's folder cannot be created
+            there (a file in the way, a read-only file system, no permission).
+        OSError: If creating the folder failed otherwise (a full disk, an I/O error).
     """
     if kind == "auto":
         kind = "folder" if backend == "sqlite" else "sql"
     if kind == "folder":
-        return FolderArtifactStore(directory)
+        try:
+            return FolderArtifactStore(directory)
+        except OSError as exc:
+            if exc.errno not in FOLDER_REFUSALS:
+                raise
+            raise UnusableArtifactsFolderError(
+                f"cannot use the artifacts folder {str(directory)!r} (AUTOML_ARTIFACTS_DIR): "
+                f"{exc.strerror or exc}; set AUTOML_ARTIFACTS_DIR to a folder automl can "
+                "create and write in"
+            ) from None
     if kind == "sql":
         return SqlArtifactStore(*engines)
     if kind == "s3":

@@ -130,6 +130,22 @@ def is_lock_conflict(exc: BaseException) -> bool:
     )
 
 
+UNDEFINED_TABLE_SQLSTATE = "42P01"
+"""PostgreSQL's ``undefined_table``."""
+
+
+def is_schema_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from or wraps) says a table is not there:
+    SQLite's "no such table", PostgreSQL's ``undefined_table``. Someone dropped or renamed
+    automl's or Optuna's tables under a running process (or pointed it at another database):
+    no retry helps, and no request is at fault."""
+    return any(
+        (isinstance(error, sqlite3.OperationalError) and str(error).startswith("no such table"))
+        or getattr(error, "sqlstate", None) == UNDEFINED_TABLE_SQLSTATE  # psycopg's errors
+        for error in _causes(exc)
+    )
+
+
 def is_refused_for_good(exc: BaseException) -> bool:
     """Whether the database refused the connection for a reason that retrying cannot fix:
     the database or the role does not exist, or the authentication failed (a setting to

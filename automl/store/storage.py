@@ -37,7 +37,12 @@ from sqlalchemy import event
 
 from automl.config import DEFAULT_STORAGE, Settings
 from automl.store import tables
-from automl.store.faults import first_line, is_refused_for_good, is_transient
+from automl.store.faults import (
+    first_line,
+    is_refused_for_good,
+    is_schema_missing,
+    is_transient,
+)
 
 if TYPE_CHECKING:
     from automl.store.artifacts import ArtifactStore
@@ -190,9 +195,14 @@ def open_store(
 
     Raises:
         StorageError: If the URL is malformed, the database cannot be reached, or the
-            artifact store cannot be opened.
+            artifact store cannot be opened (``bad_config`` where the settings are at
+            fault, such as an artifacts folder that cannot be created where they put it).
     """
-    from automl.store.artifacts import ArtifactStoreError, build_artifact_store
+    from automl.store.artifacts import (
+        ArtifactStoreError,
+        UnusableArtifactsFolderError,
+        build_artifact_store,
+    )
 
     url = normalize_url(url or DEFAULT_STORAGE)
     try:
@@ -221,6 +231,8 @@ def open_store(
     except (ArtifactStoreError, OSError) as exc:
         storage.engine.dispose()
         reader.engine.dispose()
+        if isinstance(exc, UnusableArtifactsFolderError):  # names the folder and its setting
+            raise StorageError(str(exc), bad_config=True) from None
         bad_config = isinstance(exc, ArtifactStoreError)
         raise StorageError(
             f"cannot open the artifact store: {exc}", bad_config=bad_config
@@ -500,7 +512,9 @@ def retrying_read(function: Callable[P, T]) -> Callable[P, T]:
             try:
                 return function(*args, **kwargs)
             except Exception as exc:
-                if delay is None or not is_transient(exc):
+                # SQLite reports a missing table as an OperationalError, which is transient
+                # for every other cause; no retry brings the table back.
+                if delay is None or not is_transient(exc) or is_schema_missing(exc):
                     raise
                 time.sleep(delay)
         raise AssertionError("unreachable")

@@ -71,6 +71,33 @@ def test_health_checks_the_schema(client: TestClient) -> None:
     assert response.json()["detail"] == "storage schema missing"
 
 
+def test_a_missing_schema_is_503_on_every_route(storage_url: str, tmp_path: Path) -> None:
+    """Once ``GET /studies`` answered 500 on PostgreSQL (an undefined table is not an
+    outage) and "storage unavailable, try again later" on SQLite (after retries), while
+    ``GET /health`` said what it was."""
+    client = TestClient(
+        make_client(storage_url, tmp_path / "artifacts").app, raise_server_exceptions=False
+    )
+    try:
+        study_id = client.post("/studies", json=tiny_spec_data()).json()["id"]
+        with client.app.state.store.write() as connection:  # type: ignore[attr-defined]
+            connection.execute(sqlalchemy.text("ALTER TABLE automl_studies RENAME TO renamed"))
+
+        answers = {
+            "health": client.get("/health"),
+            "list": client.get("/studies"),
+            "one": client.get(f"/studies/{study_id}"),
+            "trials": client.get(f"/studies/{study_id}/trials"),
+            "submit": client.post("/studies", json=tiny_spec_data()),
+        }
+
+        for route, response in answers.items():
+            assert response.status_code == 503, (route, response.text)
+            assert response.json() == {"detail": "storage schema missing"}, route
+    finally:
+        close_client(client)
+
+
 @pytest.fixture
 def proxied_client(postgres_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, TcpProxy]]:
     """An API whose PostgreSQL connections go through a proxy the test can cut."""

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from automl.cli.main import main
 from automl.config import Settings, settings_error
 from tests.cli.local_store import isolate_cli
-from tests.conftest import tiny_spec_data
+from tests.conftest import free_port, tiny_spec_data
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -176,6 +176,33 @@ def test_a_worker_refuses_a_folder_it_cannot_write_in(
     assert error_line(err) == (
         f"error: cannot use the {what} folder '{folder}' ({variable}): Read-only file "
         f"system; set {variable} to a folder automl can create and write in"
+    )
+
+
+@pytest.mark.parametrize("command", ["worker", "serve", "up", "run", "worker --slots 2"])
+def test_an_artifacts_folder_that_cannot_be_created_is_refused_at_the_start(
+    cli: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: str
+) -> None:
+    """Once exit 1 and "cannot open the artifact store: [Errno 20] ...": the folder store
+    failed to create it before the worker's own check of its folders could say which."""
+    folder = _not_a_folder(tmp_path)
+    monkeypatch.setenv("AUTOML_ARTIFACTS_DIR", str(folder))
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec_data()), encoding="utf-8")
+    argv = {
+        "worker": ["worker", "--exit-when-idle"],
+        "serve": ["serve", "--port", str(free_port())],
+        "up": ["up", "--port", str(free_port())],
+        "run": ["run", str(spec)],
+        "worker --slots 2": ["worker", "--slots", "2", "--exit-when-idle"],
+    }[command]
+
+    code, _, err = cli(*argv)
+
+    assert code == 2
+    assert error_line(err) == (
+        f"error: cannot use the artifacts folder '{folder}' (AUTOML_ARTIFACTS_DIR): Not a "
+        "directory; set AUTOML_ARTIFACTS_DIR to a folder automl can create and write in"
     )
 
 

@@ -195,6 +195,44 @@ def test_up_negative_workers_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFix
     assert capsys.readouterr().err.strip() == "error: --workers must be >= 0"
 
 
+@pytest.mark.parametrize(
+    ("command", "device", "message"),
+    [
+        ("up", "bogus", "invalid device 'bogus'; use auto, cpu, cuda or cuda:N"),
+        ("worker", "bogus", "invalid device 'bogus'; use auto, cpu, cuda or cuda:N"),
+        pytest.param(
+            "up",
+            "cuda:0",
+            "device 'cuda:0' is not available (0 CUDA devices)",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there"),
+        ),
+    ],
+    ids=["up", "worker-slots", "up-no-gpu"],
+)
+def test_a_device_no_worker_could_use_is_refused_before_any_process_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, device: str, message: str
+) -> None:
+    """Once ``up`` started the API, its worker refused the device (exit 2), and ``up``
+    stopped everything and exited 1 ("child processes exited with codes [2]")."""
+    store = tmp_path / "x.db"
+    argv = [command, "--device", device, "--storage", f"sqlite:///{store}"]
+    argv += ["--port", str(free_port())] if command == "up" else ["--slots", "2"]
+
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not store.exists()  # no server or worker opened the store
+
+
+def test_children_that_refuse_their_arguments_are_exit_2(tmp_path: Path) -> None:
+    """``up`` stops all when one exits: the others' SIGTERM is a clean stop, and the
+    refusal (2) is what ``up`` reports, not a crash (1)."""
+    refusing = _counting_child(tmp_path / "bad", [2], restart=True)
+    crashing = _counting_child(tmp_path / "crash", [1], restart=False)
+
+    assert run_children([_sleeper(), refusing], stop_all_when_one_exits=True) == 2
+    assert run_children([refusing, crashing], stop_all_when_one_exits=False) == 1
+
+
 # --- a real `automl up` ----------------------------------------------------------------------
 
 
@@ -508,7 +546,7 @@ def test_a_worker_that_keeps_crashing_is_given_up(
     assert run_children([_sleeper(), api], stop_all_when_one_exits=True) == 1
     assert api_starts.read_text() == "x"  # the API is never restarted
     bad_input, bad_starts = _counting_child(tmp_path / "bad", [2], restart=True), tmp_path / "bad"
-    assert run_children([bad_input], stop_all_when_one_exits=False) == 1
+    assert run_children([bad_input], stop_all_when_one_exits=False) == 2
     assert bad_starts.read_text() == "x"  # exit 2 (bad input) fails the same way each time
 
 

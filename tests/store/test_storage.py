@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sqlite3
@@ -23,6 +24,7 @@ from automl.store import (
     open_store,
     open_store_from,
 )
+from automl.store.faults import is_schema_missing
 from automl.store.storage import (
     PG_CONNECT_TIMEOUT_S,
     PG_KEEPALIVES_COUNT,
@@ -31,6 +33,7 @@ from automl.store.storage import (
     PG_TCP_USER_TIMEOUT_MS,
     SQLITE_BUSY_TIMEOUT_S,
     has_automl_tables,
+    retrying_read,
 )
 from tests.store.conftest import sqlite_write_lock_held
 
@@ -227,6 +230,55 @@ def test_unusable_artifact_store_is_a_storage_error(
     assert info.value.bad_config  # the CLI's exit 2, not 1
 
 
+def _in_the_way(tmp_path: Path, name: str) -> Path:
+    """A folder path that cannot be created: a file named ``f.txt`` is in its way."""
+    (tmp_path / "f.txt").write_text("not a folder")
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("f.txt", "File exists"), ("f.txt/sub", "Not a directory")],
+    ids=["a-file", "under-a-file"],
+)
+def test_an_artifacts_folder_that_cannot_be_created_is_bad_config(
+    sqlite_url: str, tmp_path: Path, name: str, reason: str
+) -> None:
+    """Once "cannot open the artifact store: [Errno 20] ..." and not bad config: exit 1."""
+    folder = _in_the_way(tmp_path, name)
+    with pytest.raises(StorageError) as info:
+        open_store(sqlite_url, artifacts_dir=folder)
+    assert str(info.value) == (
+        f"cannot use the artifacts folder '{folder}' (AUTOML_ARTIFACTS_DIR): {reason}; set "
+        "AUTOML_ARTIFACTS_DIR to a folder automl can create and write in"
+    )
+    assert info.value.bad_config and not info.value.transient
+
+
+@pytest.mark.parametrize(
+    ("code", "bad_config"),
+    [(errno.EACCES, True), (errno.EROFS, True), (errno.ENOSPC, False), (errno.EIO, False)],
+    ids=["permission", "read-only", "disk-full", "io-error"],
+)
+def test_only_a_folder_the_settings_put_in_the_wrong_place_is_bad_config(
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+    bad_config: bool,
+) -> None:
+    """A full disk or an I/O error is the machine's fault, not the setting's: as before."""
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(StorageError) as info:
+        open_store(sqlite_url, artifacts_dir=tmp_path / "artifacts")
+    assert info.value.bad_config is bad_config
+    assert ("(AUTOML_ARTIFACTS_DIR)" in str(info.value)) is bad_config
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
@@ -339,6 +391,26 @@ def test_check_schema_reports_a_missing_table(store: Store) -> None:
     with pytest.raises(StorageError, match=r"^storage schema missing: ") as info:
         check_schema(store)
     assert "\n" not in str(info.value)
+
+
+def test_a_missing_table_is_told_apart_and_not_retried(store: Store) -> None:
+    """SQLite's "no such table" is an OperationalError, which reads retry (an outage)."""
+    calls = []
+
+    @retrying_read
+    def read() -> None:
+        calls.append(1)
+        with store.read() as connection:
+            connection.exec_driver_sql("SELECT 1 FROM automl_studies")
+
+    read()
+    with store.write() as connection:
+        connection.exec_driver_sql("ALTER TABLE automl_studies RENAME TO renamed")
+    with pytest.raises(sqlalchemy.exc.DBAPIError) as info:
+        read()
+    assert is_schema_missing(info.value)
+    assert len(calls) == 2
+    assert not is_schema_missing(sqlalchemy.exc.OperationalError("SELECT", {}, Exception("down")))
 
 
 def test_postgres_sessions_end_idle_transactions_unless_the_server_is_stricter(
