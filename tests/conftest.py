@@ -23,6 +23,52 @@ from automl.store import Store, normalize_url, open_store
 if TYPE_CHECKING:
     from automl.proxy import RemoteCoordinator
 
+MAX_TEST_PROCESSES = 4
+"""``-n auto`` (pyproject's addopts, pytest-xdist): one test process per CPU, at most this
+many. Each runs tests that start servers and workers of their own, and PostgreSQL's
+default 100 connections are shared by them all."""
+
+LEFT_BEHIND_IS_FINE = frozenset({".pytest_cache", "__pycache__", ".ruff_cache"})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """How many test processes ``-n auto`` starts (``PYTEST_XDIST_AUTO_NUM_WORKERS``, if
+    set, decides instead; ``-n 0`` runs the suite in one process)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cpus or 1, MAX_TEST_PROCESSES))
+
+
+@pytest.fixture(autouse=True)
+def _own_working_folder(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test runs in an empty folder of its own: what the commands and processes it
+    starts write by default (``automl.db``, ``automl-artifacts``, ``automl-cache``) stays
+    there, not in the checkout, where the tests running beside it would share it."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _out_of_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Moves the test process out of the folder pytest was started in (the checkout), so
+    that module fixtures, which run before a test's own folder is set, write there neither;
+    fails the run if something was left in it all the same (a process given that folder
+    as its working folder)."""
+    started_in = Path.cwd()
+    before = set(os.listdir(started_in))
+    os.chdir(tmp_path_factory.mktemp("session"))
+    try:
+        yield
+    finally:
+        os.chdir(started_in)
+    added = sorted(set(os.listdir(started_in)) - before - LEFT_BEHIND_IS_FINE)
+    if added:
+        pytest.fail(f"tests left {added} in {started_in}: give their processes a folder")
+
+
 POSTGRES_ENV = "AUTOML_TEST_POSTGRES_URL"
 
 

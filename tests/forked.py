@@ -113,13 +113,16 @@ class ForkedProcess:
         new_session: bool = False,
     ) -> None:
         """Forks ``automl <argv>`` with exactly ``env`` as its environment, its output
-        (stdout and stderr) written to ``log``; with ``new_session`` it leads a session and
-        process group of its own (its pid is the group's id) by the time this returns."""
+        (stdout and stderr) written to ``log``, in ``cwd`` (default: the log's folder, the
+        test's own, so that default folders such as ``automl-cache`` land there); with
+        ``new_session`` it leads a session and process group of its own (its pid is the
+        group's id) by the time this returns."""
         _ensure_server()
         self.args = list(argv)
+        workdir = str(cwd if cwd is not None else Path(log).resolve().parent)
         self._process: ForkServerProcess = _CONTEXT.Process(
             target=_run,
-            args=(self.args, dict(env), str(log), None if cwd is None else str(cwd), new_session),
+            args=(self.args, dict(env), str(log), workdir, new_session),
             daemon=False,
         )
         self._process.start()

@@ -110,6 +110,11 @@ def is_transient(exc: BaseException) -> bool:
             )
         if isinstance(current, sqlalchemy.exc.DisconnectionError):
             return True
+        if isinstance(current, sqlalchemy.exc.PendingRollbackError):
+            # A connection dropped mid-transaction and then used again in it (Optuna's
+            # trial query does, taking the drop for too many IN variables): the same work
+            # succeeds on a new transaction. Other pending rollbacks (a failed flush) do not.
+            return current.code == INVALIDATED_IN_A_TRANSACTION
         if isinstance(current, grpc.RpcError):
             return _is_transient_grpc(current)
         if not isinstance(current, StorageInternalError):
@@ -117,6 +122,9 @@ def is_transient(exc: BaseException) -> bool:
         current = current.__cause__ or current.__context__
     return False
 
+
+INVALIDATED_IN_A_TRANSACTION = "8s2b"
+"""SQLAlchemy's code of "Can't reconnect until invalid transaction is rolled back"."""
 
 LOCK_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
 """PostgreSQL's ``deadlock_detected`` and ``serialization_failure``: the transaction was

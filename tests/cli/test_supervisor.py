@@ -440,10 +440,13 @@ def _run_slots(tmp_path: Path, layout: list[str]) -> tuple[str, list[FrozenTrial
     )
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec))
-    assert main(["submit", str(spec_file), "--storage", storage]) == 0
+    with contextlib.chdir(tmp_path):  # where submit's store puts its default folders
+        assert main(["submit", str(spec_file), "--storage", storage]) == 0
     command = [sys.executable, "-m", "automl", "worker", *layout, "--exit-when-idle"]
     command += ["--storage", storage, "--artifacts-dir", str(tmp_path / "a")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=STUDY_TIMEOUT_S)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=STUDY_TIMEOUT_S, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     storage_ = optuna.storages.RDBStorage(storage)
     try:

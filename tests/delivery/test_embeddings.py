@@ -9,6 +9,7 @@ instead of killing pytest with a segmentation fault.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -33,11 +34,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_isolated(code: str) -> Any:
-    """Runs ``code`` in a child Python at the repository root; returns the JSON it printed
-    last. Fails (rather than crashes) if the child dies, of a signal say."""
+    """Runs ``code`` in a child Python that imports from the repository root (in the
+    test's working folder); returns the JSON it printed last. Fails (rather than crashes)
+    if the child dies, of a signal say."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path},
         capture_output=True,
         text=True,
         timeout=300,

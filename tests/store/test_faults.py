@@ -5,10 +5,13 @@ from __future__ import annotations
 import errno
 import logging
 from pathlib import Path
+from typing import Any
 
+import optuna
 import pytest
 import sqlalchemy
 from optuna.exceptions import StorageInternalError
+from optuna.study import StudyDirection
 
 from automl.store import (
     Backoff,
@@ -22,6 +25,16 @@ from automl.store.faults import first_line, is_refused_for_good
 
 def _operational() -> sqlalchemy.exc.OperationalError:
     return sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed"))
+
+
+def _dropped_mid_transaction() -> sqlalchemy.exc.PendingRollbackError:
+    """What a connection invalidated in a transaction answers its next statement."""
+    return sqlalchemy.exc.PendingRollbackError("Can't reconnect until ...", code="8s2b")
+
+
+def _failed_flush() -> sqlalchemy.exc.PendingRollbackError:
+    """What a session whose flush failed (a bad row, say) answers its next statement."""
+    return sqlalchemy.exc.PendingRollbackError("rolled back during flush", code="7s2a")
 
 
 def _wrapped_by_optuna(cause: BaseException) -> StorageInternalError:
@@ -38,6 +51,8 @@ def _wrapped_by_optuna(cause: BaseException) -> StorageInternalError:
         (sqlalchemy.exc.InterfaceError("SELECT 1", {}, Exception("closed")), True),
         (sqlalchemy.exc.TimeoutError("pool exhausted"), True),
         (_wrapped_by_optuna(_operational()), True),
+        (_wrapped_by_optuna(_dropped_mid_transaction()), True),
+        (_wrapped_by_optuna(_failed_flush()), False),
         (StorageUnavailableError("down"), True),
         (sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate")), False),
         (_wrapped_by_optuna(ValueError("too long")), False),
@@ -167,3 +182,32 @@ def test_an_outage_is_transient_whatever_the_statement_says() -> None:
 
     assert not is_refused_for_good(error) and is_transient(error)
     assert not is_refused_for_good(refused) and is_transient(refused)
+
+
+@pytest.mark.postgres
+def test_a_connection_dropped_inside_optunas_trial_query_is_transient(postgres_url: str) -> None:
+    """Optuna's trial query takes a dropped connection for too many ``IN`` variables and
+    runs again in the same transaction: SQLAlchemy's "Can't reconnect until invalid
+    transaction is rolled back", which once failed a trial as a bug (a CI run under load)."""
+    storage = optuna.storages.RDBStorage(postgres_url)
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    study_id = storage.create_new_study([StudyDirection.MINIMIZE], "dropped")
+    dropped: list[int] = []
+
+    def drop_the_connection(_conn: object, cursor: Any, statement: str, *_: object) -> None:
+        if "FROM trials" in statement and not dropped:
+            dropped.append(cursor.connection.info.backend_pid)
+            with admin.connect() as connection:
+                terminate = sqlalchemy.text("SELECT pg_terminate_backend(:pid)")
+                connection.execute(terminate, {"pid": dropped[0]})
+
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", drop_the_connection)
+    try:
+        with pytest.raises(StorageInternalError) as info:
+            storage.get_all_trials(study_id)
+        assert dropped
+        assert is_transient(info.value), first_line(info.value)
+        assert storage.get_all_trials(study_id) == []  # the next transaction works
+    finally:
+        storage.engine.dispose()
+        admin.dispose()
