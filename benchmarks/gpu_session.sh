@@ -32,7 +32,7 @@ step() {
 for what in "${@:-tests trainer}"; do
     for part in $what; do
         case $part in
-        tests) step gpu-tests python3 -m pytest -q -p no:cacheprovider -m gpu \
+        tests) step gpu-tests python3 -m pytest -q -p no:cacheprovider -n 0 -m gpu \
             tests/train/test_cuda.py tests/cli/test_supervisor.py ;;
         trainer) step trainer python3 benchmarks/bench_trainer.py --device cuda --epochs 3 \
             --repeats 3 --eager ;;

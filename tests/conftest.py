@@ -29,6 +29,7 @@ many. Each runs tests that start servers and workers of their own, and PostgreSQ
 default 100 connections are shared by them all."""
 
 LEFT_BEHIND_IS_FINE = frozenset({".pytest_cache", "__pycache__", ".ruff_cache"})
+"""What tools leave in the checkout beside the tests (pytest's cache, bytecode, ruff's)."""
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -52,21 +53,23 @@ def _own_working_folder(
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _out_of_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Moves the test process out of the folder pytest was started in (the checkout), so
-    that module fixtures, which run before a test's own folder is set, write there neither;
-    fails the run if something was left in it all the same (a process given that folder
-    as its working folder)."""
-    started_in = Path.cwd()
-    before = set(os.listdir(started_in))
+def _out_of_the_checkout(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[None]:
+    """Moves the test process out of the folder pytest was started in, so that module
+    fixtures, which run before a test's own folder is set, write there neither; fails the
+    run if something was left in the checkout all the same (a process given it as its
+    working folder)."""
+    started_in, checkout = Path.cwd(), pytestconfig.rootpath
+    before = set(os.listdir(checkout))
     os.chdir(tmp_path_factory.mktemp("session"))
     try:
         yield
     finally:
         os.chdir(started_in)
-    added = sorted(set(os.listdir(started_in)) - before - LEFT_BEHIND_IS_FINE)
+    added = sorted(set(os.listdir(checkout)) - before - LEFT_BEHIND_IS_FINE)
     if added:
-        pytest.fail(f"tests left {added} in {started_in}: give their processes a folder")
+        pytest.fail(f"tests left {added} in {checkout}: give their processes a folder")
 
 
 POSTGRES_ENV = "AUTOML_TEST_POSTGRES_URL"

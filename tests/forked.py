@@ -54,15 +54,12 @@ def _kill_leftovers() -> None:
             process.wait(10)
 
 
-def _run(
-    argv: list[str], env: dict[str, str], log: str, cwd: str | None, new_session: bool
-) -> None:
-    """The forked child: the CLI with ``argv``, ``env`` as its environment, output to ``log``
-    (and ``cwd`` as its working directory, if given; in a session of its own if asked)."""
+def _run(argv: list[str], env: dict[str, str], log: str, cwd: str, new_session: bool) -> None:
+    """The forked child: the CLI with ``argv``, ``env`` as its environment, output to ``log``,
+    ``cwd`` as its working directory (in a session of its own if asked)."""
     if new_session:
         os.setsid()
-    if cwd is not None:
-        os.chdir(cwd)
+    os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

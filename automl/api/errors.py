@@ -35,14 +35,12 @@ from automl.store import (
     WeightsNotFoundError,
     is_transient,
 )
-from automl.store.faults import LOG_INTERVAL_S, first_line, is_schema_missing
+from automl.store.faults import LOG_INTERVAL_S, SCHEMA_MISSING, first_line, is_schema_missing
 
 logger = logging.getLogger("automl.api")
 
 UNAVAILABLE = "storage unavailable, try again later"
 """The body of a 503 while the database cannot be reached."""
-SCHEMA_MISSING = "storage schema missing"
-"""The body of a 503 while the database lacks a table (``check_schema``'s first clause)."""
 
 
 class PayloadTooLargeError(ValueError):
@@ -252,7 +250,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StorageInternalError)
     @app.exception_handler(StorageUnavailableError)
     async def _database(_: Request, exc: Exception) -> JSONResponse:
-        if is_schema_missing(exc):  # before is_transient: SQLite's is an OperationalError
+        if is_schema_missing(exc):
             schema_gone.failed(exc)
             return _detail(503, SCHEMA_MISSING)
         if is_transient(exc):  # the database is down, restarting or dropped the connection
@@ -263,8 +261,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        if is_schema_missing(exc):  # a database error that something else wrapped
-            schema_gone.failed(exc)
-            return _detail(503, SCHEMA_MISSING)
         logger.exception("unexpected error", exc_info=exc)
         return _detail(500, "internal server error")

@@ -52,7 +52,7 @@ from automl.store import (
     open_store_from,
     submit_study,
 )
-from automl.store.faults import first_line
+from automl.store.faults import SCHEMA_MISSING, first_line, is_schema_missing
 from automl.store.storage import has_automl_tables, redact, sqlite_file
 from automl.train import resolve_device
 from automl.train.accel import check_device_settings
@@ -81,6 +81,8 @@ def errors_as_cli_errors(spec_path: str | None) -> Iterator[None]:
     except InvalidDeviceError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     except Exception as exc:
+        if is_schema_missing(exc):  # tables dropped or renamed under a running command
+            raise CliError(f"{SCHEMA_MISSING}: {first_line(exc)}", EXIT_FAILURE) from None
         if not is_transient(exc):
             raise
         raise CliError(f"storage unavailable: {first_line(exc)}", EXIT_FAILURE) from None

@@ -103,8 +103,8 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(current, StorageUnavailableError | sqlalchemy.exc.TimeoutError):
             return True
         if isinstance(current, sqlalchemy.exc.DBAPIError):
-            if is_refused_for_good(current):
-                return False
+            if is_refused_for_good(current) or is_schema_missing(current):
+                return False  # SQLite's missing table is an OperationalError too
             return current.connection_invalidated or isinstance(
                 current, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
             )
@@ -137,6 +137,9 @@ def is_lock_conflict(exc: BaseException) -> bool:
         getattr(error, "sqlstate", None) in LOCK_CONFLICT_SQLSTATES for error in _causes(exc)
     )
 
+
+SCHEMA_MISSING = "storage schema missing"
+"""What a database that lacks automl's or Optuna's tables is reported as (API, CLI)."""
 
 UNDEFINED_TABLE_SQLSTATE = "42P01"
 """PostgreSQL's ``undefined_table``."""

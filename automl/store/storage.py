@@ -37,12 +37,7 @@ from sqlalchemy import event
 
 from automl.config import DEFAULT_STORAGE, Settings
 from automl.store import tables
-from automl.store.faults import (
-    first_line,
-    is_refused_for_good,
-    is_schema_missing,
-    is_transient,
-)
+from automl.store.faults import SCHEMA_MISSING, first_line, is_refused_for_good, is_transient
 
 if TYPE_CHECKING:
     from automl.store.artifacts import ArtifactStore
@@ -512,9 +507,7 @@ def retrying_read(function: Callable[P, T]) -> Callable[P, T]:
             try:
                 return function(*args, **kwargs)
             except Exception as exc:
-                # SQLite reports a missing table as an OperationalError, which is transient
-                # for every other cause; no retry brings the table back.
-                if delay is None or not is_transient(exc) or is_schema_missing(exc):
+                if delay is None or not is_transient(exc):
                     raise
                 time.sleep(delay)
         raise AssertionError("unreachable")
@@ -538,7 +531,7 @@ def check_schema(store: Store) -> None:
             for table in ("studies", "trials", tables.studies.name, tables.tickets.name):
                 connection.exec_driver_sql(f"SELECT 1 FROM {table} WHERE 1 = 0")
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise StorageError(f"storage schema missing: {first_line(exc)}") from None
+        raise StorageError(f"{SCHEMA_MISSING}: {first_line(exc)}") from None
 
 
 def redact(url: str) -> str:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from automl.cli.arguments import MAX_ID
-from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE
+from automl.cli.commands import errors_as_cli_errors
+from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, CliError
 from automl.cli.main import main
 from tests.conftest import free_port
 
@@ -367,3 +370,15 @@ def test_a_misspelled_choice_gets_a_suggestion(
     assert exc.value.code == EXIT_BAD_INPUT
     [error] = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert suggestion in error
+
+
+def test_tables_gone_under_a_command_are_one_line_not_an_outage() -> None:
+    """A worker whose tables were dropped under it once waited forever, logging "storage
+    unavailable" (SQLite's missing table is an OperationalError, like an outage)."""
+    gone = sqlite3.OperationalError("no such table: automl_tickets")
+
+    with pytest.raises(CliError) as info, errors_as_cli_errors(None):
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, gone)
+
+    assert info.value.code == EXIT_FAILURE
+    assert str(info.value).startswith("storage schema missing: ")

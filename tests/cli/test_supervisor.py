@@ -440,8 +440,7 @@ def _run_slots(tmp_path: Path, layout: list[str]) -> tuple[str, list[FrozenTrial
     )
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec))
-    with contextlib.chdir(tmp_path):  # where submit's store puts its default folders
-        assert main(["submit", str(spec_file), "--storage", storage]) == 0
+    assert main(["submit", str(spec_file), "--storage", storage]) == 0
     command = [sys.executable, "-m", "automl", "worker", *layout, "--exit-when-idle"]
     command += ["--storage", storage, "--artifacts-dir", str(tmp_path / "a")]
     done = subprocess.run(

@@ -206,6 +206,7 @@ def test_a_connection_dropped_inside_optunas_trial_query_is_transient(postgres_u
         with pytest.raises(StorageInternalError) as info:
             storage.get_all_trials(study_id)
         assert dropped
+        assert isinstance(info.value.__cause__, sqlalchemy.exc.PendingRollbackError)
         assert is_transient(info.value), first_line(info.value)
         assert storage.get_all_trials(study_id) == []  # the next transaction works
     finally:
