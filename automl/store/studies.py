@@ -228,7 +228,9 @@ def _study_with_key(store: Store, key: str, spec_json: str, project: str) -> int
 
 def _canonical(spec_json: str) -> str:
     """A stored spec in a comparable form: the order of keys in free-form mappings
-    (``fixed``, options) and ``1`` against ``1.0`` say nothing of what the study runs."""
+    (``fixed``, options) and ``1`` against ``1.0`` say nothing of what the study runs, nor
+    does a field that an earlier version did not store and this one stores at its default
+    (``enqueue: []``: a retry across an upgrade)."""
 
     def walk(value: Any) -> Any:
         if isinstance(value, dict):
@@ -239,7 +241,10 @@ def _canonical(spec_json: str) -> str:
             return int(value)
         return value
 
-    spec = json.loads(spec_json)
+    try:
+        spec = json.loads(StudySpec.model_validate_json(spec_json).model_dump_json())
+    except ValueError:  # not a spec this version reads: compared as it was stored
+        spec = json.loads(spec_json)
     spec.pop("space_rules", None)  # stamped by the version that stored it, not the client
     return json.dumps(walk(spec), sort_keys=True)
 
