@@ -328,3 +328,18 @@ def env_flag(name: str, default: bool) -> bool:
     if value in FALSE_WORDS:
         return False
     raise ValueError(f"{name} must be 1 or 0 (true/false, on/off, yes/no), not {value!r}")
+
+
+def unusable_folder(what: str, directory: object, variable: str, reason: str) -> str:
+    """The one line that refuses a configured folder automl cannot create or write in.
+
+    Args:
+        what: The folder's role, e.g. ``artifacts folder``.
+        directory: The folder.
+        variable: The setting that put it there, e.g. ``AUTOML_ARTIFACTS_DIR``.
+        reason: Why not, e.g. ``Permission denied``.
+    """
+    return (
+        f"cannot use the {what} {str(directory)!r} ({variable}): {reason}; "
+        f"set {variable} to a folder automl can create and write in"
+    )

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
-from automl.config import current_settings
+from automl.config import current_settings, unusable_folder
 from automl.data.decode import Preprocess, Sample, decode_samples
 from automl.data.errors import DatasetError
 
@@ -196,10 +196,7 @@ def _unusable(directory: Path, exc: OSError) -> Exception:
         return exc
     # mkdir(exist_ok=True) says "File exists" when the folder's own name is a file.
     reason = "it is a file" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
-    return DatasetError(
-        f"cannot use the cache folder {str(directory)!r} (AUTOML_CACHE_DIR): {reason}; "
-        "set AUTOML_CACHE_DIR to a folder automl can create and write in"
-    )
+    return DatasetError(unusable_folder("cache folder", directory, "AUTOML_CACHE_DIR", reason))
 
 
 def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:

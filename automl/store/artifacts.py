@@ -41,6 +41,7 @@ from optuna.trial import FrozenTrial
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from automl.config import unusable_folder
 from automl.store import attrs, tables
 from automl.store.tables import db_now
 
@@ -270,9 +271,9 @@ def build_artifact_store(
             if exc.errno not in FOLDER_REFUSALS:
                 raise
             raise UnusableArtifactsFolderError(
-                f"cannot use the artifacts folder {str(directory)!r} (AUTOML_ARTIFACTS_DIR): "
-                f"{exc.strerror or exc}; set AUTOML_ARTIFACTS_DIR to a folder automl can "
-                "create and write in"
+                unusable_folder(
+                    "artifacts folder", directory, "AUTOML_ARTIFACTS_DIR", exc.strerror or str(exc)
+                )
             ) from None
     if kind == "sql":
         return SqlArtifactStore(*engines)

@@ -37,6 +37,7 @@ import torch
 from optuna.trial import FrozenTrial
 from pydantic import ValidationError
 
+from automl.config import unusable_folder
 from automl.data import DATASETS
 from automl.data.cache import cache_dir, make_cache_dir
 from automl.data.errors import DatasetError
@@ -195,8 +196,7 @@ def _probe_write(directory: Path, what: str, variable: str) -> None:
         os.unlink(name)
     except OSError as exc:
         raise UnusableFolderError(
-            f"cannot use the {what} {str(directory)!r} ({variable}): "
-            f"{exc.strerror or exc}; set {variable} to a folder automl can create and write in"
+            unusable_folder(what, directory, variable, exc.strerror or str(exc))
         ) from None
 
 
