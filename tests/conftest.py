@@ -28,8 +28,11 @@ MAX_TEST_PROCESSES = 4
 many. Each runs tests that start servers and workers of their own, and PostgreSQL's
 default 100 connections are shared by them all."""
 
-LEFT_BEHIND_IS_FINE = frozenset({".pytest_cache", "__pycache__", ".ruff_cache"})
-"""What tools leave in the checkout beside the tests (pytest's cache, bytecode, ruff's)."""
+LEFT_BEHIND_IS_FINE = frozenset(
+    {".pytest_cache", "__pycache__", ".ruff_cache", ".hypothesis", ".benchmarks"}
+)
+"""What tools leave in the checkout beside the tests (pytest's cache and plugins' folders,
+bytecode, ruff's cache)."""
 
 
 @pytest.hookimpl(optionalhook=True)
