@@ -103,8 +103,8 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(current, StorageUnavailableError | sqlalchemy.exc.TimeoutError):
             return True
         if isinstance(current, sqlalchemy.exc.DBAPIError):
-            if is_refused_for_good(current) or is_schema_missing(current):
-                return False  # SQLite's missing table is an OperationalError too
+            if is_refused_for_good(current):
+                return False
             return current.connection_invalidated or isinstance(
                 current, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
             )

@@ -37,7 +37,13 @@ from sqlalchemy import event
 
 from automl.config import DEFAULT_STORAGE, Settings
 from automl.store import tables
-from automl.store.faults import SCHEMA_MISSING, first_line, is_refused_for_good, is_transient
+from automl.store.faults import (
+    SCHEMA_MISSING,
+    first_line,
+    is_refused_for_good,
+    is_schema_missing,
+    is_transient,
+)
 
 if TYPE_CHECKING:
     from automl.store.artifacts import ArtifactStore
@@ -507,7 +513,10 @@ def retrying_read(function: Callable[P, T]) -> Callable[P, T]:
             try:
                 return function(*args, **kwargs)
             except Exception as exc:
-                if delay is None or not is_transient(exc):
+                # SQLite reports a missing table as an OperationalError, which workers wait
+                # out as an outage (a restored database brings it back); a request is
+                # answered at once.
+                if delay is None or not is_transient(exc) or is_schema_missing(exc):
                     raise
                 time.sleep(delay)
         raise AssertionError("unreachable")

@@ -242,7 +242,8 @@ def _canonical(spec_json: str) -> str:
         return value
 
     try:
-        spec = json.loads(StudySpec.model_validate_json(spec_json).model_dump_json())
+        validated = StudySpec.model_validate_json(spec_json)
+        spec = json.loads(validated.model_dump_json(exclude_none=True))
     except ValueError:  # not a spec this version reads: compared as it was stored
         spec = json.loads(spec_json)
     spec.pop("space_rules", None)  # stamped by the version that stored it, not the client

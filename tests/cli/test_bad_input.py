@@ -373,8 +373,8 @@ def test_a_misspelled_choice_gets_a_suggestion(
 
 
 def test_tables_gone_under_a_command_are_one_line_not_an_outage() -> None:
-    """A worker whose tables were dropped under it once waited forever, logging "storage
-    unavailable" (SQLite's missing table is an OperationalError, like an outage)."""
+    """A command whose tables were dropped under it said "storage unavailable" (SQLite's
+    missing table is an OperationalError, like an outage)."""
     gone = sqlite3.OperationalError("no such table: automl_tickets")
 
     with pytest.raises(CliError) as info, errors_as_cli_errors(None):

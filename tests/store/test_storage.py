@@ -24,7 +24,7 @@ from automl.store import (
     open_store,
     open_store_from,
 )
-from automl.store.faults import is_schema_missing, is_transient
+from automl.store.faults import is_schema_missing
 from automl.store.storage import (
     PG_CONNECT_TIMEOUT_S,
     PG_KEEPALIVES_COUNT,
@@ -409,7 +409,6 @@ def test_a_missing_table_is_told_apart_and_not_retried(store: Store) -> None:
     with pytest.raises(sqlalchemy.exc.DBAPIError) as info:
         read()
     assert is_schema_missing(info.value)
-    assert not is_transient(info.value)  # not an outage to wait out, anywhere
     assert len(calls) == 2
     assert not is_schema_missing(sqlalchemy.exc.OperationalError("SELECT", {}, Exception("down")))
 
