@@ -248,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target_args(resume)
 
-    rerun = commands.add_parser("rerun-failed", help="queue a study's failed trials again")
+    rerun = commands.add_parser(
+        "rerun-failed",
+        help="queue a study's failed trials again (or its failed test evaluation)",
+    )
     rerun.add_argument("study", type=study_id, help="study id")
     target_args(rerun)
 

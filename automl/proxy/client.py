@@ -25,6 +25,7 @@ from automl.proxy import wire
 from automl.proxy.trials import ProxyTrialStorage
 from automl.proxy.wire import ProxyTooOldError
 from automl.spec import StudySpec
+from automl.spec_reading import UnreadableStudyError
 from automl.store import (
     EvaluationLease,
     EvaluationState,
@@ -164,10 +165,7 @@ class RemoteCoordinator:
     ) -> Lease | None:
         """See ``Coordinator.claim`` (a proxy older than ``exclude`` ignores it: the
         worker then gives such a study's ticket back)."""
-        header: dict[str, Any] = {"worker_id": worker_id, "study_id": study_id}
-        if exclude:
-            header["exclude"] = sorted(exclude)
-        reply, _ = self.call("claim", header)
+        reply, _ = self.call("claim", _claim_header(worker_id, study_id, exclude))
         lease = reply["lease"]
         return None if lease is None else wire.lease_from_wire(lease)
 
@@ -278,9 +276,11 @@ class RemoteCoordinator:
         reply, _ = self.call("outranked", header)
         return bool(reply["outranked"])
 
-    def claim_evaluation(self, worker_id: str, study_id: int | None) -> EvaluationLease | None:
-        """See ``Coordinator.claim_evaluation``."""
-        reply, _ = self.call("claim_evaluation", {"worker_id": worker_id, "study_id": study_id})
+    def claim_evaluation(
+        self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
+    ) -> EvaluationLease | None:
+        """See ``Coordinator.claim_evaluation`` (a proxy older than ``exclude`` ignores it)."""
+        reply, _ = self.call("claim_evaluation", _claim_header(worker_id, study_id, exclude))
         lease = reply["lease"]
         return None if lease is None else wire.evaluation_from_wire(lease)
 
@@ -301,9 +301,11 @@ class RemoteCoordinator:
         reply, _ = self.call("finish_evaluation", header, timeout=TRANSFER_TIMEOUT_S)
         return bool(reply["stored"])
 
-    def claim_refit(self, worker_id: str, study_id: int | None) -> RefitLease | None:
-        """See ``Coordinator.claim_refit``."""
-        reply, _ = self.call("claim_refit", {"worker_id": worker_id, "study_id": study_id})
+    def claim_refit(
+        self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
+    ) -> RefitLease | None:
+        """See ``Coordinator.claim_refit`` (a proxy older than ``exclude`` ignores it)."""
+        reply, _ = self.call("claim_refit", _claim_header(worker_id, study_id, exclude))
         lease = reply["lease"]
         return None if lease is None else wire.refit_from_wire(lease)
 
@@ -379,6 +381,13 @@ class RemoteArtifactStore:
         self._coordinator.call("artifact_remove", {"artifact_id": artifact_id})
 
 
+def _claim_header(worker_id: str, study_id: int | None, exclude: Collection[int]) -> dict[str, Any]:
+    header: dict[str, Any] = {"worker_id": worker_id, "study_id": study_id}
+    if exclude:
+        header["exclude"] = sorted(exclude)
+    return header
+
+
 def _as_exception(exc: grpc.RpcError, method: str) -> Exception:
     code = exc.code()  # type: ignore[attr-defined]
     kind, message = wire.parse_error_details(exc.details())  # type: ignore[attr-defined]
@@ -397,6 +406,10 @@ def _as_exception(exc: grpc.RpcError, method: str) -> Exception:
         return ArtifactNotFound(message)
     if kind == wire.TRIAL_FINISHED:
         return UpdateFinishedTrialError(message)
+    if kind == wire.UNREADABLE_STUDY:
+        study_id, _, problem = message.partition(" ")
+        if study_id.isdigit():
+            return UnreadableStudyError(int(study_id), problem)
     return RemoteCallError(f"proxy: {code.name}: {message}")
 
 

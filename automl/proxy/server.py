@@ -39,6 +39,7 @@ from optuna.trial import TrialState
 
 from automl.proxy import wire
 from automl.proxy.trials import template_from_wire
+from automl.spec_reading import UnreadableStudyError, readable_spec
 from automl.store import (
     EvaluationState,
     FailureKind,
@@ -138,6 +139,9 @@ class CoordinationService:
             except UpdateFinishedTrialError as exc:
                 code = grpc.StatusCode.FAILED_PRECONDITION
                 _abort(context, code, wire.TRIAL_FINISHED, str(exc))
+            except UnreadableStudyError as exc:
+                code = grpc.StatusCode.FAILED_PRECONDITION
+                _abort(context, code, wire.UNREADABLE_STUDY, f"{exc.study_id} {exc.problem}")
             except Exception as exc:
                 if is_transient(exc):
                     message = first_line(exc)
@@ -152,8 +156,9 @@ class CoordinationService:
     # --- the methods ---------------------------------------------------------------------------
 
     def _claim(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
-        exclude = [int(study_id) for study_id in header.get("exclude", ())]
-        lease = self.coordinator.claim(header["worker_id"], header.get("study_id"), exclude)
+        lease = self.coordinator.claim(
+            header["worker_id"], header.get("study_id"), _excluded(header)
+        )
         return {"lease": None if lease is None else wire.lease_to_wire(lease)}, b""
 
     def _heartbeat(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
@@ -268,7 +273,9 @@ class CoordinationService:
         return {"outranked": outranked}, b""
 
     def _claim_evaluation(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
-        lease = self.coordinator.claim_evaluation(header["worker_id"], header.get("study_id"))
+        lease = self.coordinator.claim_evaluation(
+            header["worker_id"], header.get("study_id"), _excluded(header)
+        )
         return {"lease": None if lease is None else wire.evaluation_to_wire(lease)}, b""
 
     def _finish_evaluation(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
@@ -281,7 +288,9 @@ class CoordinationService:
         return {"stored": stored}, b""
 
     def _claim_refit(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
-        lease = self.coordinator.claim_refit(header["worker_id"], header.get("study_id"))
+        lease = self.coordinator.claim_refit(
+            header["worker_id"], header.get("study_id"), _excluded(header)
+        )
         return {"lease": None if lease is None else wire.refit_to_wire(lease)}, b""
 
     def _beat_refit(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
@@ -301,7 +310,11 @@ class CoordinationService:
         return {"stored": stored}, b""
 
     def _spec(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
-        spec = self.coordinator.spec(int(header["study_id"]))
+        study_id = int(header["study_id"])
+        # The worker checks its own registries; here only what the proxy's automl reads.
+        spec = readable_spec(
+            study_id, lambda: self.coordinator.spec(study_id), reader="the proxy", entries=False
+        )
         return {"spec": spec.model_dump(mode="json", exclude_none=True)}, b""
 
     def _status(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
@@ -330,6 +343,11 @@ class CoordinationService:
         else:
             self.coordinator.artifacts.remove(artifact_id)
         return {}, b""
+
+
+def _excluded(header: dict[str, Any]) -> list[int]:
+    """The studies a claim leaves to others (none from a worker older than ``exclude``)."""
+    return [int(study_id) for study_id in header.get("exclude", ())]
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, kind: str, msg: str) -> NoReturn:

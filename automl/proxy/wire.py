@@ -56,6 +56,7 @@ LEASE_LOST = "lease_lost"
 STUDY_NOT_FOUND = "study_not_found"
 ARTIFACT_NOT_FOUND = "artifact_not_found"
 TRIAL_FINISHED = "trial_finished"
+UNREADABLE_STUDY = "unreadable_study"
 UNAVAILABLE = "unavailable"
 ERROR = "error"
 

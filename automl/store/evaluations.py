@@ -18,7 +18,7 @@ Validation drives the search; test metrics live in their own trial attributes
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -123,6 +123,7 @@ def claim_evaluation(
     study_id: int | None = None,
     *,
     stale_after: float = EVALUATION_STALE_S,
+    exclude: Collection[int] = (),
 ) -> EvaluationLease | None:
     """Claims the oldest due test-split evaluation of a completed study.
 
@@ -133,11 +134,16 @@ def claim_evaluation(
         worker_id: The claiming worker's unique id.
         study_id: Only claim this study's evaluation.
         stale_after: Seconds after which a running claim counts as abandoned.
+        exclude: Studies whose jobs the worker leaves to others.
 
     Returns:
         The claim, or None when nothing is due (or another worker was faster).
+
+    Raises:
+        UnreadableStudyError: If this process cannot read the due job's study's spec
+            (nothing was claimed).
     """
-    claim = claim_job(store, _JOB, worker_id, study_id, stale_after)
+    claim = claim_job(store, _JOB, worker_id, study_id, stale_after, exclude)
     if claim is None:
         return None
     study, attempt = claim

@@ -4,16 +4,19 @@ refit): one row per study in the job's table, claimed by one worker at a time.
 A claim bumps the row's ``attempt`` (the claim's identity) with a compare-and-set on the
 attempt it read, so two workers can never both hold it; a ``running`` claim whose worker
 stopped renewing it for ``stale_after`` seconds is due again, at most ``max_tries`` times.
+A process that cannot read the study's spec (a newer automl stored it, or it names a
+plugin's entry not installed here) does not claim the job: it is left to others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
+from automl.spec_reading import check_readable
 from automl.store import optuna_rows, tables
 from automl.store.status import lock_study, now
 from automl.store.storage import Store
@@ -52,7 +55,12 @@ class JobKind:
 
 
 def claim_job(
-    store: Store, kind: JobKind, worker_id: str, study_id: int | None, stale_after: float
+    store: Store,
+    kind: JobKind,
+    worker_id: str,
+    study_id: int | None,
+    stale_after: float,
+    exclude: Collection[int] = (),
 ) -> tuple[sa.Row[Any], int] | None:
     """Claims the oldest due job of ``kind`` whose study may run it.
 
@@ -64,10 +72,15 @@ def claim_job(
         worker_id: The claiming worker's unique id.
         study_id: Only claim this study's job.
         stale_after: Seconds after which a running claim counts as abandoned.
+        exclude: Studies whose jobs the worker leaves to others.
 
     Returns:
         The study's row and the claim's attempt, or None when nothing is due (or another
         worker was faster, or the job was abandoned just now).
+
+    Raises:
+        UnreadableStudyError: If this process cannot read the due job's study: nothing
+            was claimed, and the caller should exclude the study from its next claims.
     """
     jobs, studies = kind.table, tables.studies
     query = (
@@ -79,6 +92,8 @@ def claim_job(
     )
     if study_id is not None:
         query = query.where(jobs.c.study_id == study_id)
+    if exclude:
+        query = query.where(jobs.c.study_id.not_in(sorted(exclude)))
     with store.read() as connection:
         candidate = connection.scalar(query.where(kind.due(now(connection), stale_after)))
     if candidate is None:
@@ -91,6 +106,7 @@ def claim_job(
         ).first()
         if study is None or study.status not in kind.study_statuses or row is None:
             return None  # another worker was first, or the study was resumed or deleted
+        check_readable(candidate, study.spec)  # raising rolls the transaction back
         if row.tries >= kind.max_tries:
             note = f"abandoned: {row.tries} claims ended without a result"
             kind.abandon(connection, candidate, row.attempt, note, at)

@@ -15,7 +15,7 @@ per request, then the refit ends ``failed``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -121,6 +121,7 @@ def claim_refit(
     study_id: int | None = None,
     *,
     stale_after: float = REFIT_STALE_S,
+    exclude: Collection[int] = (),
 ) -> RefitLease | None:
     """Claims the oldest due refit of an ended study.
 
@@ -131,11 +132,16 @@ def claim_refit(
         worker_id: The claiming worker's unique id.
         study_id: Only claim this study's refit.
         stale_after: Seconds after which a claim without beats counts as abandoned.
+        exclude: Studies whose jobs the worker leaves to others.
 
     Returns:
         The claim, or None when nothing is due (or another worker was faster).
+
+    Raises:
+        UnreadableStudyError: If this process cannot read the due job's study's spec
+            (nothing was claimed).
     """
-    claim = claim_job(store, _JOB, worker_id, study_id, stale_after)
+    claim = claim_job(store, _JOB, worker_id, study_id, stale_after, exclude)
     if claim is None:
         return None
     study, attempt = claim

@@ -50,10 +50,17 @@ from automl.store.status import (
     iso,
     lock_study,
     now,
+    request_evaluation,
     request_refit,
 )
 from automl.store.storage import Store, retrying_read
-from automl.store.tables import DELETING, RefitState, TicketSource, TicketState
+from automl.store.tables import (
+    DELETING,
+    EvaluationState,
+    RefitState,
+    TicketSource,
+    TicketState,
+)
 from automl.store.views import (
     SUMMARY_ATTRS,
     BestTrials,
@@ -805,6 +812,10 @@ def resume_study(
 def rerun_failed(store: Store, study_id: int, *, limits: Limits | None = None) -> StudyDetail:
     """Queues every failed trial of the study again, with its params; reopens an ended study.
 
+    A completed study without failed trials whose test evaluation failed (the scoring
+    raised, or its claims ended without a result) has its evaluation made due again; one
+    with failed trials gets a new evaluation when it completes again.
+
     Args:
         store: The store.
         study_id: The study.
@@ -812,44 +823,73 @@ def rerun_failed(store: Store, study_id: int, *, limits: Limits | None = None) -
 
     Raises:
         StudyNotFoundError: If there is no such study.
-        StudyStateError: If the study has no failed trial.
+        StudyStateError: If the study has no failed trial (nor a failed test evaluation).
         ProjectLimitError: If reopening it would take its project over a limit.
     """
-    tickets = tables.tickets
     with store.write() as connection:
         row = _locked(connection, study_id)
-        if limits is not None and row.status not in ACTIVE:
-            check_project_room(connection, row.project, limits, new_study=False)
-        rerun = connection.execute(
-            tickets.update()
-            .where(
-                tickets.c.study_id == study_id,
-                tickets.c.state == TicketState.DONE.value,
-                tickets.c.outcome == "fail",
-            )
-            .values(state=TicketState.PENDING.value, outcome=None, failure=None, retries=0)
-        ).rowcount
-        if rerun == 0:
-            raise StudyStateError(f"study {study_id} has no failed trials")
-        limit = count_errors(connection, study_id) + row.max_failed
-        if row.status in ACTIVE:
-            connection.execute(
-                tables.studies.update()
-                .where(tables.studies.c.study_id == study_id)
-                .values(failure_limit=limit)
-            )
-        else:
-            change_status(
-                connection,
-                row,
-                StudyStatus.QUEUED,
-                f"re-running {rerun} failed trials",
-                now(connection),
-                failure_limit=limit,
-                deadline=None,
-                started_at=None,
+        rerun = _rerun_failed_trials(connection, row, limits)
+        if not rerun and not _rerun_failed_evaluation(connection, row):
+            raise StudyStateError(
+                f"study {study_id} has no failed trials (nor a failed test evaluation)"
             )
     return get_study(store, study_id)
+
+
+def _rerun_failed_trials(
+    connection: sa.engine.Connection, row: sa.Row[Any], limits: Limits | None
+) -> int:
+    """Queues the study's failed trials again (see ``rerun_failed``); how many."""
+    tickets, study_id = tables.tickets, row.study_id
+    rerun = connection.execute(
+        tickets.update()
+        .where(
+            tickets.c.study_id == study_id,
+            tickets.c.state == TicketState.DONE.value,
+            tickets.c.outcome == "fail",
+        )
+        .values(state=TicketState.PENDING.value, outcome=None, failure=None, retries=0)
+    ).rowcount
+    if rerun == 0:
+        return 0
+    if limits is not None and row.status not in ACTIVE:
+        check_project_room(connection, row.project, limits, new_study=False)
+    limit = count_errors(connection, study_id) + row.max_failed
+    if row.status in ACTIVE:
+        connection.execute(
+            tables.studies.update()
+            .where(tables.studies.c.study_id == study_id)
+            .values(failure_limit=limit)
+        )
+    else:
+        change_status(
+            connection,
+            row,
+            StudyStatus.QUEUED,
+            f"re-running {rerun} failed trials",
+            now(connection),
+            failure_limit=limit,
+            deadline=None,
+            started_at=None,
+        )
+    return rerun
+
+
+def _rerun_failed_evaluation(connection: sa.engine.Connection, row: sa.Row[Any]) -> bool:
+    """Makes the test evaluation of a completed study due again if it failed; whether it
+    did."""
+    if row.status != StudyStatus.COMPLETED.value:
+        return False
+    evaluations = tables.evaluations
+    state = connection.scalar(
+        sa.select(evaluations.c.state).where(evaluations.c.study_id == row.study_id)
+    )
+    if state != EvaluationState.FAILED.value:
+        return False
+    mirror = request_evaluation(connection, row.study_id, now(connection))
+    if optuna_rows.optuna_study_exists(connection, row.study_id):
+        optuna_rows.put_study_attrs(connection, row.study_id, {attrs.TEST_EVALUATION: mirror})
+    return True
 
 
 def queue_refit(store: Store, study_id: int) -> RefitView:

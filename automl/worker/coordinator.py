@@ -180,8 +180,16 @@ class Coordinator(Protocol):
         with ``value`` (see ``automl.store.Outranking``)."""
         ...
 
-    def claim_evaluation(self, worker_id: str, study_id: int | None) -> EvaluationLease | None:
-        """Claims a completed study's due test-split evaluation, or None if none is due."""
+    def claim_evaluation(
+        self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
+    ) -> EvaluationLease | None:
+        """Claims a completed study's due test-split evaluation (of none of the studies in
+        ``exclude``), or None if none is due.
+
+        Raises:
+            UnreadableStudyError: If the due evaluation's study is one that this worker
+                (or its proxy) cannot read; nothing was claimed.
+        """
         ...
 
     def finish_evaluation(
@@ -195,8 +203,10 @@ class Coordinator(Protocol):
         if the claim was no longer held (nothing stored)."""
         ...
 
-    def claim_refit(self, worker_id: str, study_id: int | None) -> RefitLease | None:
-        """Claims an ended study's queued refit, or None if none is due."""
+    def claim_refit(
+        self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
+    ) -> RefitLease | None:
+        """Claims an ended study's queued refit (as ``claim_evaluation``)."""
         ...
 
     def beat_refit(self, lease: RefitLease) -> bool:
@@ -432,9 +442,11 @@ class SqlCoordinator:
         """See ``Coordinator.outranked``."""
         return self._outranking(study_id, value, number, maximize, keep)
 
-    def claim_evaluation(self, worker_id: str, study_id: int | None) -> EvaluationLease | None:
+    def claim_evaluation(
+        self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
+    ) -> EvaluationLease | None:
         """See ``Coordinator.claim_evaluation``."""
-        return claim_evaluation(self.store, worker_id, study_id)
+        return claim_evaluation(self.store, worker_id, study_id, exclude=exclude)
 
     def finish_evaluation(
         self,
@@ -446,9 +458,11 @@ class SqlCoordinator:
         """See ``Coordinator.finish_evaluation``."""
         return finish_evaluation(self.store, lease, state, reports, note)
 
-    def claim_refit(self, worker_id: str, study_id: int | None) -> RefitLease | None:
+    def claim_refit(
+        self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
+    ) -> RefitLease | None:
         """See ``Coordinator.claim_refit``."""
-        return claim_refit(self.store, worker_id, study_id)
+        return claim_refit(self.store, worker_id, study_id, exclude=exclude)
 
     def beat_refit(self, lease: RefitLease) -> bool:
         """See ``Coordinator.beat_refit``."""

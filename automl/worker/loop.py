@@ -30,21 +30,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial
-from pydantic import ValidationError
 
 from automl.config import unusable_folder
-from automl.data import DATASETS
 from automl.data.cache import cache_dir, make_cache_dir
 from automl.data.errors import DatasetError
-from automl.pruners import PRUNERS, build_pruner, trial_epochs
-from automl.registry import Registry
-from automl.samplers import SAMPLERS, SHARED_SEED_SAMPLERS, build_sampler
-from automl.spec import SPACE_RULES, StudySpec
+from automl.pruners import build_pruner, trial_epochs
+from automl.samplers import SHARED_SEED_SAMPLERS, build_sampler
+from automl.spec import StudySpec
+from automl.spec_reading import UnreadableStudyError, readable_spec
 from automl.store import (
     ArtifactStore,
     Backoff,
@@ -57,9 +55,8 @@ from automl.store import (
     retry_transient,
 )
 from automl.store.artifacts import TEMPORARY_PREFIX
-from automl.train import METRICS, resolve_device
+from automl.train import resolve_device
 from automl.train.accel import check_device_settings
-from automl.train.trial_config import PIPELINES, SELECTABLE
 from automl.worker.coordinator import BufferedSqlCoordinator, Coordinator, CoordinatorTooOldError
 from automl.worker.evaluator import describe, run_evaluation
 from automl.worker.identity import new_worker_id, sampler_seed
@@ -98,70 +95,6 @@ class UnusableFolderError(InvalidDeviceError):
 MAX_UNEXPECTED_IN_A_ROW = 3
 """Tickets of one study in a row whose unexpected errors make this worker leave the study
 to the others (one is a ticket's problem; several in a row are the study's here)."""
-
-
-class UnreadableStudyError(RuntimeError):
-    """This worker cannot read a study's stored spec: a newer automl submitted it, or it
-    names an entry that no registry of this worker has (a plugin installed only where the
-    API runs).
-
-    Not the ticket's fault: it goes back to the queue untouched, and the worker leaves the
-    study to other workers until it restarts. Only its code and its plugins, both loaded
-    once at start, decide what it can read, and a stored spec never changes: trying again
-    later would only claim, give back and log the same again.
-
-    Args:
-        study_id: The study.
-        problem: What the worker lacks and what to do, after ``study N``.
-    """
-
-    def __init__(self, study_id: int, problem: str) -> None:
-        super().__init__(f"study {study_id} {problem}")
-        self.study_id = study_id
-
-
-def newer_space_rules(exc: ValidationError) -> int | None:
-    """The ``space_rules`` of a stored spec refused for being past this version's
-    ``SPACE_RULES`` (a newer automl stamped it), else None (a broken spec)."""
-    for error in exc.errors():
-        value = error.get("input")
-        if error["loc"] == ("space_rules",) and type(value) is int and value > SPACE_RULES:
-            return value
-    return None
-
-
-def missing_entries(spec: StudySpec) -> list[str]:
-    """The entries ``spec`` names that no registry of this process has (``model 'x'``).
-
-    Every name was registered where the spec was checked at submit, so a missing one is
-    an entry of a plugin (or of a newer automl) that this process lacks.
-    """
-    named: list[tuple[Registry[Any], str]] = [
-        (DATASETS, spec.dataset.source),
-        (SAMPLERS, spec.sampler.name),
-        (PRUNERS, spec.pruner_or_default.name),
-        *((METRICS, metric) for metric in spec.metrics),
-        *((SELECTABLE[group], name) for group, names in spec.chosen.items() for name in names),
-    ]
-    missing = [f"{registry.kind} {name!r}" for registry, name in named if name not in registry]
-    return list(dict.fromkeys(missing + _missing_pipeline_entries(spec)))
-
-
-def _missing_pipeline_entries(spec: StudySpec) -> list[str]:
-    """The pipeline entries (augmentations) that the spec's qualified names set, such as
-    ``hflip`` of ``hflip.p``, and that no registry of this process has.
-
-    A qualified name's entry is a selector's choice or a pipeline's entry (the checks at
-    submit resolved it); one that no selector of the spec can choose is a pipeline's.
-    """
-    chosen = {name for names in spec.chosen.values() for name in names}
-    kind = " or ".join(registry.kind for registry in PIPELINES.values())
-    missing = []
-    for name in [*spec.fixed, *spec.params]:
-        entry, dot, _ = name.partition(".")
-        if dot and entry not in chosen and not any(entry in r for r in PIPELINES.values()):
-            missing.append(f"{kind} {entry!r}")
-    return missing
 
 
 def check_folders(cache: Path, artifacts: ArtifactStore) -> None:
@@ -445,7 +378,7 @@ class Worker:
         """
         return self._run_due(
             "test evaluation",
-            lambda: self.coordinator.claim_evaluation(self.name, self.options.study_id),
+            lambda left: self.coordinator.claim_evaluation(self.name, self.options.study_id, left),
             lambda lease: run_evaluation(
                 self.coordinator, lease, self.device, self.backoff, lambda: self.stopping
             ),
@@ -456,18 +389,28 @@ class Worker:
         ``_evaluate_due``)."""
         return self._run_due(
             "refit",
-            lambda: self.coordinator.claim_refit(self.name, self.options.study_id),
+            lambda left: self.coordinator.claim_refit(self.name, self.options.study_id, left),
             lambda lease: run_refit(
                 self.coordinator, lease, self.device, self.backoff, lambda: self.stopping
             ),
         )
 
     def _run_due(
-        self, job: str, claim: Callable[[], JobLease | None], run: Callable[[JobLease], None]
+        self,
+        job: str,
+        claim: Callable[[set[int]], JobLease | None],
+        run: Callable[[JobLease], None],
     ) -> bool:
-        """Claims one due post-study ``job`` and runs it; whether there was one."""
+        """Claims one due post-study ``job`` (of none of the studies this worker left) and
+        runs it; whether there was one."""
+        left = self._unreadable | self._troubled
+        if self.options.study_id in left:
+            return False
         try:
-            lease = claim()
+            lease = claim(left)
+        except UnreadableStudyError as exc:
+            self._skip_study(exc)  # nothing claimed; the next claims pass it by
+            return False
         except Exception as exc:
             if is_transient(exc):
                 self.backoff.failed(exc, f"looking for {job}s")
@@ -618,22 +561,4 @@ class Worker:
             UnreadableStudyError: If a newer automl stored it, or it names entries that no
                 registry of this worker has.
         """
-        try:
-            spec = self.coordinator.spec(study_id)
-        except ValidationError as exc:
-            rules = newer_space_rules(exc)
-            if rules is None:
-                raise
-            raise UnreadableStudyError(
-                study_id,
-                f"needs a newer automl than this worker (space rules {rules}, this worker "
-                f"knows {SPACE_RULES}): upgrade automl here",
-            ) from None
-        missing = missing_entries(spec)
-        if missing:
-            raise UnreadableStudyError(
-                study_id,
-                f"names {' and '.join(missing)} that no installed plugin of this worker "
-                "registers: install the plugin (or a newer automl) here",
-            )
-        return spec
+        return readable_spec(study_id, lambda: self.coordinator.spec(study_id))

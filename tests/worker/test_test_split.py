@@ -14,11 +14,13 @@ from automl.spec import StudySpec, validate_spec
 from automl.store import (
     EvaluationState,
     Store,
+    StudyStateError,
     StudyStatus,
     attrs,
     best_trials,
     get_study,
     load_state_dict,
+    rerun_failed,
     submit_study,
 )
 from automl.train import TrialConfig
@@ -91,10 +93,7 @@ def test_without_a_test_split_the_evaluation_is_skipped(
 def test_a_failing_evaluation_is_recorded_and_the_worker_goes_on(
     sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("scoring exploded")
-
-    monkeypatch.setattr(automl.worker.evaluator, "evaluate_weights", broken)
+    monkeypatch.setattr(automl.worker.evaluator, "evaluate_weights", _explodes)
     first = submit_study(sqlite_store, tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1})).id
     second = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 1})).id
     assert Worker(sqlite_store, _options()).run() == 2  # kept working after the failure
@@ -106,6 +105,36 @@ def test_a_failing_evaluation_is_recorded_and_the_worker_goes_on(
     assert get_study(sqlite_store, second).status == StudyStatus.COMPLETED
 
 
+def test_rerun_failed_makes_a_failed_evaluation_due_again(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a failed evaluation stayed failed: no command ran it again (``rerun-failed``
+    answered that the study had no failed trials)."""
+    monkeypatch.setattr(automl.worker.evaluator, "evaluate_weights", _explodes)
+    study_id = submit_study(sqlite_store, tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1})).id
+    assert Worker(sqlite_store, _options()).run() == 1
+    evaluation = best_trials(sqlite_store, study_id).test_evaluation
+    assert evaluation is not None and evaluation.state == EvaluationState.FAILED
+    monkeypatch.undo()  # the cause is fixed
+
+    detail = rerun_failed(sqlite_store, study_id)
+
+    assert detail.status == StudyStatus.COMPLETED  # not reopened: its trials are fine
+    evaluation = best_trials(sqlite_store, study_id).test_evaluation
+    assert evaluation is not None and evaluation.state == EvaluationState.PENDING
+    assert Worker(sqlite_store, _options()).run() == 0
+    best = best_trials(sqlite_store, study_id)
+    assert best.test_evaluation is not None and best.test_evaluation.state == EvaluationState.DONE
+    assert best.trials[0].test_metrics is not None
+    # Done now: nothing left to run again.
+    with pytest.raises(StudyStateError, match="no failed trials \\(nor a failed test evaluation"):
+        rerun_failed(sqlite_store, study_id)
+
+
+def _explodes(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("scoring exploded")
+
+
 def test_an_idle_worker_evaluates_a_study_someone_else_completed(
     sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -113,7 +142,7 @@ def test_an_idle_worker_evaluates_a_study_someone_else_completed(
     # the API completes a study whose workers are gone.
     study_id = submit_study(sqlite_store, tiny_spec(dataset=TEST_SPLIT)).id
     real = SqlCoordinator.claim_evaluation
-    monkeypatch.setattr(SqlCoordinator, "claim_evaluation", lambda self, w, s: None)
+    monkeypatch.setattr(SqlCoordinator, "claim_evaluation", lambda self, w, s, left=(): None)
     assert Worker(sqlite_store, _options()).run() == 3
     pending = best_trials(sqlite_store, study_id).test_evaluation
     assert pending is not None and pending.state == EvaluationState.PENDING
@@ -151,7 +180,7 @@ def test_a_coordinator_that_refuses_evaluation_claims_does_not_stop_training(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def refuse(self: SqlCoordinator, worker_id: str, study_id: int | None) -> None:
+    def refuse(self: SqlCoordinator, worker_id: str, study_id: int | None, left: Any) -> None:
         raise RuntimeError("proxy: UNIMPLEMENTED: claim_evaluation")
 
     monkeypatch.setattr(SqlCoordinator, "claim_evaluation", refuse)

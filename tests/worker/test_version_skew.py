@@ -246,3 +246,110 @@ def test_a_broken_spec_still_fails_its_ticket(
     assert (ticket.state, ticket.outcome, ticket.failure) == ("done", "fail", "error")
     assert _status(sqlite_store, study_id) == StudyStatus.FAILED
     assert not _errors(caplog)
+
+
+def test_a_field_this_automl_does_not_know_marks_a_newer_automls_study(
+    sqlite_store: Store, tiny_spec: SpecFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newer automl that adds a field (not a rule) stamps no later ``space_rules``;
+    before, this worker failed the study's trials on the unknown field."""
+    study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 2, "max_failed": 0})).id
+    _restore_spec(sqlite_store, study_id, lambda spec: spec["budget"].update(max_cost=5))
+    caplog.set_level(logging.INFO, logger="automl.worker")
+
+    Worker(sqlite_store, _options()).run()
+
+    _assert_untouched(sqlite_store, study_id)
+    assert _errors(caplog) == [
+        f"study {study_id} {NEWER} (field 'budget.max_cost', unknown to this worker): "
+        "upgrade automl here"
+    ]
+
+
+TEST_SPLIT = {"source": "digits", "options": {"test_fraction": 0.2}}
+
+
+def _jobs(store: Store, study_id: int) -> dict[str, tuple[str, int, int]]:
+    """The study's post-study jobs: state, attempt and tries of each."""
+    found = {}
+    with store.read() as connection:
+        for name, table in (("evaluation", tables.evaluations), ("refit", tables.refits)):
+            query = sa.select(table.c.state, table.c.attempt, table.c.tries)
+            row = connection.execute(query.where(table.c.study_id == study_id)).first()
+            if row is not None:
+                found[name] = tuple(row)
+    return found
+
+
+def _without_post_study_jobs(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Workers claim no test evaluation or refit until the returned call undoes it."""
+    real = {job: getattr(SqlCoordinator, job) for job in ("claim_evaluation", "claim_refit")}
+    for job in real:
+        monkeypatch.setattr(SqlCoordinator, job, lambda *args, **kwargs: None)
+    return lambda: [monkeypatch.setattr(SqlCoordinator, job, f) for job, f in real.items()]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("through", ["store", "proxy"])
+def test_a_newer_automls_test_evaluation_and_refit_are_never_claimed_here(
+    store: Store,
+    tiny_spec: SpecFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
+    through: str,
+) -> None:
+    """Before: the worker claimed the job, then failed to read the spec, and the claim
+    held it from every worker until it went stale (up to three times, then abandoned).
+    Now nothing is claimed, and the next study's job runs."""
+    budget = {"n_trials": 1, "max_failed": 0}
+    newer = submit_study(
+        store, tiny_spec(name="newer", dataset=TEST_SPLIT, budget=budget, refit=True)
+    ).id
+    other = submit_study(store, tiny_spec(name="other", dataset=TEST_SPLIT, budget=budget)).id
+    allow_jobs = _without_post_study_jobs(monkeypatch)
+    Worker(store, _options()).run()
+    assert _jobs(store, newer) == {"evaluation": ("pending", 0, 0), "refit": ("queued", 0, 0)}
+    _restore_spec(store, newer, _from_newer_automl)
+    allow_jobs()
+    coordinator = request.getfixturevalue("proxy") if through == "proxy" else None
+    caplog.set_level(logging.INFO, logger="automl.worker")
+
+    Worker(None if coordinator else store, _options(), coordinator=coordinator).run()
+
+    assert _jobs(store, newer) == {"evaluation": ("pending", 0, 0), "refit": ("queued", 0, 0)}
+    assert _jobs(store, other)["evaluation"][0] == "done"
+    assert _errors(caplog) == [
+        f"study {newer} {NEWER} (space rules {SPACE_RULES + 1}, this worker knows "
+        f"{SPACE_RULES}): upgrade automl here"
+    ]
+
+    # A worker that reads it runs both.
+    _restore_spec(store, newer, lambda spec: spec.update(space_rules=SPACE_RULES))
+    Worker(store, _options()).run()
+    assert {job: state for job, (state, _, _) in _jobs(store, newer).items()} == {
+        "evaluation": "done",
+        "refit": "done",
+    }
+
+
+@pytest.mark.timeout(120)
+def test_a_proxy_older_than_the_study_says_so_and_the_worker_leaves_it(
+    store: Store,
+    proxy: RemoteCoordinator,
+    tiny_spec: SpecFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The proxy reads the spec for its workers: before, its validation error reached the
+    worker as an internal error, and the ticket failed."""
+    newer = submit_study(store, tiny_spec(name="newer", budget={"n_trials": 2, "max_failed": 0}))
+    _restore_spec(store, newer.id, _from_newer_automl)
+    caplog.set_level(logging.INFO, logger="automl.worker")
+
+    Worker(None, _options(), coordinator=proxy).run()
+
+    _assert_untouched(store, newer.id)
+    assert _errors(caplog) == [
+        f"study {newer.id} needs a newer automl than the proxy (space rules "
+        f"{SPACE_RULES + 1}, the proxy knows {SPACE_RULES}): upgrade the proxy"
+    ]

@@ -261,7 +261,8 @@ def resume(
 
 @router.post("/{study_id}/rerun-failed", response_model=StudyDetail, responses=STATE_ERRORS)
 def rerun(study_id: StudyId, store: StoreDep) -> StudyDetail:
-    """Queues the study's failed trials again with their params (reopens it if ended)."""
+    """Queues the study's failed trials again with their params (reopens it if ended); a
+    completed study's failed test evaluation is made due again."""
     return rerun_failed(store, study_id, limits=Limits())
 
 
