@@ -7,6 +7,7 @@ store the model is loaded in this process. Torch is imported only then.
 from __future__ import annotations
 
 import argparse
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,14 +28,14 @@ if TYPE_CHECKING:
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     """Classifies image files with a study's best model: a table, or ``--json``."""
     paths = [Path(name) for name in args.images]
+    limits = Limits()
+    images = _read(paths, limits.max_upload_bytes)
     if settings.url:
-        result = HttpClient(settings.url).predict(args.study, _read(paths), args.top)
+        result = HttpClient(settings.url).predict(args.study, images, args.top)
     else:
         from automl.delivery.inference import Upload, predict_uploads
 
-        limits = Limits()
-        _check_size(paths, limits.max_upload_bytes)
-        uploads = [Upload(name, data) for name, data in _read(paths)]
+        uploads = [Upload(name, data) for name, data in images]
         with _local_store(settings) as store, _refusals():
             result = predict_uploads(store, args.study, uploads, top=args.top, limits=limits)
     _print(result, args.json, predictions_text)
@@ -109,30 +110,31 @@ def _print(result: BaseModel, as_json: bool, render: Callable[[Any], str]) -> No
     print(result.model_dump_json(indent=2) if as_json else render(result))
 
 
-def _read(paths: list[Path]) -> list[tuple[str, bytes]]:
-    images = []
-    for path in paths:
-        try:
-            images.append((str(path), path.read_bytes()))  # as typed: names may repeat
-        except OSError as exc:
-            raise CliError(f"cannot read image {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
-    return images
-
-
-def _check_size(paths: list[Path], max_bytes: int) -> None:
-    """Refuses files larger together than the upload limit before reading them."""
+def _read(paths: list[Path], max_bytes: int) -> list[tuple[str, bytes]]:
+    """The files' names (as typed: they may repeat) and contents, once they are regular
+    files no larger together than the upload limit (checked before reading any)."""
     total = 0
     for path in paths:
         try:
-            total += path.stat().st_size
+            info = path.stat()
         except OSError as exc:
             raise CliError(f"cannot read image {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
+        if not stat.S_ISREG(info.st_mode):  # a device or a pipe: endless, or never ending
+            raise CliError(f"cannot read image {path}: not a regular file", EXIT_BAD_INPUT)
+        total += info.st_size
     if total > max_bytes:
         raise CliError(
             f"the images have {total} bytes; max_upload_bytes allows {max_bytes} "
             "(AUTOML_LIMIT_MAX_UPLOAD_BYTES)",
             EXIT_BAD_INPUT,
         )
+    images = []
+    for path in paths:
+        try:
+            images.append((str(path), path.read_bytes()))
+        except OSError as exc:
+            raise CliError(f"cannot read image {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
+    return images
 
 
 @contextmanager

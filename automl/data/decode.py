@@ -81,17 +81,23 @@ def decode_image(
     """
     limit = Limits().max_image_pixels if max_pixels is None else max_pixels
     shown = os.path.relpath(path, root) if root else path
+
+    def too_many(size: str) -> DatasetError:
+        return DatasetError(
+            f"image {shown!r} has {size} pixels; max_image_pixels allows {limit} "
+            "(AUTOML_LIMIT_MAX_IMAGE_PIXELS)"
+        )
+
     try:
         with Image.open(path, formats=IMAGE_FORMATS) as opened:
             pixels = opened.width * opened.height
             if pixels > limit:  # a decompression bomb, refused before decoding
-                raise DatasetError(
-                    f"image {shown!r} has {opened.width}x{opened.height} = {pixels} pixels; "
-                    f"max_image_pixels allows {limit} (AUTOML_LIMIT_MAX_IMAGE_PIXELS)"
-                )
+                raise too_many(f"{opened.width}x{opened.height} = {pixels}")
             image = load_oriented(opened, prep)
     except (DatasetError, MemoryError):
         raise
+    except Image.DecompressionBombError:  # over Pillow's own limit, twice MAX_IMAGE_PIXELS
+        raise too_many(f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0)}") from None
     except UnidentifiedImageError:
         raise DatasetError(f"cannot decode image {shown!r}: {_unidentified(path)}") from None
     except Exception as exc:  # Pillow raises many kinds on corrupt data (struct.error...)
@@ -117,7 +123,8 @@ def load_oriented(opened: Image.Image, prep: Preprocess) -> Image.Image:
     """Decodes an opened image, oriented by its EXIF tag, in ``prep``'s mode.
 
     A JPEG much larger than the target size decodes at a reduced scale; a 16-bit image is
-    scaled to 8 bits (``to_eight_bit``) before the conversion. Training and
+    scaled to 8 bits (``to_eight_bit``) and a transparent one composited onto white
+    (``on_white``) before the conversion. Training and
     serving (``automl.delivery``) both decode through here, so their pixels are equal.
 
     Raises:
@@ -133,7 +140,7 @@ def load_oriented(opened: Image.Image, prep: Preprocess) -> Image.Image:
         orientation = exif_orientation(opened)
     method = _TRANSPOSE.get(orientation)
     image = opened if method is None else opened.transpose(method)
-    return to_eight_bit(image).convert(prep.mode)
+    return on_white(to_eight_bit(image)).convert(prep.mode)
 
 
 def exif_orientation(opened: Image.Image) -> int:
@@ -177,6 +184,24 @@ def to_eight_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray((values >> 8).astype(np.uint8))
 
 
+def on_white(image: Image.Image) -> Image.Image:
+    """An image with transparency (an alpha channel, or a transparent palette entry or
+    color) composited onto opaque white; other images unchanged.
+
+    Dropping the alpha instead would show whatever color the transparent pixels happen to
+    store, often black: a dark shape on a transparent background would vanish into it.
+    White is where such images are usually shown (web pages, documents).
+    """
+    if image.mode not in _ALPHA_MODES and "transparency" not in image.info:
+        return image
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba)
+
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_WHITE = (255, 255, 255, 255)
+
+
 def fit_image(image: Image.Image, prep: Preprocess) -> np.ndarray:
     """Resizes a decoded image to ``prep``'s size (crop or pad) as uint8 ``(C, H, W)``."""
     size = (prep.width, prep.height)
@@ -215,8 +240,31 @@ def decode_sample(
 
 def _decode_chunk(
     chunk: Sequence[Sample], prep: Preprocess, root: str, max_pixels: int
-) -> np.ndarray:
-    return np.stack([decode_sample(sample, prep, root, max_pixels) for sample in chunk])
+) -> tuple[np.ndarray, list[str]]:
+    """The chunk's samples (a refused one left black) and why each refused one was."""
+    frames = len(chunk[0])
+    out = np.zeros((len(chunk), frames, prep.num_channels, prep.height, prep.width), np.uint8)
+    refused = []
+    for index, sample in enumerate(chunk):
+        try:
+            out[index] = decode_sample(sample, prep, root, max_pixels)
+        except DatasetError as exc:
+            refused.append(str(exc))
+    return out, refused
+
+
+MAX_NAMED_FILES = 5
+"""Refused files that a decoding error names; it counts the others."""
+
+
+def _refusal(refused: Sequence[str]) -> DatasetError:
+    """One error for every refused file: the first ``MAX_NAMED_FILES`` named, the rest
+    counted, so that a dataset's bad files can all be fixed at once."""
+    if len(refused) == 1:
+        return DatasetError(refused[0])
+    named = "; ".join(refused[:MAX_NAMED_FILES])
+    more = f"; and {len(refused) - MAX_NAMED_FILES} more" if len(refused) > MAX_NAMED_FILES else ""
+    return DatasetError(f"{len(refused)} files cannot be used: {named}{more}")
 
 
 def decode_samples(
@@ -242,7 +290,8 @@ def decode_samples(
         uint8 array shaped ``(N, T, C, H, W)``.
 
     Raises:
-        DatasetError: If a file cannot be decoded; the message names it.
+        DatasetError: If files cannot be decoded, once every sample was tried; the message
+            names them (the first ``MAX_NAMED_FILES``) and counts them.
     """
     frames = len(samples[0]) if samples else 1
     max_pixels = Limits().max_image_pixels
@@ -263,20 +312,24 @@ def decode_samples(
         workers if parallel else 1,
     )
     progress = _Progress(len(samples), name)
-    done = 0
+    done, refused = 0, []
     if parallel:
         try:
             decode = partial(_decode_chunk, prep=prep, root=root, max_pixels=max_pixels)
-            done = _decode_in_pool(chunks, decode, workers, out, progress)
+            done = _decode_in_pool(chunks, decode, workers, out, refused, progress)
         except BrokenProcessPool:
             logger.warning("a decoder process died; decoding %s in this process", name)
-            done = 0
+            done, refused = 0, []
     offset = 0
     for chunk in chunks:
         if offset >= done:
-            out[offset : offset + len(chunk)] = _decode_chunk(chunk, prep, root, max_pixels)
+            block, problems = _decode_chunk(chunk, prep, root, max_pixels)
+            out[offset : offset + len(chunk)] = block
+            refused += problems
             progress.update(offset + len(chunk))
         offset += len(chunk)
+    if refused:
+        raise _refusal(refused)
     elapsed = time.perf_counter() - started
     logger.info("decoded %s: %d samples in %.1f s", name, len(samples), elapsed)
     return out
@@ -298,19 +351,22 @@ def _total_bytes(samples: Sequence[Sample], enough: int) -> int:
 
 def _decode_in_pool(
     chunks: list[Sequence[Sample]],
-    decode: Callable[[Sequence[Sample]], np.ndarray],
+    decode: Callable[[Sequence[Sample]], tuple[np.ndarray, list[str]]],
     workers: int,
     out: np.ndarray,
+    refused: list[str],
     progress: _Progress,
 ) -> int:
-    """Decodes ``chunks`` in a process pool into ``out``; returns the samples written."""
+    """Decodes ``chunks`` in a process pool into ``out`` (adding why files were refused
+    to ``refused``); returns the samples written."""
     # spawn: the caller may be a multi-threaded worker process, where fork is unsafe.
     context = multiprocessing.get_context("spawn")
     offset = 0
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         results = pool.map(decode, chunks)
-        for block in results:
+        for block, problems in results:
             out[offset : offset + len(block)] = block
+            refused += problems
             offset += len(block)
             progress.update(offset)
     return offset

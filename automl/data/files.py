@@ -20,7 +20,7 @@ from automl.data.base import DatasetOptions, ImageData, channel_stats
 from automl.data.cache import DecodeUnit, load_unit, units_fingerprint
 from automl.data.decode import Preprocess
 from automl.data.errors import DatasetError
-from automl.data.paths import data_root, file_identities, relative_name
+from automl.data.paths import data_root, file_identities, file_identity, relative_name
 from automl.data.splits import SplitSeed, stratified_split
 from automl.registry import AppliesWhen, within_strict_input
 
@@ -112,6 +112,34 @@ def require_disjoint(files: Iterable[Path], others: Mapping[str, Iterable[Path]]
                 f"shares {len(shared)} {noun} with {option} ({named}{more}); a split must not "
                 "hold another split's images"
             )
+
+
+def require_each_image_once(files: Iterable[Path]) -> None:
+    """Checks that a folder lists each image file once: no file under two names (a
+    symlinked class folder, or a file symlink or hard link to another listed image).
+
+    Otherwise one image could be two classes' at once, or land in training and validation
+    both. Files are compared by identity (``file_identities``), when a study is submitted.
+
+    Raises:
+        DatasetError: ``image 'pets/kitten/1.png' is 'pets/cat/1.png' again (a link; 40
+            images in all): each image must be listed once``.
+    """
+    first: dict[tuple[int, int], Path] = {}
+    again: list[tuple[Path, Path]] = []
+    for path in files:
+        identity = file_identity(path)
+        if identity in first:
+            again.append((path, first[identity]))
+        else:
+            first[identity] = path
+    if again:
+        root = data_root()
+        path, earlier = (repr(relative_name(name, root)) for name in again[0])
+        more = f"; {len(again)} images in all" if len(again) > 1 else ""
+        raise DatasetError(
+            f"image {path} is {earlier} again (a link{more}): each image must be listed once"
+        )
 
 
 SPLIT_FRACTION_RULES: Mapping[str, AppliesWhen] = {

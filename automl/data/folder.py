@@ -22,6 +22,7 @@ from automl.data.files import (
     load_plan,
     make_unit,
     require_classes,
+    require_each_image_once,
 )
 from automl.data.paths import (
     IMAGE_SUFFIXES,
@@ -32,6 +33,7 @@ from automl.data.paths import (
     require_dir,
     subfolders,
 )
+from automl.registry import within_strict_input
 
 SUFFIX_LIST = ", ".join(sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES))
 
@@ -48,8 +50,10 @@ class ImageFolderOptions(ImageOptions):
     @field_validator("path")
     @classmethod
     def _check_path(cls, value: str) -> str:
-        classes, _ = scan_class_folder(value)
+        classes, files = scan_class_folder(value)
         require_classes(classes, f"folder {value!r}")
+        if within_strict_input():  # at submit, as the other splits' files are checked
+            require_each_image_once(_flat(files))
         return value
 
     @field_validator("val_path", "test_path")

@@ -22,6 +22,7 @@ from automl.data.files import (
     make_unit,
     require_classes,
     require_disjoint,
+    require_each_image_once,
 )
 from automl.data.paths import IMAGE_SUFFIXES, confine, data_root, relative_name
 from automl.registry import within_strict_input
@@ -42,7 +43,10 @@ class ImageCsvOptions(ImageOptions):
     @field_validator("path")
     @classmethod
     def _check_path(cls, value: str) -> str:
-        require_classes(manifest_classes(read_manifest(value)), f"CSV file {value!r}")
+        rows = read_manifest(value)
+        require_classes(manifest_classes(rows), f"CSV file {value!r}")
+        if within_strict_input():  # at submit: a hard link is the same image too
+            require_each_image_once(path for path, _ in rows)
         return value
 
     @field_validator("val_path", "test_path")

@@ -266,10 +266,19 @@ def file_identities(files: Iterable[Path]) -> dict[str, tuple[int, int]]:
         if folder is None:
             shown = repr(relative_name(path.parent))
             folder = folders[path.parent] = str(resolve(path.parent, shown))
-        try:
-            info = os.stat(path)
-        except OSError as exc:
-            shown = printable(relative_name(path))
-            raise DatasetError(f"cannot read {shown}: {exc.strerror}") from None
-        identities[os.path.join(folder, path.name)] = (info.st_dev, info.st_ino)
+        identities[os.path.join(folder, path.name)] = file_identity(path)
     return identities
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    """The file's identity (device, inode), symlinks followed: equal for two names of it.
+
+    Raises:
+        DatasetError: If the file cannot be read.
+    """
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        shown = printable(relative_name(path))
+        raise DatasetError(f"cannot read {shown}: {exc.strerror}") from None
+    return info.st_dev, info.st_ino

@@ -20,6 +20,8 @@ HERE = Path(__file__).resolve().parent
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 """The formats training read, whatever a file's suffix."""
+MAX_PIXELS = 40_000_000
+"""Most pixels of an image (automl's default AUTOML_LIMIT_MAX_IMAGE_PIXELS), from its header."""
 TURNS = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE"}
 TURNS.update({6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"})
 """How each EXIF orientation other than 1 (as stored) is turned upright."""
@@ -29,6 +31,8 @@ def load(path: str, spec: dict) -> np.ndarray:
     """One image as the model takes it: float32 (C, H, W)."""
     mode, size = ("L" if spec["channels"] == 1 else "RGB"), (spec["width"], spec["height"])
     with Image.open(path, formats=FORMATS) as opened:
+        if opened.width * opened.height > MAX_PIXELS:  # a decompression bomb: never decoded
+            raise ValueError(f"{opened.width}x{opened.height} pixels: more than {MAX_PIXELS}")
         if opened.format == "JPEG":  # a quarter turn is stored with width and height swapped
             turn = orientation(opened)
             opened.draft(mode, size[::-1] if turn >= 5 else size)
@@ -39,6 +43,9 @@ def load(path: str, spec: dict) -> np.ndarray:
         if image.mode == "I" or image.mode.startswith("I;16"):  # as training: top 8 of 16 bits
             values = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
             image = Image.fromarray((values >> 8).astype(np.uint8))
+        if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+            rgba = image.convert("RGBA")  # as training: transparent pixels show white
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255,) * 4), rgba)
         image = image.convert(mode)
     if image.size != size and spec["fit"] == "crop":
         image = ImageOps.fit(image, size, method=Image.Resampling.BILINEAR)

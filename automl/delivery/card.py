@@ -228,7 +228,8 @@ def _steps(model_in: Mapping[str, Any]) -> list[str]:
     layout = f"(T, C, H, W), the clip's {frames} frames in order" if frames else "(C, H, W)"
     each = "each frame: " if frames else ""
     return [
-        f"{each}decode, orient by the EXIF tag, convert to {mode}",
+        f"{each}decode, orient by the EXIF tag, composite transparent pixels onto white, "
+        f"convert to {mode}",
         f"if the size differs: {resize}",
         f"as float32 {layout}: divide by 255, then per channel subtract mean and divide by std",
     ]

@@ -49,6 +49,7 @@ from automl.data import DATASETS, DatasetError, ImageData, load_dataset
 from automl.data.decode import Preprocess, fit_image, load_oriented
 from automl.data.files import ImageOptions
 from automl.data.paths import IMAGE_FORMATS
+from automl.delivery.pixel_budget import DECODING
 from automl.delivery.refit import as_refit_trial
 from automl.delivery.schemas import (
     ClassScore,
@@ -203,18 +204,22 @@ class ServingModel:
         return self.data.classes
 
     def decode(self, source: bytes | Path, name: str, field: Field, max_pixels: int) -> np.ndarray:
-        """Decodes one image as training decoded the dataset's files.
+        """Decodes one image as training decoded the dataset's files, within this
+        process's budget of pixels decoded at once (``automl.delivery.pixel_budget``).
 
         Raises:
             InputRejectedError: If it is not an image of an accepted format, has more
                 pixels than ``max_pixels``, or cannot be decoded.
         """
-        with open_image(source, name, field, max_pixels) as opened:
+        with (
+            open_image(source, name, field, max_pixels) as opened,
+            DECODING.hold(opened.width * opened.height),
+        ):
             try:
                 image = load_oriented(opened, self.prep)
             except Exception as exc:  # Pillow raises many kinds on hostile data: all a 422
                 raise InputRejectedError(f"cannot decode image {name!r}: {exc}", field) from None
-        return fit_image(image, self.prep)
+            return fit_image(image, self.prep)
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:

@@ -354,7 +354,7 @@ def test_lifecycle_commands(cli: Run, spec_file: Path, api_url: str, over_http: 
     no_failed = cli("rerun-failed", "1", *target)
     assert (no_failed[0], one_error_line(no_failed[2])) == (
         2,
-        "error: study 1 has no failed trials",
+        "error: study 1 has no failed trials (nor a failed test evaluation)",
     )
     assert cli("delete", "1", *target)[0] == 2  # still active
     cli("cancel", "1", *target)

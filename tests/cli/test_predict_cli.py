@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,16 +157,51 @@ def test_predict_refusals_are_one_line_exit_2(
     assert "max_image_pixels" in line
 
 
-def test_predict_local_upload_limit(
-    cli: Run, trained: tuple[str, Path, int], images: list[Path], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("over_http", [False, True], ids=["local", "http"])
+def test_predict_upload_limit_is_checked_before_reading(
+    cli: Run,
+    trained: tuple[str, Path, int],
+    images: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    over_http: bool,
 ) -> None:
+    """Over HTTP the files were read whole first: a 6 GB file ended in a MemoryError."""
     _, _, study_id = trained
+    target = ["--url", request.getfixturevalue("api_url")] if over_http else []
     monkeypatch.setenv("AUTOML_LIMIT_MAX_UPLOAD_BYTES", "10")
+    monkeypatch.setattr(Path, "read_bytes", _never_read)
 
-    code, _, err = cli("predict", str(study_id), str(images[0]))
+    code, _, err = cli("predict", str(study_id), str(images[0]), *target)
 
     assert code == 2
     assert "max_upload_bytes allows 10" in one_error_line(err)
+
+
+def _never_read(path: Path) -> bytes:
+    raise AssertionError(f"{path} was read")
+
+
+@pytest.mark.parametrize("over_http", [False, True], ids=["local", "http"])
+def test_predict_refuses_what_is_not_a_regular_file(
+    cli: Run,
+    trained: tuple[str, Path, int],
+    images: list[Path],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    over_http: bool,
+) -> None:
+    """Found by a tester: ``/dev/zero`` ended in a MemoryError traceback, a named pipe hung
+    forever (both have size 0 to ``stat``)."""
+    _, _, study_id = trained
+    target = ["--url", request.getfixturevalue("api_url")] if over_http else []
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+
+    for odd in ("/dev/zero", str(pipe), str(tmp_path)):
+        code, _, err = cli("predict", str(study_id), str(images[0]), odd, *target)
+        assert code == 2
+        assert one_error_line(err) == f"error: cannot read image {odd}: not a regular file"
 
 
 @pytest.mark.parametrize("over_http", [False, True], ids=["local", "http"])

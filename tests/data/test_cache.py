@@ -157,6 +157,26 @@ def test_two_processes_decode_once(data_root: Path, tmp_path: Path) -> None:
     assert "decoded by another process" in waiters[0]
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["serial", "parallel"])
+def test_every_bad_file_is_named_at_once(tmp_path: Path, workers: int) -> None:
+    """Found by a tester: only the first bad file was named, so a folder with several
+    took one run per file to clean up."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(20):
+        path = write_image(tmp_path / f"{i:02d}.png", rng.integers(0, 256, (5, 7, 3), np.uint8))
+        if i % 3 == 0:  # 7 of them
+            path.write_bytes(b"not an image")
+        samples.append((str(path),))
+    with pytest.raises(DatasetError) as caught:
+        decode_samples(
+            samples, Preprocess(4, 4), root=str(tmp_path), workers=workers, min_parallel_bytes=0
+        )
+    why = "not a png, jpeg, webp or bmp image (or its header is damaged)"
+    named = "; ".join(f"cannot decode image '{i:02d}.png': {why}" for i in (0, 3, 6, 9, 12))
+    assert str(caught.value) == f"7 files cannot be used: {named}; and 2 more"
+
+
 def test_parallel_decoding_matches_serial(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="automl.data")
     rng = np.random.default_rng(0)

@@ -21,6 +21,7 @@ from automl.data.decode import (
     to_eight_bit,
 )
 from automl.data.errors import DatasetError
+from tests.delivery.trained import png_declaring
 
 DEEP = np.array([[8000] * 2 + [56000] * 2] * 4, np.uint16)
 """A 4x4 16-bit image: dark left half, bright right half."""
@@ -48,6 +49,50 @@ def test_sixteen_bit_pgm_read_as_32_bit_integers_scales_alike(tmp_path: Path) ->
         assert opened.mode == "I"
         image = load_oriented(opened, Preprocess(4, 4, channels="grayscale"))
     assert (np.asarray(image) == EIGHT_BIT).all()
+
+
+def _transparent_bar(folder: Path) -> dict[str, Path]:
+    """A black vertical bar on a transparent background, in every way a PNG stores
+    transparency; the transparent pixels store a dark color (black where they can)."""
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:, 3:5, 3] = 255  # only the bar is opaque
+    gray = np.full((8, 8), 100, np.uint8)
+    gray[:, 3:5] = 0
+    images = {
+        "RGBA": Image.fromarray(rgba, "RGBA"),
+        "LA": Image.fromarray(rgba[:, :, [0, 3]], "LA"),
+        "P": Image.fromarray(rgba, "RGBA").quantize(2),
+        "L": Image.fromarray(gray),  # one gray value (here 100) is transparent
+    }
+    transparency = {"P": images["P"].getpixel((0, 0)), "L": 100}
+    paths = {}
+    for mode, image in images.items():
+        paths[mode] = folder / f"{mode}.png"
+        image.save(paths[mode], transparency=transparency.get(mode))
+    return paths
+
+
+@pytest.mark.parametrize(("channels", "count"), [("grayscale", 1), ("rgb", 3)])
+def test_transparent_pixels_are_white(
+    tmp_path: Path, channels: Literal["rgb", "grayscale"], count: int
+) -> None:
+    """Found by a tester: the alpha was dropped, so the transparent background showed the
+    black stored under it, the bar vanished, and predict answered the other class with
+    certainty."""
+    bar = np.full((count, 8, 8), 255, np.uint8)
+    bar[:, :, 3:5] = 0
+    for mode, path in _transparent_bar(tmp_path).items():
+        with Image.open(path) as opened:
+            assert opened.mode == mode
+        decoded = decode_image(str(path), Preprocess(8, 8, channels=channels))
+        assert decoded.tolist() == bar.tolist(), mode
+
+
+def test_half_transparent_pixels_blend_with_white(tmp_path: Path) -> None:
+    path = tmp_path / "half.png"
+    Image.new("RGBA", (2, 2), (0, 0, 200, 128)).save(path)
+    decoded = decode_image(str(path), Preprocess(2, 2))
+    assert decoded[:, 0, 0].tolist() == [127, 127, 227]
 
 
 def test_32_bit_integers_are_clipped_to_16_bits_first() -> None:
@@ -165,3 +210,26 @@ def test_padding_an_ordinary_image_is_pillows() -> None:
     image = random_rgb(5, 13)
     padded = ImageOps.pad(image, (8, 8), method=Image.Resampling.BILINEAR, color=0)
     assert np.array_equal(pad_image(image, (8, 8)), np.asarray(padded))
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "size"),
+    [
+        (5000, 5000, "5000x5000 = 25000000"),
+        (50_000, 50_000, f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0)}"),
+    ],
+    ids=["over the limit", "over pillow's limit too"],
+)
+def test_images_with_too_many_pixels_are_refused_from_the_header(
+    tmp_path: Path, width: int, height: int, size: str
+) -> None:
+    """Found by a tester: past Pillow's own limit, training said Pillow's words ("could be
+    decompression bomb DOS attack") instead of naming the setting."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_declaring(width, height))
+    with pytest.raises(DatasetError) as caught:
+        decode_image(str(path), Preprocess(4, 4), root=str(tmp_path), max_pixels=1_000_000)
+    assert str(caught.value) == (
+        f"image 'bomb.png' has {size} pixels; max_image_pixels allows 1000000 "
+        "(AUTOML_LIMIT_MAX_IMAGE_PIXELS)"
+    )

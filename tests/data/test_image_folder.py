@@ -403,6 +403,37 @@ def test_split_files_linked_to_training_images_are_refused(data_root: Path) -> N
     ]
 
 
+def test_an_image_in_two_class_folders_is_refused(data_root: Path) -> None:
+    """Found by a tester: a symlinked class folder (or a linked file) trained one image as
+    two classes at once, and put copies in training and validation both."""
+    files = write_class_folder(data_root / "twice", {"h": 4, "v": 4})
+    os.symlink(data_root / "twice" / "v", data_root / "twice" / "v_again")
+    assert submit_errors("image_folder", {"path": "twice"}) == [
+        "dataset.options.path: image 'twice/v_again/0.png' is 'twice/v/0.png' again (a link; "
+        "4 images in all): each image must be listed once"
+    ]
+    os.unlink(data_root / "twice" / "v_again")
+    os.link(files["h"][0], data_root / "twice" / "v" / "h0.png")
+    assert submit_errors("image_folder", {"path": "twice"}) == [
+        "dataset.options.path: image 'twice/v/h0.png' is 'twice/h/0.png' again (a link): each "
+        "image must be listed once"
+    ]
+    os.unlink(data_root / "twice" / "v" / "h0.png")
+    assert submit_errors("image_folder", {"path": "twice"}) == []
+
+
+def test_a_csv_listing_one_image_under_two_names_is_refused(data_root: Path) -> None:
+    write_class_folder(data_root / "img", {"x": 2, "y": 2})
+    os.link(data_root / "img" / "x" / "1.png", data_root / "img" / "copy.png")
+    (data_root / "train.csv").write_text(
+        "path,label\nimg/x/0.png,x\nimg/x/1.png,x\nimg/y/0.png,y\nimg/copy.png,y\n"
+    )
+    assert submit_errors("image_csv", {"path": "train.csv"}) == [
+        "dataset.options.path: image 'img/copy.png' is 'img/x/1.png' again (a link): each image "
+        "must be listed once"
+    ]
+
+
 def test_csv_split_listing_a_hard_link_of_a_training_image_is_refused(data_root: Path) -> None:
     write_class_folder(data_root / "img", {"x": 2, "y": 2})
     os.link(data_root / "img" / "x" / "1.png", data_root / "img" / "copy.png")

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from automl.config import Limits
 from automl.data.decode import Preprocess, decode_image
 from automl.data.errors import DatasetError
 from automl.data.paths import IMAGE_FORMATS
 from automl.delivery import bundle_predict
+from tests.delivery.trained import png_declaring
 
 ORIENTATION = 0x0112
 
@@ -40,7 +42,8 @@ def _malformed_exif_jpeg(path: Path) -> Path:
 
 def _images(folder: Path) -> list[Path]:
     """Images whose decoding has edge cases: quarter turns of JPEGs (reduced-scale
-    decoding), every EXIF orientation, very thin images, malformed EXIF, 16 bits."""
+    decoding), every EXIF orientation, very thin images, malformed EXIF, 16 bits,
+    transparency."""
     paths = [
         _with_orientation(_noise(80, 20, turn), folder / f"turned{turn}.jpg", turn)
         for turn in range(1, 9)
@@ -53,7 +56,11 @@ def _images(folder: Path) -> list[Path]:
     paths += [*thin, _malformed_exif_jpeg(folder / "bad.jpg")]
     deep = (np.arange(12 * 9, dtype=np.uint16).reshape(9, 12) * 600).astype(np.uint16)
     Image.fromarray(deep).save(folder / "deep.png")
-    return [*paths, folder / "deep.png"]
+    see_through = _noise(10, 12, seed=1).convert("RGBA")
+    see_through.putalpha(_noise(10, 12, seed=2).convert("L"))
+    see_through.save(folder / "alpha.png")
+    _noise(9, 9, seed=3).quantize(4).save(folder / "palette.png", transparency=0)
+    return [*paths, *(folder / name for name in ("deep.png", "alpha.png", "palette.png"))]
 
 
 @pytest.mark.parametrize("fit", ["crop", "pad"])
@@ -84,3 +91,17 @@ def test_predict_py_refuses_the_formats_training_refuses(tmp_path: Path) -> None
     with pytest.raises(Image.UnidentifiedImageError) as refused:
         bundle_predict.load(str(tiff), spec | {"mean": [0] * 3, "std": [1] * 3, "scale": 1})
     assert bundle_predict.reason(refused.value) == "not a png, jpeg, webp or bmp image"
+
+
+def test_predict_py_refuses_images_over_the_default_pixel_limit(tmp_path: Path) -> None:
+    """Found by a tester: a 692 KB PNG declaring 13000x13700 pixels decoded in 1.4 GB
+    where the API, the CLI and training refuse it from its header."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring(8000, 5001))
+    assert Limits().max_image_pixels == bundle_predict.MAX_PIXELS
+    with pytest.raises(DatasetError, match="8000x5001 = 40008000 pixels"):
+        decode_image(str(bomb), Preprocess(height=8, width=8))
+    spec = {"channels": 1, "width": 8, "height": 8, "fit": "crop"}
+    with pytest.raises(ValueError) as refused:
+        bundle_predict.load(str(bomb), spec | {"mean": [0], "std": [1], "scale": 1})
+    assert bundle_predict.reason(refused.value) == ("8000x5001 pixels: more than 40000000")
