@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 MAX_GRID_CELLS = 100_000
 """Default largest grid (the ``max_grid_cells`` limit); cells are enumerated when a study
 starts."""
+MODEL_STARTUP_TRIALS = 10
+"""The random trials that ``tpe`` and ``gp`` start with (their ``n_startup_trials``
+default): ``auto`` names a budget of no more than these random search, which it is."""
 GP_MAX_PARAMS = 8
 GP_MAX_TRIALS = 200
 
@@ -175,7 +178,13 @@ def resolve_auto(
         ``(sampler name, its options, n_trials to run, the reason in words)``.
     """
     n_trials = spec.budget.n_trials
+    small = (
+        f"{n_trials} trials, no more than the {MODEL_STARTUP_TRIALS} random trials a "
+        "model-based sampler starts with: random search"
+    )
     if len(spec.objective_list) > 1:
+        if n_trials <= MODEL_STARTUP_TRIALS:
+            return "random", {}, n_trials, small
         return "nsga2", {}, n_trials, "several objectives: NSGA-II"
     params: Sequence[Any] = list(spec.params.values())
     finite = all(_count(param) <= grid_limit for param in params)
@@ -189,6 +198,8 @@ def resolve_auto(
             if size < n_trials:
                 reason += f" (n_trials lowered from {n_trials} to {size})"
             return "grid", {}, size, reason
+    if n_trials <= MODEL_STARTUP_TRIALS:
+        return "random", {}, n_trials, small
     numeric = [param for param in params if param.type in ("float", "int")]
     if params and len(numeric) == len(params) <= GP_MAX_PARAMS and n_trials <= GP_MAX_TRIALS:
         reason = (

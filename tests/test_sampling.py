@@ -10,7 +10,14 @@ import optuna
 import pytest
 
 from automl.samplers import SAMPLERS, build_sampler
-from automl.sampling import GP_MAX_TRIALS, MAX_GRID_CELLS, grid_cell, grid_size, iter_cells
+from automl.sampling import (
+    GP_MAX_TRIALS,
+    MAX_GRID_CELLS,
+    MODEL_STARTUP_TRIALS,
+    grid_cell,
+    grid_size,
+    iter_cells,
+)
 from automl.space import suggest
 from automl.spec import SPACE_RULES, SpecError, StudySpec, load_spec
 
@@ -166,7 +173,7 @@ def test_auto_counts_a_huge_param_without_listing_it(param: dict[str, Any]) -> N
             {
                 "name": "a",
                 "sampler": {"name": "auto"},
-                "budget": {"n_trials": 2},
+                "budget": {"n_trials": 20},
                 "params": {"seed" if param["type"] == "int" else "weight_decay": param},
             }
         )
@@ -220,6 +227,33 @@ def test_auto_counts_a_huge_param_without_listing_it(param: dict[str, Any]) -> N
             "tpe",
             20,
             "multivariate TPE",
+        ),
+        # Found by a tester: gp for 10 trials, all of them its random start-up trials.
+        (
+            {
+                "budget": {"n_trials": MODEL_STARTUP_TRIALS},
+                "params": {"lr": {"type": "float", "low": 1e-3, "high": 0.1}},
+            },
+            "random",
+            MODEL_STARTUP_TRIALS,
+            f"{MODEL_STARTUP_TRIALS} trials, no more than the {MODEL_STARTUP_TRIALS} random "
+            "trials a model-based sampler starts with: random search",
+        ),
+        (
+            {
+                "budget": {"n_trials": 8},
+                "objectives": [{"metric": "accuracy"}, {"metric": "loss"}],
+                "params": {"width": WIDTH},
+            },
+            "random",
+            8,
+            "random search",
+        ),
+        (
+            {"budget": {"n_trials": 6}, "params": {"optimizer": OPTIMIZER, "width": WIDTH}},
+            "grid",
+            6,
+            "exact grid",
         ),
     ],
 )

@@ -16,6 +16,8 @@ from automl import __version__
 from automl.api.auth import KeyCache, authorize
 from automl.api.body import BODY_MODELS
 from automl.api.errors import ErrorDetail, error_responses, install_error_handlers
+from automl.api.origin import SameOriginWrites
+from automl.api.query import refuse_unknown_query
 from automl.api.routes import health, models, predict, registries, report, studies
 from automl.catalog import load_plugins
 from automl.config import Limits, Settings
@@ -23,7 +25,13 @@ from automl.delivery.study_report import ReportCache
 from automl.spec import StudySpec
 from automl.store import Reaper, Store, open_store_from
 
-AUTHORIZED = [Depends(authorize)]
+CHECKED = [Depends(authorize), Depends(refuse_unknown_query)]
+"""What every route but ``/health`` (a probe, which must answer whatever it is sent)
+checks first: the key, then that every query parameter is one the route takes."""
+
+REPORTS_AT_ONCE = 1
+"""Reports an API process renders at once (each takes a core, for seconds to a minute);
+the others wait their turn without holding one of the ``AUTOML_API_THREADS``."""
 
 
 def create_app(
@@ -70,18 +78,23 @@ def create_app(
         lifespan=lifespan,
         # Any route that reads the store answers 503 while the database is unreachable.
         responses=error_responses(503),
+        # operationIds (and so generated clients' methods) are the routes' names:
+        # delete_study, not delete_studies__study_id__delete.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
     app.state.store = store
     app.state.key_cache = KeyCache(store, settings.auth_cache_s)
     app.state.report_cache = ReportCache()
+    app.state.report_limiter = anyio.CapacityLimiter(REPORTS_AT_ONCE)
     install_error_handlers(app)
     app.include_router(health.router)  # the one route open without a key
     # Every other router needs a key (once keys exist) and hides other projects' studies.
     for router in (studies.router, registries.router, predict.router, models.router, report.router):
-        app.include_router(router, dependencies=AUTHORIZED, responses=error_responses(401))
+        app.include_router(router, dependencies=CHECKED, responses=error_responses(401))
     app.openapi = lambda: _openapi_with_spec_schema(app)  # type: ignore[method-assign]
     app.add_middleware(HeadAsGet)
+    app.add_middleware(SameOriginWrites)
     return app
 
 
@@ -123,9 +136,30 @@ def _openapi_with_spec_schema(app: FastAPI) -> dict[str, Any]:
         components.update(spec_schema.pop("$defs", {}))
         components["StudySpec"] = spec_schema
         components["ErrorDetail"] = ErrorDetail.model_json_schema()
+        _describe_validation_errors(components)
         for name, model in BODY_MODELS.items():
             body_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(body_schema.pop("$defs", {}))
             components[name] = body_schema
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _describe_validation_errors(components: dict[str, Any]) -> None:
+    """Declares what every 422 item carries beside FastAPI's ``loc``, ``msg`` and
+    ``type``: the field ``path`` as users write it (``params.lr.low``), and the ``type``
+    that tells a project's limit from an error in what was sent."""
+    item = components.get("ValidationError")
+    if item is None:  # no route declares a 422
+        return
+    item["properties"]["path"] = {
+        "type": "string",
+        "title": "Path",
+        "description": "The field as a spec or request names it: params.lr.low, "
+        "budget.n_trials, files[1]; body for the whole body.",
+    }
+    item["required"] = [*item.get("required", []), "path"]
+    item["properties"]["type"]["description"] = (
+        "limit_error: a project's limit refused the request (send it again later); "
+        "spec_error: the spec or body is wrong; otherwise pydantic's error type."
+    )

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from automl.spec import FieldError, SpecError
 from automl.store import (
     NoBestTrialError,
+    ProjectLimitError,
     StorageError,
     StorageUnavailableError,
     StudyNotFoundError,
@@ -90,12 +91,15 @@ def _detail(status_code: int, message: str) -> JSONResponse:
 
 
 def spec_error_response(exc: SpecError) -> JSONResponse:
-    """422 in FastAPI's own validation-error shape, with ``loc`` under ``body``."""
+    """422 in FastAPI's own validation-error shape, with ``loc`` under ``body``; ``type``
+    is ``limit_error`` where a project's limit refused the request (wait, or cancel or
+    delete a study, and send it again), else ``spec_error`` (change what was sent)."""
+    kind = "limit_error" if isinstance(exc, ProjectLimitError) else "spec_error"
     detail = [
         {
             "loc": ["body", *map(_printable, error.loc)],
             "msg": _printable(error.msg),
-            "type": "spec_error",
+            "type": kind,
             "path": _printable(error.path if error.loc else "body"),
         }
         for error in exc.errors

@@ -19,6 +19,9 @@ from automl.store.views import BestTrials, Page, StudyDetail, StudySummary, Tria
 Answer = TypeVar("Answer", bound=BaseModel)
 
 HTTP_TIMEOUT_S = 60.0
+REPORT_TIMEOUT_S = 900.0
+"""A report of a large study takes the API a minute or more to draw, and waits behind the
+other reports being drawn."""
 TRIALS_PAGE = 1000
 """Trials per request when paging ``GET /studies/{id}/trials`` (the API's largest page)."""
 
@@ -160,7 +163,7 @@ class HttpClient:
 
     def report(self, study_id: int) -> str:
         """The study's report, an HTML page (``GET /studies/{id}/report``)."""
-        return self._send("GET", f"/studies/{study_id}/report").text
+        return self._send("GET", f"/studies/{study_id}/report", timeout=REPORT_TIMEOUT_S).text
 
     def refit(self, study_id: int) -> dict[str, Any]:
         """Queues the study's refit; its state as JSON (``POST /studies/{id}/refit``)."""
@@ -189,6 +192,11 @@ class HttpClient:
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
+        except httpx.ReadTimeout:
+            waited = kwargs.get("timeout", HTTP_TIMEOUT_S)
+            raise ClientError(
+                f"the API at {self.base_url} did not answer {method} {path} within {waited:g} s"
+            ) from None
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach the API at {self.base_url}: {exc}") from None
         if response.is_success:

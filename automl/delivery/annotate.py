@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import os
 import secrets
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -154,12 +156,27 @@ def _csv_target(request: AnnotateRequest, folder: Path, root: Path) -> Path:
     return path
 
 
+STALE_TEMPORARY_S = 3600.0
+"""Age past which a temporary CSV beside the target is a killed write's (kill -9, power
+loss): an annotation writes its CSV in seconds."""
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Deletes the temporary files that killed writes of ``path`` left beside it."""
+    cutoff = time.time() - STALE_TEMPORARY_S
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):  # another writer's, or gone meanwhile
+            if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+
+
 def _write_csv(path: Path, files: list[Path], suggestions: list[Suggestion]) -> None:
     """Writes ``path,label,confidence`` rows (paths relative to the CSV), atomically.
 
     The file gets the mode of the file it replaces, else the umask's (as any new file):
     workers running as another user read it next.
     """
+    _remove_stale_temporaries(path)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

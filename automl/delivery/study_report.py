@@ -21,7 +21,6 @@ from automl.store import (
     get_study,
     optuna_rows,
 )
-from automl.store.status import ENDED
 
 logger = logging.getLogger("automl.delivery")
 
@@ -89,12 +88,13 @@ REPORT_CACHE_SIZE = 8
 
 
 class ReportCache:
-    """The last rendered reports of ended studies: a render takes seconds (the model
-    embeds images, t-SNE runs, seven plots are drawn), and users reload a report.
+    """The last rendered reports: a render takes seconds (the model embeds images, t-SNE
+    runs, seven plots are drawn), and users reload a report.
 
-    An ended study's report changes only with the study: a resume changes its status and
-    a trial that ends after it its counts, and both are in the key, with the study's
-    identity (name and creation time). An active study is rendered every time.
+    A report changes only with its study: a resume changes its status, and a trial that
+    starts or ends its counts; both are in the key, with the study's identity (name and
+    creation time). Requests for a report being rendered wait for that render instead of
+    starting their own.
 
     Args:
         size: Reports kept, least recently used dropped first.
@@ -103,6 +103,7 @@ class ReportCache:
     def __init__(self, size: int = REPORT_CACHE_SIZE) -> None:
         self.size = size
         self._pages: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+        self._rendering: dict[tuple[Any, ...], threading.Lock] = {}
         self._lock = threading.Lock()
 
     def html(self, store: Store, study_id: int) -> str:
@@ -113,8 +114,6 @@ class ReportCache:
             NoBestTrialError: If no trial has completed yet.
         """
         study = get_study(store, study_id)
-        if study.status.value not in ENDED:
-            return study_report_html(store, study_id)
         key = (
             store.url,
             study_id,
@@ -124,17 +123,32 @@ class ReportCache:
             study.finished_at,
             study.counts.model_dump_json(),
         )
+        page = self._take(key)
+        if page is not None:
+            return page
+        with self._lock:
+            rendering = self._rendering.setdefault(key, threading.Lock())
+        with rendering:
+            page = self._take(key)  # rendered by the request this one waited for
+            if page is not None:
+                return page
+            try:
+                page = study_report_html(store, study_id)
+                with self._lock:
+                    self._pages[key] = page
+                    while len(self._pages) > self.size:
+                        self._pages.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._rendering.pop(key, None)
+        return page
+
+    def _take(self, key: tuple[Any, ...]) -> str | None:
         with self._lock:
             page = self._pages.get(key)
             if page is not None:
                 self._pages.move_to_end(key)
-                return page
-        page = study_report_html(store, study_id)
-        with self._lock:
-            self._pages[key] = page
-            while len(self._pages) > self.size:
-                self._pages.popitem(last=False)
-        return page
+            return page
 
 
 __all__ = ["ReportCache", "gather_report", "study_report_html"]

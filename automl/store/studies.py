@@ -429,8 +429,10 @@ def _summary_fields(
     for row in rows:
         directions, metrics = heads[row.study_id]
         by_state = counts.get(row.study_id, {})
-        active = row.status in ACTIVE
-        unissued = max(row.n_trials - row.issued, 0) if active else 0
+        # Budget not handed out yet is waiting while the study is active, and was dropped
+        # with the rest when it ended (a resume hands it out): counts add up to n_trials.
+        unissued = max(row.n_trials - row.issued, 0)
+        waiting, dropped = (unissued, 0) if row.status in ACTIVE else (0, unissued)
         summaries.append(
             {
                 "id": row.study_id,
@@ -442,12 +444,12 @@ def _summary_fields(
                 "metrics": list(metrics),
                 "n_trials": row.n_trials,
                 "counts": TrialCounts(
-                    waiting=by_state.get("pending", 0) + unissued,
+                    waiting=by_state.get("pending", 0) + waiting,
                     running=by_state.get("running", 0),
                     complete=by_state.get("complete", 0),
                     pruned=by_state.get("pruned", 0),
                     fail=by_state.get("fail", 0),
-                    cancelled=by_state.get("cancelled", 0),
+                    cancelled=by_state.get("cancelled", 0) + dropped,
                 ),
                 "best_value": best.get(row.study_id),
                 "created_at": _datetime(row.created_at),

@@ -28,6 +28,15 @@ def test_idempotency_key_returns_the_first_study(client: TestClient) -> None:
     assert "different spec" in other.json()["detail"]
 
 
+def test_an_empty_idempotency_key_is_refused(client: TestClient) -> None:
+    """Found by a tester: an empty key counted as none, so each retry made a study."""
+    for _ in range(2):
+        response = client.post("/studies", json=tiny_spec_data(), headers={"Idempotency-Key": ""})
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert client.get("/studies").json()["count"] == 0
+
+
 def test_extend_then_cancel_then_resume(client: TestClient, submit: Submit) -> None:
     study_id = submit(budget={"n_trials": 2})["id"]
 

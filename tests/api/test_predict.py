@@ -113,7 +113,7 @@ def test_predict_top_and_larger_rgb_images(
     response = client.post(
         f"/studies/{study_id}/predict",
         params={"top": 10},
-        files=[("files", ("a.png", same, "image/png")), ("image", ("b.jpg", buffer.getvalue()))],
+        files=[("files", ("a.png", same, "image/png")), ("files", ("b.jpg", buffer.getvalue()))],
     )
 
     assert response.status_code == 200, response.text
@@ -121,6 +121,30 @@ def test_predict_top_and_larger_rgb_images(
     assert len(first["top"]) == 10
     assert sum(score["probability"] for score in first["top"]) == pytest.approx(1, abs=1e-5)
     assert second["file"] == "b.jpg"
+
+
+@pytest.mark.parametrize(
+    ("parts", "field", "what"),
+    [
+        ({"files": ("a.png", b"x"), "file": ("b.png", b"x")}, "file", "field"),
+        ({"files": ("a.png", b"x"), "top": (None, b"2")}, "top", "form field"),
+    ],
+    ids=["misnamed-file", "form-value"],
+)
+def test_parts_other_than_files_are_refused(
+    served: tuple[TestClient, int], parts: dict[str, Any], field: str, what: str
+) -> None:
+    """Found by a tester: ``-F file=@a.png`` (not ``files``) was served, as any part."""
+    client, study_id = served
+    response = client.post(f"/studies/{study_id}/predict", files=parts)
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", field]
+    assert error["msg"] == (
+        f"unexpected {what} {field!r}: send the images as files in field 'files' "
+        "(curl -F files=@a.png)"
+    )
 
 
 def test_model_is_loaded_once(

@@ -3,12 +3,15 @@ trial completed, and declared so in the OpenAPI document."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from automl.api import create_app
 from automl.delivery import study_report
 from automl.delivery.report import SECTIONS
 from automl.store import Store
@@ -88,3 +91,35 @@ def test_an_ended_studys_report_is_rendered_once_until_it_changes(
     monkeypatch.setattr(client.app.state, "report_cache", study_report.ReportCache())
     pages = [client.get(f"/studies/{study_id}/report").text for _ in range(3)]
     assert renders == [study_id] and pages[0] == pages[1] == pages[2]
+
+
+def test_a_report_being_drawn_leaves_the_other_routes_their_threads(
+    completed: tuple[TestClient, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: four reports of a 1,000-trial study held all four API threads
+    for a minute, and ``/health`` answered after 59.9 s (the image's health check gives up
+    after 4 s). Here the API has one thread, and two reports are being drawn."""
+    settings = completed[0].app.state.settings  # type: ignore[attr-defined]
+    study_id = completed[1]
+    drawing, finish = threading.Event(), threading.Event()
+    drawn: list[int] = []
+
+    def slow(store: Store, wanted: int) -> str:
+        drawn.append(wanted)
+        drawing.set()
+        finish.wait(20)
+        return "page"
+
+    monkeypatch.setattr(study_report, "study_report_html", slow)
+    app = create_app(settings.model_copy(update={"api_threads": 1}))
+    with TestClient(app) as client, ThreadPoolExecutor(2) as pool:
+        reports = [pool.submit(client.get, f"/studies/{study_id}/report") for _ in range(2)]
+        assert drawing.wait(20)
+        # Sync routes, each on the API's one thread, while the drawing holds its own.
+        assert client.get("/health").status_code == 200
+        assert client.get(f"/studies/{study_id}").status_code == 200
+        assert not any(report.done() for report in reports)  # still drawing
+        finish.set()
+        assert [report.result(20).text for report in reports] == ["page", "page"]
+    assert drawn == [study_id]  # one drawing for both requests
+    app.state.store.close()

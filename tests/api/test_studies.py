@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -610,6 +611,52 @@ def test_openapi_documents_studies_and_spec(client: TestClient) -> None:
     assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/StudySpec"}
     dangling = {ref.split("/")[-1] for ref in _refs(schema)} - set(components)
     assert not dangling
+
+
+def test_openapi_names_operations_and_declares_every_422_field(client: TestClient) -> None:
+    """Found by a tester: operationIds were FastAPI's path-derived defaults (a generated
+    client got ``delete_studies__study_id__delete``), and 422 items lacked ``path``,
+    which every one carries (a generated model dropped it)."""
+    schema = client.get("/openapi.json").json()
+    operations = {
+        (method.upper(), path): operation["operationId"]
+        for path, methods in schema["paths"].items()
+        for method, operation in methods.items()
+    }
+    names = list(operations.values())
+    assert len(set(names)) == len(names)
+    assert all(re.fullmatch(r"[a-z]+(_[a-z]+)*", name) for name in names), names
+    assert operations[("DELETE", "/studies/{study_id}")] == "delete_study"
+    assert operations[("POST", "/studies/{study_id}/rerun-failed")] == "rerun_failed"
+
+    item = schema["components"]["schemas"]["ValidationError"]
+    assert {"loc", "msg", "type", "path"} <= set(item["required"])
+    refused = client.post("/studies", json={"name": "x", "params": {"lr": {"type": "nope"}}})
+    assert refused.status_code == 422
+    for error in refused.json()["detail"]:
+        assert set(item["required"]) <= set(error)
+
+
+def test_unknown_query_parameters_are_refused(client: TestClient) -> None:
+    """Found by a tester: ``GET /studies?state=running`` (the trial lists' name) answered
+    every study, unfiltered; ``/health`` takes whatever a probe sends."""
+    response = client.get("/studies", params={"state": "running"})
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {
+            "loc": ["query", "state"],
+            "msg": "unknown query parameter 'state'; this route takes limit, offset, status",
+            "type": "extra_forbidden",
+            "path": "state",
+        }
+    ]
+    assert client.get("/studies", params={"status": "running"}).status_code == 200
+    dry_run = client.post("/studies", params={"dry_run": "1"}, json={"name": "q"})
+    assert dry_run.status_code == 422
+    assert dry_run.json()["detail"][0]["loc"] == ["query", "dry_run"]
+    assert client.get("/studies").json()["count"] == 0  # not submitted
+    assert client.get("/health", params={"_": "1701"}).status_code == 200
 
 
 def _refs(node: Any) -> Iterator[str]:

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from fastapi.testclient import TestClient
 from automl import __version__
 from automl.api import create_app
 from automl.cli import client as cli_client
-from automl.cli import study_commands
+from automl.cli import http_client, study_commands
 from automl.cli.main import main
 from automl.config import Settings
 from tests.cli.local_store import READ_ONLY_COMMANDS
@@ -493,6 +494,23 @@ def test_unreachable_url_is_exit_1(cli: Run) -> None:
     assert out == ""
     line = one_error_line(err)
     assert line.startswith(f"error: cannot reach the API at {url}")
+
+
+def test_an_api_that_does_not_answer_in_time_is_named_so(
+    cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: an API drawing a long report was called unreachable ("timed
+    out"); it was up, and busy."""
+    monkeypatch.setattr(http_client, "HTTP_TIMEOUT_S", 0.2)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+        code, _, err = cli("status", "--url", url)
+
+    assert code == 1
+    assert one_error_line(err) == (
+        f"error: the API at {url} did not answer GET /studies within 0.2 s"
+    )
 
 
 def test_unreachable_url_from_env_is_exit_1(cli: Run, monkeypatch: pytest.MonkeyPatch) -> None:

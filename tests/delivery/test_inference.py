@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from PIL import Image
 
 from automl.config import Limits
 from automl.data import load_dataset
-from automl.delivery import inference
+from automl.delivery import annotate, inference
 from automl.delivery.annotate import annotate_folder
 from automl.delivery.inference import (
     InputRejectedError as Rejected,
@@ -225,6 +226,30 @@ def test_annotate_orders_by_confidence(trained: tuple[Store, int], data_root: Pa
     assert confidences == sorted(confidences)
     assert all(len(s.top) == 1 for s in result.suggestions)
     assert len({s.path for s in result.suggestions}) == 12
+
+
+def test_annotate_removes_what_killed_writes_of_its_csv_left(
+    trained: tuple[Store, int], data_root: Path
+) -> None:
+    """A kill -9 mid-write left a hidden temporary beside the CSV for good."""
+    store, study_id = trained
+    data = digits_test_split()
+    assert data.test_x is not None
+    write_pngs(data.test_x[:2], data_root / "inbox")
+    stale = data_root / "inbox" / ".labels.csv.0123456789abcdef.tmp"
+    fresh = data_root / "inbox" / ".labels.csv.fedcba9876543210.tmp"  # a write in progress
+    other = data_root / "inbox" / ".other.csv.0123456789abcdef.tmp"
+    for leftover in (stale, fresh, other):
+        leftover.write_text("path,label\n")
+    hour_ago = time.time() - annotate.STALE_TEMPORARY_S - 1
+    for old in (stale, other):
+        os.utime(old, (hour_ago, hour_ago))
+
+    annotate_folder(store, study_id, AnnotateRequest(path="inbox", write_csv="inbox/labels.csv"))
+
+    assert (data_root / "inbox" / "labels.csv").read_text().startswith("path,label,confidence")
+    assert not stale.exists()
+    assert fresh.exists() and other.exists()  # another write's, and another CSV's
 
 
 # --- limits ------------------------------------------------------------------------------------

@@ -34,6 +34,9 @@ T = TypeVar("T")
 MAX_FORM_FIELDS = 16
 """Plain (not file) fields a predict upload may carry besides its images."""
 
+UPLOAD_FIELD = "files"
+"""The multipart field that carries the images (one part per image)."""
+
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -42,9 +45,9 @@ UPLOAD_BODY: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["files"],
+                    "required": [UPLOAD_FIELD],
                     "properties": {
-                        "files": {
+                        UPLOAD_FIELD: {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
                             "description": "The images; each file part is one image.",
@@ -151,7 +154,9 @@ async def _read_uploads(request: Request, limits: Limits) -> list[Upload]:
     too_large = f"upload exceeds max_upload_bytes: {max_bytes} (AUTOML_LIMIT_MAX_UPLOAD_BYTES)"
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "multipart/form-data":
-        raise _invalid(("body",), "send the images as multipart/form-data files (field 'files')")
+        raise _invalid(
+            ("body",), f"send the images as multipart/form-data files (field {UPLOAD_FIELD!r})"
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLargeError(too_large)
@@ -175,10 +180,16 @@ async def _read_uploads(request: Request, limits: Limits) -> list[Upload]:
         raise _invalid(("body",), f"invalid multipart body: {exc.message}") from None
     try:
         uploads = []
-        for _, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                name = value.filename or f"file{len(uploads) + 1}"
-                uploads.append(Upload(name, await value.read()))
+        for field, value in form.multi_items():
+            if field != UPLOAD_FIELD or not isinstance(value, UploadFile):
+                what = "field" if isinstance(value, UploadFile) else "form field"
+                raise _invalid(
+                    ("body", field),
+                    f"unexpected {what} {field!r}: send the images as files in field "
+                    f"{UPLOAD_FIELD!r} (curl -F {UPLOAD_FIELD}=@a.png)",
+                )
+            name = value.filename or f"file{len(uploads) + 1}"
+            uploads.append(Upload(name, await value.read()))
         return uploads
     finally:
         await form.close()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import HTMLResponse
-from starlette.concurrency import run_in_threadpool
 
 from automl.api.deps import StoreDep
 from automl.api.errors import error_responses
@@ -17,6 +17,7 @@ router = APIRouter(prefix="/studies", tags=["models"])
 
 @router.get(
     "/{study_id}/report",
+    name="read_report",
     response_class=HTMLResponse,
     responses={
         200: {"description": "The report, a self-contained HTML page (images inline)"},
@@ -37,12 +38,18 @@ async def study_report(study_id: StudyId, store: StoreDep, request: Request) -> 
     confusion matrix, per-class precision and recall, and a PCA and a t-SNE of its
     penultimate-layer embeddings of (up to 500) validation images, coloured by class.
     A plot that cannot be drawn (importances with fewer than 3 trials or 2 parameters)
-    shows a note instead. Takes a few seconds (the model embeds images and t-SNE runs);
-    an ended study's report is then kept, and served again at once until the study
-    changes."""
+    shows a note instead; importances of a study of more than 500 completed trials come
+    from a random sample of 500, and say so. Takes a few seconds (the model embeds
+    images and t-SNE runs); the report is then kept, and served again at once until a
+    trial of the study starts or ends or its status changes. Reports render one at a
+    time: concurrent requests for the same report share one render."""
     cache: ReportCache = request.app.state.report_cache
     try:
-        page = await run_in_threadpool(cache.html, store, study_id)
+        # Renders take seconds to minutes: they run one at a time on a thread of their own
+        # (waiting their turn here, not on a thread), so the other routes keep theirs.
+        page = await anyio.to_thread.run_sync(
+            cache.html, store, study_id, limiter=request.app.state.report_limiter
+        )
     except NoBestTrialError as exc:
         later = "" if exc.ended else "; try again later"
         raise HTTPException(

@@ -136,6 +136,7 @@ async def create_study(
         str | None,
         Header(
             alias="Idempotency-Key",
+            min_length=1,
             max_length=256,
             description="Repeat a submission safely: the same key returns the project's "
             "first study with it (each project has its own keys).",
@@ -195,7 +196,9 @@ async def read_study(study_id: StudyId, store: StoreDep) -> StudyDetail:
     return await run_in_threadpool(get_study, store, study_id)
 
 
-@router.post("/{study_id}/cancel", response_model=StudyDetail, responses=STATE_ERRORS)
+@router.post(
+    "/{study_id}/cancel", name="cancel_study", response_model=StudyDetail, responses=STATE_ERRORS
+)
 def cancel(study_id: StudyId, store: StoreDep) -> StudyDetail:
     """Cancels a queued or running study: nothing new starts, queued trials are dropped,
     trials in flight stop within an epoch (resume runs them again)."""
@@ -232,6 +235,7 @@ class Enqueue(ExactModel):
 
 @router.post(
     "/{study_id}/extend",
+    name="extend_study",
     response_model=StudyDetail,
     responses={**STATE_ERRORS, **BODY_ERRORS},
     openapi_extra=json_request_body(AddTrials),
@@ -245,6 +249,7 @@ def extend(
 
 @router.post(
     "/{study_id}/resume",
+    name="resume_study",
     response_model=StudyDetail,
     responses={**STATE_ERRORS, **BODY_ERRORS},
     openapi_extra=json_request_body(Resume, required=False),
@@ -259,7 +264,12 @@ def resume(
     return resume_study(store, study_id, (body or Resume()).add_trials, limits=Limits())
 
 
-@router.post("/{study_id}/rerun-failed", response_model=StudyDetail, responses=STATE_ERRORS)
+@router.post(
+    "/{study_id}/rerun-failed",
+    name="rerun_failed",
+    response_model=StudyDetail,
+    responses=STATE_ERRORS,
+)
 def rerun(study_id: StudyId, store: StoreDep) -> StudyDetail:
     """Queues the study's failed trials again with their params (reopens it if ended); a
     completed study's failed test evaluation is made due again."""
@@ -268,6 +278,7 @@ def rerun(study_id: StudyId, store: StoreDep) -> StudyDetail:
 
 @router.post(
     "/{study_id}/refit",
+    name="refit_study",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RefitView,
     responses={
@@ -297,6 +308,7 @@ def refit(study_id: StudyId, store: StoreDep, response: Response) -> RefitView:
 
 @router.post(
     "/{study_id}/trials",
+    name="enqueue_trials",
     status_code=status.HTTP_201_CREATED,
     response_model=StudyDetail,
     responses={**STATE_ERRORS, **BODY_ERRORS},
@@ -309,7 +321,12 @@ def enqueue(
     return enqueue_trials(store, study_id, body.configs)
 
 
-@router.delete("/{study_id}", status_code=status.HTTP_204_NO_CONTENT, responses=STATE_ERRORS)
+@router.delete(
+    "/{study_id}",
+    name="delete_study",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=STATE_ERRORS,
+)
 def delete(study_id: StudyId, store: StoreDep) -> Response:
     """Deletes an ended study with its trials, weights and checkpoints."""
     delete_study(store, study_id)

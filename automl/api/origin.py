@@ -1,0 +1,61 @@
+"""Refusing requests that a web page of another site makes a browser send.
+
+Without API keys the API trusts whoever reaches it (a loopback address by default), and a
+browser on that machine reaches it too: any web page could make it submit a study, cancel
+or delete one, or write an annotation CSV with a plain form post or ``fetch`` (requests
+that need no CORS permission, and whose answer the page never needs to read). Browsers
+name the page's origin on such requests (``Origin``, and ``Sec-Fetch-Site``); other
+clients (the CLI, curl, scripts) send neither. A request that changes something and comes
+from another site's page is refused (403) before it reaches a route.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods that change nothing (reads: a page of another site cannot read the answer)."""
+
+
+class SameOriginWrites:
+    """Refuses writes (``POST``, ``DELETE``...) that a browser sends for a page of another
+    origin: its ``Origin`` names another host than the request's ``Host`` (or the
+    ``X-Forwarded-Host`` a reverse proxy sets), or is ``null``, or ``Sec-Fetch-Site``
+    says ``cross-site``. The API's own pages (``/docs``) are of its origin.
+
+    Args:
+        app: The ASGI app it wraps.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answers 403 to a cross-site write; passes everything else on."""
+        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+            refusal = cross_site_refusal(Headers(scope=scope))
+            if refusal is not None:
+                await JSONResponse({"detail": refusal}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def cross_site_refusal(headers: Headers) -> str | None:
+    """Why a write with these headers came from another site's page, or None if it did
+    not (no browser sent it, or a page of this API did)."""
+    origin = headers.get("origin")
+    if origin is None:
+        if headers.get("sec-fetch-site") == "cross-site":
+            return "cross-site request refused: the API takes writes from its own pages only"
+        return None
+    hosts = {headers.get("host"), headers.get("x-forwarded-host")} - {None}
+    if origin != "null" and urlsplit(origin).netloc.lower() in {h.lower() for h in hosts}:
+        return None
+    return (
+        f"cross-origin request refused: a page of {origin} may not change anything here "
+        "(behind a reverse proxy, pass the Host header on, or set X-Forwarded-Host)"
+    )

@@ -1,0 +1,52 @@
+"""Refusing query parameters that a route does not take.
+
+FastAPI ignores them: ``GET /studies?state=running`` (the trial lists' name for the
+filter, not the study list's ``status``) answered every study, unfiltered, and the client
+could not tell. Every route refuses them instead (422 naming the parameter).
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+
+_TAKEN: dict[int, frozenset[str]] = {}
+"""The query parameters of each route, by ``id`` of the route (routes live as long as the
+app)."""
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """An app-wide dependency: a 422 for the first query parameter the route does not take.
+
+    Raises:
+        RequestValidationError: ``query.state``: ``unknown query parameter 'state'; this
+            route takes limit, offset, status``.
+    """
+    route = request.scope.get("route")
+    if not request.query_params or not isinstance(route, APIRoute):
+        return
+    taken = _TAKEN.get(id(route))
+    if taken is None:
+        taken = _TAKEN[id(route)] = frozenset(_query_names(route.dependant))
+    for name in request.query_params:
+        if name not in taken:
+            takes = ", ".join(sorted(taken)) or "no query parameters"
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("query", name),
+                        "msg": f"unknown query parameter {name!r}; this route takes {takes}",
+                        "type": "extra_forbidden",
+                    }
+                ]
+            )
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """The query parameters of a route's dependant and of the dependencies it has."""
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
