@@ -1524,7 +1524,43 @@ def _check_applies(spec: StudySpec, name: str) -> list[FieldError]:
     for parent, values in spec.conditions(name).items():
         if not values:
             return [FieldError(("params", name), _never_applies(spec, name, hp, parent))]
-    return []
+    never = _never_applies_under_parents(spec, name)
+    return [FieldError(("params", name), never)] if never else []
+
+
+def _never_applies_under_parents(spec: StudySpec, name: str) -> str | None:
+    """Why the param ``name`` applies nowhere that its parents apply, or None: it needs a
+    value of a param that its parent's own conditions exclude (``gamma`` searched where
+    ``optimizer`` is ``adam``, of the ``focal`` loss, whose ``loss`` is searched only
+    where ``optimizer`` is ``sgd``). A sampler would never reach it, and the grid would
+    hold no cell with it."""
+    own = spec.conditions(name)
+    for parent in own:
+        if parent not in spec.params:
+            continue
+        for key, allowed in _reach(spec, parent, {name}).items():
+            wanted = own.get(key)
+            if wanted is not None and allowed and not any(v in allowed for v in wanted):
+                return (
+                    f"{name!r} applies only where {key} is one of {wanted}, but its parent "
+                    f"{parent!r} is searched only where {key} is one of {allowed}, so it never "
+                    "applies"
+                )
+    return None
+
+
+def _reach(spec: StudySpec, name: str, seen: set[str]) -> dict[str, list[Scalar]]:
+    """Where the param ``name`` applies, its ancestors' conditions included: per param it
+    depends on, the values that let it apply (a cycle is reported by ``_check_cycles``)."""
+    if name in seen:
+        return {}
+    reach = {key: list(values) for key, values in spec.conditions(name).items()}
+    for parent in list(reach):
+        if parent in spec.params:
+            for key, allowed in _reach(spec, parent, seen | {name}).items():
+                mine = reach.get(key)
+                reach[key] = allowed if mine is None else [v for v in mine if v in allowed]
+    return reach
 
 
 def _never_applies_by_rule(spec: StudySpec, hp: Hyperparameter) -> str | None:

@@ -1875,3 +1875,46 @@ def test_a_when_value_is_a_choice_as_optuna_sees_it() -> None:
     width = {"type": "categorical", "choices": [16, 32]}
     dropout["when"] = {"width": 16.0}  # 16 and 16.0 are one choice
     assert load_spec({"name": "x", "params": {"width": width, "dropout": dropout}})
+
+
+@pytest.mark.parametrize(
+    ("params", "refused", "message"),
+    [
+        (
+            {
+                "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+                "loss": {
+                    "type": "categorical",
+                    "choices": ["cross_entropy", "focal"],
+                    "when": {"optimizer": "sgd"},
+                },
+                "gamma": {"type": "float", "low": 1, "high": 2, "when": {"optimizer": "adam"}},
+            },
+            "gamma",
+            "'gamma' applies only where optimizer is one of ['adam'], but its parent 'loss' is "
+            "searched only where optimizer is one of ['sgd'], so it never applies",
+        ),
+        (
+            {
+                "model": {"type": "categorical", "choices": ["cnn", "rnn"]},
+                "optimizer": {
+                    "type": "categorical",
+                    "choices": ["adam", "sgd"],
+                    "when": {"model": "cnn"},
+                },
+                "momentum": {"type": "float", "low": 0.1, "high": 0.9, "when": {"model": "rnn"}},
+            },
+            "momentum",
+            "'momentum' applies only where model is one of ['rnn'], but its parent 'optimizer' "
+            "is searched only where model is one of ['cnn'], so it never applies",
+        ),
+    ],
+    ids=["implied-parent", "explicit-parent"],
+)
+def test_a_param_excluded_by_its_parents_conditions_is_refused(
+    params: dict[str, Any], refused: str, message: str
+) -> None:
+    """Found by a tester: accepted, then never sampled (its entry trained with the
+    default), while ``enqueue`` already refused such a configuration."""
+    errors = spec_errors({"name": "x", "params": params})
+    assert [(error.path, error.msg) for error in errors] == [(f"params.{refused}", message)]
