@@ -1534,11 +1534,10 @@ def _never_applies_under_parents(spec: StudySpec, name: str) -> str | None:
     ``optimizer`` is ``adam``, of the ``focal`` loss, whose ``loss`` is searched only
     where ``optimizer`` is ``sgd``). A sampler would never reach it, and the grid would
     hold no cell with it."""
+    reaches = _reaches(spec)
     own = spec.conditions(name)
     for parent in own:
-        if parent not in spec.params:
-            continue
-        for key, allowed in _reach(spec, parent, {name}).items():
+        for key, allowed in reaches.get(parent, {}).items():
             wanted = own.get(key)
             if wanted is not None and allowed and not any(v in allowed for v in wanted):
                 return (
@@ -1549,18 +1548,23 @@ def _never_applies_under_parents(spec: StudySpec, name: str) -> str | None:
     return None
 
 
-def _reach(spec: StudySpec, name: str, seen: set[str]) -> dict[str, list[Scalar]]:
-    """Where the param ``name`` applies, its ancestors' conditions included: per param it
-    depends on, the values that let it apply (a cycle is reported by ``_check_cycles``)."""
-    if name in seen:
+def _reaches(spec: StudySpec) -> dict[str, dict[str, list[Scalar]]]:
+    """Where each param applies, its ancestors' conditions included: per param it depends
+    on, the values that let it apply. Worked out parents first, each param once (none
+    where the conditions form a cycle: ``_check_cycles`` reports it)."""
+    try:
+        order = conditional_order(spec)
+    except ValueError:
         return {}
-    reach = {key: list(values) for key, values in spec.conditions(name).items()}
-    for parent in list(reach):
-        if parent in spec.params:
-            for key, allowed in _reach(spec, parent, seen | {name}).items():
+    reaches: dict[str, dict[str, list[Scalar]]] = {}
+    for name in order:
+        reach = {key: list(values) for key, values in spec.conditions(name).items()}
+        for parent in list(reach):
+            for key, allowed in reaches.get(parent, {}).items():
                 mine = reach.get(key)
                 reach[key] = allowed if mine is None else [v for v in mine if v in allowed]
-    return reach
+        reaches[name] = reach
+    return reaches
 
 
 def _never_applies_by_rule(spec: StudySpec, hp: Hyperparameter) -> str | None:

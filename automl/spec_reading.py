@@ -26,6 +26,8 @@ from automl.train.trial_config import PIPELINES, SELECTABLE
 
 WORKER = "this worker"
 """How messages name the reading process, unless it says otherwise (a proxy does)."""
+PROXY = "the proxy"
+"""How a proxy's messages name it."""
 
 
 class UnreadableStudyError(RuntimeError):
@@ -110,15 +112,22 @@ def readable_spec(
     return spec
 
 
-def check_readable(study_id: int, text: str) -> None:
+def check_readable(study_id: int, text: str, *, reader: str = WORKER, entries: bool = True) -> None:
     """Refuses a stored spec (JSON ``text``) that this process cannot read; one that no
     automl could read (broken) passes, to fail where it is used.
+
+    Args:
+        study_id: The study.
+        text: Its stored spec.
+        reader: As ``readable_spec``.
+        entries: As ``readable_spec``.
 
     Raises:
         UnreadableStudyError: As ``readable_spec``.
     """
     with contextlib.suppress(ValidationError):  # a broken spec
-        readable_spec(study_id, lambda: StudySpec.model_validate_json(text))
+        load = lambda: StudySpec.model_validate_json(text)  # noqa: E731
+        readable_spec(study_id, load, reader=reader, entries=entries)
 
 
 def missing_entries(spec: StudySpec) -> list[str]:

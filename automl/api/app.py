@@ -20,7 +20,7 @@ from automl.api.origin import SameOriginWrites
 from automl.api.query import refuse_unknown_query
 from automl.api.routes import health, models, predict, registries, report, studies
 from automl.catalog import load_plugins
-from automl.config import Limits, Settings
+from automl.config import Limits, Settings, is_loopback
 from automl.delivery.study_report import ReportCache
 from automl.spec import StudySpec
 from automl.store import Reaper, Store, open_store_from
@@ -94,7 +94,7 @@ def create_app(
         app.include_router(router, dependencies=CHECKED, responses=error_responses(401))
     app.openapi = lambda: _openapi_with_spec_schema(app)  # type: ignore[method-assign]
     app.add_middleware(HeadAsGet)
-    app.add_middleware(SameOriginWrites)
+    app.add_middleware(SameOriginWrites, loopback=is_loopback(settings.host))
     return app
 
 

@@ -86,8 +86,14 @@ def error_responses(
     return {code: {"description": wording[code], "content": content} for code in codes}
 
 
+RETRY_AFTER_S = 5
+"""What a 503 asks clients to wait before trying again (``Retry-After``): outages that
+workers and the API ride out are mostly seconds long (a restart, a failover)."""
+
+
 def _detail(status_code: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status_code)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status_code == 503 else None
+    return JSONResponse({"detail": message}, status_code=status_code, headers=headers)
 
 
 def spec_error_response(exc: SpecError) -> JSONResponse:

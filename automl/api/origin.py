@@ -17,6 +17,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from automl.config import is_loopback
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 """Methods that change nothing (reads: a page of another site cannot read the answer)."""
 
@@ -27,21 +29,47 @@ class SameOriginWrites:
     ``X-Forwarded-Host`` a reverse proxy sets), or is ``null``, or ``Sec-Fetch-Site``
     says ``cross-site``. The API's own pages (``/docs``) are of its origin.
 
+    An API that listens on a loopback address also refuses any request a browser sends
+    (one with ``Origin`` or ``Sec-Fetch-Site``) under a ``Host`` that is not a loopback
+    name: a page whose own name was made to resolve to 127.0.0.1 (DNS rebinding) is of
+    the same origin as what it reaches, and could otherwise read and write at will.
+
     Args:
         app: The ASGI app it wraps.
+        loopback: Whether the API listens on a loopback address only.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, loopback: bool = False) -> None:
         self.app = app
+        self.loopback = loopback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answers 403 to a cross-site write; passes everything else on."""
-        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
-            refusal = cross_site_refusal(Headers(scope=scope))
+        """Answers 403 to a cross-site write or a rebound request; passes the rest on."""
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            refusal = rebound_refusal(headers) if self.loopback else None
+            if refusal is None and scope["method"] not in SAFE_METHODS:
+                refusal = cross_site_refusal(headers)
             if refusal is not None:
                 await JSONResponse({"detail": refusal}, status_code=403)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def rebound_refusal(headers: Headers) -> str | None:
+    """Why a browser's request to a loopback-only API names a host that is not loopback
+    (a rebound DNS name), or None."""
+    if "origin" not in headers and "sec-fetch-site" not in headers:
+        return None  # not a browser: the CLI, curl, scripts
+    host = urlsplit(f"//{headers.get('host', '')}").hostname or ""
+    if is_loopback(host):
+        return None
+    return (
+        f"request for host {host!r} refused: this API listens on a loopback address, and a "
+        "browser reaches it as localhost or 127.0.0.1 only (a name that resolves here "
+        "otherwise is DNS rebinding; behind a reverse proxy, send Host as the loopback "
+        "address and the public name in X-Forwarded-Host)"
+    )
 
 
 def cross_site_refusal(headers: Headers) -> str | None:
@@ -52,8 +80,9 @@ def cross_site_refusal(headers: Headers) -> str | None:
         if headers.get("sec-fetch-site") == "cross-site":
             return "cross-site request refused: the API takes writes from its own pages only"
         return None
-    hosts = {headers.get("host"), headers.get("x-forwarded-host")} - {None}
-    if origin != "null" and urlsplit(origin).netloc.lower() in {h.lower() for h in hosts}:
+    forwarded = (headers.get("x-forwarded-host") or "").split(",")  # a chain of proxies
+    hosts = {headers.get("host", ""), *forwarded}
+    if origin != "null" and urlsplit(origin).netloc.lower() in {h.strip().lower() for h in hosts}:
         return None
     return (
         f"cross-origin request refused: a page of {origin} may not change anything here "

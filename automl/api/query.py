@@ -12,9 +12,9 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-_TAKEN: dict[int, frozenset[str]] = {}
-"""The query parameters of each route, by ``id`` of the route (routes live as long as the
-app)."""
+_TAKEN = "_automl_query_parameters"
+"""The attribute that keeps a route's query parameters, worked out at its first request
+(routes are not hashable: no dictionary can key them)."""
 
 
 def refuse_unknown_query(request: Request) -> None:
@@ -27,9 +27,10 @@ def refuse_unknown_query(request: Request) -> None:
     route = request.scope.get("route")
     if not request.query_params or not isinstance(route, APIRoute):
         return
-    taken = _TAKEN.get(id(route))
+    taken: frozenset[str] | None = getattr(route, _TAKEN, None)
     if taken is None:
-        taken = _TAKEN[id(route)] = frozenset(_query_names(route.dependant))
+        taken = frozenset(_query_names(route.dependant))
+        setattr(route, _TAKEN, taken)
     for name in request.query_params:
         if name not in taken:
             takes = ", ".join(sorted(taken)) or "no query parameters"

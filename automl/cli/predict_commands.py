@@ -28,14 +28,13 @@ if TYPE_CHECKING:
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     """Classifies image files with a study's best model: a table, or ``--json``."""
     paths = [Path(name) for name in args.images]
-    limits = Limits()
-    images = _read(paths, limits.max_upload_bytes)
-    if settings.url:
-        result = HttpClient(settings.url).predict(args.study, images, args.top)
+    if settings.url:  # the API applies its own limits as the upload arrives
+        result = HttpClient(settings.url).predict(args.study, _read(paths), args.top)
     else:
         from automl.delivery.inference import Upload, predict_uploads
 
-        uploads = [Upload(name, data) for name, data in images]
+        limits = Limits()
+        uploads = [Upload(name, data) for name, data in _read(paths, limits.max_upload_bytes)]
         with _local_store(settings) as store, _refusals():
             result = predict_uploads(store, args.study, uploads, top=args.top, limits=limits)
     _print(result, args.json, predictions_text)
@@ -110,9 +109,9 @@ def _print(result: BaseModel, as_json: bool, render: Callable[[Any], str]) -> No
     print(result.model_dump_json(indent=2) if as_json else render(result))
 
 
-def _read(paths: list[Path], max_bytes: int) -> list[tuple[str, bytes]]:
+def _read(paths: list[Path], max_bytes: int | None = None) -> list[tuple[str, bytes]]:
     """The files' names (as typed: they may repeat) and contents, once they are regular
-    files no larger together than the upload limit (checked before reading any)."""
+    files no larger together than ``max_bytes`` (checked before reading any)."""
     total = 0
     for path in paths:
         try:
@@ -122,7 +121,7 @@ def _read(paths: list[Path], max_bytes: int) -> list[tuple[str, bytes]]:
         if not stat.S_ISREG(info.st_mode):  # a device or a pipe: endless, or never ending
             raise CliError(f"cannot read image {path}: not a regular file", EXIT_BAD_INPUT)
         total += info.st_size
-    if total > max_bytes:
+    if max_bytes is not None and total > max_bytes:
         raise CliError(
             f"the images have {total} bytes; max_upload_bytes allows {max_bytes} "
             "(AUTOML_LIMIT_MAX_UPLOAD_BYTES)",

@@ -106,6 +106,15 @@ class ReportCache:
         self._rendering: dict[tuple[Any, ...], threading.Lock] = {}
         self._lock = threading.Lock()
 
+    def cached(self, store: Store, study_id: int) -> str | None:
+        """The study's report if the cache holds it for the study as it is now (one read
+        of the study), else None: a reload need not wait behind other reports' drawing.
+
+        Raises:
+            StudyNotFoundError: If there is no such study.
+        """
+        return self._take(self._key(store, study_id))
+
     def html(self, store: Store, study_id: int) -> str:
         """``study_report_html``, from the cache where the study has not changed.
 
@@ -113,16 +122,7 @@ class ReportCache:
             StudyNotFoundError: If there is no such study.
             NoBestTrialError: If no trial has completed yet.
         """
-        study = get_study(store, study_id)
-        key = (
-            store.url,
-            study_id,
-            study.name,
-            study.created_at,
-            study.status.value,
-            study.finished_at,
-            study.counts.model_dump_json(),
-        )
+        key = self._key(store, study_id)
         page = self._take(key)
         if page is not None:
             return page
@@ -142,6 +142,20 @@ class ReportCache:
                 with self._lock:
                     self._rendering.pop(key, None)
         return page
+
+    @staticmethod
+    def _key(store: Store, study_id: int) -> tuple[Any, ...]:
+        """What the study's report depends on: its identity, status and counts."""
+        study = get_study(store, study_id)
+        return (
+            store.url,
+            study_id,
+            study.name,
+            study.created_at,
+            study.status.value,
+            study.finished_at,
+            study.counts.model_dump_json(),
+        )
 
     def _take(self, key: tuple[Any, ...]) -> str | None:
         with self._lock:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import logging
 import socket
 import threading
@@ -39,7 +40,8 @@ from optuna.trial import TrialState
 
 from automl.proxy import wire
 from automl.proxy.trials import template_from_wire
-from automl.spec_reading import UnreadableStudyError, readable_spec
+from automl.spec import StudySpec
+from automl.spec_reading import PROXY, UnreadableStudyError, readable_spec
 from automl.store import (
     EvaluationState,
     FailureKind,
@@ -53,6 +55,7 @@ from automl.store import (
     writes_from_json,
 )
 from automl.store.faults import first_line
+from automl.store.studies import stored_spec_text
 from automl.worker.coordinator import SqlCoordinator
 
 logger = logging.getLogger("automl.proxy")
@@ -311,11 +314,17 @@ class CoordinationService:
 
     def _spec(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         study_id = int(header["study_id"])
-        # The worker checks its own registries; here only what the proxy's automl reads.
-        spec = readable_spec(
-            study_id, lambda: self.coordinator.spec(study_id), reader="the proxy", entries=False
+        text = stored_spec_text(self.coordinator.store, study_id)
+        # The worker checks its own registries and version; here only what the proxy's
+        # automl reads. The stored text goes on unchanged (a dump would add the fields of
+        # the proxy's version, which an older worker takes for a newer automl's study).
+        readable_spec(
+            study_id,
+            lambda: StudySpec.model_validate_json(text),
+            reader=PROXY,
+            entries=False,
         )
-        return {"spec": spec.model_dump(mode="json", exclude_none=True)}, b""
+        return {"spec": json.loads(text)}, b""
 
     def _status(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         status = self.coordinator.status(int(header["study_id"]))
@@ -410,7 +419,7 @@ class ProxyServer:
         )
         optuna_proxy.start()
         server = grpc.server(ThreadPoolExecutor(self.threads), options=wire.CHANNEL_OPTIONS)
-        service = CoordinationService(SqlCoordinator(self.store))
+        service = CoordinationService(SqlCoordinator(self.store, reader=PROXY))
         server.add_generic_rpc_handlers((service.generic_handler(),))
         if server.add_insecure_port(f"{self.host}:{self.coordination_port}") == 0:
             where = f"{self.host}:{self.coordination_port} (the coordination port: --port + 1)"

@@ -18,7 +18,7 @@ Validation drives the search; test metrics live in their own trial attributes
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from optuna.trial import FrozenTrial
 
 from automl.spec import StudySpec
+from automl.spec_reading import check_readable
 from automl.store import attrs, optuna_rows, tables
 from automl.store.attrs import StudyStatus
 from automl.store.jobs import JobKind, claim_job, held
@@ -124,6 +125,7 @@ def claim_evaluation(
     *,
     stale_after: float = EVALUATION_STALE_S,
     exclude: Collection[int] = (),
+    check: Callable[[int, str], None] = check_readable,
 ) -> EvaluationLease | None:
     """Claims the oldest due test-split evaluation of a completed study.
 
@@ -135,6 +137,7 @@ def claim_evaluation(
         study_id: Only claim this study's evaluation.
         stale_after: Seconds after which a running claim counts as abandoned.
         exclude: Studies whose jobs the worker leaves to others.
+        check: Refuses a study that the claiming process cannot read (``claim_job``).
 
     Returns:
         The claim, or None when nothing is due (or another worker was faster).
@@ -143,7 +146,7 @@ def claim_evaluation(
         UnreadableStudyError: If this process cannot read the due job's study's spec
             (nothing was claimed).
     """
-    claim = claim_job(store, _JOB, worker_id, study_id, stale_after, exclude)
+    claim = claim_job(store, _JOB, worker_id, study_id, stale_after, exclude, check)
     if claim is None:
         return None
     study, attempt = claim

@@ -61,6 +61,7 @@ def claim_job(
     study_id: int | None,
     stale_after: float,
     exclude: Collection[int] = (),
+    check: Callable[[int, str], None] = check_readable,
 ) -> tuple[sa.Row[Any], int] | None:
     """Claims the oldest due job of ``kind`` whose study may run it.
 
@@ -73,6 +74,8 @@ def claim_job(
         study_id: Only claim this study's job.
         stale_after: Seconds after which a running claim counts as abandoned.
         exclude: Studies whose jobs the worker leaves to others.
+        check: Raises ``UnreadableStudyError`` for a study (id, stored spec) that the
+            claiming process cannot read.
 
     Returns:
         The study's row and the claim's attempt, or None when nothing is due (or another
@@ -106,7 +109,7 @@ def claim_job(
         ).first()
         if study is None or study.status not in kind.study_statuses or row is None:
             return None  # another worker was first, or the study was resumed or deleted
-        check_readable(candidate, study.spec)  # raising rolls the transaction back
+        check(candidate, study.spec)  # raising rolls the transaction back
         if row.tries >= kind.max_tries:
             note = f"abandoned: {row.tries} claims ended without a result"
             kind.abandon(connection, candidate, row.attempt, note, at)

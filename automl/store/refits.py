@@ -15,7 +15,7 @@ per request, then the refit ends ``failed``.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from automl.spec import StudySpec
+from automl.spec_reading import check_readable
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.jobs import JobKind, claim_job, held, release_job
@@ -122,6 +123,7 @@ def claim_refit(
     *,
     stale_after: float = REFIT_STALE_S,
     exclude: Collection[int] = (),
+    check: Callable[[int, str], None] = check_readable,
 ) -> RefitLease | None:
     """Claims the oldest due refit of an ended study.
 
@@ -133,6 +135,7 @@ def claim_refit(
         study_id: Only claim this study's refit.
         stale_after: Seconds after which a claim without beats counts as abandoned.
         exclude: Studies whose jobs the worker leaves to others.
+        check: Refuses a study that the claiming process cannot read (``claim_job``).
 
     Returns:
         The claim, or None when nothing is due (or another worker was faster).
@@ -141,7 +144,7 @@ def claim_refit(
         UnreadableStudyError: If this process cannot read the due job's study's spec
             (nothing was claimed).
     """
-    claim = claim_job(store, _JOB, worker_id, study_id, stale_after, exclude)
+    claim = claim_job(store, _JOB, worker_id, study_id, stale_after, exclude, check)
     if claim is None:
         return None
     study, attempt = claim

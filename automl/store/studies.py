@@ -354,8 +354,19 @@ def submitted_spec(store: Store, study_id: int) -> StudySpec:
     Raises:
         StudyNotFoundError: If there is no such automl study.
     """
+    return _stored_spec(stored_spec_text(store, study_id))
+
+
+def stored_spec_text(store: Store, study_id: int) -> str:
+    """The spec a study was submitted with, as stored (JSON): what a proxy hands on to its
+    workers unchanged, so they read the fields the submitting automl wrote (not the
+    proxy's own, which a newer proxy would add with their defaults).
+
+    Raises:
+        StudyNotFoundError: If there is no such automl study.
+    """
     with store.read() as connection:
-        return _stored_spec(_row(connection, study_id).spec)
+        return str(_row(connection, study_id).spec)
 
 
 def _stored_spec(text: str) -> StudySpec:

@@ -23,6 +23,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.spec import StudySpec
+from automl.spec_reading import WORKER, check_readable
 from automl.store import (
     ArtifactStore,
     BufferedTrialStorage,
@@ -249,10 +250,15 @@ class SqlCoordinator:
 
     Args:
         store: The open store.
+        reader: The process that claims post-study jobs through it, as messages name it:
+            a worker (which checks that its registries have every entry a study's spec
+            names) or a proxy (which claims for workers whose plugins it cannot know, so
+            it checks only that its automl reads the spec).
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, reader: str = WORKER) -> None:
         self.store = store
+        self.reader = reader
         self.storage: BaseStorage = optuna.storages.get_storage(store.storage)
         """What a worker's studies are loaded with: Optuna's storage, with its per-study
         cache of finished trials."""
@@ -442,11 +448,15 @@ class SqlCoordinator:
         """See ``Coordinator.outranked``."""
         return self._outranking(study_id, value, number, maximize, keep)
 
+    def _check(self, study_id: int, text: str) -> None:
+        """Refuses a post-study job's study that ``reader`` cannot read."""
+        check_readable(study_id, text, reader=self.reader, entries=self.reader == WORKER)
+
     def claim_evaluation(
         self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
     ) -> EvaluationLease | None:
         """See ``Coordinator.claim_evaluation``."""
-        return claim_evaluation(self.store, worker_id, study_id, exclude=exclude)
+        return claim_evaluation(self.store, worker_id, study_id, exclude=exclude, check=self._check)
 
     def finish_evaluation(
         self,
@@ -462,7 +472,7 @@ class SqlCoordinator:
         self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
     ) -> RefitLease | None:
         """See ``Coordinator.claim_refit``."""
-        return claim_refit(self.store, worker_id, study_id, exclude=exclude)
+        return claim_refit(self.store, worker_id, study_id, exclude=exclude, check=self._check)
 
     def beat_refit(self, lease: RefitLease) -> bool:
         """See ``Coordinator.beat_refit``."""

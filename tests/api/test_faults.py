@@ -48,6 +48,7 @@ def test_transient_database_errors_are_503(
     for response in (listed, submitted):
         assert response.status_code == 503
         assert response.json() == {"detail": "storage unavailable, try again later"}
+        assert response.headers["Retry-After"] == "5"
 
 
 def test_other_database_errors_stay_500(
@@ -69,6 +70,7 @@ def test_health_checks_the_schema(client: TestClient) -> None:
     assert response.status_code == 503
     # Not the driver's text, which names hosts and ports: the server log keeps that.
     assert response.json()["detail"] == "storage schema missing"
+    assert response.headers["Retry-After"] == "5"
 
 
 def test_a_missing_schema_is_503_on_every_route(storage_url: str, tmp_path: Path) -> None:

@@ -345,17 +345,21 @@ def test_the_cache_renders_a_study_once_until_it_changes(
         assert renders == ["completed", "queued", "running"]
 
         # Requests for a report being rendered wait for that render.
-        renders.clear()
-        slow = threading.Event()
-        monkeypatch.setattr(study_report, "study_report_html", lambda *a: slow.wait(10) and "page")
+        drawn, finish = [], threading.Event()
+
+        def slow(store: Store, wanted: int) -> str:
+            drawn.append(wanted)
+            finish.wait(10)
+            return "page"
+
+        monkeypatch.setattr(study_report, "study_report_html", slow)
         cache = study_report.ReportCache()
         with ThreadPoolExecutor(4) as pool:
             asked = [pool.submit(cache.html, store, study_id) for _ in range(4)]
-            time.sleep(0.2)
-            monkeypatch.setattr(study_report, "study_report_html", counting)
-            slow.set()
+            time.sleep(0.3)  # all four asked while the first draws
+            finish.set()
             assert [future.result(10) for future in asked] == ["page"] * 4
-        assert renders == []  # the one render served all four
+        assert drawn == [study_id]  # the one drawing served all four
     finally:
         store.close()
 

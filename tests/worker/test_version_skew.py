@@ -319,9 +319,18 @@ def test_a_newer_automls_test_evaluation_and_refit_are_never_claimed_here(
 
     assert _jobs(store, newer) == {"evaluation": ("pending", 0, 0), "refit": ("queued", 0, 0)}
     assert _jobs(store, other)["evaluation"][0] == "done"
+    # Through a proxy, the proxy claims: it checks what its own automl reads, and says so.
+    reader, advice = (
+        ("the proxy", "upgrade the proxy")
+        if coordinator
+        else (
+            "this worker",
+            "upgrade automl here",
+        )
+    )
     assert _errors(caplog) == [
-        f"study {newer} {NEWER} (space rules {SPACE_RULES + 1}, this worker knows "
-        f"{SPACE_RULES}): upgrade automl here"
+        f"study {newer} needs a newer automl than {reader} (space rules {SPACE_RULES + 1}, "
+        f"{reader} knows {SPACE_RULES}): {advice}"
     ]
 
     # A worker that reads it runs both.
@@ -353,3 +362,22 @@ def test_a_proxy_older_than_the_study_says_so_and_the_worker_leaves_it(
         f"study {newer.id} needs a newer automl than the proxy (space rules "
         f"{SPACE_RULES + 1}, the proxy knows {SPACE_RULES}): upgrade the proxy"
     ]
+
+
+def test_the_proxy_hands_on_the_spec_as_stored(
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+) -> None:
+    """Found by a reviewer: the proxy handed on its own dump of the spec, with every
+    field of its version; a worker older than the proxy (the upgrade order README gives)
+    would take a field it does not know for a newer automl's study, and leave them all."""
+    study_id = submit_study(store, tiny_spec()).id
+    _restore_spec(store, study_id, lambda spec: spec.pop("keep_weights"))  # an older automl's
+    studies = tables.studies
+    with store.read() as connection:
+        query = sa.select(studies.c.spec).where(studies.c.study_id == study_id)
+        stored = json.loads(connection.scalar(query))
+
+    reply, _ = proxy.call("spec", {"study_id": study_id})
+
+    assert reply["spec"] == stored and "keep_weights" not in reply["spec"]
+    assert proxy.spec(study_id).keep_weights == 3  # the worker's defaults fill it in

@@ -27,6 +27,14 @@ change at any time."""
         200: {
             "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
             "description": "The bundle (a zip); its ETag is the zip's SHA-256",
+            "headers": {
+                "ETag": {"description": "The zip's SHA-256, quoted", "schema": {"type": "string"}},
+                "Cache-Control": {"description": CACHE_CONTROL, "schema": {"type": "string"}},
+                "Content-Disposition": {
+                    "description": "attachment; filename=study<id>-trial<n>-model.zip",
+                    "schema": {"type": "string"},
+                },
+            },
         },
         304: {"description": "Not modified: If-None-Match names the bundle's ETag"},
         **error_responses(

@@ -32,7 +32,8 @@ router = APIRouter(prefix="/studies", tags=["predictions"])
 T = TypeVar("T")
 
 MAX_FORM_FIELDS = 16
-"""Plain (not file) fields a predict upload may carry besides its images."""
+"""Plain (not file) fields the multipart parser reads before it gives up (each is then
+refused: a predict upload carries images only)."""
 
 UPLOAD_FIELD = "files"
 """The multipart field that carries the images (one part per image)."""

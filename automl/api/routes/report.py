@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
 
 from automl.api.deps import StoreDep
 from automl.api.errors import error_responses
@@ -44,6 +45,9 @@ async def study_report(study_id: StudyId, store: StoreDep, request: Request) -> 
     trial of the study starts or ends or its status changes. Reports render one at a
     time: concurrent requests for the same report share one render."""
     cache: ReportCache = request.app.state.report_cache
+    page = await run_in_threadpool(cache.cached, store, study_id)
+    if page is not None:
+        return HTMLResponse(page)
     try:
         # Renders take seconds to minutes: they run one at a time on a thread of their own
         # (waiting their turn here, not on a thread), so the other routes keep theirs.

@@ -114,7 +114,15 @@ class TrialStateName(StrEnum):
     response_model=StudyDetail,
     openapi_extra=SPEC_REQUEST_BODY,
     responses={
-        201: {"links": CREATED_LINKS},
+        201: {
+            "links": CREATED_LINKS,
+            "headers": {
+                "Location": {
+                    "description": "The study's path: /studies/{id}",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
         **error_responses(
             409,
             413,
@@ -363,6 +371,12 @@ def read_trial(study_id: StudyId, number: TrialNumber, store: StoreDep) -> Trial
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
             },
             "description": "The weights file",
+            "headers": {
+                "Content-Disposition": {
+                    "description": "attachment; filename=study<id>-trial<n>.safetensors",
+                    "schema": {"type": "string"},
+                }
+            },
         },
         **NOT_FOUND,
     },
