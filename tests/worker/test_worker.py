@@ -772,7 +772,8 @@ def test_cancel_stops_the_running_trial_and_resume_continues_it(
 
     detail = get_study(store, study_id)
     assert detail.status == StudyStatus.CANCELLED
-    assert (detail.counts.cancelled, detail.counts.waiting, detail.counts.running) == (1, 0, 0)
+    # The stopped trial and the unit never handed out: a resume runs both.
+    assert (detail.counts.cancelled, detail.counts.waiting, detail.counts.running) == (2, 0, 0)
     [stopped] = _trials(store, study_id)
     assert stopped.user_attrs[attrs.FAILURE] == "cancelled"
     assert len(stopped.intermediate_values) < RESUMABLE_TRIAL["epochs"]
