@@ -1021,8 +1021,9 @@ def check_spec(spec: StudySpec, limits: Limits | None = None) -> list[FieldError
     errors += _check_pruner(spec)
     errors += _check_selectors(spec)
     errors += _check_fixed(spec)
+    reaches = _reaches(spec)
     for name, param in spec.params.items():
-        errors += _check_param(spec, name, param) or _check_applies(spec, name)
+        errors += _check_param(spec, name, param) or _check_applies(spec, name, reaches)
     errors += _check_one_name_per_option(spec)
     errors += _check_loss_replaced(spec)
     errors += _check_warmup_ignored(spec)
@@ -1504,7 +1505,7 @@ def _check_when(
     return errors
 
 
-def _check_applies(spec: StudySpec, name: str) -> list[FieldError]:
+def _check_applies(spec: StudySpec, name: str, reaches: Reaches) -> list[FieldError]:
     """Refuses a param (otherwise sound) that no trial would sample: one of its conditions,
     implied ones included, leaves its parent no value (``beta1`` of ``adam`` with an
     optimizer searched among ``[sgd]``: where the optimizer is not searched, ``adam``
@@ -1524,17 +1525,16 @@ def _check_applies(spec: StudySpec, name: str) -> list[FieldError]:
     for parent, values in spec.conditions(name).items():
         if not values:
             return [FieldError(("params", name), _never_applies(spec, name, hp, parent))]
-    never = _never_applies_under_parents(spec, name)
+    never = _never_applies_under_parents(spec, name, reaches)
     return [FieldError(("params", name), never)] if never else []
 
 
-def _never_applies_under_parents(spec: StudySpec, name: str) -> str | None:
+def _never_applies_under_parents(spec: StudySpec, name: str, reaches: Reaches) -> str | None:
     """Why the param ``name`` applies nowhere that its parents apply, or None: it needs a
     value of a param that its parent's own conditions exclude (``gamma`` searched where
     ``optimizer`` is ``adam``, of the ``focal`` loss, whose ``loss`` is searched only
     where ``optimizer`` is ``sgd``). A sampler would never reach it, and the grid would
-    hold no cell with it."""
-    reaches = _reaches(spec)
+    hold no cell with it. ``reaches``: ``_reaches(spec)``."""
     own = spec.conditions(name)
     for parent in own:
         for key, allowed in reaches.get(parent, {}).items():
@@ -1548,7 +1548,12 @@ def _never_applies_under_parents(spec: StudySpec, name: str) -> str | None:
     return None
 
 
-def _reaches(spec: StudySpec) -> dict[str, dict[str, list[Scalar]]]:
+Reaches = dict[str, dict[str, list[Scalar]]]
+"""Per param, per param it depends on (its ancestors' included), the values that let it
+apply."""
+
+
+def _reaches(spec: StudySpec) -> Reaches:
     """Where each param applies, its ancestors' conditions included: per param it depends
     on, the values that let it apply. Worked out parents first, each param once (none
     where the conditions form a cycle: ``_check_cycles`` reports it)."""
@@ -1556,7 +1561,7 @@ def _reaches(spec: StudySpec) -> dict[str, dict[str, list[Scalar]]]:
         order = conditional_order(spec)
     except ValueError:
         return {}
-    reaches: dict[str, dict[str, list[Scalar]]] = {}
+    reaches: Reaches = {}
     for name in order:
         reach = {key: list(values) for key, values in spec.conditions(name).items()}
         for parent in list(reach):

@@ -29,10 +29,10 @@ class SameOriginWrites:
     ``X-Forwarded-Host`` a reverse proxy sets), or is ``null``, or ``Sec-Fetch-Site``
     says ``cross-site``. The API's own pages (``/docs``) are of its origin.
 
-    An API that listens on a loopback address also refuses any request a browser sends
-    (one with ``Origin`` or ``Sec-Fetch-Site``) under a ``Host`` that is not a loopback
-    name: a page whose own name was made to resolve to 127.0.0.1 (DNS rebinding) is of
-    the same origin as what it reaches, and could otherwise read and write at will.
+    An API that listens on a loopback address also refuses every request that arrives
+    over loopback under a ``Host`` that is not a loopback name: a web page whose own name
+    was made to resolve to 127.0.0.1 (DNS rebinding) is of the same origin as what it
+    reaches, and its browser sends it no ``Origin`` on reads, so it could read everything.
 
     Args:
         app: The ASGI app it wraps.
@@ -47,7 +47,9 @@ class SameOriginWrites:
         """Answers 403 to a cross-site write or a rebound request; passes the rest on."""
         if scope["type"] == "http":
             headers = Headers(scope=scope)
-            refusal = rebound_refusal(headers) if self.loopback else None
+            refusal = None
+            if self.loopback and _over_loopback(scope):
+                refusal = rebound_refusal(headers)
             if refusal is None and scope["method"] not in SAFE_METHODS:
                 refusal = cross_site_refusal(headers)
             if refusal is not None:
@@ -56,19 +58,24 @@ class SameOriginWrites:
         await self.app(scope, receive, send)
 
 
+def _over_loopback(scope: Scope) -> bool:
+    """Whether the request came from this machine over a loopback address (all requests
+    to a loopback-bound server do; an in-process client has no address)."""
+    client = scope.get("client")
+    return client is not None and is_loopback(str(client[0]))
+
+
 def rebound_refusal(headers: Headers) -> str | None:
-    """Why a browser's request to a loopback-only API names a host that is not loopback
-    (a rebound DNS name), or None."""
-    if "origin" not in headers and "sec-fetch-site" not in headers:
-        return None  # not a browser: the CLI, curl, scripts
-    host = urlsplit(f"//{headers.get('host', '')}").hostname or ""
-    if is_loopback(host):
+    """Why a request to a loopback-only API names a host that is not loopback (a rebound
+    DNS name, or a reverse proxy that passes the public name on), or None."""
+    host = _host_name(headers.get("host", ""))
+    if host is not None and is_loopback(host):
         return None
     return (
-        f"request for host {host!r} refused: this API listens on a loopback address, and a "
-        "browser reaches it as localhost or 127.0.0.1 only (a name that resolves here "
-        "otherwise is DNS rebinding; behind a reverse proxy, send Host as the loopback "
-        "address and the public name in X-Forwarded-Host)"
+        f"request for host {host or headers.get('host', '')!r} refused: this API listens on "
+        "a loopback address and answers as localhost, 127.0.0.1 or [::1] only (another "
+        "name that resolves here is DNS rebinding; behind a reverse proxy, send Host as "
+        "the loopback address and the public name in X-Forwarded-Host)"
     )
 
 
@@ -81,10 +88,27 @@ def cross_site_refusal(headers: Headers) -> str | None:
             return "cross-site request refused: the API takes writes from its own pages only"
         return None
     forwarded = (headers.get("x-forwarded-host") or "").split(",")  # a chain of proxies
-    hosts = {headers.get("host", ""), *forwarded}
-    if origin != "null" and urlsplit(origin).netloc.lower() in {h.strip().lower() for h in hosts}:
+    hosts = {host.strip().lower() for host in (headers.get("host", ""), *forwarded)} - {""}
+    if origin != "null" and _netloc(origin) in hosts:
         return None
     return (
         f"cross-origin request refused: a page of {origin} may not change anything here "
         "(behind a reverse proxy, pass the Host header on, or set X-Forwarded-Host)"
     )
+
+
+def _host_name(host: str) -> str | None:
+    """The name in a ``Host`` header (``localhost`` of ``localhost:8000``, ``::1`` of
+    ``[::1]:8000``), or None if it is malformed."""
+    try:
+        return urlsplit(f"//{host}").hostname
+    except ValueError:
+        return None
+
+
+def _netloc(origin: str) -> str | None:
+    """An ``Origin``'s host and port, lower case; None if it is malformed or has none."""
+    try:
+        return urlsplit(origin).netloc.lower() or None
+    except ValueError:
+        return None

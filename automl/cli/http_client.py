@@ -7,7 +7,7 @@ light view models), so commands against the API start fast.
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -145,8 +145,11 @@ class HttpClient:
         """Deletes an ended study."""
         self._request("DELETE", f"/studies/{study_id}")
 
-    def predict(self, study_id: int, images: list[tuple[str, bytes]], top: int) -> Predictions:
-        """Uploads images (name, content) and returns their top classes."""
+    def predict(
+        self, study_id: int, images: list[tuple[str, bytes | BinaryIO]], top: int
+    ) -> Predictions:
+        """Uploads images (name, content or an open file, read as it is sent) and returns
+        their top classes."""
         files = [("files", (name, data, "application/octet-stream")) for name, data in images]
         return self._answer(
             Predictions, "POST", f"/studies/{study_id}/predict", params={"top": top}, files=files

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import stat
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pydantic import BaseModel, ValidationError
 
@@ -29,7 +29,9 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     """Classifies image files with a study's best model: a table, or ``--json``."""
     paths = [Path(name) for name in args.images]
     if settings.url:  # the API applies its own limits as the upload arrives
-        result = HttpClient(settings.url).predict(args.study, _read(paths), args.top)
+        with ExitStack() as files:
+            images = [(name, files.enter_context(_open(name))) for name in _regular(paths)]
+            result = HttpClient(settings.url).predict(args.study, images, args.top)
     else:
         from automl.delivery.inference import Upload, predict_uploads
 
@@ -109,19 +111,40 @@ def _print(result: BaseModel, as_json: bool, render: Callable[[Any], str]) -> No
     print(result.model_dump_json(indent=2) if as_json else render(result))
 
 
-def _read(paths: list[Path], max_bytes: int | None = None) -> list[tuple[str, bytes]]:
-    """The files' names (as typed: they may repeat) and contents, once they are regular
-    files no larger together than ``max_bytes`` (checked before reading any)."""
+def _open(name: str) -> BinaryIO:
+    """The file, open for the upload to read as it is sent (never whole in memory)."""
+    try:
+        return open(name, "rb")
+    except OSError as exc:
+        raise CliError(f"cannot read image {name}: {exc.strerror}", EXIT_BAD_INPUT) from None
+
+
+def _regular(paths: list[Path]) -> list[str]:
+    """The files' names (as typed: they may repeat), once each is a regular file."""
+    _sizes(paths)
+    return [str(path) for path in paths]
+
+
+def _sizes(paths: list[Path]) -> int:
+    """The files' total size, once each is a regular file (a device or a pipe would be
+    endless, or never end)."""
     total = 0
     for path in paths:
         try:
             info = path.stat()
         except OSError as exc:
             raise CliError(f"cannot read image {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
-        if not stat.S_ISREG(info.st_mode):  # a device or a pipe: endless, or never ending
+        if not stat.S_ISREG(info.st_mode):
             raise CliError(f"cannot read image {path}: not a regular file", EXIT_BAD_INPUT)
         total += info.st_size
-    if max_bytes is not None and total > max_bytes:
+    return total
+
+
+def _read(paths: list[Path], max_bytes: int) -> list[tuple[str, bytes]]:
+    """The files' names (as typed: they may repeat) and contents, once they are regular
+    files no larger together than ``max_bytes`` (checked before reading any)."""
+    total = _sizes(paths)
+    if total > max_bytes:
         raise CliError(
             f"the images have {total} bytes; max_upload_bytes allows {max_bytes} "
             "(AUTOML_LIMIT_MAX_UPLOAD_BYTES)",

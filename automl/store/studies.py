@@ -347,16 +347,16 @@ def _row(connection: sa.engine.Connection, study_id: int) -> sa.Row[Any]:
     return row
 
 
-@retrying_read
 def submitted_spec(store: Store, study_id: int) -> StudySpec:
     """The spec a study was submitted with.
 
     Raises:
         StudyNotFoundError: If there is no such automl study.
     """
-    return _stored_spec(stored_spec_text(store, study_id))
+    return _stored_spec(stored_spec_text(store, study_id))  # the read retries briefly
 
 
+@retrying_read
 def stored_spec_text(store: Store, study_id: int) -> str:
     """The spec a study was submitted with, as stored (JSON): what a proxy hands on to its
     workers unchanged, so they read the fields the submitting automl wrote (not the
