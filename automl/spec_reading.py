@@ -126,8 +126,12 @@ def check_readable(study_id: int, text: str, *, reader: str = WORKER, entries: b
         UnreadableStudyError: As ``readable_spec``.
     """
     with contextlib.suppress(ValidationError):  # a broken spec
-        load = lambda: StudySpec.model_validate_json(text)  # noqa: E731
-        readable_spec(study_id, load, reader=reader, entries=entries)
+        readable_spec(
+            study_id,
+            lambda: StudySpec.model_validate_json(text),
+            reader=reader,
+            entries=entries,
+        )
 
 
 def missing_entries(spec: StudySpec) -> list[str]:

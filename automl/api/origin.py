@@ -6,7 +6,8 @@ or delete one, or write an annotation CSV with a plain form post or ``fetch`` (r
 that need no CORS permission, and whose answer the page never needs to read). Browsers
 name the page's origin on such requests (``Origin``, and ``Sec-Fetch-Site``); other
 clients (the CLI, curl, scripts) send neither. A request that changes something and comes
-from another site's page is refused (403) before it reaches a route.
+from another site's page is refused (403) before it reaches a route; so is, on a
+loopback API, any request under a host name that is not loopback (DNS rebinding).
 """
 
 from __future__ import annotations

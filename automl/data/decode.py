@@ -81,23 +81,17 @@ def decode_image(
     """
     limit = Limits().max_image_pixels if max_pixels is None else max_pixels
     shown = os.path.relpath(path, root) if root else path
-
-    def too_many(size: str) -> DatasetError:
-        return DatasetError(
-            f"image {shown!r} has {size} pixels; max_image_pixels allows {limit} "
-            "(AUTOML_LIMIT_MAX_IMAGE_PIXELS)"
-        )
-
     try:
         with Image.open(path, formats=IMAGE_FORMATS) as opened:
             pixels = opened.width * opened.height
             if pixels > limit:  # a decompression bomb, refused before decoding
-                raise too_many(f"{opened.width}x{opened.height} = {pixels}")
+                size = f"{opened.width}x{opened.height} = {pixels}"
+                raise DatasetError(too_many_pixels(shown, size, limit))
             image = load_oriented(opened, prep)
     except (DatasetError, MemoryError):
         raise
-    except Image.DecompressionBombError:  # over Pillow's own limit, twice MAX_IMAGE_PIXELS
-        raise too_many(f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0)}") from None
+    except Image.DecompressionBombError:
+        raise DatasetError(too_many_pixels(shown, PAST_PILLOWS_LIMIT, limit)) from None
     except UnidentifiedImageError:
         raise DatasetError(f"cannot decode image {shown!r}: {_unidentified(path)}") from None
     except Exception as exc:  # Pillow raises many kinds on corrupt data (struct.error...)
@@ -105,6 +99,20 @@ def decode_image(
         reason = " ".join(str(exc).replace(str(path), shown).split()) or type(exc).__name__
         raise DatasetError(f"cannot decode image {shown!r}: {reason}") from None
     return fit_image(image, prep)
+
+
+PAST_PILLOWS_LIMIT = f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0)}"
+"""The size of an image that Pillow refuses to open itself (twice its ``MAX_IMAGE_PIXELS``),
+before its size can be read."""
+
+
+def too_many_pixels(name: str, size: str, limit: int) -> str:
+    """Why an image of ``size`` pixels (``4000x3000 = 12000000``) is refused, decoding
+    nothing (decompression bombs): training and serving say it alike."""
+    return (
+        f"image {name!r} has {size} pixels; max_image_pixels allows {limit} "
+        "(AUTOML_LIMIT_MAX_IMAGE_PIXELS)"
+    )
 
 
 def _unidentified(path: str) -> str:

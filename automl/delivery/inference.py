@@ -46,7 +46,13 @@ from pydantic import ValidationError
 
 from automl.config import Limits
 from automl.data import DATASETS, DatasetError, ImageData, load_dataset
-from automl.data.decode import Preprocess, fit_image, load_oriented
+from automl.data.decode import (
+    PAST_PILLOWS_LIMIT,
+    Preprocess,
+    fit_image,
+    load_oriented,
+    too_many_pixels,
+)
 from automl.data.files import ImageOptions
 from automl.data.paths import IMAGE_FORMATS
 from automl.delivery.pixel_budget import DECODING
@@ -272,9 +278,10 @@ def open_image(
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         image = Image.open(handle, formats=IMAGE_FORMATS)
-    except Image.DecompressionBombError:  # over Pillow's own limit, twice MAX_IMAGE_PIXELS
-        size = f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0)}"
-        raise _too_many_pixels(name, field, max_pixels, size) from None
+    except Image.DecompressionBombError:
+        raise InputRejectedError(
+            too_many_pixels(name, PAST_PILLOWS_LIMIT, max_pixels), field
+        ) from None
     except UnidentifiedImageError:
         raise InputRejectedError(f"{name!r} is not a png, jpeg, webp or bmp image", field) from None
     except Exception as exc:  # Pillow raises many kinds on hostile data: all a 422
@@ -282,16 +289,9 @@ def open_image(
     with image:
         width, height = image.size
         if width * height > max_pixels:
-            raise _too_many_pixels(name, field, max_pixels, f"{width}x{height} = {width * height}")
+            size = f"{width}x{height} = {width * height}"
+            raise InputRejectedError(too_many_pixels(name, size, max_pixels), field)
         yield image
-
-
-def _too_many_pixels(name: str, field: Field, limit: int, size: str) -> InputRejectedError:
-    return InputRejectedError(
-        f"image {name!r} has {size} pixels; max_image_pixels allows {limit} "
-        "(AUTOML_LIMIT_MAX_IMAGE_PIXELS)",
-        field,
-    )
 
 
 def check_image(source: bytes | Path, name: str, field: Field, max_pixels: int) -> None:

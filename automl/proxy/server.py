@@ -40,8 +40,7 @@ from optuna.trial import TrialState
 
 from automl.proxy import wire
 from automl.proxy.trials import template_from_wire
-from automl.spec import StudySpec
-from automl.spec_reading import PROXY, UnreadableStudyError, readable_spec
+from automl.spec_reading import PROXY, UnreadableStudyError, check_readable
 from automl.store import (
     EvaluationState,
     FailureKind,
@@ -318,12 +317,7 @@ class CoordinationService:
         # The worker checks its own registries and version; here only what the proxy's
         # automl reads. The stored text goes on unchanged (a dump would add the fields of
         # the proxy's version, which an older worker takes for a newer automl's study).
-        readable_spec(
-            study_id,
-            lambda: StudySpec.model_validate_json(text),
-            reader=PROXY,
-            entries=False,
-        )
+        check_readable(study_id, text, reader=PROXY, entries=False)
         return {"spec": json.loads(text)}, b""
 
     def _status(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
