@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -247,6 +247,17 @@ class Limits(BaseSettings):
         description="Most pixels (width x height) of one image to predict, annotate or train "
         "on; read from its header before decoding, so decompression bombs are refused (422).",
     )
+
+    @field_validator("max_image_pixels")
+    @classmethod
+    def _within_pillows_limit(cls, value: int) -> int:
+        from PIL import Image  # here: most commands read limits and never open an image
+
+        ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        if ceiling and value > ceiling:
+            # Pillow itself refuses to open larger images before their size can be read.
+            raise ValueError(f"Input should be at most {ceiling} (Pillow opens no larger image)")
+        return value
 
 
 VALID_HINTS = {

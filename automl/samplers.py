@@ -129,6 +129,12 @@ def _cma_es(options: dict[str, Any], seed: int | None) -> optuna.samplers.BaseSa
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **options)
 
 
+def _gp(options: dict[str, Any], seed: int | None) -> optuna.samplers.BaseSampler:
+    """Optuna's ``GPSampler``, quiet about what its description already says: it draws
+    conditional params at random (logged for every such param of every trial)."""
+    return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False, **options)
+
+
 def _seeded(sampler_class: type[optuna.samplers.BaseSampler]) -> SamplerFactory:
     """A factory passing the spec's seed and options to ``sampler_class``."""
 
@@ -151,9 +157,12 @@ SAMPLERS.add(
 )
 SAMPLERS.add(
     "gp",
-    _seeded(optuna.samplers.GPSampler),
+    _gp,
     options=GpOptions,
-    description="Gaussian-process Bayesian optimization: small budgets, continuous spaces.",
+    description=(
+        "Gaussian-process Bayesian optimization: small budgets, continuous spaces; "
+        "conditional params are drawn at random."
+    ),
 )
 SAMPLERS.add(
     "qmc",

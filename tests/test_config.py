@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from pydantic import ValidationError
 
 import automl.config
@@ -74,4 +75,16 @@ def test_a_limit_is_named_by_its_variable_and_a_flag_by_itself() -> None:
     assert settings_error(limit.value).startswith("AUTOML_LIMIT_MAX_TRIALS=-5: Input should be")
     assert settings_error(flag.value, {"threads": "--threads"}) == (
         "--threads 0: Input should be greater than or equal to 1"
+    )
+
+
+def test_a_pixel_limit_past_the_one_pillow_keeps_is_refused() -> None:
+    ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    with pytest.raises(ValidationError) as refused:
+        Limits(max_image_pixels=ceiling + 1)
+
+    assert Limits(max_image_pixels=ceiling).max_image_pixels == ceiling
+    assert settings_error(refused.value) == (
+        f"AUTOML_LIMIT_MAX_IMAGE_PIXELS={ceiling + 1}: Input should be at most {ceiling} "
+        "(Pillow opens no larger image)"
     )

@@ -85,19 +85,32 @@ def test_cmaes_keeps_sigma0_without_a_deprecation_warning_per_trial() -> None:
     assert sampler._sigma0 == 0.3
 
 
-def test_cmaes_draws_categorical_params_at_random_without_a_warning_per_trial(
-    caplog: pytest.LogCaptureFixture,
+CONDITIONAL = {
+    **PARAMS,
+    "momentum": {"type": "float", "low": 0.5, "high": 0.9, "when": {"optimizer": "sgd"}},
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "drawn"),
+    [("cmaes", {}, "categorical"), ("gp", {"n_startup_trials": 1}, "conditional")],
+)
+def test_a_sampler_draws_what_it_cannot_model_at_random_without_a_warning_per_trial(
+    name: str, options: dict[str, int], drawn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    spec = load_spec({"name": "s", "sampler": {"name": "cmaes"}, "params": PARAMS})
-    assert "categorical" in SAMPLERS.get("cmaes").description  # what the warning said
+    spec = load_spec(
+        {"name": "s", "sampler": {"name": name, "options": options}, "params": CONDITIONAL}
+    )
+    assert drawn in SAMPLERS.get(name).description  # what the warning said
     study = optuna.create_study(direction="maximize")
     optuna_logger = logging.getLogger("optuna")
     optuna_logger.addHandler(caplog.handler)
     try:
-        for seed in range(4):  # a worker builds the sampler anew for every trial
+        for seed in range(6):  # a worker builds the sampler anew for every trial
             study.sampler = build_sampler(spec.sampler.name, spec.sampler.options, seed)
             trial = study.ask()
             study.tell(trial, suggest(trial, spec).lr)
     finally:
         optuna_logger.removeHandler(caplog.handler)
+    assert {trial.params["optimizer"] for trial in study.trials} == {"adam", "sgd"}
     assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []
