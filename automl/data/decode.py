@@ -265,14 +265,15 @@ MAX_NAMED_FILES = 5
 """Refused files that a decoding error names; it counts the others."""
 
 
-def _refusal(refused: Sequence[str]) -> DatasetError:
-    """One error for every refused file: the first ``MAX_NAMED_FILES`` named, the rest
-    counted, so that a dataset's bad files can all be fixed at once."""
+def refused_files(refused: Sequence[str]) -> str:
+    """One message for every refused file (each reason names its file): the first
+    ``MAX_NAMED_FILES`` given, the rest counted, so that bad files can all be fixed at once.
+    Training, predict and annotate word it alike."""
     if len(refused) == 1:
-        return DatasetError(refused[0])
+        return refused[0]
     named = "; ".join(refused[:MAX_NAMED_FILES])
     more = f"; and {len(refused) - MAX_NAMED_FILES} more" if len(refused) > MAX_NAMED_FILES else ""
-    return DatasetError(f"{len(refused)} files cannot be used: {named}{more}")
+    return f"{len(refused)} files cannot be used: {named}{more}"
 
 
 def decode_samples(
@@ -337,7 +338,7 @@ def decode_samples(
             progress.update(offset + len(chunk))
         offset += len(chunk)
     if refused:
-        raise _refusal(refused)
+        raise DatasetError(refused_files(refused))
     elapsed = time.perf_counter() - started
     logger.info("decoded %s: %d samples in %.1f s", name, len(samples), elapsed)
     return out

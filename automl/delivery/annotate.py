@@ -28,6 +28,7 @@ from automl.data import DatasetError
 from automl.data.paths import confine, data_root, image_files, relative_name, require_dir
 from automl.delivery.inference import (
     InputRejectedError,
+    Refusals,
     check_image,
     classify,
     load_serving_model,
@@ -67,8 +68,8 @@ def annotate_folder(
 
     Raises:
         InputRejectedError: If a path escapes the data root or is not what it must be,
-            the folder holds no images or more than ``max_annotate_images``, or an image
-            has too many pixels or cannot be decoded.
+            the folder holds no images or more than ``max_annotate_images``, or any image
+            has too many pixels or cannot be decoded (all such named in one error).
         StudyNotFoundError, NoBestTrialError, WeightsNotFoundError: If there is no model.
         ModelUnavailableError: If the model cannot serve.
     """
@@ -90,22 +91,31 @@ def annotate_folder(
             ("path",),
         )
     names = [relative_name(file, root) for file in files]
+    pixels = limits.max_image_pixels
+    refusals = Refusals(("path",))
     for file, name in zip(files, names, strict=True):
-        check_image(file, name, ("path",), limits.max_image_pixels)
+        with refusals.noting():
+            check_image(file, name, ("path",), pixels)
+    refusals.raise_any()
     serving = serving_trial(store, study_id)
     model = load_serving_model(store, serving, device)
     pending = list(zip(files, names, strict=True))
     suggestions: list[Suggestion] = []
     for start in range(0, len(pending), DECODE_CHUNK):
         chunk = pending[start : start + DECODE_CHUNK]
-        pixels = limits.max_image_pixels
-        arrays = [model.decode(file, name, ("path",), pixels) for file, name in chunk]
+        arrays = []
+        for file, name in chunk:
+            with refusals.noting():
+                arrays.append(model.decode(file, name, ("path",), pixels))
+        if refusals.errors:
+            continue  # only looking for the other bad files now
         _, tops = classify(model, arrays, request.top)
         for (_, name), scores in zip(chunk, tops, strict=True):
             best = scores[0]
             suggestions.append(
                 Suggestion(path=name, label=best.label, confidence=best.probability, top=scores)
             )
+    refusals.raise_any()
     suggestions.sort(key=lambda suggestion: (suggestion.confidence, suggestion.path))
     if csv_path is not None:
         _write_csv(csv_path, [root / s.path for s in suggestions], suggestions)

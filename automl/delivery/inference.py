@@ -51,6 +51,7 @@ from automl.data.decode import (
     Preprocess,
     fit_image,
     load_oriented,
+    refused_files,
     too_many_pixels,
 )
 from automl.data.files import ImageOptions
@@ -117,6 +118,41 @@ class InputRejectedError(DeliveryError):
 
 class UploadTooLargeError(InputRejectedError):
     """The images of one request exceed ``max_upload_bytes`` (413 over the API)."""
+
+
+class Refusals:
+    """The images refused among many, raised as one error that names them all
+    (``refused_files``): a request with several bad files is fixed in one go.
+
+    Attributes:
+        field: Where the images sit in the request (the error's field when several fail).
+        errors: Each refused image's error, in order.
+    """
+
+    def __init__(self, field: Field) -> None:
+        self.field = field
+        self.errors: list[InputRejectedError] = []
+
+    @contextmanager
+    def noting(self) -> Iterator[None]:
+        """Notes an ``InputRejectedError`` raised inside, instead of raising it."""
+        try:
+            yield
+        except UploadTooLargeError:
+            raise  # the whole request, not one image
+        except InputRejectedError as exc:
+            self.errors.append(exc)
+
+    def raise_any(self) -> None:
+        """Raises the one refusal noted, or one naming them all.
+
+        Raises:
+            InputRejectedError: If any image was refused.
+        """
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise InputRejectedError(refused_files([str(exc) for exc in self.errors]), self.field)
 
 
 @dataclass(frozen=True)
@@ -309,8 +345,8 @@ def check_uploads(uploads: Sequence[Upload], limits: Limits) -> None:
 
     Raises:
         UploadTooLargeError: If the images together exceed ``max_upload_bytes``.
-        InputRejectedError: If there are none, more than ``max_images``, or one is not an
-            accepted image or has more than ``max_image_pixels`` pixels.
+        InputRejectedError: If there are none, more than ``max_images``, or any is not an
+            accepted image or has more than ``max_image_pixels`` pixels (all such named).
     """
     if not uploads:
         raise InputRejectedError("send one or more images (multipart field 'files')", ("files",))
@@ -327,8 +363,11 @@ def check_uploads(uploads: Sequence[Upload], limits: Limits) -> None:
             "(AUTOML_LIMIT_MAX_UPLOAD_BYTES)",
             ("files",),
         )
+    refusals = Refusals(("files",))
     for index, upload in enumerate(uploads):
-        check_image(upload.data, upload.name, ("files", index), limits.max_image_pixels)
+        with refusals.noting():
+            check_image(upload.data, upload.name, ("files", index), limits.max_image_pixels)
+    refusals.raise_any()
 
 
 class ModelCache:
@@ -607,8 +646,8 @@ def predict_uploads(
 
     Raises:
         UploadTooLargeError: If the images together are too large.
-        InputRejectedError: If there are too many images, or one is too large in pixels,
-            not an accepted format, or cannot be decoded.
+        InputRejectedError: If there are too many images, or any is too large in pixels,
+            not an accepted format, or cannot be decoded (all such named in one error).
         StudyNotFoundError, NoBestTrialError, WeightsNotFoundError: If there is no model.
         ModelUnavailableError: If the model cannot serve.
     """
@@ -616,10 +655,13 @@ def predict_uploads(
     check_uploads(uploads, limits)
     serving = serving_trial(store, study_id)
     model = load_serving_model(store, serving, device)
-    arrays = [
-        model.decode(upload.data, upload.name, ("files", index), limits.max_image_pixels)
-        for index, upload in enumerate(uploads)
-    ]
+    refusals = Refusals(("files",))
+    arrays = []
+    for index, upload in enumerate(uploads):
+        with refusals.noting():
+            field = ("files", index)
+            arrays.append(model.decode(upload.data, upload.name, field, limits.max_image_pixels))
+    refusals.raise_any()
     _, tops = classify(model, arrays, top)
     return Predictions(
         model=model.served(serving),

@@ -54,15 +54,22 @@ def backbone_stages(model: nn.Module) -> list[nn.Module]:
 
     A stage is a direct child of the backbone that holds parameters; a backbone with a
     ``features`` module (torchvision MobileNet, EfficientNet) contributes that module's
-    children instead. So ``cnn`` gives its conv blocks, a ResNet ``conv1``, ``bn1`` and
-    ``layer1`` to ``layer4``, a MobileNet each block of ``features``.
+    children in its place. So ``cnn`` gives its conv blocks, a ResNet ``conv1``, ``bn1``
+    and ``layer1`` to ``layer4``, a MobileNetV3 each block of ``features`` and then its
+    pre-logits ``classifier``. The stages hold every backbone parameter, so freezing them
+    all is freezing the backbone.
 
     Raises:
         ValueError: If ``model`` does not follow the convention (no backbone).
     """
     backbone = _backbone_and_head(model)[0]
-    container = backbone.get_submodule("features") if hasattr(backbone, "features") else backbone
-    return [child for child in container.children() if _has_parameters(child)]
+    stages = []
+    for name, child in backbone.named_children():
+        if name == "features":
+            stages += [block for block in child.children() if _has_parameters(block)]
+        elif _has_parameters(child):
+            stages.append(child)
+    return stages
 
 
 def head_keys(model: nn.Module) -> list[str]:

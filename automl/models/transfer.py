@@ -416,8 +416,9 @@ def apply_transfer(model: nn.Module, options: TransferOptions) -> dict[str, str]
     the model's stages (``depth`` searched beside it) freezes them all.
 
     Returns:
-        Notes for the trial: ``pretrained`` (what the load did) and ``freeze_k`` (where it
-        froze fewer stages than asked), each only where it applies.
+        Notes for the trial: ``pretrained`` (what the load did), ``freeze_k`` (where it
+        froze fewer stages than asked) and ``freeze`` (frozen without pretrained weights),
+        each only where it applies.
 
     Raises:
         CheckpointError: If the checkpoint cannot be read or fits none of the backbone.
@@ -434,5 +435,10 @@ def apply_transfer(model: nn.Module, options: TransferOptions) -> dict[str, str]
         if k > stages:
             notes["freeze_k"] = f"{k} is more than the model's {stages} stages: froze all {stages}"
             k = stages
+    if options.freeze != "none" and not options.pretrained:
+        notes["freeze"] = (
+            f"freeze: {options.freeze} without pretrained weights: the frozen stages keep "
+            "their random initial weights"
+        )
     freeze(model, options.freeze, k)
     return notes

@@ -280,6 +280,66 @@ def test_uploads_over_a_limit_are_refused(
     assert expected in str(caught.value)
 
 
+def truncated_png() -> bytes:
+    """A PNG whose header reads but whose pixels cannot be decoded."""
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).save(buffer, "PNG")
+    return buffer.getvalue()[:200]
+
+
+def test_every_upload_over_a_limit_is_named_in_one_refusal() -> None:
+    good = Upload("a.png", small_png())
+    uploads = [good, Upload("b.gif", b"GIF89a"), good, Upload("c.png", png_declaring(10**5, 10**5))]
+
+    with pytest.raises(Rejected) as caught:
+        check_uploads(uploads, Limits())
+
+    message = str(caught.value)
+    assert caught.value.field == ("files",)
+    assert message.startswith("2 files cannot be used: 'b.gif' is not a png")
+    assert "image 'c.png' has more than" in message
+
+
+def test_predict_names_every_image_it_cannot_decode(trained: tuple[Store, int]) -> None:
+    store, study_id = trained
+    uploads = [Upload("good.png", small_png()), Upload("x.png", truncated_png())]
+    uploads.append(Upload("y.png", truncated_png()))
+
+    with pytest.raises(Rejected) as caught:
+        predict_uploads(store, study_id, uploads)
+
+    assert caught.value.field == ("files",)
+    assert str(caught.value).startswith("2 files cannot be used: cannot decode image 'x.png'")
+    assert "; cannot decode image 'y.png'" in str(caught.value)
+    assert predict_uploads(store, study_id, uploads[:1]).predictions[0].file == "good.png"
+
+
+def test_annotate_names_every_bad_image_of_a_stage_in_one_refusal(
+    trained: tuple[Store, int], data_root: Path
+) -> None:
+    store, study_id = trained
+    data = digits_test_split()
+    assert data.test_x is not None
+    write_pngs(data.test_x[:3], data_root / "inbox")
+    for name in ("a.png", "b.png"):
+        (data_root / "inbox" / name).write_bytes(truncated_png())
+    (data_root / "other").mkdir()
+    for name in ("c.png", "d.png"):
+        (data_root / "other" / name).write_bytes(b"text")
+
+    with pytest.raises(Rejected) as decoding:
+        annotate_folder(store, study_id, AnnotateRequest(path="inbox"))
+    with pytest.raises(Rejected) as headers:
+        annotate_folder(store, study_id, AnnotateRequest(path="other"))
+
+    assert str(decoding.value).startswith(
+        "2 files cannot be used: cannot decode image 'inbox/a.png'"
+    )
+    assert "cannot decode image 'inbox/b.png'" in str(decoding.value)
+    assert str(headers.value).startswith("2 files cannot be used: 'other/c.png' is not a png")
+    assert "'other/d.png' is not a png" in str(headers.value)
+
+
 # --- the model cache --------------------------------------------------------------------------
 
 

@@ -15,7 +15,9 @@ from automl.models import MODELS, build_model
 from automl.models.transfer import (
     CheckpointError,
     LoadReport,
+    TransferOptions,
     adapt_input_channels,
+    apply_transfer,
     backbone_stages,
     check_pretrained,
     freeze,
@@ -332,3 +334,14 @@ def test_a_freeze_k_above_the_model_s_stages_freezes_them_all_and_says_so() -> N
     # Both froze every stage: the same seed trains the same head to the same scores.
     scores = [{k: v for k, v in h.items() if "latency" not in k} for h in result.history]
     assert scores == [{k: v for k, v in h.items() if "latency" not in k} for h in within.history]
+
+
+@pytest.mark.parametrize("mode", ["backbone", "first_k"])
+def test_freezing_without_pretrained_weights_says_the_frozen_weights_are_random(mode: str) -> None:
+    model = build_model("cnn", {"depth": 2, "width": 4}, (1, 8, 8), 3)
+    notes = apply_transfer(model, TransferOptions(freeze=mode))
+    assert notes == {
+        "freeze": f"freeze: {mode} without pretrained weights: the frozen stages keep their "
+        "random initial weights"
+    }
+    assert apply_transfer(model, TransferOptions(freeze="none")) == {}
