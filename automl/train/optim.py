@@ -164,7 +164,9 @@ class OneCycleOptions(EntryOptions):
 
     pct_start: float = Field(0.25, gt=0, lt=1, description="Share of training spent rising.")
     div_factor: float = Field(25.0, ge=1, description="Peak learning rate / initial one.")
-    final_div_factor: float = Field(1e4, ge=1, description="Initial learning rate / final one.")
+    final_div_factor: float = Field(
+        1e4, ge=1, description="Initial learning rate / the one where training ends."
+    )
 
 
 @SCHEDULERS.register("constant")
@@ -175,7 +177,7 @@ def constant(opts: EntryOptions) -> Schedule:
 
 @SCHEDULERS.register("cosine")
 def cosine(opts: EntryOptions) -> Schedule:
-    """Cosine decay to zero."""
+    """Cosine decay, reaching zero where training ends (after its last step)."""
     return lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -187,7 +189,7 @@ def step(opts: StepOptions) -> Schedule:
 
 @SCHEDULERS.register("linear")
 def linear(opts: EntryOptions) -> Schedule:
-    """Linear decay to zero."""
+    """Linear decay, reaching zero where training ends (after its last step)."""
     return lambda progress: 1.0 - progress
 
 
