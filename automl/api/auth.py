@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from automl.api.params import StudyId
 from automl.store import DEFAULT_PROJECT, Store, StudyNotFoundError, study_project
-from automl.store.keys import Principal, authenticate, keys_exist
+from automl.store.keys import Principal, authenticate, is_key_shaped, keys_exist
 
 ANONYMOUS = Principal(project=DEFAULT_PROJECT, admin=False)
 """Every request while no active key exists."""
@@ -73,9 +73,10 @@ class KeyCache:
         return False, None
 
     def load(self, token: str) -> Principal | None:
-        """Looks the token up in the database (blocking)."""
+        """Looks the token up in the database (blocking). Only a token shaped like a key
+        is remembered: made-up tokens of any size would otherwise be kept (1024 of them)."""
         principal = authenticate(self._store, token)
-        if self._ttl > 0:
+        if self._ttl > 0 and is_key_shaped(token):
             if len(self._tokens) >= MAX_CACHED_TOKENS:
                 self._tokens.clear()
             self._tokens[token] = (time.monotonic() + self._ttl, principal)

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from optuna.exceptions import StorageInternalError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from automl.spec import FieldError, SpecError
 from automl.store import (
@@ -268,6 +269,15 @@ def install_error_handlers(app: FastAPI) -> None:
             return _detail(503, UNAVAILABLE)
         logger.exception("database error", exc_info=exc)
         return _detail(500, "internal server error")
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> Response:
+        # The client left while its body was read: no one reads the answer, nothing to log
+        # beyond a line (a traceback per dropped upload would flood the log).
+        logger.info(
+            "client left before sending its whole request: %s %s", request.method, request.url.path
+        )
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -33,7 +33,7 @@ from automl.cli.output import (
 from automl.cli.ports import require_free_port
 from automl.cli.stops import StopSignals
 from automl.cli.study_commands import read_spec_text
-from automl.config import Settings
+from automl.config import Settings, is_loopback
 from automl.spec import SpecError, spec_from_text
 from automl.store import (
     Backoff,
@@ -205,6 +205,16 @@ def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
         server.start()
     except ProxyError as exc:
         raise CliError(str(exc), EXIT_FAILURE) from None
+    host = args.host or "127.0.0.1"
+    if not is_loopback(host):
+        logger.warning(
+            "automl proxy on %s has no authentication: anyone who reaches ports %d and %d "
+            "reads and changes every project's studies, weights and artifacts (firewall them "
+            "to the worker network)",
+            host,
+            args.port,
+            server.coordination_port,
+        )
     stop = threading.Event()
     with StopSignals(lambda _: stop.set()) as stops:
         print(

@@ -149,9 +149,14 @@ def keys_exist(store: Store) -> bool:
         )
 
 
+def is_key_shaped(token: str) -> bool:
+    """Whether ``token`` has the shape of a key (``automl_<id>_<secret>``, 84 characters)."""
+    return _TOKEN.fullmatch(token) is not None
+
+
 def authenticate(store: Store, token: str) -> Principal | None:
     """The principal of an active key's token, or None for anything else."""
-    match = _TOKEN.match(token)
+    match = _TOKEN.fullmatch(token)
     if match is None:
         return None
     key_id, secret = match.groups()

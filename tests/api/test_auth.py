@@ -321,6 +321,22 @@ def test_a_revoked_key_stops_working_once_the_cache_expires(
         close_client(client)
 
 
+def test_only_tokens_shaped_like_keys_are_remembered(sqlite_url: str, tmp_path: Path) -> None:
+    # Found by a security tester: every made-up token was kept, 50 MB ones included.
+    client = make_client(sqlite_url, tmp_path / "artifacts", auth_cache_s=10)
+    try:
+        store = client.app.state.store  # type: ignore[attr-defined]
+        _, token = create_key(store, "alpha")
+        made_up = [f"{token}x", "x" * 100_000, token[:-1] + ("A" if token[-1] != "A" else "B")]
+        for guess in made_up:
+            assert client.get("/studies", headers=_bearer(guess)).status_code == 401
+        assert client.get("/studies", headers=_bearer(token)).status_code == 200
+        cache = client.app.state.key_cache  # type: ignore[attr-defined]
+        assert sorted(cache._tokens) == sorted([token, made_up[2]])
+    finally:
+        close_client(client)
+
+
 def test_project_limits_refuse_before_anything_is_written(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import pickle
 import select
 import socket
@@ -484,3 +485,25 @@ def test_pickle_checkpoints_are_refused(tmp_path: Path) -> None:
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         TrainState.from_bytes(hostile_weights(marker))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("target", ["spec", "predict"])
+def test_a_client_that_leaves_mid_body_logs_no_error(
+    server: Server, http: httpx.Client, target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by a security tester: each dropped request logged two tracebacks.
+    path, kind = {
+        "spec": ("/studies", "application/json"),
+        "predict": (f"/studies/{server.study_id}/predict", "multipart/form-data; boundary=xyz"),
+    }[target]
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\n"
+    with caplog.at_level(logging.INFO):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(f"{head}Content-Length: 1000\r\n\r\n".encode() + PART_HEAD[:8])
+        deadline = time.monotonic() + 30
+        while not any("client left" in record.getMessage() for record in caplog.records):
+            assert time.monotonic() < deadline, "the dropped request was not noticed"
+            time.sleep(0.05)
+
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert http.get("/health").status_code == 200

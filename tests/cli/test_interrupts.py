@@ -100,6 +100,20 @@ def test_proxy_exits_130_after_ctrl_c_and_0_after_sigterm(
     assert _stopped(process, log, stop) == code, log.read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("host", "warned"), [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_a_proxy_reachable_from_other_machines_warns_that_it_has_no_authentication(
+    started: Callable[[list[str]], tuple[ForkedProcess, Path]], host: str, warned: bool
+) -> None:
+    port = free_port_pair()
+    process, log = started(["proxy", "--host", host, "--port", str(port)])
+    _wait_for(log, "automl proxy: workers use", process)
+
+    warning = f"automl proxy on {host} has no authentication: anyone who reaches ports {port} "
+    assert (warning in log.read_text()) is warned
+    assert _stopped(process, log, signal.SIGTERM) == 0
+
+
 # --- Ctrl-C while the CLI imports ---------------------------------------------------------------
 
 
