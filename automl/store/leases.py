@@ -138,7 +138,8 @@ def _lease_match(lease: Lease) -> sa.ColumnElement[bool]:
 def claim(
     store: Store, worker_id: str, study_id: int | None = None, *, exclude: Collection[int] = ()
 ) -> Lease | None:
-    """Takes the next unit of work of an active study, oldest study first.
+    """Takes the next unit of work of an active study: of the project with the fewest
+    trials running, its oldest study.
 
     Args:
         store: The store.
@@ -163,7 +164,7 @@ def claim(
 def _lock_next_study_with_work(
     connection: sa.engine.Connection, study_id: int | None, exclude: Collection[int] = ()
 ) -> sa.Row[Any] | None:
-    """The oldest active study with work to hand out (none of ``exclude``), its row locked,
+    """The next active study with work to hand out (none of ``exclude``), its row locked,
     with the database clock as ``clock``, in one statement."""
     # On PostgreSQL a row this had to wait for is checked again once its lock is released:
     # if it no longer qualifies, the next one is taken.
@@ -172,20 +173,35 @@ def _lock_next_study_with_work(
 
 
 def _studies_with_work(study_id: int | None, exclude: Collection[int] = ()) -> sa.Select[Any]:
-    """Active studies with work left to hand out (none of ``exclude``), oldest first, the
-    first one only."""
+    """Active studies with work left to hand out (none of ``exclude``), the first one only:
+    of the project with the fewest trials running, its oldest.
+
+    Projects share the workers: one project's long queue delays another project's study
+    only until each has trials running (oldest study first was starvation: a study of
+    100,000 trials held every worker for days). Within a project, studies run in order.
+    """
     studies, tickets = tables.studies, tables.tickets
     pending = sa.exists().where(
         tickets.c.study_id == studies.c.study_id, tickets.c.state == TicketState.PENDING.value
     )
+    # Read from ix_automl_tickets_state_heartbeat: only the running tickets (one per busy
+    # worker), however many a study has.
+    running = (
+        sa.select(studies.c.project, sa.func.count().label("trials"))
+        .select_from(tickets.join(studies, tickets.c.study_id == studies.c.study_id))
+        .where(tickets.c.state == TicketState.RUNNING.value)
+        .group_by(studies.c.project)
+        .subquery("running")
+    )
     query = (
         sa.select(studies)
+        .outerjoin(running, running.c.project == studies.c.project)
         .where(
             studies.c.status.in_(ACTIVE),
             sa.or_(studies.c.deadline.is_(None), studies.c.deadline > db_now()),
             sa.or_(studies.c.issued < studies.c.n_trials, pending),
         )
-        .order_by(studies.c.study_id)
+        .order_by(sa.func.coalesce(running.c.trials, 0), studies.c.study_id)
         .limit(1)
     )
     if study_id is not None:

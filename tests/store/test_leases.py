@@ -59,6 +59,29 @@ def test_claims_take_the_oldest_active_study_first(store: Store, tiny_spec: Spec
     assert claim(store, "w", study_id=first) is None
 
 
+def test_projects_share_the_workers_and_each_runs_its_studies_in_order(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    # Found by a security tester: one project's study of 100,000 trials held every worker,
+    # and another project's study stayed queued until it was cancelled.
+    hog = submit_study(store, tiny_spec(name="hog", budget={"n_trials": 50}), project="a").id
+    later = submit_study(store, tiny_spec(name="later", budget={"n_trials": 50}), project="a").id
+    other = submit_study(store, tiny_spec(name="b", budget={"n_trials": 2}), project="b").id
+
+    claimed = [claim(store, f"w{index}") for index in range(6)]
+
+    # b's single study gets every other worker while it has work; a's run in order.
+    assert [lease.study_id if lease else None for lease in claimed] == [
+        hog,
+        other,
+        hog,
+        other,
+        hog,
+        hog,
+    ]
+    assert get_study(store, later).status == StudyStatus.QUEUED
+
+
 def test_claims_skip_the_excluded_studies(store: Store, tiny_spec: SpecFactory) -> None:
     """A worker that cannot read a study's spec takes the next study's work instead."""
     first = submit_study(store, tiny_spec(name="a", budget={"n_trials": 1})).id
