@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
 from automl.cli.http_client import HttpClient
 from automl.cli.output import table
-from automl.config import Limits, Settings
+from automl.config import Settings
 from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions, ServedModel
 
 if TYPE_CHECKING:
@@ -32,13 +32,12 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
         with ExitStack() as files:
             images = [(name, files.enter_context(_open(name))) for name in _regular(paths)]
             result = HttpClient(settings.url).predict(args.study, images, args.top)
-    else:
-        from automl.delivery.inference import Upload, predict_uploads
+    else:  # any number of files, decoded from disk a chunk at a time; no upload limits
+        from automl.delivery.inference import predict_files
 
-        limits = Limits()
-        uploads = [Upload(name, data) for name, data in _read(paths, limits.max_upload_bytes)]
+        _regular(paths)
         with _local_store(settings) as store, _refusals():
-            result = predict_uploads(store, args.study, uploads, top=args.top, limits=limits)
+            result = predict_files(store, args.study, paths, top=args.top)
     _print(result, args.json, predictions_text)
     return EXIT_OK
 
@@ -138,25 +137,6 @@ def _sizes(paths: list[Path]) -> int:
             raise CliError(f"cannot read image {path}: not a regular file", EXIT_BAD_INPUT)
         total += info.st_size
     return total
-
-
-def _read(paths: list[Path], max_bytes: int) -> list[tuple[str, bytes]]:
-    """The files' names (as typed: they may repeat) and contents, once they are regular
-    files no larger together than ``max_bytes`` (checked before reading any)."""
-    total = _sizes(paths)
-    if total > max_bytes:
-        raise CliError(
-            f"the images have {total} bytes; max_upload_bytes allows {max_bytes} "
-            "(AUTOML_LIMIT_MAX_UPLOAD_BYTES)",
-            EXIT_BAD_INPUT,
-        )
-    images = []
-    for path in paths:
-        try:
-            images.append((str(path), path.read_bytes()))
-        except OSError as exc:
-            raise CliError(f"cannot read image {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
-    return images
 
 
 @contextmanager

@@ -26,21 +26,11 @@ from automl.config import Limits
 from automl.csv_cells import as_text_cell
 from automl.data import DatasetError
 from automl.data.paths import confine, data_root, image_files, relative_name, require_dir
-from automl.delivery.inference import (
-    InputRejectedError,
-    Refusals,
-    check_image,
-    classify,
-    load_serving_model,
-    serving_trial,
-)
+from automl.delivery.inference import ImageFile, InputRejectedError, classify_files
 from automl.delivery.schemas import AnnotateRequest, Annotations, Suggestion
 from automl.store import Store
 
 T = TypeVar("T")
-
-DECODE_CHUNK = 512
-"""Images decoded and classified at a time (memory stays bounded for large folders)."""
 
 
 def annotate_folder(
@@ -90,37 +80,21 @@ def annotate_folder(
             f"{limits.max_annotate_images} (AUTOML_LIMIT_MAX_ANNOTATE_IMAGES)",
             ("path",),
         )
-    names = [relative_name(file, root) for file in files]
-    pixels = limits.max_image_pixels
-    refusals = Refusals(("path",))
-    for file, name in zip(files, names, strict=True):
-        with refusals.noting():
-            check_image(file, name, ("path",), pixels)
-    refusals.raise_any()
-    serving = serving_trial(store, study_id)
-    model = load_serving_model(store, serving, device)
-    pending = list(zip(files, names, strict=True))
-    suggestions: list[Suggestion] = []
-    for start in range(0, len(pending), DECODE_CHUNK):
-        chunk = pending[start : start + DECODE_CHUNK]
-        arrays = []
-        for file, name in chunk:
-            with refusals.noting():
-                arrays.append(model.decode(file, name, ("path",), pixels))
-        if refusals.errors:
-            continue  # only looking for the other bad files now
-        _, tops = classify(model, arrays, request.top)
-        for (_, name), scores in zip(chunk, tops, strict=True):
-            best = scores[0]
-            suggestions.append(
-                Suggestion(path=name, label=best.label, confidence=best.probability, top=scores)
-            )
-    refusals.raise_any()
+    images = [ImageFile(file, relative_name(file, root), ("path",)) for file in files]
+    model, tops = classify_files(
+        store, study_id, images, ("path",), top=request.top, limits=limits, device=device
+    )
+    suggestions = [
+        Suggestion(
+            path=image.name, label=scores[0].label, confidence=scores[0].probability, top=scores
+        )
+        for image, scores in zip(images, tops, strict=True)
+    ]
     suggestions.sort(key=lambda suggestion: (suggestion.confidence, suggestion.path))
     if csv_path is not None:
         _write_csv(csv_path, [root / s.path for s in suggestions], suggestions)
     return Annotations(
-        model=model.served(serving),
+        model=model,
         folder=shown,
         count=len(suggestions),
         csv=None if csv_path is None else relative_name(csv_path, root),

@@ -622,6 +622,91 @@ def classify(
     return probabilities, model.top(probabilities, top)
 
 
+DECODE_CHUNK = 512
+"""Files decoded and classified at a time: memory stays bounded for any number of files."""
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image file on this machine, the name an answer shows and where it sits in the
+    request (for a refusal)."""
+
+    path: Path
+    name: str
+    field: Field
+
+
+def classify_files(
+    store: Store,
+    study_id: int,
+    files: Sequence[ImageFile],
+    field: Field,
+    *,
+    top: int,
+    limits: Limits,
+    device: str | torch.device = "cpu",
+) -> tuple[ServedModel, list[list[ClassScore]]]:
+    """Classifies image files from disk with the study's serving model, any number of them.
+
+    Every header is checked before the model is loaded; files are decoded straight from
+    disk, ``DECODE_CHUNK`` at a time. Every file refused at a stage is named in one error
+    (of ``field`` when there are several).
+
+    Returns:
+        The model that answered and, per file in order, its ``top`` classes.
+
+    Raises:
+        InputRejectedError: If any file has too many pixels, is not an accepted image, or
+            cannot be decoded.
+        StudyNotFoundError, NoBestTrialError, WeightsNotFoundError: If there is no model.
+        ModelUnavailableError: If the model cannot serve.
+    """
+    pixels = limits.max_image_pixels
+    refusals = Refusals(field)
+    for file in files:
+        with refusals.noting():
+            check_image(file.path, file.name, file.field, pixels)
+    refusals.raise_any()
+    serving = serving_trial(store, study_id)
+    model = load_serving_model(store, serving, device)
+    tops: list[list[ClassScore]] = []
+    for start in range(0, len(files), DECODE_CHUNK):
+        arrays = []
+        for file in files[start : start + DECODE_CHUNK]:
+            with refusals.noting():
+                arrays.append(model.decode(file.path, file.name, file.field, pixels))
+        if not refusals.errors:  # else only looking for the other bad files
+            tops += classify(model, arrays, top)[1]
+    refusals.raise_any()
+    return model.served(serving), tops
+
+
+def predict_files(
+    store: Store,
+    study_id: int,
+    paths: Sequence[Path],
+    *,
+    top: int = 3,
+    limits: Limits | None = None,
+    device: str | torch.device = "cpu",
+) -> Predictions:
+    """Classifies image files on this machine (``automl predict`` on the local store): any
+    number, each named as given. No upload limit applies; ``max_image_pixels`` does.
+
+    Raises:
+        As ``classify_files``, each file's field ``files[i]``.
+    """
+    files = [ImageFile(path, str(path), ("files", index)) for index, path in enumerate(paths)]
+    model, tops = classify_files(
+        store, study_id, files, ("files",), top=top, limits=limits or Limits(), device=device
+    )
+    predictions = [
+        ImagePrediction(file=file.name, top=scores)
+        for file, scores in zip(files, tops, strict=True)
+    ]
+    return Predictions(model=model, predictions=predictions)
+
+
 def predict_uploads(
     store: Store,
     study_id: int,

@@ -16,6 +16,7 @@ from automl.api import create_app
 from automl.cli import client as cli_client
 from automl.cli import predict_commands
 from automl.config import Settings
+from automl.delivery import inference
 from tests.cli.local_store import Run, cli_runner, point_cli_at, trained_store
 from tests.delivery.trained import digits_test_split, png_declaring, write_pngs
 
@@ -162,19 +163,41 @@ def test_predict_upload_limit_is_checked_before_reading(
     trained: tuple[str, Path, int],
     images: list[Path],
     monkeypatch: pytest.MonkeyPatch,
-    target: list[str],
+    api_url: str,
 ) -> None:
-    """No file is read whole first (a 6 GB file was a MemoryError): locally the sizes are
-    checked before any is read; over HTTP the files stream to the API, which refuses the
-    upload (413) as it arrives, with its own limit."""
+    """No file is read whole first (a 6 GB file was a MemoryError): over HTTP the files
+    stream to the API, which refuses the upload (413) as it arrives, with its own limit."""
     _, _, study_id = trained
-    monkeypatch.setenv("AUTOML_LIMIT_MAX_UPLOAD_BYTES", "10")  # the in-process API's too
+    monkeypatch.setenv("AUTOML_LIMIT_MAX_UPLOAD_BYTES", "10")  # the in-process API's
     monkeypatch.setattr(Path, "read_bytes", _never_read)
 
-    code, _, err = cli("predict", str(study_id), str(images[0]), *target)
+    code, _, err = cli("predict", str(study_id), str(images[0]), "--url", api_url)
 
     assert code == 2
     assert "max_upload_bytes" in one_error_line(err)
+
+
+def test_local_predict_classifies_any_number_of_files_from_disk(
+    cli: Run,
+    trained: tuple[str, Path, int],
+    images: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    api_url: str,
+) -> None:
+    """Found by a tester: a local run refused more than the API's 64 images per request."""
+    _, _, study_id = trained
+    for name in ("AUTOML_LIMIT_MAX_IMAGES", "AUTOML_LIMIT_MAX_UPLOAD_BYTES"):
+        monkeypatch.setenv(name, "3")  # the in-process API's too
+    monkeypatch.setattr(inference, "DECODE_CHUNK", 4)
+    monkeypatch.setattr(Path, "read_bytes", _never_read)
+    many = [str(path) for path in images] * 2
+
+    code, out, err = cli("predict", str(study_id), *many, "--json")
+    remote = cli("predict", str(study_id), *many, "--json", "--url", api_url)
+
+    assert code == 0, err
+    assert [p["file"] for p in json.loads(out)["predictions"]] == many
+    assert remote[0] == 2 and "max_upload_bytes" in one_error_line(remote[2])
 
 
 def _never_read(path: Path) -> bytes:
