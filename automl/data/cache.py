@@ -33,12 +33,13 @@ logger = logging.getLogger("automl.data")
 CACHE_FORMAT = 1
 """Part of every data fingerprint (studies and warm starts match on it): bumped only when
 the decoded images of every dataset change."""
-DECODE_VERSION = 4
+DECODE_VERSION = 5
 """Part of every cache slot, not of the fingerprint: bumped when decoding changes for some
 images only, so old entries are not reused while studies keep matching (2: 16-bit images
 are scaled to 8 bits, no longer clipped; 3: quarter-turned JPEGs decode at full scale for
 non-square sizes, very thin padded images keep a pixel, malformed EXIF keeps orientation;
-4: transparent pixels are composited onto white, no longer shown in their stored color)."""
+4: transparent pixels are composited onto white, no longer shown in their stored color;
+5: so are a 16-bit grayscale PNG's, marked by a transparent gray value)."""
 
 
 @dataclass(frozen=True)

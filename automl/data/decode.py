@@ -175,8 +175,8 @@ _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
 
 def to_eight_bit(image: Image.Image) -> Image.Image:
-    """An integer grayscale image of more than 8 bits as 8-bit grayscale (mode ``L``);
-    other images unchanged.
+    """An integer grayscale image of more than 8 bits as 8-bit grayscale (mode ``L``, or
+    ``LA`` where it has a transparent gray value); other images unchanged.
 
     Pillow's ``convert`` clamps such pixels to 0..255, which turns most of a 16-bit image
     white. Instead their top 8 bits are kept (``value >> 8``: 8000 -> 31, 56000 -> 218):
@@ -188,8 +188,15 @@ def to_eight_bit(image: Image.Image) -> Image.Image:
     """
     if image.mode != "I" and not image.mode.startswith("I;16"):
         return image
-    values = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
-    return Image.fromarray((values >> 8).astype(np.uint8))
+    stored = np.asarray(image)
+    eight = Image.fromarray((np.clip(stored, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8))
+    transparent = image.info.get("transparency")
+    if not isinstance(transparent, int):
+        return eight
+    # A transparent gray value (a PNG's tRNS) becomes an alpha, for ``on_white``: scaled, it
+    # would match other values too, and Pillow drops it with the 16-bit image.
+    alpha = np.where(stored == transparent, 0, 255).astype(np.uint8)
+    return Image.merge("LA", (eight, Image.fromarray(alpha)))
 
 
 def on_white(image: Image.Image) -> Image.Image:

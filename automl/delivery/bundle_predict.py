@@ -41,8 +41,12 @@ def load(path: str, spec: dict) -> np.ndarray:
             turn = orientation(opened)
         image = opened.transpose(getattr(Image.Transpose, TURNS[turn])) if turn > 1 else opened
         if image.mode == "I" or image.mode.startswith("I;16"):  # as training: top 8 of 16 bits
-            values = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
+            stored, key = np.asarray(image), image.info.get("transparency")
+            values = np.clip(stored, 0, 65535).astype(np.uint16)
             image = Image.fromarray((values >> 8).astype(np.uint8))
+            if isinstance(key, int):  # as training: its transparent gray value as an alpha
+                alpha = Image.fromarray(np.where(stored == key, 0, 255).astype(np.uint8))
+                image = Image.merge("LA", (image, alpha))
         if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
             rgba = image.convert("RGBA")  # as training: transparent pixels show white
             image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255,) * 4), rgba)

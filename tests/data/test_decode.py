@@ -58,13 +58,16 @@ def _transparent_bar(folder: Path) -> dict[str, Path]:
     rgba[:, 3:5, 3] = 255  # only the bar is opaque
     gray = np.full((8, 8), 100, np.uint8)
     gray[:, 3:5] = 0
+    deep = gray.astype(np.uint16) * 257
+    deep[0, 0] += 1  # scales to 100 too, but is not the transparent value: shown
     images = {
         "RGBA": Image.fromarray(rgba, "RGBA"),
         "LA": Image.fromarray(rgba[:, :, [0, 3]], "LA"),
         "P": Image.fromarray(rgba, "RGBA").quantize(2),
         "L": Image.fromarray(gray),  # one gray value (here 100) is transparent
+        "I;16": Image.fromarray(deep),  # one 16-bit gray value (100 * 257) is transparent
     }
-    transparency = {"P": images["P"].getpixel((0, 0)), "L": 100}
+    transparency = {"P": images["P"].getpixel((0, 0)), "L": 100, "I;16": 100 * 257}
     paths = {}
     for mode, image in images.items():
         paths[mode] = folder / f"{mode}.png"
@@ -85,7 +88,10 @@ def test_transparent_pixels_are_white(
         with Image.open(path) as opened:
             assert opened.mode == mode
         decoded = decode_image(str(path), Preprocess(8, 8, channels=channels))
-        assert decoded.tolist() == bar.tolist(), mode
+        expected = bar.copy()
+        if mode == "I;16":  # found by a tester: Pillow dropped the 16-bit transparent value
+            expected[:, 0, 0] = 100
+        assert decoded.tolist() == expected.tolist(), mode
 
 
 def test_half_transparent_pixels_blend_with_white(tmp_path: Path) -> None:

@@ -56,11 +56,13 @@ def _images(folder: Path) -> list[Path]:
     paths += [*thin, _malformed_exif_jpeg(folder / "bad.jpg")]
     deep = (np.arange(12 * 9, dtype=np.uint16).reshape(9, 12) * 600).astype(np.uint16)
     Image.fromarray(deep).save(folder / "deep.png")
+    Image.fromarray(deep).save(folder / "deep_keyed.png", transparency=int(deep[4, 4]))
     see_through = _noise(10, 12, seed=1).convert("RGBA")
     see_through.putalpha(_noise(10, 12, seed=2).convert("L"))
     see_through.save(folder / "alpha.png")
     _noise(9, 9, seed=3).quantize(4).save(folder / "palette.png", transparency=0)
-    return [*paths, *(folder / name for name in ("deep.png", "alpha.png", "palette.png"))]
+    extra = ("deep.png", "deep_keyed.png", "alpha.png", "palette.png")
+    return [*paths, *(folder / name for name in extra)]
 
 
 @pytest.mark.parametrize("fit", ["crop", "pad"])
