@@ -46,13 +46,15 @@ class Parser(argparse.ArgumentParser):
         raise argparse.ArgumentError(action, message)
 
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = Parser(prog="automl", description="Hyperparameter search for image recognition.")
     parser.add_argument("--version", action="version", version=f"automl {__version__}")
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    log_level = {"choices": LOG_LEVELS, "help": "what to log (default INFO)"}
+    parser.add_argument("--log-level", default="INFO", **log_level)  # type: ignore[arg-type]
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def storage_arg(p: argparse.ArgumentParser) -> None:
@@ -326,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     key_revoke = key_commands.add_parser("revoke", help="revoke a key for good")
     key_revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id (from `keys list`)")
     storage_arg(key_revoke)
+    # Accepted after the command too (automl status 3 --log-level DEBUG); given there, it wins.
+    for command in [*commands.choices.values(), *key_commands.choices.values()]:
+        command.add_argument("--log-level", default=argparse.SUPPRESS, **log_level)  # type: ignore[arg-type]
     return parser
 
 

@@ -25,7 +25,7 @@ from automl import __version__
 from automl.api import create_app
 from automl.cli import client as cli_client
 from automl.cli import http_client, study_commands
-from automl.cli.main import main
+from automl.cli.main import build_parser, main
 from automl.config import Settings
 from tests.cli.local_store import READ_ONLY_COMMANDS
 from tests.conftest import free_port, tiny_spec_data
@@ -583,6 +583,21 @@ def test_errors_over_http_are_one_line(
 
 
 @pytest.mark.parametrize(
+    ("args", "level"),
+    [
+        (["status"], "INFO"),
+        (["--log-level", "ERROR", "status"], "ERROR"),
+        (["status", "3", "--log-level", "DEBUG"], "DEBUG"),
+        (["--log-level", "ERROR", "keys", "list", "--log-level", "DEBUG"], "DEBUG"),
+    ],
+)
+def test_the_log_level_is_taken_before_or_after_the_command(args: list[str], level: str) -> None:
+    """Found by a README walkthrough: ``automl status 3 --url U --log-level DEBUG`` was a
+    usage error; only ``automl --log-level DEBUG status ...`` worked."""
+    assert build_parser().parse_args(args).log_level == level
+
+
+@pytest.mark.parametrize(
     "args",
     [
         [],
@@ -592,6 +607,7 @@ def test_errors_over_http_are_one_line(
         ["run"],
         ["status", "--limit", "x"],
         ["--log-level", "LOUD", "status"],
+        ["status", "--log-level", "LOUD"],
     ],
     ids=[
         "no-command",
@@ -601,6 +617,7 @@ def test_errors_over_http_are_one_line(
         "run-no-spec",
         "bad-int",
         "bad-level",
+        "bad-level-after",
     ],
 )
 def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
