@@ -434,7 +434,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                 settings, args.log_level, gpus=gpus, slots=slots, slot_dir=Path(slot_dir)
             )
         logger.info(
-            "API on http://%s:%s with %d worker(s); Ctrl-C stops all",
+            # It answers once uvicorn logs "running on": seconds later (imports, a busy CPU).
+            "starting the API on http://%s:%s and %d worker(s); Ctrl-C stops all",
             settings.host,
             settings.port,
             len(workers),
