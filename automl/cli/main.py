@@ -174,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("spec", help="study spec (YAML or JSON)")
     target_args(submit)
 
+    validate = commands.add_parser(
+        "validate",
+        help="check a study spec as submit would (data under this machine's data root), "
+        "submitting nothing",
+    )
+    validate.add_argument("spec", help="study spec (YAML or JSON; - reads standard input)")
+    validate.add_argument("--json", action="store_true", help="print the spec as it would run")
+
     status = commands.add_parser("status", help="list studies, or show one")
     status.add_argument("study", nargs="?", type=study_id, help="study id")
     status.add_argument("--limit", type=int, default=20, help="studies to list (default 20)")
@@ -377,6 +385,7 @@ COMMANDS: dict[str, str] = {
     "list": "automl.cli.commands:cmd_list",
     "dashboard": "automl.cli.dashboard_commands:cmd_dashboard",
     "submit": "automl.cli.study_commands:cmd_submit",
+    "validate": "automl.cli.study_commands:cmd_validate",
     "status": "automl.cli.study_commands:cmd_status",
     "best": "automl.cli.study_commands:cmd_best",
     "trials": "automl.cli.study_commands:cmd_trials",

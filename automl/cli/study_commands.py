@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from automl.config import Settings
 
 if TYPE_CHECKING:
     from automl.cli.client import Client
+    from automl.spec import StudySpec
     from automl.store.views import StudyDetail
 
 
@@ -59,6 +61,53 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"submitted study {study.id} ({study.name}): {study.status.value}")
     return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    """Checks a spec as submitting it would (fields, entries, options, the dataset's files
+    under this machine's data root), submitting nothing: the spec as it would run, or its
+    errors (exit 2)."""
+    from automl.spec import spec_from_text
+
+    path = Path(args.spec)
+    spec = spec_from_text(
+        read_spec_text(path, settings.max_body_bytes), is_json=path.suffix == ".json"
+    )
+    print(spec.model_dump_json(indent=2, exclude_none=True) if args.json else valid_text(spec))
+    return EXIT_OK
+
+
+def valid_text(spec: StudySpec) -> str:
+    """What a valid spec will run: objectives, budget, sampler, pruner and searched params."""
+    objectives = ", ".join(
+        f"{objective.metric} ({objective.resolved_direction})" for objective in spec.objective_list
+    )
+    sampler = spec.sampler.name + (
+        f" (auto: {spec.sampler.chosen_by})" if spec.sampler.chosen_by else ""
+    )
+    pruner = spec.pruner.name if spec.pruner else "default (median for one objective)"
+    params = [
+        f"{name} (when {_condition_text(param.when)})" if param.when else name
+        for name, param in spec.params.items()
+    ]
+    lines = [
+        f"{spec.name}: valid",
+        f"  dataset     {spec.dataset.source}",
+        f"  objectives  {objectives}",
+        f"  trials      {spec.budget.n_trials}",
+        f"  sampler     {sampler}",
+        f"  pruner      {pruner}",
+        f"  params      {', '.join(params) or 'none (fixed values only)'}",
+    ]
+    return "\n".join(lines)
+
+
+def _condition_text(when: Mapping[str, object]) -> str:
+    """``optimizer: sgd|rmsprop, scheduler: cosine``."""
+    return ", ".join(
+        f"{parent}: {'|'.join(map(str, values)) if isinstance(values, list) else values}"
+        for parent, values in when.items()
+    )
 
 
 def read_spec_text(path: Path, max_bytes: int) -> str:

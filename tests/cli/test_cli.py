@@ -172,6 +172,40 @@ def test_submit_missing_file_is_exit_2(cli: Run) -> None:
     assert "nowhere.yaml" in one_error_line(err)
 
 
+def test_validate_shows_what_the_spec_would_run_and_submits_nothing(
+    cli: Run, spec_file: Path, tmp_path: Path
+) -> None:
+    auto = tiny_spec_data() | {"sampler": {"name": "auto"}}
+    auto["params"]["momentum"]["when"] = {"optimizer": ["sgd", "adam"]}
+    auto_file = write_spec(tmp_path / "auto.yaml", auto)
+
+    code, out, err = cli("validate", str(spec_file))
+    as_json = cli("validate", str(auto_file), "--json")
+
+    assert code == 0, err
+    assert out.splitlines() == [
+        "tiny: valid",
+        "  dataset     digits",
+        "  objectives  accuracy (maximize)",
+        "  trials      3",
+        "  sampler     random",
+        "  pruner      none",
+        "  params      lr, momentum (when optimizer: sgd), optimizer",
+    ]
+    assert as_json[0] == 0, as_json[2]
+    resolved = json.loads(as_json[1])
+    assert resolved["sampler"]["name"] == "random"  # auto's pick for 3 trials
+    assert "chosen_by" in resolved["sampler"]
+    assert _no_store_here(cli)
+
+
+def test_validate_names_every_problem_in_one_line_exit_2(cli: Run, bad_spec_file: Path) -> None:
+    code, out, err = cli("validate", str(bad_spec_file))
+
+    assert (code, out) == (2, "")
+    assert "params.lr.low" in one_error_line(err)
+
+
 class _Stdin:
     """Standard input holding ``data`` as bytes (what ``sys.stdin.buffer`` reads)."""
 
