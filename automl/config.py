@@ -192,6 +192,11 @@ def current_settings() -> Settings:
     return last[1].model_copy()  # a caller's change stays its own
 
 
+PILLOWS_DEFAULT_PIXELS = 89_478_485
+"""Pillow's ``Image.MAX_IMAGE_PIXELS``, twice which it refuses to open: pixel limits up to
+this are within it without importing Pillow."""
+
+
 class Limits(BaseSettings):
     """What one request may ask for. Each can be set with ``AUTOML_LIMIT_<FIELD>``; a
     request over a limit is refused (413 or 422, naming the limit) before any work."""
@@ -251,6 +256,8 @@ class Limits(BaseSettings):
     @field_validator("max_image_pixels")
     @classmethod
     def _within_pillows_limit(cls, value: int) -> int:
+        if value <= PILLOWS_DEFAULT_PIXELS:  # within Pillow's own: no import of Pillow
+            return value
         from PIL import Image  # here: most commands read limits and never open an image
 
         ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)

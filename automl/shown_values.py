@@ -1,8 +1,11 @@
-"""How errors show the value a user gave (``Input should be a valid integer (got "many")``)."""
+"""How errors and answers show what a user gave: a value (``Input should be a valid
+integer (got "many")``), a file's name."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 _VALUE_ERRORS = frozenset(
     {
@@ -48,3 +51,9 @@ def shown_input(value: object) -> str:
 
 
 __all__ = ["shown_input", "shows_input"]
+
+
+def shown_path(path: Path | str) -> str:
+    """A file's name as typed, as text that prints and serializes: bytes that are not
+    UTF-8 (a name from another system's encoding) become U+FFFD."""
+    return os.fsencode(path).decode("utf-8", "replace")

@@ -9,7 +9,13 @@ from PIL import Image
 from pydantic import ValidationError
 
 import automl.config
-from automl.config import Limits, Settings, current_settings, settings_error
+from automl.config import (
+    PILLOWS_DEFAULT_PIXELS,
+    Limits,
+    Settings,
+    current_settings,
+    settings_error,
+)
 
 
 def test_current_settings_follow_the_environment_and_read_it_once(
@@ -88,3 +94,7 @@ def test_a_pixel_limit_past_the_one_pillow_keeps_is_refused() -> None:
         f"AUTOML_LIMIT_MAX_IMAGE_PIXELS={ceiling + 1}: Input should be at most {ceiling} "
         "(Pillow opens no larger image)"
     )
+
+
+def test_pillows_default_limit_is_the_one_limits_skip_importing_pillow_for() -> None:
+    assert PILLOWS_DEFAULT_PIXELS == Image.MAX_IMAGE_PIXELS

@@ -20,6 +20,7 @@ from automl.cli.http_client import HttpClient
 from automl.cli.output import table
 from automl.config import Settings
 from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions, ServedModel
+from automl.shown_values import shown_path
 
 if TYPE_CHECKING:
     from automl.store import Store
@@ -30,7 +31,9 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     paths = [Path(name) for name in args.images]
     if settings.url:  # the API applies its own limits as the upload arrives
         with ExitStack() as files:
-            images = [(name, files.enter_context(_open(name))) for name in _regular(paths)]
+            images = [
+                (shown_path(name), files.enter_context(_open(name))) for name in _regular(paths)
+            ]
             result = HttpClient(settings.url).predict(args.study, images, args.top)
     else:  # any number of files, decoded from disk a chunk at a time; no upload limits
         from automl.delivery.inference import predict_files

@@ -66,6 +66,7 @@ from automl.delivery.schemas import (
     ServedModel,
 )
 from automl.registry import UnknownNameError, validation_messages
+from automl.shown_values import shown_path
 from automl.store import (
     RefitResult,
     Store,
@@ -696,7 +697,9 @@ def predict_files(
     Raises:
         As ``classify_files``, each file's field ``files[i]``.
     """
-    files = [ImageFile(path, str(path), ("files", index)) for index, path in enumerate(paths)]
+    files = [
+        ImageFile(path, shown_path(path), ("files", index)) for index, path in enumerate(paths)
+    ]
     model, tops = classify_files(
         store, study_id, files, ("files",), top=top, limits=limits or Limits(), device=device
     )

@@ -1,9 +1,10 @@
 """Claims and leases: how a worker takes one unit of a study's budget, exactly once.
 
-A claim is one write transaction: it takes the oldest pending ticket of the oldest active
-study, or issues a fresh budget unit (``issued = issued + 1 WHERE issued < n_trials``),
-and marks the ticket running under a lease: (ticket, worker id, attempt). The worker
-then creates the attempt's Optuna trial and links it to the ticket, in one transaction
+A claim is one write transaction: it takes the oldest pending ticket of the next active
+study (of the project with the fewest trials running, its oldest), or issues a fresh
+budget unit (``issued = issued + 1 WHERE issued < n_trials``), and marks the ticket
+running under a lease: (ticket, worker id, attempt). The worker then creates the
+attempt's Optuna trial and links it to the ticket, in one transaction
 (``trial_writes.create_trial`` with the lease).
 
 Every later change a worker makes to its ticket (heartbeat, params, checkpoint, finish,
@@ -165,47 +166,74 @@ def _lock_next_study_with_work(
     connection: sa.engine.Connection, study_id: int | None, exclude: Collection[int] = ()
 ) -> sa.Row[Any] | None:
     """The next active study with work to hand out (none of ``exclude``), its row locked,
-    with the database clock as ``clock``, in one statement."""
-    # On PostgreSQL a row this had to wait for is checked again once its lock is released:
-    # if it no longer qualifies, the next one is taken.
-    query = _studies_with_work(study_id, exclude).add_columns(db_now().label("clock"))
-    return connection.execute(query.with_for_update(of=tables.studies)).first()
+    with the database clock as ``clock``: of the project with the fewest trials running,
+    its oldest (``projects_in_turn``)."""
+    projects = [None] if study_id is not None else projects_in_turn(connection)
+    for project in projects:
+        # On PostgreSQL a row this had to wait for is checked again once its lock is
+        # released: if it no longer qualifies, the next one is taken.
+        query = _studies_with_work(study_id, exclude, project).add_columns(db_now().label("clock"))
+        study = connection.execute(query.with_for_update(of=tables.studies)).first()
+        if study is not None:
+            return study
+    return None
 
 
-def _studies_with_work(study_id: int | None, exclude: Collection[int] = ()) -> sa.Select[Any]:
-    """Active studies with work left to hand out (none of ``exclude``), the first one only:
-    of the project with the fewest trials running, its oldest.
+def projects_in_turn(connection: sa.engine.Connection) -> list[str | None]:
+    """The projects with active studies in the order they get the next worker: fewest
+    trials running first, then the one whose oldest active study is oldest. ``[None]``
+    (no project filter) while one project or none has active studies.
 
     Projects share the workers: one project's long queue delays another project's study
     only until each has trials running (oldest study first was starvation: a study of
     100,000 trials held every worker for days). Within a project, studies run in order.
+    Both queries read a few rows from indexes (active studies by status, running tickets
+    by state), however many tickets the studies have.
     """
+    studies, tickets = tables.studies, tables.tickets
+    oldest = dict(
+        connection.execute(
+            sa.select(studies.c.project, sa.func.min(studies.c.study_id))
+            .where(studies.c.status.in_(ACTIVE))
+            .group_by(studies.c.project)
+        ).all()
+    )
+    if len(oldest) <= 1:
+        return [None]
+    running = dict(
+        connection.execute(
+            sa.select(studies.c.project, sa.func.count())
+            .select_from(tickets.join(studies, tickets.c.study_id == studies.c.study_id))
+            .where(tickets.c.state == TicketState.RUNNING.value)
+            .group_by(studies.c.project)
+        ).all()
+    )
+    return sorted(oldest, key=lambda project: (running.get(project, 0), oldest[project]))
+
+
+def _studies_with_work(
+    study_id: int | None, exclude: Collection[int] = (), project: str | None = None
+) -> sa.Select[Any]:
+    """Active studies with work left to hand out (none of ``exclude``; of ``project`` if
+    given), oldest first, the first one only."""
     studies, tickets = tables.studies, tables.tickets
     pending = sa.exists().where(
         tickets.c.study_id == studies.c.study_id, tickets.c.state == TicketState.PENDING.value
     )
-    # Read from ix_automl_tickets_state_heartbeat: only the running tickets (one per busy
-    # worker), however many a study has.
-    running = (
-        sa.select(studies.c.project, sa.func.count().label("trials"))
-        .select_from(tickets.join(studies, tickets.c.study_id == studies.c.study_id))
-        .where(tickets.c.state == TicketState.RUNNING.value)
-        .group_by(studies.c.project)
-        .subquery("running")
-    )
     query = (
         sa.select(studies)
-        .outerjoin(running, running.c.project == studies.c.project)
         .where(
             studies.c.status.in_(ACTIVE),
             sa.or_(studies.c.deadline.is_(None), studies.c.deadline > db_now()),
             sa.or_(studies.c.issued < studies.c.n_trials, pending),
         )
-        .order_by(sa.func.coalesce(running.c.trials, 0), studies.c.study_id)
+        .order_by(studies.c.study_id)
         .limit(1)
     )
     if study_id is not None:
         query = query.where(studies.c.study_id == study_id)
+    if project is not None:
+        query = query.where(studies.c.project == project)
     if exclude:
         query = query.where(studies.c.study_id.not_in(sorted(exclude)))
     return query

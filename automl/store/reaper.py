@@ -423,10 +423,27 @@ class Reaper:
             return
         self._tidy_failures.pop(what, None)
 
+    def _wait_for_the_write_lock(self) -> None:
+        """Takes the database's write lock, as every worker's heartbeat must.
+
+        On SQLite a writer holds up writers only: passes that only read went on as if all
+        were well while a long write held the workers' beats back, and the first pass after
+        it reaped live workers. A pass that waited longer than ``max_stall`` counts as an
+        outage instead (on PostgreSQL an empty transaction takes no lock and costs nothing).
+
+        Raises:
+            StorageStalledError: If taking it took longer than ``max_stall``.
+        """
+        clock = _StallClock(self.max_stall)
+        with self.store.write():
+            pass
+        clock.check()
+
     def run_once(self) -> list[Reaped]:
         """One pass; database errors are logged, never raised."""
         try:
             reaped: list[Reaped] = []
+            self._wait_for_the_write_lock()
             healthy_since = self._healthy_since
             if healthy_since is None:
                 self._healthy_since = time.monotonic()

@@ -135,6 +135,22 @@ def test_predictions_name_files_as_typed(
     assert [p["file"] for p in json.loads(out)["predictions"]] == [str(path) for path in same]
 
 
+def test_a_file_name_that_is_not_utf_8_is_shown_with_a_replacement_character(
+    cli: Run, trained: tuple[str, Path, int], images: list[Path], target: list[str]
+) -> None:
+    """Found by a reviewer: ``--json`` ended in a serialization traceback."""
+    _, _, study_id = trained
+    odd = images[0].parent / os.fsdecode(b"caf\xe9.png")  # Latin-1, not UTF-8
+    odd.write_bytes(images[0].read_bytes())
+
+    code, out, err = cli("predict", str(study_id), str(odd), "--json", *target)
+    table = cli("predict", str(study_id), str(odd), *target)
+
+    assert code == table[0] == 0, err + table[2]
+    assert json.loads(out)["predictions"][0]["file"] == str(odd.parent / "caf\ufffd.png")
+    assert "caf\ufffd.png" in table[1]
+
+
 def test_predict_refusals_are_one_line_exit_2(
     cli: Run,
     trained: tuple[str, Path, int],

@@ -454,6 +454,34 @@ def _stalled_database_hides_no_live_worker(
     assert heartbeat(store, live).held
 
 
+def test_passes_during_a_long_write_lock_do_not_count_as_healthy(
+    sqlite_store: Store, tiny_spec: SpecFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an outage tester: on SQLite a writer blocks only writers, so passes that
+    only read went on while a long write held the workers' beats back; the first pass once
+    it ended reaped a live worker's trial."""
+    store, grace = sqlite_store, 1.0
+    submit_study(store, tiny_spec(budget={"n_trials": 2, "max_retries": 1}))
+    live, _ = start_trial(store, worker="live")
+    reaper = Reaper(store, grace=grace, interval=3600)  # not started: as after an outage
+    passes: list[list[int]] = []
+
+    def reaper_pass() -> None:
+        passes.append([reaped.ticket_id for reaped in reaper.run_once()])
+
+    caplog.set_level(logging.WARNING, logger="automl.reaper")
+    with sqlite_write_lock_held(store):
+        during = threading.Thread(target=reaper_pass)
+        during.start()
+        time.sleep(2 * grace + 0.5)  # the live worker's beats wait too
+    during.join(timeout=60)
+    reaper_pass()  # at once: the live worker's own beat may still be on its way
+
+    assert passes == [[], []]
+    assert "did not answer for" in caplog.text
+    assert heartbeat(store, live).held
+
+
 def test_a_reaper_held_up_by_a_silent_network_cut_reaps_no_live_worker(
     postgres_url: str, tmp_path: Path, tiny_spec: SpecFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
