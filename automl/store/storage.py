@@ -22,6 +22,7 @@ pooler in transaction mode (PgBouncer), set them for the role instead
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ from automl.config import DEFAULT_STORAGE, Settings
 from automl.store import tables
 from automl.store.faults import (
     SCHEMA_MISSING,
+    StorageUnavailableError,
     first_line,
     is_refused_for_good,
     is_schema_missing,
@@ -215,9 +217,10 @@ def open_store(
     storage = _open_with_retries(url, engine_kwargs, create_tables=True)
     reader = storage
     if backend == "sqlite":
-        _take_write_lock_at_begin(storage.engine)
+        check = _file_kept(sqlite_file(url))
+        _take_write_lock_at_begin(storage.engine, check)
         reader = _open_with_retries(url, engine_kwargs, create_tables=False)
-        _defer_lock_at_begin(reader.engine)
+        _defer_lock_at_begin(reader.engine, check)
     elif backend == "postgresql":
         _ping_when_idle(storage.engine)
         _end_idle_transactions(storage.engine)
@@ -477,8 +480,52 @@ def _sqlite_pragmas(engine: sqlalchemy.engine.Engine) -> None:
         cursor.close()
 
 
-def _take_write_lock_at_begin(engine: sqlalchemy.engine.Engine) -> None:
+def _file_kept(path: Path | None) -> Callable[[], None]:
+    """A check, run as each transaction begins, that the SQLite file is the one this
+    process opened: a file deleted (or replaced) under it would take every later write
+    with it, unnoticed, while new processes create a new, empty database.
+
+    Raises (the check):
+        StorageUnavailableError: If the file is gone or another file took its place.
+    """
+    if path is None:
+        return lambda: None
+    path = Path(os.path.abspath(path))  # as opened, whatever the working folder later
+    opened = path.stat()
+
+    def check() -> None:
+        try:
+            now = path.stat()
+        except FileNotFoundError:
+            raise StorageUnavailableError(
+                f"the SQLite file {path} was deleted under this process (what it wrote since "
+                "is lost with it): restore the file, or restart the process"
+            ) from None
+        if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+            raise StorageUnavailableError(
+                f"the SQLite file {path} was replaced under this process: restart the process "
+                "to use the new file"
+            )
+
+    return check
+
+
+def _watch_the_file(engine: sqlalchemy.engine.Engine, check: Callable[[], None]) -> None:
+    """Runs ``check`` before each new connection (which would create an empty file where
+    the database was deleted) and as each transaction begins."""
+
+    @event.listens_for(engine, "do_connect")
+    def _before_connect(*_: Any) -> None:
+        check()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(_: sqlalchemy.engine.Connection) -> None:
+        check()
+
+
+def _take_write_lock_at_begin(engine: sqlalchemy.engine.Engine, check: Callable[[], None]) -> None:
     _sqlite_pragmas(engine)
+    _watch_the_file(engine, check)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: sqlalchemy.engine.Connection) -> None:
@@ -489,8 +536,9 @@ def _take_write_lock_at_begin(engine: sqlalchemy.engine.Engine) -> None:
     engine.dispose()  # connections opened during schema setup lack the hooks
 
 
-def _defer_lock_at_begin(engine: sqlalchemy.engine.Engine) -> None:
+def _defer_lock_at_begin(engine: sqlalchemy.engine.Engine, check: Callable[[], None]) -> None:
     _sqlite_pragmas(engine)
+    _watch_the_file(engine, check)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: sqlalchemy.engine.Connection) -> None:

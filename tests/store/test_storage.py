@@ -24,7 +24,7 @@ from automl.store import (
     open_store,
     open_store_from,
 )
-from automl.store.faults import is_schema_missing
+from automl.store.faults import StorageUnavailableError, is_schema_missing, is_transient
 from automl.store.storage import (
     PG_CONNECT_TIMEOUT_S,
     PG_KEEPALIVES_COUNT,
@@ -66,6 +66,32 @@ def test_sqlite_reads_do_not_wait_for_the_write_lock(sqlite_store: Store) -> Non
             assert connection.execute(sqlalchemy.text("SELECT count(*) FROM studies")).scalar() == 0
         waited = time.monotonic() - started
     assert waited < SQLITE_BUSY_TIMEOUT_S / 2  # it did not wait for the busy timeout
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_sqlite_file_deleted_or_replaced_under_the_store_is_an_outage(
+    sqlite_url: str, tmp_path: Path, how: str
+) -> None:
+    """Found by an outage tester: every process went on writing into the deleted file
+    (lost at exit) and reported nothing, while new processes made a new, empty one."""
+    store = open_store(sqlite_url, artifacts_dir=tmp_path / "artifacts")
+    path = _sqlite_file(sqlite_url)
+    try:
+        with store.write() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+        for file in path.parent.glob(path.name + "*"):
+            file.unlink()
+        if how == "replaced":
+            open_store(sqlite_url, artifacts_dir=tmp_path / "artifacts").close()
+        for transaction in (store.read, store.write):
+            with (
+                pytest.raises(StorageUnavailableError, match=f"SQLite file .* was {how}") as gone,
+                transaction(),
+            ):
+                pass
+            assert is_transient(gone.value)  # workers wait and say so; the API answers 503
+    finally:
+        store.close()
 
 
 def test_postgres_reads_run_outside_transactions(postgres_url: str, tmp_path: Path) -> None:
