@@ -76,11 +76,8 @@ def pad(image: Image.Image, size: tuple) -> Image.Image:
     if 2 * image.width * height > image.height and 2 * image.height * width > image.width:
         return ImageOps.pad(image, size, method=Image.Resampling.BILINEAR, color=0)
     inner = (1, height) if image.width < image.height else (width, 1)
-    out = Image.new(image.mode, size, 0)
-    out.paste(
-        image.resize(inner, Image.Resampling.BILINEAR),
-        ((width - inner[0]) // 2, (height - inner[1]) // 2),
-    )
+    out, at = Image.new(image.mode, size, 0), ((width - inner[0]) // 2, (height - inner[1]) // 2)
+    out.paste(image.resize(inner, Image.Resampling.BILINEAR), at)
     return out
 
 

@@ -499,12 +499,16 @@ def _file_kept(path: Path | None) -> Callable[[], None]:
         except FileNotFoundError:
             raise StorageUnavailableError(
                 f"the SQLite file {path} was deleted under this process (what it wrote since "
-                "is lost with it): restore the file, or restart the process"
+                "is lost with it): move the file back, or restart the process"
+            ) from None
+        except OSError as exc:  # a folder's permissions, a network mount gone stale
+            raise StorageUnavailableError(
+                f"cannot check the SQLite file {path}: {exc.strerror or exc}"
             ) from None
         if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
             raise StorageUnavailableError(
-                f"the SQLite file {path} was replaced under this process: restart the process "
-                "to use the new file"
+                f"the SQLite file {path} was replaced under this process (a copy put back is "
+                "another file): restart the process to use the new file"
             )
 
     return check

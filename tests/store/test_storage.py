@@ -94,6 +94,26 @@ def test_a_sqlite_file_deleted_or_replaced_under_the_store_is_an_outage(
         store.close()
 
 
+def test_a_sqlite_file_that_cannot_be_checked_is_an_outage(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(sqlite_url, artifacts_dir=tmp_path / "artifacts")
+    try:
+
+        def stale(path: Path, **_: object) -> os.stat_result:
+            raise OSError(errno.ESTALE, "Stale file handle")
+
+        monkeypatch.setattr(Path, "stat", stale)
+        with (
+            pytest.raises(StorageUnavailableError, match=r"cannot check the SQLite file .*Stale"),
+            store.read(),
+        ):
+            pass
+    finally:
+        monkeypatch.undo()
+        store.close()
+
+
 def test_postgres_reads_run_outside_transactions(postgres_url: str, tmp_path: Path) -> None:
     store = open_store(postgres_url, artifacts_dir=tmp_path / "artifacts")
     try:
