@@ -41,7 +41,6 @@ from automl.store import (
     StudyStatus,
     TrialTestReport,
 )
-from automl.worker.coordinator import drop_cached_studies
 
 PROXY_SCHEME = "grpc"
 DEFAULT_PROXY_PORT = 13000
@@ -101,11 +100,10 @@ class RemoteCoordinator:
         """The coordinator of ``grpc://host:port``."""
         return cls(*parse_proxy_url(url))
 
-    def forget_studies(self, keep: Collection[int] = ()) -> None:
-        """See ``Coordinator.forget_studies``: where the client's cache is not as
-        ``drop_cached_studies`` knows it, a new client of the proxy's Optuna storage."""
-        if not drop_cached_studies(self.storage.backend, keep):
-            self.storage.use_backend(GrpcStorageProxy(host=self.host, port=self.port))
+    def forget_studies(self) -> None:
+        """See ``Coordinator.forget_studies``: a new client of the proxy's Optuna storage
+        (its cache of finished trials starts empty)."""
+        self.storage.use_backend(GrpcStorageProxy(host=self.host, port=self.port))
 
     def close(self) -> None:
         """Closes both channels."""

@@ -20,7 +20,6 @@ from typing import Any, Protocol
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
-from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.spec import StudySpec
@@ -239,10 +238,10 @@ class Coordinator(Protocol):
         """Fails the study if its Optuna study was deleted under it; whether it did."""
         ...
 
-    def forget_studies(self, keep: Collection[int] = ()) -> None:
-        """Drops the finished trials ``storage`` keeps of every study but ``keep`` (such a
-        study's trials are read again when it is next loaded). Call it between trials, from
-        the thread that uses ``storage`` (a proxy's client may close the old channel)."""
+    def forget_studies(self) -> None:
+        """Drops the finished trials ``storage`` keeps of every study (its cache starts
+        empty; a study loaded before must be loaded again). Call it between trials, from
+        the thread that uses ``storage`` (a proxy's client closes the old channel)."""
         ...
 
 
@@ -504,10 +503,9 @@ class SqlCoordinator:
         """See ``Coordinator.fail_without_optuna_study``."""
         return fail_without_optuna_study(self.store, study_id)
 
-    def forget_studies(self, keep: Collection[int] = ()) -> None:
+    def forget_studies(self) -> None:
         """See ``Coordinator.forget_studies``."""
-        if not drop_cached_studies(self.storage, keep):
-            self.storage = optuna.storages.get_storage(self.store.storage)
+        self.storage = optuna.storages.get_storage(self.store.storage)
 
 
 class BufferedSqlCoordinator(SqlCoordinator):
@@ -525,11 +523,10 @@ class BufferedSqlCoordinator(SqlCoordinator):
         self.buffer = BufferedTrialStorage(self.trials, self._call, untracked=store.storage)
         self.storage = self.buffer
 
-    def forget_studies(self, keep: Collection[int] = ()) -> None:
+    def forget_studies(self) -> None:
         """See ``Coordinator.forget_studies``; the running trial's local copy stays."""
-        if not drop_cached_studies(self.trials, keep):
-            self.trials = optuna.storages.get_storage(self.store.storage)
-            self.buffer.use_backend(self.trials, untracked=self.store.storage)
+        self.trials = optuna.storages.get_storage(self.store.storage)
+        self.buffer.use_backend(self.trials, untracked=self.store.storage)
 
     def _call(self, method: str, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         """The trial calls of ``BufferedTrialStorage``, run here."""
@@ -650,36 +647,3 @@ __all__ = [
     "LeaseLostError",
     "SqlCoordinator",
 ]
-
-
-def drop_cached_studies(storage: BaseStorage, keep: Collection[int]) -> bool:
-    """Drops from ``storage``'s cache of finished trials every study but ``keep``, as
-    Optuna's own ``delete_study`` drops one: from ``_CachedStorage`` (the database's) or a
-    gRPC proxy client's cache.
-
-    Both caches are Optuna's private attributes: where ``storage`` has neither as this
-    knows it, nothing is dropped and the caller starts a storage with an empty cache.
-
-    Returns:
-        Whether ``storage`` had such a cache.
-    """
-    found: Any = storage
-    names = (
-        "_studies",
-        "_lock",
-        "_trial_id_to_study_id_and_number",
-        "_study_id_and_number_to_trial_id",
-    )
-    if isinstance(storage, _CachedStorage) and all(hasattr(found, name) for name in names):
-        with found._lock:
-            for study_id in [study_id for study_id in found._studies if study_id not in keep]:
-                for number in found._studies.pop(study_id).trials:
-                    trial_id = found._study_id_and_number_to_trial_id.pop((study_id, number), None)
-                    found._trial_id_to_study_id_and_number.pop(trial_id, None)
-        return True
-    cache = getattr(found, "_cache", None)  # a GrpcStorageProxy's
-    if isinstance(getattr(cache, "studies", None), dict) and hasattr(cache, "delete_study_cache"):
-        for study_id in [study_id for study_id in list(cache.studies) if study_id not in keep]:
-            cache.delete_study_cache(study_id)
-        return True
-    return False

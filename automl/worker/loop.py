@@ -26,7 +26,6 @@ import signal
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +70,7 @@ POST_STUDY_CHECK_INTERVAL_S = 5.0
 
 CACHED_STUDIES = 8
 """Studies whose finished trials a worker keeps in memory (samplers and pruners read them
-every trial); past it the worker forgets the one it served least recently."""
+every trial); past it the worker starts over with an empty cache."""
 
 logger = logging.getLogger("automl.worker")
 
@@ -210,7 +209,7 @@ class Worker:
         self._stop = threading.Event()
         self._busy = False
         """Claiming or running a trial: its own reaper spares its tickets meanwhile."""
-        self._studies: OrderedDict[int, tuple[optuna.Study, StudySpec]] = OrderedDict()
+        self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
         self._unexpected_in_a_row: dict[int, int] = {}
         """Per study, its tickets in a row that ended with an unexpected error here."""
         self._unreadable: set[int] = set()
@@ -532,18 +531,12 @@ class Worker:
     def _study(self, lease: Lease) -> tuple[optuna.Study, StudySpec]:
         """The study (cached, so its trial cache lasts), with this attempt's sampler.
 
-        A worker that has loaded ``CACHED_STUDIES`` studies forgets the one it served
-        least recently before it loads another, so its memory does not grow with every
-        study it ever served, and a large study it keeps serving is not read again whole
-        (forgetting every study made each worker reload a study of thousands of trials
-        whenever others came and went: stalls of 40 s).
+        A worker that has loaded ``CACHED_STUDIES`` studies forgets them all before it
+        loads another, so its memory does not grow with every study it ever served.
         """
-        if lease.study_id in self._studies:
-            self._studies.move_to_end(lease.study_id)
-        elif len(self._studies) >= CACHED_STUDIES:
-            while len(self._studies) >= CACHED_STUDIES:
-                self._studies.popitem(last=False)  # the least recently served
-            self.coordinator.forget_studies(keep=set(self._studies))
+        if lease.study_id not in self._studies and len(self._studies) >= CACHED_STUDIES:
+            self._studies.clear()
+            self.coordinator.forget_studies()
         if lease.study_id not in self._studies:
             spec = self._readable_spec(lease.study_id)
             study = optuna.load_study(

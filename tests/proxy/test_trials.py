@@ -171,19 +171,21 @@ def test_an_old_worker_without_writes_runs_a_trial(
     assert get_study(store, study_id).status == StudyStatus.COMPLETED
 
 
-def test_a_worker_behind_the_proxy_forgets_the_study_it_served_least_recently(
+def test_a_worker_behind_the_proxy_forgets_studies_past_its_cache(
     store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(automl.worker.loop, "CACHED_STUDIES", 2)
+    monkeypatch.setattr(automl.worker.loop, "CACHED_STUDIES", 1)
     ids = [
-        submit_study(store, tiny_spec(name=f"s{n}", budget={"n_trials": 1})).id for n in range(3)
+        submit_study(store, tiny_spec(name=f"s{n}", budget={"n_trials": 1})).id for n in range(2)
     ]
     first = proxy.storage.backend
     options = WorkerOptions(device="cpu", exit_when_idle=True, threads=1)
-    assert Worker(None, options, coordinator=proxy).run() == 3
+    assert Worker(None, options, coordinator=proxy).run() == 2
 
-    # The same client (no new channel); only the least recently served study is dropped.
-    assert proxy.storage.backend is first
-    assert set(first._cache.studies) <= {ids[1], ids[2]}
+    # A new client of the proxy's Optuna storage (an empty cache) for the second study;
+    # the old one's channel is closed.
+    assert proxy.storage.backend is not first and proxy.storage.grpc_backend is not first
+    with pytest.raises(ValueError, match="closed"):
+        first.get_study_name_from_id(ids[0])
     for study_id in ids:
         assert [t.state for t in store.storage.get_all_trials(study_id)] == [TrialState.COMPLETE]
