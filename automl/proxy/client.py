@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 import grpc
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import GrpcStorageProxy
 from optuna.trial import FrozenTrial
 
 from automl.proxy import wire
@@ -92,18 +91,13 @@ class RemoteCoordinator:
             f"{host}:{port + 1}", options=[*wire.CHANNEL_OPTIONS, *wire.RECONNECT_OPTIONS]
         )
         # The running trial's reads are local and its writes ride on the calls below.
-        self.storage = ProxyTrialStorage(GrpcStorageProxy(host=host, port=port), self.call)
+        self.storage = ProxyTrialStorage(host, port, self.call)
         self.artifacts = RemoteArtifactStore(self)
 
     @classmethod
     def from_url(cls, url: str) -> RemoteCoordinator:
         """The coordinator of ``grpc://host:port``."""
         return cls(*parse_proxy_url(url))
-
-    def forget_studies(self) -> None:
-        """See ``Coordinator.forget_studies``: a new client of the proxy's Optuna storage
-        (its cache of finished trials starts empty)."""
-        self.storage.use_backend(GrpcStorageProxy(host=self.host, port=self.port))
 
     def close(self) -> None:
         """Closes both channels."""

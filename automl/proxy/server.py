@@ -55,6 +55,7 @@ from automl.store import (
 )
 from automl.store.faults import first_line
 from automl.store.studies import stored_spec_text
+from automl.store.study_caches import StudyCaches
 from automl.worker.coordinator import SqlCoordinator
 
 logger = logging.getLogger("automl.proxy")
@@ -65,6 +66,9 @@ warnings.filterwarnings(
 )
 
 Handler = Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes]]
+
+PROXY_CACHED_STUDIES = 32
+"""Studies whose finished trials the proxy keeps in memory (for all its workers)."""
 
 READY_TIMEOUT_S = 15.0
 
@@ -401,8 +405,15 @@ class ProxyServer:
         optuna_proxy = threading.Thread(
             target=run_grpc_proxy_server,
             # Optuna's cached storage (as Optuna's docs ask): finished trials are read once,
-            # so a worker's sync costs what changed, not the study's size.
-            args=(get_storage(self.store.storage),),
+            # so a worker's sync costs what changed, not the study's size; one cache per
+            # study, so that the proxy's memory does not grow with every study it served.
+            args=(
+                StudyCaches(
+                    lambda: get_storage(self.store.storage),
+                    self.store.storage,
+                    capacity=PROXY_CACHED_STUDIES,
+                ),
+            ),
             kwargs={
                 "host": self.host,
                 "port": self.port,

@@ -85,17 +85,6 @@ class BufferedTrialStorage(BaseStorage):
         self._lock = threading.Lock()  # guards the dicts
         self._sending = threading.Lock()  # one call with writes in flight at a time
 
-    def use_backend(self, backend: BaseStorage, untracked: BaseStorage | None = None) -> None:
-        """Sends what this storage does not keep to ``backend`` from now on (e.g. one with
-        an empty cache of finished trials); the trials kept here stay.
-
-        Args:
-            backend: The new backend.
-            untracked: As in the constructor.
-        """
-        self.backend = backend
-        self._untracked = untracked or backend
-
     # --- what the coordination calls carry --------------------------------------------------
 
     def trial_of(self, ticket_id: int, attempt: int) -> int | None:

@@ -38,6 +38,7 @@ from automl.store import (
     RefitResult,
     RefitState,
     Store,
+    StudyCaches,
     StudyNotFoundError,
     StudyStatus,
     TrialTestReport,
@@ -238,12 +239,6 @@ class Coordinator(Protocol):
         """Fails the study if its Optuna study was deleted under it; whether it did."""
         ...
 
-    def forget_studies(self) -> None:
-        """Drops the finished trials ``storage`` keeps of every study (its cache starts
-        empty; a study loaded before must be loaded again). Call it between trials, from
-        the thread that uses ``storage`` (a proxy's client closes the old channel)."""
-        ...
-
 
 class SqlCoordinator:
     """``Coordinator`` on the store's database.
@@ -259,9 +254,11 @@ class SqlCoordinator:
     def __init__(self, store: Store, reader: str = WORKER) -> None:
         self.store = store
         self.reader = reader
-        self.storage: BaseStorage = optuna.storages.get_storage(store.storage)
-        """What a worker's studies are loaded with: Optuna's storage, with its per-study
-        cache of finished trials."""
+        self.storage: BaseStorage = StudyCaches(
+            lambda: optuna.storages.get_storage(store.storage), store.storage
+        )
+        """What a worker's studies are loaded with: Optuna's storage, with a cache of
+        finished trials per study."""
         self.trials: BaseStorage = store.storage
         """Where ``create_trial`` and ``tell_trial`` go (``storage`` may buffer)."""
         self.artifacts: ArtifactStore = store.artifacts
@@ -503,10 +500,6 @@ class SqlCoordinator:
         """See ``Coordinator.fail_without_optuna_study``."""
         return fail_without_optuna_study(self.store, study_id)
 
-    def forget_studies(self) -> None:
-        """See ``Coordinator.forget_studies``."""
-        self.storage = optuna.storages.get_storage(self.store.storage)
-
 
 class BufferedSqlCoordinator(SqlCoordinator):
     """``SqlCoordinator`` of a worker on the database: its running trial is a local copy
@@ -522,11 +515,6 @@ class BufferedSqlCoordinator(SqlCoordinator):
         self.trials = self.storage  # the cached one, also behind the worker's studies
         self.buffer = BufferedTrialStorage(self.trials, self._call, untracked=store.storage)
         self.storage = self.buffer
-
-    def forget_studies(self) -> None:
-        """See ``Coordinator.forget_studies``; the running trial's local copy stays."""
-        self.trials = optuna.storages.get_storage(self.store.storage)
-        self.buffer.use_backend(self.trials, untracked=self.store.storage)
 
     def _call(self, method: str, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         """The trial calls of ``BufferedTrialStorage``, run here."""

@@ -26,6 +26,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from automl.samplers import SHARED_SEED_SAMPLERS, build_sampler
 from automl.spec import StudySpec
 from automl.spec_reading import UnreadableStudyError, readable_spec
 from automl.store import (
+    CACHED_STUDIES,
     ArtifactStore,
     Backoff,
     FailureKind,
@@ -67,10 +69,6 @@ from automl.worker.slots import DeviceGate, GateAbandoned
 
 POST_STUDY_CHECK_INTERVAL_S = 5.0
 """How often a busy worker looks for due post-study jobs (test evaluations, refits)."""
-
-CACHED_STUDIES = 8
-"""Studies whose finished trials a worker keeps in memory (samplers and pruners read them
-every trial); past it the worker starts over with an empty cache."""
 
 logger = logging.getLogger("automl.worker")
 
@@ -209,7 +207,7 @@ class Worker:
         self._stop = threading.Event()
         self._busy = False
         """Claiming or running a trial: its own reaper spares its tickets meanwhile."""
-        self._studies: dict[int, tuple[optuna.Study, StudySpec]] = {}
+        self._studies: OrderedDict[int, tuple[optuna.Study, StudySpec]] = OrderedDict()
         self._unexpected_in_a_row: dict[int, int] = {}
         """Per study, its tickets in a row that ended with an unexpected error here."""
         self._unreadable: set[int] = set()
@@ -529,15 +527,14 @@ class Worker:
                     logger.warning("study %s: settling failed: %s", lease.study_id, exc)
 
     def _study(self, lease: Lease) -> tuple[optuna.Study, StudySpec]:
-        """The study (cached, so its trial cache lasts), with this attempt's sampler.
-
-        A worker that has loaded ``CACHED_STUDIES`` studies forgets them all before it
-        loads another, so its memory does not grow with every study it ever served.
-        """
-        if lease.study_id not in self._studies and len(self._studies) >= CACHED_STUDIES:
-            self._studies.clear()
-            self.coordinator.forget_studies()
-        if lease.study_id not in self._studies:
+        """The study (kept for the next trial, as its storage keeps its finished trials:
+        past ``CACHED_STUDIES`` studies, the one served least recently is forgotten), with
+        this attempt's sampler."""
+        if lease.study_id in self._studies:
+            self._studies.move_to_end(lease.study_id)
+        else:
+            while len(self._studies) >= CACHED_STUDIES:
+                self._studies.popitem(last=False)
             spec = self._readable_spec(lease.study_id)
             study = optuna.load_study(
                 study_name=self.coordinator.storage.get_study_name_from_id(lease.study_id),

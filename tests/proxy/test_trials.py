@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState
+from optuna.storages import BaseStorage, GrpcStorageProxy
+from optuna.trial import FrozenTrial, TrialState
 
+import automl.proxy.trials
+import automl.store.study_caches
 import automl.worker.loop
 from automl.cli.commands import _connect_proxy_waiting
 from automl.cli.errors import CliError
@@ -36,21 +39,32 @@ LR = FloatDistribution(1e-4, 1e-1, log=True)
 
 
 def test_a_worker_trial_goes_through_the_coordination_calls_only(
-    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory, monkeypatch: Any
 ) -> None:
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 2, "max_failed": 0})).id
     calls: Counter[str] = Counter()
-    backend = proxy.storage.backend
-    stub = backend._stub
 
     class Counting:
+        def __init__(self, stub: Any) -> None:
+            self.stub = stub
+
         def __getattr__(self, name: str) -> Any:
             calls[name] += 1
-            return getattr(stub, name)
+            return getattr(self.stub, name)
 
-    backend._stub = Counting()
+    class CountingClient(GrpcStorageProxy):
+        """Optuna's client of the proxy, counting the calls of each (one per study)."""
+
+        def _setup(self) -> None:
+            super()._setup()
+            self._stub = Counting(self._stub)
+
+    monkeypatch.setattr(automl.proxy.trials, "GrpcStorageProxy", CountingClient)
+    client = RemoteCoordinator(proxy.host, proxy.port)
     options = WorkerOptions(device="cpu", study_id=study_id, exit_when_idle=True, threads=1)
-    assert Worker(None, options, coordinator=proxy).run() == 2
+    assert Worker(None, options, coordinator=client).run() == 2
+    client.close()
+    assert calls["GetStudyDirections"] >= 1, calls  # loading the study went through them
 
     # No param, report, attribute, state or creation of a trial through Optuna's client;
     # one read of the best trial for the study's test evaluation at the end.
@@ -175,17 +189,27 @@ def test_a_worker_behind_the_proxy_forgets_studies_past_its_cache(
     store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory, monkeypatch: Any
 ) -> None:
     monkeypatch.setattr(automl.worker.loop, "CACHED_STUDIES", 1)
+    monkeypatch.setattr(automl.store.study_caches, "CACHED_STUDIES", 1)
+    client = RemoteCoordinator(proxy.host, proxy.port)  # its caches hold one study
     ids = [
         submit_study(store, tiny_spec(name=f"s{n}", budget={"n_trials": 1})).id for n in range(2)
     ]
-    first = proxy.storage.backend
-    options = WorkerOptions(device="cpu", exit_when_idle=True, threads=1)
-    assert Worker(None, options, coordinator=proxy).run() == 2
+    firsts: list[BaseStorage] = []
 
-    # A new client of the proxy's Optuna storage (an empty cache) for the second study;
-    # the old one's channel is closed.
-    assert proxy.storage.backend is not first and proxy.storage.grpc_backend is not first
+    def seen(study_id: int, trial: FrozenTrial, outcome: str) -> None:
+        firsts.append(client.storage.caches.cache_of(study_id))
+
+    options = WorkerOptions(device="cpu", exit_when_idle=True, threads=1)
+    worker = Worker(None, options, coordinator=client)
+    worker.on_trial_end = seen
+    assert worker.run() == 2
+
+    # A client of the proxy's Optuna storage (a cache) per study; the first one's channel
+    # was closed when the second study came.
+    assert client.storage.caches.cached_studies() == [ids[1]]
+    assert firsts[1] is not firsts[0]
     with pytest.raises(ValueError, match="closed"):
-        first.get_study_name_from_id(ids[0])
+        firsts[0].get_study_name_from_id(ids[0])
     for study_id in ids:
         assert [t.state for t in store.storage.get_all_trials(study_id)] == [TrialState.COMPLETE]
+    client.close()

@@ -26,6 +26,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import StorageInternalError
 from optuna.trial import FrozenTrial, TrialState
 
+import automl.store.study_caches
 import automl.worker.coordinator
 import automl.worker.loop
 import automl.worker.runner
@@ -35,6 +36,7 @@ from automl.store import (
     FolderArtifactStore,
     NoBestTrialError,
     Store,
+    StudyCaches,
     StudyStatus,
     attrs,
     best_trials,
@@ -1088,34 +1090,37 @@ def test_a_diverged_trial_is_pruned_with_its_reason_not_failed(
     assert get_study(sqlite_store, study_id).status == StudyStatus.COMPLETED
 
 
-def test_a_worker_forgets_the_finished_trials_of_studies_past_its_cache(
+def test_a_worker_forgets_only_the_study_it_served_least_recently(
     store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Forgetting every study at once made the worker read each big study again."""
     monkeypatch.setattr(automl.worker.loop, "CACHED_STUDIES", 2)
+    monkeypatch.setattr(automl.store.study_caches, "CACHED_STUDIES", 2)
     ids = [
         submit_study(store, tiny_spec(name=f"s{n}", budget={"n_trials": 2})).id for n in range(3)
     ]
     worker = Worker(store, _options())
     coordinator = worker.coordinator
     assert isinstance(coordinator, BufferedSqlCoordinator)
-    backends: dict[int, set[int]] = {}
-    first_cache: list[weakref.ref[Any]] = []
+    caches = coordinator.trials
+    assert isinstance(caches, StudyCaches)
+    cached: list[list[int]] = []
+    kept: dict[int, weakref.ref[Any]] = {}
 
     def seen(study_id: int, trial: FrozenTrial, outcome: str) -> None:
-        backends.setdefault(study_id, set()).add(id(coordinator.trials))
-        if not first_cache:
-            first_cache.append(weakref.ref(coordinator.trials))
-        assert len(worker._studies) <= 2
+        cached.append(caches.cached_studies())
+        kept.setdefault(study_id, weakref.ref(caches.cache_of(study_id)))
+        assert list(worker._studies)[-1] == study_id and len(worker._studies) <= 2
 
     worker.on_trial_end = seen
     assert worker.run() == 6
 
-    # The first two studies shared one cache; the third started over with an empty one,
-    # and nothing holds the old one (its finished trials can be freed).
-    assert backends[ids[0]] == backends[ids[1]] != backends[ids[2]]
+    first, second, third = ids
+    assert cached == [[first]] * 2 + [[first, second]] * 2 + [[second, third]] * 2
     gc.collect()
-    assert first_cache[0]() is None
-    assert set(worker._studies) == {ids[2]}
+    assert kept[first]() is None  # nothing holds its finished trials
+    assert kept[second]() is caches.cache_of(second)  # the same cache, not read again
+    assert list(worker._studies) == [second, third]
     for study_id in ids:
         assert _states(store, study_id) == [TrialState.COMPLETE] * 2
         assert get_status(store, study_id) == StudyStatus.COMPLETED
