@@ -7,6 +7,7 @@ store the model is loaded in this process. Torch is imported only then.
 from __future__ import annotations
 
 import argparse
+import re
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -16,9 +17,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from pydantic import BaseModel, ValidationError
 
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
-from automl.cli.http_client import HttpClient
+from automl.cli.http_client import ClientError, HttpClient
 from automl.cli.output import table
-from automl.config import Settings
+from automl.config import Limits, Settings
 from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions, ServedModel
 from automl.shown_values import shown_path
 
@@ -29,12 +30,15 @@ if TYPE_CHECKING:
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     """Classifies image files with a study's best model: a table, or ``--json``."""
     paths = [Path(name) for name in args.images]
-    if settings.url:  # the API applies its own limits as the upload arrives
-        with ExitStack() as files:
-            images = [
-                (shown_path(name), files.enter_context(_open(name))) for name in _regular(paths)
-            ]
-            result = HttpClient(settings.url).predict(args.study, images, args.top)
+    if settings.url:  # requests within the upload limits, each file open while it is sent
+        client = HttpClient(settings.url)
+        answers: list[Predictions] = []
+        for batch in _batches(paths, Limits()):
+            sent = sum(len(answer.predictions) for answer in answers)
+            with ExitStack() as files, _counted_from(sent):
+                images = [(shown_path(name), files.enter_context(_open(name))) for name in batch]
+                answers.append(client.predict(args.study, images, args.top))
+        result = _merged(answers)
     else:  # any number of files, decoded from disk a chunk at a time; no upload limits
         from automl.delivery.inference import predict_files
 
@@ -119,6 +123,54 @@ def _open(name: str) -> BinaryIO:
         return open(name, "rb")
     except OSError as exc:
         raise CliError(f"cannot read image {name}: {exc.strerror}", EXIT_BAD_INPUT) from None
+
+
+def _batches(paths: list[Path], limits: Limits) -> list[list[str]]:
+    """The files' names in upload order, in requests of at most ``max_images`` files and
+    ``max_upload_bytes`` (a file larger than that goes alone, and the API refuses it).
+    The limits are this environment's ``AUTOML_LIMIT_*`` (the API refuses by its own)."""
+    batches: list[list[str]] = []
+    size = 0
+    for path in paths:
+        length = _sizes([path])
+        full = batches and len(batches[-1]) >= limits.max_images
+        if not batches or full or size + length > limits.max_upload_bytes:
+            batches.append([])
+            size = 0
+        batches[-1].append(str(path))
+        size += length
+    return batches
+
+
+@contextmanager
+def _counted_from(sent: int) -> Iterator[None]:
+    """An error of a later request names its files as the command line counts them
+    (``files[3]`` of the second request of 64 is ``files[67]``)."""
+    try:
+        yield
+    except ClientError as exc:
+        if not sent:
+            raise
+        text = _FILE_INDEX.sub(lambda m: f"files[{int(m.group(1)) + sent}]", str(exc))
+        raise ClientError(text, exc.bad_input, exc.status) from None
+
+
+_FILE_INDEX = re.compile(r"\bfiles\[(\d+)\]")
+
+
+def _merged(answers: list[Predictions]) -> Predictions:
+    """One answer of the requests' answers, which the same model must have given."""
+    first = answers[0]
+    for answer in answers[1:]:
+        if answer.model != first.model:
+            raise CliError(
+                f"the study's serving model changed while predicting (trial "
+                f"{first.model.trial_number}, {first.model.selection}, then trial "
+                f"{answer.model.trial_number}, {answer.model.selection}); run predict again"
+            )
+    return Predictions(
+        model=first.model, predictions=[p for answer in answers for p in answer.predictions]
+    )
 
 
 def _regular(paths: list[Path]) -> list[str]:

@@ -216,6 +216,88 @@ def test_local_predict_classifies_any_number_of_files_from_disk(
     assert remote[0] == 2 and "max_upload_bytes" in one_error_line(remote[2])
 
 
+def test_predict_over_http_sends_any_number_of_files_in_requests_within_the_limits(
+    cli: Run,
+    trained: tuple[str, Path, int],
+    images: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    api_url: str,
+) -> None:
+    """Found by a tester: more than 1,024 files were "Too many open files" (all were open
+    for one request, which the API's 64 images per request refused anyway)."""
+    _, _, study_id = trained
+    monkeypatch.setenv("AUTOML_LIMIT_MAX_IMAGES", "3")  # the in-process API's too
+    open_now: list[int] = [0]
+    most: list[int] = [0]
+    real_open = predict_commands._open
+
+    class Counted:
+        def __init__(self, name: str) -> None:
+            self.file = real_open(name)
+            open_now[0] += 1
+            most[0] = max(most[0], open_now[0])
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.file, name)
+
+        def __enter__(self) -> object:
+            return self.file
+
+        def __exit__(self, *exc: object) -> None:
+            open_now[0] -= 1
+            self.file.close()
+
+    monkeypatch.setattr(predict_commands, "_open", Counted)
+    many = [str(path) for path in images] * 2  # 20 files: 7 requests
+
+    code, out, err = cli("predict", str(study_id), *many, "--json", "--url", api_url)
+    local = cli("predict", str(study_id), *many, "--json")
+
+    assert code == 0, err
+    assert json.loads(out) == json.loads(local[1])
+    assert most[0] == 3 and open_now[0] == 0
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring(20_000, 20_000))
+    code, _, err = cli("predict", str(study_id), *many[:7], str(bomb), "--url", api_url)
+    assert code == 2
+    assert one_error_line(err).startswith(f"error: files[7]: image '{bomb}' has more than ")
+
+
+def test_predict_over_http_refuses_answers_of_two_models(
+    cli: Run,
+    trained: tuple[str, Path, int],
+    images: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    api_url: str,
+) -> None:
+    """A refit that lands between two requests serves the second: one answer would mix
+    two models' predictions."""
+    _, _, study_id = trained
+    monkeypatch.setenv("AUTOML_LIMIT_MAX_IMAGES", "2")
+    real_predict = cli_client.HttpClient.predict
+    answers: list[int] = []
+
+    def predict(self: cli_client.HttpClient, *args: object, **kwargs: object) -> object:
+        answer = real_predict(self, *args, **kwargs)  # type: ignore[arg-type]
+        answers.append(1)
+        if len(answers) > 1:
+            changed = answer.model.model_copy(update={"selection": "refit"})
+            answer = answer.model_copy(update={"model": changed})
+        return answer
+
+    monkeypatch.setattr(cli_client.HttpClient, "predict", predict)
+    paths = [str(path) for path in images[:4]]
+
+    code, _, err = cli("predict", str(study_id), *paths, "--url", api_url)
+
+    assert code == 1
+    line = one_error_line(err)
+    assert "the study's serving model changed while predicting" in line
+    assert "run predict again" in line
+
+
 def _never_read(path: Path) -> bytes:
     raise AssertionError(f"{path} was read")
 
