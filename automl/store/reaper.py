@@ -117,8 +117,17 @@ class Reaped:
     result: str
 
 
+Sightings = dict[tuple[int, int], float]
+"""Stale tickets one pass found: (ticket, attempt) -> its last heartbeat."""
+
+
 def reap_stale(
-    store: Store, grace: float, spare: str | None = None, *, max_stall: float | None = None
+    store: Store,
+    grace: float,
+    spare: str | None = None,
+    *,
+    max_stall: float | None = None,
+    sightings: Sightings | None = None,
 ) -> list[Reaped]:
     """Takes back every running ticket whose heartbeat is older than ``grace`` seconds.
 
@@ -132,6 +141,11 @@ def reap_stale(
         max_stall: Longest wait for the database, from the start and from each reap to
             the next, after which no ticket is reaped: the workers' beats waited as long,
             so their tickets may only look stale. None: no limit.
+        sightings: What the previous pass found stale: only a ticket it found with the
+            same last beat is reaped, and it is replaced by what this pass finds. A beat
+            that the database held up (a long SQLite write lock holds up the beats and
+            then the reaper, which may find the lock only near its end) lands between
+            two passes. None: every stale ticket is reaped at once.
 
     Raises:
         StorageStalledError: If a wait exceeded ``max_stall`` (the ticket whose reaping
@@ -139,7 +153,9 @@ def reap_stale(
     """
     clock = _StallClock(max_stall)
     tickets = tables.tickets
-    query = sa.select(tickets.c.ticket_id, tickets.c.study_id, tickets.c.attempt)
+    query = sa.select(
+        tickets.c.ticket_id, tickets.c.study_id, tickets.c.attempt, tickets.c.heartbeat_at
+    )
     if spare is not None:
         query = query.where(sa.or_(tickets.c.worker_id.is_(None), tickets.c.worker_id != spare))
     with store.read() as connection:
@@ -150,8 +166,14 @@ def reap_stale(
             )
         ).all()
     clock.check()
+    if sightings is not None:
+        found = {(row.ticket_id, row.attempt): row for row in stale}
+        seen_before = dict(sightings)
+        sightings.clear()
+        sightings.update({key: row.heartbeat_at for key, row in found.items()})
+        stale = [row for key, row in found.items() if seen_before.get(key) == row.heartbeat_at]
     reaped = []
-    for ticket_id, study_id, attempt in stale:
+    for ticket_id, study_id, attempt, _ in stale:
         result = _reap_one(store, ticket_id, study_id, attempt, grace, clock)
         if result is not None:
             reaped.append(result)
@@ -363,7 +385,10 @@ class Reaper:
 
     It reaps only after a grace period of passes that neither failed for want of the
     database nor waited on it for longer than ``max_stall`` (half the grace period) before
-    reaping: after either, the workers' beats may be late through no fault of theirs.
+    reaping: after either, the workers' beats may be late through no fault of theirs. A
+    ticket is reaped by the second pass in a row that finds it stale with the same last
+    beat (``reap_stale``'s ``sightings``), so a lost worker's trial is taken back after
+    the grace period and one to two intervals.
 
     Args:
         store: The store.
@@ -389,6 +414,7 @@ class Reaper:
         self._orphans_due = -float("inf")
         self._tidy_failures: dict[str, str] = {}  # the last failure of each clean-up step
         self._sweep_due = -float("inf")
+        self._sightings: Sightings = {}
 
     def start(self) -> Reaper:
         """Starts the background thread (a daemon: it never keeps a process alive)."""
@@ -449,7 +475,13 @@ class Reaper:
                 self._healthy_since = time.monotonic()
             elif time.monotonic() - healthy_since >= self.grace:
                 spare = self.spare() if self.spare is not None else None
-                reaped = reap_stale(self.store, self.grace, spare, max_stall=self.max_stall)
+                reaped = reap_stale(
+                    self.store,
+                    self.grace,
+                    spare,
+                    max_stall=self.max_stall,
+                    sightings=self._sightings,
+                )
             end_due_studies(self.store)
             sweep_half_created = time.monotonic() >= self._orphans_due
             if sweep_half_created:
@@ -467,6 +499,7 @@ class Reaper:
                 logger.warning("reaper: storage unavailable, will retry: %s", first_line(exc))
                 self._outage_logged = True
             self._healthy_since = None
+            self._sightings.clear()
             return []
         if self._outage_logged:
             logger.info("reaper: storage reachable again")

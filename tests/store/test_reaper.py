@@ -296,6 +296,7 @@ def test_a_deletion_that_keeps_failing_holds_up_neither_other_deletions_nor_reap
 
     reaper.run_once()
     time.sleep(0.5)  # a grace period of passes before reaping
+    assert reaper.run_once() == []  # the first pass that finds it stale
     reaped = reaper.run_once()
 
     assert [r.ticket_id for r in reaped] == [lease.ticket_id]
@@ -315,6 +316,7 @@ def test_reaper_waits_a_grace_period_after_gaining_the_database(
     try:
         assert reaper.run_once() == []  # it has not seen the database for a grace period
         time.sleep(0.6)
+        assert reaper.run_once() == []  # found stale: reaped if the next pass finds it so
         assert [reaped.ticket_id for reaped in reaper.run_once()] == [lease.ticket_id]
     finally:
         reaper.stop()
@@ -401,6 +403,7 @@ def test_a_reaper_spares_the_tickets_of_its_busy_worker(
         time.sleep(0.5)  # its first grace period
         assert reaper.run_once() == []
         busy = False  # idle: a ticket it left behind is taken back
+        assert reaper.run_once() == []  # by the second pass that finds it stale
         assert [r.ticket_id for r in reaper.run_once()] == [mine.ticket_id]
     finally:
         reaper.stop()
@@ -450,6 +453,7 @@ def _stalled_database_hides_no_live_worker(
     assert "did not answer for" in caplog.text
     assert heartbeat(store, live).held
     _beat_for(store, live, grace)
+    assert reaper.run_once() == []  # the first pass that finds it stale
     assert [reaped.ticket_id for reaped in reaper.run_once()] == [dead.ticket_id]
     assert heartbeat(store, live).held
 
@@ -479,6 +483,36 @@ def test_passes_during_a_long_write_lock_do_not_count_as_healthy(
 
     assert passes == [[], []]
     assert "did not answer for" in caplog.text
+    assert heartbeat(store, live).held
+
+
+def test_a_pass_that_finds_a_long_write_lock_only_near_its_end_reaps_no_live_worker(
+    sqlite_store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Found by an outage tester: a pass that started late in a write lock longer than the
+    grace period waited less than its limit, then found the live worker's beat (held up
+    since the lock began) older than the grace period and took its trial."""
+    store, grace = sqlite_store, 2.0
+    submit_study(store, tiny_spec(budget={"n_trials": 2, "max_retries": 1}))
+    reaper = Reaper(store, grace=grace, interval=3600)
+    reaper.run_once()  # starts its grace period
+    time.sleep(grace)
+    live, _ = start_trial(store, worker="live")
+    passes: list[list[int]] = []
+
+    def reaper_pass() -> None:
+        passes.append([reaped.ticket_id for reaped in reaper.run_once()])
+
+    with sqlite_write_lock_held(store):
+        time.sleep(grace)  # the live worker's next beat waits for the lock
+        late = threading.Thread(target=reaper_pass)
+        late.start()
+        time.sleep(reaper.max_stall / 2)  # the pass waits for less than its limit
+    late.join(timeout=60)
+    assert heartbeat(store, live).held  # the beat that waited lands
+    reaper_pass()
+
+    assert passes == [[], []]
     assert heartbeat(store, live).held
 
 
