@@ -198,6 +198,7 @@ def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
         args.host or "127.0.0.1",
         args.port,
         threads=args.concurrency,
+        cached_studies=args.cached_studies,
         grace=settings.grace_period,
         reap_interval=settings.reap_interval,
     )

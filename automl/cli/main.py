@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument(
         "--concurrency", type=concurrency, default=32, help="calls served at once per endpoint"
     )
+    proxy.add_argument(
+        "--cached-studies",
+        type=count,
+        default=64,
+        help="studies whose finished trials it keeps in memory (default 64; past them, a "
+        "study is read again when a worker next reads it)",
+    )
     storage_arg(proxy)
     artifacts_arg(proxy)
 

@@ -67,8 +67,9 @@ warnings.filterwarnings(
 
 Handler = Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes]]
 
-PROXY_CACHED_STUDIES = 32
-"""Studies whose finished trials the proxy keeps in memory (for all its workers)."""
+PROXY_CACHED_STUDIES = 64
+"""Studies whose finished trials the proxy keeps in memory for all its workers, unless
+``automl proxy --cached-studies`` says otherwise."""
 
 READY_TIMEOUT_S = 15.0
 
@@ -372,6 +373,9 @@ class ProxyServer:
         threads: Threads serving each endpoint (concurrent calls in flight).
         grace: Seconds without heartbeat after which a worker counts as lost.
         reap_interval: Seconds between reaper passes (None: no reaper).
+        cached_studies: Studies whose finished trials it keeps in memory, the ones its
+            workers read most recently: a worker reading a study past them waits while
+            the proxy reads the whole study again.
     """
 
     def __init__(
@@ -383,9 +387,14 @@ class ProxyServer:
         threads: int = 32,
         grace: float = 60.0,
         reap_interval: float | None = 15.0,
+        cached_studies: int = PROXY_CACHED_STUDIES,
     ) -> None:
         self.store, self.host, self.port = store, host, port
         self.threads = threads
+        self.optuna_storage = StudyCaches(
+            lambda: get_storage(store.storage), store.storage, capacity=cached_studies
+        )
+        """What Optuna's storage proxy serves: the database, with a cache per study."""
         self.grace, self.reap_interval = grace, reap_interval
         self._server: grpc.Server | None = None
         self._reaper: Reaper | None = None
@@ -407,13 +416,7 @@ class ProxyServer:
             # Optuna's cached storage (as Optuna's docs ask): finished trials are read once,
             # so a worker's sync costs what changed, not the study's size; one cache per
             # study, so that the proxy's memory does not grow with every study it served.
-            args=(
-                StudyCaches(
-                    lambda: get_storage(self.store.storage),
-                    self.store.storage,
-                    capacity=PROXY_CACHED_STUDIES,
-                ),
-            ),
+            args=(self.optuna_storage,),
             kwargs={
                 "host": self.host,
                 "port": self.port,

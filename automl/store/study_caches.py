@@ -8,14 +8,13 @@ the worker read each of them again, a study of thousands of trials taking many s
 Here each study has a cache of its own: past ``CACHED_STUDIES`` the one read least
 recently is dropped, and the others stay.
 
-A study gets a cache when its trials are read or a trial is created in it (what a worker
-does for every trial it runs); calls about a study go to its cache while it has one, and
-otherwise to the uncached storage, so that a few reads about another study (a test-split
-evaluation, a refit) do not push out the cache of one being searched. Calls about a trial
-go to the cache of the study it was created in while that cache is kept, and otherwise to
-the uncached storage (reading a trial is one query; writes to a trial Optuna's cache does
-not know must not go through it). Calls about no study in particular go to the uncached
-storage.
+A study gets a cache when its trials are read (what a worker's sampler does before every
+trial); other calls about a study go to its cache while it has one, and otherwise to the
+uncached storage, so that a few reads about another study (a test-split evaluation, a
+refit) do not push out the cache of one being searched. Calls about one trial, and about
+no study in particular, go to the uncached storage: Optuna's cache keeps finished trials
+only and forwards every write to a trial (refusing a param of a trial it did not create),
+so it would save nothing there.
 """
 
 from __future__ import annotations
@@ -23,13 +22,15 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Container, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
-from optuna.study._frozen import FrozenStudy
-from optuna.study._study_direction import StudyDirection
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+if TYPE_CHECKING:  # Optuna names no public module for it
+    from optuna.study._frozen import FrozenStudy
 
 CACHED_STUDIES = 16
 """Studies whose finished trials a worker keeps in memory. A worker serves one study per
@@ -42,7 +43,10 @@ class StudyCaches(BaseStorage):
 
     Args:
         open_cache: Opens an empty cache on the same storage (one per study).
-        uncached: The storage itself, for calls that are about no cached study.
+        uncached: The storage itself, for calls that are about no cached study. (Optuna's
+            gRPC client keeps every study whose trials it reads: here only through
+            ``get_best_trial`` and ``get_n_trials`` of a study without a cache, which
+            workers do not call.)
         capacity: How many studies keep their cache (``CACHED_STUDIES`` if None).
         close: Called with each cache that is dropped (e.g. to close its channel).
     """
@@ -62,7 +66,6 @@ class StudyCaches(BaseStorage):
         self._close = close
         self._capacity = capacity
         self._caches: OrderedDict[int, BaseStorage] = OrderedDict()
-        self._study_of: dict[int, int] = {}  # trials created here -> their study
         self._lock = threading.Lock()
 
     def cached_studies(self) -> list[int]:
@@ -80,9 +83,7 @@ class StudyCaches(BaseStorage):
                 self._caches.move_to_end(study_id)
                 return cache
             while len(self._caches) >= self._capacity:
-                old_study, old = self._caches.popitem(last=False)
-                self._forget_trials_of(old_study)
-                dropped.append(old)
+                dropped.append(self._caches.popitem(last=False)[1])
             cache = self._caches[study_id] = self._open_cache()
         for old in dropped:
             self._closed(old)
@@ -93,7 +94,6 @@ class StudyCaches(BaseStorage):
         with self._lock:
             dropped = list(self._caches.values())
             self._caches.clear()
-            self._study_of.clear()
         for cache in dropped:
             self._closed(cache)
 
@@ -101,22 +101,21 @@ class StudyCaches(BaseStorage):
         if self._close is not None:
             self._close(cache)
 
-    def _forget_trials_of(self, study_id: int) -> None:
-        for trial_id in [t for t, s in self._study_of.items() if s == study_id]:
-            del self._study_of[trial_id]
+    def cached(self, study_id: int) -> BaseStorage | None:
+        """The study's cache, if it has one (opening none)."""
+        with self._lock:
+            return self._caches.get(study_id)
 
     def _for_study(self, study_id: int) -> BaseStorage:
         """The study's cache, if it has one; else the uncached storage."""
-        with self._lock:
-            cache = self._caches.get(study_id)
+        cache = self.cached(study_id)
         return self.uncached if cache is None else cache
 
-    def _for_trial(self, trial_id: int) -> BaseStorage:
-        """The cache that created the trial, if it is kept; else the uncached storage."""
+    def _drop(self, study_id: int) -> None:
         with self._lock:
-            study_id = self._study_of.get(trial_id)
-            cache = None if study_id is None else self._caches.get(study_id)
-        return self.uncached if cache is None else cache
+            cache = self._caches.pop(study_id, None)
+        if cache is not None:
+            self._closed(cache)
 
     # --- studies ------------------------------------------------------------------------
 
@@ -128,12 +127,8 @@ class StudyCaches(BaseStorage):
 
     def delete_study(self, study_id: int) -> None:
         """See ``BaseStorage``; the study's cache is dropped too."""
-        with self._lock:
-            cache = self._caches.pop(study_id, None)
-            self._forget_trials_of(study_id)
-        (cache or self.uncached).delete_study(study_id)
-        if cache is not None:
-            self._closed(cache)
+        self._for_study(study_id).delete_study(study_id)
+        self._drop(study_id)
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
         """See ``BaseStorage``."""
@@ -170,13 +165,8 @@ class StudyCaches(BaseStorage):
     # --- trials -------------------------------------------------------------------------
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        """See ``BaseStorage``; created through the study's cache, so that it knows it."""
-        cache = self.cache_of(study_id)
-        trial_id = cache.create_new_trial(study_id, template_trial)
-        with self._lock:
-            if self._caches.get(study_id) is cache:
-                self._study_of[trial_id] = study_id
-        return trial_id
+        """See ``BaseStorage``."""
+        return self._for_study(study_id).create_new_trial(study_id, template_trial)
 
     def get_all_trials(
         self,
@@ -184,8 +174,21 @@ class StudyCaches(BaseStorage):
         deepcopy: bool = True,
         states: Container[TrialState] | None = None,
     ) -> list[FrozenTrial]:
+        """See ``BaseStorage``; opens the study's cache (dropped again if the study is
+        gone)."""
+        try:
+            return self.cache_of(study_id).get_all_trials(
+                study_id, deepcopy=deepcopy, states=states
+            )
+        except KeyError:
+            self._drop(study_id)
+            raise
+
+    def get_n_trials(
+        self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None
+    ) -> int:
         """See ``BaseStorage``."""
-        return self.cache_of(study_id).get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        return self._for_study(study_id).get_n_trials(study_id, state)
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
         """See ``BaseStorage``."""
@@ -199,7 +202,7 @@ class StudyCaches(BaseStorage):
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         """See ``BaseStorage``."""
-        return self._for_trial(trial_id).get_trial(trial_id)
+        return self.uncached.get_trial(trial_id)
 
     def set_trial_param(
         self,
@@ -209,34 +212,27 @@ class StudyCaches(BaseStorage):
         distribution: BaseDistribution,
     ) -> None:
         """See ``BaseStorage``."""
-        self._for_trial(trial_id).set_trial_param(
-            trial_id, param_name, param_value_internal, distribution
-        )
+        self.uncached.set_trial_param(trial_id, param_name, param_value_internal, distribution)
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
-        """See ``BaseStorage``; a trial that ends is no longer routed (its cache, if kept,
-        reads it like any other finished trial)."""
-        updated = self._for_trial(trial_id).set_trial_state_values(trial_id, state, values)
-        if state.is_finished():
-            with self._lock:
-                self._study_of.pop(trial_id, None)
-        return updated
+        """See ``BaseStorage``."""
+        return self.uncached.set_trial_state_values(trial_id, state, values)
 
     def set_trial_intermediate_value(
         self, trial_id: int, step: int, intermediate_value: float
     ) -> None:
         """See ``BaseStorage``."""
-        self._for_trial(trial_id).set_trial_intermediate_value(trial_id, step, intermediate_value)
+        self.uncached.set_trial_intermediate_value(trial_id, step, intermediate_value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         """See ``BaseStorage``."""
-        self._for_trial(trial_id).set_trial_user_attr(trial_id, key, value)
+        self.uncached.set_trial_user_attr(trial_id, key, value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         """See ``BaseStorage``."""
-        self._for_trial(trial_id).set_trial_system_attr(trial_id, key, value)
+        self.uncached.set_trial_system_attr(trial_id, key, value)
 
 
 __all__ = ["CACHED_STUDIES", "StudyCaches"]

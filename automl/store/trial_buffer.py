@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optuna.distributions import (
     BaseDistribution,
@@ -46,13 +46,15 @@ from optuna.distributions import (
 )
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
-from optuna.study._frozen import FrozenStudy
-from optuna.study._study_direction import StudyDirection
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.store.faults import is_transient
 from automl.store.leases import Lease, LeaseLostError
 from automl.store.trial_writes import TrialWrites, running_trial_template
+
+if TYPE_CHECKING:  # Optuna names no public module for it
+    from optuna.study._frozen import FrozenStudy
 
 Call = Callable[[str, dict[str, Any]], tuple[dict[str, Any], bytes]]
 """A coordination call: method and header in, reply header and payload out."""

@@ -130,6 +130,7 @@ def test_a_busy_dashboard_port_is_one_error_line_naming_its_flag(
     ("args", "fragment"),
     [
         (["proxy", "--concurrency", "0"], "--concurrency: 0 is out of range"),
+        (["proxy", "--cached-studies", "0"], "--cached-studies: 0 is out of range"),
         (["proxy", "--port", "65535"], "coordination takes port + 1) are 1 to 65534"),
         (["serve", "--port", "70000"], "--port: 70000 is out of range: ports are 1 to 65535"),
         (["up", "--port", "0"], "--port: 0 is out of range"),

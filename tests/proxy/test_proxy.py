@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import GrpcStorageProxy
 from optuna.trial import TrialState
 
 from automl.config import Settings
@@ -186,6 +187,23 @@ def test_a_taken_port_is_a_clear_error(sqlite_store: Store, tmp_path: Path) -> N
             ProxyServer(sqlite_store, "127.0.0.1", port, threads=2, reap_interval=None).start()
     finally:
         first.stop(grace=0)
+
+
+def test_the_proxy_keeps_the_finished_trials_of_its_cached_studies_only(
+    sqlite_store: Store, tiny_spec: SpecFactory
+) -> None:
+    ids = [submit_study(sqlite_store, tiny_spec(name=f"s{n}")).id for n in range(3)]
+    server = ProxyServer(
+        sqlite_store, "127.0.0.1", free_port_pair(), threads=2, reap_interval=None, cached_studies=2
+    ).start()
+    client = GrpcStorageProxy(host="127.0.0.1", port=server.port)
+    try:
+        for study_id in [*ids, ids[1]]:
+            assert client.get_all_trials(study_id) == []
+        assert server.optuna_storage.cached_studies() == [ids[2], ids[1]]
+    finally:
+        client.close()
+        server.stop(grace=0)
 
 
 def test_trials_created_through_the_proxy_are_optuna_trials(

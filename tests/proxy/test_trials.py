@@ -62,8 +62,10 @@ def test_a_worker_trial_goes_through_the_coordination_calls_only(
     monkeypatch.setattr(automl.proxy.trials, "GrpcStorageProxy", CountingClient)
     client = RemoteCoordinator(proxy.host, proxy.port)
     options = WorkerOptions(device="cpu", study_id=study_id, exit_when_idle=True, threads=1)
-    assert Worker(None, options, coordinator=client).run() == 2
-    client.close()
+    try:
+        assert Worker(None, options, coordinator=client).run() == 2
+    finally:
+        client.close()
     assert calls["GetStudyDirections"] >= 1, calls  # loading the study went through them
 
     # No param, report, attribute, state or creation of a trial through Optuna's client;
@@ -197,19 +199,24 @@ def test_a_worker_behind_the_proxy_forgets_studies_past_its_cache(
     firsts: list[BaseStorage] = []
 
     def seen(study_id: int, trial: FrozenTrial, outcome: str) -> None:
-        firsts.append(client.storage.caches.cache_of(study_id))
+        cache = client.storage.caches.cached(study_id)
+        assert cache is not None
+        firsts.append(cache)
 
     options = WorkerOptions(device="cpu", exit_when_idle=True, threads=1)
     worker = Worker(None, options, coordinator=client)
     worker.on_trial_end = seen
-    assert worker.run() == 2
-
-    # A client of the proxy's Optuna storage (a cache) per study; the first one's channel
-    # was closed when the second study came.
-    assert client.storage.caches.cached_studies() == [ids[1]]
-    assert firsts[1] is not firsts[0]
-    with pytest.raises(ValueError, match="closed"):
-        firsts[0].get_study_name_from_id(ids[0])
+    try:
+        assert worker.run() == 2
+        # A client of the proxy's Optuna storage (a cache) per study; the first one's
+        # channel was closed when the second study came.
+        assert client.storage.caches.cached_studies() == [ids[1]]
+        assert firsts[1] is not firsts[0]
+        with pytest.raises(ValueError, match="closed"):
+            firsts[0].get_study_name_from_id(ids[0])
+        name = store.storage.get_study_name_from_id(ids[1])
+        assert firsts[1].get_study_name_from_id(ids[1]) == name
+    finally:
+        client.close()
     for study_id in ids:
         assert [t.state for t in store.storage.get_all_trials(study_id)] == [TrialState.COMPLETE]
-    client.close()

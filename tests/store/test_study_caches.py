@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from typing import Any, cast
 
 import optuna
 import pytest
@@ -17,16 +18,29 @@ from automl.store import Store, StudyCaches
 LR = FloatDistribution(1e-4, 1e-1, log=True)
 
 
+class Spy:
+    """A storage that records which of its methods were called, then calls them."""
+
+    def __init__(self, storage: BaseStorage, calls: list[str]) -> None:
+        self.storage, self.calls = storage, calls
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls.append(name)
+        return getattr(self.storage, name)
+
+
 class Opened:
-    """Opens Optuna's cached storage on the store and remembers each cache it opened."""
+    """Opens Optuna's cached storage on the store and remembers each cache it opened (and,
+    in ``calls``, what was asked of any of them)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.caches: list[BaseStorage] = []
         self.closed: list[BaseStorage] = []
+        self.calls: list[str] = []
 
     def open(self) -> BaseStorage:
-        cache = optuna.storages.get_storage(self.store.storage)
+        cache = cast(BaseStorage, Spy(optuna.storages.get_storage(self.store.storage), self.calls))
         self.caches.append(cache)
         return cache
 
@@ -164,6 +178,62 @@ def test_close_drops_every_cache(store: Store) -> None:
     caches.get_all_trials(b)
     caches.close()
     assert caches.cached_studies() == [] and opened.closed == opened.caches
+
+
+def test_only_reading_a_study_s_trials_opens_its_cache(store: Store) -> None:
+    """A few reads about another study (a test-split evaluation, a refit) must not push
+    out the cache of the study being searched."""
+    opened = Opened(store)
+    caches = StudyCaches(opened.open, store.storage, capacity=1)
+    a, b = _studies(store, 2)
+    caches.get_all_trials(a)
+    opened.calls.clear()
+
+    assert caches.get_study_name_from_id(b) == "caches-1"
+    assert caches.get_study_directions(b) == [StudyDirection.MINIMIZE]
+    assert caches.get_study_user_attrs(b) == {} and caches.get_study_system_attrs(b) == {}
+    trial_id = caches.get_trial_id_from_study_id_trial_number(b, 1)
+    assert caches.get_trial(trial_id).value == 1.0
+    assert caches.get_best_trial(b).value == 0.0
+    assert caches.get_n_trials(b) == 2
+    caches.set_study_user_attr(b, "k", 1)
+
+    assert caches.cached_studies() == [a] and opened.calls == []
+
+
+def test_calls_about_a_cached_study_go_to_its_cache_and_trial_writes_do_not(
+    store: Store,
+) -> None:
+    opened = Opened(store)
+    caches = StudyCaches(opened.open, store.storage)
+    (a,) = _studies(store, 1)
+    caches.get_all_trials(a)
+    opened.calls.clear()
+
+    caches.get_study_name_from_id(a)
+    caches.get_study_directions(a)
+    caches.get_trial_id_from_study_id_trial_number(a, 0)
+    running = caches.create_new_trial(a)
+    assert opened.calls == [
+        "get_study_name_from_id",
+        "get_study_directions",
+        "get_trial_id_from_study_id_trial_number",
+        "create_new_trial",
+    ]
+    opened.calls.clear()
+    caches.set_trial_param(running, "lr", LR.to_internal_repr(0.02), LR)
+    caches.set_trial_state_values(running, TrialState.COMPLETE, [0.5])
+    assert caches.get_trial(running).value == 0.5
+    assert opened.calls == []  # Optuna's cache forwards these: they go to the storage
+
+
+def test_a_study_that_is_gone_keeps_no_cache(store: Store) -> None:
+    caches = StudyCaches(lambda: optuna.storages.get_storage(store.storage), store.storage)
+    (a,) = _studies(store, 1)
+    caches.get_all_trials(a)
+    with pytest.raises(KeyError):
+        caches.get_all_trials(a + 1000)
+    assert caches.cached_studies() == [a]
 
 
 def test_a_capacity_below_one_is_refused(store: Store) -> None:

@@ -1109,7 +1109,9 @@ def test_a_worker_forgets_only_the_study_it_served_least_recently(
 
     def seen(study_id: int, trial: FrozenTrial, outcome: str) -> None:
         cached.append(caches.cached_studies())
-        kept.setdefault(study_id, weakref.ref(caches.cache_of(study_id)))
+        cache = caches.cached(study_id)
+        assert cache is not None
+        kept.setdefault(study_id, weakref.ref(cache))
         assert list(worker._studies)[-1] == study_id and len(worker._studies) <= 2
 
     worker.on_trial_end = seen
@@ -1119,7 +1121,7 @@ def test_a_worker_forgets_only_the_study_it_served_least_recently(
     assert cached == [[first]] * 2 + [[first, second]] * 2 + [[second, third]] * 2
     gc.collect()
     assert kept[first]() is None  # nothing holds its finished trials
-    assert kept[second]() is caches.cache_of(second)  # the same cache, not read again
+    assert kept[second]() is caches.cached(second)  # the same cache, not read again
     assert list(worker._studies) == [second, third]
     for study_id in ids:
         assert _states(store, study_id) == [TrialState.COMPLETE] * 2
