@@ -45,6 +45,9 @@ FEW_SAMPLES = 20
 """Below this many evaluation images of a class, its scores are flagged as uncertain."""
 NAMED_TIES = 5
 """Classes tied for the lowest or highest recall that the limits name; more are counted."""
+NAMED_FEW = 20
+"""Classes with few evaluation images that the limits name; more are counted (the
+per-class scores name them all)."""
 
 
 def preprocess_of(
@@ -197,9 +200,11 @@ def build_card(
             "validation": validation,
             "validation_per_class": user_attrs.get(attrs.PER_CLASS),
             "validation_confusion": user_attrs.get(attrs.CONFUSION),
+            "validation_most_confused": user_attrs.get(attrs.MOST_CONFUSED),
             "test": test,
             "test_per_class": user_attrs.get(attrs.TEST_PER_CLASS),
             "test_confusion": user_attrs.get(attrs.TEST_CONFUSION),
+            "test_most_confused": user_attrs.get(attrs.TEST_MOST_CONFUSED),
         },
         "dataset": dataset,
         "libraries": {"training": user_attrs.get(attrs.LIBRARIES)},
@@ -342,9 +347,12 @@ def intended_use(
         f"{row['class']} (no {split} images)" for row in per_class if row.get("support", 0) == 0
     ]
     if few:
+        named = ", ".join(few[:NAMED_FEW]) + (
+            f", and {len(few) - NAMED_FEW} more" if len(few) > NAMED_FEW else ""
+        )
         limits.append(
             f"Classes with fewer than {FEW_SAMPLES} {split} images (their count) have "
-            f"uncertain scores: {', '.join(few)}."
+            f"uncertain scores: {named}."
         )
     return {
         "intended_use": (

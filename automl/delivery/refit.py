@@ -51,6 +51,7 @@ def as_refit_trial(trial: FrozenTrial, result: RefitResult) -> FrozenTrial:
         attrs.TEST_METRICS: result.test_metrics,
         attrs.TEST_PER_CLASS: result.test_per_class,
         attrs.TEST_CONFUSION: result.test_confusion,
+        attrs.TEST_MOST_CONFUSED: result.test_most_confused,
         attrs.REFIT: refit_facts(result),
     }
     return view

@@ -42,7 +42,8 @@ SECTIONS: dict[str, str] = {
     "param-importances": "Parameter importances",
     "slice-plots": "Objective by parameter (slice plots)",
     "learning-curves": "Best model: learning curves",
-    "confusion-matrix": "Best model: confusion matrix (validation)",
+    "confusion-matrix": "Best model: confusion matrix, or past 50 classes its most frequent "
+    "mistakes (validation)",
     "per-class": "Best model: per-class precision and recall (validation)",
     "embeddings-pca": "Best model: PCA of penultimate-layer embeddings (validation)",
     "embeddings-tsne": "Best model: t-SNE of penultimate-layer embeddings (validation)",
@@ -65,6 +66,9 @@ MAX_ANNOTATED_CLASSES = 15
 
 MAX_LABELED_CLASSES = 40
 """Plots with more classes drop the class names from their axes and legends."""
+
+MOST_CONFUSED_SHOWN = 30
+"""Mistakes the report shows for a model whose confusion matrix was not kept whole."""
 
 
 @dataclass(frozen=True)
@@ -452,6 +456,9 @@ def confusion_figure(trial: FrozenTrial) -> Figure:
     """The validation confusion matrix: rows true, columns predicted classes."""
     confusion = trial.user_attrs.get(attrs.CONFUSION)
     if not confusion:
+        mistakes = trial.user_attrs.get(attrs.MOST_CONFUSED)
+        if mistakes is not None:  # past DENSE_CONFUSION_CLASSES classes
+            return most_confused_figure(mistakes)
         raise Unavailable(f"Trial {trial.number} recorded no confusion matrix.")
     matrix = np.asarray(confusion, dtype=np.int64)
     count = len(matrix)
@@ -472,6 +479,23 @@ def confusion_figure(trial: FrozenTrial) -> Figure:
             axes.text(column, row, str(value), ha="center", va="center", color=color)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
+    return figure
+
+
+def most_confused_figure(mistakes: Sequence[Mapping[str, Any]]) -> Figure:
+    """The most frequent mistakes (true -> predicted), for a model of more classes than a
+    matrix can show."""
+    shown = list(mistakes[:MOST_CONFUSED_SHOWN])
+    if not shown:
+        raise Unavailable("The best model made no mistake on the validation split.")
+    figure = Figure(figsize=(8, 1.5 + 0.3 * len(shown)), layout="constrained")
+    axes = figure.add_subplot()
+    labels = [f"{_plain(str(m['true']))} -> {_plain(str(m['predicted']))}" for m in shown]
+    axes.barh(range(len(shown)), [int(m["count"]) for m in shown], color="tab:blue")
+    axes.set_yticks(range(len(shown)), labels)
+    axes.invert_yaxis()
+    axes.set_xlabel("validation images (true class -> predicted class)")
+    axes.set_title(f"The {len(shown)} most frequent mistakes")
     return figure
 
 

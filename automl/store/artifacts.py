@@ -339,9 +339,10 @@ def save_model_card(trial: optuna.Trial, card: Mapping[str, Any], store: Artifac
     optuna-dashboard lists it for download.
 
     The card is a snapshot taken when the trial completed (validation metrics; the test
-    metrics that come later are in the bundle's card). Being a few kilobytes it stays when
-    retention removes the weights, and goes with the study when it is deleted (as every
-    artifact recorded on its trials does).
+    metrics that come later are in the bundle's card). A few kilobytes for tens of classes
+    (it grows with the classes, not their square: past 50 classes a confusion matrix is
+    kept as its most frequent mistakes), it stays when retention removes the weights, and
+    goes with the study when it is deleted (as every artifact recorded on its trials does).
 
     Returns:
         The artifact id.

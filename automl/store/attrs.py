@@ -28,7 +28,8 @@ CONFIG = PREFIX + "config"
 METRICS = PREFIX + "metrics"
 HISTORY = PREFIX + "history"
 PER_CLASS = PREFIX + "per_class"
-CONFUSION = PREFIX + "confusion"
+CONFUSION = PREFIX + "confusion"  # whole up to DENSE_CONFUSION_CLASSES classes
+MOST_CONFUSED = PREFIX + "most_confused"  # its largest cells off the diagonal
 CLASSES = PREFIX + "classes"  # class names in index order: the confusion matrix's labels
 # The identity of the data the trial trained on (classes, sample shape, images per class
 # and split: ``automl.worker.data_identity``), recorded once loaded.
@@ -56,6 +57,7 @@ RESUMED_FROM_EPOCH = PREFIX + "resumed_from_epoch"
 TEST_METRICS = PREFIX + "test_metrics"
 TEST_PER_CLASS = PREFIX + "test_per_class"
 TEST_CONFUSION = PREFIX + "test_confusion"
+TEST_MOST_CONFUSED = PREFIX + "test_most_confused"
 
 
 class FailureKind(StrEnum):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,16 +72,19 @@ class TrialTestReport:
         number: The trial's number in its study.
         metrics: Every registered metric.
         per_class: Precision, recall, F1 and support of each class.
-        confusion: The confusion matrix; rows are true classes, columns predictions.
+        confusion: The confusion matrix; rows are true classes, columns predictions
+            (None past ``DENSE_CONFUSION_CLASSES`` classes).
         samples: Images in the test split.
+        most_confused: The matrix's largest cells off the diagonal.
     """
 
     trial_id: int
     number: int
     metrics: dict[str, float]
     per_class: list[dict[str, Any]]
-    confusion: list[list[int]]
+    confusion: list[list[int]] | None
     samples: int
+    most_confused: list[dict[str, Any]] = field(default_factory=list)
 
 
 def best_trials_of(store: Store, study_id: int, directions: Sequence[str]) -> list[FrozenTrial]:
@@ -226,6 +229,7 @@ def _end(
                 attrs.TEST_METRICS: report.metrics,
                 attrs.TEST_PER_CLASS: report.per_class,
                 attrs.TEST_CONFUSION: report.confusion,
+                attrs.TEST_MOST_CONFUSED: report.most_confused,
             },
         )
     mirror = {"state": state.value, "note": note, "trials": numbers, "finished_at": iso(at)}

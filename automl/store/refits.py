@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,9 +74,12 @@ class RefitResult:
         card: Artifact id of the model card (JSON), if it was stored.
         test_metrics: Every registered metric on the test split.
         test_per_class: Precision, recall, F1 and support of each class.
-        test_confusion: The confusion matrix; rows are true classes, columns predictions.
+        test_confusion: The confusion matrix; rows are true classes, columns predictions
+            (None past ``DENSE_CONFUSION_CLASSES`` classes).
         test_samples: Images in the test split.
         duration_s: Seconds the training took.
+        test_most_confused: The matrix's largest cells off the diagonal (none in results
+            stored before it was kept).
     """
 
     trial_number: int
@@ -86,9 +89,10 @@ class RefitResult:
     card: str | None
     test_metrics: dict[str, float]
     test_per_class: list[dict[str, Any]]
-    test_confusion: list[list[int]]
+    test_confusion: list[list[int]] | None
     test_samples: int
     duration_s: float
+    test_most_confused: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The result as a JSON object."""
@@ -274,6 +278,7 @@ def read_refit(connection: sa.engine.Connection, study_id: int) -> RefitView | N
         test_metrics=None if result is None else result.test_metrics,
         test_per_class=None if result is None else result.test_per_class,
         test_confusion=None if result is None else result.test_confusion,
+        test_most_confused=None if result is None else result.test_most_confused,
         test_samples=None if result is None else result.test_samples,
         requested_at=_datetime(row.requested_at),
         finished_at=_datetime(row.finished_at),

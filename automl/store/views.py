@@ -116,7 +116,15 @@ class TrialDetail(TrialSummary):
     history: list[dict[str, float]] | None = None
     per_class: list[dict[str, Any]] | None = None
     confusion: list[list[int]] | None = Field(
-        None, description="Validation confusion matrix: rows true, columns predicted classes."
+        None,
+        description="Validation confusion matrix: rows true, columns predicted classes (up "
+        "to 50 classes; past them null: a matrix grows with the square of the classes, "
+        "see most_confused).",
+    )
+    most_confused: list[dict[str, Any]] | None = Field(
+        None,
+        description="The most frequent mistakes, most frequent first: up to 100 "
+        "{true, predicted, count} (the confusion matrix's largest cells off its diagonal).",
     )
     classes: list[str] | None = Field(
         None, description="Class names in index order (the confusion matrix's labels)."
@@ -135,6 +143,7 @@ class TrialDetail(TrialSummary):
     )
     test_per_class: list[dict[str, Any]] | None = None
     test_confusion: list[list[int]] | None = None
+    test_most_confused: list[dict[str, Any]] | None = None
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialDetail:
@@ -146,6 +155,7 @@ class TrialDetail(TrialSummary):
             history=user_attrs.get(attrs.HISTORY),
             per_class=user_attrs.get(attrs.PER_CLASS),
             confusion=user_attrs.get(attrs.CONFUSION),
+            most_confused=user_attrs.get(attrs.MOST_CONFUSED),
             classes=user_attrs.get(attrs.CLASSES),
             notes=user_attrs.get(attrs.NOTES),
             best_epoch=user_attrs.get(attrs.BEST_EPOCH),
@@ -153,6 +163,7 @@ class TrialDetail(TrialSummary):
             test_metrics=user_attrs.get(attrs.TEST_METRICS),
             test_per_class=user_attrs.get(attrs.TEST_PER_CLASS),
             test_confusion=user_attrs.get(attrs.TEST_CONFUSION),
+            test_most_confused=user_attrs.get(attrs.TEST_MOST_CONFUSED),
         )
 
 
@@ -186,6 +197,7 @@ class RefitView(BaseModel):
     test_metrics: dict[str, float] | None = None
     test_per_class: list[dict[str, Any]] | None = None
     test_confusion: list[list[int]] | None = None
+    test_most_confused: list[dict[str, Any]] | None = None
     test_samples: int | None = None
     requested_at: datetime | None = None
     finished_at: datetime | None = None

@@ -13,7 +13,13 @@ from automl.models import MODELS, build_model
 from automl.models.transfer import TransferOptions
 from automl.train.accel import Accelerator
 from automl.train.loop import evaluate, resolve_device
-from automl.train.metrics import Evaluation, compute_metrics, per_class_report
+from automl.train.metrics import (
+    Evaluation,
+    compute_metrics,
+    dense_confusion,
+    most_confused,
+    per_class_report,
+)
 from automl.train.model_stats import profile_model
 from automl.train.trial_config import TrialConfig
 
@@ -31,7 +37,9 @@ class SplitReport:
     split: str
     metrics: dict[str, float]
     per_class: list[dict[str, Any]]
-    confusion: list[list[int]]
+    confusion: list[list[int]] | None
+    """None past ``DENSE_CONFUSION_CLASSES`` classes."""
+    most_confused: list[dict[str, Any]]
     samples: int
 
 
@@ -94,6 +102,7 @@ def evaluate_weights(
         split=split,
         metrics=compute_metrics(Evaluation(confusion, mean_loss, stats)),
         per_class=per_class_report(confusion, data.classes),
-        confusion=confusion.tolist(),
+        confusion=dense_confusion(confusion),
+        most_confused=most_confused(confusion, data.classes),
         samples=len(labels),
     )

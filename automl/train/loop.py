@@ -39,6 +39,8 @@ from automl.train.metrics import (
     Evaluation,
     compute_metrics,
     confusion_matrix,
+    dense_confusion,
+    most_confused,
     per_class_report,
 )
 from automl.train.model_stats import profile_model
@@ -74,7 +76,10 @@ class TrainResult:
     history: list[dict[str, float]]
     """Per-epoch ``epoch``, ``train_loss`` and validation metrics."""
     per_class: list[dict[str, Any]]
-    confusion: list[list[int]]
+    confusion: list[list[int]] | None
+    """The validation confusion matrix (None past ``DENSE_CONFUSION_CLASSES`` classes)."""
+    most_confused: list[dict[str, Any]]
+    """Its largest cells off the diagonal (``automl.train.metrics.most_confused``)."""
     epochs_run: int
     pruned: bool
     duration_s: float
@@ -404,7 +409,8 @@ def train(
         metrics=metrics,
         history=history,
         per_class=per_class_report(confusion, data.classes),
-        confusion=confusion.tolist(),
+        confusion=dense_confusion(confusion),
+        most_confused=most_confused(confusion, data.classes),
         epochs_run=len(history),
         pruned=pruned,
         duration_s=time.perf_counter() - started,

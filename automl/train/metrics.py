@@ -109,6 +109,38 @@ def confusion_matrix(
     return counts.reshape(num_classes, num_classes).cpu()
 
 
+DENSE_CONFUSION_CLASSES = 50
+"""Up to this many classes a confusion matrix is kept whole. It grows with the square of
+the classes (3 MB of JSON per trial at 1,000, in every trial a worker keeps in memory), so
+past it only ``most_confused`` is kept."""
+
+MOST_CONFUSED = 100
+"""How many of the most frequent confusions ``most_confused`` keeps."""
+
+
+def dense_confusion(confusion: torch.Tensor) -> list[list[int]] | None:
+    """The whole matrix as lists (rows true, columns predicted), up to
+    ``DENSE_CONFUSION_CLASSES`` classes; None past them."""
+    return confusion.tolist() if len(confusion) <= DENSE_CONFUSION_CLASSES else None
+
+
+def most_confused(
+    confusion: torch.Tensor, classes: tuple[str, ...], limit: int = MOST_CONFUSED
+) -> list[dict[str, str | int]]:
+    """The most frequent mistakes: ``{"true", "predicted", "count"}`` for the largest cells
+    off the diagonal, most frequent first (ties: in row-major order), at most ``limit``."""
+    size = len(confusion)
+    mistakes = confusion.clone().reshape(-1)
+    mistakes[:: size + 1] = 0  # the diagonal: right answers
+    found = int((mistakes > 0).sum())
+    counts, cells = torch.sort(mistakes, descending=True, stable=True)
+    kept = min(found, limit)
+    return [
+        {"true": classes[cell // size], "predicted": classes[cell % size], "count": count}
+        for count, cell in zip(counts[:kept].tolist(), cells[:kept].tolist(), strict=True)
+    ]
+
+
 def compute_metrics(evaluation: Evaluation) -> dict[str, float]:
     """Computes every registered metric."""
     return {name: METRICS.get(name).factory.compute(evaluation) for name in METRICS.names()}

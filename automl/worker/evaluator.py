@@ -120,6 +120,7 @@ def score(coordinator: Coordinator, lease: EvaluationLease, device: str) -> Outc
                 metrics=report.metrics,
                 per_class=report.per_class,
                 confusion=report.confusion,
+                most_confused=report.most_confused,
                 samples=report.samples,
             )
         )

@@ -432,10 +432,12 @@ class _Attempt:
             attrs.METRICS: result.metrics,
             attrs.HISTORY: result.history,
             attrs.PER_CLASS: result.per_class,
-            attrs.CONFUSION: result.confusion,
+            attrs.MOST_CONFUSED: result.most_confused,
             attrs.CLASSES: list(result.classes),
             attrs.BEST_EPOCH: result.best_epoch,
         }
+        if result.confusion is not None:
+            results[attrs.CONFUSION] = result.confusion
         if result.notes:
             results[attrs.NOTES] = result.notes
         # Again: a lower-numbered trial on other data may have recorded it since the start.

@@ -26,8 +26,10 @@ from automl.delivery.embeddings import Embeddings, pca_2d, subsample, tsne_2d
 from automl.delivery.inference import ServingTrial, load_serving_model
 from automl.delivery.report import (
     MAX_LABEL_CHARS,
+    MOST_CONFUSED_SHOWN,
     SECTIONS,
     ReportData,
+    Unavailable,
     confusion_figure,
     importance_sample,
     importances_note,
@@ -293,6 +295,20 @@ def test_long_class_names_are_cut_in_figures() -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")  # as the report saves it
     assert max(Image.open(buffer).size) < 1500
+
+
+def test_past_the_dense_limit_the_report_shows_the_most_frequent_mistakes() -> None:
+    trial = made_up_trial(0, {"lr": 0.01}, 0.5)
+    del trial.user_attrs[attrs.CONFUSION]
+    trial.user_attrs[attrs.MOST_CONFUSED] = [
+        {"true": f"c{i}", "predicted": f"c{i + 1}", "count": 40 - i} for i in range(40)
+    ]
+    figure = confusion_figure(trial)
+    labels = [label.get_text() for label in figure.axes[0].get_yticklabels()]
+    assert labels[:2] == ["c0 -> c1", "c1 -> c2"] and len(labels) == MOST_CONFUSED_SHOWN
+    trial.user_attrs[attrs.MOST_CONFUSED] = []
+    with pytest.raises(Unavailable, match="made no mistake"):
+        confusion_figure(trial)
 
 
 def test_importances_show_a_note_with_one_parameter_or_few_trials() -> None:

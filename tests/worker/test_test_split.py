@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +27,10 @@ from automl.store import (
 )
 from automl.train import TrialConfig
 from automl.train.evaluation import evaluate_weights
+from automl.train.metrics import DENSE_CONFUSION_CLASSES, MOST_CONFUSED
 from automl.worker import SqlCoordinator, Worker, WorkerOptions
 from tests.conftest import tiny_spec_data
+from tests.data.conftest import write_class_folder
 from tests.worker.options import fast_options
 
 SpecFactory = Callable[..., StudySpec]
@@ -76,6 +80,38 @@ def test_test_metrics_appear_when_a_study_with_a_test_split_completes(
     assert trial.values == [pytest.approx(trial.metrics["accuracy"])]
     other = [t for t in store.storage.get_all_trials(study_id) if t.number != trial.number]
     assert [attrs.TEST_METRICS in t.user_attrs for t in other] == [False]
+
+
+def test_past_the_dense_limit_a_trial_keeps_its_most_frequent_mistakes(
+    sqlite_store: Store, tiny_spec: SpecFactory, data_root: Path
+) -> None:
+    """A 1,000-class matrix was 3 MB per trial (and in the test scores and card again),
+    held in memory by every worker for every finished trial of the study."""
+    classes = DENSE_CONFUSION_CLASSES + 10
+    write_class_folder(data_root / "many", {f"k{i:03d}": 4 for i in range(classes)}, size=(6, 6))
+    dataset = {
+        "source": "image_folder",
+        "options": {"path": "many", "size": 6, "val_fraction": 0.25, "test_fraction": 0.25},
+    }
+    spec = tiny_spec(dataset=dataset, budget={"n_trials": 1, "max_failed": 0})
+    study_id = submit_study(sqlite_store, spec).id
+    assert Worker(sqlite_store, _options()).run() == 1
+
+    [trial] = best_trials(sqlite_store, study_id).trials
+    assert trial.confusion is None and trial.test_confusion is None
+    for mistakes, rows in (
+        (trial.most_confused, trial.per_class),
+        (trial.test_most_confused, trial.test_per_class),
+    ):
+        assert mistakes and rows and len(mistakes) <= MOST_CONFUSED
+        counts = [m["count"] for m in mistakes]
+        assert counts == sorted(counts, reverse=True)
+        wrong = sum(row["support"] - round(row["recall"] * row["support"]) for row in rows)
+        assert sum(m["count"] for m in mistakes) == wrong  # fewer mistakes than the limit
+        assert all(m["true"] != m["predicted"] for m in mistakes)
+    [frozen] = sqlite_store.storage.get_all_trials(study_id)
+    assert attrs.CONFUSION not in frozen.user_attrs
+    assert len(json.dumps(frozen.user_attrs[attrs.MOST_CONFUSED])) < 10_000
 
 
 def test_without_a_test_split_the_evaluation_is_skipped(

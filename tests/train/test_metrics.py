@@ -1,0 +1,44 @@
+"""Confusion matrices as they are kept (``automl.train.metrics``)."""
+
+from __future__ import annotations
+
+import torch
+
+from automl.train.metrics import (
+    DENSE_CONFUSION_CLASSES,
+    dense_confusion,
+    most_confused,
+)
+
+
+def test_the_most_frequent_mistakes_come_first_and_right_answers_never() -> None:
+    matrix = torch.tensor([[9, 2, 0], [0, 8, 4], [1, 2, 7]])
+    assert most_confused(matrix, ("a", "b", "c")) == [
+        {"true": "b", "predicted": "c", "count": 4},
+        {"true": "a", "predicted": "b", "count": 2},  # tied: in row-major order
+        {"true": "c", "predicted": "b", "count": 2},
+        {"true": "c", "predicted": "a", "count": 1},
+    ]
+    assert most_confused(matrix, ("a", "b", "c"), limit=1) == [
+        {"true": "b", "predicted": "c", "count": 4}
+    ]
+    assert most_confused(torch.eye(3, dtype=torch.int64) * 5, ("a", "b", "c")) == []
+
+
+def test_past_the_dense_limit_only_the_most_frequent_mistakes_are_kept() -> None:
+    """A 1,000-class matrix was 3 MB of JSON per trial, held by every worker."""
+    small = torch.ones(DENSE_CONFUSION_CLASSES, DENSE_CONFUSION_CLASSES, dtype=torch.int64)
+    assert dense_confusion(small) == small.tolist()
+
+    size = 1000
+    classes = tuple(f"class-{i}" for i in range(size))
+    large = torch.diag(torch.full((size,), 3, dtype=torch.int64))
+    for true in range(150):  # 150 distinct mistakes, one of them frequent
+        large[true, (true + 1) % size] = 1
+    large[500, 7] = 6
+    assert dense_confusion(large) is None
+    kept = most_confused(large, classes)
+    assert len(kept) == 100
+    assert kept[0] == {"true": "class-500", "predicted": "class-7", "count": 6}
+    assert all(m["count"] == 1 for m in kept[1:])
+    assert kept[1] == {"true": "class-0", "predicted": "class-1", "count": 1}
