@@ -92,6 +92,8 @@ class RemoteCoordinator:
         )
         # The running trial's reads are local and its writes ride on the calls below.
         self.storage = ProxyTrialStorage(host, port, self.call)
+        self.protocol = wire.PROTOCOL
+        """The proxy's protocol, as far as this worker speaks it (``ping`` learns it)."""
         self.artifacts = RemoteArtifactStore(self)
 
     @classmethod
@@ -145,11 +147,12 @@ class RemoteCoordinator:
         """
         reply, _ = self.call("ping", {}, timeout=timeout)
         protocol = int(reply.get("protocol", 1))
-        if protocol < wire.PROTOCOL:
+        if protocol < wire.OLDEST_PROTOCOL:
             raise ProxyTooOldError(
                 f"automl proxy at {self.host}:{self.port} is too old for this worker; "
                 "upgrade the proxy"
             )
+        self.protocol = min(protocol, wire.PROTOCOL)
         return protocol
 
     # --- Coordinator -----------------------------------------------------------------------
@@ -289,7 +292,7 @@ class RemoteCoordinator:
         header = {
             "lease": wire.evaluation_to_wire(lease),
             "state": state.value,
-            "reports": [wire.report_to_wire(report) for report in reports],
+            "reports": [wire.report_to_wire(report, self.protocol) for report in reports],
             "note": note,
         }
         reply, _ = self.call("finish_evaluation", header, timeout=TRANSFER_TIMEOUT_S)
@@ -321,7 +324,7 @@ class RemoteCoordinator:
         header = {
             "lease": wire.refit_to_wire(lease),
             "state": state.value,
-            "result": None if result is None else result.to_json(),
+            "result": wire.refit_result_to_wire(result, self.protocol),
             "note": note,
         }
         reply, _ = self.call("finish_refit", header, timeout=TRANSFER_TIMEOUT_S)

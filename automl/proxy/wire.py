@@ -39,13 +39,18 @@ RECONNECT_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 ]
 
-PROTOCOL = 3
+PROTOCOL = 4
 """The coordination protocol's version, which ``ping`` answers: 2 added the running
 trial's calls (``create_trial``, ``write_trial``, ``tell_trial``) and the buffered
 ``writes`` other calls carry; 3 made ``create_trial`` link the trial to the ``lease`` it
 carries (a proxy before 3 ignores it, so a retried attempt's trial would be invisible to
-the reaper) and added ``outranked``. A proxy without it answers ``ping`` with no
-version."""
+the reaper) and added ``outranked``; 4 added ``most_confused`` to test reports and
+``test_most_confused`` to refit results (a worker leaves them out for a proxy of 3, which
+refuses fields it does not know; from 4 a proxy leaves out the fields it does not know). A
+proxy without it answers ``ping`` with no version."""
+
+OLDEST_PROTOCOL = 3
+"""The oldest proxy this worker runs on."""
 
 
 class ProxyTooOldError(CoordinatorTooOldError):
@@ -119,17 +124,37 @@ def refit_from_wire(data: dict[str, Any]) -> RefitLease:
 
 def refit_result_from_wire(data: dict[str, Any] | None) -> RefitResult | None:
     """The refit result that ``RefitResult.to_json`` wrote (None stays None)."""
-    return None if data is None else RefitResult.from_json(data)
+    return None if data is None else RefitResult.from_json(_known(RefitResult, data))
 
 
-def report_to_wire(report: TrialTestReport) -> dict[str, Any]:
-    """A trial's test-split report as a JSON object."""
-    return dataclasses.asdict(report)
+def report_to_wire(report: TrialTestReport, protocol: int = PROTOCOL) -> dict[str, Any]:
+    """A trial's test-split report as a JSON object, as a proxy of ``protocol`` reads it."""
+    data = dataclasses.asdict(report)
+    if protocol < 4:
+        del data["most_confused"]
+    return data
 
 
 def report_from_wire(data: dict[str, Any]) -> TrialTestReport:
-    """The report that ``report_to_wire`` wrote."""
-    return TrialTestReport(**data)
+    """The report that ``report_to_wire`` wrote (fields this automl does not know, which a
+    newer worker sends, are left out)."""
+    return TrialTestReport(**_known(TrialTestReport, data))
+
+
+def refit_result_to_wire(result: RefitResult | None, protocol: int = PROTOCOL) -> Any:
+    """A refit result as a JSON object (None stays None), as a proxy of ``protocol`` reads
+    it."""
+    if result is None:
+        return None
+    data = result.to_json()
+    if protocol < 4:
+        del data["test_most_confused"]
+    return data
+
+
+def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {field.name for field in dataclasses.fields(kind)}
+    return {name: value for name, value in data.items() if name in names}
 
 
 def error_details(kind: str, message: str) -> str:

@@ -6,6 +6,7 @@ import dataclasses
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from optuna.artifacts.exceptions import ArtifactNotFound
@@ -23,11 +24,13 @@ from automl.proxy import (
     wire,
 )
 from automl.proxy import client as client_module
+from automl.proxy import server as server_module
 from automl.spec import StudySpec
 from automl.store import (
     EvaluationState,
     FailureKind,
     LeaseLostError,
+    RefitResult,
     RefitState,
     StorageUnavailableError,
     Store,
@@ -233,6 +236,52 @@ def test_test_split_evaluation_through_the_proxy(
     assert trial.test_metrics is not None and trial.test_confusion is not None
     assert sum(map(sum, trial.test_confusion)) == 359  # a stratified 20% of 1,797 digits
     assert proxy.claim_evaluation("w2", study_id) is None  # evaluated once
+
+
+def test_a_proxy_of_protocol_3_gets_test_reports_and_refits_it_can_read(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Protocol 4 added most_confused; a proxy of 3 refused a report with it, as the
+    stricter readers below do."""
+
+    def strict_report(data: dict[str, Any]) -> TrialTestReport:
+        assert "most_confused" not in data, data
+        return TrialTestReport(**data)
+
+    def strict_refit(data: dict[str, Any] | None) -> RefitResult | None:
+        assert data is not None and "test_most_confused" not in data, data
+        return RefitResult(**data)
+
+    monkeypatch.setattr(wire, "report_from_wire", strict_report)
+    monkeypatch.setattr(wire, "refit_result_from_wire", strict_refit)
+    plain = server_module.CoordinationService.__init__
+
+    def third(self: server_module.CoordinationService, coordinator: Any) -> None:
+        plain(self, coordinator)
+        self.handlers["ping"] = lambda header, _: ({"protocol": 3}, b"")
+
+    monkeypatch.setattr(server_module.CoordinationService, "__init__", third)
+    server = ProxyServer(store, "127.0.0.1", free_port_pair(), threads=2, reap_interval=None)
+    server.start()
+    client = RemoteCoordinator("127.0.0.1", server.port)
+    try:
+        assert client.ping() == 3
+        dataset = {"source": "digits", "options": {"test_fraction": 0.2}}
+        spec = tiny_spec(dataset=dataset, budget={"n_trials": 1}, refit=True)
+        study_id = submit_study(store, spec).id
+        options = WorkerOptions(device="cpu", study_id=study_id, exit_when_idle=True, threads=1)
+        assert Worker(None, options, coordinator=client).run() == 1
+    finally:
+        client.close()
+        server.stop(grace=0)
+
+    best = best_trials(store, study_id)
+    assert best.test_evaluation is not None
+    assert best.test_evaluation.state == EvaluationState.DONE
+    [trial] = best.trials
+    assert trial.test_metrics is not None and not trial.test_most_confused
+    assert best.refit is not None and best.refit.state == RefitState.DONE
+    assert best.refit.test_most_confused == []  # stored by a proxy that knew no such field
 
 
 def test_evaluation_claims_keep_their_meaning_through_the_proxy(
