@@ -501,9 +501,14 @@ def most_confused_figure(mistakes: Sequence[Mapping[str, Any]]) -> Figure:
 
 def per_class_figure(trial: FrozenTrial) -> Figure:
     """Precision and recall of each class, side by side."""
-    rows: list[Mapping[str, Any]] = trial.user_attrs.get(attrs.PER_CLASS) or []
-    if not rows:
+    every: list[Mapping[str, Any]] = trial.user_attrs.get(attrs.PER_CLASS) or []
+    if not every:
         raise Unavailable(f"Trial {trial.number} recorded no per-class report.")
+    rows = every
+    if len(every) > MAX_LABELED_CLASSES:  # unlabeled bars by the thousand say nothing
+        scored = [row for row in every if int(row.get("support", 0)) > 0] or every
+        rows = sorted(scored, key=lambda row: float(row.get("recall", 0.0)))
+        rows = rows[:MAX_LABELED_CLASSES]
     names = [str(row.get("class")) for row in rows]
     positions = np.arange(len(rows))
     figure = Figure(figsize=(min(4 + 0.5 * len(rows), 20), 4), layout="constrained")
@@ -519,6 +524,8 @@ def per_class_figure(trial: FrozenTrial) -> Figure:
     axes.set_ylabel("validation score")
     axes.grid(axis="y", alpha=0.3)
     axes.legend(loc="lower right")
+    if len(rows) < len(every):
+        axes.set_title(f"The {len(rows)} classes of {len(every)} with the lowest recall")
     return figure
 
 
@@ -533,7 +540,10 @@ def embedding_figure(
     axes = figure.add_subplot()
     count = len(embeddings.classes)
     cmap = figure_cmap(count)
-    for index, name in enumerate(embeddings.classes):
+    if count > MAX_LABELED_CLASSES:  # no legend: one call (one per class took seconds)
+        colors = cmap(np.asarray(embeddings.labels) % cmap.N)
+        axes.scatter(points[:, 0], points[:, 1], s=12, color=colors)
+    for index, name in enumerate(embeddings.classes if count <= MAX_LABELED_CLASSES else ()):
         chosen = embeddings.labels == index
         if chosen.any():
             axes.scatter(

@@ -26,13 +26,16 @@ from automl.delivery.embeddings import Embeddings, pca_2d, subsample, tsne_2d
 from automl.delivery.inference import ServingTrial, load_serving_model
 from automl.delivery.report import (
     MAX_LABEL_CHARS,
+    MAX_LABELED_CLASSES,
     MOST_CONFUSED_SHOWN,
     SECTIONS,
     ReportData,
     Unavailable,
     confusion_figure,
+    embedding_figure,
     importance_sample,
     importances_note,
+    per_class_figure,
     render_report,
     slice_figure,
 )
@@ -309,6 +312,28 @@ def test_past_the_dense_limit_the_report_shows_the_most_frequent_mistakes() -> N
     trial.user_attrs[attrs.MOST_CONFUSED] = []
     with pytest.raises(Unavailable, match="made no mistake"):
         confusion_figure(trial)
+
+
+def test_with_many_classes_the_figures_stay_readable_and_quick() -> None:
+    """At 1,000 classes the per-class chart was 2,000 unlabeled bars and the embeddings
+    took a scatter call per class (seconds)."""
+    classes = tuple(f"k{i:04d}" for i in range(1000))
+    trial = made_up_trial(0, {"lr": 0.01}, 0.5)
+    trial.user_attrs[attrs.PER_CLASS] = [
+        {"class": name, "precision": 0.5, "recall": (i * 7 % 1000) / 1000, "support": 3}
+        for i, name in enumerate(classes)
+    ]
+    figure = per_class_figure(trial)
+    labels = [label.get_text() for label in figure.axes[0].get_xticklabels()]
+    assert labels[:2] == ["k0000", "k0143"] and len(labels) == MAX_LABELED_CLASSES
+    assert figure.axes[0].get_title() == "The 40 classes of 1000 with the lowest recall"
+
+    rng = np.random.default_rng(0)
+    labels_of = np.arange(2000) % 1000
+    embeddings = Embeddings(rng.normal(size=(2000, 6)).astype(np.float32), labels_of, classes, 2000)
+    data = made_up_report([trial], embeddings=embeddings)
+    figure = embedding_figure(pca_2d(embeddings.features), data, "x", "y", "PCA")
+    assert len(figure.axes[0].collections) == 1 and figure.axes[0].get_legend() is None
 
 
 def test_importances_show_a_note_with_one_parameter_or_few_trials() -> None:
