@@ -61,6 +61,7 @@ from automl.store import (
     submit_study,
     tables,
 )
+from automl.train.metrics import DENSE_CONFUSION_CLASSES, MOST_CONFUSED
 
 
 def spec(name: str, n: int, objectives: int) -> StudySpec:
@@ -96,7 +97,16 @@ def trial_attrs(index: int, classes: int, accuracy: float) -> dict[str, Any]:
         attrs.METRICS: {"accuracy": accuracy, "val_loss": 1 - accuracy},
         "history": history,
         "per_class": per_class,
-        "confusion": [[index % 7] * classes for _ in range(classes)],
+        # As workers keep it: whole up to DENSE_CONFUSION_CLASSES, then the top mistakes.
+        **(
+            {"confusion": [[index % 7] * classes for _ in range(classes)]}
+            if classes <= DENSE_CONFUSION_CLASSES
+            else {}
+        ),
+        "most_confused": [
+            {"true": f"class-{c}", "predicted": f"class-{(c + 1) % classes}", "count": 3}
+            for c in range(min(classes, MOST_CONFUSED))
+        ],
     }
 
 

@@ -89,6 +89,7 @@ def make_sleep_train(trial_seconds: float) -> Callable[..., TrainResult]:
             history=history,
             per_class=[],
             confusion=[],
+            most_confused=[],
             epochs_run=len(history),
             pruned=pruned,
             duration_s=time.perf_counter() - started,

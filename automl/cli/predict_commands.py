@@ -7,6 +7,7 @@ store the model is loaded in this process. Torch is imported only then.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import stat
 from collections.abc import Callable, Iterator
@@ -33,9 +34,10 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     if settings.url:  # requests within the upload limits, each file open while it is sent
         client = HttpClient(settings.url)
         answers: list[Predictions] = []
-        for batch in _batches(paths, Limits()):
+        batches = _batches(paths, Limits())
+        for batch in batches:
             sent = sum(len(answer.predictions) for answer in answers)
-            with ExitStack() as files, _counted_from(sent):
+            with ExitStack() as files, _counted_from(sent, len(batches) > 1):
                 images = [(shown_path(name), files.enter_context(_open(name))) for name in batch]
                 answers.append(client.predict(args.study, images, args.top))
         result = _merged(answers)
@@ -125,37 +127,53 @@ def _open(name: str) -> BinaryIO:
         raise CliError(f"cannot read image {name}: {exc.strerror}", EXIT_BAD_INPUT) from None
 
 
+PART_BYTES = 160
+"""A multipart part's bytes besides its file and its name (boundary and headers), which
+the API counts against ``max_upload_bytes`` too; the name counts up to three times (it may
+be escaped)."""
+
+
 def _batches(paths: list[Path], limits: Limits) -> list[list[str]]:
     """The files' names in upload order, in requests of at most ``max_images`` files and
     ``max_upload_bytes`` (a file larger than that goes alone, and the API refuses it).
     The limits are this environment's ``AUTOML_LIMIT_*`` (the API refuses by its own)."""
     batches: list[list[str]] = []
-    size = 0
+    size = PART_BYTES  # the closing boundary
     for path in paths:
-        length = _sizes([path])
+        length = _sizes([path]) + PART_BYTES + 3 * len(os.fsencode(path))
         full = batches and len(batches[-1]) >= limits.max_images
         if not batches or full or size + length > limits.max_upload_bytes:
             batches.append([])
-            size = 0
+            size = PART_BYTES
         batches[-1].append(str(path))
         size += length
     return batches
 
 
 @contextmanager
-def _counted_from(sent: int) -> Iterator[None]:
+def _counted_from(sent: int, split: bool) -> Iterator[None]:
     """An error of a later request names its files as the command line counts them
-    (``files[3]`` of the second request of 64 is ``files[67]``)."""
+    (``files[3]`` of the second request of 64 is ``files[67]``); when the files were
+    split into requests, one refused for a limit says which settings split them."""
     try:
         yield
     except ClientError as exc:
-        if not sent:
-            raise
-        text = _FILE_INDEX.sub(lambda m: f"files[{int(m.group(1)) + sent}]", str(exc))
+        text = _FILE_INDEX.sub(lambda m: f"{m.group(1)}files[{int(m.group(2)) + sent}]", str(exc))
+        if split and any(limit in text for limit in _SPLITTING_LIMITS):
+            text += (
+                " (predict --url splits the files by this environment's "
+                f"{' and '.join(_SPLITTING_LIMITS.values())}: set them as the API has them)"
+            )
         raise ClientError(text, exc.bad_input, exc.status) from None
 
 
-_FILE_INDEX = re.compile(r"\bfiles\[(\d+)\]")
+_FILE_INDEX = re.compile(r"(^|; )files\[(\d+)\]")
+"""A file's field path where the API's error names one (each of its parts starts so)."""
+
+_SPLITTING_LIMITS = {
+    "max_images": "AUTOML_LIMIT_MAX_IMAGES",
+    "max_upload_bytes": "AUTOML_LIMIT_MAX_UPLOAD_BYTES",
+}
 
 
 def _merged(answers: list[Predictions]) -> Predictions:

@@ -288,7 +288,9 @@ class RemoteCoordinator:
         reports: Sequence[TrialTestReport],
         note: str | None,
     ) -> bool:
-        """See ``Coordinator.finish_evaluation``."""
+        """See ``Coordinator.finish_evaluation`` (in the proxy's protocol now: it may have
+        been upgraded, or rolled back, since this worker started)."""
+        self.ping()
         header = {
             "lease": wire.evaluation_to_wire(lease),
             "state": state.value,
@@ -320,7 +322,9 @@ class RemoteCoordinator:
     def finish_refit(
         self, lease: RefitLease, state: RefitState, result: RefitResult | None, note: str | None
     ) -> bool:
-        """See ``Coordinator.finish_refit``."""
+        """See ``Coordinator.finish_refit`` (in the proxy's protocol now, as
+        ``finish_evaluation``)."""
+        self.ping()
         header = {
             "lease": wire.refit_to_wire(lease),
             "state": state.value,

@@ -124,7 +124,7 @@ def refit_from_wire(data: dict[str, Any]) -> RefitLease:
 
 def refit_result_from_wire(data: dict[str, Any] | None) -> RefitResult | None:
     """The refit result that ``RefitResult.to_json`` wrote (None stays None)."""
-    return None if data is None else RefitResult.from_json(_known(RefitResult, data))
+    return None if data is None else RefitResult.from_json(data)
 
 
 def report_to_wire(report: TrialTestReport, protocol: int = PROTOCOL) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,7 +75,8 @@ class TrialTestReport:
         confusion: The confusion matrix; rows are true classes, columns predictions
             (None past ``DENSE_CONFUSION_CLASSES`` classes).
         samples: Images in the test split.
-        most_confused: The matrix's largest cells off the diagonal.
+        most_confused: The matrix's largest cells off the diagonal (None: not known, from
+            a worker before it was kept).
     """
 
     trial_id: int
@@ -84,7 +85,7 @@ class TrialTestReport:
     per_class: list[dict[str, Any]]
     confusion: list[list[int]] | None
     samples: int
-    most_confused: list[dict[str, Any]] = field(default_factory=list)
+    most_confused: list[dict[str, Any]] | None = None
 
 
 def best_trials_of(store: Store, study_id: int, directions: Sequence[str]) -> list[FrozenTrial]:
@@ -222,16 +223,14 @@ def _end(
         .values(state=state.value, trials=json.dumps(numbers), note=note, finished_at=at)
     )
     for report in reports:
-        optuna_rows.put_trial_attrs(
-            connection,
-            report.trial_id,
-            {
-                attrs.TEST_METRICS: report.metrics,
-                attrs.TEST_PER_CLASS: report.per_class,
-                attrs.TEST_CONFUSION: report.confusion,
-                attrs.TEST_MOST_CONFUSED: report.most_confused,
-            },
-        )
+        scores = {
+            attrs.TEST_METRICS: report.metrics,
+            attrs.TEST_PER_CLASS: report.per_class,
+            attrs.TEST_CONFUSION: report.confusion,
+        }
+        if report.most_confused is not None:
+            scores[attrs.TEST_MOST_CONFUSED] = report.most_confused
+        optuna_rows.put_trial_attrs(connection, report.trial_id, scores)
     mirror = {"state": state.value, "note": note, "trials": numbers, "finished_at": iso(at)}
     optuna_rows.put_study_attrs(connection, study_id, {attrs.TEST_EVALUATION: mirror})
 

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -117,8 +117,9 @@ class Reaped:
     result: str
 
 
-Sightings = dict[tuple[int, int], float]
-"""Stale tickets one pass found: (ticket, attempt) -> its last heartbeat."""
+Sightings = dict[tuple[int, int], tuple[float, float]]
+"""Stale tickets that passes found: (ticket, attempt) -> its last heartbeat, and when (on
+this process's monotonic clock) a pass first found it stale with that beat."""
 
 
 def reap_stale(
@@ -128,6 +129,7 @@ def reap_stale(
     *,
     max_stall: float | None = None,
     sightings: Sightings | None = None,
+    confirm_after: float = 0.0,
 ) -> list[Reaped]:
     """Takes back every running ticket whose heartbeat is older than ``grace`` seconds.
 
@@ -141,11 +143,14 @@ def reap_stale(
         max_stall: Longest wait for the database, from the start and from each reap to
             the next, after which no ticket is reaped: the workers' beats waited as long,
             so their tickets may only look stale. None: no limit.
-        sightings: What the previous pass found stale: only a ticket it found with the
-            same last beat is reaped, and it is replaced by what this pass finds. A beat
-            that the database held up (a long SQLite write lock holds up the beats and
-            then the reaper, which may find the lock only near its end) lands between
-            two passes. None: every stale ticket is reaped at once.
+        sightings: What earlier passes found stale: a ticket is reaped only if a pass
+            found it stale with the same last beat at least ``confirm_after`` seconds
+            ago; updated to what this pass finds. A beat that the database held up (a
+            long SQLite write lock holds up the beats and then the reaper, which may
+            find the lock only near its end) lands meanwhile: a worker whose beat failed
+            beats again after its heartbeat interval. None: every stale ticket is reaped
+            at once.
+        confirm_after: See ``sightings``.
 
     Raises:
         StorageStalledError: If a wait exceeded ``max_stall`` (the ticket whose reaping
@@ -167,11 +172,7 @@ def reap_stale(
         ).all()
     clock.check()
     if sightings is not None:
-        found = {(row.ticket_id, row.attempt): row for row in stale}
-        seen_before = dict(sightings)
-        sightings.clear()
-        sightings.update({key: row.heartbeat_at for key, row in found.items()})
-        stale = [row for key, row in found.items() if seen_before.get(key) == row.heartbeat_at]
+        stale = _confirmed(stale, sightings, confirm_after)
     reaped = []
     for ticket_id, study_id, attempt, _ in stale:
         result = _reap_one(store, ticket_id, study_id, attempt, grace, clock)
@@ -186,6 +187,27 @@ def reap_stale(
                 result.result,
             )
     return reaped
+
+
+def _confirmed(
+    stale: Sequence[sa.Row[Any]], sightings: Sightings, confirm_after: float
+) -> list[sa.Row[Any]]:
+    """The stale tickets first found with the same beat ``confirm_after`` seconds ago or
+    more; ``sightings`` becomes what this pass found."""
+    now_s = time.monotonic()
+    found: Sightings = {}
+    confirmed = []
+    for row in stale:
+        key = (row.ticket_id, row.attempt)
+        beat, since = sightings.get(key, (None, now_s))
+        if beat != row.heartbeat_at:
+            since = now_s
+        found[key] = (row.heartbeat_at, since)
+        if now_s - since >= confirm_after and beat == row.heartbeat_at:
+            confirmed.append(row)
+    sightings.clear()
+    sightings.update(found)
+    return confirmed
 
 
 def _numbers(store: Store, trial_ids: tuple[int, ...]) -> list[int | None]:
@@ -386,9 +408,11 @@ class Reaper:
     It reaps only after a grace period of passes that neither failed for want of the
     database nor waited on it for longer than ``max_stall`` (half the grace period) before
     reaping: after either, the workers' beats may be late through no fault of theirs. A
-    ticket is reaped by the second pass in a row that finds it stale with the same last
-    beat (``reap_stale``'s ``sightings``), so a lost worker's trial is taken back after
-    the grace period and one to two intervals.
+    ticket is reaped by a pass that finds it stale with the same last beat as passes did
+    for ``max_stall`` seconds before (``reap_stale``'s ``sightings``; longer than any
+    worker's heartbeat interval, which is under half the grace period), so a lost
+    worker's trial is taken back about one and a half grace periods after its last beat
+    (plus up to two intervals).
 
     Args:
         store: The store.
@@ -481,6 +505,7 @@ class Reaper:
                     spare,
                     max_stall=self.max_stall,
                     sightings=self._sightings,
+                    confirm_after=self.max_stall,
                 )
             end_due_studies(self.store)
             sweep_half_created = time.monotonic() >= self._orphans_due

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,7 +78,7 @@ class RefitResult:
             (None past ``DENSE_CONFUSION_CLASSES`` classes).
         test_samples: Images in the test split.
         duration_s: Seconds the training took.
-        test_most_confused: The matrix's largest cells off the diagonal (none in results
+        test_most_confused: The matrix's largest cells off the diagonal (None in results
             stored before it was kept).
     """
 
@@ -92,7 +92,7 @@ class RefitResult:
     test_confusion: list[list[int]] | None
     test_samples: int
     duration_s: float
-    test_most_confused: list[dict[str, Any]] = field(default_factory=list)
+    test_most_confused: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The result as a JSON object."""
@@ -100,8 +100,9 @@ class RefitResult:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RefitResult:
-        """The result that ``to_json`` wrote."""
-        return cls(**data)
+        """The result that ``to_json`` wrote (fields a newer automl added are left out)."""
+        names = {field.name for field in fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in names})
 
 
 def _abandon(

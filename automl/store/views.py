@@ -142,8 +142,12 @@ class TrialDetail(TrialSummary):
         "(best trials only; null without a test split). Validation metrics drive the search.",
     )
     test_per_class: list[dict[str, Any]] | None = None
-    test_confusion: list[list[int]] | None = None
-    test_most_confused: list[dict[str, Any]] | None = None
+    test_confusion: list[list[int]] | None = Field(
+        None, description="As confusion, on the test split."
+    )
+    test_most_confused: list[dict[str, Any]] | None = Field(
+        None, description="As most_confused, on the test split."
+    )
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialDetail:

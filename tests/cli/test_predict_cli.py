@@ -13,9 +13,10 @@ import torch
 from fastapi.testclient import TestClient
 
 from automl.api import create_app
+from automl.api.routes import predict as predict_route
 from automl.cli import client as cli_client
 from automl.cli import predict_commands
-from automl.config import Settings
+from automl.config import Limits, Settings
 from automl.delivery import inference
 from tests.cli.local_store import Run, cli_runner, point_cli_at, trained_store
 from tests.delivery.trained import digits_test_split, png_declaring, write_pngs
@@ -263,6 +264,34 @@ def test_predict_over_http_sends_any_number_of_files_in_requests_within_the_limi
     code, _, err = cli("predict", str(study_id), *many[:7], str(bomb), "--url", api_url)
     assert code == 2
     assert one_error_line(err).startswith(f"error: files[7]: image '{bomb}' has more than ")
+
+
+def test_predict_over_http_counts_the_multipart_overhead_and_names_the_limits_it_split_by(
+    cli: Run,
+    trained: tuple[str, Path, int],
+    images: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    api_url: str,
+) -> None:
+    """Found by a reviewer: requests of files that added up to the limit were refused, the
+    API counting the parts' headers too."""
+    _, _, study_id = trained
+    two = [str(path) for path in images[:2]]
+    limit = sum(Path(name).stat().st_size for name in two) + 150  # under their parts' headers
+    monkeypatch.setenv("AUTOML_LIMIT_MAX_UPLOAD_BYTES", str(limit))
+
+    code, out, err = cli("predict", str(study_id), *two, "--json", "--url", api_url)
+
+    assert code == 0, err
+    assert [p["file"] for p in json.loads(out)["predictions"]] == two
+
+    monkeypatch.setenv("AUTOML_LIMIT_MAX_UPLOAD_BYTES", str(10**7))
+    monkeypatch.setenv("AUTOML_LIMIT_MAX_IMAGES", "3")
+    monkeypatch.setattr(predict_route, "Limits", lambda: Limits(max_images=2))  # the API's
+    code, _, err = cli("predict", str(study_id), *two * 3, "--url", api_url)
+    assert code == 2
+    line = one_error_line(err)
+    assert "max_images allows 2" in line and "AUTOML_LIMIT_MAX_IMAGES" in line
 
 
 def test_predict_over_http_refuses_answers_of_two_models(

@@ -36,6 +36,7 @@ from automl.store import (
     submit_study,
     tables,
 )
+from automl.store.reaper import Sightings
 from automl.store.status import lock_study
 from tests.conftest import store_at
 from tests.netproxy import TcpProxy
@@ -77,6 +78,31 @@ def test_stale_ticket_is_requeued_with_its_params(store: Store, tiny_spec: SpecF
     assert (again.ticket_id, again.attempt, again.params) == (lease.ticket_id, 2, {"lr": 0.004})
     assert again.previous_trial == trial.number
     assert get_study(store, study_id).counts.running == 1
+
+
+def test_with_sightings_a_ticket_is_reaped_once_its_beat_stayed_the_same_long_enough(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """A beat the database held up may land one heartbeat interval after it failed: the
+    ticket must look stale with the same beat for longer than that."""
+    submit_study(store, tiny_spec(budget={"n_trials": 2}))
+    lease, _ = start_trial(store)
+    _age_heartbeat(store, lease.ticket_id, 120)
+    sightings: Sightings = {}
+
+    def reaped() -> list[int]:
+        found = reap_stale(store, 60, sightings=sightings, confirm_after=0.4)
+        return [r.ticket_id for r in found]
+
+    assert reaped() == [] and list(sightings) == [(lease.ticket_id, lease.attempt)]
+    assert reaped() == []  # the same beat, but not for long enough
+    time.sleep(0.2)
+    _age_heartbeat(store, lease.ticket_id, 100)  # a beat landed (an old one, to stay stale)
+    time.sleep(0.25)
+    assert reaped() == []  # a new beat: it starts over
+    time.sleep(0.45)
+    assert reaped() == [lease.ticket_id]
+    assert reaped() == [] and sightings == {}  # no longer stale: no longer sighted
 
 
 def test_live_ticket_is_never_reaped(store: Store, tiny_spec: SpecFactory) -> None:
@@ -297,6 +323,7 @@ def test_a_deletion_that_keeps_failing_holds_up_neither_other_deletions_nor_reap
     reaper.run_once()
     time.sleep(0.5)  # a grace period of passes before reaping
     assert reaper.run_once() == []  # the first pass that finds it stale
+    time.sleep(reaper.max_stall)  # the beat it saw stays the last for that long
     reaped = reaper.run_once()
 
     assert [r.ticket_id for r in reaped] == [lease.ticket_id]
@@ -316,7 +343,8 @@ def test_reaper_waits_a_grace_period_after_gaining_the_database(
     try:
         assert reaper.run_once() == []  # it has not seen the database for a grace period
         time.sleep(0.6)
-        assert reaper.run_once() == []  # found stale: reaped if the next pass finds it so
+        assert reaper.run_once() == []  # found stale: reaped if still so max_stall later
+        time.sleep(reaper.max_stall)
         assert [reaped.ticket_id for reaped in reaper.run_once()] == [lease.ticket_id]
     finally:
         reaper.stop()
@@ -403,7 +431,8 @@ def test_a_reaper_spares_the_tickets_of_its_busy_worker(
         time.sleep(0.5)  # its first grace period
         assert reaper.run_once() == []
         busy = False  # idle: a ticket it left behind is taken back
-        assert reaper.run_once() == []  # by the second pass that finds it stale
+        assert reaper.run_once() == []  # by a pass that finds it stale max_stall later
+        time.sleep(reaper.max_stall)
         assert [r.ticket_id for r in reaper.run_once()] == [mine.ticket_id]
     finally:
         reaper.stop()
@@ -454,6 +483,7 @@ def _stalled_database_hides_no_live_worker(
     assert heartbeat(store, live).held
     _beat_for(store, live, grace)
     assert reaper.run_once() == []  # the first pass that finds it stale
+    time.sleep(reaper.max_stall)  # the beat it saw stays the last for that long
     assert [reaped.ticket_id for reaped in reaper.run_once()] == [dead.ticket_id]
     assert heartbeat(store, live).held
 

@@ -341,3 +341,22 @@ def test_a_refit_finishing_while_its_study_is_deleted_is_refused(
         )
 
     assert not finish_refit(store, lease, RefitState.DONE, _result(store, 0, "late"))
+
+
+def test_a_stored_refit_result_reads_without_fields_it_lacks_or_does_not_know() -> None:
+    """Workers and APIs of two versions share a database while one is upgraded."""
+    stored = {
+        "trial_number": 0,
+        "epochs": 1,
+        "train_samples": 10,
+        "weights": "w",
+        "card": None,
+        "test_metrics": {"accuracy": 0.5},
+        "test_per_class": [],
+        "test_confusion": [[1]],
+        "test_samples": 1,
+        "duration_s": 0.1,
+    }
+    assert RefitResult.from_json(stored).test_most_confused is None  # unknown, not none
+    newer = {**stored, "test_most_confused": [], "added_later": 1}
+    assert RefitResult.from_json(newer).test_most_confused == []

@@ -409,7 +409,8 @@ def download_weights(study_id: StudyId, number: TrialNumber, store: StoreDep) ->
 def read_best(study_id: StudyId, store: StoreDep) -> BestTrials:
     """The best trial (or Pareto front): params, configuration and validation metrics;
     once the study completed, their metrics on the test split (``test_metrics``,
-    ``test_per_class``, ``test_confusion``; null without a test split) and the state of
+    ``test_per_class``, ``test_confusion`` (up to 50 classes), ``test_most_confused``; null
+    without a test split) and the state of
     that one evaluation (``test_evaluation``); the refit and its test metrics (``refit``)
     when one was asked for."""
     return best_trials(store, study_id)

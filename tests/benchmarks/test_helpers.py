@@ -1,0 +1,50 @@
+"""The benchmarks' stand-ins for product code still fit the product's interfaces (a
+benchmark that no longer runs is found here, not when its numbers are next needed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from automl.train import TrainResult
+from automl.train.trial_config import TrialConfig
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _module(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A benchmark script as a module (its siblings importable, as when it runs)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_sleep_worker_returns_a_train_result_the_worker_stores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sleep_train = _module("sleep_worker", monkeypatch).make_sleep_train(0.02)
+    config = TrialConfig.model_validate({"dataset": {"source": "digits"}, "epochs": 2})
+    reports: list[int] = []
+
+    result = sleep_train(config, lambda epoch, metrics: bool(reports.append(epoch)))
+
+    assert isinstance(result, TrainResult)
+    assert reports == [1, 2] and result.epochs_run == 2 and not result.pruned
+    assert result.most_confused == [] and result.dataset is not None
+
+
+def test_the_growth_benchmark_stores_trials_as_workers_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    growth = _module("bench_growth", monkeypatch)
+    few, many = (growth.trial_attrs(0, classes, 0.5) for classes in (10, 1000))
+    assert "confusion" in few and "confusion" not in many
+    assert len(many["most_confused"]) == 100
