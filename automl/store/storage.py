@@ -12,7 +12,9 @@ checks of connections that sat idle in the pool, reads outside of explicit trans
 BEGIN and COMMIT round trips) and one engine for both. The server ends a session that sits
 inside a transaction for ``PG_IDLE_TRANSACTION_TIMEOUT_S``: a process frozen mid-write (a
 paused VM, SIGSTOP, a debugger) would otherwise hold its row locks, and with them every
-claim, cancel and reaper pass on that study, for as long as it stays frozen. Sessions plan
+claim, cancel and reaper pass on that study, for as long as it stays frozen. A statement
+waits at most ``PG_LOCK_TIMEOUT_S`` for a lock (an administrator's ``LOCK TABLE``, a
+long migration), then fails as an outage does, like SQLite's busy timeout. Sessions plan
 each statement with its parameters (``plan_cache_mode``), never with a generic plan kept
 from when the study's tables were empty. Both are set per session on connect; behind a
 pooler in transaction mode (PgBouncer), set them for the role instead
@@ -69,6 +71,9 @@ PING_WHEN_IDLE_S = 1.0
 """A pooled PostgreSQL connection unused for longer is checked (a round trip) before use."""
 PG_IDLE_TRANSACTION_TIMEOUT_S = 60.0
 """PostgreSQL ends a session idle inside an open transaction for longer (its locks go)."""
+PG_LOCK_TIMEOUT_S = 60.0
+"""A PostgreSQL statement waits this long for a lock, then fails as an outage would (the
+API answers 503, workers wait and try again): SQLite's busy timeout, on PostgreSQL."""
 SCHEMA_RACE_RETRIES = 3
 READ_RETRY_DELAYS_S = (0.05, 0.2, 0.5)
 
@@ -363,12 +368,16 @@ def _end_idle_transactions(engine: sqlalchemy.engine.Engine) -> None:
             with dbapi_connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT name, setting FROM pg_settings WHERE name IN "
-                    "('idle_in_transaction_session_timeout', 'plan_cache_mode')"
+                    "('idle_in_transaction_session_timeout', 'lock_timeout', 'plan_cache_mode')"
                 )
                 settings = dict(cursor.fetchall())
-                current = int(settings.get("idle_in_transaction_session_timeout") or 0)
-                if current == 0 or current > milliseconds:
-                    cursor.execute(f"SET idle_in_transaction_session_timeout = {milliseconds}")
+                for name, limit in (
+                    ("idle_in_transaction_session_timeout", milliseconds),
+                    ("lock_timeout", int(PG_LOCK_TIMEOUT_S * 1000)),
+                ):
+                    current = int(settings.get(name) or 0)
+                    if current == 0 or current > limit:
+                        cursor.execute(f"SET {name} = {limit}")
                 if "plan_cache_mode" in settings:  # PostgreSQL 12 and later
                     # psycopg prepares a statement after a few runs, and the server then
                     # may keep a generic plan made from the statistics of that moment:

@@ -485,6 +485,32 @@ def test_postgres_sessions_end_idle_transactions_unless_the_server_is_stricter(
     assert timeout_of_a_new_session() == "10s"  # an administrator's stricter value stays
 
 
+def test_a_postgres_statement_waits_for_a_lock_as_long_as_sqlite_does_then_is_an_outage(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An administrator's LOCK TABLE (a migration, a manual fix) held every API request
+    and worker with no limit, where SQLite's busy timeout ends the wait."""
+    monkeypatch.setattr(automl.store.storage, "PG_LOCK_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(automl.store.storage, "READ_RETRY_DELAYS_S", ())
+    store = open_store(postgres_url, artifacts_dir=tmp_path / "artifacts")
+    admin = sqlalchemy.create_engine(normalize_url(postgres_url))
+    try:
+        with admin.connect() as holder, holder.begin():
+            holder.exec_driver_sql("LOCK TABLE automl_studies IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(sqlalchemy.exc.DBAPIError) as info, store.read() as connection:
+                connection.exec_driver_sql("SELECT count(*) FROM automl_studies").scalar()
+            waited = time.monotonic() - started
+        assert is_transient(info.value)
+        assert "lock timeout" in str(info.value)
+        assert 0.9 < waited < 10
+        with store.read() as connection:  # the lock is gone: it answers again
+            assert connection.exec_driver_sql("SELECT count(*) FROM automl_studies").scalar() == 0
+    finally:
+        admin.dispose()
+        store.close()
+
+
 def test_postgres_sessions_plan_each_query_with_its_parameters(
     postgres_url: str, tmp_path: Path
 ) -> None:
