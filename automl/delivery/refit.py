@@ -51,7 +51,8 @@ def as_refit_trial(trial: FrozenTrial, result: RefitResult) -> FrozenTrial:
         attrs.TEST_METRICS: result.test_metrics,
         attrs.TEST_PER_CLASS: result.test_per_class,
         attrs.TEST_CONFUSION: result.test_confusion,
-        attrs.TEST_MOST_CONFUSED: result.test_most_confused,
+        # Not kept for a refit (see RefitResult): not the trial's own test mistakes either.
+        attrs.TEST_MOST_CONFUSED: None,
         attrs.REFIT: refit_facts(result),
     }
     return view

@@ -322,13 +322,11 @@ class RemoteCoordinator:
     def finish_refit(
         self, lease: RefitLease, state: RefitState, result: RefitResult | None, note: str | None
     ) -> bool:
-        """See ``Coordinator.finish_refit`` (in the proxy's protocol now, as
-        ``finish_evaluation``)."""
-        self.ping()
+        """See ``Coordinator.finish_refit``."""
         header = {
             "lease": wire.refit_to_wire(lease),
             "state": state.value,
-            "result": wire.refit_result_to_wire(result, self.protocol),
+            "result": None if result is None else result.to_json(),
             "note": note,
         }
         reply, _ = self.call("finish_refit", header, timeout=TRANSFER_TIMEOUT_S)

@@ -44,10 +44,10 @@ PROTOCOL = 4
 trial's calls (``create_trial``, ``write_trial``, ``tell_trial``) and the buffered
 ``writes`` other calls carry; 3 made ``create_trial`` link the trial to the ``lease`` it
 carries (a proxy before 3 ignores it, so a retried attempt's trial would be invisible to
-the reaper) and added ``outranked``; 4 added ``most_confused`` to test reports and
-``test_most_confused`` to refit results (a worker leaves them out for a proxy of 3, which
-refuses fields it does not know; from 4 a proxy leaves out the fields it does not know). A
-proxy without it answers ``ping`` with no version."""
+the reaper) and added ``outranked``; 4 added ``most_confused`` to test reports (a worker
+leaves it out for a proxy of 3, which refuses fields it does not know; from 4 a proxy
+leaves out the fields it does not know). A proxy without it answers ``ping`` with no
+version."""
 
 OLDEST_PROTOCOL = 3
 """The oldest proxy this worker runs on."""
@@ -139,17 +139,6 @@ def report_from_wire(data: dict[str, Any]) -> TrialTestReport:
     """The report that ``report_to_wire`` wrote (fields this automl does not know, which a
     newer worker sends, are left out)."""
     return TrialTestReport(**_known(TrialTestReport, data))
-
-
-def refit_result_to_wire(result: RefitResult | None, protocol: int = PROTOCOL) -> Any:
-    """A refit result as a JSON object (None stays None), as a proxy of ``protocol`` reads
-    it."""
-    if result is None:
-        return None
-    data = result.to_json()
-    if protocol < 4:
-        del data["test_most_confused"]
-    return data
 
 
 def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:

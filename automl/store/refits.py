@@ -75,11 +75,11 @@ class RefitResult:
         test_metrics: Every registered metric on the test split.
         test_per_class: Precision, recall, F1 and support of each class.
         test_confusion: The confusion matrix; rows are true classes, columns predictions
-            (None past ``DENSE_CONFUSION_CLASSES`` classes).
+            (None past ``DENSE_CONFUSION_CLASSES`` classes: its most frequent mistakes are
+            not kept for a refit, whose stored result an API of an automl before them
+            could not read; the trial's own test evaluation keeps them).
         test_samples: Images in the test split.
         duration_s: Seconds the training took.
-        test_most_confused: The matrix's largest cells off the diagonal (None in results
-            stored before it was kept).
     """
 
     trial_number: int
@@ -92,7 +92,6 @@ class RefitResult:
     test_confusion: list[list[int]] | None
     test_samples: int
     duration_s: float
-    test_most_confused: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The result as a JSON object."""
@@ -279,7 +278,6 @@ def read_refit(connection: sa.engine.Connection, study_id: int) -> RefitView | N
         test_metrics=None if result is None else result.test_metrics,
         test_per_class=None if result is None else result.test_per_class,
         test_confusion=None if result is None else result.test_confusion,
-        test_most_confused=None if result is None else result.test_most_confused,
         test_samples=None if result is None else result.test_samples,
         requested_at=_datetime(row.requested_at),
         finished_at=_datetime(row.finished_at),

@@ -200,8 +200,9 @@ class RefitView(BaseModel):
     train_samples: int | None = Field(None, description="Training plus validation images.")
     test_metrics: dict[str, float] | None = None
     test_per_class: list[dict[str, Any]] | None = None
-    test_confusion: list[list[int]] | None = None
-    test_most_confused: list[dict[str, Any]] | None = None
+    test_confusion: list[list[int]] | None = Field(
+        None, description="Up to 50 classes (the trial's test_most_confused past them)."
+    )
     test_samples: int | None = None
     requested_at: datetime | None = None
     finished_at: datetime | None = None

@@ -189,7 +189,6 @@ def refit(
         test_metrics=report.metrics,
         test_per_class=report.per_class,
         test_confusion=report.confusion,
-        test_most_confused=report.most_confused,
         test_samples=report.samples,
         duration_s=duration,
     )
