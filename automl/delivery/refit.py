@@ -34,12 +34,19 @@ def refit_facts(result: RefitResult) -> dict[str, Any]:
     }
 
 
-def as_refit_trial(trial: FrozenTrial, result: RefitResult) -> FrozenTrial:
+def as_refit_trial(
+    trial: FrozenTrial,
+    result: RefitResult,
+    test_most_confused: list[dict[str, Any]] | None = None,
+) -> FrozenTrial:
     """``trial`` (the one that was retrained) seen as the refit model.
 
     Args:
         trial: The trial whose configuration the refit retrained.
         result: The refit's result.
+        test_most_confused: The refit's most frequent test mistakes, where known (the
+            refitting worker knows them; its stored result keeps none, see
+            ``RefitResult``).
 
     Returns:
         A copy of ``trial`` with the refit's weights, test metrics and ``automl.refit``.
@@ -51,8 +58,8 @@ def as_refit_trial(trial: FrozenTrial, result: RefitResult) -> FrozenTrial:
         attrs.TEST_METRICS: result.test_metrics,
         attrs.TEST_PER_CLASS: result.test_per_class,
         attrs.TEST_CONFUSION: result.test_confusion,
-        # Not kept for a refit (see RefitResult): not the trial's own test mistakes either.
-        attrs.TEST_MOST_CONFUSED: None,
+        # Not the trial's own test mistakes, whatever is known of the refit's.
+        attrs.TEST_MOST_CONFUSED: test_most_confused,
         attrs.REFIT: refit_facts(result),
     }
     return view

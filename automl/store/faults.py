@@ -131,6 +131,16 @@ LOCK_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
 ended to let another go on, and the same work succeeds when tried again."""
 
 
+LOCK_TIMEOUT_SQLSTATE = "55P03"
+"""PostgreSQL's ``lock_not_available``: a statement waited ``lock_timeout`` for a lock."""
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it wraps) is a statement that waited out its lock
+    timeout (an outage: the lock's holder may keep it for long)."""
+    return any(getattr(error, "sqlstate", None) == LOCK_TIMEOUT_SQLSTATE for error in _causes(exc))
+
+
 def is_lock_conflict(exc: BaseException) -> bool:
     """Whether ``exc`` (or an error it wraps) is a deadlock or serialization conflict."""
     return any(

@@ -44,6 +44,7 @@ from automl.store.faults import (
     SCHEMA_MISSING,
     StorageUnavailableError,
     first_line,
+    is_lock_timeout,
     is_refused_for_good,
     is_schema_missing,
     is_transient,
@@ -576,8 +577,13 @@ def retrying_read(function: Callable[P, T]) -> Callable[P, T]:
             except Exception as exc:
                 # SQLite reports a missing table as an OperationalError, which workers wait
                 # out as an outage (a restored database brings it back); a request is
-                # answered at once.
-                if delay is None or not is_transient(exc) or is_schema_missing(exc):
+                # answered at once, as after a lock timeout (it waited long already).
+                if (
+                    delay is None
+                    or not is_transient(exc)
+                    or is_schema_missing(exc)
+                    or is_lock_timeout(exc)
+                ):
                     raise
                 time.sleep(delay)
         raise AssertionError("unreachable")
@@ -601,6 +607,8 @@ def check_schema(store: Store) -> None:
             for table in ("studies", "trials", tables.studies.name, tables.tickets.name):
                 connection.exec_driver_sql(f"SELECT 1 FROM {table} WHERE 1 = 0")
     except sqlalchemy.exc.SQLAlchemyError as exc:
+        if is_transient(exc) and not is_schema_missing(exc):  # e.g. a table locked too long
+            raise StorageError(f"storage unreachable: {first_line(exc)}", True) from None
         raise StorageError(f"{SCHEMA_MISSING}: {first_line(exc)}") from None
 
 

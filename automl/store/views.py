@@ -201,7 +201,9 @@ class RefitView(BaseModel):
     test_metrics: dict[str, float] | None = None
     test_per_class: list[dict[str, Any]] | None = None
     test_confusion: list[list[int]] | None = Field(
-        None, description="Up to 50 classes (the trial's test_most_confused past them)."
+        None,
+        description="Up to 50 classes (past them the refit's card, stored when it was "
+        "done, names its most frequent mistakes).",
     )
     test_samples: int | None = None
     requested_at: datetime | None = None

@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from optuna.trial import FrozenTrial
@@ -192,7 +193,7 @@ def refit(
         test_samples=report.samples,
         duration_s=duration,
     )
-    card = _store_card(coordinator, lease, trial, result, card_id)
+    card = _store_card(coordinator, lease, trial, result, card_id, report.most_confused)
     if card is not None:
         written.append(card)
         result = dataclasses.replace(result, card=card)
@@ -256,13 +257,14 @@ def _store_card(
     trial: FrozenTrial,
     result: RefitResult,
     artifact_id: str,
+    most_confused: list[dict[str, Any]],
 ) -> str | None:
-    """Writes the refit model's card; None if it could not be built (bundles build their
-    own, so a card is never worth the result)."""
+    """Writes the refit model's card, with its most frequent test mistakes; None if it
+    could not be built (bundles build their own, so a card is never worth the result)."""
     try:
         spec = coordinator.spec(lease.study_id)
         card = build_card(
-            as_refit_trial(trial, result),
+            as_refit_trial(trial, result, most_confused),
             study_id=lease.study_id,
             study_name=coordinator.storage.get_study_name_from_id(lease.study_id),
             metrics=spec.metrics,

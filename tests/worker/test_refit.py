@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
@@ -66,6 +67,13 @@ def test_a_refit_is_reproducible_for_its_seed(sqlite_store: Store, tiny_spec: Sp
         assert written == [result.weights, result.card]
         with sqlite_store.artifacts.open_reader(result.weights) as reader:
             weights.append(read_state_dict(reader.read()))
+        assert result.card is not None
+        with sqlite_store.artifacts.open_reader(result.card) as reader:
+            scores = json.loads(reader.read())["metrics"]
+        # The refit's own mistakes (its stored result keeps none): as its matrix says.
+        matrix, mistakes = scores["test_confusion"], scores["test_most_confused"]
+        wrong = sum(map(sum, matrix)) - sum(matrix[i][i] for i in range(len(matrix)))
+        assert sum(m["count"] for m in mistakes) == wrong  # digits: under 100 of them
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
