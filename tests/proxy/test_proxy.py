@@ -24,7 +24,6 @@ from automl.proxy import (
     wire,
 )
 from automl.proxy import client as client_module
-from automl.proxy import server as server_module
 from automl.spec import StudySpec
 from automl.store import (
     EvaluationState,
@@ -49,6 +48,7 @@ from automl.store import (
 from automl.store.artifacts import open_weights
 from automl.worker import Worker, WorkerOptions
 from tests.conftest import free_port_pair
+from tests.proxy.older import proxy_of_protocol
 from tests.store.conftest import drive, start_trial
 
 SpecFactory = Callable[..., StudySpec]
@@ -254,15 +254,7 @@ def test_a_proxy_of_protocol_3_gets_test_reports_and_refits_it_can_read(
 
     monkeypatch.setattr(wire, "report_from_wire", strict_report)
     monkeypatch.setattr(wire, "refit_result_from_wire", strict_refit)
-    plain = server_module.CoordinationService.__init__
-
-    def third(self: server_module.CoordinationService, coordinator: Any) -> None:
-        plain(self, coordinator)
-        self.handlers["ping"] = lambda header, _: ({"protocol": 3}, b"")
-
-    monkeypatch.setattr(server_module.CoordinationService, "__init__", third)
-    server = ProxyServer(store, "127.0.0.1", free_port_pair(), threads=2, reap_interval=None)
-    server.start()
+    server = proxy_of_protocol(store, monkeypatch, 3)
     client = RemoteCoordinator("127.0.0.1", server.port)
     try:
         assert client.ping() == 3

@@ -33,6 +33,7 @@ from automl.store.trial_buffer import template_to_wire
 from automl.worker import Worker, WorkerOptions
 from automl.worker.coordinator import CoordinatorTooOldError
 from tests.conftest import free_port_pair
+from tests.proxy.older import proxy_of_protocol
 
 SpecFactory = Callable[..., StudySpec]
 LR = FloatDistribution(1e-4, 1e-1, log=True)
@@ -141,15 +142,7 @@ def test_a_malformed_trial_start_is_refused_in_one_line_and_creates_nothing(
 def test_a_new_worker_refuses_a_proxy_of_protocol_2(store: Store, monkeypatch: Any) -> None:
     """Protocol 2 ignores the lease that ``create_trial`` carries: a retried attempt's
     trial would stay unknown to the reaper, so the worker must not run on it."""
-    plain = server_module.CoordinationService.__init__
-
-    def second(self: server_module.CoordinationService, coordinator: Any) -> None:
-        plain(self, coordinator)
-        self.handlers["ping"] = lambda header, _: ({"protocol": 2}, b"")
-
-    monkeypatch.setattr(server_module.CoordinationService, "__init__", second)
-    server = ProxyServer(store, "127.0.0.1", free_port_pair(), threads=2, reap_interval=None)
-    server.start()
+    server = proxy_of_protocol(store, monkeypatch, 2)
     try:
         with pytest.raises(CliError, match="is too old for this worker; upgrade the proxy"):
             _connect_proxy_waiting(f"grpc://127.0.0.1:{server.port}")
