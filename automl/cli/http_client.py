@@ -18,7 +18,9 @@ from automl.store.views import BestTrials, Page, StudyDetail, StudySummary, Tria
 
 Answer = TypeVar("Answer", bound=BaseModel)
 
-HTTP_TIMEOUT_S = 60.0
+HTTP_TIMEOUT_S = 90.0
+"""Longer than the store's waits for a lock (60 s on SQLite and PostgreSQL), so that a
+request held up by one gets the API's answer (503, storage unavailable), not a timeout."""
 REPORT_TIMEOUT_S = 900.0
 """A report of a large study takes the API a minute or more to draw, and waits behind the
 other reports being drawn."""
