@@ -14,6 +14,7 @@ import struct
 from typing import Any
 
 from automl.store import EvaluationLease, Lease, RefitLease, RefitResult, TrialTestReport
+from automl.store.jobs import job_result
 from automl.worker.coordinator import CoordinatorTooOldError
 
 SERVICE = "automl.Coordinator"
@@ -138,12 +139,7 @@ def report_to_wire(report: TrialTestReport, protocol: int = PROTOCOL) -> dict[st
 def report_from_wire(data: dict[str, Any]) -> TrialTestReport:
     """The report that ``report_to_wire`` wrote (fields this automl does not know, which a
     newer worker sends, are left out)."""
-    return TrialTestReport(**_known(TrialTestReport, data))
-
-
-def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
-    names = {field.name for field in dataclasses.fields(kind)}
-    return {name: value for name, value in data.items() if name in names}
+    return job_result(TrialTestReport, data)
 
 
 def error_details(kind: str, message: str) -> str:

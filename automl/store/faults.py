@@ -131,21 +131,23 @@ LOCK_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
 ended to let another go on, and the same work succeeds when tried again."""
 
 
-LOCK_TIMEOUT_SQLSTATE = "55P03"
+LOCK_TIMEOUT_SQLSTATES = frozenset({"55P03"})
 """PostgreSQL's ``lock_not_available``: a statement waited ``lock_timeout`` for a lock."""
 
 
 def is_lock_timeout(exc: BaseException) -> bool:
     """Whether ``exc`` (or an error it wraps) is a statement that waited out its lock
     timeout (an outage: the lock's holder may keep it for long)."""
-    return any(getattr(error, "sqlstate", None) == LOCK_TIMEOUT_SQLSTATE for error in _causes(exc))
+    return _has_sqlstate(exc, LOCK_TIMEOUT_SQLSTATES)
 
 
 def is_lock_conflict(exc: BaseException) -> bool:
     """Whether ``exc`` (or an error it wraps) is a deadlock or serialization conflict."""
-    return any(
-        getattr(error, "sqlstate", None) in LOCK_CONFLICT_SQLSTATES for error in _causes(exc)
-    )
+    return _has_sqlstate(exc, LOCK_CONFLICT_SQLSTATES)
+
+
+def _has_sqlstate(exc: BaseException, states: frozenset[str]) -> bool:
+    return any(getattr(error, "sqlstate", None) in states for error in _causes(exc))
 
 
 SCHEMA_MISSING = "storage schema missing"

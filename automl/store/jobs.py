@@ -11,8 +11,8 @@ plugin's entry not installed here) does not claim the job: it is left to others.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -52,6 +52,17 @@ class JobKind:
             table.c.state == self.waiting,
             sa.and_(table.c.state == RUNNING, table.c.claimed_at < at - stale_after),
         )
+
+
+Result = TypeVar("Result")
+
+
+def job_result(kind: type[Result], data: dict[str, Any]) -> Result:
+    """A job's result (a dataclass) from its JSON, which a newer automl may have written
+    with fields this one does not know: those are left out (a process of the release
+    before this rule, ``kind(**data)``, refuses any)."""
+    names = {field.name for field in fields(kind)}  # type: ignore[arg-type]
+    return kind(**{name: value for name, value in data.items() if name in names})
 
 
 def claim_job(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +26,7 @@ from automl.spec import StudySpec
 from automl.spec_reading import check_readable
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
-from automl.store.jobs import JobKind, claim_job, held, release_job
+from automl.store.jobs import JobKind, claim_job, held, job_result, release_job
 from automl.store.status import ENDED, iso, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import DELETING, RefitState
@@ -100,8 +100,7 @@ class RefitResult:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RefitResult:
         """The result that ``to_json`` wrote (fields a newer automl added are left out)."""
-        names = {field.name for field in fields(cls)}
-        return cls(**{name: value for name, value in data.items() if name in names})
+        return job_result(cls, data)
 
 
 def _abandon(
