@@ -262,6 +262,11 @@ class CompiledModel(torch.nn.Module):
         self.failure: str | None = None
         self._compiled: Any = None
         try:
+            # Dynamo caches compiled code per Python function, and every trial's model of a
+            # family runs the same ``forward``: past its recompile limit (8) a worker's
+            # later trials would silently run eagerly. One compiled model at a time per
+            # process, so each starts from an empty cache.
+            torch.compiler.reset()
             # Kept out of the module tree: it shares every parameter with ``eager``.
             object.__setattr__(self, "_compiled", torch.compile(model))
         except Exception as exc:  # any failure to compile falls back to eager

@@ -12,6 +12,7 @@ see ``automl.train.accel``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -53,6 +54,8 @@ from automl.train.optim import (
 )
 from automl.train.precise_bn import recompute_batch_norm
 from automl.train.trial_config import TrialConfig
+
+logger = logging.getLogger(__name__)
 
 Reporter = Callable[[int, dict[str, float]], bool]
 """``report(epoch, metrics) -> stop``: called after each epoch; returning True prunes."""
@@ -258,7 +261,7 @@ def train(
     stopped_before = False
     if resume is not None:
         restore(resume, model=model, optimizer=optimizer, scheduler=scheduler)
-        generator.set_state(resume.epoch_generator)
+        _continue_order(generator, resume.epoch_generator, config.seed, resume.epoch + 1)
         history = [dict(entry) for entry in resume.history]
         for entry in history:  # early stopping continues where it was
             stopped_before = stopper.should_stop(entry[monitor])
@@ -492,6 +495,24 @@ def _graph_note(graphed: GraphedStep) -> str:
     if graphed.failure is not None:
         return f"failed, trained eagerly: {graphed.failure}"
     return "replayed" if graphed.replaying else "not captured: too few full-size batches"
+
+
+def _continue_order(
+    generator: torch.Generator, saved: torch.Tensor, seed: int, epoch: int
+) -> None:
+    """Continues the shuffling from a checkpoint's generator state, taken at the start of
+    ``epoch``.
+
+    A checkpoint written on another kind of device cannot: a CUDA generator's state (16
+    bytes) does not fit a CPU one (5,056) or the other way round. The orders from ``epoch``
+    on are then drawn from the trial's seed and ``epoch``; a run resumed mid-epoch trains
+    the rest of that epoch on a new order (a few images twice, a few not at all).
+    """
+    if saved.numel() == generator.get_state().numel():
+        generator.set_state(saved)
+        return
+    logger.info("checkpoint from another kind of device: epoch %d's order drawn anew", epoch)
+    generator.manual_seed((seed * 1_000_003 + epoch * 10_007) % 2**63)
 
 
 def _batch_generator(

@@ -58,7 +58,7 @@ from automl.store import (
 )
 from automl.store.artifacts import TEMPORARY_PREFIX
 from automl.train import resolve_device
-from automl.train.accel import check_device_settings
+from automl.train.accel import check_device_settings, release_device_memory
 from automl.worker.coordinator import BufferedSqlCoordinator, Coordinator, CoordinatorTooOldError
 from automl.worker.evaluator import describe, run_evaluation
 from automl.worker.identity import new_worker_id, sampler_seed
@@ -217,7 +217,7 @@ class Worker:
         self.backoff = Backoff(logger)
         self._refused: set[str] = set()  # post-study jobs whose claim failed outright
         self._jobs_checked_at = -math.inf
-        self.gate = DeviceGate(options.slot_group)
+        self.gate = DeviceGate(options.slot_group, release=release_device_memory)
         self.stopped_by: signal.Signals | None = None
         """The signal that first asked this worker to stop (None: stopped otherwise)."""
 

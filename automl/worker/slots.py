@@ -10,6 +10,10 @@ locks with its file descriptors):
 - an exclusive trial closes the gate (exclusive), so no new trial starts on the device,
   waits for the running ones to end by taking the device lock exclusive, runs, and
   opens both.
+
+Each slot returns the memory its trial freed to the device (``release``) before it lets go
+of the device lock: a CUDA process keeps freed memory reserved for itself otherwise, and a
+trial that runs alone would find as little free memory as the attempt that ran out.
 """
 
 from __future__ import annotations
@@ -40,11 +44,16 @@ class DeviceGate:
             the same for every slot of the device; None when the worker has the device
             to itself.
         poll: Seconds between tries while waiting.
+        release: Called at the end of every hold of a slot group, before the device lock
+            is let go: returns what the process freed to the device.
     """
 
-    def __init__(self, group: str | None, poll: float = POLL_S) -> None:
+    def __init__(
+        self, group: str | None, poll: float = POLL_S, release: Callable[[], None] | None = None
+    ) -> None:
         self.group = group if fcntl is not None else None
         self.poll = poll
+        self.release = release
         if self.group is not None:
             Path(self.group).parent.mkdir(parents=True, exist_ok=True)
 
@@ -80,7 +89,11 @@ class DeviceGate:
             try:
                 yield
             finally:
-                fcntl.flock(device, fcntl.LOCK_UN)
+                try:
+                    if self.release is not None:
+                        self.release()
+                finally:
+                    fcntl.flock(device, fcntl.LOCK_UN)
                 if exclusive:
                     fcntl.flock(gate, fcntl.LOCK_UN)
 

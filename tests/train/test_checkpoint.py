@@ -171,3 +171,25 @@ def test_a_checkpoint_of_a_capturable_optimizer_resumes_on_the_cpu(
     resumed = train(config, data=small_data, resume=replace(states[0], optimizer=graphed))
     assert _same_weights(resumed.state_dict, plain.state_dict)
     assert _untimed(resumed.history) == _untimed(plain.history)
+
+
+@pytest.mark.parametrize("batch", [0, 3])
+def test_a_checkpoint_written_on_another_kind_of_device_resumes(
+    small_data: ImageData, batch: int
+) -> None:
+    """A GPU worker's checkpoint holds a CUDA generator's 16-byte state, which a CPU
+    generator refuses: the resumed run draws its orders anew and finishes its epochs."""
+    states: list[TrainState] = []
+    train(CONFIG, data=small_data, checkpoint=states.append, checkpoint_interval=0.0)
+    saved = next(s for s in states if (s.epoch, s.batch) == (1, batch))
+    on_cuda = replace(saved, epoch_generator=torch.zeros(16, dtype=torch.uint8))
+    reported: list[int] = []
+    resumed = train(
+        CONFIG,
+        lambda epoch, metrics: reported.append(epoch) or False,
+        data=small_data,
+        resume=TrainState.from_bytes(on_cuda.to_bytes()),
+    )
+    assert reported == [2, 3]
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+    assert all(torch.isfinite(v).all() for v in resumed.state_dict.values())

@@ -363,3 +363,27 @@ def test_compiled_model_follows_train_and_eval() -> None:
     runner.train()
     assert model.training
     assert set(runner.state_dict()) == {f"eager.{key}" for key in model.state_dict()}
+
+
+def test_every_trial_of_a_worker_compiles_its_own_model(
+    monkeypatch: pytest.MonkeyPatch, small_data: ImageData
+) -> None:
+    """Found by review: trials of one family share ``forward``'s code object, so dynamo's
+    per-function recompile limit made a worker's later trials run eagerly while their
+    notes said "compiled"."""
+    import torch._dynamo  # the limit is dynamo's own setting; lowered so 3 trials reach it
+
+    compiled: list[torch.fx.GraphModule] = []
+
+    def counting_backend(graph: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> Any:
+        compiled.append(graph)
+        return graph.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", functools.partial(real_compile, backend=counting_backend))
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for width in (4, 5, 6):
+            before = len(compiled)
+            result = train(tiny(width=width, compile=True), data=small_data)
+            assert result.notes["compile"] == "compiled"
+            assert len(compiled) > before, f"width {width} ran uncompiled"

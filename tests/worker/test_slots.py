@@ -88,3 +88,37 @@ def test_without_a_group_every_trial_just_runs() -> None:
     gate = DeviceGate(None)
     with gate.hold(True, _never), gate.hold(True, _never):
         pass
+
+
+def test_a_slot_returns_its_memory_before_a_trial_that_runs_alone_starts(tmp_path: Path) -> None:
+    group = str(tmp_path / "gpu-0")
+    events: list[str] = []
+    inside = threading.Event()
+
+    def ordinary() -> None:
+        gate = DeviceGate(group, poll=0.01, release=lambda: events.append("released"))
+        with pytest.raises(MemoryError), gate.hold(False, _never):
+            inside.set()
+            time.sleep(0.2)
+            events.append("ran out")
+            raise MemoryError  # the trial's own failure: the slot still releases
+
+    def alone() -> None:
+        with DeviceGate(group, poll=0.01).hold(True, _never):
+            events.append("alone start")
+
+    first = threading.Thread(target=ordinary)
+    first.start()
+    assert inside.wait(10)
+    exclusive = threading.Thread(target=alone)
+    exclusive.start()
+    for thread in (first, exclusive):
+        thread.join(10)
+    assert events == ["ran out", "released", "alone start"]
+
+
+def test_a_process_with_the_device_to_itself_releases_nothing_per_trial() -> None:
+    released: list[int] = []
+    with DeviceGate(None, release=lambda: released.append(1)).hold(False, _never):
+        pass
+    assert released == []
