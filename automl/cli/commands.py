@@ -56,7 +56,13 @@ from automl.store.faults import SCHEMA_MISSING, first_line, is_schema_missing
 from automl.store.storage import has_automl_tables, redact, sqlite_file
 from automl.train import resolve_device
 from automl.train.accel import check_device_settings
-from automl.worker import Coordinator, InvalidDeviceError, Worker, WorkerOptions
+from automl.worker import (
+    Coordinator,
+    DeviceFaultError,
+    InvalidDeviceError,
+    Worker,
+    WorkerOptions,
+)
 from automl.worker.coordinator import CoordinatorTooOldError
 from automl.worker.loop import UnusableFolderError, check_folders
 
@@ -80,6 +86,8 @@ def errors_as_cli_errors(spec_path: str | None) -> Iterator[None]:
         raise CliError(str(exc), EXIT_BAD_INPUT if exc.bad_config else EXIT_FAILURE) from None
     except InvalidDeviceError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    except DeviceFaultError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
     except Exception as exc:
         if is_schema_missing(exc):  # tables dropped or renamed under a running command
             raise CliError(f"{SCHEMA_MISSING}: {first_line(exc)}", EXIT_FAILURE) from None

@@ -216,6 +216,7 @@ def build_card(
             split="test" if user_attrs.get(attrs.TEST_PER_CLASS) else "validation",
             autocast=(user_attrs.get(attrs.NOTES) or {}).get("autocast")
             or ("bf16" if config.precision == "bf16" else None),
+            precision=config.precision,
         ),
     }
 
@@ -291,6 +292,14 @@ def _named(classes: Sequence[str]) -> str:
     return "classes " + ", ".join(repr(name) for name in classes)
 
 
+def _served(autocast: str, precision: str) -> str:
+    """How the service runs a model whose scores were measured in ``autocast``."""
+    if precision == autocast:
+        return "as the service serves it"
+    # ``auto`` chose it on the GPU that trained the model; a CPU runs ``auto`` in fp32.
+    return "as the service serves it on such a GPU (in fp32 on a CPU)"
+
+
 def intended_use(
     classes: Sequence[str],
     model_in: Mapping[str, Any],
@@ -298,11 +307,13 @@ def intended_use(
     per_class: Sequence[Mapping[str, Any]],
     split: str,
     autocast: str | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """The card's "intended use and limits": what the model is for, what it is not, how
     unevenly it recognizes its classes (per-class recall gaps) on ``split``, and whether
     its scores were measured in the reduced precision ``autocast`` (``bf16``, ``fp16``)
-    while the exported files run in fp32."""
+    while the exported files run in fp32 (and the service too, on a CPU, unless the
+    trial's ``precision`` asked for bf16 itself)."""
     source = dataset["source"] if dataset else "its training data"
     kind = "clips of frames" if model_in.get("frames") else "images"
     color = "grayscale" if model_in.get("channels") == 1 else "RGB"
@@ -321,7 +332,7 @@ def intended_use(
         )
     if autocast is not None:
         limits.append(
-            f"Its scores were measured in {autocast} (autocast), as the service serves it; "
+            f"Its scores were measured in {autocast} (autocast), {_served(autocast, precision)}; "
             "the exported files hold fp32 weights and run in fp32, so their probabilities "
             "differ slightly (about 1e-3) and a few borderline predictions may differ."
         )

@@ -192,6 +192,33 @@ class Accelerator:
         self.scaler.update()
 
 
+OUT_OF_MEMORY_MARKS = (
+    "out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "can't allocate memory",
+)
+"""How allocation failures read that do not come as ``torch.OutOfMemoryError``: cuBLAS
+creating its handle, cuDNN its workspace, a new process's CUDA context on a full GPU
+("CUDA error: out of memory"), the CPU allocator."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device (or host) had no memory left for the run."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(mark in str(exc) for mark in OUT_OF_MEMORY_MARKS)
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is a CUDA error after which this process's CUDA context may be
+    unusable (an illegal memory access, a device-side assert): every later CUDA call of
+    the process would fail too. Check ``is_out_of_memory`` first."""
+    if isinstance(exc, torch.AcceleratorError):
+        return True
+    return isinstance(exc, RuntimeError) and str(exc).startswith("CUDA error")
+
+
 def release_device_memory() -> None:
     """Returns the memory of tensors nobody holds any more to the device (after an
     out-of-memory error), so the next trial on this process starts clean."""
@@ -246,7 +273,7 @@ class CompiledModel(torch.nn.Module):
     bug surface at the first call (or at a recompilation for a new shape or mode). Such a
     call is repeated eagerly and the model stays eager from then on, with ``failure``
     saying why; an error that eager execution raises as well is the model's own and
-    propagates. Out-of-memory errors are never taken for compile failures.
+    propagates. Out-of-memory and CUDA errors are never taken for compile failures.
 
     The wrapped model is a registered submodule, so ``train()`` and ``eval()`` reach it,
     while its ``state_dict`` should be taken from ``model`` itself (no ``_orig_mod.``
@@ -292,9 +319,10 @@ class CompiledModel(torch.nn.Module):
 
         Returns:
             True when it switched (the caller repeats its work eagerly); False when the
-            model already runs eagerly or ``exc`` is out of memory (the caller re-raises).
+            model already runs eagerly, or ``exc`` is out of memory or a CUDA error (the
+            caller re-raises).
         """
-        if self.failure is not None or isinstance(exc, torch.OutOfMemoryError):
+        if self.failure is not None or is_out_of_memory(exc) or is_device_fault(exc):
             return False
         self.failure = failure_text(exc)
         logger.warning("torch.compile failed, training eagerly instead: %s", self.failure)

@@ -497,9 +497,7 @@ def _graph_note(graphed: GraphedStep) -> str:
     return "replayed" if graphed.replaying else "not captured: too few full-size batches"
 
 
-def _continue_order(
-    generator: torch.Generator, saved: torch.Tensor, seed: int, epoch: int
-) -> None:
+def _continue_order(generator: torch.Generator, saved: torch.Tensor, seed: int, epoch: int) -> None:
     """Continues the shuffling from a checkpoint's generator state, taken at the start of
     ``epoch``.
 

@@ -30,6 +30,7 @@ from automl.train.evaluation import evaluate_weights
 from automl.train.trial_config import stored_config
 from automl.worker.coordinator import Coordinator
 from automl.worker.data_identity import require_trained_data
+from automl.worker.device_faults import stop_after, stops_the_worker
 
 logger = logging.getLogger("automl.worker")
 
@@ -55,7 +56,11 @@ def run_evaluation(
     Returns:
         The state the evaluation ended in, or None if nothing was stored (the claim was
         lost, or the database stayed unreachable; another worker takes it over later).
+
+    Raises:
+        DeviceFaultError: After storing the failure, if a CUDA error caused it.
     """
+    fault = None
     try:
         state, reports, note = score(coordinator, lease, device)
     except Exception as exc:
@@ -64,6 +69,23 @@ def run_evaluation(
             return None
         logger.warning("test evaluation of study %s failed: %s", lease.study_id, describe(exc))
         state, reports, note = EvaluationState.FAILED, [], describe(exc)
+        fault = exc if stops_the_worker(exc) else None
+    stored_state = _store(coordinator, lease, backoff, give_up, (state, reports, note))
+    if fault is not None:
+        what = f"the test evaluation of study {lease.study_id}"
+        raise stop_after(fault, lease.worker_id, what)
+    return stored_state
+
+
+def _store(
+    coordinator: Coordinator,
+    lease: EvaluationLease,
+    backoff: Backoff,
+    give_up: Callable[[], bool],
+    outcome: Outcome,
+) -> EvaluationState | None:
+    """Stores the evaluation's ``outcome``; returns its state, or None if nothing was."""
+    state, reports, note = outcome
     try:
         stored = retry_transient(
             lambda: coordinator.finish_evaluation(lease, state, reports, note),

@@ -60,6 +60,7 @@ from automl.store.artifacts import TEMPORARY_PREFIX
 from automl.train import resolve_device
 from automl.train.accel import check_device_settings, release_device_memory
 from automl.worker.coordinator import BufferedSqlCoordinator, Coordinator, CoordinatorTooOldError
+from automl.worker.device_faults import DeviceFaultError
 from automl.worker.evaluator import describe, run_evaluation
 from automl.worker.identity import new_worker_id, sampler_seed
 from automl.worker.keeper import LeaseKeeper
@@ -283,7 +284,7 @@ class Worker:
                     continue
                 try:
                     run = self.run_lease(lease)
-                except CoordinatorTooOldError:
+                except (CoordinatorTooOldError, DeviceFaultError):
                     raise
                 except Exception as exc:
                     self._unexpected(lease, exc)

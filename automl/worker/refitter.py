@@ -47,6 +47,7 @@ from automl.train.evaluation import evaluate_weights
 from automl.train.trial_config import TrialConfig
 from automl.worker.coordinator import Coordinator
 from automl.worker.data_identity import require_trained_data
+from automl.worker.device_faults import stop_after, stops_the_worker
 from automl.worker.evaluator import describe
 from automl.worker.shared_cache import SharedArtifactCache
 
@@ -79,8 +80,12 @@ def run_refit(
     Returns:
         The state the refit ended in, or None if nothing was stored (stopped, the claim
         was lost, or the database stayed unreachable).
+
+    Raises:
+        DeviceFaultError: After storing the failure, if a CUDA error caused it.
     """
     written: list[str] = []
+    fault = None
     try:
         state, result, note = refit(coordinator, lease, device, written, stopping)
     except (TrainingInterrupted, RefitLostError) as exc:
@@ -96,6 +101,23 @@ def run_refit(
             return None
         logger.warning("refit of study %s failed: %s", lease.study_id, describe(exc))
         state, result, note = RefitState.FAILED, None, describe(exc)
+        fault = exc if stops_the_worker(exc) else None
+    stored_state = _store(coordinator, lease, backoff, stopping, written, (state, result, note))
+    if fault is not None:
+        raise stop_after(fault, lease.worker_id, f"the refit of study {lease.study_id}")
+    return stored_state
+
+
+def _store(
+    coordinator: Coordinator,
+    lease: RefitLease,
+    backoff: Backoff,
+    stopping: Callable[[], bool],
+    written: list[str],
+    outcome: Outcome,
+) -> RefitState | None:
+    """Stores the refit's ``outcome``; returns its state, or None if nothing was stored."""
+    state, result, note = outcome
     try:
         stored = retry_transient(
             lambda: coordinator.finish_refit(lease, state, result, note),

@@ -16,10 +16,9 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import optuna
-import torch
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
@@ -48,12 +47,13 @@ from automl.store import (
 from automl.store.faults import first_line
 from automl.store.studies import OPTUNA_STUDY_GONE
 from automl.train import TrainingInterrupted, TrainResult, train
-from automl.train.accel import release_device_memory
+from automl.train.accel import is_out_of_memory, release_device_memory
 from automl.train.checkpoint import TrainState
 from automl.train.loop import TrainingDiverged
 from automl.train.trial_config import TrialConfig
 from automl.worker.coordinator import Coordinator, CoordinatorTooOldError
 from automl.worker.data_identity import DataIdentity, require_study_data
+from automl.worker.device_faults import stop_after, stops_the_worker
 from automl.worker.identity import training_seed
 from automl.worker.keeper import LeaseKeeper
 from automl.worker.shared_cache import SharedArtifactCache
@@ -332,13 +332,15 @@ class _Attempt:
             return self._give_back(FailureKind.INTERRUPTED, f"worker stopping: {exc}")
         except TrainingDiverged as exc:
             return self._diverged(exc)
-        except torch.OutOfMemoryError as exc:
-            return self._out_of_memory(exc)
         except CoordinatorTooOldError as exc:
             logger.error("%s", exc)
             self._give_back(FailureKind.INTERRUPTED, str(exc), requeue=True)
             raise
         except Exception as exc:
+            if is_out_of_memory(exc):
+                return self._out_of_memory(exc)
+            if stops_the_worker(exc):
+                return self._device_fault(exc)
             if is_transient(exc):
                 return self._give_back(FailureKind.INTERRUPTED, _describe(exc))
             logger.debug("trial %s failed", trial.number, exc_info=True)
@@ -557,10 +559,10 @@ class _Attempt:
             return self._lost(err)
         return TrialRun(self.lease, "pruned", frozen, self.settled)
 
-    def _out_of_memory(self, exc: torch.OutOfMemoryError) -> TrialRun:
+    def _out_of_memory(self, exc: BaseException) -> TrialRun:
         """Frees what the trial held; the first time, queues it again to run alone."""
         error = _describe(exc)
-        exc.with_traceback(None)  # its frames hold the trial's tensors
+        _drop_tracebacks(exc)  # their frames hold the trial's tensors
         release_device_memory()
         if self.lease.exclusive:
             return self._fail(FailureKind.OUT_OF_MEMORY, error)
@@ -568,6 +570,17 @@ class _Attempt:
             "ticket %s ran out of memory: queued again to run alone", self.lease.ticket_id
         )
         return self._give_back(FailureKind.OUT_OF_MEMORY, error)
+
+    def _device_fault(self, exc: BaseException) -> NoReturn:
+        """Fails the trial, then stops the worker: after such an error every CUDA call
+        of this process may fail, and each later trial would fail for nothing.
+
+        Raises:
+            DeviceFaultError: Always, once the trial's failure is recorded.
+        """
+        self._fail(FailureKind.ERROR, _describe(exc))
+        number = "?" if self.trial is None else self.trial.number
+        raise stop_after(exc, self.ctx.worker_id, f"trial {number} of study {self.lease.study_id}")
 
     def _give_back(self, kind: FailureKind, error: str, *, requeue: bool = True) -> TrialRun:
         self.keeper.ending()
@@ -705,6 +718,20 @@ class _Attempt:
             )
         except KeyError:
             return None
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Lets go of the frames of ``exc`` and of the errors it was raised from or during
+    (an out-of-memory error in a compiled run's eager retry carries the compile failure)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        error.with_traceback(None)
+        pending += [error.__cause__, error.__context__]
 
 
 def _describe(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ from automl.cli.arguments import MAX_ID
 from automl.cli.commands import errors_as_cli_errors
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, CliError
 from automl.cli.main import main
+from automl.worker import DeviceFaultError
 from tests.conftest import free_port
 
 HUGE = "99999999999999999999999"
@@ -383,3 +384,15 @@ def test_tables_gone_under_a_command_are_one_line_not_an_outage() -> None:
 
     assert info.value.code == EXIT_FAILURE
     assert str(info.value).startswith("storage schema missing: ")
+
+
+def test_a_worker_stopped_by_a_cuda_error_exits_with_one_line() -> None:
+    """``automl worker`` and ``automl run`` end with the reason and exit 1, so that a
+    supervisor or a container's restart policy starts a clean process."""
+    fault = DeviceFaultError("worker w stops: trial 3 of study 1 left its device unusable (x)")
+
+    with pytest.raises(CliError) as info, errors_as_cli_errors(None):
+        raise fault
+
+    assert info.value.code == EXIT_FAILURE
+    assert str(info.value) == str(fault)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from automl.delivery.card import intended_use
 
 MODEL_IN = {"channels": 1, "height": 8, "width": 8, "fit": "crop"}
@@ -41,6 +43,27 @@ def test_scores_measured_under_autocast_say_the_fp32_exports_differ() -> None:
     assert not any("autocast" in line for line in plain["limits"])
     [line] = [line for line in reduced["limits"] if "autocast" in line]
     assert line.startswith("Its scores were measured in bf16 (autocast)") and "fp32" in line
+
+
+@pytest.mark.parametrize(
+    ("autocast", "precision", "served"),
+    [
+        ("bf16", "bf16", "as the service serves it;"),  # bf16 asked for: on any device
+        ("bf16", "auto", "as the service serves it on such a GPU (in fp32 on a CPU);"),
+        ("fp16", "auto", "as the service serves it on such a GPU (in fp32 on a CPU);"),
+    ],
+)
+def test_the_autocast_line_says_where_the_service_serves_it_so(
+    autocast: str, precision: str, served: str
+) -> None:
+    """Found by review: a GPU run under ``auto`` measured in bf16 said "as the service
+    serves it", while an API on a CPU runs ``auto`` in fp32."""
+    per_class = [row("a", 0.9, 50), row("b", 0.8, 50)]
+    card = intended_use(
+        ["a", "b"], MODEL_IN, None, per_class, "test", autocast=autocast, precision=precision
+    )
+    [line] = [line for line in card["limits"] if "autocast" in line]
+    assert f"in {autocast} (autocast), {served}" in line
 
 
 def recall_line(card: dict[str, Any]) -> str:

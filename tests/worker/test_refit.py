@@ -10,6 +10,7 @@ import pytest
 import torch
 from optuna.trial import FrozenTrial, create_trial
 
+import automl.worker.refitter
 from automl.data import load_dataset
 from automl.delivery.card import trial_config
 from automl.spec import StudySpec
@@ -28,7 +29,7 @@ from automl.store.artifacts import read_state_dict
 from automl.store.optuna_rows import put_trial_attrs
 from automl.train import train
 from automl.train.hyperparameters import flat_config
-from automl.worker import SqlCoordinator, Worker, WorkerOptions
+from automl.worker import DeviceFaultError, SqlCoordinator, Worker, WorkerOptions
 from automl.worker.refitter import refit, refit_epochs, run_refit, train_plus_validation
 
 SpecFactory = Callable[..., StudySpec]
@@ -110,6 +111,25 @@ def test_a_dataset_without_test_split_fails_the_refit_with_a_reason(
     # Asked again by hand, it is refused up front: the skipped evaluation already says why.
     with pytest.raises(StudyStateError, match="dataset 'digits' has no test split: a refit"):
         queue_refit(sqlite_store, study_id)
+
+
+def test_a_cuda_error_in_a_refit_is_recorded_and_stops_the_worker(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1, "max_failed": 0})
+    study_id = submit_study(sqlite_store, spec).id
+    _run(sqlite_store, study_id)
+    queue_refit(sqlite_store, study_id)
+
+    def faults(*args: object, **kwargs: object) -> None:
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(automl.worker.refitter, "train", faults)
+    with pytest.raises(DeviceFaultError, match=f"the refit of study {study_id} left its device"):
+        _run(sqlite_store, study_id)
+    refit_view = best_trials(sqlite_store, study_id).refit
+    assert refit_view is not None and refit_view.state == RefitState.FAILED
+    assert refit_view.note is not None and "illegal memory access" in refit_view.note
 
 
 def test_a_refit_trains_up_to_the_epoch_whose_weights_the_trial_kept() -> None:

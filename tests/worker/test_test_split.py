@@ -28,7 +28,7 @@ from automl.store import (
 from automl.train import TrialConfig
 from automl.train.evaluation import evaluate_weights
 from automl.train.metrics import DENSE_CONFUSION_CLASSES, MOST_CONFUSED
-from automl.worker import SqlCoordinator, Worker, WorkerOptions
+from automl.worker import DeviceFaultError, SqlCoordinator, Worker, WorkerOptions
 from tests.conftest import tiny_spec_data
 from tests.data.conftest import write_class_folder
 from tests.worker.options import fast_options
@@ -139,6 +139,24 @@ def test_a_failing_evaluation_is_recorded_and_the_worker_goes_on(
     assert evaluation.note == "RuntimeError: scoring exploded"
     assert best_trials(sqlite_store, first).trials[0].test_metrics is None
     assert get_study(sqlite_store, second).status == StudyStatus.COMPLETED
+
+
+def test_a_cuda_error_in_an_evaluation_is_recorded_and_stops_the_worker(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process's CUDA context may be unusable after it: the next trial would fail."""
+
+    def faults(*args: Any, **kwargs: Any) -> Any:
+        raise torch.AcceleratorError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(automl.worker.evaluator, "evaluate_weights", faults)
+    first = submit_study(sqlite_store, tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1})).id
+    with pytest.raises(DeviceFaultError, match=f"the test evaluation of study {first} left"):
+        Worker(sqlite_store, _options()).run()
+
+    evaluation = best_trials(sqlite_store, first).test_evaluation
+    assert evaluation is not None and evaluation.state == EvaluationState.FAILED
+    assert evaluation.note == "AcceleratorError: CUDA error: device-side assert triggered"
 
 
 def test_rerun_failed_makes_a_failed_evaluation_due_again(

@@ -53,7 +53,7 @@ from automl.store import (
     submit_study,
     tables,
 )
-from automl.worker import SqlCoordinator, Worker, WorkerOptions
+from automl.worker import DeviceFaultError, SqlCoordinator, Worker, WorkerOptions
 from automl.worker.coordinator import BufferedSqlCoordinator
 from automl.worker.identity import new_worker_id, sampler_seed, training_seed
 from automl.worker.keeper import LeaseKeeper
@@ -580,11 +580,21 @@ def test_a_trial_already_outranked_saves_no_weights(
         assert trial.user_attrs[attrs.WEIGHTS_REMOVED] == outranked_reason(1)
 
 
+OUT_OF_MEMORY_ERRORS = [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    # Allocation failures that arrive as other errors (found by review):
+    torch.AcceleratorError("CUDA error: out of memory"),  # a new process's context
+    RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"),
+]
+
+
+@pytest.mark.parametrize("error", OUT_OF_MEMORY_ERRORS, ids=lambda e: str(e)[:24])
 def test_out_of_memory_runs_again_alone_once(
-    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
     def oom(*args: Any, **kwargs: Any) -> Any:
-        raise torch.OutOfMemoryError("CUDA out of memory")
+        raise error
 
     monkeypatch.setattr(automl.worker.runner, "train", oom)
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
@@ -646,6 +656,36 @@ def test_out_of_memory_in_one_slot_is_retried_alone_and_the_others_finish(
 
     assert not [t.number for t in others if overlap(t, alone)]  # nothing ran beside it
     assert any(overlap(a, b) for a in others for b in others if a is not b)  # slots did
+
+
+def test_a_cuda_error_fails_its_trial_and_stops_the_worker(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a device-side assert or an illegal address every CUDA call of the process
+    fails: the worker stops (to be restarted clean) instead of failing every later trial
+    toward ``max_failed``."""
+    real_train = automl.worker.runner.train
+    faults = iter([torch.AcceleratorError("CUDA error: an illegal memory access was encountered")])
+
+    def train_or_fault(*args: Any, **kwargs: Any) -> Any:
+        fault = next(faults, None)
+        if fault is not None:
+            raise fault
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(automl.worker.runner, "train", train_or_fault)
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 3, "max_failed": 2})).id
+    with pytest.raises(DeviceFaultError, match=r"trial 0 of study .* unusable .*illegal memory"):
+        Worker(store, _options()).run()
+    [failed] = _trials(store, study_id)
+    assert failed.state == TrialState.FAIL
+    assert "AcceleratorError: CUDA error: an illegal memory" in failed.user_attrs[attrs.ERROR]
+    assert get_status(store, study_id) == StudyStatus.RUNNING
+
+    assert Worker(store, _options()).run() == 2  # a new process runs the rest of the budget
+    states = [t.state for t in _trials(store, study_id)]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert get_status(store, study_id) == StudyStatus.COMPLETED
 
 
 def test_conditional_params_and_distinct_proposals(store: Store, tiny_spec: SpecFactory) -> None:
