@@ -24,7 +24,16 @@ STRONG = {
 }
 """Options that make each effect clearly visible; every entry also gets ``p``."""
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ],
+    ),
+]
 
 
 def build(name: str, classes: int = NUM_CLASSES, **options: object) -> Augment:

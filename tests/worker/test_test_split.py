@@ -246,6 +246,7 @@ def test_a_coordinator_that_refuses_evaluation_claims_does_not_stop_training(
     assert len(refused) == 1  # said once, not on every pass
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_cuda_worker_scores_the_test_split_on_its_device(
     sqlite_store: Store, tiny_spec: SpecFactory
