@@ -37,7 +37,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
         batches = _batches(paths, Limits())
         for batch in batches:
             sent = sum(len(answer.predictions) for answer in answers)
-            with ExitStack() as files, _counted_from(sent, len(batches) > 1):
+            with ExitStack() as files, _counted_from(sent, batch, len(batches) > 1):
                 images = [(shown_path(name), files.enter_context(_open(name))) for name in batch]
                 answers.append(client.predict(args.study, images, args.top))
         result = _merged(answers)
@@ -151,14 +151,17 @@ def _batches(paths: list[Path], limits: Limits) -> list[list[str]]:
 
 
 @contextmanager
-def _counted_from(sent: int, split: bool) -> Iterator[None]:
+def _counted_from(sent: int, batch: list[str], split: bool) -> Iterator[None]:
     """An error of a later request names its files as the command line counts them
-    (``files[3]`` of the second request of 64 is ``files[67]``); when the files were
+    (``files[3]`` of the second request of 64 is ``files[67]``); a request of one file
+    refused for its bytes names that file (the API's 413 names none); when the files were
     split into requests, one refused for a limit says which settings split them."""
     try:
         yield
     except ClientError as exc:
         text = _FILE_INDEX.sub(lambda m: f"{m.group(1)}files[{int(m.group(2)) + sent}]", str(exc))
+        if len(batch) == 1 and "max_upload_bytes" in text:
+            text = f"files[{sent}] {shown_path(batch[0])!r} alone: {text}"
         if split and any(limit in text for limit in _SPLITTING_LIMITS):
             text += (
                 " (predict --url splits the files by this environment's "

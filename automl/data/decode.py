@@ -7,11 +7,13 @@ the ``automl.data`` logger.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -27,6 +29,11 @@ from automl.data.errors import DatasetError
 from automl.data.paths import FORMAT_LIST, IMAGE_FORMATS
 
 logger = logging.getLogger("automl.data")
+
+# Every image's pixel count is checked against max_image_pixels (at most twice Pillow's own
+# limit, past which Pillow refuses to open it) before anything is decoded: Pillow's warning
+# between its limit and twice it would only add two lines of stderr to that refusal.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 PARALLEL_MIN_BYTES = 64 * 2**20
 """Below this many bytes of files one process decodes them: starting a pool of processes
@@ -117,6 +124,9 @@ def too_many_pixels(name: str, size: str, limit: int) -> str:
 
 def _unidentified(path: str) -> str:
     """Why a file none of ``IMAGE_FORMATS`` opens was refused: its own format, if any."""
+    with contextlib.suppress(OSError):
+        if os.path.getsize(path) == 0:
+            return "the file is empty (0 bytes)"
     try:
         with Image.open(path) as opened:
             other = opened.format

@@ -10,12 +10,18 @@ as an image gets one "error: FILE: REASON" line on stderr instead, and the exit 
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps
+try:
+    import numpy as np
+    from PIL import Image, ImageOps
+except ImportError as missing:
+    sys.exit(f"predict.py needs numpy and Pillow ({missing}): pip install numpy pillow")
 
 HERE = Path(__file__).resolve().parent
+# Pillow warns on opening an image past its own limit; MAX_PIXELS refuses it in one line.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
@@ -100,8 +106,11 @@ def logits(batch: np.ndarray) -> np.ndarray:
         model = str(HERE / "model.onnx")
         session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
         return session.run(["logits"], {"images": batch})[0]
-    import torch
-
+    try:
+        import torch
+    except ImportError:
+        wanted = "onnxruntime (or torch)" if (HERE / "model.onnx").exists() else "torch"
+        sys.exit(f"predict.py needs {wanted} to run the model: pip install {wanted.split()[0]}")
     model = torch.jit.load(str(HERE / "model.torchscript.pt"), map_location="cpu")
     with torch.no_grad():
         return model(torch.from_numpy(batch)).numpy()

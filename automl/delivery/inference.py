@@ -320,6 +320,8 @@ def open_image(
             too_many_pixels(name, PAST_PILLOWS_LIMIT, max_pixels), field
         ) from None
     except UnidentifiedImageError:
+        if _is_empty(source):
+            raise InputRejectedError(f"{name!r} is empty (0 bytes)", field) from None
         raise InputRejectedError(f"{name!r} is not a png, jpeg, webp or bmp image", field) from None
     except Exception as exc:  # Pillow raises many kinds on hostile data: all a 422
         raise InputRejectedError(f"cannot read image {name!r}: {exc}", field) from None
@@ -331,14 +333,62 @@ def open_image(
         yield image
 
 
-def check_image(source: bytes | Path, name: str, field: Field, max_pixels: int) -> None:
-    """Checks an image's format and pixel count from its header, decoding nothing.
+def _is_empty(source: bytes | Path) -> bool:
+    try:
+        return len(source) == 0 if isinstance(source, bytes) else source.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def check_image(
+    source: bytes | Path, name: str, field: Field, max_pixels: int, *, decode: bool = False
+) -> None:
+    """Checks an image's format and pixel count from its header, decoding nothing; with
+    ``decode``, then decodes its pixels too (within the process's pixel budget).
 
     Raises:
-        InputRejectedError: As ``open_image``.
+        InputRejectedError: As ``open_image``, or if ``decode`` and its data is damaged.
     """
-    with open_image(source, name, field, max_pixels):
-        pass
+    with open_image(source, name, field, max_pixels) as opened:
+        if not decode:
+            return
+        with DECODING.hold(opened.width * opened.height):
+            try:
+                opened.load()
+            except Exception as exc:  # Pillow raises many kinds on damaged data
+                raise InputRejectedError(f"cannot decode image {name!r}: {exc}", field) from None
+
+
+ImageSource = tuple[bytes | Path, str, Field]
+"""An image to check: its bytes or file, the name errors show, and its field."""
+
+
+def check_images(images: Sequence[ImageSource], field: Field, max_pixels: int) -> None:
+    """Checks every image's header, decoding nothing while all pass.
+
+    Once one is refused, the others are decoded as well, so that the one error names
+    every bad file of the request: a truncated file passes its header check and would
+    only be found by the next try.
+
+    Raises:
+        InputRejectedError: If any image is refused (of ``field`` when several are).
+    """
+    refused: dict[int, InputRejectedError] = {}
+    for decode in (False, True):
+        for index, (source, name, where) in enumerate(images):
+            if index in refused:
+                continue
+            try:
+                check_image(source, name, where, max_pixels, decode=decode)
+            except UploadTooLargeError:
+                raise
+            except InputRejectedError as exc:
+                refused[index] = exc
+        if not refused:
+            return
+    refusals = Refusals(field)
+    refusals.errors = [refused[index] for index in sorted(refused)]
+    refusals.raise_any()
 
 
 def check_uploads(uploads: Sequence[Upload], limits: Limits) -> None:
@@ -364,11 +414,8 @@ def check_uploads(uploads: Sequence[Upload], limits: Limits) -> None:
             "(AUTOML_LIMIT_MAX_UPLOAD_BYTES)",
             ("files",),
         )
-    refusals = Refusals(("files",))
-    for index, upload in enumerate(uploads):
-        with refusals.noting():
-            check_image(upload.data, upload.name, ("files", index), limits.max_image_pixels)
-    refusals.raise_any()
+    images = [(upload.data, upload.name, ("files", i)) for i, upload in enumerate(uploads)]
+    check_images(images, ("files",), limits.max_image_pixels)
 
 
 class ModelCache:
@@ -663,11 +710,8 @@ def classify_files(
         ModelUnavailableError: If the model cannot serve.
     """
     pixels = limits.max_image_pixels
+    check_images([(file.path, file.name, file.field) for file in files], field, pixels)
     refusals = Refusals(field)
-    for file in files:
-        with refusals.noting():
-            check_image(file.path, file.name, file.field, pixels)
-    refusals.raise_any()
     serving = serving_trial(store, study_id)
     model = load_serving_model(store, serving, device)
     tops: list[list[ClassScore]] = []

@@ -307,17 +307,16 @@ def test_pixel_limit_is_a_setting(
         (b"not an image at all", "is not a png, jpeg, webp or bmp image"),
         (b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "is not a png, jpeg, webp or bmp image"),
         (None, "cannot decode image"),
+        (b"", "is empty (0 bytes)"),
     ],
-    ids=["text", "gif", "truncated"],
+    ids=["text", "gif", "truncated", "empty"],
 )
 def test_undecodable_image_is_422(
     served: tuple[TestClient, int], content: bytes | None, expected: str
 ) -> None:
     client, study_id = served
     if content is None:
-        buffer = io.BytesIO()
-        Image.effect_noise((64, 64), 50).save(buffer, "PNG")
-        content = buffer.getvalue()[:200]
+        content = truncated_png()
 
     response = client.post(f"/studies/{study_id}/predict", files=[("files", ("x.png", content))])
 
@@ -326,6 +325,34 @@ def test_undecodable_image_is_422(
     assert loc == ["body", "files", 0]
     assert "'x.png'" in message
     assert expected in message
+
+
+def truncated_png() -> bytes:
+    """A PNG whose header is whole and whose pixels are cut off."""
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).save(buffer, "PNG")
+    return buffer.getvalue()[:200]
+
+
+def test_every_bad_file_of_a_request_is_named_at_once(served: tuple[TestClient, int]) -> None:
+    """Found by a tester: a truncated file passes the header checks, so it was only named
+    by the next request, once the files refused from their headers were fixed."""
+    client, study_id = served
+    ok = png_bytes(torch.zeros(1, 8, 8, dtype=torch.uint8))
+    files = [
+        ("files", ("ok.png", ok)),
+        ("files", ("cut.png", truncated_png())),
+        ("files", ("text.png", b"not an image at all")),
+        ("files", ("empty.png", b"")),
+    ]
+
+    response = client.post(f"/studies/{study_id}/predict", files=files)
+
+    assert response.status_code == 422
+    [(loc, message)] = error_messages(response)
+    assert loc == ["body", "files"]
+    assert message.startswith("3 files cannot be used: cannot decode image 'cut.png': ")
+    assert "; 'text.png' is not a png" in message and "; 'empty.png' is empty" in message
 
 
 @pytest.mark.parametrize(

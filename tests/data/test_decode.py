@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -239,3 +241,32 @@ def test_images_with_too_many_pixels_are_refused_from_the_header(
         f"image 'bomb.png' has {size} pixels; max_image_pixels allows 1000000 "
         "(AUTOML_LIMIT_MAX_IMAGE_PIXELS)"
     )
+
+
+def test_pillows_own_warning_of_large_images_stays_off_stderr(tmp_path: Path) -> None:
+    """Found by a tester: images between Pillow's limit and twice it (allowed by a raised
+    max_image_pixels, or refused by automl's) printed Pillow's two-line
+    DecompressionBombWarning on stderr (training logs, ``automl predict``, the API's log)."""
+    path = tmp_path / "large.png"
+    Image.new("L", (16, 16)).save(path)
+    code = (
+        "import sys\n"
+        "from PIL import Image\n"
+        "from automl.data.decode import Preprocess, decode_image\n"
+        "Image.MAX_IMAGE_PIXELS = 200  # 256 pixels are past it, as 100 million are\n"
+        "print(decode_image(sys.argv[1], Preprocess(4, 4, channels='grayscale')).shape)\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "(1, 4, 4)\n" and done.stderr == ""
+
+
+def test_an_empty_file_is_called_empty(tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(DatasetError) as caught:
+        decode_image(str(tmp_path / "empty.png"), Preprocess(4, 4), root=str(tmp_path))
+    assert str(caught.value) == "cannot decode image 'empty.png': the file is empty (0 bytes)"

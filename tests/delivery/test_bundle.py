@@ -52,6 +52,7 @@ from tests.delivery.trained import (
     TRAINED_SPEC,
     digits_test_split,
     in_process_argmax,
+    png_declaring,
     train_study,
     write_pngs,
 )
@@ -200,7 +201,7 @@ def test_the_bundle_holds_weights_card_exports_and_a_predict_script(trained: Tra
     assert weights.keys() == stored.keys()
     assert all(torch.equal(weights[name], stored[name]) for name in stored)
     # Short enough to read through: numpy and Pillow decoding as training, then the model.
-    assert len((trained.folder / "predict.py").read_text().splitlines()) < 140
+    assert len((trained.folder / "predict.py").read_text().splitlines()) < 150
     exports = trained.card["bundle"]["exports"]
     assert exports["onnx"]["file"] == "model.onnx" and exports["onnx"]["error"] is None
     assert exports["torchscript"]["file"] == "model.torchscript.pt"
@@ -341,6 +342,51 @@ def test_predict_py_reports_each_bad_file_in_one_line_and_classifies_the_rest(
     assert printed == [str(good[0]), str(good[1])]
     alone = _predict_script(no_automl_python, trained.folder, good)
     assert alone.returncode == 0 and alone.stdout == done.stdout
+
+
+def test_predict_py_refuses_a_large_image_in_one_line(
+    trained: Trained, no_automl_python: Path, tmp_path: Path
+) -> None:
+    """Found by a tester: an image past Pillow's own limit (89.5 million pixels) printed
+    Pillow's two-line DecompressionBombWarning before predict.py's refusal."""
+    large = tmp_path / "large.png"
+    large.write_bytes(png_declaring(10_000, 10_000))
+
+    done = _predict_script(no_automl_python, trained.folder, [large])
+
+    assert done.returncode == 1
+    assert done.stderr == f"error: {large}: 10000x10000 pixels: more than 40000000\n"
+
+
+@pytest.mark.parametrize(
+    ("missing", "needed"),
+    [
+        (("onnxruntime", "torch"), "needs onnxruntime (or torch) to run the model"),
+        (("numpy",), "needs numpy and Pillow"),
+        (("PIL",), "needs numpy and Pillow"),
+    ],
+)
+def test_predict_py_names_the_packages_it_misses(
+    trained: Trained,
+    no_automl_python: Path,
+    tmp_path: Path,
+    missing: tuple[str, ...],
+    needed: str,
+) -> None:
+    """Found by a tester: without onnxruntime and torch, a fresh machine's first run ended
+    in a traceback naming torch only."""
+    data = digits_test_split()
+    assert data.test_x is not None
+    [image] = write_pngs(data.test_x[:1], tmp_path)
+    blocked = "".join(f"sys.modules[{name!r}] = None\n" for name in missing)
+
+    done = _run(
+        no_automl_python, trained.folder, "import sys\n" + blocked + PREDICT_CODE, str(image)
+    )
+
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"predict.py {needed}") and "pip install" in line
 
 
 def test_predict_py_scales_16_bit_grayscale_to_8_bits(
