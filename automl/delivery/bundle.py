@@ -19,12 +19,12 @@ so a study's bundle builds the same after its dataset moved or was removed. Only
 from before ``automl.input`` was recorded loads its dataset for the card's input.
 
 ``build_bundle`` builds anew on every call (the CLI's local download). A serving process
-asks ``BUNDLES`` (a ``BundleCache``) instead, which builds a model's bundle once: every
-build traces the model again, and each trace leaks its TorchScript classes in PyTorch's
-process-wide tables for good; nor are two builds byte-identical (TorchScript numbers its
-classes per process). Its bundles are keyed by everything that decides their content (see
-``BundleCache``), so a new best trial, a refit or test metrics recorded later (which change
-the card) build a new one.
+asks ``BUNDLES`` (a ``BundleCache``) instead, which builds a model's bundle once (two builds
+are not byte-identical: TorchScript numbers its classes per process) and traces in a child
+process (``automl.delivery.export.ChildTracer``): each trace leaks its TorchScript classes
+in the tracing process for good. Its bundles are keyed by everything that decides their
+content (see ``BundleCache``), so a new best trial, a refit or test metrics recorded later
+(which change the card) build a new one.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ import json
 import threading
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import ValidationError
 
 from automl.data import DatasetError
@@ -47,6 +49,7 @@ from automl.delivery.export import (
     INPUT_NAME,
     ONNX_OPSET,
     OUTPUT_NAME,
+    ChildTracer,
     ExportError,
     export_onnx,
     export_torchscript,
@@ -77,6 +80,8 @@ BUNDLE_CACHE_BYTES = 512 * 2**20
 """The most bytes of bundles it keeps; a larger bundle is served but not kept."""
 
 Key = tuple[object, ...]
+Tracer = Callable[[torch.nn.Module, Sequence[int]], bytes]
+"""``export_torchscript``, or one that traces elsewhere (``ChildTracer``)."""
 
 
 @dataclass(frozen=True)
@@ -175,8 +180,9 @@ def _plan(store: Store, study_id: int) -> _Plan:
     return _Plan(serving, config, model_in, card, study_key, key)
 
 
-def _build(store: Store, plan: _Plan) -> Bundle:
-    """Loads the planned trial's weights, exports its model and zips the bundle.
+def _build(store: Store, plan: _Plan, trace: Tracer = export_torchscript) -> Bundle:
+    """Loads the planned trial's weights, exports its model (``trace`` makes its
+    TorchScript file) and zips the bundle.
 
     Raises:
         WeightsNotFoundError: If the trial kept no weights.
@@ -195,7 +201,7 @@ def _build(store: Store, plan: _Plan) -> Bundle:
     exports: dict[str, Any] = {}
     for name, filename, export in (
         ("onnx", ONNX_FILE, export_onnx),
-        ("torchscript", TORCHSCRIPT_FILE, export_torchscript),
+        ("torchscript", TORCHSCRIPT_FILE, trace),
     ):
         try:
             files[filename] = export(model, shape)
@@ -245,14 +251,21 @@ class BundleCache:
     Args:
         size: The most bundles kept.
         max_bytes: The most bytes of bundles kept; a larger bundle is served, not kept.
+        trace: Makes the TorchScript file (default: ``CHILD_TRACER``, in a child process).
 
     Attributes:
         builds: How many bundles were built (not found kept).
     """
 
-    def __init__(self, size: int = BUNDLE_CACHE_SIZE, max_bytes: int = BUNDLE_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        size: int = BUNDLE_CACHE_SIZE,
+        max_bytes: int = BUNDLE_CACHE_BYTES,
+        trace: Tracer | None = None,
+    ) -> None:
         self.size = size
         self.max_bytes = max_bytes
+        self.trace = trace or CHILD_TRACER
         self.builds = 0
         self._bundles: OrderedDict[Key, Bundle] = OrderedDict()
         self._building: dict[Key, threading.Lock] = {}
@@ -280,7 +293,7 @@ class BundleCache:
             if found is not None:
                 return found
             try:
-                bundle = _build(store, plan)
+                bundle = _build(store, plan, self.trace)
                 with self._lock:
                     self.builds += 1
                     self._keep(plan, bundle)
@@ -313,6 +326,10 @@ class BundleCache:
     def _bytes(self) -> int:
         return sum(len(bundle.data) for bundle in self._bundles.values())
 
+
+CHILD_TRACER = ChildTracer()
+"""Traces the models of a serving process's bundles, in a child process (none until the
+first build)."""
 
 BUNDLES = BundleCache()
 """The process's bundle cache (the API's downloads)."""
