@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(
         Path("automl-cache"), description="Folder of decoded images (uint8 tensors), shared."
     )
+    cache_max_age_days: float = Field(
+        30.0,
+        gt=0,
+        le=36_500,
+        description="Days a file of the cache folder may go unused before a worker that "
+        "writes the cache removes it (data renamed, removed or decoded at an old size).",
+    )
     artifact_store: Literal["auto", "folder", "sql", "s3"] = Field(
         "auto",
         description=(

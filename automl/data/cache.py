@@ -12,11 +12,13 @@ fingerprint: it is decoded again and the stale file of its slot is removed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -147,6 +149,7 @@ def load_unit(
     cached = _read(target)
     if cached is not None:
         logger.info("loaded %s from the cache: %d samples", unit.name, len(cached[1]))
+        mark_used(target)
         return cached
     make_cache_dir(directory)
     lock = FileLock(directory / f"{unit.slot}.lock")
@@ -174,7 +177,62 @@ def load_unit(
             _remove_stale(directory, slot, keep=target, temporaries=False)
     finally:
         lock.release()
+    remove_unused(directory, current_settings().cache_max_age_days * DAY_S)
     return images, labels
+
+
+DAY_S = 86_400.0
+ARTIFACTS = "artifacts"
+"""The subfolder of once-made artifacts (``automl.train.imbalance.LocalArtifactCache``)."""
+
+
+def mark_used(path: Path) -> None:
+    """Records that a cache file was read now (its modification time), so that
+    ``remove_unused`` keeps it; a file this process may not touch keeps its time."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def remove_unused(directory: Path, max_age_s: float) -> list[str]:
+    """Removes the cache files nobody read for ``max_age_s`` seconds: decoded units (of data
+    renamed, removed, or decoded at a size no study uses any more) and once-made artifacts
+    (GAN generators of old data or settings; the artifact store keeps its own copy).
+
+    A file is removed only while its lock is free (a process writing or reading it holds
+    that lock; a reader of a decoded unit that finds it gone decodes it again).
+
+    Returns:
+        The names of the files removed.
+    """
+    cutoff = time.time() - max_age_s
+    candidates = [
+        *(
+            (path, directory / f"{path.name.rsplit('-', 1)[0]}.lock")
+            for path in _files(directory, "*.pt")
+        ),
+        *((path, Path(f"{path}.lock")) for path in _files(directory / ARTIFACTS, "*.bin")),
+    ]
+    removed = []
+    for path, lock_path in candidates:
+        try:
+            if path.stat().st_mtime >= cutoff:
+                continue
+            with FileLock(lock_path, timeout=0):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path.name)
+        except (OSError, Timeout):  # gone, busy or not ours: left as it is
+            continue
+    if removed:
+        logger.info("removed %d cache files unused for %g days", len(removed), max_age_s / DAY_S)
+    return removed
+
+
+def _files(directory: Path, pattern: str) -> list[Path]:
+    try:
+        return sorted(directory.glob(pattern))
+    except OSError:
+        return []
 
 
 def make_cache_dir(directory: Path) -> None:

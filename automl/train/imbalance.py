@@ -23,6 +23,7 @@ from pydantic import Field
 
 from automl.config import current_settings
 from automl.data import imbalance as sampling
+from automl.data.cache import ARTIFACTS, mark_used
 from automl.data.gan import generator_state, load_generator, synthesize, train_gan
 from automl.registry import AppliesWhen, EntryOptions, Registry
 from automl.train.losses import FocalLoss, LossFn
@@ -49,7 +50,7 @@ class LocalArtifactCache:
     """
 
     def __init__(self, directory: Path | None = None) -> None:
-        self.directory = directory or current_settings().cache_dir / "artifacts"
+        self.directory = directory or current_settings().cache_dir / ARTIFACTS
 
     def get_or_create(self, key: str, create: Callable[[], bytes]) -> bytes:
         """Reads ``key``, or makes it while other processes wait for it."""
@@ -57,6 +58,7 @@ class LocalArtifactCache:
         path = self.directory / f"{key}.bin"
         with FileLock(str(path) + ".lock"):
             if path.exists():
+                mark_used(path)
                 return path.read_bytes()
             content = create()
             partial = path.with_suffix(".partial")

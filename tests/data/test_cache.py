@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 
 from automl.data import DatasetError, cache, forget_loaded, load_dataset
 from automl.data.decode import Preprocess, decode_samples
@@ -211,3 +212,38 @@ def test_a_cache_folder_that_cannot_be_created_names_the_setting(
     monkeypatch.setenv("AUTOML_CACHE_DIR", "notadir")
     with pytest.raises(DatasetError, match=r"^cannot use the cache folder 'notadir' .*: it is a"):
         load_dataset("image_folder", OPTIONS)
+
+
+def _age(path: Path, days: float) -> None:
+    then = time.time() - days * cache.DAY_S
+    os.utime(path, (then, then))
+
+
+def test_files_unused_for_the_max_age_go_when_the_cache_is_written(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: decoded units of renamed or removed folders, of sizes no study
+    used any more, and GAN generators of old data stayed in the cache folder for good."""
+    monkeypatch.setenv("AUTOML_CACHE_MAX_AGE_DAYS", "10")
+    write_class_folder(data_root / "pets", {"cat": 4, "dog": 4})
+    write_class_folder(data_root / "gone", {"cat": 4, "dog": 4})
+    load_dataset("image_folder", OPTIONS)
+    [used] = cache_files(tmp_path)
+    load_dataset("image_folder", {"path": "gone", "size": 4})
+    [gone] = set(cache_files(tmp_path)) - {used}
+    artifacts = tmp_path / "cache" / cache.ARTIFACTS
+    artifacts.mkdir()
+    old_gan, busy_gan = artifacts / "gan-a.bin", artifacts / "gan-b.bin"
+    for path in (old_gan, busy_gan):
+        path.write_bytes(b"generator")
+    for path in (used, gone, old_gan, busy_gan):
+        _age(path, 11)
+    forget_loaded()
+    load_dataset("image_folder", OPTIONS)  # read now: kept, whatever its age
+
+    with FileLock(f"{busy_gan}.lock"):  # a worker reading it
+        load_dataset("image_folder", {"path": "pets", "size": 5})  # writes the cache
+
+    left = set(cache_files(tmp_path))
+    assert used in left and gone not in left and len(left) == 2
+    assert not old_gan.exists() and busy_gan.exists()
