@@ -24,23 +24,36 @@ APP_FACTORY = "automl.api.app:create_app"
 """What each of several API processes builds its app with (from ``AUTOML_*``)."""
 
 
-def serve_app(app: FastAPI, settings: Settings, log_level: str) -> int:
+def serve_app(app: FastAPI, settings: Settings, log_level: str, access_log: bool = True) -> int:
     """Serves ``app`` in this process until SIGINT or SIGTERM.
 
     uvicorn sets its own handlers while it serves and, once shut down, raises the signal
     again under the handlers from before: these note which signal it was.
 
+    Args:
+        app: The API.
+        settings: Where to listen.
+        log_level: uvicorn's log level.
+        access_log: Log one line per request.
+
     Returns:
         130 after SIGINT, else 0.
     """
     with StopSignals(interrupt) as stops:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level)
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+            access_log=access_log,
+        )
     return stops.exit_code
 
 
-def serve_processes(settings: Settings, log_level: str) -> int:
+def serve_processes(settings: Settings, log_level: str, access_log: bool = True) -> int:
     """Serves the API from ``settings.api_workers`` processes sharing the port, each
-    building its app with ``APP_FACTORY``, until SIGINT or SIGTERM.
+    building its app with ``APP_FACTORY``, until SIGINT or SIGTERM (``access_log``: one
+    line per request).
 
     Returns:
         130 after SIGINT, else 0.
@@ -55,6 +68,7 @@ def serve_processes(settings: Settings, log_level: str) -> int:
         host=settings.host,
         port=settings.port,
         log_level=log_level,
+        access_log=access_log,
     )
     processes = ApiProcesses(config, sockets=[config.bind_socket()])
     processes.run()

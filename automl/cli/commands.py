@@ -271,11 +271,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     store = _store_checked_for_exposure(settings)
     log_level = args.log_level.lower()
     try:
+        access_log = not args.no_access_log
         if settings.api_workers == 1:
-            return serve_app(create_app(settings, store), settings, log_level)
+            return serve_app(create_app(settings, store), settings, log_level, access_log)
         store.close()  # it checked the store and created the schema once, before the processes
         os.environ.update(settings_environment(settings))  # what each process's create_app reads
-        return serve_processes(settings, log_level)
+        return serve_processes(settings, log_level, access_log)
     except SystemExit as exc:  # uvicorn's own startup failure (3): the log above says why
         if exc.code in (None, 0):
             return EXIT_OK

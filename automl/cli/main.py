@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="API processes sharing the port (default: $AUTOML_API_WORKERS or 1)",
     )
+    serve.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="log no line per request (automl's own lines stay)",
+    )
     storage_arg(serve)
     artifacts_arg(serve)
 

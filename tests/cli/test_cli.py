@@ -731,13 +731,13 @@ def test_serve_workers_start_the_app_factory_with_the_same_settings(
     monkeypatch.setattr(ApiProcesses, "run", run)
     port = free_port()
 
-    code, _, err = cli("serve", "--workers", "3", "--port", str(port))
+    code, _, err = cli("serve", "--workers", "3", "--port", str(port), "--no-access-log")
 
     assert code == 0, err
     [config] = configs
     assert config.app == "automl.api.app:create_app"
     assert config.factory is True
-    assert (config.workers, config.port) == (3, port)
+    assert (config.workers, config.port, config.access_log) == (3, port, False)
     rebuilt = Settings()  # what each process's create_app() reads
     assert (rebuilt.storage, rebuilt.port, rebuilt.api_workers) == (sqlite_url, port, 3)
 

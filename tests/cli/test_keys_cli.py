@@ -147,7 +147,9 @@ def test_serve_refuses_a_reachable_host_without_keys(
     assert "AUTOML_ALLOW_ANONYMOUS=true" in line
     assert served == []
     assert cli("serve", "--port", str(free_port()))[0] == 0, "loopback needs no key"
-    assert len(served) == 1
+    assert len(served) == 1 and served[0]["access_log"] is True
+    assert cli("serve", "--port", str(free_port()), "--no-access-log")[0] == 0
+    assert served[1]["access_log"] is False  # a busy API's one line per request, off
 
 
 def test_serve_on_a_reachable_host_with_consent_or_a_key(
