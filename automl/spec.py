@@ -1222,7 +1222,9 @@ def _check_pruner(spec: StudySpec) -> list[FieldError]:
     built = _check_built(
         ("pruner",), pruner.name, lambda: build_pruner(pruner.name, pruner.options)
     )
-    return built or _check_ever_prunes(spec, pruner.options)
+    if built or spec.pruner is None:
+        return built  # the default pruner of a study too short to prune is no mistake
+    return _check_ever_prunes(spec, pruner.name, pruner.options)
 
 
 WARMUP_OPTIONS = {"n_warmup_steps": (1, 0), "n_startup_steps": (1, 0), "min_resource": (0, 1)}
@@ -1231,30 +1233,41 @@ check (``n_warmup_steps: 2`` is first checked at epoch 3, ``min_resource: 2`` at
 their smallest value."""
 
 
-def _check_ever_prunes(spec: StudySpec, options: Mapping[str, Any]) -> list[FieldError]:
-    """Refuses a pruner option the spec sets so that no epoch is ever checked: no pruner
-    is asked after a trial's last epoch, so a first check at or past it never comes."""
+def _check_ever_prunes(spec: StudySpec, name: str, options: Mapping[str, Any]) -> list[FieldError]:
+    """Refuses a pruner the spec names whose options (written or left to their defaults)
+    hold off the first check until no epoch is left: no pruner is asked after a trial's
+    last epoch, so a first check at or past it never comes."""
     try:
         epochs = trial_epochs(spec)
     except (TypeError, ValueError, OverflowError):
         return []  # epochs that are no whole number: their own check names them
+    fields = PRUNERS.get(name).options.model_fields
+    effective = {option: field.get_default() for option, field in fields.items()} | dict(options)
+    trained = f"{epochs} epoch" + ("" if epochs == 1 else "s")
     for option, (offset, smallest) in WARMUP_OPTIONS.items():
-        value = options.get(option)
-        if not isinstance(value, int) or isinstance(value, bool):
-            continue  # not set, or "auto"
-        first = value + offset
-        if option == "n_startup_steps":
-            first = max(first, 2)  # wilcoxon compares at least two reported epochs
-        if first >= epochs:
-            largest = epochs - 1 - offset
-            remedy = f"use at most {largest}" if largest >= smallest else "train more epochs"
-            trained = f"{epochs} epoch" + ("" if epochs == 1 else "s")
-            message = (
-                f"{value} leaves no epoch to prune at: trials train at most {trained}, "
-                f"the first check would come at epoch {first}, and no pruner is asked after "
-                f"the last; {remedy}, or use pruner: none"
-            )
-            return [FieldError(("pruner", "options", option), message)]
+        value = effective.get(option)
+        if option not in fields or not isinstance(value, int) or isinstance(value, bool):
+            continue  # not an option of this pruner, or "auto"
+        floor = 2 if option == "n_startup_steps" else 1  # wilcoxon compares two epochs
+        rate = effective.get("min_early_stopping_rate", 0)
+        factor = effective.get("reduction_factor", 1) ** rate if option == "min_resource" else 1
+        first = max((value + offset) * factor, floor)
+        if first < epochs:
+            continue
+        if rate and option == "min_resource":
+            option, value = "min_early_stopping_rate", rate  # what skips the rungs
+            remedy = "lower it"
+        else:
+            largest = (epochs - 1) // factor - offset
+            fits = largest >= smallest and max(largest + offset, floor) < epochs
+            remedy = f"use at most {largest}" if fits else "train more epochs"
+        shown = f"{value}" if option in options else f"{value} (its default)"
+        message = (
+            f"{shown} leaves no epoch to prune at: trials train at most {trained}, the "
+            f"first check would come at epoch {first}, and no pruner is asked after the "
+            f"last; {remedy}, or use pruner: none"
+        )
+        return [FieldError(("pruner", "options", option), message)]
     return []
 
 

@@ -265,6 +265,8 @@ def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
     try:
         payload = torch.load(path, weights_only=True, mmap=True)
         return payload["x"], payload["y"]
+    except FileNotFoundError:
+        return None  # removed as unused meanwhile: decoded again
     except (OSError, RuntimeError, KeyError, EOFError) as exc:
         logger.warning("ignoring unreadable cache file %s: %s", path.name, exc)
         return None

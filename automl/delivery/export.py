@@ -16,11 +16,13 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing
+import signal
 import threading
 import warnings
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
@@ -116,8 +118,9 @@ class ChildTracer:
     model and card, again whenever more models are downloaded in turn than the bundle
     cache keeps) grew the API by that much. A child process holds them instead; it is
     replaced after ``traces_per_child`` traces and ends after ``idle_s`` seconds without
-    one, so nothing stays. Should the child fail to start (or the model not pickle), the
-    trace runs here, as before.
+    one, so nothing stays (while it lives, it is one more process importing torch). A model
+    that does not pickle is traced here, as before; a child that dies while tracing fails
+    the export (the bundle then holds ONNX only, and its card says why).
 
     Args:
         traces_per_child: Traces before the child is replaced.
@@ -139,17 +142,24 @@ class ChildTracer:
         Raises:
             ExportError: If tracing fails.
         """
+        try:
+            # As bytes: pickled as they are, tensors would travel through /dev/shm, which
+            # is 64 MB in a container by default (a ResNet-34's weights are 87 MB).
+            buffer = io.BytesIO()
+            torch.save(model, buffer)
+        except Exception as exc:  # a model that does not pickle (a plugin's lambda)
+            logger.warning("cannot send the model to a child process (%s): tracing here", exc)
+            return export_torchscript(model, input_shape)
         with self._lock:
             if self._idle is not None:
                 self._idle.cancel()
             try:
-                return self._child().submit(_trace, model, tuple(input_shape)).result()
-            except ExportError:
-                raise
-            except Exception as exc:  # no child, or the model would not pickle
-                logger.warning("tracing in a child process failed (%s): tracing here", exc)
+                future = self._child().submit(_trace, buffer.getvalue(), tuple(input_shape))
+                return future.result()
+            except BrokenProcessPool as exc:  # it died (killed for memory?): not here too
                 self._end_child()
-                return export_torchscript(model, input_shape)
+                message = f"TorchScript export failed: the tracing process ended ({exc})"
+                raise ExportError(message) from None
             finally:
                 self._idle = threading.Timer(self.idle_s, self.close)
                 self._idle.daemon = True
@@ -165,6 +175,7 @@ class ChildTracer:
             self._pool = ProcessPoolExecutor(
                 1,
                 mp_context=multiprocessing.get_context("spawn"),
+                initializer=_ignore_interrupts,
                 max_tasks_per_child=self.traces_per_child,
             )
         return self._pool
@@ -175,9 +186,15 @@ class ChildTracer:
             self._pool = None
 
 
-def _trace(model: torch.nn.Module, input_shape: tuple[int, ...]) -> bytes:
-    """``export_torchscript`` as a child process's task."""
+def _ignore_interrupts() -> None:
+    """A child's Ctrl-C is its parent's: the parent ends it (a traceback otherwise)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _trace(saved: bytes, input_shape: tuple[int, ...]) -> bytes:
+    """``export_torchscript`` of a model ``torch.save`` wrote, as a child process's task."""
     torch.set_num_threads(1)
+    model = torch.load(io.BytesIO(saved), weights_only=False)  # our own process's bytes
     return export_torchscript(model, input_shape)
 
 

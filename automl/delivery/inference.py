@@ -342,21 +342,29 @@ def _is_empty(source: bytes | Path) -> bool:
 
 def check_image(
     source: bytes | Path, name: str, field: Field, max_pixels: int, *, decode: bool = False
-) -> None:
+) -> int:
     """Checks an image's format and pixel count from its header, decoding nothing; with
-    ``decode``, then decodes its pixels too (within the process's pixel budget).
+    ``decode``, then decodes its data too (a JPEG at an eighth of its size, which reads
+    every byte of it), within the process's pixel budget.
+
+    Returns:
+        Its pixel count.
 
     Raises:
         InputRejectedError: As ``open_image``, or if ``decode`` and its data is damaged.
     """
     with open_image(source, name, field, max_pixels) as opened:
+        pixels = opened.width * opened.height
         if not decode:
-            return
-        with DECODING.hold(opened.width * opened.height):
+            return pixels
+        with DECODING.hold(pixels):
             try:
+                if opened.format == "JPEG":
+                    opened.draft(opened.mode, (opened.width // 8 or 1, opened.height // 8 or 1))
                 opened.load()
             except Exception as exc:  # Pillow raises many kinds on damaged data
                 raise InputRejectedError(f"cannot decode image {name!r}: {exc}", field) from None
+        return pixels
 
 
 ImageSource = tuple[bytes | Path, str, Field]
@@ -366,26 +374,36 @@ ImageSource = tuple[bytes | Path, str, Field]
 def check_images(images: Sequence[ImageSource], field: Field, max_pixels: int) -> None:
     """Checks every image's header, decoding nothing while all pass.
 
-    Once one is refused, the others are decoded as well, so that the one error names
-    every bad file of the request: a truncated file passes its header check and would
-    only be found by the next try.
+    Once one is refused, the others are decoded as well (up to ``max_pixels`` pixels in
+    all: a refused request costs at most one large image's decoding), so that the one error
+    names every bad file of the request: a truncated file passes its header check and
+    would only be found by the next try.
 
     Raises:
         InputRejectedError: If any image is refused (of ``field`` when several are).
     """
     refused: dict[int, InputRejectedError] = {}
-    for decode in (False, True):
-        for index, (source, name, where) in enumerate(images):
-            if index in refused:
-                continue
-            try:
-                check_image(source, name, where, max_pixels, decode=decode)
-            except UploadTooLargeError:
-                raise
-            except InputRejectedError as exc:
-                refused[index] = exc
-        if not refused:
-            return
+    sizes: dict[int, int] = {}
+    for index, (source, name, where) in enumerate(images):
+        try:
+            sizes[index] = check_image(source, name, where, max_pixels)
+        except UploadTooLargeError:
+            raise
+        except InputRejectedError as exc:
+            refused[index] = exc
+    if not refused:
+        return
+    decoded = 0
+    for index, (source, name, where) in enumerate(images):
+        if index in refused:
+            continue
+        decoded += sizes[index]
+        if decoded > max_pixels:
+            break
+        try:
+            check_image(source, name, where, max_pixels, decode=True)
+        except InputRejectedError as exc:
+            refused[index] = exc
     refusals = Refusals(field)
     refusals.errors = [refused[index] for index in sorted(refused)]
     refusals.raise_any()

@@ -210,13 +210,26 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(mark in str(exc) for mark in OUT_OF_MEMORY_MARKS)
 
 
+CONTEXT_BREAKING_ERRORS = (
+    "illegal memory access",
+    "illegal address",
+    "misaligned address",
+    "illegal instruction",
+    "device-side assert",
+    "unspecified launch failure",
+    "uncorrectable ECC error",
+    "hardware stack error",
+)
+"""CUDA errors after which the process's CUDA context is unusable: every later CUDA call
+fails too. Others ("no kernel image is available", "invalid configuration argument")
+concern one model and leave the context working."""
+
+
 def is_device_fault(exc: BaseException) -> bool:
-    """Whether ``exc`` is a CUDA error after which this process's CUDA context may be
-    unusable (an illegal memory access, a device-side assert): every later CUDA call of
-    the process would fail too. Check ``is_out_of_memory`` first."""
-    if isinstance(exc, torch.AcceleratorError):
-        return True
-    return isinstance(exc, RuntimeError) and str(exc).startswith("CUDA error")
+    """Whether ``exc`` is a CUDA error that left this process's CUDA context unusable."""
+    return isinstance(exc, RuntimeError) and any(
+        mark in str(exc) for mark in CONTEXT_BREAKING_ERRORS
+    )
 
 
 def release_device_memory() -> None:

@@ -23,5 +23,5 @@ def stop_after(exc: BaseException, worker_id: str, what: str) -> DeviceFaultErro
     return DeviceFaultError(
         f"worker {worker_id} stops: {what} left its device unusable "
         f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
-        "a new worker process starts clean"
+        "restart the worker (automl up and automl worker --slots/--gpus do) to go on"
     )

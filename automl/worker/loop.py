@@ -372,8 +372,11 @@ class Worker:
     def _evaluate_due(self) -> bool:
         """Runs one due test-split evaluation, if any; whether there was one.
 
-        Never raises: a failing evaluation is recorded as failed, and a failing claim is
-        logged (the next pass asks again).
+        A failing evaluation is recorded as failed, and a failing claim is logged (the
+        next pass asks again).
+
+        Raises:
+            DeviceFaultError: After recording a failure that broke the CUDA context.
         """
         return self._run_due(
             "test evaluation",
@@ -384,7 +387,7 @@ class Worker:
         )
 
     def _refit_due(self) -> bool:
-        """Runs one due refit, if any; whether there was one. Never raises (as
+        """Runs one due refit, if any; whether there was one (raises as
         ``_evaluate_due``)."""
         return self._run_due(
             "refit",

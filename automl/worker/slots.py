@@ -19,6 +19,7 @@ trial that runs alone would find as little free memory as the attempt that ran o
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,8 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: one slot per device, no gate needed
     fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
 
@@ -92,6 +95,8 @@ class DeviceGate:
                 try:
                     if self.release is not None:
                         self.release()
+                except Exception as exc:  # a CUDA context a fault broke frees nothing
+                    logger.debug("returning device memory failed: %s", exc)
                 finally:
                     fcntl.flock(device, fcntl.LOCK_UN)
                 if exclusive:

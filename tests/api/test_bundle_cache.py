@@ -120,6 +120,11 @@ def test_repeated_downloads_are_byte_identical_and_built_once(
     assert first.headers["content-length"] == str(len(first.content))
     assert BUNDLES.builds - builds == 1
     assert len(traces) == 1  # one traced model, not 20
+    # Traced in the child (the API's own torch.jit.trace would have failed the export).
+    assert _card(first)["bundle"]["exports"]["torchscript"] == {
+        "file": "model.torchscript.pt",
+        "error": None,
+    }
 
 
 def test_if_none_match_with_the_etag_answers_304_without_a_body(served: Served) -> None:

@@ -4,9 +4,11 @@ and the exports compute what the PyTorch model computes."""
 from __future__ import annotations
 
 import io
+import os
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime
@@ -112,5 +114,30 @@ def test_a_trace_that_fails_in_the_child_is_an_export_error() -> None:
     try:
         with pytest.raises(ExportError, match="TorchScript export failed"):
             tracer(tiny("cnn", (1, 8, 8)), (3, 8, 8))  # the wrong number of channels
+    finally:
+        tracer.close()
+
+
+class _DiesInTheChild(torch.nn.Linear):
+    """Loading it ends the process that loads it, as the kernel's OOM killer would."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        os._exit(3)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_a_child_that_dies_while_tracing_fails_the_export_and_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by review: it was traced in the API instead, the leak the child prevents (and
+    what killed the child might take the API down)."""
+    tracer = ChildTracer()
+    try:
+        monkeypatch.setattr(torch.jit, "trace", _never_here)
+        with pytest.raises(ExportError, match="the tracing process ended"):
+            tracer(_DiesInTheChild(4, 2), (4,))
+        monkeypatch.undo()
+        scripted = torch.jit.load(io.BytesIO(tracer(torch.nn.Linear(4, 2), (4,))))
+        assert scripted(torch.ones(1, 4)).shape == (1, 2)  # a new child traces
     finally:
         tracer.close()

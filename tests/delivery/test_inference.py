@@ -28,6 +28,7 @@ from automl.delivery.inference import (
     ModelUnavailableError,
     ServingModel,
     Upload,
+    check_images,
     check_uploads,
     dataset_stats,
     load_serving_model,
@@ -414,3 +415,29 @@ def test_weights_that_are_not_finite_are_not_served(
     with pytest.raises(ModelUnavailableError, match=r"are not finite \(its training diverged\)"):
         load_serving_model(store, serving)
     inference.MODELS.clear()
+
+
+def _noise_png(size: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((size, size), 50).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("budget", "named"), [(10_000, 3), (5_000, 2)])
+def test_the_decoding_that_names_every_bad_file_stops_at_the_pixel_limit(
+    budget: int, named: int
+) -> None:
+    """Found by review: once one file was refused, every other file of the request was
+    decoded to look for more, however many and however large (a cheap 422 became up to
+    64 full decodes)."""
+    whole, cut = _noise_png(64), _noise_png(64)[:300]  # 4,096 pixels each
+    images = [
+        (b"not an image", "text.png", ("files", 0)),
+        (whole, "whole.png", ("files", 1)),
+        (cut, "cut.png", ("files", 2)),
+    ]
+    with pytest.raises(Rejected) as refused:
+        check_images(images, ("files",), budget)
+    message = str(refused.value)
+    assert ("cut.png" in message) == (named == 3)  # the second decode was past the budget
+    assert "'text.png' is not a png" in message

@@ -122,3 +122,17 @@ def test_a_process_with_the_device_to_itself_releases_nothing_per_trial() -> Non
     with DeviceGate(None, release=lambda: released.append(1)).hold(False, _never):
         pass
     assert released == []
+
+
+def test_a_release_that_fails_lets_the_trials_error_through(tmp_path: Path) -> None:
+    """Found by review: after a CUDA fault ``empty_cache`` raises too, and its error
+    replaced the fault's, which stops the worker."""
+
+    def broken() -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    gate = DeviceGate(str(tmp_path / "gpu-0"), poll=0.01, release=broken)
+    with pytest.raises(KeyError), gate.hold(False, _never):
+        raise KeyError("the trial's own error")
+    with DeviceGate(str(tmp_path / "gpu-0"), poll=0.01).hold(True, _never):
+        pass  # the device lock was let go

@@ -688,6 +688,26 @@ def test_a_cuda_error_fails_its_trial_and_stops_the_worker(
     assert get_status(store, study_id) == StudyStatus.COMPLETED
 
 
+def test_a_cuda_error_of_one_model_fails_only_its_trial(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: errors that leave the context working (no kernel for this GPU, a
+    launch configuration) stopped the worker on every such trial."""
+    real_train = automl.worker.runner.train
+    faults = iter([torch.AcceleratorError("CUDA error: no kernel image is available")])
+
+    def train_or_fault(*args: Any, **kwargs: Any) -> Any:
+        fault = next(faults, None)
+        if fault is not None:
+            raise fault
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(automl.worker.runner, "train", train_or_fault)
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2, "max_failed": 2})).id
+    assert Worker(store, _options()).run() == 2
+    assert [t.state for t in _trials(store, study_id)] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
 def test_conditional_params_and_distinct_proposals(store: Store, tiny_spec: SpecFactory) -> None:
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 8, "max_failed": 0})).id
     Worker(store, _options()).run()
