@@ -9,6 +9,7 @@ count.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -238,7 +239,10 @@ def build_pruner(
     """
     entry = PRUNERS.get(name)
     checked = entry.parse_options(options).model_dump()
-    return entry.factory(checked, epochs)
+    with warnings.catch_warnings():
+        # Offered on purpose (wilcoxon): a warning per build in every log is noise.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return entry.factory(checked, epochs)
 
 
 def trial_epochs(spec: StudySpec) -> int:

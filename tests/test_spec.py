@@ -1182,6 +1182,56 @@ def test_a_pruner_set_to_check_no_epoch_is_refused(
 
 
 @pytest.mark.parametrize(
+    ("pruner", "epochs", "path", "message"),
+    [
+        (
+            {"name": "median"},
+            1,
+            "n_warmup_steps",
+            "0 (its default) leaves no epoch to prune at: trials train at most 1 epoch",
+        ),
+        (
+            {"name": "wilcoxon", "options": {"p_threshold": 1.0}},
+            3,
+            "n_startup_steps",
+            "2 (its default) leaves no epoch to prune at: trials train at most 3 epochs, the "
+            "first check would come at epoch 3, and no pruner is asked after the last; use "
+            "at most 1, or use pruner: none",
+        ),
+        (  # wilcoxon compares two epochs: at 2 epochs no startup value can work
+            {"name": "wilcoxon", "options": {"n_startup_steps": 0}},
+            2,
+            "n_startup_steps",
+            "first check would come at epoch 2, and no pruner is asked after the last; train "
+            "more epochs, or use pruner: none",
+        ),
+        (
+            {
+                "name": "successive_halving",
+                "options": {"min_resource": 1, "reduction_factor": 2, "min_early_stopping_rate": 3},
+            },
+            4,
+            "min_early_stopping_rate",
+            "3 leaves no epoch to prune at: trials train at most 4 epochs, the first check "
+            "would come at epoch 8, and no pruner is asked after the last; lower it",
+        ),
+    ],
+)
+def test_a_named_pruner_whose_defaults_check_no_epoch_is_refused(
+    pruner: dict[str, Any], epochs: int, path: str, message: str
+) -> None:
+    """Found by a tester: only options written in the spec were checked; the same values
+    left to their defaults were accepted, and the pruner silently never pruned."""
+    [error] = spec_errors({"name": "x", "pruner": pruner, "fixed": {"epochs": epochs}})
+    assert error.path == f"pruner.options.{path}"
+    assert message in error.msg
+
+
+def test_the_default_pruner_of_a_study_too_short_to_prune_is_no_mistake() -> None:
+    assert load_spec({"name": "x", "fixed": {"epochs": 1}}).pruner is None
+
+
+@pytest.mark.parametrize(
     ("data", "path", "fragment"),
     [
         ({"name": "x", "budget": {"max_failed": BIG}}, "budget.max_failed", "2147483647"),

@@ -85,7 +85,12 @@ def valid_text(spec: StudySpec) -> str:
     sampler = spec.sampler.name + (
         f" (auto: {spec.sampler.chosen_by})" if spec.sampler.chosen_by else ""
     )
-    pruner = spec.pruner.name if spec.pruner else "default (median for one objective)"
+    if spec.pruner is not None:
+        pruner = spec.pruner.name
+    elif len(spec.objective_list) > 1:
+        pruner = "none (several objectives cannot prune)"
+    else:
+        pruner = "median (the default)"
     params = [
         f"{name} (when {_condition_text(param.when)})" if param.when else name
         for name, param in spec.params.items()

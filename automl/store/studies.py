@@ -729,11 +729,19 @@ def _check_grid_budget(row: sa.Row[Any], add_trials: int) -> None:
         return
     spec = _stored_spec(row.spec)
     if spec.sampler.name == "grid":
-        cells = spec.budget.n_trials
-        message = (
-            f"study {row.study_id} runs {cells} configurations of an exact grid, each once: "
-            "it takes no more trials (submit a new study to search further)"
-        )
+        runs, whole = spec.budget.n_trials, _finite_space(spec, "grid")
+        if whole is None or whole <= runs:
+            message = (
+                f"study {row.study_id} runs {runs} configurations of an exact grid, each "
+                "once: it takes no more trials (submit a new study to search further)"
+            )
+        else:  # its sample of cells was drawn for its budget, and stays as drawn
+            message = (
+                f"study {row.study_id} runs {runs} of its grid's {whole} configurations, "
+                "drawn once for that budget: it takes no more trials (submit a new study "
+                f"with budget.n_trials up to {whole}, or use sampler brute_force, whose "
+                "budget can grow to its whole space)"
+            )
         raise SpecError([FieldError(("add_trials",), message)])
     cells = _finite_space(spec)
     if cells is not None and row.n_trials + add_trials > cells:
@@ -745,10 +753,10 @@ def _check_grid_budget(row: sa.Row[Any], add_trials: int) -> None:
         raise SpecError([FieldError(("add_trials",), message)])
 
 
-def _finite_space(spec: StudySpec) -> int | None:
-    """The configurations a brute-force study can run (None for other samplers, or one
+def _finite_space(spec: StudySpec, sampler: str = "brute_force") -> int | None:
+    """The configurations a study of ``sampler`` can run (None for other samplers, or one
     stored before its space had to be finite)."""
-    if spec.sampler.name != "brute_force":
+    if spec.sampler.name != sampler:
         return None
     try:
         return grid_size(spec, Limits().max_grid_cells)
