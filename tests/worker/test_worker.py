@@ -658,22 +658,29 @@ def test_out_of_memory_in_one_slot_is_retried_alone_and_the_others_finish(
     assert any(overlap(a, b) for a in others for b in others if a is not b)  # slots did
 
 
+def _first_training_fails(monkeypatch: pytest.MonkeyPatch, fault: Exception) -> None:
+    """The worker's first training raises ``fault``; the later ones train."""
+    real_train = automl.worker.runner.train
+    faults = iter([fault])
+
+    def train_or_fault(*args: Any, **kwargs: Any) -> Any:
+        first = next(faults, None)
+        if first is not None:
+            raise first
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(automl.worker.runner, "train", train_or_fault)
+
+
 def test_a_cuda_error_fails_its_trial_and_stops_the_worker(
     store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a device-side assert or an illegal address every CUDA call of the process
     fails: the worker stops (to be restarted clean) instead of failing every later trial
     toward ``max_failed``."""
-    real_train = automl.worker.runner.train
-    faults = iter([torch.AcceleratorError("CUDA error: an illegal memory access was encountered")])
-
-    def train_or_fault(*args: Any, **kwargs: Any) -> Any:
-        fault = next(faults, None)
-        if fault is not None:
-            raise fault
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(automl.worker.runner, "train", train_or_fault)
+    _first_training_fails(
+        monkeypatch, torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    )
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 3, "max_failed": 2})).id
     with pytest.raises(DeviceFaultError, match=r"trial 0 of study .* unusable .*illegal memory"):
         Worker(store, _options()).run()
@@ -693,16 +700,9 @@ def test_a_cuda_error_of_one_model_fails_only_its_trial(
 ) -> None:
     """Found by review: errors that leave the context working (no kernel for this GPU, a
     launch configuration) stopped the worker on every such trial."""
-    real_train = automl.worker.runner.train
-    faults = iter([torch.AcceleratorError("CUDA error: no kernel image is available")])
-
-    def train_or_fault(*args: Any, **kwargs: Any) -> Any:
-        fault = next(faults, None)
-        if fault is not None:
-            raise fault
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(automl.worker.runner, "train", train_or_fault)
+    _first_training_fails(
+        monkeypatch, torch.AcceleratorError("CUDA error: no kernel image is available")
+    )
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 2, "max_failed": 2})).id
     assert Worker(store, _options()).run() == 2
     assert [t.state for t in _trials(store, study_id)] == [TrialState.FAIL, TrialState.COMPLETE]
