@@ -1241,31 +1241,36 @@ def _check_ever_prunes(spec: StudySpec, name: str, options: Mapping[str, Any]) -
         epochs = trial_epochs(spec)
     except (TypeError, ValueError, OverflowError):
         return []  # epochs that are no whole number: their own check names them
-    fields = PRUNERS.get(name).options.model_fields
-    effective = {option: field.get_default() for option, field in fields.items()} | dict(options)
-    trained = f"{epochs} epoch" + ("" if epochs == 1 else "s")
+    effective = PRUNERS.get(name).parse_options(options).model_dump()  # defaults, as run
     for option, (offset, smallest) in WARMUP_OPTIONS.items():
-        value = effective.get(option)
-        if option not in fields or not isinstance(value, int) or isinstance(value, bool):
-            continue  # not an option of this pruner, or "auto"
-        floor = 2 if option == "n_startup_steps" else 1  # wilcoxon compares two epochs
+        if option not in effective:
+            continue
+        value = effective[option]
         rate = effective.get("min_early_stopping_rate", 0)
+        if value == "auto":  # successive halving estimates it: 1 at the least
+            value = 1
         factor = effective.get("reduction_factor", 1) ** rate if option == "min_resource" else 1
+        floor = 2 if option == "n_startup_steps" else 1  # wilcoxon compares two epochs
         first = max((value + offset) * factor, floor)
         if first < epochs:
             continue
-        if rate and option == "min_resource":
-            option, value = "min_early_stopping_rate", rate  # what skips the rungs
-            remedy = "lower it"
+        if option == "min_resource" and rate and value < epochs:
+            option, shown = "min_early_stopping_rate", rate  # the skipped rungs are to blame
+            reduction = effective["reduction_factor"]
+            largest = max(r for r in range(rate) if value * reduction**r < epochs)
+            remedy = f"use at most {largest}"
         else:
+            shown = effective[option]
             largest = (epochs - 1) // factor - offset
             fits = largest >= smallest and max(largest + offset, floor) < epochs
             remedy = f"use at most {largest}" if fits else "train more epochs"
-        shown = f"{value}" if option in options else f"{value} (its default)"
+        written = f"{shown}" if option in options else f"{shown} (its default)"
+        trained = f"{epochs} epoch" + ("" if epochs == 1 else "s")
+        at = f"epoch {first}" if first < 10**6 else "a later epoch than any"
         message = (
-            f"{shown} leaves no epoch to prune at: trials train at most {trained}, the "
-            f"first check would come at epoch {first}, and no pruner is asked after the "
-            f"last; {remedy}, or use pruner: none"
+            f"{written} leaves no epoch to prune at: trials train at most {trained}, the "
+            f"first check would come at {at}, and no pruner is asked after the last; "
+            f"{remedy}, or use pruner: none"
         )
         return [FieldError(("pruner", "options", option), message)]
     return []

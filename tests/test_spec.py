@@ -1213,7 +1213,19 @@ def test_a_pruner_set_to_check_no_epoch_is_refused(
             4,
             "min_early_stopping_rate",
             "3 leaves no epoch to prune at: trials train at most 4 epochs, the first check "
-            "would come at epoch 8, and no pruner is asked after the last; lower it",
+            "would come at epoch 8, and no pruner is asked after the last; use at most 1",
+        ),
+        (  # 'auto' is estimated, but never below 1
+            {"name": "successive_halving"},
+            1,
+            "min_resource",
+            "auto (its default) leaves no epoch to prune at: trials train at most 1 epoch",
+        ),
+        (  # a whole number written as a float is run as one
+            {"name": "median", "options": {"n_warmup_steps": 2.0}},
+            3,
+            "n_warmup_steps",
+            "2 leaves no epoch to prune at",
         ),
     ],
 )

@@ -154,12 +154,21 @@ class ChildTracer:
             if self._idle is not None:
                 self._idle.cancel()
             try:
-                future = self._child().submit(_trace, buffer.getvalue(), tuple(input_shape))
+                try:
+                    future = self._child().submit(_trace, buffer.getvalue(), tuple(input_shape))
+                except Exception as exc:  # no process to be had (file descriptors, memory)
+                    logger.warning("cannot start a tracing process (%s): tracing here", exc)
+                    self._end_child()
+                    return export_torchscript(model, input_shape)
                 return future.result()
+            except ExportError:
+                raise
             except BrokenProcessPool as exc:  # it died (killed for memory?): not here too
                 self._end_child()
                 message = f"TorchScript export failed: the tracing process ended ({exc})"
                 raise ExportError(message) from None
+            except Exception as exc:  # anything else the child raised
+                raise ExportError(f"TorchScript export failed: {exc}") from None
             finally:
                 self._idle = threading.Timer(self.idle_s, self.close)
                 self._idle.daemon = True

@@ -397,9 +397,9 @@ def check_images(images: Sequence[ImageSource], field: Field, max_pixels: int) -
     for index, (source, name, where) in enumerate(images):
         if index in refused:
             continue
+        if decoded + sizes[index] > max_pixels:
+            continue  # a smaller one further on may still fit
         decoded += sizes[index]
-        if decoded > max_pixels:
-            break
         try:
             check_image(source, name, where, max_pixels, decode=True)
         except InputRejectedError as exc:

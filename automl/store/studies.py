@@ -736,10 +736,11 @@ def _check_grid_budget(row: sa.Row[Any], add_trials: int) -> None:
                 "once: it takes no more trials (submit a new study to search further)"
             )
         else:  # its sample of cells was drawn for its budget, and stays as drawn
+            most = min(whole, Limits().max_trials)
             message = (
                 f"study {row.study_id} runs {runs} of its grid's {whole} configurations, "
                 "drawn once for that budget: it takes no more trials (submit a new study "
-                f"with budget.n_trials up to {whole}, or use sampler brute_force, whose "
+                f"with budget.n_trials up to {most}, or use sampler brute_force, whose "
                 "budget can grow to its whole space)"
             )
         raise SpecError([FieldError(("add_trials",), message)])

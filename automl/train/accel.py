@@ -215,10 +215,14 @@ CONTEXT_BREAKING_ERRORS = (
     "illegal address",
     "misaligned address",
     "illegal instruction",
-    "device-side assert",
+    "invalid program counter",
+    "device-side assert triggered",
     "unspecified launch failure",
+    "launch timed out",
     "uncorrectable ECC error",
+    "uncorrectable NVLink error",
     "hardware stack error",
+    "not supported on global/shared address space",
 )
 """CUDA errors after which the process's CUDA context is unusable: every later CUDA call
 fails too. Others ("no kernel image is available", "invalid configuration argument")
@@ -226,9 +230,12 @@ concern one model and leave the context working."""
 
 
 def is_device_fault(exc: BaseException) -> bool:
-    """Whether ``exc`` is a CUDA error that left this process's CUDA context unusable."""
+    """Whether ``exc`` is a CUDA error that left this process's CUDA context unusable
+    (judged by its first line: PyTorch appends a hint about device-side assertions to
+    every CUDA error)."""
+    first_line = str(exc).strip().partition("\n")[0]
     return isinstance(exc, RuntimeError) and any(
-        mark in str(exc) for mark in CONTEXT_BREAKING_ERRORS
+        mark in first_line for mark in CONTEXT_BREAKING_ERRORS
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,11 +93,15 @@ class DeviceGate:
             try:
                 yield
             finally:
+                trial_failed = sys.exc_info()[1] is not None
                 try:
                     if self.release is not None:
                         self.release()
                 except Exception as exc:  # a CUDA context a fault broke frees nothing
-                    logger.debug("returning device memory failed: %s", exc)
+                    # After a trial that failed, its own error says why; after one that
+                    # did not, this may be the first sign of a fault.
+                    log = logger.debug if trial_failed else logger.warning
+                    log("returning device memory failed: %s", exc)
                 finally:
                     fcntl.flock(device, fcntl.LOCK_UN)
                 if exclusive:

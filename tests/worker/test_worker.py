@@ -700,8 +700,15 @@ def test_a_cuda_error_of_one_model_fails_only_its_trial(
 ) -> None:
     """Found by review: errors that leave the context working (no kernel for this GPU, a
     launch configuration) stopped the worker on every such trial."""
-    _first_training_fails(
-        monkeypatch, torch.AcceleratorError("CUDA error: no kernel image is available")
+    _first_training_fails(  # as PyTorch words it, its hint about assertions included
+        monkeypatch,
+        torch.AcceleratorError(
+            "CUDA error: no kernel image is available for execution on the device\n"
+            "CUDA kernel errors might be asynchronously reported at some other API call, so "
+            "the stacktrace below might be incorrect.\nFor debugging consider passing "
+            "CUDA_LAUNCH_BLOCKING=1\nCompile with `TORCH_USE_CUDA_DSA` to enable device-side "
+            "assertions.\n"
+        ),
     )
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 2, "max_failed": 2})).id
     assert Worker(store, _options()).run() == 2
@@ -731,13 +738,16 @@ def test_enqueued_configs_run_with_their_params(
 
 
 def _threshold_study(store: Store, tiny_spec: SpecFactory, epochs: int) -> int:
-    """Two trials under a pruner that prunes every trial it is asked about."""
+    """Two trials of ``epochs`` epochs under a pruner that prunes every trial it is asked
+    about (a study searching 1 or 3 epochs: one fixed at 1 is refused, as never pruned)."""
     spec = tiny_spec(
         budget={"n_trials": 2, "max_failed": 0},
         pruner={"name": "threshold", "options": {"lower": 2.0}},
-        fixed={"epochs": epochs, "width": 8, "depth": 1, "batch_size": 128},
+        fixed={"width": 8, "depth": 1, "batch_size": 128, "lr": 0.005},
+        params={"epochs": {"type": "categorical", "choices": [1, 3]}},
     )
     study_id = submit_study(store, spec).id
+    enqueue_trials(store, study_id, [{"epochs": epochs}, {"epochs": epochs}])
     assert Worker(store, _options()).run() == 2
     return study_id
 
