@@ -10,6 +10,8 @@ from types import ModuleType
 
 import pytest
 
+from automl.delivery.export import ChildTracer
+from automl.models import build_model
 from automl.train import TrainResult
 from automl.train.trial_config import TrialConfig
 
@@ -48,3 +50,21 @@ def test_the_growth_benchmark_stores_trials_as_workers_do(
     few, many = (growth.trial_attrs(0, classes, 0.5) for classes in (10, 1000))
     assert "confusion" in few and "confusion" not in many
     assert len(many["most_confused"]) == 100
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_the_bundle_memory_benchmark_measures_both_tracers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bench = _module("bench_bundle_memory", monkeypatch)
+    model = build_model("cnn", {}, (3, 32, 32), 10)
+    tracer = ChildTracer()
+    try:
+        sides = [
+            bench.measure(trace, model, (3, 32, 32), 1)
+            for trace in (tracer, bench.export_torchscript)
+        ]
+    finally:
+        tracer.close()
+    for side in sides:
+        assert set(side) == {"mb_per_trace", "first_s", "median_s"} and side["median_s"] > 0
