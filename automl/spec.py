@@ -1249,6 +1249,8 @@ def _check_ever_prunes(spec: StudySpec, name: str, options: Mapping[str, Any]) -
         rate = effective.get("min_early_stopping_rate", 0)
         if value == "auto":  # successive halving estimates it: 1 at the least
             value = 1
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue  # a plugin's option of another kind
         factor = effective.get("reduction_factor", 1) ** rate if option == "min_resource" else 1
         floor = 2 if option == "n_startup_steps" else 1  # wilcoxon compares two epochs
         first = max((value + offset) * factor, floor)
@@ -1256,7 +1258,7 @@ def _check_ever_prunes(spec: StudySpec, name: str, options: Mapping[str, Any]) -
             continue
         if option == "min_resource" and rate and value < epochs:
             option, shown = "min_early_stopping_rate", rate  # the skipped rungs are to blame
-            reduction = effective["reduction_factor"]
+            reduction = effective.get("reduction_factor", 1)
             largest = max(r for r in range(rate) if value * reduction**r < epochs)
             remedy = f"use at most {largest}"
         else:

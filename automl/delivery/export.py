@@ -119,8 +119,9 @@ class ChildTracer:
     cache keeps) grew the API by that much. A child process holds them instead; it is
     replaced after ``traces_per_child`` traces and ends after ``idle_s`` seconds without
     one, so nothing stays (while it lives, it is one more process importing torch). A model
-    that does not pickle is traced here, as before; a child that dies while tracing fails
-    the export (the bundle then holds ONNX only, and its card says why).
+    that does not pickle, or no process to be had, is traced here, as before; a child that
+    died is replaced once, and one that dies again while tracing fails the export (the
+    bundle then holds ONNX only, and its card says why).
 
     Args:
         traces_per_child: Traces before the child is replaced.
@@ -154,25 +155,39 @@ class ChildTracer:
             if self._idle is not None:
                 self._idle.cancel()
             try:
-                try:
-                    future = self._child().submit(_trace, buffer.getvalue(), tuple(input_shape))
-                except Exception as exc:  # no process to be had (file descriptors, memory)
-                    logger.warning("cannot start a tracing process (%s): tracing here", exc)
-                    self._end_child()
-                    return export_torchscript(model, input_shape)
-                return future.result()
-            except ExportError:
-                raise
-            except BrokenProcessPool as exc:  # it died (killed for memory?): not here too
-                self._end_child()
-                message = f"TorchScript export failed: the tracing process ended ({exc})"
-                raise ExportError(message) from None
-            except Exception as exc:  # anything else the child raised
-                raise ExportError(f"TorchScript export failed: {exc}") from None
+                return self._trace_in_child(model, buffer.getvalue(), tuple(input_shape))
             finally:
                 self._idle = threading.Timer(self.idle_s, self.close)
                 self._idle.daemon = True
                 self._idle.start()
+
+    def _trace_in_child(
+        self, model: torch.nn.Module, saved: bytes, input_shape: tuple[int, ...]
+    ) -> bytes:
+        """Traces in the child; a child that died (while idle, or killed while tracing by
+        the kernel's out-of-memory killer) is replaced once."""
+        for last_try in (False, True):
+            try:
+                future = self._child().submit(_trace, saved, input_shape)
+            except BrokenProcessPool:
+                self._end_child()
+                continue
+            except Exception as exc:  # no process to be had (file descriptors, memory)
+                logger.warning("cannot start a tracing process (%s): tracing here", exc)
+                self._end_child()
+                return export_torchscript(model, input_shape)
+            try:
+                return future.result()
+            except ExportError:
+                raise
+            except BrokenProcessPool as exc:
+                self._end_child()
+                if last_try:
+                    message = f"TorchScript export failed: the tracing process ended ({exc})"
+                    raise ExportError(message) from None
+            except Exception as exc:  # anything else the child raised
+                raise ExportError(f"TorchScript export failed: {exc}") from None
+        raise ExportError("TorchScript export failed: no tracing process could be started")
 
     def close(self) -> None:
         """Ends the child process, if any (the next trace starts a new one)."""

@@ -230,13 +230,18 @@ concern one model and leave the context working."""
 
 
 def is_device_fault(exc: BaseException) -> bool:
-    """Whether ``exc`` is a CUDA error that left this process's CUDA context unusable
-    (judged by its first line: PyTorch appends a hint about device-side assertions to
-    every CUDA error)."""
-    first_line = str(exc).strip().partition("\n")[0]
-    return isinstance(exc, RuntimeError) and any(
-        mark in first_line for mark in CONTEXT_BREAKING_ERRORS
-    )
+    """Whether ``exc`` (or the error it wraps: ``torch.compile`` wraps its backend's) is a
+    CUDA error that left this process's CUDA context unusable."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, RuntimeError) and any(
+            mark in str(error) for mark in CONTEXT_BREAKING_ERRORS
+        ):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def release_device_memory() -> None:

@@ -4,6 +4,7 @@ and the exports compute what the PyTorch model computes."""
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import time
 import zipfile
@@ -139,5 +140,25 @@ def test_a_child_that_dies_while_tracing_fails_the_export_and_is_replaced(
         monkeypatch.undo()
         scripted = torch.jit.load(io.BytesIO(tracer(torch.nn.Linear(4, 2), (4,))))
         assert scripted(torch.ones(1, 4)).shape == (1, 2)  # a new child traces
+    finally:
+        tracer.close()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_a_child_killed_while_idle_is_replaced_not_traced_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by review: the next trace after the kernel killed the idle child (it holds
+    hundreds of MB) ran in the API, the leak the child prevents."""
+    tracer = ChildTracer()
+    try:
+        tracer(torch.nn.Linear(4, 2), (4,))
+        for child in multiprocessing.active_children():
+            if child.name.startswith("SpawnProcess"):
+                child.kill()
+                child.join(10)
+        monkeypatch.setattr(torch.jit, "trace", _never_here)
+        scripted = torch.jit.load(io.BytesIO(tracer(torch.nn.Linear(4, 2), (4,))))
+        assert scripted(torch.ones(1, 4)).shape == (1, 2)
     finally:
         tracer.close()

@@ -441,3 +441,18 @@ def test_the_decoding_that_names_every_bad_file_stops_at_the_pixel_limit(
     message = str(refused.value)
     assert ("cut.png" in message) == (named == 3)  # the second decode was past the budget
     assert "'text.png' is not a png" in message
+
+
+def test_past_the_pixel_limit_the_decoding_goes_on_with_smaller_files() -> None:
+    large, cut = _noise_png(64), _noise_png(16)[:120]  # 4,096 and 256 pixels
+    images = [
+        (b"not an image", "text.png", ("files", 0)),
+        (large, "large.png", ("files", 1)),
+        (cut, "cut.png", ("files", 2)),
+    ]
+    with pytest.raises(Rejected) as refused:
+        check_images(images, ("files",), 5_000)  # the large one fits alone, not with cut
+    assert "cut.png" in str(refused.value)
+    with pytest.raises(Rejected) as refused:
+        check_images(images, ("files",), 4_095)  # the large one is refused by its header
+    assert "large.png" in str(refused.value)
