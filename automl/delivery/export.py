@@ -16,6 +16,8 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
 import signal
 import threading
 import warnings
@@ -199,7 +201,7 @@ class ChildTracer:
             self._pool = ProcessPoolExecutor(
                 1,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_ignore_interrupts,
+                initializer=_child_setup,
                 max_tasks_per_child=self.traces_per_child,
             )
         return self._pool
@@ -210,9 +212,19 @@ class ChildTracer:
             self._pool = None
 
 
-def _ignore_interrupts() -> None:
-    """A child's Ctrl-C is its parent's: the parent ends it (a traceback otherwise)."""
+def _child_setup() -> None:
+    """A child's Ctrl-C is its parent's: the parent ends it (a traceback otherwise). A
+    parent that ends without ending it (kill -9) ends it too: its task queue never
+    closes, since the child holds the queue's other end, so nothing else would."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
+
+
+def _exit_with(parent_sentinel: int) -> None:
+    multiprocessing.connection.wait([parent_sentinel])
+    os._exit(0)
 
 
 def _trace(saved: bytes, input_shape: tuple[int, ...]) -> bytes:

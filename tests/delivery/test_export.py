@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -162,3 +165,43 @@ def test_a_child_killed_while_idle_is_replaced_not_traced_here(
         assert scripted(torch.ones(1, 4)).shape == (1, 2)
     finally:
         tracer.close()
+
+
+ORPHAN_SCRIPT = """
+import multiprocessing, os, signal, torch
+from automl.delivery.export import ChildTracer
+if __name__ == "__main__":
+    tracer = ChildTracer()
+    tracer(torch.nn.Linear(4, 2), (4,))
+    print(*[child.pid for child in multiprocessing.active_children()], flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_tracing_child_ends_with_its_parent_killed(tmp_path: Path) -> None:
+    """Found by testing kill -9: a killed API left its tracing child (about 600 MB) for
+    good, waiting on a task queue whose other end it holds itself."""
+    script = tmp_path / "parent.py"
+    script.write_text(ORPHAN_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL
+    children = [int(pid) for pid in done.stdout.split()]
+    assert children
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "State:\tZ" not in status.read()
+    except FileNotFoundError:
+        return False
