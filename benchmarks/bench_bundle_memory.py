@@ -25,10 +25,15 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from automl.delivery.export import ChildTracer, export_torchscript
+from automl.delivery.export import ChildTracer, ModelSource, export_torchscript
 from automl.models import build_model
 
 Tracer = Callable[[torch.nn.Module, Sequence[int]], bytes]
+
+
+def in_child(tracer: ChildTracer, source: ModelSource) -> Tracer:
+    """``tracer`` as the API calls it: the child rebuilds the model from ``source``."""
+    return lambda model, shape: tracer(model, shape, source)
 
 
 def resident_mb() -> float:
@@ -67,7 +72,8 @@ def main() -> None:
     model = build_model(args.model, {}, shape, 10).eval()
     tracer = ChildTracer()
     try:
-        child = measure(tracer, model, shape, args.traces)
+        source = ModelSource(build_model, (args.model, {}, shape, 10))
+        child = measure(in_child(tracer, source), model, shape, args.traces)
     finally:
         tracer.close()
     here = measure(export_torchscript, model, shape, args.traces)

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from automl.catalog import load_plugins
 from automl.data import DatasetError
 from automl.delivery.card import build_card, library_versions, trial_config, trial_input
 from automl.delivery.export import (
@@ -51,6 +52,7 @@ from automl.delivery.export import (
     OUTPUT_NAME,
     ChildTracer,
     ExportError,
+    ModelSource,
     export_onnx,
     export_torchscript,
 )
@@ -61,9 +63,9 @@ from automl.delivery.inference import (
     serving_trial,
 )
 from automl.store import Store, attrs, get_study, load_state_dict
-from automl.store.artifacts import weights_bytes
+from automl.store.artifacts import read_state_dict, weights_bytes
 from automl.train.evaluation import restore_model
-from automl.train.trial_config import TrialConfig
+from automl.train.trial_config import TrialConfig, stored_config
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
@@ -80,8 +82,23 @@ BUNDLE_CACHE_BYTES = 512 * 2**20
 """The most bytes of bundles it keeps; a larger bundle is served but not kept."""
 
 Key = tuple[object, ...]
-Tracer = Callable[[torch.nn.Module, Sequence[int]], bytes]
-"""``export_torchscript``, or one that traces elsewhere (``ChildTracer``)."""
+Tracer = Callable[[torch.nn.Module, Sequence[int], ModelSource], bytes]
+"""Makes the TorchScript file of a model (``trace_here``), or traces in another process,
+which rebuilds the model from its ``ModelSource`` (``ChildTracer``)."""
+
+
+def trace_here(model: torch.nn.Module, shape: Sequence[int], source: ModelSource) -> bytes:
+    """``export_torchscript`` in this process (a one-off process: the CLI)."""
+    return export_torchscript(model, shape)
+
+
+def rebuild_model(
+    config: dict[str, Any], weights: bytes, shape: tuple[int, ...], num_classes: int
+) -> torch.nn.Module:
+    """A trial's model from its recorded configuration and safetensors weights (in a
+    tracing process: plugins registered first, no pickled code run)."""
+    load_plugins()
+    return restore_model(stored_config(config), read_state_dict(weights), shape, num_classes)
 
 
 @dataclass(frozen=True)
@@ -180,7 +197,7 @@ def _plan(store: Store, study_id: int) -> _Plan:
     return _Plan(serving, config, model_in, card, study_key, key)
 
 
-def _build(store: Store, plan: _Plan, trace: Tracer = export_torchscript) -> Bundle:
+def _build(store: Store, plan: _Plan, trace: Tracer = trace_here) -> Bundle:
     """Loads the planned trial's weights, exports its model (``trace`` makes its
     TorchScript file) and zips the bundle.
 
@@ -198,13 +215,17 @@ def _build(store: Store, plan: _Plan, trace: Tracer = export_torchscript) -> Bun
         message = f"the weights of trial {trial.number} do not fit its model: {exc}"
         raise ModelUnavailableError(message) from None
     files: dict[str, bytes] = {WEIGHTS_FILE: weights_bytes(model.state_dict())}
+    source = ModelSource(
+        rebuild_model,
+        (plan.config.model_dump(mode="json"), files[WEIGHTS_FILE], tuple(shape), len(classes)),
+    )
     exports: dict[str, Any] = {}
     for name, filename, export in (
-        ("onnx", ONNX_FILE, export_onnx),
-        ("torchscript", TORCHSCRIPT_FILE, trace),
+        ("onnx", ONNX_FILE, lambda: export_onnx(model, shape)),
+        ("torchscript", TORCHSCRIPT_FILE, lambda: trace(model, shape, source)),
     ):
         try:
-            files[filename] = export(model, shape)
+            files[filename] = export()
             exports[name] = {"file": filename, "error": None}
         except ExportError as exc:
             exports[name] = {"file": None, "error": str(exc)}

@@ -22,9 +22,11 @@ import signal
 import threading
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -106,6 +108,20 @@ def export_torchscript(model: torch.nn.Module, input_shape: Sequence[int]) -> by
     return _without_debug_info(buffer.getvalue())
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """How another process rebuilds a model from plain data: a module-level function and
+    its arguments (configuration, weights as bytes...), never a pickled module.
+
+    Attributes:
+        build: Makes the model, weights loaded, on the CPU.
+        args: Its arguments; they must pickle.
+    """
+
+    build: Callable[..., torch.nn.Module]
+    args: tuple[Any, ...]
+
+
 TRACES_PER_CHILD = 16
 """Traces a child process of ``ChildTracer`` makes before a new one replaces it."""
 CHILD_IDLE_S = 60.0
@@ -120,10 +136,13 @@ class ChildTracer:
     model and card, again whenever more models are downloaded in turn than the bundle
     cache keeps) grew the API by that much. A child process holds them instead; it is
     replaced after ``traces_per_child`` traces and ends after ``idle_s`` seconds without
-    one, so nothing stays (while it lives, it is one more process importing torch). A model
-    that does not pickle, or no process to be had, is traced here, as before; a child that
-    died is replaced once, and one that dies again while tracing fails the export (the
-    bundle then holds ONNX only, and its card says why).
+    one, so nothing stays (while it lives, it is one more process importing torch). The
+    child rebuilds the model from plain data (``ModelSource``: no pickled module crosses,
+    and no tensor through ``/dev/shm``, 64 MB in a container; nothing is unpickled but
+    the configuration and the safetensors bytes). With no process to be had, it traces
+    here, as before; a child that died is replaced once; one that dies again while
+    tracing, or a source that does not pickle, fails the export (the bundle then holds
+    ONNX only, and its card says why).
 
     Args:
         traces_per_child: Traces before the child is replaced.
@@ -139,43 +158,37 @@ class ChildTracer:
         self._pool: ProcessPoolExecutor | None = None
         self._idle: threading.Timer | None = None
 
-    def __call__(self, model: torch.nn.Module, input_shape: Sequence[int]) -> bytes:
-        """As ``export_torchscript``.
+    def __call__(
+        self, model: torch.nn.Module, input_shape: Sequence[int], source: ModelSource
+    ) -> bytes:
+        """As ``export_torchscript``, the child rebuilding the model from ``source``.
 
         Raises:
             ExportError: If tracing fails.
         """
-        try:
-            # As bytes: pickled as they are, tensors would travel through /dev/shm, which
-            # is 64 MB in a container by default (a ResNet-34's weights are 87 MB).
-            buffer = io.BytesIO()
-            torch.save(model, buffer)
-        except Exception as exc:  # a model that does not pickle (a plugin's lambda)
-            logger.warning("cannot send the model to a child process (%s): tracing here", exc)
-            return export_torchscript(model, input_shape)
         with self._lock:
             if self._idle is not None:
                 self._idle.cancel()
             try:
-                return self._trace_in_child(model, buffer.getvalue(), tuple(input_shape))
+                return self._trace_in_child(model, source, tuple(input_shape))
             finally:
                 self._idle = threading.Timer(self.idle_s, self.close)
                 self._idle.daemon = True
                 self._idle.start()
 
     def _trace_in_child(
-        self, model: torch.nn.Module, saved: bytes, input_shape: tuple[int, ...]
+        self, model: torch.nn.Module, source: ModelSource, input_shape: tuple[int, ...]
     ) -> bytes:
         """Traces in the child; a child that died (while idle, or killed while tracing by
         the kernel's out-of-memory killer) is replaced once."""
         for last_try in (False, True):
             try:
-                future = self._child().submit(_trace, saved, input_shape)
+                future = self._child().submit(_trace, source, input_shape)
             except BrokenProcessPool:
                 self._end_child()
                 continue
-            except Exception as exc:  # no process to be had (file descriptors, memory)
-                logger.warning("cannot start a tracing process (%s): tracing here", exc)
+            except Exception as exc:  # no process to be had, or a source that won't pickle
+                logger.warning("cannot trace in a child process (%s): tracing here", exc)
                 self._end_child()
                 return export_torchscript(model, input_shape)
             try:
@@ -227,11 +240,10 @@ def _exit_with(parent_sentinel: int) -> None:
     os._exit(0)
 
 
-def _trace(saved: bytes, input_shape: tuple[int, ...]) -> bytes:
-    """``export_torchscript`` of a model ``torch.save`` wrote, as a child process's task."""
+def _trace(source: ModelSource, input_shape: tuple[int, ...]) -> bytes:
+    """``export_torchscript`` of the model ``source`` rebuilds, as a child process's task."""
     torch.set_num_threads(1)
-    model = torch.load(io.BytesIO(saved), weights_only=False)  # our own process's bytes
-    return export_torchscript(model, input_shape)
+    return export_torchscript(source.build(*source.args), input_shape)
 
 
 def _without_debug_info(archive: bytes) -> bytes:
@@ -255,6 +267,7 @@ __all__ = [
     "OUTPUT_NAME",
     "ChildTracer",
     "ExportError",
+    "ModelSource",
     "export_onnx",
     "export_torchscript",
 ]

@@ -88,9 +88,9 @@ def traces(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     calls: list[object] = []
     trace = BUNDLES.trace
 
-    def counted(model: torch.nn.Module, shape: Any) -> bytes:
+    def counted(model: torch.nn.Module, shape: Any, source: Any) -> bytes:
         calls.append(model)
-        return trace(model, shape)
+        return trace(model, shape, source)
 
     def never_here(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("traced in the API's process")

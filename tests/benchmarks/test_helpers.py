@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from automl.delivery.export import ChildTracer
+from automl.delivery.export import ChildTracer, ModelSource
 from automl.models import build_model
 from automl.train import TrainResult
 from automl.train.trial_config import TrialConfig
@@ -62,7 +62,10 @@ def test_the_bundle_memory_benchmark_measures_both_tracers(
     try:
         sides = [
             bench.measure(trace, model, (3, 32, 32), 1)
-            for trace in (tracer, bench.export_torchscript)
+            for trace in (
+                bench.in_child(tracer, ModelSource(build_model, ("cnn", {}, (3, 32, 32), 10))),
+                bench.export_torchscript,
+            )
         ]
     finally:
         tracer.close()

@@ -12,7 +12,6 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime
@@ -25,6 +24,7 @@ from automl.delivery.export import (
     OUTPUT_NAME,
     ChildTracer,
     ExportError,
+    ModelSource,
     export_onnx,
     export_torchscript,
 )
@@ -73,16 +73,30 @@ def _never_here(*args: object, **kwargs: object) -> None:
     raise AssertionError("traced in this process")
 
 
+def _seeded_cnn(shape: tuple[int, ...]) -> torch.nn.Module:
+    """The same small CNN in every process (what a ``ModelSource`` rebuilds)."""
+    torch.manual_seed(0)
+    return tiny("cnn", shape).eval()
+
+
+def _dies() -> torch.nn.Module:
+    """Ends the process that rebuilds the model, as the kernel's OOM killer would."""
+    os._exit(3)
+
+
+LINEAR = ModelSource(torch.nn.Linear, (4, 2))
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_a_child_tracer_traces_in_another_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a tester: each trace leaked about 1.7 MB (10 MB for a ResNet-18) in the API
     for good; the API now traces in a child process, which ends when idle."""
     shape = (1, 8, 8)
-    model = tiny("cnn", shape).eval()
+    model = _seeded_cnn(shape)
     monkeypatch.setattr(torch.jit, "trace", _never_here)  # this process's torch only
     tracer = ChildTracer(idle_s=0.2)
 
-    scripted = torch.jit.load(io.BytesIO(tracer(model, shape)))
+    scripted = torch.jit.load(io.BytesIO(tracer(model, shape, ModelSource(_seeded_cnn, (shape,)))))
 
     images = torch.rand(3, *shape)
     with torch.no_grad():
@@ -93,40 +107,23 @@ def test_a_child_tracer_traces_in_another_process(monkeypatch: pytest.MonkeyPatc
     assert tracer._pool is None  # idle: the child (and what it leaked) is gone
 
 
-class _Unpicklable(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 2)
-        self.hook = lambda x: x  # a lambda does not pickle
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
-
-
-@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-def test_a_child_tracer_traces_here_when_the_model_cannot_go_to_the_child() -> None:
+def test_a_source_that_does_not_pickle_fails_the_export() -> None:
     tracer = ChildTracer()
     try:
-        data = tracer(_Unpicklable(), (4,))
+        with pytest.raises(ExportError, match="TorchScript export failed"):
+            tracer(torch.nn.Linear(4, 2), (4,), ModelSource(lambda: torch.nn.Linear(4, 2), ()))
     finally:
         tracer.close()
-    assert torch.jit.load(io.BytesIO(data))(torch.ones(1, 4)).shape == (1, 2)
 
 
 def test_a_trace_that_fails_in_the_child_is_an_export_error() -> None:
     tracer = ChildTracer()
+    source = ModelSource(_seeded_cnn, ((1, 8, 8),))
     try:
         with pytest.raises(ExportError, match="TorchScript export failed"):
-            tracer(tiny("cnn", (1, 8, 8)), (3, 8, 8))  # the wrong number of channels
+            tracer(_seeded_cnn((1, 8, 8)), (3, 8, 8), source)  # the wrong number of channels
     finally:
         tracer.close()
-
-
-class _DiesInTheChild(torch.nn.Linear):
-    """Loading it ends the process that loads it, as the kernel's OOM killer would."""
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        os._exit(3)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
@@ -139,9 +136,8 @@ def test_a_child_that_dies_while_tracing_fails_the_export_and_is_replaced(
     try:
         monkeypatch.setattr(torch.jit, "trace", _never_here)
         with pytest.raises(ExportError, match="the tracing process ended"):
-            tracer(_DiesInTheChild(4, 2), (4,))
-        monkeypatch.undo()
-        scripted = torch.jit.load(io.BytesIO(tracer(torch.nn.Linear(4, 2), (4,))))
+            tracer(torch.nn.Linear(4, 2), (4,), ModelSource(_dies, ()))
+        scripted = torch.jit.load(io.BytesIO(tracer(torch.nn.Linear(4, 2), (4,), LINEAR)))
         assert scripted(torch.ones(1, 4)).shape == (1, 2)  # a new child traces
     finally:
         tracer.close()
@@ -155,13 +151,13 @@ def test_a_child_killed_while_idle_is_replaced_not_traced_here(
     hundreds of MB) ran in the API, the leak the child prevents."""
     tracer = ChildTracer()
     try:
-        tracer(torch.nn.Linear(4, 2), (4,))
+        tracer(torch.nn.Linear(4, 2), (4,), LINEAR)
         for child in multiprocessing.active_children():
             if child.name.startswith("SpawnProcess"):
                 child.kill()
                 child.join(10)
         monkeypatch.setattr(torch.jit, "trace", _never_here)
-        scripted = torch.jit.load(io.BytesIO(tracer(torch.nn.Linear(4, 2), (4,))))
+        scripted = torch.jit.load(io.BytesIO(tracer(torch.nn.Linear(4, 2), (4,), LINEAR)))
         assert scripted(torch.ones(1, 4)).shape == (1, 2)
     finally:
         tracer.close()
@@ -169,10 +165,10 @@ def test_a_child_killed_while_idle_is_replaced_not_traced_here(
 
 ORPHAN_SCRIPT = """
 import multiprocessing, os, signal, torch
-from automl.delivery.export import ChildTracer
+from automl.delivery.export import ChildTracer, ModelSource
 if __name__ == "__main__":
     tracer = ChildTracer()
-    tracer(torch.nn.Linear(4, 2), (4,))
+    tracer(torch.nn.Linear(4, 2), (4,), ModelSource(torch.nn.Linear, (4, 2)))
     print(*[child.pid for child in multiprocessing.active_children()], flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """
