@@ -85,6 +85,8 @@ def valid_text(spec: StudySpec) -> str:
     sampler = spec.sampler.name + (
         f" (auto: {spec.sampler.chosen_by})" if spec.sampler.chosen_by else ""
     )
+    if spec.sampler.name == "cmaes" and spec.params and not _cma_es_models_any(spec):
+        sampler += " (no numeric param that always applies: every trial is drawn at random)"
     if spec.pruner is not None:
         pruner = spec.pruner.name
     elif len(spec.objective_list) > 1:
@@ -105,6 +107,17 @@ def valid_text(spec: StudySpec) -> str:
         f"  params      {', '.join(params) or 'none (fixed values only)'}",
     ]
     return "\n".join(lines)
+
+
+def _cma_es_models_any(spec: StudySpec) -> bool:
+    """Whether CMA-ES models any searched param: Optuna's leaves categorical and
+    conditional ones to its independent (random) sampler."""
+    from automl.spec import CategoricalParam
+
+    return any(
+        not spec.conditions(name) and not isinstance(param, CategoricalParam)
+        for name, param in spec.params.items()
+    )
 
 
 def _condition_text(when: Mapping[str, object]) -> str:

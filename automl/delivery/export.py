@@ -24,6 +24,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
@@ -126,6 +127,9 @@ TRACES_PER_CHILD = 16
 """Traces a child process of ``ChildTracer`` makes before a new one replaces it."""
 CHILD_IDLE_S = 60.0
 """Seconds a ``ChildTracer``'s child waits for the next trace before it ends."""
+TRACE_TIMEOUT_S = 300.0
+"""Seconds a ``ChildTracer`` waits for one trace (a ResNet-18 takes about 1 s, 4 s with a
+fresh child) before it ends the child and fails the export."""
 
 
 class ChildTracer:
@@ -141,19 +145,25 @@ class ChildTracer:
     and no tensor through ``/dev/shm``, 64 MB in a container; nothing is unpickled but
     the configuration and the safetensors bytes). With no process to be had, it traces
     here, as before; a child that died is replaced once; one that dies again while
-    tracing, or a source that does not pickle, fails the export (the bundle then holds
-    ONNX only, and its card says why).
+    tracing, a trace that takes longer than ``timeout_s`` (its child is killed: a hung
+    child held every later bundle build for good) or a source that does not pickle fails
+    the export (the bundle then holds ONNX only, and its card says why).
 
     Args:
         traces_per_child: Traces before the child is replaced.
         idle_s: Seconds the child waits for the next trace.
+        timeout_s: Seconds one trace may take.
     """
 
     def __init__(
-        self, traces_per_child: int = TRACES_PER_CHILD, idle_s: float = CHILD_IDLE_S
+        self,
+        traces_per_child: int = TRACES_PER_CHILD,
+        idle_s: float = CHILD_IDLE_S,
+        timeout_s: float = TRACE_TIMEOUT_S,
     ) -> None:
         self.traces_per_child = traces_per_child
         self.idle_s = idle_s
+        self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         self._idle: threading.Timer | None = None
@@ -192,9 +202,13 @@ class ChildTracer:
                 self._end_child()
                 return export_torchscript(model, input_shape)
             try:
-                return future.result()
+                return future.result(timeout=self.timeout_s)
             except ExportError:
                 raise
+            except FutureTimeoutError:
+                self._end_child(kill=True)
+                message = f"TorchScript export failed: tracing took over {self.timeout_s:g} s"
+                raise ExportError(message) from None
             except BrokenProcessPool as exc:
                 self._end_child()
                 if last_try:
@@ -219,10 +233,24 @@ class ChildTracer:
             )
         return self._pool
 
-    def _end_child(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+    def _end_child(self, kill: bool = False) -> None:
+        if self._pool is None:
+            return
+        if kill:
+            _kill_workers(self._pool)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Kills a pool's busy processes (``shutdown`` waits for a running task, for good if it
+    hangs). Python 3.14 has ``kill_workers``; before, only the pool's process table."""
+    kill_workers = getattr(pool, "kill_workers", None)
+    if kill_workers is not None:
+        kill_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
 
 
 def _child_setup() -> None:

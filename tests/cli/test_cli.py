@@ -27,6 +27,7 @@ from automl.cli import client as cli_client
 from automl.cli import http_client, study_commands
 from automl.cli.main import build_parser, main
 from automl.config import Settings
+from automl.spec import validate_spec
 from tests.cli.local_store import READ_ONLY_COMMANDS
 from tests.conftest import free_port, tiny_spec_data
 from tests.data.conftest import write_class_folder
@@ -197,6 +198,28 @@ def test_validate_shows_what_the_spec_would_run_and_submits_nothing(
     assert resolved["sampler"]["name"] == "random"  # auto's pick for 3 trials
     assert "chosen_by" in resolved["sampler"]
     assert _no_store_here(cli)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "params", "random"),
+    [
+        ("cmaes", ["optimizer", "momentum"], True),
+        ("cmaes", ["optimizer"], True),
+        ("cmaes", ["optimizer", "lr", "momentum"], False),
+        ("tpe", ["optimizer", "momentum"], False),
+    ],
+)
+def test_validate_says_when_a_sampler_models_nothing_of_the_space(
+    sampler: str, params: list[str], random: bool
+) -> None:
+    """Found by a tester: CMA-ES over categorical and conditional params alone ran a
+    random search, and nothing said so."""
+    data = tiny_spec_data(sampler={"name": sampler, "seed": 0})
+    data["params"] = {name: data["params"][name] for name in params}
+    sampler_line = study_commands.valid_text(validate_spec(data)).splitlines()[4]
+
+    caveat = " (no numeric param that always applies: every trial is drawn at random)"
+    assert sampler_line == f"  sampler     {sampler}" + (caveat if random else "")
 
 
 def test_validate_names_every_problem_in_one_line_exit_2(cli: Run, bad_spec_file: Path) -> None:

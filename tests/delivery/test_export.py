@@ -84,6 +84,12 @@ def _dies() -> torch.nn.Module:
     os._exit(3)
 
 
+def _hangs() -> torch.nn.Module:
+    """Never returns, as a tracing process stuck in a deadlock would."""
+    time.sleep(3600)
+    raise AssertionError("woke up")
+
+
 LINEAR = ModelSource(torch.nn.Linear, (4, 2))
 
 
@@ -157,6 +163,28 @@ def test_a_child_killed_while_idle_is_replaced_not_traced_here(
                 child.kill()
                 child.join(10)
         monkeypatch.setattr(torch.jit, "trace", _never_here)
+        scripted = torch.jit.load(io.BytesIO(tracer(torch.nn.Linear(4, 2), (4,), LINEAR)))
+        assert scripted(torch.ones(1, 4)).shape == (1, 2)
+    finally:
+        tracer.close()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_a_trace_that_hangs_is_ended_and_the_next_one_traces() -> None:
+    """Left alone once: a hung child held the tracer's lock, so every later bundle build
+    of the API waited for good."""
+    tracer = ChildTracer()
+    try:
+        tracer(torch.nn.Linear(4, 2), (4,), LINEAR)  # a warm child: its start is not timed
+        hung = [child.pid for child in multiprocessing.active_children()]
+        tracer.timeout_s = 2.0
+        with pytest.raises(ExportError, match="tracing took over 2 s"):
+            tracer(torch.nn.Linear(4, 2), (4,), ModelSource(_hangs, ()))
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in hung) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in hung if _alive(pid)]
+        tracer.timeout_s = 120.0
         scripted = torch.jit.load(io.BytesIO(tracer(torch.nn.Linear(4, 2), (4,), LINEAR)))
         assert scripted(torch.ones(1, 4)).shape == (1, 2)
     finally:
