@@ -970,6 +970,20 @@ def trial_attr_values(connection: sa.engine.Connection, study_id: int, key: str)
     return [json.loads(value) for value in connection.scalars(query)]
 
 
+def any_trial_attr_mentions(connection: sa.engine.Connection, key: str, fragment: str) -> bool:
+    """Whether the user attribute ``key`` of any trial, of any study, has ``fragment`` in
+    its JSON text (one query; a scan of the attribute table)."""
+    query = (
+        sa.select(trial_user_attributes.c.trial_user_attribute_id)
+        .where(
+            trial_user_attributes.c.key == key,
+            trial_user_attributes.c.value_json.contains(fragment, autoescape=True),
+        )
+        .limit(1)
+    )
+    return connection.execute(query).first() is not None
+
+
 def trial_system_attr_keys(
     connection: sa.engine.Connection, study_id: int, prefix: str
 ) -> list[str]:

@@ -44,12 +44,12 @@ from automl.store.artifacts import weights_bytes
 from automl.store.refits import REFIT_BEAT_S, refit_artifact_ids
 from automl.train import TrainingInterrupted, train
 from automl.train.evaluation import evaluate_weights
+from automl.train.imbalance import LocalArtifactCache
 from automl.train.trial_config import TrialConfig
 from automl.worker.coordinator import Coordinator
 from automl.worker.data_identity import require_trained_data
 from automl.worker.device_faults import stop_after, stops_the_worker
 from automl.worker.evaluator import describe
-from automl.worker.shared_cache import SharedArtifactCache
 
 logger = logging.getLogger("automl.worker")
 
@@ -194,7 +194,9 @@ def refit(
         device=device,
         should_stop=_beating(coordinator, lease, stopping),
         data=merged,
-        artifacts=SharedArtifactCache(coordinator.artifacts),
+        # This machine's cache only: no trial uses a generator of train + validation, so
+        # none would name (and keep, then remove) a shared copy.
+        artifacts=LocalArtifactCache(),
     )
     duration = time.perf_counter() - started
     report = evaluate_weights(

@@ -45,6 +45,7 @@ from automl.store import (
     save_weights,
 )
 from automl.store.faults import first_line
+from automl.store.shared_artifacts import SHARED_ARTIFACTS_NOTE
 from automl.store.studies import OPTUNA_STUDY_GONE
 from automl.train import TrainingInterrupted, TrainResult, train
 from automl.train.accel import is_out_of_memory, release_device_memory
@@ -305,6 +306,7 @@ class _Attempt:
                 raise
             self._record_params()
             self._set_attr(attrs.CONFIG, config.model_dump(mode="json"))
+            shared = SharedArtifactCache(self.coordinator.artifacts)
             result = train(
                 config,
                 self._reporter(config.epochs),
@@ -316,9 +318,11 @@ class _Attempt:
                 resume=resume,
                 monitor=self.spec.metrics[0],
                 direction=self.spec.directions[0],  # type: ignore[arg-type]
-                artifacts=SharedArtifactCache(self.coordinator.artifacts),
+                artifacts=shared,
                 on_data=self._check_data,
             )
+            if shared.used:
+                result.notes[SHARED_ARTIFACTS_NOTE] = shared.used
             return self._report_result(result, config)
         except (ResultRejectedError, UpdateFinishedTrialError) as exc:
             return self._rejected(exc)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from automl.store import ArtifactStore
+from automl.store.shared_artifacts import shared_artifact_id
 from automl.train.imbalance import LocalArtifactCache
 
 
@@ -23,26 +24,29 @@ class SharedArtifactCache:
     Args:
         artifacts: The store's artifact store (SQL, folder, S3, or through the proxy).
         local: The machine's cache, which also serializes its processes.
+
+    Attributes:
+        used: The keys asked for, in order: the trial records them in its notes, which
+            keep the artifacts while a study names them (``automl.store.shared_artifacts``).
     """
 
     def __init__(self, artifacts: ArtifactStore, local: LocalArtifactCache | None = None) -> None:
         self.artifacts = artifacts
         self.local = local or LocalArtifactCache()
+        self.used: list[str] = []
 
     def get_or_create(self, key: str, create: Callable[[], bytes]) -> bytes:
         """The bytes under ``key``: local copy, else the shared store, else ``create()``."""
 
         def shared_or_create() -> bytes:
             try:
-                with self.artifacts.open_reader(_artifact_id(key)) as reader:
+                with self.artifacts.open_reader(shared_artifact_id(key)) as reader:
                     return reader.read()
             except ArtifactNotFound:
                 content = create()
-                self.artifacts.write(_artifact_id(key), io.BytesIO(content))
+                self.artifacts.write(shared_artifact_id(key), io.BytesIO(content))
                 return content
 
+        if key not in self.used:
+            self.used.append(key)
         return self.local.get_or_create(key, shared_or_create)
-
-
-def _artifact_id(key: str) -> str:
-    return f"shared-{key}"

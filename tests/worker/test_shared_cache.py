@@ -25,3 +25,5 @@ def test_a_second_machine_reads_what_the_first_made(store: Store, tmp_path: Path
     assert made == ["one"]
     # Another key is another artifact.
     assert second.get_or_create("gan-abc-1-400", lambda: b"other") == b"other"
+    # What each trial used, for its notes (which keep the shared copies while a study has them).
+    assert (first.used, second.used) == (["gan-abc-0-400"], ["gan-abc-0-400", "gan-abc-1-400"])

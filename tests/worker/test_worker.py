@@ -41,6 +41,7 @@ from automl.store import (
     attrs,
     best_trials,
     cancel_study,
+    delete_study,
     enqueue_trials,
     get_status,
     get_study,
@@ -53,6 +54,7 @@ from automl.store import (
     submit_study,
     tables,
 )
+from automl.store.shared_artifacts import SHARED_ARTIFACTS_NOTE, shared_artifact_id
 from automl.worker import DeviceFaultError, SqlCoordinator, Worker, WorkerOptions
 from automl.worker.coordinator import BufferedSqlCoordinator
 from automl.worker.identity import new_worker_id, sampler_seed, training_seed
@@ -951,7 +953,8 @@ def test_multi_objective_study_records_every_objective(
 def test_a_trial_records_what_its_imbalance_strategy_reports(
     store: Store, tiny_spec: SpecFactory, data_root: Path
 ) -> None:
-    """The GAN's training time (and how many images it added) reaches the trial's view."""
+    """The GAN's training time (and how many images it added) reaches the trial's view,
+    with the shared generator it used, which goes with the study."""
     fixed = {"epochs": 1, "width": 8, "depth": 1, "imbalance": "gan", "gan_steps": 2}
     spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0}, fixed=fixed)
     study_id = submit_study(store, spec).id
@@ -959,6 +962,14 @@ def test_a_trial_records_what_its_imbalance_strategy_reports(
     [trial] = best_trials(store, study_id).trials
     assert trial.notes is not None
     assert trial.notes["gan_train_seconds"] > 0 and trial.notes["gan_samples"] > 0
+    [key] = trial.notes[SHARED_ARTIFACTS_NOTE]
+    assert key.startswith("gan-") and key.endswith("-0-2")
+    store.artifacts.open_reader(shared_artifact_id(key)).close()
+
+    delete_study(store, study_id)
+
+    with pytest.raises(ArtifactNotFound):
+        store.artifacts.open_reader(shared_artifact_id(key))
 
 
 def test_each_trial_trains_with_its_own_seed_from_the_study_seed_and_its_ticket(
