@@ -96,7 +96,10 @@ METRICS.add(
 METRICS.add(
     "batch_latency_ms",
     Metric(lambda e: e.model.batch_latency_ms, "minimize"),
-    description="Median inference time of a batch of 256 images on the trial's device (ms).",
+    description=(
+        "Median inference time of a batch of 256 images on the trial's device (ms); a "
+        "trial with smaller batches measures one of its batch size, scaled to 256."
+    ),
 )
 
 

@@ -32,7 +32,8 @@ class ModelStats:
     latency_ms: float
     """Median inference time of one image, in milliseconds."""
     batch_latency_ms: float
-    """Median inference time of a batch of ``LATENCY_BATCH`` images, in milliseconds."""
+    """Median inference time of a batch of ``LATENCY_BATCH`` images, in milliseconds (of a
+    smaller batch, scaled, for a trial that trains in smaller ones)."""
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -80,11 +81,28 @@ def measure_latency(
     return statistics.median(times) * 1000.0
 
 
-def profile_model(model: nn.Module, input_shape: Sequence[int], accel: Accelerator) -> ModelStats:
+def profile_model(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    accel: Accelerator,
+    max_batch: int = LATENCY_BATCH,
+) -> ModelStats:
     """Counts ``model``'s parameters and measures its latency at batch 1 and batch 256 on
-    ``accel``'s device, in its arithmetic."""
+    ``accel``'s device, in its arithmetic.
+
+    Args:
+        model: The model, on ``accel``'s device.
+        input_shape: One image's shape.
+        accel: The device and arithmetic.
+        max_batch: The largest batch to run (the trial's batch size, which its training
+            fits in memory): the batch latency of 256 images is then that of a batch of
+            ``max_batch`` scaled to 256. At 384x384 pixels a batch of 256 took over 10 GB
+            on a CPU, for a trial that trained in batches of 8.
+    """
+    chunk = max(1, min(LATENCY_BATCH, max_batch))
+    batch_ms = measure_latency(model, input_shape, chunk, accel)
     return ModelStats(
         params=count_parameters(model),
         latency_ms=measure_latency(model, input_shape, 1, accel),
-        batch_latency_ms=measure_latency(model, input_shape, LATENCY_BATCH, accel),
+        batch_latency_ms=batch_ms * LATENCY_BATCH / chunk,
     )
