@@ -32,6 +32,12 @@ checks first: the key, then that every query parameter is one the route takes.""
 REPORTS_AT_ONCE = 1
 """Reports an API process renders at once (each takes a core, for seconds to a minute);
 the others wait their turn without holding one of the ``AUTOML_API_THREADS``."""
+PREDICTIONS_AT_ONCE = 2
+"""Predict and annotate requests an API process works on at once, on threads of their
+own: the others wait their turn without holding one of the ``AUTOML_API_THREADS``, which
+every other route (and the key check) needs. A tester's five predict requests of slow
+images (seconds each to decode, within every limit) held all four for minutes, and
+another project's ``GET /studies/9`` took 290 s."""
 
 
 def create_app(
@@ -87,6 +93,7 @@ def create_app(
     app.state.key_cache = KeyCache(store, settings.auth_cache_s)
     app.state.report_cache = ReportCache()
     app.state.report_limiter = anyio.CapacityLimiter(REPORTS_AT_ONCE)
+    app.state.prediction_limiter = anyio.CapacityLimiter(PREDICTIONS_AT_ONCE)
     install_error_handlers(app)
     app.include_router(health.router)  # the one route open without a key
     # Every other router needs a key (once keys exist) and hides other projects' studies.

@@ -409,6 +409,12 @@ def check_images(images: Sequence[ImageSource], field: Field, max_pixels: int) -
     refusals.raise_any()
 
 
+def too_many_images(limits: Limits, count: int | None = None) -> str:
+    """The refusal of more than ``max_images`` images (``count`` of them, if counted)."""
+    sent = f"{count} images" if count is not None else f"more than {limits.max_images} images"
+    return f"{sent}; max_images allows {limits.max_images} per request (AUTOML_LIMIT_MAX_IMAGES)"
+
+
 def check_uploads(uploads: Sequence[Upload], limits: Limits) -> None:
     """Refuses an upload over a limit, before the model is loaded or anything decoded.
 
@@ -420,11 +426,7 @@ def check_uploads(uploads: Sequence[Upload], limits: Limits) -> None:
     if not uploads:
         raise InputRejectedError("send one or more images (multipart field 'files')", ("files",))
     if len(uploads) > limits.max_images:
-        raise InputRejectedError(
-            f"{len(uploads)} images; max_images allows {limits.max_images} per request "
-            "(AUTOML_LIMIT_MAX_IMAGES)",
-            ("files",),
-        )
+        raise InputRejectedError(too_many_images(limits, len(uploads)), ("files",))
     total = sum(len(upload.data) for upload in uploads)
     if total > limits.max_upload_bytes:
         raise UploadTooLargeError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from automl.registry import ExactModel
 
@@ -78,6 +78,16 @@ class AnnotateRequest(ExactModel):
     )
     overwrite: bool = Field(False, description="Replace write_csv if it exists.")
     top: int = Field(3, ge=1, le=MAX_TOP, description="Classes listed per image.")
+
+    @field_validator("write_csv")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        """A file name with a newline or another unprintable character is refused: a
+        tester's ``a\nb.csv`` was written into the shared data root."""
+        unprintable = next((c for c in value or "" if not c.isprintable()), None)
+        if unprintable is not None:
+            raise ValueError(f"unprintable character U+{ord(unprintable):04X} in the file name")
+        return value
 
 
 class Suggestion(BaseModel):

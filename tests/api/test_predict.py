@@ -6,7 +6,9 @@ import csv
 import io
 import os
 import stat
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,11 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from automl.api.app import PREDICTIONS_AT_ONCE
+from automl.api.routes import predict as predict_routes
 from automl.data import DATASETS
 from automl.data.manifest import read_manifest
-from automl.delivery.inference import MODELS
+from automl.delivery.inference import MODELS, InputRejectedError
 from tests.api.conftest import close_client, make_client
 from tests.delivery.trained import (
     digits_test_split,
@@ -266,6 +270,55 @@ def test_too_many_images_is_422(
     assert loc == ["body", "files"]
     assert "max_images allows 2" in message
     assert MODELS.loads == loads, "refused before the model loads"
+
+
+def test_many_image_parts_are_refused_without_reading_them_all(
+    served: tuple[TestClient, int],
+) -> None:
+    """Found by a tester: a 20 MB body of 300,000 empty parts was parsed whole (10 s and
+    400 MB on the event loop) before the image count was checked."""
+    client, study_id = served
+    files = [("files", (f"{i}.png", b"", "image/png")) for i in range(5_000)]
+
+    response = client.post(f"/studies/{study_id}/predict", files=files)
+
+    assert response.status_code == 422
+    [(loc, message)] = error_messages(response)
+    assert loc == ["body", "files"]
+    assert message.startswith("more than 64 images; max_images allows 64 per request")
+
+
+def test_slow_predictions_leave_the_other_routes_their_threads(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: five predict requests of slow images (within every limit) held all
+    of the API's threads for minutes; another project's ``GET /studies/9`` took 290 s."""
+    running = threading.Semaphore(0)
+    release = threading.Event()
+
+    def slow_predict(*args: object, **kwargs: object) -> None:
+        running.release()
+        release.wait(60)
+        raise InputRejectedError("released", ("files",))
+
+    monkeypatch.setattr(predict_routes, "predict_uploads", slow_predict)
+    client = make_client(sqlite_url, tmp_path / "artifacts", api_threads=2)
+    image = [("files", ("a.png", png_bytes(torch.zeros(1, 8, 8, dtype=torch.uint8)), "image/png"))]
+    try:
+        with client, ThreadPoolExecutor(6) as pool:
+            predictions = [
+                pool.submit(client.post, "/studies/1/predict", files=image) for _ in range(5)
+            ]
+            for _ in range(PREDICTIONS_AT_ONCE):
+                assert running.acquire(timeout=30)
+            listing = pool.submit(client.get, "/studies").result(timeout=30)
+            assert listing.status_code == 200
+            assert not running.acquire(timeout=0.5), "more predictions at once than allowed"
+            release.set()
+            assert [p.result(timeout=60).status_code for p in predictions] == [422] * 5
+    finally:
+        release.set()
+        close_client(client)
 
 
 @pytest.mark.parametrize(
@@ -547,6 +600,8 @@ def test_annotate_bomb_in_the_folder_is_422(
         ("write_csv", "elsewhere/labels.csv", "not found"),
         ("write_csv", "inbox/sub/labels.csv", "not found"),
         ("write_csv", "other/labels.csv", "in the annotated folder or a folder above it"),
+        ("write_csv", "inbox/a\nb.csv", "unprintable character U+000A in the file name"),
+        ("write_csv", "inbox/a\u200bb.csv", "unprintable character U+200B"),
     ],
 )
 def test_annotate_paths_are_confined(
