@@ -815,7 +815,10 @@ def resume_study(
             raise StudyStateError(
                 f"study {study_id} has no trials left to run; resume it with add_trials > 0"
             )
-        reason = f"resumed: {requeued} trials re-queued, {add_trials} added"
+        unstarted = max(0, row.n_trials - row.issued)  # cancelled before they were claimed
+        reason = (
+            f"resumed: {requeued} trials re-queued, {unstarted} never started, {add_trials} added"
+        )
         limit = count_errors(connection, study_id) + row.max_failed
         at = now(connection)
         change_status(
