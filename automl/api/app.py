@@ -102,7 +102,35 @@ def create_app(
     app.openapi = lambda: _openapi_with_spec_schema(app)  # type: ignore[method-assign]
     app.add_middleware(HeadAsGet)
     app.add_middleware(SameOriginWrites, loopback=is_loopback(settings.host))
+    app.add_middleware(NoSniff)
     return app
+
+
+class NoSniff:
+    """Tells browsers to take every answer as the type it declares
+    (``X-Content-Type-Options: nosniff``): a weights file or a JSON error is never run as
+    a script or shown as a page.
+
+    Args:
+        app: The ASGI app it wraps.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Adds the header to every HTTP answer."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_header)
 
 
 class HeadAsGet:

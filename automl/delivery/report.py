@@ -210,6 +210,14 @@ def _value(value: float | None) -> str:
 
 # --- page --------------------------------------------------------------------------------------
 
+REPORT_POLICY = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
+    "form-action 'none'"
+)
+"""What a report page may load: its own inline style and plots, nothing else (no script,
+no request anywhere), in a browser that opens the saved file too. Every name in it is
+escaped; this is the second line of defence."""
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
 h1 { margin-bottom: 0.2rem; }
@@ -240,6 +248,7 @@ def _page(data: ReportData, sections: str) -> str:
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{REPORT_POLICY}">
 <title>automl report: study {data.study_id} ({name})</title>
 <style>{_STYLE}</style>
 </head>

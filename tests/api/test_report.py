@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from automl.api import create_app
 from automl.delivery import study_report
-from automl.delivery.report import SECTIONS
+from automl.delivery.report import REPORT_POLICY, SECTIONS
 from automl.store import Store
 
 
@@ -29,12 +29,19 @@ def test_report_of_a_completed_study_is_an_html_page(completed: tuple[TestClient
     # Two trials: importances are explained, every other plot drawn.
     assert page.count('src="data:image/png;base64,') == len(SECTIONS) - 1
     assert "need at least 3 completed trials" in page
+    # A tester: no policy said what the page may load; nothing but its style and plots.
+    policy = response.headers["content-security-policy"]
+    assert policy == f"{REPORT_POLICY}; frame-ancestors 'none'"
+    assert "script-src" not in policy and "default-src 'none'" in policy
+    assert f'<meta http-equiv="Content-Security-Policy" content="{REPORT_POLICY}">' in page
+    assert response.headers["x-content-type-options"] == "nosniff"
 
 
 def test_unknown_study_is_404(client: TestClient) -> None:
     response = client.get("/studies/4242/report")
     assert response.status_code == 404
     assert response.json() == {"detail": "study 4242 not found"}
+    assert response.headers["x-content-type-options"] == "nosniff"  # every answer
 
 
 def test_study_without_completed_trial_is_409(

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from automl.api.deps import StoreDep
 from automl.api.errors import error_responses
 from automl.api.params import StudyId
+from automl.delivery.report import REPORT_POLICY
 from automl.delivery.study_report import ReportCache
 from automl.store import NoBestTrialError
 
@@ -47,7 +48,7 @@ async def study_report(study_id: StudyId, store: StoreDep, request: Request) -> 
     cache: ReportCache = request.app.state.report_cache
     page = await run_in_threadpool(cache.cached, store, study_id)
     if page is not None:
-        return HTMLResponse(page)
+        return _report_page(page)
     try:
         # Renders take seconds to minutes: they run one at a time on a thread of their own
         # (waiting their turn here, not on a thread), so the other routes keep theirs.
@@ -59,4 +60,11 @@ async def study_report(study_id: StudyId, store: StoreDep, request: Request) -> 
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"{exc}: the report needs one{later}"
         ) from None
-    return HTMLResponse(page)
+    return _report_page(page)
+
+
+def _report_page(page: str) -> HTMLResponse:
+    """The report as a response: nothing but its inline style and plots loads (no frame
+    of another site shows it either)."""
+    policy = f"{REPORT_POLICY}; frame-ancestors 'none'"
+    return HTMLResponse(page, headers={"Content-Security-Policy": policy})
