@@ -253,6 +253,13 @@ class Limits(BaseSettings):
     max_active_studies_per_project: int = Field(
         20, ge=1, description="Most queued or running studies of one project (422)."
     )
+    max_dataset_bytes: int = Field(
+        16 * 2**30,
+        ge=1,
+        description="Largest dataset a study may train on, decoded (images x channels x "
+        "height x width bytes, every split): workers hold it in memory (422 at submit where "
+        "the API sees the files; the trials fail where only workers do).",
+    )
     max_image_pixels: int = Field(
         40_000_000,
         ge=1,

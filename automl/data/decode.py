@@ -65,6 +65,11 @@ class Preprocess:
         """The Pillow mode images are converted to."""
         return "RGB" if self.channels == "rgb" else "L"
 
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one decoded image (uint8)."""
+        return self.num_channels * self.height * self.width
+
 
 def decode_image(
     path: str, prep: Preprocess, root: str = "", max_pixels: int | None = None

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field, ValidationInfo, model_validator
 
+from automl.config import Limits
 from automl.data.base import DatasetOptions, ImageData, channel_stats
 from automl.data.cache import DecodeUnit, load_unit, units_fingerprint
 from automl.data.decode import Preprocess
@@ -182,6 +183,18 @@ class ImageOptions(DatasetOptions):
         height, width = (self.size, self.size) if isinstance(self.size, int) else self.size
         return Preprocess(height=height, width=width, fit=self.fit, channels=self.channels)
 
+    @model_validator(mode="after")
+    def _check_decoded_size(self) -> ImageOptions:
+        plan = self.plan() if within_strict_input() else None
+        if plan is not None:  # at submit; a worker checks again before decoding
+            check_decoded_size(plan)
+        return self
+
+    def plan(self) -> FilePlan | None:
+        """Lists the files these options name (each file source has its own listing; a
+        plugin's that has none is not checked at submit)."""
+        return None
+
 
 @dataclass(frozen=True)
 class FilePlan:
@@ -229,12 +242,36 @@ class FilePlan:
         )
 
 
+def check_decoded_size(plan: FilePlan) -> None:
+    """Refuses a dataset that decodes to more than ``AUTOML_LIMIT_MAX_DATASET_BYTES``:
+    workers hold every split in memory (a tester's 2048x2048 digits, 22.6 GB, were
+    accepted and took the worker down).
+
+    Raises:
+        DatasetError: Naming the size, the limit and the remedies.
+    """
+    limit = Limits().max_dataset_bytes
+    units = plan.units().values()
+    samples = sum(len(unit.samples) for unit in units)
+    size = sum(len(sample) * unit.prep.sample_bytes for unit in units for sample in unit.samples)
+    if size > limit:
+        prep = plan.train.prep
+        raise DatasetError(
+            f"{samples} {'clips' if plan.sequences else 'images'} at {prep.height}x"
+            f"{prep.width} ({prep.channels}) decode to {size:,} bytes; "
+            f"max_dataset_bytes allows {limit:,} "
+            "(AUTOML_LIMIT_MAX_DATASET_BYTES): use a smaller size, grayscale or fewer files"
+        )
+
+
 def load_plan(plan: FilePlan, options: ImageOptions) -> ImageData:
     """Decodes (or reads from the cache) every unit of ``plan`` and assembles the splits.
 
     Raises:
-        DatasetError: If a file cannot be decoded, or a split would have no samples.
+        DatasetError: If a file cannot be decoded, a split would have no samples, or the
+            data decodes to more than ``AUTOML_LIMIT_MAX_DATASET_BYTES``.
     """
+    check_decoded_size(plan)
     prints = {split: unit.fingerprint() for split, unit in plan.units().items()}
     decoded = {split: load_unit(unit, prints[split]) for split, unit in plan.units().items()}
     if not plan.sequences:

@@ -64,6 +64,10 @@ class ImageFolderOptions(ImageOptions):
         check_split_folder(value, info, scan_class_folder, _flat)
         return value
 
+    def plan(self) -> FilePlan:
+        """Lists the files of every given split."""
+        return plan_image_folder(self)
+
     @model_validator(mode="after")
     def _check_drawn_splits(self) -> ImageFolderOptions:
         check_drawn_splits(self, self.val_path, self.test_path, self._class_sizes, "image")

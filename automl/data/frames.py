@@ -67,6 +67,10 @@ class FrameSequencesOptions(ImageOptions):
         check_split_folder(value, info, scan_clip_folder, _frame_files)
         return value
 
+    def plan(self) -> FilePlan:
+        """Lists the files of every given split."""
+        return plan_frame_sequences(self)
+
     @model_validator(mode="after")
     def _check_drawn_splits(self) -> FrameSequencesOptions:
         check_drawn_splits(self, self.val_path, self.test_path, self._class_sizes, "clip")

@@ -73,6 +73,10 @@ class ImageCsvOptions(ImageOptions):
             require_disjoint([path for path, _ in rows], others)
         return value
 
+    def plan(self) -> FilePlan:
+        """Lists the files of every given split."""
+        return plan_image_csv(self)
+
     @model_validator(mode="after")
     def _check_drawn_splits(self) -> ImageCsvOptions:
         check_drawn_splits(self, self.val_path, self.test_path, self._class_sizes, "image")

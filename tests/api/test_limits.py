@@ -95,6 +95,13 @@ CASES = {
     "max_images": Case("1", predict(png(), png()), 422, "max_images allows 1"),
     "max_image_pixels": Case("63", predict(png()), 422, "max_image_pixels allows 63"),
     "max_annotate_images": Case("1", annotate, 422, "max_annotate_images allows 1"),
+    # 4 images x 3 x 8 x 8 = 768 bytes
+    "max_dataset_bytes": Case(
+        "767",
+        post_spec(dataset={"source": "image_folder", "options": {"path": "pets", "size": 8}}),
+        422,
+        "max_dataset_bytes allows 767",
+    ),
     # The test's own study and the control request's make two, both queued.
     "max_studies_per_project": Case("2", post_spec(), 422, "max_studies_per_project = 2"),
     "max_active_studies_per_project": Case(
@@ -117,6 +124,9 @@ def test_each_limit_is_a_setting_refused_before_any_write(
     (data_root / "inbox").mkdir()
     for index in range(2):
         (data_root / "inbox" / f"{index}.png").write_bytes(png())
+        for pet in ("cat", "dog"):
+            (data_root / "pets" / pet).mkdir(parents=True, exist_ok=True)
+            (data_root / "pets" / pet / f"{index}.png").write_bytes(png())
     client = make_client(f"sqlite:///{tmp_path / 'automl.db'}", tmp_path / "artifacts")
     try:
         study_id = client.post("/studies", json=tiny_spec_data()).json()["id"]

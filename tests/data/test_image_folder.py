@@ -160,6 +160,32 @@ def test_a_single_class_is_refused_at_submit_and_load(data_root: Path) -> None:
         plan_image_folder(unchecked)
 
 
+def test_data_that_decodes_past_the_dataset_limit_is_refused_at_submit_and_load(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: 2048x2048 digits (22.6 GB decoded) were accepted, and the worker
+    that held them went down."""
+    write_class_folder(data_root / "pets", {"cat": 3, "dog": 3})
+    write_class_folder(data_root / "pets-val", {"cat": 1, "dog": 1})
+    options = {"path": "pets", "val_path": "pets-val", "size": [10, 20], "channels": "rgb"}
+    # 8 images x 3 x 10 x 20 = 4,800 bytes
+    monkeypatch.setenv("AUTOML_LIMIT_MAX_DATASET_BYTES", "4799")
+
+    [error] = submit_errors("image_folder", options)
+    with pytest.raises(DatasetError) as loading:
+        load_dataset("image_folder", options)
+
+    assert error == (
+        "dataset.options: 8 images at 10x20 (rgb) decode to 4,800 bytes; max_dataset_bytes "
+        "allows 4,799 (AUTOML_LIMIT_MAX_DATASET_BYTES): use a smaller size, grayscale or "
+        "fewer files"
+    )
+    assert str(loading.value) == error.removeprefix("dataset.options: ")
+    monkeypatch.setenv("AUTOML_LIMIT_MAX_DATASET_BYTES", "4800")
+    assert submit_errors("image_folder", options) == []
+    assert submit_errors("image_folder", {**options, "size": 40, "channels": "grayscale"})
+
+
 def test_sixteen_bit_pngs_scale_to_eight_bits_not_white(data_root: Path) -> None:
     for name, value in (("dark", 8000), ("bright", 56000)):
         for i in range(3):
