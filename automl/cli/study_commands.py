@@ -93,9 +93,10 @@ def valid_text(spec: StudySpec) -> str:
         pruner = "none (several objectives cannot prune)"
     else:
         pruner = "median (the default)"
+    conditions = {name: spec.conditions(name) for name in spec.params}  # implied ones too
     params = [
-        f"{name} (when {_condition_text(param.when)})" if param.when else name
-        for name, param in spec.params.items()
+        f"{name} (when {_condition_text(conditions[name])})" if conditions[name] else name
+        for name in spec.params
     ]
     lines = [
         f"{spec.name}: valid",

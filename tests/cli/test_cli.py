@@ -222,6 +222,17 @@ def test_validate_says_when_a_sampler_models_nothing_of_the_space(
     assert sampler_line == f"  sampler     {sampler}" + (caveat if random else "")
 
 
+def test_validate_shows_the_conditions_it_implies() -> None:
+    """Found by a tester: ``momentum`` applies to ``sgd`` only without a ``when``, and
+    validate listed it as if it always applied."""
+    data = tiny_spec_data()
+    del data["params"]["momentum"]["when"]
+
+    params_line = study_commands.valid_text(validate_spec(data)).splitlines()[6]
+
+    assert params_line == "  params      optimizer, lr, momentum (when optimizer: sgd)"
+
+
 def test_validate_names_every_problem_in_one_line_exit_2(cli: Run, bad_spec_file: Path) -> None:
     code, out, err = cli("validate", str(bad_spec_file))
 
