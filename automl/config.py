@@ -264,7 +264,8 @@ class Limits(BaseSettings):
         40_000_000,
         ge=1,
         description="Most pixels (width x height) of one image to predict, annotate or train "
-        "on; read from its header before decoding, so decompression bombs are refused (422).",
+        "on; read from its header before decoding, so decompression bombs are refused (422). "
+        "No side may be over 65535 pixels either (JPEG's own limit).",
     )
 
     @field_validator("max_image_pixels")

@@ -52,6 +52,7 @@ from automl.data.decode import (
     fit_image,
     load_oriented,
     refused_files,
+    size_refusal,
     too_many_pixels,
 )
 from automl.data.files import ImageOptions
@@ -309,8 +310,8 @@ def open_image(
     (a small file that declares a huge image) is refused without the memory it asks for.
 
     Raises:
-        InputRejectedError: If the data is not a png, jpeg, webp or bmp image, or has
-            more than ``max_pixels`` pixels.
+        InputRejectedError: If the data is not a png, jpeg, webp or bmp image, has more
+            than ``max_pixels`` pixels or a side over ``MAX_SIDE``.
     """
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
@@ -326,10 +327,9 @@ def open_image(
     except Exception as exc:  # Pillow raises many kinds on hostile data: all a 422
         raise InputRejectedError(f"cannot read image {name!r}: {exc}", field) from None
     with image:
-        width, height = image.size
-        if width * height > max_pixels:
-            size = f"{width}x{height} = {width * height}"
-            raise InputRejectedError(too_many_pixels(name, size, max_pixels), field)
+        refusal = size_refusal(name, image.width, image.height, max_pixels)
+        if refusal is not None:
+            raise InputRejectedError(refusal, field)
         yield image
 
 

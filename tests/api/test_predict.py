@@ -341,6 +341,23 @@ def test_decompression_bomb_is_422(served: tuple[TestClient, int], width: int, h
     assert "max_image_pixels" in message
 
 
+@pytest.mark.parametrize(("width", "height"), [(1, 65_536), (70_000, 2)])
+def test_a_side_over_65535_pixels_is_422(
+    served: tuple[TestClient, int], width: int, height: int
+) -> None:
+    """Found by a tester: 1 x 40,000,000 PNGs (78 KB, within max_image_pixels) took 1.3 s
+    each to decode, row by row; 64 of them a request held the API for over a minute."""
+    client, study_id = served
+    files = [("files", ("strip.png", png_declaring(width, height)))]
+
+    response = client.post(f"/studies/{study_id}/predict", files=files)
+
+    assert response.status_code == 422
+    [(loc, message)] = error_messages(response)
+    assert loc == ["body", "files", 0]
+    assert message == f"image 'strip.png' is {width}x{height} pixels; no side may be over 65535"
+
+
 def test_pixel_limit_is_a_setting(
     served: tuple[TestClient, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:

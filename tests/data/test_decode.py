@@ -157,6 +157,16 @@ def test_transparency_becomes_white_as_compositing_onto_white_does(kind: str, mo
     assert np.array_equal(np.asarray(blended.convert(mode)), np.asarray(composited.convert(mode)))
 
 
+def test_a_side_over_65535_pixels_is_refused_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "strip.png"
+    path.write_bytes(png_declaring(65_536, 1))
+    with pytest.raises(DatasetError, match="is 65536x1 pixels; no side may be over 65535"):
+        decode_image(str(path), Preprocess(8, 8))
+    path.write_bytes(png_declaring(65_535, 1))
+    with pytest.raises(DatasetError, match="cannot decode"):  # checked, then decoded: truncated
+        decode_image(str(path), Preprocess(8, 8))
+
+
 def test_eight_bit_images_are_left_alone() -> None:
     for mode in ("L", "RGB", "RGBA", "P", "1"):
         image = Image.new(mode, (2, 2))
