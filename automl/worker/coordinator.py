@@ -105,7 +105,9 @@ class Coordinator(Protocol):
         self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
     ) -> Lease | None:
         """Takes the next unit of work (from none of the studies in ``exclude``), or None
-        if there is none."""
+        if there is none. A worker claims with no ticket in hand: a ticket running under
+        its id is one whose claim's answer was lost, and is the one returned (so a claim
+        is safe to repeat)."""
         ...
 
     def heartbeat(self, lease: Lease) -> LeaseStatus:
@@ -267,8 +269,8 @@ class SqlCoordinator:
     def claim(
         self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
     ) -> Lease | None:
-        """See ``Coordinator.claim``."""
-        return claim(self.store, worker_id, study_id, exclude=exclude)
+        """See ``Coordinator.claim``: a worker holds one ticket at a time."""
+        return claim(self.store, worker_id, study_id, exclude=exclude, one_at_a_time=True)
 
     def heartbeat(self, lease: Lease, writes: Writes | None = None) -> LeaseStatus:
         """See ``Coordinator.heartbeat``; if the lease is held, applies the trial writes a

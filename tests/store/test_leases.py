@@ -244,6 +244,41 @@ def test_finish_is_safe_to_repeat(store: Store, tiny_spec: SpecFactory) -> None:
         finish(store, lease, "pruned")
 
 
+def test_a_claim_whose_answer_was_lost_is_taken_again_not_a_second_ticket(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Found by a tester: a claim committed while its answer was lost (a connection cut
+    after COMMIT) left that ticket running unseen; the worker claimed another, and the
+    reaper later failed the first unrun (7 of 20 trials at 15% lost answers)."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 3})).id
+    lost = claim(store, "worker-a", study_id, one_at_a_time=True)
+    assert lost is not None
+    with store.write() as connection:  # as if long ago: the reaper's next candidate
+        connection.execute(
+            tables.tickets.update()
+            .where(tables.tickets.c.ticket_id == lost.ticket_id)
+            .values(heartbeat_at=0.0)
+        )
+
+    again = claim(store, "worker-a", study_id, one_at_a_time=True)
+    other = claim(store, "worker-b", study_id, one_at_a_time=True)
+
+    assert again == lost
+    assert other is not None and other.ticket_id != lost.ticket_id
+    with store.read() as connection:
+        beat = connection.scalar(
+            sa.select(tables.tickets.c.heartbeat_at).where(
+                tables.tickets.c.ticket_id == lost.ticket_id
+            )
+        )
+        assert get_study(store, study_id).counts.running == 2
+    assert beat > 0  # renewed: not the reaper's
+    finish(store, again, "complete")
+    fresh = claim(store, "worker-a", study_id, one_at_a_time=True)
+    assert fresh is not None and fresh.ticket_id not in {lost.ticket_id, other.ticket_id}
+    assert claim(store, "worker-a", study_id) != fresh  # a caller that holds several
+
+
 def test_finish_and_settle_ends_the_ticket_and_the_study_in_one_call(
     store: Store, tiny_spec: SpecFactory
 ) -> None:

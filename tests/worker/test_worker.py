@@ -34,6 +34,7 @@ from automl.spec import StudySpec
 from automl.store import (
     Backoff,
     FolderArtifactStore,
+    Lease,
     NoBestTrialError,
     Store,
     StudyCaches,
@@ -321,6 +322,37 @@ def test_a_database_outage_while_checkpointing_is_waited_out(
     assert ticket.outcome == "complete"
     [trial] = _trials(sqlite_store, study_id)
     assert trial.state == TrialState.COMPLETE
+
+
+def test_a_claim_whose_answer_is_lost_trains_that_ticket(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: a claim committed while its answer was lost stayed running unseen
+    until the reaper failed it unrun, while the worker trained another ticket."""
+    spec = tiny_spec(budget={"n_trials": 2, "max_failed": 0, "max_retries": 0})
+    study_id = submit_study(sqlite_store, spec).id
+    real, answers = SqlCoordinator.claim, {"lost": 0}
+
+    def answer_lost_once(self: SqlCoordinator, *args: Any, **kwargs: Any) -> Lease | None:
+        lease = real(self, *args, **kwargs)
+        if lease is not None and not answers["lost"]:
+            answers["lost"] += 1
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed"))
+        return lease
+
+    monkeypatch.setattr(SqlCoordinator, "claim", answer_lost_once)
+    monkeypatch.setattr(automl.worker.loop, "Backoff", _fast_backoff)
+
+    assert Worker(sqlite_store, _options()).run() == 2
+
+    assert answers["lost"] == 1
+    with sqlite_store.read() as connection:
+        tickets = connection.execute(sqlalchemy.select(tables.tickets)).all()
+    assert [(t.ticket_id, t.outcome, t.attempt) for t in tickets] == [
+        (1, "complete", 1),
+        (2, "complete", 1),
+    ]
+    assert _states(sqlite_store, study_id) == [TrialState.COMPLETE] * 2
 
 
 def _fast_backoff(logger: logging.Logger) -> Backoff:
