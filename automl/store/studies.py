@@ -20,7 +20,6 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.exceptions import DuplicatedStudyError
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.config import Limits
@@ -164,14 +163,13 @@ def submit_study(
     # Planned (and its sources checked) before anything is created: a refused warm start
     # leaves no Optuna study behind.
     warm = plan_warm_start(store, spec, fingerprint, project)
-    name, optuna_name = _create_optuna_study(store, spec, project)
+    created = datetime.now(UTC)
+    name, optuna_name = _create_optuna_study(store, spec, project, created)
     study_id = store.storage.get_study_id_from_name(optuna_name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.load_study(study_name=optuna_name, storage=store.storage)
         study.set_metric_names(spec.metrics)
-    created = datetime.now(UTC)
-    store.storage.set_study_user_attr(study_id, attrs.CREATED_AT, created.isoformat())
     store.storage.set_study_user_attr(
         study_id, attrs.SPEC, spec.model_dump(mode="json", exclude_none=True)
     )
@@ -258,8 +256,11 @@ def _canonical(spec_json: str) -> str:
     return json.dumps(walk(spec), sort_keys=True)
 
 
-def _create_optuna_study(store: Store, spec: StudySpec, project: str) -> tuple[str, str]:
-    """Creates the Optuna study; returns the study's name and its Optuna name.
+def _create_optuna_study(
+    store: Store, spec: StudySpec, project: str, created: datetime
+) -> tuple[str, str]:
+    """Creates the Optuna study, marked automl's (``created_at``) in the same commit;
+    returns the study's name and its Optuna name.
 
     The name is the spec's, then ``-2``, ``-3``... skipping only the names ``project``'s
     own studies hold, so the answer says nothing about another project's names. Optuna's
@@ -271,6 +272,7 @@ def _create_optuna_study(store: Store, spec: StudySpec, project: str) -> tuple[s
     name that a concurrent submission holds is skipped once its row is written.
     """
     directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
+    marked = {attrs.CREATED_AT: created.isoformat()}
     suffix = 1
     while suffix < 100_000:
         numbers = range(suffix, suffix + NAME_PROBE_BATCH)
@@ -285,15 +287,15 @@ def _create_optuna_study(store: Store, spec: StudySpec, project: str) -> tuple[s
             if name in own:
                 continue
             optuna_name = optuna_study_name(project, name)
-            if optuna_name not in taken and _created(store, directions, optuna_name):
+            if optuna_name not in taken and _created(store, directions, optuna_name, marked):
                 return name, optuna_name
             if _held_by_a_submission(store, project, name, optuna_name):
                 continue
-            if _created(store, directions, optuna_name):  # its submission gave it up
+            if _created(store, directions, optuna_name, marked):  # its submission gave it up
                 return name, optuna_name
             name = salted(name)
             optuna_name = optuna_study_name(project, name)
-            if _created(store, directions, optuna_name):
+            if _created(store, directions, optuna_name, marked):
                 return name, optuna_name
     raise StudyStateError(f"no free study name for {spec.name!r}")
 
@@ -325,11 +327,18 @@ def _held_by_a_submission(store: Store, project: str, name: str, optuna_name: st
         time.sleep(0.05)
 
 
-def _created(store: Store, directions: list[optuna.study.StudyDirection], name: str) -> bool:
-    """Whether the Optuna study ``name`` was created (False: the name is taken)."""
+def _created(
+    store: Store,
+    directions: list[optuna.study.StudyDirection],
+    name: str,
+    user_attrs: dict[str, Any],
+) -> bool:
+    """Whether the Optuna study ``name`` was created with ``user_attrs`` (False: the name
+    is taken)."""
     try:
-        store.storage.create_new_study(directions, name)
-    except DuplicatedStudyError:
+        with store.write() as connection:
+            optuna_rows.create_study(connection, name, directions, user_attrs)
+    except sa.exc.IntegrityError:
         return False
     return True
 
