@@ -204,12 +204,11 @@ def test_a_submit_cut_off_after_its_first_commit_leaves_what_the_reaper_removes(
     with pytest.raises(sa.exc.OperationalError):
         submit_study(store, tiny_spec())
     [left] = store.storage.get_all_studies()
+    left_id = store.storage.get_study_id_from_name(left.study_name)
     monkeypatch.undo()
 
     assert list_studies(store).count == 0
-    assert remove_orphans(store, min_age_s=0) == [
-        store.storage.get_study_id_from_name(left.study_name)
-    ]
+    assert remove_orphans(store, min_age_s=0) == [left_id]
     assert store.storage.get_all_studies() == []
 
 
