@@ -10,6 +10,7 @@ from types import ModuleType
 
 import pytest
 
+from automl.data.decode import Preprocess, decode_image
 from automl.delivery.export import ChildTracer, ModelSource
 from automl.models import build_model
 from automl.train import TrainResult
@@ -71,3 +72,17 @@ def test_the_bundle_memory_benchmark_measures_both_tracers(
         tracer.close()
     for side in sides:
         assert set(side) == {"mb_per_trace", "first_s", "median_s"} and side["median_s"] > 0
+
+
+@pytest.mark.parametrize("kind", ["gray16-transparent", "rgba"])
+def test_the_decode_memory_benchmarks_sides_decode_the_same_pixels(
+    kind: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bench = _module("bench_decode_memory", monkeypatch)
+    path = str(bench.write_image(kind, 50, tmp_path))
+
+    textbook = bench.decode_textbook(path)
+
+    assert textbook.shape == (3, 64, 64)
+    assert (textbook == decode_image(path, Preprocess(64, 64))).all()
+    assert len(set(textbook.flatten().tolist())) > 1  # transparent and opaque parts
