@@ -69,9 +69,18 @@ from automl.worker.loop import UnusableFolderError, check_folders
 logger = logging.getLogger("automl.cli")
 
 
+MAY_HAVE_CHANGED = (
+    " (the change may have been made before the connection failed: check with automl status "
+    "before running the command again)"
+)
+"""Said of a command that changes the store when the database failed under it: a commit
+whose answer was lost took effect (a tester's retried extend added its trials twice)."""
+
+
 @contextmanager
-def errors_as_cli_errors(spec_path: str | None) -> Iterator[None]:
-    """Turns the store's, the spec's and the client's known errors into ``CliError``s."""
+def errors_as_cli_errors(spec_path: str | None, changes: bool = False) -> Iterator[None]:
+    """Turns the store's, the spec's and the client's known errors into ``CliError``s;
+    ``changes``: the command changes the store (an outage then may have let it)."""
     try:
         yield
     except SpecError as exc:
@@ -93,7 +102,8 @@ def errors_as_cli_errors(spec_path: str | None) -> Iterator[None]:
             raise CliError(f"{SCHEMA_MISSING}: {first_line(exc)}", EXIT_FAILURE) from None
         if not is_transient(exc):
             raise
-        raise CliError(f"storage unavailable: {first_line(exc)}", EXIT_FAILURE) from None
+        hint = MAY_HAVE_CHANGED if changes else ""
+        raise CliError(f"storage unavailable: {first_line(exc)}{hint}", EXIT_FAILURE) from None
 
 
 def open_store(settings: Settings, *, create: bool = False) -> Store:

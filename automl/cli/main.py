@@ -421,6 +421,13 @@ nothing heavy at the top (torch, optuna, the store), only inside its local branc
 """
 
 
+CHANGING_COMMANDS = frozenset(
+    {"submit", "cancel", "extend", "resume", "rerun-failed", "enqueue", "delete", "refit"}
+)
+"""Commands that change the store in one request: a database that fails under one may
+have taken the change (its error says so)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
     args = build_parser().parse_args(argv)
@@ -469,7 +476,8 @@ def _run_locally(command: Command, args: argparse.Namespace, settings: Settings)
 
     _quiet_optuna()
     load_plugins()
-    with errors_as_cli_errors(getattr(args, "spec", None)):
+    changes = args.command in CHANGING_COMMANDS
+    with errors_as_cli_errors(getattr(args, "spec", None), changes=changes):
         return command(args, settings)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 import yaml
 from fastapi.testclient import TestClient
 
@@ -25,6 +26,7 @@ from automl import __version__
 from automl.api import create_app
 from automl.cli import client as cli_client
 from automl.cli import http_client, study_commands
+from automl.cli.commands import MAY_HAVE_CHANGED
 from automl.cli.main import build_parser, main
 from automl.config import Settings
 from automl.spec import validate_spec
@@ -231,6 +233,28 @@ def test_validate_shows_the_conditions_it_implies() -> None:
     params_line = study_commands.valid_text(validate_spec(data)).splitlines()[6]
 
     assert params_line == "  params      optimizer, lr, momentum (when optimizer: sgd)"
+
+
+def test_a_change_cut_off_by_the_database_may_have_been_made_and_says_so(
+    cli: Run, spec_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: a retried ``extend`` whose connection was cut after its commit
+    added its trials twice; the error gave no hint that the first had taken effect."""
+    assert cli("submit", str(spec_file))[0] == 0
+
+    def cut(*args: object, **kwargs: object) -> None:
+        raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed"))
+
+    monkeypatch.setattr(cli_client, "extend_study", cut)
+    monkeypatch.setattr(cli_client, "get_study", cut)
+    code, _, err = cli("extend", "1", "--add-trials", "1")
+    read = cli("status", "1")
+
+    assert code == 1
+    said = "error: storage unavailable: (builtins.Exception) server closed"
+    assert one_error_line(err) == said + MAY_HAVE_CHANGED
+    assert read[0] == 1
+    assert one_error_line(read[2]) == said
 
 
 def test_validate_names_every_problem_in_one_line_exit_2(cli: Run, bad_spec_file: Path) -> None:
