@@ -67,6 +67,8 @@ trial_log = logging.getLogger("automl.worker.trials")
 MAX_ERROR_CHARS = 4000
 OPTIONAL_WRITE_TRIES = 5
 """Tries of a write training can go on without (a checkpoint) on a full disk: about 3 s."""
+MODEL_CARD_TRIES = 3
+"""Tries at storing a trial's model card over database errors."""
 T = TypeVar("T")
 
 
@@ -515,7 +517,9 @@ class _Attempt:
 
     def _save_model_card(self, values: list[float]) -> None:
         """Stores the trial's model card as an Optuna artifact, for optuna-dashboard. Tried
-        once: the card is a convenience (bundles build their own), never worth the result."""
+        ``MODEL_CARD_TRIES`` times over a database error (a tester's cut connections left
+        trials without one), then given up: the card is a convenience (bundles build their
+        own), never worth the result."""
         assert self.trial is not None
         trial = self.trial
         try:
@@ -530,7 +534,14 @@ class _Attempt:
                 metrics=self.spec.metrics,
                 directions=self.spec.directions,
             )
-            self.uploaded.append(save_model_card(trial, card, self.coordinator.artifacts))
+            saved = retry_transient(
+                lambda: save_model_card(trial, card, self.coordinator.artifacts),
+                backoff=Backoff(logger),
+                doing=f"storing the model card of trial {trial.number}",
+                give_up=self.ctx.stopping,
+                attempts=MODEL_CARD_TRIES,
+            )
+            self.uploaded.append(saved)
         except Exception as exc:
             logger.warning(
                 "study %s: the model card of trial %s is not stored: %s",

@@ -55,6 +55,7 @@ from automl.store import (
     submit_study,
     tables,
 )
+from automl.store.retention import OPTUNA_ARTIFACT_ATTR
 from automl.store.shared_artifacts import SHARED_ARTIFACTS_NOTE, shared_artifact_id
 from automl.worker import DeviceFaultError, SqlCoordinator, Worker, WorkerOptions
 from automl.worker.coordinator import BufferedSqlCoordinator
@@ -353,6 +354,31 @@ def test_a_claim_whose_answer_is_lost_trains_that_ticket(
         (2, "complete", 1),
     ]
     assert _states(sqlite_store, study_id) == [TrialState.COMPLETE] * 2
+
+
+def test_a_model_card_is_stored_again_after_a_database_error(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: one cut connection left a trial without its model card for good."""
+    submit_study(sqlite_store, tiny_spec(budget={"n_trials": 1, "max_failed": 0}))
+    real, calls = automl.worker.runner.save_model_card, {"n": 0}
+
+    def cut_once(*args: Any) -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed"))
+        return real(*args)
+
+    monkeypatch.setattr(automl.worker.runner, "save_model_card", cut_once)
+    monkeypatch.setattr(automl.worker.runner, "Backoff", _fast_backoff)
+
+    assert Worker(sqlite_store, _options()).run() == 1
+
+    assert calls["n"] == 2
+    with sqlite_store.read() as connection:
+        [trial_id] = connection.scalars(sqlalchemy.select(tables.tickets.c.trial_id)).all()
+    recorded = sqlite_store.storage.get_trial(trial_id).system_attrs
+    assert [key for key in recorded if key.startswith(OPTUNA_ARTIFACT_ATTR)], recorded
 
 
 def _fast_backoff(logger: logging.Logger) -> Backoff:
