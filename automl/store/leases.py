@@ -161,7 +161,9 @@ def claim(
     """
     for _ in range(CLAIM_RACE_RETRIES):
         with store.write() as connection:
-            unseen = _unseen_claim(connection, worker_id) if one_at_a_time else None
+            unseen = (
+                _unseen_claim(connection, worker_id, study_id, exclude) if one_at_a_time else None
+            )
             if unseen is not None:
                 return unseen
             study = _lock_next_study_with_work(connection, study_id, exclude)
@@ -266,25 +268,42 @@ def next_pending_ticket(study_id: int) -> sa.Select[tuple[int]]:
     )
 
 
-def _unseen_claim(connection: sa.engine.Connection, worker_id: str) -> Lease | None:
+def _unseen_claim(
+    connection: sa.engine.Connection,
+    worker_id: str,
+    study_id: int | None,
+    exclude: Collection[int],
+) -> Lease | None:
     """The ticket this worker claimed without hearing so, if any, its heartbeat renewed.
 
     For a worker that holds one ticket at a time and claims only with none in hand: a
-    ticket running under its id at a claim is one whose claim committed while the answer was
-    lost (a connection cut after ``COMMIT``). Claimed again, it would have stayed running
-    unseen until the reaper took it for a lost worker's: a retry used up, or the
+    ticket running under its id at a claim is one whose claim committed while the answer
+    was lost (a connection cut after ``COMMIT``). Claimed again, it would have stayed
+    running unseen until the reaper took it for a lost worker's: a retry used up, or the
     configuration failed unrun (a tester saw 7 of 20 trials end so at 15% lost answers).
+    A ticket whose attempt started a trial is not one of those (its worker gave it up and
+    could not say so): the reaper ends that trial and requeues the ticket, as before.
     """
     tickets, studies = tables.tickets, tables.studies
-    row = connection.execute(
+    query = (
         sa.select(tickets, studies.c.seed)
         .join(studies, studies.c.study_id == tickets.c.study_id)
         .where(tickets.c.state == TicketState.RUNNING.value, tickets.c.worker_id == worker_id)
-        .order_by(tickets.c.ticket_id)
-        .limit(1)
-        .with_for_update(of=tickets)
+    )
+    if study_id is not None:
+        query = query.where(tickets.c.study_id == study_id)
+    if exclude:
+        query = query.where(tickets.c.study_id.not_in(list(exclude)))
+    row = connection.execute(
+        query.order_by(tickets.c.ticket_id).limit(1).with_for_update(of=tickets)
     ).first()
     if row is None:
+        return None
+    key = f"{row.ticket_id}:{row.attempt}"
+    started = attempt_trial(connection, row, key) is not None or (
+        optuna_rows.running_trials_with_attr(connection, row.study_id, attrs.LEASE, key)
+    )
+    if started:
         return None
     connection.execute(
         tickets.update().where(tickets.c.ticket_id == row.ticket_id).values(heartbeat_at=db_now())

@@ -279,6 +279,20 @@ def test_a_claim_whose_answer_was_lost_is_taken_again_not_a_second_ticket(
     assert claim(store, "worker-a", study_id) != fresh  # a caller that holds several
 
 
+def test_a_ticket_whose_attempt_started_a_trial_is_left_to_the_reaper(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Found by review: taken again, its second trial left the first RUNNING for good."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 3})).id
+    started, _ = start_trial(store, study_id, worker="worker-a")  # then the worker lost it
+
+    again = claim(store, "worker-a", study_id, one_at_a_time=True)
+    elsewhere = claim(store, "worker-a", study_id, one_at_a_time=True, exclude={study_id})
+
+    assert again is not None and again.ticket_id != started.ticket_id
+    assert elsewhere is None  # a ticket of a study it leaves is not taken either
+
+
 def test_finish_and_settle_ends_the_ticket_and_the_study_in_one_call(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
