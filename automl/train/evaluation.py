@@ -97,7 +97,7 @@ def evaluate_weights(
         accel,
         data.normalize,
     )
-    stats = profile_model(model, data.input_shape, accel, config.batch_size)
+    stats = profile_model(model, data.input_shape, accel)
     return SplitReport(
         split=split,
         metrics=compute_metrics(Evaluation(confusion, mean_loss, stats)),

@@ -213,7 +213,7 @@ def train(
         config.model.name, config.model.options, data.input_shape, data.num_classes
     )
     model = accel.model(model)
-    model_stats = profile_model(model, data.input_shape, accel, config.batch_size)
+    model_stats = profile_model(model, data.input_shape, accel)
     split = TrainSplit(
         data.train_x,
         data.train_y,

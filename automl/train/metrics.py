@@ -97,8 +97,8 @@ METRICS.add(
     "batch_latency_ms",
     Metric(lambda e: e.model.batch_latency_ms, "minimize"),
     description=(
-        "Median inference time of a batch of 256 images on the trial's device (ms); a "
-        "trial with smaller batches measures one of its batch size, scaled to 256."
+        "Median inference time of a batch of 256 images on the trial's device (ms); images "
+        "larger than 64x64 RGB are measured in a smaller batch, scaled to 256."
     ),
 )
 

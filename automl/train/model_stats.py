@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -14,6 +15,8 @@ from automl.train.accel import Accelerator
 
 LATENCY_BATCH = 256
 """Batch size of ``ModelStats.batch_latency_ms``."""
+LATENCY_BATCH_ELEMENTS = LATENCY_BATCH * 3 * 64 * 64
+"""Most input values of the batch measured: 256 images up to 64x64 RGB, fewer larger ones."""
 WARMUP_RUNS = {"cpu": 1, "cuda": 3}
 """Untimed passes first: CUDA's first passes load kernels and grow the memory pool."""
 MAX_TIMED_RUNS = 3
@@ -33,7 +36,7 @@ class ModelStats:
     """Median inference time of one image, in milliseconds."""
     batch_latency_ms: float
     """Median inference time of a batch of ``LATENCY_BATCH`` images, in milliseconds (of a
-    smaller batch, scaled, for a trial that trains in smaller ones)."""
+    smaller batch, scaled, for images larger than 64x64 RGB: ``latency_batch``)."""
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -81,28 +84,25 @@ def measure_latency(
     return statistics.median(times) * 1000.0
 
 
-def profile_model(
-    model: nn.Module,
-    input_shape: Sequence[int],
-    accel: Accelerator,
-    max_batch: int = LATENCY_BATCH,
-) -> ModelStats:
+def profile_model(model: nn.Module, input_shape: Sequence[int], accel: Accelerator) -> ModelStats:
     """Counts ``model``'s parameters and measures its latency at batch 1 and batch 256 on
     ``accel``'s device, in its arithmetic.
 
-    Args:
-        model: The model, on ``accel``'s device.
-        input_shape: One image's shape.
-        accel: The device and arithmetic.
-        max_batch: The largest batch to run (the trial's batch size, which its training
-            fits in memory): the batch latency of 256 images is then that of a batch of
-            ``max_batch`` scaled to 256. At 384x384 pixels a batch of 256 took over 10 GB
-            on a CPU, for a trial that trained in batches of 8.
+    Images larger than ``LATENCY_BATCH_ELEMENTS`` allows at 256 (above 64x64 RGB) are
+    measured in the largest batch within it, scaled to 256: at 384x384 pixels a batch of
+    256 took a worker past 10 GB. The batch depends on the image size only, so every
+    trial of a study is measured alike whatever its ``batch_size``.
     """
-    chunk = max(1, min(LATENCY_BATCH, max_batch))
-    batch_ms = measure_latency(model, input_shape, chunk, accel)
+    batch = latency_batch(input_shape)
+    batch_ms = measure_latency(model, input_shape, batch, accel)
     return ModelStats(
         params=count_parameters(model),
         latency_ms=measure_latency(model, input_shape, 1, accel),
-        batch_latency_ms=batch_ms * LATENCY_BATCH / chunk,
+        batch_latency_ms=batch_ms * LATENCY_BATCH / batch,
     )
+
+
+def latency_batch(input_shape: Sequence[int]) -> int:
+    """The batch ``batch_latency_ms`` runs: 256, or fewer images of a larger size."""
+    elements = max(1, math.prod(input_shape))
+    return max(1, min(LATENCY_BATCH, LATENCY_BATCH_ELEMENTS // elements))

@@ -1,4 +1,4 @@
-"""What a model costs: parameters and latencies, measured in batches training can hold."""
+"""What a model costs: parameters and latencies, measured in batches that fit in memory."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from torch import nn
 
 from automl.train import model_stats
 from automl.train.accel import Accelerator
-from automl.train.model_stats import LATENCY_BATCH, profile_model
+from automl.train.model_stats import LATENCY_BATCH, latency_batch, profile_model
 
 
 class BatchRecorder(nn.Module):
-    """A linear model that records the batch sizes it is run on."""
+    """A model that records the batch sizes it is run on."""
 
-    def __init__(self) -> None:
+    def __init__(self, values: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(12, 2)
+        self.linear = nn.Linear(values, 2)
         self.batches: list[int] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -24,20 +24,28 @@ class BatchRecorder(nn.Module):
         return self.linear(images.flatten(1))
 
 
-@pytest.mark.parametrize(("max_batch", "largest"), [(8, 8), (LATENCY_BATCH, 256), (4096, 256)])
-def test_the_batch_latency_runs_no_batch_larger_than_the_trials(
-    max_batch: int, largest: int
+@pytest.mark.parametrize(
+    ("shape", "batch"),
+    [
+        ((1, 8, 8), 256),
+        ((3, 32, 32), 256),
+        ((3, 64, 64), 256),
+        ((3, 128, 128), 64),
+        ((3, 384, 384), 7),
+    ],
+)
+def test_the_batch_latency_runs_256_images_up_to_64x64_rgb_and_fewer_larger_ones(
+    shape: tuple[int, int, int], batch: int
 ) -> None:
-    """Found by a tester: at 384x384 pixels the batch of 256 took a worker past 10 GB, for a
-    trial that trained in batches of 8."""
-    model = BatchRecorder()
+    """Found by a tester: at 384x384 pixels the batch of 256 took a worker past 10 GB."""
+    model = BatchRecorder(shape[0] * shape[1] * shape[2])
     accel = Accelerator.for_device(torch.device("cpu"), sample_dims=3)
 
-    stats = profile_model(model, (3, 2, 2), accel, max_batch)
+    stats = profile_model(model, shape, accel)
 
-    assert max(model.batches) == largest
-    assert set(model.batches) == {1, largest}
-    assert stats.params == 12 * 2 + 2
+    assert latency_batch(shape) == batch
+    assert set(model.batches) == {1, batch}
+    assert stats.params == model.linear.weight.numel() + 2
     assert stats.batch_latency_ms > 0
 
 
@@ -48,6 +56,6 @@ def test_a_smaller_batchs_latency_is_scaled_to_256_images(monkeypatch: pytest.Mo
     monkeypatch.setattr(model_stats, "measure_latency", two_ms_per_image)
     accel = Accelerator.for_device(torch.device("cpu"), sample_dims=3)
 
-    stats = profile_model(BatchRecorder(), (3, 2, 2), accel, max_batch=8)
+    stats = profile_model(BatchRecorder(3 * 384 * 384), (3, 384, 384), accel)
 
     assert (stats.latency_ms, stats.batch_latency_ms) == (2.0, 2.0 * LATENCY_BATCH)
