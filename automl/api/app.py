@@ -33,11 +33,14 @@ REPORTS_AT_ONCE = 1
 """Reports an API process renders at once (each takes a core, for seconds to a minute);
 the others wait their turn without holding one of the ``AUTOML_API_THREADS``."""
 PREDICTIONS_AT_ONCE = 2
-"""Predict and annotate requests an API process works on at once, on threads of their
-own: the others wait their turn without holding one of the ``AUTOML_API_THREADS``, which
-every other route (and the key check) needs. A tester's five predict requests of slow
-images (seconds each to decode, within every limit) held all four for minutes, and
-another project's ``GET /studies/9`` took 290 s."""
+"""Predict requests an API process works on at once, on threads of their own: the others
+wait their turn without holding one of the ``AUTOML_API_THREADS``, which every other
+route (and the key check) needs. A tester's five predict requests of slow images (seconds
+each to decode, within every limit) held all four for minutes, and another project's
+``GET /studies/9`` took 290 s."""
+ANNOTATIONS_AT_ONCE = 1
+"""Annotate requests an API process works on at once (up to 10,000 images each, minutes),
+on a thread of their own: they never hold up predict requests either."""
 
 
 def create_app(
@@ -94,6 +97,7 @@ def create_app(
     app.state.report_cache = ReportCache()
     app.state.report_limiter = anyio.CapacityLimiter(REPORTS_AT_ONCE)
     app.state.prediction_limiter = anyio.CapacityLimiter(PREDICTIONS_AT_ONCE)
+    app.state.annotation_limiter = anyio.CapacityLimiter(ANNOTATIONS_AT_ONCE)
     install_error_handlers(app)
     app.include_router(health.router)  # the one route open without a key
     # Every other router needs a key (once keys exist) and hides other projects' studies.

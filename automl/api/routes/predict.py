@@ -99,8 +99,9 @@ async def predict(
     """
     limits = Limits()
     uploads = await _read_uploads(request, limits)
-    return await _on_prediction_thread(
-        request, lambda: predict_uploads(store, study_id, uploads, top=top, limits=limits)
+    return await _on_own_thread(
+        request.app.state.prediction_limiter,
+        lambda: predict_uploads(store, study_id, uploads, top=top, limits=limits),
     )
 
 
@@ -125,18 +126,19 @@ async def annotate(
     escapes) are refused with 422 naming the field, as are folders of more than
     ``AUTOML_LIMIT_MAX_ANNOTATE_IMAGES`` images; nothing is written then.
     """
-    return await _on_prediction_thread(request, lambda: annotate_folder(store, study_id, body))
+    return await _on_own_thread(
+        request.app.state.annotation_limiter, lambda: annotate_folder(store, study_id, body)
+    )
 
 
-async def _on_prediction_thread(request: Request, call: Callable[[], T]) -> T:
-    """Runs ``call`` on a thread of the predictions' own (``PREDICTIONS_AT_ONCE``, waiting
-    its turn here), answering what delivery refuses with 413, 422 or 409."""
+async def _on_own_thread(limiter: anyio.CapacityLimiter, call: Callable[[], T]) -> T:
+    """Runs ``call`` on a thread of ``limiter``'s (waiting its turn here, not on one of the
+    API's threads), answering what delivery refuses with 413, 422 or 409."""
 
     def refusing() -> T:
         with _as_http_errors():
             return call()
 
-    limiter = request.app.state.prediction_limiter
     return await anyio.to_thread.run_sync(refusing, limiter=limiter)
 
 
