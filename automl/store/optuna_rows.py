@@ -129,7 +129,12 @@ study_user_attributes = sa.Table(
 )
 
 study_system_attributes = sa.Table(
-    "study_system_attributes", _optuna, sa.Column("study_id", sa.Integer)
+    "study_system_attributes",
+    _optuna,
+    sa.Column("study_system_attribute_id", sa.Integer, primary_key=True),
+    sa.Column("study_id", sa.Integer),
+    sa.Column("key", sa.String(512)),
+    sa.Column("value_json", sa.Text),
 )
 study_directions = sa.Table(
     "study_directions",
@@ -1009,14 +1014,25 @@ def trial_attr_values(connection: sa.engine.Connection, study_id: int, key: str)
     return [json.loads(value) for value in connection.scalars(query)]
 
 
-def any_trial_attr_mentions(connection: sa.engine.Connection, key: str, fragment: str) -> bool:
-    """Whether the user attribute ``key`` of any trial, of any study, has ``fragment`` in
-    its JSON text (one query; a scan of the attribute table)."""
+def study_system_attr_keys(
+    connection: sa.engine.Connection, study_id: int, prefix: str
+) -> list[str]:
+    """The keys of a study's system attributes that start with ``prefix`` (case counts)."""
+    query = sa.select(study_system_attributes.c.key).where(
+        study_system_attributes.c.study_id == study_id,
+        study_system_attributes.c.key.startswith(prefix, autoescape=True),
+    )
+    return [key for key in connection.scalars(query) if key.startswith(prefix)]
+
+
+def other_study_has_system_attr(connection: sa.engine.Connection, study_id: int, key: str) -> bool:
+    """Whether a study other than ``study_id`` has the system attribute ``key`` (one query
+    over the studies' attributes: a few rows per study, none per trial)."""
     query = (
-        sa.select(trial_user_attributes.c.trial_user_attribute_id)
+        sa.select(study_system_attributes.c.study_id)
         .where(
-            trial_user_attributes.c.key == key,
-            trial_user_attributes.c.value_json.contains(fragment, autoescape=True),
+            study_system_attributes.c.key == key,
+            study_system_attributes.c.study_id != study_id,
         )
         .limit(1)
     )

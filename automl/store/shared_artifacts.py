@@ -1,28 +1,21 @@
 """Artifacts that the trials of many studies share (the ``gan`` strategy's generators).
 
-A worker keeps each under ``shared_artifact_id(key)`` and the trials that used one name
-its key in their notes (``SHARED_ARTIFACTS_NOTE``); deleting a study removes the shared
-artifacts its trials used that no other study's trial names. A trial of another study
-that read one but has not recorded its notes yet does not keep it: a machine without a
-local copy makes it again (the same bytes, once more training time).
+A worker keeps each under ``shared_artifact_id(key)``. Before a trial uses one, its study
+records the use (the system attribute ``shared_use_attr(key)``: kept by a trial that
+fails, is cancelled or whose worker dies too); deleting a study first removes the shared
+artifacts it used that no other study records. A study that starts using one after that
+check, or whose record failed (a warning), makes it again on a machine without a local
+copy: the same bytes, once more training time.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import Iterable
-
-import sqlalchemy as sa
-
-from automl.store import attrs, optuna_rows
+from automl.store import optuna_rows
 from automl.store.artifacts import remove_quietly
 from automl.store.storage import Store
 
-logger = logging.getLogger("automl.store")
-
-SHARED_ARTIFACTS_NOTE = "shared_artifacts"
-"""The key of a trial's notes that lists the shared artifacts (their keys) it used."""
+SHARED_USE_PREFIX = "automl:shared:"
+"""The prefix of the study system attributes that record the shared artifacts it used."""
 
 
 def shared_artifact_id(key: str) -> str:
@@ -30,43 +23,32 @@ def shared_artifact_id(key: str) -> str:
     return f"shared-{key}"
 
 
-def shared_keys_of(connection: sa.engine.Connection, study_id: int) -> set[str]:
-    """The keys of the shared artifacts the study's trials used (one query)."""
-    notes = optuna_rows.trial_attr_values(connection, study_id, attrs.NOTES)
-    return {
-        key
-        for note in notes
-        if isinstance(note, dict)
-        for key in note.get(SHARED_ARTIFACTS_NOTE) or ()
-        if isinstance(key, str)
-    }
+def shared_use_attr(key: str) -> str:
+    """The study system attribute that records a use of the shared artifact ``key``."""
+    return SHARED_USE_PREFIX + key
 
 
-def remove_unused_shared(store: Store, keys: Iterable[str]) -> list[str]:
-    """Removes the shared artifacts among ``keys`` that no trial's notes name any more.
-
-    Best effort, after the study that used them is gone: a failure leaves them (a
-    warning), never the deletion undone.
+def remove_unshared(store: Store, study_id: int) -> list[str]:
+    """Removes the shared artifacts the study used that no other study records using.
 
     Returns:
-        The keys removed.
+        Their keys.
     """
-    removed = []
-    for key in sorted(keys):
-        try:
-            with store.read() as connection:
-                used = optuna_rows.any_trial_attr_mentions(connection, attrs.NOTES, json.dumps(key))
-            if not used:
-                remove_quietly(store.artifacts, shared_artifact_id(key))
-                removed.append(key)
-        except Exception as exc:  # the study is deleted already: this is housekeeping
-            logger.warning("shared artifact %s left behind: %s", shared_artifact_id(key), exc)
-    return removed
+    with store.read() as connection:
+        attrs = optuna_rows.study_system_attr_keys(connection, study_id, SHARED_USE_PREFIX)
+        alone = [
+            attr.removeprefix(SHARED_USE_PREFIX)
+            for attr in sorted(attrs)
+            if not optuna_rows.other_study_has_system_attr(connection, study_id, attr)
+        ]
+    for key in alone:
+        remove_quietly(store.artifacts, shared_artifact_id(key))
+    return alone
 
 
 __all__ = [
-    "SHARED_ARTIFACTS_NOTE",
-    "remove_unused_shared",
+    "SHARED_USE_PREFIX",
+    "remove_unshared",
     "shared_artifact_id",
-    "shared_keys_of",
+    "shared_use_attr",
 ]

@@ -42,7 +42,7 @@ from automl.store.projects import (
 )
 from automl.store.refits import read_refit, refit_artifacts
 from automl.store.retention import OPTUNA_ARTIFACT_ATTR
-from automl.store.shared_artifacts import remove_unused_shared, shared_keys_of
+from automl.store.shared_artifacts import remove_unshared
 from automl.store.status import (
     ACTIVE,
     change_status,
@@ -1088,8 +1088,8 @@ DELETION_ROUNDS = 5
 
 
 def finish_deletion(store: Store, study_id: int) -> bool:
-    """Removes a study marked ``deleting``: artifacts, the Optuna study, automl's rows,
-    then the shared artifacts (GAN generators) that only its trials used.
+    """Removes a study marked ``deleting``: the shared artifacts (GAN generators) no other
+    study uses, its own artifacts, the Optuna study, automl's rows.
 
     The artifacts go first and the rows after, so a crash between leaves rows that name
     what is left to remove. A worker still stopping one of its trials may add an artifact
@@ -1106,6 +1106,7 @@ def finish_deletion(store: Store, study_id: int) -> bool:
         Whether the study is gone (False: workers kept adding artifacts or taking locks;
         the reaper's next pass goes on).
     """
+    remove_unshared(store, study_id)
     removed: set[str] = set()
     for _ in range(DELETION_ROUNDS):
         with store.read() as connection:
@@ -1118,11 +1119,9 @@ def finish_deletion(store: Store, study_id: int) -> bool:
                 _lock_study_rows(connection, study_id)
                 if not _study_artifacts(connection, study_id) <= removed:
                     continue
-                shared = shared_keys_of(connection, study_id)
                 optuna_rows.delete_study(connection, study_id)
                 for table in (tables.tickets, tables.evaluations, tables.refits, tables.studies):
                     connection.execute(table.delete().where(table.c.study_id == study_id))
-            remove_unused_shared(store, shared)
             return True
         except sa.exc.DBAPIError as exc:
             if not is_lock_conflict(exc):

@@ -45,7 +45,7 @@ from automl.store import (
     save_weights,
 )
 from automl.store.faults import first_line
-from automl.store.shared_artifacts import SHARED_ARTIFACTS_NOTE
+from automl.store.shared_artifacts import shared_use_attr
 from automl.store.studies import OPTUNA_STUDY_GONE
 from automl.train import TrainingInterrupted, TrainResult, train
 from automl.train.accel import is_out_of_memory, release_device_memory
@@ -67,8 +67,9 @@ trial_log = logging.getLogger("automl.worker.trials")
 MAX_ERROR_CHARS = 4000
 OPTIONAL_WRITE_TRIES = 5
 """Tries of a write training can go on without (a checkpoint) on a full disk: about 3 s."""
-MODEL_CARD_TRIES = 3
-"""Tries at storing a trial's model card over database errors."""
+OPTIONAL_RECORD_TRIES = 3
+"""Tries over database errors at a record a trial can do without (its model card, its
+study's use of a shared artifact)."""
 T = TypeVar("T")
 
 
@@ -308,7 +309,7 @@ class _Attempt:
                 raise
             self._record_params()
             self._set_attr(attrs.CONFIG, config.model_dump(mode="json"))
-            shared = SharedArtifactCache(self.coordinator.artifacts)
+            shared = SharedArtifactCache(self.coordinator.artifacts, on_use=self._record_use)
             result = train(
                 config,
                 self._reporter(config.epochs),
@@ -323,8 +324,6 @@ class _Attempt:
                 artifacts=shared,
                 on_data=self._check_data,
             )
-            if shared.used:
-                result.notes[SHARED_ARTIFACTS_NOTE] = shared.used
             return self._report_result(result, config)
         except (ResultRejectedError, UpdateFinishedTrialError) as exc:
             return self._rejected(exc)
@@ -515,9 +514,29 @@ class _Attempt:
             return {}
         return {attrs.INPUT: facts, attrs.LIBRARIES: library_versions()}
 
+    def _record_use(self, key: str) -> None:
+        """Records that the study uses the shared artifact ``key`` (a GAN generator), which
+        keeps it until the last such study is deleted. Tried ``OPTIONAL_RECORD_TRIES`` times:
+        without the record the trial still trains (a deletion may then remove what it
+        uses: made again where needed)."""
+        try:
+            retry_transient(
+                lambda: self.coordinator.storage.set_study_system_attr(
+                    self.lease.study_id, shared_use_attr(key), True
+                ),
+                backoff=Backoff(logger),
+                doing=f"recording the use of {key}",
+                give_up=self.ctx.stopping,
+                attempts=OPTIONAL_RECORD_TRIES,
+            )
+        except Exception as exc:
+            logger.warning(
+                "study %s: its use of %s is not recorded: %s", self.lease.study_id, key, exc
+            )
+
     def _save_model_card(self, values: list[float]) -> None:
         """Stores the trial's model card as an Optuna artifact, for optuna-dashboard. Tried
-        ``MODEL_CARD_TRIES`` times over a database error (a tester's cut connections left
+        ``OPTIONAL_RECORD_TRIES`` times over a database error (a tester's cut connections left
         trials without one), then given up: the card is a convenience (bundles build their
         own), never worth the result."""
         assert self.trial is not None
@@ -539,7 +558,7 @@ class _Attempt:
                 backoff=Backoff(logger),
                 doing=f"storing the model card of trial {trial.number}",
                 give_up=self.ctx.stopping,
-                attempts=MODEL_CARD_TRIES,
+                attempts=OPTIONAL_RECORD_TRIES,
             )
             self.uploaded.append(saved)
         except Exception as exc:

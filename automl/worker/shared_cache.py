@@ -24,16 +24,21 @@ class SharedArtifactCache:
     Args:
         artifacts: The store's artifact store (SQL, folder, S3, or through the proxy).
         local: The machine's cache, which also serializes its processes.
-
-    Attributes:
-        used: The keys asked for, in order: the trial records them in its notes, which
-            keep the artifacts while a study names them (``automl.store.shared_artifacts``).
+        on_use: Called with each key before it is first used: the study records the use,
+            which keeps the artifact until the last such study is deleted
+            (``automl.store.shared_artifacts``).
     """
 
-    def __init__(self, artifacts: ArtifactStore, local: LocalArtifactCache | None = None) -> None:
+    def __init__(
+        self,
+        artifacts: ArtifactStore,
+        local: LocalArtifactCache | None = None,
+        on_use: Callable[[str], None] = lambda key: None,
+    ) -> None:
         self.artifacts = artifacts
         self.local = local or LocalArtifactCache()
-        self.used: list[str] = []
+        self.on_use = on_use
+        self._used: set[str] = set()
 
     def get_or_create(self, key: str, create: Callable[[], bytes]) -> bytes:
         """The bytes under ``key``: local copy, else the shared store, else ``create()``."""
@@ -47,6 +52,7 @@ class SharedArtifactCache:
                 self.artifacts.write(shared_artifact_id(key), io.BytesIO(content))
                 return content
 
-        if key not in self.used:
-            self.used.append(key)
+        if key not in self._used:
+            self.on_use(key)
+            self._used.add(key)
         return self.local.get_or_create(key, shared_or_create)

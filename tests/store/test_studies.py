@@ -61,7 +61,7 @@ from automl.store import (
     write_checkpoint,
     write_trial,
 )
-from automl.store.shared_artifacts import SHARED_ARTIFACTS_NOTE, shared_artifact_id
+from automl.store.shared_artifacts import shared_artifact_id, shared_use_attr
 from tests.conftest import recorded_statements
 from tests.store.conftest import drive, end_trial, start_trial
 
@@ -629,10 +629,11 @@ def test_delete_removes_every_artifact_of_the_study_and_no_other(
 
 
 def _study_using(store: Store, tiny_spec: SpecFactory, name: str, keys: list[str]) -> int:
-    """An ended study whose one trial's notes name the shared artifacts ``keys``."""
+    """An ended study that recorded using the shared artifacts ``keys``."""
     study_id = submit_study(store, tiny_spec(name=name, budget={"n_trials": 1})).id
+    for key in keys:
+        store.storage.set_study_system_attr(study_id, shared_use_attr(key), True)
     lease, trial_id = start_trial(store, study_id)
-    store.storage.set_trial_user_attr(trial_id, attrs.NOTES, {SHARED_ARTIFACTS_NOTE: keys})
     end_trial(store, lease, trial_id, 0.5)
     end_study_if_done(store, study_id)
     return study_id
@@ -650,7 +651,7 @@ def test_a_shared_generator_goes_with_the_last_study_that_used_it(
 
     delete_study(store, first)
     assert [key for key, artifact in shared.items() if _exists(store, artifact)] == [
-        "gan-a-0-400",  # the second study's trial uses it
+        "gan-a-0-400",  # the second study uses it
         "gan-c-0-9",  # no deleted study used it
     ]
     delete_study(store, second)

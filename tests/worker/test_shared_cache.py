@@ -16,8 +16,17 @@ def test_a_second_machine_reads_what_the_first_made(store: Store, tmp_path: Path
         made.append(machine)
         return b"generator" * 1000
 
-    first = SharedArtifactCache(store.artifacts, LocalArtifactCache(tmp_path / "machine-1"))
-    second = SharedArtifactCache(store.artifacts, LocalArtifactCache(tmp_path / "machine-2"))
+    uses: list[tuple[str, str]] = []
+    first = SharedArtifactCache(
+        store.artifacts,
+        LocalArtifactCache(tmp_path / "machine-1"),
+        on_use=lambda key: uses.append(("one", key)),
+    )
+    second = SharedArtifactCache(
+        store.artifacts,
+        LocalArtifactCache(tmp_path / "machine-2"),
+        on_use=lambda key: uses.append(("two", key)),
+    )
 
     assert first.get_or_create("gan-abc-0-400", lambda: make("one")) == b"generator" * 1000
     assert second.get_or_create("gan-abc-0-400", lambda: make("two")) == b"generator" * 1000
@@ -25,5 +34,5 @@ def test_a_second_machine_reads_what_the_first_made(store: Store, tmp_path: Path
     assert made == ["one"]
     # Another key is another artifact.
     assert second.get_or_create("gan-abc-1-400", lambda: b"other") == b"other"
-    # What each trial used, for its notes (which keep the shared copies while a study has them).
-    assert (first.used, second.used) == (["gan-abc-0-400"], ["gan-abc-0-400", "gan-abc-1-400"])
+    # Each use is recorded once, before the artifact is read or made (which keeps it).
+    assert uses == [("one", "gan-abc-0-400"), ("two", "gan-abc-0-400"), ("two", "gan-abc-1-400")]

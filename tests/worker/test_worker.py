@@ -27,6 +27,7 @@ from optuna.exceptions import StorageInternalError
 from optuna.trial import FrozenTrial, TrialState
 
 import automl.store.study_caches
+import automl.train.imbalance
 import automl.worker.coordinator
 import automl.worker.loop
 import automl.worker.runner
@@ -56,7 +57,7 @@ from automl.store import (
     tables,
 )
 from automl.store.retention import OPTUNA_ARTIFACT_ATTR
-from automl.store.shared_artifacts import SHARED_ARTIFACTS_NOTE, shared_artifact_id
+from automl.store.shared_artifacts import SHARED_USE_PREFIX, shared_artifact_id
 from automl.worker import DeviceFaultError, SqlCoordinator, Worker, WorkerOptions
 from automl.worker.coordinator import BufferedSqlCoordinator
 from automl.worker.identity import new_worker_id, sampler_seed, training_seed
@@ -1020,7 +1021,8 @@ def test_a_trial_records_what_its_imbalance_strategy_reports(
     [trial] = best_trials(store, study_id).trials
     assert trial.notes is not None
     assert trial.notes["gan_train_seconds"] > 0 and trial.notes["gan_samples"] > 0
-    [key] = trial.notes[SHARED_ARTIFACTS_NOTE]
+    recorded = store.storage.get_study_system_attrs(study_id)
+    [key] = [k.removeprefix(SHARED_USE_PREFIX) for k in recorded if k.startswith(SHARED_USE_PREFIX)]
     assert key.startswith("gan-") and key.endswith("-0-2")
     store.artifacts.open_reader(shared_artifact_id(key)).close()
 
@@ -1028,6 +1030,35 @@ def test_a_trial_records_what_its_imbalance_strategy_reports(
 
     with pytest.raises(ArtifactNotFound):
         store.artifacts.open_reader(shared_artifact_id(key))
+
+
+def test_a_generator_whose_only_trial_failed_goes_with_its_study(
+    sqlite_store: Store, tiny_spec: SpecFactory, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: recorded only by the trials that ended well, the generator of a
+    study whose trials failed or were cancelled stayed for good (up to 214 MB)."""
+    fixed = {"epochs": 1, "width": 8, "depth": 1, "imbalance": "gan", "gan_steps": 2}
+    spec = tiny_spec(budget={"n_trials": 1, "max_failed": 1, "max_retries": 0}, fixed=fixed)
+    study_id = submit_study(sqlite_store, spec).id
+
+    def fails(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("after the generator was made")
+
+    monkeypatch.setattr(automl.train.imbalance, "synthesize", fails)
+    assert Worker(sqlite_store, _options()).run() == 1
+    assert _states(sqlite_store, study_id) == [TrialState.FAIL]
+    made = [name for name in _artifact_ids(sqlite_store) if name.startswith("shared-gan-")]
+    assert len(made) == 1
+
+    delete_study(sqlite_store, study_id)
+
+    assert [name for name in _artifact_ids(sqlite_store) if name.startswith("shared-")] == []
+
+
+def _artifact_ids(store: Store) -> list[str]:
+    folder = store.artifacts
+    assert isinstance(folder, FolderArtifactStore)
+    return sorted(path.name for path in folder.directory.iterdir())
 
 
 def test_each_trial_trains_with_its_own_seed_from_the_study_seed_and_its_ticket(
