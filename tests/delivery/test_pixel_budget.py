@@ -107,7 +107,7 @@ def rss_mb():
     with open("/proc/self/status") as status:
         return int(next(l for l in status if l.startswith("VmRSS:")).split()[1]) / 1024
 
-Image.new("RGBA", (4000, 4000), (10, 20, 30, 128)).save(sys.argv[1])  # 16 megapixels
+Image.new("RGBA", (3000, 3000), (10, 20, 30, 128)).save(sys.argv[1])  # 9 megapixels
 together = threading.Barrier(3)
 
 def decode():  # side by side, as concurrent requests: each thread then has its own arena
@@ -132,14 +132,19 @@ def test_freed_decode_memory_goes_back_to_the_system(tmp_path: Path) -> None:
     """Found by a tester: after bursts of near-limit images the API held 2.3 GB it no
     longer used (glibc keeps each thread's freed memory for that thread). In a fresh
     process: one that decoded before may reuse what it kept."""
-    done = subprocess.run(
-        [sys.executable, "-c", TRIM_SCRIPT, str(tmp_path / "large.png")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    kept, left = map(float, done.stdout.split())
+    runs = []
+    for _ in range(3):  # how much glibc keeps varies from run to run: a run that kept some
+        done = subprocess.run(
+            [sys.executable, "-c", TRIM_SCRIPT, str(tmp_path / "large.png")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        kept, left = map(float, done.stdout.split())
+        runs.append((kept, left))
+        if kept > 30:
+            break
 
-    assert kept > 30, f"nothing to give back ({kept:.0f} MB): the test shows nothing"
+    assert kept > 30, f"nothing to give back in 3 runs ({runs}): the test shows nothing"
     assert left < kept / 2, (kept, left)
