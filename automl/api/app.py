@@ -111,9 +111,10 @@ def create_app(
 
 
 class NoSniff:
-    """Tells browsers to take every answer as the type it declares
+    """Tells browsers to take every answer of the app as the type it declares
     (``X-Content-Type-Options: nosniff``): a weights file or a JSON error is never run as
-    a script or shown as a page.
+    a script or shown as a page. (Starlette's own answer to an unhandled error, a plain
+    text 500, is made outside it.)
 
     Args:
         app: The ASGI app it wraps.

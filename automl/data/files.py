@@ -185,12 +185,12 @@ class ImageOptions(DatasetOptions):
 
     @model_validator(mode="after")
     def _check_decoded_size(self) -> ImageOptions:
-        plan = self.plan() if within_strict_input() else None
+        plan = self._file_plan() if within_strict_input() else None
         if plan is not None:  # at submit; a worker checks again before decoding
             check_decoded_size(plan)
         return self
 
-    def plan(self) -> FilePlan | None:
+    def _file_plan(self) -> FilePlan | None:
         """Lists the files these options name (each file source has its own listing; a
         plugin's that has none is not checked at submit)."""
         return None

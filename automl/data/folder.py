@@ -64,7 +64,7 @@ class ImageFolderOptions(ImageOptions):
         check_split_folder(value, info, scan_class_folder, _flat)
         return value
 
-    def plan(self) -> FilePlan:
+    def _file_plan(self) -> FilePlan:
         """Lists the files of every given split."""
         return plan_image_folder(self)
 

@@ -67,7 +67,7 @@ class FrameSequencesOptions(ImageOptions):
         check_split_folder(value, info, scan_clip_folder, _frame_files)
         return value
 
-    def plan(self) -> FilePlan:
+    def _file_plan(self) -> FilePlan:
         """Lists the files of every given split."""
         return plan_frame_sequences(self)
 

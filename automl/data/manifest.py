@@ -73,7 +73,7 @@ class ImageCsvOptions(ImageOptions):
             require_disjoint([path for path, _ in rows], others)
         return value
 
-    def plan(self) -> FilePlan:
+    def _file_plan(self) -> FilePlan:
         """Lists the files of every given split."""
         return plan_image_csv(self)
 
