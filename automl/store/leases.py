@@ -159,13 +159,12 @@ def claim(
     Returns:
         The lease, or None when no active study has work left to hand out.
     """
+    if one_at_a_time:
+        unseen = _unseen_claim(store, worker_id, study_id, exclude)
+        if unseen is not None:
+            return unseen
     for _ in range(CLAIM_RACE_RETRIES):
         with store.write() as connection:
-            unseen = (
-                _unseen_claim(connection, worker_id, study_id, exclude) if one_at_a_time else None
-            )
-            if unseen is not None:
-                return unseen
             study = _lock_next_study_with_work(connection, study_id, exclude)
             if study is None:
                 return None
@@ -269,51 +268,67 @@ def next_pending_ticket(study_id: int) -> sa.Select[tuple[int]]:
 
 
 def _unseen_claim(
-    connection: sa.engine.Connection,
-    worker_id: str,
-    study_id: int | None,
-    exclude: Collection[int],
+    store: Store, worker_id: str, study_id: int | None, exclude: Collection[int]
 ) -> Lease | None:
     """The ticket this worker claimed without hearing so, if any, its heartbeat renewed.
 
     For a worker that holds one ticket at a time and claims only with none in hand: a
-    ticket running under its id at a claim is one whose claim committed while the answer
-    was lost (a connection cut after ``COMMIT``). Claimed again, it would have stayed
-    running unseen until the reaper took it for a lost worker's: a retry used up, or the
-    configuration failed unrun (a tester saw 7 of 20 trials end so at 15% lost answers).
-    A ticket whose attempt started a trial is not one of those (its worker gave it up and
-    could not say so): the reaper ends that trial and requeues the ticket, as before.
+    ticket running under its id whose attempt started no trial is one whose claim committed
+    while the answer was lost (a connection cut after ``COMMIT``). Claimed again, it would
+    have stayed running unseen until the reaper took it for a lost worker's: a retry used
+    up, or the configuration failed unrun (a tester saw 7 of 20 trials end so at 15% lost
+    answers). A ticket whose attempt started a trial is not one of those (its worker gave
+    it up and could not say so): the reaper ends that trial and requeues the ticket.
+
+    The candidates are read unlocked, then the study's row and the ticket's are locked in
+    that order, as the reaper, releases and deletions lock them.
     """
-    tickets, studies = tables.tickets, tables.studies
-    query = (
-        sa.select(tickets, studies.c.seed)
-        .join(studies, studies.c.study_id == tickets.c.study_id)
-        .where(tickets.c.state == TicketState.RUNNING.value, tickets.c.worker_id == worker_id)
+    tickets = tables.tickets
+    query = sa.select(tickets).where(
+        tickets.c.state == TicketState.RUNNING.value, tickets.c.worker_id == worker_id
     )
     if study_id is not None:
         query = query.where(tickets.c.study_id == study_id)
     if exclude:
         query = query.where(tickets.c.study_id.not_in(list(exclude)))
-    row = connection.execute(
-        query.order_by(tickets.c.ticket_id).limit(1).with_for_update(of=tickets)
-    ).first()
-    if row is None:
-        return None
-    key = f"{row.ticket_id}:{row.attempt}"
-    started = attempt_trial(connection, row, key) is not None or (
-        optuna_rows.running_trials_with_attr(connection, row.study_id, attrs.LEASE, key)
+    with store.read() as connection:
+        candidates = connection.execute(query.order_by(tickets.c.ticket_id.desc())).all()
+    for candidate in candidates:
+        with store.write() as connection:
+            study = lock_study(connection, candidate.study_id)
+            row = connection.execute(
+                sa.select(tickets)
+                .where(
+                    tickets.c.ticket_id == candidate.ticket_id,
+                    tickets.c.attempt == candidate.attempt,
+                    tickets.c.worker_id == worker_id,
+                    tickets.c.state == TicketState.RUNNING.value,
+                )
+                .with_for_update()
+            ).first()
+            if study is None or row is None or _attempt_started(connection, row):
+                continue
+            connection.execute(
+                tickets.update()
+                .where(tickets.c.ticket_id == row.ticket_id)
+                .values(heartbeat_at=db_now())
+            )
+            logger.warning(
+                "worker %s: the answer to its claim of ticket %s was lost; taking that ticket",
+                worker_id,
+                row.ticket_id,
+            )
+            return _lease(row, worker_id, study.seed)
+    return None
+
+
+def _attempt_started(connection: sa.engine.Connection, ticket: sa.Row[Any]) -> bool:
+    """Whether the ticket's current attempt created its Optuna trial (linked to the ticket
+    or not yet)."""
+    key = f"{ticket.ticket_id}:{ticket.attempt}"
+    return attempt_trial(connection, ticket, key) is not None or bool(
+        optuna_rows.running_trials_with_attr(connection, ticket.study_id, attrs.LEASE, key)
     )
-    if started:
-        return None
-    connection.execute(
-        tickets.update().where(tickets.c.ticket_id == row.ticket_id).values(heartbeat_at=db_now())
-    )
-    logger.warning(
-        "worker %s: the answer to its claim of ticket %s was lost; taking that ticket",
-        worker_id,
-        row.ticket_id,
-    )
-    return _lease(row, worker_id, row.seed)
 
 
 def _lease(row: sa.Row[Any], worker_id: str, seed: int) -> Lease:

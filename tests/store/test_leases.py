@@ -288,9 +288,12 @@ def test_a_ticket_whose_attempt_started_a_trial_is_left_to_the_reaper(
 
     again = claim(store, "worker-a", study_id, one_at_a_time=True)
     elsewhere = claim(store, "worker-a", study_id, one_at_a_time=True, exclude={study_id})
+    # A second review: the started ticket hid a later claim whose answer was lost.
+    retried = claim(store, "worker-a", study_id, one_at_a_time=True)
 
     assert again is not None and again.ticket_id != started.ticket_id
     assert elsewhere is None  # a ticket of a study it leaves is not taken either
+    assert retried == again
 
 
 def test_finish_and_settle_ends_the_ticket_and_the_study_in_one_call(
