@@ -70,8 +70,8 @@ logger = logging.getLogger("automl.cli")
 
 
 MAY_HAVE_CHANGED = (
-    " (the change may have been made before the connection failed: check with automl status "
-    "before running the command again)"
+    " (the change may have been made before the connection failed: look (automl status, "
+    "trials, keys list) before running the command again)"
 )
 """Said of a command that changes the store when the database failed under it: a commit
 whose answer was lost took effect (a tester's retried extend added its trials twice)."""

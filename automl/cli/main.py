@@ -422,7 +422,18 @@ nothing heavy at the top (torch, optuna, the store), only inside its local branc
 
 
 CHANGING_COMMANDS = frozenset(
-    {"submit", "cancel", "extend", "resume", "rerun-failed", "enqueue", "delete", "refit"}
+    {
+        "submit",
+        "run",
+        "cancel",
+        "extend",
+        "resume",
+        "rerun-failed",
+        "enqueue",
+        "delete",
+        "refit",
+        "keys",
+    }
 )
 """Commands that change the store in one request: a database that fails under one may
 have taken the change (its error says so)."""

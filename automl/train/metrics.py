@@ -98,7 +98,7 @@ METRICS.add(
     Metric(lambda e: e.model.batch_latency_ms, "minimize"),
     description=(
         "Median inference time of a batch of 256 images on the trial's device (ms); images "
-        "larger than 64x64 RGB are measured in a smaller batch, scaled to 256."
+        "larger than 32x32 RGB are measured in a smaller batch, scaled to 256."
     ),
 )
 

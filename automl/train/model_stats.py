@@ -15,8 +15,9 @@ from automl.train.accel import Accelerator
 
 LATENCY_BATCH = 256
 """Batch size of ``ModelStats.batch_latency_ms``."""
-LATENCY_BATCH_ELEMENTS = LATENCY_BATCH * 3 * 64 * 64
-"""Most input values of the batch measured: 256 images up to 64x64 RGB, fewer larger ones."""
+LATENCY_BATCH_ELEMENTS = LATENCY_BATCH * 3 * 32 * 32
+"""Most input values of the batch measured: 256 images up to 32x32 RGB, fewer larger ones
+(a wide CNN took 4.6 GB on 256 images of 64x64 pixels)."""
 WARMUP_RUNS = {"cpu": 1, "cuda": 3}
 """Untimed passes first: CUDA's first passes load kernels and grow the memory pool."""
 MAX_TIMED_RUNS = 3
@@ -36,7 +37,7 @@ class ModelStats:
     """Median inference time of one image, in milliseconds."""
     batch_latency_ms: float
     """Median inference time of a batch of ``LATENCY_BATCH`` images, in milliseconds (of a
-    smaller batch, scaled, for images larger than 64x64 RGB: ``latency_batch``)."""
+    smaller batch, scaled, for images larger than 32x32 RGB: ``latency_batch``)."""
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -88,7 +89,7 @@ def profile_model(model: nn.Module, input_shape: Sequence[int], accel: Accelerat
     """Counts ``model``'s parameters and measures its latency at batch 1 and batch 256 on
     ``accel``'s device, in its arithmetic.
 
-    Images larger than ``LATENCY_BATCH_ELEMENTS`` allows at 256 (above 64x64 RGB) are
+    Images larger than ``LATENCY_BATCH_ELEMENTS`` allows at 256 (above 32x32 RGB) are
     measured in the largest batch within it, scaled to 256: at 384x384 pixels a batch of
     256 took a worker past 10 GB. The batch depends on the image size only, so every
     trial of a study is measured alike whatever its ``batch_size``.

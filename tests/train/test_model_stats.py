@@ -29,15 +29,16 @@ class BatchRecorder(nn.Module):
     [
         ((1, 8, 8), 256),
         ((3, 32, 32), 256),
-        ((3, 64, 64), 256),
-        ((3, 128, 128), 64),
-        ((3, 384, 384), 7),
+        ((3, 64, 64), 64),
+        ((1, 64, 64), 192),
+        ((3, 384, 384), 1),
     ],
 )
-def test_the_batch_latency_runs_256_images_up_to_64x64_rgb_and_fewer_larger_ones(
+def test_the_batch_latency_runs_256_images_up_to_32x32_rgb_and_fewer_larger_ones(
     shape: tuple[int, int, int], batch: int
 ) -> None:
-    """Found by a tester: at 384x384 pixels the batch of 256 took a worker past 10 GB."""
+    """Found by a tester: at 384x384 pixels the batch of 256 took a worker past 10 GB (and
+    by review: a wide CNN 4.6 GB at 64x64)."""
     model = BatchRecorder(shape[0] * shape[1] * shape[2])
     accel = Accelerator.for_device(torch.device("cpu"), sample_dims=3)
 
