@@ -487,7 +487,7 @@ def _run_locally(command: Command, args: argparse.Namespace, settings: Settings)
 
     _quiet_optuna()
     load_plugins()
-    changes = args.command in CHANGING_COMMANDS
+    changes = args.command in CHANGING_COMMANDS and getattr(args, "keys_command", "") != "list"
     with errors_as_cli_errors(getattr(args, "spec", None), changes=changes):
         return command(args, settings)
 
