@@ -1025,18 +1025,21 @@ def study_system_attr_keys(
     return [key for key in connection.scalars(query) if key.startswith(prefix)]
 
 
-def other_study_has_system_attr(connection: sa.engine.Connection, study_id: int, key: str) -> bool:
-    """Whether a study other than ``study_id`` has the system attribute ``key`` (one query
-    over the studies' attributes: a few rows per study, none per trial)."""
-    query = (
-        sa.select(study_system_attributes.c.study_id)
-        .where(
-            study_system_attributes.c.key == key,
-            study_system_attributes.c.study_id != study_id,
-        )
-        .limit(1)
+def other_study_has_system_attr(
+    connection: sa.engine.Connection,
+    study_id: int,
+    key: str,
+    ignore: sa.Select[Any] | None = None,
+) -> bool:
+    """Whether a study other than ``study_id`` (and the ones ``ignore`` selects) has the
+    system attribute ``key``: one query over the studies' attributes (a few rows per
+    study, none per trial)."""
+    query = sa.select(study_system_attributes.c.study_id).where(
+        study_system_attributes.c.key == key, study_system_attributes.c.study_id != study_id
     )
-    return connection.execute(query).first() is not None
+    if ignore is not None:
+        query = query.where(study_system_attributes.c.study_id.not_in(ignore))
+    return connection.execute(query.limit(1)).first() is not None
 
 
 def trial_system_attr_keys(

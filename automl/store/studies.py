@@ -42,7 +42,7 @@ from automl.store.projects import (
 )
 from automl.store.refits import read_refit, refit_artifacts
 from automl.store.retention import OPTUNA_ARTIFACT_ATTR
-from automl.store.shared_artifacts import remove_unshared
+from automl.store.shared_artifacts import remove_unshared, shared_keys_of
 from automl.store.status import (
     ACTIVE,
     change_status,
@@ -1106,7 +1106,7 @@ def finish_deletion(store: Store, study_id: int) -> bool:
         Whether the study is gone (False: workers kept adding artifacts or taking locks;
         the reaper's next pass goes on).
     """
-    remove_unshared(store, study_id)
+    shared = remove_unshared(store, study_id)
     removed: set[str] = set()
     for _ in range(DELETION_ROUNDS):
         with store.read() as connection:
@@ -1119,9 +1119,13 @@ def finish_deletion(store: Store, study_id: int) -> bool:
                 _lock_study_rows(connection, study_id)
                 if not _study_artifacts(connection, study_id) <= removed:
                     continue
+                # A trial that recorded a shared artifact since: removed once the rows go.
+                late = shared_keys_of(connection, study_id) - shared
                 optuna_rows.delete_study(connection, study_id)
                 for table in (tables.tickets, tables.evaluations, tables.refits, tables.studies):
                     connection.execute(table.delete().where(table.c.study_id == study_id))
+            if late:
+                remove_unshared(store, study_id, late)
             return True
         except sa.exc.DBAPIError as exc:
             if not is_lock_conflict(exc):

@@ -514,11 +514,11 @@ class _Attempt:
             return {}
         return {attrs.INPUT: facts, attrs.LIBRARIES: library_versions()}
 
-    def _record_use(self, key: str) -> None:
+    def _record_use(self, key: str) -> bool:
         """Records that the study uses the shared artifact ``key`` (a GAN generator), which
-        keeps it until the last such study is deleted. Tried ``OPTIONAL_RECORD_TRIES`` times:
-        without the record the trial still trains (a deletion may then remove what it
-        uses: made again where needed)."""
+        keeps it until the last such study is deleted; whether it did. Tried
+        ``OPTIONAL_RECORD_TRIES`` times: without the record the trial still trains, with
+        its machine's copy only."""
         try:
             retry_transient(
                 lambda: self.coordinator.storage.set_study_system_attr(
@@ -531,8 +531,13 @@ class _Attempt:
             )
         except Exception as exc:
             logger.warning(
-                "study %s: its use of %s is not recorded: %s", self.lease.study_id, key, exc
+                "study %s: its use of %s is not recorded (kept on this machine only): %s",
+                self.lease.study_id,
+                key,
+                exc,
             )
+            return False
+        return True
 
     def _save_model_card(self, values: list[float]) -> None:
         """Stores the trial's model card as an Optuna artifact, for optuna-dashboard. Tried

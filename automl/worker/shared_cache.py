@@ -24,21 +24,22 @@ class SharedArtifactCache:
     Args:
         artifacts: The store's artifact store (SQL, folder, S3, or through the proxy).
         local: The machine's cache, which also serializes its processes.
-        on_use: Called with each key before it is first used: the study records the use,
-            which keeps the artifact until the last such study is deleted
-            (``automl.store.shared_artifacts``).
+        on_use: Called with each key before it is first used: whether the study recorded
+            the use, which keeps the artifact until the last such study is deleted
+            (``automl.store.shared_artifacts``). Unrecorded, an artifact is made and kept on
+            this machine only: a shared copy no study records would stay for good.
     """
 
     def __init__(
         self,
         artifacts: ArtifactStore,
         local: LocalArtifactCache | None = None,
-        on_use: Callable[[str], None] = lambda key: None,
+        on_use: Callable[[str], bool] = lambda key: True,
     ) -> None:
         self.artifacts = artifacts
         self.local = local or LocalArtifactCache()
         self.on_use = on_use
-        self._used: set[str] = set()
+        self._recorded: dict[str, bool] = {}
 
     def get_or_create(self, key: str, create: Callable[[], bytes]) -> bytes:
         """The bytes under ``key``: local copy, else the shared store, else ``create()``."""
@@ -52,7 +53,6 @@ class SharedArtifactCache:
                 self.artifacts.write(shared_artifact_id(key), io.BytesIO(content))
                 return content
 
-        if key not in self._used:
-            self.on_use(key)
-            self._used.add(key)
-        return self.local.get_or_create(key, shared_or_create)
+        if key not in self._recorded:
+            self._recorded[key] = self.on_use(key)
+        return self.local.get_or_create(key, shared_or_create if self._recorded[key] else create)

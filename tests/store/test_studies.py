@@ -658,6 +658,36 @@ def test_a_shared_generator_goes_with_the_last_study_that_used_it(
     assert [key for key, artifact in shared.items() if _exists(store, artifact)] == ["gan-c-0-9"]
 
 
+def test_shared_generators_of_studies_deleted_at_once_or_recorded_late_go_too(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a second review: two deletions at once each kept the generator for the
+    other, and a use recorded while the study was deleted kept it for good."""
+    for key in ("gan-both-0-1", "gan-late-0-1"):
+        store.artifacts.write(shared_artifact_id(key), io.BytesIO(b"generator"))
+    first = _study_using(store, tiny_spec, "first", ["gan-both-0-1"])
+    second = _study_using(store, tiny_spec, "second", ["gan-both-0-1"])
+    with store.write() as connection:  # being deleted by another process
+        connection.execute(
+            tables.studies.update()
+            .where(tables.studies.c.study_id == second)
+            .values(status=tables.DELETING)
+        )
+    real = studies_module.remove_unshared
+
+    def then_a_late_use(store: Store, study_id: int, keys: Any = None) -> set[str]:
+        looked = real(store, study_id, keys)
+        if keys is None:  # the first pass: a cancelled trial records its use just after
+            store.storage.set_study_system_attr(first, shared_use_attr("gan-late-0-1"), True)
+        return looked
+
+    monkeypatch.setattr(studies_module, "remove_unshared", then_a_late_use)
+    delete_study(store, first)
+
+    assert not _exists(store, shared_artifact_id("gan-both-0-1"))
+    assert not _exists(store, shared_artifact_id("gan-late-0-1"))
+
+
 def _cancelled_with_a_running_ticket(
     store: Store, tiny_spec: SpecFactory
 ) -> tuple[int, Lease, int]:
