@@ -63,8 +63,11 @@ def resident_mb():
     with open("/proc/self/status") as status:
         return int(next(l for l in status if l.startswith("VmRSS:")).split()[1]) / 1024
 
-def decode_two():
+together = threading.Barrier(3)
+
+def decode_two():  # side by side, as concurrent requests: each thread has its own arena
     for _ in range(2):
+        together.wait()
         decode_image(sys.argv[1], Preprocess(64, 64))
 
 before = resident_mb()
@@ -111,12 +114,24 @@ def write_image(kind: str, side: int, folder: Path) -> Path:
     return path
 
 
-def run(script: str, *args: str) -> dict:
-    """Runs ``script`` in a fresh interpreter; its one line of JSON."""
+def run(script: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """Runs ``script`` in a fresh interpreter (in ``env``, default this one's); its one
+    line of JSON."""
     done = subprocess.run(
-        [sys.executable, "-c", script, *args], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+        env=env,
     )
     return json.loads(done.stdout.splitlines()[-1])
+
+
+def burst(path: str, env: dict[str, str] | None = None) -> dict:
+    """Three threads decode ``path`` twice each, side by side, in a fresh process: the
+    memory (MB) it kept after them and what was left after ``release_freed_memory``."""
+    return run(BURST_SCRIPT, path, env=env)
 
 
 def main() -> None:
@@ -134,10 +149,10 @@ def main() -> None:
                 raise SystemExit(f"{kind}: the two sides decoded different pixels")
             ratio = textbook["peak_mb"] / ours["peak_mb"]
             print(f"{kind:<20} {textbook['peak_mb']:>12.0f} {ours['peak_mb']:>10.0f} {ratio:>6.2f}")
-        burst = run(BURST_SCRIPT, str(write_image("rgba", args.side, Path(folder))))
+        after = burst(str(write_image("rgba", args.side, Path(folder))))
         print(
-            f"burst of 6 rgba images on 3 threads: {burst['kept_mb']:.0f} MB kept, "
-            f"{burst['left_mb']:.0f} MB after release_freed_memory"
+            f"burst of 6 rgba images on 3 threads: {after['kept_mb']:.0f} MB kept, "
+            f"{after['left_mb']:.0f} MB after release_freed_memory"
         )
 
 

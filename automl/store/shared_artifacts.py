@@ -12,7 +12,6 @@ it makes on its machine only (recorded by no study, a shared copy would stay for
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -48,23 +47,21 @@ def remove_unshared(store: Store, study_id: int, keys: Iterable[str] | None = No
     Returns:
         The keys looked at (removed or kept).
     """
+    deleting = sa.select(tables.studies.c.study_id).where(
+        tables.studies.c.status == tables.DELETING
+    )
     with store.read() as connection:
         looked = set(keys) if keys is not None else shared_keys_of(connection, study_id)
         alone = [
             key
             for key in sorted(looked)
             if not optuna_rows.other_study_has_system_attr(
-                connection, study_id, shared_use_attr(key), ignore=_deleting(connection)
+                connection, study_id, shared_use_attr(key), ignore=deleting
             )
         ]
     for key in alone:
         remove_quietly(store.artifacts, shared_artifact_id(key))
     return looked
-
-
-def _deleting(connection: sa.engine.Connection) -> sa.Select[Any]:
-    studies = tables.studies
-    return sa.select(studies.c.study_id).where(studies.c.status == tables.DELETING)
 
 
 __all__ = [

@@ -514,20 +514,28 @@ class _Attempt:
             return {}
         return {attrs.INPUT: facts, attrs.LIBRARIES: library_versions()}
 
+    def _optional_record(self, call: Callable[[], T], doing: str) -> T:
+        """``call``, tried ``OPTIONAL_RECORD_TRIES`` times over database errors (a record
+        the trial can do without: the caller says what is lost if it still fails)."""
+        return retry_transient(
+            call,
+            backoff=Backoff(logger),
+            doing=doing,
+            give_up=self.ctx.stopping,
+            attempts=OPTIONAL_RECORD_TRIES,
+        )
+
     def _record_use(self, key: str) -> bool:
         """Records that the study uses the shared artifact ``key`` (a GAN generator), which
         keeps it until the last such study is deleted; whether it did. Tried
         ``OPTIONAL_RECORD_TRIES`` times: without the record the trial still trains, with
         its machine's copy only."""
         try:
-            retry_transient(
+            self._optional_record(
                 lambda: self.coordinator.storage.set_study_system_attr(
                     self.lease.study_id, shared_use_attr(key), True
                 ),
-                backoff=Backoff(logger),
-                doing=f"recording the use of {key}",
-                give_up=self.ctx.stopping,
-                attempts=OPTIONAL_RECORD_TRIES,
+                f"recording the use of {key}",
             )
         except Exception as exc:
             logger.warning(
@@ -558,12 +566,9 @@ class _Attempt:
                 metrics=self.spec.metrics,
                 directions=self.spec.directions,
             )
-            saved = retry_transient(
+            saved = self._optional_record(
                 lambda: save_model_card(trial, card, self.coordinator.artifacts),
-                backoff=Backoff(logger),
-                doing=f"storing the model card of trial {trial.number}",
-                give_up=self.ctx.stopping,
-                attempts=OPTIONAL_RECORD_TRIES,
+                f"storing the model card of trial {trial.number}",
             )
             self.uploaded.append(saved)
         except Exception as exc:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from PIL import Image
 from automl.data.decode import Preprocess
 from automl.delivery import inference, pixel_budget
 from automl.delivery.pixel_budget import DECODING, TRIM_AFTER_PIXELS, PixelBudget
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _holding(budget: PixelBudget, pixels: int, release: threading.Event) -> threading.Thread:
@@ -98,36 +99,6 @@ def test_the_last_large_decode_gives_the_freed_memory_back() -> None:
     assert releases == [0]
 
 
-TRIM_SCRIPT = """
-import sys, threading
-from PIL import Image
-from automl.data.decode import Preprocess, decode_image
-from automl.delivery import pixel_budget
-
-def rss_mb():
-    with open("/proc/self/status") as status:
-        return int(next(l for l in status if l.startswith("VmRSS:")).split()[1]) / 1024
-
-Image.new("RGBA", (3000, 3000), (10, 20, 30, 128)).save(sys.argv[1])  # 9 megapixels
-together = threading.Barrier(3)
-
-def decode():  # side by side, as concurrent requests: each thread then has its own arena
-    for _ in range(2):
-        together.wait()
-        decode_image(sys.argv[1], Preprocess(8, 8))
-
-before = rss_mb()
-threads = [threading.Thread(target=decode) for _ in range(3)]
-for thread in threads:
-    thread.start()
-for thread in threads:
-    thread.join()
-kept = rss_mb() - before
-pixel_budget.release_freed_memory()
-print(kept, rss_mb() - before)
-"""
-
-
 ALLOCATOR_DEFAULTS = {
     name: value
     for name, value in os.environ.items()
@@ -138,24 +109,22 @@ preloaded jemalloc keep nothing to give back: nothing to show)."""
 
 
 @pytest.mark.skipif(pixel_budget._TRIM is None, reason="no glibc malloc_trim here")
-def test_freed_decode_memory_goes_back_to_the_system(tmp_path: Path) -> None:
+def test_freed_decode_memory_goes_back_to_the_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Found by a tester: after bursts of near-limit images the API held 2.3 GB it no
-    longer used (glibc keeps each thread's freed memory for that thread). In a fresh
-    process: one that decoded before may reuse what it kept."""
+    longer used (glibc keeps each thread's freed memory for that thread). The burst of
+    ``benchmarks/bench_decode_memory.py``, in a fresh process: one that decoded before
+    may reuse what it kept."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("bench_decode_memory")
+    path = str(bench.write_image("rgba", 3000, tmp_path))  # 9 megapixels
     runs = []
     for _ in range(3):  # how much glibc keeps varies from run to run: a run that kept some
-        done = subprocess.run(
-            [sys.executable, "-c", TRIM_SCRIPT, str(tmp_path / "large.png")],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-            env=ALLOCATOR_DEFAULTS,
-        )
-        kept, left = map(float, done.stdout.split())
-        runs.append((kept, left))
-        if kept > 30:
+        runs.append(bench.burst(path, env=ALLOCATOR_DEFAULTS))
+        if runs[-1]["kept_mb"] > 30:
             break
+    kept, left = runs[-1]["kept_mb"], runs[-1]["left_mb"]
 
     assert kept > 30, f"nothing to give back in 3 runs ({runs}): the test shows nothing"
     assert left < kept / 2, (kept, left)
