@@ -7,6 +7,7 @@ argparse refuses it instead, with its usage line and one ``error:`` line (exit c
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 
 from automl.config import MAX_ID, MAX_POLL_INTERVAL_S
@@ -86,3 +87,17 @@ def poll_seconds(text: str) -> float:
 def top_count(text: str) -> int:
     """Classes listed per image by predict and annotate: 1 to ``MAX_TOP``, as over the API."""
     return _ranged(text, 1, MAX_TOP, "classes per image")
+
+
+MAX_IDEMPOTENCY_KEY = 256
+_KEY_CHARACTERS = re.compile(r"[\x21-\x7e]+")
+
+
+def idempotency_key(text: str) -> str:
+    """A submission's idempotency key: 1 to 256 visible ASCII characters (an HTTP header
+    value, and the store's column)."""
+    if not 1 <= len(text) <= MAX_IDEMPOTENCY_KEY or not _KEY_CHARACTERS.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters, no spaces"
+        )
+    return text

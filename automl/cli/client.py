@@ -35,7 +35,9 @@ from automl.store import (
 class Client(Protocol):
     """What the CLI needs from the service."""
 
-    def submit(self, text: str, is_json: bool) -> StudyDetail: ...
+    def submit(
+        self, text: str, is_json: bool, idempotency_key: str | None = None
+    ) -> StudyDetail: ...
     def studies(self, limit: int) -> Page[StudySummary]: ...
     def study(self, study_id: int) -> StudyDetail: ...
     def best(self, study_id: int) -> BestTrials: ...
@@ -56,9 +58,11 @@ class LocalClient:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def submit(self, text: str, is_json: bool) -> StudyDetail:
-        """Validates and submits a spec's text (YAML reads JSON too)."""
-        return submit_study(self.store, spec_from_text(text, is_json=is_json))
+    def submit(self, text: str, is_json: bool, idempotency_key: str | None = None) -> StudyDetail:
+        """Validates and submits a spec's text (YAML reads JSON too); a repeat with the same
+        ``idempotency_key`` answers with the study the first one made."""
+        spec = spec_from_text(text, is_json=is_json)
+        return submit_study(self.store, spec, idempotency_key)
 
     def studies(self, limit: int) -> Page[StudySummary]:
         """Newest studies first."""

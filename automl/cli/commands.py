@@ -23,7 +23,13 @@ from optuna.trial import FrozenTrial
 from pydantic import BaseModel
 
 from automl.cli.client import ClientError
-from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, CliError
+from automl.cli.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CliError,
+)
 from automl.cli.output import (
     best_text,
     entries_text,
@@ -69,18 +75,11 @@ from automl.worker.loop import UnusableFolderError, check_folders
 logger = logging.getLogger("automl.cli")
 
 
-MAY_HAVE_CHANGED = (
-    " (the change may have been made before the connection failed: look (automl status, "
-    "trials, keys list) before running the command again)"
-)
-"""Said of a command that changes the store when the database failed under it: a commit
-whose answer was lost took effect (a tester's retried extend added its trials twice)."""
-
-
 @contextmanager
-def errors_as_cli_errors(spec_path: str | None, changes: bool = False) -> Iterator[None]:
+def errors_as_cli_errors(spec_path: str | None, cut_off_hint: str = "") -> Iterator[None]:
     """Turns the store's, the spec's and the client's known errors into ``CliError``s;
-    ``changes``: the command changes the store (an outage then may have let it)."""
+    ``cut_off_hint``: what to add when the database failed under the command (one that
+    changes the store: ``change_hint``)."""
     try:
         yield
     except SpecError as exc:
@@ -102,8 +101,8 @@ def errors_as_cli_errors(spec_path: str | None, changes: bool = False) -> Iterat
             raise CliError(f"{SCHEMA_MISSING}: {first_line(exc)}", EXIT_FAILURE) from None
         if not is_transient(exc):
             raise
-        hint = MAY_HAVE_CHANGED if changes else ""
-        raise CliError(f"storage unavailable: {first_line(exc)}{hint}", EXIT_FAILURE) from None
+        message = f"storage unavailable: {first_line(exc)}{cut_off_hint}"
+        raise CliError(message, EXIT_FAILURE) from None
 
 
 def open_store(settings: Settings, *, create: bool = False) -> Store:

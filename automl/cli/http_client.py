@@ -34,12 +34,22 @@ class ClientError(RuntimeError):
     Attributes:
         bad_input: The caller's input (a study id, a spec, the URL) was at fault.
         status: The HTTP status of the answer (None: there was none).
+        may_have_arrived: The request may have reached the API and taken effect (the
+            connection failed after it was sent, or a server error answered).
     """
 
-    def __init__(self, message: str, bad_input: bool = False, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        bad_input: bool = False,
+        status: int | None = None,
+        *,
+        may_have_arrived: bool = False,
+    ) -> None:
         super().__init__(message)
         self.bad_input = bad_input
         self.status = status
+        self.may_have_arrived = may_have_arrived or (status is not None and status >= 500)
 
 
 class HttpClient:
@@ -63,10 +73,13 @@ class HttpClient:
         """The headers every request carries."""
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def submit(self, text: str, is_json: bool) -> StudyDetail:
-        """Sends a spec's text (validated by the server)."""
+    def submit(self, text: str, is_json: bool, idempotency_key: str | None = None) -> StudyDetail:
+        """Sends a spec's text (validated by the server); a repeat with the same
+        ``idempotency_key`` answers with the study the first one made."""
         content_type = "application/json" if is_json else "application/yaml"
         headers = {"content-type": content_type}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
         return self._answer(StudyDetail, "POST", "/studies", content=text, headers=headers)
 
     def studies(self, limit: int) -> Page[StudySummary]:
@@ -200,10 +213,15 @@ class HttpClient:
         except httpx.ReadTimeout:
             waited = kwargs.get("timeout", HTTP_TIMEOUT_S)
             raise ClientError(
-                f"the API at {self.base_url} did not answer {method} {path} within {waited:g} s"
+                f"the API at {self.base_url} did not answer {method} {path} within {waited:g} s",
+                may_have_arrived=True,
             ) from None
         except httpx.HTTPError as exc:
-            raise ClientError(f"cannot reach the API at {self.base_url}: {exc}") from None
+            # Only a failed connection is sure to have sent nothing.
+            sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+            raise ClientError(
+                f"cannot reach the API at {self.base_url}: {exc}", may_have_arrived=sent
+            ) from None
         if response.is_success:
             return response
         message = _error_text(response)

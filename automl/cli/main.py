@@ -7,6 +7,7 @@ import difflib
 import importlib
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from automl import __version__
 from automl.cli.arguments import (
     concurrency,
     count,
+    idempotency_key,
     non_negative,
     poll_seconds,
     port_number,
@@ -25,7 +27,14 @@ from automl.cli.arguments import (
     top_count,
 )
 from automl.cli.dashboard_commands import DEFAULT_PORT
-from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError
+from automl.cli.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    MAY_HAVE_CHANGED,
+    CliError,
+    may_have_submitted,
+)
 from automl.config import Limits, Settings, settings_error
 from automl.delivery.schemas import MAX_TOP
 
@@ -184,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = commands.add_parser("submit", help="submit a study spec")
     submit.add_argument("spec", help="study spec (YAML or JSON)")
+    submit.add_argument(
+        "--idempotency-key",
+        type=idempotency_key,
+        # A new key each run: a submit cut off by a failing connection names it, so that
+        # running it again with the key cannot submit twice.
+        default=f"submit-{secrets.token_urlsafe(12)}",
+        metavar="KEY",
+        help="submit at most once: another submit with KEY (and the same spec) answers "
+        "with the study the first one made (default: a new key each run)",
+    )
     target_args(submit)
 
     validate = commands.add_parser(
@@ -478,7 +497,8 @@ def _run_against_api(command: Command, args: argparse.Namespace, settings: Setti
     try:
         return command(args, settings)
     except ClientError as exc:
-        raise CliError(str(exc), EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILURE) from None
+        hint = change_hint(args) if exc.may_have_arrived else ""
+        raise CliError(f"{exc}{hint}", EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILURE) from None
 
 
 def _run_locally(command: Command, args: argparse.Namespace, settings: Settings) -> int:
@@ -487,9 +507,19 @@ def _run_locally(command: Command, args: argparse.Namespace, settings: Settings)
 
     _quiet_optuna()
     load_plugins()
-    changes = args.command in CHANGING_COMMANDS and getattr(args, "keys_command", "") != "list"
-    with errors_as_cli_errors(getattr(args, "spec", None), changes=changes):
+    with errors_as_cli_errors(getattr(args, "spec", None), change_hint(args)):
         return command(args, settings)
+
+
+def change_hint(args: argparse.Namespace) -> str:
+    """What to add to the error of a command cut off by a failing connection (to the
+    database, or to the API after its request was sent): a change may have been made.
+    Empty for a command that changes nothing."""
+    if args.command not in CHANGING_COMMANDS or getattr(args, "keys_command", "") == "list":
+        return ""
+    if args.command == "submit":
+        return may_have_submitted(args.idempotency_key)
+    return MAY_HAVE_CHANGED
 
 
 QUIET_LOGGERS = ("httpx", "httpcore", "torch")

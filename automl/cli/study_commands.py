@@ -55,7 +55,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
         spec_from_text(text, is_json=is_json)  # refused before a store is created for it
     client = client_for(settings, create=True)
-    study = client.submit(text, is_json)
+    study = client.submit(text, is_json, args.idempotency_key)
     if args.json:
         print_json(study)
     else:

@@ -26,7 +26,7 @@ from automl import __version__
 from automl.api import create_app
 from automl.cli import client as cli_client
 from automl.cli import http_client, study_commands
-from automl.cli.commands import MAY_HAVE_CHANGED
+from automl.cli.errors import MAY_HAVE_CHANGED, may_have_submitted
 from automl.cli.main import build_parser, main
 from automl.config import Settings
 from automl.spec import validate_spec
@@ -255,6 +255,72 @@ def test_a_change_cut_off_by_the_database_may_have_been_made_and_says_so(
     assert one_error_line(err) == said + MAY_HAVE_CHANGED
     assert read[0] == 1
     assert one_error_line(read[2]) == said
+
+
+def _key_in(error_line: str) -> str:
+    """The idempotency key a cut-off submit names."""
+    return error_line.split("--idempotency-key ")[1].split()[0]
+
+
+def test_a_submit_cut_off_by_the_database_names_a_key_that_submits_at_most_once(
+    cli: Run, spec_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submit whose commit answer was lost took effect: run again as told, it answers
+    with that study instead of submitting a second one."""
+    submit_study = cli_client.submit_study
+
+    def committed_then_cut(*args: Any, **kwargs: Any) -> Any:
+        submit_study(*args, **kwargs)
+        raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed"))
+
+    monkeypatch.setattr(cli_client, "submit_study", committed_then_cut)
+    code, _, err = cli("submit", str(spec_file))
+    monkeypatch.setattr(cli_client, "submit_study", submit_study)
+    key = _key_in(one_error_line(err))
+    again = cli("submit", str(spec_file), "--idempotency-key", key)
+    listed = json.loads(cli("status", "--json")[1])
+
+    assert code == 1
+    assert one_error_line(err) == (
+        "error: storage unavailable: (builtins.Exception) server closed" + may_have_submitted(key)
+    )
+    assert again[:2] == (0, "submitted study 1 (tiny): queued\n")
+    assert listed["count"] == 1
+
+
+def test_each_submit_has_its_own_key_and_a_reused_key_needs_the_same_spec(
+    cli: Run, spec_file: Path, tmp_path: Path
+) -> None:
+    other = write_spec(tmp_path / "other.yaml", tiny_spec_data(name="other"))
+    first = cli("submit", str(spec_file))
+    second = cli("submit", str(spec_file))
+    keyed = cli("submit", str(spec_file), "--idempotency-key", "k-1")
+    repeated = cli("submit", str(spec_file), "--idempotency-key", "k-1")
+    conflict = cli("submit", str(other), "--idempotency-key", "k-1")
+
+    assert [first[1], second[1], keyed[1], repeated[1]] == [
+        "submitted study 1 (tiny): queued\n",
+        "submitted study 2 (tiny-2): queued\n",
+        "submitted study 3 (tiny-3): queued\n",
+        "submitted study 3 (tiny-3): queued\n",
+    ]
+    assert conflict[0] == 2
+    assert one_error_line(conflict[2]) == (
+        "error: Idempotency-Key 'k-1' was already used for study 3 with a different spec"
+    )
+
+
+@pytest.mark.parametrize("key", ["", "two words", "k" * 257, "caf\u00e9"])
+def test_a_key_no_header_can_carry_is_a_usage_error(
+    cli: Run, spec_file: Path, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["submit", str(spec_file), "--idempotency-key", key])
+
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("automl submit: error: argument --idempotency-key: "), last
+    assert _no_store_here(cli)
 
 
 def test_validate_names_every_problem_in_one_line_exit_2(cli: Run, bad_spec_file: Path) -> None:
@@ -643,6 +709,71 @@ def test_submit_and_status_over_http(cli: Run, api_url: str, spec_file: Path) ->
     assert _no_store_here(cli), "--url must not touch the local store"
     _, one, _ = cli("status", "1", "--url", api_url)
     assert one.splitlines()[0] == "study 1: tiny"
+
+
+@pytest.fixture
+def lose_answers(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Makes the CLI's requests with ``method`` reach the API, then lose its answer (the
+    connection drops after the API has done the work)."""
+
+    sent = TestClient.request
+
+    def lose(method: str) -> None:
+        def cut(client: Any, verb: str, *args: Any, **kwargs: Any) -> Any:
+            answer = sent(client, verb, *args, **kwargs)
+            if verb == method:
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response")
+            return answer
+
+        monkeypatch.setattr(TestClient, "request", cut)
+
+    return lose
+
+
+def test_a_submit_whose_answer_was_lost_over_http_names_a_key_that_submits_at_most_once(
+    cli: Run, api_url: str, spec_file: Path, lose_answers: Callable[[str], None]
+) -> None:
+    lose_answers("POST")
+    code, _, err = cli("submit", str(spec_file), "--url", api_url)
+    key = _key_in(one_error_line(err))
+    lose_answers("none")
+    again = cli("submit", str(spec_file), "--url", api_url, "--idempotency-key", key)
+    listed = json.loads(cli("status", "--url", api_url, "--json")[1])
+
+    assert code == 1
+    assert one_error_line(err) == (
+        f"error: cannot reach the API at {api_url}: Server disconnected without sending a "
+        "response" + may_have_submitted(key)
+    )
+    assert again[:2] == (0, "submitted study 1 (tiny): queued\n")
+    assert listed["count"] == 1
+
+
+def test_a_change_whose_answer_was_lost_over_http_may_have_been_made_and_says_so(
+    cli: Run, api_url: str, spec_file: Path, lose_answers: Callable[[str], None]
+) -> None:
+    assert cli("submit", str(spec_file), "--url", api_url)[0] == 0
+    lose_answers("POST")
+    code, _, err = cli("extend", "1", "--add-trials", "1", "--url", api_url)
+    lose_answers("none")
+    read = cli("status", "1", "--url", api_url, "--json")
+
+    assert code == 1
+    assert one_error_line(err).endswith(
+        "Server disconnected without sending a response" + MAY_HAVE_CHANGED
+    )
+    assert json.loads(read[1])["n_trials"] == tiny_spec_data()["budget"]["n_trials"] + 1
+
+
+def test_a_submit_that_reached_no_api_says_nothing_was_made(cli: Run, spec_file: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+
+    code, _, err = cli("submit", str(spec_file), "--url", url)
+
+    assert code == 1
+    assert one_error_line(err).startswith(f"error: cannot reach the API at {url}: ")
+    assert "--idempotency-key" not in err
+    assert "may have been" not in err
 
 
 def test_errors_over_http_are_one_line(
