@@ -113,7 +113,7 @@ def scan_class_folder(
     if remembered is not None:
         classes, files = remembered
     else:
-        started = time.time()
+        started = time.monotonic(), time.time()
         classes = subfolders(folder, root)
         files = [image_files(class_dir, root) for class_dir in classes]
         _listings.put(folder, root, classes, files, started)
@@ -163,7 +163,9 @@ class _ListingMemo:
             return None
         taken, stamp, classes, files = entry
         try:
-            fresh = time.time() - taken <= self.MAX_AGE_S and _stamp([folder, *classes]) == stamp
+            fresh = (
+                time.monotonic() - taken <= self.MAX_AGE_S and _stamp([folder, *classes]) == stamp
+            )
         except OSError:  # a class folder went away
             fresh = False
         with self._lock:
@@ -180,17 +182,20 @@ class _ListingMemo:
         root: Path,
         classes: list[Path],
         files: list[list[Path]],
-        started: float,
+        started: tuple[float, float],
     ) -> None:
-        """Remembers a listing taken at ``started`` (``time.time()``) if it is settled."""
+        """Remembers a listing taken at ``started`` (``time.monotonic()``, ``time.time()``)
+        if it is settled. (Its age is kept on the monotonic clock: a clock set back would
+        keep it fresh for longer.)"""
         try:
             stamp = _stamp([folder, *classes])
         except OSError:
             return
-        if any(max(times[1:]) / 1e9 > started - self.SETTLE_S for _, times in stamp):
+        taken, wall = started
+        if any(max(times[1:]) / 1e9 > wall - self.SETTLE_S for _, times in stamp):
             return
         with self._lock:
-            self._entries[(folder, root)] = (started, stamp, classes, files)
+            self._entries[(folder, root)] = (taken, stamp, classes, files)
             self._entries.move_to_end((folder, root))
             while len(self._entries) > self.SIZE:
                 self._entries.popitem(last=False)

@@ -15,7 +15,6 @@ import glob
 import os
 import secrets
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -28,6 +27,7 @@ from automl.data import DatasetError
 from automl.data.paths import confine, data_root, image_files, relative_name, require_dir
 from automl.delivery.inference import ImageFile, InputRejectedError, classify_files
 from automl.delivery.schemas import AnnotateRequest, Annotations, Suggestion
+from automl.file_clock import folder_now
 from automl.store import Store
 
 T = TypeVar("T")
@@ -147,7 +147,8 @@ loss): an annotation writes its CSV in seconds."""
 
 def _remove_stale_temporaries(path: Path) -> None:
     """Deletes the temporary files that killed writes of ``path`` left beside it."""
-    cutoff = time.time() - STALE_TEMPORARY_S
+    # Modification times are the file server's on a network mount: so is the cutoff.
+    cutoff = folder_now(path.parent, f".{path.name}.", ".tmp") - STALE_TEMPORARY_S
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         with contextlib.suppress(OSError):  # another writer's, or gone meanwhile
             if leftover.is_file() and leftover.stat().st_mtime < cutoff:

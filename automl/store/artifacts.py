@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -42,6 +41,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from automl.config import unusable_folder
+from automl.file_clock import folder_now
 from automl.store import attrs, tables
 from automl.store.tables import db_now
 
@@ -159,7 +159,8 @@ class FolderArtifactStore:
         Returns:
             The names of the files removed.
         """
-        cutoff = time.time() - min_age_s
+        # Modification times are the file server's on a network mount: so is the cutoff.
+        cutoff = folder_now(self.directory, TEMPORARY_PREFIX) - min_age_s
         removed = []
         with os.scandir(self.directory) as entries:
             for entry in entries:

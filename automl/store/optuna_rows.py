@@ -181,9 +181,14 @@ _RANKED = (
 automl's, with a finite first objective."""
 
 
-def _utc_now_naive() -> datetime:
-    # Optuna's RDB schema keeps trial times as naive UTC.
-    return datetime.now(UTC).replace(tzinfo=None)
+def _now_utc_naive(connection: sa.engine.Connection) -> Any:
+    """Now, as Optuna's RDB schema keeps trial times (naive UTC), on the database's clock:
+    a trial started by one machine and ended by another (the reaper, a proxy) gets a
+    duration whatever their clocks say. A SQLite file is on this machine, whose clock it
+    is."""
+    if connection.dialect.name == "sqlite":
+        return datetime.now(UTC).replace(tzinfo=None)
+    return sa.func.timezone("UTC", sa.func.clock_timestamp(), type_=sa.DateTime())
 
 
 def fail_running_trial(
@@ -197,7 +202,7 @@ def fail_running_trial(
     changed = connection.execute(
         trials.update()
         .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
-        .values(state=TrialState.FAIL, datetime_complete=_utc_now_naive())
+        .values(state=TrialState.FAIL, datetime_complete=_now_utc_naive(connection))
     )
     if changed.rowcount != 1:
         return False
@@ -221,7 +226,7 @@ def end_running_trial(
     changed = connection.execute(
         trials.update()
         .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
-        .values(state=state, datetime_complete=_utc_now_naive())
+        .values(state=state, datetime_complete=_now_utc_naive(connection))
     )
     if changed.rowcount != 1:
         return False
@@ -321,7 +326,6 @@ def create_running_trial(
     connection: sa.engine.Connection,
     study_id: int,
     *,
-    started: datetime,
     user_attrs: Mapping[str, Any],
     system_attrs: Mapping[str, Any],
     steps: Mapping[int, float],
@@ -331,13 +335,12 @@ def create_running_trial(
     attribute, and the trial read back).
 
     The study's row is locked first, as Optuna does, so the number (how many trials the
-    study already has) is unique among the study's trials.
+    study already has) is unique among the study's trials. The trial starts now on the
+    database's clock (its end is stamped on the same clock).
 
     Args:
         connection: An open write transaction.
         study_id: The study.
-        started: The trial's start (naive: this machine's local time, as in Optuna's
-            trials); stored in UTC, as Optuna stores it.
         user_attrs: User attributes.
         system_attrs: System attributes.
         steps: Step -> intermediate value (NaN and infinities allowed).
@@ -358,7 +361,7 @@ def create_running_trial(
             study_id=study_id,
             number=number,
             state=TrialState.RUNNING,
-            datetime_start=started.astimezone(UTC).replace(tzinfo=None),
+            datetime_start=_now_utc_naive(connection),
         )
     )
     trial_id = int(created.inserted_primary_key[0])

@@ -358,9 +358,10 @@ def remove_orphans(
         deleting = connection.scalars(
             sa.select(tables.studies.c.study_id).where(tables.studies.c.status == DELETING)
         ).all()
+        clock = now(connection) if half_created else 0.0  # the clock submissions stamp by
     removed = []
     for study_id, created_at in half_created.items():
-        age = time.time() - datetime.fromisoformat(created_at).timestamp()
+        age = clock - datetime.fromisoformat(created_at).timestamp()
         if age >= min_age_s:
             with contextlib.suppress(KeyError):  # another reaper was first
                 store.storage.delete_study(study_id)

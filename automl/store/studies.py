@@ -163,7 +163,10 @@ def submit_study(
     # Planned (and its sources checked) before anything is created: a refused warm start
     # leaves no Optuna study behind.
     warm = plan_warm_start(store, spec, fingerprint, project)
-    created = datetime.now(UTC)
+    with store.read() as connection:
+        # The database's clock: the reaper and other submissions on other machines judge
+        # a leftover's age by it.
+        created = datetime.fromtimestamp(now(connection), UTC)
     name, optuna_name = _create_optuna_study(store, spec, project, created)
     study_id = store.storage.get_study_id_from_name(optuna_name)
     with warnings.catch_warnings():
@@ -314,13 +317,14 @@ def _held_by_a_submission(store: Store, project: str, name: str, optuna_name: st
             if not optuna_rows.taken_study_names(connection, [optuna_name]):
                 return False
             created = optuna_rows.study_attr_by_name(connection, optuna_name, attrs.CREATED_AT)
+            clock = now(connection)  # the clock its submission read
         waited = time.monotonic() - started
         if created is None:
             # A submission sets it right after creating the study: a study still without
             # it was made with another tool (or by a submit that died at once).
             if waited >= UNMARKED_WAIT_S:
                 return False
-        elif (datetime.now(UTC) - datetime.fromisoformat(created)).total_seconds() > NAME_WAIT_S:
+        elif clock - datetime.fromisoformat(created).timestamp() > NAME_WAIT_S:
             return False  # a leftover of a submit that never wrote its row
         if waited >= NAME_WAIT_S:
             return False

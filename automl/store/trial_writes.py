@@ -176,7 +176,6 @@ def create_trial(
             created = optuna_rows.create_running_trial(
                 connection,
                 study_id,
-                started=template.datetime_start or datetime.now(),
                 user_attrs=template.user_attrs,
                 system_attrs=template.system_attrs,
                 steps=template.intermediate_values,
