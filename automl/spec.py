@@ -43,7 +43,13 @@ from automl.registry import (
     value_text,
 )
 from automl.sample_kinds import sample_problems
-from automl.samplers import SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, build_sampler
+from automl.samplers import (
+    SAMPLER_MAX_TRIALS,
+    SAMPLERS,
+    SINGLE_OBJECTIVE_SAMPLERS,
+    build_sampler,
+    max_trials_message,
+)
 from automl.sampling import check_grid, resolve_auto
 from automl.shown_values import shown_input, shows_input
 from automl.train import METRICS
@@ -1118,6 +1124,8 @@ def _check_sampler(spec: StudySpec, limits: Limits) -> list[FieldError]:
         return errors
     if sampler.name in SINGLE_OBJECTIVE_SAMPLERS and len(spec.objective_list) > 1:
         return [FieldError(("sampler", "name"), _single_objective_message(sampler.name))]
+    if spec.budget.n_trials > SAMPLER_MAX_TRIALS.get(sampler.name, spec.budget.n_trials):
+        return [FieldError(("budget", "n_trials"), max_trials_message(sampler.name))]
     if sampler.name in ("grid", "brute_force"):
         if _check_cycles(spec):
             return []  # no grid to count; _check_cycles reports why

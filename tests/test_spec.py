@@ -1786,6 +1786,20 @@ def test_cmaes_with_several_objectives_is_refused_at_submit() -> None:
     assert load_spec({"name": "x", "sampler": {"name": "cmaes"}}).sampler.name == "cmaes"
 
 
+def test_a_gp_study_of_more_trials_than_gp_can_model_is_refused_at_submit() -> None:
+    """Found by a tester: gp refits to every completed trial before each new one (cubic):
+    a trial took 24 s at 1,000 trials and 4 minutes at 2,000, and a 20,000-trial study
+    was accepted."""
+    spec = {"name": "x", "sampler": {"name": "gp"}}
+    [error] = spec_errors({**spec, "budget": {"n_trials": 1001}})
+
+    assert error.path == "budget.n_trials"
+    assert error.msg.startswith("sampler gp refits its model to every completed trial")
+    assert error.msg.endswith("at most 1,000 trials; use tpe for a longer search")
+    assert load_spec({**spec, "budget": {"n_trials": 1000}}).budget.n_trials == 1000
+    assert load_spec({"name": "x", "budget": {"n_trials": 1001}}).budget.n_trials == 1001
+
+
 def test_an_option_of_an_entry_its_conditional_selector_never_takes_is_refused() -> None:
     # adam trains only where the optimizer is not searched (rnn), with its default beta1:
     # beta1 was never sampled, yet the spec was accepted.

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from automl.config import Limits
 from automl.data import dataset_fingerprint
+from automl.samplers import SAMPLER_MAX_TRIALS, max_trials_message
 from automl.sampling import GridError, grid_size
 from automl.spec import MAX_ENQUEUE, FieldError, SpecError, StudySpec, check_config
 from automl.store import attrs, optuna_rows, tables
@@ -720,7 +721,7 @@ def extend_study(store: Store, study_id: int, add_trials: int) -> StudyDetail:
                 f"study {study_id} is {row.status}; resume it to add trials to an ended study"
             )
         _check_budget(study_id, row.n_trials + add_trials)
-        _check_grid_budget(row, add_trials)
+        _check_sampler_budget(row, add_trials)
         connection.execute(
             tables.studies.update()
             .where(tables.studies.c.study_id == study_id)
@@ -736,12 +737,19 @@ def _check_budget(study_id: int, n_trials: int) -> None:
         raise SpecError([FieldError(("add_trials",), f"{message} (max_trials)")])
 
 
-def _check_grid_budget(row: sa.Row[Any], add_trials: int) -> None:
+def _check_sampler_budget(row: sa.Row[Any], add_trials: int) -> None:
     """A grid study runs each of its cells once: its budget is the grid, nothing more; a
-    brute-force study runs at most one trial per configuration of its space."""
+    brute-force study runs at most one trial per configuration of its space; a study of
+    a sampler in ``SAMPLER_MAX_TRIALS`` has at most that many trials."""
     if add_trials <= 0:
         return
     spec = _stored_spec(row.spec)
+    most = SAMPLER_MAX_TRIALS.get(spec.sampler.name)
+    if most is not None and row.n_trials + add_trials > most:
+        message = f"study {row.study_id} has {row.n_trials:,} trials: " + max_trials_message(
+            spec.sampler.name
+        )
+        raise SpecError([FieldError(("add_trials",), message)])
     if spec.sampler.name == "grid":
         runs, whole = spec.budget.n_trials, _finite_space(spec, "grid")
         if whole is None or whole <= runs:
@@ -811,7 +819,7 @@ def resume_study(
             check_project_room(connection, row.project, limits, new_study=False)
         n_trials = row.n_trials + add_trials
         _check_budget(study_id, n_trials)
-        _check_grid_budget(row, add_trials)
+        _check_sampler_budget(row, add_trials)
         requeued = connection.execute(
             tickets.update()
             .where(tickets.c.study_id == study_id, tickets.c.state == TicketState.CANCELLED.value)

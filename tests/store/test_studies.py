@@ -438,6 +438,25 @@ def test_extend_adds_budget_to_an_active_study(store: Store, tiny_spec: SpecFact
         extend_study(store, study_id, 1)
 
 
+def test_a_gp_study_grows_to_gps_limit_and_no_further(store: Store, tiny_spec: SpecFactory) -> None:
+    """gp's cost per trial grows with the cube of the history: neither extend nor resume
+    may take a gp study past the trials it can model."""
+    spec = tiny_spec(sampler={"name": "gp"}, budget={"n_trials": 999, "max_failed": 1})
+    study_id = submit_study(store, spec).id
+    assert extend_study(store, study_id, 1).n_trials == 1000
+    with pytest.raises(SpecError) as refused:
+        extend_study(store, study_id, 1)
+    cancel_study(store, study_id)
+    with pytest.raises(SpecError, match="at most 1,000 trials"):
+        resume_study(store, study_id, add_trials=1)
+
+    [error] = refused.value.errors
+    assert error.path == "add_trials"
+    assert error.msg.startswith("study 1 has 1,000 trials: sampler gp refits its model")
+    assert get_study(store, study_id).n_trials == 1000
+    assert resume_study(store, study_id).n_trials == 1000  # its own budget runs again
+
+
 def test_resume_requeues_cancelled_work_and_adds_budget(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
