@@ -10,25 +10,27 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import time
 from pathlib import Path
 
 
-def folder_now(directory: Path, prefix: str, suffix: str = "") -> float:
+def folder_now(directory: Path, prefix: str, suffix: str = "") -> float | None:
     """Now, on the clock that stamps files in ``directory``: the modification time of a
     probe file created there (named ``prefix``...``suffix``, so that the folder's own sweep
-    finds one a crash left) and removed at once. This machine's clock where no file can be
-    created there (nothing can be removed there either).
+    finds one a crash left) and removed at once.
 
     Args:
         directory: An existing folder.
         prefix: The start of the probe's name.
         suffix: The end of the probe's name.
+
+    Returns:
+        The file system's time, or None if no file can be created there (read-only, out of
+        inodes): a sweep then removes nothing rather than judge by this machine's clock.
     """
     try:
         descriptor, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
     except OSError:
-        return time.time()
+        return None
     try:
         return os.fstat(descriptor).st_mtime
     finally:

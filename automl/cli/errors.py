@@ -6,6 +6,8 @@ Exit codes: 0 success; 1 runtime failure (study failed, storage or API unreachab
 
 from __future__ import annotations
 
+import shlex
+
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -18,8 +20,8 @@ class CliError(Exception):
 
 
 MAY_HAVE_CHANGED = (
-    " (the change may have been made before the connection failed: look (automl status, "
-    "trials, keys list) before running the command again)"
+    " (the change may have been made before the command was cut off: look (automl status, "
+    "trials, keys list) before running it again)"
 )
 """Said of a command that changes the store when the database or the API failed under it: a
 commit whose answer was lost took effect (a tester's retried extend added its trials
@@ -27,8 +29,9 @@ twice)."""
 
 
 def may_have_submitted(key: str) -> str:
-    """Said of a submission cut off by the database or the API: the study may be there."""
+    """Said of a submission cut off (by the database, the API, or Ctrl-C) after it was
+    sent: the study may be there."""
     return (
-        f" (the study may have been submitted before the connection failed: run the same "
-        f"command with --idempotency-key {key} to submit it at most once)"
+        " (the study may have been submitted before the command was cut off: run the same "
+        f"command with --idempotency-key {shlex.quote(key)} to submit it at most once)"
     )

@@ -218,7 +218,8 @@ class HttpClient:
             ) from None
         except httpx.HTTPError as exc:
             # Only a failed connection is sure to have sent nothing.
-            sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+            unsent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError, httpx.PoolTimeout)
+            sent = not isinstance(exc, unsent)
             raise ClientError(
                 f"cannot reach the API at {self.base_url}: {exc}", may_have_arrived=sent
             ) from None
@@ -242,7 +243,10 @@ class HttpClient:
             f"{self.base_url} does not answer as an automl API ({method} {path}: "
             f"{answer.strip()}{f', {why}' if why else ''}); check --url / AUTOML_URL"
         )
-        return ClientError(message, bad_input=status < 500, status=status)
+        # A success in another shape (another automl version) did what it was asked.
+        return ClientError(
+            message, bad_input=status < 500, status=status, may_have_arrived=response.is_success
+        )
 
 
 _KEY_TEXT = re.compile(r"[\x21-\x7e]+")

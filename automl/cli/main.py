@@ -472,7 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        # A submit interrupted after it was sent may have made its study: name its key.
+        hint = may_have_submitted(args.idempotency_key) if args.command == "submit" else ""
+        print(f"interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader of stdout went away (``automl trials --json | head``): stop quietly,

@@ -143,7 +143,11 @@ class _ListingMemo:
     the listing started: on file systems with coarse timestamps, a change right after a
     listing could otherwise keep the same time. The change time cannot be set back by
     tools that restore modification times (``rsync -a``, ``tar``); the age limit bounds
-    what a file system that keeps no folder times (some network mounts) can hide.
+    what a file system that keeps no folder times (some network mounts) can hide. (On a
+    network mount the folders' times are the file server's, compared with this machine's
+    clock: a machine more than ``SETTLE_S`` ahead takes any listing as settled, and the
+    age limit bounds what that can hide too. Data folders are often read-only, so the
+    server's clock is not probed here.)
     """
 
     SIZE = 16

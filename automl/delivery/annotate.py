@@ -148,7 +148,10 @@ loss): an annotation writes its CSV in seconds."""
 def _remove_stale_temporaries(path: Path) -> None:
     """Deletes the temporary files that killed writes of ``path`` left beside it."""
     # Modification times are the file server's on a network mount: so is the cutoff.
-    cutoff = folder_now(path.parent, f".{path.name}.", ".tmp") - STALE_TEMPORARY_S
+    now = folder_now(path.parent, f".{path.name}.", ".tmp")
+    if now is None:
+        return
+    cutoff = now - STALE_TEMPORARY_S
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         with contextlib.suppress(OSError):  # another writer's, or gone meanwhile
             if leftover.is_file() and leftover.stat().st_mtime < cutoff:

@@ -334,8 +334,8 @@ def intended_use(
         limits.append(
             f"Its scores were measured in {autocast} (autocast), {_served(autocast, precision)}; "
             "the exported files hold fp32 weights and run in fp32, so their probabilities "
-            "differ slightly (up to about 1e-2) and a few borderline predictions may differ: "
-            "scored with them, the test split may gain or lose an image or two."
+            "differ slightly (up to about 1e-2), and a few borderline images may change "
+            "class (on digits' test split: one)."
         )
     if gaps is not None and len(gaps["highest_classes"]) == len(gaps["by_class"]):
         limits.append(

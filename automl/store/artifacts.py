@@ -160,7 +160,10 @@ class FolderArtifactStore:
             The names of the files removed.
         """
         # Modification times are the file server's on a network mount: so is the cutoff.
-        cutoff = folder_now(self.directory, TEMPORARY_PREFIX) - min_age_s
+        now = folder_now(self.directory, TEMPORARY_PREFIX)
+        if now is None:
+            return []
+        cutoff = now - min_age_s
         removed = []
         with os.scandir(self.directory) as entries:
             for entry in entries:

@@ -310,6 +310,20 @@ def test_each_submit_has_its_own_key_and_a_reused_key_needs_the_same_spec(
     )
 
 
+def test_a_submit_interrupted_after_it_was_sent_names_its_key(
+    cli: Run, spec_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_client, "submit_study", interrupted)
+    code, _, err = cli("submit", str(spec_file), "--idempotency-key", "it's-mine")
+
+    assert code == 130
+    assert err.strip() == "interrupted" + may_have_submitted("it's-mine")
+    assert "--idempotency-key 'it'\"'\"'s-mine'" in err  # quoted for the shell
+
+
 @pytest.mark.parametrize("key", ["", "two words", "k" * 257, "caf\u00e9"])
 def test_a_key_no_header_can_carry_is_a_usage_error(
     cli: Run, spec_file: Path, key: str, capsys: pytest.CaptureFixture[str]

@@ -133,19 +133,39 @@ def test_an_annotation_ahead_of_the_file_server_leaves_another_write_in_progress
     assert sorted(p.name for p in tmp_path.iterdir()) == [writing.name]
 
 
-def test_the_file_clock_is_the_modification_time_a_new_file_gets(tmp_path: Path) -> None:
-    before = time.time()
+def test_the_file_clock_is_the_time_a_new_file_gets_not_this_machines(
+    tmp_path: Path, clock_ahead: None
+) -> None:
     measured = folder_now(tmp_path, ".tmp-")
     probe = tmp_path / "probe"
     probe.write_bytes(b"")
 
-    assert before - 1 <= measured <= probe.stat().st_mtime + 1
+    assert measured is not None
+    assert abs(measured - probe.stat().st_mtime) < 60
+    assert time.time() - measured > HOURS_AHEAD * 3600 - 60  # this machine's is hours ahead
     assert sorted(tmp_path.iterdir()) == [probe]  # the clock's own probe is gone
 
 
-def test_a_folder_where_no_file_can_be_made_falls_back_to_this_machines_clock(
-    tmp_path: Path,
-) -> None:
-    missing = tmp_path / "missing"
+def test_a_folder_where_no_file_can_be_made_has_no_clock_and_no_sweep(tmp_path: Path) -> None:
+    """Without the file server's clock a sweep removes nothing, rather than judge by this
+    machine's (an inode quota refuses new files, yet lets old ones be removed)."""
+    assert folder_now(tmp_path / "missing", ".tmp-") is None
 
-    assert abs(folder_now(missing, ".tmp-") - time.time()) < 5
+
+def test_a_submission_ahead_of_the_database_waits_for_one_in_flight(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two identical submissions at once are name and name-2: a second submission hours
+    ahead took the first's fresh Optuna study for a leftover, and salted its name."""
+    with store.read() as connection:
+        stamped = datetime.fromtimestamp(now(connection), UTC)
+    in_flight = optuna.create_study(storage=store.storage, study_name="tiny")
+    in_flight.set_user_attr(attrs.CREATED_AT, stamped.isoformat())
+    monkeypatch.setattr(studies_module, "datetime", _AheadDatetime)
+    monkeypatch.setattr(studies_module, "NAME_WAIT_S", 3.0)
+
+    started = time.monotonic()
+    held = studies_module._held_by_a_submission(store, "default", "tiny", "tiny")
+
+    assert not held  # its row never came
+    assert time.monotonic() - started >= 1.0  # but it was waited for (3 s from its stamp)
