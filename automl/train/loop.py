@@ -26,7 +26,12 @@ from automl.data import ImageData, load_dataset
 from automl.models import MODELS, build_model_with_report
 from automl.models.transfer import param_groups
 from automl.registry import BUILTIN_SOURCE
-from automl.train.accel import Accelerator, CompiledModel
+from automl.train.accel import (
+    EMULATED_BF16,
+    Accelerator,
+    CompiledModel,
+    cpu_has_native_bf16,
+)
 from automl.train.augment import build_pipeline
 from automl.train.best_epoch import BestEpoch
 from automl.train.checkpoint import CheckpointSink, TrainState, capture, restore
@@ -405,6 +410,8 @@ def train(
     notes |= model_notes
     if accel.dtype is not None:  # the scores are those of reduced-precision arithmetic
         notes["autocast"] = AUTOCAST_NAMES.get(accel.dtype, str(accel.dtype))
+        if accel.device.type == "cpu" and cpu_has_native_bf16() is False:
+            notes["bf16"] = EMULATED_BF16
     if batch_size < config.batch_size:
         notes["batch_size"] = _batch_size_note(config.batch_size, batch_size)
 

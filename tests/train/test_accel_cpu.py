@@ -4,6 +4,7 @@ bf16 autocast when a trial asks for ``precision: bf16``."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from automl.data import ImageData, load_dataset
 from automl.models import build_model
 from automl.train import train
-from automl.train.accel import CPU_CHANNELS_LAST_ENV, Accelerator
+from automl.train.accel import CPU_CHANNELS_LAST_ENV, Accelerator, cpu_has_native_bf16
 from automl.train.evaluation import evaluate_weights
 from automl.train.hyperparameters import flat_config
 from automl.train.model_stats import profile_model
@@ -136,6 +137,9 @@ def test_bf16_on_the_cpu_is_deterministic_as_accurate_and_scored_alike(
     assert rescored.metrics["loss"] == first.metrics["loss"]  # bit for bit: bf16 again
     # The card tells users the exported fp32 files will not reproduce these scores exactly.
     assert first.notes["autocast"] == "bf16" and "autocast" not in full.notes
+    # On a CPU without native bf16 the trial says why it ran slowly (an LSTM: 50x).
+    native = cpu_has_native_bf16()
+    assert ("bf16" in first.notes) == (native is False) and "bf16" not in full.notes
 
 
 def test_latency_is_measured_in_the_trials_arithmetic_and_format() -> None:
@@ -152,3 +156,28 @@ def test_latency_is_measured_in_the_trials_arithmetic_and_format() -> None:
         stats = profile_model(accel.model(model), (3, 8, 8), accel)
         assert stats.latency_ms > 0 and stats.params == 3 * 4 * 9 + 4
         assert set(seen) == {(dtype or torch.float32, channels_last)}
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu sse avx2 avx512f", False),
+        ("fpu avx2 avx512f avx512_bf16", True),
+        ("fpu avx2 amx_bf16 amx_tile", True),
+    ],
+)
+def test_native_bf16_is_read_from_the_cpus_flags(
+    flags: str, native: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\n", encoding="ascii")
+    real_open = open
+    monkeypatch.setattr(
+        "builtins.open",
+        lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k),
+    )
+    cpu_has_native_bf16.cache_clear()
+    try:
+        assert cpu_has_native_bf16() is native
+    finally:
+        cpu_has_native_bf16.cache_clear()
