@@ -155,6 +155,17 @@ def value_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
+RGB_ONLY: dict[str, Any] = {"rgb_only": True}
+"""Marks an option that changes only RGB images (``json_schema_extra=RGB_ONLY``): a spec
+that sets it on a grayscale dataset is refused, since it would be ignored."""
+
+
+def changes_only_rgb(field: FieldInfo) -> bool:
+    """Whether an option's field is marked ``RGB_ONLY``."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("rgb_only") is True
+
+
 class EntryOptions(ExactModel):
     """Base of an entry's options: every field typed, ranged and described; unknown keys
     are errors, and so are numbers that are not finite and (``strict_input``) values a

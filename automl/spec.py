@@ -38,6 +38,7 @@ from automl.registry import (
     EntryOptions,
     ExactModel,
     Registry,
+    changes_only_rgb,
     refuse_field_conversion,
     strict_input,
     value_text,
@@ -1046,6 +1047,8 @@ def check_spec(spec: StudySpec, limits: Limits | None = None) -> list[FieldError
     errors += _check_one_name_per_option(spec)
     errors += _check_loss_replaced(spec)
     errors += _check_warmup_ignored(spec)
+    if not dataset_errors:
+        errors += _check_rgb_only(spec)
     errors += _check_cycles(spec)
     errors += [FieldError(loc, message) for loc, message in sample_problems(spec)]
     if not errors:  # configurations are checked against a space known to be sound
@@ -1424,6 +1427,34 @@ def _check_warmup_ignored(spec: StudySpec) -> list[FieldError]:
     names = ", ".join(spec.chosen["scheduler"])
     message = f"scheduler {names} warms up by itself, so {WARMUP} would be ignored"
     return [FieldError(loc, message) for loc, hp in _resolved_names(spec) if hp.name == WARMUP]
+
+
+def _check_rgb_only(spec: StudySpec) -> list[FieldError]:
+    """Refuses options that change only RGB images (a color jitter's saturation and hue)
+    where the dataset is grayscale: they would be ignored. One fixed at 0 changes nothing
+    either way."""
+    source = spec.dataset.source
+    if DATASETS.get(source).options.channels_of(spec.dataset.options) != 1:
+        return []
+    errors = []
+    for loc, hp in _resolved_names(spec):
+        if hp.option is None or (loc[0] == "fixed" and not spec.fixed[loc[1]]):
+            continue
+        registry = SELECTABLE.get(hp.group or "") or PIPELINES.get(hp.group or "")
+        rgb_only = [
+            entry
+            for entry in hp.entries
+            if registry is not None
+            and entry in registry
+            and changes_only_rgb(registry.get(entry).options.model_fields[hp.option])
+        ]
+        if rgb_only:
+            message = (
+                f"{hp.option} of {', '.join(rgb_only)} changes only RGB images, and dataset "
+                f"{source!r} is grayscale, so it would be ignored"
+            )
+            errors.append(FieldError(loc, message))
+    return errors
 
 
 def _warmup_ignored(spec: StudySpec) -> bool:

@@ -2006,3 +2006,30 @@ def test_a_param_excluded_by_its_parents_conditions_is_refused(
     default), while ``enqueue`` already refused such a configuration."""
     errors = spec_errors({"name": "x", "params": params})
     assert [(error.path, error.msg) for error in errors] == [(f"params.{refused}", message)]
+
+
+def test_color_options_of_rgb_images_alone_are_refused_on_a_grayscale_dataset(
+    data_root: Path,
+) -> None:
+    """Found by a tester: saturation and hue of color_jitter on grayscale images were
+    accepted, recorded in every trial's configuration, and did nothing."""
+    jitter = {"color_jitter.p": 1.0, "color_jitter.hue": 0.2, "color_jitter.saturation": 0}
+    searched = {"color_jitter.saturation": {"type": "float", "low": 0.1, "high": 0.5}}
+    folder = {"path": _image_folder(data_root, "shapes"), "size": 4, "channels": "grayscale"}
+    gray_folder = {"source": "image_folder", "options": folder}
+    rgb_folder = {"source": "image_folder", "options": {**folder, "channels": "rgb"}}
+
+    [fixed] = spec_errors({"name": "x", "fixed": jitter})
+    [param] = spec_errors({"name": "x", "fixed": {"color_jitter.p": 1.0}, "params": searched})
+    [folder_error] = spec_errors({"name": "x", "dataset": gray_folder, "fixed": jitter})
+
+    assert fixed.path == "fixed.color_jitter.hue"  # saturation 0 changes nothing either way
+    assert fixed.msg == (
+        "hue of color_jitter changes only RGB images, and dataset 'digits' is grayscale, "
+        "so it would be ignored"
+    )
+    assert param.path == "params.color_jitter.saturation"
+    assert folder_error.path == "fixed.color_jitter.hue"
+    assert "dataset 'image_folder' is grayscale" in folder_error.msg
+    assert load_spec({"name": "x", "dataset": rgb_folder, "fixed": jitter}).fixed == jitter
+    assert load_spec({"name": "x", "fixed": {"color_jitter.p": 1.0}})  # defaults: no error

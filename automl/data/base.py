@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,12 @@ from automl.registry import EntryOptions, Registry
 
 class DatasetOptions(EntryOptions):
     """Base class of a dataset's options; unknown options are rejected."""
+
+    @classmethod
+    def channels_of(cls, options: Mapping[str, Any]) -> int | None:
+        """How many color channels the images of a spec's ``options`` have, where that is
+        known before loading them (None: only loading tells)."""
+        return None
 
 
 @dataclass(frozen=True)

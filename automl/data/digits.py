@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from pydantic import Field, model_validator
@@ -26,6 +28,11 @@ class DigitsOptions(DatasetOptions):
         0.0, ge=0, lt=1, description="Share held out for testing (0: no test split)."
     )
     seed: SplitSeed = Field(0, description="Seed of the stratified split.")
+
+    @classmethod
+    def channels_of(cls, options: Mapping[str, Any]) -> int | None:
+        """Grayscale."""
+        return 1
 
     @model_validator(mode="after")
     def _check_fractions(self) -> DigitsOptions:

@@ -171,6 +171,12 @@ class ImageOptions(DatasetOptions):
     )
     seed: SplitSeed = Field(0, description="Seed of the stratified split.")
 
+    @classmethod
+    def channels_of(cls, options: Mapping[str, Any]) -> int | None:
+        """1 for ``channels: grayscale``, 3 for RGB (the default)."""
+        channels = options.get("channels", cls.model_fields["channels"].default)
+        return {"grayscale": 1, "rgb": 3}.get(channels)
+
     @model_validator(mode="after")
     def _check_fractions(self) -> ImageOptions:
         if self.val_fraction + self.test_fraction >= 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from automl.registry import RGB_ONLY
 from automl.train.augment import functional as AF
 from automl.train.augment.base import (
     AUGMENTATIONS,
@@ -23,9 +24,19 @@ class ColorJitterOptions(AugmentOptions):
     )
     contrast: float = Field(0.4, ge=0, le=1, description="Contrast factor from [1 - it, 1 + it].")
     saturation: float = Field(
-        0.4, ge=0, le=1, description="Saturation factor from [1 - it, 1 + it] (RGB only)."
+        0.4,
+        ge=0,
+        le=1,
+        description="Saturation factor from [1 - it, 1 + it] (RGB only).",
+        json_schema_extra=RGB_ONLY,
     )
-    hue: float = Field(0.0, ge=0, le=0.5, description="Hue shift from [-it, it] turns (RGB only).")
+    hue: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="Hue shift from [-it, it] turns (RGB only).",
+        json_schema_extra=RGB_ONLY,
+    )
 
 
 @AUGMENTATIONS.register("color_jitter", options=ColorJitterOptions)
