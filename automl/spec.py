@@ -1248,7 +1248,24 @@ def _check_pruner(spec: StudySpec) -> list[FieldError]:
     )
     if built or spec.pruner is None:
         return built  # the default pruner of a study too short to prune is no mistake
-    return _check_ever_prunes(spec, pruner.name, pruner.options)
+    return _check_ever_prunes(spec, pruner.name, pruner.options) + _check_prunes_all(spec)
+
+
+def _check_prunes_all(spec: StudySpec) -> list[FieldError]:
+    """Refuses a ``threshold`` pruner whose bound lies past every value the objective's
+    metric can take: it would prune every trial (``lower: 2`` with accuracy)."""
+    pruner = spec.pruner_or_default
+    metric = spec.objective_list[0].metric
+    if pruner.name != "threshold" or metric not in METRICS:
+        return []
+    low, high = METRICS.get(metric).factory.bounds
+    errors = []
+    for option, past in (("lower", lambda v: v > high), ("upper", lambda v: v < low)):
+        value = pruner.options.get(option)
+        if isinstance(value, int | float) and not isinstance(value, bool) and past(value):
+            message = f"{option} {value:g} prunes every trial: {metric} lies in [{low:g}, {high:g}]"
+            errors.append(FieldError(("pruner", "options", option), message))
+    return errors
 
 
 WARMUP_OPTIONS = {"n_warmup_steps": (1, 0), "n_startup_steps": (1, 0), "min_resource": (0, 1)}

@@ -35,6 +35,29 @@ def test_threshold_needs_a_bound_named_at_its_options() -> None:
     assert load_spec({"name": "x", "pruner": {"name": "threshold", "options": {"lower": 0.1}}})
 
 
+def test_a_threshold_past_every_value_of_the_metric_is_refused() -> None:
+    """Found by a tester: ``lower: 2`` with accuracy pruned every trial of the study."""
+    from automl.spec import SpecError
+
+    def errors(objective: str, **options: float) -> list[tuple[str, str]]:
+        pruner = {"name": "threshold", "options": options}
+        spec = {"name": "x", "pruner": pruner, "objective": {"metric": objective}}
+        try:
+            load_spec(spec)
+        except SpecError as error:
+            return [(e.path, e.msg) for e in error.errors]
+        return []
+
+    assert errors("accuracy", lower=2.0) == [
+        ("pruner.options.lower", "lower 2 prunes every trial: accuracy lies in [0, 1]")
+    ]
+    assert errors("loss", upper=-1.0) == [
+        ("pruner.options.upper", "upper -1 prunes every trial: loss lies in [0, inf]")
+    ]
+    assert errors("accuracy", lower=1.0) == errors("loss", upper=0.0) == []
+    assert errors("macro_f1", lower=0.2, upper=0.9) == []
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 GOOD, BAD = 0.9, 0.1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -33,9 +34,16 @@ class Metric:
     compute: Callable[[Evaluation], float]
     """``compute(evaluation) -> value``."""
     direction: Direction
+    bounds: tuple[float, float] = (-math.inf, math.inf)
+    """The values it can take (a pruner's threshold outside them prunes every trial)."""
 
 
 METRICS: Registry[Metric] = Registry("metric", group="automl.metrics")
+
+SHARE = (0.0, 1.0)
+"""The bounds of a share (accuracy, recall, F1)."""
+AMOUNT = (0.0, math.inf)
+"""The bounds of an amount (a loss, a count, a time)."""
 
 
 def _recalls(confusion: torch.Tensor) -> torch.Tensor:
@@ -57,12 +65,12 @@ def _accuracy(confusion: torch.Tensor) -> float:
 
 METRICS.add(
     "accuracy",
-    Metric(lambda e: _accuracy(e.confusion), "maximize"),
+    Metric(lambda e: _accuracy(e.confusion), "maximize", SHARE),
     description="Share of validation images classified correctly.",
 )
 METRICS.add(
     "balanced_accuracy",
-    Metric(lambda e: float(_recalls(e.confusion).mean()), "maximize"),
+    Metric(lambda e: float(_recalls(e.confusion).mean()), "maximize", SHARE),
     description=(
         "Mean per-class recall over the classes with images in the split; "
         "robust to class imbalance."
@@ -70,32 +78,32 @@ METRICS.add(
 )
 METRICS.add(
     "macro_f1",
-    Metric(lambda e: float(_f1s(e.confusion).mean()), "maximize"),
+    Metric(lambda e: float(_f1s(e.confusion).mean()), "maximize", SHARE),
     description="Unweighted mean per-class F1 over the classes with images in the split.",
 )
 METRICS.add(
     "worst_class_recall",
-    Metric(lambda e: float(_recalls(e.confusion).min()), "maximize"),
+    Metric(lambda e: float(_recalls(e.confusion).min()), "maximize", SHARE),
     description="Recall of the worst class.",
 )
 METRICS.add(
     "loss",
-    Metric(lambda e: e.loss, "minimize"),
+    Metric(lambda e: e.loss, "minimize", AMOUNT),
     description="Mean validation cross-entropy.",
 )
 METRICS.add(
     "params",
-    Metric(lambda e: float(e.model.params), "minimize"),
+    Metric(lambda e: float(e.model.params), "minimize", AMOUNT),
     description="Number of model parameters.",
 )
 METRICS.add(
     "latency_ms",
-    Metric(lambda e: e.model.latency_ms, "minimize"),
+    Metric(lambda e: e.model.latency_ms, "minimize", AMOUNT),
     description="Median inference time of one image on the trial's device (ms).",
 )
 METRICS.add(
     "batch_latency_ms",
-    Metric(lambda e: e.model.batch_latency_ms, "minimize"),
+    Metric(lambda e: e.model.batch_latency_ms, "minimize", AMOUNT),
     description=(
         "Median inference time of a batch of 256 images on the trial's device (ms); images "
         "larger than 32x32 RGB are measured in a smaller batch, scaled to 256."
