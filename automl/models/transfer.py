@@ -83,13 +83,41 @@ def resolve_checkpoint(reference: str) -> Path:
 
 def check_pretrained(reference: str) -> str:
     """Returns ``reference`` if it names a readable checkpoint (for an options validator,
-    so a missing file is a 422 at submit time).
+    so a missing, empty or garbled file is a 422 at submit time, not a failure of every
+    trial). Only its start is read (a safetensors file's header): whether its weights fit
+    the model is known only when a trial builds it.
 
     Raises:
         CheckpointError: If it does not.
     """
-    resolve_checkpoint(reference)
+    path = resolve_checkpoint(reference)
+    try:
+        with path.open("rb") as file:
+            start = file.read(9)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path.name!r}: {exc}") from None
+    if not start:
+        raise CheckpointError(f"checkpoint {path.name!r} is empty (0 bytes)")
+    why = _wrong_format(path)
+    if why is None and path.suffix != ".safetensors" and not start.startswith(TORCH_FILE_MAGIC):
+        why = "not a torch file (torch.save writes a zip archive or a pickle)"
+    if why is None and path.suffix == ".safetensors":
+        why = _safetensors_problem(path)
+    if why is not None:
+        raise CheckpointError(f"cannot read checkpoint {path.name!r}: {why}")
     return reference
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's header (None: it lists tensors)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as tensors:
+            names = list(tensors.keys())
+    except Exception as exc:  # safetensors raises its own errors, with no common base
+        return str(exc)
+    return None if names else "it holds no tensors"
 
 
 def load_checkpoint(reference: str | Path) -> dict[str, torch.Tensor]:

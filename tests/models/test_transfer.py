@@ -97,6 +97,51 @@ def test_hub_cache_name_and_refusals(roots: tuple[Path, Path]) -> None:
         load_checkpoint("junk.pt")
 
 
+def test_a_file_that_cannot_be_a_checkpoint_is_refused_before_any_trial(
+    roots: tuple[Path, Path],
+) -> None:
+    """Found by a tester: a garbage file named .safetensors or .pt was accepted at submit,
+    and every trial then failed reading it."""
+    data, _ = roots
+    save_file({"w": torch.zeros(2)}, str(data / "good.safetensors"))
+    torch.save({"w": torch.zeros(2)}, data / "good.pt")
+    truncated = (data / "good.safetensors").read_bytes()[:12]
+    files = {
+        "empty.pt": b"",
+        "junk.pt": b"not a checkpoint",
+        "junk.safetensors": b"not a checkpoint",
+        "cut.safetensors": truncated,
+        "none.safetensors": _safetensors_without_tensors(),
+    }
+    for name, content in files.items():
+        (data / name).write_bytes(content)
+
+    assert check_pretrained("good.safetensors") == "good.safetensors"
+    assert check_pretrained("good.pt") == "good.pt"
+    reasons = {}
+    for name in files:
+        with pytest.raises(CheckpointError) as refused:
+            check_pretrained(name)
+        reasons[name] = str(refused.value)
+    assert reasons["empty.pt"] == "checkpoint 'empty.pt' is empty (0 bytes)"
+    assert reasons["junk.pt"] == (
+        "cannot read checkpoint 'junk.pt': not a torch file (torch.save writes a zip "
+        "archive or a pickle)"
+    )
+    assert reasons["junk.safetensors"] == (
+        "cannot read checkpoint 'junk.safetensors': not a safetensors file"
+    )
+    assert reasons["cut.safetensors"].startswith("cannot read checkpoint 'cut.safetensors': ")
+    assert reasons["none.safetensors"] == (
+        "cannot read checkpoint 'none.safetensors': it holds no tensors"
+    )
+
+
+def _safetensors_without_tensors() -> bytes:
+    header = b'{"__metadata__":{"a":"b"}}'
+    return len(header).to_bytes(8, "little") + header
+
+
 def test_pickled_objects_are_refused(roots: tuple[Path, Path]) -> None:
     data, _ = roots
     torch.save({"model": nn.Linear(2, 2)}, data / "module.pt")  # a whole module: needs pickle
