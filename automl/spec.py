@@ -1263,7 +1263,8 @@ def _check_prunes_all(spec: StudySpec) -> list[FieldError]:
     for option, past in (("lower", lambda v: v > high), ("upper", lambda v: v < low)):
         value = pruner.options.get(option)
         if isinstance(value, int | float) and not isinstance(value, bool) and past(value):
-            message = f"{option} {value:g} prunes every trial: {metric} lies in [{low:g}, {high:g}]"
+            bounds = f"[{low:g}, {high:g}]"
+            message = f"{option} {value!r} prunes every trial: {metric} lies in {bounds}"
             errors.append(FieldError(("pruner", "options", option), message))
     return errors
 

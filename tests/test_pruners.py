@@ -49,12 +49,13 @@ def test_a_threshold_past_every_value_of_the_metric_is_refused() -> None:
         return []
 
     assert errors("accuracy", lower=2.0) == [
-        ("pruner.options.lower", "lower 2 prunes every trial: accuracy lies in [0, 1]")
+        ("pruner.options.lower", "lower 2.0 prunes every trial: accuracy lies in [0, 1]")
     ]
     assert errors("loss", upper=-1.0) == [
-        ("pruner.options.upper", "upper -1 prunes every trial: loss lies in [0, inf]")
+        ("pruner.options.upper", "upper -1.0 prunes every trial: loss lies in [0, inf]")
     ]
     assert errors("accuracy", lower=1.0) == errors("loss", upper=0.0) == []
+    assert errors("accuracy", lower=1.0000001)[0][1].startswith("lower 1.0000001 prunes")
     assert errors("macro_f1", lower=0.2, upper=0.9) == []
 
 

@@ -2033,3 +2033,6 @@ def test_color_options_of_rgb_images_alone_are_refused_on_a_grayscale_dataset(
     assert "dataset 'image_folder' is grayscale" in folder_error.msg
     assert load_spec({"name": "x", "dataset": rgb_folder, "fixed": jitter}).fixed == jitter
     assert load_spec({"name": "x", "fixed": {"color_jitter.p": 1.0}})  # defaults: no error
+    channels = {name: DATASETS.get(name).options.channels_of({}) for name in DATASETS.names()}
+    assert channels["mnist"] == channels["fashion_mnist"] == channels["digits"] == 1
+    assert channels["cifar10"] == channels["cifar100"] == channels["image_folder"] == 3

@@ -30,8 +30,9 @@ twice)."""
 
 def may_have_submitted(key: str) -> str:
     """Said of a submission cut off (by the database, the API, or Ctrl-C) after it was
-    sent: the study may be there."""
+    sent: the study may be there. (``--idempotency-key=KEY``: a key may start with ``-``,
+    which argparse takes for an option after a space.)"""
     return (
         " (the study may have been submitted before the command was cut off: run the same "
-        f"command with --idempotency-key {shlex.quote(key)} to submit it at most once)"
+        f"command with --idempotency-key={shlex.quote(key)} to submit it at most once)"
     )

@@ -47,10 +47,12 @@ class TorchvisionDataset:
         name: The source's name (``cifar10``).
         class_name: The class in ``torchvision.datasets`` (``CIFAR10``); torchvision is
             imported only when a spec uses the source (it costs seconds at start-up).
+        channels: The images' color channels (1: grayscale, 3: RGB).
     """
 
     name: str
     class_name: str
+    channels: int
 
     @property
     def dataset_class(self) -> type[Any]:
@@ -300,7 +302,10 @@ def _register(spec: TorchvisionDataset, description: str) -> None:
     options_model = type(
         f"{spec.class_name}Options",
         (TorchvisionOptions,),
-        {"__doc__": f"Options of ``{spec.name}`` (torchvision's {spec.class_name})."},
+        {
+            "__doc__": f"Options of ``{spec.name}`` (torchvision's {spec.class_name}).",
+            "channels_of": classmethod(lambda cls, options: spec.channels),
+        },
     )
     _SPEC_OF_OPTIONS[options_model] = spec
 
@@ -334,13 +339,13 @@ def _register(spec: TorchvisionDataset, description: str) -> None:
 
 
 for _spec, _description in (
-    (TorchvisionDataset("mnist", "MNIST"), "MNIST 28x28 digits (torchvision layout)"),
+    (TorchvisionDataset("mnist", "MNIST", 1), "MNIST 28x28 digits (torchvision layout)"),
     (
-        TorchvisionDataset("fashion_mnist", "FashionMNIST"),
+        TorchvisionDataset("fashion_mnist", "FashionMNIST", 1),
         "Fashion-MNIST 28x28 clothing (torchvision layout)",
     ),
-    (TorchvisionDataset("cifar10", "CIFAR10"), "CIFAR-10 32x32 RGB (torchvision layout)"),
-    (TorchvisionDataset("cifar100", "CIFAR100"), "CIFAR-100 32x32 RGB (torchvision layout)"),
+    (TorchvisionDataset("cifar10", "CIFAR10", 3), "CIFAR-10 32x32 RGB (torchvision layout)"),
+    (TorchvisionDataset("cifar100", "CIFAR100", 3), "CIFAR-100 32x32 RGB (torchvision layout)"),
 ):
     _register(_spec, _description)
 

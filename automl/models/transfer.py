@@ -14,6 +14,7 @@ matches the backbone, ``model[0]``.
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,13 +100,26 @@ def check_pretrained(reference: str) -> str:
     if not start:
         raise CheckpointError(f"checkpoint {path.name!r} is empty (0 bytes)")
     why = _wrong_format(path)
-    if why is None and path.suffix != ".safetensors" and not start.startswith(TORCH_FILE_MAGIC):
+    if why is None and path.suffix != ".safetensors" and not _torch_file(path):
         why = "not a torch file (torch.save writes a zip archive or a pickle)"
     if why is None and path.suffix == ".safetensors":
         why = _safetensors_problem(path)
     if why is not None:
         raise CheckpointError(f"cannot read checkpoint {path.name!r}: {why}")
     return reference
+
+
+LEGACY_TORCH_START = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+"""How a ``torch.save`` file of the format before torch 1.6 starts: a pickled magic number."""
+
+
+def _torch_file(path: Path) -> bool:
+    """Whether ``path`` reads as a ``torch.save`` file from its ends: a whole zip archive
+    (its central directory, at the end, is found) or the legacy format's magic number."""
+    with path.open("rb") as file:
+        if file.read(len(LEGACY_TORCH_START)) == LEGACY_TORCH_START:
+            return True
+    return zipfile.is_zipfile(path)
 
 
 def _safetensors_problem(path: Path) -> str | None:

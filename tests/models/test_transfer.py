@@ -112,12 +112,16 @@ def test_a_file_that_cannot_be_a_checkpoint_is_refused_before_any_trial(
         "junk.safetensors": b"not a checkpoint",
         "cut.safetensors": truncated,
         "none.safetensors": _safetensors_without_tensors(),
+        "pickle.pt": b"\x80" + b"junk" * 100,
+        "zip.pt": b"PK\x03\x04" + b"junk" * 100,
     }
     for name, content in files.items():
         (data / name).write_bytes(content)
 
     assert check_pretrained("good.safetensors") == "good.safetensors"
     assert check_pretrained("good.pt") == "good.pt"
+    torch.save({"w": torch.zeros(2)}, data / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert check_pretrained("legacy.pt") == "legacy.pt"
     reasons = {}
     for name in files:
         with pytest.raises(CheckpointError) as refused:
@@ -131,6 +135,8 @@ def test_a_file_that_cannot_be_a_checkpoint_is_refused_before_any_trial(
     assert reasons["junk.safetensors"] == (
         "cannot read checkpoint 'junk.safetensors': not a safetensors file"
     )
+    assert reasons["pickle.pt"] == reasons["junk.pt"].replace("junk", "pickle")
+    assert reasons["zip.pt"] == reasons["junk.pt"].replace("junk", "zip")
     assert reasons["cut.safetensors"].startswith("cannot read checkpoint 'cut.safetensors': ")
     assert reasons["none.safetensors"] == (
         "cannot read checkpoint 'none.safetensors': it holds no tensors"
