@@ -155,6 +155,11 @@ def value_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
+RECORDED = "recorded"
+"""Validation context key: true when a configuration is read back from a trial, so what
+it names outside the store (its dataset's files, a pretrained checkpoint) is not checked
+again: the trial is done with them (``automl.train.trial_config.stored_config``)."""
+
 RGB_ONLY: dict[str, Any] = {"rgb_only": True}
 """Marks an option that changes only RGB images (``json_schema_extra=RGB_ONLY``): a spec
 that sets it on a grayscale dataset is refused, since it would be ignored."""
@@ -238,13 +243,16 @@ class Entry(Generic[T]):
     description: str = ""
     source: str = BUILTIN_SOURCE
 
-    def parse_options(self, options: Mapping[str, Any] | None = None) -> EntryOptions:
-        """Validates ``options`` with the entry's options model (defaults filled in).
+    def parse_options(
+        self, options: Mapping[str, Any] | None = None, context: Mapping[str, Any] | None = None
+    ) -> EntryOptions:
+        """Validates ``options`` with the entry's options model (defaults filled in);
+        ``context`` reaches its validators (``RECORDED``).
 
         Raises:
             pydantic.ValidationError: If an option is unknown or out of range.
         """
-        return self.options.model_validate(dict(options or {}))
+        return self.options.model_validate(dict(options or {}), context=context)
 
 
 @dataclass(frozen=True)

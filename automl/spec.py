@@ -1452,7 +1452,9 @@ def _check_rgb_only(spec: StudySpec) -> list[FieldError]:
     where the dataset is grayscale: they would be ignored. One fixed at 0 changes nothing
     either way."""
     source = spec.dataset.source
-    if DATASETS.get(source).options.channels_of(spec.dataset.options) != 1:
+    # A plugin's options may be a bare EntryOptions, which tells no channels.
+    channels_of = getattr(DATASETS.get(source).options, "channels_of", None)
+    if channels_of is None or channels_of(spec.dataset.options) != 1:
         return []
     errors = []
     for loc, hp in _resolved_names(spec):

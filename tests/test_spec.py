@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -2036,3 +2037,23 @@ def test_color_options_of_rgb_images_alone_are_refused_on_a_grayscale_dataset(
     channels = {name: DATASETS.get(name).options.channels_of({}) for name in DATASETS.names()}
     assert channels["mnist"] == channels["fashion_mnist"] == channels["digits"] == 1
     assert channels["cifar10"] == channels["cifar100"] == channels["image_folder"] == 3
+
+
+def test_a_plugin_dataset_whose_options_tell_no_channels_still_validates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review: a plugin's dataset options may be a bare EntryOptions (no ``channels_of``):
+    every spec naming it raised AttributeError (a 500 through the API)."""
+    from automl.registry import EntryOptions
+
+    class PluginOptions(EntryOptions):
+        """Options of a plugin's dataset."""
+
+    digits = DATASETS.get("digits")
+    plugin = dataclasses.replace(digits, name="plugin_data", options=PluginOptions)
+    monkeypatch.setitem(DATASETS._entries, "plugin_data", plugin)
+    jitter = {"color_jitter.p": 1.0, "color_jitter.hue": 0.2}
+
+    spec = load_spec({"name": "x", "dataset": {"source": "plugin_data"}, "fixed": jitter})
+
+    assert spec.dataset.source == "plugin_data"

@@ -47,12 +47,12 @@ class TorchvisionDataset:
         name: The source's name (``cifar10``).
         class_name: The class in ``torchvision.datasets`` (``CIFAR10``); torchvision is
             imported only when a spec uses the source (it costs seconds at start-up).
-        channels: The images' color channels (1: grayscale, 3: RGB).
+        channels: The images' color channels (1: grayscale, 3: RGB; None: not said).
     """
 
     name: str
     class_name: str
-    channels: int
+    channels: int | None = None
 
     @property
     def dataset_class(self) -> type[Any]:

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 import torch
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, ValidationInfo
 from torch import nn
 
 from automl.data.errors import DatasetError
 from automl.data.paths import confine, data_root, relative_name
 from automl.models.base import backbone_stages, head_keys
-from automl.registry import AppliesWhen, EntryOptions
+from automl.registry import RECORDED, AppliesWhen, EntryOptions
 
 FreezeMode = Literal["none", "backbone", "first_k"]
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -109,16 +109,27 @@ def check_pretrained(reference: str) -> str:
     return reference
 
 
-LEGACY_TORCH_START = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-"""How a ``torch.save`` file of the format before torch 1.6 starts: a pickled magic number."""
+def _checked_unless_recorded(reference: str | None, info: ValidationInfo) -> str | None:
+    """``check_pretrained`` of a reference, except in a configuration read back from a
+    trial (``RECORDED``): serving and describing its model need the weights it saved, not
+    the checkpoint it started from, which may have been moved since."""
+    if reference and not (info.context or {}).get(RECORDED):
+        check_pretrained(reference)
+    return reference
+
+
+LEGACY_TORCH_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+"""The pickled magic number a ``torch.save`` file of the format before torch 1.6 starts
+with, after the pickle's protocol (2 to 5; 4 and 5 put a frame header in between)."""
 
 
 def _torch_file(path: Path) -> bool:
     """Whether ``path`` reads as a ``torch.save`` file from its ends: a whole zip archive
     (its central directory, at the end, is found) or the legacy format's magic number."""
     with path.open("rb") as file:
-        if file.read(len(LEGACY_TORCH_START)) == LEGACY_TORCH_START:
-            return True
+        start = file.read(32)
+    if len(start) > 2 and start[0] == 0x80 and 2 <= start[1] <= 5:
+        return LEGACY_TORCH_MAGIC in start
     return zipfile.is_zipfile(path)
 
 
@@ -428,12 +439,10 @@ class TransferOptions(EntryOptions):
         "backbone_lr_mult": AppliesWhen("freeze", ("none", "first_k")),
     }
 
-    pretrained: Annotated[str | None, AfterValidator(lambda ref: ref and check_pretrained(ref))] = (
-        Field(
-            None,
-            description="Checkpoint under the data root, or a file name in the torch hub "
-            "cache; safetensors or a weights-only torch file.",
-        )
+    pretrained: Annotated[str | None, AfterValidator(_checked_unless_recorded)] = Field(
+        None,
+        description="Checkpoint under the data root, or a file name in the torch hub "
+        "cache; safetensors or a weights-only torch file.",
     )
     freeze: FreezeMode = Field(
         "none", description="Train everything, only the head, or not the first k stages."

@@ -47,17 +47,17 @@ EMULATED_BF16 = (
 
 @functools.cache
 def cpu_has_native_bf16() -> bool | None:
-    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16, from Linux's
-    ``/proc/cpuinfo``); None where that cannot be read."""
+    """Whether this CPU computes bf16 natively (x86: AMX or AVX512-BF16; Arm: its BF16
+    extension), from Linux's ``/proc/cpuinfo``; None where that cannot be read."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            flags = next((line for line in info if line.startswith("flags")), None)
+            flags = next((line for line in info if line.startswith(("flags", "Features"))), None)
     except OSError:
         return None
     if flags is None:
         return None
     found = set(flags.split(":", 1)[-1].split())
-    return bool(found & {"amx_bf16", "avx512_bf16"})
+    return bool(found & {"amx_bf16", "avx512_bf16", "bf16"})
 
 
 @functools.cache

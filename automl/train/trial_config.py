@@ -24,7 +24,7 @@ from pydantic import (
 
 from automl.data import DATASETS
 from automl.models import MODELS
-from automl.registry import Registry, within_strict_input
+from automl.registry import RECORDED, Registry, within_strict_input
 from automl.train.accel import Precision
 from automl.train.augment import AUGMENTATIONS
 from automl.train.imbalance import IMBALANCE
@@ -42,10 +42,6 @@ SELECTABLE: dict[str, Registry[Any]] = {
 
 PIPELINES: dict[str, Registry[Any]] = {"augment": AUGMENTATIONS}
 """Hyperparameter groups whose entries apply together, each when enabled."""
-
-RECORDED = "recorded"
-"""Validation context key: true when a configuration is read back from a trial, so its
-dataset options are not checked against the data (``stored_config``)."""
 
 
 class DatasetConfig(BaseModel):
@@ -75,8 +71,8 @@ class Choice(BaseModel):
 def _completed_by(registry: Registry[Any]) -> AfterValidator:
     """Checks a choice against ``registry`` and fills in the entry's option defaults."""
 
-    def complete(choice: Choice) -> Choice:
-        options = registry.get(choice.name).parse_options(choice.options)
+    def complete(choice: Choice, info: ValidationInfo) -> Choice:
+        options = registry.get(choice.name).parse_options(choice.options, info.context)
         return Choice(name=choice.name, options=options.model_dump(mode="json"))
 
     return AfterValidator(complete)

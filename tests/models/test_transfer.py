@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors.torch import save_file
 from torch import nn
 from torchvision.models import resnet18
@@ -29,6 +30,7 @@ from automl.models.transfer import (
 )
 from automl.train import train
 from automl.train.hyperparameters import flat_config
+from automl.train.trial_config import TrialConfig, stored_config
 from tests.models.test_architectures import TINY
 
 
@@ -120,8 +122,15 @@ def test_a_file_that_cannot_be_a_checkpoint_is_refused_before_any_trial(
 
     assert check_pretrained("good.safetensors") == "good.safetensors"
     assert check_pretrained("good.pt") == "good.pt"
-    torch.save({"w": torch.zeros(2)}, data / "legacy.pt", _use_new_zipfile_serialization=False)
-    assert check_pretrained("legacy.pt") == "legacy.pt"
+    for protocol in (2, 3):
+        legacy = f"legacy{protocol}.pt"
+        torch.save(
+            {"w": torch.zeros(2)},
+            data / legacy,
+            _use_new_zipfile_serialization=False,
+            pickle_protocol=protocol,
+        )
+        assert check_pretrained(legacy) == legacy
     reasons = {}
     for name in files:
         with pytest.raises(CheckpointError) as refused:
@@ -141,6 +150,21 @@ def test_a_file_that_cannot_be_a_checkpoint_is_refused_before_any_trial(
     assert reasons["none.safetensors"] == (
         "cannot read checkpoint 'none.safetensors': it holds no tensors"
     )
+
+
+def test_a_recorded_configuration_needs_its_pretrained_file_no_more(
+    roots: tuple[Path, Path],
+) -> None:
+    """Serving, bundles and cards read a trial's configuration back: the checkpoint it
+    started from may be gone since (its weights are the trial's own)."""
+    data, _ = roots
+    save_file({"w": torch.zeros(2)}, str(data / "start.safetensors"))
+    raw = flat_config({"model": "cnn", "pretrained": "start.safetensors"}).model_dump(mode="json")
+    (data / "start.safetensors").unlink()
+
+    assert stored_config(raw).model.options["pretrained"] == "start.safetensors"
+    with pytest.raises(ValidationError, match="not found"):
+        TrialConfig.model_validate(raw)  # a new trial still needs it
 
 
 def _safetensors_without_tensors() -> bytes:

@@ -164,13 +164,16 @@ def test_latency_is_measured_in_the_trials_arithmetic_and_format() -> None:
         ("fpu sse avx2 avx512f", False),
         ("fpu avx2 avx512f avx512_bf16", True),
         ("fpu avx2 amx_bf16 amx_tile", True),
+        ("fp asimd evtstrm aes", False),  # an Arm CPU without BF16 (Graviton2)
+        ("fp asimd sve bf16 i8mm", True),
     ],
 )
 def test_native_bf16_is_read_from_the_cpus_flags(
     flags: str, native: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\n", encoding="ascii")
+    label = "flags" if "avx2" in flags else "Features"  # x86 and Arm name the line apart
+    cpuinfo.write_text(f"processor\t: 0\n{label}\t\t: {flags}\n\n", encoding="ascii")
     real_open = open
     monkeypatch.setattr(
         "builtins.open",
