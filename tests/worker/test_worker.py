@@ -800,10 +800,13 @@ def test_enqueued_configs_run_with_their_params(
 
 def _threshold_study(store: Store, tiny_spec: SpecFactory, epochs: int) -> int:
     """Two trials of ``epochs`` epochs under a pruner that prunes every trial it is asked
-    about (a study searching 1 or 3 epochs: one fixed at 1 is refused, as never pruned)."""
+    about (a study searching 1 or 3 epochs: one fixed at 1 is refused, as never pruned):
+    a loss above 0 (a bound past every value, such as ``lower: 2`` on accuracy, is refused
+    as pruning every trial)."""
     spec = tiny_spec(
         budget={"n_trials": 2, "max_failed": 0},
-        pruner={"name": "threshold", "options": {"lower": 2.0}},
+        objective={"metric": "loss"},
+        pruner={"name": "threshold", "options": {"upper": 0.0}},
         fixed={"width": 8, "depth": 1, "batch_size": 128, "lr": 0.005},
         params={"epochs": {"type": "categorical", "choices": [1, 3]}},
     )
