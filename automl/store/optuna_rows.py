@@ -76,6 +76,20 @@ trials = sa.Table(
     sa.Column("datetime_start", sa.DateTime),
     sa.Column("datetime_complete", sa.DateTime),
 )
+
+
+def _attribute_table(name: str, owner: str) -> sa.Table:
+    """One of Optuna's four key/JSON-value attribute tables (of trials or studies)."""
+    return sa.Table(
+        name,
+        _optuna,
+        sa.Column(f"{name.removesuffix('s')}_id", sa.Integer, primary_key=True),
+        sa.Column(owner, sa.Integer),
+        sa.Column("key", sa.String(512)),
+        sa.Column("value_json", sa.Text),
+    )
+
+
 trial_values = sa.Table(
     "trial_values",
     _optuna,
@@ -85,14 +99,7 @@ trial_values = sa.Table(
     sa.Column("value", sa.Float),
     sa.Column("value_type", _ValueType),
 )
-trial_user_attributes = sa.Table(
-    "trial_user_attributes",
-    _optuna,
-    sa.Column("trial_user_attribute_id", sa.Integer, primary_key=True),
-    sa.Column("trial_id", sa.Integer),
-    sa.Column("key", sa.String(512)),
-    sa.Column("value_json", sa.Text),
-)
+trial_user_attributes = _attribute_table("trial_user_attributes", "trial_id")
 trial_params = sa.Table(
     "trial_params",
     _optuna,
@@ -111,31 +118,9 @@ trial_intermediate_values = sa.Table(
     sa.Column("intermediate_value", sa.Float),
     sa.Column("intermediate_value_type", _StepType),
 )
-trial_system_attributes = sa.Table(
-    "trial_system_attributes",
-    _optuna,
-    sa.Column("trial_system_attribute_id", sa.Integer, primary_key=True),
-    sa.Column("trial_id", sa.Integer),
-    sa.Column("key", sa.String(512)),
-    sa.Column("value_json", sa.Text),
-)
-study_user_attributes = sa.Table(
-    "study_user_attributes",
-    _optuna,
-    sa.Column("study_user_attribute_id", sa.Integer, primary_key=True),
-    sa.Column("study_id", sa.Integer),
-    sa.Column("key", sa.String(512)),
-    sa.Column("value_json", sa.Text),
-)
-
-study_system_attributes = sa.Table(
-    "study_system_attributes",
-    _optuna,
-    sa.Column("study_system_attribute_id", sa.Integer, primary_key=True),
-    sa.Column("study_id", sa.Integer),
-    sa.Column("key", sa.String(512)),
-    sa.Column("value_json", sa.Text),
-)
+trial_system_attributes = _attribute_table("trial_system_attributes", "trial_id")
+study_user_attributes = _attribute_table("study_user_attributes", "study_id")
+study_system_attributes = _attribute_table("study_system_attributes", "study_id")
 study_directions = sa.Table(
     "study_directions",
     _optuna,
