@@ -21,6 +21,7 @@ from automl.api.query import refuse_unknown_query
 from automl.api.routes import health, models, predict, registries, report, studies
 from automl.catalog import load_plugins
 from automl.config import Limits, Settings, is_loopback
+from automl.delivery.bundle import CHILD_TRACER
 from automl.delivery.study_report import ReportCache
 from automl.spec import StudySpec
 from automl.store import Reaper, Store, open_store_from
@@ -79,6 +80,9 @@ def create_app(
         finally:
             if reaper is not None:
                 reaper.stop()
+            # Ended with the app, not by the interpreter's exit: a server run as a
+            # multiprocessing child would otherwise wait out the idle timer at exit.
+            CHILD_TRACER.close()
 
     app = FastAPI(
         title="automl",

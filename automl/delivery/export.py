@@ -221,6 +221,9 @@ class ChildTracer:
     def close(self) -> None:
         """Ends the child process, if any (the next trace starts a new one)."""
         with self._lock:
+            if self._idle is not None:
+                self._idle.cancel()
+                self._idle = None
             self._end_child()
 
     def _child(self) -> ProcessPoolExecutor:

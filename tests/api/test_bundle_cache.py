@@ -8,6 +8,7 @@ import copy
 import hashlib
 import io
 import json
+import multiprocessing
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -208,3 +209,16 @@ def test_the_cache_keeps_the_least_recently_used_within_its_size(
     for store, study_id in [(served.store, served.study_id), (fresh.store, fresh.study_id)] * 2:
         roomy.get(store, study_id)
     assert (roomy.builds, len(roomy)) == (2, 2)
+
+
+def test_the_apps_shutdown_ends_the_tracing_child(served: Served) -> None:
+    """A server whose process outlives its app (run as a multiprocessing child) must not
+    keep the tracing child until its idle timer ends it (60 s at its exit)."""
+    with TestClient(served.client.app) as client:
+        assert client.get(served.url).status_code == 200
+        tracing = [c for c in multiprocessing.active_children() if c.name.startswith("Spawn")]
+        assert tracing, "the bundle's TorchScript file is traced in a child process"
+
+    for child in tracing:
+        child.join(timeout=30)
+        assert child.exitcode == 0

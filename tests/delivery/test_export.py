@@ -191,6 +191,21 @@ def test_a_trace_that_hangs_is_ended_and_the_next_one_traces() -> None:
         tracer.close()
 
 
+def test_close_ends_the_child_and_its_idle_timer_at_once() -> None:
+    """Found by the suite's timings: a server run as a multiprocessing child (the tests'
+    fork server) joins its own children before its threads at exit, so it waited out the
+    child's idle timer (60 s) unless the app's shutdown closed the tracer."""
+    tracer = ChildTracer(idle_s=3600)
+    tracer(torch.nn.Linear(4, 2), (4,), LINEAR)
+    [child] = [c for c in multiprocessing.active_children() if c.name.startswith("Spawn")]
+
+    tracer.close()
+
+    child.join(timeout=30)
+    assert child.exitcode == 0  # asked to end, not killed
+    assert tracer._idle is None and tracer._pool is None
+
+
 ORPHAN_SCRIPT = """
 import multiprocessing, os, signal, torch
 from automl.delivery.export import ChildTracer, ModelSource
