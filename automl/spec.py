@@ -1248,7 +1248,35 @@ def _check_pruner(spec: StudySpec) -> list[FieldError]:
     )
     if built or spec.pruner is None:
         return built  # the default pruner of a study too short to prune is no mistake
-    return _check_ever_prunes(spec, pruner.name, pruner.options) + _check_prunes_all(spec)
+    return (
+        _check_ever_prunes(spec, pruner.name, pruner.options)
+        + _check_max_resource(spec)
+        + _check_prunes_all(spec)
+    )
+
+
+def _check_max_resource(spec: StudySpec) -> list[FieldError]:
+    """Refuses a Hyperband ``max_resource`` past the most epochs a trial trains: the
+    brackets whose first rung comes after the last epoch would never prune."""
+    pruner = spec.pruner_or_default
+    if pruner.name != "hyperband":
+        return []
+    written = PRUNERS.get(pruner.name).parse_options(pruner.options).model_dump()["max_resource"]
+    if not isinstance(written, int):
+        return []  # auto: the trials' epochs
+    try:
+        epochs = trial_epochs(spec)
+    except (TypeError, ValueError, OverflowError):
+        return []  # epochs that are no whole number: their own check names them
+    if written <= epochs:
+        return []
+    trained = f"{epochs} epoch" + ("" if epochs == 1 else "s")
+    message = (
+        f"{written} is past the last epoch: trials train at most {trained}, so the brackets "
+        f"that first check after epoch {epochs} would never prune; use at most {epochs}, "
+        "or auto (the trials' epochs)"
+    )
+    return [FieldError(("pruner", "options", "max_resource"), message)]
 
 
 def _check_prunes_all(spec: StudySpec) -> list[FieldError]:
@@ -1258,12 +1286,18 @@ def _check_prunes_all(spec: StudySpec) -> list[FieldError]:
     metric = spec.objective_list[0].metric
     if pruner.name != "threshold" or metric not in METRICS:
         return []
-    low, high = METRICS.get(metric).factory.bounds
+    measure = METRICS.get(metric).factory
+    low, high = measure.bounds
+    above_low = measure.above_low
+
+    def below_every_value(value: float) -> bool:
+        return value < low or (value == low and above_low)
+
     errors = []
-    for option, past in (("lower", lambda v: v > high), ("upper", lambda v: v < low)):
+    for option, past in (("lower", lambda v: v > high), ("upper", below_every_value)):
         value = pruner.options.get(option)
         if isinstance(value, int | float) and not isinstance(value, bool) and past(value):
-            bounds = f"[{low:g}, {high:g}]"
+            bounds = f"{'(' if above_low else '['}{low:g}, {high:g}]"
             message = f"{option} {value!r} prunes every trial: {metric} lies in {bounds}"
             errors.append(FieldError(("pruner", "options", option), message))
     return errors

@@ -57,6 +57,12 @@ def test_a_threshold_past_every_value_of_the_metric_is_refused() -> None:
     assert errors("accuracy", lower=1.0) == errors("loss", upper=0.0) == []
     assert errors("accuracy", lower=1.0000001)[0][1].startswith("lower 1.0000001 prunes")
     assert errors("macro_f1", lower=0.2, upper=0.9) == []
+    # A time or a count of weights never reaches 0: ``upper: 0`` prunes every trial too.
+    assert errors("latency_ms", upper=0) == [
+        ("pruner.options.upper", "upper 0 prunes every trial: latency_ms lies in (0, inf]")
+    ]
+    assert errors("params", upper=0.0)[0][0] == "pruner.options.upper"
+    assert errors("params", upper=1.0) == errors("batch_latency_ms", upper=0.5) == []
 
 
 ROOT = Path(__file__).resolve().parent.parent

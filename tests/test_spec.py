@@ -1194,6 +1194,21 @@ def test_a_pruner_set_to_check_no_epoch_is_refused(
     assert load_spec({"name": "x", "pruner": pruner, "fixed": {"epochs": epochs + 1}}).pruner
 
 
+def test_a_hyperband_max_resource_past_the_last_epoch_is_refused() -> None:
+    """Left alone once: ``max_resource: 100`` with 5 epochs was accepted, and the brackets
+    whose first rung comes after epoch 5 (most of them) never pruned."""
+    pruner = {"name": "hyperband", "options": {"max_resource": 100}}
+    searched = {"epochs": {"type": "int", "low": 2, "high": 5}}
+
+    [error] = spec_errors({"name": "x", "pruner": pruner, "params": searched})
+
+    assert error.path == "pruner.options.max_resource"
+    assert error.msg.startswith("100 is past the last epoch: trials train at most 5 epochs")
+    assert "use at most 5, or auto" in error.msg
+    fitting = {"name": "hyperband", "options": {"max_resource": 5}}
+    assert load_spec({"name": "x", "pruner": fitting, "params": searched}).pruner
+
+
 @pytest.mark.parametrize(
     ("pruner", "epochs", "path", "message"),
     [

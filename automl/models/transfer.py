@@ -69,10 +69,12 @@ def resolve_checkpoint(reference: str) -> Path:
         raise CheckpointError(str(exc)) from None
     if local.is_file():
         return local
+    _refuse_other_kinds(local, relative_name(local, root))
     if "/" not in reference and "\\" not in reference:
         cached = hub_checkpoint_dir() / reference
         if cached.is_file():
             return cached
+        _refuse_other_kinds(cached, reference)
         raise CheckpointError(
             f"checkpoint {reference!r} not found under the data root or in the torch hub "
             "cache ($TORCH_HOME/hub/checkpoints)"
@@ -80,6 +82,21 @@ def resolve_checkpoint(reference: str) -> Path:
     raise CheckpointError(
         f"checkpoint {relative_name(local, root)!r} not found under the data root"
     )
+
+
+def _refuse_other_kinds(path: Path, shown: str) -> None:
+    """Names what a checkpoint path that exists but is no regular file is (a folder, a
+    named pipe...), rather than calling it missing; none is opened (a pipe would block).
+
+    Raises:
+        CheckpointError: If ``path`` exists and is not a regular file.
+    """
+    try:
+        kind = "a folder" if path.is_dir() else "not a regular file" if path.exists() else None
+    except OSError:
+        kind = None  # unreadable: "not found" is the most that can be said
+    if kind is not None:
+        raise CheckpointError(f"checkpoint {shown!r} is {kind}: name a checkpoint file")
 
 
 def check_pretrained(reference: str) -> str:

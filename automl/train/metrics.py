@@ -36,6 +36,9 @@ class Metric:
     direction: Direction
     bounds: tuple[float, float] = (-math.inf, math.inf)
     """The values it can take (a pruner's threshold outside them prunes every trial)."""
+    above_low: bool = False
+    """Whether every value lies strictly above ``bounds[0]`` (a time, a count of weights):
+    a threshold's ``upper`` at that bound prunes every trial too."""
 
 
 METRICS: Registry[Metric] = Registry("metric", group="automl.metrics")
@@ -93,17 +96,17 @@ METRICS.add(
 )
 METRICS.add(
     "params",
-    Metric(lambda e: float(e.model.params), "minimize", AMOUNT),
+    Metric(lambda e: float(e.model.params), "minimize", AMOUNT, above_low=True),
     description="Number of model parameters.",
 )
 METRICS.add(
     "latency_ms",
-    Metric(lambda e: e.model.latency_ms, "minimize", AMOUNT),
+    Metric(lambda e: e.model.latency_ms, "minimize", AMOUNT, above_low=True),
     description="Median inference time of one image on the trial's device (ms).",
 )
 METRICS.add(
     "batch_latency_ms",
-    Metric(lambda e: e.model.batch_latency_ms, "minimize", AMOUNT),
+    Metric(lambda e: e.model.batch_latency_ms, "minimize", AMOUNT, above_low=True),
     description=(
         "Median inference time of a batch of 256 images on the trial's device (ms); images "
         "larger than 32x32 RGB are measured in a smaller batch, scaled to 256."

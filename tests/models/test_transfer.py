@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,25 @@ def test_hub_cache_name_and_refusals(roots: tuple[Path, Path]) -> None:
     (data / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint 'junk\.pt'"):
         load_checkpoint("junk.pt")
+
+
+def test_a_checkpoint_path_that_is_no_file_is_named_for_what_it_is(
+    roots: tuple[Path, Path],
+) -> None:
+    """Left alone once: a folder or a named pipe called ``x.pt`` was "not found"; a pipe
+    is never opened (its read would block the API)."""
+    data, torch_home = roots
+    (data / "folder.pt").mkdir()
+    os.mkfifo(data / "pipe.pt")
+    (torch_home / "hub" / "checkpoints" / "cached.pth").mkdir(parents=True)
+
+    for reference, message in {
+        "folder.pt": "checkpoint 'folder.pt' is a folder: name a checkpoint file",
+        "pipe.pt": "checkpoint 'pipe.pt' is not a regular file",
+        "cached.pth": "checkpoint 'cached.pth' is a folder",
+    }.items():
+        with pytest.raises(CheckpointError, match=message):
+            check_pretrained(reference)
 
 
 def test_a_file_that_cannot_be_a_checkpoint_is_refused_before_any_trial(
