@@ -245,6 +245,9 @@ def test_the_dashboard_is_published_on_loopback_only() -> None:
     dashboard = load_compose(COMPOSE)["services"]["dashboard"]
     for port in dashboard.get("ports", []):
         assert str(port).startswith("127.0.0.1:"), f"dashboard port {port!r} is public"
+    # Listening on every interface of its container, it must still refuse rebound names.
+    command = dashboard["command"]
+    assert command[command.index("--allowed-hosts") + 1] == "localhost"
 
 
 # --- paths: where data, cache and artifacts live, and who can write them ----------------------

@@ -69,7 +69,7 @@ def _over_loopback(scope: Scope) -> bool:
 def rebound_refusal(headers: Headers) -> str | None:
     """Why a request to a loopback-only API names a host that is not loopback (a rebound
     DNS name, or a reverse proxy that passes the public name on), or None."""
-    host = _host_name(headers.get("host", ""))
+    host = host_name(headers.get("host", ""))
     if host is not None and is_loopback(host):
         return None
     return (
@@ -98,7 +98,7 @@ def cross_site_refusal(headers: Headers) -> str | None:
     )
 
 
-def _host_name(host: str) -> str | None:
+def host_name(host: str) -> str | None:
     """The name in a ``Host`` header (``localhost`` of ``localhost:8000``, ``::1`` of
     ``[::1]:8000``), or None if it is malformed."""
     try:

@@ -34,6 +34,7 @@ from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, NamedTuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from automl.cli.dashboard_origin import WSGIApp, allowed_host_names, json_answer, same_site_only
 from automl.cli.errors import EXIT_BAD_INPUT, CliError
 from automl.cli.ports import bind_problem, require_free_port
 from automl.cli.stops import StopSignals
@@ -46,8 +47,6 @@ logger = logging.getLogger("automl.dashboard")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _DELETE_STUDY = (
     "delete automl studies with `automl delete ID` (or DELETE /studies/{id}), which also "
@@ -176,17 +175,20 @@ _GUARDED: tuple[tuple[str, re.Pattern[str], _Check], ...] = (
 )
 
 
-def dashboard_app(store: Store) -> WSGIApp:
+def dashboard_app(store: Store, allowed_hosts: frozenset[str] | None = None) -> WSGIApp:
     """optuna-dashboard as a WSGI app on ``store``'s storage and artifact store, refusing
-    the actions listed in the module docstring.
+    the actions listed in the module docstring, writes from pages of other origins, and
+    requests under other host names than ``allowed_hosts`` (``dashboard_origin``).
 
     Args:
         store: An open store.
+        allowed_hosts: The host names it answers under besides loopback ones; None: any.
     """
     import optuna_dashboard
 
     app = optuna_dashboard.wsgi(store.storage, artifact_store=store.artifacts)
-    return _refuse_automl_changes(app, lambda method, path: _refusal(store, method, path))
+    guarded = _refuse_automl_changes(app, lambda method, path: _refusal(store, method, path))
+    return same_site_only(guarded, allowed_hosts)
 
 
 def _refusal(store: Store, method: str, path: str) -> str | None:
@@ -284,11 +286,7 @@ def _refuse_automl_changes(app: WSGIApp, refusal: Callable[[str, str], str | Non
             status, reason = "403 Forbidden", refusal(method, path)
         if reason is None:
             return app(environ, start_response)
-        body = json.dumps({"reason": reason}).encode()
-        start_response(
-            status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-        )
-        return [body]
+        return json_answer(start_response, status, reason)
 
     return guarded
 
@@ -320,6 +318,10 @@ def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
         )
     host = args.dashboard_host or DEFAULT_HOST
     port = args.dashboard_port or DEFAULT_PORT
+    try:
+        allowed_hosts = allowed_host_names(args.allowed_hosts, host)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
     require_free_port(host, port)  # before the store is opened (or created)
     store = open_store_from(settings)
     try:
@@ -327,7 +329,7 @@ def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
             server = make_server(
                 host,
                 port,
-                dashboard_app(store),
+                dashboard_app(store, allowed_hosts),
                 server_class=_ThreadingServer,
                 handler_class=_QuietHandler,
             )

@@ -183,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=port_number,
         help=f"port to listen on (default {DEFAULT_PORT})",
     )
+    dashboard.add_argument(
+        "--allowed-hosts",
+        metavar="NAMES",
+        help="host names it answers under besides localhost, 127.0.0.1 and [::1], comma-"
+        "separated, '*' for any (default: loopback names only when HOST is loopback, any "
+        "name otherwise); others are refused, as DNS rebinding would send them",
+    )
     storage_arg(dashboard)
     artifacts_arg(dashboard)
 
