@@ -15,7 +15,9 @@ instead, whose message says why.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +39,11 @@ from automl.train.trial_config import stored_config
 
 MAX_POINTS = 500
 """Validation images embedded at most: t-SNE then takes a few seconds on a CPU."""
+
+MAX_DECODED_BYTES = 256 * 2**20
+"""Largest dataset (decoded: images x channels x height x width bytes, every split) whose
+validation images are embedded: loading it decodes every split in the API's process, whose
+memory then peaks at several times that (a tester's 176 MB folder: 1.1 GB more)."""
 
 MIN_POINTS = 5
 """Fewer validation images (or distinct embeddings) than this give no meaningful projection."""
@@ -109,6 +116,13 @@ def validation_embeddings(
             too few validation images.
     """
     served = load_serving_model(store, serving)
+    decoded = recorded_decoded_bytes(serving.trial.user_attrs.get(attrs.DATA))
+    if decoded is not None and decoded > MAX_DECODED_BYTES:
+        raise ModelUnavailableError(
+            f"the trial's dataset is {decoded / 2**20:,.0f} MiB decoded; embeddings are made "
+            f"for datasets up to {MAX_DECODED_BYTES // 2**20} MiB (every split is decoded to "
+            "draw the validation images)"
+        )
     # Serving needs only what the trial recorded; embeddings need its validation images.
     try:
         config = stored_config(serving.trial.user_attrs[attrs.CONFIG])
@@ -130,6 +144,17 @@ def validation_embeddings(
     features = backbone_features(served, data.val_x[index])
     labels = data.val_y[index].numpy().astype(np.int64)
     return Embeddings(features, labels, tuple(data.classes), total)
+
+
+def recorded_decoded_bytes(record: Any) -> int | None:
+    """A dataset's decoded size from what a trial recorded of it (``automl.data``: images
+    per split and one sample's shape); None where it recorded neither."""
+    try:
+        images = sum(int(count) for count in record["images"].values())
+        sample = math.prod(int(size) for size in record["shape"])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return images * sample if record["shape"] else None
 
 
 def distinct_points(features: np.ndarray, stop_at: int | None = None) -> int:

@@ -18,6 +18,7 @@ from PIL import Image
 from automl.cli.main import main
 from automl.data import load_dataset
 from automl.data.base import forget_loaded
+from automl.delivery import embeddings
 from automl.delivery.bundle import build_bundle
 from automl.delivery.embeddings import validation_embeddings
 from automl.delivery.inference import (
@@ -143,6 +144,29 @@ def test_embeddings_refuse_a_dataset_whose_classes_changed(data_root: Path, stor
 
     with pytest.raises(ModelUnavailableError, match="dataset changed since it trained"):
         validation_embeddings(store, serving)
+
+
+def test_embeddings_of_a_dataset_too_large_to_decode_in_the_api_are_refused(
+    data_root: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: one report request made the API decode a study's whole dataset
+    (every split: 176 MB and 1.1 GB of memory for a folder at size 320; 16 GiB allowed)."""
+    write_colours(data_root)
+    study_id = train_study(store, **FOLDER_STUDY)
+    serving = serving_trial(store, study_id)
+    record = serving.trial.user_attrs[attrs.DATA]
+    decoded = sum(record["images"].values()) * 3 * 16 * 16
+    monkeypatch.setattr(embeddings, "MAX_DECODED_BYTES", decoded)
+    assert validation_embeddings(store, serving).classes == tuple(COLOURS)  # at the limit
+    forget_loaded()
+    monkeypatch.setattr(embeddings, "MAX_DECODED_BYTES", decoded - 1)
+    loads: list[str] = []
+    monkeypatch.setattr(embeddings, "load_dataset", lambda source, _: loads.append(source))
+
+    with pytest.raises(ModelUnavailableError, match="MiB decoded; embeddings are made for"):
+        validation_embeddings(store, serving)
+
+    assert loads == []  # refused from the trial's record, before anything was decoded
 
 
 def test_a_removed_folder_still_serves_bundles_and_exports(
