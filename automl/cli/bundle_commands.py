@@ -84,6 +84,11 @@ def _build_locally(settings: Settings, study_id: int) -> bytes:
         store.close()
 
 
+MAX_UNPACKED_BYTES = 4 * 2**30
+"""Most bytes a downloaded bundle may unpack to: a model's weights three times (ONNX,
+TorchScript, safetensors) stay far below it; a zip bomb from a hostile server does not."""
+
+
 def unpack_bundle(data: bytes, directory: Path) -> tuple[list[Path], dict]:
     """Unpacks a bundle's flat files into ``directory`` (created if missing).
 
@@ -98,6 +103,14 @@ def unpack_bundle(data: bytes, directory: Path) -> tuple[list[Path], dict]:
             names = sorted(archive.namelist())
             if CARD_FILE not in names or any(Path(name).name != name for name in names):
                 raise CliError("the download is not a model bundle", EXIT_FAILURE)
+            # A member reads no more than the size it declares (else its CRC check fails).
+            unpacked = sum(info.file_size for info in archive.infolist())
+            if unpacked > MAX_UNPACKED_BYTES:
+                raise CliError(
+                    f"the download unpacks to {unpacked:,} bytes, more than a model bundle "
+                    f"holds ({MAX_UNPACKED_BYTES:,} at most): not unpacked",
+                    EXIT_FAILURE,
+                )
             members = {name: archive.read(name) for name in names}
     except zipfile.BadZipFile:
         raise CliError("the download is not a zip file", EXIT_FAILURE) from None

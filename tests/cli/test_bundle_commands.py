@@ -1,0 +1,68 @@
+"""Unpacking a downloaded bundle (``unpack_bundle``): flat files only, a card required,
+and nothing unpacked from an archive that is not a bundle or would unpack too large."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from automl.cli import bundle_commands
+from automl.cli.bundle_commands import unpack_bundle
+from automl.cli.errors import CliError
+
+CARD = json.dumps({"study": 1}).encode()
+
+
+def archive(members: dict[str, bytes]) -> bytes:
+    """A zip of ``members``, deflated (as the API sends bundles)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for name, content in members.items():
+            zipped.writestr(name, content)
+    return buffer.getvalue()
+
+
+def test_a_bundle_is_unpacked_flat_with_its_card(tmp_path: Path) -> None:
+    data = archive({"model_card.json": CARD, "model.onnx": b"onnx"})
+
+    written, card = unpack_bundle(data, tmp_path / "out")
+
+    assert [path.name for path in written] == ["model.onnx", "model_card.json"]
+    assert card == {"study": 1}
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == b"onnx"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"not a zip", "the download is not a zip file"),
+        (archive({"model.onnx": b"x"}), "the download is not a model bundle"),
+        (
+            archive({"model_card.json": CARD, "../evil.py": b"x"}),
+            "the download is not a model bundle",
+        ),
+        (archive({"model_card.json": CARD, "a/b.txt": b"x"}), "the download is not a model bundle"),
+    ],
+)
+def test_what_is_not_a_bundle_writes_nothing(data: bytes, message: str, tmp_path: Path) -> None:
+    with pytest.raises(CliError, match=message):
+        unpack_bundle(data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "evil.py").exists()
+
+
+def test_an_archive_that_unpacks_too_large_is_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: a zip bomb from a hostile server was read whole into memory."""
+    bomb = archive({"model_card.json": CARD, "model.onnx": bytes(2**20)})  # 1 MiB of zeros
+    assert len(bomb) < 2**20 // 100
+    monkeypatch.setattr(bundle_commands, "MAX_UNPACKED_BYTES", 2**20)
+
+    with pytest.raises(CliError, match=r"unpacks to 1,048,\d+ bytes, more than a model bundle"):
+        unpack_bundle(bomb, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
