@@ -12,16 +12,12 @@ loopback API, any request under a host name that is not loopback (DNS rebinding)
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from automl.config import is_loopback
-
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-"""Methods that change nothing (reads: a page of another site cannot read the answer)."""
+from automl.origin_rules import SAFE_METHODS, cross_site_refusal, host_name
 
 
 class SameOriginWrites:
@@ -78,38 +74,3 @@ def rebound_refusal(headers: Headers) -> str | None:
         "name that resolves here is DNS rebinding; behind a reverse proxy, send Host as "
         "the loopback address and the public name in X-Forwarded-Host)"
     )
-
-
-def cross_site_refusal(headers: Headers) -> str | None:
-    """Why a write with these headers came from another site's page, or None if it did
-    not (no browser sent it, or a page of this API did)."""
-    origin = headers.get("origin")
-    if origin is None:
-        if headers.get("sec-fetch-site") == "cross-site":
-            return "cross-site request refused: the API takes writes from its own pages only"
-        return None
-    forwarded = (headers.get("x-forwarded-host") or "").split(",")  # a chain of proxies
-    hosts = {host.strip().lower() for host in (headers.get("host", ""), *forwarded)} - {""}
-    if origin != "null" and _netloc(origin) in hosts:
-        return None
-    return (
-        f"cross-origin request refused: a page of {origin} may not change anything here "
-        "(behind a reverse proxy, pass the Host header on, or set X-Forwarded-Host)"
-    )
-
-
-def host_name(host: str) -> str | None:
-    """The name in a ``Host`` header (``localhost`` of ``localhost:8000``, ``::1`` of
-    ``[::1]:8000``), or None if it is malformed."""
-    try:
-        return urlsplit(f"//{host}").hostname
-    except ValueError:
-        return None
-
-
-def _netloc(origin: str) -> str | None:
-    """An ``Origin``'s host and port, lower case; None if it is malformed or has none."""
-    try:
-        return urlsplit(origin).netloc.lower() or None
-    except ValueError:
-        return None

@@ -86,7 +86,9 @@ def errors_as_cli_errors(spec_path: str | None, cut_off_hint: str = "") -> Itera
         # Without a spec file the errors are the command's own input (add_trials, configs).
         message = f"invalid spec {spec_path}: {exc}" if spec_path else str(exc)
         raise CliError(message, EXIT_BAD_INPUT) from None
-    except (StudyNotFoundError, TrialNotFoundError, NoBestTrialError, StudyStateError) as exc:
+    except NoBestTrialError as exc:  # the input is right: the study has no result yet
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    except (StudyNotFoundError, TrialNotFoundError, StudyStateError) as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     except ClientError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILURE) from None

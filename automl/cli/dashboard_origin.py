@@ -6,7 +6,7 @@ browser on this machine does too: a page whose own name was made to resolve to 1
 (DNS rebinding) is of the same origin as what it reaches, so it could read everything and
 write at will. The dashboard therefore answers only under the host names it was told
 (loopback names by default, wherever it listens on loopback), and refuses writes that a
-page of another origin sends, as the API does (``automl.api.origin``).
+page of another origin sends, as the API does (``automl.origin_rules``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from starlette.datastructures import Headers
-
-from automl.api.origin import SAFE_METHODS, cross_site_refusal, host_name
 from automl.config import is_loopback
+from automl.origin_rules import SAFE_METHODS, cross_site_refusal, host_name
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -71,13 +69,11 @@ def same_site_only(app: WSGIApp, allowed_hosts: frozenset[str] | None) -> WSGIAp
     (and loopback names; None: any) and to a write a page of another origin sends."""
 
     def checked(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        headers = Headers(
-            {
-                name: environ[key]
-                for name in CHECKED_HEADERS
-                if (key := "HTTP_" + name.upper().replace("-", "_")) in environ
-            }
-        )
+        headers = {
+            name: environ[key]
+            for name in CHECKED_HEADERS
+            if (key := "HTTP_" + name.upper().replace("-", "_")) in environ
+        }
         reason = _host_refusal(headers.get("host", ""), allowed_hosts)
         if reason is None and environ.get("REQUEST_METHOD", "GET").upper() not in SAFE_METHODS:
             reason = cross_site_refusal(headers)

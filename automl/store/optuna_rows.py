@@ -338,6 +338,8 @@ def create_running_trial(
     # rows that refer to the study (the reaper, ending the study, adds its attributes).
     if connection.scalar(study.with_for_update(key_share=True)) is None:
         return None
+    if not optuna_study_exists(connection, study_id):
+        return None  # another tool's study under the id of automl's, deleted outside it
     number = connection.scalar(
         sa.select(sa.func.count()).select_from(trials).where(trials.c.study_id == study_id)
     )
@@ -886,21 +888,6 @@ def top_trial_ids(
     return [int(trial_id) for trial_id in connection.scalars(query)]
 
 
-def studies_with_attr_not_in(
-    connection: sa.engine.Connection, key: str, known_ids: sa.Select[Any]
-) -> dict[int, Any]:
-    """Studies that have the user attribute ``key`` but whose id ``known_ids`` lacks.
-
-    Returns:
-        The attribute's value by study id.
-    """
-    attributes = study_user_attributes
-    query = sa.select(attributes.c.study_id, attributes.c.value_json).where(
-        attributes.c.key == key, attributes.c.study_id.not_in(known_ids)
-    )
-    return {study_id: json.loads(value) for study_id, value in connection.execute(query)}
-
-
 def create_study(
     connection: sa.engine.Connection,
     name: str,
@@ -1071,9 +1058,46 @@ def completed_values(connection: sa.engine.Connection, study_id: int) -> dict[in
 
 
 def optuna_study_exists(connection: sa.engine.Connection, study_id: int) -> bool:
-    """Whether Optuna's ``studies`` table has the study."""
-    query = sa.select(sa.exists().where(studies.c.study_id == study_id))
-    return bool(connection.scalar(query))
+    """Whether Optuna's ``studies`` table has the study automl made under this id: one
+    marked automl's (``automl.created_at``). A study another tool made under the same id
+    once automl's was deleted outside automl (Optuna's SQLite table, when Optuna created
+    it, gives a deleted study's id out again) is not, and counts as gone."""
+    return bool(connection.scalar(sa.select(marked_automls(study_id))))
+
+
+def marked_automls(study_id: int) -> sa.Exists:
+    """The SQL condition that the Optuna study ``study_id`` is marked automl's."""
+    attributes = study_user_attributes
+    return sa.exists().where(
+        attributes.c.study_id == study_id, attributes.c.key == attrs.CREATED_AT
+    )
+
+
+def half_created_studies(
+    connection: sa.engine.Connection, known_ids: sa.Select[Any]
+) -> dict[int, Any]:
+    """Optuna studies a submit created but never recorded: marked automl's
+    (``automl.created_at``), not among ``known_ids``, without a trial and without any other
+    of automl's attributes (a submit records those only after its row). A copy of an
+    automl study (``optuna.copy_study``) or one renamed in optuna-dashboard carries the
+    mark too, and its trials or its other attributes keep it from being taken for one.
+
+    Returns:
+        The mark's value (the creation time, ISO 8601) by study id.
+    """
+    attributes = study_user_attributes
+    others = sa.alias(attributes)
+    query = sa.select(attributes.c.study_id, attributes.c.value_json).where(
+        attributes.c.key == attrs.CREATED_AT,
+        attributes.c.study_id.not_in(known_ids),
+        ~sa.exists().where(trials.c.study_id == attributes.c.study_id),
+        ~sa.exists().where(
+            others.c.study_id == attributes.c.study_id,
+            others.c.key.startswith(attrs.PREFIX, autoescape=True),
+            others.c.key != attrs.CREATED_AT,
+        ),
+    )
+    return {study_id: json.loads(value) for study_id, value in connection.execute(query)}
 
 
 def lock_study_row(connection: sa.engine.Connection, study_id: int) -> None:

@@ -337,9 +337,10 @@ def remove_orphans(
     """Removes what crashed submits and deletes left behind.
 
     - With ``sweep_half_created``, an Optuna study created by a submit that never finished (it
-      has automl's ``created_at`` attribute but no ``automl_studies`` row) and is older
-      than ``min_age_s``: deleted, which frees its name. Finding them reads every study's
-      attributes.
+      has automl's ``created_at`` attribute but no ``automl_studies`` row, no trial and
+      no other attribute of automl's: ``optuna_rows.half_created_studies``) and is older
+      than ``min_age_s``: deleted, which frees its name. A copy or a renamed study that
+      another tool made of an automl study is never one.
     - A study left in the internal ``deleting`` status: its deletion is completed (one
       indexed read finds them).
 
@@ -351,9 +352,7 @@ def remove_orphans(
     with store.read() as connection:
         known = sa.select(tables.studies.c.study_id)
         half_created = (
-            optuna_rows.studies_with_attr_not_in(connection, attrs.CREATED_AT, known)
-            if sweep_half_created
-            else {}
+            optuna_rows.half_created_studies(connection, known) if sweep_half_created else {}
         )
         deleting = connection.scalars(
             sa.select(tables.studies.c.study_id).where(tables.studies.c.status == DELETING)
@@ -361,7 +360,10 @@ def remove_orphans(
         clock = now(connection) if half_created else 0.0  # the clock submissions stamp by
     removed = []
     for study_id, created_at in half_created.items():
-        age = clock - datetime.fromisoformat(created_at).timestamp()
+        try:
+            age = clock - datetime.fromisoformat(created_at).timestamp()
+        except (TypeError, ValueError):
+            continue  # a mark another tool wrote: no submit of automl's left it
         if age >= min_age_s:
             with contextlib.suppress(KeyError):  # another reaper was first
                 store.storage.delete_study(study_id)

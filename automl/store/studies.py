@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
 
 from automl.config import Limits
 from automl.data import dataset_fingerprint
@@ -586,7 +587,8 @@ def list_trials(
             limit,
             offset,
             user_attr_keys=SUMMARY_ATTRS,
-            where=[sa.exists().where(*listed)],
+            # Not the trials of another tool's study under the id (see optuna_study_exists).
+            where=[sa.exists().where(*listed), optuna_rows.marked_automls(study_id)],
         )
         if count is None:  # an empty page: is there such a study, and how many trials?
             count = connection.execute(
@@ -594,10 +596,14 @@ def list_trials(
             ).scalar()
             if count is None:
                 raise StudyNotFoundError(study_id)
+            if count and not optuna_rows.optuna_study_exists(connection, study_id):
+                count = 0
     # One validation for the page (in pydantic's core) rather than one per trial.
-    return _TRIAL_PAGE.model_validate(
-        {"data": [TrialSummary.fields_of(trial) for trial in trials], "count": count}
-    )
+    fields = [TrialSummary.fields_of(trial) for trial in trials]
+    try:
+        return _TRIAL_PAGE.model_validate({"data": fields, "count": count})
+    except ValidationError:  # an attribute written by hand: shown as null (``tolerant``)
+        return Page(data=[TrialSummary.tolerant(trial) for trial in fields], count=count)
 
 
 _TRIAL_PAGE = Page[TrialSummary]
@@ -638,11 +644,10 @@ def best_trials(store: Store, study_id: int) -> BestTrials:
         row = _row(connection, study_id)
         evaluation = read_evaluation(connection, study_id)
         refit = read_refit(connection, study_id)
+        gone = not optuna_rows.optuna_study_exists(connection, study_id)
     spec = _stored_spec(row.spec)
-    best = best_trials_of(store, study_id, spec.directions)
+    best = [] if gone else best_trials_of(store, study_id, spec.directions)
     if not best:
-        with store.read() as connection:
-            gone = not optuna_rows.optuna_study_exists(connection, study_id)
         if gone:
             message = f"study {study_id} has no trials: " + OPTUNA_STUDY_GONE
             raise NoBestTrialError(message.format(study_id=study_id), ended=True)
@@ -1133,7 +1138,8 @@ def finish_deletion(store: Store, study_id: int) -> bool:
                     continue
                 # A trial that recorded a shared artifact since: removed once the rows go.
                 late = shared_keys_of(connection, study_id) - shared
-                optuna_rows.delete_study(connection, study_id)
+                if optuna_rows.optuna_study_exists(connection, study_id):
+                    optuna_rows.delete_study(connection, study_id)  # not another tool's
                 for table in (tables.tickets, tables.evaluations, tables.refits, tables.studies):
                     connection.execute(table.delete().where(table.c.study_id == study_id))
             if late:
@@ -1154,6 +1160,8 @@ def _study_artifacts(connection: sa.engine.Connection, study_id: int) -> set[str
         )
     ).all()
     refit = refit_artifacts(connection, study_id)
+    if not optuna_rows.optuna_study_exists(connection, study_id):
+        return {*checkpoints, *refit}  # the trials under its id are another tool's
     return {*checkpoints, *refit, *_trial_artifacts(connection, study_id)}
 
 

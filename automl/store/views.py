@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import BaseModel, Field, ValidationError, computed_field
 
 from automl.store import attrs
 from automl.store.attrs import EvaluationState, RefitState, StudyStatus
@@ -87,7 +87,7 @@ class TrialSummary(BaseModel):
     params: dict[str, Any]
     values: list[float | None] | None
     intermediate_values: dict[int, float | None]
-    metrics: dict[str, float] | None = None
+    metrics: dict[str, float | None] | None = None
     error: str | None = None
     failure: str | None = Field(
         None, description="Why it failed: error, out_of_memory, worker_lost, interrupted..."
@@ -101,7 +101,20 @@ class TrialSummary(BaseModel):
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialSummary:
         """Builds the view of an Optuna trial."""
-        return cls(**_trial_fields(trial))
+        return cls.tolerant(_trial_fields(trial))
+
+    @classmethod
+    def tolerant(cls, fields: dict[str, Any]) -> Self:
+        """The view of ``fields``, where a field read from an ``automl.*`` attribute that
+        another tool wrote in another shape (optuna-dashboard's user-attribute form, a
+        notebook) shows as null instead of failing the whole answer."""
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            wrong = {error["loc"][0] for error in exc.errors() if error["loc"]}
+            if not wrong <= ATTR_FIELDS:
+                raise
+            return cls.model_validate({**fields, **dict.fromkeys(wrong)})
 
     @staticmethod
     def fields_of(trial: FrozenTrial) -> dict[str, Any]:
@@ -136,7 +149,7 @@ class TrialDetail(TrialSummary):
         "with restore_best, else its last).",
     )
     weights_available: bool = False
-    test_metrics: dict[str, float] | None = Field(
+    test_metrics: dict[str, float | None] | None = Field(
         None,
         description="Every metric on the test split, measured once after the study completed "
         "(best trials only; null without a test split). Validation metrics drive the search.",
@@ -153,21 +166,23 @@ class TrialDetail(TrialSummary):
     def of(cls, trial: FrozenTrial) -> TrialDetail:
         """Builds the detailed view of an Optuna trial."""
         user_attrs = trial.user_attrs
-        return cls(
-            **_trial_fields(trial),
-            config=user_attrs.get(attrs.CONFIG),
-            history=user_attrs.get(attrs.HISTORY),
-            per_class=user_attrs.get(attrs.PER_CLASS),
-            confusion=user_attrs.get(attrs.CONFUSION),
-            most_confused=user_attrs.get(attrs.MOST_CONFUSED),
-            classes=user_attrs.get(attrs.CLASSES),
-            notes=user_attrs.get(attrs.NOTES),
-            best_epoch=user_attrs.get(attrs.BEST_EPOCH),
-            weights_available=attrs.WEIGHTS in user_attrs,
-            test_metrics=user_attrs.get(attrs.TEST_METRICS),
-            test_per_class=user_attrs.get(attrs.TEST_PER_CLASS),
-            test_confusion=user_attrs.get(attrs.TEST_CONFUSION),
-            test_most_confused=user_attrs.get(attrs.TEST_MOST_CONFUSED),
+        return cls.tolerant(
+            _trial_fields(trial)
+            | dict(
+                config=user_attrs.get(attrs.CONFIG),
+                history=user_attrs.get(attrs.HISTORY),
+                per_class=user_attrs.get(attrs.PER_CLASS),
+                confusion=user_attrs.get(attrs.CONFUSION),
+                most_confused=user_attrs.get(attrs.MOST_CONFUSED),
+                classes=user_attrs.get(attrs.CLASSES),
+                notes=user_attrs.get(attrs.NOTES),
+                best_epoch=user_attrs.get(attrs.BEST_EPOCH),
+                weights_available=attrs.WEIGHTS in user_attrs,
+                test_metrics=_finite_metrics(user_attrs.get(attrs.TEST_METRICS)),
+                test_per_class=user_attrs.get(attrs.TEST_PER_CLASS),
+                test_confusion=user_attrs.get(attrs.TEST_CONFUSION),
+                test_most_confused=user_attrs.get(attrs.TEST_MOST_CONFUSED),
+            )
         )
 
 
@@ -224,11 +239,31 @@ class BestTrials(BaseModel):
 
 
 SUMMARY_ATTRS = (attrs.METRICS, attrs.ERROR, attrs.FAILURE, attrs.TICKET, attrs.ATTEMPT)
+
+ATTR_FIELDS = frozenset(
+    {
+        *("metrics", "error", "failure", "ticket", "attempt", "config", "history"),
+        *("per_class", "confusion", "most_confused", "classes", "notes", "best_epoch"),
+        *("test_metrics", "test_per_class", "test_confusion", "test_most_confused"),
+    }
+)
+"""The trial views' fields read from ``automl.*`` attributes (see ``TrialSummary.tolerant``)."""
 """The user attributes a ``TrialSummary`` shows (a listing reads no others)."""
 
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+def _finite_metrics(value: Any) -> Any:
+    """A metrics attribute with its NaN and infinite values as null (JSON has neither: a
+    diverged trial's loss, a value written by hand)."""
+    if not isinstance(value, dict):
+        return value
+    return {
+        name: None if isinstance(v, float) and not math.isfinite(v) else v
+        for name, v in value.items()
+    }
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -252,7 +287,7 @@ def _trial_fields(trial: FrozenTrial) -> dict[str, Any]:
         "intermediate_values": {
             step: _finite(v) for step, v in sorted(trial.intermediate_values.items())
         },
-        "metrics": trial.user_attrs.get(attrs.METRICS),
+        "metrics": _finite_metrics(trial.user_attrs.get(attrs.METRICS)),
         "error": trial.user_attrs.get(attrs.ERROR),
         "failure": trial.user_attrs.get(attrs.FAILURE),
         "ticket": trial.user_attrs.get(attrs.TICKET),

@@ -488,10 +488,13 @@ def test_best_before_completion_is_exit_1(cli: Run, spec_file: Path) -> None:
     cli("submit", str(spec_file))
 
     code, out, err = cli("best", "1")
+    report = cli("report", "1")
 
     assert code == 1
     assert out == ""
     assert one_error_line(err) == "error: study 1 has no completed trial yet"
+    assert report[0] == 1  # a tester: the same message was exit 2 from report
+    assert one_error_line(report[2]) == "error: study 1 has no completed trial yet"
 
 
 def test_cancel(cli: Run, spec_file: Path) -> None:

@@ -3,6 +3,7 @@ ranked: no best value, best trial, top-k or Pareto front counts them, on each ba
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 
 import optuna
@@ -18,6 +19,7 @@ from automl.store import (
     attrs,
     best_trials,
     get_study,
+    get_trial,
     list_studies,
     list_trials,
     optuna_rows,
@@ -157,3 +159,29 @@ def test_foreign_trials_are_never_on_the_pareto_front(store: Store, tiny_spec: S
     assert foreign not in values and len(values) == 3
     assert retain_weights(store, study_id) == [2]
     assert _holding(store, study_id) == [0, 1]
+
+
+def test_automl_attributes_written_in_another_shape_show_as_null(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Found by a tester: ``automl.ticket: "abc"`` written on a running trial with plain
+    optuna-dashboard made every listing of the study a 500 for good, and a NaN in
+    ``automl.metrics`` an answer that is not JSON."""
+    study_id = submit_study(store, tiny_spec()).id
+    _, trial_id = start_trial(store, study_id)
+    for key, value in {
+        attrs.TICKET: "abc",
+        attrs.ATTEMPT: "zz",
+        attrs.CLASSES: 3,
+        attrs.METRICS: {"loss": float("nan"), "accuracy": 0.5},
+    }.items():
+        store.storage.set_trial_user_attr(trial_id, key, value)
+
+    [listed] = list_trials(store, study_id).data
+    detail = get_trial(store, study_id, listed.number)
+
+    assert (listed.ticket, listed.attempt) == (None, None)
+    assert listed.metrics == {"loss": None, "accuracy": 0.5}
+    assert listed.state == "running"
+    assert (detail.ticket, detail.classes, detail.metrics) == (None, None, listed.metrics)
+    assert json.loads(listed.model_dump_json())["metrics"] == {"loss": None, "accuracy": 0.5}

@@ -65,6 +65,14 @@ def _create_beside_optuna(store: Store) -> None:
         {1: 0.5, 2: float("nan"), 3: float("inf")},
     )
     by_optuna = store.storage.create_new_trial(study_id, template)
+    with store.write() as connection:  # another tool's study: not automl's to add to
+        assert (
+            optuna_rows.create_running_trial(
+                connection, study_id, user_attrs={}, system_attrs={}, steps={}
+            )
+            is None
+        )
+    study.set_user_attr("automl.created_at", "2026-01-01T00:00:00+00:00")
     with store.write() as connection:
         created = optuna_rows.create_running_trial(
             connection,
@@ -187,12 +195,23 @@ def test_running_trials_are_found_by_a_user_attribute(store: Store) -> None:
     assert found == [mine._trial_id]
 
 
-def test_studies_with_an_attribute_but_no_automl_row(store: Store) -> None:
+def test_half_created_studies_are_marked_without_a_row_a_trial_or_another_record(
+    store: Store,
+) -> None:
     known, known_id = _study(store, "known")
     orphan, orphan_id = _study(store, "orphan")
     _study(store, "plain")
     known.set_user_attr("automl.created_at", "2026-01-01T00:00:00+00:00")
     orphan.set_user_attr("automl.created_at", "2026-01-02T00:00:00+00:00")
+    copied, _ = _study(store, "copied")  # a copy of an automl study: its trials stay
+    copied.set_user_attr("automl.created_at", "2026-01-03T00:00:00+00:00")
+    copied.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    recorded, _ = _study(store, "recorded")  # a copy from before its first trial
+    recorded.set_user_attr("automl.created_at", "2026-01-04T00:00:00+00:00")
+    recorded.set_user_attr("automl.status", "queued")
+    noted, noted_id = _study(store, "noted")  # attributes not automl's do not count
+    noted.set_user_attr("automl.created_at", "2026-01-05T00:00:00+00:00")
+    noted.set_user_attr("automlx", 1)
     with store.write() as connection:
         connection.execute(
             tables.studies.insert().values(
@@ -209,10 +228,11 @@ def test_studies_with_an_attribute_but_no_automl_row(store: Store) -> None:
             )
         )
     with store.read() as connection:
-        found = optuna_rows.studies_with_attr_not_in(
-            connection, "automl.created_at", sa.select(tables.studies.c.study_id)
-        )
-    assert found == {orphan_id: "2026-01-02T00:00:00+00:00"}
+        found = optuna_rows.half_created_studies(connection, sa.select(tables.studies.c.study_id))
+    assert found == {
+        orphan_id: "2026-01-02T00:00:00+00:00",
+        noted_id: "2026-01-05T00:00:00+00:00",
+    }
 
 
 def test_load_trials_matches_optuna(store: Store) -> None:

@@ -190,6 +190,36 @@ def test_half_created_study_is_invisible_and_removed_by_the_reaper(
     assert submit_study(store, tiny_spec()).name == "tiny"  # the name is free again
 
 
+def test_copies_and_renames_of_automl_studies_are_never_taken_for_half_created_ones(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Found by a tester: a study copied with ``optuna.copy_study`` (13 trials) or renamed
+    in optuna-dashboard carries automl's creation mark, had no row of automl's under its
+    id, and was deleted by the next sweep; a mark of another type stopped every sweep."""
+    queued = submit_study(store, tiny_spec(name="queued"))
+    hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    with store.write() as connection:  # as if submitted an hour ago
+        optuna_rows.put_study_attrs(connection, queued.id, {attrs.CREATED_AT: hour_ago})
+    source = optuna.load_study(study_name="queued", storage=store.storage)
+    source.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    optuna.copy_study(
+        from_study_name="queued",
+        from_storage=store.storage,
+        to_storage=store.storage,
+        to_study_name="backup",
+    )
+    empty = optuna.create_study(storage=store.storage, study_name="empty-copy")
+    for key, value in source.user_attrs.items():  # a copy made before any trial ran
+        empty.set_user_attr(key, value)
+    odd = optuna.create_study(storage=store.storage, study_name="odd-mark")
+    odd.set_user_attr(attrs.CREATED_AT, 12)
+
+    assert remove_orphans(store, min_age_s=600) == []
+
+    names = {study.study_name for study in store.storage.get_all_studies()}
+    assert names == {"queued", "backup", "empty-copy", "odd-mark"}
+
+
 def test_a_submit_cut_off_after_its_first_commit_leaves_what_the_reaper_removes(
     store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

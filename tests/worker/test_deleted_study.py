@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import optuna
 import pytest
 import sqlalchemy
 
@@ -14,12 +15,16 @@ import automl.worker.loop
 import automl.worker.runner
 from automl.spec import StudySpec
 from automl.store import (
+    NoBestTrialError,
     Store,
     StudyNotFoundError,
     StudyStatus,
+    best_trials,
     cancel_study,
     delete_study,
     get_study,
+    list_trials,
+    optuna_rows,
     submit_study,
 )
 from automl.worker import Worker
@@ -181,3 +186,53 @@ def test_a_study_deleted_elsewhere_after_its_first_trial_fails_too(
     assert detail.status == StudyStatus.FAILED
     assert detail.status_reason is not None and "deleted outside automl" in detail.status_reason
     assert detail.counts.fail == 1  # the one ticket that found the study gone
+
+
+def _plain_study_under_the_id(store: Store, study_id: int) -> optuna.Study:
+    """Another tool's study made under ``study_id`` once automl's Optuna study was deleted
+    outside automl (as Optuna's own SQLite table gives a deleted id out again), with one
+    trial of its user's."""
+    store.storage.delete_study(study_id)
+    with store.write() as connection:
+        connection.execute(
+            optuna_rows.studies.insert().values(study_id=study_id, study_name="mine")
+        )
+        connection.execute(
+            sqlalchemy.text(
+                "INSERT INTO study_directions (study_id, objective, direction) "
+                "VALUES (:id, 0, 'MINIMIZE')"
+            ),
+            {"id": study_id},
+        )
+    plain = optuna.load_study(study_name="mine", storage=store.storage)
+    plain.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    return plain
+
+
+def test_another_tools_study_under_a_reused_id_is_never_trained_listed_or_deleted(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Found by a tester: on a SQLite file that Optuna created, a study made after an
+    automl study's Optuna study was deleted outside automl got its id; the worker trained
+    automl's trials into it, ``automl trials`` listed the user's, and ``automl delete``
+    deleted it."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2, "max_failed": 0})).id
+    plain = _plain_study_under_the_id(store, study_id)
+
+    Worker(store, fast_options()).run()
+
+    detail = get_study(store, study_id)
+    assert detail.status == StudyStatus.FAILED
+    assert detail.status_reason is not None and "deleted outside automl" in detail.status_reason
+    assert list_trials(store, study_id).count == 0
+    with pytest.raises(NoBestTrialError, match="deleted outside automl"):
+        best_trials(store, study_id)
+    assert [trial.value for trial in plain.trials] == [1.0]  # nothing of automl's added
+    assert plain.user_attrs == {}  # nor its status mirrored there
+
+    delete_study(store, study_id)
+
+    with pytest.raises(StudyNotFoundError):
+        get_study(store, study_id)
+    kept = optuna.load_study(study_name="mine", storage=store.storage)
+    assert [trial.value for trial in kept.trials] == [1.0]
