@@ -171,6 +171,15 @@ def tiny_spec() -> Callable[..., StudySpec]:
     return make
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "State:\tZ" not in status.read()
+    except FileNotFoundError:
+        return False
+
+
 def free_port() -> int:
     """A TCP port that is free right now on 127.0.0.1."""
     with socket.socket() as sock:

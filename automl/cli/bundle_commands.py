@@ -100,20 +100,13 @@ def unpack_bundle(data: bytes, directory: Path) -> tuple[list[Path], dict]:
     """
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            names = sorted(archive.namelist())
-            if CARD_FILE not in names or any(Path(name).name != name for name in names):
-                raise CliError("the download is not a model bundle", EXIT_FAILURE)
-            # A member reads no more than the size it declares (else its CRC check fails).
-            unpacked = sum(info.file_size for info in archive.infolist())
-            if unpacked > MAX_UNPACKED_BYTES:
-                raise CliError(
-                    f"the download unpacks to {unpacked:,} bytes, more than a model bundle "
-                    f"holds ({MAX_UNPACKED_BYTES:,} at most): not unpacked",
-                    EXIT_FAILURE,
-                )
-            members = {name: archive.read(name) for name in names}
-    except zipfile.BadZipFile:
-        raise CliError("the download is not a zip file", EXIT_FAILURE) from None
+            members = _read_members(archive)
+        card = json.loads(members[CARD_FILE])
+    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError) as exc:
+        # RuntimeError: an encrypted member; NotImplementedError: a method zipfile lacks.
+        raise CliError(f"the download is not a readable zip file ({exc})", EXIT_FAILURE) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CliError("the download's model card is not JSON", EXIT_FAILURE) from None
     try:
         directory.mkdir(parents=True, exist_ok=True)
         written = []
@@ -122,4 +115,40 @@ def unpack_bundle(data: bytes, directory: Path) -> tuple[list[Path], dict]:
             written.append(directory / name)
     except OSError as exc:
         raise CliError(f"cannot write {directory}: {exc.strerror}", EXIT_BAD_INPUT) from None
-    return written, json.loads(members[CARD_FILE])
+    return written, card
+
+
+PLAIN_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+"""How a bundle's members are stored (the API deflates them). zipfile decompresses bzip2
+and LZMA members whole, past the size they declare: a few bytes could fill the memory."""
+
+
+def _read_members(archive: zipfile.ZipFile) -> dict[str, bytes]:
+    """Every member of a bundle's archive, read no further than the sizes it declares.
+
+    Raises:
+        CliError: If it is not a bundle (nested or missing names, other compression
+            methods) or would unpack past ``MAX_UNPACKED_BYTES``.
+        zipfile.BadZipFile: If a member is longer than it declares, or corrupt.
+    """
+    infos = sorted(archive.infolist(), key=lambda info: info.filename)
+    names = [info.filename for info in infos]
+    if CARD_FILE not in names or any(Path(name).name != name for name in names):
+        raise CliError("the download is not a model bundle", EXIT_FAILURE)
+    if any(info.compress_type not in PLAIN_METHODS for info in infos):
+        raise CliError("the download is not a model bundle (compression)", EXIT_FAILURE)
+    unpacked = sum(info.file_size for info in infos)
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise CliError(
+            f"the download unpacks to {unpacked:,} bytes, more than a model bundle holds "
+            f"({MAX_UNPACKED_BYTES:,} at most): not unpacked",
+            EXIT_FAILURE,
+        )
+    members = {}
+    for info in infos:
+        with archive.open(info) as member:
+            content = member.read(info.file_size + 1)  # deflate stops at what is asked
+        if len(content) != info.file_size:
+            raise zipfile.BadZipFile(f"{info.filename} is not the size it declares")
+        members[info.filename] = content
+    return members

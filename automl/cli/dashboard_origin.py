@@ -44,11 +44,30 @@ def allowed_host_names(option: str | None, listen_host: str) -> frozenset[str] |
         raise ValueError("--allowed-hosts names no host (use '*' for any)")
     if "*" in names:
         return None
-    parsed = {name: host_name(name) for name in names}
-    bad = [name for name, found in parsed.items() if not found or not _is_host_name(found)]
+    bad = [name for name in names if _option_host(name) is None]
     if bad:
         raise ValueError(f"--allowed-hosts: {bad[0]!r} is not a host name")
-    return frozenset(str(name).lower() for name in parsed.values())
+    return frozenset(str(_option_host(name)) for name in names)
+
+
+def _option_host(name: str) -> str | None:
+    """A name of ``--allowed-hosts`` as ``Host`` headers name it (lower case, no trailing
+    dot, an IPv6 address with or without brackets), its port dropped; None if malformed
+    (user information, a path, a malformed address)."""
+    bare = name.strip("[]")
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    if "@" in name or "/" in name:
+        return None
+    found = host_name(name)
+    return _normal(found) if found and _is_host_name(found) else None
+
+
+def _normal(name: str) -> str:
+    """A host name as compared: lower case, without a trailing dot."""
+    return name.lower().rstrip(".")
 
 
 _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
@@ -89,7 +108,7 @@ def _host_refusal(host: str, allowed: frozenset[str] | None) -> str | None:
     if allowed is None:
         return None
     name = host_name(host)
-    if name is not None and (is_loopback(name) or name.lower() in allowed):
+    if name is not None and (is_loopback(name) or _normal(name) in allowed):
         return None
     return (
         f"request for host {name or host!r} refused: the dashboard answers as localhost, "

@@ -7,6 +7,8 @@ light view models), so commands against the API start fast.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, BinaryIO, TypeVar
 
 import httpx
@@ -97,10 +99,17 @@ class HttpClient:
             ClientError: ``bad_input`` if the study is unknown; not if it merely has no
                 completed trial (both are a 404, told apart by asking for the study).
         """
-        try:
+        with self._no_result_yet(study_id, 404):
             return self._answer(BestTrials, "GET", f"/studies/{study_id}/best")
+
+    @contextmanager
+    def _no_result_yet(self, study_id: int, status: int) -> Iterator[None]:
+        """Makes an answer ``status`` about ``study_id``'s result no bad input (exit 1, as
+        locally) where the study is there: it has no completed trial (or weights) yet."""
+        try:
+            yield
         except ClientError as exc:
-            if exc.status != 404 or not self._has_study(study_id):
+            if exc.status != status or not self._has_study(study_id):
                 raise
             raise ClientError(str(exc), bad_input=False, status=exc.status) from None
 
@@ -166,22 +175,26 @@ class HttpClient:
         """Uploads images (name, content or an open file, read as it is sent) and returns
         their top classes."""
         files = [("files", (name, data, "application/octet-stream")) for name, data in images]
-        return self._answer(
-            Predictions, "POST", f"/studies/{study_id}/predict", params={"top": top}, files=files
-        )
+        path = f"/studies/{study_id}/predict"
+        with self._no_result_yet(study_id, 404):
+            return self._answer(Predictions, "POST", path, params={"top": top}, files=files)
 
     def annotate(self, study_id: int, request: AnnotateRequest) -> Annotations:
         """Suggested labels for a folder under the server's data root."""
         body = request.model_dump(exclude_defaults=True)
-        return self._answer(Annotations, "POST", f"/studies/{study_id}/annotate", json=body)
+        with self._no_result_yet(study_id, 404):
+            return self._answer(Annotations, "POST", f"/studies/{study_id}/annotate", json=body)
 
     def best_model(self, study_id: int) -> bytes:
         """The best model's bundle: a zip (``GET /studies/{id}/best/model``)."""
-        return self._send("GET", f"/studies/{study_id}/best/model").content
+        with self._no_result_yet(study_id, 404):
+            return self._send("GET", f"/studies/{study_id}/best/model").content
 
     def report(self, study_id: int) -> str:
         """The study's report, an HTML page (``GET /studies/{id}/report``)."""
-        return self._send("GET", f"/studies/{study_id}/report", timeout=REPORT_TIMEOUT_S).text
+        with self._no_result_yet(study_id, 409):
+            path = f"/studies/{study_id}/report"
+            return self._send("GET", path, timeout=REPORT_TIMEOUT_S).text
 
     def refit(self, study_id: int) -> dict[str, Any]:
         """Queues the study's refit; its state as JSON (``POST /studies/{id}/refit``)."""

@@ -1058,29 +1058,47 @@ def completed_values(connection: sa.engine.Connection, study_id: int) -> dict[in
 
 
 def optuna_study_exists(connection: sa.engine.Connection, study_id: int) -> bool:
-    """Whether Optuna's ``studies`` table has the study automl made under this id: one
-    marked automl's (``automl.created_at``). A study another tool made under the same id
-    once automl's was deleted outside automl (Optuna's SQLite table, when Optuna created
-    it, gives a deleted study's id out again) is not, and counts as gone."""
-    return bool(connection.scalar(sa.select(marked_automls(study_id))))
+    """Whether Optuna's ``studies`` table has the study automl made under this id: marked
+    automl's (``automl.created_at``) at the time automl's row says it was created. A study
+    another tool made under the same id once automl's was deleted outside automl (Optuna's
+    SQLite table, when Optuna created it, gives a deleted study's id out again) is not,
+    nor is a copy of another automl study made there (``optuna.copy_study`` copies the
+    mark, with its time): either counts as gone."""
+    from automl.store import tables  # automl's own tables, beside Optuna's
 
-
-def marked_automls(study_id: int) -> sa.Exists:
-    """The SQL condition that the Optuna study ``study_id`` is marked automl's."""
     attributes = study_user_attributes
-    return sa.exists().where(
-        attributes.c.study_id == study_id, attributes.c.key == attrs.CREATED_AT
-    )
+    found = connection.execute(
+        sa.select(attributes.c.value_json, tables.studies.c.created_at)
+        .select_from(
+            attributes.outerjoin(tables.studies, tables.studies.c.study_id == attributes.c.study_id)
+        )
+        .where(attributes.c.study_id == study_id, attributes.c.key == attrs.CREATED_AT)
+    ).first()
+    if found is None:
+        return False
+    marked, created_at = found
+    if created_at is None:
+        return True  # no row of automl's to compare with (a submit in flight)
+    try:
+        at = datetime.fromisoformat(json.loads(marked)).timestamp()
+    except (TypeError, ValueError):
+        return False  # a mark another tool wrote
+    return abs(at - created_at) < MARK_TOLERANCE_S
+
+
+MARK_TOLERANCE_S = 1e-3
+"""How far a study's mark may lie from its row's creation time (both are written from one
+time; the mark as ISO 8601 text, in microseconds)."""
 
 
 def half_created_studies(
     connection: sa.engine.Connection, known_ids: sa.Select[Any]
 ) -> dict[int, Any]:
     """Optuna studies a submit created but never recorded: marked automl's
-    (``automl.created_at``), not among ``known_ids``, without a trial and without any other
-    of automl's attributes (a submit records those only after its row). A copy of an
-    automl study (``optuna.copy_study``) or one renamed in optuna-dashboard carries the
-    mark too, and its trials or its other attributes keep it from being taken for one.
+    (``automl.created_at``), not among ``known_ids``, without a trial and without automl's
+    status (a submit writes it in the commit of its row). A copy of an automl study
+    (``optuna.copy_study``) or one renamed in optuna-dashboard carries the mark too, and
+    its trials or its status keep it from being taken for one.
 
     Returns:
         The mark's value (the creation time, ISO 8601) by study id.
@@ -1091,10 +1109,9 @@ def half_created_studies(
         attributes.c.key == attrs.CREATED_AT,
         attributes.c.study_id.not_in(known_ids),
         ~sa.exists().where(trials.c.study_id == attributes.c.study_id),
+        # A submit writes the status in the commit of its row, and Optuna's copy keeps it.
         ~sa.exists().where(
-            others.c.study_id == attributes.c.study_id,
-            others.c.key.startswith(attrs.PREFIX, autoescape=True),
-            others.c.key != attrs.CREATED_AT,
+            others.c.study_id == attributes.c.study_id, others.c.key == attrs.STATUS
         ),
     )
     return {study_id: json.loads(value) for study_id, value in connection.execute(query)}

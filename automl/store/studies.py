@@ -580,6 +580,11 @@ def list_trials(
     """A study's Optuna trials (every attempt) in number order; reads only the page."""
     listed = (tables.studies.c.study_id == study_id, tables.studies.c.status != DELETING)
     with store.read() as connection:
+        if not optuna_rows.optuna_study_exists(connection, study_id):
+            # Gone, or another tool's study under the id: none of its trials are automl's.
+            if not connection.scalar(sa.select(sa.exists().where(*listed))):
+                raise StudyNotFoundError(study_id)
+            return Page(data=[], count=0)
         trials, count = optuna_rows.load_trial_page(
             connection,
             study_id,
@@ -587,8 +592,7 @@ def list_trials(
             limit,
             offset,
             user_attr_keys=SUMMARY_ATTRS,
-            # Not the trials of another tool's study under the id (see optuna_study_exists).
-            where=[sa.exists().where(*listed), optuna_rows.marked_automls(study_id)],
+            where=[sa.exists().where(*listed)],
         )
         if count is None:  # an empty page: is there such a study, and how many trials?
             count = connection.execute(
@@ -596,8 +600,6 @@ def list_trials(
             ).scalar()
             if count is None:
                 raise StudyNotFoundError(study_id)
-            if count and not optuna_rows.optuna_study_exists(connection, study_id):
-                count = 0
     # One validation for the page (in pydantic's core) rather than one per trial.
     fields = [TrialSummary.fields_of(trial) for trial in trials]
     try:
@@ -624,6 +626,8 @@ def get_frozen_trial(store: Store, study_id: int, number: int) -> FrozenTrial:
     """The Optuna trial of a study, by its number."""
     with store.read() as connection:
         _row(connection, study_id)
+        if not optuna_rows.optuna_study_exists(connection, study_id):
+            raise TrialNotFoundError(f"study {study_id} has no trial {number}")
     try:
         trial_id = store.reader.get_trial_id_from_study_id_trial_number(study_id, number)
     except KeyError:

@@ -112,7 +112,7 @@ class TrialSummary(BaseModel):
             return cls.model_validate(fields)
         except ValidationError as exc:
             wrong = {error["loc"][0] for error in exc.errors() if error["loc"]}
-            if not wrong <= ATTR_FIELDS:
+            if not wrong or wrong & OPTUNA_FIELDS:
                 raise
             return cls.model_validate({**fields, **dict.fromkeys(wrong)})
 
@@ -239,16 +239,16 @@ class BestTrials(BaseModel):
 
 
 SUMMARY_ATTRS = (attrs.METRICS, attrs.ERROR, attrs.FAILURE, attrs.TICKET, attrs.ATTEMPT)
+"""The user attributes a ``TrialSummary`` shows (a listing reads no others)."""
 
-ATTR_FIELDS = frozenset(
+OPTUNA_FIELDS = frozenset(
     {
-        *("metrics", "error", "failure", "ticket", "attempt", "config", "history"),
-        *("per_class", "confusion", "most_confused", "classes", "notes", "best_epoch"),
-        *("test_metrics", "test_per_class", "test_confusion", "test_most_confused"),
+        *("number", "state", "params", "values", "intermediate_values"),
+        *("datetime_start", "datetime_complete", "duration_s", "weights_available"),
     }
 )
-"""The trial views' fields read from ``automl.*`` attributes (see ``TrialSummary.tolerant``)."""
-"""The user attributes a ``TrialSummary`` shows (a listing reads no others)."""
+"""The trial views' fields read from Optuna's own columns; the others come from
+``automl.*`` attributes, which another tool may write in any shape (``tolerant``)."""
 
 
 def _finite(value: float | None) -> float | None:

@@ -288,6 +288,9 @@ class SqlCoordinator:
     def start_trial(self, lease: Lease, template: FrozenTrial) -> int:
         """See ``Coordinator.start_trial``: created through ``storage``, so that its cache
         knows the trial, and then linked (two transactions)."""
+        with self.store.read() as connection:
+            if not optuna_rows.optuna_study_exists(connection, lease.study_id):
+                raise StudyNotFoundError(lease.study_id)  # or another tool's under its id
         trial_id = self.storage.create_new_trial(lease.study_id, template)
         try:
             record_trial(self.store, lease, trial_id, self.storage.get_trial(trial_id).number)

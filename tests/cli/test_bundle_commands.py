@@ -17,10 +17,10 @@ from automl.cli.errors import CliError
 CARD = json.dumps({"study": 1}).encode()
 
 
-def archive(members: dict[str, bytes]) -> bytes:
-    """A zip of ``members``, deflated (as the API sends bundles)."""
+def archive(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip of ``members``, deflated (as the API sends bundles) unless ``method`` says."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zipped:
+    with zipfile.ZipFile(buffer, "w", method) as zipped:
         for name, content in members.items():
             zipped.writestr(name, content)
     return buffer.getvalue()
@@ -39,7 +39,12 @@ def test_a_bundle_is_unpacked_flat_with_its_card(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"not a zip", "the download is not a zip file"),
+        (b"not a zip", "the download is not a readable zip file"),
+        (archive({"model_card.json": b"{not json"}), "the download's model card is not JSON"),
+        (
+            archive({"model_card.json": CARD}, zipfile.ZIP_BZIP2),
+            r"the download is not a model bundle \(compression\)",
+        ),
         (archive({"model.onnx": b"x"}), "the download is not a model bundle"),
         (
             archive({"model_card.json": CARD, "../evil.py": b"x"}),
@@ -65,4 +70,20 @@ def test_an_archive_that_unpacks_too_large_is_refused_before_reading(
 
     with pytest.raises(CliError, match=r"unpacks to 1,048,\d+ bytes, more than a model bundle"):
         unpack_bundle(bomb, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_member_longer_than_it_declares_is_refused_without_reading_it_all(
+    tmp_path: Path,
+) -> None:
+    """A reviewer: the cap trusted the declared sizes; a member declaring 10 bytes held
+    600 MiB (bzip2, decompressed whole). Deflate is read no further than declared."""
+    data = bytearray(archive({"model_card.json": CARD, "model.onnx": bytes(2**20)}))
+    declared = (2**20).to_bytes(4, "little")
+    for start in range(len(data) - 3):  # the sizes in the local and central headers
+        if data[start : start + 4] == declared:
+            data[start : start + 4] = (10).to_bytes(4, "little")
+
+    with pytest.raises(CliError, match="not a readable zip file"):
+        unpack_bundle(bytes(data), tmp_path / "out")
     assert not (tmp_path / "out").exists()

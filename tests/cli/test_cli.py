@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 from automl import __version__
 from automl.api import create_app
 from automl.cli import client as cli_client
-from automl.cli import http_client, study_commands
+from automl.cli import http_client, report_commands, study_commands
 from automl.cli.errors import MAY_HAVE_CHANGED, may_have_submitted
 from automl.cli.main import build_parser, main
 from automl.config import Settings
@@ -718,6 +718,7 @@ def api_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
             self._http = TestClient(app, base_url=self.base_url)
 
     monkeypatch.setattr(study_commands, "HttpClient", InProcessHttpClient)
+    monkeypatch.setattr(report_commands, "HttpClient", InProcessHttpClient)
     yield base_url
     app.state.store.close()
 
@@ -799,6 +800,7 @@ def test_a_submit_that_reached_no_api_says_nothing_was_made(cli: Run, spec_file:
     assert "may have been" not in err
 
 
+@pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")  # TestClient
 def test_errors_over_http_are_one_line(
     cli: Run, api_url: str, spec_file: Path, bad_spec_file: Path
 ) -> None:
@@ -806,6 +808,7 @@ def test_errors_over_http_are_one_line(
     unknown = cli("status", "3", "--url", api_url)
     cli("submit", str(spec_file), "--url", api_url)
     no_best = cli("best", "1", "--url", api_url)
+    no_report = cli("report", "1", "-o", "r.html", "--url", api_url)
     unknown_best = cli("best", "3", "--url", api_url)
     cli("cancel", "1", "--url", api_url)
     cancelled = cli("cancel", "1", "--url", api_url)
@@ -816,6 +819,8 @@ def test_errors_over_http_are_one_line(
     assert unknown[0] == 2
     assert one_error_line(unknown[2]) == "error: study 3 not found"
     assert no_best[0] == 1  # not a bad input: the study is there
+    assert no_report[0] == 1, no_report  # a reviewer: exit 2 over the API, 1 locally
+    assert "has no completed trial yet" in one_error_line(no_report[2])
     assert one_error_line(no_best[2]) == "error: study 1 has no completed trial yet"
     assert unknown_best[0] == 2
     assert one_error_line(unknown_best[2]) == "error: study 3 not found"

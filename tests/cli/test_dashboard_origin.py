@@ -61,6 +61,14 @@ def test_named_hosts_are_answered_and_star_or_another_address_answers_any(
         with _client(store, named, host) as client:
             assert client.get("/api/studies").status_code == status, host
     assert allowed_host_names("*", "127.0.0.1") is None
+    # A reviewer: an IPv6 address lost all but its first group, user information passed.
+    assert allowed_host_names("fe80::1,[fe80::2],Dash.Example.", "0.0.0.0") == frozenset(
+        {"fe80::1", "fe80::2", "dash.example"}
+    )
+    with pytest.raises(ValueError, match=r"'user@evil\.example' is not a host name"):
+        allowed_host_names("user@evil.example", "0.0.0.0")
+    with _client(store, named, "dash.example.") as client:  # a trailing dot: the same name
+        assert client.get("/api/studies").status_code == 200
     assert allowed_host_names(None, "0.0.0.0") is None  # it warns at start instead
     with _client(store, None, "anything.example") as client:
         assert client.get("/api/studies").status_code == 200

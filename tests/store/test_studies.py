@@ -242,6 +242,32 @@ def test_a_submit_cut_off_after_its_first_commit_leaves_what_the_reaper_removes(
     assert store.storage.get_all_studies() == []
 
 
+def test_a_submit_cut_off_at_its_row_leaves_what_the_reaper_removes(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reviewer: the spec and the warm-start note are written before the row; a submit
+    cut off in the row's commit left a study the sweep took for a copy, for good."""
+
+    put_study_attrs = optuna_rows.put_study_attrs
+
+    def cut(connection: sa.engine.Connection, study_id: int, values: dict[str, Any]) -> None:
+        if attrs.STATUS in values:  # the status, in the row's transaction
+            raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+        put_study_attrs(connection, study_id, values)
+
+    monkeypatch.setattr(optuna_rows, "put_study_attrs", cut)
+    with pytest.raises(sa.exc.OperationalError):
+        submit_study(store, tiny_spec())
+    [left] = store.storage.get_all_studies()
+    left_id = store.storage.get_study_id_from_name(left.study_name)
+    monkeypatch.undo()
+    assert attrs.SPEC in left.user_attrs
+
+    assert list_studies(store).count == 0
+    assert remove_orphans(store, min_age_s=0) == [left_id]
+    assert store.storage.get_all_studies() == []
+
+
 def test_optunas_own_study_and_automls_agree(store: Store) -> None:
     """automl creates its Optuna studies by SQL (with their mark, in one commit): Optuna
     reads them as its own."""

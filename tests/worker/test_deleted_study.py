@@ -19,10 +19,13 @@ from automl.store import (
     Store,
     StudyNotFoundError,
     StudyStatus,
+    TrialNotFoundError,
+    attrs,
     best_trials,
     cancel_study,
     delete_study,
     get_study,
+    get_trial,
     list_trials,
     optuna_rows,
     submit_study,
@@ -188,10 +191,11 @@ def test_a_study_deleted_elsewhere_after_its_first_trial_fails_too(
     assert detail.counts.fail == 1  # the one ticket that found the study gone
 
 
-def _plain_study_under_the_id(store: Store, study_id: int) -> optuna.Study:
+def _plain_study_under_the_id(store: Store, study_id: int, mark: str | None) -> optuna.Study:
     """Another tool's study made under ``study_id`` once automl's Optuna study was deleted
     outside automl (as Optuna's own SQLite table gives a deleted id out again), with one
-    trial of its user's."""
+    trial of its user's, and automl's creation ``mark`` if given (as a copy of another
+    automl study carries it)."""
     store.storage.delete_study(study_id)
     with store.write() as connection:
         connection.execute(
@@ -205,19 +209,25 @@ def _plain_study_under_the_id(store: Store, study_id: int) -> optuna.Study:
             {"id": study_id},
         )
     plain = optuna.load_study(study_name="mine", storage=store.storage)
+    if mark is not None:
+        plain.set_user_attr(attrs.CREATED_AT, mark)
     plain.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
     return plain
 
 
+@pytest.mark.parametrize("copied", [False, True], ids=["plain", "copy-of-another"])
 def test_another_tools_study_under_a_reused_id_is_never_trained_listed_or_deleted(
-    store: Store, tiny_spec: SpecFactory
+    store: Store, tiny_spec: SpecFactory, copied: bool
 ) -> None:
     """Found by a tester: on a SQLite file that Optuna created, a study made after an
     automl study's Optuna study was deleted outside automl got its id; the worker trained
     automl's trials into it, ``automl trials`` listed the user's, and ``automl delete``
-    deleted it."""
+    deleted it. A reviewer: so it did for a copy of another automl study (its mark)."""
+    other = submit_study(store, tiny_spec(name="other", budget={"n_trials": 1})).id
+    mark = store.reader.get_study_user_attrs(other)[attrs.CREATED_AT] if copied else None
+    cancel_study(store, other)
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 2, "max_failed": 0})).id
-    plain = _plain_study_under_the_id(store, study_id)
+    plain = _plain_study_under_the_id(store, study_id, mark)
 
     Worker(store, fast_options()).run()
 
@@ -228,7 +238,9 @@ def test_another_tools_study_under_a_reused_id_is_never_trained_listed_or_delete
     with pytest.raises(NoBestTrialError, match="deleted outside automl"):
         best_trials(store, study_id)
     assert [trial.value for trial in plain.trials] == [1.0]  # nothing of automl's added
-    assert plain.user_attrs == {}  # nor its status mirrored there
+    assert attrs.STATUS not in plain.user_attrs  # nor its status mirrored there
+    with pytest.raises(TrialNotFoundError):
+        get_trial(store, study_id, 0)
 
     delete_study(store, study_id)
 
