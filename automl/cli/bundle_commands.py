@@ -10,6 +10,7 @@ import argparse
 import io
 import json
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +103,13 @@ def unpack_bundle(data: bytes, directory: Path) -> tuple[list[Path], dict]:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = _read_members(archive)
         card = json.loads(members[CARD_FILE])
-    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, EOFError) as exc:
         # RuntimeError: an encrypted member; NotImplementedError: a method zipfile lacks.
         raise CliError(f"the download is not a readable zip file ({exc})", EXIT_FAILURE) from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CliError("the download's model card is not JSON", EXIT_FAILURE) from None
+    if not isinstance(card, dict):
+        raise CliError("the download's model card is not a JSON object", EXIT_FAILURE)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         written = []
@@ -129,7 +132,8 @@ def _read_members(archive: zipfile.ZipFile) -> dict[str, bytes]:
     Raises:
         CliError: If it is not a bundle (nested or missing names, other compression
             methods) or would unpack past ``MAX_UNPACKED_BYTES``.
-        zipfile.BadZipFile: If a member is longer than it declares, or corrupt.
+        zipfile.BadZipFile: If a member is shorter than it declares, or corrupt (one
+            longer is cut at its declared size, and then fails its CRC check).
     """
     infos = sorted(archive.infolist(), key=lambda info: info.filename)
     names = [info.filename for info in infos]
@@ -149,6 +153,6 @@ def _read_members(archive: zipfile.ZipFile) -> dict[str, bytes]:
         with archive.open(info) as member:
             content = member.read(info.file_size + 1)  # deflate stops at what is asked
         if len(content) != info.file_size:
-            raise zipfile.BadZipFile(f"{info.filename} is not the size it declares")
+            raise zipfile.BadZipFile(f"{info.filename} is shorter than it declares")
         members[info.filename] = content
     return members

@@ -18,6 +18,10 @@ from automl.config import Settings
 from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions
 from automl.store.views import BestTrials, Page, StudyDetail, StudySummary, TrialSummary
 
+NO_COMPLETED_TRIAL = "completed trial"
+"""What the API's answer says of a study without a result (``NoBestTrialError``: it "has no
+completed trial yet", or "ended ... without a completed trial")."""
+
 Answer = TypeVar("Answer", bound=BaseModel)
 
 HTTP_TIMEOUT_S = 90.0
@@ -103,13 +107,14 @@ class HttpClient:
             return self._answer(BestTrials, "GET", f"/studies/{study_id}/best")
 
     @contextmanager
-    def _no_result_yet(self, study_id: int, status: int) -> Iterator[None]:
+    def _no_result_yet(self, study_id: int, status: int, said: str = "") -> Iterator[None]:
         """Makes an answer ``status`` about ``study_id``'s result no bad input (exit 1, as
-        locally) where the study is there: it has no completed trial (or weights) yet."""
+        locally) where the study is there and the answer says ``said``: it has no
+        completed trial yet (a trial without weights stays a bad input, as locally)."""
         try:
             yield
         except ClientError as exc:
-            if exc.status != status or not self._has_study(study_id):
+            if exc.status != status or said not in str(exc) or not self._has_study(study_id):
                 raise
             raise ClientError(str(exc), bad_input=False, status=exc.status) from None
 
@@ -176,19 +181,18 @@ class HttpClient:
         their top classes."""
         files = [("files", (name, data, "application/octet-stream")) for name, data in images]
         path = f"/studies/{study_id}/predict"
-        with self._no_result_yet(study_id, 404):
+        with self._no_result_yet(study_id, 404, NO_COMPLETED_TRIAL):
             return self._answer(Predictions, "POST", path, params={"top": top}, files=files)
 
     def annotate(self, study_id: int, request: AnnotateRequest) -> Annotations:
         """Suggested labels for a folder under the server's data root."""
         body = request.model_dump(exclude_defaults=True)
-        with self._no_result_yet(study_id, 404):
+        with self._no_result_yet(study_id, 404, NO_COMPLETED_TRIAL):
             return self._answer(Annotations, "POST", f"/studies/{study_id}/annotate", json=body)
 
     def best_model(self, study_id: int) -> bytes:
         """The best model's bundle: a zip (``GET /studies/{id}/best/model``)."""
-        with self._no_result_yet(study_id, 404):
-            return self._send("GET", f"/studies/{study_id}/best/model").content
+        return self._send("GET", f"/studies/{study_id}/best/model").content
 
     def report(self, study_id: int) -> str:
         """The study's report, an HTML page (``GET /studies/{id}/report``)."""

@@ -1092,13 +1092,20 @@ time; the mark as ISO 8601 text, in microseconds)."""
 
 
 def half_created_studies(
-    connection: sa.engine.Connection, known_ids: sa.Select[Any]
+    connection: sa.engine.Connection,
+    known_ids: sa.Select[Any],
+    among: Collection[int] | None = None,
 ) -> dict[int, Any]:
     """Optuna studies a submit created but never recorded: marked automl's
     (``automl.created_at``), not among ``known_ids``, without a trial and without automl's
     status (a submit writes it in the commit of its row). A copy of an automl study
     (``optuna.copy_study``) or one renamed in optuna-dashboard carries the mark too, and
     its trials or its status keep it from being taken for one.
+
+    Args:
+        connection: An open transaction.
+        known_ids: The ids of automl's studies (its rows).
+        among: Only these studies (None: all).
 
     Returns:
         The mark's value (the creation time, ISO 8601) by study id.
@@ -1114,6 +1121,8 @@ def half_created_studies(
             others.c.study_id == attributes.c.study_id, others.c.key == attrs.STATUS
         ),
     )
+    if among is not None:
+        query = query.where(attributes.c.study_id.in_(list(among)))
     return {study_id: json.loads(value) for study_id, value in connection.execute(query)}
 
 

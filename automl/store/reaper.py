@@ -22,7 +22,6 @@ stale.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -364,9 +363,7 @@ def remove_orphans(
             age = clock - datetime.fromisoformat(created_at).timestamp()
         except (TypeError, ValueError):
             continue  # a mark another tool wrote: no submit of automl's left it
-        if age >= min_age_s:
-            with contextlib.suppress(KeyError):  # another reaper was first
-                store.storage.delete_study(study_id)
+        if age >= min_age_s and _remove_if_still_half_created(store, study_id, known):
             removed.append(study_id)
     for study_id in deleting:
         try:
@@ -380,6 +377,17 @@ def remove_orphans(
             continue
         removed.append(study_id)
     return removed
+
+
+def _remove_if_still_half_created(store: Store, study_id: int, known: sa.Select[Any]) -> bool:
+    """Deletes a half-created Optuna study found earlier, if it still is one (a slow
+    submit may have written its row since, or another reaper removed it); whether it did."""
+    with store.write() as connection:
+        optuna_rows.lock_study_row(connection, study_id)
+        if not optuna_rows.half_created_studies(connection, known, among=[study_id]):
+            return False
+        optuna_rows.delete_study(connection, study_id)
+    return True
 
 
 def remove_stale_temporaries(store: Store) -> list[str]:

@@ -210,13 +210,35 @@ def submit_study(
     except sa.exc.IntegrityError:
         # Another request with the same idempotency key won the race: answer with its study.
         store.storage.delete_study(study_id)
-        if idempotency_key is None:
-            raise
-        existing = _study_with_key(store, idempotency_key, spec_json, project)
+        existing = None
+        if idempotency_key is not None:
+            existing = _study_with_key(store, idempotency_key, spec_json, project)
         if existing is None:
+            _refuse_a_reused_id(store, study_id)
             raise
         study_id = existing
     return get_study(store, study_id)
+
+
+def _refuse_a_reused_id(store: Store, study_id: int) -> None:
+    """Names the study that holds ``study_id`` in automl's records where Optuna gave the id
+    out again (its own SQLite tables do, once that study's Optuna study was deleted
+    outside automl): every submission would get the id, and fail, until it is deleted.
+
+    Raises:
+        StudyStateError: If automl's records hold ``study_id``.
+    """
+    with store.read() as connection:
+        held = connection.scalar(
+            sa.select(tables.studies.c.name).where(tables.studies.c.study_id == study_id)
+        )
+    if held is not None:
+        raise StudyStateError(
+            f"study {study_id} ({held}) is still recorded, but its Optuna study was deleted "
+            f"outside automl and Optuna gives its id out again: `automl delete {study_id}` "
+            f"(after `automl cancel {study_id}` while it is active) removes what is left, "
+            "then submit again"
+        )
 
 
 def _study_with_key(store: Store, key: str, spec_json: str, project: str) -> int | None:

@@ -26,6 +26,13 @@ def archive(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> by
     return buffer.getvalue()
 
 
+def _corrupt(data: bytes) -> bytes:
+    """``data`` with bytes of its first member's compressed data flipped (a reviewer:
+    zlib's error escaped as a traceback)."""
+    start = 30 + len("model_card.json") + 4  # past the local header and the name
+    return data[:start] + bytes(b ^ 0xFF for b in data[start : start + 8]) + data[start + 8 :]
+
+
 def test_a_bundle_is_unpacked_flat_with_its_card(tmp_path: Path) -> None:
     data = archive({"model_card.json": CARD, "model.onnx": b"onnx"})
 
@@ -41,6 +48,8 @@ def test_a_bundle_is_unpacked_flat_with_its_card(tmp_path: Path) -> None:
     [
         (b"not a zip", "the download is not a readable zip file"),
         (archive({"model_card.json": b"{not json"}), "the download's model card is not JSON"),
+        (archive({"model_card.json": b"[1]"}), "model card is not a JSON object"),
+        (_corrupt(archive({"model_card.json": CARD * 50})), "not a readable zip file"),
         (
             archive({"model_card.json": CARD}, zipfile.ZIP_BZIP2),
             r"the download is not a model bundle \(compression\)",

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -62,7 +63,7 @@ from automl.store import (
     write_trial,
 )
 from automl.store.shared_artifacts import shared_artifact_id, shared_use_attr
-from tests.conftest import recorded_statements
+from tests.conftest import recorded_statements, store_at
 from tests.store.conftest import drive, end_trial, start_trial
 
 SpecFactory = Callable[..., StudySpec]
@@ -266,6 +267,51 @@ def test_a_submit_cut_off_at_its_row_leaves_what_the_reaper_removes(
     assert list_studies(store).count == 0
     assert remove_orphans(store, min_age_s=0) == [left_id]
     assert store.storage.get_all_studies() == []
+
+
+def test_a_submit_that_writes_its_row_after_the_sweep_found_it_keeps_its_study(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reviewer: the sweep deleted what it had found without looking again, so a submit
+    slow to write its row lost its Optuna study (and its study then failed as deleted)."""
+    study_id = submit_study(store, tiny_spec()).id
+    real = optuna_rows.half_created_studies
+    found_before_the_row = {study_id: datetime.now(UTC).isoformat()}
+    scans: list[object] = []
+
+    def stale_scan(connection: sa.engine.Connection, known: Any, among: Any = None) -> Any:
+        scans.append(among)
+        return found_before_the_row if among is None else real(connection, known, among)
+
+    monkeypatch.setattr(optuna_rows, "half_created_studies", stale_scan)
+
+    assert remove_orphans(store, min_age_s=0) == []
+
+    assert scans == [None, [study_id]]  # looked again, under the lock
+    assert get_study(store, study_id).status == StudyStatus.QUEUED
+
+
+def test_a_submit_given_a_recorded_id_again_names_the_study_to_delete(
+    tmp_path: Path, tiny_spec: SpecFactory
+) -> None:
+    """A reviewer: on a SQLite file whose tables Optuna created, an automl study deleted in
+    optuna-dashboard gave its id to the next submission, whose row then clashed with the
+    old one's: a 500 for every submit until the old study was deleted."""
+    url = f"sqlite:///{tmp_path / 'optuna-made.db'}"
+    optuna.storages.RDBStorage(url)  # Optuna's tables first: no AUTOINCREMENT
+    store = store_at(url, tmp_path)
+    try:
+        first = submit_study(store, tiny_spec(name="first")).id
+        store.storage.delete_study(first)  # outside automl
+
+        with pytest.raises(StudyStateError, match=rf"`automl delete {first}` \(after"):
+            submit_study(store, tiny_spec(name="second"))
+
+        cancel_study(store, first)
+        delete_study(store, first)
+        assert submit_study(store, tiny_spec(name="second")).name == "second"
+    finally:
+        store.close()
 
 
 def test_optunas_own_study_and_automls_agree(store: Store) -> None:
