@@ -145,8 +145,11 @@ class ReportCache:
 
     @staticmethod
     def _key(store: Store, study_id: int) -> tuple[Any, ...]:
-        """What the study's report depends on: its identity, status and counts."""
+        """What the study's report depends on: its identity, status and counts, and
+        whether its Optuna study is still there (another tool may delete it)."""
         study = get_study(store, study_id)
+        with store.read() as connection:
+            trials_there = optuna_rows.optuna_study_exists(connection, study_id)
         return (
             store.url,
             study_id,
@@ -155,6 +158,7 @@ class ReportCache:
             study.status.value,
             study.finished_at,
             study.counts.model_dump_json(),
+            trials_there,
         )
 
     def _take(self, key: tuple[Any, ...]) -> str | None:

@@ -385,6 +385,12 @@ def test_the_cache_renders_a_study_once_until_it_changes(
         cache.html(store, study_id)
         assert renders == ["completed", "queued", "running"]
 
+        # A tester: its Optuna study deleted with another tool, the old report was served.
+        with store.write() as connection:
+            optuna_rows.put_study_attrs(connection, study_id, {attrs.CREATED_AT: "moved"})
+        with pytest.raises(NoBestTrialError, match="deleted outside automl"):
+            cache.html(store, study_id)
+
         # Requests for a report being rendered wait for that render.
         drawn, finish = [], threading.Event()
 
