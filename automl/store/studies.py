@@ -701,6 +701,19 @@ def _locked(connection: sa.engine.Connection, study_id: int) -> sa.Row[Any]:
     return row
 
 
+def _locked_to_run(connection: sa.engine.Connection, study_id: int) -> sa.Row[Any]:
+    """``_locked``, for a change that queues trials: refused where the study's Optuna
+    study is gone (its trials could not be created: it would fail again at once).
+
+    Raises:
+        StudyStateError: If the Optuna study was deleted outside automl.
+    """
+    row = _locked(connection, study_id)
+    if not optuna_rows.optuna_study_exists(connection, study_id):
+        raise StudyStateError(f"study {study_id}: " + OPTUNA_STUDY_GONE.format(study_id=study_id))
+    return row
+
+
 def cancel_study(store: Store, study_id: int) -> StudyDetail:
     """Cancels a queued or running study: nothing new starts, queued work is dropped.
 
@@ -746,7 +759,7 @@ def extend_study(store: Store, study_id: int, add_trials: int) -> StudyDetail:
             the largest allowed.
     """
     with store.write() as connection:
-        row = _locked(connection, study_id)
+        row = _locked_to_run(connection, study_id)
         if row.status not in ACTIVE:
             raise StudyStateError(
                 f"study {study_id} is {row.status}; resume it to add trials to an ended study"
@@ -840,7 +853,7 @@ def resume_study(
     """
     tickets = tables.tickets
     with store.write() as connection:
-        row = _locked(connection, study_id)
+        row = _locked_to_run(connection, study_id)
         if row.status in ACTIVE:
             raise StudyStateError(
                 f"study {study_id} is {row.status}; only cancelled, failed or completed "
@@ -905,7 +918,7 @@ def rerun_failed(store: Store, study_id: int, *, limits: Limits | None = None) -
         ProjectLimitError: If reopening it would take its project over a limit.
     """
     with store.write() as connection:
-        row = _locked(connection, study_id)
+        row = _locked_to_run(connection, study_id)
         rerun = _rerun_failed_trials(connection, row, limits)
         if not rerun and not _rerun_failed_evaluation(connection, row):
             raise StudyStateError(
@@ -1046,7 +1059,7 @@ def enqueue_trials(
     if errors:
         raise SpecError(errors)
     with store.write() as connection:
-        row = _locked(connection, study_id)
+        row = _locked_to_run(connection, study_id)
         if row.status not in ACTIVE:
             raise StudyStateError(f"study {study_id} is {row.status}; resume it first")
         left = row.n_trials - row.issued

@@ -276,7 +276,7 @@ def test_a_submit_that_writes_its_row_after_the_sweep_found_it_keeps_its_study(
     slow to write its row lost its Optuna study (and its study then failed as deleted)."""
     study_id = submit_study(store, tiny_spec()).id
     real = optuna_rows.half_created_studies
-    found_before_the_row = {study_id: datetime.now(UTC).isoformat()}
+    found_before_the_row = {study_id: (datetime.now(UTC) - timedelta(hours=1)).isoformat()}
     scans: list[object] = []
 
     def stale_scan(connection: sa.engine.Connection, known: Any, among: Any = None) -> Any:

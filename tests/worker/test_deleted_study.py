@@ -18,6 +18,7 @@ from automl.store import (
     NoBestTrialError,
     Store,
     StudyNotFoundError,
+    StudyStateError,
     StudyStatus,
     TrialNotFoundError,
     attrs,
@@ -28,6 +29,8 @@ from automl.store import (
     get_trial,
     list_trials,
     optuna_rows,
+    rerun_failed,
+    resume_study,
     submit_study,
 )
 from automl.worker import Worker
@@ -189,6 +192,10 @@ def test_a_study_deleted_elsewhere_after_its_first_trial_fails_too(
     assert detail.status == StudyStatus.FAILED
     assert detail.status_reason is not None and "deleted outside automl" in detail.status_reason
     assert detail.counts.fail == 1  # the one ticket that found the study gone
+    # A tester: resume and rerun-failed were accepted, and failed again at the next claim.
+    for change in (lambda: resume_study(store, study_id, 1), lambda: rerun_failed(store, study_id)):
+        with pytest.raises(StudyStateError, match="deleted outside automl"):
+            change()
 
 
 def _plain_study_under_the_id(store: Store, study_id: int, mark: str | None) -> optuna.Study:
