@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -71,7 +72,8 @@ def test_stale_ticket_is_requeued_with_its_params(store: Store, tiny_spec: SpecF
     trial = store.storage.get_trial(trial_id)
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs[attrs.FAILURE] == "worker_lost"
-    assert "no heartbeat for 120 s" in trial.user_attrs[attrs.ERROR]
+    # 120 s, and the moments between the aging and the reap (121 under load: rounded).
+    assert re.search(r"no heartbeat for 12[01] s", trial.user_attrs[attrs.ERROR])
     assert heartbeat(store, lease).held is False
     again = claim(store, "w2")
     assert again is not None
