@@ -44,10 +44,11 @@ def allowed_host_names(option: str | None, listen_host: str) -> frozenset[str] |
         raise ValueError("--allowed-hosts names no host (use '*' for any)")
     if "*" in names:
         return None
-    bad = [name for name in names if _option_host(name) is None]
+    hosts = {name: _option_host(name) for name in names}
+    bad = [name for name, host in hosts.items() if host is None]
     if bad:
         raise ValueError(f"--allowed-hosts: {bad[0]!r} is not a host name")
-    return frozenset(str(_option_host(name)) for name in names)
+    return frozenset(str(host) for host in hosts.values())
 
 
 def _option_host(name: str) -> str | None:

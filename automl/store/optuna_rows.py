@@ -44,7 +44,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.dialects import postgresql, sqlite
 
-from automl.store import attrs
+from automl.store import attrs, tables
 
 _optuna = sa.MetaData()  # describes Optuna's tables; never used to create anything
 
@@ -1064,8 +1064,6 @@ def optuna_study_exists(connection: sa.engine.Connection, study_id: int) -> bool
     SQLite table, when Optuna created it, gives a deleted study's id out again) is not,
     nor is a copy of another automl study made there (``optuna.copy_study`` copies the
     mark, with its time): either counts as gone."""
-    from automl.store import tables  # automl's own tables, beside Optuna's
-
     attributes = study_user_attributes
     found = connection.execute(
         sa.select(attributes.c.value_json, tables.studies.c.created_at)
