@@ -71,6 +71,7 @@ from automl.worker import (
 )
 from automl.worker.coordinator import CoordinatorTooOldError
 from automl.worker.loop import UnusableFolderError, check_folders
+from automl.worker.runner import ENDED_OUTSIDE
 
 logger = logging.getLogger("automl.cli")
 
@@ -570,6 +571,16 @@ class _Progress:
             self.bar = tqdm(total=total, desc=name, unit="trial", file=sys.stderr)
 
     def update(self, study_id: int, trial: FrozenTrial, result: str) -> None:
+        if result == ENDED_OUTSIDE:
+            self.done += 1
+            if self.bar is not None:
+                self.bar.update(1)
+            state = trial.state.name.lower()
+            self._say(
+                f"trial {trial.number} was ended {state} by another tool while it trained "
+                f"(never ranked) [{self.done}/{self.total}]"
+            )
+            return
         if result not in FINISHED:  # the ticket is the queue's or the reaper's to end
             why = trial.user_attrs.get(attrs.ERROR) or result
             self._say(f"trial {trial.number} {RESUMED.get(result, result)}: {why}")

@@ -172,9 +172,14 @@ class RemoteCoordinator:
         with self.storage.pending_writes(trial_id) as writes:
             header = {"lease": wire.lease_to_wire(lease), "writes": writes}
             reply, _ = self.call("heartbeat", header)
-        if not reply["held"] and trial_id is not None:
-            self.storage.forget(trial_id)
-        return LeaseStatus(held=reply["held"], study_active=reply["study_active"])
+        status = LeaseStatus(
+            held=reply["held"],
+            study_active=reply["study_active"],
+            trial_ended=reply.get("trial_ended", False),  # an older proxy does not say
+        )
+        if (not status.held or status.trial_ended) and trial_id is not None:
+            self.storage.forget(trial_id)  # reads of an ended trial go to the proxy
+        return status
 
     def start_trial(self, lease: Lease, template: FrozenTrial) -> int:
         """See ``Coordinator.start_trial`` (one call)."""

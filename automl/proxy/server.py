@@ -171,7 +171,8 @@ class CoordinationService:
     def _heartbeat(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         lease = wire.lease_from_wire(header["lease"])
         status = self.coordinator.heartbeat(lease, writes_from_json(header.get("writes")))
-        return {"held": status.held, "study_active": status.study_active}, b""
+        reply = {"held": status.held, "study_active": status.study_active}
+        return {**reply, "trial_ended": status.trial_ended}, b""
 
     def _record_trial(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         lease = wire.lease_from_wire(header["lease"])

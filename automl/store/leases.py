@@ -87,10 +87,12 @@ class Lease:
 
 @dataclass(frozen=True)
 class LeaseStatus:
-    """What a heartbeat learned: is the lease still held, is the study still active."""
+    """What a heartbeat learned: is the lease still held, is the study still active, has
+    another tool ended the attempt's trial (plain optuna-dashboard's "tell")."""
 
     held: bool
     study_active: bool
+    trial_ended: bool = False
 
 
 def params_for_fresh_ticket(spec: dict[str, Any], index: int) -> dict[str, Any] | None:
@@ -520,9 +522,28 @@ def heartbeat(store: Store, lease: Lease, then: Step | None = None) -> LeaseStat
                     # that persists stops the beats, and the reaper ends the trial.
                     raise
                 failure = exc
+        ended = beat.rowcount == 1 and _attempt_trial_ended(connection, lease)
     if failure is not None:
         raise failure
-    return LeaseStatus(held=beat.rowcount == 1, study_active=status in ACTIVE)
+    return LeaseStatus(held=beat.rowcount == 1, study_active=status in ACTIVE, trial_ended=ended)
+
+
+def _attempt_trial_ended(connection: sa.engine.Connection, lease: Lease) -> bool:
+    """Whether the held attempt's Optuna trial, once linked to its ticket, has ended: only
+    its worker ends it while the lease is held, so another tool did (one query)."""
+    trials, user_attrs = optuna_rows.trials, optuna_rows.trial_user_attributes
+    row = connection.execute(
+        sa.select(trials.c.state, user_attrs.c.value_json)
+        .select_from(tables.tickets)
+        .join(trials, trials.c.trial_id == tables.tickets.c.trial_id)
+        .join(
+            user_attrs,
+            sa.and_(user_attrs.c.trial_id == trials.c.trial_id, user_attrs.c.key == attrs.LEASE),
+        )
+        .where(tables.tickets.c.ticket_id == lease.ticket_id)
+    ).first()
+    # A retried ticket names the earlier attempt's trial until the new one is linked.
+    return row is not None and json.loads(row.value_json) == lease.key and row.state.is_finished()
 
 
 def finish(

@@ -156,14 +156,27 @@ set with the trial, never removed). A lookup in Optuna's unique (trial_id, key) 
 every ranking query has it, so that trials added with plain Optuna are never ranked."""
 
 
+RESULT_RECORDED: sa.Exists = (
+    sa.exists()
+    .where(
+        trial_user_attributes.c.trial_id == trials.c.trial_id,
+        trial_user_attributes.c.key == attrs.METRICS,
+    )
+    .correlate(trials)
+)
+"""The trial's worker recorded its result (``automl.metrics``, written before its tell):
+a trial of automl's that another tool told COMPLETE while it ran (plain optuna-dashboard's
+"tell", a notebook) has a made-up value and none of automl's results."""
+
 _RANKED = (
     trials.c.state == TrialState.COMPLETE,
     trial_values.c.objective == 0,
     trial_values.c.value_type == "FINITE",
     AUTOML_TRIAL,
+    RESULT_RECORDED,
 )
 """What every ranking query (joined to ``trial_values``) asks of a trial: COMPLETE, of
-automl's, with a finite first objective."""
+automl's, with its worker's result recorded and a finite first objective."""
 
 
 def _now_utc_naive(connection: sa.engine.Connection) -> Any:
@@ -1035,8 +1048,9 @@ def trial_system_attr_keys(
 
 
 def completed_values(connection: sa.engine.Connection, study_id: int) -> dict[int, list[float]]:
-    """The objective values of each of the study's COMPLETE trials of automl's
-    (``AUTOML_TRIAL``), by trial id (one query, values only: what a Pareto front needs)."""
+    """The objective values of each of the study's COMPLETE trials of automl's with their
+    worker's result (``AUTOML_TRIAL``, ``RESULT_RECORDED``), by trial id (one query,
+    values only: what a Pareto front needs)."""
     query = (
         sa.select(
             trial_values.c.trial_id,
@@ -1049,6 +1063,7 @@ def completed_values(connection: sa.engine.Connection, study_id: int) -> dict[in
             trials.c.study_id == study_id,
             trials.c.state == TrialState.COMPLETE,
             AUTOML_TRIAL,
+            RESULT_RECORDED,
         )
     )
     values: dict[int, dict[int, float]] = defaultdict(dict)

@@ -564,8 +564,8 @@ class BufferedSqlCoordinator(SqlCoordinator):
         trial_id = self._lease_trial(lease)
         with self.buffer.pending_writes(trial_id) as pending:
             status = super().heartbeat(lease, writes_from_json(pending))
-        if not status.held and trial_id is not None:
-            self.buffer.forget(trial_id)
+        if (not status.held or status.trial_ended) and trial_id is not None:
+            self.buffer.forget(trial_id)  # reads of an ended trial go to the database
         return status
 
     def start_trial(self, lease: Lease, template: FrozenTrial) -> int:

@@ -15,8 +15,9 @@ class LeaseKeeper:
     """Beats for one lease every ``interval`` seconds until stopped.
 
     ``lost`` is set once the lease is gone (the reaper took it, the study was deleted);
-    ``study_ended`` once the study is no longer active (cancelled, failed, timed out).
-    Either means: stop training now. Database errors are retried at the next beat and
+    ``study_ended`` once the study is no longer active (cancelled, failed, timed out);
+    ``trial_ended`` once another tool ended the trial (plain optuna-dashboard's "tell").
+    Each means: stop training now. Database errors are retried at the next beat and
     logged once per outage.
 
     Args:
@@ -33,6 +34,7 @@ class LeaseKeeper:
         self.backoff = backoff
         self.lost = threading.Event()
         self.study_ended = threading.Event()
+        self.trial_ended = threading.Event()
         self._stop = threading.Event()
         self._ending = threading.Event()
         self._lock = threading.Lock()
@@ -50,12 +52,13 @@ class LeaseKeeper:
 
     @property
     def should_stop(self) -> bool:
-        """Whether the trial must stop (lease lost or study ended)."""
-        return self.lost.is_set() or self.study_ended.is_set()
+        """Whether the trial must stop (lease lost, study or trial ended)."""
+        return self.lost.is_set() or self.study_ended.is_set() or self.trial_ended.is_set()
 
     def ending(self) -> None:
         """The worker is ending (or giving back) the ticket itself: from now on a beat that
-        finds the lease gone found that, not the reaper, and says nothing of it."""
+        finds the lease gone or the trial ended found that, not the reaper or another
+        tool, and says nothing of it."""
         self._ending.set()
 
     def beat(self) -> LeaseStatus | None:
@@ -79,6 +82,13 @@ class LeaseKeeper:
             self.lost.set()
         if not status.study_active:
             self.study_ended.set()
+        if status.trial_ended and not self.trial_ended.is_set() and not self._ending.is_set():
+            logger.warning(
+                "the trial of ticket %s was ended by another tool (not automl's worker): "
+                "stopping it",
+                self.lease.ticket_id,
+            )
+            self.trial_ended.set()
         return status
 
     def _run(self) -> None:

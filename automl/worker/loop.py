@@ -75,7 +75,8 @@ logger = logging.getLogger("automl.worker")
 
 TrialCallback = Callable[[int, FrozenTrial, str], None]
 """Called with the study id, the attempt's trial and how the attempt ended: ``complete``,
-``pruned`` or ``fail`` end its ticket; after ``released``, ``lost`` or ``rejected`` the
+``pruned``, ``fail`` or ``ended_outside`` (another tool ended the trial while it trained;
+never ranked) end its ticket; after ``released``, ``lost`` or ``rejected`` the
 ticket is the queue's or the reaper's (run again, cancelled with its study, or failed when
 out of retries)."""
 

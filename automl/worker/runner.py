@@ -136,13 +136,20 @@ class TrialContext:
         )
 
 
+ENDED_OUTSIDE = "ended_outside"
+"""How an attempt ends whose trial another tool ended while it trained: its ticket ends
+as the trial was told (a trial of the budget finished)."""
+FAILURE_KINDS = frozenset(kind.value for kind in FailureKind)
+
+
 @dataclass
 class TrialRun:
     """How running one ticket ended.
 
     Attributes:
         lease: The ticket's lease.
-        result: ``complete``, ``pruned``, ``fail``, ``released`` (back to the queue),
+        result: ``complete``, ``pruned``, ``fail``, ``ended_outside`` (another tool ended
+            its trial: the ticket ended as told), ``released`` (back to the queue),
             ``lost`` (the reaper took the ticket) or ``rejected`` (a late result).
         trial: The attempt's Optuna trial as it ended, if one was created.
         settled: Whether the study was already settled after the ticket ended.
@@ -332,6 +339,8 @@ class _Attempt:
         except TrainingInterrupted as exc:
             if keeper.lost.is_set():
                 return self._lost(exc)
+            if keeper.trial_ended.is_set():
+                return self._ended_outside(exc)
             if keeper.study_ended.is_set():
                 return self._give_back(FailureKind.CANCELLED, "study ended while it ran")
             return self._give_back(FailureKind.INTERRUPTED, f"worker stopping: {exc}")
@@ -669,6 +678,32 @@ class _Attempt:
             )
         return TrialRun(self.lease, "rejected", frozen)
 
+    def _ended_outside(self, exc: BaseException) -> TrialRun:
+        """Another tool ended the trial while it trained (plain optuna-dashboard's "tell"):
+        its ticket ends as the trial was told, as the reaper would settle it, without this
+        attempt's weights or results (so the trial never ranks)."""
+        self._drop_uploads()
+        frozen = self._frozen()
+        if frozen is None or not frozen.state.is_finished():
+            return self._rejected(exc)
+        outcome = frozen.state.name.lower()
+        failure = None
+        if frozen.state == TrialState.FAIL:
+            told = frozen.user_attrs.get(attrs.FAILURE)
+            failure = FailureKind(told) if told in FAILURE_KINDS else FailureKind.ERROR
+        logger.warning(
+            "trial %s of study %s was ended %s by another tool while it trained: its ticket "
+            "ends so, and the trial is never ranked",
+            frozen.number,
+            self.lease.study_id,
+            frozen.state.name,
+        )
+        try:
+            self._finish(outcome, failure)
+        except LeaseLostError as err:
+            return self._lost(err)
+        return TrialRun(self.lease, ENDED_OUTSIDE, frozen, self.settled)
+
     def _study_deleted(self, frozen: FrozenTrial | None) -> bool:
         """Whether the study was deleted (or is being deleted): the attempt's trial is
         gone (only a deletion removes trials), or the study reads as gone."""
@@ -718,6 +753,7 @@ class _Attempt:
         assert self.trial is not None and self.trial_id is not None
         trial, trial_id = self.trial, self.trial_id
         target = state or TrialState.COMPLETE
+        self.keeper.ending()  # a beat after the tell finds the trial ended by this worker
 
         def tell() -> FrozenTrial:
             try:
@@ -825,6 +861,7 @@ def _log(run: TrialRun, spec: StudySpec, seconds: float) -> None:
 
 
 __all__ = [
+    "ENDED_OUTSIDE",
     "ResultRejectedError",
     "TrialContext",
     "TrialRun",

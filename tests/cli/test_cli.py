@@ -1130,7 +1130,7 @@ def test_a_bad_device_setting_stops_run_and_worker_with_one_line(
     assert json.loads(listed)["count"] == 0  # run submitted nothing
 
 
-def test_run_progress_does_not_count_an_attempt_that_goes_back_to_the_queue(
+def test_run_progress_counts_attempts_that_end_their_ticket_and_ranks_only_automls(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Once a worker stopped by Ctrl-C showed `trial 1 fail ... [2/6]`, though the
@@ -1148,13 +1148,20 @@ def test_run_progress_does_not_count_an_attempt_that_goes_back_to_the_queue(
     done = create_trial(state=TrialState.COMPLETE, value=0.9)
     done.number = 2
 
+    told = create_trial(state=TrialState.COMPLETE, value=1.0)  # a made-up value
+    told.number = 3
+
     progress.update(1, stopped, "released")
+    progress.update(1, done, "complete")
+    progress.update(1, told, "ended_outside")
     progress.update(1, done, "complete")
 
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
         "trial 1 stopped before its end: worker stopping: during epoch 4",
         "trial 2 complete: accuracy 0.9000 [1/3, best 0.9000]",
+        "trial 3 was ended complete by another tool while it trained (never ranked) [2/3]",
+        "trial 2 complete: accuracy 0.9000 [3/3, best 0.9000]",  # 1.0 is not the best
     ]
 
 

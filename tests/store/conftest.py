@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 from optuna.distributions import FloatDistribution
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from automl.store import (
@@ -39,6 +40,14 @@ def start_trial(
     return lease, trial_id
 
 
+def complete_trial(storage: BaseStorage, trial_id: int, values: Sequence[float]) -> None:
+    """Records a result and tells the trial COMPLETE with ``values``, as a worker does (its
+    ``automl.metrics`` first: only trials with them rank)."""
+    metrics = {f"objective_{i}": value for i, value in enumerate(values)}
+    storage.set_trial_user_attr(trial_id, attrs.METRICS, metrics)
+    storage.set_trial_state_values(trial_id, TrialState.COMPLETE, list(values))
+
+
 def end_trial(store: Store, lease: Lease, trial_id: int, outcome: Outcome) -> None:
     """Tells Optuna how the trial ended and ends its ticket, as a worker does."""
     storage = store.storage
@@ -54,7 +63,7 @@ def end_trial(store: Store, lease: Lease, trial_id: int, outcome: Outcome) -> No
     else:
         values = list(outcome) if isinstance(outcome, Sequence) else [float(outcome)]  # type: ignore[arg-type]
         storage.set_trial_param(trial_id, "x", 0.5, FloatDistribution(0, 1))
-        storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values)
+        complete_trial(storage, trial_id, values)
         finish(store, lease, "complete")
 
 

@@ -114,7 +114,12 @@ def _study(store: Store, tiny_spec: SpecFactory, count: int, vectors: list[list[
                 values=vector,
                 params={"x": 0.5},
                 distributions={"x": FloatDistribution(0, 1)},
-                user_attrs={attrs.TICKET: index, "automl.history": bulky, "index": index},
+                user_attrs={
+                    attrs.TICKET: index,
+                    attrs.METRICS: {"objective": vector[0]},
+                    "automl.history": bulky,
+                    "index": index,
+                },
             )
             for index, vector in enumerate(vectors)
         ]

@@ -1,5 +1,7 @@
-"""Trials that automl did not create (plain Optuna on an automl study) are listed, never
-ranked: no best value, best trial, top-k or Pareto front counts them, on each backend."""
+"""Trials that automl did not create (plain Optuna on an automl study), and trials of
+automl's that another tool ended while they ran (plain optuna-dashboard's "tell", with a
+made-up value), are listed, never ranked: no best value, best trial, top-k or Pareto front
+counts them, on each backend."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import optuna
 import pytest
 import torch
 from optuna.distributions import FloatDistribution
-from optuna.trial import create_trial
+from optuna.trial import TrialState, create_trial
 
 from automl.spec import StudySpec
 from automl.store import (
@@ -62,6 +64,17 @@ def _add_foreign(store: Store, study_id: int, values: Sequence[float]) -> int:
     return store.storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
 
+def _told_outside(store: Store, study_id: int, values: Sequence[float]) -> int:
+    """A trial of automl's that another tool tells COMPLETE while its worker trains (no
+    result of automl's recorded); returns its id."""
+    _, trial_id = start_trial(store, study_id)
+    store.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, list(values))
+    return trial_id
+
+
+INTRUDERS = {"added": _add_foreign, "told": _told_outside}
+
+
 def _holding(store: Store, study_id: int) -> list[int]:
     return [
         trial.number
@@ -70,9 +83,10 @@ def _holding(store: Store, study_id: int) -> list[int]:
     ]
 
 
+@pytest.mark.parametrize("intruder", sorted(INTRUDERS))
 @pytest.mark.parametrize("metric", ["accuracy", "loss"])
 def test_foreign_trials_are_listed_but_never_ranked(
-    store: Store, tiny_spec: SpecFactory, metric: str
+    store: Store, tiny_spec: SpecFactory, metric: str, intruder: str
 ) -> None:
     maximize = metric == "accuracy"
     sign = 1.0 if maximize else -1.0
@@ -82,7 +96,7 @@ def test_foreign_trials_are_listed_but_never_ranked(
     study_id = submit_study(store, spec).id
     _run(store, study_id, sign * 0.7)
     best = _run(store, study_id, sign * 0.8)  # automl's best
-    foreign = _add_foreign(store, study_id, [sign * 0.999])  # better than any of automl's
+    foreign = INTRUDERS[intruder](store, study_id, [sign * 0.999])  # better than any of automl's
     study = _optuna_study(store, study_id)
     study.enqueue_trial({"x": 0.25})
     study.optimize(lambda trial: sign * (1.0 + trial.suggest_float("x", 0, 1)), n_trials=2)
@@ -122,7 +136,7 @@ def test_foreign_trials_are_listed_but_never_ranked(
     assert [(t.state, t.ticket is None) for t in listed] == [
         ("complete", False),
         ("complete", False),
-        ("complete", True),
+        ("complete", intruder == "added"),
         ("complete", True),
         ("complete", True),
     ]
@@ -139,7 +153,10 @@ def _two_objective_spec(tiny_spec: SpecFactory) -> StudySpec:
     )
 
 
-def test_foreign_trials_are_never_on_the_pareto_front(store: Store, tiny_spec: SpecFactory) -> None:
+@pytest.mark.parametrize("intruder", sorted(INTRUDERS))
+def test_foreign_trials_are_never_on_the_pareto_front(
+    store: Store, tiny_spec: SpecFactory, intruder: str
+) -> None:
     spec = _two_objective_spec(tiny_spec)
     study_id = submit_study(store, spec).id
     points: list[tuple[float, float]] = [
@@ -149,7 +166,7 @@ def test_foreign_trials_are_never_on_the_pareto_front(store: Store, tiny_spec: S
     ]
     for point in points:
         _run(store, study_id, point)
-    foreign = _add_foreign(store, study_id, [0.99, 0.1])  # would dominate every one
+    foreign = INTRUDERS[intruder](store, study_id, [0.99, 0.1])  # would dominate every one
 
     front = best_trials(store, study_id).trials
     assert [trial.number for trial in front] == [0, 1]

@@ -157,6 +157,45 @@ def test_heartbeat_reports_a_lost_lease_and_an_ended_study(
     assert heartbeat(store, stranger).held is False
 
 
+@pytest.mark.parametrize("ended", [TrialState.COMPLETE, TrialState.FAIL])
+def test_heartbeat_reports_a_trial_another_tool_ended(
+    store: Store, tiny_spec: SpecFactory, ended: TrialState
+) -> None:
+    """Plain optuna-dashboard's "tell" ends a running trial of automl's: its worker's next
+    beat learns it (the lease itself is still held)."""
+    submit_study(store, tiny_spec(budget={"n_trials": 2}))
+    lease, trial_id = start_trial(store)
+    assert heartbeat(store, lease).trial_ended is False
+
+    store.storage.set_trial_state_values(
+        trial_id, ended, [0.99] if ended == TrialState.COMPLETE else None
+    )
+    status = heartbeat(store, lease)
+    assert (status.held, status.study_active, status.trial_ended) == (True, True, True)
+
+
+def test_heartbeat_of_a_retry_does_not_take_the_earlier_attempts_trial_for_its_own(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """A retried ticket names the earlier attempt's (ended) trial until the new attempt
+    links its own: that is no sign of another tool."""
+    submit_study(store, tiny_spec(budget={"n_trials": 1}))
+    lease, _ = start_trial(store)
+    assert release(store, lease, FailureKind.INTERRUPTED, "stopping")
+    again = claim(store, "other")
+    assert again is not None and again.ticket_id == lease.ticket_id and again.attempt == 2
+    with store.read() as connection:
+        named = connection.scalar(
+            sa.select(tables.tickets.c.trial_id).where(
+                tables.tickets.c.ticket_id == again.ticket_id
+            )
+        )
+        assert optuna_rows.trial_state(connection, named).is_finished()
+
+    status = heartbeat(store, again)
+    assert (status.held, status.trial_ended) == (True, False)
+
+
 def test_changes_under_a_lost_lease_are_refused(store: Store, tiny_spec: SpecFactory) -> None:
     submit_study(store, tiny_spec())
     lease, _ = start_trial(store)

@@ -148,9 +148,11 @@ def test_put_attrs_replace_and_are_read_by_optuna(store: Store) -> None:
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:
-    """A trial as automl's workers create them (with a ticket: only those are ranked)."""
+    """A trial as automl's workers create and end them (with a ticket and a recorded
+    result: only those are ranked)."""
     trial = study.ask()
     trial.set_user_attr(attrs.TICKET, trial.number)
+    trial.set_user_attr(attrs.METRICS, {"accuracy": 0.5})
     return trial
 
 

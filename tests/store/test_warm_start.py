@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from optuna.distributions import CategoricalDistribution, FloatDistribution
-from optuna.trial import TrialState
 
 from automl.spec import SpecError, StudySpec
 from automl.store import (
@@ -22,7 +21,7 @@ from automl.store import (
     submit_study,
     tables,
 )
-from tests.store.conftest import start_trial
+from tests.store.conftest import complete_trial, start_trial
 
 SpecFactory = Callable[..., StudySpec]
 
@@ -42,7 +41,7 @@ def finished_study(store: Store, tiny_spec: SpecFactory, results: list[tuple[dic
             distribution = distributions[name]
             internal = distribution.to_internal_repr(param_value)
             store.storage.set_trial_param(trial_id, name, internal, distribution)
-        store.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [value])
+        complete_trial(store.storage, trial_id, [value])
         finish(store, lease, "complete")
     end_study_if_done(store, study_id)
     assert get_study(store, study_id).status == "completed"

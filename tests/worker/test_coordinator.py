@@ -25,7 +25,7 @@ from automl.store import (
     submit_study,
 )
 from automl.worker.coordinator import SqlCoordinator
-from tests.store.conftest import start_trial
+from tests.store.conftest import complete_trial, start_trial
 
 SpecFactory = Callable[..., StudySpec]
 
@@ -37,7 +37,7 @@ def _complete_with_weights(store: Store, value: float) -> tuple[Lease, int]:
     )
     trial = optuna.Trial(study, trial_id)
     save_weights(store.storage, trial, {"w": torch.zeros(2)}, store.artifacts)
-    store.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [value])
+    complete_trial(store.storage, trial_id, [value])
     return lease, trial_id
 
 

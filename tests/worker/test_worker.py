@@ -559,6 +559,36 @@ def test_epoch_ends_beat_except_the_last_whose_report_travels_with_the_tell(
     assert len(epoch_end_beats) == 2  # after epochs 1 and 2
 
 
+def test_a_trial_another_tool_ends_stops_at_its_next_beat_and_is_never_ranked(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain optuna-dashboard's "tell" on a running trial of automl's: its worker stops
+    training at the next beat (it trained to its last epoch before), and the made-up
+    value never ranks; the reaper settles the ticket as told."""
+    spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0}, fixed={**LONG_TRIAL, "epochs": 20})
+    study_id = submit_study(store, spec).id
+    real_beat = LeaseKeeper.beat
+
+    def told_before_the_first_epoch_end_beat(keeper: LeaseKeeper) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            for trial in store.storage.get_all_trials(study_id, states=(TrialState.RUNNING,)):
+                store.storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [1.0])
+        return real_beat(keeper)
+
+    monkeypatch.setattr(LeaseKeeper, "beat", told_before_the_first_epoch_end_beat)
+    options = _options(grace_period=1.0, reap_interval=0.2)
+    Worker(store, options).run()
+
+    [trial] = _trials(store, study_id)
+    assert (trial.state, trial.values) == (TrialState.COMPLETE, [1.0])
+    assert len(trial.intermediate_values) <= 1  # stopped after its first epoch of 20
+    assert attrs.METRICS not in trial.user_attrs
+    study = get_study(store, study_id)
+    assert (study.status, study.counts.complete, study.best_value) == ("completed", 1, None)
+    with pytest.raises(NoBestTrialError, match="without a completed trial"):
+        best_trials(store, study_id)
+
+
 def test_a_workers_own_reaper_never_takes_its_live_trial(
     store: Store, tiny_spec: SpecFactory
 ) -> None:
