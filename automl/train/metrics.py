@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
 import torch
@@ -49,21 +50,38 @@ AMOUNT = (0.0, math.inf)
 """The bounds of an amount (a loss, a count, a time)."""
 
 
-def _recalls(confusion: torch.Tensor) -> torch.Tensor:
+# Shares are exact functions of the counts, rounded once: in float32 (what integer tensors
+# divide into), or summed in floats, equal shares such as mean recalls of 14/15 from
+# different counts came out apart, and the later trial or epoch of a tie ranked first.
+
+
+def _shares(numerators: torch.Tensor, denominators: torch.Tensor) -> list[Fraction]:
+    """``numerators / denominators`` as exact fractions (a zero denominator: 0)."""
+    pairs = zip(numerators.tolist(), denominators.tolist(), strict=True)
+    return [Fraction(int(n), int(d)) if d else Fraction(0) for n, d in pairs]
+
+
+def _recalls(confusion: torch.Tensor) -> list[Fraction]:
+    """Each class's recall, for the classes with images in the split."""
     support = confusion.sum(dim=1)
     present = support > 0
-    return confusion.diagonal()[present] / support[present]
+    return _shares(confusion.diagonal()[present], support[present])
 
 
-def _f1s(confusion: torch.Tensor) -> torch.Tensor:
-    true_pos = confusion.diagonal()
-    denominator = confusion.sum(dim=0) + confusion.sum(dim=1)
+def _f1s(confusion: torch.Tensor) -> list[Fraction]:
+    """Each class's F1, for the classes with images in the split."""
     present = confusion.sum(dim=1) > 0
-    return (2 * true_pos / denominator.clamp(min=1))[present]
+    denominators = confusion.sum(dim=0) + confusion.sum(dim=1)
+    return _shares((2 * confusion.diagonal())[present], denominators[present])
+
+
+def _mean(shares: list[Fraction]) -> float:
+    return float(sum(shares) / len(shares)) if shares else math.nan
 
 
 def _accuracy(confusion: torch.Tensor) -> float:
-    return float(confusion.diagonal().sum() / confusion.sum().clamp(min=1))
+    total = int(confusion.sum())
+    return int(confusion.diagonal().sum()) / max(total, 1)
 
 
 METRICS.add(
@@ -73,7 +91,7 @@ METRICS.add(
 )
 METRICS.add(
     "balanced_accuracy",
-    Metric(lambda e: float(_recalls(e.confusion).mean()), "maximize", SHARE),
+    Metric(lambda e: _mean(_recalls(e.confusion)), "maximize", SHARE),
     description=(
         "Mean per-class recall over the classes with images in the split; "
         "robust to class imbalance."
@@ -81,12 +99,12 @@ METRICS.add(
 )
 METRICS.add(
     "macro_f1",
-    Metric(lambda e: float(_f1s(e.confusion).mean()), "maximize", SHARE),
+    Metric(lambda e: _mean(_f1s(e.confusion)), "maximize", SHARE),
     description="Unweighted mean per-class F1 over the classes with images in the split.",
 )
 METRICS.add(
     "worst_class_recall",
-    Metric(lambda e: float(_recalls(e.confusion).min()), "maximize", SHARE),
+    Metric(lambda e: float(min(_recalls(e.confusion), default=math.nan)), "maximize", SHARE),
     description="Recall of the worst class.",
 )
 METRICS.add(
@@ -102,14 +120,18 @@ METRICS.add(
 METRICS.add(
     "latency_ms",
     Metric(lambda e: e.model.latency_ms, "minimize", AMOUNT, above_low=True),
-    description="Median inference time of one image on the trial's device (ms).",
+    description=(
+        "Inference time of one image on the trial's device (ms): the fastest of up to 10 "
+        "timed passes, as other load on the machine only slows passes down."
+    ),
 )
 METRICS.add(
     "batch_latency_ms",
     Metric(lambda e: e.model.batch_latency_ms, "minimize", AMOUNT, above_low=True),
     description=(
-        "Median inference time of a batch of 256 images on the trial's device (ms); images "
-        "larger than 32x32 RGB are measured in a smaller batch, scaled to 256."
+        "Inference time of a batch of 256 images on the trial's device (ms), the fastest "
+        "of up to 10 timed passes; images larger than 32x32 RGB are measured in a smaller "
+        "batch, scaled to 256."
     ),
 )
 

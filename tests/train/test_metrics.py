@@ -1,14 +1,19 @@
-"""Confusion matrices as they are kept (``automl.train.metrics``)."""
+"""Metrics as computed, and confusion matrices as they are kept (``automl.train.metrics``)."""
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 import torch
 
 from automl.train.metrics import (
     DENSE_CONFUSION_CLASSES,
+    METRICS,
+    Evaluation,
     dense_confusion,
     most_confused,
 )
+from automl.train.model_stats import ModelStats
 
 
 def test_the_most_frequent_mistakes_come_first_and_right_answers_never() -> None:
@@ -42,3 +47,23 @@ def test_past_the_dense_limit_only_the_most_frequent_mistakes_are_kept() -> None
     assert kept[0] == {"true": "class-500", "predicted": "class-7", "count": 6}
     assert all(m["count"] == 1 for m in kept[1:])
     assert kept[1] == {"true": "class-0", "predicted": "class-1", "count": 1}
+
+
+def test_equal_shares_from_different_counts_are_equal_and_exact() -> None:
+    """Found by a tester: mean recalls of exactly 14/15 from 30 and 60 validation images
+    were 0.93333334 and 0.93333340 in float32, so the later trial of the tie ranked first
+    (the rule: the earlier one). Shares are exact fractions of the counts, rounded once."""
+    stats = ModelStats(1, 1.0, 1.0)
+    small = torch.tensor([[9, 1, 0], [0, 10, 0], [0, 1, 9]])
+    large = torch.tensor([[19, 1, 0], [0, 20, 0], [0, 3, 17]])
+
+    def share(name: str, confusion: torch.Tensor) -> float:
+        return METRICS.get(name).factory.compute(Evaluation(confusion, 0.0, stats))
+
+    assert share("balanced_accuracy", small) == share("balanced_accuracy", large) == 14 / 15
+    assert share("accuracy", small) == 28 / 30
+    assert share("accuracy", torch.tensor([[351, 9], [0, 0]])) == 0.975  # not 0.97500002
+    assert share("worst_class_recall", large) == 17 / 20
+    assert share("macro_f1", small) == float((Fraction(18, 19) * 2 + Fraction(20, 22)) / 3)
+    # Rounded once: a float sum of these recalls gives 0.9333333333333332.
+    assert sum([0.9, 1.0, 0.9]) / 3 != 14 / 15
