@@ -23,6 +23,7 @@ NO_COMPLETED_TRIAL = "completed trial"
 completed trial yet", or "ended ... without a completed trial")."""
 
 Answer = TypeVar("Answer", bound=BaseModel)
+Item = TypeVar("Item", bound=BaseModel)
 
 HTTP_TIMEOUT_S = 90.0
 """Longer than the store's waits for a lock (60 s on SQLite and PostgreSQL), so that a
@@ -30,8 +31,9 @@ request held up by one gets the API's answer (503, storage unavailable), not a t
 REPORT_TIMEOUT_S = 900.0
 """A report of a large study takes the API a minute or more to draw, and waits behind the
 other reports being drawn."""
-TRIALS_PAGE = 1000
-"""Trials per request when paging ``GET /studies/{id}/trials`` (the API's largest page)."""
+API_PAGE = 1000
+"""Items per request when paging ``GET /studies`` and ``GET /studies/{id}/trials`` (the
+API's largest page)."""
 
 
 class ClientError(RuntimeError):
@@ -89,8 +91,8 @@ class HttpClient:
         return self._answer(StudyDetail, "POST", "/studies", content=text, headers=headers)
 
     def studies(self, limit: int) -> Page[StudySummary]:
-        """Newest studies first."""
-        return self._answer(Page[StudySummary], "GET", "/studies", params={"limit": limit})
+        """The newest ``limit`` studies, newest first, fetched a page at a time."""
+        return self._pages(StudySummary, "/studies", {}, limit)
 
     def study(self, study_id: int) -> StudyDetail:
         """One study."""
@@ -131,21 +133,24 @@ class HttpClient:
     ) -> Page[TrialSummary]:
         """A study's trials in number order (the first ``limit``; all without it),
         fetched a page at a time."""
-        data: list[TrialSummary] = []
+        params = {} if state is None else {"state": state}
+        return self._pages(TrialSummary, f"/studies/{study_id}/trials", params, limit)
+
+    def _pages(
+        self, item: type[Item], path: str, params: dict[str, Any], limit: int | None
+    ) -> Page[Item]:
+        """The first ``limit`` items of a listing (all without it), ``API_PAGE`` a request."""
+        data: list[Item] = []
         count = 0
         while limit is None or len(data) < limit:
-            size = TRIALS_PAGE if limit is None else min(TRIALS_PAGE, limit - len(data))
-            params: dict[str, Any] = {"limit": size, "offset": len(data)}
-            if state is not None:
-                params["state"] = state
-            page = self._answer(
-                Page[TrialSummary], "GET", f"/studies/{study_id}/trials", params=params
-            )
+            size = API_PAGE if limit is None else min(API_PAGE, limit - len(data))
+            query = {**params, "limit": size, "offset": len(data)}
+            page = self._answer(Page[item], "GET", path, params=query)  # type: ignore[valid-type]
             data += page.data
             count = page.count
             if len(page.data) < size or len(data) >= count:
                 break
-        return Page[TrialSummary](data=data, count=count)
+        return Page[item](data=data, count=count)  # type: ignore[valid-type]
 
     def cancel(self, study_id: int) -> StudyDetail:
         """Cancels a study."""

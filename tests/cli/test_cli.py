@@ -735,6 +735,22 @@ def test_submit_and_status_over_http(cli: Run, api_url: str, spec_file: Path) ->
     assert one.splitlines()[0] == "study 1: tiny"
 
 
+def test_status_over_http_pages_past_the_apis_largest_page(
+    cli: Run, api_url: str, spec_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: `status --limit 1001 --url` failed ("limit: Input should be less
+    than or equal to 1000"), and nothing reached past the newest 1,000 studies."""
+    for _ in range(5):
+        assert cli("submit", str(spec_file), "--url", api_url)[0] == 0
+    monkeypatch.setattr(http_client, "API_PAGE", 2)
+
+    code, listed, err = cli("status", "--url", api_url, "--json", "--limit", "4")
+    assert code == 0, err
+    assert [s["id"] for s in json.loads(listed)["data"]] == [5, 4, 3, 2]
+    every = json.loads(cli("status", "--url", api_url, "--json", "--limit", "1001")[1])
+    assert ([s["id"] for s in every["data"]], every["count"]) == ([5, 4, 3, 2, 1], 5)
+
+
 @pytest.fixture
 def lose_answers(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
     """Makes the CLI's requests with ``method`` reach the API, then lose its answer (the
