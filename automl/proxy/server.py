@@ -35,7 +35,7 @@ import grpc
 import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import get_storage, run_grpc_proxy_server
+from optuna.storages import run_grpc_proxy_server
 from optuna.trial import TrialState
 
 from automl.proxy import wire
@@ -54,6 +54,7 @@ from automl.store import (
     writes_from_json,
 )
 from automl.store.faults import first_line
+from automl.store.lean_cache import LeanTrialCache
 from automl.store.studies import stored_spec_text
 from automl.store.study_caches import StudyCaches
 from automl.worker.coordinator import SqlCoordinator
@@ -393,7 +394,7 @@ class ProxyServer:
         self.store, self.host, self.port = store, host, port
         self.threads = threads
         self.optuna_storage = StudyCaches(
-            lambda: get_storage(store.storage), store.storage, capacity=cached_studies
+            lambda: LeanTrialCache(store), store.storage, capacity=cached_studies
         )
         """What Optuna's storage proxy serves: the database, with a cache per study."""
         self.grace, self.reap_interval = grace, reap_interval

@@ -84,6 +84,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "served_refit",
     ),
     "retention": ("Outranking", "outranked_reason", "retain_weights"),
+    "lean_cache": ("LeanTrialCache",),
     "study_caches": ("CACHED_STUDIES", "StudyCaches"),
     "trial_buffer": ("BufferedTrialStorage", "template_from_wire", "template_to_wire"),
     "trial_writes": (

@@ -31,6 +31,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -546,25 +547,36 @@ def load_trials(
     connection: sa.engine.Connection,
     trial_ids: list[int],
     user_attr_keys: Collection[str] | None = None,
+    *,
+    leave_out: Collection[str] = (),
+    system_attrs: bool = False,
 ) -> list[FrozenTrial]:
     """The trials with these ids, in that order, in two queries whatever their number.
 
-    Like ``storage.get_trial`` for each, without the system attributes (what the listing
-    shows needs none), and without a round trip per trial and per relation.
+    Like ``storage.get_trial`` for each, without the system attributes unless asked (what
+    the listing shows needs none), and without a round trip per trial and per relation.
 
     Args:
         connection: An open connection.
         trial_ids: Which trials.
         user_attr_keys: Only these user attributes (None: all of them).
+        leave_out: Not these user attributes.
+        system_attrs: With the system attributes.
     """
     if not trial_ids:
         return []
     query = sa.select(*_TRIAL_COLUMNS).where(among(connection, trials.c.trial_id, trial_ids))
     rows = connection.execute(query)
     by_id = {row.trial_id: row for row in rows.all()}
-    return _assemble(
-        connection, [by_id[i] for i in trial_ids if i in by_id], user_attr_keys=user_attr_keys
-    )
+    found = [by_id[i] for i in trial_ids if i in by_id]
+    attributes = _Attributes(user_attr_keys, leave_out, system_attrs)
+    return _assemble(connection, found, attributes)
+
+
+def trial_numbers(connection: sa.engine.Connection, study_id: int) -> dict[int, int]:
+    """The number of each of the study's trials, by trial id (one indexed query)."""
+    query = sa.select(trials.c.trial_id, trials.c.number).where(trials.c.study_id == study_id)
+    return {int(trial_id): int(number) for trial_id, number in connection.execute(query)}
 
 
 def load_trial_page(
@@ -601,7 +613,7 @@ def load_trial_page(
     query = query.order_by(trials.c.number).limit(limit).offset(offset)
     rows = connection.execute(query).all()
     total = int(rows[0].total_count) if rows else None
-    return _assemble(connection, rows, user_attr_keys), total
+    return _assemble(connection, rows, _Attributes(user_attr_keys)), total
 
 
 def load_study_trials(
@@ -612,7 +624,7 @@ def load_study_trials(
     needs, without the per-trial histories and reports a study of thousands holds."""
     query = sa.select(*_TRIAL_COLUMNS).where(trials.c.study_id == study_id)
     rows = connection.execute(query.order_by(trials.c.number)).all()
-    return _assemble(connection, rows, user_attr_keys)
+    return _assemble(connection, rows, _Attributes(user_attr_keys))
 
 
 _TRIAL_COLUMNS = (
@@ -648,16 +660,26 @@ def _is_among(
 
 
 _INT_ARRAY = postgresql.ARRAY(sa.Integer)
-_VALUE, _STEP, _PARAM, _ATTR = range(4)
+_VALUE, _STEP, _PARAM, _ATTR, _SYSTEM_ATTR = range(5)
+
+
+@dataclass(frozen=True)
+class _Attributes:
+    """Which attributes a load reads: ``keys`` (None: every user attribute) but not
+    ``leave_out``, and the system attributes if ``system``."""
+
+    keys: Collection[str] | None = None
+    leave_out: Collection[str] = ()
+    system: bool = False
 
 
 def _relations(
     connection: sa.engine.Connection,
     trial_ids: Sequence[int],
-    user_attr_keys: Collection[str] | None,
+    attributes: _Attributes,
 ) -> sa.CompoundSelect[Any]:
-    """The trials' values, steps, params and user attributes in one ``UNION ALL`` (one
-    round trip): rows of (kind, trial_id, int key, text key, float value, text value)."""
+    """The trials' values, steps, params and attributes in one ``UNION ALL`` (one round
+    trip): rows of (kind, trial_id, int key, text key, float value, text value)."""
     ids = _ids_parameter(connection, trial_ids)
     values, steps = trial_values, trial_intermediate_values
     params, user_attrs = trial_params, trial_user_attributes
@@ -673,8 +695,23 @@ def _relations(
         sa.null(),
         user_attrs.c.value_json,
     ).where(_is_among(connection, user_attrs.c.trial_id, ids))
-    if user_attr_keys is not None:
-        attrs_query = attrs_query.where(user_attrs.c.key.in_(sorted(user_attr_keys)))
+    if attributes.keys is not None:
+        attrs_query = attrs_query.where(user_attrs.c.key.in_(sorted(attributes.keys)))
+    if attributes.leave_out:
+        attrs_query = attrs_query.where(user_attrs.c.key.not_in(sorted(attributes.leave_out)))
+    system: list[sa.Select[Any]] = []
+    if attributes.system:
+        system_attrs = trial_system_attributes
+        system.append(
+            sa.select(
+                kind(_SYSTEM_ATTR),
+                system_attrs.c.trial_id,
+                sa.null(),
+                system_attrs.c.key,
+                sa.null(),
+                system_attrs.c.value_json,
+            ).where(_is_among(connection, system_attrs.c.trial_id, ids))
+        )
     return sa.union_all(
         sa.select(
             kind(_VALUE),
@@ -701,13 +738,14 @@ def _relations(
             params.c.distribution_json,
         ).where(_is_among(connection, params.c.trial_id, ids)),
         attrs_query,
+        *system,
     )
 
 
 def _assemble(
     connection: sa.engine.Connection,
     rows: Sequence[sa.Row[Any]],
-    user_attr_keys: Collection[str] | None = None,
+    attributes: _Attributes = _Attributes(),
 ) -> list[FrozenTrial]:
     """FrozenTrials of these ``trials`` rows (in their order): one more query for the rest."""
     if not rows:
@@ -716,7 +754,8 @@ def _assemble(
     steps: dict[int, dict[int, float]] = defaultdict(dict)
     param_rows: list[tuple[int, int, str, float, str]] = []
     user_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
-    query = _relations(connection, [row.trial_id for row in rows], user_attr_keys)
+    system_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
+    query = _relations(connection, [row.trial_id for row in rows], attributes)
     for kind, trial_id, number, name, value, text in connection.execute(query).all():
         if kind == _VALUE:
             values[trial_id][number] = _SPECIAL.get(text, value)
@@ -724,8 +763,10 @@ def _assemble(
             steps[trial_id][number] = _SPECIAL.get(text, value)
         elif kind == _PARAM:
             param_rows.append((number, trial_id, name, value, text))
-        else:
+        elif kind == _ATTR:
             user_attrs[trial_id][name] = json.loads(text)
+        else:
+            system_attrs[trial_id][name] = json.loads(text)
     params: dict[int, dict[str, Any]] = defaultdict(dict)
     dists: dict[int, dict[str, BaseDistribution]] = defaultdict(dict)
     for _, trial_id, name, value, dist_json in sorted(param_rows):  # in param_id order
@@ -749,7 +790,7 @@ def _assemble(
                 params=params.get(trial_id, {}),
                 distributions=dists.get(trial_id, {}),
                 user_attrs=user_attrs.get(trial_id, {}),
-                system_attrs={},
+                system_attrs=system_attrs.get(trial_id, {}),
                 intermediate_values=steps.get(trial_id, {}),
                 trial_id=trial_id,
             )

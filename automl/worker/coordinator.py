@@ -17,7 +17,6 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -30,6 +29,7 @@ from automl.store import (
     EvaluationLease,
     EvaluationState,
     FailureKind,
+    LeanTrialCache,
     Lease,
     LeaseLostError,
     LeaseStatus,
@@ -256,11 +256,9 @@ class SqlCoordinator:
     def __init__(self, store: Store, reader: str = WORKER) -> None:
         self.store = store
         self.reader = reader
-        self.storage: BaseStorage = StudyCaches(
-            lambda: optuna.storages.get_storage(store.storage), store.storage
-        )
+        self.storage: BaseStorage = StudyCaches(lambda: LeanTrialCache(store), store.storage)
         """What a worker's studies are loaded with: Optuna's storage, with a cache of
-        finished trials per study."""
+        finished trials per study (without their bulky attributes)."""
         self.trials: BaseStorage = store.storage
         """Where ``create_trial`` and ``tell_trial`` go (``storage`` may buffer)."""
         self.artifacts: ArtifactStore = store.artifacts
