@@ -151,15 +151,19 @@ def load_unit(
         logger.info("loaded %s from the cache: %d samples", unit.name, len(cached[1]))
         mark_used(target)
         return cached
-    make_cache_dir(directory)
     lock = FileLock(directory / f"{unit.slot}.lock")
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        logger.info("waiting for another process to decode %s", unit.name)
-        lock.acquire()
-    except OSError as exc:
-        raise _unusable(directory, exc) from None
+        make_cache_dir(directory)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            logger.info("waiting for another process to decode %s", unit.name)
+            lock.acquire()
+        except OSError as exc:
+            raise _unusable(directory, exc) from None
+    except OSError as exc:  # a full disk (``_unusable`` names the others)
+        logger.warning("not caching %s: %s", unit.name, _brief(exc))
+        return _decode(unit)
     try:
         cached = _read(target)
         if cached is not None:
@@ -167,11 +171,12 @@ def load_unit(
                 "loaded %s decoded by another process: %d samples", unit.name, len(cached[1])
             )
             return cached
-        images = torch.from_numpy(
-            decode_samples(unit.samples, unit.prep, root=unit.root, name=unit.name)
-        )
-        labels = torch.tensor(unit.labels, dtype=torch.int64)
-        _write_atomic(target, {"x": images, "y": labels})
+        images, labels = _decode(unit)
+        try:
+            _write_atomic(target, {"x": images, "y": labels})
+        except OSError as exc:  # a full disk, a folder made read-only: the data is here
+            logger.warning("not caching %s: %s", unit.name, _brief(exc))
+            return images, labels
         _remove_stale(directory, unit.slot, keep=target, temporaries=True)
         for slot in unit.earlier_slots():  # an upgrade leaves nothing behind
             _remove_stale(directory, slot, keep=target, temporaries=False)
@@ -179,6 +184,13 @@ def load_unit(
         lock.release()
     remove_unused(directory, current_settings().cache_max_age_days * DAY_S)
     return images, labels
+
+
+def _decode(unit: DecodeUnit) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(
+        decode_samples(unit.samples, unit.prep, root=unit.root, name=unit.name)
+    )
+    return images, torch.tensor(unit.labels, dtype=torch.int64)
 
 
 DAY_S = 86_400.0
@@ -264,12 +276,25 @@ def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None
     try:
         payload = torch.load(path, weights_only=True, mmap=True)
-        return payload["x"], payload["y"]
+        images, labels = payload["x"], payload["y"]
+        if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)):
+            raise TypeError("not a pair of tensors")
+        if images.dtype != torch.uint8 or len(images) != len(labels):
+            raise ValueError(f"{len(images)} {images.dtype} images, {len(labels)} labels")
+        return images, labels
     except FileNotFoundError:
         return None  # removed as unused meanwhile: decoded again
-    except (OSError, RuntimeError, KeyError, EOFError) as exc:
-        logger.warning("ignoring unreadable cache file %s: %s", path.name, exc)
+    except Exception as exc:  # torch.load of a damaged file raises about anything
+        # The type only: torch's text advises loading the file unsafely.
+        reason = type(exc).__name__
+        logger.warning("ignoring damaged cache file %s (decoded again): %s", path.name, reason)
         return None
+
+
+def _brief(exc: BaseException) -> str:
+    """The error's type and the start of its first line (torch's errors run over lines)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:100]}" if lines else type(exc).__name__
 
 
 def _write_atomic(path: Path, payload: dict[str, torch.Tensor]) -> None:

@@ -68,6 +68,8 @@ from automl.worker.refitter import run_refit
 from automl.worker.runner import TrialContext, TrialRun, fail_if_optuna_study_gone, run_lease
 from automl.worker.slots import DeviceGate, GateAbandoned
 
+RELEASE_BACKOFF_MAX_S = 30.0
+"""The longest wait before the next claim after attempts given back in a row."""
 POST_STUDY_CHECK_INTERVAL_S = 5.0
 """How often a busy worker looks for due post-study jobs (test evaluations, refits)."""
 
@@ -211,6 +213,7 @@ class Worker:
         """Claiming or running a trial: its own reaper spares its tickets meanwhile."""
         self._studies: OrderedDict[int, tuple[optuna.Study, StudySpec]] = OrderedDict()
         self._unexpected_in_a_row: dict[int, int] = {}
+        self._released_in_a_row = 0
         """Per study, its tickets in a row that ended with an unexpected error here."""
         self._unreadable: set[int] = set()
         """Studies whose specs this worker cannot read: it claims none of their tickets."""
@@ -297,11 +300,24 @@ class Worker:
                 ran += 1
                 if self.on_trial_end is not None and run.trial is not None:
                     self.on_trial_end(lease.study_id, run.trial, run.result)
+                self._back_off_after(run.result)
         finally:
             if reaper is not None:
                 reaper.stop()
         logger.info("worker %s stopped after %d trials", self.name, ran)
         return ran
+
+    def _back_off_after(self, result: str) -> None:
+        """Waits after attempts given back in a row, longer each time up to
+        ``RELEASE_BACKOFF_MAX_S``: what gave them back (a full disk, an outage) would
+        give the next claim back at once too (a full cache disk made 295 failed attempts
+        in 95 s)."""
+        if result != "released" or self.stopping:
+            self._released_in_a_row = 0
+            return
+        self._released_in_a_row += 1
+        doubled = self.options.poll_interval * 2 ** min(self._released_in_a_row - 1, 16)
+        self._stop.wait(min(RELEASE_BACKOFF_MAX_S, doubled))
 
     def _claim(self) -> Lease | None:
         left = self._unreadable | self._troubled

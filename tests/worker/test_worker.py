@@ -460,6 +460,35 @@ def test_sampler_error_after_the_claim_fails_the_ticket(
     )
 
 
+def test_attempts_given_back_in_a_row_wait_longer_each_time(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: with a disk full, every attempt was given back (an outage, no
+    retry used) and claimed again at once: 295 failed attempts in 95 s."""
+
+    def disk_full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(automl.worker.runner, "train", disk_full)
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1})).id
+    worker = Worker(store, _options(poll_interval=0.05, exit_when_idle=False))
+    waits: list[float] = []
+    real_wait = worker._stop.wait
+
+    def recorded(timeout: float | None = None) -> bool:
+        waits.append(float(timeout or 0))
+        if len(waits) == 7:
+            worker.stop()
+        return real_wait(timeout)
+
+    monkeypatch.setattr(worker._stop, "wait", recorded)
+    worker.run()
+
+    assert waits == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2]
+    assert _states(store, study_id) == [TrialState.FAIL] * 7  # each attempt given back
+    assert get_study(store, study_id).counts.fail == 0  # none counted toward max_failed
+
+
 def test_failing_trials_fail_the_study_and_leave_nothing_waiting(
     store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
