@@ -27,6 +27,7 @@ from starlette.requests import ClientDisconnect
 
 from automl.spec import FieldError, SpecError
 from automl.store import (
+    ArtifactUnreadableError,
     NoBestTrialError,
     ProjectLimitError,
     StorageError,
@@ -254,6 +255,11 @@ def install_error_handlers(app: FastAPI) -> None:
         # Its first clause ("storage schema missing"): the driver's text names hosts and
         # ports, which the log keeps and an unauthenticated /health does not show.
         return _detail(503, str(exc).split(":", 1)[0])
+
+    @app.exception_handler(ArtifactUnreadableError)
+    async def _unreadable(_: Request, exc: ArtifactUnreadableError) -> JSONResponse:
+        logger.warning("%s", exc)
+        return _detail(503, str(exc))
 
     # Database faults surface as SQLAlchemy errors, or wrapped in Optuna's; handled here
     # (not by the catch-all below, which the server would also log as a crash).

@@ -42,6 +42,7 @@ from automl.cli.study_commands import read_spec_text
 from automl.config import Settings, is_loopback
 from automl.spec import SpecError, spec_from_text
 from automl.store import (
+    ArtifactUnreadableError,
     Backoff,
     NoBestTrialError,
     StorageError,
@@ -95,6 +96,8 @@ def errors_as_cli_errors(spec_path: str | None, cut_off_hint: str = "") -> Itera
         raise CliError(str(exc), EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILURE) from None
     except StorageError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT if exc.bad_config else EXIT_FAILURE) from None
+    except ArtifactUnreadableError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
     except InvalidDeviceError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     except DeviceFaultError as exc:

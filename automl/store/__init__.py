@@ -12,6 +12,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "artifacts": (
         "ArtifactStore",
         "ArtifactStoreError",
+        "ArtifactUnreadableError",
         "FolderArtifactStore",
         "SqlArtifactStore",
         "WeightsNotFoundError",

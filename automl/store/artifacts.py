@@ -77,6 +77,11 @@ class WeightsNotFoundError(LookupError):
     """The trial kept no weights (it failed, was pruned, or the artifact is gone)."""
 
 
+class ArtifactUnreadableError(RuntimeError):
+    """An artifact is there but cannot be read (its file's permissions, a folder by its
+    name): the operator's to fix, not the caller's."""
+
+
 class ArtifactStoreError(ValueError):
     """The configured artifact store cannot be used (unknown kind, missing bucket)."""
 
@@ -407,6 +412,11 @@ def open_weights(trial: FrozenTrial, store: ArtifactStore) -> BinaryIO:
     except ArtifactNotFound:
         raise WeightsNotFoundError(
             f"weights of trial {trial.number} are missing from the artifact store"
+        ) from None
+    except OSError as exc:
+        raise ArtifactUnreadableError(
+            f"the weights of trial {trial.number} cannot be read from the artifact store "
+            f"({artifact_id}): {exc.strerror or exc}"
         ) from None
 
 

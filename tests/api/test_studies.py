@@ -16,6 +16,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 import automl.worker.runner
+from automl.store import attrs, get_frozen_trial
 from tests.api.conftest import COMPLETED_SPEC, RunStudy, close_client, make_client
 from tests.conftest import tiny_spec_data
 
@@ -400,6 +401,33 @@ def test_weights_of_failed_trial_is_404(
     trial = client.get(f"/studies/{study_id}/trials/0").json()
     assert (trial["state"], trial["failure"]) == ("fail", "error")
     assert trial["error"].startswith("RuntimeError: boom")
+
+
+def test_weights_that_cannot_be_read_are_a_503_that_says_why(
+    client: TestClient, submit: Submit, run_study: RunStudy
+) -> None:
+    """Found by a tester: a weights file the API may not read (its permissions, a folder
+    by its name) made the weights, model, predict and report routes a bare 500."""
+    study_id = submit(budget={"n_trials": 1, "max_failed": 0})["id"]
+    run_study(study_id)
+    store = client.app.state.store  # type: ignore[attr-defined]
+    artifact_id = get_frozen_trial(store, study_id, 0).user_attrs[attrs.WEIGHTS]
+    path = store.artifacts.directory / artifact_id
+    kept = path.read_bytes()
+    path.unlink()
+    path.mkdir()  # unreadable as a file, for root too
+
+    expected = (
+        "the weights of trial 0 cannot be read from the artifact store "
+        f"({artifact_id}): Is a directory"
+    )
+    for route in ("trials/0/weights", "best/model"):
+        response = client.get(f"/studies/{study_id}/{route}")
+        assert (response.status_code, response.json()) == (503, {"detail": expected}), route
+
+    path.rmdir()
+    path.write_bytes(kept)
+    assert client.get(f"/studies/{study_id}/trials/0/weights").status_code == 200
 
 
 def test_weights_of_unknown_trial_is_404(client: TestClient, submit: Submit) -> None:

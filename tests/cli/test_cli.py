@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -31,6 +32,7 @@ from automl.cli.errors import MAY_HAVE_CHANGED, may_have_submitted
 from automl.cli.main import build_parser, main
 from automl.config import Settings
 from automl.spec import validate_spec
+from automl.store import attrs, open_store
 from tests.cli.local_store import READ_ONLY_COMMANDS
 from tests.conftest import free_port, tiny_spec_data
 from tests.data.conftest import write_class_folder
@@ -583,6 +585,33 @@ def test_run_completes_and_prints_best(cli: Run, tmp_path: Path) -> None:
     [trial] = json.loads(best)["trials"]
     assert trial["state"] == "complete"
     assert 0.0 < trial["metrics"]["accuracy"] <= 1.0
+
+
+def test_weights_that_cannot_be_read_are_one_error_line(
+    cli: Run, tmp_path: Path, sqlite_url: str
+) -> None:
+    """Found by a tester: `predict`, `best --download`, `export` and `report` printed a
+    traceback for a weights file they may not read."""
+    assert cli("run", str(write_spec(tmp_path / "run.yaml", RUN_SPEC)))[0] == 0
+    store = open_store(sqlite_url, artifacts_dir=tmp_path / "artifacts")
+    try:
+        for trial in store.storage.get_all_trials(1):
+            weights = tmp_path / "artifacts" / trial.user_attrs[attrs.WEIGHTS]
+            weights.unlink()
+            weights.mkdir()  # unreadable as a file, for root too
+    finally:
+        store.close()
+
+    download = ("best", "1", "--download", str(tmp_path / "bundle"))
+    for command in (download, ("export", "1", str(tmp_path / "out"))):
+        code, _, err = cli(*command)
+        assert code == 1, command
+        line = one_error_line(err)
+        assert re.fullmatch(
+            r"error: the weights of trial \d+ cannot be read from the artifact store "
+            r"\(\S+\): Is a directory",
+            line,
+        ), line
 
 
 @pytest.mark.parametrize("max_failed", [5, 0], ids=["all-failed", "study-failed"])
