@@ -7,6 +7,7 @@ here imports torch); on the local store it is built in this process.
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
 import zipfile
@@ -110,14 +111,17 @@ def unpack_bundle(data: bytes, directory: Path) -> tuple[list[Path], dict]:
         raise CliError("the download's model card is not JSON", EXIT_FAILURE) from None
     if not isinstance(card, dict):
         raise CliError("the download's model card is not a JSON object", EXIT_FAILURE)
+    written: list[Path] = []
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        written = []
         for name, content in members.items():
-            (directory / name).write_bytes(content)
             written.append(directory / name)
+            written[-1].write_bytes(content)
     except OSError as exc:
-        raise CliError(f"cannot write {directory}: {exc.strerror}", EXIT_BAD_INPUT) from None
+        for path in written:  # a retry after a full disk would find the folder not empty
+            path.unlink(missing_ok=True)
+        code = EXIT_FAILURE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_BAD_INPUT
+        raise CliError(f"cannot write {directory}: {exc.strerror}", code) from None
     return written, card
 
 

@@ -7,11 +7,13 @@ here imports torch, optuna or matplotlib); on the local store it is drawn in thi
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import webbrowser
 from pathlib import Path
 
-from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
+from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, CliError
 from automl.cli.http_client import HttpClient
 from automl.config import Settings
 
@@ -32,10 +34,14 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         page = HttpClient(settings.url).report(args.study)
     else:
         page = _draw_locally(settings, args.study)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        path.write_text(page, encoding="utf-8")
+        partial.write_text(page, encoding="utf-8")
+        os.replace(partial, path)  # never a cut-off page under the name, even on a full disk
     except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
+        partial.unlink(missing_ok=True)
+        code = EXIT_FAILURE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_BAD_INPUT
+        raise CliError(f"cannot write {path}: {exc.strerror}", code) from None
     if args.json:
         print(json.dumps({"study_id": args.study, "file": str(path)}))
     else:

@@ -3,8 +3,10 @@ and nothing unpacked from an archive that is not a bundle or would unpack too la
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -96,3 +98,25 @@ def test_a_member_longer_than_it_declares_is_refused_without_reading_it_all(
     with pytest.raises(CliError, match="not a readable zip file"):
         unpack_bundle(bytes(data), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_leaves_nothing_that_would_refuse_the_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: a full disk left a 0-byte model.onnx, and the retry said the
+    folder was not empty."""
+    data = archive({"model_card.json": CARD, "model.onnx": b"onnx", "predict.py": b"print()"})
+    real_write = Path.write_bytes
+
+    def full_at_the_second(path: Path, content: bytes) -> int:
+        if any((tmp_path / "out").iterdir()):
+            path.touch()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(path, content)
+
+    monkeypatch.setattr(Path, "write_bytes", full_at_the_second)
+    with pytest.raises(CliError) as caught:
+        unpack_bundle(data, tmp_path / "out")
+    assert caught.value.code == 1
+    assert str(caught.value) == f"cannot write {tmp_path / 'out'}: No space left on device"
+    assert list((tmp_path / "out").iterdir()) == []

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +93,26 @@ def test_a_file_that_is_no_report_is_replaced_only_with_overwrite(
     code, _, err = cli("report", str(study_id), "-o", str(spec))  # an earlier report: replaced
     assert code == 0, err
     assert report_commands.REPORT_MARK in spec.read_bytes()[:512]
+
+
+def test_a_full_disk_leaves_no_cut_off_report_and_the_retry_writes_it(
+    cli: Run, trained: tuple[str, Path, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: a full disk left a 0-byte r.html, which the retry then refused
+    ("exists and is not an automl report")."""
+    study_id, target = trained[2], tmp_path / "r.html"
+    real_write = Path.write_text
+
+    def half_then_full(path: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        real_write(path, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    code, _, err = cli("report", str(study_id), "-o", str(target))
+    assert (code, err.strip()) == (1, f"error: cannot write {target}: No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.setattr(Path, "write_text", real_write)
+    code, _, err = cli("report", str(study_id), "-o", str(target))
+    assert code == 0, err
+    assert_report(target, study_id)
