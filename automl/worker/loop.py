@@ -65,7 +65,13 @@ from automl.worker.evaluator import describe, run_evaluation
 from automl.worker.identity import new_worker_id, sampler_seed
 from automl.worker.keeper import LeaseKeeper
 from automl.worker.refitter import run_refit
-from automl.worker.runner import TrialContext, TrialRun, fail_if_optuna_study_gone, run_lease
+from automl.worker.runner import (
+    ArtifactsFolderError,
+    TrialContext,
+    TrialRun,
+    fail_if_optuna_study_gone,
+    run_lease,
+)
 from automl.worker.slots import DeviceGate, GateAbandoned
 
 RELEASE_BACKOFF_MAX_S = 30.0
@@ -290,6 +296,8 @@ class Worker:
                     run = self.run_lease(lease)
                 except (CoordinatorTooOldError, DeviceFaultError):
                     raise
+                except ArtifactsFolderError as exc:
+                    raise UnusableFolderError(str(exc)) from None
                 except Exception as exc:
                     self._unexpected(lease, exc)
                     self._stop.wait(self.options.poll_interval)

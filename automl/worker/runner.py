@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
+from automl.config import unusable_folder
 from automl.data import ImageData, load_dataset
 from automl.delivery.card import build_card, library_versions, model_input
 from automl.registry import validation_messages
@@ -44,6 +46,7 @@ from automl.store import (
     save_model_card,
     save_weights,
 )
+from automl.store.artifacts import FOLDER_REFUSALS, FolderArtifactStore
 from automl.store.faults import first_line
 from automl.store.shared_artifacts import shared_use_attr
 from automl.store.studies import OPTUNA_STUDY_GONE
@@ -133,6 +136,23 @@ class TrialContext:
             backoff=Backoff(logger),
             doing=doing,
             give_up=give_up,
+        )
+
+
+class ArtifactsFolderError(RuntimeError):
+    """The worker's artifacts folder cannot be written (read-only, gone, a file by its
+    name): the worker stops, as at start (``automl.worker.loop.check_folders``).
+
+    Args:
+        artifacts: The folder store.
+        exc: What writing in it raised.
+    """
+
+    def __init__(self, artifacts: FolderArtifactStore, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        super().__init__(
+            unusable_folder("artifacts folder", artifacts.directory, "AUTOML_ARTIFACTS_DIR", reason)
+            + " (the trial went back to the queue; restart the worker once it can)"
         )
 
 
@@ -355,10 +375,26 @@ class _Attempt:
                 return self._out_of_memory(exc)
             if stops_the_worker(exc):
                 return self._device_fault(exc)
+            if self._artifacts_folder_fault(exc):
+                self._give_back(FailureKind.INTERRUPTED, _describe(exc))
+                raise ArtifactsFolderError(self.coordinator.artifacts, exc) from exc
             if is_transient(exc):
                 return self._give_back(FailureKind.INTERRUPTED, _describe(exc))
             logger.debug("trial %s failed", trial.number, exc_info=True)
             return self._fail(FailureKind.ERROR, _describe(exc))
+
+    def _artifacts_folder_fault(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says that the worker's artifacts folder cannot be written (made
+        read-only, deleted, replaced by a file): every trial would fail alike, so this one
+        goes back to the queue and the worker stops, not the study."""
+        artifacts = self.coordinator.artifacts
+        if not isinstance(artifacts, FolderArtifactStore) or not isinstance(exc, OSError):
+            return False
+        if exc.errno not in FOLDER_REFUSALS or not exc.filename:
+            return False
+        folder = artifacts.directory.absolute()
+        path = Path(os.fsdecode(exc.filename)).absolute()
+        return path == folder or folder in path.parents
 
     def _check_data(self, data: ImageData) -> None:
         """Ends the trial unless ``data`` is the study's data (``require_study_data``),
@@ -862,6 +898,7 @@ def _log(run: TrialRun, spec: StudySpec, seconds: float) -> None:
 
 __all__ = [
     "ENDED_OUTSIDE",
+    "ArtifactsFolderError",
     "ResultRejectedError",
     "TrialContext",
     "TrialRun",

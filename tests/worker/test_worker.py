@@ -489,6 +489,37 @@ def test_attempts_given_back_in_a_row_wait_longer_each_time(
     assert get_study(store, study_id).counts.fail == 0  # none counted toward max_failed
 
 
+def test_an_artifacts_folder_that_cannot_be_written_stops_the_worker_not_the_study(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(A folder store: SQLite's default.) Found by a tester: with the artifacts folder made read-only (or deleted, or
+    replaced by a file) under a worker, each trial trained, then failed as an error:
+    three queued studies ended failed within a minute."""
+    store = sqlite_store
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
+    real_write = FolderArtifactStore.write
+
+    def read_only(self: FolderArtifactStore, artifact_id: str, body: Any) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self.directory / ".tmp-x"))
+
+    monkeypatch.setattr(FolderArtifactStore, "write", read_only)
+    with pytest.raises(UnusableFolderError) as caught:
+        Worker(store, _options()).run()
+
+    assert str(caught.value).startswith(
+        f"cannot use the artifacts folder '{store.artifacts.directory}' "
+        "(AUTOML_ARTIFACTS_DIR): Read-only file system;"
+    )
+    [given_back] = _trials(store, study_id)
+    assert given_back.user_attrs[attrs.FAILURE] == "interrupted"
+    study = get_study(store, study_id)
+    assert study.status.is_active and (study.counts.fail, study.counts.waiting) == (0, 1)
+
+    monkeypatch.setattr(FolderArtifactStore, "write", real_write)
+    assert Worker(store, _options()).run() == 1
+    assert get_study(store, study_id).status == StudyStatus.COMPLETED
+
+
 def test_failing_trials_fail_the_study_and_leave_nothing_waiting(
     store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
