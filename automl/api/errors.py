@@ -38,12 +38,24 @@ from automl.store import (
     WeightsNotFoundError,
     is_transient,
 )
-from automl.store.faults import LOG_INTERVAL_S, SCHEMA_MISSING, first_line, is_schema_missing
+from automl.store.faults import (
+    LOG_INTERVAL_S,
+    SCHEMA_MISSING,
+    first_line,
+    is_read_only,
+    is_schema_missing,
+)
 
 logger = logging.getLogger("automl.api")
 
 UNAVAILABLE = "storage unavailable, try again later"
 """The body of a 503 while the database cannot be reached."""
+READ_ONLY = (
+    "storage unavailable: the database refuses writes as read-only (SQLite: its file's or "
+    "folder's permissions, a read-only mount; PostgreSQL: a standby server); try again "
+    "once it can be written"
+)
+"""The body of a 503 for a write that the database refused as read-only."""
 
 
 class PayloadTooLargeError(ValueError):
@@ -250,7 +262,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _storage(_: Request, exc: StorageError) -> JSONResponse:
         if exc.transient:
             outage.failed(exc)
-            return _detail(503, UNAVAILABLE)
+            return _detail(503, READ_ONLY if is_read_only(exc) else UNAVAILABLE)
         logger.warning("storage error: %s", exc)
         # Its first clause ("storage schema missing"): the driver's text names hosts and
         # ports, which the log keeps and an unauthenticated /health does not show.
@@ -272,7 +284,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return _detail(503, SCHEMA_MISSING)
         if is_transient(exc):  # the database is down, restarting or dropped the connection
             outage.failed(exc)
-            return _detail(503, UNAVAILABLE)
+            return _detail(503, READ_ONLY if is_read_only(exc) else UNAVAILABLE)
         logger.exception("database error", exc_info=exc)
         return _detail(500, "internal server error")
 

@@ -77,6 +77,26 @@ def _disk_full(error: BaseException) -> bool:
     return getattr(error, "sqlstate", None) == DISK_FULL_SQLSTATE  # psycopg's errors
 
 
+READ_ONLY_SQLSTATE = "25006"
+"""PostgreSQL's ``read_only_sql_transaction``: a standby server, or a database set
+read-only."""
+
+
+def is_read_only(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is a write the database refused as
+    read-only: SQLite's file or folder may not be written (permissions, a read-only
+    mount), or PostgreSQL answered from a standby. An outage to wait out, with a reason
+    that says what to fix."""
+    return any(_read_only(error) for error in _causes(exc))
+
+
+def _read_only(error: BaseException) -> bool:
+    if isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF == sqlite3.SQLITE_READONLY
+    return getattr(error, "sqlstate", None) == READ_ONLY_SQLSTATE
+
+
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     """``exc``, the errors it was raised from, and the driver's error SQLAlchemy wraps."""
     seen: set[int] = set()
@@ -94,6 +114,8 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` says the storage was unavailable (the database unreachable, or a
     disk full) rather than the request wrong."""
+    if is_read_only(exc):  # PostgreSQL's is no OperationalError
+        return True
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:

@@ -51,6 +51,27 @@ def test_transient_database_errors_are_503(
         assert response.headers["Retry-After"] == "5"
 
 
+def test_a_database_that_refuses_writes_as_read_only_is_a_503_that_says_so(
+    client: TestClient,
+) -> None:
+    """Found by a tester: a SQLite file the API may not write answered every write with
+    "storage unavailable, try again later", and nothing said why."""
+    store = client.app.state.store  # type: ignore[attr-defined]
+    for engine in {store.engine, store.read_engine}:
+        engine.dispose()
+        sqlalchemy.event.listen(
+            engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA query_only = ON")
+        )
+
+    response = client.post("/studies", json=tiny_spec_data())
+
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith(
+        "storage unavailable: the database refuses writes as read-only"
+    )
+    assert client.get("/studies").status_code == 200  # reads go on
+
+
 def test_other_database_errors_stay_500(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

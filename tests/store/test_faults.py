@@ -20,7 +20,7 @@ from automl.store import (
     is_transient,
     retry_transient,
 )
-from automl.store.faults import first_line, is_refused_for_good
+from automl.store.faults import first_line, is_read_only, is_refused_for_good
 
 
 def _operational() -> sqlalchemy.exc.OperationalError:
@@ -144,6 +144,29 @@ def test_a_full_sqlite_database_is_a_full_disk(tmp_path: Path) -> None:
     engine.dispose()
     assert is_disk_full(full.value) and is_transient(full.value)
     assert is_disk_full(_wrapped_by_optuna(full.value))
+
+
+def test_a_write_refused_as_read_only_is_an_outage_that_says_so(tmp_path: Path) -> None:
+    """Found by a tester: a SQLite file the API may not write answered every write with
+    "storage unavailable" and nothing else. SQLite's ``SQLITE_READONLY`` and PostgreSQL's
+    ``read_only_sql_transaction`` (a standby) are outages with that reason."""
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'ro.db'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (x TEXT)")
+    with pytest.raises(sqlalchemy.exc.OperationalError) as refused, engine.begin() as connection:
+        connection.exec_driver_sql("PRAGMA query_only = ON")
+        connection.exec_driver_sql("INSERT INTO t VALUES ('x')")
+    engine.dispose()
+    assert is_read_only(refused.value) and is_transient(refused.value)
+    assert is_read_only(_wrapped_by_optuna(refused.value))
+    assert not is_read_only(_operational()) and not is_disk_full(refused.value)
+
+    class StandbyError(Exception):
+        sqlstate = "25006"  # as psycopg's ReadOnlySqlTransaction carries it
+
+    standby = sqlalchemy.exc.InternalError("INSERT", {}, StandbyError("read-only transaction"))
+    standby.__cause__ = standby.orig
+    assert is_read_only(standby) and is_transient(standby)
 
 
 def _connect_error(text: str) -> sqlalchemy.exc.OperationalError:

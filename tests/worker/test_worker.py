@@ -492,9 +492,9 @@ def test_attempts_given_back_in_a_row_wait_longer_each_time(
 def test_an_artifacts_folder_that_cannot_be_written_stops_the_worker_not_the_study(
     sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """(A folder store: SQLite's default.) Found by a tester: with the artifacts folder made read-only (or deleted, or
+    """Found by a tester: with the artifacts folder made read-only (or deleted, or
     replaced by a file) under a worker, each trial trained, then failed as an error:
-    three queued studies ended failed within a minute."""
+    three queued studies ended failed within a minute. (A folder store: SQLite's.)"""
     store = sqlite_store
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
     real_write = FolderArtifactStore.write
