@@ -86,3 +86,16 @@ def test_the_decode_memory_benchmarks_sides_decode_the_same_pixels(
     assert textbook.shape == (3, 64, 64)
     assert (textbook == decode_image(path, Preprocess(64, 64))).all()
     assert len(set(textbook.flatten().tolist())) > 1  # transparent and opaque parts
+
+
+def test_the_lean_cache_benchmark_reads_the_same_trials_on_both_sides(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bench = _module("bench_lean_cache", monkeypatch)
+    url = f"sqlite:///{tmp_path / 'lean.db'}"
+    bench.populate(url, trials=3, epochs=4)
+
+    optuna_side, lean_side = (bench.read_once(side, url) for side in ("optuna", "lean"))
+
+    assert optuna_side["trials"] == lean_side["trials"] == 3
+    assert optuna_side["seconds"] > 0 and lean_side["seconds"] > 0
