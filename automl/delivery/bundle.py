@@ -60,6 +60,7 @@ from automl.delivery.inference import (
     ModelUnavailableError,
     ServingTrial,
     error_text,
+    finite_state_dict,
     serving_trial,
 )
 from automl.store import Store, attrs, get_study, load_state_dict
@@ -206,7 +207,7 @@ def _build(store: Store, plan: _Plan, trace: Tracer = trace_here) -> Bundle:
         ModelUnavailableError: If its weights do not fit its model.
     """
     trial, model_in = plan.serving.trial, plan.model_in
-    state_dict = load_state_dict(trial, store.artifacts)
+    state_dict = finite_state_dict(trial, store)
     shape = [int(size) for size in model_in["shape"]]
     classes = plan.card["classes"]
     try:

@@ -510,6 +510,24 @@ def load_serving_model(
     return MODELS.get(key, lambda: _load(store, trial, resolved))
 
 
+def finite_state_dict(trial: FrozenTrial, store: Store) -> dict[str, torch.Tensor]:
+    """The trial's weights, refused unless every value is finite: NaN logits would score
+    as class 0, in predict and in a bundle alike.
+
+    Raises:
+        WeightsNotFoundError: If the trial has no readable weights.
+        ModelUnavailableError: If a weight is not finite.
+    """
+    state_dict = load_state_dict(trial, store.artifacts)
+    if not all(torch.isfinite(tensor).all() for tensor in state_dict.values()):
+        # Kept before training refused diverged runs, or the file was damaged since.
+        raise ModelUnavailableError(
+            f"the weights of trial {trial.number} are not finite (its training diverged, "
+            "or the file was damaged since); it has no model to serve"
+        )
+    return state_dict
+
+
 def _load(store: Store, trial: FrozenTrial, device: torch.device) -> ServingModel:
     """Rebuilds ``trial``'s model with its weights and the preprocessing it trained with."""
     raw = trial.user_attrs.get(attrs.CONFIG)
@@ -521,13 +539,7 @@ def _load(store: Store, trial: FrozenTrial, device: torch.device) -> ServingMode
         raise ModelUnavailableError(
             f"trial {trial.number}'s configuration no longer validates: {error_text(exc)}"
         ) from None
-    state_dict = load_state_dict(trial, store.artifacts)
-    if not all(torch.isfinite(tensor).all() for tensor in state_dict.values()):
-        # Kept before training refused diverged runs: NaN logits would score as class 0.
-        raise ModelUnavailableError(
-            f"the weights of trial {trial.number} are not finite (its training diverged); "
-            "it has no model to serve"
-        )
+    state_dict = finite_state_dict(trial, store)
     recorded = recorded_stats(trial)
     data = recorded if recorded is not None else _dataset_now(trial, config)
     if len(data.input_shape) != 3 or data.input_shape[0] not in (1, 3):

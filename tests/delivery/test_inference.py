@@ -20,6 +20,7 @@ from automl.config import Limits
 from automl.data import load_dataset
 from automl.delivery import annotate, inference
 from automl.delivery.annotate import annotate_folder
+from automl.delivery.bundle import build_bundle
 from automl.delivery.inference import (
     InputRejectedError as Rejected,
 )
@@ -412,9 +413,13 @@ def test_weights_that_are_not_finite_are_not_served(
     monkeypatch.setattr(inference, "load_state_dict", diverged)
     inference.MODELS.clear()
     serving = serving_trial(store, study_id)
-    with pytest.raises(ModelUnavailableError, match=r"are not finite \(its training diverged\)"):
+    refused = r"are not finite \(its training diverged, or the file was damaged since\)"
+    with pytest.raises(ModelUnavailableError, match=refused):
         load_serving_model(store, serving)
     inference.MODELS.clear()
+    # Nor shipped in a bundle, whose predict.py printed NaN probabilities (a tester).
+    with pytest.raises(ModelUnavailableError, match=refused):
+        build_bundle(store, study_id)
 
 
 def _noise_png(size: int) -> bytes:
