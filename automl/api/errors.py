@@ -271,7 +271,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ArtifactUnreadableError)
     async def _unreadable(_: Request, exc: ArtifactUnreadableError) -> JSONResponse:
         logger.warning("%s", exc)
-        return _detail(503, str(exc))
+        # No Retry-After: a file's permissions wait for a person, not for time.
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     # Database faults surface as SQLAlchemy errors, or wrapped in Optuna's; handled here
     # (not by the catch-all below, which the server would also log as a crash).

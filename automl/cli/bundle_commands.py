@@ -7,6 +7,7 @@ here imports torch); on the local store it is built in this process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import io
 import json
@@ -112,14 +113,19 @@ def unpack_bundle(data: bytes, directory: Path) -> tuple[list[Path], dict]:
     if not isinstance(card, dict):
         raise CliError("the download's model card is not a JSON object", EXIT_FAILURE)
     written: list[Path] = []
+    created: list[Path] = []  # by this call: what a failure removes (a user's files stay)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for name, content in members.items():
-            written.append(directory / name)
-            written[-1].write_bytes(content)
+            path = directory / name
+            if not path.exists():
+                created.append(path)
+            path.write_bytes(content)
+            written.append(path)
     except OSError as exc:
-        for path in written:  # a retry after a full disk would find the folder not empty
-            path.unlink(missing_ok=True)
+        for path in created:  # a retry after a full disk would find the folder not empty
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
         code = EXIT_FAILURE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_BAD_INPUT
         raise CliError(f"cannot write {directory}: {exc.strerror}", code) from None
     return written, card

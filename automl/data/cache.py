@@ -153,15 +153,13 @@ def load_unit(
         return cached
     lock = FileLock(directory / f"{unit.slot}.lock")
     try:
-        make_cache_dir(directory)
+        make_cache_dir(directory)  # a folder that cannot be made: the setting is named
         try:
             lock.acquire(timeout=0)
         except Timeout:
             logger.info("waiting for another process to decode %s", unit.name)
             lock.acquire()
-        except OSError as exc:
-            raise _unusable(directory, exc) from None
-    except OSError as exc:  # a full disk (``_unusable`` names the others)
+    except OSError as exc:  # a full disk, a folder made read-only: the data decodes anyway
         logger.warning("not caching %s: %s", unit.name, _brief(exc))
         return _decode(unit)
     try:

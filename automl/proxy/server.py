@@ -415,9 +415,9 @@ class ProxyServer:
         self.check_ports(self.host, self.port)
         optuna_proxy = threading.Thread(
             target=run_grpc_proxy_server,
-            # Optuna's cached storage (as Optuna's docs ask): finished trials are read once,
-            # so a worker's sync costs what changed, not the study's size; one cache per
-            # study, so that the proxy's memory does not grow with every study it served.
+            # A cached storage (as Optuna's docs ask): finished trials are read once, without
+            # their bulky attributes, so a worker's sync costs what changed, not the study's
+            # size; one cache per study, so that memory does not grow with every study served.
             args=(self.optuna_storage,),
             kwargs={
                 "host": self.host,

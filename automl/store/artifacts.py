@@ -82,6 +82,11 @@ class ArtifactUnreadableError(RuntimeError):
     name): the operator's to fix, not the caller's."""
 
 
+class ArtifactsFolderWriteError(OSError):
+    """The artifacts folder refused a write for its path (``FOLDER_REFUSALS``: read-only,
+    gone, a file by its name), which no later write in it would get past."""
+
+
 class ArtifactStoreError(ValueError):
     """The configured artifact store cannot be used (unknown kind, missing bucket)."""
 
@@ -131,7 +136,20 @@ class FolderArtifactStore:
             raise ArtifactNotFound(f"artifact {artifact_id} not found") from None
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        """Writes a temporary file, fsyncs it, then renames it into place."""
+        """Writes a temporary file, fsyncs it, then renames it into place.
+
+        Raises:
+            ArtifactsFolderWriteError: If the folder's path is at fault (made read-only,
+                deleted, a file by its name): no write in it can succeed.
+        """
+        try:
+            self._write(artifact_id, content_body)
+        except OSError as exc:
+            if exc.errno not in FOLDER_REFUSALS or isinstance(exc, ArtifactsFolderWriteError):
+                raise
+            raise ArtifactsFolderWriteError(exc.errno, exc.strerror, exc.filename) from exc
+
+    def _write(self, artifact_id: str, content_body: BinaryIO) -> None:
         target = self._path(artifact_id)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=TEMPORARY_PREFIX)
         try:

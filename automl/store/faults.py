@@ -87,7 +87,15 @@ def is_read_only(exc: BaseException) -> bool:
     read-only: SQLite's file or folder may not be written (permissions, a read-only
     mount), or PostgreSQL answered from a standby. An outage to wait out, with a reason
     that says what to fix."""
-    return any(_read_only(error) for error in _causes(exc))
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:  # what it was raised from only
+        seen.add(id(current))
+        if _read_only(current):
+            return True
+        orig = getattr(current, "orig", None)  # the driver's error SQLAlchemy wraps
+        current = current.__cause__ or (orig if isinstance(orig, BaseException) else None)
+    return False
 
 
 def _read_only(error: BaseException) -> bool:

@@ -1,8 +1,9 @@
 """A worker's Optuna storage with a cache of finished trials per study.
 
 Samplers and pruners read every trial of a study before each trial, so a worker keeps
-the finished ones in memory (Optuna's own cache: ``optuna.storages.get_storage`` on the
-database, ``GrpcStorageProxy`` through ``automl proxy``). One cache for every study grows
+the finished ones in memory (``automl.store.LeanTrialCache`` on the database, without the
+attributes that grow with the epochs or the classes; Optuna's ``GrpcStorageProxy`` through
+``automl proxy``, which serves lean trials). One cache for every study grows
 with every study the worker ever served; starting it over once too many were served made
 the worker read each of them again, a study of thousands of trials taking many seconds.
 Here each study has a cache of its own: past ``CACHED_STUDIES`` the one read least
@@ -12,9 +13,8 @@ A study gets a cache when its trials are read (what a worker's sampler does befo
 trial); other calls about a study go to its cache while it has one, and otherwise to the
 uncached storage, so that a few reads about another study (a test-split evaluation, a
 refit) do not push out the cache of one being searched. Calls about one trial, and about
-no study in particular, go to the uncached storage: Optuna's cache keeps finished trials
-only and forwards every write to a trial (refusing a param of a trial it did not create),
-so it would save nothing there.
+no study in particular, go to the uncached storage: a cache keeps finished trials only and
+forwards every write to a trial, so it would save nothing there.
 """
 
 from __future__ import annotations

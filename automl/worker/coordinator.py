@@ -111,7 +111,8 @@ class Coordinator(Protocol):
         ...
 
     def heartbeat(self, lease: Lease) -> LeaseStatus:
-        """Beats; says whether the lease is held and the study still active."""
+        """Beats; says whether the lease is held, the study still active, and whether
+        another tool ended the attempt's trial."""
         ...
 
     def start_trial(self, lease: Lease, template: FrozenTrial) -> int:

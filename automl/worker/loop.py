@@ -219,8 +219,9 @@ class Worker:
         """Claiming or running a trial: its own reaper spares its tickets meanwhile."""
         self._studies: OrderedDict[int, tuple[optuna.Study, StudySpec]] = OrderedDict()
         self._unexpected_in_a_row: dict[int, int] = {}
-        self._released_in_a_row = 0
         """Per study, its tickets in a row that ended with an unexpected error here."""
+        self._released_in_a_row = 0
+        """Attempts in a row given back for an outage (``_back_off_after``)."""
         self._unreadable: set[int] = set()
         """Studies whose specs this worker cannot read: it claims none of their tickets."""
         self._troubled: set[int] = set()
@@ -308,19 +309,19 @@ class Worker:
                 ran += 1
                 if self.on_trial_end is not None and run.trial is not None:
                     self.on_trial_end(lease.study_id, run.trial, run.result)
-                self._back_off_after(run.result)
+                self._back_off_after(run)
         finally:
             if reaper is not None:
                 reaper.stop()
         logger.info("worker %s stopped after %d trials", self.name, ran)
         return ran
 
-    def _back_off_after(self, result: str) -> None:
-        """Waits after attempts given back in a row, longer each time up to
-        ``RELEASE_BACKOFF_MAX_S``: what gave them back (a full disk, an outage) would
-        give the next claim back at once too (a full cache disk made 295 failed attempts
-        in 95 s)."""
-        if result != "released" or self.stopping:
+    def _back_off_after(self, run: TrialRun) -> None:
+        """Waits after attempts given back in a row for an outage, longer each time up to
+        ``RELEASE_BACKOFF_MAX_S``: what gave them back (a full disk, a database away)
+        would give the next claim back at once too (a full cache disk made 295 failed
+        attempts in 95 s)."""
+        if not run.outage or self.stopping:
             self._released_in_a_row = 0
             return
         self._released_in_a_row += 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from automl.store import (
     save_model_card,
     save_weights,
 )
-from automl.store.artifacts import FOLDER_REFUSALS, FolderArtifactStore
+from automl.store.artifacts import ArtifactsFolderWriteError, FolderArtifactStore
 from automl.store.faults import first_line
 from automl.store.shared_artifacts import shared_use_attr
 from automl.store.studies import OPTUNA_STUDY_GONE
@@ -173,12 +172,15 @@ class TrialRun:
             ``lost`` (the reaper took the ticket) or ``rejected`` (a late result).
         trial: The attempt's Optuna trial as it ended, if one was created.
         settled: Whether the study was already settled after the ticket ended.
+        outage: Given back for a storage outage (a full disk, a database away), which
+            would give the next claim back too.
     """
 
     lease: Lease
     result: str
     trial: FrozenTrial | None = None
     settled: bool = False
+    outage: bool = False
 
 
 def fail_if_optuna_study_gone(ctx: TrialContext, study_id: int) -> str | None:
@@ -359,8 +361,8 @@ class _Attempt:
         except TrainingInterrupted as exc:
             if keeper.lost.is_set():
                 return self._lost(exc)
-            if keeper.trial_ended.is_set():
-                return self._ended_outside(exc)
+            if keeper.trial_ended.is_set():  # another tool ended it: its ticket ends so
+                return self._rejected(exc)
             if keeper.study_ended.is_set():
                 return self._give_back(FailureKind.CANCELLED, "study ended while it ran")
             return self._give_back(FailureKind.INTERRUPTED, f"worker stopping: {exc}")
@@ -375,26 +377,28 @@ class _Attempt:
                 return self._out_of_memory(exc)
             if stops_the_worker(exc):
                 return self._device_fault(exc)
-            if self._artifacts_folder_fault(exc):
+            folder_fault = self._artifacts_folder_fault(exc)
+            artifacts = self.coordinator.artifacts
+            if folder_fault is not None and isinstance(artifacts, FolderArtifactStore):
                 self._give_back(FailureKind.INTERRUPTED, _describe(exc))
-                raise ArtifactsFolderError(self.coordinator.artifacts, exc) from exc
+                raise ArtifactsFolderError(artifacts, folder_fault) from exc
             if is_transient(exc):
-                return self._give_back(FailureKind.INTERRUPTED, _describe(exc))
+                return self._give_back(FailureKind.INTERRUPTED, _describe(exc), outage=True)
             logger.debug("trial %s failed", trial.number, exc_info=True)
             return self._fail(FailureKind.ERROR, _describe(exc))
 
-    def _artifacts_folder_fault(self, exc: BaseException) -> bool:
-        """Whether ``exc`` says that the worker's artifacts folder cannot be written (made
-        read-only, deleted, replaced by a file): every trial would fail alike, so this one
-        goes back to the queue and the worker stops, not the study."""
-        artifacts = self.coordinator.artifacts
-        if not isinstance(artifacts, FolderArtifactStore) or not isinstance(exc, OSError):
-            return False
-        if exc.errno not in FOLDER_REFUSALS or not exc.filename:
-            return False
-        folder = artifacts.directory.absolute()
-        path = Path(os.fsdecode(exc.filename)).absolute()
-        return path == folder or folder in path.parents
+    def _artifacts_folder_fault(self, exc: BaseException) -> ArtifactsFolderWriteError | None:
+        """The error in ``exc`` that says the worker's artifacts folder cannot be written
+        (made read-only, deleted, replaced by a file), if any: every trial would fail
+        alike, so this one goes back to the queue and the worker stops, not the study."""
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            if isinstance(current, ArtifactsFolderWriteError):
+                return current
+            current = current.__cause__ or current.__context__
+        return None
 
     def _check_data(self, data: ImageData) -> None:
         """Ends the trial unless ``data`` is the study's data (``require_study_data``),
@@ -671,7 +675,9 @@ class _Attempt:
         number = "?" if self.trial is None else self.trial.number
         raise stop_after(exc, self.ctx.worker_id, f"trial {number} of study {self.lease.study_id}")
 
-    def _give_back(self, kind: FailureKind, error: str, *, requeue: bool = True) -> TrialRun:
+    def _give_back(
+        self, kind: FailureKind, error: str, *, requeue: bool = True, outage: bool = False
+    ) -> TrialRun:
         self.keeper.ending()
         released = self.ctx.persist(
             lambda: self.coordinator.release(self.lease, kind, error, requeue=requeue),
@@ -679,7 +685,8 @@ class _Attempt:
         )
         if not released:
             return self._lost(LeaseLostError("lease lost before release"))
-        return TrialRun(self.lease, "released" if requeue else "fail", self._frozen())
+        result = "released" if requeue else "fail"
+        return TrialRun(self.lease, result, self._frozen(), outage=outage)
 
     def _lost(self, exc: BaseException) -> TrialRun:
         """The reaper took the ticket while it ran (the work continues elsewhere), or the
@@ -698,10 +705,17 @@ class _Attempt:
         return TrialRun(self.lease, "lost", frozen)
 
     def _rejected(self, exc: BaseException) -> TrialRun:
-        """The result came after the reaper ended the trial (it is not counted), or after
-        the study was deleted."""
+        """The result came after another ended the trial: the reaper (it is not counted),
+        another tool (plain optuna-dashboard's "tell": the ticket ends as that tool told
+        it, without this attempt's weights or results, so the trial never ranks), or a
+        deletion of the study."""
         self._drop_uploads()
         frozen = self._frozen()
+        if frozen is not None and frozen.state.is_finished() and not self.keeper.lost.is_set():
+            return self._settled_as_told(exc, frozen)
+        return self._rejection(exc, frozen)
+
+    def _rejection(self, exc: BaseException, frozen: FrozenTrial | None) -> TrialRun:
         if self._study_deleted(frozen):
             logger.info("study %s was deleted while ticket %s ran", *self._ids())
         else:
@@ -714,30 +728,26 @@ class _Attempt:
             )
         return TrialRun(self.lease, "rejected", frozen)
 
-    def _ended_outside(self, exc: BaseException) -> TrialRun:
-        """Another tool ended the trial while it trained (plain optuna-dashboard's "tell"):
-        its ticket ends as the trial was told, as the reaper would settle it, without this
-        attempt's weights or results (so the trial never ranks)."""
-        self._drop_uploads()
-        frozen = self._frozen()
-        if frozen is None or not frozen.state.is_finished():
-            return self._rejected(exc)
+    def _settled_as_told(self, exc: BaseException, frozen: FrozenTrial) -> TrialRun:
+        """Ends the ticket as its trial was told while the lease is still held (only
+        another tool ends a trial under a held lease), as the reaper would settle it a
+        grace period later; a lease lost meanwhile makes it a plain rejection."""
         outcome = frozen.state.name.lower()
         failure = None
         if frozen.state == TrialState.FAIL:
             told = frozen.user_attrs.get(attrs.FAILURE)
             failure = FailureKind(told) if told in FAILURE_KINDS else FailureKind.ERROR
+        try:
+            self._finish(outcome, failure)
+        except LeaseLostError:
+            return self._rejection(exc, frozen)
         logger.warning(
-            "trial %s of study %s was ended %s by another tool while it trained: its ticket "
+            "trial %s of study %s was ended %s by another tool while it ran: its ticket "
             "ends so, and the trial is never ranked",
             frozen.number,
             self.lease.study_id,
             frozen.state.name,
         )
-        try:
-            self._finish(outcome, failure)
-        except LeaseLostError as err:
-            return self._lost(err)
         return TrialRun(self.lease, ENDED_OUTSIDE, frozen, self.settled)
 
     def _study_deleted(self, frozen: FrozenTrial | None) -> bool:
@@ -801,8 +811,10 @@ class _Attempt:
                     raise ResultRejectedError("the trial no longer exists") from None
                 if not frozen.state.is_finished():
                     raise
-                mine = frozen.state == target and (
-                    failure is None or frozen.user_attrs.get(attrs.FAILURE) == failure.value
+                mine = (
+                    frozen.state == target
+                    and (failure is None or frozen.user_attrs.get(attrs.FAILURE) == failure.value)
+                    and (values is None or frozen.values == list(values))  # not a made-up one
                 )
                 if not mine:
                     message = f"trial {frozen.number} ended {frozen.state.name}"

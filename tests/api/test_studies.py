@@ -424,6 +424,7 @@ def test_weights_that_cannot_be_read_are_a_503_that_says_why(
     for route in ("trials/0/weights", "best/model"):
         response = client.get(f"/studies/{study_id}/{route}")
         assert (response.status_code, response.json()) == (503, {"detail": expected}), route
+        assert "Retry-After" not in response.headers  # retrying does not fix it
 
     path.rmdir()
     path.write_bytes(kept)

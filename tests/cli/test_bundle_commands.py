@@ -120,3 +120,27 @@ def test_a_full_disk_leaves_nothing_that_would_refuse_the_retry(
     assert caught.value.code == 1
     assert str(caught.value) == f"cannot write {tmp_path / 'out'}: No space left on device"
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_failed_overwrite_removes_only_what_it_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reviewer: the clean-up of a failed write deleted a file of the user's that the
+    write never touched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predict.py").write_text("the user's")
+    data = archive({"model_card.json": CARD, "predict.py": b"print()", "z.onnx": b"onnx"})
+    real_write = Path.write_bytes
+
+    def refuse_the_users(path: Path, content: bytes) -> int:
+        if path.name == "predict.py":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_write(path, content)
+
+    monkeypatch.setattr(Path, "write_bytes", refuse_the_users)
+    with pytest.raises(CliError) as caught:
+        unpack_bundle(data, out)
+    assert caught.value.code == 2
+    assert sorted(p.name for p in out.iterdir()) == ["predict.py"]
+    assert (out / "predict.py").read_text() == "the user's"

@@ -302,7 +302,13 @@ def test_a_damaged_cache_file_is_decoded_again_and_replaced(
 
 @pytest.mark.parametrize(
     ("where", "code"),
-    [("write", errno.ENOSPC), ("write", errno.EROFS), ("lock", errno.ENOSPC)],
+    [
+        ("write", errno.ENOSPC),
+        ("write", errno.EROFS),
+        ("lock", errno.ENOSPC),
+        ("lock", errno.EROFS),
+        ("lock", errno.EACCES),
+    ],
 )
 def test_a_cache_that_cannot_be_written_only_costs_the_caching(
     data_root: Path,

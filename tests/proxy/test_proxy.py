@@ -41,6 +41,7 @@ from automl.store import (
     get_study,
     is_transient,
     reap_stale,
+    running_trial_template,
     served_refit,
     submit_study,
     weights_format,
@@ -120,6 +121,22 @@ def test_a_worker_completes_a_study_through_the_proxy(
     # The weights went through the proxy into the store's own artifact store.
     with open_weights(best, store.artifacts) as reader:
         assert len(reader.read()) > 1000
+
+
+def test_a_trial_another_tool_ended_is_reported_through_the_proxy(
+    store: Store, proxy: RemoteCoordinator, tiny_spec: SpecFactory
+) -> None:
+    submit_study(store, tiny_spec(budget={"n_trials": 1}))
+    lease = proxy.claim("w1", None)
+    assert lease is not None
+    trial_id = proxy.start_trial(lease, running_trial_template({attrs.LEASE: lease.key}))
+    assert proxy.heartbeat(lease).trial_ended is False
+
+    store.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.99])
+    status = proxy.heartbeat(lease)
+
+    assert (status.held, status.trial_ended) == (True, True)
+    assert proxy.storage.get_trial(trial_id).state == TrialState.COMPLETE  # not a stale copy
 
 
 def test_claims_leases_and_errors_keep_their_meaning(

@@ -167,6 +167,13 @@ def test_a_write_refused_as_read_only_is_an_outage_that_says_so(tmp_path: Path) 
     standby = sqlalchemy.exc.InternalError("INSERT", {}, StandbyError("read-only transaction"))
     standby.__cause__ = standby.orig
     assert is_read_only(standby) and is_transient(standby)
+    try:  # an error raised while handling one is not what it handled (a reviewer)
+        try:
+            raise refused.value
+        except sqlalchemy.exc.OperationalError:
+            raise ValueError("a bug in the handler") from None
+    except ValueError as unrelated:
+        assert not is_read_only(unrelated) and not is_transient(unrelated)
 
 
 def _connect_error(text: str) -> sqlalchemy.exc.OperationalError:

@@ -78,5 +78,6 @@ def test_the_latency_is_the_fastest_timed_pass_not_a_slowed_one() -> None:
     a fraction of a millisecond, on a busy machine."""
     model = SlowAtFirst(4)
     latency = model_stats.measure_latency(model, (4,), 1, Accelerator(torch.device("cpu")))
-    assert len(model.batches) == 1 + model_stats.MAX_TIMED_RUNS  # within the time budget
+    # The warm-up, the two slowed passes, and fast ones while the budget lasts (at most 10).
+    assert 4 <= len(model.batches) <= 1 + model_stats.MAX_TIMED_RUNS
     assert latency < 25.0  # the median of the first three passes is over 50 ms

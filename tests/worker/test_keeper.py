@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 import pytest
+from optuna.trial import TrialState
 
 from automl.spec import StudySpec
 from automl.store import Backoff, Store, submit_study
@@ -46,3 +47,29 @@ def test_a_lease_the_worker_ended_itself_is_not_reported_lost(
         status = keeper.beat()
     assert status is not None and not status.held
     assert not [r for r in caplog.records if LOST in r.getMessage()]
+
+
+@pytest.mark.parametrize("own_tell", [False, True])
+def test_a_trial_ended_under_a_held_lease_stops_it_unless_the_worker_ended_it(
+    sqlite_store: Store,
+    tiny_spec: SpecFactory,
+    caplog: pytest.LogCaptureFixture,
+    own_tell: bool,
+) -> None:
+    """Another tool's tell stops the trial with one warning; the worker's own tell (a beat
+    between it and the ticket's end) is neither reported nor a reason to stop."""
+    submit_study(sqlite_store, tiny_spec(budget={"n_trials": 2}))
+    lease, trial_id = start_trial(sqlite_store)
+    keeper = LeaseKeeper(SqlCoordinator(sqlite_store), lease, 60.0, Backoff(logging.getLogger("t")))
+    if own_tell:
+        keeper.ending()  # what the runner says before its tell
+    sqlite_store.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
+
+    with caplog.at_level(logging.WARNING, logger="automl.worker"):
+        status = keeper.beat()
+
+    assert status is not None and status.held and status.trial_ended
+    assert keeper.trial_ended.is_set() is not own_tell
+    assert keeper.should_stop is not own_tell
+    warned = [r for r in caplog.records if "ended by another tool" in r.getMessage()]
+    assert len(warned) == (0 if own_tell else 1)

@@ -497,12 +497,12 @@ def test_an_artifacts_folder_that_cannot_be_written_stops_the_worker_not_the_stu
     three queued studies ended failed within a minute. (A folder store: SQLite's.)"""
     store = sqlite_store
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
-    real_write = FolderArtifactStore.write
+    real_write = FolderArtifactStore._write
 
     def read_only(self: FolderArtifactStore, artifact_id: str, body: Any) -> None:
         raise OSError(errno.EROFS, "Read-only file system", str(self.directory / ".tmp-x"))
 
-    monkeypatch.setattr(FolderArtifactStore, "write", read_only)
+    monkeypatch.setattr(FolderArtifactStore, "_write", read_only)
     with pytest.raises(UnusableFolderError) as caught:
         Worker(store, _options()).run()
 
@@ -515,7 +515,7 @@ def test_an_artifacts_folder_that_cannot_be_written_stops_the_worker_not_the_stu
     study = get_study(store, study_id)
     assert study.status.is_active and (study.counts.fail, study.counts.waiting) == (0, 1)
 
-    monkeypatch.setattr(FolderArtifactStore, "write", real_write)
+    monkeypatch.setattr(FolderArtifactStore, "_write", real_write)
     assert Worker(store, _options()).run() == 1
     assert get_study(store, study_id).status == StudyStatus.COMPLETED
 
@@ -624,7 +624,8 @@ def test_a_trial_another_tool_ends_stops_at_its_next_beat_and_is_never_ranked(
 ) -> None:
     """Plain optuna-dashboard's "tell" on a running trial of automl's: its worker stops
     training at the next beat (it trained to its last epoch before), and the made-up
-    value never ranks; the reaper settles the ticket as told."""
+    value never ranks; the worker ends the ticket as told, at once (the ``ended_outside``
+    result), not the reaper a grace period later."""
     spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0}, fixed={**LONG_TRIAL, "epochs": 20})
     study_id = submit_study(store, spec).id
     real_beat = LeaseKeeper.beat
@@ -636,9 +637,10 @@ def test_a_trial_another_tool_ends_stops_at_its_next_beat_and_is_never_ranked(
         return real_beat(keeper)
 
     monkeypatch.setattr(LeaseKeeper, "beat", told_before_the_first_epoch_end_beat)
-    options = _options(grace_period=1.0, reap_interval=0.2)
-    Worker(store, options).run()
+    ended: list[str] = []
+    Worker(store, _options(), on_trial_end=lambda _, __, result: ended.append(result)).run()
 
+    assert ended == ["ended_outside"]  # by the worker: no reaper runs here
     [trial] = _trials(store, study_id)
     assert (trial.state, trial.values) == (TrialState.COMPLETE, [1.0])
     assert len(trial.intermediate_values) <= 1  # stopped after its first epoch of 20
@@ -647,6 +649,32 @@ def test_a_trial_another_tool_ends_stops_at_its_next_beat_and_is_never_ranked(
     assert (study.status, study.counts.complete, study.best_value) == ("completed", 1, None)
     with pytest.raises(NoBestTrialError, match="without a completed trial"):
         best_trials(store, study_id)
+
+
+def test_a_trial_another_tool_ends_just_before_its_tell_is_settled_as_told(
+    store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same tell after the last epoch (no beat follows): the worker's own tell finds
+    the trial ended with another value, so it is no result of automl's, and the ticket
+    ends as told then, not a grace period later (a reviewer)."""
+    spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0}, fixed={"epochs": 1})
+    study_id = submit_study(store, spec).id
+    real_save = automl.worker.runner.save_weights
+
+    def told_then_saved(storage: Any, trial: optuna.Trial, *args: Any) -> str:
+        store.storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [1.0])
+        return real_save(storage, trial, *args)
+
+    monkeypatch.setattr(automl.worker.runner, "save_weights", told_then_saved)
+    ended: list[str] = []
+    Worker(store, _options(), on_trial_end=lambda _, __, result: ended.append(result)).run()
+
+    assert ended == ["ended_outside"]
+    [trial] = _trials(store, study_id)
+    assert (trial.state, trial.values) == (TrialState.COMPLETE, [1.0])
+    assert attrs.WEIGHTS not in trial.user_attrs  # the attempt's upload was removed
+    assert get_study(store, study_id).status == StudyStatus.COMPLETED
+    assert get_study(store, study_id).best_value is None
 
 
 def test_a_workers_own_reaper_never_takes_its_live_trial(
