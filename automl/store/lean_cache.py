@@ -18,19 +18,14 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Container, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Container
 
-from optuna.distributions import BaseDistribution
-from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.store import attrs, optuna_rows
+from automl.store.delegating import DelegatingStorage
 from automl.store.storage import Store
-
-if TYPE_CHECKING:  # Optuna names no public module for it
-    from optuna.study._frozen import FrozenStudy
 
 LEFT_OUT = frozenset(
     {
@@ -47,17 +42,18 @@ LEFT_OUT = frozenset(
 no sampler, pruner or worker check reads them."""
 
 
-class LeanTrialCache(BaseStorage):
+class LeanTrialCache(DelegatingStorage):
     """Optuna storage over the database whose ``get_all_trials`` keeps the finished trials
-    it read, without ``LEFT_OUT``; every other call goes to the database.
+    it read, without ``LEFT_OUT``; every other call goes to the database (whole trials
+    from ``get_trial``).
 
     Args:
         store: The open store.
     """
 
     def __init__(self, store: Store) -> None:
+        super().__init__(store.storage)
         self.store = store
-        self.backend: BaseStorage = store.storage
         self._finished: dict[int, FrozenTrial] = {}
         self._directions: dict[int, list[StudyDirection]] = {}
         self._lock = threading.Lock()
@@ -109,88 +105,6 @@ class LeanTrialCache(BaseStorage):
             with self._lock:
                 self._directions[study_id] = known
         return list(known)
-
-    # --- everything else: the database -------------------------------------------------
-
-    def create_new_study(
-        self, directions: Sequence[StudyDirection], study_name: str | None = None
-    ) -> int:
-        """See ``BaseStorage``."""
-        return self.backend.create_new_study(directions, study_name)
-
-    def delete_study(self, study_id: int) -> None:
-        """See ``BaseStorage``."""
-        self.backend.delete_study(study_id)
-
-    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
-        """See ``BaseStorage``."""
-        self.backend.set_study_user_attr(study_id, key, value)
-
-    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
-        """See ``BaseStorage``."""
-        self.backend.set_study_system_attr(study_id, key, value)
-
-    def get_study_id_from_name(self, study_name: str) -> int:
-        """See ``BaseStorage``."""
-        return self.backend.get_study_id_from_name(study_name)
-
-    def get_study_name_from_id(self, study_id: int) -> str:
-        """See ``BaseStorage``."""
-        return self.backend.get_study_name_from_id(study_id)
-
-    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
-        """See ``BaseStorage``."""
-        return self.backend.get_study_user_attrs(study_id)
-
-    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
-        """See ``BaseStorage``."""
-        return self.backend.get_study_system_attrs(study_id)
-
-    def get_all_studies(self) -> list[FrozenStudy]:
-        """See ``BaseStorage``."""
-        return self.backend.get_all_studies()
-
-    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        """See ``BaseStorage``."""
-        return self.backend.create_new_trial(study_id, template_trial)
-
-    def set_trial_param(
-        self,
-        trial_id: int,
-        param_name: str,
-        param_value_internal: float,
-        distribution: BaseDistribution,
-    ) -> None:
-        """See ``BaseStorage``."""
-        self.backend.set_trial_param(trial_id, param_name, param_value_internal, distribution)
-
-    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
-        """See ``BaseStorage``."""
-        return self.backend.get_trial_id_from_study_id_trial_number(study_id, trial_number)
-
-    def set_trial_state_values(
-        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
-    ) -> bool:
-        """See ``BaseStorage``."""
-        return self.backend.set_trial_state_values(trial_id, state, values)
-
-    def set_trial_intermediate_value(
-        self, trial_id: int, step: int, intermediate_value: float
-    ) -> None:
-        """See ``BaseStorage``."""
-        self.backend.set_trial_intermediate_value(trial_id, step, intermediate_value)
-
-    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        """See ``BaseStorage``."""
-        self.backend.set_trial_user_attr(trial_id, key, value)
-
-    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        """See ``BaseStorage``."""
-        self.backend.set_trial_system_attr(trial_id, key, value)
-
-    def get_trial(self, trial_id: int) -> FrozenTrial:
-        """See ``BaseStorage`` (whole, from the database)."""
-        return self.backend.get_trial(trial_id)
 
 
 __all__ = ["LEFT_OUT", "LeanTrialCache"]

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from optuna.distributions import (
     BaseDistribution,
@@ -46,21 +46,18 @@ from optuna.distributions import (
 )
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from automl.store.delegating import DelegatingStorage
 from automl.store.faults import is_transient
 from automl.store.leases import Lease, LeaseLostError
 from automl.store.trial_writes import TrialWrites, running_trial_template
-
-if TYPE_CHECKING:  # Optuna names no public module for it
-    from optuna.study._frozen import FrozenStudy
 
 Call = Callable[[str, dict[str, Any]], tuple[dict[str, Any], bytes]]
 """A coordination call: method and header in, reply header and payload out."""
 
 
-class BufferedTrialStorage(BaseStorage):
+class BufferedTrialStorage(DelegatingStorage):
     """Optuna storage of a worker (see the module docstring).
 
     Args:
@@ -76,7 +73,7 @@ class BufferedTrialStorage(BaseStorage):
     def __init__(
         self, backend: BaseStorage, call: Call, untracked: BaseStorage | None = None
     ) -> None:
-        self.backend = backend
+        super().__init__(backend)
         self._untracked = untracked or backend
         self._call = call
         self._running: dict[int, FrozenTrial] = {}
@@ -338,53 +335,7 @@ class BufferedTrialStorage(BaseStorage):
             self._send_pending(study_id)
         return self.backend.get_all_trials(study_id, deepcopy=deepcopy, states=states)
 
-    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
-        """See ``BaseStorage``."""
-        return self.backend.get_trial_id_from_study_id_trial_number(study_id, trial_number)
-
-    # --- studies: straight to the backend ------------------------------------------------------
-
-    def create_new_study(
-        self, directions: Sequence[StudyDirection], study_name: str | None = None
-    ) -> int:
-        """See ``BaseStorage``."""
-        return self.backend.create_new_study(directions, study_name)
-
-    def delete_study(self, study_id: int) -> None:
-        """See ``BaseStorage``."""
-        self.backend.delete_study(study_id)
-
-    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
-        """See ``BaseStorage``."""
-        self.backend.set_study_user_attr(study_id, key, value)
-
-    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
-        """See ``BaseStorage``."""
-        self.backend.set_study_system_attr(study_id, key, value)
-
-    def get_study_id_from_name(self, study_name: str) -> int:
-        """See ``BaseStorage``."""
-        return self.backend.get_study_id_from_name(study_name)
-
-    def get_study_name_from_id(self, study_id: int) -> str:
-        """See ``BaseStorage``."""
-        return self.backend.get_study_name_from_id(study_id)
-
-    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
-        """See ``BaseStorage``."""
-        return self.backend.get_study_directions(study_id)
-
-    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
-        """See ``BaseStorage``."""
-        return self.backend.get_study_user_attrs(study_id)
-
-    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
-        """See ``BaseStorage``."""
-        return self.backend.get_study_system_attrs(study_id)
-
-    def get_all_studies(self) -> list[FrozenStudy]:
-        """See ``BaseStorage``."""
-        return self.backend.get_all_studies()
+    # Studies, and trial ids by number: straight to the backend (``DelegatingStorage``).
 
 
 def template_to_wire(trial: FrozenTrial) -> dict[str, Any]:
