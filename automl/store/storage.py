@@ -45,6 +45,7 @@ from automl.store.faults import (
     StorageUnavailableError,
     first_line,
     is_lock_timeout,
+    is_read_only,
     is_refused_for_good,
     is_schema_missing,
     is_transient,
@@ -227,6 +228,7 @@ def open_store(
         _take_write_lock_at_begin(storage.engine, check)
         reader = _open_with_retries(url, engine_kwargs, create_tables=False)
         _defer_lock_at_begin(reader.engine, check)
+        _reopen_when_read_only(storage.engine, reader.engine)
     elif backend == "postgresql":
         _ping_when_idle(storage.engine)
         _end_idle_transactions(storage.engine)
@@ -535,6 +537,28 @@ def _watch_the_file(engine: sqlalchemy.engine.Engine, check: Callable[[], None])
     @event.listens_for(engine, "begin")
     def _on_begin(_: sqlalchemy.engine.Connection) -> None:
         check()
+
+
+def _reopen_when_read_only(*engines: sqlalchemy.engine.Engine) -> None:
+    """Closes every SQLite connection of the process once a write is refused as read-only.
+
+    SQLite that finds its file read-only opens it read-only, and every connection of the
+    process to that file shares the handle: once the file is writable again (a mount
+    remounted, a flag cleared), writes would stay refused until the process restarted.
+    The refused connection's pool starts over (as after a lost connection), and so do the
+    other engines' pools, so that the next write opens the file anew.
+    """
+
+    def reopen(context: sqlalchemy.engine.ExceptionContext) -> None:
+        if context.original_exception is None or not is_read_only(context.original_exception):
+            return
+        context.is_disconnect = True  # this engine's pool is replaced
+        for engine in engines:
+            if engine is not context.engine:
+                engine.dispose()
+
+    for engine in engines:
+        sqlalchemy.event.listen(engine, "handle_error", reopen)
 
 
 def _take_write_lock_at_begin(engine: sqlalchemy.engine.Engine, check: Callable[[], None]) -> None:

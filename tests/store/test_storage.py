@@ -526,3 +526,31 @@ def test_postgres_sessions_plan_each_query_with_its_parameters(
                 assert mode == "force_custom_plan"
     finally:
         store.close()
+
+
+def test_a_sqlite_write_refused_as_read_only_reopens_the_file_for_the_next(
+    sqlite_store: Store,
+) -> None:
+    """Found by a tester: an API that first wrote while its SQLite file was read-only kept
+    answering "read-only" after the file was writable again (SQLite had opened the file
+    read-only, for every connection of the process), until restarted."""
+    read_only_left = [1]  # the next new connection opens "read-only"
+
+    def maybe_read_only(dbapi_connection: sqlite3.Connection, _: object) -> None:
+        if read_only_left and read_only_left.pop():
+            dbapi_connection.execute("PRAGMA query_only = ON")
+
+    sqlalchemy.event.listen(sqlite_store.engine, "connect", maybe_read_only)
+    sqlite_store.close()  # the pools start empty: the next write connects
+
+    with (
+        pytest.raises(sqlalchemy.exc.OperationalError) as refused,
+        sqlite_store.write() as connection,
+    ):
+        connection.exec_driver_sql("CREATE TABLE probe (x INTEGER)")
+    assert is_transient(refused.value)
+
+    with sqlite_store.write() as connection:  # a new connection: the file opened anew
+        connection.exec_driver_sql("CREATE TABLE probe (x INTEGER)")
+    with sqlite_store.read() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM probe").scalar() == 0
