@@ -20,11 +20,16 @@ CARD = json.dumps({"study": 1}).encode()
 
 
 def archive(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    """A zip of ``members``, deflated (as the API sends bundles) unless ``method`` says."""
+    """A zip of ``members``, deflated (as the API sends bundles) unless ``method`` says;
+    the same bytes at every call (a fixed time: pytest-xdist's workers must collect the
+    same parameters, and the clock's two-second step once told them apart)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", method) as zipped:
         for name, content in members.items():
-            zipped.writestr(name, content)
+            member = zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0))
+            member.compress_type = method
+            member.external_attr = 0o600 << 16
+            zipped.writestr(member, content)
     return buffer.getvalue()
 
 
@@ -63,6 +68,7 @@ def test_a_bundle_is_unpacked_flat_with_its_card(tmp_path: Path) -> None:
         ),
         (archive({"model_card.json": CARD, "a/b.txt": b"x"}), "the download is not a model bundle"),
     ],
+    ids=["not_zip", "card_not_json", "card_not_object", "corrupt", "bzip2", "no_card", "up", "sub"],
 )
 def test_what_is_not_a_bundle_writes_nothing(data: bytes, message: str, tmp_path: Path) -> None:
     with pytest.raises(CliError, match=message):
