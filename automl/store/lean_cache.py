@@ -11,7 +11,8 @@ the attributes only people read (``LEFT_OUT``), which the API and the dashboard 
 the database.
 
 Finished trials never change what a search reads, so each is read once; the study's
-running trials are read again on every call, as Optuna's cache does.
+running trials, and what is past them, are read again on every call, as Optuna's cache
+does.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class LeanTrialCache(DelegatingStorage):
     def __init__(self, store: Store) -> None:
         super().__init__(store.storage)
         self.store = store
-        self._finished: dict[int, FrozenTrial] = {}
+        self._finished: dict[int, dict[int, FrozenTrial]] = {}  # study -> trial id -> trial
+        self._watermark: dict[int, int] = {}
         self._directions: dict[int, list[StudyDirection]] = {}
         self._lock = threading.Lock()
 
@@ -65,32 +67,40 @@ class LeanTrialCache(DelegatingStorage):
         states: Container[TrialState] | None = None,
     ) -> list[FrozenTrial]:
         """See ``BaseStorage``: the study's trials in number order, the finished ones from
-        memory (without ``LEFT_OUT``), in three queries whatever their number (the running
-        ones and those finished since the last call read again).
+        memory (without ``LEFT_OUT``). Each call reads only the trials past the study's
+        *watermark*, the highest trial id up to which every trial of the study is finished
+        and kept (as Optuna's cache does, which reads past the highest finished id): the
+        running ones, and those created or finished since; a study's size costs nothing.
 
         Raises:
             KeyError: If the study does not exist.
         """
+        with self._lock:
+            after = self._watermark.get(study_id, -1)
+            finished = self._finished.setdefault(study_id, {})
         with self.store.read() as connection:
-            numbers = optuna_rows.trial_numbers(connection, study_id)
-            if not numbers:
-                self.backend.get_study_directions(study_id)  # KeyError if it is gone
+            recent = optuna_rows.trial_numbers_after(connection, study_id, after)
+            if not recent and not optuna_rows.study_exists(connection, study_id):
+                raise KeyError(f"no study with id {study_id}")
             with self._lock:
-                missing = [trial_id for trial_id in numbers if trial_id not in self._finished]
+                missing = [trial_id for trial_id in recent if trial_id not in finished]
             loaded = optuna_rows.load_trials(
                 connection, missing, leave_out=LEFT_OUT, system_attrs=True
             )
-        id_of = {number: trial_id for trial_id, number in numbers.items()}
+        id_of = {number: trial_id for trial_id, number in recent.items()}
         fresh = {id_of[trial.number]: trial for trial in loaded}
         with self._lock:
             for trial_id, trial in fresh.items():
                 if trial.state.is_finished():
-                    self._finished[trial_id] = trial
-            found = [
-                fresh.get(trial_id) or self._finished[trial_id]
-                for trial_id in numbers
-                if trial_id in fresh or trial_id in self._finished
-            ]
+                    finished[trial_id] = trial
+            watermark = after
+            for trial_id in recent:  # in id order: up to the first one still unfinished
+                if trial_id not in finished:
+                    break
+                watermark = trial_id
+            self._watermark[study_id] = watermark
+            found = [*finished.values()]
+            found += [trial for trial_id, trial in fresh.items() if trial_id not in finished]
         found.sort(key=lambda trial: trial.number)
         if states is not None:
             found = [trial for trial in found if trial.state in states]

@@ -144,27 +144,27 @@ TRIAL_ROWS = (
 STUDY_ROWS = (study_directions, study_user_attributes, study_system_attributes)
 """Optuna's tables of rows that belong to a study (``study_id``), besides its trials."""
 
-AUTOML_TRIAL: sa.Exists = (
-    sa.exists()
-    .where(
-        trial_user_attributes.c.trial_id == trials.c.trial_id,
-        trial_user_attributes.c.key == attrs.TICKET,
+
+def _trial_has_attr(key: str) -> sa.Exists:
+    """The ``trials`` row's trial has the user attribute ``key`` (a lookup in Optuna's
+    unique (trial_id, key) index)."""
+    return (
+        sa.exists()
+        .where(
+            trial_user_attributes.c.trial_id == trials.c.trial_id,
+            trial_user_attributes.c.key == key,
+        )
+        .correlate(trials)
     )
-    .correlate(trials)
-)
+
+
+AUTOML_TRIAL = _trial_has_attr(attrs.TICKET)
 """The ``trials`` row is automl's: a worker created it with its ticket (``automl.ticket``,
 set with the trial, never removed). A lookup in Optuna's unique (trial_id, key) index;
 every ranking query has it, so that trials added with plain Optuna are never ranked."""
 
 
-RESULT_RECORDED: sa.Exists = (
-    sa.exists()
-    .where(
-        trial_user_attributes.c.trial_id == trials.c.trial_id,
-        trial_user_attributes.c.key == attrs.METRICS,
-    )
-    .correlate(trials)
-)
+RESULT_RECORDED = _trial_has_attr(attrs.METRICS)
 """The trial's worker recorded its result (``automl.metrics``, written before its tell):
 a trial of automl's that another tool told COMPLETE while it ran (plain optuna-dashboard's
 "tell", a notebook) has a made-up value and none of automl's results."""
@@ -573,10 +573,23 @@ def load_trials(
     return _assemble(connection, found, attributes)
 
 
-def trial_numbers(connection: sa.engine.Connection, study_id: int) -> dict[int, int]:
-    """The number of each of the study's trials, by trial id (one indexed query)."""
-    query = sa.select(trials.c.trial_id, trials.c.number).where(trials.c.study_id == study_id)
+def trial_numbers_after(
+    connection: sa.engine.Connection, study_id: int, after_id: int
+) -> dict[int, int]:
+    """The number of each of the study's trials whose id is above ``after_id``, by trial
+    id in id order (one query on Optuna's study/trial index)."""
+    query = (
+        sa.select(trials.c.trial_id, trials.c.number)
+        .where(trials.c.study_id == study_id, trials.c.trial_id > after_id)
+        .order_by(trials.c.trial_id)
+    )
     return {int(trial_id): int(number) for trial_id, number in connection.execute(query)}
+
+
+def study_exists(connection: sa.engine.Connection, study_id: int) -> bool:
+    """Whether Optuna's ``studies`` table has the study (a primary-key lookup)."""
+    query = sa.select(studies.c.study_id).where(studies.c.study_id == study_id)
+    return connection.scalar(query) is not None
 
 
 def load_trial_page(

@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Any
 
-from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from automl.store.delegating import DelegatingStorage
+
 if TYPE_CHECKING:  # Optuna names no public module for it
-    from optuna.study._frozen import FrozenStudy
+    pass
 
 CACHED_STUDIES = 16
 """Studies whose finished trials a worker keeps in memory. A worker serves one study per
@@ -38,7 +39,7 @@ project at a time (``automl.store.leases``), so this is about the projects it ca
 between without reading a study again."""
 
 
-class StudyCaches(BaseStorage):
+class StudyCaches(DelegatingStorage):
     """Optuna storage whose finished trials are cached per study (see the module docstring).
 
     Args:
@@ -61,6 +62,7 @@ class StudyCaches(BaseStorage):
         capacity = CACHED_STUDIES if capacity is None else capacity
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
+        super().__init__(uncached)
         self.uncached = uncached
         self._open_cache = open_cache
         self._close = close
@@ -117,13 +119,8 @@ class StudyCaches(BaseStorage):
         if cache is not None:
             self._closed(cache)
 
-    # --- studies ------------------------------------------------------------------------
-
-    def create_new_study(
-        self, directions: Sequence[StudyDirection], study_name: str | None = None
-    ) -> int:
-        """See ``BaseStorage``."""
-        return self.uncached.create_new_study(directions, study_name)
+    # --- about one study: its cache while it has one ---------------------------------------
+    # (Anything else, e.g. a call about one trial, goes to ``uncached``: DelegatingStorage.)
 
     def delete_study(self, study_id: int) -> None:
         """See ``BaseStorage``; the study's cache is dropped too."""
@@ -137,10 +134,6 @@ class StudyCaches(BaseStorage):
     def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
         """See ``BaseStorage``."""
         self._for_study(study_id).set_study_system_attr(study_id, key, value)
-
-    def get_study_id_from_name(self, study_name: str) -> int:
-        """See ``BaseStorage``."""
-        return self.uncached.get_study_id_from_name(study_name)
 
     def get_study_name_from_id(self, study_id: int) -> str:
         """See ``BaseStorage``."""
@@ -157,10 +150,6 @@ class StudyCaches(BaseStorage):
     def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
         """See ``BaseStorage``."""
         return self._for_study(study_id).get_study_system_attrs(study_id)
-
-    def get_all_studies(self) -> list[FrozenStudy]:
-        """See ``BaseStorage``."""
-        return self.uncached.get_all_studies()
 
     # --- trials -------------------------------------------------------------------------
 
@@ -199,40 +188,6 @@ class StudyCaches(BaseStorage):
     def get_best_trial(self, study_id: int) -> FrozenTrial:
         """See ``BaseStorage``."""
         return self._for_study(study_id).get_best_trial(study_id)
-
-    def get_trial(self, trial_id: int) -> FrozenTrial:
-        """See ``BaseStorage``."""
-        return self.uncached.get_trial(trial_id)
-
-    def set_trial_param(
-        self,
-        trial_id: int,
-        param_name: str,
-        param_value_internal: float,
-        distribution: BaseDistribution,
-    ) -> None:
-        """See ``BaseStorage``."""
-        self.uncached.set_trial_param(trial_id, param_name, param_value_internal, distribution)
-
-    def set_trial_state_values(
-        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
-    ) -> bool:
-        """See ``BaseStorage``."""
-        return self.uncached.set_trial_state_values(trial_id, state, values)
-
-    def set_trial_intermediate_value(
-        self, trial_id: int, step: int, intermediate_value: float
-    ) -> None:
-        """See ``BaseStorage``."""
-        self.uncached.set_trial_intermediate_value(trial_id, step, intermediate_value)
-
-    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        """See ``BaseStorage``."""
-        self.uncached.set_trial_user_attr(trial_id, key, value)
-
-    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        """See ``BaseStorage``."""
-        self.uncached.set_trial_system_attr(trial_id, key, value)
 
 
 __all__ = ["CACHED_STUDIES", "StudyCaches"]

@@ -94,7 +94,16 @@ def test_finished_trials_are_read_once_running_and_new_ones_every_time(
         loaded.append(sorted(trial_ids))
         return real(connection, trial_ids, *args, **kwargs)
 
+    listed: list[int] = []
+    real_listing = optuna_rows.trial_numbers_after
+
+    def listing(*args: Any) -> dict[int, int]:
+        found = real_listing(*args)
+        listed.append(len(found))
+        return found
+
     monkeypatch.setattr(optuna_rows, "load_trials", recording)
+    monkeypatch.setattr(optuna_rows, "trial_numbers_after", listing)
     first = cache.get_all_trials(study._study_id, deepcopy=False)
     [running] = [trial for trial in first if trial.state == TrialState.RUNNING]
     study.tell(running.number, 0.9)
@@ -106,6 +115,9 @@ def test_finished_trials_are_read_once_running_and_new_ones_every_time(
 
     ids = [trial._trial_id for trial in again]
     assert loaded == [sorted(ids[:5]), ids[4:], []]
+    # Past the watermark only: the running trial and what follows, then nothing (a
+    # study's size costs a later read nothing).
+    assert listed == [5, 2, 0]
     assert [(t.number, t.state) for t in again] == [(t.number, t.state) for t in third]
     assert again[4].state == TrialState.COMPLETE and again[4].values == [0.9]
     assert len(again) == 6 and [t.number for t in again] == list(range(6))
