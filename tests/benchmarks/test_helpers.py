@@ -99,3 +99,4 @@ def test_the_lean_cache_benchmark_reads_the_same_trials_on_both_sides(
 
     assert optuna_side["trials"] == lean_side["trials"] == 3
     assert optuna_side["seconds"] > 0 and lean_side["seconds"] > 0
+    assert optuna_side["later_ms"] > 0 and lean_side["later_ms"] > 0
