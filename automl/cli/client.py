@@ -87,11 +87,18 @@ class LocalClient:
     def trials(
         self, study_id: int, state: str | None = None, limit: int | None = None
     ) -> Page[TrialSummary]:
-        """A study's trials in number order (the first ``limit``; all without it)."""
+        """A study's trials in number order (the first ``limit``; all without it), without
+        their per-epoch values (no command shows them)."""
         from optuna.trial import TrialState
 
         chosen = None if state is None else TrialState[state.upper()]
-        return list_trials(self.store, study_id, state=chosen, limit=limit or 2**31 - 1)
+        return list_trials(
+            self.store,
+            study_id,
+            state=chosen,
+            limit=limit or 2**31 - 1,
+            intermediate_values=False,
+        )
 
     def cancel(self, study_id: int) -> StudyDetail:
         """Cancels a study."""

@@ -34,6 +34,8 @@ other reports being drawn."""
 API_PAGE = 1000
 """Items per request when paging ``GET /studies`` and ``GET /studies/{id}/trials`` (the
 API's largest page)."""
+BEST_PAGE = 100
+"""Best trials a request: a Pareto front's trials come with their histories and reports."""
 
 
 class ClientError(RuntimeError):
@@ -105,8 +107,17 @@ class HttpClient:
             ClientError: ``bad_input`` if the study is unknown; not if it merely has no
                 completed trial (both are a 404, told apart by asking for the study).
         """
+        path = f"/studies/{study_id}/best"
         with self._no_result_yet(study_id, 404):
-            return self._answer(BestTrials, "GET", f"/studies/{study_id}/best")
+            best = self._answer(BestTrials, "GET", path, params={"limit": BEST_PAGE})
+        # A Pareto front comes a page at a time (an older server sends it whole, no count).
+        while best.count is not None and best.trials and len(best.trials) < best.count:
+            query = {"limit": BEST_PAGE, "offset": len(best.trials)}
+            page = self._answer(BestTrials, "GET", path, params=query)
+            if not page.trials:
+                break
+            best.trials += page.trials
+        return best
 
     @contextmanager
     def _no_result_yet(self, study_id: int, status: int, said: str = "") -> Iterator[None]:
@@ -132,8 +143,10 @@ class HttpClient:
         self, study_id: int, state: str | None = None, limit: int | None = None
     ) -> Page[TrialSummary]:
         """A study's trials in number order (the first ``limit``; all without it),
-        fetched a page at a time."""
-        params = {} if state is None else {"state": state}
+        fetched a page at a time, without their per-epoch values (no command shows them)."""
+        params: dict[str, Any] = {"intermediate_values": "false"}
+        if state is not None:
+            params["state"] = state
         return self._pages(TrialSummary, f"/studies/{study_id}/trials", params, limit)
 
     def _pages(

@@ -89,21 +89,39 @@ class TrialTestReport:
 
 
 def best_trials_of(store: Store, study_id: int, directions: Sequence[str]) -> list[FrozenTrial]:
-    """The best completed trial (one objective) or the Pareto front, in number order.
+    """The best completed trial (one objective) or the whole Pareto front, in number order
+    (``best_trials_page`` without a limit)."""
+    return best_trials_page(store, study_id, directions)[0]
+
+
+def best_trials_page(
+    store: Store,
+    study_id: int,
+    directions: Sequence[str],
+    limit: int | None = None,
+    offset: int = 0,
+) -> tuple[list[FrozenTrial], int]:
+    """The best completed trial (one objective) or a page of the Pareto front, in number
+    order, with the number of best trials on all pages.
 
     The front is the one Optuna's ``best_trials`` gives (``automl.store.pareto``), found
-    from every completed trial's values (one query); only the front's trials are loaded,
+    from every completed trial's values (one query); only the page's trials are loaded,
     without their system attributes.
     """
     if len(directions) == 1:
         with store.read() as connection:
             maximize = directions[0] == "maximize"
             best_id = optuna_rows.best_trial_id(connection, study_id, maximize)
-        return [] if best_id is None else [store.reader.get_trial(best_id)]
+        if best_id is None:
+            return [], 0
+        return ([store.reader.get_trial(best_id)] if offset == 0 and limit != 0 else []), 1
     with store.read() as connection:
         values = optuna_rows.completed_values(connection, study_id)
-        front = optuna_rows.load_trials(connection, sorted(pareto_front(values, directions)))
-    return sorted(front, key=lambda trial: trial.number)
+        # A study's trial ids grow with their numbers: id order is number order.
+        front = sorted(pareto_front(values, directions))
+        end = None if limit is None else offset + limit
+        page = optuna_rows.load_trials(connection, front[offset:end])
+    return sorted(page, key=lambda trial: trial.number), len(front)
 
 
 def _abandon(
@@ -270,6 +288,7 @@ __all__ = [
     "EvaluationLease",
     "TrialTestReport",
     "best_trials_of",
+    "best_trials_page",
     "claim_evaluation",
     "finish_evaluation",
     "read_evaluation",

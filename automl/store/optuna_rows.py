@@ -601,6 +601,7 @@ def load_trial_page(
     user_attr_keys: Collection[str] | None = None,
     *,
     where: Sequence[sa.ColumnElement[bool]] = (),
+    last_step_only: bool = False,
 ) -> tuple[list[FrozenTrial], int | None]:
     """One page of the study's trials in number order, in two queries (``page_trial_ids``
     and ``load_trials`` would take six), with the number of trials on all pages.
@@ -613,6 +614,8 @@ def load_trial_page(
         offset: Trials to skip.
         user_attr_keys: Only these user attributes (None: all of them).
         where: More conditions for the page's rows (e.g. that the study is listed).
+        last_step_only: Read only each trial's last intermediate value (what a pruned
+            trial's value is), not every epoch's.
 
     Returns:
         The trials, and ``count_trials``'s count, which comes with the page: None when
@@ -626,7 +629,8 @@ def load_trial_page(
     query = query.order_by(trials.c.number).limit(limit).offset(offset)
     rows = connection.execute(query).all()
     total = int(rows[0].total_count) if rows else None
-    return _assemble(connection, rows, _Attributes(user_attr_keys)), total
+    attributes = _Attributes(user_attr_keys, last_step_only=last_step_only)
+    return _assemble(connection, rows, attributes), total
 
 
 def load_study_trials(
@@ -679,11 +683,13 @@ _VALUE, _STEP, _PARAM, _ATTR, _SYSTEM_ATTR = range(5)
 @dataclass(frozen=True)
 class _Attributes:
     """Which attributes a load reads: ``keys`` (None: every user attribute) but not
-    ``leave_out``, and the system attributes if ``system``."""
+    ``leave_out``, the system attributes if ``system``, and of the intermediate values
+    only each trial's last if ``last_step_only``."""
 
     keys: Collection[str] | None = None
     leave_out: Collection[str] = ()
     system: bool = False
+    last_step_only: bool = False
 
 
 def _relations(
@@ -712,6 +718,24 @@ def _relations(
         attrs_query = attrs_query.where(user_attrs.c.key.in_(sorted(attributes.keys)))
     if attributes.leave_out:
         attrs_query = attrs_query.where(user_attrs.c.key.not_in(sorted(attributes.leave_out)))
+    steps_query = sa.select(
+        kind(_STEP),
+        steps.c.trial_id,
+        steps.c.step,
+        sa.null(),
+        steps.c.intermediate_value,
+        sa.cast(steps.c.intermediate_value_type, sa.Text),
+    ).where(_is_among(connection, steps.c.trial_id, ids))
+    if attributes.last_step_only:
+        last = (
+            sa.select(steps.c.trial_id, sa.func.max(steps.c.step).label("step"))
+            .where(_is_among(connection, steps.c.trial_id, ids))
+            .group_by(steps.c.trial_id)
+            .subquery()
+        )
+        steps_query = steps_query.join(
+            last, sa.and_(steps.c.trial_id == last.c.trial_id, steps.c.step == last.c.step)
+        )
     system: list[sa.Select[Any]] = []
     if attributes.system:
         system_attrs = trial_system_attributes
@@ -734,14 +758,7 @@ def _relations(
             values.c.value,
             sa.cast(values.c.value_type, sa.Text),
         ).where(_is_among(connection, values.c.trial_id, ids)),
-        sa.select(
-            kind(_STEP),
-            steps.c.trial_id,
-            steps.c.step,
-            sa.null(),
-            steps.c.intermediate_value,
-            sa.cast(steps.c.intermediate_value_type, sa.Text),
-        ).where(_is_among(connection, steps.c.trial_id, ids)),
+        steps_query,
         sa.select(
             kind(_PARAM),
             params.c.trial_id,

@@ -31,7 +31,7 @@ from automl.spec import MAX_ENQUEUE, FieldError, SpecError, StudySpec, check_con
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.attrs import StudyStatus
-from automl.store.evaluations import NO_TEST_SPLIT, best_trials_of, read_evaluation
+from automl.store.evaluations import NO_TEST_SPLIT, best_trials_page, read_evaluation
 from automl.store.faults import first_line, is_lock_conflict, is_transient
 from automl.store.leases import end_if_done
 from automl.store.projects import (
@@ -598,8 +598,11 @@ def list_trials(
     state: TrialState | None = None,
     limit: int = 100,
     offset: int = 0,
+    intermediate_values: bool = True,
 ) -> Page[TrialSummary]:
-    """A study's Optuna trials (every attempt) in number order; reads only the page."""
+    """A study's Optuna trials (every attempt) in number order; reads only the page, and
+    without ``intermediate_values`` none of their per-epoch values (null), which are most
+    of a page of long trials."""
     listed = (tables.studies.c.study_id == study_id, tables.studies.c.status != DELETING)
     with store.read() as connection:
         if not optuna_rows.optuna_study_exists(connection, study_id):
@@ -615,6 +618,7 @@ def list_trials(
             offset,
             user_attr_keys=SUMMARY_ATTRS,
             where=[sa.exists().where(*listed)],
+            last_step_only=not intermediate_values,
         )
         if count is None:  # an empty page: is there such a study, and how many trials?
             count = connection.execute(
@@ -624,6 +628,8 @@ def list_trials(
                 raise StudyNotFoundError(study_id)
     # One validation for the page (in pydantic's core) rather than one per trial.
     fields = [TrialSummary.fields_of(trial) for trial in trials]
+    if not intermediate_values:  # read only for a pruned trial's value
+        fields = [trial | {"intermediate_values": None} for trial in fields]
     try:
         return _TRIAL_PAGE.model_validate({"data": fields, "count": count})
     except ValidationError:  # an attribute written by hand: shown as null (``tolerant``)
@@ -658,9 +664,12 @@ def get_frozen_trial(store: Store, study_id: int, number: int) -> FrozenTrial:
 
 
 @retrying_read
-def best_trials(store: Store, study_id: int) -> BestTrials:
-    """The best trial (one ``ORDER BY ... LIMIT 1``), or the Pareto front, with the state
-    of their evaluation on the test split.
+def best_trials(
+    store: Store, study_id: int, *, limit: int | None = None, offset: int = 0
+) -> BestTrials:
+    """The best trial (one ``ORDER BY ... LIMIT 1``), or the Pareto front (``limit`` of
+    its trials past the first ``offset``; all without a limit), with the state of their
+    evaluation on the test split.
 
     Raises:
         StudyNotFoundError: If there is no such study.
@@ -672,8 +681,10 @@ def best_trials(store: Store, study_id: int) -> BestTrials:
         refit = read_refit(connection, study_id)
         gone = not optuna_rows.optuna_study_exists(connection, study_id)
     spec = _stored_spec(row.spec)
-    best = [] if gone else best_trials_of(store, study_id, spec.directions)
-    if not best:
+    best, count = [], 0
+    if not gone:
+        best, count = best_trials_page(store, study_id, spec.directions, limit, offset)
+    if not count:
         if gone:
             message = f"study {study_id} has no trials: " + OPTUNA_STUDY_GONE
             raise NoBestTrialError(message.format(study_id=study_id), ended=True)
@@ -686,6 +697,7 @@ def best_trials(store: Store, study_id: int) -> BestTrials:
         directions=spec.directions,
         metrics=spec.metrics,
         trials=[TrialDetail.of(trial) for trial in best],
+        count=count,
         test_evaluation=evaluation,
         refit=refit,
     )

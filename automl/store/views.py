@@ -86,7 +86,10 @@ class TrialSummary(BaseModel):
     state: str
     params: dict[str, Any]
     values: list[float | None] | None
-    intermediate_values: dict[int, float | None]
+    intermediate_values: dict[int, float | None] | None = Field(
+        description="The objective's value at each epoch; null where a listing was asked "
+        "without them (``intermediate_values=false``)."
+    )
     metrics: dict[str, float | None] | None = None
     error: str | None = None
     failure: str | None = Field(
@@ -232,6 +235,11 @@ class BestTrials(BaseModel):
     directions: list[str]
     metrics: list[str]
     trials: list[TrialDetail]
+    count: int | None = Field(
+        None,
+        description="Best trials on all pages: 1, or the Pareto front's size (``limit`` "
+        "and ``offset`` page through it).",
+    )
     test_evaluation: TestEvaluation | None = Field(
         None, description="Scoring on the test split; null until the study first completes."
     )

@@ -475,6 +475,23 @@ def test_completed_trials_have_per_epoch_values(completed: tuple[TestClient, int
         assert trial["duration_s"] > 0
 
 
+def test_trials_listed_without_per_epoch_values(completed: tuple[TestClient, int]) -> None:
+    """The same page, less the per-epoch values (most of a page of long trials); a pruned
+    trial's value (its last epoch's) stays."""
+    client, study_id = completed
+    whole = client.get(f"/studies/{study_id}/trials").json()
+
+    lean = client.get(f"/studies/{study_id}/trials", params={"intermediate_values": False})
+
+    assert lean.status_code == 200
+    page = lean.json()
+    assert page["count"] == whole["count"]
+    assert all(trial["intermediate_values"] is None for trial in page["data"])
+    for trial in whole["data"]:
+        trial["intermediate_values"] = None
+    assert page["data"] == whole["data"]
+
+
 def test_completed_trial_detail(completed: tuple[TestClient, int]) -> None:
     client, study_id = completed
 

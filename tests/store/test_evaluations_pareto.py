@@ -14,8 +14,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, create_trial
 
 from automl.spec import StudySpec
-from automl.store import Store, attrs, optuna_rows, submit_study
-from automl.store.evaluations import best_trials_of
+from automl.store import Store, attrs, best_trials, optuna_rows, submit_study
+from automl.store.evaluations import best_trials_of, best_trials_page
 from automl.store.pareto import pareto_front
 
 SpecFactory = Callable[..., StudySpec]
@@ -179,6 +179,22 @@ def test_best_trials_of_loads_the_front_trials_only(store: Store, tiny_spec: Spe
     best = best_trials_of(store, study_id, directions)
     assert [t.number for t in best] == front
     assert [t.user_attrs["index"] for t in best] == front
+
+
+def test_best_trials_page_through_the_front(store: Store, tiny_spec: SpecFactory) -> None:
+    vectors = [[0.9, 0.5], [0.8, 0.3], [0.7, 0.6], [0.95, 0.9], [0.6, 0.7], [0.8, 0.3]]
+    study_id = _study(store, tiny_spec, 2, vectors)
+    directions = ["maximize", "minimize"]
+
+    pages = [best_trials_page(store, study_id, directions, 3, offset) for offset in (0, 3, 4)]
+
+    assert [([t.number for t in trials], count) for trials, count in pages] == [
+        ([0, 1, 3], 4),
+        ([5], 4),
+        ([], 4),
+    ]
+    best = best_trials(store, study_id, limit=2, offset=1)
+    assert ([t.number for t in best.trials], best.count) == ([1, 3], 4)
 
 
 def _drop_second_value(connection: sa.engine.Connection, trial_id: int) -> None:

@@ -410,6 +410,31 @@ def test_list_trials_reads_one_page_in_number_order(store: Store, tiny_spec: Spe
         list_trials(store, study_id)
 
 
+def test_list_trials_without_per_epoch_values_keeps_a_pruned_value(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Left out, the per-epoch values are null, but a pruned trial's value, its last
+    epoch's, is still read (only that one of its steps)."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 3})).id
+    pruned, complete = drive(store, study_id, [TrialState.RUNNING, TrialState.RUNNING])
+    for (_, trial_id), values in zip([pruned, complete], [[0.3, 0.6, 0.4], [0.5, 0.8]]):
+        for step, value in enumerate(values, start=1):
+            store.storage.set_trial_intermediate_value(trial_id, step, value)
+    end_trial(store, *pruned, TrialState.PRUNED)
+    end_trial(store, *complete, 0.8)
+
+    whole = list_trials(store, study_id)
+    lean = list_trials(store, study_id, intermediate_values=False)
+
+    assert [t.intermediate_values for t in whole.data] == [
+        {1: 0.3, 2: 0.6, 3: 0.4},
+        {1: 0.5, 2: 0.8},
+    ]
+    assert [t.intermediate_values for t in lean.data] == [None, None]
+    assert [t.values for t in lean.data] == [[0.4], [0.8]] == [t.values for t in whole.data]
+    assert lean.count == whole.count == 2
+
+
 def test_get_trial_by_number(store: Store, tiny_spec: SpecFactory) -> None:
     study_id = submit_study(store, tiny_spec()).id
     lease, trial_id = start_trial(store, study_id)

@@ -348,11 +348,24 @@ async def read_trials(
     state: Annotated[TrialStateName | None, Query(description="Only this state.")] = None,
     limit: Limit = 100,
     offset: Offset = 0,
+    intermediate_values: Annotated[
+        bool,
+        Query(
+            description="With each trial's per-epoch values (false: null, a much smaller "
+            "page for trials of many epochs)."
+        ),
+    ] = True,
 ) -> Page[TrialSummary]:
     """A study's trials in number order, with params, values and per-epoch values."""
     trial_state = None if state is None else TrialState[state.value.upper()]
     return await run_in_threadpool(
-        list_trials, store, study_id, state=trial_state, limit=limit, offset=offset
+        list_trials,
+        store,
+        study_id,
+        state=trial_state,
+        limit=limit,
+        offset=offset,
+        intermediate_values=intermediate_values,
     )
 
 
@@ -406,11 +419,14 @@ def download_weights(study_id: StudyId, number: TrialNumber, store: StoreDep) ->
 
 
 @router.get("/{study_id}/best", response_model=BestTrials, responses=NOT_FOUND)
-def read_best(study_id: StudyId, store: StoreDep) -> BestTrials:
+def read_best(
+    study_id: StudyId, store: StoreDep, limit: Limit = 100, offset: Offset = 0
+) -> BestTrials:
     """The best trial (or Pareto front): params, configuration and validation metrics;
     once the study completed, their metrics on the test split (``test_metrics``,
     ``test_per_class``, ``test_confusion`` (up to 50 classes), ``test_most_confused``; null
     without a test split) and the state of
     that one evaluation (``test_evaluation``); the refit and its test metrics (``refit``)
-    when one was asked for."""
-    return best_trials(store, study_id)
+    when one was asked for. A Pareto front comes a page at a time (``count``: its
+    size)."""
+    return best_trials(store, study_id, limit=limit, offset=offset)
