@@ -12,9 +12,12 @@ largest / smallest (1.0: flat; the size ratio: linear).
 
 Operations (automl's store calls, as the API's routes make them):
 
-- ``best`` / ``best (2 obj.)``: ``best_trials`` (``GET /studies/{id}/best``);
+- ``best`` / ``best (2 obj.)``: ``best_trials`` (``GET /studies/{id}/best``, a front's
+  first page of 100);
 - ``detail``: ``get_study`` (``GET /studies/{id}``);
 - ``trials page``: ``list_trials`` first page of 100 (``GET /studies/{id}/trials``);
+- ``trials page, no epochs``: the same without per-epoch values (``intermediate_values=
+  false``, what the CLI asks for);
 - ``serving`` / ``serving (2 obj.)``: ``serving_trial`` (every ``predict`` request);
 - ``retention (2 obj.)``: ``retain_weights`` with ``--holders`` trials holding weights
   (a worker after each trial of a multi-objective study);
@@ -25,7 +28,7 @@ Operations (automl's store calls, as the API's routes make them):
 study), with ``--holders`` trials holding weights in the artifact store.
 
     python benchmarks/bench_growth.py [--sizes 100 3000] [--repeats 5] [--classes 10]
-        [--holders 20] [--backend sqlite|postgres]
+        [--holders 20] [--epochs 5] [--backend sqlite|postgres]
         [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
@@ -81,7 +84,7 @@ def spec(name: str, n: int, objectives: int) -> StudySpec:
     return StudySpec.model_validate(data)
 
 
-def trial_attrs(index: int, classes: int, accuracy: float) -> dict[str, Any]:
+def trial_attrs(index: int, classes: int, accuracy: float, epochs: int) -> dict[str, Any]:
     """User attributes of the size and shape a real trial's have."""
     per_class = [
         {"class": f"class-{c}", "precision": 0.9, "recall": 0.8, "f1": 0.85, "support": 36}
@@ -89,11 +92,11 @@ def trial_attrs(index: int, classes: int, accuracy: float) -> dict[str, Any]:
     ]
     history = [
         {"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "accuracy": accuracy}
-        for e in range(1, 6)
+        for e in range(1, epochs + 1)
     ]
     return {
         attrs.TICKET: index + 1,
-        attrs.CONFIG: {"epochs": 5, "lr": 1e-3, "model": {"name": "cnn", "options": {}}},
+        attrs.CONFIG: {"epochs": epochs, "lr": 1e-3, "model": {"name": "cnn", "options": {}}},
         attrs.METRICS: {"accuracy": accuracy, "val_loss": 1 - accuracy},
         "history": history,
         "per_class": per_class,
@@ -110,7 +113,9 @@ def trial_attrs(index: int, classes: int, accuracy: float) -> dict[str, Any]:
     }
 
 
-def populate(store: Store, study_id: int, n: int, classes: int, objectives: int) -> None:
+def populate(
+    store: Store, study_id: int, n: int, classes: int, objectives: int, epochs: int
+) -> None:
     """``n`` COMPLETE trials and their done tickets, as if workers had run them."""
     distribution = FloatDistribution(1e-4, 1e-1, log=True)
     for index in range(n):
@@ -126,9 +131,9 @@ def populate(store: Store, study_id: int, n: int, classes: int, objectives: int)
             datetime_complete=datetime.now(),
             params={"lr": 1e-3},
             distributions={"lr": distribution},
-            user_attrs=trial_attrs(index, classes, accuracy),
+            user_attrs=trial_attrs(index, classes, accuracy, epochs),
             system_attrs={},
-            intermediate_values={e: accuracy for e in range(1, 6)},
+            intermediate_values={e: accuracy for e in range(1, epochs + 1)},
             trial_id=0,
         )
         store.storage.create_new_trial(study_id, template_trial=trial)
@@ -165,6 +170,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 3000])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--holders", type=int, default=20)
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -181,9 +187,9 @@ def main() -> None:
         started = time.perf_counter()
         for size in args.sizes:
             single[size] = submit_study(store, spec(f"one-{size}", size, 1)).id
-            populate(store, single[size], size, args.classes, 1)
+            populate(store, single[size], size, args.classes, 1, args.epochs)
             double[size] = submit_study(store, spec(f"two-{size}", size, 2)).id
-            populate(store, double[size], size, args.classes, 2)
+            populate(store, double[size], size, args.classes, 2, args.epochs)
         print(f"built {sum(args.sizes) * 2} trials in {time.perf_counter() - started:.0f}s")
 
         plain = optuna.storages.RDBStorage(url)  # what a plain-Optuna user reads through
@@ -194,9 +200,12 @@ def main() -> None:
 
         operations: dict[str, Callable[[int], object]] = {
             "best": lambda size: best_trials(store, single[size]),
-            "best (2 obj.)": lambda size: best_trials(store, double[size]),
+            "best (2 obj.)": lambda size: best_trials(store, double[size], limit=100),
             "detail": lambda size: get_study(store, single[size]),
             "trials page": lambda size: list_trials(store, single[size], limit=100),
+            "trials page, no epochs": lambda size: list_trials(
+                store, single[size], limit=100, intermediate_values=False
+            ),
             "serving": lambda size: serving_trial(store, single[size]),
             "serving (2 obj.)": lambda size: serving_trial(store, double[size]),
             "optuna best_trials (2 obj.)": lambda size: optuna_front(double[size]),

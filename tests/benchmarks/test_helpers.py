@@ -48,9 +48,10 @@ def test_the_growth_benchmark_stores_trials_as_workers_do(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     growth = _module("bench_growth", monkeypatch)
-    few, many = (growth.trial_attrs(0, classes, 0.5) for classes in (10, 1000))
+    few, many = (growth.trial_attrs(0, classes, 0.5, 5) for classes in (10, 1000))
     assert "confusion" in few and "confusion" not in many
     assert len(many["most_confused"]) == 100
+    assert len(growth.trial_attrs(0, 10, 0.5, 200)["history"]) == 200
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit")
