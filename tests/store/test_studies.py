@@ -417,7 +417,8 @@ def test_list_trials_without_per_epoch_values_keeps_a_pruned_value(
     epoch's, is still read (only that one of its steps)."""
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 3})).id
     pruned, complete = drive(store, study_id, [TrialState.RUNNING, TrialState.RUNNING])
-    for (_, trial_id), values in zip([pruned, complete], [[0.3, 0.6, 0.4], [0.5, 0.8]]):
+    curves = [[0.3, 0.6, 0.4], [0.5, 0.8]]
+    for (_, trial_id), values in zip([pruned, complete], curves, strict=True):
         for step, value in enumerate(values, start=1):
             store.storage.set_trial_intermediate_value(trial_id, step, value)
     end_trial(store, *pruned, TrialState.PRUNED)
