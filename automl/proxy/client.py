@@ -26,6 +26,7 @@ from automl.proxy.wire import ProxyTooOldError
 from automl.spec import StudySpec
 from automl.spec_reading import UnreadableStudyError
 from automl.store import (
+    ArtifactDamagedError,
     EvaluationLease,
     EvaluationState,
     FailureKind,
@@ -408,6 +409,8 @@ def _as_exception(exc: grpc.RpcError, method: str) -> Exception:
         return StudyNotFoundError(int(message))
     if kind == wire.ARTIFACT_NOT_FOUND:
         return ArtifactNotFound(message)
+    if kind == wire.ARTIFACT_DAMAGED:
+        return ArtifactDamagedError(message)
     if kind == wire.TRIAL_FINISHED:
         return UpdateFinishedTrialError(message)
     if kind == wire.UNREADABLE_STUDY:

@@ -42,6 +42,7 @@ from automl.proxy import wire
 from automl.proxy.trials import template_from_wire
 from automl.spec_reading import PROXY, UnreadableStudyError, check_readable
 from automl.store import (
+    ArtifactDamagedError,
     EvaluationState,
     FailureKind,
     LeaseLostError,
@@ -144,6 +145,9 @@ class CoordinationService:
                 _abort(context, grpc.StatusCode.NOT_FOUND, wire.STUDY_NOT_FOUND, study)
             except ArtifactNotFound as exc:
                 _abort(context, grpc.StatusCode.NOT_FOUND, wire.ARTIFACT_NOT_FOUND, str(exc))
+            except ArtifactDamagedError as exc:
+                code = grpc.StatusCode.DATA_LOSS
+                _abort(context, code, wire.ARTIFACT_DAMAGED, str(exc))
             except UpdateFinishedTrialError as exc:
                 code = grpc.StatusCode.FAILED_PRECONDITION
                 _abort(context, code, wire.TRIAL_FINISHED, str(exc))

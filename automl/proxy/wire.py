@@ -61,6 +61,7 @@ class ProxyTooOldError(CoordinatorTooOldError):
 LEASE_LOST = "lease_lost"
 STUDY_NOT_FOUND = "study_not_found"
 ARTIFACT_NOT_FOUND = "artifact_not_found"
+ARTIFACT_DAMAGED = "artifact_damaged"
 TRIAL_FINISHED = "trial_finished"
 UNREADABLE_STUDY = "unreadable_study"
 UNAVAILABLE = "unavailable"

@@ -10,12 +10,14 @@ from automl.store import attrs as attrs  # the one name imported eagerly: it is 
 # reads the views. Add a new public name to its module's tuple (``__all__`` follows).
 _SOURCES: dict[str, tuple[str, ...]] = {
     "artifacts": (
+        "ArtifactDamagedError",
         "ArtifactStore",
         "ArtifactStoreError",
         "ArtifactUnreadableError",
         "FolderArtifactStore",
         "SqlArtifactStore",
         "WeightsNotFoundError",
+        "check_weights",
         "discard",
         "load_state_dict",
         "open_weights",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import logging
@@ -82,6 +83,13 @@ class ArtifactUnreadableError(RuntimeError):
     name): the operator's to fix, not the caller's."""
 
 
+class ArtifactDamagedError(ArtifactUnreadableError):
+    """An artifact's bytes differ from those written: its SHA-256 is not the one recorded
+    beside it (a disk or a network file system changed them). Read again, they stay wrong;
+    whoever made them can make them again (a checkpoint, a shared generator), and weights
+    are lost."""
+
+
 class ArtifactsFolderWriteError(OSError):
     """The artifacts folder refused a write for its path (``FOLDER_REFUSALS``: read-only,
     gone, a file by its name), which no later write in it would get past."""
@@ -111,8 +119,15 @@ FOLDER_REFUSALS = frozenset(
 fixes (a full disk or an I/O error is not the setting's fault, and is reported as such)."""
 
 
+DIGEST_PREFIX = ".sha256-"
+"""A folder store keeps each file's SHA-256 in the hidden file of this prefix and its id
+(written before the file is renamed into place), and checks it as the file is read."""
+
+
 class FolderArtifactStore:
-    """Artifacts as files in one folder; writes are atomic and durable.
+    """Artifacts as files in one folder; writes are atomic and durable, and reads check
+    each file against the SHA-256 recorded when it was written (files written before
+    digests were recorded are read unchecked).
 
     Args:
         directory: The folder (created if missing).
@@ -128,12 +143,26 @@ class FolderArtifactStore:
             raise ValueError(f"invalid artifact id {artifact_id!r}")
         return path
 
+    def _digest_path(self, artifact_id: str) -> Path:
+        return self._path(artifact_id).with_name(DIGEST_PREFIX + artifact_id)
+
     def open_reader(self, artifact_id: str) -> BinaryIO:
-        """Opens the file of ``artifact_id``."""
+        """Opens the file of ``artifact_id``; reading it to its end raises
+        ``ArtifactDamagedError`` if its bytes are not those written."""
         try:
-            return self._path(artifact_id).open("rb")
+            file = self._path(artifact_id).open("rb")
         except FileNotFoundError:
             raise ArtifactNotFound(f"artifact {artifact_id} not found") from None
+        try:
+            expected = self._digest_path(artifact_id).read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return file  # written before digests were recorded
+        except (OSError, UnicodeDecodeError):
+            expected = ""  # an unreadable digest file: nothing can vouch for the bytes
+        except BaseException:
+            file.close()
+            raise
+        return io.BufferedReader(_CheckedReader(file, expected, artifact_id), CHUNK_BYTES)
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         """Writes a temporary file, fsyncs it, then renames it into place.
@@ -151,16 +180,23 @@ class FolderArtifactStore:
 
     def _write(self, artifact_id: str, content_body: BinaryIO) -> None:
         target = self._path(artifact_id)
+        digest = hashlib.sha256()
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=TEMPORARY_PREFIX)
         try:
             with os.fdopen(fd, "wb") as out:
                 while chunk := content_body.read(CHUNK_BYTES):
                     out.write(chunk)
+                    digest.update(chunk)
                 out.flush()
                 os.fsync(out.fileno())
+            # The digest first: a file in place always has its own (an id is written
+            # again only with the same bytes: a shared artifact made twice).
+            self._write_digest(artifact_id, digest.hexdigest())
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
+            if not target.exists():
+                self._digest_path(artifact_id).unlink(missing_ok=True)
             raise
         directory_fd = os.open(self.directory, os.O_RDONLY)
         try:
@@ -168,12 +204,26 @@ class FolderArtifactStore:
         finally:
             os.close(directory_fd)
 
+    def _write_digest(self, artifact_id: str, hexdigest: str) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=TEMPORARY_PREFIX)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as out:
+                out.write(hexdigest + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self._digest_path(artifact_id))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
     def remove(self, artifact_id: str) -> None:
-        """Deletes the file of ``artifact_id``."""
+        """Deletes the file of ``artifact_id`` and its digest."""
         try:
             self._path(artifact_id).unlink()
         except FileNotFoundError:
             raise ArtifactNotFound(f"artifact {artifact_id} not found") from None
+        finally:
+            self._digest_path(artifact_id).unlink(missing_ok=True)
 
     def remove_stale_temporaries(self, min_age_s: float = STALE_TEMPORARY_S) -> list[str]:
         """Deletes the temporary files of writes killed before their rename (kill -9,
@@ -197,6 +247,35 @@ class FolderArtifactStore:
                         os.unlink(entry.path)
                         removed.append(entry.name)
         return removed
+
+
+class _CheckedReader(io.RawIOBase):
+    """A file's bytes as read, checked against ``expected`` (a SHA-256 in hex) at its end."""
+
+    def __init__(self, file: BinaryIO, expected: str, artifact_id: str) -> None:
+        super().__init__()
+        self._file = file
+        self._expected = expected
+        self._artifact_id = artifact_id
+        self._digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._file.readinto(buffer)  # type: ignore[attr-defined]
+        if count:
+            self._digest.update(memoryview(buffer)[:count])
+        elif self._digest.hexdigest() != self._expected:
+            raise ArtifactDamagedError(
+                f"artifact {self._artifact_id} is damaged: its bytes are not those written "
+                "(their SHA-256 differs from the one recorded when it was saved)"
+            )
+        return int(count or 0)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 class SqlArtifactStore:
@@ -438,6 +517,33 @@ def open_weights(trial: FrozenTrial, store: ArtifactStore) -> BinaryIO:
         ) from None
 
 
+def damaged_weights(trial: FrozenTrial) -> str:
+    """The message for a trial's weights whose bytes are not those saved."""
+    return (
+        f"the weights of trial {trial.number} are damaged: their bytes are not those saved "
+        "(their SHA-256 differs from the one recorded then); the trial's configuration can "
+        "be trained again (automl enqueue)"
+    )
+
+
+def check_weights(trial: FrozenTrial, store: ArtifactStore) -> None:
+    """Reads a trial's weights through once where the store checks what it reads (a folder
+    store), so that a damaged file is refused before any byte of it is sent.
+
+    Raises:
+        WeightsNotFoundError, ArtifactUnreadableError: As ``open_weights``.
+        ArtifactDamagedError: If the bytes are not those saved.
+    """
+    if not isinstance(store, FolderArtifactStore):
+        return
+    with open_weights(trial, store) as reader:
+        try:
+            while reader.read(CHUNK_BYTES):
+                pass
+        except ArtifactDamagedError:
+            raise ArtifactDamagedError(damaged_weights(trial)) from None
+
+
 def load_state_dict(trial: FrozenTrial, store: ArtifactStore) -> dict[str, torch.Tensor]:
     """A trial's saved weights as a state dict on the CPU, in either format (read without
     running any pickled code).
@@ -447,7 +553,10 @@ def load_state_dict(trial: FrozenTrial, store: ArtifactStore) -> dict[str, torch
             is neither safetensors nor plain tensors, such as a pickle that would run code).
     """
     with open_weights(trial, store) as reader:
-        blob = reader.read()
+        try:
+            blob = reader.read()
+        except ArtifactDamagedError:
+            raise ArtifactDamagedError(damaged_weights(trial)) from None
     try:
         return read_state_dict(blob)
     except Exception as exc:  # safetensors, pickle and zip errors share no base class
@@ -472,9 +581,12 @@ def write_checkpoint(store: ArtifactStore, study_id: int, ticket_id: int, blob: 
 
 
 def read_checkpoint(store: ArtifactStore, artifact_id: str) -> bytes | None:
-    """The checkpoint blob, or None if it is gone."""
+    """The checkpoint blob, or None if it is gone or damaged (the trial starts over)."""
     try:
         with store.open_reader(artifact_id) as reader:
             return reader.read()
     except ArtifactNotFound:
+        return None
+    except ArtifactDamagedError as exc:
+        logger.warning("checkpoint not used (the trial starts over): %s", exc)
         return None

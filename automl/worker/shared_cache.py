@@ -9,13 +9,16 @@ the local copy. Two machines racing may each make it once; both write the same c
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from automl.store import ArtifactStore
+from automl.store import ArtifactDamagedError, ArtifactStore
 from automl.store.shared_artifacts import shared_artifact_id
 from automl.train.imbalance import LocalArtifactCache
+
+logger = logging.getLogger("automl.worker")
 
 
 class SharedArtifactCache:
@@ -48,7 +51,9 @@ class SharedArtifactCache:
             try:
                 with self.artifacts.open_reader(shared_artifact_id(key)) as reader:
                     return reader.read()
-            except ArtifactNotFound:
+            except (ArtifactNotFound, ArtifactDamagedError) as exc:
+                if isinstance(exc, ArtifactDamagedError):
+                    logger.warning("%s; making it again", exc)
                 content = create()
                 self.artifacts.write(shared_artifact_id(key), io.BytesIO(content))
                 return content

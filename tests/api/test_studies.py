@@ -431,6 +431,34 @@ def test_weights_that_cannot_be_read_are_a_503_that_says_why(
     assert client.get(f"/studies/{study_id}/trials/0/weights").status_code == 200
 
 
+def test_weights_whose_bytes_changed_are_a_503_that_says_so(
+    client: TestClient, submit: Submit, run_study: RunStudy
+) -> None:
+    """Weights changed on disk to other finite values (a disk, a network file system)
+    were served as if sound: the SHA-256 recorded at the write now refuses them, before
+    any byte of a download is sent."""
+    study_id = submit(budget={"n_trials": 1, "max_failed": 0})["id"]
+    run_study(study_id)
+    store = client.app.state.store  # type: ignore[attr-defined]
+    artifact_id = get_frozen_trial(store, study_id, 0).user_attrs[attrs.WEIGHTS]
+    path = store.artifacts.directory / artifact_id
+    kept = path.read_bytes()
+    damaged = bytearray(kept)
+    damaged[-5] ^= 0x01  # a tensor's byte: still a readable safetensors file
+    path.write_bytes(bytes(damaged))
+
+    for route in ("trials/0/weights", "best/model"):
+        response = client.get(f"/studies/{study_id}/{route}")
+        assert response.status_code == 503, route
+        assert response.json()["detail"].startswith(
+            "the weights of trial 0 are damaged: their bytes are not those saved"
+        ), route
+
+    path.write_bytes(kept)
+    response = client.get(f"/studies/{study_id}/trials/0/weights")
+    assert (response.status_code, response.content) == (200, kept)
+
+
 def test_weights_of_unknown_trial_is_404(client: TestClient, submit: Submit) -> None:
     study_id = submit()["id"]
 

@@ -26,8 +26,10 @@ from automl.proxy import (
 from automl.proxy import client as client_module
 from automl.spec import StudySpec
 from automl.store import (
+    ArtifactDamagedError,
     EvaluationState,
     FailureKind,
+    FolderArtifactStore,
     LeaseLostError,
     RefitResult,
     RefitState,
@@ -184,6 +186,24 @@ def test_artifacts_through_the_proxy(store: Store, proxy: RemoteCoordinator) -> 
         proxy.artifacts.open_reader("a-1")
     with pytest.raises(ArtifactNotFound):
         proxy.artifacts.remove("a-1")
+
+
+def test_a_damaged_artifact_arrives_as_such_through_the_proxy(sqlite_store: Store) -> None:
+    """On the folder store (SQLite's: the only one that checks digests; a database keeps
+    its own bytes)."""
+    assert isinstance(sqlite_store.artifacts, FolderArtifactStore)
+    server = ProxyServer(sqlite_store, "127.0.0.1", free_port_pair(), reap_interval=None)
+    server.start()
+    client = RemoteCoordinator("127.0.0.1", server.port)
+    try:
+        client.artifacts.write("a-2", io.BytesIO(b"x" * 1000))
+        (sqlite_store.artifacts.directory / "a-2").write_bytes(b"y" * 1000)
+
+        with pytest.raises(ArtifactDamagedError, match="artifact a-2 is damaged"):
+            client.artifacts.open_reader("a-2")
+    finally:
+        client.close()
+        server.stop(grace=0)
 
 
 def test_an_unreachable_proxy_is_a_transient_fault(sqlite_store: Store) -> None:

@@ -82,9 +82,55 @@ def test_folder_store_leaves_no_temporary_files_and_refuses_escapes(tmp_path: Pa
     folder.write("x", io.BytesIO(b"1"))
     with pytest.raises(OSError):
         folder.write("y", _Broken())  # type: ignore[arg-type]
-    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["x"]
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == [".sha256-x", "x"]
     with pytest.raises(ValueError, match="invalid artifact id"):
         folder.write("../outside", io.BytesIO(b"1"))
+
+
+def _flip_a_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_folder_store_refuses_bytes_not_those_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file changed on disk (same size, one byte) is refused once read to its end; a
+    file written before digests were recorded is read as it is; a removal takes the
+    digest with it."""
+    monkeypatch.setattr(artifacts, "CHUNK_BYTES", 1000)
+    folder = FolderArtifactStore(tmp_path / "art")
+    blob = os.urandom(3500)
+    for name in ("damaged", "older", "kept"):
+        folder.write(name, io.BytesIO(blob))
+    _flip_a_byte(tmp_path / "art" / "damaged", 2000)
+    (tmp_path / "art" / ".sha256-older").unlink()
+    _flip_a_byte(tmp_path / "art" / "older", 2000)
+
+    with folder.open_reader("damaged") as reader:
+        assert len(reader.read(1000)) == 1000  # the check comes at the end
+        with pytest.raises(artifacts.ArtifactDamagedError, match="artifact damaged is damaged"):
+            reader.read()
+    with folder.open_reader("older") as reader:
+        assert len(reader.read()) == 3500
+    with folder.open_reader("kept") as reader:
+        assert reader.read() == blob
+    (tmp_path / "art" / ".sha256-kept").write_bytes(b"\xff\xfe garbage")
+    with folder.open_reader("kept") as reader, pytest.raises(artifacts.ArtifactDamagedError):
+        reader.read()
+
+    for name in ("damaged", "older", "kept"):
+        folder.remove(name)
+    assert list((tmp_path / "art").iterdir()) == []
+
+
+def test_a_damaged_checkpoint_is_not_used(tmp_path: Path) -> None:
+    folder = FolderArtifactStore(tmp_path / "art")
+    artifact_id = artifacts.write_checkpoint(folder, 1, 2, b"checkpoint bytes")
+    assert artifacts.read_checkpoint(folder, artifact_id) == b"checkpoint bytes"
+    _flip_a_byte(tmp_path / "art" / artifact_id, 3)
+    assert artifacts.read_checkpoint(folder, artifact_id) is None
 
 
 KILLED_WRITER = """
@@ -122,7 +168,7 @@ def test_the_temporary_file_of_a_killed_write_is_removed_once_stale(tmp_path: Pa
     hour_ago = time.time() - artifacts.STALE_TEMPORARY_S - 1
     os.utime(left, (hour_ago, hour_ago))
     assert folder.remove_stale_temporaries() == [left.name]
-    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["kept"]
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == [".sha256-kept", "kept"]
 
 
 def test_a_reaper_sweeps_the_folder_store_on_its_first_pass_then_hourly(tmp_path: Path) -> None:

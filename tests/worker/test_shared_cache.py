@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from automl.store import Store
+from automl.store import FolderArtifactStore, Store
 from automl.store.shared_artifacts import shared_artifact_id
 from automl.train.imbalance import LocalArtifactCache
 from automl.worker.shared_cache import SharedArtifactCache
@@ -55,3 +55,16 @@ def test_what_a_study_could_not_record_using_stays_on_its_machine(
     assert (tmp_path / "machine" / "gan-abc-0-400.bin").read_bytes() == b"local"
     with pytest.raises(ArtifactNotFound):
         store.artifacts.open_reader(shared_artifact_id("gan-abc-0-400"))
+
+
+def test_a_damaged_shared_copy_is_made_again(tmp_path: Path) -> None:
+    folder = FolderArtifactStore(tmp_path / "art")
+    first = SharedArtifactCache(folder, LocalArtifactCache(tmp_path / "machine-1"))
+    assert first.get_or_create("gan-abc-0-400", lambda: b"generator") == b"generator"
+    (tmp_path / "art" / shared_artifact_id("gan-abc-0-400")).write_bytes(b"generatoR")
+
+    second = SharedArtifactCache(folder, LocalArtifactCache(tmp_path / "machine-2"))
+
+    assert second.get_or_create("gan-abc-0-400", lambda: b"generator") == b"generator"
+    with folder.open_reader(shared_artifact_id("gan-abc-0-400")) as reader:
+        assert reader.read() == b"generator"  # replaced, with its digest

@@ -39,6 +39,7 @@ from automl.store import (
     TrialSummary,
     best_trials,
     cancel_study,
+    check_weights,
     delete_study,
     enqueue_trials,
     extend_study,
@@ -400,7 +401,9 @@ def download_weights(study_id: StudyId, number: TrialNumber, store: StoreDep) ->
     ``torch.save`` file (``torch.load(path, weights_only=True)``) named ``... .pt``. The
     model card and exports of the best model: ``GET /studies/{id}/best/model``. Trials
     outside the study's ``keep_weights`` best have none (404, saying why)."""
-    reader = open_weights(get_frozen_trial(store, study_id, number), store.artifacts)
+    trial = get_frozen_trial(store, study_id, number)
+    check_weights(trial, store.artifacts)  # a damaged file: 503 before any byte is sent
+    reader = open_weights(trial, store.artifacts)
     head = reader.read(16)
     suffix = "safetensors" if weights_format(head) == "safetensors" else "pt"
     filename = f"study{study_id}-trial{number}.{suffix}"
