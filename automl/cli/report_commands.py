@@ -16,6 +16,7 @@ from pathlib import Path
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, CliError
 from automl.cli.http_client import HttpClient
 from automl.config import Settings
+from automl.file_clock import remove_stale_siblings
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
@@ -34,6 +35,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         page = HttpClient(settings.url).report(args.study)
     else:
         page = _draw_locally(settings, args.study)
+    remove_stale_siblings(path, ".partial-")  # a killed report's
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
         partial.write_text(page, encoding="utf-8")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import glob
 import os
 import secrets
 import stat
@@ -27,7 +26,7 @@ from automl.data import DatasetError
 from automl.data.paths import confine, data_root, image_files, relative_name, require_dir
 from automl.delivery.inference import ImageFile, InputRejectedError, classify_files
 from automl.delivery.schemas import AnnotateRequest, Annotations, Suggestion
-from automl.file_clock import folder_now
+from automl.file_clock import remove_stale_siblings
 from automl.store import Store
 
 T = TypeVar("T")
@@ -140,31 +139,13 @@ def _csv_target(request: AnnotateRequest, folder: Path, root: Path) -> Path:
     return path
 
 
-STALE_TEMPORARY_S = 3600.0
-"""Age past which a temporary CSV beside the target is a killed write's (kill -9, power
-loss): an annotation writes its CSV in seconds."""
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Deletes the temporary files that killed writes of ``path`` left beside it."""
-    # Modification times are the file server's on a network mount: so is the cutoff.
-    now = folder_now(path.parent, f".{path.name}.", ".tmp")
-    if now is None:
-        return
-    cutoff = now - STALE_TEMPORARY_S
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        with contextlib.suppress(OSError):  # another writer's, or gone meanwhile
-            if leftover.is_file() and leftover.stat().st_mtime < cutoff:
-                leftover.unlink()
-
-
 def _write_csv(path: Path, files: list[Path], suggestions: list[Suggestion]) -> None:
     """Writes ``path,label,confidence`` rows (paths relative to the CSV), atomically.
 
     The file gets the mode of the file it replaces, else the umask's (as any new file):
     workers running as another user read it next.
     """
-    _remove_stale_temporaries(path)
+    remove_stale_siblings(path, ".", ".tmp")
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from automl import file_clock
 from automl.cli import report_commands
 from automl.delivery.report import SECTIONS
 from tests.cli.local_store import Run, cli_runner, point_cli_at, trained_store
@@ -116,3 +118,25 @@ def test_a_full_disk_leaves_no_cut_off_report_and_the_retry_writes_it(
     code, _, err = cli("report", str(study_id), "-o", str(target))
     assert code == 0, err
     assert_report(target, study_id)
+
+
+def test_a_killed_reports_leftover_is_removed_once_stale(
+    cli: Run, trained: tuple[str, Path, int], tmp_path: Path
+) -> None:
+    """A report killed mid-write left its hidden ``.NAME.partial-PID`` for good; the next
+    report of that name removes one an hour old (a younger one may be another report's
+    write in progress)."""
+    study_id, target = trained[2], tmp_path / "r.html"
+    stale, fresh = (tmp_path / f".r.html.partial-{pid}" for pid in (12345, 12346))
+    other = tmp_path / ".other.html.partial-12345"
+    for leftover in (stale, fresh, other):
+        leftover.write_text("<html>cut off")
+    hour_ago = time.time() - file_clock.STALE_SIBLING_S - 1
+    for old in (stale, other):
+        os.utime(old, (hour_ago, hour_ago))
+
+    code, _, err = cli("report", str(study_id), "-o", str(target))
+
+    assert code == 0, err
+    assert_report(target, study_id)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, other.name, "r.html"])

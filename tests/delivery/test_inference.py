@@ -16,9 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
+from automl import file_clock
 from automl.config import Limits
 from automl.data import load_dataset
-from automl.delivery import annotate, inference
+from automl.delivery import inference
 from automl.delivery.annotate import annotate_folder
 from automl.delivery.bundle import build_bundle
 from automl.delivery.inference import (
@@ -243,7 +244,7 @@ def test_annotate_removes_what_killed_writes_of_its_csv_left(
     other = data_root / "inbox" / ".other.csv.0123456789abcdef.tmp"
     for leftover in (stale, fresh, other):
         leftover.write_text("path,label\n")
-    hour_ago = time.time() - annotate.STALE_TEMPORARY_S - 1
+    hour_ago = time.time() - file_clock.STALE_SIBLING_S - 1
     for old in (stale, other):
         os.utime(old, (hour_ago, hour_ago))
 
