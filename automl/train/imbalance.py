@@ -195,7 +195,19 @@ def undersample(opts: EntryOptions, split: TrainSplit) -> ImbalancePlan:
     def sample(epoch: int, generator: torch.Generator) -> torch.Tensor:
         return sampling.undersample_indices(labels, split.num_classes, generator)
 
-    return ImbalancePlan(sampler=sample, epoch_size=len(present) * int(present.min()))
+    per_class = int(present.min())
+    if per_class < FEW_PER_CLASS:
+        logger.warning(
+            "undersample keeps %d image(s) of each class per epoch (its rarest class has "
+            "no more): oversample or class_weights learn from more",
+            per_class,
+        )
+    notes = {"undersample_per_class": per_class, "undersample_of": len(labels)}
+    return ImbalancePlan(sampler=sample, epoch_size=len(present) * per_class, notes=notes)
+
+
+FEW_PER_CLASS = 10
+"""Fewer images a class than this per epoch, and undersampling warns."""
 
 
 @IMBALANCE.register("class_weights", options=ClassWeightOptions)

@@ -52,6 +52,21 @@ def test_resampling_plans_balance_each_epoch(skewed: ImageData, tmp_path: Path) 
         assert not torch.equal(first, second)
 
 
+def test_undersampling_says_how_much_it_keeps_and_warns_when_little(
+    skewed: ImageData, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rare class of a few images left every epoch that many per class, silently."""
+    plan = build_imbalance_plan("undersample", {}, split_of(skewed, tmp_path))
+
+    assert plan.notes == {"undersample_per_class": 8, "undersample_of": len(skewed.train_y)}
+    assert "undersample keeps 8 image(s) of each class per epoch" in caplog.text
+
+    caplog.clear()
+    full = load_dataset("digits")
+    build_imbalance_plan("undersample", {}, split_of(full, tmp_path))
+    assert "undersample keeps" not in caplog.text
+
+
 def test_weighting_plans(skewed: ImageData, tmp_path: Path) -> None:
     split = split_of(skewed, tmp_path)
     inverse = build_imbalance_plan("class_weights", {}, split).class_weights
