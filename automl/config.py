@@ -38,6 +38,11 @@ MAX_ID = 2**31 - 1
 32-bit integer column (the store's ids), beyond which a database overflows."""
 
 
+SWAGGER_UI_VERSION = "5.36.0"
+"""The Swagger UI release the API's /docs page runs (``automl.api.docs_page``)."""
+SWAGGER_UI_ASSETS = f"https://cdn.jsdelivr.net/npm/swagger-ui-dist@{SWAGGER_UI_VERSION}"
+
+
 class Settings(BaseSettings):
     """Settings shared by the API, the workers and the CLI.
 
@@ -63,6 +68,13 @@ class Settings(BaseSettings):
         False,
         description="Let `automl serve` listen on a non-loopback address while no API key "
         "exists (anyone who reaches the port can then do anything; logged as a warning).",
+    )
+    docs_assets_url: str = Field(
+        SWAGGER_UI_ASSETS,
+        description="Where the API's /docs page loads Swagger UI (swagger-ui-bundle.js, "
+        f"swagger-ui.css) from: a mirror of swagger-ui-dist {SWAGGER_UI_VERSION} for "
+        "browsers without internet (they check each file's SHA-384: another release is "
+        "refused).",
     )
     auth_cache_s: float = Field(
         1.0,

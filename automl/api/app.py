@@ -8,13 +8,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from automl import __version__
 from automl.api.auth import KeyCache, authorize
 from automl.api.body import BODY_MODELS
+from automl.api.docs_page import docs_page
 from automl.api.errors import ErrorDetail, error_responses, install_error_handlers
 from automl.api.origin import SameOriginWrites
 from automl.api.query import refuse_unknown_query
@@ -94,7 +96,16 @@ def create_app(
         # operationIds (and so generated clients' methods) are the routes' names:
         # delete_study, not delete_studies__study_id__delete.
         generate_unique_id_function=lambda route: route.name,
+        docs_url=None,  # FastAPI's loads unpinned, unchecked files: ``docs_page``'s instead
+        redoc_url=None,
     )
+
+    async def docs(request: Request) -> HTMLResponse:
+        title = f"{app.title} - Swagger UI"
+        return docs_page(request, app.openapi_url or "", title, settings.docs_assets_url)
+
+    app.add_route("/docs", docs, include_in_schema=False)  # a plain route: GET and HEAD
+
     app.state.settings = settings
     app.state.store = store
     app.state.key_cache = KeyCache(store, settings.auth_cache_s)
