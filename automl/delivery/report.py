@@ -323,19 +323,33 @@ def param_importances(data: ReportData) -> dict[str, float]:
             f"Parameter importances compare two or more parameters; the completed trials "
             f"share {len(shared)} ({', '.join(sorted(shared)) or 'none'})."
         )
+    sample = importance_sample(completed)
+    if len({trial.values[0] for trial in sample}) < 2:
+        raise Unavailable(SAME_SCORE)
     study = optuna.create_study(directions=list(data.directions))  # in memory
-    study.add_trials(importance_sample(completed))
+    study.add_trials(sample)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning and small-sample notes
-        importances = get_param_importances(
-            study,
-            evaluator=FanovaImportanceEvaluator(seed=0),
-            params=sorted(shared),
-            target=lambda trial: trial.values[0],
-        )
+        try:
+            importances = get_param_importances(
+                study,
+                evaluator=FanovaImportanceEvaluator(seed=0),
+                params=sorted(shared),
+                target=lambda trial: trial.values[0],
+            )
+        except RuntimeError as exc:
+            if "zero total variance" not in str(exc):
+                raise
+            raise Unavailable(SAME_SCORE) from None  # no split of any tree changes the score
     if any(not math.isfinite(value) for value in importances.values()):
-        raise Unavailable("Parameter importances are undefined: every trial scored the same.")
+        raise Unavailable(SAME_SCORE)
     return {name: float(value) for name, value in importances.items()}
+
+
+SAME_SCORE = (
+    "Parameter importances are undefined: the completed trials all scored the same "
+    "(or their parameters explain none of the differences)."
+)
 
 
 def importance_sample(completed: Sequence[FrozenTrial]) -> list[FrozenTrial]:

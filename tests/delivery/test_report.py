@@ -348,6 +348,20 @@ def test_importances_show_a_note_with_one_parameter_or_few_trials() -> None:
     assert "at least 3 completed trials; this study has 2" in found["param-importances"]
 
 
+def test_importances_of_trials_that_all_scored_the_same_are_a_note(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by a tester: on easy data every trial reached 1.0, and fANOVA's error came
+    out as a traceback on the console (and "could not be drawn" in the page)."""
+    tied = [
+        made_up_trial(i, {"lr": 0.01 * (i + 1), "dropout": 0.1 * (i + 1)}, 1.0) for i in range(4)
+    ]
+    found = sections(render_report(made_up_report(tied)))
+    assert "the completed trials all scored the same" in found["param-importances"]
+    assert "could not be drawn" not in found["param-importances"]
+    assert "Traceback" not in caplog.text and "failed" not in caplog.text
+
+
 def test_missing_embeddings_show_their_reason() -> None:
     trials = [made_up_trial(i, {"a": 0.1 * (i + 1)}, 0.5) for i in range(2)]
     note = "No embeddings of trial 1: trial 1 kept no weights"
