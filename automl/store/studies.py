@@ -881,7 +881,15 @@ def resume_study(
             .where(tickets.c.study_id == study_id, tickets.c.state == TicketState.CANCELLED.value)
             .values(state=TicketState.PENDING.value)
         ).rowcount
-        if requeued == 0 and n_trials <= row.issued:
+        # A cancelled study's trials still stopping: their workers hand them back as due
+        # again once they see it resumed (``release``), or carry on if they have not
+        # stopped yet. Either way they run: no budget needs adding for them.
+        stopping = connection.scalar(
+            sa.select(sa.func.count()).where(
+                tickets.c.study_id == study_id, tickets.c.state == TicketState.RUNNING.value
+            )
+        )
+        if requeued == 0 and not stopping and n_trials <= row.issued:
             spec = _stored_spec(row.spec)
             cells = spec.budget.n_trials if spec.sampler.name == "grid" else _finite_space(spec)
             if cells is not None and row.n_trials >= cells:
@@ -896,6 +904,8 @@ def resume_study(
         reason = (
             f"resumed: {requeued} trials re-queued, {unstarted} never started, {add_trials} added"
         )
+        if stopping:
+            reason += f", {stopping} still stopping (they run again)"
         limit = count_errors(connection, study_id) + row.max_failed
         at = now(connection)
         change_status(

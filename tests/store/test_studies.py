@@ -605,6 +605,28 @@ def test_resume_requeues_cancelled_work_and_adds_budget(
     assert get_status(store, study_id) == StudyStatus.RUNNING
 
 
+def test_resume_right_after_a_cancel_counts_the_trials_still_stopping(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """Found by a tester: a resume before the workers had stopped their cancelled trials
+    was refused ("no trials left to run; resume it with add_trials > 0"); a few seconds
+    later the same resume was accepted."""
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 2})).id
+    (first, _), _ = drive(store, study_id, [TrialState.RUNNING, TrialState.RUNNING])
+    cancel_study(store, study_id)
+
+    detail = resume_study(store, study_id)
+
+    assert detail.status == StudyStatus.QUEUED
+    assert detail.status_reason == (
+        "resumed: 0 trials re-queued, 0 never started, 0 added, 2 still stopping (they run again)"
+    )
+    # The worker that saw the cancel hands its trial back: due again, as the study is active.
+    assert release(store, first, FailureKind.CANCELLED, "stopping", requeue=True)
+    assert get_study(store, study_id).counts.waiting == 1
+    assert claim(store, "w", study_id) is not None
+
+
 def test_resume_of_a_finished_study_needs_more_budget(store: Store, tiny_spec: SpecFactory) -> None:
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
     drive(store, study_id, [0.5])
