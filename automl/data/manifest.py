@@ -24,7 +24,7 @@ from automl.data.files import (
     require_disjoint,
     require_each_image_once,
 )
-from automl.data.paths import IMAGE_SUFFIXES, confine, data_root, relative_name
+from automl.data.paths import IMAGE_SUFFIXES, confine, data_root, not_found, relative_name
 from automl.registry import within_strict_input
 
 MAX_CSV_BYTES = 512 * 1024 * 1024
@@ -130,7 +130,7 @@ def _read_rows(csv_path: Path, shown: str) -> tuple[list[str], list[_Row]]:
     """The header's columns and each row of the CSV file."""
     try:
         if not csv_path.is_file():
-            raise DatasetError(f"CSV file {shown!r} not found under the data root")
+            raise DatasetError(not_found("CSV file", csv_path, data_root()))
         if csv_path.stat().st_size > MAX_CSV_BYTES:
             raise DatasetError(f"CSV file {shown!r} is larger than {MAX_CSV_BYTES // 2**20} MiB")
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:

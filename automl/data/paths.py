@@ -126,6 +126,37 @@ def relative_name(path: Path, root: Path | None = None) -> str:
         return path.name
 
 
+def not_found(kind: str, path: Path, root: Path) -> str:
+    """Says that ``path`` (a ``kind``: folder, CSV file...) is not under the data root,
+    with what most likely went wrong: no data root at all, the root's own name written
+    in front (``data/mine`` for ``mine``), or another case of a name that is there.
+    Server paths stay out of it: an API caller sees it too."""
+    shown = relative_name(path, root)
+    where = "under the data root (AUTOML_DATA_ROOT; a spec's paths are relative to it)"
+    try:
+        if not root.is_dir():
+            return f"{kind} {shown!r} not found: the data root (AUTOML_DATA_ROOT) does not exist"
+        guess = _likely_meant(path, root)
+    except OSError:
+        guess = None
+    hint = f"; did you mean {guess!r}?" if guess else ""
+    return f"{kind} {shown!r} not found {where}{hint}"
+
+
+def _likely_meant(path: Path, root: Path) -> str | None:
+    """A path under the root that exists and the user probably meant, or None."""
+    parts = path.relative_to(root).parts if path.is_relative_to(root) else ()
+    if len(parts) > 1 and parts[0] == root.name and root.joinpath(*parts[1:]).exists():
+        return Path(*parts[1:]).as_posix()  # "data/mine" with the root ./data
+    parent = path.parent
+    if parts and parent.is_dir():
+        wanted = path.name.casefold()
+        for sibling in sorted(parent.iterdir()):
+            if sibling.name.casefold() == wanted:
+                return relative_name(sibling, root)
+    return None
+
+
 def natural_key(name: str) -> tuple[object, ...]:
     """Sort key that orders ``frame2`` before ``frame10``."""
     return tuple(int(part) if part.isdigit() else part for part in _NATURAL_PART.split(name))
@@ -139,7 +170,7 @@ def require_dir(path: Path, root: Path) -> None:
     except OSError as exc:
         raise DatasetError(f"cannot read folder {shown!r}: {exc.strerror}") from None
     if not exists:
-        raise DatasetError(f"folder {shown!r} not found under the data root")
+        raise DatasetError(not_found("folder", path, root))
     if not is_dir:
         raise DatasetError(f"{shown!r} is not a folder")
 

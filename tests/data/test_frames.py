@@ -66,7 +66,8 @@ def test_submit_errors(data_root: Path) -> None:
     for path, message in {
         "clips": "dataset.options.path: class 'b' has no clip folders in 'clips'",
         "noframes": "dataset.options.path: clip 'noframes/a/c0' has no frames",
-        "nowhere": "dataset.options.path: folder 'nowhere' not found under the data root",
+        "nowhere": "dataset.options.path: folder 'nowhere' not found under the data root "
+        "(AUTOML_DATA_ROOT; a spec's paths are relative to it)",
     }.items():
         with pytest.raises(SpecError) as caught:
             validate_spec(

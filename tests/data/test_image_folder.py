@@ -115,6 +115,27 @@ def test_crop_keeps_the_center_and_pad_adds_black_bars(data_root: Path) -> None:
     assert pad.train_x[0, :, 3, 0].tolist() == [255, 0, 0]
 
 
+def test_a_missing_folder_says_what_was_likely_meant(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: "not found under the data root" alone, for the mistakes new
+    users make (the root's own name in front, another case, no data root at all)."""
+    write_class_folder(data_root / "mine", {"a": 2, "b": 2})
+    prefix = "dataset.options.path: folder"
+    where = "not found under the data root (AUTOML_DATA_ROOT; a spec's paths are relative to it)"
+    assert submit_errors("image_folder", {"path": f"{data_root.name}/mine"}) == [
+        f"{prefix} '{data_root.name}/mine' {where}; did you mean 'mine'?"
+    ]
+    assert submit_errors("image_folder", {"path": "Mine"}) == [
+        f"{prefix} 'Mine' {where}; did you mean 'mine'?"
+    ]
+    assert submit_errors("image_folder", {"path": "other"}) == [f"{prefix} 'other' {where}"]
+    monkeypatch.setenv("AUTOML_DATA_ROOT", str(data_root / "nowhere"))
+    assert submit_errors("image_folder", {"path": "mine"}) == [
+        f"{prefix} 'mine' not found: the data root (AUTOML_DATA_ROOT) does not exist"
+    ]
+
+
 def test_submit_errors_for_bad_folders(data_root: Path) -> None:
     (data_root / "empty").mkdir()
     (data_root / "flat").mkdir()
@@ -278,7 +299,8 @@ def test_csv_submit_errors(data_root: Path) -> None:
         "dataset.options.path: CSV file 'empty.csv' lists no images"
     ]
     assert submit_errors("image_csv", {"path": "nope.csv"}) == [
-        "dataset.options.path: CSV file 'nope.csv' not found under the data root"
+        "dataset.options.path: CSV file 'nope.csv' not found under the data root "
+        "(AUTOML_DATA_ROOT; a spec's paths are relative to it)"
     ]
     assert submit_errors("image_csv", {"path": "good.csv", "val_path": "other_label.csv"}) == [
         "dataset.options.val_path: label 'z' is not a label of path; valid labels: x, y"
