@@ -122,8 +122,9 @@ def best_text(best: BestTrials) -> str:
 
 
 def trials_table(page: Page[TrialSummary]) -> str:
-    """One line per trial: number, state, value(s), duration and params."""
-    rows = [
+    """One line per trial: number, state, value(s), duration and params, and why it
+    failed when one of them did."""
+    rows: list[tuple[Any, ...]] = [
         (
             t.number,
             t.state,
@@ -133,8 +134,26 @@ def trials_table(page: Page[TrialSummary]) -> str:
         )
         for t in page.data
     ]
+    header: tuple[str, ...] = ("#", "STATE", "VALUE", "DURATION", "PARAMS")
+    if any(t.failure or t.error for t in page.data):
+        header += ("WHY",)
+        rows = [(*row, failure_text(t)) for row, t in zip(rows, page.data, strict=True)]
     shown = f"{len(page.data)} of {page.count} trials"
-    return table(("#", "STATE", "VALUE", "DURATION", "PARAMS"), rows) + f"\n({shown})"
+    return table(header, rows) + f"\n({shown})"
+
+
+WHY_CHARS = 120
+"""Most characters of a failed trial's error a table shows (``trials --json``: all)."""
+
+
+def failure_text(trial: TrialSummary) -> str | None:
+    """Why a trial failed, in one short line: its failure kind and error's first line."""
+    if not trial.failure and not trial.error:
+        return None
+    error = (trial.error or "").strip().splitlines()[0] if (trial.error or "").strip() else ""
+    if len(error) > WHY_CHARS:
+        error = error[: WHY_CHARS - 3] + "..."
+    return ": ".join(part for part in (trial.failure, error) if part)
 
 
 def registries_text(catalog: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from automl.cli.arguments import MAX_ID
 from automl.cli.bundle_commands import cmd_download_best
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
 from automl.cli.http_client import HttpClient
-from automl.cli.output import best_text, studies_table, study_text, trials_table
+from automl.cli.output import best_text, failure_text, studies_table, study_text, trials_table
 from automl.config import Settings
 
 if TYPE_CHECKING:
@@ -174,8 +174,24 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print_json(page) if args.json else print(studies_table(page))
     else:
         study = client.study(args.study)
-        print_json(study) if args.json else print(study_text(study))
+        if args.json:
+            print_json(study)
+            return EXIT_OK
+        print(study_text(study))
+        if study.counts.fail:
+            print(_first_failure(client, study.id))
     return EXIT_OK
+
+
+def _first_failure(client: Client, study_id: int) -> str:
+    """Why the study's first failed trial failed, and where to read the others'."""
+    [first] = client.trials(study_id, state="fail", limit=1).data or [None]
+    why = failure_text(first) if first is not None else None
+    shown = f"trial {first.number}: {why}" if first is not None and why else "not recorded"
+    return (
+        f"first failure: {shown}\n(automl trials {study_id} shows each; once its cause is "
+        f"fixed, automl rerun-failed {study_id} runs them again)"
+    )
 
 
 def cmd_best(args: argparse.Namespace, settings: Settings) -> int:

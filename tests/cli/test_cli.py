@@ -646,6 +646,18 @@ def test_run_says_why_its_trials_failed(
     assert "trial 0 failed: DatasetError: cannot decode image 'broken/a/0.png'" in final
     assert str(data_root) not in err, "the data root's own path is not shown"
 
+    # Found by a tester: only `run` said why; `trials` and `status` showed a bare "fail".
+    code, listed, _ = cli("trials", "1")
+    assert code == 0
+    header, _, first = listed.splitlines()[:3]
+    assert header.split()[-1] == "WHY"
+    assert first.split()[1] == "fail"
+    assert "error: DatasetError: cannot decode image 'broken/a/0.png'" in first
+    code, status, _ = cli("status", "1")
+    assert code == 0
+    assert "first failure: trial 0: error: DatasetError: cannot decode image" in status
+    assert "automl rerun-failed 1 runs them again" in status
+
 
 def test_run_json(cli: Run, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "run.yaml", RUN_SPEC)
