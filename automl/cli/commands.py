@@ -341,6 +341,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         if args.study is not None:
             get_study(store, args.study)  # an unknown study is an error (exit 2), not idle
         worker = Worker(store, options)
+        # Which store: a worker started in another folder than the submit waits forever.
+        file = sqlite_file(settings.storage)
+        shown = redact(settings.storage) if file is None else str(file.resolve())
+        logging.getLogger("automl.worker").info("worker store: %s", shown)
     worker.install_signal_handlers()
     try:
         worker.run()

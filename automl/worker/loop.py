@@ -276,6 +276,7 @@ class Worker:
             )
             reaper.start()
         ran = 0
+        waiting_told = False
         try:
             while not self.stopping:
                 if self._post_study_job():
@@ -291,8 +292,16 @@ class Worker:
                         continue
                     if settled and self._idle_exit():
                         break
+                    if not waiting_told and not self.options.exit_when_idle:
+                        logger.info(
+                            "worker %s: nothing to run; waiting for trials (a look every %gs)",
+                            self.name,
+                            self.options.poll_interval,
+                        )
+                    waiting_told = True
                     self._stop.wait(self.options.poll_interval)
                     continue
+                waiting_told = False
                 try:
                     run = self.run_lease(lease)
                 except (CoordinatorTooOldError, DeviceFaultError):

@@ -1442,3 +1442,19 @@ def test_a_storage_internal_error_s_description_names_the_error_it_wraps() -> No
     assert described.endswith(
         "(cause: ValueError: value too long for type character varying(2048))"
     )
+
+
+def test_an_idle_worker_says_once_that_it_waits(
+    sqlite_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a tester: a worker started before anything was submitted (or in another
+    folder than the submit) only said it had started, and then nothing."""
+    worker = Worker(sqlite_store, _options(exit_when_idle=False, poll_interval=0.05))
+    stopper = threading.Timer(0.5, worker.stop)
+    stopper.start()
+    with caplog.at_level(logging.INFO, logger="automl.worker"):
+        assert worker.run() == 0
+    stopper.join()
+
+    told = [r.getMessage() for r in caplog.records if "nothing to run" in r.getMessage()]
+    assert len(told) == 1 and "waiting for trials (a look every 0.05s)" in told[0]
