@@ -21,7 +21,7 @@ import optuna
 import pytest
 
 import automl.store.studies as studies_module
-from automl.delivery import annotate
+from automl import file_clock
 from automl.file_clock import folder_now
 from automl.spec import StudySpec
 from automl.store import (
@@ -125,10 +125,10 @@ def test_an_annotation_ahead_of_the_file_server_leaves_another_write_in_progress
     writing.write_text("path,label\n")
     stale = tmp_path / ".labels.csv.fedcba9876543210.tmp"
     stale.write_text("path,label\n")
-    long_ago = os.stat(writing).st_mtime - annotate.STALE_TEMPORARY_S - 1
+    long_ago = os.stat(writing).st_mtime - file_clock.STALE_SIBLING_S - 1
     os.utime(stale, (long_ago, long_ago))
 
-    annotate._remove_stale_temporaries(target)
+    file_clock.remove_stale_siblings(target, ".", ".tmp")
 
     assert sorted(p.name for p in tmp_path.iterdir()) == [writing.name]
 

@@ -105,7 +105,7 @@ def test_a_checkpoint_the_folder_will_not_let_go_of_is_left_not_a_crash(
     coordinator = SqlCoordinator(sqlite_store)
     lease, _ = _complete_with_weights(sqlite_store, 0.9)
     coordinator.save_checkpoint(lease, b"epoch 1", 1)
-    [checkpoint] = [p for p in sqlite_store.artifacts.directory.iterdir() if "checkpoint" in p.name]
+    [checkpoint] = sqlite_store.artifacts.directory.glob("checkpoint-*")
     checkpoint.unlink()
     checkpoint.mkdir()  # unlink now fails (IsADirectoryError), as on a read-only folder
     (checkpoint / "x").touch()
