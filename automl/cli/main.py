@@ -100,8 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     serve = commands.add_parser("serve", help="run the REST API")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=port_number)
+    serve.add_argument(
+        "--host",
+        help="interface to listen on (default: $AUTOML_HOST or 127.0.0.1; another needs an "
+        "API key, see README)",
+    )
+    serve.add_argument(
+        "--port", type=port_number, help="port to listen on (default: $AUTOML_PORT or 8000)"
+    )
     serve.add_argument(
         "--workers",
         dest="api_workers",
@@ -124,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--study", type=study_id, help="only this study; exit once it ends")
     worker.add_argument(
-        "--poll-interval", type=poll_seconds, help="seconds between polls when idle"
+        "--poll-interval",
+        type=poll_seconds,
+        help="seconds between looks for trials when idle (default: $AUTOML_POLL_INTERVAL or 2)",
     )
     worker.add_argument("--exit-when-idle", action="store_true", help="exit when nothing is queued")
     device_layout_args(worker)
@@ -140,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Optuna storage proxy port; coordination uses port + 1 (default 13000)",
     )
     proxy.add_argument(
-        "--concurrency", type=concurrency, default=32, help="calls served at once per endpoint"
+        "--concurrency",
+        type=concurrency,
+        default=32,
+        help="calls served at once per endpoint (default 32)",
     )
     proxy.add_argument(
         "--cached-studies",
@@ -156,8 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker_args(up, "the cores divided among the worker processes")
     up.add_argument("--workers", type=int, default=1, help="CPU worker processes (default 1)")
     device_layout_args(up)
-    up.add_argument("--host")
-    up.add_argument("--port", type=port_number)
+    up.add_argument(
+        "--host",
+        help="interface to listen on (default: $AUTOML_HOST or 127.0.0.1; another needs an "
+        "API key, see README)",
+    )
+    up.add_argument(
+        "--port", type=port_number, help="port to listen on (default: $AUTOML_PORT or 8000)"
+    )
     up.add_argument(
         "--dashboard", action="store_true", help="also run optuna-dashboard (automl dashboard)"
     )
