@@ -24,8 +24,9 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from automl.config import unusable_folder
-from automl.data import ImageData, load_dataset
+from automl.data import DatasetError, ImageData, load_dataset
 from automl.delivery.card import build_card, library_versions, model_input
+from automl.models.transfer import CheckpointError
 from automl.registry import validation_messages
 from automl.space import suggest
 from automl.spec import StudySpec
@@ -848,6 +849,11 @@ class _Attempt:
             return None
 
 
+INPUT_ERRORS: tuple[type[BaseException], ...] = (DatasetError, CheckpointError, ValidationError)
+"""What a trial's data, pretrained checkpoint or configuration got wrong: described without
+where in automl it was raised (kept for other errors, which may be automl's own bugs)."""
+
+
 def _drop_tracebacks(exc: BaseException) -> None:
     """Lets go of the frames of ``exc`` and of the errors it was raised from or during
     (an out-of-memory error in a compiled run's eager retry carries the compile failure)."""
@@ -865,6 +871,8 @@ def _drop_tracebacks(exc: BaseException) -> None:
 def _describe(exc: BaseException) -> str:
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
+    if isinstance(exc, INPUT_ERRORS):
+        where = ""  # the message names the problem; automl's source line is no help to users
     if isinstance(exc, ValidationError):  # its first line only counts the errors
         text = "; ".join(
             f"{'.'.join(map(str, loc))}: {message}" if loc else message

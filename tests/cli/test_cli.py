@@ -645,6 +645,7 @@ def test_run_says_why_its_trials_failed(
     assert final.startswith("error: study 1 "), err
     assert "trial 0 failed: DatasetError: cannot decode image 'broken/a/0.png'" in final
     assert str(data_root) not in err, "the data root's own path is not shown"
+    assert ".py:" not in err, "nor where in automl the data's problem was found"
 
     # Found by a tester: only `run` said why; `trials` and `status` showed a bare "fail".
     code, listed, _ = cli("trials", "1")
