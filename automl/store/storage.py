@@ -218,7 +218,7 @@ def open_store(
     try:
         backend = sqlalchemy.engine.make_url(url).get_backend_name()
     except sqlalchemy.exc.ArgumentError as exc:
-        raise StorageError(f"invalid storage URL {url!r}: {exc}", bad_config=True) from None
+        raise StorageError(invalid_url(url, exc), bad_config=True) from None
     _check_sqlite_folder(url)
     engine_kwargs = _engine_kwargs(url, pool_size)
     storage = _open_with_retries(url, engine_kwargs, create_tables=True)
@@ -291,11 +291,9 @@ def has_automl_tables(url: str) -> bool:
             url, poolclass=sqlalchemy.pool.NullPool, **_connect_args(url)
         )
     except sqlalchemy.exc.ArgumentError as exc:
-        raise StorageError(f"invalid storage URL {url!r}: {exc}", bad_config=True) from None
+        raise StorageError(invalid_url(url, exc), bad_config=True) from None
     except (ImportError, ValueError) as exc:
-        raise StorageError(
-            f"cannot open storage {redact(url)}: {first_line(exc)}", bad_config=True
-        ) from None
+        raise StorageError(no_driver(url, exc), bad_config=True) from None
     try:
         return sqlalchemy.inspect(engine).has_table(tables.studies.name)
     except sqlalchemy.exc.SQLAlchemyError as exc:
@@ -324,6 +322,28 @@ def _pg_connect_args(url: str) -> dict[str, Any]:
     }
     given = sqlalchemy.engine.make_url(url).query
     return {key: value for key, value in defaults.items() if key not in given}
+
+
+URL_FORMS = "sqlite:///PATH (three slashes, then the file) or postgresql://USER@HOST:5432/DB"
+"""The storage URLs automl runs on, for messages about one it cannot use."""
+
+
+def invalid_url(url: str, exc: BaseException) -> str:
+    """The message for a storage setting that is no SQLAlchemy URL (a bare file name)."""
+    return f"invalid storage URL {url!r} ({first_line(exc)}); write {URL_FORMS}"
+
+
+def no_driver(url: str, exc: BaseException) -> str:
+    """The message for a URL whose database driver is missing or refuses an option: for
+    a database automl does not run on (MySQL...), which ones it does."""
+    message = f"cannot open storage {redact(url)}: {first_line(exc)}"
+    try:
+        backend = sqlalchemy.engine.make_url(url).get_backend_name()
+    except sqlalchemy.exc.ArgumentError:
+        return message
+    if isinstance(exc, ImportError) and backend not in ("sqlite", "postgresql"):
+        message += f" (automl runs on SQLite and PostgreSQL: {URL_FORMS})"
+    return message
 
 
 def _open_error(url: str, exc: BaseException) -> StorageError:
@@ -448,8 +468,7 @@ def _open_with_retries(
                 raise _open_error(url, exc) from None
             time.sleep(0.2 * (attempt + 1))
         except (ImportError, ValueError) as exc:  # no driver for the URL, a bad option
-            message = f"cannot open storage {redact(url)}: {first_line(exc)}"
-            raise StorageError(message, bad_config=True) from None
+            raise StorageError(no_driver(url, exc), bad_config=True) from None
         except RuntimeError as exc:
             raise StorageError(f"cannot open storage {redact(url)}: {first_line(exc)}") from None
     raise AssertionError("unreachable")

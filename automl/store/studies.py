@@ -1038,7 +1038,8 @@ def queue_refit(store: Store, study_id: int) -> RefitView:
         if evaluation is not None and NO_TEST_SPLIT in (evaluation.note or ""):
             raise StudyStateError(
                 f"study {study_id}'s {evaluation.note}: a refit trains on train + validation "
-                "and is scored on the test split (give the dataset one: test_fraction, test/)"
+                "and is scored on the test split (give the dataset one: its option test_fraction, "
+                "or test_path where the source has one)"
             )
         current = read_refit(connection, study_id)
         stale = current is not None and current.state == RefitState.DONE and current.trial != best

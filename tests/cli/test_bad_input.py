@@ -262,8 +262,13 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["status", "--storage", "foo"], {}, "error: invalid storage URL 'foo': "),
-        (["worker", "--storage", "foo"], {}, "error: invalid storage URL 'foo': "),
+        (["status", "--storage", "foo"], {}, "error: invalid storage URL 'foo' ("),
+        (["worker", "--storage", "foo"], {}, "error: invalid storage URL 'foo' ("),
+        (
+            ["status", "--storage", "mysql://user@localhost/automl"],
+            {},
+            "error: cannot open storage mysql://user@localhost/automl: ",
+        ),
         (
             ["keys", "create", "--project", "p"],
             {"AUTOML_ARTIFACT_STORE": "s3"},
@@ -275,7 +280,7 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> Non
             "error: cannot open the artifact store: AUTOML_S3_BUCKET must name a bucket",
         ),
     ],
-    ids=["storage-url-status", "storage-url-worker", "s3-keys", "s3-worker"],
+    ids=["storage-url-status", "storage-url-worker", "mysql", "s3-keys", "s3-worker"],
 )
 def test_a_bad_storage_setting_is_exit_2(
     args: list[str],
@@ -296,6 +301,8 @@ def test_a_bad_storage_setting_is_exit_2(
     assert code == EXIT_BAD_INPUT
     line = capsys.readouterr().err.splitlines()[-1]
     assert line.startswith(message), line
+    if "storage" in message:  # found by a tester: no word on what a storage URL looks like
+        assert "sqlite:///PATH (three slashes, then the file) or postgresql://" in line
 
 
 def test_a_worker_on_a_sqlite_file_in_a_missing_folder_stops_at_once(tmp_path: Path) -> None:
