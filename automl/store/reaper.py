@@ -23,6 +23,7 @@ stale.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ from automl.store.artifacts import discard
 from automl.store.attrs import FailureKind
 from automl.store.faults import StorageUnavailableError, first_line, is_transient
 from automl.store.leases import attempt_trial, fail_attempt_trials
+from automl.store.orphan_artifacts import remove_orphan_artifacts
 from automl.store.status import ACTIVE, end_if_done_locked, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import DELETING, TicketState
@@ -55,6 +57,11 @@ interrupted is completed at the next pass."""
 
 TEMPORARY_SWEEP_INTERVAL_S = 3600.0
 """How often a reaper removes the temporary files of killed artifact writes."""
+
+ORPHAN_ARTIFACT_SWEEP_INTERVAL_S = 6 * 3600.0
+"""How often a reaper removes the artifacts nothing refers to (``remove_orphan_artifacts``
+reads every reference in the store); its first sweep comes at a random moment of its
+first hour, so that a fleet started at once does not sweep at once."""
 
 RELEASED_FAILURES = (FailureKind.INTERRUPTED.value, FailureKind.CANCELLED.value)
 
@@ -413,8 +420,9 @@ def remove_stale_temporaries(store: Store) -> list[str]:
 class Reaper:
     """Runs ``reap_stale``, ``end_due_studies`` and ``remove_orphans`` every ``interval``
     seconds (its sweep for half-created studies on the first pass and then every
-    ``ORPHAN_SWEEP_INTERVAL_S``), and ``remove_stale_temporaries`` on the first pass and
-    then every ``TEMPORARY_SWEEP_INTERVAL_S``.
+    ``ORPHAN_SWEEP_INTERVAL_S``), ``remove_stale_temporaries`` on the first pass and
+    then every ``TEMPORARY_SWEEP_INTERVAL_S``, and ``remove_orphan_artifacts`` within the
+    first hour and then every ``ORPHAN_ARTIFACT_SWEEP_INTERVAL_S``.
 
     It reaps only after a grace period of passes that neither failed for want of the
     database nor waited on it for longer than ``max_stall`` (half the grace period) before
@@ -449,6 +457,7 @@ class Reaper:
         self._orphans_due = -float("inf")
         self._tidy_failures: dict[str, str] = {}  # the last failure of each clean-up step
         self._sweep_due = -float("inf")
+        self._artifacts_due = time.monotonic() + random.uniform(0, TEMPORARY_SWEEP_INTERVAL_S)
         self._sightings: Sightings = {}
 
     def start(self) -> Reaper:
@@ -528,6 +537,9 @@ class Reaper:
             if time.monotonic() >= self._sweep_due:
                 self._sweep_due = time.monotonic() + TEMPORARY_SWEEP_INTERVAL_S
                 self._tidy("temporaries", lambda: remove_stale_temporaries(self.store))
+            if time.monotonic() >= self._artifacts_due:
+                self._artifacts_due = time.monotonic() + ORPHAN_ARTIFACT_SWEEP_INTERVAL_S
+                self._tidy("orphan artifacts", lambda: remove_orphan_artifacts(self.store))
         except Exception as exc:
             if not is_transient(exc):
                 logger.exception("reaper pass failed")

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from automl.data import load_dataset
 from automl.store import served_refit
+from automl.store.orphan_artifacts import remove_orphan_artifacts
 from tests.api.conftest import RunStudy
 from tests.conftest import tiny_spec_data
 from tests.delivery.trained import png_bytes
@@ -126,3 +127,24 @@ def _digit() -> Any:
     data = load_dataset("digits", DIGITS["options"])
     assert data.test_x is not None
     return data.test_x[0]
+
+
+def test_the_orphan_sweep_keeps_every_artifact_a_real_study_wrote(
+    client: TestClient, submit: Submit, run_study: RunStudy
+) -> None:
+    """Weights, model cards, the refit's weights and card: each is referred to, so a
+    sweep that takes every artifact for a day old removes none of them."""
+    study_id = submit(
+        dataset=DIGITS, budget={"n_trials": 2, "max_failed": 0}, refit=True, keep_weights="all"
+    )["id"]
+    run_study(study_id)
+    store = client.app.state.store  # type: ignore[attr-defined]
+    written = sorted(store.artifacts.ids_older_than(-1.0))
+    assert len(written) >= 6  # 2 trials' weights and cards, the refit's weights and card
+
+    assert remove_orphan_artifacts(store, min_age_s=-1.0) == []
+
+    assert sorted(store.artifacts.ids_older_than(-1.0)) == written
+    assert client.get(f"/studies/{study_id}/best/model").status_code == 200
+    for number in (0, 1):
+        assert client.get(f"/studies/{study_id}/trials/{number}/weights").status_code == 200
