@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
@@ -119,6 +120,7 @@ FOLDER_REFUSALS = frozenset(
 fixes (a full disk or an I/O error is not the setting's fault, and is reported as such)."""
 
 
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 DIGEST_PREFIX = ".sha256-"
 """A folder store keeps each file's SHA-256 in the hidden file of this prefix and its id
 (written before the file is renamed into place), and checks it as the file is read."""
@@ -155,13 +157,15 @@ class FolderArtifactStore:
             raise ArtifactNotFound(f"artifact {artifact_id} not found") from None
         try:
             expected = self._digest_path(artifact_id).read_text(encoding="ascii").strip()
-        except FileNotFoundError:
-            return file  # written before digests were recorded
         except (OSError, UnicodeDecodeError):
-            expected = ""  # an unreadable digest file: nothing can vouch for the bytes
+            return file  # none (written before digests were recorded), or unreadable
         except BaseException:
             file.close()
             raise
+        if not _HEX_DIGEST.fullmatch(expected):
+            # Its write cut off by a crash (it is not synced: an empty or zeroed file):
+            # it vouches for nothing, and the bytes cannot be told damaged.
+            return file
         return io.BufferedReader(_CheckedReader(file, expected, artifact_id), CHUNK_BYTES)
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
@@ -205,12 +209,12 @@ class FolderArtifactStore:
             os.close(directory_fd)
 
     def _write_digest(self, artifact_id: str, hexdigest: str) -> None:
+        # Not synced (a third of a write's cost): after a crash it may be empty or zeroed,
+        # which ``open_reader`` takes for no digest; the folder's sync covers the rename.
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=TEMPORARY_PREFIX)
         try:
             with os.fdopen(fd, "w", encoding="ascii") as out:
                 out.write(hexdigest + "\n")
-                out.flush()
-                os.fsync(out.fileno())
             os.replace(tmp, self._digest_path(artifact_id))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
