@@ -209,16 +209,10 @@ class FolderArtifactStore:
             os.close(directory_fd)
 
     def _write_digest(self, artifact_id: str, hexdigest: str) -> None:
-        # Not synced (a third of a write's cost): after a crash it may be empty or zeroed,
-        # which ``open_reader`` takes for no digest; the folder's sync covers the rename.
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=TEMPORARY_PREFIX)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as out:
-                out.write(hexdigest + "\n")
-            os.replace(tmp, self._digest_path(artifact_id))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # Written in place and not synced (a temporary file and a sync would double a
+        # write's cost): cut off by a crash or read mid-write it is empty or partial,
+        # which ``open_reader`` takes for no digest. The folder's sync covers its name.
+        self._digest_path(artifact_id).write_text(hexdigest + "\n", encoding="ascii")
 
     def remove(self, artifact_id: str) -> None:
         """Deletes the file of ``artifact_id`` and its digest."""
