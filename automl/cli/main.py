@@ -236,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("spec", help="study spec (YAML or JSON; - reads standard input)")
     validate.add_argument("--json", action="store_true", help="print the spec as it would run")
+    validate.add_argument(
+        "--data",
+        action="store_true",
+        help="also decode every image as the first trial would (into the decode cache the "
+        "trials read) and say what the dataset holds",
+    )
 
     status = commands.add_parser("status", help="list studies, or show one")
     status.add_argument("study", nargs="?", type=study_id, help="study id")

@@ -73,8 +73,37 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     spec = spec_from_text(
         read_spec_text(path, settings.max_body_bytes), is_json=path.suffix == ".json"
     )
-    print(spec.model_dump_json(indent=2, exclude_none=True) if args.json else valid_text(spec))
+    data = data_text(spec) if args.data else None
+    if args.json:
+        print(spec.model_dump_json(indent=2, exclude_none=True))
+    else:
+        print(valid_text(spec) + (f"\n  data        {data}" if data else ""))
     return EXIT_OK
+
+
+def data_text(spec: StudySpec) -> str:
+    """Loads the spec's dataset as a trial would (decoding every image, into the decode
+    cache the trials then read), and says what it holds.
+
+    Raises:
+        CliError: If an image cannot be used (not an image, too many pixels...): exit 2.
+    """
+    import torch
+
+    from automl.data import DatasetError, load_dataset
+
+    try:
+        data = load_dataset(spec.dataset.source, spec.dataset.options)
+    except DatasetError as exc:
+        raise CliError(f"invalid dataset: {exc}", EXIT_BAD_INPUT) from None
+    counts = torch.bincount(data.train_y, minlength=data.num_classes).tolist()
+    fewest = min(range(len(counts)), key=counts.__getitem__)
+    test = "no" if data.test_y is None else str(len(data.test_y))
+    return (
+        f"{len(data.train_y)} training, {len(data.val_y)} validation and {test} test images "
+        f"of {data.num_classes} classes (fewest training images: {data.classes[fewest]!r}, "
+        f"{counts[fewest]})"
+    )
 
 
 def valid_text(spec: StudySpec) -> str:

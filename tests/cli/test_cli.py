@@ -205,6 +205,31 @@ def test_validate_shows_what_the_spec_would_run_and_submits_nothing(
     assert _no_store_here(cli)
 
 
+def test_validate_data_decodes_the_images_and_refuses_unusable_ones(
+    cli: Run, tmp_path: Path, data_root: Path
+) -> None:
+    """Found by a tester: a text file named .png validated, then failed every trial."""
+    write_class_folder(data_root / "mine", {"a": 6, "b": 3})
+    dataset = {"source": "image_folder", "options": {"path": "mine", "size": 8}}
+    spec = write_spec(tmp_path / "mine.yaml", tiny_spec_data(name="mine", dataset=dataset))
+
+    code, out, err = cli("validate", str(spec), "--data")
+
+    assert code == 0, err
+    [data] = [line for line in out.splitlines() if line.startswith("  data ")]
+    assert re.fullmatch(
+        r"  data +\d+ training, \d+ validation and no test images of 2 classes "
+        r"\(fewest training images: 'b', \d+\)",
+        data,
+    ), data
+    (data_root / "mine" / "a" / "fake.png").write_text("not an image")
+    assert cli("validate", str(spec))[0] == 0  # file names only, as submit checks them
+    code, out, err = cli("validate", str(spec), "--data")
+    assert (code, out) == (2, "")
+    line = one_error_line(err)
+    assert line.startswith("error: invalid dataset: ") and "mine/a/fake.png" in line, line
+
+
 @pytest.mark.parametrize(
     ("sampler", "params", "random"),
     [
