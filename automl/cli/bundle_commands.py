@@ -26,6 +26,8 @@ CARD_FILE = "model_card.json"
 def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
     """Writes the files of the best model's bundle into ``args.download``."""
     directory = Path(args.download)
+    if directory.exists() and not directory.is_dir():
+        raise CliError(f"{directory} is a file; --download names a folder", EXIT_BAD_INPUT)
     if directory.is_dir() and any(directory.iterdir()) and not args.overwrite:
         message = f"{directory} is not empty; choose a new folder or pass --overwrite"
         raise CliError(message, EXIT_BAD_INPUT)

@@ -141,6 +141,11 @@ def test_export_refuses_a_folder_that_is_not_empty_or_a_file(
     assert "--overwrite" in refused[2]
     assert not_a_folder[0] == 2
     assert "not a folder" in _one_error_line(not_a_folder[2])
+    # Found by a tester: best --download onto a file said "File exists".
+    download = _in_process(capsys, "best", "1", "--download", str(file), *queued)
+    assert download[0] == 2
+    assert _one_error_line(download[2]) == f"error: {file} is a file; --download names a folder"
+    assert file.read_text() == "mine"
     assert overwritten[0] == 0, overwritten[2]
     assert sorted(p.name for p in full.iterdir()) == [  # no model/ of another study
         "keep.txt",
