@@ -42,7 +42,12 @@ class Client(Protocol):
     def study(self, study_id: int) -> StudyDetail: ...
     def best(self, study_id: int) -> BestTrials: ...
     def trials(
-        self, study_id: int, state: str | None = None, limit: int | None = None
+        self,
+        study_id: int,
+        state: str | None = None,
+        limit: int | None = None,
+        *,
+        intermediate_values: bool = False,
     ) -> Page[TrialSummary]: ...
     def cancel(self, study_id: int) -> StudyDetail: ...
     def extend(self, study_id: int, add_trials: int) -> StudyDetail: ...
@@ -85,10 +90,15 @@ class LocalClient:
             raise ClientError(str(exc), bad_input=False) from None
 
     def trials(
-        self, study_id: int, state: str | None = None, limit: int | None = None
+        self,
+        study_id: int,
+        state: str | None = None,
+        limit: int | None = None,
+        *,
+        intermediate_values: bool = False,
     ) -> Page[TrialSummary]:
-        """A study's trials in number order (the first ``limit``; all without it), without
-        their per-epoch values (no command shows them)."""
+        """A study's trials in number order (the first ``limit``; all without it), with
+        their per-epoch values only if asked (a table shows none; JSON and exports do)."""
         from optuna.trial import TrialState
 
         chosen = None if state is None else TrialState[state.upper()]
@@ -97,7 +107,7 @@ class LocalClient:
             study_id,
             state=chosen,
             limit=limit or 2**31 - 1,
-            intermediate_values=False,
+            intermediate_values=intermediate_values,
         )
 
     def cancel(self, study_id: int) -> StudyDetail:

@@ -44,7 +44,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     _check_target(directory, args.overwrite)
     client = client_for(settings)
     study = client.study(args.study)
-    trials = client.trials(args.study).data
+    trials = client.trials(args.study, intermediate_values=True).data
     best = client.best(args.study) if study.counts.complete else None
     bundle, no_model = _bundle(settings, args.study, best)
     files = {

@@ -140,11 +140,17 @@ class HttpClient:
         return True
 
     def trials(
-        self, study_id: int, state: str | None = None, limit: int | None = None
+        self,
+        study_id: int,
+        state: str | None = None,
+        limit: int | None = None,
+        *,
+        intermediate_values: bool = False,
     ) -> Page[TrialSummary]:
         """A study's trials in number order (the first ``limit``; all without it),
-        fetched a page at a time, without their per-epoch values (no command shows them)."""
-        params: dict[str, Any] = {"intermediate_values": "false"}
+        fetched a page at a time, with their per-epoch values only if asked (a table
+        shows none; JSON and exports do)."""
+        params: dict[str, Any] = {"intermediate_values": str(intermediate_values).lower()}
         if state is not None:
             params["state"] = state
         return self._pages(TrialSummary, f"/studies/{study_id}/trials", params, limit)

@@ -299,7 +299,9 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 def cmd_trials(args: argparse.Namespace, settings: Settings) -> int:
     """Lists a study's trials in number order: a table, or ``--json``."""
-    page = client_for(settings).trials(args.study, state=args.state, limit=args.limit)
+    page = client_for(settings).trials(
+        args.study, state=args.state, limit=args.limit, intermediate_values=args.json
+    )
     if args.json:
         print_json(page)
     else:

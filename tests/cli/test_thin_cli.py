@@ -309,6 +309,7 @@ def test_trials_over_the_api_equal_the_local_store(
     page = json.loads(remote.stdout)
     assert page["count"] == 3
     assert [trial["number"] for trial in page["data"]] == [0, 1, 2]
+    assert all(trial["intermediate_values"] for trial in page["data"])  # JSON keeps curves
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["#", "STATE", "VALUE", "DURATION", "PARAMS"]
     assert lines[2].startswith("0  complete")
@@ -340,6 +341,7 @@ def test_export_over_the_api_equals_the_local_export(
     [best] = study["best"]["trials"]
     trials = json.loads((remote / "trials.json").read_text())
     assert [trial["number"] for trial in trials] == [0, 1, 2]
+    assert all(trial["intermediate_values"] for trial in trials)  # an export is whole
     rows = list(csv.DictReader((remote / "trials.csv").open()))
     assert [row["number"] for row in rows] == ["0", "1", "2"]
     assert {row["state"] for row in rows} == {"complete"}
