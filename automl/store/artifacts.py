@@ -223,23 +223,6 @@ class FolderArtifactStore:
         finally:
             self._digest_path(artifact_id).unlink(missing_ok=True)
 
-    def ids_older_than(self, min_age_s: float) -> list[str]:
-        """The ids of the artifacts written at least ``min_age_s`` ago (by the clock that
-        stamps the folder's files); none if that clock cannot be read."""
-        now = folder_now(self.directory, TEMPORARY_PREFIX)
-        if now is None:
-            return []
-        cutoff = now - min_age_s
-        ids = []
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):  # temporaries and digests
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                        ids.append(entry.name)
-        return ids
-
     def remove_stale_temporaries(self, min_age_s: float = STALE_TEMPORARY_S) -> list[str]:
         """Deletes the temporary files of writes killed before their rename (kill -9,
         power loss): those untouched for ``min_age_s``.

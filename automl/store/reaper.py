@@ -538,8 +538,9 @@ class Reaper:
                 self._sweep_due = time.monotonic() + TEMPORARY_SWEEP_INTERVAL_S
                 self._tidy("temporaries", lambda: remove_stale_temporaries(self.store))
             if time.monotonic() >= self._artifacts_due:
-                self._artifacts_due = time.monotonic() + ORPHAN_ARTIFACT_SWEEP_INTERVAL_S
                 self._tidy("orphan artifacts", lambda: remove_orphan_artifacts(self.store))
+                # Past the sweep: one that an outage cut short is tried at the next pass.
+                self._artifacts_due = time.monotonic() + ORPHAN_ARTIFACT_SWEEP_INTERVAL_S
         except Exception as exc:
             if not is_transient(exc):
                 logger.exception("reaper pass failed")

@@ -7,6 +7,7 @@ import io
 import json
 import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -14,7 +15,7 @@ from fastapi.testclient import TestClient
 from automl.data import load_dataset
 from automl.store import served_refit
 from automl.store.orphan_artifacts import remove_orphan_artifacts
-from tests.api.conftest import RunStudy
+from tests.api.conftest import RunStudy, close_client, make_client, run_to_completion
 from tests.conftest import tiny_spec_data
 from tests.delivery.trained import png_bytes
 
@@ -130,21 +131,26 @@ def _digit() -> Any:
 
 
 def test_the_orphan_sweep_keeps_every_artifact_a_real_study_wrote(
-    client: TestClient, submit: Submit, run_study: RunStudy
+    sqlite_url: str, tmp_path: Path
 ) -> None:
-    """Weights, model cards, the refit's weights and card: each is referred to, so a
-    sweep that takes every artifact for a day old removes none of them."""
-    study_id = submit(
-        dataset=DIGITS, budget={"n_trials": 2, "max_failed": 0}, refit=True, keep_weights="all"
-    )["id"]
-    run_study(study_id)
-    store = client.app.state.store  # type: ignore[attr-defined]
-    written = sorted(store.artifacts.ids_older_than(-1.0))
-    assert len(written) >= 6  # 2 trials' weights and cards, the refit's weights and card
+    """Weights, model cards, the refit's weights and card in the SQL artifact store: each
+    is referred to, so a sweep that takes every artifact for a day old removes none."""
+    client = make_client(sqlite_url, tmp_path / "unused", artifact_store="sql")
+    try:
+        data = tiny_spec_data(
+            dataset=DIGITS, budget={"n_trials": 2, "max_failed": 0}, refit=True
+        ) | {"keep_weights": "all"}
+        study_id = client.post("/studies", json=data).json()["id"]
+        run_to_completion(client.app, study_id)  # type: ignore[arg-type]
+        store = client.app.state.store  # type: ignore[attr-defined]
+        written = sorted(store.artifacts.ids_older_than(-1.0))
+        assert len(written) >= 6  # 2 trials' weights and cards, the refit's weights and card
 
-    assert remove_orphan_artifacts(store, min_age_s=-1.0) == []
+        assert remove_orphan_artifacts(store, min_age_s=-1.0) == []
 
-    assert sorted(store.artifacts.ids_older_than(-1.0)) == written
-    assert client.get(f"/studies/{study_id}/best/model").status_code == 200
-    for number in (0, 1):
-        assert client.get(f"/studies/{study_id}/trials/{number}/weights").status_code == 200
+        assert sorted(store.artifacts.ids_older_than(-1.0)) == written
+        assert client.get(f"/studies/{study_id}/best/model").status_code == 200
+        for number in (0, 1):
+            assert client.get(f"/studies/{study_id}/trials/{number}/weights").status_code == 200
+    finally:
+        close_client(client)
