@@ -35,7 +35,8 @@ API_PAGE = 1000
 """Items per request when paging ``GET /studies`` and ``GET /studies/{id}/trials`` (the
 API's largest page)."""
 BEST_PAGE = 100
-"""Best trials a request: a Pareto front's trials come with their histories and reports."""
+"""Best trials a request past the first page (the API's default page: 100 too): a Pareto
+front's trials come with their histories and reports."""
 
 
 class ClientError(RuntimeError):
@@ -109,14 +110,18 @@ class HttpClient:
         """
         path = f"/studies/{study_id}/best"
         with self._no_result_yet(study_id, 404):
-            best = self._answer(BestTrials, "GET", path, params={"limit": BEST_PAGE})
-        # A Pareto front comes a page at a time (an older server sends it whole, no count).
+            # No paging parameters at first: an older server refuses them, and sends the
+            # whole front without a count; a newer one its first page, with the count.
+            best = self._answer(BestTrials, "GET", path)
+        numbers = {trial.number for trial in best.trials}
         while best.count is not None and best.trials and len(best.trials) < best.count:
             query = {"limit": BEST_PAGE, "offset": len(best.trials)}
             page = self._answer(BestTrials, "GET", path, params=query)
-            if not page.trials:
+            fresh = [trial for trial in page.trials if trial.number not in numbers]
+            if not fresh:  # the end, or a front that changed between pages
                 break
-            best.trials += page.trials
+            numbers.update(trial.number for trial in fresh)
+            best.trials += fresh
         return best
 
     @contextmanager
@@ -150,10 +155,17 @@ class HttpClient:
         """A study's trials in number order (the first ``limit``; all without it),
         fetched a page at a time, with their per-epoch values only if asked (a table
         shows none; JSON and exports do)."""
-        params: dict[str, Any] = {"intermediate_values": str(intermediate_values).lower()}
-        if state is not None:
-            params["state"] = state
-        return self._pages(TrialSummary, f"/studies/{study_id}/trials", params, limit)
+        params: dict[str, Any] = {} if state is None else {"state": state}
+        path = f"/studies/{study_id}/trials"
+        if intermediate_values:
+            return self._pages(TrialSummary, path, params, limit)
+        lean = {**params, "intermediate_values": "false"}
+        try:
+            return self._pages(TrialSummary, path, lean, limit)
+        except ClientError as exc:
+            if exc.status != 422 or "intermediate_values" not in str(exc):
+                raise
+            return self._pages(TrialSummary, path, params, limit)  # an older server
 
     def _pages(
         self, item: type[Item], path: str, params: dict[str, Any], limit: int | None

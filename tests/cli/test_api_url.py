@@ -9,9 +9,11 @@ from contextlib import contextmanager
 from functools import partial
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 from automl.api import create_app
@@ -20,6 +22,9 @@ from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE
 from automl.cli.http_client import HttpClient
 from automl.cli.main import main
 from automl.config import Settings
+from automl.spec import validate_spec
+from automl.store import submit_study
+from tests.conftest import tiny_spec_data
 
 HINT = "check --url / AUTOML_URL"
 
@@ -195,3 +200,35 @@ def test_a_gateway_error_in_front_of_automl_is_a_failure_not_bad_input(
 
     assert code == EXIT_FAILURE
     assert "(GET /studies: HTTP 502 Bad Gateway)" in line
+
+
+def test_a_listing_against_an_older_api_leaves_out_the_parameter_it_refuses(
+    automl_api: FastAPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An API of the release before ``intermediate_values`` refuses unknown query
+    parameters (422); the table asks again without it."""
+    asked: list[str] = []
+
+    @automl_api.middleware("http")
+    async def older_api(request: Request, call_next: Any) -> Any:
+        asked.append(str(request.url.query))
+        if "intermediate_values" in request.query_params:
+            detail = [
+                {
+                    "loc": ["query", "intermediate_values"],
+                    "msg": "unknown query parameter 'intermediate_values'",
+                    "type": "value_error",
+                }
+            ]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return await call_next(request)
+
+    study_id = submit_study(automl_api.state.store, validate_spec(tiny_spec_data())).id
+    capsys.readouterr()
+
+    code = main(["trials", str(study_id), "--url", "http://api.test"])
+
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.splitlines()[-1] == "(0 of 0 trials)"
+    assert [query for query in asked if "intermediate_values" in query]  # asked lean first
