@@ -174,6 +174,19 @@ class Settings(BaseSettings):
         "first come first served).",
     )
 
+    @field_validator("docs_assets_url")
+    @classmethod
+    def _assets_url(cls, value: str) -> str:
+        """An http(s) URL or a path of this server: it goes into a page and its
+        Content-Security-Policy header, where a space, quote or ';' would change them."""
+        if not value.startswith(("https://", "http://", "/")) or any(
+            c.isspace() or c in "\"';,<>" for c in value
+        ):
+            raise ValueError(
+                "must be an http(s) URL or a path starting with / (no spaces, quotes, ';' or ',')"
+            )
+        return value
+
     @model_validator(mode="after")
     def _grace_exceeds_heartbeat(self) -> Settings:
         if self.grace_period <= 2 * self.heartbeat_interval:

@@ -72,15 +72,18 @@ def docs_page(request: Request, openapi_url: str, title: str, assets_url: str) -
 
 
 def _policy(assets_url: str, start: str) -> str:
-    """Scripts: the assets' origin and the page's own start script (by its digest)."""
-    parts = urlsplit(assets_url)
-    source = f"{parts.scheme}://{parts.netloc}" if parts.netloc else "'self'"
+    """Scripts: the release's one file and the page's own start script (by its digest);
+    styles: its one style sheet (and the inline styles Swagger UI sets on its elements)."""
+    script, style = (
+        _source(assets_url, "swagger-ui-bundle.js"),
+        _source(assets_url, "swagger-ui.css"),
+    )
     digest = base64.b64encode(hashlib.sha256(start.encode()).digest()).decode()
     return "; ".join(
         [
             "default-src 'none'",
-            f"script-src {source} 'sha256-{digest}'",
-            f"style-src {source} 'unsafe-inline'",  # Swagger UI styles its own elements
+            f"script-src {script} 'sha256-{digest}'",
+            f"style-src {style} 'unsafe-inline'",
             "img-src 'self' data:",
             "connect-src 'self'",  # the document, and "Try it out" on this API
             "base-uri 'none'",
@@ -88,6 +91,13 @@ def _policy(assets_url: str, start: str) -> str:
             "frame-ancestors 'none'",
         ]
     )
+
+
+def _source(assets_url: str, name: str) -> str:
+    """The CSP source of one file: its exact URL (not the whole CDN, which serves every
+    npm package), or ``'self'`` for a path of this server."""
+    parts = urlsplit(assets_url)
+    return f"{assets_url}/{name}" if parts.netloc else "'self'"
 
 
 __all__ = ["SCRIPT_INTEGRITY", "STYLE_INTEGRITY", "docs_page"]

@@ -19,7 +19,14 @@ from automl.cli.arguments import MAX_ID
 from automl.cli.bundle_commands import cmd_download_best
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
 from automl.cli.http_client import HttpClient
-from automl.cli.output import best_text, failure_text, studies_table, study_text, trials_table
+from automl.cli.output import (
+    best_text,
+    failure_text,
+    printable,
+    studies_table,
+    study_text,
+    trials_table,
+)
 from automl.config import Settings
 
 if TYPE_CHECKING:
@@ -212,11 +219,19 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+FAILURES_READ = 50
+"""Failed attempts ``status`` reads to find the first that failed for its configuration."""
+
+
 def _first_failure(client: Client, study_id: int) -> str:
-    """Why the study's first failed trial failed, and where to read the others'."""
-    [first] = client.trials(study_id, state="fail", limit=1).data or [None]
+    """Why the study's first trial that failed for its configuration failed (else its
+    first failed attempt: a lost worker's may have run again since), and where to read
+    the others'."""
+    failed = client.trials(study_id, state="fail", limit=FAILURES_READ).data
+    own = [trial for trial in failed if trial.failure in ("error", "out_of_memory")]
+    first = (own or failed or [None])[0]
     why = failure_text(first) if first is not None else None
-    shown = f"trial {first.number}: {why}" if first is not None and why else "not recorded"
+    shown = f"trial {first.number}: {printable(why)}" if first is not None and why else "-"
     return (
         f"first failure: {shown}\n(automl trials {study_id} shows each; once its cause is "
         f"fixed, automl rerun-failed {study_id} runs them again)"

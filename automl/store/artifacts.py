@@ -199,8 +199,9 @@ class FolderArtifactStore:
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
-            if not target.exists():
-                self._digest_path(artifact_id).unlink(missing_ok=True)
+            # The new digest may sit beside the old file (a failed rewrite): without one,
+            # the file is read unchecked rather than called damaged.
+            self._digest_path(artifact_id).unlink(missing_ok=True)
             raise
         directory_fd = os.open(self.directory, os.O_RDONLY)
         try:
@@ -209,10 +210,18 @@ class FolderArtifactStore:
             os.close(directory_fd)
 
     def _write_digest(self, artifact_id: str, hexdigest: str) -> None:
-        # Written in place and not synced (a temporary file and a sync would double a
-        # write's cost): cut off by a crash or read mid-write it is empty or partial,
-        # which ``open_reader`` takes for no digest. The folder's sync covers its name.
-        self._digest_path(artifact_id).write_text(hexdigest + "\n", encoding="ascii")
+        # Not synced (that would double a write's cost): cut off by a crash it is empty or
+        # partial, which ``open_reader`` takes for no digest. Renamed into place, so that
+        # two writers of one id leave one whole digest (and another user's file is
+        # replaced, not written into).
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=TEMPORARY_PREFIX)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as out:
+                out.write(hexdigest + "\n")
+            os.replace(tmp, self._digest_path(artifact_id))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def remove(self, artifact_id: str) -> None:
         """Deletes the file of ``artifact_id`` and its digest."""
@@ -260,15 +269,26 @@ class _CheckedReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
-        count = self._file.readinto(buffer)  # type: ignore[attr-defined]
-        if count:
-            self._digest.update(memoryview(buffer)[:count])
-        elif self._digest.hexdigest() != self._expected:
+    def readall(self) -> bytes:
+        """The rest of the file in one read (``read()``), checked."""
+        rest = self._file.read()
+        self._digest.update(rest)
+        self._check()
+        return rest
+
+    def _check(self) -> None:
+        if self._digest.hexdigest() != self._expected:
             raise ArtifactDamagedError(
                 f"artifact {self._artifact_id} is damaged: its bytes are not those written "
                 "(their SHA-256 differs from the one recorded when it was saved)"
             )
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._file.readinto(buffer)  # type: ignore[attr-defined]
+        if count:
+            self._digest.update(memoryview(buffer)[:count])
+        else:
+            self._check()
         return int(count or 0)
 
     def close(self) -> None:
@@ -548,6 +568,11 @@ def check_weights(trial: FrozenTrial, store: ArtifactStore) -> None:
                 pass
         except ArtifactDamagedError:
             raise ArtifactDamagedError(damaged_weights(trial)) from None
+        except OSError as exc:  # an I/O error of the disk or the network file system
+            raise ArtifactUnreadableError(
+                f"the weights of trial {trial.number} cannot be read from the artifact store: "
+                f"{exc.strerror or exc}"
+            ) from None
 
 
 def load_state_dict(trial: FrozenTrial, store: ArtifactStore) -> dict[str, torch.Tensor]:

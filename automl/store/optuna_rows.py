@@ -725,8 +725,8 @@ def _relations(
         sa.null(),
         steps.c.intermediate_value,
         sa.cast(steps.c.intermediate_value_type, sa.Text),
-    ).where(_is_among(connection, steps.c.trial_id, ids))
-    if attributes.last_step_only:
+    )
+    if attributes.last_step_only:  # the subquery holds the ids: no second list of them
         last = (
             sa.select(steps.c.trial_id, sa.func.max(steps.c.step).label("step"))
             .where(_is_among(connection, steps.c.trial_id, ids))
@@ -736,6 +736,8 @@ def _relations(
         steps_query = steps_query.join(
             last, sa.and_(steps.c.trial_id == last.c.trial_id, steps.c.step == last.c.step)
         )
+    else:
+        steps_query = steps_query.where(_is_among(connection, steps.c.trial_id, ids))
     system: list[sa.Select[Any]] = []
     if attributes.system:
         system_attrs = trial_system_attributes

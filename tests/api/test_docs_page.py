@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from automl.api import create_app
 from automl.api.docs_page import SCRIPT_INTEGRITY, STYLE_INTEGRITY
@@ -49,7 +50,8 @@ def test_the_page_pins_the_release_and_names_each_files_digest(
     assert "fastapi.tiangolo.com" not in page  # no third-party favicon either
     policy = response.headers["content-security-policy"]
     assert "default-src 'none'" in policy
-    assert "script-src https://cdn.jsdelivr.net 'sha256-" in policy
+    assert f"script-src {base}/swagger-ui-bundle.js 'sha256-" in policy  # that file only
+    assert f"style-src {base}/swagger-ui.css 'unsafe-inline'" in policy
     assert "connect-src 'self'" in policy
     assert redoc.status_code == 404  # its page loaded unpinned files too
 
@@ -72,9 +74,16 @@ def test_a_path_prefix_and_a_mirror(sqlite_url: str, tmp_path: Path) -> None:
 
     assert '"url": "/automl/openapi.json"' in response.text
     assert 'src="https://mirror.example/swagger/swagger-ui-bundle.js"' in response.text
-    assert (
-        "script-src https://mirror.example 'sha256-" in response.headers["content-security-policy"]
-    )
+    policy = response.headers["content-security-policy"]
+    assert "script-src https://mirror.example/swagger/swagger-ui-bundle.js 'sha256-" in policy
+
+
+@pytest.mark.parametrize(
+    "url", ["cdn.example/swagger", "https://x.example/a b", "https://x.example/'; script-src *"]
+)
+def test_an_assets_url_that_would_change_the_page_or_its_policy_is_refused(url: str) -> None:
+    with pytest.raises(ValidationError, match=r"must be an http\(s\) URL or a path"):
+        Settings(docs_assets_url=url)
 
 
 class _Assets(http.server.SimpleHTTPRequestHandler):
