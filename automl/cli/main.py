@@ -58,6 +58,13 @@ class Parser(argparse.ArgumentParser):
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
+HOST_HELP = (
+    "interface to listen on (default: $AUTOML_HOST or 127.0.0.1; another needs an API key, "
+    "see README)"
+)
+PORT_HELP = "port to listen on (default: $AUTOML_PORT or 8000)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = Parser(prog="automl", description="Hyperparameter search for image recognition.")
@@ -102,12 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the REST API")
     serve.add_argument(
         "--host",
-        help="interface to listen on (default: $AUTOML_HOST or 127.0.0.1; another needs an "
-        "API key, see README)",
+        help=HOST_HELP,
     )
-    serve.add_argument(
-        "--port", type=port_number, help="port to listen on (default: $AUTOML_PORT or 8000)"
-    )
+    serve.add_argument("--port", type=port_number, help=PORT_HELP)
     serve.add_argument(
         "--workers",
         dest="api_workers",
@@ -169,12 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     device_layout_args(up)
     up.add_argument(
         "--host",
-        help="interface to listen on (default: $AUTOML_HOST or 127.0.0.1; another needs an "
-        "API key, see README)",
+        help=HOST_HELP,
     )
-    up.add_argument(
-        "--port", type=port_number, help="port to listen on (default: $AUTOML_PORT or 8000)"
-    )
+    up.add_argument("--port", type=port_number, help=PORT_HELP)
     up.add_argument(
         "--dashboard", action="store_true", help="also run optuna-dashboard (automl dashboard)"
     )

@@ -234,7 +234,8 @@ class FolderArtifactStore:
 
     def remove_stale_temporaries(self, min_age_s: float = STALE_TEMPORARY_S) -> list[str]:
         """Deletes the temporary files of writes killed before their rename (kill -9,
-        power loss): those untouched for ``min_age_s``.
+        power loss), and the digests of files such a write never put in place: those
+        untouched for ``min_age_s``.
 
         Returns:
             The names of the files removed.
@@ -247,7 +248,11 @@ class FolderArtifactStore:
         removed = []
         with os.scandir(self.directory) as entries:
             for entry in entries:
-                if not entry.name.startswith(TEMPORARY_PREFIX):
+                name = entry.name
+                digest_of = name[len(DIGEST_PREFIX) :] if name.startswith(DIGEST_PREFIX) else ""
+                if digest_of and (self.directory / digest_of).exists():
+                    continue  # the digest of a file in place
+                if not (name.startswith(TEMPORARY_PREFIX) or digest_of):
                     continue
                 with contextlib.suppress(FileNotFoundError):  # another sweep was first
                     if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
@@ -552,6 +557,15 @@ def damaged_weights(trial: FrozenTrial) -> str:
     )
 
 
+@contextlib.contextmanager
+def _named_as_weights_of(trial: FrozenTrial) -> Iterator[None]:
+    """Says which trial's weights are damaged, where the reader knows only an id."""
+    try:
+        yield
+    except ArtifactDamagedError:
+        raise ArtifactDamagedError(damaged_weights(trial)) from None
+
+
 def check_weights(trial: FrozenTrial, store: ArtifactStore) -> None:
     """Reads a trial's weights through once where the store checks what it reads (a folder
     store), so that a damaged file is refused before any byte of it is sent.
@@ -562,12 +576,10 @@ def check_weights(trial: FrozenTrial, store: ArtifactStore) -> None:
     """
     if not isinstance(store, FolderArtifactStore):
         return
-    with open_weights(trial, store) as reader:
+    with open_weights(trial, store) as reader, _named_as_weights_of(trial):
         try:
             while reader.read(CHUNK_BYTES):
                 pass
-        except ArtifactDamagedError:
-            raise ArtifactDamagedError(damaged_weights(trial)) from None
         except OSError as exc:  # an I/O error of the disk or the network file system
             raise ArtifactUnreadableError(
                 f"the weights of trial {trial.number} cannot be read from the artifact store: "
@@ -583,11 +595,8 @@ def load_state_dict(trial: FrozenTrial, store: ArtifactStore) -> dict[str, torch
         WeightsNotFoundError: If the trial has no readable weights (among them, a file that
             is neither safetensors nor plain tensors, such as a pickle that would run code).
     """
-    with open_weights(trial, store) as reader:
-        try:
-            blob = reader.read()
-        except ArtifactDamagedError:
-            raise ArtifactDamagedError(damaged_weights(trial)) from None
+    with open_weights(trial, store) as reader, _named_as_weights_of(trial):
+        blob = reader.read()
     try:
         return read_state_dict(blob)
     except Exception as exc:  # safetensors, pickle and zip errors share no base class

@@ -173,6 +173,13 @@ def test_the_temporary_file_of_a_killed_write_is_removed_once_stale(tmp_path: Pa
     os.utime(left, (hour_ago, hour_ago))
     assert folder.remove_stale_temporaries() == [left.name]
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == [".sha256-kept", "kept"]
+    # A writer killed between its digest and its rename leaves the digest alone.
+    lone = tmp_path / "art" / ".sha256-never-renamed"
+    lone.write_text("0" * 64 + "\n")
+    os.utime(lone, (hour_ago, hour_ago))
+    os.utime(tmp_path / "art" / ".sha256-kept", (hour_ago, hour_ago))
+    assert folder.remove_stale_temporaries() == [lone.name]
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == [".sha256-kept", "kept"]
 
 
 def test_a_reaper_sweeps_the_folder_store_on_its_first_pass_then_hourly(tmp_path: Path) -> None:
