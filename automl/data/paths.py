@@ -8,6 +8,7 @@ it must lie inside the data root. Nothing is ever created by these checks.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import re
 from collections.abc import Iterable
@@ -144,17 +145,41 @@ def not_found(kind: str, path: Path, root: Path) -> str:
 
 
 def _likely_meant(path: Path, root: Path) -> str | None:
-    """A path under the root that exists and the user probably meant, or None."""
+    """A path under the root that exists and the user probably meant, or None: the same
+    names in another case, after the root's own name written in front (``data/mine``)."""
     parts = path.relative_to(root).parts if path.is_relative_to(root) else ()
-    if len(parts) > 1 and parts[0] == root.name and root.joinpath(*parts[1:]).exists():
-        return Path(*parts[1:]).as_posix()  # "data/mine" with the root ./data
-    parent = path.parent
-    if parts and parent.is_dir():
-        wanted = path.name.casefold()
-        for sibling in sorted(parent.iterdir()):
-            if sibling.name.casefold() == wanted:
-                return relative_name(sibling, root)
+    tries = [parts]
+    if len(parts) > 1 and parts[0].casefold() == root.name.casefold():
+        tries.insert(0, parts[1:])
+    for names in tries:
+        found = _case_insensitive(root, names)
+        if found is not None and found != path:
+            return relative_name(found, root)
     return None
+
+
+MAX_LOOKED_AT = 1000
+"""Entries of a folder a suggestion compares at most (a folder of images has many)."""
+
+
+def _case_insensitive(root: Path, names: tuple[str, ...]) -> Path | None:
+    """The existing path under ``root`` whose parts are ``names`` in any case, or None."""
+    here = root
+    for name in names:
+        exact = here / name
+        if exact.exists():
+            here = exact
+            continue
+        wanted = name.casefold()
+        matches = [
+            entry
+            for entry in itertools.islice(here.iterdir(), MAX_LOOKED_AT)
+            if entry.name.casefold() == wanted
+        ]
+        if not matches:
+            return None
+        here = min(matches)
+    return here
 
 
 def natural_key(name: str) -> tuple[object, ...]:

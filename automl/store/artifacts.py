@@ -549,7 +549,14 @@ def open_weights(trial: FrozenTrial, store: ArtifactStore) -> BinaryIO:
 
 
 def damaged_weights(trial: FrozenTrial) -> str:
-    """The message for a trial's weights whose bytes are not those saved."""
+    """The message for weights whose bytes are not those saved: a trial's, or the refit's
+    (``as_refit_trial``: the trial's view with the refit's weights), with what remakes them."""
+    if attrs.REFIT in trial.user_attrs:
+        return (
+            f"the weights of the refit of trial {trial.number} are damaged: their bytes are "
+            "not those saved (their SHA-256 differs from the one recorded then); automl refit "
+            "trains it again"
+        )
     return (
         f"the weights of trial {trial.number} are damaged: their bytes are not those saved "
         "(their SHA-256 differs from the one recorded then); the trial's configuration can "

@@ -130,6 +130,11 @@ def test_a_missing_folder_says_what_was_likely_meant(
         f"{prefix} 'Mine' {where}; did you mean 'mine'?"
     ]
     assert submit_errors("image_folder", {"path": "other"}) == [f"{prefix} 'other' {where}"]
+    write_class_folder(data_root / "Pets" / "train", {"a": 2, "b": 2})
+    for written in ("pets/train", f"{data_root.name}/pets/Train"):  # a parent's case too
+        assert submit_errors("image_folder", {"path": written}) == [
+            f"{prefix} '{written}' {where}; did you mean 'Pets/train'?"
+        ]
     monkeypatch.setenv("AUTOML_DATA_ROOT", str(data_root / "nowhere"))
     assert submit_errors("image_folder", {"path": "mine"}) == [
         f"{prefix} 'mine' not found: the data root (AUTOML_DATA_ROOT) does not exist"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import create_trial
 
-from automl.store import FolderArtifactStore, SqlArtifactStore, Store, artifacts, open_store
+from automl.store import FolderArtifactStore, SqlArtifactStore, Store, artifacts, attrs, open_store
 from automl.store.artifacts import ArtifactStore
 from automl.store.reaper import Reaper
 
@@ -204,3 +205,15 @@ def test_a_reaper_sweeps_the_folder_store_on_its_first_pass_then_hourly(tmp_path
         assert not stale.exists()
     finally:
         store.close()
+
+
+def test_damaged_weights_name_what_remakes_them() -> None:
+    """Found by a tester: a damaged refit's weights were called trial N's, to enqueue."""
+    trial = create_trial(value=0.5)
+    trial.number = 2
+    assert artifacts.damaged_weights(trial).startswith("the weights of trial 2 are damaged")
+    assert "automl enqueue" in artifacts.damaged_weights(trial)
+    trial.user_attrs[attrs.REFIT] = {"epochs": 3}
+    refit = artifacts.damaged_weights(trial)
+    assert refit.startswith("the weights of the refit of trial 2 are damaged")
+    assert refit.endswith("automl refit trains it again")
