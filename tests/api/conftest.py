@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -87,3 +91,20 @@ def completed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestCl
     run_to_completion(test_client.app, study_id)  # type: ignore[arg-type]
     yield test_client, study_id
     close_client(test_client)
+
+
+@contextmanager
+def served_in_thread(app: FastAPI, port: int) -> Iterator[None]:
+    """``app`` served by uvicorn on ``port`` in a thread of this process, for the block."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -6,19 +6,17 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from automl.api import create_app
 from automl.api.docs_page import SCRIPT_INTEGRITY, STYLE_INTEGRITY
 from automl.config import SWAGGER_UI_VERSION, Settings
-from tests.api.conftest import close_client, make_client
+from tests.api.conftest import close_client, make_client, served_in_thread
 from tests.chromium import render_page
 from tests.conftest import free_port
 
@@ -113,17 +111,6 @@ def tampered_assets(tmp_path: Path) -> Iterator[str]:
     thread.join(timeout=10)
 
 
-def _serve(app: object, port: int) -> tuple[uvicorn.Server, threading.Thread]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    return server, thread
-
-
 @pytest.mark.parametrize("checked", [True, False], ids=["checked", "unchecked-control"])
 def test_a_browser_runs_no_script_but_the_release(
     sqlite_url: str,
@@ -142,12 +129,10 @@ def test_a_browser_runs_no_script_but_the_release(
     )
     app = create_app(settings)
     port = free_port()
-    server, thread = _serve(app, port)
     try:
-        dom, _ = render_page(f"http://127.0.0.1:{port}/docs", tmp_path, wait_ms=3000)
+        with served_in_thread(app, port):
+            dom, _ = render_page(f"http://127.0.0.1:{port}/docs", tmp_path, wait_ms=3000)
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         app.state.store.close()
 
     assert ('id="tampered"' in dom) is not checked

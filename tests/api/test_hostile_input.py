@@ -10,7 +10,6 @@ import logging
 import pickle
 import select
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import torch
-import uvicorn
 import yaml
 
 from automl.api import create_app
@@ -30,6 +28,7 @@ from automl.delivery.inference import MODELS
 from automl.models.transfer import CheckpointError, load_checkpoint
 from automl.store import Store, attrs, get_frozen_trial
 from automl.train.checkpoint import TrainState
+from tests.api.conftest import served_in_thread
 from tests.conftest import free_port, tiny_spec_data
 from tests.data.conftest import write_class_folder
 from tests.delivery.trained import png_bytes, png_declaring, train_study
@@ -65,17 +64,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     store: Store = app.state.store
     study_id = train_study(store)
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    uvicorn_server = uvicorn.Server(config)
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uvicorn_server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield Server(f"http://127.0.0.1:{port}", port, store, root, study_id)
-    uvicorn_server.should_exit = True
-    thread.join(timeout=30)
+    with served_in_thread(app, port):
+        yield Server(f"http://127.0.0.1:{port}", port, store, root, study_id)
     store.close()
 
 

@@ -403,16 +403,24 @@ def test_weights_of_failed_trial_is_404(
     assert trial["error"].startswith("RuntimeError: boom")
 
 
+def _trained_weights_file(
+    client: TestClient, submit: Submit, run_study: RunStudy
+) -> tuple[int, Path]:
+    """A study of one trial run to its end, and the file of its trial's weights."""
+    study_id = submit(budget={"n_trials": 1, "max_failed": 0})["id"]
+    run_study(study_id)
+    store = client.app.state.store  # type: ignore[attr-defined]
+    artifact_id = get_frozen_trial(store, study_id, 0).user_attrs[attrs.WEIGHTS]
+    return study_id, store.artifacts.directory / artifact_id
+
+
 def test_weights_that_cannot_be_read_are_a_503_that_says_why(
     client: TestClient, submit: Submit, run_study: RunStudy
 ) -> None:
     """Found by a tester: a weights file the API may not read (its permissions, a folder
     by its name) made the weights, model, predict and report routes a bare 500."""
-    study_id = submit(budget={"n_trials": 1, "max_failed": 0})["id"]
-    run_study(study_id)
-    store = client.app.state.store  # type: ignore[attr-defined]
-    artifact_id = get_frozen_trial(store, study_id, 0).user_attrs[attrs.WEIGHTS]
-    path = store.artifacts.directory / artifact_id
+    study_id, path = _trained_weights_file(client, submit, run_study)
+    artifact_id = path.name
     kept = path.read_bytes()
     path.unlink()
     path.mkdir()  # unreadable as a file, for root too
@@ -437,11 +445,7 @@ def test_weights_whose_bytes_changed_are_a_503_that_says_so(
     """Weights changed on disk to other finite values (a disk, a network file system)
     were served as if sound: the SHA-256 recorded at the write now refuses them, before
     any byte of a download is sent."""
-    study_id = submit(budget={"n_trials": 1, "max_failed": 0})["id"]
-    run_study(study_id)
-    store = client.app.state.store  # type: ignore[attr-defined]
-    artifact_id = get_frozen_trial(store, study_id, 0).user_attrs[attrs.WEIGHTS]
-    path = store.artifacts.directory / artifact_id
+    study_id, path = _trained_weights_file(client, submit, run_study)
     kept = path.read_bytes()
     damaged = bytearray(kept)
     damaged[-5] ^= 0x01  # a tensor's byte: still a readable safetensors file
