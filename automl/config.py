@@ -179,11 +179,14 @@ class Settings(BaseSettings):
     def _assets_url(cls, value: str) -> str:
         """An http(s) URL or a path of this server: it goes into a page and its
         Content-Security-Policy header, where a space, quote or ';' would change them."""
-        if not value.startswith(("https://", "http://", "/")) or any(
-            c.isspace() or c in "\"';,<>" for c in value
+        if (
+            not value.lower().startswith(("https://", "http://", "/"))
+            or value.startswith("//")
+            or any(c.isspace() or c in "\"';,<>?#" for c in value)
         ):
             raise ValueError(
-                "must be an http(s) URL or a path starting with / (no spaces, quotes, ';' or ',')"
+                "must be an http(s) URL or a path starting with / (no spaces, quotes, ';', "
+                "',', '?' or '#')"
             )
         return value
 

@@ -163,7 +163,7 @@ class HttpClient:
         try:
             return self._pages(TrialSummary, path, lean, limit)
         except ClientError as exc:
-            if exc.status != 422 or "intermediate_values" not in str(exc):
+            if exc.status != 422 or "unknown query parameter 'intermediate_values'" not in str(exc):
                 raise
             return self._pages(TrialSummary, path, params, limit)  # an older server
 

@@ -153,7 +153,8 @@ def _likely_meant(path: Path, root: Path) -> str | None:
         tries.insert(0, parts[1:])
     for names in tries:
         found = _case_insensitive(root, names)
-        if found is not None and found != path:
+        # Never through a symlink out of the root: that would tell what lies outside it.
+        if found is not None and found != path and found.resolve().is_relative_to(root):
             return relative_name(found, root)
     return None
 
@@ -171,11 +172,12 @@ def _case_insensitive(root: Path, names: tuple[str, ...]) -> Path | None:
             here = exact
             continue
         wanted = name.casefold()
-        matches = [
-            entry
-            for entry in itertools.islice(here.iterdir(), MAX_LOOKED_AT)
-            if entry.name.casefold() == wanted
-        ]
+        with os.scandir(here) as entries:
+            matches = [
+                Path(entry.path)
+                for entry in itertools.islice(entries, MAX_LOOKED_AT)
+                if entry.name.casefold() == wanted
+            ]
         if not matches:
             return None
         here = min(matches)

@@ -63,6 +63,9 @@ ORPHAN_ARTIFACT_SWEEP_INTERVAL_S = 6 * 3600.0
 reads every reference in the store); its first sweep comes at a random moment of its
 first hour, so that a fleet started at once does not sweep at once."""
 
+ORPHAN_ARTIFACT_RETRY_S = 600.0
+"""When a sweep that a storage fault cut short is tried again."""
+
 RELEASED_FAILURES = (FailureKind.INTERRUPTED.value, FailureKind.CANCELLED.value)
 
 MAX_STALL_SHARE = 0.5
@@ -538,8 +541,10 @@ class Reaper:
                 self._sweep_due = time.monotonic() + TEMPORARY_SWEEP_INTERVAL_S
                 self._tidy("temporaries", lambda: remove_stale_temporaries(self.store))
             if time.monotonic() >= self._artifacts_due:
+                # Cut short by an outage, the sweep is tried again soon (not at every pass:
+                # a fault of the sweep alone would stop the reaping).
+                self._artifacts_due = time.monotonic() + ORPHAN_ARTIFACT_RETRY_S
                 self._tidy("orphan artifacts", lambda: remove_orphan_artifacts(self.store))
-                # Past the sweep: one that an outage cut short is tried at the next pass.
                 self._artifacts_due = time.monotonic() + ORPHAN_ARTIFACT_SWEEP_INTERVAL_S
         except Exception as exc:
             if not is_transient(exc):

@@ -20,6 +20,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
@@ -29,7 +30,7 @@ from automl.samplers import SAMPLER_MAX_TRIALS, max_trials_message
 from automl.sampling import GridError, grid_size
 from automl.spec import MAX_ENQUEUE, FieldError, SpecError, StudySpec, check_config
 from automl.store import attrs, optuna_rows, tables
-from automl.store.artifacts import remove_quietly
+from automl.store.artifacts import CHUNK_BYTES, ArtifactDamagedError, remove_quietly
 from automl.store.attrs import StudyStatus
 from automl.store.evaluations import NO_TEST_SPLIT, best_trials_page, read_evaluation
 from automl.store.faults import first_line, is_lock_conflict, is_transient
@@ -1009,14 +1010,15 @@ def queue_refit(store: Store, study_id: int) -> RefitView:
     """Queues the refit of an ended study's best configuration (see ``automl.store.refits``).
 
     Idempotent: a refit already queued, running or done is left as it is and returned; a
-    failed one, or a done one of a trial that is no longer the best (the study was resumed
-    since), is queued again.
+    failed one, a done one of a trial that is no longer the best (the study was resumed
+    since), or a done one whose weights are gone or damaged, is queued again.
 
     Raises:
         StudyNotFoundError: If there is no such study.
         StudyStateError: If the study is still active, has several objectives (no single
             best trial to retrain) or no completed trial.
     """
+    lost = _refit_weights_lost(store, study_id)  # read before the write lock is taken
     with store.write() as connection:
         row = _locked(connection, study_id)
         if row.status in ACTIVE:
@@ -1042,7 +1044,11 @@ def queue_refit(store: Store, study_id: int) -> RefitView:
                 "or test_path where the source has one)"
             )
         current = read_refit(connection, study_id)
-        stale = current is not None and current.state == RefitState.DONE and current.trial != best
+        stale = (
+            current is not None
+            and current.state == RefitState.DONE
+            and (current.trial != best or lost)
+        )
         if current is not None and current.state != RefitState.FAILED and not stale:
             return current
         mirror = request_refit(connection, study_id, now(connection))
@@ -1050,6 +1056,29 @@ def queue_refit(store: Store, study_id: int) -> RefitView:
         refit = read_refit(connection, study_id)
     assert refit is not None
     return refit
+
+
+def _refit_weights_lost(store: Store, study_id: int) -> bool:
+    """Whether the study's done refit's weights are gone or damaged (their digest): a
+    refit asked for again is then queued again, as the only way to serve the study."""
+    refits = tables.refits
+    with store.read() as connection:
+        weights = connection.scalar(
+            sa.select(refits.c.weights).where(
+                refits.c.study_id == study_id, refits.c.state == RefitState.DONE.value
+            )
+        )
+    if weights is None:
+        return False
+    try:
+        with store.artifacts.open_reader(weights) as reader:
+            while reader.read(CHUNK_BYTES):
+                pass
+    except (ArtifactNotFound, ArtifactDamagedError):
+        return True
+    except OSError:  # unreadable (its permissions): the operator's to fix, not a new refit's
+        return False
+    return False
 
 
 def enqueue_trials(

@@ -77,7 +77,14 @@ def test_a_path_prefix_and_a_mirror(sqlite_url: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["cdn.example/swagger", "https://x.example/a b", "https://x.example/'; script-src *"]
+    "url",
+    [
+        "cdn.example/swagger",
+        "https://x.example/a b",
+        "https://x.example/'; script-src *",
+        "//evil.example/x",
+        "https://x.example/a?b",
+    ],
 )
 def test_an_assets_url_that_would_change_the_page_or_its_policy_is_refused(url: str) -> None:
     with pytest.raises(ValidationError, match=r"must be an http\(s\) URL or a path"):

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from automl.data import load_dataset
-from automl.store import served_refit
+from automl.store import served_refit, tables
 from automl.store.orphan_artifacts import remove_orphan_artifacts
 from tests.api.conftest import RunStudy, close_client, make_client, run_to_completion
 from tests.conftest import tiny_spec_data
@@ -154,3 +155,28 @@ def test_the_orphan_sweep_keeps_every_artifact_a_real_study_wrote(
             assert client.get(f"/studies/{study_id}/trials/{number}/weights").status_code == 200
     finally:
         close_client(client)
+
+
+def test_a_refit_whose_weights_are_damaged_is_queued_again(
+    client: TestClient, submit: Submit, run_study: RunStudy
+) -> None:
+    """A reviewer found the damaged refit's message naming `automl refit`, which left a
+    done refit as it was: the study could no longer be served at all."""
+    study_id = submit(dataset=DIGITS, budget={"n_trials": 1, "max_failed": 0}, refit=True)["id"]
+    run_study(study_id)
+    store = client.app.state.store  # type: ignore[attr-defined]
+    with store.read() as connection:
+        weights = connection.scalar(sa.select(tables.refits.c.weights))
+    path = store.artifacts.directory / weights
+    damaged = bytearray(path.read_bytes())
+    damaged[-5] ^= 0x01
+    path.write_bytes(bytes(damaged))
+
+    model = client.get(f"/studies/{study_id}/best/model")
+    assert model.status_code == 503
+    assert "automl refit trains it again" in model.json()["detail"]
+    again = client.post(f"/studies/{study_id}/refit")
+    assert again.status_code in (200, 202), again.text
+    assert again.json()["state"] == "queued"
+    run_study(study_id)
+    assert client.get(f"/studies/{study_id}/best/model").status_code == 200

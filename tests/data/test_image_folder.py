@@ -135,6 +135,12 @@ def test_a_missing_folder_says_what_was_likely_meant(
         assert submit_errors("image_folder", {"path": written}) == [
             f"{prefix} '{written}' {where}; did you mean 'Pets/train'?"
         ]
+    outside = data_root.parent / f"{data_root.name}-outside"
+    (outside / "secret").mkdir(parents=True)
+    (data_root / "link").symlink_to(outside)
+    assert submit_errors("image_folder", {"path": "Link/SECRET"}) == [  # nothing told of it
+        f"{prefix} 'Link/SECRET' {where}"
+    ]
     monkeypatch.setenv("AUTOML_DATA_ROOT", str(data_root / "nowhere"))
     assert submit_errors("image_folder", {"path": "mine"}) == [
         f"{prefix} 'mine' not found: the data root (AUTOML_DATA_ROOT) does not exist"

@@ -14,6 +14,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from automl.spec import StudySpec
 from automl.store import FolderArtifactStore, Store, attrs, open_store, reaper, submit_study, tables
+from automl.store.faults import StorageUnavailableError
 from automl.store.orphan_artifacts import ORPHAN_ARTIFACT_AGE_S, remove_orphan_artifacts
 from automl.store.reaper import Reaper
 from automl.store.shared_artifacts import shared_artifact_id, shared_use_attr
@@ -161,3 +162,22 @@ def test_a_reaper_sweeps_within_its_first_hour_then_every_six_hours(
     sweeper.run_once()
     assert sweeps == [sqlite_store]
     assert sweeper._artifacts_due >= time.monotonic() + reaper.ORPHAN_ARTIFACT_SWEEP_INTERVAL_S - 60
+
+
+def test_a_sweep_cut_short_by_an_outage_is_tried_again_in_ten_minutes(
+    sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not at every pass: a fault of the sweep alone would fail every pass, and no trial
+    would be reaped again."""
+
+    def outage(_: Store) -> list[str]:
+        raise StorageUnavailableError("database away")
+
+    monkeypatch.setattr(reaper, "remove_orphan_artifacts", outage)
+    sweeper = Reaper(sqlite_store, grace=60, interval=3600)
+    sweeper._artifacts_due = time.monotonic()
+
+    sweeper.run_once()
+
+    wait = sweeper._artifacts_due - time.monotonic()
+    assert reaper.ORPHAN_ARTIFACT_RETRY_S - 60 <= wait <= reaper.ORPHAN_ARTIFACT_RETRY_S
