@@ -573,6 +573,26 @@ def _named_as_weights_of(trial: FrozenTrial) -> Iterator[None]:
         raise ArtifactDamagedError(damaged_weights(trial)) from None
 
 
+def read_through(reader: BinaryIO) -> None:
+    """Reads ``reader`` to its end a chunk at a time, keeping nothing: what makes a folder
+    store's reader check the bytes against their digest (``ArtifactDamagedError``)."""
+    while reader.read(CHUNK_BYTES):
+        pass
+
+
+def artifact_lost(store: ArtifactStore, artifact_id: str) -> bool:
+    """Whether an artifact is gone or damaged (its digest); one that cannot be read for
+    another reason (its permissions, an I/O error) is the operator's to fix, not lost."""
+    try:
+        with store.open_reader(artifact_id) as reader:
+            read_through(reader)
+    except (ArtifactNotFound, ArtifactDamagedError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def check_weights(trial: FrozenTrial, store: ArtifactStore) -> None:
     """Reads a trial's weights through once where the store checks what it reads (a folder
     store), so that a damaged file is refused before any byte of it is sent.
@@ -585,8 +605,7 @@ def check_weights(trial: FrozenTrial, store: ArtifactStore) -> None:
         return
     with open_weights(trial, store) as reader, _named_as_weights_of(trial):
         try:
-            while reader.read(CHUNK_BYTES):
-                pass
+            read_through(reader)
         except OSError as exc:  # an I/O error of the disk or the network file system
             raise ArtifactUnreadableError(
                 f"the weights of trial {trial.number} cannot be read from the artifact store: "

@@ -20,7 +20,6 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
@@ -30,7 +29,7 @@ from automl.samplers import SAMPLER_MAX_TRIALS, max_trials_message
 from automl.sampling import GridError, grid_size
 from automl.spec import MAX_ENQUEUE, FieldError, SpecError, StudySpec, check_config
 from automl.store import attrs, optuna_rows, tables
-from automl.store.artifacts import CHUNK_BYTES, ArtifactDamagedError, remove_quietly
+from automl.store.artifacts import artifact_lost, remove_quietly
 from automl.store.attrs import StudyStatus
 from automl.store.evaluations import NO_TEST_SPLIT, best_trials_page, read_evaluation
 from automl.store.faults import first_line, is_lock_conflict, is_transient
@@ -1068,17 +1067,7 @@ def _refit_weights_lost(store: Store, study_id: int) -> bool:
                 refits.c.study_id == study_id, refits.c.state == RefitState.DONE.value
             )
         )
-    if weights is None:
-        return False
-    try:
-        with store.artifacts.open_reader(weights) as reader:
-            while reader.read(CHUNK_BYTES):
-                pass
-    except (ArtifactNotFound, ArtifactDamagedError):
-        return True
-    except OSError:  # unreadable (its permissions): the operator's to fix, not a new refit's
-        return False
-    return False
+    return weights is not None and artifact_lost(store.artifacts, weights)
 
 
 def enqueue_trials(
