@@ -709,14 +709,16 @@ def test_a_result_refused_after_a_reap_leaves_no_weights_or_card_behind(
 
     def card_then_reaped(trial: optuna.Trial, *args: Any) -> str:
         uploaded.append(real_card(trial, *args))
-        # As the reaper would, just before the tell: the trial failed, the ticket taken.
+        # As the reaper would, just before the tell: the ticket taken, the trial failed.
+        # The reaper's order (the ticket's row locked first, as the heartbeat locks it):
+        # the other order can deadlock with a beat on PostgreSQL.
         with store.write() as connection:
-            optuna_rows.fail_running_trial(connection, trial._trial_id, {})
             connection.execute(
                 tables.tickets.update()
                 .where(tables.tickets.c.ticket_id == lease.ticket_id)
                 .values(state="pending", worker_id=None, heartbeat_at=None)
             )
+            optuna_rows.fail_running_trial(connection, trial._trial_id, {})
         return uploaded[-1]
 
     monkeypatch.setattr(automl.worker.runner, "save_weights", weights)
