@@ -45,6 +45,7 @@ from safetensors.torch import save as save_safetensors
 from automl.config import unusable_folder
 from automl.file_clock import folder_now
 from automl.store import attrs, tables
+from automl.store.staging import staged_file
 from automl.store.tables import db_now
 
 logger = logging.getLogger("automl.store")
@@ -458,14 +459,9 @@ def save_weights(
     Returns:
         The artifact id.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / WEIGHTS_FILENAME
-        path.write_bytes(weights_bytes(state_dict))
+    with staged_file(WEIGHTS_FILENAME, weights_bytes(state_dict)) as path:
         artifact_id = upload_artifact(
-            artifact_store=store,
-            file_path=str(path),
-            study_or_trial=trial,
-            mimetype=WEIGHTS_MIMETYPE,
+            artifact_store=store, file_path=path, study_or_trial=trial, mimetype=WEIGHTS_MIMETYPE
         )
     trial.set_user_attr(attrs.WEIGHTS, artifact_id)
     return artifact_id
@@ -484,14 +480,10 @@ def save_model_card(trial: optuna.Trial, card: Mapping[str, Any], store: Artifac
     Returns:
         The artifact id.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / MODEL_CARD_FILENAME
-        path.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    data = (json.dumps(card, indent=2, allow_nan=False) + "\n").encode("utf-8")
+    with staged_file(MODEL_CARD_FILENAME, data) as path:
         return upload_artifact(
-            artifact_store=store,
-            file_path=str(path),
-            study_or_trial=trial,
-            mimetype="application/json",
+            artifact_store=store, file_path=path, study_or_trial=trial, mimetype="application/json"
         )
 
 

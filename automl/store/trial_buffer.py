@@ -29,7 +29,6 @@ on the database, ``automl.proxy.RemoteCoordinator`` through ``automl proxy``.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import threading
@@ -232,7 +231,7 @@ class BufferedTrialStorage(DelegatingStorage):
         with self._lock:
             trial = self._running.get(trial_id)
             if trial is not None:
-                return copy.deepcopy(trial)
+                return _snapshot(trial, trial_id)
         return self.backend.get_trial(trial_id)
 
     def set_trial_param(
@@ -399,6 +398,34 @@ def _copy_as(template: FrozenTrial, trial_id: int, number: int) -> FrozenTrial:
         intermediate_values=dict(template.intermediate_values),
         trial_id=trial_id,
     )
+
+
+def _snapshot(trial: FrozenTrial, trial_id: int) -> FrozenTrial:
+    """An independent copy of a local trial. Its attributes hold only what JSON holds (the
+    setters store them so), so copying their dicts and lists suffices: several times
+    faster than ``copy.deepcopy``, which the worker paid four times a trial."""
+    return FrozenTrial(
+        number=trial.number,
+        state=trial.state,
+        value=None,
+        values=None if trial.values is None else list(trial.values),
+        datetime_start=trial.datetime_start,
+        datetime_complete=trial.datetime_complete,
+        params=dict(trial.params),
+        distributions=dict(trial.distributions),
+        user_attrs=_tree_copy(trial.user_attrs),
+        system_attrs=_tree_copy(trial.system_attrs),
+        intermediate_values=dict(trial.intermediate_values),
+        trial_id=trial_id,
+    )
+
+
+def _tree_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _tree_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_tree_copy(item) for item in value]
+    return value  # str, int, float, bool or None: immutable
 
 
 def _json_copy(value: Any) -> Any:

@@ -83,6 +83,33 @@ def test_starting_a_trial_links_it_to_the_ticket_or_creates_nothing(
     assert [t.number for t in store.storage.get_all_trials(study_id)] == [0]  # no orphan
 
 
+def test_a_running_trials_local_copy_is_not_changed_through_a_read(
+    store: Store, coordinator: Buffered, tiny_spec: SpecFactory
+) -> None:
+    study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
+    _, trial_id = _start(coordinator, study_id)
+    storage = coordinator.storage
+    storage.set_trial_user_attr(trial_id, "report", {"0": {"recall": [0.5, 1.0]}})
+    storage.set_trial_intermediate_value(trial_id, 1, 0.5)
+
+    read = storage.get_trial(trial_id)
+    read.user_attrs["report"]["0"]["recall"].append(0.0)
+    read.user_attrs["report"]["1"] = {}
+    read.system_attrs.clear()
+    read.intermediate_values[2] = 0.9
+    read.params["lr"] = 1.0
+
+    again = storage.get_trial(trial_id)
+    assert again.user_attrs["report"] == {"0": {"recall": [0.5, 1.0]}}
+    assert again.system_attrs["fixed_params"] == {"lr": 0.01}
+    assert (again.intermediate_values, again.params) == ({1: 0.5}, {})
+    assert (again.number, again.state, again.datetime_start) == (
+        read.number,
+        TrialState.RUNNING,
+        read.datetime_start,
+    )
+
+
 def _reporting(store: Store, coordinator: Buffered, spec: StudySpec) -> tuple[int, Lease, int]:
     """Submits ``spec``, starts a trial through the coordinator and reports its first epoch (0.5),
     which the local copy buffers; returns the study, the lease and the trial."""
