@@ -110,6 +110,31 @@ def _wait_for_running_trial(
 
 
 @pytest.fixture
+def held_until_told_to_stop(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """While the event is set, a trial waits after each epoch until its worker is told to
+    stop (a cancel seen, ``stop()``), so the stop lands mid-trial however slow the machine
+    is (on a loaded one a short trial could end first). Clear it to let trials run."""
+    holding = threading.Event()
+    holding.set()
+    real_train = automl.worker.runner.train
+
+    def held(config: Any, reporter: Callable[[int, dict[str, float]], bool], **kwargs: Any) -> Any:
+        should_stop = kwargs["should_stop"]
+
+        def report(epoch: int, metrics: dict[str, float]) -> bool:
+            verdict = reporter(epoch, metrics)
+            deadline = time.monotonic() + 60
+            while holding.is_set() and not should_stop() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return verdict
+
+        return real_train(config, report, **kwargs)
+
+    monkeypatch.setattr(automl.worker.runner, "train", held)
+    return holding
+
+
+@pytest.fixture
 def in_background() -> Iterator[Callable[[Callable[[], None]], threading.Thread]]:
     """Starts functions in threads, and joins them at the end of the test."""
     threads: list[threading.Thread] = []
@@ -976,6 +1001,7 @@ def test_stop_releases_the_trial_and_the_next_worker_resumes_it(
     tiny_spec: SpecFactory,
     tmp_path: Path,
     in_background: Callable[[Callable[[], None]], threading.Thread],
+    held_until_told_to_stop: threading.Event,
 ) -> None:
     spec = tiny_spec(
         budget={"n_trials": 1, "max_failed": 0, "max_retries": 0}, fixed=RESUMABLE_TRIAL
@@ -995,6 +1021,7 @@ def test_stop_releases_the_trial_and_the_next_worker_resumes_it(
     counts = get_study(store, study_id).counts
     assert (counts.waiting, counts.fail) == (1, 0)  # back in the queue, no retry used
 
+    held_until_told_to_stop.clear()
     second = Worker(store, _options())
     assert second.run() == 1
     _, resumed = _trials(store, study_id)
@@ -1019,6 +1046,7 @@ def test_cancel_stops_the_running_trial_and_resume_continues_it(
     tiny_spec: SpecFactory,
     tmp_path: Path,
     in_background: Callable[[Callable[[], None]], threading.Thread],
+    held_until_told_to_stop: threading.Event,
 ) -> None:
     spec = tiny_spec(budget={"n_trials": 2, "max_failed": 0}, fixed=RESUMABLE_TRIAL)
     study_id = submit_study(store, spec).id
@@ -1040,6 +1068,7 @@ def test_cancel_stops_the_running_trial_and_resume_continues_it(
     assert stopped.user_attrs[attrs.FAILURE] == "cancelled"
     assert len(stopped.intermediate_values) < RESUMABLE_TRIAL["epochs"]
 
+    held_until_told_to_stop.clear()
     resume_study(store, study_id)
     options = _options(study_id=study_id)
     claimed = Worker(store, options)
