@@ -527,18 +527,22 @@ def per_class_figure(trial: FrozenTrial) -> Figure:
     every: list[Mapping[str, Any]] = trial.user_attrs.get(attrs.PER_CLASS) or []
     if not every:
         raise Unavailable(f"Trial {trial.number} recorded no per-class report.")
-    rows = every
-    if len(every) > MAX_LABELED_CLASSES:  # unlabeled bars by the thousand say nothing
-        scored = [row for row in every if int(row.get("support", 0)) > 0] or every
-        rows = sorted(scored, key=lambda row: float(row.get("recall", 0.0)))
+    # A class without validation images has no recall (None; 0 in reports before that).
+    rows = [row for row in every if int(row.get("support", 0)) > 0]
+    if not rows:
+        raise Unavailable(f"Trial {trial.number} had no validation images to score.")
+    absent = [str(row.get("class")) for row in every if int(row.get("support", 0)) == 0]
+    if len(rows) > MAX_LABELED_CLASSES:  # unlabeled bars by the thousand say nothing
+        rows = sorted(rows, key=lambda row: float(row.get("recall") or 0.0))
         rows = rows[:MAX_LABELED_CLASSES]
     names = [str(row.get("class")) for row in rows]
     positions = np.arange(len(rows))
     figure = Figure(figsize=(min(4 + 0.5 * len(rows), 20), 4), layout="constrained")
     axes = figure.add_subplot()
     width = 0.4
-    precision = [float(row.get("precision", 0.0)) for row in rows]
-    recall = [float(row.get("recall", 0.0)) for row in rows]
+    # A class never predicted has no precision: drawn at 0, as nothing it predicted is right.
+    precision = [float(row.get("precision") or 0.0) for row in rows]
+    recall = [float(row.get("recall") or 0.0) for row in rows]
     axes.bar(positions - width / 2, precision, width, label="precision")
     axes.bar(positions + width / 2, recall, width, label="recall")
     if len(rows) <= MAX_LABELED_CLASSES:
@@ -547,8 +551,13 @@ def per_class_figure(trial: FrozenTrial) -> Figure:
     axes.set_ylabel("validation score")
     axes.grid(axis="y", alpha=0.3)
     axes.legend(loc="lower right")
-    if len(rows) < len(every):
-        axes.set_title(f"The {len(rows)} classes of {len(every)} with the lowest recall")
+    scored = len(every) - len(absent)
+    if len(rows) < scored:
+        axes.set_title(f"The {len(rows)} classes of {scored} with the lowest recall")
+    if absent:
+        shown = ", ".join(_plain(name) for name in absent[:5])
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        axes.set_xlabel(f"not shown, no validation images: {shown}{more}")
     return figure
 
 

@@ -184,21 +184,29 @@ def compute_metrics(evaluation: Evaluation) -> dict[str, float]:
 
 def per_class_report(
     confusion: torch.Tensor, classes: tuple[str, ...]
-) -> list[dict[str, float | str | int]]:
-    """Precision, recall, F1 and support of each class."""
+) -> list[dict[str, float | str | int | None]]:
+    """Precision, recall, F1 and support of each class.
+
+    A class with no images in the split (support 0) has no recall and no F1 (None, as the
+    study's metrics leave it out, rather than a 0 that reads as a class never recognized);
+    its precision is 0 if the model predicted it for other images, else None.
+    """
     true_pos = confusion.diagonal().double()
     predicted = confusion.sum(dim=0).double()
     support = confusion.sum(dim=1).double()
     precision = true_pos / predicted.clamp(min=1)
     recall = true_pos / support.clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    return [
-        {
-            "class": name,
-            "precision": round(float(precision[i]), 6),
-            "recall": round(float(recall[i]), 6),
-            "f1": round(float(f1[i]), 6),
-            "support": int(support[i]),
-        }
-        for i, name in enumerate(classes)
-    ]
+    rows: list[dict[str, float | str | int | None]] = []
+    for i, name in enumerate(classes):
+        present = bool(support[i] > 0)
+        rows.append(
+            {
+                "class": name,
+                "precision": round(float(precision[i]), 6) if present or predicted[i] > 0 else None,
+                "recall": round(float(recall[i]), 6) if present else None,
+                "f1": round(float(f1[i]), 6) if present else None,
+                "support": int(support[i]),
+            }
+        )
+    return rows

@@ -56,7 +56,7 @@ from automl.train.checkpoint import TrainState
 from automl.train.loop import TrainingDiverged
 from automl.train.trial_config import TrialConfig
 from automl.worker.coordinator import Coordinator, CoordinatorTooOldError
-from automl.worker.data_identity import DataIdentity, require_study_data
+from automl.worker.data_identity import DataChangedError, DataIdentity, require_study_data
 from automl.worker.device_faults import stop_after, stops_the_worker
 from automl.worker.identity import training_seed
 from automl.worker.keeper import LeaseKeeper
@@ -849,7 +849,12 @@ class _Attempt:
             return None
 
 
-INPUT_ERRORS: tuple[type[BaseException], ...] = (DatasetError, CheckpointError, ValidationError)
+INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    DatasetError,
+    DataChangedError,
+    CheckpointError,
+    ValidationError,
+)
 """What a trial's data, pretrained checkpoint or configuration got wrong: described without
 where in automl it was raised (kept for other errors, which may be automl's own bugs)."""
 

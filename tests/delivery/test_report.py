@@ -336,6 +336,25 @@ def test_with_many_classes_the_figures_stay_readable_and_quick() -> None:
     assert len(figure.axes[0].collections) == 1 and figure.axes[0].get_legend() is None
 
 
+
+def test_a_class_without_validation_images_is_named_not_drawn_at_zero() -> None:
+    """Found by a tester: a class kept in training only (one image) was drawn at 0."""
+    trial = made_up_trial(0, {"lr": 0.01}, 0.5)
+    trial.user_attrs[attrs.PER_CLASS] = [
+        {"class": "cat", "precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 4},
+        {"class": "dog", "precision": None, "recall": 0.0, "f1": 0.0, "support": 2},
+        {"class": "solo", "precision": None, "recall": None, "f1": None, "support": 0},
+    ]
+    axes = per_class_figure(trial).axes[0]
+    assert [label.get_text() for label in axes.get_xticklabels()] == ["cat", "dog"]
+    assert axes.get_xlabel() == "not shown, no validation images: solo"
+    heights = [bar.get_height() for bar in axes.patches]
+    assert heights == [1.0, 0.0, 0.5, 0.0]  # precision bars, then recall bars
+
+    trial.user_attrs[attrs.PER_CLASS] = trial.user_attrs[attrs.PER_CLASS][2:]
+    with pytest.raises(Unavailable, match="no validation images to score"):
+        per_class_figure(trial)
+
 def test_importances_show_a_note_with_one_parameter_or_few_trials() -> None:
     one_param = [made_up_trial(i, {"lr": 0.01 * (i + 1)}, 0.5 + 0.1 * i) for i in range(4)]
     found = sections(render_report(made_up_report(one_param)))

@@ -526,11 +526,17 @@ def test_per_class_report() -> None:
 
 
 def test_per_class_report_class_never_predicted_nor_present() -> None:
-    report = per_class_report(
-        torch.zeros(2, 2, dtype=torch.int64) + torch.tensor([[2, 0], [0, 0]]), ("a", "b")
-    )
-    assert report[1] == {"class": "b", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    """Found by a tester: 0s for a class with no images contradicted the study's metrics,
+    which leave it out, and drew it as a class never recognized."""
+    report = per_class_report(torch.tensor([[2, 0], [0, 0]]), ("a", "b"))
+    assert report[1] == {"class": "b", "precision": None, "recall": None, "f1": None, "support": 0}
     assert report[0]["f1"] == 1.0
+
+
+def test_per_class_report_class_predicted_but_not_present() -> None:
+    report = per_class_report(torch.tensor([[2, 1], [0, 0]]), ("a", "b"))
+    assert report[1] == {"class": "b", "precision": 0.0, "recall": None, "f1": None, "support": 0}
+    assert (report[0]["precision"], report[0]["recall"]) == (1.0, 0.666667)
 
 
 def test_cpu_path_is_plain_fp32_and_deterministic(small_data: ImageData) -> None:
