@@ -336,7 +336,6 @@ def test_with_many_classes_the_figures_stay_readable_and_quick() -> None:
     assert len(figure.axes[0].collections) == 1 and figure.axes[0].get_legend() is None
 
 
-
 def test_a_class_without_validation_images_is_named_not_drawn_at_zero() -> None:
     """Found by a tester: a class kept in training only (one image) was drawn at 0."""
     trial = made_up_trial(0, {"lr": 0.01}, 0.5)
@@ -354,6 +353,7 @@ def test_a_class_without_validation_images_is_named_not_drawn_at_zero() -> None:
     trial.user_attrs[attrs.PER_CLASS] = trial.user_attrs[attrs.PER_CLASS][2:]
     with pytest.raises(Unavailable, match="no validation images to score"):
         per_class_figure(trial)
+
 
 def test_importances_show_a_note_with_one_parameter_or_few_trials() -> None:
     one_param = [made_up_trial(i, {"lr": 0.01 * (i + 1)}, 0.5 + 0.1 * i) for i in range(4)]
