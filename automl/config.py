@@ -293,7 +293,8 @@ class Limits(BaseSettings):
         ge=1,
         description="Most pixels (width x height) of one image to predict, annotate or train "
         "on; read from its header before decoding, so decompression bombs are refused (422). "
-        "No side may be over 65535 pixels either (JPEG's own limit).",
+        "No side may be over 65535 pixels either (JPEG's own limit). A bundle's `predict.py` "
+        "keeps the value its bundle was built with.",
     )
 
     @field_validator("max_image_pixels")

@@ -44,6 +44,7 @@ import torch
 from pydantic import ValidationError
 
 from automl.catalog import load_plugins
+from automl.config import Limits
 from automl.data import DatasetError
 from automl.delivery.card import build_card, library_versions, trial_config, trial_input
 from automl.delivery.export import (
@@ -246,6 +247,8 @@ def _build(store: Store, plan: _Plan, trace: Tracer = trace_here) -> Bundle:
             "output": "logits (N, classes), classes in the order of 'classes'",
             # predict.py reads image files; a clip model takes (T, C, H, W) arrays instead.
             "predict": None if len(shape) == 4 else f"python {PREDICT_FILE} IMAGE [IMAGE ...]",
+            # predict.py's limit: the one the service's own predictions had when it was built.
+            "max_image_pixels": Limits().max_image_pixels,
         },
     }
     files[CARD_FILE] = (json.dumps(card, indent=2, allow_nan=False) + "\n").encode()

@@ -20,25 +20,23 @@ except ImportError as missing:
     sys.exit(f"predict.py needs numpy and Pillow ({missing}): pip install numpy pillow")
 
 HERE = Path(__file__).resolve().parent
-# Pillow warns on opening an image past its own limit; MAX_PIXELS refuses it in one line.
+# Pillow warns on opening an image past its own limit; load() refuses it in one line.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 """The formats training read, whatever a file's suffix."""
-MAX_PIXELS = 40_000_000
-"""Most pixels of an image (automl's default AUTOML_LIMIT_MAX_IMAGE_PIXELS), from its header."""
 TURNS = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE"}
 TURNS.update({6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"})
 """How each EXIF orientation other than 1 (as stored) is turned upright."""
 
 
-def load(path: str, spec: dict) -> np.ndarray:
+def load(path: str, spec: dict, limit: int) -> np.ndarray:
     """One image as the model takes it: float32 (C, H, W)."""
     mode, size = ("L" if spec["channels"] == 1 else "RGB"), (spec["width"], spec["height"])
     with Image.open(path, formats=FORMATS) as opened:
-        if opened.width * opened.height > MAX_PIXELS:  # a decompression bomb: never decoded
-            raise ValueError(f"{opened.width}x{opened.height} pixels: more than {MAX_PIXELS}")
+        if opened.width * opened.height > limit:  # a decompression bomb: never decoded
+            raise ValueError(f"{opened.width}x{opened.height} pixels: more than {limit}")
         if opened.format == "JPEG":  # a quarter turn is stored with width and height swapped
             turn = orientation(opened)
             opened.draft(mode, size[::-1] if turn >= 5 else size)
@@ -87,12 +85,13 @@ def pad(image: Image.Image, size: tuple) -> Image.Image:
     return out
 
 
-def reason(exc: Exception) -> str:
+def reason(exc: Exception, path: str) -> str:
     """Why a file could not be used, in a few words."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     if isinstance(exc, Image.UnidentifiedImageError):
-        return "not a png, jpeg, webp or bmp image"
+        empty = Path(path).stat().st_size == 0
+        return "the file is empty (0 bytes)" if empty else "not a png, jpeg, webp or bmp image"
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
@@ -111,6 +110,7 @@ def logits(batch: np.ndarray) -> np.ndarray:
     except ImportError:
         wanted = "onnxruntime (or torch)" if (HERE / "model.onnx").exists() else "torch"
         sys.exit(f"predict.py needs {wanted} to run the model: pip install {wanted.split()[0]}")
+    warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation: not the user's
     model = torch.jit.load(str(HERE / "model.torchscript.pt"), map_location="cpu")
     with torch.no_grad():
         return model(torch.from_numpy(batch)).numpy()
@@ -121,13 +121,14 @@ def main(paths: list) -> int:
     card = json.loads((HERE / "model_card.json").read_text(encoding="utf-8"))
     if card["input"]["frames"]:
         sys.exit("this model classifies clips: give model.onnx float32 (N, T, C, H, W)")
-    good, arrays = [], []
+    # Most pixels of an image, from its header (bundles before 2026-12 hold no limit).
+    good, arrays, limit = [], [], card["bundle"].get("max_image_pixels", 40_000_000)
     for path in paths:
         try:
-            arrays.append(load(path, card["input"]))
+            arrays.append(load(path, card["input"], limit))
             good.append(path)
         except Exception as exc:  # Pillow raises many kinds on bad files
-            print(f"error: {path}: {reason(exc)}", file=sys.stderr)
+            print(f"error: {path}: {reason(exc, path)}", file=sys.stderr)
     scores = logits(np.stack(arrays)) if arrays else []
     for path, row in zip(good, scores):  # noqa: B905 (strict= needs Python 3.10)
         probabilities = np.exp(row - row.max())
@@ -143,6 +144,6 @@ def main(paths: list) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):  # help asked: on stdout, status 0
+        sys.exit(__doc__ if len(sys.argv) < 2 else print(__doc__))
     sys.exit(main(sys.argv[1:]))

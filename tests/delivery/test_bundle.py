@@ -8,6 +8,7 @@ import importlib.metadata
 import io
 import json
 import os
+import shutil
 import subprocess
 import sysconfig
 import threading
@@ -32,7 +33,7 @@ from automl.api import create_app
 from automl.cli import bundle_commands
 from automl.cli import client as cli_client
 from automl.cli.main import main
-from automl.config import Settings
+from automl.config import Limits, Settings
 from automl.data.decode import decode_image
 from automl.delivery.bundle import Bundle, BundleCache, build_bundle
 from automl.delivery.card import CARD_FORMAT, preprocess_of, trial_input
@@ -338,6 +339,7 @@ def test_predict_py_reports_each_bad_file_in_one_line_and_classifies_the_rest(
     assert [line.split(": ")[1] for line in errors] == [str(path) for path in bad], errors
     assert all(line.startswith("error: ") and len(line.split(": ")) >= 3 for line in errors)
     assert "no such file" in errors[0] and "is a directory" in errors[-1]
+    assert errors[3] == f"error: {empty}: the file is empty (0 bytes)"
     printed = [json.loads(line)["file"] for line in done.stdout.splitlines()]
     assert printed == [str(good[0]), str(good[1])]
     alone = _predict_script(no_automl_python, trained.folder, good)
@@ -356,6 +358,35 @@ def test_predict_py_refuses_a_large_image_in_one_line(
 
     assert done.returncode == 1
     assert done.stderr == f"error: {large}: 10000x10000 pixels: more than 40000000\n"
+
+
+def test_predict_py_keeps_the_pixel_limit_the_bundle_was_built_with(
+    trained: Trained, no_automl_python: Path, tmp_path: Path
+) -> None:
+    """Found by a tester: predict.py refused images the service, built with a raised
+    ``AUTOML_LIMIT_MAX_IMAGE_PIXELS``, classified (its limit was the default's)."""
+    assert trained.card["bundle"]["max_image_pixels"] == Limits().max_image_pixels
+    folder = tmp_path / "bundle"
+    shutil.copytree(trained.folder, folder)
+    card = json.loads((folder / "model_card.json").read_text())
+    card["bundle"]["max_image_pixels"] = 50
+    (folder / "model_card.json").write_text(json.dumps(card))
+    data = digits_test_split()
+    assert data.test_x is not None
+    [image] = write_pngs(data.test_x[:1], tmp_path / "images")
+
+    done = _predict_script(no_automl_python, folder, [image])
+
+    assert (done.returncode, done.stderr) == (1, f"error: {image}: 8x8 pixels: more than 50\n")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_predict_py_help_is_its_usage_not_a_file(
+    trained: Trained, no_automl_python: Path, flag: str
+) -> None:
+    done = _predict_script(no_automl_python, trained.folder, [Path(flag)])
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "python predict.py IMAGE [IMAGE ...]" in done.stdout
 
 
 @pytest.mark.parametrize(

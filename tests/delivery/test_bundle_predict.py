@@ -77,7 +77,8 @@ def test_predict_py_decodes_as_training_did(
     for path in _images(tmp_path):
         trained = decode_image(str(path), prep).astype(np.float32)
         assert trained.any(), f"{path.name} decoded to black"
-        np.testing.assert_array_equal(bundle_predict.load(str(path), spec), trained, path.name)
+        shown = bundle_predict.load(str(path), spec, Limits().max_image_pixels)
+        np.testing.assert_array_equal(shown, trained, path.name)
 
 
 def test_predict_py_reads_the_formats_training_reads() -> None:
@@ -91,8 +92,19 @@ def test_predict_py_refuses_the_formats_training_refuses(tmp_path: Path) -> None
     with pytest.raises(DatasetError, match="it is a TIFF image"):
         decode_image(str(tiff), Preprocess(height=8, width=8))
     with pytest.raises(Image.UnidentifiedImageError) as refused:
-        bundle_predict.load(str(tiff), spec | {"mean": [0] * 3, "std": [1] * 3, "scale": 1})
-    assert bundle_predict.reason(refused.value) == "not a png, jpeg, webp or bmp image"
+        bundle_predict.load(str(tiff), spec | {"mean": [0] * 3, "std": [1] * 3, "scale": 1}, 100)
+    assert bundle_predict.reason(refused.value, str(tiff)) == "not a png, jpeg, webp or bmp image"
+
+
+def test_predict_py_says_a_file_is_empty(tmp_path: Path) -> None:
+    """Found by a tester: it said "not a png, jpeg, webp or bmp image", where training, the
+    API and the CLI say the file is empty."""
+    empty = tmp_path / "empty.png"
+    empty.touch()
+    spec = {"channels": 3, "width": 8, "height": 8, "fit": "crop"}
+    with pytest.raises(Image.UnidentifiedImageError) as refused:
+        bundle_predict.load(str(empty), spec | {"mean": [0] * 3, "std": [1] * 3, "scale": 1}, 100)
+    assert bundle_predict.reason(refused.value, str(empty)) == "the file is empty (0 bytes)"
 
 
 def test_predict_py_refuses_images_over_the_default_pixel_limit(tmp_path: Path) -> None:
@@ -100,10 +112,10 @@ def test_predict_py_refuses_images_over_the_default_pixel_limit(tmp_path: Path) 
     where the API, the CLI and training refuse it from its header."""
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_declaring(8000, 5001))
-    assert Limits().max_image_pixels == bundle_predict.MAX_PIXELS
+    limit = Limits().max_image_pixels  # what a bundle's card holds by default
     with pytest.raises(DatasetError, match="8000x5001 = 40008000 pixels"):
         decode_image(str(bomb), Preprocess(height=8, width=8))
     spec = {"channels": 1, "width": 8, "height": 8, "fit": "crop"}
     with pytest.raises(ValueError) as refused:
-        bundle_predict.load(str(bomb), spec | {"mean": [0], "std": [1], "scale": 1})
-    assert bundle_predict.reason(refused.value) == ("8000x5001 pixels: more than 40000000")
+        bundle_predict.load(str(bomb), spec | {"mean": [0], "std": [1], "scale": 1}, limit)
+    assert bundle_predict.reason(refused.value, str(bomb)) == "8000x5001 pixels: more than 40000000"
