@@ -167,6 +167,20 @@ def test_post_unparsable_body_is_422_with_message(
     assert fragment in error["msg"]
 
 
+def test_post_of_a_form_upload_says_to_send_the_spec_as_the_body(client: TestClient) -> None:
+    """Found by a tester: ``curl -F spec=@spec.yaml`` was answered with a YAML syntax error
+    at line 2 (of the form's parts)."""
+    spec = json.dumps(tiny_spec_data()).encode()
+    for response in (
+        client.post("/studies", files={"spec": ("spec.yaml", spec, "application/yaml")}),
+        client.post("/studies", data={"spec": spec.decode()}),
+    ):
+        error = _only_error(response)
+        assert error["loc"] == ["body"]
+        assert error["msg"].startswith("a form upload is not a study spec: send the spec itself")
+    assert client.get("/studies").json()["count"] == 0
+
+
 @pytest.fixture
 def small_body_client(tmp_path: Path) -> Iterator[TestClient]:
     """An app that accepts bodies of at most 200 bytes."""

@@ -167,12 +167,22 @@ async def create_study(
     return study
 
 
+FORM_TYPES = frozenset({"multipart/form-data", "application/x-www-form-urlencoded"})
+FORM_REFUSAL = (
+    "a form upload is not a study spec: send the spec itself as the request body, with "
+    "Content-Type application/yaml or application/json (curl --data-binary @spec.yaml "
+    "-H 'Content-Type: application/yaml')"
+)
+
+
 async def _read_spec(request: Request, max_bytes: int) -> StudySpec:
     body = await read_body(request, max_bytes)
     if not body.strip():
         raise SpecError([FieldError((), "request body is empty; send a study spec")])
-    text = decode_text(body)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in FORM_TYPES:  # its parts read as YAML gave a baffling syntax error
+        raise SpecError([FieldError((), FORM_REFUSAL)])
+    text = decode_text(body)
     # Parsing a large document and checking its dataset paths take a while: in the thread
     # pool, not on the event loop that every other request waits on.
     is_json = content_type == "application/json"
