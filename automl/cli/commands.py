@@ -63,6 +63,7 @@ from automl.store.faults import SCHEMA_MISSING, first_line, is_schema_missing
 from automl.store.storage import has_automl_tables, redact, sqlite_file
 from automl.train import resolve_device
 from automl.train.accel import check_device_settings
+from automl.wording import counted
 from automl.worker import (
     Coordinator,
     DeviceFaultError,
@@ -504,7 +505,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         on_trial_end=progress.update,
     )
     print(
-        f"study {study.id} ({study.name}): {study.n_trials} trials on {worker.device}, "
+        f"study {study.id} ({study.name}): {counted(study.n_trials, 'trial')} on {worker.device}, "
         f"storage {settings.storage}",
         file=sys.stderr,
     )

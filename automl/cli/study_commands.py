@@ -28,6 +28,7 @@ from automl.cli.output import (
     trials_table,
 )
 from automl.config import Settings
+from automl.wording import counted
 
 if TYPE_CHECKING:
     from automl.cli.client import Client
@@ -258,7 +259,7 @@ def cmd_extend(args: argparse.Namespace, settings: Settings) -> int:
     if args.add_trials < 1:
         raise CliError("--add-trials must be >= 1", EXIT_BAD_INPUT)
     study = client_for(settings).extend(args.study, args.add_trials)
-    return _show(args, study, f"study {study.id}: {study.n_trials} trials")
+    return _show(args, study, f"study {study.id}: {counted(study.n_trials, 'trial')}")
 
 
 def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
@@ -334,4 +335,5 @@ def _show(args: argparse.Namespace, study: StudyDetail, line: str) -> int:
 
 
 def _to_run(study: StudyDetail) -> str:
-    return f"study {study.id}: {study.status.value} ({study.counts.waiting} trials to run)"
+    waiting = counted(study.counts.waiting, "trial")
+    return f"study {study.id}: {study.status.value} ({waiting} to run)"

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from automl.store import attrs, optuna_rows, tables
 from automl.store.attrs import StudyStatus
 from automl.store.tables import EvaluationState, RefitState, TicketState, db_now
+from automl.wording import counted
 
 ACTIVE = (StudyStatus.QUEUED.value, StudyStatus.RUNNING.value)
 ENDED = (StudyStatus.COMPLETED.value, StudyStatus.CANCELLED.value, StudyStatus.FAILED.value)
@@ -231,7 +232,7 @@ def end_if_done_locked(
         at = now(connection)
     errors = count_errors(connection, study.study_id)
     if errors > study.failure_limit:
-        reason = f"{errors} trials failed (max_failed is {study.max_failed})"
+        reason = f"{counted(errors, 'trial')} failed (max_failed is {study.max_failed})"
         new = StudyStatus.FAILED
     elif study.issued >= study.n_trials and not has_tickets(
         connection, study.study_id, TicketState.PENDING, TicketState.RUNNING

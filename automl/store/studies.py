@@ -75,6 +75,7 @@ from automl.store.views import (
     TrialSummary,
 )
 from automl.store.warm_start import plan_warm_start
+from automl.wording import counted
 
 NAME_PROBE_BATCH = 20
 
@@ -902,7 +903,8 @@ def resume_study(
             )
         unstarted = max(0, row.n_trials - row.issued)  # cancelled before they were claimed
         reason = (
-            f"resumed: {requeued} trials re-queued, {unstarted} never started, {add_trials} added"
+            f"resumed: {counted(requeued, 'trial')} re-queued, {unstarted} never started, "
+            f"{add_trials} added"
         )
         if stopping:
             reason += f", {stopping} still stopping (they run again)"

@@ -26,7 +26,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +59,7 @@ from automl.store import (
 from automl.store.artifacts import TEMPORARY_PREFIX
 from automl.train import resolve_device
 from automl.train.accel import check_device_settings, release_device_memory
+from automl.wording import counted
 from automl.worker.coordinator import BufferedSqlCoordinator, Coordinator, CoordinatorTooOldError
 from automl.worker.device_faults import DeviceFaultError
 from automl.worker.evaluator import describe, run_evaluation
@@ -228,6 +229,7 @@ class Worker:
         """Studies whose tickets kept failing here unexpectedly: it claims none either."""
         self.backoff = Backoff(logger)
         self._refused: set[str] = set()  # post-study jobs whose claim failed outright
+        self._jobs_run: Counter[str] = Counter()  # post-study jobs run, by kind
         self._jobs_checked_at = -math.inf
         self.gate = DeviceGate(options.slot_group, release=release_device_memory)
         self.stopped_by: signal.Signals | None = None
@@ -322,7 +324,8 @@ class Worker:
         finally:
             if reaper is not None:
                 reaper.stop()
-        logger.info("worker %s stopped after %d trials", self.name, ran)
+        jobs = "".join(f" and {counted(n, job)}" for job, n in sorted(self._jobs_run.items()))
+        logger.info("worker %s stopped after %s%s", self.name, counted(ran, "trial"), jobs)
         return ran
 
     def _back_off_after(self, run: TrialRun) -> None:
@@ -462,6 +465,7 @@ class Worker:
             # Beside the other slots' trials, never beside one that must run alone.
             with self.gate.hold(False, lambda: self.stopping):
                 run(lease)
+            self._jobs_run[job] += 1
         except GateAbandoned:
             pass  # stopping: the claim goes stale and another worker takes it over
         return True

@@ -598,7 +598,7 @@ def test_resume_requeues_cancelled_work_and_adds_budget(
     detail = resume_study(store, study_id, add_trials=2)
     assert detail.status == StudyStatus.QUEUED
     assert (detail.n_trials, detail.counts.waiting, detail.counts.cancelled) == (6, 5, 0)
-    assert detail.status_reason == "resumed: 1 trials re-queued, 2 never started, 2 added"
+    assert detail.status_reason == "resumed: 1 trial re-queued, 2 never started, 2 added"
     assert detail.finished_at is None
     lease = claim(store, "w", study_id)
     assert lease is not None and lease.params == {"lr": 0.004}  # the cancelled config first

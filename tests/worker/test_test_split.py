@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,16 @@ def _options(**overrides: Any) -> WorkerOptions:
 
 
 def test_test_metrics_appear_when_a_study_with_a_test_split_completes(
-    store: Store, tiny_spec: SpecFactory
+    store: Store, tiny_spec: SpecFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     spec = tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 2, "max_failed": 0})
     study_id = submit_study(store, spec).id
-    assert Worker(store, _options()).run() == 2
+    with caplog.at_level(logging.INFO, logger="automl.worker"):
+        assert Worker(store, _options()).run() == 2
     assert get_study(store, study_id).status == StudyStatus.COMPLETED
+    # Found by a tester: a worker that ran only a refit said "stopped after 0 trials".
+    [stopped] = [r.getMessage() for r in caplog.records if " stopped after " in r.getMessage()]
+    assert stopped.endswith(" stopped after 2 trials and 1 test evaluation")
 
     best = best_trials(store, study_id)
     assert best.test_evaluation is not None
