@@ -111,7 +111,26 @@ def data_text(spec: StudySpec) -> str:
         f"{len(data.train_y)} training, {len(data.val_y)} validation and {test} test images "
         f"of {data.num_classes} classes (fewest training images: {data.classes[fewest]!r}, "
         f"{counts[fewest]})"
-    )
+    ) + "".join(f"\n  not read    {note}" for note in _unread_notes(spec))
+
+
+def _unread_notes(spec: StudySpec) -> list[str]:
+    """What an image folder's listing left out, per folder of the spec."""
+    from automl.data import DatasetError
+    from automl.data.folder import unread_note
+
+    if spec.dataset.source != "image_folder":
+        return []
+    notes = []
+    for key in ("path", "val_path", "test_path"):
+        value = spec.dataset.options.get(key)
+        try:
+            note = unread_note(value) if isinstance(value, str) else None
+        except DatasetError as exc:
+            raise CliError(f"invalid dataset: {exc}", EXIT_BAD_INPUT) from None
+        if note is not None:
+            notes.append(f"{value}: {note}")
+    return notes
 
 
 def valid_text(spec: StudySpec) -> str:

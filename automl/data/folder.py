@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -32,8 +32,10 @@ from automl.data.paths import (
     relative_name,
     require_dir,
     subfolders,
+    unread_entries,
 )
 from automl.registry import within_strict_input
+from automl.wording import counted
 
 SUFFIX_LIST = ", ".join(sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES))
 
@@ -132,6 +134,46 @@ def scan_class_folder(
     if not any(files):
         raise DatasetError(f"folder {relative_name(folder, root)!r} has no images ({SUFFIX_LIST})")
     return [class_dir.name for class_dir in classes], [list(found) for found in files]
+
+
+def unread_note(value: str) -> str | None:
+    """What ``list_class_folders`` leaves out of the folder ``value`` (the images of folders
+    inside class folders, files beside the class folders, files of other types), for
+    ``automl validate --data``: torchvision's ``ImageFolder`` reads nested folders, and
+    users coming from it lost images without a word. None if nothing is left out.
+
+    Raises:
+        DatasetError: If a folder cannot be listed.
+    """
+    root = data_root()
+    folder = confine(value, root)
+    _, loose = unread_entries(folder, root, images=True)
+    nested: list[str] = []
+    other_types: Counter[str] = Counter()
+    for class_dir in subfolders(folder, root):
+        folders, files = unread_entries(class_dir, root)
+        nested += [f"{class_dir.name}/{name}" for name in folders]
+        other_types.update(Path(name).suffix.lower() or "no suffix" for name in files)
+    parts = []
+    if nested:
+        parts.append(
+            f"{counted(len(nested), 'folder')} inside class folders ({_first(nested)}): "
+            "images must sit directly in their class folder"
+        )
+    if loose:
+        parts.append(f"{counted(len(loose), 'file')} beside the class folders ({_first(loose)})")
+    if other_types:
+        kinds = ", ".join(f"{suffix}: {n}" for suffix, n in sorted(other_types.items()))
+        parts.append(
+            f"{counted(other_types.total(), 'file')} of other types in class folders ({kinds}; "
+            f"images are {SUFFIX_LIST})"
+        )
+    return "; ".join(parts) or None
+
+
+def _first(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 class _ListingMemo:

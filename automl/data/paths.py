@@ -221,6 +221,26 @@ def subfolders(folder: Path, root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def unread_entries(folder: Path, root: Path, images: bool = False) -> tuple[list[str], list[str]]:
+    """The visible names directly in ``folder`` that a listing of images leaves out: its
+    folders (automl's own excepted) and its files of other types (with ``images``, its
+    image files too: a dataset's top folder, where no file is read), each name-sorted.
+
+    Raises:
+        DatasetError: If ``folder`` cannot be listed.
+    """
+    own = {path.name for path in own_folders() if path.parent == folder}
+    folders, files = [], []
+    for entry in _entries(folder, root):
+        if entry.name.startswith(".") or entry.name in own:
+            continue
+        if _entry_is(entry, "dir", root):
+            folders.append(entry.name)
+        elif images or _suffix(entry.name) not in IMAGE_SUFFIXES:
+            files.append(entry.name)
+    return sorted(folders), sorted(files)
+
+
 def own_folders() -> list[Path]:
     """automl's own folders, resolved: ``AUTOML_ARTIFACTS_DIR`` and ``AUTOML_CACHE_DIR``.
 

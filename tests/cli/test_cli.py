@@ -230,6 +230,33 @@ def test_validate_data_decodes_the_images_and_refuses_unusable_ones(
     assert line.startswith("error: invalid dataset: ") and "mine/a/fake.png" in line, line
 
 
+def test_validate_data_says_which_files_an_image_folder_leaves_out(
+    cli: Run, tmp_path: Path, data_root: Path
+) -> None:
+    """Found by a tester: images in folders inside class folders (which torchvision's
+    ImageFolder reads) and files beside the class folders were left out without a word."""
+    write_class_folder(data_root / "mine", {"a": 6, "b": 3})
+    write_class_folder(data_root / "mine" / "a" / "sub", {"deeper": 2})
+    (data_root / "mine" / "b" / "old").mkdir()
+    (data_root / "mine" / "stray.jpg").write_bytes(b"")
+    (data_root / "mine" / "b" / "notes.txt").write_text("x")
+    (data_root / "mine" / "b" / "scan.TIFF").write_bytes(b"")
+    (data_root / "mine" / "b" / ".DS_Store").write_bytes(b"")  # hidden: nothing to say
+    dataset = {"source": "image_folder", "options": {"path": "mine", "size": 8}}
+    spec = write_spec(tmp_path / "mine.yaml", tiny_spec_data(name="mine", dataset=dataset))
+
+    code, out, err = cli("validate", str(spec), "--data")
+
+    assert code == 0, err
+    [note] = [line for line in out.splitlines() if line.startswith("  not read ")]
+    assert note == (
+        "  not read    mine: 2 folders inside class folders (a/sub, b/old): images must sit "
+        "directly in their class folder; 1 file beside the class folders (stray.jpg); "
+        "2 files of other types in class folders (.tiff: 1, .txt: 1; images are bmp, jpeg, jpg, "
+        "png, webp)"
+    )
+
+
 @pytest.mark.parametrize(
     ("sampler", "params", "random"),
     [
