@@ -910,7 +910,7 @@ def errors_from_pydantic(
     Union tags are dropped from paths (``params.lr.low``, not ``params.lr.float.low``), and
     an unknown key's message lists the valid keys of the model it appeared in.
     """
-    errors = []
+    errors: list[tuple[FieldError, str]] = []
     inputs: dict[Loc, str] = {}
     for error in exc.errors(include_url=False):
         loc, _ = _walk(root, tuple(error["loc"]))
@@ -931,15 +931,37 @@ def errors_from_pydantic(
             message = f"{what}; valid choices: {', '.join(PARAM_TYPES)}"
         elif kind == "string_pattern_mismatch" and loc == ("name",):
             message = f"invalid name {error['input']!r}: use {NAME_RULE}"
-        errors.append(FieldError(prefix + loc, message))
+        errors.append((FieldError(prefix + loc, message), kind))
         if shows_input(kind):
             inputs.setdefault(prefix + loc, shown_input(error.get("input")))
     return [
         FieldError(error.loc, f"{error.msg} (got {inputs[error.loc]})")
         if error.loc in inputs
         else error
-        for error in _merge_alternatives(errors)
+        for error in _merge_alternatives(_without_other_branches(errors))
     ]
+
+
+def _is_type_mismatch(kind: str) -> bool:
+    """Whether a pydantic error says the value is of another type (``int_type``,
+    ``int_parsing``...), not that a value of the right type breaks a constraint."""
+    return kind.endswith(("_type", "_parsing"))
+
+
+def _without_other_branches(errors: list[tuple[FieldError, str]]) -> list[FieldError]:
+    """Drops the type mismatches of a union's branches that the value is not meant for:
+    those at a path where another error says what is wrong with a value of the right type
+    (``size: 0``: too small, not also "or a valid tuple"), or inside it (``size: [0, 9]``:
+    ``size[0]`` too small, not also "a valid integer (got a list)")."""
+    constrained = [error.loc for error, kind in errors if not _is_type_mismatch(kind)]
+    deeper = [error.loc for error, _ in errors]
+
+    def other_branch(loc: Loc, kind: str) -> bool:
+        return _is_type_mismatch(kind) and (
+            loc in constrained or any(len(d) > len(loc) and d[: len(loc)] == loc for d in deeper)
+        )
+
+    return [error for error, kind in errors if not other_branch(error.loc, kind)]
 
 
 def _merge_alternatives(errors: list[FieldError]) -> list[FieldError]:

@@ -755,11 +755,17 @@ def test_an_option_that_fits_no_branch_of_its_union_is_one_error_at_its_path() -
     assert [(e.path, e.msg) for e in size] == [
         ("dataset.options.size", "Input should be a valid integer or a valid tuple (got a mapping)")
     ]
-    assert [e.path for e in items] == [
-        "dataset.options.size",
-        "dataset.options.size[0]",
-        "dataset.options.size[1]",
+    # Found by a tester: a list also said "Input should be a valid integer (got a list)".
+    assert [(e.path, e.msg) for e in items] == [
+        ("dataset.options.size[0]", "Input should be greater than or equal to 1 (got 0)"),
+        (
+            "dataset.options.size[1]",
+            'Input should be a valid integer, unable to parse string as an integer (got "a")',
+        ),
     ]
+    data["dataset"]["options"]["size"] = 0  # the integer's error alone: not "or a valid tuple"
+    [zero] = [e for e in spec_errors(data) if e.path.startswith("dataset.options.size")]
+    assert zero.msg == "Input should be greater than or equal to 1 (got 0)"
 
 
 @pytest.mark.parametrize(
