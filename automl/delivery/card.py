@@ -300,6 +300,18 @@ def _served(autocast: str, precision: str) -> str:
     return "as the service serves it on such a GPU (in fp32 on a CPU)"
 
 
+def _dataset_named(dataset: Mapping[str, Any] | None) -> str:
+    """The dataset as the card's text names it: ``dataset 'digits'``, or with the folder or
+    CSV it read (``image_folder 'pets'``), which says more than the source's name."""
+    if not dataset:
+        return "its training data"
+    options = dataset.get("options") or {}
+    place = options.get("path") if isinstance(options, Mapping) else None
+    if isinstance(place, str):
+        return f"{dataset['source']} {place!r}"
+    return f"dataset {dataset['source']!r}"
+
+
 def intended_use(
     classes: Sequence[str],
     model_in: Mapping[str, Any],
@@ -314,13 +326,13 @@ def intended_use(
     its scores were measured in the reduced precision ``autocast`` (``bf16``, ``fp16``)
     while the exported files run in fp32 (and the service too, on a CPU, unless the
     trial's ``precision`` asked for bf16 itself)."""
-    source = dataset["source"] if dataset else "its training data"
+    source = _dataset_named(dataset)
     kind = "clips of frames" if model_in.get("frames") else "images"
     color = "grayscale" if model_in.get("channels") == 1 else "RGB"
     shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
     gaps = recall_gaps(per_class)
     limits = [
-        f"It was trained and selected on dataset {source!r}; {kind} unlike those (other "
+        f"It was trained and selected on {source}; {kind} unlike those (other "
         "cameras, scanners, sizes, backgrounds, colors) may be classified much worse.",
         "It has no 'none of these' answer: anything it is shown gets one of its "
         f"{len(classes)} classes.",

@@ -29,6 +29,19 @@ def test_classes_without_test_images_are_listed_as_uncertain() -> None:
     assert [r["class"] for r in card["recall"]["by_class"]] == ["b", "a"]  # 0 support: no recall
 
 
+def test_the_dataset_is_named_by_its_folder_where_it_has_one() -> None:
+    """Found by a tester: "trained ... on dataset 'image_folder'" named the source only."""
+    per_class = [row("a", 0.9, 50), row("b", 0.5, 20)]
+    folder = {"source": "image_folder", "options": {"path": "pets", "size": 32}}
+    for dataset, named in [
+        (folder, "on image_folder 'pets';"),
+        ({"source": "digits", "options": {}}, "on dataset 'digits';"),
+        (None, "on its training data;"),
+    ]:
+        card = intended_use(["a", "b"], MODEL_IN, dataset, per_class, split="test")
+        assert named in card["limits"][0], card["limits"][0]
+
+
 def test_no_class_is_uncertain_with_enough_images() -> None:
     per_class = [row("a", 0.9, 50), row("b", 0.5, 20)]
     card = intended_use(["a", "b"], MODEL_IN, None, per_class, split="validation")
