@@ -84,8 +84,32 @@ def test_folder_store_leaves_no_temporary_files_and_refuses_escapes(tmp_path: Pa
     with pytest.raises(OSError):
         folder.write("y", _Broken())  # type: ignore[arg-type]
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == [".sha256-x", "x"]
-    with pytest.raises(ValueError, match="invalid artifact id"):
-        folder.write("../outside", io.BytesIO(b"1"))
+    for escape in ("../outside", "a/b", "a\\b", "..", ".", "", "a\0"):
+        with pytest.raises(ValueError, match="invalid artifact id"):
+            folder.write(escape, io.BytesIO(b"1"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_folder_store_writes_unsynced_on_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Model cards: a convenience, whose two syncs were most of a trial's card write."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    folder = FolderArtifactStore(tmp_path / "art")
+    folder.write("quick", io.BytesIO(b"card"), durable=False)
+    assert synced == []
+    folder.write("kept", io.BytesIO(b"weights"))
+    assert len(synced) == 2  # the file, then the folder (its rename)
+    with folder.open_reader("quick") as reader:
+        assert reader.read() == b"card"  # and checked against its digest
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == [
+        ".sha256-kept",
+        ".sha256-quick",
+        "kept",
+        "quick",
+    ]
 
 
 def _flip_a_byte(path: Path, at: int) -> None:

@@ -524,7 +524,7 @@ def test_an_artifacts_folder_that_cannot_be_written_stops_the_worker_not_the_stu
     study_id = submit_study(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0})).id
     real_write = FolderArtifactStore._write
 
-    def read_only(self: FolderArtifactStore, artifact_id: str, body: Any) -> None:
+    def read_only(self: FolderArtifactStore, artifact_id: str, body: Any, durable: bool) -> None:
         raise OSError(errno.EROFS, "Read-only file system", str(self.directory / ".tmp-x"))
 
     monkeypatch.setattr(FolderArtifactStore, "_write", read_only)
