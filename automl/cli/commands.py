@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -515,10 +516,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             worker.run()
     finally:
         progress.close()
-    if worker.stopping:
-        print(f"interrupted: resume with `automl worker --study {study.id}`", file=sys.stderr)
-        return EXIT_INTERRUPTED
     final = get_study(store, study.id)
+    # Stopped after the last trial ended the study: nothing to resume, its result follows.
+    if worker.stopping and final.status.is_active:
+        print(f"interrupted: resume with `{_resume_command(args, study.id)}`", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if final.status.is_active:  # the worker left it: its log line above says why
         raise CliError(f"study {study.id} is still {final.status.value}: this worker left it")
     if final.status != StudyStatus.COMPLETED:
@@ -535,6 +537,16 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(study_text(final) + "\n\n" + best_text(best))
     return EXIT_OK
+
+
+def _resume_command(args: argparse.Namespace, study_id: int) -> str:
+    """The worker command that resumes ``run``'s study: with the store and artifacts
+    folder ``run`` was given (without them, it would open another store)."""
+    words = ["automl", "worker", "--study", str(study_id)]
+    for flag, value in (("--storage", args.storage), ("--artifacts-dir", args.artifacts_dir)):
+        if value is not None:
+            words += [flag, value]
+    return shlex.join(words)
 
 
 @contextmanager

@@ -639,6 +639,49 @@ def test_run_completes_and_prints_best(cli: Run, tmp_path: Path) -> None:
     assert 0.0 < trial["metrics"]["accuracy"] <= 1.0
 
 
+def test_an_interrupted_run_says_how_to_resume_on_its_own_store(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: the hint left out ``--storage`` and ``--artifacts-dir``, so the
+    worker it named opened (and created) another store."""
+    from automl.worker import Worker
+
+    monkeypatch.setattr(Worker, "run", lambda self: self.stop() or 0)  # Ctrl-C at once
+    spec = write_spec(tmp_path / "run.yaml", RUN_SPEC)
+    other = f"sqlite:///{tmp_path / 'other db.db'}"
+
+    code, _, err = cli("run", str(spec), "--storage", other, "--artifacts-dir", "arts")
+
+    assert code == 130
+    hint = err.splitlines()[-1]
+    assert hint == (
+        f"interrupted: resume with `automl worker --study 1 --storage '{other}' "
+        "--artifacts-dir arts`"
+    )
+    assert shlex.split(hint.split("`")[1])[5] == other
+
+
+def test_a_run_stopped_after_its_last_trial_reports_the_study(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: Ctrl-C just after the last trial said "interrupted: resume..."
+    (exit 130) for a completed study."""
+    from automl.worker import Worker
+
+    real_run = Worker.run
+
+    def then_stopped(self: Worker) -> int:
+        ran = real_run(self)
+        self.stop()
+        return ran
+
+    monkeypatch.setattr(Worker, "run", then_stopped)
+    code, out, err = cli("run", str(write_spec(tmp_path / "run.yaml", RUN_SPEC)))
+
+    assert code == 0, err
+    assert "status:    completed" in out and "interrupted" not in err
+
+
 def test_weights_that_cannot_be_read_are_one_error_line(
     cli: Run, tmp_path: Path, sqlite_url: str
 ) -> None:
