@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from optuna.trial import FrozenTrial
-from pydantic import BaseModel
 
 from automl.cli.client import ClientError
 from automl.cli.errors import (
@@ -39,7 +38,7 @@ from automl.cli.output import (
 )
 from automl.cli.ports import require_free_port
 from automl.cli.stops import StopSignals
-from automl.cli.study_commands import read_spec_text
+from automl.cli.study_commands import print_json, read_spec_text
 from automl.config import Settings, is_loopback
 from automl.spec import SpecError, spec_from_text
 from automl.store import (
@@ -268,10 +267,6 @@ def _worker_options(settings: Settings, **overrides: object) -> WorkerOptions:
     }
     options.update(overrides)
     return WorkerOptions(**options)  # type: ignore[arg-type]
-
-
-def _print_json(model: BaseModel) -> None:
-    print(model.model_dump_json(indent=2))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -533,7 +528,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"{message}, {final.counts.pruned} pruned)" + progress.first_error_text())
     best = best_trials(store, study.id)
     if args.json:
-        _print_json(best)
+        print_json(best)
     else:
         print(study_text(final) + "\n\n" + best_text(best))
     return EXIT_OK

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -198,3 +200,14 @@ def entries_text(kind: str, entries: list[dict[str, Any]]) -> str:
             header += "\n" + table(("OPTION", "TYPE", "DEFAULT", "RANGE", "DESCRIPTION"), rows)
         blocks.append(header)
     return f"{kind}:\n\n" + "\n\n".join(blocks)
+
+
+def printable_json(text: str) -> str:
+    """JSON text as stdout can print it: non-ASCII characters escaped (``\\u00fc``), which
+    keeps it JSON, where stdout's encoding has no room for them (``LC_ALL=C``,
+    ``PYTHONIOENCODING=ascii``); printing them raised after a command had done its work."""
+    try:
+        text.encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=True)
+    return text

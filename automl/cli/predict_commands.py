@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
 from automl.cli.http_client import ClientError, HttpClient
-from automl.cli.output import table
+from automl.cli.output import printable_json, table
 from automl.config import Limits, Settings
 from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions, ServedModel
 from automl.shown_values import shown_path
@@ -116,7 +116,7 @@ def served_text(model: ServedModel) -> str:
 
 
 def _print(result: BaseModel, as_json: bool, render: Callable[[Any], str]) -> None:
-    print(result.model_dump_json(indent=2) if as_json else render(result))
+    print(printable_json(result.model_dump_json(indent=2)) if as_json else render(result))
 
 
 def _open(name: str) -> BinaryIO:

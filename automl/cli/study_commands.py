@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -23,6 +23,7 @@ from automl.cli.output import (
     best_text,
     failure_text,
     printable,
+    printable_json,
     studies_table,
     study_text,
     trials_table,
@@ -47,9 +48,9 @@ def client_for(settings: Settings, *, create: bool = False) -> Client:
     return LocalClient(open_store(settings, create=create))
 
 
-def print_json(model: BaseModel) -> None:
-    """Prints a view as indented JSON."""
-    print(model.model_dump_json(indent=2))
+def print_json(model: BaseModel, **dump: Any) -> None:
+    """Prints a view as indented JSON (``dump``: more of ``model_dump_json``'s options)."""
+    print(printable_json(model.model_dump_json(indent=2, **dump)))
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
@@ -83,7 +84,7 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     )
     data = data_text(spec) if args.data else None
     if args.json:
-        print(spec.model_dump_json(indent=2, exclude_none=True))
+        print_json(spec, exclude_none=True)
     else:
         print(valid_text(spec) + (f"\n  data        {data}" if data else ""))
     return EXIT_OK

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from automl.cli.output import studies_table, study_text, table
+import io
+import json
+import sys
+
+import pytest
+
+from automl.cli.output import printable_json, studies_table, study_text, table
 from automl.store import StudyStatus
 from automl.store.views import Page, StudyDetail, StudySummary, TrialCounts
 
@@ -60,3 +66,16 @@ def test_the_studies_table_shows_projects_when_a_study_is_not_in_the_default_one
     assert header.split()[:4] == ["ID", "NAME", "PROJECT", "STATUS"]
     assert first.split()[:4] == ["2", "s2", "vision", "queued"]
     assert second.split()[:4] == ["1", "s1", "default", "queued"]
+
+
+def test_json_is_escaped_where_stdout_cannot_print_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a tester: ``extend --json`` under ``PYTHONIOENCODING=ascii`` printed a
+    traceback (exit 1) after it had added the trials; a retry added them twice."""
+    text = json.dumps({"description": "ünïcödé ✓"}, ensure_ascii=False, indent=2)
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    escaped = printable_json(text)
+    assert escaped == '{\n  "description": "\\u00fcn\\u00efc\\u00f6d\\u00e9 \\u2713"\n}'
+    assert json.loads(escaped) == json.loads(text)
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="utf-8"))
+    assert printable_json(text) == text  # readable where it can be printed
