@@ -24,8 +24,10 @@ pooler in transaction mode (PgBouncer), set them for the role instead
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -264,14 +266,42 @@ def open_store_from(settings: Settings) -> Store:
 
 
 def _check_sqlite_folder(url: str) -> None:
-    """Raises a ``StorageError`` (bad config) if a SQLite file's folder is not there: SQLite
-    creates the file, never its folder, and would answer "unable to open database file"
-    to every try."""
+    """Raises a ``StorageError`` (bad config) if a SQLite file's folder is not there, or no
+    file can be made in it where SQLite must make one (the database, or the ``-wal`` and
+    ``-shm`` files of its write-ahead log, which it makes beside the database even to
+    read): SQLite would answer "unable to open database file" to every try, which a worker
+    or the API took for an outage and waited out for good."""
     database = sqlite_file(url)
-    if database is not None and not database.parent.is_dir():
+    if database is None:
+        return
+    if not database.parent.is_dir():
         raise StorageError(
             f"cannot open storage {redact(url)}: no folder {database.parent}", bad_config=True
         )
+    needed = (database, database.with_name(database.name + "-wal"))
+    if all(path.exists() for path in needed):
+        return  # in use by another process, or left by one: nothing to make
+    refusal = _refused_new_file(database.parent)
+    if refusal is not None:
+        made = "the database" if not database.exists() else "its -wal and -shm files"
+        raise StorageError(
+            f"cannot open storage {redact(url)}: folder {database.parent.absolute()} refuses new files "
+            f"({refusal}), and SQLite makes {made} there",
+            bad_config=True,
+        )
+
+
+def _refused_new_file(folder: Path) -> str | None:
+    """Why no file can be created in ``folder`` (a read-only mount, permissions, /proc);
+    None if one can."""
+    try:
+        descriptor, probe = tempfile.mkstemp(dir=folder, prefix=".automl-probe-")
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(descriptor)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return None
 
 
 def has_automl_tables(url: str) -> bool:

@@ -383,6 +383,37 @@ def test_sqlite_in_missing_folder_raises_storage_error(tmp_path: Path) -> None:
     assert info.value.bad_config and not info.value.transient
 
 
+def test_sqlite_in_a_folder_that_refuses_new_files_raises_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: in /proc (or on a read-only mount) a worker and the API retried
+    "unable to open database file" for good, and read commands exited 1 without a hint."""
+    real_mkstemp = automl.store.storage.tempfile.mkstemp
+    refusing = {tmp_path / "ro"}
+
+    def mkstemp(*args: object, dir: Path, **kwargs: object) -> tuple[int, str]:
+        if Path(dir) in refusing:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkstemp(*args, dir=dir, **kwargs)  # type: ignore[call-overload]
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(automl.store.storage.tempfile, "mkstemp", mkstemp)
+    with pytest.raises(StorageError) as info:
+        open_store(f"sqlite:///{tmp_path / 'ro' / 'x.db'}")
+    assert str(info.value) == (
+        f"cannot open storage sqlite:///{tmp_path / 'ro' / 'x.db'}: folder {tmp_path / 'ro'} "
+        "refuses new files (Read-only file system), and SQLite makes the database there"
+    )
+    assert info.value.bad_config and not info.value.transient
+    assert list((tmp_path / "ro").iterdir()) == []
+
+    refusing.clear()  # a store made while the folder took files, then made read-only
+    open_store(f"sqlite:///{tmp_path / 'ro' / 'x.db'}").close()
+    refusing.add(tmp_path / "ro")
+    with pytest.raises(StorageError, match=r"and SQLite makes its -wal and -shm files there$"):
+        open_store(f"sqlite:///{tmp_path / 'ro' / 'x.db'}")
+
+
 def _other_database(postgres_url: str, **parts: str) -> str:
     """``postgres_url`` with some of its parts (``database``, ``username``) replaced."""
     url = sqlalchemy.engine.make_url(postgres_url).set(**parts)
