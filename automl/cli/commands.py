@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from optuna.trial import FrozenTrial
@@ -494,20 +494,20 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings, create=True)
     _check_worker_folders(settings, store)  # before submitting: leaves no study behind
     study = submit_study(store, spec)
-    progress = _Progress(study.n_trials, study.name, study.metrics[0])
     worker = Worker(
         store,
         _worker_options(settings, study_id=study.id, exit_when_idle=True),
-        on_trial_end=progress.update,
+        on_trial_end=lambda *ended: progress.update(*ended),
     )
     print(
         f"study {study.id} ({study.name}): {counted(study.n_trials, 'trial')} on {worker.device}, "
         f"storage {settings.storage}",
         file=sys.stderr,
     )
+    progress = _Progress(study.n_trials, study.name, study.metrics[0])  # below the line above
     worker.install_signal_handlers()
     try:
-        with _progress_logging():
+        with _progress_logging(), progress.logs_above():
             worker.run()
     finally:
         progress.close()
@@ -546,11 +546,13 @@ def _resume_command(args: argparse.Namespace, study_id: int) -> str:
 
 @contextmanager
 def _progress_logging() -> Iterator[None]:
-    """While ``run`` shows its own progress: the worker's INFO lines hidden, and its line
-    per trial too (the progress says how each trial ended, failures with their reason)."""
+    """While ``run`` shows its own progress: the worker's and the store's INFO lines hidden,
+    and the worker's line per trial too (the progress says how each trial ended, failures
+    with their reason)."""
     level = logging.getLogger().getEffectiveLevel()
     loggers = {
         logging.getLogger("automl.worker"): max(level, logging.WARNING),
+        logging.getLogger("automl.store"): max(level, logging.WARNING),  # weights retention
         logging.getLogger("automl.worker.trials"): max(level, logging.ERROR),
     }
     before = {logger: logger.level for logger in loggers}
@@ -584,6 +586,14 @@ class _Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=name, unit="trial", file=sys.stderr)
+
+    def logs_above(self) -> AbstractContextManager[object]:
+        """While the bar shows: log lines written above it, not over it."""
+        if self.bar is None:
+            return nullcontext()
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        return logging_redirect_tqdm()
 
     def update(self, study_id: int, trial: FrozenTrial, result: str) -> None:
         if result == ENDED_OUTSIDE:
