@@ -7,6 +7,7 @@ signal again once shut down, and the process dies of it.
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,7 @@ def serve_app(app: FastAPI, settings: Settings, log_level: str, access_log: bool
             port=settings.port,
             log_level=log_level,
             access_log=access_log,
+            use_colors=colors_wanted(),
         )
     return stops.exit_code
 
@@ -69,12 +71,21 @@ def serve_processes(settings: Settings, log_level: str, access_log: bool = True)
         port=settings.port,
         log_level=log_level,
         access_log=access_log,
+        use_colors=colors_wanted(),
     )
     processes = ApiProcesses(config, sockets=[config.bind_socket()])
     processes.run()
     if processes.stopped_by is None:
         raise CliError("the API processes failed to start (see the log above)", EXIT_FAILURE)
     return exit_code_after(processes.stopped_by)
+
+
+def colors_wanted() -> bool | None:
+    """False where the environment asks for no colors (``NO_COLOR``, as no-color.org
+    says; ``TERM=dumb``); else None: uvicorn colors its log on a terminal."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return None
 
 
 class ApiProcesses(Multiprocess):

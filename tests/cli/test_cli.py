@@ -1091,6 +1091,8 @@ def test_serve_workers_start_the_app_factory_with_the_same_settings(
     from automl.cli.api_server import ApiProcesses
 
     monkeypatch.setattr(os, "environ", dict(os.environ))  # what serve exports, undone after
+    os.environ.pop("NO_COLOR", None)
+    os.environ["TERM"] = "xterm-256color"
     configs: list[Any] = []
 
     def run(self: ApiProcesses) -> None:  # as if stopped by SIGTERM at once
@@ -1110,6 +1112,14 @@ def test_serve_workers_start_the_app_factory_with_the_same_settings(
     assert (config.workers, config.port, config.access_log) == (3, port, False)
     rebuilt = Settings()  # what each process's create_app() reads
     assert (rebuilt.storage, rebuilt.port, rebuilt.api_workers) == (sqlite_url, port, 3)
+    assert config.use_colors is None  # uvicorn's choice: colors on a terminal
+
+    # Found by a tester: NO_COLOR and TERM=dumb still got uvicorn's colored log.
+    for name, value in (("NO_COLOR", "1"), ("TERM", "dumb")):
+        with monkeypatch.context() as patched:
+            patched.setitem(os.environ, name, value)
+            assert cli("serve", "--workers", "2", "--port", str(free_port()))[0] == 0
+        assert configs[-1].use_colors is False
 
 
 def test_serve_workers_that_stop_by_themselves_failed_to_start(
