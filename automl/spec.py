@@ -64,8 +64,11 @@ from automl.train.hyperparameters import (
 from automl.train.optim import ignores_warmup
 from automl.train.trial_config import PIPELINES, SELECTABLE
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
-NAME_RULE = "1-100 letters, digits, '-', '_' or '.', starting with a letter or digit"
+MAX_NAME_CHARS = 100
+NAME_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_NAME_CHARS - 1}}}$"
+NAME_RULE = (
+    f"1-{MAX_NAME_CHARS} ASCII letters, digits, '-', '_' or '.', starting with a letter or digit"
+)
 
 Scalar = str | bool | int | float
 Loc = tuple[str | int, ...]

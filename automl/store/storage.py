@@ -284,8 +284,9 @@ def _check_sqlite_folder(url: str) -> None:
     refusal = _refused_new_file(database.parent)
     if refusal is not None:
         made = "the database" if not database.exists() else "its -wal and -shm files"
+        folder = database.parent.absolute()
         raise StorageError(
-            f"cannot open storage {redact(url)}: folder {database.parent.absolute()} refuses new files "
+            f"cannot open storage {redact(url)}: folder {folder} refuses new files "
             f"({refusal}), and SQLite makes {made} there",
             bad_config=True,
         )

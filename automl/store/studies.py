@@ -27,7 +27,14 @@ from automl.config import Limits
 from automl.data import dataset_fingerprint
 from automl.samplers import SAMPLER_MAX_TRIALS, max_trials_message
 from automl.sampling import GridError, grid_size
-from automl.spec import MAX_ENQUEUE, FieldError, SpecError, StudySpec, check_config
+from automl.spec import (
+    MAX_ENQUEUE,
+    MAX_NAME_CHARS,
+    FieldError,
+    SpecError,
+    StudySpec,
+    check_config,
+)
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import artifact_lost, remove_quietly
 from automl.store.attrs import StudyStatus
@@ -304,7 +311,7 @@ def _create_optuna_study(
     suffix = 1
     while suffix < 100_000:
         numbers = range(suffix, suffix + NAME_PROBE_BATCH)
-        batch = [spec.name if n == 1 else f"{spec.name}-{n}" for n in numbers]
+        batch = [spec.name if n == 1 else numbered_name(spec.name, n) for n in numbers]
         suffix += NAME_PROBE_BATCH
         with store.read() as connection:
             own = project_study_names(connection, project, batch)
@@ -326,6 +333,13 @@ def _create_optuna_study(
             if _created(store, directions, optuna_name, marked):
                 return name, optuna_name
     raise StudyStateError(f"no free study name for {spec.name!r}")
+
+
+def numbered_name(name: str, number: int) -> str:
+    """``name-number``, ``name`` cut short where the whole would pass the names' length
+    (``MAX_NAME_CHARS``): a 100-character name's second study was 102 characters long."""
+    tail = f"-{number}"
+    return name[: MAX_NAME_CHARS - len(tail)] + tail
 
 
 def _held_by_a_submission(store: Store, project: str, name: str, optuna_name: str) -> bool:

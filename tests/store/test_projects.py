@@ -65,6 +65,16 @@ def test_an_idempotency_key_is_the_projects_own(
         submit_study(store, tiny_spec(name="changed"), "key-1", project="vision")
 
 
+def test_a_numbered_name_keeps_to_the_names_length(
+    store: Store, tiny_spec: Callable[..., StudySpec]
+) -> None:
+    """Found by a tester: a 100-character name's second study was named with 102."""
+    longest = "n" * 100
+    names = [submit_study(store, tiny_spec(name=longest)).name for _ in range(3)]
+    assert names == [longest, "n" * 98 + "-2", "n" * 98 + "-3"]
+    again = tiny_spec(name=names[1])  # a numbered name is a valid name, submitted again
+    assert submit_study(store, again).name == "n" * 98 + "-4"
+
 def test_a_study_name_says_nothing_of_other_projects(
     store: Store, tiny_spec: Callable[..., StudySpec]
 ) -> None:
