@@ -81,8 +81,12 @@ def serve_processes(settings: Settings, log_level: str, access_log: bool = True)
 
 
 def colors_wanted() -> bool | None:
-    """False where the environment asks for no colors (``NO_COLOR``, as no-color.org
-    says; ``TERM=dumb``); else None: uvicorn colors its log on a terminal."""
+    """Whether uvicorn may color its log.
+
+    Returns:
+        False where the environment asks for no colors (``NO_COLOR``, as no-color.org
+        says; ``TERM=dumb``); else None: uvicorn colors its log on a terminal.
+    """
     if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
         return False
     return None

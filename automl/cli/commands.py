@@ -511,11 +511,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             worker.run()
     finally:
         progress.close()
-    final = get_study(store, study.id)
-    # Stopped after the last trial ended the study: nothing to resume, its result follows.
-    if worker.stopping and final.status.is_active:
+    # Stopped after the last trial ended the study (and its test evaluation, refit): its
+    # result follows, for there is nothing to resume.
+    if worker.stopping and _left_work(store, study.id):
         print(f"interrupted: resume with `{_resume_command(args, study.id)}`", file=sys.stderr)
         return EXIT_INTERRUPTED
+    final = get_study(store, study.id)
     if final.status.is_active:  # the worker left it: its log line above says why
         raise CliError(f"study {study.id} is still {final.status.value}: this worker left it")
     if final.status != StudyStatus.COMPLETED:
@@ -532,6 +533,31 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(study_text(final) + "\n\n" + best_text(best))
     return EXIT_OK
+
+
+def _left_work(store: Store, study_id: int) -> bool:
+    """Whether an interrupted ``run`` left its study work that a worker resumes: trials,
+    or (the study completed) its test evaluation or refit; also when the store cannot be
+    read to tell."""
+    try:
+        study = get_study(store, study_id)
+        if study.status.is_active:
+            return True
+        if study.counts.complete == 0:
+            return False
+        best = best_trials(store, study_id)
+    except Exception as exc:
+        if is_transient(exc):
+            return True
+        raise
+    evaluation, refit = best.test_evaluation, best.refit
+    return (evaluation is not None and evaluation.state in UNFINISHED_EVALUATION) or (
+        refit is not None and refit.state in UNFINISHED_REFIT
+    )
+
+
+UNFINISHED_EVALUATION = frozenset({attrs.EvaluationState.PENDING, attrs.EvaluationState.RUNNING})
+UNFINISHED_REFIT = frozenset({attrs.RefitState.QUEUED, attrs.RefitState.RUNNING})
 
 
 def _resume_command(args: argparse.Namespace, study_id: int) -> str:

@@ -129,8 +129,8 @@ def _unread_notes(spec: StudySpec) -> list[str]:
             note = unread_note(value) if isinstance(value, str) else None
         except DatasetError as exc:
             raise CliError(f"invalid dataset: {exc}", EXIT_BAD_INPUT) from None
-        if note is not None:
-            notes.append(f"{value}: {note}")
+        if note is not None:  # names from disk: not UTF-8, or with escape sequences
+            notes.append(printable(f"{value}: {note}"))
     return notes
 
 

@@ -234,7 +234,11 @@ def unread_entries(folder: Path, root: Path, images: bool = False) -> tuple[list
     for entry in _entries(folder, root):
         if entry.name.startswith(".") or entry.name in own:
             continue
-        if _entry_is(entry, "dir", root):
+        try:
+            is_folder = _entry_is(entry, "dir", root)
+        except DatasetError:  # a link into a folder this process may not read: left out too
+            is_folder = False
+        if is_folder:
             folders.append(entry.name)
         elif images or _suffix(entry.name) not in IMAGE_SUFFIXES:
             files.append(entry.name)

@@ -540,7 +540,7 @@ def per_class_figure(trial: FrozenTrial) -> Figure:
     figure = Figure(figsize=(min(4 + 0.5 * len(rows), 20), 4), layout="constrained")
     axes = figure.add_subplot()
     width = 0.4
-    # A class never predicted has no precision: drawn at 0, as nothing it predicted is right.
+    # Precision None (nothing predicted as the class, in reports of older versions): 0.
     precision = [float(row.get("precision") or 0.0) for row in rows]
     recall = [float(row.get("recall") or 0.0) for row in rows]
     axes.bar(positions - width / 2, precision, width, label="precision")

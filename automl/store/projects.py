@@ -12,7 +12,7 @@ import secrets
 import sqlalchemy as sa
 
 from automl.config import Limits
-from automl.spec import FieldError, SpecError
+from automl.spec import MAX_NAME_CHARS, FieldError, SpecError
 from automl.store import tables
 from automl.store.status import ACTIVE
 from automl.store.storage import Store, retrying_read
@@ -52,11 +52,17 @@ def automl_study_name(optuna_name: str) -> str:
 
 SALT_HEX = 12
 """Hex digits of the random suffix of a name that another project's study holds."""
+_SALTED = re.compile(f"^(.+)-[0-9a-f]{{{SALT_HEX}}}$")
 
 
 def salted(name: str) -> str:
-    """``name`` with a random, unguessable suffix (``-`` and ``SALT_HEX`` hex digits)."""
-    return f"{name}-{secrets.token_hex(SALT_HEX // 2)}"
+    """``name`` with a random, unguessable suffix (``-`` and ``SALT_HEX`` hex digits), cut
+    short first where the whole would pass the names' length (``MAX_NAME_CHARS``)."""
+    return f"{_salt_base(name)}-{secrets.token_hex(SALT_HEX // 2)}"
+
+
+def _salt_base(name: str) -> str:
+    return name[: MAX_NAME_CHARS - 1 - SALT_HEX]
 
 
 def project_study_names(
@@ -64,15 +70,19 @@ def project_study_names(
 ) -> set[str]:
     """Which of ``names`` the studies of ``project`` hold, as they are or ``salted``."""
     studies = tables.studies
+    bases = {name: _salt_base(name) for name in names}
     # ``_`` is LIKE's one-character wildcard (spec names may hold it too, so LIKE can
     # match more): the pattern below keeps the exact ones.
-    like = [studies.c.name.like(f"{name}-{'_' * SALT_HEX}") for name in names]
+    like = [studies.c.name.like(f"{base}-{'_' * SALT_HEX}") for base in set(bases.values())]
     query = sa.select(studies.c.name).where(
         studies.c.project == project, sa.or_(studies.c.name.in_(names), *like)
     )
-    held = re.compile("^(" + "|".join(map(re.escape, names)) + f")(?:-[0-9a-f]{{{SALT_HEX}}})?$")
-    found = (held.match(name) for name in connection.scalars(query))
-    return {match.group(1) for match in found if match is not None}
+    held = set(connection.scalars(query))
+    salted_bases = {match.group(1) for match in map(_SALTED.match, held) if match is not None}
+    # A name cut short to be salted may be any of the names it begins: only whole ones count.
+    return {
+        name for name in names if name in held or (bases[name] == name and name in salted_bases)
+    }
 
 
 def check_project_limits(store: Store, project: str, limits: Limits) -> None:

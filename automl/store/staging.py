@@ -12,6 +12,7 @@ import atexit
 import functools
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -32,8 +33,8 @@ def staged_file(filename: str, data: bytes) -> Iterator[str]:
     Yields:
         The file's path.
     """
-    folder = _scratch_root() / f"{os.getpid()}-{threading.get_ident()}"
-    folder.mkdir(parents=True, exist_ok=True)  # again if a cleaner of /tmp removed it
+    folder = _own_root() / f"{os.getpid()}-{threading.get_ident()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
     path = folder / filename
     try:
         path.write_bytes(data)
@@ -42,13 +43,64 @@ def staged_file(filename: str, data: bytes) -> Iterator[str]:
         path.unlink(missing_ok=True)
 
 
+def _own_root() -> Path:
+    """The scratch folder, made again (another name) if it is no longer this user's alone:
+    a cleaner of /tmp removed it, and anyone may have made a folder by its name since."""
+    root = _scratch_root()
+    try:
+        status = os.lstat(root)
+    except FileNotFoundError:
+        status = None
+    mine = (
+        status is not None
+        and stat.S_ISDIR(status.st_mode)
+        and status.st_uid == os.getuid()
+        and not status.st_mode & 0o077
+    )
+    if not mine:
+        _scratch_root.cache_clear()
+        root = _scratch_root()
+    return root
+
+
 @functools.cache
 def _scratch_root() -> Path:
-    root = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
     owner = os.getpid()
+    remove_orphans(Path(tempfile.gettempdir()))
+    root = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{owner}-"))
     # Only by the process that made it: a forked child inherits this cache (and the hook).
     atexit.register(lambda: os.getpid() == owner and shutil.rmtree(root, ignore_errors=True))
     return root
 
 
-__all__ = ["SCRATCH_PREFIX", "staged_file"]
+def remove_orphans(folder: Path) -> list[str]:
+    """Removes the scratch folders in ``folder`` of this user's processes that are gone (a
+    process killed with SIGKILL leaves its own).
+
+    Returns:
+        The names of the folders removed.
+    """
+    removed = []
+    for path in folder.glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = path.name.removeprefix(SCRATCH_PREFIX).partition("-")[0]
+        try:
+            if not pid.isdigit() or path.lstat().st_uid != os.getuid() or _alive(int(pid)):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's: alive
+    return True
+
+
+__all__ = ["SCRATCH_PREFIX", "remove_orphans", "staged_file"]

@@ -25,6 +25,7 @@ pooler in transaction mode (PgBouncer), set them for the role instead
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import tempfile
@@ -278,8 +279,9 @@ def _check_sqlite_folder(url: str) -> None:
         raise StorageError(
             f"cannot open storage {redact(url)}: no folder {database.parent}", bad_config=True
         )
-    needed = (database, database.with_name(database.name + "-wal"))
-    if all(path.exists() for path in needed):
+    database = Path(os.path.realpath(database))  # SQLite's files go beside a link's target
+    log = [database.with_name(database.name + suffix) for suffix in ("-wal", "-shm")]
+    if database.exists() and all(path.exists() for path in log):
         return  # in use by another process, or left by one: nothing to make
     refusal = _refused_new_file(database.parent)
     if refusal is not None:
@@ -292,12 +294,19 @@ def _check_sqlite_folder(url: str) -> None:
         )
 
 
+FOLDER_REFUSALS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT})
+"""Why a folder refuses a new file for good (a read-only mount, permissions, /proc, which
+answers ENOENT); a full disk or too many open files pass, and are waited out."""
+
+
 def _refused_new_file(folder: Path) -> str | None:
-    """Why no file can be created in ``folder`` (a read-only mount, permissions, /proc);
-    None if one can."""
+    """Why no file can be created in ``folder`` (``FOLDER_REFUSALS``); None if one can, or
+    if it failed for a passing reason."""
     try:
         descriptor, probe = tempfile.mkstemp(dir=folder, prefix=".automl-probe-")
     except OSError as exc:
+        if exc.errno not in FOLDER_REFUSALS:
+            return None
         return exc.strerror or type(exc).__name__
     os.close(descriptor)
     with contextlib.suppress(OSError):

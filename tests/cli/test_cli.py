@@ -682,6 +682,29 @@ def test_a_run_stopped_after_its_last_trial_reports_the_study(
     assert "status:    completed" in out and "interrupted" not in err
 
 
+def test_a_run_stopped_before_its_test_evaluation_says_how_to_resume(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reviewer: a Ctrl-C once the trials had ended the study, before its test
+    evaluation ran, printed the study (exit 0) with nobody left to evaluate it."""
+    from automl.store import StudyStatus, get_study
+    from automl.worker import Worker
+
+    def stopped_when_done(self: Worker, *, always: bool = False) -> bool:
+        if get_study(self.store, 1).status == StudyStatus.COMPLETED:
+            self.stop()  # Ctrl-C as the post-study jobs come due
+        return False
+
+    monkeypatch.setattr(Worker, "_post_study_job", stopped_when_done)
+    data = dict(RUN_SPEC, dataset={"source": "digits", "options": {"test_fraction": 0.2}})
+    code, out, err = cli("run", str(write_spec(tmp_path / "run.yaml", data)))
+
+    assert (code, out) == (130, ""), err
+    assert err.splitlines()[-1] == "interrupted: resume with `automl worker --study 1`"
+    code, out, _ = cli("best", "1")
+    assert code == 0 and "test split: pending" in out, out
+
+
 def test_weights_that_cannot_be_read_are_one_error_line(
     cli: Run, tmp_path: Path, sqlite_url: str
 ) -> None:

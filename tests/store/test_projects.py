@@ -75,6 +75,7 @@ def test_a_numbered_name_keeps_to_the_names_length(
     again = tiny_spec(name=names[1])  # a numbered name is a valid name, submitted again
     assert submit_study(store, again).name == "n" * 98 + "-4"
 
+
 def test_a_study_name_says_nothing_of_other_projects(
     store: Store, tiny_spec: Callable[..., StudySpec]
 ) -> None:
@@ -127,6 +128,14 @@ def test_a_crashed_submits_leftover_is_salted_without_waiting(
 
     assert re.fullmatch(r"secret-[0-9a-f]{12}", name), name
     assert time.monotonic() - started < studies_module.NAME_WAIT_S / 2
+
+    # A reviewer: a salted 100-character name was 113 characters long.
+    longest = "s" * 100
+    old = store.storage.create_new_study([StudyDirection.MAXIMIZE], f"vision/{longest}")
+    store.storage.set_study_user_attr(old, attrs.CREATED_AT, an_hour_ago)
+    salted = [submit_study(store, tiny_spec(name=longest), project="vision").name for _ in "ab"]
+    assert all(re.fullmatch(r"s{87}-[0-9a-f]{12}", name) for name in salted), salted
+    assert salted[0] != salted[1]
 
 
 def test_a_study_made_with_another_tool_is_salted_after_a_short_wait(

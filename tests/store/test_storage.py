@@ -390,10 +390,11 @@ def test_sqlite_in_a_folder_that_refuses_new_files_raises_storage_error(
     "unable to open database file" for good, and read commands exited 1 without a hint."""
     real_mkstemp = automl.store.storage.tempfile.mkstemp
     refusing = {tmp_path / "ro"}
+    error = [errno.EROFS, "Read-only file system"]
 
     def mkstemp(*args: object, dir: Path, **kwargs: object) -> tuple[int, str]:
         if Path(dir) in refusing:
-            raise OSError(errno.EROFS, "Read-only file system")
+            raise OSError(*error)
         return real_mkstemp(*args, dir=dir, **kwargs)  # type: ignore[call-overload]
 
     (tmp_path / "ro").mkdir()
@@ -412,6 +413,9 @@ def test_sqlite_in_a_folder_that_refuses_new_files_raises_storage_error(
     refusing.add(tmp_path / "ro")
     with pytest.raises(StorageError, match=r"and SQLite makes its -wal and -shm files there$"):
         open_store(f"sqlite:///{tmp_path / 'ro' / 'x.db'}")
+
+    error[:] = [errno.ENOSPC, "No space left on device"]  # passing: waited out, not refused
+    open_store(f"sqlite:///{tmp_path / 'ro' / 'x.db'}").close()
 
 
 def _other_database(postgres_url: str, **parts: str) -> str:

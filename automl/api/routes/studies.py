@@ -167,7 +167,8 @@ async def create_study(
     return study
 
 
-FORM_TYPES = frozenset({"multipart/form-data", "application/x-www-form-urlencoded"})
+# ``application/x-www-form-urlencoded`` is read as a spec: curl's -d and --data-binary
+# send it by default, with the spec itself as the body.
 FORM_REFUSAL = (
     "a form upload is not a study spec: send the spec itself as the request body, with "
     "Content-Type application/yaml or application/json (curl --data-binary @spec.yaml "
@@ -180,7 +181,7 @@ async def _read_spec(request: Request, max_bytes: int) -> StudySpec:
     if not body.strip():
         raise SpecError([FieldError((), "request body is empty; send a study spec")])
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type in FORM_TYPES:  # its parts read as YAML gave a baffling syntax error
+    if content_type == "multipart/form-data":  # its parts read as YAML: a baffling error
         raise SpecError([FieldError((), FORM_REFUSAL)])
     text = decode_text(body)
     # Parsing a large document and checking its dataset paths take a while: in the thread
