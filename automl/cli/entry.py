@@ -25,8 +25,20 @@ def run() -> int:
         code = main()
     except KeyboardInterrupt:
         code = _interrupted()
-    _skip_last_collection()
+    _quiet_exit()
     return code
+
+
+def _quiet_exit() -> None:
+    """Once the command has answered: a Ctrl-C while the interpreter shuts down is ignored
+    (it killed the process by SIGINT after a full report, which scripts read as an
+    interrupted run), and its last garbage collection is skipped (``_skip_last_collection``)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _skip_last_collection()
 
 
 def _skip_last_collection() -> None:

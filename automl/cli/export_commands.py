@@ -34,6 +34,7 @@ from automl.config import Settings
 from automl.csv_cells import as_text_cell
 from automl.store.attrs import RefitState
 from automl.store.views import BestTrials, StudyDetail, TrialSummary
+from automl.wording import counted
 
 MODEL_DIR = "model"
 
@@ -69,7 +70,8 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         )
         print(
             f"study {study.id} ({study.name}, {study.status.value}): wrote study.json, "
-            f"trials.json and trials.csv ({len(trials)} trials) and {model} to {directory}"
+            f"trials.json and trials.csv ({counted(len(trials), 'trial')}) and {model} to "
+            f"{directory}"
         )
     if failed:
         print(f"error: {MODEL_DIR}/ not written: {no_model}", file=sys.stderr)

@@ -149,11 +149,17 @@ def unread_note(value: str) -> str | None:
     folder = confine(value, root)
     _, loose = unread_entries(folder, root, images=True)
     nested: list[str] = []
+    no_files: list[str] = []
     other_types: Counter[str] = Counter()
     for class_dir in subfolders(folder, root):
         folders, files = unread_entries(class_dir, root)
         nested += [f"{class_dir.name}/{name}" for name in folders]
-        other_types.update(Path(name).suffix.lower() or "no suffix" for name in files)
+        for name in files:
+            suffix = Path(name).suffix.lower()
+            if suffix in IMAGE_SUFFIXES:
+                no_files.append(f"{class_dir.name}/{name}")
+            else:
+                other_types[suffix or "no suffix"] += 1
     parts = []
     if nested:
         parts.append(
@@ -162,6 +168,11 @@ def unread_note(value: str) -> str | None:
         )
     if loose:
         parts.append(f"{counted(len(loose), 'file')} beside the class folders ({_first(loose)})")
+    if no_files:
+        parts.append(
+            f"{counted(len(no_files), 'image name')} that no file holds ({_first(no_files)}): "
+            "links to nothing"
+        )
     if other_types:
         kinds = ", ".join(f"{suffix}: {n}" for suffix, n in sorted(other_types.items()))
         parts.append(

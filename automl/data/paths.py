@@ -224,7 +224,8 @@ def subfolders(folder: Path, root: Path) -> list[Path]:
 def unread_entries(folder: Path, root: Path, images: bool = False) -> tuple[list[str], list[str]]:
     """The visible names directly in ``folder`` that a listing of images leaves out: its
     folders (automl's own excepted) and its files of other types (with ``images``, its
-    image files too: a dataset's top folder, where no file is read), each name-sorted.
+    image files too: a dataset's top folder, where no file is read; else image names that
+    no file holds, such as links to nothing), each name-sorted.
 
     Raises:
         DatasetError: If ``folder`` cannot be listed.
@@ -240,9 +241,16 @@ def unread_entries(folder: Path, root: Path, images: bool = False) -> tuple[list
             is_folder = False
         if is_folder:
             folders.append(entry.name)
-        elif images or _suffix(entry.name) not in IMAGE_SUFFIXES:
-            files.append(entry.name)
+        elif images or _suffix(entry.name) not in IMAGE_SUFFIXES or not _is_file(entry, root):
+            files.append(entry.name)  # an image's name on a link to nothing too
     return sorted(folders), sorted(files)
+
+
+def _is_file(entry: os.DirEntry[str], root: Path) -> bool:
+    try:
+        return _entry_is(entry, "file", root)
+    except DatasetError:
+        return False
 
 
 def own_folders() -> list[Path]:

@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from automl.delivery.embeddings import DegenerateEmbeddingsError, Embeddings, pca_2d, tsne_2d
 from automl.store import attrs
+from automl.wording import counted
 
 logger = logging.getLogger("automl.delivery")
 
@@ -255,7 +256,7 @@ def _page(data: ReportData, sections: str) -> str:
 <body>
 <header id="summary">
 <h1>Study {data.study_id}: {name}</h1>
-<p>Status {_esc(data.status)}; {len(data.trials)} trials ({_esc(states)}).</p>
+<p>Status {_esc(data.status)}; {counted(len(data.trials), "trial")} ({_esc(states)}).</p>
 <h2>Best trial: {best.number}</h2>
 {note}
 <table>{objectives}{params}</table>

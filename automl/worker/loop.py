@@ -57,6 +57,7 @@ from automl.store import (
     retry_transient,
 )
 from automl.store.artifacts import TEMPORARY_PREFIX
+from automl.store.attrs import EvaluationState
 from automl.train import resolve_device
 from automl.train.accel import check_device_settings, release_device_memory
 from automl.wording import counted
@@ -140,6 +141,11 @@ def _probe_write(directory: Path, what: str, variable: str) -> None:
         raise UnusableFolderError(
             unusable_folder(what, directory, variable, exc.strerror or str(exc))
         ) from None
+
+
+NOT_RUN = frozenset({None, EvaluationState.SKIPPED})
+"""What a post-study job that did not run ends in: nothing stored, or a test evaluation
+skipped (no test split, no completed trial)."""
 
 
 @dataclass
@@ -324,8 +330,10 @@ class Worker:
         finally:
             if reaper is not None:
                 reaper.stop()
-        jobs = "".join(f" and {counted(n, job)}" for job, n in sorted(self._jobs_run.items()))
-        logger.info("worker %s stopped after %s%s", self.name, counted(ran, "trial"), jobs)
+        done = [counted(ran, "trial")]
+        done += [counted(n, job) for job, n in sorted(self._jobs_run.items())]
+        shown = done[0] if len(done) == 1 else f"{', '.join(done[:-1])} and {done[-1]}"
+        logger.info("worker %s stopped after %s", self.name, shown)
         return ran
 
     def _back_off_after(self, run: TrialRun) -> None:
@@ -439,7 +447,7 @@ class Worker:
         self,
         job: str,
         claim: Callable[[set[int]], JobLease | None],
-        run: Callable[[JobLease], None],
+        run: Callable[[JobLease], object],
     ) -> bool:
         """Claims one due post-study ``job`` (of none of the studies this worker left) and
         runs it; whether there was one."""
@@ -464,8 +472,9 @@ class Worker:
         try:
             # Beside the other slots' trials, never beside one that must run alone.
             with self.gate.hold(False, lambda: self.stopping):
-                run(lease)
-            self._jobs_run[job] += 1
+                ended = run(lease)
+            if ended not in NOT_RUN:  # stored, and not skipped for want of a test split
+                self._jobs_run[job] += 1
         except GateAbandoned:
             pass  # stopping: the claim goes stale and another worker takes it over
         return True

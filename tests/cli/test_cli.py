@@ -242,6 +242,7 @@ def test_validate_data_says_which_files_an_image_folder_leaves_out(
     (data_root / "mine" / "b" / "notes.txt").write_text("x")
     (data_root / "mine" / "b" / "scan.TIFF").write_bytes(b"")
     (data_root / "mine" / "b" / ".DS_Store").write_bytes(b"")  # hidden: nothing to say
+    (data_root / "mine" / "b" / "gone.png").symlink_to(data_root / "nowhere.png")
     dataset = {"source": "image_folder", "options": {"path": "mine", "size": 8}}
     spec = write_spec(tmp_path / "mine.yaml", tiny_spec_data(name="mine", dataset=dataset))
 
@@ -252,6 +253,7 @@ def test_validate_data_says_which_files_an_image_folder_leaves_out(
     assert note == (
         "  not read    mine: 2 folders inside class folders (a/sub, b/old): images must sit "
         "directly in their class folder; 1 file beside the class folders (stray.jpg); "
+        "1 image name that no file holds (b/gone.png): links to nothing; "
         "2 files of other types in class folders (.tiff: 1, .txt: 1; images are bmp, jpeg, jpg, "
         "png, webp)"
     )
