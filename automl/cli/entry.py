@@ -57,7 +57,8 @@ def _import_main() -> Callable[[], int]:
 
     An extension module interrupted while it imports may raise something else than
     ``KeyboardInterrupt`` (pydantic-core panics), so any error after a SIGINT counts as the
-    interruption. SIGINT left ignored (a background job) stays ignored.
+    interruption, and so does a SIGINT whose error nothing raised. SIGINT left ignored (a
+    background job) stays ignored.
     """
     import signal
 
@@ -80,6 +81,10 @@ def _import_main() -> Callable[[], int]:
     finally:
         if guarded:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+    if interrupted:
+        # Raised where Python only reports it ("Exception ignored in" a module lock's
+        # callback): the import went on, and the command would have run after a Ctrl-C.
+        raise KeyboardInterrupt
     return main
 
 

@@ -4,6 +4,7 @@ after SIGTERM, as ``worker``, ``run`` and ``up`` do; a Ctrl-C while the CLI impo
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import os
 import signal
@@ -182,6 +183,26 @@ def test_an_extension_that_fails_on_ctrl_c_while_importing_exits_130_quietly(
     assert capsys.readouterr().err == "interrupted\n"
     # Not the import guard's handler: ignored, as the process exits.
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.skipif(
+    signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
+    reason="SIGINT is not Python's default here",
+)
+def test_a_ctrl_c_whose_error_is_swallowed_while_importing_still_exits_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in CI: a Ctrl-C landing in a module lock's callback was only reported
+    ("Exception ignored in ..."), the import went on, and the worker ran for good."""
+
+    def ctrl_c_swallowed() -> None:
+        with contextlib.suppress(KeyboardInterrupt):  # as Python does in a weakref callback
+            signal.raise_signal(signal.SIGINT)
+
+    _import_interrupted_by(ctrl_c_swallowed, monkeypatch)
+
+    assert entry.run() == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "interrupted\n"
 
 
 def test_an_import_error_without_ctrl_c_is_not_taken_for_one(
