@@ -180,6 +180,15 @@ def test_post_of_a_form_upload_says_to_send_the_spec_as_the_body(client: TestCli
     # What curl -d / --data-binary send without -H: the spec itself, read as one.
     form_type = {"content-type": "application/x-www-form-urlencoded"}
     assert client.post("/studies", content=spec, headers=form_type).status_code == 201
+    # A tester: curl -d @spec.yaml drops the file's newlines, and the YAML error said no more.
+    one_line = b"name: x budget: {n_trials: 2}"
+    error = _only_error(client.post("/studies", content=one_line, headers=form_type))
+    assert error["msg"].endswith(
+        "(the body is one line: curl -d drops a file's newlines; send it with --data-binary)"
+    )
+    two_lines = b"name: x\nbudget: 3"  # several lines: an error of the spec's own
+    error = _only_error(client.post("/studies", content=two_lines, headers=form_type))
+    assert "curl -d" not in error["msg"]
 
 
 @pytest.fixture

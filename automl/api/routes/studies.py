@@ -169,6 +169,8 @@ async def create_study(
 
 # ``application/x-www-form-urlencoded`` is read as a spec: curl's -d and --data-binary
 # send it by default, with the spec itself as the body.
+FORM_ENCODED = "application/x-www-form-urlencoded"
+CURL_D_HINT = " (the body is one line: curl -d drops a file's newlines; send it with --data-binary)"
 FORM_REFUSAL = (
     "a form upload is not a study spec: send the spec itself as the request body, with "
     "Content-Type application/yaml or application/json (curl --data-binary @spec.yaml "
@@ -187,7 +189,15 @@ async def _read_spec(request: Request, max_bytes: int) -> StudySpec:
     # Parsing a large document and checking its dataset paths take a while: in the thread
     # pool, not on the event loop that every other request waits on.
     is_json = content_type == "application/json"
-    return await run_in_threadpool(functools.partial(spec_from_text, text, is_json=is_json))
+    try:
+        return await run_in_threadpool(functools.partial(spec_from_text, text, is_json=is_json))
+    except SpecError as exc:
+        if content_type != FORM_ENCODED or "\n" in text.strip():
+            raise
+        # curl -d @spec.yaml sends the file without its newlines: a YAML document of one
+        # line rarely parses, and its error alone does not say why.
+        first, *rest = exc.errors
+        raise SpecError([FieldError(first.loc, f"{first.msg}{CURL_D_HINT}"), *rest]) from None
 
 
 # The most frequent reads are ``async``: their queries run in the thread pool, and FastAPI
