@@ -164,10 +164,13 @@ class _Panic(BaseException):
     """What pydantic-core raises when a Ctrl-C interrupts its own imports."""
 
 
-@pytest.mark.skipif(
+needs_python_sigint = pytest.mark.skipif(
     signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
     reason="SIGINT is not Python's default here",
 )
+
+
+@needs_python_sigint
 def test_an_extension_that_fails_on_ctrl_c_while_importing_exits_130_quietly(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -185,10 +188,7 @@ def test_an_extension_that_fails_on_ctrl_c_while_importing_exits_130_quietly(
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
-@pytest.mark.skipif(
-    signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
-    reason="SIGINT is not Python's default here",
-)
+@needs_python_sigint
 def test_a_ctrl_c_whose_error_is_swallowed_while_importing_still_exits_130(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
