@@ -8,12 +8,21 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STORAGE = "sqlite:///automl.db"
+
+
+PROXY_SCHEME = "grpc"
+
+
+def is_proxy_url(url: str | None) -> bool:
+    """Whether a storage URL names an ``automl proxy`` (``grpc://host:port``)."""
+    return bool(url) and urlsplit(url).scheme == PROXY_SCHEME  # type: ignore[arg-type]
 
 
 def is_loopback(host: str) -> bool:
@@ -103,8 +112,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_000_000,
         gt=0,
-        description="Largest JSON or YAML request body (a spec, extend, resume, trials, "
-        "annotate) in bytes; refused while it arrives (413).",
+        description="Largest request body, in bytes: a spec (JSON or YAML), or the JSON of "
+        "extend, resume, enqueue or annotate; refused while it arrives (413).",
     )
     data_root: Path = Field(
         Path("data"), description="Folder that every dataset path must resolve inside."

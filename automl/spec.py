@@ -53,6 +53,8 @@ from automl.samplers import (
 )
 from automl.sampling import check_grid, resolve_auto
 from automl.shown_values import shown_input, shows_input
+from automl.spec_errors import FieldError, Loc, SpecError
+from automl.spec_summary import DEFAULT_METRIC
 from automl.train import METRICS
 from automl.train.hyperparameters import (
     GROUPS,
@@ -71,7 +73,6 @@ NAME_RULE = (
 )
 
 Scalar = str | bool | int | float
-Loc = tuple[str | int, ...]
 
 
 def _one_choice(value: Any) -> Any:
@@ -106,46 +107,6 @@ APPLIES = OptionVerdict()
 """The verdict of an option without a condition, or whose condition always holds."""
 
 
-@dataclass(frozen=True)
-class FieldError:
-    """One problem in a spec, at a field path such as ``("params", "lr", "low")``."""
-
-    loc: Loc
-    msg: str
-
-    @property
-    def path(self) -> str:
-        """The path as text, e.g. ``params.optimizer.choices[1]``."""
-        text = ""
-        for part in self.loc:
-            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-        return text or "(spec)"
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.msg}" if self.loc else self.msg
-
-
-MAX_LISTED_ERRORS = 50
-"""Problems a ``SpecError`` lists; the rest are counted in one last line. A tester's spec
-of 19,000 unknown keys (957 KB) was answered with 7 MB of errors, each listing the valid
-keys."""
-
-
-class SpecError(ValueError):
-    """A spec failed to load or validate; ``errors`` lists every problem found (the first
-    ``MAX_LISTED_ERRORS``, then how many more)."""
-
-    def __init__(self, errors: list[FieldError]) -> None:
-        if len(errors) > MAX_LISTED_ERRORS:
-            more = len(errors) - MAX_LISTED_ERRORS
-            errors = [
-                *errors[:MAX_LISTED_ERRORS],
-                FieldError((), f"and {more} more problems, not listed: fix these first"),
-            ]
-        self.errors = errors
-        super().__init__("; ".join(str(error) for error in errors))
-
-
 _SPEC_CONFIG = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
@@ -167,7 +128,7 @@ class DatasetSpec(StrictModel):
 class ObjectiveSpec(StrictModel):
     """A validation metric to optimize."""
 
-    metric: str = "accuracy"
+    metric: str = DEFAULT_METRIC
     direction: Literal["maximize", "minimize"] | None = Field(
         None, description="Defaults to the metric's natural direction."
     )
@@ -390,11 +351,12 @@ class StudySpec(StrictModel):
         "the test split; the bundle and predict then serve that model. One objective only.",
     )
     space_rules: int = Field(
-        1,
+        1,  # what a spec stored without the field was read by; a submission gets the latest
         ge=1,
         le=SPACE_RULES,
         description="Version of the rules reading the space, set at submit (the latest) and "
         "kept: a study's conditions and grid cells never change under it.",
+        json_schema_extra={"default": SPACE_RULES},
     )
 
     @field_validator("keep_weights", mode="before")
@@ -1897,6 +1859,8 @@ def _on_grid(param: FloatParam | IntParam, value: float) -> bool:
 
 
 def _short(value: Any, limit: int = 40) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)  # as a spec writes them: true, false, null
     if isinstance(value, int) and value.bit_length() > 64:
         return "an integer over 64 bits"  # repr of a huge one can even raise
     text = repr(value)

@@ -15,7 +15,6 @@ from automl.pruners import build_pruner
 from automl.samplers import build_sampler
 from automl.space import build_config
 from automl.spec import (
-    MAX_LISTED_ERRORS,
     FieldError,
     SpecError,
     StudySpec,
@@ -25,6 +24,7 @@ from automl.spec import (
     parse_text,
     validate_spec,
 )
+from automl.spec_errors import MAX_LISTED_ERRORS
 from automl.train.trial_config import stored_config
 
 SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -1543,7 +1543,7 @@ def test_every_bad_enqueued_value_is_named() -> None:
         "enqueue[2].optimizer": "'adamx' is not one of ['adam', 'sgd']",
         "enqueue[2].width": "8.5 is not an integer",
         "enqueue[3].lr": "'fast' is not a number",
-        "enqueue[3].width": "True is not a number",
+        "enqueue[3].width": "true is not a number",  # as JSON and YAML write it
         "enqueue": "4 configurations for a budget of 3 trials",
     }
 
@@ -1574,7 +1574,7 @@ def test_enqueued_values_are_judged_as_optuna_judges_them() -> None:
     ]
     assert enqueue_errors(space, bad) == {
         "enqueue[0].dropout": "0.35 is not on the grid 0.0 + k * 0.1",
-        "enqueue[0].width": "True is not one of [8, 16]",
+        "enqueue[0].width": "true is not one of [8, 16]",
         "enqueue[1].depth": "an integer over 64 bits is outside [1, 4]",
         "enqueue[1].width": "[8] is not one of [8, 16]",
         "enqueue[2].depth": "2.5 is not an integer",
@@ -2078,3 +2078,14 @@ def test_a_plugin_dataset_whose_options_tell_no_channels_still_validates(
     spec = load_spec({"name": "x", "dataset": {"source": "plugin_data"}, "fixed": jitter})
 
     assert spec.dataset.source == "plugin_data"
+
+
+def test_the_schemas_defaults_are_what_a_spec_that_leaves_them_out_gets() -> None:
+    """Found by a tester: clients generated from the OpenAPI schema send every default it
+    names, and ``space_rules`` said 1 where a submission without it gets the latest rules:
+    such a client's studies were read by the oldest rules, without a word."""
+    properties = StudySpec.model_json_schema()["properties"]
+    defaults = {name: field["default"] for name, field in properties.items() if "default" in field}
+
+    assert defaults["space_rules"] > 1
+    assert validate_spec({"name": "x", **defaults}) == validate_spec({"name": "x"})

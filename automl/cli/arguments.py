@@ -23,6 +23,11 @@ def study_id(text: str) -> int:
     return _bounded(text, 0, "study ids")
 
 
+def trial_number(text: str) -> int:
+    """A trial's number within its study: a whole number from 0 to ``MAX_ID``."""
+    return _bounded(text, 0, "trial numbers")
+
+
 def count(text: str) -> int:
     """A positive count (trials to add, rows to list...): 1 to ``MAX_ID``."""
     return _bounded(text, 1, "counts")

@@ -18,9 +18,15 @@ from typing import Any
 
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, CliError
 from automl.cli.http_client import HttpClient
+from automl.cli.output import selection_text
 from automl.config import Settings
 
 CARD_FILE = "model_card.json"
+BUNDLE_FILES = frozenset(
+    {"model.safetensors", CARD_FILE, "model.onnx", "model.torchscript.pt", "predict.py"}
+)
+"""The files a bundle may hold (``automl.delivery.bundle`` writes them; this module
+imports nothing heavy): an export's ``--overwrite`` replaces these and no others."""
 
 
 def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
@@ -46,7 +52,8 @@ def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(
         f"study {model.get('study_id')}, trial {model.get('trial_number')} "
-        f"({model.get('architecture')}, {len(card.get('classes', []))} classes): wrote "
+        f"({selection_text(bundle.get('selection'))}; {model.get('architecture')}, "
+        f"{len(card.get('classes', []))} classes): wrote "
         f"{', '.join(path.name for path in written)} to {directory}\n{usage}"
     )
     return EXIT_OK
@@ -75,7 +82,7 @@ def fetch_bundle(settings: Settings, study_id: int) -> bytes:
 
 
 def _build_locally(settings: Settings, study_id: int) -> bytes:
-    from automl.cli.commands import open_store
+    from automl.cli.local_store import open_store
     from automl.delivery.bundle import build_bundle
     from automl.delivery.inference import DeliveryError
     from automl.store import WeightsNotFoundError

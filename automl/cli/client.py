@@ -8,27 +8,24 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import automl.store as store_api  # its names load on first use: reads need no spec or torch
 from automl.cli.http_client import ClientError, HttpClient
-from automl.spec import SpecError, spec_from_text
-from automl.store import (
-    BestTrials,
+from automl.spec_errors import SpecError
+from automl.store.storage import Store
+from automl.store.study_reads import (
     NoBestTrialError,
-    Page,
-    Store,
-    StudyDetail,
-    StudySummary,
-    TrialSummary,
-    best_trials,
-    cancel_study,
-    delete_study,
-    enqueue_trials,
-    extend_study,
     get_study,
+    get_trial,
     list_studies,
     list_trials,
-    rerun_failed,
-    resume_study,
-    submit_study,
+)
+from automl.store.views import (
+    BestTrials,
+    Page,
+    StudyDetail,
+    StudySummary,
+    TrialDetail,
+    TrialSummary,
 )
 
 
@@ -49,6 +46,7 @@ class Client(Protocol):
         *,
         intermediate_values: bool = False,
     ) -> Page[TrialSummary]: ...
+    def trial(self, study_id: int, number: int) -> TrialDetail: ...
     def cancel(self, study_id: int) -> StudyDetail: ...
     def extend(self, study_id: int, add_trials: int) -> StudyDetail: ...
     def resume(self, study_id: int, add_trials: int) -> StudyDetail: ...
@@ -66,8 +64,10 @@ class LocalClient:
     def submit(self, text: str, is_json: bool, idempotency_key: str | None = None) -> StudyDetail:
         """Validates and submits a spec's text (YAML reads JSON too); a repeat with the same
         ``idempotency_key`` answers with the study the first one made."""
+        from automl.spec import spec_from_text  # imports every registry (torch)
+
         spec = spec_from_text(text, is_json=is_json)
-        return submit_study(self.store, spec, idempotency_key)
+        return store_api.submit_study(self.store, spec, idempotency_key)
 
     def studies(self, limit: int) -> Page[StudySummary]:
         """Newest studies first."""
@@ -85,7 +85,7 @@ class LocalClient:
                 an unknown study is (``StudyNotFoundError``, exit 2).
         """
         try:
-            return best_trials(self.store, study_id)
+            return store_api.best_trials(self.store, study_id)
         except NoBestTrialError as exc:
             raise ClientError(str(exc), bad_input=False) from None
 
@@ -110,32 +110,36 @@ class LocalClient:
             intermediate_values=intermediate_values,
         )
 
+    def trial(self, study_id: int, number: int) -> TrialDetail:
+        """One trial in full."""
+        return get_trial(self.store, study_id, number)
+
     def cancel(self, study_id: int) -> StudyDetail:
         """Cancels a study."""
-        return cancel_study(self.store, study_id)
+        return store_api.cancel_study(self.store, study_id)
 
     def extend(self, study_id: int, add_trials: int) -> StudyDetail:
         """Adds trials to an active study."""
-        return extend_study(self.store, study_id, add_trials)
+        return store_api.extend_study(self.store, study_id, add_trials)
 
     def resume(self, study_id: int, add_trials: int) -> StudyDetail:
         """Reopens an ended study."""
-        return resume_study(self.store, study_id, add_trials)
+        return store_api.resume_study(self.store, study_id, add_trials)
 
     def rerun_failed(self, study_id: int) -> StudyDetail:
         """Queues a study's failed trials again."""
-        return rerun_failed(self.store, study_id)
+        return store_api.rerun_failed(self.store, study_id)
 
     def enqueue(self, study_id: int, configs: list[dict[str, Any]]) -> StudyDetail:
         """Queues configurations to try next."""
         try:
-            return enqueue_trials(self.store, study_id, configs)
+            return store_api.enqueue_trials(self.store, study_id, configs)
         except SpecError as exc:
             raise ClientError(f"invalid configs: {exc}", bad_input=True) from None
 
     def delete(self, study_id: int) -> None:
         """Deletes an ended study."""
-        delete_study(self.store, study_id)
+        store_api.delete_study(self.store, study_id)
 
 
 __all__ = ["Client", "ClientError", "HttpClient", "LocalClient"]

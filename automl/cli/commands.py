@@ -22,7 +22,6 @@ from pathlib import Path
 
 from optuna.trial import FrozenTrial
 
-from automl.cli.client import ClientError
 from automl.cli.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
@@ -30,6 +29,7 @@ from automl.cli.errors import (
     EXIT_OK,
     CliError,
 )
+from automl.cli.local_store import open_store, store_errors_as_cli_errors
 from automl.cli.output import (
     best_text,
     entries_text,
@@ -40,27 +40,20 @@ from automl.cli.ports import require_free_port
 from automl.cli.stops import StopSignals
 from automl.cli.study_commands import print_json, read_spec_text
 from automl.config import Settings, is_loopback
-from automl.spec import SpecError, spec_from_text
+from automl.spec import spec_from_text
 from automl.store import (
-    ArtifactUnreadableError,
     Backoff,
-    NoBestTrialError,
     StorageError,
     StorageUnavailableError,
     Store,
-    StudyNotFoundError,
-    StudyStateError,
     StudyStatus,
-    TrialNotFoundError,
     attrs,
     best_trials,
     get_study,
     is_transient,
-    open_store_from,
     submit_study,
 )
-from automl.store.faults import SCHEMA_MISSING, first_line, is_schema_missing
-from automl.store.storage import has_automl_tables, redact, sqlite_file
+from automl.store.storage import redact, sqlite_file
 from automl.train import resolve_device
 from automl.train.accel import check_device_settings
 from automl.wording import counted
@@ -80,95 +73,14 @@ logger = logging.getLogger("automl.cli")
 
 @contextmanager
 def errors_as_cli_errors(spec_path: str | None, cut_off_hint: str = "") -> Iterator[None]:
-    """Turns the store's, the spec's and the client's known errors into ``CliError``s;
-    ``cut_off_hint``: what to add when the database failed under the command (one that
-    changes the store: ``change_hint``)."""
-    try:
-        yield
-    except SpecError as exc:
-        # Without a spec file the errors are the command's own input (add_trials, configs).
-        message = f"invalid spec {spec_path}: {exc}" if spec_path else str(exc)
-        raise CliError(message, EXIT_BAD_INPUT) from None
-    except NoBestTrialError as exc:  # the input is right: the study has no result yet
-        raise CliError(str(exc), EXIT_FAILURE) from None
-    except (StudyNotFoundError, TrialNotFoundError, StudyStateError) as exc:
-        raise CliError(str(exc), EXIT_BAD_INPUT) from None
-    except ClientError as exc:
-        raise CliError(str(exc), EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILURE) from None
-    except StorageError as exc:
-        raise CliError(str(exc), EXIT_BAD_INPUT if exc.bad_config else EXIT_FAILURE) from None
-    except ArtifactUnreadableError as exc:
-        raise CliError(str(exc), EXIT_FAILURE) from None
-    except InvalidDeviceError as exc:
-        raise CliError(str(exc), EXIT_BAD_INPUT) from None
-    except DeviceFaultError as exc:
-        raise CliError(str(exc), EXIT_FAILURE) from None
-    except Exception as exc:
-        if is_schema_missing(exc):  # tables dropped or renamed under a running command
-            raise CliError(f"{SCHEMA_MISSING}: {first_line(exc)}", EXIT_FAILURE) from None
-        if not is_transient(exc):
-            raise
-        message = f"storage unavailable: {first_line(exc)}{cut_off_hint}"
-        raise CliError(message, EXIT_FAILURE) from None
-
-
-def open_store(settings: Settings, *, create: bool = False) -> Store:
-    """Opens the configured store (a database: a ``grpc://`` proxy serves only workers).
-
-    Args:
-        settings: Where the store is.
-        create: Create the store if it is not there yet: a SQLite file, or automl's
-            tables in a server database (commands that write: submit, run, serve, worker,
-            keys). Without it a missing store is an error, not an empty store: a mistyped
-            ``--storage`` would otherwise report no studies, and leave an empty database
-            (or automl's tables in someone else's) behind.
-
-    Raises:
-        CliError: If the store is a proxy, or missing (without ``create``).
-        StorageError: If the database cannot be opened.
-    """
-    from automl.proxy import is_proxy_url
-
-    if is_proxy_url(settings.storage):
-        raise CliError(
-            f"{settings.storage} is an automl proxy, which serves workers only; point "
-            "this command at the database (AUTOML_STORAGE) or the API (--url)",
-            EXIT_BAD_INPUT,
-        )
-    if not create:
-        _require_store(settings.storage)
-    return open_store_from(settings)
-
-
-def _require_store(url: str) -> None:
-    """Raises a ``CliError`` (bad input) unless ``url`` names an existing store: a SQLite
-    file that is there, or a server database holding automl's tables."""
-    database = sqlite_file(url)
-    if database is not None:
-        if not database.exists():
-            raise CliError(
-                f"no store at {database}: nothing was submitted there (check --storage or "
-                "AUTOML_STORAGE; submit and run create it)",
-                EXIT_BAD_INPUT,
-            )
-        return
-    if _backend(url) not in (None, "sqlite") and not has_automl_tables(url):
-        raise CliError(
-            f"no automl store at {redact(url)} (no automl tables); submit a study or run "
-            "automl serve/worker to create one",
-            EXIT_BAD_INPUT,
-        )
-
-
-def _backend(url: str) -> str | None:
-    """``url``'s database (``sqlite``, ``postgresql``...); None if it is malformed (which
-    opening the store reports)."""
-    import sqlalchemy
-
-    try:
-        return sqlalchemy.engine.make_url(url).get_backend_name()
-    except sqlalchemy.exc.ArgumentError:
-        return None
+    """``store_errors_as_cli_errors``, and a worker's device errors as ``CliError``s."""
+    with store_errors_as_cli_errors(spec_path, cut_off_hint):
+        try:
+            yield
+        except InvalidDeviceError as exc:
+            raise CliError(str(exc), EXIT_BAD_INPUT) from None
+        except DeviceFaultError as exc:
+            raise CliError(str(exc), EXIT_FAILURE) from None
 
 
 def _open_store_waiting(settings: Settings, logger_name: str = "automl.worker") -> Store:

@@ -26,9 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from automl.cli.bundle_commands import fetch_bundle, unpack_bundle
+from automl.cli.bundle_commands import BUNDLE_FILES, fetch_bundle, unpack_bundle
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
 from automl.cli.http_client import ClientError
+from automl.cli.output import selection_text
 from automl.cli.study_commands import client_for
 from automl.config import Settings
 from automl.csv_cells import as_text_cell
@@ -55,10 +56,10 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     }
     with _staging(directory) as folder:
         written = [_write(folder, name, text) for name, text in files.items()]
-        if (folder / MODEL_DIR).is_dir():  # an earlier export's (--overwrite): not this study's
-            shutil.rmtree(folder / MODEL_DIR)
+        _remove_earlier_model(folder / MODEL_DIR)
+        card: dict[str, Any] = {}
         if bundle is not None:
-            model_files, _ = unpack_bundle(bundle, folder / MODEL_DIR)
+            model_files, card = unpack_bundle(bundle, folder / MODEL_DIR)
             written += model_files
         names = [str(path.relative_to(folder)) for path in written]
     failed = bundle is None and _has_weights(best)
@@ -66,7 +67,10 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"directory": str(directory), "files": names, "no_model": no_model}))
     else:
         model = (
-            f"the best model in {MODEL_DIR}/" if bundle is not None else f"no model ({no_model})"
+            f"the model of trial {card.get('model', {}).get('trial_number')} "
+            f"({selection_text(card.get('bundle', {}).get('selection'))}) in {MODEL_DIR}/"
+            if bundle is not None
+            else f"no model ({no_model})"
         )
         print(
             f"study {study.id} ({study.name}, {study.status.value}): wrote study.json, "
@@ -77,6 +81,21 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {MODEL_DIR}/ not written: {no_model}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
+
+
+def _remove_earlier_model(folder: Path) -> None:
+    """Removes an earlier export's model (``--overwrite``), which may not be this study's:
+    the files a bundle holds, then the folder if that leaves it empty (a user's own files
+    there stay)."""
+    if not folder.is_dir():
+        return
+    try:
+        for name in BUNDLE_FILES:
+            (folder / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: the user's files stay
+            folder.rmdir()
+    except OSError as exc:
+        raise CliError(f"cannot write {folder}: {exc.strerror}", EXIT_BAD_INPUT) from None
 
 
 def _has_weights(best: BestTrials | None) -> bool:

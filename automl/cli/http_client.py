@@ -16,7 +16,14 @@ from pydantic import BaseModel, ValidationError
 
 from automl.config import Settings
 from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions
-from automl.store.views import BestTrials, Page, StudyDetail, StudySummary, TrialSummary
+from automl.store.views import (
+    BestTrials,
+    Page,
+    StudyDetail,
+    StudySummary,
+    TrialDetail,
+    TrialSummary,
+)
 
 NO_COMPLETED_TRIAL = "completed trial"
 """What the API's answer says of a study without a result (``NoBestTrialError``: it "has no
@@ -182,6 +189,10 @@ class HttpClient:
             if len(page.data) < size or len(data) >= count:
                 break
         return Page[item](data=data, count=count)  # type: ignore[valid-type]
+
+    def trial(self, study_id: int, number: int) -> TrialDetail:
+        """One trial in full."""
+        return self._answer(TrialDetail, "GET", f"/studies/{study_id}/trials/{number}")
 
     def cancel(self, study_id: int) -> StudyDetail:
         """Cancels a study."""

@@ -27,7 +27,7 @@ MAX_LABEL = 256
 
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     """Runs ``automl keys create``, ``list`` or ``revoke`` on the configured store."""
-    from automl.cli.commands import open_store
+    from automl.cli.local_store import open_store
     from automl.store.keys import ApiKeyError
 
     store = open_store(settings, create=args.keys_command == "create")

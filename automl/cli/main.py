@@ -25,6 +25,7 @@ from automl.cli.arguments import (
     proxy_port,
     study_id,
     top_count,
+    trial_number,
 )
 from automl.cli.dashboard_commands import DEFAULT_PORT
 from automl.cli.errors import (
@@ -265,8 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
     target_args(best)
     artifacts_arg(best)
 
-    trials = commands.add_parser("trials", help="list a study's trials in number order")
+    trials = commands.add_parser(
+        "trials", help="list a study's trials in number order, or show one in full"
+    )
     trials.add_argument("study", type=study_id, help="study id")
+    trials.add_argument(
+        "number",
+        nargs="?",
+        type=trial_number,
+        help="show this trial in full: params, metrics, per-class report, notes",
+    )
     trials.add_argument(
         "--state", choices=["running", "complete", "pruned", "fail"], help="only this state"
     )
@@ -534,12 +543,21 @@ def _run_against_api(command: Command, args: argparse.Namespace, settings: Setti
         raise CliError(f"{exc}{hint}", EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILURE) from None
 
 
-def _run_locally(command: Command, args: argparse.Namespace, settings: Settings) -> int:
-    from automl.catalog import load_plugins
-    from automl.cli.commands import errors_as_cli_errors  # imports torch and optuna
+STORE_READING_COMMANDS = frozenset({"status", "trials"})
+"""Commands that only read the store's tables: they load no plugins and import no spec
+models, registries or torch (``automl status`` answered in 3 s, half of it importing
+torch)."""
 
+
+def _run_locally(command: Command, args: argparse.Namespace, settings: Settings) -> int:
     _quiet_optuna()
-    load_plugins()
+    if args.command in STORE_READING_COMMANDS:
+        from automl.cli.local_store import store_errors_as_cli_errors as errors_as_cli_errors
+    else:
+        from automl.catalog import load_plugins
+        from automl.cli.commands import errors_as_cli_errors  # imports torch
+
+        load_plugins()
     with errors_as_cli_errors(getattr(args, "spec", None), change_hint(args)):
         return command(args, settings)
 

@@ -14,6 +14,7 @@ from automl.store.views import (
     Page,
     StudyDetail,
     StudySummary,
+    TrialDetail,
     TrialSummary,
 )
 
@@ -93,21 +94,13 @@ def best_text(best: BestTrials) -> str:
     metrics in their own column once the study's test evaluation stored them."""
     blocks = []
     for trial in best.trials:
-        values = ", ".join(
-            f"{metric}={value:.6g}" if value is not None else f"{metric}=-"
-            for metric, value in zip(best.metrics, trial.values or [], strict=False)
-        )
-        header = f"best trial #{trial.number} of study {best.study_id}: {values}"
+        header = f"best trial #{trial.number} of study {best.study_id}: "
+        header += _values_text(best.metrics, trial.values)
         params = table(("PARAM", "VALUE"), sorted(trial.params.items()))
-        validation = trial.metrics or {}
-        if trial.test_metrics is None:
-            metrics = table(("METRIC", "VALUE"), sorted(validation.items()))
-        else:
-            test = trial.test_metrics
-            names = sorted(set(validation) | set(test))
-            rows = [(name, validation.get(name), test.get(name)) for name in names]
-            metrics = table(("METRIC", "VALIDATION", "TEST"), rows)
-        blocks.append("\n\n".join([header, params, metrics]))
+        parts = [header, params, _metrics_table(trial)]
+        if trial.notes:
+            parts.append(_notes_text(trial.notes))
+        blocks.append("\n\n".join(parts))
     evaluation = best.test_evaluation
     if evaluation is not None and evaluation.state != EvaluationState.DONE:
         note = f": {evaluation.note}" if evaluation.note else ""
@@ -121,6 +114,81 @@ def best_text(best: BestTrials) -> str:
             detail = f": {refit.note}" if refit.note else ""
         blocks.append(f"refit on train + validation: {refit.state.value}{detail}")
     return "\n\n".join(blocks)
+
+
+def _values_text(metrics: Sequence[str], values: Sequence[float | None] | None) -> str:
+    return ", ".join(
+        f"{metric}={value:.6g}" if value is not None else f"{metric}=-"
+        for metric, value in zip(metrics, values or [], strict=False)
+    )
+
+
+def _metrics_table(trial: TrialDetail) -> str:
+    """Validation metrics, beside the test split's once they were measured."""
+    validation = trial.metrics or {}
+    if trial.test_metrics is None:
+        return table(("METRIC", "VALUE"), sorted(validation.items()))
+    test = trial.test_metrics
+    names = sorted(set(validation) | set(test))
+    return table(
+        ("METRIC", "VALIDATION", "TEST"), [(n, validation.get(n), test.get(n)) for n in names]
+    )
+
+
+def trial_text(trial: TrialDetail, study_id: int, metrics: Sequence[str]) -> str:
+    """One trial in full: state and values, params, metrics, the per-class report and
+    most frequent mistakes of each split measured, and the trial's notes."""
+    header = f"trial #{trial.number} of study {study_id}: {trial.state}"
+    if trial.values:
+        header += f", {_values_text(metrics, trial.values)}"
+    lines = [header]
+    why = failure_text(trial)
+    if why:
+        lines.append(f"failed: {printable(why)}")
+    if trial.best_epoch is not None:
+        lines.append(
+            f"weights of epoch {trial.best_epoch}"
+            + ("" if trial.weights_available else " (not kept)")
+        )
+    blocks = ["\n".join(lines)]
+    if trial.params:
+        blocks.append(table(("PARAM", "VALUE"), sorted(trial.params.items())))
+    if trial.metrics or trial.test_metrics:
+        blocks.append(_metrics_table(trial))
+    for split, rows, mistakes in (
+        ("validation", trial.per_class, trial.most_confused),
+        ("test", trial.test_per_class, trial.test_most_confused),
+    ):
+        if rows:
+            blocks.append(f"{split} split, per class:\n" + _per_class_table(rows))
+        if mistakes:
+            shown = ", ".join(
+                f"{_cell(m.get('true'))} as {_cell(m.get('predicted'))} ({m.get('count')})"
+                for m in mistakes[:MISTAKES_SHOWN]
+            )
+            blocks.append(f"{split} split, most frequent mistakes: {shown}")
+    if trial.notes:
+        blocks.append(_notes_text(trial.notes))
+    return "\n\n".join(blocks)
+
+
+MISTAKES_SHOWN = 5
+"""Most frequent mistakes a trial's text names (``--json``: all that were kept)."""
+
+
+def _per_class_table(rows: Sequence[dict[str, Any]]) -> str:
+    columns = ("class", "precision", "recall", "f1", "support")
+    return table([c.upper() for c in columns], [[row.get(c) for c in columns] for row in rows])
+
+
+def _notes_text(notes: dict[str, Any]) -> str:
+    """What the trial noted about its run (a batch size cut, classes without images...)."""
+    lines = [f"  {key}: {_note(value)}" for key, value in sorted(notes.items())]
+    return "notes:\n" + "\n".join(lines)
+
+
+def _note(value: Any) -> str:
+    return printable(value if isinstance(value, str) else json.dumps(value))
 
 
 def trials_table(page: Page[TrialSummary]) -> str:
@@ -211,3 +279,16 @@ def printable_json(text: str) -> str:
     except (UnicodeEncodeError, LookupError):
         return json.dumps(json.loads(text), indent=2, ensure_ascii=True)
     return text
+
+
+SELECTIONS = {
+    "best_trial": "best trial",
+    "refit": "refit on train + validation",
+    "pareto_front_first": "first of the Pareto front",
+}
+"""How each kind of serving model (``ServedModel.selection``) is named."""
+
+
+def selection_text(selection: str | None) -> str:
+    """Why a trial serves, in words (an unknown kind as it is)."""
+    return SELECTIONS.get(selection or "", selection or "best trial")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
 from automl.cli.http_client import ClientError, HttpClient
-from automl.cli.output import printable_json, table
+from automl.cli.output import printable_json, selection_text, table
 from automl.config import Limits, Settings
 from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions, ServedModel
 from automl.shown_values import shown_path
@@ -106,12 +106,7 @@ def annotations_text(result: Annotations) -> str:
 
 def served_text(model: ServedModel) -> str:
     """Which trial answered, and why it was chosen."""
-    how = {
-        "best_trial": "best trial",
-        "refit": "refit on train + validation",
-        "pareto_front_first": "first of the Pareto front",
-    }.get(model.selection, model.selection)
-    text = f"study {model.study_id}, trial {model.trial_number} ({how})"
+    text = f"study {model.study_id}, trial {model.trial_number} ({selection_text(model.selection)})"
     return f"{text}: {model.note}" if model.note else text
 
 
@@ -217,7 +212,7 @@ def _sizes(paths: list[Path]) -> int:
 
 @contextmanager
 def _local_store(settings: Settings) -> Iterator[Store]:
-    from automl.cli.commands import open_store
+    from automl.cli.local_store import open_store
 
     store = open_store(settings)
     try:

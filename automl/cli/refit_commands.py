@@ -21,7 +21,7 @@ def cmd_refit(args: argparse.Namespace, settings: Settings) -> int:
     if settings.url:
         view = HttpClient(settings.url).refit(args.study)
     else:
-        from automl.cli.commands import open_store
+        from automl.cli.local_store import open_store
         from automl.store import queue_refit
 
         store = open_store(settings)

@@ -66,7 +66,7 @@ def _is_report(path: Path) -> bool:
 
 
 def _draw_locally(settings: Settings, study_id: int) -> str:
-    from automl.cli.commands import open_store
+    from automl.cli.local_store import open_store
     from automl.delivery.study_report import study_report_html
 
     store = open_store(settings)

@@ -26,6 +26,7 @@ from automl.cli.output import (
     printable_json,
     studies_table,
     study_text,
+    trial_text,
     trials_table,
 )
 from automl.config import Settings
@@ -43,7 +44,7 @@ def client_for(settings: Settings, *, create: bool = False) -> Client:
     if settings.url:
         return HttpClient(settings.url)
     from automl.cli.client import LocalClient
-    from automl.cli.commands import open_store
+    from automl.cli.local_store import open_store
 
     return LocalClient(open_store(settings, create=create))
 
@@ -264,7 +265,12 @@ def cmd_best(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "download", None):
         return cmd_download_best(args, settings)
     best = client_for(settings).best(args.study)
-    print_json(best) if args.json else print(best_text(best))
+    if args.json:
+        print_json(best)
+        return EXIT_OK
+    print(best_text(best))
+    first = best.trials[0].number
+    print(f"\nper-class report: automl trials {best.study_id} {first}")
     return EXIT_OK
 
 
@@ -310,7 +316,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"config {index + 1} must be a JSON object", EXIT_BAD_INPUT)
         configs.append(config)
     study = client_for(settings).enqueue(args.study, configs)
-    return _show(args, study, f"study {study.id}: {len(configs)} configurations queued")
+    return _show(args, study, f"study {study.id}: {counted(len(configs), 'configuration')} queued")
 
 
 def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
@@ -334,7 +340,20 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 
 def cmd_trials(args: argparse.Namespace, settings: Settings) -> int:
-    """Lists a study's trials in number order: a table, or ``--json``."""
+    """Lists a study's trials in number order, or shows trial ``args.number`` in full: as
+    text, or ``--json``."""
+    if args.number is not None:
+        if args.state is not None or args.limit is not None:
+            message = "--state and --limit list trials; a trial's NUMBER shows one"
+            raise CliError(message, EXIT_BAD_INPUT)
+        client = client_for(settings)
+        study = client.study(args.study)  # the names of its objectives, for the values
+        trial = client.trial(args.study, args.number)
+        if args.json:
+            print_json(trial)
+        else:
+            print(trial_text(trial, study.id, study.metrics))
+        return EXIT_OK
     page = client_for(settings).trials(
         args.study, state=args.state, limit=args.limit, intermediate_values=args.json
     )

@@ -249,6 +249,9 @@ def _build(store: Store, plan: _Plan, trace: Tracer = trace_here) -> Bundle:
             "predict": None if len(shape) == 4 else f"python {PREDICT_FILE} IMAGE [IMAGE ...]",
             # predict.py's limit: the one the service's own predictions had when it was built.
             "max_image_pixels": Limits().max_image_pixels,
+            # Why this trial (ServedModel.selection): with several objectives, which of the
+            # Pareto front's trials is no choice the card's metrics tell.
+            "selection": plan.serving.selection,
         },
     }
     files[CARD_FILE] = (json.dumps(card, indent=2, allow_nan=False) + "\n").encode()

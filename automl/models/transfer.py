@@ -58,9 +58,16 @@ def resolve_checkpoint(reference: str) -> Path:
         CheckpointError: If it escapes the data root, is not a known checkpoint type, or
             is not found.
     """
+    if "://" in reference:  # workers fetch no URL a spec names (nor a server's, on its behalf)
+        raise CheckpointError(
+            f"checkpoint {reference!r} is a URL; automl downloads no checkpoint: save the file "
+            "under the data root, or in the torch hub cache ($TORCH_HOME/hub/checkpoints), "
+            "and name it"
+        )
     if not reference.endswith(CHECKPOINT_SUFFIXES):
         raise CheckpointError(
-            f"checkpoint {reference!r} must end in {', '.join(CHECKPOINT_SUFFIXES)}"
+            f"checkpoint {reference!r} must be a file ending in "
+            f"{', '.join(CHECKPOINT_SUFFIXES)} (under the data root, or in the torch hub cache)"
         )
     root = data_root()
     try:

@@ -20,6 +20,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial
 
+from automl.config import PROXY_SCHEME, is_proxy_url
 from automl.proxy import wire
 from automl.proxy.trials import ProxyTrialStorage
 from automl.proxy.wire import ProxyTooOldError
@@ -42,7 +43,6 @@ from automl.store import (
     TrialTestReport,
 )
 
-PROXY_SCHEME = "grpc"
 DEFAULT_PROXY_PORT = 13000
 CALL_TIMEOUT_S = 60.0
 TRANSFER_TIMEOUT_S = 600.0
@@ -51,11 +51,6 @@ TRANSFER_TIMEOUT_S = 600.0
 
 class RemoteCallError(RuntimeError):
     """The proxy failed a call for a reason other than the ones the worker handles."""
-
-
-def is_proxy_url(url: str | None) -> bool:
-    """Whether a storage URL names an ``automl proxy`` (``grpc://host:port``)."""
-    return bool(url) and urlsplit(url).scheme == PROXY_SCHEME  # type: ignore[arg-type]
 
 
 def parse_proxy_url(url: str) -> tuple[str, int]:

@@ -56,8 +56,8 @@ from automl.store import (
 )
 from automl.store.faults import first_line
 from automl.store.lean_cache import LeanTrialCache
-from automl.store.studies import stored_spec_text
 from automl.store.study_caches import StudyCaches
+from automl.store.study_reads import stored_spec_text
 from automl.worker.coordinator import SqlCoordinator
 
 logger = logging.getLogger("automl.proxy")

@@ -9,14 +9,16 @@ from automl.store import attrs as attrs  # the one name imported eagerly: it is 
 # ``attrs``) can be imported without SQLAlchemy, optuna or torch: the CLI's thin client
 # reads the views. Add a new public name to its module's tuple (``__all__`` follows).
 _SOURCES: dict[str, tuple[str, ...]] = {
-    "artifacts": (
+    "artifact_errors": (
         "ArtifactDamagedError",
-        "ArtifactStore",
         "ArtifactStoreError",
         "ArtifactUnreadableError",
+        "WeightsNotFoundError",
+    ),
+    "artifacts": (
+        "ArtifactStore",
         "FolderArtifactStore",
         "SqlArtifactStore",
-        "WeightsNotFoundError",
         "check_weights",
         "discard",
         "load_state_dict",
@@ -109,10 +111,6 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "open_store_from",
     ),
     "studies": (
-        "NoBestTrialError",
-        "StudyNotFoundError",
-        "StudyStateError",
-        "TrialNotFoundError",
         "best_trials",
         "cancel_study",
         "delete_study",
@@ -120,17 +118,23 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "enqueue_trials",
         "extend_study",
         "fail_without_optuna_study",
+        "queue_refit",
+        "rerun_failed",
+        "resume_study",
+        "submit_study",
+        "submitted_spec",
+    ),
+    "study_reads": (
+        "NoBestTrialError",
+        "StudyNotFoundError",
+        "StudyStateError",
+        "TrialNotFoundError",
         "get_frozen_trial",
         "get_status",
         "get_study",
         "get_trial",
         "list_studies",
         "list_trials",
-        "queue_refit",
-        "rerun_failed",
-        "resume_study",
-        "submit_study",
-        "submitted_spec",
     ),
     "views": (
         "BestTrials",

@@ -30,23 +30,31 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import optuna
 import sqlalchemy as sa
-import torch
 from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from automl.config import unusable_folder
 from automl.file_clock import folder_now
 from automl.store import attrs, tables
+from automl.store.artifact_errors import (
+    ArtifactDamagedError,
+    ArtifactsFolderWriteError,
+    ArtifactStoreError,
+    ArtifactUnreadableError,
+    UnusableArtifactsFolderError,
+    WeightsNotFoundError,
+)
 from automl.store.staging import staged_file
 from automl.store.tables import db_now
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("automl.store")
 
@@ -74,35 +82,6 @@ class ArtifactStore(Protocol):
     def remove(self, artifact_id: str) -> None:
         """Deletes the artifact (missing ones may raise ``ArtifactNotFound``)."""
         ...
-
-
-class WeightsNotFoundError(LookupError):
-    """The trial kept no weights (it failed, was pruned, or the artifact is gone)."""
-
-
-class ArtifactUnreadableError(RuntimeError):
-    """An artifact is there but cannot be read (its file's permissions, a folder by its
-    name): the operator's to fix, not the caller's."""
-
-
-class ArtifactDamagedError(ArtifactUnreadableError):
-    """An artifact's bytes differ from those written: its SHA-256 is not the one recorded
-    beside it (a disk or a network file system changed them). Read again, they stay wrong;
-    whoever made them can make them again (a checkpoint, a shared generator), and weights
-    are lost."""
-
-
-class ArtifactsFolderWriteError(OSError):
-    """The artifacts folder refused a write for its path (``FOLDER_REFUSALS``: read-only,
-    gone, a file by its name), which no later write in it would get past."""
-
-
-class ArtifactStoreError(ValueError):
-    """The configured artifact store cannot be used (unknown kind, missing bucket)."""
-
-
-class UnusableArtifactsFolderError(ArtifactStoreError):
-    """The ``folder`` store's folder cannot be created where the setting puts it."""
 
 
 FOLDER_REFUSALS = frozenset(
@@ -530,6 +509,10 @@ class _UnsyncedWrites:
 def weights_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
     """A state dict as a safetensors file: contiguous CPU tensors, no tensor sharing its
     memory with another (safetensors refuses aliases, such as tied weights)."""
+    # Imported here, as in read_state_dict: a command that opens the store only to read
+    # its tables (automl status) needs no torch.
+    from safetensors.torch import save as save_safetensors
+
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in state_dict.items():
@@ -550,6 +533,9 @@ def weights_format(head: bytes) -> str:
 
 def read_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
     """Reads weights in either format, on the CPU, without running any pickled code."""
+    import torch
+    from safetensors.torch import load as load_safetensors
+
     if weights_format(blob[:9]) == "safetensors":
         return load_safetensors(blob)
     return torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")

@@ -1173,6 +1173,30 @@ def optuna_study_exists(connection: sa.engine.Connection, study_id: int) -> bool
 
 
 MARK_TOLERANCE_S = 1e-3
+
+
+def directions_of(
+    connection: sa.engine.Connection, study_ids: Sequence[int]
+) -> dict[int, tuple[str, ...]]:
+    """The directions (``maximize``/``minimize``, by objective) of those of ``study_ids``
+    whose Optuna study is marked automl's; one query."""
+    if not study_ids:
+        return {}
+    marked = sa.exists().where(
+        study_user_attributes.c.study_id == study_directions.c.study_id,
+        study_user_attributes.c.key == attrs.CREATED_AT,
+    )
+    rows = connection.execute(
+        sa.select(study_directions.c.study_id, study_directions.c.direction)
+        .where(among(connection, study_directions.c.study_id, study_ids), marked)
+        .order_by(study_directions.c.study_id, study_directions.c.objective)
+    ).all()
+    directions: dict[int, list[str]] = defaultdict(list)
+    for study_id, direction in rows:
+        directions[study_id].append(direction.name.lower())
+    return {study_id: tuple(found) for study_id, found in directions.items()}
+
+
 """How far a study's mark may lie from its row's creation time (both are written from one
 time; the mark as ISO 8601 text, in microseconds)."""
 

@@ -7,21 +7,17 @@ that locks the study's row; reads use SQL aggregates and pages, never every tria
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
 import time
 import warnings
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.trial import FrozenTrial, TrialState
-from pydantic import ValidationError
 
 from automl.config import Limits
 from automl.data import dataset_fingerprint
@@ -63,6 +59,14 @@ from automl.store.status import (
     request_refit,
 )
 from automl.store.storage import Store, retrying_read
+from automl.store.study_reads import (
+    NoBestTrialError,
+    StudyNotFoundError,
+    StudyStateError,
+    get_study,
+    stored_spec_text,
+    study_row,
+)
 from automl.store.tables import (
     DELETING,
     EvaluationState,
@@ -71,15 +75,10 @@ from automl.store.tables import (
     TicketState,
 )
 from automl.store.views import (
-    SUMMARY_ATTRS,
     BestTrials,
-    Page,
     RefitView,
     StudyDetail,
-    StudySummary,
-    TrialCounts,
     TrialDetail,
-    TrialSummary,
 )
 from automl.store.warm_start import plan_warm_start
 from automl.wording import counted
@@ -103,30 +102,6 @@ it right after creating the study) before it counts as another tool's."""
 
 
 logger = logging.getLogger("automl.store")
-
-
-class StudyNotFoundError(LookupError):
-    """No automl study has this id."""
-
-    def __init__(self, study_id: int) -> None:
-        super().__init__(f"study {study_id} not found")
-        self.study_id = study_id
-
-
-class TrialNotFoundError(LookupError):
-    """The study has no trial with this number."""
-
-
-class StudyStateError(RuntimeError):
-    """The study's status does not allow the operation (e.g. cancelling a finished study)."""
-
-
-class NoBestTrialError(LookupError):
-    """The study has no completed trial (yet, or ever: ``ended``)."""
-
-    def __init__(self, message: str, *, ended: bool = False) -> None:
-        super().__init__(message)
-        self.ended = ended
 
 
 # --- submit ------------------------------------------------------------------------------------
@@ -389,17 +364,6 @@ def _created(
 # --- reads -------------------------------------------------------------------------------------
 
 
-def _row(connection: sa.engine.Connection, study_id: int) -> sa.Row[Any]:
-    row = connection.execute(
-        sa.select(tables.studies).where(
-            tables.studies.c.study_id == study_id, tables.studies.c.status != DELETING
-        )
-    ).first()
-    if row is None:
-        raise StudyNotFoundError(study_id)
-    return row
-
-
 def submitted_spec(store: Store, study_id: int) -> StudySpec:
     """The spec a study was submitted with.
 
@@ -409,273 +373,9 @@ def submitted_spec(store: Store, study_id: int) -> StudySpec:
     return _stored_spec(stored_spec_text(store, study_id))  # the read retries briefly
 
 
-@retrying_read
-def stored_spec_text(store: Store, study_id: int) -> str:
-    """The spec a study was submitted with, as stored (JSON): what a proxy hands on to its
-    workers unchanged, so they read the fields the submitting automl wrote (not the
-    proxy's own, which a newer proxy would add with their defaults).
-
-    Raises:
-        StudyNotFoundError: If there is no such automl study.
-    """
-    with store.read() as connection:
-        return str(_row(connection, study_id).spec)
-
-
 def _stored_spec(text: str) -> StudySpec:
     # Stored specs were fully checked at submission; only rebuild the model.
     return StudySpec.model_validate_json(text)
-
-
-@retrying_read
-def get_status(store: Store, study_id: int) -> StudyStatus:
-    """The lifecycle status of a study."""
-    with store.read() as connection:
-        return StudyStatus(_row(connection, study_id).status)
-
-
-@retrying_read
-def get_study(store: Store, study_id: int) -> StudyDetail:
-    """The full view of one study (a few indexed queries, whatever its size).
-
-    Raises:
-        StudyNotFoundError: If there is no such study.
-    """
-    with store.read() as connection:
-        row = _row(connection, study_id)
-        fields = _summary_fields(connection, [row])[0]
-    return StudyDetail(**fields, spec=json.loads(row.spec), seed=row.seed)
-
-
-@retrying_read
-def list_studies(
-    store: Store,
-    *,
-    status: StudyStatus | None = None,
-    project: str | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> Page[StudySummary]:
-    """Studies, newest first, optionally only those with ``status`` or of ``project``
-    (one page read)."""
-    studies = tables.studies
-    where = [studies.c.status != DELETING]
-    if status is not None:
-        where.append(studies.c.status == status.value)
-    if project is not None:
-        where.append(studies.c.project == project)
-    with store.read() as connection:
-        # The total comes with the page (a window count); only an empty page asks again.
-        rows = connection.execute(
-            sa.select(studies, sa.func.count().over().label("total_count"))
-            .where(*where)
-            .order_by(studies.c.study_id.desc())
-            .limit(limit)
-            .offset(offset)
-        ).all()
-        if rows:
-            count = rows[0].total_count
-        else:
-            count = connection.scalar(sa.select(sa.func.count()).select_from(studies).where(*where))
-        data = [StudySummary(**fields) for fields in _summary_fields(connection, rows)]
-    return Page(data=data, count=int(count or 0))
-
-
-def _summary_fields(
-    connection: sa.engine.Connection, rows: Sequence[sa.Row[Any]]
-) -> list[dict[str, Any]]:
-    """The ``StudySummary`` fields of these study rows (two more queries for all)."""
-    heads = {row.study_id: _directions_and_metrics(row.spec) for row in rows}
-    single = [sid for sid, (directions, _) in heads.items() if len(directions) == 1]
-    maximize = {sid for sid in single if heads[sid][0][0] == "maximize"}
-    counts, best = _counts_and_best(connection, list(heads), single, maximize)
-    summaries = []
-    for row in rows:
-        directions, metrics = heads[row.study_id]
-        by_state = counts.get(row.study_id, {})
-        # Budget not handed out yet is waiting while the study is active, and was dropped
-        # with the rest when it ended (a resume hands it out): counts add up to n_trials.
-        unissued = max(row.n_trials - row.issued, 0)
-        waiting, dropped = (unissued, 0) if row.status in ACTIVE else (0, unissued)
-        summaries.append(
-            {
-                "id": row.study_id,
-                "name": row.name,
-                "project": row.project,
-                "status": StudyStatus(row.status),
-                "status_reason": row.status_reason,
-                "directions": list(directions),
-                "metrics": list(metrics),
-                "n_trials": row.n_trials,
-                "counts": TrialCounts(
-                    waiting=by_state.get("pending", 0) + waiting,
-                    running=by_state.get("running", 0),
-                    complete=by_state.get("complete", 0),
-                    pruned=by_state.get("pruned", 0),
-                    fail=by_state.get("fail", 0),
-                    cancelled=by_state.get("cancelled", 0) + dropped,
-                ),
-                "best_value": best.get(row.study_id),
-                "created_at": _datetime(row.created_at),
-                "started_at": _datetime(row.started_at),
-                "finished_at": _datetime(row.finished_at),
-            }
-        )
-    return summaries
-
-
-_HEADS: dict[bytes, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-_HEADS_LIMIT = 4096
-
-
-def _directions_and_metrics(spec_text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """A stored spec's directions and metrics, parsed once per distinct spec text (every
-    listing shows them for each study of its page; a stored spec never changes). Kept by a
-    digest of the text, so the cache does not hold the specs (an ``enqueue`` can make one
-    large)."""
-    key = hashlib.blake2b(spec_text.encode(), digest_size=16).digest()
-    heads = _HEADS.get(key)
-    if heads is None:
-        spec = _stored_spec(spec_text)
-        heads = tuple(spec.directions), tuple(spec.metrics)
-        if len(_HEADS) >= _HEADS_LIMIT:
-            _HEADS.clear()  # rare: start over rather than track recency on every listing
-        _HEADS[key] = heads
-    return heads
-
-
-def _counts_and_best(
-    connection: sa.engine.Connection,
-    study_ids: list[int],
-    single: list[int],
-    maximize: set[int],
-) -> tuple[dict[int, dict[str, int]], dict[int, float]]:
-    """``_ticket_counts`` of ``study_ids`` and ``optuna_rows.best_values`` of the
-    single-objective ones (``maximize``: those maximized), in one query."""
-    if not study_ids:
-        return {}, {}
-    if not single:
-        return _ticket_counts(connection, study_ids), {}
-    tickets = tables.tickets
-    best = optuna_rows.best_values_query(connection, single).subquery()
-    query = sa.union_all(
-        sa.select(
-            tickets.c.study_id,
-            tickets.c.state,
-            tickets.c.outcome,
-            sa.func.count(),
-            sa.null(),
-            sa.null(),
-        )
-        .where(optuna_rows.among(connection, tickets.c.study_id, study_ids))
-        .group_by(tickets.c.study_id, tickets.c.state, tickets.c.outcome),
-        sa.select(best.c[0], sa.null(), sa.null(), sa.null(), best.c[1], best.c[2]),
-    )
-    counts: dict[int, dict[str, int]] = defaultdict(dict)
-    best_rows = []
-    for study_id, state, outcome, n, highest, lowest in connection.execute(query).all():
-        if state is None:
-            best_rows.append((study_id, highest, lowest))
-            continue
-        key = outcome if state == TicketState.DONE.value else state
-        counts[study_id][key] = counts[study_id].get(key, 0) + int(n)
-    return counts, optuna_rows.pick_best(best_rows, maximize)
-
-
-def _ticket_counts(
-    connection: sa.engine.Connection, study_ids: list[int]
-) -> dict[int, dict[str, int]]:
-    """Tickets per study by state (``done`` split by outcome), one GROUP BY."""
-    if not study_ids:
-        return {}
-    tickets = tables.tickets
-    query = (
-        sa.select(tickets.c.study_id, tickets.c.state, tickets.c.outcome, sa.func.count())
-        .where(optuna_rows.among(connection, tickets.c.study_id, study_ids))
-        .group_by(tickets.c.study_id, tickets.c.state, tickets.c.outcome)
-    )
-    counts: dict[int, dict[str, int]] = defaultdict(dict)
-    for study_id, state, outcome, n in connection.execute(query):
-        key = outcome if state == TicketState.DONE.value else state
-        counts[study_id][key] = counts[study_id].get(key, 0) + int(n)
-    return counts
-
-
-def _datetime(timestamp: float | None) -> datetime | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
-
-
-@retrying_read
-def list_trials(
-    store: Store,
-    study_id: int,
-    *,
-    state: TrialState | None = None,
-    limit: int = 100,
-    offset: int = 0,
-    intermediate_values: bool = True,
-) -> Page[TrialSummary]:
-    """A study's Optuna trials (every attempt) in number order; reads only the page, and
-    without ``intermediate_values`` none of their per-epoch values (null), which are most
-    of a page of long trials."""
-    listed = (tables.studies.c.study_id == study_id, tables.studies.c.status != DELETING)
-    with store.read() as connection:
-        if not optuna_rows.optuna_study_exists(connection, study_id):
-            # Gone, or another tool's study under the id: none of its trials are automl's.
-            if not connection.scalar(sa.select(sa.exists().where(*listed))):
-                raise StudyNotFoundError(study_id)
-            return Page(data=[], count=0)
-        trials, count = optuna_rows.load_trial_page(
-            connection,
-            study_id,
-            state,
-            limit,
-            offset,
-            user_attr_keys=SUMMARY_ATTRS,
-            where=[sa.exists().where(*listed)],
-            last_step_only=not intermediate_values,
-        )
-        if count is None:  # an empty page: is there such a study, and how many trials?
-            count = connection.execute(
-                sa.select(optuna_rows.trial_count(study_id, state)).where(*listed)
-            ).scalar()
-            if count is None:
-                raise StudyNotFoundError(study_id)
-    # One validation for the page (in pydantic's core) rather than one per trial.
-    fields = [TrialSummary.fields_of(trial) for trial in trials]
-    if not intermediate_values:  # read only for a pruned trial's value
-        fields = [trial | {"intermediate_values": None} for trial in fields]
-    try:
-        return _TRIAL_PAGE.model_validate({"data": fields, "count": count})
-    except ValidationError:  # an attribute written by hand: shown as null (``tolerant``)
-        return Page(data=[TrialSummary.tolerant(trial) for trial in fields], count=count)
-
-
-_TRIAL_PAGE = Page[TrialSummary]
-
-
-@retrying_read
-def get_trial(store: Store, study_id: int, number: int) -> TrialDetail:
-    """One trial of a study, by its number.
-
-    Raises:
-        StudyNotFoundError, TrialNotFoundError: If either does not exist.
-    """
-    return TrialDetail.of(get_frozen_trial(store, study_id, number))
-
-
-@retrying_read
-def get_frozen_trial(store: Store, study_id: int, number: int) -> FrozenTrial:
-    """The Optuna trial of a study, by its number."""
-    with store.read() as connection:
-        _row(connection, study_id)
-        if not optuna_rows.optuna_study_exists(connection, study_id):
-            raise TrialNotFoundError(f"study {study_id} has no trial {number}")
-    try:
-        trial_id = store.reader.get_trial_id_from_study_id_trial_number(study_id, number)
-    except KeyError:
-        raise TrialNotFoundError(f"study {study_id} has no trial {number}") from None
-    return store.reader.get_trial(trial_id)
 
 
 @retrying_read
@@ -691,7 +391,7 @@ def best_trials(
         NoBestTrialError: If no trial has completed yet.
     """
     with store.read() as connection:
-        row = _row(connection, study_id)
+        row = study_row(connection, study_id)
         evaluation = read_evaluation(connection, study_id)
         refit = read_refit(connection, study_id)
         gone = not optuna_rows.optuna_study_exists(connection, study_id)
@@ -1301,10 +1001,6 @@ def end_study_if_done(store: Store, study_id: int) -> StudyStatus:
 
 
 __all__ = [
-    "NoBestTrialError",
-    "StudyNotFoundError",
-    "StudyStateError",
-    "TrialNotFoundError",
     "best_trials",
     "cancel_study",
     "delete_study",
@@ -1313,13 +1009,7 @@ __all__ = [
     "extend_study",
     "fail_without_optuna_study",
     "finish_deletion",
-    "get_frozen_trial",
-    "get_status",
-    "get_study",
-    "get_trial",
     "iso",
-    "list_studies",
-    "list_trials",
     "queue_refit",
     "rerun_failed",
     "resume_study",

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from automl.store import optuna_rows
 from automl.store.leases import Lease, record_trial_in
 from automl.store.storage import Store
-from automl.store.studies import StudyNotFoundError
+from automl.store.study_reads import StudyNotFoundError
 
 
 @dataclass

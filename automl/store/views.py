@@ -32,7 +32,9 @@ class TrialCounts(BaseModel):
     """Number of a study's trials in each state, counting each unit of its budget once.
 
     A trial whose worker was lost and that ran again counts once, by its last attempt
-    (every attempt is still listed among the study's Optuna trials).
+    (every attempt is still listed among the study's Optuna trials, the earlier ones as
+    ``fail``). A trial stopped by a cancel counts as ``cancelled`` here, and is listed
+    among the trials as ``fail`` with ``failure: cancelled``.
     """
 
     waiting: int = Field(0, description="Not started yet: queued, or budget not yet handed out.")

@@ -1,10 +1,11 @@
-"""``automl best`` output: validation and test metrics side by side."""
+"""``automl best`` and ``automl trials ID NUMBER`` output: validation and test metrics side
+by side, per-class reports and notes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from automl.cli.output import best_text
+from automl.cli.output import best_text, trial_text
 from automl.store import BestTrials, EvaluationState, TestEvaluation, TrialDetail
 
 
@@ -52,3 +53,45 @@ def test_without_test_metrics_the_evaluation_state_is_shown() -> None:
     ]
     assert text.endswith("test split: skipped: dataset 'digits' has no test split")
     assert "test split" not in best_text(_best(None))
+
+
+def test_the_best_trials_notes_are_shown() -> None:
+    """Found by a tester: ``worst_class_recall`` left out a class with no validation
+    images, and only the API said so."""
+    text = best_text(_best(None, notes={"no_validation_images": ["c9"], "gan_samples": 200}))
+
+    assert text.endswith('notes:\n  gan_samples: 200\n  no_validation_images: ["c9"]')
+
+
+def test_one_trial_in_full_has_its_per_class_reports_mistakes_and_notes() -> None:
+    row = {"class": "cat", "precision": 0.5, "recall": None, "f1": None, "support": 0}
+    trial = TrialDetail(
+        number=4,
+        state="fail",
+        params={"lr": 0.01},
+        values=None,
+        intermediate_values={},
+        metrics={"accuracy": 0.9},
+        failure="error",
+        error="boom\nat line 2",
+        best_epoch=2,
+        per_class=[row, row | {"class": "\x1b[31mdog", "recall": 1.0, "support": 3}],
+        most_confused=[{"true": "dog", "predicted": "cat", "count": 2}],
+        test_per_class=[row],
+        notes={"batch_size": "cut from 64 to 20"},
+    )
+
+    text = trial_text(trial, 7, ["accuracy"])
+
+    blocks = text.split("\n\n")
+    assert (
+        blocks[0] == "trial #4 of study 7: fail\nfailed: error: boom\nweights of epoch 2 (not kept)"
+    )
+    assert blocks[3].splitlines()[0] == "validation split, per class:"
+    assert [line.split() for line in blocks[3].splitlines()[3:]] == [
+        ["cat", "0.5", "-", "-", "0"],
+        ["\\x1b[31mdog", "0.5", "1", "-", "3"],
+    ]
+    assert blocks[4] == "validation split, most frequent mistakes: dog as cat (2)"
+    assert blocks[5].startswith("test split, per class:")
+    assert blocks[6] == "notes:\n  batch_size: cut from 64 to 20"

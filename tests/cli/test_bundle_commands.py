@@ -150,3 +150,17 @@ def test_a_failed_overwrite_removes_only_what_it_created(
     assert caught.value.code == 2
     assert sorted(p.name for p in out.iterdir()) == ["predict.py"]
     assert (out / "predict.py").read_text() == "the user's"
+
+
+def test_the_bundle_files_are_the_ones_a_bundle_is_built_with() -> None:
+    """The thin CLI's copy of the names (an export's ``--overwrite`` replaces only these)."""
+    from automl.delivery import bundle
+
+    built = {
+        bundle.WEIGHTS_FILE,
+        bundle.CARD_FILE,
+        bundle.ONNX_FILE,
+        bundle.TORCHSCRIPT_FILE,
+        bundle.PREDICT_FILE,
+    }
+    assert built == bundle_commands.BUNDLE_FILES

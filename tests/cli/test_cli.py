@@ -302,7 +302,7 @@ def test_a_change_cut_off_by_the_database_may_have_been_made_and_says_so(
     def cut(*args: object, **kwargs: object) -> None:
         raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed"))
 
-    monkeypatch.setattr(cli_client, "extend_study", cut)
+    monkeypatch.setattr(cli_client.store_api, "extend_study", cut)
     monkeypatch.setattr(cli_client, "get_study", cut)
     code, _, err = cli("extend", "1", "--add-trials", "1")
     read = cli("status", "1")
@@ -324,15 +324,15 @@ def test_a_submit_cut_off_by_the_database_names_a_key_that_submits_at_most_once(
 ) -> None:
     """A submit whose commit answer was lost took effect: run again as told, it answers
     with that study instead of submitting a second one."""
-    submit_study = cli_client.submit_study
+    submit_study = cli_client.store_api.submit_study
 
     def committed_then_cut(*args: Any, **kwargs: Any) -> Any:
         submit_study(*args, **kwargs)
         raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed"))
 
-    monkeypatch.setattr(cli_client, "submit_study", committed_then_cut)
+    monkeypatch.setattr(cli_client.store_api, "submit_study", committed_then_cut)
     code, _, err = cli("submit", str(spec_file))
-    monkeypatch.setattr(cli_client, "submit_study", submit_study)
+    monkeypatch.setattr(cli_client.store_api, "submit_study", submit_study)
     key = _key_in(one_error_line(err))
     again = cli("submit", str(spec_file), "--idempotency-key", key)
     listed = json.loads(cli("status", "--json")[1])
@@ -374,7 +374,7 @@ def test_a_submit_interrupted_after_it_was_sent_names_its_key(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patched:
-        patched.setattr(cli_client, "submit_study", interrupted)
+        patched.setattr(cli_client.store_api, "submit_study", interrupted)
         code, _, err = cli("submit", str(spec_file), "--idempotency-key=-it's-mine")
     # What the shell makes of the command the error gives (a key may start with "-").
     [told] = shlex.split(err.split("command with ")[1].split(" to submit")[0])

@@ -129,6 +129,7 @@ def test_export_refuses_a_folder_that_is_not_empty_or_a_file(
     (full / "model").mkdir(parents=True)
     (full / "keep.txt").write_text("mine")
     (full / "model" / "model_card.json").write_text('{"study_id": 99}')  # an older export's
+    (full / "model" / "notes.txt").write_text("mine")
     file = tmp_path / "file.txt"
     file.write_text("mine")
 
@@ -147,12 +148,15 @@ def test_export_refuses_a_folder_that_is_not_empty_or_a_file(
     assert _one_error_line(download[2]) == f"error: {file} is a file; --download names a folder"
     assert file.read_text() == "mine"
     assert overwritten[0] == 0, overwritten[2]
-    assert sorted(p.name for p in full.iterdir()) == [  # no model/ of another study
+    assert sorted(p.name for p in full.iterdir()) == [
         "keep.txt",
+        "model",
         "study.json",
         "trials.csv",
         "trials.json",
     ]
+    # No model of another study; found by a tester: the user's own file went with it.
+    assert [p.name for p in (full / "model").iterdir()] == ["notes.txt"]
 
 
 def test_export_under_a_file_is_one_error_line(
@@ -258,6 +262,7 @@ def test_commands_against_the_api_import_no_heavy_library_and_log_nothing(
         ["status", "--url", url],
         ["status", "1", "--url", url],
         ["trials", "1", "--url", url],
+        ["trials", "1", "0", "--url", url],
         ["best", "1", "--url", url],
         ["export", "1", str(tmp_path / "out"), "--url", url],
         ["best", "1", "--download", str(tmp_path / "bundle"), "--url", url],
@@ -303,6 +308,8 @@ def test_trials_over_the_api_equal_the_local_store(
     table = _cli("trials", "1", "--url", url)
     two = _cli("trials", "1", "--url", url, "--limit", "2", "--json")
     pruned = _cli("trials", "1", "--url", url, "--state", "pruned", "--json")
+    one = _cli("trials", "1", "2", "--url", url, "--json")
+    one_here = _in_process(capsys, "trials", "1", "2", *flags[:2], "--json")
 
     assert remote.returncode == local[0] == 0, remote.stderr + local[2]
     assert json.loads(remote.stdout) == json.loads(local[1])
@@ -318,6 +325,9 @@ def test_trials_over_the_api_equal_the_local_store(
     assert [trial["number"] for trial in json.loads(two.stdout)["data"]] == [0, 1]
     assert json.loads(two.stdout)["count"] == 3
     assert json.loads(pruned.stdout) == {"data": [], "count": 0}
+    assert one.returncode == one_here[0] == 0, one.stderr + one_here[2]
+    assert json.loads(one.stdout) == json.loads(one_here[1])
+    assert json.loads(one.stdout)["per_class"]  # what the table leaves out
 
 
 @pytest.mark.slow
@@ -332,7 +342,7 @@ def test_export_over_the_api_equals_the_local_export(
 
     assert done.returncode == 0, done.stderr
     assert code == 0, err
-    assert "the best model in model/" in done.stdout
+    assert "(best trial) in model/" in done.stdout
     for name in ("study.json", "trials.json", "trials.csv"):
         assert (remote / name).read_text() == (local / name).read_text(), name
     study = json.loads((remote / "study.json").read_text())

@@ -366,6 +366,7 @@ def test_predict_py_keeps_the_pixel_limit_the_bundle_was_built_with(
     """Found by a tester: predict.py refused images the service, built with a raised
     ``AUTOML_LIMIT_MAX_IMAGE_PIXELS``, classified (its limit was the default's)."""
     assert trained.card["bundle"]["max_image_pixels"] == Limits().max_image_pixels
+    assert trained.card["bundle"]["selection"] == "best_trial"
     folder = tmp_path / "bundle"
     shutil.copytree(trained.folder, folder)
     card = json.loads((folder / "model_card.json").read_text())

@@ -206,10 +206,13 @@ def test_multi_objective_serves_the_first_of_the_pareto_front(tmp_path: Path) ->
         serving = serving_trial(store, study_id)
         png = png_bytes(torch.zeros(1, 8, 8, dtype=torch.uint8))
         result = predict_uploads(store, study_id, [Upload("a.png", png)])
+        bundle = build_bundle(store, study_id)
     finally:
         store.close()
 
-    assert serving.trial.number == front[0]
+    assert serving.trial.number == front[0] == bundle.trial_number
+    # Found by a tester: only predict said why this trial of the front serves.
+    assert bundle.card["bundle"]["selection"] == "pareto_front_first"
     assert serving.selection == "pareto_front_first"
     assert serving.note is not None and "Pareto front" in serving.note
     assert result.model.selection == "pareto_front_first"

@@ -90,7 +90,12 @@ def test_hub_cache_name_and_refusals(roots: tuple[Path, Path]) -> None:
         "sub/missing.pt": "'sub/missing.pt' not found under the data root",
         "../torch_home/hub/checkpoints/r18.pth": "must not contain '..'",
         str(torch_home / "hub" / "checkpoints" / "r18.pth"): "outside the data root",
-        "weights.pkl": "must end in .safetensors, .pt, .pth, .bin",
+        "weights.pkl": "must be a file ending in .safetensors, .pt, .pth, .bin",
+        "imagenet": "must be a file ending in",
+        # Found by a tester: the URL's // was folded, and it was "not found".
+        "https://download.pytorch.org/models/r18.pth": (
+            "'https://download.pytorch.org/models/r18.pth' is a URL; automl downloads no"
+        ),
     }
     for reference, message in cases.items():
         with pytest.raises(CheckpointError, match=message):

@@ -185,6 +185,20 @@ def test_counts_pages_and_best_values(store: Store) -> None:
     assert taken == {"high", "low"}
 
 
+def test_directions_are_read_of_studies_marked_automls(store: Store) -> None:
+    """By objective, and only where ``automl.created_at`` marks the study automl's."""
+    optuna.create_study(
+        storage=store.storage, study_name="two", directions=["minimize", "maximize"]
+    ).set_user_attr(attrs.CREATED_AT, "2026-01-01T00:00:00+00:00")
+    _study(store, "unmarked", "minimize")
+    two, unmarked = (store.storage.get_study_id_from_name(n) for n in ("two", "unmarked"))
+
+    with store.read() as connection:
+        found = optuna_rows.directions_of(connection, [two, unmarked, 999])
+
+    assert found == {two: ("minimize", "maximize")}
+
+
 def test_running_trials_are_found_by_a_user_attribute(store: Store) -> None:
     study, study_id = _study(store, "lease")
     mine, other, done = study.ask(), study.ask(), study.ask()
