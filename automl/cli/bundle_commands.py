@@ -18,7 +18,7 @@ from typing import Any
 
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, CliError
 from automl.cli.http_client import HttpClient
-from automl.cli.output import selection_text
+from automl.cli.output import printable, selection_text
 from automl.config import Settings
 
 CARD_FILE = "model_card.json"
@@ -30,20 +30,26 @@ imports nothing heavy): an export's ``--overwrite`` replaces these and no others
 
 
 def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
-    """Writes the files of the best model's bundle into ``args.download``."""
+    """Writes the files of the best model's bundle (or of trial ``args.number``'s, where
+    ``automl trials`` names one) into ``args.download``."""
     directory = Path(args.download)
     if directory.exists() and not directory.is_dir():
         raise CliError(f"{directory} is a file; --download names a folder", EXIT_BAD_INPUT)
     if directory.is_dir() and any(directory.iterdir()) and not args.overwrite:
         message = f"{directory} is not empty; choose a new folder or pass --overwrite"
         raise CliError(message, EXIT_BAD_INPUT)
-    data = fetch_bundle(settings, args.study)
+    data = fetch_bundle(settings, args.study, getattr(args, "number", None))
+    remove_earlier_bundle(directory)
     written, card = unpack_bundle(data, directory)
     if args.json:
         print(json.dumps({"directory": str(directory), "files": [p.name for p in written]}))
         return EXIT_OK
-    model = card.get("model", {})
-    bundle = card.get("bundle", {})
+    model, bundle = card_section(card, "model"), card_section(card, "bundle")
+    classes = card.get("classes")
+    what = (
+        f"{model.get('architecture')}, {len(classes) if isinstance(classes, list) else '?'} classes"
+    )
+    why = selection_text(bundle.get("selection"))
     usage = (
         f"classify images: python {directory / 'predict.py'} IMAGE [IMAGE ...]"
         if bundle.get("predict")
@@ -51,12 +57,44 @@ def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
         f"{_model_file(bundle)} (predict.py classifies image files only)"
     )
     print(
-        f"study {model.get('study_id')}, trial {model.get('trial_number')} "
-        f"({selection_text(bundle.get('selection'))}; {model.get('architecture')}, "
-        f"{len(card.get('classes', []))} classes): wrote "
-        f"{', '.join(path.name for path in written)} to {directory}\n{usage}"
+        printable(
+            f"study {model.get('study_id')}, trial {model.get('trial_number')} "
+            f"({f'{why}; ' if why else ''}{what}): wrote "
+            f"{', '.join(path.name for path in written)} to {directory}"
+        )
+        + f"\n{printable(usage)}"
     )
     return EXIT_OK
+
+
+def card_section(card: dict[str, Any], name: str) -> dict[str, Any]:
+    """A section of a downloaded model card, empty where it is missing or not an object
+    (a card from another server)."""
+    section = card.get(name)
+    return section if isinstance(section, dict) else {}
+
+
+def remove_earlier_bundle(folder: Path) -> bool:
+    """Removes an earlier bundle's files from ``folder`` (``--overwrite``), so that none
+    stays beside a new bundle that lacks it (an export that failed this time), nor beside
+    no model at all (an export of a study without one). Only where the folder holds a
+    bundle (its model card) and is no link, and only the files a bundle holds: a user's
+    own files there stay.
+
+    Returns:
+        Whether the folder held a bundle.
+
+    Raises:
+        CliError: If a file cannot be removed.
+    """
+    if folder.is_symlink() or not (folder / CARD_FILE).is_file():
+        return False
+    try:
+        for name in BUNDLE_FILES:
+            (folder / name).unlink(missing_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot write {folder}: {exc.strerror}", EXIT_BAD_INPUT) from None
+    return True
 
 
 def _model_file(bundle: dict[str, Any]) -> str:
@@ -69,19 +107,23 @@ def _model_file(bundle: dict[str, Any]) -> str:
     return str(bundle.get("weights", "the weights"))
 
 
-def fetch_bundle(settings: Settings, study_id: int) -> bytes:
-    """The best model's bundle (a zip): from the API with ``--url``, else built here.
+def fetch_bundle(settings: Settings, study_id: int, number: int | None = None) -> bytes:
+    """The best model's bundle (a zip), or trial ``number``'s: from the API with ``--url``,
+    else built here.
 
     Raises:
         CliError: Locally, with ``EXIT_BAD_INPUT`` if the study has no model to bundle.
         ClientError: From the API (``bad_input`` if the study has no model to bundle).
     """
     if settings.url:
-        return HttpClient(settings.url).best_model(study_id)
-    return _build_locally(settings, study_id)
+        client = HttpClient(settings.url)
+        return (
+            client.best_model(study_id) if number is None else client.trial_model(study_id, number)
+        )
+    return _build_locally(settings, study_id, number)
 
 
-def _build_locally(settings: Settings, study_id: int) -> bytes:
+def _build_locally(settings: Settings, study_id: int, number: int | None) -> bytes:
     from automl.cli.local_store import open_store
     from automl.delivery.bundle import build_bundle
     from automl.delivery.inference import DeliveryError
@@ -89,7 +131,7 @@ def _build_locally(settings: Settings, study_id: int) -> bytes:
 
     store = open_store(settings)
     try:
-        return build_bundle(store, study_id).data
+        return build_bundle(store, study_id, number).data
     except (DeliveryError, WeightsNotFoundError) as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     finally:

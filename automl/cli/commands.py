@@ -39,7 +39,7 @@ from automl.cli.output import (
 from automl.cli.ports import require_free_port
 from automl.cli.stops import StopSignals
 from automl.cli.study_commands import print_json, read_spec_text
-from automl.config import Settings, is_loopback
+from automl.config import Settings, is_loopback, is_proxy_url
 from automl.spec import spec_from_text
 from automl.store import (
     Backoff,
@@ -236,8 +236,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     With ``AUTOML_STORAGE=grpc://host:port`` the worker goes through ``automl proxy``
     and holds no database connection (the proxy runs the reaper).
     """
-    from automl.proxy import is_proxy_url
-
     if args.gpus is not None or args.slots != 1:
         return _run_worker_processes(args, settings)
     options = _worker_options(settings, study_id=args.study, exit_when_idle=args.exit_when_idle)
@@ -266,7 +264,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def _run_worker_processes(args: argparse.Namespace, settings: Settings) -> int:
     """``automl worker --gpus/--slots``: one worker process per GPU and slot."""
     from automl.cli.supervisor import run_children, worker_children
-    from automl.proxy import is_proxy_url
 
     extra: list[str] = []
     if args.study is not None:

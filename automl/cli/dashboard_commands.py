@@ -38,7 +38,7 @@ from automl.cli.dashboard_origin import WSGIApp, allowed_host_names, json_answer
 from automl.cli.errors import EXIT_BAD_INPUT, CliError
 from automl.cli.ports import bind_problem, require_free_port
 from automl.cli.stops import StopSignals
-from automl.config import Settings, is_loopback
+from automl.config import Settings, is_loopback, is_proxy_url
 
 if TYPE_CHECKING:
     from automl.store import Store
@@ -306,7 +306,6 @@ class _QuietHandler(WSGIRequestHandler):
 def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
     """Serves optuna-dashboard on the configured store until SIGINT (exit 130) or SIGTERM
     (0)."""
-    from automl.proxy import is_proxy_url
     from automl.store import open_store_from
     from automl.store.storage import redact
 

@@ -26,7 +26,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from automl.cli.bundle_commands import BUNDLE_FILES, fetch_bundle, unpack_bundle
+from automl.cli.bundle_commands import (
+    card_section,
+    fetch_bundle,
+    remove_earlier_bundle,
+    unpack_bundle,
+)
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_OK, CliError
 from automl.cli.http_client import ClientError
 from automl.cli.output import selection_text
@@ -56,7 +61,9 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     }
     with _staging(directory) as folder:
         written = [_write(folder, name, text) for name, text in files.items()]
-        _remove_earlier_model(folder / MODEL_DIR)
+        if remove_earlier_bundle(folder / MODEL_DIR):  # an earlier export's, maybe of another study
+            with contextlib.suppress(OSError):  # not empty: the user's files stay
+                (folder / MODEL_DIR).rmdir()
         card: dict[str, Any] = {}
         if bundle is not None:
             model_files, card = unpack_bundle(bundle, folder / MODEL_DIR)
@@ -66,9 +73,10 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps({"directory": str(directory), "files": names, "no_model": no_model}))
     else:
+        why = selection_text(card_section(card, "bundle").get("selection"))
         model = (
-            f"the model of trial {card.get('model', {}).get('trial_number')} "
-            f"({selection_text(card.get('bundle', {}).get('selection'))}) in {MODEL_DIR}/"
+            f"the model of trial {card_section(card, 'model').get('trial_number')}"
+            f"{f' ({why})' if why else ''} in {MODEL_DIR}/"
             if bundle is not None
             else f"no model ({no_model})"
         )
@@ -81,21 +89,6 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {MODEL_DIR}/ not written: {no_model}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
-
-
-def _remove_earlier_model(folder: Path) -> None:
-    """Removes an earlier export's model (``--overwrite``), which may not be this study's:
-    the files a bundle holds, then the folder if that leaves it empty (a user's own files
-    there stay)."""
-    if not folder.is_dir():
-        return
-    try:
-        for name in BUNDLE_FILES:
-            (folder / name).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # not empty: the user's files stay
-            folder.rmdir()
-    except OSError as exc:
-        raise CliError(f"cannot write {folder}: {exc.strerror}", EXIT_BAD_INPUT) from None
 
 
 def _has_weights(best: BestTrials | None) -> bool:

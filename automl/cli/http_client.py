@@ -241,6 +241,10 @@ class HttpClient:
         """The best model's bundle: a zip (``GET /studies/{id}/best/model``)."""
         return self._send("GET", f"/studies/{study_id}/best/model").content
 
+    def trial_model(self, study_id: int, number: int) -> bytes:
+        """Trial ``number``'s bundle (``GET /studies/{id}/trials/{n}/model``)."""
+        return self._send("GET", f"/studies/{study_id}/trials/{number}/model").content
+
     def report(self, study_id: int) -> str:
         """The study's report, an HTML page (``GET /studies/{id}/report``)."""
         with self._no_result_yet(study_id, 409):

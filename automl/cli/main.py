@@ -277,10 +277,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="show this trial in full: params, metrics, per-class report, notes",
     )
     trials.add_argument(
+        "--download",
+        metavar="DIR",
+        help="with NUMBER: save that trial's model bundle in DIR (as best --download does)",
+    )
+    trials.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --download: write into a folder that is not empty",
+    )
+    trials.add_argument(
         "--state", choices=["running", "complete", "pruned", "fail"], help="only this state"
     )
     trials.add_argument("--limit", type=count, help="trials to list (default: all)")
     target_args(trials)
+    artifacts_arg(trials)
 
     export = commands.add_parser(
         "export",
@@ -544,14 +555,14 @@ def _run_against_api(command: Command, args: argparse.Namespace, settings: Setti
 
 
 STORE_READING_COMMANDS = frozenset({"status", "trials"})
-"""Commands that only read the store's tables: they load no plugins and import no spec
-models, registries or torch (``automl status`` answered in 3 s, half of it importing
-torch)."""
+"""Commands that only read the store's tables (``trials --download`` builds a model): they
+load no plugins and import no spec models, registries or torch (``automl status``
+answered in 3 s, half of it importing torch)."""
 
 
 def _run_locally(command: Command, args: argparse.Namespace, settings: Settings) -> int:
     _quiet_optuna()
-    if args.command in STORE_READING_COMMANDS:
+    if args.command in STORE_READING_COMMANDS and not getattr(args, "download", None):
         from automl.cli.local_store import store_errors_as_cli_errors as errors_as_cli_errors
     else:
         from automl.catalog import load_plugins

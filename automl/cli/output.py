@@ -138,13 +138,13 @@ def _metrics_table(trial: TrialDetail) -> str:
 def trial_text(trial: TrialDetail, study_id: int, metrics: Sequence[str]) -> str:
     """One trial in full: state and values, params, metrics, the per-class report and
     most frequent mistakes of each split measured, and the trial's notes."""
-    header = f"trial #{trial.number} of study {study_id}: {trial.state}"
+    header = f"trial #{trial.number} of study {study_id}: {printable(trial.state)}"
     if trial.values:
         header += f", {_values_text(metrics, trial.values)}"
     lines = [header]
-    why = failure_text(trial)
-    if why:
-        lines.append(f"failed: {printable(why)}")
+    if trial.failure or trial.error:
+        lines.append(f"failed: {printable(trial.failure or 'error')}")
+        lines += [f"  {printable(line)}" for line in (trial.error or "").strip().splitlines()]
     if trial.best_epoch is not None:
         lines.append(
             f"weights of epoch {trial.best_epoch}"
@@ -163,7 +163,7 @@ def trial_text(trial: TrialDetail, study_id: int, metrics: Sequence[str]) -> str
             blocks.append(f"{split} split, per class:\n" + _per_class_table(rows))
         if mistakes:
             shown = ", ".join(
-                f"{_cell(m.get('true'))} as {_cell(m.get('predicted'))} ({m.get('count')})"
+                f"{_cell(m.get('true'))} as {_cell(m.get('predicted'))} ({_cell(m.get('count'))})"
                 for m in mistakes[:MISTAKES_SHOWN]
             )
             blocks.append(f"{split} split, most frequent mistakes: {shown}")
@@ -176,14 +176,22 @@ MISTAKES_SHOWN = 5
 """Most frequent mistakes a trial's text names (``--json``: all that were kept)."""
 
 
+CLASSES_SHOWN = 50
+"""Classes a trial's per-class table lists, in the model's order (``--json``: all)."""
+
+
 def _per_class_table(rows: Sequence[dict[str, Any]]) -> str:
     columns = ("class", "precision", "recall", "f1", "support")
-    return table([c.upper() for c in columns], [[row.get(c) for c in columns] for row in rows])
+    shown = [[row.get(c) for c in columns] for row in rows[:CLASSES_SHOWN]]
+    text = table([c.upper() for c in columns], shown)
+    if len(rows) > CLASSES_SHOWN:
+        text += f"\n({len(rows) - CLASSES_SHOWN} more classes: --json lists them)"
+    return text
 
 
 def _notes_text(notes: dict[str, Any]) -> str:
     """What the trial noted about its run (a batch size cut, classes without images...)."""
-    lines = [f"  {key}: {_note(value)}" for key, value in sorted(notes.items())]
+    lines = [f"  {printable(key)}: {_note(value)}" for key, value in sorted(notes.items())]
     return "notes:\n" + "\n".join(lines)
 
 
@@ -285,10 +293,14 @@ SELECTIONS = {
     "best_trial": "best trial",
     "refit": "refit on train + validation",
     "pareto_front_first": "first of the Pareto front",
+    "chosen": "asked for by number",
 }
 """How each kind of serving model (``ServedModel.selection``) is named."""
 
 
 def selection_text(selection: str | None) -> str:
-    """Why a trial serves, in words (an unknown kind as it is)."""
-    return SELECTIONS.get(selection or "", selection or "best trial")
+    """Why a trial serves, in words (an unknown kind as it is, escaped); empty where an
+    older server's bundle does not say."""
+    if not selection:
+        return ""
+    return SELECTIONS.get(selection, printable(selection))

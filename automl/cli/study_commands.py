@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -269,8 +270,12 @@ def cmd_best(args: argparse.Namespace, settings: Settings) -> int:
         print_json(best)
         return EXIT_OK
     print(best_text(best))
-    first = best.trials[0].number
-    print(f"\nper-class report: automl trials {best.study_id} {first}")
+    if best.trials:
+        command = ["automl", "trials", str(best.study_id), str(best.trials[0].number)]
+        for flag, value in (("--storage", args.storage), ("--url", args.url)):
+            if value:  # as this command was given them: the hint reads the same store
+                command += [flag, value]
+        print(f"\nper-class report: {shlex.join(command)}")
     return EXIT_OK
 
 
@@ -342,10 +347,14 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
 def cmd_trials(args: argparse.Namespace, settings: Settings) -> int:
     """Lists a study's trials in number order, or shows trial ``args.number`` in full: as
     text, or ``--json``."""
+    if args.number is None and (args.download or args.overwrite):
+        raise CliError("--download saves one trial's model: name its NUMBER", EXIT_BAD_INPUT)
     if args.number is not None:
         if args.state is not None or args.limit is not None:
             message = "--state and --limit list trials; a trial's NUMBER shows one"
             raise CliError(message, EXIT_BAD_INPUT)
+        if args.download:
+            return cmd_download_best(args, settings)
         client = client_for(settings)
         study = client.study(args.study)  # the names of its objectives, for the values
         trial = client.trial(args.study, args.number)

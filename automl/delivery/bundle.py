@@ -60,6 +60,7 @@ from automl.delivery.export import (
 from automl.delivery.inference import (
     ModelUnavailableError,
     ServingTrial,
+    chosen_trial,
     error_text,
     finite_state_dict,
     serving_trial,
@@ -134,7 +135,8 @@ class _Plan:
         config: Its configuration.
         model_in: What its model takes (``trial_input``).
         card: Its model card, without what the build adds (export libraries, ``bundle``).
-        study: The store and study, ``(url, study_id)``.
+        study: The store and study, ``(url, study_id)``, and ``("trial", number)`` for a
+            trial asked for by number.
         key: What decides the bundle's content: ``study``, then the serving trial's id,
             whether it serves a refit, its weights artifact and the card's digest.
     """
@@ -147,21 +149,23 @@ class _Plan:
     key: Key
 
 
-def build_bundle(store: Store, study_id: int) -> Bundle:
-    """Builds the bundle of a study's best model (see the module docstring), anew.
+def build_bundle(store: Store, study_id: int, number: int | None = None) -> Bundle:
+    """Builds the bundle of a study's best model (see the module docstring), or of its
+    trial ``number`` (``chosen_trial``), anew.
 
     Raises:
         StudyNotFoundError: If there is no such study.
+        TrialNotFoundError: If the study has no trial ``number``.
         NoBestTrialError: If no trial has completed yet.
-        WeightsNotFoundError: If the best trial kept no weights.
+        WeightsNotFoundError: If the trial kept no weights.
         ModelUnavailableError: If its configuration no longer validates, its weights do
             not fit it, or (a trial from before model cards) its dataset, whose
             normalization the card states, cannot be loaded here.
     """
-    return _build(store, _plan(store, study_id))
+    return _build(store, _plan(store, study_id, number))
 
 
-def _plan(store: Store, study_id: int) -> _Plan:
+def _plan(store: Store, study_id: int, number: int | None = None) -> _Plan:
     """The serving trial, its configuration, input and card: database reads, no weights.
 
     Raises:
@@ -169,7 +173,10 @@ def _plan(store: Store, study_id: int) -> _Plan:
         neither weights nor a model card.
     """
     study = get_study(store, study_id)
-    serving = serving_trial(store, study_id)
+    if number is None:
+        serving = serving_trial(store, study_id)
+    else:
+        serving = chosen_trial(store, study_id, number)
     trial = serving.trial
     try:
         config = trial_config(trial)
@@ -188,7 +195,11 @@ def _plan(store: Store, study_id: int) -> _Plan:
         model_in=model_in,
     )
     card_digest = hashlib.sha256(json.dumps(card, sort_keys=True, default=str).encode())
-    study_key = (store.url, study_id)
+    # A study's best model and each trial asked for by number are bundles of their own; a
+    # new one replaces only its own older ones (the best model's: every one of the study).
+    study_key: Key = (store.url, study_id)
+    if number is not None:
+        study_key += ("trial", number)
     key = (
         *study_key,
         trial._trial_id,  # unlike its number, never another study's trial
@@ -303,13 +314,14 @@ class BundleCache:
         with self._lock:
             return len(self._bundles)
 
-    def get(self, store: Store, study_id: int) -> Bundle:
-        """The bundle of the study's best model, kept or built (``build_bundle``).
+    def get(self, store: Store, study_id: int, number: int | None = None) -> Bundle:
+        """The bundle of the study's best model (or of its trial ``number``), kept or
+        built (``build_bundle``).
 
         Raises:
             As ``build_bundle``.
         """
-        plan = _plan(store, study_id)
+        plan = _plan(store, study_id, number)
         with self._lock:
             found = self._take(plan.key)
             if found is not None:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
@@ -173,6 +173,23 @@ class ServingTrial:
     trial: FrozenTrial
     selection: Selection
     note: str | None = None
+
+
+def chosen_trial(store: Store, study_id: int, number: int) -> ServingTrial:
+    """Trial ``number`` of the study, named by the caller (a trade-off of a Pareto front,
+    or a runner-up): its own weights, never a refit's.
+
+    Raises:
+        StudyNotFoundError, TrialNotFoundError: If either does not exist.
+        ModelUnavailableError: If the trial did not complete.
+    """
+    trial = get_frozen_trial(store, study_id, number)
+    if trial.state != TrialState.COMPLETE:
+        raise ModelUnavailableError(
+            f"trial {number} of study {study_id} did not complete ({trial.state.name.lower()}): "
+            "only a completed trial has a model"
+        )
+    return ServingTrial(study_id, trial, "chosen")
 
 
 def serving_trial(store: Store, study_id: int) -> ServingTrial:

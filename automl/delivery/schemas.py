@@ -16,7 +16,7 @@ MAX_PATH_LENGTH = 4096
 MAX_TOP = 100
 """The most classes listed per image (``top``), over the API and the CLI alike."""
 
-Selection = Literal["best_trial", "pareto_front_first", "refit"]
+Selection = Literal["best_trial", "pareto_front_first", "refit", "chosen"]
 
 
 class ServedModel(BaseModel):
@@ -26,8 +26,9 @@ class ServedModel(BaseModel):
     trial_number: int
     selection: Selection = Field(
         description="best_trial (one objective), pareto_front_first (with several "
-        "objectives the Pareto front's lowest-numbered trial serves) or refit: the best "
-        "trial's configuration retrained on train + validation (trial_number names it)."
+        "objectives the Pareto front's lowest-numbered trial serves), refit: the best "
+        "trial's configuration retrained on train + validation (trial_number names it), or "
+        "chosen: the trial a request named (GET /studies/{id}/trials/{n}/model)."
     )
     note: str | None = Field(
         None, description="Why this trial serves, when it is not simply the best trial."

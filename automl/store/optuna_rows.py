@@ -1160,9 +1160,12 @@ def optuna_study_exists(connection: sa.engine.Connection, study_id: int) -> bool
         )
         .where(attributes.c.study_id == study_id, attributes.c.key == attrs.CREATED_AT)
     ).first()
-    if found is None:
-        return False
-    marked, created_at = found
+    return found is not None and _is_automls_mark(*found)
+
+
+def _is_automls_mark(marked: str, created_at: float | None) -> bool:
+    """Whether a study's ``automl.created_at`` mark is the one automl wrote for its row
+    created at ``created_at`` (see ``optuna_study_exists``)."""
     if created_at is None:
         return True  # no row of automl's to compare with (a submit in flight)
     try:
@@ -1173,32 +1176,42 @@ def optuna_study_exists(connection: sa.engine.Connection, study_id: int) -> bool
 
 
 MARK_TOLERANCE_S = 1e-3
+"""How far a study's mark may lie from its row's creation time (both are written from one
+time; the mark as ISO 8601 text, in microseconds)."""
 
 
 def directions_of(
     connection: sa.engine.Connection, study_ids: Sequence[int]
 ) -> dict[int, tuple[str, ...]]:
     """The directions (``maximize``/``minimize``, by objective) of those of ``study_ids``
-    whose Optuna study is marked automl's; one query."""
+    whose Optuna study is the one automl made (``optuna_study_exists``); one query."""
     if not study_ids:
         return {}
-    marked = sa.exists().where(
-        study_user_attributes.c.study_id == study_directions.c.study_id,
-        study_user_attributes.c.key == attrs.CREATED_AT,
-    )
+    marks = study_user_attributes
     rows = connection.execute(
-        sa.select(study_directions.c.study_id, study_directions.c.direction)
-        .where(among(connection, study_directions.c.study_id, study_ids), marked)
+        sa.select(
+            study_directions.c.study_id,
+            study_directions.c.direction,
+            marks.c.value_json,
+            tables.studies.c.created_at,
+        )
+        .select_from(
+            study_directions.join(
+                marks,
+                sa.and_(
+                    marks.c.study_id == study_directions.c.study_id,
+                    marks.c.key == attrs.CREATED_AT,
+                ),
+            ).outerjoin(tables.studies, tables.studies.c.study_id == study_directions.c.study_id)
+        )
+        .where(among(connection, study_directions.c.study_id, study_ids))
         .order_by(study_directions.c.study_id, study_directions.c.objective)
     ).all()
     directions: dict[int, list[str]] = defaultdict(list)
-    for study_id, direction in rows:
-        directions[study_id].append(direction.name.lower())
+    for study_id, direction, marked, created_at in rows:
+        if _is_automls_mark(marked, created_at):
+            directions[study_id].append(direction.name.lower())
     return {study_id: tuple(found) for study_id, found in directions.items()}
-
-
-"""How far a study's mark may lie from its row's creation time (both are written from one
-time; the mark as ISO 8601 text, in microseconds)."""
 
 
 def half_created_studies(

@@ -1,6 +1,6 @@
 """Reading studies and their trials: the listings, one study, one trial. Light (no spec
 models, no registries, no torch), so that ``automl status`` and ``automl trials`` answer
-without importing them; ``studies`` changes studies and re-exports these."""
+without importing them (``studies`` changes studies)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,11 @@ class NoBestTrialError(LookupError):
 
 
 def study_row(connection: sa.engine.Connection, study_id: int) -> sa.Row[Any]:
+    """The study's ``automl_studies`` row (not one being deleted).
+
+    Raises:
+        StudyNotFoundError: If there is no such study.
+    """
     row = connection.execute(
         sa.select(tables.studies).where(
             tables.studies.c.study_id == study_id, tables.studies.c.status != DELETING
@@ -193,8 +198,9 @@ def _heads(connection: sa.engine.Connection, rows: Sequence[sa.Row[Any]]) -> dic
     unread: dict[int, tuple[bytes, str]] = {}
     for row in rows:
         key = hashlib.blake2b(row.spec.encode(), digest_size=16).digest()
-        if key in _HEADS:
-            heads[row.study_id] = _HEADS[key]
+        cached = _HEADS.get(key)  # one lookup: another thread may clear the cache
+        if cached is not None:
+            heads[row.study_id] = cached
         else:
             unread[row.study_id] = key, row.spec
     if unread:
@@ -213,8 +219,10 @@ def _read_heads(spec_text: str, directions: tuple[str, ...] | None) -> Heads:
     metrics = objective_metrics(json.loads(spec_text))
     if directions is not None and len(directions) == len(metrics):
         return directions, metrics
-    from automl.spec import StudySpec  # imports every registry (torch): only here
+    from automl.catalog import load_plugins  # imports every registry (torch): only here
+    from automl.spec import StudySpec
 
+    load_plugins()  # a plugin's metric has its own direction (the local CLI loads none)
     spec = StudySpec.model_validate_json(spec_text)
     return tuple(spec.directions), tuple(spec.metrics)
 
@@ -351,3 +359,19 @@ def get_frozen_trial(store: Store, study_id: int, number: int) -> FrozenTrial:
     except KeyError:
         raise TrialNotFoundError(f"study {study_id} has no trial {number}") from None
     return store.reader.get_trial(trial_id)
+
+
+__all__ = [
+    "NoBestTrialError",
+    "StudyNotFoundError",
+    "StudyStateError",
+    "TrialNotFoundError",
+    "get_frozen_trial",
+    "get_status",
+    "get_study",
+    "get_trial",
+    "list_studies",
+    "list_trials",
+    "stored_spec_text",
+    "study_row",
+]

@@ -46,6 +46,7 @@ EXPECTED_OWN = {
     ("GET", "/studies/{study_id}/trials/{number}/weights"): 200,
     ("GET", "/studies/{study_id}/best"): 200,
     ("GET", "/studies/{study_id}/best/model"): 200,
+    ("GET", "/studies/{study_id}/trials/{number}/model"): 200,
     ("GET", "/studies/{study_id}/report"): 200,
     ("POST", "/studies/{study_id}/predict"): 200,
     ("POST", "/studies/{study_id}/annotate"): 200,

@@ -198,6 +198,41 @@ def test_a_new_best_trial_gives_a_new_bundle(fresh: Served) -> None:
     assert after.headers["etag"] != before.headers["etag"]
 
 
+def test_a_trial_asked_for_by_number_has_a_bundle_of_its_own(fresh: Served) -> None:
+    """Found by a tester: only the best model (with several objectives, the Pareto front's
+    first trial) could be taken away, not the trade-off a user picked."""
+    earlier = best_trials(fresh.store, fresh.study_id).trials[0].number
+    template = copy.deepcopy(get_frozen_trial(fresh.store, fresh.study_id, earlier))
+    template.state, template.values = TrialState.COMPLETE, [1.0]  # a new best
+    template.datetime_complete = template.datetime_start
+    fresh.store.storage.create_new_trial(fresh.study_id, template)
+    template.state, template.values = TrialState.FAIL, None
+    failed = fresh.store.storage.get_trial(
+        fresh.store.storage.create_new_trial(fresh.study_id, template)
+    ).number
+    path = f"/studies/{fresh.study_id}/trials/{{}}/model"
+
+    builds = BUNDLES.builds
+    best = fresh.client.get(fresh.url)
+    chosen = fresh.client.get(path.format(earlier))
+    best_again = fresh.client.get(fresh.url)
+    missing = fresh.client.get(path.format(99))
+    not_complete = fresh.client.get(path.format(failed))
+
+    assert chosen.status_code == 200
+    card = _card(chosen)
+    assert (card["model"]["trial_number"], card["bundle"]["selection"]) == (earlier, "chosen")
+    assert (
+        f"study{fresh.study_id}-trial{earlier}-model.zip" in chosen.headers["content-disposition"]
+    )
+    assert _card(best)["model"]["trial_number"] != earlier
+    assert best_again.content == best.content
+    assert BUNDLES.builds - builds == 2  # each kept beside the other
+    assert missing.status_code == 404
+    assert not_complete.status_code == 409
+    assert "did not complete (fail)" in not_complete.json()["detail"]
+
+
 def test_the_cache_keeps_the_least_recently_used_within_its_size(
     served: Served, fresh: Served
 ) -> None:

@@ -78,15 +78,19 @@ def test_one_trial_in_full_has_its_per_class_reports_mistakes_and_notes() -> Non
         per_class=[row, row | {"class": "\x1b[31mdog", "recall": 1.0, "support": 3}],
         most_confused=[{"true": "dog", "predicted": "cat", "count": 2}],
         test_per_class=[row],
-        notes={"batch_size": "cut from 64 to 20"},
+        notes={"batch_size": "cut from 64 to 20", "\x1b[2J": 1},
     )
 
     text = trial_text(trial, 7, ["accuracy"])
 
     blocks = text.split("\n\n")
-    assert (
-        blocks[0] == "trial #4 of study 7: fail\nfailed: error: boom\nweights of epoch 2 (not kept)"
-    )
+    assert blocks[0].splitlines() == [
+        "trial #4 of study 7: fail",
+        "failed: error",
+        "  boom",
+        "  at line 2",
+        "weights of epoch 2 (not kept)",
+    ]
     assert blocks[3].splitlines()[0] == "validation split, per class:"
     assert [line.split() for line in blocks[3].splitlines()[3:]] == [
         ["cat", "0.5", "-", "-", "0"],
@@ -94,4 +98,7 @@ def test_one_trial_in_full_has_its_per_class_reports_mistakes_and_notes() -> Non
     ]
     assert blocks[4] == "validation split, most frequent mistakes: dog as cat (2)"
     assert blocks[5].startswith("test split, per class:")
-    assert blocks[6] == "notes:\n  batch_size: cut from 64 to 20"
+    assert blocks[6] == "notes:\n  \\x1b[2J: 1\n  batch_size: cut from 64 to 20"
+    many = trial.model_copy(update={"per_class": [row] * 60, "test_per_class": None})
+    assert trial_text(many, 7, ["accuracy"]).count("\ncat ") == 50
+    assert "(10 more classes: --json lists them)" in trial_text(many, 7, ["accuracy"])

@@ -164,3 +164,23 @@ def test_the_bundle_files_are_the_ones_a_bundle_is_built_with() -> None:
         bundle.PREDICT_FILE,
     }
     assert built == bundle_commands.BUNDLE_FILES
+
+
+def test_an_earlier_bundle_is_removed_with_none_of_a_users_files(tmp_path: Path) -> None:
+    """``--overwrite``: a new bundle without an ONNX file left the earlier one's beside
+    it, and an export removed a whole ``model/`` folder, a user's files included."""
+    earlier, own, linked = tmp_path / "earlier", tmp_path / "own", tmp_path / "linked"
+    for folder in (earlier, own):
+        folder.mkdir()
+        (folder / "predict.py").write_text("mine")
+        (folder / "notes.txt").write_text("mine")
+    (earlier / "model_card.json").write_text("{}")
+    (earlier / "model.onnx").write_bytes(b"onnx")
+    linked.symlink_to(earlier)
+
+    assert not bundle_commands.remove_earlier_bundle(linked)  # a link: not followed
+    assert bundle_commands.remove_earlier_bundle(earlier)
+    assert not bundle_commands.remove_earlier_bundle(own)  # no model card: no bundle
+
+    assert sorted(p.name for p in earlier.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in own.iterdir()) == ["notes.txt", "predict.py"]

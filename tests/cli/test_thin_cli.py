@@ -263,6 +263,7 @@ def test_commands_against_the_api_import_no_heavy_library_and_log_nothing(
         ["status", "1", "--url", url],
         ["trials", "1", "--url", url],
         ["trials", "1", "0", "--url", url],
+        ["trials", "1", "0", "--download", str(tmp_path / "trial0"), "--url", url],
         ["best", "1", "--url", url],
         ["export", "1", str(tmp_path / "out"), "--url", url],
         ["best", "1", "--download", str(tmp_path / "bundle"), "--url", url],
@@ -284,6 +285,8 @@ def test_commands_against_the_api_import_no_heavy_library_and_log_nothing(
     assert "study 1: thin" in done.stdout
     assert (tmp_path / "out" / "model" / "model_card.json").is_file()
     assert (tmp_path / "bundle" / "model.onnx").is_file()
+    card = json.loads((tmp_path / "trial0" / "model_card.json").read_text())
+    assert (card["model"]["trial_number"], card["bundle"]["selection"]) == (0, "chosen")
     assert "optimization-history" in (tmp_path / "report.html").read_text()
 
 

@@ -8,7 +8,15 @@ from collections.abc import Callable
 import pytest
 
 from automl.spec import StudySpec
-from automl.store import Store, get_study, list_studies, study_reads, submit_study
+from automl.store import (
+    Store,
+    attrs,
+    get_study,
+    list_studies,
+    optuna_rows,
+    study_reads,
+    submit_study,
+)
 from tests.store.conftest import drive
 
 OBJECTIVES = [
@@ -79,3 +87,21 @@ def test_heads_are_read_once_per_spec(
     list_studies(store)
 
     assert asked == [[first], [second]]
+
+
+def test_a_study_marked_at_another_time_lends_no_directions(
+    store: Store, tiny_spec: Callable[..., StudySpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy of another automl study under this one's id (``optuna.copy_study`` copies
+    the other's mark, with its time) is not this study's Optuna study."""
+    monkeypatch.setattr(study_reads, "_HEADS", {})
+    study_id = submit_study(store, tiny_spec(objective={"metric": "loss"})).id
+    with store.read() as connection:
+        own = optuna_rows.directions_of(connection, [study_id])
+    store.storage.set_study_user_attr(study_id, attrs.CREATED_AT, "2020-01-01T00:00:00+00:00")
+    with store.read() as connection:
+        copied = optuna_rows.directions_of(connection, [study_id])
+
+    assert own == {study_id: ("minimize",)}
+    assert copied == {}
+    assert get_study(store, study_id).directions == ["minimize"]  # read from the spec

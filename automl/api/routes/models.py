@@ -1,4 +1,5 @@
-"""The best model as a bundle to take away: weights, model card, ONNX, TorchScript, predict.py."""
+"""A model as a bundle to take away (the best one, or a trial's): weights, model card, ONNX,
+TorchScript, predict.py."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from starlette.concurrency import run_in_threadpool
 
 from automl.api.deps import StoreDep
 from automl.api.errors import error_responses
-from automl.api.params import StudyId
+from automl.api.params import StudyId, TrialNumber
 from automl.delivery.bundle import BUNDLES
 from automl.delivery.inference import ModelUnavailableError
+from automl.store import Store
 
 router = APIRouter(prefix="/studies", tags=["models"])
 
@@ -20,23 +22,27 @@ CACHE_CONTROL = "private, no-cache"
 change at any time."""
 
 
+_BUNDLE_RESPONSE = {
+    "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+    "description": "The bundle (a zip); its ETag is the zip's SHA-256",
+    "headers": {
+        "ETag": {"description": "The zip's SHA-256, quoted", "schema": {"type": "string"}},
+        "Cache-Control": {"description": CACHE_CONTROL, "schema": {"type": "string"}},
+        "Content-Disposition": {
+            "description": "attachment; filename=study<id>-trial<n>-model.zip",
+            "schema": {"type": "string"},
+        },
+    },
+}
+_NOT_MODIFIED = {"description": "Not modified: If-None-Match names the bundle's ETag"}
+
+
 @router.get(
     "/{study_id}/best/model",
     response_class=Response,
     responses={
-        200: {
-            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
-            "description": "The bundle (a zip); its ETag is the zip's SHA-256",
-            "headers": {
-                "ETag": {"description": "The zip's SHA-256, quoted", "schema": {"type": "string"}},
-                "Cache-Control": {"description": CACHE_CONTROL, "schema": {"type": "string"}},
-                "Content-Disposition": {
-                    "description": "attachment; filename=study<id>-trial<n>-model.zip",
-                    "schema": {"type": "string"},
-                },
-            },
-        },
-        304: {"description": "Not modified: If-None-Match names the bundle's ETag"},
+        200: _BUNDLE_RESPONSE,
+        304: _NOT_MODIFIED,
         **error_responses(
             404,
             409,
@@ -65,8 +71,43 @@ async def download_best_model(
     ``ETag`` (the zip's SHA-256); ``If-None-Match`` with it answers 304 without a body. A
     new best trial, a refit or a changed model card (test metrics recorded later) gives a
     new bundle and ETag."""
+    return await _bundle_response(store, study_id, None, if_none_match)
+
+
+@router.get(
+    "/{study_id}/trials/{number}/model",
+    response_class=Response,
+    responses={
+        200: _BUNDLE_RESPONSE,
+        304: _NOT_MODIFIED,
+        **error_responses(
+            404,
+            409,
+            descriptions={
+                404: "No such study or trial, or the trial kept no weights",
+                409: "The trial did not complete, or its model cannot be rebuilt",
+            },
+        ),
+    },
+)
+async def download_trial_model(
+    study_id: StudyId,
+    number: TrialNumber,
+    store: StoreDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Trial ``number``'s model as the same zip as ``GET /studies/{id}/best/model``: a
+    trade-off of a Pareto front, or a runner-up (its card's ``bundle.selection`` is
+    ``chosen``). Only trials that kept their weights have one (the study's
+    ``keep_weights`` best, and with several objectives the Pareto front)."""
+    return await _bundle_response(store, study_id, number, if_none_match)
+
+
+async def _bundle_response(
+    store: Store, study_id: int, number: int | None, if_none_match: str | None
+) -> Response:
     try:
-        bundle = await run_in_threadpool(BUNDLES.get, store, study_id)
+        bundle = await run_in_threadpool(BUNDLES.get, store, study_id, number)
     except ModelUnavailableError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     etag = f'"{bundle.digest}"'
