@@ -359,19 +359,3 @@ def get_frozen_trial(store: Store, study_id: int, number: int) -> FrozenTrial:
     except KeyError:
         raise TrialNotFoundError(f"study {study_id} has no trial {number}") from None
     return store.reader.get_trial(trial_id)
-
-
-__all__ = [
-    "NoBestTrialError",
-    "StudyNotFoundError",
-    "StudyStateError",
-    "TrialNotFoundError",
-    "get_frozen_trial",
-    "get_status",
-    "get_study",
-    "get_trial",
-    "list_studies",
-    "list_trials",
-    "stored_spec_text",
-    "study_row",
-]

@@ -3,7 +3,7 @@ TorchScript, predict.py."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Response, status
 from starlette.concurrency import run_in_threadpool
@@ -22,36 +22,34 @@ CACHE_CONTROL = "private, no-cache"
 change at any time."""
 
 
-_BUNDLE_RESPONSE = {
-    "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
-    "description": "The bundle (a zip); its ETag is the zip's SHA-256",
-    "headers": {
-        "ETag": {"description": "The zip's SHA-256, quoted", "schema": {"type": "string"}},
-        "Cache-Control": {"description": CACHE_CONTROL, "schema": {"type": "string"}},
-        "Content-Disposition": {
-            "description": "attachment; filename=study<id>-trial<n>-model.zip",
-            "schema": {"type": "string"},
+def _bundle_responses(not_found: str, conflict: str) -> dict[int | str, dict[str, Any]]:
+    """The documented answers of a bundle download: the zip, 304, and why 404 and 409."""
+    zipped = {
+        "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "The bundle (a zip); its ETag is the zip's SHA-256",
+        "headers": {
+            "ETag": {"description": "The zip's SHA-256, quoted", "schema": {"type": "string"}},
+            "Cache-Control": {"description": CACHE_CONTROL, "schema": {"type": "string"}},
+            "Content-Disposition": {
+                "description": "attachment; filename=study<id>-trial<n>-model.zip",
+                "schema": {"type": "string"},
+            },
         },
-    },
-}
-_NOT_MODIFIED = {"description": "Not modified: If-None-Match names the bundle's ETag"}
+    }
+    return {
+        200: zipped,
+        304: {"description": "Not modified: If-None-Match names the bundle's ETag"},
+        **error_responses(404, 409, descriptions={404: not_found, 409: conflict}),
+    }
 
 
 @router.get(
     "/{study_id}/best/model",
     response_class=Response,
-    responses={
-        200: _BUNDLE_RESPONSE,
-        304: _NOT_MODIFIED,
-        **error_responses(
-            404,
-            409,
-            descriptions={
-                404: "No such study, no completed trial yet, or its weights are gone",
-                409: "The model cannot be rebuilt (configuration, weights, dataset)",
-            },
-        ),
-    },
+    responses=_bundle_responses(
+        not_found="No such study, no completed trial yet, or its weights are gone",
+        conflict="The model cannot be rebuilt (configuration, weights, dataset)",
+    ),
 )
 async def download_best_model(
     study_id: StudyId,
@@ -77,18 +75,10 @@ async def download_best_model(
 @router.get(
     "/{study_id}/trials/{number}/model",
     response_class=Response,
-    responses={
-        200: _BUNDLE_RESPONSE,
-        304: _NOT_MODIFIED,
-        **error_responses(
-            404,
-            409,
-            descriptions={
-                404: "No such study or trial, or the trial kept no weights",
-                409: "The trial did not complete, or its model cannot be rebuilt",
-            },
-        ),
-    },
+    responses=_bundle_responses(
+        not_found="No such study or trial, or the trial kept no weights",
+        conflict="The trial did not complete, or its model cannot be rebuilt",
+    ),
 )
 async def download_trial_model(
     study_id: StudyId,
