@@ -87,6 +87,10 @@ class ReportData:
         best_note: Why that trial (several objectives, say), or None.
         embeddings: Its validation embeddings, or None (then ``embeddings_note`` says why).
         embeddings_note: Why there are no embeddings.
+        finished: Units of the budget that ended, and the budget (``TrialCounts``): the
+            trials listed count every attempt, reruns and retries included.
+        served_note: What serves the study's predictions when it is not the best trial
+            itself (a refit), or None.
     """
 
     study_id: int
@@ -99,6 +103,8 @@ class ReportData:
     best_note: str | None = None
     embeddings: Embeddings | None = None
     embeddings_note: str | None = None
+    finished: tuple[int, int] | None = None
+    served_note: str | None = None
 
 
 class Unavailable(Exception):
@@ -230,6 +236,20 @@ td, th { padding: 0.2rem 0.8rem; border-bottom: 1px solid #eee; text-align: left
 """
 
 
+def _test_line(data: ReportData) -> str:
+    """The best trial's objective metrics on the test split, once the completed study's
+    test evaluation measured them (the table above is validation)."""
+    test = data.best.user_attrs.get(attrs.TEST_METRICS)
+    if not isinstance(test, dict):
+        return ""
+    values = [test.get(metric) for metric in data.metrics]
+    shown = ", ".join(
+        f"{_esc(metric)} {_value(value if isinstance(value, int | float) else None)}"
+        for metric, value in zip(data.metrics, values, strict=True)
+    )
+    return f"<p>On the test split: {shown}.</p>"
+
+
 def _page(data: ReportData, sections: str) -> str:
     best = data.best
     values = best.values or []
@@ -243,7 +263,17 @@ def _page(data: ReportData, sections: str) -> str:
     )
     counts = Counter(_state_label(trial) for trial in data.trials)
     states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    note = f'<p class="note">{_esc(data.best_note)}</p>' if data.best_note else ""
+    listed = f"({_esc(states)})"
+    if data.finished is None:
+        runs = f"{counted(len(data.trials), 'trial')} {listed}"
+    else:  # as automl status counts them: one per unit of the budget
+        done, budget = data.finished
+        attempts = counted(len(data.trials), "attempt")  # a rerun or a retry is one more
+        runs = f"{done} of {counted(budget, 'trial')} finished; {attempts} {listed}"
+    note = "".join(
+        f'<p class="note">{_esc(text)}</p>' for text in (data.best_note, data.served_note) if text
+    )
+    test = _test_line(data)
     name = _esc(data.study_name)
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -256,10 +286,11 @@ def _page(data: ReportData, sections: str) -> str:
 <body>
 <header id="summary">
 <h1>Study {data.study_id}: {name}</h1>
-<p>Status {_esc(data.status)}; {counted(len(data.trials), "trial")} ({_esc(states)}).</p>
+<p>Status {_esc(data.status)}; {runs}.</p>
 <h2>Best trial: {best.number}</h2>
 {note}
 <table>{objectives}{params}</table>
+{test}
 </header>
 {sections}
 </body>

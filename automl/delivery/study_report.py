@@ -13,6 +13,8 @@ from automl.delivery.embeddings import MAX_POINTS, validation_embeddings
 from automl.delivery.inference import DeliveryError, ServingTrial
 from automl.delivery.report import ReportData, render_report
 from automl.store import (
+    RefitState,
+    RefitView,
     Store,
     WeightsNotFoundError,
     attrs,
@@ -21,6 +23,8 @@ from automl.store import (
     get_study,
     optuna_rows,
 )
+from automl.store.evaluations import read_evaluation
+from automl.store.refits import read_refit
 
 logger = logging.getLogger("automl.delivery")
 
@@ -70,6 +74,24 @@ def gather_report(store: Store, study_id: int, max_points: int = MAX_POINTS) -> 
         best_note=note,
         embeddings=embeddings,
         embeddings_note=embeddings_note,
+        finished=(study.counts.finished, study.n_trials),
+        served_note=_refit_note(best.refit),
+    )
+
+
+def _refit_note(refit: RefitView | None) -> str | None:
+    """What the report says of the study's refit: the model that serves once it is done."""
+    if refit is None:
+        return None
+    if refit.state != RefitState.DONE:
+        why = f": {refit.note}" if refit.note else ""
+        return f"Refit on train + validation: {refit.state.value}{why}."
+    accuracy = (refit.test_metrics or {}).get("accuracy")
+    scored = f", test accuracy {accuracy:.4f}" if isinstance(accuracy, int | float) else ""
+    return (
+        f"Predictions and the bundle serve the refit model: trial {refit.trial}'s "
+        f"configuration retrained on train + validation for {refit.epochs} epochs{scored}. "
+        "The plots below describe the trial as the search trained it."
     )
 
 
@@ -145,11 +167,14 @@ class ReportCache:
 
     @staticmethod
     def _key(store: Store, study_id: int) -> tuple[Any, ...]:
-        """What the study's report depends on: its identity, status and counts, and
-        whether its Optuna study is still there (another tool may delete it)."""
+        """What the study's report depends on: its identity, status and counts, whether
+        its Optuna study is still there (another tool may delete it), and the states of its
+        test evaluation and refit (which end after the study does)."""
         study = get_study(store, study_id)
         with store.read() as connection:
             trials_there = optuna_rows.optuna_study_exists(connection, study_id)
+            evaluation = read_evaluation(connection, study_id)
+            refit = read_refit(connection, study_id)
         return (
             store.url,
             study_id,
@@ -159,6 +184,8 @@ class ReportCache:
             study.finished_at,
             study.counts.model_dump_json(),
             trials_there,
+            None if evaluation is None else evaluation.state,
+            None if refit is None else (refit.state, refit.trial),
         )
 
     def _take(self, key: tuple[Any, ...]) -> str | None:

@@ -4,6 +4,7 @@ best model's embeddings, and user-supplied names escaped."""
 from __future__ import annotations
 
 import base64
+import html
 import io
 import re
 import threading
@@ -49,6 +50,7 @@ from automl.store import (
     claim,
     get_study,
     optuna_rows,
+    queue_refit,
     resume_study,
     submit_study,
 )
@@ -213,6 +215,26 @@ def test_the_summary_names_why_attempts_failed() -> None:
         trials.append(failed)
     page = render_report(made_up_report(trials))
     assert "5 trials (2 complete, 1 fail, 1 fail: cancelled, 1 fail: worker lost)" in page
+    # Found by a tester: the report counted 6 trials where status said 3 of 3 finished.
+    counted = render_report(made_up_report(trials, finished=(3, 4)))
+    assert (
+        "3 of 4 trials finished; 5 attempts (2 complete, 1 fail, 1 fail: cancelled, 1 fail: "
+        "worker lost)"
+    ) in counted
+
+
+def test_the_summary_says_what_serves_and_the_test_metrics() -> None:
+    """Found by a tester: a refit study's report showed validation plots only, and never
+    said that predictions come from the refit model."""
+    trials = [made_up_trial(i, {"lr": 0.01 * (i + 1)}, 0.5 + i / 10) for i in range(2)]
+    trials[1].user_attrs[attrs.TEST_METRICS] = {"accuracy": 0.875, "loss": 0.3}
+    served = "Predictions and the bundle serve the refit model: trial 1's configuration"
+
+    page = render_report(made_up_report(trials, served_note=served))
+
+    assert f'<p class="note">{html.escape(served)}</p>' in page
+    assert "<p>On the test split: accuracy 0.875.</p>" in page
+    assert "On the test split" not in render_report(made_up_report(trials[:1]))
 
 
 def test_slice_panels_share_one_colour_scale() -> None:
@@ -408,6 +430,12 @@ def test_the_cache_renders_a_study_once_until_it_changes(
         pages = [cache.html(store, study_id) for _ in range(3)]
         assert renders == ["completed"] and pages[0] == pages[1] == pages[2]
 
+        # A refit ends after its study: its state is part of what the report shows.
+        queue_refit(store, study_id)
+        cache.html(store, study_id)
+        assert renders == ["completed", "completed"]
+        del renders[0]
+
         # Active again: rendered once more, then kept while no trial starts or ends (a
         # study of thousands of trials takes a minute to render).
         resume_study(store, study_id, add_trials=1)
@@ -467,4 +495,4 @@ def test_the_report_reads_no_trials_history_or_reports_but_the_best_trials(
     assert report.best.number == 1 and report.best.user_attrs[attrs.HISTORY] == []
     assert [trial.number for trial in report.trials] == [0, 1, 2, 3]
     assert [trial.user_attrs for trial in report.trials] == [{}, {}, {attrs.FAILURE: "error"}, {}]
-    assert "4 trials (3 complete, 1 fail)" in render_report(report)
+    assert "4 of 4 trials finished; 4 attempts (3 complete, 1 fail)" in render_report(report)
