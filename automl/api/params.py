@@ -20,8 +20,9 @@ _DIGITS = re.compile(r"[0-9]{1,10}")
 
 
 def _plain_digits(value: Any) -> Any:
-    """Refuses what ``int()`` would read but no id looks like: ``7_0``, ``+7``, `` 7``."""
-    if isinstance(value, str) and not _DIGITS.fullmatch(value):
+    """Refuses what ``int()`` would read but no id looks like (``7_0``, ``+7``, `` 7``), and
+    ids past ``MAX_ID`` with the same words, however many digits they have."""
+    if isinstance(value, str) and (not _DIGITS.fullmatch(value) or int(value) > MAX_ID):
         raise ValueError(f"{value!r} is not an id: a whole number from 0 to {MAX_ID}")
     return value
 
