@@ -17,6 +17,7 @@ from automl.store.views import (
     TrialDetail,
     TrialSummary,
 )
+from automl.wording import counted
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -86,7 +87,33 @@ def study_text(study: StudyDetail) -> str:
     ]
     if study.best_value is not None:
         lines.append(f"best:      {study.best_value:.6g}")
+    if study.warm_start is not None:
+        lines.append(f"warm start: {_warm_start_text(study.warm_start)}")
     return "\n".join(lines)
+
+
+def _warm_start_text(note: dict[str, Any]) -> str:
+    """What a warm start queued and left out, in one line (``status --json``: the lists)."""
+    studies = ", ".join(str(s) for s in note.get("studies") or []) or "none found"
+    text = f"{counted(_count(note.get('enqueued')), 'configuration')} from studies {studies}"
+    left_out = [
+        f"{_count(note.get(key))} {why}"
+        for key, why in (
+            ("duplicates", "the same as one before"),
+            ("nothing_fits", "with no param this space takes"),
+            ("over_budget", "past the budget"),
+        )
+        if _count(note.get(key))
+    ]
+    if left_out:
+        text += f"; left out: {', '.join(left_out)}"
+    if note.get("dropped"):
+        text += f"; {counted(len(note['dropped']), 'param value')} dropped"
+    return printable(text)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def best_text(best: BestTrials) -> str:

@@ -1022,6 +1022,16 @@ def study_attr_by_name(connection: sa.engine.Connection, name: str, key: str) ->
     return None if value is None else json.loads(value)
 
 
+def study_attr(connection: sa.engine.Connection, study_id: int, key: str) -> Any:
+    """A study's user attribute ``key`` (None if unset)."""
+    value = connection.scalar(
+        sa.select(study_user_attributes.c.value_json).where(
+            study_user_attributes.c.study_id == study_id, study_user_attributes.c.key == key
+        )
+    )
+    return None if value is None else json.loads(value)
+
+
 def trial_attr(connection: sa.engine.Connection, trial_id: int, key: str) -> Any:
     """A trial's user attribute ``key`` (None if unset)."""
     value = connection.scalar(

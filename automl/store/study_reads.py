@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from automl.spec_summary import objective_metrics
-from automl.store import optuna_rows, tables
+from automl.store import attrs, optuna_rows, tables
 from automl.store.attrs import StudyStatus
 from automl.store.status import ACTIVE
 from automl.store.storage import Store, retrying_read
@@ -102,7 +102,12 @@ def get_study(store: Store, study_id: int) -> StudyDetail:
     with store.read() as connection:
         row = study_row(connection, study_id)
         fields = _summary_fields(connection, [row])[0]
-    return StudyDetail(**fields, spec=json.loads(row.spec), seed=row.seed)
+        spec = json.loads(row.spec)
+        warm = spec.get("warm_start") and optuna_rows.study_attr(
+            connection, study_id, attrs.WARM_START
+        )
+    warm_start = warm if isinstance(warm, dict) else None
+    return StudyDetail(**fields, spec=spec, seed=row.seed, warm_start=warm_start)
 
 
 @retrying_read

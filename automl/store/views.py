@@ -79,6 +79,12 @@ class StudyDetail(StudySummary):
         "seeds derive: sampler.seed, or the one drawn at submit (given as sampler.seed, "
         "it repeats the study in a fresh store).",
     )
+    warm_start: dict[str, Any] | None = Field(
+        None,
+        description="What the spec's warm_start queued at submit: the source studies, how "
+        "many configurations (enqueued), the param values dropped, and the configurations "
+        "left out (duplicates, nothing_fits, over_budget).",
+    )
 
 
 class TrialSummary(BaseModel):

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
+from automl.cli.output import study_text
 from automl.spec import SpecError, StudySpec
 from automl.store import (
     Store,
@@ -171,6 +172,12 @@ def test_configurations_left_the_same_or_left_empty_are_counted_not_silently_los
     note = store.storage.get_study_user_attrs(study.id)[attrs.WARM_START]
     assert note["enqueued"] == 1
     assert (note["duplicates"], note["nothing_fits"], note["over_budget"]) == (1, 2, 0)
+    # A tester: only Optuna's study attributes said what the warm start took.
+    assert study.warm_start == get_study(store, study.id).warm_start == note
+    assert study_text(study).splitlines()[-1] == (
+        f"warm start: 1 configuration from studies {earlier}; left out: 1 the same as one "
+        f"before, 2 with no param this space takes; {len(note['dropped'])} param values dropped"
+    )
 
 
 def test_unknown_earlier_study_is_named(store: Store, tiny_spec: SpecFactory) -> None:
