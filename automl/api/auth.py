@@ -38,7 +38,8 @@ MAX_CACHED_TOKENS = 1024
 
 BEARER = HTTPBearer(
     auto_error=False,
-    description="An API key from `automl keys create` (the CLI sends $AUTOML_API_KEY).",
+    description="An API key from `automl keys create` (the CLI sends $AUTOML_API_KEY): "
+    "required once any key exists; while none does, the API is open.",
 )
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
