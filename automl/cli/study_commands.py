@@ -146,6 +146,10 @@ def valid_text(spec: StudySpec) -> str:
     )
     if spec.sampler.name == "cmaes" and spec.params and not _cma_es_models_any(spec):
         sampler += " (no numeric param that always applies: every trial is drawn at random)"
+    elif spec.sampler.name in JOINT_SPACE_SAMPLERS:
+        drawn = _drawn_at_random(spec)
+        if drawn:
+            sampler += f" ({', '.join(drawn)}: drawn at random, outside its model)"
     if spec.pruner is not None:
         pruner = spec.pruner.name
     elif len(spec.objective_list) > 1:
@@ -167,6 +171,23 @@ def valid_text(spec: StudySpec) -> str:
         f"  params      {', '.join(params) or 'none (fixed values only)'}",
     ]
     return "\n".join(lines)
+
+
+JOINT_SPACE_SAMPLERS = frozenset({"cmaes", "gp", "qmc"})
+"""Samplers that model only the params every trial has (Optuna's relative search space):
+conditional params (and, for CMA-ES, categorical ones) go to a random sampler."""
+
+
+def _drawn_at_random(spec: StudySpec) -> list[str]:
+    """The searched params a ``JOINT_SPACE_SAMPLERS`` sampler leaves to chance."""
+    from automl.spec import CategoricalParam
+
+    return [
+        name
+        for name, param in spec.params.items()
+        if spec.conditions(name)
+        or (spec.sampler.name == "cmaes" and isinstance(param, CategoricalParam))
+    ]
 
 
 def _cma_es_models_any(spec: StudySpec) -> bool:

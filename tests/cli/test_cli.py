@@ -259,26 +259,32 @@ def test_validate_data_says_which_files_an_image_folder_leaves_out(
     )
 
 
+RANDOM = " (no numeric param that always applies: every trial is drawn at random)"
+OUTSIDE = "drawn at random, outside its model)"
+
+
 @pytest.mark.parametrize(
-    ("sampler", "params", "random"),
+    ("sampler", "params", "caveat"),
     [
-        ("cmaes", ["optimizer", "momentum"], True),
-        ("cmaes", ["optimizer"], True),
-        ("cmaes", ["optimizer", "lr", "momentum"], False),
-        ("tpe", ["optimizer", "momentum"], False),
+        ("cmaes", ["optimizer", "momentum"], RANDOM),
+        ("cmaes", ["optimizer"], RANDOM),
+        ("cmaes", ["optimizer", "lr", "momentum"], " (optimizer, momentum: " + OUTSIDE),
+        ("qmc", ["optimizer", "lr", "momentum"], " (momentum: " + OUTSIDE),
+        ("gp", ["optimizer", "lr", "momentum"], " (momentum: " + OUTSIDE),
+        ("gp", ["optimizer", "lr"], ""),
+        ("tpe", ["optimizer", "momentum"], ""),
     ],
 )
-def test_validate_says_when_a_sampler_models_nothing_of_the_space(
-    sampler: str, params: list[str], random: bool
+def test_validate_says_what_a_sampler_leaves_to_chance(
+    sampler: str, params: list[str], caveat: str
 ) -> None:
-    """Found by a tester: CMA-ES over categorical and conditional params alone ran a
-    random search, and nothing said so."""
+    """Found by testers: CMA-ES over categorical and conditional params alone ran a
+    random search, and QMC drew conditional params at random, and nothing said so."""
     data = tiny_spec_data(sampler={"name": sampler, "seed": 0})
     data["params"] = {name: data["params"][name] for name in params}
     sampler_line = study_commands.valid_text(validate_spec(data)).splitlines()[4]
 
-    caveat = " (no numeric param that always applies: every trial is drawn at random)"
-    assert sampler_line == f"  sampler     {sampler}" + (caveat if random else "")
+    assert sampler_line == f"  sampler     {sampler}{caveat}"
 
 
 def test_validate_shows_the_conditions_it_implies() -> None:
