@@ -1605,8 +1605,10 @@ def _check_when(
             errors += [
                 FieldError(
                     where,
-                    f"{value!r} is not a choice of {parent!r}; valid choices: "
-                    + ", ".join(map(str, parent_param.choices)),
+                    f"{_short(value)} is not a choice of {parent!r}; valid choices: "
+                    + ", ".join(
+                        c if isinstance(c, str) else _written(c) for c in parent_param.choices
+                    ),
                 )
                 for value in values
                 if not _is_choice(value, parent_param.choices)
@@ -1836,7 +1838,7 @@ def value_problem(param: FloatParam | IntParam | CategoricalParam, value: Any) -
     if isinstance(param, CategoricalParam):
         if _is_choice(value, param.choices):
             return None
-        return f"{_short(value)} is not one of {param.choices}"
+        return f"{_short(value)} is not one of {_written(param.choices)}"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"{_short(value)} is not a number"
     if not param.low <= value <= param.high:  # exact for ints of any size, before any float()
@@ -1859,9 +1861,19 @@ def _on_grid(param: FloatParam | IntParam, value: float) -> bool:
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)  # as a spec writes them: true, false, null
     if isinstance(value, int) and value.bit_length() > 64:
         return "an integer over 64 bits"  # repr of a huge one can even raise
-    text = repr(value)
+    text = _written(value)
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _written(value: Any) -> str:
+    """``repr``, but with booleans and nulls as a spec writes them (``true``, ``null``),
+    inside lists and mappings too."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_written(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_written(k)}: {_written(v)}" for k, v in value.items()) + "}"
+    return repr(value)

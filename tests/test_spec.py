@@ -1570,7 +1570,7 @@ def test_enqueued_values_are_judged_as_optuna_judges_them() -> None:
         {"dropout": 0.35, "width": True},
         {"depth": 10**400, "width": [8]},
         {"depth": 2.5, "width": {"a": 8}},
-        {"dropout": float("nan"), "depth": float("inf")},
+        {"dropout": float("nan"), "depth": float("inf"), "width": [True, None]},
     ]
     assert enqueue_errors(space, bad) == {
         "enqueue[0].dropout": "0.35 is not on the grid 0.0 + k * 0.1",
@@ -1581,6 +1581,7 @@ def test_enqueued_values_are_judged_as_optuna_judges_them() -> None:
         "enqueue[2].width": "{'a': 8} is not one of [8, 16]",
         "enqueue[3].dropout": "nan is outside [0.0, 0.9]",
         "enqueue[3].depth": "inf is outside [1, 4]",
+        "enqueue[3].width": "[true, null] is not one of [8, 16]",  # as a spec writes them
     }
 
 
@@ -1978,10 +1979,10 @@ def test_a_when_value_is_a_choice_as_optuna_sees_it() -> None:
     dropout = {"type": "float", "low": 0.0, "high": 0.5, "when": {"batch_norm": 1}}
     [error] = spec_errors({"name": "x", "params": {"batch_norm": batch_norm, "dropout": dropout}})
     assert error.path == "params.dropout.when.batch_norm"
-    assert error.msg == "1 is not a choice of 'batch_norm'; valid choices: True, False"
+    assert error.msg == "1 is not a choice of 'batch_norm'; valid choices: true, false"
     dropout["when"] = {"batch_norm": [True, 1]}
     [error] = spec_errors({"name": "x", "params": {"batch_norm": batch_norm, "dropout": dropout}})
-    assert error.msg == "1 is not a choice of 'batch_norm'; valid choices: True, False"
+    assert error.msg == "1 is not a choice of 'batch_norm'; valid choices: true, false"
     width = {"type": "categorical", "choices": [16, 32]}
     dropout["when"] = {"width": 16.0}  # 16 and 16.0 are one choice
     assert load_spec({"name": "x", "params": {"width": width, "dropout": dropout}})

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
@@ -284,6 +285,7 @@ def _first_failure(client: Client, study_id: int) -> str:
 
 def cmd_best(args: argparse.Namespace, settings: Settings) -> int:
     """Shows the best trial of a study; with ``--download DIR``, saves its model bundle."""
+    _check_overwrite(args)
     if getattr(args, "download", None):
         return cmd_download_best(args, settings)
     best = client_for(settings).best(args.study)
@@ -294,10 +296,26 @@ def cmd_best(args: argparse.Namespace, settings: Settings) -> int:
     if best.trials:
         command = ["automl", "trials", str(best.study_id), str(best.trials[0].number)]
         for flag, value in (("--storage", args.storage), ("--url", args.url)):
-            if value:  # as this command was given them: the hint reads the same store
-                command += [flag, value]
+            if value:  # as this command was given them (a password hidden): the same store
+                command += [flag, without_password(value)]
         print(f"\nper-class report: {shlex.join(command)}")
     return EXIT_OK
+
+
+def without_password(url: str) -> str:
+    """``url`` with the password of its user part, if any, shown as ``***`` (what sqlalchemy's
+    ``render_as_string(hide_password=True)`` shows, without importing it)."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not at or not colon:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _check_overwrite(args: argparse.Namespace) -> None:
+    if args.overwrite and not args.download:
+        raise CliError("--overwrite goes with --download DIR", EXIT_BAD_INPUT)
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
@@ -368,7 +386,8 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
 def cmd_trials(args: argparse.Namespace, settings: Settings) -> int:
     """Lists a study's trials in number order, or shows trial ``args.number`` in full: as
     text, or ``--json``."""
-    if args.number is None and (args.download or args.overwrite):
+    _check_overwrite(args)
+    if args.number is None and args.download:
         raise CliError("--download saves one trial's model: name its NUMBER", EXIT_BAD_INPUT)
     if args.number is not None:
         if args.state is not None or args.limit is not None:

@@ -135,8 +135,8 @@ class _Plan:
         config: Its configuration.
         model_in: What its model takes (``trial_input``).
         card: Its model card, without what the build adds (export libraries, ``bundle``).
-        study: The store and study, ``(url, study_id)``, and ``("trial", number)`` for a
-            trial asked for by number.
+        study: The store, study and model: ``(url, study_id, "best")``, or ``(url,
+            study_id, "trial", number)`` for a trial asked for by number.
         key: What decides the bundle's content: ``study``, then the serving trial's id,
             whether it serves a refit, its weights artifact and the card's digest.
     """
@@ -195,11 +195,10 @@ def _plan(store: Store, study_id: int, number: int | None = None) -> _Plan:
         model_in=model_in,
     )
     card_digest = hashlib.sha256(json.dumps(card, sort_keys=True, default=str).encode())
-    # A study's best model and each trial asked for by number are bundles of their own; a
-    # new one replaces only its own older ones (the best model's: every one of the study).
-    study_key: Key = (store.url, study_id)
-    if number is not None:
-        study_key += ("trial", number)
+    # A study's best model and each trial asked for by number are bundles of their own: a
+    # new one replaces only its own older ones.
+    model: Key = ("best",) if number is None else ("trial", number)
+    study_key: Key = (store.url, study_id, *model)
     key = (
         *study_key,
         trial._trial_id,  # unlike its number, never another study's trial

@@ -822,8 +822,8 @@ def enqueue_trials(
         left = row.n_trials - row.issued
         if len(configs) > left:
             raise StudyStateError(
-                f"study {study_id} has {left} trials of budget left for {len(configs)} "
-                "configurations; extend it first"
+                f"study {study_id} has {counted(left, 'trial')} of budget left for "
+                f"{counted(len(configs), 'configuration')}; extend it first"
             )
         connection.execute(
             tables.studies.update()

@@ -213,8 +213,9 @@ def test_a_trial_asked_for_by_number_has_a_bundle_of_its_own(fresh: Served) -> N
     path = f"/studies/{fresh.study_id}/trials/{{}}/model"
 
     builds = BUNDLES.builds
-    best = fresh.client.get(fresh.url)
     chosen = fresh.client.get(path.format(earlier))
+    best = fresh.client.get(fresh.url)
+    chosen_again = fresh.client.get(path.format(earlier))  # a tester: built again, new ETag
     best_again = fresh.client.get(fresh.url)
     missing = fresh.client.get(path.format(99))
     not_complete = fresh.client.get(path.format(failed))
@@ -227,6 +228,7 @@ def test_a_trial_asked_for_by_number_has_a_bundle_of_its_own(fresh: Served) -> N
     )
     assert _card(best)["model"]["trial_number"] != earlier
     assert best_again.content == best.content
+    assert chosen_again.headers["etag"] == chosen.headers["etag"]
     assert BUNDLES.builds - builds == 2  # each kept beside the other
     assert missing.status_code == 404
     assert not_complete.status_code == 409

@@ -1381,3 +1381,25 @@ def test_a_worker_exits_130_after_ctrl_c_and_0_after_sigterm(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_overwrite_without_download_is_refused(cli: Run) -> None:
+    """Found by a tester: ``best 1 --overwrite`` ignored the flag without a word."""
+    for command in (("best", "1"), ("trials", "1", "0"), ("trials", "1")):
+        code, _, err = cli(*command, "--overwrite")
+
+        assert code == 2, command
+        assert one_error_line(err) == "error: --overwrite goes with --download DIR"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://me:secret@db:5432/automl", "postgresql://me:***@db:5432/automl"),
+        ("postgresql://me@db/automl", "postgresql://me@db/automl"),
+        ("sqlite:///a b.db", "sqlite:///a b.db"),
+    ],
+)
+def test_the_best_hint_hides_a_password(url: str, shown: str) -> None:
+    """Found by a tester: the hint repeated the --storage typed, password and all."""
+    assert study_commands.without_password(url) == shown

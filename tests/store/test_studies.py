@@ -677,7 +677,7 @@ def test_enqueue_takes_budget_and_runs_before_the_sampler(
         None,  # nothing left
     ]
     assert [lease.source for lease in leases if lease] == ["enqueued", "enqueued", "sampler"]
-    with pytest.raises(StudyStateError, match="0 trials of budget left for 1"):
+    with pytest.raises(StudyStateError, match="0 trials of budget left for 1 configuration;"):
         enqueue_trials(store, study_id, [{"lr": 0.004}])
 
 
