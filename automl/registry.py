@@ -357,7 +357,8 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: object) -> str:
         """Builds the error message for an unknown ``name``, with the valid choices."""
-        message = f"unknown {self.kind} {name!r}"
+        shown = json.dumps(name) if isinstance(name, bool) or name is None else repr(name)
+        message = f"unknown {self.kind} {shown}"  # true and null as a spec writes them
         if isinstance(name, str):
             close = difflib.get_close_matches(name, self._entries, n=1)
             if close:

@@ -68,10 +68,17 @@ def test_unknown_name_lists_valid_choices_and_suggests(
     assert issubclass(UnknownNameError, ValueError)
 
 
-@pytest.mark.parametrize("name", [None, 3, ["gear"]])
-def test_non_string_names_are_unknown(widgets: Registry[Callable[[], str]], name: object) -> None:
-    with pytest.raises(UnknownNameError, match="valid choices: flange, gear, sprocket"):
+@pytest.mark.parametrize(
+    ("name", "shown"), [(None, "null"), (True, "true"), (3, "3"), (["gear"], "['gear']")]
+)
+def test_non_string_names_are_unknown(
+    widgets: Registry[Callable[[], str]], name: object, shown: str
+) -> None:
+    """Shown as a spec writes them: ``unknown widget True`` read as Python."""
+    message = f"unknown widget {shown}; valid choices: flange, gear, sprocket"
+    with pytest.raises(UnknownNameError) as info:
         widgets.get(name)  # type: ignore[arg-type]
+    assert str(info.value) == message
 
 
 def test_names_sorted_and_membership(widgets: Registry[Callable[[], str]]) -> None:
