@@ -53,6 +53,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from automl.config import MAX_ID
+from automl.wording import as_written
 
 logger = logging.getLogger("automl.registry")
 
@@ -357,8 +358,7 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: object) -> str:
         """Builds the error message for an unknown ``name``, with the valid choices."""
-        shown = json.dumps(name) if isinstance(name, bool) or name is None else repr(name)
-        message = f"unknown {self.kind} {shown}"  # true and null as a spec writes them
+        message = f"unknown {self.kind} {as_written(name)}"
         if isinstance(name, str):
             close = difflib.get_close_matches(name, self._entries, n=1)
             if close:

@@ -65,6 +65,7 @@ from automl.train.hyperparameters import (
 )
 from automl.train.optim import ignores_warmup
 from automl.train.trial_config import PIPELINES, SELECTABLE
+from automl.wording import as_written
 
 MAX_NAME_CHARS = 100
 NAME_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_NAME_CHARS - 1}}}$"
@@ -1607,7 +1608,7 @@ def _check_when(
                     where,
                     f"{_short(value)} is not a choice of {parent!r}; valid choices: "
                     + ", ".join(
-                        c if isinstance(c, str) else _written(c) for c in parent_param.choices
+                        c if isinstance(c, str) else as_written(c) for c in parent_param.choices
                     ),
                 )
                 for value in values
@@ -1838,7 +1839,7 @@ def value_problem(param: FloatParam | IntParam | CategoricalParam, value: Any) -
     if isinstance(param, CategoricalParam):
         if _is_choice(value, param.choices):
             return None
-        return f"{_short(value)} is not one of {_written(param.choices)}"
+        return f"{_short(value)} is not one of {as_written(param.choices)}"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"{_short(value)} is not a number"
     if not param.low <= value <= param.high:  # exact for ints of any size, before any float()
@@ -1863,17 +1864,5 @@ def _on_grid(param: FloatParam | IntParam, value: float) -> bool:
 def _short(value: Any, limit: int = 40) -> str:
     if isinstance(value, int) and value.bit_length() > 64:
         return "an integer over 64 bits"  # repr of a huge one can even raise
-    text = _written(value)
+    text = as_written(value)
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
-def _written(value: Any) -> str:
-    """``repr``, but with booleans and nulls as a spec writes them (``true``, ``null``),
-    inside lists and mappings too."""
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_written(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_written(k)}: {_written(v)}" for k, v in value.items()) + "}"
-    return repr(value)

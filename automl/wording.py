@@ -1,6 +1,9 @@
-"""Counts in messages: "1 trial", "2 trials"."""
+"""Words in messages: counts ("1 trial", "2 trials") and values as a spec writes them."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 
 def counted(count: int, noun: str, plural: str | None = None) -> str:
@@ -17,4 +20,16 @@ def counted(count: int, noun: str, plural: str | None = None) -> str:
     return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
-__all__ = ["counted"]
+def as_written(value: Any) -> str:
+    """``repr``, but with booleans and nulls as a spec (YAML or JSON) writes them
+    (``true``, ``null``), inside lists and mappings too."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(as_written(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{as_written(k)}: {as_written(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+__all__ = ["as_written", "counted"]

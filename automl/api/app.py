@@ -192,7 +192,8 @@ def _openapi_with_spec_schema(app: FastAPI) -> dict[str, Any]:
         components["StudySpec"] = spec_schema
         components["ErrorDetail"] = ErrorDetail.model_json_schema()
         _describe_validation_errors(components)
-        _key_optional_until_one_exists(schema)
+        if not app.state.settings.keys_required:
+            _key_optional_until_one_exists(schema)
         for name, model in BODY_MODELS.items():
             body_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(body_schema.pop("$defs", {}))
@@ -202,9 +203,10 @@ def _openapi_with_spec_schema(app: FastAPI) -> dict[str, Any]:
 
 
 def _key_optional_until_one_exists(schema: dict[str, Any]) -> None:
-    """Lets every operation go without a key as well (``{}`` among its requirements): the
-    API is open while no key exists, and a client generated from the document should not
-    insist on one (a tester's schema checker counted every keyless answer a failure)."""
+    """Lets every operation go without a key as well (``{}`` among its requirements), on a
+    server that is open while no key exists (not one that requires keys): a client
+    generated from the document should not insist on one (a tester's schema checker
+    counted every keyless answer a failure)."""
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
             security = operation.get("security")

@@ -39,7 +39,7 @@ MAX_CACHED_TOKENS = 1024
 BEARER = HTTPBearer(
     auto_error=False,
     description="An API key from `automl keys create` (the CLI sends $AUTOML_API_KEY): "
-    "required once any key exists; while none does, the API is open.",
+    "required once any key exists, and always on a server that requires keys.",
 )
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}

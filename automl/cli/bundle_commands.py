@@ -1,4 +1,5 @@
-"""``automl best ID --download DIR``: the best model's bundle, unpacked into a folder.
+"""``automl best ID --download DIR`` and ``automl trials ID NUMBER --download DIR``: the
+best model's bundle, or a trial's, unpacked into a folder.
 
 Against the API (``--url``) the server builds the bundle and only the zip travels (nothing
 here imports torch); on the local store it is built in this process.
@@ -39,8 +40,7 @@ def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
         message = f"{directory} is not empty; choose a new folder or pass --overwrite"
         raise CliError(message, EXIT_BAD_INPUT)
     data = fetch_bundle(settings, args.study, getattr(args, "number", None))
-    remove_earlier_bundle(directory)
-    written, card = unpack_bundle(data, directory)
+    written, card = unpack_bundle(data, directory, replace=True)
     if args.json:
         print(json.dumps({"directory": str(directory), "files": [p.name for p in written]}))
         return EXIT_OK
@@ -143,8 +143,12 @@ MAX_UNPACKED_BYTES = 4 * 2**30
 TorchScript, safetensors) stay far below it; a zip bomb from a hostile server does not."""
 
 
-def unpack_bundle(data: bytes, directory: Path) -> tuple[list[Path], dict]:
-    """Unpacks a bundle's flat files into ``directory`` (created if missing).
+def unpack_bundle(
+    data: bytes, directory: Path, *, replace: bool = False
+) -> tuple[list[Path], dict]:
+    """Unpacks a bundle's flat files into ``directory`` (created if missing); with
+    ``replace``, once the download reads as a bundle, an earlier bundle's files there go
+    first (``remove_earlier_bundle``).
 
     Returns:
         The files written (in name order) and the model card.
@@ -163,6 +167,8 @@ def unpack_bundle(data: bytes, directory: Path) -> tuple[list[Path], dict]:
         raise CliError("the download's model card is not JSON", EXIT_FAILURE) from None
     if not isinstance(card, dict):
         raise CliError("the download's model card is not a JSON object", EXIT_FAILURE)
+    if replace:
+        remove_earlier_bundle(directory)
     written: list[Path] = []
     created: list[Path] = []  # by this call: what a failure removes (a user's files stay)
     try:

@@ -61,13 +61,13 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     }
     with _staging(directory) as folder:
         written = [_write(folder, name, text) for name, text in files.items()]
-        if remove_earlier_bundle(folder / MODEL_DIR):  # an earlier export's, maybe of another study
+        card: dict[str, Any] = {}
+        if bundle is not None:  # an earlier export's model (maybe another study's) replaced
+            model_files, card = unpack_bundle(bundle, folder / MODEL_DIR, replace=True)
+            written += model_files
+        elif remove_earlier_bundle(folder / MODEL_DIR):  # and none left without a new one
             with contextlib.suppress(OSError):  # not empty: the user's files stay
                 (folder / MODEL_DIR).rmdir()
-        card: dict[str, Any] = {}
-        if bundle is not None:
-            model_files, card = unpack_bundle(bundle, folder / MODEL_DIR)
-            written += model_files
         names = [str(path.relative_to(folder)) for path in written]
     failed = bundle is None and _has_weights(best)
     if args.json:

@@ -94,8 +94,10 @@ def study_text(study: StudyDetail) -> str:
 
 def _warm_start_text(note: dict[str, Any]) -> str:
     """What a warm start queued and left out, in one line (``status --json``: the lists)."""
-    studies = ", ".join(str(s) for s in note.get("studies") or []) or "none found"
-    text = f"{counted(_count(note.get('enqueued')), 'configuration')} from studies {studies}"
+    sources = note.get("studies")
+    studies = ", ".join(map(str, sources)) if isinstance(sources, list) else ""
+    text = f"{counted(_count(note.get('enqueued')), 'configuration')} from studies "
+    text += studies or "none found"
     left_out = [
         f"{_count(note.get(key))} {why}"
         for key, why in (
@@ -107,8 +109,9 @@ def _warm_start_text(note: dict[str, Any]) -> str:
     ]
     if left_out:
         text += f"; left out: {', '.join(left_out)}"
-    if note.get("dropped"):
-        text += f"; {counted(len(note['dropped']), 'param value')} dropped"
+    dropped = note.get("dropped")
+    if isinstance(dropped, list) and dropped:
+        text += f"; {counted(len(dropped), 'param value')} dropped"
     return printable(text)
 
 
@@ -325,9 +328,9 @@ SELECTIONS = {
 """How each kind of serving model (``ServedModel.selection``) is named."""
 
 
-def selection_text(selection: str | None) -> str:
+def selection_text(selection: object) -> str:
     """Why a trial serves, in words (an unknown kind as it is, escaped); empty where an
     older server's bundle does not say."""
-    if not selection:
+    if not isinstance(selection, str) or not selection:
         return ""
     return SELECTIONS.get(selection, printable(selection))

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
@@ -150,7 +150,7 @@ def valid_text(spec: StudySpec) -> str:
     elif spec.sampler.name in JOINT_SPACE_SAMPLERS:
         drawn = _drawn_at_random(spec)
         if drawn:
-            sampler += f" ({', '.join(drawn)}: drawn at random, outside its model)"
+            sampler += f" ({', '.join(drawn)}: may be drawn at random, outside its model)"
     if spec.pruner is not None:
         pruner = spec.pruner.name
     elif len(spec.objective_list) > 1:
@@ -194,12 +194,7 @@ def _drawn_at_random(spec: StudySpec) -> list[str]:
 def _cma_es_models_any(spec: StudySpec) -> bool:
     """Whether CMA-ES models any searched param: Optuna's leaves categorical and
     conditional ones to its independent (random) sampler."""
-    from automl.spec import CategoricalParam
-
-    return any(
-        not spec.conditions(name) and not isinstance(param, CategoricalParam)
-        for name, param in spec.params.items()
-    )
+    return len(_drawn_at_random(spec)) < len(spec.params)
 
 
 def _condition_text(when: Mapping[str, object]) -> str:
@@ -302,15 +297,17 @@ def cmd_best(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+_USER_PASSWORD = re.compile(r"^([\w+.-]+://[^:/@]*):[^@]*@")
+"""A URL's ``user:password@``, read as SQLAlchemy reads it: the password may hold ``/``,
+``?`` or ``#``, which ``urlsplit`` would take for the end of the host."""
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+
+
 def without_password(url: str) -> str:
-    """``url`` with the password of its user part, if any, shown as ``***`` (what sqlalchemy's
-    ``render_as_string(hide_password=True)`` shows, without importing it)."""
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    if not at or not colon:
-        return url
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """``url`` with its password, if any, shown as ``***``: that of its user part, and a
+    ``password=`` query parameter (light: sqlalchemy's ``hide_password`` needs it
+    imported)."""
+    return _QUERY_PASSWORD.sub(r"\1***", _USER_PASSWORD.sub(r"\1:***@", url, count=1))
 
 
 def _check_overwrite(args: argparse.Namespace) -> None:

@@ -1,8 +1,10 @@
-"""A study's best model as a zip that runs without automl.
+"""A study's best model (or one trial's, asked for by number) as a zip that runs without
+automl.
 
 The bundle holds the model of the trial that serves the study's predictions
 (``inference.serving_trial``: the refit model once the study's refit is done, else the
-best trial, or the first of the Pareto front):
+best trial, or the first of the Pareto front), or of the trial asked for
+(``inference.chosen_trial``):
 
 - ``model.safetensors``: the weights (``safetensors.torch.load_file``), whatever format
   the trial stored them in;
@@ -283,8 +285,9 @@ class BundleCache:
 
     Every ``get`` reads what decides the bundle's content (``_Plan.key``: the serving
     trial, whether it is a refit, its weights and its model card, which changes when test
-    metrics arrive), so a changed model or card builds a new bundle; a study's older
-    bundles are then dropped, since only its latest serves.
+    metrics arrive), so a changed model or card builds a new bundle; the older bundles of
+    the same model (the study's best, or the same trial asked for) are then dropped, since
+    only the latest serves.
 
     Args:
         size: The most bundles kept.

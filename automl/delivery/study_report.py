@@ -22,6 +22,7 @@ from automl.store import (
     get_frozen_trial,
     get_study,
     optuna_rows,
+    served_refit,
 )
 from automl.store.evaluations import read_evaluation
 from automl.store.refits import read_refit
@@ -75,17 +76,23 @@ def gather_report(store: Store, study_id: int, max_points: int = MAX_POINTS) -> 
         embeddings=embeddings,
         embeddings_note=embeddings_note,
         finished=(study.counts.finished, study.n_trials),
-        served_note=_refit_note(best.refit),
+        served_note=_refit_note(best.refit, served_refit(store, study_id) is not None),
     )
 
 
-def _refit_note(refit: RefitView | None) -> str | None:
-    """What the report says of the study's refit: the model that serves once it is done."""
+def _refit_note(refit: RefitView | None, serves: bool) -> str | None:
+    """What the report says of the study's refit: the model that serves once it is done
+    (``serves``: while its trial is still the best)."""
     if refit is None:
         return None
     if refit.state != RefitState.DONE:
         why = f": {refit.note}" if refit.note else ""
         return f"Refit on train + validation: {refit.state.value}{why}."
+    if not serves:
+        return (
+            f"The refit of trial {refit.trial} does not serve: that trial is no longer the "
+            "best, so predictions and the bundle use the best trial's own weights."
+        )
     accuracy = (refit.test_metrics or {}).get("accuracy")
     scored = f", test accuracy {accuracy:.4f}" if isinstance(accuracy, int | float) else ""
     return (
@@ -184,8 +191,8 @@ class ReportCache:
             study.finished_at,
             study.counts.model_dump_json(),
             trials_there,
-            None if evaluation is None else evaluation.state,
-            None if refit is None else (refit.state, refit.trial),
+            None if evaluation is None else (evaluation.state, evaluation.finished_at),
+            None if refit is None else (refit.state, refit.requested_at, refit.finished_at),
         )
 
     def _take(self, key: tuple[Any, ...]) -> str | None:

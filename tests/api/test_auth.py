@@ -19,6 +19,7 @@ import pytest
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from fastapi.testclient import TestClient
 
+from automl.api.app import create_app
 from automl.api.auth import authorize
 from automl.config import Settings
 from automl.data import load_dataset
@@ -457,3 +458,21 @@ def test_the_schema_lets_every_operation_go_without_a_key_until_one_exists(
 
     assert len(requirements) >= 20
     assert all(security == [{"HTTPBearer": []}, {}] for security in requirements)
+
+
+def test_a_server_that_requires_keys_declares_them_required(tmp_path: Path) -> None:
+    settings = Settings(storage=f"sqlite:///{tmp_path / 'automl.db'}", host="0.0.0.0")
+    app = create_app(settings, reap=False)
+    try:
+        schema = app.openapi()
+    finally:
+        app.state.store.close()
+
+    requirements = [
+        operation["security"]
+        for operations in schema["paths"].values()
+        for operation in operations.values()
+        if "security" in operation
+    ]
+    assert requirements
+    assert all(security == [{"HTTPBearer": []}] for security in requirements)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from automl.cli.output import best_text, trial_text
+from automl.cli.output import best_text, selection_text, trial_text
 from automl.store import BestTrials, EvaluationState, TestEvaluation, TrialDetail
 
 
@@ -102,3 +102,12 @@ def test_one_trial_in_full_has_its_per_class_reports_mistakes_and_notes() -> Non
     many = trial.model_copy(update={"per_class": [row] * 60, "test_per_class": None})
     assert trial_text(many, 7, ["accuracy"]).count("\ncat ") == 50
     assert "(10 more classes: --json lists them)" in trial_text(many, 7, ["accuracy"])
+
+
+def test_why_a_bundle_serves_is_named_only_where_its_card_says() -> None:
+    """A card from an older server has no selection, or another server's a value that is
+    no name: neither is read as "best trial"."""
+    assert selection_text("pareto_front_first") == "first of the Pareto front"
+    assert selection_text("chosen") == "asked for by number"
+    assert [selection_text(value) for value in (None, "", 5, ["x"])] == ["", "", "", ""]
+    assert selection_text("new\x1b[2J") == "new\\x1b[2J"

@@ -184,3 +184,22 @@ def test_an_earlier_bundle_is_removed_with_none_of_a_users_files(tmp_path: Path)
 
     assert sorted(p.name for p in earlier.iterdir()) == ["notes.txt"]
     assert sorted(p.name for p in own.iterdir()) == ["notes.txt", "predict.py"]
+
+
+def test_a_new_bundle_replaces_the_earlier_one_only_once_it_reads(tmp_path: Path) -> None:
+    """A review: ``--overwrite`` removed the earlier bundle before the new download was
+    read, so a broken one left nothing; a tester: a file the new bundle lacks stayed."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model_card.json").write_text("{}")
+    (folder / "model.onnx").write_bytes(b"onnx")
+
+    (folder / "notes.txt").write_text("mine")
+
+    with pytest.raises(CliError, match="not a readable zip"):
+        unpack_bundle(b"not a zip", folder, replace=True)
+    kept = sorted(p.name for p in folder.iterdir())
+    unpack_bundle(archive({"model_card.json": CARD}), folder, replace=True)  # no ONNX now
+
+    assert kept == ["model.onnx", "model_card.json", "notes.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model_card.json", "notes.txt"]

@@ -260,7 +260,7 @@ def test_validate_data_says_which_files_an_image_folder_leaves_out(
 
 
 RANDOM = " (no numeric param that always applies: every trial is drawn at random)"
-OUTSIDE = "drawn at random, outside its model)"
+OUTSIDE = "may be drawn at random, outside its model)"
 
 
 @pytest.mark.parametrize(
@@ -1398,6 +1398,12 @@ def test_overwrite_without_download_is_refused(cli: Run) -> None:
         ("postgresql://me:secret@db:5432/automl", "postgresql://me:***@db:5432/automl"),
         ("postgresql://me@db/automl", "postgresql://me@db/automl"),
         ("sqlite:///a b.db", "sqlite:///a b.db"),
+        ("postgresql://me:p/s?s#x@db/automl", "postgresql://me:***@db/automl"),
+        ("postgresql://db:5432/automl", "postgresql://db:5432/automl"),
+        (
+            "postgresql://db/automl?user=me&password=x&sslmode=require",
+            ("postgresql://db/automl?user=me&password=***&sslmode=require"),
+        ),
     ],
 )
 def test_the_best_hint_hides_a_password(url: str, shown: str) -> None:

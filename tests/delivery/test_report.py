@@ -44,6 +44,8 @@ from automl.delivery.study_report import gather_report, study_report_html
 from automl.spec import validate_spec
 from automl.store import (
     NoBestTrialError,
+    RefitState,
+    RefitView,
     Store,
     StudyNotFoundError,
     attrs,
@@ -496,3 +498,24 @@ def test_the_report_reads_no_trials_history_or_reports_but_the_best_trials(
     assert [trial.number for trial in report.trials] == [0, 1, 2, 3]
     assert [trial.user_attrs for trial in report.trials] == [{}, {}, {attrs.FAILURE: "error"}, {}]
     assert "4 of 4 trials finished; 4 attempts (3 complete, 1 fail)" in render_report(report)
+
+
+def test_the_refit_note_says_whether_the_refit_serves() -> None:
+    """A review: after a resume found a better trial, the report still said the refit of
+    the old one served."""
+    done = RefitView(state=RefitState.DONE, trial=3, epochs=4, test_metrics={"accuracy": 0.9})
+    failed = RefitView(state=RefitState.FAILED, note="out of memory")
+
+    serving = study_report._refit_note(done, serves=True)
+    assert serving is not None and serving.startswith(
+        "Predictions and the bundle serve the refit model: trial 3's configuration retrained "
+        "on train + validation for 4 epochs, test accuracy 0.9000."
+    )
+    assert study_report._refit_note(done, serves=False) == (
+        "The refit of trial 3 does not serve: that trial is no longer the best, so "
+        "predictions and the bundle use the best trial's own weights."
+    )
+    assert study_report._refit_note(failed, serves=False) == (
+        "Refit on train + validation: failed: out of memory."
+    )
+    assert study_report._refit_note(None, serves=False) is None
