@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from automl.wording import counted
+from automl.wording import as_written, counted
 
 
 def test_a_count_of_one_is_singular_and_any_other_plural() -> None:
     assert [counted(n, "trial") for n in (0, 1, 2)] == ["0 trials", "1 trial", "2 trials"]
     assert counted(1, "class", "classes") == "1 class"
     assert counted(3, "class", "classes") == "3 classes"
+
+
+def test_values_are_written_as_a_spec_writes_them() -> None:
+    """Python's ``True`` and ``None`` read as another language's in a spec's errors."""
+    written = as_written([True, None, {"a": False}, ("x", 1.5)])
+
+    assert written == "[true, null, {'a': false}, ['x', 1.5]]"

@@ -79,3 +79,25 @@ def test_json_is_escaped_where_stdout_cannot_print_it(monkeypatch: pytest.Monkey
     assert json.loads(escaped) == json.loads(text)
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="utf-8"))
     assert printable_json(text) == text  # readable where it can be printed
+
+
+def test_a_warm_start_note_written_by_hand_prints_no_traceback() -> None:
+    """The note is an Optuna study attribute, which other tools can write."""
+    detail = StudyDetail.model_construct(
+        id=9,
+        name="s",
+        status=StudyStatus.QUEUED,
+        status_reason=None,
+        metrics=["accuracy"],
+        directions=["maximize"],
+        n_trials=4,
+        counts=TrialCounts(waiting=4),
+        best_value=None,
+        seed=None,
+        warm_start={"studies": 3, "enqueued": "two", "dropped": 5, "duplicates": 1},
+    )
+
+    last = study_text(detail).splitlines()[-1]
+
+    expected = "warm start: 0 configurations from studies none found; left out: 1 the same"
+    assert last == expected + " as one before"
