@@ -203,7 +203,7 @@ def _plan(store: Store, study_id: int, number: int | None = None) -> _Plan:
     study_key: Key = (store.url, study_id, *model)
     key = (
         *study_key,
-        trial._trial_id,  # unlike its number, never another study's trial
+        trial.number,  # of this study (in the key); its weights' id tells a rerun apart
         serving.selection == "refit",
         trial.user_attrs.get(attrs.WEIGHTS),
         card_digest.hexdigest(),
