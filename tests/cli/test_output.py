@@ -21,20 +21,26 @@ def test_control_characters_in_cells_are_shown_escaped() -> None:
     assert text.splitlines()[2:] == ["\\x1b[31mred", "multi\\nline", "\\u202eevil", "cat 🐱 é"]
 
 
+def _detail(**fields: object) -> StudyDetail:
+    """A study's view as an older server may send it (no seed, no warm start)."""
+    defaults: dict[str, object] = {
+        "id": 9,
+        "name": "s",
+        "status": StudyStatus.QUEUED,
+        "status_reason": None,
+        "metrics": ["accuracy"],
+        "directions": ["maximize"],
+        "n_trials": 4,
+        "counts": TrialCounts(waiting=4),
+        "best_value": None,
+        "seed": None,
+    }
+    return StudyDetail.model_construct(**{**defaults, **fields})
+
+
 def test_study_text_counts_cancelled_trials() -> None:
     counts = TrialCounts(complete=1, cancelled=3)
-    detail = StudyDetail.model_construct(
-        id=9,
-        name="s",
-        status=StudyStatus.CANCELLED,
-        status_reason=None,
-        metrics=["accuracy"],
-        directions=["maximize"],
-        n_trials=4,
-        counts=counts,
-        best_value=None,
-        seed=None,
-    )
+    detail = _detail(status=StudyStatus.CANCELLED, counts=counts)
     assert "seed:" not in study_text(detail)  # a view from an older server has none
     assert "seed:      1234" in study_text(detail.model_copy(update={"seed": 1234}))
     assert "(complete 1, pruned 0, failed 0; running 0, waiting 0, cancelled 3)" in study_text(
@@ -83,19 +89,7 @@ def test_json_is_escaped_where_stdout_cannot_print_it(monkeypatch: pytest.Monkey
 
 def test_a_warm_start_note_written_by_hand_prints_no_traceback() -> None:
     """The note is an Optuna study attribute, which other tools can write."""
-    detail = StudyDetail.model_construct(
-        id=9,
-        name="s",
-        status=StudyStatus.QUEUED,
-        status_reason=None,
-        metrics=["accuracy"],
-        directions=["maximize"],
-        n_trials=4,
-        counts=TrialCounts(waiting=4),
-        best_value=None,
-        seed=None,
-        warm_start={"studies": 3, "enqueued": "two", "dropped": 5, "duplicates": 1},
-    )
+    detail = _detail(warm_start={"studies": 3, "enqueued": "two", "dropped": 5, "duplicates": 1})
 
     last = study_text(detail).splitlines()[-1]
 
