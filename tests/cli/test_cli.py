@@ -1383,6 +1383,14 @@ def test_a_worker_exits_130_after_ctrl_c_and_0_after_sigterm(
             process.wait()
 
 
+def test_download_without_a_trial_number_is_refused(cli: Run, tmp_path: Path) -> None:
+    code, _, err = cli("trials", "1", "--download", str(tmp_path / "model"))
+
+    assert code == 2
+    assert one_error_line(err) == "error: --download saves one trial's model: name its NUMBER"
+    assert not (tmp_path / "model").exists()
+
+
 def test_overwrite_without_download_is_refused(cli: Run) -> None:
     """Found by a tester: ``best 1 --overwrite`` ignored the flag without a word."""
     for command in (("best", "1"), ("trials", "1", "0"), ("trials", "1")):
