@@ -94,7 +94,7 @@ from automl.data import ImageData, load_dataset
 from automl.examples import write_rgb_folder
 from automl.spec import StudySpec
 from automl.store import attrs, open_store, open_weights
-from automl.store.studies import best_trials
+from automl.store.best_reads import best_trials
 from automl.train import TrialConfig
 from automl.train.evaluation import evaluate_weights
 

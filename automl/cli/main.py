@@ -554,7 +554,7 @@ def _run_against_api(command: Command, args: argparse.Namespace, settings: Setti
         raise CliError(f"{exc}{hint}", EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILURE) from None
 
 
-STORE_READING_COMMANDS = frozenset({"status", "trials"})
+STORE_READING_COMMANDS = frozenset({"status", "trials", "best"})
 """Commands that only read the store's tables (``trials --download`` builds a model): they
 load no plugins and import no spec models, registries or torch (``automl status``
 answered in 3 s, half of it importing torch)."""

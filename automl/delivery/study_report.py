@@ -24,8 +24,7 @@ from automl.store import (
     optuna_rows,
     served_refit,
 )
-from automl.store.evaluations import read_evaluation
-from automl.store.refits import read_refit
+from automl.store.best_reads import read_evaluation, read_refit
 
 logger = logging.getLogger("automl.delivery")
 

@@ -37,6 +37,10 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "EvaluationState",
         "RefitState",
     ),
+    "best_reads": (
+        "RefitResult",
+        "best_trials",
+    ),
     "evaluations": (
         "EvaluationLease",
         "TrialTestReport",
@@ -80,7 +84,6 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     ),
     "refits": (
         "RefitLease",
-        "RefitResult",
         "beat_refit",
         "claim_refit",
         "finish_refit",
@@ -111,7 +114,6 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "open_store_from",
     ),
     "studies": (
-        "best_trials",
         "cancel_study",
         "delete_study",
         "end_study_if_done",

@@ -20,22 +20,19 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from optuna.trial import FrozenTrial
 
 from automl.spec import StudySpec
 from automl.spec_reading import check_readable
 from automl.store import attrs, optuna_rows, tables
 from automl.store.attrs import StudyStatus
+from automl.store.best_reads import best_trials_of
 from automl.store.jobs import JobKind, claim_job, held
-from automl.store.pareto import pareto_front
 from automl.store.status import iso, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import EvaluationState
-from automl.store.views import TestEvaluation
 
 EVALUATION_STALE_S = 1800.0
 """A claim older than this is taken to be abandoned (its worker died) and taken over."""
@@ -86,42 +83,6 @@ class TrialTestReport:
     confusion: list[list[int]] | None
     samples: int
     most_confused: list[dict[str, Any]] | None = None
-
-
-def best_trials_of(store: Store, study_id: int, directions: Sequence[str]) -> list[FrozenTrial]:
-    """The best completed trial (one objective) or the whole Pareto front, in number order
-    (``best_trials_page`` without a limit)."""
-    return best_trials_page(store, study_id, directions)[0]
-
-
-def best_trials_page(
-    store: Store,
-    study_id: int,
-    directions: Sequence[str],
-    limit: int | None = None,
-    offset: int = 0,
-) -> tuple[list[FrozenTrial], int]:
-    """The best completed trial (one objective) or a page of the Pareto front, in number
-    order, with the number of best trials on all pages.
-
-    The front is the one Optuna's ``best_trials`` gives (``automl.store.pareto``), found
-    from every completed trial's values (one query); only the page's trials are loaded,
-    without their system attributes.
-    """
-    if len(directions) == 1:
-        with store.read() as connection:
-            maximize = directions[0] == "maximize"
-            best_id = optuna_rows.best_trial_id(connection, study_id, maximize)
-        if best_id is None:
-            return [], 0
-        return ([store.reader.get_trial(best_id)] if offset == 0 and limit != 0 else []), 1
-    with store.read() as connection:
-        values = optuna_rows.completed_values(connection, study_id)
-        # A study's trial ids grow with their numbers: id order is number order.
-        front = sorted(pareto_front(values, directions))
-        end = None if limit is None else offset + limit
-        page = optuna_rows.load_trials(connection, front[offset:end])
-    return sorted(page, key=lambda trial: trial.number), len(front)
 
 
 def _abandon(
@@ -262,34 +223,11 @@ def no_test_split_note(source: str) -> str:
     return f"dataset {source!r} {NO_TEST_SPLIT}"
 
 
-def read_evaluation(connection: sa.engine.Connection, study_id: int) -> TestEvaluation | None:
-    """Where the study's test-split evaluation stands (None if it never completed)."""
-    row = connection.execute(
-        sa.select(tables.evaluations).where(tables.evaluations.c.study_id == study_id)
-    ).first()
-    if row is None:
-        return None
-    return TestEvaluation(
-        state=EvaluationState(row.state),
-        note=row.note,
-        trials=None if row.trials is None else json.loads(row.trials),
-        requested_at=_datetime(row.requested_at),
-        finished_at=_datetime(row.finished_at),
-    )
-
-
-def _datetime(timestamp: float | None) -> datetime | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
-
-
 __all__ = [
     "EVALUATION_STALE_S",
     "MAX_TRIES",
     "EvaluationLease",
     "TrialTestReport",
-    "best_trials_of",
-    "best_trials_page",
     "claim_evaluation",
     "finish_evaluation",
-    "read_evaluation",
 ]

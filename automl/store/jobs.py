@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from automl.spec_reading import check_readable
 from automl.store import optuna_rows, tables
 from automl.store.status import lock_study, now
 from automl.store.storage import Store
@@ -71,8 +70,8 @@ def claim_job(
     worker_id: str,
     study_id: int | None,
     stale_after: float,
-    exclude: Collection[int] = (),
-    check: Callable[[int, str], None] = check_readable,
+    exclude: Collection[int],
+    check: Callable[[int, str], None],
 ) -> tuple[sa.Row[Any], int] | None:
     """Claims the oldest due job of ``kind`` whose study may run it.
 

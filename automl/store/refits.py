@@ -16,21 +16,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from automl.spec import StudySpec
 from automl.spec_reading import check_readable
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
-from automl.store.jobs import JobKind, claim_job, held, job_result, release_job
+from automl.store.best_reads import RefitResult, done_result
+from automl.store.jobs import JobKind, claim_job, held, release_job
 from automl.store.status import ENDED, iso, lock_study, now
 from automl.store.storage import Store
+from automl.store.study_reads import spec_heads
 from automl.store.tables import DELETING, RefitState
-from automl.store.views import RefitView
 
 REFIT_STALE_S = 600.0
 """A claim not renewed for this long is taken to be abandoned and taken over."""
@@ -60,47 +59,6 @@ class RefitLease:
     worker_id: str
     attempt: int
     trial_number: int | None
-
-
-@dataclass(frozen=True)
-class RefitResult:
-    """A finished refit: the retrained model and its scores on the test split.
-
-    Attributes:
-        trial_number: The trial whose configuration was retrained.
-        epochs: Epochs trained (those the trial ran).
-        train_samples: Images trained on (training plus validation split).
-        weights: Artifact id of the weights (safetensors).
-        card: Artifact id of the model card (JSON), if it was stored.
-        test_metrics: Every registered metric on the test split.
-        test_per_class: Precision, recall, F1 and support of each class.
-        test_confusion: The confusion matrix; rows are true classes, columns predictions
-            (None past ``DENSE_CONFUSION_CLASSES`` classes: its most frequent mistakes are
-            not kept for a refit, whose stored result an API of an automl before them
-            could not read; the trial's own test evaluation keeps them).
-        test_samples: Images in the test split.
-        duration_s: Seconds the training took.
-    """
-
-    trial_number: int
-    epochs: int
-    train_samples: int
-    weights: str
-    card: str | None
-    test_metrics: dict[str, float]
-    test_per_class: list[dict[str, Any]]
-    test_confusion: list[list[int]] | None
-    test_samples: int
-    duration_s: float
-
-    def to_json(self) -> dict[str, Any]:
-        """The result as a JSON object."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RefitResult:
-        """The result that ``to_json`` wrote (fields a newer automl added are left out)."""
-        return job_result(cls, data)
 
 
 def _abandon(
@@ -257,32 +215,6 @@ def _end(
     optuna_rows.put_study_attrs(connection, study_id, {attrs.REFIT: mirror})
 
 
-def read_refit(connection: sa.engine.Connection, study_id: int) -> RefitView | None:
-    """Where the study's refit stands (None if never asked for), with its result once
-    ``done``: a refit queued again (the study was resumed and found a better trial) shows
-    none until it is done, not the result of the one before, which no longer serves."""
-    row = connection.execute(
-        sa.select(tables.refits).where(tables.refits.c.study_id == study_id)
-    ).first()
-    if row is None:
-        return None
-    done = row.state == RefitState.DONE and row.result is not None
-    result = RefitResult.from_json(json.loads(row.result)) if done else None
-    return RefitView(
-        state=RefitState(row.state),
-        note=row.note,
-        trial=None if result is None else result.trial_number,
-        epochs=None if result is None else result.epochs,
-        train_samples=None if result is None else result.train_samples,
-        test_metrics=None if result is None else result.test_metrics,
-        test_per_class=None if result is None else result.test_per_class,
-        test_confusion=None if result is None else result.test_confusion,
-        test_samples=None if result is None else result.test_samples,
-        requested_at=_datetime(row.requested_at),
-        finished_at=_datetime(row.finished_at),
-    )
-
-
 def served_refit(store: Store, study_id: int) -> RefitResult | None:
     """The refit result that serves the study's predictions: the latest one, while the
     refit is ``done`` and its trial is still the study's best (None otherwise: a resumed
@@ -294,7 +226,7 @@ def served_refit(store: Store, study_id: int) -> RefitResult | None:
             .join(studies, studies.c.study_id == refits.c.study_id)
             .where(refits.c.study_id == study_id)
         ).first()
-        result = None if row is None else _done_result(row.state, row.result)
+        result = None if row is None else done_result(row.state, row.result)
         if result is None:
             return None
         best = refit_trial_number(connection, study_id, row.spec)
@@ -337,29 +269,22 @@ def serving_pick(store: Store, study_id: int) -> ServingPick | None:
         ).first()
         if row is None:
             return None
-        directions = StudySpec.model_validate_json(row.spec).directions
+        directions = spec_heads(connection, study_id, row.spec)[0]
         if len(directions) != 1:
             return None
         best = optuna_rows.top_ranked(connection, study_id, directions[0] == "maximize", 1)
     if not best:
         return None
     trial_id, _, number = best[0]
-    result = _done_result(row.state, row.result)
+    result = done_result(row.state, row.result)
     refit = result if result is not None and result.trial_number == number else None
     return ServingPick(trial_id, number, refit)
-
-
-def _done_result(state: str | None, result: str | None) -> RefitResult | None:
-    """A refit row's latest result while the refit is ``done`` (None otherwise)."""
-    if state != RefitState.DONE.value or result is None:
-        return None
-    return RefitResult.from_json(json.loads(result))
 
 
 def refit_trial_number(connection: sa.engine.Connection, study_id: int, spec: str) -> int | None:
     """The trial a refit of the study retrains now: its best on its only objective (None
     with several objectives or no completed trial). ``spec`` is the stored spec JSON."""
-    directions = StudySpec.model_validate_json(spec).directions
+    directions = spec_heads(connection, study_id, spec)[0]
     if len(directions) != 1:
         return None
     return optuna_rows.best_trial_number(connection, study_id, directions[0] == "maximize")
@@ -394,21 +319,15 @@ def _attempts_artifacts(study_id: int, attempts: Iterable[int]) -> list[str]:
     return [artifact for a in attempts for artifact in refit_artifact_ids(study_id, a)]
 
 
-def _datetime(timestamp: float | None) -> datetime | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
-
-
 __all__ = [
     "MAX_TRIES",
     "REFIT_BEAT_S",
     "REFIT_STALE_S",
     "RefitLease",
-    "RefitResult",
     "ServingPick",
     "beat_refit",
     "claim_refit",
     "finish_refit",
-    "read_refit",
     "refit_artifact_ids",
     "refit_artifacts",
     "refit_trial_number",

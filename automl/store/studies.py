@@ -34,7 +34,8 @@ from automl.spec import (
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import artifact_lost, remove_quietly
 from automl.store.attrs import StudyStatus
-from automl.store.evaluations import NO_TEST_SPLIT, best_trials_page, read_evaluation
+from automl.store.best_reads import OPTUNA_STUDY_GONE, read_evaluation, read_refit
+from automl.store.evaluations import NO_TEST_SPLIT
 from automl.store.faults import first_line, is_lock_conflict, is_transient
 from automl.store.leases import end_if_done
 from automl.store.projects import (
@@ -45,7 +46,7 @@ from automl.store.projects import (
     project_study_names,
     salted,
 )
-from automl.store.refits import read_refit, refit_artifacts
+from automl.store.refits import refit_artifacts
 from automl.store.retention import OPTUNA_ARTIFACT_ATTR
 from automl.store.shared_artifacts import remove_unshared, shared_keys_of
 from automl.store.status import (
@@ -58,14 +59,12 @@ from automl.store.status import (
     request_evaluation,
     request_refit,
 )
-from automl.store.storage import Store, retrying_read
+from automl.store.storage import Store
 from automl.store.study_reads import (
-    NoBestTrialError,
     StudyNotFoundError,
     StudyStateError,
     get_study,
     stored_spec_text,
-    study_row,
 )
 from automl.store.tables import (
     DELETING,
@@ -75,21 +74,13 @@ from automl.store.tables import (
     TicketState,
 )
 from automl.store.views import (
-    BestTrials,
     RefitView,
     StudyDetail,
-    TrialDetail,
 )
 from automl.store.warm_start import plan_warm_start
 from automl.wording import counted
 
 NAME_PROBE_BATCH = 20
-
-OPTUNA_STUDY_GONE = (
-    "its Optuna study (every trial) was deleted outside automl, with optuna-dashboard or "
-    "`optuna delete-study`; `automl delete {study_id}` removes what is left"
-)
-"""Why a study whose Optuna study vanished under it fails."""
 
 
 NAME_WAIT_S = 5.0
@@ -376,46 +367,6 @@ def submitted_spec(store: Store, study_id: int) -> StudySpec:
 def _stored_spec(text: str) -> StudySpec:
     # Stored specs were fully checked at submission; only rebuild the model.
     return StudySpec.model_validate_json(text)
-
-
-@retrying_read
-def best_trials(
-    store: Store, study_id: int, *, limit: int | None = None, offset: int = 0
-) -> BestTrials:
-    """The best trial (one ``ORDER BY ... LIMIT 1``), or the Pareto front (``limit`` of
-    its trials past the first ``offset``; all without a limit), with the state of their
-    evaluation on the test split.
-
-    Raises:
-        StudyNotFoundError: If there is no such study.
-        NoBestTrialError: If no trial has completed yet.
-    """
-    with store.read() as connection:
-        row = study_row(connection, study_id)
-        evaluation = read_evaluation(connection, study_id)
-        refit = read_refit(connection, study_id)
-        gone = not optuna_rows.optuna_study_exists(connection, study_id)
-    spec = _stored_spec(row.spec)
-    best, count = [], 0
-    if not gone:
-        best, count = best_trials_page(store, study_id, spec.directions, limit, offset)
-    if not count:
-        if gone:
-            message = f"study {study_id} has no trials: " + OPTUNA_STUDY_GONE
-            raise NoBestTrialError(message.format(study_id=study_id), ended=True)
-        if row.status in ACTIVE:
-            raise NoBestTrialError(f"study {study_id} has no completed trial yet")
-        message = f"study {study_id} ended ({row.status}) without a completed trial"
-        raise NoBestTrialError(message, ended=True)
-    return BestTrials(
-        study_id=study_id,
-        directions=spec.directions,
-        metrics=spec.metrics,
-        trials=[TrialDetail.of(trial) for trial in best],
-        count=count,
-        test_evaluation=evaluation,
-        refit=refit,
-    )
 
 
 # --- lifecycle ---------------------------------------------------------------------------------
@@ -1001,7 +952,6 @@ def end_study_if_done(store: Store, study_id: int) -> StudyStatus:
 
 
 __all__ = [
-    "best_trials",
     "cancel_study",
     "delete_study",
     "end_study_if_done",

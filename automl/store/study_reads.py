@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -148,7 +148,7 @@ def _summary_fields(
     connection: sa.engine.Connection, rows: Sequence[sa.Row[Any]]
 ) -> list[dict[str, Any]]:
     """The ``StudySummary`` fields of these study rows (two more queries for all)."""
-    heads = _heads(connection, rows)
+    heads = _heads(connection, {row.study_id: row.spec for row in rows})
     single = [sid for sid, (directions, _) in heads.items() if len(directions) == 1]
     maximize = {sid for sid in single if heads[sid][0][0] == "maximize"}
     counts, best = _counts_and_best(connection, list(heads), single, maximize)
@@ -179,9 +179,9 @@ def _summary_fields(
                     cancelled=by_state.get("cancelled", 0) + dropped,
                 ),
                 "best_value": best.get(row.study_id),
-                "created_at": _datetime(row.created_at),
-                "started_at": _datetime(row.started_at),
-                "finished_at": _datetime(row.finished_at),
+                "created_at": stored_datetime(row.created_at),
+                "started_at": stored_datetime(row.started_at),
+                "finished_at": stored_datetime(row.finished_at),
             }
         )
     return summaries
@@ -194,20 +194,26 @@ _HEADS: dict[bytes, Heads] = {}
 _HEADS_LIMIT = 4096
 
 
-def _heads(connection: sa.engine.Connection, rows: Sequence[sa.Row[Any]]) -> dict[int, Heads]:
-    """The directions and metrics of these study rows' specs, read once per distinct spec
-    text (every listing shows them for each study of its page; a stored spec never
-    changes). Kept by a digest of the text, so the cache does not hold the specs (an
-    ``enqueue`` can make one large)."""
+def spec_heads(connection: sa.engine.Connection, study_id: int, spec_text: str) -> Heads:
+    """The directions and metrics of one study's stored spec (JSON ``spec_text``), without
+    the spec's models (``_heads``: read once per distinct spec)."""
+    return _heads(connection, {study_id: spec_text})[study_id]
+
+
+def _heads(connection: sa.engine.Connection, specs: Mapping[int, str]) -> dict[int, Heads]:
+    """The directions and metrics of these studies' specs (by study id), read once per
+    distinct spec text (every listing shows them for each study of its page; a stored
+    spec never changes). Kept by a digest of the text, so the cache does not hold the
+    specs (an ``enqueue`` can make one large)."""
     heads: dict[int, Heads] = {}
     unread: dict[int, tuple[bytes, str]] = {}
-    for row in rows:
-        key = hashlib.blake2b(row.spec.encode(), digest_size=16).digest()
+    for study_id, text in specs.items():
+        key = hashlib.blake2b(text.encode(), digest_size=16).digest()
         cached = _HEADS.get(key)  # one lookup: another thread may clear the cache
         if cached is not None:
-            heads[row.study_id] = cached
+            heads[study_id] = cached
         else:
-            unread[row.study_id] = key, row.spec
+            unread[study_id] = key, text
     if unread:
         directions = optuna_rows.directions_of(connection, list(unread))
         if len(_HEADS) + len(unread) > _HEADS_LIMIT:
@@ -289,7 +295,8 @@ def _ticket_counts(
     return counts
 
 
-def _datetime(timestamp: float | None) -> datetime | None:
+def stored_datetime(timestamp: float | None) -> datetime | None:
+    """A stored time (seconds since the epoch) as a datetime in UTC; None stays None."""
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
 
 

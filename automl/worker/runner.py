@@ -47,9 +47,9 @@ from automl.store import (
     save_weights,
 )
 from automl.store.artifacts import ArtifactsFolderWriteError, FolderArtifactStore
+from automl.store.best_reads import OPTUNA_STUDY_GONE
 from automl.store.faults import first_line
 from automl.store.shared_artifacts import shared_use_attr
-from automl.store.studies import OPTUNA_STUDY_GONE
 from automl.train import TrainingInterrupted, TrainResult, train
 from automl.train.accel import is_out_of_memory, release_device_memory
 from automl.train.checkpoint import TrainState

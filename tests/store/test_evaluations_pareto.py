@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, create_trial
 
 from automl.spec import StudySpec
 from automl.store import Store, attrs, best_trials, optuna_rows, submit_study
-from automl.store.evaluations import best_trials_of, best_trials_page
+from automl.store.best_reads import best_trials_of, best_trials_page
 from automl.store.pareto import pareto_front
 
 SpecFactory = Callable[..., StudySpec]

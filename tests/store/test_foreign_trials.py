@@ -29,7 +29,7 @@ from automl.store import (
     save_weights,
     submit_study,
 )
-from automl.store.evaluations import best_trials_of
+from automl.store.best_reads import best_trials_of
 from automl.store.refits import serving_pick
 from tests.store.conftest import Outcome, end_trial, start_trial
 

@@ -35,7 +35,7 @@ from automl.store import (
     write_checkpoint,
 )
 from automl.store.artifacts import weights_format
-from automl.store.evaluations import best_trials_of
+from automl.store.best_reads import best_trials_of
 from tests.store.conftest import Outcome, end_trial, start_trial
 
 SpecFactory = Callable[..., StudySpec]
