@@ -19,6 +19,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "ArtifactStore",
         "FolderArtifactStore",
         "SqlArtifactStore",
+        "artifact_size",
         "check_weights",
         "discard",
         "load_state_dict",

@@ -270,6 +270,10 @@ class _CheckedReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def fileno(self) -> int:
+        """The checked file's descriptor (for its size: reads go through this reader)."""
+        return self._file.fileno()
+
     def readall(self) -> bytes:
         """The rest of the file in one read (``read()``), checked."""
         rest = self._file.read()
@@ -564,6 +568,19 @@ def open_weights(trial: FrozenTrial, store: ArtifactStore) -> BinaryIO:
             f"the weights of trial {trial.number} cannot be read from the artifact store "
             f"({artifact_id}): {exc.strerror or exc}"
         ) from None
+
+
+def artifact_size(reader: BinaryIO) -> int | None:
+    """The size in bytes of an artifact opened with ``open_reader``, read from its file or
+    buffer before any byte of it is (None where the store cannot tell without reading:
+    another tool's store, e.g. Optuna's S3 one)."""
+    if isinstance(reader, io.BytesIO):
+        with reader.getbuffer() as view:
+            return view.nbytes
+    try:
+        return os.fstat(reader.fileno()).st_size
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
 
 
 def damaged_weights(trial: FrozenTrial) -> str:

@@ -613,6 +613,7 @@ def test_weights_load_as_state_dict(completed: tuple[TestClient, int]) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/octet-stream"
     assert f"study{study_id}-trial{number}.safetensors" in response.headers["content-disposition"]
+    assert int(response.headers["content-length"]) == len(response.content)
     state_dict = safetensors.torch.load(response.content)
     assert isinstance(state_dict, dict)
     assert state_dict

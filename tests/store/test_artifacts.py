@@ -49,6 +49,26 @@ def test_round_trip_overwrite_and_remove(
         artifact_store.remove("a-1")
 
 
+def test_artifact_size_is_known_before_reading(artifact_store: ArtifactStore) -> None:
+    blob = os.urandom(2500)
+    artifact_store.write("a-1", io.BytesIO(blob))
+    artifact_store.write("empty", io.BytesIO(b""))
+
+    with artifact_store.open_reader("a-1") as reader:
+        assert artifacts.artifact_size(reader) == 2500
+        assert reader.read() == blob  # the size read nothing
+    with artifact_store.open_reader("empty") as reader:
+        assert artifacts.artifact_size(reader) == 0
+
+
+def test_artifact_size_is_unknown_for_a_stream_without_a_file() -> None:
+    class Stream(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+    assert artifacts.artifact_size(io.BufferedReader(Stream())) is None
+
+
 class _Broken(io.RawIOBase):
     """A body that fails half way through."""
 

@@ -37,6 +37,7 @@ from automl.store import (
     StudySummary,
     TrialDetail,
     TrialSummary,
+    artifact_size,
     best_trials,
     cancel_study,
     check_weights,
@@ -410,7 +411,12 @@ def read_trial(study_id: StudyId, number: TrialNumber, store: StoreDep) -> Trial
                 "Content-Disposition": {
                     "description": "attachment; filename=study<id>-trial<n>.safetensors",
                     "schema": {"type": "string"},
-                }
+                },
+                "Content-Length": {
+                    "description": "The file's size in bytes (left out only where the "
+                    "artifact store cannot tell it before reading)",
+                    "schema": {"type": "integer"},
+                },
             },
         },
         **NOT_FOUND,
@@ -425,9 +431,13 @@ def download_weights(study_id: StudyId, number: TrialNumber, store: StoreDep) ->
     trial = get_frozen_trial(store, study_id, number)
     check_weights(trial, store.artifacts)  # a damaged file: 503 before any byte is sent
     reader = open_weights(trial, store.artifacts)
+    size = artifact_size(reader)
     head = reader.read(16)
     suffix = "safetensors" if weights_format(head) == "safetensors" else "pt"
     filename = f"study{study_id}-trial{number}.{suffix}"
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if size is not None:  # a client can tell a cut-off download (and show progress)
+        headers["Content-Length"] = str(size)
 
     def chunks() -> Iterator[bytes]:
         with reader:
@@ -438,7 +448,7 @@ def download_weights(study_id: StudyId, number: TrialNumber, store: StoreDep) ->
     return StreamingResponse(
         chunks(),
         media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers=headers,
     )
 
 
