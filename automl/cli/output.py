@@ -87,6 +87,9 @@ def study_text(study: StudyDetail) -> str:
     ]
     if study.best_value is not None:
         lines.append(f"best:      {study.best_value:.6g}")
+    if study.pareto_front_size:
+        front = counted(study.pareto_front_size, "trial")
+        lines.append(f"best:      {front} on the Pareto front")
     if study.warm_start is not None:
         lines.append(f"warm start: {_warm_start_text(study.warm_start)}")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from automl.spec_summary import objective_metrics
 from automl.store import attrs, optuna_rows, tables
 from automl.store.attrs import StudyStatus
+from automl.store.pareto import pareto_front
 from automl.store.status import ACTIVE
 from automl.store.storage import Store, retrying_read
 from automl.store.tables import DELETING, TicketState
@@ -106,8 +107,16 @@ def get_study(store: Store, study_id: int) -> StudyDetail:
         warm = spec.get("warm_start") and optuna_rows.study_attr(
             connection, study_id, attrs.WARM_START
         )
+        directions = fields["directions"]
+        front = None
+        if len(directions) > 1:  # the values of the completed trials only (one query)
+            front = len(
+                pareto_front(optuna_rows.completed_values(connection, study_id), directions)
+            )
     warm_start = warm if isinstance(warm, dict) else None
-    return StudyDetail(**fields, spec=spec, seed=row.seed, warm_start=warm_start)
+    return StudyDetail(
+        **fields, spec=spec, seed=row.seed, warm_start=warm_start, pareto_front_size=front
+    )
 
 
 @retrying_read

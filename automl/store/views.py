@@ -85,6 +85,11 @@ class StudyDetail(StudySummary):
         "many configurations (enqueued), the param values dropped, and the configurations "
         "left out (duplicates, nothing_fits, over_budget).",
     )
+    pareto_front_size: int | None = Field(
+        None,
+        description="With several objectives, the trials on the Pareto front of the "
+        "completed ones (``GET /studies/{id}/best`` lists them); null with one objective.",
+    )
 
 
 class TrialSummary(BaseModel):

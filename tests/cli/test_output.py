@@ -95,3 +95,14 @@ def test_a_warm_start_note_written_by_hand_prints_no_traceback() -> None:
 
     expected = "warm start: 0 configurations from studies none found; left out: 1 the same"
     assert last == expected + " as one before"
+
+
+def test_a_multi_objective_study_shows_its_pareto_fronts_size() -> None:
+    two = {"metrics": ["accuracy", "params"], "directions": ["maximize", "minimize"]}
+
+    front = study_text(_detail(**two, pareto_front_size=3)).splitlines()
+    none_yet = study_text(_detail(**two, pareto_front_size=0))
+
+    assert front[-1] == "best:      3 trials on the Pareto front"
+    assert "best:" not in none_yet  # no completed trial yet: as with one objective
+    assert "best:" not in study_text(_detail())  # an older server sends no size

@@ -464,7 +464,8 @@ def test_best_trials(store: Store, tiny_spec: SpecFactory) -> None:
     minimize = submit_study(store, tiny_spec(name="m", objective={"metric": "loss"})).id
     drive(store, minimize, [0.5, 0.2, 0.7])
     assert [t.number for t in best_trials(store, minimize).trials] == [1]
-    assert get_study(store, minimize).best_value == pytest.approx(0.2)
+    detail = get_study(store, minimize)
+    assert (detail.best_value, detail.pareto_front_size) == (pytest.approx(0.2), None)
 
 
 def test_best_trials_of_multi_objective_is_the_pareto_front(
@@ -477,11 +478,13 @@ def test_best_trials_of_multi_objective_is_the_pareto_front(
         pruner=None,
     )
     study_id = submit_study(store, spec).id
+    assert get_study(store, study_id).pareto_front_size == 0
     drive(store, study_id, [(0.9, 0.5), (0.8, 0.3), (0.7, 0.6), (0.95, 0.9)])
     best = best_trials(store, study_id)
     assert best.directions == ["maximize", "minimize"]
     assert [t.number for t in best.trials] == [0, 1, 3]
-    assert get_study(store, study_id).best_value is None
+    detail = get_study(store, study_id)
+    assert (detail.best_value, detail.pareto_front_size) == (None, 3)
 
 
 # --- settle ------------------------------------------------------------------------------------
