@@ -405,8 +405,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     study = submit_study(store, spec)
     worker = Worker(
         store,
-        _worker_options(settings, study_id=study.id, exit_when_idle=True),
+        # Not exiting when idle: a trial another worker on this store took (``automl up``
+        # in another terminal) is waited for, and run here if that worker dies.
+        _worker_options(settings, study_id=study.id),
         on_trial_end=lambda *ended: progress.update(*ended),
+        on_wait=lambda: progress.say(WAITING_FOR_OTHERS),
     )
     print(
         f"study {study.id} ({study.name}): {counted(study.n_trials, 'trial')} on {worker.device}, "
@@ -442,6 +445,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(study_text(final) + "\n\n" + best_text(best))
     return EXIT_OK
+
+
+WAITING_FOR_OTHERS = (
+    "nothing left to claim here: waiting for the trials other workers run "
+    "(Ctrl-C stops waiting; they go on)"
+)
 
 
 def _left_work(store: Store, study_id: int) -> bool:
@@ -536,14 +545,14 @@ class _Progress:
             if self.bar is not None:
                 self.bar.update(1)
             state = trial.state.name.lower()
-            self._say(
+            self.say(
                 f"trial {trial.number} was ended {state} by another tool while it trained "
                 f"(never ranked) [{self.done}/{self.total}]"
             )
             return
         if result not in FINISHED:  # the ticket is the queue's or the reaper's to end
             why = trial.user_attrs.get(attrs.ERROR) or result
-            self._say(f"trial {trial.number} {RESUMED.get(result, result)}: {why}")
+            self.say(f"trial {trial.number} {RESUMED.get(result, result)}: {why}")
             return
         self.done += 1
         value = trial.values[0] if trial.values else None
@@ -569,7 +578,8 @@ class _Progress:
                 flush=True,
             )
 
-    def _say(self, line: str) -> None:
+    def say(self, line: str) -> None:
+        """Writes a line above the bar (or as a line without one)."""
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
         else:

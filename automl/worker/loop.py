@@ -195,6 +195,8 @@ class Worker:
         options: How to run.
         on_trial_end: Called after each attempt (see ``TrialCallback``).
         coordinator: The shared state (default: the store's database).
+        on_wait: Called when the worker, not exiting when idle, starts waiting for work
+            (with ``study_id``: the study's other trials run on other workers).
     """
 
     def __init__(
@@ -203,10 +205,12 @@ class Worker:
         options: WorkerOptions | None = None,
         on_trial_end: TrialCallback | None = None,
         coordinator: Coordinator | None = None,
+        on_wait: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.options = options or WorkerOptions()
         self.on_trial_end = on_trial_end
+        self.on_wait = on_wait
         if coordinator is None:
             if store is None:
                 raise ValueError("a worker needs a store or a coordinator")
@@ -306,6 +310,8 @@ class Worker:
                             self.name,
                             self.options.poll_interval,
                         )
+                        if self.on_wait is not None:
+                            self.on_wait()
                     waiting_told = True
                     self._stop.wait(self.options.poll_interval)
                     continue
