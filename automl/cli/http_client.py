@@ -239,7 +239,8 @@ class HttpClient:
 
     def best_model(self, study_id: int) -> bytes:
         """The best model's bundle: a zip (``GET /studies/{id}/best/model``)."""
-        return self._send("GET", f"/studies/{study_id}/best/model").content
+        with self._no_result_yet(study_id, 404, NO_COMPLETED_TRIAL):
+            return self._send("GET", f"/studies/{study_id}/best/model").content
 
     def trial_model(self, study_id: int, number: int) -> bytes:
         """Trial ``number``'s bundle (``GET /studies/{id}/trials/{n}/model``)."""

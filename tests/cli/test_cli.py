@@ -26,8 +26,8 @@ from fastapi.testclient import TestClient
 
 from automl import __version__
 from automl.api import create_app
+from automl.cli import bundle_commands, http_client, report_commands, study_commands
 from automl.cli import client as cli_client
-from automl.cli import http_client, report_commands, study_commands
 from automl.cli.errors import MAY_HAVE_CHANGED, may_have_submitted
 from automl.cli.main import build_parser, main
 from automl.config import Settings
@@ -551,10 +551,13 @@ def test_best_before_completion_is_exit_1(cli: Run, spec_file: Path) -> None:
 
     code, out, err = cli("best", "1")
     report = cli("report", "1")
+    model = cli("best", "1", "--download", "model")
 
     assert code == 1
     assert out == ""
     assert one_error_line(err) == "error: study 1 has no completed trial yet"
+    assert model[0] == 1
+    assert "has no completed trial yet" in one_error_line(model[2])
     assert report[0] == 1  # a tester: the same message was exit 2 from report
     assert one_error_line(report[2]) == "error: study 1 has no completed trial yet"
 
@@ -887,6 +890,7 @@ def api_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
 
     monkeypatch.setattr(study_commands, "HttpClient", InProcessHttpClient)
     monkeypatch.setattr(report_commands, "HttpClient", InProcessHttpClient)
+    monkeypatch.setattr(bundle_commands, "HttpClient", InProcessHttpClient)
     yield base_url
     app.state.store.close()
 
@@ -992,6 +996,7 @@ def test_errors_over_http_are_one_line(
     unknown = cli("status", "3", "--url", api_url)
     cli("submit", str(spec_file), "--url", api_url)
     no_best = cli("best", "1", "--url", api_url)
+    no_model = cli("best", "1", "--download", "model", "--url", api_url)
     no_report = cli("report", "1", "-o", "r.html", "--url", api_url)
     unknown_best = cli("best", "3", "--url", api_url)
     cli("cancel", "1", "--url", api_url)
@@ -1006,6 +1011,8 @@ def test_errors_over_http_are_one_line(
     assert no_report[0] == 1, no_report  # a reviewer: exit 2 over the API, 1 locally
     assert "has no completed trial yet" in one_error_line(no_report[2])
     assert one_error_line(no_best[2]) == "error: study 1 has no completed trial yet"
+    assert no_model[0] == 1, no_model  # a tester: exit 2 over the API, 1 locally
+    assert "has no completed trial yet" in one_error_line(no_model[2])
     assert unknown_best[0] == 2
     assert one_error_line(unknown_best[2]) == "error: study 3 not found"
     assert cancelled[0] == 2
