@@ -12,6 +12,7 @@ from automl.store.attrs import EvaluationState
 from automl.store.views import (
     BestTrials,
     Page,
+    RefitView,
     StudyDetail,
     StudySummary,
     TrialDetail,
@@ -125,28 +126,41 @@ def _count(value: Any) -> int:
 def best_text(best: BestTrials) -> str:
     """The best trial(s): values, params and metrics as tables, with the test split's
     metrics in their own column once the study's test evaluation stored them."""
+    evaluation = best.test_evaluation
+    # Test metrics beside an evaluation not done are an earlier one's (the study was
+    # resumed; scoring again is due, or failed): they may no longer hold.
+    earlier = evaluation is not None and evaluation.state != EvaluationState.DONE
     blocks = []
     for trial in best.trials:
         header = f"best trial #{trial.number} of study {best.study_id}: "
         header += _values_text(best.metrics, trial.values)
         params = table(("PARAM", "VALUE"), sorted(trial.params.items()))
-        parts = [header, params, _metrics_table(trial)]
+        parts = [header, params, _metrics_table(trial, "EARLIER TEST" if earlier else "TEST")]
         if trial.notes:
             parts.append(_notes_text(trial.notes))
         blocks.append("\n\n".join(parts))
-    evaluation = best.test_evaluation
-    if evaluation is not None and evaluation.state != EvaluationState.DONE:
+    if evaluation is not None and earlier:
         note = f": {evaluation.note}" if evaluation.note else ""
+        if any(trial.test_metrics for trial in best.trials):
+            note += " (EARLIER TEST: from the evaluation before the study was resumed)"
         blocks.append(f"test split: {evaluation.state.value}{note}")
-    refit = best.refit
-    if refit is not None:
-        accuracy = (refit.test_metrics or {}).get("accuracy")
-        if refit.trial is not None and accuracy is not None and refit.state == "done":
-            detail = f": trial {refit.trial}, {refit.epochs} epochs, test accuracy {accuracy:.4f}"
-        else:
-            detail = f": {refit.note}" if refit.note else ""
-        blocks.append(f"refit on train + validation: {refit.state.value}{detail}")
+    if best.refit is not None:
+        blocks.append(_refit_text(best.refit))
     return "\n\n".join(blocks)
+
+
+def _refit_text(refit: RefitView) -> str:
+    """The refit's state; once done, its test accuracy and per-class report: the refit
+    is the model that serves, not the trial above it."""
+    accuracy = (refit.test_metrics or {}).get("accuracy")
+    if refit.trial is not None and accuracy is not None and refit.state == "done":
+        detail = f": trial {refit.trial}, {refit.epochs} epochs, test accuracy {accuracy:.4f}"
+    else:
+        detail = f": {refit.note}" if refit.note else ""
+    text = f"refit on train + validation: {refit.state.value}{detail}"
+    if refit.state == "done" and refit.test_per_class:
+        text += "\n\nrefit, test split, per class:\n" + _per_class_table(refit.test_per_class)
+    return text
 
 
 def _values_text(metrics: Sequence[str], values: Sequence[float | None] | None) -> str:
@@ -156,7 +170,7 @@ def _values_text(metrics: Sequence[str], values: Sequence[float | None] | None) 
     )
 
 
-def _metrics_table(trial: TrialDetail) -> str:
+def _metrics_table(trial: TrialDetail, test_heading: str = "TEST") -> str:
     """Validation metrics, beside the test split's once they were measured."""
     validation = trial.metrics or {}
     if trial.test_metrics is None:
@@ -164,7 +178,8 @@ def _metrics_table(trial: TrialDetail) -> str:
     test = trial.test_metrics
     names = sorted(set(validation) | set(test))
     return table(
-        ("METRIC", "VALIDATION", "TEST"), [(n, validation.get(n), test.get(n)) for n in names]
+        ("METRIC", "VALIDATION", test_heading),
+        [(n, validation.get(n), test.get(n)) for n in names],
     )
 
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from automl.cli.output import best_text, selection_text, trial_text
-from automl.store import BestTrials, EvaluationState, TestEvaluation, TrialDetail
+from automl.store import (
+    BestTrials,
+    EvaluationState,
+    RefitState,
+    RefitView,
+    TestEvaluation,
+    TrialDetail,
+)
 
 
 def _best(evaluation: TestEvaluation | None, **trial: Any) -> BestTrials:
@@ -53,6 +60,46 @@ def test_without_test_metrics_the_evaluation_state_is_shown() -> None:
     ]
     assert text.endswith("test split: skipped: dataset 'digits' has no test split")
     assert "test split" not in best_text(_best(None))
+
+
+def test_test_metrics_of_an_earlier_evaluation_are_labelled_as_such() -> None:
+    """Found by a tester: a resumed study whose data changed showed the earlier test
+    metrics in a TEST column above "test split: failed: ... test metrics not computed"."""
+    failed = TestEvaluation(state=EvaluationState.FAILED, note="DataChangedError: changed")
+
+    text = best_text(_best(failed, test_metrics={"accuracy": 0.9, "loss": 0.3}))
+
+    header = next(line for line in text.splitlines() if line.startswith("METRIC"))
+    assert header.split() == ["METRIC", "VALIDATION", "EARLIER", "TEST"]
+    assert text.endswith(
+        "test split: failed: DataChangedError: changed "
+        "(EARLIER TEST: from the evaluation before the study was resumed)"
+    )
+
+
+def test_a_done_refit_shows_its_own_per_class_report() -> None:
+    """Found by a tester: the refit serves, but only ``--json`` had its per-class report."""
+    per_class = [{"class": "cat", "precision": 1.0, "recall": 0.75, "f1": 0.86, "support": 4}]
+    best = _best(None).model_copy(
+        update={
+            "refit": RefitView(
+                state=RefitState.DONE,
+                trial=3,
+                epochs=5,
+                test_metrics={"accuracy": 0.8},
+                test_per_class=per_class,
+            )
+        }
+    )
+    queued = best.model_copy(update={"refit": RefitView(state=RefitState.QUEUED)})
+
+    text = best_text(best)
+
+    assert "refit on train + validation: done: trial 3, 5 epochs, test accuracy 0.8000" in text
+    tail = text[text.index("refit, test split, per class:") :].splitlines()
+    assert tail[1].split() == ["CLASS", "PRECISION", "RECALL", "F1", "SUPPORT"]
+    assert tail[3].split() == ["cat", "1", "0.75", "0.86", "4"]
+    assert best_text(queued).endswith("refit on train + validation: queued")
 
 
 def test_the_best_trials_notes_are_shown() -> None:
