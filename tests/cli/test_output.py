@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from automl.cli.output import printable_json, studies_table, study_text, table
+from automl.cli.output import display_width, printable_json, studies_table, study_text, table
 from automl.store import StudyStatus
 from automl.store.views import Page, StudyDetail, StudySummary, TrialCounts
 
@@ -19,6 +19,17 @@ def test_control_characters_in_cells_are_shown_escaped() -> None:
     text = table(("CLASS",), rows)
     assert "\x1b" not in text and "\u202e" not in text
     assert text.splitlines()[2:] == ["\\x1b[31mred", "multi\\nline", "\\u202eevil", "cat 🐱 é"]
+
+
+def test_wide_and_combining_characters_keep_the_columns_aligned() -> None:
+    """Found by a tester: a CJK class name pushed its row's later columns right."""
+    nfd = "Gu\u0308ns"  # "Güns" as macOS writes file names: u and a combining diaeresis
+    text = table(("CLASS", "RECALL"), [["狗狗", 0.5], [nfd, 0.25], ["cat", 1.0]])
+
+    lines = text.splitlines()
+    assert lines[0] == "CLASS  RECALL"
+    assert lines[2:] == ["狗狗   0.5", f"{nfd}   0.25", "cat    1"]
+    assert [display_width(line) for line in lines[2:]] == [10, 11, 8]  # values at column 7
 
 
 def _detail(**fields: object) -> StudyDetail:
