@@ -8,6 +8,7 @@ explicit folder was given, and computes the normalization statistics on the trai
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,10 +72,7 @@ def check_split_folder(
         train_classes, _ = scan(info.data["path"])
         unknown = sorted(set(classes) - set(train_classes))
         if unknown:
-            raise DatasetError(
-                f"class folder {unknown[0]!r} is not a class of path; valid classes: "
-                + ", ".join(train_classes)
-            )
+            raise DatasetError(_unknown_class(unknown[0], train_classes))
     if within_strict_input():
         others = {
             option: flatten(scan(info.data[option], allow_empty_classes=True)[1])
@@ -82,6 +80,26 @@ def check_split_folder(
             if option != info.field_name and info.data.get(option) is not None
         }
         require_disjoint(flatten(found), others)
+
+
+def _unknown_class(name: str, train_classes: list[str]) -> str:
+    """Why a split's class folder is refused; where it looks like one of ``path``'s but
+    encodes its accents otherwise (a copy from macOS writes names decomposed, NFD), so."""
+    same = [c for c in train_classes if _nfc(c) == _nfc(name)]
+    if same:
+        return (
+            f"class folder {name!r} differs from path's class {same[0]!r} only in how its "
+            f"accents are encoded ({name!a} against {same[0]!a}: Unicode NFD and "
+            "NFC, as copies between macOS and other systems may write file names); rename "
+            "one of the two folders"
+        )
+    return f"class folder {name!r} is not a class of path; valid classes: " + ", ".join(
+        train_classes
+    )
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
 
 
 def require_disjoint(files: Iterable[Path], others: Mapping[str, Iterable[Path]]) -> None:

@@ -174,6 +174,25 @@ def test_submit_errors_for_bad_folders(data_root: Path) -> None:
     assert submit_errors("image_folder", {}) == ["dataset.options.path: Field required"]
 
 
+def test_a_class_folder_whose_accents_are_encoded_otherwise_is_named_as_such(
+    data_root: Path,
+) -> None:
+    """Found by a tester: a validation folder copied from macOS (NFD names) was refused
+    as "class folder 'Güns' is not a class of path; valid classes: Güns, ..."."""
+    nfc, nfd = "G\u00fcns", "Gu\u0308ns"
+    write_class_folder(data_root / "train", {nfc: 2, "cat": 2})
+    write_class_folder(data_root / "val", {nfd: 1, "cat": 1})
+
+    errors = submit_errors("image_folder", {"path": "train", "val_path": "val"})
+
+    assert errors == [
+        f"dataset.options.val_path: class folder {nfd!r} differs from path's class {nfc!r} "
+        "only in how its accents are encoded ('Gu\\u0308ns' against 'G\\xfcns': Unicode "
+        "NFD and NFC, as copies between macOS and other systems may write file names); "
+        "rename one of the two folders"
+    ]
+
+
 def test_a_single_class_is_refused_at_submit_and_load(data_root: Path) -> None:
     write_class_folder(data_root / "mono", {"red": 4})
     (data_root / "mono.csv").write_text("path,label\nmono/red/0.png,red\nmono/red/1.png,red\n")
