@@ -38,7 +38,7 @@ from automl.cli.output import (
 )
 from automl.cli.ports import require_free_port
 from automl.cli.stops import StopSignals
-from automl.cli.study_commands import print_json, read_spec_text
+from automl.cli.study_commands import print_json, read_spec_text, warn_unread
 from automl.config import Settings, is_loopback, is_proxy_url
 from automl.spec import spec_from_text
 from automl.store import (
@@ -403,6 +403,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings, create=True)
     _check_worker_folders(settings, store)  # before submitting: leaves no study behind
     study = submit_study(store, spec)
+    warn_unread(spec)
     worker = Worker(
         store,
         # Not exiting when idle: a trial another worker on this store took (``automl up``

@@ -62,17 +62,28 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     # Once: a pipe (<(envsubst < spec.yaml), -) reads once.
     text = read_spec_text(path, settings.max_body_bytes)
     is_json = path.suffix == ".json"
+    spec = None
     if not settings.url:
         from automl.spec import spec_from_text
 
-        spec_from_text(text, is_json=is_json)  # refused before a store is created for it
+        spec = spec_from_text(text, is_json=is_json)  # refused before a store is made for it
     client = client_for(settings, create=True)
     study = client.submit(text, is_json, args.idempotency_key)
     if args.json:
         print_json(study)
     else:
         print(f"submitted study {study.id} ({study.name}): {study.status.value}")
+    if spec is not None:  # the data is this machine's (with --url, the server's)
+        warn_unread(spec)
     return EXIT_OK
+
+
+def warn_unread(spec: StudySpec) -> None:
+    """Warns on stderr of what the image folders' listing leaves out (as ``validate
+    --data`` lists it): images in folders inside class folders are not read, unlike with
+    torchvision's ``ImageFolder``."""
+    for note in unread_notes(spec):
+        print(f"warning: not read: {note}", file=sys.stderr)
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,10 +126,10 @@ def data_text(spec: StudySpec) -> str:
         f"{len(data.train_y)} training, {len(data.val_y)} validation and {test} test images "
         f"of {data.num_classes} classes (fewest training images: {data.classes[fewest]!r}, "
         f"{counts[fewest]})"
-    ) + "".join(f"\n  not read    {note}" for note in _unread_notes(spec))
+    ) + "".join(f"\n  not read    {note}" for note in unread_notes(spec))
 
 
-def _unread_notes(spec: StudySpec) -> list[str]:
+def unread_notes(spec: StudySpec) -> list[str]:
     """What an image folder's listing left out, per folder of the spec."""
     from automl.data import DatasetError
     from automl.data.folder import unread_note

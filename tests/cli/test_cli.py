@@ -257,6 +257,15 @@ def test_validate_data_says_which_files_an_image_folder_leaves_out(
         "2 files of other types in class folders (.tiff: 1, .txt: 1; images are bmp, jpeg, jpg, "
         "png, webp)"
     )
+    # A tester: submit and run said nothing of them.
+    warning = "warning: not read: " + note.removeprefix("  not read    ")
+    code, out, err = cli("submit", str(spec))
+    assert code == 0, err
+    assert err.splitlines() == [warning]
+    one_trial = tiny_spec_data(name="mine", dataset=dataset, budget={"n_trials": 1})
+    code, out, err = cli("run", str(write_spec(tmp_path / "run.yaml", one_trial)))
+    assert code == 0, err
+    assert warning in err.splitlines()
 
 
 RANDOM = " (no numeric param that always applies: every trial is drawn at random)"
