@@ -122,11 +122,24 @@ def data_text(spec: StudySpec) -> str:
     counts = torch.bincount(data.train_y, minlength=data.num_classes).tolist()
     fewest = min(range(len(counts)), key=counts.__getitem__)
     test = "no" if data.test_y is None else str(len(data.test_y))
+    unscored = [
+        f"\n  unscored    {counted(len(names), 'class', 'classes')} without {split} images "
+        f"({printable(_first_names(names))}): the metrics say nothing of them"
+        for key, split in (("no_validation_images", "validation"), ("no_test_images", "test"))
+        if (names := data.unscored_classes().get(key))
+    ]
     return (
         f"{len(data.train_y)} training, {len(data.val_y)} validation and {test} test images "
         f"of {data.num_classes} classes (fewest training images: {data.classes[fewest]!r}, "
         f"{counts[fewest]})"
-    ) + "".join(f"\n  not read    {note}" for note in unread_notes(spec))
+        + "".join(unscored)
+        + "".join(f"\n  not read    {note}" for note in unread_notes(spec))
+    )
+
+
+def _first_names(names: list[str], shown: int = 5) -> str:
+    listed = ", ".join(repr(name) for name in names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def unread_notes(spec: StudySpec) -> list[str]:

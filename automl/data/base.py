@@ -68,6 +68,21 @@ class ImageData:
         """Whether the dataset has a test split."""
         return self.test_x is not None
 
+    def unscored_classes(self) -> dict[str, list[str]]:
+        """The classes that no validation (``no_validation_images``) or test image
+        (``no_test_images``) scores, e.g. one whose single image a stratified split kept
+        in training: the metrics say nothing about them (balanced accuracy leaves them
+        out)."""
+        notes: dict[str, list[str]] = {}
+        for key, labels in (("no_validation_images", self.val_y), ("no_test_images", self.test_y)):
+            if labels is None:
+                continue
+            counts = torch.bincount(labels.cpu(), minlength=self.num_classes).tolist()
+            missing = [name for index, name in enumerate(self.classes) if counts[index] == 0]
+            if missing:
+                notes[key] = missing
+        return notes
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Turns a uint8 batch into normalized float32 on the batch's own device.
 

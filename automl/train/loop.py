@@ -398,7 +398,7 @@ def train(
     if best is not None and not pruned and best.restore(model, best_epoch):
         assert best.epoch is not None and best.confusion is not None
         metrics, confusion, best_epoch = dict(best.metrics), best.confusion, best.epoch
-    notes = dict(plan.notes) | _unscored_classes(dataset)
+    notes = dict(plan.notes) | dataset.unscored_classes()
     if config.warmup_epochs and ignores_warmup(config.scheduler.name, config.scheduler.options):
         notes["warmup"] = f"ignored: {config.scheduler.name} warms up by itself"
     if graphed is not None:
@@ -474,21 +474,6 @@ def _plugin_parts(config: TrialConfig) -> list[str]:
         for registry, name in parts
         if registry.get(name).source != BUILTIN_SOURCE
     ]
-
-
-def _unscored_classes(data: ImageData) -> dict[str, list[str]]:
-    """The classes that no validation (``no_validation_images``) or test image
-    (``no_test_images``) scores, e.g. one whose single image a stratified split kept in
-    training: the metrics say nothing about them (balanced accuracy leaves them out)."""
-    notes: dict[str, list[str]] = {}
-    for key, labels in (("no_validation_images", data.val_y), ("no_test_images", data.test_y)):
-        if labels is None:
-            continue
-        counts = torch.bincount(labels.cpu(), minlength=data.num_classes).tolist()
-        missing = [name for index, name in enumerate(data.classes) if counts[index] == 0]
-        if missing:
-            notes[key] = missing
-    return notes
 
 
 def _batch_size_note(configured: int, used: int) -> str:

@@ -230,6 +230,25 @@ def test_validate_data_decodes_the_images_and_refuses_unusable_ones(
     assert line.startswith("error: invalid dataset: ") and "mine/a/fake.png" in line, line
 
 
+def test_validate_data_names_the_classes_a_split_has_no_images_of(
+    cli: Run, tmp_path: Path, data_root: Path
+) -> None:
+    """Found by a tester: validate said "valid"; only the trials' notes said later that
+    the metrics left out a class whose single image the split kept for training."""
+    write_class_folder(data_root / "mine", {"a": 6, "b": 6, "single": 1})
+    options = {"path": "mine", "size": 8, "val_fraction": 0.3, "test_fraction": 0.3}
+    spec = tiny_spec_data(name="mine", dataset={"source": "image_folder", "options": options})
+
+    code, out, err = cli("validate", str(write_spec(tmp_path / "mine.yaml", spec)), "--data")
+
+    assert code == 0, err
+    assert [line for line in out.splitlines() if line.startswith("  unscored ")] == [
+        "  unscored    1 class without validation images ('single'): the metrics say nothing "
+        "of them",
+        "  unscored    1 class without test images ('single'): the metrics say nothing of them",
+    ]
+
+
 def test_validate_data_says_which_files_an_image_folder_leaves_out(
     cli: Run, tmp_path: Path, data_root: Path
 ) -> None:
