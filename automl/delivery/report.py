@@ -33,6 +33,7 @@ from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.delivery.embeddings import DegenerateEmbeddingsError, Embeddings, pca_2d, tsne_2d
+from automl.delivery.plot_text import drawable, use_fallback_fonts
 from automl.store import attrs
 from automl.wording import counted
 
@@ -113,6 +114,7 @@ class Unavailable(Exception):
 
 def render_report(data: ReportData) -> str:
     """The report of ``data`` as a self-contained HTML page."""
+    use_fallback_fonts()
     projections = _Projections(data.embeddings, data.embeddings_note or "No embeddings.")
     draw: dict[str, Callable[[], Figure]] = {
         "optimization-history": lambda: history_figure(data),
@@ -200,11 +202,11 @@ def _state_label(trial: FrozenTrial) -> str:
 
 def _plain(text: object) -> str:
     """``text`` for matplotlib, which would otherwise render ``$...$`` as mathtext, cut
-    to ``MAX_LABEL_CHARS``."""
+    to ``MAX_LABEL_CHARS``, its characters no installed font has written as escapes."""
     shown = str(text)
     if len(shown) > MAX_LABEL_CHARS:
         shown = shown[: MAX_LABEL_CHARS - 1] + "\u2026"
-    return shown.replace("$", r"\$")
+    return drawable(shown).replace("$", r"\$")
 
 
 def _param(value: object) -> object:

@@ -21,8 +21,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from PIL import Image
 
+from automl.delivery import plot_text, study_report
 from automl.delivery import report as report_module
-from automl.delivery import study_report
 from automl.delivery.embeddings import Embeddings, pca_2d, subsample, tsne_2d
 from automl.delivery.inference import ServingTrial, load_serving_model
 from automl.delivery.report import (
@@ -322,6 +322,30 @@ def test_long_class_names_are_cut_in_figures() -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")  # as the report saves it
     assert max(Image.open(buffer).size) < 1500
+
+
+def test_characters_no_installed_font_has_are_written_as_escapes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a tester: two Chinese class names were two rows of empty boxes, and each
+    report warned four times of the missing glyphs."""
+    monkeypatch.setattr(plot_text, "_drawable_code_points", lambda: frozenset(map(ord, "Güns")))
+    trial = made_up_trial(0, {"lr": 0.01}, 0.5)
+    trial.user_attrs[attrs.CLASSES] = ["Güns 狗", "Güns 猫", "cat"]
+    trial.user_attrs[attrs.CONFUSION] = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+
+    figure = confusion_figure(trial)
+
+    labels = [label.get_text() for label in figure.axes[0].get_yticklabels()]
+    assert labels == ["Güns \\u72d7", "Güns \\u732b", "cat"]
+
+
+def test_the_installed_fonts_draw_what_they_have() -> None:
+    drawn = plot_text.use_fallback_fonts()
+    assert drawn and set(drawn) <= {"DejaVu Sans", *plot_text.FALLBACK_FAMILIES}
+    assert plot_text.drawable("Güns ñ €") == "Güns ñ €"  # DejaVu Sans has them
+    if not set(drawn) & set(plot_text.FALLBACK_FAMILIES):  # no CJK font on this machine
+        assert plot_text.drawable("狗") == "\\u72d7"
 
 
 def test_past_the_dense_limit_the_report_shows_the_most_frequent_mistakes() -> None:
