@@ -368,7 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="classify image files with a study's best model")
     predict.add_argument("study", type=study_id, help="study id")
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="png, jpeg, webp or bmp files")
+    predict.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="png, jpeg, webp or bmp files, or folders (their images)",
+    )
     predict.add_argument(
         "--top", type=top_count, default=3, help=f"classes per image (default 3, at most {MAX_TOP})"
     )

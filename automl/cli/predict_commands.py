@@ -22,6 +22,7 @@ from automl.cli.http_client import ClientError, HttpClient
 from automl.cli.output import printable_json, selection_text, table
 from automl.config import Limits, Settings
 from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions, ServedModel
+from automl.image_suffixes import IMAGE_SUFFIXES, SUFFIX_LIST
 from automl.shown_values import shown_path
 
 if TYPE_CHECKING:
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
 
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
-    """Classifies image files with a study's best model: a table, or ``--json``."""
-    paths = [Path(name) for name in args.images]
+    """Classifies image files (a folder: its images) with a study's best model: a table,
+    or ``--json``."""
+    paths = image_paths([Path(name) for name in args.images])
     if settings.url:  # requests within the upload limits, each file open while it is sent
         client = HttpClient(settings.url)
         answers: list[Predictions] = []
@@ -187,6 +189,35 @@ def _merged(answers: list[Predictions]) -> Predictions:
     return Predictions(
         model=first.model, predictions=[p for answer in answers for p in answer.predictions]
     )
+
+
+def image_paths(paths: list[Path]) -> list[Path]:
+    """The paths given, each folder among them replaced by its image files (those
+    directly in it, by name; hidden ones left out), as ``annotate`` reads a folder.
+
+    Raises:
+        CliError: If a folder cannot be listed or holds no image file.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            found.append(path)
+            continue
+        try:
+            with os.scandir(path) as entries:
+                names = sorted(
+                    entry.name
+                    for entry in entries
+                    if not entry.name.startswith(".")
+                    and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
+                    and entry.is_file()
+                )
+        except OSError as exc:
+            raise CliError(f"cannot list folder {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
+        if not names:
+            raise CliError(f"folder {path} has no images ({SUFFIX_LIST})", EXIT_BAD_INPUT)
+        found += [path / name for name in names]
+    return found
 
 
 def _regular(paths: list[Path]) -> list[str]:

@@ -212,7 +212,7 @@ def to_eight_bit(image: Image.Image) -> Image.Image:
     of ``I;16*`` images (16-bit PNGs), and of mode ``I`` (32-bit integers) clipped to
     0..65535, since that is how Pillow reads 16-bit grayscale too (older versions; PGM files,
     whose values it scales to the 16-bit range) and the accepted formats
-    (``automl.data.paths.IMAGE_SUFFIXES``) hold no more than 16 bits. The rule depends on
+    (``automl.image_suffixes.IMAGE_SUFFIXES``) hold no more than 16 bits. The rule depends on
     the mode only, never on an image's own values, so every image of a dataset scales alike.
     """
     if image.mode != "I" and not image.mode.startswith("I;16"):

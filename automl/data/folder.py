@@ -25,7 +25,6 @@ from automl.data.files import (
     require_each_image_once,
 )
 from automl.data.paths import (
-    IMAGE_SUFFIXES,
     confine,
     data_root,
     image_files,
@@ -34,10 +33,9 @@ from automl.data.paths import (
     subfolders,
     unread_entries,
 )
+from automl.image_suffixes import IMAGE_SUFFIXES, SUFFIX_LIST
 from automl.registry import within_strict_input
 from automl.wording import counted
-
-SUFFIX_LIST = ", ".join(sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES))
 
 
 class ImageFolderOptions(ImageOptions):

@@ -24,7 +24,8 @@ from automl.data.files import (
     require_disjoint,
     require_each_image_once,
 )
-from automl.data.paths import IMAGE_SUFFIXES, confine, data_root, not_found, relative_name
+from automl.data.paths import confine, data_root, not_found, relative_name
+from automl.image_suffixes import IMAGE_SUFFIXES
 from automl.registry import within_strict_input
 
 MAX_CSV_BYTES = 512 * 1024 * 1024

@@ -17,9 +17,8 @@ from typing import Literal
 
 from automl.config import current_settings
 from automl.data.errors import DatasetError
+from automl.image_suffixes import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
-"""File name endings read as images (case-insensitive); other files are ignored."""
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 """Pillow formats an image file may hold, whatever its suffix: those of ``IMAGE_SUFFIXES``.
 Training and prediction (``automl.delivery``) both open images with these only."""

@@ -350,10 +350,33 @@ def test_predict_refuses_what_is_not_a_regular_file(
     pipe = tmp_path / "pipe.png"
     os.mkfifo(pipe)
 
-    for odd in ("/dev/zero", str(pipe), str(tmp_path)):
+    for odd in ("/dev/zero", str(pipe)):
         code, _, err = cli("predict", str(study_id), str(images[0]), odd, *target)
         assert code == 2
         assert one_error_line(err) == f"error: cannot read image {odd}: not a regular file"
+
+
+def test_predict_reads_a_folders_images(
+    cli: Run, trained: tuple[str, Path, int], images: list[Path], tmp_path: Path, target: list[str]
+) -> None:
+    """Found by a tester: a folder was "not a regular file", though annotate reads one."""
+    _, _, study_id = trained
+    folder = images[0].parent
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes(images[0].read_bytes())
+    (folder / "inner").mkdir()
+    (tmp_path / "empty").mkdir()
+
+    code, out, err = cli("predict", str(study_id), str(folder), str(images[0]), "--json", *target)
+    empty = cli("predict", str(study_id), str(tmp_path / "empty"), *target)
+
+    assert code == 0, err
+    files = [prediction["file"] for prediction in json.loads(out)["predictions"]]
+    assert files == [*sorted(map(str, images)), str(images[0])]
+    assert empty[0] == 2
+    assert one_error_line(empty[2]) == (
+        f"error: folder {tmp_path / 'empty'} has no images (bmp, jpeg, jpg, png, webp)"
+    )
 
 
 def test_annotate_writes_the_csv(
