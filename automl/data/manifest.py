@@ -186,8 +186,21 @@ def _row_image(folder: Path, image: str | None, label: str | None, root: Path) -
     except OSError as exc:
         raise DatasetError(f"cannot read image {image!r}: {exc.strerror}") from None
     if not found:
-        raise DatasetError(f"image {image!r} not found")
+        raise DatasetError(f"image {image!r} not found{_separator_hint(folder, image, root)}")
     return path
+
+
+def _separator_hint(folder: Path, image: str, root: Path) -> str:
+    """Where a row's path separates folders with ``\\`` (a CSV made on Windows) and the
+    file is there with ``/``, says so (only within the data root, as every path)."""
+    if "\\" not in image:
+        return ""
+    try:
+        posix = (Path(relative_name(folder, root)) / image.replace("\\", "/")).as_posix()
+        there = confine(posix, root).is_file()
+    except (DatasetError, OSError):
+        return ""
+    return "; paths separate folders with / (a \\ is part of a file name here)" if there else ""
 
 
 def manifest_classes(rows: list[tuple[Path, str]]) -> list[str]:

@@ -324,6 +324,16 @@ def test_csv_submit_errors(data_root: Path) -> None:
     assert submit_errors("image_csv", {"path": "missing_image.csv"}) == [
         "dataset.options.path: missing_image.csv line 2: image 'img/x/9.png' not found"
     ]
+    (data_root / "windows.csv").write_text("path,label\nimg\\x\\0.png,x\nimg\\y\\9.png,y\n")
+    (data_root / "escape.csv").write_text("path,label\n..\\outside.png,x\n")
+    (data_root.parent / "outside.png").write_bytes(b"")
+    assert submit_errors("image_csv", {"path": "windows.csv"}) == [  # a tester: no hint
+        "dataset.options.path: windows.csv line 2: image 'img\\\\x\\\\0.png' not found; paths "
+        "separate folders with / (a \\ is part of a file name here)"
+    ]
+    assert submit_errors("image_csv", {"path": "escape.csv"}) == [  # no hint out of the root
+        "dataset.options.path: escape.csv line 2: image '..\\\\outside.png' not found"
+    ]
     assert "is not a png, jpg" in submit_errors("image_csv", {"path": "not_image.csv"})[0]
     assert submit_errors("image_csv", {"path": "empty.csv"}) == [
         "dataset.options.path: CSV file 'empty.csv' lists no images"
