@@ -49,7 +49,7 @@ class Child:
 def serve_child(settings: Settings, log_level: str) -> Child:
     """The API server."""
     argv = [*_base(log_level), "serve", "--host", settings.host, "--port", str(settings.port)]
-    return Child([*argv, *_common(settings)])
+    return Child([*argv, *_common(settings)], _common_env(settings))
 
 
 DASHBOARD_HOST = "127.0.0.1"
@@ -61,7 +61,7 @@ projects, so next to an API on ``0.0.0.0`` it would show every project's studies
 def dashboard_child(settings: Settings, log_level: str, port: int) -> Child:
     """optuna-dashboard (``automl dashboard``) on loopback, ``port``."""
     argv = [*_base(log_level), "dashboard", "--host", DASHBOARD_HOST, "--port", str(port)]
-    return Child([*argv, *_common(settings)])
+    return Child([*argv, *_common(settings)], _common_env(settings))
 
 
 def worker_children(
@@ -96,7 +96,7 @@ def worker_children(
     for gpu in devices:
         device = "cuda" if gpu is not None else settings.device
         argv = [*_base(log_level), "worker", "--device", device, "--threads", str(threads)]
-        env: dict[str, str] = {}
+        env = _common_env(settings)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         if slots > 1 and slot_dir is not None:
@@ -138,7 +138,13 @@ def _base(log_level: str) -> list[str]:
 
 
 def _common(settings: Settings) -> list[str]:
-    return ["--storage", settings.storage, "--artifacts-dir", str(settings.artifacts_dir)]
+    return ["--artifacts-dir", str(settings.artifacts_dir)]
+
+
+def _common_env(settings: Settings) -> dict[str, str]:
+    """The storage URL, in the environment: on a command line, its password would show to
+    every user of the machine (``ps``) and in the log line of a restart."""
+    return {"AUTOML_STORAGE": settings.storage}
 
 
 def run_children(children: Sequence[Child], *, stop_all_when_one_exits: bool) -> int:

@@ -58,11 +58,15 @@ def _value(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1]
 
 
+def _up_children(settings: Settings, workers: int, log_level: str) -> list[Child]:
+    """The children of ``automl up --workers N`` on the CPU."""
+    children = [serve_child(settings, log_level)]
+    return children + (worker_children(settings, log_level, slots=workers) if workers else [])
+
+
 def _up_commands(settings: Settings, workers: int, log_level: str) -> list[list[str]]:
     """The command lines of ``automl up --workers N`` on the CPU."""
-    children = [serve_child(settings, log_level)]
-    children += worker_children(settings, log_level, slots=workers) if workers else []
-    return [child.argv for child in children]
+    return [child.argv for child in _up_children(settings, workers, log_level)]
 
 
 def test_child_commands_server_and_workers(settings: Settings) -> None:
@@ -76,7 +80,6 @@ def test_child_commands_server_and_workers(settings: Settings) -> None:
     assert _value(serve, "--host") == "127.0.0.1"
     for command in commands:
         assert command[:3] == [sys.executable, "-m", "automl"]
-        assert _value(command, "--storage") == settings.storage
         assert _value(command, "--artifacts-dir") == str(settings.artifacts_dir)
         assert _value(command, "--log-level") == "WARNING"
     for worker in workers:
@@ -106,6 +109,22 @@ def test_child_commands_without_workers(settings: Settings) -> None:
     assert "serve" in commands[0]
 
 
+def test_the_storage_url_travels_in_the_environment_not_on_the_command_line(
+    settings: Settings,
+) -> None:
+    """Found by a tester: the database password showed to every user of the machine in
+    ``ps``, and in the log line of a worker's restart."""
+    url = "postgresql://automl:Secret@db.example:5432/automl"
+    with_password = settings.model_copy(update={"storage": url})
+    children = _up_children(with_password, 2, "INFO")
+    children += worker_children(with_password, "INFO", slots=2, slot_dir=Path("slots"))
+    children.append(dashboard_child(with_password, "INFO", 8090))
+
+    for child in children:
+        assert not any("Secret" in part for part in child.argv), child.argv
+        assert child.env["AUTOML_STORAGE"] == url
+
+
 def test_child_commands_parse_with_the_cli_parser(settings: Settings) -> None:
     serve, *workers = _up_commands(settings, 2, "DEBUG")
 
@@ -113,9 +132,9 @@ def test_child_commands_parse_with_the_cli_parser(settings: Settings) -> None:
     worker_args = [build_parser().parse_args(worker[3:]) for worker in workers]
 
     assert serve_args.command == "serve"
-    assert (serve_args.port, serve_args.storage) == (8123, settings.storage)
+    assert (serve_args.port, serve_args.storage) == (8123, None)  # from AUTOML_STORAGE
     assert [args.command for args in worker_args] == ["worker", "worker"]
-    assert all(args.storage == settings.storage for args in worker_args)
+    assert all(args.storage is None for args in worker_args)
     assert all(args.device == "cpu" for args in worker_args)
     assert all(args.log_level == "DEBUG" for args in worker_args)
 
@@ -139,10 +158,11 @@ def test_one_worker_per_gpu_and_slot(
 
 
 def test_one_slot_per_device_needs_no_gate(settings: Settings) -> None:
+    storage = {"AUTOML_STORAGE": settings.storage}
     [child] = worker_children(settings, "INFO", gpus=["1"], slots=1)
-    assert child.env == {"CUDA_VISIBLE_DEVICES": "1"}
+    assert child.env == {**storage, "CUDA_VISIBLE_DEVICES": "1"}
     [cpu] = worker_children(settings, "INFO")
-    assert cpu.env == {}
+    assert cpu.env == storage  # no AUTOML_SLOT_GROUP
 
 
 @pytest.mark.parametrize(
@@ -464,7 +484,8 @@ def test_the_dashboard_child_runs_automl_dashboard_on_the_same_store(settings: S
     assert args.command == "dashboard"
     # On loopback even next to an API on every interface: the dashboard knows no keys.
     assert (args.dashboard_host, args.dashboard_port) == ("127.0.0.1", 8090)
-    assert (args.storage, args.artifacts_dir) == (settings.storage, str(settings.artifacts_dir))
+    assert (args.storage, args.artifacts_dir) == (None, str(settings.artifacts_dir))
+    assert dashboard_child(settings, "INFO", 8090).env == {"AUTOML_STORAGE": settings.storage}
 
 
 @pytest.mark.parametrize("flags", [["--dashboard"], []], ids=["dashboard", "port-implies-it"])
