@@ -58,6 +58,7 @@ from automl.store import (
 )
 from automl.store.artifacts import TEMPORARY_PREFIX
 from automl.store.attrs import EvaluationState
+from automl.store.faults import first_line
 from automl.train import resolve_device
 from automl.train.accel import check_device_settings, release_device_memory
 from automl.wording import counted
@@ -579,10 +580,12 @@ class Worker:
             if run is None or not run.settled:  # a finished ticket settled it already
                 try:
                     ctx.persist(
-                        lambda: self.coordinator.end_if_done(lease.study_id), "settling a study"
+                        lambda: self.coordinator.end_if_done(lease.study_id),
+                        "settling a study",
+                        leave_when_stopping=True,
                     )
                 except Exception as exc:  # the next pass (or the reaper) settles it
-                    logger.warning("study %s: settling failed: %s", lease.study_id, exc)
+                    logger.warning("study %s: settling failed: %s", lease.study_id, first_line(exc))
 
     def _study(self, lease: Lease) -> tuple[optuna.Study, StudySpec]:
         """The study (kept for the next trial, as its storage keeps its finished trials:

@@ -102,18 +102,30 @@ class TrialContext:
     gate: DeviceGate = field(default_factory=lambda: DeviceGate(None))
     checkpoint_spacing: float = 0.0
 
-    def persist(self, call: Callable[[], T], doing: str, *, optional: bool = False) -> T:
+    def persist(
+        self,
+        call: Callable[[], T],
+        doing: str,
+        *,
+        optional: bool = False,
+        leave_when_stopping: bool = False,
+    ) -> T:
         """Runs a call that is safe to repeat, waiting out storage outages.
 
         The worker's stop does not end a wait for the database (a result in hand is never
         dropped), but it ends a wait for disk space, which only a person can free: the
-        call then raises, and the trial goes back to the queue.
+        call then raises, and the trial goes back to the queue. It ends any wait of a call
+        the reaper makes good for a worker that left (a checkpoint, giving a trial back):
+        a worker asked to stop during an outage stops.
 
         Args:
             call: The operation.
             doing: What it does, for the log.
             optional: Whether training can go on without it (a checkpoint): on a full disk
-                it is given up after ``OPTIONAL_WRITE_TRIES`` tries.
+                it is given up after ``OPTIONAL_WRITE_TRIES`` tries, and once the worker
+                is stopping at once.
+            leave_when_stopping: Once the worker is stopping, give it up at once (the
+                call raises its last error).
         """
         tries, last = 0, None
 
@@ -126,7 +138,11 @@ class TrialContext:
                 raise
 
         def give_up() -> bool:
-            if last is None or not is_disk_full(last):
+            if last is None:
+                return False
+            if (optional or leave_when_stopping) and self.stopping():
+                return True
+            if not is_disk_full(last):
                 return False  # a database outage: wait
             return self.stopping() or (optional and tries >= OPTIONAL_WRITE_TRIES)
 
@@ -170,7 +186,8 @@ class TrialRun:
         lease: The ticket's lease.
         result: ``complete``, ``pruned``, ``fail``, ``ended_outside`` (another tool ended
             its trial: the ticket ended as told), ``released`` (back to the queue),
-            ``lost`` (the reaper took the ticket) or ``rejected`` (a late result).
+            ``left`` (to the reaper: a worker stopping during a storage outage), ``lost``
+            (the reaper took the ticket) or ``rejected`` (a late result).
         trial: The attempt's Optuna trial as it ended, if one was created.
         settled: Whether the study was already settled after the ticket ended.
         outage: Given back for a storage outage (a full disk, a database away), which
@@ -680,10 +697,22 @@ class _Attempt:
         self, kind: FailureKind, error: str, *, requeue: bool = True, outage: bool = False
     ) -> TrialRun:
         self.keeper.ending()
-        released = self.ctx.persist(
-            lambda: self.coordinator.release(self.lease, kind, error, requeue=requeue),
-            "releasing a trial",
-        )
+        try:
+            released = self.ctx.persist(
+                lambda: self.coordinator.release(self.lease, kind, error, requeue=requeue),
+                "releasing a trial",
+                leave_when_stopping=True,
+            )
+        except Exception as exc:
+            if not (self.ctx.stopping() and is_transient(exc)):
+                raise
+            # Its heartbeats stopped: the reaper queues it again after the grace period.
+            logger.warning(
+                "storage unavailable while stopping: ticket %s is left to the reaper, which "
+                "queues it again once its heartbeats are overdue",
+                self.lease.ticket_id,
+            )
+            return TrialRun(self.lease, "left", outage=True)
         if not released:
             return self._lost(LeaseLostError("lease lost before release"))
         result = "released" if requeue else "fail"

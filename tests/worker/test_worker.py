@@ -434,6 +434,46 @@ def test_a_stopping_worker_stops_waiting_for_disk_space_and_gives_the_trial_back
     assert (detail.status, detail.counts.waiting) == (StudyStatus.RUNNING, 1)  # queued again
 
 
+def test_a_stopping_worker_stops_waiting_for_the_database_and_leaves_the_trial_to_the_reaper(
+    sqlite_store: Store,
+    tiny_spec: SpecFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by a tester: SIGTERM and SIGINT were ignored for as long as the database was
+    away (minutes), while the worker retried its last checkpoint and giving its trial back:
+    the reaper does both for a worker that left."""
+    spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0}, fixed={"epochs": 50})
+    study_id = submit_study(sqlite_store, spec).id
+    worker = Worker(sqlite_store, _options())
+    calls = Counter[str]()
+
+    def away(name: str) -> Callable[..., None]:
+        def call(*args: Any, **kwargs: Any) -> None:
+            calls[name] += 1
+            worker.stop()  # as SIGTERM would, during the outage
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed"))
+
+        return call
+
+    monkeypatch.setattr(SqlCoordinator, "save_checkpoint", away("checkpoint"))
+    monkeypatch.setattr(SqlCoordinator, "release", away("release"))
+    monkeypatch.setattr(automl.worker.runner, "Backoff", _fast_backoff)
+    done = threading.Thread(target=worker.run, daemon=True)
+    with caplog.at_level(logging.WARNING, "automl.worker"):
+        done.start()
+        done.join(60)
+
+    assert not done.is_alive(), "the stopping worker kept waiting for the database"
+    # Each given up at its first failure: the epoch's checkpoint, then the stop's.
+    assert (calls["checkpoint"], calls["release"]) == (2, 1)
+    assert "is left to the reaper" in caplog.text
+    with sqlite_store.read() as connection:
+        [ticket] = connection.execute(sqlalchemy.select(tables.tickets)).all()
+    assert ticket.state == "running"  # the reaper's to take back once its beats are overdue
+    assert get_study(sqlite_store, study_id).status == StudyStatus.RUNNING
+
+
 def test_database_error_after_the_claim_gives_the_ticket_back(
     sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
