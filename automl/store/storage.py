@@ -492,6 +492,8 @@ def _open_with_retries(
     # loser sees "already exists" errors, and a retry then finds the schema in place.
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
         try:
+            if create_tables:
+                _refuse_a_partial_schema(url, engine_kwargs)
             if create_tables and url.startswith("sqlite"):
                 _create_studies_table_without_id_reuse(url, engine_kwargs)
             storage = optuna.storages.RDBStorage(
@@ -509,9 +511,46 @@ def _open_with_retries(
             time.sleep(0.2 * (attempt + 1))
         except (ImportError, ValueError) as exc:  # no driver for the URL, a bad option
             raise StorageError(no_driver(url, exc), bad_config=True) from None
+        except StorageError:
+            raise
         except RuntimeError as exc:
             raise StorageError(f"cannot open storage {redact(url)}: {first_line(exc)}") from None
     raise AssertionError("unreachable")
+
+
+FOUNDING_TABLES = (
+    "automl_tickets",
+    "automl_artifacts",
+    "automl_artifact_chunks",
+    "studies",
+    "trials",
+)
+"""Tables every automl store has had beside ``automl_studies`` since the first release
+(Optuna's own among them): one missing is a store damaged, or restored in part, not an
+older store whose newer tables are added."""
+
+
+def _refuse_a_partial_schema(url: str, engine_kwargs: dict[str, Any]) -> None:
+    """Refuses a store that has automl's studies but lacks a founding table (dropped, or
+    left out of a restore): creating it empty would make the studies' tickets or trials
+    vanish without a word, and let workers run budgets again.
+
+    Raises:
+        StorageError: Saying ``storage schema missing`` and which tables.
+    """
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        present = set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    missing = [name for name in FOUNDING_TABLES if name not in present]
+    if tables.studies.name in present and missing:
+        raise StorageError(
+            f"{SCHEMA_MISSING}: the store at {redact(url)} has automl's studies but not "
+            f"the {'tables' if len(missing) > 1 else 'table'} {', '.join(missing)} (dropped, "
+            "or left out of a restore); restore the database, or point AUTOML_STORAGE at the "
+            "right one: automl does not create them empty, which would lose what they held"
+        )
 
 
 def _create_studies_table_without_id_reuse(url: str, engine_kwargs: dict[str, Any]) -> None:

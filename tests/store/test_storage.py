@@ -247,6 +247,31 @@ def test_store_opens_twice_on_the_same_database(storage_url: str, tmp_path: Path
         second.close()
 
 
+@pytest.mark.parametrize("dropped", ["automl_tickets", "trials"])
+def test_a_store_missing_a_founding_table_is_refused_not_filled_with_an_empty_one(
+    storage_url: str, tmp_path: Path, dropped: str
+) -> None:
+    """Found by a tester: ``automl status`` after ``DROP TABLE automl_tickets`` created it
+    again, empty, and showed "0/8 finished" beside the best value; a worker started then
+    ran the budget again."""
+    open_store(storage_url, artifacts_dir=tmp_path).close()
+    engine = sqlalchemy.create_engine(normalize_url(storage_url))
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            f"DROP TABLE {dropped} CASCADE"
+            if "postgres" in storage_url
+            else f"DROP TABLE {dropped}"
+        )
+
+    with pytest.raises(StorageError) as refused:
+        open_store(storage_url, artifacts_dir=tmp_path)
+
+    assert str(refused.value).startswith("storage schema missing: the store at ")
+    assert f"has automl's studies but not the table {dropped} (dropped," in str(refused.value)
+    assert dropped not in sqlalchemy.inspect(engine).get_table_names()  # nothing created
+    engine.dispose()
+
+
 def test_default_artifact_store_follows_the_backend(store: Store) -> None:
     expected = FolderArtifactStore if store.backend == "sqlite" else SqlArtifactStore
     assert isinstance(store.artifacts, expected)
