@@ -245,13 +245,28 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         worker = Worker(None, options, coordinator=coordinator)
     else:
         store = _open_store_waiting(settings)
+        log = logging.getLogger("automl.worker")
         if args.study is not None:
-            get_study(store, args.study)  # an unknown study is an error (exit 2), not idle
+            study = get_study(store, args.study)  # an unknown study is an error (exit 2)
+            if not study.status.is_active:
+                log.info(
+                    "study %s already ended (%s): nothing to train; its test evaluation or "
+                    "refit runs here if one is due",
+                    study.id,
+                    study.status.value,
+                )
         worker = Worker(store, options)
-        # Which store: a worker started in another folder than the submit waits forever.
+        # Which store: a worker started in another folder than the submit waits forever;
+        # one with another artifact store than the API's keeps weights the API never finds.
         file = sqlite_file(settings.storage)
         shown = redact(settings.storage) if file is None else str(file.resolve())
-        logging.getLogger("automl.worker").info("worker store: %s", shown)
+        log.info("worker store: %s; artifacts: %s", shown, artifacts_text(store.artifacts))
+        if "data_root" in settings.model_fields_set and not settings.data_root.is_dir():
+            log.warning(
+                "the data root %s (AUTOML_DATA_ROOT) is not a folder here: trials of image "
+                "folders and CSV files fail on this worker until it is",
+                settings.data_root.resolve(),
+            )
     worker.install_signal_handlers()
     try:
         worker.run()
@@ -259,6 +274,18 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(str(exc), EXIT_FAILURE) from None
     # Ctrl-C is 130 as for every command; SIGTERM (docker stop, systemd) a clean stop.
     return EXIT_INTERRUPTED if worker.stopped_by == signal.SIGINT else EXIT_OK
+
+
+def artifacts_text(artifacts: object) -> str:
+    """Where an artifact store keeps weights: a folder, the database, a bucket."""
+    from automl.store import FolderArtifactStore, SqlArtifactStore
+
+    if isinstance(artifacts, FolderArtifactStore):
+        return f"folder {artifacts.directory.resolve()}"
+    if isinstance(artifacts, SqlArtifactStore):
+        return "the database (sql)"
+    bucket = getattr(artifacts, "bucket", None)  # Optuna's Boto3ArtifactStore
+    return f"s3 bucket {bucket}" if isinstance(bucket, str) else type(artifacts).__name__
 
 
 def _run_worker_processes(args: argparse.Namespace, settings: Settings) -> int:

@@ -1359,6 +1359,30 @@ def test_a_bad_device_setting_stops_run_and_worker_with_one_line(
     assert json.loads(listed)["count"] == 0  # run submitted nothing
 
 
+def test_a_worker_says_where_it_keeps_weights_and_what_it_cannot_run(
+    cli: Run,
+    spec_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by a tester: a worker with another artifact store than the API's, one whose
+    AUTOML_DATA_ROOT was wrong, and one asked for an ended study all started without a word
+    (the second failed every image-folder trial it claimed)."""
+    cli("submit", str(spec_file))
+    cli("cancel", "1")
+    monkeypatch.setenv("AUTOML_DATA_ROOT", str(tmp_path / "nowhere"))
+
+    with caplog.at_level(logging.INFO, "automl.worker"):
+        code, _, err = cli("worker", "--study", "1", "--exit-when-idle")
+
+    assert code == 0, err
+    assert "study 1 already ended (cancelled): nothing to train" in caplog.text
+    assert f"artifacts: folder {(tmp_path / 'artifacts').resolve()}" in caplog.text
+    root = f"the data root {tmp_path / 'nowhere'} (AUTOML_DATA_ROOT) is not a folder"
+    assert root in caplog.text
+
+
 def test_run_progress_counts_attempts_that_end_their_ticket_and_ranks_only_automls(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
