@@ -493,6 +493,10 @@ class _Attempt:
         except LeaseLostError:
             self.keeper.lost.set()
         except Exception as exc:  # a checkpoint is an optimization: keep training
+            if self._artifacts_folder_fault(exc) is not None and isinstance(
+                self.coordinator.artifacts, FolderArtifactStore
+            ):
+                raise  # the weights could not be saved either: the worker stops now
             if self.disk_full and is_disk_full(exc):
                 return
             self.disk_full = is_disk_full(exc)

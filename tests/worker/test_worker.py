@@ -585,6 +585,28 @@ def test_an_artifacts_folder_that_cannot_be_written_stops_the_worker_not_the_stu
     assert get_study(store, study_id).status == StudyStatus.COMPLETED
 
 
+def test_a_checkpoint_the_artifacts_folder_refuses_stops_the_worker_at_once(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: with the folder made read-only mid-trial, each checkpoint failed
+    with a warning and the trial trained to its last epoch, only to be given back then."""
+    spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0}, fixed={"epochs": 30})
+    study_id = submit_study(sqlite_store, spec).id
+    writes: list[str] = []
+
+    def read_only(self: FolderArtifactStore, artifact_id: str, body: Any, durable: bool) -> None:
+        writes.append(artifact_id)
+        raise OSError(errno.EROFS, "Read-only file system", str(self.directory / ".tmp-x"))
+
+    monkeypatch.setattr(FolderArtifactStore, "_write", read_only)
+    with pytest.raises(UnusableFolderError):
+        Worker(sqlite_store, _options(checkpoint_spacing=0.0)).run()
+
+    assert len(writes) == 1  # the first epoch's checkpoint: no 29 more, no weights
+    [given_back] = _trials(sqlite_store, study_id)
+    assert given_back.user_attrs[attrs.FAILURE] == "interrupted"
+
+
 def test_failing_trials_fail_the_study_and_leave_nothing_waiting(
     store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
