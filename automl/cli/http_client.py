@@ -79,7 +79,9 @@ class HttpClient:
 
     def __init__(self, base_url: str, api_key: str | None = None) -> None:
         self.base_url = _checked_url(base_url).rstrip("/")
-        self.api_key = api_key if api_key is not None else Settings().api_key
+        key = api_key if api_key is not None else Settings().api_key
+        # A key read from a file (a secret mount, $(cat key)) may end in a newline.
+        self.api_key = key.strip() if key else key
         if self.api_key and not _KEY_TEXT.fullmatch(self.api_key):
             message = "the API key (AUTOML_API_KEY) holds characters no key has"
             raise ClientError(f"{message}: use the key `automl keys create` printed", True)

@@ -14,6 +14,7 @@ import sqlalchemy
 from automl.cli.arguments import MAX_ID
 from automl.cli.commands import errors_as_cli_errors
 from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, CliError
+from automl.cli.http_client import HttpClient
 from automl.cli.main import main
 from automl.worker import DeviceFaultError
 from tests.conftest import free_port
@@ -202,6 +203,17 @@ def test_an_api_key_no_key_could_be_is_one_error_line(
     assert code == EXIT_BAD_INPUT
     [line] = capsys.readouterr().err.splitlines()
     assert "the API key (AUTOML_API_KEY) holds characters no key has" in line
+
+
+def test_an_api_key_read_from_a_file_with_its_newline_is_used_without_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a tester: a key with a trailing newline (a secret file) was refused."""
+    monkeypatch.setenv("AUTOML_API_KEY", "  automl_abc123\n")
+
+    client = HttpClient("http://127.0.0.1:1")
+
+    assert client.api_key == "automl_abc123"  # what every request sends as its bearer
 
 
 def test_a_spec_that_is_not_utf8_is_one_error_line_against_the_api(
