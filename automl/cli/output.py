@@ -36,13 +36,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def display_width(text: str) -> int:
     """The columns ``text`` takes on a terminal: two for a wide character (CJK, most
-    emoji), none for a combining mark (a class name in NFD), one for the others."""
+    emoji), none for a combining mark (a class name in NFD) or a zero-width one (an emoji
+    sequence's joiner), one for the others."""
     if text.isascii():
         return len(text)
-    return sum(
-        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
-        for c in text
-    )
+    return sum(_char_width(c) for c in text)
+
+
+def _char_width(c: str) -> int:
+    if unicodedata.combining(c) or unicodedata.category(c) == "Cf":
+        return 0
+    return 2 if unicodedata.east_asian_width(c) in "WF" else 1
 
 
 def _cell(value: Any) -> str:

@@ -198,7 +198,7 @@ def image_paths(paths: list[Path]) -> list[Path]:
     Raises:
         CliError: If a folder cannot be listed or holds no image file.
     """
-    found: list[Path] = []
+    found: list[Path] = []  # as ``automl.data.paths.image_files`` lists, without torch
     for path in paths:
         if not path.is_dir():
             found.append(path)

@@ -82,7 +82,11 @@ def warn_unread(spec: StudySpec) -> None:
     """Warns on stderr of what the image folders' listing leaves out (as ``validate
     --data`` lists it): images in folders inside class folders are not read, unlike with
     torchvision's ``ImageFolder``."""
-    for note in unread_notes(spec):
+    try:
+        notes = unread_notes(spec)
+    except CliError as exc:  # the study is submitted: a warning, not a failure
+        notes = [f"cannot list the image folders: {exc}"]
+    for note in notes:
         print(f"warning: not read: {note}", file=sys.stderr)
 
 

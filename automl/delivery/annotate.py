@@ -27,6 +27,7 @@ from automl.data.paths import confine, data_root, image_files, relative_name, re
 from automl.delivery.inference import ImageFile, InputRejectedError, classify_files
 from automl.delivery.schemas import AnnotateRequest, Annotations, Suggestion
 from automl.file_clock import remove_stale_siblings
+from automl.image_suffixes import SUFFIX_LIST
 from automl.store import Store
 
 T = TypeVar("T")
@@ -70,9 +71,7 @@ def annotate_folder(
     files = _require(lambda: image_files(folder, root), "path")
     shown = relative_name(folder, root)
     if not files:
-        raise InputRejectedError(
-            f"folder {shown!r} has no images (png, jpg, jpeg, webp, bmp)", ("path",)
-        )
+        raise InputRejectedError(f"folder {shown!r} has no images ({SUFFIX_LIST})", ("path",))
     if len(files) > limits.max_annotate_images:
         raise InputRejectedError(
             f"folder {shown!r} has {len(files)} images; max_annotate_images allows "

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
@@ -578,9 +579,10 @@ def artifact_size(reader: BinaryIO) -> int | None:
         with reader.getbuffer() as view:
             return view.nbytes
     try:
-        return os.fstat(reader.fileno()).st_size
+        info = os.fstat(reader.fileno())
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
         return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None  # a pipe's size says nothing
 
 
 def damaged_weights(trial: FrozenTrial) -> str:

@@ -541,16 +541,23 @@ def _refuse_a_partial_schema(url: str, engine_kwargs: dict[str, Any]) -> None:
     engine = sqlalchemy.create_engine(url, **engine_kwargs)
     try:
         present = set(sqlalchemy.inspect(engine).get_table_names())
+        missing = [name for name in FOUNDING_TABLES if name not in present]
+        if tables.studies.name not in present or not missing:
+            return
+        # A store being created by another process (SQLite creates table by table) has
+        # no study yet: only one that holds studies lost what it had.
+        with engine.connect() as connection:
+            holds = connection.execute(sqlalchemy.select(tables.studies.c.study_id).limit(1))
+            if holds.first() is None:
+                return
     finally:
         engine.dispose()
-    missing = [name for name in FOUNDING_TABLES if name not in present]
-    if tables.studies.name in present and missing:
-        raise StorageError(
-            f"{SCHEMA_MISSING}: the store at {redact(url)} has automl's studies but not "
-            f"the {'tables' if len(missing) > 1 else 'table'} {', '.join(missing)} (dropped, "
-            "or left out of a restore); restore the database, or point AUTOML_STORAGE at the "
-            "right one: automl does not create them empty, which would lose what they held"
-        )
+    raise StorageError(
+        f"{SCHEMA_MISSING}: the store at {redact(url)} has automl's studies but not "
+        f"the {'tables' if len(missing) > 1 else 'table'} {', '.join(missing)} (dropped, "
+        "or left out of a restore); restore the database, or point AUTOML_STORAGE at the "
+        "right one: automl does not create them empty, which would lose what they held"
+    )
 
 
 def _create_studies_table_without_id_reuse(url: str, engine_kwargs: dict[str, Any]) -> None:

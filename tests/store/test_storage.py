@@ -7,6 +7,7 @@ import os
 import socket
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import sqlalchemy
 
 import automl.store.storage
 from automl.config import Settings
+from automl.spec import StudySpec
 from automl.store import (
     FolderArtifactStore,
     SqlArtifactStore,
@@ -24,6 +26,8 @@ from automl.store import (
     normalize_url,
     open_store,
     open_store_from,
+    submit_study,
+    tables,
 )
 from automl.store.faults import StorageUnavailableError, is_schema_missing, is_transient
 from automl.store.storage import (
@@ -249,12 +253,15 @@ def test_store_opens_twice_on_the_same_database(storage_url: str, tmp_path: Path
 
 @pytest.mark.parametrize("dropped", ["automl_tickets", "trials"])
 def test_a_store_missing_a_founding_table_is_refused_not_filled_with_an_empty_one(
-    storage_url: str, tmp_path: Path, dropped: str
+    storage_url: str, tmp_path: Path, dropped: str, tiny_spec: Callable[..., StudySpec]
 ) -> None:
     """Found by a tester: ``automl status`` after ``DROP TABLE automl_tickets`` created it
     again, empty, and showed "0/8 finished" beside the best value; a worker started then
-    ran the budget again."""
-    open_store(storage_url, artifacts_dir=tmp_path).close()
+    ran the budget again. (A store with no study yet may be one another process is
+    creating, table by table on SQLite: it is completed.)"""
+    store = open_store(storage_url, artifacts_dir=tmp_path)
+    submit_study(store, tiny_spec())
+    store.close()
     engine = sqlalchemy.create_engine(normalize_url(storage_url))
     with engine.begin() as connection:
         connection.exec_driver_sql(
@@ -269,6 +276,10 @@ def test_a_store_missing_a_founding_table_is_refused_not_filled_with_an_empty_on
     assert str(refused.value).startswith("storage schema missing: the store at ")
     assert f"has automl's studies but not the table {dropped} (dropped," in str(refused.value)
     assert dropped not in sqlalchemy.inspect(engine).get_table_names()  # nothing created
+    with engine.begin() as connection:
+        connection.execute(tables.studies.delete())
+    open_store(storage_url, artifacts_dir=tmp_path).close()  # no study: it is completed
+    assert dropped in sqlalchemy.inspect(engine).get_table_names()
     engine.dispose()
 
 

@@ -105,3 +105,27 @@ def test_a_study_marked_at_another_time_lends_no_directions(
     assert own == {study_id: ("minimize",)}
     assert copied == {}
     assert get_study(store, study_id).directions == ["minimize"]  # read from the spec
+
+
+def test_a_pareto_fronts_size_is_found_once_per_completed_trial(
+    store: Store, tiny_spec: Callable[..., StudySpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``status`` is polled: the front, read from every completed trial's values, is
+    found again only once another trial completed (a reviewer)."""
+    objectives = {"objective": None, "objectives": [{"metric": "accuracy"}, {"metric": "loss"}]}
+    study_id = submit_study(store, tiny_spec(**objectives, pruner=None)).id
+    drive(store, study_id, [(0.9, 0.5), (0.8, 0.3)])
+    real, reads = optuna_rows.completed_values, []
+
+    def counted(connection: object, study: int) -> dict[int, list[float]]:
+        reads.append(study)
+        return real(connection, study)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(optuna_rows, "completed_values", counted)
+
+    sizes = [get_study(store, study_id).pareto_front_size for _ in range(3)]
+    drive(store, study_id, [(0.95, 0.2)])  # dominates both
+    sizes.append(get_study(store, study_id).pareto_front_size)
+
+    assert sizes == [2, 2, 2, 1]
+    assert reads == [study_id, study_id]

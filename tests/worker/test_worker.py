@@ -63,7 +63,7 @@ from automl.worker.coordinator import BufferedSqlCoordinator
 from automl.worker.identity import new_worker_id, sampler_seed, training_seed
 from automl.worker.keeper import LeaseKeeper
 from automl.worker.loop import UnusableFolderError
-from automl.worker.runner import OPTIONAL_WRITE_TRIES
+from automl.worker.runner import LEAVING_TRIES, OPTIONAL_WRITE_TRIES
 from tests.conftest import store_at
 from tests.data.conftest import write_class_folder
 from tests.forked import ForkedProcess
@@ -465,8 +465,8 @@ def test_a_stopping_worker_stops_waiting_for_the_database_and_leaves_the_trial_t
         done.join(60)
 
     assert not done.is_alive(), "the stopping worker kept waiting for the database"
-    # Each given up at its first failure: the epoch's checkpoint, then the stop's.
-    assert (calls["checkpoint"], calls["release"]) == (2, 1)
+    # Each given up after LEAVING_TRIES: the epoch's checkpoint, then the stop's.
+    assert (calls["checkpoint"], calls["release"]) == (2 * LEAVING_TRIES, LEAVING_TRIES)
     assert "is left to the reaper" in caplog.text
     with sqlite_store.read() as connection:
         [ticket] = connection.execute(sqlalchemy.select(tables.tickets)).all()
