@@ -239,13 +239,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.gpus is not None or args.slots != 1:
         return _run_worker_processes(args, settings)
     options = _worker_options(settings, study_id=args.study, exit_when_idle=args.exit_when_idle)
+    log = logging.getLogger("automl.worker")
+    if "data_root" in settings.model_fields_set and not settings.data_root.is_dir():
+        log.warning(
+            "the data root %s (AUTOML_DATA_ROOT) is not a folder here: trials of image "
+            "folders and CSV files fail on this worker until it is",
+            settings.data_root.resolve(),
+        )
     if is_proxy_url(settings.storage):
         coordinator = _connect_proxy_waiting(settings.storage)
         options.reap_interval = None
         worker = Worker(None, options, coordinator=coordinator)
     else:
         store = _open_store_waiting(settings)
-        log = logging.getLogger("automl.worker")
         if args.study is not None:
             study = get_study(store, args.study)  # an unknown study is an error (exit 2)
             if not study.status.is_active:
@@ -261,12 +267,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         file = sqlite_file(settings.storage)
         shown = redact(settings.storage) if file is None else str(file.resolve())
         log.info("worker store: %s; artifacts: %s", shown, artifacts_text(store.artifacts))
-        if "data_root" in settings.model_fields_set and not settings.data_root.is_dir():
-            log.warning(
-                "the data root %s (AUTOML_DATA_ROOT) is not a folder here: trials of image "
-                "folders and CSV files fail on this worker until it is",
-                settings.data_root.resolve(),
-            )
     worker.install_signal_handlers()
     try:
         worker.run()
