@@ -34,7 +34,7 @@ class Client(Protocol):
 
     def submit(
         self, text: str, is_json: bool, idempotency_key: str | None = None
-    ) -> StudyDetail: ...
+    ) -> tuple[StudyDetail, bool]: ...
     def studies(self, limit: int) -> Page[StudySummary]: ...
     def study(self, study_id: int) -> StudyDetail: ...
     def best(self, study_id: int) -> BestTrials: ...
@@ -61,13 +61,16 @@ class LocalClient:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def submit(self, text: str, is_json: bool, idempotency_key: str | None = None) -> StudyDetail:
+    def submit(
+        self, text: str, is_json: bool, idempotency_key: str | None = None
+    ) -> tuple[StudyDetail, bool]:
         """Validates and submits a spec's text (YAML reads JSON too); a repeat with the same
-        ``idempotency_key`` answers with the study the first one made."""
+        ``idempotency_key`` answers with the study the first one made. The study, and
+        whether the answer is a repeat's."""
         from automl.spec import spec_from_text  # imports every registry (torch)
 
         spec = spec_from_text(text, is_json=is_json)
-        return store_api.submit_study(self.store, spec, idempotency_key)
+        return store_api.submit_or_replay(self.store, spec, idempotency_key)
 
     def studies(self, limit: int) -> Page[StudySummary]:
         """Newest studies first."""

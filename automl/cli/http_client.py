@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from automl.config import Settings
 from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions
 from automl.store.views import (
+    REPLAYED_HEADER,
     BestTrials,
     Page,
     StudyDetail,
@@ -93,14 +94,19 @@ class HttpClient:
         """The headers every request carries."""
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def submit(self, text: str, is_json: bool, idempotency_key: str | None = None) -> StudyDetail:
+    def submit(
+        self, text: str, is_json: bool, idempotency_key: str | None = None
+    ) -> tuple[StudyDetail, bool]:
         """Sends a spec's text (validated by the server); a repeat with the same
-        ``idempotency_key`` answers with the study the first one made."""
+        ``idempotency_key`` answers with the study the first one made. The study, and
+        whether the answer is a repeat's."""
         content_type = "application/json" if is_json else "application/yaml"
         headers = {"content-type": content_type}
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
-        return self._answer(StudyDetail, "POST", "/studies", content=text, headers=headers)
+        response = self._send("POST", "/studies", content=text, headers=headers)
+        study = self._read(StudyDetail, "POST", "/studies", response)
+        return study, response.headers.get(REPLAYED_HEADER) == "true"
 
     def studies(self, limit: int) -> Page[StudySummary]:
         """The newest ``limit`` studies, newest first, fetched a page at a time."""
@@ -261,7 +267,11 @@ class HttpClient:
     def _answer(self, model: type[Answer], method: str, path: str, **kwargs: Any) -> Answer:
         """The answer to a request, read as ``model``; an answer of another shape means the
         URL names something other than an automl API (``ClientError``)."""
-        response = self._send(method, path, **kwargs)
+        return self._read(model, method, path, self._send(method, path, **kwargs))
+
+    def _read(
+        self, model: type[Answer], method: str, path: str, response: httpx.Response
+    ) -> Answer:
         try:
             return model.model_validate(self._json(method, path, response))
         except ValidationError:

@@ -173,7 +173,8 @@ def _refit_text(refit: RefitView) -> str:
     is the model that serves, not the trial above it."""
     accuracy = (refit.test_metrics or {}).get("accuracy")
     if refit.trial is not None and accuracy is not None and refit.state == "done":
-        detail = f": trial {refit.trial}, {refit.epochs} epochs, test accuracy {accuracy:.4f}"
+        epochs = counted(refit.epochs or 0, "epoch")
+        detail = f": trial {refit.trial}, {epochs}, test accuracy {accuracy:.4f}"
     else:
         detail = f": {refit.note}" if refit.note else ""
     text = f"refit on train + validation: {refit.state.value}{detail}"

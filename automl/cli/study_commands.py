@@ -68,12 +68,17 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
         spec = spec_from_text(text, is_json=is_json)  # refused before a store is made for it
     client = client_for(settings, create=True)
-    study = client.submit(text, is_json, args.idempotency_key)
+    study, replayed = client.submit(text, is_json, args.idempotency_key)
     if args.json:
         print_json(study)
+    elif replayed:
+        print(
+            f"study {study.id} ({study.name}) was submitted before with this idempotency "
+            f"key: {study.status.value}"
+        )
     else:
         print(f"submitted study {study.id} ({study.name}): {study.status.value}")
-    if spec is not None:  # the data is this machine's (with --url, the server's)
+    if spec is not None and not replayed:  # the data is this machine's (--url: the server's)
         warn_unread(spec)
     return EXIT_OK
 

@@ -124,6 +124,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "queue_refit",
         "rerun_failed",
         "resume_study",
+        "submit_or_replay",
         "submit_study",
         "submitted_spec",
     ),

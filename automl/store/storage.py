@@ -556,7 +556,8 @@ def _refuse_a_partial_schema(url: str, engine_kwargs: dict[str, Any]) -> None:
         f"{SCHEMA_MISSING}: the store at {redact(url)} has automl's studies but not "
         f"the {'tables' if len(missing) > 1 else 'table'} {', '.join(missing)} (dropped, "
         "or left out of a restore); restore the database, or point AUTOML_STORAGE at the "
-        "right one: automl does not create them empty, which would lose what they held"
+        f"right one: automl does not create {'them' if len(missing) > 1 else 'it'} empty, "
+        "which would lose what it held"
     )
 
 

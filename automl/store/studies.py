@@ -106,7 +106,20 @@ def submit_study(
     project: str = DEFAULT_PROJECT,
     limits: Limits | None = None,
 ) -> StudyDetail:
-    """Creates the study of ``spec``: its Optuna study, then, atomically, its automl row.
+    """The study ``submit_or_replay`` creates (or, for a repeated key, created before)."""
+    return submit_or_replay(store, spec, idempotency_key, project=project, limits=limits)[0]
+
+
+def submit_or_replay(
+    store: Store,
+    spec: StudySpec,
+    idempotency_key: str | None = None,
+    *,
+    project: str = DEFAULT_PROJECT,
+    limits: Limits | None = None,
+) -> tuple[StudyDetail, bool]:
+    """Creates the study of ``spec``: its Optuna study, then, atomically, its automl row;
+    with whether it is a repeat's answer (an earlier submission with the same key made it).
 
     Nothing is queued per trial: workers take units of the budget as they claim them, so
     submitting costs the same for 10 or 100,000 trials. The study becomes visible (to
@@ -132,7 +145,7 @@ def submit_study(
     if idempotency_key is not None:
         existing = _study_with_key(store, idempotency_key, spec_json, project)
         if existing is not None:
-            return get_study(store, existing)
+            return get_study(store, existing), True
     if limits is not None:
         check_project_limits(store, project, limits)
     fingerprint = _fingerprint(spec)
@@ -190,8 +203,8 @@ def submit_study(
         if existing is None:
             _refuse_a_reused_id(store, study_id)
             raise
-        study_id = existing
-    return get_study(store, study_id)
+        return get_study(store, existing), True
+    return get_study(store, study_id), False
 
 
 def _refuse_a_reused_id(store: Store, study_id: int) -> None:
@@ -963,6 +976,7 @@ __all__ = [
     "queue_refit",
     "rerun_failed",
     "resume_study",
+    "submit_or_replay",
     "submit_study",
     "submitted_spec",
 ]

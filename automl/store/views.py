@@ -69,6 +69,11 @@ class StudySummary(BaseModel):
     finished_at: datetime | None = None
 
 
+REPLAYED_HEADER = "Idempotent-Replayed"
+"""The header (``true``) of the API's answer to a repeated submission: an earlier one with
+the same ``Idempotency-Key`` made the study."""
+
+
 class StudyDetail(StudySummary):
     """A study with its full spec."""
 

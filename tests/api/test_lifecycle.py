@@ -23,6 +23,8 @@ def test_idempotency_key_returns_the_first_study(client: TestClient) -> None:
 
     assert first.status_code == again.status_code == 201
     assert again.json()["id"] == first.json()["id"]
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"  # a client can tell the repeat
     assert client.get("/studies").json()["count"] == 1
     assert other.status_code == 409
     assert "different spec" in other.json()["detail"]

@@ -358,15 +358,15 @@ def test_a_submit_cut_off_by_the_database_names_a_key_that_submits_at_most_once(
 ) -> None:
     """A submit whose commit answer was lost took effect: run again as told, it answers
     with that study instead of submitting a second one."""
-    submit_study = cli_client.store_api.submit_study
+    submit = cli_client.store_api.submit_or_replay
 
     def committed_then_cut(*args: Any, **kwargs: Any) -> Any:
-        submit_study(*args, **kwargs)
+        submit(*args, **kwargs)
         raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed"))
 
-    monkeypatch.setattr(cli_client.store_api, "submit_study", committed_then_cut)
+    monkeypatch.setattr(cli_client.store_api, "submit_or_replay", committed_then_cut)
     code, _, err = cli("submit", str(spec_file))
-    monkeypatch.setattr(cli_client.store_api, "submit_study", submit_study)
+    monkeypatch.setattr(cli_client.store_api, "submit_or_replay", submit)
     key = _key_in(one_error_line(err))
     again = cli("submit", str(spec_file), "--idempotency-key", key)
     listed = json.loads(cli("status", "--json")[1])
@@ -375,7 +375,10 @@ def test_a_submit_cut_off_by_the_database_names_a_key_that_submits_at_most_once(
     assert one_error_line(err) == (
         "error: storage unavailable: (builtins.Exception) server closed" + may_have_submitted(key)
     )
-    assert again[:2] == (0, "submitted study 1 (tiny): queued\n")
+    assert again[:2] == (
+        0,
+        "study 1 (tiny) was submitted before with this idempotency key: queued\n",
+    )
     assert listed["count"] == 1
 
 
@@ -393,7 +396,8 @@ def test_each_submit_has_its_own_key_and_a_reused_key_needs_the_same_spec(
         "submitted study 1 (tiny): queued\n",
         "submitted study 2 (tiny-2): queued\n",
         "submitted study 3 (tiny-3): queued\n",
-        "submitted study 3 (tiny-3): queued\n",
+        # A tester: a repeat said "submitted" as if it had made another study.
+        "study 3 (tiny-3) was submitted before with this idempotency key: queued\n",
     ]
     assert conflict[0] == 2
     assert one_error_line(conflict[2]) == (
@@ -417,7 +421,10 @@ def test_a_submit_interrupted_after_it_was_sent_names_its_key(
     assert code == 130
     assert err.strip() == "interrupted" + may_have_submitted("-it's-mine")
     assert told == "--idempotency-key=-it's-mine"
-    assert again[:2] == (0, "submitted study 1 (tiny): queued\n")
+    assert again[:2] == (
+        0,
+        "study 1 (tiny) was submitted before with this idempotency key: queued\n",
+    )
 
 
 @pytest.mark.parametrize("key", ["", "two words", "k" * 257, "caf\u00e9"])
@@ -923,6 +930,19 @@ def api_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     app.state.store.close()
 
 
+def test_a_repeated_submit_over_http_says_it_was_submitted_before(
+    cli: Run, api_url: str, spec_file: Path
+) -> None:
+    first = cli("submit", str(spec_file), "--idempotency-key", "k", "--url", api_url)
+    again = cli("submit", str(spec_file), "--idempotency-key", "k", "--url", api_url)
+
+    assert first[:2] == (0, "submitted study 1 (tiny): queued\n")
+    assert again[:2] == (
+        0,
+        "study 1 (tiny) was submitted before with this idempotency key: queued\n",
+    )
+
+
 def test_submit_and_status_over_http(cli: Run, api_url: str, spec_file: Path) -> None:
     code, out, err = cli("submit", str(spec_file), "--url", api_url)
 
@@ -985,7 +1005,10 @@ def test_a_submit_whose_answer_was_lost_over_http_names_a_key_that_submits_at_mo
         f"error: cannot reach the API at {api_url}: Server disconnected without sending a "
         "response" + may_have_submitted(key)
     )
-    assert again[:2] == (0, "submitted study 1 (tiny): queued\n")
+    assert again[:2] == (
+        0,
+        "study 1 (tiny) was submitted before with this idempotency key: queued\n",
+    )
     assert listed["count"] == 1
 
 

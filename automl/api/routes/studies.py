@@ -53,10 +53,11 @@ from automl.store import (
     queue_refit,
     rerun_failed,
     resume_study,
-    submit_study,
+    submit_or_replay,
     weights_format,
 )
 from automl.store.artifacts import CHUNK_BYTES
+from automl.store.views import REPLAYED_HEADER
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
@@ -122,7 +123,12 @@ class TrialStateName(StrEnum):
                 "Location": {
                     "description": "The study's path: /studies/{id}",
                     "schema": {"type": "string"},
-                }
+                },
+                REPLAYED_HEADER: {
+                    "description": "true when the answer is a repeat's: an earlier "
+                    "submission with the same Idempotency-Key made the study",
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
             },
         },
         **error_responses(
@@ -158,13 +164,15 @@ async def create_study(
     ``AUTOML_LIMIT_MAX_ACTIVE_STUDIES_PER_PROJECT`` queued or running ones, is refused
     (422) before anything is written."""
     spec = await _read_spec(request, settings.max_body_bytes)
-    study = await run_in_threadpool(
-        functools.partial(submit_study, project=principal.project, limits=Limits()),
+    study, replayed = await run_in_threadpool(
+        functools.partial(submit_or_replay, project=principal.project, limits=Limits()),
         store,
         spec,
         idempotency_key,
     )
     response.headers["Location"] = f"/studies/{study.id}"
+    if replayed:
+        response.headers[REPLAYED_HEADER] = "true"
     return study
 
 
