@@ -40,7 +40,7 @@ def test_transient_database_errors_are_503(
         raise error
 
     monkeypatch.setattr(automl.api.routes.studies, "list_studies", down)
-    monkeypatch.setattr(automl.api.routes.studies, "submit_study", down)
+    monkeypatch.setattr(automl.api.routes.studies, "submit_or_replay", down)
 
     listed = client.get("/studies")
     submitted = client.post("/studies", json=tiny_spec_data())
