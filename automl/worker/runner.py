@@ -723,10 +723,11 @@ class _Attempt:
                 raise
             # Its heartbeats stopped: the reaper takes it back after the grace period.
             logger.warning(
-                "storage unavailable while stopping: ticket %s is left to the reaper, which "
-                "queues it again once its heartbeats are overdue (as a lost worker's: one of "
-                "its retries)",
+                "storage unavailable while stopping: ticket %s (trial %s) is left to the "
+                "reaper, which queues it again once its heartbeats are overdue (as a lost "
+                "worker's: one of its retries)",
                 self.lease.ticket_id,
+                "-" if self.trial is None else self.trial.number,
             )
             return TrialRun(self.lease, "left", outage=True)
         if not released:
