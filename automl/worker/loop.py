@@ -73,6 +73,7 @@ from automl.worker.runner import (
     TrialContext,
     TrialRun,
     fail_if_optuna_study_gone,
+    give_back,
     run_lease,
 )
 from automl.worker.slots import DeviceGate, GateAbandoned
@@ -499,12 +500,8 @@ class Worker:
         )
 
     def _give_back_untouched(self, ctx: TrialContext, lease: Lease, reason: str) -> TrialRun:
-        """Requeues the ticket without using a retry or counting a failure."""
-        released = ctx.persist(
-            lambda: self.coordinator.release(lease, FailureKind.INTERRUPTED, reason),
-            "releasing a trial",
-        )
-        return TrialRun(lease, "released" if released else "lost")
+        """Requeues the ticket without using a retry or counting a failure (``give_back``)."""
+        return give_back(ctx, lease, FailureKind.INTERRUPTED, reason) or TrialRun(lease, "lost")
 
     def _unexpected(self, lease: Lease, exc: Exception) -> None:
         """One ticket's unexpected error: a storage fault gives the ticket back (as a
@@ -553,13 +550,20 @@ class Worker:
             # Beat from the moment of the claim: loading the study can take a while.
             with LeaseKeeper(self.coordinator, lease, interval, self.backoff) as keeper:
                 try:
-                    study, spec = ctx.persist(lambda: self._study(lease), "loading a study")
+                    study, spec = ctx.persist(
+                        lambda: self._study(lease), "loading a study", leave_when_stopping=True
+                    )
                 except UnreadableStudyError as exc:
                     self._skip_study(exc)
                     keeper.ending()
                     run = self._give_back_untouched(ctx, lease, str(exc))
                     return run
                 except Exception as exc:  # e.g. the study was deleted since the claim
+                    if ctx.stopping() and is_transient(exc):  # an outage: not the study's fault
+                        keeper.ending()
+                        why = f"worker stopping: {first_line(exc)}"
+                        run = self._give_back_untouched(ctx, lease, why)
+                        return run
                     gone = None
                     if isinstance(exc, LookupError):
                         gone = fail_if_optuna_study_gone(ctx, lease.study_id)

@@ -204,6 +204,49 @@ class TrialRun:
     outage: bool = False
 
 
+def give_back(
+    ctx: TrialContext,
+    lease: Lease,
+    kind: FailureKind,
+    reason: str,
+    *,
+    number: int | None = None,
+) -> TrialRun | None:
+    """Gives the ticket back to the queue (``released``; ``lost`` where the reaper took it
+    first). A worker stopping during a database outage leaves it to the reaper instead, after
+    ``LEAVING_TRIES`` tries (``left``): the reaper queues it again once its heartbeats are
+    overdue, as a lost worker's (one of its retries).
+
+    Args:
+        ctx: The worker's context.
+        lease: The ticket's lease.
+        kind: Why it goes back (``interrupted``, ``out_of_memory``...).
+        reason: The error recorded on its trial.
+        number: Its trial's number, for the log (None: no trial yet).
+
+    Returns:
+        How the ticket ended; None if the reaper took it first (the caller says so).
+    """
+    try:
+        released = ctx.persist(
+            lambda: ctx.coordinator.release(lease, kind, reason),
+            "releasing a trial",
+            leave_when_stopping=True,
+        )
+    except Exception as exc:
+        if not (ctx.stopping() and is_transient(exc)):
+            raise
+        logger.warning(
+            "storage unavailable while stopping: ticket %s (trial %s) is left to the reaper, "
+            "which queues it again once its heartbeats are overdue (as a lost worker's: one "
+            "of its retries)",
+            lease.ticket_id,
+            "-" if number is None else number,
+        )
+        return TrialRun(lease, "left", outage=True)
+    return TrialRun(lease, "released") if released else None
+
+
 def fail_if_optuna_study_gone(ctx: TrialContext, study_id: int) -> str | None:
     """Fails ``study_id`` if its Optuna study was deleted under it with another tool (the
     ``LookupError`` a worker sees loading it or creating a trial), saying so at ERROR.
@@ -243,12 +286,8 @@ def run_lease(
         with ctx.gate.hold(lease.exclusive, lambda: ctx.stopping() or keeper.should_stop):
             run = _Attempt(ctx, lease, study, spec, keeper).run()
     except GateAbandoned as exc:
-        reason = str(exc)
-        released = ctx.persist(
-            lambda: ctx.coordinator.release(lease, FailureKind.INTERRUPTED, reason),
-            "releasing a trial",
-        )
-        return TrialRun(lease, "released" if released else "lost")
+        ended = give_back(ctx, lease, FailureKind.INTERRUPTED, str(exc))
+        return ended or TrialRun(lease, "lost")
 
     _log(run, spec, time.perf_counter() - started)
     return run
@@ -712,24 +751,17 @@ class _Attempt:
         self, kind: FailureKind, error: str, *, requeue: bool = True, outage: bool = False
     ) -> TrialRun:
         self.keeper.ending()
-        try:
+        if requeue:
+            number = None if self.trial is None else self.trial.number
+            ended = give_back(self.ctx, self.lease, kind, error, number=number)
+            if ended is not None and ended.result == "left":
+                return ended
+            released = ended is not None
+        else:  # a failure to record is a result: it waits out an outage
             released = self.ctx.persist(
-                lambda: self.coordinator.release(self.lease, kind, error, requeue=requeue),
+                lambda: self.coordinator.release(self.lease, kind, error, requeue=False),
                 "releasing a trial",
-                leave_when_stopping=requeue,  # a failure to record is a result: it waits
             )
-        except Exception as exc:
-            if not (requeue and self.ctx.stopping() and is_transient(exc)):
-                raise
-            # Its heartbeats stopped: the reaper takes it back after the grace period.
-            logger.warning(
-                "storage unavailable while stopping: ticket %s (trial %s) is left to the "
-                "reaper, which queues it again once its heartbeats are overdue (as a lost "
-                "worker's: one of its retries)",
-                self.lease.ticket_id,
-                "-" if self.trial is None else self.trial.number,
-            )
-            return TrialRun(self.lease, "left", outage=True)
         if not released:
             return self._lost(LeaseLostError("lease lost before release"))
         result = "released" if requeue else "fail"
@@ -974,5 +1006,6 @@ __all__ = [
     "TrialContext",
     "TrialRun",
     "fail_if_optuna_study_gone",
+    "give_back",
     "run_lease",
 ]

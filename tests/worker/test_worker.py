@@ -474,6 +474,43 @@ def test_a_stopping_worker_stops_waiting_for_the_database_and_leaves_the_trial_t
     assert get_study(sqlite_store, study_id).status == StudyStatus.RUNNING
 
 
+def test_a_worker_stopping_while_it_loads_a_study_in_an_outage_leaves_the_ticket(
+    sqlite_store: Store,
+    tiny_spec: SpecFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The outage met while loading the claimed ticket's study (a reviewer): not the
+    study's fault (its ticket is not failed), and no wait past the stop."""
+    study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 1})).id
+    worker = Worker(sqlite_store, _options())
+    calls = Counter[str]()
+
+    def away(name: str) -> Callable[..., None]:
+        def call(*args: Any, **kwargs: Any) -> None:
+            calls[name] += 1
+            worker.stop()  # as SIGTERM would, during the outage
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed"))
+
+        return call
+
+    monkeypatch.setattr(automl.worker.loop.Worker, "_study", away("load"))
+    monkeypatch.setattr(SqlCoordinator, "release", away("release"))
+    monkeypatch.setattr(automl.worker.runner, "Backoff", _fast_backoff)
+    done = threading.Thread(target=worker.run, daemon=True)
+    with caplog.at_level(logging.WARNING, "automl.worker"):
+        done.start()
+        done.join(60)
+
+    assert not done.is_alive(), "the stopping worker kept waiting for the database"
+    assert (calls["load"], calls["release"]) == (LEAVING_TRIES, LEAVING_TRIES)
+    assert "ticket 1 (trial -) is left to the reaper" in caplog.text
+    with sqlite_store.read() as connection:
+        [ticket] = connection.execute(sqlalchemy.select(tables.tickets)).all()
+    assert (ticket.state, ticket.outcome) == ("running", None)  # not failed: the reaper's
+    assert get_study(sqlite_store, study_id).status == StudyStatus.RUNNING
+
+
 def test_database_error_after_the_claim_gives_the_ticket_back(
     sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
