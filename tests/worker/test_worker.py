@@ -434,6 +434,31 @@ def test_a_stopping_worker_stops_waiting_for_disk_space_and_gives_the_trial_back
     assert (detail.status, detail.counts.waiting) == (StudyStatus.RUNNING, 1)  # queued again
 
 
+class _Outage:
+    """Calls that fail as in a database outage, each stopping the worker first (as SIGTERM
+    would, during the outage); counts them by name."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.calls = Counter[str]()
+
+    def failing(self, name: str) -> Callable[..., None]:
+        def call(*args: Any, **kwargs: Any) -> None:
+            self.calls[name] += 1
+            self.worker.stop()
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed"))
+
+        return call
+
+    def run(self, caplog: pytest.LogCaptureFixture) -> None:
+        """Runs the worker; fails if it is still waiting for the database after 60 s."""
+        done = threading.Thread(target=self.worker.run, daemon=True)
+        with caplog.at_level(logging.WARNING, "automl.worker"):
+            done.start()
+            done.join(60)
+        assert not done.is_alive(), "the stopping worker kept waiting for the database"
+
+
 def test_a_stopping_worker_stops_waiting_for_the_database_and_leaves_the_trial_to_the_reaper(
     sqlite_store: Store,
     tiny_spec: SpecFactory,
@@ -445,28 +470,18 @@ def test_a_stopping_worker_stops_waiting_for_the_database_and_leaves_the_trial_t
     the reaper does both for a worker that left."""
     spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0}, fixed={"epochs": 50})
     study_id = submit_study(sqlite_store, spec).id
-    worker = Worker(sqlite_store, _options())
-    calls = Counter[str]()
-
-    def away(name: str) -> Callable[..., None]:
-        def call(*args: Any, **kwargs: Any) -> None:
-            calls[name] += 1
-            worker.stop()  # as SIGTERM would, during the outage
-            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed"))
-
-        return call
-
-    monkeypatch.setattr(SqlCoordinator, "save_checkpoint", away("checkpoint"))
-    monkeypatch.setattr(SqlCoordinator, "release", away("release"))
+    outage = _Outage(Worker(sqlite_store, _options()))
+    monkeypatch.setattr(SqlCoordinator, "save_checkpoint", outage.failing("checkpoint"))
+    monkeypatch.setattr(SqlCoordinator, "release", outage.failing("release"))
     monkeypatch.setattr(automl.worker.runner, "Backoff", _fast_backoff)
-    done = threading.Thread(target=worker.run, daemon=True)
-    with caplog.at_level(logging.WARNING, "automl.worker"):
-        done.start()
-        done.join(60)
 
-    assert not done.is_alive(), "the stopping worker kept waiting for the database"
+    outage.run(caplog)
+
     # Each given up after LEAVING_TRIES: the epoch's checkpoint, then the stop's.
-    assert (calls["checkpoint"], calls["release"]) == (2 * LEAVING_TRIES, LEAVING_TRIES)
+    assert (outage.calls["checkpoint"], outage.calls["release"]) == (
+        2 * LEAVING_TRIES,
+        LEAVING_TRIES,
+    )
     assert "is left to the reaper" in caplog.text
     with sqlite_store.read() as connection:
         [ticket] = connection.execute(sqlalchemy.select(tables.tickets)).all()
@@ -483,27 +498,14 @@ def test_a_worker_stopping_while_it_loads_a_study_in_an_outage_leaves_the_ticket
     """The outage met while loading the claimed ticket's study (a reviewer): not the
     study's fault (its ticket is not failed), and no wait past the stop."""
     study_id = submit_study(sqlite_store, tiny_spec(budget={"n_trials": 1})).id
-    worker = Worker(sqlite_store, _options())
-    calls = Counter[str]()
-
-    def away(name: str) -> Callable[..., None]:
-        def call(*args: Any, **kwargs: Any) -> None:
-            calls[name] += 1
-            worker.stop()  # as SIGTERM would, during the outage
-            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed"))
-
-        return call
-
-    monkeypatch.setattr(automl.worker.loop.Worker, "_study", away("load"))
-    monkeypatch.setattr(SqlCoordinator, "release", away("release"))
+    outage = _Outage(Worker(sqlite_store, _options()))
+    monkeypatch.setattr(automl.worker.loop.Worker, "_study", outage.failing("load"))
+    monkeypatch.setattr(SqlCoordinator, "release", outage.failing("release"))
     monkeypatch.setattr(automl.worker.runner, "Backoff", _fast_backoff)
-    done = threading.Thread(target=worker.run, daemon=True)
-    with caplog.at_level(logging.WARNING, "automl.worker"):
-        done.start()
-        done.join(60)
 
-    assert not done.is_alive(), "the stopping worker kept waiting for the database"
-    assert (calls["load"], calls["release"]) == (LEAVING_TRIES, LEAVING_TRIES)
+    outage.run(caplog)
+
+    assert (outage.calls["load"], outage.calls["release"]) == (LEAVING_TRIES, LEAVING_TRIES)
     assert "ticket 1 (trial -) is left to the reaper" in caplog.text
     with sqlite_store.read() as connection:
         [ticket] = connection.execute(sqlalchemy.select(tables.tickets)).all()
