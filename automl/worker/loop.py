@@ -500,7 +500,8 @@ class Worker:
         )
 
     def _give_back_untouched(self, ctx: TrialContext, lease: Lease, reason: str) -> TrialRun:
-        """Requeues the ticket without using a retry or counting a failure (``give_back``)."""
+        """Requeues the ticket without using a retry or counting a failure (``give_back``;
+        left to the reaper by a worker stopping in an outage: then one of its retries)."""
         return give_back(ctx, lease, FailureKind.INTERRUPTED, reason) or TrialRun(lease, "lost")
 
     def _unexpected(self, lease: Lease, exc: Exception) -> None:

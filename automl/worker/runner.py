@@ -118,8 +118,9 @@ class TrialContext:
         The worker's stop does not end a wait for the database (a result in hand is never
         dropped), but it ends a wait for disk space, which only a person can free: the
         call then raises, and the trial goes back to the queue. It ends any wait of a call
-        the reaper makes good for a worker that left (a checkpoint, giving a trial back):
-        a worker asked to stop during an outage stops.
+        the reaper makes good for a worker that left (a checkpoint, an epoch's report,
+        loading the claimed ticket's study, giving a trial back): a worker asked to stop
+        during an outage stops.
 
         Args:
             call: The operation.
@@ -213,9 +214,9 @@ def give_back(
     number: int | None = None,
 ) -> TrialRun | None:
     """Gives the ticket back to the queue (``released``; ``lost`` where the reaper took it
-    first). A worker stopping during a database outage leaves it to the reaper instead, after
-    ``LEAVING_TRIES`` tries (``left``): the reaper queues it again once its heartbeats are
-    overdue, as a lost worker's (one of its retries).
+    first). A worker stopping during a storage outage leaves it to the reaper instead
+    (``left``), after ``LEAVING_TRIES`` tries (a full disk: at once): the reaper queues it
+    again once its heartbeats are overdue, as a lost worker's (one of its retries).
 
     Args:
         ctx: The worker's context.
@@ -286,6 +287,7 @@ def run_lease(
         with ctx.gate.hold(lease.exclusive, lambda: ctx.stopping() or keeper.should_stop):
             run = _Attempt(ctx, lease, study, spec, keeper).run()
     except GateAbandoned as exc:
+        keeper.ending()  # its beats would take the release for a lost lease
         ended = give_back(ctx, lease, FailureKind.INTERRUPTED, str(exc))
         return ended or TrialRun(lease, "lost")
 
