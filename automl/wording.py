@@ -20,6 +20,13 @@ def counted(count: int, noun: str, plural: str | None = None) -> str:
     return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
+def first_few(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``names``, comma-separated, then how many more there are
+    (``a, b, c and 4 more``)."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def as_written(value: Any) -> str:
     """``repr``, but with booleans and nulls as a spec (YAML or JSON) writes them
     (``true``, ``null``), inside lists and mappings too."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from automl.wording import as_written, counted
+from automl.wording import as_written, counted, first_few
 
 
 def test_a_count_of_one_is_singular_and_any_other_plural() -> None:
@@ -16,3 +16,9 @@ def test_values_are_written_as_a_spec_writes_them() -> None:
     written = as_written([True, None, {"a": False}, ("x", 1.5)])
 
     assert written == "[true, null, {'a': false}, ['x', 1.5]]"
+
+
+def test_first_few_names_says_how_many_more() -> None:
+    assert first_few(["a", "b"]) == "a, b"
+    assert first_few(["a", "b", "c", "d", "e"]) == "a, b, c and 2 more"
+    assert first_few(["a", "b", "c"], 2) == "a, b and 1 more"

@@ -32,7 +32,7 @@ from automl.cli.output import (
     trials_table,
 )
 from automl.config import Settings
-from automl.wording import counted
+from automl.wording import counted, first_few
 
 if TYPE_CHECKING:
     from automl.cli.client import Client
@@ -133,7 +133,8 @@ def data_text(spec: StudySpec) -> str:
     test = "no" if data.test_y is None else str(len(data.test_y))
     unscored = [
         f"\n  unscored    {counted(len(names), 'class', 'classes')} without {split} images "
-        f"({printable(_first_names(names))}): the metrics say nothing of them"
+        f"({printable(first_few([repr(name) for name in names], 5))}): the metrics say "
+        "nothing of them"
         for key, split in (("no_validation_images", "validation"), ("no_test_images", "test"))
         if (names := data.unscored_classes().get(key))
     ]
@@ -144,11 +145,6 @@ def data_text(spec: StudySpec) -> str:
         + "".join(unscored)
         + "".join(f"\n  not read    {note}" for note in unread_notes(spec))
     )
-
-
-def _first_names(names: list[str], shown: int = 5) -> str:
-    listed = ", ".join(repr(name) for name in names[:shown])
-    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def unread_notes(spec: StudySpec) -> list[str]:

@@ -35,7 +35,7 @@ from automl.data.paths import (
 )
 from automl.image_suffixes import IMAGE_SUFFIXES, SUFFIX_LIST
 from automl.registry import within_strict_input
-from automl.wording import counted
+from automl.wording import counted, first_few
 
 
 class ImageFolderOptions(ImageOptions):
@@ -161,14 +161,14 @@ def unread_note(value: str) -> str | None:
     parts = []
     if nested:
         parts.append(
-            f"{counted(len(nested), 'folder')} inside class folders ({_first(nested)}): "
+            f"{counted(len(nested), 'folder')} inside class folders ({first_few(nested)}): "
             "images must sit directly in their class folder"
         )
     if loose:
-        parts.append(f"{counted(len(loose), 'file')} beside the class folders ({_first(loose)})")
+        parts.append(f"{counted(len(loose), 'file')} beside the class folders ({first_few(loose)})")
     if no_files:
         parts.append(
-            f"{counted(len(no_files), 'image name')} that no file holds ({_first(no_files)}): "
+            f"{counted(len(no_files), 'image name')} that no file holds ({first_few(no_files)}): "
             "links to nothing"
         )
     if other_types:
@@ -178,11 +178,6 @@ def unread_note(value: str) -> str | None:
             f"images are {SUFFIX_LIST})"
         )
     return "; ".join(parts) or None
-
-
-def _first(names: list[str], shown: int = 3) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
 
 
 class _ListingMemo:
