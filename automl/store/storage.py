@@ -493,9 +493,7 @@ def _open_with_retries(
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
         try:
             if create_tables:
-                _refuse_a_partial_schema(url, engine_kwargs)
-            if create_tables and url.startswith("sqlite"):
-                _create_studies_table_without_id_reuse(url, engine_kwargs)
+                _prepare_schema(url, engine_kwargs)
             storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
@@ -530,7 +528,25 @@ FOUNDING_TABLES = (
 older store whose newer tables are added."""
 
 
-def _refuse_a_partial_schema(url: str, engine_kwargs: dict[str, Any]) -> None:
+def _prepare_schema(url: str, engine_kwargs: dict[str, Any]) -> None:
+    """What comes before Optuna's and automl's schema setup, with one look at the tables:
+    refusing a store that lost a founding table, and on a new SQLite database creating
+    Optuna's ``studies`` table without id reuse.
+
+    Raises:
+        StorageError: As ``_refuse_a_partial_schema``.
+    """
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        present = set(sqlalchemy.inspect(engine).get_table_names())
+        _refuse_a_partial_schema(engine, url, present)
+        if url.startswith("sqlite"):
+            _create_studies_table_without_id_reuse(engine, present)
+    finally:
+        engine.dispose()
+
+
+def _refuse_a_partial_schema(engine: sqlalchemy.engine.Engine, url: str, present: set[str]) -> None:
     """Refuses a store that has automl's studies but lacks a founding table (dropped, or
     left out of a restore): creating it empty would make the studies' tickets or trials
     vanish without a word, and let workers run budgets again.
@@ -538,20 +554,15 @@ def _refuse_a_partial_schema(url: str, engine_kwargs: dict[str, Any]) -> None:
     Raises:
         StorageError: Saying ``storage schema missing`` and which tables.
     """
-    engine = sqlalchemy.create_engine(url, **engine_kwargs)
-    try:
-        present = set(sqlalchemy.inspect(engine).get_table_names())
-        missing = [name for name in FOUNDING_TABLES if name not in present]
-        if tables.studies.name not in present or not missing:
+    missing = [name for name in FOUNDING_TABLES if name not in present]
+    if tables.studies.name not in present or not missing:
+        return
+    # A store being created by another process (SQLite creates table by table) has no
+    # study yet: only one that holds studies lost what it had.
+    with engine.connect() as connection:
+        holds = connection.execute(sqlalchemy.select(tables.studies.c.study_id).limit(1))
+        if holds.first() is None:
             return
-        # A store being created by another process (SQLite creates table by table) has
-        # no study yet: only one that holds studies lost what it had.
-        with engine.connect() as connection:
-            holds = connection.execute(sqlalchemy.select(tables.studies.c.study_id).limit(1))
-            if holds.first() is None:
-                return
-    finally:
-        engine.dispose()
     raise StorageError(
         f"{SCHEMA_MISSING}: the store at {redact(url)} has automl's studies but not "
         f"the {'tables' if len(missing) > 1 else 'table'} {', '.join(missing)} (dropped, "
@@ -561,7 +572,9 @@ def _refuse_a_partial_schema(url: str, engine_kwargs: dict[str, Any]) -> None:
     )
 
 
-def _create_studies_table_without_id_reuse(url: str, engine_kwargs: dict[str, Any]) -> None:
+def _create_studies_table_without_id_reuse(
+    engine: sqlalchemy.engine.Engine, present: set[str]
+) -> None:
     """On a new SQLite database, creates Optuna's ``studies`` table first, as Optuna would
     but with ``AUTOINCREMENT``: without it SQLite gives a deleted study's id, when it was
     the highest, to the next study, and whatever still named the old study (a script, a
@@ -571,16 +584,12 @@ def _create_studies_table_without_id_reuse(url: str, engine_kwargs: dict[str, An
     """
     from optuna.storages._rdb import models
 
-    engine = sqlalchemy.create_engine(url, **engine_kwargs)
-    try:
-        if sqlalchemy.inspect(engine).has_table(models.StudyModel.__tablename__):
-            return
-        metadata = sqlalchemy.MetaData()
-        studies = models.StudyModel.__table__.to_metadata(metadata)  # with its unique index
-        studies.dialect_options["sqlite"]["autoincrement"] = True
-        metadata.create_all(engine)
-    finally:
-        engine.dispose()
+    if models.StudyModel.__tablename__ in present:
+        return
+    metadata = sqlalchemy.MetaData()
+    studies = models.StudyModel.__table__.to_metadata(metadata)  # with its unique index
+    studies.dialect_options["sqlite"]["autoincrement"] = True
+    metadata.create_all(engine)
 
 
 def _is_schema_race(exc: Exception) -> bool:
