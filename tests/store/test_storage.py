@@ -625,3 +625,15 @@ def test_a_sqlite_write_refused_as_read_only_reopens_the_file_for_the_next(
         connection.exec_driver_sql("CREATE TABLE probe (x INTEGER)")
     with sqlite_store.read() as connection:
         assert connection.exec_driver_sql("SELECT count(*) FROM probe").scalar() == 0
+
+
+def test_a_new_sqlite_store_never_gives_a_deleted_studys_id_again(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    open_store(sqlite_url, artifacts_dir=tmp_path).close()
+    database = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+    try:
+        [sql] = database.execute("SELECT sql FROM sqlite_master WHERE name = 'studies'").fetchone()
+    finally:
+        database.close()
+    assert "AUTOINCREMENT" in sql.upper()
