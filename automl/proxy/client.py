@@ -282,6 +282,15 @@ class RemoteCoordinator:
         lease = reply["lease"]
         return None if lease is None else wire.evaluation_from_wire(lease)
 
+    def beat_evaluation(self, lease: EvaluationLease) -> bool:
+        """See ``Coordinator.beat_evaluation``. A proxy older than the call gives the claim
+        the half hour it always gave one without beats: nothing to renew there (True)."""
+        try:
+            reply, _ = self.call("beat_evaluation", {"lease": wire.evaluation_to_wire(lease)})
+        except ProxyTooOldError:
+            return True
+        return bool(reply["held"])
+
     def finish_evaluation(
         self,
         lease: EvaluationLease,

@@ -109,6 +109,7 @@ class CoordinationService:
             "retain_weights": self._retain_weights,
             "outranked": self._outranked,
             "claim_evaluation": self._claim_evaluation,
+            "beat_evaluation": self._beat_evaluation,
             "finish_evaluation": self._finish_evaluation,
             "claim_refit": self._claim_refit,
             "beat_refit": self._beat_refit,
@@ -291,6 +292,10 @@ class CoordinationService:
         )
         return {"lease": None if lease is None else wire.evaluation_to_wire(lease)}, b""
 
+    def _beat_evaluation(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
+        lease = wire.evaluation_from_wire(header["lease"])
+        return {"held": self.coordinator.beat_evaluation(lease)}, b""
+
     def _finish_evaluation(self, header: dict[str, Any], _: bytes) -> tuple[dict[str, Any], bytes]:
         stored = self.coordinator.finish_evaluation(
             wire.evaluation_from_wire(header["lease"]),
@@ -433,7 +438,9 @@ class ProxyServer:
         )
         optuna_proxy.start()
         server = grpc.server(ThreadPoolExecutor(self.threads), options=wire.CHANNEL_OPTIONS)
-        service = CoordinationService(SqlCoordinator(self.store, reader=PROXY))
+        service = CoordinationService(
+            SqlCoordinator(self.store, reader=PROXY, grace_period=self.grace)
+        )
         server.add_generic_rpc_handlers((service.generic_handler(),))
         if server.add_insecure_port(f"{self.host}:{self.coordination_port}") == 0:
             where = f"{self.host}:{self.coordination_port} (the coordination port: --port + 1)"

@@ -45,6 +45,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "evaluations": (
         "EvaluationLease",
         "TrialTestReport",
+        "beat_evaluation",
         "claim_evaluation",
         "finish_evaluation",
     ),

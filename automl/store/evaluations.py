@@ -8,7 +8,8 @@ back with ``finish_evaluation``: a compare-and-set on its claim that, in the sam
 transaction, writes the test metrics onto the trials and mirrors the state into the
 study's ``automl.test_evaluation`` attribute. Two workers can never both store a result.
 
-A claim whose worker vanished is taken over after ``stale_after`` seconds, at most
+Its worker renews the claim while it scores (``beat_evaluation``); a claim whose beats
+stopped for ``stale_after`` seconds (the claiming worker's grace period) is taken over, at most
 ``MAX_TRIES`` claims per completion; then the evaluation ends ``failed``.
 
 Validation drives the search; test metrics live in their own trial attributes
@@ -29,13 +30,10 @@ from automl.spec_reading import check_readable
 from automl.store import attrs, optuna_rows, tables
 from automl.store.attrs import StudyStatus
 from automl.store.best_reads import best_trials_of
-from automl.store.jobs import JobKind, claim_job, held
+from automl.store.jobs import JOB_STALE_S, JobKind, beat_job, claim_job, held
 from automl.store.status import iso, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import EvaluationState
-
-EVALUATION_STALE_S = 1800.0
-"""A claim older than this is taken to be abandoned (its worker died) and taken over."""
 
 MAX_TRIES = 3
 """Claims per completion before an evaluation that never reports back ends ``failed``."""
@@ -106,7 +104,7 @@ def claim_evaluation(
     worker_id: str,
     study_id: int | None = None,
     *,
-    stale_after: float = EVALUATION_STALE_S,
+    stale_after: float = JOB_STALE_S,
     exclude: Collection[int] = (),
     check: Callable[[int, str], None] = check_readable,
 ) -> EvaluationLease | None:
@@ -141,6 +139,11 @@ def claim_evaluation(
         attempt=attempt,
         trials=tuple(trial.number for trial in best),
     )
+
+
+def beat_evaluation(store: Store, lease: EvaluationLease) -> bool:
+    """Renews a claim while its worker scores; False if it is no longer held."""
+    return beat_job(store, _JOB, lease.study_id, lease.attempt, lease.worker_id)
 
 
 def finish_evaluation(
@@ -224,10 +227,10 @@ def no_test_split_note(source: str) -> str:
 
 
 __all__ = [
-    "EVALUATION_STALE_S",
     "MAX_TRIES",
     "EvaluationLease",
     "TrialTestReport",
+    "beat_evaluation",
     "claim_evaluation",
     "finish_evaluation",
 ]

@@ -3,7 +3,9 @@ refit): one row per study in the job's table, claimed by one worker at a time.
 
 A claim bumps the row's ``attempt`` (the claim's identity) with a compare-and-set on the
 attempt it read, so two workers can never both hold it; a ``running`` claim whose worker
-stopped renewing it for ``stale_after`` seconds is due again, at most ``max_tries`` times.
+stopped renewing it (``beat_job``) for ``stale_after`` seconds is due again, at most
+``max_tries`` times. Workers pass their grace period (``AUTOML_GRACE_PERIOD``), so a job
+whose worker died is taken over as soon as a trial of that worker would be.
 A process that cannot read the study's spec (a newer automl stored it, or it names a
 plugin's entry not installed here) does not claim the job: it is left to others.
 """
@@ -22,6 +24,10 @@ from automl.store.storage import Store
 
 RUNNING = "running"
 """The state of a claimed job, in every job table."""
+
+JOB_STALE_S = 60.0
+"""Seconds without a beat after which a claim counts as abandoned, unless the claiming
+process says otherwise: the default ``AUTOML_GRACE_PERIOD``."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,22 @@ def release_job(store: Store, kind: JobKind, study_id: int, attempt: int, worker
             return False
         optuna_rows.put_study_attrs(connection, study_id, {kind.attr: {"state": kind.waiting}})
     return True
+
+
+def beat_job(store: Store, kind: JobKind, study_id: int, attempt: int, worker_id: str) -> bool:
+    """Renews a running claim (its worker is still at it).
+
+    Returns:
+        False if the claim was no longer held (taken over, finished, study deleted).
+    """
+    jobs = kind.table
+    with store.write() as connection:
+        renewed = connection.execute(
+            jobs.update()
+            .where(held(jobs, study_id, attempt, worker_id), jobs.c.state == RUNNING)
+            .values(claimed_at=tables.db_now())
+        )
+    return renewed.rowcount == 1
 
 
 def held(table: sa.Table, study_id: int, attempt: int, worker_id: str) -> sa.ColumnElement[bool]:

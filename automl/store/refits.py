@@ -7,9 +7,9 @@ retrains the best trial's configuration (the store never imports training code),
 weights and model card to the artifact store, and hands the result back with
 ``finish_refit``: a compare-and-set on its claim that stores the result on the row and
 mirrors it into the study's ``automl.refit`` attribute in the same transaction, so two
-workers can never both store one. The worker beats (``beat_refit``) while it trains; a claim
-whose beats stopped for ``stale_after`` seconds is taken over, at most ``MAX_TRIES`` times
-per request, then the refit ends ``failed``.
+workers can never both store one. The worker beats (``beat_refit``) while it works; a claim
+whose beats stopped for ``stale_after`` seconds (the claiming worker's grace period) is
+taken over, at most ``MAX_TRIES`` times per request, then the refit ends ``failed``.
 """
 
 from __future__ import annotations
@@ -25,17 +25,11 @@ from automl.spec_reading import check_readable
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.best_reads import RefitResult, done_result
-from automl.store.jobs import JobKind, claim_job, held, release_job
+from automl.store.jobs import JOB_STALE_S, JobKind, beat_job, claim_job, held, release_job
 from automl.store.status import ENDED, iso, lock_study, now
 from automl.store.storage import Store
 from automl.store.study_reads import spec_heads
 from automl.store.tables import DELETING, RefitState
-
-REFIT_STALE_S = 600.0
-"""A claim not renewed for this long is taken to be abandoned and taken over."""
-
-REFIT_BEAT_S = 60.0
-"""How often a worker renews its claim while it trains (well under ``REFIT_STALE_S``)."""
 
 MAX_TRIES = 3
 """Claims per request before a refit that never reports back ends ``failed``."""
@@ -82,7 +76,7 @@ def claim_refit(
     worker_id: str,
     study_id: int | None = None,
     *,
-    stale_after: float = REFIT_STALE_S,
+    stale_after: float = JOB_STALE_S,
     exclude: Collection[int] = (),
     check: Callable[[int, str], None] = check_readable,
 ) -> RefitLease | None:
@@ -116,17 +110,7 @@ def claim_refit(
 
 def beat_refit(store: Store, lease: RefitLease) -> bool:
     """Renews a claim while its worker trains; False if it is no longer held."""
-    refits = tables.refits
-    with store.write() as connection:
-        renewed = connection.execute(
-            refits.update()
-            .where(
-                held(refits, lease.study_id, lease.attempt, lease.worker_id),
-                refits.c.state == RefitState.RUNNING.value,
-            )
-            .values(claimed_at=tables.db_now())
-        )
-    return renewed.rowcount == 1
+    return beat_job(store, _JOB, lease.study_id, lease.attempt, lease.worker_id)
 
 
 def release_refit(store: Store, lease: RefitLease) -> bool:
@@ -321,8 +305,6 @@ def _attempts_artifacts(study_id: int, attempts: Iterable[int]) -> list[str]:
 
 __all__ = [
     "MAX_TRIES",
-    "REFIT_BEAT_S",
-    "REFIT_STALE_S",
     "RefitLease",
     "ServingPick",
     "beat_refit",

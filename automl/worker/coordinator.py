@@ -45,6 +45,7 @@ from automl.store import (
     TrialWrites,
     apply_writes,
     attrs,
+    beat_evaluation,
     beat_refit,
     claim,
     claim_evaluation,
@@ -77,6 +78,7 @@ from automl.store import (
     write_trials,
     writes_from_json,
 )
+from automl.store.jobs import JOB_STALE_S
 
 logger = logging.getLogger("automl.worker")
 
@@ -197,6 +199,10 @@ class Coordinator(Protocol):
         """
         ...
 
+    def beat_evaluation(self, lease: EvaluationLease) -> bool:
+        """Renews the evaluation claim while it scores; False if it is no longer held."""
+        ...
+
     def finish_evaluation(
         self,
         lease: EvaluationLease,
@@ -252,11 +258,16 @@ class SqlCoordinator:
             a worker (which checks that its registries have every entry a study's spec
             names) or a proxy (which claims for workers whose plugins it cannot know, so
             it checks only that its automl reads the spec).
+        grace_period: Seconds without a beat after which another worker's post-study job
+            (test evaluation, refit) counts as abandoned and is claimed.
     """
 
-    def __init__(self, store: Store, reader: str = WORKER) -> None:
+    def __init__(
+        self, store: Store, reader: str = WORKER, grace_period: float = JOB_STALE_S
+    ) -> None:
         self.store = store
         self.reader = reader
+        self.grace_period = grace_period
         self.storage: BaseStorage = StudyCaches(lambda: LeanTrialCache(store), store.storage)
         """What a worker's studies are loaded with: Optuna's storage, with a cache of
         finished trials per study (without their bulky attributes)."""
@@ -457,7 +468,18 @@ class SqlCoordinator:
         self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
     ) -> EvaluationLease | None:
         """See ``Coordinator.claim_evaluation``."""
-        return claim_evaluation(self.store, worker_id, study_id, exclude=exclude, check=self._check)
+        return claim_evaluation(
+            self.store,
+            worker_id,
+            study_id,
+            stale_after=self.grace_period,
+            exclude=exclude,
+            check=self._check,
+        )
+
+    def beat_evaluation(self, lease: EvaluationLease) -> bool:
+        """See ``Coordinator.beat_evaluation``."""
+        return beat_evaluation(self.store, lease)
 
     def finish_evaluation(
         self,
@@ -473,7 +495,14 @@ class SqlCoordinator:
         self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
     ) -> RefitLease | None:
         """See ``Coordinator.claim_refit``."""
-        return claim_refit(self.store, worker_id, study_id, exclude=exclude, check=self._check)
+        return claim_refit(
+            self.store,
+            worker_id,
+            study_id,
+            stale_after=self.grace_period,
+            exclude=exclude,
+            check=self._check,
+        )
 
     def beat_refit(self, lease: RefitLease) -> bool:
         """See ``Coordinator.beat_refit``."""
@@ -512,10 +541,11 @@ class BufferedSqlCoordinator(SqlCoordinator):
 
     Args:
         store: The open store.
+        grace_period: As ``SqlCoordinator``'s.
     """
 
-    def __init__(self, store: Store) -> None:
-        super().__init__(store)
+    def __init__(self, store: Store, grace_period: float = JOB_STALE_S) -> None:
+        super().__init__(store, grace_period=grace_period)
         self.trials = self.storage  # the cached one, also behind the worker's studies
         self.buffer = BufferedTrialStorage(self.trials, self._call, untracked=store.storage)
         self.storage = self.buffer

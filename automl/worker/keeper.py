@@ -1,9 +1,11 @@
-"""The heartbeat of a held lease: a background thread, so a long epoch still beats."""
+"""The heartbeat of a held lease or post-study job: a background thread, so a long epoch
+(or loading a large dataset) still beats."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from automl.store import Backoff, Lease, LeaseStatus, is_transient
 from automl.worker.coordinator import Coordinator
@@ -95,4 +97,52 @@ class LeaseKeeper:
         while not self._stop.wait(self.interval):
             self.beat()
             if self.lost.is_set():
+                return
+
+
+class JobKeeper:
+    """Renews a post-study job's claim (test evaluation, refit) every ``interval`` seconds
+    until stopped, so other workers take it over only once this worker is gone.
+
+    ``lost`` is set once the claim is no longer held (another worker took it over, the
+    study was resumed or deleted). Database errors are retried at the next beat and logged
+    once per outage; any other error ends the beats (the claim then goes stale).
+
+    Args:
+        beat: Renews the claim once; False if it is no longer held.
+        interval: Seconds between beats.
+        backoff: Shared outage logging.
+        what: The job, as log lines name it ("the refit of study 3").
+    """
+
+    def __init__(
+        self, beat: Callable[[], bool], interval: float, backoff: Backoff, what: str
+    ) -> None:
+        self._beat, self.interval, self.backoff, self.what = beat, interval, backoff, what
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="job-heartbeat", daemon=True)
+
+    def __enter__(self) -> JobKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                held = self._beat()
+            except Exception as exc:
+                if not is_transient(exc):
+                    logger.warning("cannot renew the claim of %s: %s", self.what, exc)
+                    return
+                self.backoff.failed(exc, "renewing a claim")
+                continue
+            self.backoff.succeeded()
+            if not held:
+                logger.warning("%s was taken over by another worker", self.what)
+                self.lost.set()
                 return

@@ -66,7 +66,7 @@ from automl.worker.coordinator import BufferedSqlCoordinator, Coordinator, Coord
 from automl.worker.device_faults import DeviceFaultError
 from automl.worker.evaluator import describe, run_evaluation
 from automl.worker.identity import new_worker_id, sampler_seed
-from automl.worker.keeper import LeaseKeeper
+from automl.worker.keeper import JobKeeper, LeaseKeeper
 from automl.worker.refitter import run_refit
 from automl.worker.runner import (
     ArtifactsFolderError,
@@ -216,7 +216,7 @@ class Worker:
         if coordinator is None:
             if store is None:
                 raise ValueError("a worker needs a store or a coordinator")
-            coordinator = BufferedSqlCoordinator(store)
+            coordinator = BufferedSqlCoordinator(store, self.options.grace_period)
         self.coordinator: Coordinator = coordinator
         self.name = new_worker_id()
         try:
@@ -435,7 +435,8 @@ class Worker:
         return self._run_due(
             "test evaluation",
             lambda left: self.coordinator.claim_evaluation(self.name, self.options.study_id, left),
-            lambda lease: run_evaluation(
+            self.coordinator.beat_evaluation,
+            lambda lease, _lost: run_evaluation(
                 self.coordinator, lease, self.device, self.backoff, lambda: self.stopping
             ),
         )
@@ -446,8 +447,9 @@ class Worker:
         return self._run_due(
             "refit",
             lambda left: self.coordinator.claim_refit(self.name, self.options.study_id, left),
-            lambda lease: run_refit(
-                self.coordinator, lease, self.device, self.backoff, lambda: self.stopping
+            self.coordinator.beat_refit,
+            lambda lease, lost: run_refit(
+                self.coordinator, lease, self.device, self.backoff, lambda: self.stopping, lost
             ),
         )
 
@@ -455,10 +457,12 @@ class Worker:
         self,
         job: str,
         claim: Callable[[set[int]], JobLease | None],
-        run: Callable[[JobLease], object],
+        beat: Callable[[JobLease], bool],
+        run: Callable[[JobLease, Callable[[], bool]], object],
     ) -> bool:
         """Claims one due post-study ``job`` (of none of the studies this worker left) and
-        runs it; whether there was one."""
+        runs it (given whether its claim was lost), beating for it meanwhile; whether there
+        was one."""
         left = self._unreadable | self._troubled
         if self.options.study_id in left:
             return False
@@ -479,8 +483,12 @@ class Worker:
             return False
         try:
             # Beside the other slots' trials, never beside one that must run alone.
-            with self.gate.hold(False, lambda: self.stopping):
-                ended = run(lease)
+            what = f"the {job} of study {lease.study_id}"
+            keeper = JobKeeper(
+                lambda: beat(lease), self.options.heartbeat_interval, self.backoff, what
+            )
+            with keeper, self.gate.hold(False, lambda: self.stopping):
+                ended = run(lease, keeper.lost.is_set)
             if ended not in NOT_RUN:  # stored, and not skipped for want of a test split
                 self._jobs_run[job] += 1
         except GateAbandoned:

@@ -41,7 +41,7 @@ from automl.store import (
     retry_transient,
 )
 from automl.store.artifacts import weights_bytes
-from automl.store.refits import REFIT_BEAT_S, refit_artifact_ids
+from automl.store.refits import refit_artifact_ids
 from automl.train import TrainingInterrupted, train
 from automl.train.evaluation import evaluate_weights
 from automl.train.imbalance import LocalArtifactCache
@@ -66,6 +66,7 @@ def run_refit(
     device: str,
     backoff: Backoff,
     stopping: Callable[[], bool] = lambda: False,
+    lost: Callable[[], bool] = lambda: False,
 ) -> RefitState | None:
     """Retrains, scores and stores the claimed refit.
 
@@ -76,6 +77,8 @@ def run_refit(
         backoff: Waits and logs during database outages.
         stopping: True stops training (the worker is stopping); the claim is then given
             back, so another worker takes it over at once.
+        lost: True once the claim is no longer held (see ``JobKeeper``): training stops
+            and nothing is stored.
 
     Returns:
         The state the refit ended in, or None if nothing was stored (stopped, the claim
@@ -87,7 +90,7 @@ def run_refit(
     written: list[str] = []
     fault = None
     try:
-        state, result, note = refit(coordinator, lease, device, written, stopping)
+        state, result, note = refit(coordinator, lease, device, written, stopping, lost)
     except (TrainingInterrupted, RefitLostError) as exc:
         logger.warning("refit of study %s stopped: %s", lease.study_id, exc)
         _remove(coordinator, written)
@@ -154,6 +157,7 @@ def refit(
     device: str,
     written: list[str],
     stopping: Callable[[], bool] = lambda: False,
+    lost: Callable[[], bool] = lambda: False,
 ) -> Outcome:
     """Retrains the best trial's configuration on train + validation and scores it.
 
@@ -163,13 +167,14 @@ def refit(
         device: Torch device to train on.
         written: Receives the ids of the artifacts written (removed if nothing is stored).
         stopping: True interrupts training.
+        lost: True once the claim is no longer held.
 
     Returns:
         ``done`` with the result, or ``failed`` with the reason there is nothing to refit.
 
     Raises:
         TrainingInterrupted: If ``stopping`` became True.
-        RefitLostError: If the claim was taken over while training.
+        RefitLostError: If ``lost`` became True while training.
         Exception: Whatever reading, training or writing raised (the caller records it).
     """
     if lease.trial_number is None:
@@ -192,7 +197,7 @@ def refit(
         refit_config,
         lambda epoch, _metrics: epoch >= epochs,
         device=device,
-        should_stop=_beating(coordinator, lease, stopping),
+        should_stop=_watching(stopping, lost),
         data=merged,
         # This machine's cache only: no trial uses a generator of train + validation, so
         # none would name (and keep, then remove) a shared copy.
@@ -248,29 +253,14 @@ def train_plus_validation(data: ImageData) -> ImageData:
     )
 
 
-def _beating(
-    coordinator: Coordinator, lease: RefitLease, stopping: Callable[[], bool]
-) -> Callable[[], bool]:
-    """``should_stop`` for training: renews the claim every ``REFIT_BEAT_S`` seconds."""
-    last = time.monotonic()
+def _watching(stopping: Callable[[], bool], lost: Callable[[], bool]) -> Callable[[], bool]:
+    """``should_stop`` for training: True once the worker stops; raises once the claim is
+    lost (its ``JobKeeper`` found another worker holding it)."""
 
     def should_stop() -> bool:
-        nonlocal last
-        if stopping():
-            return True
-        if time.monotonic() - last < REFIT_BEAT_S:
-            return False
-        last = time.monotonic()
-        try:
-            held = coordinator.beat_refit(lease)
-        except Exception as exc:  # an outage: keep training, the claim is not stale yet
-            if not is_transient(exc):
-                raise
-            logger.warning("refit of study %s: beat failed: %s", lease.study_id, exc)
-            return False
-        if not held:
-            raise RefitLostError(f"the refit of study {lease.study_id} was taken over")
-        return False
+        if lost():
+            raise RefitLostError("the refit was taken over by another worker")
+        return stopping()
 
     return should_stop
 

@@ -11,13 +11,19 @@ from automl.proxy import server as server_module
 from automl.store import Store
 from tests.conftest import free_port_pair
 
+LATER_CALLS = ("beat_evaluation",)
+"""Calls added since protocol 4 without a new version: older proxies answer UNIMPLEMENTED."""
+
 
 def proxy_of_protocol(store: Store, monkeypatch: pytest.MonkeyPatch, protocol: int) -> ProxyServer:
-    """A started proxy on ``store`` whose ``ping`` answers ``protocol`` (stop it after)."""
+    """A started proxy on ``store`` whose ``ping`` answers ``protocol`` and which lacks the
+    ``LATER_CALLS`` (stop it after)."""
     plain = server_module.CoordinationService.__init__
 
     def older(self: server_module.CoordinationService, coordinator: Any) -> None:
         plain(self, coordinator)
+        for method in LATER_CALLS:
+            del self.handlers[method]
         self.handlers["ping"] = lambda header, _: ({"protocol": protocol}, b"")
 
     monkeypatch.setattr(server_module.CoordinationService, "__init__", older)

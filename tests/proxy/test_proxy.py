@@ -298,7 +298,10 @@ def test_a_proxy_of_protocol_3_gets_test_reports_and_refits_it_can_read(
         dataset = {"source": "digits", "options": {"test_fraction": 0.2}}
         spec = tiny_spec(dataset=dataset, budget={"n_trials": 1}, refit=True)
         study_id = submit_study(store, spec).id
-        options = WorkerOptions(device="cpu", study_id=study_id, exit_when_idle=True, threads=1)
+        # Beats often enough to find the proxy without beat_evaluation, which it outlives.
+        options = WorkerOptions(
+            device="cpu", study_id=study_id, exit_when_idle=True, threads=1, heartbeat_interval=0.05
+        )
         assert Worker(None, options, coordinator=client).run() == 1
     finally:
         client.close()
@@ -324,6 +327,8 @@ def test_evaluation_claims_keep_their_meaning_through_the_proxy(
     trial_id = store.storage.get_trial_id_from_study_id_trial_number(study_id, 0)
     report = TrialTestReport(trial_id, 0, {"accuracy": 0.5}, [], [[1, 1], [0, 2]], 4)
     stranger = dataclasses.replace(lease, worker_id="w2")
+    assert proxy.beat_evaluation(lease)
+    assert not proxy.beat_evaluation(stranger)
     assert not proxy.finish_evaluation(stranger, EvaluationState.DONE, [report], None)
     assert proxy.finish_evaluation(lease, EvaluationState.DONE, [report], None)
     [best] = best_trials(store, study_id).trials

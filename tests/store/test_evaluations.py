@@ -19,6 +19,7 @@ from automl.store import (
     StudyStatus,
     TrialTestReport,
     attrs,
+    beat_evaluation,
     best_trials,
     claim_evaluation,
     delete_study,
@@ -151,6 +152,34 @@ def test_a_stale_claim_is_taken_over_and_its_late_result_refused(
     )
     [trial] = best_trials(store, study_id).trials
     assert trial.test_metrics == {"accuracy": 0.6, "loss": 0.25}
+
+
+def _age_claim(store: Store, study_id: int, seconds: float) -> None:
+    evaluations = tables.evaluations
+    with store.write() as connection:
+        connection.execute(
+            evaluations.update()
+            .where(evaluations.c.study_id == study_id)
+            .values(claimed_at=evaluations.c.claimed_at - seconds)
+        )
+
+
+def test_a_beaten_claim_stays_its_workers_until_the_beats_stop(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    study_id = _completed(store, tiny_spec(budget={"n_trials": 1, "max_failed": 0}), [0.5])
+    first = claim_evaluation(store, "w1")
+    assert first is not None
+
+    _age_claim(store, study_id, 1000)
+    assert beat_evaluation(store, first)
+    assert claim_evaluation(store, "w2", stale_after=500) is None  # renewed just now
+
+    _age_claim(store, study_id, 1000)  # the beats stopped (w1 died)
+    second = claim_evaluation(store, "w2", stale_after=500)
+    assert second is not None and second.attempt == first.attempt + 1
+    assert not beat_evaluation(store, first)  # w1 learns it lost the claim
+    assert beat_evaluation(store, second)
 
 
 def test_claims_that_never_report_back_end_failed(store: Store, tiny_spec: SpecFactory) -> None:

@@ -1,18 +1,20 @@
 """The lease keeper: a lease lost to the reaper stops the trial and is logged; a lease
-the worker ended itself is neither."""
+the worker ended itself is neither. The job keeper renews a post-study job's claim through
+outages and says when another worker took it over."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 import pytest
 from optuna.trial import TrialState
 
 from automl.spec import StudySpec
-from automl.store import Backoff, Store, submit_study
+from automl.store import Backoff, StorageUnavailableError, Store, submit_study
 from automl.worker.coordinator import SqlCoordinator
-from automl.worker.keeper import LeaseKeeper
+from automl.worker.keeper import JobKeeper, LeaseKeeper
 from tests.store.conftest import end_trial, start_trial
 
 SpecFactory = Callable[..., StudySpec]
@@ -73,3 +75,40 @@ def test_a_trial_ended_under_a_held_lease_stops_it_unless_the_worker_ended_it(
     assert keeper.should_stop is not own_tell
     warned = [r for r in caplog.records if "ended by another tool" in r.getMessage()]
     assert len(warned) == (0 if own_tell else 1)
+
+
+def _job_keeper(answers: list[bool | Exception]) -> tuple[JobKeeper, threading.Event]:
+    """A keeper whose beats give ``answers`` in turn; the event is set once all were given."""
+    done = threading.Event()
+
+    def beat() -> bool:
+        answer = answers.pop(0)
+        if not answers:
+            done.set()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return JobKeeper(beat, 0.01, Backoff(logging.getLogger("t")), "the refit of study 7"), done
+
+
+def test_a_job_keeper_beats_through_an_outage_until_the_claim_is_taken_over(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outage = StorageUnavailableError("database unreachable")
+    keeper, done = _job_keeper([True, outage, outage, True, False])
+    with caplog.at_level(logging.WARNING, logger="automl.worker"), keeper:
+        assert done.wait(10)
+        keeper._thread.join(10)  # it stops beating once the claim is gone
+    assert keeper.lost.is_set()
+    assert not keeper._thread.is_alive()
+    assert "the refit of study 7 was taken over by another worker" in caplog.text
+
+
+def test_a_job_keeper_that_cannot_beat_stops_beating_and_keeps_the_job() -> None:
+    keeper, done = _job_keeper([True, RuntimeError("proxy: UNIMPLEMENTED")])
+    with keeper:
+        assert done.wait(10)
+        keeper._thread.join(10)
+    assert not keeper._thread.is_alive()
+    assert not keeper.lost.is_set()  # the job goes on; its claim goes stale later

@@ -24,6 +24,7 @@ from automl.store import (
     best_trials,
     queue_refit,
     submit_study,
+    tables,
 )
 from automl.store.artifacts import read_state_dict
 from automl.store.optuna_rows import put_trial_attrs
@@ -95,7 +96,40 @@ def test_a_worker_stopping_mid_refit_gives_it_back_for_the_next_worker(
     assert stopped is None
     refit_view = best_trials(sqlite_store, study_id).refit
     assert refit_view is not None and refit_view.state == RefitState.QUEUED
-    assert coordinator.claim_refit("w2", study_id) is not None  # at once, not after 600 s
+    assert (
+        coordinator.claim_refit("w2", study_id) is not None
+    )  # at once, not after the grace period
+
+
+def test_a_refit_whose_worker_died_is_taken_over_after_the_grace_period(
+    sqlite_store: Store, tiny_spec: SpecFactory
+) -> None:
+    spec = tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1, "max_failed": 0})
+    study_id = submit_study(sqlite_store, spec).id
+    _run(sqlite_store, study_id)
+    queue_refit(sqlite_store, study_id)
+    assert SqlCoordinator(sqlite_store).claim_refit("killed", study_id) is not None
+    refits = tables.refits
+    with sqlite_store.write() as connection:  # its last beat was 10 s ago
+        connection.execute(refits.update().values(claimed_at=refits.c.claimed_at - 10))
+
+    def worker(grace_period: float) -> None:
+        options = WorkerOptions(
+            device="cpu",
+            study_id=study_id,
+            exit_when_idle=True,
+            reap_interval=None,
+            heartbeat_interval=1.0,
+            grace_period=grace_period,
+        )
+        Worker(sqlite_store, options).run()
+
+    worker(grace_period=60.0)  # within its grace period: left to the worker holding it
+    refit_view = best_trials(sqlite_store, study_id).refit
+    assert refit_view is not None and refit_view.state == RefitState.RUNNING
+    worker(grace_period=5.0)
+    refit_view = best_trials(sqlite_store, study_id).refit
+    assert refit_view is not None and refit_view.state == RefitState.DONE
 
 
 def test_a_dataset_without_test_split_fails_the_refit_with_a_reason(
