@@ -594,10 +594,11 @@ def damaged_weights(trial: FrozenTrial) -> str:
             "not those saved (their SHA-256 differs from the one recorded then); automl refit "
             "trains it again"
         )
+    params = json.dumps(trial.params, separators=(", ", ": "))
     return (
         f"the weights of trial {trial.number} are damaged: their bytes are not those saved "
-        "(their SHA-256 differs from the one recorded then); the trial's configuration can "
-        "be trained again (automl enqueue)"
+        "(their SHA-256 differs from the one recorded then); to train its configuration "
+        f"again: automl resume ID --add-trials 1, then automl enqueue ID '{params}'"
     )
 
 

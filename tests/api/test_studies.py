@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -189,6 +190,39 @@ def test_post_of_a_form_upload_says_to_send_the_spec_as_the_body(client: TestCli
     two_lines = b"name: x\nbudget: 3"  # several lines: an error of the spec's own
     error = _only_error(client.post("/studies", content=two_lines, headers=form_type))
     assert "curl -d" not in error["msg"]
+
+
+def test_a_body_of_another_type_or_compressed_is_415_and_json_or_yaml_types_are_read(
+    client: TestClient,
+) -> None:
+    """Found by a tester: XML was parsed as YAML ("a spec must be a mapping of fields, got
+    str") and a gzip body was "not UTF-8 text"."""
+    spec = json.dumps(tiny_spec_data())
+    for content_type in ("application/xml", "text/html", "image/png"):
+        response = client.post("/studies", content="<a/>", headers={"content-type": content_type})
+        assert (response.status_code, response.json()) == (
+            415,
+            {
+                "detail": f"Content-Type {content_type!r} is not a study spec's: send the spec "
+                "as application/json or application/yaml"
+            },
+        )
+    gzipped = {"content-type": "application/json", "content-encoding": "gzip"}
+    response = client.post("/studies", content=gzip.compress(spec.encode()), headers=gzipped)
+    assert (response.status_code, response.json()) == (
+        415,
+        {"detail": "Content-Encoding 'gzip' is not supported: send the spec uncompressed"},
+    )
+    assert client.get("/studies").json()["count"] == 0
+
+    for content_type in ("application/vnd.automl+json", "text/yaml", "text/plain", None):
+        headers = {} if content_type is None else {"content-type": content_type}
+        response = client.post("/studies", content=spec, headers=headers)
+        assert response.status_code == 201, (content_type, response.text)
+    invalid_json = client.post(
+        "/studies", content="name: x", headers={"content-type": "application/problem+json"}
+    )
+    assert "invalid JSON" in _only_error(invalid_json)["msg"]  # read as JSON, strictly
 
 
 @pytest.fixture
@@ -408,7 +442,7 @@ def test_best_before_any_completed_trial_is_404(client: TestClient, submit: Subm
     assert response.json() == {"detail": f"study {study_id} has no completed trial yet"}
 
 
-def test_weights_of_failed_trial_is_404(
+def test_weights_of_failed_trial_is_409_as_its_model(
     client: TestClient, submit: Submit, run_study: RunStudy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*args: Any, **kwargs: Any) -> Any:
@@ -418,10 +452,11 @@ def test_weights_of_failed_trial_is_404(
     study_id = submit(budget={"n_trials": 1, "max_failed": 0})["id"]
     run_study(study_id)
 
+    detail = f"trial 0 of study {study_id} did not complete (fail): only a completed trial has"
     response = client.get(f"/studies/{study_id}/trials/0/weights")
-
-    assert response.status_code == 404
-    assert response.json() == {"detail": "trial 0 kept no weights"}
+    assert (response.status_code, response.json()) == (409, {"detail": f"{detail} weights"})
+    response = client.get(f"/studies/{study_id}/trials/0/model")
+    assert (response.status_code, response.json()) == (409, {"detail": f"{detail} a model"})
     trial = client.get(f"/studies/{study_id}/trials/0").json()
     assert (trial["state"], trial["failure"]) == ("fail", "error")
     assert trial["error"].startswith("RuntimeError: boom")
@@ -481,6 +516,15 @@ def test_weights_whose_bytes_changed_are_a_503_that_says_so(
         assert response.json()["detail"].startswith(
             "the weights of trial 0 are damaged: their bytes are not those saved"
         ), route
+
+    # The hint's two steps queue the trial's configuration again.
+    detail = client.get(f"/studies/{study_id}/trials/0/weights").json()["detail"]
+    params = json.loads(detail.split("then automl enqueue ID '")[1].removesuffix("'"))
+    assert params == client.get(f"/studies/{study_id}/trials/0").json()["params"]
+    resumed = client.post(f"/studies/{study_id}/resume", json={"add_trials": 1})
+    assert resumed.status_code == 200, resumed.text
+    queued = client.post(f"/studies/{study_id}/trials", json={"configs": [params]})
+    assert queued.status_code == 201, queued.text
 
     path.write_bytes(kept)
     response = client.get(f"/studies/{study_id}/trials/0/weights")
@@ -760,6 +804,25 @@ def test_unknown_query_parameters_are_refused(client: TestClient) -> None:
     assert dry_run.json()["detail"][0]["loc"] == ["query", "dry_run"]
     assert client.get("/studies").json()["count"] == 0  # not submitted
     assert client.get("/health", params={"_": "1701"}).status_code == 200
+
+
+def test_a_query_parameter_given_twice_is_refused(client: TestClient, submit: Submit) -> None:
+    """Found by a tester: FastAPI kept the last value, so a front-end's two-status filter
+    (``?status=completed&status=cancelled``) listed only the cancelled studies."""
+    submit()
+    response = client.get("/studies?status=completed&status=cancelled")
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {
+            "loc": ["query", "status"],
+            "msg": "query parameter 'status' is given 2 times; give it once",
+            "type": "value_error",
+            "path": "status",
+        }
+    ]
+    assert client.get("/studies?limit=1&limit=2").status_code == 422
+    assert client.get("/studies?limit=1&offset=0").status_code == 200
 
 
 def _refs(node: Any) -> Iterator[str]:

@@ -26,7 +26,6 @@ import pytest
 import safetensors.torch
 import torch
 from fastapi.testclient import TestClient
-from optuna.trial import TrialState
 from PIL import Image
 
 from automl.api import create_app
@@ -45,6 +44,7 @@ from automl.store import (
     attrs,
     get_frozen_trial,
     load_state_dict,
+    optuna_rows,
     submit_study,
 )
 from automl.train.evaluation import restore_model
@@ -566,8 +566,9 @@ def test_the_weights_route_names_the_format(trained: Trained) -> None:
     torch.save({"w": torch.arange(3.0)}, legacy)
     trained.store.artifacts.write("legacy-weights", io.BytesIO(legacy.getvalue()))
     older = submit_study(trained.store, _spec("older")).id
-    [(_, trial_id)] = drive(trained.store, older, [TrialState.RUNNING])
-    trained.store.storage.set_trial_user_attr(trial_id, attrs.WEIGHTS, "legacy-weights")
+    [(_, trial_id)] = drive(trained.store, older, [0.5])
+    with trained.store.write() as connection:  # as a release before safetensors kept them
+        optuna_rows.put_trial_attrs(connection, trial_id, {attrs.WEIGHTS: "legacy-weights"})
 
     with trained.app() as client:
         new = client.get(f"/studies/{trained.study_id}/trials/{trained.trial.number}/weights")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from optuna.trial import TrialState
 from pydantic import ConfigDict, Field
@@ -134,7 +134,11 @@ class TrialStateName(StrEnum):
         **error_responses(
             409,
             413,
-            descriptions={409: "The Idempotency-Key was used for a different spec"},
+            415,
+            descriptions={
+                409: "The Idempotency-Key was used for a different spec",
+                415: "A compressed body, or a Content-Type that is neither JSON nor YAML",
+            },
         ),
         422: {
             "description": "Invalid spec; each error names its field path",
@@ -187,17 +191,47 @@ FORM_REFUSAL = (
 )
 
 
+YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
+# Read as YAML (which JSON is too): no type, and what curl and scripts send by default.
+LENIENT_TYPES = frozenset({"", "text/plain", "application/octet-stream", FORM_ENCODED})
+
+
+def _spec_is_json(request: Request) -> bool:
+    """Whether the request's spec is JSON (else YAML), from its headers.
+
+    Raises:
+        HTTPException: 415 for a compressed body or a type that is no spec's (XML, HTML,
+            an image): parsed as YAML, it failed with "a spec must be a mapping of fields".
+    """
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Encoding {encoding!r} is not supported: send the spec uncompressed",
+        )
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return True
+    if content_type in YAML_TYPES | LENIENT_TYPES or content_type.endswith("+yaml"):
+        return False
+    if content_type == "multipart/form-data":  # its parts read as YAML: a baffling error
+        raise SpecError([FieldError((), FORM_REFUSAL)])
+    raise HTTPException(
+        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        f"Content-Type {content_type!r} is not a study spec's: send the spec as "
+        "application/json or application/yaml",
+    )
+
+
 async def _read_spec(request: Request, max_bytes: int) -> StudySpec:
+    is_json = _spec_is_json(request)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await read_body(request, max_bytes)
     if not body.strip():
         raise SpecError([FieldError((), "request body is empty; send a study spec")])
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":  # its parts read as YAML: a baffling error
-        raise SpecError([FieldError((), FORM_REFUSAL)])
     text = decode_text(body)
     # Parsing a large document and checking its dataset paths take a while: in the thread
     # pool, not on the event loop that every other request waits on.
-    is_json = content_type == "application/json"
     try:
         return await run_in_threadpool(functools.partial(spec_from_text, text, is_json=is_json))
     except SpecError as exc:
@@ -427,16 +461,24 @@ def read_trial(study_id: StudyId, number: TrialNumber, store: StoreDep) -> Trial
                 },
             },
         },
-        **NOT_FOUND,
+        **STATE_ERRORS,
     },
 )
 def download_weights(study_id: StudyId, number: TrialNumber, store: StoreDep) -> StreamingResponse:
     """The trial's weights: a safetensors file (``safetensors.torch.load_file(path)``)
     named ``study<id>-trial<n>.safetensors``; weights stored before that format are a
     ``torch.save`` file (``torch.load(path, weights_only=True)``) named ``... .pt``. The
-    model card and exports of the best model: ``GET /studies/{id}/best/model``. Trials
-    outside the study's ``keep_weights`` best have none (404, saying why)."""
+    model card and exports of the best model: ``GET /studies/{id}/best/model``. A trial
+    that did not complete (running, pruned, failed) has none (409, as for its model);
+    completed trials outside the study's ``keep_weights`` best have none either (404,
+    saying why)."""
     trial = get_frozen_trial(store, study_id, number)
+    if trial.state != TrialState.COMPLETE:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"trial {number} of study {study_id} did not complete "
+            f"({trial.state.name.lower()}): only a completed trial has weights",
+        )
     check_weights(trial, store.artifacts)  # a damaged file: 503 before any byte is sent
     reader = open_weights(trial, store.artifacts)
     size = artifact_size(reader)
