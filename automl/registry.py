@@ -53,6 +53,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from automl.config import MAX_ID
+from automl.spec_errors import QUOTE_HINT
 from automl.wording import as_written
 
 logger = logging.getLogger("automl.registry")
@@ -491,7 +492,12 @@ def value_kind(annotation: Any) -> tuple[str, list[Any] | None]:
     return "any", None
 
 
-_KIND_WORDS = {"int": "a valid integer", "float": "a valid number", "bool": "a valid boolean"}
+_KIND_WORDS = {
+    "int": "a valid integer",
+    "float": "a valid number",
+    "bool": "a valid boolean",
+    "str": "a valid string",
+}
 
 
 def refuse_conversion(annotation: Any, value: Any) -> None:
@@ -508,7 +514,7 @@ def refuse_conversion(annotation: Any, value: Any) -> None:
         return
     if isinstance(value, bool) and not _admits_bool(annotation):
         # A strict Literal[1, 2] takes True (True == 1); no flag is a number.
-        raise ValueError(f"Input should be {_expected(annotation)}, not {json.dumps(value)}")
+        raise ValueError(_refusal(annotation, value))
     adapter = _adapter(annotation)
     try:
         adapter.validate_python(value, strict=True)
@@ -519,7 +525,15 @@ def refuse_conversion(annotation: Any, value: Any) -> None:
         adapter.validate_python(value)
     except ValidationError:
         return
-    raise ValueError(f"Input should be {_expected(annotation)}, not {json.dumps(value)}")
+    raise ValueError(_refusal(annotation, value))
+
+
+def _refusal(annotation: Any, value: Any) -> str:
+    """``Input should be a valid string, not true``, and for a string field given
+    something else, how YAML came to read it so."""
+    expected = _expected(annotation)
+    hint = f"; {QUOTE_HINT}" if "a valid string" in expected and not isinstance(value, str) else ""
+    return f"Input should be {expected}, not {json.dumps(value)}{hint}"
 
 
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {}

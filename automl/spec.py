@@ -14,6 +14,7 @@ import re
 import types
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -53,7 +54,7 @@ from automl.samplers import (
 )
 from automl.sampling import check_grid, resolve_auto
 from automl.shown_values import shown_input, shows_input
-from automl.spec_errors import FieldError, Loc, SpecError
+from automl.spec_errors import QUOTE_HINT, FieldError, Loc, SpecError
 from automl.spec_summary import DEFAULT_METRIC
 from automl.train import METRICS
 from automl.train.hyperparameters import (
@@ -895,10 +896,14 @@ def errors_from_pydantic(
             given = error.get("ctx", {}).get("tag")
             what = f"unknown param type {given!r}" if given else "missing"
             message = f"{what}; valid choices: {', '.join(PARAM_TYPES)}"
+        elif kind == "string_type" and isinstance(error.get("input"), bool | int | float | date):
+            given = error["input"]
+            shown = given.isoformat() if isinstance(given, date) else shown_input(given)
+            message = f"Input should be a valid string, not {shown}; {QUOTE_HINT}"
         elif kind == "string_pattern_mismatch" and loc == ("name",):
             message = f"invalid name {error['input']!r}: use {NAME_RULE}"
         errors.append((FieldError(prefix + loc, message), kind))
-        if shows_input(kind):
+        if shows_input(kind) and QUOTE_HINT not in message:
             inputs.setdefault(prefix + loc, shown_input(error.get("input")))
     return [
         FieldError(error.loc, f"{error.msg} (got {inputs[error.loc]})")

@@ -27,6 +27,12 @@ class FieldError:
         return f"{self.path}: {self.msg}" if self.loc else self.msg
 
 
+QUOTE_HINT = (
+    "quote it in YAML, which reads unquoted yes, no, on, off, true and false as booleans, "
+    "2024-01-01 as a date and 0x10 as a number"
+)
+"""Added where a string was expected and a YAML scalar read as something else came."""
+
 MAX_LISTED_ERRORS = 50
 """Problems a ``SpecError`` lists; the rest are counted in one last line. A tester's spec
 of 19,000 unknown keys (957 KB) was answered with 7 MB of errors, each listing the valid

@@ -103,6 +103,36 @@ def test_yaml_text_reads_exponent_without_dot_as_float() -> None:
     assert spec.params["lr"].high == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize(
+    ("text", "path", "shown"),
+    [
+        ("name: yes\n", "name", "true"),
+        ("name: 0x10\n", "name", "16"),
+        ("name: x\ndescription: 2024-01-01\n", "description", "2024-01-01"),
+        ("name: x\ndescription: off\n", "description", "false"),
+    ],
+)
+def test_a_yaml_scalar_read_as_another_type_where_a_string_goes_says_to_quote_it(
+    text: str, path: str, shown: str
+) -> None:
+    """Found by a tester: ``name: yes`` said only "Input should be a valid str, not true",
+    and a date "a valid string (got date)"."""
+    with pytest.raises(SpecError) as raised:
+        load_spec(text)
+    [error] = raised.value.errors
+    assert str(error) == (
+        f"{path}: Input should be a valid string, not {shown}; quote it in YAML, which reads "
+        "unquoted yes, no, on, off, true and false as booleans, 2024-01-01 as a date and 0x10 "
+        "as a number"
+    )
+    quoted = text.replace(f"{path}: {shown}", f"{path}: '{shown}'")
+    if shown == "16":
+        quoted = text.replace("0x10", "'0x10'")
+    elif shown in ("true", "false"):
+        quoted = text.replace(": yes", ": 'yes'").replace(": off", ": 'off'")
+    assert getattr(load_spec(quoted), path) in {"yes", "0x10", "2024-01-01", "off"}
+
+
 def test_parse_text_number_forms() -> None:
     data = parse_text("a: 1e-4\nb: -2e3\nc: 1.5\nd: 12\ne: v1e2\nf: 1.2.3\n")
     assert data == {"a": 1e-4, "b": -2000.0, "c": 1.5, "d": 12, "e": "v1e2", "f": "1.2.3"}
