@@ -23,7 +23,6 @@ HERE = Path(__file__).resolve().parent
 # Pillow warns on opening an image past its own limit; load() refuses it in one line.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
-
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 """The formats training read, whatever a file's suffix."""
 TURNS = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE"}
@@ -34,9 +33,14 @@ TURNS.update({6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"})
 def load(path: str, spec: dict, limit: int) -> np.ndarray:
     """One image as the model takes it: float32 (C, H, W)."""
     mode, size = ("L" if spec["channels"] == 1 else "RGB"), (spec["width"], spec["height"])
+    if Path(path).exists() and not (Path(path).is_file() or Path(path).is_dir()):
+        raise ValueError("not a regular file")  # a FIFO would wait for a writer forever
     with Image.open(path, formats=FORMATS) as opened:
-        if opened.width * opened.height > limit:  # a decompression bomb: never decoded
-            raise ValueError(f"{opened.width}x{opened.height} pixels: more than {limit}")
+        if opened.width * opened.height > limit or max(opened.size) > 65535:  # never decoded
+            over = (
+                f"more than {limit}" if opened.width * opened.height > limit else "a side > 65535"
+            )
+            raise ValueError(f"{opened.width}x{opened.height} pixels: {over}")
         if opened.format == "JPEG":  # a quarter turn is stored with width and height swapped
             turn = orientation(opened)
             opened.draft(mode, size[::-1] if turn >= 5 else size)
@@ -95,8 +99,9 @@ def reason(exc: Exception, path: str) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def logits(batch: np.ndarray) -> np.ndarray:
-    """The logits (N, classes): model.onnx with onnxruntime if both are here, else torch."""
+def runner() -> object:
+    """The model as a function of a batch (N, C, H, W) to logits: model.onnx with
+    onnxruntime if both are here, else model.torchscript.pt with torch."""
     try:
         import onnxruntime
     except ImportError:
@@ -104,7 +109,7 @@ def logits(batch: np.ndarray) -> np.ndarray:
     if onnxruntime is not None and (HERE / "model.onnx").exists():
         model = str(HERE / "model.onnx")
         session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
-        return session.run(["logits"], {"images": batch})[0]
+        return lambda batch: session.run(["logits"], {"images": batch})[0]
     try:
         import torch
     except ImportError:
@@ -112,35 +117,38 @@ def logits(batch: np.ndarray) -> np.ndarray:
         sys.exit(f"predict.py needs {wanted} to run the model: pip install {wanted.split()[0]}")
     warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation: not the user's
     model = torch.jit.load(str(HERE / "model.torchscript.pt"), map_location="cpu")
-    with torch.no_grad():
-        return model(torch.from_numpy(batch)).numpy()
+    torch.set_grad_enabled(False)
+    return lambda batch: model(torch.from_numpy(batch)).numpy()
 
 
 def main(paths: list) -> int:
-    """Prints the top classes of each image; returns 1 if a file was not an image."""
+    """Prints the top classes of each image (as the API and `automl predict --json` do);
+    returns 1 if a file was not an image."""
     card = json.loads((HERE / "model_card.json").read_text(encoding="utf-8"))
     if card["input"]["frames"]:
         sys.exit("this model classifies clips: give model.onnx float32 (N, T, C, H, W)")
     # Most pixels of an image, from its header (bundles before 2026-12 hold no limit).
-    good, arrays, limit = [], [], card["bundle"].get("max_image_pixels", 40_000_000)
-    for path in paths:
-        try:
-            arrays.append(load(path, card["input"], limit))
-            good.append(path)
-        except Exception as exc:  # Pillow raises many kinds on bad files
-            print(f"error: {path}: {reason(exc, path)}", file=sys.stderr)
-    scores = logits(np.stack(arrays)) if arrays else []
-    for path, row in zip(good, scores):  # noqa: B905 (strict= needs Python 3.10)
-        probabilities = np.exp(row - row.max())
-        probabilities /= probabilities.sum()
-        top = np.argsort(-probabilities, kind="stable")[:3]
-        # The shape of the API's and `automl predict --json`'s answers.
-        ranked = [
-            {"label": card["classes"][i], "index": int(i), "probability": float(probabilities[i])}
-            for i in top
-        ]
-        print(json.dumps({"file": str(path), "top": ranked}))
-    return 0 if len(good) == len(paths) else 1
+    limit, model, failed = card["bundle"].get("max_image_pixels", 40_000_000), None, 0
+    for start in range(0, len(paths), 256):  # a few images in memory at a time, not all
+        good, arrays = [], []
+        for path in paths[start : start + 256]:
+            try:
+                arrays.append(load(path, card["input"], limit))
+                good.append(path)
+            except Exception as exc:  # Pillow raises many kinds on bad files
+                print(f"error: {path}: {reason(exc, path)}", file=sys.stderr)
+                failed += 1
+        model = model or (runner() if arrays else None)
+        for path, row in zip(good, model(np.stack(arrays)) if arrays else []):  # noqa: B905
+            probabilities = np.exp(row - row.max())
+            probabilities /= probabilities.sum()
+            top = np.argsort(-probabilities, kind="stable")[:3]
+            ranked = [
+                {"label": card["classes"][i], "index": int(i), "probability": float(p)}
+                for i, p in zip(top, probabilities[top])  # noqa: B905
+            ]
+            print(json.dumps({"file": str(path), "top": ranked}), flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
