@@ -12,8 +12,10 @@ import contextlib
 import errno
 import io
 import json
+import os
 import zipfile
 import zlib
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from automl.cli.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, CliError
 from automl.cli.http_client import HttpClient
 from automl.cli.output import printable, selection_text
 from automl.config import Settings
+from automl.file_clock import remove_stale_siblings
 
 CARD_FILE = "model_card.json"
 BUNDLE_FILES = frozenset(
@@ -74,12 +77,16 @@ def card_section(card: dict[str, Any], name: str) -> dict[str, Any]:
     return section if isinstance(section, dict) else {}
 
 
-def remove_earlier_bundle(folder: Path) -> bool:
+def remove_earlier_bundle(folder: Path, keep: Collection[str] = ()) -> bool:
     """Removes an earlier bundle's files from ``folder`` (``--overwrite``), so that none
     stays beside a new bundle that lacks it (an export that failed this time), nor beside
     no model at all (an export of a study without one). Only where the folder holds a
     bundle (its model card) and is no link, and only the files a bundle holds: a user's
     own files there stay.
+
+    Args:
+        folder: The folder.
+        keep: Names left in place (the new bundle's, about to replace them).
 
     Returns:
         Whether the folder held a bundle.
@@ -90,7 +97,7 @@ def remove_earlier_bundle(folder: Path) -> bool:
     if folder.is_symlink() or not (folder / CARD_FILE).is_file():
         return False
     try:
-        for name in BUNDLE_FILES:
+        for name in BUNDLE_FILES - set(keep):
             (folder / name).unlink(missing_ok=True)
     except OSError as exc:
         raise CliError(f"cannot write {folder}: {exc.strerror}", EXIT_BAD_INPUT) from None
@@ -147,8 +154,10 @@ def unpack_bundle(
     data: bytes, directory: Path, *, replace: bool = False
 ) -> tuple[list[Path], dict]:
     """Unpacks a bundle's flat files into ``directory`` (created if missing); with
-    ``replace``, once the download reads as a bundle, an earlier bundle's files there go
-    first (``remove_earlier_bundle``).
+    ``replace``, an earlier bundle's files there that the new one lacks go
+    (``remove_earlier_bundle``). Each file is written under a hidden name first and renamed
+    into place once all are written: a download that fails (a full disk, a read-only
+    folder) leaves an earlier bundle as it was.
 
     Returns:
         The files written (in name order) and the model card.
@@ -167,25 +176,61 @@ def unpack_bundle(
         raise CliError("the download's model card is not JSON", EXIT_FAILURE) from None
     if not isinstance(card, dict):
         raise CliError("the download's model card is not a JSON object", EXIT_FAILURE)
+    staged = _stage(members, directory)
+    # Every byte is on disk: what is left are renames in one folder, which a full disk
+    # does not fail, so a failed download leaves an earlier bundle whole.
     if replace:
-        remove_earlier_bundle(directory)
+        try:
+            remove_earlier_bundle(directory, keep=members)
+        except CliError:
+            _remove(staged.values())
+            raise
     written: list[Path] = []
     created: list[Path] = []  # by this call: what a failure removes (a user's files stay)
     try:
+        for name, partial in staged.items():
+            target = directory / name
+            if not target.exists():
+                created.append(target)
+            os.replace(partial, target)
+            written.append(target)
+    except OSError as exc:
+        _remove([*staged.values(), *created])
+        replaced = [path.name for path in written if path not in created]
+        note = f" ({', '.join(replaced)} replaced already: download again)" if replaced else ""
+        raise CliError(f"cannot write {target}: {exc.strerror}{note}", EXIT_BAD_INPUT) from None
+    return written, card
+
+
+PARTIAL = ".partial-"
+"""What follows ``.NAME`` in the hidden name a bundle's file is written under first."""
+
+
+def _stage(members: dict[str, bytes], directory: Path) -> dict[str, Path]:
+    """Writes each member to a hidden file beside its place in ``directory`` (created if
+    missing); returns them by member name.
+
+    Raises:
+        CliError: If one cannot be written (none of them is left behind).
+    """
+    staged: dict[str, Path] = {}
+    try:
         directory.mkdir(parents=True, exist_ok=True)
         for name, content in members.items():
-            path = directory / name
-            if not path.exists():
-                created.append(path)
-            path.write_bytes(content)
-            written.append(path)
+            remove_stale_siblings(directory / name, PARTIAL)  # a killed download's
+            staged[name] = directory / f".{name}{PARTIAL}{os.getpid()}"
+            staged[name].write_bytes(content)
     except OSError as exc:
-        for path in created:  # a retry after a full disk would find the folder not empty
-            with contextlib.suppress(OSError):
-                path.unlink(missing_ok=True)
+        _remove(staged.values())  # a retry after a full disk would find the folder not empty
         code = EXIT_FAILURE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_BAD_INPUT
         raise CliError(f"cannot write {directory}: {exc.strerror}", code) from None
-    return written, card
+    return staged
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 PLAIN_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)

@@ -9,6 +9,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,19 +138,48 @@ def test_a_failed_overwrite_removes_only_what_it_created(
     out.mkdir()
     (out / "predict.py").write_text("the user's")
     data = archive({"model_card.json": CARD, "predict.py": b"print()", "z.onnx": b"onnx"})
-    real_write = Path.write_bytes
+    real_replace = os.replace
 
-    def refuse_the_users(path: Path, content: bytes) -> int:
-        if path.name == "predict.py":
+    def refuse_the_users(source: Any, target: Any) -> None:
+        if Path(target).name == "predict.py":
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-        return real_write(path, content)
+        real_replace(source, target)
 
-    monkeypatch.setattr(Path, "write_bytes", refuse_the_users)
+    monkeypatch.setattr(os, "replace", refuse_the_users)
     with pytest.raises(CliError) as caught:
         unpack_bundle(data, out)
     assert caught.value.code == 2
-    assert sorted(p.name for p in out.iterdir()) == ["predict.py"]
+    assert str(caught.value) == f"cannot write {out / 'predict.py'}: Permission denied"
+    assert sorted(p.name for p in out.iterdir()) == ["predict.py"]  # no hidden file either
     assert (out / "predict.py").read_text() == "the user's"
+
+
+def test_a_download_that_fails_to_write_leaves_the_earlier_bundle_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: ``--overwrite`` removed the earlier bundle's files first, so a
+    write that failed halfway (a full disk) left parts of two bundles, or none."""
+    out = tmp_path / "out"
+    earlier = {"model_card.json": CARD, "model.onnx": b"old onnx", "predict.py": b"old"}
+    unpack_bundle(archive(earlier), out)
+    newer = {"model_card.json": CARD, "model.safetensors": b"new", "predict.py": b"new"}
+    real_write = Path.write_bytes
+
+    def full_at_the_second(path: Path, content: bytes) -> int:
+        if "predict.py" in path.name and content == b"new":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(path, content)
+
+    monkeypatch.setattr(Path, "write_bytes", full_at_the_second)
+    with pytest.raises(CliError) as caught:
+        unpack_bundle(archive(newer), out, replace=True)
+    assert caught.value.code == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
+
+    monkeypatch.undo()
+    written, _ = unpack_bundle(archive(newer), out, replace=True)
+    assert [p.name for p in written] == sorted(newer)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == newer  # model.onnx went
 
 
 def test_the_bundle_files_are_the_ones_a_bundle_is_built_with() -> None:
