@@ -44,10 +44,17 @@ def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(message, EXIT_BAD_INPUT)
     data = fetch_bundle(settings, args.study, getattr(args, "number", None))
     written, card = unpack_bundle(data, directory, replace=True)
-    if args.json:
-        print(json.dumps({"directory": str(directory), "files": [p.name for p in written]}))
-        return EXIT_OK
     model, bundle = card_section(card, "model"), card_section(card, "bundle")
+    if args.json:
+        answer = {
+            "directory": str(directory),
+            "files": [p.name for p in written],
+            "study_id": model.get("study_id"),
+            "trial_number": model.get("trial_number"),
+            "selection": bundle.get("selection"),
+        }
+        print(json.dumps(answer))
+        return EXIT_OK
     classes = card.get("classes")
     what = (
         f"{model.get('architecture')}, {len(classes) if isinstance(classes, list) else '?'} classes"

@@ -24,6 +24,7 @@ from automl.config import Limits, Settings
 from automl.delivery.schemas import AnnotateRequest, Annotations, Predictions, ServedModel
 from automl.image_suffixes import IMAGE_SUFFIXES, SUFFIX_LIST
 from automl.shown_values import shown_path
+from automl.wording import counted
 
 if TYPE_CHECKING:
     from automl.store import Store
@@ -99,7 +100,7 @@ def annotations_text(result: Annotations) -> str:
         served_text(result.model),
         "",
         table(("PATH", "LABEL", "CONFIDENCE", "ELSE"), rows),
-        f"({result.count} images in {result.folder}, least confident first)",
+        f"({counted(result.count, 'image')} in {result.folder}, least confident first)",
     ]
     if result.csv is not None:
         lines.append(f"wrote {result.csv} under the data root (path,label,confidence)")

@@ -191,7 +191,7 @@ def build_card(
         "epoch": user_attrs.get(attrs.BEST_EPOCH),
         "searched_params": dict(trial.params),
         "classes": classes,
-        "input": {**model_in, "preprocessing": _steps(model_in)},
+        "input": {**model_in, "preprocessing": preprocessing_steps(model_in)},
         "objectives": [
             {"metric": metric, "direction": direction, "value": value}
             for metric, direction, value in zip(metrics, directions, values, strict=False)
@@ -221,14 +221,16 @@ def build_card(
     }
 
 
-def _steps(model_in: Mapping[str, Any]) -> list[str]:
+def preprocessing_steps(model_in: Mapping[str, Any]) -> list[str]:
     """The preprocessing of one image file, as sentences (module docstring, steps 1-3)."""
     height, width = model_in["height"], model_in["width"]
     mode = "grayscale (Pillow mode L)" if model_in["channels"] == 1 else "RGB"
+    # Width first, as image sizes (and automl's own messages) are written.
+    box = f"{width}x{height} ({width} wide, {height} high)"
     resize = (
-        f"scale to cover {height}x{width} (bilinear) and crop the center"
+        f"scale to cover {box} (bilinear) and crop the center"
         if model_in["fit"] == "crop"
-        else f"scale to fit inside {height}x{width} (bilinear) and pad with black"
+        else f"scale to fit inside {box} (bilinear) and pad with black"
     )
     frames = model_in.get("frames")
     layout = f"(T, C, H, W), the clip's {frames} frames in order" if frames else "(C, H, W)"
@@ -396,6 +398,7 @@ __all__ = [
     "library_versions",
     "model_input",
     "preprocess_of",
+    "preprocessing_steps",
     "recall_gaps",
     "trial_config",
     "trial_input",

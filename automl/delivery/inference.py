@@ -83,6 +83,7 @@ from automl.store.refits import serving_pick
 from automl.train.accel import Accelerator
 from automl.train.evaluation import restore_model
 from automl.train.loop import resolve_device
+from automl.train.metrics import most_confused
 from automl.train.trial_config import TrialConfig, stored_config
 
 logger = logging.getLogger("automl.delivery")
@@ -239,7 +240,19 @@ def _refit_serving(study_id: int, trial: FrozenTrial, refit: RefitResult) -> Ser
         f"trial {refit.trial_number}'s configuration retrained on train + validation "
         f"for {refit.epochs} epochs (refit)"
     )
-    return ServingTrial(study_id, as_refit_trial(trial, refit), "refit", note)
+    return ServingTrial(
+        study_id, as_refit_trial(trial, refit, _mistakes(trial, refit)), "refit", note
+    )
+
+
+def _mistakes(trial: FrozenTrial, refit: RefitResult) -> list[dict[str, Any]] | None:
+    """The refit's most frequent test mistakes, from its confusion matrix (its stored
+    result keeps no list of them; the matrix is kept up to ``DENSE_CONFUSION_CLASSES``)."""
+    classes = trial.user_attrs.get(attrs.CLASSES)
+    confusion = refit.test_confusion
+    if not classes or confusion is None or len(confusion) != len(classes):
+        return None
+    return most_confused(torch.tensor(confusion), tuple(str(name) for name in classes))
 
 
 @dataclass(frozen=True)

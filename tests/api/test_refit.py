@@ -89,6 +89,11 @@ def test_refit_true_serves_the_refit_model_in_best_bundle_and_predict(
     assert card["refit"]["epochs"] == 1
     assert card["metrics"]["test"] == refit["test_metrics"]
     assert card["metrics"]["validation"] == trial["metrics"]  # the trial's own, as it says
+    # The refit's own mistakes, as its matrix says (a tester: the bundle's card had none).
+    matrix, mistakes = refit["test_confusion"], card["metrics"]["test_most_confused"]
+    wrong = sum(map(sum, matrix)) - sum(matrix[i][i] for i in range(len(matrix)))
+    assert wrong > 0 and sum(m["count"] for m in mistakes) == wrong  # digits: under 100
+    assert all(matrix[int(m["true"])][int(m["predicted"])] == m["count"] for m in mistakes)
 
     image = png_bytes(data.test_x[0])  # type: ignore[index]
     answer = client.post(f"/studies/{study_id}/predict", files=[("files", ("a.png", image))])

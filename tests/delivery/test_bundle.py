@@ -587,7 +587,13 @@ def test_cli_best_download_writes_the_bundle_locally_and_over_http(
         code = main([*args, "--json"])
     assert code == 0
     written = json.loads(capsys.readouterr().out)
-    assert written == {"directory": str(remote), "files": FILES}
+    assert written == {
+        "directory": str(remote),
+        "files": FILES,
+        "study_id": trained.study_id,
+        "trial_number": trained.trial.number,
+        "selection": "best_trial",
+    }
     local_card = json.loads((local / "model_card.json").read_text())
     remote_card = json.loads((remote / "model_card.json").read_text())
     assert local_card["model"] == remote_card["model"]

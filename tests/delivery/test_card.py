@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from automl.delivery.card import intended_use
+from automl.delivery.card import intended_use, preprocessing_steps
 
 MODEL_IN = {"channels": 1, "height": 8, "width": 8, "fit": "crop"}
 
@@ -129,3 +129,19 @@ def test_equal_recall_for_every_class_claims_no_range() -> None:
     )
     gaps = card["recall"]
     assert gaps["gap"] == 0 and gaps["lowest_classes"] == gaps["highest_classes"] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("fit", "step"),
+    [
+        ("crop", "scale to cover 16x12 (16 wide, 12 high) (bilinear) and crop the center"),
+        ("pad", "scale to fit inside 16x12 (16 wide, 12 high) (bilinear) and pad with black"),
+    ],
+)
+def test_the_preprocessing_names_the_size_width_first_as_image_sizes_are(
+    fit: str, step: str
+) -> None:
+    """Found by a tester: ``size: [12, 16]`` (height, width) read "fit inside 12x16", while
+    every message names an image's size width first ("is 70000x1 pixels")."""
+    model_in = {"height": 12, "width": 16, "channels": 3, "fit": fit}
+    assert f"if the size differs: {step}" in preprocessing_steps(model_in)
