@@ -203,12 +203,16 @@ SAMPLERS.add(
     "nsga2",
     _seeded(optuna.samplers.NSGAIISampler),
     options=Nsga2Options,
-    description="NSGA-II genetic algorithm for several objectives.",
+    description=(
+        "NSGA-II genetic algorithm for several objectives; conditional params are drawn at "
+        "random (tpe models them)."
+    ),
 )
 
 SINGLE_OBJECTIVE_SAMPLERS = frozenset({"cmaes"})
 """Samplers that optimize one objective: Optuna's ``CmaEsSampler`` refuses a study with
-several (every other registered sampler takes them; ``auto`` picks NSGA-II for them)."""
+several (every other registered sampler takes them; ``auto`` picks NSGA-II or, for a
+space with conditional params, TPE for them)."""
 
 SAMPLER_MAX_TRIALS = {"gp": 1000}
 """The most trials a study of these samplers may have. ``gp`` fits its Gaussian process to

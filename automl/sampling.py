@@ -8,11 +8,13 @@ many workers race.
 
 ``auto`` picks a sampler from the space, the budget and the objectives (``resolve_auto``):
 
-1. several objectives: NSGA-II;
+1. several objectives: NSGA-II, or multi-objective TPE where a param is conditional
+   (NSGA-II, as GP, models only the params every trial has: it would draw those at random);
 2. a finite space (every param categorical or stepped) whose grid the budget covers, and
    no warm start: the grid, with ``n_trials`` lowered to the number of cells;
 3. a small numeric space (at most ``GP_MAX_PARAMS`` float/int params, no categorical
-   ones) and a small budget (at most ``GP_MAX_TRIALS`` trials): Gaussian-process BO;
+   ones, so none conditional) and a small budget (at most ``GP_MAX_TRIALS`` trials):
+   Gaussian-process BO;
 4. otherwise: multivariate TPE (grouped, for conditional spaces) with constant liar, so
    that several workers sharing the study spread out.
 """
@@ -182,9 +184,17 @@ def resolve_auto(
         f"{n_trials} trials, no more than the {MODEL_STARTUP_TRIALS} random trials a "
         "model-based sampler starts with: random search"
     )
+    conditional = [name for name in spec.params if spec.conditions(name)]
+    tpe_options = {"multivariate": True, "group": True, "constant_liar": True}
     if len(spec.objective_list) > 1:
         if n_trials <= MODEL_STARTUP_TRIALS:
             return "random", {}, n_trials, small
+        if conditional:
+            reason = (
+                f"several objectives, conditional params ({', '.join(conditional)}): "
+                "multi-objective TPE (NSGA-II would draw them at random)"
+            )
+            return "tpe", tpe_options, n_trials, reason
         return "nsga2", {}, n_trials, "several objectives: NSGA-II"
     params: Sequence[Any] = list(spec.params.values())
     finite = all(_count(param) <= grid_limit for param in params)
@@ -207,9 +217,8 @@ def resolve_auto(
             "optimization"
         )
         return "gp", {}, n_trials, reason
-    options = {"multivariate": True, "group": True, "constant_liar": True}
     reason = "general space: multivariate TPE with constant liar (parallel workers spread out)"
-    return "tpe", options, n_trials, reason
+    return "tpe", tpe_options, n_trials, reason
 
 
 def _count(param: Any) -> int | float:

@@ -255,6 +255,29 @@ def test_auto_counts_a_huge_param_without_listing_it(param: dict[str, Any]) -> N
             6,
             "exact grid",
         ),
+        (
+            {
+                "objectives": [{"metric": "accuracy"}, {"metric": "loss"}],
+                "params": {
+                    "optimizer": OPTIMIZER,
+                    "lr": {"type": "float", "low": 1e-3, "high": 0.1},
+                },
+            },
+            "nsga2",
+            20,
+            "several objectives: NSGA-II",
+        ),
+        # Found by a tester: NSGA-II drew every family's own options at random.
+        (
+            {
+                "objectives": [{"metric": "accuracy"}, {"metric": "loss"}],
+                "params": {"optimizer": OPTIMIZER, "momentum": MOMENTUM},
+            },
+            "tpe",
+            20,
+            "several objectives, conditional params (momentum): multi-objective TPE (NSGA-II "
+            "would draw them at random)",
+        ),
     ],
 )
 def test_auto_picks_as_documented(

@@ -203,7 +203,7 @@ def valid_text(spec: StudySpec) -> str:
     return "\n".join(lines)
 
 
-JOINT_SPACE_SAMPLERS = frozenset({"cmaes", "gp", "qmc"})
+JOINT_SPACE_SAMPLERS = frozenset({"cmaes", "gp", "nsga2", "qmc"})
 """Samplers that model only the params every trial has (Optuna's relative search space):
 conditional params (and, for CMA-ES, categorical ones) go to a random sampler."""
 

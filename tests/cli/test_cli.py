@@ -300,6 +300,8 @@ OUTSIDE = "may be drawn at random, outside its model)"
         ("qmc", ["optimizer", "lr", "momentum"], " (momentum: " + OUTSIDE),
         ("gp", ["optimizer", "lr", "momentum"], " (momentum: " + OUTSIDE),
         ("gp", ["optimizer", "lr"], ""),
+        # Found by a tester: NSGA-II too keeps only the params every trial has.
+        ("nsga2", ["optimizer", "lr", "momentum"], " (momentum: " + OUTSIDE),
         ("tpe", ["optimizer", "momentum"], ""),
     ],
 )
