@@ -81,6 +81,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "Reaped",
         "Reaper",
         "end_due_studies",
+        "lost_tickets",
         "reap_stale",
         "remove_orphans",
     ),

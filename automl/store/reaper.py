@@ -198,6 +198,18 @@ def reap_stale(
     return reaped
 
 
+def lost_tickets(store: Store, grace: float, study_id: int | None = None) -> int:
+    """How many running tickets (of ``study_id``, else of any study) have gone without a
+    heartbeat for ``grace`` seconds: a lost worker's, which a reaper will take back."""
+    tickets = tables.tickets
+    query = sa.select(sa.func.count()).where(tickets.c.state == TicketState.RUNNING.value)
+    if study_id is not None:
+        query = query.where(tickets.c.study_id == study_id)
+    with store.read() as connection:
+        cutoff = now(connection) - grace
+        return int(connection.scalar(query.where(tickets.c.heartbeat_at < cutoff)) or 0)
+
+
 def _confirmed(
     stale: Sequence[sa.Row[Any]], sightings: Sightings, confirm_after: float
 ) -> list[sa.Row[Any]]:

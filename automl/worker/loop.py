@@ -54,6 +54,7 @@ from automl.store import (
     Reaper,
     Store,
     is_transient,
+    lost_tickets,
     retry_transient,
 )
 from automl.store.artifacts import TEMPORARY_PREFIX
@@ -243,6 +244,8 @@ class Worker:
         self._refused: set[str] = set()  # post-study jobs whose claim failed outright
         self._jobs_run: Counter[str] = Counter()  # post-study jobs run, by kind
         self._jobs_checked_at = -math.inf
+        self._reaping = False  # this worker runs a reaper (``run``)
+        self._lost_told = False  # it said it waits for a lost worker's trials
         self.gate = DeviceGate(options.slot_group, release=release_device_memory)
         self.stopped_by: signal.Signals | None = None
         """The signal that first asked this worker to stop (None: stopped otherwise)."""
@@ -289,6 +292,7 @@ class Worker:
                 lambda: self.name if self._busy else None,
             )
             reaper.start()
+        self._reaping = reaper is not None
         ran = 0
         waiting_told = False
         try:
@@ -393,11 +397,37 @@ class Worker:
             return False
         return True
 
+    def _lost_work(self) -> bool:
+        """Whether trials that a lost worker left running (of the study served, else of
+        any) wait for this worker's reaper to queue them again: an idle worker with
+        ``exit_when_idle`` stays for them rather than leave the study running with no
+        worker to take them back."""
+        if not self._reaping or self.store is None:
+            return False
+        try:
+            lost = lost_tickets(self.store, self.options.grace_period, self.options.study_id)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self.backoff.failed(exc, "checking for work")
+            return False
+        if lost and not self._lost_told:
+            logger.info(
+                "worker %s: %s left running by a lost worker; waiting for the reaper to "
+                "queue them again",
+                self.name,
+                counted(lost, "trial"),
+            )
+        self._lost_told = lost > 0
+        return lost > 0
+
     def _idle_exit(self) -> bool:
         """Whether an idle worker should exit now."""
         left = self._unreadable | self._troubled
-        if self.options.exit_when_idle or self.options.study_id in left:
+        if self.options.study_id in left:
             return True
+        if self.options.exit_when_idle:
+            return not self._lost_work()
         if self.options.study_id is None:
             return False
         try:

@@ -67,6 +67,7 @@ from automl.worker.runner import LEAVING_TRIES, OPTIONAL_WRITE_TRIES
 from tests.conftest import store_at
 from tests.data.conftest import write_class_folder
 from tests.forked import ForkedProcess
+from tests.store.conftest import start_trial
 from tests.worker.options import fast_options
 
 SpecFactory = Callable[..., StudySpec]
@@ -817,6 +818,25 @@ def test_a_workers_own_reaper_never_takes_its_live_trial(
     [trial] = _trials(store, study_id)
     assert (trial.state, trial.user_attrs[attrs.ATTEMPT]) == (TrialState.COMPLETE, 1)
     assert sorted(trial.intermediate_values) == [1, 2]
+
+
+def test_an_idle_worker_exits_only_once_its_reaper_requeued_a_lost_workers_trial(
+    store: Store, tiny_spec: SpecFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a tester: after a kill -9, ``worker --exit-when-idle`` found nothing queued
+    and exited before its reaper's first pass, leaving the study running for good."""
+    spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0})
+    study_id = submit_study(store, spec).id
+    start_trial(store, study_id, worker="killed")  # its beats stopped at once
+    time.sleep(1.2)  # past the grace period below
+    options = _options(heartbeat_interval=0.2, grace_period=1.0, reap_interval=0.2)
+
+    with caplog.at_level(logging.INFO, logger="automl.worker"):
+        assert Worker(store, options).run() == 1
+
+    assert "1 trial left running by a lost worker; waiting for the reaper" in caplog.text
+    assert get_status(store, study_id) == StudyStatus.COMPLETED
+    assert sorted(_states(store, study_id)) == sorted([TrialState.FAIL, TrialState.COMPLETE])
 
 
 def test_a_result_refused_after_a_reap_leaves_no_weights_or_card_behind(
