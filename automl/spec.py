@@ -1040,6 +1040,11 @@ def check_spec(spec: StudySpec, limits: Limits | None = None) -> list[FieldError
     errors += _check_one_name_per_option(spec)
     errors += _check_loss_replaced(spec)
     errors += _check_warmup_ignored(spec)
+    if spec.warm_start is not None and spec.warm_start.studies == []:
+        # At submission only: a study stored so before stays readable. A tester's status
+        # read "0 configurations from studies none found".
+        message = "no study given: list study ids, or 'auto', or drop warm_start"
+        errors.append(FieldError(("warm_start", "studies"), message))
     if not dataset_errors:
         errors += _check_rgb_only(spec)
     errors += _check_cycles(spec)

@@ -1315,6 +1315,7 @@ def test_the_default_pruner_of_a_study_too_short_to_prune_is_no_mistake() -> Non
         ({"name": "x", "warm_start": {"studies": [1, BIG]}}, "warm_start.studies", "[1]"),
         ({"name": "x", "warm_start": {"studies": [-1]}}, "warm_start.studies", "not a study id"),
         ({"name": "x", "warm_start": {"studies": "x"}}, "warm_start.studies", "nor 'auto'"),
+        ({"name": "x", "warm_start": {"studies": []}}, "warm_start.studies", "no study given"),
         (
             {"name": "x", "dataset": {"source": "digits", "options": {"seed": BIG}}},
             "dataset.options.seed",

@@ -113,6 +113,9 @@ def test_a_grid_takes_no_trials_past_its_cells(storage_url: str, tmp_path: Path)
         assert run_workers(storage_url, tmp_path, 1) == [4]
         with pytest.raises(SpecError, match="it takes no more trials"):
             resume_study(store, sampled, add_trials=1)
+        # Found by a tester: extend said "resume it to add trials", and resume said this.
+        with pytest.raises(SpecError, match="it takes no more trials"):
+            extend_study(store, sampled, 1)
         with pytest.raises(
             StudyStateError, match="ran each of its 4 configurations: nothing is left"
         ):
