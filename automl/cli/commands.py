@@ -444,7 +444,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         f"storage {settings.storage}",
         file=sys.stderr,
     )
-    progress = _Progress(study.n_trials, study.name, study.metrics[0])  # below the line above
+    progress = _Progress(study.n_trials, study.name, study.metrics, study.directions)
     worker.install_signal_handlers()
     try:
         with _progress_logging(), progress.logs_above():
@@ -549,8 +549,11 @@ RESUMED = {
 class _Progress:
     """A progress bar on a terminal; one line per trial otherwise (logs, CI)."""
 
-    def __init__(self, total: int, name: str, metric: str) -> None:
-        self.total, self.metric, self.done = total, metric, 0
+    def __init__(self, total: int, name: str, metrics: list[str], directions: list[str]) -> None:
+        self.total, self.metric, self.done = total, metrics[0], 0
+        self.minimize = directions[0] == "minimize"
+        # With several objectives no one value is best: each trial's values are shown.
+        self.several = metrics if len(metrics) > 1 else None
         self.best: float | None = None
         self.first_error: tuple[int, str] | None = None
         self.bar = None
@@ -589,22 +592,32 @@ class _Progress:
         state = trial.state.name.lower()
         shown = f"{value:.4f}" if value is not None else "-"
         best = f"{self.best:.4f}" if self.best is not None else "-"
+        if self.several is not None:  # "best" of the first objective alone misled
+            values = trial.values or [None] * len(self.several)
+            shown = ", ".join(
+                f"{metric} {'-' if v is None else f'{v:.4f}'}"
+                for metric, v in zip(self.several, values, strict=False)
+            )
         error = trial.user_attrs.get(attrs.ERROR) if trial.state.name == "FAIL" else None
         if error and self.first_error is None:
             self.first_error = (trial.number, str(error))
         if self.bar is not None:
-            self.bar.set_postfix_str(f"last {state} {shown}, best {self.metric} {best}")
+            if self.several is not None:
+                self.bar.set_postfix_str(f"last {state}: {shown}")
+            else:
+                self.bar.set_postfix_str(f"last {state} {shown}, best {self.metric} {best}")
             self.bar.update(1)
             if error:
                 self.bar.write(f"trial {trial.number} failed: {error}", file=sys.stderr)
         else:
             why = f" ({error})" if error else ""
-            print(
-                f"trial {trial.number} {state}: {self.metric} {shown} "
-                f"[{self.done}/{self.total}, best {best}]{why}",
-                file=sys.stderr,
-                flush=True,
+            line = (
+                f"trial {trial.number} {state}: {shown} [{self.done}/{self.total}]{why}"
+                if self.several is not None
+                else f"trial {trial.number} {state}: {self.metric} {shown} "
+                f"[{self.done}/{self.total}, best {best}]{why}"
             )
+            print(line, file=sys.stderr, flush=True)
 
     def say(self, line: str) -> None:
         """Writes a line above the bar (or as a line without one)."""
@@ -621,7 +634,7 @@ class _Progress:
         return f"; trial {number} failed: {error}"
 
     def _better(self, a: float, b: float) -> float:
-        return min(a, b) if self.metric == "loss" else max(a, b)
+        return min(a, b) if self.minimize else max(a, b)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -785,9 +785,6 @@ def enqueue_trials(
     with store.write() as connection:
         row = _locked_to_run(connection, study_id)
         if row.status not in ACTIVE:
-            # A study that can take no more trials says so, rather than send its user to a
-            # resume that would refuse them for that reason (a tester).
-            _check_sampler_budget(row, add_trials)
             raise StudyStateError(f"study {study_id} is {row.status}; resume it first")
         left = row.n_trials - row.issued
         if len(configs) > left:

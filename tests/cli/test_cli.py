@@ -1415,7 +1415,7 @@ def test_run_progress_counts_attempts_that_end_their_ticket_and_ranks_only_autom
     from automl.cli.commands import _Progress
     from automl.store import attrs
 
-    progress = _Progress(3, "x", "accuracy")
+    progress = _Progress(3, "x", ["accuracy"], ["maximize"])
     stopped = create_trial(
         state=TrialState.FAIL, user_attrs={attrs.ERROR: "worker stopping: during epoch 4"}
     )
@@ -1437,6 +1437,32 @@ def test_run_progress_counts_attempts_that_end_their_ticket_and_ranks_only_autom
         "trial 2 complete: accuracy 0.9000 [1/3, best 0.9000]",
         "trial 3 was ended complete by another tool while it trained (never ranked) [2/3]",
         "trial 2 complete: accuracy 0.9000 [3/3, best 0.9000]",  # 1.0 is not the best
+    ]
+
+
+def test_run_progress_takes_the_best_by_direction_and_shows_every_objective(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found by a tester: with several objectives each line said "best" of the first one
+    alone; and "best" was the largest value of any metric but loss (latency_ms too)."""
+    from optuna.trial import TrialState, create_trial
+
+    from automl.cli.commands import _Progress
+
+    fast, slow = (create_trial(state=TrialState.COMPLETE, value=v) for v in (1.5, 3.0))
+    fast.number, slow.number = 0, 1
+    progress = _Progress(2, "x", ["latency_ms"], ["minimize"])
+    progress.update(1, fast, "complete")
+    progress.update(1, slow, "complete")
+    two = _Progress(1, "x", ["accuracy", "latency_ms"], ["maximize", "minimize"])
+    both = create_trial(state=TrialState.COMPLETE, values=[0.875, 2.5])
+    both.number = 2
+    two.update(1, both, "complete")
+
+    assert capsys.readouterr().err.splitlines() == [
+        "trial 0 complete: latency_ms 1.5000 [1/2, best 1.5000]",
+        "trial 1 complete: latency_ms 3.0000 [2/2, best 1.5000]",
+        "trial 2 complete: accuracy 0.8750, latency_ms 2.5000 [1/1]",
     ]
 
 
