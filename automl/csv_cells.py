@@ -12,12 +12,15 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def as_text_cell(text: str) -> str:
-    """``text``, with a leading ``'`` if a spreadsheet would run it as a formula."""
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    """``text``, with a leading ``'`` if a spreadsheet would run it as a formula, or if it
+    is such text with its quotes already (a file named ``'=x.png``): so that
+    ``from_text_cell`` gives back exactly ``text``."""
+    return "'" + text if text.lstrip("'").startswith(FORMULA_STARTS) else text
 
 
 def from_text_cell(text: str) -> str:
-    """The text ``as_text_cell`` wrote (``'=x`` reads as ``=x``); other text unchanged."""
-    if text.startswith("'") and text[1:].startswith(FORMULA_STARTS):
+    """The text ``as_text_cell`` wrote (``'=x`` reads as ``=x``, ``''=x`` as ``'=x``);
+    other text unchanged."""
+    if text.startswith("'") and text.lstrip("'").startswith(FORMULA_STARTS):
         return text[1:]
     return text

@@ -23,6 +23,9 @@ from tests.data.conftest import write_image
         ("cat", "cat"),
         ("'quoted", "'quoted"),
         ("", ""),
+        # Found by a tester: a file named '=x.png was written as is and read back as =x.png.
+        ("'=x.png", "''=x.png"),
+        ("''-1", "'''-1"),
     ],
 )
 def test_text_cells_round_trip(text: str, cell: str) -> None:

@@ -139,7 +139,8 @@ def _csv_target(request: AnnotateRequest, folder: Path, root: Path) -> Path:
 
 
 def _write_csv(path: Path, files: list[Path], suggestions: list[Suggestion]) -> None:
-    """Writes ``path,label,confidence`` rows (paths relative to the CSV), atomically.
+    """Writes ``path,label,confidence`` rows (paths relative to the CSV), atomically: one
+    per image, however many links in the folder name it.
 
     The file gets the mode of the file it replaces, else the umask's (as any new file):
     workers running as another user read it next.
@@ -153,7 +154,12 @@ def _write_csv(path: Path, files: list[Path], suggestions: list[Suggestion]) -> 
                 os.fchmod(descriptor, stat.S_IMODE(path.stat().st_mode))
             writer = csv.writer(handle)
             writer.writerow(["path", "label", "confidence"])
+            listed: set[Path] = set()
             for file, suggestion in zip(files, suggestions, strict=True):
+                # A link to an image also listed: one row, as image_csv refuses a second.
+                if file.resolve() in listed:
+                    continue
+                listed.add(file.resolve())
                 relative = file.relative_to(path.parent).as_posix()
                 label, confidence = suggestion.label, f"{suggestion.confidence:.6f}"
                 writer.writerow([as_text_cell(relative), as_text_cell(label), confidence])

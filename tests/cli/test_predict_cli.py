@@ -17,6 +17,7 @@ from automl.api.routes import predict as predict_route
 from automl.cli import client as cli_client
 from automl.cli import predict_commands
 from automl.config import Limits, Settings
+from automl.data.manifest import read_manifest
 from automl.delivery import inference
 from tests.cli.local_store import Run, cli_runner, point_cli_at, trained_store
 from tests.delivery.trained import digits_test_split, png_declaring, write_pngs
@@ -408,6 +409,28 @@ def test_annotate_writes_the_csv(
     assert again[0] == 2
     assert "write_csv: 'inbox/labels.csv' exists" in one_error_line(again[2])
     assert replaced[0] == 0, replaced[2]
+
+
+def test_annotate_writes_a_csv_that_image_csv_reads_with_links_and_quoted_names(
+    cli: Run,
+    trained: tuple[str, Path, int],
+    data_root: Path,
+    digits: tuple[torch.Tensor, list[int]],
+    target: list[str],
+) -> None:
+    """Found by a tester: a link to an image in the folder gave two rows for one image,
+    which image_csv refuses ("listed again"); a file named ``'=x.png`` was read back as
+    ``=x.png``."""
+    _, _, study_id = trained
+    [first, second] = write_pngs(digits[0][:2], data_root / "inbox")
+    first.rename(data_root / "inbox" / "'=x.png")
+    (data_root / "inbox" / "link.png").symlink_to(second.name)
+
+    code, _, err = cli("annotate", str(study_id), "inbox", "--csv", "inbox/labels.csv", *target)
+
+    assert code == 0, err
+    rows = read_manifest("inbox/labels.csv")
+    assert sorted(path.name for path, _ in rows) == sorted(["'=x.png", second.name])
 
 
 def test_annotate_traversal_is_one_line_exit_2(
