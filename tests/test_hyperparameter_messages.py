@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from automl.spec import FieldError, SpecError, spec_from_text
+from automl.spec import FieldError, SpecError, load_spec, spec_from_text
 from tests.api.conftest import close_client, make_client
 
 BETA1_WITH_SGD = """
@@ -77,3 +77,28 @@ def test_the_api_refuses_it_as_a_422_at_the_field(sqlite_url: str, tmp_path: Pat
     assert [(error["loc"], error["msg"]) for error in response.json()["detail"]] == [
         (["body", "params", "beta1"], BETA1_MESSAGE)
     ]
+
+
+def test_a_shared_option_value_that_only_some_entries_take_names_them_and_the_way_out() -> None:
+    """Found by a tester: ``stem_stride: 4`` with resnet18 and mobilenet_v3_small was "Input
+    should be 'auto', 1 or 2", though resnet18 takes 4 (only MobileNet does not)."""
+    models = {"type": "categorical", "choices": ["resnet18", "mobilenet_v3_small"]}
+    for where, data in (
+        ("fixed.stem_stride", {"fixed": {"stem_stride": 4}}),
+        (
+            "params.stem_stride.choices[1]",
+            {"params": {"stem_stride": {"type": "categorical", "choices": [1, 4]}}},
+        ),
+    ):
+        spec = {"name": "x", **data}
+        spec["params"] = {"model": models, **spec.get("params", {})}
+        with pytest.raises(SpecError) as raised:
+            load_spec(spec)
+        assert str(raised.value) == (
+            f"{where}: Input should be 'auto', 1 or 2 (got 4) for mobilenet_v3_small; to set "
+            "it for resnet18 alone, name it resnet18.stem_stride"
+        )
+    fixed = load_spec(
+        {"name": "x", "params": {"model": models}, "fixed": {"resnet18.stem_stride": 4}}
+    )
+    assert fixed.fixed == {"resnet18.stem_stride": 4}
