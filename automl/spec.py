@@ -1040,6 +1040,7 @@ def check_spec(spec: StudySpec, limits: Limits | None = None) -> list[FieldError
     errors += _check_one_name_per_option(spec)
     errors += _check_loss_replaced(spec)
     errors += _check_warmup_ignored(spec)
+    errors += _check_past_the_last_epoch(spec)
     if spec.warm_start is not None and spec.warm_start.studies == []:
         # At submission only: a study stored so before stays readable. A tester's status
         # read "0 configurations from studies none found".
@@ -1477,6 +1478,35 @@ def _check_warmup_ignored(spec: StudySpec) -> list[FieldError]:
     names = ", ".join(spec.chosen["scheduler"])
     message = f"scheduler {names} warms up by itself, so {WARMUP} would be ignored"
     return [FieldError(loc, message) for loc, hp in _resolved_names(spec) if hp.name == WARMUP]
+
+
+def _check_past_the_last_epoch(spec: StudySpec) -> list[FieldError]:
+    """Refuses a fixed ``patience`` or ``warmup_epochs`` that no trial reaches the end of:
+    early stopping that could never stop a trial, or a warmup during which training ends
+    before the learning rate reaches ``lr`` (a tester's ``epochs: 1, warmup_epochs: 5``
+    ran without a word, as the pruner settings that could never prune are refused)."""
+    patience, warmup = spec.fixed.get("patience"), spec.fixed.get(WARMUP)
+    numbers = (int, float)
+    if not (isinstance(patience, numbers) and patience > 0) and not (
+        isinstance(warmup, numbers) and warmup > 0
+    ):
+        return []
+    try:
+        epochs = trial_epochs(spec)
+    except (TypeError, ValueError, OverflowError):
+        return []  # epochs that are no whole number: their own check names them
+    trained = f"trials train at most {epochs} epoch" + ("" if epochs == 1 else "s")
+    errors = []
+    if isinstance(patience, numbers) and not isinstance(patience, bool) and patience >= epochs:
+        message = f"{trained}, so a patience of {patience:g} could never stop one early"
+        errors.append(FieldError(("fixed", "patience"), f"{message}; use less, or 0"))
+    if isinstance(warmup, numbers) and not isinstance(warmup, bool) and warmup >= epochs:
+        message = (
+            f"{trained}, so a warmup of {warmup:g} epochs would end every one before the "
+            "learning rate reaches lr"
+        )
+        errors.append(FieldError(("fixed", WARMUP), f"{message}; use less than {epochs}"))
+    return errors
 
 
 def _check_rgb_only(spec: StudySpec) -> list[FieldError]:

@@ -2121,3 +2121,31 @@ def test_the_schemas_defaults_are_what_a_spec_that_leaves_them_out_gets() -> Non
 
     assert defaults["space_rules"] > 1
     assert validate_spec({"name": "x", **defaults}) == validate_spec({"name": "x"})
+
+
+@pytest.mark.parametrize(
+    ("fixed", "path", "message"),
+    [
+        (
+            {"epochs": 1, "warmup_epochs": 5},
+            "fixed.warmup_epochs",
+            "trials train at most 1 epoch, so a warmup of 5 epochs would end every one "
+            "before the learning rate reaches lr; use less than 1",
+        ),
+        (
+            {"epochs": 3, "patience": 3},
+            "fixed.patience",
+            "trials train at most 3 epochs, so a patience of 3 could never stop one early; "
+            "use less, or 0",
+        ),
+    ],
+)
+def test_a_fixed_patience_or_warmup_past_the_last_epoch_is_refused(
+    fixed: dict[str, Any], path: str, message: str
+) -> None:
+    """Found by a tester: they ran without a word, while pruner settings that could never
+    prune are refused."""
+    [error] = spec_errors({"name": "x", "fixed": fixed})
+    assert (error.path, error.msg) == (path, message)
+    searched = {"epochs": {"type": "int", "low": 2, "high": 8}}
+    assert load_spec({"name": "x", "fixed": {"patience": 3}, "params": searched})
