@@ -12,6 +12,7 @@ from automl.registry import range_text
 from automl.store.attrs import EvaluationState
 from automl.store.views import (
     BestTrials,
+    JobState,
     Page,
     RefitView,
     StudyDetail,
@@ -112,7 +113,20 @@ def study_text(study: StudyDetail) -> str:
         lines.append(f"best:      {front} on the Pareto front")
     if study.warm_start is not None:
         lines.append(f"warm start: {_warm_start_text(study.warm_start)}")
+    for label, job in (("test split", study.test_evaluation), ("refit", study.refit)):
+        if job is not None:
+            lines.append(f"{label + ':':<10} {_job_text(job)}")
     return "\n".join(lines)
+
+
+def _job_text(job: JobState) -> str:
+    """``running on worker w-1 (last beat 20:31:07 UTC)``, ``failed: why``, ``done``."""
+    text = job.state
+    if job.worker is not None:
+        text += f" on worker {job.worker}"
+        if job.since is not None:
+            text += f" (last beat {job.since:%H:%M:%S} UTC)"
+    return f"{text}: {job.note}" if job.note else text
 
 
 def _warm_start_text(note: dict[str, Any]) -> str:

@@ -18,12 +18,14 @@ from pydantic import ValidationError
 from automl.spec_summary import objective_metrics
 from automl.store import attrs, optuna_rows, tables
 from automl.store.attrs import StudyStatus
+from automl.store.jobs import RUNNING
 from automl.store.pareto import pareto_front
 from automl.store.status import ACTIVE
 from automl.store.storage import Store, retrying_read
 from automl.store.tables import DELETING, TicketState
 from automl.store.views import (
     SUMMARY_ATTRS,
+    JobState,
     Page,
     StudyDetail,
     StudySummary,
@@ -110,9 +112,35 @@ def get_study(store: Store, study_id: int) -> StudyDetail:
         directions, front = fields["directions"], None
         if len(directions) > 1:
             front = _front_size(connection, row, directions, fields["counts"].complete)
+        evaluation = _job_state(connection, tables.evaluations, study_id)
+        refit = _job_state(connection, tables.refits, study_id)
     warm_start = warm if isinstance(warm, dict) else None
     return StudyDetail(
-        **fields, spec=spec, seed=row.seed, warm_start=warm_start, pareto_front_size=front
+        **fields,
+        spec=spec,
+        seed=row.seed,
+        warm_start=warm_start,
+        pareto_front_size=front,
+        test_evaluation=evaluation,
+        refit=refit,
+    )
+
+
+def _job_state(connection: sa.engine.Connection, table: sa.Table, study_id: int) -> JobState | None:
+    """A post-study job's row (one indexed read), as status shows it; None if none."""
+    row = connection.execute(
+        sa.select(
+            table.c.state, table.c.worker_id, table.c.claimed_at, table.c.finished_at, table.c.note
+        ).where(table.c.study_id == study_id)
+    ).first()
+    if row is None:
+        return None
+    running = row.state == RUNNING
+    return JobState(
+        state=row.state,
+        worker=row.worker_id if running else None,
+        since=stored_datetime(row.claimed_at if running else row.finished_at),
+        note=row.note,
     )
 
 

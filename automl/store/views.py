@@ -74,6 +74,20 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 the same ``Idempotency-Key`` made the study."""
 
 
+class JobState(BaseModel):
+    """Where a job that runs after the study (test evaluation, refit) stands."""
+
+    state: str = Field(
+        description="Test evaluation: pending, running, done, skipped or failed; refit: "
+        "queued, running, done or failed."
+    )
+    worker: str | None = Field(None, description="The worker running it, while running.")
+    since: datetime | None = Field(
+        None, description="When the running worker last beat for it, or when it ended."
+    )
+    note: str | None = Field(None, description="Why it was skipped or failed.")
+
+
 class StudyDetail(StudySummary):
     """A study with its full spec."""
 
@@ -94,6 +108,14 @@ class StudyDetail(StudySummary):
         None,
         description="With several objectives, the trials on the Pareto front of the "
         "completed ones (``GET /studies/{id}/best`` lists them); null with one objective.",
+    )
+    test_evaluation: JobState | None = Field(
+        None,
+        description="The scoring of the best trial(s) on the test split, once the study "
+        "completed (``GET /studies/{id}/best`` has the metrics); null before.",
+    )
+    refit: JobState | None = Field(
+        None, description="The refit, once asked for (``GET /studies/{id}/best`` has its result)."
     )
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 import json
 import sys
+from datetime import UTC, datetime
 
 import pytest
 
 from automl.cli.output import display_width, printable_json, studies_table, study_text, table
 from automl.store import StudyStatus
-from automl.store.views import Page, StudyDetail, StudySummary, TrialCounts
+from automl.store.views import JobState, Page, StudyDetail, StudySummary, TrialCounts
 
 
 def test_control_characters_in_cells_are_shown_escaped() -> None:
@@ -106,6 +107,22 @@ def test_a_warm_start_note_written_by_hand_prints_no_traceback() -> None:
 
     expected = "warm start: 0 configurations from studies none found; left out: 1 the same"
     assert last == expected + " as one before"
+
+
+def test_status_says_where_the_test_evaluation_and_the_refit_stand() -> None:
+    """A refit held by a killed worker showed nowhere in status while it waited for the
+    grace period (an operator could not tell which worker held it)."""
+    beat = datetime(2026, 12, 7, 20, 31, 7, tzinfo=UTC)
+    detail = _detail(
+        test_evaluation=JobState(state="failed", since=beat, note="CUDA error: out of memory"),
+        refit=JobState(state="running", worker="w-9", since=beat),
+    )
+
+    assert study_text(detail).splitlines()[-2:] == [
+        "test split: failed: CUDA error: out of memory",
+        "refit:     running on worker w-9 (last beat 20:31:07 UTC)",
+    ]
+    assert "refit" not in study_text(_detail())
 
 
 def test_a_multi_objective_study_shows_its_pareto_fronts_size() -> None:

@@ -28,6 +28,7 @@ from automl.store import (
     delete_study,
     end_study_if_done,
     finish_refit,
+    get_study,
     optuna_rows,
     queue_refit,
     refit_artifact_ids,
@@ -92,6 +93,9 @@ def test_refit_true_queues_a_refit_that_one_worker_claims_and_stores(
     assert claim_refit(store, "w2") is None  # claimed: nobody else gets it
     assert best_trials(store, study_id).refit.state == RefitState.RUNNING  # type: ignore[union-attr]
     assert beat_refit(store, lease)
+    shown = get_study(store, study_id).refit  # what status shows
+    assert shown is not None and (shown.state, shown.worker) == ("running", "w1")
+    assert shown.since is not None
     assert served_refit(store, study_id) is None  # nothing serves before it is done
 
     result = _result(store, 1, "refit-a")
@@ -99,6 +103,9 @@ def test_refit_true_queues_a_refit_that_one_worker_claims_and_stores(
     assert finish_refit(store, lease, RefitState.DONE, result)  # a repeat is fine
     assert not beat_refit(store, lease)  # ended: no longer held
     assert claim_refit(store, "w2") is None
+    shown = get_study(store, study_id).refit
+    assert shown is not None and (shown.state, shown.worker) == ("done", None)
+    assert get_study(store, study_id).test_evaluation.state == "pending"  # type: ignore[union-attr]
 
     refit = best_trials(store, study_id).refit
     assert refit is not None
