@@ -1500,7 +1500,8 @@ def _check_past_the_last_epoch(spec: StudySpec) -> list[FieldError]:
     if isinstance(patience, numbers) and not isinstance(patience, bool) and patience >= epochs:
         message = f"{trained}, so a patience of {patience:g} could never stop one early"
         errors.append(FieldError(("fixed", "patience"), f"{message}; use less, or 0"))
-    if isinstance(warmup, numbers) and not isinstance(warmup, bool) and warmup >= epochs:
+    long = isinstance(warmup, numbers) and not isinstance(warmup, bool) and warmup >= epochs
+    if long and not _warmup_ignored(spec):  # an ignored one: _check_warmup_ignored says so
         message = (
             f"{trained}, so a warmup of {warmup:g} epochs would end every one before the "
             "learning rate reaches lr"

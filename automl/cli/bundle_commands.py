@@ -39,7 +39,7 @@ def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
     directory = Path(args.download)
     if directory.exists() and not directory.is_dir():
         raise CliError(f"{directory} is a file; --download names a folder", EXIT_BAD_INPUT)
-    if directory.is_dir() and any(directory.iterdir()) and not args.overwrite:
+    if directory.is_dir() and not args.overwrite and any(map(_counts, directory.iterdir())):
         message = f"{directory} is not empty; choose a new folder or pass --overwrite"
         raise CliError(message, EXIT_BAD_INPUT)
     data = fetch_bundle(settings, args.study, getattr(args, "number", None))
@@ -75,6 +75,14 @@ def cmd_download_best(args: argparse.Namespace, settings: Settings) -> int:
         + f"\n{printable(usage)}"
     )
     return EXIT_OK
+
+
+def _counts(path: Path) -> bool:
+    """Whether a folder's entry makes it not empty: any but a download's hidden part."""
+    name = path.name
+    return not (
+        name.startswith(".") and PARTIAL in name and name[1:].split(PARTIAL)[0] in BUNDLE_FILES
+    )
 
 
 def card_section(card: dict[str, Any], name: str) -> dict[str, Any]:
@@ -201,8 +209,10 @@ def unpack_bundle(
                 created.append(target)
             os.replace(partial, target)
             written.append(target)
-    except OSError as exc:
+    except BaseException as exc:
         _remove([*staged.values(), *created])
+        if not isinstance(exc, OSError):
+            raise
         replaced = [path.name for path in written if path not in created]
         note = f" ({', '.join(replaced)} replaced already: download again)" if replaced else ""
         raise CliError(f"cannot write {target}: {exc.strerror}{note}", EXIT_BAD_INPUT) from None
@@ -227,8 +237,10 @@ def _stage(members: dict[str, bytes], directory: Path) -> dict[str, Path]:
             remove_stale_siblings(directory / name, PARTIAL)  # a killed download's
             staged[name] = directory / f".{name}{PARTIAL}{os.getpid()}"
             staged[name].write_bytes(content)
-    except OSError as exc:
+    except BaseException as exc:  # Ctrl-C too: hundreds of MB would stay hidden there
         _remove(staged.values())  # a retry after a full disk would find the folder not empty
+        if not isinstance(exc, OSError):
+            raise
         code = EXIT_FAILURE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_BAD_INPUT
         raise CliError(f"cannot write {directory}: {exc.strerror}", code) from None
     return staged

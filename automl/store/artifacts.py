@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import stat
 import tempfile
 import uuid
@@ -594,11 +595,12 @@ def damaged_weights(trial: FrozenTrial) -> str:
             "not those saved (their SHA-256 differs from the one recorded then); automl refit "
             "trains it again"
         )
-    params = json.dumps(trial.params, separators=(", ", ": "))
+    params = shlex.quote(json.dumps(trial.params, separators=(", ", ": ")))
     return (
         f"the weights of trial {trial.number} are damaged: their bytes are not those saved "
         "(their SHA-256 differs from the one recorded then); to train its configuration "
-        f"again: automl resume ID --add-trials 1, then automl enqueue ID '{params}'"
+        f"again, queue it: automl enqueue ID {params} (a study that ended takes it after "
+        "automl resume ID --add-trials 1)"
     )
 
 

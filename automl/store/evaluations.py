@@ -30,7 +30,7 @@ from automl.spec_reading import check_readable
 from automl.store import attrs, optuna_rows, tables
 from automl.store.attrs import StudyStatus
 from automl.store.best_reads import best_trials_of
-from automl.store.jobs import JOB_STALE_S, JobKind, beat_job, claim_job, held
+from automl.store.jobs import JOB_STALE_S, JobKind, Sightings, beat_job, claim_job, held
 from automl.store.status import iso, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import EvaluationState
@@ -107,6 +107,8 @@ def claim_evaluation(
     stale_after: float = JOB_STALE_S,
     exclude: Collection[int] = (),
     check: Callable[[int, str], None] = check_readable,
+    sightings: Sightings | None = None,
+    confirm_after: float = 0.0,
 ) -> EvaluationLease | None:
     """Claims the oldest due test-split evaluation of a completed study.
 
@@ -119,6 +121,8 @@ def claim_evaluation(
         stale_after: Seconds after which a running claim counts as abandoned.
         exclude: Studies whose jobs the worker leaves to others.
         check: Refuses a study that the claiming process cannot read (``claim_job``).
+        sightings: Confirms a stale claim before it is taken over (``claim_job``).
+        confirm_after: See ``sightings``.
 
     Returns:
         The claim, or None when nothing is due (or another worker was faster).
@@ -127,7 +131,9 @@ def claim_evaluation(
         UnreadableStudyError: If this process cannot read the due job's study's spec
             (nothing was claimed).
     """
-    claim = claim_job(store, _JOB, worker_id, study_id, stale_after, exclude, check)
+    claim = claim_job(
+        store, _JOB, worker_id, study_id, stale_after, exclude, check, sightings, confirm_after
+    )
     if claim is None:
         return None
     study, attempt = claim

@@ -12,6 +12,7 @@ plugin's entry not installed here) does not claim the job: it is left to others.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
@@ -62,6 +63,34 @@ class JobKind:
 Result = TypeVar("Result")
 
 
+CANDIDATES = 16
+"""Due jobs one claim looks at: a stale claim not yet confirmed is passed over."""
+
+Sightings = dict[int, tuple[tuple[int, float | None], float]]
+"""Per study, a stale running claim seen (its attempt and last beat) and since when."""
+
+
+def _confirmed(
+    stale: list[sa.Row[Any]], sightings: Sightings, confirm_after: float
+) -> list[sa.Row[Any]]:
+    """The stale claims first seen as they are now ``confirm_after`` seconds ago or more;
+    ``sightings`` becomes what this look found."""
+    now_s = time.monotonic()
+    found: Sightings = {}
+    confirmed = []
+    for row in stale:
+        claim = (row.attempt, row.claimed_at)
+        seen, since = sightings.get(row.study_id, (None, now_s))
+        if seen != claim:
+            since = now_s
+        found[row.study_id] = (claim, since)
+        if now_s - since >= confirm_after:
+            confirmed.append(row)
+    sightings.clear()
+    sightings.update(found)
+    return confirmed
+
+
 def job_result(kind: type[Result], data: dict[str, Any]) -> Result:
     """A job's result (a dataclass) from its JSON, which a newer automl may have written
     with fields this one does not know: those are left out (a process of the release
@@ -78,6 +107,8 @@ def claim_job(
     stale_after: float,
     exclude: Collection[int],
     check: Callable[[int, str], None],
+    sightings: Sightings | None = None,
+    confirm_after: float = 0.0,
 ) -> tuple[sa.Row[Any], int] | None:
     """Claims the oldest due job of ``kind`` whose study may run it.
 
@@ -92,6 +123,13 @@ def claim_job(
         exclude: Studies whose jobs the worker leaves to others.
         check: Raises ``UnreadableStudyError`` for a study (id, stored spec) that the
             claiming process cannot read.
+        sightings: What this process's earlier claims found stale: a running claim is
+            taken over only if one found it stale, with the same claim and last beat, at
+            least ``confirm_after`` seconds before, as the reaper confirms a trial's. After
+            a database outage every claim looks stale, and its worker's next beat (within
+            its heartbeat interval, under half the grace period) lands in that time. None:
+            every stale claim is taken over at once.
+        confirm_after: See ``sightings``.
 
     Returns:
         The study's row and the claim's attempt, or None when nothing is due (or another
@@ -103,20 +141,25 @@ def claim_job(
     """
     jobs, studies = kind.table, tables.studies
     query = (
-        sa.select(jobs.c.study_id)
+        sa.select(jobs.c.study_id, jobs.c.state, jobs.c.attempt, jobs.c.claimed_at)
         .join(studies, studies.c.study_id == jobs.c.study_id)
         .where(studies.c.status.in_(kind.study_statuses))
         .order_by(jobs.c.requested_at, jobs.c.study_id)
-        .limit(1)
+        .limit(CANDIDATES)
     )
     if study_id is not None:
         query = query.where(jobs.c.study_id == study_id)
     if exclude:
         query = query.where(jobs.c.study_id.not_in(sorted(exclude)))
     with store.read() as connection:
-        candidate = connection.scalar(query.where(kind.due(now(connection), stale_after)))
-    if candidate is None:
+        due = connection.execute(query.where(kind.due(now(connection), stale_after))).all()
+    if sightings is not None:
+        stale = [row for row in due if row.state == RUNNING]
+        confirmed = {row.study_id for row in _confirmed(stale, sightings, confirm_after)}
+        due = [row for row in due if row.state != RUNNING or row.study_id in confirmed]
+    if not due:
         return None
+    candidate, seen = due[0].study_id, due[0]
     with store.write() as connection:
         at = now(connection)
         study = lock_study(connection, candidate)
@@ -125,6 +168,11 @@ def claim_job(
         ).first()
         if study is None or study.status not in kind.study_statuses or row is None:
             return None  # another worker was first, or the study was resumed or deleted
+        if row.state == RUNNING and (row.attempt, row.claimed_at) != (
+            seen.attempt,
+            seen.claimed_at,
+        ):
+            return None  # its worker beat (or another took it over) since it was confirmed
         check(candidate, study.spec)  # raising rolls the transaction back
         if row.tries >= kind.max_tries:
             note = f"abandoned: {row.tries} claims ended without a result"

@@ -199,10 +199,15 @@ def reap_stale(
 
 
 def lost_tickets(store: Store, grace: float, study_id: int | None = None) -> int:
-    """How many running tickets (of ``study_id``, else of any study) have gone without a
-    heartbeat for ``grace`` seconds: a lost worker's, which a reaper will take back."""
-    tickets = tables.tickets
-    query = sa.select(sa.func.count()).where(tickets.c.state == TicketState.RUNNING.value)
+    """How many running tickets (of ``study_id``, else of any study not being deleted)
+    have gone without a heartbeat for ``grace`` seconds: a lost worker's, which a reaper
+    will take back."""
+    tickets, studies = tables.tickets, tables.studies
+    query = (
+        sa.select(sa.func.count())
+        .select_from(tickets.join(studies, studies.c.study_id == tickets.c.study_id))
+        .where(tickets.c.state == TicketState.RUNNING.value, studies.c.status != DELETING)
+    )
     if study_id is not None:
         query = query.where(tickets.c.study_id == study_id)
     with store.read() as connection:

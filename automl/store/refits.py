@@ -25,7 +25,15 @@ from automl.spec_reading import check_readable
 from automl.store import attrs, optuna_rows, tables
 from automl.store.artifacts import remove_quietly
 from automl.store.best_reads import RefitResult, done_result
-from automl.store.jobs import JOB_STALE_S, JobKind, beat_job, claim_job, held, release_job
+from automl.store.jobs import (
+    JOB_STALE_S,
+    JobKind,
+    Sightings,
+    beat_job,
+    claim_job,
+    held,
+    release_job,
+)
 from automl.store.status import ENDED, iso, lock_study, now
 from automl.store.storage import Store
 from automl.store.study_reads import spec_heads
@@ -79,6 +87,8 @@ def claim_refit(
     stale_after: float = JOB_STALE_S,
     exclude: Collection[int] = (),
     check: Callable[[int, str], None] = check_readable,
+    sightings: Sightings | None = None,
+    confirm_after: float = 0.0,
 ) -> RefitLease | None:
     """Claims the oldest due refit of an ended study.
 
@@ -91,6 +101,8 @@ def claim_refit(
         stale_after: Seconds after which a claim without beats counts as abandoned.
         exclude: Studies whose jobs the worker leaves to others.
         check: Refuses a study that the claiming process cannot read (``claim_job``).
+        sightings: Confirms a stale claim before it is taken over (``claim_job``).
+        confirm_after: See ``sightings``.
 
     Returns:
         The claim, or None when nothing is due (or another worker was faster).
@@ -99,7 +111,9 @@ def claim_refit(
         UnreadableStudyError: If this process cannot read the due job's study's spec
             (nothing was claimed).
     """
-    claim = claim_job(store, _JOB, worker_id, study_id, stale_after, exclude, check)
+    claim = claim_job(
+        store, _JOB, worker_id, study_id, stale_after, exclude, check, sightings, confirm_after
+    )
     if claim is None:
         return None
     study, attempt = claim

@@ -13,6 +13,7 @@ trial local and sends its writes with those calls; a remote implementation
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -78,7 +79,8 @@ from automl.store import (
     write_trials,
     writes_from_json,
 )
-from automl.store.jobs import JOB_STALE_S
+from automl.store.jobs import JOB_STALE_S, Sightings
+from automl.store.reaper import MAX_STALL_SHARE
 
 logger = logging.getLogger("automl.worker")
 
@@ -268,6 +270,10 @@ class SqlCoordinator:
         self.store = store
         self.reader = reader
         self.grace_period = grace_period
+        # Stale claims of other workers seen, per kind of job (``claim_job``), shared by
+        # the proxy's threads.
+        self._sightings: dict[str, Sightings] = {"evaluation": {}, "refit": {}}
+        self._sightings_lock = threading.Lock()
         self.storage: BaseStorage = StudyCaches(lambda: LeanTrialCache(store), store.storage)
         """What a worker's studies are loaded with: Optuna's storage, with a cache of
         finished trials per study (without their bulky attributes)."""
@@ -468,14 +474,17 @@ class SqlCoordinator:
         self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
     ) -> EvaluationLease | None:
         """See ``Coordinator.claim_evaluation``."""
-        return claim_evaluation(
-            self.store,
-            worker_id,
-            study_id,
-            stale_after=self.grace_period,
-            exclude=exclude,
-            check=self._check,
-        )
+        with self._sightings_lock:
+            return claim_evaluation(
+                self.store,
+                worker_id,
+                study_id,
+                stale_after=self.grace_period,
+                exclude=exclude,
+                check=self._check,
+                sightings=self._sightings["evaluation"],
+                confirm_after=self.grace_period * MAX_STALL_SHARE,
+            )
 
     def beat_evaluation(self, lease: EvaluationLease) -> bool:
         """See ``Coordinator.beat_evaluation``."""
@@ -495,14 +504,17 @@ class SqlCoordinator:
         self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
     ) -> RefitLease | None:
         """See ``Coordinator.claim_refit``."""
-        return claim_refit(
-            self.store,
-            worker_id,
-            study_id,
-            stale_after=self.grace_period,
-            exclude=exclude,
-            check=self._check,
-        )
+        with self._sightings_lock:
+            return claim_refit(
+                self.store,
+                worker_id,
+                study_id,
+                stale_after=self.grace_period,
+                exclude=exclude,
+                check=self._check,
+                sightings=self._sightings["refit"],
+                confirm_after=self.grace_period * MAX_STALL_SHARE,
+            )
 
     def beat_refit(self, lease: RefitLease) -> bool:
         """See ``Coordinator.beat_refit``."""

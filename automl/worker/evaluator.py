@@ -43,6 +43,7 @@ def run_evaluation(
     device: str,
     backoff: Backoff,
     give_up: Callable[[], bool] = lambda: False,
+    lost: Callable[[], bool] = lambda: False,
 ) -> EvaluationState | None:
     """Scores the claimed trials on the test split and stores the result.
 
@@ -52,6 +53,7 @@ def run_evaluation(
         device: Torch device to score on.
         backoff: Waits and logs during database outages.
         give_up: True stops waiting out an outage (the worker is stopping).
+        lost: True once the claim is no longer held: scoring stops at the next trial.
 
     Returns:
         The state the evaluation ended in, or None if nothing was stored (the claim was
@@ -62,7 +64,10 @@ def run_evaluation(
     """
     fault = None
     try:
-        state, reports, note = score(coordinator, lease, device)
+        state, reports, note = score(coordinator, lease, device, lost)
+    except EvaluationLostError as exc:
+        logger.warning("test evaluation of study %s stopped: %s", lease.study_id, exc)
+        return None
     except Exception as exc:
         if is_transient(exc):
             logger.warning("test evaluation of study %s interrupted: %s", lease.study_id, exc)
@@ -106,13 +111,23 @@ def _store(
     return state
 
 
-def score(coordinator: Coordinator, lease: EvaluationLease, device: str) -> Outcome:
+class EvaluationLostError(RuntimeError):
+    """The evaluation's claim was taken over while it scored."""
+
+
+def score(
+    coordinator: Coordinator,
+    lease: EvaluationLease,
+    device: str,
+    lost: Callable[[], bool] = lambda: False,
+) -> Outcome:
     """Evaluates the weights of each trial of ``lease`` on its dataset's test split.
 
     Returns:
         ``done`` with one report per trial, or ``skipped`` with the reason.
 
     Raises:
+        EvaluationLostError: If ``lost`` became True (checked before each trial).
         Exception: Whatever reading or scoring raised (the caller records it).
     """
     if not lease.trials:
@@ -121,6 +136,8 @@ def score(coordinator: Coordinator, lease: EvaluationLease, device: str) -> Outc
     datasets: dict[str, ImageData] = {}
     reports = []
     for number in lease.trials:
+        if lost():
+            raise EvaluationLostError("it was taken over by another worker")
         trial_id = storage.get_trial_id_from_study_id_trial_number(lease.study_id, number)
         trial = storage.get_trial(trial_id)
         if attrs.CONFIG not in trial.user_attrs:

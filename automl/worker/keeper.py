@@ -105,8 +105,9 @@ class JobKeeper:
     until stopped, so other workers take it over only once this worker is gone.
 
     ``lost`` is set once the claim is no longer held (another worker took it over, the
-    study was resumed or deleted). Database errors are retried at the next beat and logged
-    once per outage; any other error ends the beats (the claim then goes stale).
+    study was resumed or deleted, or the job just ended: what acts on it says which).
+    Database errors are retried at the next beat and logged once per outage; any other
+    error is logged once and retried too.
 
     Args:
         beat: Renews the claim once; False if it is no longer held.
@@ -132,17 +133,19 @@ class JobKeeper:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        told = False
         while not self._stop.wait(self.interval):
             try:
                 held = self._beat()
             except Exception as exc:
-                if not is_transient(exc):
+                if is_transient(exc):
+                    self.backoff.failed(exc, "renewing a claim")
+                elif not told:
                     logger.warning("cannot renew the claim of %s: %s", self.what, exc)
-                    return
-                self.backoff.failed(exc, "renewing a claim")
+                    told = True
                 continue
             self.backoff.succeeded()
             if not held:
-                logger.warning("%s was taken over by another worker", self.what)
+                logger.debug("%s is no longer this worker's", self.what)
                 self.lost.set()
                 return

@@ -245,7 +245,7 @@ class Worker:
         self._jobs_run: Counter[str] = Counter()  # post-study jobs run, by kind
         self._jobs_checked_at = -math.inf
         self._reaping = False  # this worker runs a reaper (``run``)
-        self._lost_told = False  # it said it waits for a lost worker's trials
+        self._lost_since: float | None = None  # since when it waits for them
         self.gate = DeviceGate(options.slot_group, release=release_device_memory)
         self.stopped_by: signal.Signals | None = None
         """The signal that first asked this worker to stop (None: stopped otherwise)."""
@@ -411,15 +411,29 @@ class Worker:
                 raise
             self.backoff.failed(exc, "checking for work")
             return False
-        if lost and not self._lost_told:
+        if not lost:
+            self._lost_since = None
+            return False
+        if self._lost_since is None:
+            self._lost_since = time.monotonic()
             logger.info(
                 "worker %s: %s left running by a lost worker; waiting for the reaper to "
                 "queue them again",
                 self.name,
                 counted(lost, "trial"),
             )
-        self._lost_told = lost > 0
-        return lost > 0
+        # The reaper takes a trial back within about two grace periods of its start and
+        # of the trial's last beat: past that, it cannot (say, a study it cannot touch).
+        limit = 3 * self.options.grace_period + 2 * (self.options.reap_interval or 0)
+        if time.monotonic() - self._lost_since > limit:
+            logger.warning(
+                "worker %s: the reaper did not queue %s again within %.0f s; exiting",
+                self.name,
+                counted(lost, "trial"),
+                limit,
+            )
+            return False
+        return True
 
     def _idle_exit(self) -> bool:
         """Whether an idle worker should exit now."""
@@ -466,8 +480,8 @@ class Worker:
             "test evaluation",
             lambda left: self.coordinator.claim_evaluation(self.name, self.options.study_id, left),
             self.coordinator.beat_evaluation,
-            lambda lease, _lost: run_evaluation(
-                self.coordinator, lease, self.device, self.backoff, lambda: self.stopping
+            lambda lease, lost: run_evaluation(
+                self.coordinator, lease, self.device, self.backoff, lambda: self.stopping, lost
             ),
         )
 
@@ -497,10 +511,34 @@ class Worker:
         if self.options.study_id in left:
             return False
         try:
-            lease = claim(left)
+            # Beside the other slots' trials, never beside one that must run alone: this
+            # slot waits for such a trial before it claims, so that it holds no claim (one
+            # another machine's worker could run) all that time.
+            with self.gate.hold(False, lambda: self.stopping):
+                lease = self._claim_due(job, claim, left)
+                if lease is None:
+                    return False
+                what = f"the {job} of study {lease.study_id}"
+                keeper = JobKeeper(
+                    lambda: beat(lease), self.options.heartbeat_interval, self.backoff, what
+                )
+                with keeper:
+                    ended = run(lease, keeper.lost.is_set)
+        except GateAbandoned:
+            return False  # stopping before it claimed
+        if ended not in NOT_RUN:  # stored, and not skipped for want of a test split
+            self._jobs_run[job] += 1
+        return True
+
+    def _claim_due(
+        self, job: str, claim: Callable[[set[int]], JobLease | None], left: set[int]
+    ) -> JobLease | None:
+        """Claims a due ``job`` of none of the studies ``left``; None if there is none or
+        the claim failed (logged)."""
+        try:
+            return claim(left)
         except UnreadableStudyError as exc:
             self._skip_study(exc)  # nothing claimed; the next claims pass it by
-            return False
         except Exception as exc:
             if is_transient(exc):
                 self.backoff.failed(exc, f"looking for {job}s")
@@ -508,22 +546,7 @@ class Worker:
                 log = logger.debug if job in self._refused else logger.warning
                 log("cannot claim a %s: %s", job, describe(exc))
                 self._refused.add(job)
-            return False
-        if lease is None:
-            return False
-        try:
-            # Beside the other slots' trials, never beside one that must run alone.
-            what = f"the {job} of study {lease.study_id}"
-            keeper = JobKeeper(
-                lambda: beat(lease), self.options.heartbeat_interval, self.backoff, what
-            )
-            with keeper, self.gate.hold(False, lambda: self.stopping):
-                ended = run(lease, keeper.lost.is_set)
-            if ended not in NOT_RUN:  # stored, and not skipped for want of a test split
-                self._jobs_run[job] += 1
-        except GateAbandoned:
-            pass  # stopping: the claim goes stale and another worker takes it over
-        return True
+        return None
 
     def _context(self) -> TrialContext:
         """What running (or giving back) a ticket needs of this worker."""

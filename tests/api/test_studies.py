@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import shlex
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -215,7 +216,13 @@ def test_a_body_of_another_type_or_compressed_is_415_and_json_or_yaml_types_are_
     )
     assert client.get("/studies").json()["count"] == 0
 
-    for content_type in ("application/vnd.automl+json", "text/yaml", "text/plain", None):
+    for content_type in (
+        "application/vnd.automl+json",
+        "text/json",
+        "text/yaml",
+        "text/plain",
+        None,
+    ):
         headers = {} if content_type is None else {"content-type": content_type}
         response = client.post("/studies", content=spec, headers=headers)
         assert response.status_code == 201, (content_type, response.text)
@@ -519,7 +526,9 @@ def test_weights_whose_bytes_changed_are_a_503_that_says_so(
 
     # The hint's two steps queue the trial's configuration again.
     detail = client.get(f"/studies/{study_id}/trials/0/weights").json()["detail"]
-    params = json.loads(detail.split("then automl enqueue ID '")[1].removesuffix("'"))
+    command = detail.split("queue it: ")[1].split(" (a study that ended")[0]
+    assert detail.endswith("(a study that ended takes it after automl resume ID --add-trials 1)")
+    params = json.loads(shlex.split(command)[-1])
     assert params == client.get(f"/studies/{study_id}/trials/0").json()["params"]
     resumed = client.post(f"/studies/{study_id}/resume", json={"add_trials": 1})
     assert resumed.status_code == 200, resumed.text

@@ -233,3 +233,22 @@ def test_a_new_bundle_replaces_the_earlier_one_only_once_it_reads(tmp_path: Path
 
     assert kept == ["model.onnx", "model_card.json", "notes.txt"]
     assert sorted(p.name for p in folder.iterdir()) == ["model_card.json", "notes.txt"]
+
+
+def test_a_download_interrupted_by_ctrl_c_leaves_no_hidden_part_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reviewer: Ctrl-C while the files were written left hidden parts (hundreds of MB
+    for a large model) that made the folder "not empty" to the next download."""
+    out = tmp_path / "out"
+    real_write = Path.write_bytes
+
+    def interrupted(path: Path, content: bytes) -> int:
+        if "predict.py" in path.name:
+            raise KeyboardInterrupt
+        return real_write(path, content)
+
+    monkeypatch.setattr(Path, "write_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        unpack_bundle(archive({"model_card.json": CARD, "predict.py": b"print()"}), out)
+    assert list(out.iterdir()) == []

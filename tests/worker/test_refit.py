@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -21,6 +23,7 @@ from automl.store import (
     Store,
     StudyStateError,
     attrs,
+    beat_refit,
     best_trials,
     queue_refit,
     submit_study,
@@ -113,23 +116,62 @@ def test_a_refit_whose_worker_died_is_taken_over_after_the_grace_period(
     with sqlite_store.write() as connection:  # its last beat was 10 s ago
         connection.execute(refits.update().values(claimed_at=refits.c.claimed_at - 10))
 
-    def worker(grace_period: float) -> None:
+    def worker(grace_period: float, seconds: float) -> RefitState:
+        """Runs an idle worker for up to ``seconds``, until the refit is done."""
         options = WorkerOptions(
             device="cpu",
-            study_id=study_id,
-            exit_when_idle=True,
             reap_interval=None,
+            poll_interval=0.1,
             heartbeat_interval=1.0,
             grace_period=grace_period,
         )
-        Worker(sqlite_store, options).run()
+        running = Worker(sqlite_store, options)
+        thread = threading.Thread(target=running.run)
+        thread.start()
+        deadline = time.monotonic() + seconds
+        state = RefitState.RUNNING
+        while time.monotonic() < deadline and state != RefitState.DONE:
+            time.sleep(0.2)
+            state = best_trials(sqlite_store, study_id).refit.state  # type: ignore[union-attr]
+        running.stop()
+        thread.join(60)
+        return state
 
-    worker(grace_period=60.0)  # within its grace period: left to the worker holding it
-    refit_view = best_trials(sqlite_store, study_id).refit
-    assert refit_view is not None and refit_view.state == RefitState.RUNNING
-    worker(grace_period=5.0)
-    refit_view = best_trials(sqlite_store, study_id).refit
-    assert refit_view is not None and refit_view.state == RefitState.DONE
+    # Within its grace period: left to the worker holding it.
+    assert worker(grace_period=60.0, seconds=3) == RefitState.RUNNING
+    # Past it, and seen so for half of it (the worker did not beat since): taken over.
+    assert worker(grace_period=5.0, seconds=60) == RefitState.DONE
+
+
+def test_a_stale_claim_is_taken_over_only_once_it_stays_stale_for_half_the_grace_period(
+    sqlite_store: Store, tiny_spec: SpecFactory
+) -> None:
+    """A reviewer: after a database outage longer than the grace period every running
+    claim looked stale, and the first idle worker took over a refit whose worker was
+    alive (hours of training lost); its next beat, once the database is back, comes
+    within half the grace period."""
+    spec = tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1, "max_failed": 0})
+    study_id = submit_study(sqlite_store, spec).id
+    _run(sqlite_store, study_id)
+    queue_refit(sqlite_store, study_id)
+    alive = SqlCoordinator(sqlite_store).claim_refit("alive", study_id)
+    assert alive is not None
+    refits = tables.refits
+
+    def outage() -> None:  # its beats could not land for 10 s
+        with sqlite_store.write() as connection:
+            connection.execute(refits.update().values(claimed_at=refits.c.claimed_at - 10))
+
+    outage()
+    other = SqlCoordinator(sqlite_store, grace_period=1.0)
+    assert other.claim_refit("idle", study_id) is None  # first seen stale
+    assert beat_refit(sqlite_store, alive)  # the database is back: the live worker beats
+    outage()  # (and stays silent again)
+    time.sleep(0.6)
+    assert other.claim_refit("idle", study_id) is None  # another claim: seen anew
+    time.sleep(0.6)
+    taken = other.claim_refit("idle", study_id)
+    assert taken is not None and taken.attempt == alive.attempt + 1
 
 
 def test_a_dataset_without_test_split_fails_the_refit_with_a_reason(

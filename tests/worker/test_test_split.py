@@ -15,6 +15,7 @@ import automl.worker.evaluator
 from automl.data import load_dataset
 from automl.spec import StudySpec, validate_spec
 from automl.store import (
+    Backoff,
     EvaluationState,
     Store,
     StudyStateError,
@@ -213,6 +214,28 @@ def test_an_idle_worker_evaluates_a_study_someone_else_completed(
     assert best.test_evaluation.state == EvaluationState.DONE
     assert best.trials[0].test_metrics is not None
     assert 0.0 < best.trials[0].test_metrics["accuracy"] <= 1.0
+
+
+def test_an_evaluation_taken_over_stops_scoring_and_stores_nothing(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reviewer: a worker whose claim was taken over scored every trial to the end."""
+    study_id = submit_study(sqlite_store, tiny_spec(dataset=TEST_SPLIT)).id
+    monkeypatch.setattr(SqlCoordinator, "claim_evaluation", lambda self, w, s, left=(): None)
+    assert Worker(sqlite_store, _options()).run() == 3
+    monkeypatch.undo()
+    coordinator = SqlCoordinator(sqlite_store)
+    lease = coordinator.claim_evaluation("w1", study_id)
+    assert lease is not None
+    monkeypatch.setattr(automl.worker.evaluator, "evaluate_weights", _explodes)
+
+    ended = automl.worker.evaluator.run_evaluation(
+        coordinator, lease, "cpu", Backoff(logging.getLogger("t")), lost=lambda: True
+    )
+
+    assert ended is None  # nothing scored, nothing stored
+    evaluation = best_trials(sqlite_store, study_id).test_evaluation
+    assert evaluation is not None and evaluation.state == EvaluationState.RUNNING
 
 
 def test_every_trial_of_the_pareto_front_gets_test_metrics(sqlite_store: Store) -> None:

@@ -191,6 +191,7 @@ FORM_REFUSAL = (
 )
 
 
+JSON_TYPES = frozenset({"application/json", "text/json", "application/x-json"})
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 # Read as YAML (which JSON is too): no type, and what curl and scripts send by default.
 LENIENT_TYPES = frozenset({"", "text/plain", "application/octet-stream", FORM_ENCODED})
@@ -210,7 +211,7 @@ def _spec_is_json(request: Request) -> bool:
             f"Content-Encoding {encoding!r} is not supported: send the spec uncompressed",
         )
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json" or content_type.endswith("+json"):
+    if content_type in JSON_TYPES or content_type.endswith("+json"):
         return True
     if content_type in YAML_TYPES | LENIENT_TYPES or content_type.endswith("+yaml"):
         return False
