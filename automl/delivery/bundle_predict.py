@@ -147,7 +147,8 @@ def main(paths: list) -> int:
                 {"label": card["classes"][i], "index": int(i), "probability": float(p)}
                 for i, p in zip(top, probabilities[top])  # noqa: B905
             ]
-            print(json.dumps({"file": str(path), "top": ranked}), flush=True)
+            print(json.dumps({"file": str(path), "top": ranked}))
+        sys.stdout.flush()  # each chunk's lines as soon as they are known
     return 1 if failed else 0
 
 
