@@ -198,10 +198,10 @@ def reap_stale(
     return reaped
 
 
-def lost_tickets(store: Store, grace: float, study_id: int | None = None) -> int:
+def lost_tickets(store: Store, silent_for: float, study_id: int | None = None) -> int:
     """How many running tickets (of ``study_id``, else of any study not being deleted)
-    have gone without a heartbeat for ``grace`` seconds: a lost worker's, which a reaper
-    will take back."""
+    have gone without a heartbeat for ``silent_for`` seconds: a lost worker's, which a
+    reaper takes back once they are silent for the grace period."""
     tickets, studies = tables.tickets, tables.studies
     query = (
         sa.select(sa.func.count())
@@ -211,7 +211,7 @@ def lost_tickets(store: Store, grace: float, study_id: int | None = None) -> int
     if study_id is not None:
         query = query.where(tickets.c.study_id == study_id)
     with store.read() as connection:
-        cutoff = now(connection) - grace
+        cutoff = now(connection) - silent_for
         return int(connection.scalar(query.where(tickets.c.heartbeat_at < cutoff)) or 0)
 
 

@@ -405,20 +405,23 @@ class Worker:
         if not self._reaping or self.store is None:
             return False
         try:
-            lost = lost_tickets(self.store, self.options.grace_period, self.options.study_id)
+            # Two beats missed: a live worker beats again soon (and this one exits then), a
+            # killed one stays silent until the reaper takes its trial back.
+            overdue = 2 * self.options.heartbeat_interval
+            lost = lost_tickets(self.store, overdue, self.options.study_id)
         except Exception as exc:
             if not is_transient(exc):
                 raise
             self.backoff.failed(exc, "checking for work")
             return False
         if not lost:
-            self._lost_since = None
-            return False
+            waited, self._lost_since = self._lost_since is not None, None
+            return waited  # one more pass, to claim what the reaper just queued again
         if self._lost_since is None:
             self._lost_since = time.monotonic()
             logger.info(
-                "worker %s: %s left running by a lost worker; waiting for the reaper to "
-                "queue them again",
+                "worker %s: %s whose worker stopped beating; waiting for it to beat again "
+                "or for the reaper to queue them again",
                 self.name,
                 counted(lost, "trial"),
             )
