@@ -194,22 +194,19 @@ def unpack_bundle(
     staged = _stage(members, directory)
     # Every byte is on disk: what is left are renames in one folder, which a full disk
     # does not fail, so a failed download leaves an earlier bundle whole.
-    if replace:
-        try:
-            remove_earlier_bundle(directory, keep=members)
-        except CliError:
-            _remove(staged.values())
-            raise
     written: list[Path] = []
     created: list[Path] = []  # by this call: what a failure removes (a user's files stay)
+    target = directory
     try:
+        if replace:
+            remove_earlier_bundle(directory, keep=members)
         for name, partial in staged.items():
             target = directory / name
             if not target.exists():
                 created.append(target)
             os.replace(partial, target)
             written.append(target)
-    except BaseException as exc:
+    except BaseException as exc:  # Ctrl-C too: no hidden part stays behind
         _remove([*staged.values(), *created])
         if not isinstance(exc, OSError):
             raise

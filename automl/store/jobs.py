@@ -12,6 +12,7 @@ plugin's entry not installed here) does not claim the job: it is left to others.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
@@ -66,29 +67,42 @@ Result = TypeVar("Result")
 CANDIDATES = 16
 """Due jobs one claim looks at: a stale claim not yet confirmed is passed over."""
 
-Sightings = dict[int, tuple[tuple[int, float | None], float]]
-"""Per study, a stale running claim seen (its attempt and last beat) and since when."""
 
+class Sightings:
+    """The stale running claims one process saw, per study: which claim (its attempt and
+    last beat) and since when. Shared by the claims of all its threads and workers (a
+    proxy's): a look adds to it and never drops another look's sightings, since the same
+    claim seen again later proves no beat came in between, whatever was asked for."""
 
-def _confirmed(
-    stale: list[sa.Row[Any]], sightings: Sightings, confirm_after: float
-) -> list[sa.Row[Any]]:
-    """The stale claims first seen as they are now ``confirm_after`` seconds ago or more;
-    ``sightings`` becomes what this look found."""
-    now_s = time.monotonic()
-    found: Sightings = {}
-    confirmed = []
-    for row in stale:
-        claim = (row.attempt, row.claimed_at)
-        seen, since = sightings.get(row.study_id, (None, now_s))
-        if seen != claim:
-            since = now_s
-        found[row.study_id] = (claim, since)
-        if now_s - since >= confirm_after:
-            confirmed.append(row)
-    sightings.clear()
-    sightings.update(found)
-    return confirmed
+    LIMIT = 4096
+    """Studies kept; past them the oldest sightings are forgotten (they start again)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[tuple[int, float | None], float]] = {}
+        self._lock = threading.Lock()
+
+    def confirmed(self, stale: list[sa.Row[Any]], confirm_after: float) -> set[int]:
+        """The studies of ``stale`` whose claim was first seen as it is now at least
+        ``confirm_after`` seconds ago."""
+        now_s = time.monotonic()
+        confirmed = set()
+        with self._lock:
+            for row in stale:
+                claim = (row.attempt, row.claimed_at)
+                seen, since = self._seen.get(row.study_id, (None, now_s))
+                if seen != claim:
+                    since = now_s
+                self._seen[row.study_id] = (claim, since)
+                if now_s - since >= confirm_after:
+                    confirmed.add(row.study_id)
+            while len(self._seen) > self.LIMIT:
+                del self._seen[next(iter(self._seen))]
+        return confirmed
+
+    def forget(self) -> None:
+        """Drops every sighting: after a database error, beats may have failed meanwhile."""
+        with self._lock:
+            self._seen.clear()
 
 
 def job_result(kind: type[Result], data: dict[str, Any]) -> Result:
@@ -151,16 +165,25 @@ def claim_job(
         query = query.where(jobs.c.study_id == study_id)
     if exclude:
         query = query.where(jobs.c.study_id.not_in(sorted(exclude)))
-    with store.read() as connection:
-        due = connection.execute(query.where(kind.due(now(connection), stale_after))).all()
+    try:
+        with store.read() as connection:
+            due = connection.execute(query.where(kind.due(now(connection), stale_after))).all()
+    except Exception:
+        if sightings is not None:
+            sightings.forget()
+        raise
     if sightings is not None:
         stale = [row for row in due if row.state == RUNNING]
-        confirmed = {row.study_id for row in _confirmed(stale, sightings, confirm_after)}
+        confirmed = sightings.confirmed(stale, confirm_after)
         due = [row for row in due if row.state != RUNNING or row.study_id in confirmed]
     if not due:
         return None
     candidate, seen = due[0].study_id, due[0]
+    waiting = time.monotonic()
     with store.write() as connection:
+        held_up = time.monotonic() - waiting > confirm_after
+        if sightings is not None and seen.state == RUNNING and held_up:
+            return None  # a write lock held this long held the claim's beats back too
         at = now(connection)
         study = lock_study(connection, candidate)
         row = connection.execute(

@@ -13,7 +13,6 @@ trial local and sends its writes with those calls; a remote implementation
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -272,8 +271,7 @@ class SqlCoordinator:
         self.grace_period = grace_period
         # Stale claims of other workers seen, per kind of job (``claim_job``), shared by
         # the proxy's threads.
-        self._sightings: dict[str, Sightings] = {"evaluation": {}, "refit": {}}
-        self._sightings_lock = threading.Lock()
+        self._sightings = {"evaluation": Sightings(), "refit": Sightings()}
         self.storage: BaseStorage = StudyCaches(lambda: LeanTrialCache(store), store.storage)
         """What a worker's studies are loaded with: Optuna's storage, with a cache of
         finished trials per study (without their bulky attributes)."""
@@ -474,17 +472,16 @@ class SqlCoordinator:
         self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
     ) -> EvaluationLease | None:
         """See ``Coordinator.claim_evaluation``."""
-        with self._sightings_lock:
-            return claim_evaluation(
-                self.store,
-                worker_id,
-                study_id,
-                stale_after=self.grace_period,
-                exclude=exclude,
-                check=self._check,
-                sightings=self._sightings["evaluation"],
-                confirm_after=self.grace_period * MAX_STALL_SHARE,
-            )
+        return claim_evaluation(
+            self.store,
+            worker_id,
+            study_id,
+            stale_after=self.grace_period,
+            exclude=exclude,
+            check=self._check,
+            sightings=self._sightings["evaluation"],
+            confirm_after=self.grace_period * MAX_STALL_SHARE,
+        )
 
     def beat_evaluation(self, lease: EvaluationLease) -> bool:
         """See ``Coordinator.beat_evaluation``."""
@@ -504,17 +501,16 @@ class SqlCoordinator:
         self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
     ) -> RefitLease | None:
         """See ``Coordinator.claim_refit``."""
-        with self._sightings_lock:
-            return claim_refit(
-                self.store,
-                worker_id,
-                study_id,
-                stale_after=self.grace_period,
-                exclude=exclude,
-                check=self._check,
-                sightings=self._sightings["refit"],
-                confirm_after=self.grace_period * MAX_STALL_SHARE,
-            )
+        return claim_refit(
+            self.store,
+            worker_id,
+            study_id,
+            stale_after=self.grace_period,
+            exclude=exclude,
+            check=self._check,
+            sightings=self._sightings["refit"],
+            confirm_after=self.grace_period * MAX_STALL_SHARE,
+        )
 
     def beat_refit(self, lease: RefitLease) -> bool:
         """See ``Coordinator.beat_refit``."""

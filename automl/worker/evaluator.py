@@ -112,7 +112,7 @@ def _store(
 
 
 class EvaluationLostError(RuntimeError):
-    """The evaluation's claim was taken over while it scored."""
+    """The evaluation's claim was lost while it scored."""
 
 
 def score(
@@ -137,7 +137,10 @@ def score(
     reports = []
     for number in lease.trials:
         if lost():
-            raise EvaluationLostError("it was taken over by another worker")
+            raise EvaluationLostError(
+                "its claim is no longer this worker's (taken over, or the study was resumed "
+                "or deleted)"
+            )
         trial_id = storage.get_trial_id_from_study_id_trial_number(lease.study_id, number)
         trial = storage.get_trial(trial_id)
         if attrs.CONFIG not in trial.user_attrs:

@@ -245,7 +245,8 @@ class Worker:
         self._jobs_run: Counter[str] = Counter()  # post-study jobs run, by kind
         self._jobs_checked_at = -math.inf
         self._reaping = False  # this worker runs a reaper (``run``)
-        self._lost_since: float | None = None  # since when it waits for them
+        self._lost_since: float | None = None  # since when this idle spell waits for them
+        self._lost_seen = False  # the last idle pass found some
         self.gate = DeviceGate(options.slot_group, release=release_device_memory)
         self.stopped_by: signal.Signals | None = None
         """The signal that first asked this worker to stop (None: stopped otherwise)."""
@@ -321,7 +322,7 @@ class Worker:
                     waiting_told = True
                     self._stop.wait(self.options.poll_interval)
                     continue
-                waiting_told = False
+                waiting_told, self._lost_since = False, None
                 try:
                     run = self.run_lease(lease)
                 except (CoordinatorTooOldError, DeviceFaultError):
@@ -415,9 +416,10 @@ class Worker:
             self.backoff.failed(exc, "checking for work")
             return False
         if not lost:
-            waited, self._lost_since = self._lost_since is not None, None
-            return waited  # one more pass, to claim what the reaper just queued again
-        if self._lost_since is None:
+            again, self._lost_seen = self._lost_seen, False
+            return again  # one more pass, to claim what the reaper just queued again
+        self._lost_seen = True
+        if self._lost_since is None:  # from the first sighting of this idle spell
             self._lost_since = time.monotonic()
             logger.info(
                 "worker %s: %s whose worker stopped beating; waiting for it to beat again "
@@ -426,7 +428,8 @@ class Worker:
                 counted(lost, "trial"),
             )
         # The reaper takes a trial back within about two grace periods of its start and
-        # of the trial's last beat: past that, it cannot (say, a study it cannot touch).
+        # of the trial's last beat: past that, it cannot (say, a study it cannot touch),
+        # or the trials were a live worker's whose beats come further apart than this one's.
         limit = 3 * self.options.grace_period + 2 * (self.options.reap_interval or 0)
         if time.monotonic() - self._lost_since > limit:
             logger.warning(
@@ -466,6 +469,8 @@ class Worker:
         if not always and now - self._jobs_checked_at < POST_STUDY_CHECK_INTERVAL_S:
             return False
         ran = self._evaluate_due() or self._refit_due()
+        if ran:
+            self._lost_since = None  # a new idle spell starts after it
         # After a job, ask again at once: a study's evaluation and refit come together.
         self._jobs_checked_at = -math.inf if ran else now
         return ran
@@ -514,10 +519,10 @@ class Worker:
         if self.options.study_id in left:
             return False
         try:
-            # Beside the other slots' trials, never beside one that must run alone: this
-            # slot waits for such a trial before it claims, so that it holds no claim (one
-            # another machine's worker could run) all that time.
-            with self.gate.hold(False, lambda: self.stopping):
+            # Beside the other slots' trials, never beside one that must run alone: while
+            # such a trial runs (or waits for the device) this slot claims no job, rather
+            # than hold one that another machine's worker could run, or wait with nothing.
+            with self.gate.hold(False, lambda: True):
                 lease = self._claim_due(job, claim, left)
                 if lease is None:
                     return False
@@ -528,7 +533,7 @@ class Worker:
                 with keeper:
                     ended = run(lease, keeper.lost.is_set)
         except GateAbandoned:
-            return False  # stopping before it claimed
+            return False  # the device is another slot's alone for now: nothing claimed
         if ended not in NOT_RUN:  # stored, and not skipped for want of a test split
             self._jobs_run[job] += 1
         return True

@@ -259,7 +259,10 @@ def _watching(stopping: Callable[[], bool], lost: Callable[[], bool]) -> Callabl
 
     def should_stop() -> bool:
         if lost():
-            raise RefitLostError("the refit was taken over by another worker")
+            raise RefitLostError(
+                "its claim is no longer this worker's (taken over, or the study was resumed "
+                "or deleted)"
+            )
         return stopping()
 
     return should_stop
