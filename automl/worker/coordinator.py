@@ -468,19 +468,23 @@ class SqlCoordinator:
         """Refuses a post-study job's study that ``reader`` cannot read."""
         check_readable(study_id, text, reader=self.reader, entries=self.reader == WORKER)
 
+    def _claiming(self, job: str, exclude: Collection[int]) -> dict[str, Any]:
+        """The options of a post-study ``job``'s claim: a claim stale for this worker's grace
+        period, and seen so for half of it more, is taken over (``claim_job``)."""
+        return {
+            "stale_after": self.grace_period,
+            "exclude": exclude,
+            "check": self._check,
+            "sightings": self._sightings[job],
+            "confirm_after": self.grace_period * MAX_STALL_SHARE,
+        }
+
     def claim_evaluation(
         self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
     ) -> EvaluationLease | None:
         """See ``Coordinator.claim_evaluation``."""
         return claim_evaluation(
-            self.store,
-            worker_id,
-            study_id,
-            stale_after=self.grace_period,
-            exclude=exclude,
-            check=self._check,
-            sightings=self._sightings["evaluation"],
-            confirm_after=self.grace_period * MAX_STALL_SHARE,
+            self.store, worker_id, study_id, **self._claiming("evaluation", exclude)
         )
 
     def beat_evaluation(self, lease: EvaluationLease) -> bool:
@@ -501,16 +505,7 @@ class SqlCoordinator:
         self, worker_id: str, study_id: int | None, exclude: Collection[int] = ()
     ) -> RefitLease | None:
         """See ``Coordinator.claim_refit``."""
-        return claim_refit(
-            self.store,
-            worker_id,
-            study_id,
-            stale_after=self.grace_period,
-            exclude=exclude,
-            check=self._check,
-            sightings=self._sightings["refit"],
-            confirm_after=self.grace_period * MAX_STALL_SHARE,
-        )
+        return claim_refit(self.store, worker_id, study_id, **self._claiming("refit", exclude))
 
     def beat_refit(self, lease: RefitLease) -> bool:
         """See ``Coordinator.beat_refit``."""
