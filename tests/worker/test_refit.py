@@ -47,6 +47,15 @@ def _run(store: Store, study_id: int) -> None:
     Worker(store, options).run()
 
 
+def _refit_queued(store: Store, tiny_spec: SpecFactory) -> int:
+    """A study with a test split, run to its end, whose refit is queued; its id."""
+    spec = tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1, "max_failed": 0})
+    study_id = submit_study(store, spec).id
+    _run(store, study_id)
+    queue_refit(store, study_id)
+    return study_id
+
+
 def test_train_plus_validation_keeps_the_normalization_and_the_test_split() -> None:
     data = load_dataset("digits", TEST_SPLIT["options"])
     merged = train_plus_validation(data)
@@ -86,10 +95,7 @@ def test_a_refit_is_reproducible_for_its_seed(sqlite_store: Store, tiny_spec: Sp
 def test_a_worker_stopping_mid_refit_gives_it_back_for_the_next_worker(
     sqlite_store: Store, tiny_spec: SpecFactory
 ) -> None:
-    spec = tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1, "max_failed": 0})
-    study_id = submit_study(sqlite_store, spec).id
-    _run(sqlite_store, study_id)
-    queue_refit(sqlite_store, study_id)
+    study_id = _refit_queued(sqlite_store, tiny_spec)
     coordinator = SqlCoordinator(sqlite_store)
     lease = coordinator.claim_refit("w1", study_id)
     assert lease is not None
@@ -99,18 +105,14 @@ def test_a_worker_stopping_mid_refit_gives_it_back_for_the_next_worker(
     assert stopped is None
     refit_view = best_trials(sqlite_store, study_id).refit
     assert refit_view is not None and refit_view.state == RefitState.QUEUED
-    assert (
-        coordinator.claim_refit("w2", study_id) is not None
-    )  # at once, not after the grace period
+    # Given back: due at once, not after the grace period.
+    assert coordinator.claim_refit("w2", study_id) is not None
 
 
 def test_a_refit_whose_worker_died_is_taken_over_after_the_grace_period(
     sqlite_store: Store, tiny_spec: SpecFactory
 ) -> None:
-    spec = tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1, "max_failed": 0})
-    study_id = submit_study(sqlite_store, spec).id
-    _run(sqlite_store, study_id)
-    queue_refit(sqlite_store, study_id)
+    study_id = _refit_queued(sqlite_store, tiny_spec)
     assert SqlCoordinator(sqlite_store).claim_refit("killed", study_id) is not None
     refits = tables.refits
     with sqlite_store.write() as connection:  # its last beat was 10 s ago
@@ -150,10 +152,7 @@ def test_a_stale_claim_is_taken_over_only_once_it_stays_stale_for_half_the_grace
     claim looked stale, and the first idle worker took over a refit whose worker was
     alive (hours of training lost); its next beat, once the database is back, comes
     within half the grace period."""
-    spec = tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1, "max_failed": 0})
-    study_id = submit_study(sqlite_store, spec).id
-    _run(sqlite_store, study_id)
-    queue_refit(sqlite_store, study_id)
+    study_id = _refit_queued(sqlite_store, tiny_spec)
     alive = SqlCoordinator(sqlite_store).claim_refit("alive", study_id)
     assert alive is not None
     refits = tables.refits
@@ -192,10 +191,7 @@ def test_a_dataset_without_test_split_fails_the_refit_with_a_reason(
 def test_a_cuda_error_in_a_refit_is_recorded_and_stops_the_worker(
     sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = tiny_spec(dataset=TEST_SPLIT, budget={"n_trials": 1, "max_failed": 0})
-    study_id = submit_study(sqlite_store, spec).id
-    _run(sqlite_store, study_id)
-    queue_refit(sqlite_store, study_id)
+    study_id = _refit_queued(sqlite_store, tiny_spec)
 
     def faults(*args: object, **kwargs: object) -> None:
         raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
