@@ -65,7 +65,10 @@ def undersample_indices(
 
 
 def inverse_frequency_weights(counts: torch.Tensor) -> torch.Tensor:
-    """Class weights ``N / (K * n_c)`` (scikit-learn's "balanced"): mean 1 over present classes.
+    """Class weights ``N / (K * n_c)`` (scikit-learn's "balanced"): mean 1 over the samples.
+
+    (The loss divides by the batch's summed weights, so only the ratios between classes
+    matter, whatever the scale.)
 
     Args:
         counts: Samples per class ``(num_classes,)``.

@@ -12,6 +12,7 @@ see ``automl.train.accel``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -502,7 +503,7 @@ def _continue_order(generator: torch.Generator, saved: torch.Tensor, seed: int, 
         generator.set_state(saved)
         return
     logger.info("checkpoint from another kind of device: epoch %d's order drawn anew", epoch)
-    generator.manual_seed((seed * 1_000_003 + epoch * 10_007) % 2**63)
+    generator.manual_seed(derived_seed(seed, epoch))
 
 
 def _batch_generator(
@@ -510,8 +511,15 @@ def _batch_generator(
 ) -> torch.Generator:
     """The augmentation randomness of one batch: fixed by seed, epoch and batch, so a run
     resumed mid-epoch draws exactly what an uninterrupted one would."""
-    seed = (config.seed * 1_000_003 + epoch * 10_007 + batch) % 2**63
-    return torch.Generator(device=device).manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(derived_seed(config.seed, epoch, batch))
+
+
+def derived_seed(*keys: int) -> int:
+    """A seed of 63 bits for the stream that ``keys`` name, hashed so that nearby keys
+    (seeds 0 and 1; batch 10,007 of one epoch and batch 0 of the next) draw unrelated
+    numbers, as a linear mix of them would not."""
+    digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def _trainable_groups(model: torch.nn.Module, config: TrialConfig) -> list[dict[str, Any]]:

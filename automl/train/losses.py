@@ -68,14 +68,20 @@ class WeightedCrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The weighted mean loss of the batch: ``target`` holds class indices, or class
-        probabilities (mixup, cutmix) as PyTorch's loss accepts them."""
+        probabilities (mixup, cutmix).
+
+        Over class probabilities, each image weighs its label's mix of class weights, so
+        a batch of one-hot probabilities has the loss of its indices. (PyTorch divides by
+        the batch size there: a batch that mixup touched at all would have its loss, and
+        its gradients, scaled by the mean weight of its images.)
+        """
         logits = logits.float()  # as under CUDA autocast; CPU autocast keeps bf16 here
         weight = self.weight.to(logits.dtype)
         nll = -F.log_softmax(logits, dim=1)
         if target.is_floating_point():
             classes = logits.shape[1]
             soft = target * (1.0 - self.label_smoothing) + self.label_smoothing / classes
-            return (nll * soft * weight).sum(dim=1).mean()
+            return (nll * soft * weight).sum() / (target * weight).sum()
         target_weight = weight[target]
         picked = nll.gather(1, target.unsqueeze(1)).squeeze(1) * target_weight
         loss = (1.0 - self.label_smoothing) * picked
@@ -105,17 +111,15 @@ class FocalLoss(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Returns the mean focal loss of a batch (index or probability targets).
 
-        Averaged as ``nn.CrossEntropyLoss`` with ``weight=alpha`` averages, so that gamma 0
-        is that loss: over class indices, a sum divided by the summed weights of the
-        batch's targets; over class probabilities (mixup, cutmix), by the batch size.
+        Averaged as ``WeightedCrossEntropy`` averages, so that gamma 0 is that loss: a sum
+        divided by the summed alpha of the batch's targets (over class probabilities, of
+        each image's mix of classes).
         """
         log_probs = F.log_softmax(logits.float(), dim=1)
-        norm = None
         if targets.dim() == 1:
-            if self.alpha is not None:
-                norm = self.alpha[targets].sum()
             # One-hot by scatter_: F.one_hot reads the targets' range (a host sync).
             targets = torch.zeros_like(log_probs).scatter_(1, targets.view(-1, 1), 1.0)
+        norm = None if self.alpha is None else (targets * self.alpha).sum()
         p_true = (log_probs.exp() * targets).sum(dim=1)
         if self.label_smoothing:
             targets = targets * (1 - self.label_smoothing) + self.label_smoothing / logits.shape[1]

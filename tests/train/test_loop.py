@@ -26,7 +26,7 @@ from automl.train import (
 from automl.train.accel import Accelerator
 from automl.train.early_stopping import EarlyStopping
 from automl.train.hyperparameters import flat_config
-from automl.train.loop import TrainingDiverged
+from automl.train.loop import TrainingDiverged, derived_seed
 from automl.train.losses import FocalLoss, WeightedCrossEntropy, build_loss
 from automl.train.metrics import Evaluation, compute_metrics, confusion_matrix, per_class_report
 from automl.train.model_stats import ModelStats
@@ -608,3 +608,19 @@ def test_a_run_whose_loss_diverges_fails_instead_of_scoring_garbage(
     config = tiny(epochs=3, lr=10.0, weight_decay=1.0, optimizer="sgd", momentum=0.0)
     with pytest.raises(TrainingDiverged, match=r"training diverged at epoch \d \(validation loss"):
         train(config, data=small_data)
+
+
+def test_augmentation_seeds_of_nearby_keys_are_unrelated() -> None:
+    """A linear mix of seed, epoch and batch repeated draws: seed 0's epoch 101 was seed
+    1's epoch 1 at batch 697, and batch 10,007 of an epoch was batch 0 of the next."""
+    assert derived_seed(0, 101, 0) != derived_seed(1, 1, 697)
+    assert derived_seed(7, 3, 10_007) != derived_seed(7, 4, 0)
+    seeds = {
+        derived_seed(seed, epoch, batch)
+        for seed in range(3)
+        for epoch in range(20)
+        for batch in range(50)
+    }
+    assert len(seeds) == 3 * 20 * 50
+    assert all(0 <= seed < 2**63 for seed in seeds)
+    assert derived_seed(5, 2, 9) == derived_seed(5, 2, 9)

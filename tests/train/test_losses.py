@@ -20,13 +20,29 @@ def test_weighted_cross_entropy_equals_pytorchs(label_smoothing: float) -> None:
     assert torch.allclose(ours(logits, targets), expected(logits, targets), atol=1e-6)
 
 
-def test_weighted_cross_entropy_takes_soft_targets_as_pytorchs_does() -> None:
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_weighted_cross_entropy_of_one_hot_probabilities_equals_that_of_indices(
+    label_smoothing: float,
+) -> None:
+    """Mixup or cutmix turns a batch's targets into probabilities: the loss, and its
+    gradients, keep their scale (PyTorch's own divides by the batch size there)."""
     generator = torch.Generator().manual_seed(1)
     logits = torch.randn(16, 4, generator=generator)
-    soft = torch.softmax(torch.randn(16, 4, generator=generator), dim=1)
-    weight = torch.rand(4, generator=generator) + 0.2
-    expected = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1)(logits, soft)
-    assert torch.allclose(WeightedCrossEntropy(weight, 0.1)(logits, soft), expected, atol=1e-6)
+    targets = torch.randint(0, 4, (16,), generator=generator)
+    weight = torch.tensor([0.03, 0.5, 1.5, 1.97])  # effective-number weights: mean 1
+    loss = WeightedCrossEntropy(weight, label_smoothing)
+    one_hot = F.one_hot(targets, 4).float()
+    assert torch.allclose(loss(logits, one_hot), loss(logits, targets), atol=1e-6)
+
+
+def test_weighted_cross_entropy_weighs_a_mixed_image_by_its_mix_of_class_weights() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    mixed = torch.tensor([[0.75, 0.25], [0.0, 1.0]])
+    weight = torch.tensor([0.2, 1.8])
+    nll = -torch.log_softmax(logits, dim=1)
+    image_weights = torch.tensor([0.75 * 0.2 + 0.25 * 1.8, 1.8])
+    expected = (nll * mixed * weight).sum() / image_weights.sum()
+    assert torch.allclose(WeightedCrossEntropy(weight)(logits, mixed), expected, atol=1e-6)
 
 
 def test_weighted_cross_entropy_of_bf16_logits_is_computed_in_fp32() -> None:
@@ -58,18 +74,29 @@ def test_weighted_focal_loss_with_zero_gamma_equals_weighted_cross_entropy(
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_weighted_focal_loss_takes_soft_targets_as_cross_entropy_does(
+def test_weighted_focal_loss_with_zero_gamma_equals_weighted_cross_entropy_on_soft_targets(
     label_smoothing: float,
 ) -> None:
-    """With class probabilities (mixup, cutmix) PyTorch's weighted mean divides by the
-    batch size, not by a sum of weights."""
     generator = torch.Generator().manual_seed(4)
     logits = torch.randn(16, 4, generator=generator)
     soft = torch.softmax(torch.randn(16, 4, generator=generator), dim=1)
     weight = torch.rand(4, generator=generator) + 0.2
-    expected = F.cross_entropy(logits, soft, weight=weight, label_smoothing=label_smoothing)
+    expected = WeightedCrossEntropy(weight, label_smoothing)(logits, soft)
     ours = FocalLoss(0.0, label_smoothing, alpha=weight)(logits, soft)
     assert torch.allclose(ours, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_weighted_focal_loss_of_one_hot_probabilities_equals_that_of_indices(
+    gamma: float,
+) -> None:
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(16, 4, generator=generator)
+    targets = torch.randint(0, 4, (16,), generator=generator)
+    alpha = torch.tensor([0.01, 0.04, 0.15, 0.8])  # the focal strategy's: sums to 1
+    focal = FocalLoss(gamma, alpha=alpha)
+    one_hot = F.one_hot(targets, 4).float()
+    assert torch.allclose(focal(logits, one_hot), focal(logits, targets), atol=1e-6)
 
 
 def test_weighted_focal_loss_down_weights_easy_examples_of_every_class() -> None:
