@@ -325,6 +325,17 @@ def test_policy_magnitudes_follow_torchvision() -> None:
     assert math.isclose(float(standard["Solarize"][-1]), 0.0, abs_tol=1e-7)
 
 
+def test_trivialaugment_shifts_a_small_image_by_the_share_of_its_side_a_32_px_one_takes() -> None:
+    """32 pixels is the paper's reach on 32-px CIFAR: on 8x8 digits it would push most
+    shifted images off the frame while they keep their labels."""
+    like = torch.zeros(1)
+    for height, width, high_x, high_y in [(8, 16, 16.0, 8.0), (64, 224, 32.0, 32.0)]:
+        table = magnitude_table(True, height, width, like)
+        wide = {op.name: row for op, row in zip(OPS, table, strict=True)}
+        assert float(wide["TranslateX"][-1]) == pytest.approx(high_x)
+        assert float(wide["TranslateY"][-1]) == pytest.approx(high_y)
+
+
 def test_policy_ops_do_what_their_names_say() -> None:
     images = batch((3, 8, 8), n=1)
     by_name = {op.name: op for op in OPS}

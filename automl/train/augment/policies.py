@@ -31,6 +31,8 @@ BINS = 31
 STANDARD_TRANSLATE = 150 / 331
 """RandAugment translates by up to this share of the side (torchvision's choice)."""
 WIDE_TRANSLATE_PX = 32.0
+"""TrivialAugmentWide translates by up to this many pixels (the paper's, for 32-px CIFAR);
+a smaller image by up to the same share of its side, not past it several times over."""
 
 Apply = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``apply(images, values) -> images``, one value per image."""
@@ -110,8 +112,9 @@ def magnitude_table(wide: bool, height: int, width: int, like: torch.Tensor) -> 
     rows = []
     for op in OPS:
         low, high = op.wide if wide else op.standard
-        if op.name.startswith("Translate") and not wide:
-            high *= width if op.name == "TranslateX" else height
+        if op.name.startswith("Translate"):
+            side = width if op.name == "TranslateX" else height
+            high *= min(1.0, side / WIDE_TRANSLATE_PX) if wide else side
         values = low + (high - low) * bins
         if op.name == "Posterize":
             values = values.round()
