@@ -46,6 +46,38 @@ def require_classes(classes: Sequence[str], what: str) -> None:
         )
 
 
+def require_distinct_classes(classes: Sequence[str], what: str, kind: str) -> None:
+    """Checks that no two class names differ only in how their accents are encoded or in
+    spaces at their ends: they would be two classes that every report prints alike.
+
+    Args:
+        classes: The class names, as found.
+        what: What holds them (``"folder 'pets'"``).
+        kind: What a name is there (``"class folders"``, ``"labels"``).
+
+    Raises:
+        DatasetError: Naming both, with their characters written out.
+    """
+    seen: dict[str, str] = {}
+    for name in classes:
+        other = seen.setdefault(_nfc(name).strip(), name)
+        if other == name:
+            continue
+        if _nfc(other) == _nfc(name):
+            how = (
+                "only in how their accents are encoded (Unicode NFC and NFD, as copies "
+                "between macOS and other systems may write file names)"
+            )
+        elif other.strip() == name.strip():
+            how = "only in spaces at their ends"
+        else:
+            how = "only in spaces at their ends and in how their accents are encoded"
+        raise DatasetError(
+            f"{what}: {kind} {other!a} and {name!a} differ {how}, so they would be two "
+            "classes that read alike; rename one of the two"
+        )
+
+
 def check_split_folder(
     value: str,
     info: ValidationInfo,

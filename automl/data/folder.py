@@ -22,6 +22,7 @@ from automl.data.files import (
     load_plan,
     make_unit,
     require_classes,
+    require_distinct_classes,
     require_each_image_once,
 )
 from automl.data.paths import (
@@ -53,6 +54,7 @@ class ImageFolderOptions(ImageOptions):
         classes, files = scan_class_folder(value)
         require_classes(classes, f"folder {value!r}")
         if within_strict_input():  # at submit, as the other splits' files are checked
+            require_distinct_classes(classes, f"folder {value!r}", "class folders")
             require_each_image_once(_flat(files))
         return value
 

@@ -25,6 +25,7 @@ from automl.data.files import (
     load_plan,
     make_unit,
     require_classes,
+    require_distinct_classes,
 )
 from automl.data.paths import (
     confine,
@@ -34,6 +35,7 @@ from automl.data.paths import (
     require_dir,
     subfolders,
 )
+from automl.registry import within_strict_input
 
 Clip = list[Path]
 
@@ -57,6 +59,8 @@ class FrameSequencesOptions(ImageOptions):
     def _check_path(cls, value: str) -> str:
         classes, _ = scan_clip_folder(value)
         require_classes(classes, f"folder {value!r}")
+        if within_strict_input():  # at submit: a stored study keeps loading its data
+            require_distinct_classes(classes, f"folder {value!r}", "class folders")
         return value
 
     @field_validator("val_path", "test_path")

@@ -22,6 +22,7 @@ from automl.data.files import (
     make_unit,
     require_classes,
     require_disjoint,
+    require_distinct_classes,
     require_each_image_once,
 )
 from automl.data.paths import confine, data_root, not_found, relative_name
@@ -47,6 +48,7 @@ class ImageCsvOptions(ImageOptions):
         rows = read_manifest(value)
         require_classes(manifest_classes(rows), f"CSV file {value!r}")
         if within_strict_input():  # at submit: a hard link is the same image too
+            require_distinct_classes(manifest_classes(rows), f"CSV file {value!r}", "labels")
             require_each_image_once(path for path, _ in rows)
         return value
 

@@ -193,6 +193,45 @@ def test_a_class_folder_whose_accents_are_encoded_otherwise_is_named_as_such(
     ]
 
 
+def test_class_folders_that_differ_only_in_accent_encoding_or_end_spaces_are_refused(
+    data_root: Path,
+) -> None:
+    """Found by a tester: 'café' written twice (NFC, NFD) became two classes, each printed
+    'café' in every report and prediction; 'cat' and 'cat ' likewise."""
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    write_class_folder(data_root / "accents", {nfc: 2, nfd: 2})
+    write_class_folder(data_root / "spaces", {"cat": 2, "cat ": 2})
+
+    assert submit_errors("image_folder", {"path": "accents"}) == [
+        "dataset.options.path: folder 'accents': class folders 'cafe\\u0301' and "
+        "'caf\\xe9' differ only in how their accents are encoded (Unicode NFC and NFD, as "
+        "copies between macOS and other systems may write file names), so they would be "
+        "two classes that read alike; rename one of the two"
+    ]
+    assert submit_errors("image_folder", {"path": "spaces"}) == [
+        "dataset.options.path: folder 'spaces': class folders 'cat' and 'cat ' differ only "
+        "in spaces at their ends, so they would be two classes that read alike; rename one "
+        "of the two"
+    ]
+    # A study stored before the check still loads its data.
+    assert load_dataset("image_folder", {"path": "spaces", "size": 4}).classes == ("cat", "cat ")
+
+
+def test_csv_labels_that_differ_only_in_accent_encoding_are_refused(data_root: Path) -> None:
+    write_class_folder(data_root / "imgs", {"a": 4})
+    rows = [
+        f"imgs/a/{i}.png,{label}" for i, label in enumerate(["caf\u00e9"] * 2 + ["cafe\u0301"] * 2)
+    ]
+    (data_root / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+
+    (error,) = submit_errors("image_csv", {"path": "labels.csv"})
+
+    assert error.startswith(
+        "dataset.options.path: CSV file 'labels.csv': labels 'cafe\\u0301' and 'caf\\xe9' "
+        "differ only in how their accents are encoded"
+    )
+
+
 def test_a_single_class_is_refused_at_submit_and_load(data_root: Path) -> None:
     write_class_folder(data_root / "mono", {"red": 4})
     (data_root / "mono.csv").write_text("path,label\nmono/red/0.png,red\nmono/red/1.png,red\n")
