@@ -14,6 +14,9 @@ matches the backbone, ``model[0]``.
 from __future__ import annotations
 
 import logging
+import pickle
+import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -108,9 +111,10 @@ def _refuse_other_kinds(path: Path, shown: str) -> None:
 
 def check_pretrained(reference: str) -> str:
     """Returns ``reference`` if it names a readable checkpoint (for an options validator,
-    so a missing, empty or garbled file is a 422 at submit time, not a failure of every
-    trial). Only its start is read (a safetensors file's header): whether its weights fit
-    the model is known only when a trial builds it.
+    so a missing, empty or garbled file, or a whole pickled model, is a 422 at submit time,
+    not a failure of every trial). Its tensors' bytes are not read (a safetensors file's
+    header; a torch file's pickle, its tensors mapped): whether its weights fit the model
+    is known only when a trial builds it.
 
     Raises:
         CheckpointError: If it does not.
@@ -128,6 +132,8 @@ def check_pretrained(reference: str) -> str:
         why = "not a torch file (torch.save writes a zip archive or a pickle)"
     if why is None and path.suffix == ".safetensors":
         why = _safetensors_problem(path)
+    if why is None and path.suffix != ".safetensors":
+        why = _torch_load_problem(path)
     if why is not None:
         raise CheckpointError(f"cannot read checkpoint {path.name!r}: {why}")
     return reference
@@ -169,6 +175,38 @@ def _safetensors_problem(path: Path) -> str | None:
     return None if names else "it holds no tensors"
 
 
+def _torch_load_problem(path: Path) -> str | None:
+    """Why ``torch.load(weights_only=True)`` refuses a torch file (None: it reads); a zip
+    archive's tensors are mapped, not read."""
+    try:
+        with warnings.catch_warnings():  # a legacy pickle's protocol: the trial's load says it
+            warnings.simplefilter("ignore")
+            torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # pickle and zip errors have no common base
+        return _unpickling_problem(exc)
+    return None
+
+
+_TERMINAL_STYLES = re.compile(r"\x1b\[[0-9;]*m")
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _unpickling_problem(exc: BaseException) -> str:
+    """One line on why ``torch.load(weights_only=True)`` failed: torch's own message runs
+    to many lines (with terminal styles) about options this service never takes."""
+    message = _TERMINAL_STYLES.sub("", str(exc))
+    if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in message:
+        found = _REFUSED_GLOBAL.search(message)
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"it holds pickled Python objects{what}, not only tensors (a whole model saved "
+            "with torch.save(model)?), which are never unpickled here: save "
+            "model.state_dict() instead, or convert it to safetensors"
+        )
+    first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    return first if len(first) <= 300 else first[:299] + "…"
+
+
 def load_checkpoint(reference: str | Path) -> dict[str, torch.Tensor]:
     """Reads a state dict with safetensors or ``torch.load(weights_only=True)``.
 
@@ -196,7 +234,7 @@ def load_checkpoint(reference: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors, pickle and zip errors have no common base
-        why = _wrong_format(path) or str(exc)
+        why = _wrong_format(path) or _unpickling_problem(exc)
         raise CheckpointError(f"cannot read checkpoint {path.name!r}: {why}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):

@@ -197,11 +197,24 @@ def _safetensors_without_tensors() -> bytes:
     return len(header).to_bytes(8, "little") + header
 
 
-def test_pickled_objects_are_refused(roots: tuple[Path, Path]) -> None:
+def test_pickled_objects_are_refused_at_submit_and_load_in_one_line(
+    roots: tuple[Path, Path],
+) -> None:
+    """Found by a tester: a whole model saved with torch.save(model) passed validate, then
+    failed every trial with the first line of torch's message (terminal styles in it, and
+    options this service never takes)."""
     data, _ = roots
     torch.save({"model": nn.Linear(2, 2)}, data / "module.pt")  # a whole module: needs pickle
-    with pytest.raises(CheckpointError, match=r"cannot read checkpoint 'module\.pt'"):
-        load_checkpoint("module.pt")
+    expected = (
+        "cannot read checkpoint 'module.pt': it holds pickled Python objects "
+        "(torch.nn.modules.linear.Linear), not only tensors (a whole model saved with "
+        "torch.save(model)?), which are never unpickled here: save model.state_dict() "
+        "instead, or convert it to safetensors"
+    )
+    for read in (check_pretrained, load_checkpoint):
+        with pytest.raises(CheckpointError) as refused:
+            read("module.pt")
+        assert str(refused.value) == expected
 
 
 def test_torchvision_resnet18_checkpoint_loads_into_the_backbone(
