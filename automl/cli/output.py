@@ -178,17 +178,20 @@ def best_text(best: BestTrials) -> str:
             note += " (EARLIER TEST: from the evaluation before the study was resumed)"
         blocks.append(f"test split: {evaluation.state.value}{note}")
     if best.refit is not None:
-        blocks.append(_refit_text(best.refit))
+        blocks.append(_refit_text(best.refit, best.metrics))
     return "\n\n".join(blocks)
 
 
-def _refit_text(refit: RefitView) -> str:
-    """The refit's state; once done, its test accuracy and per-class report: the refit
-    is the model that serves, not the trial above it."""
-    accuracy = (refit.test_metrics or {}).get("accuracy")
-    if refit.trial is not None and accuracy is not None and refit.state == "done":
+def _refit_text(refit: RefitView, objectives: Sequence[str]) -> str:
+    """The refit's state; once done, its test scores (the study's objectives that are
+    test metrics, and accuracy) and per-class report: the refit is the model that serves,
+    not the trial above it."""
+    metrics = refit.test_metrics or {}
+    shown = [name for name in dict.fromkeys(["accuracy", *objectives]) if name in metrics]
+    if refit.trial is not None and shown and refit.state == "done":
         epochs = counted(refit.epochs or 0, "epoch")
-        detail = f": trial {refit.trial}, {epochs}, test accuracy {accuracy:.4f}"
+        scores = ", ".join(f"{name} {metrics[name]:.4f}" for name in shown)
+        detail = f": trial {refit.trial}, {epochs}, test {scores}"
     else:
         detail = f": {refit.note}" if refit.note else ""
     text = f"refit on train + validation: {refit.state.value}{detail}"

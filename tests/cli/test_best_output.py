@@ -102,6 +102,27 @@ def test_a_done_refit_shows_its_own_per_class_report() -> None:
     assert best_text(queued).endswith("refit on train + validation: queued")
 
 
+def test_a_done_refit_shows_the_studys_objectives_on_the_test_split() -> None:
+    """Found by a tester: a study maximizing balanced accuracy on imbalanced data showed
+    only its refit's test accuracy."""
+    refit = RefitView(
+        state=RefitState.DONE,
+        trial=3,
+        epochs=2,
+        test_metrics={"accuracy": 0.475, "balanced_accuracy": 0.5167, "macro_f1": 0.4},
+    )
+    best = _best(None).model_copy(
+        update={"metrics": ["balanced_accuracy", "latency_ms"], "refit": refit}
+    )
+
+    text = best_text(best)
+
+    assert (
+        "refit on train + validation: done: trial 3, 2 epochs, test accuracy 0.4750, "
+        "balanced_accuracy 0.5167"
+    ) in text
+
+
 def test_the_best_trials_notes_are_shown() -> None:
     """Found by a tester: ``worst_class_recall`` left out a class with no validation
     images, and only the API said so."""
