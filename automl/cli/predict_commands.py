@@ -10,6 +10,7 @@ import argparse
 import os
 import re
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -205,20 +206,41 @@ def image_paths(paths: list[Path]) -> list[Path]:
             found.append(path)
             continue
         try:
-            with os.scandir(path) as entries:
+            with os.scandir(path) as scanned:
+                entries = [entry for entry in scanned if not entry.name.startswith(".")]
                 names = sorted(
                     entry.name
                     for entry in entries
-                    if not entry.name.startswith(".")
-                    and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
-                    and entry.is_file()
+                    if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file()
+                )
+                taken = set(names)
+                left_out = sorted(
+                    entry.name + ("/" if entry.is_dir() else "")
+                    for entry in entries
+                    if entry.name not in taken
                 )
         except OSError as exc:
             raise CliError(f"cannot list folder {path}: {exc.strerror}", EXIT_BAD_INPUT) from None
         if not names:
             raise CliError(f"folder {path} has no images ({SUFFIX_LIST})", EXIT_BAD_INPUT)
+        _warn_left_out(path, left_out)
         found += [path / name for name in names]
     return found
+
+
+def _warn_left_out(folder: Path, names: list[str], shown: int = 5) -> None:
+    """Says on stderr which visible entries of a folder were not classified: files of
+    other types, and folders (whose images are not looked into)."""
+    if not names:
+        return
+    listed = ", ".join(shown_path(name) for name in names[:shown])
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    entries = counted(len(names), "entry", "entries")
+    print(
+        f"warning: left out {entries} of folder {shown_path(str(folder))} "
+        f"(not {SUFFIX_LIST} files, or folders): {listed}{more}",
+        file=sys.stderr,
+    )
 
 
 def _regular(paths: list[Path]) -> list[str]:

@@ -374,6 +374,10 @@ def test_predict_reads_a_folders_images(
     assert code == 0, err
     files = [prediction["file"] for prediction in json.loads(out)["predictions"]]
     assert files == [*sorted(map(str, images)), str(images[0])]
+    assert err.strip().splitlines()[-1] == (  # found by a tester: they went unmentioned
+        f"warning: left out 2 entries of folder {folder} (not bmp, jpeg, jpg, png, webp "
+        "files, or folders): inner/, notes.txt"
+    )
     assert empty[0] == 2
     assert one_error_line(empty[2]) == (
         f"error: folder {tmp_path / 'empty'} has no images (bmp, jpeg, jpg, png, webp)"
