@@ -131,12 +131,17 @@ def data_text(spec: StudySpec) -> str:
     counts = torch.bincount(data.train_y, minlength=data.num_classes).tolist()
     fewest = min(range(len(counts)), key=counts.__getitem__)
     test = "no" if data.test_y is None else str(len(data.test_y))
+    gaps = data.unscored_classes()
     unscored = [
-        f"\n  unscored    {counted(len(names), 'class', 'classes')} without {split} images "
-        f"({printable(first_few([repr(name) for name in names], 5))}): the metrics say "
-        "nothing of them"
-        for key, split in (("no_validation_images", "validation"), ("no_test_images", "test"))
-        if (names := data.unscored_classes().get(key))
+        f"\n  {label:<11} {counted(len(names), 'class', 'classes')} without {split} images "
+        f"({printable(first_few([repr(name) for name in names], 5))}): "
+        + consequence.format("it" if len(names) == 1 else "them")
+        for key, label, split, consequence in (
+            ("no_training_images", "untrained", "training", "the model never predicts {}"),
+            ("no_validation_images", "unscored", "validation", "the metrics say nothing of {}"),
+            ("no_test_images", "unscored", "test", "the metrics say nothing of {}"),
+        )
+        if (names := gaps.get(key))
     ]
     return (
         f"{len(data.train_y)} training, {len(data.val_y)} validation and {test} test images "

@@ -72,9 +72,15 @@ class ImageData:
         """The classes that no validation (``no_validation_images``) or test image
         (``no_test_images``) scores, e.g. one whose single image a stratified split kept
         in training: the metrics say nothing about them (balanced accuracy leaves them
-        out)."""
+        out); and those with no training image (``no_training_images``, where explicit
+        splits hold a class that training lacks), which the model never learns."""
         notes: dict[str, list[str]] = {}
-        for key, labels in (("no_validation_images", self.val_y), ("no_test_images", self.test_y)):
+        splits = (
+            ("no_training_images", self.train_y),
+            ("no_validation_images", self.val_y),
+            ("no_test_images", self.test_y),
+        )
+        for key, labels in splits:
             if labels is None:
                 continue
             counts = torch.bincount(labels.cpu(), minlength=self.num_classes).tolist()

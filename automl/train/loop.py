@@ -101,7 +101,8 @@ class TrainResult:
     ``compile``, whether the model ran compiled (``compile``: ``compiled`` or why not); on
     CUDA, whether the updates replayed from a CUDA graph (``cuda_graph``: ``replayed`` or
     why not), when the run qualified for one (``automl.train.graphs``); the classes without
-    validation or test images (``no_validation_images``, ``no_test_images``); whether
+    training, validation or test images (``no_training_images``, ``no_validation_images``,
+    ``no_test_images``); whether
     ``warmup_epochs`` was ignored (``warmup``, for a schedule that warms up by itself);
     what a ``pretrained`` checkpoint loaded (``pretrained``); the arithmetic of a run under
     autocast (``autocast``: ``bf16`` or ``fp16``); a ``batch_size`` larger than an epoch's

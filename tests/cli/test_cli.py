@@ -243,9 +243,8 @@ def test_validate_data_names_the_classes_a_split_has_no_images_of(
 
     assert code == 0, err
     assert [line for line in out.splitlines() if line.startswith("  unscored ")] == [
-        "  unscored    1 class without validation images ('single'): the metrics say nothing "
-        "of them",
-        "  unscored    1 class without test images ('single'): the metrics say nothing of them",
+        "  unscored    1 class without validation images ('single'): the metrics say nothing of it",
+        "  unscored    1 class without test images ('single'): the metrics say nothing of it",
     ]
 
 

@@ -240,3 +240,22 @@ def test_cifar_batch_of_other_lengths_or_labels_is_refused(
         f"{source}: {cls.base_folder}/{name} holds label {classes}; labels run from 0 to "
         f"{classes - 1} ({source} has {classes} classes)"
     )
+
+
+def test_a_class_the_training_files_lack_is_named_untrained(data_root: Path) -> None:
+    """Found by a tester: MNIST files with no 7 in training but some in test said only
+    "fewest training images: '7 - seven', 0"; the trials' notes said nothing."""
+    from automl.cli.study_commands import data_text
+
+    write_mnist(data_root / "tv", "MNIST")
+    labels = np.arange(N_TRAIN) % 10
+    labels[labels == 7] = 6
+    write_idx(data_root / "tv" / "MNIST" / "raw" / "train-labels-idx1-ubyte", labels)
+    spec = validate_spec({"name": "x", "dataset": {"source": "mnist", "options": {"path": "tv"}}})
+
+    data = load_dataset("mnist", {"path": "tv"})
+
+    assert data.unscored_classes()["no_training_images"] == ["7 - seven"]
+    assert (
+        "\n  untrained   1 class without training images ('7 - seven'): the model never predicts it"
+    ) in data_text(spec)

@@ -342,6 +342,17 @@ def test_a_run_notes_the_classes_without_validation_or_test_images(
     assert notes["no_test_images"] == [data.classes[0], data.classes[1]]
     complete = train(tiny(epochs=1), data=small_data).notes
     assert "no_validation_images" not in complete and "no_test_images" not in complete
+    assert "no_training_images" not in complete
+
+
+def test_a_run_notes_the_classes_without_training_images(small_data: ImageData) -> None:
+    """Found by a tester: a torchvision source whose training files lack a class the test
+    files hold said nothing of it; the model never predicts that class."""
+    keep = small_data.train_y != 7
+    data = dataclasses.replace(
+        small_data, train_x=small_data.train_x[keep], train_y=small_data.train_y[keep]
+    )
+    assert train(tiny(epochs=1), data=data).notes["no_training_images"] == [data.classes[7]]
 
 
 # --- losses, optimizers, schedules ---------------------------------------------------------
