@@ -145,8 +145,22 @@ class TorchvisionOptions(DatasetOptions):
             if missing:
                 raise DatasetError(
                     f"{spec.name} files not found; {spec.where(root)}, or set download: true"
+                    + _packed_hint(root / spec.folder, missing)
                 )
         return value
+
+
+def _packed_hint(folder: Path, missing: list[str]) -> str:
+    """Where the missing files are there gzipped (as MNIST's site serves them), says so:
+    torchvision unpacks only what it downloads itself."""
+    try:
+        packed = [f"{name}.gz" for name in missing if (folder / f"{name}.gz").is_file()]
+    except OSError:
+        return ""
+    if not packed:
+        return ""
+    verb = "is" if len(packed) == 1 else "are"
+    return f" ({', '.join(packed)} {verb} there: unpack with gunzip)"
 
 
 _SPEC_OF_OPTIONS: dict[type[TorchvisionOptions], TorchvisionDataset] = {}
@@ -180,9 +194,17 @@ def _open(spec: TorchvisionDataset, root: Path, train: bool, download: bool) -> 
         raise _unreadable(spec, root, exc, fetch) from None
 
 
+def _clipped(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters, at a space where one is near the end."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", limit - 60, limit)
+    return text[: cut if cut > 0 else limit] + " ..."
+
+
 def _unreadable(spec: TorchvisionDataset, root: Path, exc: Exception, fetch: bool) -> DatasetError:
     """The error for files torchvision could not download or read: which files, and why."""
-    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    reason = _clipped(" ".join(str(exc).split())) or type(exc).__name__
     if fetch or spec.missing(root):
         action = "download failed" if fetch else "cannot read the files"
         return DatasetError(f"{spec.name}: {action} ({reason}); {spec.where(root)}")

@@ -259,3 +259,32 @@ def test_a_class_the_training_files_lack_is_named_untrained(data_root: Path) -> 
     assert (
         "\n  untrained   1 class without training images ('7 - seven'): the model never predicts it"
     ) in data_text(spec)
+
+
+def test_missing_mnist_files_that_are_there_gzipped_are_named(data_root: Path) -> None:
+    """Found by a tester: MNIST's site serves .gz files, which torchvision unpacks only
+    when it downloads them itself; the error did not say they were there."""
+    write_mnist(data_root / "tv", "MNIST")
+    raw = data_root / "tv" / "MNIST" / "raw"
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (raw / name).rename(raw / f"{name}.gz")
+
+    with pytest.raises(SpecError) as caught:
+        validate_spec({"name": "x", "dataset": {"source": "mnist", "options": {"path": "tv"}}})
+
+    assert caught.value.errors[0].msg.endswith(
+        "or set download: true (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz are "
+        "there: unpack with gunzip)"
+    )
+
+
+def test_a_long_download_error_is_cut_at_a_space() -> None:
+    """Found by a tester: the reason was cut at 200 characters mid-word ("... g)")."""
+    from automl.data.torchvision_sources import _clipped
+
+    words = "Tried http://yann.lecun.com/exdb/mnist/ and got nothing back " * 8
+    clipped = _clipped(words.strip())
+    assert len(clipped) <= 304 and clipped.endswith(" ...")
+    assert words.startswith(clipped.removesuffix(" ...") + " ")
+    assert _clipped("x" * 400) == "x" * 300 + " ..."
+    assert _clipped("short") == "short"
