@@ -57,8 +57,9 @@ class AugmentOptions(EntryOptions):
         0.0,
         ge=0,
         le=1,
-        description="Share of images it applies to; 0 is off (its other options then apply "
-        "nowhere: a study searches them only where p is above 0).",
+        description="Share of images it applies to; 0 is off (its other options then change "
+        "nothing; a study leaves them out where p is searched as a categorical and comes "
+        "out 0).",
     )
 
     @classmethod
