@@ -27,6 +27,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from automl.config import Limits
 from automl.data.errors import DatasetError
 from automl.data.paths import FORMAT_LIST, IMAGE_FORMATS
+from automl.wording import counted
 
 logger = logging.getLogger("automl.data")
 
@@ -361,11 +362,11 @@ def decode_samples(
     chunks = [samples[i : i + chunk_size] for i in range(0, len(samples), chunk_size)]
     started = time.perf_counter()
     logger.info(
-        "decoding %s: %d samples, %d files, %d processes",
+        "decoding %s: %s, %s, %s",
         name,
-        len(samples),
-        n_files,
-        workers if parallel else 1,
+        counted(len(samples), "sample"),
+        counted(n_files, "file"),
+        counted(workers if parallel else 1, "process", "processes"),
     )
     progress = _Progress(len(samples), name)
     done, refused = 0, []

@@ -662,7 +662,7 @@ def _rerun_failed_trials(
             connection,
             row,
             StudyStatus.QUEUED,
-            f"re-running {rerun} failed trials",
+            f"re-running {counted(rerun, 'failed trial')}",
             now(connection),
             failure_limit=limit,
             deadline=None,

@@ -661,6 +661,7 @@ def test_rerun_failed_requeues_failed_trials_and_reopens(
 
     detail = rerun_failed(store, study_id)
     assert (detail.status, detail.counts.waiting, detail.counts.fail) == (StudyStatus.QUEUED, 1, 0)
+    assert detail.status_reason == "re-running 1 failed trial"
     drive(store, study_id, [0.7])
     assert end_study_if_done(store, study_id) == StudyStatus.COMPLETED
     assert get_study(store, study_id).counts.complete == 2
