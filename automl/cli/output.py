@@ -164,6 +164,13 @@ def best_text(best: BestTrials) -> str:
     # resumed; scoring again is due, or failed): they may no longer hold.
     earlier = evaluation is not None and evaluation.state != EvaluationState.DONE
     blocks = []
+    if len(best.metrics) > 1:
+        objectives = ", ".join(
+            f"{metric} ({direction})"
+            for metric, direction in zip(best.metrics, best.directions, strict=False)
+        )
+        front = counted(best.count if best.count is not None else len(best.trials), "trial")
+        blocks.append(f"Pareto front of study {best.study_id}: {front} ({objectives})")
     for trial in best.trials:
         header = f"best trial #{trial.number} of study {best.study_id}: "
         header += _values_text(best.metrics, trial.values)

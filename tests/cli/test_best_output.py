@@ -123,6 +123,23 @@ def test_a_done_refit_shows_the_studys_objectives_on_the_test_split() -> None:
     ) in text
 
 
+def test_a_pareto_front_is_headed_as_such() -> None:
+    """Found by a tester: two "best trial" blocks, with nothing saying they were the
+    front of a study with two objectives."""
+    best = _best(None).model_copy(
+        update={"metrics": ["accuracy", "latency_ms"], "directions": ["maximize", "minimize"]}
+    )
+    best.trials[0].values = [0.95, 1.5]
+    best.count = 1
+
+    text = best_text(best)
+
+    assert text.splitlines()[0] == (
+        "Pareto front of study 7: 1 trial (accuracy (maximize), latency_ms (minimize))"
+    )
+    assert not best_text(_best(None)).startswith("Pareto")
+
+
 def test_the_best_trials_notes_are_shown() -> None:
     """Found by a tester: ``worst_class_recall`` left out a class with no validation
     images, and only the API said so."""
