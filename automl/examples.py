@@ -226,7 +226,7 @@ SEED = whole_number(0, 2**32 - 1, "seeds")
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m automl.examples KIND DEST [options]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m automl.examples", description=__doc__.split("\n\n")[0]
+        prog="python -m automl.examples", description=__doc__.split("\n\n")[0].replace("``", "`")
     )
     commands = parser.add_subparsers(dest="kind", required=True)
     digits = commands.add_parser("digits-folder", help="digits as PNG train/val/test folders")

@@ -324,7 +324,9 @@ class Registry(Generic[T]):
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         if description is None:
+            # A docstring's reST literals (``x``) as Markdown's and a terminal's (`x`).
             description = (inspect.getdoc(target) or "").strip().split("\n")[0]
+            description = description.replace("``", "`")
         entry = Entry(name, target, options, description, self._source)
         self._entries[name] = entry
         return entry

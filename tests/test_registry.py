@@ -184,3 +184,14 @@ def test_plugins_register_entries_with_their_source_and_broken_ones_are_reported
     assert registry.get("cog").description == "A plugin cog."
     assert registry.get("washer").factory() == "washer"
     assert registry.plugin_errors == {"broken": "RuntimeError: missing native library"}
+
+
+def test_an_entrys_description_writes_literals_as_markdown_and_terminals_do() -> None:
+    """Found by a tester: `automl list losses` printed reST's ``class_weights``."""
+    registry: Registry[Callable[[], None]] = Registry("thing")
+
+    def documented() -> None:
+        """Uses ``x`` twice: ``x``."""
+
+    assert registry.register("documented")(documented) is documented
+    assert registry.get("documented").description == "Uses `x` twice: `x`."
