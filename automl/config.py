@@ -203,7 +203,7 @@ class Settings(BaseSettings):
     def _grace_exceeds_heartbeat(self) -> Settings:
         if self.grace_period <= 2 * self.heartbeat_interval:
             raise ValueError(
-                f"AUTOML_GRACE_PERIOD ({self.grace_period:g} s) must exceed twice "
+                f"AUTOML_GRACE_PERIOD={self.grace_period:g}: must exceed twice "
                 f"AUTOML_HEARTBEAT_INTERVAL ({self.heartbeat_interval:g} s), or live workers "
                 "would be reaped"
             )

@@ -62,12 +62,13 @@ def test_intervals_past_a_week_are_refused(name: str) -> None:
 
 
 def test_a_rule_between_settings_names_their_variables() -> None:
-    """The CLI prints it as is: once ``grace_period (5 s) must exceed twice ...``."""
+    """The CLI prints it as is: once ``grace_period (5 s) must exceed twice ...``, now in the
+    ``NAME=value: problem`` form of the other settings."""
     with pytest.raises(ValidationError) as refused:
         Settings(grace_period=5)
 
     assert settings_error(refused.value) == (
-        "AUTOML_GRACE_PERIOD (5 s) must exceed twice AUTOML_HEARTBEAT_INTERVAL (10 s), or "
+        "AUTOML_GRACE_PERIOD=5: must exceed twice AUTOML_HEARTBEAT_INTERVAL (10 s), or "
         "live workers would be reaped"
     )
 

@@ -1151,7 +1151,7 @@ def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]
             "AUTOML_GRACE_PERIOD",
             "5",
             "worker",
-            "AUTOML_GRACE_PERIOD (5 s) must exceed twice AUTOML_HEARTBEAT_INTERVAL (10 s)",
+            "AUTOML_GRACE_PERIOD=5: must exceed twice AUTOML_HEARTBEAT_INTERVAL (10 s)",
         ),
     ],
     ids=["port", "limit", "poll-interval", "grace-period"],
