@@ -127,13 +127,29 @@ def scan_class_folder(
     if not allow_empty_classes:
         for class_dir, found in zip(classes, files, strict=True):
             if not found:
+                shown = relative_name(folder, root)
                 raise DatasetError(
-                    f"class {class_dir.name!r} has no images ({SUFFIX_LIST}) in "
-                    f"{relative_name(folder, root)!r}"
+                    f"class {class_dir.name!r} has no images ({SUFFIX_LIST}) in {shown!r}"
+                    + _split_folders_hint(shown, [path.name for path in classes])
                 )
     if not any(files):
         raise DatasetError(f"folder {relative_name(folder, root)!r} has no images ({SUFFIX_LIST})")
     return [class_dir.name for class_dir in classes], [list(found) for found in files]
+
+
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test"})
+
+
+def _split_folders_hint(shown: str, names: list[str]) -> str:
+    """Where every "class" is named as a split, says the folder above the splits was given:
+    each split is a folder of its own (``path``, ``val_path``, ``test_path``)."""
+    if len(names) < 2 or not {name.lower() for name in names} <= SPLIT_FOLDER_NAMES:
+        return ""
+    train = next((name for name in names if name.lower().startswith("train")), "train")
+    return (
+        f"; {', '.join(names)} look like splits, each holding class folders: set path: "
+        f"{shown}/{train} and give the others as val_path and test_path"
+    )
 
 
 def unread_note(value: str) -> str | None:

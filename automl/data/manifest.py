@@ -142,6 +142,7 @@ def _read_rows(csv_path: Path, shown: str) -> tuple[list[str], list[_Row]]:
             if "path" not in columns or "label" not in columns:
                 raise DatasetError(
                     f"CSV file {shown!r} needs a header row with 'path' and 'label' columns"
+                    + _header_hint(columns)
                 )
             rows = [
                 (line, _cell(row["path"]), _cell(row["label"]), row.get(None) or [])
@@ -153,6 +154,20 @@ def _read_rows(csv_path: Path, shown: str) -> tuple[list[str], list[_Row]]:
     if not rows:
         raise DatasetError(f"CSV file {shown!r} lists no images")
     return columns, rows
+
+
+def _header_hint(columns: list[str]) -> str:
+    """What the header row holds instead, and what to change in it."""
+    named = {column.strip().lower(): column for column in columns}
+    if "path" in named and "label" in named:
+        found = f"{named['path']!r} and {named['label']!r}"
+        return f" (found {found}: write them in lower case, without spaces)"
+    if len(columns) == 1 and any(mark in columns[0] for mark in ";\t|"):
+        return f" (found one column {columns[0]!r}: separate the columns with commas)"
+    if columns:
+        more = ", ..." if len(columns) > 5 else ""
+        return f" (found {', '.join(repr(column) for column in columns[:5])}{more})"
+    return ""
 
 
 def _require_no_extra_fields(extra: list[str], columns: Sequence[str]) -> None:

@@ -214,10 +214,19 @@ def subfolders(folder: Path, root: Path) -> list[Path]:
     own = {path.name for path in own_folders() if path.parent == folder}
     found = []
     for entry in _entries(folder, root):
-        if entry.name.startswith(".") or entry.name in own or not _entry_is(entry, "dir", root):
+        if _hidden(entry.name) or entry.name in own or not _entry_is(entry, "dir", root):
             continue
         found.append(_checked_path(entry, root))
     return sorted(found, key=lambda p: p.name)
+
+
+ZIP_METADATA_FOLDER = "__MACOSX"
+"""What macOS's zip adds beside the files (their ``._`` metadata): a folder of a dataset
+unzipped elsewhere, ignored as hidden ones are."""
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == ZIP_METADATA_FOLDER
 
 
 def unread_entries(folder: Path, root: Path, images: bool = False) -> tuple[list[str], list[str]]:
@@ -232,7 +241,7 @@ def unread_entries(folder: Path, root: Path, images: bool = False) -> tuple[list
     own = {path.name for path in own_folders() if path.parent == folder}
     folders, files = [], []
     for entry in _entries(folder, root):
-        if entry.name.startswith(".") or entry.name in own:
+        if _hidden(entry.name) or entry.name in own:
             continue
         try:
             is_folder = _entry_is(entry, "dir", root)

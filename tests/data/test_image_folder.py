@@ -217,6 +217,31 @@ def test_class_folders_that_differ_only_in_accent_encoding_or_end_spaces_are_ref
     assert load_dataset("image_folder", {"path": "spaces", "size": 4}).classes == ("cat", "cat ")
 
 
+def test_the_metadata_folder_of_a_zip_made_on_macos_is_no_class(data_root: Path) -> None:
+    """Found by a tester: unzipped, such a dataset was refused as "class '__MACOSX' has
+    no images" (it holds ``._`` files only)."""
+    write_class_folder(data_root / "pets", {"cat": 4, "dog": 4})
+    metadata = data_root / "pets" / "__MACOSX" / "cat"
+    metadata.mkdir(parents=True)
+    (metadata / "._0.png").write_bytes(b"\x00\x05\x16\x07")
+
+    assert submit_errors("image_folder", {"path": "pets"}) == []
+    assert load_dataset("image_folder", {"path": "pets", "size": 4}).classes == ("cat", "dog")
+
+
+def test_a_folder_of_split_folders_given_as_path_is_named_as_such(data_root: Path) -> None:
+    """Found by a tester: ``path: messy`` (above train/, val/, test/) said only "class
+    'test' has no images"."""
+    for split in ("train", "val", "test"):
+        write_class_folder(data_root / "messy" / split, {"cat": 2, "dog": 2})
+
+    assert submit_errors("image_folder", {"path": "messy"}) == [
+        "dataset.options.path: class 'test' has no images (bmp, jpeg, jpg, png, webp) in "
+        "'messy'; test, train, val look like splits, each holding class folders: set path: "
+        "messy/train and give the others as val_path and test_path"
+    ]
+
+
 def test_csv_labels_that_differ_only_in_accent_encoding_are_refused(data_root: Path) -> None:
     write_class_folder(data_root / "imgs", {"a": 4})
     rows = [
@@ -358,7 +383,18 @@ def test_csv_submit_errors(data_root: Path) -> None:
     (data_root / "other_label.csv").write_text("path,label\nimg/x/0.png,z\n")
     assert submit_errors("image_csv", {"path": "bad_header.csv"}) == [
         "dataset.options.path: CSV file 'bad_header.csv' needs a header row with 'path' and "
-        "'label' columns"
+        "'label' columns (found 'file', 'class')"
+    ]
+    # Found by a tester: no hint at a header in capitals, or at semicolons.
+    (data_root / "capitals.csv").write_text("Path, Label\nimg/x/0.png,x\n")
+    (data_root / "semicolons.csv").write_text("path;label\nimg/x/0.png;x\n")
+    assert submit_errors("image_csv", {"path": "capitals.csv"}) == [
+        "dataset.options.path: CSV file 'capitals.csv' needs a header row with 'path' and "
+        "'label' columns (found 'Path' and ' Label': write them in lower case, without spaces)"
+    ]
+    assert submit_errors("image_csv", {"path": "semicolons.csv"}) == [
+        "dataset.options.path: CSV file 'semicolons.csv' needs a header row with 'path' and "
+        "'label' columns (found one column 'path;label': separate the columns with commas)"
     ]
     assert submit_errors("image_csv", {"path": "missing_image.csv"}) == [
         "dataset.options.path: missing_image.csv line 2: image 'img/x/9.png' not found"
