@@ -105,7 +105,7 @@ METRICS.add(
 METRICS.add(
     "worst_class_recall",
     Metric(lambda e: float(min(_recalls(e.confusion), default=math.nan)), "maximize", SHARE),
-    description="Recall of the worst class.",
+    description="Recall of the worst class among those with images in the split.",
 )
 METRICS.add(
     "loss",
