@@ -48,6 +48,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "beat_evaluation",
         "claim_evaluation",
         "finish_evaluation",
+        "lost_evaluations",
     ),
     "faults": (
         "Backoff",
@@ -90,6 +91,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "beat_refit",
         "claim_refit",
         "finish_refit",
+        "lost_refits",
         "refit_artifact_ids",
         "release_refit",
         "served_refit",

@@ -30,7 +30,15 @@ from automl.spec_reading import check_readable
 from automl.store import attrs, optuna_rows, tables
 from automl.store.attrs import StudyStatus
 from automl.store.best_reads import best_trials_of
-from automl.store.jobs import JOB_STALE_S, JobKind, Sightings, beat_job, claim_job, held
+from automl.store.jobs import (
+    JOB_STALE_S,
+    JobKind,
+    Sightings,
+    beat_job,
+    claim_job,
+    held,
+    lost_claims,
+)
 from automl.store.status import iso, lock_study, now
 from automl.store.storage import Store
 from automl.store.tables import EvaluationState
@@ -145,6 +153,12 @@ def claim_evaluation(
         attempt=attempt,
         trials=tuple(trial.number for trial in best),
     )
+
+
+def lost_evaluations(store: Store, silent_for: float, study_id: int | None = None) -> int:
+    """How many test evaluations (of ``study_id``, else of any study) a worker holds without a beat
+    for ``silent_for`` seconds (``lost_claims``)."""
+    return lost_claims(store, _JOB, silent_for, study_id)
 
 
 def beat_evaluation(store: Store, lease: EvaluationLease) -> bool:

@@ -113,6 +113,23 @@ def job_result(kind: type[Result], data: dict[str, Any]) -> Result:
     return kind(**{name: value for name, value in data.items() if name in names})
 
 
+def lost_claims(store: Store, kind: JobKind, silent_for: float, study_id: int | None) -> int:
+    """How many running jobs of ``kind`` (of ``study_id``, else of any study that may run
+    them) have gone without a beat for ``silent_for`` seconds: a lost worker's, which the
+    next claim after the grace period takes over."""
+    jobs, studies = kind.table, tables.studies
+    query = (
+        sa.select(sa.func.count())
+        .select_from(jobs.join(studies, studies.c.study_id == jobs.c.study_id))
+        .where(jobs.c.state == RUNNING, studies.c.status.in_(kind.study_statuses))
+    )
+    if study_id is not None:
+        query = query.where(jobs.c.study_id == study_id)
+    with store.read() as connection:
+        cutoff = now(connection) - silent_for
+        return int(connection.scalar(query.where(jobs.c.claimed_at < cutoff)) or 0)
+
+
 def claim_job(
     store: Store,
     kind: JobKind,

@@ -32,6 +32,7 @@ from automl.store.jobs import (
     beat_job,
     claim_job,
     held,
+    lost_claims,
     release_job,
 )
 from automl.store.status import ENDED, iso, lock_study, now
@@ -120,6 +121,12 @@ def claim_refit(
     with store.read() as connection:
         number = refit_trial_number(connection, study.study_id, study.spec)
     return RefitLease(study.study_id, worker_id, attempt, number)
+
+
+def lost_refits(store: Store, silent_for: float, study_id: int | None = None) -> int:
+    """How many refits (of ``study_id``, else of any study) a worker holds without a beat
+    for ``silent_for`` seconds (``lost_claims``)."""
+    return lost_claims(store, _JOB, silent_for, study_id)
 
 
 def beat_refit(store: Store, lease: RefitLease) -> bool:

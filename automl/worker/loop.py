@@ -54,6 +54,8 @@ from automl.store import (
     Reaper,
     Store,
     is_transient,
+    lost_evaluations,
+    lost_refits,
     lost_tickets,
     retry_transient,
 )
@@ -246,6 +248,7 @@ class Worker:
         self._jobs_checked_at = -math.inf
         self._reaping = False  # this worker runs a reaper (``run``)
         self._lost_since: float | None = None  # since when this idle spell waits for them
+        self._idle_since: float | None = None  # since when this worker found nothing to run
         self._lost_seen = False  # the last idle pass found some
         self.gate = DeviceGate(options.slot_group, release=release_device_memory)
         self.stopped_by: signal.Signals | None = None
@@ -322,7 +325,7 @@ class Worker:
                     waiting_told = True
                     self._stop.wait(self.options.poll_interval)
                     continue
-                waiting_told, self._lost_since = False, None
+                waiting_told, self._lost_since, self._idle_since = False, None, None
                 try:
                     run = self.run_lease(lease)
                 except (CoordinatorTooOldError, DeviceFaultError):
@@ -400,46 +403,74 @@ class Worker:
 
     def _lost_work(self) -> bool:
         """Whether trials that a lost worker left running (of the study served, else of
-        any) wait for this worker's reaper to queue them again: an idle worker with
-        ``exit_when_idle`` stays for them rather than leave the study running with no
-        worker to take them back."""
+        any) wait for this worker's reaper to queue them again, or its test evaluations
+        and refits for this worker to take them over: an idle worker with
+        ``exit_when_idle`` stays for them rather than leave the study running, or its job
+        held, with no worker to take them back."""
         if not self._reaping or self.store is None:
             return False
         try:
             # Two beats missed: a live worker beats again soon (and this one exits then), a
-            # killed one stays silent until the reaper takes its trial back.
+            # killed one stays silent until the reaper takes its trial back (or this worker
+            # its job).
             overdue = 2 * self.options.heartbeat_interval
-            lost = lost_tickets(self.store, overdue, self.options.study_id)
+            trials, jobs = self._silent_work(overdue)
+            if not trials and not jobs and self._too_soon_to_tell(overdue):
+                return True
         except Exception as exc:
             if not is_transient(exc):
                 raise
             self.backoff.failed(exc, "checking for work")
             return False
-        if not lost:
+        if not trials and not jobs:
             again, self._lost_seen = self._lost_seen, False
             return again  # one more pass, to claim what the reaper just queued again
         self._lost_seen = True
+        lost = " and ".join(
+            counted(count, noun, plural)
+            for count, noun, plural in (
+                (trials, "trial", "trials"),
+                (jobs, "test evaluation or refit", "test evaluations or refits"),
+            )
+            if count
+        )
         if self._lost_since is None:  # from the first sighting of this idle spell
             self._lost_since = time.monotonic()
             logger.info(
                 "worker %s: %s whose worker stopped beating; waiting for it to beat again "
-                "or for the reaper to queue them again",
+                "or for the grace period to hand them over",
                 self.name,
-                counted(lost, "trial"),
+                lost,
             )
         # The reaper takes a trial back within about two grace periods of its start and
-        # of the trial's last beat: past that, it cannot (say, a study it cannot touch),
-        # or the trials were a live worker's whose beats come further apart than this one's.
+        # of the trial's last beat (a job is taken over within one and a half of its last
+        # beat): past that, it cannot (say, a study it cannot touch), or the work was a
+        # live worker's whose beats come further apart than this one's.
         limit = 3 * self.options.grace_period + 2 * (self.options.reap_interval or 0)
         if time.monotonic() - self._lost_since > limit:
             logger.warning(
-                "worker %s: the reaper did not queue %s again within %.0f s; exiting",
-                self.name,
-                counted(lost, "trial"),
-                limit,
+                "worker %s: %s not handed over within %.0f s; exiting", self.name, lost, limit
             )
             return False
         return True
+
+    def _silent_work(self, silent_for: float) -> tuple[int, int]:
+        """The running trials, and the running test evaluations and refits, of the study
+        served (else of any) whose worker has not beaten for ``silent_for`` seconds."""
+        assert self.store is not None
+        study_id = self.options.study_id
+        trials = lost_tickets(self.store, silent_for, study_id)
+        jobs = lost_evaluations(self.store, silent_for, study_id)
+        return trials, jobs + lost_refits(self.store, silent_for, study_id)
+
+    def _too_soon_to_tell(self, overdue: float) -> bool:
+        """Whether work runs whose worker may have died just before this idle spell: its
+        last beat is too recent to tell. ``overdue`` seconds into the spell, such a worker
+        has beaten again (alive) or its work is overdue (lost)."""
+        started = self._idle_since
+        if started is None:
+            started = self._idle_since = time.monotonic()
+        return time.monotonic() - started < overdue and sum(self._silent_work(0.0)) > 0
 
     def _idle_exit(self) -> bool:
         """Whether an idle worker should exit now."""
@@ -470,7 +501,7 @@ class Worker:
             return False
         ran = self._evaluate_due() or self._refit_due()
         if ran:
-            self._lost_since = None  # a new idle spell starts after it
+            self._lost_since = self._idle_since = None  # a new idle spell starts after it
         # After a job, ask again at once: a study's evaluation and refit come together.
         self._jobs_checked_at = -math.inf if ran else now
         return ran

@@ -287,3 +287,22 @@ def test_a_cuda_worker_scores_the_test_split_on_its_device(
     assert best.test_evaluation.state == EvaluationState.DONE, best.test_evaluation.note
     [trial] = best.trials
     assert trial.test_confusion is not None and sum(map(sum, trial.test_confusion)) == 359
+
+
+def test_an_idle_worker_stays_to_take_over_an_evaluation_whose_worker_died(
+    sqlite_store: Store, tiny_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: ``worker --exit-when-idle`` exited at once beside a test
+    evaluation that a killed worker held, and nothing took it over until another worker
+    came."""
+    study_id = submit_study(sqlite_store, tiny_spec(dataset=TEST_SPLIT)).id
+    monkeypatch.setattr(SqlCoordinator, "claim_evaluation", lambda self, w, s, left=(): None)
+    assert Worker(sqlite_store, _options()).run() == 3
+    monkeypatch.undo()
+    assert SqlCoordinator(sqlite_store).claim_evaluation("killed", study_id) is not None
+    options = _options(heartbeat_interval=0.1, grace_period=0.5, reap_interval=0.1)
+
+    assert Worker(sqlite_store, options).run() == 0
+
+    evaluation = best_trials(sqlite_store, study_id).test_evaluation
+    assert evaluation is not None and evaluation.state == EvaluationState.DONE

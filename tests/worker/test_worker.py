@@ -820,15 +820,18 @@ def test_a_workers_own_reaper_never_takes_its_live_trial(
     assert sorted(trial.intermediate_values) == [1, 2]
 
 
+@pytest.mark.parametrize("started_after", [0.0, 0.5], ids=["at-once", "two-beats-later"])
 def test_an_idle_worker_exits_only_once_its_reaper_requeued_a_lost_workers_trial(
-    store: Store, tiny_spec: SpecFactory, caplog: pytest.LogCaptureFixture
+    store: Store, tiny_spec: SpecFactory, caplog: pytest.LogCaptureFixture, started_after: float
 ) -> None:
     """Found by a tester: after a kill -9, ``worker --exit-when-idle`` found nothing queued
-    and exited before its reaper's first pass, leaving the study running for good."""
+    and exited before its reaper's first pass, leaving the study running for good. Started
+    two beats after the kill (a verifier's case) or at once (a tester's: the last beat was
+    too recent to tell a dead worker from a live one)."""
     spec = tiny_spec(budget={"n_trials": 1, "max_failed": 0})
     study_id = submit_study(store, spec).id
     start_trial(store, study_id, worker="killed")  # its beats stopped at once
-    time.sleep(0.5)  # two beats missed, still within the grace period (a verifier's case)
+    time.sleep(started_after)
     options = _options(heartbeat_interval=0.2, grace_period=1.0, reap_interval=0.2)
 
     with caplog.at_level(logging.INFO, logger="automl.worker"):
