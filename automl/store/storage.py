@@ -479,10 +479,24 @@ def _ping_when_idle(engine: sqlalchemy.engine.Engine) -> None:
         try:
             dialect.do_ping(dbapi_connection)
         except dialect.loaded_dbapi.Error as exc:
-            if dialect.is_disconnect(exc, dbapi_connection, None):
+            if _disconnected(dialect, exc, dbapi_connection):
                 # The pool discards this connection (and older ones) and connects anew.
                 raise sqlalchemy.exc.DisconnectionError(str(exc)) from exc
             raise
+
+
+def _disconnected(dialect: Any, exc: BaseException, dbapi_connection: Any) -> bool:
+    """Whether a failed ping says the connection is gone. A ping that fails at all (an
+    ``OperationalError``) does: a cut during it may even surface as another error raised
+    while psycopg cleans up, over the cut's own (a tester's: "can't change 'autocommit'
+    now" over "connection socket closed"), with the connection marked neither closed nor
+    broken, which is all the dialect's own test looks at."""
+    dbapi = dialect.loaded_dbapi
+    return any(
+        isinstance(error, dbapi.OperationalError)
+        or (isinstance(error, dbapi.Error) and dialect.is_disconnect(error, dbapi_connection, None))
+        for error in (exc, exc.__context__, exc.__cause__)
+    )
 
 
 def _open_with_retries(

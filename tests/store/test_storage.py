@@ -9,6 +9,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -637,3 +638,33 @@ def test_a_new_sqlite_store_never_gives_a_deleted_studys_id_again(
     finally:
         database.close()
     assert "AUTOINCREMENT" in sql.upper()
+
+
+def test_postgres_pool_replaces_a_connection_cut_during_its_ping_whatever_the_error(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: a cut during the ping surfaced as psycopg's ProgrammingError
+    ("can't change 'autocommit' now"), which is no disconnect: the heartbeat failed."""
+    import psycopg
+
+    monkeypatch.setattr(automl.store.storage, "PING_WHEN_IDLE_S", 0.05)
+    store = open_store(postgres_url, artifacts_dir=tmp_path / "artifacts", pool_size=1)
+    try:
+        with store.read() as connection:
+            first = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+
+        def cut_during_ping(dbapi_connection: Any) -> None:
+            try:  # the connection is marked neither closed nor broken
+                raise psycopg.OperationalError("connection socket closed")
+            finally:
+                raise psycopg.ProgrammingError(  # as psycopg raises in its own cleanup
+                    "can't change 'autocommit' now: connection in transaction status ACTIVE"
+                )
+
+        monkeypatch.setattr(store.engine.dialect, "do_ping", cut_during_ping)
+        time.sleep(0.2)  # idle for longer than PING_WHEN_IDLE_S: checked before use
+        with store.read() as connection:
+            monkeypatch.undo()
+            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() != first
+    finally:
+        store.close()
