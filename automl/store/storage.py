@@ -5,8 +5,9 @@ file. Writers take the write lock when their transaction begins (``BEGIN IMMEDIA
 which keeps read-then-write transactions (Optuna's and ours) serialized; readers use a
 second engine with plain deferred transactions, so a slow read never blocks a writer.
 PostgreSQL gets a connect timeout, TCP keepalives and a TCP user timeout (a connection that
-a network cut or a stuck middlebox silenced, with no reset, fails after about 25 s instead of
-hanging for the kernel's 15 minutes), a pool of ``AUTOML_DB_POOL_SIZE`` connections, liveness
+a network cut silenced, with no reset, fails after about 25 s instead of hanging for the
+kernel's 15 minutes; a pooler or proxy in between that still acknowledges but no longer
+answers is not caught so: its own timeouts must end such waits), a pool of ``AUTOML_DB_POOL_SIZE`` connections, liveness
 checks of connections that sat idle in the pool, reads outside of explicit transactions
 (each statement sees the latest commits, as in a READ COMMITTED transaction, without the
 BEGIN and COMMIT round trips) and one engine for both. The server ends a session that sits
@@ -349,8 +350,8 @@ def _connect_args(url: str) -> dict[str, Any]:
 
 def _pg_connect_args(url: str) -> dict[str, Any]:
     """libpq parameters that bound how long a PostgreSQL connection can hang: connecting,
-    and waiting on a peer that went silent (a network cut, a stuck middlebox, a host gone
-    without a reset). A parameter the URL's query string gives is left out: SQLAlchemy
+    and waiting on a peer that went silent (a network cut, a host gone without a reset: the
+    kernel stops getting acknowledgements). A parameter the URL's query string gives is left out: SQLAlchemy
     would let ``connect_args`` override it."""
     defaults = {
         "connect_timeout": PG_CONNECT_TIMEOUT_S,
