@@ -68,6 +68,9 @@ ENV AUTOML_STORAGE=sqlite:////data/automl.db \
 VOLUME ["/data"]
 
 USER automl
+# The user's own home: `docker compose exec api automl report ID` (or export, or
+# best --download) writes relative paths here, not into /app, which root owns.
+WORKDIR /home/automl
 
 EXPOSE 8000
 

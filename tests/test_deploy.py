@@ -230,6 +230,21 @@ def test_the_image_runs_as_a_non_root_user() -> None:
     assert not later, "RUN after USER: keep the image's setup before switching users"
 
 
+def test_the_image_works_in_a_folder_its_user_owns() -> None:
+    """Found by a tester: under WORKDIR /app (root's), ``docker compose exec api automl
+    report ID`` could not write its page, nor export or best --download their files."""
+    instructions = dockerfile_instructions()
+    user = [args for keyword, args in instructions if keyword == "USER"][-1]
+    workdir = [args for keyword, args in instructions if keyword == "WORKDIR"][-1]
+    homes = [
+        words
+        for words in _run_commands()
+        if words[:1] == ["useradd"] and "--create-home" in words and words[-1] == user
+    ]
+    assert homes, f"{user} has no home made for it"
+    assert workdir == f"/home/{user}", f"WORKDIR {workdir}: not {user}'s own folder"
+
+
 def test_the_default_image_has_cuda_torch_and_a_cpu_option() -> None:
     """PyPI's torch wheels are CUDA builds: the default build must not pin the CPU index,
     and ``TORCH_INDEX_URL`` selects it for CPU-only images."""
