@@ -292,7 +292,7 @@ def test_the_declared_conditions_are_named_in_their_descriptions() -> None:
                 assert {name: rule.option for name, rule in rules.items()} == {
                     name: "p" for name in entry.options.model_fields if name != "p"
                 }, entry.name
-                assert "apply nowhere" in str(entry.options.model_fields["p"].description)
+                assert "change nothing" in str(entry.options.model_fields["p"].description)
                 continue
             if rules:
                 declared[(kind, entry.name)] = {name: rule.option for name, rule in rules.items()}

@@ -100,7 +100,7 @@ def test_a_rule_between_settings_names_both_variables(
 
     assert code == 2
     assert error_line(err).startswith(
-        "error: invalid setting AUTOML_GRACE_PERIOD (60 s) must exceed twice "
+        "error: invalid setting AUTOML_GRACE_PERIOD=60: must exceed twice "
         "AUTOML_HEARTBEAT_INTERVAL (40 s)"
     )
 
