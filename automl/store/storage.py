@@ -7,20 +7,21 @@ second engine with plain deferred transactions, so a slow read never blocks a wr
 PostgreSQL gets a connect timeout, TCP keepalives and a TCP user timeout (a connection that
 a network cut silenced, with no reset, fails after about 25 s instead of hanging for the
 kernel's 15 minutes; a pooler or proxy in between that still acknowledges but no longer
-answers is not caught so: its own timeouts must end such waits), a pool of ``AUTOML_DB_POOL_SIZE`` connections, liveness
-checks of connections that sat idle in the pool, reads outside of explicit transactions
-(each statement sees the latest commits, as in a READ COMMITTED transaction, without the
-BEGIN and COMMIT round trips) and one engine for both. The server ends a session that sits
-inside a transaction for ``PG_IDLE_TRANSACTION_TIMEOUT_S``: a process frozen mid-write (a
-paused VM, SIGSTOP, a debugger) would otherwise hold its row locks, and with them every
-claim, cancel and reaper pass on that study, for as long as it stays frozen. A statement
-waits at most ``PG_LOCK_TIMEOUT_S`` for a lock (an administrator's ``LOCK TABLE``, a
-long migration), then fails as an outage does, like SQLite's busy timeout. Sessions plan
-each statement with its parameters (``plan_cache_mode``), never with a generic plan kept
-from when the study's tables were empty. Both are set per session on connect; behind a
-pooler in transaction mode (PgBouncer), set them for the role instead
-(``ALTER ROLE ... SET``). A libpq parameter given in the URL's query string
-(``?keepalives_idle=60&tcp_user_timeout=90000``) replaces automl's default for it.
+answers is not caught so: its own timeouts must end such waits), a pool of
+``AUTOML_DB_POOL_SIZE`` connections, liveness checks of connections that sat idle in the
+pool, reads outside of explicit transactions (each statement sees the latest commits, as in
+a READ COMMITTED transaction, without the BEGIN and COMMIT round trips) and one engine for
+both. The server ends a session that sits inside a transaction for
+``PG_IDLE_TRANSACTION_TIMEOUT_S``: a process frozen mid-write (a paused VM, SIGSTOP, a
+debugger) would otherwise hold its row locks, and with them every claim, cancel and reaper
+pass on that study, for as long as it stays frozen. A statement waits at most
+``PG_LOCK_TIMEOUT_S`` for a lock (an administrator's ``LOCK TABLE``, a long migration), then
+fails as an outage does, like SQLite's busy timeout. Sessions plan each statement with its
+parameters (``plan_cache_mode``), never with a generic plan kept from when the study's
+tables were empty. Both are set per session on connect; behind a pooler in transaction mode
+(PgBouncer), set them for the role instead (``ALTER ROLE ... SET``). A libpq parameter given
+in the URL's query string (``?keepalives_idle=60&tcp_user_timeout=90000``) replaces automl's
+default for it.
 """
 
 from __future__ import annotations
@@ -351,8 +352,8 @@ def _connect_args(url: str) -> dict[str, Any]:
 def _pg_connect_args(url: str) -> dict[str, Any]:
     """libpq parameters that bound how long a PostgreSQL connection can hang: connecting,
     and waiting on a peer that went silent (a network cut, a host gone without a reset: the
-    kernel stops getting acknowledgements). A parameter the URL's query string gives is left out: SQLAlchemy
-    would let ``connect_args`` override it."""
+    kernel stops getting acknowledgements). A parameter the URL's query string gives is
+    left out: SQLAlchemy would let ``connect_args`` override it."""
     defaults = {
         "connect_timeout": PG_CONNECT_TIMEOUT_S,
         "keepalives": 1,
