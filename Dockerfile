@@ -50,8 +50,10 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_INDEX_
     && pip install --no-cache-dir ".[postgres]" \
     && rm -rf build automl.egg-info
 
-# Example study specs: `automl submit search_spaces/digits_quick.yaml` inside the container.
+# Example study specs: `automl submit search_spaces/digits_quick.yaml` inside the container
+# (linked into the home it works in).
 COPY search_spaces/ ./search_spaces/
+RUN ln -s /app/search_spaces /home/automl/search_spaces
 
 # The SQLite default, the trial weights and the decode cache (images decoded once, GAN
 # generators) live under /data, a volume owned by automl; datasets are read from

@@ -243,6 +243,15 @@ def test_the_image_works_in_a_folder_its_user_owns() -> None:
     ]
     assert homes, f"{user} has no home made for it"
     assert workdir == f"/home/{user}", f"WORKDIR {workdir}: not {user}'s own folder"
+    # The reviewer's catch: ``automl submit search_spaces/...`` as the compose file says.
+    links = [words for words in _run_commands() if words[:2] == ["ln", "-s"]]
+    assert ["ln", "-s", "/app/search_spaces", f"{workdir}/search_spaces"] in links
+    assert "/app/search_spaces" in [
+        "/app/" + args.split()[-1].strip("./").rstrip("/")
+        for keyword, args in instructions
+        if keyword == "COPY" and args.split()[0].rstrip("/") == "search_spaces"
+    ]
+    assert "automl submit search_spaces/" in COMPOSE.read_text()
 
 
 def test_the_default_image_has_cuda_torch_and_a_cpu_option() -> None:

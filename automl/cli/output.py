@@ -197,7 +197,7 @@ def _refit_text(refit: RefitView, objectives: Sequence[str]) -> str:
     shown = [name for name in dict.fromkeys(["accuracy", *objectives]) if name in metrics]
     if refit.trial is not None and shown and refit.state == "done":
         epochs = counted(refit.epochs or 0, "epoch")
-        scores = ", ".join(f"{name} {metrics[name]:.4f}" for name in shown)
+        scores = ", ".join(f"{name} {_score(metrics[name])}" for name in shown)
         detail = f": trial {refit.trial}, {epochs}, test {scores}"
     else:
         detail = f": {refit.note}" if refit.note else ""
@@ -205,6 +205,11 @@ def _refit_text(refit: RefitView, objectives: Sequence[str]) -> str:
     if refit.state == "done" and refit.test_per_class:
         text += "\n\nrefit, test split, per class:\n" + _per_class_table(refit.test_per_class)
     return text
+
+
+def _score(value: float) -> str:
+    """A share (accuracy) to 4 places; an amount (params, latency_ms) to 6 digits."""
+    return f"{value:.4f}" if abs(value) <= 1 else f"{value:.6g}"
 
 
 def _values_text(metrics: Sequence[str], values: Sequence[float | None] | None) -> str:

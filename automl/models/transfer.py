@@ -30,7 +30,7 @@ from torch import nn
 from automl.data.errors import DatasetError
 from automl.data.paths import confine, data_root, relative_name
 from automl.models.base import backbone_stages, head_keys
-from automl.registry import RECORDED, AppliesWhen, EntryOptions
+from automl.registry import RECORDED, AppliesWhen, EntryOptions, within_strict_input
 
 FreezeMode = Literal["none", "backbone", "first_k"]
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -112,9 +112,10 @@ def _refuse_other_kinds(path: Path, shown: str) -> None:
 def check_pretrained(reference: str) -> str:
     """Returns ``reference`` if it names a readable checkpoint (for an options validator,
     so a missing, empty or garbled file, or a whole pickled model, is a 422 at submit time,
-    not a failure of every trial). Its tensors' bytes are not read (a safetensors file's
-    header; a torch file's pickle, its tensors mapped): whether its weights fit the model
-    is known only when a trial builds it.
+    not a failure of every trial). At submit (``strict_input``) a torch file is loaded as a
+    trial would (a zip archive's tensors mapped, not read; a legacy pickle read whole), else
+    only the start of the file is read; of a safetensors file, its header. Whether its
+    weights fit the model is known only when a trial builds it.
 
     Raises:
         CheckpointError: If it does not.
@@ -132,8 +133,8 @@ def check_pretrained(reference: str) -> str:
         why = "not a torch file (torch.save writes a zip archive or a pickle)"
     if why is None and path.suffix == ".safetensors":
         why = _safetensors_problem(path)
-    if why is None and path.suffix != ".safetensors":
-        why = _torch_load_problem(path)
+    if why is None and path.suffix != ".safetensors" and within_strict_input():
+        why = _torch_load_problem(path)  # at submit: a trial's own load says it again
     if why is not None:
         raise CheckpointError(f"cannot read checkpoint {path.name!r}: {why}")
     return reference
@@ -179,9 +180,7 @@ def _torch_load_problem(path: Path) -> str | None:
     """Why ``torch.load(weights_only=True)`` refuses a torch file (None: it reads); a zip
     archive's tensors are mapped, not read."""
     try:
-        with warnings.catch_warnings():  # a legacy pickle's protocol: the trial's load says it
-            warnings.simplefilter("ignore")
-            torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # pickle and zip errors have no common base
         return _unpickling_problem(exc)
     return None
@@ -189,6 +188,11 @@ def _torch_load_problem(path: Path) -> str | None:
 
 _TERMINAL_STYLES = re.compile(r"\x1b\[[0-9;]*m")
 _REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error: ([^\n]*)")
+
+# torch.load warns of a legacy pickle's protocol (2 to 5 all load): noise at every submit
+# and trial. A filter set once, as ``warnings.catch_warnings`` is not thread-safe.
+warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
 
 
 def _unpickling_problem(exc: BaseException) -> str:
@@ -197,12 +201,15 @@ def _unpickling_problem(exc: BaseException) -> str:
     message = _TERMINAL_STYLES.sub("", str(exc))
     if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in message:
         found = _REFUSED_GLOBAL.search(message)
-        what = f" ({found.group(1)})" if found else ""
-        return (
-            f"it holds pickled Python objects{what}, not only tensors (a whole model saved "
-            "with torch.save(model)?), which are never unpickled here: save "
-            "model.state_dict() instead, or convert it to safetensors"
-        )
+        if found:
+            return (
+                f"it holds pickled Python objects ({found.group(1)}), not only tensors (a "
+                "whole model saved with torch.save(model)?), which are never unpickled "
+                "here: save model.state_dict() instead, or convert it to safetensors"
+            )
+        reason = _UNPICKLER_ERROR.search(message)
+        detail = reason.group(1).strip() if reason else "its pickle cannot be read safely"
+        return f"{detail} (the file may be damaged)"
     first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
     return first if len(first) <= 300 else first[:299] + "…"
 

@@ -53,8 +53,9 @@ def cross_entropy(
 
 
 class WeightedCrossEntropy(nn.Module):
-    """``nn.CrossEntropyLoss(weight=..., label_smoothing=...)``, computed with plain tensor
-    ops: PyTorch's weighted CUDA kernel makes the host wait for the GPU at every step.
+    """``nn.CrossEntropyLoss(weight=..., label_smoothing=...)`` over class indices, computed
+    with plain tensor ops (PyTorch's weighted CUDA kernel makes the host wait for the GPU at
+    every step); over class probabilities, averaged by each image's weight (``forward``).
 
     Args:
         weight: One weight per class.

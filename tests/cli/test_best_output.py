@@ -109,17 +109,17 @@ def test_a_done_refit_shows_the_studys_objectives_on_the_test_split() -> None:
         state=RefitState.DONE,
         trial=3,
         epochs=2,
-        test_metrics={"accuracy": 0.475, "balanced_accuracy": 0.5167, "macro_f1": 0.4},
+        test_metrics={"accuracy": 0.475, "balanced_accuracy": 0.5167, "params": 24586.0},
     )
     best = _best(None).model_copy(
-        update={"metrics": ["balanced_accuracy", "latency_ms"], "refit": refit}
+        update={"metrics": ["balanced_accuracy", "params", "latency_ms"], "refit": refit}
     )
 
     text = best_text(best)
 
     assert (
         "refit on train + validation: done: trial 3, 2 epochs, test accuracy 0.4750, "
-        "balanced_accuracy 0.5167"
+        "balanced_accuracy 0.5167, params 24586"
     ) in text
 
 

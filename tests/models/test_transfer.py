@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from automl.models.transfer import (
     replace_head,
     resolve_checkpoint,
 )
+from automl.registry import strict_input
 from automl.train import train
 from automl.train.hyperparameters import flat_config
 from automl.train.trial_config import TrialConfig, stored_config
@@ -212,9 +214,33 @@ def test_pickled_objects_are_refused_at_submit_and_load_in_one_line(
         "instead, or convert it to safetensors"
     )
     for read in (check_pretrained, load_checkpoint):
-        with pytest.raises(CheckpointError) as refused:
+        with strict_input(), pytest.raises(CheckpointError) as refused:
             read("module.pt")
         assert str(refused.value) == expected
+    # Outside a submit (a worker reading its trial's configuration) only the file's start
+    # is read: the trial's own load refuses it as above.
+    assert check_pretrained("module.pt") == "module.pt"
+
+
+def test_a_damaged_pickle_is_not_called_a_whole_model(roots: tuple[Path, Path]) -> None:
+    """The reviewer's catch: one byte changed in a state dict's pickle read as "it holds
+    pickled Python objects (a whole model ...)"."""
+    data, _ = roots
+    torch.save({"w": torch.zeros(2)}, data / "good.pt")
+    with zipfile.ZipFile(data / "good.pt") as source:
+        entries = {info.filename: source.read(info) for info in source.infolist()}
+    [pickled] = [name for name in entries if name.endswith("data.pkl")]
+    entries[pickled] = entries[pickled][:2] + b"\xfe" + entries[pickled][3:]
+    with zipfile.ZipFile(data / "damaged.pt", "w") as target:
+        for name, content in entries.items():
+            target.writestr(name, content)
+
+    with strict_input(), pytest.raises(CheckpointError) as refused:
+        check_pretrained("damaged.pt")
+
+    message = str(refused.value)
+    assert message.startswith("cannot read checkpoint 'damaged.pt': ")
+    assert message.endswith("(the file may be damaged)") and "whole model" not in message
 
 
 def test_torchvision_resnet18_checkpoint_loads_into_the_backbone(
