@@ -155,10 +155,12 @@ def claim_evaluation(
     )
 
 
-def lost_evaluations(store: Store, silent_for: float, study_id: int | None = None) -> int:
-    """How many test evaluations (of ``study_id``, else of any study) a worker holds without a beat
-    for ``silent_for`` seconds (``lost_claims``)."""
-    return lost_claims(store, _JOB, silent_for, study_id)
+def lost_evaluations(
+    store: Store, silent_for: float, study_id: int | None = None, exclude: Collection[int] = ()
+) -> int:
+    """How many test evaluations (of ``study_id``, else of any study but those in ``exclude``) a
+    worker holds without a beat for ``silent_for`` seconds (``lost_claims``)."""
+    return lost_claims(store, _JOB, silent_for, study_id, exclude)
 
 
 def beat_evaluation(store: Store, lease: EvaluationLease) -> bool:

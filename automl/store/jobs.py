@@ -113,10 +113,16 @@ def job_result(kind: type[Result], data: dict[str, Any]) -> Result:
     return kind(**{name: value for name, value in data.items() if name in names})
 
 
-def lost_claims(store: Store, kind: JobKind, silent_for: float, study_id: int | None) -> int:
+def lost_claims(
+    store: Store,
+    kind: JobKind,
+    silent_for: float,
+    study_id: int | None,
+    exclude: Collection[int] = (),
+) -> int:
     """How many running jobs of ``kind`` (of ``study_id``, else of any study that may run
-    them) have gone without a beat for ``silent_for`` seconds: a lost worker's, which the
-    next claim after the grace period takes over."""
+    them, but those in ``exclude``) have gone without a beat for ``silent_for`` seconds: a
+    lost worker's, which the next claim after the grace period takes over."""
     jobs, studies = kind.table, tables.studies
     query = (
         sa.select(sa.func.count())
@@ -125,6 +131,8 @@ def lost_claims(store: Store, kind: JobKind, silent_for: float, study_id: int | 
     )
     if study_id is not None:
         query = query.where(jobs.c.study_id == study_id)
+    if exclude:
+        query = query.where(jobs.c.study_id.not_in(sorted(exclude)))
     with store.read() as connection:
         cutoff = now(connection) - silent_for
         return int(connection.scalar(query.where(jobs.c.claimed_at < cutoff)) or 0)

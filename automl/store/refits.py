@@ -123,10 +123,12 @@ def claim_refit(
     return RefitLease(study.study_id, worker_id, attempt, number)
 
 
-def lost_refits(store: Store, silent_for: float, study_id: int | None = None) -> int:
-    """How many refits (of ``study_id``, else of any study) a worker holds without a beat
-    for ``silent_for`` seconds (``lost_claims``)."""
-    return lost_claims(store, _JOB, silent_for, study_id)
+def lost_refits(
+    store: Store, silent_for: float, study_id: int | None = None, exclude: Collection[int] = ()
+) -> int:
+    """How many refits (of ``study_id``, else of any study but those in ``exclude``) a
+    worker holds without a beat for ``silent_for`` seconds (``lost_claims``)."""
+    return lost_claims(store, _JOB, silent_for, study_id, exclude)
 
 
 def beat_refit(store: Store, lease: RefitLease) -> bool:

@@ -421,7 +421,7 @@ class Worker:
             if not is_transient(exc):
                 raise
             self.backoff.failed(exc, "checking for work")
-            return False
+            return True  # unknown while the store is out: stay until it can be told
         if not trials and not jobs:
             again, self._lost_seen = self._lost_seen, False
             return again  # one more pass, to claim what the reaper just queued again
@@ -459,9 +459,10 @@ class Worker:
         served (else of any) whose worker has not beaten for ``silent_for`` seconds."""
         assert self.store is not None
         study_id = self.options.study_id
+        left = self._unreadable | self._troubled  # their jobs this worker never claims
         trials = lost_tickets(self.store, silent_for, study_id)
-        jobs = lost_evaluations(self.store, silent_for, study_id)
-        return trials, jobs + lost_refits(self.store, silent_for, study_id)
+        jobs = lost_evaluations(self.store, silent_for, study_id, left)
+        return trials, jobs + lost_refits(self.store, silent_for, study_id, left)
 
     def _too_soon_to_tell(self, overdue: float) -> bool:
         """Whether work runs whose worker may have died just before this idle spell: its

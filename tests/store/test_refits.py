@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,6 +30,7 @@ from automl.store import (
     end_study_if_done,
     finish_refit,
     get_study,
+    lost_refits,
     optuna_rows,
     queue_refit,
     refit_artifact_ids,
@@ -369,3 +371,18 @@ def test_a_stored_refit_result_keeps_the_keys_older_apis_read_and_drops_unknown_
     # An API of an earlier automl, still up during an upgrade, builds the result from
     # exactly these keys (RefitResult(**data)): a key added here is a 500 there.
     assert set(RefitResult.from_json(stored).to_json()) == set(stored)
+
+
+def test_lost_refits_counts_silent_claims_of_the_studies_asked_about(
+    store: Store, tiny_spec: SpecFactory
+) -> None:
+    """What ``worker --exit-when-idle`` waits for: a refit whose worker stopped beating."""
+    study_id = _completed(store, tiny_spec(refit=True, dataset=WITH_TEST), [0.9, 0.8, 0.7])
+    assert lost_refits(store, 0.0) == 0  # queued: no worker holds it
+    assert claim_refit(store, "killed") is not None
+    time.sleep(0.01)  # the database clock counts milliseconds
+
+    assert lost_refits(store, 3600.0) == 0  # it beat within the hour
+    assert lost_refits(store, 0.0) == lost_refits(store, 0.0, study_id) == 1
+    assert lost_refits(store, 0.0, study_id + 1) == 0
+    assert lost_refits(store, 0.0, exclude={study_id}) == 0  # one the worker left
