@@ -456,7 +456,8 @@ class Worker:
 
     def _silent_work(self, silent_for: float) -> tuple[int, int]:
         """The running trials, and the running test evaluations and refits, of the study
-        served (else of any) whose worker has not beaten for ``silent_for`` seconds."""
+        served (else of any; jobs not of studies this worker left) whose worker has not
+        beaten for ``silent_for`` seconds."""
         assert self.store is not None
         study_id = self.options.study_id
         left = self._unreadable | self._troubled  # their jobs this worker never claims
