@@ -255,4 +255,5 @@ __all__ = [
     "beat_evaluation",
     "claim_evaluation",
     "finish_evaluation",
+    "lost_evaluations",
 ]

@@ -333,6 +333,7 @@ __all__ = [
     "beat_refit",
     "claim_refit",
     "finish_refit",
+    "lost_refits",
     "refit_artifact_ids",
     "refit_artifacts",
     "refit_trial_number",
