@@ -171,8 +171,9 @@ def best_text(best: BestTrials) -> str:
         )
         front = counted(best.count if best.count is not None else len(best.trials), "trial")
         blocks.append(f"Pareto front of study {best.study_id}: {front} ({objectives})")
+    kind = "best trial" if len(best.metrics) == 1 else "Pareto trial"
     for trial in best.trials:
-        header = f"best trial #{trial.number} of study {best.study_id}: "
+        header = f"{kind} #{trial.number} of study {best.study_id}: "
         header += _values_text(best.metrics, trial.values)
         params = table(("PARAM", "VALUE"), sorted(trial.params.items()))
         parts = [header, params, _metrics_table(trial, "EARLIER TEST" if earlier else "TEST")]

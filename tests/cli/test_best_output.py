@@ -134,9 +134,11 @@ def test_a_pareto_front_is_headed_as_such() -> None:
 
     text = best_text(best)
 
-    assert text.splitlines()[0] == (
-        "Pareto front of study 7: 1 trial (accuracy (maximize), latency_ms (minimize))"
-    )
+    assert text.splitlines()[:3] == [
+        "Pareto front of study 7: 1 trial (accuracy (maximize), latency_ms (minimize))",
+        "",
+        "Pareto trial #3 of study 7: accuracy=0.95, latency_ms=1.5",
+    ]
     assert not best_text(_best(None)).startswith("Pareto")
 
 
