@@ -1,4 +1,5 @@
-"""Words in messages: counts ("1 trial", "2 trials") and values as a spec writes them."""
+"""Words in messages: counts ("1 trial", "2 trials"), values as a spec writes them, and
+long reasons cut short."""
 
 from __future__ import annotations
 
@@ -40,3 +41,12 @@ def as_written(value: Any) -> str:
 
 
 __all__ = ["as_written", "counted"]
+
+
+def clipped(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters and marked so, at a space where one is near
+    the end (a library's error can run to pages)."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", limit - 60, limit)
+    return text[: cut if cut > 0 else limit] + " ..."

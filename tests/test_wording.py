@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from automl.wording import as_written, counted, first_few
+from automl.wording import as_written, clipped, counted, first_few
 
 
 def test_a_count_of_one_is_singular_and_any_other_plural() -> None:
@@ -22,3 +22,13 @@ def test_first_few_names_says_how_many_more() -> None:
     assert first_few(["a", "b"]) == "a, b"
     assert first_few(["a", "b", "c", "d", "e"]) == "a, b, c and 2 more"
     assert first_few(["a", "b", "c"], 2) == "a, b and 1 more"
+
+
+def test_a_long_reason_is_cut_at_a_space() -> None:
+    """Found by a tester: a download error was cut at 200 characters mid-word ("... g)")."""
+    words = "Tried http://yann.lecun.com/exdb/mnist/ and got nothing back " * 8
+    cut = clipped(words.strip())
+    assert len(cut) <= 304 and cut.endswith(" ...")
+    assert words.startswith(cut.removesuffix(" ...") + " ")
+    assert clipped("x" * 400) == "x" * 300 + " ..."
+    assert clipped("short") == "short"

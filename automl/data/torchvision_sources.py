@@ -32,6 +32,7 @@ from automl.data.base import (
 from automl.data.errors import DatasetError
 from automl.data.paths import confine, relative_name
 from automl.data.splits import SplitSeed, stratified_split
+from automl.wording import clipped
 
 DOWNLOAD_TIMEOUT_S = 30.0
 """Seconds a download may wait on the network before it fails."""
@@ -194,17 +195,9 @@ def _open(spec: TorchvisionDataset, root: Path, train: bool, download: bool) -> 
         raise _unreadable(spec, root, exc, fetch) from None
 
 
-def _clipped(text: str, limit: int = 300) -> str:
-    """``text`` cut to ``limit`` characters, at a space where one is near the end."""
-    if len(text) <= limit:
-        return text
-    cut = text.rfind(" ", limit - 60, limit)
-    return text[: cut if cut > 0 else limit] + " ..."
-
-
 def _unreadable(spec: TorchvisionDataset, root: Path, exc: Exception, fetch: bool) -> DatasetError:
     """The error for files torchvision could not download or read: which files, and why."""
-    reason = _clipped(" ".join(str(exc).split())) or type(exc).__name__
+    reason = clipped(" ".join(str(exc).split())) or type(exc).__name__
     if fetch or spec.missing(root):
         action = "download failed" if fetch else "cannot read the files"
         return DatasetError(f"{spec.name}: {action} ({reason}); {spec.where(root)}")

@@ -31,6 +31,7 @@ from automl.data.errors import DatasetError
 from automl.data.paths import confine, data_root, relative_name
 from automl.models.base import backbone_stages, head_keys
 from automl.registry import RECORDED, AppliesWhen, EntryOptions, within_strict_input
+from automl.wording import clipped
 
 FreezeMode = Literal["none", "backbone", "first_k"]
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -210,8 +211,7 @@ def _unpickling_problem(exc: BaseException) -> str:
         reason = _UNPICKLER_ERROR.search(message)
         detail = reason.group(1).strip() if reason else "its pickle cannot be read safely"
         return f"{detail} (the file may be damaged)"
-    first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
-    return first if len(first) <= 300 else first[:299] + "…"
+    return clipped(message.strip().splitlines()[0]) if message.strip() else type(exc).__name__
 
 
 def load_checkpoint(reference: str | Path) -> dict[str, torch.Tensor]:
