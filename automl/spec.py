@@ -301,6 +301,9 @@ LOSS_REPLACING_IMBALANCE = "focal"
 WARMUP = "warmup_epochs"
 """The param that a schedule rising to the peak by itself (``warms_up``) ignores."""
 
+DECAY_SPLIT = "decay_norm_and_bias"
+"""The param that only matters where some weight decays."""
+
 
 def warms_up(scheduler: str) -> bool:
     """Whether the schedule ``scheduler`` rises to the peak learning rate by itself
@@ -1040,6 +1043,7 @@ def check_spec(spec: StudySpec, limits: Limits | None = None) -> list[FieldError
     errors += _check_one_name_per_option(spec)
     errors += _check_loss_replaced(spec)
     errors += _check_warmup_ignored(spec)
+    errors += _check_decay_split_ignored(spec)
     errors += _check_past_the_last_epoch(spec)
     if spec.warm_start is not None and spec.warm_start.studies == []:
         # At submission only: a study stored so before stays readable. A tester's status
@@ -1478,6 +1482,21 @@ def _check_warmup_ignored(spec: StudySpec) -> list[FieldError]:
     names = ", ".join(spec.chosen["scheduler"])
     message = f"scheduler {names} warms up by itself, so {WARMUP} would be ignored"
     return [FieldError(loc, message) for loc, hp in _resolved_names(spec) if hp.name == WARMUP]
+
+
+def _check_decay_split_ignored(spec: StudySpec) -> list[FieldError]:
+    """Refuses ``decay_norm_and_bias`` where no trial decays any weight (``weight_decay``
+    fixed at 0, or left at its default 0): it would be ignored."""
+    decay = spec.fixed.get("weight_decay", 0.0)
+    if "weight_decay" in spec.params or not isinstance(decay, int | float) or decay != 0:
+        return []
+    said = "fixed at 0" if "weight_decay" in spec.fixed else "0 unless set"
+    message = (
+        f"weight_decay is {said}, so {DECAY_SPLIT} would be ignored; set or search "
+        "weight_decay, or drop it"
+    )
+    located = _resolved_names(spec)
+    return [FieldError(loc, message) for loc, hp in located if hp.name == DECAY_SPLIT]
 
 
 def _check_past_the_last_epoch(spec: StudySpec) -> list[FieldError]:

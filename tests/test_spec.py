@@ -1927,6 +1927,25 @@ def test_warmup_beside_a_scheduler_that_warms_up_by_itself_is_refused() -> None:
     )
 
 
+def test_decay_norm_and_bias_without_weight_decay_is_refused() -> None:
+    split = {"decay_norm_and_bias": False}
+    [error] = spec_errors({"name": "x", "fixed": split})
+    assert (error.path, error.msg) == (
+        "fixed.decay_norm_and_bias",
+        "weight_decay is 0 unless set, so decay_norm_and_bias would be ignored; set or "
+        "search weight_decay, or drop it",
+    )
+    [error] = spec_errors({"name": "x", "fixed": {**split, "weight_decay": 0}})
+    assert error.msg.startswith("weight_decay is fixed at 0, so decay_norm_and_bias")
+    searched = {"decay_norm_and_bias": {"type": "categorical", "choices": [True, False]}}
+    [error] = spec_errors({"name": "x", "params": searched})
+    assert error.path == "params.decay_norm_and_bias"
+    decay = {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}
+    spec = load_spec({"name": "x", "fixed": {**split, "weight_decay": 0.05}})
+    assert spec.fixed["decay_norm_and_bias"] is False
+    load_spec({"name": "x", "fixed": split, "params": {"weight_decay": decay}})
+
+
 def test_warmup_is_searched_only_where_the_scheduler_does_not_warm_up_by_itself() -> None:
     schedulers = {"type": "categorical", "choices": ["one_cycle", "cosine", "linear"]}
     params = {"scheduler": schedulers, "warmup_epochs": {"type": "float", "low": 0.0, "high": 2.0}}

@@ -525,11 +525,26 @@ def derived_seed(*keys: int) -> int:
 
 def _trainable_groups(model: torch.nn.Module, config: TrialConfig) -> list[dict[str, Any]]:
     """Parameter groups of the unfrozen parameters; the backbone gets its own learning rate
-    when the architecture's ``backbone_lr_mult`` asks for one."""
+    when the architecture's ``backbone_lr_mult`` asks for one, and biases and normalization
+    scales their own group without weight decay unless ``decay_norm_and_bias``."""
     mult = config.model.options.get("backbone_lr_mult", 1.0)
     if mult != 1.0:
-        return param_groups(model, config.lr, mult)
-    return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        groups = param_groups(model, config.lr, mult)
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if config.decay_norm_and_bias or config.weight_decay == 0:
+        return groups
+    return [part for group in groups for part in _without_decay_on_vectors(group)]
+
+
+def _without_decay_on_vectors(group: dict[str, Any]) -> list[dict[str, Any]]:
+    """``group`` split in two: its matrices and kernels, then its parameters of one
+    dimension (biases, normalization scales and shifts) with ``weight_decay`` 0. An empty
+    part is dropped."""
+    decayed = [p for p in group["params"] if p.ndim > 1]
+    kept = [p for p in group["params"] if p.ndim <= 1]
+    parts = [{**group, "params": decayed}, {**group, "params": kept, "weight_decay": 0.0}]
+    return [part for part in parts if part["params"]]
 
 
 class TrainingDiverged(FloatingPointError):

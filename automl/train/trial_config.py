@@ -115,6 +115,12 @@ class TrialConfig(BaseModel):
 
     lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0, le=1, description="Weight decay of the optimizer.")
+    decay_norm_and_bias: bool = Field(
+        True,
+        description="Apply weight_decay to biases and normalization scales too (every "
+        "parameter of one dimension); false decays only the weights of convolutions, linear "
+        "and recurrent layers, as timm's and torchvision's training recipes do.",
+    )
     warmup_epochs: float = Field(
         0.0,
         ge=0,

@@ -24,6 +24,7 @@ from automl.train import (
     train,
 )
 from automl.train.accel import Accelerator
+from automl.train.checkpoint import TrainState
 from automl.train.early_stopping import EarlyStopping
 from automl.train.hyperparameters import flat_config
 from automl.train.loop import TrainingDiverged, derived_seed
@@ -225,6 +226,46 @@ def test_every_optimizer_trains(small_data: ImageData, optimizer: str) -> None:
     result = train(tiny(epochs=1, optimizer=optimizer, lr=1e-2), data=small_data)
     assert math.isfinite(result.history[0]["train_loss"])
     assert math.isfinite(result.metrics["loss"])
+
+
+def _decays(state: TrainState) -> list[tuple[float, int]]:
+    """Each saved optimizer group's weight decay and parameter count."""
+    groups = state.optimizer["param_groups"]
+    return [(group["weight_decay"], len(group["params"])) for group in groups]
+
+
+def test_norm_and_bias_can_be_left_out_of_weight_decay(small_data: ImageData) -> None:
+    """Biases and batch-norm scales get a group of their own without decay, which a
+    checkpoint saves and a resumed run restores exactly."""
+    config = tiny(optimizer="sgd", weight_decay=0.1, decay_norm_and_bias=False)
+    model = build_model(config.model.name, config.model.options, (1, 8, 8), 10)
+    vectors = sum(1 for p in model.parameters() if p.ndim == 1)
+    matrices = sum(1 for p in model.parameters() if p.ndim > 1)
+    states: list[TrainState] = []
+    full = train(config, data=small_data, checkpoint=states.append, checkpoint_interval=0.0)
+    assert _decays(states[0]) == [(0.1, matrices), (0.0, vectors)] and vectors > 0
+
+    resumed = train(config, data=small_data, resume=states[0])
+    assert without_timings(resumed.history) == without_timings(full.history)
+
+    states.clear()
+    train(tiny(optimizer="sgd", weight_decay=0.1), data=small_data, checkpoint=states.append)
+    assert _decays(states[0]) == [(0.1, matrices + vectors)]
+
+
+def test_the_backbone_and_head_groups_each_split_off_their_vectors(
+    small_data: ImageData,
+) -> None:
+    config = tiny(weight_decay=0.1, decay_norm_and_bias=False, backbone_lr_mult=0.5)
+    states: list[TrainState] = []
+    train(config, data=small_data, checkpoint=states.append, checkpoint_interval=0.0)
+    groups = states[0].optimizer["param_groups"]
+    assert [(g["name"], g["weight_decay"]) for g in groups] == [
+        ("backbone", 0.1),
+        ("backbone", 0.0),
+        ("head", 0.1),
+        ("head", 0.0),
+    ]
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS.names())
