@@ -21,8 +21,15 @@ PROXY_SCHEME = "grpc"
 
 
 def is_proxy_url(url: str | None) -> bool:
-    """Whether a storage URL names an ``automl proxy`` (``grpc://host:port``)."""
-    return bool(url) and urlsplit(url).scheme == PROXY_SCHEME  # type: ignore[arg-type]
+    """Whether a storage URL names an ``automl proxy`` (``grpc://host:port``); False for
+    one that is no URL at all (a bracket left open), which opening it as a database
+    reports."""
+    if not url:
+        return False
+    try:
+        return urlsplit(url).scheme == PROXY_SCHEME
+    except ValueError:  # "Invalid IPv6 URL"
+        return False
 
 
 def is_loopback(host: str) -> bool:

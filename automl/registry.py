@@ -24,6 +24,7 @@ import difflib
 import inspect
 import json
 import logging
+import re
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ from automl.wording import as_written
 logger = logging.getLogger("automl.registry")
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 BUILTIN_SOURCE = "automl"
 
@@ -270,22 +272,37 @@ class OptionInfo:
     required: bool = False
 
 
+ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""What an entry's name may be: no ``.``, which qualifies an option (``cnn.width``)."""
+
+_QUALIFYING: list[Registry[Any]] = []
+"""The registries whose entry names qualify options in a spec (``hflip.p``)."""
+
+_source = contextvars.ContextVar("automl_registering_source", default=BUILTIN_SOURCE)
+"""The package whose import registers entries now, in whichever registry: a plugin
+module may add a model and a loss."""
+
+
 class Registry(Generic[T]):
     """Maps names to entries of one kind.
 
     Args:
         kind: What the entries are, e.g. ``"model"``; used in messages.
         group: Entry-point group that plugins use to add entries, e.g. ``"automl.models"``.
+        qualifies: Whether a spec names an entry's options after the entry
+            (``sgd.momentum``): a plugin's entry may then not take a name that another
+            such registry has.
     """
 
-    def __init__(self, kind: str, group: str | None = None) -> None:
+    def __init__(self, kind: str, group: str | None = None, *, qualifies: bool = False) -> None:
         self.kind = kind
         self.group = group
         self._entries: dict[str, Entry[T]] = {}
-        self._source = BUILTIN_SOURCE
         self.plugin_errors: dict[str, str] = {}
         """Plugins of this registry that failed to load: entry-point name -> error."""
-        self._plugins_seen: set[str] = set()
+        self._plugins_seen: set[tuple[str, str, str]] = set()
+        if qualifies:
+            _QUALIFYING.append(self)
 
     def register(
         self,
@@ -321,13 +338,27 @@ class Registry(Generic[T]):
         Raises:
             ValueError: If ``name`` is already registered.
         """
+        if not isinstance(name, str) or not ENTRY_NAME.fullmatch(name):
+            raise ValueError(
+                f"{self.kind} name {as_written(name)}: use 1-64 letters, digits, '_' or '-', "
+                "starting with a letter or digit"
+            )
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is already registered")
+        source = _source.get()
+        if source != BUILTIN_SOURCE and self in _QUALIFYING:
+            for other in _QUALIFYING:
+                if other is not self and name in other:
+                    raise ValueError(
+                        f"{self.kind} {name!r}: {other.kind} {name!r} is registered too, and "
+                        f"a spec's '{name}.OPTION' could not tell the two apart; use another "
+                        "name"
+                    )
         if description is None:
             # A docstring's reST literals (``x``) as Markdown's and a terminal's (`x`).
             description = (inspect.getdoc(target) or "").strip().split("\n")[0]
             description = description.replace("``", "`")
-        entry = Entry(name, target, options, description, self._source)
+        entry = Entry(name, target, options, description, source)
         self._entries[name] = entry
         return entry
 
@@ -341,6 +372,22 @@ class Registry(Generic[T]):
             return self._entries[name]
         except (KeyError, TypeError):
             raise UnknownNameError(self.unknown_message(name)) from None
+
+    def made(self, entry: Entry[T], value: V, expected: type | tuple[type, ...], wanted: str) -> V:
+        """``value``, which ``entry``'s factory made, once it is an ``expected``: a
+        plugin's factory that returns something else would fail far from it, in words
+        that never name it.
+
+        Raises:
+            TypeError: If ``value`` is no ``expected``; the message names the entry, its
+                package and ``wanted``.
+        """
+        if not isinstance(value, expected):
+            raise TypeError(
+                f"{self.kind} {entry.name!r} ({entry.source}) made {type(value).__name__}, "
+                f"not {wanted}"
+            )
+        return value
 
     def validate(self, name: str) -> str:
         """Returns ``name`` if registered (usable as a pydantic ``AfterValidator``).
@@ -362,11 +409,18 @@ class Registry(Generic[T]):
     def unknown_message(self, name: object) -> str:
         """Builds the error message for an unknown ``name``, with the valid choices."""
         message = f"unknown {self.kind} {as_written(name)}"
+        close = []
         if isinstance(name, str):
             close = difflib.get_close_matches(name, self._entries, n=1)
             if close:
                 message += f" (did you mean {close[0]!r}?)"
-        return f"{message}; valid choices: {', '.join(self.names())}"
+        message += f"; valid choices: {', '.join(self.names())}"
+        if self.plugin_errors:
+            failed = ", ".join(sorted(self.plugin_errors))
+            message += f"; plugins that failed to load here: {failed}"
+        elif not close and self.group is not None:
+            message += "; a plugin's entry needs its package installed here"
+        return message
 
     def load_plugins(self) -> None:
         """Imports the modules that the entry points of ``group`` name; they register here.
@@ -377,12 +431,14 @@ class Registry(Generic[T]):
         if self.group is None:
             return
         for point in metadata.entry_points(group=self.group):
-            if point.name in self._plugins_seen:
-                continue
-            self._plugins_seen.add(point.name)
             distribution = point.dist.name if point.dist is not None else point.value
+            # Two packages may give their entry points one name: each is loaded.
+            seen = (distribution, point.name, point.value)
+            if seen in self._plugins_seen:
+                continue
+            self._plugins_seen.add(seen)
             try:
-                with self._registering_as(distribution):
+                with _registering_as(distribution):
                     loaded = point.load()
                     if callable(loaded) and not isinstance(loaded, types.ModuleType):
                         loaded(self)
@@ -390,14 +446,6 @@ class Registry(Generic[T]):
                 message = f"{type(exc).__name__}: {exc}"
                 self.plugin_errors[point.name] = message
                 logger.warning("%s plugin %r failed to load: %s", self.kind, point.name, message)
-
-    @contextlib.contextmanager
-    def _registering_as(self, source: str) -> Iterator[None]:
-        previous, self._source = self._source, source
-        try:
-            yield
-        finally:
-            self._source = previous
 
     def describe(self) -> list[dict[str, Any]]:
         """Every entry with its description, source and options, for users."""
@@ -579,3 +627,13 @@ def validation_messages(exc: ValidationError) -> list[tuple[tuple[str | int, ...
         (tuple(error["loc"]), error["msg"].removeprefix("Value error, "))
         for error in exc.errors(include_url=False)
     ]
+
+
+@contextlib.contextmanager
+def _registering_as(source: str) -> Iterator[None]:
+    """Entries registered meanwhile, in any registry, come from ``source``."""
+    token = _source.set(source)
+    try:
+        yield
+    finally:
+        _source.reset(token)

@@ -22,6 +22,7 @@ from automl.registry import Registry
 from automl.samplers import SAMPLERS
 from automl.spec import SPACE_RULES, StudySpec
 from automl.train import METRICS
+from automl.train.hyperparameters import UnknownHyperparameterError
 from automl.train.trial_config import PIPELINES, SELECTABLE
 
 WORKER = "this worker"
@@ -102,7 +103,7 @@ def readable_spec(
         raise UnreadableStudyError(
             study_id, f"needs a newer automl than {reader} ({newer}): {advice}"
         ) from None
-    missing = missing_entries(spec) if entries else []
+    missing = (missing_entries(spec) or missing_options(spec)) if entries else []
     if missing:
         raise UnreadableStudyError(
             study_id,
@@ -149,6 +150,20 @@ def missing_entries(spec: StudySpec) -> list[str]:
     ]
     missing = [f"{registry.kind} {name!r}" for registry, name in named if name not in registry]
     return list(dict.fromkeys(missing + _missing_pipeline_entries(spec)))
+
+
+def missing_options(spec: StudySpec) -> list[str]:
+    """The fixed and searched names of ``spec`` that no entry here takes (``option
+    'my_net.act'``): the options of a plugin's (or a newer automl's) version that this
+    process lacks. Call it once ``missing_entries`` found none.
+    """
+    missing = []
+    for name in [*spec.fixed, *spec.params]:
+        try:
+            spec.hyperparameter(name)
+        except UnknownHyperparameterError:
+            missing.append(f"option {name!r}")
+    return missing
 
 
 def _missing_pipeline_entries(spec: StudySpec) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Literal
 import pytest
 from pydantic import Field, ValidationError
 
+from automl import registry as registry_module
 from automl.registry import EntryOptions, Registry, UnknownNameError, describe_options
 
 
@@ -186,6 +187,84 @@ def test_plugins_register_entries_with_their_source_and_broken_ones_are_reported
     assert registry.plugin_errors == {"broken": "RuntimeError: missing native library"}
 
 
+def write_package(root: Path, name: str, points: dict[str, str], modules: dict[str, str]) -> None:
+    """Another installed-looking distribution, ``name`` 1.0, with entry points in
+    ``test.automl.widgets`` (its module names must start with ``acme_widgets``)."""
+    info = root / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    lines = "\n".join(f"{point} = {target}" for point, target in points.items())
+    (info / "entry_points.txt").write_text(f"[test.automl.widgets]\n{lines}\n")
+    for module, source in modules.items():
+        (root / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def widgets_and_gadgets() -> Iterator[tuple[Registry[str], Registry[str]]]:
+    """Two registries whose entry names qualify options, as models' and losses' do; the
+    plugins reach them as ``test_widget_registry.WIDGETS`` and ``.GADGETS``."""
+    widgets: Registry[str] = Registry("widget", group="test.automl.widgets", qualifies=True)
+    gadgets: Registry[str] = Registry("gadget", qualifies=True)
+    gadgets.add("cog", "a built-in gadget")
+    module = type(sys)("test_widget_registry")
+    module.WIDGETS, module.GADGETS = widgets, gadgets  # type: ignore[attr-defined]
+    sys.modules["test_widget_registry"] = module
+    yield widgets, gadgets
+    del sys.modules["test_widget_registry"]
+    registry_module._QUALIFYING.remove(widgets)
+    registry_module._QUALIFYING.remove(gadgets)
+
+
+def test_plugins_are_credited_and_kept_apart(
+    plugin_path: Path, widgets_and_gadgets: tuple[Registry[str], Registry[str]]
+) -> None:
+    """Found by a plugin author: a second package's entry point of the same name was
+    never loaded; a module's entries in another registry were credited to automl; and a
+    plugin model named ``hflip`` took over the augmentation's ``hflip.p``."""
+    widgets, gadgets = widgets_and_gadgets
+    write_package(
+        plugin_path,
+        "acme-one",
+        {"shared": "acme_widgets_one", "clash": "acme_widgets_clash"},
+        {
+            "acme_widgets_one": """
+                from test_widget_registry import GADGETS, WIDGETS
+                WIDGETS.add("one", "w")
+                GADGETS.add("one_gadget", "g")
+            """,
+            "acme_widgets_clash": """
+                from test_widget_registry import WIDGETS
+                WIDGETS.add("cog", "a widget that takes a gadget's name")
+            """,
+        },
+    )
+    write_package(
+        plugin_path,
+        "acme-two",
+        {"shared": "acme_widgets_two"},
+        {"acme_widgets_two": "from test_widget_registry import WIDGETS\nWIDGETS.add('two', 'w')\n"},
+    )
+
+    widgets.load_plugins()
+
+    assert widgets.names() == ["one", "two"]
+    assert widgets.get("two").source == "acme-two"
+    assert gadgets.get("one_gadget").source == "acme-one"
+    assert gadgets.get("cog").source == "automl"
+    assert widgets.plugin_errors == {
+        "clash": "ValueError: widget 'cog': gadget 'cog' is registered too, and a spec's "
+        "'cog.OPTION' could not tell the two apart; use another name"
+    }
+
+
+@pytest.mark.parametrize("name", ["my.net", "", " net", "net\n", "-net", "x" * 65, 3])
+def test_an_entry_name_a_spec_could_not_write_is_refused(name: object) -> None:
+    """Found by a plugin author: ``my.net`` registered, and ``my.net.width`` was unknown."""
+    registry: Registry[str] = Registry("widget")
+    with pytest.raises(ValueError, match="use 1-64 letters, digits, '_' or '-'"):
+        registry.add(name, "w")  # type: ignore[arg-type]
+
+
 def test_an_entrys_description_writes_literals_as_markdown_and_terminals_do() -> None:
     """Found by a tester: `automl list losses` printed reST's ``class_weights``."""
     registry: Registry[Callable[[], None]] = Registry("thing")
@@ -195,3 +274,30 @@ def test_an_entrys_description_writes_literals_as_markdown_and_terminals_do() ->
 
     assert registry.register("documented")(documented) is documented
     assert registry.get("documented").description == "Uses `x` twice: `x`."
+
+
+def test_what_a_factory_makes_is_checked_naming_the_entry() -> None:
+    """Found by a plugin author: a model factory returning None failed later as
+    "'NoneType' object has no attribute 'to' (at accel.py:187)"."""
+    registry: Registry[Callable[[], object]] = Registry("widget")
+    entry = registry.add("cog", lambda: None)
+
+    assert registry.made(entry, 3, int, "a count") == 3
+    with pytest.raises(TypeError, match=r"^widget 'cog' \(automl\) made NoneType, not a count$"):
+        registry.made(entry, entry.factory(), int, "a count")
+
+
+def test_an_unknown_name_says_a_plugin_may_add_it_or_failed_to_load() -> None:
+    """Found by a plugin author: a study of a plugin's dataset, with the plugin gone,
+    said only "unknown dataset 'blobs'"."""
+    registry: Registry[str] = Registry("widget", group="test.automl.none")
+    registry.add("cog", "c")
+    assert registry.unknown_message("blobs") == (
+        "unknown widget 'blobs'; valid choices: cog; a plugin's entry needs its package "
+        "installed here"
+    )
+    assert registry.unknown_message("cogg").endswith("valid choices: cog")
+    registry.plugin_errors["acme"] = "ImportError: no module named torch_blobs"
+    assert registry.unknown_message("blobs").endswith(
+        "valid choices: cog; plugins that failed to load here: acme"
+    )

@@ -84,7 +84,8 @@ def poll_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not 0 < value <= MAX_POLL_INTERVAL_S:
         raise argparse.ArgumentTypeError(
-            f"{text} is out of range: poll intervals are 0 to {MAX_POLL_INTERVAL_S:.0f} s"
+            f"{text} is out of range: poll intervals are more than 0, at most "
+            f"{MAX_POLL_INTERVAL_S:.0f} s"
         )
     return value
 

@@ -46,6 +46,7 @@ from automl.store import (
     StorageError,
     StorageUnavailableError,
     Store,
+    StudyDetail,
     StudyStatus,
     attrs,
     best_trials,
@@ -53,9 +54,10 @@ from automl.store import (
     is_transient,
     submit_study,
 )
-from automl.store.storage import redact, sqlite_file
+from automl.store.storage import sqlite_file
 from automl.train import resolve_device
 from automl.train.accel import check_device_settings
+from automl.url_secrets import without_password
 from automl.wording import counted
 from automl.worker import (
     Coordinator,
@@ -246,6 +248,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             "folders and CSV files fail on this worker until it is",
             settings.data_root.resolve(),
         )
+    store: Store | None = None
     if is_proxy_url(settings.storage):
         coordinator = _connect_proxy_waiting(settings.storage)
         options.reap_interval = None
@@ -265,13 +268,21 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         # Which store: a worker started in another folder than the submit waits forever;
         # one with another artifact store than the API's keeps weights the API never finds.
         file = sqlite_file(settings.storage)
-        shown = redact(settings.storage) if file is None else str(file.resolve())
+        shown = without_password(settings.storage) if file is None else str(file.resolve())
         log.info("worker store: %s; artifacts: %s", shown, artifacts_text(store.artifacts))
     worker.install_signal_handlers()
     try:
         worker.run()
     except CoordinatorTooOldError as exc:  # the proxy was replaced by an older one
         raise CliError(str(exc), EXIT_FAILURE) from None
+    if args.study is not None and store is not None and not worker.stopping:
+        # Exits as `run` does: a pipeline running `worker --study` (which `run` names to
+        # resume with) tells a cancelled or failed study from a completed one.
+        final = get_study(store, args.study)
+        problem = outcome_problem(final)
+        # With --exit-when-idle it leaves what other workers still run to them.
+        if problem is not None and not (args.exit_when_idle and final.status.is_active):
+            raise CliError(problem, EXIT_FAILURE)
     # Ctrl-C is 130 as for every command; SIGTERM (docker stop, systemd) a clean stop.
     return EXIT_INTERRUPTED if worker.stopped_by == signal.SIGINT else EXIT_OK
 
@@ -441,7 +452,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(
         f"study {study.id} ({study.name}): {counted(study.n_trials, 'trial')} on {worker.device}, "
-        f"storage {settings.storage}",
+        f"storage {without_password(settings.storage)}",
         file=sys.stderr,
     )
     progress = _Progress(study.n_trials, study.name, study.metrics, study.directions)
@@ -457,22 +468,31 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"interrupted: resume with `{_resume_command(args, study.id)}`", file=sys.stderr)
         return EXIT_INTERRUPTED
     final = get_study(store, study.id)
-    if final.status.is_active:  # the worker left it: its log line above says why
-        raise CliError(f"study {study.id} is still {final.status.value}: this worker left it")
-    if final.status != StudyStatus.COMPLETED:
-        message = f"study {study.id} {final.status.value}: {final.status_reason}"
-        raise CliError(message + progress.first_error_text())
-    if final.counts.complete == 0:
-        message = (
-            f"study {study.id} completed without a completed trial ({final.counts.fail} failed"
-        )
-        raise CliError(f"{message}, {final.counts.pruned} pruned)" + progress.first_error_text())
+    problem = outcome_problem(final)
+    if problem is not None:
+        raise CliError(problem + ("" if final.status.is_active else progress.first_error_text()))
     best = best_trials(store, study.id)
     if args.json:
         print_json(best)
     else:
         print(study_text(final) + "\n\n" + best_text(best))
     return EXIT_OK
+
+
+def outcome_problem(final: StudyDetail) -> str | None:
+    """What went wrong with a study that a worker of ``run`` or ``worker --study`` saw
+    to its end, in one line; None when it completed with a completed trial."""
+    if final.status.is_active:  # the worker left it: its log line says why
+        return f"study {final.id} is still {final.status.value}: this worker left it"
+    if final.status != StudyStatus.COMPLETED:
+        return f"study {final.id} {final.status.value}: {final.status_reason}"
+    if final.counts.complete == 0:
+        counts = final.counts
+        return (
+            f"study {final.id} completed without a completed trial ({counts.fail} failed, "
+            f"{counts.pruned} pruned)"
+        )
+    return None
 
 
 WAITING_FOR_OTHERS = (

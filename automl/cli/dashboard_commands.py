@@ -39,6 +39,7 @@ from automl.cli.errors import EXIT_BAD_INPUT, CliError
 from automl.cli.ports import bind_problem, require_free_port
 from automl.cli.stops import StopSignals
 from automl.config import Settings, is_loopback, is_proxy_url
+from automl.url_secrets import without_password
 
 if TYPE_CHECKING:
     from automl.store import Store
@@ -307,12 +308,11 @@ def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
     """Serves optuna-dashboard on the configured store until SIGINT (exit 130) or SIGTERM
     (0)."""
     from automl.store import open_store_from
-    from automl.store.storage import redact
 
     if is_proxy_url(settings.storage):
         raise CliError(
-            f"{settings.storage} is an automl proxy, which serves workers only; point "
-            "the dashboard at the database (AUTOML_STORAGE)",
+            f"{without_password(settings.storage)} is an automl proxy, which serves workers "
+            "only; point the dashboard at the database (AUTOML_STORAGE)",
             EXIT_BAD_INPUT,
         )
     host = args.dashboard_host or DEFAULT_HOST
@@ -344,9 +344,10 @@ def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
             )
         try:
             with StopSignals(_stop) as stops:
+                artifacts = type(store.artifacts).__name__
                 print(
                     f"optuna-dashboard on http://{host}:{server.server_port} "
-                    f"(storage {redact(store.url)}, artifacts: {type(store.artifacts).__name__})",
+                    f"(storage {without_password(store.url)}, artifacts: {artifacts})",
                     file=sys.stderr,
                     flush=True,
                 )

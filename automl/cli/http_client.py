@@ -25,6 +25,7 @@ from automl.store.views import (
     TrialDetail,
     TrialSummary,
 )
+from automl.url_secrets import without_password
 
 NO_COMPLETED_TRIAL = "completed trial"
 """What the API's answer says of a study without a result (``NoBestTrialError``: it "has no
@@ -80,6 +81,7 @@ class HttpClient:
 
     def __init__(self, base_url: str, api_key: str | None = None) -> None:
         self.base_url = _checked_url(base_url).rstrip("/")
+        self.shown_url = without_password(self.base_url)
         key = api_key if api_key is not None else Settings().api_key
         # A key read from a file (a secret mount, $(cat key)) may end in a newline.
         self.api_key = key.strip() if key else key
@@ -294,7 +296,7 @@ class HttpClient:
         except httpx.ReadTimeout:
             waited = kwargs.get("timeout", HTTP_TIMEOUT_S)
             raise ClientError(
-                f"the API at {self.base_url} did not answer {method} {path} within {waited:g} s",
+                f"the API at {self.shown_url} did not answer {method} {path} within {waited:g} s",
                 may_have_arrived=True,
             ) from None
         except httpx.HTTPError as exc:
@@ -302,7 +304,7 @@ class HttpClient:
             unsent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError, httpx.PoolTimeout)
             sent = not isinstance(exc, unsent)
             raise ClientError(
-                f"cannot reach the API at {self.base_url}: {exc}", may_have_arrived=sent
+                f"cannot reach the API at {self.shown_url}: {exc}", may_have_arrived=sent
             ) from None
         if response.is_success:
             return response
@@ -321,7 +323,7 @@ class HttpClient:
         status = response.status_code
         answer = f"HTTP {status} {httpx.codes.get_reason_phrase(status) or response.reason_phrase}"
         message = (
-            f"{self.base_url} does not answer as an automl API ({method} {path}: "
+            f"{self.shown_url} does not answer as an automl API ({method} {path}: "
             f"{answer.strip()}{f', {why}' if why else ''}); check --url / AUTOML_URL"
         )
         # A success in another shape (another automl version) did what it was asked.
@@ -342,7 +344,8 @@ def _checked_url(url: str) -> str:
             raise ValueError("give http://HOST:PORT or https://HOST:PORT")
         parsed.host.encode("idna")  # a label over 63 characters fails only here
     except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
-        raise ClientError(f"invalid API URL {url!r} (--url, AUTOML_URL): {exc}", True) from None
+        shown = without_password(url)
+        raise ClientError(f"invalid API URL {shown!r} (--url, AUTOML_URL): {exc}", True) from None
     return url
 
 

@@ -63,7 +63,9 @@ def _list(store: Store, as_json: bool) -> int:
 
     keys = list_keys(store)
     if as_json:
-        print(json.dumps([_key_json(key) for key in keys], indent=2))
+        # The shape of every other list (status, trials): a page of data and its count.
+        listed = [_key_json(key) for key in keys]
+        print(json.dumps({"data": listed, "count": len(listed)}, indent=2))
         return EXIT_OK
     if not keys:
         print("no API keys: the API is open to anyone who reaches it (`automl keys create`)")
@@ -100,10 +102,17 @@ def _key_json(key: ApiKey) -> dict[str, object]:
         "project": key.project,
         "admin": key.admin,
         "label": key.label,
-        "created_at": _when(key.created_at),
-        "revoked_at": _when(key.revoked_at),
+        "created_at": _json_time(key.created_at),
+        "revoked_at": _json_time(key.revoked_at),
         "active": key.active,
     }
+
+
+def _json_time(timestamp: float | None) -> str | None:
+    """A time as the API's views write it: ISO 8601 in UTC, ending in ``Z``."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _when(timestamp: float | None) -> str | None:

@@ -22,7 +22,6 @@ from automl.store.storage import (
     Store,
     has_automl_tables,
     open_store_from,
-    redact,
     sqlite_file,
 )
 from automl.store.study_reads import (
@@ -31,6 +30,7 @@ from automl.store.study_reads import (
     StudyStateError,
     TrialNotFoundError,
 )
+from automl.url_secrets import without_password
 
 
 @contextmanager
@@ -80,8 +80,8 @@ def open_store(settings: Settings, *, create: bool = False) -> Store:
     """
     if is_proxy_url(settings.storage):
         raise CliError(
-            f"{settings.storage} is an automl proxy, which serves workers only; point "
-            "this command at the database (AUTOML_STORAGE) or the API (--url)",
+            f"{without_password(settings.storage)} is an automl proxy, which serves workers "
+            "only; point this command at the database (AUTOML_STORAGE) or the API (--url)",
             EXIT_BAD_INPUT,
         )
     if not create:
@@ -103,7 +103,7 @@ def _require_store(url: str) -> None:
         return
     if _backend(url) not in (None, "sqlite") and not has_automl_tables(url):
         raise CliError(
-            f"no automl store at {redact(url)} (no automl tables); submit a study or run "
+            f"no automl store at {without_password(url)} (no automl tables); submit a study or run "
             "automl serve/worker to create one",
             EXIT_BAD_INPUT,
         )
@@ -114,5 +114,5 @@ def _backend(url: str) -> str | None:
     opening the store reports)."""
     try:
         return sqlalchemy.engine.make_url(url).get_backend_name()
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):
         return None

@@ -315,7 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("study", type=study_id, help="study id")
     report.add_argument(
-        "--output", "-o", metavar="FILE", help="file to write (default study-ID-report.html)"
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="file to write (default study-ID-report.html; - for standard output)",
     )
     report.add_argument(
         "--overwrite", action="store_true", help="replace FILE even if it is not an automl report"

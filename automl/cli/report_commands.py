@@ -10,6 +10,7 @@ import argparse
 import errno
 import json
 import os
+import sys
 import webbrowser
 from pathlib import Path
 
@@ -20,7 +21,15 @@ from automl.file_clock import remove_stale_siblings
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    """Writes the report of ``args.study`` to ``args.output``; ``--open`` shows it."""
+    """Writes the report of ``args.study`` to ``args.output`` (``-``: standard output);
+    ``--open`` shows it."""
+    if args.output == "-":
+        if args.open:
+            raise CliError("--open shows a file: name one with --output", EXIT_BAD_INPUT)
+        page = _page(settings, args.study)
+        sys.stdout.write(page)
+        sys.stdout.flush()
+        return EXIT_OK
     path = Path(args.output or f"study-{args.study}-report.html")
     if path.is_dir():
         raise CliError(f"--output {path} is a folder; name a file", EXIT_BAD_INPUT)
@@ -31,10 +40,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
             f"{path} exists and is not an automl report; name another file or pass --overwrite"
         )
         raise CliError(message, EXIT_BAD_INPUT)
-    if settings.url:
-        page = HttpClient(settings.url).report(args.study)
-    else:
-        page = _draw_locally(settings, args.study)
+    page = _page(settings, args.study)
     remove_stale_siblings(path, ".partial-")  # a killed report's
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
@@ -63,6 +69,13 @@ def _is_report(path: Path) -> bool:
             return REPORT_MARK in file.read(512)
     except OSError:
         return False
+
+
+def _page(settings: Settings, study_id: int) -> str:
+    """The report's HTML, from the API (``--url``) or drawn here."""
+    if settings.url:
+        return HttpClient(settings.url).report(study_id)
+    return _draw_locally(settings, study_id)
 
 
 def _draw_locally(settings: Settings, study_id: int) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 from collections.abc import Mapping
@@ -32,6 +31,7 @@ from automl.cli.output import (
     trials_table,
 )
 from automl.config import Settings
+from automl.url_secrets import without_password
 from automl.wording import counted, first_few
 
 if TYPE_CHECKING:
@@ -105,17 +105,31 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     spec = spec_from_text(
         read_spec_text(path, settings.max_body_bytes), is_json=path.suffix == ".json"
     )
-    data = data_text(spec) if args.data else None
-    if args.json:
+    data = data_summary(spec) if args.data else None
+    if args.json and data is not None:
+        # The spec as it would be stored, beside what the data holds.
+        stored = json.loads(spec.model_dump_json(exclude_none=True))
+        print(printable_json(json.dumps({"spec": stored, "data": data}, indent=2)))
+    elif args.json:
         print_json(spec, exclude_none=True)
     else:
-        print(valid_text(spec) + (f"\n  data        {data}" if data else ""))
+        print(valid_text(spec) + (f"\n  data        {data_text(data)}" if data else ""))
     return EXIT_OK
 
 
-def data_text(spec: StudySpec) -> str:
+_GAPS = (
+    ("no_training_images", "untrained", "training", "the model never predicts {}"),
+    ("no_validation_images", "unscored", "validation", "the metrics say nothing of {}"),
+    ("no_test_images", "unscored", "test", "the metrics say nothing of {}"),
+)
+"""The classes a split lacks: the key of ``data_summary``, its line's label, the split,
+and what follows."""
+
+
+def data_summary(spec: StudySpec) -> dict[str, Any]:
     """Loads the spec's dataset as a trial would (decoding every image, into the decode
-    cache the trials then read), and says what it holds.
+    cache the trials then read), and says what it holds: images per split, each class's
+    training images, the classes a split lacks and what an image folder left out.
 
     Raises:
         CliError: If an image cannot be used (not an image, too many pixels...): exit 2.
@@ -129,26 +143,38 @@ def data_text(spec: StudySpec) -> str:
     except DatasetError as exc:
         raise CliError(f"invalid dataset: {exc}", EXIT_BAD_INPUT) from None
     counts = torch.bincount(data.train_y, minlength=data.num_classes).tolist()
-    fewest = min(range(len(counts)), key=counts.__getitem__)
-    test = "no" if data.test_y is None else str(len(data.test_y))
     gaps = data.unscored_classes()
+    return {
+        "images": {
+            "train": len(data.train_y),
+            "validation": len(data.val_y),
+            "test": None if data.test_y is None else len(data.test_y),
+        },
+        "classes": len(data.classes),
+        "training_images_per_class": dict(zip(data.classes, counts, strict=True)),
+        **{key: list(gaps.get(key) or []) for key, *_ in _GAPS},
+        "not_read": unread_notes(spec),
+    }
+
+
+def data_text(summary: dict[str, Any]) -> str:
+    """``data_summary`` in the lines of ``validate --data``."""
+    images, per_class = summary["images"], summary["training_images_per_class"]
+    fewest = min(per_class, key=per_class.__getitem__)
+    test = "no" if images["test"] is None else str(images["test"])
     unscored = [
         f"\n  {label:<11} {counted(len(names), 'class', 'classes')} without {split} images "
         f"({printable(first_few([repr(name) for name in names], 5))}): "
         + consequence.format("it" if len(names) == 1 else "them")
-        for key, label, split, consequence in (
-            ("no_training_images", "untrained", "training", "the model never predicts {}"),
-            ("no_validation_images", "unscored", "validation", "the metrics say nothing of {}"),
-            ("no_test_images", "unscored", "test", "the metrics say nothing of {}"),
-        )
-        if (names := gaps.get(key))
+        for key, label, split, consequence in _GAPS
+        if (names := summary[key])
     ]
     return (
-        f"{len(data.train_y)} training, {len(data.val_y)} validation and {test} test images "
-        f"of {data.num_classes} classes (fewest training images: {data.classes[fewest]!r}, "
-        f"{counts[fewest]})"
+        f"{images['train']} training, {images['validation']} validation and {test} test "
+        f"images of {summary['classes']} classes (fewest training images: {fewest!r}, "
+        f"{per_class[fewest]})"
         + "".join(unscored)
-        + "".join(f"\n  not read    {note}" for note in unread_notes(spec))
+        + "".join(f"\n  not read    {note}" for note in summary["not_read"])
     )
 
 
@@ -329,19 +355,6 @@ def cmd_best(args: argparse.Namespace, settings: Settings) -> int:
                 command += [flag, without_password(value)]
         print(f"\nper-class report: {shlex.join(command)}")
     return EXIT_OK
-
-
-_USER_PASSWORD = re.compile(r"^([\w+.-]+://[^:/@]*):[^@]*@")
-"""A URL's ``user:password@``, read as SQLAlchemy reads it: the password may hold ``/``,
-``?`` or ``#``, which ``urlsplit`` would take for the end of the host."""
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
-
-
-def without_password(url: str) -> str:
-    """``url`` with its password, if any, shown as ``***``: that of its user part, and a
-    ``password=`` query parameter (light: sqlalchemy's ``hide_password`` needs it
-    imported)."""
-    return _QUERY_PASSWORD.sub(r"\1***", _USER_PASSWORD.sub(r"\1:***@", url, count=1))
 
 
 def _check_overwrite(args: argparse.Namespace) -> None:

@@ -8,6 +8,7 @@ it must lie inside the data root. Nothing is ever created by these checks.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import re
@@ -77,10 +78,45 @@ def confine(value: str | os.PathLike[str], root: Path | None = None) -> Path:
     resolved = resolve(path if path.is_absolute() else root / path, repr(text))
     if not resolved.is_relative_to(root):
         raise DatasetError(f"{text!r} is outside the data root (AUTOML_DATA_ROOT)")
+    for variable, folder in _own_folders_under(root):
+        if resolved.is_relative_to(folder):
+            raise DatasetError(
+                f"{text!r} is in automl's own folder ({variable}), which holds every "
+                "project's files: no spec reads from it"
+            )
     inside = relative_name(resolved, root)
     if not _is_utf8(inside):
         raise DatasetError(f"{text!r} leads to {printable(inside)}, a name that is not valid UTF-8")
     return resolved
+
+
+def _own_folders_under(root: Path) -> tuple[tuple[str, Path], ...]:
+    """automl's folders of weights and checkpoints, and of decoded images, where they lie
+    under the data root (a data root of ``.`` beside them): each with the variable that
+    sets it."""
+    settings = current_settings()
+    folders = (
+        ("AUTOML_ARTIFACTS_DIR", settings.artifacts_dir),
+        ("AUTOML_CACHE_DIR", settings.cache_dir),
+    )
+    return _folders_under(root, Path.cwd(), folders)
+
+
+@functools.lru_cache(maxsize=16)
+def _folders_under(
+    root: Path, cwd: Path, folders: tuple[tuple[str, Path], ...]
+) -> tuple[tuple[str, Path], ...]:
+    """Those of ``folders`` (relative ones to ``cwd``) that resolve under ``root``; cached,
+    as ``confine`` runs for every row of a CSV."""
+    inside = []
+    for variable, folder in folders:
+        try:
+            resolved = (cwd / folder).resolve()
+        except (OSError, RuntimeError):  # a loop or an unreadable folder: nothing there
+            continue
+        if resolved.is_relative_to(root):
+            inside.append((variable, resolved))
+    return tuple(inside)
 
 
 def resolve(path: Path, shown: str) -> Path:

@@ -90,6 +90,9 @@ def annotate_folder(
     ]
     suggestions.sort(key=lambda suggestion: (suggestion.confidence, suggestion.path))
     if csv_path is not None:
+        # Checked again: classifying can take minutes, in which a folder on the CSV's way
+        # may have become a link out of the data root, or the file may have appeared.
+        csv_path = _csv_target(request, folder, root)
         _write_csv(csv_path, [root / s.path for s in suggestions], suggestions)
     return Annotations(
         model=model,

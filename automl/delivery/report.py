@@ -16,8 +16,9 @@ import io
 import logging
 import math
 import random
+import threading
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,10 +56,22 @@ SECTIONS: dict[str, str] = {
 MIN_IMPORTANCE_TRIALS = 3
 """Completed trials needed before parameter importances mean anything."""
 
-MAX_IMPORTANCE_TRIALS = 500
+MAX_IMPORTANCE_TRIALS = 300
 """Completed trials that parameter importances are computed from: a larger study's are a
-random sample of this many (fANOVA's time grows faster than the trials: 8 s for 500 on
-a busy 2-core machine, 22 s for 1,000, minutes for 5,000, all while the API waits)."""
+random sample of this many. fANOVA's time grows faster than the trials (on a busy 2-core
+machine, 64 trees: 2 s for 200, 7-9 s for 500, 21-28 s for 1,000, minutes for 5,000, all
+while the API waits); ``benchmarks/bench_importances.py`` measures what the sample and
+``FANOVA_TREES`` cost, and how far they move the importances from all trials' (a sample
+of 200 moved one by up to 0.23, of 300 by 0.06)."""
+
+FANOVA_TREES = 32
+"""Trees of the fANOVA forest (Optuna's default: 64): half as many take half the time,
+and move the importances less than the sample does."""
+
+IMPORTANCES_KEPT = 16
+"""Studies whose last importances a process keeps: a running study's report is drawn
+again whenever a trial starts or ends, and its importances change only when one
+completes."""
 
 MAX_SLICE_PARAMS = 12
 """Slice plots show this many parameters (the first by name); a note names the others."""
@@ -360,15 +373,49 @@ def param_importances(data: ReportData) -> dict[str, float]:
     sample = importance_sample(completed)
     if len({trial.values[0] for trial in sample}) < 2:
         raise Unavailable(SAME_SCORE)
-    study = optuna.create_study(directions=list(data.directions))  # in memory
+    key = (
+        data.study_id,
+        tuple(data.directions),
+        tuple(sorted(shared)),
+        tuple(
+            (trial.number, trial.values[0], *(trial.params[name] for name in sorted(shared)))
+            for trial in sample
+        ),
+    )
+    with _importances_lock:
+        if key in _importances:
+            _importances.move_to_end(key)
+            return dict(_importances[key])
+    importances = _fanova(sample, data.directions, sorted(shared))
+    with _importances_lock:
+        _importances[key] = importances
+        while len(_importances) > IMPORTANCES_KEPT:
+            _importances.popitem(last=False)
+    return dict(importances)
+
+
+_importances: OrderedDict[tuple[Any, ...], dict[str, float]] = OrderedDict()
+_importances_lock = threading.Lock()
+
+
+def _fanova(
+    sample: Sequence[FrozenTrial], directions: Sequence[str], params: list[str]
+) -> dict[str, float]:
+    """fANOVA's importance of each of ``params`` to the first objective of ``sample``.
+
+    Raises:
+        Unavailable: If the importances are undefined (every trial scored the same, as
+            far as the parameters tell).
+    """
+    study = optuna.create_study(directions=list(directions))  # in memory
     study.add_trials(sample)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning and small-sample notes
         try:
             importances = get_param_importances(
                 study,
-                evaluator=FanovaImportanceEvaluator(seed=0),
-                params=sorted(shared),
+                evaluator=FanovaImportanceEvaluator(n_trees=FANOVA_TREES, seed=0),
+                params=params,
                 target=lambda trial: trial.values[0],
             )
         except RuntimeError as exc:

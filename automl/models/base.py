@@ -40,7 +40,7 @@ class ModelFactory(Protocol):
     def __call__(self, options: Any, input_shape: InputShape, num_classes: int) -> nn.Module: ...
 
 
-MODELS: Registry[ModelFactory] = Registry("model", group="automl.models")
+MODELS: Registry[ModelFactory] = Registry("model", group="automl.models", qualifies=True)
 
 
 def classifier(features: int, num_classes: int, dropout: float = 0.0) -> nn.Sequential:

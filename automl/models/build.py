@@ -49,6 +49,7 @@ def build_model_with_report(
     """
     entry = MODELS.get(name)
     parsed = options if isinstance(options, entry.options) else entry.parse_options(options)  # type: ignore[arg-type]
-    model = entry.factory(parsed, tuple(input_shape), num_classes)
+    made = entry.factory(parsed, tuple(input_shape), num_classes)
+    model = MODELS.made(entry, made, nn.Module, "a torch.nn.Module")
     notes = apply_transfer(model, parsed) if isinstance(parsed, TransferOptions) else {}
     return model, notes

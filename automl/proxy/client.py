@@ -42,6 +42,7 @@ from automl.store import (
     StudyStatus,
     TrialTestReport,
 )
+from automl.url_secrets import without_password
 
 DEFAULT_PROXY_PORT = 13000
 CALL_TIMEOUT_S = 60.0
@@ -61,15 +62,17 @@ def parse_proxy_url(url: str) -> tuple[str, int]:
     """
     parts = urlsplit(url)
     if parts.scheme != PROXY_SCHEME or not parts.hostname:
-        raise ValueError(f"invalid proxy URL {url!r}; expected grpc://host:port")
+        raise ValueError(f"invalid proxy URL {without_password(url)!r}; expected grpc://host:port")
     try:
         port = DEFAULT_PROXY_PORT if parts.port is None else parts.port
     except ValueError:
-        raise ValueError(f"invalid port in proxy URL {url!r}") from None
+        raise ValueError(f"invalid port in proxy URL {without_password(url)!r}") from None
     if not 1 <= port <= 65534:  # the coordination service listens on port + 1
-        raise ValueError(f"invalid port in proxy URL {url!r}: the proxy's ports are 1 to 65534")
+        raise ValueError(
+            f"invalid port in proxy URL {without_password(url)!r}: the proxy's ports are 1 to 65534"
+        )
     if parts.path not in ("", "/") or parts.query:
-        raise ValueError(f"invalid proxy URL {url!r}; expected grpc://host:port")
+        raise ValueError(f"invalid proxy URL {without_password(url)!r}; expected grpc://host:port")
     return parts.hostname, port
 
 

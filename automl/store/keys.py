@@ -70,7 +70,7 @@ def create_key(
     Raises:
         ApiKeyError: If the project name is not valid.
     """
-    if not PROJECT_PATTERN.match(project):
+    if not PROJECT_PATTERN.fullmatch(project):
         raise ApiKeyError(
             f"invalid project {project!r}: use 1-128 letters, digits, '-', '_' or '.'"
         )
@@ -113,7 +113,7 @@ def revoke_key(store: Store, key_id: str) -> ApiKey:
     Raises:
         ApiKeyError: If there is no such key, or it was already revoked.
     """
-    token = _TOKEN.match(key_id)
+    token = _TOKEN.fullmatch(key_id)
     if token is not None:
         key_id = token.group(1)
     elif key_id.startswith(f"{PREFIX}_"):

@@ -55,6 +55,7 @@ from automl.store.faults import (
     is_schema_missing,
     is_transient,
 )
+from automl.url_secrets import without_password
 
 if TYPE_CHECKING:
     from automl.store.artifacts import ArtifactStore
@@ -182,7 +183,7 @@ def sqlite_file(url: str) -> Path | None:
     ``file:`` URI or a malformed URL (which ``open_store`` reports)."""
     try:
         parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):
         return None
     database = parsed.database
     if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
@@ -222,7 +223,7 @@ def open_store(
     url = normalize_url(url or DEFAULT_STORAGE)
     try:
         backend = sqlalchemy.engine.make_url(url).get_backend_name()
-    except sqlalchemy.exc.ArgumentError as exc:
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:  # ValueError: a port 'abc'
         raise StorageError(invalid_url(url, exc), bad_config=True) from None
     _check_sqlite_folder(url)
     engine_kwargs = _engine_kwargs(url, pool_size)
@@ -279,7 +280,8 @@ def _check_sqlite_folder(url: str) -> None:
         return
     if not database.parent.is_dir():
         raise StorageError(
-            f"cannot open storage {redact(url)}: no folder {database.parent}", bad_config=True
+            f"cannot open storage {without_password(url)}: no folder {database.parent}",
+            bad_config=True,
         )
     database = Path(os.path.realpath(database))  # SQLite's files go beside a link's target
     log = [database.with_name(database.name + suffix) for suffix in ("-wal", "-shm")]
@@ -290,7 +292,7 @@ def _check_sqlite_folder(url: str) -> None:
         made = "the database" if not database.exists() else "its -wal and -shm files"
         folder = database.parent.absolute()
         raise StorageError(
-            f"cannot open storage {redact(url)}: folder {folder} refuses new files "
+            f"cannot open storage {without_password(url)}: folder {folder} refuses new files "
             f"({refusal}), and SQLite makes {made} there",
             bad_config=True,
         )
@@ -372,16 +374,17 @@ URL_FORMS = "sqlite:///PATH (three slashes, then the file) or postgresql://USER@
 
 def invalid_url(url: str, exc: BaseException) -> str:
     """The message for a storage setting that is no SQLAlchemy URL (a bare file name)."""
-    return f"invalid storage URL {url!r} ({first_line(exc)}); write {URL_FORMS}"
+    shown = without_password(url)
+    return f"invalid storage URL {shown!r} ({first_line(exc)}); write {URL_FORMS}"
 
 
 def no_driver(url: str, exc: BaseException) -> str:
     """The message for a URL whose database driver is missing or refuses an option: for
     a database automl does not run on (MySQL...), which ones it does."""
-    message = f"cannot open storage {redact(url)}: {first_line(exc)}"
+    message = f"cannot open storage {without_password(url)}: {first_line(exc)}"
     try:
         backend = sqlalchemy.engine.make_url(url).get_backend_name()
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):
         return message
     if isinstance(exc, ImportError) and backend not in ("sqlite", "postgresql"):
         message += f" (automl runs on SQLite and PostgreSQL: {URL_FORMS})"
@@ -391,7 +394,7 @@ def no_driver(url: str, exc: BaseException) -> str:
 def _open_error(url: str, exc: BaseException) -> StorageError:
     """The ``StorageError`` for a database that failed to open with ``exc``."""
     return StorageError(
-        f"cannot open storage {redact(url)}: {first_line(exc)}",
+        f"cannot open storage {without_password(url)}: {first_line(exc)}",
         transient=is_transient(exc),
         # No such dialect or driver option, or no such database, role or password.
         bad_config=isinstance(exc, sqlalchemy.exc.ArgumentError) or is_refused_for_good(exc),
@@ -528,7 +531,9 @@ def _open_with_retries(
         except StorageError:
             raise
         except RuntimeError as exc:
-            raise StorageError(f"cannot open storage {redact(url)}: {first_line(exc)}") from None
+            raise StorageError(
+                f"cannot open storage {without_password(url)}: {first_line(exc)}"
+            ) from None
     raise AssertionError("unreachable")
 
 
@@ -580,7 +585,7 @@ def _refuse_a_partial_schema(engine: sqlalchemy.engine.Engine, url: str, present
         if holds.first() is None:
             return
     raise StorageError(
-        f"{SCHEMA_MISSING}: the store at {redact(url)} has automl's studies but not "
+        f"{SCHEMA_MISSING}: the store at {without_password(url)} has automl's studies but not "
         f"the {'tables' if len(missing) > 1 else 'table'} {', '.join(missing)} (dropped, "
         "or left out of a restore); restore the database, or point AUTOML_STORAGE at the "
         f"right one: automl does not create {'them' if len(missing) > 1 else 'it'} empty, "
@@ -765,11 +770,3 @@ def check_schema(store: Store) -> None:
         if is_transient(exc) and not is_schema_missing(exc):  # e.g. a table locked too long
             raise StorageError(f"storage unreachable: {first_line(exc)}", True) from None
         raise StorageError(f"{SCHEMA_MISSING}: {first_line(exc)}") from None
-
-
-def redact(url: str) -> str:
-    """The URL with its password hidden."""
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url

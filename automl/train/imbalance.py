@@ -111,7 +111,9 @@ class ImbalanceFactory(Protocol):
     def __call__(self, options: Any, split: TrainSplit) -> ImbalancePlan: ...
 
 
-IMBALANCE: Registry[ImbalanceFactory] = Registry("imbalance strategy", group="automl.imbalance")
+IMBALANCE: Registry[ImbalanceFactory] = Registry(
+    "imbalance strategy", group="automl.imbalance", qualifies=True
+)
 
 WeightScheme = Literal["inverse", "effective_number"]
 

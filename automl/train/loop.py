@@ -16,7 +16,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,6 +147,7 @@ def train(
     artifacts: ArtifactCache | None = None,
     monitor: str = "accuracy",
     direction: Direction | None = None,
+    required: Collection[str] = (),
     checkpoint: CheckpointSink | None = None,
     checkpoint_interval: float | None = None,
     checkpoint_spacing: float = 0.0,
@@ -182,6 +183,9 @@ def train(
             (in ``direction``); the worker passes the study's first objective.
         direction: Whether ``monitor`` is better larger or smaller (None: the metric's
             own direction); the worker passes the study's.
+        required: Metrics besides ``monitor`` the caller reads (the study's other
+            objectives). A plugin's metric that fails is left out of the others, and
+            ``notes["metrics"]`` says why.
         checkpoint: Given the training state after every epoch but the last, every
             ``checkpoint_interval`` seconds within an epoch, and before an interruption.
         checkpoint_interval: Seconds between checkpoints within one epoch (None: only at
@@ -201,10 +205,12 @@ def train(
     Raises:
         TrainingInterrupted: If ``should_stop`` returned True.
         UnknownNameError: If ``monitor`` is not a registered metric.
+        MetricFailedError: If ``monitor`` or a ``required`` metric fails.
     """
     started = time.perf_counter()
     direction = direction or METRICS.get(monitor).factory.direction
     stopper = EarlyStopping(config.patience, direction)
+    required, metric_failures = {monitor, *required}, dict[str, str]()
     best = BestEpoch(direction) if config.restore_best else None
     device = resolve_device(device)
     if data is None:
@@ -375,7 +381,9 @@ def train(
         confusion, val_loss = evaluate(
             runner, data.val_x, data.val_y, data.num_classes, accel, data.normalize
         )
-        metrics = compute_metrics(Evaluation(confusion, val_loss, model_stats))
+        metrics = compute_metrics(
+            Evaluation(confusion, val_loss, model_stats), required, metric_failures
+        )
         train_loss = float(loss_sum) / trained_per_epoch
         _require_finite(epoch, metrics["loss"])
         history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
@@ -395,12 +403,16 @@ def train(
         confusion, val_loss = evaluate(
             runner, data.val_x, data.val_y, data.num_classes, accel, data.normalize
         )
-        metrics = compute_metrics(Evaluation(confusion, val_loss, model_stats))
+        metrics = compute_metrics(
+            Evaluation(confusion, val_loss, model_stats), required, metric_failures
+        )
     best_epoch = int(history[-1]["epoch"]) if history else 0
     if best is not None and not pruned and best.restore(model, best_epoch):
         assert best.epoch is not None and best.confusion is not None
         metrics, confusion, best_epoch = dict(best.metrics), best.confusion, best.epoch
     notes = dict(plan.notes) | dataset.unscored_classes()
+    if metric_failures:
+        notes["metrics"] = "left out: " + "; ".join(metric_failures.values())
     if config.warmup_epochs and ignores_warmup(config.scheduler.name, config.scheduler.options):
         notes["warmup"] = f"ignored: {config.scheduler.name} warms up by itself"
     if graphed is not None:

@@ -27,7 +27,7 @@ class LossFactory(Protocol):
     ) -> LossFn: ...
 
 
-LOSSES: Registry[LossFactory] = Registry("loss", group="automl.losses")
+LOSSES: Registry[LossFactory] = Registry("loss", group="automl.losses", qualifies=True)
 
 
 class CrossEntropyOptions(EntryOptions):
@@ -145,4 +145,5 @@ def build_loss(
 ) -> LossFn:
     """Builds the loss ``name`` with its ``options``."""
     entry = LOSSES.get(name)
-    return entry.factory(entry.parse_options(options), num_classes, class_weights)
+    loss = entry.factory(entry.parse_options(options), num_classes, class_weights)
+    return LOSSES.made(entry, loss, Callable, "a loss(logits, targets) -> tensor")  # type: ignore[arg-type]

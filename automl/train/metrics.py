@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
 import torch
 
-from automl.registry import Registry
+from automl.registry import BUILTIN_SOURCE, Registry
 from automl.train.model_stats import ModelStats
+from automl.wording import clipped
 
 Direction = Literal["maximize", "minimize"]
 
@@ -177,9 +179,54 @@ def most_confused(
     ]
 
 
-def compute_metrics(evaluation: Evaluation) -> dict[str, float]:
-    """Computes every registered metric."""
-    return {name: METRICS.get(name).factory.compute(evaluation) for name in METRICS.names()}
+class MetricFailedError(RuntimeError):
+    """A metric that a study needs raised, or gave no number."""
+
+
+def compute_metrics(
+    evaluation: Evaluation,
+    required: Collection[str] = (),
+    failures: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """Computes every registered metric.
+
+    A plugin's metric that raises or gives no real number fails the call only where
+    ``required`` names it: one broken metric that no study of it asks for would otherwise
+    fail every trial of every study. Elsewhere it is left out, and why goes in
+    ``failures`` (name -> message).
+
+    Raises:
+        MetricFailedError: If a metric in ``required`` fails (the message names it and
+            the package it came from).
+    """
+    values: dict[str, float] = {}
+    for entry in METRICS.entries():
+        if entry.source == BUILTIN_SOURCE:
+            values[entry.name] = entry.factory.compute(evaluation)
+            continue
+        try:
+            values[entry.name] = _real_number(entry.factory.compute(evaluation))
+        except Exception as exc:  # a plugin's code: any failure is its own
+            failure = clipped(f"{type(exc).__name__}: {exc}")
+            message = f"metric {entry.name!r} ({entry.source}) failed: {failure}"
+            if entry.name in required:
+                raise MetricFailedError(message) from exc
+            if failures is not None:
+                failures[entry.name] = message
+    return values
+
+
+def _real_number(value: object) -> float:
+    """``value`` as a float: a real number or a tensor of one element.
+
+    Raises:
+        TypeError: If it is neither (a bool, a string, a tensor of several values).
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.item())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"gave {type(value).__name__} {clipped(repr(value), 60)}, not a number")
+    return float(value)
 
 
 def per_class_report(

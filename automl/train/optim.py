@@ -50,8 +50,12 @@ class WarmsUp:
         return self.schedule(progress)
 
 
-OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", group="automl.optimizers")
-SCHEDULERS: Registry[ScheduleFactory] = Registry("scheduler", group="automl.schedulers")
+OPTIMIZERS: Registry[OptimizerFactory] = Registry(
+    "optimizer", group="automl.optimizers", qualifies=True
+)
+SCHEDULERS: Registry[ScheduleFactory] = Registry(
+    "scheduler", group="automl.schedulers", qualifies=True
+)
 
 
 class SgdOptions(EntryOptions):
@@ -225,9 +229,10 @@ def build_optimizer(
     """Builds the optimizer ``name`` with its ``options`` over ``params`` (``fused``: the
     fused CUDA implementation where there is one)."""
     entry = OPTIMIZERS.get(name)
-    return entry.factory(
+    made = entry.factory(
         entry.parse_options(options), params, lr=lr, weight_decay=weight_decay, fused=fused
     )
+    return OPTIMIZERS.made(entry, made, torch.optim.Optimizer, "a torch.optim.Optimizer")
 
 
 def build_scheduler(
@@ -241,7 +246,12 @@ def build_scheduler(
     """Builds a per-step schedule: linear warmup over ``warmup_steps``, then ``name``
     (without the warmup if ``name`` warms up by itself: ``ignores_warmup``)."""
     entry = SCHEDULERS.get(name)
-    schedule = entry.factory(entry.parse_options(options))
+    schedule = SCHEDULERS.made(
+        entry,
+        entry.factory(entry.parse_options(options)),
+        Callable,
+        "a schedule(progress) -> multiplier",
+    )
     total = max(total_steps, 1)
     warmup = 0 if isinstance(schedule, WarmsUp) else _warmup_steps(total_steps, warmup_steps)
 

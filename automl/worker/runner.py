@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -414,6 +413,7 @@ class _Attempt:
                 resume=resume,
                 monitor=self.spec.metrics[0],
                 direction=self.spec.directions[0],  # type: ignore[arg-type]
+                required=self.spec.metrics[1:],
                 artifacts=shared,
                 on_data=self._check_data,
             )
@@ -954,8 +954,7 @@ def _drop_tracebacks(exc: BaseException) -> None:
 
 
 def _describe(exc: BaseException) -> str:
-    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-    where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
+    where = _raised_at(exc)
     if isinstance(exc, INPUT_ERRORS):
         where = ""  # the message names the problem; automl's source line is no help to users
     if isinstance(exc, ValidationError):  # its first line only counts the errors
@@ -966,6 +965,21 @@ def _describe(exc: BaseException) -> str:
     else:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}{where}{_wrapped_cause(exc)}"
+
+
+def _raised_at(exc: BaseException) -> str:
+    """`` (at MODULE:LINE)`` of the line that raised ``exc``, by module name
+    (``automl.train.losses``, ``my_plugin.losses``): a plugin's file and automl's may share
+    a base name. Empty without a traceback."""
+    frame = exc.__traceback__
+    if frame is None:
+        return ""
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    module = frame.tb_frame.f_globals.get("__name__")
+    if not isinstance(module, str) or module == "__main__":
+        module = Path(frame.tb_frame.f_code.co_filename).name
+    return f" (at {module}:{frame.tb_lineno})"
 
 
 def _wrapped_cause(exc: BaseException) -> str:

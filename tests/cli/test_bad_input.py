@@ -251,7 +251,10 @@ def test_a_poll_interval_out_of_range_is_a_usage_error(
         main(["worker", "--poll-interval", value])
 
     assert exc.value.code == EXIT_BAD_INPUT
-    assert "--poll-interval" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--poll-interval" in err
+    if value == "0":  # a tester: "0 to 3600 s" said 0 was in range
+        assert "poll intervals are more than 0, at most 3600 s" in err
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
@@ -276,6 +279,23 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> Non
     [
         (["status", "--storage", "foo"], {}, "error: invalid storage URL 'foo' ("),
         (["worker", "--storage", "foo"], {}, "error: invalid storage URL 'foo' ("),
+        # Found by a security review: the URL was echoed whole, password and all, and a
+        # port that is no number (or a bracket left open) ended in a traceback.
+        (
+            ["status", "--storage", "postgresql+bogus://u:S3cret@h/x"],
+            {},
+            "error: invalid storage URL 'postgresql+bogus://u:***@h/x' (",
+        ),
+        (
+            ["status", "--storage", "postgresql://u:S3cret@127.0.0.1:abc/x"],
+            {},
+            "error: invalid storage URL 'postgresql+psycopg://u:***@127.0.0.1:abc/x' (",
+        ),
+        (
+            ["worker", "--storage", "postgresql://u@[::1/x?password=S3cret"],
+            {},
+            "error: invalid storage URL 'postgresql+psycopg://u@[::1/x?password=***' (",
+        ),
         (
             ["status", "--storage", "mysql://user@localhost/automl"],
             {},
@@ -292,7 +312,16 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> Non
             "error: cannot open the artifact store: AUTOML_S3_BUCKET must name a bucket",
         ),
     ],
-    ids=["storage-url-status", "storage-url-worker", "mysql", "s3-keys", "s3-worker"],
+    ids=[
+        "storage-url-status",
+        "storage-url-worker",
+        "unknown-driver",
+        "port-not-a-number",
+        "open-bracket",
+        "mysql",
+        "s3-keys",
+        "s3-worker",
+    ],
 )
 def test_a_bad_storage_setting_is_exit_2(
     args: list[str],
@@ -311,8 +340,10 @@ def test_a_bad_storage_setting_is_exit_2(
     code = main([*args, *storage])
 
     assert code == EXIT_BAD_INPUT
-    line = capsys.readouterr().err.splitlines()[-1]
+    err = capsys.readouterr().err
+    line = err.splitlines()[-1]
     assert line.startswith(message), line
+    assert "S3cret" not in err
     if "storage" in message:  # found by a tester: no word on what a storage URL looks like
         assert "sqlite:///PATH (three slashes, then the file) or postgresql://" in line
 

@@ -65,8 +65,11 @@ def test_create_prints_the_secret_once_and_list_never_shows_it(
         assert listing[0] == 0, listing[2]
         assert key.key_id in listing[1] and "vision" in listing[1]
         assert secret not in listing[1] + listing[2]
-    [listed] = json.loads(cli("keys", "list", "--json")[1])
+    shown = json.loads(cli("keys", "list", "--json")[1])
+    [listed] = shown["data"]
+    assert shown["count"] == 1  # a scripting tester: a bare list, unlike every other list
     assert (listed["label"], listed["admin"], listed["active"]) == ("ci", False, True)
+    assert listed["created_at"].endswith("Z") and listed["revoked_at"] is None
 
 
 def test_revoke_ends_a_key_for_good(cli: Run, sqlite_url: str, tmp_path: Path) -> None:
@@ -81,7 +84,7 @@ def test_revoke_ends_a_key_for_good(cli: Run, sqlite_url: str, tmp_path: Path) -
         assert authenticate(store, token) is None
     finally:
         store.close()
-    [listed] = json.loads(cli("keys", "list", "--json")[1])
+    [listed] = json.loads(cli("keys", "list", "--json")[1])["data"]
     assert listed["active"] is False and listed["revoked_at"] is not None
     assert "revoked" in cli("keys", "list")[1]
     again = cli("keys", "revoke", key.key_id)
@@ -119,6 +122,9 @@ def test_revoke_takes_the_whole_token_and_never_repeats_its_secret(
     ("args", "message"),
     [
         (("--project", "no spaces"), "invalid project 'no spaces'"),
+        # Found by a security review: a trailing newline passed the pattern's "$", making
+        # a project that printed as another's ("beta\n/name" in the dashboard).
+        (("--project", "beta\n"), "invalid project 'beta\\n'"),
         (("--project", "p", "--label", "x" * 300), "--label is longer than 256 characters"),
     ],
 )
@@ -130,7 +136,7 @@ def test_create_refuses_bad_input_in_one_line(
     assert code == 2
     assert message in one_error_line(err)
     assert out == ""
-    assert json.loads(cli("keys", "list", "--json")[1]) == []
+    assert json.loads(cli("keys", "list", "--json")[1]) == {"data": [], "count": 0}
 
 
 def test_serve_refuses_a_reachable_host_without_keys(

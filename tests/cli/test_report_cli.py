@@ -68,6 +68,21 @@ def test_output_and_open(
     assert opened == [target.resolve().as_uri()]
 
 
+def test_output_dash_writes_the_page_to_standard_output(
+    cli: Run, trained: tuple[str, Path, int], tmp_path: Path
+) -> None:
+    """Found by a scripting tester: ``--output -`` wrote a file named ``-``."""
+    study_id = trained[2]
+    code, out, err = cli("report", str(study_id), "--output", "-")
+    assert code == 0, err
+    (tmp_path / "piped.html").write_text(out, encoding="utf-8")
+    assert_report(tmp_path / "piped.html", study_id)
+    assert not (tmp_path / "-").exists()
+    code, out, err = cli("report", str(study_id), "--output", "-", "--open")
+    assert (code, out) == (2, "")
+    assert err.strip() == "error: --open shows a file: name one with --output"
+
+
 def test_refusals_name_the_problem_and_write_nothing(cli: Run, tmp_path: Path) -> None:
     code, _, err = cli("report", "999")
     assert (code, err.strip()) == (2, "error: study 999 not found")

@@ -94,6 +94,32 @@ def test_messages_name_the_problem(data_root: Path, outside: Path) -> None:
             confine(value)
 
 
+@pytest.mark.parametrize("variable", ["AUTOML_ARTIFACTS_DIR", "AUTOML_CACHE_DIR"])
+def test_automl_own_folders_under_the_data_root_are_refused(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """Found by a security review: with the data root above automl's own folders (``.``),
+    a spec could read every project's weights (``pretrained``) or decoded images."""
+    own = data_root / "automl-own"
+    write_class_folder(own / "pets", {"cat": 2, "dog": 2})
+    write_class_folder(data_root / "automl-own-not", {"cat": 2, "dog": 2})
+    monkeypatch.setenv(variable, str(own))
+    (data_root / "link_in").symlink_to(own / "pets", target_is_directory=True)
+
+    for value in ("automl-own/pets", str(own / "pets" / "cat" / "0.png"), "link_in"):
+        with pytest.raises(DatasetError, match=rf"is in automl's own folder \({variable}\)"):
+            confine(value)
+    assert confine("automl-own-not") == data_root / "automl-own-not"
+    assert confine(".") == data_root  # the root itself still holds the user's data
+    with pytest.raises(SpecError, match=r"dataset\.options\.path: 'automl-own/pets' is in "):
+        validate_spec(
+            {
+                "name": "x",
+                "dataset": {"source": "image_folder", "options": {"path": "automl-own/pets"}},
+            }
+        )
+
+
 def test_symlinked_file_pointing_out_is_refused(data_root: Path, outside: Path) -> None:
     write_class_folder(data_root / "pets", {"cat": 2, "dog": 2})
     os.symlink(outside / "a" / "0.png", data_root / "pets" / "cat" / "stolen.png")

@@ -19,7 +19,7 @@ from PIL import Image
 from automl import file_clock
 from automl.config import Limits
 from automl.data import load_dataset
-from automl.delivery import inference
+from automl.delivery import annotate, inference
 from automl.delivery.annotate import annotate_folder
 from automl.delivery.bundle import build_bundle
 from automl.delivery.inference import (
@@ -256,6 +256,36 @@ def test_annotate_removes_what_killed_writes_of_its_csv_left(
     assert (data_root / "inbox" / "labels.csv").read_text().startswith("path,label,confidence")
     assert not stale.exists()
     assert fresh.exists() and other.exists()  # another write's, and another CSV's
+
+
+def test_annotate_checks_the_csv_path_again_after_classifying(
+    trained: tuple[Store, int], data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a security review: the CSV's path was checked before classifying (which
+    can take minutes) and written without a second look; a folder on its way swapped for
+    a link out of the data root in between had it written outside."""
+    store, study_id = trained
+    data = digits_test_split()
+    assert data.test_x is not None
+    write_pngs(data.test_x[:2], data_root / "top" / "inbox")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    classify = annotate.classify_files
+
+    def classify_then_swap(*args: object, **kwargs: object) -> object:
+        result = classify(*args, **kwargs)
+        (data_root / "top").rename(data_root / "moved")
+        (data_root / "top").symlink_to(outside, target_is_directory=True)
+        return result
+
+    monkeypatch.setattr(annotate, "classify_files", classify_then_swap)
+    request = AnnotateRequest(path="top/inbox", write_csv="top/labels.csv")
+
+    with pytest.raises(Rejected, match="outside the data root") as info:
+        annotate_folder(store, study_id, request)
+
+    assert info.value.field == ("write_csv",)
+    assert list(outside.iterdir()) == []
 
 
 # --- limits ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from torch import nn
 
 from automl.models import MODELS, backbone_stages, build_model
 from automl.models.adapt import stem_stride
+from automl.registry import Entry, EntryOptions
 
 TINY: dict[str, dict[str, object]] = {
     "cnn": {"width": 4},
@@ -173,3 +174,12 @@ def test_fast_resnet_width_and_blocks() -> None:
 def test_unsupported_stem_stride_is_refused() -> None:
     with pytest.raises(ValueError, match="stem_stride"):
         build_model("mobilenet_v3_small", {"stem_stride": 4}, (3, 32, 32), 10)
+
+
+def test_a_plugin_model_that_makes_no_module_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a plugin author: the trial failed later, in words that never named it."""
+    entry = Entry("blank", lambda options, shape, classes: None, EntryOptions, "No model.", "acme")
+    monkeypatch.setattr(MODELS, "_entries", {**MODELS._entries, "blank": entry})
+
+    with pytest.raises(TypeError, match=r"^model 'blank' \(acme\) made NoneType, not a torch"):
+        build_model("blank", {}, (1, 8, 8), 10)

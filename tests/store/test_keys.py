@@ -62,5 +62,7 @@ def test_listing_and_bad_input(store: Store) -> None:
     ]
     with pytest.raises(ApiKeyError, match="invalid project"):
         create_key(store, "../etc")
+    with pytest.raises(ApiKeyError, match="invalid project"):
+        create_key(store, "a\n")
     with pytest.raises(ApiKeyError, match="no key 'nope'"):
         revoke_key(store, "nope")

@@ -29,10 +29,17 @@ from automl.train.early_stopping import EarlyStopping
 from automl.train.hyperparameters import flat_config
 from automl.train.loop import TrainingDiverged, derived_seed
 from automl.train.losses import FocalLoss, WeightedCrossEntropy, build_loss
-from automl.train.metrics import Evaluation, compute_metrics, confusion_matrix, per_class_report
+from automl.train.metrics import (
+    Evaluation,
+    MetricFailedError,
+    compute_metrics,
+    confusion_matrix,
+    per_class_report,
+)
 from automl.train.model_stats import ModelStats
 from automl.train.optim import build_optimizer, build_scheduler, ignores_warmup
 from automl.train.trial_config import MAX_SEED
+from tests.train.test_metrics import plugin_metrics
 
 TIMINGS = {"latency_ms", "batch_latency_ms"}
 METRIC_NAMES = {
@@ -345,6 +352,21 @@ def test_early_stopping_counts_epochs_without_improvement() -> None:
     assert [lower.should_stop(v) for v in (2.0, 1.0, 1.5)] == [False, False, True]
     never = EarlyStopping(0, "maximize")
     assert not any(never.should_stop(0.0) for _ in range(5))
+
+
+def test_a_failing_plugin_metric_is_noted_and_fails_a_run_that_monitors_it(
+    small_data: ImageData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin_metrics(monkeypatch, {"broken": lambda e: 1 / 0})
+
+    result = train(tiny(epochs=1), data=small_data)
+
+    assert "broken" not in result.metrics and "broken" not in result.history[0]
+    assert result.notes["metrics"] == (
+        "left out: metric 'broken' (acme) failed: ZeroDivisionError: division by zero"
+    )
+    with pytest.raises(MetricFailedError, match="metric 'broken' \\(acme\\) failed"):
+        train(tiny(epochs=1), data=small_data, monitor="broken")
 
 
 def test_augmented_training_evaluates_unaugmented_validation_data(small_data: ImageData) -> None:

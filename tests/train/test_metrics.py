@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 
+import pytest
 import torch
 
+from automl.registry import Entry as RegistryEntry
+from automl.registry import EntryOptions
 from automl.train.metrics import (
     DENSE_CONFUSION_CLASSES,
     METRICS,
     Evaluation,
+    Metric,
+    MetricFailedError,
+    compute_metrics,
     dense_confusion,
     most_confused,
 )
@@ -67,3 +74,47 @@ def test_equal_shares_from_different_counts_are_equal_and_exact() -> None:
     assert share("macro_f1", small) == float((Fraction(18, 19) * 2 + Fraction(20, 22)) / 3)
     # Rounded once: a float sum of these recalls gives 0.9333333333333332.
     assert sum([0.9, 1.0, 0.9]) / 3 != 14 / 15
+
+
+def plugin_metrics(
+    monkeypatch: pytest.MonkeyPatch, computes: dict[str, Callable[[Evaluation], object]]
+) -> None:
+    """Registers ``computes`` as a plugin's metrics (package ``acme``) for one test."""
+    entries = dict(METRICS._entries)
+    for name, compute in computes.items():
+        metric = Metric(compute, "maximize")  # type: ignore[arg-type]
+        entries[name] = RegistryEntry(name, metric, EntryOptions, "A plugin's.", "acme")
+    monkeypatch.setattr(METRICS, "_entries", entries)
+
+
+def some_evaluation() -> Evaluation:
+    stats = ModelStats(params=10, latency_ms=1.0, batch_latency_ms=2.0)
+    return Evaluation(torch.tensor([[3, 1], [0, 4]]), 0.5, stats)
+
+
+def test_a_failing_plugin_metric_is_left_out_unless_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a plugin author: one broken metric failed every trial of every study, as
+    each epoch computes every registered metric."""
+    plugin_metrics(
+        monkeypatch,
+        {
+            "broken": lambda e: 1 / 0,
+            "wordy": lambda e: "high",
+            "as_tensor": lambda e: torch.tensor(0.25),
+            "as_int": lambda e: 3,
+        },
+    )
+    failures: dict[str, str] = {}
+
+    values = compute_metrics(some_evaluation(), ("accuracy",), failures)
+
+    assert values["accuracy"] == 0.875 and "broken" not in values and "wordy" not in values
+    assert values["as_tensor"] == 0.25 and values["as_int"] == 3.0
+    assert failures == {
+        "broken": "metric 'broken' (acme) failed: ZeroDivisionError: division by zero",
+        "wordy": "metric 'wordy' (acme) failed: TypeError: gave str 'high', not a number",
+    }
+    with pytest.raises(MetricFailedError, match=r"^metric 'broken' \(acme\) failed: Zero"):
+        compute_metrics(some_evaluation(), ("accuracy", "broken"))

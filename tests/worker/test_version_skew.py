@@ -136,8 +136,11 @@ def test_a_study_from_a_newer_automl_is_left_to_other_workers(
             ),
             "augmentation 'plugin_blur'",
         ),
+        # Found by a plugin author: a plugin upgraded without an option the study sets
+        # had every trial fail ("unknown hyperparameter"), each one counted.
+        (lambda spec: spec["fixed"].update({"cnn.act": "gelu"}), "option 'cnn.act'"),
     ],
-    ids=["model", "dataset", "augmentation"],
+    ids=["model", "dataset", "augmentation", "option"],
 )
 def test_a_study_naming_a_plugin_not_installed_here_is_left_to_other_workers(
     store: Store,

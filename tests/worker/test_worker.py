@@ -1599,6 +1599,22 @@ def test_a_storage_internal_error_s_description_names_the_error_it_wraps() -> No
     )
 
 
+def test_a_failure_names_the_module_it_was_raised_in() -> None:
+    """Found by a plugin author: ``(at losses.py:19)`` named a file of the plugin's that
+    automl has too."""
+    from automl.worker.runner import _describe
+
+    def raise_it() -> None:
+        raise ZeroDivisionError("plugin loss exploded")
+
+    try:
+        raise_it()
+    except ZeroDivisionError as exc:
+        described = _describe(exc)
+    line = raise_it.__code__.co_firstlineno + 1
+    assert described == f"ZeroDivisionError: plugin loss exploded (at {__name__}:{line})"
+
+
 def test_an_idle_worker_says_once_that_it_waits(
     sqlite_store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:

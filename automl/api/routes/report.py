@@ -40,8 +40,8 @@ async def study_report(study_id: StudyId, store: StoreDep, request: Request) -> 
     confusion matrix, per-class precision and recall, and a PCA and a t-SNE of its
     penultimate-layer embeddings of (up to 500) validation images, coloured by class.
     A plot that cannot be drawn (importances with fewer than 3 trials or 2 parameters)
-    shows a note instead; importances of a study of more than 500 completed trials come
-    from a random sample of 500, and say so. Takes a few seconds (the model embeds
+    shows a note instead; importances of a study of more than 300 completed trials come
+    from a random sample of 300, and say so. Takes a few seconds (the model embeds
     images and t-SNE runs); the report is then kept, and served again at once until a
     trial of the study starts or ends or its status changes. Reports render one at a
     time: concurrent requests for the same report share one render."""

@@ -30,7 +30,9 @@ class AugmentFactory(Protocol):
     def __call__(self, options: Any, num_classes: int) -> Augment: ...
 
 
-AUGMENTATIONS: Registry[AugmentFactory] = Registry("augmentation", group="automl.augmentations")
+AUGMENTATIONS: Registry[AugmentFactory] = Registry(
+    "augmentation", group="automl.augmentations", qualifies=True
+)
 
 PIPELINE_ORDER: list[str] = [
     "resized_crop",
@@ -164,7 +166,9 @@ def build_pipeline(config: Mapping[str, Mapping[str, Any]], num_classes: int) ->
         entry = AUGMENTATIONS.get(name)
         options = entry.parse_options(config[name])
         if getattr(options, "p", 1.0) > 0:
-            steps.append(entry.factory(options, num_classes))
+            made = entry.factory(options, num_classes)
+            wanted = "an augment(images, targets, generator)"
+            steps.append(AUGMENTATIONS.made(entry, made, Callable, wanted))  # type: ignore[arg-type]
     if not steps:
         return None
 

@@ -1,0 +1,29 @@
+"""URLs with their passwords hidden, for messages and logs.
+
+Light: no SQLAlchemy import, so the thin CLI commands use it too.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["without_password"]
+
+_USER_PASSWORD = re.compile(r"^([\w+.-]+://[^:/@]*):[^@]*@")
+"""A URL's ``user:password@``, read as SQLAlchemy reads it: the password may hold ``/``,
+``?`` or ``#``, which ``urlsplit`` would take for the end of the host."""
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.IGNORECASE)
+"""A ``password=`` (or libpq's ``sslpassword=``) query parameter."""
+
+
+def without_password(url: str) -> str:
+    """``url`` with its passwords shown as ``***``: that of its user part, and those of
+    ``password=`` and ``sslpassword=`` query parameters.
+
+    Args:
+        url: A database, proxy or API URL, or any other text (returned as it is).
+
+    Returns:
+        The URL to print.
+    """
+    return _QUERY_PASSWORD.sub(r"\1***", _USER_PASSWORD.sub(r"\1:***@", url, count=1))
