@@ -6,6 +6,7 @@ from here, so an entry is described once: in its options model and docstring.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from automl.data import DATASETS
@@ -54,6 +55,10 @@ def describe_registry(kind: str) -> list[dict[str, Any]]:
     selector = _SELECTOR_OF.get(id(registry))
     entries = registry.describe()
     for entry in entries:
+        if registry is METRICS:  # what an objective and a threshold pruner need to know
+            metric = METRICS.get(entry["name"]).factory
+            entry["direction"] = metric.direction
+            entry["bounds"] = [bound if math.isfinite(bound) else None for bound in metric.bounds]
         for option in entry["options"]:
             if selector is not None:
                 option["applies_when"] = {selector: entry["name"]}

@@ -67,6 +67,18 @@ def test_selectable_options_say_which_choice_they_apply_under() -> None:
     assert hflip["options"][0]["spec_name"] == "hflip.p"
 
 
+def test_metrics_say_their_direction_and_bounds() -> None:
+    """Found by a plugin author: an objective's direction and a threshold's range were
+    nowhere to read."""
+    metrics = {entry["name"]: entry for entry in describe_registry("metrics")}
+    assert (metrics["accuracy"]["direction"], metrics["accuracy"]["bounds"]) == (
+        "maximize",
+        [0.0, 1.0],
+    )
+    assert (metrics["loss"]["direction"], metrics["loss"]["bounds"]) == ("minimize", [0.0, None])
+    assert "direction" not in describe_registry("models")[0]
+
+
 def test_no_entry_option_shadows_a_general_hyperparameter_or_selector() -> None:
     reserved = {*GENERAL, *SELECTABLE}
     for kind, registry in {**SELECTABLE, **PIPELINES}.items():

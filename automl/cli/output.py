@@ -358,6 +358,8 @@ def entries_text(kind: str, entries: list[dict[str, Any]]) -> str:
     for entry in entries:
         source = "" if entry["source"] == "automl" else f" [{entry['source']}]"
         header = f"{entry['name']}{source}: {entry['description']}"
+        if "direction" in entry:  # a metric
+            header += f" ({entry['direction']})"
         if entry["options"]:
             rows = [
                 (

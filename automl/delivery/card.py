@@ -35,8 +35,10 @@ from optuna.trial import FrozenTrial
 from automl.data import DATASETS, ImageData, load_dataset
 from automl.data.decode import Preprocess
 from automl.data.files import ImageOptions
+from automl.registry import BUILTIN_SOURCE
 from automl.store import attrs
-from automl.train.trial_config import TrialConfig, stored_config
+from automl.train.augment import AUGMENTATIONS
+from automl.train.trial_config import SELECTABLE, TrialConfig, stored_config
 
 CARD_FORMAT = "automl.model_card/1"
 LIBRARIES = ("automl", "torch", "torchvision", "optuna", "numpy", "pillow", "safetensors")
@@ -70,20 +72,43 @@ def preprocess_of(
     )
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of Python and of the libraries that train and export models."""
-    return dict(_library_versions())
+def library_versions(config: TrialConfig | None = None) -> dict[str, str]:
+    """Versions of Python and of the libraries that train and export models, and of the
+    plugin packages whose entries ``config`` uses (its model, dataset, loss...)."""
+    versions = dict(_library_versions())
+    if config is not None:
+        for package in sorted(_plugin_packages(config)):
+            versions.setdefault(package, _version(package) or "unknown")
+    return versions
+
+
+def _plugin_packages(config: TrialConfig) -> set[str]:
+    """The packages, other than automl, that registered an entry ``config`` uses."""
+    used = [
+        (DATASETS, config.dataset.source),
+        *((SELECTABLE[group], getattr(config, group).name) for group in SELECTABLE),
+        *((AUGMENTATIONS, name) for name in config.augment),
+    ]
+    return {
+        registry.get(name).source
+        for registry, name in used
+        if name in registry and registry.get(name).source != BUILTIN_SOURCE
+    }
+
+
+@functools.cache
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
 
 
 @functools.cache
 def _library_versions() -> tuple[tuple[str, str], ...]:
     # Read once per process: package metadata is slow to read and does not change.
     versions = [("python", platform.python_version())]
-    for name in LIBRARIES:
-        try:
-            versions.append((name, importlib.metadata.version(name)))
-        except importlib.metadata.PackageNotFoundError:
-            continue
+    versions += [(name, version) for name in LIBRARIES if (version := _version(name))]
     return tuple(versions)
 
 

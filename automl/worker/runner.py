@@ -635,7 +635,7 @@ class _Attempt:
                 exc,
             )
             return {}
-        return {attrs.INPUT: facts, attrs.LIBRARIES: library_versions()}
+        return {attrs.INPUT: facts, attrs.LIBRARIES: library_versions(config)}
 
     def _optional_record(self, call: Callable[[], T], doing: str) -> T:
         """``call``, tried ``OPTIONAL_RECORD_TRIES`` times over database errors (a record

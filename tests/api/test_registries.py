@@ -35,3 +35,14 @@ def test_one_registry_and_unknown_kind(client: TestClient) -> None:
     missing = client.get("/registries/widgets")
     assert missing.status_code == 404
     assert "no registry 'widgets'" in missing.json()["detail"]
+
+
+def test_metrics_carry_their_direction_and_bounds(client: TestClient) -> None:
+    metrics = {entry["name"]: entry for entry in client.get("/registries/metrics").json()}
+    assert (metrics["macro_f1"]["direction"], metrics["macro_f1"]["bounds"]) == (
+        "maximize",
+        [0.0, 1.0],
+    )
+    assert metrics["latency_ms"]["bounds"] == [0.0, None]
+    sgd = next(e for e in client.get("/registries/optimizers").json() if e["name"] == "sgd")
+    assert sgd["direction"] is None and sgd["bounds"] is None

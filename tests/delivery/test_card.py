@@ -6,7 +6,11 @@ from typing import Any
 
 import pytest
 
-from automl.delivery.card import intended_use, preprocessing_steps
+from automl.delivery.card import intended_use, library_versions, preprocessing_steps
+from automl.models import MODELS
+from automl.models.cnn import CnnOptions
+from automl.registry import Entry
+from automl.train.hyperparameters import flat_config
 
 MODEL_IN = {"channels": 1, "height": 8, "width": 8, "fit": "crop"}
 
@@ -145,3 +149,21 @@ def test_the_preprocessing_names_the_size_width_first_as_image_sizes_are(
     every message names an image's size width first ("is 70000x1 pixels")."""
     model_in = {"height": 12, "width": 16, "channels": 3, "fit": fit}
     assert f"if the size differs: {step}" in preprocessing_steps(model_in)
+
+
+def test_the_libraries_name_the_plugin_packages_a_trial_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a plugin author: a card of a plugin's model named automl's libraries only,
+    not the plugin the weights need to be built again."""
+    cnn = MODELS.get("cnn")
+    entry = Entry("acme_net", cnn.factory, CnnOptions, "A plugin's net.", "pytest")
+    monkeypatch.setattr(MODELS, "_entries", {**MODELS._entries, "acme_net": entry})
+
+    versions = library_versions(flat_config({"model": "acme_net"}))
+
+    assert versions["pytest"] == pytest.__version__
+    assert versions["torch"] and "pytest" not in library_versions(flat_config({}))
+    gone = Entry("gone_net", cnn.factory, CnnOptions, "A plugin's net.", "no-such-package")
+    monkeypatch.setattr(MODELS, "_entries", {**MODELS._entries, "gone_net": gone})
+    assert library_versions(flat_config({"model": "gone_net"}))["no-such-package"] == "unknown"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
@@ -36,6 +36,13 @@ class EntryPublic(BaseModel):
     description: str
     source: str = Field(description="'automl', or the plugin package that registered it.")
     options: list[OptionPublic]
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="A metric's better way (metrics only)."
+    )
+    bounds: list[float | None] | None = Field(
+        None,
+        description="The values a metric can take, low and high (null: unbounded); metrics only.",
+    )
 
 
 class RegistriesPublic(BaseModel):
