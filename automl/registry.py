@@ -282,6 +282,11 @@ _source = contextvars.ContextVar("automl_registering_source", default=BUILTIN_SO
 """The package whose import registers entries now, in whichever registry: a plugin
 module may add a model and a loss."""
 
+_added: contextvars.ContextVar[list[tuple[Registry[Any], str]] | None] = contextvars.ContextVar(
+    "automl_registered_entries", default=None
+)
+"""The entries a plugin's import has registered so far, to take back if it fails."""
+
 
 class Registry(Generic[T]):
     """Maps names to entries of one kind.
@@ -360,6 +365,9 @@ class Registry(Generic[T]):
             description = description.replace("``", "`")
         entry = Entry(name, target, options, description, source)
         self._entries[name] = entry
+        added = _added.get()
+        if added is not None:
+            added.append((self, name))
         return entry
 
     def get(self, name: str) -> Entry[T]:
@@ -437,12 +445,17 @@ class Registry(Generic[T]):
             if seen in self._plugins_seen:
                 continue
             self._plugins_seen.add(seen)
+            added: list[tuple[Registry[Any], str]] = []
             try:
-                with _registering_as(distribution):
+                with _registering_as(distribution, added):
                     loaded = point.load()
                     if callable(loaded) and not isinstance(loaded, types.ModuleType):
                         loaded(self)
             except Exception as exc:
+                # What it registered before failing goes too: it was reported as failed,
+                # yet specs could still choose those entries.
+                for registry, name in added:
+                    registry._entries.pop(name, None)
                 message = f"{type(exc).__name__}: {exc}"
                 self.plugin_errors[point.name] = message
                 logger.warning("%s plugin %r failed to load: %s", self.kind, point.name, message)
@@ -630,10 +643,12 @@ def validation_messages(exc: ValidationError) -> list[tuple[tuple[str | int, ...
 
 
 @contextlib.contextmanager
-def _registering_as(source: str) -> Iterator[None]:
-    """Entries registered meanwhile, in any registry, come from ``source``."""
-    token = _source.set(source)
+def _registering_as(source: str, added: list[tuple[Registry[Any], str]]) -> Iterator[None]:
+    """Entries registered meanwhile, in any registry, come from ``source``; each is
+    listed in ``added``."""
+    tokens = (_source.set(source), _added.set(added))
     try:
         yield
     finally:
-        _source.reset(token)
+        _source.reset(tokens[0])
+        _added.reset(tokens[1])

@@ -225,8 +225,18 @@ def test_plugins_are_credited_and_kept_apart(
     write_package(
         plugin_path,
         "acme-one",
-        {"shared": "acme_widgets_one", "clash": "acme_widgets_clash"},
         {
+            "shared": "acme_widgets_one",
+            "clash": "acme_widgets_clash",
+            "half": "acme_widgets_half",
+        },
+        {
+            "acme_widgets_half": """
+                from test_widget_registry import GADGETS, WIDGETS
+                WIDGETS.add("early", "w")
+                GADGETS.add("early_gadget", "g")
+                raise ImportError("no module named torch_blobs")
+            """,
             "acme_widgets_one": """
                 from test_widget_registry import GADGETS, WIDGETS
                 WIDGETS.add("one", "w")
@@ -253,8 +263,11 @@ def test_plugins_are_credited_and_kept_apart(
     assert gadgets.get("cog").source == "automl"
     assert widgets.plugin_errors == {
         "clash": "ValueError: widget 'cog': gadget 'cog' is registered too, and a spec's "
-        "'cog.OPTION' could not tell the two apart; use another name"
+        "'cog.OPTION' could not tell the two apart; use another name",
+        "half": "ImportError: no module named torch_blobs",
     }
+    # A plugin reported as failed leaves nothing a spec could choose.
+    assert "early" not in widgets and "early_gadget" not in gadgets
 
 
 @pytest.mark.parametrize("name", ["my.net", "", " net", "net\n", "-net", "x" * 65, 3])
