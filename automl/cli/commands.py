@@ -39,6 +39,7 @@ from automl.cli.output import (
 from automl.cli.ports import require_free_port
 from automl.cli.stops import StopSignals
 from automl.cli.study_commands import print_json, read_spec_text, warn_unread
+from automl.cli.wait_commands import outcome_problem
 from automl.config import Settings, is_loopback, is_proxy_url
 from automl.spec import spec_from_text
 from automl.store import (
@@ -46,8 +47,6 @@ from automl.store import (
     StorageError,
     StorageUnavailableError,
     Store,
-    StudyDetail,
-    StudyStatus,
     attrs,
     best_trials,
     get_study,
@@ -477,22 +476,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(study_text(final) + "\n\n" + best_text(best))
     return EXIT_OK
-
-
-def outcome_problem(final: StudyDetail) -> str | None:
-    """What went wrong with a study that a worker of ``run`` or ``worker --study`` saw
-    to its end, in one line; None when it completed with a completed trial."""
-    if final.status.is_active:  # the worker left it: its log line says why
-        return f"study {final.id} is still {final.status.value}: this worker left it"
-    if final.status != StudyStatus.COMPLETED:
-        return f"study {final.id} {final.status.value}: {final.status_reason}"
-    if final.counts.complete == 0:
-        counts = final.counts
-        return (
-            f"study {final.id} completed without a completed trial ({counts.fail} failed, "
-            f"{counts.pruned} pruned)"
-        )
-    return None
 
 
 WAITING_FOR_OTHERS = (

@@ -80,6 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     def artifacts_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--artifacts-dir", help="weights folder (default: $AUTOML_ARTIFACTS_DIR)")
 
+    def wait_args(p: argparse.ArgumentParser, what: str) -> None:
+        if what:
+            p.add_argument(
+                "--wait",
+                action="store_true",
+                help=what + "0 once it completed, 1 if it failed, was cancelled or has no "
+                "completed trial",
+            )
+        p.add_argument(
+            "--timeout",
+            type=float,
+            metavar="S",
+            help="stop waiting after S seconds (exit 1; the study goes on)",
+        )
+
     def target_args(p: argparse.ArgumentParser) -> None:
         storage_arg(p)
         p.add_argument("--url", help="API base URL (default: $AUTOML_URL; else the local store)")
@@ -229,7 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="submit at most once: another submit with KEY (and the same spec) answers "
         "with the study the first one made (default: a new key each run)",
     )
+    wait_args(submit, "then wait until the study (and its test evaluation, refit) ends; exit ")
     target_args(submit)
+
+    wait = commands.add_parser(
+        "wait",
+        help="wait until a study (and its test evaluation, refit) ends; exit as run does",
+    )
+    wait.add_argument("study", type=study_id, help="study id")
+    wait_args(wait, "")
+    target_args(wait)
 
     validate = commands.add_parser(
         "validate",
@@ -477,6 +501,7 @@ COMMANDS: dict[str, str] = {
     "submit": "automl.cli.study_commands:cmd_submit",
     "validate": "automl.cli.study_commands:cmd_validate",
     "status": "automl.cli.study_commands:cmd_status",
+    "wait": "automl.cli.wait_commands:cmd_wait",
     "best": "automl.cli.study_commands:cmd_best",
     "trials": "automl.cli.study_commands:cmd_trials",
     "cancel": "automl.cli.study_commands:cmd_cancel",
@@ -562,7 +587,7 @@ def _run_against_api(command: Command, args: argparse.Namespace, settings: Setti
         raise CliError(f"{exc}{hint}", EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILURE) from None
 
 
-STORE_READING_COMMANDS = frozenset({"status", "trials", "best"})
+STORE_READING_COMMANDS = frozenset({"status", "trials", "best", "wait"})
 """Commands that only read the store's tables (``trials --download`` builds a model): they
 load no plugins and import no spec models, registries or torch (``automl status``
 answered in 3 s, half of it importing torch)."""

@@ -30,6 +30,7 @@ from automl.cli.output import (
     trial_text,
     trials_table,
 )
+from automl.cli.wait_commands import check_timeout, wait_for
 from automl.config import Settings
 from automl.url_secrets import without_password
 from automl.wording import counted, first_few
@@ -67,19 +68,27 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         from automl.spec import spec_from_text
 
         spec = spec_from_text(text, is_json=is_json)  # refused before a store is made for it
+    if args.timeout is not None and not args.wait:
+        raise CliError("--timeout goes with --wait", EXIT_BAD_INPUT)
+    check_timeout(args.timeout)
     client = client_for(settings, create=True)
     study, replayed = client.submit(text, is_json, args.idempotency_key)
-    if args.json:
+    # With --wait, stdout is the study as it ended (one JSON document with --json).
+    out = sys.stderr if args.wait else sys.stdout
+    if args.json and not args.wait:
         print_json(study)
     elif replayed:
         print(
             f"study {study.id} ({study.name}) was submitted before with this idempotency "
-            f"key: {study.status.value}"
+            f"key: {study.status.value}",
+            file=out,
         )
     else:
-        print(f"submitted study {study.id} ({study.name}): {study.status.value}")
+        print(f"submitted study {study.id} ({study.name}): {study.status.value}", file=out)
     if spec is not None and not replayed:  # the data is this machine's (--url: the server's)
         warn_unread(spec)
+    if args.wait:
+        return wait_for(client, study.id, timeout=args.timeout, as_json=args.json)
     return EXIT_OK
 
 

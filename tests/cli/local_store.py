@@ -33,6 +33,7 @@ READ_ONLY_COMMANDS = [
     ["status", "1"],
     ["trials", "1"],
     ["best", "1"],
+    ["wait", "1"],
     ["cancel", "1"],
     ["delete", "1"],
     ["report", "1"],

@@ -265,6 +265,7 @@ def test_commands_against_the_api_import_no_heavy_library_and_log_nothing(
         ["trials", "1", "0", "--url", url],
         ["trials", "1", "0", "--download", str(tmp_path / "trial0"), "--url", url],
         ["best", "1", "--url", url],
+        ["wait", "1", "--url", url],
         ["export", "1", str(tmp_path / "out"), "--url", url],
         ["best", "1", "--download", str(tmp_path / "bundle"), "--url", url],
         ["report", "1", "-o", str(tmp_path / "report.html"), "--url", url],
