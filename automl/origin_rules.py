@@ -17,7 +17,7 @@ def cross_site_refusal(headers: Mapping[str, str]) -> str | None:
     origin = headers.get("origin")
     if origin is None:
         if headers.get("sec-fetch-site") == "cross-site":
-            return "cross-site request refused: the API takes writes from its own pages only"
+            return "cross-site request refused: writes come from this server's own pages only"
         return None
     forwarded = (headers.get("x-forwarded-host") or "").split(",")  # a chain of proxies
     hosts = {host.strip().lower() for host in (headers.get("host", ""), *forwarded)} - {""}

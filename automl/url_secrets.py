@@ -9,9 +9,12 @@ import re
 
 __all__ = ["without_password"]
 
-_USER_PASSWORD = re.compile(r"^([\w+.-]+://[^:/@]*):[^@]*@")
-"""A URL's ``user:password@``, read as SQLAlchemy reads it: the password may hold ``/``,
-``?`` or ``#``, which ``urlsplit`` would take for the end of the host."""
+_USER_PASSWORD = re.compile(r"^([\w+.-]+://[^:/@]*):.*@")
+"""A URL's ``user:password@``: the password may hold ``/``, ``?`` or ``#``, which
+``urlsplit`` would take for the end of the host, and (unescaped, which SQLAlchemy then
+misreads) ``@``: everything up to the last ``@`` goes."""
+_NO_SCHEME_PASSWORD = re.compile(r"([^\s:/@]+):[^\s@]*@")
+"""``user:password@`` in text that is no URL (``postgresql//me:pw@db``, ``me:pw@db``)."""
 _QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.IGNORECASE)
 """A ``password=`` (or libpq's ``sslpassword=``) query parameter."""
 
@@ -26,4 +29,8 @@ def without_password(url: str) -> str:
     Returns:
         The URL to print.
     """
-    return _QUERY_PASSWORD.sub(r"\1***", _USER_PASSWORD.sub(r"\1:***@", url, count=1))
+    if "://" in url:
+        shown = _USER_PASSWORD.sub(r"\1:***@", url, count=1)
+    else:
+        shown = _NO_SCHEME_PASSWORD.sub(r"\1:***@", url, count=1)
+    return _QUERY_PASSWORD.sub(r"\1***", shown)

@@ -271,7 +271,11 @@ DECLARED = {
     ("imbalance", "class_weights"): {"beta": "weighting"},
     ("optimizers", "sgd"): {"nesterov": "momentum"},
     **{
-        ("models", model): {"freeze_k": "freeze", "backbone_lr_mult": "freeze"}
+        ("models", model): {
+            "freeze_k": "freeze",
+            "backbone_lr_mult": "freeze",
+            "freeze_bn_stats": "freeze",
+        }
         for model in TRANSFER_MODELS
     },
     **{

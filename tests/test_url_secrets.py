@@ -31,6 +31,12 @@ from automl.url_secrets import without_password
             "http://gpu-box:8000/studies?password_hint=1",
         ),
         ("foo", "foo"),
+        # A reviewer: an unescaped "@" in the password left its tail, and text that is no
+        # URL its whole password.
+        ("postgresql://me:p@ss@db/x", "postgresql://me:***@db/x"),
+        ("postgresql//me:S3cret@db/x", "postgresql//me:***@db/x"),
+        ("me:S3cret@db/x", "me:***@db/x"),
+        ("sqlite:///C:/data/a.db", "sqlite:///C:/data/a.db"),
     ],
 )
 def test_passwords_are_hidden(url: str, shown: str) -> None:

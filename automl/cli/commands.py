@@ -47,6 +47,7 @@ from automl.store import (
     StorageError,
     StorageUnavailableError,
     Store,
+    StudyStatus,
     attrs,
     best_trials,
     get_study,
@@ -274,16 +275,40 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         worker.run()
     except CoordinatorTooOldError as exc:  # the proxy was replaced by an older one
         raise CliError(str(exc), EXIT_FAILURE) from None
-    if args.study is not None and store is not None and not worker.stopping:
-        # Exits as `run` does: a pipeline running `worker --study` (which `run` names to
-        # resume with) tells a cancelled or failed study from a completed one.
-        final = get_study(store, args.study)
-        problem = outcome_problem(final)
-        # With --exit-when-idle it leaves what other workers still run to them.
-        if problem is not None and not (args.exit_when_idle and final.status.is_active):
-            raise CliError(problem, EXIT_FAILURE)
+    if args.study is not None and not args.supervised and not worker.stopping:
+        _require_good_end(args, settings, store, worker.coordinator)
     # Ctrl-C is 130 as for every command; SIGTERM (docker stop, systemd) a clean stop.
     return EXIT_INTERRUPTED if worker.stopped_by == signal.SIGINT else EXIT_OK
+
+
+def _require_good_end(
+    args: argparse.Namespace,
+    settings: Settings,
+    store: Store | None,
+    coordinator: Coordinator | None = None,
+) -> None:
+    """Exits as ``run`` does once ``worker --study`` saw its study end: a pipeline that
+    runs it (``run`` names it to resume with) tells a cancelled or failed study from a
+    completed one. Behind a proxy only the status is known.
+
+    Raises:
+        CliError: If the study did not complete with a completed trial (exit 1).
+    """
+    if store is not None:
+        final = get_study(store, args.study)
+        problem, active = outcome_problem(final), final.status.is_active
+    else:
+        if coordinator is None:
+            coordinator = _connect_proxy_waiting(settings.storage)
+        status = coordinator.status(args.study)
+        active = status is not None and status.is_active
+        problem = None
+        if status != StudyStatus.COMPLETED:
+            shown = "gone" if status is None else status.value
+            problem = f"study {args.study} {shown}" + (": this worker left it" if active else "")
+    # With --exit-when-idle it leaves what other workers still run to them.
+    if problem is not None and not (args.exit_when_idle and active):
+        raise CliError(problem, EXIT_FAILURE)
 
 
 def artifacts_text(artifacts: object) -> str:
@@ -304,7 +329,7 @@ def _run_worker_processes(args: argparse.Namespace, settings: Settings) -> int:
 
     extra: list[str] = []
     if args.study is not None:
-        extra += ["--study", str(args.study)]
+        extra += ["--study", str(args.study), "--supervised"]
     if args.exit_when_idle:
         extra.append("--exit-when-idle")
     if args.poll_interval is not None:
@@ -327,7 +352,15 @@ def _run_worker_processes(args: argparse.Namespace, settings: Settings) -> int:
             slot_dir=Path(slot_dir),
         )
         logger.info("starting %d worker process(es)", len(children))
-        return run_children(children, stop_all_when_one_exits=False)
+        code = run_children(children, stop_all_when_one_exits=False)
+    if code == EXIT_OK and args.study is not None:
+        store = None if is_proxy_url(settings.storage) else _open_store_waiting(settings)
+        try:
+            _require_good_end(args, settings, store)
+        finally:
+            if store is not None:
+                store.close()
+    return code
 
 
 def _gpus(args: argparse.Namespace) -> list[str] | None:

@@ -188,7 +188,11 @@ def dashboard_app(store: Store, allowed_hosts: frozenset[str] | None = None) -> 
     import optuna_dashboard
 
     app = optuna_dashboard.wsgi(store.storage, artifact_store=store.artifacts)
-    guarded = _refuse_automl_changes(app, lambda method, path: _refusal(store, method, path))
+    guarded = _refuse_automl_changes(
+        app,
+        lambda method, path: _refusal(store, method, path),
+        lambda path: _missing(store, path),
+    )
     return same_site_only(guarded, allowed_hosts)
 
 
@@ -198,6 +202,27 @@ def _refusal(store: Store, method: str, path: str) -> str | None:
     for guarded_method, pattern, check in _GUARDED:
         if method == guarded_method and (match := pattern.fullmatch(path)):
             return check(store, match)
+    return None
+
+
+_STUDY_PATH = re.compile(rf"/(?:api/studies|api/artifacts|artifacts)/{_STUDY}(?:/.*)?")
+_TRIAL_PATH = re.compile(rf"/api/trials/{_TRIAL}(?:/.*)?")
+_TRIAL_ARTIFACT_PATH = re.compile(rf"/(?:api/)?artifacts/{_STUDY}/{_TRIAL}(?:/{_ARTIFACT})?")
+
+
+def _missing(store: Store, path: str) -> str | None:
+    """That the study or trial ``path`` names is not there, or None. optuna-dashboard
+    answers 500 with a traceback in its log to a link of a deleted study's artifact, and
+    to a note, tell or rename of a study or trial that is gone."""
+    from automl.store import optuna_rows
+
+    trial = _TRIAL_ARTIFACT_PATH.fullmatch(path) or _TRIAL_PATH.fullmatch(path)
+    if trial is not None and _trial_study(store, int(trial["trial"])) is None:
+        return f"no trial {trial['trial']} (deleted?)"
+    if match := _STUDY_PATH.fullmatch(path):
+        with store.read() as connection:
+            there = optuna_rows.study_exists(connection, int(match["study"]))
+        return None if there else f"no study {match['study']} (deleted?)"
     return None
 
 
@@ -271,8 +296,13 @@ def _routed_path(environ: dict[str, Any]) -> str:
     return path.rstrip("/")
 
 
-def _refuse_automl_changes(app: WSGIApp, refusal: Callable[[str, str], str | None]) -> WSGIApp:
-    """``app`` answering 403 with the reason where ``refusal(method, path)`` gives one."""
+def _refuse_automl_changes(
+    app: WSGIApp,
+    refusal: Callable[[str, str], str | None],
+    missing: Callable[[str], str | None] = lambda path: None,
+) -> WSGIApp:
+    """``app`` answering 404 where ``missing(path)`` names a study or trial that is not
+    there, and 403 with the reason where ``refusal(method, path)`` gives one."""
 
     def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         # bottle routes a method whatever its case.
@@ -283,6 +313,8 @@ def _refuse_automl_changes(app: WSGIApp, refusal: Callable[[str, str], str | Non
             # ``/api/studies/1%0A`` would reach the route while the guard's patterns,
             # matched whole, would not. No page or call of the dashboard has them.
             status, reason = "400 Bad Request", "control characters in the path"
+        elif (gone := missing(path)) is not None:
+            status, reason = "404 Not Found", gone
         else:
             status, reason = "403 Forbidden", refusal(method, path)
         if reason is None:

@@ -98,10 +98,25 @@ def same_site_only(app: WSGIApp, allowed_hosts: frozenset[str] | None) -> WSGIAp
         if reason is None and environ.get("REQUEST_METHOD", "GET").upper() not in SAFE_METHODS:
             reason = cross_site_refusal(headers)
         if reason is None:
-            return app(environ, start_response)
+            return app(environ, _without_cors(start_response))
         return json_answer(start_response, "403 Forbidden", reason)
 
     return checked
+
+
+def _without_cors(start_response: Callable[..., Any]) -> Callable[..., Any]:
+    """``start_response`` dropping ``Access-Control-Allow-Origin``: optuna-dashboard
+    sends ``*`` with artifact downloads, which let a page of any other site read a
+    trial's weights from whoever opens it; the dashboard's own pages need no CORS."""
+
+    def start(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+        kept = [(name, value) for name, value in headers if name.lower() != CORS_ORIGIN]
+        return start_response(status, kept, *exc_info)
+
+    return start
+
+
+CORS_ORIGIN = "access-control-allow-origin"
 
 
 def _host_refusal(host: str, allowed: frozenset[str] | None) -> str | None:

@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between looks for trials when idle (default: $AUTOML_POLL_INTERVAL or 2)",
     )
     worker.add_argument("--exit-when-idle", action="store_true", help="exit when nothing is queued")
+    # A process of `worker --slots/--gpus`: its parent judges how the study ended, once.
+    worker.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     device_layout_args(worker)
 
     proxy = commands.add_parser(

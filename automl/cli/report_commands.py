@@ -24,8 +24,13 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     """Writes the report of ``args.study`` to ``args.output`` (``-``: standard output);
     ``--open`` shows it."""
     if args.output == "-":
-        if args.open:
-            raise CliError("--open shows a file: name one with --output", EXIT_BAD_INPUT)
+        flags = [flag for flag in ("open", "json", "overwrite") if getattr(args, flag)]
+        if flags:
+            named = " and ".join(f"--{flag}" for flag in flags)
+            verb = "goes" if len(flags) == 1 else "go"
+            raise CliError(
+                f"--output - writes the page itself; {named} {verb} with a file", EXIT_BAD_INPUT
+            )
         page = _page(settings, args.study)
         sys.stdout.write(page)
         sys.stdout.flush()

@@ -25,7 +25,14 @@ from automl.data.files import (
     require_distinct_classes,
     require_each_image_once,
 )
-from automl.data.paths import confine, data_root, not_found, relative_name
+from automl.data.paths import (
+    OwnFolders,
+    confine,
+    data_root,
+    not_found,
+    own_folders_under,
+    relative_name,
+)
 from automl.image_suffixes import IMAGE_SUFFIXES
 from automl.registry import within_strict_input
 
@@ -105,6 +112,7 @@ def read_manifest(value: str) -> list[tuple[Path, str]]:
     """
     root = data_root()
     csv_path = confine(value, root)
+    own = own_folders_under(root)
     shown = relative_name(csv_path, root)
     checked = []
     first_line: dict[Path, int] = {}
@@ -113,7 +121,7 @@ def read_manifest(value: str) -> list[tuple[Path, str]]:
         where = f"{shown} line {line}"
         try:
             _require_no_extra_fields(extra, columns)
-            path = _row_image(csv_path.parent, image, label, root)
+            path = _row_image(csv_path.parent, image, label, root, own)
         except DatasetError as exc:
             raise DatasetError(f"{where}: {exc}") from None
         if path in first_line:
@@ -190,12 +198,14 @@ def _require_no_extra_fields(extra: list[str], columns: Sequence[str]) -> None:
         )
 
 
-def _row_image(folder: Path, image: str | None, label: str | None, root: Path) -> Path:
+def _row_image(
+    folder: Path, image: str | None, label: str | None, root: Path, own: OwnFolders
+) -> Path:
     """The resolved image file a row names (relative to the CSV's ``folder``)."""
     if not image or not image.strip() or not label or not label.strip():  # None: a short row
         raise DatasetError("path and label must not be empty")
     # Relative to the data root (absolute ones stay), so messages show no server paths.
-    path = confine((Path(relative_name(folder, root)) / image).as_posix(), root)
+    path = confine((Path(relative_name(folder, root)) / image).as_posix(), root, own)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise DatasetError(f"{image!r} is not a png, jpg, jpeg, webp or bmp file")
     try:

@@ -39,7 +39,13 @@ def data_root() -> Path:
     return current_settings().data_root.resolve()
 
 
-def confine(value: str | os.PathLike[str], root: Path | None = None) -> Path:
+OwnFolders = tuple[tuple[str, Path], ...]
+"""automl's folders that lie under the data root, each with the variable that sets it."""
+
+
+def confine(
+    value: str | os.PathLike[str], root: Path | None = None, own: OwnFolders | None = None
+) -> Path:
     """Resolves a user-given path inside the data root, or refuses it.
 
     Relative paths are relative to the root; absolute paths must point inside it.
@@ -47,6 +53,8 @@ def confine(value: str | os.PathLike[str], root: Path | None = None) -> Path:
     Args:
         value: The path as the user wrote it.
         root: The resolved data root (default: ``data_root()``).
+        own: ``own_folders_under(root)``, where a caller confines many paths (a CSV's
+            rows): read from the settings on each call otherwise.
 
     Returns:
         The resolved absolute path (it may not exist).
@@ -78,7 +86,7 @@ def confine(value: str | os.PathLike[str], root: Path | None = None) -> Path:
     resolved = resolve(path if path.is_absolute() else root / path, repr(text))
     if not resolved.is_relative_to(root):
         raise DatasetError(f"{text!r} is outside the data root (AUTOML_DATA_ROOT)")
-    for variable, folder in _own_folders_under(root):
+    for variable, folder in own_folders_under(root) if own is None else own:
         if resolved.is_relative_to(folder):
             raise DatasetError(
                 f"{text!r} is in automl's own folder ({variable}), which holds every "
@@ -90,7 +98,7 @@ def confine(value: str | os.PathLike[str], root: Path | None = None) -> Path:
     return resolved
 
 
-def _own_folders_under(root: Path) -> tuple[tuple[str, Path], ...]:
+def own_folders_under(root: Path) -> OwnFolders:
     """automl's folders of weights and checkpoints, and of decoded images, where they lie
     under the data root (a data root of ``.`` beside them): each with the variable that
     sets it."""
@@ -103,9 +111,7 @@ def _own_folders_under(root: Path) -> tuple[tuple[str, Path], ...]:
 
 
 @functools.lru_cache(maxsize=16)
-def _folders_under(
-    root: Path, cwd: Path, folders: tuple[tuple[str, Path], ...]
-) -> tuple[tuple[str, Path], ...]:
+def _folders_under(root: Path, cwd: Path, folders: OwnFolders) -> OwnFolders:
     """Those of ``folders`` (relative ones to ``cwd``) that resolve under ``root``; cached,
     as ``confine`` runs for every row of a CSV."""
     inside = []

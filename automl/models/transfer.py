@@ -457,7 +457,8 @@ def freeze(model: nn.Module, mode: FreezeMode, k: int = 0) -> list[str]:
 
     Returns:
         Names of the frozen parameters. (Batch-norm running statistics of frozen stages
-        still update in train mode.)
+        still update in train mode, unless the training loop keeps those layers in
+        inference mode: ``freeze_bn_stats``.)
 
     Raises:
         ValueError: For an unknown mode or a ``k`` outside ``[0, number of stages]``.
@@ -506,6 +507,7 @@ class TransferOptions(EntryOptions):
         "freeze_k": AppliesWhen("freeze", ("first_k",)),
         # freeze: backbone leaves no backbone parameter to train at any rate.
         "backbone_lr_mult": AppliesWhen("freeze", ("none", "first_k")),
+        "freeze_bn_stats": AppliesWhen("freeze", ("backbone", "first_k")),
     }
 
     pretrained: Annotated[str | None, AfterValidator(_checked_unless_recorded)] = Field(
@@ -528,6 +530,25 @@ class TransferOptions(EntryOptions):
         le=10,
         description="Backbone learning rate as a multiple of lr; not with freeze: backbone.",
     )
+    freeze_bn_stats: bool = Field(
+        False,
+        description="With freeze: keep the batch-norm layers of frozen stages in inference "
+        "mode, normalizing with the statistics the checkpoint brought, which never change "
+        "(as Keras does with frozen layers); false lets those statistics follow the "
+        "training data.",
+    )
+
+
+def frozen_batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch-norm layers whose scale and shift ``freeze`` froze: those that
+    ``freeze_bn_stats`` keeps in inference mode while the rest trains."""
+    return [
+        module
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and module.affine
+        and not any(parameter.requires_grad for parameter in module.parameters())
+    ]
 
 
 def apply_transfer(model: nn.Module, options: TransferOptions) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,6 +25,8 @@ from automl.train.model_stats import profile_model
 from automl.train.trial_config import TrialConfig
 
 Split = Literal["val", "test"]
+
+logger = logging.getLogger("automl.train")
 
 
 class NoSplitError(LookupError):
@@ -98,9 +101,13 @@ def evaluate_weights(
         data.normalize,
     )
     stats = profile_model(model, data.input_shape, accel)
+    failures: dict[str, str] = {}
+    metrics = compute_metrics(Evaluation(confusion, mean_loss, stats), failures=failures)
+    for message in failures.values():  # a plugin's metric: left out of this split's
+        logger.warning("on the %s split, %s", split, message)
     return SplitReport(
         split=split,
-        metrics=compute_metrics(Evaluation(confusion, mean_loss, stats)),
+        metrics=metrics,
         per_class=per_class_report(confusion, data.classes),
         confusion=dense_confusion(confusion),
         most_confused=most_confused(confusion, data.classes),

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from automl.data import ImageData, load_dataset
 from automl.models import MODELS, build_model_with_report
-from automl.models.transfer import param_groups
+from automl.models.transfer import frozen_batch_norms, param_groups
 from automl.registry import BUILTIN_SOURCE
 from automl.train.accel import (
     EMULATED_BF16,
@@ -340,8 +340,11 @@ def train(
     last_checkpoint = time.monotonic()
     # Images per epoch that updates see (a trailing single image is left out).
     trained_per_epoch = sum(stop - start for start, stop in _batch_slices(n_train, batch_size))
+    held = frozen_batch_norms(model) if config.model.options.get("freeze_bn_stats") else []
     for epoch in range(first_epoch, config.epochs + 1):
         model.train()
+        for norm in held:  # precise_bn leaves layers in inference mode as they are
+            norm.eval()
         epoch_generator = generator.get_state()
         if plan.sampler is None:
             order = torch.randperm(n_train, device=device, generator=generator)
@@ -411,8 +414,9 @@ def train(
         assert best.epoch is not None and best.confusion is not None
         metrics, confusion, best_epoch = dict(best.metrics), best.confusion, best.epoch
     notes = dict(plan.notes) | dataset.unscored_classes()
-    if metric_failures:
-        notes["metrics"] = "left out: " + "; ".join(metric_failures.values())
+    left_out = [message for name, message in metric_failures.items() if name not in metrics]
+    if left_out:  # of the epoch whose metrics the run ends with
+        notes["metrics"] = "left out: " + "; ".join(left_out)
     if config.warmup_epochs and ignores_warmup(config.scheduler.name, config.scheduler.options):
         notes["warmup"] = f"ignored: {config.scheduler.name} warms up by itself"
     if graphed is not None:

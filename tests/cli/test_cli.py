@@ -1427,6 +1427,23 @@ def test_a_worker_says_where_it_keeps_weights_and_what_it_cannot_run(
     assert root in caplog.text
 
 
+@pytest.mark.slow
+def test_worker_processes_for_one_study_judge_its_end_once(cli: Run, spec_file: Path) -> None:
+    """Found by a reviewer: each process of ``worker --slots K --study ID`` exited 1 on a
+    cancelled study, which the supervisor took for a crash and restarted, again and
+    again. Its processes now leave that to it: one error line, exit 1, no restart."""
+    cli("submit", str(spec_file))
+    cli("cancel", "1")
+    started = time.monotonic()
+
+    code, _, err = cli("worker", "--study", "1", "--slots", "2", "--device", "cpu")
+
+    assert code == 1, err
+    assert err.splitlines()[-1] == "error: study 1 cancelled: cancelled by request"
+    assert "restarting" not in err
+    assert time.monotonic() - started < 90
+
+
 def test_run_progress_counts_attempts_that_end_their_ticket_and_ranks_only_automls(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

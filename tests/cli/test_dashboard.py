@@ -227,9 +227,9 @@ def test_an_automl_artifact_cannot_be_deleted_through_another_study(
     assert (
         by_study.json()["reason"] == f"artifact {weights} is not one of study {scratch}'s artifacts"
     )
-    assert no_trial.status_code == 403
-    assert no_trial.json()["reason"] == f"trial -1 is not a trial of study {scratch}"
-    assert no_study.status_code == 403
+    assert no_trial.status_code == 404
+    assert no_trial.json()["reason"] == "no trial -1 (deleted?)"
+    assert no_study.status_code == 404
     assert listed == seeded.artifacts
     assert_intact(store, seeded)
 
@@ -435,11 +435,33 @@ def test_retention_keeps_the_card_and_deletion_removes_every_artifact(store: Sto
     dropped = get_frozen_trial(store, study_id, 1 - kept[0])
     assert attrs.WEIGHTS_REMOVED in dropped.user_attrs
 
+    frozen = get_frozen_trial(store, study_id, kept[0])
+    link = f"/artifacts/{study_id}/{frozen._trial_id}/{listed[kept[0]]['weights.safetensors']}"
+    with client(store) as http:
+        served = http.get(link, headers={"Origin": "http://elsewhere.example"})
+    # A tester: optuna-dashboard sent "Access-Control-Allow-Origin: *", so a page of any
+    # site could read the weights through the browser of whoever opened it.
+    assert served.status_code == 200 and "access-control-allow-origin" not in served.headers
+
     delete_study(store, study_id)
     for files in listed.values():
         for artifact_id in files.values():
             with pytest.raises(ArtifactNotFound):
                 store.artifacts.open_reader(artifact_id)
+    with client(store) as http:
+        # A tester: a link kept from before the delete was a 500 and a traceback.
+        stale = http.get(link)
+        note = http.put(f"/api/studies/{study_id}/note", json={"version": 1, "body": "x"})
+        told = http.post(f"/api/trials/{frozen._trial_id}/tell", json={"state": "Fail"})
+    assert (stale.status_code, stale.json()["reason"]) == (
+        404,
+        f"no trial {frozen._trial_id} (deleted?)",
+    )
+    assert (note.status_code, note.json()["reason"]) == (404, f"no study {study_id} (deleted?)")
+    assert (told.status_code, told.json()["reason"]) == (
+        404,
+        f"no trial {frozen._trial_id} (deleted?)",
+    )
 
 
 def test_dashboard_command_line() -> None:

@@ -78,9 +78,11 @@ def test_output_dash_writes_the_page_to_standard_output(
     (tmp_path / "piped.html").write_text(out, encoding="utf-8")
     assert_report(tmp_path / "piped.html", study_id)
     assert not (tmp_path / "-").exists()
-    code, out, err = cli("report", str(study_id), "--output", "-", "--open")
+    code, out, err = cli("report", str(study_id), "--output", "-", "--open", "--json")
     assert (code, out) == (2, "")
-    assert err.strip() == "error: --open shows a file: name one with --output"
+    assert (
+        err.strip() == "error: --output - writes the page itself; --open and --json go with a file"
+    )
 
 
 def test_refusals_name_the_problem_and_write_nothing(cli: Run, tmp_path: Path) -> None:

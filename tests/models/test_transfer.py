@@ -31,6 +31,7 @@ from automl.models.transfer import (
     resolve_checkpoint,
 )
 from automl.registry import strict_input
+from automl.spec import SpecError, validate_spec
 from automl.train import train
 from automl.train.hyperparameters import flat_config
 from automl.train.trial_config import TrialConfig, stored_config
@@ -329,6 +330,33 @@ def test_a_frozen_backbone_keeps_its_weights_but_not_its_batch_norm_statistics(
     backbone = [name for name in initial if name.startswith("0.")]
     moved = {name for name in backbone if not torch.equal(trained[name], initial[name])}
     assert moved == {"0.0.1.running_mean", "0.0.1.running_var", "0.0.1.num_batches_tracked"}
+
+
+@pytest.mark.parametrize("precise_bn", [0, 256])
+def test_freeze_bn_stats_keeps_a_frozen_backbone_whole(precise_bn: int) -> None:
+    """``freeze_bn_stats``: the frozen stages' batch norms stay in inference mode, so
+    nothing of the backbone moves, running statistics included (``precise_bn`` too)."""
+    data = load_dataset("digits")
+    values = {"epochs": 1, "width": 4, "depth": 2, "batch_size": 64, "freeze": "first_k"}
+    config = flat_config(
+        {**values, "freeze_k": 1, "freeze_bn_stats": True, "precise_bn": precise_bn}
+    )
+    torch.manual_seed(config.seed)
+    initial = build_model(
+        config.model.name, config.model.options, data.input_shape, data.num_classes
+    ).state_dict()
+
+    trained = train(config, data=data).state_dict
+
+    moved = {name for name in initial if not torch.equal(trained[name], initial[name])}
+    first_stage = {name for name in initial if name.startswith("0.0.")}
+    assert first_stage and not moved & first_stage
+    assert {"0.1.1.running_mean", "0.1.0.weight"} <= moved  # the stage that trains
+
+
+def test_freeze_bn_stats_applies_only_where_something_is_frozen() -> None:
+    with pytest.raises(SpecError, match="'freeze_bn_stats' applies only where freeze is"):
+        validate_spec({"name": "x", "fixed": {"freeze_bn_stats": True}})
 
 
 def test_param_groups_scale_the_backbone_lr() -> None:
