@@ -245,7 +245,7 @@ def test_cifar_batch_of_other_lengths_or_labels_is_refused(
 def test_a_class_the_training_files_lack_is_named_untrained(data_root: Path) -> None:
     """Found by a tester: MNIST files with no 7 in training but some in test said only
     "fewest training images: '7 - seven', 0"; the trials' notes said nothing."""
-    from automl.cli.study_commands import data_text
+    from automl.cli.study_commands import data_summary, data_text
 
     write_mnist(data_root / "tv", "MNIST")
     labels = np.arange(N_TRAIN) % 10
@@ -258,7 +258,7 @@ def test_a_class_the_training_files_lack_is_named_untrained(data_root: Path) -> 
     assert data.unscored_classes()["no_training_images"] == ["7 - seven"]
     assert (
         "\n  untrained   1 class without training images ('7 - seven'): the model never predicts it"
-    ) in data_text(spec)
+    ) in data_text(data_summary(spec))
 
 
 def test_missing_mnist_files_that_are_there_gzipped_are_named(data_root: Path) -> None:
