@@ -118,4 +118,5 @@ def test_trial_config_fills_in_model_defaults() -> None:
         "freeze": "none",
         "freeze_k": 1,
         "backbone_lr_mult": 1.0,
+        "freeze_bn_stats": False,
     }
